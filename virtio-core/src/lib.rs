@@ -1,0 +1,51 @@
+//! The part of virtio that the driver side and the device side share.
+//!
+//! This crate is `#![no_std]` and needs no allocator. It holds the rules of
+//! the virtio 1.x specification that both ends of a virtqueue must agree on,
+//! written once and used from both sides:
+//!
+//! - [`features`]: feature bits, the driver's choice and the device's
+//!   validation of it, with the specification's dependency rules (§2.2, §6).
+//! - [`status`]: the device status field and its state machine (§2.1, §3.1).
+//! - [`memory`]: guest addresses, checked access to guest memory, atomic ring
+//!   index access and zero-copy mapping to host segments, with an optional
+//!   IOMMU layer for `VIRTIO_F_ACCESS_PLATFORM`.
+//! - [`split`]: the split virtqueue (§2.7) seen from the device
+//!   ([`split::DeviceQueue`], [`split::DescriptorChain`]) and from the driver
+//!   ([`split::DriverQueue`]), with notification suppression (§2.7.7,
+//!   §2.7.10).
+//! - [`mmio`]: the virtio-mmio register map (§4.2.2, legacy §4.2.4), a
+//!   device-side register file and a driver-side accessor.
+//!
+//! # Design choices
+//!
+//! - Guest memory is shared with a running guest (or device). No Rust
+//!   reference ever points into it: bytes are copied in and out through raw
+//!   pointers, ring indices use atomics, and zero-copy I/O gets raw
+//!   `(pointer, length)` segments ([`memory::HostSegment`]).
+//! - Everything the other side controls is read once into a local and
+//!   validated there; every violation is a typed error, never a panic and
+//!   never a silent end of a chain.
+//! - There is no I/O, no thread, no clock and no allocation here: the caller
+//!   decides when to poll, kick and interrupt.
+//!
+//! # Not supported (yet)
+//!
+//! The packed virtqueue (§2.8) and virtio-pci (§4.1) are not implemented; the
+//! device queue API and the register trait are the seams for them.
+#![no_std]
+#![cfg_attr(docsrs, feature(doc_auto_cfg))]
+
+#[cfg(feature = "test-utils")]
+extern crate alloc;
+
+pub mod features;
+pub mod memory;
+pub mod mmio;
+pub mod split;
+pub mod status;
+
+#[cfg(feature = "test-utils")]
+pub mod testing;
+
+pub use memory::{GuestAddress, GuestMemory, MemoryError};
