@@ -14,8 +14,8 @@ pub mod device;
 pub mod driver;
 pub mod layout;
 
-// pub use chain::{ChainError, DescriptorChain, Reader, Writer};
-// pub use device::{DeviceQueue, QueueError};
+pub use chain::{ChainError, DescriptorChain, Reader, Writer};
+pub use device::{DeviceQueue, QueueError};
 // pub use driver::{DriverError, DriverQueue, Token};
 pub use layout::{
     AvailFlags, DescFlags, Descriptor, LayoutError, QueueLayout, QueueSize, UsedElem, UsedFlags,
