@@ -1,0 +1,36 @@
+//! One module per fuzz target; [`TARGETS`] lists them for the corpus replay.
+
+pub mod descriptor_chain;
+pub mod dma_map;
+pub mod driver_used_ring;
+pub mod split_queue_device;
+
+/// A fuzz target: its name (the corpus folder and cargo-fuzz binary) and its
+/// body.
+#[derive(Clone, Copy, Debug)]
+pub struct Target {
+    /// Name, as in `corpus/<name>/` and `fuzz_targets/<name>.rs`.
+    pub name: &'static str,
+    /// The body: must not panic on any input.
+    pub run: fn(&[u8]),
+}
+
+/// Every target.
+pub const TARGETS: &[Target] = &[
+    Target {
+        name: "split_queue_device",
+        run: split_queue_device::run,
+    },
+    Target {
+        name: "descriptor_chain",
+        run: descriptor_chain::run,
+    },
+    Target {
+        name: "dma_map",
+        run: dma_map::run,
+    },
+    Target {
+        name: "driver_used_ring",
+        run: driver_used_ring::run,
+    },
+];
