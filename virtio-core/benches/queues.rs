@@ -150,7 +150,8 @@ fn build_rings(sh: &Shared, layout: &QueueLayout, shape: Shape) {
         }
     };
     for (slot, head) in heads.iter().enumerate() {
-        mem.write_u16(layout.avail_slot(slot as u16), *head).unwrap();
+        mem.write_u16(layout.avail_slot(slot as u16), *head)
+            .unwrap();
     }
 }
 
@@ -189,7 +190,10 @@ fn device_case(name: &'static str, shape: Shape) -> Case {
         }
         ours.publish_used(mem).unwrap();
         black_box(ours.needs_notification(mem).unwrap());
-        assert_eq!((chains, descs), (u64::from(SIZE), u64::from(SIZE) * per_chain));
+        assert_eq!(
+            (chains, descs),
+            (u64::from(SIZE), u64::from(SIZE) * per_chain)
+        );
         chains
     };
 
@@ -220,7 +224,10 @@ fn device_case(name: &'static str, shape: Shape) -> Case {
             chains += 1;
         }
         black_box(peer.needs_notification(gm).unwrap());
-        assert_eq!((chains, descs), (u64::from(SIZE), u64::from(SIZE) * per_chain));
+        assert_eq!(
+            (chains, descs),
+            (u64::from(SIZE), u64::from(SIZE) * per_chain)
+        );
         chains
     };
 
@@ -261,8 +268,8 @@ impl CheapDevice {
         // SAFETY: `avail + 2` is the 2-aligned `idx` of an available ring in
         // the DMA pool, which lives for the whole process and is only
         // accessed through raw pointers and atomics.
-        let avail_idx = unsafe { AtomicU16::from_ptr(self.avail.add(2).cast()) }
-            .load(Ordering::Acquire);
+        let avail_idx =
+            unsafe { AtomicU16::from_ptr(self.avail.add(2).cast()) }.load(Ordering::Acquire);
         let n = avail_idx.wrapping_sub(self.next_avail);
         for _ in 0..n {
             let slot = usize::from(self.next_avail % self.size);
@@ -317,9 +324,8 @@ impl<const R: usize, const W: usize> Buffers<R, W> {
         // SAFETY: each buffer is `BUF_LEN` bytes of DMA pool pages reserved
         // for this case and never freed; no two buffers overlap, and nothing
         // reads or writes them (the cheap device only touches the rings).
-        let r = std::array::from_fn(|j| unsafe {
-            std::slice::from_raw_parts(at(j), BUF_LEN as usize)
-        });
+        let r =
+            std::array::from_fn(|j| unsafe { std::slice::from_raw_parts(at(j), BUF_LEN as usize) });
         // SAFETY: as above.
         let w = std::array::from_fn(|j| unsafe {
             std::slice::from_raw_parts_mut(at(R + j), BUF_LEN as usize)
@@ -481,7 +487,9 @@ fn main() {
     }
 
     println!();
-    println!("chains/s (median of 5 rounds); peers: device = virtio-queue 0.18, driver = virtio-drivers 0.13");
+    println!(
+        "chains/s (median of 5 rounds); peers: device = virtio-queue 0.18, driver = virtio-drivers 0.13"
+    );
     println!(
         "{:<20} {:>14} {:>14} {:>10}",
         "case", "ours", "peer", "ours/peer"

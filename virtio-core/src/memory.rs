@@ -364,12 +364,12 @@ fn atomic_u16_ptr<M: GuestMemory + ?Sized>(
     addr: GuestAddress,
     access: Access,
 ) -> Result<*mut u16, MemoryError> {
-    if addr.0 % 2 != 0 {
+    if !addr.0.is_multiple_of(2) {
         return Err(MemoryError::Misaligned { addr, align: 2 });
     }
     let mapping = mem.map(addr, 2, access)?;
     match mapping.segments() {
-        [seg] if seg.len == 2 && (seg.ptr as usize) % 2 == 0 => Ok(seg.ptr.cast::<u16>()),
+        [seg] if seg.len == 2 && (seg.ptr as usize).is_multiple_of(2) => Ok(seg.ptr.cast::<u16>()),
         _ => Err(MemoryError::Misaligned { addr, align: 2 }),
     }
 }
@@ -659,24 +659,24 @@ impl<const N: usize> GuestMemory for RegionMemory<N> {
     #[inline]
     fn load_u16_acquire(&self, addr: GuestAddress) -> Result<u16, MemoryError> {
         match self.fast(addr, 2) {
-            Some(p) if addr.0 % 2 == 0 && (p as usize) % 2 == 0 => {
+            Some(p) if addr.0.is_multiple_of(2) && (p as usize).is_multiple_of(2) => {
                 // SAFETY: two bytes inside one region, 2-byte aligned, only
                 // ever accessed through raw pointers and atomics.
                 let v = unsafe { AtomicU16::from_ptr(p.cast::<u16>()) }.load(Ordering::Acquire);
                 Ok(u16::from_le(v))
             }
             Some(_) => Err(MemoryError::Misaligned { addr, align: 2 }),
-            None => self.map(addr, 2, Access::Read).and_then(|_| {
-                // The range maps but not within one region: it straddles.
-                Err(MemoryError::Misaligned { addr, align: 2 })
-            }),
+            // The range maps but not within one region: it straddles.
+            None => self
+                .map(addr, 2, Access::Read)
+                .and(Err(MemoryError::Misaligned { addr, align: 2 })),
         }
     }
 
     #[inline]
     fn store_u16_release(&self, addr: GuestAddress, val: u16) -> Result<(), MemoryError> {
         match self.fast(addr, 2) {
-            Some(p) if addr.0 % 2 == 0 && (p as usize) % 2 == 0 => {
+            Some(p) if addr.0.is_multiple_of(2) && (p as usize).is_multiple_of(2) => {
                 // SAFETY: as in `load_u16_acquire`.
                 unsafe { AtomicU16::from_ptr(p.cast::<u16>()) }
                     .store(val.to_le(), Ordering::Release);
@@ -685,7 +685,7 @@ impl<const N: usize> GuestMemory for RegionMemory<N> {
             Some(_) => Err(MemoryError::Misaligned { addr, align: 2 }),
             None => self
                 .map(addr, 2, Access::Write)
-                .and_then(|_| Err(MemoryError::Misaligned { addr, align: 2 })),
+                .and(Err(MemoryError::Misaligned { addr, align: 2 })),
         }
     }
 }

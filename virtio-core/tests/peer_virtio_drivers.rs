@@ -437,14 +437,15 @@ fn available_buffer_notifications_agree() {
         // Nothing pending and notifications on: the driver must kick.
         let mut c = Chain::new(&[4], &[4], true, 1);
         add(&mut vq, &mut c);
-        assert!(vq.should_notify(), "device waits: kick (event_idx={event_idx})");
+        assert!(
+            vq.should_notify(),
+            "device waits: kick (event_idx={event_idx})"
+        );
         assert!(t.device_mut().serve(0));
         take(&mut vq, &mut c, &log);
         if !event_idx {
             // The device sets NO_NOTIFY: the driver must not kick.
-            t.device_mut().queues[0]
-                .disable_notification(mem)
-                .unwrap();
+            t.device_mut().queues[0].disable_notification(mem).unwrap();
             let mut c = Chain::new(&[4], &[4], true, 2);
             add(&mut vq, &mut c);
             assert!(!vq.should_notify(), "NO_NOTIFY honoured");
@@ -526,7 +527,10 @@ fn virtio_drivers_rng_driver_runs_on_our_device() {
     let (mut t, log) = transport();
     t.set_hook(serve_on_notify);
     let mut rng = VirtIORng::<TestHal, _>::new(t).unwrap();
-    let features = log.borrow().activated.expect("DRIVER_OK activated the device");
+    let features = log
+        .borrow()
+        .activated
+        .expect("DRIVER_OK activated the device");
     assert_ne!(features & TransportFeatures::RING_EVENT_IDX.bits(), 0);
     for n in [1usize, 16, 100] {
         let mut buf = vec![0u8; n];
@@ -535,7 +539,10 @@ fn virtio_drivers_rng_driver_runs_on_our_device() {
         let expect = EXTRA.min(n);
         assert_eq!(got, expect);
         assert_eq!(&buf[..expect], &reply_for(&[])[..expect]);
-        assert!(rng.ack_interrupt().contains(InterruptStatus::QUEUE_INTERRUPT));
+        assert!(
+            rng.ack_interrupt()
+                .contains(InterruptStatus::QUEUE_INTERRUPT)
+        );
     }
     drop(rng);
     assert_eq!(log.borrow().served.len(), 3);
@@ -562,7 +569,9 @@ fn shape() -> impl Strategy<Value = (Vec<usize>, Vec<usize>, bool)> {
         proptest::collection::vec(1usize..300, 0..4),
         any::<bool>(),
     )
-        .prop_filter("a chain needs a buffer", |(r, w, _)| !r.is_empty() || !w.is_empty())
+        .prop_filter("a chain needs a buffer", |(r, w, _)| {
+            !r.is_empty() || !w.is_empty()
+        })
 }
 
 proptest! {

@@ -233,8 +233,14 @@ impl Rig {
             self.sh.mem.write(GuestAddress(a), &bytes).unwrap();
             k += l as usize;
         }
-        let rd: Vec<_> = readable.iter().map(|&(a, l)| (GuestAddress(a), l)).collect();
-        let wr: Vec<_> = writable.iter().map(|&(a, l)| (GuestAddress(a), l)).collect();
+        let rd: Vec<_> = readable
+            .iter()
+            .map(|&(a, l)| (GuestAddress(a), l))
+            .collect();
+        let wr: Vec<_> = writable
+            .iter()
+            .map(|&(a, l)| (GuestAddress(a), l))
+            .collect();
         match self.drv.add(&self.sh.mem, &rd, &wr) {
             Ok(token) => {
                 let e = Expect {
@@ -270,7 +276,10 @@ impl Rig {
         } else {
             let flags = self.sh.mem.read_u16(self.layout.used_flags()).unwrap();
             let no_notify = flags & UsedFlags::NO_NOTIFY.bits() != 0;
-            assert_eq!(no_notify, self.peer_no_notify, "NO_NOTIFY as the peer set it");
+            assert_eq!(
+                no_notify, self.peer_no_notify,
+                "NO_NOTIFY as the peer set it"
+            );
         }
         let kick = self.drv.should_kick(&self.sh.mem).unwrap();
         if new == old {
@@ -378,7 +387,10 @@ impl Rig {
             assert!(irq);
         }
         if self.driver_waiting {
-            assert!(irq, "missed interrupt: our driver waits and buffers were used");
+            assert!(
+                irq,
+                "missed interrupt: our driver waits and buffers were used"
+            );
         }
         if irq {
             self.driver_waiting = false;

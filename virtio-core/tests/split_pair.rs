@@ -290,7 +290,10 @@ impl Pair {
             };
             assert_eq!(irq, expected, "interrupt decision over [{old}, {new})");
             if self.driver_waiting {
-                assert!(irq, "missed interrupt: the driver waits and buffers were used");
+                assert!(
+                    irq,
+                    "missed interrupt: the driver waits and buffers were used"
+                );
             }
         } else {
             assert!(!irq, "interrupt with nothing new");

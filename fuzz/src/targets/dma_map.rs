@@ -37,7 +37,9 @@ pub fn run(data: &[u8]) {
         // after `mem` (declared earlier, dropped later, but never used after
         // the loop below) is last used; nothing else touches it.
         let region = unsafe { Region::new(GuestAddress(base), host, len) };
-        let overlaps = model.iter().any(|&(b, l, _)| base < b + l && b < base + len);
+        let overlaps = model
+            .iter()
+            .any(|&(b, l, _)| base < b + l && b < base + len);
         let full = model.len() == 4;
         match mem.add(region) {
             Ok(()) => {

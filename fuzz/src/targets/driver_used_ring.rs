@@ -78,7 +78,9 @@ pub fn run(data: &[u8]) {
                     assert!(in_flight.insert(t, len * wr.len() as u32).is_none());
                 })
             }
-            Op::Publish => q.publish(&mem).and_then(|()| q.should_kick(&mem).map(|_| ())),
+            Op::Publish => q
+                .publish(&mem)
+                .and_then(|()| q.should_kick(&mem).map(|_| ())),
             Op::WriteUsed { slot, id, len } => {
                 mem.write_obj(layout.used_slot(*slot), &UsedElem::new(*id, *len))
                     .expect("used ring in memory");

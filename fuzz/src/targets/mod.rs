@@ -3,6 +3,7 @@
 pub mod descriptor_chain;
 pub mod dma_map;
 pub mod driver_used_ring;
+pub mod mmio_registers;
 pub mod split_queue_device;
 
 /// A fuzz target: its name (the corpus folder and cargo-fuzz binary) and its
@@ -32,5 +33,9 @@ pub const TARGETS: &[Target] = &[
     Target {
         name: "driver_used_ring",
         run: driver_used_ring::run,
+    },
+    Target {
+        name: "mmio_registers",
+        run: mmio_registers::run,
     },
 ];

@@ -100,7 +100,10 @@ impl fmt::Display for ChainError {
         match *self {
             ChainError::Memory(e) => write!(f, "descriptor chain memory error: {e}"),
             ChainError::HeadOutOfRange { head, size } => {
-                write!(f, "chain head {head} is not below the queue size {size} (§2.7.6)")
+                write!(
+                    f,
+                    "chain head {head} is not below the queue size {size} (§2.7.6)"
+                )
             }
             ChainError::NextOutOfRange {
                 index,
@@ -119,7 +122,10 @@ impl fmt::Display for ChainError {
                 "indirect descriptor without VIRTIO_F_RING_INDIRECT_DESC (§2.7.5.3.1)"
             ),
             ChainError::NestedIndirect => {
-                write!(f, "indirect descriptor inside an indirect table (§2.7.5.3.1)")
+                write!(
+                    f,
+                    "indirect descriptor inside an indirect table (§2.7.5.3.1)"
+                )
             }
             ChainError::IndirectWithNext => {
                 write!(f, "descriptor has both INDIRECT and NEXT (§2.7.5.3.1)")
@@ -313,7 +319,7 @@ impl<M: GuestMemory + ?Sized> Iterator for DescriptorChain<'_, M> {
                     return self.fail(ChainError::IndirectWithNext);
                 }
                 let len = desc.len();
-                if len == 0 || len % Descriptor::SIZE as u32 != 0 {
+                if len == 0 || !len.is_multiple_of(Descriptor::SIZE as u32) {
                     return self.fail(ChainError::IndirectBadLength { len });
                 }
                 let entries = len / Descriptor::SIZE as u32;
@@ -425,7 +431,11 @@ impl<const S: usize> Segments<S> {
             };
             let here = u64::from(len - self.off).min(n - done);
             // Checked when the chain was walked: `addr + len` does not wrap.
-            f(GuestAddress(addr.0 + u64::from(self.off)), here as u32, done)?;
+            f(
+                GuestAddress(addr.0 + u64::from(self.off)),
+                here as u32,
+                done,
+            )?;
             done += here;
             self.off += here as u32;
             if self.off == len {
@@ -492,11 +502,7 @@ impl<M: GuestMemory + ?Sized, const S: usize> Reader<'_, M, S> {
     /// Maps the next `n` bytes to host segments for zero-copy I/O, calling
     /// `f` on each in order, and consumes them. Every piece is mapped before
     /// `f` sees the first one.
-    pub fn consume_mapped(
-        &mut self,
-        n: u64,
-        f: impl FnMut(HostSegment),
-    ) -> Result<(), ChainError> {
+    pub fn consume_mapped(&mut self, n: u64, f: impl FnMut(HostSegment)) -> Result<(), ChainError> {
         consume_mapped(self.mem, &mut self.segs, n, Access::Read, f)
     }
 }
@@ -564,11 +570,7 @@ impl<M: GuestMemory + ?Sized, const S: usize> Writer<'_, M, S> {
 
     /// Maps the next `n` bytes to host segments for zero-copy I/O, calling
     /// `f` on each in order, and counts them as written.
-    pub fn consume_mapped(
-        &mut self,
-        n: u64,
-        f: impl FnMut(HostSegment),
-    ) -> Result<(), ChainError> {
+    pub fn consume_mapped(&mut self, n: u64, f: impl FnMut(HostSegment)) -> Result<(), ChainError> {
         consume_mapped(self.mem, &mut self.segs, n, Access::Write, f)?;
         self.written += n;
         Ok(())

@@ -761,7 +761,9 @@ mod tests {
         let mut f = RingFixture::new(8);
         let table = GuestAddress(D + 0x1000);
         f.mem.write(GuestAddress(D), &[1, 2, 3]).unwrap();
-        f.mem.write(GuestAddress(D + 100), &[4, 5, 6, 7, 8]).unwrap();
+        f.mem
+            .write(GuestAddress(D + 100), &[4, 5, 6, 7, 8])
+            .unwrap();
         f.set_desc(0, D, 3, N, 1);
         f.set_desc(1, table.0, 48, I, 0);
         f.set_table_desc(table, 0, D + 100, 5, N, 1);

@@ -303,7 +303,7 @@ impl QueueLayout {
             (Area::Avail, avail, 2),
             (Area::Used, used, 4),
         ] {
-            if addr.0 % align != 0 {
+            if !addr.0.is_multiple_of(align) {
                 return Err(LayoutError::Misaligned { area, addr, align });
             }
             addr.checked_add(layout.area_len(area))

@@ -16,7 +16,7 @@ pub mod layout;
 
 pub use chain::{ChainError, DescriptorChain, Reader, Writer};
 pub use device::{DeviceQueue, QueueError};
-pub use driver::{DriverError, DriverQueue, Token};
+pub use driver::{DriverError, DriverQueue, IndirectArea, Token, Used};
 pub use layout::{
     AvailFlags, DescFlags, Descriptor, LayoutError, QueueLayout, QueueSize, UsedElem, UsedFlags,
     vring_need_event,

@@ -280,7 +280,9 @@ impl fmt::Display for ProbeError {
         match *self {
             ProbeError::BadMagic(v) => write!(f, "MagicValue {v:#x} is not \"virt\" (§4.2.2)"),
             ProbeError::BadVersion(v) => write!(f, "virtio-mmio version {v} is not 2 (§4.2.2)"),
-            ProbeError::UnknownDevice(id) => write!(f, "device ID {id} is unknown to virtio-drivers"),
+            ProbeError::UnknownDevice(id) => {
+                write!(f, "device ID {id} is unknown to virtio-drivers")
+            }
             ProbeError::Mmio(e) => write!(f, "probe read failed: {e}"),
         }
     }
@@ -539,7 +541,10 @@ impl<D: MmioDevice, const N: usize> Transport for DeviceTransport<D, N> {
         self.read32(regs::CONFIG_GENERATION)
     }
 
-    fn read_config_space<T: FromBytes + IntoBytes>(&self, offset: usize) -> Result<T, DriversError> {
+    fn read_config_space<T: FromBytes + IntoBytes>(
+        &self,
+        offset: usize,
+    ) -> Result<T, DriversError> {
         let size = core::mem::size_of::<T>();
         let base = self.config_offset(offset, size)?;
         let mut value = T::new_zeroed();
