@@ -293,6 +293,9 @@ impl CheapDevice {
     }
 }
 
+/// A buffer as our driver takes it: guest address and length.
+type Buffer = (GuestAddress, u32);
+
 /// Buffers for the driver-side cases: per chain, one device-readable
 /// header and `W` device-writable buffers (or, with `R = 0`, only
 /// writable ones), in DMA pool pages that are never freed.
@@ -312,7 +315,7 @@ impl<const R: usize, const W: usize> Buffers<R, W> {
         GuestAddress(self.base.0 + i * u64::from(BUF_LEN))
     }
 
-    fn ours(&self, chain: usize) -> ([(GuestAddress, u32); R], [(GuestAddress, u32); W]) {
+    fn ours(&self, chain: usize) -> ([Buffer; R], [Buffer; W]) {
         let r = std::array::from_fn(|j| (self.addr(chain, j), BUF_LEN));
         let w = std::array::from_fn(|j| (self.addr(chain, R + j), BUF_LEN));
         (r, w)
@@ -439,23 +442,45 @@ fn cases() -> Vec<Case> {
     ]
 }
 
-/// Chains per second of `f`: the median of 5 rounds of about 100 ms each.
-fn rate(f: &mut dyn FnMut() -> u64) -> f64 {
+/// Batches of `f` that take about `ms` milliseconds (after a warm-up of
+/// that length).
+fn calibrate(f: &mut dyn FnMut() -> u64, ms: u64) -> u64 {
     let start = Instant::now();
     let mut batches = 0u64;
-    while start.elapsed() < Duration::from_millis(100) {
+    while start.elapsed() < Duration::from_millis(ms) {
         f();
         batches += 1;
     }
-    let mut rates: Vec<f64> = (0..5)
-        .map(|_| {
-            let start = Instant::now();
-            let chains: u64 = (0..batches).map(|_| f()).sum();
-            chains as f64 / start.elapsed().as_secs_f64()
-        })
-        .collect();
-    rates.sort_by(f64::total_cmp);
-    rates[2]
+    batches
+}
+
+/// Chains per second of `f` over `batches` batches.
+fn rate(f: &mut dyn FnMut() -> u64, batches: u64) -> f64 {
+    let start = Instant::now();
+    let chains: u64 = (0..batches).map(|_| f()).sum();
+    chains as f64 / start.elapsed().as_secs_f64()
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// Chains/s of ours, of the peer, and the ratio: medians over 7 rounds of
+/// about 60 ms each, ours and the peer alternating so that load from other
+/// processes hits both alike.
+fn compare(case: &mut Case) -> (f64, f64, f64) {
+    let nb_ours = calibrate(&mut case.ours, 60);
+    let nb_peer = calibrate(&mut case.peer, 60);
+    let (mut ours, mut peer, mut ratio) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..7 {
+        let o = rate(&mut case.ours, nb_ours);
+        let p = rate(&mut case.peer, nb_peer);
+        ours.push(o);
+        peer.push(p);
+        ratio.push(o / p);
+    }
+    (median(ours), median(peer), median(ratio))
 }
 
 fn human(r: f64) -> String {
@@ -488,21 +513,21 @@ fn main() {
 
     println!();
     println!(
-        "chains/s (median of 5 rounds); peers: device = virtio-queue 0.18, driver = virtio-drivers 0.13"
+        "chains/s, medians of 7 alternating rounds; peers: device side virtio-queue 0.18, \
+         driver side virtio-drivers 0.13"
     );
     println!(
         "{:<20} {:>14} {:>14} {:>10}",
         "case", "ours", "peer", "ours/peer"
     );
     for case in &mut cases {
-        let ours = rate(&mut case.ours);
-        let peer = rate(&mut case.peer);
+        let (ours, peer, ratio) = compare(case);
         println!(
             "{:<20} {:>14} {:>14} {:>9.2}x",
             case.name,
             human(ours),
             human(peer),
-            ours / peer
+            ratio
         );
     }
 }

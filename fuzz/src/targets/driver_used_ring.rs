@@ -3,12 +3,19 @@
 //! The driver must return errors only: every completion it accepts is a
 //! chain in flight, returned once, with a length that fits (§2.7.8,
 //! §2.7.14), and after a device fault the queue stays broken.
+//!
+//! The same input also drives a hostile virtio-mmio register file (every
+//! read answered from the input) through our driver-side accessor: probe,
+//! the init sequence, queue set-up and config reads under the generation
+//! loop (§2.5.1) must end in a value or an error, within bounded reads.
 
+use std::cell::Cell;
 use std::collections::HashMap;
 
 use arbitrary::{Arbitrary, Unstructured};
 use virtio_core::GuestMemory;
 use virtio_core::memory::GuestAddress;
+use virtio_core::mmio::driver::{MmioDriver, RegisterAccess};
 use virtio_core::split::driver::{DriverError, IndirectArea};
 use virtio_core::split::layout::{QueueLayout, QueueSize, UsedElem};
 use virtio_core::split::{DriverQueue, Token};
@@ -37,7 +44,76 @@ struct Input {
     size_log2: u8,
     event_idx: bool,
     indirect: bool,
+    /// What the hostile register file answers, in turn.
+    registers: Vec<u32>,
+    wanted: u64,
     ops: Vec<Op>,
+}
+
+/// A register file that answers every read from a script and counts reads.
+struct Hostile {
+    script: Vec<u32>,
+    next: Cell<usize>,
+    reads: Cell<u32>,
+}
+
+impl Hostile {
+    fn next(&self) -> u32 {
+        self.reads.set(self.reads.get() + 1);
+        assert!(self.reads.get() < 100_000, "unbounded register reads");
+        let i = self.next.get();
+        self.next.set(i.wrapping_add(1));
+        if self.script.is_empty() {
+            0
+        } else {
+            self.script[i % self.script.len()]
+        }
+    }
+}
+
+impl RegisterAccess for Hostile {
+    fn read32(&self, _offset: u64) -> u32 {
+        self.next()
+    }
+    fn write32(&self, _offset: u64, _value: u32) {}
+    fn read16(&self, _offset: u64) -> u16 {
+        self.next() as u16
+    }
+    fn write16(&self, _offset: u64, _value: u16) {}
+    fn read8(&self, _offset: u64) -> u8 {
+        self.next() as u8
+    }
+    fn write8(&self, _offset: u64, _value: u8) {}
+}
+
+/// Drives our mmio driver accessor against a hostile register file.
+fn hostile_registers(script: &[u32], wanted: u64) {
+    let regs = Hostile {
+        script: script.iter().take(256).copied().collect(),
+        next: Cell::new(0),
+        reads: Cell::new(0),
+    };
+    let Ok(mut drv) = MmioDriver::probe(regs) else {
+        return;
+    };
+    let _ = drv.begin_init(wanted).map_err(|e| e.to_string());
+    if let Ok(max) = drv.queue_max_size(0)
+        && let Ok(size) = QueueSize::new(u32::from(max).clamp(1, 256).next_power_of_two())
+        && let Ok(layout) = QueueLayout::new(
+            size,
+            GuestAddress(0x1000),
+            GuestAddress(0x2_0000),
+            GuestAddress(0x3_0000),
+        )
+    {
+        let _ = drv.setup_queue(0, &layout);
+    }
+    let _ = drv.read_config_u8(0);
+    let _ = drv.read_config_u32(4);
+    let _ = drv.read_config_u64(8);
+    let mut buf = [0u8; 32];
+    let _ = drv.read_config_bytes(0, &mut buf);
+    let _ = drv.finish_init().map_err(|e| e.to_string());
 }
 
 /// Runs one input.
@@ -45,6 +121,7 @@ pub fn run(data: &[u8]) {
     let Ok(input) = Input::arbitrary_take_rest(Unstructured::new(data)) else {
         return;
     };
+    hostile_registers(&input.registers, input.wanted);
     let Ok(size) = QueueSize::new(1 << (input.size_log2 % 7)) else {
         return;
     };

@@ -175,7 +175,7 @@ impl TestHal {
 /// The page index of a page-aligned pool offset.
 fn page_index(addr: u64) -> Option<usize> {
     let off = usize::try_from(addr).ok()?;
-    (off % PAGE_SIZE == 0 && off < POOL_SIZE).then_some(off / PAGE_SIZE)
+    (off.is_multiple_of(PAGE_SIZE) && off < POOL_SIZE).then_some(off / PAGE_SIZE)
 }
 
 // SAFETY: `dma_alloc` returns page-aligned, zeroed pool pages reserved for
@@ -445,7 +445,7 @@ impl<D: MmioDevice, const N: usize> DeviceTransport<D, N> {
 /// else single bytes.
 fn config_width(offset: usize, size: usize) -> usize {
     match size {
-        1 | 2 | 4 | 8 if offset % size.min(4) == 0 => size,
+        1 | 2 | 4 | 8 if offset.is_multiple_of(size.min(4)) => size,
         _ => 1,
     }
 }
