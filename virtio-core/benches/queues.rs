@@ -12,8 +12,9 @@
 //!   trivial device loop completing every chain by writing the used ring.
 //!
 //! After criterion's output, a table gives chains/s of each and the ratio,
-//! from a separate timing loop (median of 5 rounds). Under `cargo test
-//! --benches` every case runs once as a check.
+//! from a separate timing loop (medians of 7 alternating rounds). Under `cargo test
+//! --benches` every case runs once as a check. `QUEUES_PROFILE=<case>/<ours|peer>`
+//! runs one closure alone for 5 s, for `perf record`.
 
 use std::hint::black_box;
 use std::sync::atomic::{AtomicU16, Ordering};
@@ -402,7 +403,9 @@ fn driver_case<const R: usize, const W: usize>(name: &'static str) -> Case {
     let bufs = Buffers::<R, W>::new();
     let mut tokens = [0u16; DRIVER_BATCH];
     let peer_batch = move || {
-        let _keep = &t;
+        // The transport (and the device's queue state) lives as long as the
+        // queue, as in a driver.
+        let _transport = &t;
         for (c, token) in tokens.iter_mut().enumerate() {
             let (r, mut w) = bufs.slices(c);
             // SAFETY: the buffers are pool memory that outlives the queue
@@ -491,7 +494,32 @@ fn human(r: f64) -> String {
     }
 }
 
+/// `QUEUES_PROFILE=<case>/<ours|peer>` runs that one closure for 5 s and
+/// exits, for `perf record`.
+fn profile(spec: &str) {
+    let (name, side) = spec
+        .rsplit_once('/')
+        .expect("QUEUES_PROFILE=<case>/<ours|peer>");
+    let mut cases = cases();
+    let case = cases
+        .iter_mut()
+        .find(|c| c.name == name)
+        .expect("a known case");
+    let f = if side == "ours" {
+        &mut case.ours
+    } else {
+        &mut case.peer
+    };
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(5) {
+        f();
+    }
+}
+
 fn main() {
+    if let Ok(spec) = std::env::var("QUEUES_PROFILE") {
+        return profile(&spec);
+    }
     let bench_mode = std::env::args().any(|a| a == "--bench");
     let mut c = Criterion::default()
         .measurement_time(Duration::from_secs(2))

@@ -572,7 +572,7 @@ impl<const N: usize> RegionMemory<N> {
     }
 
     /// The region containing `addr`, if any.
-    #[inline]
+    #[inline(always)]
     fn find(&self, addr: u64) -> Option<&Region> {
         // Few regions: a linear scan beats a binary search for the common
         // one- or two-region layouts.
@@ -582,7 +582,7 @@ impl<const N: usize> RegionMemory<N> {
     }
 
     /// Host pointer for a range that lies inside one region, if it does.
-    #[inline]
+    #[inline(always)]
     fn fast(&self, addr: GuestAddress, len: usize) -> Option<*mut u8> {
         let r = self.find(addr.0)?;
         let off = addr.0 - r.guest_base.0;
@@ -630,7 +630,7 @@ impl<const N: usize> GuestMemory for RegionMemory<N> {
         Ok(mapping)
     }
 
-    #[inline]
+    #[inline(always)]
     fn read(&self, addr: GuestAddress, buf: &mut [u8]) -> Result<(), MemoryError> {
         if let Some(p) = self.fast(addr, buf.len()) {
             // SAFETY: `fast` checked that `buf.len()` bytes at `p` lie inside
@@ -644,7 +644,7 @@ impl<const N: usize> GuestMemory for RegionMemory<N> {
         Ok(())
     }
 
-    #[inline]
+    #[inline(always)]
     fn write(&self, addr: GuestAddress, buf: &[u8]) -> Result<(), MemoryError> {
         if let Some(p) = self.fast(addr, buf.len()) {
             // SAFETY: as in `read`, with the direction reversed.

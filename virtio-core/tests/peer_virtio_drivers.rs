@@ -1,4 +1,3 @@
-#![cfg(not(miri))]
 //! Interoperation with a driver we did not write: rcore-os `virtio-drivers`
 //! sets up a queue through our device-side virtio-mmio register file (via
 //! `testing::virtio_drivers::DeviceTransport`, §4.2.3) and adds buffers with
@@ -11,6 +10,7 @@
 //! `VIRTIO_F_EVENT_IDX`; notification advice is checked both ways where
 //! both sides implement the same rule (§2.7.7, §2.7.10). `virtio-drivers`'
 //! own rng driver runs unchanged against our device as a smoke test.
+#![cfg(not(miri))]
 
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -234,7 +234,7 @@ impl Buf {
         }
     }
 
-    fn to_vec(&mut self) -> Vec<u8> {
+    fn copy_out(&mut self) -> Vec<u8> {
         self.as_mut().to_vec()
     }
 }
@@ -268,11 +268,11 @@ impl Chain {
     }
 
     fn input_bytes(&mut self) -> Vec<u8> {
-        self.inputs.iter_mut().flat_map(|b| b.to_vec()).collect()
+        self.inputs.iter_mut().flat_map(|b| b.copy_out()).collect()
     }
 
     fn output_bytes(&mut self) -> Vec<u8> {
-        self.outputs.iter_mut().flat_map(|b| b.to_vec()).collect()
+        self.outputs.iter_mut().flat_map(|b| b.copy_out()).collect()
     }
 
     fn out_len(&self) -> usize {

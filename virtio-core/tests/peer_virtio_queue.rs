@@ -1,4 +1,3 @@
-#![cfg(not(miri))]
 //! Interoperation with an implementation we did not write: rust-vmm's
 //! `virtio-queue` plays the device (spec §2.7) against our [`DriverQueue`],
 //! both over the same host memory, a `vm_memory::GuestMemoryMmap` that our
@@ -12,6 +11,7 @@
 //! implement them. `virtio-queue` ignores `VIRTQ_AVAIL_F_NO_INTERRUPT`
 //! (its `needs_notification` is always true without `EVENT_IDX`), which the
 //! spec allows since the flag is only a hint; that case is checked as such.
+#![cfg(not(miri))]
 
 use std::collections::HashMap;
 use std::io::{Read, Write};

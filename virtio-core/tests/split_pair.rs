@@ -368,8 +368,10 @@ impl Pair {
                 // the ring; anything that arrived meanwhile is taken and the
                 // enable repeated, so `used_event` names the next entry.
                 loop {
-                    self.drv.enable_interrupts(&self.mem).unwrap();
-                    if self.reap() == 0 {
+                    let pending = self.drv.enable_interrupts(&self.mem).unwrap();
+                    let taken = self.reap();
+                    assert_eq!(pending, taken > 0, "enable_interrupts saw the ring");
+                    if !pending {
                         break;
                     }
                 }

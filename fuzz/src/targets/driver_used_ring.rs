@@ -196,7 +196,7 @@ pub fn run(data: &[u8]) {
             }
             Op::Interrupts { on } => {
                 if *on {
-                    q.enable_interrupts(&mem)
+                    q.enable_interrupts(&mem).map(|_| ())
                 } else {
                     q.disable_interrupts(&mem)
                 }

@@ -712,13 +712,14 @@ impl<const N: usize> DriverQueue<N> {
     /// Asks the device for used buffer notifications again (§2.7.7.1): with
     /// `VIRTIO_F_EVENT_IDX`, `used_event` is set to the next used index to
     /// come; without, `VIRTQ_AVAIL_F_NO_INTERRUPT` is cleared. A full fence
-    /// follows; the caller should then call [`pop_used`](Self::pop_used)
-    /// again, since a completion may have arrived before the change was seen
-    /// (§2.7.14).
+    /// follows, then the used index is read again: the result says whether
+    /// completions are already pending (§2.7.14), for which no interrupt
+    /// will come. The driver then takes them with [`pop_used`](Self::pop_used)
+    /// and enables again; only an `Ok(false)` makes it safe to wait.
     pub fn enable_interrupts<M: GuestMemory + ?Sized>(
         &mut self,
         mem: &M,
-    ) -> Result<(), DriverError> {
+    ) -> Result<bool, DriverError> {
         self.check_broken()?;
         if self.event_idx {
             mem.store_u16_release(self.layout.used_event(), self.last_used)?;
@@ -728,7 +729,8 @@ impl<const N: usize> DriverQueue<N> {
             self.avail_flags = flags;
         }
         memory::fence();
-        Ok(())
+        let used_idx = mem.load_u16_acquire(self.layout.used_idx())?;
+        Ok(used_idx != self.last_used)
     }
 
     /// Advises the device that used buffer notifications are not needed
@@ -1569,7 +1571,7 @@ mod tests {
             AvailFlags::NO_INTERRUPT.bits()
         );
         assert_eq!(mem.read_u16(l.used_event()).unwrap(), 0);
-        q.enable_interrupts(mem).unwrap();
+        assert!(!q.enable_interrupts(mem).unwrap(), "nothing pending");
         assert_eq!(mem.read_u16(l.avail_flags()).unwrap(), 0);
         assert_eq!(mem.read_u16(l.used_event()).unwrap(), 0);
     }
@@ -1587,7 +1589,7 @@ mod tests {
         for _ in 0..3 {
             cycle(&mut q, &mut dev, mem);
         }
-        q.enable_interrupts(mem).unwrap();
+        assert!(!q.enable_interrupts(mem).unwrap(), "all taken");
         assert_eq!(mem.read_u16(l.used_event()).unwrap(), 3);
         q.disable_interrupts(mem).unwrap();
         assert_eq!(mem.read_u16(l.used_event()).unwrap(), 2);

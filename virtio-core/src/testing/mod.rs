@@ -56,6 +56,15 @@ impl OwnedMemory {
     }
 }
 
+// SAFETY: the buffers are owned by this value and reached only through the
+// regions' raw pointers, by copies and atomics (as guest memory is shared
+// with a running guest); moving or sharing the owner between threads does
+// not change that.
+unsafe impl Send for OwnedMemory {}
+// SAFETY: as above: every access through `&OwnedMemory` is a raw copy or an
+// atomic, the same as for guest memory shared with vCPU threads.
+unsafe impl Sync for OwnedMemory {}
+
 impl Drop for OwnedMemory {
     fn drop(&mut self) {
         for &(ptr, words) in &self.bufs {
