@@ -108,17 +108,7 @@ fn in_byte(head: u16, k: usize) -> u8 {
     (head as u8 ^ 0x5a).wrapping_add(k as u8)
 }
 
-/// Whether `event` lies in `[old, new)` (wrapping): §2.7.10 by enumeration.
-fn crossed(event: u16, old: u16, new: u16) -> bool {
-    let mut i = old;
-    while i != new {
-        if i == event {
-            return true;
-        }
-        i = i.wrapping_add(1);
-    }
-    false
-}
+use virtio_core::testing::window_contains as crossed;
 
 /// Our driver and the peer device over one memory, with a model of what
 /// each side last told the other about notifications.

@@ -73,18 +73,7 @@ impl Chain {
     }
 }
 
-/// Whether `event` is one of the indices in `[old, new)` (wrapping): the
-/// model's own statement of §2.7.10's rule, by enumeration.
-fn crossed(event: u16, old: u16, new: u16) -> bool {
-    let mut i = old;
-    while i != new {
-        if i == event {
-            return true;
-        }
-        i = i.wrapping_add(1);
-    }
-    false
-}
+use virtio_core::testing::window_contains as crossed;
 
 struct Pair {
     mem: OwnedMemory,

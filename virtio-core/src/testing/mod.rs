@@ -216,3 +216,18 @@ impl RingFixture {
             .expect("ring in memory")
     }
 }
+
+/// Whether `event` is one of the free-running indices in `[old, new)`,
+/// found by walking the window one index at a time: an independent
+/// statement of §2.7.10's rule for models to check `vring_need_event`
+/// against.
+pub fn window_contains(event: u16, old: u16, new: u16) -> bool {
+    let mut i = old;
+    while i != new {
+        if i == event {
+            return true;
+        }
+        i = i.wrapping_add(1);
+    }
+    false
+}
