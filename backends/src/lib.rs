@@ -6,6 +6,8 @@
 //! device issues.
 #![cfg_attr(not(feature = "std"), no_std)]
 
+pub mod rng;
+
 /// One piece of host memory for vectored I/O: a raw pointer and a length, so
 /// a backend can hand guest buffers to the OS without a Rust slice ever
 /// covering guest memory.

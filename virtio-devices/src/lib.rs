@@ -2,12 +2,22 @@
 //! host backend trait from `backends`, parsing requests only through
 //! `virtio-core` chains and guest memory.
 //!
-//! This crate is `no_std` with `alloc`. The `VirtioDevice` trait and the
-//! first devices arrive with the harness issue; for now it only ties the
-//! dependency graph together.
+//! [`VirtioDevice`] is the frontend's side of QEMU's `VirtioDeviceClass`:
+//! type, queues, features, configuration space, activate, queue notify,
+//! reset. [`transport::MmioTransport`] puts any of them behind
+//! `virtio-core`'s virtio-mmio register file. A device never blocks: it
+//! processes what is available, keeps what it cannot finish pending, and
+//! resumes when its backend says it is ready.
+//!
+//! `no_std` with `alloc`.
 #![no_std]
 
 extern crate alloc;
 
+pub mod device;
+pub mod rng;
+pub mod transport;
+
 pub use backends;
+pub use device::{DeviceError, QueueConfig, Served, VirtioDevice};
 pub use virtio_core;

@@ -133,6 +133,29 @@ impl DeviceQueue {
         self.event_idx
     }
 
+    /// Whether `VIRTIO_F_RING_INDIRECT_DESC` is in use.
+    #[inline]
+    pub fn indirect(&self) -> bool {
+        self.indirect
+    }
+
+    /// The chain whose head is `head`, walked afresh: for a device that
+    /// popped a chain, could not finish it, and resumes it later (the
+    /// descriptors are read again, once per walk, and validated again).
+    pub fn chain<'m, M: GuestMemory + ?Sized>(
+        &self,
+        mem: &'m M,
+        head: u16,
+    ) -> Result<DescriptorChain<'m, M>, ChainError> {
+        DescriptorChain::new(
+            mem,
+            self.layout.desc_table(),
+            self.size(),
+            head,
+            self.indirect,
+        )
+    }
+
     /// The next available-ring index the device will consume.
     #[inline]
     pub fn next_avail(&self) -> u16 {

@@ -1,0 +1,136 @@
+//! The [`VirtioDevice`] trait every frontend implements (the device half of
+//! QEMU's `VirtioDeviceClass`; spec §2 "Basic Facilities of a Virtio
+//! Device"), and the errors a device reports.
+//!
+//! Transports (virtio-mmio here; PCI later) own the registers and the status
+//! machine and call these hooks; a device owns its queues once activated.
+
+use alloc::vec::Vec;
+use core::fmt;
+
+use virtio_core::features::{DeviceType, TransportFeatures};
+use virtio_core::split::layout::{LayoutError, QueueLayout};
+use virtio_core::split::{DeviceQueue, QueueError};
+
+/// Why a device refused to go live or could not serve a queue. A device that
+/// returns one of these from [`VirtioDevice::queue_notify`] is asking its
+/// transport to set `DEVICE_NEEDS_RESET` (§2.1.2).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeviceError {
+    /// A queue the device needs was not enabled by the driver.
+    QueueNotReady {
+        /// The queue index.
+        queue: u16,
+    },
+    /// A queue's rings are not in guest memory (§2.7).
+    QueueNotInMemory {
+        /// The queue index.
+        queue: u16,
+        /// Why.
+        err: LayoutError,
+    },
+    /// A queue's rings broke a rule the device cannot recover from (e.g.
+    /// the available index jumped, §2.7.6).
+    Queue {
+        /// The queue index.
+        queue: u16,
+        /// Why.
+        err: QueueError,
+    },
+    /// A notification for a queue the device does not have.
+    NoSuchQueue {
+        /// The queue index.
+        queue: u16,
+    },
+    /// The device was notified before it was activated.
+    NotActivated,
+}
+
+impl fmt::Display for DeviceError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DeviceError::QueueNotReady { queue } => {
+                write!(f, "queue {queue} was not enabled by the driver")
+            }
+            DeviceError::QueueNotInMemory { queue, err } => {
+                write!(f, "queue {queue}: {err}")
+            }
+            DeviceError::Queue { queue, err } => write!(f, "queue {queue}: {err}"),
+            DeviceError::NoSuchQueue { queue } => write!(f, "no queue {queue}"),
+            DeviceError::NotActivated => write!(f, "device notified before activation"),
+        }
+    }
+}
+
+impl core::error::Error for DeviceError {}
+
+/// One queue as the driver configured it, handed to
+/// [`VirtioDevice::activate`]: its layout, or `None` if the driver left it
+/// disabled.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct QueueConfig {
+    /// The rings, if the queue is enabled.
+    pub layout: Option<QueueLayout>,
+}
+
+impl QueueConfig {
+    /// A device-side queue over this configuration with the negotiated
+    /// ring features (§2.7.5.3 indirect descriptors, §2.7.10 event index).
+    pub fn device_queue(&self, features: u64) -> Option<DeviceQueue> {
+        let event_idx = features & TransportFeatures::RING_EVENT_IDX.bits() != 0;
+        let indirect = features & TransportFeatures::RING_INDIRECT_DESC.bits() != 0;
+        self.layout
+            .map(|l| DeviceQueue::new(l, event_idx, indirect))
+    }
+}
+
+/// What a device tells its transport after serving a queue.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Served {
+    /// Chains returned to the driver.
+    pub completed: u32,
+    /// Whether the driver must get a used-buffer notification (§2.7.7,
+    /// §2.7.10 decided).
+    pub interrupt: bool,
+}
+
+/// A virtio device frontend.
+pub trait VirtioDevice {
+    /// The device type (§5).
+    fn device_type(&self) -> DeviceType;
+
+    /// The features offered (§2.2), transport bits included.
+    fn device_features(&self) -> u64;
+
+    /// Maximum size of each queue; the length is the number of queues.
+    fn queue_max_sizes(&self) -> &[u16];
+
+    /// Reads the device configuration space (§2.5) at `offset`; bytes past
+    /// its end read as zero.
+    fn read_config(&self, offset: u64, data: &mut [u8]);
+
+    /// Writes the device configuration space (§2.5). Most fields are
+    /// read-only; the default ignores writes.
+    fn write_config(&mut self, offset: u64, data: &[u8]) {
+        let _ = (offset, data);
+    }
+
+    /// The size of the configuration space in bytes.
+    fn config_len(&self) -> usize;
+
+    /// Goes live after DRIVER_OK (§3.1.1 step 8) with the negotiated
+    /// features and the queues the driver configured.
+    fn activate(&mut self, features: u64, queues: Vec<QueueConfig>) -> Result<(), DeviceError>;
+
+    /// The driver notified `queue` (§2.7.13.4): serve what is available.
+    fn queue_notify(&mut self, queue: u16) -> Result<Served, DeviceError>;
+
+    /// The backend became ready (readable, writable, has entropy): resume
+    /// pending work. The default has none.
+    fn backend_ready(&mut self) -> Result<Served, DeviceError> {
+        Ok(Served::default())
+    }
+
+    /// The driver reset the device (§2.4): drop queues and pending work.
+    fn reset(&mut self);
+}

@@ -1,0 +1,233 @@
+//! virtio-rng, the entropy device (spec §5.4): one request queue whose
+//! device-writable buffers the device fills from an [`RngBackend`].
+//!
+//! §5.4.6: the device never completes a buffer with zero bytes. When the
+//! backend has nothing, the chain stays pending (in order) and is resumed by
+//! [`VirtioDevice::backend_ready`] or the next notification; the device
+//! never waits. A chain with no writable buffer, or a malformed one, goes
+//! back to the driver at once with length 0 so that the queue never stalls.
+
+use alloc::collections::VecDeque;
+use alloc::vec::Vec;
+
+use backends::rng::RngBackend;
+use virtio_core::GuestMemory;
+use virtio_core::features::{DeviceType, TransportFeatures};
+use virtio_core::split::DeviceQueue;
+
+use crate::device::{DeviceError, QueueConfig, Served, VirtioDevice};
+
+/// The request queue's maximum size.
+pub const QUEUE_SIZE: u16 = 256;
+
+/// Bytes asked of the backend at once (a bounce buffer on the stack: a
+/// backend fills Rust memory, never guest memory directly).
+const CHUNK: usize = 4096;
+
+/// Counters for the harness report.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RngStats {
+    /// Bytes handed to the driver.
+    pub bytes: u64,
+    /// Chains completed.
+    pub completed: u64,
+    /// Chains returned unfilled because they were malformed or had no
+    /// writable buffer.
+    pub malformed: u64,
+    /// Backend errors seen (the chain stays pending).
+    pub backend_errors: u64,
+}
+
+/// The entropy device over backend `B` and guest memory `M`.
+#[derive(Debug)]
+pub struct Rng<B, M> {
+    backend: B,
+    mem: M,
+    queue: Option<DeviceQueue>,
+    /// Heads popped but not yet filled, oldest first.
+    pending: VecDeque<u16>,
+    stats: RngStats,
+}
+
+impl<B: RngBackend, M: GuestMemory> Rng<B, M> {
+    /// A device drawing from `backend`, serving guest memory `mem`.
+    pub fn new(backend: B, mem: M) -> Self {
+        Rng {
+            backend,
+            mem,
+            queue: None,
+            pending: VecDeque::new(),
+            stats: RngStats::default(),
+        }
+    }
+
+    /// The counters.
+    pub fn stats(&self) -> RngStats {
+        self.stats
+    }
+
+    /// Chains waiting for entropy.
+    pub fn pending(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// The backend.
+    pub fn backend(&self) -> &B {
+        &self.backend
+    }
+
+    /// Fills one chain; `Ok(None)` when the backend had nothing for it.
+    fn fill(&mut self, queue: &DeviceQueue, head: u16) -> Option<u32> {
+        let chain = match queue.chain(&self.mem, head) {
+            Ok(c) => c,
+            Err(_) => {
+                self.stats.malformed += 1;
+                return Some(0);
+            }
+        };
+        let mut w = match chain.reader_writer::<64>() {
+            Ok((_, w)) if w.total() > 0 => w,
+            _ => {
+                self.stats.malformed += 1;
+                return Some(0);
+            }
+        };
+        let mut buf = [0u8; CHUNK];
+        while w.available() > 0 {
+            let want = (w.available() as usize).min(CHUNK);
+            let n = match self.backend.fill(&mut buf[..want]) {
+                Ok(n) => n.min(want),
+                Err(_) => {
+                    self.stats.backend_errors += 1;
+                    0
+                }
+            };
+            if n == 0 {
+                break;
+            }
+            // `n <= available`: cannot fail on a validated chain; if the
+            // guest unmapped memory meanwhile, stop with what was written.
+            if w.write_all(&buf[..n]).is_err() {
+                break;
+            }
+        }
+        match w.written() {
+            0 => None,
+            n => {
+                self.stats.bytes += u64::from(n);
+                Some(n)
+            }
+        }
+    }
+
+    /// Serves pending chains, then new ones, until the backend runs dry.
+    fn serve(&mut self) -> Result<Served, DeviceError> {
+        let mut queue = self.queue.take().ok_or(DeviceError::NotActivated)?;
+        let r = self.serve_queue(&mut queue);
+        self.queue = Some(queue);
+        r
+    }
+
+    fn serve_queue(&mut self, queue: &mut DeviceQueue) -> Result<Served, DeviceError> {
+        let qerr = |err| DeviceError::Queue { queue: 0, err };
+        let mut served = Served::default();
+        loop {
+            let head = match self.pending.front() {
+                Some(&h) => h,
+                None => match queue.pop(&self.mem) {
+                    Ok(Some(chain)) => {
+                        let h = chain.head();
+                        self.pending.push_back(h);
+                        h
+                    }
+                    Ok(None) => {
+                        // Ask for a kick when more comes; re-check what
+                        // arrived in between (§2.7.10).
+                        if queue.enable_notification(&self.mem).map_err(qerr)? {
+                            continue;
+                        }
+                        break;
+                    }
+                    Err(virtio_core::split::QueueError::Chain(_)) => {
+                        // The head itself was invalid: nothing to return.
+                        self.stats.malformed += 1;
+                        continue;
+                    }
+                    Err(err) => return Err(qerr(err)),
+                },
+            };
+            match self.fill(queue, head) {
+                Some(len) => {
+                    self.pending.pop_front();
+                    queue.add_used(&self.mem, head, len).map_err(qerr)?;
+                    served.completed += 1;
+                    self.stats.completed += 1;
+                }
+                // Dry: keep this and later chains pending (§5.4.6: no
+                // zero-length completion).
+                None => break,
+            }
+        }
+        queue.publish_used(&self.mem).map_err(qerr)?;
+        served.interrupt = queue.needs_notification(&self.mem).map_err(qerr)?;
+        Ok(served)
+    }
+}
+
+impl<B: RngBackend, M: GuestMemory> VirtioDevice for Rng<B, M> {
+    fn device_type(&self) -> DeviceType {
+        DeviceType::Rng
+    }
+
+    fn device_features(&self) -> u64 {
+        (TransportFeatures::VERSION_1
+            | TransportFeatures::RING_INDIRECT_DESC
+            | TransportFeatures::RING_EVENT_IDX)
+            .bits()
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        &[QUEUE_SIZE]
+    }
+
+    fn read_config(&self, _offset: u64, data: &mut [u8]) {
+        // §5.4.4: no configuration space.
+        data.fill(0);
+    }
+
+    fn config_len(&self) -> usize {
+        0
+    }
+
+    fn activate(&mut self, features: u64, queues: Vec<QueueConfig>) -> Result<(), DeviceError> {
+        let q = queues
+            .first()
+            .and_then(|c| c.device_queue(features))
+            .ok_or(DeviceError::QueueNotReady { queue: 0 })?;
+        q.layout()
+            .check_memory(&self.mem)
+            .map_err(|err| DeviceError::QueueNotInMemory { queue: 0, err })?;
+        self.queue = Some(q);
+        self.pending.clear();
+        Ok(())
+    }
+
+    fn queue_notify(&mut self, queue: u16) -> Result<Served, DeviceError> {
+        if queue != 0 {
+            return Err(DeviceError::NoSuchQueue { queue });
+        }
+        self.serve()
+    }
+
+    fn backend_ready(&mut self) -> Result<Served, DeviceError> {
+        if self.queue.is_none() {
+            return Ok(Served::default());
+        }
+        self.serve()
+    }
+
+    fn reset(&mut self) {
+        self.queue = None;
+        self.pending.clear();
+    }
+}

@@ -1,0 +1,142 @@
+//! A [`VirtioDevice`] behind `virtio-core`'s virtio-mmio register file
+//! (§4.2): [`MmioTransport`] implements the register file's small device
+//! trait, and [`dispatch`] turns a register write's outcome into device work
+//! and interrupts.
+//!
+//! The register file keeps the status machine and feature negotiation; this
+//! module only forwards. It does no I/O and raises no interrupt line itself:
+//! the caller (the harness) owns irqfd.
+
+use alloc::vec::Vec;
+
+use virtio_core::mmio::device::{
+    ActivateError, MmioDevice, MmioRegisters, QueueState, WriteOutcome,
+};
+
+use crate::device::{DeviceError, QueueConfig, Served, VirtioDevice};
+
+/// Adapts a [`VirtioDevice`] to the mmio register file.
+#[derive(Debug)]
+pub struct MmioTransport<D> {
+    device: D,
+    last_error: Option<DeviceError>,
+}
+
+impl<D: VirtioDevice> MmioTransport<D> {
+    /// Wraps `device`.
+    pub fn new(device: D) -> Self {
+        MmioTransport {
+            device,
+            last_error: None,
+        }
+    }
+
+    /// The device.
+    pub fn device(&self) -> &D {
+        &self.device
+    }
+
+    /// The device, mutably.
+    pub fn device_mut(&mut self) -> &mut D {
+        &mut self.device
+    }
+
+    /// The last error the device reported (activation or queue service).
+    pub fn last_error(&self) -> Option<DeviceError> {
+        self.last_error
+    }
+}
+
+impl<D: VirtioDevice> MmioDevice for MmioTransport<D> {
+    fn device_id(&self) -> u32 {
+        self.device.device_type().id()
+    }
+
+    fn device_features(&self) -> u64 {
+        self.device.device_features()
+    }
+
+    fn num_queues(&self) -> u16 {
+        u16::try_from(self.device.queue_max_sizes().len()).unwrap_or(u16::MAX)
+    }
+
+    fn queue_max_size(&self, index: u16) -> u16 {
+        self.device
+            .queue_max_sizes()
+            .get(usize::from(index))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        self.device.read_config(offset, data);
+    }
+
+    fn write_config(&mut self, offset: u64, data: &[u8]) {
+        self.device.write_config(offset, data);
+    }
+
+    fn activate(&mut self, features: u64, queues: &[QueueState]) -> Result<(), ActivateError> {
+        let configs: Vec<QueueConfig> = queues
+            .iter()
+            .map(|q| QueueConfig { layout: q.layout() })
+            .collect();
+        self.device.activate(features, configs).map_err(|e| {
+            self.last_error = Some(e);
+            ActivateError {
+                reason: match e {
+                    DeviceError::QueueNotReady { .. } => "a required queue is not enabled",
+                    DeviceError::QueueNotInMemory { .. } => "a queue lies outside guest memory",
+                    _ => "device refused activation",
+                },
+            }
+        })
+    }
+
+    fn reset(&mut self) {
+        self.device.reset();
+        self.last_error = None;
+    }
+}
+
+/// Acts on a register write's outcome: serves a notified queue and raises
+/// the used-buffer interrupt when the device's decision says so; a device
+/// error sets `DEVICE_NEEDS_RESET` (§2.1.2), which raises a configuration
+/// change interrupt. Returns whether the interrupt line must be asserted.
+pub fn dispatch<D: VirtioDevice, const N: usize>(
+    regs: &mut MmioRegisters<MmioTransport<D>, N>,
+    outcome: WriteOutcome,
+) -> bool {
+    match outcome {
+        WriteOutcome::Notify { queue, .. } => {
+            let served = regs.device_mut().device.queue_notify(queue);
+            finish(regs, served)
+        }
+        WriteOutcome::ActivationFailed(_) => regs.interrupt_asserted(),
+        _ => false,
+    }
+}
+
+/// The backend of the device behind `regs` became ready: resume its work.
+/// Returns whether the interrupt line must be asserted.
+pub fn backend_ready<D: VirtioDevice, const N: usize>(
+    regs: &mut MmioRegisters<MmioTransport<D>, N>,
+) -> bool {
+    let served = regs.device_mut().device.backend_ready();
+    finish(regs, served)
+}
+
+fn finish<D: VirtioDevice, const N: usize>(
+    regs: &mut MmioRegisters<MmioTransport<D>, N>,
+    served: Result<Served, DeviceError>,
+) -> bool {
+    match served {
+        Ok(s) if s.interrupt => regs.raise_used_buffer(),
+        Ok(_) => false,
+        Err(e) => {
+            regs.device_mut().last_error = Some(e);
+            let _ = regs.set_needs_reset();
+            regs.interrupt_asserted()
+        }
+    }
+}
