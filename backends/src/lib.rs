@@ -6,6 +6,7 @@
 //! device issues.
 #![cfg_attr(not(feature = "std"), no_std)]
 
+pub mod chardev;
 pub mod rng;
 
 /// One piece of host memory for vectored I/O: a raw pointer and a length, so

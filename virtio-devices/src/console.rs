@@ -1,0 +1,640 @@
+//! virtio-console (spec §5.3): port 0 on receiveq/transmitq, the `cols`/
+//! `rows` configuration (`VIRTIO_CONSOLE_F_SIZE`), emergency write, and
+//! `VIRTIO_CONSOLE_F_MULTIPORT` with the control queues and more ports, each
+//! port in front of a [`Chardev`].
+//!
+//! Nothing is lost and nothing blocks: guest output the chardev cannot take
+//! yet stays in its chain (the chain completes when every byte is out); host
+//! input is read only when the guest has a receive buffer for it.
+
+use alloc::boxed::Box;
+use alloc::collections::VecDeque;
+use alloc::string::String;
+use alloc::vec;
+use alloc::vec::Vec;
+
+use backends::chardev::Chardev;
+use virtio_core::GuestMemory;
+use virtio_core::features::{ConsoleFeatures, DeviceType, TransportFeatures};
+use virtio_core::split::{DeviceQueue, QueueError};
+use zerocopy::little_endian::{U16, U32};
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
+
+use crate::device::{DeviceError, QueueConfig, Served, VirtioDevice};
+
+/// Each queue's maximum size.
+pub const QUEUE_SIZE: u16 = 256;
+
+/// Bytes moved through the bounce buffer at once.
+const CHUNK: usize = 4096;
+
+/// Control events (§5.3.6.2, `VIRTIO_CONSOLE_*`).
+pub mod event {
+    /// Driver → device: the driver is ready (value 1) or failed (0).
+    pub const DEVICE_READY: u16 = 0;
+    /// Device → driver: a port was added.
+    pub const DEVICE_ADD: u16 = 1;
+    /// Device → driver: a port was removed.
+    pub const DEVICE_REMOVE: u16 = 2;
+    /// Driver → device: the port is ready (value 1) or failed (0).
+    pub const PORT_READY: u16 = 3;
+    /// Device → driver: the port is a console.
+    pub const CONSOLE_PORT: u16 = 4;
+    /// Device → driver: the console size changed.
+    pub const RESIZE: u16 = 5;
+    /// Both ways: the port was opened (1) or closed (0) on that side.
+    pub const PORT_OPEN: u16 = 6;
+    /// Device → driver: the port's name follows the message.
+    pub const PORT_NAME: u16 = 7;
+}
+
+/// A control message (§5.3.6.2, `struct virtio_console_control`).
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout,
+)]
+#[repr(C)]
+pub struct Control {
+    id: U32,
+    event: U16,
+    value: U16,
+}
+
+impl Control {
+    /// A message.
+    pub fn new(id: u32, event: u16, value: u16) -> Self {
+        Control {
+            id: U32::new(id),
+            event: U16::new(event),
+            value: U16::new(value),
+        }
+    }
+
+    /// The port.
+    pub fn id(&self) -> u32 {
+        self.id.get()
+    }
+
+    /// The event.
+    pub fn event(&self) -> u16 {
+        self.event.get()
+    }
+
+    /// The value.
+    pub fn value(&self) -> u16 {
+        self.value.get()
+    }
+}
+
+/// One port: a chardev and what each side knows about it.
+pub struct Port {
+    chardev: Box<dyn Chardev + Send>,
+    name: Option<String>,
+    console: bool,
+    /// The driver acknowledged the port (PORT_READY 1).
+    ready: bool,
+    /// The guest has the port open (PORT_OPEN from the driver).
+    guest_open: bool,
+    /// A transmit chain partly written to the chardev: head and bytes done.
+    tx_partial: Option<(u16, u64)>,
+    /// Host input read from the chardev, waiting for a receive buffer.
+    rx_stash: Vec<u8>,
+}
+
+impl Port {
+    /// A port in front of `chardev`; `console` marks it as a console
+    /// (`VIRTIO_CONSOLE_CONSOLE_PORT`), `name` is sent with PORT_NAME.
+    pub fn new(chardev: Box<dyn Chardev + Send>, console: bool, name: Option<String>) -> Self {
+        Port {
+            chardev,
+            name,
+            console,
+            ready: false,
+            guest_open: false,
+            tx_partial: None,
+            rx_stash: Vec::new(),
+        }
+    }
+
+    /// Whether the guest has the port open.
+    pub fn guest_open(&self) -> bool {
+        self.guest_open
+    }
+
+    /// Whether the driver acknowledged the port.
+    pub fn ready(&self) -> bool {
+        self.ready
+    }
+}
+
+impl core::fmt::Debug for Port {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Port")
+            .field("name", &self.name)
+            .field("console", &self.console)
+            .field("ready", &self.ready)
+            .field("guest_open", &self.guest_open)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Counters for the harness report.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ConsoleStats {
+    /// Bytes from the guest written to chardevs.
+    pub tx_bytes: u64,
+    /// Bytes from chardevs delivered to the guest.
+    pub rx_bytes: u64,
+    /// Chains returned because they were malformed (wrong direction, bad
+    /// descriptors).
+    pub malformed: u64,
+    /// Control messages from the driver that named no port or no event.
+    pub bad_control: u64,
+    /// Chardev errors (the data stays pending).
+    pub chardev_errors: u64,
+}
+
+/// The console device over guest memory `M`.
+#[derive(Debug)]
+pub struct Console<M> {
+    mem: M,
+    ports: Vec<Port>,
+    multiport: bool,
+    cols: u16,
+    rows: u16,
+    features: u64,
+    sizes: Vec<u16>,
+    queues: Vec<Option<DeviceQueue>>,
+    /// Control messages for the driver, with PORT_NAME's name bytes.
+    ctrl_out: VecDeque<(Control, Vec<u8>)>,
+    stats: ConsoleStats,
+}
+
+/// Queue indices of §5.3.2: port 0 on 0/1, control on 2/3, port `p` ≥ 1 on
+/// `2 + 2p` / `3 + 2p`.
+fn rx_queue(port: usize) -> usize {
+    if port == 0 { 0 } else { 2 + 2 * port }
+}
+
+fn tx_queue(port: usize) -> usize {
+    rx_queue(port) + 1
+}
+
+const CTRL_RX: usize = 2;
+const CTRL_TX: usize = 3;
+
+impl<M: GuestMemory> Console<M> {
+    /// A single-port console (no MULTIPORT offered) on `chardev`.
+    pub fn new(mem: M, chardev: Box<dyn Chardev + Send>) -> Self {
+        Self::with_ports(mem, vec![Port::new(chardev, true, None)], false)
+    }
+
+    /// A console with these ports; `multiport` offers
+    /// `VIRTIO_CONSOLE_F_MULTIPORT` (needed for more than one port).
+    pub fn with_ports(mem: M, ports: Vec<Port>, multiport: bool) -> Self {
+        let multiport = multiport || ports.len() > 1;
+        let nq = if multiport { 2 + 2 * ports.len() } else { 2 };
+        Console {
+            mem,
+            ports,
+            multiport,
+            cols: 80,
+            rows: 25,
+            features: 0,
+            sizes: vec![QUEUE_SIZE; nq],
+            queues: Vec::new(),
+            ctrl_out: VecDeque::new(),
+            stats: ConsoleStats::default(),
+        }
+    }
+
+    /// Sets the console size reported with `VIRTIO_CONSOLE_F_SIZE`.
+    pub fn set_size(&mut self, cols: u16, rows: u16) {
+        self.cols = cols;
+        self.rows = rows;
+    }
+
+    /// The counters.
+    pub fn stats(&self) -> ConsoleStats {
+        self.stats
+    }
+
+    /// The ports.
+    pub fn ports(&self) -> &[Port] {
+        &self.ports
+    }
+
+    fn negotiated(&self, f: ConsoleFeatures) -> bool {
+        self.features & f.bits() != 0
+    }
+
+    /// Moves guest output of `port` to its chardev.
+    fn tx(&mut self, port: usize, served: &mut Served) -> Result<(), DeviceError> {
+        let qi = tx_queue(port);
+        let Some(Some(mut q)) = self.queues.get(qi).cloned() else {
+            return Ok(());
+        };
+        let qerr = |err| DeviceError::Queue {
+            queue: qi as u16,
+            err,
+        };
+        let mut buf = [0u8; CHUNK];
+        loop {
+            let (head, mut done) = match self.ports[port].tx_partial.take() {
+                Some(p) => p,
+                None => match q.pop(&self.mem) {
+                    Ok(Some(c)) => (c.head(), 0),
+                    Ok(None) => {
+                        if q.enable_notification(&self.mem).map_err(qerr)? {
+                            continue;
+                        }
+                        break;
+                    }
+                    Err(QueueError::Chain(_)) => {
+                        self.stats.malformed += 1;
+                        continue;
+                    }
+                    Err(err) => return Err(qerr(err)),
+                },
+            };
+            let Ok(chain) = q.chain(&self.mem, head) else {
+                self.stats.malformed += 1;
+                q.add_used(&self.mem, head, 0).map_err(qerr)?;
+                served.completed += 1;
+                continue;
+            };
+            let Ok((mut r, _)) = chain.reader_writer::<64>() else {
+                self.stats.malformed += 1;
+                q.add_used(&self.mem, head, 0).map_err(qerr)?;
+                served.completed += 1;
+                continue;
+            };
+            let mut blocked = false;
+            if r.skip(done).is_ok() {
+                while r.available() > 0 {
+                    let n = (r.available() as usize).min(CHUNK);
+                    if r.read_exact(&mut buf[..n]).is_err() {
+                        break;
+                    }
+                    let took = match self.ports[port].chardev.write(&buf[..n]) {
+                        Ok(t) => t.min(n),
+                        Err(_) => {
+                            self.stats.chardev_errors += 1;
+                            0
+                        }
+                    };
+                    done += took as u64;
+                    self.stats.tx_bytes += took as u64;
+                    if took < n {
+                        blocked = true;
+                        break;
+                    }
+                }
+            }
+            if blocked {
+                // Resume this chain when the chardev is writable again.
+                self.ports[port].tx_partial = Some((head, done));
+                break;
+            }
+            q.add_used(&self.mem, head, 0).map_err(qerr)?;
+            served.completed += 1;
+        }
+        self.finish(qi, q, served)
+    }
+
+    /// Moves host input of `port` into the guest's receive buffers.
+    fn rx(&mut self, port: usize, served: &mut Served) -> Result<(), DeviceError> {
+        let qi = rx_queue(port);
+        let Some(Some(mut q)) = self.queues.get(qi).cloned() else {
+            return Ok(());
+        };
+        let qerr = |err| DeviceError::Queue {
+            queue: qi as u16,
+            err,
+        };
+        let mut buf = [0u8; CHUNK];
+        loop {
+            if self.ports[port].rx_stash.is_empty() {
+                let n = match self.ports[port].chardev.read(&mut buf) {
+                    Ok(n) => n.min(CHUNK),
+                    Err(_) => {
+                        self.stats.chardev_errors += 1;
+                        0
+                    }
+                };
+                if n == 0 {
+                    break;
+                }
+                self.ports[port].rx_stash.extend_from_slice(&buf[..n]);
+            }
+            let chain = match q.pop(&self.mem) {
+                Ok(Some(c)) => c,
+                // No buffer: the input waits in the stash; nothing more is
+                // read from the chardev until the guest adds buffers.
+                Ok(None) => {
+                    if q.enable_notification(&self.mem).map_err(qerr)? {
+                        continue;
+                    }
+                    break;
+                }
+                Err(QueueError::Chain(_)) => {
+                    self.stats.malformed += 1;
+                    continue;
+                }
+                Err(err) => return Err(qerr(err)),
+            };
+            let head = chain.head();
+            let written = match chain.reader_writer::<64>() {
+                Ok((_, mut w)) if w.total() > 0 => {
+                    let stash = &mut self.ports[port].rx_stash;
+                    let n = w.write(stash).unwrap_or(0);
+                    stash.drain(..n);
+                    self.stats.rx_bytes += n as u64;
+                    w.written()
+                }
+                _ => {
+                    self.stats.malformed += 1;
+                    0
+                }
+            };
+            q.add_used(&self.mem, head, written).map_err(qerr)?;
+            served.completed += 1;
+        }
+        self.finish(qi, q, served)
+    }
+
+    /// Handles the driver's control messages (§5.3.6.2).
+    fn control_tx(&mut self, served: &mut Served) -> Result<(), DeviceError> {
+        let Some(Some(mut q)) = self.queues.get(CTRL_TX).cloned() else {
+            return Ok(());
+        };
+        let qerr = |err| DeviceError::Queue {
+            queue: CTRL_TX as u16,
+            err,
+        };
+        loop {
+            let chain = match q.pop(&self.mem) {
+                Ok(Some(c)) => c,
+                Ok(None) => {
+                    if q.enable_notification(&self.mem).map_err(qerr)? {
+                        continue;
+                    }
+                    break;
+                }
+                Err(QueueError::Chain(_)) => {
+                    self.stats.malformed += 1;
+                    continue;
+                }
+                Err(err) => return Err(qerr(err)),
+            };
+            let head = chain.head();
+            match chain
+                .reader_writer::<16>()
+                .ok()
+                .and_then(|(mut r, _)| r.read_obj::<Control>().ok())
+            {
+                Some(msg) => self.on_control(msg),
+                None => self.stats.malformed += 1,
+            }
+            q.add_used(&self.mem, head, 0).map_err(qerr)?;
+            served.completed += 1;
+        }
+        self.finish(CTRL_TX, q, served)
+    }
+
+    fn on_control(&mut self, msg: Control) {
+        let port = usize::try_from(msg.id())
+            .ok()
+            .filter(|&p| p < self.ports.len());
+        match (msg.event(), port) {
+            (event::DEVICE_READY, _) if msg.value() == 1 => {
+                for id in 0..self.ports.len() {
+                    self.ctrl_out
+                        .push_back((Control::new(id as u32, event::DEVICE_ADD, 0), Vec::new()));
+                }
+            }
+            (event::DEVICE_READY, _) => {}
+            (event::PORT_READY, Some(p)) => {
+                self.ports[p].ready = msg.value() == 1;
+                if msg.value() != 1 {
+                    return;
+                }
+                let id = p as u32;
+                if self.ports[p].console {
+                    self.ctrl_out
+                        .push_back((Control::new(id, event::CONSOLE_PORT, 1), Vec::new()));
+                }
+                if let Some(name) = &self.ports[p].name {
+                    let mut bytes = name.as_bytes().to_vec();
+                    bytes.push(0);
+                    self.ctrl_out
+                        .push_back((Control::new(id, event::PORT_NAME, 1), bytes));
+                }
+                // The host side of every port is connected.
+                self.ctrl_out
+                    .push_back((Control::new(id, event::PORT_OPEN, 1), Vec::new()));
+            }
+            (event::PORT_OPEN, Some(p)) => self.ports[p].guest_open = msg.value() == 1,
+            _ => self.stats.bad_control += 1,
+        }
+    }
+
+    /// Delivers queued control messages to the driver (§5.3.6.2).
+    fn control_rx(&mut self, served: &mut Served) -> Result<(), DeviceError> {
+        let Some(Some(mut q)) = self.queues.get(CTRL_RX).cloned() else {
+            return Ok(());
+        };
+        let qerr = |err| DeviceError::Queue {
+            queue: CTRL_RX as u16,
+            err,
+        };
+        while !self.ctrl_out.is_empty() {
+            let chain = match q.pop(&self.mem) {
+                Ok(Some(c)) => c,
+                Ok(None) => {
+                    if q.enable_notification(&self.mem).map_err(qerr)? {
+                        continue;
+                    }
+                    break;
+                }
+                Err(QueueError::Chain(_)) => {
+                    self.stats.malformed += 1;
+                    continue;
+                }
+                Err(err) => return Err(qerr(err)),
+            };
+            let head = chain.head();
+            let mut len = 0;
+            if let Ok((_, mut w)) = chain.reader_writer::<16>() {
+                let (msg, extra) = self.ctrl_out.front().cloned().unwrap_or_default();
+                if w.write_obj(&msg).is_ok() {
+                    let _ = w.write(&extra);
+                    len = w.written();
+                    self.ctrl_out.pop_front();
+                } else {
+                    self.stats.malformed += 1;
+                }
+            } else {
+                self.stats.malformed += 1;
+            }
+            q.add_used(&self.mem, head, len).map_err(qerr)?;
+            served.completed += 1;
+        }
+        self.finish(CTRL_RX, q, served)
+    }
+
+    /// Publishes a queue's used entries and folds in its interrupt decision.
+    fn finish(
+        &mut self,
+        qi: usize,
+        mut q: DeviceQueue,
+        served: &mut Served,
+    ) -> Result<(), DeviceError> {
+        let qerr = |err| DeviceError::Queue {
+            queue: qi as u16,
+            err,
+        };
+        q.publish_used(&self.mem).map_err(qerr)?;
+        served.interrupt |= q.needs_notification(&self.mem).map_err(qerr)?;
+        if let Some(slot) = self.queues.get_mut(qi) {
+            *slot = Some(q);
+        }
+        Ok(())
+    }
+
+    fn serve_all(&mut self) -> Result<Served, DeviceError> {
+        let mut served = Served::default();
+        if self.negotiated(ConsoleFeatures::MULTIPORT) {
+            self.control_tx(&mut served)?;
+            self.control_rx(&mut served)?;
+        }
+        for p in 0..self.active_ports() {
+            self.tx(p, &mut served)?;
+            self.rx(p, &mut served)?;
+        }
+        Ok(served)
+    }
+
+    fn active_ports(&self) -> usize {
+        if self.negotiated(ConsoleFeatures::MULTIPORT) {
+            self.ports.len()
+        } else {
+            self.ports.len().min(1)
+        }
+    }
+}
+
+impl<M: GuestMemory> VirtioDevice for Console<M> {
+    fn device_type(&self) -> DeviceType {
+        DeviceType::Console
+    }
+
+    fn device_features(&self) -> u64 {
+        let mut f = (TransportFeatures::VERSION_1
+            | TransportFeatures::RING_INDIRECT_DESC
+            | TransportFeatures::RING_EVENT_IDX)
+            .bits()
+            | (ConsoleFeatures::SIZE | ConsoleFeatures::EMERG_WRITE).bits();
+        if self.multiport {
+            f |= ConsoleFeatures::MULTIPORT.bits();
+        }
+        f
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        &self.sizes
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        // §5.3.4: cols, rows, max_nr_ports, emerg_wr.
+        let mut cfg = [0u8; 12];
+        cfg[0..2].copy_from_slice(&self.cols.to_le_bytes());
+        cfg[2..4].copy_from_slice(&self.rows.to_le_bytes());
+        cfg[4..8].copy_from_slice(&(self.ports.len() as u32).to_le_bytes());
+        for (i, b) in data.iter_mut().enumerate() {
+            *b = usize::try_from(offset)
+                .ok()
+                .and_then(|o| o.checked_add(i))
+                .and_then(|o| cfg.get(o))
+                .copied()
+                .unwrap_or(0);
+        }
+    }
+
+    fn write_config(&mut self, offset: u64, data: &[u8]) {
+        // §5.3.4: a write to emerg_wr puts one character on port 0, before
+        // or without the queues (§5.3.6.1).
+        if offset == 8
+            && !data.is_empty()
+            && self.negotiated(ConsoleFeatures::EMERG_WRITE)
+            && let Some(p) = self.ports.first_mut()
+            && p.chardev.write(&data[..1]).is_err()
+        {
+            self.stats.chardev_errors += 1;
+        }
+    }
+
+    fn config_len(&self) -> usize {
+        12
+    }
+
+    fn activate(&mut self, features: u64, queues: Vec<QueueConfig>) -> Result<(), DeviceError> {
+        self.features = features;
+        let multiport = self.negotiated(ConsoleFeatures::MULTIPORT);
+        let used = if multiport {
+            queues.len()
+        } else {
+            queues.len().min(2)
+        };
+        let mut qs = Vec::with_capacity(used);
+        for (i, c) in queues.iter().take(used).enumerate() {
+            let q = c.device_queue(features);
+            if let Some(q) = &q {
+                q.layout().check_memory(&self.mem).map_err(|err| {
+                    DeviceError::QueueNotInMemory {
+                        queue: i as u16,
+                        err,
+                    }
+                })?;
+            }
+            qs.push(q);
+        }
+        let required: &[usize] = if multiport { &[0, 1, 2, 3] } else { &[0, 1] };
+        for &i in required {
+            if qs.get(i).and_then(|q| q.as_ref()).is_none() {
+                return Err(DeviceError::QueueNotReady { queue: i as u16 });
+            }
+        }
+        self.queues = qs;
+        self.ctrl_out.clear();
+        Ok(())
+    }
+
+    fn queue_notify(&mut self, queue: u16) -> Result<Served, DeviceError> {
+        if usize::from(queue) >= self.queues.len() {
+            return Err(DeviceError::NoSuchQueue { queue });
+        }
+        // Every queue's work is cheap to re-check; serving all keeps control
+        // replies and port data flowing whichever queue was kicked.
+        self.serve_all()
+    }
+
+    fn backend_ready(&mut self) -> Result<Served, DeviceError> {
+        if self.queues.is_empty() {
+            return Ok(Served::default());
+        }
+        self.serve_all()
+    }
+
+    fn reset(&mut self) {
+        self.queues.clear();
+        self.features = 0;
+        self.ctrl_out.clear();
+        for p in &mut self.ports {
+            p.ready = false;
+            p.guest_open = false;
+            p.tx_partial = None;
+            // Host input already read stays for the next driver: nothing is
+            // lost across a reset.
+        }
+    }
+}

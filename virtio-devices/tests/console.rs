@@ -1,0 +1,294 @@
+//! virtio-console (§5.3) in one process: the independent `virtio-drivers`
+//! console driver on port 0 through the mmio register file, and our own
+//! driver-side queues for multiport (§5.3.6.2), backpressure and hostile
+//! chains.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use backends::chardev::{Chardev, ChardevError, RingBuf};
+use virtio_core::GuestMemory;
+use virtio_core::features::TransportFeatures;
+use virtio_core::memory::GuestAddress;
+use virtio_core::mmio::device::MmioRegisters;
+use virtio_core::split::layout::{QueueLayout, QueueSize};
+use virtio_core::split::{DriverQueue, Token};
+use virtio_core::testing::OwnedMemory;
+use virtio_core::testing::virtio_drivers::{DeviceTransport, TestHal};
+use virtio_devices::console::{Console, Control, Port, event};
+use virtio_devices::device::{QueueConfig, VirtioDevice};
+use virtio_devices::transport::{MmioTransport, dispatch};
+use virtio_drivers::device::console::VirtIOConsole;
+
+/// A ring-buffer chardev the test can look into, which takes at most
+/// `limit` bytes per write (to model a slow host).
+#[derive(Clone)]
+struct Shared {
+    ring: Arc<Mutex<RingBuf<65536>>>,
+    limit: Arc<Mutex<usize>>,
+}
+
+impl Shared {
+    fn new() -> Shared {
+        Shared {
+            ring: Arc::new(Mutex::new(RingBuf::new())),
+            limit: Arc::new(Mutex::new(usize::MAX)),
+        }
+    }
+    fn output(&self) -> Vec<u8> {
+        let mut out = vec![0u8; 65536];
+        let n = self.ring.lock().unwrap().take_output(&mut out);
+        out.truncate(n);
+        out
+    }
+    fn input(&self, data: &[u8]) {
+        assert_eq!(self.ring.lock().unwrap().push_input(data), data.len());
+    }
+}
+
+impl Chardev for Shared {
+    fn write(&mut self, buf: &[u8]) -> Result<usize, ChardevError> {
+        let limit = *self.limit.lock().unwrap();
+        let n = buf.len().min(limit);
+        self.ring.lock().unwrap().write(&buf[..n])
+    }
+    fn read(&mut self, buf: &mut [u8]) -> Result<usize, ChardevError> {
+        self.ring.lock().unwrap().read(buf)
+    }
+}
+
+#[test]
+fn virtio_drivers_console_writes_and_echoes_through_port_0() {
+    let chr = Shared::new();
+    chr.input(b"hello from the host\n");
+    let dev = Console::new(TestHal::memory(), Box::new(chr.clone()));
+    let regs = MmioRegisters::<_, 8>::new(MmioTransport::new(dev)).unwrap();
+    let mut t = DeviceTransport::new(regs).unwrap().with_config_len(12);
+    t.set_hook(|regs, outcome| {
+        dispatch(regs, outcome);
+    });
+    let mut con = VirtIOConsole::<TestHal, _>::new(t).unwrap();
+    let size = con.size().unwrap().expect("SIZE negotiated");
+    assert_eq!((size.columns, size.rows), (80, 25));
+    // Guest output: a few KiB of text reach the chardev exactly.
+    let text: Vec<u8> = (0..4096u32).map(|i| b'a' + (i % 26) as u8).collect();
+    for chunk in text.chunks(1000) {
+        con.send_bytes(chunk).unwrap();
+    }
+    con.send(b'\n').unwrap();
+    let mut want = text.clone();
+    want.push(b'\n');
+    assert_eq!(chr.output(), want);
+    // Host input arrives in order.
+    let mut got = Vec::new();
+    for _ in 0..10_000 {
+        match con.recv(true).unwrap() {
+            Some(b) => got.push(b),
+            None if got.len() == 20 => break,
+            None => {}
+        }
+    }
+    assert_eq!(got, b"hello from the host\n");
+    // Emergency write goes straight to port 0.
+    con.emergency_write(b'!').unwrap();
+    assert_eq!(chr.output(), b"!");
+}
+
+/// Our driver side for a multiport console laid out by hand.
+struct Rig {
+    mem: &'static OwnedMemory,
+    qs: Vec<DriverQueue<16>>,
+    dev: Console<&'static OwnedMemory>,
+    next_buf: u64,
+    /// Control receive buffers posted and not yet used.
+    ctrl_bufs: HashMap<Token, GuestAddress>,
+}
+
+const BUF: u64 = 0x10_0000;
+
+impl Rig {
+    fn new(ports: Vec<Port>, multiport: bool) -> Rig {
+        let mem: &'static OwnedMemory =
+            Box::leak(Box::new(OwnedMemory::new(GuestAddress(0), 0x40_0000)));
+        let mut dev = Console::with_ports(mem, ports, multiport);
+        let n = dev.queue_max_sizes().len();
+        let mut qs = Vec::new();
+        let mut configs = Vec::new();
+        for i in 0..n as u64 {
+            let base = 0x1_0000 + i * 0x1_0000;
+            let layout = QueueLayout::new(
+                QueueSize::new(16).unwrap(),
+                GuestAddress(base),
+                GuestAddress(base + 0x1000),
+                GuestAddress(base + 0x2000),
+            )
+            .unwrap();
+            let mut q = DriverQueue::new(layout, false, None).unwrap();
+            q.init(mem).unwrap();
+            qs.push(q);
+            configs.push(QueueConfig {
+                layout: Some(layout),
+            });
+        }
+        let features = dev.device_features() & !TransportFeatures::RING_EVENT_IDX.bits();
+        dev.activate(features, configs).unwrap();
+        Rig {
+            mem,
+            qs,
+            dev,
+            next_buf: BUF,
+            ctrl_bufs: HashMap::new(),
+        }
+    }
+
+    fn buf(&mut self, data: &[u8]) -> GuestAddress {
+        let a = GuestAddress(self.next_buf);
+        self.next_buf += 0x1000;
+        self.mem.write(a, data).unwrap();
+        a
+    }
+
+    fn send(&mut self, q: usize, data: &[u8]) -> Token {
+        let a = self.buf(data);
+        let t = self.qs[q]
+            .add(self.mem, &[(a, data.len() as u32)], &[])
+            .unwrap();
+        self.qs[q].publish(self.mem).unwrap();
+        self.dev.queue_notify(q as u16).unwrap();
+        t
+    }
+
+    fn post_rx(&mut self, q: usize, len: u32) -> (Token, GuestAddress) {
+        let a = self.buf(&[]);
+        let t = self.qs[q].add(self.mem, &[], &[(a, len)]).unwrap();
+        self.qs[q].publish(self.mem).unwrap();
+        self.dev.queue_notify(q as u16).unwrap();
+        (t, a)
+    }
+
+    fn used(&mut self, q: usize) -> Vec<(Token, u32)> {
+        let mut v = vec![];
+        while let Some(u) = self.qs[q].pop_used(self.mem).unwrap() {
+            v.push((u.token, u.len));
+        }
+        v
+    }
+
+    fn control_messages(&mut self) -> Vec<(u32, u16, u16, Vec<u8>)> {
+        let mut out = vec![];
+        for _ in 0..8 {
+            let (t, a) = self.post_rx(2, 64);
+            self.ctrl_bufs.insert(t, a);
+            let used = self.used(2);
+            for (t, len) in used {
+                let a = self.ctrl_bufs.remove(&t).expect("a posted buffer");
+                let msg: Control = self.mem.read_obj(a).unwrap();
+                let mut extra = vec![0u8; len as usize - 8];
+                self.mem.read(GuestAddress(a.0 + 8), &mut extra).unwrap();
+                out.push((msg.id(), msg.event(), msg.value(), extra));
+            }
+        }
+        out
+    }
+}
+
+fn control(id: u32, ev: u16, value: u16) -> Vec<u8> {
+    use zerocopy::IntoBytes;
+    Control::new(id, ev, value).as_bytes().to_vec()
+}
+
+#[test]
+fn section_5_3_6_2_multiport_handshake_and_data_on_port_1() {
+    let c0 = Shared::new();
+    let c1 = Shared::new();
+    let ports = vec![
+        Port::new(Box::new(c0.clone()), true, None),
+        Port::new(Box::new(c1.clone()), false, Some("org.test.port1".into())),
+    ];
+    let mut r = Rig::new(ports, true);
+    assert_eq!(r.dev.queue_max_sizes().len(), 6);
+    let mut cfg = [0u8; 4];
+    r.dev.read_config(4, &mut cfg);
+    assert_eq!(u32::from_le_bytes(cfg), 2, "max_nr_ports");
+    r.send(3, &control(0, event::DEVICE_READY, 1));
+    let adds = r.control_messages();
+    assert_eq!(
+        adds,
+        vec![
+            (0, event::DEVICE_ADD, 0, vec![]),
+            (1, event::DEVICE_ADD, 0, vec![])
+        ]
+    );
+    r.send(3, &control(0, event::PORT_READY, 1));
+    r.send(3, &control(1, event::PORT_READY, 1));
+    let msgs = r.control_messages();
+    assert_eq!(
+        msgs,
+        vec![
+            (0, event::CONSOLE_PORT, 1, vec![]),
+            (0, event::PORT_OPEN, 1, vec![]),
+            (1, event::PORT_NAME, 1, b"org.test.port1\0".to_vec()),
+            (1, event::PORT_OPEN, 1, vec![]),
+        ]
+    );
+    r.send(3, &control(1, event::PORT_OPEN, 1));
+    assert!(r.dev.ports()[1].guest_open());
+    // Port 1 data: transmitq is queue 5, receiveq queue 4 (§5.3.2).
+    r.send(5, b"to port one");
+    assert_eq!(c1.output(), b"to port one");
+    assert!(c0.output().is_empty());
+    c1.input(b"from port one");
+    let (t, a) = r.post_rx(4, 64);
+    assert_eq!(r.used(4), vec![(t, 13)]);
+    let mut got = [0u8; 13];
+    r.mem.read(a, &mut got).unwrap();
+    assert_eq!(&got, b"from port one");
+    // A control message naming no port is counted, not fatal.
+    r.send(3, &control(9, event::PORT_OPEN, 1));
+    assert_eq!(r.dev.stats().bad_control, 1);
+}
+
+#[test]
+fn slow_chardev_keeps_the_chain_until_every_byte_is_out() {
+    let c0 = Shared::new();
+    *c0.limit.lock().unwrap() = 3;
+    let mut r = Rig::new(vec![Port::new(Box::new(c0.clone()), true, None)], false);
+    let t = r.send(1, b"0123456789");
+    assert!(r.used(1).is_empty(), "not complete while bytes remain");
+    assert_eq!(c0.output(), b"012");
+    r.dev.backend_ready().unwrap();
+    r.dev.backend_ready().unwrap();
+    *c0.limit.lock().unwrap() = usize::MAX;
+    r.dev.backend_ready().unwrap();
+    assert_eq!(r.used(1), vec![(t, 0)]);
+    assert_eq!(c0.output(), b"3456789");
+}
+
+#[test]
+fn host_input_waits_for_receive_buffers_and_nothing_is_lost() {
+    let c0 = Shared::new();
+    let mut r = Rig::new(vec![Port::new(Box::new(c0.clone()), true, None)], false);
+    c0.input(b"abcdefgh");
+    r.dev.backend_ready().unwrap();
+    let (t1, a1) = r.post_rx(0, 3);
+    let (t2, a2) = r.post_rx(0, 16);
+    assert_eq!(r.used(0), vec![(t1, 3), (t2, 5)]);
+    let mut b = [0u8; 8];
+    r.mem.read(a1, &mut b[..3]).unwrap();
+    r.mem.read(a2, &mut b[3..]).unwrap();
+    assert_eq!(&b, b"abcdefgh");
+}
+
+#[test]
+fn hostile_chains_are_returned_and_the_port_goes_on() {
+    let c0 = Shared::new();
+    let mut r = Rig::new(vec![Port::new(Box::new(c0.clone()), true, None)], false);
+    // A receive chain with no writable buffer, then a good one.
+    c0.input(b"xy");
+    let a = r.buf(&[1, 2]);
+    let bad = r.qs[0].add(r.mem, &[(a, 2)], &[]).unwrap();
+    r.qs[0].publish(r.mem).unwrap();
+    let (good, _) = r.post_rx(0, 8);
+    assert_eq!(r.used(0), vec![(bad, 0), (good, 2)]);
+    assert!(r.dev.stats().malformed >= 1);
+}
