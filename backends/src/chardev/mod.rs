@@ -4,10 +4,13 @@
 //! A chardev never blocks: `write` takes what it can now, `read` returns what
 //! is there now (`Ok(0)` is "nothing yet"), and under `std` a chardev that
 //! waits on the OS exposes a readiness fd for the harness's event loop. The
-//! in-process kinds live here; files, pipes, sockets and ptys come with the
-//! harness's option parser.
+//! in-process kinds ([`Null`], [`RingBuf`]) need no OS; files, pipes,
+//! sockets, ptys and stdio are in [`os`] under `std`.
 
 use core::fmt;
+
+#[cfg(feature = "std")]
+pub mod os;
 
 /// Why a chardev operation failed.
 #[derive(Debug)]
@@ -54,6 +57,13 @@ pub trait Chardev {
 
     /// Gives bytes to the device (guest input); `Ok(0)` means none now.
     fn read(&mut self, buf: &mut [u8]) -> Result<usize, ChardevError>;
+
+    /// The file descriptor to wait on for input (and reconnection), for
+    /// the harness's epoll loop; `None` for chardevs that need no waiting.
+    #[cfg(feature = "std")]
+    fn readiness_fd(&self) -> Option<std::os::fd::RawFd> {
+        None
+    }
 }
 
 impl<C: Chardev + ?Sized> Chardev for &mut C {
@@ -62,6 +72,23 @@ impl<C: Chardev + ?Sized> Chardev for &mut C {
     }
     fn read(&mut self, buf: &mut [u8]) -> Result<usize, ChardevError> {
         (**self).read(buf)
+    }
+    #[cfg(feature = "std")]
+    fn readiness_fd(&self) -> Option<std::os::fd::RawFd> {
+        (**self).readiness_fd()
+    }
+}
+
+#[cfg(feature = "std")]
+impl<C: Chardev + ?Sized> Chardev for std::boxed::Box<C> {
+    fn write(&mut self, buf: &[u8]) -> Result<usize, ChardevError> {
+        (**self).write(buf)
+    }
+    fn read(&mut self, buf: &mut [u8]) -> Result<usize, ChardevError> {
+        (**self).read(buf)
+    }
+    fn readiness_fd(&self) -> Option<std::os::fd::RawFd> {
+        (**self).readiness_fd()
     }
 }
 
