@@ -4,9 +4,11 @@
 //! A source fills what it can right now and says how much; it never blocks
 //! and never invents bytes. A source that runs dry returns what it has (maybe
 //! nothing) and the device keeps the rest of the request pending until the
-//! source is ready again. The EGD client arrives with the chardev backends.
+//! source is ready again.
 
 use core::fmt;
+
+use crate::chardev::{Chardev, ChardevError};
 
 /// Why a source could not produce bytes.
 #[derive(Debug)]
@@ -16,6 +18,8 @@ pub enum RngError {
         /// What the OS said.
         code: i32,
     },
+    /// The chardev to an EGD daemon failed.
+    Chardev(ChardevError),
     /// Reading the source file or device failed.
     #[cfg(feature = "std")]
     Io {
@@ -30,6 +34,7 @@ impl fmt::Display for RngError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             RngError::Os { code } => write!(f, "OS random generator failed (code {code})"),
+            RngError::Chardev(e) => write!(f, "EGD daemon: {e}"),
             #[cfg(feature = "std")]
             RngError::Io { path, err } => {
                 write!(f, "reading entropy from {}: {err}", path.display())
@@ -43,6 +48,7 @@ impl core::error::Error for RngError {
         match self {
             #[cfg(feature = "std")]
             RngError::Io { err, .. } => Some(err),
+            RngError::Chardev(e) => Some(e),
             _ => None,
         }
     }
@@ -113,6 +119,79 @@ impl RngBackend for Deterministic {
             self.spare_len -= 1;
         }
         Ok(buf.len())
+    }
+}
+
+/// An EGD daemon over a chardev (QEMU's `rng-egd,chardev=…`): the Entropy
+/// Gathering Daemon protocol's "read entropy, blocking" command (byte 0x02,
+/// then a count of 1 to 255); the daemon answers with that many bytes.
+/// Requests are issued as the device asks and answered as bytes arrive; a
+/// slow daemon only delays, never blocks.
+#[derive(Debug)]
+pub struct Egd<C> {
+    chardev: C,
+    /// Bytes requested and not yet received.
+    outstanding: usize,
+    /// Request bytes the chardev has not taken yet.
+    unsent: [u8; 2],
+    unsent_len: usize,
+}
+
+impl<C: Chardev> Egd<C> {
+    /// The EGD command that reads entropy, blocking on the daemon's side.
+    pub const CMD_READ_BLOCKING: u8 = 0x02;
+
+    /// A client talking to a daemon through `chardev`.
+    pub fn new(chardev: C) -> Self {
+        Egd {
+            chardev,
+            outstanding: 0,
+            unsent: [0; 2],
+            unsent_len: 0,
+        }
+    }
+
+    /// The chardev (for its readiness fd).
+    pub fn chardev(&self) -> &C {
+        &self.chardev
+    }
+
+    fn flush_request(&mut self) -> Result<(), RngError> {
+        while self.unsent_len > 0 {
+            let start = 2 - self.unsent_len;
+            let n = self
+                .chardev
+                .write(&self.unsent[start..])
+                .map_err(RngError::Chardev)?;
+            if n == 0 {
+                break;
+            }
+            self.unsent_len -= n.min(self.unsent_len);
+        }
+        Ok(())
+    }
+}
+
+impl<C: Chardev> RngBackend for Egd<C> {
+    fn fill(&mut self, buf: &mut [u8]) -> Result<usize, RngError> {
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        if self.outstanding == 0 && self.unsent_len == 0 {
+            let n = buf.len().min(255);
+            self.unsent = [Self::CMD_READ_BLOCKING, n as u8];
+            self.unsent_len = 2;
+            self.outstanding = n;
+        }
+        self.flush_request()?;
+        let want = buf.len().min(self.outstanding);
+        let got = self
+            .chardev
+            .read(&mut buf[..want])
+            .map_err(RngError::Chardev)?
+            .min(want);
+        self.outstanding -= got;
+        Ok(got)
     }
 }
 
@@ -257,5 +336,49 @@ mod tests {
     fn builtin_fills_everything() {
         let mut buf = [0u8; 64];
         assert_eq!(Builtin.fill(&mut buf).unwrap(), 64);
+    }
+
+    #[cfg(feature = "std")]
+    #[test]
+    fn egd_client_asks_a_real_daemon_and_gets_its_bytes() {
+        use crate::chardev::os::{SocketAddr, SocketChardev};
+        use std::io::{Read, Write};
+        let path = std::env::temp_dir().join(format!("egd-{}", std::process::id()));
+        let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        // A small EGD daemon: answers each 0x02 N with N bytes of a
+        // deterministic stream, in two pieces to exercise partial reads.
+        let daemon = std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().unwrap();
+            let mut src = Deterministic::new(99);
+            let mut cmd = [0u8; 2];
+            let mut served = 0;
+            while s.read_exact(&mut cmd).is_ok() {
+                assert_eq!(cmd[0], 0x02);
+                let mut out = vec![0u8; usize::from(cmd[1])];
+                src.fill(&mut out).unwrap();
+                let half = out.len() / 2;
+                s.write_all(&out[..half]).unwrap();
+                s.flush().unwrap();
+                std::thread::sleep(std::time::Duration::from_millis(1));
+                s.write_all(&out[half..]).unwrap();
+                served += out.len();
+            }
+            served
+        });
+        let chardev = SocketChardev::client(SocketAddr::Unix(path.clone()), None).unwrap();
+        let mut egd = Egd::new(chardev);
+        let mut got = Vec::new();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while got.len() < 1000 && std::time::Instant::now() < deadline {
+            let mut buf = [0u8; 300];
+            let n = egd.fill(&mut buf).unwrap();
+            got.extend_from_slice(&buf[..n]);
+        }
+        let mut want = vec![0u8; 1000];
+        Deterministic::new(99).fill(&mut want).unwrap();
+        assert_eq!(&got[..1000], &want[..]);
+        drop(egd);
+        assert!(daemon.join().unwrap() >= 1000);
+        let _ = std::fs::remove_file(path);
     }
 }
