@@ -1,9 +1,12 @@
 //! One module per fuzz target; [`TARGETS`] lists them for the corpus replay.
 
+pub mod console_control;
 pub mod descriptor_chain;
+pub mod device_requests;
 pub mod dma_map;
 pub mod driver_used_ring;
 pub mod mmio_registers;
+pub mod rng_request;
 pub mod split_queue_device;
 
 /// A fuzz target: its name (the corpus folder and cargo-fuzz binary) and its
@@ -37,5 +40,13 @@ pub const TARGETS: &[Target] = &[
     Target {
         name: "mmio_registers",
         run: mmio_registers::run,
+    },
+    Target {
+        name: "rng_request",
+        run: rng_request::run,
+    },
+    Target {
+        name: "console_control",
+        run: console_control::run,
     },
 ];

@@ -1,0 +1,62 @@
+//! `rng_request`: the entropy device (§5.4) against hostile request queues
+//! and a source that runs dry; it never panics and never completes a chain
+//! with more bytes than the chain can hold.
+
+use arbitrary::{Arbitrary, Unstructured};
+use backends::rng::{RngBackend, RngError};
+use virtio_core::memory::GuestAddress;
+use virtio_core::testing::OwnedMemory;
+use virtio_devices::rng::Rng;
+
+use super::device_requests::{MEM, Step, activate, run_steps};
+
+/// A source that gives what the input allows, then runs dry.
+struct Budget(usize);
+
+impl RngBackend for Budget {
+    fn fill(&mut self, buf: &mut [u8]) -> Result<usize, RngError> {
+        let n = buf.len().min(self.0);
+        buf[..n].fill(0xa5);
+        self.0 -= n;
+        Ok(n)
+    }
+}
+
+#[derive(Arbitrary, Debug)]
+struct Input {
+    size_log2: u8,
+    features: u64,
+    budget: u16,
+    image: Vec<u8>,
+    steps: Vec<Step>,
+}
+
+/// Runs one input.
+pub fn run(data: &[u8]) {
+    let Ok(input) = Input::arbitrary_take_rest(Unstructured::new(data)) else {
+        return;
+    };
+    let mem = OwnedMemory::new(GuestAddress(0), MEM);
+    let mut dev = Rng::new(Budget(usize::from(input.budget)), &mem);
+    if !activate(
+        &mut dev,
+        &mem,
+        &input.image,
+        input.size_log2,
+        input.features,
+    ) {
+        return;
+    }
+    run_steps(
+        &mut dev,
+        &mem,
+        &input.steps,
+        input.size_log2,
+        input.features,
+        |dev, data| {
+            // More entropy arrives.
+            let _ = (dev, data);
+        },
+    );
+    assert!(dev.stats().bytes <= u64::from(input.budget));
+}
