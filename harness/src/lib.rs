@@ -5,6 +5,8 @@
 //! scenario suite. [`suite`] reports that honestly so the README's main job
 //! runs on a fresh checkout.
 
+pub mod options;
+
 /// One row of the scenario report.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SuiteRow {

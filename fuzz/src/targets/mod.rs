@@ -5,6 +5,7 @@ pub mod descriptor_chain;
 pub mod device_requests;
 pub mod dma_map;
 pub mod driver_used_ring;
+pub mod machine_options;
 pub mod mmio_registers;
 pub mod rng_request;
 pub mod split_queue_device;
@@ -40,6 +41,10 @@ pub const TARGETS: &[Target] = &[
     Target {
         name: "mmio_registers",
         run: mmio_registers::run,
+    },
+    Target {
+        name: "machine_options",
+        run: machine_options::run,
     },
     Target {
         name: "rng_request",

@@ -1,0 +1,66 @@
+//! `machine_options`: arbitrary command lines through the QEMU-style option
+//! parser; it returns a config or an error that names the problem, never a
+//! panic.
+
+use arbitrary::{Arbitrary, Unstructured};
+
+/// Pieces the fuzzer combines, so it reaches deep into the parser quickly.
+const WORDS: &[&str] = &[
+    "-m",
+    "-machine",
+    "-M",
+    "-object",
+    "-chardev",
+    "-device",
+    "-kernel",
+    "-append",
+    "microvm,memory-backend=mem0,acpi=off",
+    "memory-backend-memfd,id=mem0,size=64M",
+    "memory-backend-ram,id=r,size=1M,share=on",
+    "memory-backend-file,id=f,size=2M,mem-path=/x",
+    "rng-random,id=rng0,filename=/dev/urandom",
+    "rng-builtin,id=rng1",
+    "rng-egd,id=rng2,chardev=c0",
+    "socket,id=c0,path=/tmp/egd.sock",
+    "socket,id=c2,host=localhost,port=4444,server=on",
+    "file,id=c1,path=out.log",
+    "virtio-rng-device,rng=rng0",
+    "virtio-serial-device",
+    "virtconsole,chardev=c1",
+    "virtserialport,chardev=c0,name=a,,b",
+    "64M",
+    "guest.elf",
+    "ringbuf,id=rb,size=4K",
+    "pty,id=p",
+    "null,id=n",
+    "rng-deterministic,id=d,seed=7",
+];
+
+#[derive(Arbitrary, Debug)]
+enum Token {
+    Word(u8),
+    Raw(String),
+}
+
+/// Runs one input.
+pub fn run(data: &[u8]) {
+    let Ok(tokens) = Vec::<Token>::arbitrary_take_rest(Unstructured::new(data)) else {
+        return;
+    };
+    let args: Vec<String> = tokens
+        .into_iter()
+        .take(64)
+        .map(|t| match t {
+            Token::Word(i) => WORDS[usize::from(i) % WORDS.len()].to_string(),
+            Token::Raw(s) => s,
+        })
+        .collect();
+    match harness::options::parse(&args) {
+        Ok(cfg) => {
+            assert!(cfg.memory >= 1 << 20);
+        }
+        Err(e) => {
+            assert!(!e.to_string().is_empty());
+        }
+    }
+}

@@ -1,0 +1,862 @@
+//! QEMU-style machine options (`-m`, `-machine`, `-object`, `-chardev`,
+//! `-device`, `-kernel`, `-append`), parsed and cross-checked into a typed
+//! [`MachineConfig`] before anything is created.
+//!
+//! Every mistake is a [`OptionError`] that names the option, the key and the
+//! value: an unknown option, type, key or value; a missing or duplicate id;
+//! a reference to an id that does not exist or is of the wrong kind. The
+//! parser never panics on any command line (the `machine_options` fuzz
+//! target holds it to that). It creates nothing: building the machine is
+//! the VM's job.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::path::PathBuf;
+
+/// Why a command line was refused.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum OptionError {
+    /// An option this monitor does not know.
+    UnknownOption(String),
+    /// An option given without its argument.
+    MissingArgument(String),
+    /// An option that may appear once appeared again.
+    Repeated(String),
+    /// `-object`, `-chardev` or `-device` of an unknown type.
+    UnknownType {
+        /// The option.
+        option: &'static str,
+        /// The type given.
+        ty: String,
+    },
+    /// A key the type does not take.
+    UnknownKey {
+        /// The option.
+        option: &'static str,
+        /// The type.
+        ty: String,
+        /// The key.
+        key: String,
+    },
+    /// A key given twice in one option.
+    RepeatedKey {
+        /// The option.
+        option: &'static str,
+        /// The key.
+        key: String,
+    },
+    /// A required key is missing.
+    MissingKey {
+        /// The option.
+        option: &'static str,
+        /// The type.
+        ty: String,
+        /// The key.
+        key: &'static str,
+    },
+    /// A value that does not parse or is out of range.
+    BadValue {
+        /// The option.
+        option: &'static str,
+        /// The key.
+        key: String,
+        /// The value.
+        value: String,
+        /// What was expected.
+        expected: &'static str,
+    },
+    /// Two objects, chardevs or devices with the same id.
+    DuplicateId(String),
+    /// A reference to an id that is not defined, or is of another kind.
+    UnknownId {
+        /// Who refers (e.g. `-device virtio-rng-device`).
+        by: String,
+        /// The key that refers.
+        key: &'static str,
+        /// The id.
+        id: String,
+        /// The kind of thing expected.
+        expected: &'static str,
+    },
+    /// Settings that contradict each other.
+    Conflict(String),
+}
+
+impl fmt::Display for OptionError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            OptionError::UnknownOption(o) => write!(f, "unknown option '{o}'"),
+            OptionError::MissingArgument(o) => write!(f, "option '{o}' needs an argument"),
+            OptionError::Repeated(o) => write!(f, "option '{o}' given more than once"),
+            OptionError::UnknownType { option, ty } => {
+                write!(f, "{option}: unknown type '{ty}'")
+            }
+            OptionError::UnknownKey { option, ty, key } => {
+                write!(f, "{option} {ty}: unknown key '{key}'")
+            }
+            OptionError::RepeatedKey { option, key } => {
+                write!(f, "{option}: key '{key}' given more than once")
+            }
+            OptionError::MissingKey { option, ty, key } => {
+                write!(f, "{option} {ty}: missing '{key}='")
+            }
+            OptionError::BadValue {
+                option,
+                key,
+                value,
+                expected,
+            } => write!(f, "{option}: {key}='{value}' is not {expected}"),
+            OptionError::DuplicateId(id) => write!(f, "id '{id}' is defined more than once"),
+            OptionError::UnknownId {
+                by,
+                key,
+                id,
+                expected,
+            } => write!(f, "{by}: {key}='{id}' does not name {expected}"),
+            OptionError::Conflict(why) => f.write_str(why),
+        }
+    }
+}
+
+impl std::error::Error for OptionError {}
+
+/// One `type,key=value,...` argument, split with QEMU's escaping (`,,` is
+/// a literal comma).
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct KeyVals {
+    option: &'static str,
+    ty: String,
+    keys: BTreeMap<String, String>,
+}
+
+fn split_commas(s: &str) -> Vec<String> {
+    let mut parts = vec![String::new()];
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == ',' {
+            if chars.peek() == Some(&',') {
+                chars.next();
+                if let Some(p) = parts.last_mut() {
+                    p.push(',');
+                }
+            } else {
+                parts.push(String::new());
+            }
+        } else if let Some(p) = parts.last_mut() {
+            p.push(c);
+        }
+    }
+    parts
+}
+
+impl KeyVals {
+    /// Parses `arg`; the first element is the type unless it has `=` and
+    /// `implied` names the key it stands for (QEMU's implied key, e.g.
+    /// `-machine microvm` is `type=microvm`).
+    fn parse(option: &'static str, arg: &str) -> Result<KeyVals, OptionError> {
+        let mut parts = split_commas(arg).into_iter();
+        let ty = parts.next().unwrap_or_default();
+        if ty.is_empty() || ty.contains('=') {
+            return Err(OptionError::BadValue {
+                option,
+                key: "type".into(),
+                value: ty,
+                expected: "a type name first",
+            });
+        }
+        let mut keys = BTreeMap::new();
+        for p in parts {
+            if p.is_empty() {
+                continue;
+            }
+            let (k, v) = match p.split_once('=') {
+                Some((k, v)) => (k.to_string(), v.to_string()),
+                // A bare flag means `on`, as in QEMU.
+                None => (p.clone(), "on".to_string()),
+            };
+            if keys.insert(k.clone(), v).is_some() {
+                return Err(OptionError::RepeatedKey { option, key: k });
+            }
+        }
+        Ok(KeyVals { option, ty, keys })
+    }
+
+    fn take(&mut self, key: &str) -> Option<String> {
+        self.keys.remove(key)
+    }
+
+    fn require(&mut self, key: &'static str) -> Result<String, OptionError> {
+        self.take(key).ok_or_else(|| OptionError::MissingKey {
+            option: self.option,
+            ty: self.ty.clone(),
+            key,
+        })
+    }
+
+    fn bad(&self, key: &str, value: &str, expected: &'static str) -> OptionError {
+        OptionError::BadValue {
+            option: self.option,
+            key: key.into(),
+            value: value.into(),
+            expected,
+        }
+    }
+
+    fn take_bool(&mut self, key: &str, default: bool) -> Result<bool, OptionError> {
+        match self.take(key) {
+            None => Ok(default),
+            Some(v) => parse_bool(&v).ok_or_else(|| self.bad(key, &v, "on or off")),
+        }
+    }
+
+    fn take_size(&mut self, key: &str) -> Result<Option<u64>, OptionError> {
+        match self.take(key) {
+            None => Ok(None),
+            Some(v) => parse_size(&v)
+                .map(Some)
+                .ok_or_else(|| self.bad(key, &v, "a size (e.g. 64M)")),
+        }
+    }
+
+    fn take_u32(&mut self, key: &str) -> Result<Option<u32>, OptionError> {
+        match self.take(key) {
+            None => Ok(None),
+            Some(v) => v
+                .parse()
+                .map(Some)
+                .map_err(|_| self.bad(key, &v, "a number")),
+        }
+    }
+
+    /// Fails on the first key nobody took.
+    fn finish(self) -> Result<(), OptionError> {
+        match self.keys.into_keys().next() {
+            None => Ok(()),
+            Some(key) => Err(OptionError::UnknownKey {
+                option: self.option,
+                ty: self.ty,
+                key,
+            }),
+        }
+    }
+}
+
+fn parse_bool(v: &str) -> Option<bool> {
+    match v {
+        "on" | "yes" | "true" => Some(true),
+        "off" | "no" | "false" => Some(false),
+        _ => None,
+    }
+}
+
+/// Parses a size with an optional K/M/G/T suffix (powers of 1024; a bare
+/// number of `-m` is MiB in QEMU, handled by the caller).
+pub fn parse_size(v: &str) -> Option<u64> {
+    let v = v.trim();
+    let (num, mult) = match v.char_indices().last()? {
+        (i, 'k' | 'K') => (&v[..i], 1u64 << 10),
+        (i, 'm' | 'M') => (&v[..i], 1 << 20),
+        (i, 'g' | 'G') => (&v[..i], 1 << 30),
+        (i, 't' | 'T') => (&v[..i], 1 << 40),
+        (i, 'b' | 'B') => (&v[..i], 1),
+        _ => (v, 1),
+    };
+    let n: u64 = if let Some(hex) = num.strip_prefix("0x") {
+        u64::from_str_radix(hex, 16).ok()?
+    } else {
+        num.parse().ok()?
+    };
+    n.checked_mul(mult)
+}
+
+/// A host memory backend (`-object memory-backend-*`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MemoryBackendConfig {
+    /// Its id.
+    pub id: String,
+    /// Which kind.
+    pub kind: MemoryBackendKind,
+    /// Size in bytes.
+    pub size: u64,
+    /// `share=on`: mapped shared (visible to other processes).
+    pub share: bool,
+    /// `prealloc=on`: populated up front.
+    pub prealloc: bool,
+}
+
+/// The kinds of host memory backend.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MemoryBackendKind {
+    /// `memory-backend-ram`: anonymous memory.
+    Ram,
+    /// `memory-backend-file,mem-path=…`.
+    File {
+        /// The file.
+        path: PathBuf,
+    },
+    /// `memory-backend-memfd`.
+    Memfd,
+}
+
+/// An entropy source (`-object rng-*`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RngConfig {
+    /// `rng-builtin`: the OS generator.
+    Builtin,
+    /// `rng-random,filename=…`.
+    Random {
+        /// The file or device.
+        filename: PathBuf,
+    },
+    /// `rng-egd,chardev=…`.
+    Egd {
+        /// The chardev to the daemon.
+        chardev: String,
+    },
+    /// `rng-deterministic,seed=N` (ours, for tests).
+    Deterministic {
+        /// The seed.
+        seed: u64,
+    },
+}
+
+/// A chardev (`-chardev`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ChardevKind {
+    /// `null`.
+    Null,
+    /// `ringbuf[,size=…]`.
+    Ringbuf {
+        /// Capacity in bytes.
+        size: u64,
+    },
+    /// `file,path=…[,input-path=…]`.
+    File {
+        /// Output file.
+        path: PathBuf,
+        /// Input file.
+        input_path: Option<PathBuf>,
+    },
+    /// `pipe,path=…`.
+    Pipe {
+        /// The base path.
+        path: PathBuf,
+    },
+    /// `pty`.
+    Pty,
+    /// `stdio`.
+    Stdio,
+    /// `socket,path=…|host=…,port=…[,server=on][,reconnect=N]`.
+    Socket {
+        /// Unix path, if a unix socket.
+        path: Option<PathBuf>,
+        /// TCP `host:port`, if TCP.
+        tcp: Option<String>,
+        /// Listen instead of connecting.
+        server: bool,
+        /// Seconds between reconnection attempts (clients).
+        reconnect: Option<u32>,
+    },
+}
+
+/// A device (`-device`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DeviceConfig {
+    /// `virtio-rng-device,rng=…`.
+    Rng {
+        /// The entropy source id.
+        rng: String,
+    },
+    /// `virtio-serial-device[,max_ports=N]`: a console device whose ports
+    /// are the `virtconsole`/`virtserialport` devices that follow.
+    Serial {
+        /// Its id, if given.
+        id: Option<String>,
+        /// Port limit.
+        max_ports: u32,
+    },
+    /// `virtconsole,chardev=…` or `virtserialport,chardev=…[,name=…]`.
+    Port {
+        /// The chardev.
+        chardev: String,
+        /// Port name.
+        name: Option<String>,
+        /// Whether it is a console port.
+        console: bool,
+    },
+}
+
+/// A whole machine, parsed and cross-checked.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MachineConfig {
+    /// RAM size in bytes (`-m`, default 64 MiB).
+    pub memory: u64,
+    /// `-machine memory-backend=…`: the id of the RAM's backend.
+    pub memory_backend: Option<String>,
+    /// Memory backends, by id.
+    pub memory_backends: Vec<MemoryBackendConfig>,
+    /// Entropy sources, by id.
+    pub rngs: Vec<(String, RngConfig)>,
+    /// Chardevs, by id.
+    pub chardevs: Vec<(String, ChardevKind)>,
+    /// Devices, in command-line order.
+    pub devices: Vec<DeviceConfig>,
+    /// The guest ELF.
+    pub kernel: Option<PathBuf>,
+    /// The kernel command line.
+    pub append: String,
+}
+
+impl MachineConfig {
+    /// The memory backend that provides RAM, if one is named.
+    pub fn ram_backend(&self) -> Option<&MemoryBackendConfig> {
+        let id = self.memory_backend.as_ref()?;
+        self.memory_backends.iter().find(|m| &m.id == id)
+    }
+}
+
+/// What an id names, for duplicate and reference checks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum IdKind {
+    Memory,
+    Rng,
+    Chardev,
+    Device,
+}
+
+/// Parses a command line (without the program name).
+pub fn parse<S: AsRef<str>>(args: &[S]) -> Result<MachineConfig, OptionError> {
+    let mut cfg = MachineConfig {
+        memory: 64 << 20,
+        ..MachineConfig::default()
+    };
+    let mut ids: HashMap<String, IdKind> = HashMap::new();
+    let mut seen_m = false;
+    let mut seen_machine = false;
+    let mut it = args.iter().map(|a| a.as_ref());
+    while let Some(opt) = it.next() {
+        let name = opt.trim_start_matches('-');
+        if !opt.starts_with('-') || name.is_empty() {
+            return Err(OptionError::UnknownOption(opt.to_string()));
+        }
+        let known = [
+            "m", "machine", "M", "object", "chardev", "device", "kernel", "append",
+        ];
+        if !known.contains(&name) {
+            return Err(OptionError::UnknownOption(opt.to_string()));
+        }
+        let arg = it
+            .next()
+            .ok_or_else(|| OptionError::MissingArgument(opt.to_string()))?;
+        match name {
+            "m" => {
+                if std::mem::replace(&mut seen_m, true) {
+                    return Err(OptionError::Repeated("-m".into()));
+                }
+                let v = arg.strip_prefix("size=").unwrap_or(arg);
+                // A bare number is MiB (QEMU).
+                let bytes = if v.chars().all(|c| c.is_ascii_digit()) && !v.is_empty() {
+                    v.parse::<u64>().ok().and_then(|n| n.checked_mul(1 << 20))
+                } else {
+                    parse_size(v)
+                };
+                cfg.memory =
+                    bytes
+                        .filter(|&b| b >= 1 << 20)
+                        .ok_or_else(|| OptionError::BadValue {
+                            option: "-m",
+                            key: "size".into(),
+                            value: arg.to_string(),
+                            expected: "a RAM size of at least 1M",
+                        })?;
+            }
+            "machine" | "M" => {
+                if std::mem::replace(&mut seen_machine, true) {
+                    return Err(OptionError::Repeated("-machine".into()));
+                }
+                let mut kv = KeyVals::parse("-machine", arg)?;
+                if kv.ty != "microvm" && kv.ty != "virtio-harness" {
+                    return Err(OptionError::UnknownType {
+                        option: "-machine",
+                        ty: kv.ty,
+                    });
+                }
+                cfg.memory_backend = kv.take("memory-backend");
+                // Accepted for compatibility with QEMU microvm command lines.
+                kv.take_bool("acpi", false)?;
+                kv.finish()?;
+            }
+            "object" => {
+                let mut kv = KeyVals::parse("-object", arg)?;
+                let id = kv.require("id")?;
+                let kind = match kv.ty.as_str() {
+                    "memory-backend-ram" | "memory-backend-file" | "memory-backend-memfd" => {
+                        let size = kv.take_size("size")?.ok_or(OptionError::MissingKey {
+                            option: "-object",
+                            ty: kv.ty.clone(),
+                            key: "size",
+                        })?;
+                        let kind = match kv.ty.as_str() {
+                            "memory-backend-ram" => MemoryBackendKind::Ram,
+                            "memory-backend-file" => MemoryBackendKind::File {
+                                path: kv.require("mem-path")?.into(),
+                            },
+                            _ => MemoryBackendKind::Memfd,
+                        };
+                        let share = kv.take_bool("share", kind == MemoryBackendKind::Memfd)?;
+                        let prealloc = kv.take_bool("prealloc", false)?;
+                        if kind == MemoryBackendKind::Memfd {
+                            kv.take_bool("seal", true)?;
+                        }
+                        cfg.memory_backends.push(MemoryBackendConfig {
+                            id: id.clone(),
+                            kind,
+                            size,
+                            share,
+                            prealloc,
+                        });
+                        IdKind::Memory
+                    }
+                    "rng-builtin" | "rng-random" | "rng-egd" | "rng-deterministic" => {
+                        let rng = match kv.ty.as_str() {
+                            "rng-builtin" => RngConfig::Builtin,
+                            "rng-random" => RngConfig::Random {
+                                filename: kv
+                                    .take("filename")
+                                    .unwrap_or_else(|| "/dev/urandom".into())
+                                    .into(),
+                            },
+                            "rng-egd" => RngConfig::Egd {
+                                chardev: kv.require("chardev")?,
+                            },
+                            _ => {
+                                let seed = kv.take("seed").unwrap_or_else(|| "0".into());
+                                RngConfig::Deterministic {
+                                    seed: seed
+                                        .parse()
+                                        .map_err(|_| kv.bad("seed", &seed, "a number"))?,
+                                }
+                            }
+                        };
+                        cfg.rngs.push((id.clone(), rng));
+                        IdKind::Rng
+                    }
+                    _ => {
+                        return Err(OptionError::UnknownType {
+                            option: "-object",
+                            ty: kv.ty,
+                        });
+                    }
+                };
+                kv.finish()?;
+                if ids.insert(id.clone(), kind).is_some() {
+                    return Err(OptionError::DuplicateId(id));
+                }
+            }
+            "chardev" => {
+                let mut kv = KeyVals::parse("-chardev", arg)?;
+                let id = kv.require("id")?;
+                let kind = match kv.ty.as_str() {
+                    "null" => ChardevKind::Null,
+                    "ringbuf" => ChardevKind::Ringbuf {
+                        size: kv.take_size("size")?.unwrap_or(64 << 10),
+                    },
+                    "file" => ChardevKind::File {
+                        path: kv.require("path")?.into(),
+                        input_path: kv.take("input-path").map(Into::into),
+                    },
+                    "pipe" => ChardevKind::Pipe {
+                        path: kv.require("path")?.into(),
+                    },
+                    "pty" => ChardevKind::Pty,
+                    "stdio" => {
+                        kv.take_bool("signal", true)?;
+                        ChardevKind::Stdio
+                    }
+                    "socket" => {
+                        let path = kv.take("path").map(PathBuf::from);
+                        let host = kv.take("host");
+                        let port = kv.take_u32("port")?;
+                        let server = kv.take_bool("server", false)?;
+                        // QEMU's `wait=off`: we never wait for a client.
+                        kv.take_bool("wait", false)?;
+                        let reconnect = kv.take_u32("reconnect")?;
+                        let tcp = match (host, port) {
+                            (h, Some(p)) if p <= 65535 => {
+                                Some(format!("{}:{p}", h.unwrap_or_else(|| "127.0.0.1".into())))
+                            }
+                            (_, Some(p)) => {
+                                return Err(kv.bad("port", &p.to_string(), "a port number"));
+                            }
+                            (Some(_), None) => {
+                                return Err(OptionError::MissingKey {
+                                    option: "-chardev",
+                                    ty: kv.ty,
+                                    key: "port",
+                                });
+                            }
+                            (None, None) => None,
+                        };
+                        if path.is_some() == tcp.is_some() {
+                            return Err(OptionError::Conflict(format!(
+                                "-chardev socket,id={id}: give exactly one of path= or host=/port="
+                            )));
+                        }
+                        ChardevKind::Socket {
+                            path,
+                            tcp,
+                            server,
+                            reconnect,
+                        }
+                    }
+                    _ => {
+                        return Err(OptionError::UnknownType {
+                            option: "-chardev",
+                            ty: kv.ty,
+                        });
+                    }
+                };
+                kv.finish()?;
+                if ids.insert(id.clone(), IdKind::Chardev).is_some() {
+                    return Err(OptionError::DuplicateId(id));
+                }
+                cfg.chardevs.push((id, kind));
+            }
+            "device" => {
+                let mut kv = KeyVals::parse("-device", arg)?;
+                let id = kv.take("id");
+                let dev = match kv.ty.as_str() {
+                    "virtio-rng-device" => DeviceConfig::Rng {
+                        rng: kv.require("rng")?,
+                    },
+                    "virtio-serial-device" => DeviceConfig::Serial {
+                        id: id.clone(),
+                        max_ports: kv.take_u32("max_ports")?.unwrap_or(31),
+                    },
+                    "virtconsole" | "virtserialport" => {
+                        // The bus is implied: ports join the last
+                        // virtio-serial-device.
+                        kv.take("bus");
+                        DeviceConfig::Port {
+                            console: kv.ty == "virtconsole",
+                            chardev: kv.require("chardev")?,
+                            name: kv.take("name"),
+                        }
+                    }
+                    _ => {
+                        return Err(OptionError::UnknownType {
+                            option: "-device",
+                            ty: kv.ty,
+                        });
+                    }
+                };
+                kv.finish()?;
+                if let Some(id) = id
+                    && ids.insert(id.clone(), IdKind::Device).is_some()
+                {
+                    return Err(OptionError::DuplicateId(id));
+                }
+                cfg.devices.push(dev);
+            }
+            "kernel" => {
+                if cfg.kernel.replace(arg.into()).is_some() {
+                    return Err(OptionError::Repeated("-kernel".into()));
+                }
+            }
+            "append" => {
+                if !cfg.append.is_empty() {
+                    return Err(OptionError::Repeated("-append".into()));
+                }
+                cfg.append = arg.to_string();
+            }
+            _ => return Err(OptionError::UnknownOption(opt.to_string())),
+        }
+    }
+    check_references(&cfg, &ids)?;
+    Ok(cfg)
+}
+
+fn check_references(cfg: &MachineConfig, ids: &HashMap<String, IdKind>) -> Result<(), OptionError> {
+    let refers = |by: &str, key: &'static str, id: &str, kind: IdKind, expected: &'static str| {
+        if ids.get(id) == Some(&kind) {
+            Ok(())
+        } else {
+            Err(OptionError::UnknownId {
+                by: by.to_string(),
+                key,
+                id: id.to_string(),
+                expected,
+            })
+        }
+    };
+    if let Some(mb) = &cfg.memory_backend {
+        refers(
+            "-machine",
+            "memory-backend",
+            mb,
+            IdKind::Memory,
+            "a memory backend",
+        )?;
+        if let Some(b) = cfg.ram_backend()
+            && b.size != cfg.memory
+        {
+            return Err(OptionError::Conflict(format!(
+                "-m is {} bytes but memory backend '{}' has {} bytes",
+                cfg.memory, b.id, b.size
+            )));
+        }
+    }
+    for (id, rng) in &cfg.rngs {
+        if let RngConfig::Egd { chardev } = rng {
+            refers(
+                &format!("-object rng-egd,id={id}"),
+                "chardev",
+                chardev,
+                IdKind::Chardev,
+                "a chardev",
+            )?;
+        }
+    }
+    let mut serial_seen = false;
+    for dev in &cfg.devices {
+        match dev {
+            DeviceConfig::Rng { rng } => {
+                refers(
+                    "-device virtio-rng-device",
+                    "rng",
+                    rng,
+                    IdKind::Rng,
+                    "an rng object",
+                )?;
+            }
+            DeviceConfig::Serial { .. } => serial_seen = true,
+            DeviceConfig::Port {
+                chardev, console, ..
+            } => {
+                let by = if *console {
+                    "-device virtconsole"
+                } else {
+                    "-device virtserialport"
+                };
+                refers(by, "chardev", chardev, IdKind::Chardev, "a chardev")?;
+                if !serial_seen {
+                    return Err(OptionError::Conflict(format!(
+                        "{by}: needs a -device virtio-serial-device before it"
+                    )));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(s: &str) -> Result<MachineConfig, OptionError> {
+        let args: Vec<&str> = s.split_whitespace().collect();
+        parse(&args)
+    }
+
+    #[test]
+    fn the_issue_example_parses() {
+        let c = p("-m 64M -machine microvm,memory-backend=mem0,acpi=off \
+                   -object memory-backend-memfd,id=mem0,size=64M \
+                   -object rng-random,id=rng0,filename=/dev/urandom -object rng-builtin,id=rng1 \
+                   -object rng-egd,id=rng2,chardev=c0 -chardev socket,id=c0,path=/tmp/egd.sock \
+                   -device virtio-rng-device,rng=rng0 -chardev file,id=c1,path=out.log \
+                   -device virtio-serial-device -device virtconsole,chardev=c1 \
+                   -kernel guest.elf -append console=hvc0")
+        .unwrap();
+        assert_eq!(c.memory, 64 << 20);
+        assert_eq!(c.ram_backend().unwrap().kind, MemoryBackendKind::Memfd);
+        assert!(c.ram_backend().unwrap().share);
+        assert_eq!(c.rngs.len(), 3);
+        assert_eq!(c.chardevs.len(), 2);
+        assert_eq!(c.devices.len(), 3);
+        assert_eq!(c.kernel, Some(PathBuf::from("guest.elf")));
+        assert_eq!(c.append, "console=hvc0");
+    }
+
+    #[test]
+    fn every_mistake_names_what_is_wrong() {
+        let cases = [
+            ("-x 1", "unknown option '-x'"),
+            ("-m", "option '-m' needs an argument"),
+            ("-m 12Q", "-m: size='12Q' is not a RAM size of at least 1M"),
+            ("-object rng-foo,id=a", "-object: unknown type 'rng-foo'"),
+            (
+                "-object rng-builtin,id=a,colour=red",
+                "-object rng-builtin: unknown key 'colour'",
+            ),
+            ("-object rng-builtin", "-object rng-builtin: missing 'id='"),
+            (
+                "-object rng-builtin,id=a -object rng-builtin,id=a",
+                "id 'a' is defined more than once",
+            ),
+            (
+                "-device virtio-rng-device,rng=nope",
+                "-device virtio-rng-device: rng='nope' does not name an rng object",
+            ),
+            (
+                "-chardev null,id=c -device virtio-rng-device,rng=c",
+                "-device virtio-rng-device: rng='c' does not name an rng object",
+            ),
+            (
+                "-object rng-egd,id=r,chardev=c9",
+                "-object rng-egd,id=r: chardev='c9' does not name a chardev",
+            ),
+            (
+                "-chardev socket,id=s",
+                "give exactly one of path= or host=/port=",
+            ),
+            (
+                "-chardev socket,id=s,port=99999",
+                "-chardev: port='99999' is not a port number",
+            ),
+            (
+                "-object memory-backend-ram,id=m,size=1M,share=maybe",
+                "-object: share='maybe' is not on or off",
+            ),
+            (
+                "-m 64M -machine microvm,memory-backend=m -object memory-backend-ram,id=m,size=32M",
+                "-m is 67108864 bytes but memory backend 'm' has 33554432 bytes",
+            ),
+            (
+                "-chardev null,id=c -device virtconsole,chardev=c",
+                "needs a -device virtio-serial-device before it",
+            ),
+            (
+                "-object rng-builtin,id=a,id=b",
+                "-object: key 'id' given more than once",
+            ),
+            (
+                "-kernel a -kernel b",
+                "option '-kernel' given more than once",
+            ),
+        ];
+        for (line, want) in cases {
+            let err = p(line).expect_err(line).to_string();
+            assert!(err.contains(want), "{line}: got '{err}', want '{want}'");
+        }
+    }
+
+    #[test]
+    fn commas_escape_and_sizes_parse() {
+        let c = p("-chardev file,id=c,path=/tmp/a,,b").unwrap();
+        assert_eq!(
+            c.chardevs[0].1,
+            ChardevKind::File {
+                path: "/tmp/a,b".into(),
+                input_path: None
+            }
+        );
+        assert_eq!(parse_size("4K"), Some(4096));
+        assert_eq!(parse_size("0x1000"), Some(4096));
+        assert_eq!(parse_size("1G"), Some(1 << 30));
+        assert_eq!(parse_size("99999999999T"), None);
+        assert_eq!(parse_size(""), None);
+        assert_eq!(p("-m 128").unwrap().memory, 128 << 20);
+    }
+}
