@@ -1,0 +1,305 @@
+//! The tiny guests under QEMU `microvm` (`acpi=off`, KVM): a known-good PVH
+//! monitor with known-good virtio-mmio devices, proving the guest runtime
+//! (PVH entry, long mode, COM1, exit port, IDT, LAPIC) before our monitor
+//! boots the same ELFs. Skips, saying why, without `qemu-system-x86_64` or
+//! `/dev/kvm`, unless `HARNESS_REQUIRE_QEMU=1` makes that a failure.
+
+use std::io::Read;
+use std::process::{Child, Command, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+const QEMU: &str = "qemu-system-x86_64";
+/// Longest a guest may run before it is killed and reported as hung.
+const TIMEOUT: Duration = Duration::from_secs(30);
+/// QEMU's exit status for the guest's pass value 0x10: `(0x10 << 1) | 1`.
+const PASS_STATUS: i32 = 33;
+/// QEMU's exit status for the guest's fail value 0x11: `(0x11 << 1) | 1`.
+const FAIL_STATUS: i32 = 35;
+/// virtio device IDs the probes must report.
+const RNG_ID: u32 = 4;
+const CONSOLE_ID: u32 = 3;
+
+const EMPTY: &str = env!("GUEST_EMPTY");
+const FAIL: &str = env!("GUEST_FAIL");
+const TIMER: &str = env!("GUEST_TIMER");
+
+/// What one QEMU run left behind.
+struct Run {
+    /// Exit status, `None` if killed by a signal or by the timeout.
+    status: Option<i32>,
+    /// COM1 output, `\r\n` folded to `\n`.
+    serial: String,
+    /// QEMU's own complaints.
+    stderr: String,
+    /// Launch to exit.
+    elapsed: Duration,
+    timed_out: bool,
+}
+
+impl Run {
+    fn describe(&self) -> String {
+        format!(
+            "status {:?}{} after {:?}\n--- serial ---\n{}--- stderr ---\n{}",
+            self.status,
+            if self.timed_out {
+                " (timed out, killed)"
+            } else {
+                ""
+            },
+            self.elapsed,
+            self.serial,
+            self.stderr
+        )
+    }
+}
+
+/// Why QEMU tests cannot run here, if they cannot.
+fn skip_reason() -> Option<String> {
+    if !std::path::Path::new("/dev/kvm").exists() {
+        return Some("/dev/kvm is missing".into());
+    }
+    match Command::new(QEMU).arg("--version").output() {
+        Ok(out) if out.status.success() => None,
+        Ok(out) => Some(format!("`{QEMU} --version` failed: {}", out.status)),
+        Err(e) => Some(format!("{QEMU} not found ({e}); .ci/setup installs it")),
+    }
+}
+
+/// True if the test should go on; prints why not otherwise.
+fn qemu_ready(test: &str) -> bool {
+    let Some(reason) = skip_reason() else {
+        return true;
+    };
+    if std::env::var_os("HARNESS_REQUIRE_QEMU").is_some_and(|v| v == "1") {
+        panic!("{test}: {reason}, and HARNESS_REQUIRE_QEMU=1");
+    }
+    eprintln!("skipping {test}: {reason}");
+    false
+}
+
+fn read_all(mut pipe: impl Read + Send + 'static) -> thread::JoinHandle<String> {
+    thread::spawn(move || {
+        let mut bytes = Vec::new();
+        // A read error just ends the capture; what was read is kept.
+        let _ = pipe.read_to_end(&mut bytes);
+        String::from_utf8_lossy(&bytes).replace("\r\n", "\n")
+    })
+}
+
+/// Waits for `child` at most `TIMEOUT`, killing it if it is still running.
+fn wait_bounded(child: &mut Child) -> (Option<i32>, bool) {
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) => return (status.code(), false),
+            Ok(None) if Instant::now() >= deadline => {
+                // Kill and reap our own child; errors mean it already exited.
+                let _ = child.kill();
+                let _ = child.wait();
+                return (None, true);
+            }
+            Ok(None) => thread::sleep(Duration::from_millis(2)),
+            Err(e) => panic!("waiting for {QEMU}: {e}"),
+        }
+    }
+}
+
+/// Boots `kernel` under microvm with the exit port, COM1 on stdout, and
+/// `extra` arguments (devices, globals).
+fn boot(kernel: &str, append: &str, extra: &[&str]) -> Run {
+    let mut cmd = Command::new(QEMU);
+    cmd.args([
+        "-M",
+        "microvm,acpi=off",
+        "-accel",
+        "kvm",
+        "-cpu",
+        "qemu64,-pni",
+    ])
+    .args([
+        "-m",
+        "64M",
+        "-smp",
+        "1",
+        "-no-reboot",
+        "-nographic",
+        "-nodefaults",
+    ])
+    .args(["-serial", "stdio"])
+    .args(["-device", "isa-debug-exit,iobase=0xf4,iosize=4"])
+    .args(["-kernel", kernel])
+    .args(extra);
+    if !append.is_empty() {
+        cmd.args(["-append", append]);
+    }
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let start = Instant::now();
+    let mut child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {QEMU}: {e}"));
+    let stdout = read_all(child.stdout.take().expect("stdout was piped"));
+    let stderr = read_all(child.stderr.take().expect("stderr was piped"));
+    let (status, timed_out) = wait_bounded(&mut child);
+    let elapsed = start.elapsed();
+    Run {
+        status,
+        serial: stdout.join().expect("stdout reader panicked"),
+        stderr: stderr.join().expect("stderr reader panicked"),
+        elapsed,
+        timed_out,
+    }
+}
+
+/// One `virtio-mmio …: magic … version … device-id … vendor-id …` line.
+#[derive(Debug)]
+struct Probe {
+    magic: u32,
+    version: u32,
+    device_id: u32,
+}
+
+fn parse_number(text: &str) -> Option<u32> {
+    match text.strip_prefix("0x") {
+        Some(hex) => u32::from_str_radix(hex, 16).ok(),
+        None => text.parse().ok(),
+    }
+}
+
+fn probes(serial: &str) -> Vec<Probe> {
+    serial
+        .lines()
+        .filter(|line| line.starts_with("virtio-mmio 0x"))
+        .filter_map(|line| {
+            let (_, fields) = line.split_once(": ")?;
+            let words: Vec<&str> = fields.split_whitespace().collect();
+            let field = |key: &str| {
+                let at = words.iter().position(|w| *w == key)?;
+                parse_number(words.get(at + 1)?)
+            };
+            Some(Probe {
+                magic: field("magic")?,
+                version: field("version")?,
+                device_id: field("device-id")?,
+            })
+        })
+        .collect()
+}
+
+fn assert_pass(run: &Run) {
+    assert_eq!(
+        run.status,
+        Some(PASS_STATUS),
+        "guest did not pass\n{}",
+        run.describe()
+    );
+    assert!(
+        run.serial.contains("verdict: pass"),
+        "no pass verdict on COM1\n{}",
+        run.describe()
+    );
+}
+
+fn assert_fail(run: &Run, reason: &str) {
+    assert_eq!(
+        run.status,
+        Some(FAIL_STATUS),
+        "guest was not reported as failing\n{}",
+        run.describe()
+    );
+    assert!(
+        run.serial.contains("verdict: fail: ") && run.serial.contains(reason),
+        "no fail verdict naming {reason:?} on COM1\n{}",
+        run.describe()
+    );
+}
+
+/// The empty guest sees the rng and console transports (added to the command
+/// line by microvm), with the given transport version, and our own extra slot
+/// (an empty address, 0x-size form) reads as no device.
+fn empty_guest_probes(version: u32, extra: &[&str]) {
+    let mut args = vec![
+        "-device",
+        "virtio-rng-device",
+        "-device",
+        "virtio-serial-device",
+    ];
+    args.extend_from_slice(extra);
+    let run = boot(
+        EMPTY,
+        "console=none virtio_mmio.device=0x200@0xd0000000:5",
+        &args,
+    );
+    assert_pass(&run);
+    eprintln!("microvm boot-to-exit of the empty guest: {:?}", run.elapsed);
+    let probes = probes(&run.serial);
+    for id in [RNG_ID, CONSOLE_ID] {
+        assert!(
+            probes
+                .iter()
+                .any(|p| p.magic == 0x7472_6976 && p.device_id == id && p.version == version),
+            "no version-{version} probe of device id {id}: {probes:?}\n{}",
+            run.describe()
+        );
+    }
+    assert!(
+        probes.iter().any(|p| p.magic == 0 && p.device_id == 0),
+        "the empty slot at 0xd0000000 was not probed\n{}",
+        run.describe()
+    );
+    assert!(
+        run.serial.contains("cmdline: \"console=none "),
+        "cmdline not printed\n{}",
+        run.describe()
+    );
+    assert!(
+        run.serial.contains(" ram\n"),
+        "no RAM in the printed memory map\n{}",
+        run.describe()
+    );
+}
+
+#[test]
+fn empty_guest_probes_legacy_transports() {
+    if qemu_ready("empty_guest_probes_legacy_transports") {
+        empty_guest_probes(1, &[]);
+    }
+}
+
+#[test]
+fn empty_guest_probes_modern_transports() {
+    if qemu_ready("empty_guest_probes_modern_transports") {
+        empty_guest_probes(2, &["-global", "virtio-mmio.force-legacy=false"]);
+    }
+}
+
+#[test]
+fn fail_guest_exception_is_a_failure() {
+    if qemu_ready("fail_guest_exception_is_a_failure") {
+        let run = boot(FAIL, "", &[]);
+        assert_fail(&run, "CPU exception 6 (#UD invalid opcode)");
+    }
+}
+
+#[test]
+fn fail_guest_panic_is_a_failure() {
+    if qemu_ready("fail_guest_panic_is_a_failure") {
+        let run = boot(FAIL, "fail=panic", &[]);
+        assert_fail(&run, "panicked at ");
+    }
+}
+
+#[test]
+fn timer_guest_takes_interrupts() {
+    if qemu_ready("timer_guest_takes_interrupts") {
+        let run = boot(TIMER, "", &[]);
+        assert_pass(&run);
+        assert!(
+            run.serial.contains("timer: 3 interrupts"),
+            "{}",
+            run.describe()
+        );
+    }
+}
