@@ -1,8 +1,11 @@
 //! The driver side of virtio for firmware and unikernels.
 //!
 //! `#![no_std]`, `alloc` optional. It builds on `virtio-core`'s driver-side
-//! queue, status machine and mmio accessor; transport discovery, the DMA
-//! `Hal` and the device drivers arrive with the harness issue.
+//! queue, status machine and mmio accessor. [`cmdline`] finds virtio-mmio
+//! transports on the kernel command line; the DMA `Hal` and the device
+//! drivers arrive with the rest of the harness issue.
 #![no_std]
+
+pub mod cmdline;
 
 pub use virtio_core;
