@@ -16,11 +16,11 @@ use alloc::vec::Vec;
 use backends::chardev::Chardev;
 use virtio_core::GuestMemory;
 use virtio_core::features::{ConsoleFeatures, DeviceType, TransportFeatures};
-use virtio_core::split::{DeviceQueue, QueueError};
+use virtio_core::split::DeviceQueue;
 use zerocopy::little_endian::{U16, U32};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
-use crate::device::{DeviceError, QueueConfig, Served, VirtioDevice};
+use crate::device::{DeviceError, QueueConfig, Served, VirtioDevice, next_head};
 
 /// Each queue's maximum size.
 pub const QUEUE_SIZE: u16 = 256;
@@ -241,20 +241,12 @@ impl<M: GuestMemory> Console<M> {
         loop {
             let (head, mut done) = match self.ports[port].tx_partial.take() {
                 Some(p) => p,
-                None => match q.pop(&self.mem) {
-                    Ok(Some(c)) => (c.head(), 0),
-                    Ok(None) => {
-                        if q.enable_notification(&self.mem).map_err(qerr)? {
-                            continue;
-                        }
-                        break;
+                None => {
+                    match next_head(&mut q, &self.mem, &mut self.stats.malformed).map_err(qerr)? {
+                        Some(h) => (h, 0),
+                        None => break,
                     }
-                    Err(QueueError::Chain(_)) => {
-                        self.stats.malformed += 1;
-                        continue;
-                    }
-                    Err(err) => return Err(qerr(err)),
-                },
+                }
             };
             let Ok(chain) = q.chain(&self.mem, head) else {
                 self.stats.malformed += 1;
@@ -326,23 +318,19 @@ impl<M: GuestMemory> Console<M> {
                 }
                 self.ports[port].rx_stash.extend_from_slice(&buf[..n]);
             }
-            let chain = match q.pop(&self.mem) {
-                Ok(Some(c)) => c,
-                // No buffer: the input waits in the stash; nothing more is
-                // read from the chardev until the guest adds buffers.
-                Ok(None) => {
-                    if q.enable_notification(&self.mem).map_err(qerr)? {
-                        continue;
-                    }
-                    break;
-                }
-                Err(QueueError::Chain(_)) => {
-                    self.stats.malformed += 1;
-                    continue;
-                }
-                Err(err) => return Err(qerr(err)),
+            // No buffer: the input waits in the stash; nothing more is read
+            // from the chardev until the guest adds buffers.
+            let Some(head) =
+                next_head(&mut q, &self.mem, &mut self.stats.malformed).map_err(qerr)?
+            else {
+                break;
             };
-            let head = chain.head();
+            let Ok(chain) = q.chain(&self.mem, head) else {
+                self.stats.malformed += 1;
+                q.add_used(&self.mem, head, 0).map_err(qerr)?;
+                served.completed += 1;
+                continue;
+            };
             let written = match chain.reader_writer::<64>() {
                 Ok((_, mut w)) if w.total() > 0 => {
                     let stash = &mut self.ports[port].rx_stash;
@@ -371,27 +359,15 @@ impl<M: GuestMemory> Console<M> {
             queue: CTRL_TX as u16,
             err,
         };
-        loop {
-            let chain = match q.pop(&self.mem) {
-                Ok(Some(c)) => c,
-                Ok(None) => {
-                    if q.enable_notification(&self.mem).map_err(qerr)? {
-                        continue;
-                    }
-                    break;
-                }
-                Err(QueueError::Chain(_)) => {
-                    self.stats.malformed += 1;
-                    continue;
-                }
-                Err(err) => return Err(qerr(err)),
-            };
-            let head = chain.head();
-            match chain
-                .reader_writer::<16>()
+        while let Some(head) =
+            next_head(&mut q, &self.mem, &mut self.stats.malformed).map_err(qerr)?
+        {
+            let msg = q
+                .chain(&self.mem, head)
                 .ok()
-                .and_then(|(mut r, _)| r.read_obj::<Control>().ok())
-            {
+                .and_then(|c| c.reader_writer::<16>().ok())
+                .and_then(|(mut r, _)| r.read_obj::<Control>().ok());
+            match msg {
                 Some(msg) => self.on_control(msg),
                 None => self.stats.malformed += 1,
             }
@@ -448,21 +424,17 @@ impl<M: GuestMemory> Console<M> {
             err,
         };
         while !self.ctrl_out.is_empty() {
-            let chain = match q.pop(&self.mem) {
-                Ok(Some(c)) => c,
-                Ok(None) => {
-                    if q.enable_notification(&self.mem).map_err(qerr)? {
-                        continue;
-                    }
-                    break;
-                }
-                Err(QueueError::Chain(_)) => {
-                    self.stats.malformed += 1;
-                    continue;
-                }
-                Err(err) => return Err(qerr(err)),
+            let Some(head) =
+                next_head(&mut q, &self.mem, &mut self.stats.malformed).map_err(qerr)?
+            else {
+                break;
             };
-            let head = chain.head();
+            let Ok(chain) = q.chain(&self.mem, head) else {
+                self.stats.malformed += 1;
+                q.add_used(&self.mem, head, 0).map_err(qerr)?;
+                served.completed += 1;
+                continue;
+            };
             let mut len = 0;
             if let Ok((_, mut w)) = chain.reader_writer::<16>() {
                 let (msg, extra) = self.ctrl_out.front().cloned().unwrap_or_default();

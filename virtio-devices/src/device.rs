@@ -8,6 +8,7 @@
 use alloc::vec::Vec;
 use core::fmt;
 
+use virtio_core::GuestMemory;
 use virtio_core::features::{DeviceType, TransportFeatures};
 use virtio_core::split::layout::{LayoutError, QueueLayout};
 use virtio_core::split::{DeviceQueue, QueueError};
@@ -133,4 +134,31 @@ pub trait VirtioDevice {
 
     /// The driver reset the device (§2.4): drop queues and pending work.
     fn reset(&mut self);
+}
+
+/// Takes the head of the next available chain for a device's serve loop.
+///
+/// When the ring is empty, driver notifications are re-enabled and the ring
+/// checked once more (§2.7.10), so a buffer made available in between is
+/// not missed; `None` means "empty, and a kick will come". A head the
+/// driver wrote out of range is counted in `malformed` and skipped (it
+/// names no chain that could be returned). Other queue errors are the
+/// device's cue to ask for a reset.
+pub fn next_head<M: GuestMemory + ?Sized>(
+    queue: &mut DeviceQueue,
+    mem: &M,
+    malformed: &mut u64,
+) -> Result<Option<u16>, QueueError> {
+    loop {
+        match queue.pop(mem) {
+            Ok(Some(chain)) => return Ok(Some(chain.head())),
+            Ok(None) => {
+                if !queue.enable_notification(mem)? {
+                    return Ok(None);
+                }
+            }
+            Err(QueueError::Chain(_)) => *malformed += 1,
+            Err(e) => return Err(e),
+        }
+    }
 }

@@ -15,7 +15,7 @@ use virtio_core::GuestMemory;
 use virtio_core::features::{DeviceType, TransportFeatures};
 use virtio_core::split::DeviceQueue;
 
-use crate::device::{DeviceError, QueueConfig, Served, VirtioDevice};
+use crate::device::{DeviceError, QueueConfig, Served, VirtioDevice, next_head};
 
 /// The request queue's maximum size.
 pub const QUEUE_SIZE: u16 = 256;
@@ -134,27 +134,15 @@ impl<B: RngBackend, M: GuestMemory> Rng<B, M> {
         loop {
             let head = match self.pending.front() {
                 Some(&h) => h,
-                None => match queue.pop(&self.mem) {
-                    Ok(Some(chain)) => {
-                        let h = chain.head();
-                        self.pending.push_back(h);
-                        h
-                    }
-                    Ok(None) => {
-                        // Ask for a kick when more comes; re-check what
-                        // arrived in between (§2.7.10).
-                        if queue.enable_notification(&self.mem).map_err(qerr)? {
-                            continue;
+                None => {
+                    match next_head(queue, &self.mem, &mut self.stats.malformed).map_err(qerr)? {
+                        Some(h) => {
+                            self.pending.push_back(h);
+                            h
                         }
-                        break;
+                        None => break,
                     }
-                    Err(virtio_core::split::QueueError::Chain(_)) => {
-                        // The head itself was invalid: nothing to return.
-                        self.stats.malformed += 1;
-                        continue;
-                    }
-                    Err(err) => return Err(qerr(err)),
-                },
+                }
             };
             match self.fill(queue, head) {
                 Some(len) => {
