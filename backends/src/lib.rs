@@ -7,6 +7,8 @@
 #![cfg_attr(not(feature = "std"), no_std)]
 
 pub mod chardev;
+#[cfg(feature = "std")]
+pub mod hostmem;
 pub mod rng;
 
 /// One piece of host memory for vectored I/O: a raw pointer and a length, so

@@ -413,6 +413,38 @@ impl MachineConfig {
         let id = self.memory_backend.as_ref()?;
         self.memory_backends.iter().find(|m| &m.id == id)
     }
+
+    /// What to create for guest RAM: the named backend, or anonymous
+    /// memory of `-m` bytes (QEMU's default `memory-backend-ram`).
+    pub fn ram_host_memory(&self) -> backends::hostmem::HostMemoryConfig {
+        match self.ram_backend() {
+            Some(b) => b.host_memory_config(),
+            None => backends::hostmem::HostMemoryConfig {
+                kind: backends::hostmem::HostMemoryKind::Ram,
+                size: self.memory,
+                share: false,
+                prealloc: false,
+            },
+        }
+    }
+}
+
+impl MemoryBackendConfig {
+    /// The `backends::hostmem` configuration for this backend (a memfd is
+    /// always sealed: `seal=off` is accepted and ignored).
+    pub fn host_memory_config(&self) -> backends::hostmem::HostMemoryConfig {
+        use backends::hostmem::HostMemoryKind;
+        backends::hostmem::HostMemoryConfig {
+            kind: match &self.kind {
+                MemoryBackendKind::Ram => HostMemoryKind::Ram,
+                MemoryBackendKind::File { path } => HostMemoryKind::File { path: path.clone() },
+                MemoryBackendKind::Memfd => HostMemoryKind::Memfd { seal: true },
+            },
+            size: self.size,
+            share: self.share,
+            prealloc: self.prealloc,
+        }
+    }
 }
 
 /// What an id names, for duplicate and reference checks.
@@ -777,6 +809,15 @@ mod tests {
         assert_eq!(c.devices.len(), 3);
         assert_eq!(c.kernel, Some(PathBuf::from("guest.elf")));
         assert_eq!(c.append, "console=hvc0");
+        let ram = c.ram_host_memory();
+        assert_eq!(
+            ram.kind,
+            backends::hostmem::HostMemoryKind::Memfd { seal: true }
+        );
+        assert_eq!((ram.size, ram.share, ram.prealloc), (64 << 20, true, false));
+        let plain = p("-m 32M").unwrap().ram_host_memory();
+        assert_eq!(plain.kind, backends::hostmem::HostMemoryKind::Ram);
+        assert_eq!(plain.size, 32 << 20);
     }
 
     #[test]
