@@ -1,13 +1,67 @@
 //! The driver side of virtio for firmware and unikernels.
 //!
-//! `#![no_std]`, `alloc` optional. It builds on `virtio-core`'s driver-side
-//! queue, status machine and mmio accessor. [`cmdline`] finds virtio-mmio
-//! transports on the kernel command line; [`hal`] holds the DMA `Hal` trait
-//! and volatile register access. The device drivers arrive with the rest of
-//! the harness issue.
+//! `#![no_std]`, no allocator (the `alloc` feature only adds
+//! `hal::GlobalAllocHal`). It builds on `virtio-core`'s status machine,
+//! feature negotiation, virtio-mmio accessor and driver-side split queue,
+//! and adds what a tiny guest needs around them:
+//!
+//! - [`cmdline`]: the virtio-mmio slots of the kernel command line
+//!   (`virtio_mmio.device=<size>@<base>:<irq>[:<id>]`, Linux's syntax).
+//! - [`hal`]: the DMA [`Hal`] trait, identity-mapping helpers and
+//!   [`PoolHal`], a page allocator over a region the program gives it.
+//! - [`mmio`]: [`VolatileMmio`], register access to a real slot.
+//! - [`transport`]: [`Transport`], probe and the initialization sequence of
+//!   §3.1.1 on version 2 and legacy version 1 devices; interrupt
+//!   acknowledgement.
+//! - [`queue`]: [`DmaQueue`], a split virtqueue with its buffers in one DMA
+//!   allocation, seen through [`queue::DmaMemory`].
+//! - [`wait`]: the bound on every wait ([`Polls`], [`Deadline`] on a
+//!   [`wait::Clock`]).
+//! - [`rng`] (§5.4) and [`console`] (§5.3, with MULTIPORT): the drivers.
+//!
+//! # Design choices
+//!
+//! - **It trusts nothing the device writes.** Every used element is
+//!   checked by virtio-core (id in flight, length within the buffer, index
+//!   not jumping); a violation is an [`Error`] and the queue stays broken.
+//!   Device-specific rules are checked here (an empty entropy completion,
+//!   §5.4.6.2; malformed console control messages, §5.3.6.2.1).
+//! - **It never waits without a bound.** Every blocking call takes a
+//!   [`Wait`]; a timeout leaves requests in flight and is reported as such
+//!   (or as DEVICE_NEEDS_RESET when the device set it).
+//! - **No caller buffer is ever given to the device.** Data is copied into
+//!   and out of driver-owned DMA slots, so a request that times out cannot
+//!   later scribble over the caller's memory.
+//! - **Memory is freed only after a reset.** Dropping a driver resets the
+//!   device first (§2.4); a device that does not reset keeps its pages.
+//!
+//! # Not supported
+//!
+//! virtio-pci, the packed virtqueue, indirect descriptors, zero-copy of
+//! caller buffers, port hot-plug beyond the queues set up at
+//! initialisation, big-endian guests on legacy devices.
 #![no_std]
+#![cfg_attr(docsrs, feature(doc_auto_cfg))]
+
+#[cfg(feature = "alloc")]
+extern crate alloc;
 
 pub mod cmdline;
+pub mod console;
+pub mod error;
 pub mod hal;
+pub mod mmio;
+pub mod queue;
+pub mod rng;
+pub mod transport;
+pub mod wait;
 
+pub use console::{Console, ConsoleOptions};
+pub use error::Error;
+pub use hal::{Hal, PoolHal};
+pub use mmio::VolatileMmio;
+pub use queue::DmaQueue;
+pub use rng::{Rng, RngOptions};
+pub use transport::{Completion, Transport};
 pub use virtio_core;
+pub use wait::{Deadline, Polls, Wait};

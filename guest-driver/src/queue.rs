@@ -1,0 +1,502 @@
+//! Virtqueues in DMA memory (spec §2.7): [`DmaMemory`], virtio-core's
+//! `GuestMemory` over what the [`Hal`] allocated (guest physical address =
+//! what the `Hal` says), and [`DmaQueue`], one split queue whose rings and
+//! fixed-size buffer slots live in one DMA allocation, driven by
+//! virtio-core's `DriverQueue`.
+//!
+//! Every chain is one slot, device-readable or device-writable. Data is
+//! copied into and out of the slots, so no caller buffer is ever given to
+//! the device, and a request that times out stays valid: its slot remains
+//! the queue's until the device uses it. No indirect descriptors.
+
+use virtio_core::memory::{Access, GuestAddress, GuestMemory, Mapping, MemoryError, Region};
+use virtio_core::memory::{RegionError, RegionMemory};
+use virtio_core::mmio::driver::RegisterAccess;
+use virtio_core::split::{DriverQueue, QueueLayout, QueueSize};
+
+use crate::error::Error;
+use crate::hal::{Dma, Hal, PAGE_SIZE};
+use crate::transport::{Completion, Transport};
+
+/// Guest memory made of DMA allocations, at the physical addresses the
+/// [`Hal`] gave them: the view virtio-core's queues need of the rings.
+/// Holds at most `N` allocations.
+#[derive(Clone, Debug, Default)]
+pub struct DmaMemory<const N: usize = 1> {
+    regions: RegionMemory<N>,
+}
+
+impl<const N: usize> DmaMemory<N> {
+    /// No memory yet.
+    pub const fn new() -> Self {
+        DmaMemory {
+            regions: RegionMemory::new(),
+        }
+    }
+
+    /// Adds an allocation: its bytes become guest memory at `dma.paddr()`.
+    ///
+    /// # Safety
+    ///
+    /// `dma` must stay allocated (not given back to its `Hal`) for as long
+    /// as this memory is used.
+    pub unsafe fn add(&mut self, dma: &Dma) -> Result<(), RegionError> {
+        // SAFETY: a `Dma` is valid for `len()` bytes with no Rust reference
+        // into it (its constructor's contract), and stays so while it is
+        // allocated, which the caller promises for our lifetime.
+        let region = unsafe {
+            Region::new(
+                GuestAddress(dma.paddr()),
+                dma.vaddr().as_ptr(),
+                dma.len() as u64,
+            )
+        };
+        self.regions.add(region)
+    }
+}
+
+impl<const N: usize> GuestMemory for DmaMemory<N> {
+    fn map(&self, addr: GuestAddress, len: u64, access: Access) -> Result<Mapping, MemoryError> {
+        self.regions.map(addr, len, access)
+    }
+    fn read(&self, addr: GuestAddress, buf: &mut [u8]) -> Result<(), MemoryError> {
+        self.regions.read(addr, buf)
+    }
+    fn write(&self, addr: GuestAddress, buf: &[u8]) -> Result<(), MemoryError> {
+        self.regions.write(addr, buf)
+    }
+    fn load_u16_acquire(&self, addr: GuestAddress) -> Result<u16, MemoryError> {
+        self.regions.load_u16_acquire(addr)
+    }
+    fn store_u16_release(&self, addr: GuestAddress, val: u16) -> Result<(), MemoryError> {
+        self.regions.store_u16_release(addr, val)
+    }
+}
+
+/// A used slot taken back from the device (§2.7.14): which slot and how
+/// many bytes the device wrote, already checked against the slot's size.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Completed {
+    /// The slot.
+    pub slot: u16,
+    /// Bytes the device wrote from the slot's start (0 for a
+    /// device-readable slot).
+    pub len: u32,
+}
+
+/// Where a slot stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Slot {
+    /// Free for the next chain.
+    Free,
+    /// Made available as the chain with this head.
+    Posted { head: u16 },
+    /// Used by the device; the driver has not released it yet.
+    Held,
+}
+
+/// The queue size to use: the largest power of two at most `cap` and the
+/// device's `max` (both at least 1).
+fn queue_size(cap: usize, max: u16) -> u16 {
+    let limit = u16::try_from(cap).unwrap_or(u16::MAX).min(max).max(1);
+    1 << (15 - limit.leading_zeros().min(15))
+}
+
+/// One split virtqueue in one DMA allocation: the rings, then `size` slots
+/// of `slot_size` bytes, with virtio-core's [`DriverQueue`] (capacity `N`)
+/// keeping the ring.
+///
+/// It does not free its memory on drop: the device may still write it.
+/// Its owner resets the device and then calls [`free`](Self::free); a
+/// device that does not reset keeps the pages (a leak, never a
+/// use-after-free).
+pub struct DmaQueue<const N: usize> {
+    index: u16,
+    dma: Option<Dma>,
+    mem: DmaMemory<1>,
+    queue: DriverQueue<N>,
+    slot_base: u64,
+    slot_size: u32,
+    slots: [Slot; N],
+    head_slot: [u16; N],
+    free: heapless::Vec<u16, N>,
+    interrupts: bool,
+}
+
+impl<const N: usize> core::fmt::Debug for DmaQueue<N> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("DmaQueue")
+            .field("index", &self.index)
+            .field("dma", &self.dma)
+            .field("slot_size", &self.slot_size)
+            .field("free", &self.free.len())
+            .field("queue", &self.queue)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<const N: usize> DmaQueue<N> {
+    /// Sets up queue `index` of `transport` between FEATURES_OK and
+    /// DRIVER_OK (§3.1.1 step 7, §4.2.3.2): a size of at most `N` and the
+    /// device's `QueueNumMax`, one DMA allocation from `hal` for the rings
+    /// (the legacy page-aligned layout on a version 1 device, §2.7.2,
+    /// §4.2.4) and one slot of `slot_size` bytes per descriptor, the rings
+    /// initialised, the addresses given to the device. With
+    /// [`Completion::Polling`] used buffer notifications are suppressed
+    /// (§2.7.7).
+    ///
+    /// If the device was told the addresses but set-up failed, the device
+    /// is reset before the memory is freed; if it does not reset, the
+    /// memory is kept.
+    pub fn new<H: Hal + ?Sized, R: RegisterAccess>(
+        hal: &H,
+        transport: &mut Transport<R>,
+        index: u16,
+        slot_size: u32,
+        completion: Completion,
+    ) -> Result<Self, Error> {
+        let max = transport.driver().queue_max_size(index)?;
+        let size = queue_size(N, max);
+        let layout_err = |err| Error::Layout { queue: index, err };
+        let qsize = QueueSize::new(u32::from(size)).map_err(layout_err)?;
+        let slot_size = slot_size.max(1);
+        let ring_bytes = ring_bytes(transport.is_modern(), qsize);
+        let ring_pages = ring_bytes.div_ceil(PAGE_SIZE as u64);
+        let slot_pages = (u64::from(size) * u64::from(slot_size)).div_ceil(PAGE_SIZE as u64);
+        let pages = usize::try_from(ring_pages + slot_pages).unwrap_or(usize::MAX);
+        let dma = hal.dma_alloc(pages).ok_or(Error::DmaExhausted { pages })?;
+        let base = GuestAddress(dma.paddr());
+        let mut mem = DmaMemory::new();
+        // SAFETY: `dma` is kept in the queue and given back only by `free`,
+        // which also empties `mem`.
+        if let Err(err) = unsafe { mem.add(&dma) } {
+            let paddr = dma.paddr();
+            // SAFETY: the device was never told this memory's address.
+            unsafe { hal.dma_dealloc(dma) };
+            return Err(Error::DmaRegion { paddr, err });
+        }
+        let layout = match ring_layout(transport, qsize, base) {
+            Ok(l) => l,
+            Err(e) => {
+                // SAFETY: as above.
+                unsafe { hal.dma_dealloc(dma) };
+                return Err(layout_err(e));
+            }
+        };
+        let queue = match DriverQueue::new(layout, transport.event_idx(), None) {
+            Ok(q) => q,
+            Err(err) => {
+                // SAFETY: as above.
+                unsafe { hal.dma_dealloc(dma) };
+                return Err(Error::Queue { queue: index, err });
+            }
+        };
+        let mut q = DmaQueue {
+            index,
+            dma: Some(dma),
+            mem,
+            queue,
+            // Below the top of the allocation, so no overflow.
+            slot_base: base.0 + ring_pages * PAGE_SIZE as u64,
+            slot_size,
+            slots: [Slot::Free; N],
+            head_slot: [0; N],
+            free: heapless::Vec::new(),
+            interrupts: completion == Completion::Interrupt,
+        };
+        if let Err(e) = q.attach(transport) {
+            transport.fail();
+            if transport.reset().is_ok() {
+                // SAFETY: the device was reset (§2.4): it no longer uses
+                // the queue.
+                unsafe { q.free(hal) };
+            }
+            return Err(e);
+        }
+        Ok(q)
+    }
+
+    /// Gives the queue to the device again after a device reset (§2.4),
+    /// between FEATURES_OK and DRIVER_OK: the rings are zeroed, every slot
+    /// is free, the queue is no longer broken, and its addresses are
+    /// written to the device (§4.2.3.2).
+    pub fn attach<R: RegisterAccess>(&mut self, transport: &Transport<R>) -> Result<(), Error> {
+        let qerr = |err| Error::Queue {
+            queue: self.index,
+            err,
+        };
+        self.queue.init(&self.mem).map_err(qerr)?;
+        self.slots = [Slot::Free; N];
+        self.free.clear();
+        for s in (0..self.queue.layout().size().get()).rev() {
+            // At most the queue size, which is at most N.
+            let _ = self.free.push(s);
+        }
+        transport
+            .driver()
+            .setup_queue(self.index, &self.queue.layout())?;
+        if !self.interrupts {
+            self.queue.disable_interrupts(&self.mem).map_err(qerr)?;
+        }
+        Ok(())
+    }
+
+    /// The queue index (§2.7, §5.x.2).
+    pub fn index(&self) -> u16 {
+        self.index
+    }
+
+    /// The queue size in use (§2.7).
+    pub fn size(&self) -> u16 {
+        self.queue.layout().size().get()
+    }
+
+    /// Bytes per slot.
+    pub fn slot_size(&self) -> u32 {
+        self.slot_size
+    }
+
+    /// Slots free for new chains.
+    pub fn free_slots(&self) -> usize {
+        self.free.len()
+    }
+
+    /// Chains made available and not yet taken back.
+    pub fn in_flight(&self) -> u16 {
+        self.queue.in_flight()
+    }
+
+    /// Whether the device broke the ring rules (§2.7.8, §2.7.14).
+    pub fn is_broken(&self) -> bool {
+        self.queue.is_broken()
+    }
+
+    /// The queue's layout (§2.7).
+    pub fn layout(&self) -> QueueLayout {
+        self.queue.layout()
+    }
+
+    fn qerr(&self, err: virtio_core::split::DriverError) -> Error {
+        Error::Queue {
+            queue: self.index,
+            err,
+        }
+    }
+
+    fn slot_addr(&self, slot: u16) -> GuestAddress {
+        // slot < size and size * slot_size lies inside the allocation.
+        GuestAddress(self.slot_base + u64::from(slot) * u64::from(self.slot_size))
+    }
+
+    /// Adds one device-readable chain (§2.7.13.1) holding the first
+    /// `min(data.len(), slot_size)` bytes of `data` and returns how many;
+    /// 0 if `data` is empty or no slot is free. Not visible to the device
+    /// until [`kick`](Self::kick).
+    pub fn push_readable(&mut self, data: &[u8]) -> Result<usize, Error> {
+        let n = data.len().min(self.slot_size as usize);
+        if n == 0 {
+            return Ok(0);
+        }
+        let Some(&slot) = self.free.last() else {
+            return Ok(0);
+        };
+        let addr = self.slot_addr(slot);
+        let chunk = data.get(..n).unwrap_or_default();
+        self.mem.write(addr, chunk).map_err(|err| Error::Memory {
+            queue: self.index,
+            err,
+        })?;
+        // n <= slot_size, a u32.
+        let token = self
+            .queue
+            .add(&self.mem, &[(addr, n as u32)], &[])
+            .map_err(|e| self.qerr(e))?;
+        self.take_slot(slot, token.head());
+        Ok(n)
+    }
+
+    /// Adds one device-writable chain of a whole slot (§2.7.13.1); `false`
+    /// if no slot is free.
+    pub fn push_writable(&mut self) -> Result<bool, Error> {
+        let Some(&slot) = self.free.last() else {
+            return Ok(false);
+        };
+        let addr = self.slot_addr(slot);
+        let token = self
+            .queue
+            .add(&self.mem, &[], &[(addr, self.slot_size)])
+            .map_err(|e| self.qerr(e))?;
+        self.take_slot(slot, token.head());
+        Ok(true)
+    }
+
+    fn take_slot(&mut self, slot: u16, head: u16) {
+        self.free.pop();
+        if let Some(s) = self.slots.get_mut(usize::from(slot)) {
+            *s = Slot::Posted { head };
+        }
+        if let Some(h) = self.head_slot.get_mut(usize::from(head)) {
+            *h = slot;
+        }
+    }
+
+    /// Publishes what was added (§2.7.13.3) and notifies the device if it
+    /// asks for it (§2.7.13.4, §4.2.3.3).
+    pub fn kick<R: RegisterAccess>(&mut self, transport: &Transport<R>) -> Result<(), Error> {
+        self.queue.publish(&self.mem).map_err(|e| self.qerr(e))?;
+        if self
+            .queue
+            .should_kick(&self.mem)
+            .map_err(|e| self.qerr(e))?
+        {
+            transport.notify(self.index);
+        }
+        Ok(())
+    }
+
+    /// Takes the next used chain, if any (§2.7.14). virtio-core checks the
+    /// id and that the length fits the slot; a violation breaks the queue.
+    /// The slot stays held until [`release`](Self::release).
+    pub fn pop(&mut self) -> Result<Option<Completed>, Error> {
+        let Some(used) = self.queue.pop_used(&self.mem).map_err(|e| self.qerr(e))? else {
+            return Ok(None);
+        };
+        let head = used.token.head();
+        let slot = self.head_slot.get(usize::from(head)).copied();
+        let state = slot.and_then(|s| self.slots.get_mut(usize::from(s)));
+        match (slot, state) {
+            (Some(slot), Some(state)) if *state == (Slot::Posted { head }) => {
+                *state = Slot::Held;
+                Ok(Some(Completed {
+                    slot,
+                    len: used.len,
+                }))
+            }
+            // The queue accepted a head we did not post: impossible unless
+            // the shadow state is corrupt; report it as the device's.
+            _ => Err(self.qerr(virtio_core::split::DriverError::UsedIdNotInFlight { id: head })),
+        }
+    }
+
+    /// Copies `buf.len()` bytes at `offset` of a held slot out of DMA
+    /// memory.
+    pub fn read_slot(&self, slot: u16, offset: u32, buf: &mut [u8]) -> Result<(), Error> {
+        let queue = self.index;
+        let end = u64::from(offset) + buf.len() as u64;
+        let held = self.slots.get(usize::from(slot)) == Some(&Slot::Held);
+        if !held || end > u64::from(self.slot_size) {
+            return Err(Error::Memory {
+                queue,
+                err: MemoryError::OutOfBounds {
+                    addr: self.slot_addr(slot.min(self.size())),
+                    len: end,
+                },
+            });
+        }
+        let addr = GuestAddress(self.slot_addr(slot).0 + u64::from(offset));
+        self.mem
+            .read(addr, buf)
+            .map_err(|err| Error::Memory { queue, err })
+    }
+
+    /// Makes a held slot free again; slots in any other state are left
+    /// alone.
+    pub fn release(&mut self, slot: u16) {
+        if let Some(s) = self.slots.get_mut(usize::from(slot))
+            && *s == Slot::Held
+        {
+            *s = Slot::Free;
+            // Never more free slots than slots.
+            let _ = self.free.push(slot);
+        }
+    }
+
+    /// Before waiting for an interrupt (§2.7.14): re-enables used buffer
+    /// notifications and returns whether used buffers are already there
+    /// (then pop instead of waiting). With [`Completion::Polling`] it does
+    /// nothing and returns `false`.
+    pub fn arm(&mut self) -> Result<bool, Error> {
+        if !self.interrupts {
+            return Ok(false);
+        }
+        self.queue
+            .enable_interrupts(&self.mem)
+            .map_err(|e| self.qerr(e))
+    }
+
+    /// Gives the memory back to `hal`; afterwards every operation fails.
+    ///
+    /// # Safety
+    ///
+    /// `hal` must be the `Hal` the queue was allocated from, and the device
+    /// must no longer use the queue: it was reset (§2.4), or never told
+    /// the addresses.
+    pub unsafe fn free<H: Hal + ?Sized>(&mut self, hal: &H) {
+        self.mem = DmaMemory::new();
+        self.free.clear();
+        if let Some(dma) = self.dma.take() {
+            // SAFETY: the caller's promise; `mem`, the only view of the
+            // memory, was emptied above.
+            unsafe { hal.dma_dealloc(dma) };
+        }
+    }
+}
+
+/// Bytes of the rings of a queue of `size`: compact on version 2
+/// (§2.7: descriptor table, available ring, used ring at 4-byte
+/// alignment), the legacy layout on version 1 (§2.7.2: the used ring on
+/// the next page).
+fn ring_bytes(modern: bool, size: QueueSize) -> u64 {
+    let desc = QueueLayout::desc_table_len(size);
+    let avail = QueueLayout::avail_ring_len(size);
+    let used = QueueLayout::used_ring_len(size);
+    let align = if modern { 4 } else { PAGE_SIZE as u64 };
+    (desc + avail).next_multiple_of(align) + used
+}
+
+fn ring_layout<R: RegisterAccess>(
+    transport: &Transport<R>,
+    size: QueueSize,
+    base: GuestAddress,
+) -> Result<QueueLayout, virtio_core::split::LayoutError> {
+    if !transport.is_modern() {
+        return transport.driver().legacy_layout(size, base);
+    }
+    let desc_len = QueueLayout::desc_table_len(size);
+    let avail = GuestAddress(base.0.saturating_add(desc_len));
+    // Saturating: an allocation at the very top of the address space gives
+    // an unaligned or wrapping address, which `QueueLayout::new` refuses.
+    let used = GuestAddress(
+        avail
+            .0
+            .saturating_add(QueueLayout::avail_ring_len(size))
+            .checked_next_multiple_of(4)
+            .unwrap_or(u64::MAX),
+    );
+    QueueLayout::new(size, base, avail, used)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queue_size_is_the_largest_power_of_two_allowed() {
+        assert_eq!(queue_size(16, 256), 16);
+        assert_eq!(queue_size(16, 12), 8);
+        assert_eq!(queue_size(16, 1), 1);
+        assert_eq!(queue_size(16, 0), 1);
+        assert_eq!(queue_size(0, 8), 1);
+        assert_eq!(queue_size(1 << 20, u16::MAX), 32768);
+        assert_eq!(queue_size(100, 100), 64);
+    }
+
+    #[test]
+    fn ring_bytes_follow_2_7_and_legacy_2_7_2() {
+        let s = QueueSize::new(16).unwrap();
+        // 256 + 38 -> 296 (4-aligned), + 134.
+        assert_eq!(ring_bytes(true, s), 296 + 134);
+        // Used ring on the next page.
+        assert_eq!(ring_bytes(false, s), 4096 + 134);
+    }
+}
