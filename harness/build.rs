@@ -44,6 +44,13 @@ fn main() {
     ] {
         println!("cargo:rerun-if-changed={}", guests.join(input).display());
     }
+    // The guests' path dependencies in this workspace.
+    for dep in ["guest-driver", "virtio-core"] {
+        let dir = manifest_dir.join("..").join(dep);
+        for input in ["Cargo.toml", "src"] {
+            println!("cargo:rerun-if-changed={}", dir.join(input).display());
+        }
+    }
 
     let target_dir = out_dir.join("guests");
     build_guests(&guests, &target_dir);
