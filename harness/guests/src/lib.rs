@@ -23,9 +23,11 @@ pub mod boot;
 pub mod cpu;
 pub mod exit;
 pub mod layout;
+pub mod raw;
 pub mod serial;
 mod start;
 pub mod trap;
+pub mod virtio;
 
 pub use boot::{BootInfo, MemoryKind, MemoryRegion};
 
