@@ -65,6 +65,27 @@ pub trait RngBackend {
     fn is_exhausted(&self) -> bool {
         false
     }
+
+    /// The file descriptor to wait on before bytes can arrive (an EGD
+    /// daemon's socket), for the harness's event loop; `None` for sources
+    /// that answer at once.
+    #[cfg(feature = "std")]
+    fn readiness_fd(&self) -> Option<std::os::fd::RawFd> {
+        None
+    }
+}
+
+#[cfg(feature = "std")]
+impl<B: RngBackend + ?Sized> RngBackend for std::boxed::Box<B> {
+    fn fill(&mut self, buf: &mut [u8]) -> Result<usize, RngError> {
+        (**self).fill(buf)
+    }
+    fn is_exhausted(&self) -> bool {
+        (**self).is_exhausted()
+    }
+    fn readiness_fd(&self) -> Option<std::os::fd::RawFd> {
+        (**self).readiness_fd()
+    }
 }
 
 impl<B: RngBackend + ?Sized> RngBackend for &mut B {
@@ -73,6 +94,10 @@ impl<B: RngBackend + ?Sized> RngBackend for &mut B {
     }
     fn is_exhausted(&self) -> bool {
         (**self).is_exhausted()
+    }
+    #[cfg(feature = "std")]
+    fn readiness_fd(&self) -> Option<std::os::fd::RawFd> {
+        (**self).readiness_fd()
     }
 }
 
@@ -173,6 +198,11 @@ impl<C: Chardev> Egd<C> {
 }
 
 impl<C: Chardev> RngBackend for Egd<C> {
+    #[cfg(feature = "std")]
+    fn readiness_fd(&self) -> Option<std::os::fd::RawFd> {
+        self.chardev.readiness_fd()
+    }
+
     fn fill(&mut self, buf: &mut [u8]) -> Result<usize, RngError> {
         if buf.is_empty() {
             return Ok(0);

@@ -158,6 +158,8 @@ pub struct ConsoleStats {
 pub struct Console<M> {
     mem: M,
     ports: Vec<Port>,
+    /// `max_nr_ports`: ports the queues have room for (`>= ports.len()`).
+    max_ports: usize,
     multiport: bool,
     cols: u16,
     rows: u16,
@@ -191,11 +193,23 @@ impl<M: GuestMemory> Console<M> {
     /// A console with these ports; `multiport` offers
     /// `VIRTIO_CONSOLE_F_MULTIPORT` (needed for more than one port).
     pub fn with_ports(mem: M, ports: Vec<Port>, multiport: bool) -> Self {
+        let max = ports.len();
+        Self::with_max_ports(mem, ports, multiport, max)
+    }
+
+    /// A console with these ports and room for `max_ports` (QEMU's
+    /// `virtio-serial-device,max_ports=N`): with MULTIPORT the device has
+    /// queues for `max_ports` ports and reports it as `max_nr_ports`
+    /// (§5.3.4, §5.3.2), the ports beyond `ports` are never added. Fewer
+    /// than `ports.len()` is raised to it.
+    pub fn with_max_ports(mem: M, ports: Vec<Port>, multiport: bool, max_ports: usize) -> Self {
         let multiport = multiport || ports.len() > 1;
-        let nq = if multiport { 2 + 2 * ports.len() } else { 2 };
+        let max_ports = max_ports.max(ports.len()).max(1);
+        let nq = if multiport { 2 + 2 * max_ports } else { 2 };
         Console {
             mem,
             ports,
+            max_ports,
             multiport,
             cols: 80,
             rows: 25,
@@ -521,7 +535,8 @@ impl<M: GuestMemory> VirtioDevice for Console<M> {
         let mut cfg = [0u8; 12];
         cfg[0..2].copy_from_slice(&self.cols.to_le_bytes());
         cfg[2..4].copy_from_slice(&self.rows.to_le_bytes());
-        cfg[4..8].copy_from_slice(&(self.ports.len() as u32).to_le_bytes());
+        let max = u32::try_from(self.max_ports).unwrap_or(u32::MAX);
+        cfg[4..8].copy_from_slice(&max.to_le_bytes());
         for (i, b) in data.iter_mut().enumerate() {
             *b = usize::try_from(offset)
                 .ok()

@@ -108,9 +108,14 @@ const BUF: u64 = 0x10_0000;
 
 impl Rig {
     fn new(ports: Vec<Port>, multiport: bool) -> Rig {
+        let max = ports.len();
+        Rig::with_max(ports, multiport, max)
+    }
+
+    fn with_max(ports: Vec<Port>, multiport: bool, max_ports: usize) -> Rig {
         let mem: &'static OwnedMemory =
             Box::leak(Box::new(OwnedMemory::new(GuestAddress(0), 0x40_0000)));
-        let mut dev = Console::with_ports(mem, ports, multiport);
+        let mut dev = Console::with_max_ports(mem, ports, multiport, max_ports);
         let n = dev.queue_max_sizes().len();
         let mut qs = Vec::new();
         let mut configs = Vec::new();
@@ -291,4 +296,32 @@ fn hostile_chains_are_returned_and_the_port_goes_on() {
     let (good, _) = r.post_rx(0, 8);
     assert_eq!(r.used(0), vec![(bad, 0), (good, 2)]);
     assert!(r.dev.stats().malformed >= 1);
+}
+
+#[test]
+fn section_5_3_4_max_nr_ports_is_the_room_not_the_ports_present() {
+    // QEMU's virtio-serial-device,max_ports=4 with one virtconsole: queues
+    // for 4 ports (2 + 2 * 4, §5.3.2), max_nr_ports 4, only port 0 added.
+    let out = Shared::new();
+    let mut rig = Rig::with_max(vec![Port::new(Box::new(out.clone()), true, None)], true, 4);
+    assert_eq!(rig.dev.queue_max_sizes().len(), 10);
+    let mut cfg = [0u8; 4];
+    rig.dev.read_config(4, &mut cfg);
+    assert_eq!(u32::from_le_bytes(cfg), 4);
+    let ready = control(0, event::DEVICE_READY, 1);
+    for _ in 0..4 {
+        let (t, a) = rig.post_rx(2, 64);
+        rig.ctrl_bufs.insert(t, a);
+    }
+    rig.send(3, &ready);
+    rig.dev.queue_notify(3).unwrap();
+    let msgs = rig.control_messages();
+    let added: Vec<u32> = msgs
+        .iter()
+        .filter(|m| m.1 == event::DEVICE_ADD)
+        .map(|m| m.0)
+        .collect();
+    assert_eq!(added, vec![0], "only the port that exists is added");
+    // A kick on a queue of a port that is not there is harmless.
+    rig.dev.queue_notify(9).unwrap();
 }

@@ -60,6 +60,98 @@ fn write_nb(w: &mut impl Write, buf: &[u8], what: &str) -> Result<usize, Chardev
     }
 }
 
+/// A chardev's own epoll set, whose fd is what [`Chardev::readiness_fd`]
+/// returns: it stays the same for the chardev's life while the sockets and
+/// timers inside it come and go (listener, then the accepted stream, then
+/// the listener again), so an event loop registers it once. It is readable
+/// whenever one of its members is.
+#[derive(Debug)]
+struct Readiness {
+    epoll: OwnedFd,
+    /// One-shot timer that fires when a client should redial.
+    timer: OwnedFd,
+}
+
+impl Readiness {
+    fn new(what: &str) -> Result<Self, ChardevError> {
+        // SAFETY: epoll_create1 takes a flag word and returns a new fd or -1.
+        let ep = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+        if ep < 0 {
+            return Err(io_err(what)(io::Error::last_os_error()));
+        }
+        // SAFETY: `ep` is a fresh fd that nothing else owns.
+        let epoll = unsafe { OwnedFd::from_raw_fd(ep) };
+        // SAFETY: timerfd_create takes a clock id and flags, returns an fd or -1.
+        let t = unsafe {
+            libc::timerfd_create(
+                libc::CLOCK_MONOTONIC,
+                libc::TFD_NONBLOCK | libc::TFD_CLOEXEC,
+            )
+        };
+        if t < 0 {
+            return Err(io_err(what)(io::Error::last_os_error()));
+        }
+        // SAFETY: `t` is a fresh fd that nothing else owns.
+        let timer = unsafe { OwnedFd::from_raw_fd(t) };
+        let r = Readiness { epoll, timer };
+        r.add(r.timer.as_raw_fd());
+        Ok(r)
+    }
+
+    /// Watches `fd` for input, hang-up and errors.
+    fn add(&self, fd: RawFd) {
+        let mut ev = libc::epoll_event {
+            events: (libc::EPOLLIN | libc::EPOLLRDHUP) as u32,
+            u64: fd as u64,
+        };
+        // SAFETY: both fds are open; `ev` is a valid event the kernel copies.
+        // A failure (already added) leaves the set as it was, which is fine.
+        unsafe { libc::epoll_ctl(self.epoll.as_raw_fd(), libc::EPOLL_CTL_ADD, fd, &mut ev) };
+    }
+
+    /// Stops watching `fd`.
+    fn remove(&self, fd: RawFd) {
+        // SAFETY: both fds are open; DEL ignores the event pointer.
+        unsafe {
+            libc::epoll_ctl(
+                self.epoll.as_raw_fd(),
+                libc::EPOLL_CTL_DEL,
+                fd,
+                std::ptr::null_mut(),
+            )
+        };
+    }
+
+    /// Arms the timer to fire once after `delay`.
+    fn arm(&self, delay: Duration) {
+        let spec = libc::itimerspec {
+            it_interval: libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            },
+            it_value: libc::timespec {
+                tv_sec: delay.as_secs() as libc::time_t,
+                // A zero value would disarm the timer: fire after 1 ns then.
+                tv_nsec: (delay.subsec_nanos().max(u32::from(delay.is_zero()))) as libc::c_long,
+            },
+        };
+        // SAFETY: the timer fd is open; `spec` is valid and copied.
+        unsafe { libc::timerfd_settime(self.timer.as_raw_fd(), 0, &spec, std::ptr::null_mut()) };
+    }
+
+    /// Consumes a timer expiry so the set stops being readable for it.
+    fn drain_timer(&self) {
+        let mut n = [0u8; 8];
+        // SAFETY: the timer fd is open and non-blocking; `n` is 8 writable
+        // bytes, as timerfd reads require.
+        unsafe { libc::read(self.timer.as_raw_fd(), n.as_mut_ptr().cast(), n.len()) };
+    }
+
+    fn fd(&self) -> RawFd {
+        self.epoll.as_raw_fd()
+    }
+}
+
 /// Output to a file, optional input from another (QEMU's `-chardev
 /// file,path=…[,input-path=…]`).
 #[derive(Debug)]
@@ -193,6 +285,15 @@ enum Listener {
     Tcp(TcpListener),
 }
 
+impl Listener {
+    fn fd(&self) -> RawFd {
+        match self {
+            Listener::Unix(l) => l.as_raw_fd(),
+            Listener::Tcp(l) => l.as_raw_fd(),
+        }
+    }
+}
+
 enum Stream {
     Unix(UnixStream),
     Tcp(TcpStream),
@@ -247,6 +348,8 @@ pub struct SocketChardev {
     next_dial: Option<Instant>,
     /// Output bytes dropped while nobody was connected.
     dropped: u64,
+    /// The stable readiness fd (see [`Readiness`]).
+    readiness: Readiness,
 }
 
 impl std::fmt::Debug for SocketChardev {
@@ -277,6 +380,8 @@ impl SocketChardev {
                 Listener::Tcp(l)
             }
         };
+        let readiness = Readiness::new(&what)?;
+        readiness.add(listener.fd());
         Ok(SocketChardev {
             addr,
             listener: Some(listener),
@@ -284,12 +389,14 @@ impl SocketChardev {
             reconnect: None,
             next_dial: None,
             dropped: 0,
+            readiness,
         })
     }
 
     /// Connects to `addr`. With `reconnect`, a failed or lost connection is
     /// dialled again after that delay instead of being an error.
     pub fn client(addr: SocketAddr, reconnect: Option<Duration>) -> Result<Self, ChardevError> {
+        let readiness = Readiness::new(&addr.to_string())?;
         let mut c = SocketChardev {
             addr,
             listener: None,
@@ -297,10 +404,14 @@ impl SocketChardev {
             reconnect,
             next_dial: None,
             dropped: 0,
+            readiness,
         };
         match c.dial() {
             Ok(()) => Ok(c),
-            Err(_) if reconnect.is_some() => Ok(c),
+            Err(_) if reconnect.is_some() => {
+                c.lost();
+                Ok(c)
+            }
             Err(e) => Err(e),
         }
     }
@@ -340,8 +451,17 @@ impl SocketChardev {
             }
         };
         s.set_nonblocking().map_err(io_err(what))?;
-        self.stream = Some(s);
+        self.connected(s);
         Ok(())
+    }
+
+    /// A peer is there: watch its stream instead of the listener.
+    fn connected(&mut self, s: Stream) {
+        if let Some(l) = &self.listener {
+            self.readiness.remove(l.fd());
+        }
+        self.readiness.add(s.fd());
+        self.stream = Some(s);
     }
 
     /// Accepts a waiting peer (server) or redials when due (client).
@@ -349,24 +469,11 @@ impl SocketChardev {
         if self.stream.is_some() {
             return;
         }
-        match &self.listener {
-            Some(Listener::Unix(l)) => {
-                if let Ok((s, _)) = l.accept() {
-                    let s = Stream::Unix(s);
-                    if s.set_nonblocking().is_ok() {
-                        self.stream = Some(s);
-                    }
-                }
-            }
-            Some(Listener::Tcp(l)) => {
-                if let Ok((s, _)) = l.accept() {
-                    let s = Stream::Tcp(s);
-                    if s.set_nonblocking().is_ok() {
-                        self.stream = Some(s);
-                    }
-                }
-            }
+        let accepted = match &self.listener {
+            Some(Listener::Unix(l)) => l.accept().ok().map(|(s, _)| Stream::Unix(s)),
+            Some(Listener::Tcp(l)) => l.accept().ok().map(|(s, _)| Stream::Tcp(s)),
             None => {
+                self.readiness.drain_timer();
                 let Some(delay) = self.reconnect else { return };
                 let now = Instant::now();
                 if self.next_dial.is_some_and(|t| now < t) {
@@ -374,15 +481,29 @@ impl SocketChardev {
                 }
                 if self.dial().is_err() {
                     self.next_dial = Some(now + delay);
+                    self.readiness.arm(delay);
                 }
+                return;
             }
+        };
+        if let Some(s) = accepted
+            && s.set_nonblocking().is_ok()
+        {
+            self.connected(s);
         }
     }
 
+    /// The peer went away: listen again (server) or redial later (client).
     fn lost(&mut self) {
-        self.stream = None;
+        if let Some(s) = self.stream.take() {
+            self.readiness.remove(s.fd());
+        }
+        if let Some(l) = &self.listener {
+            self.readiness.add(l.fd());
+        }
         if let Some(d) = self.reconnect {
             self.next_dial = Some(Instant::now() + d);
+            self.readiness.arm(d);
         }
     }
 }
@@ -431,13 +552,11 @@ impl Chardev for SocketChardev {
         }
     }
 
+    /// One fd for the chardev's whole life (an epoll set of its own that
+    /// holds the listener or the connected stream, and the redial timer):
+    /// readable when a peer connects, sends, hangs up, or a redial is due.
     fn readiness_fd(&self) -> Option<RawFd> {
-        match (&self.stream, &self.listener) {
-            (Some(s), _) => Some(s.fd()),
-            (None, Some(Listener::Unix(l))) => Some(l.as_raw_fd()),
-            (None, Some(Listener::Tcp(l))) => Some(l.as_raw_fd()),
-            (None, None) => None,
-        }
+        Some(self.readiness.fd())
     }
 }
 
@@ -623,6 +742,70 @@ mod tests {
         peer2.write_all(b"again").unwrap();
         assert_eq!(read_until(&mut srv, 5), b"again");
         let _ = std::fs::remove_file(path);
+    }
+
+    /// Whether `fd` is readable within `ms` milliseconds.
+    fn readable(fd: RawFd, ms: i32) -> bool {
+        let mut p = libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: `p` is one valid pollfd.
+        unsafe { libc::poll(&mut p, 1, ms) == 1 }
+    }
+
+    #[test]
+    fn socket_readiness_fd_is_stable_and_follows_connect_data_and_hangup() {
+        let path = tmp("ready-sock");
+        let mut c = SocketChardev::server(SocketAddr::Unix(path.clone())).unwrap();
+        let fd = c.readiness_fd().unwrap();
+        assert!(!readable(fd, 0), "nothing happened yet");
+        let mut peer = UnixStream::connect(&path).unwrap();
+        assert!(readable(fd, 2000), "a waiting peer makes it readable");
+        assert_eq!(c.read(&mut [0u8; 8]).unwrap(), 0);
+        assert!(c.is_connected());
+        assert_eq!(c.readiness_fd(), Some(fd), "same fd once connected");
+        assert!(!readable(fd, 0), "connected, nothing sent");
+        peer.write_all(b"hi").unwrap();
+        assert!(readable(fd, 2000), "data makes it readable");
+        assert_eq!(read_until(&mut c, 2), b"hi");
+        assert!(!readable(fd, 0), "drained");
+        drop(peer);
+        assert!(readable(fd, 2000), "a hang-up makes it readable");
+        assert_eq!(c.read(&mut [0u8; 8]).unwrap(), 0);
+        assert!(!c.is_connected());
+        let mut again = UnixStream::connect(&path).unwrap();
+        assert!(readable(fd, 2000), "the next peer is seen on the same fd");
+        again.write_all(b"yo").unwrap();
+        assert_eq!(read_until(&mut c, 2), b"yo");
+        assert_eq!(c.readiness_fd(), Some(fd));
+        let _ = std::fs::remove_file(path);
+    }
+
+    #[test]
+    fn client_redial_timer_makes_the_readiness_fd_readable() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        drop(listener);
+        let mut c = SocketChardev::client(
+            SocketAddr::Tcp(addr.clone()),
+            Some(Duration::from_millis(20)),
+        )
+        .unwrap();
+        assert!(!c.is_connected());
+        let fd = c.readiness_fd().unwrap();
+        let listener = TcpListener::bind(addr.as_str()).unwrap();
+        assert!(readable(fd, 2000), "the redial timer fires");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !c.is_connected() && Instant::now() < deadline {
+            readable(fd, 100);
+        }
+        assert!(c.is_connected());
+        let (mut server_side, _) = listener.accept().unwrap();
+        server_side.write_all(b"ok").unwrap();
+        assert!(readable(fd, 2000));
+        assert_eq!(read_until(&mut c, 2), b"ok");
     }
 
     #[test]
