@@ -10,6 +10,7 @@
 //! device.
 
 pub mod bus;
+pub mod machine;
 pub mod options;
 pub mod ports;
 pub mod pvh;

@@ -362,10 +362,14 @@ pub enum ChardevKind {
 /// A device (`-device`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum DeviceConfig {
-    /// `virtio-rng-device,rng=…`.
+    /// `virtio-rng-device,rng=…[,ioeventfd=on|off]`.
     Rng {
         /// The entropy source id.
         rng: String,
+        /// `ioeventfd=on` (default): QueueNotify is caught by an ioeventfd
+        /// and served by the device's worker thread; `off`: it exits to the
+        /// vCPU thread and is served there (QEMU's virtio-mmio property).
+        ioeventfd: bool,
     },
     /// `virtio-serial-device[,max_ports=N]`: a console device whose ports
     /// are the `virtconsole`/`virtserialport` devices that follow.
@@ -374,6 +378,8 @@ pub enum DeviceConfig {
         id: Option<String>,
         /// Port limit.
         max_ports: u32,
+        /// As for [`DeviceConfig::Rng`].
+        ioeventfd: bool,
     },
     /// `virtconsole,chardev=…` or `virtserialport,chardev=…[,name=…]`.
     Port {
@@ -660,10 +666,12 @@ pub fn parse<S: AsRef<str>>(args: &[S]) -> Result<MachineConfig, OptionError> {
                 let dev = match kv.ty.as_str() {
                     "virtio-rng-device" => DeviceConfig::Rng {
                         rng: kv.require("rng")?,
+                        ioeventfd: kv.take_bool("ioeventfd", true)?,
                     },
                     "virtio-serial-device" => DeviceConfig::Serial {
                         id: id.clone(),
                         max_ports: kv.take_u32("max_ports")?.unwrap_or(31),
+                        ioeventfd: kv.take_bool("ioeventfd", true)?,
                     },
                     "virtconsole" | "virtserialport" => {
                         // The bus is implied: ports join the last
@@ -749,10 +757,59 @@ fn check_references(cfg: &MachineConfig, ids: &HashMap<String, IdKind>) -> Resul
             )?;
         }
     }
+    // A chardev has one user (QEMU: "device is in use"), an rng one device.
+    let mut chardev_user: HashMap<String, String> = HashMap::new();
+    let mut claim = |chardev: &str, by: String| match chardev_user.get(chardev) {
+        Some(first) => Err(OptionError::Conflict(format!(
+            "{by}: chardev '{chardev}' is already used by {first}"
+        ))),
+        None => {
+            chardev_user.insert(chardev.to_string(), by);
+            Ok(())
+        }
+    };
+    for (id, rng) in &cfg.rngs {
+        if let RngConfig::Egd { chardev } = rng {
+            claim(chardev, format!("-object rng-egd,id={id}"))?;
+        }
+    }
+    let mut rng_user: std::collections::HashSet<&str> = Default::default();
+    let mut ports_left: Option<u32> = None;
+    for dev in &cfg.devices {
+        match dev {
+            DeviceConfig::Rng { rng, .. } => {
+                if !rng_user.insert(rng.as_str()) {
+                    return Err(OptionError::Conflict(format!(
+                        "-device virtio-rng-device: rng '{rng}' is already used by another device"
+                    )));
+                }
+            }
+            DeviceConfig::Serial { max_ports, .. } => ports_left = Some(*max_ports),
+            DeviceConfig::Port {
+                chardev, console, ..
+            } => {
+                let by = if *console {
+                    "-device virtconsole"
+                } else {
+                    "-device virtserialport"
+                };
+                claim(chardev, format!("{by},chardev={chardev}"))?;
+                match ports_left.as_mut() {
+                    Some(0) => {
+                        return Err(OptionError::Conflict(format!(
+                            "{by},chardev={chardev}: the virtio-serial-device has no port left (max_ports)"
+                        )));
+                    }
+                    Some(n) => *n -= 1,
+                    None => {}
+                }
+            }
+        }
+    }
     let mut serial_seen = false;
     for dev in &cfg.devices {
         match dev {
-            DeviceConfig::Rng { rng } => {
+            DeviceConfig::Rng { rng, .. } => {
                 refers(
                     "-device virtio-rng-device",
                     "rng",
@@ -875,6 +932,25 @@ mod tests {
             (
                 "-kernel a -kernel b",
                 "option '-kernel' given more than once",
+            ),
+            (
+                "-chardev null,id=c -object rng-egd,id=r,chardev=c \
+                 -device virtio-serial-device -device virtconsole,chardev=c",
+                "-device virtconsole,chardev=c: chardev 'c' is already used by -object rng-egd,id=r",
+            ),
+            (
+                "-object rng-builtin,id=r -device virtio-rng-device,rng=r \
+                 -device virtio-rng-device,rng=r",
+                "rng 'r' is already used by another device",
+            ),
+            (
+                "-chardev null,id=a -chardev null,id=b -device virtio-serial-device,max_ports=1 \
+                 -device virtconsole,chardev=a -device virtserialport,chardev=b",
+                "virtserialport,chardev=b: the virtio-serial-device has no port left (max_ports)",
+            ),
+            (
+                "-object rng-builtin,id=r -device virtio-rng-device,rng=r,ioeventfd=maybe",
+                "-device: ioeventfd='maybe' is not on or off",
             ),
         ];
         for (line, want) in cases {

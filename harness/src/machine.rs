@@ -1,0 +1,423 @@
+//! Machines from options: QEMU's realize step. A parsed
+//! [`MachineConfig`](crate::options::MachineConfig) becomes real host
+//! resources (chardevs, entropy sources) and virtio devices in front of
+//! them, ready to be placed at the VM's virtio-mmio slots.
+//!
+//! Realizing opens everything the options name before the guest runs, so a
+//! file that cannot be created or a socket that cannot be bound is an error
+//! naming the option, never a failure halfway through a run. Every chardev
+//! has at most one user (the option parser checks it); a chardev no device
+//! uses is still opened, as QEMU does, and closed with the machine.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::os::fd::RawFd;
+use std::time::Duration;
+
+use backends::chardev::os::{
+    FileChardev, PipeChardev, PtyChardev, SocketAddr, SocketChardev, StdioChardev,
+};
+use backends::chardev::{Chardev, ChardevError, Null, RingBuf};
+use backends::rng::{Builtin, Deterministic, Egd, RandomFile, RngBackend, RngError};
+use virtio_core::memory::RegionMemory;
+use virtio_devices::console::{Console, Port};
+use virtio_devices::device::VirtioDevice;
+use virtio_devices::rng::Rng;
+
+use crate::options::{ChardevKind, DeviceConfig, MachineConfig, RngConfig};
+
+/// A chardev as devices hold it.
+pub type BoxedChardev = Box<dyn Chardev + Send>;
+
+/// An entropy source as devices hold it.
+pub type BoxedRng = Box<dyn RngBackend + Send>;
+
+/// A virtio device as the VM holds it.
+pub type BoxedDevice = Box<dyn VirtioDevice + Send>;
+
+/// Why a machine could not be realized.
+#[derive(Debug)]
+pub enum MachineError {
+    /// A chardev could not be opened.
+    Chardev {
+        /// Its id.
+        id: String,
+        /// What went wrong.
+        err: ChardevError,
+    },
+    /// An entropy source could not be opened.
+    Rng {
+        /// Its id.
+        id: String,
+        /// What went wrong.
+        err: RngError,
+    },
+    /// An id the options refer to was not realized (the parser checks
+    /// references, so this means a config built by hand).
+    Missing {
+        /// Who refers.
+        by: String,
+        /// The id.
+        id: String,
+    },
+    /// A port that has no virtio-serial-device before it.
+    OrphanPort(String),
+}
+
+impl fmt::Display for MachineError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            MachineError::Chardev { id, err } => write!(f, "-chardev id={id}: {err}"),
+            MachineError::Rng { id, err } => write!(f, "-object rng id={id}: {err}"),
+            MachineError::Missing { by, id } => {
+                write!(f, "{by}: '{id}' is not defined or already in use")
+            }
+            MachineError::OrphanPort(by) => {
+                write!(f, "{by}: needs a -device virtio-serial-device before it")
+            }
+        }
+    }
+}
+
+impl std::error::Error for MachineError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            MachineError::Chardev { err, .. } => Some(err),
+            MachineError::Rng { err, .. } => Some(err),
+            _ => None,
+        }
+    }
+}
+
+/// How a device's QueueNotify writes reach it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Notify {
+    /// A KVM ioeventfd, served by the device's worker thread
+    /// (`ioeventfd=on`, the default).
+    Ioeventfd,
+    /// A VM exit served on the vCPU thread (`ioeventfd=off`).
+    Inline,
+}
+
+/// A realized device, ready for a virtio-mmio slot.
+pub struct RealizedDevice {
+    /// The `-device` type (`virtio-rng-device`, `virtio-serial-device`).
+    pub kind: &'static str,
+    /// Its backends, described for reports (`rng-builtin`,
+    /// `virtconsole<-file:out.log`, …).
+    pub backend: String,
+    /// The device.
+    pub device: BoxedDevice,
+    /// File descriptors that become readable when a backend has something
+    /// for the device (watch them and call the device's `backend_ready`).
+    pub ready_fds: Vec<RawFd>,
+    /// How notifications reach it.
+    pub notify: Notify,
+}
+
+impl fmt::Debug for RealizedDevice {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RealizedDevice")
+            .field("kind", &self.kind)
+            .field("backend", &self.backend)
+            .field("ready_fds", &self.ready_fds)
+            .field("notify", &self.notify)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Size of a `-chardev ringbuf` (fixed at build time; `size=` beyond it is
+/// clamped by the option parser's caller).
+const RINGBUF_SIZE: usize = 64 * 1024;
+
+/// Opens one chardev.
+pub fn open_chardev(id: &str, kind: &ChardevKind) -> Result<(BoxedChardev, String), MachineError> {
+    let err = |err| MachineError::Chardev {
+        id: id.to_string(),
+        err,
+    };
+    Ok(match kind {
+        ChardevKind::Null => (Box::new(Null), "null".into()),
+        ChardevKind::Ringbuf { .. } => (
+            Box::new(RingBuf::<RINGBUF_SIZE>::default()),
+            "ringbuf".into(),
+        ),
+        ChardevKind::File { path, input_path } => (
+            Box::new(FileChardev::open(path, input_path.as_deref()).map_err(err)?),
+            format!("file:{}", path.display()),
+        ),
+        ChardevKind::Pipe { path } => (
+            Box::new(PipeChardev::open(path).map_err(err)?),
+            format!("pipe:{}", path.display()),
+        ),
+        ChardevKind::Pty => {
+            let pty = PtyChardev::open().map_err(err)?;
+            let what = format!("pty:{}", pty.slave_path().display());
+            (Box::new(pty), what)
+        }
+        ChardevKind::Stdio => (Box::new(StdioChardev::default()), "stdio".into()),
+        ChardevKind::Socket {
+            path,
+            tcp,
+            server,
+            reconnect,
+        } => {
+            let addr = match (path, tcp) {
+                (Some(p), _) => SocketAddr::Unix(p.clone()),
+                (None, Some(t)) => SocketAddr::Tcp(t.clone()),
+                (None, None) => {
+                    return Err(err(ChardevError::Io {
+                        what: "socket".into(),
+                        err: std::io::Error::from(std::io::ErrorKind::InvalidInput),
+                    }));
+                }
+            };
+            let what = format!("socket:{addr}{}", if *server { ",server" } else { "" });
+            let sock = if *server {
+                SocketChardev::server(addr).map_err(err)?
+            } else {
+                let delay = reconnect.map(|s| Duration::from_secs(u64::from(s)));
+                SocketChardev::client(addr, delay).map_err(err)?
+            };
+            (Box::new(sock), what)
+        }
+    })
+}
+
+/// Opens one entropy source; an EGD source takes its chardev from
+/// `chardevs`.
+fn open_rng(
+    id: &str,
+    config: &RngConfig,
+    chardevs: &mut HashMap<String, (BoxedChardev, String)>,
+) -> Result<(BoxedRng, String), MachineError> {
+    let err = |err| MachineError::Rng {
+        id: id.to_string(),
+        err,
+    };
+    Ok(match config {
+        RngConfig::Builtin => (Box::new(Builtin), "rng-builtin".into()),
+        RngConfig::Random { filename } => (
+            Box::new(RandomFile::open(filename.clone()).map_err(err)?),
+            format!("rng-random:{}", filename.display()),
+        ),
+        RngConfig::Deterministic { seed } => (
+            Box::new(Deterministic::new(*seed)),
+            format!("rng-deterministic:{seed}"),
+        ),
+        RngConfig::Egd { chardev } => {
+            let (c, what) = chardevs
+                .remove(chardev)
+                .ok_or_else(|| MachineError::Missing {
+                    by: format!("-object rng-egd,id={id}"),
+                    id: chardev.clone(),
+                })?;
+            (Box::new(Egd::new(c)), format!("rng-egd<-{what}"))
+        }
+    })
+}
+
+/// Realizes every device of `config` over guest memory `mem`, in
+/// command-line order (which is slot order).
+pub fn realize_devices(
+    config: &MachineConfig,
+    mem: &RegionMemory,
+) -> Result<Vec<RealizedDevice>, MachineError> {
+    let mut chardevs = HashMap::new();
+    for (id, kind) in &config.chardevs {
+        chardevs.insert(id.clone(), open_chardev(id, kind)?);
+    }
+    let mut rngs = HashMap::new();
+    for (id, rng) in &config.rngs {
+        rngs.insert(id.clone(), open_rng(id, rng, &mut chardevs)?);
+    }
+
+    let mut out = Vec::new();
+    // The virtio-serial-device being assembled: max_ports, notify, ports.
+    let mut serial: Option<(u32, Notify, Vec<(Port, String, Option<RawFd>)>)> = None;
+    let finish_serial = |s: (u32, Notify, Vec<(Port, String, Option<RawFd>)>),
+                         out: &mut Vec<RealizedDevice>| {
+        let (max_ports, notify, ports) = s;
+        let backend = if ports.is_empty() {
+            "no ports".to_string()
+        } else {
+            ports
+                .iter()
+                .map(|(_, w, _)| w.as_str())
+                .collect::<Vec<_>>()
+                .join(" + ")
+        };
+        let ready_fds = ports.iter().filter_map(|(_, _, fd)| *fd).collect();
+        let ports: Vec<Port> = ports.into_iter().map(|(p, _, _)| p).collect();
+        let max = usize::try_from(max_ports).unwrap_or(usize::MAX);
+        let device = Console::with_max_ports(mem.clone(), ports, max > 1, max);
+        out.push(RealizedDevice {
+            kind: "virtio-serial-device",
+            backend,
+            device: Box::new(device),
+            ready_fds,
+            notify,
+        });
+    };
+    let notify_of = |on: bool| {
+        if on {
+            Notify::Ioeventfd
+        } else {
+            Notify::Inline
+        }
+    };
+    for dev in &config.devices {
+        match dev {
+            DeviceConfig::Rng { rng, ioeventfd } => {
+                if let Some(s) = serial.take() {
+                    finish_serial(s, &mut out);
+                }
+                let (backend, what) = rngs.remove(rng).ok_or_else(|| MachineError::Missing {
+                    by: "-device virtio-rng-device".into(),
+                    id: rng.clone(),
+                })?;
+                let ready_fds = backend.readiness_fd().into_iter().collect();
+                out.push(RealizedDevice {
+                    kind: "virtio-rng-device",
+                    backend: what,
+                    device: Box::new(Rng::new(backend, mem.clone())),
+                    ready_fds,
+                    notify: notify_of(*ioeventfd),
+                });
+            }
+            DeviceConfig::Serial {
+                max_ports,
+                ioeventfd,
+                ..
+            } => {
+                if let Some(s) = serial.take() {
+                    finish_serial(s, &mut out);
+                }
+                serial = Some((*max_ports, notify_of(*ioeventfd), Vec::new()));
+            }
+            DeviceConfig::Port {
+                chardev,
+                name,
+                console,
+            } => {
+                let by = if *console {
+                    "-device virtconsole"
+                } else {
+                    "-device virtserialport"
+                };
+                let Some((_, _, ports)) = serial.as_mut() else {
+                    return Err(MachineError::OrphanPort(by.into()));
+                };
+                let (c, what) = chardevs
+                    .remove(chardev)
+                    .ok_or_else(|| MachineError::Missing {
+                        by: by.into(),
+                        id: chardev.clone(),
+                    })?;
+                let fd = c.readiness_fd();
+                let kind = if *console {
+                    "virtconsole"
+                } else {
+                    "virtserialport"
+                };
+                ports.push((
+                    Port::new(c, *console, name.clone()),
+                    format!("{kind}<-{what}"),
+                    fd,
+                ));
+            }
+        }
+    }
+    if let Some(s) = serial.take() {
+        finish_serial(s, &mut out);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::options;
+
+    fn mem() -> RegionMemory {
+        RegionMemory::new()
+    }
+
+    fn realize(line: &str) -> Result<Vec<RealizedDevice>, MachineError> {
+        let args: Vec<&str> = line.split_whitespace().collect();
+        let cfg = options::parse(&args).expect(line);
+        realize_devices(&cfg, &mem())
+    }
+
+    #[test]
+    fn devices_come_in_command_line_order_with_their_backends() {
+        let dir = std::env::temp_dir().join(format!("machine-order-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let out = dir.join("out.log");
+        let line = format!(
+            "-object rng-deterministic,id=r0,seed=7 -device virtio-rng-device,rng=r0 \
+             -chardev file,id=c0,path={} -chardev null,id=c1 \
+             -device virtio-serial-device,max_ports=2,ioeventfd=off \
+             -device virtconsole,chardev=c0 -device virtserialport,chardev=c1,name=p1 \
+             -object rng-builtin,id=r1 -device virtio-rng-device,rng=r1",
+            out.display()
+        );
+        let devs = realize(&line).unwrap();
+        let kinds: Vec<_> = devs.iter().map(|d| d.kind).collect();
+        assert_eq!(
+            kinds,
+            [
+                "virtio-rng-device",
+                "virtio-serial-device",
+                "virtio-rng-device"
+            ]
+        );
+        assert_eq!(devs[0].backend, "rng-deterministic:7");
+        assert_eq!(devs[0].notify, Notify::Ioeventfd);
+        assert_eq!(devs[1].notify, Notify::Inline);
+        assert!(devs[1].backend.starts_with("virtconsole<-file:"));
+        assert!(devs[1].backend.ends_with("virtserialport<-null"));
+        // max_ports=2 with MULTIPORT: 2 + 2 * 2 queues (§5.3.2).
+        assert_eq!(devs[1].device.queue_max_sizes().len(), 6);
+        assert_eq!(devs[2].backend, "rng-builtin");
+        assert!(out.exists(), "the file chardev was created");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn egd_takes_its_chardev_and_waits_on_it() {
+        let dir = std::env::temp_dir().join(format!("machine-egd-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let sock = dir.join("egd.sock");
+        let line = format!(
+            "-chardev socket,id=e,path={},server=on -object rng-egd,id=r,chardev=e \
+             -device virtio-rng-device,rng=r",
+            sock.display()
+        );
+        let devs = realize(&line).unwrap();
+        assert_eq!(devs.len(), 1);
+        assert!(devs[0].backend.starts_with("rng-egd<-socket:unix:"));
+        assert_eq!(devs[0].ready_fds.len(), 1, "the EGD socket is watched");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn a_backend_that_cannot_open_is_an_error_naming_its_id() {
+        let err = realize(
+            "-object rng-random,id=rr,filename=/nonexistent/random -device virtio-rng-device,rng=rr",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("id=rr") && err.contains("/nonexistent/random"),
+            "{err}"
+        );
+        let err = realize("-chardev file,id=cf,path=/nonexistent/dir/x.log")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("id=cf") && err.contains("/nonexistent/dir/x.log"),
+            "{err}"
+        );
+    }
+}
