@@ -217,6 +217,14 @@ fn open_rng(
     })
 }
 
+/// A virtio-serial-device being assembled from the ports that follow it.
+struct SerialBuild {
+    max_ports: u32,
+    notify: Notify,
+    /// Each port, its description and its chardev's readiness fd.
+    ports: Vec<(Port, String, Option<RawFd>)>,
+}
+
 /// Realizes every device of `config` over guest memory `mem`, in
 /// command-line order (which is slot order).
 pub fn realize_devices(
@@ -234,10 +242,13 @@ pub fn realize_devices(
 
     let mut out = Vec::new();
     // The virtio-serial-device being assembled: max_ports, notify, ports.
-    let mut serial: Option<(u32, Notify, Vec<(Port, String, Option<RawFd>)>)> = None;
-    let finish_serial = |s: (u32, Notify, Vec<(Port, String, Option<RawFd>)>),
-                         out: &mut Vec<RealizedDevice>| {
-        let (max_ports, notify, ports) = s;
+    let mut serial: Option<SerialBuild> = None;
+    let finish_serial = |s: SerialBuild, out: &mut Vec<RealizedDevice>| {
+        let SerialBuild {
+            max_ports,
+            notify,
+            ports,
+        } = s;
         let backend = if ports.is_empty() {
             "no ports".to_string()
         } else {
@@ -293,7 +304,11 @@ pub fn realize_devices(
                 if let Some(s) = serial.take() {
                     finish_serial(s, &mut out);
                 }
-                serial = Some((*max_ports, notify_of(*ioeventfd), Vec::new()));
+                serial = Some(SerialBuild {
+                    max_ports: *max_ports,
+                    notify: notify_of(*ioeventfd),
+                    ports: Vec::new(),
+                });
             }
             DeviceConfig::Port {
                 chardev,
@@ -305,7 +320,7 @@ pub fn realize_devices(
                 } else {
                     "-device virtserialport"
                 };
-                let Some((_, _, ports)) = serial.as_mut() else {
+                let Some(SerialBuild { ports, .. }) = serial.as_mut() else {
                     return Err(MachineError::OrphanPort(by.into()));
                 };
                 let (c, what) = chardevs
