@@ -14,6 +14,7 @@ pub mod machine;
 pub mod options;
 pub mod ports;
 pub mod pvh;
+pub mod qemu;
 pub mod slots;
 pub mod vm;
 

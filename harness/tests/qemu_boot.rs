@@ -4,18 +4,8 @@
 //! boots the same ELFs. Skips, saying why, without `qemu-system-x86_64` or
 //! `/dev/kvm`, unless `HARNESS_REQUIRE_QEMU=1` makes that a failure.
 
-use std::io::Read;
-use std::process::{Child, Command, Stdio};
-use std::thread;
-use std::time::{Duration, Instant};
+use harness::qemu::{FAIL_STATUS, PASS_STATUS, Qemu, QemuRun as Run, qemu_or_skip};
 
-const QEMU: &str = "qemu-system-x86_64";
-/// Longest a guest may run before it is killed and reported as hung.
-const TIMEOUT: Duration = Duration::from_secs(30);
-/// QEMU's exit status for the guest's pass value 0x10: `(0x10 << 1) | 1`.
-const PASS_STATUS: i32 = 33;
-/// QEMU's exit status for the guest's fail value 0x11: `(0x11 << 1) | 1`.
-const FAIL_STATUS: i32 = 35;
 /// virtio device IDs the probes must report.
 const RNG_ID: u32 = 4;
 const CONSOLE_ID: u32 = 3;
@@ -24,133 +14,18 @@ const EMPTY: &str = env!("GUEST_EMPTY");
 const FAIL: &str = env!("GUEST_FAIL");
 const TIMER: &str = env!("GUEST_TIMER");
 
-/// What one QEMU run left behind.
-struct Run {
-    /// Exit status, `None` if killed by a signal or by the timeout.
-    status: Option<i32>,
-    /// COM1 output, `\r\n` folded to `\n`.
-    serial: String,
-    /// QEMU's own complaints.
-    stderr: String,
-    /// Launch to exit.
-    elapsed: Duration,
-    timed_out: bool,
-}
-
-impl Run {
-    fn describe(&self) -> String {
-        format!(
-            "status {:?}{} after {:?}\n--- serial ---\n{}--- stderr ---\n{}",
-            self.status,
-            if self.timed_out {
-                " (timed out, killed)"
-            } else {
-                ""
-            },
-            self.elapsed,
-            self.serial,
-            self.stderr
-        )
-    }
-}
-
-/// Why QEMU tests cannot run here, if they cannot.
-fn skip_reason() -> Option<String> {
-    if !std::path::Path::new("/dev/kvm").exists() {
-        return Some("/dev/kvm is missing".into());
-    }
-    match Command::new(QEMU).arg("--version").output() {
-        Ok(out) if out.status.success() => None,
-        Ok(out) => Some(format!("`{QEMU} --version` failed: {}", out.status)),
-        Err(e) => Some(format!("{QEMU} not found ({e}); .ci/setup installs it")),
-    }
-}
-
-/// True if the test should go on; prints why not otherwise.
 fn qemu_ready(test: &str) -> bool {
-    let Some(reason) = skip_reason() else {
-        return true;
-    };
-    if std::env::var_os("HARNESS_REQUIRE_QEMU").is_some_and(|v| v == "1") {
-        panic!("{test}: {reason}, and HARNESS_REQUIRE_QEMU=1");
-    }
-    eprintln!("skipping {test}: {reason}");
-    false
-}
-
-fn read_all(mut pipe: impl Read + Send + 'static) -> thread::JoinHandle<String> {
-    thread::spawn(move || {
-        let mut bytes = Vec::new();
-        // A read error just ends the capture; what was read is kept.
-        let _ = pipe.read_to_end(&mut bytes);
-        String::from_utf8_lossy(&bytes).replace("\r\n", "\n")
-    })
-}
-
-/// Waits for `child` at most `TIMEOUT`, killing it if it is still running.
-fn wait_bounded(child: &mut Child) -> (Option<i32>, bool) {
-    let deadline = Instant::now() + TIMEOUT;
-    loop {
-        match child.try_wait() {
-            Ok(Some(status)) => return (status.code(), false),
-            Ok(None) if Instant::now() >= deadline => {
-                // Kill and reap our own child; errors mean it already exited.
-                let _ = child.kill();
-                let _ = child.wait();
-                return (None, true);
-            }
-            Ok(None) => thread::sleep(Duration::from_millis(2)),
-            Err(e) => panic!("waiting for {QEMU}: {e}"),
-        }
-    }
+    qemu_or_skip(test)
 }
 
 /// Boots `kernel` under microvm with the exit port, COM1 on stdout, and
 /// `extra` arguments (devices, globals).
 fn boot(kernel: &str, append: &str, extra: &[&str]) -> Run {
-    let mut cmd = Command::new(QEMU);
-    cmd.args([
-        "-M",
-        "microvm,acpi=off",
-        "-accel",
-        "kvm",
-        "-cpu",
-        "qemu64,-pni",
-    ])
-    .args([
-        "-m",
-        "64M",
-        "-smp",
-        "1",
-        "-no-reboot",
-        "-nographic",
-        "-nodefaults",
-    ])
-    .args(["-serial", "stdio"])
-    .args(["-device", "isa-debug-exit,iobase=0xf4,iosize=4"])
-    .args(["-kernel", kernel])
-    .args(extra);
-    if !append.is_empty() {
-        cmd.args(["-append", append]);
-    }
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let start = Instant::now();
-    let mut child = cmd
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {QEMU}: {e}"));
-    let stdout = read_all(child.stdout.take().expect("stdout was piped"));
-    let stderr = read_all(child.stderr.take().expect("stderr was piped"));
-    let (status, timed_out) = wait_bounded(&mut child);
-    let elapsed = start.elapsed();
-    Run {
-        status,
-        serial: stdout.join().expect("stdout reader panicked"),
-        stderr: stderr.join().expect("stderr reader panicked"),
-        elapsed,
-        timed_out,
-    }
+    Qemu::microvm(kernel)
+        .append(append)
+        .args(extra)
+        .run()
+        .unwrap_or_else(|e| panic!("cannot start qemu: {e}"))
 }
 
 /// One `virtio-mmio …: magic … version … device-id … vendor-id …` line.
