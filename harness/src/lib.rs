@@ -9,6 +9,7 @@
 //! irqfd come next; until then [`suite`] boots the tiny guests that need no
 //! device.
 
+pub mod bench;
 pub mod bus;
 pub mod machine;
 pub mod options;
@@ -42,6 +43,29 @@ impl SuiteRow {
     pub fn failed(&self) -> bool {
         self.result.starts_with("FAIL")
     }
+}
+
+/// The suite table as text: one header line, one line per row.
+pub fn format_table(rows: &[SuiteRow]) -> String {
+    use std::fmt::Write;
+    let mut t = String::new();
+    let _ = writeln!(
+        t,
+        "{:<28} {:<26} {:<34} {:>9} {:>7}  result",
+        "scenario", "device", "backend", "boot ms", "exits"
+    );
+    for r in rows {
+        let ms = r
+            .boot_to_exit
+            .map_or("-".to_string(), |d| format!("{:.2}", d.as_secs_f64() * 1e3));
+        let exits = r.exits.map_or("-".to_string(), |n| n.to_string());
+        let _ = writeln!(
+            t,
+            "{:<28} {:<26} {:<34} {:>9} {:>7}  {}",
+            r.scenario, r.device, r.backend, ms, exits, r.result
+        );
+    }
+    t
 }
 
 /// Longest a suite guest may run.

@@ -1,8 +1,10 @@
 //! `virtio-harness`: boot tiny guests against our virtio devices.
 
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use harness::machine::Machine;
 
 /// Boot tiny guests against virtio devices and report the results.
 #[derive(Parser)]
@@ -17,31 +19,95 @@ enum Command {
     /// Boot every scenario against every device configuration and print a
     /// table (the default).
     Suite,
+    /// Boot one machine from QEMU-style options, e.g.
+    /// `run -m 64M -object rng-builtin,id=r0 -device virtio-rng-device,rng=r0
+    /// -kernel guest.elf -append "rng.bytes=4096"`. Prints the guest's COM1
+    /// output and its verdict; exits 0 on a pass.
+    Run {
+        /// Seconds the guest may run before it is stopped as hung.
+        #[arg(long, default_value_t = 30)]
+        timeout: u64,
+        /// The machine options (`-m`, `-machine`, `-object`, `-chardev`,
+        /// `-device`, `-kernel`, `-append`).
+        #[arg(
+            trailing_var_arg = true,
+            allow_hyphen_values = true,
+            value_name = "OPTIONS"
+        )]
+        options: Vec<String>,
+    },
+    /// Measure: boot-to-exit of the empty guest, ours against QEMU microvm,
+    /// and guest-seen rng throughput; prints a table with ratios.
+    Bench {
+        /// Boots per measurement (the median is reported).
+        #[arg(long, default_value_t = 10)]
+        rounds: usize,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command.unwrap_or(Command::Suite) {
-        Command::Suite => {
-            let rows = harness::suite();
-            println!(
-                "{:<24} {:<28} {:<22} {:>9} {:>6}  result",
-                "scenario", "device", "backend", "boot ms", "exits"
-            );
-            for r in &rows {
-                let ms = r
-                    .boot_to_exit
-                    .map_or("-".to_string(), |d| format!("{:.2}", d.as_secs_f64() * 1e3));
-                let exits = r.exits.map_or("-".to_string(), |n| n.to_string());
-                println!(
-                    "{:<24} {:<28} {:<22} {:>9} {:>6}  {}",
-                    r.scenario, r.device, r.backend, ms, exits, r.result
-                );
+        Command::Suite => suite(),
+        Command::Run { timeout, options } => run(&options, Duration::from_secs(timeout)),
+        Command::Bench { rounds } => match harness::bench::run(rounds.max(1)) {
+            Ok(table) => {
+                print!("{table}");
+                ExitCode::SUCCESS
             }
-            if rows.iter().any(|r| r.failed()) {
-                return ExitCode::FAILURE;
+            Err(e) => {
+                eprintln!("virtio-harness bench: {e}");
+                ExitCode::FAILURE
             }
-        }
+        },
+    }
+}
+
+fn suite() -> ExitCode {
+    let rows = harness::suite();
+    print!("{}", harness::format_table(&rows));
+    if rows.iter().any(|r| r.failed()) {
+        return ExitCode::FAILURE;
     }
     ExitCode::SUCCESS
+}
+
+fn run(options: &[String], timeout: Duration) -> ExitCode {
+    let config = match harness::options::parse(options) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("virtio-harness run: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let mut machine = match Machine::new(&config) {
+        Ok(m) => m,
+        Err(e) => {
+            eprintln!("virtio-harness run: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    for (i, (kind, backend)) in machine.devices.iter().enumerate() {
+        eprintln!("slot {i}: {kind} ({backend})");
+    }
+    match machine.run(timeout) {
+        Ok(out) => {
+            print!("{}", out.serial);
+            eprintln!(
+                "verdict: {}; boot-to-exit {:.2} ms; {}",
+                out.verdict,
+                out.boot_to_exit.as_secs_f64() * 1e3,
+                out.exits
+            );
+            if out.verdict.is_pass() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Err(e) => {
+            eprintln!("virtio-harness run: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
