@@ -16,6 +16,7 @@ pub mod options;
 pub mod ports;
 pub mod pvh;
 pub mod qemu;
+pub mod scenarios;
 pub mod slots;
 pub mod vm;
 
@@ -110,12 +111,13 @@ const SUITE: &[SuiteGuest] = &[
     },
 ];
 
-/// Runs every scenario against every device configuration. For now: the
-/// tiny guests that need no device, each on a 64 MiB memfd, with the
-/// verdict each is meant to give. Without KVM every row is a skip.
+/// Runs every scenario against every device configuration: first the
+/// tiny guests that need no device (each on a 64 MiB memfd, with the
+/// verdict each is meant to give), then every [`scenarios`] entry. Without
+/// KVM every row is a skip.
 pub fn suite() -> Vec<SuiteRow> {
     let unavailable = vm::kvm_unavailable();
-    SUITE
+    let mut rows: Vec<SuiteRow> = SUITE
         .iter()
         .map(|g| {
             let mut row = SuiteRow {
@@ -144,7 +146,33 @@ pub fn suite() -> Vec<SuiteRow> {
             };
             row
         })
-        .collect()
+        .collect();
+    for sc in scenarios::all() {
+        let mut row = SuiteRow {
+            scenario: sc.name.into(),
+            device: sc.device.into(),
+            backend: sc.backend.into(),
+            result: String::new(),
+            boot_to_exit: None,
+            exits: None,
+        };
+        if let Some(reason) = &unavailable {
+            row.result = format!("skip: {reason}");
+            rows.push(row);
+            continue;
+        }
+        let r = sc.run();
+        if let Some(o) = &r.outcome {
+            row.boot_to_exit = Some(o.boot_to_exit);
+            row.exits = Some(o.exits.total());
+        }
+        row.result = match r.result {
+            Ok(()) => "pass".into(),
+            Err(e) => format!("FAIL: {}", e.lines().next().unwrap_or("")),
+        };
+        rows.push(row);
+    }
+    rows
 }
 
 fn run_suite_guest(g: &SuiteGuest, path: &str) -> Result<vm::Outcome, String> {

@@ -1,0 +1,608 @@
+//! The end-to-end scenarios: each boots one tiny guest against one device
+//! configuration, built from QEMU-style options exactly as `virtio-harness
+//! run` would, with whatever the host side needs around it (an EGD daemon,
+//! a socket peer that echoes, files to compare), then checks the outcome.
+//!
+//! [`all`] is the suite (`virtio-harness suite`); the integration tests in
+//! `harness/tests/` run the same scenarios one by one, so the table and the
+//! tests never disagree. The guest side of each scenario follows the
+//! contract in `harness/guests/README.md`.
+
+use std::io::{Read, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use backends::rng::{Deterministic, RngBackend};
+
+use crate::machine::Machine;
+use crate::vm::Outcome;
+
+/// Longest a scenario guest may run.
+pub const TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Byte `i` of the console pattern stream (the guests' contract): a newline
+/// every 64th byte, letters and digits between.
+pub fn pattern_byte(i: usize) -> u8 {
+    const ALPHA: &[u8; 62] = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
+    if i % 64 == 63 {
+        b'\n'
+    } else {
+        ALPHA[(i / 64 + i % 64) % 62]
+    }
+}
+
+/// The first `n` bytes of the console pattern stream.
+pub fn pattern(n: usize) -> Vec<u8> {
+    (0..n).map(pattern_byte).collect()
+}
+
+/// A scratch directory for one scenario run, removed when dropped.
+#[derive(Debug)]
+pub struct Workdir(PathBuf);
+
+impl Workdir {
+    /// A fresh directory under the system's temporary directory.
+    pub fn new(name: &str) -> std::io::Result<Workdir> {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "virtio-harness-{}-{}-{name}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir)?;
+        Ok(Workdir(dir))
+    }
+
+    /// A path inside it.
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for Workdir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A host-side actor that runs beside the guest (an EGD daemon, a socket
+/// peer); joined after the run, its result is part of the verdict.
+type Peer = JoinHandle<Result<String, String>>;
+
+/// Checks run on the outcome after the guest has finished.
+type Check = Box<dyn FnOnce(&Outcome) -> Result<(), String>>;
+
+/// What a scenario's set-up produced.
+struct Setup {
+    /// Options for [`crate::options::parse`], without `-kernel`.
+    options: Vec<String>,
+    /// The guest's command line (`-append`).
+    append: String,
+    peer: Option<Peer>,
+    check: Option<Check>,
+}
+
+impl Setup {
+    fn new(options: &str, append: impl Into<String>) -> Setup {
+        Setup {
+            options: options.split_whitespace().map(String::from).collect(),
+            append: append.into(),
+            peer: None,
+            check: None,
+        }
+    }
+}
+
+/// One scenario of the suite.
+pub struct Scenario {
+    /// Its name (also the integration test's name).
+    pub name: &'static str,
+    /// Which device, with which transport options.
+    pub device: &'static str,
+    /// Which backend.
+    pub backend: &'static str,
+    /// The guest ELF, if the build script built it.
+    guest: Option<&'static str>,
+    setup: fn(&Workdir) -> Result<Setup, String>,
+}
+
+impl std::fmt::Debug for Scenario {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Scenario")
+            .field("name", &self.name)
+            .field("device", &self.device)
+            .field("backend", &self.backend)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What one scenario run gave.
+#[derive(Debug)]
+pub struct ScenarioResult {
+    /// `Ok` when the guest passed and every host-side check held.
+    pub result: Result<(), String>,
+    /// The run, if the guest ran.
+    pub outcome: Option<Outcome>,
+    /// Notes from the host side (e.g. bytes an EGD daemon served).
+    pub notes: Vec<String>,
+}
+
+impl Scenario {
+    /// Sets up, boots and checks the scenario.
+    pub fn run(&self) -> ScenarioResult {
+        let mut notes = Vec::new();
+        let (result, outcome) = self.run_inner(&mut notes);
+        ScenarioResult {
+            result,
+            outcome,
+            notes,
+        }
+    }
+
+    fn run_inner(&self, notes: &mut Vec<String>) -> (Result<(), String>, Option<Outcome>) {
+        let Some(guest) = self.guest else {
+            return (Err("guest not built".into()), None);
+        };
+        let dir = match Workdir::new(self.name) {
+            Ok(d) => d,
+            Err(e) => return (Err(format!("work directory: {e}")), None),
+        };
+        let setup = match (self.setup)(&dir) {
+            Ok(s) => s,
+            Err(e) => return (Err(format!("set-up: {e}")), None),
+        };
+        let mut args = setup.options.clone();
+        args.extend(["-kernel".into(), guest.into()]);
+        if !setup.append.is_empty() {
+            args.extend(["-append".into(), setup.append.clone()]);
+        }
+        let outcome = crate::options::parse(&args)
+            .map_err(|e| format!("options: {e}"))
+            .and_then(|config| Machine::new(&config).map_err(|e| e.to_string()))
+            .and_then(|mut m| m.run(TIMEOUT).map_err(|e| e.to_string()));
+        // The machine is gone (its sockets closed): the peer can finish.
+        let peer = setup.peer.map(|p| {
+            p.join()
+                .unwrap_or_else(|_| Err("host-side peer panicked".into()))
+        });
+        let outcome = match outcome {
+            Ok(o) => o,
+            Err(e) => return (Err(e), None),
+        };
+        let mut result = if outcome.verdict.is_pass() {
+            Ok(())
+        } else {
+            Err(outcome.verdict.to_string())
+        };
+        match peer {
+            Some(Ok(note)) if !note.is_empty() => notes.push(note),
+            Some(Err(e)) if result.is_ok() => result = Err(format!("host side: {e}")),
+            _ => {}
+        }
+        if result.is_ok()
+            && let Some(check) = setup.check
+        {
+            result = check(&outcome);
+        }
+        (result, Some(outcome))
+    }
+}
+
+/// The last line of the guest's COM1 output that starts with `prefix`.
+pub fn guest_line<'a>(outcome: &'a Outcome, prefix: &str) -> Option<&'a str> {
+    outcome.serial.lines().rev().find(|l| l.starts_with(prefix))
+}
+
+/// The number before `word` in `line` (`"… 12 requests …"` → 12).
+pub fn number_before(line: &str, word: &str) -> Option<u64> {
+    let words: Vec<&str> = line.split([' ', ',']).filter(|w| !w.is_empty()).collect();
+    let at = words.iter().position(|w| *w == word)?;
+    words.get(at.checked_sub(1)?)?.parse().ok()
+}
+
+/// Accepts one connection on `listener` within `limit`.
+fn accept_within(listener: &UnixListener, limit: Duration) -> Result<UnixStream, String> {
+    listener
+        .set_nonblocking(true)
+        .map_err(|e| format!("listener: {e}"))?;
+    let deadline = Instant::now() + limit;
+    loop {
+        match listener.accept() {
+            Ok((s, _)) => {
+                s.set_nonblocking(false).map_err(|e| e.to_string())?;
+                return Ok(s);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                if Instant::now() >= deadline {
+                    return Err("nobody connected".into());
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            Err(e) => return Err(format!("accept: {e}")),
+        }
+    }
+}
+
+/// Connects to a unix socket that may not exist yet, within `limit`.
+fn connect_within(path: &Path, limit: Duration) -> Result<UnixStream, String> {
+    let deadline = Instant::now() + limit;
+    loop {
+        match UnixStream::connect(path) {
+            Ok(s) => return Ok(s),
+            Err(e) if Instant::now() >= deadline => {
+                return Err(format!("connect {}: {e}", path.display()));
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(1)),
+        }
+    }
+}
+
+/// A small EGD daemon on a unix socket: answers each "read entropy" request
+/// (0x01 non-blocking or 0x02 blocking, then a count) with that many bytes
+/// of the SplitMix64 stream of `seed`, until the client hangs up. Returns
+/// the bytes served.
+fn egd_daemon(listener: UnixListener, seed: u64) -> Peer {
+    std::thread::spawn(move || {
+        let mut s = accept_within(&listener, TIMEOUT)?;
+        s.set_read_timeout(Some(TIMEOUT))
+            .map_err(|e| e.to_string())?;
+        let mut rng = Deterministic::new(seed);
+        let mut served = 0u64;
+        let mut cmd = [0u8; 2];
+        loop {
+            match s.read_exact(&mut cmd[..1]) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => break,
+                Err(e) => return Err(format!("EGD read: {e}")),
+            }
+            if cmd[0] != 0x01 && cmd[0] != 0x02 {
+                return Err(format!("EGD: unexpected command {:#x}", cmd[0]));
+            }
+            s.read_exact(&mut cmd[1..])
+                .map_err(|e| format!("EGD count: {e}"))?;
+            let mut buf = vec![0u8; usize::from(cmd[1])];
+            let n = rng.fill(&mut buf).map_err(|e| e.to_string())?;
+            if cmd[0] == 0x01 {
+                // Non-blocking reads answer with the count first.
+                s.write_all(&[n as u8]).map_err(|e| e.to_string())?;
+            }
+            if s.write_all(&buf[..n]).is_err() {
+                break;
+            }
+            served += n as u64;
+        }
+        Ok(format!("EGD daemon served {served} bytes"))
+    })
+}
+
+/// Connects to the console's server socket, sends `n` bytes and expects
+/// the same `n` bytes back.
+fn echo_peer(path: PathBuf, n: usize) -> Peer {
+    std::thread::spawn(move || {
+        let mut s = connect_within(&path, TIMEOUT)?;
+        s.set_read_timeout(Some(TIMEOUT))
+            .map_err(|e| e.to_string())?;
+        let sent: Vec<u8> = (0..n).map(|i| (i * 7 + 3) as u8).collect();
+        s.write_all(&sent).map_err(|e| format!("send: {e}"))?;
+        let mut back = vec![0u8; n];
+        s.read_exact(&mut back)
+            .map_err(|e| format!("reading the echo: {e}"))?;
+        if back != sent {
+            let at = back.iter().zip(&sent).position(|(a, b)| a != b);
+            return Err(format!("echo differs at byte {at:?}"));
+        }
+        Ok(format!("socket peer got its {n} bytes back"))
+    })
+}
+
+/// A check that the file at `path` holds exactly the first `n` bytes of the
+/// pattern.
+fn file_holds_pattern(path: PathBuf, n: usize) -> Check {
+    Box::new(move |_| {
+        let got = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let want = pattern(n);
+        if got == want {
+            return Ok(());
+        }
+        let at = got.iter().zip(&want).position(|(a, b)| a != b);
+        Err(format!(
+            "{} has {} bytes, want {n}; first difference at {at:?}",
+            path.display(),
+            got.len()
+        ))
+    })
+}
+
+/// A check that the guest's last `prefix` line is there.
+fn guest_reported(prefix: &'static str) -> Check {
+    Box::new(move |o| match guest_line(o, prefix) {
+        Some(_) => Ok(()),
+        None => Err(format!("the guest printed no '{prefix}' line")),
+    })
+}
+
+const MIB: usize = 1 << 20;
+
+fn rng_deterministic(notify: &str, mode: &str) -> Result<Setup, String> {
+    Ok(Setup {
+        check: Some(guest_reported("rng: ")),
+        ..Setup::new(
+            &format!(
+                "-object rng-deterministic,id=r0,seed=42 -device virtio-rng-device,rng=r0,ioeventfd={notify}"
+            ),
+            format!("rng.bytes={MIB} rng.seed=42 rng.mode={mode}"),
+        )
+    })
+}
+
+fn scenario_list() -> Vec<Scenario> {
+    let rng = option_env!("GUEST_RNG");
+    let console = option_env!("GUEST_CONSOLE");
+    let lifecycle = option_env!("GUEST_LIFECYCLE");
+    let hostile = option_env!("GUEST_HOSTILE");
+    vec![
+        Scenario {
+            name: "rng_deterministic_irq_ioeventfd",
+            device: "virtio-rng, ioeventfd+irq",
+            backend: "rng-deterministic",
+            guest: rng,
+            setup: |_| rng_deterministic("on", "irq"),
+        },
+        Scenario {
+            name: "rng_deterministic_poll_inline",
+            device: "virtio-rng, inline+poll",
+            backend: "rng-deterministic",
+            guest: rng,
+            setup: |_| rng_deterministic("off", "poll"),
+        },
+        Scenario {
+            name: "rng_deterministic_irq_inline",
+            device: "virtio-rng, inline+irq",
+            backend: "rng-deterministic",
+            guest: rng,
+            setup: |_| rng_deterministic("off", "irq"),
+        },
+        Scenario {
+            name: "rng_deterministic_poll_ioeventfd",
+            device: "virtio-rng, ioeventfd+poll",
+            backend: "rng-deterministic",
+            guest: rng,
+            setup: |_| rng_deterministic("on", "poll"),
+        },
+        Scenario {
+            name: "rng_builtin",
+            device: "virtio-rng",
+            backend: "rng-builtin (getrandom)",
+            guest: rng,
+            setup: |_| {
+                Ok(Setup::new(
+                    "-object rng-builtin,id=r0 -device virtio-rng-device,rng=r0",
+                    format!("rng.bytes={MIB}"),
+                ))
+            },
+        },
+        Scenario {
+            name: "rng_random_urandom",
+            device: "virtio-rng",
+            backend: "rng-random /dev/urandom",
+            guest: rng,
+            setup: |_| {
+                Ok(Setup::new(
+                    "-object rng-random,id=r0,filename=/dev/urandom -device virtio-rng-device,rng=r0",
+                    format!("rng.bytes={MIB}"),
+                ))
+            },
+        },
+        Scenario {
+            name: "rng_random_short_file",
+            device: "virtio-rng",
+            backend: "rng-random, 10000-byte file",
+            guest: rng,
+            setup: |dir| {
+                let f = dir.path("short.bin");
+                std::fs::write(&f, pattern(10_000)).map_err(|e| e.to_string())?;
+                Ok(Setup::new(
+                    &format!(
+                        "-object rng-random,id=r0,filename={} -device virtio-rng-device,rng=r0",
+                        f.display()
+                    ),
+                    "rng.bytes=1048576 rng.available=10000 rng.wait_ms=100",
+                ))
+            },
+        },
+        Scenario {
+            name: "rng_egd_socket",
+            device: "virtio-rng",
+            backend: "rng-egd <- unix socket daemon",
+            guest: rng,
+            setup: |dir| {
+                let sock = dir.path("egd.sock");
+                let listener = UnixListener::bind(&sock).map_err(|e| e.to_string())?;
+                let mut s = Setup::new(
+                    &format!(
+                        "-chardev socket,id=c0,path={} -object rng-egd,id=r0,chardev=c0 \
+                         -device virtio-rng-device,rng=r0",
+                        sock.display()
+                    ),
+                    format!("rng.bytes={} rng.seed=7", 256 * 1024),
+                );
+                s.peer = Some(egd_daemon(listener, 7));
+                s.check = Some(guest_reported("rng: "));
+                Ok(s)
+            },
+        },
+        Scenario {
+            name: "console_write_64k_file_irq",
+            device: "virtio-console port 0, irq",
+            backend: "chardev file",
+            guest: console,
+            setup: |dir| {
+                let f = dir.path("out.log");
+                let mut s = Setup::new(
+                    &format!(
+                        "-chardev file,id=c0,path={} -device virtio-serial-device,max_ports=1 \
+                         -device virtconsole,chardev=c0",
+                        f.display()
+                    ),
+                    "console.test=write console.bytes=65536 console.mode=irq",
+                );
+                s.check = Some(file_holds_pattern(f, 65536));
+                Ok(s)
+            },
+        },
+        Scenario {
+            name: "console_write_64k_file_poll",
+            device: "virtio-console port 0, poll+inline",
+            backend: "chardev file",
+            guest: console,
+            setup: |dir| {
+                let f = dir.path("out.log");
+                let mut s = Setup::new(
+                    &format!(
+                        "-chardev file,id=c0,path={} \
+                         -device virtio-serial-device,max_ports=1,ioeventfd=off \
+                         -device virtconsole,chardev=c0",
+                        f.display()
+                    ),
+                    "console.test=write console.bytes=65536 console.mode=poll",
+                );
+                s.check = Some(file_holds_pattern(f, 65536));
+                Ok(s)
+            },
+        },
+        Scenario {
+            name: "console_echo_socket_irq",
+            device: "virtio-console port 0, irq",
+            backend: "chardev socket (server)",
+            guest: console,
+            setup: |dir| {
+                let sock = dir.path("con.sock");
+                let mut s = Setup::new(
+                    &format!(
+                        "-chardev socket,id=c0,path={},server=on \
+                         -device virtio-serial-device,max_ports=1 -device virtconsole,chardev=c0",
+                        sock.display()
+                    ),
+                    "console.test=echo console.bytes=16384 console.mode=irq",
+                );
+                s.peer = Some(echo_peer(sock, 16384));
+                Ok(s)
+            },
+        },
+        Scenario {
+            name: "console_echo_socket_poll",
+            device: "virtio-console port 0, poll",
+            backend: "chardev socket (server)",
+            guest: console,
+            setup: |dir| {
+                let sock = dir.path("con.sock");
+                let mut s = Setup::new(
+                    &format!(
+                        "-chardev socket,id=c0,path={},server=on \
+                         -device virtio-serial-device,max_ports=1 -device virtconsole,chardev=c0",
+                        sock.display()
+                    ),
+                    "console.test=echo console.bytes=16384 console.mode=poll",
+                );
+                s.peer = Some(echo_peer(sock, 16384));
+                Ok(s)
+            },
+        },
+        Scenario {
+            name: "console_multiport_two_files",
+            device: "virtio-console MULTIPORT, 2 ports",
+            backend: "chardev file x2",
+            guest: console,
+            setup: |dir| {
+                let f0 = dir.path("port0.log");
+                let f1 = dir.path("port1.log");
+                let mut s = Setup::new(
+                    &format!(
+                        "-chardev file,id=c0,path={} -chardev file,id=c1,path={} \
+                         -device virtio-serial-device,max_ports=2 -device virtconsole,chardev=c0 \
+                         -device virtserialport,chardev=c1,name=org.test.port1",
+                        f0.display(),
+                        f1.display()
+                    ),
+                    "console.test=multiport console.bytes=4096 console.name1=org.test.port1",
+                );
+                let c0 = file_holds_pattern(f0, 4096);
+                let c1 = file_holds_pattern(f1, 4096);
+                s.check = Some(Box::new(move |o| {
+                    c0(o)?;
+                    c1(o)
+                }));
+                Ok(s)
+            },
+        },
+        Scenario {
+            name: "lifecycle_reset_and_refusals",
+            device: "virtio-rng (status machine)",
+            backend: "rng-deterministic",
+            guest: lifecycle,
+            setup: |_| {
+                Ok(Setup::new(
+                    "-object rng-deterministic,id=r0,seed=1 -device virtio-rng-device,rng=r0",
+                    "lifecycle.strict=1",
+                ))
+            },
+        },
+        Scenario {
+            name: "hostile_rings",
+            device: "virtio-rng (raw rings)",
+            backend: "rng-deterministic",
+            guest: hostile,
+            setup: |_| {
+                Ok(Setup::new(
+                    "-object rng-deterministic,id=r0,seed=1 -device virtio-rng-device,rng=r0",
+                    "",
+                ))
+            },
+        },
+    ]
+}
+
+/// Every scenario, in suite order.
+pub fn all() -> Vec<Scenario> {
+    scenario_list()
+}
+
+/// The scenario called `name`.
+pub fn by_name(name: &str) -> Option<Scenario> {
+    scenario_list().into_iter().find(|s| s.name == name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_pattern_is_the_guests_contract() {
+        let p = pattern(130);
+        assert_eq!(&p[..5], b"abcde");
+        assert_eq!(p[63], b'\n');
+        assert_eq!(p[64], b'b', "line 1 starts one letter later");
+        assert_eq!(p[127], b'\n');
+    }
+
+    #[test]
+    fn numbers_are_read_from_guest_lines() {
+        let l = "rng: 1048576 bytes in 137 requests, 12 interrupts";
+        assert_eq!(number_before(l, "bytes"), Some(1_048_576));
+        assert_eq!(number_before(l, "requests"), Some(137));
+        assert_eq!(number_before(l, "interrupts"), Some(12));
+        assert_eq!(number_before(l, "nothing"), None);
+    }
+
+    #[test]
+    fn scenario_names_are_unique() {
+        let all = all();
+        let mut names: Vec<_> = all.iter().map(|s| s.name).collect();
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), all.len());
+    }
+}

@@ -1,0 +1,67 @@
+//! The suite's scenarios under KVM, one test each: tiny guests driving our
+//! devices (virtio-rng §5.4, virtio-console §5.3) through our monitor, in
+//! front of real backends, with both notification paths (ioeventfd worker,
+//! inline) and both completion modes (interrupt, polling). The scenarios
+//! themselves live in `harness::scenarios`, shared with `virtio-harness
+//! suite`. Skips with `SKIP: <reason>` where `/dev/kvm` cannot be opened.
+
+use harness::scenarios;
+use harness::vm;
+
+fn run(name: &str) {
+    if !vm::kvm_or_skip(name) {
+        return;
+    }
+    let sc = scenarios::by_name(name).unwrap_or_else(|| panic!("no scenario {name}"));
+    let r = sc.run();
+    let serial = r.outcome.as_ref().map_or("", |o| o.serial.as_str());
+    if let Some(o) = &r.outcome {
+        println!(
+            "{name}: {} | {} | boot-to-exit {:?}",
+            o.verdict, o.exits, o.boot_to_exit
+        );
+    }
+    for n in &r.notes {
+        println!("{name}: {n}");
+    }
+    if let Err(e) = r.result {
+        panic!("{name}: {e}\n--- serial ---\n{serial}--------------");
+    }
+}
+
+macro_rules! scenario_tests {
+    ($($name:ident),* $(,)?) => {
+        $(
+            #[test]
+            fn $name() {
+                run(stringify!($name));
+            }
+        )*
+
+        #[test]
+        fn every_scenario_has_a_test() {
+            let tested = [$(stringify!($name)),*];
+            for sc in scenarios::all() {
+                assert!(tested.contains(&sc.name), "scenario {} has no test", sc.name);
+            }
+        }
+    };
+}
+
+scenario_tests!(
+    rng_deterministic_irq_ioeventfd,
+    rng_deterministic_poll_inline,
+    rng_deterministic_irq_inline,
+    rng_deterministic_poll_ioeventfd,
+    rng_builtin,
+    rng_random_urandom,
+    rng_random_short_file,
+    rng_egd_socket,
+    console_write_64k_file_irq,
+    console_write_64k_file_poll,
+    console_echo_socket_irq,
+    console_echo_socket_poll,
+    console_multiport_two_files,
+    lifecycle_reset_and_refusals,
+    hostile_rings,
+);
