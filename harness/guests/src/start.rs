@@ -2,6 +2,8 @@
 //! 32-bit protected-mode code a PVH loader jumps to, the identity page
 //! tables, the GDT and the switch to long mode; then `guest_rt_start64`.
 //!
+//! `.bss` is zeroed only after the switch to long mode (see the entry).
+//!
 //! PVH entry state (xen `arch-x86/hvm/start_info.h`): 32-bit protected mode,
 //! paging off, flat 4 GiB code and data segments, `ebx` = physical address of
 //! `hvm_start_info`, interrupts off. The code here uses only plain
@@ -33,13 +35,6 @@ guest_rt_pvh_entry:
     cld
     movl %ebx, %esi                  /* hvm_start_info, kept for Rust */
 
-    /* Zero .bss (stack and runtime buffers): loaders need not. */
-    movl $__bss_start, %edi
-    movl $__bss_end, %ecx
-    subl %edi, %ecx
-    xorl %eax, %eax
-    rep stosb
-
     lgdt guest_rt_gdt_ptr
 
     movl %cr4, %eax
@@ -68,6 +63,20 @@ guest_rt_entry64:
     movw %ax, %ss
     movw %ax, %fs
     movw %ax, %gs
+
+    /* Zero .bss (stack and runtime buffers): loaders need not. Done here,
+       with paging on, not in the 32-bit code above: a monitor that
+       emulates the unpaged entry instruction by instruction (kvm_pvm)
+       would take milliseconds over a `rep stos` there. Nothing before
+       this point uses .bss (the GDT and page tables are .data, no stack
+       yet); it is 4096-aligned and a multiple of 16 long (link.ld). */
+    leaq __bss_start(%rip), %rdi
+    leaq __bss_end(%rip), %rcx
+    subq %rdi, %rcx
+    shrq $3, %rcx
+    xorl %eax, %eax
+    rep stosq
+
     leaq guest_rt_stack_top(%rip), %rsp
     xorl %ebp, %ebp
     movl %esi, %edi                  /* zero-extends the start info address */
