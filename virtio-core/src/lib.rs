@@ -39,6 +39,7 @@
 #[cfg(feature = "test-utils")]
 extern crate alloc;
 
+pub mod console;
 pub mod features;
 pub mod memory;
 pub mod mmio;

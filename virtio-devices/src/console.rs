@@ -15,10 +15,9 @@ use alloc::vec::Vec;
 
 use backends::chardev::Chardev;
 use virtio_core::GuestMemory;
+use virtio_core::console::queues;
 use virtio_core::features::{ConsoleFeatures, DeviceType, TransportFeatures};
 use virtio_core::split::DeviceQueue;
-use zerocopy::little_endian::{U16, U32};
-use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
 use crate::device::{DeviceError, QueueConfig, Served, VirtioDevice, next_head};
 
@@ -28,62 +27,7 @@ pub const QUEUE_SIZE: u16 = 256;
 /// Bytes moved through the bounce buffer at once.
 const CHUNK: usize = 4096;
 
-/// Control events (§5.3.6.2, `VIRTIO_CONSOLE_*`).
-pub mod event {
-    /// Driver → device: the driver is ready (value 1) or failed (0).
-    pub const DEVICE_READY: u16 = 0;
-    /// Device → driver: a port was added.
-    pub const DEVICE_ADD: u16 = 1;
-    /// Device → driver: a port was removed.
-    pub const DEVICE_REMOVE: u16 = 2;
-    /// Driver → device: the port is ready (value 1) or failed (0).
-    pub const PORT_READY: u16 = 3;
-    /// Device → driver: the port is a console.
-    pub const CONSOLE_PORT: u16 = 4;
-    /// Device → driver: the console size changed.
-    pub const RESIZE: u16 = 5;
-    /// Both ways: the port was opened (1) or closed (0) on that side.
-    pub const PORT_OPEN: u16 = 6;
-    /// Device → driver: the port's name follows the message.
-    pub const PORT_NAME: u16 = 7;
-}
-
-/// A control message (§5.3.6.2, `struct virtio_console_control`).
-#[derive(
-    Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout,
-)]
-#[repr(C)]
-pub struct Control {
-    id: U32,
-    event: U16,
-    value: U16,
-}
-
-impl Control {
-    /// A message.
-    pub fn new(id: u32, event: u16, value: u16) -> Self {
-        Control {
-            id: U32::new(id),
-            event: U16::new(event),
-            value: U16::new(value),
-        }
-    }
-
-    /// The port.
-    pub fn id(&self) -> u32 {
-        self.id.get()
-    }
-
-    /// The event.
-    pub fn event(&self) -> u16 {
-        self.event.get()
-    }
-
-    /// The value.
-    pub fn value(&self) -> u16 {
-        self.value.get()
-    }
-}
+pub use virtio_core::console::{Control, event};
 
 /// One port: a chardev and what each side knows about it.
 pub struct Port {
@@ -174,15 +118,15 @@ pub struct Console<M> {
 /// Queue indices of §5.3.2: port 0 on 0/1, control on 2/3, port `p` ≥ 1 on
 /// `2 + 2p` / `3 + 2p`.
 fn rx_queue(port: usize) -> usize {
-    if port == 0 { 0 } else { 2 + 2 * port }
+    usize::from(queues::rx(u16::try_from(port).unwrap_or(u16::MAX)))
 }
 
 fn tx_queue(port: usize) -> usize {
     rx_queue(port) + 1
 }
 
-const CTRL_RX: usize = 2;
-const CTRL_TX: usize = 3;
+const CTRL_RX: usize = queues::CONTROL_RX as usize;
+const CTRL_TX: usize = queues::CONTROL_TX as usize;
 
 impl<M: GuestMemory> Console<M> {
     /// A single-port console (no MULTIPORT offered) on `chardev`.
