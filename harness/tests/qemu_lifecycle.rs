@@ -1,5 +1,6 @@
 //! The `lifecycle` and `hostile` tiny guests under QEMU `microvm` with a
-//! virtio-rng (`-object rng-builtin,id=r0 -device virtio-rng-device,rng=r0`),
+//! virtio-rng (`-object rng-builtin,id=r0 -device virtio-rng-device,rng=r0`)
+//! and, for `hostile`'s console cases, a `virtio-serial-device`,
 //! on legacy (version 1, QEMU's default) and modern (version 2) virtio-mmio
 //! transports: a known-good device, so that the guests' expectations are
 //! checked before the lead runs them against ours (with
@@ -62,7 +63,16 @@ const QEMU_SURVIVES: &[(&str, &str, &str)] = &[
     ("indirect-not-negotiated", "used", "used"), // negotiation not checked
     ("indirect-bad-length", "ignored", "needs_reset"), // "Invalid size for indirect buffer table"
     ("indirect-nested", "ignored", "ignored"),
+    // Port 0's transmitq of `-device virtio-serial-device` (no port
+    // attached: QEMU discards the data).
+    ("console-desc-loop", "ignored", "needs_reset"),
+    ("console-next-out-of-range", "ignored", "needs_reset"),
+    ("console-buffer-outside-ram", "used", "used"), // used len=0
+    ("console-avail-index-jump", "used", "used"),   // used len=0: the discard path pops no chain
 ];
+
+/// The console the `console-*` cases feed.
+const CONSOLE: &[&str] = &["-device", "virtio-serial-device"];
 
 /// What one QEMU run left behind.
 struct Run {
@@ -289,7 +299,9 @@ fn hostile(legacy: bool, extra: &[&str]) {
         append.push_str(" hostile.case=");
         append.push_str(case);
     }
-    let run = boot(HOSTILE, &append, extra);
+    let mut args = CONSOLE.to_vec();
+    args.extend_from_slice(extra);
+    let run = boot(HOSTILE, &append, &args);
     assert_pass(&run);
     let mut seen = Vec::new();
     for &(case, on_legacy, on_modern) in QEMU_SURVIVES {
@@ -305,7 +317,7 @@ fn hostile(legacy: bool, extra: &[&str]) {
             run.describe()
         );
         assert!(
-            lines.iter().any(|l| l.starts_with("survived (64 bytes")),
+            lines.iter().any(|l| l.starts_with("survived (")),
             "{case}: no survival line\n{}",
             run.describe()
         );
