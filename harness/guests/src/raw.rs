@@ -917,6 +917,9 @@ pub struct Setup<'a, 'm> {
     pub scratch: &'a mut Scratch<'m>,
     /// The accepted features.
     pub features: u64,
+    /// Whether a well-formed buffer of this queue is device-writable
+    /// (from [`Case::device_writes`]).
+    pub device_writes: bool,
     /// One past the last byte of RAM (the PVH memory map's highest RAM end).
     pub ram_end: u64,
 }
@@ -931,6 +934,23 @@ impl Setup<'_, '_> {
     /// write it).
     pub fn readable(&mut self, len: u64) -> Result<u64, RawError> {
         self.scratch.buffer(len, false)
+    }
+
+    /// A `len`-byte scratch buffer in the queue's normal direction, and
+    /// the descriptor flags that say so (`VIRTQ_DESC_F_WRITE` or none).
+    pub fn normal(&mut self, len: u64) -> Result<(u64, u16), RawError> {
+        let addr = self.scratch.buffer(len, self.device_writes)?;
+        Ok((addr, self.normal_flags()))
+    }
+
+    /// `VIRTQ_DESC_F_WRITE` if the queue's buffers are device-writable,
+    /// else 0 (§2.7.5).
+    pub fn normal_flags(&self) -> u16 {
+        if self.device_writes {
+            DescFlags::WRITE.bits()
+        } else {
+            0
+        }
     }
 
     /// An address no RAM backs: 1 TiB, or the first page above the end of
@@ -969,6 +989,9 @@ pub struct Case {
     pub queue: u16,
     /// Queue size to use (clamped to `QueueNumMax`).
     pub size: u16,
+    /// Whether the queue's well-formed buffers are device-writable (an
+    /// rng requestq, a net receiveq) or device-readable (a transmitq).
+    pub device_writes: bool,
     /// Features to accept when offered.
     pub wanted: u64,
     /// Features that must be offered, else the case is skipped.
@@ -1037,6 +1060,7 @@ pub fn run_case(
             table: &table,
             scratch: &mut scratch,
             features,
+            device_writes: case.device_writes,
             ram_end,
         };
         (case.build)(&mut setup)?;

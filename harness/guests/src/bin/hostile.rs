@@ -1,7 +1,9 @@
 //! Scenario `hostile`: feeds malformed split rings (spec §2.7) to the first
-//! entropy device (§5.4), one case at a time, through `guest_rt::raw`. Each
+//! entropy device (§5.4) and, when there is one, the first console (§5.3,
+//! port 0's transmitq), one case at a time, through `guest_rt::raw`. Each
 //! case is followed by a reset and a clean initialisation with
-//! `guest-driver` that must read 64 bytes again: the device survived.
+//! `guest-driver` that must work again (the rng reads 64 bytes, the console
+//! writes a line): the device survived.
 //!
 //! The guest fails only when the device stops working or writes outside
 //! the device-writable buffers it was given (canaries around every
@@ -11,15 +13,15 @@
 //! ```text
 //! hostile: <case>: rule §… <what the driver breaks>
 //! hostile: <case>: <needs_reset | used len=<n> id=<id> | ignored> (status <hex>)
-//! hostile: <case>: survived (<n> bytes after re-initialisation)
+//! hostile: <case>: survived (<what the clean driver did>)
 //! ```
 //!
 //! `hostile.case=<name>` runs one case (several may be given); the default
-//! is every case. Adding a case is adding an entry to [`CASES`].
+//! is every case; console cases are skipped without a console. Adding a case is adding an entry to [`CASES`].
 #![no_std]
 #![no_main]
 
-use guest_driver::{Polls, Rng, RngOptions};
+use guest_driver::{Console, ConsoleOptions, Polls, Rng, RngOptions};
 use guest_rt::raw::{self, Case, CaseResult, RawDevice, RawError, RawMemory, Setup, desc};
 use guest_rt::{BootInfo, MemoryKind, exit, println};
 use virtio_core::features::{DeviceType, TransportFeatures};
@@ -28,8 +30,6 @@ guest_rt::entry!(main);
 
 /// `VIRTQ_DESC_F_NEXT` (§2.7.5).
 const NEXT: u16 = 1;
-/// `VIRTQ_DESC_F_WRITE` (§2.7.5).
-const WRITE: u16 = 2;
 /// `VIRTQ_DESC_F_INDIRECT` (§2.7.5.3).
 const INDIRECT: u16 = 4;
 /// Bytes of each case's ordinary buffer.
@@ -43,7 +43,7 @@ const SURVIVAL_POLLS: u64 = 50_000_000;
 
 const INDIRECT_DESC: u64 = TransportFeatures::RING_INDIRECT_DESC.bits();
 
-/// An rng case on the requestq (§5.4.2).
+/// An rng case on the requestq (§5.4.2: device-writable buffers).
 const fn rng(
     name: &'static str,
     rule: &'static str,
@@ -56,8 +56,29 @@ const fn rng(
         device: DeviceType::Rng,
         queue: 0,
         size: SIZE,
+        device_writes: true,
         wanted: 0,
         requires,
+        build,
+    }
+}
+
+/// A console case on port 0's transmitq (§5.3.2: queue 1, device-readable
+/// buffers), MULTIPORT not negotiated.
+const fn console(
+    name: &'static str,
+    rule: &'static str,
+    build: fn(&mut Setup<'_, '_>) -> Result<(), RawError>,
+) -> Case {
+    Case {
+        name,
+        rule,
+        device: DeviceType::Console,
+        queue: 1,
+        size: SIZE,
+        device_writes: false,
+        wanted: 0,
+        requires: 0,
         build,
     }
 }
@@ -136,49 +157,71 @@ const CASES: &[Case] = &[
         INDIRECT_DESC,
         indirect_nested,
     ),
+    console(
+        "console-desc-loop",
+        "§2.7.5.3.1: a chain is at most the queue size long; here `next` points back (a loop)",
+        desc_loop,
+    ),
+    console(
+        "console-next-out-of-range",
+        "§2.7.5: `next` must index the descriptor table; here it is the queue size",
+        next_out_of_range,
+    ),
+    console(
+        "console-buffer-outside-ram",
+        "§2.7.5: `addr` is a guest-physical buffer; here no RAM backs it",
+        buffer_outside_ram,
+    ),
+    console(
+        "console-avail-index-jump",
+        "§2.7.6: the available index runs at most the queue size ahead; here it jumps size+1",
+        avail_index_jump,
+    ),
 ];
 
-/// One writable buffer in descriptor 0, posted.
+/// One buffer in descriptor 0, posted.
 fn plain(s: &mut Setup<'_, '_>, addr: u64, len: u32, flags: u16) -> Result<(), RawError> {
     s.queue.set_desc(0, desc(addr, len, flags, 0))?;
     s.queue.post(0)
 }
 
 fn desc_loop(s: &mut Setup<'_, '_>) -> Result<(), RawError> {
-    let a = s.writable(LEN.into())?;
-    let b = s.writable(LEN.into())?;
-    s.queue.set_desc(0, desc(a, LEN, NEXT | WRITE, 1))?;
-    s.queue.set_desc(1, desc(b, LEN, NEXT | WRITE, 0))?;
+    let (a, f) = s.normal(LEN.into())?;
+    let (b, _) = s.normal(LEN.into())?;
+    s.queue.set_desc(0, desc(a, LEN, NEXT | f, 1))?;
+    s.queue.set_desc(1, desc(b, LEN, NEXT | f, 0))?;
     s.queue.post(0)
 }
 
 fn next_out_of_range(s: &mut Setup<'_, '_>) -> Result<(), RawError> {
-    let a = s.writable(LEN.into())?;
+    let (a, f) = s.normal(LEN.into())?;
     let next = s.queue.size();
-    s.queue.set_desc(0, desc(a, LEN, NEXT | WRITE, next))?;
+    s.queue.set_desc(0, desc(a, LEN, NEXT | f, next))?;
     s.queue.post(0)
 }
 
 fn head_out_of_range(s: &mut Setup<'_, '_>) -> Result<(), RawError> {
-    let a = s.writable(LEN.into())?;
-    s.queue.set_desc(0, desc(a, LEN, WRITE, 0))?;
+    let (a, f) = s.normal(LEN.into())?;
+    s.queue.set_desc(0, desc(a, LEN, f, 0))?;
     let head = s.queue.size();
     s.queue.post(head)
 }
 
 fn buffer_outside_ram(s: &mut Setup<'_, '_>) -> Result<(), RawError> {
     let addr = s.outside_ram();
-    plain(s, addr, LEN, WRITE)
+    let f = s.normal_flags();
+    plain(s, addr, LEN, f)
 }
 
 fn buffer_straddles_ram_end(s: &mut Setup<'_, '_>) -> Result<(), RawError> {
     let addr = s.ram_end.saturating_sub(u64::from(LEN / 2));
-    plain(s, addr, LEN, WRITE)
+    let f = s.normal_flags();
+    plain(s, addr, LEN, f)
 }
 
 fn avail_index_jump(s: &mut Setup<'_, '_>) -> Result<(), RawError> {
-    let a = s.writable(LEN.into())?;
-    s.queue.set_desc(0, desc(a, LEN, WRITE, 0))?;
+    let (a, f) = s.normal(LEN.into())?;
+    s.queue.set_desc(0, desc(a, LEN, f, 0))?;
     s.queue.set_avail_entry(0, 0)?;
     let idx = s.queue.size() + 1;
     s.queue.set_avail_idx(idx)
@@ -190,16 +233,16 @@ fn device_readable_buffer(s: &mut Setup<'_, '_>) -> Result<(), RawError> {
 }
 
 fn zero_length_buffer(s: &mut Setup<'_, '_>) -> Result<(), RawError> {
-    let a = s.writable(0)?;
-    plain(s, a, 0, WRITE)
+    let (a, f) = s.normal(0)?;
+    plain(s, a, 0, f)
 }
 
 fn chain_longer_than_queue(s: &mut Setup<'_, '_>) -> Result<(), RawError> {
     let n = s.queue.size() + 1;
     let piece = 16u32;
-    let buf = s.writable(u64::from(piece) * u64::from(n))?;
+    let (buf, f) = s.normal(u64::from(piece) * u64::from(n))?;
     for i in 0..n {
-        let flags = if i + 1 < n { NEXT | WRITE } else { WRITE };
+        let flags = if i + 1 < n { NEXT | f } else { f };
         let addr = buf + u64::from(piece) * u64::from(i);
         s.table.set(i, desc(addr, piece, flags, i + 1))?;
     }
@@ -208,26 +251,26 @@ fn chain_longer_than_queue(s: &mut Setup<'_, '_>) -> Result<(), RawError> {
 }
 
 fn indirect_not_negotiated(s: &mut Setup<'_, '_>) -> Result<(), RawError> {
-    let a = s.writable(LEN.into())?;
-    s.table.set(0, desc(a, LEN, WRITE, 0))?;
+    let (a, f) = s.normal(LEN.into())?;
+    s.table.set(0, desc(a, LEN, f, 0))?;
     let table = s.table.addr();
     plain(s, table, 16, INDIRECT)
 }
 
 fn indirect_bad_length(s: &mut Setup<'_, '_>) -> Result<(), RawError> {
-    let a = s.writable(LEN.into())?;
-    s.table.set(0, desc(a, LEN, WRITE, 0))?;
-    s.table.set(1, desc(a, LEN, WRITE, 0))?;
+    let (a, f) = s.normal(LEN.into())?;
+    s.table.set(0, desc(a, LEN, f, 0))?;
+    s.table.set(1, desc(a, LEN, f, 0))?;
     let table = s.table.addr();
     plain(s, table, 24, INDIRECT)
 }
 
 fn indirect_nested(s: &mut Setup<'_, '_>) -> Result<(), RawError> {
-    let a = s.writable(LEN.into())?;
-    // Entry 32 is a second table of one writable buffer; entry 0 points
-    // to it with INDIRECT.
+    let (a, f) = s.normal(LEN.into())?;
+    // Entry 32 is a second table of one buffer; entry 0 points to it with
+    // INDIRECT.
     let inner = 32u16;
-    s.table.set(inner, desc(a, LEN, WRITE, 0))?;
+    s.table.set(inner, desc(a, LEN, f, 0))?;
     let table = s.table.addr();
     let inner_addr = table + 16 * u64::from(inner);
     s.table.set(0, desc(inner_addr, 16, INDIRECT, 0))?;
@@ -244,15 +287,26 @@ fn ram_end(boot: &BootInfo) -> u64 {
         .unwrap_or(0)
 }
 
-/// Proves the device still works: a clean initialisation by `guest-driver`
-/// and a read of [`SURVIVAL_BYTES`]; dropping the driver resets it again.
-fn survive(dev: &RawDevice, mem: &RawMemory) -> Result<usize, guest_driver::Error> {
+/// Proves the device still works: a clean initialisation by
+/// `guest-driver`, then for the rng a read of [`SURVIVAL_BYTES`], for the
+/// console a line written on port 0; dropping the driver resets it again.
+/// Returns what was done.
+fn survive(dev: &RawDevice, mem: &RawMemory) -> Result<&'static str, guest_driver::Error> {
     // SAFETY: `dev` is not used until the driver is dropped below.
     let regs = unsafe { dev.driver_regs() };
+    if dev.device_id() == DeviceType::Console.id() {
+        let options = ConsoleOptions {
+            multiport: false,
+            ..ConsoleOptions::default()
+        };
+        let mut console: Console<_, _, 1> = Console::new(&mem.pool, regs, options)?;
+        console.write(b"hostile: console alive\n", &mut Polls::new(SURVIVAL_POLLS))?;
+        return Ok("wrote a line after re-initialisation");
+    }
     let mut rng = Rng::new(&mem.pool, regs, RngOptions::default())?;
     let mut buf = [0u8; SURVIVAL_BYTES];
     rng.read_exact(&mut buf, &mut Polls::new(SURVIVAL_POLLS))?;
-    Ok(buf.len())
+    Ok("64 bytes after re-initialisation")
 }
 
 fn main(boot: &'static BootInfo) {
@@ -272,20 +326,26 @@ fn main(boot: &'static BootInfo) {
             exit::fail(format_args!("hostile: unknown case {name:?}"));
         }
     }
-    let dev = match RawDevice::find(boot.cmdline(), DeviceType::Rng) {
+    let rng = match RawDevice::find(boot.cmdline(), DeviceType::Rng) {
         Ok(dev) => dev,
         Err(e) => exit::fail(format_args!("hostile: {e}")),
     };
-    println!(
-        "hostile: rng at {:#x} (virtio-mmio version {}), features offered {:#x}",
-        dev.slot().base,
-        dev.version() as u32,
-        dev.device_features()
-    );
-    if let Err(e) = survive(&dev, &mem) {
-        exit::fail(format_args!(
-            "hostile: the rng does not work to begin with: {e}"
-        ));
+    // The console is optional: its cases are skipped without one.
+    let console = RawDevice::find(boot.cmdline(), DeviceType::Console).ok();
+    for dev in core::iter::once(&rng).chain(console.as_ref()) {
+        println!(
+            "hostile: device id {} at {:#x} (virtio-mmio version {}), features offered {:#x}",
+            dev.device_id(),
+            dev.slot().base,
+            dev.version() as u32,
+            dev.device_features()
+        );
+        if let Err(e) = survive(dev, &mem) {
+            exit::fail(format_args!(
+                "hostile: device id {} does not work to begin with: {e}",
+                dev.device_id()
+            ));
+        }
     }
     let (mut ran, mut skipped) = (0, 0);
     for case in CASES {
@@ -293,8 +353,18 @@ fn main(boot: &'static BootInfo) {
             continue;
         }
         let name = case.name;
+        let dev = match case.device {
+            DeviceType::Rng => Some(&rng),
+            DeviceType::Console => console.as_ref(),
+            _ => None,
+        };
+        let Some(dev) = dev else {
+            println!("hostile: {name}: skipped (no {:?} device)", case.device);
+            skipped += 1;
+            continue;
+        };
         println!("hostile: {name}: rule {}", case.rule);
-        match raw::run_case(&dev, &mem, case, ram_end) {
+        match raw::run_case(dev, &mem, case, ram_end) {
             Ok(CaseResult::Skipped { missing }) => {
                 println!("hostile: {name}: skipped (features {missing:#x} not offered)");
                 skipped += 1;
@@ -305,8 +375,8 @@ fn main(boot: &'static BootInfo) {
             }
             Err(e) => exit::fail(format_args!("hostile: {name}: {e}")),
         }
-        match survive(&dev, &mem) {
-            Ok(n) => println!("hostile: {name}: survived ({n} bytes after re-initialisation)"),
+        match survive(dev, &mem) {
+            Ok(what) => println!("hostile: {name}: survived ({what})"),
             Err(e) => exit::fail(format_args!(
                 "hostile: {name}: the device stopped working: {e}"
             )),
