@@ -14,6 +14,8 @@ pub mod options;
 pub mod ports;
 pub mod pvh;
 pub mod slots;
+pub mod stats;
+pub mod virtio;
 pub mod vm;
 
 use std::time::Duration;
