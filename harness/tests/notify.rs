@@ -640,3 +640,80 @@ fn workers_stop_with_each_run_and_watch_backend_fds() {
     assert_eq!(r.counters.notify_worker, 2, "{r}");
     assert_eq!(handle.with_device(|d| d.stats().completed), 2);
 }
+
+/// An entropy source that has nothing until it is opened (think of
+/// rng-egd waiting for its daemon).
+struct Gated {
+    open: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    inner: Deterministic,
+}
+
+impl RngBackend for Gated {
+    fn fill(&mut self, buf: &mut [u8]) -> Result<usize, backends::rng::RngError> {
+        if self.open.load(std::sync::atomic::Ordering::Acquire) {
+            self.inner.fill(buf)
+        } else {
+            Ok(0)
+        }
+    }
+}
+
+/// §5.4.6: with an empty source the chain stays pending (no zero-length
+/// completion); when the backend's readiness fd fires, the worker calls
+/// `backend_ready`, the chain completes and the interrupt arrives, in both
+/// notification modes.
+#[test]
+fn a_backend_readiness_fd_resumes_pending_work_in_both_modes() {
+    if !vm::kvm_or_skip("a_backend_readiness_fd_resumes_pending_work_in_both_modes") {
+        return;
+    }
+    use std::os::fd::AsRawFd;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    for mode in [NotifyMode::Worker, NotifyMode::Inline] {
+        let mut vm = Vm::new(memfd()).unwrap();
+        let open = Arc::new(AtomicBool::new(false));
+        let backend = Gated {
+            open: open.clone(),
+            inner: Deterministic::new(SEED),
+        };
+        let ready = Arc::new(vmm_sys_util::eventfd::EventFd::new(0).unwrap());
+        let rng = Rng::new(backend, vm.guest_memory().clone());
+        let handle = vm
+            .add_virtio_device("rng0", rng, vec![ready.as_raw_fd()], mode)
+            .unwrap();
+        let mut q = queue_with_one_buffer(vm.guest_memory());
+        let p = Program {
+            slot: handle.slot(),
+            irq: true,
+            desc: DESC,
+            until: Until::Used,
+            activation_fails: false,
+        };
+        // Opens the source once the notify was served (and found it dry).
+        let opener = {
+            let handle = handle.clone();
+            let ready = ready.clone();
+            std::thread::spawn(move || {
+                for _ in 0..10_000 {
+                    if handle.report().counters.notifications() > 0 {
+                        assert_eq!(handle.with_device(|d| d.pending()), 1);
+                        open.store(true, Ordering::Release);
+                        ready.write(1).unwrap();
+                        return true;
+                    }
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                false
+            })
+        };
+        let out = run(&mut vm, &p);
+        assert!(opener.join().unwrap(), "the notify was never served");
+        assert_eq!(out.verdict, Verdict::Pass, "{}", out.verdict);
+        let used = q.pop_used(vm.guest_memory()).unwrap().expect("used");
+        assert_eq!(used.len, BUF_LEN);
+        let r = handle.report();
+        assert!(r.counters.backend_ready >= 1, "{r}");
+        assert_eq!(handle.with_device(|d| d.stats().bytes), u64::from(BUF_LEN));
+    }
+}
