@@ -501,6 +501,10 @@ pub(crate) fn attach<D: VirtioDevice + Send + 'static>(
     backend_fds: Vec<RawFd>,
     mode: NotifyMode,
 ) -> Result<Attached<D>, AttachError> {
+    let mut backend_fds = backend_fds;
+    // epoll refuses the same fd twice; two backends may share one.
+    backend_fds.sort_unstable();
+    backend_fds.dedup();
     let regs = Registers::new(MmioTransport::new(device)).map_err(AttachError::Registers)?;
     let queues = u16::try_from(regs.queues().len()).unwrap_or(u16::MAX);
     let irq = EventFd::new(EFD_NONBLOCK).map_err(AttachError::EventFd)?;
