@@ -18,6 +18,8 @@ pub mod pvh;
 pub mod qemu;
 pub mod scenarios;
 pub mod slots;
+pub mod stats;
+pub mod virtio;
 pub mod vm;
 
 use std::time::Duration;

@@ -6,13 +6,17 @@
 //! Guest-physical map: RAM from 0 up to 3 GiB ([`RAM_BELOW_4G_LIMIT`]), the
 //! rest of RAM from 4 GiB; the last GiB below 4 GiB is the MMIO hole
 //! (virtio-mmio slots at `0xfeb0_0000`, IOAPIC `0xfec0_0000`, LAPIC
-//! `0xfee0_0000`). Not here yet: ioeventfd, irqfd, KVM's binary statistics.
+//! `0xfee0_0000`). Devices behind the virtio-mmio slots, their irqfds,
+//! ioeventfds and worker threads live in [`crate::virtio`]; the workers run
+//! only while [`Vm::run`] does. KVM's own statistics ([`crate::stats`]) are
+//! read around each run where the kernel offers them.
 
 use std::fmt;
 use std::io;
-use std::sync::OnceLock;
+use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use backends::hostmem::HostMemory;
@@ -24,11 +28,15 @@ use kvm_bindings::{
 };
 use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
 use virtio_core::memory::{GuestAddress, Region, RegionError, RegionMemory};
+use virtio_devices::VirtioDevice;
+use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
 use crate::bus::{BusError, MmioBus, MmioDevice, MmioRange};
 use crate::ports::{self, COM1_BASE, COM1_LEN, DEBUG_PORT, EXIT_FAIL, EXIT_PASS, EXIT_PORT, Log};
 use crate::pvh::{self, CODE_SELECTOR, DATA_SELECTOR, LoadError, PvhBoot, RamRange};
 use crate::slots::{self, EmptySlot, VirtioSlot};
+use crate::stats::{KvmRunStats, Stats, StatsError};
+use crate::virtio::{self, AttachError, NotifyMode, VirtioHandle, VirtioReport, Wired, Worker};
 
 /// RAM below 4 GiB ends here at most; the rest goes above 4 GiB.
 pub const RAM_BELOW_4G_LIMIT: u64 = 0xc000_0000;
@@ -69,6 +77,10 @@ pub enum VmError {
     Signal(io::Error),
     /// Starting the watchdog thread failed.
     Watchdog(io::Error),
+    /// A virtio device could not be put on a slot.
+    Attach(AttachError),
+    /// Setting up or starting a device worker thread failed.
+    Worker(io::Error),
 }
 
 impl fmt::Display for VmError {
@@ -82,6 +94,8 @@ impl fmt::Display for VmError {
             VmError::NotLoaded => f.write_str("no kernel loaded: call load_pvh before run"),
             VmError::Signal(e) => write!(f, "installing the vCPU kick signal handler: {e}"),
             VmError::Watchdog(e) => write!(f, "starting the watchdog thread: {e}"),
+            VmError::Attach(e) => write!(f, "attaching a virtio device: {e}"),
+            VmError::Worker(e) => write!(f, "starting a device worker: {e}"),
         }
     }
 }
@@ -93,7 +107,8 @@ impl std::error::Error for VmError {
             VmError::Memory(e) => Some(e),
             VmError::Load(e) => Some(e),
             VmError::Bus(e) => Some(e),
-            VmError::Signal(e) | VmError::Watchdog(e) => Some(e),
+            VmError::Signal(e) | VmError::Watchdog(e) | VmError::Worker(e) => Some(e),
+            VmError::Attach(e) => Some(e),
             VmError::MmioOverlapsRam(_) | VmError::NotLoaded => None,
         }
     }
@@ -102,6 +117,12 @@ impl std::error::Error for VmError {
 impl From<LoadError> for VmError {
     fn from(e: LoadError) -> Self {
         VmError::Load(e)
+    }
+}
+
+impl From<AttachError> for VmError {
+    fn from(e: AttachError) -> Self {
+        VmError::Attach(e)
     }
 }
 
@@ -358,6 +379,14 @@ pub struct Outcome {
     /// From [`Vm::new`] to the first `KVM_RUN` (VM creation and loading),
     /// for the first run; zero for later runs.
     pub setup: Duration,
+    /// KVM's own counts for this run (every exit, including those the
+    /// kernel served itself, such as ioeventfd writes, LAPIC accesses and
+    /// `hlt`; interrupt injections), if the kernel offers binary statistics
+    /// ([`Vm::kvm_stats_unavailable`] says why not).
+    pub kvm: Option<KvmRunStats>,
+    /// Each virtio device's state and counters after the run (counters
+    /// since the device was added), by slot.
+    pub devices: Vec<VirtioReport>,
 }
 
 /// Why a run loop stopped, before the registers are read.
@@ -385,6 +414,9 @@ pub struct Vm {
     guest: RegionMemory,
     boot: Option<PvhBoot>,
     created: Option<Instant>,
+    stats: Result<Stats, String>,
+    /// Devices hold clones of `guest`: they go before `memory`.
+    devices: Vec<Arc<Wired>>,
     memory: HostMemory,
 }
 
@@ -496,6 +528,7 @@ impl Vm {
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
             .map_err(kvm_err("KVM_GET_SUPPORTED_CPUID"))?;
         vcpu.set_cpuid2(&cpuid).map_err(kvm_err("KVM_SET_CPUID2"))?;
+        let stats = Stats::open(&vm, &vcpu).map_err(|e: StatsError| e.to_string());
 
         Ok(Vm {
             vcpu,
@@ -508,6 +541,8 @@ impl Vm {
             guest,
             boot: None,
             created: Some(created),
+            stats,
+            devices: Vec::new(),
             memory,
         })
     }
@@ -578,6 +613,53 @@ impl Vm {
             self.add_mmio_device(s.bus_name(), s.base, s.size, Box::new(EmptySlot))?;
         }
         Ok(slots)
+    }
+
+    /// Puts `device` on the first free virtio-mmio slot: its bus entry is
+    /// the version 2 register file around it, its interrupt an irqfd on the
+    /// slot's GSI, and in [`NotifyMode::Worker`] each queue's
+    /// `QueueNotify` an ioeventfd (see [`crate::virtio`]). `backend_fds`
+    /// are the readiness fds of its backends (e.g. a chardev's
+    /// `readiness_fd()`); they must stay open while the VM runs. Build the
+    /// device over `self.guest_memory().clone()`. The slot's command-line
+    /// entry comes from `handle.slot()` (see [`slots::append_cmdline`] and
+    /// [`Vm::virtio_slots`]).
+    pub fn add_virtio_device<D: VirtioDevice + Send + 'static>(
+        &mut self,
+        name: impl Into<String>,
+        device: D,
+        backend_fds: Vec<RawFd>,
+        mode: NotifyMode,
+    ) -> Result<VirtioHandle<D>, VmError> {
+        let taken: Vec<u64> = self.bus.ranges().map(|r| r.base).collect();
+        let slot = slots::all()
+            .find(|s| !taken.contains(&s.base))
+            .ok_or(AttachError::NoFreeSlot)?;
+        let attached = virtio::attach(&self.vm, slot, name.into(), device, backend_fds, mode)?;
+        self.add_mmio_device(slot.bus_name(), slot.base, slot.size, attached.entry)?;
+        self.devices.push(Arc::new(attached.wired));
+        Ok(attached.handle)
+    }
+
+    /// Every virtio-mmio slot on the bus (empty or with a device), in
+    /// order: what [`slots::append_cmdline`] announces.
+    pub fn virtio_slots(&self) -> Vec<VirtioSlot> {
+        slots::all()
+            .filter(|s| self.bus.ranges().any(|r| r.base == s.base))
+            .collect()
+    }
+
+    /// Each device's state and counters now.
+    pub fn virtio_reports(&self) -> Vec<VirtioReport> {
+        let mut reports: Vec<VirtioReport> = self.devices.iter().map(|d| d.report()).collect();
+        reports.sort_by_key(|r| r.slot.index);
+        reports
+    }
+
+    /// Why KVM's binary statistics are not in [`Outcome::kvm`], or `None`
+    /// if they are.
+    pub fn kvm_stats_unavailable(&self) -> Option<&str> {
+        self.stats.as_ref().err().map(String::as_str)
     }
 
     /// Loads `elf` by PVH with `cmdline` and puts the vCPU in the PVH entry
@@ -668,10 +750,34 @@ impl Vm {
         let me = unsafe { libc::pthread_self() };
         let (done_tx, done_rx) = mpsc::channel::<()>();
         let created = self.created.take();
+        let stop_workers = EventFd::new(EFD_NONBLOCK).map_err(VmError::Worker)?;
+        let workers = self
+            .devices
+            .iter()
+            .map(|d| Worker::new(Arc::clone(d), &stop_workers))
+            .collect::<io::Result<Vec<Worker>>>()
+            .map_err(VmError::Worker)?;
+        let stats_before = self.stats.as_ref().ok().and_then(|s| s.read().ok());
         let mut start = Instant::now();
         let mut end = start;
+        let Vm {
+            vcpu,
+            bus,
+            serial,
+            debug,
+            ..
+        } = self;
         let result = std::thread::scope(|scope| {
             let stop = &stop;
+            // Whatever happens below, the workers stop when this closure
+            // returns and the scope joins them.
+            let _stop_guard = StopOnDrop(&stop_workers);
+            for (i, w) in workers.into_iter().enumerate() {
+                std::thread::Builder::new()
+                    .name(format!("virtio-worker-{i}"))
+                    .spawn_scoped(scope, move || w.run())
+                    .map_err(VmError::Worker)?;
+            }
             let watchdog = std::thread::Builder::new()
                 .name("vcpu-watchdog".into())
                 .spawn_scoped(scope, move || {
@@ -692,7 +798,7 @@ impl Vm {
                 })
                 .map_err(VmError::Watchdog)?;
             start = Instant::now();
-            let r = self.run_loop(stop, &mut exits);
+            let r = run_loop(vcpu, bus, serial, debug, stop, &mut exits);
             end = Instant::now();
             drop(done_tx);
             // The watchdog only sleeps and signals; it cannot panic.
@@ -705,6 +811,10 @@ impl Vm {
         let serial = self.serial.take_output().text();
         let debug = std::mem::take(&mut self.debug).text();
         let verdict = self.verdict(stop, timeout, &serial)?;
+        let kvm = match (&self.stats, stats_before) {
+            (Ok(s), Some(before)) => s.read().ok().map(|after| after.since(&before)),
+            _ => None,
+        };
         Ok(Outcome {
             verdict,
             serial,
@@ -712,115 +822,9 @@ impl Vm {
             exits,
             boot_to_exit,
             setup,
+            kvm,
+            devices: self.virtio_reports(),
         })
-    }
-
-    /// The loop proper: serves exits until one ends the run.
-    fn run_loop(&mut self, stop: &AtomicBool, exits: &mut ExitCounts) -> Result<Stop, VmError> {
-        let Vm {
-            vcpu,
-            bus,
-            serial,
-            debug,
-            ..
-        } = self;
-        loop {
-            if stop.load(Ordering::Acquire) {
-                return Ok(Stop::Timeout);
-            }
-            let exit = match vcpu.run() {
-                Ok(exit) => exit,
-                Err(e) if e.errno() == libc::EINTR => {
-                    exits.interrupted += 1;
-                    continue;
-                }
-                Err(err) => {
-                    return Err(VmError::Kvm {
-                        what: "KVM_RUN",
-                        err,
-                    });
-                }
-            };
-            match exit {
-                VcpuExit::IoOut(port, data) => {
-                    exits.io_out += 1;
-                    match port {
-                        EXIT_PORT => return Ok(Stop::ExitPort(ports::port_value(data))),
-                        DEBUG_PORT => data.iter().for_each(|b| debug.push(*b)),
-                        p if (COM1_BASE..COM1_BASE + COM1_LEN).contains(&p) => {
-                            // Wider or repeated (`rep outsb`) writes feed the
-                            // register byte by byte.
-                            for b in data.iter() {
-                                serial.write(p - COM1_BASE, *b);
-                            }
-                        }
-                        _ => exits.unhandled_io += 1,
-                    }
-                }
-                VcpuExit::IoIn(port, data) => {
-                    exits.io_in += 1;
-                    match port {
-                        DEBUG_PORT => data.fill(0xe9),
-                        p if (COM1_BASE..COM1_BASE + COM1_LEN).contains(&p) => {
-                            for b in data.iter_mut() {
-                                *b = serial.read(p - COM1_BASE);
-                            }
-                        }
-                        _ => {
-                            exits.unhandled_io += 1;
-                            data.fill(0xff);
-                        }
-                    }
-                }
-                VcpuExit::MmioRead(addr, data) => {
-                    exits.mmio_read += 1;
-                    if !bus.read(addr, data) {
-                        exits.unhandled_mmio += 1;
-                        data.fill(0xff);
-                    }
-                }
-                VcpuExit::MmioWrite(addr, data) => {
-                    exits.mmio_write += 1;
-                    if !bus.write(addr, data) {
-                        exits.unhandled_mmio += 1;
-                    }
-                }
-                VcpuExit::Hlt => {
-                    exits.hlt += 1;
-                    return Ok(Stop::Halted);
-                }
-                VcpuExit::Shutdown => {
-                    exits.shutdown += 1;
-                    return Ok(Stop::Shutdown("triple fault (KVM_EXIT_SHUTDOWN)".into()));
-                }
-                VcpuExit::InternalError => {
-                    exits.internal_error += 1;
-                    return Ok(Stop::Internal(None));
-                }
-                VcpuExit::FailEntry(reason, cpu) => {
-                    exits.fail_entry += 1;
-                    return Ok(Stop::Internal(Some(format!(
-                        "VM entry failed (KVM_EXIT_FAIL_ENTRY): hardware reason {reason:#x} on cpu {cpu}"
-                    ))));
-                }
-                VcpuExit::SystemEvent(kind, _) => {
-                    exits.other += 1;
-                    let what = match kind {
-                        KVM_SYSTEM_EVENT_SHUTDOWN => "shutdown".to_string(),
-                        KVM_SYSTEM_EVENT_RESET => "reset".to_string(),
-                        KVM_SYSTEM_EVENT_CRASH => "crash".to_string(),
-                        other => format!("type {other}"),
-                    };
-                    return Ok(Stop::Shutdown(format!(
-                        "system event: {what} (KVM_EXIT_SYSTEM_EVENT)"
-                    )));
-                }
-                other => {
-                    exits.other += 1;
-                    return Ok(Stop::Unexpected(format!("unexpected VM exit {other:?}")));
-                }
-            }
-        }
     }
 
     /// Turns a stop into a verdict, reading the registers where needed.
@@ -921,6 +925,124 @@ impl Vm {
             cs_long: sregs.cs.l != 0,
             cs_32: sregs.cs.db != 0,
         })
+    }
+}
+
+/// The loop proper: serves exits until one ends the run.
+fn run_loop(
+    vcpu: &mut VcpuFd,
+    bus: &mut MmioBus,
+    serial: &mut ports::Serial,
+    debug: &mut Log,
+    stop: &AtomicBool,
+    exits: &mut ExitCounts,
+) -> Result<Stop, VmError> {
+    loop {
+        if stop.load(Ordering::Acquire) {
+            return Ok(Stop::Timeout);
+        }
+        let exit = match vcpu.run() {
+            Ok(exit) => exit,
+            Err(e) if e.errno() == libc::EINTR => {
+                exits.interrupted += 1;
+                continue;
+            }
+            Err(err) => {
+                return Err(VmError::Kvm {
+                    what: "KVM_RUN",
+                    err,
+                });
+            }
+        };
+        match exit {
+            VcpuExit::IoOut(port, data) => {
+                exits.io_out += 1;
+                match port {
+                    EXIT_PORT => return Ok(Stop::ExitPort(ports::port_value(data))),
+                    DEBUG_PORT => data.iter().for_each(|b| debug.push(*b)),
+                    p if (COM1_BASE..COM1_BASE + COM1_LEN).contains(&p) => {
+                        // Wider or repeated (`rep outsb`) writes feed the
+                        // register byte by byte.
+                        for b in data.iter() {
+                            serial.write(p - COM1_BASE, *b);
+                        }
+                    }
+                    _ => exits.unhandled_io += 1,
+                }
+            }
+            VcpuExit::IoIn(port, data) => {
+                exits.io_in += 1;
+                match port {
+                    DEBUG_PORT => data.fill(0xe9),
+                    p if (COM1_BASE..COM1_BASE + COM1_LEN).contains(&p) => {
+                        for b in data.iter_mut() {
+                            *b = serial.read(p - COM1_BASE);
+                        }
+                    }
+                    _ => {
+                        exits.unhandled_io += 1;
+                        data.fill(0xff);
+                    }
+                }
+            }
+            VcpuExit::MmioRead(addr, data) => {
+                exits.mmio_read += 1;
+                if !bus.read(addr, data) {
+                    exits.unhandled_mmio += 1;
+                    data.fill(0xff);
+                }
+            }
+            VcpuExit::MmioWrite(addr, data) => {
+                exits.mmio_write += 1;
+                if !bus.write(addr, data) {
+                    exits.unhandled_mmio += 1;
+                }
+            }
+            VcpuExit::Hlt => {
+                exits.hlt += 1;
+                return Ok(Stop::Halted);
+            }
+            VcpuExit::Shutdown => {
+                exits.shutdown += 1;
+                return Ok(Stop::Shutdown("triple fault (KVM_EXIT_SHUTDOWN)".into()));
+            }
+            VcpuExit::InternalError => {
+                exits.internal_error += 1;
+                return Ok(Stop::Internal(None));
+            }
+            VcpuExit::FailEntry(reason, cpu) => {
+                exits.fail_entry += 1;
+                return Ok(Stop::Internal(Some(format!(
+                    "VM entry failed (KVM_EXIT_FAIL_ENTRY): hardware reason {reason:#x} on cpu {cpu}"
+                ))));
+            }
+            VcpuExit::SystemEvent(kind, _) => {
+                exits.other += 1;
+                let what = match kind {
+                    KVM_SYSTEM_EVENT_SHUTDOWN => "shutdown".to_string(),
+                    KVM_SYSTEM_EVENT_RESET => "reset".to_string(),
+                    KVM_SYSTEM_EVENT_CRASH => "crash".to_string(),
+                    other => format!("type {other}"),
+                };
+                return Ok(Stop::Shutdown(format!(
+                    "system event: {what} (KVM_EXIT_SYSTEM_EVENT)"
+                )));
+            }
+            other => {
+                exits.other += 1;
+                return Ok(Stop::Unexpected(format!("unexpected VM exit {other:?}")));
+            }
+        }
+    }
+}
+
+/// Signals the device workers to stop when dropped.
+struct StopOnDrop<'a>(&'a EventFd);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        // An eventfd write fails only on counter overflow.
+        let _ = self.0.write(1);
     }
 }
 

@@ -162,3 +162,48 @@ pub fn next_head<M: GuestMemory + ?Sized>(
         }
     }
 }
+
+/// A boxed device is a device, so a caller that picks the device type at
+/// run time (from options) can hand a `Box<dyn VirtioDevice + Send>` to a
+/// transport.
+impl<D: VirtioDevice + ?Sized> VirtioDevice for alloc::boxed::Box<D> {
+    fn device_type(&self) -> DeviceType {
+        (**self).device_type()
+    }
+
+    fn device_features(&self) -> u64 {
+        (**self).device_features()
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        (**self).queue_max_sizes()
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        (**self).read_config(offset, data);
+    }
+
+    fn write_config(&mut self, offset: u64, data: &[u8]) {
+        (**self).write_config(offset, data);
+    }
+
+    fn config_len(&self) -> usize {
+        (**self).config_len()
+    }
+
+    fn activate(&mut self, features: u64, queues: Vec<QueueConfig>) -> Result<(), DeviceError> {
+        (**self).activate(features, queues)
+    }
+
+    fn queue_notify(&mut self, queue: u16) -> Result<Served, DeviceError> {
+        (**self).queue_notify(queue)
+    }
+
+    fn backend_ready(&mut self) -> Result<Served, DeviceError> {
+        (**self).backend_ready()
+    }
+
+    fn reset(&mut self) {
+        (**self).reset();
+    }
+}
