@@ -1,13 +1,18 @@
 //! The KVM harness: boots tiny guests by PVH against our virtio-mmio devices
 //! and runs end-to-end scenarios.
 //!
-//! The monitor core: [`vm`] (KVM VM, vCPU in the PVH entry state, run loop,
-//! verdicts), [`pvh`] (ELF loading and `hvm_start_info`), [`bus`] (the MMIO
-//! bus), [`ports`] (COM1, debug and test-exit ports), [`slots`] (the
-//! virtio-mmio slots and their command-line entries), [`options`]
-//! (QEMU-style machine options). Devices behind the slots, ioeventfd and
-//! irqfd come next; until then [`suite`] boots the tiny guests that need no
-//! device.
+//! - The monitor core: [`vm`] (KVM VM, vCPU in the PVH entry state, run
+//!   loop, verdicts), [`pvh`] (ELF loading and `hvm_start_info`), [`bus`]
+//!   (the MMIO bus), [`ports`] (COM1, debug and test-exit ports), [`slots`]
+//!   (the virtio-mmio slots and their command-line entries).
+//! - Devices: [`virtio`] (a `VirtioDevice` behind a slot's register file,
+//!   irqfd interrupts, ioeventfd or inline notifications, a worker thread
+//!   per device), [`stats`] (KVM's own binary statistics).
+//! - Machines: [`options`] (QEMU-style options), [`machine`] (realize
+//!   backends and devices from them; what `virtio-harness run` boots).
+//! - Scenarios: [`scenarios`] (guest + machine + host-side peer + checks),
+//!   [`suite`] (the table `virtio-harness` prints), [`qemu`] (QEMU microvm
+//!   as the reference monitor), [`bench`] (ours against QEMU).
 
 pub mod bench;
 pub mod bus;

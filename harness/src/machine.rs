@@ -25,6 +25,7 @@ use virtio_devices::device::VirtioDevice;
 use virtio_devices::rng::Rng;
 
 use crate::options::{ChardevKind, DeviceConfig, MachineConfig, RngConfig};
+use crate::virtio::NotifyMode;
 use crate::vm::{Outcome, Vm, VmError};
 
 /// A chardev as devices hold it.
@@ -116,16 +117,6 @@ impl std::error::Error for MachineError {
     }
 }
 
-/// How a device's QueueNotify writes reach it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Notify {
-    /// A KVM ioeventfd, served by the device's worker thread
-    /// (`ioeventfd=on`, the default).
-    Ioeventfd,
-    /// A VM exit served on the vCPU thread (`ioeventfd=off`).
-    Inline,
-}
-
 /// A realized device, ready for a virtio-mmio slot.
 pub struct RealizedDevice {
     /// The `-device` type (`virtio-rng-device`, `virtio-serial-device`).
@@ -138,8 +129,9 @@ pub struct RealizedDevice {
     /// File descriptors that become readable when a backend has something
     /// for the device (watch them and call the device's `backend_ready`).
     pub ready_fds: Vec<RawFd>,
-    /// How notifications reach it.
-    pub notify: Notify,
+    /// How notifications reach it (`ioeventfd=on`: a KVM ioeventfd served
+    /// by the device's worker; `off`: a VM exit served on the vCPU thread).
+    pub notify: NotifyMode,
 }
 
 impl fmt::Debug for RealizedDevice {
@@ -247,7 +239,7 @@ fn open_rng(
 /// A virtio-serial-device being assembled from the ports that follow it.
 struct SerialBuild {
     max_ports: u32,
-    notify: Notify,
+    notify: NotifyMode,
     /// Each port, its description and its chardev's readiness fd.
     ports: Vec<(Port, String, Option<RawFd>)>,
 }
@@ -299,9 +291,9 @@ pub fn realize_devices(
     };
     let notify_of = |on: bool| {
         if on {
-            Notify::Ioeventfd
+            NotifyMode::Worker
         } else {
-            Notify::Inline
+            NotifyMode::Inline
         }
     };
     for dev in &config.devices {
@@ -430,18 +422,16 @@ impl Machine {
     }
 }
 
-/// Places realized devices at the VM's virtio-mmio slots.
+/// Places realized devices at the VM's virtio-mmio slots, in order, and
+/// returns every slot on the bus (for the command line).
 fn attach(
-    _vm: &mut Vm,
+    vm: &mut Vm,
     devices: Vec<RealizedDevice>,
 ) -> Result<Vec<crate::slots::VirtioSlot>, MachineError> {
-    if let Some(d) = devices.first() {
-        return Err(MachineError::Missing {
-            by: "the monitor (devices are not wired yet)".into(),
-            id: d.kind.into(),
-        });
+    for d in devices {
+        vm.add_virtio_device(d.kind, d.device, d.ready_fds, d.notify)?;
     }
-    Ok(Vec::new())
+    Ok(vm.virtio_slots())
 }
 
 #[cfg(test)]
@@ -483,8 +473,8 @@ mod tests {
             ]
         );
         assert_eq!(devs[0].backend, "rng-deterministic:7");
-        assert_eq!(devs[0].notify, Notify::Ioeventfd);
-        assert_eq!(devs[1].notify, Notify::Inline);
+        assert_eq!(devs[0].notify, NotifyMode::Worker);
+        assert_eq!(devs[1].notify, NotifyMode::Inline);
         assert!(devs[1].backend.starts_with("virtconsole<-file:"));
         assert!(devs[1].backend.ends_with("virtserialport<-null"));
         // max_ports=2 with MULTIPORT: 2 + 2 * 2 queues (§5.3.2).
