@@ -198,8 +198,7 @@ impl Rig {
 }
 
 fn control(id: u32, ev: u16, value: u16) -> Vec<u8> {
-    use zerocopy::IntoBytes;
-    Control::new(id, ev, value).as_bytes().to_vec()
+    Control::new(id, ev, value).to_bytes().to_vec()
 }
 
 #[test]
