@@ -300,8 +300,12 @@ pub mod clock {
 
     /// LAPIC timer ticks of the calibration (2 ms at 1 GHz).
     const CALIBRATION_TICKS: u32 = 2_000_000;
-    /// LAPIC reads allowed for the calibration before giving up.
-    const CALIBRATION_READS: u32 = 1_000_000;
+    /// LAPIC reads allowed for the calibration before giving up (each may
+    /// exit, ~10 µs: ~200 are needed, this bounds a timer that never
+    /// counts to well under a second).
+    const CALIBRATION_READS: u32 = 20_000;
+    /// LAPIC ticks that must have elapsed for a calibration to count.
+    const MIN_CALIBRATION_TICKS: u64 = 100_000;
     /// TSC ticks per millisecond assumed if the calibration fails.
     const FALLBACK_TSC_PER_MS: u64 = 1_000_000;
 
@@ -328,14 +332,18 @@ pub mod clock {
         // One-shot: its interrupt (if any) stays pending until a wait.
         lapic.start_timer(TICK_VECTOR, CALIBRATION_TICKS, false);
         let t0 = cpu::rdtsc();
+        let mut left = lapic.timer_current();
         let mut reads = 0;
-        while lapic.timer_current() != 0 && reads < CALIBRATION_READS {
+        while left != 0 && reads < CALIBRATION_READS {
+            left = lapic.timer_current();
             reads += 1;
         }
         let t1 = cpu::rdtsc();
-        if reads < CALIBRATION_READS {
-            let per_ms =
-                t1.saturating_sub(t0).saturating_mul(1_000_000) / u64::from(CALIBRATION_TICKS);
+        // Whatever part of the count elapsed (all of it, unless the reads
+        // ran out first); too little to measure keeps the fallback.
+        let elapsed = u64::from(CALIBRATION_TICKS.saturating_sub(left));
+        if elapsed >= MIN_CALIBRATION_TICKS {
+            let per_ms = t1.saturating_sub(t0).saturating_mul(1_000_000) / elapsed;
             TSC_PER_MS.store(per_ms.max(1), Ordering::Relaxed);
         }
         TSC_START.store(t1, Ordering::Relaxed);
