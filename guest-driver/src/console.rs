@@ -760,18 +760,13 @@ impl<H: Hal, R: RegisterAccess, const PORTS: usize> Console<H, R, PORTS> {
         if buf.is_empty() {
             return Ok(0);
         }
-        loop {
-            let n = self.try_read_port(port, buf)?;
-            if n > 0 {
-                return Ok(n);
-            }
-            if self.arm(port, true)? {
-                continue;
-            }
-            if !wait.wait() {
-                return Err(self.transport.timeout(queues::rx(port_index(port))));
-            }
-        }
+        crate::wait::drive(
+            self,
+            wait,
+            |c| Ok(Some(c.try_read_port(port, buf)?).filter(|n| *n > 0)),
+            |c| c.arm(port, true),
+            |c| c.transport.timeout(queues::rx(port_index(port))),
+        )
     }
 
     /// Writes all of `data` to `port` and waits within `wait` until the
@@ -785,34 +780,37 @@ impl<H: Hal, R: RegisterAccess, const PORTS: usize> Console<H, R, PORTS> {
         wait: &mut impl Wait,
     ) -> Result<(), Error> {
         let mut sent = 0;
-        loop {
-            self.poll()?;
-            let p = live_port(&mut self.ports, port)?;
-            let Some((_, tx)) = p.queues.as_mut() else {
-                return Err(Error::NoSuchPort { port });
-            };
-            let mut queued = false;
-            while let Some(rest) = data.get(sent..).filter(|r| !r.is_empty()) {
-                let n = tx.push_readable(rest)?;
-                if n == 0 {
-                    break;
-                }
-                sent += n;
-                queued = true;
+        crate::wait::drive(
+            self,
+            wait,
+            |c| Ok(c.push_tx(port, data, &mut sent)?.then_some(())),
+            |c| c.arm(port, false),
+            |c| c.transport.timeout(queues::tx(port_index(port))),
+        )
+    }
+
+    /// One step of [`write_port`](Self::write_port): takes used buffers,
+    /// queues what fits of `data` from `*sent` on and notifies; `true` once
+    /// everything was sent and used.
+    fn push_tx(&mut self, port: u32, data: &[u8], sent: &mut usize) -> Result<bool, Error> {
+        self.poll()?;
+        let p = live_port(&mut self.ports, port)?;
+        let Some((_, tx)) = p.queues.as_mut() else {
+            return Err(Error::NoSuchPort { port });
+        };
+        let mut queued = false;
+        while let Some(rest) = data.get(*sent..).filter(|r| !r.is_empty()) {
+            let n = tx.push_readable(rest)?;
+            if n == 0 {
+                break;
             }
-            if queued {
-                tx.kick(&self.transport)?;
-            }
-            if sent >= data.len() && tx.in_flight() == 0 {
-                return Ok(());
-            }
-            if self.arm(port, false)? {
-                continue;
-            }
-            if !wait.wait() {
-                return Err(self.transport.timeout(queues::tx(port_index(port))));
-            }
+            *sent += n;
+            queued = true;
         }
+        if queued {
+            tx.kick(&self.transport)?;
+        }
+        Ok(*sent >= data.len() && tx.in_flight() == 0)
     }
 
     /// [`read_port`](Self::read_port) on port 0.
@@ -832,27 +830,26 @@ impl<H: Hal, R: RegisterAccess, const PORTS: usize> Console<H, R, PORTS> {
         mut cond: impl FnMut(&Self) -> bool,
         wait: &mut impl Wait,
     ) -> Result<(), Error> {
-        loop {
-            self.poll()?;
-            if cond(self) {
-                return Ok(());
-            }
-            let pending = match self.control.as_mut() {
-                Some(ctrl) => ctrl.rx.arm()?,
-                None => self.arm(0, true)?,
-            };
-            if pending {
-                continue;
-            }
-            if !wait.wait() {
-                let q = if self.control.is_some() {
+        crate::wait::drive(
+            self,
+            wait,
+            |c| {
+                c.poll()?;
+                Ok(cond(c).then_some(()))
+            },
+            |c| match c.control.as_mut() {
+                Some(ctrl) => ctrl.rx.arm(),
+                None => c.arm(0, true),
+            },
+            |c| {
+                let q = if c.control.is_some() {
                     queues::CONTROL_RX
                 } else {
                     queues::rx(0)
                 };
-                return Err(self.transport.timeout(q));
-            }
-        }
+                c.transport.timeout(q)
+            },
+        )
     }
 
     /// Waits until the device has added `port` (§5.3.6.2 DEVICE_ADD).

@@ -264,18 +264,13 @@ impl<H: Hal, R: RegisterAccess> Rng<H, R> {
         if buf.is_empty() {
             return Ok(0);
         }
-        loop {
-            let n = self.try_read(buf)?;
-            if n > 0 {
-                return Ok(n);
-            }
-            if self.queue.as_mut().ok_or_else(no_queue)?.arm()? {
-                continue;
-            }
-            if !wait.wait() {
-                return Err(self.transport.timeout(REQUESTQ));
-            }
-        }
+        crate::wait::drive(
+            self,
+            wait,
+            |rng| Ok(Some(rng.try_read(buf)?).filter(|n| *n > 0)),
+            |rng| rng.queue.as_mut().ok_or_else(no_queue)?.arm(),
+            |rng| rng.transport.timeout(REQUESTQ),
+        )
     }
 
     /// Fills all of `buf`, waiting within `wait` (one budget for the whole

@@ -121,6 +121,32 @@ impl<C: Clock, F: FnMut()> Wait for Deadline<C, F> {
     }
 }
 
+/// The loop every blocking driver call shares (§2.7.14): `attempt` the
+/// work (take used buffers, make new ones available); if it is not done,
+/// `arm` used buffer notifications, which says whether buffers were used
+/// meanwhile (then attempt again at once, so a completion that raced the
+/// arm is never slept through); only then idle once within `wait`. A spent
+/// budget ends the call with `timeout`'s error; requests stay in flight.
+pub(crate) fn drive<S: ?Sized, T, E>(
+    s: &mut S,
+    wait: &mut impl Wait,
+    mut attempt: impl FnMut(&mut S) -> Result<Option<T>, E>,
+    mut arm: impl FnMut(&mut S) -> Result<bool, E>,
+    timeout: impl FnOnce(&S) -> E,
+) -> Result<T, E> {
+    loop {
+        if let Some(done) = attempt(s)? {
+            return Ok(done);
+        }
+        if arm(s)? {
+            continue;
+        }
+        if !wait.wait() {
+            return Err(timeout(s));
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
