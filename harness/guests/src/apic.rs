@@ -24,6 +24,9 @@ const LAPIC_TPR: usize = 0x80;
 const LAPIC_EOI: usize = 0xb0;
 const LAPIC_SVR: usize = 0xf0;
 const LAPIC_LVT_TIMER: usize = 0x320;
+const LAPIC_LVT_LINT0: usize = 0x350;
+/// The mask bit of an LVT entry.
+const LVT_MASKED: u32 = 1 << 16;
 const LAPIC_TIMER_INITIAL: usize = 0x380;
 const LAPIC_TIMER_CURRENT: usize = 0x390;
 const LAPIC_TIMER_DIVIDE: usize = 0x3e0;
@@ -109,6 +112,33 @@ pub struct Lapic {
     base: u64,
 }
 
+/// Re-initialises the legacy 8259 PIC pair with vectors 0xf0..0xff (away
+/// from the exceptions) and masks every line.
+fn mask_pic() {
+    use crate::cpu::outb;
+    // ICW1 (init, ICW4 follows), ICW2 (vector base), ICW3 (cascade on
+    // IRQ 2), ICW4 (8086 mode), then OCW1 = all masked; master 0x20/0x21,
+    // slave 0xa0/0xa1.
+    const SEQUENCE: [(u16, u8); 10] = [
+        (0x20, 0x11),
+        (0xa0, 0x11),
+        (0x21, 0xf0),
+        (0xa1, 0xf8),
+        (0x21, 0x04),
+        (0xa1, 0x02),
+        (0x21, 0x01),
+        (0xa1, 0x01),
+        (0x21, 0xff),
+        (0xa1, 0xff),
+    ];
+    for (port, value) in SEQUENCE {
+        // SAFETY: the 8259 ports exist on every PC-compatible machine (and
+        // read as absent elsewhere); the sequence is the standard
+        // initialisation, run with interrupts off before any line is used.
+        unsafe { outb(port, value) };
+    }
+}
+
 impl Lapic {
     /// Enables the local APIC in software (spurious vector 0xff, task
     /// priority 0) and returns it.
@@ -122,6 +152,12 @@ impl Lapic {
             ));
         }
         let lapic = Self { base };
+        // Device lines reach the IOAPIC *and* the legacy 8259 PIC; KVM
+        // resets the BSP's LINT0 to unmasked ExtINT, so an un-initialised
+        // PIC would deliver IRQ n as vector n (IRQ 5 as #BR). Mask LINT0
+        // and the PIC: every interrupt comes through the IOAPIC.
+        lapic.write(LAPIC_LVT_LINT0, LVT_MASKED);
+        mask_pic();
         lapic.write(LAPIC_TPR, 0);
         lapic.write(LAPIC_SVR, 0x100 | u32::from(SPURIOUS_VECTOR));
         LAPIC_BASE.store(base, Ordering::Release);
