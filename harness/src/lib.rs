@@ -59,7 +59,7 @@ pub fn format_table(rows: &[SuiteRow]) -> String {
     let mut t = String::new();
     let _ = writeln!(
         t,
-        "{:<28} {:<26} {:<34} {:>9} {:>7}  result",
+        "{:<32} {:<34} {:<31} {:>9} {:>7}  result",
         "scenario", "device", "backend", "boot ms", "exits"
     );
     for r in rows {
@@ -69,7 +69,7 @@ pub fn format_table(rows: &[SuiteRow]) -> String {
         let exits = r.exits.map_or("-".to_string(), |n| n.to_string());
         let _ = writeln!(
             t,
-            "{:<28} {:<26} {:<34} {:>9} {:>7}  {}",
+            "{:<32} {:<34} {:<31} {:>9} {:>7}  {}",
             r.scenario, r.device, r.backend, ms, exits, r.result
         );
     }

@@ -64,7 +64,9 @@ guest_rt_entry64:
     movw %ax, %fs
     movw %ax, %gs
 
-    /* Zero .bss (stack and runtime buffers): loaders need not. Done here,
+    /* Zero .bss (runtime buffers; the stack has its own section that is
+       not zeroed, as every instruction counts where the monitor emulates
+       them): loaders need not. Done here,
        with paging on, not in the 32-bit code above: a monitor that
        emulates the unpaged entry instruction by instruction (kvm_pvm)
        would take milliseconds over a `rep stos` there. Nothing before
@@ -129,7 +131,7 @@ guest_rt_pd:
     .endr
     .popsection
 
-    .pushsection .bss.guest_rt_stack, "aw", @nobits
+    .pushsection .guest_rt_stack, "aw", @nobits
     .balign 16
 guest_rt_stack_bottom:
     .skip {stack_size}
