@@ -333,6 +333,48 @@ fn guest_reported(prefix: &'static str) -> Check {
     })
 }
 
+/// Our device's answer to each malformed ring, as the hostile guest
+/// reports it: the ones with no chain to return must ask for a reset.
+fn hostile_outcomes(o: &Outcome) -> Result<(), String> {
+    for (case, want) in [
+        ("head-out-of-range", "needs_reset"),
+        ("avail-index-jump", "needs_reset"),
+    ] {
+        let prefix = format!("hostile: {case}: ");
+        let line = o
+            .serial
+            .lines()
+            .find(|l| l.starts_with(&prefix) && !l.contains(": rule ") && !l.contains("survived"))
+            .ok_or_else(|| format!("the guest did not report case {case}"))?;
+        if !line[prefix.len()..].starts_with(want) {
+            return Err(format!("{case}: want {want}, got '{line}'"));
+        }
+    }
+    let survived = o.serial.matches(": survived").count();
+    if survived < 12 {
+        return Err(format!("only {survived} hostile cases reported survival"));
+    }
+    Ok(())
+}
+
+/// Every lifecycle step passed in strict mode (none skipped or tolerated).
+fn lifecycle_steps(o: &Outcome) -> Result<(), String> {
+    for step in [
+        "init",
+        "reset-in-flight",
+        "unoffered-feature",
+        "driver-ok-without-features-ok",
+        "queue-outside-ram",
+        "reinit",
+    ] {
+        let want = format!("lifecycle: {step}: ok");
+        if !o.serial.lines().any(|l| l.starts_with(&want)) {
+            return Err(format!("no '{want}' line"));
+        }
+    }
+    Ok(())
+}
+
 const MIB: usize = 1 << 20;
 
 /// The deterministic source, every byte checked by the guest against the
@@ -557,10 +599,12 @@ fn scenario_list() -> Vec<Scenario> {
             backend: "rng-deterministic",
             guest: lifecycle,
             setup: |_| {
-                Ok(Setup::new(
+                let mut s = Setup::new(
                     "-object rng-deterministic,id=r0,seed=1 -device virtio-rng-device,rng=r0",
                     "lifecycle.strict=1",
-                ))
+                );
+                s.check = Some(Box::new(lifecycle_steps));
+                Ok(s)
             },
         },
         Scenario {
@@ -569,10 +613,12 @@ fn scenario_list() -> Vec<Scenario> {
             backend: "rng-deterministic",
             guest: hostile,
             setup: |_| {
-                Ok(Setup::new(
+                let mut s = Setup::new(
                     "-object rng-deterministic,id=r0,seed=1 -device virtio-rng-device,rng=r0",
                     "",
-                ))
+                );
+                s.check = Some(Box::new(hostile_outcomes));
+                Ok(s)
             },
         },
     ]

@@ -141,9 +141,10 @@ pub trait VirtioDevice {
 /// When the ring is empty, driver notifications are re-enabled and the ring
 /// checked once more (§2.7.10), so a buffer made available in between is
 /// not missed; `None` means "empty, and a kick will come". A head the
-/// driver wrote out of range is counted in `malformed` and skipped (it
-/// names no chain that could be returned). Other queue errors are the
-/// device's cue to ask for a reset.
+/// driver wrote out of range is counted in `malformed` and returned as an
+/// error like every other queue error: it names no chain that could be
+/// returned, so the driver would wait for it forever; the device's cue to
+/// set `DEVICE_NEEDS_RESET` (§2.1.2), as QEMU's modern devices do.
 pub fn next_head<M: GuestMemory + ?Sized>(
     queue: &mut DeviceQueue,
     mem: &M,
@@ -157,8 +158,12 @@ pub fn next_head<M: GuestMemory + ?Sized>(
                     return Ok(None);
                 }
             }
-            Err(QueueError::Chain(_)) => *malformed += 1,
-            Err(e) => return Err(e),
+            Err(e) => {
+                if matches!(e, QueueError::Chain(_)) {
+                    *malformed += 1;
+                }
+                return Err(e);
+            }
         }
     }
 }

@@ -143,6 +143,21 @@ fn hostile_avail_index_is_a_device_error_not_a_panic() {
 }
 
 #[test]
+fn section_2_7_6_head_out_of_range_is_a_device_error_not_a_lost_buffer() {
+    // The driver names head 200 in a queue of 16: nothing can be returned
+    // for it, so the device reports an error (the transport then sets
+    // DEVICE_NEEDS_RESET) instead of silently skipping it.
+    let mut r = rig(Deterministic::new(1));
+    let layout = r.drv.layout();
+    r.mem.store_u16_release(layout.avail_slot(0), 200).unwrap();
+    r.mem.store_u16_release(layout.avail_idx(), 1).unwrap();
+    assert!(matches!(
+        r.dev.queue_notify(0),
+        Err(DeviceError::Queue { queue: 0, .. })
+    ));
+}
+
+#[test]
 fn queue_outside_guest_memory_is_refused_at_activation() {
     let mem: &'static OwnedMemory = Box::leak(Box::new(OwnedMemory::new(GuestAddress(0), 0x4000)));
     let mut dev = Rng::new(Deterministic::new(1), mem);
