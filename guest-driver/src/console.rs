@@ -32,49 +32,16 @@ pub const DATA_SLOT: u32 = 512;
 pub const CONTROL_RX_SLOT: u32 = 128;
 
 /// Bytes of `struct virtio_console_control` (§5.3.6.2).
-pub const CONTROL_LEN: usize = 8;
+pub const CONTROL_LEN: usize = ControlMsg::LEN;
 
 /// The longest port name kept (PORT_NAME, §5.3.6.2); longer ones are cut at
 /// a character boundary.
 pub const NAME_LEN: usize = 32;
 
-/// Queue indices (§5.3.2).
-pub mod queues {
-    /// The control receiveq (device to driver), with MULTIPORT.
-    pub const CONTROL_RX: u16 = 2;
-    /// The control transmitq (driver to device), with MULTIPORT.
-    pub const CONTROL_TX: u16 = 3;
-
-    /// The receiveq of `port`: 0 for port 0, `2 + 2 * port` after.
-    pub const fn rx(port: u16) -> u16 {
-        if port == 0 { 0 } else { 2 + 2 * port }
-    }
-
-    /// The transmitq of `port`: the receiveq's index + 1.
-    pub const fn tx(port: u16) -> u16 {
-        rx(port) + 1
-    }
-}
-
-/// Control events (§5.3.6.2, `VIRTIO_CONSOLE_*`).
-pub mod event {
-    /// Driver → device: ready for control messages (1) or failed (0).
-    pub const DEVICE_READY: u16 = 0;
-    /// Device → driver: a port was added (Linux: `PORT_ADD`).
-    pub const DEVICE_ADD: u16 = 1;
-    /// Device → driver: a port was removed.
-    pub const DEVICE_REMOVE: u16 = 2;
-    /// Driver → device: the port is ready (1) or could not be set up (0).
-    pub const PORT_READY: u16 = 3;
-    /// Device → driver: the port is a console.
-    pub const CONSOLE_PORT: u16 = 4;
-    /// Device → driver: the console size changed; `cols`, `rows` follow.
-    pub const RESIZE: u16 = 5;
-    /// Both ways: the port is open (1) or closed (0) on the sender's side.
-    pub const PORT_OPEN: u16 = 6;
-    /// Device → driver: the port's UTF-8 name follows.
-    pub const PORT_NAME: u16 = 7;
-}
+use virtio_core::console::Control as ControlMsg;
+/// The wire format shared with the device side: queue indices (§5.3.2)
+/// and control events (§5.3.6.2).
+pub use virtio_core::console::{event, queues};
 
 /// DMA pages a console with `ports` ports allocates at most (`ports` ≥ 1;
 /// the control queues only with MULTIPORT): per queue two pages of rings
@@ -216,13 +183,9 @@ impl<H: Hal, R: RegisterAccess, const PORTS: usize> core::fmt::Debug for Console
     }
 }
 
-/// `struct virtio_console_control` (§5.3.6.2), little-endian.
+/// `struct virtio_console_control` (§5.3.6.2), as bytes.
 fn control_bytes(id: u32, event: u16, value: u16) -> [u8; CONTROL_LEN] {
-    let mut b = [0u8; CONTROL_LEN];
-    b[..4].copy_from_slice(&id.to_le_bytes());
-    b[4..6].copy_from_slice(&event.to_le_bytes());
-    b[6..].copy_from_slice(&value.to_le_bytes());
-    b
+    ControlMsg::new(id, event, value).to_bytes()
 }
 
 /// The port `port` if its queues are set up and the device added it.
@@ -568,20 +531,11 @@ impl<H: Hal, R: RegisterAccess, const PORTS: usize> Console<H, R, PORTS> {
     /// Handles one control message from the device (§5.3.6.2), checking
     /// it against §5.3.6.2.1 and the driver's own state.
     fn on_control(&mut self, msg: &[u8]) {
-        let (Some(id), Some(ev), Some(value)) = (
-            msg.get(0..4)
-                .and_then(|b| b.try_into().ok())
-                .map(u32::from_le_bytes),
-            msg.get(4..6)
-                .and_then(|b| b.try_into().ok())
-                .map(u16::from_le_bytes),
-            msg.get(6..8)
-                .and_then(|b| b.try_into().ok())
-                .map(u16::from_le_bytes),
-        ) else {
+        let Some(control) = ControlMsg::parse(msg) else {
             self.stats.bad_control += 1;
             return;
         };
+        let (id, ev, value) = (control.id(), control.event(), control.value());
         let extra = msg.get(CONTROL_LEN..).unwrap_or_default();
         if ev == event::DEVICE_ADD {
             self.on_add(id);
