@@ -502,6 +502,49 @@ mod tests {
     }
 
     #[test]
+    fn every_chardev_kind_realizes_behind_a_port() {
+        let dir = std::env::temp_dir().join(format!("machine-kinds-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let pipe = dir.join("p");
+        for end in ["p.in", "p.out"] {
+            let path = std::ffi::CString::new(dir.join(end).to_str().unwrap()).unwrap();
+            // SAFETY: a valid C string; mkfifo creates a file, nothing else.
+            assert_eq!(unsafe { libc::mkfifo(path.as_ptr(), 0o600) }, 0);
+        }
+        let server = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = server.local_addr().unwrap().port();
+        let line = format!(
+            "-chardev null,id=a -chardev ringbuf,id=b -chardev pty,id=c \
+             -chardev pipe,id=d,path={} -chardev socket,id=e,host=127.0.0.1,port={port} \
+             -chardev socket,id=f,host=127.0.0.1,port=1,reconnect=5 \
+             -chardev socket,id=g,path={},server=on \
+             -device virtio-serial-device,max_ports=8 -device virtconsole,chardev=a \
+             -device virtserialport,chardev=b -device virtserialport,chardev=c \
+             -device virtserialport,chardev=d -device virtserialport,chardev=e \
+             -device virtserialport,chardev=f -device virtserialport,chardev=g",
+            pipe.display(),
+            dir.join("g.sock").display()
+        );
+        let devs = realize(&line).unwrap();
+        assert_eq!(devs.len(), 1);
+        let b = &devs[0].backend;
+        for want in [
+            "virtconsole<-null",
+            "virtserialport<-ringbuf",
+            "virtserialport<-pty:/dev/pts/",
+            "virtserialport<-pipe:",
+            "virtserialport<-socket:tcp:127.0.0.1:",
+            ",server",
+        ] {
+            assert!(b.contains(want), "{want} not in {b}");
+        }
+        // Sockets, the pty and the pipe can wake the device.
+        assert!(devs[0].ready_fds.len() >= 4, "{:?}", devs[0].ready_fds);
+        drop(devs);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
     fn a_backend_that_cannot_open_is_an_error_naming_its_id() {
         let err = realize(
             "-object rng-random,id=rr,filename=/nonexistent/random -device virtio-rng-device,rng=rr",
