@@ -42,8 +42,11 @@ pub struct SuiteRow {
     pub result: String,
     /// From the first `KVM_RUN` to the verdict, if the guest ran.
     pub boot_to_exit: Option<Duration>,
-    /// VM exits seen by the monitor, if the guest ran.
+    /// VM exits seen by the monitor (`KVM_RUN` returns), if the guest ran.
     pub exits: Option<u64>,
+    /// VM exits KVM counted (including those it served itself, such as
+    /// ioeventfd writes and in-kernel APIC accesses), where it says.
+    pub kvm_exits: Option<u64>,
 }
 
 impl SuiteRow {
@@ -59,18 +62,19 @@ pub fn format_table(rows: &[SuiteRow]) -> String {
     let mut t = String::new();
     let _ = writeln!(
         t,
-        "{:<32} {:<34} {:<31} {:>9} {:>7}  result",
-        "scenario", "device", "backend", "boot ms", "exits"
+        "{:<32} {:<34} {:<31} {:>9} {:>7} {:>9}  result",
+        "scenario", "device", "backend", "boot ms", "exits", "kvm exits"
     );
     for r in rows {
         let ms = r
             .boot_to_exit
             .map_or("-".to_string(), |d| format!("{:.2}", d.as_secs_f64() * 1e3));
         let exits = r.exits.map_or("-".to_string(), |n| n.to_string());
+        let kvm = r.kvm_exits.map_or("-".to_string(), |n| n.to_string());
         let _ = writeln!(
             t,
-            "{:<32} {:<34} {:<31} {:>9} {:>7}  {}",
-            r.scenario, r.device, r.backend, ms, exits, r.result
+            "{:<32} {:<34} {:<31} {:>9} {:>7} {:>9}  {}",
+            r.scenario, r.device, r.backend, ms, exits, kvm, r.result
         );
     }
     t
@@ -134,6 +138,7 @@ pub fn suite() -> Vec<SuiteRow> {
                 result: String::new(),
                 boot_to_exit: None,
                 exits: None,
+                kvm_exits: None,
             };
             row.result = match (&unavailable, g.elf) {
                 (Some(reason), _) => format!("skip: {reason}"),
@@ -142,6 +147,7 @@ pub fn suite() -> Vec<SuiteRow> {
                     Ok(out) => {
                         row.boot_to_exit = Some(out.boot_to_exit);
                         row.exits = Some(out.exits.total());
+                        row.kvm_exits = out.kvm.as_ref().map(|k| k.exits());
                         if out.verdict.is_pass() == g.expect_pass {
                             "pass".into()
                         } else {
@@ -162,6 +168,7 @@ pub fn suite() -> Vec<SuiteRow> {
             result: String::new(),
             boot_to_exit: None,
             exits: None,
+            kvm_exits: None,
         };
         if let Some(reason) = &unavailable {
             row.result = format!("skip: {reason}");
@@ -172,6 +179,7 @@ pub fn suite() -> Vec<SuiteRow> {
         if let Some(o) = &r.outcome {
             row.boot_to_exit = Some(o.boot_to_exit);
             row.exits = Some(o.exits.total());
+            row.kvm_exits = o.kvm.as_ref().map(|k| k.exits());
         }
         row.result = match r.result {
             Ok(()) => "pass".into(),

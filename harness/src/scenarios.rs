@@ -452,6 +452,52 @@ fn scenario_list() -> Vec<Scenario> {
             },
         },
         Scenario {
+            name: "rng_guest_ram_memfd",
+            device: "virtio-rng (RAM: memfd, shared)",
+            backend: "rng-deterministic, 64 KiB",
+            guest: rng,
+            setup: |_| {
+                Ok(Setup::new(
+                    "-m 64M -object memory-backend-memfd,id=m0,size=64M,share=on \
+                     -machine microvm,memory-backend=m0 \
+                     -object rng-deterministic,id=r0,seed=9 -device virtio-rng-device,rng=r0",
+                    "rng.bytes=65536 rng.seed=9",
+                ))
+            },
+        },
+        Scenario {
+            name: "rng_guest_ram_file",
+            device: "virtio-rng (RAM: file, share=on)",
+            backend: "rng-deterministic, 64 KiB",
+            guest: rng,
+            setup: |dir| {
+                let ram = dir.path("ram.img");
+                let mut s = Setup::new(
+                    &format!(
+                        "-m 64M -object memory-backend-file,id=m0,size=64M,share=on,mem-path={} \
+                         -machine microvm,memory-backend=m0 \
+                         -object rng-deterministic,id=r0,seed=9 -device virtio-rng-device,rng=r0",
+                        ram.display()
+                    ),
+                    "rng.bytes=65536 rng.seed=9",
+                );
+                // share=on: the guest's writes reach the file.
+                s.check = Some(Box::new(move |_| {
+                    let len = std::fs::metadata(&ram).map_err(|e| e.to_string())?.len();
+                    if len != 64 << 20 {
+                        return Err(format!("RAM file is {len} bytes, want 64 MiB"));
+                    }
+                    let image = std::fs::read(&ram).map_err(|e| e.to_string())?;
+                    let start = 0x10_0000;
+                    if image.get(start..start + 4) != Some(&[0x04, 0, 0, 0][..]) {
+                        return Err("the guest image is not in the shared RAM file".into());
+                    }
+                    Ok(())
+                }));
+                Ok(s)
+            },
+        },
+        Scenario {
             name: "rng_random_short_file",
             device: "virtio-rng",
             backend: "rng-random, 10000-byte file",

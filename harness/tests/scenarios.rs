@@ -55,6 +55,8 @@ scenario_tests!(
     rng_deterministic_poll_ioeventfd,
     rng_builtin,
     rng_random_urandom,
+    rng_guest_ram_memfd,
+    rng_guest_ram_file,
     rng_random_short_file,
     rng_egd_socket,
     console_write_64k_file_irq,
