@@ -334,26 +334,18 @@ pub fn realize_devices(
                 name,
                 console,
             } => {
-                let by = if *console {
-                    "-device virtconsole"
-                } else {
-                    "-device virtserialport"
-                };
+                let kind = dev.type_name();
+                let by = format!("-device {kind}");
                 let Some(SerialBuild { ports, .. }) = serial.as_mut() else {
-                    return Err(MachineError::OrphanPort(by.into()));
+                    return Err(MachineError::OrphanPort(by));
                 };
                 let (c, what) = chardevs
                     .remove(chardev)
                     .ok_or_else(|| MachineError::Missing {
-                        by: by.into(),
+                        by: by.clone(),
                         id: chardev.clone(),
                     })?;
                 let fd = c.readiness_fd();
-                let kind = if *console {
-                    "virtconsole"
-                } else {
-                    "virtserialport"
-                };
                 ports.push((
                     Port::new(c, *console, name.clone()),
                     format!("{kind}<-{what}"),

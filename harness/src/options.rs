@@ -413,6 +413,18 @@ pub struct MachineConfig {
     pub append: String,
 }
 
+impl DeviceConfig {
+    /// The `-device` type name (`virtio-rng-device`, `virtconsole`, …).
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            DeviceConfig::Rng { .. } => "virtio-rng-device",
+            DeviceConfig::Serial { .. } => "virtio-serial-device",
+            DeviceConfig::Port { console: true, .. } => "virtconsole",
+            DeviceConfig::Port { console: false, .. } => "virtserialport",
+        }
+    }
+}
+
 impl MachineConfig {
     /// The memory backend that provides RAM, if one is named.
     pub fn ram_backend(&self) -> Option<&MemoryBackendConfig> {
@@ -774,65 +786,34 @@ fn check_references(cfg: &MachineConfig, ids: &HashMap<String, IdKind>) -> Resul
         }
     }
     let mut rng_user: std::collections::HashSet<&str> = Default::default();
+    // `None` until a virtio-serial-device: the ports it still has room for.
     let mut ports_left: Option<u32> = None;
     for dev in &cfg.devices {
+        let by = format!("-device {}", dev.type_name());
         match dev {
             DeviceConfig::Rng { rng, .. } => {
+                refers(&by, "rng", rng, IdKind::Rng, "an rng object")?;
                 if !rng_user.insert(rng.as_str()) {
                     return Err(OptionError::Conflict(format!(
-                        "-device virtio-rng-device: rng '{rng}' is already used by another device"
+                        "{by}: rng '{rng}' is already used by another device"
                     )));
                 }
             }
             DeviceConfig::Serial { max_ports, .. } => ports_left = Some(*max_ports),
-            DeviceConfig::Port {
-                chardev, console, ..
-            } => {
-                let by = if *console {
-                    "-device virtconsole"
-                } else {
-                    "-device virtserialport"
-                };
-                claim(chardev, format!("{by},chardev={chardev}"))?;
-                match ports_left.as_mut() {
-                    Some(0) => {
-                        return Err(OptionError::Conflict(format!(
-                            "{by},chardev={chardev}: the virtio-serial-device has no port left (max_ports)"
-                        )));
-                    }
-                    Some(n) => *n -= 1,
-                    None => {}
-                }
-            }
-        }
-    }
-    let mut serial_seen = false;
-    for dev in &cfg.devices {
-        match dev {
-            DeviceConfig::Rng { rng, .. } => {
-                refers(
-                    "-device virtio-rng-device",
-                    "rng",
-                    rng,
-                    IdKind::Rng,
-                    "an rng object",
-                )?;
-            }
-            DeviceConfig::Serial { .. } => serial_seen = true,
-            DeviceConfig::Port {
-                chardev, console, ..
-            } => {
-                let by = if *console {
-                    "-device virtconsole"
-                } else {
-                    "-device virtserialport"
-                };
-                refers(by, "chardev", chardev, IdKind::Chardev, "a chardev")?;
-                if !serial_seen {
+            DeviceConfig::Port { chardev, .. } => {
+                refers(&by, "chardev", chardev, IdKind::Chardev, "a chardev")?;
+                let Some(left) = ports_left.as_mut() else {
                     return Err(OptionError::Conflict(format!(
                         "{by}: needs a -device virtio-serial-device before it"
                     )));
+                };
+                if *left == 0 {
+                    return Err(OptionError::Conflict(format!(
+                        "{by},chardev={chardev}: the virtio-serial-device has no port left (max_ports)"
+                    )));
                 }
+                *left -= 1;
+                claim(chardev, format!("{by},chardev={chardev}"))?;
             }
         }
     }

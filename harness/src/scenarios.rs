@@ -377,6 +377,37 @@ fn lifecycle_steps(o: &Outcome) -> Result<(), String> {
 
 const MIB: usize = 1 << 20;
 
+/// The console writes 64 KiB of the pattern to a file on port 0.
+fn console_write(dir: &Workdir, mode: &str, ioeventfd: &str) -> Result<Setup, String> {
+    let f = dir.path("out.log");
+    let mut s = Setup::new(
+        &format!(
+            "-chardev file,id=c0,path={} \
+             -device virtio-serial-device,max_ports=1,ioeventfd={ioeventfd} \
+             -device virtconsole,chardev=c0",
+            f.display()
+        ),
+        format!("console.test=write console.bytes=65536 console.mode={mode}"),
+    );
+    s.check = Some(file_holds_pattern(f, 65536));
+    Ok(s)
+}
+
+/// The console echoes what a socket peer sends (16 KiB) on port 0.
+fn console_echo(dir: &Workdir, mode: &str) -> Result<Setup, String> {
+    let sock = dir.path("con.sock");
+    let mut s = Setup::new(
+        &format!(
+            "-chardev socket,id=c0,path={},server=on \
+             -device virtio-serial-device,max_ports=1 -device virtconsole,chardev=c0",
+            sock.display()
+        ),
+        format!("console.test=echo console.bytes=16384 console.mode={mode}"),
+    );
+    s.peer = Some(echo_peer(sock, 16384));
+    Ok(s)
+}
+
 /// The deterministic source, every byte checked by the guest against the
 /// SplitMix64 stream. `bytes`: 1 MiB in one mode (the issue's scenario);
 /// the other modes read 256 KiB, since guest instructions are what costs
@@ -540,77 +571,28 @@ fn scenario_list() -> Vec<Scenario> {
             device: "virtio-console port 0, irq",
             backend: "chardev file",
             guest: console,
-            setup: |dir| {
-                let f = dir.path("out.log");
-                let mut s = Setup::new(
-                    &format!(
-                        "-chardev file,id=c0,path={} -device virtio-serial-device,max_ports=1 \
-                         -device virtconsole,chardev=c0",
-                        f.display()
-                    ),
-                    "console.test=write console.bytes=65536 console.mode=irq",
-                );
-                s.check = Some(file_holds_pattern(f, 65536));
-                Ok(s)
-            },
+            setup: |dir| console_write(dir, "irq", "on"),
         },
         Scenario {
             name: "console_write_64k_file_poll",
             device: "virtio-console port 0, poll+inline",
             backend: "chardev file",
             guest: console,
-            setup: |dir| {
-                let f = dir.path("out.log");
-                let mut s = Setup::new(
-                    &format!(
-                        "-chardev file,id=c0,path={} \
-                         -device virtio-serial-device,max_ports=1,ioeventfd=off \
-                         -device virtconsole,chardev=c0",
-                        f.display()
-                    ),
-                    "console.test=write console.bytes=65536 console.mode=poll",
-                );
-                s.check = Some(file_holds_pattern(f, 65536));
-                Ok(s)
-            },
+            setup: |dir| console_write(dir, "poll", "off"),
         },
         Scenario {
             name: "console_echo_socket_irq",
             device: "virtio-console port 0, irq",
             backend: "chardev socket (server)",
             guest: console,
-            setup: |dir| {
-                let sock = dir.path("con.sock");
-                let mut s = Setup::new(
-                    &format!(
-                        "-chardev socket,id=c0,path={},server=on \
-                         -device virtio-serial-device,max_ports=1 -device virtconsole,chardev=c0",
-                        sock.display()
-                    ),
-                    "console.test=echo console.bytes=16384 console.mode=irq",
-                );
-                s.peer = Some(echo_peer(sock, 16384));
-                Ok(s)
-            },
+            setup: |dir| console_echo(dir, "irq"),
         },
         Scenario {
             name: "console_echo_socket_poll",
             device: "virtio-console port 0, poll",
             backend: "chardev socket (server)",
             guest: console,
-            setup: |dir| {
-                let sock = dir.path("con.sock");
-                let mut s = Setup::new(
-                    &format!(
-                        "-chardev socket,id=c0,path={},server=on \
-                         -device virtio-serial-device,max_ports=1 -device virtconsole,chardev=c0",
-                        sock.display()
-                    ),
-                    "console.test=echo console.bytes=16384 console.mode=poll",
-                );
-                s.peer = Some(echo_peer(sock, 16384));
-                Ok(s)
-            },
+            setup: |dir| console_echo(dir, "poll"),
         },
         Scenario {
             name: "console_multiport_two_files",
