@@ -5,10 +5,20 @@
 //!
 //! The guest's verdict reaches QEMU's exit status through `isa-debug-exit`:
 //! a value `v` written to port 0xf4 exits with `(v << 1) | 1`.
+//!
+//! [`Qemu::run`] boots and waits; [`Qemu::spawn`] hands back the running
+//! QEMU so a test can talk to its sockets first. Either way the run is
+//! bounded: at the timeout QEMU gets SIGKILL (a livelocked QEMU main loop
+//! was seen to ignore SIGTERM) and is reaped. Nothing here parses what the
+//! guest says beyond the verdict and summary lines of the scenario contract
+//! (`harness/guests/README.md`).
 
+use std::fmt;
 use std::io::{self, Read};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::thread;
+use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use crate::ports::{EXIT_FAIL, EXIT_PASS, EXIT_PORT};
@@ -47,6 +57,46 @@ pub fn qemu_or_skip(test: &str) -> bool {
     false
 }
 
+/// Which virtio-mmio transport QEMU's `virtio-*-device`s present.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Transport {
+    /// Version 1, the legacy interface (§4.2.4); QEMU's default.
+    Legacy,
+    /// Version 2, the virtio 1.x interface (§4.2.2), with
+    /// `-global virtio-mmio.force-legacy=false`.
+    Modern,
+}
+
+impl Transport {
+    /// Both, legacy first.
+    pub const ALL: [Transport; 2] = [Transport::Legacy, Transport::Modern];
+
+    /// The QEMU arguments that select it (none for the default).
+    pub fn args(self) -> &'static [&'static str] {
+        match self {
+            Transport::Legacy => &[],
+            Transport::Modern => &["-global", "virtio-mmio.force-legacy=false"],
+        }
+    }
+
+    /// The `Version` register a guest reads (§4.2.2: 0x2; legacy: 0x1).
+    pub fn version(self) -> u32 {
+        match self {
+            Transport::Legacy => 1,
+            Transport::Modern => 2,
+        }
+    }
+}
+
+impl fmt::Display for Transport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Transport::Legacy => "legacy",
+            Transport::Modern => "modern",
+        })
+    }
+}
+
 /// What one QEMU run left behind.
 #[derive(Clone, Debug)]
 pub struct QemuRun {
@@ -72,6 +122,57 @@ impl QemuRun {
     /// dying).
     pub fn failed(&self) -> bool {
         self.status == Some(FAIL_STATUS)
+    }
+
+    /// `Ok` if the guest passed: exit status [`PASS_STATUS`] and a
+    /// `verdict: pass` line on COM1; otherwise what is missing, with
+    /// [`QemuRun::describe`].
+    pub fn check_pass(&self) -> Result<(), String> {
+        if !self.passed() {
+            return Err(format!("guest did not pass\n{}", self.describe()));
+        }
+        if !self.serial.contains("verdict: pass") {
+            return Err(format!("no pass verdict on COM1\n{}", self.describe()));
+        }
+        Ok(())
+    }
+
+    /// `Ok` if the guest reported a failure naming `reason`: exit status
+    /// [`FAIL_STATUS`], a `verdict: fail: ` line and `reason` on COM1;
+    /// otherwise what is missing, with [`QemuRun::describe`].
+    pub fn check_fail(&self, reason: &str) -> Result<(), String> {
+        if !self.failed() {
+            return Err(format!(
+                "guest was not reported as failing\n{}",
+                self.describe()
+            ));
+        }
+        if !(self.serial.contains("verdict: fail: ") && self.serial.contains(reason)) {
+            return Err(format!(
+                "no fail verdict naming {reason:?} on COM1\n{}",
+                self.describe()
+            ));
+        }
+        Ok(())
+    }
+
+    /// The guest's summary: the last line of COM1 before its last
+    /// `verdict: ` line, or `""` if there is none.
+    pub fn summary(&self) -> &str {
+        let lines: Vec<&str> = self.serial.lines().collect();
+        lines
+            .iter()
+            .rposition(|l| l.starts_with("verdict: "))
+            .and_then(|i| i.checked_sub(1))
+            .and_then(|i| lines.get(i).copied())
+            .unwrap_or("")
+    }
+
+    /// The text after `prefix` on the first COM1 line starting with it.
+    pub fn line_after(&self, prefix: &str) -> Option<&str> {
+        self.serial
+            .lines()
+            .find_map(|line| line.strip_prefix(prefix))
     }
 
     /// Everything about the run, for an assertion message.
@@ -136,10 +237,16 @@ impl Qemu {
     /// The modern virtio-mmio transport (version 2) instead of QEMU's
     /// default legacy one.
     pub fn modern(self) -> Qemu {
-        self.args(["-global", "virtio-mmio.force-legacy=false"])
+        self.transport(Transport::Modern)
     }
 
-    /// Longest the guest may run before QEMU is killed.
+    /// The virtio-mmio transport version of every device.
+    pub fn transport(self, transport: Transport) -> Qemu {
+        self.args(transport.args())
+    }
+
+    /// Longest the guest may run, from [`Qemu::spawn`], before QEMU is
+    /// killed (30 s unless set).
     pub fn timeout(mut self, timeout: Duration) -> Qemu {
         self.timeout = timeout;
         self
@@ -179,29 +286,129 @@ impl Qemu {
 
     /// Runs QEMU to the guest's exit (or the timeout).
     pub fn run(&self) -> io::Result<QemuRun> {
+        self.spawn()?.wait()
+    }
+
+    /// Starts QEMU and returns at once; [`RunningQemu::wait`] collects the
+    /// run. COM1 and QEMU's stderr are captured from the start.
+    pub fn spawn(&self) -> io::Result<RunningQemu> {
         let mut cmd = Command::new(QEMU);
-        cmd.args(self.command_line())
-            .stdin(Stdio::null())
+        cmd.args(self.command_line());
+        RunningQemu::spawn(cmd, self.timeout)
+    }
+}
+
+/// A QEMU started by [`Qemu::spawn`], still running (as far as we know).
+///
+/// Dropped without [`RunningQemu::wait`] (a test that panicked midway), it
+/// kills and reaps QEMU, so no process or zombie outlives it.
+#[derive(Debug)]
+pub struct RunningQemu {
+    child: Child,
+    stdout: Option<JoinHandle<String>>,
+    stderr: Option<JoinHandle<String>>,
+    start: Instant,
+    deadline: Instant,
+    reaped: bool,
+}
+
+impl RunningQemu {
+    /// Starts `cmd` with stdin empty and stdout/stderr captured, to be
+    /// killed `timeout` from now.
+    fn spawn(mut cmd: Command, timeout: Duration) -> io::Result<RunningQemu> {
+        cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         let start = Instant::now();
         let mut child = cmd.spawn()?;
         let stdout = read_all(child.stdout.take());
         let stderr = read_all(child.stderr.take());
-        let waited = wait_bounded(&mut child, self.timeout);
-        let elapsed = start.elapsed();
-        let (status, timed_out) = waited?;
+        Ok(RunningQemu {
+            child,
+            stdout: Some(stdout),
+            stderr: Some(stderr),
+            start,
+            deadline: start.checked_add(timeout).unwrap_or(start),
+            reaped: false,
+        })
+    }
+
+    /// QEMU's process id.
+    pub fn id(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Connects to a Unix socket QEMU serves (e.g. `-chardev
+    /// socket,server=on,wait=off`), retrying while it does not exist yet.
+    /// Gives up with the last connect error when QEMU exits, and with
+    /// [`io::ErrorKind::TimedOut`] at the deadline.
+    pub fn connect_unix(&mut self, path: &Path) -> io::Result<UnixStream> {
+        loop {
+            let err = match UnixStream::connect(path) {
+                Ok(s) => return Ok(s),
+                Err(e) => e,
+            };
+            if let Some(status) = self.child.try_wait()? {
+                return Err(io::Error::new(
+                    err.kind(),
+                    format!(
+                        "connect {}: {err}; {QEMU} exited ({status})",
+                        path.display()
+                    ),
+                ));
+            }
+            if Instant::now() >= self.deadline {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("connect {}: {err}; timed out", path.display()),
+                ));
+            }
+            thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    /// Waits for QEMU to exit, at most until the deadline; then kills it
+    /// with SIGKILL and reaps it (`timed_out`, no status).
+    pub fn wait(mut self) -> io::Result<QemuRun> {
+        let (status, timed_out) = loop {
+            if let Some(status) = self.child.try_wait()? {
+                break (status.code(), false);
+            }
+            if Instant::now() >= self.deadline {
+                self.kill_and_reap();
+                break (None, true);
+            }
+            thread::sleep(Duration::from_millis(1));
+        };
+        self.reaped = true;
+        let elapsed = self.start.elapsed();
         Ok(QemuRun {
             status,
-            serial: stdout.join().unwrap_or_default(),
-            stderr: stderr.join().unwrap_or_default(),
+            serial: join(self.stdout.take()),
+            stderr: join(self.stderr.take()),
             elapsed,
             timed_out,
         })
     }
+
+    /// SIGKILL (what `Child::kill` sends) and wait; errors mean it has
+    /// already exited and been reaped.
+    fn kill_and_reap(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
-fn read_all(pipe: Option<impl Read + Send + 'static>) -> thread::JoinHandle<String> {
+impl Drop for RunningQemu {
+    fn drop(&mut self) {
+        if !self.reaped {
+            self.kill_and_reap();
+        }
+    }
+}
+
+/// Reads `pipe` to its end on a thread of its own, `\r\n` folded to `\n`.
+fn read_all(pipe: Option<impl Read + Send + 'static>) -> JoinHandle<String> {
     thread::spawn(move || {
         let mut bytes = Vec::new();
         if let Some(mut pipe) = pipe {
@@ -212,21 +419,9 @@ fn read_all(pipe: Option<impl Read + Send + 'static>) -> thread::JoinHandle<Stri
     })
 }
 
-/// Waits for `child` at most `timeout`, killing it if it is still running.
-fn wait_bounded(child: &mut Child, timeout: Duration) -> io::Result<(Option<i32>, bool)> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        match child.try_wait()? {
-            Some(status) => return Ok((status.code(), false)),
-            None if Instant::now() >= deadline => {
-                // Kill and reap our own child; errors mean it already exited.
-                let _ = child.kill();
-                let _ = child.wait();
-                return Ok((None, true));
-            }
-            None => thread::sleep(Duration::from_millis(1)),
-        }
-    }
+/// What a reader thread captured (nothing if it is missing or panicked).
+fn join(reader: Option<JoinHandle<String>>) -> String {
+    reader.and_then(|r| r.join().ok()).unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -247,5 +442,127 @@ mod tests {
         assert!(line.ends_with("-device virtio-rng-device -append a=1"));
         assert_eq!(PASS_STATUS, 33);
         assert_eq!(FAIL_STATUS, 35);
+    }
+
+    #[test]
+    fn transports_select_the_mmio_version() {
+        assert!(Transport::Legacy.args().is_empty());
+        assert_eq!(Transport::Legacy.version(), 1);
+        assert_eq!(Transport::Modern.version(), 2);
+        assert_eq!(Transport::ALL.map(|t| t.to_string()), ["legacy", "modern"]);
+        let modern = Qemu::microvm("/g.elf").transport(Transport::Modern);
+        assert_eq!(
+            modern.command_line(),
+            Qemu::microvm("/g.elf").modern().command_line()
+        );
+        let legacy = Qemu::microvm("/g.elf").transport(Transport::Legacy);
+        assert_eq!(
+            legacy.command_line(),
+            Qemu::microvm("/g.elf").command_line()
+        );
+    }
+
+    fn run_with(status: Option<i32>, serial: &str) -> QemuRun {
+        QemuRun {
+            status,
+            serial: serial.into(),
+            stderr: String::new(),
+            elapsed: Duration::ZERO,
+            timed_out: status.is_none(),
+        }
+    }
+
+    #[test]
+    fn the_summary_is_the_line_before_the_last_verdict() {
+        let run = run_with(
+            Some(PASS_STATUS),
+            "boot\nrng: 64 bytes in 2 requests, 3 interrupts\nverdict: pass\n",
+        );
+        assert_eq!(run.summary(), "rng: 64 bytes in 2 requests, 3 interrupts");
+        assert_eq!(run_with(None, "verdict: pass\n").summary(), "");
+        assert_eq!(run_with(None, "no verdict\n").summary(), "");
+        assert_eq!(
+            run.line_after("rng: "),
+            Some("64 bytes in 2 requests, 3 interrupts")
+        );
+        assert_eq!(run.line_after("console: "), None);
+    }
+
+    #[test]
+    fn pass_and_fail_need_the_status_and_the_verdict_line() {
+        assert_eq!(
+            run_with(Some(PASS_STATUS), "verdict: pass\n").check_pass(),
+            Ok(())
+        );
+        let no_line = run_with(Some(PASS_STATUS), "").check_pass();
+        assert!(no_line.is_err_and(|e| e.starts_with("no pass verdict on COM1")));
+        let hung = run_with(None, "verdict: pass\n").check_pass();
+        assert!(hung.is_err_and(|e| e.starts_with("guest did not pass")));
+
+        let failed = run_with(Some(FAIL_STATUS), "verdict: fail: bad value \"x\"\n");
+        assert_eq!(failed.check_fail("bad value"), Ok(()));
+        assert!(
+            failed
+                .check_fail("other")
+                .is_err_and(|e| e.contains("naming \"other\""))
+        );
+        let passed = run_with(Some(PASS_STATUS), "verdict: pass\n").check_fail("x");
+        assert!(passed.is_err_and(|e| e.starts_with("guest was not reported as failing")));
+    }
+
+    /// A process that is still alive (not a zombie) answers signal 0.
+    fn alive(pid: u32) -> bool {
+        let pid = libc::pid_t::try_from(pid).expect("pids fit pid_t");
+        // SAFETY: signal 0 only checks that the process exists.
+        unsafe { libc::kill(pid, 0) == 0 }
+    }
+
+    #[test]
+    fn a_process_that_exits_is_collected_with_its_output() {
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", "printf 'a\\r\\nb\\n'; echo oops >&2; exit 33"]);
+        let run = RunningQemu::spawn(cmd, Duration::from_secs(30))
+            .and_then(RunningQemu::wait)
+            .expect("sh runs");
+        assert_eq!(run.status, Some(33));
+        assert!(run.passed() && !run.timed_out);
+        assert_eq!(run.serial, "a\nb\n");
+        assert_eq!(run.stderr, "oops\n");
+    }
+
+    /// `sleep 60`, to be killed `timeout` from now.
+    fn sleeper(timeout: Duration) -> RunningQemu {
+        let mut cmd = Command::new("sleep");
+        cmd.arg("60");
+        RunningQemu::spawn(cmd, timeout).expect("sleep runs")
+    }
+
+    #[test]
+    fn at_the_deadline_the_process_is_killed_and_reaped() {
+        let running = sleeper(Duration::from_millis(50));
+        let pid = running.id();
+        let run = running.wait().expect("waiting");
+        assert!(run.timed_out, "{}", run.describe());
+        assert_eq!(run.status, None);
+        assert!(!alive(pid), "sleep {pid} survived");
+    }
+
+    #[test]
+    fn dropping_a_running_process_kills_and_reaps_it() {
+        let running = sleeper(Duration::from_secs(60));
+        let pid = running.id();
+        assert!(alive(pid));
+        drop(running);
+        assert!(!alive(pid), "sleep {pid} survived");
+    }
+
+    #[test]
+    fn connecting_gives_up_when_the_process_exits() {
+        let cmd = Command::new("true");
+        let mut running = RunningQemu::spawn(cmd, Duration::from_secs(30)).expect("true runs");
+        let path = std::env::temp_dir().join(format!("no-such-{}.sock", std::process::id()));
+        let err = running.connect_unix(&path).expect_err("nothing listens");
+        assert!(err.to_string().contains("exited"), "{err}");
+        assert_eq!(running.wait().expect("waiting").status, Some(0));
     }
 }

@@ -4,7 +4,7 @@
 //! boots the same ELFs. Skips, saying why, without `qemu-system-x86_64` or
 //! `/dev/kvm`, unless `HARNESS_REQUIRE_QEMU=1` makes that a failure.
 
-use harness::qemu::{FAIL_STATUS, PASS_STATUS, Qemu, QemuRun as Run, qemu_or_skip};
+use harness::qemu::{Qemu, QemuRun as Run, Transport, qemu_or_skip as qemu_ready};
 
 /// virtio device IDs the probes must report.
 const RNG_ID: u32 = 4;
@@ -14,16 +14,13 @@ const EMPTY: &str = env!("GUEST_EMPTY");
 const FAIL: &str = env!("GUEST_FAIL");
 const TIMER: &str = env!("GUEST_TIMER");
 
-fn qemu_ready(test: &str) -> bool {
-    qemu_or_skip(test)
-}
-
-/// Boots `kernel` under microvm with the exit port, COM1 on stdout, and
-/// `extra` arguments (devices, globals).
-fn boot(kernel: &str, append: &str, extra: &[&str]) -> Run {
+/// Boots `kernel` under microvm on `transport` with the exit port, COM1 on
+/// stdout, and `extra` arguments (devices).
+fn boot(kernel: &str, append: &str, extra: &[&str], transport: Transport) -> Run {
     Qemu::microvm(kernel)
         .append(append)
         .args(extra)
+        .transport(transport)
         .run()
         .unwrap_or_else(|e| panic!("cannot start qemu: {e}"))
 }
@@ -64,48 +61,33 @@ fn probes(serial: &str) -> Vec<Probe> {
 }
 
 fn assert_pass(run: &Run) {
-    assert_eq!(
-        run.status,
-        Some(PASS_STATUS),
-        "guest did not pass\n{}",
-        run.describe()
-    );
-    assert!(
-        run.serial.contains("verdict: pass"),
-        "no pass verdict on COM1\n{}",
-        run.describe()
-    );
+    if let Err(e) = run.check_pass() {
+        panic!("{e}");
+    }
 }
 
 fn assert_fail(run: &Run, reason: &str) {
-    assert_eq!(
-        run.status,
-        Some(FAIL_STATUS),
-        "guest was not reported as failing\n{}",
-        run.describe()
-    );
-    assert!(
-        run.serial.contains("verdict: fail: ") && run.serial.contains(reason),
-        "no fail verdict naming {reason:?} on COM1\n{}",
-        run.describe()
-    );
+    if let Err(e) = run.check_fail(reason) {
+        panic!("{e}");
+    }
 }
 
 /// The empty guest sees the rng and console transports (added to the command
-/// line by microvm), with the given transport version, and our own extra slot
+/// line by microvm), with the transport's version, and our own extra slot
 /// (an empty address, 0x-size form) reads as no device.
-fn empty_guest_probes(version: u32, extra: &[&str]) {
-    let mut args = vec![
+fn empty_guest_probes(transport: Transport) {
+    let version = transport.version();
+    let args = [
         "-device",
         "virtio-rng-device",
         "-device",
         "virtio-serial-device",
     ];
-    args.extend_from_slice(extra);
     let run = boot(
         EMPTY,
         "console=none virtio_mmio.device=0x200@0xd0000000:5",
         &args,
+        transport,
     );
     assert_pass(&run);
     eprintln!("microvm boot-to-exit of the empty guest: {:?}", run.elapsed);
@@ -139,21 +121,21 @@ fn empty_guest_probes(version: u32, extra: &[&str]) {
 #[test]
 fn empty_guest_probes_legacy_transports() {
     if qemu_ready("empty_guest_probes_legacy_transports") {
-        empty_guest_probes(1, &[]);
+        empty_guest_probes(Transport::Legacy);
     }
 }
 
 #[test]
 fn empty_guest_probes_modern_transports() {
     if qemu_ready("empty_guest_probes_modern_transports") {
-        empty_guest_probes(2, &["-global", "virtio-mmio.force-legacy=false"]);
+        empty_guest_probes(Transport::Modern);
     }
 }
 
 #[test]
 fn fail_guest_exception_is_a_failure() {
     if qemu_ready("fail_guest_exception_is_a_failure") {
-        let run = boot(FAIL, "", &[]);
+        let run = boot(FAIL, "", &[], Transport::Legacy);
         assert_fail(&run, "CPU exception 6 (#UD invalid opcode)");
     }
 }
@@ -161,7 +143,7 @@ fn fail_guest_exception_is_a_failure() {
 #[test]
 fn fail_guest_panic_is_a_failure() {
     if qemu_ready("fail_guest_panic_is_a_failure") {
-        let run = boot(FAIL, "fail=panic", &[]);
+        let run = boot(FAIL, "fail=panic", &[], Transport::Legacy);
         assert_fail(&run, "panicked at ");
     }
 }
@@ -169,7 +151,7 @@ fn fail_guest_panic_is_a_failure() {
 #[test]
 fn timer_guest_takes_interrupts() {
     if qemu_ready("timer_guest_takes_interrupts") {
-        let run = boot(TIMER, "", &[]);
+        let run = boot(TIMER, "", &[], Transport::Legacy);
         assert_pass(&run);
         assert!(
             run.serial.contains("timer: 3 interrupts"),

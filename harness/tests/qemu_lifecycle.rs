@@ -20,18 +20,12 @@
 //! feature bit and keeps FEATURES_OK (§2.2.2 wants it refused), so the
 //! strict lifecycle fails under QEMU, which a test pins down.
 
-use std::io::Read;
-use std::process::{Child, Command, Stdio};
-use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-const QEMU: &str = "qemu-system-x86_64";
+use harness::qemu::{Qemu, QemuRun as Run, Transport, qemu_or_skip as qemu_ready};
+
 /// Longest a guest may run before it is killed and reported as hung.
 const TIMEOUT: Duration = Duration::from_secs(60);
-/// QEMU's exit status for the guest's pass value 0x10: `(0x10 << 1) | 1`.
-const PASS_STATUS: i32 = 33;
-/// QEMU's exit status for the guest's fail value 0x11: `(0x11 << 1) | 1`.
-const FAIL_STATUS: i32 = 35;
 
 const LIFECYCLE: &str = env!("GUEST_LIFECYCLE");
 const HOSTILE: &str = env!("GUEST_HOSTILE");
@@ -43,8 +37,6 @@ const RNG: &[&str] = &[
     "-device",
     "virtio-rng-device,rng=r0",
 ];
-/// Makes QEMU's virtio-mmio transports version 2.
-const MODERN: &[&str] = &["-global", "virtio-mmio.force-legacy=false"];
 
 /// The `hostile` cases QEMU 7.2 survives (all of them so far), with what
 /// it did on a legacy and on a modern transport. A case that made QEMU
@@ -74,159 +66,37 @@ const QEMU_SURVIVES: &[(&str, &str, &str)] = &[
 /// The console the `console-*` cases feed.
 const CONSOLE: &[&str] = &["-device", "virtio-serial-device"];
 
-/// What one QEMU run left behind.
-struct Run {
-    /// Exit status, `None` if killed by a signal or by the timeout.
-    status: Option<i32>,
-    /// COM1 output, `\r\n` folded to `\n`.
-    serial: String,
-    /// QEMU's own complaints.
-    stderr: String,
-    /// Launch to exit.
-    elapsed: Duration,
-    timed_out: bool,
-}
-
-impl Run {
-    fn describe(&self) -> String {
-        format!(
-            "status {:?}{} after {:?}\n--- serial ---\n{}--- stderr ---\n{}",
-            self.status,
-            if self.timed_out {
-                " (timed out, killed)"
-            } else {
-                ""
-            },
-            self.elapsed,
-            self.serial,
-            self.stderr
-        )
-    }
-
-    /// The text after `prefix` on the first line starting with it.
-    fn line_after(&self, prefix: &str) -> Option<&str> {
-        self.serial
-            .lines()
-            .find_map(|line| line.strip_prefix(prefix))
-    }
-}
-
-/// Why QEMU tests cannot run here, if they cannot.
-fn skip_reason() -> Option<String> {
-    if !std::path::Path::new("/dev/kvm").exists() {
-        return Some("/dev/kvm is missing".into());
-    }
-    match Command::new(QEMU).arg("--version").output() {
-        Ok(out) if out.status.success() => None,
-        Ok(out) => Some(format!("`{QEMU} --version` failed: {}", out.status)),
-        Err(e) => Some(format!("{QEMU} not found ({e}); .ci/setup installs it")),
-    }
-}
-
-/// True if the test should go on; prints why not otherwise.
-fn qemu_ready(test: &str) -> bool {
-    let Some(reason) = skip_reason() else {
-        return true;
-    };
-    if std::env::var_os("HARNESS_REQUIRE_QEMU").is_some_and(|v| v == "1") {
-        panic!("{test}: {reason}, and HARNESS_REQUIRE_QEMU=1");
-    }
-    eprintln!("skipping {test}: {reason}");
-    false
-}
-
-fn read_all(mut pipe: impl Read + Send + 'static) -> thread::JoinHandle<String> {
-    thread::spawn(move || {
-        let mut bytes = Vec::new();
-        // A read error just ends the capture; what was read is kept.
-        let _ = pipe.read_to_end(&mut bytes);
-        String::from_utf8_lossy(&bytes).replace("\r\n", "\n")
-    })
-}
-
-/// Waits for `child` at most `TIMEOUT`, killing it if it is still running.
-fn wait_bounded(child: &mut Child) -> (Option<i32>, bool) {
-    let deadline = Instant::now() + TIMEOUT;
-    loop {
-        match child.try_wait() {
-            Ok(Some(status)) => return (status.code(), false),
-            Ok(None) if Instant::now() >= deadline => {
-                // Kill and reap our own child; errors mean it already exited.
-                let _ = child.kill();
-                let _ = child.wait();
-                return (None, true);
-            }
-            Ok(None) => thread::sleep(Duration::from_millis(2)),
-            Err(e) => panic!("waiting for {QEMU}: {e}"),
-        }
-    }
-}
-
-/// Boots `kernel` under microvm with the exit port, COM1 on stdout, the
-/// rng, and `extra` arguments.
-fn boot(kernel: &str, append: &str, extra: &[&str]) -> Run {
-    let mut cmd = Command::new(QEMU);
-    cmd.args([
-        "-M",
-        "microvm,acpi=off",
-        "-accel",
-        "kvm",
-        "-cpu",
-        "qemu64,-pni",
-    ])
-    .args([
-        "-m",
-        "64M",
-        "-smp",
-        "1",
-        "-no-reboot",
-        "-nographic",
-        "-nodefaults",
-    ])
-    .args(["-serial", "stdio"])
-    .args(["-device", "isa-debug-exit,iobase=0xf4,iosize=4"])
-    .args(["-kernel", kernel])
-    .args(RNG)
-    .args(extra)
-    .args(["-append", append]);
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let start = Instant::now();
-    let mut child = cmd
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {QEMU}: {e}"));
-    let stdout = read_all(child.stdout.take().expect("stdout was piped"));
-    let stderr = read_all(child.stderr.take().expect("stderr was piped"));
-    let (status, timed_out) = wait_bounded(&mut child);
-    let elapsed = start.elapsed();
-    Run {
-        status,
-        serial: stdout.join().expect("stdout reader panicked"),
-        stderr: stderr.join().expect("stderr reader panicked"),
-        elapsed,
-        timed_out,
-    }
+/// Boots `kernel` under microvm on `transport` with the exit port, COM1
+/// on stdout, the rng, and `extra` arguments.
+fn boot(kernel: &str, append: &str, extra: &[&str], transport: Transport) -> Run {
+    Qemu::microvm(kernel)
+        .append(append)
+        .args(RNG)
+        .args(extra)
+        .transport(transport)
+        .timeout(TIMEOUT)
+        .run()
+        .unwrap_or_else(|e| panic!("cannot run qemu: {e}"))
 }
 
 fn assert_pass(run: &Run) {
-    assert_eq!(
-        run.status,
-        Some(PASS_STATUS),
-        "guest did not pass\n{}",
-        run.describe()
-    );
-    assert!(
-        run.serial.contains("verdict: pass"),
-        "no pass verdict on COM1\n{}",
-        run.describe()
-    );
+    if let Err(e) = run.check_pass() {
+        panic!("{e}");
+    }
 }
 
-/// The non-strict lifecycle passes, every step printed; `version` says
-/// which steps apply (§3.1.2: legacy has no FEATURES_OK).
-fn lifecycle(version: u32, extra: &[&str]) {
-    let run = boot(LIFECYCLE, "console=none", extra);
+/// `kernel` booted with `append` reports a failure, and `text` is on COM1.
+fn assert_boot_fails(kernel: &str, append: &str, transport: Transport, text: &str) {
+    let run = boot(kernel, append, &[], transport);
+    assert!(run.failed(), "{}", run.describe());
+    assert!(run.serial.contains(text), "{}", run.describe());
+}
+
+/// The non-strict lifecycle passes, every step printed; the transport's
+/// version says which steps apply (§3.1.2: legacy has no FEATURES_OK).
+fn lifecycle(transport: Transport) {
+    let version = transport.version();
+    let run = boot(LIFECYCLE, "console=none", &[], transport);
     assert_pass(&run);
     assert!(
         run.serial
@@ -262,14 +132,14 @@ fn lifecycle(version: u32, extra: &[&str]) {
 #[test]
 fn lifecycle_legacy_transport() {
     if qemu_ready("lifecycle_legacy_transport") {
-        lifecycle(1, &[]);
+        lifecycle(Transport::Legacy);
     }
 }
 
 #[test]
 fn lifecycle_modern_transport() {
     if qemu_ready("lifecycle_modern_transport") {
-        lifecycle(2, MODERN);
+        lifecycle(Transport::Modern);
     }
 }
 
@@ -279,29 +149,26 @@ fn lifecycle_modern_transport() {
 #[test]
 fn lifecycle_strict_fails_on_qemus_lenient_features_ok() {
     if qemu_ready("lifecycle_strict_fails_on_qemus_lenient_features_ok") {
-        let run = boot(LIFECYCLE, "console=none lifecycle.strict=1", MODERN);
-        assert_eq!(run.status, Some(FAIL_STATUS), "{}", run.describe());
-        assert!(
-            run.serial
-                .contains("verdict: fail: lifecycle: unoffered-feature: FEATURES_OK read back"),
-            "{}",
-            run.describe()
+        assert_boot_fails(
+            LIFECYCLE,
+            "console=none lifecycle.strict=1",
+            Transport::Modern,
+            "verdict: fail: lifecycle: unoffered-feature: FEATURES_OK read back",
         );
     }
 }
 
 /// Every case QEMU survives: each prints its rule and an outcome, and the
-/// device works after a reset. `legacy` selects the transport and the
-/// outcome column of [`QEMU_SURVIVES`] to compare with.
-fn hostile(legacy: bool, extra: &[&str]) {
+/// device works after a reset. `transport` selects the outcome column of
+/// [`QEMU_SURVIVES`] to compare with.
+fn hostile(transport: Transport) {
+    let legacy = transport == Transport::Legacy;
     let mut append = String::from("console=none");
     for (case, _, _) in QEMU_SURVIVES {
         append.push_str(" hostile.case=");
         append.push_str(case);
     }
-    let mut args = CONSOLE.to_vec();
-    args.extend_from_slice(extra);
-    let run = boot(HOSTILE, &append, &args);
+    let run = boot(HOSTILE, &append, CONSOLE, transport);
     assert_pass(&run);
     let mut seen = Vec::new();
     for &(case, on_legacy, on_modern) in QEMU_SURVIVES {
@@ -340,7 +207,7 @@ fn hostile(legacy: bool, extra: &[&str]) {
     }
     eprintln!(
         "hostile under QEMU ({}):\n  {}",
-        if legacy { "legacy" } else { "modern" },
+        transport,
         seen.join("\n  ")
     );
     let count = format!("hostile: {} case(s) run, 0 skipped", QEMU_SURVIVES.len());
@@ -362,14 +229,14 @@ fn hostile(legacy: bool, extra: &[&str]) {
 #[test]
 fn hostile_legacy_transport() {
     if qemu_ready("hostile_legacy_transport") {
-        hostile(true, &[]);
+        hostile(Transport::Legacy);
     }
 }
 
 #[test]
 fn hostile_modern_transport() {
     if qemu_ready("hostile_modern_transport") {
-        hostile(false, MODERN);
+        hostile(Transport::Modern);
     }
 }
 
@@ -377,13 +244,11 @@ fn hostile_modern_transport() {
 #[test]
 fn hostile_unknown_case_fails() {
     if qemu_ready("hostile_unknown_case_fails") {
-        let run = boot(HOSTILE, "console=none hostile.case=no-such-case", &[]);
-        assert_eq!(run.status, Some(FAIL_STATUS), "{}", run.describe());
-        assert!(
-            run.serial
-                .contains("hostile: unknown case \"no-such-case\""),
-            "{}",
-            run.describe()
+        assert_boot_fails(
+            HOSTILE,
+            "console=none hostile.case=no-such-case",
+            Transport::Legacy,
+            "hostile: unknown case \"no-such-case\"",
         );
     }
 }
