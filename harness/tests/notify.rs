@@ -145,6 +145,19 @@ struct Program {
     activation_fails: bool,
 }
 
+impl Program {
+    /// Rings at `DESC`, waiting by interrupt until the buffer is used.
+    fn new(slot: VirtioSlot) -> Program {
+        Program {
+            slot,
+            irq: true,
+            desc: DESC,
+            until: Until::Used,
+            activation_fails: false,
+        }
+    }
+}
+
 /// The guest: brings the device up, notifies queue 0, waits, checks.
 /// Returns the code and its interrupt handler's offset.
 fn program(p: &Program) -> (Vec<u8>, u32) {
@@ -310,11 +323,8 @@ fn rng_end_to_end(mode: NotifyMode, irq: bool) -> Outcome {
     let slot = handle.slot();
     assert_eq!(slot, VirtioSlot::new(0).unwrap());
     let p = Program {
-        slot,
         irq,
-        desc: DESC,
-        until: Until::Used,
-        activation_fails: false,
+        ..Program::new(slot)
     };
     let out = run(&mut vm, &p);
     assert_eq!(out.verdict, Verdict::Pass, "{}", out.verdict);
@@ -395,13 +405,7 @@ fn kvm_statistics_are_in_the_outcome_or_explained() {
         return;
     }
     let (mut vm, handle, _q) = rng_vm(NotifyMode::Worker);
-    let p = Program {
-        slot: handle.slot(),
-        irq: true,
-        desc: DESC,
-        until: Until::Used,
-        activation_fails: false,
-    };
+    let p = Program::new(handle.slot());
     let out = run(&mut vm, &p);
     assert!(out.verdict.is_pass());
     match (&out.kvm, vm.kvm_stats_unavailable()) {
@@ -444,11 +448,11 @@ fn an_activation_error_sets_needs_reset_and_the_vm_runs_on() {
         let (mut vm, handle, _q) = rng_vm(mode);
         // Rings at 2 GiB: below the MMIO hole, far past the 32 MiB of RAM.
         let p = Program {
-            slot: handle.slot(),
             irq: false,
             desc: 0x8000_0000,
             until: Until::NeedsReset,
             activation_fails: true,
+            ..Program::new(handle.slot())
         };
         let out = run(&mut vm, &p);
         assert_eq!(out.verdict, Verdict::Pass, "{}", out.verdict);
@@ -480,11 +484,8 @@ fn a_queue_error_during_service_leaves_the_vm_running() {
             .write_u16(GuestAddress(u64::from(AVAIL) + 2), 100)
             .unwrap();
         let p = Program {
-            slot: handle.slot(),
-            irq: true,
-            desc: DESC,
             until: Until::NeedsReset,
-            activation_fails: false,
+            ..Program::new(handle.slot())
         };
         let out = run(&mut vm, &p);
         assert_eq!(out.verdict, Verdict::Pass, "{}", out.verdict);
@@ -547,11 +548,9 @@ fn a_device_panic_is_a_fault_not_a_crash() {
             .unwrap();
         let _q = queue_with_one_buffer(vm.guest_memory());
         let p = Program {
-            slot: handle.slot(),
             irq: false,
-            desc: DESC,
             until: Until::NeedsReset,
-            activation_fails: false,
+            ..Program::new(handle.slot())
         };
         let out = run(&mut vm, &p);
         assert_eq!(out.verdict, Verdict::Pass, "{}", out.verdict);
@@ -619,13 +618,7 @@ fn workers_stop_with_each_run_and_watch_backend_fds() {
         .add_virtio_device("rng0", rng, vec![ready.as_raw_fd()], NotifyMode::Worker)
         .unwrap();
     let _q = queue_with_one_buffer(vm.guest_memory());
-    let p = Program {
-        slot: handle.slot(),
-        irq: true,
-        desc: DESC,
-        until: Until::Used,
-        activation_fails: false,
-    };
+    let p = Program::new(handle.slot());
     let first = run(&mut vm, &p);
     assert!(first.verdict.is_pass(), "{}", first.verdict);
     // Again, from the entry point: the guest resets the device and the
@@ -683,13 +676,7 @@ fn a_backend_readiness_fd_resumes_pending_work_in_both_modes() {
             .add_virtio_device("rng0", rng, vec![ready.as_raw_fd()], mode)
             .unwrap();
         let mut q = queue_with_one_buffer(vm.guest_memory());
-        let p = Program {
-            slot: handle.slot(),
-            irq: true,
-            desc: DESC,
-            until: Until::Used,
-            activation_fails: false,
-        };
+        let p = Program::new(handle.slot());
         // Opens the source once the notify was served (and found it dry).
         let opener = {
             let handle = handle.clone();

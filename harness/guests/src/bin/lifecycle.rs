@@ -62,6 +62,16 @@ struct Ctx {
     ram_end: u64,
 }
 
+impl Ctx {
+    /// Whether a strict-only step runs; says so when it is skipped.
+    fn strict_step(&self, step: &str) -> bool {
+        if !self.strict {
+            println!("lifecycle: {step}: skipped (lifecycle.strict=1 only)");
+        }
+        self.strict
+    }
+}
+
 fn main(boot: &'static BootInfo) {
     let strict = boot.cmdline_values("lifecycle.strict").any(|v| v == "1");
     let Some(mem) = RawMemory::take() else {
@@ -229,8 +239,7 @@ fn unoffered_feature(ctx: &Ctx) {
 fn driver_ok_without_features_ok(ctx: &Ctx) {
     const STEP: &str = "driver-ok-without-features-ok";
     let dev = &ctx.dev;
-    if !ctx.strict {
-        println!("lifecycle: {STEP}: skipped (lifecycle.strict=1 only)");
+    if !ctx.strict_step(STEP) {
         return;
     }
     if !dev.is_modern() {
@@ -268,8 +277,7 @@ fn driver_ok_without_features_ok(ctx: &Ctx) {
 fn queue_outside_ram(ctx: &Ctx) {
     const STEP: &str = "queue-outside-ram";
     let dev = &ctx.dev;
-    if !ctx.strict {
-        println!("lifecycle: {STEP}: skipped (lifecycle.strict=1 only)");
+    if !ctx.strict_step(STEP) {
         return;
     }
     if let Err(e) = dev.negotiate(0) {
