@@ -25,10 +25,11 @@
 //! Every device has a worker thread while the VM runs, in both modes: it
 //! waits (epoll) on the resample fd, on the backends' readiness fds
 //! (edge-triggered: a backend the device cannot drain yet does not spin
-//! it) and, in `Worker` mode, on the ioeventfds. Because a backend's fd may
-//! change under it (a listening socket chardev accepts a connection), a
-//! worker with backend fds also calls `backend_ready` every
-//! [`BACKEND_TICK`]. A device error sets `DEVICE_NEEDS_RESET` (§2.1.2,
+//! it) and, in `Worker` mode, on the ioeventfds. A backend's readiness fd
+//! is stable for its life (a socket chardev's is an epoll set of its own
+//! that follows accept, hang-up and redial); as a safety net for sources
+//! whose readiness no fd reports, a worker with backend fds also calls
+//! `backend_ready` every [`BACKEND_TICK`]. A device error sets `DEVICE_NEEDS_RESET` (§2.1.2,
 //! done by `virtio_devices::transport`); a device that panics is marked
 //! faulty, gets `DEVICE_NEEDS_RESET` and is not called again; the VM runs on
 //! either way, and [`VirtioReport`] tells the caller afterwards.
