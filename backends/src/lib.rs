@@ -6,6 +6,7 @@
 //! device issues.
 #![cfg_attr(not(feature = "std"), no_std)]
 
+pub mod block;
 pub mod chardev;
 #[cfg(feature = "std")]
 pub mod hostmem;

@@ -1,0 +1,231 @@
+//! Block devices' host side (QEMU's `block/` layer): one [`BlockBackend`]
+//! trait, independent of virtio, and its implementations.
+//!
+//! Data moves through [`IoSegment`]s (raw pointer + length), so a device can
+//! hand mapped guest memory straight to the OS (`preadv`/`pwritev`) without
+//! a Rust slice ever covering it. Every request is all-or-error: a backend
+//! that gets a short read or write from the OS retries the rest itself.
+//!
+//! Durability contract (what virtio-blk's FLUSH, §5.2.6.2, relies on): a
+//! completed write may sit in a volatile cache until [`BlockBackend::flush`]
+//! returns `Ok`; after that, every write that completed before the flush
+//! was issued is on stable storage.
+
+use core::fmt;
+
+use crate::IoSegment;
+
+/// Bytes in a sector: the unit of virtio-blk offsets (§5.2.6).
+pub const SECTOR_SIZE: u64 = 512;
+
+/// Why a block request failed.
+#[derive(Debug)]
+pub enum BlockError {
+    /// The request reaches past the end of the disk.
+    OutOfRange {
+        /// First byte.
+        offset: u64,
+        /// Length in bytes.
+        len: u64,
+        /// Disk size in bytes.
+        size: u64,
+    },
+    /// A write, discard or write-zeroes on a read-only disk.
+    ReadOnly,
+    /// The backend cannot do this (e.g. discard on an image format without
+    /// it).
+    Unsupported(&'static str),
+    /// An alignment the backend needs (e.g. `cache=none`'s O_DIRECT) that
+    /// the request does not meet and cannot be bounced.
+    Misaligned {
+        /// What is misaligned.
+        what: &'static str,
+    },
+    /// The operating system failed the request.
+    #[cfg(feature = "std")]
+    Io {
+        /// What was being done, and to what.
+        what: std::string::String,
+        /// The error.
+        err: std::io::Error,
+    },
+    /// The image format's own error (e.g. a corrupt qcow2 table).
+    #[cfg(feature = "std")]
+    Image(std::string::String),
+}
+
+impl fmt::Display for BlockError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BlockError::OutOfRange { offset, len, size } => write!(
+                f,
+                "{len} bytes at offset {offset} reach past the end of the disk ({size} bytes)"
+            ),
+            BlockError::ReadOnly => f.write_str("the disk is read-only"),
+            BlockError::Unsupported(what) => write!(f, "not supported by this backend: {what}"),
+            BlockError::Misaligned { what } => write!(f, "misaligned request: {what}"),
+            #[cfg(feature = "std")]
+            BlockError::Io { what, err } => write!(f, "{what}: {err}"),
+            #[cfg(feature = "std")]
+            BlockError::Image(why) => write!(f, "image: {why}"),
+        }
+    }
+}
+
+impl core::error::Error for BlockError {
+    fn source(&self) -> Option<&(dyn core::error::Error + 'static)> {
+        match self {
+            #[cfg(feature = "std")]
+            BlockError::Io { err, .. } => Some(err),
+            _ => None,
+        }
+    }
+}
+
+/// Checks that `len` bytes at `offset` lie inside a disk of `size` bytes.
+pub fn check_range(offset: u64, len: u64, size: u64) -> Result<(), BlockError> {
+    match offset.checked_add(len) {
+        Some(end) if end <= size => Ok(()),
+        _ => Err(BlockError::OutOfRange { offset, len, size }),
+    }
+}
+
+/// A disk: vectored reads and writes at byte offsets, flush, discard,
+/// write-zeroes.
+pub trait BlockBackend {
+    /// Size in bytes (a multiple of [`SECTOR_SIZE`]).
+    fn size(&self) -> u64;
+
+    /// Whether writes, discards and write-zeroes are refused.
+    fn read_only(&self) -> bool;
+
+    /// The logical block size the backend prefers (a power of two, at
+    /// least [`SECTOR_SIZE`]); what virtio-blk reports as `blk_size`.
+    fn block_size(&self) -> u32 {
+        SECTOR_SIZE as u32
+    }
+
+    /// Whether [`discard`](Self::discard) can deallocate.
+    fn supports_discard(&self) -> bool {
+        false
+    }
+
+    /// Whether [`write_zeroes`](Self::write_zeroes) is implemented.
+    fn supports_write_zeroes(&self) -> bool {
+        false
+    }
+
+    /// Whether completed writes may sit in a volatile cache until
+    /// [`flush`](Self::flush) (writeback); `false` means every write is
+    /// stable when it returns (writethrough).
+    fn write_cache(&self) -> bool {
+        true
+    }
+
+    /// Switches between writeback (`true`) and writethrough (`false`), as
+    /// virtio-blk's `writeback` config field asks (§5.2.6.3). Backends
+    /// without a cache of their own emulate writethrough by flushing after
+    /// every write.
+    fn set_write_cache(&mut self, writeback: bool);
+
+    /// Fills `segments`, in order, with the disk's bytes from `offset`.
+    ///
+    /// # Safety
+    ///
+    /// Every segment must be valid for writes of its length for the whole
+    /// call, and no Rust reference may cover that memory meanwhile (it may
+    /// be guest memory, shared with a running guest).
+    unsafe fn read_vectored(
+        &mut self,
+        offset: u64,
+        segments: &[IoSegment],
+    ) -> Result<(), BlockError>;
+
+    /// Writes `segments`, in order, to the disk from `offset`.
+    ///
+    /// # Safety
+    ///
+    /// Every segment must be valid for reads of its length for the whole
+    /// call (no Rust reference needs to cover it).
+    unsafe fn write_vectored(
+        &mut self,
+        offset: u64,
+        segments: &[IoSegment],
+    ) -> Result<(), BlockError>;
+
+    /// Makes every completed write stable.
+    fn flush(&mut self) -> Result<(), BlockError>;
+
+    /// Tells the backend `len` bytes at `offset` are no longer needed; it
+    /// may deallocate them (what reads return afterwards is unspecified).
+    fn discard(&mut self, offset: u64, len: u64) -> Result<(), BlockError>;
+
+    /// Makes `len` bytes at `offset` read as zeroes; with `unmap` the
+    /// backend may deallocate them while doing so.
+    fn write_zeroes(&mut self, offset: u64, len: u64, unmap: bool) -> Result<(), BlockError>;
+}
+
+#[cfg(feature = "std")]
+impl<B: BlockBackend + ?Sized> BlockBackend for std::boxed::Box<B> {
+    fn size(&self) -> u64 {
+        (**self).size()
+    }
+    fn read_only(&self) -> bool {
+        (**self).read_only()
+    }
+    fn block_size(&self) -> u32 {
+        (**self).block_size()
+    }
+    fn supports_discard(&self) -> bool {
+        (**self).supports_discard()
+    }
+    fn supports_write_zeroes(&self) -> bool {
+        (**self).supports_write_zeroes()
+    }
+    fn write_cache(&self) -> bool {
+        (**self).write_cache()
+    }
+    fn set_write_cache(&mut self, writeback: bool) {
+        (**self).set_write_cache(writeback)
+    }
+    unsafe fn read_vectored(
+        &mut self,
+        offset: u64,
+        segments: &[IoSegment],
+    ) -> Result<(), BlockError> {
+        // SAFETY: the caller upholds the contract, which is the same.
+        unsafe { (**self).read_vectored(offset, segments) }
+    }
+    unsafe fn write_vectored(
+        &mut self,
+        offset: u64,
+        segments: &[IoSegment],
+    ) -> Result<(), BlockError> {
+        // SAFETY: the caller upholds the contract, which is the same.
+        unsafe { (**self).write_vectored(offset, segments) }
+    }
+    fn flush(&mut self) -> Result<(), BlockError> {
+        (**self).flush()
+    }
+    fn discard(&mut self, offset: u64, len: u64) -> Result<(), BlockError> {
+        (**self).discard(offset, len)
+    }
+    fn write_zeroes(&mut self, offset: u64, len: u64, unmap: bool) -> Result<(), BlockError> {
+        (**self).write_zeroes(offset, len, unmap)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_are_checked_without_overflow() {
+        assert!(check_range(0, 512, 512).is_ok());
+        assert!(check_range(512, 0, 512).is_ok());
+        assert!(check_range(1, 512, 512).is_err());
+        assert!(check_range(u64::MAX, 2, u64::MAX).is_err());
+        let e = check_range(1024, 512, 1024).unwrap_err().to_string();
+        assert!(e.contains("1024") && e.contains("512"), "{e}");
+    }
+}
