@@ -315,6 +315,13 @@ pub fn realize_devices(
                     notify: notify_of(*ioeventfd),
                 });
             }
+            DeviceConfig::Blk { drive, .. } => {
+                // Wired in with the block device (issue 4, in progress).
+                return Err(MachineError::Missing {
+                    by: "-device virtio-blk-device (not available yet)".into(),
+                    id: drive.clone(),
+                });
+            }
             DeviceConfig::Serial {
                 max_ports,
                 ioeventfd,

@@ -181,8 +181,33 @@ impl KeyVals {
         Ok(KeyVals { option, ty, keys })
     }
 
+    /// Parses `arg` made only of `key=value` elements (`-drive`,
+    /// `-blockdev`); `label` names it in messages.
+    fn parse_keys(option: &'static str, label: &str, arg: &str) -> Result<KeyVals, OptionError> {
+        let mut kv = KeyVals::parse(option, &format!("{label},{arg}"))?;
+        kv.ty = label.to_string();
+        Ok(kv)
+    }
+
     fn take(&mut self, key: &str) -> Option<String> {
         self.keys.remove(key)
+    }
+
+    /// One of `choices` (value, result), or an error listing them.
+    fn take_choice<T: Copy>(
+        &mut self,
+        key: &str,
+        choices: &[(&str, T)],
+        expected: &'static str,
+    ) -> Result<Option<T>, OptionError> {
+        match self.take(key) {
+            None => Ok(None),
+            Some(v) => choices
+                .iter()
+                .find(|(name, _)| *name == v)
+                .map(|(_, t)| Some(*t))
+                .ok_or_else(|| self.bad(key, &v, expected)),
+        }
     }
 
     fn require(&mut self, key: &'static str) -> Result<String, OptionError> {
@@ -359,6 +384,43 @@ pub enum ChardevKind {
     },
 }
 
+/// A disk image format (`format=` / `driver=`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DiskFormat {
+    /// The file is the disk, byte for byte.
+    Raw,
+    /// QEMU's copy-on-write format.
+    Qcow2,
+}
+
+/// How the host caches a disk (`cache=`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CacheMode {
+    /// Host page cache, flushed on the guest's FLUSH (QEMU's default).
+    Writeback,
+    /// `O_DIRECT`: no host page cache; still flushed on FLUSH.
+    None,
+    /// Every write is stable before it completes.
+    Writethrough,
+}
+
+/// A disk backend (`-drive if=none,…` or `-blockdev`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DriveConfig {
+    /// Its id (`id=` / `node-name=`).
+    pub id: String,
+    /// The image file.
+    pub path: PathBuf,
+    /// Its format.
+    pub format: DiskFormat,
+    /// `readonly=on` / `read-only=on`.
+    pub read_only: bool,
+    /// `cache=` (`cache.direct=on` is `none`).
+    pub cache: CacheMode,
+    /// `discard=unmap|on`: guest discards reach the image.
+    pub discard: bool,
+}
+
 /// A device (`-device`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum DeviceConfig {
@@ -378,6 +440,23 @@ pub enum DeviceConfig {
         id: Option<String>,
         /// Port limit.
         max_ports: u32,
+        /// As for [`DeviceConfig::Rng`].
+        ioeventfd: bool,
+    },
+    /// `virtio-blk-device,drive=…[,serial=…,num-queues=N,queue-size=N,discard=on|off,write-zeroes=on|off]`.
+    Blk {
+        /// The drive id.
+        drive: String,
+        /// GET_ID's answer (at most 20 bytes, §5.2.6).
+        serial: Option<String>,
+        /// Request queues (MQ when more than one).
+        num_queues: u16,
+        /// Each queue's size (a power of two).
+        queue_size: u16,
+        /// Offer DISCARD.
+        discard: bool,
+        /// Offer WRITE_ZEROES.
+        write_zeroes: bool,
         /// As for [`DeviceConfig::Rng`].
         ioeventfd: bool,
     },
@@ -405,6 +484,8 @@ pub struct MachineConfig {
     pub rngs: Vec<(String, RngConfig)>,
     /// Chardevs, by id.
     pub chardevs: Vec<(String, ChardevKind)>,
+    /// Disk backends, by id.
+    pub drives: Vec<DriveConfig>,
     /// Devices, in command-line order.
     pub devices: Vec<DeviceConfig>,
     /// The guest ELF.
@@ -419,6 +500,7 @@ impl DeviceConfig {
         match self {
             DeviceConfig::Rng { .. } => "virtio-rng-device",
             DeviceConfig::Serial { .. } => "virtio-serial-device",
+            DeviceConfig::Blk { .. } => "virtio-blk-device",
             DeviceConfig::Port { console: true, .. } => "virtconsole",
             DeviceConfig::Port { console: false, .. } => "virtserialport",
         }
@@ -471,7 +553,33 @@ enum IdKind {
     Memory,
     Rng,
     Chardev,
+    Drive,
     Device,
+}
+
+const FORMATS: &[(&str, DiskFormat)] = &[("raw", DiskFormat::Raw), ("qcow2", DiskFormat::Qcow2)];
+const CACHES: &[(&str, CacheMode)] = &[
+    ("writeback", CacheMode::Writeback),
+    ("none", CacheMode::None),
+    ("writethrough", CacheMode::Writethrough),
+];
+const DISCARDS: &[(&str, bool)] = &[
+    ("ignore", false),
+    ("off", false),
+    ("unmap", true),
+    ("on", true),
+];
+
+fn add_drive(
+    cfg: &mut MachineConfig,
+    ids: &mut HashMap<String, IdKind>,
+    drive: DriveConfig,
+) -> Result<(), OptionError> {
+    if ids.insert(drive.id.clone(), IdKind::Drive).is_some() {
+        return Err(OptionError::DuplicateId(drive.id));
+    }
+    cfg.drives.push(drive);
+    Ok(())
 }
 
 /// Parses a command line (without the program name).
@@ -483,6 +591,8 @@ pub fn parse<S: AsRef<str>>(args: &[S]) -> Result<MachineConfig, OptionError> {
     let mut ids: HashMap<String, IdKind> = HashMap::new();
     let mut seen_m = false;
     let mut seen_machine = false;
+    // `-blockdev driver=file` nodes: name, path, cache.direct.
+    let mut file_nodes: Vec<(String, PathBuf, bool)> = Vec::new();
     let mut it = args.iter().map(|a| a.as_ref());
     while let Some(opt) = it.next() {
         let name = opt.trim_start_matches('-');
@@ -490,7 +600,8 @@ pub fn parse<S: AsRef<str>>(args: &[S]) -> Result<MachineConfig, OptionError> {
             return Err(OptionError::UnknownOption(opt.to_string()));
         }
         let known = [
-            "m", "machine", "M", "object", "chardev", "device", "kernel", "append",
+            "m", "machine", "M", "object", "chardev", "drive", "blockdev", "device", "kernel",
+            "append",
         ];
         if !known.contains(&name) {
             return Err(OptionError::UnknownOption(opt.to_string()));
@@ -672,6 +783,100 @@ pub fn parse<S: AsRef<str>>(args: &[S]) -> Result<MachineConfig, OptionError> {
                 }
                 cfg.chardevs.push((id, kind));
             }
+            "drive" => {
+                let mut kv = KeyVals::parse_keys("-drive", "drive", arg)?;
+                match kv.take("if").as_deref() {
+                    None | Some("none") => {}
+                    Some(other) => {
+                        return Err(OptionError::BadValue {
+                            option: "-drive",
+                            key: "if".into(),
+                            value: other.into(),
+                            expected: "none (attach it with -device virtio-blk-device,drive=ID)",
+                        });
+                    }
+                }
+                let drive = DriveConfig {
+                    id: kv.require("id")?,
+                    path: kv.require("file")?.into(),
+                    format: kv
+                        .take_choice("format", FORMATS, "raw or qcow2")?
+                        .unwrap_or(DiskFormat::Raw),
+                    read_only: kv.take_bool("readonly", false)?,
+                    cache: kv
+                        .take_choice("cache", CACHES, "writeback, none or writethrough")?
+                        .unwrap_or(CacheMode::Writeback),
+                    discard: kv
+                        .take_choice("discard", DISCARDS, "ignore, off, unmap or on")?
+                        .unwrap_or(false),
+                };
+                kv.finish()?;
+                add_drive(&mut cfg, &mut ids, drive)?;
+            }
+            "blockdev" => {
+                let mut kv = KeyVals::parse_keys("-blockdev", "blockdev", arg)?;
+                let driver = kv.require("driver")?;
+                let id = kv.require("node-name")?;
+                if driver == "file" {
+                    // A protocol node: named so a format node can sit on it.
+                    let path = kv.require("filename")?;
+                    let direct = kv.take_bool("cache.direct", false)?;
+                    kv.finish()?;
+                    file_nodes.push((id, path.into(), direct));
+                    continue;
+                }
+                let format = FORMATS
+                    .iter()
+                    .find(|(n, _)| *n == driver)
+                    .map(|(_, f)| *f)
+                    .ok_or_else(|| OptionError::BadValue {
+                        option: "-blockdev",
+                        key: "driver".into(),
+                        value: driver.clone(),
+                        expected: "file, raw or qcow2",
+                    })?;
+                let (path, direct) = match (kv.take("file"), kv.take("file.filename")) {
+                    (Some(node), None) => {
+                        let Some((_, path, direct)) =
+                            file_nodes.iter().find(|(n, _, _)| *n == node)
+                        else {
+                            return Err(OptionError::UnknownId {
+                                by: format!("-blockdev node-name={id}"),
+                                key: "file",
+                                id: node,
+                                expected: "an earlier -blockdev driver=file node",
+                            });
+                        };
+                        (path.clone(), *direct)
+                    }
+                    (None, Some(path)) => {
+                        kv.take_choice("file.driver", &[("file", ())], "file")?;
+                        (path.into(), kv.take_bool("file.cache.direct", false)?)
+                    }
+                    _ => {
+                        return Err(OptionError::Conflict(format!(
+                            "-blockdev node-name={id}: give exactly one of file=NODE or file.filename=PATH"
+                        )));
+                    }
+                };
+                let direct = kv.take_bool("cache.direct", direct)?;
+                let drive = DriveConfig {
+                    id,
+                    path,
+                    format,
+                    read_only: kv.take_bool("read-only", false)?,
+                    cache: if direct {
+                        CacheMode::None
+                    } else {
+                        CacheMode::Writeback
+                    },
+                    discard: kv
+                        .take_choice("discard", DISCARDS, "ignore, off, unmap or on")?
+                        .unwrap_or(false),
+                };
+                kv.finish()?;
+                add_drive(&mut cfg, &mut ids, drive)?;
+            }
             "device" => {
                 let mut kv = KeyVals::parse("-device", arg)?;
                 let id = kv.take("id");
@@ -680,6 +885,35 @@ pub fn parse<S: AsRef<str>>(args: &[S]) -> Result<MachineConfig, OptionError> {
                         rng: kv.require("rng")?,
                         ioeventfd: kv.take_bool("ioeventfd", true)?,
                     },
+                    "virtio-blk-device" => {
+                        let serial = kv.take("serial");
+                        if let Some(sn) = &serial
+                            && sn.len() > 20
+                        {
+                            return Err(kv.bad("serial", sn, "at most 20 bytes (§5.2.6 GET_ID)"));
+                        }
+                        let num_queues = kv.take_u32("num-queues")?.unwrap_or(1);
+                        if !(1..=64).contains(&num_queues) {
+                            return Err(kv.bad("num-queues", &num_queues.to_string(), "1 to 64"));
+                        }
+                        let queue_size = kv.take_u32("queue-size")?.unwrap_or(256);
+                        if !queue_size.is_power_of_two() || !(2..=32768).contains(&queue_size) {
+                            return Err(kv.bad(
+                                "queue-size",
+                                &queue_size.to_string(),
+                                "a power of two from 2 to 32768",
+                            ));
+                        }
+                        DeviceConfig::Blk {
+                            drive: kv.require("drive")?,
+                            serial,
+                            num_queues: num_queues as u16,
+                            queue_size: queue_size as u16,
+                            discard: kv.take_bool("discard", true)?,
+                            write_zeroes: kv.take_bool("write-zeroes", true)?,
+                            ioeventfd: kv.take_bool("ioeventfd", true)?,
+                        }
+                    }
                     "virtio-serial-device" => DeviceConfig::Serial {
                         id: id.clone(),
                         max_ports: kv.take_u32("max_ports")?.unwrap_or(31),
@@ -786,6 +1020,7 @@ fn check_references(cfg: &MachineConfig, ids: &HashMap<String, IdKind>) -> Resul
         }
     }
     let mut rng_user: std::collections::HashSet<&str> = Default::default();
+    let mut drive_user: std::collections::HashSet<&str> = Default::default();
     // `None` until a virtio-serial-device: the ports it still has room for.
     let mut ports_left: Option<u32> = None;
     for dev in &cfg.devices {
@@ -796,6 +1031,14 @@ fn check_references(cfg: &MachineConfig, ids: &HashMap<String, IdKind>) -> Resul
                 if !rng_user.insert(rng.as_str()) {
                     return Err(OptionError::Conflict(format!(
                         "{by}: rng '{rng}' is already used by another device"
+                    )));
+                }
+            }
+            DeviceConfig::Blk { drive, .. } => {
+                refers(&by, "drive", drive, IdKind::Drive, "a drive")?;
+                if !drive_user.insert(drive.as_str()) {
+                    return Err(OptionError::Conflict(format!(
+                        "{by}: drive '{drive}' is already used by another device"
                     )));
                 }
             }
@@ -932,6 +1175,112 @@ mod tests {
             (
                 "-object rng-builtin,id=r -device virtio-rng-device,rng=r,ioeventfd=maybe",
                 "-device: ioeventfd='maybe' is not on or off",
+            ),
+        ];
+        for (line, want) in cases {
+            let err = p(line).expect_err(line).to_string();
+            assert!(err.contains(want), "{line}: got '{err}', want '{want}'");
+        }
+    }
+
+    #[test]
+    fn drives_and_blk_devices_parse_in_both_styles() {
+        let c = p("-drive if=none,id=d0,file=disk.img,format=qcow2,readonly=on,cache=none,discard=unmap \
+                   -blockdev driver=file,node-name=f1,filename=raw.img,cache.direct=on \
+                   -blockdev driver=raw,node-name=d1,file=f1 \
+                   -blockdev driver=raw,node-name=d2,file.driver=file,file.filename=b.img,read-only=on \
+                   -device virtio-blk-device,drive=d0,serial=abc,num-queues=4,queue-size=128 \
+                   -device virtio-blk-device,drive=d1,discard=off,ioeventfd=off \
+                   -device virtio-blk-device,drive=d2")
+        .unwrap();
+        assert_eq!(
+            c.drives[0],
+            DriveConfig {
+                id: "d0".into(),
+                path: "disk.img".into(),
+                format: DiskFormat::Qcow2,
+                read_only: true,
+                cache: CacheMode::None,
+                discard: true,
+            }
+        );
+        assert_eq!(c.drives[1].path, PathBuf::from("raw.img"));
+        assert_eq!(c.drives[1].cache, CacheMode::None);
+        assert_eq!(c.drives[1].format, DiskFormat::Raw);
+        assert!(c.drives[2].read_only);
+        assert_eq!(
+            c.devices[0],
+            DeviceConfig::Blk {
+                drive: "d0".into(),
+                serial: Some("abc".into()),
+                num_queues: 4,
+                queue_size: 128,
+                discard: true,
+                write_zeroes: true,
+                ioeventfd: true,
+            }
+        );
+        assert!(matches!(
+            c.devices[1],
+            DeviceConfig::Blk {
+                discard: false,
+                ioeventfd: false,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn drive_mistakes_name_what_is_wrong() {
+        let cases = [
+            (
+                "-drive if=virtio,id=d,file=x",
+                "-drive: if='virtio' is not none",
+            ),
+            ("-drive if=none,file=x", "-drive drive: missing 'id='"),
+            (
+                "-drive id=d,file=x,format=vmdk",
+                "format='vmdk' is not raw or qcow2",
+            ),
+            (
+                "-drive id=d,file=x,cache=unsafe",
+                "cache='unsafe' is not writeback",
+            ),
+            (
+                "-drive id=d,file=x,colour=red",
+                "-drive drive: unknown key 'colour'",
+            ),
+            (
+                "-drive id=d,file=x -drive id=d,file=y",
+                "id 'd' is defined more than once",
+            ),
+            (
+                "-device virtio-blk-device,drive=nope",
+                "-device virtio-blk-device: drive='nope' does not name a drive",
+            ),
+            (
+                "-drive id=d,file=x -device virtio-blk-device,drive=d -device virtio-blk-device,drive=d",
+                "drive 'd' is already used by another device",
+            ),
+            (
+                "-drive id=d,file=x -device virtio-blk-device,drive=d,serial=123456789012345678901",
+                "at most 20 bytes",
+            ),
+            (
+                "-drive id=d,file=x -device virtio-blk-device,drive=d,queue-size=100",
+                "a power of two",
+            ),
+            (
+                "-drive id=d,file=x -device virtio-blk-device,drive=d,num-queues=0",
+                "1 to 64",
+            ),
+            (
+                "-blockdev driver=raw,node-name=d,file=nofile",
+                "file='nofile' does not name an earlier -blockdev driver=file node",
+            ),
+            (
+                "-blockdev driver=vdi,node-name=d,file.filename=x",
+                "driver='vdi' is not file, raw or qcow2",
             ),
         ];
         for (line, want) in cases {
