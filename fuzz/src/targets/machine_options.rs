@@ -34,6 +34,15 @@ const WORDS: &[&str] = &[
     "pty,id=p",
     "null,id=n",
     "rng-deterministic,id=d,seed=7",
+    "-drive",
+    "-blockdev",
+    "if=none,id=d0,file=disk.img,format=raw,cache=none,discard=unmap",
+    "id=d1,file=x.qcow2,format=qcow2,readonly=on",
+    "driver=file,node-name=f0,filename=raw.img",
+    "driver=raw,node-name=d2,file=f0",
+    "driver=qcow2,node-name=d3,file.driver=file,file.filename=q.img",
+    "virtio-blk-device,drive=d0,serial=s,num-queues=4,queue-size=128",
+    "virtio-blk-device,drive=d2,discard=off,write-zeroes=off,ioeventfd=off",
 ];
 
 #[derive(Arbitrary, Debug)]
