@@ -19,7 +19,8 @@ use crate::IoSegment;
 pub mod faulty;
 #[cfg(feature = "alloc")]
 pub mod memory;
-// STD_MODS
+#[cfg(feature = "std")]
+pub mod raw;
 
 /// Bytes in a sector: the unit of virtio-blk offsets (§5.2.6).
 pub const SECTOR_SIZE: u64 = 512;
