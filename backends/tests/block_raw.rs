@@ -119,11 +119,12 @@ fn cache_none_round_trip_with_bouncing() {
         // SAFETY: inside the allocation.
         unsafe { ptr.add(i).write(i as u8 ^ 0x5a) };
     }
+    // SAFETY: inside the allocation.
+    let second = unsafe { ptr.add(4096) };
     let segs = [
         IoSegment { ptr, len: 4096 },
-        // SAFETY: inside the allocation.
         IoSegment {
-            ptr: unsafe { ptr.add(4096) },
+            ptr: second,
             len: 4096,
         },
     ];
