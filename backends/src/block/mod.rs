@@ -20,6 +20,8 @@ pub mod faulty;
 #[cfg(feature = "alloc")]
 pub mod memory;
 #[cfg(feature = "std")]
+pub mod qcow2;
+#[cfg(feature = "std")]
 pub mod raw;
 
 /// Bytes in a sector: the unit of virtio-blk offsets (§5.2.6).
