@@ -10,6 +10,10 @@
 //! completed write may sit in a volatile cache until [`BlockBackend::flush`]
 //! returns `Ok`; after that, every write that completed before the flush
 //! was issued is on stable storage.
+//!
+//! Implementations: [`memory::MemoryDisk`] and [`faulty::Faulty`] (`alloc`),
+//! [`raw::RawFile`] and [`qcow2::Qcow2`] (`std`). All of them read zeroes
+//! after a discard.
 
 use core::fmt;
 
