@@ -223,3 +223,12 @@ fn out_of_range_and_read_only_are_errors() {
     let e = RawFile::open("/nonexistent/x.img", RawOptions::default()).unwrap_err();
     assert!(e.to_string().contains("/nonexistent/x.img"), "{e}");
 }
+
+#[test]
+fn backends_can_move_to_an_io_thread() {
+    fn is_send<T: Send>() {}
+    is_send::<RawFile>();
+    is_send::<backends::block::qcow2::Qcow2>();
+    is_send::<backends::block::memory::MemoryDisk>();
+    is_send::<backends::block::faulty::Faulty<RawFile>>();
+}
