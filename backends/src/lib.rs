@@ -6,6 +6,9 @@
 //! device issues.
 #![cfg_attr(not(feature = "std"), no_std)]
 
+#[cfg(feature = "alloc")]
+extern crate alloc;
+
 pub mod block;
 pub mod chardev;
 #[cfg(feature = "std")]

@@ -10,10 +10,23 @@
 //! completed write may sit in a volatile cache until [`BlockBackend::flush`]
 //! returns `Ok`; after that, every write that completed before the flush
 //! was issued is on stable storage.
+//!
+//! Implementations: [`memory::MemoryDisk`] and [`faulty::Faulty`] (`alloc`),
+//! [`raw::RawFile`] and [`qcow2::Qcow2`] (`std`). All of them read zeroes
+//! after a discard.
 
 use core::fmt;
 
 use crate::IoSegment;
+
+#[cfg(feature = "alloc")]
+pub mod faulty;
+#[cfg(feature = "alloc")]
+pub mod memory;
+#[cfg(feature = "std")]
+pub mod qcow2;
+#[cfg(feature = "std")]
+pub mod raw;
 
 /// Bytes in a sector: the unit of virtio-blk offsets (§5.2.6).
 pub const SECTOR_SIZE: u64 = 512;
@@ -88,6 +101,83 @@ pub fn check_range(offset: u64, len: u64, size: u64) -> Result<(), BlockError> {
         Some(end) if end <= size => Ok(()),
         _ => Err(BlockError::OutOfRange { offset, len, size }),
     }
+}
+
+/// The total length of `segments`, or `None` if it overflows a `u64`.
+pub fn segments_len(segments: &[IoSegment]) -> Option<u64> {
+    segments
+        .iter()
+        .try_fold(0u64, |acc, s| acc.checked_add(u64::try_from(s.len).ok()?))
+}
+
+/// Checks that `segments`, placed at `offset`, lie inside a disk of `size`
+/// bytes, and returns their total length.
+pub fn check_segments(offset: u64, segments: &[IoSegment], size: u64) -> Result<u64, BlockError> {
+    let len = segments_len(segments).ok_or(BlockError::OutOfRange {
+        offset,
+        len: u64::MAX,
+        size,
+    })?;
+    check_range(offset, len, size)?;
+    Ok(len)
+}
+
+/// Copies bytes out of `segments` into `dst`, starting `skip` bytes into
+/// the segments' concatenation; stops when `dst` is full or the segments
+/// end, and returns the number of bytes copied.
+///
+/// # Safety
+///
+/// Every segment must be valid for reads of its length (the contract of
+/// [`BlockBackend::write_vectored`]), and `dst` must not overlap them.
+pub unsafe fn copy_from_segments(segments: &[IoSegment], mut skip: usize, dst: &mut [u8]) -> usize {
+    let mut done = 0;
+    for seg in segments {
+        if done == dst.len() {
+            break;
+        }
+        if skip >= seg.len {
+            skip -= seg.len;
+            continue;
+        }
+        let n = (seg.len - skip).min(dst.len() - done);
+        // SAFETY: `skip + n <= seg.len`, so the source lies inside a segment
+        // the caller vouches for (readable, not overlapping `dst`); the
+        // destination is `n` bytes inside `dst`.
+        unsafe { core::ptr::copy_nonoverlapping(seg.ptr.add(skip), dst.as_mut_ptr().add(done), n) };
+        done += n;
+        skip = 0;
+    }
+    done
+}
+
+/// Copies `src` into `segments`, starting `skip` bytes into the segments'
+/// concatenation; stops when `src` is used up or the segments end, and
+/// returns the number of bytes copied.
+///
+/// # Safety
+///
+/// Every segment must be valid for writes of its length (the contract of
+/// [`BlockBackend::read_vectored`]), and `src` must not overlap them.
+pub unsafe fn copy_to_segments(segments: &[IoSegment], mut skip: usize, src: &[u8]) -> usize {
+    let mut done = 0;
+    for seg in segments {
+        if done == src.len() {
+            break;
+        }
+        if skip >= seg.len {
+            skip -= seg.len;
+            continue;
+        }
+        let n = (seg.len - skip).min(src.len() - done);
+        // SAFETY: `skip + n <= seg.len`, so the destination lies inside a
+        // segment the caller vouches for (writable, not overlapping `src`);
+        // the source is `n` bytes inside `src`.
+        unsafe { core::ptr::copy_nonoverlapping(src.as_ptr().add(done), seg.ptr.add(skip), n) };
+        done += n;
+        skip = 0;
+    }
+    done
 }
 
 /// A disk: vectored reads and writes at byte offsets, flush, discard,
