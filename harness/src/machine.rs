@@ -24,7 +24,9 @@ use virtio_devices::console::{Console, Port};
 use virtio_devices::device::VirtioDevice;
 use virtio_devices::rng::Rng;
 
-use crate::options::{ChardevKind, DeviceConfig, MachineConfig, RngConfig};
+use crate::options::{
+    CacheMode, ChardevKind, DeviceConfig, DiskFormat, DriveConfig, MachineConfig, RngConfig,
+};
 use crate::virtio::NotifyMode;
 use crate::vm::{Outcome, Vm, VmError};
 
@@ -64,6 +66,13 @@ pub enum MachineError {
     },
     /// A port that has no virtio-serial-device before it.
     OrphanPort(String),
+    /// A disk image could not be opened.
+    Drive {
+        /// Its id.
+        id: String,
+        /// What went wrong.
+        err: backends::block::BlockError,
+    },
     /// No `-kernel`.
     NoKernel,
     /// The kernel could not be read.
@@ -96,6 +105,7 @@ impl fmt::Display for MachineError {
             MachineError::OrphanPort(by) => {
                 write!(f, "{by}: needs a -device virtio-serial-device before it")
             }
+            MachineError::Drive { id, err } => write!(f, "drive id={id}: {err}"),
             MachineError::NoKernel => f.write_str("no -kernel given"),
             MachineError::Kernel { path, err } => write!(f, "-kernel {}: {err}", path.display()),
             MachineError::Memory(e) => write!(f, "guest RAM: {e}"),
@@ -110,6 +120,7 @@ impl std::error::Error for MachineError {
             MachineError::Chardev { err, .. } => Some(err),
             MachineError::Rng { err, .. } => Some(err),
             MachineError::Kernel { err, .. } => Some(err),
+            MachineError::Drive { err, .. } => Some(err),
             MachineError::Memory(e) => Some(e),
             MachineError::Vm(e) => Some(e),
             _ => None,
@@ -199,6 +210,52 @@ pub fn open_chardev(id: &str, kind: &ChardevKind) -> Result<(BoxedChardev, Strin
                 SocketChardev::client(addr, delay).map_err(err)?
             };
             (Box::new(sock), what)
+        }
+    })
+}
+
+/// A disk as devices hold it.
+pub type BoxedDisk = Box<dyn backends::block::BlockBackend + Send>;
+
+/// Opens one disk image (`-drive` / `-blockdev`).
+pub fn open_drive(drive: &DriveConfig) -> Result<(BoxedDisk, String), MachineError> {
+    use backends::block::BlockBackend;
+    use backends::block::qcow2::Qcow2;
+    use backends::block::raw::{Cache, RawFile, RawOptions};
+    let err = |err| MachineError::Drive {
+        id: drive.id.clone(),
+        err,
+    };
+    let ro = if drive.read_only { ",readonly" } else { "" };
+    let (cache, cache_name) = match drive.cache {
+        CacheMode::Writeback => (Cache::Writeback, "writeback"),
+        CacheMode::None => (Cache::None, "none"),
+        CacheMode::Writethrough => (Cache::Writethrough, "writethrough"),
+    };
+    let file = drive.path.display();
+    Ok(match drive.format {
+        DiskFormat::Raw => {
+            let raw = RawFile::open(
+                &drive.path,
+                RawOptions {
+                    read_only: drive.read_only,
+                    cache,
+                },
+            )
+            .map_err(err)?;
+            (Box::new(raw), format!("raw {file}, cache={cache_name}{ro}"))
+        }
+        DiskFormat::Qcow2 => {
+            if drive.cache == CacheMode::None {
+                return Err(err(backends::block::BlockError::Unsupported(
+                    "cache=none with format=qcow2 (use writeback or writethrough)",
+                )));
+            }
+            let mut q = Qcow2::open(&drive.path, drive.read_only).map_err(err)?;
+            if drive.cache == CacheMode::Writethrough {
+                q.set_write_cache(false);
+            }
+            (Box::new(q), format!("qcow2 {file}, cache={cache_name}{ro}"))
         }
     })
 }
