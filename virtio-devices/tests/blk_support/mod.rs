@@ -263,6 +263,11 @@ impl Rig {
         a
     }
 
+    /// Writes `bytes` at `addr`.
+    pub fn mem_write(&self, addr: u64, bytes: &[u8]) {
+        self.mem.write(GuestAddress(addr), bytes).unwrap();
+    }
+
     /// A fresh status byte, preset to 0xff so "not written" shows.
     pub fn status_buf(&mut self) -> u64 {
         let a = self.alloc(1);
