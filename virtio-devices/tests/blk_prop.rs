@@ -48,13 +48,16 @@ fn op() -> impl Strategy<Value = Op> {
     ]
 }
 
+/// Where a read's data went, and what it must hold.
+type ReadBack = (Vec<(u64, u32)>, Vec<u8>);
+
 /// What the model expects of one chain: status (None: none written), used
 /// length, and for a read where its data went and what it must hold.
 struct Expect {
     status_addr: u64,
     status: Option<u8>,
     used: u32,
-    read_back: Option<(Vec<(u64, u32)>, Vec<u8>)>,
+    read_back: Option<ReadBack>,
 }
 
 /// Splits `total` bytes into `segs` buffers of fresh memory.
