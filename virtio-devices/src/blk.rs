@@ -365,6 +365,9 @@ fn for_range<E>(
     end: u64,
     mut f: impl FnMut(GuestAddress, u32) -> Result<(), E>,
 ) -> Result<(), E> {
+    if start >= end {
+        return Ok(());
+    }
     let mut pos = 0u64;
     for p in pieces {
         let p_end = pos + u64::from(p.len);

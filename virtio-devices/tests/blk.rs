@@ -743,3 +743,22 @@ fn notify_before_activation_is_an_error() {
     let mut dev = Blk::new(MemDisk::new(8), &*mem, BlkConfig::default()).unwrap();
     assert_eq!(dev.queue_notify(0), Err(DeviceError::NotActivated));
 }
+
+#[test]
+fn a_device_over_a_boxed_backend_is_send_for_the_harness() {
+    fn is_send<T: Send>() {}
+    is_send::<
+        Blk<
+            Box<dyn backends::block::BlockBackend + Send>,
+            &'static virtio_core::testing::OwnedMemory,
+        >,
+    >();
+    let mem = Box::leak(Box::new(virtio_core::testing::OwnedMemory::new(
+        GuestAddress(0),
+        0x1000,
+    )));
+    let b: Box<dyn backends::block::BlockBackend + Send> = Box::new(MemDisk::new(8));
+    let dev: Box<dyn VirtioDevice + Send> =
+        Box::new(Blk::new(b, &*mem, BlkConfig::default()).unwrap());
+    assert_eq!(dev.device_type(), virtio_core::features::DeviceType::Blk);
+}
