@@ -14,6 +14,7 @@
 
 extern crate alloc;
 
+pub mod blk;
 pub mod console;
 pub mod device;
 pub mod rng;

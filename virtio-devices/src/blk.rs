@@ -1,0 +1,1071 @@
+//! virtio-blk, the block device (spec §5.2): request queues whose chains
+//! carry a 16-byte header, data and a one-byte status, served from a
+//! [`BlockBackend`].
+//!
+//! Data moves by zero-copy vectored I/O: each data descriptor is mapped to
+//! host segments handed to the backend as [`IoSegment`]s, through per-queue
+//! arrays allocated once at activation (no allocation per request). A
+//! notification serves every available chain as one batch: used entries are
+//! published once and one notification decision is made per batch (§2.7.10).
+//! The device is synchronous: a FLUSH's used entry is written only after the
+//! backend's `flush` returned. It does not do secure erase, zoned devices or
+//! lifetime reporting.
+
+use alloc::vec::Vec;
+use core::fmt;
+
+use backends::IoSegment;
+use backends::block::{BlockBackend, BlockError, SECTOR_SIZE, check_range};
+use virtio_core::GuestMemory;
+use virtio_core::features::{BlkFeatures, DeviceType, TransportFeatures};
+use virtio_core::memory::{Access, GuestAddress, MAX_SEGMENTS};
+use virtio_core::split::DeviceQueue;
+
+use crate::device::{DeviceError, QueueConfig, Served, VirtioDevice, next_head};
+
+/// Request types (§5.2.6).
+pub mod req {
+    /// Read (`VIRTIO_BLK_T_IN`).
+    pub const IN: u32 = 0;
+    /// Write (`VIRTIO_BLK_T_OUT`).
+    pub const OUT: u32 = 1;
+    /// Flush the write cache (`VIRTIO_BLK_T_FLUSH`).
+    pub const FLUSH: u32 = 4;
+    /// Device identifier (`VIRTIO_BLK_T_GET_ID`).
+    pub const GET_ID: u32 = 8;
+    /// Discard (`VIRTIO_BLK_T_DISCARD`).
+    pub const DISCARD: u32 = 11;
+    /// Write zeroes (`VIRTIO_BLK_T_WRITE_ZEROES`).
+    pub const WRITE_ZEROES: u32 = 13;
+}
+
+/// Request status values (§5.2.6).
+pub mod status {
+    /// Success (`VIRTIO_BLK_S_OK`).
+    pub const OK: u8 = 0;
+    /// Device or driver error (`VIRTIO_BLK_S_IOERR`).
+    pub const IOERR: u8 = 1;
+    /// Request unsupported by the device (`VIRTIO_BLK_S_UNSUPP`).
+    pub const UNSUPP: u8 = 2;
+}
+
+/// The `flags` bit of a discard / write-zeroes segment that allows
+/// deallocation (`VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP`, §5.2.6).
+pub const FLAG_UNMAP: u32 = 1;
+
+/// Bytes of the request header (`struct virtio_blk_req` up to `data`).
+pub const HEADER_LEN: u64 = 16;
+/// Bytes of a discard / write-zeroes segment
+/// (`struct virtio_blk_discard_write_zeroes`).
+pub const DWZ_SEGMENT_LEN: u64 = 16;
+/// Bytes of the GET_ID answer (§5.2.6: a 20-byte string, NUL-padded).
+pub const SERIAL_LEN: usize = 20;
+/// Bytes of the configuration space served (`struct virtio_blk_config`
+/// through `unused1`, §5.2.4; secure erase and zoned fields are not).
+pub const CONFIG_LEN: usize = 60;
+/// Offset of `writeback` in the configuration space (§5.2.4).
+pub const CONFIG_WRITEBACK: u64 = 32;
+
+/// Disk-style geometry (§5.2.4 `virtio_blk_geometry`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Geometry {
+    /// Cylinders.
+    pub cylinders: u16,
+    /// Heads.
+    pub heads: u8,
+    /// Sectors per track.
+    pub sectors: u8,
+}
+
+/// How to build a [`Blk`]; [`Default`] gives one queue of 256 and
+/// everything the backend supports turned off (discard, write zeroes).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BlkConfig {
+    /// The GET_ID answer (§5.2.6), at most [`SERIAL_LEN`] bytes.
+    pub serial: Vec<u8>,
+    /// Request queues; more than one offers `VIRTIO_BLK_F_MQ`.
+    pub num_queues: u16,
+    /// Each queue's maximum size (a power of two, at most 32768).
+    pub queue_size: u16,
+    /// Most data segments per request (`seg_max`, always offered).
+    pub seg_max: u32,
+    /// Most bytes per data segment (`size_max`); 0 leaves
+    /// `VIRTIO_BLK_F_SIZE_MAX` unoffered.
+    pub size_max: u32,
+    /// `geometry`; `None` leaves `VIRTIO_BLK_F_GEOMETRY` unoffered.
+    pub geometry: Option<Geometry>,
+    /// Offer `VIRTIO_BLK_F_DISCARD` (the backend must support it).
+    pub discard: bool,
+    /// Offer `VIRTIO_BLK_F_WRITE_ZEROES` (the backend must support it).
+    pub write_zeroes: bool,
+    /// `max_discard_sectors` and `max_write_zeroes_sectors`.
+    pub max_dwz_sectors: u32,
+    /// `max_discard_seg` and `max_write_zeroes_seg`.
+    pub max_dwz_seg: u32,
+    /// The cache mode before the driver changes it: writeback (`true`) or
+    /// writethrough. Only used with FLUSH negotiated.
+    pub writeback: bool,
+}
+
+impl Default for BlkConfig {
+    fn default() -> Self {
+        BlkConfig {
+            serial: Vec::new(),
+            num_queues: 1,
+            queue_size: 256,
+            seg_max: 126,
+            size_max: 0,
+            geometry: None,
+            discard: false,
+            write_zeroes: false,
+            max_dwz_sectors: 0x3f_ffff,
+            max_dwz_seg: 32,
+            writeback: true,
+        }
+    }
+}
+
+/// Why a [`BlkConfig`] was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BlkConfigError {
+    /// The serial is longer than [`SERIAL_LEN`] bytes.
+    SerialTooLong {
+        /// Its length.
+        len: usize,
+    },
+    /// `num_queues` is 0.
+    NoQueues,
+    /// `queue_size` is 0, not a power of two, or above 32768.
+    BadQueueSize {
+        /// The size.
+        size: u16,
+    },
+    /// `seg_max` is 0.
+    NoSegments,
+    /// `size_max` is neither 0 nor at least one sector.
+    SizeMaxTooSmall {
+        /// The value.
+        size_max: u32,
+    },
+    /// Discard or write zeroes asked for, but the backend does not do it.
+    BackendUnsupported {
+        /// Which.
+        what: &'static str,
+    },
+    /// Discard or write zeroes asked for with a zero sector or segment
+    /// limit.
+    ZeroDiscardLimit,
+    /// The backend's block size is not a power of two of at least 512.
+    BadBlockSize {
+        /// The size.
+        size: u32,
+    },
+    /// The backend's size is not a multiple of 512.
+    BadDiskSize {
+        /// The size in bytes.
+        size: u64,
+    },
+}
+
+impl fmt::Display for BlkConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            BlkConfigError::SerialTooLong { len } => write!(
+                f,
+                "serial of {len} bytes is longer than {SERIAL_LEN} (§5.2.6 GET_ID)"
+            ),
+            BlkConfigError::NoQueues => f.write_str("a block device needs at least one queue"),
+            BlkConfigError::BadQueueSize { size } => write!(
+                f,
+                "queue size {size} is not a power of two in 1..=32768 (§2.7)"
+            ),
+            BlkConfigError::NoSegments => f.write_str("seg_max must be at least 1"),
+            BlkConfigError::SizeMaxTooSmall { size_max } => {
+                write!(f, "size_max {size_max} is below one sector (512 bytes)")
+            }
+            BlkConfigError::BackendUnsupported { what } => {
+                write!(f, "the backend does not support {what}")
+            }
+            BlkConfigError::ZeroDiscardLimit => {
+                f.write_str("discard / write-zeroes limits must be at least 1")
+            }
+            BlkConfigError::BadBlockSize { size } => write!(
+                f,
+                "backend block size {size} is not a power of two of at least 512"
+            ),
+            BlkConfigError::BadDiskSize { size } => {
+                write!(f, "disk size {size} is not a multiple of 512 bytes")
+            }
+        }
+    }
+}
+
+impl core::error::Error for BlkConfigError {}
+
+/// Counters for the harness report.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BlkStats {
+    /// IN requests.
+    pub reads: u64,
+    /// OUT requests.
+    pub writes: u64,
+    /// FLUSH requests.
+    pub flushes: u64,
+    /// GET_ID requests.
+    pub get_ids: u64,
+    /// DISCARD requests.
+    pub discards: u64,
+    /// WRITE_ZEROES requests.
+    pub write_zeroes: u64,
+    /// Requests of an unknown type, or of a feature not negotiated
+    /// (answered `UNSUPP`).
+    pub unsupported: u64,
+    /// Bytes read from the disk into guest memory.
+    pub bytes_read: u64,
+    /// Bytes written from guest memory to the disk.
+    pub bytes_written: u64,
+    /// Flushes the device issued itself for writethrough (§5.2.6.2).
+    pub writethrough_flushes: u64,
+    /// Chains returned with length 0: malformed (§2.7.5) or without a
+    /// writable status byte.
+    pub err_no_status: u64,
+    /// Requests whose header was shorter than 16 readable bytes, or whose
+    /// buffers were not in guest memory (`IOERR`).
+    pub err_bad_header: u64,
+    /// Requests reaching past the capacity (`IOERR`).
+    pub err_out_of_range: u64,
+    /// Writes, discards or write-zeroes on a read-only disk (`IOERR`).
+    pub err_read_only: u64,
+    /// Data lengths that are not a multiple of 512 (`IOERR`).
+    pub err_misaligned: u64,
+    /// More data segments than `seg_max`, or a segment above `size_max`
+    /// (`IOERR`).
+    pub err_segments: u64,
+    /// Discard / write-zeroes payloads breaking §5.2.6's rules (`IOERR` or
+    /// `UNSUPP`).
+    pub err_bad_dwz: u64,
+    /// Backend failures (`IOERR`, or `UNSUPP` for `Unsupported`).
+    pub err_backend: u64,
+    /// Batches served (notifications that found work).
+    pub batches: u64,
+    /// Batches after which the driver was notified.
+    pub notifications: u64,
+    /// Batches whose notification the driver suppressed (§2.7.7, §2.7.10).
+    pub notifications_suppressed: u64,
+}
+
+/// One descriptor's buffer, as copied out of the chain once.
+#[derive(Clone, Copy, Debug)]
+struct Piece {
+    addr: GuestAddress,
+    len: u32,
+}
+
+/// A queue and its scratch arrays, allocated at activation.
+struct QueueState {
+    queue: DeviceQueue,
+    /// Readable then writable buffers of the chain being served.
+    pieces: Vec<Piece>,
+    /// Host segments of the data being moved.
+    iov: IoVec,
+}
+
+/// Host segments of one request's data. Emptied after every use.
+struct IoVec(Vec<IoSegment>);
+
+// SAFETY: the vector holds raw pointers only while one request is served on
+// the thread that owns the device, and is cleared before that returns; what
+// moves between threads is an empty allocation.
+unsafe impl Send for IoVec {}
+
+impl fmt::Debug for QueueState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("QueueState")
+            .field("queue", &self.queue)
+            .field("pieces_cap", &self.pieces.capacity())
+            .field("iov_cap", &self.iov.0.capacity())
+            .finish()
+    }
+}
+
+/// What serves requests: everything but the queues.
+#[derive(Debug)]
+struct Engine<B, M> {
+    backend: B,
+    mem: M,
+    cfg: BlkConfig,
+    offered: u64,
+    /// Negotiated features (0 before activation).
+    features: u64,
+    /// The `writeback` configuration byte.
+    writeback: u8,
+    stats: BlkStats,
+}
+
+/// The block device over backend `B` and guest memory `M`.
+#[derive(Debug)]
+pub struct Blk<B, M> {
+    engine: Engine<B, M>,
+    queues: Vec<Option<QueueState>>,
+    max_sizes: Vec<u16>,
+}
+
+/// Why a request failed, and the status it gets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Fail {
+    BadHeader,
+    OutOfRange,
+    ReadOnly,
+    Misaligned,
+    Segments,
+    BadDwz,
+    DwzUnsupp,
+    Unsupported,
+    Backend,
+    BackendUnsupp,
+}
+
+impl Fail {
+    fn status(self) -> u8 {
+        match self {
+            Fail::Unsupported | Fail::DwzUnsupp | Fail::BackendUnsupp => status::UNSUPP,
+            _ => status::IOERR,
+        }
+    }
+
+    fn count(self, s: &mut BlkStats) {
+        let c = match self {
+            Fail::BadHeader => &mut s.err_bad_header,
+            Fail::OutOfRange => &mut s.err_out_of_range,
+            Fail::ReadOnly => &mut s.err_read_only,
+            Fail::Misaligned => &mut s.err_misaligned,
+            Fail::Segments => &mut s.err_segments,
+            Fail::BadDwz | Fail::DwzUnsupp => &mut s.err_bad_dwz,
+            Fail::Unsupported => &mut s.unsupported,
+            Fail::Backend | Fail::BackendUnsupp => &mut s.err_backend,
+        };
+        *c += 1;
+    }
+}
+
+fn backend_fail(e: &BlockError) -> Fail {
+    match e {
+        BlockError::OutOfRange { .. } => Fail::OutOfRange,
+        BlockError::ReadOnly => Fail::ReadOnly,
+        BlockError::Unsupported(_) => Fail::BackendUnsupp,
+        _ => Fail::Backend,
+    }
+}
+
+/// Calls `f` on each guest piece of bytes `start..end` of the stream made by
+/// `pieces`, in order.
+fn for_range<E>(
+    pieces: &[Piece],
+    start: u64,
+    end: u64,
+    mut f: impl FnMut(GuestAddress, u32) -> Result<(), E>,
+) -> Result<(), E> {
+    if start >= end {
+        return Ok(());
+    }
+    let mut pos = 0u64;
+    for p in pieces {
+        let p_end = pos + u64::from(p.len);
+        if p_end > start && pos < end {
+            let from = start.max(pos);
+            let to = end.min(p_end);
+            // Inside one descriptor: `addr + len` was checked not to wrap.
+            f(GuestAddress(p.addr.0 + (from - pos)), (to - from) as u32)?;
+        }
+        if p_end >= end {
+            break;
+        }
+        pos = p_end;
+    }
+    Ok(())
+}
+
+/// Copies bytes `start..start + buf.len()` of the stream out of guest memory.
+fn read_range<M: GuestMemory>(
+    mem: &M,
+    pieces: &[Piece],
+    start: u64,
+    buf: &mut [u8],
+) -> Result<(), Fail> {
+    let mut done = 0usize;
+    for_range(pieces, start, start + buf.len() as u64, |addr, n| {
+        let dst = buf
+            .get_mut(done..done + n as usize)
+            .ok_or(Fail::BadHeader)?;
+        mem.read(addr, dst).map_err(|_| Fail::BadHeader)?;
+        done += n as usize;
+        Ok(())
+    })?;
+    if done == buf.len() {
+        Ok(())
+    } else {
+        Err(Fail::BadHeader)
+    }
+}
+
+/// Copies `buf` into bytes `start..` of the stream; returns bytes written.
+fn write_range<M: GuestMemory>(mem: &M, pieces: &[Piece], start: u64, buf: &[u8]) -> u32 {
+    let mut done = 0usize;
+    let _ = for_range(pieces, start, start + buf.len() as u64, |addr, n| {
+        let src = buf.get(done..done + n as usize).ok_or(())?;
+        mem.write(addr, src).map_err(|_| ())?;
+        done += n as usize;
+        Ok::<(), ()>(())
+    });
+    done as u32
+}
+
+/// A parsed chain: where its parts are.
+struct Request {
+    /// Readable pieces are `pieces[..readable]`.
+    readable: usize,
+    /// Total readable and writable bytes.
+    r_total: u64,
+    w_total: u64,
+    /// The status byte.
+    status: GuestAddress,
+    /// Too many descriptors to keep, or a buffer outside guest memory.
+    overflow: bool,
+    bad_memory: bool,
+}
+
+impl<B: BlockBackend, M: GuestMemory> Engine<B, M> {
+    fn negotiated(&self, f: BlkFeatures) -> bool {
+        self.features & f.bits() != 0
+    }
+
+    /// Whether writes are stable only once the device flushed: writeback
+    /// is off (FLUSH not negotiated, or `writeback` = 0, §5.2.6.2) and the
+    /// backend did not take writethrough on itself.
+    fn device_must_flush(&self) -> bool {
+        !self.writeback_effective() && self.backend.write_cache()
+    }
+
+    /// The cache mode in force (§5.2.5.1, §5.2.6.2).
+    fn writeback_effective(&self) -> bool {
+        if !self.negotiated(BlkFeatures::FLUSH) {
+            return false;
+        }
+        if self.negotiated(BlkFeatures::CONFIG_WCE) {
+            return self.writeback != 0;
+        }
+        true
+    }
+
+    fn config_bytes(&self) -> [u8; CONFIG_LEN] {
+        let mut c = [0u8; CONFIG_LEN];
+        let put = |c: &mut [u8; CONFIG_LEN], off: usize, b: &[u8]| {
+            c[off..off + b.len()].copy_from_slice(b);
+        };
+        put(
+            &mut c,
+            0,
+            &(self.backend.size() / SECTOR_SIZE).to_le_bytes(),
+        );
+        put(&mut c, 8, &self.cfg.size_max.to_le_bytes());
+        put(&mut c, 12, &self.cfg.seg_max.to_le_bytes());
+        if let Some(g) = self.cfg.geometry {
+            put(&mut c, 16, &g.cylinders.to_le_bytes());
+            c[18] = g.heads;
+            c[19] = g.sectors;
+        }
+        let bs = self.backend.block_size();
+        put(&mut c, 20, &bs.to_le_bytes());
+        // Topology: physical blocks are logical blocks, aligned at 0, one
+        // block the minimum I/O; no optimal size.
+        c[24] = 0;
+        c[25] = 0;
+        put(&mut c, 26, &1u16.to_le_bytes());
+        put(&mut c, 28, &0u32.to_le_bytes());
+        c[32] = self.writeback;
+        put(&mut c, 34, &self.cfg.num_queues.to_le_bytes());
+        let align = bs / SECTOR_SIZE as u32;
+        if self.cfg.discard {
+            put(&mut c, 36, &self.cfg.max_dwz_sectors.to_le_bytes());
+            put(&mut c, 40, &self.cfg.max_dwz_seg.to_le_bytes());
+            put(&mut c, 44, &align.to_le_bytes());
+        }
+        if self.cfg.write_zeroes {
+            put(&mut c, 48, &self.cfg.max_dwz_sectors.to_le_bytes());
+            put(&mut c, 52, &self.cfg.max_dwz_seg.to_le_bytes());
+            c[56] = u8::from(self.cfg.discard);
+        }
+        c
+    }
+
+    /// Walks chain `head` into `pieces`; `None` if it is malformed or has
+    /// no writable status byte in guest memory (§5.2.6: the status is the
+    /// last writable byte).
+    fn parse(&self, queue: &DeviceQueue, head: u16, pieces: &mut Vec<Piece>) -> Option<Request> {
+        pieces.clear();
+        let chain = queue.chain(&self.mem, head).ok()?;
+        let mut rq = Request {
+            readable: 0,
+            r_total: 0,
+            w_total: 0,
+            status: GuestAddress(0),
+            overflow: false,
+            bad_memory: false,
+        };
+        let mut last_w: Option<Piece> = None;
+        for d in chain {
+            let d = d.ok()?;
+            if d.is_empty() {
+                continue;
+            }
+            let p = Piece {
+                addr: d.addr(),
+                len: d.len(),
+            };
+            let access = if d.is_write_only() {
+                rq.w_total += u64::from(p.len);
+                last_w = Some(p);
+                Access::Write
+            } else {
+                rq.r_total += u64::from(p.len);
+                rq.readable += 1;
+                Access::Read
+            };
+            if self.mem.map(p.addr, u64::from(p.len), access).is_err() {
+                rq.bad_memory = true;
+            }
+            // Never grow the array: a chain longer than it is refused.
+            if pieces.len() < pieces.capacity() {
+                pieces.push(p);
+            } else {
+                rq.overflow = true;
+            }
+        }
+        let last = last_w?;
+        rq.status = GuestAddress(last.addr.0 + u64::from(last.len) - 1);
+        self.mem.map(rq.status, 1, Access::Write).ok()?;
+        Some(rq)
+    }
+
+    /// Serves one chain; returns the used length.
+    fn serve_one(&mut self, qs: &mut QueueState, head: u16) -> u32 {
+        let Some(rq) = self.parse(&qs.queue, head, &mut qs.pieces) else {
+            self.stats.err_no_status += 1;
+            return 0;
+        };
+        let (st, data_len) = match self.execute(qs, &rq) {
+            Ok(n) => (status::OK, n),
+            Err((f, n)) => {
+                f.count(&mut self.stats);
+                (f.status(), n)
+            }
+        };
+        qs.iov.0.clear();
+        // Mapped for writing when parsed; a failure now (memory unplugged
+        // meanwhile) leaves nothing better to do than return the chain.
+        let _ = self.mem.write(rq.status, &[st]);
+        data_len + 1
+    }
+
+    /// Executes a parsed request: `Ok(bytes written to the driver before
+    /// the status)`, or why it failed and how many bytes were written.
+    fn execute(&mut self, qs: &mut QueueState, rq: &Request) -> Result<u32, (Fail, u32)> {
+        if rq.overflow || rq.bad_memory {
+            return Err((
+                if rq.overflow {
+                    Fail::Segments
+                } else {
+                    Fail::BadHeader
+                },
+                0,
+            ));
+        }
+        let (readable, writable) = qs.pieces.split_at(rq.readable);
+        let mut hdr = [0u8; HEADER_LEN as usize];
+        if rq.r_total < HEADER_LEN {
+            return Err((Fail::BadHeader, 0));
+        }
+        read_range(&self.mem, readable, 0, &mut hdr).map_err(|f| (f, 0))?;
+        let ty = u32::from_le_bytes([hdr[0], hdr[1], hdr[2], hdr[3]]);
+        let sector = u64::from_le_bytes([
+            hdr[8], hdr[9], hdr[10], hdr[11], hdr[12], hdr[13], hdr[14], hdr[15],
+        ]);
+        // Data: readable bytes after the header, writable before the status.
+        let w_data = rq.w_total - 1;
+        match ty {
+            req::IN => {
+                self.stats.reads += 1;
+                self.check_data(writable, 0, w_data, sector)
+                    .map_err(|f| (f, 0))?;
+                let n = w_data as u32;
+                self.io(&mut qs.iov, writable, 0, w_data, sector, false)
+                    .map_err(|f| (f, n))?;
+                self.stats.bytes_read += w_data;
+                Ok(n)
+            }
+            req::OUT => {
+                self.stats.writes += 1;
+                if self.backend.read_only() {
+                    return Err((Fail::ReadOnly, 0));
+                }
+                self.check_data(readable, HEADER_LEN, rq.r_total, sector)
+                    .map_err(|f| (f, 0))?;
+                self.io(&mut qs.iov, readable, HEADER_LEN, rq.r_total, sector, true)
+                    .map_err(|f| (f, 0))?;
+                self.stats.bytes_written += rq.r_total - HEADER_LEN;
+                self.writethrough().map_err(|f| (f, 0))?;
+                Ok(0)
+            }
+            req::FLUSH => {
+                if !self.negotiated(BlkFeatures::FLUSH) {
+                    return Err((Fail::Unsupported, 0));
+                }
+                self.stats.flushes += 1;
+                self.backend.flush().map_err(|e| (backend_fail(&e), 0))?;
+                Ok(0)
+            }
+            req::GET_ID => {
+                self.stats.get_ids += 1;
+                let mut id = [0u8; SERIAL_LEN];
+                id[..self.cfg.serial.len()].copy_from_slice(&self.cfg.serial);
+                let n = (w_data as usize).min(SERIAL_LEN);
+                Ok(write_range(&self.mem, writable, 0, &id[..n]))
+            }
+            req::DISCARD | req::WRITE_ZEROES => {
+                let wz = ty == req::WRITE_ZEROES;
+                let feature = if wz {
+                    BlkFeatures::WRITE_ZEROES
+                } else {
+                    BlkFeatures::DISCARD
+                };
+                if !self.negotiated(feature) {
+                    return Err((Fail::Unsupported, 0));
+                }
+                if wz {
+                    self.stats.write_zeroes += 1;
+                } else {
+                    self.stats.discards += 1;
+                }
+                self.discard_write_zeroes(readable, rq.r_total, wz)
+                    .map_err(|f| (f, 0))?;
+                Ok(0)
+            }
+            _ => Err((Fail::Unsupported, 0)),
+        }
+    }
+
+    /// The checks every IN and OUT passes before any I/O (§5.2.6.1):
+    /// length a multiple of 512, at most `seg_max` data buffers of at most
+    /// `size_max` bytes each (when negotiated), inside the capacity.
+    fn check_data(&self, pieces: &[Piece], start: u64, end: u64, sector: u64) -> Result<(), Fail> {
+        let len = end - start;
+        if !len.is_multiple_of(SECTOR_SIZE) {
+            return Err(Fail::Misaligned);
+        }
+        let mut segs = 0u64;
+        let mut too_big = false;
+        let _ = for_range(pieces, start, end, |_, n| {
+            segs += 1;
+            too_big |= self.negotiated(BlkFeatures::SIZE_MAX) && n > self.cfg.size_max;
+            Ok::<(), ()>(())
+        });
+        if too_big || (self.negotiated(BlkFeatures::SEG_MAX) && segs > u64::from(self.cfg.seg_max))
+        {
+            return Err(Fail::Segments);
+        }
+        let offset = sector.checked_mul(SECTOR_SIZE).ok_or(Fail::OutOfRange)?;
+        check_range(offset, len, self.backend.size()).map_err(|_| Fail::OutOfRange)
+    }
+
+    /// Moves bytes `start..end` of the stream to or from the disk at
+    /// `sector`, zero-copy, in chunks of at most the array's capacity.
+    fn io(
+        &mut self,
+        iov: &mut IoVec,
+        pieces: &[Piece],
+        start: u64,
+        end: u64,
+        sector: u64,
+        write: bool,
+    ) -> Result<(), Fail> {
+        let access = if write { Access::Read } else { Access::Write };
+        let mut offset = sector * SECTOR_SIZE;
+        let mut chunk = 0u64;
+        let iov = &mut iov.0;
+        iov.clear();
+        let backend = &mut self.backend;
+        let mut submit = |iov: &mut Vec<IoSegment>, offset: &mut u64, chunk: &mut u64| {
+            if iov.is_empty() {
+                return Ok(());
+            }
+            // SAFETY: every segment comes from a mapping of guest memory,
+            // checked for this direction, which stays mapped while `mem`
+            // lives (the device owns it); no Rust reference covers it.
+            let r = unsafe {
+                if write {
+                    backend.write_vectored(*offset, iov)
+                } else {
+                    backend.read_vectored(*offset, iov)
+                }
+            };
+            iov.clear();
+            *offset += *chunk;
+            *chunk = 0;
+            r.map_err(|e| backend_fail(&e))
+        };
+        let mem = &self.mem;
+        for_range(pieces, start, end, |addr, n| {
+            let m = mem
+                .map(addr, u64::from(n), access)
+                .map_err(|_| Fail::BadHeader)?;
+            if iov.len() + m.segments().len() > iov.capacity() {
+                submit(iov, &mut offset, &mut chunk)?;
+            }
+            for s in m.segments() {
+                iov.push(IoSegment {
+                    ptr: s.as_ptr(),
+                    len: s.len(),
+                });
+            }
+            chunk += u64::from(n);
+            Ok(())
+        })?;
+        submit(iov, &mut offset, &mut chunk)
+    }
+
+    /// Writethrough (§5.2.6.2): a write is stable before it completes.
+    fn writethrough(&mut self) -> Result<(), Fail> {
+        if self.device_must_flush() {
+            self.stats.writethrough_flushes += 1;
+            self.backend.flush().map_err(|e| backend_fail(&e))?;
+        }
+        Ok(())
+    }
+
+    /// DISCARD and WRITE_ZEROES (§5.2.6): every segment is checked before
+    /// any is executed.
+    fn discard_write_zeroes(
+        &mut self,
+        readable: &[Piece],
+        r_total: u64,
+        wz: bool,
+    ) -> Result<(), Fail> {
+        if self.backend.read_only() {
+            return Err(Fail::ReadOnly);
+        }
+        let len = r_total - HEADER_LEN;
+        let count = len / DWZ_SEGMENT_LEN;
+        if len == 0
+            || !len.is_multiple_of(DWZ_SEGMENT_LEN)
+            || count > u64::from(self.cfg.max_dwz_seg)
+        {
+            return Err(Fail::BadDwz);
+        }
+        let size = self.backend.size();
+        for pass in 0..2 {
+            for i in 0..count {
+                let mut seg = [0u8; DWZ_SEGMENT_LEN as usize];
+                read_range(
+                    &self.mem,
+                    readable,
+                    HEADER_LEN + i * DWZ_SEGMENT_LEN,
+                    &mut seg,
+                )?;
+                let sector = u64::from_le_bytes([
+                    seg[0], seg[1], seg[2], seg[3], seg[4], seg[5], seg[6], seg[7],
+                ]);
+                let num = u32::from_le_bytes([seg[8], seg[9], seg[10], seg[11]]);
+                let flags = u32::from_le_bytes([seg[12], seg[13], seg[14], seg[15]]);
+                // §5.2.6.2: unknown flags, or UNMAP on a discard, are
+                // unsupported; over the limits is an error.
+                if flags & !FLAG_UNMAP != 0 || (!wz && flags & FLAG_UNMAP != 0) {
+                    return Err(Fail::DwzUnsupp);
+                }
+                if num > self.cfg.max_dwz_sectors {
+                    return Err(Fail::BadDwz);
+                }
+                let offset = sector.checked_mul(SECTOR_SIZE).ok_or(Fail::OutOfRange)?;
+                let bytes = u64::from(num) * SECTOR_SIZE;
+                check_range(offset, bytes, size).map_err(|_| Fail::OutOfRange)?;
+                // The first pass only checks; the second re-reads (the
+                // guest may have changed it), re-checks, and executes.
+                if pass == 1 {
+                    let r = if wz {
+                        self.backend
+                            .write_zeroes(offset, bytes, flags & FLAG_UNMAP != 0)
+                    } else {
+                        self.backend.discard(offset, bytes)
+                    };
+                    r.map_err(|e| backend_fail(&e))?;
+                }
+            }
+        }
+        if wz {
+            self.writethrough()?;
+        }
+        Ok(())
+    }
+
+    /// Serves every available chain of `qs` as one batch (queue `index`).
+    fn serve(&mut self, qs: &mut QueueState, index: u16) -> Result<Served, DeviceError> {
+        let qerr = |err| DeviceError::Queue { queue: index, err };
+        let mut served = Served::default();
+        // Batch: no kicks while the device is serving; `next_head`
+        // re-enables them and re-checks the ring once it is empty.
+        qs.queue.disable_notification(&self.mem).map_err(qerr)?;
+        let mut malformed = 0;
+        let result = loop {
+            match next_head(&mut qs.queue, &self.mem, &mut malformed) {
+                Ok(Some(head)) => {
+                    let len = self.serve_one(qs, head);
+                    if let Err(e) = qs.queue.add_used(&self.mem, head, len) {
+                        break Err(qerr(e));
+                    }
+                    served.completed += 1;
+                }
+                Ok(None) => break Ok(()),
+                Err(e) => break Err(qerr(e)),
+            }
+        };
+        self.stats.err_no_status += malformed;
+        // What was completed is published even when the ring broke.
+        qs.queue.publish_used(&self.mem).map_err(qerr)?;
+        if served.completed > 0 {
+            self.stats.batches += 1;
+            served.interrupt = qs.queue.needs_notification(&self.mem).map_err(qerr)?;
+            if served.interrupt {
+                self.stats.notifications += 1;
+            } else {
+                self.stats.notifications_suppressed += 1;
+            }
+        }
+        result.map(|()| served)
+    }
+}
+
+impl<B: BlockBackend, M: GuestMemory> Blk<B, M> {
+    /// A block device on `backend`, serving guest memory `mem`, as `cfg`
+    /// says; the capacity, block size and read-only flag come from the
+    /// backend.
+    pub fn new(backend: B, mem: M, cfg: BlkConfig) -> Result<Self, BlkConfigError> {
+        if cfg.serial.len() > SERIAL_LEN {
+            return Err(BlkConfigError::SerialTooLong {
+                len: cfg.serial.len(),
+            });
+        }
+        if cfg.num_queues == 0 {
+            return Err(BlkConfigError::NoQueues);
+        }
+        if cfg.queue_size == 0 || !cfg.queue_size.is_power_of_two() || cfg.queue_size > 32768 {
+            return Err(BlkConfigError::BadQueueSize {
+                size: cfg.queue_size,
+            });
+        }
+        if cfg.seg_max == 0 {
+            return Err(BlkConfigError::NoSegments);
+        }
+        if cfg.size_max != 0 && u64::from(cfg.size_max) < SECTOR_SIZE {
+            return Err(BlkConfigError::SizeMaxTooSmall {
+                size_max: cfg.size_max,
+            });
+        }
+        if cfg.discard && !backend.supports_discard() {
+            return Err(BlkConfigError::BackendUnsupported { what: "discard" });
+        }
+        if cfg.write_zeroes && !backend.supports_write_zeroes() {
+            return Err(BlkConfigError::BackendUnsupported {
+                what: "write zeroes",
+            });
+        }
+        if (cfg.discard || cfg.write_zeroes) && (cfg.max_dwz_sectors == 0 || cfg.max_dwz_seg == 0) {
+            return Err(BlkConfigError::ZeroDiscardLimit);
+        }
+        let bs = backend.block_size();
+        if !bs.is_power_of_two() || u64::from(bs) < SECTOR_SIZE {
+            return Err(BlkConfigError::BadBlockSize { size: bs });
+        }
+        if !backend.size().is_multiple_of(SECTOR_SIZE) {
+            return Err(BlkConfigError::BadDiskSize {
+                size: backend.size(),
+            });
+        }
+        let mut f = BlkFeatures::SEG_MAX
+            | BlkFeatures::BLK_SIZE
+            | BlkFeatures::FLUSH
+            | BlkFeatures::TOPOLOGY
+            | BlkFeatures::CONFIG_WCE;
+        if cfg.size_max != 0 {
+            f |= BlkFeatures::SIZE_MAX;
+        }
+        if cfg.geometry.is_some() {
+            f |= BlkFeatures::GEOMETRY;
+        }
+        if backend.read_only() {
+            f |= BlkFeatures::RO;
+        }
+        if cfg.num_queues > 1 {
+            f |= BlkFeatures::MQ;
+        }
+        if cfg.discard {
+            f |= BlkFeatures::DISCARD;
+        }
+        if cfg.write_zeroes {
+            f |= BlkFeatures::WRITE_ZEROES;
+        }
+        let offered = f.bits()
+            | (TransportFeatures::VERSION_1
+                | TransportFeatures::RING_INDIRECT_DESC
+                | TransportFeatures::RING_EVENT_IDX)
+                .bits();
+        let max_sizes = alloc::vec![cfg.queue_size; usize::from(cfg.num_queues)];
+        Ok(Blk {
+            engine: Engine {
+                backend,
+                mem,
+                writeback: u8::from(cfg.writeback),
+                cfg,
+                offered,
+                features: 0,
+                stats: BlkStats::default(),
+            },
+            queues: Vec::new(),
+            max_sizes,
+        })
+    }
+
+    /// The counters.
+    pub fn stats(&self) -> BlkStats {
+        self.engine.stats
+    }
+
+    /// The backend.
+    pub fn backend(&self) -> &B {
+        &self.engine.backend
+    }
+
+    /// The backend, mutably.
+    pub fn backend_mut(&mut self) -> &mut B {
+        &mut self.engine.backend
+    }
+
+    /// The configuration the device was built from.
+    pub fn config(&self) -> &BlkConfig {
+        &self.engine.cfg
+    }
+
+    /// Whether the device runs the disk in writeback mode now (§5.2.5.1).
+    pub fn writeback(&self) -> bool {
+        self.engine.writeback_effective()
+    }
+
+    /// Applies the cache mode to the backend; switching to writethrough
+    /// flushes first, so nothing cached stays volatile.
+    fn apply_cache_mode(&mut self) {
+        let wb = self.engine.writeback_effective();
+        if !wb && self.engine.backend.write_cache() {
+            // A failure here shows up again at the next write's flush.
+            let _ = self.engine.backend.flush();
+        }
+        self.engine.backend.set_write_cache(wb);
+    }
+}
+
+impl<B: BlockBackend, M: GuestMemory> VirtioDevice for Blk<B, M> {
+    fn device_type(&self) -> DeviceType {
+        DeviceType::Blk
+    }
+
+    fn device_features(&self) -> u64 {
+        self.engine.offered
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        &self.max_sizes
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        let c = self.engine.config_bytes();
+        for (i, b) in data.iter_mut().enumerate() {
+            *b = usize::try_from(offset)
+                .ok()
+                .and_then(|o| o.checked_add(i))
+                .and_then(|o| c.get(o))
+                .copied()
+                .unwrap_or(0);
+        }
+    }
+
+    fn write_config(&mut self, offset: u64, data: &[u8]) {
+        // §5.2.5: only `writeback` is writable, with CONFIG_WCE.
+        if offset != CONFIG_WRITEBACK || data.len() != 1 {
+            return;
+        }
+        self.engine.writeback = u8::from(data[0] != 0);
+        if !self.queues.is_empty() && self.engine.negotiated(BlkFeatures::CONFIG_WCE) {
+            self.apply_cache_mode();
+        }
+    }
+
+    fn config_len(&self) -> usize {
+        CONFIG_LEN
+    }
+
+    fn activate(&mut self, features: u64, queues: Vec<QueueConfig>) -> Result<(), DeviceError> {
+        let mut states = Vec::with_capacity(self.max_sizes.len());
+        for (i, _) in self.max_sizes.iter().enumerate() {
+            let index = i as u16;
+            let q = queues.get(i).and_then(|c| c.device_queue(features));
+            let Some(q) = q else {
+                // §5.2.3 MQ: the driver may use fewer queues; queue 0 is
+                // needed.
+                if i == 0 {
+                    return Err(DeviceError::QueueNotReady { queue: 0 });
+                }
+                states.push(None);
+                continue;
+            };
+            q.layout()
+                .check_memory(&self.engine.mem)
+                .map_err(|err| DeviceError::QueueNotInMemory { queue: index, err })?;
+            let seg_max = self.engine.cfg.seg_max as usize;
+            let pieces = Vec::with_capacity(usize::from(q.size()).max(seg_max + 2));
+            let iov = IoVec(Vec::with_capacity(seg_max.max(MAX_SEGMENTS)));
+            states.push(Some(QueueState {
+                queue: q,
+                pieces,
+                iov,
+            }));
+        }
+        self.engine.features = features & self.engine.offered;
+        // §5.2.5.1: with CONFIG_WCE but no FLUSH, `writeback` reads 0.
+        if !self.engine.negotiated(BlkFeatures::FLUSH) {
+            self.engine.writeback = 0;
+        } else if !self.engine.negotiated(BlkFeatures::CONFIG_WCE) {
+            self.engine.writeback = 1;
+        }
+        self.queues = states;
+        self.apply_cache_mode();
+        Ok(())
+    }
+
+    fn queue_notify(&mut self, queue: u16) -> Result<Served, DeviceError> {
+        if usize::from(queue) >= self.max_sizes.len() {
+            return Err(DeviceError::NoSuchQueue { queue });
+        }
+        if self.queues.is_empty() {
+            return Err(DeviceError::NotActivated);
+        }
+        let qs = self
+            .queues
+            .get_mut(usize::from(queue))
+            .and_then(Option::as_mut)
+            .ok_or(DeviceError::QueueNotReady { queue })?;
+        self.engine.serve(qs, queue)
+    }
+
+    fn reset(&mut self) {
+        self.queues.clear();
+        self.engine.features = 0;
+        self.engine.writeback = u8::from(self.engine.cfg.writeback);
+    }
+}
