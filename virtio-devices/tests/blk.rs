@@ -762,3 +762,49 @@ fn a_device_over_a_boxed_backend_is_send_for_the_harness() {
         Box::new(Blk::new(b, &*mem, BlkConfig::default()).unwrap());
     assert_eq!(dev.device_type(), virtio_core::features::DeviceType::Blk);
 }
+
+#[test]
+fn section_2_7_10_event_idx_suppression_is_counted() {
+    let mut r = rig(MemDisk::new(16));
+    let layout = blk_support::layout(0);
+    // The driver wants an interrupt only after used entry 5.
+    r.mem.write_u16(layout.used_event(), 5).unwrap();
+    let d = r.alloc(512);
+    r.request(req::IN, 0, &[(d, 512)], false);
+    let served = r.notify(0);
+    assert_eq!(served.completed, 1);
+    assert!(!served.interrupt);
+    assert_eq!(r.dev.stats().notifications_suppressed, 1);
+}
+
+#[test]
+fn section_5_2_5_writeback_written_before_driver_ok_takes_effect_at_activation() {
+    let disk = MemDisk::new(16).with(|s| s.honours_writethrough = false);
+    let mem = Box::leak(Box::new(virtio_core::testing::OwnedMemory::new(
+        GuestAddress(0),
+        0x10_0000,
+    )));
+    let mut dev = Blk::new(disk.clone(), &*mem, BlkConfig::default()).unwrap();
+    dev.write_config(32, &[0]);
+    let features = dev.device_features();
+    dev.activate(
+        features,
+        vec![virtio_devices::device::QueueConfig {
+            layout: Some(blk_support::layout(0)),
+        }],
+    )
+    .unwrap();
+    assert!(!dev.writeback());
+    assert_eq!(disk.state().set_cache_calls.last(), Some(&false));
+    // Without CONFIG_WCE negotiated, the byte written earlier is void.
+    dev.reset();
+    dev.write_config(32, &[0]);
+    dev.activate(
+        features & !BlkFeatures::CONFIG_WCE.bits(),
+        vec![virtio_devices::device::QueueConfig {
+            layout: Some(blk_support::layout(0)),
+        }],
+    )
+    .unwrap();
+    assert!(dev.writeback());
+}
