@@ -14,12 +14,14 @@ use std::fmt;
 use std::os::fd::RawFd;
 use std::time::Duration;
 
+use backends::block::BlockBackend;
 use backends::chardev::os::{
     FileChardev, PipeChardev, PtyChardev, SocketAddr, SocketChardev, StdioChardev,
 };
 use backends::chardev::{Chardev, ChardevError, Null, RingBuf};
 use backends::rng::{Builtin, Deterministic, Egd, RandomFile, RngBackend, RngError};
 use virtio_core::memory::RegionMemory;
+use virtio_devices::blk::{Blk, BlkConfig};
 use virtio_devices::console::{Console, Port};
 use virtio_devices::device::VirtioDevice;
 use virtio_devices::rng::Rng;
@@ -66,6 +68,13 @@ pub enum MachineError {
     },
     /// A port that has no virtio-serial-device before it.
     OrphanPort(String),
+    /// The block device refused its configuration.
+    Blk {
+        /// The drive id.
+        drive: String,
+        /// Why.
+        err: virtio_devices::blk::BlkConfigError,
+    },
     /// A disk image could not be opened.
     Drive {
         /// Its id.
@@ -106,6 +115,9 @@ impl fmt::Display for MachineError {
                 write!(f, "{by}: needs a -device virtio-serial-device before it")
             }
             MachineError::Drive { id, err } => write!(f, "drive id={id}: {err}"),
+            MachineError::Blk { drive, err } => {
+                write!(f, "-device virtio-blk-device,drive={drive}: {err}")
+            }
             MachineError::NoKernel => f.write_str("no -kernel given"),
             MachineError::Kernel { path, err } => write!(f, "-kernel {}: {err}", path.display()),
             MachineError::Memory(e) => write!(f, "guest RAM: {e}"),
@@ -219,7 +231,6 @@ pub type BoxedDisk = Box<dyn backends::block::BlockBackend + Send>;
 
 /// Opens one disk image (`-drive` / `-blockdev`).
 pub fn open_drive(drive: &DriveConfig) -> Result<(BoxedDisk, String), MachineError> {
-    use backends::block::BlockBackend;
     use backends::block::qcow2::Qcow2;
     use backends::block::raw::{Cache, RawFile, RawOptions};
     let err = |err| MachineError::Drive {
@@ -311,6 +322,11 @@ pub fn realize_devices(
     for (id, kind) in &config.chardevs {
         chardevs.insert(id.clone(), open_chardev(id, kind)?);
     }
+    let mut disks = HashMap::new();
+    for d in &config.drives {
+        disks.insert(d.id.clone(), open_drive(d)?);
+    }
+    let drives = &config.drives;
     let mut rngs = HashMap::new();
     for (id, rng) in &config.rngs {
         rngs.insert(id.clone(), open_rng(id, rng, &mut chardevs)?);
@@ -372,11 +388,52 @@ pub fn realize_devices(
                     notify: notify_of(*ioeventfd),
                 });
             }
-            DeviceConfig::Blk { drive, .. } => {
-                // Wired in with the block device (issue 4, in progress).
-                return Err(MachineError::Missing {
-                    by: "-device virtio-blk-device (not available yet)".into(),
+            DeviceConfig::Blk {
+                drive,
+                serial: blk_serial,
+                num_queues,
+                queue_size,
+                discard,
+                write_zeroes,
+                ioeventfd,
+            } => {
+                if let Some(s) = serial.take() {
+                    finish_serial(s, &mut out);
+                }
+                let by = "-device virtio-blk-device";
+                let (disk, what) = disks.remove(drive).ok_or_else(|| MachineError::Missing {
+                    by: by.into(),
                     id: drive.clone(),
+                })?;
+                let wants_discard = drives
+                    .iter()
+                    .find(|d| &d.id == drive)
+                    .is_some_and(|d| d.discard);
+                let writethrough = drives
+                    .iter()
+                    .find(|d| &d.id == drive)
+                    .is_some_and(|d| d.cache == CacheMode::Writethrough);
+                let cfg = BlkConfig {
+                    serial: blk_serial.clone().unwrap_or_default().into_bytes(),
+                    num_queues: *num_queues,
+                    queue_size: *queue_size,
+                    // QEMU's rule: two descriptors go to header and status.
+                    seg_max: u32::from(*queue_size).saturating_sub(2).clamp(1, 254),
+                    discard: *discard && wants_discard && disk.supports_discard(),
+                    write_zeroes: *write_zeroes && disk.supports_write_zeroes(),
+                    writeback: !writethrough,
+                    ..BlkConfig::default()
+                };
+                let blk = Blk::new(disk, mem.clone(), cfg).map_err(|err| MachineError::Blk {
+                    drive: drive.clone(),
+                    err,
+                })?;
+                out.push(RealizedDevice {
+                    kind: "virtio-blk-device",
+                    backend: what,
+                    device: Box::new(blk),
+                    ready_fds: Vec::new(),
+                    notify: notify_of(*ioeventfd),
                 });
             }
             DeviceConfig::Serial {
@@ -597,6 +654,49 @@ mod tests {
         // Sockets, the pty and the pipe can wake the device.
         assert!(devs[0].ready_fds.len() >= 4, "{:?}", devs[0].ready_fds);
         drop(devs);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn drives_become_blk_devices() {
+        let dir = std::env::temp_dir().join(format!("machine-blk-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let img = dir.join("d.img");
+        std::fs::File::create(&img)
+            .unwrap()
+            .set_len(1 << 20)
+            .unwrap();
+        let line = format!(
+            "-drive if=none,id=d0,file={},format=raw,readonly=on \
+             -device virtio-blk-device,drive=d0,serial=abc,num-queues=2,queue-size=64",
+            img.display()
+        );
+        let devs = realize(&line).unwrap();
+        assert_eq!(devs[0].kind, "virtio-blk-device");
+        assert!(
+            devs[0].backend.contains("cache=writeback,readonly"),
+            "{}",
+            devs[0].backend
+        );
+        assert_eq!(devs[0].device.queue_max_sizes(), &[64, 64]);
+        // A missing image names the drive.
+        let err = realize(
+            "-drive if=none,id=dx,file=/nonexistent/d.img -device virtio-blk-device,drive=dx",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("id=dx") && err.contains("/nonexistent/d.img"),
+            "{err}"
+        );
+        // qcow2 cannot bypass the page cache.
+        let err = realize(&format!(
+            "-drive if=none,id=dq,file={},format=qcow2,cache=none",
+            img.display()
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("cache=none with format=qcow2"), "{err}");
         let _ = std::fs::remove_dir_all(dir);
     }
 
