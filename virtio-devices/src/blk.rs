@@ -451,10 +451,9 @@ impl<B: BlockBackend, M: GuestMemory> Engine<B, M> {
         if !self.negotiated(BlkFeatures::FLUSH) {
             return false;
         }
-        if self.negotiated(BlkFeatures::CONFIG_WCE) {
-            return self.writeback != 0;
-        }
-        true
+        // The driver's choice with CONFIG_WCE; the host's otherwise (set
+        // at activation).
+        self.writeback != 0
     }
 
     fn config_bytes(&self) -> [u8; CONFIG_LEN] {
@@ -1038,10 +1037,13 @@ impl<B: BlockBackend, M: GuestMemory> VirtioDevice for Blk<B, M> {
         }
         self.engine.features = features & self.engine.offered;
         // §5.2.5.1: with CONFIG_WCE but no FLUSH, `writeback` reads 0.
+        // With FLUSH but no CONFIG_WCE the driver cannot choose: the host's
+        // mode holds (writethrough when the disk was set up that way, e.g.
+        // `cache=writethrough`; writeback otherwise).
         if !self.engine.negotiated(BlkFeatures::FLUSH) {
             self.engine.writeback = 0;
         } else if !self.engine.negotiated(BlkFeatures::CONFIG_WCE) {
-            self.engine.writeback = 1;
+            self.engine.writeback = u8::from(self.engine.cfg.writeback);
         }
         self.queues = states;
         self.apply_cache_mode();
