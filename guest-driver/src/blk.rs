@@ -17,7 +17,7 @@
 
 use core::fmt;
 
-use heapless::{Deque, Vec};
+use heapless::Vec;
 use virtio_core::features::{BlkFeatures, DeviceType, TransportFeatures};
 use virtio_core::memory::{GuestAddress, GuestMemory};
 use virtio_core::mmio::InterruptStatus;
@@ -36,13 +36,13 @@ pub const SECTOR_SIZE: u32 = 512;
 
 /// Descriptors per queue, at most (the device's `QueueNumMax` may lower
 /// it).
-pub const QUEUE_SIZE: usize = 128;
+pub const QUEUE_SIZE: usize = 64;
 
 /// Requests in flight per queue, at most.
-pub const MAX_DEPTH: usize = 32;
+pub const MAX_DEPTH: usize = 16;
 
 /// Request queues driven, at most (§5.2.2, `VIRTIO_BLK_F_MQ`).
-pub const MAX_QUEUES: usize = 8;
+pub const MAX_QUEUES: usize = 4;
 
 /// Bytes of the GET_ID answer (§5.2.6: a 20-byte serial, NUL-padded).
 pub const ID_LEN: usize = 20;
@@ -559,7 +559,6 @@ pub struct Blk<H: Hal, R: RegisterAccess> {
     hal: H,
     transport: Transport<R>,
     queues: Vec<BlkQueue, MAX_QUEUES>,
-    ready: Deque<Token, { MAX_QUEUES * MAX_DEPTH }>,
     options: BlkOptions,
     features: u64,
     config: BlkConfig,
@@ -593,7 +592,6 @@ impl<H: Hal, R: RegisterAccess> Blk<H, R> {
             hal,
             transport,
             queues: Vec::new(),
-            ready: Deque::new(),
             options,
             features: 0,
             config: BlkConfig::default(),
@@ -749,7 +747,6 @@ impl<H: Hal, R: RegisterAccess> Blk<H, R> {
     /// Resets the device (§2.4) and initialises it again with the same
     /// memory, forgetting requests in flight.
     pub fn reinit(&mut self) -> Result<(), BlkError> {
-        self.ready.clear();
         self.transport.reset()?;
         let mut wanted = SUPPORTED.difference(self.options.refuse).bits();
         if self.options.event_idx {
@@ -942,24 +939,8 @@ impl<H: Hal, R: RegisterAccess> Blk<H, R> {
 
     /// Takes used chains from every queue into their slots.
     fn collect(&mut self) -> Result<(), BlkError> {
-        for qi in 0..self.queues.len() {
-            let q = &mut self.queues[qi];
-            let before: Vec<bool, MAX_DEPTH> = q
-                .slots
-                .iter()
-                .map(|s| matches!(s.state, SlotState::Posted { .. }))
-                .collect();
-            let r = q.collect();
-            for (i, s) in q.slots.iter().enumerate() {
-                if before.get(i) == Some(&true) && matches!(s.state, SlotState::Done { .. }) {
-                    let _ = self.ready.push_back(Token {
-                        queue: qi as u16,
-                        slot: i as u16,
-                        generation: s.generation,
-                    });
-                }
-            }
-            r?;
+        for q in self.queues.iter_mut() {
+            q.collect()?;
         }
         Ok(())
     }
@@ -994,12 +975,16 @@ impl<H: Hal, R: RegisterAccess> Blk<H, R> {
     /// [`take_data`](Self::take_data) or [`release`](Self::release).
     pub fn poll_completion(&mut self) -> Result<Option<Done>, BlkError> {
         self.collect()?;
-        while let Some(t) = self.ready.pop_front() {
-            if let Some(done) = self.finish(t) {
-                return Ok(Some(done));
-            }
-        }
-        Ok(None)
+        let found = self.queues.iter().enumerate().find_map(|(qi, q)| {
+            q.slots.iter().enumerate().find_map(|(i, s)| {
+                matches!(s.state, SlotState::Done { .. }).then_some(Token {
+                    queue: qi as u16,
+                    slot: i as u16,
+                    generation: s.generation,
+                })
+            })
+        });
+        Ok(found.and_then(|t| self.finish(t)))
     }
 
     /// Re-enables used buffer notifications on every queue; whether used
@@ -1035,7 +1020,7 @@ impl<H: Hal, R: RegisterAccess> Blk<H, R> {
     }
 
     /// Waits within `wait` for the request `token` (other completions stay
-    /// ready for [`poll_completion`](Self::poll_completion)). On timeout the
+    /// for [`poll_completion`](Self::poll_completion)). On timeout the
     /// request stays in flight.
     pub fn wait_for(&mut self, token: Token, wait: &mut impl Wait) -> Result<Done, BlkError> {
         self.slot(token)?;
@@ -1044,21 +1029,6 @@ impl<H: Hal, R: RegisterAccess> Blk<H, R> {
             wait,
             |b| {
                 b.collect()?;
-                let Some(pos) = b.ready.iter().position(|t| *t == token) else {
-                    return Ok(None);
-                };
-                // Take it out of the ready list, keeping the others' order.
-                for _ in 0..pos {
-                    if let Some(t) = b.ready.pop_front() {
-                        let _ = b.ready.push_back(t);
-                    }
-                }
-                b.ready.pop_front();
-                for _ in pos..b.ready.len() {
-                    if let Some(t) = b.ready.pop_front() {
-                        let _ = b.ready.push_back(t);
-                    }
-                }
                 Ok(b.finish(token))
             },
             |b| b.arm(),

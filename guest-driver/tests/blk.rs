@@ -531,3 +531,10 @@ fn blk_small_queue_limits_depth_and_drop_frees_everything_2_4() {
     assert_eq!(err, BlkError::QueueTooSmall { queue: 0, max: 2 });
     assert_eq!(env.hal.free_pages(), POOL_PAGES);
 }
+
+#[test]
+fn blk_driver_is_small_enough_for_a_tiny_guest_stack() {
+    let size = std::mem::size_of::<Blk<&common::Pool, &Bus<FakeBlk>>>();
+    eprintln!("size_of Blk: {size}");
+    assert!(size < 16 * 1024, "{size}");
+}
