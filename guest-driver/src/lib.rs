@@ -17,7 +17,8 @@
 //!   allocation, seen through [`queue::DmaMemory`].
 //! - [`wait`]: the bound on every wait ([`Polls`], [`Deadline`] on a
 //!   [`wait::Clock`]).
-//! - [`rng`] (§5.4) and [`console`] (§5.3, with MULTIPORT): the drivers.
+//! - [`rng`] (§5.4), [`console`] (§5.3, with MULTIPORT) and [`blk`] (§5.2,
+//!   with MQ, several requests in flight): the drivers.
 //!
 //! # Design choices
 //!
@@ -46,6 +47,7 @@
 #[cfg(feature = "alloc")]
 extern crate alloc;
 
+pub mod blk;
 pub mod cmdline;
 pub mod console;
 pub mod error;
@@ -56,6 +58,7 @@ pub mod rng;
 pub mod transport;
 pub mod wait;
 
+pub use blk::{Blk, BlkError, BlkOptions};
 pub use console::{Console, ConsoleOptions};
 pub use error::Error;
 pub use hal::{Hal, PoolHal};
