@@ -773,7 +773,6 @@ fn blk_simple(
 
 fn blk_scenarios() -> Vec<Scenario> {
     let blk = option_env!("GUEST_BLK");
-    let hostile = option_env!("GUEST_HOSTILE");
     vec![
         Scenario {
             name: "blk_pattern_raw_irq_depth8",
@@ -930,13 +929,6 @@ fn blk_scenarios() -> Vec<Scenario> {
                 }));
                 Ok(s)
             },
-        },
-        Scenario {
-            name: "hostile_blk",
-            device: "virtio-blk (raw rings)",
-            backend: "raw file",
-            guest: hostile,
-            setup: |dir| blk_simple(dir, "", "", ""),
         },
     ]
 }
