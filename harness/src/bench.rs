@@ -120,12 +120,13 @@ const BENCH_DISK: u64 = 64 << 20;
 
 /// One blk benchmark job: pattern, request size, depth, request count.
 const BLK_JOBS: &[(&str, u64, u32, u32)] = &[
-    ("randread", 4096, 1, 2048),
-    ("randread", 4096, 32, 4096),
-    ("randwrite", 4096, 1, 2048),
-    ("randwrite", 4096, 32, 4096),
-    ("seqread", 1 << 20, 4, 64),
-    ("seqwrite", 1 << 20, 4, 64),
+    ("randread", 4096, 1, 512),
+    ("randread", 4096, 32, 1024),
+    ("randwrite", 4096, 1, 512),
+    ("randwrite", 4096, 32, 1024),
+    // The guest's largest request is 64 KiB: 16 of them per MiB.
+    ("seqread", 64 << 10, 16, 256),
+    ("seqwrite", 64 << 10, 16, 256),
 ];
 
 /// What the blk guest measured for one job.

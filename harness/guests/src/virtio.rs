@@ -329,9 +329,13 @@ pub mod clock {
         if let Err(e) = apic::set_handler(TICK_VECTOR, on_tick) {
             exit::fail(format_args!("clock: {e}"));
         }
-        // One-shot: its interrupt (if any) stays pending until a wait.
-        lapic.start_timer(TICK_VECTOR, CALIBRATION_TICKS, false);
+        // One-shot: its interrupt (if any) stays pending until a wait. The
+        // TSC is read *before* the timer starts: if the vCPU is descheduled
+        // in between, the calibration overstates the TSC rate and the
+        // clock runs slow (waits get longer), never fast (a wait cut short
+        // would be a false timeout).
         let t0 = cpu::rdtsc();
+        lapic.start_timer(TICK_VECTOR, CALIBRATION_TICKS, false);
         let mut left = lapic.timer_current();
         let mut reads = 0;
         while left != 0 && reads < CALIBRATION_READS {
