@@ -44,6 +44,10 @@ pub const MAX_DEPTH: usize = 16;
 /// Request queues driven, at most (§5.2.2, `VIRTIO_BLK_F_MQ`).
 pub const MAX_QUEUES: usize = 4;
 
+/// Data segments per request, at most (the data is split at `size_max`
+/// when negotiated, §5.2.4; `seg_max` may lower it).
+pub const MAX_SEGMENTS: usize = 32;
+
 /// Bytes of the GET_ID answer (§5.2.6: a 20-byte serial, NUL-padded).
 pub const ID_LEN: usize = 20;
 
@@ -717,10 +721,16 @@ impl<H: Hal, R: RegisterAccess> Blk<H, R> {
     /// `size_max * seg_max` when both are negotiated, in whole sectors.
     pub fn max_request_bytes(&self) -> usize {
         let slot = self.options.slot_size as usize;
-        let limit = match (self.config.size_max, self.config.seg_max) {
-            (Some(size), Some(segs)) => (size as usize).saturating_mul(segs.max(1) as usize),
-            (None, Some(segs)) => (PAGE_SIZE).saturating_mul(segs.max(1) as usize).max(slot),
-            _ => slot,
+        // Without `size_max` the data is one segment, whatever `seg_max`.
+        let limit = match self.config.size_max.filter(|s| *s > 0) {
+            Some(size) => {
+                let segs = self
+                    .config
+                    .seg_max
+                    .map_or(MAX_SEGMENTS, |n| (n as usize).clamp(1, MAX_SEGMENTS));
+                (size as usize).saturating_mul(segs)
+            }
+            None => slot,
         };
         let m = slot.min(limit);
         m - m % SECTOR_SIZE as usize
@@ -810,21 +820,21 @@ impl<H: Hal, R: RegisterAccess> Blk<H, R> {
             None => data_in,
         };
         // Header, data segments (at most size_max each), status.
-        let mut segs: Vec<(GuestAddress, u32), 40> = Vec::new();
+        let mut segs: Vec<(GuestAddress, u32), { MAX_SEGMENTS + 1 }> = Vec::new();
         let mut off = 0u32;
         while off < data_len {
             let n = (data_len - off).min(size_max.unwrap_or(u32::MAX));
             segs.push((GuestAddress(data.0 + u64::from(off)), n))
                 .map_err(|_| BlkError::TooLarge {
                     len: data_len as usize,
-                    max: 38 * size_max.unwrap_or(0) as usize,
+                    max: MAX_SEGMENTS * size_max.unwrap_or(0) as usize,
                 })?;
             off += n;
         }
         let header_seg = [(q.header_addr(slot), HEADER_LEN)];
         let status_seg = (q.status_addr(slot), 1u32);
         let token = if out.is_some() {
-            let mut readable: Vec<(GuestAddress, u32), 41> = Vec::new();
+            let mut readable: Vec<(GuestAddress, u32), { MAX_SEGMENTS + 2 }> = Vec::new();
             let _ = readable.push(header_seg[0]);
             let _ = readable.extend_from_slice(&segs);
             q.queue.add(&q.mem, &readable, &[status_seg])

@@ -799,6 +799,11 @@ pub struct Scratch<'m> {
     next: u64,
     writable: [(u64, u64); SCRATCH_BUFFERS],
     count: usize,
+    /// Values the driver wrote into device-readable buffers (offset,
+    /// width in bytes, little-endian value), which [`check`](Self::check)
+    /// expects instead of the canary.
+    written: [(u64, u64, u64); SCRATCH_BUFFERS],
+    written_count: usize,
 }
 
 impl<'m> Scratch<'m> {
@@ -810,6 +815,8 @@ impl<'m> Scratch<'m> {
             next: CANARY_GAP,
             writable: [(0, 0); SCRATCH_BUFFERS],
             count: 0,
+            written: [(0, 0, 0); SCRATCH_BUFFERS],
+            written_count: 0,
         }
     }
 
@@ -834,6 +841,32 @@ impl<'m> Scratch<'m> {
         Ok(self.mem.addr() + start)
     }
 
+    /// Writes a little-endian `u32` at guest-physical `addr` (a buffer of
+    /// this scratch, e.g. a request header), naturally aligned.
+    pub fn write_u32(&mut self, addr: u64, value: u32) -> Result<(), RawError> {
+        let off = addr.wrapping_sub(self.mem.addr());
+        self.record(off, 4, value.into())?;
+        self.mem.write_u32(off, value)
+    }
+
+    /// Writes a little-endian `u64` at guest-physical `addr`, naturally
+    /// aligned.
+    pub fn write_u64(&mut self, addr: u64, value: u64) -> Result<(), RawError> {
+        let off = addr.wrapping_sub(self.mem.addr());
+        self.record(off, 8, value)?;
+        self.mem.write_u64(off, value)
+    }
+
+    fn record(&mut self, off: u64, width: u64, value: u64) -> Result<(), RawError> {
+        let slot = self
+            .written
+            .get_mut(self.written_count)
+            .ok_or(RawError::ScratchFull)?;
+        *slot = (off, width, value);
+        self.written_count += 1;
+        Ok(())
+    }
+
     /// Checks that only device-writable buffers changed.
     pub fn check(&self) -> Result<(), RawError> {
         let given = &self.writable[..self.count];
@@ -842,7 +875,12 @@ impl<'m> Scratch<'m> {
                 continue;
             }
             let value = self.mem.read_u8(off)?;
-            if value != CANARY {
+            let expected = self.written[..self.written_count]
+                .iter()
+                .rev()
+                .find(|&&(o, w, _)| (o..o + w).contains(&off))
+                .map_or(CANARY, |&(o, _, v)| (v >> (8 * (off - o))) as u8);
+            if value != expected {
                 return Err(RawError::StrayWrite {
                     addr: self.mem.addr() + off,
                     value,
@@ -1017,6 +1055,19 @@ pub enum CaseResult {
     },
 }
 
+/// Most used elements [`run_case_followed`] keeps.
+pub const MAX_USED_SEEN: usize = 4;
+
+/// The used elements a case produced, in used-ring order (§2.7.8).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct UsedSeen {
+    /// Used elements the device published (from the first look to the end
+    /// of the observation).
+    pub count: u16,
+    /// The first [`MAX_USED_SEEN`] of them.
+    pub elems: [Option<UsedElem>; MAX_USED_SEEN],
+}
+
 /// Runs `case` on `dev`: negotiate, place the queue in `mem.rings`,
 /// DRIVER_OK, `build`, notify, [`observe`], check canaries, reset. The
 /// device is left reset. Fails on a stray write or when the device cannot
@@ -1027,10 +1078,25 @@ pub fn run_case(
     case: &Case,
     ram_end: u64,
 ) -> Result<CaseResult, RawError> {
+    run_case_followed(dev, mem, case, ram_end, 0).map(|(r, _)| r)
+}
+
+/// [`run_case`] for a case whose `build` also posts `followups`
+/// well-formed chains after the malformed one (to see whether the device
+/// keeps serving the queue): after the first used element, the runner
+/// keeps watching (bounded by [`OBSERVE_CYCLES`]) until `1 + followups`
+/// were used or DEVICE_NEEDS_RESET is set, and returns what was used.
+pub fn run_case_followed(
+    dev: &RawDevice,
+    mem: &RawMemory,
+    case: &Case,
+    ram_end: u64,
+    followups: u16,
+) -> Result<(CaseResult, UsedSeen), RawError> {
     dev.reset()?;
     let missing = case.requires & !dev.device_features();
     if missing != 0 {
-        return Ok(CaseResult::Skipped { missing });
+        return Ok((CaseResult::Skipped { missing }, UsedSeen::default()));
     }
     let features = dev.negotiate(case.wanted | case.requires)?;
     let max = dev.queue_max(case.queue);
@@ -1067,10 +1133,30 @@ pub fn run_case(
     }
     dev.notify(u32::from(case.queue));
     let outcome = observe(dev, &queue, seen);
+    if followups > 0 && matches!(outcome, Outcome::Used(_)) {
+        let want = 1 + followups;
+        let start = rdtsc();
+        while queue.used_idx().wrapping_sub(seen) < want
+            && !dev.status().contains(DeviceStatus::DEVICE_NEEDS_RESET)
+            && rdtsc().wrapping_sub(start) <= OBSERVE_CYCLES
+        {
+            core::hint::spin_loop();
+        }
+    }
+    let mut used = UsedSeen {
+        count: queue.used_idx().wrapping_sub(seen),
+        ..UsedSeen::default()
+    };
+    for (k, e) in used.elems.iter_mut().enumerate() {
+        // k < MAX_USED_SEEN (4).
+        if (k as u16) < used.count {
+            *e = Some(queue.used_elem(seen.wrapping_add(k as u16)));
+        }
+    }
     let status = dev.status();
     dev.ack_interrupt(dev.interrupt_status());
     // Reset first, then look: a write that lands late is caught too.
     dev.reset()?;
     scratch.check()?;
-    Ok(CaseResult::Ran { outcome, status })
+    Ok((CaseResult::Ran { outcome, status }, used))
 }

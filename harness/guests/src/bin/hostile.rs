@@ -16,15 +16,32 @@
 //! hostile: <case>: survived (<what the clean driver did>)
 //! ```
 //!
+//! Block cases (§5.2, the first virtio-blk slot, queue 0) post one
+//! malformed request and then a well-formed READ of sector 0 on the same
+//! queue, and print the malformed request's status byte and the follow-up's
+//! fate; a device that did not set DEVICE_NEEDS_RESET must have completed
+//! the follow-up with OK (§5.2.6: it keeps serving the queue), else the run
+//! fails:
+//!
+//! ```text
+//! hostile: <case>: request status <hex|not written> (want IOERR or UNSUPP, or the chain returned), follow-up <ok | status <hex> | not used>
+//! ```
+//!
 //! `hostile.case=<name>` runs one case (several may be given); the default
-//! is every case; console cases are skipped without a console. Adding a case is adding an entry to [`CASES`].
+//! is every case; console and blk cases are skipped without such a device. Adding a case is adding an entry to [`CASES`].
 #![no_std]
 #![no_main]
 
+use core::sync::atomic::{AtomicU64, Ordering};
+
+use guest_driver::blk::{Blk, BlkOptions, req, status as blk_status};
 use guest_driver::{Console, ConsoleOptions, Polls, Rng, RngOptions};
-use guest_rt::raw::{self, Case, CaseResult, RawDevice, RawError, RawMemory, Setup, desc};
+use guest_rt::raw::{
+    self, Case, CaseResult, RawDevice, RawError, RawMemory, Setup, UsedSeen, desc,
+};
 use guest_rt::{BootInfo, MemoryKind, exit, println};
-use virtio_core::features::{DeviceType, TransportFeatures};
+use virtio_core::features::{BlkFeatures, DeviceType, TransportFeatures};
+use virtio_core::status::DeviceStatus;
 
 guest_rt::entry!(main);
 
@@ -42,6 +59,20 @@ const SURVIVAL_BYTES: usize = 64;
 const SURVIVAL_POLLS: u64 = 50_000_000;
 
 const INDIRECT_DESC: u64 = TransportFeatures::RING_INDIRECT_DESC.bits();
+
+/// `VIRTQ_DESC_F_WRITE` (§2.7.5).
+const WRITE: u16 = 2;
+/// Config offset of `capacity` in the register block (§4.2.2, §5.2.4).
+const BLK_CAPACITY: u64 = 0x100;
+/// Config offset of `seg_max` in the register block (§5.2.4).
+const BLK_SEG_MAX: u64 = 0x100 + 12;
+const BLK_RO: u64 = BlkFeatures::RO.bits();
+const BLK_SEGS: u64 = BlkFeatures::SEG_MAX.bits() | INDIRECT_DESC;
+
+/// Guest-physical addresses of the status bytes of the case's malformed
+/// request (0: it has none) and of its follow-up, set by the blk builders
+/// and read after the case ran (the scratch memory outlives the case).
+static BLK_STATUS: [AtomicU64; 2] = [AtomicU64::new(0), AtomicU64::new(0)];
 
 /// An rng case on the requestq (§5.4.2: device-writable buffers).
 const fn rng(
@@ -79,6 +110,27 @@ const fn console(
         device_writes: false,
         wanted: 0,
         requires: 0,
+        build,
+    }
+}
+
+/// A blk case on queue 0 (§5.2.2): a malformed request, then a
+/// well-formed READ of sector 0 (the follow-up).
+const fn blk(
+    name: &'static str,
+    rule: &'static str,
+    requires: u64,
+    build: fn(&mut Setup<'_, '_>) -> Result<(), RawError>,
+) -> Case {
+    Case {
+        name,
+        rule,
+        device: DeviceType::Blk,
+        queue: 0,
+        size: SIZE,
+        device_writes: false,
+        wanted: 0,
+        requires,
         build,
     }
 }
@@ -176,6 +228,54 @@ const CASES: &[Case] = &[
         "console-avail-index-jump",
         "§2.7.6: the available index runs at most the queue size ahead; here it jumps size+1",
         avail_index_jump,
+    ),
+    blk(
+        "blk-beyond-capacity",
+        "§5.2.6.1: no request beyond the capacity; here a READ at sector = capacity (want IOERR)",
+        0,
+        blk_beyond_capacity,
+    ),
+    blk(
+        "blk-write-read-only",
+        "§5.2.6.1: no WRITE to a VIRTIO_BLK_F_RO disk; here a WRITE of sector 0 (want IOERR)",
+        BLK_RO,
+        blk_write_read_only,
+    ),
+    blk(
+        "blk-header-too-short",
+        "§5.2.6: the header is 16 device-readable bytes; here 8 (want IOERR/UNSUPP or the chain returned)",
+        0,
+        blk_header_too_short,
+    ),
+    blk(
+        "blk-header-device-writable",
+        "§5.2.6: the header is device-readable; here it is device-writable (want IOERR/UNSUPP or the chain returned)",
+        0,
+        blk_header_device_writable,
+    ),
+    blk(
+        "blk-status-too-short",
+        "§5.2.6: the status is one device-writable byte; here the status buffer has 0 bytes (want the chain returned)",
+        0,
+        blk_status_too_short,
+    ),
+    blk(
+        "blk-status-device-readable",
+        "§5.2.6: the status byte is device-writable; here it is device-readable (want the chain returned)",
+        0,
+        blk_status_device_readable,
+    ),
+    blk(
+        "blk-data-not-sector-multiple",
+        "§5.2.6: data is a multiple of 512 bytes; here a WRITE of 100 bytes (want IOERR)",
+        0,
+        blk_data_not_sector_multiple,
+    ),
+    blk(
+        "blk-more-segments-than-seg-max",
+        "§5.2.4, §5.2.6.1: at most seg_max data segments; here seg_max + 1 in an indirect table (want IOERR or OK)",
+        BLK_SEGS,
+        blk_more_segments_than_seg_max,
     ),
 ];
 
@@ -277,6 +377,212 @@ fn indirect_nested(s: &mut Setup<'_, '_>) -> Result<(), RawError> {
     plain(s, table, 16, INDIRECT)
 }
 
+/// A blk request header (§5.2.6: `le32 type, le32 reserved, le64
+/// sector`) in a new device-readable scratch buffer of `len` bytes.
+fn blk_header(s: &mut Setup<'_, '_>, kind: u32, sector: u64, len: u64) -> Result<u64, RawError> {
+    let h = s.readable(len.max(16))?;
+    s.scratch.write_u32(h, kind)?;
+    s.scratch.write_u32(h + 4, 0)?;
+    s.scratch.write_u64(h + 8, sector)?;
+    Ok(h)
+}
+
+/// Writes the chain `bufs` (address, length, flags) from descriptor
+/// `first` on and posts it.
+fn blk_chain(s: &mut Setup<'_, '_>, first: u16, bufs: &[(u64, u32, u16)]) -> Result<u16, RawError> {
+    let mut d = first;
+    for (i, &(addr, len, flags)) in bufs.iter().enumerate() {
+        let last = i + 1 == bufs.len();
+        let (flags, next) = if last {
+            (flags, 0)
+        } else {
+            (flags | NEXT, d + 1)
+        };
+        s.queue.set_desc(d, desc(addr, len, flags, next))?;
+        d += 1;
+    }
+    s.queue.post(first)?;
+    Ok(d)
+}
+
+/// A device-writable status byte; its address is recorded in
+/// [`BLK_STATUS`]`[which]`.
+fn blk_status(s: &mut Setup<'_, '_>, which: usize, len: u64) -> Result<u64, RawError> {
+    let st = s.writable(len)?;
+    BLK_STATUS[which].store(st, Ordering::Relaxed);
+    Ok(st)
+}
+
+/// The follow-up: a well-formed READ of sector 0 from descriptor `first`.
+fn blk_followup(s: &mut Setup<'_, '_>, first: u16) -> Result<(), RawError> {
+    let h = blk_header(s, req::IN, 0, 16)?;
+    let data = s.writable(512)?;
+    let st = blk_status(s, 1, 1)?;
+    blk_chain(s, first, &[(h, 16, 0), (data, 512, WRITE), (st, 1, WRITE)]).map(|_| ())
+}
+
+/// A request of `kind` at `sector` with `data` bytes (device-writable for
+/// READ), then the follow-up.
+fn blk_simple(s: &mut Setup<'_, '_>, kind: u32, sector: u64, data: u32) -> Result<(), RawError> {
+    let h = blk_header(s, kind, sector, 16)?;
+    let dflags = if kind == req::IN { WRITE } else { 0 };
+    let buf = if kind == req::IN {
+        s.writable(data.into())?
+    } else {
+        s.readable(data.into())?
+    };
+    let st = blk_status(s, 0, 1)?;
+    let next = blk_chain(s, 0, &[(h, 16, 0), (buf, data, dflags), (st, 1, WRITE)])?;
+    blk_followup(s, next)
+}
+
+fn blk_beyond_capacity(s: &mut Setup<'_, '_>) -> Result<(), RawError> {
+    let cap = u64::from(s.dev.read(BLK_CAPACITY)) | (u64::from(s.dev.read(BLK_CAPACITY + 4)) << 32);
+    blk_simple(s, req::IN, cap, 512)
+}
+
+fn blk_write_read_only(s: &mut Setup<'_, '_>) -> Result<(), RawError> {
+    blk_simple(s, req::OUT, 0, 512)
+}
+
+fn blk_data_not_sector_multiple(s: &mut Setup<'_, '_>) -> Result<(), RawError> {
+    blk_simple(s, req::OUT, 0, 100)
+}
+
+fn blk_header_too_short(s: &mut Setup<'_, '_>) -> Result<(), RawError> {
+    let h = blk_header(s, req::IN, 0, 16)?;
+    let data = s.writable(512)?;
+    let st = blk_status(s, 0, 1)?;
+    let next = blk_chain(s, 0, &[(h, 8, 0), (data, 512, WRITE), (st, 1, WRITE)])?;
+    blk_followup(s, next)
+}
+
+fn blk_header_device_writable(s: &mut Setup<'_, '_>) -> Result<(), RawError> {
+    let h = s.writable(16)?;
+    let data = s.writable(512)?;
+    let st = blk_status(s, 0, 1)?;
+    let next = blk_chain(s, 0, &[(h, 16, WRITE), (data, 512, WRITE), (st, 1, WRITE)])?;
+    blk_followup(s, next)
+}
+
+fn blk_status_too_short(s: &mut Setup<'_, '_>) -> Result<(), RawError> {
+    let h = blk_header(s, req::IN, 0, 16)?;
+    let data = s.writable(512)?;
+    // A zero-length "status" after the data: the device has nowhere to
+    // put the status byte; a write there is caught by the canaries (the
+    // buffer is registered as not device-writable).
+    BLK_STATUS[0].store(0, Ordering::Relaxed);
+    let st = s.readable(16)?;
+    let next = blk_chain(s, 0, &[(h, 16, 0), (data, 512, WRITE), (st, 0, WRITE)])?;
+    blk_followup(s, next)
+}
+
+fn blk_status_device_readable(s: &mut Setup<'_, '_>) -> Result<(), RawError> {
+    let h = blk_header(s, req::IN, 0, 16)?;
+    let data = s.writable(512)?;
+    let st = s.readable(1)?;
+    BLK_STATUS[0].store(0, Ordering::Relaxed);
+    let next = blk_chain(s, 0, &[(h, 16, 0), (data, 512, WRITE), (st, 1, 0)])?;
+    blk_followup(s, next)
+}
+
+fn blk_more_segments_than_seg_max(s: &mut Setup<'_, '_>) -> Result<(), RawError> {
+    let seg_max = s.dev.read(BLK_SEG_MAX);
+    let segs = seg_max.saturating_add(1);
+    // Header, the segments, status: one indirect table page at most.
+    let count = u32::from(s.table.capacity());
+    if segs.saturating_add(2) > count {
+        return Err(RawError::OutOfRegion {
+            offset: u64::from(segs.saturating_add(2)) * 16,
+            len: 16,
+        });
+    }
+    let h = blk_header(s, req::OUT, 0, 16)?;
+    // Every segment is the same 512 device-readable bytes.
+    let data = s.readable(512)?;
+    let st = blk_status(s, 0, 1)?;
+    let n = segs as u16 + 2;
+    for i in 0..n {
+        let (addr, len, flags) = if i == 0 {
+            (h, 16, NEXT)
+        } else if i + 1 == n {
+            (st, 1, WRITE)
+        } else {
+            (data, 512, NEXT)
+        };
+        let next = if i + 1 == n { 0 } else { i + 1 };
+        s.table.set(i, desc(addr, len, flags, next))?;
+    }
+    let table = s.table.addr();
+    s.queue
+        .set_desc(0, desc(table, 16 * u32::from(n), INDIRECT, 0))?;
+    s.queue.post(0)?;
+    blk_followup(s, 1)
+}
+
+/// Reads a recorded status byte (`None` when the case has none).
+fn blk_status_byte(mem: &RawMemory, which: usize) -> Option<u8> {
+    let addr = BLK_STATUS[which].load(Ordering::Relaxed);
+    if addr == 0 {
+        return None;
+    }
+    mem.scratch
+        .read_u8(addr.wrapping_sub(mem.scratch.addr()))
+        .ok()
+}
+
+fn status_name(b: u8) -> &'static str {
+    match b {
+        blk_status::OK => "OK",
+        blk_status::IOERR => "IOERR",
+        blk_status::UNSUPP => "UNSUPP",
+        raw::CANARY => "not written",
+        _ => "invalid",
+    }
+}
+
+/// Reports a blk case: the malformed request's status byte and the
+/// follow-up's fate. A device that kept going (no DEVICE_NEEDS_RESET) must
+/// have completed the follow-up with OK.
+///
+/// A legacy (version 1) device has no DEVICE_NEEDS_RESET (§4.2.4 uses the
+/// version 1 status, which QEMU does not set there): one that stops
+/// serving the queue is reported, not failed.
+fn blk_report(name: &str, mem: &RawMemory, used: &UsedSeen, needs_reset: bool, legacy: bool) {
+    let first = blk_status_byte(mem, 0);
+    let follow = blk_status_byte(mem, 1);
+    let followed = used.count >= 2;
+    match first {
+        Some(b) => println!(
+            "hostile: {name}: request status {b:#04x} ({}), {} used element(s)",
+            status_name(b),
+            used.count
+        ),
+        None => println!(
+            "hostile: {name}: request has no status byte, {} used element(s)",
+            used.count
+        ),
+    }
+    match (followed, follow) {
+        (true, Some(blk_status::OK)) => println!("hostile: {name}: follow-up READ ok"),
+        (_, b) if needs_reset => println!(
+            "hostile: {name}: device set DEVICE_NEEDS_RESET; follow-up not served (status {})",
+            b.map_or("-", status_name)
+        ),
+        (true, b) => exit::fail(format_args!(
+            "hostile: {name}: the follow-up READ completed with status {} (§5.2.6)",
+            b.map_or("-", status_name)
+        )),
+        (false, b) if legacy => println!(
+            "hostile: {name}: legacy device stopped serving the queue (no DEVICE_NEEDS_RESET on version 1); follow-up not served (status {})",
+            b.map_or("-", status_name)
+        ),
+        (false, _) => exit::fail(format_args!(
+            "hostile: {name}: the follow-up READ was not used and the device did not set DEVICE_NEEDS_RESET"
+        )),
+    }
+}
+
 /// One past the last byte of RAM, from the PVH memory map.
 fn ram_end(boot: &BootInfo) -> u64 {
     boot.memory_map()
@@ -285,6 +591,18 @@ fn ram_end(boot: &BootInfo) -> u64 {
         .map(|r| r.base.saturating_add(r.size))
         .max()
         .unwrap_or(0)
+}
+
+/// The driver error inside a blk error (a device answer becomes a
+/// timeout-free `Queue` error naming queue 0).
+fn blk_error(e: guest_driver::BlkError) -> guest_driver::Error {
+    match e {
+        guest_driver::BlkError::Driver(e) => e,
+        _ => guest_driver::Error::Queue {
+            queue: 0,
+            err: virtio_core::split::DriverError::Broken,
+        },
+    }
 }
 
 /// Proves the device still works: a clean initialisation by
@@ -302,6 +620,18 @@ fn survive(dev: &RawDevice, mem: &RawMemory) -> Result<&'static str, guest_drive
         let mut console: Console<_, _, 1> = Console::new(&mem.pool, regs, options)?;
         console.write(b"hostile: console alive\n", &mut Polls::new(SURVIVAL_POLLS))?;
         return Ok("wrote a line after re-initialisation");
+    }
+    if dev.device_id() == DeviceType::Blk.id() {
+        let options = BlkOptions {
+            depth: 1,
+            slot_size: 512,
+            ..BlkOptions::default()
+        };
+        let mut blk = Blk::new(&mem.pool, regs, options).map_err(blk_error)?;
+        let mut buf = [0u8; 512];
+        blk.read(0, &mut buf, &mut Polls::new(SURVIVAL_POLLS))
+            .map_err(blk_error)?;
+        return Ok("read sector 0 after re-initialisation");
     }
     let mut rng = Rng::new(&mem.pool, regs, RngOptions::default())?;
     let mut buf = [0u8; SURVIVAL_BYTES];
@@ -332,7 +662,12 @@ fn main(boot: &'static BootInfo) {
     };
     // The console is optional: its cases are skipped without one.
     let console = RawDevice::find(boot.cmdline(), DeviceType::Console).ok();
-    for dev in core::iter::once(&rng).chain(console.as_ref()) {
+    // So is the block device.
+    let blk = RawDevice::find(boot.cmdline(), DeviceType::Blk).ok();
+    for dev in core::iter::once(&rng)
+        .chain(console.as_ref())
+        .chain(blk.as_ref())
+    {
         println!(
             "hostile: device id {} at {:#x} (virtio-mmio version {}), features offered {:#x}",
             dev.device_id(),
@@ -356,6 +691,7 @@ fn main(boot: &'static BootInfo) {
         let dev = match case.device {
             DeviceType::Rng => Some(&rng),
             DeviceType::Console => console.as_ref(),
+            DeviceType::Blk => blk.as_ref(),
             _ => None,
         };
         let Some(dev) = dev else {
@@ -364,14 +700,24 @@ fn main(boot: &'static BootInfo) {
             continue;
         };
         println!("hostile: {name}: rule {}", case.rule);
-        match raw::run_case(dev, &mem, case, ram_end) {
-            Ok(CaseResult::Skipped { missing }) => {
+        let is_blk = case.device == DeviceType::Blk;
+        if is_blk {
+            for s in &BLK_STATUS {
+                s.store(0, Ordering::Relaxed);
+            }
+        }
+        match raw::run_case_followed(dev, &mem, case, ram_end, u16::from(is_blk)) {
+            Ok((CaseResult::Skipped { missing }, _)) => {
                 println!("hostile: {name}: skipped (features {missing:#x} not offered)");
                 skipped += 1;
                 continue;
             }
-            Ok(CaseResult::Ran { outcome, status }) => {
+            Ok((CaseResult::Ran { outcome, status }, used)) => {
                 println!("hostile: {name}: {outcome} (status {:#04x})", status.bits());
+                if is_blk {
+                    let needs_reset = status.contains(DeviceStatus::DEVICE_NEEDS_RESET);
+                    blk_report(name, &mem, &used, needs_reset, !dev.is_modern());
+                }
             }
             Err(e) => exit::fail(format_args!("hostile: {name}: {e}")),
         }
