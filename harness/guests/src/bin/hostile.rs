@@ -593,23 +593,11 @@ fn ram_end(boot: &BootInfo) -> u64 {
         .unwrap_or(0)
 }
 
-/// The driver error inside a blk error (a device answer becomes a
-/// timeout-free `Queue` error naming queue 0).
-fn blk_error(e: guest_driver::BlkError) -> guest_driver::Error {
-    match e {
-        guest_driver::BlkError::Driver(e) => e,
-        _ => guest_driver::Error::Queue {
-            queue: 0,
-            err: virtio_core::split::DriverError::Broken,
-        },
-    }
-}
-
 /// Proves the device still works: a clean initialisation by
 /// `guest-driver`, then for the rng a read of [`SURVIVAL_BYTES`], for the
 /// console a line written on port 0; dropping the driver resets it again.
 /// Returns what was done.
-fn survive(dev: &RawDevice, mem: &RawMemory) -> Result<&'static str, guest_driver::Error> {
+fn survive(dev: &RawDevice, mem: &RawMemory) -> Result<&'static str, guest_driver::BlkError> {
     // SAFETY: `dev` is not used until the driver is dropped below.
     let regs = unsafe { dev.driver_regs() };
     if dev.device_id() == DeviceType::Console.id() {
@@ -627,10 +615,9 @@ fn survive(dev: &RawDevice, mem: &RawMemory) -> Result<&'static str, guest_drive
             slot_size: 512,
             ..BlkOptions::default()
         };
-        let mut blk = Blk::new(&mem.pool, regs, options).map_err(blk_error)?;
+        let mut blk = Blk::new(&mem.pool, regs, options)?;
         let mut buf = [0u8; 512];
-        blk.read(0, &mut buf, &mut Polls::new(SURVIVAL_POLLS))
-            .map_err(blk_error)?;
+        blk.read(0, &mut buf, &mut Polls::new(SURVIVAL_POLLS))?;
         return Ok("read sector 0 after re-initialisation");
     }
     let mut rng = Rng::new(&mem.pool, regs, RngOptions::default())?;
