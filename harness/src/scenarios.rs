@@ -773,6 +773,7 @@ fn blk_simple(
 
 fn blk_scenarios() -> Vec<Scenario> {
     let blk = option_env!("GUEST_BLK");
+    let hostile = option_env!("GUEST_HOSTILE");
     vec![
         Scenario {
             name: "blk_pattern_raw_irq_depth8",
@@ -926,6 +927,48 @@ fn blk_scenarios() -> Vec<Scenario> {
                 s.check = Some(Box::new(move |_| {
                     disk_holds_pattern(&a, 0, bytes, BLK_SEED, DISK)?;
                     disk_holds_pattern(&b, 0, bytes, BLK_SEED.wrapping_add(1), DISK)
+                }));
+                Ok(s)
+            },
+        },
+        Scenario {
+            name: "hostile_blk",
+            device: "virtio-blk (raw rings) + rng",
+            backend: "raw file, readonly=on",
+            guest: hostile,
+            setup: |dir| {
+                let img = dir.path("disk.img");
+                sparse_image(&img, DISK)?;
+                let mut s = Setup::new(
+                    &format!(
+                        "-object rng-deterministic,id=r0,seed=1 -device virtio-rng-device,rng=r0 \
+                         -drive if=none,id=d0,file={},format=raw,readonly=on \
+                         -device virtio-blk-device,drive=d0,queue-size=128",
+                        img.display()
+                    ),
+                    "",
+                );
+                s.check = Some(Box::new(|o| {
+                    let blk_cases = o
+                        .serial
+                        .lines()
+                        .filter(|l| l.starts_with("hostile: blk-") && l.contains(": survived"))
+                        .count();
+                    // Every malformed-request rule of §5.2.6 (a read-only disk
+                    // lets the write case run); none may be skipped.
+                    let skipped = o
+                        .serial
+                        .lines()
+                        .any(|l| l.starts_with("hostile: blk-") && l.contains(": skipped"));
+                    if blk_cases < 8 || skipped {
+                        return Err(format!("only {blk_cases} of 8 blk cases survived or ran"));
+                    }
+                    for l in o.serial.lines().filter(|l| l.contains("request status")) {
+                        if !l.contains("(IOERR)") {
+                            return Err(format!("want IOERR: '{l}'"));
+                        }
+                    }
+                    Ok(())
                 }));
                 Ok(s)
             },

@@ -77,4 +77,5 @@ scenario_tests!(
     blk_write_zeroes_discard,
     blk_mq_4_queues,
     blk_two_disks,
+    hostile_blk,
 );
