@@ -36,10 +36,10 @@ pub const SECTOR_SIZE: u32 = 512;
 
 /// Descriptors per queue, at most (the device's `QueueNumMax` may lower
 /// it).
-pub const QUEUE_SIZE: usize = 64;
+pub const QUEUE_SIZE: usize = 128;
 
 /// Requests in flight per queue, at most.
-pub const MAX_DEPTH: usize = 16;
+pub const MAX_DEPTH: usize = 32;
 
 /// Request queues driven, at most (§5.2.2, `VIRTIO_BLK_F_MQ`).
 pub const MAX_QUEUES: usize = 4;

@@ -141,7 +141,7 @@ fn bench_us(serial: &str) -> Option<u64> {
     let line = serial
         .lines()
         .rev()
-        .find(|l| l.starts_with("blk: bench: "))?;
+        .find(|l| l.starts_with("blk: bench: ") && l.trim_end().ends_with(" us"))?;
     crate::scenarios::number_before(line, "us")
 }
 
@@ -191,7 +191,12 @@ fn blk_rows(t: &mut String) -> Result<(), String> {
                 return Err(format!("blk bench ({pattern}): {}", out.verdict));
             }
             Ok(BlkResult {
-                us: bench_us(&out.serial).ok_or("the blk guest printed no bench line")?,
+                us: bench_us(&out.serial).ok_or_else(|| {
+                    format!(
+                        "the blk guest printed no bench line ({pattern}, {size} B, depth {depth}, {count} requests):\n{}",
+                        out.serial
+                    )
+                })?,
                 exits: Some(out.exits.total()),
                 kvm_exits: out.kvm.as_ref().map(|k| k.exits()),
             })
