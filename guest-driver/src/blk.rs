@@ -48,71 +48,15 @@ pub const MAX_QUEUES: usize = 4;
 /// when negotiated, §5.2.4; `seg_max` may lower it).
 pub const MAX_SEGMENTS: usize = 32;
 
-/// Bytes of the GET_ID answer (§5.2.6: a 20-byte serial, NUL-padded).
-pub const ID_LEN: usize = 20;
-
-/// Request types (§5.2.6).
-pub mod req {
-    /// Read.
-    pub const IN: u32 = 0;
-    /// Write.
-    pub const OUT: u32 = 1;
-    /// Flush the write cache.
-    pub const FLUSH: u32 = 4;
-    /// Device id string.
-    pub const GET_ID: u32 = 8;
-    /// Discard ranges.
-    pub const DISCARD: u32 = 11;
-    /// Write zeroes to ranges.
-    pub const WRITE_ZEROES: u32 = 13;
-}
-
-/// Request status values (§5.2.6).
-pub mod status {
-    /// Success.
-    pub const OK: u8 = 0;
-    /// Device or driver error.
-    pub const IOERR: u8 = 1;
-    /// Request unsupported by the device.
-    pub const UNSUPP: u8 = 2;
-}
-
-/// Configuration field offsets (§5.2.4, `struct virtio_blk_config`).
-pub mod config {
-    /// `le64 capacity` in 512-byte sectors.
-    pub const CAPACITY: u64 = 0;
-    /// `le32 size_max`.
-    pub const SIZE_MAX: u64 = 8;
-    /// `le32 seg_max`.
-    pub const SEG_MAX: u64 = 12;
-    /// `le32 blk_size`.
-    pub const BLK_SIZE: u64 = 20;
-    /// `u8 writeback`.
-    pub const WRITEBACK: u64 = 32;
-    /// `le16 num_queues`.
-    pub const NUM_QUEUES: u64 = 34;
-    /// `le32 max_discard_sectors`.
-    pub const MAX_DISCARD_SECTORS: u64 = 36;
-    /// `le32 max_discard_seg`.
-    pub const MAX_DISCARD_SEG: u64 = 40;
-    /// `le32 discard_sector_alignment`.
-    pub const DISCARD_SECTOR_ALIGNMENT: u64 = 44;
-    /// `le32 max_write_zeroes_sectors`.
-    pub const MAX_WRITE_ZEROES_SECTORS: u64 = 48;
-    /// `le32 max_write_zeroes_seg`.
-    pub const MAX_WRITE_ZEROES_SEG: u64 = 52;
-    /// `u8 write_zeroes_may_unmap`.
-    pub const WRITE_ZEROES_MAY_UNMAP: u64 = 56;
-}
+pub use virtio_core::blk::{ID_LEN, config, req, status};
 
 /// Bytes of the request header (`le32 type, le32 reserved, le64 sector`).
-const HEADER_LEN: u32 = 16;
+const HEADER_LEN: u32 = virtio_core::blk::HEADER_LEN as u32;
 /// Per-slot bytes of header and status in the meta area.
 const META_LEN: u64 = 32;
 /// The status byte before the device writes it: no valid status.
 const STATUS_UNSET: u8 = 0xff;
-/// `VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP` (§5.2.6).
-const FLAG_UNMAP: u32 = 1;
+use virtio_core::blk::FLAG_UNMAP;
 
 /// Features this driver can use (§5.2.3).
 const SUPPORTED: BlkFeatures = BlkFeatures::SIZE_MAX

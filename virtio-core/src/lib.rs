@@ -39,6 +39,7 @@
 #[cfg(feature = "test-utils")]
 extern crate alloc;
 
+pub mod blk;
 pub mod console;
 pub mod features;
 pub mod memory;

@@ -23,48 +23,15 @@ use virtio_core::split::DeviceQueue;
 
 use crate::device::{DeviceError, QueueConfig, Served, VirtioDevice, next_head};
 
-/// Request types (§5.2.6).
-pub mod req {
-    /// Read (`VIRTIO_BLK_T_IN`).
-    pub const IN: u32 = 0;
-    /// Write (`VIRTIO_BLK_T_OUT`).
-    pub const OUT: u32 = 1;
-    /// Flush the write cache (`VIRTIO_BLK_T_FLUSH`).
-    pub const FLUSH: u32 = 4;
-    /// Device identifier (`VIRTIO_BLK_T_GET_ID`).
-    pub const GET_ID: u32 = 8;
-    /// Discard (`VIRTIO_BLK_T_DISCARD`).
-    pub const DISCARD: u32 = 11;
-    /// Write zeroes (`VIRTIO_BLK_T_WRITE_ZEROES`).
-    pub const WRITE_ZEROES: u32 = 13;
-}
+pub use virtio_core::blk::{DWZ_SEGMENT_LEN, FLAG_UNMAP, HEADER_LEN, req, status};
 
-/// Request status values (§5.2.6).
-pub mod status {
-    /// Success (`VIRTIO_BLK_S_OK`).
-    pub const OK: u8 = 0;
-    /// Device or driver error (`VIRTIO_BLK_S_IOERR`).
-    pub const IOERR: u8 = 1;
-    /// Request unsupported by the device (`VIRTIO_BLK_S_UNSUPP`).
-    pub const UNSUPP: u8 = 2;
-}
-
-/// The `flags` bit of a discard / write-zeroes segment that allows
-/// deallocation (`VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP`, §5.2.6).
-pub const FLAG_UNMAP: u32 = 1;
-
-/// Bytes of the request header (`struct virtio_blk_req` up to `data`).
-pub const HEADER_LEN: u64 = 16;
-/// Bytes of a discard / write-zeroes segment
-/// (`struct virtio_blk_discard_write_zeroes`).
-pub const DWZ_SEGMENT_LEN: u64 = 16;
 /// Bytes of the GET_ID answer (§5.2.6: a 20-byte string, NUL-padded).
-pub const SERIAL_LEN: usize = 20;
+pub const SERIAL_LEN: usize = virtio_core::blk::ID_LEN;
 /// Bytes of the configuration space served (`struct virtio_blk_config`
 /// through `unused1`, §5.2.4; secure erase and zoned fields are not).
 pub const CONFIG_LEN: usize = 60;
 /// Offset of `writeback` in the configuration space (§5.2.4).
-pub const CONFIG_WRITEBACK: u64 = 32;
+pub const CONFIG_WRITEBACK: u64 = virtio_core::blk::config::WRITEBACK;
 
 /// Disk-style geometry (§5.2.4 `virtio_blk_geometry`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
