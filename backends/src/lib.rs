@@ -13,6 +13,7 @@ pub mod block;
 pub mod chardev;
 #[cfg(feature = "std")]
 pub mod hostmem;
+pub mod net;
 pub mod rng;
 
 /// One piece of host memory for vectored I/O: a raw pointer and a length, so
