@@ -82,6 +82,8 @@ pub enum MachineError {
         /// What went wrong.
         err: backends::block::BlockError,
     },
+    /// Something these options ask for that this monitor cannot do yet.
+    Unsupported(&'static str),
     /// No `-kernel`.
     NoKernel,
     /// The kernel could not be read.
@@ -118,6 +120,7 @@ impl fmt::Display for MachineError {
             MachineError::Blk { drive, err } => {
                 write!(f, "-device virtio-blk-device,drive={drive}: {err}")
             }
+            MachineError::Unsupported(what) => f.write_str(what),
             MachineError::NoKernel => f.write_str("no -kernel given"),
             MachineError::Kernel { path, err } => write!(f, "-kernel {}: {err}", path.display()),
             MachineError::Memory(e) => write!(f, "guest RAM: {e}"),
@@ -435,6 +438,11 @@ pub fn realize_devices(
                     ready_fds: Vec::new(),
                     notify: notify_of(*ioeventfd),
                 });
+            }
+            DeviceConfig::Net { .. } => {
+                return Err(MachineError::Unsupported(
+                    "-device virtio-net-device: the network device is not built yet (issue 5)",
+                ));
             }
             DeviceConfig::Serial {
                 max_ports,

@@ -421,6 +421,42 @@ pub struct DriveConfig {
     pub discard: bool,
 }
 
+/// A network backend (`-netdev`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NetdevKind {
+    /// `loopback` (ours): what is sent comes back.
+    Loopback,
+    /// `hubport,hubid=N`: a port on hub N (created on first use).
+    Hubport {
+        /// The hub.
+        hubid: u32,
+    },
+    /// `stream,server=on|off,addr.type=unix|inet,…`: frames with a 4-byte
+    /// big-endian length over a stream socket (QEMU's framing).
+    Stream {
+        /// Listen instead of connecting.
+        server: bool,
+        /// Unix path, if `addr.type=unix`.
+        path: Option<PathBuf>,
+        /// `host:port`, if `addr.type=inet`.
+        inet: Option<String>,
+    },
+    /// `dgram,local.…,remote.…`: one frame per UDP datagram.
+    Dgram {
+        /// `host:port` to bind.
+        local: String,
+        /// `host:port` to send to.
+        remote: String,
+    },
+    /// `tap,ifname=NAME` or `tap,fd=N`.
+    Tap {
+        /// The interface name (created if missing).
+        ifname: Option<String>,
+        /// An open tap file descriptor to use instead.
+        fd: Option<i32>,
+    },
+}
+
 /// A device (`-device`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum DeviceConfig {
@@ -460,6 +496,21 @@ pub enum DeviceConfig {
         /// As for [`DeviceConfig::Rng`].
         ioeventfd: bool,
     },
+    /// `virtio-net-device,netdev=…[,mac=…][,mq=on][,queue-size=N][,ioeventfd=…]`.
+    Net {
+        /// The netdev id.
+        netdev: String,
+        /// The MAC address (QEMU's default `52:54:00:12:34:56` plus the
+        /// device's index when absent).
+        mac: Option<[u8; 6]>,
+        /// Several queue pairs (`mq=on`, with `queues=N` on the netdev side
+        /// in QEMU; here `queue-pairs=N`).
+        queue_pairs: u16,
+        /// Each queue's size.
+        queue_size: u16,
+        /// As for [`DeviceConfig::Rng`].
+        ioeventfd: bool,
+    },
     /// `virtconsole,chardev=…` or `virtserialport,chardev=…[,name=…]`.
     Port {
         /// The chardev.
@@ -486,6 +537,8 @@ pub struct MachineConfig {
     pub chardevs: Vec<(String, ChardevKind)>,
     /// Disk backends, by id.
     pub drives: Vec<DriveConfig>,
+    /// Network backends, by id.
+    pub netdevs: Vec<(String, NetdevKind)>,
     /// Devices, in command-line order.
     pub devices: Vec<DeviceConfig>,
     /// The guest ELF.
@@ -501,6 +554,7 @@ impl DeviceConfig {
             DeviceConfig::Rng { .. } => "virtio-rng-device",
             DeviceConfig::Serial { .. } => "virtio-serial-device",
             DeviceConfig::Blk { .. } => "virtio-blk-device",
+            DeviceConfig::Net { .. } => "virtio-net-device",
             DeviceConfig::Port { console: true, .. } => "virtconsole",
             DeviceConfig::Port { console: false, .. } => "virtserialport",
         }
@@ -554,7 +608,22 @@ enum IdKind {
     Rng,
     Chardev,
     Drive,
+    Netdev,
     Device,
+}
+
+/// `aa:bb:cc:dd:ee:ff` → bytes.
+pub fn parse_mac(v: &str) -> Option<[u8; 6]> {
+    let mut mac = [0u8; 6];
+    let mut parts = v.split(':');
+    for b in &mut mac {
+        let p = parts.next()?;
+        if p.len() != 2 {
+            return None;
+        }
+        *b = u8::from_str_radix(p, 16).ok()?;
+    }
+    parts.next().is_none().then_some(mac)
 }
 
 const FORMATS: &[(&str, DiskFormat)] = &[("raw", DiskFormat::Raw), ("qcow2", DiskFormat::Qcow2)];
@@ -600,8 +669,8 @@ pub fn parse<S: AsRef<str>>(args: &[S]) -> Result<MachineConfig, OptionError> {
             return Err(OptionError::UnknownOption(opt.to_string()));
         }
         let known = [
-            "m", "machine", "M", "object", "chardev", "drive", "blockdev", "device", "kernel",
-            "append",
+            "m", "machine", "M", "object", "chardev", "drive", "blockdev", "netdev", "device",
+            "kernel", "append",
         ];
         if !known.contains(&name) {
             return Err(OptionError::UnknownOption(opt.to_string()));
@@ -877,6 +946,100 @@ pub fn parse<S: AsRef<str>>(args: &[S]) -> Result<MachineConfig, OptionError> {
                 kv.finish()?;
                 add_drive(&mut cfg, &mut ids, drive)?;
             }
+            "netdev" => {
+                let mut kv = KeyVals::parse("-netdev", arg)?;
+                let id = kv.require("id")?;
+                let kind = match kv.ty.as_str() {
+                    "loopback" => NetdevKind::Loopback,
+                    "hubport" => NetdevKind::Hubport {
+                        hubid: kv.take_u32("hubid")?.ok_or(OptionError::MissingKey {
+                            option: "-netdev",
+                            ty: kv.ty.clone(),
+                            key: "hubid",
+                        })?,
+                    },
+                    "stream" => {
+                        let server = kv.take_bool("server", false)?;
+                        let ty = kv.require("addr.type")?;
+                        let (path, inet) = match ty.as_str() {
+                            "unix" => (Some(kv.require("addr.path")?.into()), None),
+                            "inet" => {
+                                let host = kv.require("addr.host")?;
+                                let port = kv.require("addr.port")?;
+                                if port.parse::<u16>().is_err() {
+                                    return Err(kv.bad("addr.port", &port, "a port number"));
+                                }
+                                (None, Some(format!("{host}:{port}")))
+                            }
+                            _ => return Err(kv.bad("addr.type", &ty, "unix or inet")),
+                        };
+                        NetdevKind::Stream { server, path, inet }
+                    }
+                    "dgram" => {
+                        let inet = |kv: &mut KeyVals, side: &'static str| {
+                            let ty_key = if side == "local" {
+                                "local.type"
+                            } else {
+                                "remote.type"
+                            };
+                            let ty = kv.require(ty_key)?;
+                            if ty != "inet" {
+                                return Err(kv.bad(ty_key, &ty, "inet"));
+                            }
+                            let (h, p) = if side == "local" {
+                                (kv.require("local.host")?, kv.require("local.port")?)
+                            } else {
+                                (kv.require("remote.host")?, kv.require("remote.port")?)
+                            };
+                            if p.parse::<u16>().is_err() {
+                                return Err(kv.bad(side, &p, "a port number"));
+                            }
+                            Ok(format!("{h}:{p}"))
+                        };
+                        let local = inet(&mut kv, "local")?;
+                        let remote = inet(&mut kv, "remote")?;
+                        NetdevKind::Dgram { local, remote }
+                    }
+                    "tap" => {
+                        // QEMU's scripts are not run here; `no` is accepted.
+                        for k in ["script", "downscript"] {
+                            if let Some(v) = kv.take(k)
+                                && v != "no"
+                            {
+                                return Err(kv.bad(k, &v, "no (scripts are not run)"));
+                            }
+                        }
+                        kv.take_bool("vhost", false)?;
+                        let ifname = kv.take("ifname");
+                        let fd = match kv.take("fd") {
+                            None => None,
+                            Some(v) => Some(
+                                v.parse::<i32>()
+                                    .ok()
+                                    .filter(|f| *f >= 0)
+                                    .ok_or_else(|| kv.bad("fd", &v, "an open file descriptor"))?,
+                            ),
+                        };
+                        if ifname.is_some() == fd.is_some() {
+                            return Err(OptionError::Conflict(format!(
+                                "-netdev tap,id={id}: give exactly one of ifname= or fd="
+                            )));
+                        }
+                        NetdevKind::Tap { ifname, fd }
+                    }
+                    _ => {
+                        return Err(OptionError::UnknownType {
+                            option: "-netdev",
+                            ty: kv.ty,
+                        });
+                    }
+                };
+                kv.finish()?;
+                if ids.insert(id.clone(), IdKind::Netdev).is_some() {
+                    return Err(OptionError::DuplicateId(id));
+                }
+                cfg.netdevs.push((id, kind));
+            }
             "device" => {
                 let mut kv = KeyVals::parse("-device", arg)?;
                 let id = kv.take("id");
@@ -911,6 +1074,40 @@ pub fn parse<S: AsRef<str>>(args: &[S]) -> Result<MachineConfig, OptionError> {
                             queue_size: queue_size as u16,
                             discard: kv.take_bool("discard", true)?,
                             write_zeroes: kv.take_bool("write-zeroes", true)?,
+                            ioeventfd: kv.take_bool("ioeventfd", true)?,
+                        }
+                    }
+                    "virtio-net-device" => {
+                        let mac = match kv.take("mac") {
+                            None => None,
+                            Some(v) => Some(parse_mac(&v).ok_or_else(|| {
+                                kv.bad("mac", &v, "a MAC address like 52:54:00:12:34:56")
+                            })?),
+                        };
+                        let mq = kv.take_bool("mq", false)?;
+                        let pairs = kv
+                            .take_u32("queue-pairs")?
+                            .unwrap_or(if mq { 2 } else { 1 });
+                        if !(1..=16).contains(&pairs) || (pairs > 1 && !mq) {
+                            return Err(kv.bad(
+                                "queue-pairs",
+                                &pairs.to_string(),
+                                "1 without mq=on, 1 to 16 with it",
+                            ));
+                        }
+                        let queue_size = kv.take_u32("queue-size")?.unwrap_or(256);
+                        if !queue_size.is_power_of_two() || !(2..=32768).contains(&queue_size) {
+                            return Err(kv.bad(
+                                "queue-size",
+                                &queue_size.to_string(),
+                                "a power of two from 2 to 32768",
+                            ));
+                        }
+                        DeviceConfig::Net {
+                            netdev: kv.require("netdev")?,
+                            mac,
+                            queue_pairs: pairs as u16,
+                            queue_size: queue_size as u16,
                             ioeventfd: kv.take_bool("ioeventfd", true)?,
                         }
                     }
@@ -1021,6 +1218,7 @@ fn check_references(cfg: &MachineConfig, ids: &HashMap<String, IdKind>) -> Resul
     }
     let mut rng_user: std::collections::HashSet<&str> = Default::default();
     let mut drive_user: std::collections::HashSet<&str> = Default::default();
+    let mut netdev_user: std::collections::HashSet<&str> = Default::default();
     // `None` until a virtio-serial-device: the ports it still has room for.
     let mut ports_left: Option<u32> = None;
     for dev in &cfg.devices {
@@ -1039,6 +1237,14 @@ fn check_references(cfg: &MachineConfig, ids: &HashMap<String, IdKind>) -> Resul
                 if !drive_user.insert(drive.as_str()) {
                     return Err(OptionError::Conflict(format!(
                         "{by}: drive '{drive}' is already used by another device"
+                    )));
+                }
+            }
+            DeviceConfig::Net { netdev, .. } => {
+                refers(&by, "netdev", netdev, IdKind::Netdev, "a netdev")?;
+                if !netdev_user.insert(netdev.as_str()) {
+                    return Err(OptionError::Conflict(format!(
+                        "{by}: netdev '{netdev}' is already used by another device"
                     )));
                 }
             }
@@ -1281,6 +1487,77 @@ mod tests {
             (
                 "-blockdev driver=vdi,node-name=d,file.filename=x",
                 "driver='vdi' is not file, raw or qcow2",
+            ),
+        ];
+        for (line, want) in cases {
+            let err = p(line).expect_err(line).to_string();
+            assert!(err.contains(want), "{line}: got '{err}', want '{want}'");
+        }
+    }
+
+    #[test]
+    fn netdevs_and_net_devices_parse() {
+        let c = p("-netdev loopback,id=l -netdev hubport,id=h,hubid=3 \
+                   -netdev stream,id=s,server=on,addr.type=unix,addr.path=/tmp/n.sock \
+                   -netdev stream,id=t,addr.type=inet,addr.host=127.0.0.1,addr.port=5555 \
+                   -netdev dgram,id=d,local.type=inet,local.host=127.0.0.1,local.port=1,remote.type=inet,remote.host=127.0.0.1,remote.port=2 \
+                   -netdev tap,id=tp,ifname=tap0,script=no,downscript=no \
+                   -device virtio-net-device,netdev=l,mac=52:54:00:aa:bb:cc,mq=on,queue-pairs=4 \
+                   -device virtio-net-device,netdev=h")
+        .unwrap();
+        assert_eq!(c.netdevs[1].1, NetdevKind::Hubport { hubid: 3 });
+        assert_eq!(
+            c.netdevs[3].1,
+            NetdevKind::Stream {
+                server: false,
+                path: None,
+                inet: Some("127.0.0.1:5555".into())
+            }
+        );
+        assert_eq!(
+            c.netdevs[5].1,
+            NetdevKind::Tap {
+                ifname: Some("tap0".into()),
+                fd: None
+            }
+        );
+        assert_eq!(
+            c.devices[0],
+            DeviceConfig::Net {
+                netdev: "l".into(),
+                mac: Some([0x52, 0x54, 0, 0xaa, 0xbb, 0xcc]),
+                queue_pairs: 4,
+                queue_size: 256,
+                ioeventfd: true,
+            }
+        );
+        let cases = [
+            ("-netdev tap,id=t", "give exactly one of ifname= or fd="),
+            (
+                "-netdev tap,id=t,ifname=x,script=/etc/qemu-ifup",
+                "scripts are not run",
+            ),
+            ("-netdev hubport,id=h", "missing 'hubid='"),
+            (
+                "-netdev stream,id=s,addr.type=vsock",
+                "addr.type='vsock' is not unix or inet",
+            ),
+            ("-netdev slirp,id=u", "-netdev: unknown type 'slirp'"),
+            (
+                "-netdev loopback,id=l -device virtio-net-device,netdev=l,mac=52:54",
+                "is not a MAC address",
+            ),
+            (
+                "-netdev loopback,id=l -device virtio-net-device,netdev=l,queue-pairs=2",
+                "1 without mq=on",
+            ),
+            (
+                "-device virtio-net-device,netdev=x",
+                "netdev='x' does not name a netdev",
+            ),
+            (
+                "-netdev loopback,id=l -device virtio-net-device,netdev=l -device virtio-net-device,netdev=l",
+                "netdev 'l' is already used by another device",
             ),
         ];
         for (line, want) in cases {

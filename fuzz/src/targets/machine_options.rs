@@ -43,6 +43,13 @@ const WORDS: &[&str] = &[
     "driver=qcow2,node-name=d3,file.driver=file,file.filename=q.img",
     "virtio-blk-device,drive=d0,serial=s,num-queues=4,queue-size=128",
     "virtio-blk-device,drive=d2,discard=off,write-zeroes=off,ioeventfd=off",
+    "-netdev",
+    "loopback,id=n0",
+    "hubport,id=n1,hubid=0",
+    "stream,id=n2,server=on,addr.type=unix,addr.path=/tmp/n.sock",
+    "dgram,id=n3,local.type=inet,local.host=127.0.0.1,local.port=1,remote.type=inet,remote.host=127.0.0.1,remote.port=2",
+    "tap,id=n4,ifname=tap0,script=no,downscript=no",
+    "virtio-net-device,netdev=n0,mac=52:54:00:12:34:56,mq=on,queue-pairs=2",
 ];
 
 #[derive(Arbitrary, Debug)]
