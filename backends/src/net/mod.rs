@@ -144,3 +144,6 @@ impl<B: NetBackend + ?Sized> NetBackend for std::boxed::Box<B> {
         (**self).readiness_fd()
     }
 }
+
+#[cfg(feature = "alloc")]
+pub mod loopback;
