@@ -145,5 +145,7 @@ impl<B: NetBackend + ?Sized> NetBackend for std::boxed::Box<B> {
     }
 }
 
+#[cfg(feature = "std")]
+pub mod hub;
 #[cfg(feature = "alloc")]
 pub mod loopback;
