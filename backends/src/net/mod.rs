@@ -149,3 +149,5 @@ impl<B: NetBackend + ?Sized> NetBackend for std::boxed::Box<B> {
 pub mod hub;
 #[cfg(feature = "alloc")]
 pub mod loopback;
+#[cfg(feature = "std")]
+pub mod stream;
