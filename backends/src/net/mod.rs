@@ -146,6 +146,8 @@ impl<B: NetBackend + ?Sized> NetBackend for std::boxed::Box<B> {
 }
 
 #[cfg(feature = "std")]
+pub mod dgram;
+#[cfg(feature = "std")]
 pub mod hub;
 #[cfg(feature = "alloc")]
 pub mod loopback;
