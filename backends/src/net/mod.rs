@@ -153,3 +153,5 @@ pub mod hub;
 pub mod loopback;
 #[cfg(feature = "std")]
 pub mod stream;
+#[cfg(all(feature = "std", target_os = "linux"))]
+pub mod tap;
