@@ -144,3 +144,14 @@ impl<B: NetBackend + ?Sized> NetBackend for std::boxed::Box<B> {
         (**self).readiness_fd()
     }
 }
+
+#[cfg(feature = "std")]
+pub mod dgram;
+#[cfg(feature = "std")]
+pub mod hub;
+#[cfg(feature = "alloc")]
+pub mod loopback;
+#[cfg(feature = "std")]
+pub mod stream;
+#[cfg(all(feature = "std", target_os = "linux"))]
+pub mod tap;
