@@ -11,7 +11,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::os::fd::RawFd;
+use std::os::fd::{FromRawFd, RawFd};
 use std::time::Duration;
 
 use backends::block::BlockBackend;
@@ -27,7 +27,8 @@ use virtio_devices::device::VirtioDevice;
 use virtio_devices::rng::Rng;
 
 use crate::options::{
-    CacheMode, ChardevKind, DeviceConfig, DiskFormat, DriveConfig, MachineConfig, RngConfig,
+    CacheMode, ChardevKind, DeviceConfig, DiskFormat, DriveConfig, MachineConfig, NetdevKind,
+    RngConfig,
 };
 use crate::virtio::NotifyMode;
 use crate::vm::{Outcome, Vm, VmError};
@@ -75,6 +76,13 @@ pub enum MachineError {
         /// Why.
         err: virtio_devices::blk::BlkConfigError,
     },
+    /// A network backend could not be opened.
+    Netdev {
+        /// Its id.
+        id: String,
+        /// What went wrong.
+        err: backends::net::NetError,
+    },
     /// A disk image could not be opened.
     Drive {
         /// Its id.
@@ -117,6 +125,7 @@ impl fmt::Display for MachineError {
                 write!(f, "{by}: needs a -device virtio-serial-device before it")
             }
             MachineError::Drive { id, err } => write!(f, "drive id={id}: {err}"),
+            MachineError::Netdev { id, err } => write!(f, "-netdev id={id}: {err}"),
             MachineError::Blk { drive, err } => {
                 write!(f, "-device virtio-blk-device,drive={drive}: {err}")
             }
@@ -136,6 +145,7 @@ impl std::error::Error for MachineError {
             MachineError::Rng { err, .. } => Some(err),
             MachineError::Kernel { err, .. } => Some(err),
             MachineError::Drive { err, .. } => Some(err),
+            MachineError::Netdev { err, .. } => Some(err),
             MachineError::Memory(e) => Some(e),
             MachineError::Vm(e) => Some(e),
             _ => None,
@@ -226,6 +236,88 @@ pub fn open_chardev(id: &str, kind: &ChardevKind) -> Result<(BoxedChardev, Strin
             };
             (Box::new(sock), what)
         }
+    })
+}
+
+/// A network backend as devices hold it.
+pub type BoxedNet = Box<dyn backends::net::NetBackend + Send>;
+
+/// The hubs of one machine, by `hubid` (QEMU creates a hub on first use).
+#[derive(Debug, Default)]
+pub struct Hubs(HashMap<u32, backends::net::hub::Hub>);
+
+impl Hubs {
+    /// Hub `id`, created if new.
+    pub fn get(&mut self, id: u32) -> backends::net::hub::Hub {
+        self.0.entry(id).or_default().clone()
+    }
+}
+
+/// Opens one network backend (`-netdev`); hub ports join `hubs`.
+pub fn open_netdev(
+    id: &str,
+    kind: &NetdevKind,
+    hubs: &mut Hubs,
+) -> Result<(BoxedNet, String), MachineError> {
+    use backends::net::dgram::DgramNet;
+    use backends::net::loopback::Loopback;
+    use backends::net::stream::StreamNet;
+    use backends::net::tap::Tap;
+    let err = |err| MachineError::Netdev {
+        id: id.to_string(),
+        err,
+    };
+    Ok(match kind {
+        NetdevKind::Loopback => (Box::new(Loopback::default()), "loopback".into()),
+        NetdevKind::Hubport { hubid } => (
+            Box::new(hubs.get(*hubid).port(id).map_err(err)?),
+            format!("hubport, hub {hubid}"),
+        ),
+        NetdevKind::Stream { server, path, inet } => {
+            let addr = match (path, inet) {
+                (Some(p), _) => SocketAddr::Unix(p.clone()),
+                (None, Some(a)) => SocketAddr::Tcp(a.clone()),
+                (None, None) => {
+                    return Err(MachineError::Unsupported(
+                        "-netdev stream without an address",
+                    ));
+                }
+            };
+            let what = format!("stream {addr}{}", if *server { ",server" } else { "" });
+            let net = if *server {
+                StreamNet::server(addr).map_err(err)?
+            } else {
+                StreamNet::client(addr, Some(Duration::from_secs(1))).map_err(err)?
+            };
+            (Box::new(net), what)
+        }
+        NetdevKind::Dgram { local, remote } => (
+            Box::new(DgramNet::udp(Some(local), remote).map_err(err)?),
+            format!("dgram {local} -> {remote}"),
+        ),
+        NetdevKind::Tap { ifname, fd } => match (ifname, fd) {
+            (Some(name), _) => {
+                let tap = Tap::open(name).map_err(err)?;
+                let what = format!("tap {}", tap.name());
+                (Box::new(tap), what)
+            }
+            (None, Some(fd)) => {
+                // SAFETY: the user handed this descriptor to the monitor
+                // (`fd=N`), as QEMU's tap option does; it is ours to own
+                // from here (closed with the backend). A bad fd fails in
+                // `from_fd`'s ioctl with a clear error.
+                let owned = unsafe { std::os::fd::OwnedFd::from_raw_fd(*fd) };
+                (
+                    Box::new(Tap::from_fd(owned).map_err(err)?),
+                    format!("tap fd {fd}"),
+                )
+            }
+            (None, None) => {
+                return Err(MachineError::Unsupported(
+                    "-netdev tap without ifname= or fd=",
+                ));
+            }
+        },
     })
 }
 
@@ -706,6 +798,38 @@ mod tests {
         .to_string();
         assert!(err.contains("cache=none with format=qcow2"), "{err}");
         let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn netdevs_open_and_hub_ports_share_a_hub() {
+        use backends::net::{NetBackend, Sent};
+        let mut hubs = Hubs::default();
+        let kind = NetdevKind::Hubport { hubid: 1 };
+        let (mut a, what) = open_netdev("a", &kind, &mut hubs).unwrap();
+        let (mut b, _) = open_netdev("b", &kind, &mut hubs).unwrap();
+        assert_eq!(what, "hubport, hub 1");
+        assert_eq!(a.send(&[b"frame"]).unwrap(), Sent::Done);
+        let mut buf = [0u8; 64];
+        assert_eq!(b.recv(&mut buf).unwrap(), Some(5));
+        let (mut l, _) = open_netdev("l", &NetdevKind::Loopback, &mut hubs).unwrap();
+        l.send(&[b"x", b"y"]).unwrap();
+        assert_eq!(l.recv(&mut buf).unwrap(), Some(2));
+        let Err(err) = open_netdev(
+            "s",
+            &NetdevKind::Stream {
+                server: true,
+                path: Some("/nonexistent/dir/n.sock".into()),
+                inet: None,
+            },
+            &mut hubs,
+        ) else {
+            panic!("a socket in a missing directory opened");
+        };
+        let err = err.to_string();
+        assert!(
+            err.contains("id=s") && err.contains("/nonexistent/dir/n.sock"),
+            "{err}"
+        );
     }
 
     #[test]
