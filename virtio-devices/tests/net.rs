@@ -9,7 +9,7 @@ mod net_support;
 use std::cell::RefCell;
 use std::rc::Rc;
 
-use net_support::{BCAST, Buf, Rig, Wire, frame, rig, rig_with};
+use net_support::{BCAST, Buf, MAC, Rig, Wire, frame, rig, rig_with};
 use virtio_core::features::{NetFeatures, TransportFeatures};
 use virtio_core::mmio::device::MmioRegisters;
 use virtio_core::testing::virtio_drivers::{DeviceTransport, TestHal};
@@ -23,7 +23,6 @@ use virtio_drivers::device::net::VirtIONet;
 use virtio_drivers::transport::InterruptStatus;
 
 const V1: u64 = TransportFeatures::VERSION_1.bits();
-const MAC: [u8; 6] = [0x52, 0x54, 0x00, 0x12, 0x34, 0x56];
 
 fn hdr() -> [u8; HDR_LEN] {
     NetHdr::default().to_bytes()

@@ -101,7 +101,7 @@ impl NetBackend for Wire {
 }
 
 pub const QSIZE: u16 = 64;
-pub const MEM_SIZE: usize = 0x40_0000;
+pub const MEM_SIZE: usize = 0x20_0000;
 
 /// Where the rigs' queues live: queue `i` at `0x1000 + i * 0x3000`.
 pub fn layout(i: u64) -> QueueLayout {
@@ -180,6 +180,8 @@ pub fn frame(dst: [u8; 6], len: usize, seed: u8) -> Vec<u8> {
 }
 
 pub const BCAST: [u8; 6] = [0xff; 6];
+/// The default configuration's MAC address.
+pub const MAC: [u8; 6] = [0x52, 0x54, 0x00, 0x12, 0x34, 0x56];
 
 impl Rig {
     pub fn alloc(&mut self, len: u64) -> u64 {
