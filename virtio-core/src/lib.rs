@@ -44,6 +44,7 @@ pub mod console;
 pub mod features;
 pub mod memory;
 pub mod mmio;
+pub mod net;
 pub mod split;
 pub mod status;
 

@@ -93,6 +93,10 @@ pub struct Served {
     /// Whether the driver must get a used-buffer notification (§2.7.7,
     /// §2.7.10 decided).
     pub interrupt: bool,
+    /// Whether the device changed its configuration space (e.g. a net
+    /// device's link status, §5.1.4): the transport bumps the generation
+    /// and raises the configuration change interrupt (§2.5.1, §4.2.2).
+    pub config_changed: bool,
 }
 
 /// A virtio device frontend.

@@ -131,8 +131,17 @@ fn finish<D: VirtioDevice, const N: usize>(
     served: Result<Served, DeviceError>,
 ) -> bool {
     match served {
-        Ok(s) if s.interrupt => regs.raise_used_buffer(),
-        Ok(_) => false,
+        Ok(s) => {
+            let mut irq = false;
+            if s.config_changed {
+                regs.config_changed();
+                irq |= regs.interrupt_asserted();
+            }
+            if s.interrupt {
+                irq |= regs.raise_used_buffer();
+            }
+            irq
+        }
         Err(e) => {
             regs.device_mut().last_error = Some(e);
             let _ = regs.set_needs_reset();

@@ -1,0 +1,225 @@
+//! The virtio-net wire format both sides share (§5.1): the per-frame
+//! header (§5.1.6) with its flags and GSO types, the control queue's
+//! classes, commands and acks (§5.1.6.5), link status bits and the
+//! configuration layout (§5.1.4). The device in `virtio-devices` and a
+//! driver use these same definitions. Nothing here parses guest memory.
+
+/// Bytes of `struct virtio_net_hdr` with `num_buffers` (§5.1.6: present
+/// with `VIRTIO_F_VERSION_1` or `VIRTIO_NET_F_MRG_RXBUF`).
+pub const HDR_LEN: usize = 12;
+/// Bytes of the legacy header without `num_buffers` (§5.1.6.1).
+pub const HDR_LEN_LEGACY: usize = 10;
+
+/// Header `flags` (§5.1.6).
+pub mod flags {
+    /// The checksum at `csum_start + csum_offset` is partial and must be
+    /// completed (`VIRTIO_NET_HDR_F_NEEDS_CSUM`).
+    pub const NEEDS_CSUM: u8 = 1;
+    /// The checksum has been validated (`VIRTIO_NET_HDR_F_DATA_VALID`).
+    pub const DATA_VALID: u8 = 2;
+    /// Receive segment coalescing info is present (`VIRTIO_NET_HDR_F_RSC_INFO`).
+    pub const RSC_INFO: u8 = 4;
+}
+
+/// Header `gso_type` values (§5.1.6).
+pub mod gso {
+    /// Not a GSO frame.
+    pub const NONE: u8 = 0;
+    /// TCP over IPv4 segmentation.
+    pub const TCPV4: u8 = 1;
+    /// UDP fragmentation.
+    pub const UDP: u8 = 3;
+    /// TCP over IPv6 segmentation.
+    pub const TCPV6: u8 = 4;
+    /// UDP segmentation (USO).
+    pub const UDP_L4: u8 = 5;
+    /// Flag bit: the TCP segments carry ECN (`VIRTIO_NET_HDR_GSO_ECN`).
+    pub const ECN: u8 = 0x80;
+}
+
+/// `struct virtio_net_hdr` decoded (§5.1.6); multi-byte fields are
+/// little-endian on the wire.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NetHdr {
+    /// [`flags`] bits.
+    pub flags: u8,
+    /// One of [`gso`].
+    pub gso_type: u8,
+    /// Length of the headers to copy into each segment.
+    pub hdr_len: u16,
+    /// Segment size for GSO.
+    pub gso_size: u16,
+    /// Where checksumming starts.
+    pub csum_start: u16,
+    /// Offset from `csum_start` where the checksum is stored.
+    pub csum_offset: u16,
+    /// Buffers used for this frame (receive, with `num_buffers` present).
+    pub num_buffers: u16,
+}
+
+impl NetHdr {
+    /// Decodes the first [`HDR_LEN`] bytes (`num_buffers` reads 0 from a
+    /// shorter legacy header); `None` if `b` is shorter than
+    /// [`HDR_LEN_LEGACY`].
+    pub fn parse(b: &[u8]) -> Option<NetHdr> {
+        if b.len() < HDR_LEN_LEGACY {
+            return None;
+        }
+        let u = |i: usize| u16::from_le_bytes([b[i], b[i + 1]]);
+        Some(NetHdr {
+            flags: b[0],
+            gso_type: b[1],
+            hdr_len: u(2),
+            gso_size: u(4),
+            csum_start: u(6),
+            csum_offset: u(8),
+            num_buffers: if b.len() >= HDR_LEN { u(10) } else { 0 },
+        })
+    }
+
+    /// Encodes the header into [`HDR_LEN`] bytes.
+    pub fn to_bytes(&self) -> [u8; HDR_LEN] {
+        let mut o = [0u8; HDR_LEN];
+        o[0] = self.flags;
+        o[1] = self.gso_type;
+        o[2..4].copy_from_slice(&self.hdr_len.to_le_bytes());
+        o[4..6].copy_from_slice(&self.gso_size.to_le_bytes());
+        o[6..8].copy_from_slice(&self.csum_start.to_le_bytes());
+        o[8..10].copy_from_slice(&self.csum_offset.to_le_bytes());
+        o[10..12].copy_from_slice(&self.num_buffers.to_le_bytes());
+        o
+    }
+}
+
+/// Link status bits of the configuration `status` field (§5.1.4).
+pub mod status {
+    /// The link is up (`VIRTIO_NET_S_LINK_UP`).
+    pub const LINK_UP: u16 = 1;
+    /// The driver should send a gratuitous announcement
+    /// (`VIRTIO_NET_S_ANNOUNCE`).
+    pub const ANNOUNCE: u16 = 2;
+}
+
+/// Configuration field offsets (§5.1.4, `struct virtio_net_config`).
+pub mod config {
+    /// `u8 mac[6]`.
+    pub const MAC: u64 = 0;
+    /// `le16 status`.
+    pub const STATUS: u64 = 6;
+    /// `le16 max_virtqueue_pairs`.
+    pub const MAX_VIRTQUEUE_PAIRS: u64 = 8;
+    /// `le16 mtu`.
+    pub const MTU: u64 = 10;
+    /// `le32 speed`.
+    pub const SPEED: u64 = 12;
+    /// `u8 duplex`.
+    pub const DUPLEX: u64 = 16;
+    /// `u8 rss_max_key_size`.
+    pub const RSS_MAX_KEY_SIZE: u64 = 17;
+    /// `le16 rss_max_indirection_table_length`.
+    pub const RSS_MAX_INDIRECTION_TABLE_LENGTH: u64 = 18;
+    /// `le32 supported_hash_types`.
+    pub const SUPPORTED_HASH_TYPES: u64 = 20;
+}
+
+/// Control queue classes, commands and acks (§5.1.6.5).
+pub mod ctrl {
+    /// `VIRTIO_NET_OK`.
+    pub const OK: u8 = 0;
+    /// `VIRTIO_NET_ERR`.
+    pub const ERR: u8 = 1;
+
+    /// Receive filtering class (`VIRTIO_NET_CTRL_RX`, §5.1.6.5.1).
+    pub const CLASS_RX: u8 = 0;
+    /// Promiscuous mode on/off.
+    pub const RX_PROMISC: u8 = 0;
+    /// All-multicast on/off.
+    pub const RX_ALLMULTI: u8 = 1;
+    /// All-unicast on/off (`CTRL_RX_EXTRA`).
+    pub const RX_ALLUNI: u8 = 2;
+    /// No multicast (`CTRL_RX_EXTRA`).
+    pub const RX_NOMULTI: u8 = 3;
+    /// No unicast (`CTRL_RX_EXTRA`).
+    pub const RX_NOUNI: u8 = 4;
+    /// No broadcast (`CTRL_RX_EXTRA`).
+    pub const RX_NOBCAST: u8 = 5;
+
+    /// MAC class (`VIRTIO_NET_CTRL_MAC`, §5.1.6.5.2).
+    pub const CLASS_MAC: u8 = 1;
+    /// Sets the unicast and multicast filter tables.
+    pub const MAC_TABLE_SET: u8 = 0;
+    /// Sets the device's MAC address (`CTRL_MAC_ADDR`).
+    pub const MAC_ADDR_SET: u8 = 1;
+
+    /// VLAN class (`VIRTIO_NET_CTRL_VLAN`, §5.1.6.5.3).
+    pub const CLASS_VLAN: u8 = 2;
+    /// Announcement class (`VIRTIO_NET_CTRL_ANNOUNCE`, §5.1.6.5.4).
+    pub const CLASS_ANNOUNCE: u8 = 3;
+    /// Acknowledges an announcement.
+    pub const ANNOUNCE_ACK: u8 = 0;
+
+    /// Multiqueue class (`VIRTIO_NET_CTRL_MQ`, §5.1.6.5.5).
+    pub const CLASS_MQ: u8 = 4;
+    /// Sets the number of queue pairs in use (`le16 virtqueue_pairs`).
+    pub const MQ_VQ_PAIRS_SET: u8 = 0;
+    /// Fewest pairs `VQ_PAIRS_SET` accepts.
+    pub const MQ_VQ_PAIRS_MIN: u16 = 1;
+    /// Most pairs `VQ_PAIRS_SET` accepts.
+    pub const MQ_VQ_PAIRS_MAX: u16 = 0x8000;
+
+    /// Guest offloads class (`VIRTIO_NET_CTRL_GUEST_OFFLOADS`, §5.1.6.5.6).
+    pub const CLASS_GUEST_OFFLOADS: u8 = 5;
+}
+
+/// Bytes of an Ethernet address.
+pub const ETH_ALEN: usize = 6;
+
+/// The Internet checksum (RFC 1071): the one's-complement sum of `data`
+/// as big-endian 16-bit words (an odd last byte padded with zero), folded
+/// and complemented. This is what a device stores at `csum_start +
+/// csum_offset` for a `NEEDS_CSUM` frame, summing from `csum_start` to the
+/// end with the partial (pseudo-header) sum already in the field.
+pub fn internet_checksum(data: &[u8]) -> u16 {
+    let mut sum: u64 = 0;
+    let mut chunks = data.chunks_exact(2);
+    for c in &mut chunks {
+        sum += u64::from(u16::from_be_bytes([c[0], c[1]]));
+    }
+    if let [last] = chunks.remainder() {
+        sum += u64::from(u16::from_be_bytes([*last, 0]));
+    }
+    while sum >> 16 != 0 {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_round_trips() {
+        let h = NetHdr {
+            flags: flags::NEEDS_CSUM,
+            gso_type: gso::TCPV4,
+            hdr_len: 54,
+            gso_size: 1448,
+            csum_start: 34,
+            csum_offset: 16,
+            num_buffers: 3,
+        };
+        assert_eq!(NetHdr::parse(&h.to_bytes()), Some(h));
+        assert_eq!(NetHdr::parse(&[0u8; 9]), None);
+        let legacy = NetHdr::parse(&h.to_bytes()[..HDR_LEN_LEGACY]).unwrap();
+        assert_eq!(legacy.num_buffers, 0);
+    }
+
+    #[test]
+    fn rfc_1071_example() {
+        // RFC 1071 §3: 00 01 f2 03 f4 f5 f6 f7 sums to ddf2.
+        let d = [0x00, 0x01, 0xf2, 0x03, 0xf4, 0xf5, 0xf6, 0xf7];
+        assert_eq!(internet_checksum(&d), !0xddf2);
+        assert_eq!(internet_checksum(&[0xff]), !0xff00);
+    }
+}
