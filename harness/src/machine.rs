@@ -24,6 +24,7 @@ use virtio_core::memory::RegionMemory;
 use virtio_devices::blk::{Blk, BlkConfig};
 use virtio_devices::console::{Console, Port};
 use virtio_devices::device::VirtioDevice;
+use virtio_devices::net::{Net, NetConfig};
 use virtio_devices::rng::Rng;
 
 use crate::options::{
@@ -76,6 +77,13 @@ pub enum MachineError {
         /// Why.
         err: virtio_devices::blk::BlkConfigError,
     },
+    /// The network device refused its configuration.
+    Net {
+        /// The netdev id.
+        netdev: String,
+        /// Why.
+        err: virtio_devices::net::NetConfigError,
+    },
     /// A network backend could not be opened.
     Netdev {
         /// Its id.
@@ -126,6 +134,9 @@ impl fmt::Display for MachineError {
             }
             MachineError::Drive { id, err } => write!(f, "drive id={id}: {err}"),
             MachineError::Netdev { id, err } => write!(f, "-netdev id={id}: {err}"),
+            MachineError::Net { netdev, err } => {
+                write!(f, "-device virtio-net-device,netdev={netdev}: {err}")
+            }
             MachineError::Blk { drive, err } => {
                 write!(f, "-device virtio-blk-device,drive={drive}: {err}")
             }
@@ -422,6 +433,12 @@ pub fn realize_devices(
         disks.insert(d.id.clone(), open_drive(d)?);
     }
     let drives = &config.drives;
+    let mut hubs = Hubs::default();
+    let mut netdevs = HashMap::new();
+    for (id, kind) in &config.netdevs {
+        netdevs.insert(id.clone(), open_netdev(id, kind, &mut hubs)?);
+    }
+    let mut nics: u8 = 0;
     let mut rngs = HashMap::new();
     for (id, rng) in &config.rngs {
         rngs.insert(id.clone(), open_rng(id, rng, &mut chardevs)?);
@@ -531,10 +548,48 @@ pub fn realize_devices(
                     notify: notify_of(*ioeventfd),
                 });
             }
-            DeviceConfig::Net { .. } => {
-                return Err(MachineError::Unsupported(
-                    "-device virtio-net-device: the network device is not built yet (issue 5)",
-                ));
+            DeviceConfig::Net {
+                netdev,
+                mac,
+                queue_pairs,
+                queue_size,
+                ioeventfd,
+            } => {
+                if let Some(s) = serial.take() {
+                    finish_serial(s, &mut out);
+                }
+                let (backend, what) =
+                    netdevs
+                        .remove(netdev)
+                        .ok_or_else(|| MachineError::Missing {
+                            by: "-device virtio-net-device".into(),
+                            id: netdev.clone(),
+                        })?;
+                // QEMU's default MAC, one per NIC: 52:54:00:12:34:56 + n.
+                let mac = mac.unwrap_or_else(|| {
+                    let mut m: [u8; 6] = [0x52, 0x54, 0x00, 0x12, 0x34, 0x56];
+                    m[5] = m[5].wrapping_add(nics);
+                    m
+                });
+                nics = nics.wrapping_add(1);
+                let ready_fds = backend.readiness_fd().into_iter().collect();
+                let cfg = NetConfig {
+                    mac,
+                    queue_pairs: *queue_pairs,
+                    queue_size: *queue_size,
+                    ..NetConfig::default()
+                };
+                let net = Net::new(backend, mem.clone(), cfg).map_err(|err| MachineError::Net {
+                    netdev: netdev.clone(),
+                    err,
+                })?;
+                out.push(RealizedDevice {
+                    kind: "virtio-net-device",
+                    backend: what,
+                    device: Box::new(net),
+                    ready_fds,
+                    notify: notify_of(*ioeventfd),
+                });
             }
             DeviceConfig::Serial {
                 max_ports,
@@ -830,6 +885,28 @@ mod tests {
             err.contains("id=s") && err.contains("/nonexistent/dir/n.sock"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn net_devices_realize_with_default_macs() {
+        let devs = realize(
+            "-netdev loopback,id=l -netdev hubport,id=h,hubid=0 \
+             -device virtio-net-device,netdev=l -device virtio-net-device,netdev=h,mq=on,queue-pairs=2",
+        )
+        .unwrap();
+        assert_eq!(devs[0].kind, "virtio-net-device");
+        assert_eq!(devs[0].backend, "loopback");
+        // rx/tx pair + control queue; two pairs + control with mq.
+        assert_eq!(devs[0].device.queue_max_sizes().len(), 3);
+        assert_eq!(devs[1].device.queue_max_sizes().len(), 5);
+        let mut mac = [0u8; 6];
+        devs[1].device.read_config(0, &mut mac);
+        assert_eq!(
+            mac,
+            [0x52, 0x54, 0, 0x12, 0x34, 0x57],
+            "second NIC, next MAC"
+        );
+        assert_eq!(devs[1].ready_fds.len(), 1, "a hub port wakes its device");
     }
 
     #[test]

@@ -1298,6 +1298,10 @@ impl<B: NetBackend, M: GuestMemory> VirtioDevice for Net<B, M> {
             self.ctrl_queue(queue, &mut served)?;
         } else if queue % 2 == 1 {
             self.tx_pump(&mut served)?;
+            // What was just sent may already be back (loopback, a hub with
+            // a fast peer): deliver it now rather than waiting for a
+            // readiness event that a backend without an fd never sends.
+            self.rx_pump(&mut served)?;
         } else {
             self.rx_pump(&mut served)?;
         }

@@ -6,12 +6,15 @@
 
 use core::fmt;
 
-/// Offloads a backend can be asked to honour (the guest's negotiated
-/// checksum/segmentation features, §5.1.3); only backends that take the
-/// virtio-net header themselves (tap with `IFF_VNET_HDR`) use them.
+/// What a backend may hand the device unfinished, from the guest's
+/// negotiated receive offloads (`VIRTIO_NET_F_GUEST_CSUM`, `GUEST_TSO4`,
+/// `GUEST_TSO6`, `GUEST_UFO`, §5.1.3; QEMU's `tap_set_offload`); only
+/// backends that carry the virtio-net header themselves (tap with
+/// `IFF_VNET_HDR`) use them.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Offloads {
-    /// Frames may carry a partial checksum to complete (`VIRTIO_NET_F_CSUM`).
+    /// Frames may carry a partial checksum for the guest to complete
+    /// (`VIRTIO_NET_F_GUEST_CSUM`).
     pub csum: bool,
     /// TCP segmentation over IPv4 may be left to the receiver.
     pub tso4: bool,
