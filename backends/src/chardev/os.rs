@@ -9,13 +9,11 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, ErrorKind, Read, Write};
-use std::net::{TcpListener, TcpStream};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
-use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::string::{String, ToString};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::{Chardev, ChardevError};
 
@@ -57,98 +55,6 @@ fn write_nb(w: &mut impl Write, buf: &[u8], what: &str) -> Result<usize, Chardev
                 });
             }
         }
-    }
-}
-
-/// A chardev's own epoll set, whose fd is what [`Chardev::readiness_fd`]
-/// returns: it stays the same for the chardev's life while the sockets and
-/// timers inside it come and go (listener, then the accepted stream, then
-/// the listener again), so an event loop registers it once. It is readable
-/// whenever one of its members is.
-#[derive(Debug)]
-struct Readiness {
-    epoll: OwnedFd,
-    /// One-shot timer that fires when a client should redial.
-    timer: OwnedFd,
-}
-
-impl Readiness {
-    fn new(what: &str) -> Result<Self, ChardevError> {
-        // SAFETY: epoll_create1 takes a flag word and returns a new fd or -1.
-        let ep = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
-        if ep < 0 {
-            return Err(io_err(what)(io::Error::last_os_error()));
-        }
-        // SAFETY: `ep` is a fresh fd that nothing else owns.
-        let epoll = unsafe { OwnedFd::from_raw_fd(ep) };
-        // SAFETY: timerfd_create takes a clock id and flags, returns an fd or -1.
-        let t = unsafe {
-            libc::timerfd_create(
-                libc::CLOCK_MONOTONIC,
-                libc::TFD_NONBLOCK | libc::TFD_CLOEXEC,
-            )
-        };
-        if t < 0 {
-            return Err(io_err(what)(io::Error::last_os_error()));
-        }
-        // SAFETY: `t` is a fresh fd that nothing else owns.
-        let timer = unsafe { OwnedFd::from_raw_fd(t) };
-        let r = Readiness { epoll, timer };
-        r.add(r.timer.as_raw_fd());
-        Ok(r)
-    }
-
-    /// Watches `fd` for input, hang-up and errors.
-    fn add(&self, fd: RawFd) {
-        let mut ev = libc::epoll_event {
-            events: (libc::EPOLLIN | libc::EPOLLRDHUP) as u32,
-            u64: fd as u64,
-        };
-        // SAFETY: both fds are open; `ev` is a valid event the kernel copies.
-        // A failure (already added) leaves the set as it was, which is fine.
-        unsafe { libc::epoll_ctl(self.epoll.as_raw_fd(), libc::EPOLL_CTL_ADD, fd, &mut ev) };
-    }
-
-    /// Stops watching `fd`.
-    fn remove(&self, fd: RawFd) {
-        // SAFETY: both fds are open; DEL ignores the event pointer.
-        unsafe {
-            libc::epoll_ctl(
-                self.epoll.as_raw_fd(),
-                libc::EPOLL_CTL_DEL,
-                fd,
-                std::ptr::null_mut(),
-            )
-        };
-    }
-
-    /// Arms the timer to fire once after `delay`.
-    fn arm(&self, delay: Duration) {
-        let spec = libc::itimerspec {
-            it_interval: libc::timespec {
-                tv_sec: 0,
-                tv_nsec: 0,
-            },
-            it_value: libc::timespec {
-                tv_sec: delay.as_secs() as libc::time_t,
-                // A zero value would disarm the timer: fire after 1 ns then.
-                tv_nsec: (delay.subsec_nanos().max(u32::from(delay.is_zero()))) as libc::c_long,
-            },
-        };
-        // SAFETY: the timer fd is open; `spec` is valid and copied.
-        unsafe { libc::timerfd_settime(self.timer.as_raw_fd(), 0, &spec, std::ptr::null_mut()) };
-    }
-
-    /// Consumes a timer expiry so the set stops being readable for it.
-    fn drain_timer(&self) {
-        let mut n = [0u8; 8];
-        // SAFETY: the timer fd is open and non-blocking; `n` is 8 writable
-        // bytes, as timerfd reads require.
-        unsafe { libc::read(self.timer.as_raw_fd(), n.as_mut_ptr().cast(), n.len()) };
-    }
-
-    fn fd(&self) -> RawFd {
-        self.epoll.as_raw_fd()
     }
 }
 
@@ -262,104 +168,17 @@ impl Chardev for PipeChardev {
     }
 }
 
-/// Where a socket chardev connects or listens.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum SocketAddr {
-    /// A unix socket path.
-    Unix(PathBuf),
-    /// A TCP `host:port`.
-    Tcp(String),
-}
-
-impl std::fmt::Display for SocketAddr {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            SocketAddr::Unix(p) => write!(f, "unix:{}", p.display()),
-            SocketAddr::Tcp(a) => write!(f, "tcp:{a}"),
-        }
-    }
-}
-
-enum Listener {
-    Unix(UnixListener),
-    Tcp(TcpListener),
-}
-
-impl Listener {
-    fn fd(&self) -> RawFd {
-        match self {
-            Listener::Unix(l) => l.as_raw_fd(),
-            Listener::Tcp(l) => l.as_raw_fd(),
-        }
-    }
-}
-
-enum Stream {
-    Unix(UnixStream),
-    Tcp(TcpStream),
-}
-
-impl Stream {
-    fn set_nonblocking(&self) -> io::Result<()> {
-        match self {
-            Stream::Unix(s) => s.set_nonblocking(true),
-            Stream::Tcp(s) => {
-                s.set_nodelay(true)?;
-                s.set_nonblocking(true)
-            }
-        }
-    }
-    fn fd(&self) -> RawFd {
-        match self {
-            Stream::Unix(s) => s.as_raw_fd(),
-            Stream::Tcp(s) => s.as_raw_fd(),
-        }
-    }
-}
-
-impl Read for Stream {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        match self {
-            Stream::Unix(s) => s.read(buf),
-            Stream::Tcp(s) => s.read(buf),
-        }
-    }
-}
-
-impl Write for Stream {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        match self {
-            Stream::Unix(s) => s.write(buf),
-            Stream::Tcp(s) => s.write(buf),
-        }
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
+pub use crate::socket::SocketAddr;
+use crate::socket::SocketLink;
 
 /// A stream socket, server or client, unix or TCP (QEMU's `-chardev
-/// socket,path=…|host=…,port=…,server=on|off,reconnect=N`).
+/// socket,path=…|host=…,port=…,server=on|off,reconnect=N`), on a
+/// [`SocketLink`] that survives its peer.
+#[derive(Debug)]
 pub struct SocketChardev {
-    addr: SocketAddr,
-    listener: Option<Listener>,
-    stream: Option<Stream>,
-    reconnect: Option<Duration>,
-    next_dial: Option<Instant>,
+    link: SocketLink,
     /// Output bytes dropped while nobody was connected.
     dropped: u64,
-    /// The stable readiness fd (see [`Readiness`]).
-    readiness: Readiness,
-}
-
-impl std::fmt::Debug for SocketChardev {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SocketChardev")
-            .field("addr", &self.addr)
-            .field("server", &self.listener.is_some())
-            .field("connected", &self.stream.is_some())
-            .finish_non_exhaustive()
-    }
 }
 
 impl SocketChardev {
@@ -367,196 +186,73 @@ impl SocketChardev {
     /// replaced). Peers are accepted one at a time, without blocking.
     pub fn server(addr: SocketAddr) -> Result<Self, ChardevError> {
         let what = addr.to_string();
-        let listener = match &addr {
-            SocketAddr::Unix(p) => {
-                let _ = std::fs::remove_file(p);
-                let l = UnixListener::bind(p).map_err(io_err(what.clone()))?;
-                l.set_nonblocking(true).map_err(io_err(what.clone()))?;
-                Listener::Unix(l)
-            }
-            SocketAddr::Tcp(a) => {
-                let l = TcpListener::bind(a.as_str()).map_err(io_err(what.clone()))?;
-                l.set_nonblocking(true).map_err(io_err(what.clone()))?;
-                Listener::Tcp(l)
-            }
-        };
-        let readiness = Readiness::new(&what)?;
-        readiness.add(listener.fd());
-        Ok(SocketChardev {
-            addr,
-            listener: Some(listener),
-            stream: None,
-            reconnect: None,
-            next_dial: None,
-            dropped: 0,
-            readiness,
-        })
+        let link = SocketLink::server(addr).map_err(io_err(what))?;
+        Ok(SocketChardev { link, dropped: 0 })
     }
 
     /// Connects to `addr`. With `reconnect`, a failed or lost connection is
     /// dialled again after that delay instead of being an error.
     pub fn client(addr: SocketAddr, reconnect: Option<Duration>) -> Result<Self, ChardevError> {
-        let readiness = Readiness::new(&addr.to_string())?;
-        let mut c = SocketChardev {
-            addr,
-            listener: None,
-            stream: None,
-            reconnect,
-            next_dial: None,
-            dropped: 0,
-            readiness,
-        };
-        match c.dial() {
-            Ok(()) => Ok(c),
-            Err(_) if reconnect.is_some() => {
-                c.lost();
-                Ok(c)
-            }
-            Err(e) => Err(e),
-        }
+        let what = addr.to_string();
+        let link = SocketLink::client(addr, reconnect).map_err(io_err(what))?;
+        Ok(SocketChardev { link, dropped: 0 })
     }
 
     /// The address.
     pub fn addr(&self) -> &SocketAddr {
-        &self.addr
+        self.link.addr()
     }
 
     /// For a TCP server, the port actually bound (useful with port 0).
     pub fn local_port(&self) -> Option<u16> {
-        match &self.listener {
-            Some(Listener::Tcp(l)) => l.local_addr().ok().map(|a| a.port()),
-            _ => None,
-        }
+        self.link.local_port()
     }
 
     /// Whether a peer is connected now (after trying to accept or dial).
     pub fn is_connected(&mut self) -> bool {
-        self.poll_connect();
-        self.stream.is_some()
+        self.link.poll_connect();
+        self.link.stream_fd().is_some()
     }
 
     /// Output bytes dropped while nobody was connected.
     pub fn dropped(&self) -> u64 {
         self.dropped
     }
-
-    fn dial(&mut self) -> Result<(), ChardevError> {
-        let what = self.addr.to_string();
-        let s = match &self.addr {
-            SocketAddr::Unix(p) => {
-                Stream::Unix(UnixStream::connect(p).map_err(io_err(what.clone()))?)
-            }
-            SocketAddr::Tcp(a) => {
-                Stream::Tcp(TcpStream::connect(a.as_str()).map_err(io_err(what.clone()))?)
-            }
-        };
-        s.set_nonblocking().map_err(io_err(what))?;
-        self.connected(s);
-        Ok(())
-    }
-
-    /// A peer is there: watch its stream instead of the listener.
-    fn connected(&mut self, s: Stream) {
-        if let Some(l) = &self.listener {
-            self.readiness.remove(l.fd());
-        }
-        self.readiness.add(s.fd());
-        self.stream = Some(s);
-    }
-
-    /// Accepts a waiting peer (server) or redials when due (client).
-    fn poll_connect(&mut self) {
-        if self.stream.is_some() {
-            return;
-        }
-        let accepted = match &self.listener {
-            Some(Listener::Unix(l)) => l.accept().ok().map(|(s, _)| Stream::Unix(s)),
-            Some(Listener::Tcp(l)) => l.accept().ok().map(|(s, _)| Stream::Tcp(s)),
-            None => {
-                self.readiness.drain_timer();
-                let Some(delay) = self.reconnect else { return };
-                let now = Instant::now();
-                if self.next_dial.is_some_and(|t| now < t) {
-                    return;
-                }
-                if self.dial().is_err() {
-                    self.next_dial = Some(now + delay);
-                    self.readiness.arm(delay);
-                }
-                return;
-            }
-        };
-        if let Some(s) = accepted
-            && s.set_nonblocking().is_ok()
-        {
-            self.connected(s);
-        }
-    }
-
-    /// The peer went away: listen again (server) or redial later (client).
-    fn lost(&mut self) {
-        if let Some(s) = self.stream.take() {
-            self.readiness.remove(s.fd());
-        }
-        if let Some(l) = &self.listener {
-            self.readiness.add(l.fd());
-        }
-        if let Some(d) = self.reconnect {
-            self.next_dial = Some(Instant::now() + d);
-            self.readiness.arm(d);
-        }
-    }
 }
 
 impl Chardev for SocketChardev {
     fn write(&mut self, buf: &[u8]) -> Result<usize, ChardevError> {
-        self.poll_connect();
-        let what = self.addr.to_string();
-        let Some(s) = &mut self.stream else {
-            // Nobody listening: the guest must not stall (QEMU drops too).
-            self.dropped += buf.len() as u64;
-            return Ok(buf.len());
-        };
-        match write_nb(s, buf, &what) {
-            Err(ChardevError::Disconnected) => {
-                self.lost();
+        self.link.poll_connect();
+        match self.link.send(&[buf]) {
+            Ok(Some(n)) => Ok(n),
+            // Nobody listening, or the peer just left: the guest must not
+            // stall (QEMU drops too).
+            Ok(None) => {
                 self.dropped += buf.len() as u64;
                 Ok(buf.len())
             }
-            r => r,
+            Err(err) => Err(ChardevError::Io {
+                what: self.link.addr().to_string(),
+                err,
+            }),
         }
     }
 
     fn read(&mut self, buf: &mut [u8]) -> Result<usize, ChardevError> {
-        self.poll_connect();
-        let what = self.addr.to_string();
-        let Some(s) = &mut self.stream else {
-            return Ok(0);
-        };
-        if buf.is_empty() {
-            return Ok(0);
-        }
-        match s.read(buf) {
-            Ok(0) => {
-                // Orderly shutdown by the peer.
-                self.lost();
-                Ok(0)
-            }
-            Ok(n) => Ok(n),
-            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::Interrupted) => Ok(0),
-            Err(e) if matches!(e.kind(), ErrorKind::ConnectionReset | ErrorKind::BrokenPipe) => {
-                self.lost();
-                Ok(0)
-            }
-            Err(err) => Err(ChardevError::Io { what, err }),
+        self.link.poll_connect();
+        match self.link.recv(buf) {
+            Ok(n) => Ok(n.unwrap_or(0)),
+            Err(err) => Err(ChardevError::Io {
+                what: self.link.addr().to_string(),
+                err,
+            }),
         }
     }
 
-    /// One fd for the chardev's whole life (an epoll set of its own that
-    /// holds the listener or the connected stream, and the redial timer):
+    /// One fd for the chardev's whole life (the link's own epoll set):
     /// readable when a peer connects, sends, hangs up, or a redial is due.
     fn readiness_fd(&self) -> Option<RawFd> {
-        Some(self.readiness.fd())
+        Some(self.link.readiness_fd())
     }
 }
 
@@ -679,6 +375,9 @@ impl Chardev for StdioChardev {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::TcpListener;
+    use std::os::unix::net::UnixStream;
+    use std::time::Instant;
 
     fn tmp(name: &str) -> PathBuf {
         std::env::temp_dir().join(format!("chardev-{name}-{}", std::process::id()))
