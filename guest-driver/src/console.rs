@@ -17,7 +17,7 @@ use virtio_core::mmio::driver::RegisterAccess;
 
 use crate::error::Error;
 use crate::hal::{Hal, PAGE_SIZE};
-use crate::queue::DmaQueue;
+use crate::queue::{DmaQueue, Filled, take_filled};
 use crate::transport::{Completion, Transport};
 use crate::wait::Wait;
 
@@ -121,18 +121,10 @@ pub struct ConsoleStats {
     pub empty_rx: u32,
 }
 
-/// Bytes the device put in a receive buffer and the reader has not taken.
-#[derive(Clone, Copy, Debug)]
-struct Chunk {
-    slot: u16,
-    len: u32,
-    off: u32,
-}
-
 /// One port's queues and state.
 struct Port {
     queues: Option<(DmaQueue<QUEUE_SIZE>, DmaQueue<QUEUE_SIZE>)>,
-    ready: Deque<Chunk, QUEUE_SIZE>,
+    ready: Deque<Filled, QUEUE_SIZE>,
     info: PortInfo,
 }
 
@@ -641,7 +633,7 @@ impl<H: Hal, R: RegisterAccess, const PORTS: usize> Console<H, R, PORTS> {
                     reposted = true;
                     continue;
                 }
-                let chunk = Chunk {
+                let chunk = Filled {
                     slot: done.slot,
                     len: done.len,
                     off: 0,
@@ -670,28 +662,11 @@ impl<H: Hal, R: RegisterAccess, const PORTS: usize> Console<H, R, PORTS> {
         let Some((rx, _)) = p.queues.as_mut() else {
             return Err(Error::NoSuchPort { port });
         };
-        let mut n = 0;
-        let mut reposted = false;
-        while n < buf.len() {
-            let Some(chunk) = p.ready.front_mut() else {
-                break;
-            };
-            let avail = chunk.len.saturating_sub(chunk.off) as usize;
-            let k = avail.min(buf.len() - n);
-            let dst = buf.get_mut(n..n + k).unwrap_or_default();
-            rx.read_slot(chunk.slot, chunk.off, dst)?;
-            n += k;
-            // k <= avail, which fits u32.
-            chunk.off += k as u32;
-            if chunk.off >= chunk.len {
-                let slot = chunk.slot;
-                p.ready.pop_front();
-                rx.release(slot);
-                rx.push_writable()?;
-                reposted = true;
-            }
+        let (n, released) = take_filled(rx, &mut p.ready, buf)?;
+        for _ in 0..released {
+            rx.push_writable()?;
         }
-        if reposted {
+        if released > 0 {
             rx.kick(&self.transport)?;
         }
         Ok(n)

@@ -476,6 +476,49 @@ fn ring_layout<R: RegisterAccess>(
     QueueLayout::new(size, base, avail, used)
 }
 
+/// Bytes the device put in a device-writable slot that the reader has not
+/// taken yet (entropy, console input).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Filled {
+    /// The slot.
+    pub slot: u16,
+    /// Bytes the device wrote.
+    pub len: u32,
+    /// Bytes already taken.
+    pub off: u32,
+}
+
+/// Copies bytes of the `ready` slots of `q`, oldest first, into `buf`,
+/// releasing each slot it drains. Returns the bytes copied and the number
+/// of slots released (a receive queue reposts that many).
+pub(crate) fn take_filled<const N: usize, const M: usize>(
+    q: &mut DmaQueue<N>,
+    ready: &mut heapless::Deque<Filled, M>,
+    buf: &mut [u8],
+) -> Result<(usize, usize), Error> {
+    let mut n = 0;
+    let mut released = 0;
+    while n < buf.len() {
+        let Some(chunk) = ready.front_mut() else {
+            break;
+        };
+        let avail = chunk.len.saturating_sub(chunk.off) as usize;
+        let k = avail.min(buf.len() - n);
+        let dst = buf.get_mut(n..n + k).unwrap_or_default();
+        q.read_slot(chunk.slot, chunk.off, dst)?;
+        n += k;
+        // k <= avail, which fits u32.
+        chunk.off += k as u32;
+        if chunk.off >= chunk.len {
+            let slot = chunk.slot;
+            ready.pop_front();
+            q.release(slot);
+            released += 1;
+        }
+    }
+    Ok((n, released))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

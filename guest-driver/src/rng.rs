@@ -14,7 +14,7 @@ use virtio_core::mmio::driver::RegisterAccess;
 
 use crate::error::Error;
 use crate::hal::Hal;
-use crate::queue::DmaQueue;
+use crate::queue::{DmaQueue, Filled, take_filled};
 use crate::transport::{Completion, Transport};
 use crate::wait::Wait;
 
@@ -58,20 +58,12 @@ fn no_queue() -> Error {
     }
 }
 
-/// Bytes the device returned and the driver has not handed out yet.
-#[derive(Clone, Copy, Debug)]
-struct Chunk {
-    slot: u16,
-    len: u32,
-    off: u32,
-}
-
 /// A driver for a virtio entropy device (§5.4) on virtio-mmio.
 pub struct Rng<H: Hal, R: RegisterAccess> {
     hal: H,
     transport: Transport<R>,
     queue: Option<DmaQueue<QUEUE_SIZE>>,
-    ready: Deque<Chunk, QUEUE_SIZE>,
+    ready: Deque<Filled, QUEUE_SIZE>,
     options: RngOptions,
     features: u64,
 }
@@ -183,7 +175,7 @@ impl<H: Hal, R: RegisterAccess> Rng<H, R> {
                 q.release(done.slot);
                 return Err(Error::EmptyEntropy { queue: REQUESTQ });
             }
-            let chunk = Chunk {
+            let chunk = Filled {
                 slot: done.slot,
                 len: done.len,
                 off: 0,
@@ -200,28 +192,10 @@ impl<H: Hal, R: RegisterAccess> Rng<H, R> {
 
     /// Copies ready bytes into `buf`, releasing drained slots.
     fn take(&mut self, buf: &mut [u8]) -> Result<usize, Error> {
-        let mut n = 0;
-        while n < buf.len() {
-            let Some(chunk) = self.ready.front_mut() else {
-                break;
-            };
-            let Some(q) = self.queue.as_mut() else {
-                break;
-            };
-            let avail = chunk.len.saturating_sub(chunk.off) as usize;
-            let k = avail.min(buf.len() - n);
-            let dst = buf.get_mut(n..n + k).unwrap_or_default();
-            q.read_slot(chunk.slot, chunk.off, dst)?;
-            n += k;
-            // k <= avail, which fits u32.
-            chunk.off += k as u32;
-            if chunk.off >= chunk.len {
-                let slot = chunk.slot;
-                self.ready.pop_front();
-                q.release(slot);
-            }
-        }
-        Ok(n)
+        let Some(q) = self.queue.as_mut() else {
+            return Ok(0);
+        };
+        Ok(take_filled(q, &mut self.ready, buf)?.0)
     }
 
     /// Makes requests available so that the bytes in flight cover `want`
