@@ -9,7 +9,7 @@ use virtio_core::memory::GuestAddress;
 use virtio_core::testing::OwnedMemory;
 use virtio_devices::console::{Console, Port};
 
-use super::device_requests::{MEM, Step, activate, run_steps};
+use super::device_requests::{MEM, Step, exercise};
 
 #[derive(Arbitrary, Debug)]
 struct Input {
@@ -39,22 +39,13 @@ pub fn run(data: &[u8]) {
         Port::new(Box::new(RingBuf::<4096>::new()), false, Some("p1".into())),
     ];
     let mut dev = Console::with_ports(&mem, ports, true);
-    if !activate(
+    exercise(
         &mut dev,
         &mem,
         &input.image,
-        input.size_log2,
-        input.features,
-    ) {
-        return;
-    }
-    run_steps(
-        &mut dev,
-        &mem,
         &input.steps,
         input.size_log2,
         input.features,
-        |_, _| {},
     );
     assert!(
         dev.stats().rx_bytes <= fed as u64,

@@ -27,7 +27,8 @@ pub enum Step {
         /// What.
         bytes: Vec<u8>,
     },
-    /// The host side produces input (for devices that take it).
+    /// The host side produces input (for devices that take it: the target
+    /// feeds these to its backend before the run).
     Input(Vec<u8>),
     /// The driver resets the device and activates it again.
     Reset,
@@ -75,7 +76,6 @@ pub fn run_steps<D: VirtioDevice>(
     steps: &[Step],
     size_log2: u8,
     features: u64,
-    mut input: impl FnMut(&mut D, &[u8]),
 ) {
     for step in steps.iter().take(256) {
         match step {
@@ -93,11 +93,26 @@ pub fn run_steps<D: VirtioDevice>(
                 mem.write(GuestAddress(at as u64), &bytes[..n])
                     .expect("inside memory");
             }
-            Step::Input(data) => input(dev, data),
+            Step::Input(_) => {}
             Step::Reset => {
                 dev.reset();
                 let _ = activate(dev, mem, &[], size_log2, features);
             }
         }
+    }
+}
+
+/// Activates `dev` over `image` with every queue enabled, then runs
+/// `steps`; a device that refuses activation ends the run.
+pub fn exercise<D: VirtioDevice>(
+    dev: &mut D,
+    mem: &OwnedMemory,
+    image: &[u8],
+    steps: &[Step],
+    size_log2: u8,
+    features: u64,
+) {
+    if activate(dev, mem, image, size_log2, features) {
+        run_steps(dev, mem, steps, size_log2, features);
     }
 }
