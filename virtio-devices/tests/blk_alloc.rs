@@ -2,33 +2,14 @@
 //! batch of reads and writes of many segments is served with zero heap
 //! allocations (a counting global allocator, alone in this test binary).
 
+mod alloc_counter;
 mod blk_support;
-
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use blk_support::{MemDisk, rig};
 use virtio_devices::blk::{req, status};
 
-struct Counting;
-
-static ALLOCS: AtomicU64 = AtomicU64::new(0);
-
-// SAFETY: forwards to the system allocator, only counting calls.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        ALLOCS.fetch_add(1, Ordering::Relaxed);
-        // SAFETY: the caller's contract is the system allocator's.
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: as above.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-}
-
 #[global_allocator]
-static GLOBAL: Counting = Counting;
+static GLOBAL: alloc_counter::Counting = alloc_counter::Counting;
 
 #[test]
 fn serving_a_batch_allocates_nothing() {
@@ -47,9 +28,9 @@ fn serving_a_batch_allocates_nothing() {
         );
     }
     st.push(r.request(req::FLUSH, 0, &[], true).1);
-    let before = ALLOCS.load(Ordering::Relaxed);
+    let before = alloc_counter::allocations();
     let served = r.notify(0);
-    let after = ALLOCS.load(Ordering::Relaxed);
+    let after = alloc_counter::allocations();
     assert_eq!(served.completed, 11);
     assert_eq!(after - before, 0, "allocations while serving a batch");
     assert!(st.iter().all(|&s| r.status(s) == status::OK));

@@ -4,33 +4,14 @@
 //! allocations (a counting global allocator, alone in this test binary;
 //! the test backend's own queues are filled before counting).
 
+mod alloc_counter;
 mod net_support;
-
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use net_support::{BCAST, MAC, Wire, frame, rig};
 use virtio_devices::net::{NetHdr, flags};
 
-struct Counting;
-
-static ALLOCS: AtomicU64 = AtomicU64::new(0);
-
-// SAFETY: forwards to the system allocator, only counting calls.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        ALLOCS.fetch_add(1, Ordering::Relaxed);
-        // SAFETY: the caller's contract is the system allocator's.
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: as above.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-}
-
 #[global_allocator]
-static GLOBAL: Counting = Counting;
+static GLOBAL: alloc_counter::Counting = alloc_counter::Counting;
 
 #[test]
 fn serving_batches_allocates_nothing() {
@@ -55,11 +36,11 @@ fn serving_batches_allocates_nothing() {
         r.tx(&h.to_bytes(), &frame(BCAST, 600, i));
     }
     r.wire.state().sent.reserve(16);
-    let before = ALLOCS.load(Ordering::Relaxed);
+    let before = alloc_counter::allocations();
     let rx = r.notify(0);
-    let mid = ALLOCS.load(Ordering::Relaxed);
+    let mid = alloc_counter::allocations();
     let tx = r.notify(1);
-    let after = ALLOCS.load(Ordering::Relaxed);
+    let after = alloc_counter::allocations();
     assert_eq!(rx.completed, 24);
     assert_eq!(mid - before, 0, "allocations while receiving");
     // The test backend allocates one Vec per frame it records.
