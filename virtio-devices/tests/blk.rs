@@ -4,6 +4,7 @@
 //! one on the same queue), flush ordering, writethrough and batching.
 
 mod blk_support;
+mod queue_rig;
 
 use blk_support::{Buf, MemDisk, rig, rig_with};
 use virtio_core::GuestMemory;

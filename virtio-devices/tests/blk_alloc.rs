@@ -4,6 +4,7 @@
 
 mod alloc_counter;
 mod blk_support;
+mod queue_rig;
 
 use blk_support::{MemDisk, rig};
 use virtio_devices::blk::{req, status};

@@ -3,6 +3,7 @@
 //! length the model predicts, and the disk holds what the model holds.
 
 mod blk_support;
+mod queue_rig;
 
 use blk_support::{Buf, MemDisk, Rig, rig};
 use proptest::prelude::*;

@@ -5,6 +5,7 @@
 //! (each followed by well-formed traffic), starvation and backpressure.
 
 mod net_support;
+mod queue_rig;
 
 use std::cell::RefCell;
 use std::rc::Rc;

@@ -6,6 +6,7 @@
 
 mod alloc_counter;
 mod net_support;
+mod queue_rig;
 
 use net_support::{BCAST, MAC, Wire, frame, rig};
 use virtio_devices::net::{NetHdr, flags};

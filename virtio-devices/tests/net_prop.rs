@@ -5,6 +5,7 @@
 //! whole and in order, memory stays bounded and nothing errors.
 
 mod net_support;
+mod queue_rig;
 
 use net_support::{BCAST, Buf, MAC, Rig, Wire, frame, rig};
 use proptest::prelude::*;

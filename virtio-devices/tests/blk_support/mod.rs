@@ -8,13 +8,15 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use backends::IoSegment;
 use backends::block::{BlockBackend, BlockError, check_range};
 use virtio_core::GuestMemory;
-use virtio_core::features::TransportFeatures;
 use virtio_core::memory::GuestAddress;
-use virtio_core::split::layout::{QueueLayout, QueueSize};
 use virtio_core::split::{DriverQueue, Token};
 use virtio_core::testing::OwnedMemory;
+
+use crate::queue_rig;
+#[allow(unused_imports)]
+pub use crate::queue_rig::{Buf, QSIZE, layout};
 use virtio_devices::blk::{Blk, BlkConfig};
-use virtio_devices::device::{QueueConfig, Served, VirtioDevice};
+use virtio_devices::device::{Served, VirtioDevice};
 
 /// What the disk holds and what happened to it.
 #[derive(Default)]
@@ -174,19 +176,7 @@ impl BlockBackend for MemDisk {
     }
 }
 
-pub const QSIZE: u16 = 64;
 pub const MEM_SIZE: usize = 0x10_0000;
-/// Where the rigs' queues live: queue `i` at `0x1000 + i * 0x3000`.
-pub fn layout(i: u64) -> QueueLayout {
-    let base = 0x1000 + i * 0x3000;
-    QueueLayout::new(
-        QueueSize::new(u32::from(QSIZE)).unwrap(),
-        GuestAddress(base),
-        GuestAddress(base + 0x1000),
-        GuestAddress(base + 0x2000),
-    )
-    .unwrap()
-}
 
 /// Our driver queues and the device over one memory.
 pub struct Rig {
@@ -204,19 +194,7 @@ pub fn rig_with(disk: MemDisk, cfg: BlkConfig, features: Option<u64>) -> Rig {
         Box::leak(Box::new(OwnedMemory::new(GuestAddress(0), MEM_SIZE)));
     let mut dev = Blk::new(disk.clone(), mem, cfg).unwrap();
     let features = features.unwrap_or(dev.device_features());
-    let event_idx = features & TransportFeatures::RING_EVENT_IDX.bits() != 0;
-    let n = dev.queue_max_sizes().len();
-    let mut drv = vec![];
-    let mut qc = vec![];
-    for i in 0..n {
-        let mut q = DriverQueue::new(layout(i as u64), event_idx, None).unwrap();
-        q.init(mem).unwrap();
-        drv.push(q);
-        qc.push(QueueConfig {
-            layout: Some(layout(i as u64)),
-        });
-    }
-    dev.activate(features, qc).unwrap();
+    let drv = queue_rig::activate(&mut dev, mem, features);
     Rig {
         mem,
         drv,
@@ -228,13 +206,6 @@ pub fn rig_with(disk: MemDisk, cfg: BlkConfig, features: Option<u64>) -> Rig {
 
 pub fn rig(disk: MemDisk) -> Rig {
     rig_with(disk, BlkConfig::default(), None)
-}
-
-/// A buffer of a request: device-readable or device-writable.
-#[derive(Clone, Copy, Debug)]
-pub enum Buf {
-    R(u64, u32),
-    W(u64, u32),
 }
 
 impl Rig {
@@ -277,23 +248,7 @@ impl Rig {
 
     /// Adds a chain on queue `q` and publishes it.
     pub fn add_on(&mut self, q: usize, bufs: &[Buf]) -> Token {
-        let r: Vec<_> = bufs
-            .iter()
-            .filter_map(|b| match *b {
-                Buf::R(a, l) => Some((GuestAddress(a), l)),
-                Buf::W(..) => None,
-            })
-            .collect();
-        let w: Vec<_> = bufs
-            .iter()
-            .filter_map(|b| match *b {
-                Buf::W(a, l) => Some((GuestAddress(a), l)),
-                Buf::R(..) => None,
-            })
-            .collect();
-        let t = self.drv[q].add(self.mem, &r, &w).unwrap();
-        self.drv[q].publish(self.mem).unwrap();
-        t
+        queue_rig::add(&mut self.drv[q], self.mem, bufs)
     }
 
     pub fn add(&mut self, bufs: &[Buf]) -> Token {
