@@ -132,12 +132,19 @@ impl<T, E: fmt::Display> OrFail<T> for Result<T, E> {
 
 static POOL_TAKEN: AtomicBool = AtomicBool::new(false);
 
-/// The DMA pool: [`DMA_PAGES`] pages of RAM from the PVH memory map, the
-/// first page-aligned run above the image (at or above
-/// [`IMAGE_LIMIT`]) and below the uncached MMIO GiB. The runtime copied the
-/// start info at boot, so nothing else uses that RAM. Call once.
+/// The DMA pool: [`DMA_PAGES`] pages of RAM from the PVH memory map (see
+/// [`dma_pool_of`]). Call once.
 pub fn dma_pool(boot: &BootInfo) -> Result<Dma, SetupError> {
-    let bytes = (DMA_PAGES * PAGE_SIZE) as u64;
+    dma_pool_of::<DMA_PAGES>(boot)
+}
+
+/// A DMA pool of `PAGES` pages (for a scenario that needs more than
+/// [`DMA_PAGES`]): the first page-aligned run of RAM in the PVH memory map
+/// above the image (at or above [`IMAGE_LIMIT`]) and below the uncached
+/// MMIO GiB. The runtime copied the start info at boot, so nothing else
+/// uses that RAM. One pool per program: a second call fails.
+pub fn dma_pool_of<const PAGES: usize>(boot: &BootInfo) -> Result<PoolHal<PAGES>, SetupError> {
+    let bytes = (PAGES * PAGE_SIZE) as u64;
     let base = boot
         .memory_map()
         .iter()
@@ -159,7 +166,7 @@ pub fn dma_pool(boot: &BootInfo) -> Result<Dma, SetupError> {
     // SAFETY: the range is RAM by the memory map, identity-mapped
     // write-back (below UNCACHED_START), outside the image, and handed out
     // once (POOL_TAKEN); the boot info was copied out of it at boot.
-    unsafe { PoolHal::identity(ptr, DMA_PAGES * PAGE_SIZE) }.map_err(SetupError::Pool)
+    unsafe { PoolHal::identity(ptr, PAGES * PAGE_SIZE) }.map_err(SetupError::Pool)
 }
 
 /// A buffer of [`SCRATCH_LEN`] bytes in `.bss` for the program's data

@@ -18,8 +18,7 @@ use guest_driver::cmdline::SlotList;
 use guest_driver::hal::{PAGE_SIZE, PoolHal};
 use guest_driver::transport;
 use guest_driver::virtio_core::features::DeviceType;
-use guest_rt::boot::MemoryKind;
-use guest_rt::layout::{IDENTITY_MAP_END, IMAGE_LIMIT, UNCACHED_START};
+use guest_rt::layout::IDENTITY_MAP_END;
 use guest_rt::virtio::{self, Budget, MAX_SLOTS, Mode, OrFail};
 use guest_rt::{BootInfo, exit, println};
 
@@ -200,44 +199,10 @@ fn options(boot: &BootInfo) -> Opts {
     opts
 }
 
-/// The scenario's DMA pool: [`POOL_PAGES`] pages of RAM from the PVH
-/// memory map, the first page-aligned run above the image and below the
-/// uncached MMIO GiB (the runtime's own pool is never taken).
+/// The scenario's DMA pool: [`POOL_PAGES`] pages (deep queues need more
+/// than the runtime's default pool).
 fn pool(boot: &BootInfo) -> Pool {
-    let bytes = (POOL_PAGES * PAGE_SIZE) as u64;
-    let base = boot
-        .memory_map()
-        .iter()
-        .filter(|r| r.kind == MemoryKind::Ram)
-        .find_map(|r| {
-            let start = r
-                .base
-                .max(IMAGE_LIMIT)
-                .checked_next_multiple_of(PAGE_SIZE as u64)?;
-            let end = r.base.checked_add(r.size)?.min(UNCACHED_START);
-            (start.checked_add(bytes)? <= end).then_some(start)
-        });
-    let Some(ptr) = base.and_then(guest_driver::hal::identity::phys_to_virt) else {
-        exit::fail(format_args!(
-            "blk: no RAM for a {bytes}-byte DMA pool above the image"
-        ));
-    };
-    // SAFETY: the range is RAM by the memory map, identity-mapped
-    // write-back below UNCACHED_START, outside the image, and used by
-    // nothing else (the runtime copied the start info at boot; the
-    // runtime's pool, which would take the same RAM, is never taken).
-    unsafe { PoolHal::identity(ptr, POOL_PAGES * PAGE_SIZE) }
-        .map_err(PoolErr)
-        .or_fail(format_args!("blk: DMA pool"))
-}
-
-/// `PoolError` with a `Display` for [`OrFail`].
-struct PoolErr(guest_driver::hal::PoolError);
-
-impl core::fmt::Display for PoolErr {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        write!(f, "{:?}", self.0)
-    }
+    guest_rt::virtio::dma_pool_of::<POOL_PAGES>(boot).or_fail(format_args!("blk: DMA pool"))
 }
 
 /// The first `n` slots whose DeviceID is 2, in command-line order.
