@@ -517,14 +517,9 @@ pub fn realize_devices(
                     by: by.into(),
                     id: drive.clone(),
                 })?;
-                let wants_discard = drives
-                    .iter()
-                    .find(|d| &d.id == drive)
-                    .is_some_and(|d| d.discard);
-                let writethrough = drives
-                    .iter()
-                    .find(|d| &d.id == drive)
-                    .is_some_and(|d| d.cache == CacheMode::Writethrough);
+                let drive_cfg = drives.iter().find(|d| &d.id == drive);
+                let wants_discard = drive_cfg.is_some_and(|d| d.discard);
+                let writethrough = drive_cfg.is_some_and(|d| d.cache == CacheMode::Writethrough);
                 let cfg = BlkConfig {
                     serial: blk_serial.clone().unwrap_or_default().into_bytes(),
                     num_queues: *num_queues,
