@@ -9,7 +9,10 @@
 //!   irqfd interrupts, ioeventfd or inline notifications, a worker thread
 //!   per device), [`stats`] (KVM's own binary statistics).
 //! - Machines: [`options`] (QEMU-style options), [`machine`] (realize
-//!   backends and devices from them; what `virtio-harness run` boots).
+//!   backends and devices from them; what `virtio-harness run` boots),
+//!   [`monitor`] (`-monitor`/`-qmp` sockets: `set_link`, status), [`netns`]
+//!   (network namespaces with a tap, ping and a TCP echo client for the
+//!   net scenarios).
 //! - Scenarios: [`scenarios`] (guest + machine + host-side peer + checks),
 //!   [`suite`] (the table `virtio-harness` prints), [`qemu`] (QEMU microvm
 //!   as the reference monitor), [`bench`] (ours against QEMU).
@@ -17,6 +20,8 @@
 pub mod bench;
 pub mod bus;
 pub mod machine;
+pub mod monitor;
+pub mod netns;
 pub mod options;
 pub mod ports;
 pub mod pvh;
