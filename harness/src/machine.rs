@@ -767,6 +767,14 @@ impl Machine {
         })
     }
 
+    /// The monitor sockets: protocol and path.
+    pub fn monitors(&self) -> Vec<(crate::options::MonitorProtocol, std::path::PathBuf)> {
+        self.monitors
+            .iter()
+            .map(|m| (m.protocol(), m.path().to_path_buf()))
+            .collect()
+    }
+
     /// The virtio-net device the monitor knows as `name` (its `-netdev`
     /// id or its `-device …,id=`).
     pub fn link(&self, name: &str) -> Option<&NetLink> {
