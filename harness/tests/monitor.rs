@@ -133,7 +133,7 @@ impl Client {
     /// True once the peer has closed the connection.
     fn closed(&mut self) -> bool {
         let mut rest = Vec::new();
-        matches!(self.r.read_to_end(&mut rest), Ok(_))
+        self.r.read_to_end(&mut rest).is_ok()
     }
 }
 
