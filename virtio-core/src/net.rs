@@ -194,6 +194,97 @@ pub fn internet_checksum(data: &[u8]) -> u16 {
     !(sum as u16)
 }
 
+/// The one's-complement sum of `data` as big-endian 16-bit words (an
+/// odd last byte padded with zero) added to `initial`, folded to 16 bits
+/// and not complemented. Sums 4 bytes per step.
+pub fn ones_sum(data: &[u8], initial: u32) -> u16 {
+    let mut sum = u64::from(initial);
+    let mut quads = data.chunks_exact(4);
+    for q in &mut quads {
+        sum += u64::from(u32::from_be_bytes([q[0], q[1], q[2], q[3]]));
+    }
+    let rest = quads.remainder();
+    let mut pairs = rest.chunks_exact(2);
+    for p in &mut pairs {
+        sum += u64::from(u16::from_be_bytes([p[0], p[1]]));
+    }
+    if let [last] = pairs.remainder() {
+        sum += u64::from(u16::from_be_bytes([*last, 0]));
+    }
+    while sum >> 16 != 0 {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    sum as u16
+}
+
+/// Bytes of an Ethernet header without VLAN tag.
+pub const ETH_HLEN: usize = 14;
+/// Ethertype of IPv4.
+pub const ETHERTYPE_IPV4: u16 = 0x0800;
+/// IP protocol number of TCP.
+pub const IPPROTO_TCP: u8 = 6;
+/// IP protocol number of UDP.
+pub const IPPROTO_UDP: u8 = 17;
+
+/// An untagged Ethernet frame carrying a whole (unfragmented) IPv4 TCP or
+/// UDP segment: (start of the L4 header, IP protocol, L4 bytes, the
+/// pseudo-header sum). The L4 bytes end where the IPv4 total length says
+/// (Ethernet padding after it is ignored).
+fn ipv4_l4(frame: &[u8]) -> Option<(usize, u8, usize, u16)> {
+    let ethertype = u16::from_be_bytes([*frame.get(12)?, *frame.get(13)?]);
+    if ethertype != ETHERTYPE_IPV4 {
+        return None;
+    }
+    let ip = frame.get(ETH_HLEN..)?;
+    let vihl = *ip.first()?;
+    let ihl = usize::from(vihl & 0x0f) * 4;
+    if vihl >> 4 != 4 || ihl < 20 || ip.len() < ihl {
+        return None;
+    }
+    let total = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
+    // More fragments, or a fragment offset: not a whole segment.
+    if u16::from_be_bytes([ip[6], ip[7]]) & 0x3fff != 0 || total < ihl || total > ip.len() {
+        return None;
+    }
+    let proto = ip[9];
+    if proto != IPPROTO_TCP && proto != IPPROTO_UDP {
+        return None;
+    }
+    let l4_len = total - ihl;
+    let min = if proto == IPPROTO_TCP { 20 } else { 8 };
+    if l4_len < min {
+        return None;
+    }
+    // Source and destination address, protocol, L4 length.
+    let pseudo = ones_sum(&ip[12..20], u32::from(proto) + l4_len as u32);
+    Some((ETH_HLEN + ihl, proto, l4_len, pseudo))
+}
+
+/// Where a transmit checksum offload (§5.1.6.2, `NEEDS_CSUM`) of `frame`
+/// goes: `(csum_start, csum_offset, pseudo_sum)` for an untagged Ethernet
+/// frame with a whole IPv4 TCP or UDP segment, `None` for anything else.
+/// The driver stores `pseudo_sum` (big-endian) in the checksum field; the
+/// device then sums from `csum_start` to the end and stores the result
+/// there, which gives the full TCP/UDP checksum.
+pub fn l4_checksum_offsets(frame: &[u8]) -> Option<(u16, u16, u16)> {
+    let (start, proto, _, pseudo) = ipv4_l4(frame)?;
+    let offset = if proto == IPPROTO_TCP { 16 } else { 6 };
+    Some((u16::try_from(start).ok()?, offset, pseudo))
+}
+
+/// Whether the TCP or UDP checksum of `frame` (untagged Ethernet, whole
+/// IPv4 segment) is right; `None` when the frame is not such a segment.
+/// A UDP checksum of 0 means none was computed (RFC 768) and counts as
+/// right.
+pub fn verify_l4_checksum(frame: &[u8]) -> Option<bool> {
+    let (start, proto, len, pseudo) = ipv4_l4(frame)?;
+    let l4 = frame.get(start..start + len)?;
+    if proto == IPPROTO_UDP && l4[6] == 0 && l4[7] == 0 {
+        return Some(true);
+    }
+    Some(ones_sum(l4, u32::from(pseudo)) == 0xffff)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -226,6 +226,8 @@ static ROUTED_SIZE: [AtomicU64; MAX_ROUTED] = [const { AtomicU64::new(0) }; MAX_
 static INTERRUPTS: AtomicU32 = AtomicU32::new(0);
 /// Device interrupts with nothing in `InterruptStatus`.
 static EMPTY_INTERRUPTS: AtomicU32 = AtomicU32::new(0);
+/// Device interrupts whose `InterruptStatus` showed a configuration change.
+static CONFIG_INTERRUPTS: AtomicU32 = AtomicU32::new(0);
 
 /// Register access to routed slot `i`, if routed.
 fn routed_regs(i: usize) -> Option<VolatileMmio> {
@@ -244,7 +246,11 @@ fn on_device_interrupt(vector: u8, _frame: &TrapFrame) {
         exit::fail(format_args!("device interrupt on unrouted vector {vector}"));
     };
     // §4.2.3.4: read InterruptStatus, acknowledge what it shows.
-    if transport::acknowledge_interrupt(&regs).is_empty() {
+    let status = transport::acknowledge_interrupt(&regs);
+    if status.contains(guest_driver::virtio_core::mmio::InterruptStatus::CONFIG_CHANGE) {
+        CONFIG_INTERRUPTS.fetch_add(1, Ordering::Relaxed);
+    }
+    if status.is_empty() {
         EMPTY_INTERRUPTS.fetch_add(1, Ordering::Relaxed);
     } else {
         INTERRUPTS.fetch_add(1, Ordering::Relaxed);
@@ -284,6 +290,12 @@ pub fn route_irq(slot: &MmioSlot) -> Result<u8, SetupError> {
 /// Device interrupts taken so far that showed a cause.
 pub fn interrupts() -> u32 {
     INTERRUPTS.load(Ordering::Relaxed)
+}
+
+/// Device interrupts taken so far whose `InterruptStatus` showed a
+/// configuration change (§4.2.3.4; e.g. a network link change, §5.1.4.2).
+pub fn config_interrupts() -> u32 {
+    CONFIG_INTERRUPTS.load(Ordering::Relaxed)
 }
 
 /// Device interrupts taken so far with an empty `InterruptStatus`.
