@@ -186,9 +186,10 @@ pub fn suite() -> Vec<SuiteRow> {
             row.exits = Some(o.exits.total());
             row.kvm_exits = o.kvm.as_ref().map(|k| k.exits());
         }
-        row.result = match r.result {
-            Ok(()) => "pass".into(),
-            Err(e) => format!("FAIL: {}", e.lines().next().unwrap_or("")),
+        row.result = match (r.result, r.skipped) {
+            (Ok(()), Some(why)) => format!("skip: {why}"),
+            (Ok(()), None) => "pass".into(),
+            (Err(e), _) => format!("FAIL: {}", e.lines().next().unwrap_or("")),
         };
         rows.push(row);
     }
