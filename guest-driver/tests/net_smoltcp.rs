@@ -93,9 +93,8 @@ fn net_smoltcp_udp_and_tcp_between_two_drivers() {
         let mut connected = false;
         let mut sent = 0usize;
         let mut received = Vec::new();
-        let mut now = 0i64;
         let mut done = false;
-        for _ in 0..200_000 {
+        for now in 0..200_000i64 {
             let t = Instant::from_millis(now);
             ia.poll(t, &mut a, &mut sa);
             a.flush().unwrap();
@@ -103,7 +102,6 @@ fn net_smoltcp_udp_and_tcp_between_two_drivers() {
             ib.poll(t, &mut b, &mut sb);
             b.flush().unwrap();
             bus_a.pump();
-            now += 1;
             // UDP: 20 datagrams of cycling sizes, echoed by B.
             {
                 let s = sb.get_mut::<udp::Socket>(ub);
