@@ -85,10 +85,24 @@ impl<H: Hal, R: RegisterAccess> SmolNet<H, R> {
     }
 }
 
-/// A received frame for smoltcp.
+/// A received frame for smoltcp: the frame stays in its DMA buffer until
+/// the token is consumed or dropped, then the buffer is recycled.
 pub struct RxToken<'a, H: Hal, R: RegisterAccess> {
     net: &'a RefCell<Net<H, R>>,
-    handle: RxHandle,
+    handle: Option<RxHandle>,
+    /// The frame's bytes, taken when the token was made (smoltcp uses the
+    /// transmit token while it looks at the frame, so the driver cannot
+    /// stay borrowed for it).
+    ptr: *const u8,
+    len: usize,
+}
+
+impl<H: Hal, R: RegisterAccess> Drop for RxToken<'_, H, R> {
+    fn drop(&mut self) {
+        if let Some(h) = self.handle.take() {
+            self.net.borrow_mut().recycle(h);
+        }
+    }
 }
 
 /// A transmit slot for smoltcp.
@@ -99,10 +113,12 @@ pub struct TxToken<'a, H: Hal, R: RegisterAccess> {
 
 impl<H: Hal, R: RegisterAccess> phy::RxToken for RxToken<'_, H, R> {
     fn consume<T, F: FnOnce(&[u8]) -> T>(self, f: F) -> T {
-        let mut net = self.net.borrow_mut();
-        let r = f(net.rx_bytes(&self.handle));
-        net.recycle(self.handle);
-        r
+        // SAFETY: `ptr`/`len` are the frame's bytes as `Net::rx_bytes`
+        // gave them; the buffer stays held (not reposted, not reused for
+        // another merged frame) until this token recycles it on drop,
+        // after `f`, and the driver's memory outlives the token's borrow.
+        let frame = unsafe { core::slice::from_raw_parts(self.ptr, self.len) };
+        f(frame)
     }
 }
 
@@ -189,20 +205,20 @@ impl<H: Hal, R: RegisterAccess> phy::Device for SmolNet<H, R> {
                 }
             }
         };
-        match Self::tx_ready(net) {
-            Ok(true) => {}
-            Ok(false) => {
-                // No transmit slot for an answer: keep the frame for later
-                // by giving it back is not possible, so hand it over; an
-                // answer smoltcp cannot send is dropped like on a full link.
-            }
-            Err(e) => self.last_error = Some(e),
+        // Make room for an answer; if the ring stays full the answer is
+        // dropped like on a congested link (see `TxToken::consume`).
+        if let Err(e) = Self::tx_ready(net) {
+            self.last_error = Some(e);
         }
         let offload = net.has(NetFeatures::CSUM);
+        let bytes = net.rx_bytes(&handle);
+        let (ptr, len) = (bytes.as_ptr(), bytes.len());
         Some((
             RxToken {
                 net: &self.net,
-                handle,
+                handle: Some(handle),
+                ptr,
+                len,
             },
             TxToken {
                 net: &self.net,
