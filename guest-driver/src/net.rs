@@ -65,6 +65,8 @@ pub const QUEUE_SIZE: usize = 256;
 pub const MRG_BUFFER_LEN: u32 = 4096;
 /// MTU assumed when the device does not offer `VIRTIO_NET_F_MTU`.
 pub const DEFAULT_MTU: u16 = 1500;
+/// Descriptors of the control queue (a command is two).
+const CTRL_QUEUE_SIZE: usize = 4;
 /// Bytes of the control queue slot (command, MAC tables, ack).
 const CTRL_SLOT: u32 = 2048;
 /// Most addresses of each MAC table this driver sends.
@@ -445,7 +447,7 @@ pub struct Net<H: Hal, R: RegisterAccess> {
     hdr_len: u32,
     rx: DmaQueue<QUEUE_SIZE>,
     tx: DmaQueue<QUEUE_SIZE>,
-    ctrl: Option<DmaQueue<1>>,
+    ctrl: Option<DmaQueue<CTRL_QUEUE_SIZE>>,
     /// Merge buffer for `MRG_RXBUF` frames spanning buffers.
     merge: Option<Dma>,
     merge_busy: bool,
