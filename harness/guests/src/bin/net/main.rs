@@ -12,24 +12,23 @@
 #![no_main]
 
 mod pattern;
+mod phy;
 mod raw;
 mod stack;
 
 use guest_driver::VolatileMmio;
 use guest_driver::cmdline::{MmioSlot, SlotList};
 use guest_driver::hal::{Hal, PAGE_SIZE, PoolHal};
-use guest_driver::net::smol::SmolNet;
-use guest_driver::net::{Net, NetError, NetOptions};
+use guest_driver::net::{Net, NetOptions};
 use guest_driver::transport;
 use guest_driver::virtio_core::features::{DeviceType, NetFeatures};
-use guest_driver::Error as DriverError;
 use guest_rt::layout::IDENTITY_MAP_END;
 use guest_rt::virtio::{self, Budget, MAX_SLOTS, Mode, OptionError, OrFail};
 use guest_rt::{BootInfo, exit, println};
 use smoltcp::iface::SocketStorage;
 use smoltcp::socket::udp;
 
-use crate::stack::{Buffers, NetDev, Serve, Setup, Stack};
+use crate::stack::{Buffers, Serve, Setup, Stack};
 
 guest_rt::entry!(main);
 
@@ -306,28 +305,6 @@ fn fmt_mac(m: [u8; 6]) -> impl core::fmt::Display {
     Mac(m)
 }
 
-impl NetDev for SmolNet<&Pool, VolatileMmio> {
-    fn flush(&mut self) {
-        if let Some(e) = self.take_error() {
-            exit::fail(format_args!("net: driver: {e}"));
-        }
-        SmolNet::flush(self).or_fail(format_args!("net: flush"));
-    }
-
-    fn idle(&mut self, mode: Mode, ms: u64) -> bool {
-        let mut wait = Budget::new(mode, ms);
-        match self.net().wait_rx(&mut wait) {
-            Ok(()) => true,
-            Err(NetError::Driver(DriverError::Timeout { .. })) => false,
-            Err(e) => exit::fail(format_args!("net: waiting for a frame: {e}")),
-        }
-    }
-
-    fn link_up(&mut self) -> bool {
-        self.net().link_up().or_fail(format_args!("net: STATUS"))
-    }
-}
-
 fn main(boot: &'static BootInfo) {
     let o = options(boot);
     let dma = guest_rt::virtio::dma_pool_of::<POOL_PAGES>(boot)
@@ -370,7 +347,7 @@ fn smol(net: Nic<'_>, dma: &Pool, o: &Opts) {
         mode: o.mode,
         ms: o.ms,
     };
-    let mut st = Stack::new(SmolNet::new(net), mac, &setup, &mut storage, bufs, &mut meta);
+    let mut st = Stack::new(phy::Phy::new(net), mac, &setup, &mut storage, bufs, &mut meta);
     let Some(scratch) = virtio::scratch() else {
         exit::fail(format_args!("net: scratch buffer taken"));
     };

@@ -26,6 +26,8 @@ pub trait NetDev: Device {
     fn idle(&mut self, mode: Mode, ms: u64) -> bool;
     /// The link as STATUS says (`true` when STATUS is not offered).
     fn link_up(&mut self) -> bool;
+    /// Frames received and queued for transmission so far.
+    fn frames(&mut self) -> (u64, u64);
 }
 
 /// Memory for the sockets' buffers, carved from the DMA pool's pages (RAM
@@ -256,8 +258,9 @@ impl<'a, D: NetDev> Stack<'a, D> {
                     println!("net: served {} ms, udp echoed {}", self.ms, done.udp);
                     return;
                 }
+                let (rx, tx) = self.dev.frames();
                 exit::fail(format_args!(
-                    "net: serve: {} ms without traffic waiting for {} (tcp connection done {}, {} bytes in the current one; udp echoed {})",
+                    "net: serve: {} ms without traffic waiting for {} (tcp connection done {}, {} bytes in the current one; udp echoed {}; {rx} frames in, {tx} out)",
                     self.ms,
                     want.describe(),
                     done.tcp_ok,
@@ -352,8 +355,9 @@ impl<'a, D: NetDev> Stack<'a, D> {
                     break;
                 }
                 if !self.idle(deadline) {
+                    let (rx, tx) = self.dev.frames();
                     exit::fail(format_args!(
-                        "net: client: {} ms waiting for the echo of UDP datagram {i} ({size} bytes)",
+                        "net: client: {} ms waiting for the echo of UDP datagram {i} ({size} bytes; {rx} frames in, {tx} out)",
                         self.ms
                     ));
                 }
@@ -435,8 +439,9 @@ impl<'a, D: NetDev> Stack<'a, D> {
                 continue;
             }
             if !self.idle(deadline) {
+                let (rx, tx) = self.dev.frames();
                 exit::fail(format_args!(
-                    "net: client: {} ms waiting for the TCP {} ({sent} of {total} bytes sent, {got} echoed, state {state})",
+                    "net: client: {} ms waiting for the TCP {} ({sent} of {total} bytes sent, {got} echoed, state {state}; {rx} frames in, {tx} out)",
                     self.ms,
                     if closing { "close" } else { "echo" }
                 ));
