@@ -300,13 +300,27 @@ pub fn tcp_echo(addr: SocketAddr, bytes: usize, limit: Duration) -> Result<Strin
     let sent = writer
         .join()
         .unwrap_or_else(|_| Err("the writer panicked".into()));
-    let _ = s.shutdown(Shutdown::Both);
-    sent?;
+    if let Err(e) = sent {
+        let _ = s.shutdown(Shutdown::Both);
+        return Err(e);
+    }
     if let Some(at) = bad {
         return Err(format!("the echo differs from the pattern at byte {at}"));
     }
     if got != bytes {
         return Err(format!("the echo ended after {got} of {bytes} bytes"));
+    }
+    // Close our side and wait for the peer's FIN: the connection is then
+    // closed on both sides (what a server counting closed connections
+    // waits for).
+    s.shutdown(Shutdown::Write)
+        .map_err(|e| format!("shutdown: {e}"))?;
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => return Err(format!("{n} bytes beyond the echo")),
+            Err(e) => return Err(format!("waiting for the peer's FIN: {e}")),
+        }
     }
     Ok(format!("TCP echo of {bytes} bytes matched"))
 }

@@ -159,6 +159,15 @@ fn tap_host(ns: &Netns, monitor: PathBuf) -> Result<String, String> {
         .tcp_echo(addr, TAP_BYTES, Duration::from_secs(60))
         .join()
         .unwrap_or_else(|_| Err("the TCP client panicked".into()))?;
+    // The server listens again only once that connection is closed on its
+    // side too: a second connection accepted proves it, so taking the link
+    // down cannot cut the close short.
+    ns.spawn(move || {
+        netns::connect_within(addr, Duration::from_secs(30)).map(drop)
+    })
+    .join()
+    .unwrap_or_else(|_| Err("the second TCP client panicked".into()))
+    .map_err(|e| format!("the server did not listen again after the echo: {e}"))?;
     let out = hmp(&monitor, "set_link n0 off")?;
     if !out.trim().is_empty() {
         return Err(format!("set_link n0 off: {out}"));
@@ -207,8 +216,16 @@ fn net_tap(dir: &Workdir) -> Result<Setup, String> {
             Ok(o) => o,
             Err(e) => return fail(e.to_string(), None),
         };
+        for d in &o.devices {
+            ctx.notes.push(d.to_string());
+        }
+        let host = host.map(|note| ctx.notes.push(note));
         let result = passed("guest", &o)
-            .and_then(|()| host.map(|note| ctx.notes.push(note)))
+            .map_err(|e| match &host {
+                Err(h) => format!("{e}\nhost side: {h}"),
+                Ok(()) => e,
+            })
+            .and_then(|()| host)
             .and_then(|()| said("guest", &o, "net: link down"))
             .and_then(|()| {
                 let line = guest_line(&o, "net: tcp echoed ").unwrap_or("");
