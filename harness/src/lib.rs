@@ -129,7 +129,8 @@ const SUITE: &[SuiteGuest] = &[
 
 /// Runs every scenario against every device configuration: first the
 /// tiny guests that need no device (each on a 64 MiB memfd, with the
-/// verdict each is meant to give), then every [`scenarios`] entry. Without
+/// verdict each is meant to give), then every [`scenarios`] entry
+/// ([`scenarios::all`], then [`scenarios::net`]). Without
 /// KVM every row is a skip.
 pub fn suite() -> Vec<SuiteRow> {
     let unavailable = vm::kvm_unavailable();
@@ -165,7 +166,7 @@ pub fn suite() -> Vec<SuiteRow> {
             row
         })
         .collect();
-    for sc in scenarios::all() {
+    for sc in scenarios::all().into_iter().chain(scenarios::net()) {
         let mut row = SuiteRow {
             scenario: sc.name.into(),
             device: sc.device.into(),

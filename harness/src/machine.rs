@@ -787,12 +787,14 @@ impl Machine {
         let running: Vec<_> = self
             .monitors
             .iter()
-            .map(|m| m.serve(self.links.clone()))
-            .collect::<Result<_, _>>()
-            .map_err(|err| MachineError::Monitor {
-                path: std::path::PathBuf::new(),
-                err,
-            })?;
+            .map(|m| {
+                m.serve(self.links.clone())
+                    .map_err(|err| MachineError::Monitor {
+                        path: m.path().to_path_buf(),
+                        err,
+                    })
+            })
+            .collect::<Result<_, _>>()?;
         let out = self.vm.run(timeout);
         for r in running {
             r.stop();

@@ -315,12 +315,10 @@ pub fn tcp_echo(addr: SocketAddr, bytes: usize, limit: Duration) -> Result<Strin
     // waits for).
     s.shutdown(Shutdown::Write)
         .map_err(|e| format!("shutdown: {e}"))?;
-    loop {
-        match s.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => return Err(format!("{n} bytes beyond the echo")),
-            Err(e) => return Err(format!("waiting for the peer's FIN: {e}")),
-        }
+    match s.read(&mut buf) {
+        Ok(0) => {}
+        Ok(n) => return Err(format!("{n} bytes beyond the echo")),
+        Err(e) => return Err(format!("waiting for the peer's FIN: {e}")),
     }
     Ok(format!("TCP echo of {bytes} bytes matched"))
 }

@@ -22,7 +22,7 @@ use crate::vm::Outcome;
 
 /// Longest a net scenario's guest may run (the guests bound every wait
 /// by `net.ms`, below it).
-const NET_TIMEOUT: Duration = Duration::from_secs(150);
+const NET_TIMEOUT: Duration = Duration::from_secs(240);
 
 /// The guests' own bound on every wait (`net.ms`).
 const NET_MS: u64 = 100_000;
@@ -149,6 +149,7 @@ fn hmp(path: &Path, cmd: &str) -> Result<String, String> {
 /// the link down by the monitor.
 fn tap_host(ns: &Netns, monitor: PathBuf) -> Result<String, String> {
     let guest = "10.0.2.15";
+    let t0 = Instant::now();
     ns.wait_for_ping(guest, Duration::from_secs(60))?;
     let p = ns.ping(guest, 3)?;
     if p.received != 3 {
@@ -162,17 +163,19 @@ fn tap_host(ns: &Netns, monitor: PathBuf) -> Result<String, String> {
     // The server listens again only once that connection is closed on its
     // side too: a second connection accepted proves it, so taking the link
     // down cannot cut the close short.
-    ns.spawn(move || {
-        netns::connect_within(addr, Duration::from_secs(30)).map(drop)
-    })
-    .join()
-    .unwrap_or_else(|_| Err("the second TCP client panicked".into()))
-    .map_err(|e| format!("the server did not listen again after the echo: {e}"))?;
+    ns.spawn(move || netns::connect_within(addr, Duration::from_secs(30)).map(drop))
+        .join()
+        .unwrap_or_else(|_| Err("the second TCP client panicked".into()))
+        .map_err(|e| format!("the server did not listen again after the echo: {e}"))?;
     let out = hmp(&monitor, "set_link n0 off")?;
     if !out.trim().is_empty() {
         return Err(format!("set_link n0 off: {out}"));
     }
-    Ok(format!("ping 3/3; {echo}; set_link n0 off"))
+    let t_echo = t0.elapsed();
+    Ok(format!(
+        "ping 3/3; {echo}; set_link n0 off {:.1} s after the first ping",
+        t_echo.as_secs_f64()
+    ))
 }
 
 fn net_tap(dir: &Workdir) -> Result<Setup, String> {
@@ -217,23 +220,25 @@ fn net_tap(dir: &Workdir) -> Result<Setup, String> {
             Err(e) => return fail(e.to_string(), None),
         };
         for d in &o.devices {
-            ctx.notes.push(d.to_string());
+            ctx.notes.push(format!(
+                "{d}; InterruptStatus {:#x} at the end",
+                d.interrupt_status
+            ));
         }
         let host = host.map(|note| ctx.notes.push(note));
-        let result = passed("guest", &o)
-            .map_err(|e| match &host {
-                Err(h) => format!("{e}\nhost side: {h}"),
-                Ok(()) => e,
-            })
-            .and_then(|()| host)
-            .and_then(|()| said("guest", &o, "net: link down"))
-            .and_then(|()| {
-                let line = guest_line(&o, "net: tcp echoed ").unwrap_or("");
-                match number_before(line, "bytes") {
-                    Some(n) if n >= TAP_BYTES as u64 => Ok(()),
-                    _ => Err(format!("the guest echoed no {TAP_BYTES}-byte connection")),
-                }
-            });
+        let result = match (passed("guest", &o), host) {
+            (Err(e), Err(h)) => Err(format!("{e}\nhost side: {h}")),
+            (Err(e), Ok(())) => Err(e),
+            (Ok(()), host) => host,
+        }
+        .and_then(|()| said("guest", &o, "net: link down"))
+        .and_then(|()| {
+            let line = guest_line(&o, "net: tcp echoed ").unwrap_or("");
+            match number_before(line, "bytes") {
+                Some(n) if n >= TAP_BYTES as u64 => Ok(()),
+                _ => Err(format!("the guest echoed no {TAP_BYTES}-byte connection")),
+            }
+        });
         CustomRun {
             result,
             outcome: Some(o),
