@@ -311,6 +311,7 @@ fn main(boot: &'static BootInfo) {
         .or_fail(format_args!("net: DMA pool"));
     virtio::clock::start();
     let (_slot, mut net) = bring_up(boot, &dma, &o);
+    let up_ms = virtio::clock::now_ms();
     let link = net.link_up().or_fail(format_args!("net: STATUS"));
     println!(
         "net: mac {} mtu {} link {}",
@@ -319,7 +320,7 @@ fn main(boot: &'static BootInfo) {
         if link { "up" } else { "down" }
     );
     println!(
-        "net: features {:#x}, modern {}, mode {}",
+        "net: features {:#x}, modern {}, mode {}, up after {up_ms} ms",
         net.features(),
         net.transport().is_modern(),
         o.mode
@@ -371,8 +372,11 @@ fn smol(net: Nic<'_>, dma: &Pool, o: &Opts) {
     }
     let s = st.dev().net().stats();
     println!(
-        "net: {} polls, {} kicks, {} interrupts, rx {} frames, tx {} frames",
+        "net: {} polls ({} ms), idle {} ms ({} timer wake-ups), {} kicks, {} interrupts, rx {} frames, tx {} frames",
         st.polls,
+        st.poll_ms,
+        st.idle_ms,
+        st.idle_timeouts,
         s.kicks,
         virtio::interrupts(),
         s.rx_frames,

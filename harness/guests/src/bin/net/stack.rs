@@ -72,6 +72,12 @@ pub struct Stack<'a, D: NetDev> {
     ms: u64,
     /// Polls of the interface (for the report).
     pub polls: u64,
+    /// Milliseconds spent waiting for frames or timers (for the report).
+    pub idle_ms: u64,
+    /// Waits that ended without a frame (a timer or the deadline).
+    pub idle_timeouts: u64,
+    /// Milliseconds spent in smoltcp's poll (for the report).
+    pub poll_ms: u64,
 }
 
 fn now() -> Instant {
@@ -120,6 +126,9 @@ impl<'a, D: NetDev> Stack<'a, D> {
             mode: setup.mode,
             ms: setup.ms,
             polls: 0,
+            idle_ms: 0,
+            idle_timeouts: 0,
+            poll_ms: 0,
         }
     }
 
@@ -132,8 +141,10 @@ impl<'a, D: NetDev> Stack<'a, D> {
     /// segment out.
     fn poll(&mut self) {
         self.polls += 1;
+        let t = clock::now_ms();
         self.iface.poll(now(), &mut self.dev, &mut self.sockets);
         self.dev.flush();
+        self.poll_ms += clock::now_ms().saturating_sub(t);
     }
 
     /// Waits until a frame arrives, smoltcp's next timer, or
@@ -148,7 +159,10 @@ impl<'a, D: NetDev> Stack<'a, D> {
             None => deadline_ms,
         };
         if until > t {
-            self.dev.idle(self.mode, until - t);
+            if !self.dev.idle(self.mode, until - t) {
+                self.idle_timeouts += 1;
+            }
+            self.idle_ms += clock::now_ms().saturating_sub(t);
         }
         true
     }
