@@ -307,8 +307,8 @@ fn fmt_mac(m: [u8; 6]) -> impl core::fmt::Display {
 
 fn main(boot: &'static BootInfo) {
     let o = options(boot);
-    let dma = guest_rt::virtio::dma_pool_of::<POOL_PAGES>(boot)
-        .or_fail(format_args!("net: DMA pool"));
+    let dma =
+        guest_rt::virtio::dma_pool_of::<POOL_PAGES>(boot).or_fail(format_args!("net: DMA pool"));
     virtio::clock::start();
     let (_slot, mut net) = bring_up(boot, &dma, &o);
     let up_ms = virtio::clock::now_ms();
@@ -348,7 +348,14 @@ fn smol(net: Nic<'_>, dma: &Pool, o: &Opts) {
         mode: o.mode,
         ms: o.ms,
     };
-    let mut st = Stack::new(phy::Phy::new(net), mac, &setup, &mut storage, bufs, &mut meta);
+    let mut st = Stack::new(
+        phy::Phy::new(net),
+        mac,
+        &setup,
+        &mut storage,
+        bufs,
+        &mut meta,
+    );
     let Some(scratch) = virtio::scratch() else {
         exit::fail(format_args!("net: scratch buffer taken"));
     };

@@ -57,8 +57,7 @@ pub fn filter(net: &mut Nic<'_>, o: &Opts) {
         match phase {
             "strict" => {
                 net.set_promiscuous(false, &mut budget(o)).or_fail(what);
-                net.set_all_multicast(false, &mut budget(o))
-                    .or_fail(what);
+                net.set_all_multicast(false, &mut budget(o)).or_fail(what);
                 net.set_mac_table(&[], &[], &mut budget(o)).or_fail(what);
             }
             "table" => net

@@ -255,8 +255,8 @@ impl<'a, D: NetDev> Stack<'a, D> {
                 self.listen(port);
                 moved = true;
             }
-            let met = (want.bytes.is_none() || done.tcp_ok)
-                && want.udp.is_none_or(|k| done.udp >= k);
+            let met =
+                (want.bytes.is_none() || done.tcp_ok) && want.udp.is_none_or(|k| done.udp >= k);
             if met && !open_ended {
                 if want.link_down {
                     self.wait_link_down();
