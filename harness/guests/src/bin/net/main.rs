@@ -379,7 +379,7 @@ fn smol(net: Nic<'_>, dma: &Pool, o: &Opts) {
     }
     let s = st.dev().net().stats();
     println!(
-        "net: {} polls ({} ms), idle {} ms ({} timer wake-ups), {} kicks, {} interrupts, rx {} frames, tx {} frames",
+        "net: {} polls ({} ms), idle {} ms ({} timer wake-ups), {} kicks, {} interrupts, rx {} frames ({} checksums vouched for by the device), tx {} frames",
         st.polls,
         st.poll_ms,
         st.idle_ms,
@@ -387,6 +387,7 @@ fn smol(net: Nic<'_>, dma: &Pool, o: &Opts) {
         s.kicks,
         virtio::interrupts(),
         s.rx_frames,
+        s.rx_csum_valid,
         s.tx_frames
     );
 }
