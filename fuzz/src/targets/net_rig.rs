@@ -110,11 +110,11 @@ pub struct Ctrl {
 
 /// The net device the targets build: one or two queue pairs and a control
 /// queue, the MTU above, every feature on offer.
-pub fn device<'m>(
+pub fn device(
     wire: Wire,
-    mem: &'m virtio_core::testing::OwnedMemory,
+    mem: &virtio_core::testing::OwnedMemory,
     pairs: bool,
-) -> Option<Net<Wire, &'m virtio_core::testing::OwnedMemory>> {
+) -> Option<Net<Wire, &virtio_core::testing::OwnedMemory>> {
     let cfg = NetConfig {
         mtu: MTU,
         queue_pairs: if pairs { 2 } else { 1 },
