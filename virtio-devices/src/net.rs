@@ -1310,6 +1310,9 @@ impl<B: NetBackend, M: GuestMemory> VirtioDevice for Net<B, M> {
 
     fn backend_ready(&mut self) -> Result<Served, DeviceError> {
         let mut served = Served::default();
+        // A link that is down must get the chance to come up (a stream
+        // server accepting its peer), active device or not.
+        self.backend.poll_link();
         if self.bufs.is_none() {
             return Ok(served);
         }
