@@ -1165,7 +1165,7 @@ pub fn run_case_followed(
 /// [`MAX_RAW_QUEUE`]).
 pub const NET_RING_PAGES: usize = RING_PAGES;
 /// Pages of [`NetMemory::scratch`].
-pub const NET_SCRATCH_PAGES: usize = 4;
+pub const NET_SCRATCH_PAGES: usize = 1;
 /// Pages of [`NetMemory::bufs`].
 pub const NET_BUF_PAGES: usize = 16;
 const NET_ARENA_PAGES: usize = 3 * NET_RING_PAGES + TABLE_PAGES + NET_SCRATCH_PAGES + NET_BUF_PAGES;
