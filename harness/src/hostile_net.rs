@@ -5,10 +5,10 @@
 //! [`starve_peer`] is public for the QEMU tests, which run the same guest.
 
 use std::io::{Read, Write};
-use std::os::unix::net::UnixStream;
+use std::os::unix::net::{UnixListener, UnixStream};
 use std::time::Duration;
 
-use super::{Scenario, Setup, TIMEOUT, connect_within, guest_line};
+use super::{Scenario, Setup, TIMEOUT, accept_within, guest_line};
 use crate::vm::Outcome;
 
 /// The net cases of the `hostile` guest (`NET_CASES` in
@@ -229,17 +229,23 @@ pub fn scenarios() -> Vec<Scenario> {
             backend: "netdev stream (unix, host peer)",
             guest: option_env!("GUEST_STARVE"),
             setup: |dir| {
+                // The peer listens and the machine dials (`server=off`): a
+                // `server=on` stream accepts its peer only from inside
+                // `recv`/`send`, which the device does not call while the
+                // link is down (no peer yet), so it would never connect.
                 let path = dir.path("net.sock");
+                let listener = UnixListener::bind(&path)
+                    .map_err(|e| format!("{}: {e}", path.display()))?;
                 let mut s = Setup::new(
                     &format!(
-                        "-netdev stream,id=n0,server=on,addr.type=unix,addr.path={} \
+                        "-netdev stream,id=n0,server=off,addr.type=unix,addr.path={} \
                          -device virtio-net-device,netdev=n0",
                         path.display()
                     ),
                     format!("starve.ms=500 starve.more={STARVE_MORE}"),
                 );
                 s.peer = Some(std::thread::spawn(move || {
-                    let stream = connect_within(&path, Duration::from_secs(10))?;
+                    let stream = accept_within(&listener, Duration::from_secs(10))?;
                     starve_peer(stream, Some(STARVE_RSS_SLACK))
                 }));
                 s.check = Some(Box::new(starve_outcome));

@@ -40,7 +40,7 @@ const TX_AT: u64 = RX_SIZE as u64 * SLOT;
 /// First sequence number of the answer to `more`.
 const MORE_BASE: u32 = 1_000_000;
 /// Longest wait for the frames of a phase, in milliseconds.
-const PHASE_MS: u64 = 20_000;
+const PHASE_MS: u64 = 8_000;
 
 fn option(boot: &BootInfo, key: &str, default: u64) -> u64 {
     match boot.cmdline_values(key).last() {
