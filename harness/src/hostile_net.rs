@@ -98,8 +98,8 @@ fn read_frame(s: &mut UnixStream) -> Result<Option<Vec<u8>>, String> {
     Ok(Some(f))
 }
 
-/// The starve peer on a connected stream (QEMU's framing): sends
-/// [`STARVE_BATCH`] numbered frames at once, waits for the guest's `more`
+/// The starve peer on a connected stream (QEMU's framing): waits for the
+/// guest's `ready` frame, sends [`STARVE_BATCH`] numbered frames at once, waits for the guest's `more`
 /// frame, sends [`STARVE_MORE`] frames numbered from
 /// [`STARVE_MORE_BASE`], then reads until the other side hangs up.
 /// Returns a note (with the memory growth seen), or fails if the
@@ -109,6 +109,16 @@ pub fn starve_peer(mut s: UnixStream, rss_slack: Option<u64>) -> Result<String, 
     s.set_read_timeout(Some(TIMEOUT))
         .map_err(|e| e.to_string())?;
     let mac = guest_mac();
+    // The guest says `ready` once its device is live.
+    loop {
+        match read_frame(&mut s)? {
+            None => return Err("the guest hung up before `ready`".into()),
+            Some(f) if f.len() >= 19 && f[12..14] == [0x88, 0xb5] && &f[14..19] == b"ready" => {
+                break;
+            }
+            Some(_) => {}
+        }
+    }
     let before = rss_anon();
     let batch: Vec<u8> = (0..STARVE_BATCH).flat_map(|i| seq_frame(&mac, i)).collect();
     s.write_all(&batch)

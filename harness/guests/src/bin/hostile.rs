@@ -1183,6 +1183,9 @@ fn net_cases(
         match r.follow_up {
             Some(true) => println!("hostile: {name}: follow-up frame came back (traffic continues)"),
             None => println!("hostile: {name}: device set DEVICE_NEEDS_RESET; follow-up not sent"),
+            Some(false) if r.status.contains(DeviceStatus::DEVICE_NEEDS_RESET) => println!(
+                "hostile: {name}: follow-up frame not delivered; device set DEVICE_NEEDS_RESET meanwhile"
+            ),
             Some(false) if !strict || !dev.is_modern() => println!(
                 "hostile: {name}: follow-up frame did not come back and no DEVICE_NEEDS_RESET (reported, not failed)"
             ),

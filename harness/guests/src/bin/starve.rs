@@ -2,7 +2,9 @@
 //! without buffers while the peer sends, through `guest_rt::raw` rings.
 //!
 //! The guest sets up the first virtio-net slot with receiveq1 empty,
-//! prints `starve: ready`, waits `starve.ms` (default 500) milliseconds
+//! prints `starve: ready`, transmits a `ready` frame (ethertype 0x88b5,
+//! payload `ready`, to the broadcast address: the peer starts sending),
+//! waits `starve.ms` (default 500) milliseconds
 //! while the host peer sends, then posts every receive buffer (and
 //! re-posts each one it has read) and counts the frames that arrive until
 //! none came for `starve.quiet` (default 300) milliseconds:
@@ -160,6 +162,16 @@ fn main(boot: &'static BootInfo) {
         dev.version() as u32,
         rig.rx.size()
     );
+    // Tell the peer: it starts sending now that the device is live
+    // (frames a device gets before DRIVER_OK need not be kept).
+    let mut f = [0u8; 60];
+    f[..6].copy_from_slice(&[0xff; 6]);
+    f[6..12].copy_from_slice(&rig.mac);
+    f[12..14].copy_from_slice(&[0x88, 0xb5]);
+    f[14..19].copy_from_slice(b"ready");
+    if let Err(e) = rig.send(1, TX_AT + SLOT, &f) {
+        exit::fail(format_args!("starve: sending `ready`: {e}"));
+    }
     clock::start();
     let t0 = clock::now_ms();
     while clock::now_ms() - t0 < wait_ms {
@@ -176,11 +188,7 @@ fn main(boot: &'static BootInfo) {
     let (mut first, mut more) = (Tally::default(), Tally::default());
     collect(&mut rig, &mut first, &mut more, quiet, &|_, _| false);
     print_tally("got", &first);
-    let mut f = [0u8; 60];
-    f[..6].copy_from_slice(&[0xff; 6]);
-    f[6..12].copy_from_slice(&rig.mac);
-    f[12..14].copy_from_slice(&[0x88, 0xb5]);
-    f[14..18].copy_from_slice(b"more");
+    f[14..19].copy_from_slice(b"more\0");
     if let Err(e) = rig.send(0, TX_AT, &f) {
         exit::fail(format_args!("starve: sending `more`: {e}"));
     }
