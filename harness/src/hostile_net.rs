@@ -244,8 +244,8 @@ pub fn scenarios() -> Vec<Scenario> {
                 // `recv`/`send`, which the device does not call while the
                 // link is down (no peer yet), so it would never connect.
                 let path = dir.path("net.sock");
-                let listener = UnixListener::bind(&path)
-                    .map_err(|e| format!("{}: {e}", path.display()))?;
+                let listener =
+                    UnixListener::bind(&path).map_err(|e| format!("{}: {e}", path.display()))?;
                 let mut s = Setup::new(
                     &format!(
                         "-netdev stream,id=n0,server=off,addr.type=unix,addr.path={} \

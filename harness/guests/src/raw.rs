@@ -1365,7 +1365,8 @@ impl<'m> NetRig<'m> {
     /// offset `offset` as descriptor `d` of receiveq1 (no notification).
     pub fn post_rx(&mut self, d: u16, offset: u64, len: u32) -> Result<(), RawError> {
         let addr = self.buf_addr(offset);
-        self.rx.set_desc(d, desc(addr, len, DescFlags::WRITE.bits(), 0))?;
+        self.rx
+            .set_desc(d, desc(addr, len, DescFlags::WRITE.bits(), 0))?;
         self.rx.post(d)
     }
 
@@ -1376,7 +1377,8 @@ impl<'m> NetRig<'m> {
         self.bufs.write_bytes(offset, &[0u8; 12][..h as usize])?;
         self.bufs.write_bytes(offset + h, frame)?;
         let len = u32::try_from(h + frame.len() as u64).unwrap_or(u32::MAX);
-        self.tx.set_desc(d, desc(self.buf_addr(offset), len, 0, 0))?;
+        self.tx
+            .set_desc(d, desc(self.buf_addr(offset), len, 0, 0))?;
         self.tx.post(d)?;
         self.dev.notify(u32::from(NET_TX));
         Ok(())

@@ -652,17 +652,16 @@ fn main(boot: &'static BootInfo) {
     let rng = RawDevice::find(boot.cmdline(), DeviceType::Rng).ok();
     let net = RawDevice::find(boot.cmdline(), DeviceType::Net).ok();
     if rng.is_none() && net.is_none() {
-        exit::fail(format_args!("hostile: {}", RawError::NoDevice(DeviceType::Rng)));
+        exit::fail(format_args!(
+            "hostile: {}",
+            RawError::NoDevice(DeviceType::Rng)
+        ));
     }
     // The console is optional: its cases are skipped without one.
     let console = RawDevice::find(boot.cmdline(), DeviceType::Console).ok();
     // So is the block device.
     let blk = RawDevice::find(boot.cmdline(), DeviceType::Blk).ok();
-    for dev in rng
-        .iter()
-        .chain(console.as_ref())
-        .chain(blk.as_ref())
-    {
+    for dev in rng.iter().chain(console.as_ref()).chain(blk.as_ref()) {
         println!(
             "hostile: device id {} at {:#x} (virtio-mmio version {}), features offered {:#x}",
             dev.device_id(),
@@ -748,8 +747,7 @@ fn main(boot: &'static BootInfo) {
             )),
         }
         let strict = !boot.cmdline_values("hostile.strict").any(|v| v == "0");
-        let selected =
-            |name: &str| !only || boot.cmdline_values("hostile.case").any(|n| n == name);
+        let selected = |name: &str| !only || boot.cmdline_values("hostile.case").any(|n| n == name);
         let (r, s) = net_cases(dev, &nmem, ram_end, &selected, strict);
         ran += r;
         skipped += s;
@@ -934,7 +932,13 @@ fn net_hdr_len(dev: &RawDevice) -> u64 {
 /// `w1` (bytes 8..12 of a version 1 header, 8..10 of a legacy one plus two
 /// frame bytes) then `frame` canary bytes; posted as descriptor 0 with
 /// `flags`. Returns its address.
-fn net_tx_chain(s: &mut Setup<'_, '_>, w0: u64, w1: u32, frame: u64, flags: u16) -> Result<(), RawError> {
+fn net_tx_chain(
+    s: &mut Setup<'_, '_>,
+    w0: u64,
+    w1: u32,
+    frame: u64,
+    flags: u16,
+) -> Result<(), RawError> {
     let h = net_hdr_len(s.dev);
     let writable = flags & WRITE != 0;
     let buf = if writable {
@@ -1172,7 +1176,11 @@ fn net_cases(
             Ok(r) => r,
             Err(e) => exit::fail(format_args!("hostile: {name}: {e}")),
         };
-        println!("hostile: {name}: {} (status {:#04x})", r.outcome, r.status.bits());
+        println!(
+            "hostile: {name}: {} (status {:#04x})",
+            r.outcome,
+            r.status.bits()
+        );
         if let Some(e) = r.late {
             println!(
                 "hostile: {name}: malformed chain returned when a frame came: used len={} id={}",
@@ -1181,7 +1189,9 @@ fn net_cases(
             );
         }
         match r.follow_up {
-            Some(true) => println!("hostile: {name}: follow-up frame came back (traffic continues)"),
+            Some(true) => {
+                println!("hostile: {name}: follow-up frame came back (traffic continues)")
+            }
             None => println!("hostile: {name}: device set DEVICE_NEEDS_RESET; follow-up not sent"),
             Some(false) if r.status.contains(DeviceStatus::DEVICE_NEEDS_RESET) => println!(
                 "hostile: {name}: follow-up frame not delivered; device set DEVICE_NEEDS_RESET meanwhile"
@@ -1197,13 +1207,15 @@ fn net_cases(
             Ok(NetRun {
                 follow_up: Some(true),
                 ..
-            }) => println!(
-                "hostile: {name}: survived (a frame looped back after re-initialisation)"
-            ),
+            }) => {
+                println!("hostile: {name}: survived (a frame looped back after re-initialisation)")
+            }
             Ok(_) => exit::fail(format_args!(
                 "hostile: {name}: the device stopped working: no frame came back after re-initialisation"
             )),
-            Err(e) => exit::fail(format_args!("hostile: {name}: the device stopped working: {e}")),
+            Err(e) => exit::fail(format_args!(
+                "hostile: {name}: the device stopped working: {e}"
+            )),
         }
         ran += 1;
     }

@@ -130,7 +130,11 @@ fn print_tally(what: &str, t: &Tally) {
             "starve: {what} {} frames (seq {f}..={}, {})",
             t.count,
             t.last,
-            if t.in_order { "in order" } else { "out of order" }
+            if t.in_order {
+                "in order"
+            } else {
+                "out of order"
+            }
         ),
     }
 }
@@ -199,7 +203,10 @@ fn main(boot: &'static BootInfo) {
     });
     print_tally("more got", &more);
     if first.count != before {
-        println!("starve: {} late frames of the first batch", first.count - before);
+        println!(
+            "starve: {} late frames of the first batch",
+            first.count - before
+        );
     }
     let _ = dev.reset();
     if more.count != want_more {
