@@ -27,8 +27,21 @@
 //! hostile: <case>: request status <hex|not written> (want IOERR or UNSUPP, or the chain returned), follow-up <ok | status <hex> | not used>
 //! ```
 //!
+//! Net cases (§5.1, the first virtio-net slot, set up by hand with
+//! `guest_rt::raw::NetRig`) post one malformed transmit, receive or
+//! control chain and then send a well-formed frame to the device's own MAC
+//! that must come back (loopback netdev or an echoing peer); a version 2
+//! device that neither set DEVICE_NEEDS_RESET nor brought it back fails
+//! the run unless `hostile.strict=0`:
+//!
+//! ```text
+//! hostile: <case>: <follow-up frame came back (traffic continues) | device set DEVICE_NEEDS_RESET; follow-up not sent | …>
+//! ```
+//!
 //! `hostile.case=<name>` runs one case (several may be given); the default
-//! is every case; console and blk cases are skipped without such a device. Adding a case is adding an entry to [`CASES`].
+//! is every case; rng, console, blk and net cases are skipped without such
+//! a device (at least an rng or a net device must be there). Adding a case
+//! is adding an entry to [`CASES`] (or `NET_CASES`).
 #![no_std]
 #![no_main]
 
