@@ -1030,8 +1030,9 @@ impl<H: Hal, R: RegisterAccess> Net<H, R> {
                     hdr.csum_start = start;
                     hdr.csum_offset = offset;
                 } else if at + 2 <= body.len() {
-                    let sum = virtio_core::net::internet_checksum(
+                    let sum = !virtio_core::net::ones_sum(
                         body.get(usize::from(start)..).unwrap_or_default(),
+                        0,
                     );
                     let sum = if sum == 0 { 0xffff } else { sum };
                     if let Some(f) = body.get_mut(at..at + 2) {
