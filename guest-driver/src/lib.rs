@@ -17,8 +17,10 @@
 //!   allocation, seen through [`queue::DmaMemory`].
 //! - [`wait`]: the bound on every wait ([`Polls`], [`Deadline`] on a
 //!   [`wait::Clock`]).
-//! - [`rng`] (§5.4), [`console`] (§5.3, with MULTIPORT) and [`blk`] (§5.2,
-//!   with MQ, several requests in flight): the drivers.
+//! - [`rng`] (§5.4), [`console`] (§5.3, with MULTIPORT), [`blk`] (§5.2,
+//!   with MQ, several requests in flight) and [`net`] (§5.1, checksum
+//!   offload, mergeable buffers, control queue; a smoltcp device behind
+//!   feature `smoltcp`): the drivers.
 //!
 //! # Design choices
 //!
@@ -53,6 +55,7 @@ pub mod console;
 pub mod error;
 pub mod hal;
 pub mod mmio;
+pub mod net;
 pub mod queue;
 pub mod rng;
 pub mod transport;
@@ -63,6 +66,7 @@ pub use console::{Console, ConsoleOptions};
 pub use error::Error;
 pub use hal::{Hal, PoolHal};
 pub use mmio::VolatileMmio;
+pub use net::{Net, NetError, NetOptions};
 pub use queue::DmaQueue;
 pub use rng::{Rng, RngOptions};
 pub use transport::{Completion, Transport};

@@ -155,8 +155,21 @@ impl<const N: usize> DmaQueue<N> {
         slot_size: u32,
         completion: Completion,
     ) -> Result<Self, Error> {
+        Self::with_size(hal, transport, index, slot_size, completion, N)
+    }
+
+    /// As [`new`](Self::new), with the queue size also capped at `cap`
+    /// (so the slots take `cap` times `slot_size` bytes, not `N` times).
+    pub fn with_size<H: Hal + ?Sized, R: RegisterAccess>(
+        hal: &H,
+        transport: &mut Transport<R>,
+        index: u16,
+        slot_size: u32,
+        completion: Completion,
+        cap: usize,
+    ) -> Result<Self, Error> {
         let max = transport.driver().queue_max_size(index)?;
-        let size = queue_size(N, max);
+        let size = queue_size(N.min(cap), max);
         let layout_err = |err| Error::Layout { queue: index, err };
         let qsize = QueueSize::new(u32::from(size)).map_err(layout_err)?;
         let slot_size = slot_size.max(1);
@@ -343,15 +356,23 @@ impl<const N: usize> DmaQueue<N> {
     /// Publishes what was added (§2.7.13.3) and notifies the device if it
     /// asks for it (§2.7.13.4, §4.2.3.3).
     pub fn kick<R: RegisterAccess>(&mut self, transport: &Transport<R>) -> Result<(), Error> {
+        self.kick_counted(transport).map(|_| ())
+    }
+
+    /// As [`kick`](Self::kick); whether the device was notified.
+    pub fn kick_counted<R: RegisterAccess>(
+        &mut self,
+        transport: &Transport<R>,
+    ) -> Result<bool, Error> {
         self.queue.publish(&self.mem).map_err(|e| self.qerr(e))?;
-        if self
+        let kick = self
             .queue
             .should_kick(&self.mem)
-            .map_err(|e| self.qerr(e))?
-        {
+            .map_err(|e| self.qerr(e))?;
+        if kick {
             transport.notify(self.index);
         }
-        Ok(())
+        Ok(kick)
     }
 
     /// Takes the next used chain, if any (§2.7.14). virtio-core checks the
@@ -422,6 +443,123 @@ impl<const N: usize> DmaQueue<N> {
         self.queue
             .enable_interrupts(&self.mem)
             .map_err(|e| self.qerr(e))
+    }
+
+    /// Advises the device that used buffer notifications are not needed
+    /// (§2.7.7.1), after a wait that [`arm`](Self::arm)ed the queue; only
+    /// a hint. Does nothing with [`Completion::Polling`] (already off).
+    pub fn disarm(&mut self) -> Result<(), Error> {
+        if !self.interrupts {
+            return Ok(());
+        }
+        self.queue
+            .disable_interrupts(&self.mem)
+            .map_err(|e| self.qerr(e))
+    }
+
+    /// The host pointer to `slot`'s first byte, if the slot exists and
+    /// the memory is still held.
+    fn slot_ptr(&self, slot: u16) -> Option<*mut u8> {
+        let dma = self.dma.as_ref()?;
+        if slot >= self.size() {
+            return None;
+        }
+        // slot_base lies in the allocation, above its paddr; the slot is
+        // inside it (slot < size).
+        let off = self.slot_base - dma.paddr() + u64::from(slot) * u64::from(self.slot_size);
+        let off = usize::try_from(off).ok()?;
+        // SAFETY: `off` plus a slot is within the allocation (see above).
+        Some(unsafe { dma.vaddr().as_ptr().add(off) })
+    }
+
+    /// Adds one device-readable chain (§2.7.13.1) of the first `len` bytes
+    /// of a free slot, which `fill` writes in place (no copy; the bytes
+    /// are whatever the slot held before, not zeroed). Returns the slot,
+    /// or `None` if no slot is free (then `fill` is not called). `len` is
+    /// capped at the slot size and must not be 0. Not visible to the
+    /// device until [`kick`](Self::kick).
+    pub fn push_readable_with(
+        &mut self,
+        len: u32,
+        fill: impl FnOnce(&mut [u8]),
+    ) -> Result<Option<u16>, Error> {
+        let n = len.min(self.slot_size).max(1);
+        let Some(&slot) = self.free.last() else {
+            return Ok(None);
+        };
+        let Some(ptr) = self.slot_ptr(slot) else {
+            return Ok(None);
+        };
+        // SAFETY: the slot is free: the device was not given it (a device
+        // that writes memory it does not own breaks §2.7.13.1, and this
+        // queue never shares the slot with anything else), `n` is within
+        // the slot, and the slice lives only during `fill`, while `self`
+        // is borrowed mutably.
+        let buf = unsafe { core::slice::from_raw_parts_mut(ptr, n as usize) };
+        fill(buf);
+        let addr = self.slot_addr(slot);
+        let token = self
+            .queue
+            .add(&self.mem, &[(addr, n)], &[])
+            .map_err(|e| self.qerr(e))?;
+        self.take_slot(slot, token.head());
+        Ok(Some(slot))
+    }
+
+    /// Adds one chain of a free slot holding `data` device-readable at its
+    /// start, then `writable` device-writable bytes right after it (a
+    /// request and its answer, e.g. a control command and its ack,
+    /// §5.1.6.5): two descriptors. Returns the slot, or `None` if no slot
+    /// is free. Fails if both do not fit in a slot.
+    pub fn push_request(&mut self, data: &[u8], writable: u32) -> Result<Option<u16>, Error> {
+        let queue = self.index;
+        let total = data.len() as u64 + u64::from(writable);
+        if data.is_empty() || writable == 0 || total > u64::from(self.slot_size) {
+            return Err(Error::Memory {
+                queue,
+                err: MemoryError::OutOfBounds {
+                    addr: self.slot_addr(0),
+                    len: total,
+                },
+            });
+        }
+        let Some(&slot) = self.free.last() else {
+            return Ok(None);
+        };
+        let addr = self.slot_addr(slot);
+        self.mem
+            .write(addr, data)
+            .map_err(|err| Error::Memory { queue, err })?;
+        // data.len() < slot_size, a u32.
+        let n = data.len() as u32;
+        let token = self
+            .queue
+            .add(
+                &self.mem,
+                &[(addr, n)],
+                &[(GuestAddress(addr.0 + u64::from(n)), writable)],
+            )
+            .map_err(|e| self.qerr(e))?;
+        self.take_slot(slot, token.head());
+        Ok(Some(slot))
+    }
+
+    /// The first `len` bytes of a held slot, borrowed from DMA memory
+    /// without a copy; `None` if the slot is not held or `len` exceeds it.
+    ///
+    /// The device gave the slot back (§2.7.14) and it is not posted again
+    /// while borrowed (that takes `&mut self`), so a device keeping the
+    /// rules does not write it meanwhile.
+    pub fn held_bytes(&self, slot: u16, len: u32) -> Option<&[u8]> {
+        let held = self.slots.get(usize::from(slot)) == Some(&Slot::Held);
+        if !held || len > self.slot_size {
+            return None;
+        }
+        let ptr = self.slot_ptr(slot)?;
+        // SAFETY: the slot is held (used and not yet released), `len` is
+        // within it, the memory stays allocated while `self` is borrowed,
+        // and nothing in this process writes a held slot.
+        Some(unsafe { core::slice::from_raw_parts(ptr, len as usize) })
     }
 
     /// Gives the memory back to `hal`; afterwards every operation fails.

@@ -9,7 +9,10 @@
 //! backend answers `Busy` stays in the device and the transmit queues
 //! pause until [`VirtioDevice::backend_ready`]. Checksum offload
 //! (`VIRTIO_NET_F_CSUM`) is completed in the device unless the backend
-//! takes the header itself. Not supported: segmentation offloads (TSO,
+//! takes the header itself; on receive from a plain backend with
+//! `VIRTIO_NET_F_GUEST_CSUM`, IPv4 TCP/UDP checksums are checked on the
+//! host and `DATA_VALID` set when right (§5.1.6.4.1), so the guest need
+//! not sum. Not supported: segmentation offloads (TSO,
 //! UFO, USO), VLAN filtering, RSS and hash reports, announcements,
 //! notification coalescing; with `MQ` every received frame goes to
 //! receiveq1 (§5.1.6.5.5 lets the device choose).
@@ -27,6 +30,7 @@ use crate::device::{DeviceError, QueueConfig, Served, VirtioDevice, next_head};
 
 pub use virtio_core::net::{
     ETH_ALEN, HDR_LEN, HDR_LEN_LEGACY, NetHdr, config, ctrl, flags, gso, internet_checksum, status,
+    verify_l4_checksum,
 };
 
 /// Bytes of the configuration space served (`struct virtio_net_config`
@@ -152,6 +156,9 @@ pub struct NetStats {
     pub rx_bytes: u64,
     /// Transmitted frames whose checksum the device completed (§5.1.6.2).
     pub tx_checksummed: u64,
+    /// Received frames from a plain backend whose IPv4 TCP/UDP checksum
+    /// the device checked and marked `DATA_VALID` (§5.1.6.4.1).
+    pub rx_csum_validated: u64,
     /// Times the backend answered `Busy` and transmit paused.
     pub tx_busy: u64,
     /// Transmit chains with a device-writable buffer (§5.1.6.2).
@@ -838,6 +845,15 @@ impl<B: NetBackend, M: GuestMemory> Net<B, M> {
             };
             frame[at..at + 2].copy_from_slice(&sum.to_be_bytes());
             hdr = NetHdr::default();
+        }
+        if vnet == 0
+            && self.features & bit(NetFeatures::GUEST_CSUM) != 0
+            && verify_l4_checksum(frame) == Some(true)
+        {
+            // §5.1.6.4.1: the device MAY set DATA_VALID; the host checks
+            // IPv4 TCP/UDP checksums so the guest need not.
+            hdr.flags |= flags::DATA_VALID;
+            self.stats.rx_csum_validated += 1;
         }
         hdr.num_buffers = 1;
         slot[..HDR_LEN].copy_from_slice(&hdr.to_bytes());
