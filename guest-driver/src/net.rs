@@ -1063,6 +1063,7 @@ impl<H: Hal, R: RegisterAccess> Net<H, R> {
 
     /// A scratch buffer of `min(len, 14 + mtu)` bytes that the device
     /// never sees, for a frame that must be written but cannot be sent.
+    #[cfg(feature = "smoltcp")]
     pub(crate) fn spare(&mut self, len: usize) -> &mut [u8] {
         match self.spare.as_ref() {
             Some(d) => {
