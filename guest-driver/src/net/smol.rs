@@ -85,10 +85,24 @@ impl<H: Hal, R: RegisterAccess> SmolNet<H, R> {
     }
 }
 
-/// A received frame for smoltcp.
+/// A received frame for smoltcp: the frame stays in its DMA buffer until
+/// the token is consumed or dropped, then the buffer is recycled.
 pub struct RxToken<'a, H: Hal, R: RegisterAccess> {
     net: &'a RefCell<Net<H, R>>,
-    handle: RxHandle,
+    handle: Option<RxHandle>,
+    /// The frame's bytes, taken when the token was made (smoltcp uses the
+    /// transmit token while it looks at the frame, so the driver cannot
+    /// stay borrowed for it).
+    ptr: *const u8,
+    len: usize,
+}
+
+impl<H: Hal, R: RegisterAccess> Drop for RxToken<'_, H, R> {
+    fn drop(&mut self) {
+        if let Some(h) = self.handle.take() {
+            self.net.borrow_mut().recycle(h);
+        }
+    }
 }
 
 /// A transmit slot for smoltcp.
@@ -99,10 +113,12 @@ pub struct TxToken<'a, H: Hal, R: RegisterAccess> {
 
 impl<H: Hal, R: RegisterAccess> phy::RxToken for RxToken<'_, H, R> {
     fn consume<T, F: FnOnce(&[u8]) -> T>(self, f: F) -> T {
-        let mut net = self.net.borrow_mut();
-        let r = f(net.rx_bytes(&self.handle));
-        net.recycle(self.handle);
-        r
+        // SAFETY: `ptr`/`len` are the frame's bytes as `Net::rx_bytes`
+        // gave them; the buffer stays held (not reposted, not reused for
+        // another merged frame) until this token recycles it on drop,
+        // after `f`, and the driver's memory outlives the token's borrow.
+        let frame = unsafe { core::slice::from_raw_parts(self.ptr, self.len) };
+        f(frame)
     }
 }
 
@@ -133,18 +149,23 @@ impl<H: Hal, R: RegisterAccess> phy::TxToken for TxToken<'_, H, R> {
         drop(net);
         match (out, f) {
             (Some(v), _) => v,
-            // Not sent (the device checks made sure of a slot, so only a
+            // Not sent (the device methods made sure of a slot, so only a
             // frame longer than the MTU or a broken queue get here): let
-            // smoltcp write into a throwaway buffer and drop the frame.
+            // smoltcp write into the spare buffer and drop the frame.
             (None, Some(f)) => {
-                let _ = r;
-                let mut spare = [0u8; 1514];
-                let n = len.min(spare.len());
-                f(spare.get_mut(..n).unwrap_or_default())
+                if let Err(e) = r {
+                    net_err(self.net, e);
+                }
+                let mut net = self.net.borrow_mut();
+                f(net.spare(len))
             }
             (None, None) => unreachable_value(),
         }
     }
+}
+
+fn net_err<H: Hal, R: RegisterAccess>(net: &RefCell<Net<H, R>>, _e: NetError) {
+    net.borrow_mut().stats.tx_dropped += 1;
 }
 
 /// The closure was taken but gave no value: impossible (it stores its
@@ -167,6 +188,16 @@ impl<H: Hal, R: RegisterAccess> phy::Device for SmolNet<H, R> {
 
     fn receive(&mut self, _timestamp: Instant) -> Option<(Self::RxToken<'_>, Self::TxToken<'_>)> {
         let net = self.net.get_mut();
+        // A slot for an answer first: without one, leave the frame in the
+        // ring for the next poll.
+        match Self::tx_ready(net) {
+            Ok(true) => {}
+            Ok(false) => return None,
+            Err(e) => {
+                self.last_error = Some(e);
+                return None;
+            }
+        }
         let verify = net.has(NetFeatures::GUEST_CSUM);
         let handle = loop {
             match net.receive_handle() {
@@ -189,20 +220,15 @@ impl<H: Hal, R: RegisterAccess> phy::Device for SmolNet<H, R> {
                 }
             }
         };
-        match Self::tx_ready(net) {
-            Ok(true) => {}
-            Ok(false) => {
-                // No transmit slot for an answer: keep the frame for later
-                // by giving it back is not possible, so hand it over; an
-                // answer smoltcp cannot send is dropped like on a full link.
-            }
-            Err(e) => self.last_error = Some(e),
-        }
         let offload = net.has(NetFeatures::CSUM);
+        let bytes = net.rx_bytes(&handle);
+        let (ptr, len) = (bytes.as_ptr(), bytes.len());
         Some((
             RxToken {
                 net: &self.net,
-                handle,
+                handle: Some(handle),
+                ptr,
+                len,
             },
             TxToken {
                 net: &self.net,
