@@ -12,14 +12,14 @@
 #![no_main]
 
 mod pattern;
-mod phy;
 mod raw;
 mod stack;
 
 use guest_driver::VolatileMmio;
 use guest_driver::cmdline::{MmioSlot, SlotList};
 use guest_driver::hal::{Hal, PAGE_SIZE, PoolHal};
-use guest_driver::net::{Net, NetOptions};
+use guest_driver::net::smol::SmolNet;
+use guest_driver::net::{Net, NetError, NetOptions};
 use guest_driver::transport;
 use guest_driver::virtio_core::features::{DeviceType, NetFeatures};
 use guest_rt::layout::IDENTITY_MAP_END;
@@ -28,7 +28,7 @@ use guest_rt::{BootInfo, exit, println};
 use smoltcp::iface::SocketStorage;
 use smoltcp::socket::udp;
 
-use crate::stack::{Buffers, Serve, Setup, Stack};
+use crate::stack::{Buffers, NetDev, Serve, Setup, Stack};
 
 guest_rt::entry!(main);
 
@@ -305,6 +305,33 @@ fn fmt_mac(m: [u8; 6]) -> impl core::fmt::Display {
     Mac(m)
 }
 
+impl NetDev for SmolNet<&Pool, VolatileMmio> {
+    fn flush(&mut self) {
+        if let Some(e) = self.take_error() {
+            exit::fail(format_args!("net: driver: {e}"));
+        }
+        SmolNet::flush(self).or_fail(format_args!("net: flush"));
+    }
+
+    fn idle(&mut self, mode: Mode, ms: u64) -> bool {
+        let mut wait = Budget::new(mode, ms);
+        match self.net().wait_rx(&mut wait) {
+            Ok(()) => true,
+            Err(NetError::Driver(guest_driver::Error::Timeout { .. })) => false,
+            Err(e) => exit::fail(format_args!("net: waiting for a frame: {e}")),
+        }
+    }
+
+    fn link_up(&mut self) -> bool {
+        self.net().link_up().or_fail(format_args!("net: STATUS"))
+    }
+
+    fn frames(&mut self) -> (u64, u64) {
+        let s = self.net().stats();
+        (s.rx_frames, s.tx_frames)
+    }
+}
+
 fn main(boot: &'static BootInfo) {
     let o = options(boot);
     let dma =
@@ -349,7 +376,7 @@ fn smol(net: Nic<'_>, dma: &Pool, o: &Opts) {
         ms: o.ms,
     };
     let mut st = Stack::new(
-        phy::Phy::new(net),
+        SmolNet::new(net),
         mac,
         &setup,
         &mut storage,
