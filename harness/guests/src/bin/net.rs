@@ -11,8 +11,14 @@
 #![no_std]
 #![no_main]
 
+// The modules live in `net/`; a crate root looks beside itself, hence the
+// paths (the bin stays `src/bin/net.rs` so harness/build.rs exports
+// `GUEST_NET` like the other guests).
+#[path = "net/pattern.rs"]
 mod pattern;
+#[path = "net/raw.rs"]
 mod raw;
+#[path = "net/stack.rs"]
 mod stack;
 
 use guest_driver::VolatileMmio;
