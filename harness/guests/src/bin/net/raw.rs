@@ -243,7 +243,7 @@ pub fn bench(net: &mut Nic<'_>, o: &Opts) {
         }
     }
     let us = elapsed_us(t0);
-    println!("net: bench: {waits} waits for the ring");
+    println!("net: ring waits {waits}");
     println!(
         "net: bench {} {frames} frames {bytes} bytes {us} us {} kicks {} interrupts",
         o.dir.name(),

@@ -45,6 +45,8 @@ pub struct Buffers {
 
 /// UDP datagrams buffered per direction.
 pub const UDP_PACKETS: usize = 64;
+/// How often `net.link=down` looks at STATUS, ms.
+const LINK_LOOK_MS: u64 = 10;
 /// The client's local ports.
 const CLIENT_UDP_PORT: u16 = 40000;
 const CLIENT_TCP_PORT: u16 = 49152;
@@ -150,6 +152,11 @@ impl<'a, D: NetDev> Stack<'a, D> {
     /// Waits until a frame arrives, smoltcp's next timer, or
     /// `deadline_ms`; false once the deadline passed.
     fn idle(&mut self, deadline_ms: u64) -> bool {
+        self.idle_at_most(deadline_ms, u64::MAX)
+    }
+
+    /// [`idle`](Self::idle), waking after `slice_ms` at the latest.
+    fn idle_at_most(&mut self, deadline_ms: u64, slice_ms: u64) -> bool {
         let t = clock::now_ms();
         if t >= deadline_ms {
             return false;
@@ -157,7 +164,8 @@ impl<'a, D: NetDev> Stack<'a, D> {
         let until = match self.iface.poll_delay(now(), &self.sockets) {
             Some(d) => t.saturating_add(d.total_millis()).min(deadline_ms),
             None => deadline_ms,
-        };
+        }
+        .min(t.saturating_add(slice_ms));
         if until > t {
             if !self.dev.idle(self.mode, until - t) {
                 self.idle_timeouts += 1;
@@ -298,7 +306,9 @@ impl<'a, D: NetDev> Stack<'a, D> {
                 return;
             }
             self.poll();
-            if !self.idle(deadline) {
+            // A configuration change interrupt does not end a wait for
+            // frames: look at STATUS again every LINK_LOOK_MS.
+            if !self.idle_at_most(deadline, LINK_LOOK_MS) {
                 exit::fail(format_args!(
                     "net: serve: {} ms waiting for the link to go down (config interrupts {}, STATUS link {})",
                     self.ms,
