@@ -259,3 +259,20 @@ fn a_client_without_reconnect_fails_when_nobody_listens() {
     let e = StreamNet::client(SocketAddr::Unix(sock("nobody")), None).unwrap_err();
     assert!(matches!(e, NetError::Io { .. }), "{e}");
 }
+
+#[test]
+fn poll_link_accepts_a_waiting_peer_without_a_send_or_recv() {
+    // A device does not send or receive while the link is down; poll_link
+    // is what lets a server's link come up (and stops a pending connection
+    // from keeping the readiness fd readable).
+    let path = sock("poll-link");
+    let mut n = StreamNet::server(SocketAddr::Unix(path.clone())).unwrap();
+    assert!(!n.link_up());
+    let _peer = UnixStream::connect(&path).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !n.link_up() && Instant::now() < deadline {
+        wait_readable(n.readiness_fd().unwrap());
+        n.poll_link();
+    }
+    assert!(n.link_up(), "the waiting peer was never accepted");
+}

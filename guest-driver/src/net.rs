@@ -12,7 +12,8 @@
 //!   [`RxFrame::checksum`]); dropping it recycles the buffer. The
 //!   handle-based form for adapters: [`Net::receive_handle`],
 //!   [`Net::rx_bytes`], [`Net::recycle`]. [`Net::receive_into`] copies.
-//!   [`Net::wait_rx`] waits for a frame within a [`Wait`].
+//!   [`Net::wait_rx`] waits for a frame within a [`Wait`];
+//!   [`Net::arm_rx`] before halting for an interrupt yourself.
 //! - Transmit: [`Net::transmit_with`]`(len, TxOffload, |buf| fill)`
 //!   fills a DMA slot in place, [`Net::transmit`]`(&[u8])` copies;
 //!   [`Net::flush`] publishes the batch and kicks once (call it after a
@@ -275,7 +276,8 @@ impl Default for NetOptions {
 impl NetOptions {
     /// DMA pages the driver takes at most for an MTU of `mtu`: rings
     /// (two pages each on a legacy device), receive and transmit slots,
-    /// the control queue, the merge buffer.
+    /// the control queue, the merge buffer (MRG_RXBUF) and the spare
+    /// buffer.
     pub fn pages(&self, mtu: u16) -> usize {
         let frame = HDR_LEN + ETH_HLEN + usize::from(mtu);
         let rx_len = if self.rx_buffer_len != 0 {
@@ -287,12 +289,11 @@ impl NetOptions {
         };
         let rx = (usize::from(self.rx_buffers) * rx_len).div_ceil(PAGE_SIZE);
         let tx = (usize::from(self.tx_buffers) * frame).div_ceil(PAGE_SIZE);
-        let merge = if self.mrg_rxbuf {
-            frame.div_ceil(PAGE_SIZE)
-        } else {
-            0
-        };
-        3 * 3 + rx + tx + 1 + merge
+        let scratch = (ETH_HLEN + usize::from(mtu)).div_ceil(PAGE_SIZE);
+        let merge = if self.mrg_rxbuf { scratch } else { 0 };
+        // Rings: at most two pages per queue (legacy); control slots: two
+        // pages; the spare buffer.
+        3 * 2 + rx + 1 + tx + 1 + 2 + merge + scratch
     }
 }
 
@@ -360,6 +361,9 @@ pub struct NetStats {
     pub rx_merged: u64,
     /// Transmit attempts refused for a full ring.
     pub tx_full: u64,
+    /// Frames the smoltcp adapter had to drop (not sendable: too long, or
+    /// the queue broken).
+    pub tx_dropped: u64,
     /// Available buffer notifications sent (all queues).
     pub kicks: u64,
     /// Calls of [`Net::on_interrupt`] that found a cause.
@@ -451,6 +455,9 @@ pub struct Net<H: Hal, R: RegisterAccess> {
     /// Merge buffer for `MRG_RXBUF` frames spanning buffers.
     merge: Option<Dma>,
     merge_busy: bool,
+    /// Where a frame that cannot be sent is written and dropped (the
+    /// smoltcp adapter must give smoltcp a buffer), `14 + mtu` bytes.
+    spare: Option<Dma>,
     /// A used receive buffer taken while waiting.
     rx_stash: Option<crate::queue::Completed>,
     /// Receive buffers released but not reposted.
@@ -562,6 +569,11 @@ impl<H: Hal, R: RegisterAccess> Net<H, R> {
         } else {
             None
         };
+        let spare_pages = (ETH_HLEN + usize::from(mtu)).div_ceil(PAGE_SIZE);
+        let spare = Some(
+            hal.dma_alloc(spare_pages)
+                .ok_or(Error::DmaExhausted { pages: spare_pages })?,
+        );
         let mut net = Net {
             hal,
             transport,
@@ -575,6 +587,7 @@ impl<H: Hal, R: RegisterAccess> Net<H, R> {
             ctrl,
             merge,
             merge_busy: false,
+            spare,
             rx_stash: None,
             rx_unposted: 0,
             rx_unpublished: 0,
@@ -922,7 +935,7 @@ impl<H: Hal, R: RegisterAccess> Net<H, R> {
         self.repost()
     }
 
-    fn arm_rx(&mut self) -> Result<bool, NetError> {
+    fn arm_rx_queue(&mut self) -> Result<bool, NetError> {
         Ok(self.rx.arm()?)
     }
 
@@ -943,7 +956,7 @@ impl<H: Hal, R: RegisterAccess> Net<H, R> {
                 n.rx_stash = c;
                 Ok(c.map(|_| ()))
             },
-            |n| n.arm_rx(),
+            |n| n.arm_rx_queue(),
             |n| NetError::Driver(n.transport.timeout(0)),
         )
     }
@@ -1017,8 +1030,9 @@ impl<H: Hal, R: RegisterAccess> Net<H, R> {
                     hdr.csum_start = start;
                     hdr.csum_offset = offset;
                 } else if at + 2 <= body.len() {
-                    let sum = virtio_core::net::internet_checksum(
+                    let sum = !virtio_core::net::ones_sum(
                         body.get(usize::from(start)..).unwrap_or_default(),
+                        0,
                     );
                     let sum = if sum == 0 { 0xffff } else { sum };
                     if let Some(f) = body.get_mut(at..at + 2) {
@@ -1045,6 +1059,35 @@ impl<H: Hal, R: RegisterAccess> Net<H, R> {
     /// Queues a copy of `frame`; see [`transmit_with`](Self::transmit_with).
     pub fn transmit(&mut self, frame: &[u8]) -> Result<(), NetError> {
         self.transmit_with(frame.len(), TxOffload::None, |b| b.copy_from_slice(frame))
+    }
+
+    /// A scratch buffer of `min(len, 14 + mtu)` bytes that the device
+    /// never sees, for a frame that must be written but cannot be sent.
+    #[cfg(feature = "smoltcp")]
+    pub(crate) fn spare(&mut self, len: usize) -> &mut [u8] {
+        match self.spare.as_ref() {
+            Some(d) => {
+                let n = len.min(d.len());
+                // SAFETY: the spare buffer is ours alone (never given to
+                // the device), `n` is within it, and the slice borrows
+                // `self` mutably.
+                unsafe { core::slice::from_raw_parts_mut(d.vaddr().as_ptr(), n) }
+            }
+            None => &mut [],
+        }
+    }
+
+    /// Re-enables receive interrupts (with [`Completion::Interrupt`]) and
+    /// says whether frames are already there (§2.7.14): call it, after
+    /// [`flush`](Self::flush), before halting until the next interrupt,
+    /// and halt only on `false`. Draining with
+    /// [`receive`](Self::receive) leaves interrupts off again (with
+    /// EVENT_IDX the device interrupts once per arm).
+    pub fn arm_rx(&mut self) -> Result<bool, NetError> {
+        if self.rx_stash.is_some() {
+            return Ok(true);
+        }
+        self.arm_rx_queue()
     }
 
     /// Transmit slots free now (without reclaiming).
@@ -1117,7 +1160,16 @@ impl<H: Hal, R: RegisterAccess> Net<H, R> {
             self,
             wait,
             |s| match s.ctrl.as_mut() {
-                Some(q) => Ok(q.pop()?),
+                Some(q) => {
+                    while let Some(c) = q.pop()? {
+                        if c.slot == slot {
+                            return Ok(Some(c));
+                        }
+                        // A command an earlier wait gave up on.
+                        q.release(c.slot);
+                    }
+                    Ok(None)
+                }
                 None => Ok(None),
             },
             |s| match s.ctrl.as_mut() {
@@ -1134,7 +1186,6 @@ impl<H: Hal, R: RegisterAccess> Net<H, R> {
         let mut ack = [0xffu8];
         let read = q.read_slot(done.slot, n as u32, &mut ack);
         q.release(done.slot);
-        let _ = slot;
         read?;
         match (done.len, ack[0]) {
             (0, _) => Err(NetError::CtrlBadAck {
@@ -1231,8 +1282,9 @@ impl<H: Hal, R: RegisterAccess> Drop for Net<H, R> {
                 }
             }
         }
-        if let Some(m) = self.merge.take() {
-            // SAFETY: the merge buffer was never given to the device.
+        for m in [self.merge.take(), self.spare.take()].into_iter().flatten() {
+            // SAFETY: the merge and spare buffers are never given to the
+            // device.
             unsafe { self.hal.dma_dealloc(m) };
         }
     }

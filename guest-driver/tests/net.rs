@@ -306,6 +306,20 @@ fn net_interrupt_mode_waits_for_a_frame_2_7_14() {
     net.wait_rx(&mut Polls::new(3)).unwrap();
     let got = net.receive().unwrap().unwrap();
     assert_eq!(got.bytes(), &f[..]);
+    drop(got);
+    // arm_rx: nothing there, so halting is safe; a frame then interrupts
+    // once; arming with a frame waiting says so (do not halt).
+    assert!(!net.arm_rx().unwrap());
+    let before = bus.irqs.get();
+    peer.send(&[&f]).unwrap();
+    peer.send(&[&f]).unwrap();
+    bus.pump();
+    assert_eq!(bus.irqs.get(), before + 1);
+    assert!(net.on_interrupt().used);
+    assert!(net.arm_rx().unwrap());
+    assert!(net.receive().unwrap().is_some());
+    assert!(net.receive().unwrap().is_some());
+    assert!(net.receive().unwrap().is_none());
 }
 
 #[test]

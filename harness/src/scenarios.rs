@@ -1049,9 +1049,13 @@ fn blk_scenarios() -> Vec<Scenario> {
     ]
 }
 
+#[path = "hostile_net.rs"]
+pub mod hostile_net;
+
 /// Every scenario, in suite order.
 pub fn all() -> Vec<Scenario> {
     let mut v = scenario_list();
+    v.extend(hostile_net::scenarios());
     // Until the blk guest exists (issue 4 in progress), its rows would only
     // say "guest not built".
     if option_env!("GUEST_BLK").is_some() {

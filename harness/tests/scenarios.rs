@@ -78,4 +78,8 @@ scenario_tests!(
     blk_mq_4_queues,
     blk_two_disks,
     hostile_blk,
+    // §5.1.6.2, §5.1.6.3.1, §5.1.6.5: malformed net chains dropped,
+    // traffic continues; §5.1.6.4: a starved receive queue stays bounded.
+    hostile_net,
+    net_starved_rx,
 );

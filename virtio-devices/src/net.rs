@@ -9,7 +9,10 @@
 //! backend answers `Busy` stays in the device and the transmit queues
 //! pause until [`VirtioDevice::backend_ready`]. Checksum offload
 //! (`VIRTIO_NET_F_CSUM`) is completed in the device unless the backend
-//! takes the header itself. Not supported: segmentation offloads (TSO,
+//! takes the header itself; on receive from a plain backend with
+//! `VIRTIO_NET_F_GUEST_CSUM`, IPv4 TCP/UDP checksums are checked on the
+//! host and `DATA_VALID` set when right (§5.1.6.4.1), so the guest need
+//! not sum. Not supported: segmentation offloads (TSO,
 //! UFO, USO), VLAN filtering, RSS and hash reports, announcements,
 //! notification coalescing; with `MQ` every received frame goes to
 //! receiveq1 (§5.1.6.5.5 lets the device choose).
@@ -1323,6 +1326,9 @@ impl<B: NetBackend, M: GuestMemory> VirtioDevice for Net<B, M> {
 
     fn backend_ready(&mut self) -> Result<Served, DeviceError> {
         let mut served = Served::default();
+        // A link that is down must get the chance to come up (a stream
+        // server accepting its peer), active device or not.
+        self.backend.poll_link();
         if self.bufs.is_none() {
             return Ok(served);
         }

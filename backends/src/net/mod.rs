@@ -117,6 +117,14 @@ pub trait NetBackend {
         true
     }
 
+    /// Lets the backend work on its link whatever its state: accept a
+    /// waiting peer, redial a lost one. The device calls it whenever the
+    /// backend's readiness fd fires, before looking at
+    /// [`link_up`](Self::link_up), so a link that is down can come up
+    /// (and a pending connection does not keep the fd readable forever).
+    /// The default does nothing.
+    fn poll_link(&mut self) {}
+
     /// The file descriptor to wait on (readable: a frame or a peer came,
     /// or sends may resume), for the harness's event loop; `None` for
     /// backends that never wait.
@@ -139,6 +147,9 @@ impl<B: NetBackend + ?Sized> NetBackend for std::boxed::Box<B> {
     }
     fn recv(&mut self, buf: &mut [u8]) -> Result<Option<usize>, NetError> {
         (**self).recv(buf)
+    }
+    fn poll_link(&mut self) {
+        (**self).poll_link()
     }
     fn link_up(&self) -> bool {
         (**self).link_up()

@@ -271,6 +271,11 @@ impl NetBackend for StreamNet {
         self.link.stream_fd().is_some()
     }
 
+    /// Accepts a waiting peer or redials when due.
+    fn poll_link(&mut self) {
+        self.poll_connect();
+    }
+
     /// One fd for the backend's whole life (its own epoll set): readable
     /// when a peer connects, sends or hangs up, when a pending rest can be
     /// written, or when a redial is due.

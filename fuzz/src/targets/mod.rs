@@ -1,5 +1,7 @@
 //! One module per fuzz target; [`TARGETS`] lists them for the corpus replay.
 
+pub mod blk_request;
+pub mod chain_rig;
 pub mod console_control;
 pub mod descriptor_chain;
 pub mod device_requests;
@@ -7,6 +9,9 @@ pub mod dma_map;
 pub mod driver_used_ring;
 pub mod machine_options;
 pub mod mmio_registers;
+pub mod net_rig;
+pub mod net_rx;
+pub mod net_tx;
 pub mod rng_request;
 pub mod split_queue_device;
 
@@ -53,5 +58,17 @@ pub const TARGETS: &[Target] = &[
     Target {
         name: "console_control",
         run: console_control::run,
+    },
+    Target {
+        name: "blk_request",
+        run: blk_request::run,
+    },
+    Target {
+        name: "net_tx",
+        run: net_tx::run,
+    },
+    Target {
+        name: "net_rx",
+        run: net_rx::run,
     },
 ];

@@ -149,18 +149,23 @@ impl<H: Hal, R: RegisterAccess> phy::TxToken for TxToken<'_, H, R> {
         drop(net);
         match (out, f) {
             (Some(v), _) => v,
-            // Not sent (the device checks made sure of a slot, so only a
+            // Not sent (the device methods made sure of a slot, so only a
             // frame longer than the MTU or a broken queue get here): let
-            // smoltcp write into a throwaway buffer and drop the frame.
+            // smoltcp write into the spare buffer and drop the frame.
             (None, Some(f)) => {
-                let _ = r;
-                let mut spare = [0u8; 1514];
-                let n = len.min(spare.len());
-                f(spare.get_mut(..n).unwrap_or_default())
+                if let Err(e) = r {
+                    net_err(self.net, e);
+                }
+                let mut net = self.net.borrow_mut();
+                f(net.spare(len))
             }
             (None, None) => unreachable_value(),
         }
     }
+}
+
+fn net_err<H: Hal, R: RegisterAccess>(net: &RefCell<Net<H, R>>, _e: NetError) {
+    net.borrow_mut().stats.tx_dropped += 1;
 }
 
 /// The closure was taken but gave no value: impossible (it stores its
@@ -183,6 +188,16 @@ impl<H: Hal, R: RegisterAccess> phy::Device for SmolNet<H, R> {
 
     fn receive(&mut self, _timestamp: Instant) -> Option<(Self::RxToken<'_>, Self::TxToken<'_>)> {
         let net = self.net.get_mut();
+        // A slot for an answer first: without one, leave the frame in the
+        // ring for the next poll.
+        match Self::tx_ready(net) {
+            Ok(true) => {}
+            Ok(false) => return None,
+            Err(e) => {
+                self.last_error = Some(e);
+                return None;
+            }
+        }
         let verify = net.has(NetFeatures::GUEST_CSUM);
         let handle = loop {
             match net.receive_handle() {
@@ -205,11 +220,6 @@ impl<H: Hal, R: RegisterAccess> phy::Device for SmolNet<H, R> {
                 }
             }
         };
-        // Make room for an answer; if the ring stays full the answer is
-        // dropped like on a congested link (see `TxToken::consume`).
-        if let Err(e) = Self::tx_ready(net) {
-            self.last_error = Some(e);
-        }
         let offload = net.has(NetFeatures::CSUM);
         let bytes = net.rx_bytes(&handle);
         let (ptr, len) = (bytes.as_ptr(), bytes.len());

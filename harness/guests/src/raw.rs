@@ -1160,3 +1160,249 @@ pub fn run_case_followed(
     scratch.check()?;
     Ok((CaseResult::Ran { outcome, status }, used))
 }
+
+/// Pages of each ring area of [`NetMemory`] (one queue each, see
+/// [`MAX_RAW_QUEUE`]).
+pub const NET_RING_PAGES: usize = RING_PAGES;
+/// Pages of [`NetMemory::scratch`].
+pub const NET_SCRATCH_PAGES: usize = 1;
+/// Pages of [`NetMemory::bufs`].
+pub const NET_BUF_PAGES: usize = 16;
+const NET_ARENA_PAGES: usize = 3 * NET_RING_PAGES + TABLE_PAGES + NET_SCRATCH_PAGES + NET_BUF_PAGES;
+
+/// `.bss` pages of the virtio-net part of the kit, zeroed at boot.
+#[repr(C, align(4096))]
+struct NetArena(UnsafeCell<[[u8; PAGE]; NET_ARENA_PAGES]>);
+
+// SAFETY: as for `Arena`: one vCPU, handed out once (`NET_TAKEN`).
+unsafe impl Sync for NetArena {}
+
+static NET_ARENA: NetArena = NetArena(UnsafeCell::new([[0; PAGE]; NET_ARENA_PAGES]));
+static NET_TAKEN: AtomicBool = AtomicBool::new(false);
+
+/// Memory for driving a virtio-net device (§5.1.2) by hand: one ring area
+/// per queue (receiveq1, transmitq1, controlq), an indirect table page,
+/// canary-guarded scratch for the malformed buffers, and plain buffer
+/// pages for well-formed frames (not canary-checked).
+#[derive(Debug)]
+pub struct NetMemory {
+    /// Ring pages of receiveq1 (queue 0).
+    pub rx_rings: Region,
+    /// Ring pages of transmitq1 (queue 1).
+    pub tx_rings: Region,
+    /// Ring pages of the control queue.
+    pub ctrl_rings: Region,
+    /// An indirect table page.
+    pub table: Region,
+    /// Canary-guarded buffer pages ([`Scratch`]).
+    pub scratch: Region,
+    /// Plain buffer pages: well-formed receive buffers and frames.
+    pub bufs: Region,
+}
+
+impl NetMemory {
+    /// The net memory, once per boot (`None` afterwards).
+    pub fn take() -> Option<NetMemory> {
+        if NET_TAKEN.swap(true, Ordering::AcqRel) {
+            return None;
+        }
+        let base = NET_ARENA.0.get().cast::<u8>();
+        let mut next = 0;
+        let mut region = |pages: usize| {
+            let first = next;
+            next += pages;
+            Region {
+                // SAFETY: every region ends at or before NET_ARENA_PAGES,
+                // so the pointer stays inside the arena, which is not null.
+                base: unsafe { NonNull::new_unchecked(base.add(first * PAGE)) },
+                len: (pages * PAGE) as u64,
+            }
+        };
+        Some(NetMemory {
+            rx_rings: region(NET_RING_PAGES),
+            tx_rings: region(NET_RING_PAGES),
+            ctrl_rings: region(NET_RING_PAGES),
+            table: region(TABLE_PAGES),
+            scratch: region(NET_SCRATCH_PAGES),
+            bufs: region(NET_BUF_PAGES),
+        })
+    }
+}
+
+impl Region {
+    /// Copies `data` to `offset` (byte-wise volatile writes; frames here
+    /// are small).
+    pub fn write_bytes(&self, offset: u64, data: &[u8]) -> Result<(), RawError> {
+        for (i, &b) in data.iter().enumerate() {
+            self.write_u8(offset + i as u64, b)?;
+        }
+        Ok(())
+    }
+
+    /// Copies `out.len()` bytes from `offset` into `out`.
+    pub fn read_bytes(&self, offset: u64, out: &mut [u8]) -> Result<(), RawError> {
+        for (i, b) in out.iter_mut().enumerate() {
+            *b = self.read_u8(offset + i as u64)?;
+        }
+        Ok(())
+    }
+}
+
+/// receiveq1's index (§5.1.2).
+pub const NET_RX: u16 = 0;
+/// transmitq1's index (§5.1.2).
+pub const NET_TX: u16 = 1;
+/// The control queue's index with one queue pair (§5.1.2).
+pub const NET_CTRL: u16 = 2;
+/// `VIRTIO_NET_F_CTRL_VQ` (§5.1.3).
+const NET_F_CTRL_VQ: u64 = 1 << 17;
+/// `VIRTIO_NET_F_MRG_RXBUF` (§5.1.3).
+const NET_F_MRG_RXBUF: u64 = 1 << 15;
+
+/// A virtio-net device (§5.1) set up by hand: features negotiated, the
+/// first queue pair (and the control queue when negotiated) placed in a
+/// [`NetMemory`], DRIVER_OK set, no buffer posted. Well-formed receive
+/// buffers and frames live in [`NetMemory::bufs`]; where is the caller's
+/// choice (by offset).
+#[derive(Debug)]
+pub struct NetRig<'m> {
+    /// The device.
+    pub dev: &'m RawDevice,
+    /// The accepted features.
+    pub features: u64,
+    /// Bytes of `struct virtio_net_hdr` on this device (§5.1.6: 12 with
+    /// VERSION_1 or MRG_RXBUF, else the legacy 10).
+    pub hdr_len: u64,
+    /// `mac` from the configuration space (§5.1.4).
+    pub mac: [u8; 6],
+    /// receiveq1.
+    pub rx: RawQueue<'m>,
+    /// transmitq1.
+    pub tx: RawQueue<'m>,
+    /// The control queue, when `VIRTIO_NET_F_CTRL_VQ` was negotiated.
+    pub ctrl: Option<RawQueue<'m>>,
+    bufs: &'m Region,
+    rx_seen: u16,
+}
+
+/// The largest power of two not above `n` (at least 1).
+fn pow2_floor(n: u32) -> u16 {
+    let n = n.clamp(1, u32::from(MAX_RAW_QUEUE));
+    1u16 << (31 - n.leading_zeros())
+}
+
+impl<'m> NetRig<'m> {
+    /// Negotiates `wanted` (what is offered of it), places receiveq1 and
+    /// transmitq1 of at most `rx_size`/`tx_size` entries (and a 16-entry
+    /// control queue) and sets DRIVER_OK (§3.1.1).
+    pub fn new(
+        dev: &'m RawDevice,
+        mem: &'m NetMemory,
+        wanted: u64,
+        rx_size: u16,
+        tx_size: u16,
+    ) -> Result<Self, RawError> {
+        let features = dev.negotiate(wanted)?;
+        let hdr_len = if dev.is_modern() || features & NET_F_MRG_RXBUF != 0 {
+            12
+        } else {
+            10
+        };
+        let mut mac = [0u8; 6];
+        let lo = dev.read(regs::CONFIG).to_le_bytes();
+        let hi = dev.read(regs::CONFIG + 4).to_le_bytes();
+        mac[..4].copy_from_slice(&lo);
+        mac[4..].copy_from_slice(&hi[..2]);
+        let place = |index: u16, size: u16, rings: &'m Region| {
+            let max = dev.queue_max(index);
+            if max == 0 {
+                return Err(RawError::NoQueue { queue: index });
+            }
+            let q = RawQueue::new(index, pow2_floor(max.min(u32::from(size))), rings)?;
+            dev.place_queue(index, q.placement(dev.version()));
+            Ok(q)
+        };
+        let rx = place(NET_RX, rx_size, &mem.rx_rings)?;
+        let tx = place(NET_TX, tx_size, &mem.tx_rings)?;
+        let ctrl = if features & NET_F_CTRL_VQ != 0 {
+            Some(place(NET_CTRL, 16, &mem.ctrl_rings)?)
+        } else {
+            None
+        };
+        let status = dev.driver_ok();
+        if !status.contains(DeviceStatus::DRIVER_OK) {
+            let _ = dev.reset();
+            return Err(RawError::StatusRefused {
+                wrote: (dev.negotiated_status() | DeviceStatus::DRIVER_OK).bits(),
+                read: status.bits(),
+            });
+        }
+        let rx_seen = rx.used_idx();
+        Ok(NetRig {
+            dev,
+            features,
+            hdr_len,
+            mac,
+            rx,
+            tx,
+            ctrl,
+            bufs: &mem.bufs,
+            rx_seen,
+        })
+    }
+
+    /// Guest-physical address of byte `offset` of the buffer pages.
+    pub fn buf_addr(&self, offset: u64) -> u64 {
+        self.bufs.addr() + offset
+    }
+
+    /// The buffer pages.
+    pub fn bufs(&self) -> &Region {
+        self.bufs
+    }
+
+    /// Posts a device-writable receive buffer of `len` bytes at buffer
+    /// offset `offset` as descriptor `d` of receiveq1 (no notification).
+    pub fn post_rx(&mut self, d: u16, offset: u64, len: u32) -> Result<(), RawError> {
+        let addr = self.buf_addr(offset);
+        self.rx
+            .set_desc(d, desc(addr, len, DescFlags::WRITE.bits(), 0))?;
+        self.rx.post(d)
+    }
+
+    /// Writes a zeroed header and `frame` at buffer offset `offset`, posts
+    /// it as descriptor `d` of transmitq1 and notifies (§5.1.6.2).
+    pub fn send(&mut self, d: u16, offset: u64, frame: &[u8]) -> Result<(), RawError> {
+        let h = self.hdr_len;
+        self.bufs.write_bytes(offset, &[0u8; 12][..h as usize])?;
+        self.bufs.write_bytes(offset + h, frame)?;
+        let len = u32::try_from(h + frame.len() as u64).unwrap_or(u32::MAX);
+        self.tx
+            .set_desc(d, desc(self.buf_addr(offset), len, 0, 0))?;
+        self.tx.post(d)?;
+        self.dev.notify(u32::from(NET_TX));
+        Ok(())
+    }
+
+    /// The next used element of receiveq1, if the device published one.
+    pub fn rx_used(&mut self) -> Option<UsedElem> {
+        if self.rx.used_idx() == self.rx_seen {
+            return None;
+        }
+        let e = self.rx.used_elem(self.rx_seen);
+        self.rx_seen = self.rx_seen.wrapping_add(1);
+        Some(e)
+    }
+
+    /// Copies the frame of a used receive buffer at buffer offset `offset`
+    /// (used length `len`, header skipped) into `out`; returns the frame
+    /// bytes copied.
+    pub fn read_frame(&self, offset: u64, len: u32, out: &mut [u8]) -> usize {
+        let n = u64::from(len).saturating_sub(self.hdr_len);
+        let n = (n as usize).min(out.len());
+        match self.bufs.read_bytes(offset + self.hdr_len, &mut out[..n]) {
+            Ok(()) => n,
+            Err(_) => 0,
+        }
+    }
+}

@@ -57,8 +57,7 @@ pub fn filter(net: &mut Nic<'_>, o: &Opts) {
         match phase {
             "strict" => {
                 net.set_promiscuous(false, &mut budget(o)).or_fail(what);
-                net.set_all_multicast(false, &mut budget(o))
-                    .or_fail(what);
+                net.set_all_multicast(false, &mut budget(o)).or_fail(what);
                 net.set_mac_table(&[], &[], &mut budget(o)).or_fail(what);
             }
             "table" => net
@@ -167,6 +166,7 @@ pub fn bench(net: &mut Nic<'_>, o: &Opts) {
     let irq0 = virtio::interrupts();
     let free0 = net.tx_free();
     let (mut frames, mut bytes) = (0u64, 0u64);
+    let mut waits = 0u64;
     let mut t0 = cpu::rdtsc();
     match o.dir {
         Dir::Tx => {
@@ -175,6 +175,7 @@ pub fn bench(net: &mut Nic<'_>, o: &Opts) {
                     frames += 1;
                     bytes += o.size as u64;
                 } else {
+                    waits += 1;
                     net.wait_tx(&mut budget(o)).or_fail(format_args!(
                         "net: bench: {} ms waiting for a transmit slot",
                         o.ms
@@ -212,6 +213,7 @@ pub fn bench(net: &mut Nic<'_>, o: &Opts) {
                 net.flush().or_fail(format_args!("net: bench: flush"));
                 let (n, b) = drain(net);
                 if n == 0 {
+                    waits += 1;
                     net.wait_rx(&mut budget(o)).or_fail(format_args!(
                         "net: bench: {} ms waiting for echoed frame {} of {} ({} sent)",
                         o.ms,
@@ -241,6 +243,7 @@ pub fn bench(net: &mut Nic<'_>, o: &Opts) {
         }
     }
     let us = elapsed_us(t0);
+    println!("net: ring waits {waits}");
     println!(
         "net: bench {} {frames} frames {bytes} bytes {us} us {} kicks {} interrupts",
         o.dir.name(),
