@@ -4,10 +4,11 @@
 //! stream`. A child of [`crate::scenarios`] (it builds [`Scenario`]s);
 //! [`starve_peer`] is public for the QEMU tests, which run the same guest.
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::time::Duration;
 
+use super::net::recv_frame;
 use super::{Scenario, Setup, TIMEOUT, accept_within, guest_line};
 use crate::vm::Outcome;
 
@@ -73,31 +74,6 @@ fn rss_anon() -> Option<u64> {
     Some(kb * 1024)
 }
 
-/// Reads one length-prefixed frame (`None` at end of stream).
-fn read_frame(s: &mut UnixStream) -> Result<Option<Vec<u8>>, String> {
-    let mut len = [0u8; 4];
-    match s.read_exact(&mut len) {
-        Ok(()) => {}
-        Err(e)
-            if matches!(
-                e.kind(),
-                std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::ConnectionReset
-            ) =>
-        {
-            return Ok(None);
-        }
-        Err(e) => return Err(format!("reading a frame length: {e}")),
-    }
-    let n = u32::from_be_bytes(len) as usize;
-    if n > 65_536 {
-        return Err(format!("frame length {n} from the device"));
-    }
-    let mut f = vec![0u8; n];
-    s.read_exact(&mut f)
-        .map_err(|e| format!("reading a {n}-byte frame: {e}"))?;
-    Ok(Some(f))
-}
-
 /// The starve peer on a connected stream (QEMU's framing): waits for the
 /// guest's `ready` frame, sends [`STARVE_BATCH`] numbered frames at once, waits for the guest's `more`
 /// frame, sends [`STARVE_MORE`] frames numbered from
@@ -111,7 +87,7 @@ pub fn starve_peer(mut s: UnixStream, rss_slack: Option<u64>) -> Result<String, 
     let mac = guest_mac();
     // The guest says `ready` once its device is live.
     loop {
-        match read_frame(&mut s)? {
+        match recv_frame(&mut s)? {
             None => return Err("the guest hung up before `ready`".into()),
             Some(f) if f.len() >= 19 && f[12..14] == [0x88, 0xb5] && &f[14..19] == b"ready" => {
                 break;
@@ -125,7 +101,7 @@ pub fn starve_peer(mut s: UnixStream, rss_slack: Option<u64>) -> Result<String, 
         .map_err(|e| format!("sending the first batch: {e}"))?;
     let mut peak = before;
     let mut more = false;
-    while let Some(f) = read_frame(&mut s)? {
+    while let Some(f) = recv_frame(&mut s)? {
         peak = peak.max(rss_anon());
         if f.len() >= 18 && f[12..14] == [0x88, 0xb5] && &f[14..18] == b"more" && !more {
             more = true;

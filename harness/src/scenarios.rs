@@ -277,7 +277,7 @@ pub fn number_before(line: &str, word: &str) -> Option<u64> {
 }
 
 /// Accepts one connection on `listener` within `limit`.
-fn accept_within(listener: &UnixListener, limit: Duration) -> Result<UnixStream, String> {
+pub fn accept_within(listener: &UnixListener, limit: Duration) -> Result<UnixStream, String> {
     listener
         .set_nonblocking(true)
         .map_err(|e| format!("listener: {e}"))?;
@@ -1064,7 +1064,7 @@ pub fn all() -> Vec<Scenario> {
     v
 }
 
-/// The virtio-net scenarios (tested in `harness/tests/net.rs`), empty
+/// The virtio-net scenarios (tested in `harness/tests/scenarios.rs`), empty
 /// until the `net` guest is built; the suite runs them after [`all`].
 pub fn net() -> Vec<Scenario> {
     if net::net_guest().is_some() {

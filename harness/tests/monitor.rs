@@ -131,9 +131,14 @@ impl Client {
     }
 
     /// True once the peer has closed the connection.
+    /// Whether the monitor closed the connection: end of stream, or a
+    /// reset when it closed with our unread bytes still queued.
     fn closed(&mut self) -> bool {
         let mut rest = Vec::new();
-        self.r.read_to_end(&mut rest).is_ok()
+        match self.r.read_to_end(&mut rest) {
+            Ok(_) => true,
+            Err(e) => e.kind() == std::io::ErrorKind::ConnectionReset,
+        }
     }
 }
 

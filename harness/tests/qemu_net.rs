@@ -16,7 +16,7 @@
 use std::io::{Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use harness::qemu::{Qemu, QemuRun as Run, Transport, qemu_or_skip as qemu_ready};
 use harness::scenarios::Workdir;
@@ -36,23 +36,7 @@ fn scratch(test: &str) -> Workdir {
 
 /// Accepts QEMU's connection within a bound.
 fn accept(listener: &UnixListener) -> Result<UnixStream, String> {
-    listener.set_nonblocking(true).map_err(|e| e.to_string())?;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        match listener.accept() {
-            Ok((s, _)) => {
-                s.set_nonblocking(false).map_err(|e| e.to_string())?;
-                return Ok(s);
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                if Instant::now() >= deadline {
-                    return Err("QEMU did not connect".into());
-                }
-                std::thread::sleep(Duration::from_millis(5));
-            }
-            Err(e) => return Err(format!("accept: {e}")),
-        }
-    }
+    harness::scenarios::accept_within(listener, Duration::from_secs(30))
 }
 
 /// A peer that sends every frame back (QEMU's framing: a 4-byte

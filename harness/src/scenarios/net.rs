@@ -402,15 +402,16 @@ fn net_stream_pair(dir: &Workdir) -> Result<Setup, String> {
     }))
 }
 
-/// Writes one frame with the stream framing (4-byte big-endian length).
-fn send_frame(s: &mut UnixStream, frame: &[u8]) -> std::io::Result<()> {
+/// Writes one frame with QEMU's stream framing (4-byte big-endian length).
+pub fn send_frame(s: &mut UnixStream, frame: &[u8]) -> std::io::Result<()> {
     let len = u32::try_from(frame.len()).unwrap_or(u32::MAX);
     s.write_all(&len.to_be_bytes())?;
     s.write_all(frame)
 }
 
-/// Reads one frame; `None` at the end of the stream.
-fn recv_frame(s: &mut UnixStream) -> Result<Option<Vec<u8>>, String> {
+/// Reads one frame with QEMU's stream framing; `None` at the end of the
+/// stream.
+pub fn recv_frame(s: &mut UnixStream) -> Result<Option<Vec<u8>>, String> {
     let mut len = [0u8; 4];
     match s.read_exact(&mut len) {
         Ok(()) => {}
