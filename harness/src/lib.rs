@@ -9,7 +9,10 @@
 //!   irqfd interrupts, ioeventfd or inline notifications, a worker thread
 //!   per device), [`stats`] (KVM's own binary statistics).
 //! - Machines: [`options`] (QEMU-style options), [`machine`] (realize
-//!   backends and devices from them; what `virtio-harness run` boots).
+//!   backends and devices from them; what `virtio-harness run` boots),
+//!   [`monitor`] (`-monitor`/`-qmp` sockets: `set_link`, status), [`netns`]
+//!   (network namespaces with a tap, ping and a TCP echo client for the
+//!   net scenarios).
 //! - Scenarios: [`scenarios`] (guest + machine + host-side peer + checks),
 //!   [`suite`] (the table `virtio-harness` prints), [`qemu`] (QEMU microvm
 //!   as the reference monitor), [`bench`] (ours against QEMU).
@@ -17,6 +20,8 @@
 pub mod bench;
 pub mod bus;
 pub mod machine;
+pub mod monitor;
+pub mod netns;
 pub mod options;
 pub mod ports;
 pub mod pvh;
@@ -124,7 +129,8 @@ const SUITE: &[SuiteGuest] = &[
 
 /// Runs every scenario against every device configuration: first the
 /// tiny guests that need no device (each on a 64 MiB memfd, with the
-/// verdict each is meant to give), then every [`scenarios`] entry. Without
+/// verdict each is meant to give), then every [`scenarios`] entry
+/// ([`scenarios::all`], then [`scenarios::net`]). Without
 /// KVM every row is a skip.
 pub fn suite() -> Vec<SuiteRow> {
     let unavailable = vm::kvm_unavailable();
@@ -160,7 +166,7 @@ pub fn suite() -> Vec<SuiteRow> {
             row
         })
         .collect();
-    for sc in scenarios::all() {
+    for sc in scenarios::all().into_iter().chain(scenarios::net()) {
         let mut row = SuiteRow {
             scenario: sc.name.into(),
             device: sc.device.into(),
@@ -181,9 +187,10 @@ pub fn suite() -> Vec<SuiteRow> {
             row.exits = Some(o.exits.total());
             row.kvm_exits = o.kvm.as_ref().map(|k| k.exits());
         }
-        row.result = match r.result {
-            Ok(()) => "pass".into(),
-            Err(e) => format!("FAIL: {}", e.lines().next().unwrap_or("")),
+        row.result = match (r.result, r.skipped) {
+            (Ok(()), Some(why)) => format!("skip: {why}"),
+            (Ok(()), None) => "pass".into(),
+            (Err(e), _) => format!("FAIL: {}", e.lines().next().unwrap_or("")),
         };
         rows.push(row);
     }

@@ -27,6 +27,7 @@ use virtio_devices::device::VirtioDevice;
 use virtio_devices::net::{Net, NetConfig};
 use virtio_devices::rng::Rng;
 
+use crate::monitor::{MonitorServer, NetLink};
 use crate::options::{
     CacheMode, ChardevKind, DeviceConfig, DiskFormat, DriveConfig, MachineConfig, NetdevKind,
     RngConfig,
@@ -109,6 +110,13 @@ pub enum MachineError {
         /// What went wrong.
         err: std::io::Error,
     },
+    /// A monitor socket could not be bound (or its thread started).
+    Monitor {
+        /// The socket's path.
+        path: std::path::PathBuf,
+        /// What went wrong.
+        err: std::io::Error,
+    },
     /// Guest RAM could not be created.
     Memory(backends::hostmem::HostMemoryError),
     /// The VM refused something (KVM, loading, the bus).
@@ -143,6 +151,9 @@ impl fmt::Display for MachineError {
             MachineError::Unsupported(what) => f.write_str(what),
             MachineError::NoKernel => f.write_str("no -kernel given"),
             MachineError::Kernel { path, err } => write!(f, "-kernel {}: {err}", path.display()),
+            MachineError::Monitor { path, err } => {
+                write!(f, "monitor socket {}: {err}", path.display())
+            }
             MachineError::Memory(e) => write!(f, "guest RAM: {e}"),
             MachineError::Vm(e) => write!(f, "{e}"),
         }
@@ -155,11 +166,43 @@ impl std::error::Error for MachineError {
             MachineError::Chardev { err, .. } => Some(err),
             MachineError::Rng { err, .. } => Some(err),
             MachineError::Kernel { err, .. } => Some(err),
+            MachineError::Monitor { err, .. } => Some(err),
             MachineError::Drive { err, .. } => Some(err),
             MachineError::Netdev { err, .. } => Some(err),
             MachineError::Memory(e) => Some(e),
             MachineError::Vm(e) => Some(e),
             _ => None,
+        }
+    }
+}
+
+/// A virtio-net device as the machine builds it: typed, so that the
+/// monitor can reach [`Net::set_link`] while the VM runs.
+pub type MachineNet = Net<BoxedNet, RegionMemory>;
+
+/// A realized device: any device behind the trait, or a network device
+/// kept typed along with the names the monitor knows it by.
+pub enum DeviceBox {
+    /// Any device.
+    Any(BoxedDevice),
+    /// A virtio-net device.
+    Net {
+        /// The device.
+        net: Box<MachineNet>,
+        /// Its `-netdev` id.
+        netdev: String,
+        /// Its `-device …,id=`.
+        id: Option<String>,
+    },
+}
+
+impl std::ops::Deref for DeviceBox {
+    type Target = dyn VirtioDevice + Send;
+
+    fn deref(&self) -> &Self::Target {
+        match self {
+            DeviceBox::Any(d) => &**d,
+            DeviceBox::Net { net, .. } => &**net,
         }
     }
 }
@@ -172,7 +215,7 @@ pub struct RealizedDevice {
     /// `virtconsole<-file:out.log`, …).
     pub backend: String,
     /// The device.
-    pub device: BoxedDevice,
+    pub device: DeviceBox,
     /// File descriptors that become readable when a backend has something
     /// for the device (watch them and call the device's `backend_ready`).
     pub ready_fds: Vec<RawFd>,
@@ -253,7 +296,9 @@ pub fn open_chardev(id: &str, kind: &ChardevKind) -> Result<(BoxedChardev, Strin
 /// A network backend as devices hold it.
 pub type BoxedNet = Box<dyn backends::net::NetBackend + Send>;
 
-/// The hubs of one machine, by `hubid` (QEMU creates a hub on first use).
+/// Hubs by `hubid` (QEMU creates a hub on first use): one machine's, or
+/// shared by several machines in one process ([`Machine::with_hubs`]) so
+/// that their hub ports are one L2 segment.
 #[derive(Debug, Default)]
 pub struct Hubs(HashMap<u32, backends::net::hub::Hub>);
 
@@ -424,6 +469,16 @@ pub fn realize_devices(
     config: &MachineConfig,
     mem: &RegionMemory,
 ) -> Result<Vec<RealizedDevice>, MachineError> {
+    realize_devices_with_hubs(config, mem, &mut Hubs::default())
+}
+
+/// [`realize_devices`] with hub ports joining `hubs` (shared with other
+/// machines).
+pub fn realize_devices_with_hubs(
+    config: &MachineConfig,
+    mem: &RegionMemory,
+    hubs: &mut Hubs,
+) -> Result<Vec<RealizedDevice>, MachineError> {
     let mut chardevs = HashMap::new();
     for (id, kind) in &config.chardevs {
         chardevs.insert(id.clone(), open_chardev(id, kind)?);
@@ -433,10 +488,9 @@ pub fn realize_devices(
         disks.insert(d.id.clone(), open_drive(d)?);
     }
     let drives = &config.drives;
-    let mut hubs = Hubs::default();
     let mut netdevs = HashMap::new();
     for (id, kind) in &config.netdevs {
-        netdevs.insert(id.clone(), open_netdev(id, kind, &mut hubs)?);
+        netdevs.insert(id.clone(), open_netdev(id, kind, hubs)?);
     }
     let mut nics: u8 = 0;
     let mut rngs = HashMap::new();
@@ -469,7 +523,7 @@ pub fn realize_devices(
         out.push(RealizedDevice {
             kind: "virtio-serial-device",
             backend,
-            device: Box::new(device),
+            device: DeviceBox::Any(Box::new(device)),
             ready_fds,
             notify,
         });
@@ -495,7 +549,7 @@ pub fn realize_devices(
                 out.push(RealizedDevice {
                     kind: "virtio-rng-device",
                     backend: what,
-                    device: Box::new(Rng::new(backend, mem.clone())),
+                    device: DeviceBox::Any(Box::new(Rng::new(backend, mem.clone()))),
                     ready_fds,
                     notify: notify_of(*ioeventfd),
                 });
@@ -538,13 +592,15 @@ pub fn realize_devices(
                 out.push(RealizedDevice {
                     kind: "virtio-blk-device",
                     backend: what,
-                    device: Box::new(blk),
+                    device: DeviceBox::Any(Box::new(blk)),
                     ready_fds: Vec::new(),
                     notify: notify_of(*ioeventfd),
                 });
             }
             DeviceConfig::Net {
+                id,
                 netdev,
+                mtu,
                 mac,
                 queue_pairs,
                 queue_size,
@@ -572,6 +628,7 @@ pub fn realize_devices(
                     mac,
                     queue_pairs: *queue_pairs,
                     queue_size: *queue_size,
+                    mtu: mtu.unwrap_or(NetConfig::default().mtu),
                     ..NetConfig::default()
                 };
                 let net = Net::new(backend, mem.clone(), cfg).map_err(|err| MachineError::Net {
@@ -581,7 +638,11 @@ pub fn realize_devices(
                 out.push(RealizedDevice {
                     kind: "virtio-net-device",
                     backend: what,
-                    device: Box::new(net),
+                    device: DeviceBox::Net {
+                        net: Box::new(net),
+                        netdev: netdev.clone(),
+                        id: id.clone(),
+                    },
                     ready_fds,
                     notify: notify_of(*ioeventfd),
                 });
@@ -640,6 +701,11 @@ pub struct Machine {
     pub devices: Vec<(&'static str, String)>,
     /// The command line the guest got (with the slots appended).
     pub cmdline: String,
+    /// Its virtio-net devices, for `set_link` (the monitor's and tests').
+    pub links: Vec<NetLink>,
+    /// Monitor sockets (`-monitor`, `-qmp`), bound; served while
+    /// [`Machine::run`] runs.
+    monitors: Vec<MonitorServer>,
 }
 
 impl fmt::Debug for Machine {
@@ -647,6 +713,8 @@ impl fmt::Debug for Machine {
         f.debug_struct("Machine")
             .field("devices", &self.devices)
             .field("cmdline", &self.cmdline)
+            .field("links", &self.links)
+            .field("monitors", &self.monitors)
             .finish_non_exhaustive()
     }
 }
@@ -654,8 +722,16 @@ impl fmt::Debug for Machine {
 impl Machine {
     /// Builds the machine `config` describes: guest RAM from its memory
     /// backend, its devices at the virtio-mmio slots in command-line
-    /// order, its kernel loaded by PVH with `-append` plus the slots.
+    /// order, its kernel loaded by PVH with `-append` plus the slots, its
+    /// monitor sockets bound.
     pub fn new(config: &MachineConfig) -> Result<Machine, MachineError> {
+        Machine::with_hubs(config, &mut Hubs::default())
+    }
+
+    /// [`Machine::new`] with its hub ports on `hubs`: machines built over
+    /// the same `Hubs` (and run in threads of one process) share each
+    /// `hubid`'s segment.
+    pub fn with_hubs(config: &MachineConfig, hubs: &mut Hubs) -> Result<Machine, MachineError> {
         let path = config.kernel.as_ref().ok_or(MachineError::NoKernel)?;
         let elf = std::fs::read(path).map_err(|err| MachineError::Kernel {
             path: path.clone(),
@@ -664,37 +740,89 @@ impl Machine {
         let memory = backends::hostmem::HostMemory::new(&config.ram_host_memory())
             .map_err(MachineError::Memory)?;
         let mut vm = Vm::new(memory)?;
-        let realized = realize_devices(config, vm.guest_memory())?;
+        let realized = realize_devices_with_hubs(config, vm.guest_memory(), hubs)?;
         let devices = realized
             .iter()
             .map(|d| (d.kind, d.backend.clone()))
             .collect();
-        let slots = attach(&mut vm, realized)?;
+        let (slots, links) = attach(&mut vm, realized)?;
         let cmdline = crate::slots::append_cmdline(&config.append, &slots);
+        let monitors = config
+            .monitors
+            .iter()
+            .map(|m| {
+                MonitorServer::bind(m.protocol, &m.path).map_err(|err| MachineError::Monitor {
+                    path: m.path.clone(),
+                    err,
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         vm.load_pvh(&elf, &cmdline)?;
         Ok(Machine {
             vm,
             devices,
             cmdline,
+            links,
+            monitors,
         })
     }
 
-    /// Runs the guest to its verdict, or `timeout`.
+    /// The monitor sockets: protocol and path.
+    pub fn monitors(&self) -> Vec<(crate::options::MonitorProtocol, std::path::PathBuf)> {
+        self.monitors
+            .iter()
+            .map(|m| (m.protocol(), m.path().to_path_buf()))
+            .collect()
+    }
+
+    /// The virtio-net device the monitor knows as `name` (its `-netdev`
+    /// id or its `-device …,id=`).
+    pub fn link(&self, name: &str) -> Option<&NetLink> {
+        self.links.iter().find(|l| l.is_named(name))
+    }
+
+    /// Runs the guest to its verdict, or `timeout`. The monitor sockets
+    /// are served meanwhile and stop with the run.
     pub fn run(&mut self, timeout: Duration) -> Result<Outcome, MachineError> {
-        Ok(self.vm.run(timeout)?)
+        let running: Vec<_> = self
+            .monitors
+            .iter()
+            .map(|m| {
+                m.serve(self.links.clone())
+                    .map_err(|err| MachineError::Monitor {
+                        path: m.path().to_path_buf(),
+                        err,
+                    })
+            })
+            .collect::<Result<_, _>>()?;
+        let out = self.vm.run(timeout);
+        for r in running {
+            r.stop();
+        }
+        Ok(out?)
     }
 }
 
 /// Places realized devices at the VM's virtio-mmio slots, in order, and
-/// returns every slot on the bus (for the command line).
+/// returns every slot on the bus (for the command line) and the network
+/// devices' link handles.
 fn attach(
     vm: &mut Vm,
     devices: Vec<RealizedDevice>,
-) -> Result<Vec<crate::slots::VirtioSlot>, MachineError> {
+) -> Result<(Vec<crate::slots::VirtioSlot>, Vec<NetLink>), MachineError> {
+    let mut links = Vec::new();
     for d in devices {
-        vm.add_virtio_device(d.kind, d.device, d.ready_fds, d.notify)?;
+        match d.device {
+            DeviceBox::Any(device) => {
+                vm.add_virtio_device(d.kind, device, d.ready_fds, d.notify)?;
+            }
+            DeviceBox::Net { net, netdev, id } => {
+                let handle = vm.add_virtio_device(d.kind, *net, d.ready_fds, d.notify)?;
+                links.push(NetLink::new(netdev, id, d.backend, handle));
+            }
+        }
     }
-    Ok(vm.virtio_slots())
+    Ok((vm.virtio_slots(), links))
 }
 
 #[cfg(test)]

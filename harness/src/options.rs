@@ -496,10 +496,15 @@ pub enum DeviceConfig {
         /// As for [`DeviceConfig::Rng`].
         ioeventfd: bool,
     },
-    /// `virtio-net-device,netdev=…[,mac=…][,mq=on][,queue-size=N][,ioeventfd=…]`.
+    /// `virtio-net-device,netdev=…[,id=…][,mac=…][,host_mtu=N][,mq=on][,queue-size=N][,ioeventfd=…]`.
     Net {
+        /// Its id (`id=`), a name for the monitor's `set_link`.
+        id: Option<String>,
         /// The netdev id.
         netdev: String,
+        /// The MTU offered with `VIRTIO_NET_F_MTU` (`host_mtu=`, QEMU's
+        /// name; default 1500).
+        mtu: Option<u16>,
         /// The MAC address (QEMU's default `52:54:00:12:34:56` plus the
         /// device's index when absent).
         mac: Option<[u8; 6]>,
@@ -545,6 +550,75 @@ pub struct MachineConfig {
     pub kernel: Option<PathBuf>,
     /// The kernel command line.
     pub append: String,
+    /// Monitor sockets (`-monitor`, `-qmp`), in command-line order.
+    pub monitors: Vec<MonitorConfig>,
+}
+
+/// Which protocol a monitor socket speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum MonitorProtocol {
+    /// `-monitor`: QEMU's human monitor, one command a line.
+    Hmp,
+    /// `-qmp`: QEMU's JSON machine protocol.
+    Qmp,
+}
+
+/// A monitor socket: `-monitor unix:PATH,server=on,wait=off` or `-qmp …`
+/// (QEMU's older `unix:PATH,server,nowait` too).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MonitorConfig {
+    /// Its protocol.
+    pub protocol: MonitorProtocol,
+    /// The unix socket the monitor listens on.
+    pub path: PathBuf,
+}
+
+/// Parses a monitor's chardev spec: `unix:PATH,server=on,wait=off` (or
+/// `server,nowait`). Only a listening unix socket that does not wait for
+/// its first client is supported.
+fn parse_monitor(option: &'static str, arg: &str) -> Result<PathBuf, OptionError> {
+    let bad = |key: &str, value: &str, expected: &'static str| OptionError::BadValue {
+        option,
+        key: key.into(),
+        value: value.into(),
+        expected,
+    };
+    let parts = split_commas(arg);
+    let first = parts.first().map(String::as_str).unwrap_or("");
+    let Some(path) = first.strip_prefix("unix:") else {
+        return Err(bad("chardev", first, "unix:PATH (a unix socket)"));
+    };
+    if path.is_empty() {
+        return Err(bad("unix", path, "a socket path"));
+    }
+    let mut server = false;
+    let mut wait = true;
+    for p in parts.iter().skip(1).filter(|p| !p.is_empty()) {
+        let (k, v) = p.split_once('=').unwrap_or((p.as_str(), "on"));
+        match k {
+            "server" => server = parse_bool(v).ok_or_else(|| bad(k, v, "on or off"))?,
+            "wait" => wait = parse_bool(v).ok_or_else(|| bad(k, v, "on or off"))?,
+            "nowait" => wait = !parse_bool(v).ok_or_else(|| bad(k, v, "on or off"))?,
+            _ => {
+                return Err(OptionError::UnknownKey {
+                    option,
+                    ty: "unix".into(),
+                    key: k.into(),
+                });
+            }
+        }
+    }
+    if !server {
+        return Err(OptionError::Conflict(format!(
+            "{option} {arg}: only server=on is supported (the monitor listens)"
+        )));
+    }
+    if wait {
+        return Err(OptionError::Conflict(format!(
+            "{option} {arg}: only wait=off is supported (the guest does not wait for a client)"
+        )));
+    }
+    Ok(PathBuf::from(path))
 }
 
 impl DeviceConfig {
@@ -670,7 +744,7 @@ pub fn parse<S: AsRef<str>>(args: &[S]) -> Result<MachineConfig, OptionError> {
         }
         let known = [
             "m", "machine", "M", "object", "chardev", "drive", "blockdev", "netdev", "device",
-            "kernel", "append",
+            "kernel", "append", "monitor", "qmp",
         ];
         if !known.contains(&name) {
             return Err(OptionError::UnknownOption(opt.to_string()));
@@ -1103,8 +1177,18 @@ pub fn parse<S: AsRef<str>>(args: &[S]) -> Result<MachineConfig, OptionError> {
                                 "a power of two from 2 to 32768",
                             ));
                         }
+                        let mtu = match kv.take_u32("host_mtu")? {
+                            None => None,
+                            Some(m) => {
+                                Some(u16::try_from(m).ok().filter(|m| *m >= 68).ok_or_else(
+                                    || kv.bad("host_mtu", &m.to_string(), "68 to 65535"),
+                                )?)
+                            }
+                        };
                         DeviceConfig::Net {
+                            id: id.clone(),
                             netdev: kv.require("netdev")?,
+                            mtu,
                             mac,
                             queue_pairs: pairs as u16,
                             queue_size: queue_size as u16,
@@ -1151,6 +1235,21 @@ pub fn parse<S: AsRef<str>>(args: &[S]) -> Result<MachineConfig, OptionError> {
                     return Err(OptionError::Repeated("-append".into()));
                 }
                 cfg.append = arg.to_string();
+            }
+            "monitor" | "qmp" => {
+                let (option, protocol) = if name == "monitor" {
+                    ("-monitor", MonitorProtocol::Hmp)
+                } else {
+                    ("-qmp", MonitorProtocol::Qmp)
+                };
+                let path = parse_monitor(option, arg)?;
+                if cfg.monitors.iter().any(|m| m.path == path) {
+                    return Err(OptionError::Conflict(format!(
+                        "{option}: socket {} is used twice",
+                        path.display()
+                    )));
+                }
+                cfg.monitors.push(MonitorConfig { protocol, path });
             }
             _ => return Err(OptionError::UnknownOption(opt.to_string())),
         }
@@ -1524,7 +1623,9 @@ mod tests {
         assert_eq!(
             c.devices[0],
             DeviceConfig::Net {
+                id: None,
                 netdev: "l".into(),
+                mtu: None,
                 mac: Some([0x52, 0x54, 0, 0xaa, 0xbb, 0xcc]),
                 queue_pairs: 4,
                 queue_size: 256,
@@ -1582,5 +1683,57 @@ mod tests {
         assert_eq!(parse_size("99999999999T"), None);
         assert_eq!(parse_size(""), None);
         assert_eq!(p("-m 128").unwrap().memory, 128 << 20);
+    }
+
+    #[test]
+    fn monitors_parse_in_both_spellings() {
+        let c =
+            p("-monitor unix:/tmp/m.sock,server=on,wait=off -qmp unix:/tmp/q.sock,server,nowait")
+                .unwrap();
+        assert_eq!(
+            c.monitors,
+            [
+                MonitorConfig {
+                    protocol: MonitorProtocol::Hmp,
+                    path: "/tmp/m.sock".into()
+                },
+                MonitorConfig {
+                    protocol: MonitorProtocol::Qmp,
+                    path: "/tmp/q.sock".into()
+                }
+            ]
+        );
+        for (line, want) in [
+            ("-monitor stdio", "unix:PATH"),
+            ("-monitor unix:/tmp/m", "only server=on"),
+            ("-qmp unix:/tmp/m,server=on", "only wait=off"),
+            (
+                "-qmp unix:/tmp/m,server,nowait,colour=red",
+                "unknown key 'colour'",
+            ),
+            ("-monitor unix:,server,nowait", "a socket path"),
+            (
+                "-monitor unix:/tmp/m,server,nowait -qmp unix:/tmp/m,server,nowait",
+                "used twice",
+            ),
+        ] {
+            let err = p(line).expect_err(line).to_string();
+            assert!(err.contains(want), "{line}: got '{err}', want '{want}'");
+        }
+    }
+
+    #[test]
+    fn net_devices_take_an_id_and_an_mtu() {
+        let c = p("-netdev loopback,id=l -device virtio-net-device,netdev=l,id=nic0,host_mtu=9000")
+            .unwrap();
+        let DeviceConfig::Net { id, mtu, .. } = &c.devices[0] else {
+            panic!("not a net device");
+        };
+        assert_eq!(id.as_deref(), Some("nic0"));
+        assert_eq!(*mtu, Some(9000));
+        let err = p("-netdev loopback,id=l -device virtio-net-device,netdev=l,host_mtu=70000")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("68 to 65535"), "{err}");
     }
 }

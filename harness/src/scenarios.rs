@@ -20,6 +20,8 @@ use backends::rng::{Deterministic, RngBackend};
 use crate::machine::Machine;
 use crate::vm::Outcome;
 
+mod net;
+
 /// Longest a scenario guest may run.
 pub const TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -75,6 +77,46 @@ type Peer = JoinHandle<Result<String, String>>;
 /// Checks run on the outcome after the guest has finished.
 type Check = Box<dyn FnOnce(&Outcome) -> Result<(), String>>;
 
+/// Where a scenario runs: what it may need beyond its guest.
+#[derive(Clone, Debug, Default)]
+pub struct RunEnv {
+    /// The `virtio-harness` binary, for scenarios that run a second
+    /// machine in a child process (`run …`). Tests pass
+    /// `env!("CARGO_BIN_EXE_virtio-harness")`; [`RunEnv::current`] finds it
+    /// when this process is `virtio-harness`.
+    pub harness_bin: Option<PathBuf>,
+}
+
+impl RunEnv {
+    /// This process's environment: `harness_bin` is the current
+    /// executable when it is `virtio-harness`.
+    pub fn current() -> RunEnv {
+        let harness_bin = std::env::current_exe()
+            .ok()
+            .filter(|p| p.file_stem().is_some_and(|n| n == "virtio-harness"));
+        RunEnv { harness_bin }
+    }
+}
+
+/// What a custom run gives: the verdict, the outcome shown in the suite
+/// (the main machine's), and whether it was skipped (why).
+struct CustomRun {
+    result: Result<(), String>,
+    outcome: Option<Outcome>,
+    skipped: Option<String>,
+}
+
+/// What a scenario that drives its machines itself (several guests, a
+/// child process, a monitor client) gets.
+struct CustomCtx<'a> {
+    guest: &'a str,
+    env: &'a RunEnv,
+    notes: &'a mut Vec<String>,
+}
+
+/// A scenario run that is not one machine built from options.
+type Custom = Box<dyn FnOnce(CustomCtx<'_>) -> CustomRun>;
+
 /// What a scenario's set-up produced.
 struct Setup {
     /// Options for [`crate::options::parse`], without `-kernel`.
@@ -83,6 +125,9 @@ struct Setup {
     append: String,
     peer: Option<Peer>,
     check: Option<Check>,
+    /// Runs the scenario instead of the one-machine path (`options`,
+    /// `append`, `peer` and `check` are then unused).
+    custom: Option<Custom>,
 }
 
 impl Setup {
@@ -92,6 +137,14 @@ impl Setup {
             append: append.into(),
             peer: None,
             check: None,
+            custom: None,
+        }
+    }
+
+    fn custom(run: impl FnOnce(CustomCtx<'_>) -> CustomRun + 'static) -> Setup {
+        Setup {
+            custom: Some(Box::new(run)),
+            ..Setup::new("", "")
         }
     }
 }
@@ -128,21 +181,36 @@ pub struct ScenarioResult {
     pub outcome: Option<Outcome>,
     /// Notes from the host side (e.g. bytes an EGD daemon served).
     pub notes: Vec<String>,
+    /// The scenario could not run here (e.g. no network namespaces
+    /// without root), and why; `result` is then `Ok`.
+    pub skipped: Option<String>,
 }
 
 impl Scenario {
-    /// Sets up, boots and checks the scenario.
+    /// Sets up, boots and checks the scenario in [`RunEnv::current`].
     pub fn run(&self) -> ScenarioResult {
+        self.run_with(&RunEnv::current())
+    }
+
+    /// Sets up, boots and checks the scenario in `env`.
+    pub fn run_with(&self, env: &RunEnv) -> ScenarioResult {
         let mut notes = Vec::new();
-        let (result, outcome) = self.run_inner(&mut notes);
+        let mut skipped = None;
+        let (result, outcome) = self.run_inner(env, &mut notes, &mut skipped);
         ScenarioResult {
             result,
             outcome,
             notes,
+            skipped,
         }
     }
 
-    fn run_inner(&self, notes: &mut Vec<String>) -> (Result<(), String>, Option<Outcome>) {
+    fn run_inner(
+        &self,
+        env: &RunEnv,
+        notes: &mut Vec<String>,
+        skipped: &mut Option<String>,
+    ) -> (Result<(), String>, Option<Outcome>) {
         let Some(guest) = self.guest else {
             return (Err("guest not built".into()), None);
         };
@@ -150,10 +218,15 @@ impl Scenario {
             Ok(d) => d,
             Err(e) => return (Err(format!("work directory: {e}")), None),
         };
-        let setup = match (self.setup)(&dir) {
+        let mut setup = match (self.setup)(&dir) {
             Ok(s) => s,
             Err(e) => return (Err(format!("set-up: {e}")), None),
         };
+        if let Some(custom) = setup.custom.take() {
+            let r = custom(CustomCtx { guest, env, notes });
+            *skipped = r.skipped;
+            return (r.result, r.outcome);
+        }
         let mut args = setup.options.clone();
         args.extend(["-kernel".into(), guest.into()]);
         if !setup.append.is_empty() {
@@ -991,9 +1064,19 @@ pub fn all() -> Vec<Scenario> {
     v
 }
 
-/// The scenario called `name`.
+/// The virtio-net scenarios (tested in `harness/tests/net.rs`), empty
+/// until the `net` guest is built; the suite runs them after [`all`].
+pub fn net() -> Vec<Scenario> {
+    if net::net_guest().is_some() {
+        net::scenarios()
+    } else {
+        Vec::new()
+    }
+}
+
+/// The scenario called `name` (in [`all`] or [`net`]).
 pub fn by_name(name: &str) -> Option<Scenario> {
-    all().into_iter().find(|s| s.name == name)
+    all().into_iter().chain(net()).find(|s| s.name == name)
 }
 
 #[cfg(test)]
@@ -1020,7 +1103,7 @@ mod tests {
 
     #[test]
     fn scenario_names_are_unique() {
-        let all = all();
+        let all: Vec<Scenario> = all().into_iter().chain(net()).collect();
         let mut names: Vec<_> = all.iter().map(|s| s.name).collect();
         names.sort();
         names.dedup();

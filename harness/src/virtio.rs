@@ -465,6 +465,36 @@ impl<D: VirtioDevice + Send + 'static> VirtioHandle<D> {
     pub fn with_registers<R>(&self, f: impl FnOnce(&mut Registers<D>) -> R) -> R {
         f(&mut self.shared.lock().regs)
     }
+
+    /// Changes the device's configuration from outside (a monitor
+    /// command): calls `f` with the device under the slot's lock, and if it
+    /// returns true signals a configuration change exactly as a device
+    /// returning `Served { config_changed: true }` does — `ConfigGeneration`
+    /// bumps and, once DRIVER_OK is set, `InterruptStatus` bit 1 and the
+    /// irqfd (§4.2.2, §2.4.2 / `VIRTIO_MMIO_INT_CONFIG`). Returns what `f`
+    /// returned, or `None` for a faulty device (not called again).
+    pub fn update_config(&self, f: impl FnOnce(&mut D) -> bool) -> Option<bool> {
+        let mut state = self.shared.lock();
+        if state.fault.is_some() {
+            return None;
+        }
+        let mut changed = false;
+        let raise = self
+            .shared
+            .guarded(&mut state, "configuration update", |regs| {
+                changed = f(regs.device_mut().device_mut());
+                if changed {
+                    regs.config_changed();
+                    regs.interrupt_asserted()
+                } else {
+                    false
+                }
+            });
+        if raise {
+            self.shared.raise(&mut state);
+        }
+        Some(changed)
+    }
 }
 
 /// A placed device: its shared state and the fds its worker waits on.

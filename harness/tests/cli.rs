@@ -67,6 +67,24 @@ fn run_refuses_bad_options_naming_them() {
             ],
             "/nonexistent/dir/out.log",
         ),
+        (
+            &["run", "-monitor", "stdio", "-kernel", rng],
+            "-monitor: chardev='stdio' is not unix:PATH",
+        ),
+        (
+            &["run", "-qmp", "unix:/tmp/q.sock,server=on", "-kernel", rng],
+            "only wait=off",
+        ),
+        (
+            &[
+                "run",
+                "-monitor",
+                "unix:/nonexistent/dir/m.sock,server,nowait",
+                "-kernel",
+                rng,
+            ],
+            "monitor socket /nonexistent/dir/m.sock",
+        ),
     ];
     for (args, want) in cases {
         let o = harness(args);
@@ -113,4 +131,33 @@ fn run_boots_a_machine_and_reports_the_guest_verdict() {
     let o = harness(&fail);
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
     assert!(stderr(&o).contains("verdict: fail"), "{}", stderr(&o));
+}
+
+#[test]
+fn run_serves_a_monitor_socket_while_the_guest_runs() {
+    if !harness::vm::kvm_or_skip("run_serves_a_monitor_socket_while_the_guest_runs") {
+        return;
+    }
+    let dir = harness::scenarios::Workdir::new("cli-monitor").unwrap();
+    let sock = dir.path("m.sock");
+    let spec = format!("unix:{},server=on,wait=off", sock.display());
+    let o = harness(&[
+        "run",
+        "-netdev",
+        "loopback,id=n0",
+        "-device",
+        "virtio-net-device,netdev=n0",
+        "-monitor",
+        &spec,
+        "-kernel",
+        env!("GUEST_EMPTY"),
+    ]);
+    let err = stderr(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("monitor: Hmp on "), "{err}");
+    assert!(
+        err.contains("slot 0: virtio-net-device (loopback)"),
+        "{err}"
+    );
+    assert!(!sock.exists(), "the socket is removed with the machine");
 }

@@ -50,6 +50,12 @@ const WORDS: &[&str] = &[
     "dgram,id=n3,local.type=inet,local.host=127.0.0.1,local.port=1,remote.type=inet,remote.host=127.0.0.1,remote.port=2",
     "tap,id=n4,ifname=tap0,script=no,downscript=no",
     "virtio-net-device,netdev=n0,mac=52:54:00:12:34:56,mq=on,queue-pairs=2",
+    "virtio-net-device,netdev=n1,id=nic1,host_mtu=65518",
+    "-monitor",
+    "-qmp",
+    "unix:/tmp/m.sock,server=on,wait=off",
+    "unix:/tmp/q.sock,server,nowait",
+    "unix:/tmp/x.sock,server=off",
 ];
 
 #[derive(Arbitrary, Debug)]

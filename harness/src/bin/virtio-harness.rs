@@ -28,7 +28,8 @@ enum Command {
         #[arg(long, default_value_t = 30)]
         timeout: u64,
         /// The machine options (`-m`, `-machine`, `-object`, `-chardev`,
-        /// `-device`, `-kernel`, `-append`).
+        /// `-drive`, `-blockdev`, `-netdev`, `-device`, `-kernel`,
+        /// `-append`, `-monitor unix:PATH,server=on,wait=off`, `-qmp …`).
         #[arg(
             trailing_var_arg = true,
             allow_hyphen_values = true,
@@ -89,6 +90,9 @@ fn run(options: &[String], timeout: Duration) -> ExitCode {
     };
     for (i, (kind, backend)) in machine.devices.iter().enumerate() {
         eprintln!("slot {i}: {kind} ({backend})");
+    }
+    for (protocol, path) in machine.monitors() {
+        eprintln!("monitor: {protocol:?} on {}", path.display());
     }
     match machine.run(timeout) {
         Ok(out) => {
