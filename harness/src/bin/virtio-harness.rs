@@ -43,6 +43,10 @@ enum Command {
         /// Boots per measurement (the median is reported).
         #[arg(long, default_value_t = 10)]
         rounds: usize,
+        /// Only the virtio-net rows (the `net` guest's raw-frame bench
+        /// and the TCP echo over a tap).
+        #[arg(long)]
+        net_only: bool,
     },
 }
 
@@ -51,7 +55,11 @@ fn main() -> ExitCode {
     match cli.command.unwrap_or(Command::Suite) {
         Command::Suite => suite(),
         Command::Run { timeout, options } => run(&options, Duration::from_secs(timeout)),
-        Command::Bench { rounds } => match harness::bench::run(rounds.max(1)) {
+        Command::Bench { rounds, net_only } => match if net_only {
+            harness::bench::run_net()
+        } else {
+            harness::bench::run(rounds.max(1))
+        } {
             Ok(table) => {
                 print!("{table}");
                 ExitCode::SUCCESS
