@@ -136,10 +136,12 @@ fn bench_frame(net: &mut Nic<'_>, hdr: &[u8; 14], size: usize) -> bool {
     }
 }
 
-/// Takes every received frame; how many and their bytes.
-fn drain(net: &mut Nic<'_>) -> (u64, u64) {
+/// Takes received frames, at most `limit` (a peer that keeps the ring
+/// full would otherwise keep this loop going for ever); how many and
+/// their bytes.
+fn drain(net: &mut Nic<'_>, limit: u64) -> (u64, u64) {
     let (mut n, mut bytes) = (0, 0);
-    loop {
+    while n < limit {
         match net.receive() {
             Ok(Some(f)) => {
                 n += 1;
@@ -150,6 +152,7 @@ fn drain(net: &mut Nic<'_>) -> (u64, u64) {
             Err(e) => exit::fail(format_args!("net: bench: receive: {e}")),
         }
     }
+    (n, bytes)
 }
 
 /// The bench test: raw frames as fast as the rings allow.
@@ -196,7 +199,7 @@ pub fn bench(net: &mut Nic<'_>, o: &Opts) {
                     started = true;
                     t0 = cpu::rdtsc();
                 }
-                let (n, b) = drain(net);
+                let (n, b) = drain(net, o.count - frames);
                 frames += n;
                 bytes += b;
             }
@@ -211,7 +214,7 @@ pub fn bench(net: &mut Nic<'_>, o: &Opts) {
                     sent += 1;
                 }
                 net.flush().or_fail(format_args!("net: bench: flush"));
-                let (n, b) = drain(net);
+                let (n, b) = drain(net, o.count - frames);
                 if n == 0 {
                     waits += 1;
                     net.wait_rx(&mut budget(o)).or_fail(format_args!(
