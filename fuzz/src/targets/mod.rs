@@ -9,9 +9,11 @@ pub mod dma_map;
 pub mod driver_used_ring;
 pub mod machine_options;
 pub mod mmio_registers;
+pub mod monitor_session;
 pub mod net_rig;
 pub mod net_rx;
 pub mod net_tx;
+pub mod pvh_loader;
 pub mod rng_request;
 pub mod split_queue_device;
 
@@ -70,5 +72,13 @@ pub const TARGETS: &[Target] = &[
     Target {
         name: "net_rx",
         run: net_rx::run,
+    },
+    Target {
+        name: "pvh_loader",
+        run: pvh_loader::run,
+    },
+    Target {
+        name: "monitor_session",
+        run: monitor_session::run,
     },
 ];
