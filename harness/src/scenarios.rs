@@ -20,7 +20,7 @@ use backends::rng::{Deterministic, RngBackend};
 use crate::machine::Machine;
 use crate::vm::Outcome;
 
-mod net;
+pub mod net;
 
 /// Longest a scenario guest may run.
 pub const TIMEOUT: Duration = Duration::from_secs(30);

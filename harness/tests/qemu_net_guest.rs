@@ -16,14 +16,13 @@
 //! Skips, saying why, without `qemu-system-x86_64` or `/dev/kvm`, unless
 //! `HARNESS_REQUIRE_QEMU=1` makes that a failure.
 
-use std::io::{Read, Write};
-use std::os::unix::net::{UnixListener, UnixStream};
-use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::os::unix::net::UnixListener;
+use std::time::Duration;
 
 use harness::machine::Machine;
 use harness::qemu::{Qemu, qemu_or_skip as qemu_ready};
 use harness::scenarios::Workdir;
+use harness::scenarios::net::{FILTER_EXPECTED, filter_peer};
 
 /// Longest a guest may run before it is killed.
 const TIMEOUT: Duration = Duration::from_secs(180);
@@ -124,108 +123,6 @@ fn qemu_serve_and_our_client_share_one_stream_segment() {
     }
 }
 
-/// The filter test's experimental ethertype.
-const ETHERTYPE: [u8; 2] = [0x88, 0xb5];
-
-/// The spec's expectation per phase (§5.1.6.5.1, §5.1.6.5.2), as the
-/// contract (`harness/guests/README.md`) lists it.
-const EXPECTED: [(&str, &str); 4] = [
-    ("strict", "1,4"),
-    ("table", "1,2,4,5"),
-    ("allmulti", "1,2,4,5,6"),
-    ("promisc", "1,2,3,4,5,6"),
-];
-
-fn dst(k: usize, guest: [u8; 6]) -> [u8; 6] {
-    match k {
-        1 => guest,
-        2 => [0x02, 0, 0, 0, 0, 0x01],
-        3 => [0x02, 0, 0, 0, 0, 0x99],
-        4 => [0xff; 6],
-        5 => [0x01, 0, 0x5e, 0, 0, 0x01],
-        _ => [0x01, 0, 0x5e, 0, 0, 0x99],
-    }
-}
-
-fn send_frame(s: &mut UnixStream, dst: [u8; 6], text: &str) -> std::io::Result<()> {
-    let mut f = Vec::with_capacity(60);
-    f.extend_from_slice(&dst);
-    f.extend_from_slice(&[0x02, 0, 0, 0, 0, 0xaa]);
-    f.extend_from_slice(&ETHERTYPE);
-    f.extend_from_slice(text.as_bytes());
-    f.resize(f.len().max(60), 0);
-    let len = u32::try_from(f.len()).unwrap_or(u32::MAX);
-    s.write_all(&len.to_be_bytes())?;
-    s.write_all(&f)
-}
-
-/// Accepts QEMU's connection within a bound.
-fn accept(listener: &UnixListener) -> Result<UnixStream, String> {
-    listener.set_nonblocking(true).map_err(|e| e.to_string())?;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        match listener.accept() {
-            Ok((s, _)) => {
-                s.set_nonblocking(false).map_err(|e| e.to_string())?;
-                return Ok(s);
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                if Instant::now() >= deadline {
-                    return Err("QEMU did not connect".into());
-                }
-                std::thread::sleep(Duration::from_millis(5));
-            }
-            Err(e) => return Err(format!("accept: {e}")),
-        }
-    }
-}
-
-/// The host peer: per `READY <phase>` from the guest, frames `<phase> k`
-/// to the six destinations, then `DONE <phase>` to the guest. Returns the
-/// phases answered.
-fn filter_peer(listener: UnixListener) -> JoinHandle<Result<Vec<String>, String>> {
-    std::thread::spawn(move || {
-        let mut s = accept(&listener)?;
-        s.set_read_timeout(Some(TIMEOUT))
-            .map_err(|e| e.to_string())?;
-        let mut answered = Vec::new();
-        loop {
-            let mut len = [0u8; 4];
-            if s.read_exact(&mut len).is_err() {
-                return Ok(answered);
-            }
-            let len = u32::from_be_bytes(len) as usize;
-            if len > 65536 {
-                return Err(format!("a {len}-byte frame"));
-            }
-            let mut f = vec![0u8; len];
-            if s.read_exact(&mut f).is_err() {
-                return Ok(answered);
-            }
-            if f.len() < 14 || f[12..14] != ETHERTYPE {
-                continue;
-            }
-            let body = &f[14..];
-            let end = body.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
-            let Some(phase) = std::str::from_utf8(&body[..end])
-                .ok()
-                .and_then(|t| t.strip_prefix("READY "))
-            else {
-                continue;
-            };
-            let mut guest = [0u8; 6];
-            guest.copy_from_slice(&f[6..12]);
-            for k in 1..=6 {
-                send_frame(&mut s, dst(k, guest), &format!("{phase} {k}"))
-                    .map_err(|e| format!("sending {phase} {k}: {e}"))?;
-            }
-            send_frame(&mut s, guest, &format!("DONE {phase}"))
-                .map_err(|e| format!("sending DONE {phase}: {e}"))?;
-            answered.push(phase.to_string());
-        }
-    })
-}
-
 #[test]
 fn the_filter_guest_under_qemu_reports_its_receive_filter() {
     let test = "the_filter_guest_under_qemu_reports_its_receive_filter";
@@ -235,6 +132,7 @@ fn the_filter_guest_under_qemu_reports_its_receive_filter() {
     let dir = scratch("qemu-net-filter");
     let sock = dir.path("filter.sock");
     let listener = UnixListener::bind(&sock).expect("bind the peer's socket");
+    // The same host peer as the `net_filter` scenario.
     let peer = filter_peer(listener);
     let run = Qemu::microvm(net_guest())
         .modern()
@@ -255,7 +153,7 @@ fn the_filter_guest_under_qemu_reports_its_receive_filter() {
     eprintln!("{}", run.serial);
     run.check_pass()
         .unwrap_or_else(|e| panic!("filter guest under QEMU: {e}\npeer: {answered:?}"));
-    for (phase, want) in EXPECTED {
+    for (phase, want) in FILTER_EXPECTED {
         let prefix = format!("net: filter {phase} got ");
         let got = run
             .line_after(&prefix)
