@@ -726,15 +726,7 @@ fn net_qemu(
     let r = Qemu::microvm(guest)
         .modern()
         .timeout(Duration::from_secs(120))
-        .args([
-            "-netdev".to_string(),
-            format!(
-                "stream,id=n0,server=off,addr.type=unix,addr.path={}",
-                sock.display()
-            ),
-            "-device".into(),
-            "virtio-net-device,netdev=n0".into(),
-        ])
+        .args(crate::scenarios::net::stream_client_args(&sock, ""))
         .append(format!(
             "net.test=bench net.dir={dir} net.size={size} net.count={count} net.ms=30000"
         ))

@@ -223,11 +223,7 @@ pub fn scenarios() -> Vec<Scenario> {
                 let listener =
                     UnixListener::bind(&path).map_err(|e| format!("{}: {e}", path.display()))?;
                 let mut s = Setup::new(
-                    &format!(
-                        "-netdev stream,id=n0,server=off,addr.type=unix,addr.path={} \
-                         -device virtio-net-device,netdev=n0",
-                        path.display()
-                    ),
+                    &super::net::stream_client_args(&path, "").join(" "),
                     format!("starve.ms=500 starve.more={STARVE_MORE}"),
                 );
                 s.peer = Some(std::thread::spawn(move || {

@@ -67,12 +67,7 @@ fn echo_peer(listener: UnixListener) -> JoinHandle<Result<u64, String>> {
 
 /// `-netdev stream` dialling `path`, and QEMU's virtio-net on it.
 fn net_args(path: &str) -> Vec<String> {
-    vec![
-        "-netdev".into(),
-        format!("stream,id=n0,server=off,addr.type=unix,addr.path={path}"),
-        "-device".into(),
-        "virtio-net-device,netdev=n0".into(),
-    ]
+    harness::scenarios::net::stream_client_args(std::path::Path::new(path), "")
 }
 
 fn boot(kernel: &str, append: &str, args: &[String]) -> Run {

@@ -22,7 +22,7 @@ use std::time::Duration;
 use harness::machine::Machine;
 use harness::qemu::{Qemu, qemu_or_skip as qemu_ready};
 use harness::scenarios::Workdir;
-use harness::scenarios::net::{FILTER_EXPECTED, filter_peer};
+use harness::scenarios::net::{FILTER_EXPECTED, filter_peer, stream_client_args};
 
 /// Longest a guest may run before it is killed.
 const TIMEOUT: Duration = Duration::from_secs(180);
@@ -79,15 +79,7 @@ fn qemu_serve_and_our_client_share_one_stream_segment() {
     let qemu = Qemu::microvm(net_guest())
         .modern()
         .timeout(TIMEOUT)
-        .args([
-            "-netdev".to_string(),
-            format!(
-                "stream,id=n0,server=off,addr.type=unix,addr.path={}",
-                sock.display()
-            ),
-            "-device".into(),
-            "virtio-net-device,netdev=n0,mac=52:54:00:12:34:56".into(),
-        ])
+        .args(stream_client_args(&sock, ",mac=52:54:00:12:34:56"))
         .append(format!(
             "net.test=serve net.ip=10.0.2.15 net.udp={UDP} net.bytes={BYTES} net.ms={NET_MS}"
         ))
@@ -137,15 +129,7 @@ fn the_filter_guest_under_qemu_reports_its_receive_filter() {
     let run = Qemu::microvm(net_guest())
         .modern()
         .timeout(TIMEOUT)
-        .args([
-            "-netdev".to_string(),
-            format!(
-                "stream,id=n0,server=off,addr.type=unix,addr.path={}",
-                sock.display()
-            ),
-            "-device".into(),
-            "virtio-net-device,netdev=n0".into(),
-        ])
+        .args(stream_client_args(&sock, ""))
         .append(format!("net.test=filter net.ms={NET_MS}"))
         .run()
         .expect("qemu runs");

@@ -83,6 +83,18 @@ impl<H: Hal, R: RegisterAccess> SmolNet<H, R> {
         }
         Ok(net.tx_free() > 0)
     }
+
+    /// Whether a transmit slot is free (after reclaiming and flushing); an
+    /// error is kept for [`take_error`](Self::take_error).
+    fn tx_slot(&mut self) -> bool {
+        match Self::tx_ready(self.net.get_mut()) {
+            Ok(free) => free,
+            Err(e) => {
+                self.last_error = Some(e);
+                false
+            }
+        }
+    }
 }
 
 /// A received frame for smoltcp: the frame stays in its DMA buffer until
@@ -159,21 +171,14 @@ impl<H: Hal, R: RegisterAccess> phy::TxToken for TxToken<'_, H, R> {
                 let mut net = self.net.borrow_mut();
                 f(net.spare(len))
             }
-            (None, None) => unreachable_value(),
+            // The closure took `f` only to store its value in `out`.
+            (None, None) => unreachable!("the transmit closure ran without storing its value"),
         }
     }
 }
 
 fn net_err<H: Hal, R: RegisterAccess>(net: &RefCell<Net<H, R>>, _e: NetError) {
     net.borrow_mut().stats.tx_dropped += 1;
-}
-
-/// The closure was taken but gave no value: impossible (it stores its
-/// result before returning).
-fn unreachable_value<T>() -> T {
-    loop {
-        core::hint::spin_loop();
-    }
 }
 
 impl<H: Hal, R: RegisterAccess> phy::Device for SmolNet<H, R> {
@@ -187,17 +192,12 @@ impl<H: Hal, R: RegisterAccess> phy::Device for SmolNet<H, R> {
         Self: 'a;
 
     fn receive(&mut self, _timestamp: Instant) -> Option<(Self::RxToken<'_>, Self::TxToken<'_>)> {
-        let net = self.net.get_mut();
         // A slot for an answer first: without one, leave the frame in the
         // ring for the next poll.
-        match Self::tx_ready(net) {
-            Ok(true) => {}
-            Ok(false) => return None,
-            Err(e) => {
-                self.last_error = Some(e);
-                return None;
-            }
+        if !self.tx_slot() {
+            return None;
         }
+        let net = self.net.get_mut();
         let verify = net.has(NetFeatures::GUEST_CSUM);
         let handle = loop {
             match net.receive_handle() {
@@ -238,16 +238,10 @@ impl<H: Hal, R: RegisterAccess> phy::Device for SmolNet<H, R> {
     }
 
     fn transmit(&mut self, _timestamp: Instant) -> Option<Self::TxToken<'_>> {
-        let net = self.net.get_mut();
-        match Self::tx_ready(net) {
-            Ok(true) => {}
-            Ok(false) => return None,
-            Err(e) => {
-                self.last_error = Some(e);
-                return None;
-            }
+        if !self.tx_slot() {
+            return None;
         }
-        let offload = net.has(NetFeatures::CSUM);
+        let offload = self.net.get_mut().has(NetFeatures::CSUM);
         Some(TxToken {
             net: &self.net,
             offload,

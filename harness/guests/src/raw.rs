@@ -585,6 +585,20 @@ impl RawDevice {
         self.write_status(self.negotiated_status() | DeviceStatus::DRIVER_OK)
     }
 
+    /// [`driver_ok`](Self::driver_ok), and if the device does not take it,
+    /// a reset and [`RawError::StatusRefused`].
+    pub fn driver_ok_or_reset(&self) -> Result<(), RawError> {
+        let status = self.driver_ok();
+        if status.contains(DeviceStatus::DRIVER_OK) {
+            return Ok(());
+        }
+        let _ = self.reset();
+        Err(RawError::StatusRefused {
+            wrote: (self.negotiated_status() | DeviceStatus::DRIVER_OK).bits(),
+            read: status.bits(),
+        })
+    }
+
     /// `QueueNumMax` of `queue` (selects it).
     pub fn queue_max(&self, queue: u16) -> u32 {
         self.write(regs::QUEUE_SEL, u32::from(queue));
@@ -1110,14 +1124,7 @@ pub fn run_case_followed(
     dev.place_queue(case.queue, queue.placement(dev.version()));
     let table = DescTable::new(&mem.table);
     let mut scratch = Scratch::new(&mem.scratch);
-    let status = dev.driver_ok();
-    if !status.contains(DeviceStatus::DRIVER_OK) {
-        let _ = dev.reset();
-        return Err(RawError::StatusRefused {
-            wrote: (dev.negotiated_status() | DeviceStatus::DRIVER_OK).bits(),
-            read: status.bits(),
-        });
-    }
+    dev.driver_ok_or_reset()?;
     let seen = queue.used_idx();
     {
         let mut setup = Setup {
@@ -1329,14 +1336,7 @@ impl<'m> NetRig<'m> {
         } else {
             None
         };
-        let status = dev.driver_ok();
-        if !status.contains(DeviceStatus::DRIVER_OK) {
-            let _ = dev.reset();
-            return Err(RawError::StatusRefused {
-                wrote: (dev.negotiated_status() | DeviceStatus::DRIVER_OK).bits(),
-                read: status.bits(),
-            });
-        }
+        dev.driver_ok_or_reset()?;
         let rx_seen = rx.used_idx();
         Ok(NetRig {
             dev,

@@ -337,21 +337,10 @@ fn net_stream_pair(dir: &Workdir) -> Result<Setup, String> {
             Err(e) => return fail(e, None),
         };
         // The server socket is bound: the child can dial it.
-        let path = format!("addr.path={}", sock.display());
         let child = Command::new(&bin)
-            .args([
-                "run",
-                "--timeout",
-                &NET_TIMEOUT.as_secs().to_string(),
-                "-netdev",
-                &format!("stream,id=n0,server=off,addr.type=unix,{path}"),
-                "-device",
-                "virtio-net-device,netdev=n0,mac=52:54:00:12:34:57",
-                "-kernel",
-                ctx.guest,
-                "-append",
-                &client,
-            ])
+            .args(["run", "--timeout", &NET_TIMEOUT.as_secs().to_string()])
+            .args(stream_client_args(&sock, ",mac=52:54:00:12:34:57"))
+            .args(["-kernel", ctx.guest, "-append", &client])
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
@@ -400,6 +389,21 @@ fn net_stream_pair(dir: &Workdir) -> Result<Setup, String> {
             skipped: None,
         }
     }))
+}
+
+/// The options of a virtio-net device `n0` whose `-netdev stream` dials
+/// the unix socket `path`: the same words for our monitor and for QEMU.
+/// `device_extra` is appended to the `-device` properties (`,mac=…`).
+pub fn stream_client_args(path: &Path, device_extra: &str) -> Vec<String> {
+    vec![
+        "-netdev".into(),
+        format!(
+            "stream,id=n0,server=off,addr.type=unix,addr.path={}",
+            path.display()
+        ),
+        "-device".into(),
+        format!("virtio-net-device,netdev=n0{device_extra}"),
+    ]
 }
 
 /// Writes one frame with QEMU's stream framing (4-byte big-endian length).
@@ -507,11 +511,7 @@ fn net_filter(dir: &Workdir) -> Result<Setup, String> {
     // is up from the start.
     let listener = UnixListener::bind(&sock).map_err(|e| format!("{}: {e}", sock.display()))?;
     let mut s = Setup::new(
-        &format!(
-            "-netdev stream,id=n0,server=off,addr.type=unix,addr.path={} \
-             -device virtio-net-device,netdev=n0",
-            sock.display()
-        ),
+        &stream_client_args(&sock, "").join(" "),
         format!("net.test=filter net.ms={NET_MS}"),
     );
     s.peer = Some(filter_peer(listener));
