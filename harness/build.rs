@@ -5,12 +5,16 @@
 //! Exports, for the harness's code and tests: `GUEST_<NAME>` (upper case,
 //! `-` as `_`) = the ELF of `guests/src/bin/<name>.rs`, and `GUEST_DIR` = the
 //! directory holding them all. Guests are always built `--release`.
+//! `HARNESS_SKIP_GUESTS=1` skips them (fuzz builds need none).
 
 use std::env;
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+
+/// Set (not empty, not `0`) to skip building the guests.
+const SKIP_GUESTS: &str = "HARNESS_SKIP_GUESTS";
 
 /// The target the guests run on.
 const GUEST_TARGET: &str = "x86_64-unknown-none";
@@ -50,6 +54,19 @@ fn main() {
         for input in ["Cargo.toml", "src"] {
             println!("cargo:rerun-if-changed={}", dir.join(input).display());
         }
+    }
+
+    // Fuzz builds (`fuzz/`, OSS-Fuzz/ClusterFuzzLite images) use only the
+    // harness's library code, never a guest: they may skip the nested build
+    // (and the x86_64-unknown-none target it needs). `GUEST_DIR` then names
+    // a directory that does not exist and no `GUEST_<NAME>` is set, which the
+    // library reads through `option_env!`.
+    println!("cargo:rerun-if-env-changed={SKIP_GUESTS}");
+    if env::var_os(SKIP_GUESTS).is_some_and(|v| !v.is_empty() && v != "0") {
+        let missing = out_dir.join("guests-not-built");
+        println!("cargo:rustc-env=GUEST_DIR={}", missing.display());
+        println!("cargo:warning=tiny guests not built ({SKIP_GUESTS} is set)");
+        return;
     }
 
     let target_dir = out_dir.join("guests");
