@@ -98,7 +98,9 @@ struct Input {
     ops: Vec<Op>,
 }
 
-const OFFSETS: &[u64] = &[
+/// The registers of §4.2.2 (and the legacy ones of §4.2.4) the fuzzer picks
+/// from by index.
+pub(crate) const OFFSETS: &[u64] = &[
     regs::MAGIC_VALUE,
     regs::VERSION,
     regs::DEVICE_ID,
@@ -194,7 +196,8 @@ pub fn run(data: &[u8]) {
     }
 }
 
-fn offset_of(reg: u16) -> u64 {
+/// Register `reg` of [`OFFSETS`], or beyond them a raw offset.
+pub(crate) fn offset_of(reg: u16) -> u64 {
     let i = usize::from(reg);
     match OFFSETS.get(i) {
         Some(&o) => o,
@@ -202,7 +205,12 @@ fn offset_of(reg: u16) -> u64 {
     }
 }
 
-fn check(regs: &MmioRegisters<FuzzDevice, 8>, device_type: DeviceType, offered: u64) {
+/// The invariants the register file owes the driver after every access.
+pub(crate) fn check<D: MmioDevice, const N: usize>(
+    regs: &MmioRegisters<D, N>,
+    device_type: DeviceType,
+    offered: u64,
+) {
     let status = regs.status();
     if status.contains(DeviceStatus::FEATURES_OK) {
         let f = regs

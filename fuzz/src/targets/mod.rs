@@ -9,6 +9,7 @@ pub mod dma_map;
 pub mod driver_used_ring;
 pub mod machine_options;
 pub mod mmio_registers;
+pub mod mmio_transport;
 pub mod monitor_session;
 pub mod net_rig;
 pub mod net_rx;
@@ -48,6 +49,10 @@ pub const TARGETS: &[Target] = &[
     Target {
         name: "mmio_registers",
         run: mmio_registers::run,
+    },
+    Target {
+        name: "mmio_transport",
+        run: mmio_transport::run,
     },
     Target {
         name: "machine_options",
