@@ -5,6 +5,7 @@
 # and $ARCHITECTURE set by the engine. Beside each binary it puts
 # <target>_seed_corpus.zip (the checked-in corpus) and <target>.options.
 # `.ci/fuzz` runs this very script with the same variables in every CI run.
+set -euo pipefail
 src="${VIRTIO_SRC:-$PWD}"
 cd "$src/fuzz"
 
