@@ -27,6 +27,7 @@ use virtio_devices::device::VirtioDevice;
 use virtio_devices::net::{Net, NetConfig};
 use virtio_devices::rng::Rng;
 
+use crate::misbehave::{Misbehave, Misbehaving};
 use crate::monitor::{MonitorServer, NetLink};
 use crate::options::{
     CacheMode, ChardevKind, DeviceConfig, DiskFormat, DriveConfig, MachineConfig, NetdevKind,
@@ -194,6 +195,42 @@ pub enum DeviceBox {
         /// Its `-device …,id=`.
         id: Option<String>,
     },
+    /// A hostile device (`misbehave=`, [`crate::misbehave`]); a network
+    /// device so wrapped has no link for the monitor.
+    Misbehaving(Box<Misbehaving>),
+}
+
+impl DeviceBox {
+    /// The device as any device, whatever its variant.
+    fn into_boxed(self) -> BoxedDevice {
+        match self {
+            DeviceBox::Any(d) => d,
+            DeviceBox::Net { net, .. } => net,
+            DeviceBox::Misbehaving(m) => m,
+        }
+    }
+}
+
+/// Turns the device just realized into a hostile one if `misbehave` asks
+/// for it; its backend description says so.
+fn misbehave(out: &mut Vec<RealizedDevice>, misbehave: Option<Misbehave>, mem: &RegionMemory) {
+    let Some(mode) = misbehave else {
+        return;
+    };
+    let Some(honest) = out.pop() else {
+        return;
+    };
+    out.push(RealizedDevice {
+        kind: honest.kind,
+        backend: format!("{}, misbehave={mode}", honest.backend),
+        device: DeviceBox::Misbehaving(Box::new(Misbehaving::new(
+            honest.device.into_boxed(),
+            mode,
+            mem.clone(),
+        ))),
+        ready_fds: honest.ready_fds,
+        notify: honest.notify,
+    });
 }
 
 impl std::ops::Deref for DeviceBox {
@@ -203,6 +240,7 @@ impl std::ops::Deref for DeviceBox {
         match self {
             DeviceBox::Any(d) => &**d,
             DeviceBox::Net { net, .. } => &**net,
+            DeviceBox::Misbehaving(m) => &**m,
         }
     }
 }
@@ -459,6 +497,7 @@ fn open_rng(
 struct SerialBuild {
     max_ports: u32,
     notify: NotifyMode,
+    misbehave: Option<Misbehave>,
     /// Each port, its description and its chardev's readiness fd.
     ports: Vec<(Port, String, Option<RawFd>)>,
 }
@@ -505,6 +544,7 @@ pub fn realize_devices_with_hubs(
         let SerialBuild {
             max_ports,
             notify,
+            misbehave: hostile,
             ports,
         } = s;
         let backend = if ports.is_empty() {
@@ -527,6 +567,7 @@ pub fn realize_devices_with_hubs(
             ready_fds,
             notify,
         });
+        misbehave(out, hostile, mem);
     };
     let notify_of = |on: bool| {
         if on {
@@ -537,7 +578,11 @@ pub fn realize_devices_with_hubs(
     };
     for dev in &config.devices {
         match dev {
-            DeviceConfig::Rng { rng, ioeventfd } => {
+            DeviceConfig::Rng {
+                rng,
+                ioeventfd,
+                misbehave: hostile,
+            } => {
                 if let Some(s) = serial.take() {
                     finish_serial(s, &mut out);
                 }
@@ -553,6 +598,7 @@ pub fn realize_devices_with_hubs(
                     ready_fds,
                     notify: notify_of(*ioeventfd),
                 });
+                misbehave(&mut out, *hostile, mem);
             }
             DeviceConfig::Blk {
                 drive,
@@ -562,6 +608,7 @@ pub fn realize_devices_with_hubs(
                 discard,
                 write_zeroes,
                 ioeventfd,
+                misbehave: hostile,
             } => {
                 if let Some(s) = serial.take() {
                     finish_serial(s, &mut out);
@@ -596,6 +643,7 @@ pub fn realize_devices_with_hubs(
                     ready_fds: Vec::new(),
                     notify: notify_of(*ioeventfd),
                 });
+                misbehave(&mut out, *hostile, mem);
             }
             DeviceConfig::Net {
                 id,
@@ -605,6 +653,7 @@ pub fn realize_devices_with_hubs(
                 queue_pairs,
                 queue_size,
                 ioeventfd,
+                misbehave: hostile,
             } => {
                 if let Some(s) = serial.take() {
                     finish_serial(s, &mut out);
@@ -646,10 +695,12 @@ pub fn realize_devices_with_hubs(
                     ready_fds,
                     notify: notify_of(*ioeventfd),
                 });
+                misbehave(&mut out, *hostile, mem);
             }
             DeviceConfig::Serial {
                 max_ports,
                 ioeventfd,
+                misbehave: hostile,
                 ..
             } => {
                 if let Some(s) = serial.take() {
@@ -658,6 +709,7 @@ pub fn realize_devices_with_hubs(
                 serial = Some(SerialBuild {
                     max_ports: *max_ports,
                     notify: notify_of(*ioeventfd),
+                    misbehave: *hostile,
                     ports: Vec::new(),
                 });
             }
@@ -819,6 +871,9 @@ fn attach(
             DeviceBox::Net { net, netdev, id } => {
                 let handle = vm.add_virtio_device(d.kind, *net, d.ready_fds, d.notify)?;
                 links.push(NetLink::new(netdev, id, d.backend, handle));
+            }
+            DeviceBox::Misbehaving(m) => {
+                vm.add_virtio_device(d.kind, *m, d.ready_fds, d.notify)?;
             }
         }
     }
