@@ -1112,9 +1112,8 @@ impl<H: Hal, R: RegisterAccess> Net<H, R> {
         // The wait's own error first: on a queue the device just broke,
         // disarming fails too, with the less precise `Broken`.
         let disarmed = self.tx.disarm();
-        let r = r?;
-        disarmed?;
-        Ok(r)
+        r?;
+        Ok(disarmed?)
     }
 
     // ---- control (§5.1.6.5) ----

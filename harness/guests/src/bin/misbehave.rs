@@ -289,15 +289,15 @@ fn main(boot: &'static BootInfo) {
     let run = Run { dev, mode };
     let dma: Pool =
         virtio::dma_pool_of::<POOL_PAGES>(boot).or_fail(format_args!("misbehave: DMA pool"));
-    let d = regs(boot, &dma, dev);
+    // Only the slot is kept: each pass finds the registers again.
+    let slot = regs(boot, &dma, dev).slot;
     println!(
         "misbehave: {} at {:#x} irq {}, device mode {mode}",
         dev.name(),
-        d.slot.base,
-        d.slot.irq
+        slot.base,
+        slot.irq
     );
-    virtio::route_irq(&d.slot).or_fail(format_args!("misbehave: irq {}", d.slot.irq));
-    drop(d);
+    virtio::route_irq(&slot).or_fail(format_args!("misbehave: irq {}", slot.irq));
     // Pass 0 initialises and runs; pass 1 initialises again (a reset
     // first, §2.4) and runs once more.
     let r = (0..2).try_for_each(|pass| match dev {
