@@ -931,6 +931,42 @@ mod tests {
     }
 
     #[test]
+    fn misbehave_wraps_the_device_and_says_so() {
+        let devs = realize(
+            "-object rng-builtin,id=r0 -device virtio-rng-device,rng=r0,misbehave=used-twice \
+             -chardev null,id=c0 -device virtio-serial-device,misbehave=interrupt-storm \
+             -device virtconsole,chardev=c0 \
+             -netdev hubport,id=n0,hubid=0 \
+             -device virtio-net-device,netdev=n0,misbehave=reset-never-clears \
+             -object rng-builtin,id=r1 -device virtio-rng-device,rng=r1",
+        )
+        .unwrap();
+        let modes: Vec<_> = devs
+            .iter()
+            .map(|d| match &d.device {
+                DeviceBox::Misbehaving(m) => Some(m.mode()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            modes,
+            [
+                Some(Misbehave::UsedTwice),
+                Some(Misbehave::InterruptStorm),
+                Some(Misbehave::ResetNeverClears),
+                None
+            ]
+        );
+        assert_eq!(devs[0].backend, "rng-builtin, misbehave=used-twice");
+        assert!(devs[1].backend.ends_with(", misbehave=interrupt-storm"));
+        // The wrapper is the device as the slot sees it.
+        use virtio_core::features::DeviceType;
+        assert_eq!(devs[1].device.device_type(), DeviceType::Console);
+        assert_eq!(devs[2].device.device_type(), DeviceType::Net);
+        assert_eq!(devs[3].backend, "rng-builtin");
+    }
+
+    #[test]
     fn egd_takes_its_chardev_and_waits_on_it() {
         let dir = std::env::temp_dir().join(format!("machine-egd-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();

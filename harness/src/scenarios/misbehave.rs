@@ -141,6 +141,17 @@ fn run_mode(
     (judged, Some(outcome))
 }
 
+/// The guest's interrupt count line (`misbehave: N interrupts (M empty)`).
+fn interrupts(outcome: &Outcome) -> String {
+    guest_line(outcome, "misbehave: ")
+        .into_iter()
+        .chain(outcome.serial.lines().filter(|l| l.ends_with(" empty)")))
+        .find(|l| l.contains(" interrupts ("))
+        .and_then(|l| l.strip_prefix("misbehave: "))
+        .unwrap_or("no interrupt count")
+        .to_string()
+}
+
 fn setup(device: &'static str, dir: &Workdir) -> Result<Setup, String> {
     let disk = dir.path("disk.img");
     if device == "blk" {
@@ -161,7 +172,15 @@ fn setup(device: &'static str, dir: &Workdir) -> Result<Setup, String> {
                         Said::Timeout(_) => timeouts += 1,
                         Said::Completed => completed += 1,
                     }
-                    ctx.notes.push(format!("{mode}: {s:?}"));
+                    let (took, slot) = outcome.as_ref().map_or_else(
+                        || (String::new(), String::new()),
+                        |o| {
+                            let slot = o.devices.first().and_then(|r| r.misbehave.clone());
+                            (interrupts(o), slot.unwrap_or_default())
+                        },
+                    );
+                    ctx.notes
+                        .push(format!("{mode}: {s:?}; guest: {took}; slot: {slot}"));
                 }
                 Err(e) => {
                     return CustomRun {

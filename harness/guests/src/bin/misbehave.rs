@@ -42,6 +42,10 @@ const OP_MS: u64 = 1_000;
 const TX_SLOTS: u16 = 2;
 /// The sector the block test writes.
 const SECTOR: u64 = 8;
+/// Idle time before each operation, in milliseconds: interrupts
+/// on and halted, so a storming device's interrupts are taken between
+/// operations too, not only while the driver waits.
+const IDLE_MS: u64 = 5;
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Dev {
@@ -84,6 +88,13 @@ struct Run {
 }
 
 impl Run {
+    /// Halts with interrupts on for [`IDLE_MS`] (the runtime's handler
+    /// acknowledges whatever the device raises meanwhile).
+    fn idle(&self) {
+        let mut b = Budget::new(Mode::Irq, IDLE_MS);
+        while guest_driver::Wait::wait(&mut b) {}
+    }
+
     fn budget(&self) -> Budget {
         Budget::new(Mode::Irq, OP_MS)
     }
@@ -158,6 +169,7 @@ fn rng(run: &Run, boot: &BootInfo, dma: &Pool, pass: u32) -> Result<(), Stop> {
         let mut rng = run.driver(init, Rng::new(dma, d.regs, options))?;
         let rounds = if pass == 0 { ROUNDS } else { 1 };
         for _ in 0..rounds {
+            run.idle();
             let n = run.driver("read", rng.read(&mut buf, &mut run.budget()))?;
             if n == 0 || n > buf.len() {
                 run.wrong(format_args!("a read of {} bytes returned {n}", buf.len()));
@@ -183,6 +195,7 @@ fn console(run: &Run, boot: &BootInfo, dma: &Pool, pass: u32) -> Result<(), Stop
         let mut con: Console<&Pool, _, 1> = run.driver(init, Console::new(dma, d.regs, options))?;
         let rounds = if pass == 0 { ROUNDS } else { 1 };
         for _ in 0..rounds {
+            run.idle();
             run.driver("write", con.write(&line, &mut run.budget()))?;
         }
     }
@@ -205,6 +218,7 @@ fn blk(run: &Run, boot: &BootInfo, dma: &Pool, pass: u32) -> Result<(), Stop> {
         let mut blk = run.blk(init, Blk::new(dma, d.regs, options))?;
         let rounds = if pass == 0 { ROUNDS } else { 1 };
         for round in 0..rounds {
+            run.idle();
             let tag = (pass * ROUNDS + round) as u8;
             for (i, b) in out.iter_mut().enumerate() {
                 *b = (i as u8).wrapping_mul(31) ^ tag;
@@ -244,6 +258,7 @@ fn net(run: &Run, boot: &BootInfo, dma: &Pool, pass: u32) -> Result<(), Stop> {
         let mut net = run.net(init, Net::new(dma, d.regs, options))?;
         let rounds = if pass == 0 { ROUNDS } else { 1 };
         for _ in 0..rounds {
+            run.idle();
             run.net("wait for a transmit slot", net.wait_tx(&mut run.budget()))?;
             run.net("transmit", net.transmit(&frame))?;
             run.net("flush", net.flush())?;
