@@ -1109,8 +1109,11 @@ impl<H: Hal, R: RegisterAccess> Net<H, R> {
             |n| Ok(n.tx.arm()?),
             |n| NetError::Driver(n.transport.timeout(1)),
         );
-        self.tx.disarm()?;
-        r
+        // The wait's own error first: on a queue the device just broke,
+        // disarming fails too, with the less precise `Broken`.
+        let disarmed = self.tx.disarm();
+        r?;
+        Ok(disarmed?)
     }
 
     // ---- control (§5.1.6.5) ----
@@ -1181,8 +1184,10 @@ impl<H: Hal, R: RegisterAccess> Net<H, R> {
         let q = self.ctrl.as_mut().ok_or(NetError::NotNegotiated {
             feature: NetFeatures::CTRL_VQ,
         })?;
-        q.disarm()?;
+        // As in `wait_tx`: the wait's own error before the disarm's.
+        let disarmed = q.disarm();
         let done = done?;
+        disarmed?;
         let mut ack = [0xffu8];
         let read = q.read_slot(done.slot, n as u32, &mut ack);
         q.release(done.slot);

@@ -20,6 +20,7 @@
 pub mod bench;
 pub mod bus;
 pub mod machine;
+pub mod misbehave;
 pub mod monitor;
 pub mod netns;
 pub mod options;

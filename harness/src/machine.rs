@@ -27,6 +27,7 @@ use virtio_devices::device::VirtioDevice;
 use virtio_devices::net::{Net, NetConfig};
 use virtio_devices::rng::Rng;
 
+use crate::misbehave::{Misbehave, Misbehaving};
 use crate::monitor::{MonitorServer, NetLink};
 use crate::options::{
     CacheMode, ChardevKind, DeviceConfig, DiskFormat, DriveConfig, MachineConfig, NetdevKind,
@@ -194,6 +195,42 @@ pub enum DeviceBox {
         /// Its `-device …,id=`.
         id: Option<String>,
     },
+    /// A hostile device (`misbehave=`, [`crate::misbehave`]); a network
+    /// device so wrapped has no link for the monitor.
+    Misbehaving(Box<Misbehaving>),
+}
+
+impl DeviceBox {
+    /// The device as any device, whatever its variant.
+    fn into_boxed(self) -> BoxedDevice {
+        match self {
+            DeviceBox::Any(d) => d,
+            DeviceBox::Net { net, .. } => net,
+            DeviceBox::Misbehaving(m) => m,
+        }
+    }
+}
+
+/// Turns the device just realized into a hostile one if `misbehave` asks
+/// for it; its backend description says so.
+fn misbehave(out: &mut Vec<RealizedDevice>, misbehave: Option<Misbehave>, mem: &RegionMemory) {
+    let Some(mode) = misbehave else {
+        return;
+    };
+    let Some(honest) = out.pop() else {
+        return;
+    };
+    out.push(RealizedDevice {
+        kind: honest.kind,
+        backend: format!("{}, misbehave={mode}", honest.backend),
+        device: DeviceBox::Misbehaving(Box::new(Misbehaving::new(
+            honest.device.into_boxed(),
+            mode,
+            mem.clone(),
+        ))),
+        ready_fds: honest.ready_fds,
+        notify: honest.notify,
+    });
 }
 
 impl std::ops::Deref for DeviceBox {
@@ -203,6 +240,7 @@ impl std::ops::Deref for DeviceBox {
         match self {
             DeviceBox::Any(d) => &**d,
             DeviceBox::Net { net, .. } => &**net,
+            DeviceBox::Misbehaving(m) => &**m,
         }
     }
 }
@@ -459,6 +497,7 @@ fn open_rng(
 struct SerialBuild {
     max_ports: u32,
     notify: NotifyMode,
+    misbehave: Option<Misbehave>,
     /// Each port, its description and its chardev's readiness fd.
     ports: Vec<(Port, String, Option<RawFd>)>,
 }
@@ -505,6 +544,7 @@ pub fn realize_devices_with_hubs(
         let SerialBuild {
             max_ports,
             notify,
+            misbehave: hostile,
             ports,
         } = s;
         let backend = if ports.is_empty() {
@@ -527,6 +567,7 @@ pub fn realize_devices_with_hubs(
             ready_fds,
             notify,
         });
+        misbehave(out, hostile, mem);
     };
     let notify_of = |on: bool| {
         if on {
@@ -537,7 +578,11 @@ pub fn realize_devices_with_hubs(
     };
     for dev in &config.devices {
         match dev {
-            DeviceConfig::Rng { rng, ioeventfd } => {
+            DeviceConfig::Rng {
+                rng,
+                ioeventfd,
+                misbehave: hostile,
+            } => {
                 if let Some(s) = serial.take() {
                     finish_serial(s, &mut out);
                 }
@@ -553,6 +598,7 @@ pub fn realize_devices_with_hubs(
                     ready_fds,
                     notify: notify_of(*ioeventfd),
                 });
+                misbehave(&mut out, *hostile, mem);
             }
             DeviceConfig::Blk {
                 drive,
@@ -562,6 +608,7 @@ pub fn realize_devices_with_hubs(
                 discard,
                 write_zeroes,
                 ioeventfd,
+                misbehave: hostile,
             } => {
                 if let Some(s) = serial.take() {
                     finish_serial(s, &mut out);
@@ -596,6 +643,7 @@ pub fn realize_devices_with_hubs(
                     ready_fds: Vec::new(),
                     notify: notify_of(*ioeventfd),
                 });
+                misbehave(&mut out, *hostile, mem);
             }
             DeviceConfig::Net {
                 id,
@@ -605,6 +653,7 @@ pub fn realize_devices_with_hubs(
                 queue_pairs,
                 queue_size,
                 ioeventfd,
+                misbehave: hostile,
             } => {
                 if let Some(s) = serial.take() {
                     finish_serial(s, &mut out);
@@ -646,10 +695,12 @@ pub fn realize_devices_with_hubs(
                     ready_fds,
                     notify: notify_of(*ioeventfd),
                 });
+                misbehave(&mut out, *hostile, mem);
             }
             DeviceConfig::Serial {
                 max_ports,
                 ioeventfd,
+                misbehave: hostile,
                 ..
             } => {
                 if let Some(s) = serial.take() {
@@ -658,6 +709,7 @@ pub fn realize_devices_with_hubs(
                 serial = Some(SerialBuild {
                     max_ports: *max_ports,
                     notify: notify_of(*ioeventfd),
+                    misbehave: *hostile,
                     ports: Vec::new(),
                 });
             }
@@ -820,6 +872,9 @@ fn attach(
                 let handle = vm.add_virtio_device(d.kind, *net, d.ready_fds, d.notify)?;
                 links.push(NetLink::new(netdev, id, d.backend, handle));
             }
+            DeviceBox::Misbehaving(m) => {
+                vm.add_virtio_device(d.kind, *m, d.ready_fds, d.notify)?;
+            }
         }
     }
     Ok((vm.virtio_slots(), links))
@@ -873,6 +928,42 @@ mod tests {
         assert_eq!(devs[2].backend, "rng-builtin");
         assert!(out.exists(), "the file chardev was created");
         let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn misbehave_wraps_the_device_and_says_so() {
+        let devs = realize(
+            "-object rng-builtin,id=r0 -device virtio-rng-device,rng=r0,misbehave=used-twice \
+             -chardev null,id=c0 -device virtio-serial-device,misbehave=interrupt-storm \
+             -device virtconsole,chardev=c0 \
+             -netdev hubport,id=n0,hubid=0 \
+             -device virtio-net-device,netdev=n0,misbehave=reset-never-clears \
+             -object rng-builtin,id=r1 -device virtio-rng-device,rng=r1",
+        )
+        .unwrap();
+        let modes: Vec<_> = devs
+            .iter()
+            .map(|d| match &d.device {
+                DeviceBox::Misbehaving(m) => Some(m.mode()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            modes,
+            [
+                Some(Misbehave::UsedTwice),
+                Some(Misbehave::InterruptStorm),
+                Some(Misbehave::ResetNeverClears),
+                None
+            ]
+        );
+        assert_eq!(devs[0].backend, "rng-builtin, misbehave=used-twice");
+        assert!(devs[1].backend.ends_with(", misbehave=interrupt-storm"));
+        // The wrapper is the device as the slot sees it.
+        use virtio_core::features::DeviceType;
+        assert_eq!(devs[1].device.device_type(), DeviceType::Console);
+        assert_eq!(devs[2].device.device_type(), DeviceType::Net);
+        assert_eq!(devs[3].backend, "rng-builtin");
     }
 
     #[test]

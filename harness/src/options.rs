@@ -13,6 +13,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::path::PathBuf;
 
+use crate::misbehave::Misbehave;
+
 /// Why a command line was refused.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum OptionError {
@@ -266,6 +268,17 @@ impl KeyVals {
     }
 }
 
+/// `misbehave=<mode>` of a `-device`: a mode of [`Misbehave`], or an
+/// error naming them all.
+fn take_misbehave(kv: &mut KeyVals) -> Result<Option<Misbehave>, OptionError> {
+    match kv.take("misbehave") {
+        None => Ok(None),
+        Some(v) => Misbehave::from_name(&v)
+            .map(Some)
+            .ok_or_else(|| kv.bad("misbehave", &v, Misbehave::EXPECTED)),
+    }
+}
+
 fn parse_bool(v: &str) -> Option<bool> {
     match v {
         "on" | "yes" | "true" => Some(true),
@@ -468,6 +481,9 @@ pub enum DeviceConfig {
         /// and served by the device's worker thread; `off`: it exits to the
         /// vCPU thread and is served there (QEMU's virtio-mmio property).
         ioeventfd: bool,
+        /// `misbehave=<mode>`: a hostile device that breaks this rule on
+        /// purpose ([`crate::misbehave`]); `None` for an honest one.
+        misbehave: Option<Misbehave>,
     },
     /// `virtio-serial-device[,max_ports=N]`: a console device whose ports
     /// are the `virtconsole`/`virtserialport` devices that follow.
@@ -478,6 +494,9 @@ pub enum DeviceConfig {
         max_ports: u32,
         /// As for [`DeviceConfig::Rng`].
         ioeventfd: bool,
+        /// `misbehave=<mode>`: a hostile device that breaks this rule on
+        /// purpose ([`crate::misbehave`]); `None` for an honest one.
+        misbehave: Option<Misbehave>,
     },
     /// `virtio-blk-device,drive=…[,serial=…,num-queues=N,queue-size=N,discard=on|off,write-zeroes=on|off]`.
     Blk {
@@ -495,6 +514,9 @@ pub enum DeviceConfig {
         write_zeroes: bool,
         /// As for [`DeviceConfig::Rng`].
         ioeventfd: bool,
+        /// `misbehave=<mode>`: a hostile device that breaks this rule on
+        /// purpose ([`crate::misbehave`]); `None` for an honest one.
+        misbehave: Option<Misbehave>,
     },
     /// `virtio-net-device,netdev=…[,id=…][,mac=…][,host_mtu=N][,mq=on][,queue-size=N][,ioeventfd=…]`.
     Net {
@@ -515,6 +537,9 @@ pub enum DeviceConfig {
         queue_size: u16,
         /// As for [`DeviceConfig::Rng`].
         ioeventfd: bool,
+        /// `misbehave=<mode>`: a hostile device that breaks this rule on
+        /// purpose ([`crate::misbehave`]); `None` for an honest one.
+        misbehave: Option<Misbehave>,
     },
     /// `virtconsole,chardev=…` or `virtserialport,chardev=…[,name=…]`.
     Port {
@@ -1121,6 +1146,7 @@ pub fn parse<S: AsRef<str>>(args: &[S]) -> Result<MachineConfig, OptionError> {
                     "virtio-rng-device" => DeviceConfig::Rng {
                         rng: kv.require("rng")?,
                         ioeventfd: kv.take_bool("ioeventfd", true)?,
+                        misbehave: take_misbehave(&mut kv)?,
                     },
                     "virtio-blk-device" => {
                         let serial = kv.take("serial");
@@ -1149,6 +1175,7 @@ pub fn parse<S: AsRef<str>>(args: &[S]) -> Result<MachineConfig, OptionError> {
                             discard: kv.take_bool("discard", true)?,
                             write_zeroes: kv.take_bool("write-zeroes", true)?,
                             ioeventfd: kv.take_bool("ioeventfd", true)?,
+                            misbehave: take_misbehave(&mut kv)?,
                         }
                     }
                     "virtio-net-device" => {
@@ -1193,12 +1220,14 @@ pub fn parse<S: AsRef<str>>(args: &[S]) -> Result<MachineConfig, OptionError> {
                             queue_pairs: pairs as u16,
                             queue_size: queue_size as u16,
                             ioeventfd: kv.take_bool("ioeventfd", true)?,
+                            misbehave: take_misbehave(&mut kv)?,
                         }
                     }
                     "virtio-serial-device" => DeviceConfig::Serial {
                         id: id.clone(),
                         max_ports: kv.take_u32("max_ports")?.unwrap_or(31),
                         ioeventfd: kv.take_bool("ioeventfd", true)?,
+                        misbehave: take_misbehave(&mut kv)?,
                     },
                     "virtconsole" | "virtserialport" => {
                         // The bus is implied: ports join the last
@@ -1407,6 +1436,47 @@ mod tests {
     }
 
     #[test]
+    fn misbehave_takes_every_mode_on_every_virtio_device_and_refuses_others() {
+        for m in Misbehave::ALL {
+            let c = p(&format!(
+                "-object rng-builtin,id=r -device virtio-rng-device,rng=r,misbehave={m} \
+                 -device virtio-serial-device,misbehave={m} \
+                 -netdev hubport,id=n,hubid=0 -device virtio-net-device,netdev=n,misbehave={m}"
+            ))
+            .unwrap();
+            for d in &c.devices {
+                let got = match d {
+                    DeviceConfig::Rng { misbehave, .. }
+                    | DeviceConfig::Serial { misbehave, .. }
+                    | DeviceConfig::Net { misbehave, .. }
+                    | DeviceConfig::Blk { misbehave, .. } => *misbehave,
+                    DeviceConfig::Port { .. } => None,
+                };
+                assert_eq!(got, Some(m), "{d:?}");
+            }
+        }
+        let c = p("-object rng-builtin,id=r -device virtio-rng-device,rng=r").unwrap();
+        assert!(matches!(
+            c.devices[0],
+            DeviceConfig::Rng {
+                misbehave: None,
+                ..
+            }
+        ));
+        let e = p("-object rng-builtin,id=r -device virtio-rng-device,rng=r,misbehave=sulk")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("misbehave='sulk'") && e.contains("interrupt-storm"),
+            "{e}"
+        );
+        let e = p("-chardev null,id=c -device virtconsole,chardev=c,misbehave=used-twice")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("unknown key 'misbehave'"), "{e}");
+    }
+
+    #[test]
     fn every_mistake_names_what_is_wrong() {
         let cases = [
             ("-x 1", "unknown option '-x'"),
@@ -1523,6 +1593,7 @@ mod tests {
                 discard: true,
                 write_zeroes: true,
                 ioeventfd: true,
+                misbehave: None,
             }
         );
         assert!(matches!(
@@ -1630,6 +1701,7 @@ mod tests {
                 queue_pairs: 4,
                 queue_size: 256,
                 ioeventfd: true,
+                misbehave: None,
             }
         );
         let cases = [

@@ -20,6 +20,7 @@ use backends::rng::{Deterministic, RngBackend};
 use crate::machine::Machine;
 use crate::vm::Outcome;
 
+pub mod misbehave;
 pub mod net;
 
 /// Longest a scenario guest may run.
@@ -1056,6 +1057,7 @@ pub mod hostile_net;
 pub fn all() -> Vec<Scenario> {
     let mut v = scenario_list();
     v.extend(hostile_net::scenarios());
+    v.extend(misbehave::scenarios());
     // Until the blk guest exists (issue 4 in progress), its rows would only
     // say "guest not built".
     if option_env!("GUEST_BLK").is_some() {

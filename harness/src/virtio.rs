@@ -34,6 +34,7 @@
 //! faulty, gets `DEVICE_NEEDS_RESET` and is not called again; the VM runs on
 //! either way, and [`VirtioReport`] tells the caller afterwards.
 
+use std::any::Any;
 use std::fmt;
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
@@ -51,6 +52,7 @@ use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
 use crate::bus::MmioDevice;
+use crate::misbehave::{self, Misbehaving, RegisterLies};
 use crate::slots::VirtioSlot;
 
 /// The most queues a device behind a slot may have (the register file's
@@ -146,6 +148,9 @@ pub struct VirtioReport {
     pub refused_access: Option<MmioError>,
     /// A device panic or worker failure; the device is not called again.
     pub fault: Option<String>,
+    /// For a hostile device (`misbehave=`, [`crate::misbehave`]): its mode
+    /// and the lies told so far.
+    pub misbehave: Option<String>,
     /// Counters.
     pub counters: SlotCounters,
 }
@@ -184,6 +189,9 @@ impl fmt::Display for VirtioReport {
         }
         if let Some(e) = &self.fault {
             write!(f, ", fault: {e}")?;
+        }
+        if let Some(m) = &self.misbehave {
+            write!(f, ", misbehave={m}")?;
         }
         Ok(())
     }
@@ -240,6 +248,8 @@ struct State<D> {
     /// bounds such a resample to one re-assertion per guest or device
     /// action instead of a storm.
     rearm: bool,
+    /// The register lies of a hostile device (`misbehave=`).
+    lies: Option<RegisterLies>,
 }
 
 /// One slot's shared state: the register file and the interrupt line.
@@ -330,20 +340,34 @@ trait SlotOps: Send + Sync {
     fn resampled(&self);
     fn failed(&self, why: String);
     fn report(&self) -> VirtioReport;
+    /// Whether the worker must call [`SlotOps::storm`] every
+    /// [`misbehave::STORM_PERIOD`].
+    fn storms(&self) -> bool;
+    /// A hostile device's groundless interrupt (§4.2.2), if it storms.
+    fn storm(&self);
 }
 
-impl<D: VirtioDevice + Send> SlotOps for Shared<D> {
+impl<D: VirtioDevice + Send + 'static> SlotOps for Shared<D> {
     fn read(&self, offset: u64, data: &mut [u8]) {
         let mut state = self.lock();
         state.rearm = true;
         if state.regs.read(offset, data).is_err() {
             state.counters.refused += 1;
         }
+        if let Some(lies) = state.lies.as_mut() {
+            lies.after_read(offset, data);
+        }
     }
 
     fn write(&self, offset: u64, data: &[u8]) {
         let mut state = self.lock();
         state.rearm = true;
+        let status = state.regs.status().bits();
+        if let Some(lies) = state.lies.as_mut()
+            && !lies.take_write(offset, data, u32::from(status))
+        {
+            return;
+        }
         match state.regs.write(offset, data) {
             Ok(outcome) => self.outcome(&mut state, outcome, true),
             Err(_) => state.counters.refused += 1,
@@ -390,6 +414,19 @@ impl<D: VirtioDevice + Send> SlotOps for Shared<D> {
     fn report(&self) -> VirtioReport {
         let state = self.lock();
         let regs = &state.regs;
+        let device: &dyn Any = regs.device().device();
+        let ring_lie = device.downcast_ref::<Misbehaving>().map(|m| m.lie());
+        let misbehave = state.lies.as_ref().map(|l| {
+            let lie = match ring_lie.flatten() {
+                Some(lie) => format!(
+                    "used element {} (id {}, len {}) told as (id {}, len {})",
+                    lie.at, lie.real.0, lie.real.1, lie.told.0, lie.told.1
+                ),
+                None if l.mode().is_ring_lie() => "no used-ring lie told".into(),
+                None => format!("{} register lies told", l.told),
+            };
+            format!("{} ({}): {lie}", l.mode(), l.mode().rule())
+        });
         VirtioReport {
             name: self.name.clone(),
             slot: self.slot,
@@ -402,7 +439,21 @@ impl<D: VirtioDevice + Send> SlotOps for Shared<D> {
             device_error: regs.device().last_error(),
             refused_access: regs.last_error(),
             fault: state.fault.clone(),
+            misbehave,
             counters: state.counters,
+        }
+    }
+
+    fn storms(&self) -> bool {
+        self.lock().lies.as_ref().is_some_and(RegisterLies::storms)
+    }
+
+    fn storm(&self) {
+        let mut state = self.lock();
+        let driver_ok = state.regs.status().contains(DeviceStatus::DRIVER_OK);
+        let storm = state.lies.as_mut().is_some_and(|l| l.storm(driver_ok));
+        if storm && state.regs.raise_used_buffer() {
+            self.raise(&mut state);
         }
     }
 }
@@ -536,6 +587,10 @@ pub(crate) fn attach<D: VirtioDevice + Send + 'static>(
     // epoll refuses the same fd twice; two backends may share one.
     backend_fds.sort_unstable();
     backend_fds.dedup();
+    // A hostile device (`misbehave=`) also lies in its registers.
+    let lies = (&device as &dyn Any)
+        .downcast_ref::<Misbehaving>()
+        .map(|m| RegisterLies::new(m.mode()));
     let regs = Registers::new(MmioTransport::new(device)).map_err(AttachError::Registers)?;
     let queues = u16::try_from(regs.queues().len()).unwrap_or(u16::MAX);
     let irq = EventFd::new(EFD_NONBLOCK).map_err(AttachError::EventFd)?;
@@ -575,6 +630,7 @@ pub(crate) fn attach<D: VirtioDevice + Send + 'static>(
             counters: SlotCounters::default(),
             fault: None,
             rearm: false,
+            lies,
         }),
     });
     let ops: Arc<dyn SlotOps> = shared.clone();
@@ -647,7 +703,10 @@ impl Worker {
 
     fn serve(&self) -> io::Result<()> {
         let w = &*self.wired;
-        let timeout = if w.backend_fds.is_empty() {
+        let storms = w.ops.storms();
+        let timeout = if storms {
+            misbehave::STORM_PERIOD.as_millis().max(1) as i32
+        } else if w.backend_fds.is_empty() {
             -1
         } else {
             BACKEND_TICK.as_millis() as i32
@@ -659,8 +718,13 @@ impl Worker {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(e),
             };
+            if storms {
+                w.ops.storm();
+            }
             if n == 0 {
-                w.ops.backend_ready();
+                if !w.backend_fds.is_empty() {
+                    w.ops.backend_ready();
+                }
                 continue;
             }
             let mut backend = false;

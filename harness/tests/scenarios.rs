@@ -105,4 +105,11 @@ scenario_tests!(
     net_hub_pair,
     net_stream_pair,
     net_filter,
+    // Issue 6, hostile devices: each driver against every misbehave= mode
+    // (§2.7.8, §2.7.8.2, §2.7.14 used-ring lies; §2.5.1 generation churn;
+    // §2.4 a reset that never clears; §4.2.2 an interrupt storm).
+    misbehave_rng,
+    misbehave_console,
+    misbehave_blk,
+    misbehave_net,
 );
