@@ -24,6 +24,23 @@ pub const fn qemu_status(value: u32) -> u32 {
     ((value << 1) | 1) & 0xff
 }
 
+/// Written at the bottom of the boot stack before the first call; a stack
+/// that grew past its end overwrote it (and whatever `.bss` lies below it:
+/// the stack is the image's last section).
+pub const STACK_CANARY: u64 = 0x5354_4143_4b5f_4f4b;
+
+unsafe extern "C" {
+    static guest_rt_stack_bottom: u64;
+}
+
+/// Whether the stack canary is still there: the stack never overflowed.
+pub fn stack_intact() -> bool {
+    // SAFETY: the symbol is the stack section's first 8 bytes (start.rs),
+    // 16-aligned, written before any Rust code ran; a volatile read sees
+    // what an overflow may have written.
+    unsafe { core::ptr::read_volatile(&raw const guest_rt_stack_bottom) == STACK_CANARY }
+}
+
 /// Set once a failure is being reported, so that a fault while reporting
 /// does not recurse.
 static FAILING: AtomicBool = AtomicBool::new(false);
@@ -37,6 +54,12 @@ pub fn exit(value: u32) -> ! {
 
 /// Reports a pass and stops.
 pub fn pass() -> ! {
+    if !stack_intact() {
+        fail(format_args!(
+            "the guest's stack overflowed its {} KiB (statics below it may be corrupt)",
+            crate::layout::STACK_SIZE / 1024
+        ));
+    }
     crate::println!("verdict: pass");
     exit(PASS)
 }
@@ -45,6 +68,11 @@ pub fn pass() -> ! {
 /// first is being reported (a fault in the printing) skips the message.
 pub fn fail(message: fmt::Arguments<'_>) -> ! {
     if !FAILING.swap(true, Ordering::Relaxed) {
+        if !stack_intact() {
+            crate::println!(
+                "guest_rt: the stack overflowed (canary gone); the failure below may be its effect"
+            );
+        }
         crate::println!("verdict: fail: {message}");
     }
     exit(FAIL)

@@ -9,8 +9,9 @@ pub const IMAGE_BASE: u64 = 0x10_0000;
 /// `link.ld`): loaders may put the start info anywhere else in RAM.
 pub const IMAGE_LIMIT: u64 = 0x20_0000;
 
-/// Bytes of the boot stack (in `.bss`).
-pub const STACK_SIZE: usize = 64 * 1024;
+/// Bytes of the boot stack (its own section after `.bss`; a canary at its
+/// bottom is checked at the verdict).
+pub const STACK_SIZE: usize = 128 * 1024;
 
 /// Top of the identity map: every address below it is mapped with 2 MiB pages.
 pub const IDENTITY_MAP_END: u64 = 4 << 30;

@@ -79,6 +79,10 @@ guest_rt_entry64:
     xorl %eax, %eax
     rep stosq
 
+    /* The stack canary (exit.rs checks it at the verdict). */
+    movabsq ${canary}, %rax
+    movq %rax, guest_rt_stack_bottom(%rip)
+
     leaq guest_rt_stack_top(%rip), %rsp
     xorl %ebp, %ebp
     movl %esi, %edi                  /* zero-extends the start info address */
@@ -133,11 +137,13 @@ guest_rt_pd:
 
     .pushsection .guest_rt_stack, "aw", @nobits
     .balign 16
+    .global guest_rt_stack_bottom
 guest_rt_stack_bottom:
     .skip {stack_size}
 guest_rt_stack_top:
     .popsection
 "#,
     stack_size = const STACK_SIZE,
+    canary = const crate::exit::STACK_CANARY,
     options(att_syntax)
 );
