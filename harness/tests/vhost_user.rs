@@ -20,7 +20,9 @@ use vhost::vhost_user::message::VhostUserConfigFlags;
 use vhost::vhost_user::{Frontend, VhostUserFrontend, VhostUserProtocolFeatures};
 use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
 use virtio_core::GuestMemory;
+use virtio_core::features::DeviceType;
 use virtio_core::memory::{GuestAddress, Region, RegionMemory};
+use virtio_devices::{DeviceError, QueueConfig, Served, VirtioDevice};
 use vmm_sys_util::eventfd::EventFd;
 
 const VIRTIO_F_VERSION_1: u64 = 1 << 32;
@@ -40,6 +42,18 @@ static NEXT: AtomicUsize = AtomicUsize::new(0);
 /// A daemon serving a deterministic virtio-rng on a fresh socket, for
 /// ever (the thread ends with the test process).
 fn daemon() -> PathBuf {
+    daemon_with(|mem| {
+        Box::new(virtio_devices::rng::Rng::new(
+            backends::rng::Deterministic::new(7),
+            mem,
+        ))
+    })
+}
+
+/// A daemon serving the device `make` builds over the session memory.
+fn daemon_with(
+    make: impl FnOnce(SharedMemory) -> Box<dyn VirtioDevice + Send> + Send + 'static,
+) -> PathBuf {
     let path = std::env::temp_dir().join(format!(
         "vhost-user-test-{}-{}.sock",
         std::process::id(),
@@ -49,8 +63,8 @@ fn daemon() -> PathBuf {
     let listener = UnixListener::bind(&path).unwrap();
     std::thread::spawn(move || {
         let mem = SharedMemory::new();
-        let rng = virtio_devices::rng::Rng::new(backends::rng::Deterministic::new(7), mem.clone());
-        let mut backend = Backend::new(rng, mem, Vec::new());
+        let device = make(mem.clone());
+        let mut backend = Backend::new(device, mem, Vec::new());
         let e = backend.serve(&listener);
         panic!("daemon stopped: {e}");
     });
@@ -646,5 +660,65 @@ fn a_frontend_may_disconnect_at_any_point() {
         }
         drop(r);
     }
+    still_serves(&path);
+}
+
+/// A device with a bug: it panics when notified.
+struct Panicky;
+
+impl VirtioDevice for Panicky {
+    fn device_type(&self) -> DeviceType {
+        DeviceType::Rng
+    }
+    fn device_features(&self) -> u64 {
+        VIRTIO_F_VERSION_1
+    }
+    fn queue_max_sizes(&self) -> &[u16] {
+        &[16]
+    }
+    fn read_config(&self, _offset: u64, data: &mut [u8]) {
+        data.fill(0);
+    }
+    fn config_len(&self) -> usize {
+        0
+    }
+    fn activate(&mut self, _features: u64, _queues: Vec<QueueConfig>) -> Result<(), DeviceError> {
+        Ok(())
+    }
+    fn queue_notify(&mut self, _queue: u16) -> Result<Served, DeviceError> {
+        panic!("a device bug");
+    }
+    fn reset(&mut self) {}
+}
+
+#[test]
+fn a_panicking_device_ends_the_session_not_the_daemon() {
+    let path = daemon_with(|_| Box::new(Panicky));
+    let mem = Memory::new();
+    let r = Raw::negotiated(&path, &mem);
+    assert_eq!(
+        r.ack(&Message::SetVringNum(VringState { index: 0, num: 16 }), &[]),
+        0
+    );
+    assert_eq!(r.ack(&Message::SetVringAddr(ring_addr(&mem, 0)), &[]), 0);
+    let kick = EventFd::new(0).unwrap();
+    // The kick starts the ring; enabling it activates the device, which
+    // serves the ring at once and panics.
+    assert_eq!(
+        r.ack(
+            &Message::SetVringKick(VringFd {
+                index: 0,
+                has_fd: true
+            }),
+            &[kick.as_raw_fd()]
+        ),
+        0
+    );
+    r.send(
+        &Message::SetVringEnable(VringState { index: 0, num: 1 }),
+        true,
+        &[],
+    );
+    assert!(r.closed());
     still_serves(&path);
 }

@@ -40,6 +40,7 @@ use std::fmt;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::time::Duration;
 
 use virtio_core::GuestMemory;
@@ -283,6 +284,13 @@ impl<D> fmt::Debug for Backend<D> {
     }
 }
 
+fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
+    p.downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".into())
+}
+
 /// Whether `fd` is an eventfd (kick, call and err descriptors must be:
 /// a pipe or file there could block or spin the serving thread).
 fn is_eventfd(fd: &OwnedFd) -> bool {
@@ -375,16 +383,25 @@ impl<D: VirtioDevice> Backend<D> {
 
     /// Serves one frontend until it disconnects or breaks the protocol,
     /// then resets everything for the next.
+    ///
+    /// A device that panics ends the session like a protocol error (the
+    /// device is reset for the next frontend); the daemon goes on.
     pub fn serve_connection(&mut self, stream: UnixStream) -> SessionEnd {
         self.stats.sessions += 1;
-        let end = match self.session(&stream) {
+        let result = catch_unwind(AssertUnwindSafe(|| self.session(&stream)))
+            .unwrap_or_else(|p| Err(format!("device panicked: {}", panic_message(&*p))));
+        let end = match result {
             Ok(()) => SessionEnd::Closed,
             Err(e) => {
                 self.stats.last_error = Some(e.clone());
                 SessionEnd::Error(e)
             }
         };
-        self.end_session();
+        if let Err(p) = catch_unwind(AssertUnwindSafe(|| self.end_session())) {
+            let e = format!("device panicked in reset: {}", panic_message(&*p));
+            self.stats.last_error = Some(e.clone());
+            return SessionEnd::Error(e);
+        }
         end
     }
 
@@ -926,9 +943,7 @@ impl<D: VirtioDevice> Backend<D> {
     }
 
     fn end_session(&mut self) {
-        if self.active.take().is_some() {
-            self.device.reset();
-        }
+        let was_active = self.active.take().is_some();
         // The session's epoll is gone; dropping the kicks closes them.
         for v in &mut self.vrings {
             *v = Vring::default();
@@ -936,5 +951,9 @@ impl<D: VirtioDevice> Backend<D> {
         self.regions.clear(&self.mem);
         self.acked = 0;
         self.protocol = 0;
+        // Last, so that a device panicking here leaves the session clean.
+        if was_active {
+            self.device.reset();
+        }
     }
 }
