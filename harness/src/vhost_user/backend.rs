@@ -10,9 +10,12 @@
 //! - Rings: a ring runs when it is started (kick descriptor received, not
 //!   stopped by `GET_VRING_BASE`), enabled (at once without protocol
 //!   features, else by `SET_VRING_ENABLE`) and addressed. Whenever the set
-//!   of running rings changes, the device is reset and activated again with
-//!   exactly those rings ([`VirtioDevice::activate`], as the in-process
-//!   transport does at DRIVER_OK), then every running ring is served once.
+//!   of running rings grows (or a running ring moves), the device is reset
+//!   and activated again with exactly those rings
+//!   ([`VirtioDevice::activate`], as the in-process transport does at
+//!   DRIVER_OK), then every running ring is served once; when rings only
+//!   stop, the device stays live and the stopped rings are masked; when the
+//!   last one stops, the device is reset.
 //! - Notifications: kick eventfds, the socket and the backend's readiness
 //!   fds are polled by one epoll loop on the serving thread, which is the
 //!   only thread that calls the device. A used-buffer notification writes
@@ -32,7 +35,10 @@
 //! at index 0 and the trait has no hook to move it), and `GET_VRING_BASE`
 //! reports the used index from guest memory, which is the next available
 //! index only when the device holds no chain (true for blk; an rng or net
-//! device waiting on its backend may hold some). No dirty logging, inflight
+//! device waiting on its backend may hold some). For the same reason a ring
+//! that starts while others already run restarts those at index 0 (QEMU
+//! starts and stops all rings of a device together, so this is only seen
+//! by frontends that start rings one by one under load). No dirty logging, inflight
 //! tracking, backend-initiated channel (so no config-change message), or
 //! polling mode (a kick without descriptor).
 
@@ -626,7 +632,14 @@ impl<D: VirtioDevice> Backend<D> {
             }
             Message::SetVringAddr(addr) => {
                 let layout = self.translate(&addr)?;
-                self.ring(addr.index)?.layout = Some(layout);
+                let ring = self.ring(addr.index)?;
+                let moved = ring.layout.is_some_and(|l| l != layout);
+                ring.layout = Some(layout);
+                if moved && self.is_running(addr.index as usize) {
+                    // A running ring moved: activate the device again.
+                    self.active = None;
+                    self.device.reset();
+                }
                 self.reconcile();
                 Ok(None)
             }
@@ -815,8 +828,19 @@ impl<D: VirtioDevice> Backend<D> {
     /// (buffers made available before the ring ran get no kick).
     fn reconcile(&mut self) {
         let want: Vec<bool> = self.vrings.iter().map(Vring::runnable).collect();
-        if self.active.as_ref() == Some(&want) {
-            return;
+        if let Some(active) = &self.active {
+            if active == &want {
+                return;
+            }
+            let only_stopped = want.iter().zip(active).all(|(&w, &was)| !w || was);
+            if only_stopped && want.contains(&true) {
+                // Rings stopped, others run on: a reset would restart those
+                // at index 0 (replaying chains they already served), so the
+                // device stays live and the stopped rings are masked (no
+                // kick served, no call written).
+                self.active = Some(want);
+                return;
+            }
         }
         if self.active.take().is_some() {
             self.device.reset();
