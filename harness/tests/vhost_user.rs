@@ -722,3 +722,91 @@ fn a_panicking_device_ends_the_session_not_the_daemon() {
     assert!(r.closed());
     still_serves(&path);
 }
+
+/// A daemon serving the device that `options` name, built as
+/// `virtio-harness vhost-user` builds it.
+fn daemon_from_options(options: Vec<String>) -> PathBuf {
+    daemon_with(move |mem| {
+        let config = harness::options::parse(&options).unwrap();
+        harness::vhost_user::build(&config, &mem).unwrap().device
+    })
+}
+
+/// Sets up ring `index` (size [`QSIZE`]) at guest offset `base` (descriptor
+/// table, available ring at +0x1000, used ring at +0x2000) through the
+/// rust-vmm frontend.
+fn ring(fe: &mut Frontend, mem: &Memory, index: usize, base: u64) -> (EventFd, EventFd) {
+    fe.set_vring_num(index, QSIZE).unwrap();
+    fe.set_vring_addr(
+        index,
+        &VringConfigData {
+            queue_max_size: QSIZE,
+            queue_size: QSIZE,
+            flags: 0,
+            desc_table_addr: mem.user(GPA_BASE + base),
+            used_ring_addr: mem.user(GPA_BASE + base + 0x2000),
+            avail_ring_addr: mem.user(GPA_BASE + base + 0x1000),
+            log_addr: None,
+        },
+    )
+    .unwrap();
+    fe.set_vring_base(index, 0).unwrap();
+    let call = EventFd::new(0).unwrap();
+    let kick = EventFd::new(0).unwrap();
+    fe.set_vring_call(index, &call).unwrap();
+    fe.set_vring_kick(index, &kick).unwrap();
+    fe.set_vring_enable(index, true).unwrap();
+    (call, kick)
+}
+
+#[test]
+fn rust_vmm_frontend_writes_through_our_console() {
+    let out = std::env::temp_dir().join(format!("vhost-user-console-{}.out", std::process::id()));
+    let _ = std::fs::remove_file(&out);
+    let path = daemon_from_options(vec![
+        "-chardev".into(),
+        format!("file,id=c0,path={}", out.display()),
+        "-device".into(),
+        "virtio-serial-device,max_ports=1".into(),
+        "-device".into(),
+        "virtconsole,chardev=c0".into(),
+    ]);
+    let mem = Memory::new();
+    let mut fe = Frontend::connect(&path, 2).unwrap();
+    fe.set_owner().unwrap();
+    fe.get_features().unwrap();
+    fe.set_features(VIRTIO_F_VERSION_1 | VHOST_USER_F_PROTOCOL_FEATURES)
+        .unwrap();
+    let pf = fe.get_protocol_features().unwrap();
+    fe.set_protocol_features(pf).unwrap();
+    // §5.3.2: receiveq and transmitq of port 0 (no MULTIPORT).
+    assert_eq!(fe.get_queue_num().unwrap(), 2);
+    fe.set_mem_table(&[VhostUserMemoryRegionInfo {
+        guest_phys_addr: GPA_BASE,
+        memory_size: MEM_SIZE as u64,
+        userspace_addr: mem.host as u64,
+        mmap_offset: 0,
+        mmap_handle: mem.fd.as_raw_fd(),
+    }])
+    .unwrap();
+    let _rx = ring(&mut fe, &mem, 0, 0x0);
+    let (tx_call, tx_kick) = ring(&mut fe, &mem, 1, 0x4000);
+    // One driver-readable buffer on the transmit queue.
+    let text = b"hello over vhost-user\n";
+    let m = &mem.view;
+    let g = |a| GuestAddress(GPA_BASE + a);
+    m.write(g(0x20000), text).unwrap();
+    m.write_u64(g(0x4000), GPA_BASE + 0x20000).unwrap();
+    m.write_u32(g(0x4008), text.len() as u32).unwrap();
+    m.write_u16(g(0x400c), 0).unwrap();
+    m.write_u16(g(0x5004), 0).unwrap();
+    m.store_u16_release(g(0x5002), 1).unwrap();
+    tx_kick.write(1).unwrap();
+    assert!(
+        wait_readable(tx_call.as_raw_fd()),
+        "no call for the transmitq"
+    );
+    assert_eq!(m.load_u16_acquire(g(0x6002)).unwrap(), 1);
+    assert_eq!(std::fs::read(&out).unwrap(), text);
+    let _ = std::fs::remove_file(&out);
+}
