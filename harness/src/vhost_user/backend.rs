@@ -68,8 +68,9 @@ pub const PROTOCOL_FEATURES: u64 = protocol::MQ
     | protocol::RESET_DEVICE
     | protocol::CONFIGURE_MEM_SLOTS;
 
-/// Longest a frontend may pause inside one message before the connection
-/// is closed (between messages it may idle for ever).
+/// Longest a frontend may pause inside one message, or leave a reply
+/// unread, before the connection is closed (between messages it may idle
+/// for ever).
 pub const MESSAGE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How often the loop calls `backend_ready` when the device has backend
@@ -414,6 +415,7 @@ impl<D: VirtioDevice> Backend<D> {
     fn session(&mut self, stream: &UnixStream) -> Result<(), String> {
         stream
             .set_read_timeout(Some(MESSAGE_TIMEOUT))
+            .and_then(|()| stream.set_write_timeout(Some(MESSAGE_TIMEOUT)))
             .map_err(|e| format!("socket: {e}"))?;
         let epoll = Epoll::new().map_err(|e| format!("epoll: {e}"))?;
         epoll
