@@ -462,7 +462,7 @@ pub fn open_drive(drive: &DriveConfig) -> Result<(BoxedDisk, String), MachineErr
 
 /// Opens one entropy source; an EGD source takes its chardev from
 /// `chardevs`.
-fn open_rng(
+pub fn open_rng(
     id: &str,
     config: &RngConfig,
     chardevs: &mut HashMap<String, (BoxedChardev, String)>,

@@ -48,6 +48,28 @@ enum Command {
         #[arg(long)]
         net_only: bool,
     },
+    /// Serve one device over vhost-user on a unix socket, e.g.
+    /// `vhost-user --socket /tmp/blk.sock -drive file=disk.img,id=d0,format=raw
+    /// -device virtio-blk-device,drive=d0`, for QEMU (`-chardev
+    /// socket,id=vu,path=/tmp/blk.sock -device vhost-user-blk,chardev=vu`)
+    /// or any other vhost-user frontend. Frontends are served one after
+    /// the other until the process is killed.
+    VhostUser {
+        /// The socket path (replaced if it exists).
+        #[arg(long)]
+        socket: std::path::PathBuf,
+        /// Log every request on stderr.
+        #[arg(long)]
+        verbose: bool,
+        /// The device options (`-object`, `-chardev`, `-drive`,
+        /// `-blockdev`, `-netdev`, exactly one `-device`).
+        #[arg(
+            trailing_var_arg = true,
+            allow_hyphen_values = true,
+            value_name = "OPTIONS"
+        )]
+        options: Vec<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -55,6 +77,17 @@ fn main() -> ExitCode {
     match cli.command.unwrap_or(Command::Suite) {
         Command::Suite => suite(),
         Command::Run { timeout, options } => run(&options, Duration::from_secs(timeout)),
+        Command::VhostUser {
+            socket,
+            verbose,
+            options,
+        } => match harness::vhost_user::serve_options(&socket, &options, verbose) {
+            Ok(never) => match never {},
+            Err(e) => {
+                eprintln!("virtio-harness vhost-user: {e}");
+                ExitCode::from(2)
+            }
+        },
         Command::Bench { rounds, net_only } => match if net_only {
             harness::bench::run_net()
         } else {

@@ -1,0 +1,252 @@
+//! QEMU 7.2 as the vhost-user frontend of our backend (QEMU
+//! `docs/interop/vhost-user.rst`): `virtio-harness vhost-user` serves one
+//! of our devices on a unix socket, and QEMU `microvm` (KVM, modern
+//! virtio-mmio, §4.2.2, guest RAM on a shared memfd) boots our tiny guests
+//! against it through `vhost-user-rng`, `vhost-user-blk` and `-netdev
+//! vhost-user` with `virtio-net-device`. The guests' checks are the same
+//! as against QEMU's own devices (`qemu_devices.rs`, `qemu_blk.rs`); the
+//! blk test also checks the disk file on the host, and the rng test boots
+//! twice against one daemon (it serves the next frontend after QEMU
+//! exits).
+//!
+//! Skips, saying why, without `qemu-system-x86_64` or `/dev/kvm`, unless
+//! `HARNESS_REQUIRE_QEMU=1` makes that a failure.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use harness::qemu::{Qemu, QemuRun as Run, qemu_or_skip as qemu_ready};
+use harness::scenarios::{Workdir, number_before};
+
+/// Longest a guest may run before it is killed.
+const TIMEOUT: Duration = Duration::from_secs(120);
+/// Guest RAM (also the memfd's size).
+const RAM: &str = "64M";
+
+const RNG: &str = env!("GUEST_RNG");
+const BLK: &str = env!("GUEST_BLK");
+
+/// The `net` guest's ELF.
+fn net_guest() -> &'static str {
+    option_env!("GUEST_NET").unwrap_or(concat!(env!("GUEST_DIR"), "/net"))
+}
+
+fn scratch(test: &str) -> Workdir {
+    Workdir::new(test).unwrap_or_else(|e| panic!("{test}: scratch directory: {e}"))
+}
+
+/// `virtio-harness vhost-user` serving `options` on a socket; killed on
+/// drop.
+struct Daemon {
+    child: Child,
+    socket: PathBuf,
+}
+
+impl Daemon {
+    fn start(socket: PathBuf, options: &[&str]) -> Daemon {
+        let child = Command::new(env!("CARGO_BIN_EXE_virtio-harness"))
+            .arg("vhost-user")
+            .arg("--socket")
+            .arg(&socket)
+            .args(options)
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("starting virtio-harness vhost-user");
+        let mut d = Daemon { child, socket };
+        let start = Instant::now();
+        while !d.socket.exists() {
+            if let Ok(Some(status)) = d.child.try_wait() {
+                panic!("virtio-harness vhost-user exited: {status}");
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "the daemon did not bind {}",
+                d.socket.display()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        d
+    }
+
+    /// Still running (it must survive every frontend).
+    fn alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// QEMU's arguments for guest RAM the backend can map and a vhost-user
+/// chardev on `socket`, then `device`.
+fn vhost_args(socket: &Path, device: &[&str]) -> Vec<String> {
+    let mut a: Vec<String> = vec![
+        "-machine".into(),
+        "memory-backend=mem".into(),
+        "-object".into(),
+        format!("memory-backend-memfd,id=mem,size={RAM},share=on"),
+        "-chardev".into(),
+        format!("socket,id=vu,path={}", socket.display()),
+    ];
+    a.extend(device.iter().map(|s| s.to_string()));
+    a
+}
+
+fn boot(kernel: &str, append: &str, args: &[String]) -> Run {
+    Qemu::microvm(kernel)
+        .memory(RAM)
+        .modern()
+        .append(append)
+        .args(args)
+        .timeout(TIMEOUT)
+        .run()
+        .unwrap_or_else(|e| panic!("cannot run qemu: {e}"))
+}
+
+fn assert_pass(run: &Run, summary: &str) {
+    if let Err(e) = run.check_pass() {
+        panic!("{e}");
+    }
+    assert!(
+        run.summary().starts_with(summary),
+        "last line before the verdict is not {summary:?}…\n{}",
+        run.describe()
+    );
+}
+
+/// virtio-rng (§5.4) on `rng-deterministic`, two QEMU runs against one
+/// daemon: in interrupt mode the guest checks every byte against the
+/// seed's SplitMix64 stream; then in polling mode (the backend's stream
+/// goes on where the first run left it, so no seed check) it gets its
+/// bytes without a single interrupt.
+#[test]
+fn qemu_vhost_user_rng_matches_the_seed_twice() {
+    let test = "qemu_vhost_user_rng_matches_the_seed_twice";
+    if !qemu_ready(test) {
+        return;
+    }
+    let dir = scratch(test);
+    let seed = 0x5eed_0000_0000_0042_u64;
+    let mut daemon = Daemon::start(
+        dir.path("rng.sock"),
+        &[
+            "-object",
+            &format!("rng-deterministic,id=r0,seed={seed}"),
+            "-device",
+            "virtio-rng-device,rng=r0",
+        ],
+    );
+    let args = vhost_args(&daemon.socket, &["-device", "vhost-user-rng,chardev=vu"]);
+    for (round, mode) in ["irq", "poll"].iter().enumerate() {
+        let run = boot(
+            RNG,
+            &if round == 0 {
+                format!("rng.mode={mode} rng.seed={seed} rng.bytes=262144")
+            } else {
+                format!("rng.mode={mode} rng.bytes=262144")
+            },
+            &args,
+        );
+        assert_pass(&run, "rng: 262144 bytes in ");
+        if round == 0 {
+            assert!(
+                run.serial.contains("bytes match the SplitMix64 stream"),
+                "{}",
+                run.describe()
+            );
+        } else {
+            assert_eq!(
+                number_before(run.summary(), "interrupts"),
+                Some(0),
+                "{}",
+                run.describe()
+            );
+        }
+        assert!(daemon.alive(), "the daemon died after run {round}");
+        eprintln!("{test}: {mode}: {} in {:?}", run.summary(), run.elapsed);
+    }
+}
+
+/// virtio-blk (§5.2) on a raw file: the `pattern` scenario writes,
+/// flushes and reads back at depth 8; the file is then checked byte for
+/// byte on the host (the 8 bytes at offset `o` are `o ^ seed`).
+#[test]
+fn qemu_vhost_user_blk_pattern_reaches_the_file() {
+    let test = "qemu_vhost_user_blk_pattern_reaches_the_file";
+    if !qemu_ready(test) {
+        return;
+    }
+    const SEED: u64 = 0x9e37_79b9_7f4a_7c15;
+    const BYTES: u64 = 512 << 10;
+    const OFFSET: u64 = 4096;
+    let dir = scratch(test);
+    let file = dir.path("disk.img");
+    fs::File::create(&file)
+        .and_then(|f| f.set_len(16 << 20))
+        .expect("creating the disk");
+    let drive = format!("if=none,id=d0,file={},format=raw", file.display());
+    let daemon = Daemon::start(
+        dir.path("blk.sock"),
+        &["-drive", &drive, "-device", "virtio-blk-device,drive=d0"],
+    );
+    let args = vhost_args(&daemon.socket, &["-device", "vhost-user-blk,chardev=vu"]);
+    let run = boot(
+        BLK,
+        &format!("blk.test=pattern blk.mode=irq blk.depth=8 blk.bytes={BYTES} blk.offset={OFFSET}"),
+        &args,
+    );
+    assert_pass(&run, &format!("blk: pattern: {} bytes, ", 2 * BYTES));
+    let data = fs::read(&file).expect("reading the disk");
+    for (i, w) in data.chunks_exact(8).enumerate() {
+        let o = i as u64 * 8;
+        let want = if (OFFSET..OFFSET + BYTES).contains(&o) {
+            (o ^ SEED).to_le_bytes()
+        } else {
+            [0; 8]
+        };
+        assert_eq!(w, want, "disk byte {o:#x}\n{}", run.describe());
+    }
+    eprintln!("{test}: {} in {:?}", run.summary(), run.elapsed);
+}
+
+/// virtio-net (§5.1) on our `loopback` netdev: the `bench` guest's echo
+/// sends raw frames and counts each one back.
+#[test]
+fn qemu_vhost_user_net_echoes_frames() {
+    let test = "qemu_vhost_user_net_echoes_frames";
+    if !qemu_ready(test) {
+        return;
+    }
+    let dir = scratch(test);
+    let daemon = Daemon::start(
+        dir.path("net.sock"),
+        &[
+            "-netdev",
+            "loopback,id=n0",
+            "-device",
+            "virtio-net-device,netdev=n0",
+        ],
+    );
+    let args = vhost_args(
+        &daemon.socket,
+        &[
+            "-netdev",
+            "vhost-user,id=n0,chardev=vu",
+            "-device",
+            "virtio-net-device,netdev=n0",
+        ],
+    );
+    let run = boot(
+        net_guest(),
+        "net.test=bench net.dir=echo net.count=1000 net.size=200 net.ms=60000",
+        &args,
+    );
+    assert_pass(&run, "net: bench echo 1000 frames 200000 bytes ");
+    eprintln!("{test}: {} in {:?}", run.summary(), run.elapsed);
+}

@@ -1,0 +1,812 @@
+//! vhost-user backend sessions (QEMU `docs/interop/vhost-user.rst`): the
+//! rust-vmm `vhost` crate's `Frontend` as an independent peer drives our
+//! backend serving virtio-rng, and raw sockets send every kind of bad input
+//! the protocol allows a frontend to send; the daemon answers with an error
+//! reply or a closed connection, and then serves the next frontend.
+
+use std::io::Read;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use harness::vhost_user::codec::{
+    self, FLAG_NEED_REPLY, FLAG_REPLY, FLAG_VERSION, HEADER_LEN, MemRegion, Message, Request,
+    VHOST_USER_F_PROTOCOL_FEATURES, VringAddr, VringFd, VringState, protocol,
+};
+use harness::vhost_user::{Backend, SharedMemory};
+use vhost::vhost_user::message::VhostUserConfigFlags;
+use vhost::vhost_user::{Frontend, VhostUserFrontend, VhostUserProtocolFeatures};
+use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
+use virtio_core::GuestMemory;
+use virtio_core::features::DeviceType;
+use virtio_core::memory::{GuestAddress, Region, RegionMemory};
+use virtio_devices::{DeviceError, QueueConfig, Served, VirtioDevice};
+use vmm_sys_util::eventfd::EventFd;
+
+const VIRTIO_F_VERSION_1: u64 = 1 << 32;
+const MEM_SIZE: usize = 1 << 20;
+// Guest-physical layout of the test ring (size 16).
+const QSIZE: u16 = 16;
+const DESC: u64 = 0x0;
+const AVAIL: u64 = 0x1000;
+const USED: u64 = 0x2000;
+const BUF: u64 = 0x10000;
+// The guest base of the memory: not 0, so that guest and frontend
+// addresses differ.
+const GPA_BASE: u64 = 0x4000_0000;
+
+static NEXT: AtomicUsize = AtomicUsize::new(0);
+
+/// A daemon serving a deterministic virtio-rng on a fresh socket, for
+/// ever (the thread ends with the test process).
+fn daemon() -> PathBuf {
+    daemon_with(|mem| {
+        Box::new(virtio_devices::rng::Rng::new(
+            backends::rng::Deterministic::new(7),
+            mem,
+        ))
+    })
+}
+
+/// A daemon serving the device `make` builds over the session memory.
+fn daemon_with(
+    make: impl FnOnce(SharedMemory) -> Box<dyn VirtioDevice + Send> + Send + 'static,
+) -> PathBuf {
+    let path = std::env::temp_dir().join(format!(
+        "vhost-user-test-{}-{}.sock",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    ));
+    let _ = std::fs::remove_file(&path);
+    let listener = UnixListener::bind(&path).unwrap();
+    std::thread::spawn(move || {
+        let mem = SharedMemory::new();
+        let device = make(mem.clone());
+        let mut backend = Backend::new(device, mem, Vec::new());
+        let e = backend.serve(&listener);
+        panic!("daemon stopped: {e}");
+    });
+    path
+}
+
+/// The frontend's guest memory: a memfd mapped here.
+struct Memory {
+    fd: OwnedFd,
+    host: *mut u8,
+    view: RegionMemory,
+}
+
+impl Memory {
+    fn new() -> Memory {
+        // SAFETY: constant name, no pointers kept.
+        let fd = unsafe { libc::memfd_create(c"vhost-user-test".as_ptr(), libc::MFD_CLOEXEC) };
+        assert!(fd >= 0);
+        // SAFETY: just created, owned here.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        // SAFETY: a valid fd.
+        let rc = unsafe { libc::ftruncate(fd.as_raw_fd(), MEM_SIZE as i64) };
+        assert_eq!(rc, 0);
+        // SAFETY: a fresh shared mapping of the whole file.
+        let host = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                MEM_SIZE,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd.as_raw_fd(),
+                0,
+            )
+        };
+        assert_ne!(host, libc::MAP_FAILED);
+        let host = host.cast::<u8>();
+        let mut view = RegionMemory::new();
+        // SAFETY: the mapping lives as long as the test process (never
+        // unmapped) and is only reached through `view`'s raw copies.
+        view.add(unsafe { Region::new(GuestAddress(GPA_BASE), host, MEM_SIZE as u64) })
+            .unwrap();
+        Memory { fd, host, view }
+    }
+
+    fn user(&self, gpa: u64) -> u64 {
+        self.host as u64 + (gpa - GPA_BASE)
+    }
+
+    fn region(&self) -> MemRegion {
+        MemRegion {
+            guest_addr: GPA_BASE,
+            size: MEM_SIZE as u64,
+            user_addr: self.host as u64,
+            mmap_offset: 0,
+        }
+    }
+
+    /// One 64-byte device-writable buffer made available at slot 0.
+    fn offer_buffer(&self) {
+        let m = &self.view;
+        let g = |a| GuestAddress(GPA_BASE + a);
+        m.write_u64(g(DESC), GPA_BASE + BUF).unwrap();
+        m.write_u32(g(DESC + 8), 64).unwrap();
+        m.write_u16(g(DESC + 12), 2).unwrap(); // VIRTQ_DESC_F_WRITE
+        m.write_u16(g(DESC + 14), 0).unwrap();
+        m.write_u16(g(AVAIL + 4), 0).unwrap(); // ring[0] = head 0
+        m.store_u16_release(g(AVAIL + 2), 1).unwrap(); // idx
+    }
+
+    fn used_idx(&self) -> u16 {
+        self.view
+            .load_u16_acquire(GuestAddress(GPA_BASE + USED + 2))
+            .unwrap()
+    }
+
+    fn used_len(&self) -> u32 {
+        self.view
+            .read_u32(GuestAddress(GPA_BASE + USED + 8))
+            .unwrap()
+    }
+
+    fn buffer(&self) -> [u8; 64] {
+        let mut b = [0u8; 64];
+        self.view
+            .read(GuestAddress(GPA_BASE + BUF), &mut b)
+            .unwrap();
+        b
+    }
+}
+
+/// Waits (bounded) until `fd` is readable.
+fn wait_readable(fd: RawFd) -> bool {
+    let mut p = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one pollfd.
+    unsafe { libc::poll(&mut p, 1, 10_000) == 1 }
+}
+
+#[test]
+fn rust_vmm_frontend_gets_entropy_from_our_rng() {
+    let path = daemon();
+    let mem = Memory::new();
+    for round in 0..2 {
+        // The second round: the daemon serves a second frontend after the
+        // first hung up with its ring running.
+        let mut fe = Frontend::connect(&path, 1).unwrap();
+        fe.set_owner().unwrap();
+        let features = fe.get_features().unwrap();
+        assert_ne!(features & VHOST_USER_F_PROTOCOL_FEATURES, 0);
+        assert_ne!(features & VIRTIO_F_VERSION_1, 0);
+        fe.set_features(VIRTIO_F_VERSION_1 | VHOST_USER_F_PROTOCOL_FEATURES)
+            .unwrap();
+        let pf = fe.get_protocol_features().unwrap();
+        for want in [
+            VhostUserProtocolFeatures::MQ,
+            VhostUserProtocolFeatures::REPLY_ACK,
+            VhostUserProtocolFeatures::CONFIG,
+            VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS,
+            VhostUserProtocolFeatures::RESET_DEVICE,
+        ] {
+            assert!(pf.contains(want), "{want:?} not offered");
+        }
+        fe.set_protocol_features(pf).unwrap();
+        assert_eq!(fe.get_queue_num().unwrap(), 1);
+        assert_eq!(fe.get_max_mem_slots().unwrap(), codec::MAX_MEM_SLOTS as u64);
+        // virtio-rng has no configuration space: zeros.
+        let (_, cfg) = fe
+            .get_config(0, 4, VhostUserConfigFlags::WRITABLE, &[1; 4])
+            .unwrap();
+        assert_eq!(cfg, vec![0; 4]);
+        fe.set_mem_table(&[VhostUserMemoryRegionInfo {
+            guest_phys_addr: GPA_BASE,
+            memory_size: MEM_SIZE as u64,
+            userspace_addr: mem.host as u64,
+            mmap_offset: 0,
+            mmap_handle: mem.fd.as_raw_fd(),
+        }])
+        .unwrap();
+        // A fresh ring each round (the device starts at index 0).
+        mem.view
+            .write(GuestAddress(GPA_BASE), &vec![0u8; 0x3000])
+            .unwrap();
+        fe.set_vring_num(0, QSIZE).unwrap();
+        fe.set_vring_addr(
+            0,
+            &VringConfigData {
+                queue_max_size: QSIZE,
+                queue_size: QSIZE,
+                flags: 0,
+                desc_table_addr: mem.user(GPA_BASE + DESC),
+                used_ring_addr: mem.user(GPA_BASE + USED),
+                avail_ring_addr: mem.user(GPA_BASE + AVAIL),
+                log_addr: None,
+            },
+        )
+        .unwrap();
+        fe.set_vring_base(0, 0).unwrap();
+        let call = EventFd::new(0).unwrap();
+        let kick = EventFd::new(0).unwrap();
+        fe.set_vring_call(0, &call).unwrap();
+        fe.set_vring_kick(0, &kick).unwrap();
+        fe.set_vring_enable(0, true).unwrap();
+        mem.offer_buffer();
+        kick.write(1).unwrap();
+        assert!(wait_readable(call.as_raw_fd()), "no call in round {round}");
+        assert_eq!(mem.used_idx(), 1);
+        assert_eq!(mem.used_len(), 64, "§5.4.6: the buffer is filled");
+        assert_ne!(mem.buffer(), [0u8; 64]);
+        // GET_VRING_BASE stops the ring and reports where it stands.
+        assert_eq!(fe.get_vring_base(0).unwrap(), 1);
+        if round == 0 {
+            drop(fe);
+        } else {
+            fe.reset_device().unwrap();
+            assert_eq!(fe.get_queue_num().unwrap(), 1);
+        }
+    }
+}
+
+/// A raw frontend for bad input.
+struct Raw(UnixStream);
+
+impl Raw {
+    fn connect(path: &Path) -> Raw {
+        let s = UnixStream::connect(path).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        Raw(s)
+    }
+
+    /// Negotiates protocol features (REPLY_ACK among them) and maps
+    /// `mem`.
+    fn negotiated(path: &Path, mem: &Memory) -> Raw {
+        let r = Raw::connect(path);
+        r.send(&Message::SetOwner, false, &[]);
+        r.send(
+            &Message::SetFeatures(VIRTIO_F_VERSION_1 | VHOST_USER_F_PROTOCOL_FEATURES),
+            false,
+            &[],
+        );
+        r.send(
+            &Message::SetProtocolFeatures(protocol::REPLY_ACK | protocol::MQ),
+            false,
+            &[],
+        );
+        assert_eq!(
+            r.ack(
+                &Message::SetMemTable(vec![mem.region()]),
+                &[mem.fd.as_raw_fd()]
+            ),
+            0
+        );
+        r
+    }
+
+    fn send(&self, msg: &Message, need_reply: bool, fds: &[RawFd]) {
+        codec::send_with_fds(&self.0, &msg.encode(need_reply), fds).unwrap();
+    }
+
+    fn send_bytes(&self, bytes: &[u8], fds: &[RawFd]) {
+        codec::send_with_fds(&self.0, bytes, fds).unwrap();
+    }
+
+    /// Reads one reply: header and payload.
+    fn reply(&self) -> Option<(u32, Vec<u8>)> {
+        let mut h = [0u8; HEADER_LEN];
+        (&self.0).read_exact(&mut h).ok()?;
+        let request = u32::from_ne_bytes(h[0..4].try_into().unwrap());
+        let flags = u32::from_ne_bytes(h[4..8].try_into().unwrap());
+        assert_eq!(flags, FLAG_VERSION | FLAG_REPLY);
+        let size = u32::from_ne_bytes(h[8..12].try_into().unwrap());
+        let mut p = vec![0u8; size as usize];
+        (&self.0).read_exact(&mut p).ok()?;
+        Some((request, p))
+    }
+
+    /// Sends with need_reply and returns the REPLY_ACK status.
+    fn ack(&self, msg: &Message, fds: &[RawFd]) -> u64 {
+        self.send(msg, true, fds);
+        let (req, p) = self.reply().expect("a REPLY_ACK reply");
+        assert_eq!(req, msg.request().code());
+        u64::from_ne_bytes(p.try_into().unwrap())
+    }
+
+    /// Whether the daemon closed the connection.
+    fn closed(&self) -> bool {
+        let mut b = [0u8; 1];
+        // A close with unread bytes in the daemon's queue reads as a reset.
+        match (&self.0).read(&mut b) {
+            Ok(0) => true,
+            Err(e) => e.kind() == std::io::ErrorKind::ConnectionReset,
+            Ok(_) => false,
+        }
+    }
+}
+
+/// The daemon still serves: a new frontend gets its features.
+fn still_serves(path: &Path) {
+    let r = Raw::connect(path);
+    r.send(&Message::GetFeatures, false, &[]);
+    let (req, p) = r.reply().expect("GET_FEATURES reply");
+    assert_eq!(req, Request::GetFeatures.code());
+    assert_ne!(
+        u64::from_ne_bytes(p.try_into().unwrap()) & VHOST_USER_F_PROTOCOL_FEATURES,
+        0
+    );
+}
+
+fn header(request: u32, flags: u32, size: u32) -> Vec<u8> {
+    [request, flags, size]
+        .iter()
+        .flat_map(|v| v.to_ne_bytes())
+        .collect()
+}
+
+#[test]
+fn oversized_truncated_and_unknown_messages_close_the_connection() {
+    let path = daemon();
+    // Oversized: a 64 KiB payload announced.
+    let r = Raw::connect(&path);
+    r.send_bytes(&header(1, FLAG_VERSION, 0x10000), &[]);
+    assert!(r.closed());
+    still_serves(&path);
+    // Truncated: SET_FEATURES announces 8 bytes, 3 come, then hang-up.
+    let r = Raw::connect(&path);
+    r.send_bytes(&header(2, FLAG_VERSION, 8), &[]);
+    r.send_bytes(&[1, 2, 3], &[]);
+    r.0.shutdown(std::net::Shutdown::Write).unwrap();
+    assert!(r.closed());
+    still_serves(&path);
+    // A half header, then hang-up.
+    let r = Raw::connect(&path);
+    r.send_bytes(&[1, 0, 0], &[]);
+    drop(r);
+    still_serves(&path);
+    // Unknown request code, even with need_reply.
+    let r = Raw::connect(&path);
+    r.send_bytes(&header(999, FLAG_VERSION | FLAG_NEED_REPLY, 0), &[]);
+    assert!(r.closed());
+    still_serves(&path);
+    // Bad version, reply flag on a request.
+    for flags in [0x2, FLAG_VERSION | FLAG_REPLY] {
+        let r = Raw::connect(&path);
+        r.send_bytes(&header(1, flags, 0), &[]);
+        assert!(r.closed());
+    }
+    // A payload of the wrong size for its request, without REPLY_ACK.
+    let r = Raw::connect(&path);
+    r.send_bytes(&header(2, FLAG_VERSION, 4), &[]);
+    r.send_bytes(&[0; 4], &[]);
+    assert!(r.closed());
+    still_serves(&path);
+}
+
+#[test]
+fn wrong_numbers_of_fds_get_an_error_reply_or_a_close() {
+    let path = daemon();
+    let mem = Memory::new();
+    let e1 = EventFd::new(0).unwrap();
+    let e2 = EventFd::new(0).unwrap();
+    let r = Raw::negotiated(&path, &mem);
+    let call = Message::SetVringCall(VringFd {
+        index: 0,
+        has_fd: true,
+    });
+    // Too many, too few.
+    assert_eq!(r.ack(&call, &[e1.as_raw_fd(), e2.as_raw_fd()]), 1);
+    assert_eq!(r.ack(&call, &[]), 1);
+    assert_eq!(r.ack(&Message::SetOwner, &[]), 0);
+    drop(r);
+    // More descriptors than any message may carry: closed.
+    let r = Raw::connect(&path);
+    let many: Vec<EventFd> = (0..40).map(|_| EventFd::new(0).unwrap()).collect();
+    let raw: Vec<RawFd> = many.iter().map(|e| e.as_raw_fd()).collect();
+    let bytes = call.encode(false);
+    // send_with_fds caps at MAX_FDS; go around it with a raw sendmsg.
+    send_raw(&r.0, &bytes, &raw);
+    assert!(r.closed());
+    // Without REPLY_ACK, a wrong count closes.
+    let r = Raw::connect(&path);
+    r.send(&call, false, &[]);
+    assert!(r.closed());
+    still_serves(&path);
+}
+
+fn send_raw(sock: &UnixStream, bytes: &[u8], fds: &[RawFd]) {
+    let mut cbuf = vec![0u64; 64];
+    let data_len = std::mem::size_of_val(fds) as u32;
+    let mut iov = libc::iovec {
+        iov_base: bytes.as_ptr() as *mut _,
+        iov_len: bytes.len(),
+    };
+    // SAFETY: zeroed msghdr is valid; the buffers below are live.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = cbuf.as_mut_ptr().cast();
+    // SAFETY: size computation.
+    msg.msg_controllen = unsafe { libc::CMSG_SPACE(data_len) } as _;
+    // SAFETY: the control buffer (512 bytes) holds the header and 40 ints.
+    unsafe {
+        let c = libc::CMSG_FIRSTHDR(&msg);
+        (*c).cmsg_level = libc::SOL_SOCKET;
+        (*c).cmsg_type = libc::SCM_RIGHTS;
+        (*c).cmsg_len = libc::CMSG_LEN(data_len) as _;
+        std::ptr::copy_nonoverlapping(
+            fds.as_ptr().cast::<u8>(),
+            libc::CMSG_DATA(c),
+            data_len as usize,
+        );
+        assert_eq!(
+            libc::sendmsg(sock.as_raw_fd(), &msg, 0),
+            bytes.len() as isize
+        );
+    }
+}
+
+#[test]
+fn bad_memory_tables_are_refused() {
+    let path = daemon();
+    let mem = Memory::new();
+    let r = Raw::negotiated(&path, &mem);
+    let fd = mem.fd.as_raw_fd();
+    let region = mem.region();
+    let half = MemRegion {
+        size: (MEM_SIZE / 2) as u64,
+        ..region
+    };
+    // Overlapping guest ranges.
+    let overlap = MemRegion {
+        guest_addr: GPA_BASE + 0x1000,
+        user_addr: region.user_addr + MEM_SIZE as u64,
+        ..half
+    };
+    assert_eq!(
+        r.ack(&Message::SetMemTable(vec![half, overlap]), &[fd, fd]),
+        1
+    );
+    // Overlapping frontend ranges.
+    let user_overlap = MemRegion {
+        guest_addr: GPA_BASE + 0x10_0000,
+        user_addr: region.user_addr + 0x1000,
+        ..half
+    };
+    assert_eq!(
+        r.ack(&Message::SetMemTable(vec![half, user_overlap]), &[fd, fd]),
+        1
+    );
+    // A zero-sized region.
+    let empty = MemRegion { size: 0, ..region };
+    assert_eq!(r.ack(&Message::SetMemTable(vec![empty]), &[fd]), 1);
+    assert_eq!(r.ack(&Message::AddMemReg(empty), &[fd]), 1);
+    // An offset beyond the file.
+    let beyond = MemRegion {
+        mmap_offset: 0x1000,
+        ..region
+    };
+    assert_eq!(r.ack(&Message::SetMemTable(vec![beyond]), &[fd]), 1);
+    // A descriptor that is no file.
+    let e = EventFd::new(0).unwrap();
+    assert_eq!(
+        r.ack(&Message::SetMemTable(vec![region]), &[e.as_raw_fd()]),
+        1
+    );
+    // Removing a region that is not there; adding one that overlaps.
+    let other = MemRegion {
+        guest_addr: 0,
+        ..half
+    };
+    assert_eq!(r.ack(&Message::RemMemReg(other), &[]), 1);
+    assert_eq!(r.ack(&Message::AddMemReg(half), &[fd]), 1);
+    // The table set by `negotiated` still stands: a ring in it is
+    // accepted.
+    assert_eq!(
+        r.ack(&Message::SetVringNum(VringState { index: 0, num: 16 }), &[]),
+        0
+    );
+    assert_eq!(r.ack(&Message::SetVringAddr(ring_addr(&mem, 0)), &[]), 0);
+    // Remove it, add it back.
+    assert_eq!(r.ack(&Message::RemMemReg(region), &[]), 0);
+    assert_eq!(r.ack(&Message::AddMemReg(region), &[fd]), 0);
+    drop(r);
+    still_serves(&path);
+}
+
+fn ring_addr(mem: &Memory, index: u32) -> VringAddr {
+    VringAddr {
+        index,
+        flags: 0,
+        desc: mem.user(GPA_BASE + DESC),
+        used: mem.user(GPA_BASE + USED),
+        avail: mem.user(GPA_BASE + AVAIL),
+        log: 0,
+    }
+}
+
+#[test]
+fn bad_rings_are_refused() {
+    let path = daemon();
+    let mem = Memory::new();
+    let r = Raw::negotiated(&path, &mem);
+    let num = |index, num| Message::SetVringNum(VringState { index, num });
+    // No ring 1; sizes must be powers of two up to the device's 256.
+    assert_eq!(r.ack(&num(1, 16), &[]), 1);
+    assert_eq!(r.ack(&num(0, 15), &[]), 1);
+    assert_eq!(r.ack(&num(0, 512), &[]), 1);
+    assert_eq!(r.ack(&num(0, 0), &[]), 1);
+    // Addresses before the size.
+    assert_eq!(r.ack(&Message::SetVringAddr(ring_addr(&mem, 0)), &[]), 1);
+    assert_eq!(r.ack(&num(0, 16), &[]), 0);
+    // Enabled before its addresses are set.
+    let enable = Message::SetVringEnable(VringState { index: 0, num: 1 });
+    assert_eq!(r.ack(&enable, &[]), 1);
+    // Addresses outside the mapped memory, partly outside, misaligned.
+    let outside = VringAddr {
+        desc: 0x10,
+        ..ring_addr(&mem, 0)
+    };
+    assert_eq!(r.ack(&Message::SetVringAddr(outside), &[]), 1);
+    let straddle = VringAddr {
+        used: mem.user(GPA_BASE + MEM_SIZE as u64 - 8),
+        ..ring_addr(&mem, 0)
+    };
+    assert_eq!(r.ack(&Message::SetVringAddr(straddle), &[]), 1);
+    let misaligned = VringAddr {
+        desc: mem.user(GPA_BASE + 8),
+        ..ring_addr(&mem, 0)
+    };
+    assert_eq!(r.ack(&Message::SetVringAddr(misaligned), &[]), 1);
+    // A kick that is not an eventfd, a kick without descriptor (polling).
+    let file = std::fs::File::open("/dev/null").unwrap();
+    let kick = |has_fd| Message::SetVringKick(VringFd { index: 0, has_fd });
+    assert_eq!(r.ack(&kick(true), &[file.as_raw_fd()]), 1);
+    assert_eq!(r.ack(&kick(false), &[]), 1);
+    // A resume index we cannot honour.
+    assert_eq!(
+        r.ack(&Message::SetVringBase(VringState { index: 0, num: 5 }), &[]),
+        1
+    );
+    // Unsupported requests get an error reply with REPLY_ACK.
+    r.send_bytes(
+        &header(
+            Request::SetLogBase.code(),
+            FLAG_VERSION | FLAG_NEED_REPLY,
+            0,
+        ),
+        &[],
+    );
+    let (_, p) = r.reply().unwrap();
+    assert_eq!(u64::from_ne_bytes(p.try_into().unwrap()), 1);
+    // Now the right way, and the ring works.
+    assert_eq!(r.ack(&Message::SetVringAddr(ring_addr(&mem, 0)), &[]), 0);
+    assert_eq!(r.ack(&enable, &[]), 0);
+    let call = EventFd::new(0).unwrap();
+    let k = EventFd::new(0).unwrap();
+    assert_eq!(
+        r.ack(
+            &Message::SetVringCall(VringFd {
+                index: 0,
+                has_fd: true
+            }),
+            &[call.as_raw_fd()]
+        ),
+        0
+    );
+    assert_eq!(r.ack(&kick(true), &[k.as_raw_fd()]), 0);
+    mem.offer_buffer();
+    k.write(1).unwrap();
+    assert!(wait_readable(call.as_raw_fd()));
+    assert_eq!(mem.used_idx(), 1);
+    // GET_VRING_BASE for a ring that does not exist: no reply is
+    // possible, the connection closes.
+    r.send(
+        &Message::GetVringBase(VringState { index: 9, num: 0 }),
+        false,
+        &[],
+    );
+    assert!(r.closed());
+    still_serves(&path);
+}
+
+#[test]
+fn a_frontend_may_disconnect_at_any_point() {
+    let path = daemon();
+    let mem = Memory::new();
+    let call = EventFd::new(0).unwrap();
+    let kick = EventFd::new(0).unwrap();
+    let steps: Vec<(Message, Vec<RawFd>)> = vec![
+        (Message::SetOwner, vec![]),
+        (
+            Message::SetFeatures(VIRTIO_F_VERSION_1 | VHOST_USER_F_PROTOCOL_FEATURES),
+            vec![],
+        ),
+        (Message::SetProtocolFeatures(protocol::REPLY_ACK), vec![]),
+        (
+            Message::SetMemTable(vec![mem.region()]),
+            vec![mem.fd.as_raw_fd()],
+        ),
+        (
+            Message::SetVringNum(VringState { index: 0, num: 16 }),
+            vec![],
+        ),
+        (Message::SetVringAddr(ring_addr(&mem, 0)), vec![]),
+        (
+            Message::SetVringCall(VringFd {
+                index: 0,
+                has_fd: true,
+            }),
+            vec![call.as_raw_fd()],
+        ),
+        (
+            Message::SetVringKick(VringFd {
+                index: 0,
+                has_fd: true,
+            }),
+            vec![kick.as_raw_fd()],
+        ),
+        (
+            Message::SetVringEnable(VringState { index: 0, num: 1 }),
+            vec![],
+        ),
+    ];
+    for stop in 0..=steps.len() {
+        let r = Raw::connect(&path);
+        for (msg, fds) in &steps[..stop] {
+            r.send(msg, false, fds);
+        }
+        if stop == steps.len() {
+            // Running: a kick arrives as the frontend hangs up.
+            let _ = kick.write(1);
+        }
+        drop(r);
+    }
+    still_serves(&path);
+}
+
+/// A device with a bug: it panics when notified.
+struct Panicky;
+
+impl VirtioDevice for Panicky {
+    fn device_type(&self) -> DeviceType {
+        DeviceType::Rng
+    }
+    fn device_features(&self) -> u64 {
+        VIRTIO_F_VERSION_1
+    }
+    fn queue_max_sizes(&self) -> &[u16] {
+        &[16]
+    }
+    fn read_config(&self, _offset: u64, data: &mut [u8]) {
+        data.fill(0);
+    }
+    fn config_len(&self) -> usize {
+        0
+    }
+    fn activate(&mut self, _features: u64, _queues: Vec<QueueConfig>) -> Result<(), DeviceError> {
+        Ok(())
+    }
+    fn queue_notify(&mut self, _queue: u16) -> Result<Served, DeviceError> {
+        panic!("a device bug");
+    }
+    fn reset(&mut self) {}
+}
+
+#[test]
+fn a_panicking_device_ends_the_session_not_the_daemon() {
+    let path = daemon_with(|_| Box::new(Panicky));
+    let mem = Memory::new();
+    let r = Raw::negotiated(&path, &mem);
+    assert_eq!(
+        r.ack(&Message::SetVringNum(VringState { index: 0, num: 16 }), &[]),
+        0
+    );
+    assert_eq!(r.ack(&Message::SetVringAddr(ring_addr(&mem, 0)), &[]), 0);
+    let kick = EventFd::new(0).unwrap();
+    // The kick starts the ring; enabling it activates the device, which
+    // serves the ring at once and panics.
+    assert_eq!(
+        r.ack(
+            &Message::SetVringKick(VringFd {
+                index: 0,
+                has_fd: true
+            }),
+            &[kick.as_raw_fd()]
+        ),
+        0
+    );
+    r.send(
+        &Message::SetVringEnable(VringState { index: 0, num: 1 }),
+        true,
+        &[],
+    );
+    assert!(r.closed());
+    still_serves(&path);
+}
+
+/// A daemon serving the device that `options` name, built as
+/// `virtio-harness vhost-user` builds it.
+fn daemon_from_options(options: Vec<String>) -> PathBuf {
+    daemon_with(move |mem| {
+        let config = harness::options::parse(&options).unwrap();
+        harness::vhost_user::build(&config, &mem).unwrap().device
+    })
+}
+
+/// Sets up ring `index` (size [`QSIZE`]) at guest offset `base` (descriptor
+/// table, available ring at +0x1000, used ring at +0x2000) through the
+/// rust-vmm frontend.
+fn ring(fe: &mut Frontend, mem: &Memory, index: usize, base: u64) -> (EventFd, EventFd) {
+    fe.set_vring_num(index, QSIZE).unwrap();
+    fe.set_vring_addr(
+        index,
+        &VringConfigData {
+            queue_max_size: QSIZE,
+            queue_size: QSIZE,
+            flags: 0,
+            desc_table_addr: mem.user(GPA_BASE + base),
+            used_ring_addr: mem.user(GPA_BASE + base + 0x2000),
+            avail_ring_addr: mem.user(GPA_BASE + base + 0x1000),
+            log_addr: None,
+        },
+    )
+    .unwrap();
+    fe.set_vring_base(index, 0).unwrap();
+    let call = EventFd::new(0).unwrap();
+    let kick = EventFd::new(0).unwrap();
+    fe.set_vring_call(index, &call).unwrap();
+    fe.set_vring_kick(index, &kick).unwrap();
+    fe.set_vring_enable(index, true).unwrap();
+    (call, kick)
+}
+
+#[test]
+fn rust_vmm_frontend_writes_through_our_console() {
+    let out = std::env::temp_dir().join(format!("vhost-user-console-{}.out", std::process::id()));
+    let _ = std::fs::remove_file(&out);
+    let path = daemon_from_options(vec![
+        "-chardev".into(),
+        format!("file,id=c0,path={}", out.display()),
+        "-device".into(),
+        "virtio-serial-device,max_ports=1".into(),
+        "-device".into(),
+        "virtconsole,chardev=c0".into(),
+    ]);
+    let mem = Memory::new();
+    let mut fe = Frontend::connect(&path, 2).unwrap();
+    fe.set_owner().unwrap();
+    fe.get_features().unwrap();
+    fe.set_features(VIRTIO_F_VERSION_1 | VHOST_USER_F_PROTOCOL_FEATURES)
+        .unwrap();
+    let pf = fe.get_protocol_features().unwrap();
+    fe.set_protocol_features(pf).unwrap();
+    // §5.3.2: receiveq and transmitq of port 0 (no MULTIPORT).
+    assert_eq!(fe.get_queue_num().unwrap(), 2);
+    fe.set_mem_table(&[VhostUserMemoryRegionInfo {
+        guest_phys_addr: GPA_BASE,
+        memory_size: MEM_SIZE as u64,
+        userspace_addr: mem.host as u64,
+        mmap_offset: 0,
+        mmap_handle: mem.fd.as_raw_fd(),
+    }])
+    .unwrap();
+    let _rx = ring(&mut fe, &mem, 0, 0x0);
+    let (tx_call, tx_kick) = ring(&mut fe, &mem, 1, 0x4000);
+    // One driver-readable buffer on the transmit queue.
+    let text = b"hello over vhost-user\n";
+    let m = &mem.view;
+    let g = |a| GuestAddress(GPA_BASE + a);
+    m.write(g(0x20000), text).unwrap();
+    m.write_u64(g(0x4000), GPA_BASE + 0x20000).unwrap();
+    m.write_u32(g(0x4008), text.len() as u32).unwrap();
+    m.write_u16(g(0x400c), 0).unwrap();
+    m.write_u16(g(0x5004), 0).unwrap();
+    m.store_u16_release(g(0x5002), 1).unwrap();
+    tx_kick.write(1).unwrap();
+    assert!(
+        wait_readable(tx_call.as_raw_fd()),
+        "no call for the transmitq"
+    );
+    assert_eq!(m.load_u16_acquire(g(0x6002)).unwrap(), 1);
+    assert_eq!(std::fs::read(&out).unwrap(), text);
+    let _ = std::fs::remove_file(&out);
+}
