@@ -17,6 +17,7 @@ pub mod net_tx;
 pub mod pvh_loader;
 pub mod rng_request;
 pub mod split_queue_device;
+pub mod vhost_user_codec;
 
 /// A fuzz target: its name (the corpus folder and cargo-fuzz binary) and its
 /// body.
@@ -85,5 +86,9 @@ pub const TARGETS: &[Target] = &[
     Target {
         name: "monitor_session",
         run: monitor_session::run,
+    },
+    Target {
+        name: "vhost_user_codec",
+        run: vhost_user_codec::run,
     },
 ];
