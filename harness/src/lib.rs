@@ -29,6 +29,7 @@ pub mod qemu;
 pub mod scenarios;
 pub mod slots;
 pub mod stats;
+pub mod verdict;
 pub mod virtio;
 pub mod vm;
 

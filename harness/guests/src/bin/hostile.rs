@@ -372,7 +372,7 @@ fn from_error(e: RawError) -> Judged {
 
 /// Judges a ring case (generic or blk) on rng, console or blk from what
 /// the runner watched.
-fn judge_watched(d: Dev, name: &str, w: &raw::Watched, mem: &RawMemory) -> Judged {
+fn judge_watched(d: Dev, name: &str, w: &raw::Watched, mem: &RawMemory, legacy: bool) -> Judged {
     let CaseResult::Ran { outcome, status } = w.result else {
         return judged(V::Pass, format_args!("skipped"));
     };
@@ -394,7 +394,11 @@ fn judge_watched(d: Dev, name: &str, w: &raw::Watched, mem: &RawMemory) -> Judge
     } else {
         (None, None)
     };
-    if status.contains(DeviceStatus::DEVICE_NEEDS_RESET) {
+    let needs_reset = status.contains(DeviceStatus::DEVICE_NEEDS_RESET);
+    if d == Dev::Blk {
+        blk_fate(name, w.followed == Some(true), follow, needs_reset, legacy);
+    }
+    if needs_reset {
         return judged(
             V::Reject,
             format_args!("DEVICE_NEEDS_RESET (§2.1.2), status {:#04x}", status.bits()),
@@ -433,6 +437,28 @@ fn judge_watched(d: Dev, name: &str, w: &raw::Watched, mem: &RawMemory) -> Judge
                 format_args!("nothing used and no DEVICE_NEEDS_RESET"),
             ),
         },
+    }
+}
+
+/// Prints the blk follow-up's fate (the line the QEMU tests read): served
+/// OK, not served because of DEVICE_NEEDS_RESET, or not served by a legacy
+/// device (version 1 has no DEVICE_NEEDS_RESET, §4.2.4).
+fn blk_fate(name: &str, followed: bool, follow: Option<u8>, needs_reset: bool, legacy: bool) {
+    let st = follow.map_or("-", blk::status_name);
+    match (followed, follow) {
+        (true, b) if blk::is_ok(b) => println!("hostile: {name}: follow-up READ ok"),
+        _ if needs_reset => println!(
+            "hostile: {name}: device set DEVICE_NEEDS_RESET; follow-up not served (status {st})"
+        ),
+        (true, _) => {
+            println!("hostile: {name}: the follow-up READ completed with status {st} (§5.2.6)")
+        }
+        (false, _) if legacy => println!(
+            "hostile: {name}: legacy device stopped serving the queue (no DEVICE_NEEDS_RESET on version 1); follow-up not served (status {st})"
+        ),
+        (false, _) => println!(
+            "hostile: {name}: the follow-up READ was not used and the device did not set DEVICE_NEEDS_RESET"
+        ),
     }
 }
 
@@ -502,7 +528,7 @@ fn run_one(rig: &Rig, d: Dev, k: Kind, name: &str, tag: u8) -> Result<Judged, u6
         match raw::run_case_watched(dev, mem, case, rig.ram_end, follow) {
             Ok(w) => match w.result {
                 CaseResult::Skipped { missing } => Err(missing),
-                _ => Ok(judge_watched(d, name, &w, mem)),
+                _ => Ok(judge_watched(d, name, &w, mem, !dev.is_modern())),
             },
             Err(e) => Ok(from_error(e)),
         }
