@@ -48,6 +48,42 @@ pub const NET_CASES_NEEDING_RESET: &[&str] = &["net-tx-head-out-of-range"];
 pub const HOSTILE_MIN_CASES: &[(&str, usize)] =
     &[("rng", 19), ("console", 19), ("blk", 27), ("net", 28)];
 
+/// Verdicts our devices must give (regression checks beyond "PASS or
+/// REJECT"): no chain to return means a reset (§2.7.6); the blk requests
+/// §5.2.6.1 names get IOERR; the net cases of [`NET_CASES_CONTINUING`]
+/// keep the traffic going.
+pub const HOSTILE_EXPECTED: &[(&str, &str, VerdictKind)] = &[
+    ("rng", "head-out-of-range", VerdictKind::Reject),
+    ("rng", "avail-index-jump", VerdictKind::Reject),
+    ("blk", "beyond-capacity", VerdictKind::Reject),
+    ("blk", "write-read-only", VerdictKind::Reject),
+    ("blk", "data-not-sector-multiple", VerdictKind::Reject),
+    ("net", "tx-head-out-of-range", VerdictKind::Reject),
+];
+
+/// Checks [`HOSTILE_EXPECTED`] and [`NET_CASES_CONTINUING`] (PASS) for
+/// `device`'s verdicts.
+fn expected_verdicts(device: &str, verdicts: &[Verdict]) -> Result<(), String> {
+    let continuing = NET_CASES_CONTINUING
+        .iter()
+        .filter_map(|c| c.strip_prefix("net-"))
+        .map(|c| ("net", c, VerdictKind::Pass));
+    let wanted = HOSTILE_EXPECTED.iter().copied().chain(continuing);
+    for (d, case, kind) in wanted.filter(|(d, _, _)| *d == device) {
+        match verdicts.iter().find(|v| v.device == d && v.case == case) {
+            Some(v) if v.kind == kind => {}
+            Some(v) => {
+                return Err(format!(
+                    "{d} {case}: want {kind}, got {} ({})",
+                    v.kind, v.detail
+                ));
+            }
+            None => return Err(format!("{d} {case}: no verdict")),
+        }
+    }
+    Ok(())
+}
+
 /// The machine of the hostile rows: all four devices, a read-only disk in
 /// `dir` (so the blk write case has a read-only disk to break).
 pub fn hostile_machine_options(dir: &Workdir) -> Result<String, String> {
@@ -111,7 +147,8 @@ fn hostile_device(dir: &Workdir, device: &'static str) -> Result<Setup, String> 
             .collect();
         verdict::record(&verdicts);
         let others = verdict::DEVICES.len() - 1;
-        let checked = verdict::check_device(&verdicts, &outcome.serial, device, min, others);
+        let checked = verdict::check_device(&verdicts, &outcome.serial, device, min, others)
+            .and_then(|sum| expected_verdicts(device, &verdicts).map(|()| sum));
         let result = match (&end, checked) {
             (RunEnd::Finished, Ok(sum)) => {
                 ctx.notes.push(format!("{device}: {sum}"));
