@@ -293,28 +293,28 @@ pub fn scenarios() -> Vec<Scenario> {
     vec![
         Scenario {
             name: "hostile_rng",
-            device: "virtio-rng (raw rings) + 3 others",
+            device: "virtio-rng raw rings, +3 devs",
             backend: "all four devices, verdicts",
             guest: option_env!("GUEST_HOSTILE"),
             setup: |dir| hostile_device(dir, "rng"),
         },
         Scenario {
             name: "hostile_console",
-            device: "virtio-console (raw rings) + 3 others",
+            device: "virtio-console raw rings, +3 devs",
             backend: "all four devices, verdicts",
             guest: option_env!("GUEST_HOSTILE"),
             setup: |dir| hostile_device(dir, "console"),
         },
         Scenario {
             name: "hostile_blk",
-            device: "virtio-blk (raw rings) + 3 others",
+            device: "virtio-blk raw rings, +3 devs",
             backend: "all four devices, verdicts",
             guest: option_env!("GUEST_HOSTILE"),
             setup: |dir| hostile_device(dir, "blk"),
         },
         Scenario {
             name: "hostile_net",
-            device: "virtio-net (raw rings) + 3 others",
+            device: "virtio-net raw rings, +3 devs",
             backend: "all four devices, verdicts",
             guest: option_env!("GUEST_HOSTILE"),
             setup: |dir| hostile_device(dir, "net"),
