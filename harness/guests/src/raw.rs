@@ -1103,7 +1103,7 @@ pub enum CaseResult {
     },
 }
 
-/// Most used elements [`run_case_followed`] keeps.
+/// Most used elements [`run_case_watched`] keeps.
 pub const MAX_USED_SEEN: usize = 4;
 
 /// The used elements a case produced, in used-ring order (§2.7.8).
@@ -1117,89 +1117,17 @@ pub struct UsedSeen {
 }
 
 /// Runs `case` on `dev`: negotiate, place the queue in `mem.rings`,
-/// DRIVER_OK, `build`, notify, [`observe`], check canaries, reset. The
+/// DRIVER_OK, `build`, notify, observe (until something is used,
+/// DEVICE_NEEDS_RESET, or [`OBSERVE_CYCLES`]), check canaries, reset. The
 /// device is left reset. Fails on a stray write or when the device cannot
-/// even be set up.
+/// even be set up. [`run_case_watched`] adds a follow-up chain.
 pub fn run_case(
     dev: &RawDevice,
     mem: &RawMemory,
     case: &Case,
     ram_end: u64,
 ) -> Result<CaseResult, RawError> {
-    run_case_followed(dev, mem, case, ram_end, 0).map(|(r, _)| r)
-}
-
-/// [`run_case`] for a case whose `build` also posts `followups`
-/// well-formed chains after the malformed one (to see whether the device
-/// keeps serving the queue): after the first used element, the runner
-/// keeps watching (bounded by [`OBSERVE_CYCLES`]) until `1 + followups`
-/// were used or DEVICE_NEEDS_RESET is set, and returns what was used.
-pub fn run_case_followed(
-    dev: &RawDevice,
-    mem: &RawMemory,
-    case: &Case,
-    ram_end: u64,
-    followups: u16,
-) -> Result<(CaseResult, UsedSeen), RawError> {
-    dev.reset()?;
-    let missing = case.requires & !dev.device_features();
-    if missing != 0 {
-        return Ok((CaseResult::Skipped { missing }, UsedSeen::default()));
-    }
-    let features = dev.negotiate(case.wanted | case.requires)?;
-    let max = dev.queue_max(case.queue);
-    if max == 0 {
-        return Err(RawError::NoQueue { queue: case.queue });
-    }
-    let size = u32::from(case.size).min(max).max(1);
-    // The largest power of two not above `size`.
-    let size = 1u16 << (31 - size.leading_zeros()).min(15);
-    let mut queue = RawQueue::new(case.queue, size, &mem.rings)?;
-    dev.place_queue(case.queue, queue.placement(dev.version()));
-    let table = DescTable::new(&mem.table);
-    let mut scratch = Scratch::new(&mem.scratch);
-    dev.driver_ok_or_reset()?;
-    let seen = queue.used_idx();
-    {
-        let mut setup = Setup {
-            dev,
-            queue: &mut queue,
-            table: &table,
-            scratch: &mut scratch,
-            features,
-            device_writes: case.device_writes,
-            ram_end,
-        };
-        (case.build)(&mut setup)?;
-    }
-    dev.notify(u32::from(case.queue));
-    let outcome = observe(dev, &queue, seen);
-    if followups > 0 && matches!(outcome, Outcome::Used(_)) {
-        let want = 1 + followups;
-        let start = rdtsc();
-        while queue.used_idx().wrapping_sub(seen) < want
-            && !dev.status().contains(DeviceStatus::DEVICE_NEEDS_RESET)
-            && rdtsc().wrapping_sub(start) <= OBSERVE_CYCLES
-        {
-            core::hint::spin_loop();
-        }
-    }
-    let mut used = UsedSeen {
-        count: queue.used_idx().wrapping_sub(seen),
-        ..UsedSeen::default()
-    };
-    for (k, e) in used.elems.iter_mut().enumerate() {
-        // k < MAX_USED_SEEN (4).
-        if (k as u16) < used.count {
-            *e = Some(queue.used_elem(seen.wrapping_add(k as u16)));
-        }
-    }
-    let status = dev.status();
-    dev.ack_interrupt(dev.interrupt_status());
-    // Reset first, then look: a write that lands late is caught too.
-    dev.reset()?;
-    scratch.check()?;
-    Ok((CaseResult::Ran { outcome, status }, used))
+    run_case_watched(dev, mem, case, ram_end, None).map(|w| w.result)
 }
 
 /// A well-formed chain a case posts after its malformed one (to see
