@@ -30,6 +30,7 @@ pub mod qemu;
 pub mod scenarios;
 pub mod slots;
 pub mod stats;
+pub mod verdict;
 pub mod vhost_user;
 pub mod virtio;
 pub mod vm;

@@ -407,30 +407,6 @@ fn guest_reported(prefix: &'static str) -> Check {
     })
 }
 
-/// Our device's answer to each malformed ring, as the hostile guest
-/// reports it: the ones with no chain to return must ask for a reset.
-fn hostile_outcomes(o: &Outcome) -> Result<(), String> {
-    for (case, want) in [
-        ("head-out-of-range", "needs_reset"),
-        ("avail-index-jump", "needs_reset"),
-    ] {
-        let prefix = format!("hostile: {case}: ");
-        let line = o
-            .serial
-            .lines()
-            .find(|l| l.starts_with(&prefix) && !l.contains(": rule ") && !l.contains("survived"))
-            .ok_or_else(|| format!("the guest did not report case {case}"))?;
-        if !line[prefix.len()..].starts_with(want) {
-            return Err(format!("{case}: want {want}, got '{line}'"));
-        }
-    }
-    let survived = o.serial.matches(": survived").count();
-    if survived < 12 {
-        return Err(format!("only {survived} hostile cases reported survival"));
-    }
-    Ok(())
-}
-
 /// Every lifecycle step passed in strict mode (none skipped or tolerated).
 fn lifecycle_steps(o: &Outcome) -> Result<(), String> {
     for step in [
@@ -502,7 +478,6 @@ fn scenario_list() -> Vec<Scenario> {
     let rng = option_env!("GUEST_RNG");
     let console = option_env!("GUEST_CONSOLE");
     let lifecycle = option_env!("GUEST_LIFECYCLE");
-    let hostile = option_env!("GUEST_HOSTILE");
     vec![
         Scenario {
             name: "rng_deterministic_irq_ioeventfd",
@@ -709,20 +684,6 @@ fn scenario_list() -> Vec<Scenario> {
                 Ok(s)
             },
         },
-        Scenario {
-            name: "hostile_rings",
-            device: "virtio-rng (raw rings)",
-            backend: "rng-deterministic",
-            guest: hostile,
-            setup: |_| {
-                let mut s = Setup::new(
-                    "-object rng-deterministic,id=r0,seed=1 -device virtio-rng-device,rng=r0",
-                    "",
-                );
-                s.check = Some(Box::new(hostile_outcomes));
-                Ok(s)
-            },
-        },
     ]
 }
 
@@ -847,7 +808,6 @@ fn blk_simple(
 
 fn blk_scenarios() -> Vec<Scenario> {
     let blk = option_env!("GUEST_BLK");
-    let hostile = option_env!("GUEST_HOSTILE");
     vec![
         Scenario {
             name: "blk_pattern_raw_irq_depth8",
@@ -1001,48 +961,6 @@ fn blk_scenarios() -> Vec<Scenario> {
                 s.check = Some(Box::new(move |_| {
                     disk_holds_pattern(&a, 0, bytes, BLK_SEED, DISK)?;
                     disk_holds_pattern(&b, 0, bytes, BLK_SEED.wrapping_add(1), DISK)
-                }));
-                Ok(s)
-            },
-        },
-        Scenario {
-            name: "hostile_blk",
-            device: "virtio-blk (raw rings) + rng",
-            backend: "raw file, readonly=on",
-            guest: hostile,
-            setup: |dir| {
-                let img = dir.path("disk.img");
-                sparse_image(&img, DISK)?;
-                let mut s = Setup::new(
-                    &format!(
-                        "-object rng-deterministic,id=r0,seed=1 -device virtio-rng-device,rng=r0 \
-                         -drive if=none,id=d0,file={},format=raw,readonly=on \
-                         -device virtio-blk-device,drive=d0,queue-size=128",
-                        img.display()
-                    ),
-                    "",
-                );
-                s.check = Some(Box::new(|o| {
-                    let blk_cases = o
-                        .serial
-                        .lines()
-                        .filter(|l| l.starts_with("hostile: blk-") && l.contains(": survived"))
-                        .count();
-                    // Every malformed-request rule of §5.2.6 (a read-only disk
-                    // lets the write case run); none may be skipped.
-                    let skipped = o
-                        .serial
-                        .lines()
-                        .any(|l| l.starts_with("hostile: blk-") && l.contains(": skipped"));
-                    if blk_cases < 8 || skipped {
-                        return Err(format!("only {blk_cases} of 8 blk cases survived or ran"));
-                    }
-                    for l in o.serial.lines().filter(|l| l.contains("request status")) {
-                        if !l.contains("(IOERR)") {
-                            return Err(format!("want IOERR: '{l}'"));
-                        }
-                    }
-                    Ok(())
                 }));
                 Ok(s)
             },

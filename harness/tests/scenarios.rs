@@ -81,7 +81,10 @@ scenario_tests!(
     console_echo_socket_poll,
     console_multiport_two_files,
     lifecycle_reset_and_refusals,
-    hostile_rings,
+    // Issue 6: the hostile guest's cases per device, each PASS or REJECT,
+    // the other three devices still serving.
+    hostile_rng,
+    hostile_console,
     blk_pattern_raw_irq_depth8,
     blk_pattern_raw_poll_inline_depth1,
     blk_pattern_raw_cache_none,

@@ -259,9 +259,17 @@ impl Region {
     region_rw!(read_u32, write_u32, u32);
     region_rw!(read_u64, write_u64, u64);
 
-    /// Writes `byte` over the whole region.
+    /// Writes `byte` over the whole region (eight bytes per access: every
+    /// guest memory access is costly under the kvm_pvm host).
     pub fn fill(&self, byte: u8) {
-        for off in 0..self.len {
+        let word = u64::from_ne_bytes([byte; 8]);
+        let words = self.len / 8;
+        for w in 0..words {
+            // Cannot fail: every word is inside the region and aligned
+            // (the region is page-aligned).
+            let _ = self.write_u64(w * 8, word);
+        }
+        for off in words * 8..self.len {
             // Cannot fail: every offset is below `len`.
             let _ = self.write_u8(off, byte);
         }
@@ -884,22 +892,48 @@ impl<'m> Scratch<'m> {
     /// Checks that only device-writable buffers changed.
     pub fn check(&self) -> Result<(), RawError> {
         let given = &self.writable[..self.count];
-        for off in 0..self.mem.len() {
-            if given.iter().any(|&(s, e)| (s..e).contains(&off)) {
+        let written = &self.written[..self.written_count];
+        let canaries = u64::from_ne_bytes([CANARY; 8]);
+        let len = self.mem.len();
+        // A word at a time (every guest memory access is costly under the
+        // kvm_pvm host): eight canary bytes no buffer or driver write
+        // covers are fine as they are; other words go byte by byte.
+        for word in (0..len).step_by(8) {
+            let end = (word + 8).min(len);
+            let touched = given.iter().any(|&(s, e)| s < end && word < e)
+                || written.iter().any(|&(o, w, _)| o < end && word < o + w);
+            if !touched && end - word == 8 && self.mem.read_u64(word)? == canaries {
                 continue;
             }
-            let value = self.mem.read_u8(off)?;
-            let expected = self.written[..self.written_count]
-                .iter()
-                .rev()
-                .find(|&&(o, w, _)| (o..o + w).contains(&off))
-                .map_or(CANARY, |&(o, _, v)| (v >> (8 * (off - o))) as u8);
-            if value != expected {
-                return Err(RawError::StrayWrite {
-                    addr: self.mem.addr() + off,
-                    value,
-                });
+            for off in word..end {
+                self.check_byte(off, given, written)?;
             }
+        }
+        Ok(())
+    }
+
+    /// Checks one byte: inside a device-writable buffer anything goes,
+    /// elsewhere it holds what the driver wrote there or the canary.
+    fn check_byte(
+        &self,
+        off: u64,
+        given: &[(u64, u64)],
+        written: &[(u64, u64, u64)],
+    ) -> Result<(), RawError> {
+        if given.iter().any(|&(s, e)| (s..e).contains(&off)) {
+            return Ok(());
+        }
+        let value = self.mem.read_u8(off)?;
+        let expected = written
+            .iter()
+            .rev()
+            .find(|&&(o, w, _)| (o..o + w).contains(&off))
+            .map_or(CANARY, |&(o, _, v)| (v >> (8 * (off - o))) as u8);
+        if value != expected {
+            return Err(RawError::StrayWrite {
+                addr: self.mem.addr() + off,
+                value,
+            });
         }
         Ok(())
     }
@@ -1069,7 +1103,7 @@ pub enum CaseResult {
     },
 }
 
-/// Most used elements [`run_case_followed`] keeps.
+/// Most used elements [`run_case_watched`] keeps.
 pub const MAX_USED_SEEN: usize = 4;
 
 /// The used elements a case produced, in used-ring order (§2.7.8).
@@ -1083,50 +1117,70 @@ pub struct UsedSeen {
 }
 
 /// Runs `case` on `dev`: negotiate, place the queue in `mem.rings`,
-/// DRIVER_OK, `build`, notify, [`observe`], check canaries, reset. The
+/// DRIVER_OK, `build`, notify, observe (until something is used,
+/// DEVICE_NEEDS_RESET, or [`OBSERVE_CYCLES`]), check canaries, reset. The
 /// device is left reset. Fails on a stray write or when the device cannot
-/// even be set up.
+/// even be set up. [`run_case_watched`] adds a follow-up chain.
 pub fn run_case(
     dev: &RawDevice,
     mem: &RawMemory,
     case: &Case,
     ram_end: u64,
 ) -> Result<CaseResult, RawError> {
-    run_case_followed(dev, mem, case, ram_end, 0).map(|(r, _)| r)
+    run_case_watched(dev, mem, case, ram_end, None).map(|w| w.result)
 }
 
-/// [`run_case`] for a case whose `build` also posts `followups`
-/// well-formed chains after the malformed one (to see whether the device
-/// keeps serving the queue): after the first used element, the runner
-/// keeps watching (bounded by [`OBSERVE_CYCLES`]) until `1 + followups`
-/// were used or DEVICE_NEEDS_RESET is set, and returns what was used.
-pub fn run_case_followed(
+/// A well-formed chain a case posts after its malformed one (to see
+/// whether the device keeps serving the queue): writes it and returns its
+/// head descriptor index.
+pub type FollowUp = fn(&mut Setup<'_, '_>) -> Result<u16, RawError>;
+
+/// What [`run_case_watched`] saw.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Watched {
+    /// The case's result; a `Used` outcome is the first used element that
+    /// is not the follow-up (the malformed chain returned).
+    pub result: CaseResult,
+    /// The used elements, in used-ring order.
+    pub used: UsedSeen,
+    /// `None`: no follow-up was posted; else whether the device used it.
+    pub followed: Option<bool>,
+}
+
+/// [`run_case`] with an optional `follow_up` chain posted after the
+/// case's `build` and notified with it: watches the queue (bounded by
+/// [`OBSERVE_CYCLES`]) until the follow-up was used, DEVICE_NEEDS_RESET
+/// is set, or (without a follow-up) anything was used. The device is left
+/// reset; fails on a stray write or when the device cannot be set up.
+pub fn run_case_watched(
     dev: &RawDevice,
     mem: &RawMemory,
     case: &Case,
     ram_end: u64,
-    followups: u16,
-) -> Result<(CaseResult, UsedSeen), RawError> {
+    follow_up: Option<FollowUp>,
+) -> Result<Watched, RawError> {
     dev.reset()?;
     let missing = case.requires & !dev.device_features();
     if missing != 0 {
-        return Ok((CaseResult::Skipped { missing }, UsedSeen::default()));
+        return Ok(Watched {
+            result: CaseResult::Skipped { missing },
+            used: UsedSeen::default(),
+            followed: None,
+        });
     }
     let features = dev.negotiate(case.wanted | case.requires)?;
     let max = dev.queue_max(case.queue);
     if max == 0 {
         return Err(RawError::NoQueue { queue: case.queue });
     }
-    let size = u32::from(case.size).min(max).max(1);
-    // The largest power of two not above `size`.
-    let size = 1u16 << (31 - size.leading_zeros()).min(15);
+    let size = pow2_floor(u32::from(case.size).min(max));
     let mut queue = RawQueue::new(case.queue, size, &mem.rings)?;
     dev.place_queue(case.queue, queue.placement(dev.version()));
     let table = DescTable::new(&mem.table);
     let mut scratch = Scratch::new(&mem.scratch);
     dev.driver_ok_or_reset()?;
     let seen = queue.used_idx();
-    {
+    let head = {
         let mut setup = Setup {
             dev,
             queue: &mut queue,
@@ -1137,35 +1191,61 @@ pub fn run_case_followed(
             ram_end,
         };
         (case.build)(&mut setup)?;
-    }
-    dev.notify(u32::from(case.queue));
-    let outcome = observe(dev, &queue, seen);
-    if followups > 0 && matches!(outcome, Outcome::Used(_)) {
-        let want = 1 + followups;
-        let start = rdtsc();
-        while queue.used_idx().wrapping_sub(seen) < want
-            && !dev.status().contains(DeviceStatus::DEVICE_NEEDS_RESET)
-            && rdtsc().wrapping_sub(start) <= OBSERVE_CYCLES
-        {
-            core::hint::spin_loop();
+        match follow_up {
+            Some(f) => Some(f(&mut setup)?),
+            None => None,
         }
-    }
-    let mut used = UsedSeen {
-        count: queue.used_idx().wrapping_sub(seen),
-        ..UsedSeen::default()
     };
-    for (k, e) in used.elems.iter_mut().enumerate() {
-        // k < MAX_USED_SEEN (4).
-        if (k as u16) < used.count {
-            *e = Some(queue.used_elem(seen.wrapping_add(k as u16)));
+    dev.notify(u32::from(case.queue));
+    let mut used = UsedSeen::default();
+    let mut followed = false;
+    let mut returned = None;
+    let start = rdtsc();
+    let mut looks = 0u32;
+    loop {
+        let idx = queue.used_idx();
+        while used.count != idx.wrapping_sub(seen) {
+            let e = queue.used_elem(seen.wrapping_add(used.count));
+            if let Some(slot) = used.elems.get_mut(usize::from(used.count)) {
+                *slot = Some(e);
+            }
+            used.count = used.count.wrapping_add(1);
+            if head.is_some_and(|h| e.id() == u32::from(h)) {
+                followed = true;
+            } else if returned.is_none() {
+                returned = Some(e);
+            }
+        }
+        let done = match head {
+            Some(_) => followed,
+            None => used.count > 0,
+        };
+        if done {
+            break;
+        }
+        looks += 1;
+        if looks.is_multiple_of(LOOKS_PER_STATUS)
+            && (dev.status().contains(DeviceStatus::DEVICE_NEEDS_RESET)
+                || rdtsc().wrapping_sub(start) > OBSERVE_CYCLES)
+        {
+            break;
         }
     }
     let status = dev.status();
+    let outcome = match returned {
+        Some(e) => Outcome::Used(e),
+        None if status.contains(DeviceStatus::DEVICE_NEEDS_RESET) => Outcome::NeedsReset,
+        None => Outcome::Ignored,
+    };
     dev.ack_interrupt(dev.interrupt_status());
     // Reset first, then look: a write that lands late is caught too.
     dev.reset()?;
     scratch.check()?;
-    Ok((CaseResult::Ran { outcome, status }, used))
+    Ok(Watched {
+        result: CaseResult::Ran { outcome, status },
+        used,
+        followed: head.map(|_| followed),
+    })
 }
 
 /// Pages of each ring area of [`NetMemory`] (one queue each, see

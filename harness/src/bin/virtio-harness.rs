@@ -108,6 +108,11 @@ fn main() -> ExitCode {
 fn suite() -> ExitCode {
     let rows = harness::suite();
     print!("{}", harness::format_table(&rows));
+    // The hostile rows' verdicts, one line per case (issue 6).
+    let verdicts = harness::verdict::render_recorded();
+    if !verdicts.is_empty() {
+        print!("\nhostile verdicts\n{verdicts}");
+    }
     if rows.iter().any(|r| r.failed()) {
         return ExitCode::FAILURE;
     }

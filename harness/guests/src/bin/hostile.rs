@@ -1,66 +1,79 @@
-//! Scenario `hostile`: feeds malformed split rings (spec §2.7) to the first
-//! entropy device (§5.4) and, when there is one, the first console (§5.3,
-//! port 0's transmitq), one case at a time, through `guest_rt::raw`. Each
-//! case is followed by a reset and a clean initialisation with
-//! `guest-driver` that must work again (the rng reads 64 bytes, the console
-//! writes a line): the device survived.
-//!
-//! The guest fails only when the device stops working or writes outside
-//! the device-writable buffers it was given (canaries around every
-//! buffer); what the device does with the malformed input is reported,
-//! not judged, since the spec leaves it to the device. Output per case:
+//! Scenario `hostile`: a guest that deliberately breaks the spec against
+//! each device it finds (entropy §5.4, console §5.3, block §5.2, network
+//! §5.1), one case at a time, through `guest_rt::raw`, and prints a
+//! verdict per case. The contract (also in `harness/guests/README.md`):
 //!
 //! ```text
-//! hostile: <case>: rule §… <what the driver breaks>
-//! hostile: <case>: <needs_reset | used len=<n> id=<id> | ignored> (status <hex>)
-//! hostile: <case>: survived (<what the clean driver did>)
+//! plan: <device> <n>                          cases about to run on it
+//! case: <device> <case>                       before a case
+//! hostile: <device>-<case>: rule §… / <outcome> (status …) / survived (…)
+//! verdict: <device> <case> PASS|REJECT|WEDGED|CRASH <detail>
+//! serving: <other> ok after <device> cases (<what>)   | serving: <other> FAIL …
+//! summary: <device> <p> PASS, <r> REJECT, <w> WEDGED, <c> CRASH
+//! hostile: <n> case(s) run, <m> skipped
 //! ```
 //!
-//! Block cases (§5.2, the first virtio-blk slot, queue 0) post one
-//! malformed request and then a well-formed READ of sector 0 on the same
-//! queue, and print the malformed request's status byte and the follow-up's
-//! fate; a device that did not set DEVICE_NEEDS_RESET must have completed
-//! the follow-up with OK (§5.2.6: it keeps serving the queue), else the run
-//! fails:
+//! `<device>` is `rng`, `console`, `blk` or `net`. The cases, all
+//! table-driven: the generic ring cases of [`ring::RINGS`] against every
+//! device's queue under test (rng requestq, console port-0 transmitq, blk
+//! queue 0, net transmitq1), the register cases of [`regs::REGS`] against
+//! every device, and the device-specific [`blk::BLK_CASES`] and
+//! [`net::NET_CASES`]. The verdict rules (guest side):
 //!
-//! ```text
-//! hostile: <case>: request status <hex|not written> (want IOERR or UNSUPP, or the chain returned), follow-up <ok | status <hex> | not used>
-//! ```
+//! - REJECT: the device set DEVICE_NEEDS_RESET (§2.1.2), completed the
+//!   malformed blk request with IOERR/UNSUPP (§5.2.6) while serving the
+//!   follow-up, or refused a register/status write (status reads back
+//!   without the bit, §2.2.2, §3.1.1).
+//! - PASS: the device went on serving the queue: the malformed chain was
+//!   returned (any used length; §2.7.8 lets a device return a buffer
+//!   having written nothing) or dropped, and the well-formed follow-up
+//!   chain posted behind it was used; a write to a read-only register or
+//!   beyond the configuration space was ignored (§4.2.2); an out-of-order
+//!   status write was tolerated (the spec binds the driver there).
+//! - WEDGED: no DEVICE_NEEDS_RESET and the follow-up was not used within
+//!   the bounded wait (the queue is stuck), or the device did not work
+//!   after a reset and a clean initialisation. The guest then resets the
+//!   device and goes on.
+//! - CRASH: the device wrote guest memory outside the device-writable
+//!   buffers it was given (canaries), or broke a device-side rule the
+//!   guest can see ("device fault": a read-only register changed, a
+//!   not-ready queue used, FEATURES_OK kept with a bit never offered).
+//!   The host adds CRASH for a started case without a verdict when the
+//!   guest faulted or the monitor failed, WEDGED when the run timed out.
 //!
-//! Net cases (§5.1, the first virtio-net slot, set up by hand with
-//! `guest_rt::raw::NetRig`) post one malformed transmit, receive or
-//! control chain and then send a well-formed frame to the device's own MAC
-//! that must come back (loopback netdev or an echoing peer); a version 2
-//! device that neither set DEVICE_NEEDS_RESET nor brought it back fails
-//! the run unless `hostile.strict=0`:
-//!
-//! ```text
-//! hostile: <case>: <follow-up frame came back (traffic continues) | device set DEVICE_NEEDS_RESET; follow-up not sent | …>
-//! ```
-//!
-//! `hostile.case=<name>` runs one case (several may be given); the default
-//! is every case; rng, console, blk and net cases are skipped without such
-//! a device (at least an rng or a net device must be there). Adding a case
-//! is adding an entry to [`CASES`] (or `NET_CASES`).
+//! After each device's cases every other device present is checked to
+//! still serve (rng read, console line, blk sector read, net frame looped
+//! back). `hostile.case=<name>` runs selected cases (names are
+//! `<device prefix><case>`: no prefix for the rng, `console-`, `blk-`,
+//! `net-tx-` for the generic cases on the net device, `net-` for its
+//! register cases); `hostile.device=<device>` runs one device's cases.
 #![no_std]
 #![no_main]
 
-use core::sync::atomic::{AtomicU64, Ordering};
+use core::fmt::{self, Write};
 
-use guest_driver::blk::{Blk, BlkOptions, req, status as blk_status};
+use guest_driver::blk::{Blk, BlkOptions};
 use guest_driver::{Console, ConsoleOptions, Polls, Rng, RngOptions};
-use guest_rt::raw::{
-    self, Case, CaseResult, DescTable, NetMemory, NetRig, RawDevice, RawError, RawMemory, Scratch,
-    Setup, UsedSeen, desc,
-};
+use guest_rt::raw::{self, Case, CaseResult, NetMemory, RawDevice, RawError, RawMemory};
 use guest_rt::{BootInfo, MemoryKind, exit, println};
-use virtio_core::features::{BlkFeatures, DeviceType, NetFeatures, TransportFeatures};
+use virtio_core::features::{DeviceType, TransportFeatures};
 use virtio_core::status::DeviceStatus;
+
+#[path = "hostile/blk.rs"]
+mod blk;
+#[path = "hostile/net.rs"]
+mod net;
+#[path = "hostile/regs.rs"]
+mod regs;
+#[path = "hostile/ring.rs"]
+mod ring;
 
 guest_rt::entry!(main);
 
 /// `VIRTQ_DESC_F_NEXT` (§2.7.5).
 const NEXT: u16 = 1;
+/// `VIRTQ_DESC_F_WRITE` (§2.7.5).
+const WRITE: u16 = 2;
 /// `VIRTQ_DESC_F_INDIRECT` (§2.7.5.3).
 const INDIRECT: u16 = 4;
 /// Bytes of each case's ordinary buffer.
@@ -74,527 +87,504 @@ const SURVIVAL_POLLS: u64 = 50_000_000;
 
 const INDIRECT_DESC: u64 = TransportFeatures::RING_INDIRECT_DESC.bits();
 
-/// `VIRTQ_DESC_F_WRITE` (§2.7.5).
-const WRITE: u16 = 2;
-/// Config offset of `capacity` in the register block (§4.2.2, §5.2.4).
-const BLK_CAPACITY: u64 = 0x100;
-/// Config offset of `seg_max` in the register block (§5.2.4).
-const BLK_SEG_MAX: u64 = 0x100 + 12;
-const BLK_RO: u64 = BlkFeatures::RO.bits();
-const BLK_SEGS: u64 = BlkFeatures::SEG_MAX.bits() | INDIRECT_DESC;
+/// A case's verdict (the contract's words).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum V {
+    Pass,
+    Reject,
+    Wedged,
+    Crash,
+}
 
-/// Guest-physical addresses of the status bytes of the case's malformed
-/// request (0: it has none) and of its follow-up, set by the blk builders
-/// and read after the case ran (the scratch memory outlives the case).
-static BLK_STATUS: [AtomicU64; 2] = [AtomicU64::new(0), AtomicU64::new(0)];
-
-/// An rng case on the requestq (§5.4.2: device-writable buffers).
-const fn rng(
-    name: &'static str,
-    rule: &'static str,
-    requires: u64,
-    build: fn(&mut Setup<'_, '_>) -> Result<(), RawError>,
-) -> Case {
-    Case {
-        name,
-        rule,
-        device: DeviceType::Rng,
-        queue: 0,
-        size: SIZE,
-        device_writes: true,
-        wanted: 0,
-        requires,
-        build,
+impl V {
+    fn word(self) -> &'static str {
+        match self {
+            V::Pass => "PASS",
+            V::Reject => "REJECT",
+            V::Wedged => "WEDGED",
+            V::Crash => "CRASH",
+        }
     }
 }
 
-/// A console case on port 0's transmitq (§5.3.2: queue 1, device-readable
-/// buffers), MULTIPORT not negotiated.
-const fn console(
-    name: &'static str,
-    rule: &'static str,
-    build: fn(&mut Setup<'_, '_>) -> Result<(), RawError>,
-) -> Case {
-    Case {
-        name,
-        rule,
-        device: DeviceType::Console,
-        queue: 1,
-        size: SIZE,
-        device_writes: false,
-        wanted: 0,
-        requires: 0,
-        build,
+/// A line of text built without an allocator (truncated when full).
+struct Line {
+    buf: [u8; 200],
+    len: usize,
+}
+
+impl Line {
+    fn new() -> Self {
+        Line {
+            buf: [0; 200],
+            len: 0,
+        }
+    }
+
+    fn as_str(&self) -> &str {
+        // Only whole characters are ever copied in.
+        core::str::from_utf8(&self.buf[..self.len]).unwrap_or("")
     }
 }
 
-/// A blk case on queue 0 (§5.2.2): a malformed request, then a
-/// well-formed READ of sector 0 (the follow-up).
-const fn blk(
-    name: &'static str,
-    rule: &'static str,
-    requires: u64,
-    build: fn(&mut Setup<'_, '_>) -> Result<(), RawError>,
-) -> Case {
-    Case {
-        name,
-        rule,
-        device: DeviceType::Blk,
-        queue: 0,
-        size: SIZE,
-        device_writes: false,
-        wanted: 0,
-        requires,
-        build,
+impl Write for Line {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        for c in s.chars() {
+            let n = c.len_utf8();
+            if self.len + n > self.buf.len() {
+                break;
+            }
+            c.encode_utf8(&mut self.buf[self.len..self.len + n]);
+            self.len += n;
+        }
+        Ok(())
     }
 }
 
-/// Every case, in the order they run.
-const CASES: &[Case] = &[
-    rng(
-        "desc-loop",
-        "§2.7.5.3.1: a chain is at most the queue size long; here `next` points back (a loop)",
-        0,
-        desc_loop,
-    ),
-    rng(
-        "next-out-of-range",
-        "§2.7.5: `next` must index the descriptor table; here it is the queue size",
-        0,
-        next_out_of_range,
-    ),
-    rng(
-        "head-out-of-range",
-        "§2.7.6: an available entry is a descriptor index; here it is the queue size",
-        0,
-        head_out_of_range,
-    ),
-    rng(
-        "buffer-outside-ram",
-        "§2.7.5: `addr` is a guest-physical buffer; here no RAM backs it",
-        0,
-        buffer_outside_ram,
-    ),
-    rng(
-        "buffer-straddles-ram-end",
-        "§2.7.5: the whole buffer must be guest memory; here it runs past the end of RAM",
-        0,
-        buffer_straddles_ram_end,
-    ),
-    rng(
-        "avail-index-jump",
-        "§2.7.6: the available index runs at most the queue size ahead; here it jumps size+1",
-        0,
-        avail_index_jump,
-    ),
-    rng(
-        "device-readable-buffer",
-        "§5.4.6.1: entropy requests are device-writable; here the buffer is device-readable",
-        0,
-        device_readable_buffer,
-    ),
-    rng(
-        "zero-length-buffer",
-        "§2.7.5, §5.4.6: a buffer the device can fill; here `len` is 0",
-        0,
-        zero_length_buffer,
-    ),
-    rng(
-        "chain-longer-than-queue",
-        "§2.7.5.3.1: no chain longer than the queue size; here an indirect table of size+1",
-        INDIRECT_DESC,
-        chain_longer_than_queue,
-    ),
-    rng(
-        "indirect-not-negotiated",
-        "§2.7.5.3.1: no VIRTQ_DESC_F_INDIRECT unless VIRTIO_F_INDIRECT_DESC was negotiated",
-        0,
-        indirect_not_negotiated,
-    ),
-    rng(
-        "indirect-bad-length",
-        "§2.7.5.3: an indirect table's length is a multiple of 16; here it is 24",
-        INDIRECT_DESC,
-        indirect_bad_length,
-    ),
-    rng(
-        "indirect-nested",
-        "§2.7.5.3.1: no VIRTQ_DESC_F_INDIRECT inside an indirect table",
-        INDIRECT_DESC,
-        indirect_nested,
-    ),
-    console(
-        "console-desc-loop",
-        "§2.7.5.3.1: a chain is at most the queue size long; here `next` points back (a loop)",
-        desc_loop,
-    ),
-    console(
-        "console-next-out-of-range",
-        "§2.7.5: `next` must index the descriptor table; here it is the queue size",
-        next_out_of_range,
-    ),
-    console(
-        "console-buffer-outside-ram",
-        "§2.7.5: `addr` is a guest-physical buffer; here no RAM backs it",
-        buffer_outside_ram,
-    ),
-    console(
-        "console-avail-index-jump",
-        "§2.7.6: the available index runs at most the queue size ahead; here it jumps size+1",
-        avail_index_jump,
-    ),
-    blk(
-        "blk-beyond-capacity",
-        "§5.2.6.1: no request beyond the capacity; here a READ at sector = capacity (want IOERR)",
-        0,
-        blk_beyond_capacity,
-    ),
-    blk(
-        "blk-write-read-only",
-        "§5.2.6.1: no WRITE to a VIRTIO_BLK_F_RO disk; here a WRITE of sector 0 (want IOERR)",
-        BLK_RO,
-        blk_write_read_only,
-    ),
-    blk(
-        "blk-header-too-short",
-        "§5.2.6: the header is 16 device-readable bytes; here 8 (want IOERR/UNSUPP or the chain returned)",
-        0,
-        blk_header_too_short,
-    ),
-    blk(
-        "blk-header-device-writable",
-        "§5.2.6: the header is device-readable; here it is device-writable (want IOERR/UNSUPP or the chain returned)",
-        0,
-        blk_header_device_writable,
-    ),
-    blk(
-        "blk-status-too-short",
-        "§5.2.6: the status is one device-writable byte; here the status buffer has 0 bytes (want the chain returned)",
-        0,
-        blk_status_too_short,
-    ),
-    blk(
-        "blk-status-device-readable",
-        "§5.2.6: the status byte is device-writable; here it is device-readable (want the chain returned)",
-        0,
-        blk_status_device_readable,
-    ),
-    blk(
-        "blk-data-not-sector-multiple",
-        "§5.2.6: data is a multiple of 512 bytes; here a WRITE of 100 bytes (want IOERR)",
-        0,
-        blk_data_not_sector_multiple,
-    ),
-    blk(
-        "blk-more-segments-than-seg-max",
-        "§5.2.4, §5.2.6.1: at most seg_max data segments; here seg_max + 1 in an indirect table (want IOERR or OK)",
-        BLK_SEGS,
-        blk_more_segments_than_seg_max,
-    ),
-];
-
-/// One buffer in descriptor 0, posted.
-fn plain(s: &mut Setup<'_, '_>, addr: u64, len: u32, flags: u16) -> Result<(), RawError> {
-    s.queue.set_desc(0, desc(addr, len, flags, 0))?;
-    s.queue.post(0)
+/// A verdict and why.
+struct Judged {
+    v: V,
+    detail: Line,
 }
 
-fn desc_loop(s: &mut Setup<'_, '_>) -> Result<(), RawError> {
-    let (a, f) = s.normal(LEN.into())?;
-    let (b, _) = s.normal(LEN.into())?;
-    s.queue.set_desc(0, desc(a, LEN, NEXT | f, 1))?;
-    s.queue.set_desc(1, desc(b, LEN, NEXT | f, 0))?;
-    s.queue.post(0)
+fn judged(v: V, detail: fmt::Arguments<'_>) -> Judged {
+    let mut l = Line::new();
+    let _ = l.write_fmt(detail);
+    Judged { v, detail: l }
 }
 
-fn next_out_of_range(s: &mut Setup<'_, '_>) -> Result<(), RawError> {
-    let (a, f) = s.normal(LEN.into())?;
-    let next = s.queue.size();
-    s.queue.set_desc(0, desc(a, LEN, NEXT | f, next))?;
-    s.queue.post(0)
+/// The device kinds, in the order their cases run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Dev {
+    Rng,
+    Console,
+    Blk,
+    Net,
 }
 
-fn head_out_of_range(s: &mut Setup<'_, '_>) -> Result<(), RawError> {
-    let (a, f) = s.normal(LEN.into())?;
-    s.queue.set_desc(0, desc(a, LEN, f, 0))?;
-    let head = s.queue.size();
-    s.queue.post(head)
-}
+const DEVS: [Dev; 4] = [Dev::Rng, Dev::Console, Dev::Blk, Dev::Net];
 
-fn buffer_outside_ram(s: &mut Setup<'_, '_>) -> Result<(), RawError> {
-    let addr = s.outside_ram();
-    let f = s.normal_flags();
-    plain(s, addr, LEN, f)
-}
-
-fn buffer_straddles_ram_end(s: &mut Setup<'_, '_>) -> Result<(), RawError> {
-    let addr = s.ram_end.saturating_sub(u64::from(LEN / 2));
-    let f = s.normal_flags();
-    plain(s, addr, LEN, f)
-}
-
-fn avail_index_jump(s: &mut Setup<'_, '_>) -> Result<(), RawError> {
-    let (a, f) = s.normal(LEN.into())?;
-    s.queue.set_desc(0, desc(a, LEN, f, 0))?;
-    s.queue.set_avail_entry(0, 0)?;
-    let idx = s.queue.size() + 1;
-    s.queue.set_avail_idx(idx)
-}
-
-fn device_readable_buffer(s: &mut Setup<'_, '_>) -> Result<(), RawError> {
-    let a = s.readable(LEN.into())?;
-    plain(s, a, LEN, 0)
-}
-
-fn zero_length_buffer(s: &mut Setup<'_, '_>) -> Result<(), RawError> {
-    let (a, f) = s.normal(0)?;
-    plain(s, a, 0, f)
-}
-
-fn chain_longer_than_queue(s: &mut Setup<'_, '_>) -> Result<(), RawError> {
-    let n = s.queue.size() + 1;
-    let piece = 16u32;
-    let (buf, f) = s.normal(u64::from(piece) * u64::from(n))?;
-    for i in 0..n {
-        let flags = if i + 1 < n { NEXT | f } else { f };
-        let addr = buf + u64::from(piece) * u64::from(i);
-        s.table.set(i, desc(addr, piece, flags, i + 1))?;
+impl Dev {
+    fn name(self) -> &'static str {
+        match self {
+            Dev::Rng => "rng",
+            Dev::Console => "console",
+            Dev::Blk => "blk",
+            Dev::Net => "net",
+        }
     }
-    let table = s.table.addr();
-    plain(s, table, 16 * u32::from(n), INDIRECT)
-}
 
-fn indirect_not_negotiated(s: &mut Setup<'_, '_>) -> Result<(), RawError> {
-    let (a, f) = s.normal(LEN.into())?;
-    s.table.set(0, desc(a, LEN, f, 0))?;
-    let table = s.table.addr();
-    plain(s, table, 16, INDIRECT)
-}
-
-fn indirect_bad_length(s: &mut Setup<'_, '_>) -> Result<(), RawError> {
-    let (a, f) = s.normal(LEN.into())?;
-    s.table.set(0, desc(a, LEN, f, 0))?;
-    s.table.set(1, desc(a, LEN, f, 0))?;
-    let table = s.table.addr();
-    plain(s, table, 24, INDIRECT)
-}
-
-fn indirect_nested(s: &mut Setup<'_, '_>) -> Result<(), RawError> {
-    let (a, f) = s.normal(LEN.into())?;
-    // Entry 32 is a second table of one buffer; entry 0 points to it with
-    // INDIRECT.
-    let inner = 32u16;
-    s.table.set(inner, desc(a, LEN, f, 0))?;
-    let table = s.table.addr();
-    let inner_addr = table + 16 * u64::from(inner);
-    s.table.set(0, desc(inner_addr, 16, INDIRECT, 0))?;
-    plain(s, table, 16, INDIRECT)
-}
-
-/// A blk request header (§5.2.6: `le32 type, le32 reserved, le64
-/// sector`) in a new device-readable scratch buffer of `len` bytes.
-fn blk_header(s: &mut Setup<'_, '_>, kind: u32, sector: u64, len: u64) -> Result<u64, RawError> {
-    let h = s.readable(len.max(16))?;
-    s.scratch.write_u32(h, kind)?;
-    s.scratch.write_u32(h + 4, 0)?;
-    s.scratch.write_u64(h + 8, sector)?;
-    Ok(h)
-}
-
-/// Writes the chain `bufs` (address, length, flags) from descriptor
-/// `first` on and posts it.
-fn blk_chain(s: &mut Setup<'_, '_>, first: u16, bufs: &[(u64, u32, u16)]) -> Result<u16, RawError> {
-    let mut d = first;
-    for (i, &(addr, len, flags)) in bufs.iter().enumerate() {
-        let last = i + 1 == bufs.len();
-        let (flags, next) = if last {
-            (flags, 0)
-        } else {
-            (flags | NEXT, d + 1)
-        };
-        s.queue.set_desc(d, desc(addr, len, flags, next))?;
-        d += 1;
+    fn ty(self) -> DeviceType {
+        match self {
+            Dev::Rng => DeviceType::Rng,
+            Dev::Console => DeviceType::Console,
+            Dev::Blk => DeviceType::Blk,
+            Dev::Net => DeviceType::Net,
+        }
     }
-    s.queue.post(first)?;
-    Ok(d)
+
+    /// Prefix of the generic ring cases' names.
+    fn ring_prefix(self) -> &'static str {
+        match self {
+            Dev::Rng => "",
+            Dev::Console => "console-",
+            Dev::Blk => "blk-",
+            Dev::Net => "net-tx-",
+        }
+    }
+
+    /// Prefix of the register cases' names.
+    fn prefix(self) -> &'static str {
+        match self {
+            Dev::Rng => "",
+            Dev::Console => "console-",
+            Dev::Blk => "blk-",
+            Dev::Net => "net-",
+        }
+    }
+
+    /// The queue under test (§5.4.2, §5.3.2 port 0 transmitq, §5.2.2,
+    /// §5.1.2 transmitq1).
+    fn queue(self) -> u16 {
+        match self {
+            Dev::Rng | Dev::Blk => 0,
+            Dev::Console => 1,
+            Dev::Net => raw::NET_TX,
+        }
+    }
+
+    /// Whether that queue's buffers are device-writable.
+    fn device_writes(self) -> bool {
+        self == Dev::Rng
+    }
 }
 
-/// A device-writable status byte; its address is recorded in
-/// [`BLK_STATUS`]`[which]`.
-fn blk_status(s: &mut Setup<'_, '_>, which: usize, len: u64) -> Result<u64, RawError> {
-    let st = s.writable(len)?;
-    BLK_STATUS[which].store(st, Ordering::Relaxed);
-    Ok(st)
+/// One case of a device, whatever its kind.
+#[derive(Clone, Copy)]
+enum Kind {
+    Ring(&'static ring::Ring),
+    Reg(&'static regs::RegCase),
+    Blk(&'static blk::BlkCase),
+    Net(&'static net::NetCase),
 }
 
-/// The follow-up: a well-formed READ of sector 0 from descriptor `first`.
-fn blk_followup(s: &mut Setup<'_, '_>, first: u16) -> Result<(), RawError> {
-    let h = blk_header(s, req::IN, 0, 16)?;
-    let data = s.writable(512)?;
-    let st = blk_status(s, 1, 1)?;
-    blk_chain(s, first, &[(h, 16, 0), (data, 512, WRITE), (st, 1, WRITE)]).map(|_| ())
+impl Kind {
+    /// Prefix and name, which together are the `hostile.case=` name.
+    fn name(self, d: Dev) -> (&'static str, &'static str) {
+        match self {
+            Kind::Ring(r) => (d.ring_prefix(), r.name),
+            Kind::Reg(r) => (d.prefix(), r.name),
+            Kind::Blk(c) => ("", c.name),
+            Kind::Net(c) => ("", c.name),
+        }
+    }
+
+    fn rule(self) -> &'static str {
+        match self {
+            Kind::Ring(r) => r.rule,
+            Kind::Reg(r) => r.rule,
+            Kind::Blk(c) => c.rule,
+            Kind::Net(c) => c.rule,
+        }
+    }
 }
 
-/// A request of `kind` at `sector` with `data` bytes (device-writable for
-/// READ), then the follow-up.
-fn blk_simple(s: &mut Setup<'_, '_>, kind: u32, sector: u64, data: u32) -> Result<(), RawError> {
-    let h = blk_header(s, kind, sector, 16)?;
-    let dflags = if kind == req::IN { WRITE } else { 0 };
-    let buf = if kind == req::IN {
-        s.writable(data.into())?
-    } else {
-        s.readable(data.into())?
+/// Every case of `d`, in order: generic ring cases, register cases, then
+/// the device's own.
+fn cases(d: Dev) -> impl Iterator<Item = Kind> {
+    let own_blk = if d == Dev::Blk { blk::BLK_CASES } else { &[] };
+    let own_net = if d == Dev::Net { net::NET_CASES } else { &[] };
+    ring::RINGS
+        .iter()
+        .map(Kind::Ring)
+        .chain(regs::REGS.iter().map(Kind::Reg))
+        .chain(own_blk.iter().map(Kind::Blk))
+        .chain(own_net.iter().map(Kind::Net))
+}
+
+/// The short case name of the verdict line: the full name without the
+/// `<device>-` prefix.
+fn short(d: Dev, prefix: &'static str, name: &'static str) -> (&'static str, &'static str) {
+    let dev = d.name();
+    let p = prefix.strip_prefix(dev).and_then(|p| p.strip_prefix('-'));
+    match p {
+        Some(rest) => (rest, name),
+        None => match name.strip_prefix(dev).and_then(|n| n.strip_prefix('-')) {
+            Some(n) => ("", n),
+            None => (prefix, name),
+        },
+    }
+}
+
+/// The devices found, and the memory the cases use.
+struct Rig {
+    devs: [Option<RawDevice>; 4],
+    mem: RawMemory,
+    nmem: Option<NetMemory>,
+    ram_end: u64,
+}
+
+impl Rig {
+    fn dev(&self, d: Dev) -> Option<&RawDevice> {
+        self.devs[d as usize].as_ref()
+    }
+}
+
+/// Proves `d` still works: a clean initialisation by `guest-driver` (the
+/// net device by hand, with a frame looped back), then for the rng a read
+/// of [`SURVIVAL_BYTES`], for the console a line written on port 0, for
+/// the blk a read of sector 0; dropping the driver resets it again.
+// The error is a line of text on the stack (no allocator here); it is
+// printed right away.
+#[allow(clippy::result_large_err)]
+fn alive(rig: &Rig, d: Dev) -> Result<&'static str, Line> {
+    let Some(dev) = rig.dev(d) else {
+        return Err(line(format_args!("no {} device", d.name())));
     };
-    let st = blk_status(s, 0, 1)?;
-    let next = blk_chain(s, 0, &[(h, 16, 0), (buf, data, dflags), (st, 1, WRITE)])?;
-    blk_followup(s, next)
-}
-
-fn blk_beyond_capacity(s: &mut Setup<'_, '_>) -> Result<(), RawError> {
-    let cap = u64::from(s.dev.read(BLK_CAPACITY)) | (u64::from(s.dev.read(BLK_CAPACITY + 4)) << 32);
-    blk_simple(s, req::IN, cap, 512)
-}
-
-fn blk_write_read_only(s: &mut Setup<'_, '_>) -> Result<(), RawError> {
-    blk_simple(s, req::OUT, 0, 512)
-}
-
-fn blk_data_not_sector_multiple(s: &mut Setup<'_, '_>) -> Result<(), RawError> {
-    blk_simple(s, req::OUT, 0, 100)
-}
-
-fn blk_header_too_short(s: &mut Setup<'_, '_>) -> Result<(), RawError> {
-    let h = blk_header(s, req::IN, 0, 16)?;
-    let data = s.writable(512)?;
-    let st = blk_status(s, 0, 1)?;
-    let next = blk_chain(s, 0, &[(h, 8, 0), (data, 512, WRITE), (st, 1, WRITE)])?;
-    blk_followup(s, next)
-}
-
-fn blk_header_device_writable(s: &mut Setup<'_, '_>) -> Result<(), RawError> {
-    let h = s.writable(16)?;
-    let data = s.writable(512)?;
-    let st = blk_status(s, 0, 1)?;
-    let next = blk_chain(s, 0, &[(h, 16, WRITE), (data, 512, WRITE), (st, 1, WRITE)])?;
-    blk_followup(s, next)
-}
-
-fn blk_status_too_short(s: &mut Setup<'_, '_>) -> Result<(), RawError> {
-    let h = blk_header(s, req::IN, 0, 16)?;
-    let data = s.writable(512)?;
-    // A zero-length "status" after the data: the device has nowhere to
-    // put the status byte; a write there is caught by the canaries (the
-    // buffer is registered as not device-writable).
-    BLK_STATUS[0].store(0, Ordering::Relaxed);
-    let st = s.readable(16)?;
-    let next = blk_chain(s, 0, &[(h, 16, 0), (data, 512, WRITE), (st, 0, WRITE)])?;
-    blk_followup(s, next)
-}
-
-fn blk_status_device_readable(s: &mut Setup<'_, '_>) -> Result<(), RawError> {
-    let h = blk_header(s, req::IN, 0, 16)?;
-    let data = s.writable(512)?;
-    let st = s.readable(1)?;
-    BLK_STATUS[0].store(0, Ordering::Relaxed);
-    let next = blk_chain(s, 0, &[(h, 16, 0), (data, 512, WRITE), (st, 1, 0)])?;
-    blk_followup(s, next)
-}
-
-fn blk_more_segments_than_seg_max(s: &mut Setup<'_, '_>) -> Result<(), RawError> {
-    let seg_max = s.dev.read(BLK_SEG_MAX);
-    let segs = seg_max.saturating_add(1);
-    // Header, the segments, status: one indirect table page at most.
-    let count = u32::from(s.table.capacity());
-    if segs.saturating_add(2) > count {
-        return Err(RawError::OutOfRegion {
-            offset: u64::from(segs.saturating_add(2)) * 16,
-            len: 16,
-        });
-    }
-    let h = blk_header(s, req::OUT, 0, 16)?;
-    // Every segment is the same 512 device-readable bytes.
-    let data = s.readable(512)?;
-    let st = blk_status(s, 0, 1)?;
-    let n = segs as u16 + 2;
-    for i in 0..n {
-        let (addr, len, flags) = if i == 0 {
-            (h, 16, NEXT)
-        } else if i + 1 == n {
-            (st, 1, WRITE)
-        } else {
-            (data, 512, NEXT)
-        };
-        let next = if i + 1 == n { 0 } else { i + 1 };
-        s.table.set(i, desc(addr, len, flags, next))?;
-    }
-    let table = s.table.addr();
-    s.queue
-        .set_desc(0, desc(table, 16 * u32::from(n), INDIRECT, 0))?;
-    s.queue.post(0)?;
-    blk_followup(s, 1)
-}
-
-/// Reads a recorded status byte (`None` when the case has none).
-fn blk_status_byte(mem: &RawMemory, which: usize) -> Option<u8> {
-    let addr = BLK_STATUS[which].load(Ordering::Relaxed);
-    if addr == 0 {
-        return None;
-    }
-    mem.scratch
-        .read_u8(addr.wrapping_sub(mem.scratch.addr()))
-        .ok()
-}
-
-fn status_name(b: u8) -> &'static str {
-    match b {
-        blk_status::OK => "OK",
-        blk_status::IOERR => "IOERR",
-        blk_status::UNSUPP => "UNSUPP",
-        raw::CANARY => "not written",
-        _ => "invalid",
+    let mem = &rig.mem;
+    let err = |e: &dyn fmt::Display| line(format_args!("{e}"));
+    // SAFETY: `dev` is not used until the driver is dropped below.
+    let regs = unsafe { dev.driver_regs() };
+    match d {
+        Dev::Console => {
+            let options = ConsoleOptions {
+                multiport: false,
+                ..ConsoleOptions::default()
+            };
+            let mut console: Console<_, _, 1> =
+                Console::new(&mem.pool, regs, options).map_err(|e| err(&e))?;
+            console
+                .write(b"hostile: console alive\n", &mut Polls::new(SURVIVAL_POLLS))
+                .map_err(|e| err(&e))?;
+            Ok("wrote a line after re-initialisation")
+        }
+        Dev::Blk => {
+            let options = BlkOptions {
+                depth: 1,
+                slot_size: 512,
+                ..BlkOptions::default()
+            };
+            let mut blk = Blk::new(&mem.pool, regs, options).map_err(|e| err(&e))?;
+            let mut buf = [0u8; 512];
+            blk.read(0, &mut buf, &mut Polls::new(SURVIVAL_POLLS))
+                .map_err(|e| err(&e))?;
+            Ok("read sector 0 after re-initialisation")
+        }
+        Dev::Rng => {
+            let mut rng = Rng::new(&mem.pool, regs, RngOptions::default()).map_err(|e| err(&e))?;
+            let mut buf = [0u8; SURVIVAL_BYTES];
+            rng.read_exact(&mut buf, &mut Polls::new(SURVIVAL_POLLS))
+                .map_err(|e| err(&e))?;
+            Ok("64 bytes after re-initialisation")
+        }
+        Dev::Net => {
+            let Some(nmem) = rig.nmem.as_ref() else {
+                return Err(line(format_args!("net memory already taken")));
+            };
+            match net::net_run(dev, nmem, None, 0xff, rig.ram_end) {
+                Ok(net::NetRun {
+                    follow_up: Some(true),
+                    ..
+                }) => Ok("a frame looped back after re-initialisation"),
+                Ok(_) => Err(line(format_args!(
+                    "no frame came back after re-initialisation"
+                ))),
+                Err(e) => Err(err(&e)),
+            }
+        }
     }
 }
 
-/// Reports a blk case: the malformed request's status byte and the
-/// follow-up's fate. A device that kept going (no DEVICE_NEEDS_RESET) must
-/// have completed the follow-up with OK.
-///
-/// A legacy (version 1) device has no DEVICE_NEEDS_RESET (§4.2.4 uses the
-/// version 1 status, which QEMU does not set there): one that stops
-/// serving the queue is reported, not failed.
-fn blk_report(name: &str, mem: &RawMemory, used: &UsedSeen, needs_reset: bool, legacy: bool) {
-    let first = blk_status_byte(mem, 0);
-    let follow = blk_status_byte(mem, 1);
-    let followed = used.count >= 2;
-    match first {
-        Some(b) => println!(
-            "hostile: {name}: request status {b:#04x} ({}), {} used element(s)",
-            status_name(b),
-            used.count
+fn line(a: fmt::Arguments<'_>) -> Line {
+    let mut l = Line::new();
+    let _ = l.write_fmt(a);
+    l
+}
+
+/// A raw-kit error as a verdict: a stray write is CRASH, anything else
+/// (the device would not even be set up) WEDGED.
+fn from_error(e: RawError) -> Judged {
+    match e {
+        RawError::StrayWrite { .. } => judged(V::Crash, format_args!("device fault: {e}")),
+        _ => judged(V::Wedged, format_args!("set-up failed: {e}")),
+    }
+}
+
+/// Judges a ring case (generic or blk) on rng, console or blk from what
+/// the runner watched.
+fn judge_watched(d: Dev, name: &str, w: &raw::Watched, mem: &RawMemory, legacy: bool) -> Judged {
+    let CaseResult::Ran { outcome, status } = w.result else {
+        return judged(V::Pass, format_args!("skipped"));
+    };
+    println!("hostile: {name}: {outcome} (status {:#04x})", status.bits());
+    let returned = match outcome {
+        raw::Outcome::Used(e) => line(format_args!("chain returned (used len={})", e.len())),
+        _ => line(format_args!("chain dropped")),
+    };
+    let (first, follow) = if d == Dev::Blk {
+        let (a, b) = (blk::status_byte(mem, 0), blk::status_byte(mem, 1));
+        if let Some(b) = a {
+            println!(
+                "hostile: {name}: request status {b:#04x} ({}), {} used element(s)",
+                blk::status_name(b),
+                w.used.count
+            );
+        }
+        (a, b)
+    } else {
+        (None, None)
+    };
+    let needs_reset = status.contains(DeviceStatus::DEVICE_NEEDS_RESET);
+    if d == Dev::Blk {
+        blk_fate(name, w.followed == Some(true), follow, needs_reset, legacy);
+    }
+    if needs_reset {
+        return judged(
+            V::Reject,
+            format_args!("DEVICE_NEEDS_RESET (§2.1.2), status {:#04x}", status.bits()),
+        );
+    }
+    match w.followed {
+        Some(true) if d == Dev::Blk && !blk::is_ok(follow) => judged(
+            V::Wedged,
+            format_args!(
+                "follow-up READ completed with status {} (§5.2.6)",
+                follow.map_or("-", blk::status_name)
+            ),
         ),
-        None => println!(
-            "hostile: {name}: request has no status byte, {} used element(s)",
-            used.count
+        Some(true) if blk::is_error(first) => judged(
+            V::Reject,
+            format_args!(
+                "status {} (§5.2.6); follow-up READ ok",
+                first.map_or("-", blk::status_name)
+            ),
         ),
+        Some(true) => judged(
+            V::Pass,
+            format_args!("{}; follow-up served", returned.as_str()),
+        ),
+        Some(false) => judged(
+            V::Wedged,
+            format_args!(
+                "{}; follow-up not used and no DEVICE_NEEDS_RESET",
+                returned.as_str()
+            ),
+        ),
+        None => match outcome {
+            raw::Outcome::Used(_) => judged(V::Pass, format_args!("{}", returned.as_str())),
+            _ => judged(
+                V::Wedged,
+                format_args!("nothing used and no DEVICE_NEEDS_RESET"),
+            ),
+        },
     }
+}
+
+/// Prints the blk follow-up's fate (the line the QEMU tests read): served
+/// OK, not served because of DEVICE_NEEDS_RESET, or not served by a legacy
+/// device (version 1 has no DEVICE_NEEDS_RESET, §4.2.4).
+fn blk_fate(name: &str, followed: bool, follow: Option<u8>, needs_reset: bool, legacy: bool) {
+    let st = follow.map_or("-", blk::status_name);
     match (followed, follow) {
-        (true, Some(blk_status::OK)) => println!("hostile: {name}: follow-up READ ok"),
-        (_, b) if needs_reset => println!(
-            "hostile: {name}: device set DEVICE_NEEDS_RESET; follow-up not served (status {})",
-            b.map_or("-", status_name)
+        (true, b) if blk::is_ok(b) => println!("hostile: {name}: follow-up READ ok"),
+        _ if needs_reset => println!(
+            "hostile: {name}: device set DEVICE_NEEDS_RESET; follow-up not served (status {st})"
         ),
-        (true, b) => exit::fail(format_args!(
-            "hostile: {name}: the follow-up READ completed with status {} (§5.2.6)",
-            b.map_or("-", status_name)
-        )),
-        (false, b) if legacy => println!(
-            "hostile: {name}: legacy device stopped serving the queue (no DEVICE_NEEDS_RESET on version 1); follow-up not served (status {})",
-            b.map_or("-", status_name)
+        (true, _) => {
+            println!("hostile: {name}: the follow-up READ completed with status {st} (§5.2.6)")
+        }
+        (false, _) if legacy => println!(
+            "hostile: {name}: legacy device stopped serving the queue (no DEVICE_NEEDS_RESET on version 1); follow-up not served (status {st})"
         ),
-        (false, _) => exit::fail(format_args!(
+        (false, _) => println!(
             "hostile: {name}: the follow-up READ was not used and the device did not set DEVICE_NEEDS_RESET"
-        )),
+        ),
     }
+}
+
+/// Judges a net case from its run.
+fn judge_net(name: &str, r: &net::NetRun) -> Judged {
+    println!(
+        "hostile: {name}: {} (status {:#04x})",
+        r.outcome,
+        r.status.bits()
+    );
+    if let Some(e) = r.late {
+        println!(
+            "hostile: {name}: malformed chain returned when a frame came: used len={} id={}",
+            e.len(),
+            e.id()
+        );
+    }
+    let what = match r.outcome {
+        raw::Outcome::Used(e) => line(format_args!("chain returned (used len={})", e.len())),
+        _ => line(format_args!("chain dropped")),
+    };
+    match r.follow_up {
+        _ if r.status.contains(DeviceStatus::DEVICE_NEEDS_RESET) => judged(
+            V::Reject,
+            format_args!(
+                "DEVICE_NEEDS_RESET (§2.1.2), status {:#04x}",
+                r.status.bits()
+            ),
+        ),
+        Some(true) => {
+            println!("hostile: {name}: follow-up frame came back (traffic continues)");
+            judged(
+                V::Pass,
+                format_args!("{}; follow-up frame came back", what.as_str()),
+            )
+        }
+        _ => judged(
+            V::Wedged,
+            format_args!(
+                "{}; follow-up frame did not come back and no DEVICE_NEEDS_RESET",
+                what.as_str()
+            ),
+        ),
+    }
+}
+
+/// Runs one case of `d` (not skipped) and judges it, before the survival
+/// check. `Err`: skipped (features not offered).
+fn run_one(rig: &Rig, d: Dev, k: Kind, name: &str, tag: u8) -> Result<Judged, u64> {
+    let Some(dev) = rig.dev(d) else {
+        return Err(0);
+    };
+    let mem = &rig.mem;
+    let ring_case = |build, requires| Case {
+        name: "",
+        rule: "",
+        device: d.ty(),
+        queue: d.queue(),
+        size: SIZE,
+        device_writes: d.device_writes(),
+        wanted: 0,
+        requires,
+        build,
+    };
+    let watch = |case: &Case, follow| {
+        blk::clear_status();
+        match raw::run_case_watched(dev, mem, case, rig.ram_end, follow) {
+            Ok(w) => match w.result {
+                CaseResult::Skipped { missing } => Err(missing),
+                _ => Ok(judge_watched(d, name, &w, mem, !dev.is_modern())),
+            },
+            Err(e) => Ok(from_error(e)),
+        }
+    };
+    let follow: Option<raw::FollowUp> = match d {
+        Dev::Rng => Some(ring::rng_follow_up),
+        Dev::Console => Some(ring::console_follow_up),
+        Dev::Blk => Some(blk::follow_up),
+        Dev::Net => None,
+    };
+    let run_net = |c: &net::NetCase| {
+        let Some(nmem) = rig.nmem.as_ref() else {
+            return Ok(judged(V::Wedged, format_args!("net memory already taken")));
+        };
+        let missing = c.requires & !dev.device_features();
+        if missing != 0 {
+            return Err(missing);
+        }
+        match net::net_run(dev, nmem, Some(c), tag, rig.ram_end) {
+            Ok(r) => Ok(judge_net(name, &r)),
+            Err(e) => Ok(from_error(e)),
+        }
+    };
+    match k {
+        Kind::Ring(r) if d == Dev::Net => run_net(&net::tx_case(r)),
+        Kind::Ring(r) => watch(
+            &ring_case(r.build, r.requires),
+            if r.follow { follow } else { None },
+        ),
+        Kind::Blk(c) => watch(&ring_case(c.build, c.requires), follow),
+        Kind::Net(c) => run_net(c),
+        Kind::Reg(r) => Ok(match (r.run)(dev, mem, d.queue(), d.device_writes()) {
+            Ok(j) => j,
+            Err(e) => {
+                let _ = dev.reset();
+                from_error(e)
+            }
+        }),
+    }
+}
+
+/// The first RAM range end of the PVH memory map with no RAM right after
+/// it but RAM further up (a hole below the end of RAM), if any.
+fn hole(boot: &BootInfo) -> Option<u64> {
+    let ram = || {
+        boot.memory_map()
+            .iter()
+            .filter(|r| r.kind == MemoryKind::Ram)
+    };
+    ram()
+        .map(|r| r.base.saturating_add(r.size))
+        .filter(|&end| {
+            !ram().any(|r| r.base <= end && end < r.base.saturating_add(r.size))
+                && ram().any(|r| r.base > end)
+        })
+        .min()
 }
 
 /// One past the last byte of RAM, from the PVH memory map.
@@ -607,630 +597,175 @@ fn ram_end(boot: &BootInfo) -> u64 {
         .unwrap_or(0)
 }
 
-/// Proves the device still works: a clean initialisation by
-/// `guest-driver`, then for the rng a read of [`SURVIVAL_BYTES`], for the
-/// console a line written on port 0; dropping the driver resets it again.
-/// Returns what was done.
-fn survive(dev: &RawDevice, mem: &RawMemory) -> Result<&'static str, guest_driver::BlkError> {
-    // SAFETY: `dev` is not used until the driver is dropped below.
-    let regs = unsafe { dev.driver_regs() };
-    if dev.device_id() == DeviceType::Console.id() {
-        let options = ConsoleOptions {
-            multiport: false,
-            ..ConsoleOptions::default()
-        };
-        let mut console: Console<_, _, 1> = Console::new(&mem.pool, regs, options)?;
-        console.write(b"hostile: console alive\n", &mut Polls::new(SURVIVAL_POLLS))?;
-        return Ok("wrote a line after re-initialisation");
-    }
-    if dev.device_id() == DeviceType::Blk.id() {
-        let options = BlkOptions {
-            depth: 1,
-            slot_size: 512,
-            ..BlkOptions::default()
-        };
-        let mut blk = Blk::new(&mem.pool, regs, options)?;
-        let mut buf = [0u8; 512];
-        blk.read(0, &mut buf, &mut Polls::new(SURVIVAL_POLLS))?;
-        return Ok("read sector 0 after re-initialisation");
-    }
-    let mut rng = Rng::new(&mem.pool, regs, RngOptions::default())?;
-    let mut buf = [0u8; SURVIVAL_BYTES];
-    rng.read_exact(&mut buf, &mut Polls::new(SURVIVAL_POLLS))?;
-    Ok("64 bytes after re-initialisation")
-}
-
 fn main(boot: &'static BootInfo) {
     let Some(mem) = RawMemory::take() else {
         exit::fail(format_args!("hostile: raw memory already taken"));
     };
     let ram_end = ram_end(boot);
     println!("hostile: RAM ends at {ram_end:#x}");
-    let mut wanted = boot.cmdline_values("hostile.case").peekable();
-    let only = wanted.peek().is_some();
-    for name in wanted {
-        if !CASES.iter().any(|c| c.name == name) && !NET_CASES.iter().any(|c| c.name == name) {
+    match hole(boot) {
+        Some(h) => {
+            println!("hostile: hole in the memory map at {h:#x}: buffer-across-hole straddles it");
+            ring::HOLE_AT.store(h, core::sync::atomic::Ordering::Relaxed);
+        }
+        None => println!(
+            "hostile: no hole below the end of RAM: buffer-across-hole straddles the end of RAM"
+        ),
+    }
+    let selected = |prefix: &str, name: &str| {
+        let mut wanted = boot.cmdline_values("hostile.case").peekable();
+        wanted.peek().is_none() || wanted.any(|w| w.strip_prefix(prefix) == Some(name))
+    };
+    let dev_selected = |d: Dev| {
+        let mut wanted = boot.cmdline_values("hostile.device").peekable();
+        wanted.peek().is_none() || wanted.any(|w| w == d.name())
+    };
+    for w in boot.cmdline_values("hostile.case") {
+        let known = DEVS.iter().any(|&d| {
+            cases(d).any(|k| {
+                let (p, n) = k.name(d);
+                w.strip_prefix(p) == Some(n)
+            })
+        });
+        if !known {
             println!("hostile: known cases:");
-            for c in CASES {
-                println!("  {}", c.name);
+            for d in DEVS {
+                for k in cases(d) {
+                    let (p, n) = k.name(d);
+                    println!("  {p}{n}");
+                }
             }
-            for c in NET_CASES {
-                println!("  {}", c.name);
-            }
-            exit::fail(format_args!("hostile: unknown case {name:?}"));
+            exit::fail(format_args!("hostile: unknown case {w:?}"));
         }
     }
-    // The rng is optional when there is a net device (its cases are then
-    // skipped); one of the two must be there.
-    let rng = RawDevice::find(boot.cmdline(), DeviceType::Rng).ok();
-    let net = RawDevice::find(boot.cmdline(), DeviceType::Net).ok();
-    if rng.is_none() && net.is_none() {
+    let devs = DEVS.map(|d| RawDevice::find(boot.cmdline(), d.ty()).ok());
+    if devs.iter().all(Option::is_none) {
         exit::fail(format_args!(
             "hostile: {}",
             RawError::NoDevice(DeviceType::Rng)
         ));
     }
-    // The console is optional: its cases are skipped without one.
-    let console = RawDevice::find(boot.cmdline(), DeviceType::Console).ok();
-    // So is the block device.
-    let blk = RawDevice::find(boot.cmdline(), DeviceType::Blk).ok();
-    for dev in rng.iter().chain(console.as_ref()).chain(blk.as_ref()) {
+    let nmem = if devs[Dev::Net as usize].is_some() {
+        NetMemory::take()
+    } else {
+        None
+    };
+    let rig = Rig {
+        devs,
+        mem,
+        nmem,
+        ram_end,
+    };
+    for d in DEVS {
+        let Some(dev) = rig.dev(d) else { continue };
         println!(
-            "hostile: device id {} at {:#x} (virtio-mmio version {}), features offered {:#x}",
+            "hostile: device {} (id {}) at {:#x} (virtio-mmio version {}), features offered {:#x}",
+            d.name(),
             dev.device_id(),
             dev.slot().base,
             dev.version() as u32,
             dev.device_features()
         );
-        if let Err(e) = survive(dev, &mem) {
+        if let Err(e) = alive(&rig, d) {
             exit::fail(format_args!(
-                "hostile: device id {} does not work to begin with: {e}",
-                dev.device_id()
+                "hostile: device {} does not work to begin with: {}",
+                d.name(),
+                e.as_str()
             ));
         }
     }
-    let (mut ran, mut skipped) = (0, 0);
-    for case in CASES {
-        if only && !boot.cmdline_values("hostile.case").any(|n| n == case.name) {
+    let (mut ran, mut skipped) = (0u32, 0u32);
+    for d in DEVS {
+        let run_here = |k: &Kind| {
+            let (p, n) = k.name(d);
+            selected(p, n)
+        };
+        if !dev_selected(d) {
             continue;
         }
-        let name = case.name;
-        let dev = match case.device {
-            DeviceType::Rng => rng.as_ref(),
-            DeviceType::Console => console.as_ref(),
-            DeviceType::Blk => blk.as_ref(),
-            _ => None,
-        };
-        let Some(dev) = dev else {
-            println!("hostile: {name}: skipped (no {:?} device)", case.device);
-            skipped += 1;
-            continue;
-        };
-        println!("hostile: {name}: rule {}", case.rule);
-        let is_blk = case.device == DeviceType::Blk;
-        if is_blk {
-            for s in &BLK_STATUS {
-                s.store(0, Ordering::Relaxed);
-            }
-        }
-        match raw::run_case_followed(dev, &mem, case, ram_end, u16::from(is_blk)) {
-            Ok((CaseResult::Skipped { missing }, _)) => {
-                println!("hostile: {name}: skipped (features {missing:#x} not offered)");
+        if rig.dev(d).is_none() {
+            for k in cases(d).filter(run_here) {
+                let (p, n) = k.name(d);
+                println!("hostile: {p}{n}: skipped (no {:?} device)", d.ty());
                 skipped += 1;
-                continue;
             }
-            Ok((CaseResult::Ran { outcome, status }, used)) => {
-                println!("hostile: {name}: {outcome} (status {:#04x})", status.bits());
-                if is_blk {
-                    let needs_reset = status.contains(DeviceStatus::DEVICE_NEEDS_RESET);
-                    blk_report(name, &mem, &used, needs_reset, !dev.is_modern());
+            continue;
+        }
+        let plan = cases(d).filter(run_here).count();
+        println!("plan: {} {plan}", d.name());
+        let mut counts = [0u32; 4];
+        for (i, k) in cases(d).filter(run_here).enumerate() {
+            let (p, n) = k.name(d);
+            let (sp, sn) = short(d, p, n);
+            let mut full = Line::new();
+            let _ = write!(full, "{p}{n}");
+            let name = full.as_str();
+            println!("case: {} {sp}{sn}", d.name());
+            println!("hostile: {name}: rule {}", k.rule());
+            let tag = (i % 250 + 1) as u8;
+            let mut j = match run_one(&rig, d, k, name, tag) {
+                Ok(j) => j,
+                Err(missing) => {
+                    println!("hostile: {name}: skipped (features {missing:#x} not offered)");
+                    println!(
+                        "skip: {} {sp}{sn} features {missing:#x} not offered",
+                        d.name()
+                    );
+                    skipped += 1;
+                    continue;
+                }
+            };
+            match alive(&rig, d) {
+                Ok(what) => println!("hostile: {name}: survived ({what})"),
+                Err(e) => {
+                    if j.v != V::Crash {
+                        j = judged(
+                            V::Wedged,
+                            format_args!(
+                                "device dead after a reset: {} (case: {})",
+                                e.as_str(),
+                                j.detail.as_str()
+                            ),
+                        );
+                    }
+                    let _ = rig.dev(d).map(RawDevice::reset);
                 }
             }
-            Err(e) => exit::fail(format_args!("hostile: {name}: {e}")),
+            println!(
+                "verdict: {} {sp}{sn} {} {}",
+                d.name(),
+                j.v.word(),
+                j.detail.as_str()
+            );
+            counts[j.v as usize] += 1;
+            ran += 1;
         }
-        match survive(dev, &mem) {
-            Ok(what) => println!("hostile: {name}: survived ({what})"),
-            Err(e) => exit::fail(format_args!(
-                "hostile: {name}: the device stopped working: {e}"
-            )),
-        }
-        ran += 1;
-    }
-    if let Some(dev) = net.as_ref() {
-        let Some(nmem) = NetMemory::take() else {
-            exit::fail(format_args!("hostile: net memory already taken"));
-        };
-        println!(
-            "hostile: device id {} at {:#x} (virtio-mmio version {}), features offered {:#x}",
-            dev.device_id(),
-            dev.slot().base,
-            dev.version() as u32,
-            dev.device_features()
-        );
-        match net_run(dev, &nmem, None, 0, ram_end) {
-            Ok(NetRun {
-                follow_up: Some(true),
-                ..
-            }) => {}
-            Ok(_) => exit::fail(format_args!(
-                "hostile: the net device does not loop a frame back to begin with"
-            )),
-            Err(e) => exit::fail(format_args!(
-                "hostile: the net device does not work to begin with: {e}"
-            )),
-        }
-        let strict = !boot.cmdline_values("hostile.strict").any(|v| v == "0");
-        let selected = |name: &str| !only || boot.cmdline_values("hostile.case").any(|n| n == name);
-        let (r, s) = net_cases(dev, &nmem, ram_end, &selected, strict);
-        ran += r;
-        skipped += s;
-    } else {
-        for case in NET_CASES {
-            if !only || boot.cmdline_values("hostile.case").any(|n| n == case.name) {
-                println!("hostile: {}: skipped (no Net device)", case.name);
-                skipped += 1;
+        for other in DEVS {
+            if other == d || rig.dev(other).is_none() {
+                continue;
+            }
+            match alive(&rig, other) {
+                Ok(what) => println!(
+                    "serving: {} ok after {} cases ({what})",
+                    other.name(),
+                    d.name()
+                ),
+                Err(e) => println!(
+                    "serving: {} FAIL after {} cases: {}",
+                    other.name(),
+                    d.name(),
+                    e.as_str()
+                ),
             }
         }
+        println!(
+            "summary: {} {} PASS, {} REJECT, {} WEDGED, {} CRASH",
+            d.name(),
+            counts[0],
+            counts[1],
+            counts[2],
+            counts[3]
+        );
     }
     println!("hostile: {ran} case(s) run, {skipped} skipped");
-}
-
-// ---- virtio-net (§5.1) ----
-
-/// Features the net cases accept when offered: MAC (to address the
-/// follow-up), MTU, checksum offload (so a NEEDS_CSUM header is allowed
-/// and only its positions are wrong) and the control queue.
-const NET_WANTED: u64 = NetFeatures::MAC.bits()
-    | NetFeatures::MTU.bits()
-    | NetFeatures::CSUM.bits()
-    | NetFeatures::CTRL_VQ.bits()
-    | NetFeatures::CTRL_RX.bits();
-const NET_CTRL_RX: u64 = NetFeatures::CTRL_VQ.bits() | NetFeatures::CTRL_RX.bits();
-/// Entries of each net queue in the cases.
-const NET_SIZE: u16 = 16;
-/// Bytes of a well-formed receive buffer slot (header + 1514 fits).
-const NET_SLOT: u64 = 2048;
-/// The first receiveq1 descriptor of the well-formed buffers (cases use
-/// the ones below).
-const NET_GOOD_RX: u16 = 8;
-/// The transmitq1 descriptor of the follow-up frame.
-const NET_FOLLOW_DESC: u16 = 15;
-/// Buffer offset of the follow-up frame.
-const NET_FOLLOW_AT: u64 = 16 * NET_SLOT;
-/// Bytes of the follow-up frame.
-const NET_FRAME: usize = 60;
-/// Ethertype of the follow-up frame (IEEE local experimental).
-const NET_ETHERTYPE: [u8; 2] = [0x88, 0xb5];
-/// How many observation windows the follow-up may take to come back.
-const NET_FOLLOW_WINDOWS: u64 = 10;
-
-/// A net case: the malformed chain goes on `queue` (receiveq1, transmitq1
-/// or the control queue) of the first virtio-net device; then a
-/// well-formed frame is sent and must come back (loopback or an echoing
-/// peer) unless the device asked for a reset.
-#[derive(Clone, Copy)]
-struct NetCase {
-    name: &'static str,
-    rule: &'static str,
-    queue: u16,
-    requires: u64,
-    build: fn(&mut Setup<'_, '_>) -> Result<(), RawError>,
-}
-
-const fn net(
-    name: &'static str,
-    rule: &'static str,
-    queue: u16,
-    requires: u64,
-    build: fn(&mut Setup<'_, '_>) -> Result<(), RawError>,
-) -> NetCase {
-    NetCase {
-        name,
-        rule,
-        queue,
-        requires,
-        build,
-    }
-}
-
-/// Every net case, in the order they run.
-const NET_CASES: &[NetCase] = &[
-    net(
-        "net-tx-short-header",
-        "§5.1.6.2: a transmit chain starts with the whole virtio_net_hdr; here 8 bytes in all",
-        raw::NET_TX,
-        0,
-        net_tx_short_header,
-    ),
-    net(
-        "net-tx-csum-beyond-frame",
-        "§5.1.6.2.1: csum_start + csum_offset + 2 lie within the frame; here csum_start 100 in a 60-byte frame",
-        raw::NET_TX,
-        0,
-        net_tx_csum_beyond_frame,
-    ),
-    net(
-        "net-tx-gso-not-negotiated",
-        "§5.1.6.2.1: no gso_type but NONE unless a HOST_TSO/UFO feature was negotiated; here TCPV4",
-        raw::NET_TX,
-        0,
-        net_tx_gso_not_negotiated,
-    ),
-    net(
-        "net-tx-longer-than-mtu",
-        "§5.1.6.2.1, §5.1.4.1: no frame longer than the MTU plus the Ethernet header; here 1600 bytes",
-        raw::NET_TX,
-        0,
-        net_tx_longer_than_mtu,
-    ),
-    net(
-        "net-tx-device-writable",
-        "§5.1.6.2: transmit buffers are device-readable; here header and frame are device-writable",
-        raw::NET_TX,
-        0,
-        net_tx_device_writable,
-    ),
-    net(
-        "net-tx-desc-loop",
-        "§2.7.5.3.1: a chain is at most the queue size long; here `next` points back (a loop)",
-        raw::NET_TX,
-        0,
-        desc_loop,
-    ),
-    net(
-        "net-tx-next-out-of-range",
-        "§2.7.5: `next` must index the descriptor table; here it is the queue size",
-        raw::NET_TX,
-        0,
-        next_out_of_range,
-    ),
-    net(
-        "net-tx-buffer-outside-ram",
-        "§2.7.5: `addr` is a guest-physical buffer; here no RAM backs it",
-        raw::NET_TX,
-        0,
-        buffer_outside_ram,
-    ),
-    net(
-        "net-rx-device-readable",
-        "§5.1.6.3.1: receive buffers are device-writable; here a device-readable one",
-        raw::NET_RX,
-        0,
-        net_rx_device_readable,
-    ),
-    net(
-        "net-rx-smaller-than-header",
-        "§5.1.6.3.1: a receive buffer holds at least the virtio_net_hdr; here 4 bytes",
-        raw::NET_RX,
-        0,
-        net_rx_smaller_than_header,
-    ),
-    net(
-        "net-rx-buffer-outside-ram",
-        "§2.7.5: `addr` is a guest-physical buffer; here no RAM backs it",
-        raw::NET_RX,
-        0,
-        buffer_outside_ram,
-    ),
-    net(
-        "net-ctrl-short-ack",
-        "§5.1.6.5: a command ends with a one-byte device-writable ack; here the ack buffer has 0 bytes",
-        raw::NET_CTRL,
-        NET_CTRL_RX,
-        net_ctrl_short_ack,
-    ),
-    net(
-        "net-ctrl-ack-readable",
-        "§5.1.6.5: the ack is device-writable; here it is device-readable",
-        raw::NET_CTRL,
-        NET_CTRL_RX,
-        net_ctrl_ack_readable,
-    ),
-    net(
-        "net-tx-head-out-of-range",
-        "§2.7.6: an available entry is a descriptor index; here it is the queue size",
-        raw::NET_TX,
-        0,
-        head_out_of_range,
-    ),
-];
-
-/// Bytes of the virtio-net header on `dev` (§5.1.6: 12 on version 1, the
-/// legacy 10 otherwise; MRG_RXBUF is never negotiated here).
-fn net_hdr_len(dev: &RawDevice) -> u64 {
-    if dev.is_modern() { 12 } else { 10 }
-}
-
-/// A device-readable transmit buffer: header words `w0` (bytes 0..8) and
-/// `w1` (bytes 8..12 of a version 1 header, 8..10 of a legacy one plus two
-/// frame bytes) then `frame` canary bytes; posted as descriptor 0 with
-/// `flags`. Returns its address.
-fn net_tx_chain(
-    s: &mut Setup<'_, '_>,
-    w0: u64,
-    w1: u32,
-    frame: u64,
-    flags: u16,
-) -> Result<(), RawError> {
-    let h = net_hdr_len(s.dev);
-    let writable = flags & WRITE != 0;
-    let buf = if writable {
-        s.writable(h + frame)?
-    } else {
-        let b = s.readable(h + frame)?;
-        s.scratch.write_u64(b, w0)?;
-        s.scratch.write_u32(b + 8, w1)?;
-        b
-    };
-    let len = u32::try_from(h + frame).unwrap_or(u32::MAX);
-    plain(s, buf, len, flags)
-}
-
-fn net_tx_short_header(s: &mut Setup<'_, '_>) -> Result<(), RawError> {
-    let b = s.readable(8)?;
-    s.scratch.write_u64(b, 0)?;
-    plain(s, b, 8, 0)
-}
-
-fn net_tx_csum_beyond_frame(s: &mut Setup<'_, '_>) -> Result<(), RawError> {
-    // flags NEEDS_CSUM, gso NONE, csum_start 100 (bytes 6..8), csum_offset 6.
-    let w0 = u64::from(virtio_core::net::flags::NEEDS_CSUM) | (100u64 << 48);
-    net_tx_chain(s, w0, 6, NET_FRAME as u64, 0)
-}
-
-fn net_tx_gso_not_negotiated(s: &mut Setup<'_, '_>) -> Result<(), RawError> {
-    // gso_type TCPV4, hdr_len 54, gso_size 1400.
-    let w0 = (u64::from(virtio_core::net::gso::TCPV4) << 8) | (54u64 << 16) | (1400u64 << 32);
-    net_tx_chain(s, w0, 0, NET_FRAME as u64, 0)
-}
-
-fn net_tx_longer_than_mtu(s: &mut Setup<'_, '_>) -> Result<(), RawError> {
-    net_tx_chain(s, 0, 0, 1600, 0)
-}
-
-fn net_tx_device_writable(s: &mut Setup<'_, '_>) -> Result<(), RawError> {
-    net_tx_chain(s, 0, 0, NET_FRAME as u64, WRITE)
-}
-
-fn net_rx_device_readable(s: &mut Setup<'_, '_>) -> Result<(), RawError> {
-    let b = s.readable(NET_SLOT)?;
-    plain(s, b, NET_SLOT as u32, 0)
-}
-
-fn net_rx_smaller_than_header(s: &mut Setup<'_, '_>) -> Result<(), RawError> {
-    let b = s.writable(4)?;
-    plain(s, b, 4, WRITE)
-}
-
-/// `VIRTIO_NET_CTRL_RX_PROMISC` on (§5.1.6.5.1) with the ack descriptor
-/// `(len, flags)` on a buffer that is device-writable iff `flags` says so.
-fn net_ctrl(s: &mut Setup<'_, '_>, ack_len: u32, ack_flags: u16) -> Result<(), RawError> {
-    let cmd = s.readable(4)?;
-    // class RX (0), command PROMISC (0), data 1.
-    s.scratch.write_u32(cmd, 0x0001_0000)?;
-    let ack = if ack_flags & WRITE != 0 {
-        s.writable(1)?
-    } else {
-        s.readable(1)?
-    };
-    s.queue.set_desc(0, desc(cmd, 3, NEXT, 1))?;
-    s.queue.set_desc(1, desc(ack, ack_len, ack_flags, 0))?;
-    s.queue.post(0)
-}
-
-fn net_ctrl_short_ack(s: &mut Setup<'_, '_>) -> Result<(), RawError> {
-    net_ctrl(s, 0, WRITE)
-}
-
-fn net_ctrl_ack_readable(s: &mut Setup<'_, '_>) -> Result<(), RawError> {
-    net_ctrl(s, 1, 0)
-}
-
-/// The follow-up frame of case number `tag`: to the device's MAC, from a
-/// local address, ethertype 0x88b5, payload `hostile <tag>` (zero padded).
-fn net_frame(mac: &[u8; 6], tag: u8) -> [u8; NET_FRAME] {
-    let mut f = [0u8; NET_FRAME];
-    f[..6].copy_from_slice(mac);
-    f[6..12].copy_from_slice(&[0x02, 0, 0, 0, 0, 0x02]);
-    f[12..14].copy_from_slice(&NET_ETHERTYPE);
-    f[14..22].copy_from_slice(b"hostile ");
-    f[22] = tag;
-    f
-}
-
-/// Sends the follow-up frame `tag` and waits (bounded) for it to come
-/// back on receiveq1. Returns whether it did.
-fn net_follow_up(
-    rig: &mut NetRig<'_>,
-    tag: u8,
-    late: &mut Option<virtio_core::split::layout::UsedElem>,
-) -> Result<bool, RawError> {
-    let want = net_frame(&rig.mac, tag);
-    rig.send(NET_FOLLOW_DESC, NET_FOLLOW_AT, &want)?;
-    let start = guest_rt::cpu::rdtsc();
-    let mut got = [0u8; NET_FRAME];
-    while guest_rt::cpu::rdtsc().wrapping_sub(start) <= NET_FOLLOW_WINDOWS * raw::OBSERVE_CYCLES {
-        let Some(e) = rig.rx_used() else {
-            core::hint::spin_loop();
-            continue;
-        };
-        let d = e.id() as u16;
-        if e.id() >= u32::from(NET_SIZE) || d < NET_GOOD_RX {
-            // The malformed receive chain, returned once a frame came.
-            late.get_or_insert(e);
-            continue;
-        }
-        let n = rig.read_frame(u64::from(d) * NET_SLOT, e.len(), &mut got);
-        // Shorter frames may come back padded; compare what was sent.
-        if n >= 23 && got[12..23] == want[12..23] {
-            return Ok(true);
-        }
-    }
-    Ok(false)
-}
-
-/// What a net case did.
-struct NetRun {
-    outcome: raw::Outcome,
-    status: DeviceStatus,
-    /// `None`: not sent (the device asked for a reset).
-    follow_up: Option<bool>,
-    /// A malformed receive chain the device returned only while the
-    /// follow-up frame was delivered.
-    late: Option<virtio_core::split::layout::UsedElem>,
-}
-
-/// Sets the device up, runs `case` (or nothing: a clean run) and the
-/// follow-up, checks the canaries and resets.
-fn net_run(
-    dev: &RawDevice,
-    mem: &NetMemory,
-    case: Option<&NetCase>,
-    tag: u8,
-    ram_end: u64,
-) -> Result<NetRun, RawError> {
-    let requires = case.map_or(0, |c| c.requires);
-    let mut rig = NetRig::new(dev, mem, NET_WANTED | requires, NET_SIZE, NET_SIZE)?;
-    let table = DescTable::new(&mem.table);
-    let mut scratch = Scratch::new(&mem.scratch);
-    let post_good = |rig: &mut NetRig<'_>| -> Result<(), RawError> {
-        for d in NET_GOOD_RX..NET_SIZE {
-            rig.post_rx(d, u64::from(d) * NET_SLOT, NET_SLOT as u32)?;
-        }
-        Ok(())
-    };
-    let mut outcome = raw::Outcome::Ignored;
-    if let Some(case) = case {
-        if case.queue != raw::NET_RX {
-            post_good(&mut rig)?;
-            dev.notify(u32::from(raw::NET_RX));
-        }
-        let features = rig.features;
-        let queue = match case.queue {
-            raw::NET_RX => &mut rig.rx,
-            raw::NET_TX => &mut rig.tx,
-            _ => match rig.ctrl.as_mut() {
-                Some(q) => q,
-                None => return Err(RawError::NoQueue { queue: case.queue }),
-            },
-        };
-        let seen = queue.used_idx();
-        let mut setup = Setup {
-            dev,
-            queue,
-            table: &table,
-            scratch: &mut scratch,
-            features,
-            device_writes: case.queue == raw::NET_RX,
-            ram_end,
-        };
-        (case.build)(&mut setup)?;
-        if case.queue == raw::NET_RX {
-            post_good(&mut rig)?;
-        }
-        dev.notify(u32::from(case.queue));
-        let queue = match case.queue {
-            raw::NET_RX => &rig.rx,
-            raw::NET_TX => &rig.tx,
-            _ => rig.ctrl.as_ref().unwrap_or(&rig.tx),
-        };
-        outcome = raw::observe(dev, queue, seen);
-        if case.queue == raw::NET_RX && matches!(outcome, raw::Outcome::Used(_)) {
-            // The malformed chain came back: skip it.
-            let _ = rig.rx_used();
-        }
-    } else {
-        post_good(&mut rig)?;
-        dev.notify(u32::from(raw::NET_RX));
-    }
-    let needs_reset = dev.status().contains(DeviceStatus::DEVICE_NEEDS_RESET);
-    let mut late = None;
-    let follow_up = if needs_reset {
-        None
-    } else {
-        Some(net_follow_up(&mut rig, tag, &mut late)?)
-    };
-    let status = dev.status();
-    dev.ack_interrupt(dev.interrupt_status());
-    dev.reset()?;
-    scratch.check()?;
-    Ok(NetRun {
-        outcome,
-        status,
-        follow_up,
-        late,
-    })
-}
-
-/// Runs the net cases on `dev`; `strict` fails a device that neither asked
-/// for a reset nor kept the traffic going, else that is reported.
-fn net_cases(
-    dev: &RawDevice,
-    mem: &NetMemory,
-    ram_end: u64,
-    selected: &dyn Fn(&str) -> bool,
-    strict: bool,
-) -> (u32, u32) {
-    let (mut ran, mut skipped) = (0, 0);
-    for (i, case) in NET_CASES.iter().enumerate() {
-        let name = case.name;
-        if !selected(name) {
-            continue;
-        }
-        let missing = case.requires & !dev.device_features();
-        if missing != 0 {
-            println!("hostile: {name}: skipped (features {missing:#x} not offered)");
-            skipped += 1;
-            continue;
-        }
-        println!("hostile: {name}: rule {}", case.rule);
-        let tag = (i + 1) as u8;
-        let r = match net_run(dev, mem, Some(case), tag, ram_end) {
-            Ok(r) => r,
-            Err(e) => exit::fail(format_args!("hostile: {name}: {e}")),
-        };
-        println!(
-            "hostile: {name}: {} (status {:#04x})",
-            r.outcome,
-            r.status.bits()
-        );
-        if let Some(e) = r.late {
-            println!(
-                "hostile: {name}: malformed chain returned when a frame came: used len={} id={}",
-                e.len(),
-                e.id()
-            );
-        }
-        match r.follow_up {
-            Some(true) => {
-                println!("hostile: {name}: follow-up frame came back (traffic continues)")
-            }
-            None => println!("hostile: {name}: device set DEVICE_NEEDS_RESET; follow-up not sent"),
-            Some(false) if r.status.contains(DeviceStatus::DEVICE_NEEDS_RESET) => println!(
-                "hostile: {name}: follow-up frame not delivered; device set DEVICE_NEEDS_RESET meanwhile"
-            ),
-            Some(false) if !strict || !dev.is_modern() => println!(
-                "hostile: {name}: follow-up frame did not come back and no DEVICE_NEEDS_RESET (reported, not failed)"
-            ),
-            Some(false) => exit::fail(format_args!(
-                "hostile: {name}: the follow-up frame did not come back and the device did not set DEVICE_NEEDS_RESET"
-            )),
-        }
-        match net_run(dev, mem, None, 0xff, ram_end) {
-            Ok(NetRun {
-                follow_up: Some(true),
-                ..
-            }) => {
-                println!("hostile: {name}: survived (a frame looped back after re-initialisation)")
-            }
-            Ok(_) => exit::fail(format_args!(
-                "hostile: {name}: the device stopped working: no frame came back after re-initialisation"
-            )),
-            Err(e) => exit::fail(format_args!(
-                "hostile: {name}: the device stopped working: {e}"
-            )),
-        }
-        ran += 1;
-    }
-    (ran, skipped)
 }
