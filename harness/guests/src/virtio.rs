@@ -625,3 +625,55 @@ impl Options {
         OptionError::Missing { key }
     }
 }
+
+/// The four device kinds the scenario guests drive (rng, console, blk,
+/// net), with the names their `key=value` options and output lines use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeviceKind {
+    /// Entropy device (§5.4).
+    Rng,
+    /// Console (§5.3).
+    Console,
+    /// Block device (§5.2).
+    Blk,
+    /// Network device (§5.1).
+    Net,
+}
+
+impl DeviceKind {
+    /// Every kind, in the order guests take them.
+    pub const ALL: [DeviceKind; 4] = [
+        DeviceKind::Rng,
+        DeviceKind::Console,
+        DeviceKind::Blk,
+        DeviceKind::Net,
+    ];
+
+    /// Its name in options and output: `rng`, `console`, `blk`, `net`.
+    pub const fn name(self) -> &'static str {
+        match self {
+            DeviceKind::Rng => "rng",
+            DeviceKind::Console => "console",
+            DeviceKind::Blk => "blk",
+            DeviceKind::Net => "net",
+        }
+    }
+
+    /// Its virtio device type (§5).
+    pub const fn ty(self) -> DeviceType {
+        match self {
+            DeviceKind::Rng => DeviceType::Rng,
+            DeviceKind::Console => DeviceType::Console,
+            DeviceKind::Blk => DeviceType::Blk,
+            DeviceKind::Net => DeviceType::Net,
+        }
+    }
+
+    /// `(name, kind)` pairs, for an option that picks one.
+    pub const CHOICES: [(&'static str, DeviceKind); 4] = [
+        ("rng", DeviceKind::Rng),
+        ("console", DeviceKind::Console),
+        ("blk", DeviceKind::Blk),
+        ("net", DeviceKind::Net),
+    ];
+}

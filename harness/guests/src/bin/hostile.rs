@@ -55,6 +55,7 @@ use core::fmt::{self, Write};
 use guest_driver::blk::{Blk, BlkOptions};
 use guest_driver::{Console, ConsoleOptions, Polls, Rng, RngOptions};
 use guest_rt::raw::{self, Case, CaseResult, NetMemory, RawDevice, RawError, RawMemory};
+use guest_rt::virtio::DeviceKind;
 use guest_rt::{BootInfo, MemoryKind, exit, println};
 use virtio_core::features::{DeviceType, TransportFeatures};
 use virtio_core::status::DeviceStatus;
@@ -154,35 +155,19 @@ fn judged(v: V, detail: fmt::Arguments<'_>) -> Judged {
 }
 
 /// The device kinds, in the order their cases run.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Dev {
-    Rng,
-    Console,
-    Blk,
-    Net,
+type Dev = DeviceKind;
+
+const DEVS: [Dev; 4] = DeviceKind::ALL;
+
+/// What the cases need to know of each kind.
+trait DevCases {
+    fn ring_prefix(self) -> &'static str;
+    fn prefix(self) -> &'static str;
+    fn queue(self) -> u16;
+    fn device_writes(self) -> bool;
 }
 
-const DEVS: [Dev; 4] = [Dev::Rng, Dev::Console, Dev::Blk, Dev::Net];
-
-impl Dev {
-    fn name(self) -> &'static str {
-        match self {
-            Dev::Rng => "rng",
-            Dev::Console => "console",
-            Dev::Blk => "blk",
-            Dev::Net => "net",
-        }
-    }
-
-    fn ty(self) -> DeviceType {
-        match self {
-            Dev::Rng => DeviceType::Rng,
-            Dev::Console => DeviceType::Console,
-            Dev::Blk => DeviceType::Blk,
-            Dev::Net => DeviceType::Net,
-        }
-    }
-
+impl DevCases for Dev {
     /// Prefix of the generic ring cases' names.
     fn ring_prefix(self) -> &'static str {
         match self {

@@ -23,9 +23,8 @@ use core::fmt::Display;
 use guest_driver::blk::{Blk, BlkError, BlkOptions};
 use guest_driver::hal::PoolHal;
 use guest_driver::net::{Net, NetError, NetOptions};
-use guest_driver::virtio_core::features::DeviceType;
 use guest_driver::{Console, ConsoleOptions, Error, Rng, RngOptions};
-use guest_rt::virtio::{self, Budget, Mode, Options, OrFail};
+use guest_rt::virtio::{self, Budget, DeviceKind, Mode, Options, OrFail};
 use guest_rt::{BootInfo, exit, println};
 
 guest_rt::entry!(main);
@@ -47,33 +46,7 @@ const SECTOR: u64 = 8;
 /// operations too, not only while the driver waits.
 const IDLE_MS: u64 = 5;
 
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Dev {
-    Rng,
-    Console,
-    Blk,
-    Net,
-}
-
-impl Dev {
-    fn name(self) -> &'static str {
-        match self {
-            Dev::Rng => "rng",
-            Dev::Console => "console",
-            Dev::Blk => "blk",
-            Dev::Net => "net",
-        }
-    }
-
-    fn ty(self) -> DeviceType {
-        match self {
-            Dev::Rng => DeviceType::Rng,
-            Dev::Console => DeviceType::Console,
-            Dev::Blk => DeviceType::Blk,
-            Dev::Net => DeviceType::Net,
-        }
-    }
-}
+type Dev = DeviceKind;
 
 /// Why a run stopped early.
 enum Stop {
@@ -280,16 +253,7 @@ fn main(boot: &'static BootInfo) {
     let opts =
         Options::new(boot, "misbehave", &["device", "mode"]).or_fail(format_args!("misbehave"));
     let dev = opts
-        .choice(
-            "device",
-            &[
-                ("rng", Dev::Rng),
-                ("console", Dev::Console),
-                ("blk", Dev::Blk),
-                ("net", Dev::Net),
-            ],
-            "rng, console, blk or net",
-        )
+        .choice("device", &DeviceKind::CHOICES, "rng, console, blk or net")
         .or_fail(format_args!("misbehave"))
         .unwrap_or_else(|| {
             exit::fail(format_args!(
