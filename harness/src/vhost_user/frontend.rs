@@ -389,8 +389,10 @@ impl VhostUserDevice {
         }
         if self.backend_features & VHOST_USER_F_PROTOCOL_FEATURES != 0 {
             let offered = self.get_u64(&Message::GetProtocolFeatures)?;
-            self.protocol = offered & WANTED_PROTOCOL;
-            self.send(&Message::SetProtocolFeatures(self.protocol), &[])?;
+            // REPLY_ACK applies from the next request on.
+            let wanted = offered & WANTED_PROTOCOL;
+            self.send(&Message::SetProtocolFeatures(wanted), &[])?;
+            self.protocol = wanted;
         }
         let queues = u16::try_from(self.sizes.len()).unwrap_or(u16::MAX);
         if self.protocol & protocol::MQ != 0 {
