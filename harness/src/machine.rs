@@ -572,10 +572,12 @@ pub fn realize_devices_shared(
                 memory: "not given to the device".into(),
             })
         })?;
-        let path = config.socket_path(chardev).ok_or_else(|| MachineError::Missing {
-            by: by.clone(),
-            id: chardev.into(),
-        })?;
+        let path = config
+            .socket_path(chardev)
+            .ok_or_else(|| MachineError::Missing {
+                by: by.clone(),
+                id: chardev.into(),
+            })?;
         let dev = VhostUserDevice::connect(path, kind, ram).map_err(fail)?;
         Ok::<_, MachineError>((dev, format!("vhost-user:{}", path.display())))
     };

@@ -1574,6 +1574,69 @@ mod tests {
     }
 
     #[test]
+    fn vhost_user_devices_take_a_unix_socket_client_chardev() {
+        let c = p(
+            "-chardev socket,id=vu,path=/tmp/b.sock -device vhost-user-blk,chardev=vu,num-queues=2 \
+                   -chardev socket,id=vr,path=/tmp/r.sock -device vhost-user-rng,chardev=vr \
+                   -chardev socket,id=vn,path=/tmp/n.sock -netdev vhost-user,id=n0,chardev=vn \
+                   -device virtio-net-device,netdev=n0",
+        )
+        .unwrap();
+        assert!(c.uses_vhost_user());
+        assert_eq!(c.vhost_user_chardevs(), vec!["vu", "vr", "vn"]);
+        assert_eq!(
+            c.devices[0],
+            DeviceConfig::VhostUser {
+                ty: VhostUserType::Blk {
+                    num_queues: 2,
+                    queue_size: 128
+                },
+                chardev: "vu".into(),
+                ioeventfd: true,
+            }
+        );
+        assert_eq!(c.devices[0].type_name(), "vhost-user-blk");
+        assert_eq!(c.devices[1].type_name(), "vhost-user-rng");
+        assert_eq!(
+            c.socket_path("vr"),
+            Some(std::path::Path::new("/tmp/r.sock"))
+        );
+        assert!(
+            !p("-object rng-builtin,id=r -device virtio-rng-device,rng=r")
+                .unwrap()
+                .uses_vhost_user()
+        );
+        for (line, want) in [
+            ("-device vhost-user-blk,chardev=nope", "nope"),
+            (
+                "-chardev socket,id=s,path=/tmp/x,server=on -device vhost-user-rng,chardev=s",
+                "unix socket client",
+            ),
+            (
+                "-chardev socket,id=s,host=127.0.0.1,port=1 -netdev vhost-user,id=n,chardev=s",
+                "unix socket client",
+            ),
+            (
+                "-chardev socket,id=s,path=/tmp/x -device vhost-user-rng,chardev=s \
+                 -device vhost-user-blk,chardev=s",
+                "already used",
+            ),
+            (
+                "-chardev socket,id=s,path=/tmp/x -device vhost-user-blk,chardev=s,num-queues=0",
+                "num-queues",
+            ),
+            (
+                "-chardev socket,id=s,path=/tmp/x -device vhost-user-blk",
+                "chardev",
+            ),
+            ("-netdev vhost-user,id=n", "chardev"),
+        ] {
+            let e = p(line).unwrap_err().to_string();
+            assert!(e.contains(want), "{line}: {e}");
+        }
+    }
+
+    #[test]
     fn misbehave_takes_every_mode_on_every_virtio_device_and_refuses_others() {
         for m in Misbehave::ALL {
             let c = p(&format!(
@@ -1588,7 +1651,7 @@ mod tests {
                     | DeviceConfig::Serial { misbehave, .. }
                     | DeviceConfig::Net { misbehave, .. }
                     | DeviceConfig::Blk { misbehave, .. } => *misbehave,
-                    DeviceConfig::Port { .. } => None,
+                    DeviceConfig::Port { .. } | DeviceConfig::VhostUser { .. } => None,
                 };
                 assert_eq!(got, Some(m), "{d:?}");
             }

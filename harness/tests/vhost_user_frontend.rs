@@ -44,7 +44,10 @@ impl Daemon {
     /// `virtio-harness vhost-user` serving `options`.
     fn ours(socket: PathBuf, options: &[&str]) -> Daemon {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_virtio-harness"));
-        cmd.arg("vhost-user").arg("--socket").arg(&socket).args(options);
+        cmd.arg("vhost-user")
+            .arg("--socket")
+            .arg(&socket)
+            .args(options);
         Daemon::spawn(cmd, socket)
     }
 
@@ -359,7 +362,11 @@ fn frontend_backend_killed_before_driver_ok_is_reported() {
     let o = m.run(Duration::from_secs(30)).expect("run");
     assert!(!o.verdict.is_pass(), "{}", describe(&o));
     let fault = o.devices[0].fault.as_deref().unwrap_or("");
-    assert!(fault.contains("vhost-user backend gone"), "{}", describe(&o));
+    assert!(
+        fault.contains("vhost-user backend gone"),
+        "{}",
+        describe(&o)
+    );
 }
 
 /// A backend killed while the guest's requests are in flight: the run
@@ -396,7 +403,11 @@ fn frontend_backend_killed_mid_run_is_reported() {
     let _ = killer.join();
     if !o.verdict.is_pass() {
         let fault = o.devices[0].fault.as_deref().unwrap_or("");
-        assert!(fault.contains("vhost-user backend gone"), "{}", describe(&o));
+        assert!(
+            fault.contains("vhost-user backend gone"),
+            "{}",
+            describe(&o)
+        );
     }
     eprintln!("{test}: {:?}\n{}", o.verdict, describe(&o));
 }

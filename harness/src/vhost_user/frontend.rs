@@ -194,7 +194,11 @@ impl fmt::Display for FrontendError {
             ),
             FrontendError::Os(e) => write!(f, "vhost-user frontend: {e}"),
             FrontendError::Connect { path, err } => {
-                write!(f, "connecting to vhost-user backend {}: {err}", path.display())
+                write!(
+                    f,
+                    "connecting to vhost-user backend {}: {err}",
+                    path.display()
+                )
             }
             FrontendError::Io { request, err } => {
                 write!(f, "vhost-user {request:?}: {err}")
@@ -207,7 +211,10 @@ impl fmt::Display for FrontendError {
                 write!(f, "vhost-user {request:?}: bad reply: {why}")
             }
             FrontendError::Refused { request, status } => {
-                write!(f, "vhost-user backend refused {request:?} (status {status})")
+                write!(
+                    f,
+                    "vhost-user backend refused {request:?} (status {status})"
+                )
             }
             FrontendError::Missing(what) => write!(f, "vhost-user backend lacks {what}"),
             FrontendError::TooManyQueues { wanted, max } => write!(
@@ -719,7 +726,10 @@ impl VirtioDevice for VhostUserDevice {
         let Ok(off) = usize::try_from(offset) else {
             return;
         };
-        let Some(end) = off.checked_add(data.len()).filter(|e| *e <= self.config.len()) else {
+        let Some(end) = off
+            .checked_add(data.len())
+            .filter(|e| *e <= self.config.len())
+        else {
             return;
         };
         self.config[off..end].copy_from_slice(data);
