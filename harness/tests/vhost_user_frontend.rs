@@ -272,6 +272,37 @@ fn frontend_rng_matches_the_seed() {
     );
 }
 
+/// The `lifecycle` guest on a vhost-user-rng: reset with a request in
+/// flight (§2.4; the frontend stops the rings with `GET_VRING_BASE` and
+/// resets the backend), an unoffered feature refused (§2.2.2), a clean
+/// re-init that reads entropy again through the same backend.
+#[test]
+fn frontend_rng_survives_reset_and_reinit() {
+    let test = "frontend_rng_survives_reset_and_reinit";
+    if !kvm_or_skip(test) {
+        return;
+    }
+    let dir = scratch(test);
+    let daemon = Daemon::ours(
+        dir.path("rng.sock"),
+        &[
+            "-object",
+            "rng-builtin,id=r0",
+            "-device",
+            "virtio-rng-device,rng=r0",
+        ],
+    );
+    let args = options(
+        env!("GUEST_LIFECYCLE"),
+        "",
+        &daemon.socket,
+        &["-device", "vhost-user-rng,chardev=vu"],
+    );
+    let o = run(&args);
+    assert!(o.verdict.is_pass(), "{}", describe(&o));
+    assert!(o.devices[0].fault.is_none(), "{}", describe(&o));
+}
+
 /// virtio-net (§5.1) behind our backend on a `loopback` netdev: the `net`
 /// guest's echo bench counts every frame back; MAC and link status are
 /// the frontend's configuration space.
