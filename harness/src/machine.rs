@@ -12,6 +12,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::os::fd::{FromRawFd, RawFd};
+use std::sync::Arc;
 use std::time::Duration;
 
 use backends::block::BlockBackend;
@@ -31,8 +32,9 @@ use crate::misbehave::{Misbehave, Misbehaving};
 use crate::monitor::{MonitorServer, NetLink};
 use crate::options::{
     CacheMode, ChardevKind, DeviceConfig, DiskFormat, DriveConfig, MachineConfig, NetdevKind,
-    RngConfig,
+    RngConfig, VhostUserType,
 };
+use crate::vhost_user::{FrontendError, SharedRam, VhostUserDevice, VhostUserKind};
 use crate::virtio::NotifyMode;
 use crate::vm::{Outcome, Vm, VmError};
 
@@ -120,6 +122,14 @@ pub enum MachineError {
     },
     /// Guest RAM could not be created.
     Memory(backends::hostmem::HostMemoryError),
+    /// A device served by an external vhost-user backend could not be set
+    /// up (guest RAM not shareable, backend unreachable or refusing).
+    VhostUser {
+        /// The option that asked for it.
+        by: String,
+        /// Why.
+        err: crate::vhost_user::FrontendError,
+    },
     /// The VM refused something (KVM, loading, the bus).
     Vm(VmError),
 }
@@ -156,6 +166,7 @@ impl fmt::Display for MachineError {
                 write!(f, "monitor socket {}: {err}", path.display())
             }
             MachineError::Memory(e) => write!(f, "guest RAM: {e}"),
+            MachineError::VhostUser { by, err } => write!(f, "{by}: {err}"),
             MachineError::Vm(e) => write!(f, "{e}"),
         }
     }
@@ -171,6 +182,7 @@ impl std::error::Error for MachineError {
             MachineError::Drive { err, .. } => Some(err),
             MachineError::Netdev { err, .. } => Some(err),
             MachineError::Memory(e) => Some(e),
+            MachineError::VhostUser { err, .. } => Some(err),
             MachineError::Vm(e) => Some(e),
             _ => None,
         }
@@ -198,6 +210,9 @@ pub enum DeviceBox {
     /// A hostile device (`misbehave=`, [`crate::misbehave`]); a network
     /// device so wrapped has no link for the monitor.
     Misbehaving(Box<Misbehaving>),
+    /// A device served by an external vhost-user backend, kept typed so
+    /// that its slot reports a dead backend.
+    VhostUser(Box<VhostUserDevice>),
 }
 
 impl DeviceBox {
@@ -207,6 +222,7 @@ impl DeviceBox {
             DeviceBox::Any(d) => d,
             DeviceBox::Net { net, .. } => net,
             DeviceBox::Misbehaving(m) => m,
+            DeviceBox::VhostUser(v) => v,
         }
     }
 }
@@ -241,6 +257,7 @@ impl std::ops::Deref for DeviceBox {
             DeviceBox::Any(d) => &**d,
             DeviceBox::Net { net, .. } => &**net,
             DeviceBox::Misbehaving(m) => &**m,
+            DeviceBox::VhostUser(v) => &**v,
         }
     }
 }
@@ -389,6 +406,11 @@ pub fn open_netdev(
             Box::new(DgramNet::udp(Some(local), remote).map_err(err)?),
             format!("dgram {local} -> {remote}"),
         ),
+        NetdevKind::VhostUser { .. } => {
+            return Err(MachineError::Unsupported(
+                "-netdev vhost-user: its packets live in the backend; only a virtio-net-device can use it",
+            ));
+        }
         NetdevKind::Tap { ifname, fd } => match (ifname, fd) {
             (Some(name), _) => {
                 let tap = Tap::open(name).map_err(err)?;
@@ -518,9 +540,52 @@ pub fn realize_devices_with_hubs(
     mem: &RegionMemory,
     hubs: &mut Hubs,
 ) -> Result<Vec<RealizedDevice>, MachineError> {
+    realize_devices_shared(config, mem, hubs, None)
+}
+
+/// [`realize_devices_with_hubs`] with guest RAM shareable with vhost-user
+/// backends (`ram`, needed by `vhost-user-*` devices and `-netdev
+/// vhost-user`; without it they fail naming the memory backend to use).
+pub fn realize_devices_shared(
+    config: &MachineConfig,
+    mem: &RegionMemory,
+    hubs: &mut Hubs,
+    ram: Option<Arc<SharedRam>>,
+) -> Result<Vec<RealizedDevice>, MachineError> {
+    let vhost_chardevs = config.vhost_user_chardevs();
     let mut chardevs = HashMap::new();
     for (id, kind) in &config.chardevs {
+        // A vhost-user frontend connects to the socket itself.
+        if vhost_chardevs.contains(&id.as_str()) {
+            continue;
+        }
         chardevs.insert(id.clone(), open_chardev(id, kind)?);
+    }
+    // Connects a frontend to the backend on `chardev`'s socket.
+    let vhost_user = |by: String, chardev: &str, kind: VhostUserKind| {
+        let fail = |err| MachineError::VhostUser {
+            by: by.clone(),
+            err,
+        };
+        let ram = ram.clone().ok_or_else(|| {
+            fail(FrontendError::NotShared {
+                memory: "not given to the device".into(),
+            })
+        })?;
+        let path = config
+            .socket_path(chardev)
+            .ok_or_else(|| MachineError::Missing {
+                by: by.clone(),
+                id: chardev.into(),
+            })?;
+        let dev = VhostUserDevice::connect(path, kind, ram).map_err(fail)?;
+        Ok::<_, MachineError>((dev, format!("vhost-user:{}", path.display())))
+    };
+    let mut vhost_netdevs = HashMap::new();
+    for (id, kind) in &config.netdevs {
+        if let NetdevKind::VhostUser { chardev } = kind {
+            vhost_netdevs.insert(id.clone(), chardev.clone());
+        }
     }
     let mut disks = HashMap::new();
     for d in &config.drives {
@@ -529,6 +594,9 @@ pub fn realize_devices_with_hubs(
     let drives = &config.drives;
     let mut netdevs = HashMap::new();
     for (id, kind) in &config.netdevs {
+        if vhost_netdevs.contains_key(id) {
+            continue;
+        }
         netdevs.insert(id.clone(), open_netdev(id, kind, hubs)?);
     }
     let mut nics: u8 = 0;
@@ -658,6 +726,28 @@ pub fn realize_devices_with_hubs(
                 if let Some(s) = serial.take() {
                     finish_serial(s, &mut out);
                 }
+                if let Some(chardev) = vhost_netdevs.get(netdev) {
+                    let mac = mac.unwrap_or_else(|| {
+                        let mut m: [u8; 6] = [0x52, 0x54, 0x00, 0x12, 0x34, 0x56];
+                        m[5] = m[5].wrapping_add(nics);
+                        m
+                    });
+                    nics = nics.wrapping_add(1);
+                    let kind = VhostUserKind::Net {
+                        mac,
+                        queue_size: *queue_size,
+                    };
+                    let by = format!("-netdev vhost-user,id={netdev}");
+                    let (dev, what) = vhost_user(by, chardev, kind)?;
+                    out.push(RealizedDevice {
+                        kind: "virtio-net-device",
+                        backend: what,
+                        ready_fds: dev.ready_fds(),
+                        device: DeviceBox::VhostUser(Box::new(dev)),
+                        notify: notify_of(*ioeventfd),
+                    });
+                    continue;
+                }
                 let (backend, what) =
                     netdevs
                         .remove(netdev)
@@ -696,6 +786,34 @@ pub fn realize_devices_with_hubs(
                     notify: notify_of(*ioeventfd),
                 });
                 misbehave(&mut out, *hostile, mem);
+            }
+            DeviceConfig::VhostUser {
+                ty,
+                chardev,
+                ioeventfd,
+            } => {
+                if let Some(s) = serial.take() {
+                    finish_serial(s, &mut out);
+                }
+                let kind = match *ty {
+                    VhostUserType::Blk {
+                        num_queues,
+                        queue_size,
+                    } => VhostUserKind::Blk {
+                        num_queues,
+                        queue_size,
+                    },
+                    VhostUserType::Rng => VhostUserKind::Rng,
+                };
+                let by = format!("-device {},chardev={chardev}", dev.type_name());
+                let (device, what) = vhost_user(by, chardev, kind)?;
+                out.push(RealizedDevice {
+                    kind: dev.type_name(),
+                    backend: what,
+                    ready_fds: device.ready_fds(),
+                    device: DeviceBox::VhostUser(Box::new(device)),
+                    notify: notify_of(*ioeventfd),
+                });
             }
             DeviceConfig::Serial {
                 max_ports,
@@ -792,7 +910,16 @@ impl Machine {
         let memory = backends::hostmem::HostMemory::new(&config.ram_host_memory())
             .map_err(MachineError::Memory)?;
         let mut vm = Vm::new(memory)?;
-        let realized = realize_devices_with_hubs(config, vm.guest_memory(), hubs)?;
+        let ram = if config.uses_vhost_user() {
+            let shared = SharedRam::from_vm(&vm).map_err(|err| MachineError::VhostUser {
+                by: "a vhost-user device".into(),
+                err,
+            })?;
+            Some(Arc::new(shared))
+        } else {
+            None
+        };
+        let realized = realize_devices_shared(config, vm.guest_memory(), hubs, ram)?;
         let devices = realized
             .iter()
             .map(|d| (d.kind, d.backend.clone()))
@@ -874,6 +1001,9 @@ fn attach(
             }
             DeviceBox::Misbehaving(m) => {
                 vm.add_virtio_device(d.kind, *m, d.ready_fds, d.notify)?;
+            }
+            DeviceBox::VhostUser(v) => {
+                vm.add_virtio_device(d.kind, *v, d.ready_fds, d.notify)?;
             }
         }
     }

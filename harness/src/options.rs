@@ -461,6 +461,13 @@ pub enum NetdevKind {
         /// `host:port` to send to.
         remote: String,
     },
+    /// `vhost-user,chardev=…`: the device's queues are served by an
+    /// external vhost-user backend on the chardev's unix socket
+    /// ([`crate::vhost_user::frontend`]).
+    VhostUser {
+        /// The `-chardev socket,path=…` id.
+        chardev: String,
+    },
     /// `tap,ifname=NAME` or `tap,fd=N`.
     Tap {
         /// The interface name (created if missing).
@@ -541,6 +548,17 @@ pub enum DeviceConfig {
         /// purpose ([`crate::misbehave`]); `None` for an honest one.
         misbehave: Option<Misbehave>,
     },
+    /// `vhost-user-blk,chardev=…[,num-queues=N][,queue-size=N]` or
+    /// `vhost-user-rng,chardev=…`: a device served by an external
+    /// vhost-user backend ([`crate::vhost_user::frontend`]).
+    VhostUser {
+        /// Which device.
+        ty: VhostUserType,
+        /// The `-chardev socket,path=…` id.
+        chardev: String,
+        /// As for [`DeviceConfig::Rng`].
+        ioeventfd: bool,
+    },
     /// `virtconsole,chardev=…` or `virtserialport,chardev=…[,name=…]`.
     Port {
         /// The chardev.
@@ -550,6 +568,21 @@ pub enum DeviceConfig {
         /// Whether it is a console port.
         console: bool,
     },
+}
+
+/// The device an external vhost-user backend provides
+/// ([`DeviceConfig::VhostUser`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VhostUserType {
+    /// `vhost-user-blk`.
+    Blk {
+        /// Request queues.
+        num_queues: u16,
+        /// Each queue's size.
+        queue_size: u16,
+    },
+    /// `vhost-user-rng`.
+    Rng,
 }
 
 /// A whole machine, parsed and cross-checked.
@@ -654,6 +687,14 @@ impl DeviceConfig {
             DeviceConfig::Serial { .. } => "virtio-serial-device",
             DeviceConfig::Blk { .. } => "virtio-blk-device",
             DeviceConfig::Net { .. } => "virtio-net-device",
+            DeviceConfig::VhostUser {
+                ty: VhostUserType::Blk { .. },
+                ..
+            } => "vhost-user-blk",
+            DeviceConfig::VhostUser {
+                ty: VhostUserType::Rng,
+                ..
+            } => "vhost-user-rng",
             DeviceConfig::Port { console: true, .. } => "virtconsole",
             DeviceConfig::Port { console: false, .. } => "virtserialport",
         }
@@ -1099,6 +1140,9 @@ pub fn parse<S: AsRef<str>>(args: &[S]) -> Result<MachineConfig, OptionError> {
                         let remote = inet(&mut kv, "remote")?;
                         NetdevKind::Dgram { local, remote }
                     }
+                    "vhost-user" => NetdevKind::VhostUser {
+                        chardev: kv.require("chardev")?,
+                    },
                     "tap" => {
                         // QEMU's scripts are not run here; `no` is accepted.
                         for k in ["script", "downscript"] {
@@ -1223,6 +1267,34 @@ pub fn parse<S: AsRef<str>>(args: &[S]) -> Result<MachineConfig, OptionError> {
                             misbehave: take_misbehave(&mut kv)?,
                         }
                     }
+                    "vhost-user-blk" => {
+                        let num_queues = kv.take_u32("num-queues")?.unwrap_or(1);
+                        if !(1..=64).contains(&num_queues) {
+                            return Err(kv.bad("num-queues", &num_queues.to_string(), "1 to 64"));
+                        }
+                        // QEMU's vhost-user-blk default.
+                        let queue_size = kv.take_u32("queue-size")?.unwrap_or(128);
+                        if !queue_size.is_power_of_two() || !(2..=32768).contains(&queue_size) {
+                            return Err(kv.bad(
+                                "queue-size",
+                                &queue_size.to_string(),
+                                "a power of two from 2 to 32768",
+                            ));
+                        }
+                        DeviceConfig::VhostUser {
+                            ty: VhostUserType::Blk {
+                                num_queues: num_queues as u16,
+                                queue_size: queue_size as u16,
+                            },
+                            chardev: kv.require("chardev")?,
+                            ioeventfd: kv.take_bool("ioeventfd", true)?,
+                        }
+                    }
+                    "vhost-user-rng" => DeviceConfig::VhostUser {
+                        ty: VhostUserType::Rng,
+                        chardev: kv.require("chardev")?,
+                        ioeventfd: kv.take_bool("ioeventfd", true)?,
+                    },
                     "virtio-serial-device" => DeviceConfig::Serial {
                         id: id.clone(),
                         max_ports: kv.take_u32("max_ports")?.unwrap_or(31),
@@ -1287,6 +1359,59 @@ pub fn parse<S: AsRef<str>>(args: &[S]) -> Result<MachineConfig, OptionError> {
     Ok(cfg)
 }
 
+/// A vhost-user frontend connects to a unix socket: its chardev must be
+/// `socket,path=…` without `server=on`.
+fn vhost_user_socket(cfg: &MachineConfig, by: &str, chardev: &str) -> Result<(), OptionError> {
+    match cfg.chardevs.iter().find(|(id, _)| id == chardev) {
+        Some((
+            _,
+            ChardevKind::Socket {
+                path: Some(_),
+                server: false,
+                ..
+            },
+        )) => Ok(()),
+        _ => Err(OptionError::Conflict(format!(
+            "{by}: chardev '{chardev}' must be a unix socket client (-chardev socket,id={chardev},path=PATH)"
+        ))),
+    }
+}
+
+impl MachineConfig {
+    /// Whether a device is served by an external vhost-user backend (guest
+    /// RAM must then be shareable).
+    pub fn uses_vhost_user(&self) -> bool {
+        self.devices
+            .iter()
+            .any(|d| matches!(d, DeviceConfig::VhostUser { .. }))
+            || self
+                .netdevs
+                .iter()
+                .any(|(_, k)| matches!(k, NetdevKind::VhostUser { .. }))
+    }
+
+    /// The socket path of chardev `id`, if it is a unix socket.
+    pub fn socket_path(&self, id: &str) -> Option<&std::path::Path> {
+        self.chardevs.iter().find_map(|(c, k)| match k {
+            ChardevKind::Socket { path: Some(p), .. } if c == id => Some(p.as_path()),
+            _ => None,
+        })
+    }
+
+    /// The chardevs vhost-user frontends use (not opened as chardevs).
+    pub fn vhost_user_chardevs(&self) -> Vec<&str> {
+        let devs = self.devices.iter().filter_map(|d| match d {
+            DeviceConfig::VhostUser { chardev, .. } => Some(chardev.as_str()),
+            _ => None,
+        });
+        let nets = self.netdevs.iter().filter_map(|(_, k)| match k {
+            NetdevKind::VhostUser { chardev } => Some(chardev.as_str()),
+            _ => None,
+        });
+        devs.chain(nets).collect()
+    }
+}
+
 fn check_references(cfg: &MachineConfig, ids: &HashMap<String, IdKind>) -> Result<(), OptionError> {
     let refers = |by: &str, key: &'static str, id: &str, kind: IdKind, expected: &'static str| {
         if ids.get(id) == Some(&kind) {
@@ -1344,6 +1469,14 @@ fn check_references(cfg: &MachineConfig, ids: &HashMap<String, IdKind>) -> Resul
             claim(chardev, format!("-object rng-egd,id={id}"))?;
         }
     }
+    for (id, kind) in &cfg.netdevs {
+        if let NetdevKind::VhostUser { chardev } = kind {
+            let by = format!("-netdev vhost-user,id={id}");
+            refers(&by, "chardev", chardev, IdKind::Chardev, "a chardev")?;
+            vhost_user_socket(cfg, &by, chardev)?;
+            claim(chardev, by)?;
+        }
+    }
     let mut rng_user: std::collections::HashSet<&str> = Default::default();
     let mut drive_user: std::collections::HashSet<&str> = Default::default();
     let mut netdev_user: std::collections::HashSet<&str> = Default::default();
@@ -1375,6 +1508,11 @@ fn check_references(cfg: &MachineConfig, ids: &HashMap<String, IdKind>) -> Resul
                         "{by}: netdev '{netdev}' is already used by another device"
                     )));
                 }
+            }
+            DeviceConfig::VhostUser { chardev, .. } => {
+                refers(&by, "chardev", chardev, IdKind::Chardev, "a chardev")?;
+                vhost_user_socket(cfg, &by, chardev)?;
+                claim(chardev, format!("{by},chardev={chardev}"))?;
             }
             DeviceConfig::Serial { max_ports, .. } => ports_left = Some(*max_ports),
             DeviceConfig::Port { chardev, .. } => {
@@ -1436,6 +1574,69 @@ mod tests {
     }
 
     #[test]
+    fn vhost_user_devices_take_a_unix_socket_client_chardev() {
+        let c = p(
+            "-chardev socket,id=vu,path=/tmp/b.sock -device vhost-user-blk,chardev=vu,num-queues=2 \
+                   -chardev socket,id=vr,path=/tmp/r.sock -device vhost-user-rng,chardev=vr \
+                   -chardev socket,id=vn,path=/tmp/n.sock -netdev vhost-user,id=n0,chardev=vn \
+                   -device virtio-net-device,netdev=n0",
+        )
+        .unwrap();
+        assert!(c.uses_vhost_user());
+        assert_eq!(c.vhost_user_chardevs(), vec!["vu", "vr", "vn"]);
+        assert_eq!(
+            c.devices[0],
+            DeviceConfig::VhostUser {
+                ty: VhostUserType::Blk {
+                    num_queues: 2,
+                    queue_size: 128
+                },
+                chardev: "vu".into(),
+                ioeventfd: true,
+            }
+        );
+        assert_eq!(c.devices[0].type_name(), "vhost-user-blk");
+        assert_eq!(c.devices[1].type_name(), "vhost-user-rng");
+        assert_eq!(
+            c.socket_path("vr"),
+            Some(std::path::Path::new("/tmp/r.sock"))
+        );
+        assert!(
+            !p("-object rng-builtin,id=r -device virtio-rng-device,rng=r")
+                .unwrap()
+                .uses_vhost_user()
+        );
+        for (line, want) in [
+            ("-device vhost-user-blk,chardev=nope", "nope"),
+            (
+                "-chardev socket,id=s,path=/tmp/x,server=on -device vhost-user-rng,chardev=s",
+                "unix socket client",
+            ),
+            (
+                "-chardev socket,id=s,host=127.0.0.1,port=1 -netdev vhost-user,id=n,chardev=s",
+                "unix socket client",
+            ),
+            (
+                "-chardev socket,id=s,path=/tmp/x -device vhost-user-rng,chardev=s \
+                 -device vhost-user-blk,chardev=s",
+                "already used",
+            ),
+            (
+                "-chardev socket,id=s,path=/tmp/x -device vhost-user-blk,chardev=s,num-queues=0",
+                "num-queues",
+            ),
+            (
+                "-chardev socket,id=s,path=/tmp/x -device vhost-user-blk",
+                "chardev",
+            ),
+            ("-netdev vhost-user,id=n", "chardev"),
+        ] {
+            let e = p(line).unwrap_err().to_string();
+            assert!(e.contains(want), "{line}: {e}");
+        }
+    }
+
+    #[test]
     fn misbehave_takes_every_mode_on_every_virtio_device_and_refuses_others() {
         for m in Misbehave::ALL {
             let c = p(&format!(
@@ -1450,7 +1651,7 @@ mod tests {
                     | DeviceConfig::Serial { misbehave, .. }
                     | DeviceConfig::Net { misbehave, .. }
                     | DeviceConfig::Blk { misbehave, .. } => *misbehave,
-                    DeviceConfig::Port { .. } => None,
+                    DeviceConfig::Port { .. } | DeviceConfig::VhostUser { .. } => None,
                 };
                 assert_eq!(got, Some(m), "{d:?}");
             }

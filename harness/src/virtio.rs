@@ -416,6 +416,11 @@ impl<D: VirtioDevice + Send + 'static> SlotOps for Shared<D> {
         let regs = &state.regs;
         let device: &dyn Any = regs.device().device();
         let ring_lie = device.downcast_ref::<Misbehaving>().map(|m| m.lie());
+        // An external vhost-user backend that died is this slot's fault.
+        let backend_gone = device
+            .downcast_ref::<crate::vhost_user::VhostUserDevice>()
+            .and_then(|v| v.dead())
+            .map(|why| format!("vhost-user backend gone: {why}"));
         let misbehave = state.lies.as_ref().map(|l| {
             let lie = match ring_lie.flatten() {
                 Some(lie) => format!(
@@ -438,7 +443,7 @@ impl<D: VirtioDevice + Send + 'static> SlotOps for Shared<D> {
             interrupt_status: regs.interrupt_status().bits(),
             device_error: regs.device().last_error(),
             refused_access: regs.last_error(),
-            fault: state.fault.clone(),
+            fault: state.fault.clone().or(backend_gone),
             misbehave,
             counters: state.counters,
         }

@@ -189,6 +189,11 @@ pub fn build(config: &MachineConfig, mem: &SharedMemory) -> Result<ServedDevice,
                     ready_fds,
                 });
             }
+            DeviceConfig::VhostUser { .. } => {
+                return Err(BuildError::Machine(MachineError::Unsupported(
+                    "a vhost-user-* device is a frontend; serve a virtio-*-device instead",
+                )));
+            }
             DeviceConfig::Serial { .. } => {}
             DeviceConfig::Port {
                 chardev,

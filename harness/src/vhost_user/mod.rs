@@ -14,16 +14,19 @@
 //! - [`device`]: one device and its backends from QEMU-style options (what
 //!   `virtio-harness vhost-user` serves).
 //!
-//! Only the backend side lives here; the frontend side (external backends
-//! behind our virtio-mmio) is not built yet.
+//! - [`frontend`]: the other side: an external backend process behind
+//!   one of our virtio-mmio slots ([`VhostUserDevice`]), as QEMU's
+//!   `vhost-user-blk`, `vhost-user-rng` and `-netdev vhost-user` do.
 
 pub mod backend;
 pub mod codec;
 pub mod device;
+pub mod frontend;
 pub mod memory;
 
 pub use backend::{Backend, BackendError, BackendStats, SessionEnd};
 pub use device::{BuildError, ServedDevice, build};
+pub use frontend::{FrontendError, SharedRam, VhostUserDevice, VhostUserKind};
 pub use memory::SharedMemory;
 
 use std::os::unix::net::UnixListener;

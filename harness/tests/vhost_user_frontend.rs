@@ -1,0 +1,444 @@
+//! Our monitor as a vhost-user frontend (QEMU `docs/interop/vhost-user.rst`):
+//! `-device vhost-user-blk|vhost-user-rng,chardev=…` and `-netdev
+//! vhost-user` put an external backend behind one of our virtio-mmio slots
+//! (§4.2), with guest RAM on a shared memfd. The tiny guests run their
+//! usual checks against (a) our own backend, `virtio-harness vhost-user`,
+//! started as a child process, and (b) `qemu-storage-daemon`'s
+//! vhost-user-blk export, an independent backend. A backend killed before
+//! or during the run gives a reported error, never a hang or a panic.
+//!
+//! Skips, saying why, without `/dev/kvm` (and the qemu-storage-daemon test
+//! without that program).
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use harness::machine::Machine;
+use harness::scenarios::Workdir;
+use harness::vm::{Outcome, kvm_or_skip};
+
+/// Longest a guest may run before it is stopped.
+const TIMEOUT: Duration = Duration::from_secs(120);
+
+const RNG: &str = env!("GUEST_RNG");
+const BLK: &str = env!("GUEST_BLK");
+
+/// The `net` guest's ELF.
+fn net_guest() -> &'static str {
+    option_env!("GUEST_NET").unwrap_or(concat!(env!("GUEST_DIR"), "/net"))
+}
+
+fn scratch(test: &str) -> Workdir {
+    Workdir::new(test).unwrap_or_else(|e| panic!("{test}: scratch directory: {e}"))
+}
+
+/// A backend process serving a unix socket; killed on drop.
+struct Daemon {
+    child: Child,
+    socket: PathBuf,
+}
+
+impl Daemon {
+    /// `virtio-harness vhost-user` serving `options`.
+    fn ours(socket: PathBuf, options: &[&str]) -> Daemon {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_virtio-harness"));
+        cmd.arg("vhost-user")
+            .arg("--socket")
+            .arg(&socket)
+            .args(options);
+        Daemon::spawn(cmd, socket)
+    }
+
+    fn spawn(mut cmd: Command, socket: PathBuf) -> Daemon {
+        let child = cmd
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {cmd:?}: {e}"));
+        let mut d = Daemon { child, socket };
+        let start = Instant::now();
+        while !d.socket.exists() {
+            if let Ok(Some(status)) = d.child.try_wait() {
+                panic!("{cmd:?} exited: {status}");
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "the daemon did not bind {}",
+                d.socket.display()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        d
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Our options for a 64 MiB guest on a shared memfd, a unix-socket
+/// chardev `vu` on `socket`, then `device`.
+fn options(kernel: &str, append: &str, socket: &Path, device: &[&str]) -> Vec<String> {
+    let mut a: Vec<String> = [
+        "-m",
+        "64M",
+        "-object",
+        "memory-backend-memfd,id=mem,size=64M,share=on",
+        "-machine",
+        "microvm,memory-backend=mem",
+        "-kernel",
+        kernel,
+        "-append",
+        append,
+        "-chardev",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    a.push(format!("socket,id=vu,path={}", socket.display()));
+    a.extend(device.iter().map(|s| s.to_string()));
+    a
+}
+
+fn machine(args: &[String]) -> Machine {
+    let config = harness::options::parse(args).expect("options");
+    Machine::new(&config).unwrap_or_else(|e| panic!("machine: {e}"))
+}
+
+fn run(args: &[String]) -> Outcome {
+    machine(args).run(TIMEOUT).expect("run")
+}
+
+fn describe(o: &Outcome) -> String {
+    let devices: Vec<String> = o.devices.iter().map(|d| d.to_string()).collect();
+    format!(
+        "verdict: {:?}\nserial:\n{}\ndevices:\n{}",
+        o.verdict,
+        o.serial,
+        devices.join("\n")
+    )
+}
+
+fn assert_pass(o: &Outcome, line: &str) {
+    assert!(o.verdict.is_pass(), "{}", describe(o));
+    assert!(o.serial.contains(line), "no {line:?}\n{}", describe(o));
+}
+
+const SEED: u64 = 0x9e37_79b9_7f4a_7c15;
+const BYTES: u64 = 512 << 10;
+const OFFSET: u64 = 4096;
+
+fn blk_append() -> String {
+    format!(
+        "blk.test=pattern blk.mode=irq blk.depth=8 blk.seed={SEED} blk.bytes={BYTES} blk.offset={OFFSET}"
+    )
+}
+
+fn disk(dir: &Workdir) -> PathBuf {
+    let file = dir.path("disk.img");
+    fs::File::create(&file)
+        .and_then(|f| f.set_len(16 << 20))
+        .expect("creating the disk");
+    file
+}
+
+/// The disk holds the pattern (§5.2.6 writes reached the file) and zeros
+/// elsewhere.
+fn check_disk(file: &Path, o: &Outcome) {
+    let data = fs::read(file).expect("reading the disk");
+    for (i, w) in data.chunks_exact(8).enumerate() {
+        let at = i as u64 * 8;
+        let want = if (OFFSET..OFFSET + BYTES).contains(&at) {
+            (at ^ SEED).to_le_bytes()
+        } else {
+            [0; 8]
+        };
+        assert_eq!(w, want, "disk byte {at:#x}\n{}", describe(o));
+    }
+}
+
+/// virtio-blk (§5.2) through our frontend and our own backend: pattern
+/// write, flush, read back; the file holds the pattern; the backend's
+/// calls arrived as interrupts with `InterruptStatus` set (§4.2.2).
+#[test]
+fn frontend_blk_pattern_against_our_backend() {
+    let test = "frontend_blk_pattern_against_our_backend";
+    if !kvm_or_skip(test) {
+        return;
+    }
+    let dir = scratch(test);
+    let file = disk(&dir);
+    let drive = format!("if=none,id=d0,file={},format=raw", file.display());
+    let daemon = Daemon::ours(
+        dir.path("blk.sock"),
+        &["-drive", &drive, "-device", "virtio-blk-device,drive=d0"],
+    );
+    let args = options(
+        BLK,
+        &blk_append(),
+        &daemon.socket,
+        &["-device", "vhost-user-blk,chardev=vu"],
+    );
+    let o = run(&args);
+    assert_pass(&o, &format!("blk: pattern: {} bytes, ", 2 * BYTES));
+    check_disk(&file, &o);
+    let slot = &o.devices[0];
+    assert!(slot.counters.interrupts > 0, "{}", describe(&o));
+    assert!(slot.fault.is_none(), "{}", describe(&o));
+}
+
+/// The same guest against `qemu-storage-daemon --export
+/// type=vhost-user-blk`, an independent backend (libvhost-user).
+#[test]
+fn frontend_blk_pattern_against_qemu_storage_daemon() {
+    let test = "frontend_blk_pattern_against_qemu_storage_daemon";
+    if !kvm_or_skip(test) {
+        return;
+    }
+    if Command::new("qemu-storage-daemon")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .status()
+        .is_err()
+    {
+        println!("SKIP: {test}: qemu-storage-daemon is not installed");
+        return;
+    }
+    let dir = scratch(test);
+    let file = disk(&dir);
+    let socket = dir.path("qsd.sock");
+    let mut cmd = Command::new("qemu-storage-daemon");
+    cmd.arg("--blockdev")
+        .arg(format!(
+            "driver=file,node-name=f,filename={}",
+            file.display()
+        ))
+        .arg("--export")
+        .arg(format!(
+            "type=vhost-user-blk,id=e,node-name=f,addr.type=unix,addr.path={},writable=on",
+            socket.display()
+        ));
+    let daemon = Daemon::spawn(cmd, socket);
+    let args = options(
+        BLK,
+        &blk_append(),
+        &daemon.socket,
+        &["-device", "vhost-user-blk,chardev=vu"],
+    );
+    let o = run(&args);
+    assert_pass(&o, &format!("blk: pattern: {} bytes, ", 2 * BYTES));
+    check_disk(&file, &o);
+}
+
+/// virtio-rng (§5.4) on `rng-deterministic` behind our backend: every
+/// byte is the seed's SplitMix64 stream.
+#[test]
+fn frontend_rng_matches_the_seed() {
+    let test = "frontend_rng_matches_the_seed";
+    if !kvm_or_skip(test) {
+        return;
+    }
+    let dir = scratch(test);
+    let seed = 0x5eed_0000_0000_0042_u64;
+    let daemon = Daemon::ours(
+        dir.path("rng.sock"),
+        &[
+            "-object",
+            &format!("rng-deterministic,id=r0,seed={seed}"),
+            "-device",
+            "virtio-rng-device,rng=r0",
+        ],
+    );
+    let args = options(
+        RNG,
+        &format!("rng.mode=irq rng.seed={seed} rng.bytes=262144"),
+        &daemon.socket,
+        &["-device", "vhost-user-rng,chardev=vu"],
+    );
+    let o = run(&args);
+    assert_pass(&o, "rng: 262144 bytes in ");
+    assert!(
+        o.serial.contains("bytes match the SplitMix64 stream"),
+        "{}",
+        describe(&o)
+    );
+}
+
+/// The `lifecycle` guest on a vhost-user-rng: reset with a request in
+/// flight (§2.4; the frontend stops the rings with `GET_VRING_BASE` and
+/// resets the backend), an unoffered feature refused (§2.2.2), a clean
+/// re-init that reads entropy again through the same backend.
+#[test]
+fn frontend_rng_survives_reset_and_reinit() {
+    let test = "frontend_rng_survives_reset_and_reinit";
+    if !kvm_or_skip(test) {
+        return;
+    }
+    let dir = scratch(test);
+    let daemon = Daemon::ours(
+        dir.path("rng.sock"),
+        &[
+            "-object",
+            "rng-builtin,id=r0",
+            "-device",
+            "virtio-rng-device,rng=r0",
+        ],
+    );
+    let args = options(
+        env!("GUEST_LIFECYCLE"),
+        "",
+        &daemon.socket,
+        &["-device", "vhost-user-rng,chardev=vu"],
+    );
+    let o = run(&args);
+    assert!(o.verdict.is_pass(), "{}", describe(&o));
+    assert!(o.devices[0].fault.is_none(), "{}", describe(&o));
+}
+
+/// virtio-net (§5.1) behind our backend on a `loopback` netdev: the `net`
+/// guest's echo bench counts every frame back; MAC and link status are
+/// the frontend's configuration space.
+#[test]
+fn frontend_net_echoes_frames() {
+    let test = "frontend_net_echoes_frames";
+    if !kvm_or_skip(test) {
+        return;
+    }
+    let dir = scratch(test);
+    let daemon = Daemon::ours(
+        dir.path("net.sock"),
+        &[
+            "-netdev",
+            "loopback,id=n0",
+            "-device",
+            "virtio-net-device,netdev=n0",
+        ],
+    );
+    let args = options(
+        net_guest(),
+        "net.test=bench net.dir=echo net.count=1000 net.size=200 net.ms=60000",
+        &daemon.socket,
+        &[
+            "-netdev",
+            "vhost-user,id=n0,chardev=vu",
+            "-device",
+            "virtio-net-device,netdev=n0",
+        ],
+    );
+    let o = run(&args);
+    assert_pass(&o, "net: bench echo 1000 frames 200000 bytes ");
+}
+
+/// Without a shared memory backend the machine is refused with an error
+/// that names the options to add.
+#[test]
+fn frontend_without_shared_ram_names_the_memory_backend() {
+    let dir = scratch("frontend_without_shared_ram_names_the_memory_backend");
+    let args: Vec<String> = [
+        "-m".to_string(),
+        "64M".into(),
+        "-kernel".into(),
+        RNG.into(),
+        "-chardev".into(),
+        format!("socket,id=vu,path={}", dir.path("none.sock").display()),
+        "-device".into(),
+        "vhost-user-rng,chardev=vu".into(),
+    ]
+    .to_vec();
+    if harness::vm::kvm_unavailable().is_some() {
+        // The check needs only options, but Machine::new opens KVM first.
+        assert!(harness::options::parse(&args).is_ok());
+        return;
+    }
+    let config = harness::options::parse(&args).expect("options");
+    let e = Machine::new(&config).expect_err("private RAM must be refused");
+    let s = e.to_string();
+    assert!(
+        s.contains("memory-backend-memfd") && s.contains("share=on"),
+        "{s}"
+    );
+}
+
+/// A backend that dies after the handshake: the guest's DRIVER_OK finds
+/// it gone; the slot reports it and the run ends with a verdict.
+#[test]
+fn frontend_backend_killed_before_driver_ok_is_reported() {
+    let test = "frontend_backend_killed_before_driver_ok_is_reported";
+    if !kvm_or_skip(test) {
+        return;
+    }
+    let dir = scratch(test);
+    let file = disk(&dir);
+    let drive = format!("if=none,id=d0,file={},format=raw", file.display());
+    let mut daemon = Daemon::ours(
+        dir.path("blk.sock"),
+        &["-drive", &drive, "-device", "virtio-blk-device,drive=d0"],
+    );
+    let args = options(
+        BLK,
+        &blk_append(),
+        &daemon.socket,
+        &["-device", "vhost-user-blk,chardev=vu"],
+    );
+    let mut m = machine(&args);
+    daemon.kill();
+    let o = m.run(Duration::from_secs(30)).expect("run");
+    assert!(!o.verdict.is_pass(), "{}", describe(&o));
+    let fault = o.devices[0].fault.as_deref().unwrap_or("");
+    assert!(
+        fault.contains("vhost-user backend gone"),
+        "{}",
+        describe(&o)
+    );
+}
+
+/// A backend killed while the guest's requests are in flight: the run
+/// ends (no hang, no panic) and, unless the guest finished first, the slot
+/// reports the dead backend.
+#[test]
+fn frontend_backend_killed_mid_run_is_reported() {
+    let test = "frontend_backend_killed_mid_run_is_reported";
+    if !kvm_or_skip(test) {
+        return;
+    }
+    let dir = scratch(test);
+    let file = dir.path("big.img");
+    fs::File::create(&file)
+        .and_then(|f| f.set_len(64 << 20))
+        .expect("creating the disk");
+    let drive = format!("if=none,id=d0,file={},format=raw", file.display());
+    let mut daemon = Daemon::ours(
+        dir.path("blk.sock"),
+        &["-drive", &drive, "-device", "virtio-blk-device,drive=d0"],
+    );
+    let args = options(
+        BLK,
+        "blk.test=bench blk.mode=irq blk.pattern=randwrite blk.count=1000000 blk.bytes=33554432",
+        &daemon.socket,
+        &["-device", "vhost-user-blk,chardev=vu"],
+    );
+    let mut m = machine(&args);
+    let killer = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(500));
+        daemon.kill();
+    });
+    let o = m.run(Duration::from_secs(60)).expect("run");
+    let _ = killer.join();
+    if !o.verdict.is_pass() {
+        let fault = o.devices[0].fault.as_deref().unwrap_or("");
+        assert!(
+            fault.contains("vhost-user backend gone"),
+            "{}",
+            describe(&o)
+        );
+    }
+    eprintln!("{test}: {:?}\n{}", o.verdict, describe(&o));
+}
