@@ -45,6 +45,10 @@ pub enum DeviceError {
     },
     /// The device was notified before it was activated.
     NotActivated,
+    /// The device's backend is gone for good (e.g. an external vhost-user
+    /// backend that closed its socket); the transport raises
+    /// `DEVICE_NEEDS_RESET` (§2.1.2).
+    BackendGone,
 }
 
 impl fmt::Display for DeviceError {
@@ -59,6 +63,7 @@ impl fmt::Display for DeviceError {
             DeviceError::Queue { queue, err } => write!(f, "queue {queue}: {err}"),
             DeviceError::NoSuchQueue { queue } => write!(f, "no queue {queue}"),
             DeviceError::NotActivated => write!(f, "device notified before activation"),
+            DeviceError::BackendGone => write!(f, "the device's backend is gone"),
         }
     }
 }

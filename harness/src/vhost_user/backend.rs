@@ -937,7 +937,7 @@ impl<D: VirtioDevice> Backend<D> {
                     | DeviceError::QueueNotInMemory { queue, .. }
                     | DeviceError::QueueNotReady { queue }
                     | DeviceError::NoSuchQueue { queue } => Some(usize::from(queue)),
-                    DeviceError::NotActivated => queue,
+                    DeviceError::NotActivated | DeviceError::BackendGone => queue,
                 }
                 .or(queue);
                 if let Some(err) = q

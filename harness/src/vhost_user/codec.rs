@@ -1129,7 +1129,10 @@ mod tests {
             let data = std::fs::read(e.path()).unwrap();
             fuzz_codec(&data);
             let name = e.file_name().to_string_lossy().into_owned();
-            let bad = ["oversized", "unsupported_log_fd"].contains(&name.as_str());
+            // The hand-written seeds are well-formed but for two; what the
+            // fuzzer added (named by its hash) may be anything.
+            let found = name.len() == 40 && name.bytes().all(|b| b.is_ascii_hexdigit());
+            let bad = found || ["oversized", "unsupported_log_fd"].contains(&name.as_str());
             if !bad && let Some((&fds, stream)) = data.split_first() {
                 for r in decode_all(stream, usize::from(fds)) {
                     assert!(r.is_ok(), "{name}: {r:?}");

@@ -597,7 +597,7 @@ impl VhostUserDevice {
             eprintln!("vhost-user frontend: {why}");
             self.dead = Some(why);
         }
-        DeviceError::NotActivated
+        DeviceError::BackendGone
     }
 
     fn start(&mut self, features: u64, queues: &[QueueConfig]) -> Result<(), FrontendError> {
@@ -749,14 +749,14 @@ impl VirtioDevice for VhostUserDevice {
 
     fn activate(&mut self, features: u64, queues: Vec<QueueConfig>) -> Result<(), DeviceError> {
         if self.dead.is_some() {
-            return Err(DeviceError::NotActivated);
+            return Err(DeviceError::BackendGone);
         }
         self.start(features, &queues).map_err(|e| self.fail(e))
     }
 
     fn queue_notify(&mut self, queue: u16) -> Result<Served, DeviceError> {
         if self.dead.is_some() {
-            return Err(DeviceError::NotActivated);
+            return Err(DeviceError::BackendGone);
         }
         let kick = self
             .kicks
