@@ -49,8 +49,9 @@ enum Command {
         net_only: bool,
         /// Only the vhost-user rows: the blk guest's 4 KiB random reads
         /// under QEMU through `vhost-user-blk`, our `vhost-user` backend
-        /// against `qemu-storage-daemon` (median of at most 5 rounds;
-        /// `HARNESS_BENCH_VHOST_COUNT=<n>` sets the requests per run).
+        /// against `qemu-storage-daemon` (median of `--rounds` runs each,
+        /// at most 5 in the full bench; `HARNESS_BENCH_VHOST_COUNT=<n>`
+        /// sets the requests per run).
         #[arg(long, conflicts_with = "net_only")]
         vhost_only: bool,
     },
