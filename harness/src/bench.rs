@@ -406,8 +406,9 @@ impl VhostDaemon {
 
     /// One boot of the blk guest under QEMU `microvm` with
     /// `vhost-user-blk` on this daemon (guest RAM on a shared memfd, the
-    /// modern transport); the guest's bench time in µs.
-    fn blk_bench(&mut self, blk: &str, append: &str) -> Result<u64, String> {
+    /// modern transport): the guest's bench time in µs, and QEMU's process
+    /// start to exit.
+    fn blk_bench(&mut self, blk: &str, append: &str) -> Result<(u64, Duration), String> {
         let r = Qemu::microvm(blk)
             .memory("64M")
             .modern()
@@ -435,13 +436,14 @@ impl VhostDaemon {
                 self.output()
             ));
         }
-        bench_us(&r.serial).ok_or_else(|| {
+        let us = bench_us(&r.serial).ok_or_else(|| {
             format!(
                 "the blk guest printed no bench line ({}):\n{}",
                 self.name,
                 r.describe()
             )
-        })
+        })?;
+        Ok((us, r.elapsed))
     }
 }
 
@@ -468,8 +470,10 @@ fn median_range(mut v: Vec<f64>) -> (f64, f64, f64) {
 /// daemon's `driver=file` node with `cache.direct=off`, `aio=threads`).
 /// Both daemons start once and serve every boot (one frontend after the
 /// other); the runs alternate ours / theirs, `rounds` each, and a row
-/// gives the medians and ranges of the guest's own IOPS figures (on a
-/// busy host single runs vary up to 3x either way). `HARNESS_BENCH_VHOST_COUNT=<n>` replaces the jobs'
+/// gives the medians and ranges of the guest's own IOPS figures (its TSC
+/// clock; on a busy host single runs vary up to 3x either way, and a few
+/// read implausibly short) and, as a cross-check on the host's clock, the
+/// median QEMU process start to exit (boot, vhost-user set-up, the job). `HARNESS_BENCH_VHOST_COUNT=<n>` replaces the jobs'
 /// request counts (a quick run). Without QEMU the rows are skipped, and
 /// without `qemu-storage-daemon` its column is, each saying why.
 fn vhost_rows(t: &mut String, rounds: usize) -> Result<(), String> {
@@ -539,9 +543,9 @@ fn vhost_rows(t: &mut String, rounds: usize) -> Result<(), String> {
 
     let _ = writeln!(
         t,
-        "| vhost-user-blk, QEMU microvm frontend, raw file in page cache (median of {rounds}) | ours IOPS (MB/s) | qemu-storage-daemon IOPS (MB/s) | ours / qsd | IOPS range ours; qsd |"
+        "| vhost-user-blk, QEMU microvm frontend, raw file in page cache (median of {rounds}) | ours IOPS (MB/s) | qemu-storage-daemon IOPS (MB/s) | ours / qsd | IOPS range ours; qsd | QEMU run, s (median) ours; qsd |"
     );
-    let _ = writeln!(t, "| --- | ---: | ---: | ---: | ---: |");
+    let _ = writeln!(t, "| --- | ---: | ---: | ---: | ---: | ---: |");
     for &(pattern, size, depth, count) in BLK_JOBS {
         if pattern != "randread" || size != 4096 {
             continue;
@@ -552,20 +556,34 @@ fn vhost_rows(t: &mut String, rounds: usize) -> Result<(), String> {
              blk.count={count} blk.bytes={BENCH_DISK} blk.mode=irq"
         );
         let iops = |us: u64| f64::from(count) / (us.max(1) as f64 / 1e6);
-        let mut o = Vec::new();
-        let mut q = Vec::new();
+        let (mut o, mut o_wall) = (Vec::new(), Vec::new());
+        let (mut q, mut q_wall) = (Vec::new(), Vec::new());
         for _ in 0..rounds {
-            o.push(iops(ours.blk_bench(blk, &append)?));
+            let (us, wall) = ours.blk_bench(blk, &append)?;
+            o.push(iops(us));
+            o_wall.push(wall);
             if let Ok(d) = theirs.as_mut() {
-                q.push(iops(d.blk_bench(blk, &append)?));
+                let (us, wall) = d.blk_bench(blk, &append)?;
+                q.push(iops(us));
+                q_wall.push(wall);
             }
         }
         let rate = |iops: f64| format!("{iops:.0} ({:.1})", iops * size as f64 / 1e6);
         let (om, olo, ohi) = median_range(o);
         let q = (!q.is_empty()).then(|| median_range(q));
+        let secs = |d: Duration| format!("{:.2}", d.as_secs_f64());
+        let walls = format!(
+            "{}; {}",
+            secs(median(o_wall)),
+            if q_wall.is_empty() {
+                "-".into()
+            } else {
+                secs(median(q_wall))
+            }
+        );
         let _ = writeln!(
             t,
-            "| {pattern} {} KiB, depth {depth}, {count} requests | {} | {} | {} | {olo:.0}–{ohi:.0}; {} |",
+            "| {pattern} {} KiB, depth {depth}, {count} requests | {} | {} | {} | {olo:.0}–{ohi:.0}; {} | {walls} |",
             size / 1024,
             rate(om),
             q.map_or("n/a".into(), |(m, _, _)| rate(m)),
