@@ -47,6 +47,13 @@ enum Command {
         /// and the TCP echo over a tap).
         #[arg(long)]
         net_only: bool,
+        /// Only the vhost-user rows: the blk guest's 4 KiB random reads
+        /// under QEMU through `vhost-user-blk`, our `vhost-user` backend
+        /// against `qemu-storage-daemon` (median of `--rounds` runs each,
+        /// at most 5 in the full bench; `HARNESS_BENCH_VHOST_COUNT=<n>`
+        /// sets the requests per run).
+        #[arg(long, conflicts_with = "net_only")]
+        vhost_only: bool,
     },
     /// Serve one device over vhost-user on a unix socket, e.g.
     /// `vhost-user --socket /tmp/blk.sock -drive file=disk.img,id=d0,format=raw
@@ -88,8 +95,14 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
-        Command::Bench { rounds, net_only } => match if net_only {
+        Command::Bench {
+            rounds,
+            net_only,
+            vhost_only,
+        } => match if net_only {
             harness::bench::run_net()
+        } else if vhost_only {
+            harness::bench::run_vhost(rounds.max(1))
         } else {
             harness::bench::run(rounds.max(1))
         } {
