@@ -598,13 +598,85 @@ fn vhost_rows(t: &mut String, rounds: usize) -> Result<(), String> {
         let _ = writeln!(t);
         let _ = writeln!(t, "qemu-storage-daemon column: skipped ({why})");
     }
-    // Issue 7's other half goes here: our monitor with the in-process
-    // virtio-blk-device against the same device over vhost-user through
-    // our own frontend (the process boundary's cost), once that frontend
-    // exists.
+    // The process boundary's cost: our monitor with the in-process
+    // virtio-blk-device against the same device served by our backend
+    // (the daemon above) through our own vhost-user frontend.
+    let _ = writeln!(t);
+    let _ = writeln!(
+        t,
+        "| our monitor, virtio-blk on the same file (median of {rounds}) | in process IOPS (MB/s) | over vhost-user IOPS (MB/s) | vhost-user / in process | IOPS range in process; vhost-user | boot to exit, s (median) in process; vhost-user |"
+    );
+    let _ = writeln!(t, "| --- | ---: | ---: | ---: | ---: | ---: |");
+    let ram = "-m 64M -object memory-backend-memfd,id=mem,size=64M,share=on \
+               -machine microvm,memory-backend=mem";
+    let in_process = format!(
+        "{ram} -drive if=none,id=d0,file={img},format=raw,cache=writeback \
+         -device virtio-blk-device,drive=d0 -kernel {blk}"
+    );
+    let over_vhost = format!(
+        "{ram} -chardev socket,id=vu,path={} -device vhost-user-blk,chardev=vu -kernel {blk}",
+        dir.path("ours.sock").display()
+    );
+    for &(pattern, size, depth, count) in BLK_JOBS {
+        if pattern != "randread" || size != 4096 {
+            continue;
+        }
+        let count = count_override.unwrap_or(count);
+        let append = format!(
+            "blk.test=bench blk.pattern={pattern} blk.size={size} blk.depth={depth} \
+             blk.count={count} blk.bytes={BENCH_DISK} blk.mode=irq"
+        );
+        let iops = |us: u64| f64::from(count) / (us.max(1) as f64 / 1e6);
+        let (mut a, mut a_wall, mut b, mut b_wall) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..rounds {
+            let (us, wall) = harness_blk_bench(&in_process, &append)?;
+            a.push(iops(us));
+            a_wall.push(wall);
+            let (us, wall) = harness_blk_bench(&over_vhost, &append)
+                .map_err(|e| format!("{e}\n--- {} ---\n{}", ours.name, ours.output()))?;
+            ours.check_alive()?;
+            b.push(iops(us));
+            b_wall.push(wall);
+        }
+        let rate = |iops: f64| format!("{iops:.0} ({:.1})", iops * size as f64 / 1e6);
+        let (am, alo, ahi) = median_range(a);
+        let (bm, blo, bhi) = median_range(b);
+        let secs = |d: Duration| format!("{:.2}", d.as_secs_f64());
+        let _ = writeln!(
+            t,
+            "| {pattern} {} KiB, depth {depth}, {count} requests | {} | {} | {:.2}x | {alo:.0}–{ahi:.0}; {blo:.0}–{bhi:.0} | {}; {} |",
+            size / 1024,
+            rate(am),
+            rate(bm),
+            bm / am.max(f64::MIN_POSITIVE),
+            secs(median(a_wall)),
+            secs(median(b_wall)),
+        );
+    }
     drop(ours);
     drop(theirs);
     Ok(())
+}
+
+/// One boot of the blk guest's bench job under our monitor, built from
+/// `options` (whitespace-separated) and `append`: the guest's bench time
+/// in µs and the run's boot to exit.
+fn harness_blk_bench(options: &str, append: &str) -> Result<(u64, Duration), String> {
+    let args: Vec<String> = options
+        .split_whitespace()
+        .map(String::from)
+        .chain(["-append".into(), append.into()])
+        .collect();
+    let config = crate::options::parse(&args).map_err(|e| e.to_string())?;
+    let mut m = crate::machine::Machine::new(&config).map_err(|e| e.to_string())?;
+    let out = m.run(Duration::from_secs(120)).map_err(|e| e.to_string())?;
+    if !out.verdict.is_pass() {
+        return Err(format!("blk bench under our monitor: {}", out.verdict));
+    }
+    let us = bench_us(&out.serial)
+        .ok_or_else(|| format!("the blk guest printed no bench line:\n{}", out.serial))?;
+    Ok((us, out.boot_to_exit))
 }
 
 /// Bytes the rng guest reads per run.

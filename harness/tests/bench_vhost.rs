@@ -51,4 +51,20 @@ fn bench_vhost_only_prints_both_depths() {
             );
         }
     }
+    // Our monitor's own rows: in process against over our vhost-user
+    // frontend, both with a figure, at each depth.
+    let ours_at = stdout
+        .find("| our monitor, virtio-blk on the same file")
+        .unwrap_or_else(|| panic!("no in-process/vhost-user table:\n{stdout}"));
+    for depth in [1, 32] {
+        let row = stdout[ours_at..]
+            .lines()
+            .find(|l| l.starts_with(&format!("| randread 4 KiB, depth {depth}, 32 requests |")))
+            .unwrap_or_else(|| panic!("no depth {depth} row in our monitor's table:\n{stdout}"));
+        let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+        for c in [cells[2], cells[3]] {
+            let v = c.split_whitespace().next().map(str::parse::<f64>);
+            assert!(matches!(v, Some(Ok(_))), "{row}");
+        }
+    }
 }
