@@ -167,6 +167,24 @@ const BLK_JOBS: &[(&str, u64, u32, u32)] = &[
     ("seqwrite", 64 << 10, 16, 256),
 ];
 
+/// A [`BENCH_DISK`]-byte raw image in `dir`, written (not sparse) and read
+/// once so that it sits in the page cache; its path.
+fn page_cached_image(dir: &crate::scenarios::Workdir) -> Result<String, String> {
+    let img = dir.path("bench.img");
+    std::fs::write(&img, vec![0x5au8; BENCH_DISK as usize]).map_err(|e| e.to_string())?;
+    let _ = std::fs::read(&img);
+    Ok(img.display().to_string())
+}
+
+/// The blk guest's command line for one bench job on [`BENCH_DISK`]
+/// bytes, interrupts on.
+fn blk_job_append(pattern: &str, size: u64, depth: u32, count: u32) -> String {
+    format!(
+        "blk.test=bench blk.pattern={pattern} blk.size={size} blk.depth={depth} \
+         blk.count={count} blk.bytes={BENCH_DISK} blk.mode=irq"
+    )
+}
+
 /// What the blk guest measured for one job.
 struct BlkResult {
     us: u64,
@@ -191,11 +209,7 @@ fn blk_rows(t: &mut String) -> Result<(), String> {
         return Ok(());
     };
     let dir = crate::scenarios::Workdir::new("bench-blk").map_err(|e| e.to_string())?;
-    let img = dir.path("bench.img");
-    // A written (not sparse) file, read once: it sits in the page cache.
-    std::fs::write(&img, vec![0x5au8; BENCH_DISK as usize]).map_err(|e| e.to_string())?;
-    let _ = std::fs::read(&img);
-    let img = img.display().to_string();
+    let img = page_cached_image(&dir)?;
     let _ = writeln!(t);
     let _ = writeln!(
         t,
@@ -203,17 +217,11 @@ fn blk_rows(t: &mut String) -> Result<(), String> {
     );
     let _ = writeln!(t, "| --- | ---: | ---: | ---: | ---: | ---: |");
     for &(pattern, size, depth, count) in BLK_JOBS {
-        let append = format!(
-            "blk.test=bench blk.pattern={pattern} blk.size={size} blk.depth={depth} \
-             blk.count={count} blk.bytes={BENCH_DISK} blk.mode=irq"
-        );
+        let append = blk_job_append(pattern, size, depth, count);
         // Ours twice: the job, and the same with only `depth` requests, so
         // the boot's exits (COM1, set-up) drop out of the per-request count.
         let run_ours = |count: u32| -> Result<BlkResult, String> {
-            let append = format!(
-                "blk.test=bench blk.pattern={pattern} blk.size={size} blk.depth={depth} \
-                 blk.count={count} blk.bytes={BENCH_DISK} blk.mode=irq"
-            );
+            let append = blk_job_append(pattern, size, depth, count);
             let args: Vec<String> = format!(
                 "-drive if=none,id=d0,file={img},format=raw,cache=writeback \
                  -device virtio-blk-device,drive=d0 -kernel {blk}"
@@ -495,11 +503,7 @@ fn vhost_rows(t: &mut String, rounds: usize) -> Result<(), String> {
         };
     let exe = std::env::current_exe().map_err(|e| format!("own executable: {e}"))?;
     let dir = crate::scenarios::Workdir::new("bench-vhost").map_err(|e| e.to_string())?;
-    let img = dir.path("bench.img");
-    // Written (not sparse), then read once: in the page cache for both.
-    std::fs::write(&img, vec![0x5au8; BENCH_DISK as usize]).map_err(|e| e.to_string())?;
-    let _ = std::fs::read(&img);
-    let img = img.display().to_string();
+    let img = page_cached_image(&dir)?;
 
     let mut ours_cmd = Command::new(&exe);
     ours_cmd
@@ -551,10 +555,7 @@ fn vhost_rows(t: &mut String, rounds: usize) -> Result<(), String> {
             continue;
         }
         let count = count_override.unwrap_or(count);
-        let append = format!(
-            "blk.test=bench blk.pattern={pattern} blk.size={size} blk.depth={depth} \
-             blk.count={count} blk.bytes={BENCH_DISK} blk.mode=irq"
-        );
+        let append = blk_job_append(pattern, size, depth, count);
         let iops = |us: u64| f64::from(count) / (us.max(1) as f64 / 1e6);
         let (mut o, mut o_wall) = (Vec::new(), Vec::new());
         let (mut q, mut q_wall) = (Vec::new(), Vec::new());
@@ -622,10 +623,7 @@ fn vhost_rows(t: &mut String, rounds: usize) -> Result<(), String> {
             continue;
         }
         let count = count_override.unwrap_or(count);
-        let append = format!(
-            "blk.test=bench blk.pattern={pattern} blk.size={size} blk.depth={depth} \
-             blk.count={count} blk.bytes={BENCH_DISK} blk.mode=irq"
-        );
+        let append = blk_job_append(pattern, size, depth, count);
         let iops = |us: u64| f64::from(count) / (us.max(1) as f64 / 1e6);
         let (mut a, mut a_wall, mut b, mut b_wall) =
             (Vec::new(), Vec::new(), Vec::new(), Vec::new());
