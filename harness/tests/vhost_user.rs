@@ -1013,3 +1013,54 @@ fn a_ring_starting_again_keeps_the_running_rings_in_place() {
     assert_eq!(fe.get_vring_base(1).unwrap(), 3);
     let _ = std::fs::remove_file(&out);
 }
+
+#[test]
+fn a_stopped_ring_is_out_of_the_devices_reach() {
+    let path = daemon_from_options(vec![
+        "-netdev".into(),
+        "loopback,id=n0".into(),
+        "-device".into(),
+        "virtio-net-device,netdev=n0".into(),
+    ]);
+    let mem = Memory::new();
+    let mut probe = frontend(&path, &mem, 1);
+    let queues = probe.get_queue_num().unwrap();
+    drop(probe);
+    let mut fe = frontend(&path, &mem, queues);
+    mem.view
+        .write(GuestAddress(GPA_BASE), &vec![0u8; 0x8000])
+        .unwrap();
+    let (rx_call, _rx_kick) = ring(&mut fe, &mem, 0, 0x0);
+    let (tx_call, tx_kick) = ring(&mut fe, &mem, 1, 0x4000);
+    // receiveq1 stops (§5.1.2: the device needs it, so it is not active
+    // until the ring runs again).
+    assert_eq!(fe.get_vring_base(0).unwrap(), 0);
+    // A receive buffer and a frame to loop back: the stopped ring must not
+    // move, whatever the device does meanwhile.
+    offer(&mem, 0x0, 0, 0, 0x30000, 2048, true);
+    let mut pkt = vec![0u8; 12];
+    pkt.extend_from_slice(&[0xff; 6]);
+    pkt.extend_from_slice(&[0x52, 0x54, 0, 0, 0, 1, 0x88, 0xb5]);
+    pkt.resize(12 + 60, 0x5a);
+    mem.view
+        .write(GuestAddress(GPA_BASE + 0x20000), &pkt)
+        .unwrap();
+    offer(&mem, 0x4000, 0, 0, 0x20000, pkt.len() as u32, false);
+    tx_kick.write(1).unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    assert_eq!(used_idx_at(&mem, 0x0), 0, "the stopped ring moved");
+    // receiveq1 runs again where it stopped: the frame goes round.
+    fe.set_vring_base(0, 0).unwrap();
+    let rx_kick = EventFd::new(0).unwrap();
+    fe.set_vring_kick(0, &rx_kick).unwrap();
+    kick_until(&mem, 0x4000, &tx_kick, &tx_call, 1);
+    kick_until(&mem, 0x0, &rx_kick, &rx_call, 1);
+    assert_eq!(used_elem(&mem, 0x0, 0), (0, pkt.len() as u32));
+    let mut got = vec![0u8; pkt.len() - 12];
+    mem.view
+        .read(GuestAddress(GPA_BASE + 0x30000 + 12), &mut got)
+        .unwrap();
+    assert_eq!(got, pkt[12..]);
+    assert_eq!(fe.get_vring_base(1).unwrap(), 1);
+    assert_eq!(fe.get_vring_base(0).unwrap(), 1);
+}

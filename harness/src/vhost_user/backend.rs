@@ -13,9 +13,13 @@
 //!   of running rings grows (or a running ring moves), the device is reset
 //!   and activated again with exactly those rings
 //!   ([`VirtioDevice::activate`], as the in-process transport does at
-//!   DRIVER_OK), then every running ring is served once; when rings only
-//!   stop, the device stays live and the stopped rings are masked; when the
-//!   last one stops, the device is reset.
+//!   DRIVER_OK), then every running ring is served once. The same happens
+//!   when rings only stop (every ring keeps its position, see below), so a
+//!   stopped ring is out of the device's reach; only a device that cannot
+//!   report positions stays live with the stopped rings masked instead.
+//!   When the last ring stops, the device is reset. A device that needs the
+//!   stopped ring (e.g. console without its receiveq) is not active until
+//!   it runs again.
 //! - Notifications: kick eventfds, the socket and the backend's readiness
 //!   fds are polled by one epoll loop on the serving thread, which is the
 //!   only thread that calls the device. A used-buffer notification writes
@@ -42,9 +46,9 @@
 //! at any point ends the session: rings stop, the device is reset, the
 //! memory is unmapped, and the daemon accepts the next frontend.
 //!
-//! Not done: a stopped ring of a device that stays live is only masked, so
-//! a device that serves queues on backend readiness (net receive) may
-//! still move it after `GET_VRING_BASE` reported its position. No dirty
+//! Not done: a stopped ring of a device that cannot report positions is
+//! only masked, so such a device serving queues on backend readiness may
+//! still move it after `GET_VRING_BASE` reported its place. No dirty
 //! logging, inflight tracking, backend-initiated channel (so no
 //! config-change message), or polling mode (a kick without descriptor).
 
@@ -856,14 +860,22 @@ impl<D: VirtioDevice> Backend<D> {
             // after the re-activation below.
             self.save_positions();
             let only_stopped = want.iter().zip(&active).all(|(&w, &was)| !w || was);
-            if only_stopped && want.contains(&true) {
-                // Rings stopped, others run on: a reset would restart those
-                // at index 0 (replaying chains they already served), so the
-                // device stays live and the stopped rings are masked (no
-                // kick served, no call written).
+            let known = (0u16..)
+                .zip(&want)
+                .filter(|(_, w)| **w)
+                .all(|(q, _)| self.device.queue_position(q).is_some());
+            if only_stopped && want.contains(&true) && !known {
+                // Rings stopped, others run on, and the device cannot say
+                // where those stand: a reset would restart them at the wrong
+                // index, so the device stays live and the stopped rings are
+                // masked (no kick served, no call written; a device serving
+                // on backend readiness may still move them).
                 self.active = Some(want);
                 return;
             }
+            // Otherwise the device is activated again without the stopped
+            // rings (a stopped ring must not move: its position was
+            // reported), the others where they stood.
         }
         if self.active.take().is_some() {
             self.device.reset();
