@@ -7,14 +7,19 @@
 //! as against QEMU's own devices (`qemu_devices.rs`, `qemu_blk.rs`); the
 //! blk test also checks the disk file on the host, and the rng test boots
 //! twice against one daemon (it serves the next frontend after QEMU
-//! exits).
+//! exits); another rng test stops and continues the VM over the HMP
+//! monitor while the guest reads (GET_VRING_BASE / SET_VRING_BASE at the
+//! index we report).
 //!
 //! Skips, saying why, without `qemu-system-x86_64` or `/dev/kvm`, unless
 //! `HARNESS_REQUIRE_QEMU=1` makes that a failure.
 
 use std::fs;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use harness::qemu::{Qemu, QemuRun as Run, qemu_or_skip as qemu_ready};
@@ -46,10 +51,19 @@ struct Daemon {
 
 impl Daemon {
     fn start(socket: PathBuf, options: &[&str]) -> Daemon {
-        let child = Command::new(env!("CARGO_BIN_EXE_virtio-harness"))
-            .arg("vhost-user")
-            .arg("--socket")
-            .arg(&socket)
+        Self::start_logged(socket, options, None)
+    }
+
+    /// Like [`Daemon::start`]; with `log`, every request is logged
+    /// (`--verbose`) into that file.
+    fn start_logged(socket: PathBuf, options: &[&str], log: Option<&Path>) -> Daemon {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_virtio-harness"));
+        cmd.arg("vhost-user").arg("--socket").arg(&socket);
+        if let Some(log) = log {
+            cmd.arg("--verbose")
+                .stderr(fs::File::create(log).expect("creating the daemon log"));
+        }
+        let child = cmd
             .args(options)
             .stdin(Stdio::null())
             .spawn()
@@ -249,4 +263,102 @@ fn qemu_vhost_user_net_echoes_frames() {
     );
     assert_pass(&run, "net: bench echo 1000 frames 200000 bytes ");
     eprintln!("{test}: {} in {:?}", run.summary(), run.elapsed);
+}
+
+/// virtio-rng (§5.4) with the VM stopped and continued over QEMU's HMP
+/// monitor again and again while the guest reads 512 KiB: every `stop` makes
+/// QEMU stop the ring (`GET_VRING_BASE`) and every `cont` start it again at
+/// the index we reported (`SET_VRING_BASE`, vhost-user.rst "Ring states").
+/// A wrong position would replay chains (the driver sees more used
+/// entries than it made available) or lose one (the guest waits for
+/// ever); the guest checks every byte against the seed, so no request was
+/// served twice or skipped.
+#[test]
+fn qemu_vhost_user_rng_survives_stop_and_cont() {
+    let test = "qemu_vhost_user_rng_survives_stop_and_cont";
+    if !qemu_ready(test) {
+        return;
+    }
+    let dir = scratch(test);
+    let seed = 0x5eed_0000_0000_0007_u64;
+    let log = dir.path("daemon.log");
+    let mut daemon = Daemon::start_logged(
+        dir.path("rng.sock"),
+        &[
+            "-object",
+            &format!("rng-deterministic,id=r0,seed={seed}"),
+            "-device",
+            "virtio-rng-device,rng=r0",
+        ],
+        Some(&log),
+    );
+    let monitor = dir.path("monitor.sock");
+    let mut args = vhost_args(&daemon.socket, &["-device", "vhost-user-rng,chardev=vu"]);
+    args.extend([
+        "-monitor".to_string(),
+        format!("unix:{},server=on,wait=off", monitor.display()),
+    ]);
+    let mut qemu = Qemu::microvm(RNG)
+        .memory(RAM)
+        .modern()
+        .append(format!("rng.mode=irq rng.seed={seed} rng.bytes=524288"))
+        .args(&args)
+        .timeout(TIMEOUT)
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run qemu: {e}"));
+    let mut mon = qemu
+        .connect_unix(&monitor)
+        .unwrap_or_else(|e| panic!("the HMP monitor: {e}"));
+    // The monitor's echo and prompts are read and dropped on the side.
+    let mut sink = mon.try_clone().unwrap();
+    std::thread::spawn(move || {
+        let mut b = [0u8; 4096];
+        while matches!(sink.read(&mut b), Ok(n) if n > 0) {}
+    });
+    let done = Arc::new(AtomicBool::new(false));
+    let cycler = {
+        let done = done.clone();
+        std::thread::spawn(move || {
+            let mut cycles = 0u32;
+            while !done.load(Ordering::Relaxed) && cycles < 50 {
+                if mon.write_all(b"stop\n").is_err() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(5));
+                if mon.write_all(b"cont\n").is_err() {
+                    break;
+                }
+                cycles += 1;
+                std::thread::sleep(Duration::from_millis(15));
+            }
+            // Never leave the VM stopped.
+            let _ = mon.write_all(b"cont\n");
+            cycles
+        })
+    };
+    let run = qemu.wait().expect("waiting for qemu");
+    done.store(true, Ordering::Relaxed);
+    let cycles = cycler.join().unwrap_or(0);
+    assert_pass(&run, "rng: 524288 bytes in ");
+    assert!(
+        run.serial.contains("bytes match the SplitMix64 stream"),
+        "{}",
+        run.describe()
+    );
+    assert!(daemon.alive(), "the daemon died");
+    let log = fs::read_to_string(&log).unwrap_or_default();
+    let gets = log.matches("GetVringBase").count();
+    let resumed = log
+        .lines()
+        .filter(|l| l.contains("SetVringBase") && !l.contains("num: 0 "))
+        .count();
+    eprintln!(
+        "{test}: {} in {:?}; {cycles} stop/cont cycles, {gets} GET_VRING_BASE, {resumed} non-zero SET_VRING_BASE",
+        run.summary(),
+        run.elapsed
+    );
+    assert!(
+        resumed > 0,
+        "no ring was resumed at a non-zero base ({cycles} cycles)\n{log}"
+    );
 }

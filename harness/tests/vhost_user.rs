@@ -561,9 +561,15 @@ fn bad_rings_are_refused() {
     let kick = |has_fd| Message::SetVringKick(VringFd { index: 0, has_fd });
     assert_eq!(r.ack(&kick(true), &[file.as_raw_fd()]), 1);
     assert_eq!(r.ack(&kick(false), &[]), 1);
-    // A resume index we cannot honour.
+    // A resume index that is no split-ring index (16 bits).
     assert_eq!(
-        r.ack(&Message::SetVringBase(VringState { index: 0, num: 5 }), &[]),
+        r.ack(
+            &Message::SetVringBase(VringState {
+                index: 0,
+                num: 0x1_0000
+            }),
+            &[]
+        ),
         1
     );
     // Unsupported requests get an error reply with REPLY_ACK.
@@ -809,4 +815,252 @@ fn rust_vmm_frontend_writes_through_our_console() {
     assert_eq!(m.load_u16_acquire(g(0x6002)).unwrap(), 1);
     assert_eq!(std::fs::read(&out).unwrap(), text);
     let _ = std::fs::remove_file(&out);
+}
+
+// ---- ring positions (vhost-user.rst "Ring states", SET/GET_VRING_BASE) ----
+
+/// A rust-vmm frontend that negotiated everything and mapped `mem`.
+fn frontend(path: &Path, mem: &Memory, queues: u64) -> Frontend {
+    let mut fe = Frontend::connect(path, queues).unwrap();
+    fe.set_owner().unwrap();
+    fe.get_features().unwrap();
+    fe.set_features(VIRTIO_F_VERSION_1 | VHOST_USER_F_PROTOCOL_FEATURES)
+        .unwrap();
+    let pf = fe.get_protocol_features().unwrap();
+    fe.set_protocol_features(pf).unwrap();
+    fe.set_mem_table(&[VhostUserMemoryRegionInfo {
+        guest_phys_addr: GPA_BASE,
+        memory_size: MEM_SIZE as u64,
+        userspace_addr: mem.host as u64,
+        mmap_offset: 0,
+        mmap_handle: mem.fd.as_raw_fd(),
+    }])
+    .unwrap();
+    fe
+}
+
+/// Makes one chain available on the ring at guest offset `ring`: descriptor
+/// `head` over `len` bytes at `addr` (device-writable if `write`), in
+/// available slot `slot` (the available index becomes `slot + 1`).
+fn offer(mem: &Memory, ring: u64, slot: u16, head: u16, addr: u64, len: u32, write: bool) {
+    let m = &mem.view;
+    let g = |a| GuestAddress(GPA_BASE + a);
+    let d = ring + 16 * u64::from(head);
+    m.write_u64(g(d), GPA_BASE + addr).unwrap();
+    m.write_u32(g(d + 8), len).unwrap();
+    m.write_u16(g(d + 12), if write { 2 } else { 0 }).unwrap();
+    m.write_u16(g(d + 14), 0).unwrap();
+    m.write_u16(g(ring + 0x1004 + 2 * u64::from(slot % QSIZE)), head)
+        .unwrap();
+    m.store_u16_release(g(ring + 0x1002), slot.wrapping_add(1))
+        .unwrap();
+}
+
+/// The used index of the ring at guest offset `ring`.
+fn used_idx_at(mem: &Memory, ring: u64) -> u16 {
+    mem.view
+        .load_u16_acquire(GuestAddress(GPA_BASE + ring + 0x2002))
+        .unwrap()
+}
+
+/// The used element (head, length) in used slot `slot` of the ring at `ring`.
+fn used_elem(mem: &Memory, ring: u64, slot: u16) -> (u16, u32) {
+    let a = GuestAddress(GPA_BASE + ring + 0x2004 + 8 * u64::from(slot % QSIZE));
+    let id = mem.view.read_u32(a).unwrap();
+    let len = mem.view.read_u32(GuestAddress(a.0 + 4)).unwrap();
+    (u16::try_from(id).unwrap(), len)
+}
+
+/// Kicks and waits (bounded) until the used index of the ring at `ring`
+/// reaches `want`.
+fn kick_until(mem: &Memory, ring: u64, kick: &EventFd, call: &EventFd, want: u16) {
+    kick.write(1).unwrap();
+    for _ in 0..100 {
+        if used_idx_at(mem, ring) == want {
+            return;
+        }
+        if wait_readable(call.as_raw_fd()) {
+            let _ = call.read();
+        }
+    }
+    panic!("used index {} never reached {want}", used_idx_at(mem, ring));
+}
+
+#[test]
+fn get_vring_base_reports_n_and_set_vring_base_resumes_there() {
+    let path = daemon();
+    let mem = Memory::new();
+    let mut fe = frontend(&path, &mem, 1);
+    let (call, kick) = ring(&mut fe, &mem, 0, 0);
+    const N: u16 = 3;
+    for i in 0..N {
+        offer(&mem, 0, i, i, BUF + u64::from(i) * 0x100, 64, true);
+        kick_until(&mem, 0, &kick, &call, i + 1);
+    }
+    // GET_VRING_BASE stops the ring: the next chain to process is N.
+    assert_eq!(fe.get_vring_base(0).unwrap(), u32::from(N));
+    // Made available while stopped: not served.
+    offer(&mem, 0, N, N, BUF + 0x1000, 64, true);
+    std::thread::sleep(Duration::from_millis(50));
+    assert_eq!(used_idx_at(&mem, 0), N);
+    // Started again at N (the device was reset meanwhile: its queue would
+    // start at 0 and replay chains 0..N).
+    fe.set_vring_base(0, N).unwrap();
+    let kick = EventFd::new(0).unwrap();
+    fe.set_vring_kick(0, &kick).unwrap();
+    offer(&mem, 0, N + 1, N + 1, BUF + 0x1100, 32, true);
+    kick_until(&mem, 0, &kick, &call, N + 2);
+    // Each chain once, in order, at the used slots that follow.
+    for i in 0..N {
+        assert_eq!(used_elem(&mem, 0, i), (i, 64));
+    }
+    assert_eq!(used_elem(&mem, 0, N), (N, 64));
+    assert_eq!(used_elem(&mem, 0, N + 1), (N + 1, 32));
+    assert_eq!(fe.get_vring_base(0).unwrap(), u32::from(N + 2));
+}
+
+#[test]
+fn a_ring_may_start_at_a_non_zero_base() {
+    let path = daemon();
+    let mem = Memory::new();
+    let mut fe = frontend(&path, &mem, 1);
+    mem.view
+        .write(GuestAddress(GPA_BASE), &vec![0u8; 0x3000])
+        .unwrap();
+    // A driver that already went round the ring: 65530 chains made
+    // available and used (the base wraps past 65535 below).
+    const BASE: u16 = 65530;
+    let g = |a| GuestAddress(GPA_BASE + a);
+    mem.view.store_u16_release(g(0x1002), BASE).unwrap();
+    mem.view.store_u16_release(g(0x2002), BASE).unwrap();
+    fe.set_vring_num(0, QSIZE).unwrap();
+    fe.set_vring_addr(0, &ring_config(&mem, 0)).unwrap();
+    fe.set_vring_base(0, BASE).unwrap();
+    let call = EventFd::new(0).unwrap();
+    let kick = EventFd::new(0).unwrap();
+    fe.set_vring_call(0, &call).unwrap();
+    fe.set_vring_kick(0, &kick).unwrap();
+    fe.set_vring_enable(0, true).unwrap();
+    for k in 0..10u16 {
+        let slot = BASE.wrapping_add(k);
+        let head = k % QSIZE;
+        offer(&mem, 0, slot, head, BUF + u64::from(k) * 0x100, 16, true);
+        kick_until(&mem, 0, &kick, &call, slot.wrapping_add(1));
+        assert_eq!(used_elem(&mem, 0, slot), (head, 16));
+    }
+    assert_eq!(
+        fe.get_vring_base(0).unwrap(),
+        u32::from(BASE.wrapping_add(10))
+    );
+}
+
+fn ring_config(mem: &Memory, base: u64) -> VringConfigData {
+    VringConfigData {
+        queue_max_size: QSIZE,
+        queue_size: QSIZE,
+        flags: 0,
+        desc_table_addr: mem.user(GPA_BASE + base),
+        used_ring_addr: mem.user(GPA_BASE + base + 0x2000),
+        avail_ring_addr: mem.user(GPA_BASE + base + 0x1000),
+        log_addr: None,
+    }
+}
+
+#[test]
+fn a_ring_starting_again_keeps_the_running_rings_in_place() {
+    let out = std::env::temp_dir().join(format!("vhost-user-pos-{}.out", std::process::id()));
+    let _ = std::fs::remove_file(&out);
+    let path = daemon_from_options(vec![
+        "-chardev".into(),
+        format!("file,id=c0,path={}", out.display()),
+        "-device".into(),
+        "virtio-serial-device,max_ports=1".into(),
+        "-device".into(),
+        "virtconsole,chardev=c0".into(),
+    ]);
+    let mem = Memory::new();
+    let mut fe = frontend(&path, &mem, 2);
+    mem.view
+        .write(GuestAddress(GPA_BASE), &vec![0u8; 0x8000])
+        .unwrap();
+    let (rx_call, _rx_kick) = ring(&mut fe, &mem, 0, 0x0);
+    let (tx_call, tx_kick) = ring(&mut fe, &mem, 1, 0x4000);
+    let texts: [&[u8]; 3] = [b"one ", b"two ", b"three\n"];
+    let send = |i: u16, kick: &EventFd| {
+        let a = 0x20000 + u64::from(i) * 0x100;
+        mem.view
+            .write(GuestAddress(GPA_BASE + a), texts[usize::from(i)])
+            .unwrap();
+        let len = texts[usize::from(i)].len() as u32;
+        offer(&mem, 0x4000, i, i, a, len, false);
+        kick_until(&mem, 0x4000, kick, &tx_call, i + 1);
+    };
+    send(0, &tx_kick);
+    send(1, &tx_kick);
+    // The receive ring stops and starts again while the transmit ring runs
+    // (the device is activated again with both): the transmit ring goes on
+    // at 2 instead of replaying "one two ".
+    assert_eq!(fe.get_vring_base(0).unwrap(), 0);
+    fe.set_vring_base(0, 0).unwrap();
+    let rx_kick = EventFd::new(0).unwrap();
+    fe.set_vring_kick(0, &rx_kick).unwrap();
+    let _ = rx_call;
+    send(2, &tx_kick);
+    assert_eq!(used_elem(&mem, 0x4000, 2), (2, 0));
+    std::thread::sleep(Duration::from_millis(50));
+    assert_eq!(used_idx_at(&mem, 0x4000), 3);
+    assert_eq!(std::fs::read(&out).unwrap(), b"one two three\n");
+    assert_eq!(fe.get_vring_base(1).unwrap(), 3);
+    let _ = std::fs::remove_file(&out);
+}
+
+#[test]
+fn a_stopped_ring_is_out_of_the_devices_reach() {
+    let path = daemon_from_options(vec![
+        "-netdev".into(),
+        "loopback,id=n0".into(),
+        "-device".into(),
+        "virtio-net-device,netdev=n0".into(),
+    ]);
+    let mem = Memory::new();
+    let mut probe = frontend(&path, &mem, 1);
+    let queues = probe.get_queue_num().unwrap();
+    drop(probe);
+    let mut fe = frontend(&path, &mem, queues);
+    mem.view
+        .write(GuestAddress(GPA_BASE), &vec![0u8; 0x8000])
+        .unwrap();
+    let (rx_call, _rx_kick) = ring(&mut fe, &mem, 0, 0x0);
+    let (tx_call, tx_kick) = ring(&mut fe, &mem, 1, 0x4000);
+    // receiveq1 stops (§5.1.2: the device needs it, so it is not active
+    // until the ring runs again).
+    assert_eq!(fe.get_vring_base(0).unwrap(), 0);
+    // A receive buffer and a frame to loop back: the stopped ring must not
+    // move, whatever the device does meanwhile.
+    offer(&mem, 0x0, 0, 0, 0x30000, 2048, true);
+    let mut pkt = vec![0u8; 12];
+    pkt.extend_from_slice(&[0xff; 6]);
+    pkt.extend_from_slice(&[0x52, 0x54, 0, 0, 0, 1, 0x88, 0xb5]);
+    pkt.resize(12 + 60, 0x5a);
+    mem.view
+        .write(GuestAddress(GPA_BASE + 0x20000), &pkt)
+        .unwrap();
+    offer(&mem, 0x4000, 0, 0, 0x20000, pkt.len() as u32, false);
+    tx_kick.write(1).unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    assert_eq!(used_idx_at(&mem, 0x0), 0, "the stopped ring moved");
+    // receiveq1 runs again where it stopped: the frame goes round.
+    fe.set_vring_base(0, 0).unwrap();
+    let rx_kick = EventFd::new(0).unwrap();
+    fe.set_vring_kick(0, &rx_kick).unwrap();
+    kick_until(&mem, 0x4000, &tx_kick, &tx_call, 1);
+    kick_until(&mem, 0x0, &rx_kick, &rx_call, 1);
+    assert_eq!(used_elem(&mem, 0x0, 0), (0, pkt.len() as u32));
+    let mut got = vec![0u8; pkt.len() - 12];
+    mem.view
+        .read(GuestAddress(GPA_BASE + 0x30000 + 12), &mut got)
+        .unwrap();
+    assert_eq!(got, pkt[12..]);
+    assert_eq!(fe.get_vring_base(1).unwrap(), 1);
+    assert_eq!(fe.get_vring_base(0).unwrap(), 1);
 }

@@ -1037,4 +1037,21 @@ impl<B: BlockBackend, M: GuestMemory> VirtioDevice for Blk<B, M> {
         self.engine.features = 0;
         self.engine.writeback = u8::from(self.engine.cfg.writeback);
     }
+
+    /// The next available index: every request is completed in the
+    /// notification that popped it, so the device never holds a chain.
+    fn queue_position(&self, queue: u16) -> Option<u16> {
+        let qs = self.queues.get(usize::from(queue))?.as_ref()?;
+        Some(qs.queue.next_avail())
+    }
+
+    fn set_queue_position(&mut self, queue: u16, next_avail: u16) -> Result<(), DeviceError> {
+        let qs = self
+            .queues
+            .get_mut(usize::from(queue))
+            .and_then(Option::as_mut)
+            .ok_or(DeviceError::PositionUnsupported { queue })?;
+        qs.queue.set_position(next_avail, next_avail);
+        Ok(())
+    }
 }

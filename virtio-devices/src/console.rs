@@ -568,4 +568,38 @@ impl<M: GuestMemory> VirtioDevice for Console<M> {
             // lost across a reset.
         }
     }
+
+    /// The next available index, rewound past a transmit chain partly
+    /// written to a blocked chardev: the transmit loop pops nothing else
+    /// while that chain waits, so it is the last one popped. Receive and
+    /// control chains are completed in the pass that popped them (host
+    /// input waits in the port's stash, not in a chain).
+    fn queue_position(&self, queue: u16) -> Option<u16> {
+        let q = self.queues.get(usize::from(queue))?.as_ref()?;
+        let held = self
+            .ports
+            .iter()
+            .enumerate()
+            .any(|(p, port)| tx_queue(p) == usize::from(queue) && port.tx_partial.is_some());
+        Some(q.next_avail().wrapping_sub(u16::from(held)))
+    }
+
+    /// Starts `queue` at `next_avail`. A transmit chain the port still held
+    /// is dropped and popped again from the ring, so the bytes of it that
+    /// already reached the chardev are written again (at least once, never
+    /// lost).
+    fn set_queue_position(&mut self, queue: u16, next_avail: u16) -> Result<(), DeviceError> {
+        let q = self
+            .queues
+            .get_mut(usize::from(queue))
+            .and_then(Option::as_mut)
+            .ok_or(DeviceError::PositionUnsupported { queue })?;
+        q.set_position(next_avail, next_avail);
+        for (p, port) in self.ports.iter_mut().enumerate() {
+            if tx_queue(p) == usize::from(queue) {
+                port.tx_partial = None;
+            }
+        }
+        Ok(())
+    }
 }

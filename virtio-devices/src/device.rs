@@ -49,6 +49,13 @@ pub enum DeviceError {
     /// backend that closed its socket); the transport raises
     /// `DEVICE_NEEDS_RESET` (§2.1.2).
     BackendGone,
+    /// The device cannot start `queue` at a given ring position
+    /// ([`VirtioDevice::set_queue_position`] not implemented, or the queue
+    /// is not live).
+    PositionUnsupported {
+        /// The queue index.
+        queue: u16,
+    },
 }
 
 impl fmt::Display for DeviceError {
@@ -64,6 +71,9 @@ impl fmt::Display for DeviceError {
             DeviceError::NoSuchQueue { queue } => write!(f, "no queue {queue}"),
             DeviceError::NotActivated => write!(f, "device notified before activation"),
             DeviceError::BackendGone => write!(f, "the device's backend is gone"),
+            DeviceError::PositionUnsupported { queue } => {
+                write!(f, "queue {queue} cannot be started at a given position")
+            }
         }
     }
 }
@@ -143,6 +153,36 @@ pub trait VirtioDevice {
 
     /// The driver reset the device (§2.4): drop queues and pending work.
     fn reset(&mut self);
+
+    /// Where `queue` stands, for a transport that stops it and starts it
+    /// again elsewhere (vhost-user `GET_VRING_BASE`, a snapshot): the next
+    /// available index (§2.7.6) the device will take, rewound past every
+    /// chain it popped but has not completed. Those chains are popped again
+    /// after [`set_queue_position`](VirtioDevice::set_queue_position), so
+    /// nothing is lost; this is sound only because a device keeps such
+    /// chains at the tail (every chain popped before them is completed), so
+    /// the used index equals the returned value once they are given back.
+    ///
+    /// `None` when the device does not know (the default) or the queue is
+    /// not live.
+    fn queue_position(&self, queue: u16) -> Option<u16> {
+        let _ = queue;
+        None
+    }
+
+    /// Starts live `queue` at `next_avail` (vhost-user `SET_VRING_BASE`:
+    /// "the next descriptor index to process"): the device takes the chain
+    /// in available slot `next_avail` next and writes its first used
+    /// element at used index `next_avail` (every earlier chain counts as
+    /// completed). Called after [`activate`](VirtioDevice::activate) and
+    /// before the queue's first notification; drops any chain the device
+    /// still held for the queue (it is popped again from the ring).
+    ///
+    /// The default refuses with [`DeviceError::PositionUnsupported`].
+    fn set_queue_position(&mut self, queue: u16, next_avail: u16) -> Result<(), DeviceError> {
+        let _ = next_avail;
+        Err(DeviceError::PositionUnsupported { queue })
+    }
 }
 
 /// Takes the head of the next available chain for a device's serve loop.
@@ -219,5 +259,13 @@ impl<D: VirtioDevice + ?Sized> VirtioDevice for alloc::boxed::Box<D> {
 
     fn reset(&mut self) {
         (**self).reset();
+    }
+
+    fn queue_position(&self, queue: u16) -> Option<u16> {
+        (**self).queue_position(queue)
+    }
+
+    fn set_queue_position(&mut self, queue: u16, next_avail: u16) -> Result<(), DeviceError> {
+        (**self).set_queue_position(queue, next_avail)
     }
 }

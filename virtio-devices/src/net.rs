@@ -349,6 +349,11 @@ struct Buffers {
     ctrl: Vec<u8>,
     /// Receive chains popped for the front frame: (head, capacity).
     held: Vec<(u16, u32)>,
+    /// A chain popped after the first held one was completed (a malformed
+    /// receive chain while merging): the held chains are no longer the
+    /// tail of the ring, so [`VirtioDevice::queue_position`] cannot rewind
+    /// past them.
+    held_split: bool,
 }
 
 /// The network device over backend `B` and guest memory `M`.
@@ -941,6 +946,7 @@ impl<B: NetBackend, M: GuestMemory> Net<B, M> {
                     Some(cap) if cap as usize >= h => bufs.held.push((head, cap)),
                     _ => {
                         self.stats.rx_bad_chains += 1;
+                        bufs.held_split |= !bufs.held.is_empty();
                         q.add_used(&self.mem, head, 0)?;
                         *completed += 1;
                     }
@@ -954,6 +960,7 @@ impl<B: NetBackend, M: GuestMemory> Net<B, M> {
                 bufs.ring.pop();
                 let (head, _) = bufs.held[0];
                 bufs.held.clear();
+                bufs.held_split = false;
                 q.add_used(&self.mem, head, 0)?;
                 *completed += 1;
                 return Ok(RxOutcome::Dropped);
@@ -974,6 +981,7 @@ impl<B: NetBackend, M: GuestMemory> Net<B, M> {
                 pos += take;
             }
             bufs.held.clear();
+            bufs.held_split = false;
             self.stats.rx_frames += 1;
             self.stats.rx_bytes += (need - h) as u64;
             bufs.ring.pop();
@@ -1279,6 +1287,7 @@ impl<B: NetBackend, M: GuestMemory> VirtioDevice for Net<B, M> {
             scratch: alloc::vec![0; slot],
             ctrl: alloc::vec![0; CTRL_MAX],
             held: Vec::with_capacity(rx_size),
+            held_split: false,
         });
         self.filter.reset();
         self.filter.uni.reserve(MAC_TABLE_ENTRIES);
@@ -1348,5 +1357,50 @@ impl<B: NetBackend, M: GuestMemory> VirtioDevice for Net<B, M> {
         self.mac = self.cfg.mac;
         self.filter.reset();
         self.reported_up = self.link_now();
+    }
+
+    /// The next available index, rewound past the chains the device holds:
+    /// on a transmit queue the frame the backend refused with `Busy` (the
+    /// loop stops popping at it), on receiveq1 the buffers popped for the
+    /// front frame (popped in order and completed together, nothing else
+    /// popped meanwhile). The control queue holds nothing. Rare exception:
+    /// a malformed receive chain completed after buffers were held while
+    /// merging (§5.1.6.4) leaves them mid-ring; then they are not rewound
+    /// (the position is the plain next available index), since rewinding
+    /// would serve the malformed chain twice; those few buffers stay with
+    /// the device until the driver resets it.
+    fn queue_position(&self, queue: u16) -> Option<u16> {
+        let q = self.queues.get(usize::from(queue))?.as_ref()?;
+        let held = if queue == 0 {
+            match &self.bufs {
+                Some(b) if !b.held_split => b.held.len(),
+                _ => 0,
+            }
+        } else {
+            usize::from(self.tx_pending.is_some_and(|p| p.queue == queue))
+        };
+        Some(q.next_avail().wrapping_sub(u16::try_from(held).ok()?))
+    }
+
+    /// Starts `queue` at `next_avail`, dropping what the device held for
+    /// it: a paused transmit frame (re-read from its chain, sent once since
+    /// the backend refused it) or the receive buffers held for the front
+    /// frame (the frame stays queued for the buffers popped next).
+    fn set_queue_position(&mut self, queue: u16, next_avail: u16) -> Result<(), DeviceError> {
+        let q = self
+            .queues
+            .get_mut(usize::from(queue))
+            .and_then(Option::as_mut)
+            .ok_or(DeviceError::PositionUnsupported { queue })?;
+        q.set_position(next_avail, next_avail);
+        if queue == 0 {
+            if let Some(b) = &mut self.bufs {
+                b.held.clear();
+                b.held_split = false;
+            }
+        } else if self.tx_pending.is_some_and(|p| p.queue == queue) {
+            self.tx_pending = None;
+        }
+        Ok(())
     }
 }

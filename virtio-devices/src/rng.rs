@@ -218,4 +218,26 @@ impl<B: RngBackend, M: GuestMemory> VirtioDevice for Rng<B, M> {
         self.queue = None;
         self.pending.clear();
     }
+
+    /// The next available index, rewound past the chains waiting for
+    /// entropy: the serve loop pops a chain only when none is pending and
+    /// completes them oldest first, so pending chains are always the last
+    /// ones popped and every chain before them is completed.
+    fn queue_position(&self, queue: u16) -> Option<u16> {
+        let q = self.queue.as_ref().filter(|_| queue == 0)?;
+        let held = u16::try_from(self.pending.len()).ok()?;
+        Some(q.next_avail().wrapping_sub(held))
+    }
+
+    fn set_queue_position(&mut self, queue: u16, next_avail: u16) -> Result<(), DeviceError> {
+        let q = self
+            .queue
+            .as_mut()
+            .filter(|_| queue == 0)
+            .ok_or(DeviceError::PositionUnsupported { queue })?;
+        q.set_position(next_avail, next_avail);
+        // Held chains are popped again from the ring.
+        self.pending.clear();
+        Ok(())
+    }
 }

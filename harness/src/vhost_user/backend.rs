@@ -13,15 +13,31 @@
 //!   of running rings grows (or a running ring moves), the device is reset
 //!   and activated again with exactly those rings
 //!   ([`VirtioDevice::activate`], as the in-process transport does at
-//!   DRIVER_OK), then every running ring is served once; when rings only
-//!   stop, the device stays live and the stopped rings are masked; when the
-//!   last one stops, the device is reset.
+//!   DRIVER_OK), then every running ring is served once. The same happens
+//!   when rings only stop (every ring keeps its position, see below), so a
+//!   stopped ring is out of the device's reach; only a device that cannot
+//!   report positions stays live with the stopped rings masked instead.
+//!   When the last ring stops, the device is reset. A device that needs the
+//!   stopped ring (e.g. console without its receiveq) is not active until
+//!   it runs again.
 //! - Notifications: kick eventfds, the socket and the backend's readiness
 //!   fds are polled by one epoll loop on the serving thread, which is the
 //!   only thread that calls the device. A used-buffer notification writes
 //!   the call eventfd of every running ring (the device's decision does not
 //!   name the queue; a spare interrupt is harmless, §2.7.7); a device error
 //!   writes the ring's error eventfd.
+//! - Ring positions: `SET_VRING_BASE` takes any split-ring index; it is
+//!   kept per ring and applied after every activation with
+//!   [`VirtioDevice::set_queue_position`] (next available index and used
+//!   index both at the base). `GET_VRING_BASE` stops the ring and reports
+//!   [`VirtioDevice::queue_position`], which is rewound past chains the
+//!   device holds (they are popped again when the ring resumes); only a
+//!   device that does not know its position falls back to the used index
+//!   in guest memory. Before the device is reset to run a different set of
+//!   rings, every running ring's position is saved and restored after the
+//!   re-activation, so a ring that starts while others run moves none of
+//!   them. A device that cannot start a queue at a non-zero base is not
+//!   activated (its error eventfd is written).
 //!
 //! Errors: a request the session refuses gets a `REPLY_ACK` failure when
 //! the frontend asked for one; otherwise a request that owes a reply, or
@@ -30,17 +46,11 @@
 //! at any point ends the session: rings stop, the device is reset, the
 //! memory is unmapped, and the daemon accepts the next frontend.
 //!
-//! Not done: rings that resume at a non-zero base (`SET_VRING_BASE` with a
-//! non-zero index is refused: `VirtioDevice::activate` starts every queue
-//! at index 0 and the trait has no hook to move it), and `GET_VRING_BASE`
-//! reports the used index from guest memory, which is the next available
-//! index only when the device holds no chain (true for blk; an rng or net
-//! device waiting on its backend may hold some). For the same reason a ring
-//! that starts while others already run restarts those at index 0 (QEMU
-//! starts and stops all rings of a device together, so this is only seen
-//! by frontends that start rings one by one under load). No dirty logging, inflight
-//! tracking, backend-initiated channel (so no config-change message), or
-//! polling mode (a kick without descriptor).
+//! Not done: a stopped ring of a device that cannot report positions is
+//! only masked, so such a device serving queues on backend readiness may
+//! still move it after `GET_VRING_BASE` reported its place. No dirty
+//! logging, inflight tracking, backend-initiated channel (so no
+//! config-change message), or polling mode (a kick without descriptor).
 
 use std::fmt;
 use std::io;
@@ -127,8 +137,9 @@ pub enum BackendError {
     EnableWithoutAddress(u32),
     /// A ring changed while it runs (size, base).
     RingRunning(u32),
-    /// `SET_VRING_BASE` with a non-zero index (see module docs).
-    NonZeroBase {
+    /// `SET_VRING_BASE` with an index that is no split-ring index (more
+    /// than 16 bits; packed rings are not offered).
+    BadBase {
         /// The ring.
         index: u32,
         /// The index asked.
@@ -180,9 +191,9 @@ impl fmt::Display for BackendError {
                 write!(f, "ring {i} enabled before its addresses were set")
             }
             BackendError::RingRunning(i) => write!(f, "ring {i} is running"),
-            BackendError::NonZeroBase { index, base } => write!(
+            BackendError::BadBase { index, base } => write!(
                 f,
-                "ring {index}: resuming at index {base} is not supported (only 0)"
+                "ring {index}: base {base:#x} is not a split-ring index (16 bits)"
             ),
             BackendError::KickWithoutFd(i) => {
                 write!(
@@ -253,6 +264,12 @@ struct Vring {
     err: Option<OwnedFd>,
     started: bool,
     enabled: bool,
+    /// Where the ring starts when the device is activated with it: the
+    /// next available index, and the used index (vhost-user.rst
+    /// `SET_VRING_BASE`, "the next descriptor index to process"). Set by
+    /// `SET_VRING_BASE`, and saved from the device whenever the ring stops
+    /// or the device is activated again.
+    base: u16,
 }
 
 impl Vring {
@@ -638,7 +655,9 @@ impl<D: VirtioDevice> Backend<D> {
                 let moved = ring.layout.is_some_and(|l| l != layout);
                 ring.layout = Some(layout);
                 if moved && self.is_running(addr.index as usize) {
-                    // A running ring moved: activate the device again.
+                    // A running ring moved: activate the device again, every
+                    // ring where it stood.
+                    self.save_positions();
                     self.active = None;
                     self.device.reset();
                 }
@@ -650,19 +669,21 @@ impl<D: VirtioDevice> Backend<D> {
                 if ring.runnable() {
                     return Err(BackendError::RingRunning(index));
                 }
-                if num != 0 {
-                    return Err(BackendError::NonZeroBase { index, base: num });
-                }
+                ring.base =
+                    u16::try_from(num).map_err(|_| BackendError::BadBase { index, base: num })?;
                 Ok(None)
             }
             Message::GetVringBase(VringState { index, .. }) => {
-                let mem = self.mem.clone();
+                self.ring(index)?;
+                let i = index as usize;
+                let base = if self.is_running(i) {
+                    self.position(i)
+                } else {
+                    self.vrings[i].base
+                };
                 let ring = self.ring(index)?;
                 // Stop the ring ("Ring states": GET_VRING_BASE stops it).
-                let used = ring
-                    .layout
-                    .and_then(|l| mem.load_u16_acquire(l.used_idx()).ok())
-                    .unwrap_or(0);
+                ring.base = base;
                 ring.started = false;
                 if let Some(k) = ring.kick.take() {
                     let _ = epoll.ctl(
@@ -674,7 +695,7 @@ impl<D: VirtioDevice> Backend<D> {
                 self.reconcile();
                 Ok(Some(codec::reply_vring_state(VringState {
                     index,
-                    num: u32::from(used),
+                    num: u32::from(base),
                 })))
             }
             Message::SetVringKick(VringFd { index, has_fd }) => {
@@ -830,19 +851,31 @@ impl<D: VirtioDevice> Backend<D> {
     /// (buffers made available before the ring ran get no kick).
     fn reconcile(&mut self) {
         let want: Vec<bool> = self.vrings.iter().map(Vring::runnable).collect();
-        if let Some(active) = &self.active {
-            if active == &want {
+        if let Some(active) = self.active.clone() {
+            if active == want {
                 return;
             }
-            let only_stopped = want.iter().zip(active).all(|(&w, &was)| !w || was);
-            if only_stopped && want.contains(&true) {
-                // Rings stopped, others run on: a reset would restart those
-                // at index 0 (replaying chains they already served), so the
-                // device stays live and the stopped rings are masked (no
-                // kick served, no call written).
+            // Every ring the device runs now keeps its place: one that
+            // stops resumes there, one that runs on is started there again
+            // after the re-activation below.
+            self.save_positions();
+            let only_stopped = want.iter().zip(&active).all(|(&w, &was)| !w || was);
+            let known = (0u16..)
+                .zip(&want)
+                .filter(|(_, w)| **w)
+                .all(|(q, _)| self.device.queue_position(q).is_some());
+            if only_stopped && want.contains(&true) && !known {
+                // Rings stopped, others run on, and the device cannot say
+                // where those stand: a reset would restart them at the wrong
+                // index, so the device stays live and the stopped rings are
+                // masked (no kick served, no call written; a device serving
+                // on backend readiness may still move them).
                 self.active = Some(want);
                 return;
             }
+            // Otherwise the device is activated again without the stopped
+            // rings (a stopped ring must not move: its position was
+            // reported), the others where they stood.
         }
         if self.active.take().is_some() {
             self.device.reset();
@@ -862,6 +895,22 @@ impl<D: VirtioDevice> Backend<D> {
         match self.device.activate(features, configs) {
             Ok(()) => {
                 self.stats.activations += 1;
+                // Activation starts every queue at 0; move the others.
+                let bases: Vec<(u16, u16)> = (0u16..)
+                    .zip(&self.vrings)
+                    .zip(&want)
+                    .filter(|((_, v), w)| **w && v.base != 0)
+                    .map(|((q, v), _)| (q, v.base))
+                    .collect();
+                for (q, base) in bases {
+                    if let Err(e) = self.device.set_queue_position(q, base) {
+                        // The device cannot resume there: serving from 0
+                        // would replay chains, so it stays down.
+                        self.device.reset();
+                        self.after(Err(e), Some(usize::from(q)));
+                        return;
+                    }
+                }
                 self.active = Some(want.clone());
                 for (i, &w) in want.iter().enumerate() {
                     if w {
@@ -875,6 +924,33 @@ impl<D: VirtioDevice> Backend<D> {
                 if self.verbose {
                     eprintln!("vhost-user: device not activated yet: {e}");
                 }
+            }
+        }
+    }
+
+    /// Where running ring `i` stands: the device's
+    /// [`VirtioDevice::queue_position`], or, from a device that does not
+    /// know, the used index in guest memory (exact when the device holds
+    /// no chain).
+    fn position(&mut self, i: usize) -> u16 {
+        if let Some(p) = u16::try_from(i)
+            .ok()
+            .and_then(|q| self.device.queue_position(q))
+        {
+            return p;
+        }
+        self.vrings
+            .get(i)
+            .and_then(|v| v.layout)
+            .and_then(|l| self.mem.load_u16_acquire(l.used_idx()).ok())
+            .unwrap_or(0)
+    }
+
+    /// Saves the place of every ring the device runs into its `base`.
+    fn save_positions(&mut self) {
+        for i in 0..self.vrings.len() {
+            if self.is_running(i) {
+                self.vrings[i].base = self.position(i);
             }
         }
     }
@@ -937,6 +1013,7 @@ impl<D: VirtioDevice> Backend<D> {
                     | DeviceError::QueueNotInMemory { queue, .. }
                     | DeviceError::QueueNotReady { queue }
                     | DeviceError::NoSuchQueue { queue } => Some(usize::from(queue)),
+                    DeviceError::PositionUnsupported { queue } => Some(usize::from(queue)),
                     DeviceError::NotActivated | DeviceError::BackendGone => queue,
                 }
                 .or(queue);
