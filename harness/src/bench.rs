@@ -29,6 +29,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crate::qemu::{self, Qemu};
+use crate::vhost_user::Daemon;
 
 /// The median of `v` (which must not be empty).
 fn median(mut v: Vec<Duration>) -> Duration {
@@ -327,95 +328,16 @@ fn qsd_unavailable() -> Option<String> {
     }
 }
 
-/// Whether a unix socket is listening at `path`, from `/proc/net/unix`
-/// (the `__SO_ACCEPTCON` flag, 0x10000), so that waiting for a daemon
-/// does not connect to it (a connection would be a frontend); without
-/// `/proc`, whether the path exists.
-fn unix_listening(path: &std::path::Path) -> bool {
-    let Ok(table) = std::fs::read_to_string("/proc/net/unix") else {
-        return path.exists();
-    };
-    let want = path.to_string_lossy();
-    table.lines().skip(1).any(|l| {
-        let f: Vec<&str> = l.split_whitespace().collect();
-        f.len() >= 8
-            && f[7] == want
-            && u32::from_str_radix(f[3], 16).is_ok_and(|flags| flags & 0x10000 != 0)
-    })
-}
-
-/// A vhost-user backend process the bench started: serving on `socket`,
-/// its output in `log`; killed and reaped on drop.
-struct VhostDaemon {
-    name: &'static str,
-    child: std::process::Child,
-    socket: std::path::PathBuf,
-    log: std::path::PathBuf,
-}
-
-impl VhostDaemon {
-    /// Starts `cmd` and waits (at most 30 s) until it listens on `socket`.
-    fn start(
-        name: &'static str,
-        mut cmd: Command,
-        socket: std::path::PathBuf,
-        log: std::path::PathBuf,
-    ) -> Result<VhostDaemon, String> {
-        use std::process::Stdio;
-        let _ = std::fs::remove_file(&socket);
-        let out = std::fs::File::create(&log).map_err(|e| format!("{}: {e}", log.display()))?;
-        let err = out
-            .try_clone()
-            .map_err(|e| format!("{}: {e}", log.display()))?;
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::from(out))
-            .stderr(Stdio::from(err));
-        let child = cmd
-            .spawn()
-            .map_err(|e| format!("{name}: cannot start: {e}"))?;
-        let mut d = VhostDaemon {
-            name,
-            child,
-            socket,
-            log,
-        };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !unix_listening(&d.socket) {
-            d.check_alive()?;
-            if Instant::now() >= deadline {
-                return Err(format!(
-                    "{name} did not listen on {} within 30 s\n{}",
-                    d.socket.display(),
-                    d.output()
-                ));
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        Ok(d)
-    }
-
-    /// What it printed so far.
-    fn output(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// `Err` with its output if it has exited (it must serve every run).
-    fn check_alive(&mut self) -> Result<(), String> {
-        match self.child.try_wait() {
-            Ok(None) => Ok(()),
-            Ok(Some(status)) => Err(format!(
-                "{} exited ({status}):\n{}",
-                self.name,
-                self.output()
-            )),
-            Err(e) => Err(format!("{}: {e}", self.name)),
-        }
-    }
-
+/// Helpers for a vhost-user backend process the bench started.
+trait BenchDaemon {
     /// One boot of the blk guest under QEMU `microvm` with
     /// `vhost-user-blk` on this daemon (guest RAM on a shared memfd, the
     /// modern transport): the guest's bench time in µs, and QEMU's process
     /// start to exit.
+    fn blk_bench(&mut self, blk: &str, append: &str) -> Result<(u64, Duration), String>;
+}
+
+impl BenchDaemon for Daemon {
     fn blk_bench(&mut self, blk: &str, append: &str) -> Result<(u64, Duration), String> {
         let r = Qemu::microvm(blk)
             .memory("64M")
@@ -427,7 +349,7 @@ impl VhostDaemon {
                 "-object".into(),
                 "memory-backend-memfd,id=mem,size=64M,share=on".into(),
                 "-chardev".into(),
-                format!("socket,id=vu,path={}", self.socket.display()),
+                format!("socket,id=vu,path={}", self.socket().display()),
                 "-device".into(),
                 "vhost-user-blk,chardev=vu".into(),
             ])
@@ -438,28 +360,20 @@ impl VhostDaemon {
         if !r.passed() {
             return Err(format!(
                 "blk bench over vhost-user ({}): {}\n--- {} ---\n{}",
-                self.name,
+                self.name(),
                 r.describe(),
-                self.name,
+                self.name(),
                 self.output()
             ));
         }
         let us = bench_us(&r.serial).ok_or_else(|| {
             format!(
                 "the blk guest printed no bench line ({}):\n{}",
-                self.name,
+                self.name(),
                 r.describe()
             )
         })?;
         Ok((us, r.elapsed))
-    }
-}
-
-impl Drop for VhostDaemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_file(&self.socket);
     }
 }
 
@@ -516,7 +430,7 @@ fn vhost_rows(t: &mut String, rounds: usize) -> Result<(), String> {
             "-device".into(),
             "virtio-blk-device,drive=d0".into(),
         ]);
-    let mut ours = VhostDaemon::start(
+    let mut ours = Daemon::start(
         "virtio-harness vhost-user",
         ours_cmd,
         dir.path("ours.sock"),
@@ -536,7 +450,7 @@ fn vhost_rows(t: &mut String, rounds: usize) -> Result<(), String> {
                     dir.path("qsd.sock").display()
                 ),
             ]);
-            Ok(VhostDaemon::start(
+            Ok(Daemon::start(
                 QSD,
                 cmd,
                 dir.path("qsd.sock"),
@@ -632,7 +546,7 @@ fn vhost_rows(t: &mut String, rounds: usize) -> Result<(), String> {
             a.push(iops(us));
             a_wall.push(wall);
             let (us, wall) = harness_blk_bench(&over_vhost, &append)
-                .map_err(|e| format!("{e}\n--- {} ---\n{}", ours.name, ours.output()))?;
+                .map_err(|e| format!("{e}\n--- {} ---\n{}", ours.name(), ours.output()))?;
             ours.check_alive()?;
             b.push(iops(us));
             b_wall.push(wall);
@@ -1374,16 +1288,6 @@ fn tap_row(t: &mut String, guest: &str, qemu_ok: bool) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_listening_unix_socket_is_seen_without_connecting() {
-        let dir = crate::scenarios::Workdir::new("bench-listen").expect("workdir");
-        let path = dir.path("l.sock");
-        assert!(!unix_listening(&path));
-        let l = std::os::unix::net::UnixListener::bind(&path).expect("bind");
-        assert!(unix_listening(&path));
-        drop(l);
-    }
 
     #[test]
     fn median_range_sorts() {

@@ -17,13 +17,13 @@
 use std::fs;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use harness::qemu::{Qemu, QemuRun as Run, qemu_or_skip as qemu_ready};
 use harness::scenarios::{Workdir, number_before};
+use harness::vhost_user::Daemon;
 
 /// Longest a guest may run before it is killed.
 const TIMEOUT: Duration = Duration::from_secs(120);
@@ -42,59 +42,16 @@ fn scratch(test: &str) -> Workdir {
     Workdir::new(test).unwrap_or_else(|e| panic!("{test}: scratch directory: {e}"))
 }
 
-/// `virtio-harness vhost-user` serving `options` on a socket; killed on
-/// drop.
-struct Daemon {
-    child: Child,
-    socket: PathBuf,
-}
-
-impl Daemon {
-    fn start(socket: PathBuf, options: &[&str]) -> Daemon {
-        Self::start_logged(socket, options, None)
-    }
-
-    /// Like [`Daemon::start`]; with `log`, every request is logged
-    /// (`--verbose`) into that file.
-    fn start_logged(socket: PathBuf, options: &[&str], log: Option<&Path>) -> Daemon {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_virtio-harness"));
-        cmd.arg("vhost-user").arg("--socket").arg(&socket);
-        if let Some(log) = log {
-            cmd.arg("--verbose")
-                .stderr(fs::File::create(log).expect("creating the daemon log"));
-        }
-        let child = cmd
-            .args(options)
-            .stdin(Stdio::null())
-            .spawn()
-            .expect("starting virtio-harness vhost-user");
-        let mut d = Daemon { child, socket };
-        let start = Instant::now();
-        while !d.socket.exists() {
-            if let Ok(Some(status)) = d.child.try_wait() {
-                panic!("virtio-harness vhost-user exited: {status}");
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(30),
-                "the daemon did not bind {}",
-                d.socket.display()
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        d
-    }
-
-    /// Still running (it must survive every frontend).
-    fn alive(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// `virtio-harness vhost-user` serving `options` on `socket` (its log,
+/// every request with `verbose`, beside the socket); killed on drop.
+fn daemon(socket: PathBuf, options: &[&str], verbose: bool) -> Daemon {
+    Daemon::ours(
+        Path::new(env!("CARGO_BIN_EXE_virtio-harness")),
+        socket,
+        options,
+        verbose,
+    )
+    .unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// QEMU's arguments for guest RAM the backend can map and a vhost-user
@@ -147,7 +104,7 @@ fn qemu_vhost_user_rng_matches_the_seed_twice() {
     }
     let dir = scratch(test);
     let seed = 0x5eed_0000_0000_0042_u64;
-    let mut daemon = Daemon::start(
+    let mut daemon = daemon(
         dir.path("rng.sock"),
         &[
             "-object",
@@ -155,8 +112,9 @@ fn qemu_vhost_user_rng_matches_the_seed_twice() {
             "-device",
             "virtio-rng-device,rng=r0",
         ],
+        false,
     );
-    let args = vhost_args(&daemon.socket, &["-device", "vhost-user-rng,chardev=vu"]);
+    let args = vhost_args(daemon.socket(), &["-device", "vhost-user-rng,chardev=vu"]);
     for (round, mode) in ["irq", "poll"].iter().enumerate() {
         let run = boot(
             RNG,
@@ -205,11 +163,12 @@ fn qemu_vhost_user_blk_pattern_reaches_the_file() {
         .and_then(|f| f.set_len(16 << 20))
         .expect("creating the disk");
     let drive = format!("if=none,id=d0,file={},format=raw", file.display());
-    let daemon = Daemon::start(
+    let daemon = daemon(
         dir.path("blk.sock"),
         &["-drive", &drive, "-device", "virtio-blk-device,drive=d0"],
+        false,
     );
-    let args = vhost_args(&daemon.socket, &["-device", "vhost-user-blk,chardev=vu"]);
+    let args = vhost_args(daemon.socket(), &["-device", "vhost-user-blk,chardev=vu"]);
     let run = boot(
         BLK,
         &format!("blk.test=pattern blk.mode=irq blk.depth=8 blk.bytes={BYTES} blk.offset={OFFSET}"),
@@ -238,7 +197,7 @@ fn qemu_vhost_user_net_echoes_frames() {
         return;
     }
     let dir = scratch(test);
-    let daemon = Daemon::start(
+    let daemon = daemon(
         dir.path("net.sock"),
         &[
             "-netdev",
@@ -246,9 +205,10 @@ fn qemu_vhost_user_net_echoes_frames() {
             "-device",
             "virtio-net-device,netdev=n0",
         ],
+        false,
     );
     let args = vhost_args(
-        &daemon.socket,
+        daemon.socket(),
         &[
             "-netdev",
             "vhost-user,id=n0,chardev=vu",
@@ -281,8 +241,7 @@ fn qemu_vhost_user_rng_survives_stop_and_cont() {
     }
     let dir = scratch(test);
     let seed = 0x5eed_0000_0000_0007_u64;
-    let log = dir.path("daemon.log");
-    let mut daemon = Daemon::start_logged(
+    let mut daemon = daemon(
         dir.path("rng.sock"),
         &[
             "-object",
@@ -290,10 +249,11 @@ fn qemu_vhost_user_rng_survives_stop_and_cont() {
             "-device",
             "virtio-rng-device,rng=r0",
         ],
-        Some(&log),
+        true,
     );
+    let log = daemon.log().to_path_buf();
     let monitor = dir.path("monitor.sock");
-    let mut args = vhost_args(&daemon.socket, &["-device", "vhost-user-rng,chardev=vu"]);
+    let mut args = vhost_args(daemon.socket(), &["-device", "vhost-user-rng,chardev=vu"]);
     args.extend([
         "-monitor".to_string(),
         format!("unix:{},server=on,wait=off", monitor.display()),

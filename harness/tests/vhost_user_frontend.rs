@@ -12,11 +12,12 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use harness::machine::Machine;
 use harness::scenarios::Workdir;
+use harness::vhost_user::Daemon;
 use harness::vm::{Outcome, kvm_or_skip};
 
 /// Longest a guest may run before it is stopped.
@@ -34,54 +35,16 @@ fn scratch(test: &str) -> Workdir {
     Workdir::new(test).unwrap_or_else(|e| panic!("{test}: scratch directory: {e}"))
 }
 
-/// A backend process serving a unix socket; killed on drop.
-struct Daemon {
-    child: Child,
-    socket: PathBuf,
-}
-
-impl Daemon {
-    /// `virtio-harness vhost-user` serving `options`.
-    fn ours(socket: PathBuf, options: &[&str]) -> Daemon {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_virtio-harness"));
-        cmd.arg("vhost-user")
-            .arg("--socket")
-            .arg(&socket)
-            .args(options);
-        Daemon::spawn(cmd, socket)
-    }
-
-    fn spawn(mut cmd: Command, socket: PathBuf) -> Daemon {
-        let child = cmd
-            .stdin(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("starting {cmd:?}: {e}"));
-        let mut d = Daemon { child, socket };
-        let start = Instant::now();
-        while !d.socket.exists() {
-            if let Ok(Some(status)) = d.child.try_wait() {
-                panic!("{cmd:?} exited: {status}");
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(30),
-                "the daemon did not bind {}",
-                d.socket.display()
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        d
-    }
-
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        self.kill();
-    }
+/// `virtio-harness vhost-user` serving `options` on `socket`; killed on
+/// drop.
+fn ours(socket: PathBuf, options: &[&str]) -> Daemon {
+    Daemon::ours(
+        Path::new(env!("CARGO_BIN_EXE_virtio-harness")),
+        socket,
+        options,
+        false,
+    )
+    .unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// Our options for a 64 MiB guest on a shared memfd, a unix-socket
@@ -177,14 +140,14 @@ fn frontend_blk_pattern_against_our_backend() {
     let dir = scratch(test);
     let file = disk(&dir);
     let drive = format!("if=none,id=d0,file={},format=raw", file.display());
-    let daemon = Daemon::ours(
+    let daemon = ours(
         dir.path("blk.sock"),
         &["-drive", &drive, "-device", "virtio-blk-device,drive=d0"],
     );
     let args = options(
         BLK,
         &blk_append(),
-        &daemon.socket,
+        daemon.socket(),
         &["-device", "vhost-user-blk,chardev=vu"],
     );
     let o = run(&args);
@@ -226,11 +189,13 @@ fn frontend_blk_pattern_against_qemu_storage_daemon() {
             "type=vhost-user-blk,id=e,node-name=f,addr.type=unix,addr.path={},writable=on",
             socket.display()
         ));
-    let daemon = Daemon::spawn(cmd, socket);
+    let log = socket.with_extension("log");
+    let daemon =
+        Daemon::start("qemu-storage-daemon", cmd, socket, log).unwrap_or_else(|e| panic!("{e}"));
     let args = options(
         BLK,
         &blk_append(),
-        &daemon.socket,
+        daemon.socket(),
         &["-device", "vhost-user-blk,chardev=vu"],
     );
     let o = run(&args);
@@ -248,7 +213,7 @@ fn frontend_rng_matches_the_seed() {
     }
     let dir = scratch(test);
     let seed = 0x5eed_0000_0000_0042_u64;
-    let daemon = Daemon::ours(
+    let daemon = ours(
         dir.path("rng.sock"),
         &[
             "-object",
@@ -260,7 +225,7 @@ fn frontend_rng_matches_the_seed() {
     let args = options(
         RNG,
         &format!("rng.mode=irq rng.seed={seed} rng.bytes=262144"),
-        &daemon.socket,
+        daemon.socket(),
         &["-device", "vhost-user-rng,chardev=vu"],
     );
     let o = run(&args);
@@ -283,7 +248,7 @@ fn frontend_rng_survives_reset_and_reinit() {
         return;
     }
     let dir = scratch(test);
-    let daemon = Daemon::ours(
+    let daemon = ours(
         dir.path("rng.sock"),
         &[
             "-object",
@@ -295,7 +260,7 @@ fn frontend_rng_survives_reset_and_reinit() {
     let args = options(
         env!("GUEST_LIFECYCLE"),
         "",
-        &daemon.socket,
+        daemon.socket(),
         &["-device", "vhost-user-rng,chardev=vu"],
     );
     let o = run(&args);
@@ -313,7 +278,7 @@ fn frontend_net_echoes_frames() {
         return;
     }
     let dir = scratch(test);
-    let daemon = Daemon::ours(
+    let daemon = ours(
         dir.path("net.sock"),
         &[
             "-netdev",
@@ -325,7 +290,7 @@ fn frontend_net_echoes_frames() {
     let args = options(
         net_guest(),
         "net.test=bench net.dir=echo net.count=1000 net.size=200 net.ms=60000",
-        &daemon.socket,
+        daemon.socket(),
         &[
             "-netdev",
             "vhost-user,id=n0,chardev=vu",
@@ -378,14 +343,14 @@ fn frontend_backend_killed_before_driver_ok_is_reported() {
     let dir = scratch(test);
     let file = disk(&dir);
     let drive = format!("if=none,id=d0,file={},format=raw", file.display());
-    let mut daemon = Daemon::ours(
+    let mut daemon = ours(
         dir.path("blk.sock"),
         &["-drive", &drive, "-device", "virtio-blk-device,drive=d0"],
     );
     let args = options(
         BLK,
         &blk_append(),
-        &daemon.socket,
+        daemon.socket(),
         &["-device", "vhost-user-blk,chardev=vu"],
     );
     let mut m = machine(&args);
@@ -415,14 +380,14 @@ fn frontend_backend_killed_mid_run_is_reported() {
         .and_then(|f| f.set_len(64 << 20))
         .expect("creating the disk");
     let drive = format!("if=none,id=d0,file={},format=raw", file.display());
-    let mut daemon = Daemon::ours(
+    let mut daemon = ours(
         dir.path("blk.sock"),
         &["-drive", &drive, "-device", "virtio-blk-device,drive=d0"],
     );
     let args = options(
         BLK,
         "blk.test=bench blk.mode=irq blk.pattern=randwrite blk.count=1000000 blk.bytes=33554432",
-        &daemon.socket,
+        daemon.socket(),
         &["-device", "vhost-user-blk,chardev=vu"],
     );
     let mut m = machine(&args);

@@ -11,6 +11,8 @@
 //!   memory, rings, kicks and calls, driving a
 //!   [`virtio_devices::VirtioDevice`] exactly as the in-process transport
 //!   does.
+//! - [`daemon`]: a backend process we started (ours or another), for
+//!   the benchmark and the tests.
 //! - [`device`]: one device and its backends from QEMU-style options (what
 //!   `virtio-harness vhost-user` serves).
 //!
@@ -20,11 +22,13 @@
 
 pub mod backend;
 pub mod codec;
+pub mod daemon;
 pub mod device;
 pub mod frontend;
 pub mod memory;
 
 pub use backend::{Backend, BackendError, BackendStats, SessionEnd};
+pub use daemon::Daemon;
 pub use device::{BuildError, ServedDevice, build};
 pub use frontend::{FrontendError, SharedRam, VhostUserDevice, VhostUserKind};
 pub use memory::SharedMemory;
