@@ -731,6 +731,22 @@ fn a_panicking_device_ends_the_session_not_the_daemon() {
 
 /// A daemon serving the device that `options` name, built as
 /// `virtio-harness vhost-user` builds it.
+/// Our daemon serving a one-port console whose output goes to a fresh
+/// file: (that file, the socket).
+fn console_daemon(tag: &str) -> (PathBuf, PathBuf) {
+    let out = std::env::temp_dir().join(format!("vhost-user-{tag}-{}.out", std::process::id()));
+    let _ = std::fs::remove_file(&out);
+    let path = daemon_from_options(vec![
+        "-chardev".into(),
+        format!("file,id=c0,path={}", out.display()),
+        "-device".into(),
+        "virtio-serial-device,max_ports=1".into(),
+        "-device".into(),
+        "virtconsole,chardev=c0".into(),
+    ]);
+    (out, path)
+}
+
 fn daemon_from_options(options: Vec<String>) -> PathBuf {
     daemon_with(move |mem| {
         let config = harness::options::parse(&options).unwrap();
@@ -767,16 +783,7 @@ fn ring(fe: &mut Frontend, mem: &Memory, index: usize, base: u64) -> (EventFd, E
 
 #[test]
 fn rust_vmm_frontend_writes_through_our_console() {
-    let out = std::env::temp_dir().join(format!("vhost-user-console-{}.out", std::process::id()));
-    let _ = std::fs::remove_file(&out);
-    let path = daemon_from_options(vec![
-        "-chardev".into(),
-        format!("file,id=c0,path={}", out.display()),
-        "-device".into(),
-        "virtio-serial-device,max_ports=1".into(),
-        "-device".into(),
-        "virtconsole,chardev=c0".into(),
-    ]);
+    let (out, path) = console_daemon("console");
     let mem = Memory::new();
     let mut fe = Frontend::connect(&path, 2).unwrap();
     fe.set_owner().unwrap();
@@ -968,16 +975,7 @@ fn ring_config(mem: &Memory, base: u64) -> VringConfigData {
 
 #[test]
 fn a_ring_starting_again_keeps_the_running_rings_in_place() {
-    let out = std::env::temp_dir().join(format!("vhost-user-pos-{}.out", std::process::id()));
-    let _ = std::fs::remove_file(&out);
-    let path = daemon_from_options(vec![
-        "-chardev".into(),
-        format!("file,id=c0,path={}", out.display()),
-        "-device".into(),
-        "virtio-serial-device,max_ports=1".into(),
-        "-device".into(),
-        "virtconsole,chardev=c0".into(),
-    ]);
+    let (out, path) = console_daemon("pos");
     let mem = Memory::new();
     let mut fe = frontend(&path, &mem, 2);
     mem.view
