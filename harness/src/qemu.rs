@@ -137,6 +137,19 @@ impl QemuRun {
         Ok(())
     }
 
+    /// [`QemuRun::check_pass`], and the guest's last line before its
+    /// verdict ([`QemuRun::summary`]) starts with `summary`.
+    pub fn check_pass_with_summary(&self, summary: &str) -> Result<(), String> {
+        self.check_pass()?;
+        if !self.summary().starts_with(summary) {
+            return Err(format!(
+                "last line before the verdict is not {summary:?}…\n{}",
+                self.describe()
+            ));
+        }
+        Ok(())
+    }
+
     /// `Ok` if the guest reported a failure naming `reason`: exit status
     /// [`FAIL_STATUS`], a `verdict: fail: ` line and `reason` on COM1;
     /// otherwise what is missing, with [`QemuRun::describe`].
