@@ -113,9 +113,9 @@ fn repeat_into(dst: &mut [u8], pattern: &[u8]) {
     }
 }
 
-/// A fresh memory of [`MEM`] bytes for a rig and its device.
-pub fn memory() -> OwnedMemory {
-    OwnedMemory::new(GuestAddress(0), MEM)
+/// A zeroed memory of [`MEM`] bytes for a rig and its device.
+pub fn memory() -> super::scratch::Scratch {
+    super::scratch::memory(MEM)
 }
 
 impl<'m> Rig<'m> {

@@ -5,7 +5,6 @@
 
 use arbitrary::{Arbitrary, Unstructured};
 use backends::chardev::RingBuf;
-use virtio_core::memory::GuestAddress;
 use virtio_core::testing::OwnedMemory;
 use virtio_devices::console::{Console, Port};
 
@@ -24,7 +23,8 @@ pub fn run(data: &[u8]) {
     let Ok(input) = Input::arbitrary_take_rest(Unstructured::new(data)) else {
         return;
     };
-    let mem = OwnedMemory::new(GuestAddress(0), MEM);
+    let scratch = super::scratch::memory(MEM);
+    let mem: &OwnedMemory = &scratch;
     // The fuzzer's host input goes to port 0 before the run; ring buffers
     // keep what the guest writes.
     let mut host_in = RingBuf::<4096>::new();
@@ -38,10 +38,10 @@ pub fn run(data: &[u8]) {
         Port::new(Box::new(host_in), true, None),
         Port::new(Box::new(RingBuf::<4096>::new()), false, Some("p1".into())),
     ];
-    let mut dev = Console::with_ports(&mem, ports, true);
+    let mut dev = Console::with_ports(mem, ports, true);
     exercise(
         &mut dev,
-        &mem,
+        mem,
         &input.image,
         &input.steps,
         input.size_log2,

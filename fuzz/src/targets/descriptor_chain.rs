@@ -27,7 +27,8 @@ pub fn run(data: &[u8]) {
         return;
     };
     let size = 1u16 << (input.size_log2 % 9);
-    let mem = OwnedMemory::new(GuestAddress(0), MEM);
+    let scratch = super::scratch::memory(MEM);
+    let mem: &OwnedMemory = &scratch;
     for &(slot, addr, len, flags, next) in input.descs.iter().take(256) {
         let at = GuestAddress((u64::from(slot) * 16) % MEM as u64);
         let d = virtio_core::split::Descriptor::new(
@@ -36,10 +37,9 @@ pub fn run(data: &[u8]) {
             DescFlags::from_bits_retain(flags),
             next,
         );
-        let _ = virtio_core::GuestMemory::write_obj(&mem, at, &d);
+        let _ = virtio_core::GuestMemory::write_obj(mem, at, &d);
     }
-    let chain = match DescriptorChain::new(&mem, GuestAddress(0), size, input.head, input.indirect)
-    {
+    let chain = match DescriptorChain::new(mem, GuestAddress(0), size, input.head, input.indirect) {
         Ok(c) => c,
         Err(e) => {
             assert!(matches!(e, ChainError::HeadOutOfRange { .. }));

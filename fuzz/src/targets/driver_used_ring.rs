@@ -125,7 +125,8 @@ pub fn run(data: &[u8]) {
     let Ok(size) = QueueSize::new(1 << (input.size_log2 % 7)) else {
         return;
     };
-    let mem = OwnedMemory::new(GuestAddress(0), 0x8_0000);
+    let scratch = super::scratch::memory(0x8_0000);
+    let mem: &OwnedMemory = &scratch;
     let layout = QueueLayout::new(
         size,
         GuestAddress(0x1000),
@@ -137,7 +138,7 @@ pub fn run(data: &[u8]) {
         .indirect
         .then(|| IndirectArea::new(GuestAddress(0x1_0000), 4).expect("valid area"));
     let mut q = DriverQueue::<64>::new(layout, input.event_idx, area).expect("size <= 64");
-    q.init(&mem).expect("rings in memory");
+    q.init(mem).expect("rings in memory");
     // What the driver handed over: writable bytes per token.
     let mut in_flight: HashMap<Token, u32> = HashMap::new();
     let mut broken = false;
@@ -151,13 +152,11 @@ pub fn run(data: &[u8]) {
                 let wr: Vec<_> = (0..u64::from(*w % 5))
                     .map(|i| (GuestAddress(0x6_0000 + i * 0x1000), len))
                     .collect();
-                q.add(&mem, &rd, &wr).map(|t| {
+                q.add(mem, &rd, &wr).map(|t| {
                     assert!(in_flight.insert(t, len * wr.len() as u32).is_none());
                 })
             }
-            Op::Publish => q
-                .publish(&mem)
-                .and_then(|()| q.should_kick(&mem).map(|_| ())),
+            Op::Publish => q.publish(mem).and_then(|()| q.should_kick(mem).map(|_| ())),
             Op::WriteUsed { slot, id, len } => {
                 mem.write_obj(layout.used_slot(*slot), &UsedElem::new(*id, *len))
                     .expect("used ring in memory");
@@ -178,7 +177,7 @@ pub fn run(data: &[u8]) {
             Op::Pop { n } => {
                 let mut res = Ok(());
                 for _ in 0..=*n % 8 {
-                    match q.pop_used(&mem) {
+                    match q.pop_used(mem) {
                         Ok(Some(used)) => {
                             let writable = in_flight
                                 .remove(&used.token)
@@ -196,9 +195,9 @@ pub fn run(data: &[u8]) {
             }
             Op::Interrupts { on } => {
                 if *on {
-                    q.enable_interrupts(&mem).map(|_| ())
+                    q.enable_interrupts(mem).map(|_| ())
                 } else {
-                    q.disable_interrupts(&mem)
+                    q.disable_interrupts(mem)
                 }
             }
         };

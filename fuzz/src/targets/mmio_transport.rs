@@ -82,12 +82,13 @@ pub fn run(data: &[u8]) {
     let Ok(input) = Input::arbitrary_take_rest(Unstructured::new(data)) else {
         return;
     };
-    let mem = OwnedMemory::new(GuestAddress(0), MEM);
+    let scratch = super::scratch::memory(MEM);
+    let mem: &OwnedMemory = &scratch;
     let n = input.image.len().min(MEM);
     mem.write(GuestAddress(0), &input.image[..n])
         .expect("image fits");
     match input.device {
-        Device::Rng => drive(Rng::new(Deterministic::new(7), &mem), &mem, &input.ops),
+        Device::Rng => drive(Rng::new(Deterministic::new(7), mem), mem, &input.ops),
         Device::Console { multiport } => {
             let mut ports = vec![Port::new(Box::new(RingBuf::<1024>::new()), true, None)];
             if multiport {
@@ -97,11 +98,7 @@ pub fn run(data: &[u8]) {
                     Some("p1".into()),
                 ));
             }
-            drive(
-                Console::with_ports(&mem, ports, multiport),
-                &mem,
-                &input.ops,
-            );
+            drive(Console::with_ports(mem, ports, multiport), mem, &input.ops);
         }
         Device::Blk { queues, read_only } => {
             let disk = MemoryDisk::new(16).with_read_only(read_only);
@@ -109,8 +106,8 @@ pub fn run(data: &[u8]) {
                 num_queues: u16::from(queues % 4) + 1,
                 ..BlkConfig::default()
             };
-            if let Ok(dev) = Blk::new(disk, &mem, cfg) {
-                drive(dev, &mem, &input.ops);
+            if let Ok(dev) = Blk::new(disk, mem, cfg) {
+                drive(dev, mem, &input.ops);
             }
         }
         Device::Net {
@@ -127,8 +124,8 @@ pub fn run(data: &[u8]) {
                     .collect(),
                 ..Wire::default()
             };
-            if let Some(dev) = net_rig::device(wire, &mem, pairs) {
-                drive(dev, &mem, &input.ops);
+            if let Some(dev) = net_rig::device(wire, mem, pairs) {
+                drive(dev, mem, &input.ops);
             }
         }
     }

@@ -16,6 +16,7 @@ pub mod net_rx;
 pub mod net_tx;
 pub mod pvh_loader;
 pub mod rng_request;
+pub mod scratch;
 pub mod split_queue_device;
 pub mod vhost_user_codec;
 

@@ -6,6 +6,7 @@
 //! writes for a well-formed ring is valid.
 
 use arbitrary::{Arbitrary, Unstructured};
+use virtio_core::testing::OwnedMemory;
 
 use super::chain_rig::{BufSpec, Op, Rig, memory};
 use super::net_rig::{Ctrl, Hdr, Wire, device, send_ctrl};
@@ -45,15 +46,16 @@ pub fn run(data: &[u8]) {
     let Ok(input) = Input::arbitrary_take_rest(Unstructured::new(data)) else {
         return;
     };
-    let mem = memory();
+    let scratch = memory();
+    let mem: &OwnedMemory = &scratch;
     let wire = Wire {
         vnet: if input.vnet { 12 } else { 0 },
         ..Wire::default()
     };
-    let Some(mut dev) = device(wire, &mem, input.pairs) else {
+    let Some(mut dev) = device(wire, mem, input.pairs) else {
         return;
     };
-    let mut rig = Rig::new(&mem, &mut dev, input.features);
+    let mut rig = Rig::new(mem, &mut dev, input.features);
     if !rig.active() {
         return;
     }

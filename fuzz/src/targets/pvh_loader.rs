@@ -112,8 +112,9 @@ pub fn run(data: &[u8]) {
     } else {
         vec![RamRange { base: 0, size: RAM }]
     };
-    let mem = OwnedMemory::new(GuestAddress(0), RAM as usize);
-    match load(&mem, &ram, &bytes, &input.cmdline) {
+    let scratch = super::scratch::memory(RAM as usize);
+    let mem: &OwnedMemory = &scratch;
+    match load(mem, &ram, &bytes, &input.cmdline) {
         Ok(boot) => {
             assert!(
                 ram.iter()

@@ -4,7 +4,6 @@
 
 use arbitrary::{Arbitrary, Unstructured};
 use backends::rng::{RngBackend, RngError};
-use virtio_core::memory::GuestAddress;
 use virtio_core::testing::OwnedMemory;
 use virtio_devices::rng::Rng;
 
@@ -36,11 +35,12 @@ pub fn run(data: &[u8]) {
     let Ok(input) = Input::arbitrary_take_rest(Unstructured::new(data)) else {
         return;
     };
-    let mem = OwnedMemory::new(GuestAddress(0), MEM);
-    let mut dev = Rng::new(Budget(usize::from(input.budget)), &mem);
+    let scratch = super::scratch::memory(MEM);
+    let mem: &OwnedMemory = &scratch;
+    let mut dev = Rng::new(Budget(usize::from(input.budget)), mem);
     exercise(
         &mut dev,
-        &mem,
+        mem,
         &input.image,
         &input.steps,
         input.size_log2,

@@ -59,18 +59,19 @@ pub fn run(data: &[u8]) {
     else {
         return;
     };
-    let mem = OwnedMemory::new(GuestAddress(0), MEM);
+    let scratch = super::scratch::memory(MEM);
+    let mem: &OwnedMemory = &scratch;
     let n = input.image.len().min(MEM);
     mem.write(GuestAddress(0), &input.image[..n])
         .expect("image fits");
-    if layout.check_memory(&mem).is_err() {
+    if layout.check_memory(mem).is_err() {
         return;
     }
     let mut q = DeviceQueue::new(layout, input.event_idx, input.indirect);
     let mut scratch = [0u8; 512];
     for op in input.ops.iter().take(512) {
         match op {
-            Op::Serve { read, write } => match q.pop(&mem) {
+            Op::Serve { read, write } => match q.pop(mem) {
                 Ok(Some(chain)) => {
                     let head = chain.head();
                     let len = match chain.reader_writer::<64>() {
@@ -86,25 +87,25 @@ pub fn run(data: &[u8]) {
                         }
                         Err(_) => 0,
                     };
-                    q.add_used(&mem, head, len).expect("head was validated");
+                    q.add_used(mem, head, len).expect("head was validated");
                 }
                 Ok(None) => {}
                 Err(QueueError::Chain(_) | QueueError::AvailIndexJump { .. }) => {}
                 Err(e) => panic!("unexpected queue error {e}"),
             },
             Op::PopAndUse { len } => {
-                if let Ok(Some(chain)) = q.pop(&mem) {
+                if let Ok(Some(chain)) = q.pop(mem) {
                     let head = chain.head();
-                    q.add_used(&mem, head, *len).expect("head was validated");
+                    q.add_used(mem, head, *len).expect("head was validated");
                 }
             }
-            Op::Publish => q.publish_used(&mem).expect("used ring is mapped"),
+            Op::Publish => q.publish_used(mem).expect("used ring is mapped"),
             Op::Notify => {
-                q.needs_notification(&mem).expect("rings are mapped");
+                q.needs_notification(mem).expect("rings are mapped");
             }
-            Op::Disable => q.disable_notification(&mem).expect("rings are mapped"),
+            Op::Disable => q.disable_notification(mem).expect("rings are mapped"),
             Op::Enable => {
-                let _ = q.enable_notification(&mem);
+                let _ = q.enable_notification(mem);
             }
             Op::Poke { at, bytes } => {
                 let at = usize::from(*at) % MEM;
