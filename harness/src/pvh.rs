@@ -607,7 +607,9 @@ pub struct PvhBoot {
     pub memmap: u64,
     /// Number of memory-map entries.
     pub memmap_entries: u32,
-    /// The guest-physical range the image occupies.
+    /// The guest-physical range from the image's lowest to one past its
+    /// highest loaded byte (it may span a hole between RAM ranges: only
+    /// the segments themselves are checked to lie in RAM).
     pub image: Range<u64>,
 }
 
