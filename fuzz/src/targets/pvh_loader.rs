@@ -97,7 +97,7 @@ pub fn run(data: &[u8]) {
         }
         Image::Raw(b) => b.clone(),
     };
-    let _ = parse(&bytes).map(|img| img.entry);
+    let parsed = parse(&bytes);
     let ram = if input.split_ram {
         vec![
             RamRange {
@@ -120,7 +120,7 @@ pub fn run(data: &[u8]) {
             // the image's extent may span a hole between two ranges (a
             // segment below it and one above is a valid layout: the
             // regression input `regression-image-spans-ram-hole`).
-            let image = parse(&bytes).expect("a loaded image parses");
+            let image = parsed.expect("a loaded image parses");
             assert_eq!(boot.image, image.extent(), "extent of the loaded image");
             for seg in &image.segments {
                 assert!(
