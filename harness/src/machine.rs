@@ -22,6 +22,7 @@ use backends::chardev::os::{
 use backends::chardev::{Chardev, ChardevError, Null, RingBuf};
 use backends::rng::{Builtin, Deterministic, Egd, RandomFile, RngBackend, RngError};
 use virtio_core::memory::RegionMemory;
+use virtio_core::split::layout::QueueSize;
 use virtio_devices::blk::{Blk, BlkConfig};
 use virtio_devices::console::{Console, Port};
 use virtio_devices::device::VirtioDevice;
@@ -74,6 +75,14 @@ pub enum MachineError {
     },
     /// A port that has no virtio-serial-device before it.
     OrphanPort(String),
+    /// A queue size that is not a power of two up to 32768 (§2.7; the
+    /// parser checks it, so this means a config built by hand).
+    QueueSize {
+        /// The device.
+        by: &'static str,
+        /// The size asked.
+        size: u16,
+    },
     /// The block device refused its configuration.
     Blk {
         /// The drive id.
@@ -159,6 +168,10 @@ impl fmt::Display for MachineError {
             MachineError::Blk { drive, err } => {
                 write!(f, "-device virtio-blk-device,drive={drive}: {err}")
             }
+            MachineError::QueueSize { by, size } => write!(
+                f,
+                "{by}: queue-size {size} is not a power of two from 1 to 32768 (§2.7)"
+            ),
             MachineError::Unsupported(what) => f.write_str(what),
             MachineError::NoKernel => f.write_str("no -kernel given"),
             MachineError::Kernel { path, err } => write!(f, "-kernel {}: {err}", path.display()),
@@ -518,10 +531,16 @@ pub fn open_rng(
 /// A virtio-serial-device being assembled from the ports that follow it.
 struct SerialBuild {
     max_ports: u32,
+    queue_size: QueueSize,
     notify: NotifyMode,
     misbehave: Option<Misbehave>,
     /// Each port, its description and its chardev's readiness fd.
     ports: Vec<(Port, String, Option<RawFd>)>,
+}
+
+/// `size` as a split-queue size (§2.7), or the error naming the device.
+pub fn checked_queue_size(by: &'static str, size: u16) -> Result<QueueSize, MachineError> {
+    QueueSize::new(u32::from(size)).map_err(|_| MachineError::QueueSize { by, size })
 }
 
 /// Realizes every device of `config` over guest memory `mem`, in
@@ -611,6 +630,7 @@ pub fn realize_devices_shared(
     let finish_serial = |s: SerialBuild, out: &mut Vec<RealizedDevice>| {
         let SerialBuild {
             max_ports,
+            queue_size,
             notify,
             misbehave: hostile,
             ports,
@@ -627,7 +647,8 @@ pub fn realize_devices_shared(
         let ready_fds = ports.iter().filter_map(|(_, _, fd)| *fd).collect();
         let ports: Vec<Port> = ports.into_iter().map(|(p, _, _)| p).collect();
         let max = usize::try_from(max_ports).unwrap_or(usize::MAX);
-        let device = Console::with_max_ports(mem.clone(), ports, max > 1, max);
+        let mut device = Console::with_max_ports(mem.clone(), ports, max > 1, max);
+        device.set_queue_size(queue_size);
         out.push(RealizedDevice {
             kind: "virtio-serial-device",
             backend,
@@ -648,9 +669,11 @@ pub fn realize_devices_shared(
         match dev {
             DeviceConfig::Rng {
                 rng,
+                queue_size,
                 ioeventfd,
                 misbehave: hostile,
             } => {
+                let size = checked_queue_size("virtio-rng-device", *queue_size)?;
                 if let Some(s) = serial.take() {
                     finish_serial(s, &mut out);
                 }
@@ -662,7 +685,9 @@ pub fn realize_devices_shared(
                 out.push(RealizedDevice {
                     kind: "virtio-rng-device",
                     backend: what,
-                    device: DeviceBox::Any(Box::new(Rng::new(backend, mem.clone()))),
+                    device: DeviceBox::Any(Box::new(
+                        Rng::new(backend, mem.clone()).with_queue_size(size),
+                    )),
                     ready_fds,
                     notify: notify_of(*ioeventfd),
                 });
@@ -817,6 +842,7 @@ pub fn realize_devices_shared(
             }
             DeviceConfig::Serial {
                 max_ports,
+                queue_size,
                 ioeventfd,
                 misbehave: hostile,
                 ..
@@ -826,6 +852,7 @@ pub fn realize_devices_shared(
                 }
                 serial = Some(SerialBuild {
                     max_ports: *max_ports,
+                    queue_size: checked_queue_size("virtio-serial-device", *queue_size)?,
                     notify: notify_of(*ioeventfd),
                     misbehave: *hostile,
                     ports: Vec::new(),

@@ -14,6 +14,7 @@ use std::fmt;
 use std::path::PathBuf;
 
 use crate::misbehave::Misbehave;
+use virtio_devices::DEFAULT_QUEUE_SIZE;
 
 /// Why a command line was refused.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -270,6 +271,24 @@ impl KeyVals {
 
 /// `misbehave=<mode>` of a `-device`: a mode of [`Misbehave`], or an
 /// error naming them all.
+/// `queue-size=N`: each queue's maximum size, a power of two up to 32768
+/// (§2.7); `default` when absent.
+fn take_queue_size(kv: &mut KeyVals, default: u16) -> Result<u16, OptionError> {
+    let Some(size) = kv.take_u32("queue-size")? else {
+        return Ok(default);
+    };
+    u16::try_from(size)
+        .ok()
+        .filter(|s| s.is_power_of_two() && (2..=32768).contains(s))
+        .ok_or_else(|| {
+            kv.bad(
+                "queue-size",
+                &size.to_string(),
+                "a power of two from 2 to 32768",
+            )
+        })
+}
+
 fn take_misbehave(kv: &mut KeyVals) -> Result<Option<Misbehave>, OptionError> {
     match kv.take("misbehave") {
         None => Ok(None),
@@ -480,10 +499,13 @@ pub enum NetdevKind {
 /// A device (`-device`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum DeviceConfig {
-    /// `virtio-rng-device,rng=…[,ioeventfd=on|off]`.
+    /// `virtio-rng-device,rng=…[,queue-size=N][,ioeventfd=on|off]`.
     Rng {
         /// The entropy source id.
         rng: String,
+        /// The request queue's size (a power of two; default
+        /// [`DEFAULT_QUEUE_SIZE`]).
+        queue_size: u16,
         /// `ioeventfd=on` (default): QueueNotify is caught by an ioeventfd
         /// and served by the device's worker thread; `off`: it exits to the
         /// vCPU thread and is served there (QEMU's virtio-mmio property).
@@ -492,13 +514,17 @@ pub enum DeviceConfig {
         /// purpose ([`crate::misbehave`]); `None` for an honest one.
         misbehave: Option<Misbehave>,
     },
-    /// `virtio-serial-device[,max_ports=N]`: a console device whose ports
-    /// are the `virtconsole`/`virtserialport` devices that follow.
+    /// `virtio-serial-device[,max_ports=N][,queue-size=N]`: a console
+    /// device whose ports are the `virtconsole`/`virtserialport` devices
+    /// that follow.
     Serial {
         /// Its id, if given.
         id: Option<String>,
         /// Port limit.
         max_ports: u32,
+        /// Each queue's size (a power of two; default
+        /// [`DEFAULT_QUEUE_SIZE`]).
+        queue_size: u16,
         /// As for [`DeviceConfig::Rng`].
         ioeventfd: bool,
         /// `misbehave=<mode>`: a hostile device that breaks this rule on
@@ -513,7 +539,8 @@ pub enum DeviceConfig {
         serial: Option<String>,
         /// Request queues (MQ when more than one).
         num_queues: u16,
-        /// Each queue's size (a power of two).
+        /// Each queue's size (a power of two; default
+        /// [`DEFAULT_QUEUE_SIZE`]).
         queue_size: u16,
         /// Offer DISCARD.
         discard: bool,
@@ -1189,6 +1216,7 @@ pub fn parse<S: AsRef<str>>(args: &[S]) -> Result<MachineConfig, OptionError> {
                 let dev = match kv.ty.as_str() {
                     "virtio-rng-device" => DeviceConfig::Rng {
                         rng: kv.require("rng")?,
+                        queue_size: take_queue_size(&mut kv, DEFAULT_QUEUE_SIZE)?,
                         ioeventfd: kv.take_bool("ioeventfd", true)?,
                         misbehave: take_misbehave(&mut kv)?,
                     },
@@ -1203,19 +1231,12 @@ pub fn parse<S: AsRef<str>>(args: &[S]) -> Result<MachineConfig, OptionError> {
                         if !(1..=64).contains(&num_queues) {
                             return Err(kv.bad("num-queues", &num_queues.to_string(), "1 to 64"));
                         }
-                        let queue_size = kv.take_u32("queue-size")?.unwrap_or(256);
-                        if !queue_size.is_power_of_two() || !(2..=32768).contains(&queue_size) {
-                            return Err(kv.bad(
-                                "queue-size",
-                                &queue_size.to_string(),
-                                "a power of two from 2 to 32768",
-                            ));
-                        }
+                        let queue_size = take_queue_size(&mut kv, DEFAULT_QUEUE_SIZE)?;
                         DeviceConfig::Blk {
                             drive: kv.require("drive")?,
                             serial,
                             num_queues: num_queues as u16,
-                            queue_size: queue_size as u16,
+                            queue_size,
                             discard: kv.take_bool("discard", true)?,
                             write_zeroes: kv.take_bool("write-zeroes", true)?,
                             ioeventfd: kv.take_bool("ioeventfd", true)?,
@@ -1240,14 +1261,7 @@ pub fn parse<S: AsRef<str>>(args: &[S]) -> Result<MachineConfig, OptionError> {
                                 "1 without mq=on, 1 to 16 with it",
                             ));
                         }
-                        let queue_size = kv.take_u32("queue-size")?.unwrap_or(256);
-                        if !queue_size.is_power_of_two() || !(2..=32768).contains(&queue_size) {
-                            return Err(kv.bad(
-                                "queue-size",
-                                &queue_size.to_string(),
-                                "a power of two from 2 to 32768",
-                            ));
-                        }
+                        let queue_size = take_queue_size(&mut kv, DEFAULT_QUEUE_SIZE)?;
                         let mtu = match kv.take_u32("host_mtu")? {
                             None => None,
                             Some(m) => {
@@ -1262,7 +1276,7 @@ pub fn parse<S: AsRef<str>>(args: &[S]) -> Result<MachineConfig, OptionError> {
                             mtu,
                             mac,
                             queue_pairs: pairs as u16,
-                            queue_size: queue_size as u16,
+                            queue_size,
                             ioeventfd: kv.take_bool("ioeventfd", true)?,
                             misbehave: take_misbehave(&mut kv)?,
                         }
@@ -1273,18 +1287,11 @@ pub fn parse<S: AsRef<str>>(args: &[S]) -> Result<MachineConfig, OptionError> {
                             return Err(kv.bad("num-queues", &num_queues.to_string(), "1 to 64"));
                         }
                         // QEMU's vhost-user-blk default.
-                        let queue_size = kv.take_u32("queue-size")?.unwrap_or(128);
-                        if !queue_size.is_power_of_two() || !(2..=32768).contains(&queue_size) {
-                            return Err(kv.bad(
-                                "queue-size",
-                                &queue_size.to_string(),
-                                "a power of two from 2 to 32768",
-                            ));
-                        }
+                        let queue_size = take_queue_size(&mut kv, 128)?;
                         DeviceConfig::VhostUser {
                             ty: VhostUserType::Blk {
                                 num_queues: num_queues as u16,
-                                queue_size: queue_size as u16,
+                                queue_size,
                             },
                             chardev: kv.require("chardev")?,
                             ioeventfd: kv.take_bool("ioeventfd", true)?,
@@ -1298,6 +1305,7 @@ pub fn parse<S: AsRef<str>>(args: &[S]) -> Result<MachineConfig, OptionError> {
                     "virtio-serial-device" => DeviceConfig::Serial {
                         id: id.clone(),
                         max_ports: kv.take_u32("max_ports")?.unwrap_or(31),
+                        queue_size: take_queue_size(&mut kv, DEFAULT_QUEUE_SIZE)?,
                         ioeventfd: kv.take_bool("ioeventfd", true)?,
                         misbehave: take_misbehave(&mut kv)?,
                     },
@@ -1866,6 +1874,54 @@ mod tests {
         }
     }
 
+    /// §2.7: every virtio device takes `queue-size` (a power of two up to
+    /// 32768) and defaults to 1024, what QEMU's virtio-mmio reports as
+    /// `QueueNumMax` for every device.
+    #[test]
+    fn section_2_7_every_device_takes_a_queue_size_and_defaults_to_1024() {
+        let c = p("-object rng-builtin,id=r -device virtio-rng-device,rng=r \
+                   -device virtio-serial-device -drive id=d,file=x,if=none \
+                   -device virtio-blk-device,drive=d -netdev loopback,id=n \
+                   -device virtio-net-device,netdev=n")
+        .unwrap();
+        let sizes: Vec<u16> = c
+            .devices
+            .iter()
+            .filter_map(|d| match d {
+                DeviceConfig::Rng { queue_size, .. }
+                | DeviceConfig::Serial { queue_size, .. }
+                | DeviceConfig::Blk { queue_size, .. }
+                | DeviceConfig::Net { queue_size, .. } => Some(*queue_size),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(sizes, [1024; 4]);
+        let c = p(
+            "-object rng-builtin,id=r -device virtio-rng-device,rng=r,queue-size=32768 \
+                   -device virtio-serial-device,queue-size=2",
+        )
+        .unwrap();
+        assert!(matches!(
+            c.devices[0],
+            DeviceConfig::Rng {
+                queue_size: 32768,
+                ..
+            }
+        ));
+        assert!(matches!(
+            c.devices[1],
+            DeviceConfig::Serial { queue_size: 2, .. }
+        ));
+        for bad in ["0", "3", "65536", "4294967296", "x"] {
+            let e = p(&format!(
+                "-object rng-builtin,id=r -device virtio-rng-device,rng=r,queue-size={bad}"
+            ))
+            .expect_err(bad)
+            .to_string();
+            assert!(e.contains("queue-size"), "{bad}: {e}");
+        }
+    }
+
     #[test]
     fn netdevs_and_net_devices_parse() {
         let c = p("-netdev loopback,id=l -netdev hubport,id=h,hubid=3 \
@@ -1900,7 +1956,7 @@ mod tests {
                 mtu: None,
                 mac: Some([0x52, 0x54, 0, 0xaa, 0xbb, 0xcc]),
                 queue_pairs: 4,
-                queue_size: 256,
+                queue_size: DEFAULT_QUEUE_SIZE,
                 ioeventfd: true,
                 misbehave: None,
             }

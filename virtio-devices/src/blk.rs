@@ -44,7 +44,8 @@ pub struct Geometry {
     pub sectors: u8,
 }
 
-/// How to build a [`Blk`]; [`Default`] gives one queue of 256 and
+/// How to build a [`Blk`]; [`Default`] gives one queue of
+/// [`DEFAULT_QUEUE_SIZE`](crate::DEFAULT_QUEUE_SIZE) entries and
 /// everything the backend supports turned off (discard, write zeroes).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BlkConfig {
@@ -79,7 +80,7 @@ impl Default for BlkConfig {
         BlkConfig {
             serial: Vec::new(),
             num_queues: 1,
-            queue_size: 256,
+            queue_size: crate::device::DEFAULT_QUEUE_SIZE,
             seg_max: 126,
             size_max: 0,
             geometry: None,

@@ -18,11 +18,13 @@ use virtio_core::GuestMemory;
 use virtio_core::console::queues;
 use virtio_core::features::{ConsoleFeatures, DeviceType, TransportFeatures};
 use virtio_core::split::DeviceQueue;
+use virtio_core::split::layout::QueueSize;
 
 use crate::device::{DeviceError, QueueConfig, Served, VirtioDevice, next_head};
 
-/// Each queue's maximum size.
-pub const QUEUE_SIZE: u16 = 256;
+/// Each queue's maximum size unless [`Console::set_queue_size`] sets
+/// another.
+pub const QUEUE_SIZE: u16 = crate::device::DEFAULT_QUEUE_SIZE;
 
 /// Bytes moved through the bounce buffer at once.
 const CHUNK: usize = 4096;
@@ -163,6 +165,14 @@ impl<M: GuestMemory> Console<M> {
             ctrl_out: VecDeque::new(),
             stats: ConsoleStats::default(),
         }
+    }
+
+    /// Makes every queue at most `size` entries (QEMU's `queue-size`; §2.7:
+    /// any power of two up to 32768, which [`QueueSize`] guarantees). Takes
+    /// effect at the next activation; call it before the driver reads
+    /// `QueueNumMax`.
+    pub fn set_queue_size(&mut self, size: QueueSize) {
+        self.sizes.fill(size.get());
     }
 
     /// Sets the console size reported with `VIRTIO_CONSOLE_F_SIZE`.

@@ -13,6 +13,14 @@ use virtio_core::features::{DeviceType, TransportFeatures};
 use virtio_core::split::layout::{LayoutError, QueueLayout};
 use virtio_core::split::{DeviceQueue, QueueError};
 
+/// The largest queue size a device offers unless told otherwise: 1024,
+/// what QEMU's virtio-mmio transport reports as `QueueNumMax` for every
+/// device (`QueueSizeMax` in the 1.3+ text, §4.2.2) and what Linux then
+/// asks for, so a frontend that passes the driver's choice through (QEMU
+/// over vhost-user) is served with default settings on both sides. Any
+/// power of two up to 32768 is valid (§2.7); a driver may pick less.
+pub const DEFAULT_QUEUE_SIZE: u16 = 1024;
+
 /// Why a device refused to go live or could not serve a queue. A device that
 /// returns one of these from [`VirtioDevice::queue_notify`] is asking its
 /// transport to set `DEVICE_NEEDS_RESET` (§2.1.2).

@@ -22,5 +22,5 @@ pub mod rng;
 pub mod transport;
 
 pub use backends;
-pub use device::{DeviceError, QueueConfig, Served, VirtioDevice};
+pub use device::{DEFAULT_QUEUE_SIZE, DeviceError, QueueConfig, Served, VirtioDevice};
 pub use virtio_core;

@@ -59,7 +59,8 @@ pub const SUPPORTED: NetFeatures = NetFeatures::CSUM
     .union(NetFeatures::MQ)
     .union(NetFeatures::CTRL_MAC_ADDR);
 
-/// How to build a [`Net`]; [`Default`] gives one pair of 256-entry queues,
+/// How to build a [`Net`]; [`Default`] gives one pair of
+/// [`DEFAULT_QUEUE_SIZE`](crate::DEFAULT_QUEUE_SIZE)-entry queues,
 /// MTU 1500, link up and every supported feature offered.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct NetConfig {
@@ -87,7 +88,7 @@ impl Default for NetConfig {
             mac: [0x52, 0x54, 0x00, 0x12, 0x34, 0x56],
             mtu: 1500,
             queue_pairs: 1,
-            queue_size: 256,
+            queue_size: crate::device::DEFAULT_QUEUE_SIZE,
             link_up: true,
             offer: SUPPORTED,
             rx_pending: 64,

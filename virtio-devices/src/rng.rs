@@ -14,11 +14,13 @@ use backends::rng::RngBackend;
 use virtio_core::GuestMemory;
 use virtio_core::features::{DeviceType, TransportFeatures};
 use virtio_core::split::DeviceQueue;
+use virtio_core::split::layout::QueueSize;
 
 use crate::device::{DeviceError, QueueConfig, Served, VirtioDevice, next_head};
 
-/// The request queue's maximum size.
-pub const QUEUE_SIZE: u16 = 256;
+/// The request queue's maximum size unless [`Rng::with_queue_size`] sets
+/// another.
+pub const QUEUE_SIZE: u16 = crate::device::DEFAULT_QUEUE_SIZE;
 
 /// Bytes asked of the backend at once (a bounce buffer on the stack: a
 /// backend fills Rust memory, never guest memory directly).
@@ -44,6 +46,8 @@ pub struct Rng<B, M> {
     backend: B,
     mem: M,
     queue: Option<DeviceQueue>,
+    /// The request queue's maximum size.
+    max_size: [u16; 1],
     /// Heads popped but not yet filled, oldest first.
     pending: VecDeque<u16>,
     stats: RngStats,
@@ -56,9 +60,18 @@ impl<B: RngBackend, M: GuestMemory> Rng<B, M> {
             backend,
             mem,
             queue: None,
+            max_size: [QUEUE_SIZE],
             pending: VecDeque::new(),
             stats: RngStats::default(),
         }
+    }
+
+    /// The same device with a request queue of at most `size` entries
+    /// (QEMU's `queue-size`; §2.7: any power of two up to 32768, which
+    /// [`QueueSize`] guarantees).
+    pub fn with_queue_size(mut self, size: QueueSize) -> Self {
+        self.max_size = [size.get()];
+        self
     }
 
     /// The counters.
@@ -175,7 +188,7 @@ impl<B: RngBackend, M: GuestMemory> VirtioDevice for Rng<B, M> {
     }
 
     fn queue_max_sizes(&self) -> &[u16] {
-        &[QUEUE_SIZE]
+        &self.max_size
     }
 
     fn read_config(&self, _offset: u64, data: &mut [u8]) {

@@ -104,7 +104,10 @@ pub fn build(config: &MachineConfig, mem: &SharedMemory) -> Result<ServedDevice,
     let mut out = None;
     for dev in &config.devices {
         match dev {
-            DeviceConfig::Rng { rng, .. } => {
+            DeviceConfig::Rng {
+                rng, queue_size, ..
+            } => {
+                let size = machine::checked_queue_size("virtio-rng-device", *queue_size)?;
                 let (_, rc) = config
                     .rngs
                     .iter()
@@ -115,7 +118,7 @@ pub fn build(config: &MachineConfig, mem: &SharedMemory) -> Result<ServedDevice,
                 out = Some(ServedDevice {
                     kind: "virtio-rng-device",
                     backend: what,
-                    device: Box::new(Rng::new(backend, mem.clone())),
+                    device: Box::new(Rng::new(backend, mem.clone()).with_queue_size(size)),
                     ready_fds,
                 });
             }
@@ -213,7 +216,11 @@ pub fn build(config: &MachineConfig, mem: &SharedMemory) -> Result<ServedDevice,
             }
         }
     }
-    if let Some(DeviceConfig::Serial { max_ports, .. }) = config
+    if let Some(DeviceConfig::Serial {
+        max_ports,
+        queue_size,
+        ..
+    }) = config
         .devices
         .iter()
         .find(|d| matches!(d, DeviceConfig::Serial { .. }))
@@ -226,6 +233,11 @@ pub fn build(config: &MachineConfig, mem: &SharedMemory) -> Result<ServedDevice,
         let ready_fds = ports.iter().filter_map(|(_, _, fd)| *fd).collect();
         let ports: Vec<Port> = ports.into_iter().map(|(p, _, _)| p).collect();
         let max = usize::try_from(*max_ports).unwrap_or(usize::MAX);
+        let mut console = Console::with_max_ports(mem.clone(), ports, max > 1, max);
+        console.set_queue_size(machine::checked_queue_size(
+            "virtio-serial-device",
+            *queue_size,
+        )?);
         out = Some(ServedDevice {
             kind: "virtio-serial-device",
             backend: if backend.is_empty() {
@@ -233,7 +245,7 @@ pub fn build(config: &MachineConfig, mem: &SharedMemory) -> Result<ServedDevice,
             } else {
                 backend
             },
-            device: Box::new(Console::with_max_ports(mem.clone(), ports, max > 1, max)),
+            device: Box::new(console),
             ready_fds,
         });
     }
