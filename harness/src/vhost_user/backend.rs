@@ -7,6 +7,15 @@
 //!   CONFIG, RESET_DEVICE, CONFIGURE_MEM_SLOTS.
 //! - Memory: the frontend's regions mapped into a [`SharedMemory`] the
 //!   device was built over (see `memory`).
+//! - Order: requests are taken in every order real frontends send them
+//!   (QEMU, rust-vmm's `vhost`, DPDK's virtio-user, crosvm, Cloud
+//!   Hypervisor). `VHOST_USER_F_PROTOCOL_FEATURES` is in force once the
+//!   frontend sent `SET_PROTOCOL_FEATURES` (the backend always offers it)
+//!   or acknowledged the bit; "enabled", "addressed" and "started" are
+//!   three independent states of a ring, each set by its own request in
+//!   any order. Order never loosens a check: sizes, ring addresses (inside
+//!   mapped memory, §2.7 alignment) and descriptors are validated when
+//!   they arrive, and a ring only runs once all three states hold.
 //! - Rings: a ring runs when it is started (kick descriptor received, not
 //!   stopped by `GET_VRING_BASE`), enabled (at once without protocol
 //!   features, else by `SET_VRING_ENABLE`) and addressed. Whenever the set
@@ -40,9 +49,21 @@
 //!   activated (its error eventfd is written).
 //!
 //! Errors: a request the session refuses gets a `REPLY_ACK` failure when
-//! the frontend asked for one; otherwise a request that owes a reply, or
-//! one the codec rejects, closes the connection, and any other refusal
-//! leaves the state unchanged and is counted. A frontend that disconnects
+//! the frontend asked for one; otherwise the connection closes (the
+//! frontend would go on believing in a ring or a mapping the backend does
+//! not have, and its guest would wait for ever), except for a configuration
+//! write outside the configuration space, which is dropped. Each kind of
+//! refusal is logged once per session, with the request and the reason;
+//! repeats are counted and the counts logged when the session ends. The
+//! refusals that remain, and why: a ring size that is not a power of two
+//! up to the device's maximum (§2.7; `queue-size` raises it), a ring whose
+//! areas are not inside the mapped memory or misaligned (§2.7), a ring
+//! index past the device's queues, features or protocol features not
+//! offered, a kick, call or error descriptor that is not an eventfd, a
+//! kick without descriptor (polling is not offered), a ring resized or
+//! rebased while it runs, a memory table that overlaps itself or reaches
+//! past its file, and requests this backend does not implement. A
+//! frontend that disconnects
 //! at any point ends the session: rings stop, the device is reset, the
 //! memory is unmapped, and the daemon accepts the next frontend.
 //!
@@ -103,9 +124,6 @@ pub enum BackendError {
         /// The offered bits.
         offered: u64,
     },
-    /// `SET_VRING_ENABLE` before `VHOST_USER_F_PROTOCOL_FEATURES` was
-    /// negotiated.
-    EnableWithoutProtocolFeatures,
     /// A ring size that is not a power of two up to the device's maximum.
     BadRingSize {
         /// The ring.
@@ -133,8 +151,6 @@ pub enum BackendError {
         /// Why.
         why: String,
     },
-    /// A ring enabled before its addresses were set.
-    EnableWithoutAddress(u32),
     /// A ring changed while it runs (size, base).
     RingRunning(u32),
     /// `SET_VRING_BASE` with an index that is no split-ring index (more
@@ -174,9 +190,6 @@ impl fmt::Display for BackendError {
                 f,
                 "features {acked:#x} include bits not offered ({offered:#x})"
             ),
-            BackendError::EnableWithoutProtocolFeatures => {
-                f.write_str("SET_VRING_ENABLE before VHOST_USER_F_PROTOCOL_FEATURES was negotiated")
-            }
             BackendError::BadRingSize { index, num, max } => write!(
                 f,
                 "ring {index}: size {num} is not a power of two up to {max}"
@@ -187,9 +200,6 @@ impl fmt::Display for BackendError {
                 "ring {index}: {area} at frontend address {addr:#x} is outside the mapped memory"
             ),
             BackendError::BadLayout { index, why } => write!(f, "ring {index}: {why}"),
-            BackendError::EnableWithoutAddress(i) => {
-                write!(f, "ring {i} enabled before its addresses were set")
-            }
             BackendError::RingRunning(i) => write!(f, "ring {i} is running"),
             BackendError::BadBase { index, base } => write!(
                 f,
@@ -214,6 +224,73 @@ impl fmt::Display for BackendError {
 }
 
 impl std::error::Error for BackendError {}
+
+impl BackendError {
+    /// The kind of refusal, for logging each kind once per session.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            BackendError::Codec(_) => "malformed message",
+            BackendError::Unsupported(_) => "unsupported request",
+            BackendError::NoSuchRing(_) => "no such ring",
+            BackendError::FeaturesNotOffered { .. } => "features not offered",
+            BackendError::BadRingSize { .. } => "bad ring size",
+            BackendError::SizeNotSet(_) => "ring addresses before its size",
+            BackendError::RingOutsideMemory { .. } => "ring outside memory",
+            BackendError::BadLayout { .. } => "bad ring layout",
+            BackendError::RingRunning(_) => "ring changed while running",
+            BackendError::BadBase { .. } => "bad ring base",
+            BackendError::KickWithoutFd(_) => "kick without descriptor",
+            BackendError::NotAnEventFd => "not an eventfd",
+            BackendError::Epoll(_) => "epoll",
+            BackendError::Memory(_) => "bad memory region",
+            BackendError::ConfigRange { .. } => "configuration access out of range",
+            BackendError::BadEnable(_) => "bad SET_VRING_ENABLE value",
+        }
+    }
+
+    /// Whether the session can go on without the request: only a
+    /// configuration write outside the configuration space (it is dropped,
+    /// as a device drops a driver's write to a read-only field). Every
+    /// other refusal leaves the frontend believing in a state the backend
+    /// does not have (a ring that will never run, memory that is not
+    /// mapped), so without `REPLY_ACK` to tell it, the connection closes
+    /// rather than leave the guest waiting.
+    pub fn recoverable(&self) -> bool {
+        matches!(self, BackendError::ConfigRange { .. })
+    }
+}
+
+/// Each kind of refusal in one session, logged the first time and counted
+/// after; the counts are logged when the session ends.
+#[derive(Debug, Default)]
+struct Refusals {
+    kinds: Vec<(&'static str, u64)>,
+}
+
+impl Refusals {
+    /// Counts `e`; true the first time its kind is seen this session.
+    fn first(&mut self, e: &BackendError) -> bool {
+        let kind = e.kind();
+        match self.kinds.iter_mut().find(|(k, _)| *k == kind) {
+            Some((_, n)) => {
+                *n += 1;
+                false
+            }
+            None => {
+                self.kinds.push((kind, 1));
+                true
+            }
+        }
+    }
+
+    /// The kinds refused more than once, with their counts, and forgets
+    /// them all.
+    fn take_repeated(&mut self) -> Vec<(&'static str, u64)> {
+        let mut kinds = std::mem::take(&mut self.kinds);
+        kinds.retain(|(_, n)| *n > 1);
+        kinds
+    }
+}
 
 /// Why a session ended.
 #[derive(Debug)]
@@ -291,9 +368,12 @@ pub struct Backend<D> {
     vrings: Vec<Vring>,
     acked: u64,
     protocol: u64,
+    /// The frontend sent `SET_PROTOCOL_FEATURES` this session.
+    protocol_set: bool,
     /// The rings the device was activated with, if it is active.
     active: Option<Vec<bool>>,
     stats: BackendStats,
+    refusals: Refusals,
     verbose: bool,
 }
 
@@ -361,8 +441,10 @@ impl<D: VirtioDevice> Backend<D> {
             vrings: (0..n).map(|_| Vring::default()).collect(),
             acked: 0,
             protocol: 0,
+            protocol_set: false,
             active: None,
             stats: BackendStats::default(),
+            refusals: Refusals::default(),
             verbose: false,
         }
     }
@@ -534,8 +616,8 @@ impl<D: VirtioDevice> Backend<D> {
                 self.refused(&e);
                 if ack && !has_reply {
                     send(codec::reply_u64(req, 1))
-                } else if has_reply || matches!(e, BackendError::Unsupported(_)) {
-                    Err(e.to_string())
+                } else if has_reply || !e.recoverable() {
+                    Err(format!("{req:?} refused: {e}"))
                 } else {
                     Ok(())
                 }
@@ -543,10 +625,22 @@ impl<D: VirtioDevice> Backend<D> {
         }
     }
 
+    /// Counts a refusal; logs it the first time its kind is seen this
+    /// session (the repeats are counted and logged when it ends).
     fn refused(&mut self, e: &BackendError) {
         self.stats.refused += 1;
         self.stats.last_error = Some(e.to_string());
-        eprintln!("vhost-user: refused: {e}");
+        if self.refusals.first(e) || self.verbose {
+            eprintln!("vhost-user: refused: {e}");
+        }
+    }
+
+    /// Whether `VHOST_USER_F_PROTOCOL_FEATURES` is in force: this backend
+    /// always offers it, so it is once the frontend sent
+    /// `SET_PROTOCOL_FEATURES` (frontends send it before `SET_FEATURES`,
+    /// and some enable rings in between) or acknowledged the bit.
+    fn protocol_in_force(&self) -> bool {
+        self.protocol_set || self.acked & VHOST_USER_F_PROTOCOL_FEATURES != 0
     }
 
     fn ring(&mut self, index: u32) -> Result<&mut Vring, BackendError> {
@@ -597,6 +691,7 @@ impl<D: VirtioDevice> Backend<D> {
                     });
                 }
                 self.protocol = f;
+                self.protocol_set = true;
                 Ok(None)
             }
             Message::GetQueueNum => Ok(Some(codec::reply_u64(
@@ -706,7 +801,9 @@ impl<D: VirtioDevice> Backend<D> {
                 if !is_eventfd(&fd) {
                     return Err(BackendError::NotAnEventFd);
                 }
-                let auto_enable = self.acked & VHOST_USER_F_PROTOCOL_FEATURES == 0;
+                // vhost-user.rst "Ring states": without protocol features a
+                // ring starts enabled.
+                let auto_enable = !self.protocol_in_force();
                 let ring = self.ring(u32::from(index))?;
                 epoll
                     .ctl(
@@ -750,15 +847,15 @@ impl<D: VirtioDevice> Backend<D> {
                 Ok(None)
             }
             Message::SetVringEnable(VringState { index, num }) => {
-                if self.acked & VHOST_USER_F_PROTOCOL_FEATURES == 0 {
-                    return Err(BackendError::EnableWithoutProtocolFeatures);
-                }
+                // "Enabled" is a state of its own, in any order: QEMU's
+                // vhost-user netdev disables its rings right after
+                // SET_OWNER, before SET_FEATURES, and a frontend may enable
+                // a ring before addressing or kicking it. The ring runs once
+                // it is enabled, addressed and started (`Vring::runnable`);
+                // nothing here touches memory.
                 let ring = self.ring(index)?;
                 match num {
                     0 => ring.enabled = false,
-                    1 if ring.layout.is_none() => {
-                        return Err(BackendError::EnableWithoutAddress(index));
-                    }
                     1 => ring.enabled = true,
                     n => return Err(BackendError::BadEnable(n)),
                 }
@@ -1054,6 +1151,10 @@ impl<D: VirtioDevice> Backend<D> {
         self.regions.clear(&self.mem);
         self.acked = 0;
         self.protocol = 0;
+        self.protocol_set = false;
+        for (kind, n) in self.refusals.take_repeated() {
+            eprintln!("vhost-user: refused {n} requests this session: {kind} (logged once)");
+        }
         // Last, so that a device panicking here leaves the session clean.
         if was_active {
             self.device.reset();
