@@ -155,6 +155,12 @@ pub struct MappedRegion {
     base: *mut libc::c_void,
     map_len: usize,
     host: *mut u8,
+    /// The file's device and inode, to recognise the same region added
+    /// again.
+    file: (u64, u64),
+    /// `ADD_MEM_REG`s of exactly this region not yet removed (QEMU's
+    /// vhost-user netdev adds every region once per queue pair).
+    refs: u32,
 }
 
 // SAFETY: the mapping is owned memory of this process; the pointers are
@@ -222,6 +228,8 @@ impl MappedRegion {
             base,
             map_len,
             host: base.cast::<u8>().wrapping_add(delta as usize),
+            file: (st.st_dev, st.st_ino),
+            refs: 1,
         })
     }
 
@@ -307,13 +315,30 @@ impl Regions {
         Ok(())
     }
 
-    /// Adds one region (`ADD_MEM_REG`).
+    /// Adds one region (`ADD_MEM_REG`). The same region (addresses,
+    /// offset and file) added again is counted, not mapped twice: QEMU's
+    /// vhost-user netdev keeps one table per queue pair and adds every
+    /// region once for each; it is unmapped when removed as often.
     pub fn add(
         &mut self,
         region: &MemRegion,
         fd: &OwnedFd,
         mem: &SharedMemory,
     ) -> Result<(), MemError> {
+        if let Some(same) = self.mapped.iter_mut().find(|m| m.region == *region) {
+            // SAFETY: a zeroed stat is a valid out-buffer for fstat.
+            let mut st: libc::stat = unsafe { std::mem::zeroed() };
+            // SAFETY: `fd` is an open descriptor we own; `st` is writable.
+            if unsafe { libc::fstat(fd.as_raw_fd(), &mut st) } != 0 {
+                return Err(MemError::Stat(std::io::Error::last_os_error()));
+            }
+            if same.file == (st.st_dev, st.st_ino) {
+                same.refs = same.refs.saturating_add(1);
+                return Ok(());
+            }
+            // Another file at the same addresses: the overlap check below
+            // refuses it.
+        }
         let m = MappedRegion::map(region, fd)?;
         self.mapped.push(m);
         match Self::table(&self.mapped) {
@@ -339,6 +364,10 @@ impl Regions {
             .ok_or(MemError::NoSuchRegion {
                 guest_addr: region.guest_addr,
             })?;
+        if self.mapped[pos].refs > 1 {
+            self.mapped[pos].refs -= 1;
+            return Ok(());
+        }
         let rest: Vec<&MappedRegion> = self
             .mapped
             .iter()
@@ -415,6 +444,26 @@ mod tests {
         assert!(mem.regions().is_empty());
     }
 
+    /// QEMU's vhost-user netdev adds every region once per queue pair:
+    /// the same region (file included) is counted, and stays mapped until
+    /// removed as often as it was added.
+    #[test]
+    fn the_same_region_added_twice_is_counted() {
+        let mem = SharedMemory::new();
+        let mut r = Regions::default();
+        let fd = memfd(0x2000);
+        let reg = region(0x1000, 0x2000, 0x7000_0000, 0);
+        r.add(&reg, &fd, &mem).unwrap();
+        let dup = fd.try_clone().unwrap();
+        r.add(&reg, &dup, &mem).unwrap();
+        assert_eq!(r.mapped().len(), 1);
+        r.remove(&reg, &mem).unwrap();
+        mem.write_u32(GuestAddress(0x1004), 7).unwrap();
+        r.remove(&reg, &mem).unwrap();
+        assert!(mem.read_u32(GuestAddress(0x1004)).is_err());
+        assert!(r.remove(&reg, &mem).is_err());
+    }
+
     #[test]
     fn bad_regions_are_refused() {
         let mem = SharedMemory::new();
@@ -448,6 +497,13 @@ mod tests {
                 &mem
             ),
             Err(MemError::UserOverlap { .. })
+        ));
+        // The same addresses from another file overlap.
+        let one = [memfd(0x1000)];
+        r.replace(&[region(0, 0x1000, 0, 0)], &one, &mem).unwrap();
+        assert!(matches!(
+            r.add(&region(0, 0x1000, 0, 0), &memfd(0x1000), &mem),
+            Err(MemError::Table(RegionError::Overlap { .. }))
         ));
         let null = std::fs::File::open("/dev/null").unwrap();
         assert!(matches!(
