@@ -19,6 +19,7 @@
 
 pub mod bench;
 pub mod bus;
+pub mod linux;
 pub mod machine;
 pub mod misbehave;
 pub mod monitor;

@@ -328,7 +328,7 @@ pub struct RunningQemu {
 impl RunningQemu {
     /// Starts `cmd` with stdin empty and stdout/stderr captured, to be
     /// killed `timeout` from now.
-    fn spawn(mut cmd: Command, timeout: Duration) -> io::Result<RunningQemu> {
+    pub(crate) fn spawn(mut cmd: Command, timeout: Duration) -> io::Result<RunningQemu> {
         cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
