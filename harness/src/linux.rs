@@ -82,7 +82,12 @@ impl Kit {
         let kdir = dir.join("kernel");
         let boot = kdir.join("boot");
         let kernel = std::fs::read_dir(&boot)
-            .map_err(|e| format!("{}: {e} (.ci/setup unpacks the kernel there)", boot.display()))?
+            .map_err(|e| {
+                format!(
+                    "{}: {e} (.ci/setup unpacks the kernel there)",
+                    boot.display()
+                )
+            })?
             .filter_map(Result::ok)
             .map(|e| e.path())
             .find(|p| {
@@ -406,7 +411,17 @@ impl Initramfs<'_> {
         let read = |p: &Path| std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()));
         let mods = self.kit.modules_in_order(self.modules)?;
         let mut c = Cpio::new();
-        for d in ["bin", "dev", "proc", "sys", "tmp", "run", "vt", "lib", "lib/modules"] {
+        for d in [
+            "bin",
+            "dev",
+            "proc",
+            "sys",
+            "tmp",
+            "run",
+            "vt",
+            "lib",
+            "lib/modules",
+        ] {
             c.dir(d);
         }
         c.char_dev("dev/console", 5, 1);
@@ -472,14 +487,14 @@ pub struct LinuxVm {
 }
 
 impl LinuxVm {
-    /// One vCPU, 256 MiB, no devices, five minutes.
+    /// One vCPU, 256 MiB, no devices, three minutes.
     pub fn new(machine: Machine) -> LinuxVm {
         LinuxVm {
             machine,
             smp: 1,
             ram_mib: 256,
             args: Vec::new(),
-            timeout: Duration::from_secs(300),
+            timeout: Duration::from_secs(180),
         }
     }
 
@@ -735,8 +750,10 @@ fn serve_pattern(conn: TcpStream) -> Result<String, String> {
     let (dir, n, seed) = match (words.next(), words.next(), words.next()) {
         (Some(d), Some(n), Some(s)) => (
             d.to_string(),
-            n.parse::<u64>().map_err(|_| format!("bad header {line:?}"))?,
-            s.parse::<u64>().map_err(|_| format!("bad header {line:?}"))?,
+            n.parse::<u64>()
+                .map_err(|_| format!("bad header {line:?}"))?,
+            s.parse::<u64>()
+                .map_err(|_| format!("bad header {line:?}"))?,
         ),
         _ => return Err(format!("bad header {line:?}")),
     };
@@ -804,7 +821,9 @@ mod tests {
     #[test]
     fn a_cpio_archive_has_aligned_newc_entries_and_a_trailer() {
         let mut c = Cpio::new();
-        c.dir("bin").file("bin/x", 0o755, b"abc").char_dev("dev/console", 5, 1);
+        c.dir("bin")
+            .file("bin/x", 0o755, b"abc")
+            .char_dev("dev/console", 5, 1);
         let a = c.finish();
         assert!(a.starts_with(b"070701"));
         assert_eq!(a.len() % 4, 0);

@@ -716,11 +716,16 @@ pub fn realize_devices_shared(
                 let writethrough = drive_cfg.is_some_and(|d| d.cache == CacheMode::Writethrough);
                 let cfg = BlkConfig {
                     serial: blk_serial.clone().unwrap_or_default().into_bytes(),
-                    num_queues: *num_queues,
+                    num_queues: num_queues.unwrap_or(1),
                     queue_size: *queue_size,
                     // QEMU's rule: two descriptors go to header and status.
                     seg_max: u32::from(*queue_size).saturating_sub(2).clamp(1, 254),
-                    discard: *discard && wants_discard && disk.supports_discard(),
+                    // QEMU's rule: DISCARD is offered unless the device says
+                    // `discard=off`; the drive's `discard=ignore` (the
+                    // default) completes them without touching the image,
+                    // `discard=unmap` passes them on.
+                    discard: *discard && (!wants_discard || disk.supports_discard()),
+                    discard_unmap: wants_discard,
                     write_zeroes: *write_zeroes && disk.supports_write_zeroes(),
                     writeback: !writethrough,
                     ..BlkConfig::default()

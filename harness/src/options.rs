@@ -271,6 +271,25 @@ impl KeyVals {
 
 /// `misbehave=<mode>` of a `-device`: a mode of [`Misbehave`], or an
 /// error naming them all.
+/// The request queues a blk device served over vhost-user has unless
+/// `num-queues` says otherwise: 1024, QEMU's `VIRTIO_QUEUE_MAX`, since its
+/// `vhost-user-blk-pci` asks one per vCPU by default and refuses a backend
+/// with fewer; the frontend tells the guest how many it uses.
+pub const VHOST_USER_BLK_QUEUES: u16 = 1024;
+
+/// `num-queues=N`: 1 to 1024 (QEMU's `VIRTIO_QUEUE_MAX`), `None` when
+/// absent.
+fn take_num_queues(kv: &mut KeyVals) -> Result<Option<u16>, OptionError> {
+    let Some(n) = kv.take_u32("num-queues")? else {
+        return Ok(None);
+    };
+    u16::try_from(n)
+        .ok()
+        .filter(|n| (1..=1024).contains(n))
+        .map(Some)
+        .ok_or_else(|| kv.bad("num-queues", &n.to_string(), "1 to 1024"))
+}
+
 /// `queue-size=N`: each queue's maximum size, a power of two up to 32768
 /// (§2.7); `default` when absent.
 fn take_queue_size(kv: &mut KeyVals, default: u16) -> Result<u16, OptionError> {
@@ -537,8 +556,10 @@ pub enum DeviceConfig {
         drive: String,
         /// GET_ID's answer (at most 20 bytes, §5.2.6).
         serial: Option<String>,
-        /// Request queues (MQ when more than one).
-        num_queues: u16,
+        /// Request queues (MQ when more than one); `None` when not given:
+        /// one in our monitor, [`VHOST_USER_BLK_QUEUES`] when served over
+        /// vhost-user (the frontend decides how many it uses).
+        num_queues: Option<u16>,
         /// Each queue's size (a power of two; default
         /// [`DEFAULT_QUEUE_SIZE`]).
         queue_size: u16,
@@ -1227,15 +1248,12 @@ pub fn parse<S: AsRef<str>>(args: &[S]) -> Result<MachineConfig, OptionError> {
                         {
                             return Err(kv.bad("serial", sn, "at most 20 bytes (§5.2.6 GET_ID)"));
                         }
-                        let num_queues = kv.take_u32("num-queues")?.unwrap_or(1);
-                        if !(1..=64).contains(&num_queues) {
-                            return Err(kv.bad("num-queues", &num_queues.to_string(), "1 to 64"));
-                        }
+                        let num_queues = take_num_queues(&mut kv)?;
                         let queue_size = take_queue_size(&mut kv, DEFAULT_QUEUE_SIZE)?;
                         DeviceConfig::Blk {
                             drive: kv.require("drive")?,
                             serial,
-                            num_queues: num_queues as u16,
+                            num_queues,
                             queue_size,
                             discard: kv.take_bool("discard", true)?,
                             write_zeroes: kv.take_bool("write-zeroes", true)?,
@@ -1282,15 +1300,12 @@ pub fn parse<S: AsRef<str>>(args: &[S]) -> Result<MachineConfig, OptionError> {
                         }
                     }
                     "vhost-user-blk" => {
-                        let num_queues = kv.take_u32("num-queues")?.unwrap_or(1);
-                        if !(1..=64).contains(&num_queues) {
-                            return Err(kv.bad("num-queues", &num_queues.to_string(), "1 to 64"));
-                        }
+                        let num_queues = take_num_queues(&mut kv)?.unwrap_or(1);
                         // QEMU's vhost-user-blk default.
                         let queue_size = take_queue_size(&mut kv, 128)?;
                         DeviceConfig::VhostUser {
                             ty: VhostUserType::Blk {
-                                num_queues: num_queues as u16,
+                                num_queues,
                                 queue_size,
                             },
                             chardev: kv.require("chardev")?,
@@ -1797,7 +1812,7 @@ mod tests {
             DeviceConfig::Blk {
                 drive: "d0".into(),
                 serial: Some("abc".into()),
-                num_queues: 4,
+                num_queues: Some(4),
                 queue_size: 128,
                 discard: true,
                 write_zeroes: true,
@@ -1857,7 +1872,7 @@ mod tests {
             ),
             (
                 "-drive id=d,file=x -device virtio-blk-device,drive=d,num-queues=0",
-                "1 to 64",
+                "1 to 1024",
             ),
             (
                 "-blockdev driver=raw,node-name=d,file=nofile",

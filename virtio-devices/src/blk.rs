@@ -62,8 +62,15 @@ pub struct BlkConfig {
     pub size_max: u32,
     /// `geometry`; `None` leaves `VIRTIO_BLK_F_GEOMETRY` unoffered.
     pub geometry: Option<Geometry>,
-    /// Offer `VIRTIO_BLK_F_DISCARD` (the backend must support it).
+    /// Offer `VIRTIO_BLK_F_DISCARD` (the backend must support it when
+    /// `discard_unmap` is set).
     pub discard: bool,
+    /// Whether discards reach the backend. When clear, a discard is
+    /// checked as §5.2.6 says and completed `OK` without touching the disk,
+    /// and a WRITE_ZEROES with `UNMAP` writes zeros without unmapping
+    /// (QEMU's `-drive discard=ignore`, its default: a discard is a hint,
+    /// §5.2.6.1, so ignoring it is correct).
+    pub discard_unmap: bool,
     /// Offer `VIRTIO_BLK_F_WRITE_ZEROES` (the backend must support it).
     pub write_zeroes: bool,
     /// `max_discard_sectors` and `max_write_zeroes_sectors`.
@@ -85,6 +92,7 @@ impl Default for BlkConfig {
             size_max: 0,
             geometry: None,
             discard: false,
+            discard_unmap: true,
             write_zeroes: false,
             max_dwz_sectors: 0x3f_ffff,
             max_dwz_seg: 32,
@@ -757,11 +765,15 @@ impl<B: BlockBackend, M: GuestMemory> Engine<B, M> {
                 // The first pass only checks; the second re-reads (the
                 // guest may have changed it), re-checks, and executes.
                 if pass == 1 {
+                    let unmap = self.cfg.discard_unmap;
                     let r = if wz {
                         self.backend
-                            .write_zeroes(offset, bytes, flags & FLAG_UNMAP != 0)
-                    } else {
+                            .write_zeroes(offset, bytes, unmap && flags & FLAG_UNMAP != 0)
+                    } else if unmap {
                         self.backend.discard(offset, bytes)
+                    } else {
+                        // Ignored, as the drive asks (a hint, §5.2.6.1).
+                        Ok(())
                     };
                     r.map_err(|e| backend_fail(&e))?;
                 }
@@ -836,7 +848,7 @@ impl<B: BlockBackend, M: GuestMemory> Blk<B, M> {
                 size_max: cfg.size_max,
             });
         }
-        if cfg.discard && !backend.supports_discard() {
+        if cfg.discard && cfg.discard_unmap && !backend.supports_discard() {
             return Err(BlkConfigError::BackendUnsupported { what: "discard" });
         }
         if cfg.write_zeroes && !backend.supports_write_zeroes() {
@@ -938,6 +950,25 @@ impl<B: BlockBackend, M: GuestMemory> Blk<B, M> {
 }
 
 impl<B: BlockBackend, M: GuestMemory> VirtioDevice for Blk<B, M> {
+    fn counters(&self) -> Vec<(&'static str, u64)> {
+        let s = self.stats();
+        alloc::vec![
+            ("reads", s.reads),
+            ("writes", s.writes),
+            ("flushes", s.flushes),
+            ("discards", s.discards),
+            ("write_zeroes", s.write_zeroes),
+            ("get_ids", s.get_ids),
+            ("unsupported", s.unsupported),
+            ("bytes_read", s.bytes_read),
+            ("bytes_written", s.bytes_written),
+            ("err_no_status", s.err_no_status),
+            ("err_bad_header", s.err_bad_header),
+            ("err_out_of_range", s.err_out_of_range),
+            ("err_backend", s.err_backend),
+        ]
+    }
+
     fn device_type(&self) -> DeviceType {
         DeviceType::Blk
     }

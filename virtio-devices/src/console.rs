@@ -464,6 +464,17 @@ impl<M: GuestMemory> Console<M> {
 }
 
 impl<M: GuestMemory> VirtioDevice for Console<M> {
+    fn counters(&self) -> Vec<(&'static str, u64)> {
+        let s = self.stats();
+        alloc::vec![
+            ("tx_bytes", s.tx_bytes),
+            ("rx_bytes", s.rx_bytes),
+            ("malformed", s.malformed),
+            ("bad_control", s.bad_control),
+            ("chardev_errors", s.chardev_errors),
+        ]
+    }
+
     fn device_type(&self) -> DeviceType {
         DeviceType::Console
     }

@@ -162,6 +162,12 @@ pub trait VirtioDevice {
     /// The driver reset the device (§2.4): drop queues and pending work.
     fn reset(&mut self);
 
+    /// The device's counters by name (requests served, bytes, errors),
+    /// for logs and reports; the default has none.
+    fn counters(&self) -> Vec<(&'static str, u64)> {
+        Vec::new()
+    }
+
     /// Where `queue` stands, for a transport that stops it and starts it
     /// again elsewhere (vhost-user `GET_VRING_BASE`, a snapshot): the next
     /// available index (§2.7.6) the device will take, rewound past every
@@ -267,6 +273,10 @@ impl<D: VirtioDevice + ?Sized> VirtioDevice for alloc::boxed::Box<D> {
 
     fn reset(&mut self) {
         (**self).reset();
+    }
+
+    fn counters(&self) -> Vec<(&'static str, u64)> {
+        (**self).counters()
     }
 
     fn queue_position(&self, queue: u16) -> Option<u16> {

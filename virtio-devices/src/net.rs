@@ -1210,6 +1210,24 @@ fn set_tables(f: &mut Filter, data: &[u8]) -> bool {
 }
 
 impl<B: NetBackend, M: GuestMemory> VirtioDevice for Net<B, M> {
+    fn counters(&self) -> Vec<(&'static str, u64)> {
+        let s = self.stats();
+        alloc::vec![
+            ("tx_frames", s.tx_frames),
+            ("tx_bytes", s.tx_bytes),
+            ("rx_frames", s.rx_frames),
+            ("rx_bytes", s.rx_bytes),
+            ("tx_checksummed", s.tx_checksummed),
+            ("rx_csum_validated", s.rx_csum_validated),
+            ("tx_drop_bad_header", s.tx_drop_bad_header),
+            ("tx_drop_malformed", s.tx_drop_malformed),
+            ("tx_drop_backend", s.tx_drop_backend),
+            ("rx_drop_ring_full", s.rx_drop_ring_full),
+            ("rx_drop_too_big", s.rx_drop_too_big),
+            ("rx_bad_chains", s.rx_bad_chains),
+        ]
+    }
+
     fn device_type(&self) -> DeviceType {
         DeviceType::Net
     }

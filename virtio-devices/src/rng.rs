@@ -176,6 +176,16 @@ impl<B: RngBackend, M: GuestMemory> Rng<B, M> {
 }
 
 impl<B: RngBackend, M: GuestMemory> VirtioDevice for Rng<B, M> {
+    fn counters(&self) -> Vec<(&'static str, u64)> {
+        let s = self.stats();
+        alloc::vec![
+            ("bytes", s.bytes),
+            ("completed", s.completed),
+            ("malformed", s.malformed),
+            ("backend_errors", s.backend_errors),
+        ]
+    }
+
     fn device_type(&self) -> DeviceType {
         DeviceType::Rng
     }

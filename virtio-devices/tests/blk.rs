@@ -463,6 +463,43 @@ fn dwz(sector: u64, num: u32, flags: u32) -> Vec<u8> {
     v
 }
 
+/// QEMU's `-drive discard=ignore` (its default): DISCARD is offered, a
+/// discard is checked and completed `OK` without reaching the disk (a hint,
+/// §5.2.6.1), and WRITE_ZEROES with `UNMAP` still zeroes, without
+/// unmapping. The backend need not support discard at all.
+#[test]
+fn section_5_2_6_1_ignored_discards_complete_ok_and_leave_the_disk_alone() {
+    let disk = MemDisk::new(64).with(|s| {
+        s.discard = false;
+        s.write_zeroes = true;
+    });
+    let cfg = BlkConfig {
+        discard: true,
+        discard_unmap: false,
+        write_zeroes: true,
+        ..BlkConfig::default()
+    };
+    let mut r = rig_with(disk, cfg, None);
+    r.disk.state().data[..1024].fill(0xaa);
+    let run = |r: &mut blk_support::Rig, ty: u32, payload: Vec<u8>| {
+        let d = r.data(&payload);
+        let (_, s) = r.request(ty, 0, &[(d, payload.len() as u32)], true);
+        r.notify(0);
+        r.completions();
+        r.status(s)
+    };
+    assert_eq!(run(&mut r, req::DISCARD, dwz(0, 2, 0)), status::OK);
+    assert!(r.disk.state().discarded.is_empty());
+    assert!(r.disk.state().data[..1024].iter().all(|&b| b == 0xaa));
+    assert_eq!(r.dev.stats().discards, 1);
+    // Still checked: past the capacity is an error.
+    assert_eq!(run(&mut r, req::DISCARD, dwz(63, 8, 0)), status::IOERR);
+    assert_eq!(run(&mut r, req::WRITE_ZEROES, dwz(0, 2, 1)), status::OK);
+    assert_eq!(r.disk.state().zeroed, vec![(0, 1024, false)]);
+    assert!(r.disk.state().data[..1024].iter().all(|&b| b == 0));
+    next_request_works(&mut r);
+}
+
 #[test]
 fn section_5_2_6_discard_and_write_zeroes_follow_the_segment_rules() {
     let disk = MemDisk::new(64).with(|s| {

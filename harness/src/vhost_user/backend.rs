@@ -329,6 +329,18 @@ pub struct BackendStats {
     pub device_errors: u64,
     /// The last refusal or session error.
     pub last_error: Option<String>,
+    /// Per ring, over the backend's life.
+    pub rings: Vec<RingStats>,
+}
+
+/// One ring's counters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RingStats {
+    /// Kicks served.
+    pub kicks: u64,
+    /// Used elements the device published (read from the used index, so
+    /// every path counts: notifications, backend readiness, activation).
+    pub used: u64,
 }
 
 /// One ring's state.
@@ -347,6 +359,10 @@ struct Vring {
     /// `SET_VRING_BASE`, and saved from the device whenever the ring stops
     /// or the device is activated again.
     base: u16,
+    /// The used index last seen while the ring ran.
+    used_seen: u16,
+    /// This session's counters.
+    session: RingStats,
 }
 
 impl Vring {
@@ -443,7 +459,10 @@ impl<D: VirtioDevice> Backend<D> {
             protocol: 0,
             protocol_set: false,
             active: None,
-            stats: BackendStats::default(),
+            stats: BackendStats {
+                rings: vec![RingStats::default(); n],
+                ..BackendStats::default()
+            },
             refusals: Refusals::default(),
             verbose: false,
         }
@@ -1010,6 +1029,11 @@ impl<D: VirtioDevice> Backend<D> {
                 }
                 self.active = Some(want.clone());
                 for (i, &w) in want.iter().enumerate() {
+                    if w && let Some(idx) = self.used_idx(i) {
+                        self.vrings[i].used_seen = idx;
+                    }
+                }
+                for (i, &w) in want.iter().enumerate() {
                     if w {
                         self.serve_queue(i);
                     }
@@ -1067,6 +1091,10 @@ impl<D: VirtioDevice> Backend<D> {
         }
         if self.is_running(i) {
             self.stats.kicks += 1;
+            self.vrings[i].session.kicks += 1;
+            if let Some(r) = self.stats.rings.get_mut(i) {
+                r.kicks += 1;
+            }
             self.serve_queue(i);
         }
     }
@@ -1089,6 +1117,7 @@ impl<D: VirtioDevice> Backend<D> {
     /// Acts on a device's answer: calls on a used-buffer notification,
     /// the error eventfd on a device error.
     fn after(&mut self, served: Result<Served, DeviceError>, queue: Option<usize>) {
+        self.count_used();
         match served {
             Ok(s) => {
                 if s.interrupt {
@@ -1124,9 +1153,65 @@ impl<D: VirtioDevice> Backend<D> {
         }
     }
 
+    /// The used index of running ring `i` in guest memory.
+    fn used_idx(&self, i: usize) -> Option<u16> {
+        let layout = self.vrings.get(i)?.layout?;
+        self.mem.load_u16_acquire(layout.used_idx()).ok()
+    }
+
+    /// Adds what every running ring published since last seen to its
+    /// counters.
+    fn count_used(&mut self) {
+        for i in 0..self.vrings.len() {
+            if !self.is_running(i) {
+                continue;
+            }
+            let Some(idx) = self.used_idx(i) else {
+                continue;
+            };
+            let v = &mut self.vrings[i];
+            let n = u64::from(idx.wrapping_sub(v.used_seen));
+            v.used_seen = idx;
+            v.session.used += n;
+            if let Some(r) = self.stats.rings.get_mut(i) {
+                r.used += n;
+            }
+        }
+    }
+
+    /// Logs this session's ring counters and the device's counters.
+    fn log_session_counters(&mut self) {
+        let rings: Vec<String> = self
+            .vrings
+            .iter()
+            .enumerate()
+            .filter(|(_, v)| v.session != RingStats::default())
+            .map(|(i, v)| {
+                format!(
+                    "ring {i}: {} used, {} kicks",
+                    v.session.used, v.session.kicks
+                )
+            })
+            .collect();
+        if !rings.is_empty() {
+            eprintln!("vhost-user: session ring counters: {}", rings.join("; "));
+        }
+        let counters: Vec<String> = self
+            .device
+            .counters()
+            .iter()
+            .filter(|(_, n)| *n != 0)
+            .map(|(k, n)| format!("{k}={n}"))
+            .collect();
+        if !counters.is_empty() {
+            eprintln!("vhost-user: device counters: {}", counters.join(" "));
+        }
+    }
+
     /// Stops every ring and resets the device (`RESET_DEVICE`, end of
     /// session).
     fn reset_rings(&mut self, epoll: &Epoll) {
+        self.count_used();
         if self.active.take().is_some() {
             self.device.reset();
         }
@@ -1138,11 +1223,15 @@ impl<D: VirtioDevice> Backend<D> {
                     EpollEvent::default(),
                 );
             }
+            let session = v.session;
             *v = Vring::default();
+            v.session = session;
         }
     }
 
     fn end_session(&mut self) {
+        self.count_used();
+        self.log_session_counters();
         let was_active = self.active.take().is_some();
         // The session's epoll is gone; dropping the kicks closes them.
         for v in &mut self.vrings {

@@ -137,13 +137,27 @@ pub fn build(config: &MachineConfig, mem: &SharedMemory) -> Result<ServedDevice,
                     .find(|d| &d.id == drive)
                     .ok_or_else(|| missing("-device virtio-blk-device", drive))?;
                 let (disk, what) = machine::open_drive(d)?;
-                // The same configuration rules as `machine::realize_devices`.
+                // The configuration rules of `machine::realize_devices`, but
+                // with as many queues as a frontend may ask for (QEMU's
+                // `vhost-user-blk-pci` asks one per vCPU and refuses fewer),
+                // and `seg_max` for the ring the frontend picks, not ours:
+                // QEMU's `vhost-user-blk` uses 128 entries by default, and
+                // without indirect descriptors a request of more than the
+                // ring's size minus header and status could never be
+                // posted (§5.2.4 seg_max).
                 let cfg = BlkConfig {
                     serial: serial.clone().unwrap_or_default().into_bytes(),
-                    num_queues: *num_queues,
+                    num_queues: num_queues.unwrap_or(crate::options::VHOST_USER_BLK_QUEUES),
                     queue_size: *queue_size,
-                    seg_max: u32::from(*queue_size).saturating_sub(2).clamp(1, 254),
-                    discard: *discard && d.discard && disk.supports_discard(),
+                    seg_max: u32::from((*queue_size).min(128))
+                        .saturating_sub(2)
+                        .clamp(1, 254),
+                    // QEMU's rule: DISCARD is offered unless the device says
+                    // `discard=off`; the drive's `discard=ignore` (the
+                    // default) completes them without touching the image,
+                    // `discard=unmap` passes them on.
+                    discard: *discard && (!d.discard || disk.supports_discard()),
+                    discard_unmap: d.discard,
                     write_zeroes: *write_zeroes && disk.supports_write_zeroes(),
                     writeback: d.cache != CacheMode::Writethrough,
                     ..BlkConfig::default()

@@ -27,7 +27,7 @@ pub mod device;
 pub mod frontend;
 pub mod memory;
 
-pub use backend::{Backend, BackendError, BackendStats, SessionEnd};
+pub use backend::{Backend, BackendError, BackendStats, RingStats, SessionEnd};
 pub use daemon::Daemon;
 pub use device::{BuildError, ServedDevice, build};
 pub use frontend::{FrontendError, SharedRam, VhostUserDevice, VhostUserKind};
