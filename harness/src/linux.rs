@@ -848,7 +848,7 @@ mod tests {
         f.extend_from_slice(modinfo);
         let names_off = f.len();
         f.extend_from_slice(names);
-        while f.len() % 8 != 0 {
+        while !f.len().is_multiple_of(8) {
             f.push(0);
         }
         let shoff = f.len();

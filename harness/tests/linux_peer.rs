@@ -251,8 +251,7 @@ fn feature_bit(run: &LinuxRun, bit: usize) -> bool {
 /// A counter from the daemon's `device counters:` line, 0 if absent.
 fn device_counter(log: &str, name: &str) -> u64 {
     log.lines()
-        .filter(|l| l.contains("device counters:"))
-        .last()
+        .rfind(|l| l.contains("device counters:"))
         .and_then(|l| {
             l.split_whitespace()
                 .find_map(|w| w.strip_prefix(&format!("{name}=")))
@@ -265,11 +264,7 @@ fn device_counter(log: &str, name: &str) -> u64 {
 /// line.
 fn ring_used(log: &str) -> std::collections::BTreeMap<usize, u64> {
     let mut out = std::collections::BTreeMap::new();
-    if let Some(l) = log
-        .lines()
-        .filter(|l| l.contains("session ring counters:"))
-        .last()
-    {
+    if let Some(l) = log.lines().rfind(|l| l.contains("session ring counters:")) {
         for part in l.split("ring ").skip(1) {
             let mut w = part.split(|c: char| c == ':' || c.is_whitespace());
             let ring = w.next().and_then(|r| r.parse().ok());
