@@ -311,7 +311,7 @@ fn blk_boot(
         ],
     );
     let plan = blk_plan(unmapped) + extra_plan;
-    let run = boot_and_check(&kit, &vm, &dir, &["virtio_blk"], &plan, &BLK_CHECKS, &[&d]);
+    let run = boot_and_check(kit, &vm, &dir, &["virtio_blk"], &plan, &BLK_CHECKS, &[&d]);
     check_disk(&image, &run, unmapped);
     d.check_alive().unwrap_or_else(|e| panic!("{e}"));
     // The backend logs its counters when QEMU hangs up.
