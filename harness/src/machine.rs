@@ -795,7 +795,7 @@ pub fn realize_devices_shared(
                 let ready_fds = backend.readiness_fd().into_iter().collect();
                 let cfg = NetConfig {
                     mac,
-                    queue_pairs: *queue_pairs,
+                    queue_pairs: queue_pairs.unwrap_or(1),
                     queue_size: *queue_size,
                     mtu: mtu.unwrap_or(NetConfig::default().mtu),
                     ..NetConfig::default()

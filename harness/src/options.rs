@@ -277,6 +277,13 @@ impl KeyVals {
 /// with fewer; the frontend tells the guest how many it uses.
 pub const VHOST_USER_BLK_QUEUES: u16 = 1024;
 
+/// The queue pairs a net device served over vhost-user has unless `mq=on`
+/// or `queue-pairs` says otherwise: 512, as many receive and transmit
+/// queues as QEMU's `VIRTIO_QUEUE_MAX` (1024). The frontend
+/// decides how many it uses (QEMU's `-netdev vhost-user,queues=N`); the
+/// device allocates receive buffers only for the queues it is given.
+pub const VHOST_USER_NET_QUEUE_PAIRS: u32 = 512;
+
 /// `num-queues=N`: 1 to 1024 (QEMU's `VIRTIO_QUEUE_MAX`), `None` when
 /// absent.
 fn take_num_queues(kv: &mut KeyVals) -> Result<Option<u16>, OptionError> {
@@ -586,8 +593,10 @@ pub enum DeviceConfig {
         /// device's index when absent).
         mac: Option<[u8; 6]>,
         /// Several queue pairs (`mq=on`, with `queues=N` on the netdev side
-        /// in QEMU; here `queue-pairs=N`).
-        queue_pairs: u16,
+        /// in QEMU; here `queue-pairs=N`); `None` when neither is given:
+        /// one in our monitor, [`VHOST_USER_NET_QUEUE_PAIRS`] when served
+        /// over vhost-user.
+        queue_pairs: Option<u16>,
         /// Each queue's size.
         queue_size: u16,
         /// As for [`DeviceConfig::Rng`].
@@ -1269,16 +1278,19 @@ pub fn parse<S: AsRef<str>>(args: &[S]) -> Result<MachineConfig, OptionError> {
                             })?),
                         };
                         let mq = kv.take_bool("mq", false)?;
-                        let pairs = kv
-                            .take_u32("queue-pairs")?
-                            .unwrap_or(if mq { 2 } else { 1 });
-                        if !(1..=16).contains(&pairs) || (pairs > 1 && !mq) {
+                        let given = kv.take_u32("queue-pairs")?;
+                        let pairs = given.unwrap_or(if mq { 2 } else { 1 });
+                        if !(1..=VHOST_USER_NET_QUEUE_PAIRS).contains(&pairs) || (pairs > 1 && !mq)
+                        {
                             return Err(kv.bad(
                                 "queue-pairs",
                                 &pairs.to_string(),
-                                "1 without mq=on, 1 to 16 with it",
+                                "1 without mq=on, 1 to 512 with it",
                             ));
                         }
+                        // Neither given: the default depends on where the
+                        // device is served.
+                        let pairs = (mq || given.is_some()).then_some(pairs as u16);
                         let queue_size = take_queue_size(&mut kv, DEFAULT_QUEUE_SIZE)?;
                         let mtu = match kv.take_u32("host_mtu")? {
                             None => None,
@@ -1293,7 +1305,7 @@ pub fn parse<S: AsRef<str>>(args: &[S]) -> Result<MachineConfig, OptionError> {
                             netdev: kv.require("netdev")?,
                             mtu,
                             mac,
-                            queue_pairs: pairs as u16,
+                            queue_pairs: pairs,
                             queue_size,
                             ioeventfd: kv.take_bool("ioeventfd", true)?,
                             misbehave: take_misbehave(&mut kv)?,
@@ -1970,7 +1982,7 @@ mod tests {
                 netdev: "l".into(),
                 mtu: None,
                 mac: Some([0x52, 0x54, 0, 0xaa, 0xbb, 0xcc]),
-                queue_pairs: 4,
+                queue_pairs: Some(4),
                 queue_size: DEFAULT_QUEUE_SIZE,
                 ioeventfd: true,
                 misbehave: None,

@@ -636,6 +636,127 @@ fn section_5_1_6_5_5_vq_pairs_set_accepts_one_to_max() {
     assert_eq!(r.wire.sent(), vec![f]);
 }
 
+/// An Ethernet + IPv4 + TCP frame from `sport` to `dport` (the guest is
+/// 10.0.2.15, the peer 10.0.2.2; the IP and TCP checksums are not set:
+/// steering does not read them).
+fn tcp(to_guest: bool, sport: u16, dport: u16) -> Vec<u8> {
+    let (dst, src) = if to_guest {
+        (MAC, [2, 0, 0, 0, 0, 1])
+    } else {
+        ([2, 0, 0, 0, 0, 1], MAC)
+    };
+    let (sip, dip) = if to_guest {
+        ([10, 0, 2, 2], [10, 0, 2, 15])
+    } else {
+        ([10, 0, 2, 15], [10, 0, 2, 2])
+    };
+    let mut f = dst.to_vec();
+    f.extend_from_slice(&src);
+    f.extend_from_slice(&[0x08, 0x00, 0x45, 0, 0, 40, 0, 0, 0x40, 0, 64, 6, 0, 0]);
+    f.extend_from_slice(&sip);
+    f.extend_from_slice(&dip);
+    f.extend_from_slice(&sport.to_be_bytes());
+    f.extend_from_slice(&dport.to_be_bytes());
+    f.extend_from_slice(&[0; 16]);
+    f
+}
+
+/// Automatic receive steering (§5.1.6.5.5): before VQ_PAIRS_SET only
+/// receiveq1 is used; after it, a flow's frames come back on the receive
+/// queue paired with the transmit queue it last sent on, and a smaller
+/// VQ_PAIRS_SET takes the queues beyond it out of use.
+#[test]
+fn section_5_1_6_5_5_received_frames_follow_their_flows_transmit_queue() {
+    let mut r = rig_with(
+        Wire::new(),
+        NetConfig {
+            queue_pairs: 3,
+            ..NetConfig::default()
+        },
+        None,
+    );
+    let post = |r: &mut Rig, q: usize| {
+        for _ in 0..4 {
+            let a = r.alloc(2048);
+            r.add_on(q, &[Buf::W(a, 2048)]);
+        }
+    };
+    for q in [0, 2, 4] {
+        post(&mut r, q);
+    }
+    let rx_counts = |r: &mut Rig| [0usize, 2, 4].map(|q| r.completions_on(q).len());
+    // "After initialization of reset, the device MUST queue packets only on
+    // receiveq1."
+    for port in 0..3 {
+        r.wire.push(tcp(true, 5001, 40000 + port));
+    }
+    r.ready();
+    assert_eq!(rx_counts(&mut r), [3, 0, 0]);
+    post(&mut r, 0);
+    assert_eq!(
+        r.ctrl(ctrl::CLASS_MQ, ctrl::MQ_VQ_PAIRS_SET, &3u16.to_le_bytes()),
+        ctrl::OK
+    );
+    // Three flows, each sent on another transmit queue.
+    for (pair, port) in [(0usize, 40000u16), (1, 40001), (2, 40002)] {
+        let h = r.data(&hdr());
+        let f = tcp(false, port, 5001);
+        let d = r.data(&f);
+        r.add_on(pair * 2 + 1, &[Buf::R(h, 12), Buf::R(d, f.len() as u32)]);
+        r.notify((pair * 2 + 1) as u16);
+    }
+    for (pair, port) in [(0usize, 40000u16), (1, 40001), (2, 40002)] {
+        r.wire.push(tcp(true, 5001, port));
+        r.ready();
+        let mut want = [0; 3];
+        want[pair] = 1;
+        assert_eq!(rx_counts(&mut r), want, "flow {port} on pair {pair}");
+    }
+    // Fewer pairs: the third flow's frames may no longer use receiveq3.
+    assert_eq!(
+        r.ctrl(ctrl::CLASS_MQ, ctrl::MQ_VQ_PAIRS_SET, &2u16.to_le_bytes()),
+        ctrl::OK
+    );
+    r.wire.push(tcp(true, 5001, 40002));
+    r.ready();
+    let got = rx_counts(&mut r);
+    assert_eq!(got[2], 0, "{got:?}");
+    assert_eq!(got[0] + got[1], 1, "{got:?}");
+}
+
+/// Over vhost-user the frontend keeps the control queue: QEMU negotiates
+/// CTRL_VQ with the driver and forwards MQ alone, and the pairs in use are
+/// the queues it gives the device. Then every configured pair is steered
+/// to without VQ_PAIRS_SET.
+#[test]
+fn mq_without_ctrl_vq_steers_over_every_pair_the_frontend_gave() {
+    let all = NetConfig {
+        queue_pairs: 2,
+        ..NetConfig::default()
+    };
+    let probe = rig_with(Wire::new(), all, None);
+    let f = probe.features
+        & !(NetFeatures::CTRL_VQ | NetFeatures::CTRL_RX | NetFeatures::CTRL_MAC_ADDR).bits();
+    assert_ne!(f & NetFeatures::MQ.bits(), 0);
+    let mut r = rig_with(Wire::new(), all, Some(f));
+    for q in [0, 2] {
+        for _ in 0..2 {
+            let a = r.alloc(2048);
+            r.add_on(q, &[Buf::W(a, 2048)]);
+        }
+    }
+    let h = r.data(&hdr());
+    let out = tcp(false, 40001, 5001);
+    let d = r.data(&out);
+    r.add_on(3, &[Buf::R(h, 12), Buf::R(d, out.len() as u32)]);
+    r.notify(3);
+    assert_eq!(r.wire.sent(), vec![out]);
+    r.wire.push(tcp(true, 5001, 40001));
+    r.ready();
+    assert_eq!(r.completions_on(0).len(), 0);
+    assert_eq!(r.completions_on(2).len(), 1);
+}
+
 #[test]
 fn section_5_1_6_5_commands_not_negotiated_are_err() {
     let mut r = rig_with(

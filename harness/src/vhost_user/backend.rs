@@ -81,6 +81,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::time::Duration;
 
 use virtio_core::GuestMemory;
+use virtio_core::features::DeviceType;
 use virtio_core::memory::GuestAddress;
 use virtio_core::split::layout::{QueueLayout, QueueSize};
 use virtio_devices::{DeviceError, QueueConfig, Served, VirtioDevice};
@@ -489,6 +490,21 @@ impl<D: VirtioDevice> Backend<D> {
         self.device.device_features() | VHOST_USER_F_PROTOCOL_FEATURES
     }
 
+    /// `GET_QUEUE_NUM`'s answer: the device's queues, except for a network
+    /// device, whose queue pairs are counted (QEMU's vhost-user netdev
+    /// compares its `queues=` pairs with it and sets up rings 2i and 2i+1
+    /// for pair i; the control queue stays with the frontend), as DPDK's
+    /// vhost library answers. Frontends that read it as rings (Cloud
+    /// Hypervisor) then ask for fewer, never more, than there are.
+    pub fn queue_num(&self) -> u64 {
+        let n = self.vrings.len() as u64;
+        if self.device.device_type() == DeviceType::Net {
+            (n.saturating_sub(1) / 2).max(1)
+        } else {
+            n
+        }
+    }
+
     /// Accepts frontends on `listener` one after the other, for ever;
     /// returns only if `accept` fails.
     pub fn serve(&mut self, listener: &UnixListener) -> io::Error {
@@ -715,7 +731,7 @@ impl<D: VirtioDevice> Backend<D> {
             }
             Message::GetQueueNum => Ok(Some(codec::reply_u64(
                 Request::GetQueueNum,
-                self.vrings.len() as u64,
+                self.queue_num(),
             ))),
             Message::GetMaxMemSlots => Ok(Some(codec::reply_u64(
                 Request::GetMaxMemSlots,
@@ -1134,6 +1150,7 @@ impl<D: VirtioDevice> Backend<D> {
             Err(e) => {
                 self.stats.device_errors += 1;
                 self.stats.last_error = Some(e.to_string());
+                eprintln!("vhost-user: device error: {e}");
                 let q = match e {
                     DeviceError::Queue { queue, .. }
                     | DeviceError::QueueNotInMemory { queue, .. }

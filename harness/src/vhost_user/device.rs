@@ -190,7 +190,10 @@ pub fn build(config: &MachineConfig, mem: &SharedMemory) -> Result<ServedDevice,
                 let ready_fds = backend.readiness_fd().into_iter().collect();
                 let cfg = NetConfig {
                     mac: mac.unwrap_or([0x52, 0x54, 0x00, 0x12, 0x34, 0x56]),
-                    queue_pairs: *queue_pairs,
+                    // As many pairs as a frontend may ask for unless the
+                    // options say; it enables the ones it uses.
+                    queue_pairs: queue_pairs
+                        .unwrap_or(crate::options::VHOST_USER_NET_QUEUE_PAIRS as u16),
                     queue_size: *queue_size,
                     mtu: mtu.unwrap_or(NetConfig::default().mtu),
                     ..NetConfig::default()

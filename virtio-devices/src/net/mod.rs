@@ -4,8 +4,10 @@
 //! Every frame is copied between guest memory and buffers allocated at
 //! activation (no Rust slice ever covers guest memory, and nothing is
 //! allocated per frame). Receive: frames the backend has are pulled into a
-//! bounded ring and delivered to receiveq1 as the driver posts buffers
-//! (§5.1.6.4); a full ring drops with a counter. Transmit: a frame the
+//! bounded ring per receive queue and delivered as the driver posts
+//! buffers (§5.1.6.4); a full ring drops with a counter. With several
+//! pairs in use, each frame goes to the receive queue paired with the
+//! transmit queue its flow last sent on ([`steering`], §5.1.6.5.5). Transmit: a frame the
 //! backend answers `Busy` stays in the device and the transmit queues
 //! pause until [`VirtioDevice::backend_ready`]. Checksum offload
 //! (`VIRTIO_NET_F_CSUM`) is completed in the device unless the backend
@@ -14,11 +16,19 @@
 //! host and `DATA_VALID` set when right (§5.1.6.4.1), so the guest need
 //! not sum. Not supported: segmentation offloads (TSO,
 //! UFO, USO), VLAN filtering, RSS and hash reports, announcements,
-//! notification coalescing; with `MQ` every received frame goes to
-//! receiveq1 (§5.1.6.5.5 lets the device choose).
+//! notification coalescing.
+//!
+//! Over vhost-user the frontend keeps the control queue (QEMU negotiates
+//! `CTRL_VQ` with the driver itself and forwards `MQ` alone): then the
+//! pairs in use are the ones the frontend gave the device.
+
+pub mod steering;
+
+use steering::Steering;
 
 use alloc::vec::Vec;
 use core::fmt;
+use core::mem;
 
 use backends::net::{MAX_FRAME, NetBackend, NetError, Offloads, Sent};
 use virtio_core::GuestMemory;
@@ -261,13 +271,14 @@ impl Filter {
     }
 }
 
-/// Frames waiting for receive buffers: a fixed ring of fixed slots, each
-/// holding the header the driver will see followed by the frame.
+/// Frames waiting for receive buffers: a fixed ring of fixed-size slots,
+/// each holding the header the driver will see followed by the frame. A
+/// frame arrives in a spare slot-sized buffer and is swapped in, so
+/// steering it to one ring or another copies nothing.
 #[derive(Debug)]
 struct FrameRing {
-    buf: Vec<u8>,
+    slots: Vec<Vec<u8>>,
     lens: Vec<usize>,
-    slot: usize,
     head: usize,
     count: usize,
 }
@@ -275,9 +286,8 @@ struct FrameRing {
 impl FrameRing {
     fn new(slots: usize, slot: usize) -> Self {
         FrameRing {
-            buf: alloc::vec![0; slots * slot],
+            slots: (0..slots).map(|_| alloc::vec![0; slot]).collect(),
             lens: alloc::vec![0; slots],
-            slot,
             head: 0,
             count: 0,
         }
@@ -287,13 +297,14 @@ impl FrameRing {
         self.count == self.lens.len()
     }
 
-    fn tail_slot(&mut self) -> &mut [u8] {
+    /// Queues the `len` bytes of `frame` by swapping it with the tail
+    /// slot (`frame` gets that slot's buffer back, of the same size).
+    fn push_swap(&mut self, frame: &mut Vec<u8>, len: usize) {
+        if self.is_full() {
+            return;
+        }
         let i = (self.head + self.count) % self.lens.len();
-        &mut self.buf[i * self.slot..(i + 1) * self.slot]
-    }
-
-    fn push(&mut self, len: usize) {
-        let i = (self.head + self.count) % self.lens.len();
+        mem::swap(&mut self.slots[i], frame);
         self.lens[i] = len;
         self.count += 1;
     }
@@ -302,8 +313,8 @@ impl FrameRing {
         if self.count == 0 {
             return None;
         }
-        let at = self.head * self.slot;
-        Some(&mut self.buf[at..at + self.lens[self.head]])
+        let len = self.lens[self.head];
+        self.slots[self.head].get_mut(..len)
     }
 
     fn pop(&mut self) {
@@ -311,6 +322,13 @@ impl FrameRing {
             self.head = (self.head + 1) % self.lens.len();
             self.count -= 1;
         }
+    }
+
+    fn clear(&mut self) -> usize {
+        let n = self.count;
+        self.head = 0;
+        self.count = 0;
+        n
     }
 }
 
@@ -337,17 +355,11 @@ enum RxOutcome {
     NoBuffers,
 }
 
-/// Buffers allocated at activation.
+/// One receive queue's frames and the buffers held for the front one.
 #[derive(Debug)]
-struct Buffers {
-    /// The transmit frame being sent (the guest's header, then the frame).
-    tx: Vec<u8>,
+struct RxState {
     /// Received frames waiting for buffers.
     ring: FrameRing,
-    /// Where frames are received when the ring is full, to drop them.
-    scratch: Vec<u8>,
-    /// The control command being served.
-    ctrl: Vec<u8>,
     /// Receive chains popped for the front frame: (head, capacity).
     held: Vec<(u16, u32)>,
     /// A chain popped after the first held one was completed (a malformed
@@ -355,6 +367,23 @@ struct Buffers {
     /// tail of the ring, so [`VirtioDevice::queue_position`] cannot rewind
     /// past them.
     held_split: bool,
+    /// Chains completed on this queue since it was last published.
+    completed: u32,
+}
+
+/// Buffers allocated at activation.
+#[derive(Debug)]
+struct Buffers {
+    /// The transmit frame being sent (the guest's header, then the frame).
+    tx: Vec<u8>,
+    /// Per queue pair, the receive state of those whose receive queue the
+    /// driver configured.
+    rx: Vec<Option<RxState>>,
+    /// Where a frame is received before it is steered (swapped into a
+    /// ring) or dropped.
+    scratch: Vec<u8>,
+    /// The control command being served.
+    ctrl: Vec<u8>,
 }
 
 /// The network device over backend `B` and guest memory `M`.
@@ -381,6 +410,7 @@ pub struct Net<B, M> {
     /// The link state the driver was last told.
     reported_up: bool,
     filter: Filter,
+    steering: Steering,
     stats: NetStats,
 }
 
@@ -437,6 +467,7 @@ impl<B: NetBackend, M: GuestMemory> Net<B, M> {
             admin_up: cfg.link_up,
             reported_up: up,
             filter: Filter::new(),
+            steering: Steering::new(),
             stats: NetStats::default(),
             cfg,
         })
@@ -474,7 +505,21 @@ impl<B: NetBackend, M: GuestMemory> Net<B, M> {
 
     /// Frames waiting in the device for receive buffers.
     pub fn rx_pending(&self) -> usize {
-        self.bufs.as_ref().map_or(0, |b| b.ring.count)
+        self.bufs.as_ref().map_or(0, |b| {
+            b.rx.iter().flatten().map(|r| r.ring.count).sum::<usize>()
+        })
+    }
+
+    /// Pairs a received frame may be steered to: those below the number
+    /// the driver set with `VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET` (§5.1.6.5.5:
+    /// receiveq1 only until then), or, when the frontend keeps the control
+    /// queue (vhost-user), every pair it configured.
+    fn rx_limit(&self) -> u16 {
+        if self.negotiated(NetFeatures::CTRL_VQ) {
+            self.pairs
+        } else {
+            self.max_pairs
+        }
     }
 
     /// Whether a transmit frame waits for the backend.
@@ -566,9 +611,9 @@ impl<B: NetBackend, M: GuestMemory> Net<B, M> {
 
     // ---- transmit (§5.1.6.2) ----
 
-    /// Copies chain `head` of `q` into the transmit buffer and checks it;
-    /// sends it unless it is dropped.
-    fn tx_one(&mut self, q: &DeviceQueue, head: u16) -> TxOutcome {
+    /// Copies chain `head` of `q` (transmit queue of pair `pair`) into the
+    /// transmit buffer and checks it; sends it unless it is dropped.
+    fn tx_one(&mut self, q: &DeviceQueue, head: u16, pair: u16) -> TxOutcome {
         let max_frame = self.max_frame();
         let vnet = self.backend.vnet_hdr_len();
         let link = self.link_now();
@@ -646,6 +691,10 @@ impl<B: NetBackend, M: GuestMemory> Net<B, M> {
             self.stats.tx_drop_link_down += 1;
             return TxOutcome::Done;
         }
+        if self.max_pairs > 1 {
+            // §5.1.6.5.5: this flow's replies go to the paired receiveq.
+            self.steering.learn(&tx[h..len], pair);
+        }
         self.send(len)
     }
 
@@ -709,7 +758,7 @@ impl<B: NetBackend, M: GuestMemory> Net<B, M> {
             loop {
                 match next_head(&mut q, &self.mem, &mut malformed)? {
                     None => return Ok(()),
-                    Some(head) => match self.tx_one(&q, head) {
+                    Some(head) => match self.tx_one(&q, head, index / 2) {
                         TxOutcome::Done => {
                             q.add_used(&self.mem, head, 0)?;
                             completed += 1;
@@ -768,21 +817,17 @@ impl<B: NetBackend, M: GuestMemory> Net<B, M> {
 
     // ---- receive (§5.1.6.3, §5.1.6.4) ----
 
-    /// Receives one frame from the backend into the ring (or drops it).
-    /// `false` when the backend has nothing more.
-    fn rx_pull(&mut self) -> bool {
+    /// Receives one frame from the backend and queues it for the receive
+    /// queue steering picks, or drops it. `None` when the backend has
+    /// nothing more; `Some(Some(pair))` when it was queued for `pair`;
+    /// `Some(None)` when it was dropped.
+    fn rx_pull(&mut self) -> Option<Option<u16>> {
         let h = self.hdr_len;
         let vnet = self.backend.vnet_hdr_len();
         let max_frame = self.max_frame();
-        let Some(bufs) = self.bufs.as_mut() else {
-            return false;
-        };
-        let full = bufs.ring.is_full();
-        let slot: &mut [u8] = if full {
-            &mut bufs.scratch
-        } else {
-            bufs.ring.tail_slot()
-        };
+        let limit = self.rx_limit();
+        let bufs = self.bufs.as_mut()?;
+        let slot: &mut [u8] = &mut bufs.scratch;
         // The slot holds HDR_LEN bytes of header then the frame; a backend
         // with its own header writes it in place of ours.
         let (at, room) = if vnet == HDR_LEN {
@@ -792,24 +837,20 @@ impl<B: NetBackend, M: GuestMemory> Net<B, M> {
         };
         let n = match self.backend.recv(&mut slot[at..at + room]) {
             Ok(Some(n)) => n,
-            Ok(None) => return false,
+            Ok(None) => return None,
             Err(NetError::TooBig { .. }) => {
                 self.stats.rx_drop_too_long += 1;
-                return true;
+                return Some(None);
             }
             Err(_) => {
                 self.stats.rx_drop_backend += 1;
-                return false;
+                return None;
             }
         };
-        if full {
-            self.stats.rx_drop_ring_full += 1;
-            return true;
-        }
         let (hdr, frame_len) = if vnet == HDR_LEN {
             let Some(hdr) = NetHdr::parse(&slot[..n.min(HDR_LEN)]).filter(|_| n >= HDR_LEN) else {
                 self.stats.rx_drop_bad_header += 1;
-                return true;
+                return Some(None);
             };
             (hdr, n - HDR_LEN)
         } else if vnet == 0 {
@@ -819,7 +860,7 @@ impl<B: NetBackend, M: GuestMemory> Net<B, M> {
             // Unknown backend header: skip it.
             if n < vnet {
                 self.stats.rx_drop_bad_header += 1;
-                return true;
+                return Some(None);
             }
             slot.copy_within(HDR_LEN + vnet..HDR_LEN + n, HDR_LEN);
             (NetHdr::default(), n - vnet)
@@ -827,7 +868,7 @@ impl<B: NetBackend, M: GuestMemory> Net<B, M> {
         let mut hdr = hdr;
         if hdr.gso_type != gso::NONE || frame_len > max_frame {
             self.stats.rx_drop_bad_header += 1;
-            return true;
+            return Some(None);
         }
         let frame = &mut slot[HDR_LEN..HDR_LEN + frame_len];
         if !self
@@ -835,7 +876,7 @@ impl<B: NetBackend, M: GuestMemory> Net<B, M> {
             .accepts(&self.mac, frame.get(..ETH_ALEN).unwrap_or(&[]))
         {
             self.stats.rx_drop_filtered += 1;
-            return true;
+            return Some(None);
         }
         if hdr.flags & flags::NEEDS_CSUM != 0 && self.features & bit(NetFeatures::GUEST_CSUM) == 0 {
             // §5.1.6.4: the driver cannot take a partial checksum.
@@ -843,7 +884,7 @@ impl<B: NetBackend, M: GuestMemory> Net<B, M> {
             let at = start + usize::from(hdr.csum_offset);
             if at + 2 > frame_len {
                 self.stats.rx_drop_bad_header += 1;
-                return true;
+                return Some(None);
             }
             let sum = match internet_checksum(&frame[start..]) {
                 0 => 0xffff,
@@ -861,6 +902,16 @@ impl<B: NetBackend, M: GuestMemory> Net<B, M> {
             hdr.flags |= flags::DATA_VALID;
             self.stats.rx_csum_validated += 1;
         }
+        // §5.1.6.5.5: with several pairs in use, the flow's receive queue;
+        // receiveq1 otherwise.
+        let pair = if limit > 1 {
+            let rx = &bufs.rx;
+            self.steering.steer(frame, limit, |p| {
+                rx.get(usize::from(p)).is_some_and(Option::is_some)
+            })
+        } else {
+            0
+        };
         hdr.num_buffers = 1;
         slot[..HDR_LEN].copy_from_slice(&hdr.to_bytes());
         let mut len = HDR_LEN + frame_len;
@@ -868,8 +919,17 @@ impl<B: NetBackend, M: GuestMemory> Net<B, M> {
             slot.copy_within(HDR_LEN..len, HDR_LEN_LEGACY);
             len -= HDR_LEN - HDR_LEN_LEGACY;
         }
-        bufs.ring.push(len);
-        true
+        let Some(Some(rx)) = bufs.rx.get_mut(usize::from(pair)) else {
+            // No receive queue to take it (the driver configured none).
+            self.stats.rx_drop_ring_full += 1;
+            return Some(None);
+        };
+        if rx.ring.is_full() {
+            self.stats.rx_drop_ring_full += 1;
+            return Some(None);
+        }
+        rx.ring.push_swap(&mut bufs.scratch, len);
+        Some(Some(pair))
     }
 
     /// Walks receive chain `head`: its writable capacity, or `None` if it
@@ -913,121 +973,173 @@ impl<B: NetBackend, M: GuestMemory> Net<B, M> {
         done as u32
     }
 
-    /// Delivers the ring's front frame into receiveq1 (§5.1.6.4).
+    /// Delivers the front frame of `rx` into its receive queue `q`
+    /// (§5.1.6.4).
     fn rx_deliver(
         &mut self,
         q: &mut DeviceQueue,
-        completed: &mut u32,
+        rx: &mut RxState,
         malformed: &mut u64,
     ) -> Result<RxOutcome, QueueError> {
         let mrg = self.negotiated(NetFeatures::MRG_RXBUF);
         let h = self.hdr_len;
-        let Some(mut bufs) = self.bufs.take() else {
+        let Some(need) = rx.ring.front().map(|f| f.len()) else {
             return Ok(RxOutcome::NoBuffers);
         };
-        let r = (|| {
-            let Some(need) = bufs.ring.front().map(|f| f.len()) else {
-                return Ok(RxOutcome::NoBuffers);
-            };
-            loop {
-                let have: u64 = bufs.held.iter().map(|&(_, c)| u64::from(c)).sum();
-                if have >= need as u64 || (!mrg && !bufs.held.is_empty()) {
-                    break;
-                }
-                if bufs.held.len() >= usize::from(q.size()) {
-                    // Even the whole queue cannot hold it.
-                    self.stats.rx_drop_too_big += 1;
-                    bufs.ring.pop();
-                    return Ok(RxOutcome::Dropped);
-                }
-                let Some(head) = next_head(q, &self.mem, malformed)? else {
-                    return Ok(RxOutcome::NoBuffers);
-                };
-                match self.rx_capacity(q, head) {
-                    Some(cap) if cap as usize >= h => bufs.held.push((head, cap)),
-                    _ => {
-                        self.stats.rx_bad_chains += 1;
-                        bufs.held_split |= !bufs.held.is_empty();
-                        q.add_used(&self.mem, head, 0)?;
-                        *completed += 1;
-                    }
-                }
+        loop {
+            let have: u64 = rx.held.iter().map(|&(_, c)| u64::from(c)).sum();
+            if have >= need as u64 || (!mrg && !rx.held.is_empty()) {
+                break;
             }
-            if !mrg && (bufs.held[0].1 as usize) < need {
-                // Too small for this frame without merging (§5.1.6.3.1):
-                // drop it and return the buffer unused, so a small buffer
-                // cannot stall the queue.
+            if rx.held.len() >= usize::from(q.size()) {
+                // Even the whole queue cannot hold it.
                 self.stats.rx_drop_too_big += 1;
-                bufs.ring.pop();
-                let (head, _) = bufs.held[0];
-                bufs.held.clear();
-                bufs.held_split = false;
-                q.add_used(&self.mem, head, 0)?;
-                *completed += 1;
+                rx.ring.pop();
                 return Ok(RxOutcome::Dropped);
             }
-            let Some(stream) = bufs.ring.front() else {
+            let Some(head) = next_head(q, &self.mem, malformed)? else {
                 return Ok(RxOutcome::NoBuffers);
             };
-            if h == HDR_LEN {
-                let nb = u16::try_from(bufs.held.len()).unwrap_or(u16::MAX);
-                stream[10..12].copy_from_slice(&nb.to_le_bytes());
+            match self.rx_capacity(q, head) {
+                Some(cap) if cap as usize >= h => rx.held.push((head, cap)),
+                _ => {
+                    self.stats.rx_bad_chains += 1;
+                    rx.held_split |= !rx.held.is_empty();
+                    q.add_used(&self.mem, head, 0)?;
+                    rx.completed += 1;
+                }
             }
-            let mut pos = 0usize;
-            for &(head, cap) in &bufs.held {
-                let take = (cap as usize).min(need - pos);
-                let n = Self::rx_write(&self.mem, q, head, &stream[pos..pos + take]);
-                q.add_used(&self.mem, head, n)?;
-                *completed += 1;
-                pos += take;
-            }
-            bufs.held.clear();
-            bufs.held_split = false;
-            self.stats.rx_frames += 1;
-            self.stats.rx_bytes += (need - h) as u64;
-            bufs.ring.pop();
-            Ok(RxOutcome::Delivered)
-        })();
-        self.bufs = Some(bufs);
-        r
+        }
+        if !mrg && (rx.held[0].1 as usize) < need {
+            // Too small for this frame without merging (§5.1.6.3.1):
+            // drop it and return the buffer unused, so a small buffer
+            // cannot stall the queue.
+            self.stats.rx_drop_too_big += 1;
+            rx.ring.pop();
+            let (head, _) = rx.held[0];
+            rx.held.clear();
+            rx.held_split = false;
+            q.add_used(&self.mem, head, 0)?;
+            rx.completed += 1;
+            return Ok(RxOutcome::Dropped);
+        }
+        let nb = u16::try_from(rx.held.len()).unwrap_or(u16::MAX);
+        let Some(stream) = rx.ring.front() else {
+            return Ok(RxOutcome::NoBuffers);
+        };
+        if h == HDR_LEN {
+            stream[10..12].copy_from_slice(&nb.to_le_bytes());
+        }
+        let mut pos = 0usize;
+        for &(head, cap) in &rx.held {
+            let take = (cap as usize).min(need - pos);
+            let n = Self::rx_write(&self.mem, q, head, &stream[pos..pos + take]);
+            q.add_used(&self.mem, head, n)?;
+            rx.completed += 1;
+            pos += take;
+        }
+        rx.held.clear();
+        rx.held_split = false;
+        self.stats.rx_frames += 1;
+        self.stats.rx_bytes += (need - h) as u64;
+        rx.ring.pop();
+        Ok(RxOutcome::Delivered)
     }
 
-    /// Delivers pending frames while the driver has buffers and pulls more
-    /// from the backend; stops when the backend is empty.
-    fn rx_pump(&mut self, served: &mut Served) -> Result<(), DeviceError> {
-        let qerr = |err| DeviceError::Queue { queue: 0, err };
-        let Some(mut q) = self.queues.first_mut().and_then(Option::take) else {
-            return Ok(());
+    /// Runs `f` with receive queue `pair`'s ring and state taken out of
+    /// the device (both put back after); `Ok(false)` when the pair has no
+    /// receive queue.
+    fn with_rx(
+        &mut self,
+        pair: u16,
+        f: impl FnOnce(&mut Self, &mut DeviceQueue, &mut RxState) -> Result<(), QueueError>,
+    ) -> Result<bool, DeviceError> {
+        let index = pair * 2;
+        let qerr = |err| DeviceError::Queue { queue: index, err };
+        let Some(mut q) = self
+            .queues
+            .get_mut(usize::from(index))
+            .and_then(Option::take)
+        else {
+            return Ok(false);
         };
-        let mut completed = 0;
-        let mut malformed = 0;
+        let Some(mut rx) = self
+            .bufs
+            .as_mut()
+            .and_then(|b| b.rx.get_mut(usize::from(pair)))
+            .and_then(Option::take)
+        else {
+            self.queues[usize::from(index)] = Some(q);
+            return Ok(false);
+        };
+        let r = f(self, &mut q, &mut rx);
+        self.queues[usize::from(index)] = Some(q);
+        if let Some(slot) = self
+            .bufs
+            .as_mut()
+            .and_then(|b| b.rx.get_mut(usize::from(pair)))
+        {
+            *slot = Some(rx);
+        }
+        r.map(|()| true).map_err(qerr)
+    }
+
+    /// Delivers what waits for receive queue `pair` while it has buffers.
+    fn rx_drain(&mut self, pair: u16) -> Result<(), DeviceError> {
+        self.with_rx(pair, |dev, q, rx| {
+            let mut malformed = 0;
+            let r = (|| {
+                q.disable_notification(&dev.mem)?;
+                while let RxOutcome::Delivered | RxOutcome::Dropped =
+                    dev.rx_deliver(q, rx, &mut malformed)?
+                {}
+                Ok(())
+            })();
+            dev.stats.rx_bad_chains += malformed;
+            r
+        })
+        .map(|_| ())
+    }
+
+    /// Delivers pending frames while the drivers have buffers and pulls
+    /// more from the backend (each straight to its queue); stops when the
+    /// backend is empty or the budget is spent. Then every receive queue
+    /// with frames still waiting asks for a kick, and each publishes what
+    /// it completed.
+    fn rx_pump(&mut self, served: &mut Served) -> Result<(), DeviceError> {
+        let pairs = self.max_pairs;
+        for p in 0..pairs {
+            self.rx_drain(p)?;
+        }
         let mut budget = RX_BUDGET;
-        let r = (|| {
-            q.disable_notification(&self.mem)?;
-            loop {
-                // Deliver what waits while there are buffers.
-                while let RxOutcome::Delivered | RxOutcome::Dropped =
-                    self.rx_deliver(&mut q, &mut completed, &mut malformed)?
-                {}
-                if budget == 0 || !self.link_now() || !self.rx_pull() {
-                    break;
+        while budget > 0 && self.link_now() {
+            match self.rx_pull() {
+                None => break,
+                Some(Some(p)) => self.rx_drain(p)?,
+                Some(None) => {}
+            }
+            budget -= 1;
+        }
+        for p in 0..pairs {
+            let mut completed = 0;
+            let mut was = Ok(());
+            self.with_rx(p, |dev, q, rx| {
+                let mut malformed = 0;
+                // Out of buffers: ask for a kick when buffers come; if
+                // they came meanwhile, deliver once more now.
+                if rx.ring.count > 0 && q.enable_notification(&dev.mem)? {
+                    while let RxOutcome::Delivered | RxOutcome::Dropped =
+                        dev.rx_deliver(q, rx, &mut malformed)?
+                    {}
                 }
-                budget -= 1;
-            }
-            // Out of buffers or frames: ask for a kick when buffers come.
-            if self.rx_pending() > 0 && q.enable_notification(&self.mem)? {
-                // Buffers arrived meanwhile: the caller comes back on the
-                // next kick or readiness; deliver once more now.
-                while let RxOutcome::Delivered | RxOutcome::Dropped =
-                    self.rx_deliver(&mut q, &mut completed, &mut malformed)?
-                {}
-            }
-            Ok(())
-        })();
-        self.stats.rx_bad_chains += malformed;
-        let f = self.finish_queue(&mut q, completed, served);
-        self.queues[0] = Some(q);
-        r.and(f).map_err(qerr)
+                dev.stats.rx_bad_chains += malformed;
+                completed = mem::take(&mut rx.completed);
+                was = dev.finish_queue(q, completed, served);
+                Ok(())
+            })?;
+            was.map_err(|err| DeviceError::Queue { queue: p * 2, err })?;
+        }
+        Ok(())
     }
 
     // ---- control (§5.1.6.5) ----
@@ -1069,6 +1181,13 @@ impl<B: NetBackend, M: GuestMemory> Net<B, M> {
                 let n = u16::from_le_bytes([data[0], data[1]]);
                 if (ctrl::MQ_VQ_PAIRS_MIN..=self.max_pairs).contains(&n) {
                     self.pairs = n;
+                    // §5.1.6.5.5: no more frames on receive queues beyond
+                    // `n` once the command is used: drop what waits there.
+                    if let Some(b) = self.bufs.as_mut() {
+                        for rx in b.rx.iter_mut().skip(usize::from(n)).flatten() {
+                            self.stats.rx_drop_ring_full += rx.ring.clear() as u64;
+                        }
+                    }
                     true
                 } else {
                     false
@@ -1169,6 +1288,11 @@ impl<B: NetBackend, M: GuestMemory> Net<B, M> {
         r.and(f).map_err(qerr)
     }
 
+    /// Whether `queue` is a receive queue (§5.1.2: receiveqN is 2(N-1)).
+    fn is_rx_queue(&self, queue: u16) -> bool {
+        queue.is_multiple_of(2) && queue < self.max_pairs * 2
+    }
+
     fn ctrl_index(&self) -> Option<u16> {
         self.negotiated(NetFeatures::CTRL_VQ)
             .then_some(self.max_pairs * 2)
@@ -1259,7 +1383,12 @@ impl<B: NetBackend, M: GuestMemory> VirtioDevice for Net<B, M> {
     fn activate(&mut self, features: u64, queues: Vec<QueueConfig>) -> Result<(), DeviceError> {
         // The register file refused FEATURES_OK for a set breaking
         // §5.1.3.1; drop such bits again for a transport that did not.
-        let features = driver_select(DeviceType::Net, self.offered, features);
+        // Except MQ without CTRL_VQ: a vhost-user frontend (QEMU) keeps the
+        // control queue and negotiates CTRL_VQ with the driver itself,
+        // forwarding MQ alone; the pairs it uses are the queues it gives.
+        let raw = features;
+        let features = driver_select(DeviceType::Net, self.offered, features)
+            | (raw & self.offered & bit(NetFeatures::MQ));
         self.features = features;
         let mq = features & bit(NetFeatures::MQ) != 0;
         self.max_pairs = if mq { self.cfg.queue_pairs } else { 1 };
@@ -1300,14 +1429,27 @@ impl<B: NetBackend, M: GuestMemory> VirtioDevice for Net<B, M> {
         };
         let rx_size = usize::from(self.cfg.queue_size);
         let slot = HDR_LEN + self.max_frame() + self.backend.vnet_hdr_len().max(HDR_LEN);
+        // Receive state only for the receive queues the driver configured.
+        let rx = (0..usize::from(self.max_pairs))
+            .map(|p| {
+                states
+                    .get(p * 2)
+                    .is_some_and(Option::is_some)
+                    .then(|| RxState {
+                        ring: FrameRing::new(usize::from(self.cfg.rx_pending), slot),
+                        held: Vec::with_capacity(rx_size),
+                        held_split: false,
+                        completed: 0,
+                    })
+            })
+            .collect();
         self.bufs = Some(Buffers {
             tx: alloc::vec![0; HDR_LEN + self.max_frame()],
-            ring: FrameRing::new(usize::from(self.cfg.rx_pending), slot),
+            rx,
             scratch: alloc::vec![0; slot],
             ctrl: alloc::vec![0; CTRL_MAX],
-            held: Vec::with_capacity(rx_size),
-            held_split: false,
         });
+        self.steering.clear();
         self.filter.reset();
         self.filter.uni.reserve(MAC_TABLE_ENTRIES);
         self.filter.multi.reserve(MAC_TABLE_ENTRIES);
@@ -1380,7 +1522,7 @@ impl<B: NetBackend, M: GuestMemory> VirtioDevice for Net<B, M> {
 
     /// The next available index, rewound past the chains the device holds:
     /// on a transmit queue the frame the backend refused with `Busy` (the
-    /// loop stops popping at it), on receiveq1 the buffers popped for the
+    /// loop stops popping at it), on a receive queue the buffers popped for the
     /// front frame (popped in order and completed together, nothing else
     /// popped meanwhile). The control queue holds nothing. Rare exception:
     /// a malformed receive chain completed after buffers were held while
@@ -1390,9 +1532,13 @@ impl<B: NetBackend, M: GuestMemory> VirtioDevice for Net<B, M> {
     /// the device until the driver resets it.
     fn queue_position(&self, queue: u16) -> Option<u16> {
         let q = self.queues.get(usize::from(queue))?.as_ref()?;
-        let held = if queue == 0 {
-            match &self.bufs {
-                Some(b) if !b.held_split => b.held.len(),
+        let held = if self.is_rx_queue(queue) {
+            match self
+                .bufs
+                .as_ref()
+                .and_then(|b| b.rx.get(usize::from(queue / 2)))
+            {
+                Some(Some(rx)) if !rx.held_split => rx.held.len(),
                 _ => 0,
             }
         } else {
@@ -1412,10 +1558,14 @@ impl<B: NetBackend, M: GuestMemory> VirtioDevice for Net<B, M> {
             .and_then(Option::as_mut)
             .ok_or(DeviceError::PositionUnsupported { queue })?;
         q.set_position(next_avail, next_avail);
-        if queue == 0 {
-            if let Some(b) = &mut self.bufs {
-                b.held.clear();
-                b.held_split = false;
+        if self.is_rx_queue(queue) {
+            if let Some(Some(rx)) = self
+                .bufs
+                .as_mut()
+                .and_then(|b| b.rx.get_mut(usize::from(queue / 2)))
+            {
+                rx.held.clear();
+                rx.held_split = false;
             }
         } else if self.tx_pending.is_some_and(|p| p.queue == queue) {
             self.tx_pending = None;
