@@ -462,6 +462,15 @@ impl Machine {
         }
     }
 
+    /// QEMU's name for the in-QEMU virtio device `base` (`virtio-net`) on
+    /// this machine's transport.
+    pub fn virtio(self, base: &str) -> String {
+        match self {
+            Machine::Microvm => format!("{base}-device"),
+            Machine::Q35 => format!("{base}-pci"),
+        }
+    }
+
     /// The short name.
     pub fn name(self) -> &'static str {
         match self {
