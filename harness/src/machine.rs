@@ -834,6 +834,17 @@ pub fn realize_devices_shared(
                         queue_size,
                     },
                     VhostUserType::Rng => VhostUserKind::Rng,
+                    VhostUserType::Generic {
+                        device_type,
+                        num_vqs,
+                        vq_size,
+                        config_size,
+                    } => VhostUserKind::Generic {
+                        device_type,
+                        num_vqs,
+                        vq_size,
+                        config_size,
+                    },
                 };
                 let by = format!("-device {},chardev={chardev}", dev.type_name());
                 let (device, what) = vhost_user(by, chardev, kind)?;

@@ -14,6 +14,7 @@ use std::fmt;
 use std::path::PathBuf;
 
 use crate::misbehave::Misbehave;
+use virtio_core::features::DeviceType;
 use virtio_devices::DEFAULT_QUEUE_SIZE;
 
 /// Why a command line was refused.
@@ -271,6 +272,11 @@ impl KeyVals {
 
 /// `misbehave=<mode>` of a `-device`: a mode of [`Misbehave`], or an
 /// error naming them all.
+/// The largest configuration space a `vhost-user-device` reads from its
+/// backend (vhost-user.rst: `VHOST_USER_GET_CONFIG` carries at most 256
+/// bytes).
+pub const VHOST_USER_MAX_CONFIG: usize = 256;
+
 /// The request queues a blk device served over vhost-user has unless
 /// `num-queues` says otherwise: 1024, QEMU's `VIRTIO_QUEUE_MAX`, since its
 /// `vhost-user-blk-pci` asks one per vCPU by default and refuses a backend
@@ -640,6 +646,20 @@ pub enum VhostUserType {
     },
     /// `vhost-user-rng`.
     Rng,
+    /// `vhost-user-device` (QEMU 8.2's name; `vhost-user-test-device`
+    /// later): any device type, its queues and configuration space as the
+    /// options say, everything else the backend's.
+    Generic {
+        /// The device type (`virtio-id=N`, §5).
+        device_type: DeviceType,
+        /// Queues (`num_vqs`, default 1).
+        num_vqs: u16,
+        /// Each queue's maximum size (`vq_size`, default 64).
+        vq_size: u16,
+        /// Bytes of configuration space read from the backend
+        /// (`config_size`, default 0).
+        config_size: u16,
+    },
 }
 
 /// A whole machine, parsed and cross-checked.
@@ -752,6 +772,10 @@ impl DeviceConfig {
                 ty: VhostUserType::Rng,
                 ..
             } => "vhost-user-rng",
+            DeviceConfig::VhostUser {
+                ty: VhostUserType::Generic { .. },
+                ..
+            } => "vhost-user-device",
             DeviceConfig::Port { console: true, .. } => "virtconsole",
             DeviceConfig::Port { console: false, .. } => "virtserialport",
         }
@@ -1329,6 +1353,45 @@ pub fn parse<S: AsRef<str>>(args: &[S]) -> Result<MachineConfig, OptionError> {
                         chardev: kv.require("chardev")?,
                         ioeventfd: kv.take_bool("ioeventfd", true)?,
                     },
+                    "vhost-user-device" | "vhost-user-test-device" => {
+                        let id = kv.require("virtio-id")?;
+                        let device_type = id
+                            .parse::<u32>()
+                            .ok()
+                            .and_then(DeviceType::from_id)
+                            .ok_or_else(|| kv.bad("virtio-id", &id, "a virtio device ID (§5)"))?;
+                        let num_vqs = kv.take_u32("num_vqs")?.unwrap_or(1);
+                        let num_vqs = u16::try_from(num_vqs)
+                            .ok()
+                            .filter(|n| (1..=1024).contains(n))
+                            .ok_or_else(|| kv.bad("num_vqs", &num_vqs.to_string(), "1 to 1024"))?;
+                        let vq_size = match kv.take_u32("vq_size")? {
+                            None => 64,
+                            Some(n) => u16::try_from(n)
+                                .ok()
+                                .filter(|n| n.is_power_of_two() && *n <= 32768)
+                                .ok_or_else(|| {
+                                    kv.bad("vq_size", &n.to_string(), "a power of two up to 32768")
+                                })?,
+                        };
+                        let config_size = kv.take_u32("config_size")?.unwrap_or(0);
+                        let config_size = u16::try_from(config_size)
+                            .ok()
+                            .filter(|n| usize::from(*n) <= VHOST_USER_MAX_CONFIG)
+                            .ok_or_else(|| {
+                                kv.bad("config_size", &config_size.to_string(), "0 to 256")
+                            })?;
+                        DeviceConfig::VhostUser {
+                            ty: VhostUserType::Generic {
+                                device_type,
+                                num_vqs,
+                                vq_size,
+                                config_size,
+                            },
+                            chardev: kv.require("chardev")?,
+                            ioeventfd: kv.take_bool("ioeventfd", true)?,
+                        }
+                    }
                     "virtio-serial-device" => DeviceConfig::Serial {
                         id: id.clone(),
                         max_ports: kv.take_u32("max_ports")?.unwrap_or(31),

@@ -90,6 +90,21 @@ pub enum VhostUserKind {
         /// Maximum size of each queue.
         queue_size: u16,
     },
+    /// `vhost-user-device` (QEMU 8.2; `vhost-user-test-device` later): any
+    /// device type a third-party backend provides. The queues and the size
+    /// of the configuration space are the options'; features, the
+    /// configuration space's contents and its writes are the backend's
+    /// (`CONFIG` is required when `config_size` is not 0).
+    Generic {
+        /// The device type (§5).
+        device_type: DeviceType,
+        /// Queues.
+        num_vqs: u16,
+        /// Maximum size of each queue.
+        vq_size: u16,
+        /// Bytes of configuration space.
+        config_size: u16,
+    },
 }
 
 impl VhostUserKind {
@@ -99,6 +114,7 @@ impl VhostUserKind {
             VhostUserKind::Blk { .. } => "vhost-user-blk",
             VhostUserKind::Rng => "vhost-user-rng",
             VhostUserKind::Net { .. } => "vhost-user-net",
+            VhostUserKind::Generic { .. } => "vhost-user-device",
         }
     }
 
@@ -107,6 +123,7 @@ impl VhostUserKind {
             VhostUserKind::Blk { .. } => DeviceType::Blk,
             VhostUserKind::Rng => DeviceType::Rng,
             VhostUserKind::Net { .. } => DeviceType::Net,
+            VhostUserKind::Generic { device_type, .. } => *device_type,
         }
     }
 
@@ -118,6 +135,9 @@ impl VhostUserKind {
             } => vec![*queue_size; usize::from(*num_queues)],
             VhostUserKind::Rng => vec![256],
             VhostUserKind::Net { queue_size, .. } => vec![*queue_size; 2],
+            VhostUserKind::Generic {
+                num_vqs, vq_size, ..
+            } => vec![*vq_size; usize::from(*num_vqs)],
         }
     }
 }
@@ -433,6 +453,16 @@ impl VhostUserDevice {
                 self.config = config;
             }
             VhostUserKind::Rng => {}
+            VhostUserKind::Generic { config_size, .. } => {
+                if config_size > 0 {
+                    if self.protocol & protocol::CONFIG == 0 {
+                        return Err(FrontendError::Missing(
+                            "VHOST_USER_PROTOCOL_F_CONFIG (config_size is not 0)",
+                        ));
+                    }
+                    self.config = self.get_config(usize::from(config_size))?;
+                }
+            }
             VhostUserKind::Net { mac, .. } => {
                 offered = (offered & !NET_REFUSED) | NET_OWN_FEATURES;
                 let mut c = mac.to_vec();
@@ -718,9 +748,14 @@ impl VirtioDevice for VhostUserDevice {
     }
 
     fn write_config(&mut self, offset: u64, data: &[u8]) {
-        // Only blk has a writable field (`writeback`, §5.2.4); it goes to
-        // the backend, which owns the configuration.
-        if !matches!(self.kind, VhostUserKind::Blk { .. }) || self.dead.is_some() {
+        // blk's writable field (`writeback`, §5.2.4) and any write to a
+        // generic device's configuration go to the backend, which owns the
+        // configuration.
+        let writable = matches!(
+            self.kind,
+            VhostUserKind::Blk { .. } | VhostUserKind::Generic { .. }
+        );
+        if !writable || self.dead.is_some() {
             return;
         }
         let Ok(off) = usize::try_from(offset) else {

@@ -364,6 +364,9 @@ pub struct DriverQueue<const N: usize> {
     /// Shadow of the available ring's `flags`.
     avail_flags: AvailFlags,
     broken: bool,
+    /// Used elements with a non-zero `len` for a chain without
+    /// device-writable bytes, taken as 0 (see [`DriverQueue::pop_used`]).
+    ignored_lens: u32,
 }
 
 impl<const N: usize> fmt::Debug for DriverQueue<N> {
@@ -415,6 +418,7 @@ impl<const N: usize> DriverQueue<N> {
             last_used: 0,
             avail_flags: AvailFlags::empty(),
             broken: false,
+            ignored_lens: 0,
         };
         q.reset_shadow();
         Ok(q)
@@ -679,6 +683,21 @@ impl<const N: usize> DriverQueue<N> {
                 return Err(self.fail(DriverError::UsedIdNotInFlight { id: head }));
             }
         }
+        // A chain without device-writable bytes carries nothing back, so
+        // its `len` means nothing: a device that reports one anyway (e.g.
+        // rust-vmm's vhost-device-console 0.1 on the console's control
+        // transmitq, where it echoes the readable length) breaks §2.7.8.2,
+        // but the driver has no data to misread (§2.7.8.1: it assumes
+        // nothing past `len` writable bytes, and there are none), so the
+        // element is taken with length 0 and counted, as Linux takes it. A
+        // length past a chain's writable bytes when there are some is an
+        // error: the driver could not tell what was written.
+        let len = if rec.writable == 0 && len != 0 {
+            self.ignored_lens = self.ignored_lens.saturating_add(1);
+            0
+        } else {
+            len
+        };
         if len > rec.writable {
             return Err(self.fail(DriverError::UsedLenTooLarge {
                 id: head,
@@ -694,6 +713,12 @@ impl<const N: usize> DriverQueue<N> {
             token: Token(head),
             len,
         }))
+    }
+
+    /// Used elements taken so far whose `len` was not 0 for a chain without
+    /// device-writable bytes (taken as 0; a device bug, §2.7.8.2).
+    pub fn ignored_used_lens(&self) -> u32 {
+        self.ignored_lens
     }
 
     /// Returns a chain's descriptors to the free list, walking the shadow
@@ -1722,24 +1747,29 @@ mod tests {
             })
         );
         assert_broken(&mut q, mem);
+    }
 
-        // A chain with no writable buffer: any length is too large.
+    /// A chain with no writable buffer carries nothing back: a length the
+    /// device reports anyway (a §2.7.8.2 violation seen in the wild) is
+    /// taken as 0 and counted, and the queue goes on (§2.7.8.1: nothing
+    /// past `len` writable bytes is assumed, and there are none).
+    #[test]
+    fn a_used_len_for_a_chain_without_writable_bytes_is_taken_as_0_2_7_8_1() {
         let gm = guest();
         let mem = &gm.mem;
         let mut q = queue::<8, _>(mem, 8, false, Some(4));
         let mut dev = Dev::new(q.layout());
         let t = q.add(mem, &[(g(DATA), 8), (g(DATA), 8)], &[]).unwrap();
         q.publish(mem).unwrap();
-        dev.complete(mem, t.head().into(), 1);
-        assert_eq!(
-            q.pop_used(mem),
-            Err(DriverError::UsedLenTooLarge {
-                id: t.head(),
-                len: 1,
-                writable: 0
-            })
-        );
-        assert_broken(&mut q, mem);
+        dev.complete(mem, t.head().into(), 16);
+        assert_eq!(q.pop_used(mem), Ok(Some(Used { token: t, len: 0 })));
+        assert_eq!(q.ignored_used_lens(), 1);
+        assert!(!q.is_broken());
+        let t = q.add(mem, &[(g(DATA), 8)], &[]).unwrap();
+        q.publish(mem).unwrap();
+        dev.complete(mem, t.head().into(), 0);
+        assert_eq!(q.pop_used(mem), Ok(Some(Used { token: t, len: 0 })));
+        assert_eq!(q.ignored_used_lens(), 1);
     }
 
     #[test]

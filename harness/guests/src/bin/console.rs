@@ -1,10 +1,12 @@
 //! Scenario `console`: drives the console (§5.3) of the first
 //! `virtio_mmio.device=` slot with DeviceID 3 through `guest-driver`.
 //!
-//! Options (see README.md): `console.test=write|echo|multiport`
+//! Options (see README.md): `console.test=write|echo|talk|multiport`
 //! (required), `console.mode=poll|irq` (default irq), `console.bytes=N`
 //! (default 65536 for write, 4096 otherwise), `console.name1=X`
-//! (multiport: port 1's name). The data written is the pattern stream P:
+//! (multiport: port 1's name), `console.multiport=on|off` (write and
+//! echo: negotiate MULTIPORT and use port 0 once the device added and
+//! opened it, as a device that needs MULTIPORT wants; default off). The data written is the pattern stream P:
 //! byte i is `\n` when i % 64 == 63, else ALPHA[(i / 64 + i % 64) % 62].
 //! Last line before the verdict:
 //! `console: <test>: <bytes> bytes, <interrupts> interrupts`.
@@ -51,6 +53,9 @@ fn pattern(start: u64, dst: &mut [u8]) {
 enum Test {
     Write,
     Echo,
+    /// Write, then echo: for a device that takes input only once the
+    /// driver wrote (rust-vmm's vhost-device-console).
+    Talk,
     Multiport,
 }
 
@@ -59,14 +64,19 @@ impl Test {
         match self {
             Test::Write => "write",
             Test::Echo => "echo",
+            Test::Talk => "talk",
             Test::Multiport => "multiport",
         }
     }
 }
 
 fn main(boot: &'static BootInfo) {
-    let opts = Options::new(boot, "console", &["mode", "test", "bytes", "name1"])
-        .or_fail(format_args!("console"));
+    let opts = Options::new(
+        boot,
+        "console",
+        &["mode", "test", "bytes", "name1", "multiport"],
+    )
+    .or_fail(format_args!("console"));
     let mode = opts.mode().or_fail(format_args!("console"));
     let test = opts
         .choice(
@@ -74,9 +84,10 @@ fn main(boot: &'static BootInfo) {
             &[
                 ("write", Test::Write),
                 ("echo", Test::Echo),
+                ("talk", Test::Talk),
                 ("multiport", Test::Multiport),
             ],
-            "write, echo or multiport",
+            "write, echo, talk or multiport",
         )
         .and_then(|t| t.ok_or(Options::missing("console.test")))
         .or_fail(format_args!("console"));
@@ -86,6 +97,10 @@ fn main(boot: &'static BootInfo) {
         .or_fail(format_args!("console"))
         .unwrap_or(default_bytes);
     let name1 = opts.text("name1").or_fail(format_args!("console"));
+    let port0_multiport = opts
+        .choice("multiport", &[("on", true), ("off", false)], "on or off")
+        .or_fail(format_args!("console"))
+        .unwrap_or(false);
 
     let dma = virtio::dma_pool(boot).or_fail(format_args!("console"));
     let dev = virtio::find_device(boot, &dma, DeviceType::Console).or_fail(format_args!("console"));
@@ -104,10 +119,10 @@ fn main(boot: &'static BootInfo) {
     let options = ConsoleOptions {
         completion: mode.completion(),
         event_idx: true,
-        multiport: test == Test::Multiport,
+        multiport: test == Test::Multiport || port0_multiport,
     };
     match test {
-        Test::Write | Test::Echo => {
+        Test::Write | Test::Echo | Test::Talk => {
             let mut con: Console<&Dma, _, 1> = Console::new(&dma, dev.regs, options)
                 .or_fail(format_args!("console: initialising"));
             println!(
@@ -115,9 +130,30 @@ fn main(boot: &'static BootInfo) {
                 con.features(),
                 con.transport().is_modern()
             );
-            if test == Test::Write {
+            if port0_multiport {
+                if !con.is_multiport() {
+                    exit::fail(format_args!(
+                        "console: the device does not offer VIRTIO_CONSOLE_F_MULTIPORT (§5.3.3)"
+                    ));
+                }
+                // §5.3.6.2: port 0 is used once the device added it and
+                // both sides opened it.
+                con.wait_for(
+                    |c| {
+                        c.port(0)
+                            .is_some_and(|i| i.added && i.host_open && i.guest_open)
+                    },
+                    &mut Budget::new(mode, OP_MS),
+                )
+                .or_fail(format_args!(
+                    "console: waiting for port 0 to be added and opened ({:?})",
+                    con.port(0)
+                ));
+            }
+            if test != Test::Echo {
                 write_pattern(&mut con, 0, bytes, mode, buf);
-            } else {
+            }
+            if test != Test::Write {
                 echo(&mut con, bytes, mode, buf);
             }
         }
