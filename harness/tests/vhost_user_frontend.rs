@@ -172,6 +172,9 @@ fn frontend_blk_pattern_against_qemu_storage_daemon() {
         .status()
         .is_err()
     {
+        if std::env::var("HARNESS_REQUIRE_QEMU").as_deref() == Ok("1") {
+            panic!("{test}: qemu-storage-daemon is not installed, and HARNESS_REQUIRE_QEMU=1");
+        }
         println!("SKIP: {test}: qemu-storage-daemon is not installed");
         return;
     }
