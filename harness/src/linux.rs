@@ -540,7 +540,15 @@ impl LinuxVm {
         a.push("-initrd".into());
         a.push(initrd.display().to_string());
         a.push("-append".into());
-        a.push("console=ttyS0 panic=-1 quiet".into());
+        let mut append = String::from("console=ttyS0 panic=-1 loglevel=6");
+        if let Some(khz) = host_tsc_khz() {
+            // Under TCG the guest's TSC is the host's. On a busy host the
+            // kernel's PIT calibration fails, and `microvm` has no HPET or
+            // ACPI PM timer to fall back on: boot then stops at "tsc: No
+            // reference (HPET/PMTIMER) available". Give it the frequency.
+            append.push_str(&format!(" tsc_early_khz={khz}"));
+        }
+        a.push(append);
         a.extend(self.args.iter().cloned());
         a
     }
@@ -551,6 +559,21 @@ impl LinuxVm {
         cmd.args(self.command_line(kernel, initrd));
         RunningQemu::spawn(cmd, self.timeout)
     }
+}
+
+/// The host's TSC frequency in kHz, as `/proc/cpuinfo` gives it (`cpu
+/// MHz`), if it does.
+pub fn host_tsc_khz() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/cpuinfo").ok()?;
+    let mhz: f64 = info
+        .lines()
+        .find(|l| l.starts_with("cpu MHz"))?
+        .split(':')
+        .nth(1)?
+        .trim()
+        .parse()
+        .ok()?;
+    (mhz > 1.0).then(|| (mhz * 1000.0) as u64)
 }
 
 /// One check's outcome as the guest printed it.

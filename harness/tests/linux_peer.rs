@@ -26,13 +26,15 @@ fn scratch(test: &str) -> Workdir {
     Workdir::new(test).unwrap_or_else(|e| panic!("{test}: scratch directory: {e}"))
 }
 
-/// `virtio-harness vhost-user` serving `options` on `socket`.
+/// `virtio-harness vhost-user` serving `options` on `socket`, every
+/// request in its log.
 fn daemon(socket: PathBuf, options: &[&str]) -> Daemon {
     Daemon::ours(
         Path::new(env!("CARGO_BIN_EXE_virtio-harness")),
         socket,
         options,
-        std::env::var_os("LINUX_PEER_VERBOSE").is_some(),
+        // Every request logged: a failing run shows where a session stood.
+        true,
     )
     .unwrap_or_else(|e| panic!("{e}"))
 }
