@@ -573,7 +573,7 @@ pub fn host_tsc_khz() -> Option<u64> {
         .trim()
         .parse()
         .ok()?;
-    (mhz > 1.0).then(|| (mhz * 1000.0) as u64)
+    (mhz > 1.0).then_some((mhz * 1000.0) as u64)
 }
 
 /// One check's outcome as the guest printed it.

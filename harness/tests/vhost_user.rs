@@ -806,6 +806,63 @@ fn every_order_real_frontends_send_runs_the_ring() {
             ],
         ),
         (
+            "Cloud Hypervisor: addresses before the base",
+            vec![
+                Owner,
+                Features { protocol: true },
+                ProtocolFeatures,
+                MemTable,
+                Num,
+                Addr,
+                Base,
+                Call,
+                Kick,
+                Enable(true),
+            ],
+        ),
+        (
+            "DPDK virtio-user: calls before SET_FEATURES",
+            vec![
+                Owner,
+                ProtocolFeatures,
+                Call,
+                Features { protocol: true },
+                MemTable,
+                Num,
+                Base,
+                Addr,
+                Kick,
+                Enable(true),
+            ],
+        ),
+        (
+            "a reconnecting frontend without SET_OWNER",
+            vec![
+                Features { protocol: true },
+                ProtocolFeatures,
+                MemTable,
+                Num,
+                Base,
+                Addr,
+                Call,
+                Kick,
+                Enable(true),
+            ],
+        ),
+        (
+            "DPDK: SET_VRING_ENABLE without protocol features",
+            vec![
+                Owner,
+                Features { protocol: false },
+                MemTable,
+                Num,
+                Addr,
+                Call,
+                Enable(true),
+                Kick,
+            ],
+        ),
+        (
             "no protocol features: the kick enables",
             vec![
                 Owner,
@@ -846,6 +903,23 @@ fn every_order_real_frontends_send_runs_the_ring() {
         Kick,
     ];
     assert!(!run_order(&path, &disabled), "ran after SET_VRING_ENABLE 0");
+    // GET_VRING_BASE and SET_VRING_ENABLE 0 for a ring never started (a
+    // DPDK frontend reconnecting with its old state): answered.
+    let r = Raw::connect(&path);
+    r.send(
+        &Message::SetVringEnable(VringState { index: 0, num: 0 }),
+        false,
+        &[],
+    );
+    r.send(
+        &Message::GetVringBase(VringState { index: 0, num: 0 }),
+        false,
+        &[],
+    );
+    let (req, p) = r.reply().expect("GET_VRING_BASE reply");
+    assert_eq!(req, Request::GetVringBase.code());
+    assert_eq!(p.len(), 8);
+    drop(r);
     still_serves(&path);
 }
 
