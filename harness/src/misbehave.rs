@@ -163,10 +163,10 @@ pub struct Lie {
     pub told: (u32, u32),
 }
 
-/// Bytes of the chain with head `head`, all buffers together, following
-/// `NEXT` at most `size` times; `None` if it has an indirect table (whose
-/// own length says nothing of its buffers) or leaves the table.
-fn chain_bytes<M: GuestMemory + ?Sized>(
+/// Device-writable bytes of the chain with head `head`, following `NEXT`
+/// at most `size` times; `None` if it has an indirect table (whose own
+/// length says nothing of its buffers) or leaves the table.
+fn chain_writable<M: GuestMemory + ?Sized>(
     mem: &M,
     layout: &QueueLayout,
     head: u16,
@@ -181,7 +181,9 @@ fn chain_bytes<M: GuestMemory + ?Sized>(
         if d.flags().contains(DescFlags::INDIRECT) {
             return Ok(None);
         }
-        total += u64::from(d.len());
+        if d.flags().contains(DescFlags::WRITE) {
+            total += u64::from(d.len());
+        }
         if !d.flags().contains(DescFlags::NEXT) {
             return Ok(Some(total));
         }
@@ -217,7 +219,29 @@ pub fn tamper<M: GuestMemory + ?Sized>(
     if new == 0 {
         return Ok(None);
     }
-    let at = watch.used_seen;
+    let mut at = watch.used_seen;
+    if mode == Misbehave::UsedLenTooLarge {
+        // The lie is about a chain the device could write: a length for a
+        // chain without device-writable bytes carries nothing the driver
+        // could misread, and drivers take it as 0 (see `virtio-core`'s
+        // `DriverQueue::pop_used`).
+        let mut found = None;
+        for i in 0..new {
+            let e: UsedElem = mem.read_obj(layout.used_slot(at.wrapping_add(i)))?;
+            let head = u16::try_from(e.id()).unwrap_or(u16::MAX);
+            if chain_writable(mem, layout, head)?.is_some_and(|w| w > 0) {
+                found = Some(at.wrapping_add(i));
+                break;
+            }
+        }
+        match found {
+            Some(i) => at = i,
+            None => {
+                advance(mem, layout, watch, used, new)?;
+                return Ok(None);
+            }
+        }
+    }
     let first: UsedElem = mem.read_obj(layout.used_slot(at))?;
     let real = (first.id(), first.len());
     let lie = if mode.is_ring_lie() {
@@ -234,7 +258,7 @@ pub fn tamper<M: GuestMemory + ?Sized>(
                 .map(|id| (u32::from(id), real.1)),
             Misbehave::UsedLenTooLarge => {
                 let head = u16::try_from(real.0).unwrap_or(u16::MAX);
-                let len = match chain_bytes(mem, layout, head)? {
+                let len = match chain_writable(mem, layout, head)? {
                     Some(n) => u32::try_from(n + 1).unwrap_or(u32::MAX),
                     None => u32::MAX,
                 };
@@ -262,6 +286,18 @@ pub fn tamper<M: GuestMemory + ?Sized>(
     } else {
         None
     };
+    advance(mem, layout, watch, used, new)?;
+    Ok(lie)
+}
+
+/// Marks the `new` used elements before `used` as seen.
+fn advance<M: GuestMemory + ?Sized>(
+    mem: &M,
+    layout: &QueueLayout,
+    watch: &mut RingWatch,
+    used: u16,
+    new: u16,
+) -> Result<(), MemoryError> {
     for i in 0..new {
         let e: UsedElem = mem.read_obj(layout.used_slot(watch.used_seen.wrapping_add(i)))?;
         let id = usize::try_from(e.id()).unwrap_or(usize::MAX);
@@ -270,7 +306,7 @@ pub fn tamper<M: GuestMemory + ?Sized>(
         }
     }
     watch.used_seen = used;
-    Ok(lie)
+    Ok(())
 }
 
 /// A device that tells one used-ring lie (see the module docs) and carries
@@ -571,6 +607,32 @@ mod tests {
         assert_eq!(used(&r, 0), (2, 151));
         let (r, _) = lie(Misbehave::UsedLenTooLarge, &[1]);
         assert_eq!(used(&r, 0), (1, 101));
+    }
+
+    /// A length is only a lie where the chain has device-writable bytes:
+    /// an element for a chain without them is left alone (drivers take its
+    /// length as 0) and the next one with them is lied about.
+    #[test]
+    fn used_len_too_large_skips_chains_without_writable_bytes() {
+        let r = ram();
+        let mut w = RingWatch::new(&r.layout);
+        serve(&r, &[1], 10);
+        let readable = Descriptor::new(GuestAddress(0x3000), 100, DescFlags::empty(), 0);
+        r.mem.write_obj(r.layout.desc(1), &readable).unwrap();
+        let lie = tamper(Misbehave::UsedLenTooLarge, &r.mem, &r.layout, &mut w).unwrap();
+        assert_eq!(lie, None);
+        assert_eq!(used(&r, 0), (1, 10));
+        // Head 0 (100 writable bytes) used next: lied about.
+        let writable = Descriptor::new(GuestAddress(0x3000), 100, DescFlags::WRITE, 0);
+        r.mem.write_obj(r.layout.desc(0), &writable).unwrap();
+        r.mem.write_obj(r.layout.avail_slot(1), &0u16).unwrap();
+        r.mem.store_u16_release(r.layout.avail_idx(), 2).unwrap();
+        r.mem
+            .write_obj(r.layout.used_slot(1), &UsedElem::new(0, 10))
+            .unwrap();
+        r.mem.store_u16_release(r.layout.used_idx(), 2).unwrap();
+        let lie = tamper(Misbehave::UsedLenTooLarge, &r.mem, &r.layout, &mut w).unwrap();
+        assert_eq!(lie.map(|l| (l.at, l.told)), Some((1, (0, 101))));
     }
 
     #[test]

@@ -689,11 +689,16 @@ impl Worker {
         }
         for (i, fd) in wired.backend_fds.iter().enumerate() {
             let events = EventSet::IN | EventSet::OUT | EventSet::EDGE_TRIGGERED;
-            epoll.ctl(
+            match epoll.ctl(
                 ControlOperation::Add,
                 *fd,
                 EpollEvent::new(events, TOKEN_BACKEND + i as u64),
-            )?;
+            ) {
+                // A regular file (a `file` chardev's `input-path`) cannot
+                // be polled and is always ready: the backend tick serves it.
+                Err(e) if e.raw_os_error() == Some(libc::EPERM) => {}
+                r => r?,
+            }
         }
         Ok(Worker { wired, epoll })
     }

@@ -82,15 +82,27 @@ fn options(device: &str, mode: Misbehave, disk: &std::path::Path) -> String {
         "rng" => {
             format!("-object rng-builtin,id=r0 -device virtio-rng-device,rng=r0,misbehave={mode}")
         }
+        // Input for the guest to read: used elements of chains the device
+        // wrote (a length is only a lie where there are writable bytes).
         "console" => format!(
-            "-chardev null,id=c0 -device virtio-serial-device,misbehave={mode} \
-             -device virtconsole,chardev=c0"
+            "-chardev file,id=c0,path={},input-path={} \
+             -device virtio-serial-device,misbehave={mode} -device virtconsole,chardev=c0",
+            disk.with_file_name("console.out").display(),
+            disk.with_file_name("console.in").display()
         ),
         "blk" => format!(
             "-drive if=none,id=d0,file={},format=raw \
              -device virtio-blk-device,drive=d0,misbehave={mode}",
             disk.display()
         ),
+        // A length is only a lie on a chain the device wrote: a loopback
+        // brings the frames back for the guest to receive. The other lies
+        // go on the transmit queue, which a receive queue kept busy would
+        // overwrite (the device publishes over an element it did not
+        // write): a hub port with no peer.
+        _ if mode == Misbehave::UsedLenTooLarge => {
+            format!("-netdev loopback,id=n0 -device virtio-net-device,netdev=n0,misbehave={mode}")
+        }
         _ => format!(
             "-netdev hubport,id=n0,hubid=0 -device virtio-net-device,netdev=n0,misbehave={mode}"
         ),
@@ -113,7 +125,14 @@ fn run_mode(
         "-kernel".into(),
         guest.into(),
         "-append".into(),
-        format!("misbehave.device={device} misbehave.mode={mode}"),
+        format!(
+            "misbehave.device={device} misbehave.mode={mode} misbehave.rx={}",
+            if device == "net" && mode == Misbehave::UsedLenTooLarge {
+                "on"
+            } else {
+                "off"
+            }
+        ),
     ]);
     let outcome = crate::options::parse(&args)
         .map_err(|e| format!("options: {e}"))
@@ -158,6 +177,10 @@ fn setup(device: &'static str, dir: &Workdir) -> Result<Setup, String> {
         let f = std::fs::File::create(&disk).map_err(|e| format!("{}: {e}", disk.display()))?;
         f.set_len(DISK_BYTES)
             .map_err(|e| format!("{}: {e}", disk.display()))?;
+    }
+    if device == "console" {
+        let input = disk.with_file_name("console.in");
+        std::fs::write(&input, [b'x'; 4096]).map_err(|e| format!("{}: {e}", input.display()))?;
     }
     let disk: PathBuf = disk;
     Ok(Setup::custom(move |ctx: CustomCtx<'_>| {

@@ -561,13 +561,16 @@ impl<D: VirtioDevice> Backend<D> {
             .map_err(|e| format!("epoll: {e}"))?;
         for (i, fd) in self.ready_fds.iter().enumerate() {
             let events = EventSet::IN | EventSet::OUT | EventSet::EDGE_TRIGGERED;
-            epoll
-                .ctl(
-                    ControlOperation::Add,
-                    *fd,
-                    EpollEvent::new(events, TOKEN_BACKEND + i as u64),
-                )
-                .map_err(|e| format!("epoll on a backend fd: {e}"))?;
+            match epoll.ctl(
+                ControlOperation::Add,
+                *fd,
+                EpollEvent::new(events, TOKEN_BACKEND + i as u64),
+            ) {
+                // A regular file (a `file` chardev's `input-path`) cannot
+                // be polled and is always ready: the backend tick serves it.
+                Err(e) if e.raw_os_error() == Some(libc::EPERM) => {}
+                r => r.map_err(|e| format!("epoll on a backend fd: {e}"))?,
+            }
         }
         let mut events = vec![EpollEvent::default(); 4 + self.vrings.len() + self.ready_fds.len()];
         loop {

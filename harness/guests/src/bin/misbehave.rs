@@ -4,13 +4,17 @@
 //! and reports what the driver said.
 //!
 //! Three phases, each bounded: initialise the driver; [`ROUNDS`] operations
-//! (rng: 64-byte reads; console: 64-byte writes; blk: write a sector and
-//! read it back; net: one frame out with at most [`TX_SLOTS`] in flight, then
-//! every slot back); drop the driver and initialise it again (its first
+//! (rng: 64-byte reads; console: 64-byte writes, then in the first pass a
+//! read of the host's input; blk: write a sector and read it back; net:
+//! one frame out with at most [`TX_SLOTS`] in flight, then every slot
+//! back, then with `misbehave.rx=on` in the first pass every frame
+//! received: the host loops them back); drop the driver and initialise it
+//! again (its first
 //! step is a reset, §2.4) and do one more operation. The first error ends
 //! the run. Options (see README.md): `misbehave.device=` (required),
 //! `misbehave.mode=<mode>` (only echoed; the guest does not know what the
-//! device does). Last line before the verdict:
+//! device does), `misbehave.rx=on|off` (net: receive the frames back;
+//! default off). Last line before the verdict:
 //! `misbehave: <device> <mode>: error: <text>`, `… timeout: <text>` or
 //! `… completed`; it passes in all three cases and fails only when the
 //! driver accepted a wrong result (data read back that was not written, a
@@ -58,6 +62,8 @@ enum Stop {
 struct Run {
     dev: Dev,
     mode: &'static str,
+    /// `misbehave.rx=on`: the host loops net frames back; receive them.
+    rx: bool,
 }
 
 impl Run {
@@ -171,6 +177,14 @@ fn console(run: &Run, boot: &BootInfo, dma: &Pool, pass: u32) -> Result<(), Stop
             run.idle();
             run.driver("write", con.write(&line, &mut run.budget()))?;
         }
+        if pass == 0 {
+            // The host's input: a chain the device wrote.
+            let mut buf = [0u8; 64];
+            let n = run.driver("read", con.read(&mut buf, &mut run.budget()))?;
+            if n == 0 || n > buf.len() {
+                run.wrong(format_args!("a read of {} bytes returned {n}", buf.len()));
+            }
+        }
     }
     Ok(())
 }
@@ -245,13 +259,27 @@ fn net(run: &Run, boot: &BootInfo, dma: &Pool, pass: u32) -> Result<(), Stop> {
                 return Err(run.stop("transmit completion", &e, true));
             }
         }
+        if pass == 0 && run.rx {
+            // The frames come back (a loopback): every one received, chains
+            // the device wrote.
+            let mut got = 0;
+            while got < rounds {
+                run.net("wait for a frame", net.wait_rx(&mut run.budget()))?;
+                while let Some(n) = run.net("receive", net.receive())?.map(|f| f.bytes().len()) {
+                    if n > frame.len() {
+                        run.wrong(format_args!("a {n}-byte frame for a 64-byte one"));
+                    }
+                    got += 1;
+                }
+            }
+        }
     }
     Ok(())
 }
 
 fn main(boot: &'static BootInfo) {
-    let opts =
-        Options::new(boot, "misbehave", &["device", "mode"]).or_fail(format_args!("misbehave"));
+    let opts = Options::new(boot, "misbehave", &["device", "mode", "rx"])
+        .or_fail(format_args!("misbehave"));
     let dev = opts
         .choice("device", &DeviceKind::CHOICES, "rng, console, blk or net")
         .or_fail(format_args!("misbehave"))
@@ -265,7 +293,11 @@ fn main(boot: &'static BootInfo) {
         .text("mode")
         .or_fail(format_args!("misbehave"))
         .unwrap_or("none");
-    let run = Run { dev, mode };
+    let rx = opts
+        .choice("rx", &[("on", true), ("off", false)], "on or off")
+        .or_fail(format_args!("misbehave"))
+        .unwrap_or(false);
+    let run = Run { dev, mode, rx };
     let dma: Pool =
         virtio::dma_pool_of::<POOL_PAGES>(boot).or_fail(format_args!("misbehave: DMA pool"));
     // Only the slot is kept: each pass finds the registers again.
