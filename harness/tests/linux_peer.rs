@@ -14,10 +14,13 @@
 //! failure.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use harness::linux::{self, Kit, LinuxRun, LinuxVm, Machine};
 use harness::scenarios::Workdir;
-use harness::vhost_user::Daemon;
+use harness::vhost_user::{
+    DEVICE_COUNTERS, Daemon, RING_COUNTERS, logged_device_counter, logged_ring_used,
+};
 
 /// The modules every boot loads (both transports' drivers).
 const TRANSPORTS: [&str; 2] = ["virtio_mmio", "virtio_pci"];
@@ -250,35 +253,6 @@ fn feature_bit(run: &LinuxRun, bit: usize) -> bool {
         .is_some_and(|c| c == b'1')
 }
 
-/// A counter from the daemon's `device counters:` line, 0 if absent.
-fn device_counter(log: &str, name: &str) -> u64 {
-    log.lines()
-        .rfind(|l| l.contains("device counters:"))
-        .and_then(|l| {
-            l.split_whitespace()
-                .find_map(|w| w.strip_prefix(&format!("{name}=")))
-                .and_then(|v| v.parse().ok())
-        })
-        .unwrap_or(0)
-}
-
-/// Used elements per ring from the daemon's last `session ring counters:`
-/// line.
-fn ring_used(log: &str) -> std::collections::BTreeMap<usize, u64> {
-    let mut out = std::collections::BTreeMap::new();
-    if let Some(l) = log.lines().rfind(|l| l.contains("session ring counters:")) {
-        for part in l.split("ring ").skip(1) {
-            let mut w = part.split(|c: char| c == ':' || c.is_whitespace());
-            let ring = w.next().and_then(|r| r.parse().ok());
-            let used = part.split_whitespace().nth(1).and_then(|u| u.parse().ok());
-            if let (Some(r), Some(u)) = (ring, used) {
-                out.insert(r, u);
-            }
-        }
-    }
-    out
-}
-
 /// One blk boot: our backend on a fresh image (`drive_opts` on our
 /// `-drive`, e.g. `,discard=unmap`), QEMU's `vhost-user-blk` with `props`,
 /// the plan; checks the image and the backend's counters.
@@ -317,17 +291,10 @@ fn blk_boot(
     check_disk(&image, &run, unmapped);
     d.check_alive().unwrap_or_else(|e| panic!("{e}"));
     // The backend logs its counters when QEMU hangs up.
-    let mut log = String::new();
-    for _ in 0..100 {
-        log = d.output();
-        if log.contains("device counters:") {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    let log = d.output_when(DEVICE_COUNTERS, Duration::from_secs(5));
     for counter in ["flushes", "discards", "write_zeroes", "writes", "reads"] {
         assert!(
-            device_counter(&log, counter) > 0,
+            logged_device_counter(&log, counter) > 0,
             "{test} on {}: the backend saw no {counter}\n{log}\n{}",
             machine.name(),
             run.run.describe()
@@ -418,7 +385,7 @@ check blk-readers sh -c 'for c in 0 1 2 3; do taskset -c $c vtio reads /dev/vda 
             "{}",
             run.run.describe()
         );
-        let used = ring_used(&log);
+        let used = logged_ring_used(&log);
         for q in 0..4 {
             assert!(
                 used.get(&q).copied().unwrap_or(0) > 0,
@@ -650,15 +617,8 @@ fn linux_spreads_two_flows_over_two_queue_pairs() {
         let results = s.server.results();
         assert_eq!(results.len(), 4, "{results:?}");
         assert!(results.iter().all(Result::is_ok), "{results:?}");
-        let mut log = String::new();
-        for _ in 0..100 {
-            log = s.daemon.output();
-            if log.contains("session ring counters:") {
-                break;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        }
-        let used = ring_used(&log);
+        let log = s.daemon.output_when(RING_COUNTERS, Duration::from_secs(5));
+        let used = logged_ring_used(&log);
         for ring in 0..4 {
             assert!(
                 used.get(&ring).copied().unwrap_or(0) > 0,

@@ -27,25 +27,14 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use harness::machine::Machine;
-use harness::scenarios::Workdir;
-use harness::vhost_user::Daemon;
+use harness::vhost_user::{DEVICE_COUNTERS, Daemon, logged_device_counter};
 use harness::vm::{Outcome, kvm_or_skip};
 
-/// Longest a guest may run before it is stopped.
-const TIMEOUT: Duration = Duration::from_secs(120);
+mod common;
+use common::{TIMEOUT, net_guest, options, run, scratch};
 
 const RNG: &str = env!("GUEST_RNG");
 const CONSOLE: &str = env!("GUEST_CONSOLE");
-
-/// The `net` guest's ELF.
-fn net_guest() -> &'static str {
-    option_env!("GUEST_NET").unwrap_or(concat!(env!("GUEST_DIR"), "/net"))
-}
-
-fn scratch(test: &str) -> Workdir {
-    Workdir::new(test).unwrap_or_else(|e| panic!("{test}: scratch directory: {e}"))
-}
 
 /// `program`'s path (`PATH`, then cargo's bin directory), or why not.
 fn find(program: &str) -> Result<PathBuf, String> {
@@ -82,45 +71,10 @@ fn ready(test: &str, program: &str) -> Option<PathBuf> {
     }
 }
 
-/// Our options for a 64 MiB guest on a shared memfd, a unix-socket
-/// chardev `vu` on `socket`, then `device`.
-fn options(kernel: &str, append: &str, socket: &Path, device: &[&str]) -> Vec<String> {
-    let mut a: Vec<String> = [
-        "-m",
-        "64M",
-        "-object",
-        "memory-backend-memfd,id=mem,size=64M,share=on",
-        "-machine",
-        "microvm,memory-backend=mem",
-        "-kernel",
-        kernel,
-        "-append",
-        append,
-        "-chardev",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    a.push(format!("socket,id=vu,path={}", socket.display()));
-    a.extend(device.iter().map(|s| s.to_string()));
-    a
-}
-
-fn run(args: &[String]) -> Outcome {
-    let config = harness::options::parse(args).expect("options");
-    Machine::new(&config)
-        .unwrap_or_else(|e| panic!("machine: {e}"))
-        .run(TIMEOUT)
-        .expect("run")
-}
-
 fn describe(o: &Outcome, daemon: &Daemon) -> String {
-    let devices: Vec<String> = o.devices.iter().map(|d| d.to_string()).collect();
     format!(
-        "verdict: {:?}\nserial:\n{}\ndevices:\n{}\n--- {} log ---\n{}",
-        o.verdict,
-        o.serial,
-        devices.join("\n"),
+        "{}\n--- {} log ---\n{}",
+        common::describe(o),
         daemon.name(),
         daemon.output()
     )
@@ -430,29 +384,13 @@ fn dpdk_virtio_user_against_our_net_backend() {
         };
         let out = std::fs::read_to_string(&log_path).unwrap_or_default();
         // The backend logs its counters when the frontend hangs up.
-        let mut ours = String::new();
-        for _ in 0..100 {
-            ours = daemon.output();
-            if ours.contains("device counters:") {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        let ours = daemon.output_when(DEVICE_COUNTERS, Duration::from_secs(5));
         let ctx = format!("packed_vq={packed}\n--- testpmd ---\n{out}\n--- ours ---\n{ours}");
         assert!(status.is_some_and(|s| s.success()), "testpmd failed\n{ctx}");
         let tx = testpmd_counts(&out, "TX-packets:");
         let rx = testpmd_counts(&out, "RX-packets:");
         assert!(tx.len() >= 2 && rx.len() >= 2, "no statistics\n{ctx}");
-        let counter = |name: &str| {
-            ours.lines()
-                .rfind(|l| l.contains("device counters:"))
-                .and_then(|l| {
-                    l.split_whitespace()
-                        .find_map(|w| w.strip_prefix(&format!("{name}=")))
-                        .and_then(|v| v.parse::<u64>().ok())
-                })
-                .unwrap_or(0)
-        };
+        let counter = |name: &str| logged_device_counter(&ours, name);
         assert!(tx[0] > 0, "testpmd sent nothing\n{ctx}");
         assert_eq!(tx[0], counter("tx_frames"), "frames sent\n{ctx}");
         assert_eq!(rx[0], 0, "txonly received\n{ctx}");

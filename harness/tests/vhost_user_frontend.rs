@@ -20,20 +20,11 @@ use harness::scenarios::Workdir;
 use harness::vhost_user::Daemon;
 use harness::vm::{Outcome, kvm_or_skip};
 
-/// Longest a guest may run before it is stopped.
-const TIMEOUT: Duration = Duration::from_secs(120);
+mod common;
+use common::{describe, machine, net_guest, options, run, scratch};
 
 const RNG: &str = env!("GUEST_RNG");
 const BLK: &str = env!("GUEST_BLK");
-
-/// The `net` guest's ELF.
-fn net_guest() -> &'static str {
-    option_env!("GUEST_NET").unwrap_or(concat!(env!("GUEST_DIR"), "/net"))
-}
-
-fn scratch(test: &str) -> Workdir {
-    Workdir::new(test).unwrap_or_else(|e| panic!("{test}: scratch directory: {e}"))
-}
 
 /// `virtio-harness vhost-user` serving `options` on `socket`; killed on
 /// drop.
@@ -45,49 +36,6 @@ fn ours(socket: PathBuf, options: &[&str]) -> Daemon {
         false,
     )
     .unwrap_or_else(|e| panic!("{e}"))
-}
-
-/// Our options for a 64 MiB guest on a shared memfd, a unix-socket
-/// chardev `vu` on `socket`, then `device`.
-fn options(kernel: &str, append: &str, socket: &Path, device: &[&str]) -> Vec<String> {
-    let mut a: Vec<String> = [
-        "-m",
-        "64M",
-        "-object",
-        "memory-backend-memfd,id=mem,size=64M,share=on",
-        "-machine",
-        "microvm,memory-backend=mem",
-        "-kernel",
-        kernel,
-        "-append",
-        append,
-        "-chardev",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    a.push(format!("socket,id=vu,path={}", socket.display()));
-    a.extend(device.iter().map(|s| s.to_string()));
-    a
-}
-
-fn machine(args: &[String]) -> Machine {
-    let config = harness::options::parse(args).expect("options");
-    Machine::new(&config).unwrap_or_else(|e| panic!("machine: {e}"))
-}
-
-fn run(args: &[String]) -> Outcome {
-    machine(args).run(TIMEOUT).expect("run")
-}
-
-fn describe(o: &Outcome) -> String {
-    let devices: Vec<String> = o.devices.iter().map(|d| d.to_string()).collect();
-    format!(
-        "verdict: {:?}\nserial:\n{}\ndevices:\n{}",
-        o.verdict,
-        o.serial,
-        devices.join("\n")
-    )
 }
 
 fn assert_pass(o: &Outcome, line: &str) {

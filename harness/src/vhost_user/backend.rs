@@ -1199,7 +1199,8 @@ impl<D: VirtioDevice> Backend<D> {
         }
     }
 
-    /// Logs this session's ring counters and the device's counters.
+    /// Logs this session's ring counters and the device's counters (lines
+    /// [`logged_ring_used`] and [`logged_device_counter`] read back).
     fn log_session_counters(&mut self) {
         let rings: Vec<String> = self
             .vrings
@@ -1214,7 +1215,7 @@ impl<D: VirtioDevice> Backend<D> {
             })
             .collect();
         if !rings.is_empty() {
-            eprintln!("vhost-user: session ring counters: {}", rings.join("; "));
+            eprintln!("vhost-user: {RING_COUNTERS} {}", rings.join("; "));
         }
         let counters: Vec<String> = self
             .device
@@ -1224,7 +1225,7 @@ impl<D: VirtioDevice> Backend<D> {
             .map(|(k, n)| format!("{k}={n}"))
             .collect();
         if !counters.is_empty() {
-            eprintln!("vhost-user: device counters: {}", counters.join(" "));
+            eprintln!("vhost-user: {DEVICE_COUNTERS} {}", counters.join(" "));
         }
     }
 
@@ -1269,4 +1270,39 @@ impl<D: VirtioDevice> Backend<D> {
             self.device.reset();
         }
     }
+}
+
+/// The marker of the session's ring counters line in the backend's log.
+pub const RING_COUNTERS: &str = "session ring counters:";
+/// The marker of the device's counters line in the backend's log.
+pub const DEVICE_COUNTERS: &str = "device counters:";
+
+/// Counter `name` from the last device-counters line of a backend's log
+/// (`name=N`; a counter at 0 is not printed, so absent reads as 0).
+pub fn logged_device_counter(log: &str, name: &str) -> u64 {
+    log.lines()
+        .rfind(|l| l.contains(DEVICE_COUNTERS))
+        .and_then(|l| {
+            l.split_whitespace()
+                .find_map(|w| w.strip_prefix(name)?.strip_prefix('='))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// Used elements per ring from the last ring-counters line of a backend's
+/// log (`ring I: N used, K kicks; …`).
+pub fn logged_ring_used(log: &str) -> std::collections::BTreeMap<usize, u64> {
+    let mut out = std::collections::BTreeMap::new();
+    if let Some(l) = log.lines().rfind(|l| l.contains(RING_COUNTERS)) {
+        for part in l.split("ring ").skip(1) {
+            let mut w = part.split_whitespace();
+            let ring = w.next().and_then(|r| r.trim_end_matches(':').parse().ok());
+            let used = w.next().and_then(|u| u.parse().ok());
+            if let (Some(r), Some(u)) = (ring, used) {
+                out.insert(r, u);
+            }
+        }
+    }
+    out
 }

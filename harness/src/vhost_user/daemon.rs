@@ -103,6 +103,20 @@ impl Daemon {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// Its output once it contains `needle` (a line it prints later, e.g.
+    /// our backend's counters when a frontend hangs up), waiting at most
+    /// `within`; what it printed by then otherwise.
+    pub fn output_when(&self, needle: &str, within: Duration) -> String {
+        let deadline = Instant::now() + within;
+        loop {
+            let out = self.output();
+            if out.contains(needle) || Instant::now() >= deadline {
+                return out;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Whether it is still running.
     pub fn alive(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))

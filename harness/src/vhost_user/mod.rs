@@ -27,7 +27,10 @@ pub mod device;
 pub mod frontend;
 pub mod memory;
 
-pub use backend::{Backend, BackendError, BackendStats, RingStats, SessionEnd};
+pub use backend::{
+    Backend, BackendError, BackendStats, DEVICE_COUNTERS, RING_COUNTERS, RingStats, SessionEnd,
+    logged_device_counter, logged_ring_used,
+};
 pub use daemon::Daemon;
 pub use device::{BuildError, ServedDevice, build};
 pub use frontend::{FrontendError, SharedRam, VhostUserDevice, VhostUserKind};
