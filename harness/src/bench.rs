@@ -28,8 +28,8 @@ use std::fmt::Write as _;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use crate::daemon::Daemon;
 use crate::qemu::{self, Qemu};
-use crate::vhost_user::Daemon;
 
 /// The median of `v` (which must not be empty).
 fn median(mut v: Vec<Duration>) -> Duration {
@@ -44,7 +44,7 @@ fn ms(d: Duration) -> String {
 /// Runs every measurement `rounds` times and returns the table (markdown).
 pub fn run(rounds: usize) -> Result<String, String> {
     let empty = option_env!("GUEST_EMPTY").ok_or("the empty guest was not built")?;
-    if let Some(why) = crate::vm::kvm_unavailable() {
+    if let Some(why) = monitor::vm::kvm_unavailable() {
         return Err(format!("KVM is unavailable: {why}"));
     }
     let mut t = String::new();
@@ -111,7 +111,7 @@ pub fn run(rounds: usize) -> Result<String, String> {
     for _ in 0..rounds {
         let memory = backends::hostmem::HostMemory::ram(64 << 20, false, false)
             .map_err(|e| e.to_string())?;
-        let out = crate::vm::boot(memory, &elf, "", 0, Duration::from_secs(10))
+        let out = monitor::vm::boot(memory, &elf, "", 0, Duration::from_secs(10))
             .map_err(|e| e.to_string())?;
         setup.push(out.setup);
         guest.push(out.boot_to_exit);
@@ -136,7 +136,7 @@ pub fn run(rounds: usize) -> Result<String, String> {
 /// backend is this very binary's `vhost-user` subcommand, so this runs
 /// from `virtio-harness` only.
 pub fn run_vhost(rounds: usize) -> Result<String, String> {
-    if let Some(why) = crate::vm::kvm_unavailable() {
+    if let Some(why) = monitor::vm::kvm_unavailable() {
         return Err(format!("KVM is unavailable: {why}"));
     }
     let mut t = String::new();
@@ -146,7 +146,7 @@ pub fn run_vhost(rounds: usize) -> Result<String, String> {
 
 /// Only the net rows (`virtio-harness bench --net-only`).
 pub fn run_net() -> Result<String, String> {
-    if let Some(why) = crate::vm::kvm_unavailable() {
+    if let Some(why) = monitor::vm::kvm_unavailable() {
         return Err(format!("KVM is unavailable: {why}"));
     }
     let mut t = String::new();
@@ -231,8 +231,8 @@ fn blk_rows(t: &mut String) -> Result<(), String> {
             .map(String::from)
             .chain(["-append".into(), append])
             .collect();
-            let config = crate::options::parse(&args).map_err(|e| e.to_string())?;
-            let mut m = crate::machine::Machine::new(&config).map_err(|e| e.to_string())?;
+            let config = monitor::options::parse(&args).map_err(|e| e.to_string())?;
+            let mut m = monitor::machine::Machine::new(&config).map_err(|e| e.to_string())?;
             let out = m.run(Duration::from_secs(120)).map_err(|e| e.to_string())?;
             if !out.verdict.is_pass() {
                 return Err(format!("blk bench ({pattern}): {}", out.verdict));
@@ -580,8 +580,8 @@ fn harness_blk_bench(options: &str, append: &str) -> Result<(u64, Duration), Str
         .map(String::from)
         .chain(["-append".into(), append.into()])
         .collect();
-    let config = crate::options::parse(&args).map_err(|e| e.to_string())?;
-    let mut m = crate::machine::Machine::new(&config).map_err(|e| e.to_string())?;
+    let config = monitor::options::parse(&args).map_err(|e| e.to_string())?;
+    let mut m = monitor::machine::Machine::new(&config).map_err(|e| e.to_string())?;
     let out = m.run(Duration::from_secs(120)).map_err(|e| e.to_string())?;
     if !out.verdict.is_pass() {
         return Err(format!("blk bench under our monitor: {}", out.verdict));
@@ -629,8 +629,8 @@ fn rng_rows(t: &mut String, rounds: usize, empty_guest: Duration) -> Result<(), 
                 format!("rng.bytes={RNG_BYTES} rng.mode={mode}"),
             ])
             .collect();
-            let config = crate::options::parse(&args).map_err(|e| e.to_string())?;
-            let mut m = crate::machine::Machine::new(&config).map_err(|e| e.to_string())?;
+            let config = monitor::options::parse(&args).map_err(|e| e.to_string())?;
+            let mut m = monitor::machine::Machine::new(&config).map_err(|e| e.to_string())?;
             let out = m.run(Duration::from_secs(30)).map_err(|e| e.to_string())?;
             if !out.verdict.is_pass() {
                 return Err(format!("rng guest ({label}): {}", out.verdict));
@@ -953,7 +953,7 @@ fn net_ours(
     count: u64,
     work: &crate::scenarios::Workdir,
 ) -> Result<NetRun, String> {
-    let mut hubs = crate::machine::Hubs::default();
+    let mut hubs = monitor::machine::Hubs::default();
     let sock = work.path(&format!("ours-{dir}-{size}-{count}.sock"));
     let _ = std::fs::remove_file(&sock);
     let generate = if dir == "rx" { size } else { 0 };
@@ -994,9 +994,9 @@ fn net_ours(
         format!("net.test=bench net.dir={dir} net.size={size} net.count={count} net.ms=30000"),
     ]
     .into();
-    let config = crate::options::parse(&args).map_err(|e| e.to_string())?;
+    let config = monitor::options::parse(&args).map_err(|e| e.to_string())?;
     let mut m =
-        crate::machine::Machine::with_hubs(&config, &mut hubs).map_err(|e| e.to_string())?;
+        monitor::machine::Machine::with_hubs(&config, &mut hubs).map_err(|e| e.to_string())?;
     let out = m.run(Duration::from_secs(120)).map_err(|e| e.to_string())?;
     drop(m);
     if let Some(p) = peer {
@@ -1222,8 +1222,8 @@ fn tap_row(t: &mut String, guest: &str, qemu_ok: bool) -> Result<(), String> {
         .iter()
         .map(|s| s.to_string())
         .collect();
-        let config = crate::options::parse(&args).map_err(|e| e.to_string())?;
-        let mut m = crate::machine::Machine::new(&config).map_err(|e| e.to_string())?;
+        let config = monitor::options::parse(&args).map_err(|e| e.to_string())?;
+        let mut m = monitor::machine::Machine::new(&config).map_err(|e| e.to_string())?;
         ns.adopt(&ifname, "10.0.2.2/24", 65520)?;
         let (out, host) = std::thread::scope(|scope| {
             let host = scope.spawn(|| tap_echo(&ns));

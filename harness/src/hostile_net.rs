@@ -14,9 +14,9 @@ use std::time::Duration;
 
 use super::net::recv_frame;
 use super::{CustomRun, Scenario, Setup, TIMEOUT, Workdir, accept_within, guest_line};
-use crate::machine::Machine;
 use crate::verdict::{self, RunEnd, Verdict, VerdictKind};
-use crate::vm::Outcome;
+use monitor::machine::Machine;
+use monitor::vm::Outcome;
 
 /// Net cases of the `hostile` guest (`hostile.case=` names: `NET_CASES`
 /// in `guests/src/bin/hostile/net.rs` and the generic ring cases on
@@ -118,7 +118,7 @@ fn hostile_device(dir: &Workdir, device: &'static str) -> Result<Setup, String> 
             "-append".into(),
             format!("hostile.device={device}"),
         ]);
-        let run = crate::options::parse(&args)
+        let run = monitor::options::parse(&args)
             .map_err(|e| format!("options: {e}"))
             .and_then(|config| Machine::new(&config).map_err(|e| e.to_string()))
             .and_then(|mut m| m.run(TIMEOUT).map_err(|e| e.to_string()));

@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 
 use backends::rng::{Deterministic, RngBackend};
 
-use crate::machine::Machine;
-use crate::vm::Outcome;
+use monitor::machine::Machine;
+use monitor::vm::Outcome;
 
 pub mod misbehave;
 pub mod net;
@@ -120,7 +120,7 @@ type Custom = Box<dyn FnOnce(CustomCtx<'_>) -> CustomRun>;
 
 /// What a scenario's set-up produced.
 struct Setup {
-    /// Options for [`crate::options::parse`], without `-kernel`.
+    /// Options for [`monitor::options::parse`], without `-kernel`.
     options: Vec<String>,
     /// The guest's command line (`-append`).
     append: String,
@@ -233,7 +233,7 @@ impl Scenario {
         if !setup.append.is_empty() {
             args.extend(["-append".into(), setup.append.clone()]);
         }
-        let outcome = crate::options::parse(&args)
+        let outcome = monitor::options::parse(&args)
             .map_err(|e| format!("options: {e}"))
             .and_then(|config| Machine::new(&config).map_err(|e| e.to_string()))
             .and_then(|mut m| m.run(TIMEOUT).map_err(|e| e.to_string()));

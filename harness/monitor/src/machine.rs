@@ -29,15 +29,17 @@ use virtio_devices::device::VirtioDevice;
 use virtio_devices::net::{Net, NetConfig};
 use virtio_devices::rng::Rng;
 
-use crate::misbehave::{Misbehave, Misbehaving};
-use crate::monitor::{MonitorServer, NetLink};
+use crate::misbehave::Misbehave;
+#[cfg(feature = "misbehave")]
+use crate::misbehave::Misbehaving;
 use crate::options::{
     CacheMode, ChardevKind, DeviceConfig, DiskFormat, DriveConfig, MachineConfig, NetdevKind,
     RngConfig, VhostUserType,
 };
-use crate::vhost_user::{FrontendError, SharedRam, VhostUserDevice, VhostUserKind};
+use crate::protocol::{MonitorServer, NetLink};
 use crate::virtio::NotifyMode;
 use crate::vm::{Outcome, Vm, VmError};
+use vhost_user::{FrontendError, SharedRam, VhostUserDevice, VhostUserKind};
 
 /// A chardev as devices hold it.
 pub type BoxedChardev = Box<dyn Chardev + Send>;
@@ -137,7 +139,7 @@ pub enum MachineError {
         /// The option that asked for it.
         by: String,
         /// Why.
-        err: crate::vhost_user::FrontendError,
+        err: vhost_user::FrontendError,
     },
     /// The VM refused something (KVM, loading, the bus).
     Vm(VmError),
@@ -220,8 +222,9 @@ pub enum DeviceBox {
         /// Its `-device …,id=`.
         id: Option<String>,
     },
-    /// A hostile device (`misbehave=`, [`crate::misbehave`]); a network
+    /// A hostile device (`misbehave=`, [`virtio_devices::misbehave`]); a network
     /// device so wrapped has no link for the monitor.
+    #[cfg(feature = "misbehave")]
     Misbehaving(Box<Misbehaving>),
     /// A device served by an external vhost-user backend, kept typed so
     /// that its slot reports a dead backend.
@@ -230,10 +233,12 @@ pub enum DeviceBox {
 
 impl DeviceBox {
     /// The device as any device, whatever its variant.
+    #[cfg(feature = "misbehave")]
     fn into_boxed(self) -> BoxedDevice {
         match self {
             DeviceBox::Any(d) => d,
             DeviceBox::Net { net, .. } => net,
+            #[cfg(feature = "misbehave")]
             DeviceBox::Misbehaving(m) => m,
             DeviceBox::VhostUser(v) => v,
         }
@@ -242,12 +247,17 @@ impl DeviceBox {
 
 /// Turns the device just realized into a hostile one if `misbehave` asks
 /// for it; its backend description says so.
-fn misbehave(out: &mut Vec<RealizedDevice>, misbehave: Option<Misbehave>, mem: &RegionMemory) {
+#[cfg(feature = "misbehave")]
+fn misbehave(
+    out: &mut Vec<RealizedDevice>,
+    misbehave: Option<Misbehave>,
+    mem: &RegionMemory,
+) -> Result<(), MachineError> {
     let Some(mode) = misbehave else {
-        return;
+        return Ok(());
     };
     let Some(honest) = out.pop() else {
-        return;
+        return Ok(());
     };
     out.push(RealizedDevice {
         kind: honest.kind,
@@ -260,6 +270,22 @@ fn misbehave(out: &mut Vec<RealizedDevice>, misbehave: Option<Misbehave>, mem: &
         ready_fds: honest.ready_fds,
         notify: honest.notify,
     });
+    Ok(())
+}
+
+/// Without the `misbehave` feature a hostile device is refused.
+#[cfg(not(feature = "misbehave"))]
+fn misbehave(
+    _out: &mut Vec<RealizedDevice>,
+    misbehave: Option<Misbehave>,
+    _mem: &RegionMemory,
+) -> Result<(), MachineError> {
+    match misbehave {
+        None => Ok(()),
+        Some(_) => Err(MachineError::Unsupported(
+            "misbehave= needs the monitor built with its `misbehave` feature",
+        )),
+    }
 }
 
 impl std::ops::Deref for DeviceBox {
@@ -269,6 +295,7 @@ impl std::ops::Deref for DeviceBox {
         match self {
             DeviceBox::Any(d) => &**d,
             DeviceBox::Net { net, .. } => &**net,
+            #[cfg(feature = "misbehave")]
             DeviceBox::Misbehaving(m) => &**m,
             DeviceBox::VhostUser(v) => &**v,
         }
@@ -538,6 +565,13 @@ struct SerialBuild {
     ports: Vec<(Port, String, Option<RawFd>)>,
 }
 
+/// Guest RAM of `vm` as a vhost-user backend maps it (shared and
+/// fd-backed, or an error naming the options that make it so).
+pub fn shared_ram(vm: &Vm) -> Result<SharedRam, vhost_user::FrontendError> {
+    let ranges: Vec<(u64, u64)> = vm.ram().iter().map(|r| (r.base, r.size)).collect();
+    SharedRam::new(vm.host_memory(), &ranges)
+}
+
 /// `size` as a split-queue size (§2.7), or the error naming the device.
 pub fn checked_queue_size(by: &'static str, size: u16) -> Result<QueueSize, MachineError> {
     QueueSize::new(u32::from(size)).map_err(|_| MachineError::QueueSize { by, size })
@@ -656,7 +690,7 @@ pub fn realize_devices_shared(
             ready_fds,
             notify,
         });
-        misbehave(out, hostile, mem);
+        misbehave(out, hostile, mem)
     };
     let notify_of = |on: bool| {
         if on {
@@ -675,7 +709,7 @@ pub fn realize_devices_shared(
             } => {
                 let size = checked_queue_size("virtio-rng-device", *queue_size)?;
                 if let Some(s) = serial.take() {
-                    finish_serial(s, &mut out);
+                    finish_serial(s, &mut out)?;
                 }
                 let (backend, what) = rngs.remove(rng).ok_or_else(|| MachineError::Missing {
                     by: "-device virtio-rng-device".into(),
@@ -691,7 +725,7 @@ pub fn realize_devices_shared(
                     ready_fds,
                     notify: notify_of(*ioeventfd),
                 });
-                misbehave(&mut out, *hostile, mem);
+                misbehave(&mut out, *hostile, mem)?;
             }
             DeviceConfig::Blk {
                 drive,
@@ -704,7 +738,7 @@ pub fn realize_devices_shared(
                 misbehave: hostile,
             } => {
                 if let Some(s) = serial.take() {
-                    finish_serial(s, &mut out);
+                    finish_serial(s, &mut out)?;
                 }
                 let by = "-device virtio-blk-device";
                 let (disk, what) = disks.remove(drive).ok_or_else(|| MachineError::Missing {
@@ -741,7 +775,7 @@ pub fn realize_devices_shared(
                     ready_fds: Vec::new(),
                     notify: notify_of(*ioeventfd),
                 });
-                misbehave(&mut out, *hostile, mem);
+                misbehave(&mut out, *hostile, mem)?;
             }
             DeviceConfig::Net {
                 id,
@@ -754,7 +788,7 @@ pub fn realize_devices_shared(
                 misbehave: hostile,
             } => {
                 if let Some(s) = serial.take() {
-                    finish_serial(s, &mut out);
+                    finish_serial(s, &mut out)?;
                 }
                 if let Some(chardev) = vhost_netdevs.get(netdev) {
                     let mac = mac.unwrap_or_else(|| {
@@ -815,7 +849,7 @@ pub fn realize_devices_shared(
                     ready_fds,
                     notify: notify_of(*ioeventfd),
                 });
-                misbehave(&mut out, *hostile, mem);
+                misbehave(&mut out, *hostile, mem)?;
             }
             DeviceConfig::VhostUser {
                 ty,
@@ -823,7 +857,7 @@ pub fn realize_devices_shared(
                 ioeventfd,
             } => {
                 if let Some(s) = serial.take() {
-                    finish_serial(s, &mut out);
+                    finish_serial(s, &mut out)?;
                 }
                 let kind = match *ty {
                     VhostUserType::Blk {
@@ -864,7 +898,7 @@ pub fn realize_devices_shared(
                 ..
             } => {
                 if let Some(s) = serial.take() {
-                    finish_serial(s, &mut out);
+                    finish_serial(s, &mut out)?;
                 }
                 serial = Some(SerialBuild {
                     max_ports: *max_ports,
@@ -900,7 +934,7 @@ pub fn realize_devices_shared(
         }
     }
     if let Some(s) = serial.take() {
-        finish_serial(s, &mut out);
+        finish_serial(s, &mut out)?;
     }
     Ok(out)
 }
@@ -954,7 +988,7 @@ impl Machine {
             .map_err(MachineError::Memory)?;
         let mut vm = Vm::new(memory)?;
         let ram = if config.uses_vhost_user() {
-            let shared = SharedRam::from_vm(&vm).map_err(|err| MachineError::VhostUser {
+            let shared = shared_ram(&vm).map_err(|err| MachineError::VhostUser {
                 by: "a vhost-user device".into(),
                 err,
             })?;
@@ -1042,6 +1076,7 @@ fn attach(
                 let handle = vm.add_virtio_device(d.kind, *net, d.ready_fds, d.notify)?;
                 links.push(NetLink::new(netdev, id, d.backend, handle));
             }
+            #[cfg(feature = "misbehave")]
             DeviceBox::Misbehaving(m) => {
                 vm.add_virtio_device(d.kind, *m, d.ready_fds, d.notify)?;
             }
@@ -1103,6 +1138,19 @@ mod tests {
         let _ = std::fs::remove_dir_all(dir);
     }
 
+    #[cfg(not(feature = "misbehave"))]
+    #[test]
+    fn misbehave_is_refused_without_the_feature() {
+        let e = realize(
+            "-object rng-builtin,id=r0 -device virtio-rng-device,rng=r0,misbehave=used-twice",
+        )
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+        assert!(e.contains("misbehave"), "{e}");
+    }
+
+    #[cfg(feature = "misbehave")]
     #[test]
     fn misbehave_wraps_the_device_and_says_so() {
         let devs = realize(

@@ -13,9 +13,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::path::PathBuf;
 
-use crate::misbehave::Misbehave;
 use virtio_core::features::DeviceType;
 use virtio_devices::DEFAULT_QUEUE_SIZE;
+use virtio_devices::misbehave::Misbehave;
 
 /// Why a command line was refused.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -514,7 +514,7 @@ pub enum NetdevKind {
     },
     /// `vhost-user,chardev=…`: the device's queues are served by an
     /// external vhost-user backend on the chardev's unix socket
-    /// ([`crate::vhost_user::frontend`]).
+    /// ([`vhost_user::frontend`]).
     VhostUser {
         /// The `-chardev socket,path=…` id.
         chardev: String,
@@ -543,7 +543,7 @@ pub enum DeviceConfig {
         /// vCPU thread and is served there (QEMU's virtio-mmio property).
         ioeventfd: bool,
         /// `misbehave=<mode>`: a hostile device that breaks this rule on
-        /// purpose ([`crate::misbehave`]); `None` for an honest one.
+        /// purpose ([`virtio_devices::misbehave`]); `None` for an honest one.
         misbehave: Option<Misbehave>,
     },
     /// `virtio-serial-device[,max_ports=N][,queue-size=N]`: a console
@@ -560,7 +560,7 @@ pub enum DeviceConfig {
         /// As for [`DeviceConfig::Rng`].
         ioeventfd: bool,
         /// `misbehave=<mode>`: a hostile device that breaks this rule on
-        /// purpose ([`crate::misbehave`]); `None` for an honest one.
+        /// purpose ([`virtio_devices::misbehave`]); `None` for an honest one.
         misbehave: Option<Misbehave>,
     },
     /// `virtio-blk-device,drive=…[,serial=…,num-queues=N,queue-size=N,discard=on|off,write-zeroes=on|off]`.
@@ -583,7 +583,7 @@ pub enum DeviceConfig {
         /// As for [`DeviceConfig::Rng`].
         ioeventfd: bool,
         /// `misbehave=<mode>`: a hostile device that breaks this rule on
-        /// purpose ([`crate::misbehave`]); `None` for an honest one.
+        /// purpose ([`virtio_devices::misbehave`]); `None` for an honest one.
         misbehave: Option<Misbehave>,
     },
     /// `virtio-net-device,netdev=…[,id=…][,mac=…][,host_mtu=N][,mq=on][,queue-size=N][,ioeventfd=…]`.
@@ -608,12 +608,12 @@ pub enum DeviceConfig {
         /// As for [`DeviceConfig::Rng`].
         ioeventfd: bool,
         /// `misbehave=<mode>`: a hostile device that breaks this rule on
-        /// purpose ([`crate::misbehave`]); `None` for an honest one.
+        /// purpose ([`virtio_devices::misbehave`]); `None` for an honest one.
         misbehave: Option<Misbehave>,
     },
     /// `vhost-user-blk,chardev=…[,num-queues=N][,queue-size=N]` or
     /// `vhost-user-rng,chardev=…`: a device served by an external
-    /// vhost-user backend ([`crate::vhost_user::frontend`]).
+    /// vhost-user backend ([`vhost_user::frontend`]).
     VhostUser {
         /// Which device.
         ty: VhostUserType,

@@ -1,12 +1,15 @@
-//! One device with its backends, built from QEMU-style options for the
-//! `virtio-harness vhost-user` subcommand: the same backends as
+//! Serving one of our devices over vhost-user from QEMU-style options
+//! (what `virtio-harness vhost-user` runs): the same backends as
 //! [`crate::machine`] opens (`open_chardev`, `open_drive`, `open_netdev`,
 //! `open_rng`), the same device types, but over a [`SharedMemory`] the
-//! vhost-user session fills in, and without a VM.
+//! vhost-user session fills in, and without a VM; [`serve_options`]
+//! builds it and serves one frontend after the other.
 
 use std::collections::HashMap;
 use std::fmt;
 use std::os::fd::RawFd;
+use std::os::unix::net::UnixListener;
+use std::path::Path;
 
 use virtio_devices::VirtioDevice;
 use virtio_devices::blk::{Blk, BlkConfig};
@@ -17,7 +20,7 @@ use virtio_devices::rng::Rng;
 use crate::machine::{self, Hubs, MachineError};
 use crate::options::{CacheMode, DeviceConfig, MachineConfig};
 
-use super::memory::SharedMemory;
+use vhost_user::{Backend, SharedMemory};
 
 /// A device built for vhost-user.
 pub struct ServedDevice {
@@ -267,6 +270,32 @@ pub fn build(config: &MachineConfig, mem: &SharedMemory) -> Result<ServedDevice,
         });
     }
     out.ok_or(BuildError::DeviceCount(0))
+}
+
+/// Builds the device `options` name and serves it on a unix socket at
+/// `socket` (an existing socket file is replaced), one frontend after the
+/// other, until accepting fails. `verbose` logs every request on stderr.
+pub fn serve_options<S: AsRef<str>>(
+    socket: &Path,
+    options: &[S],
+    verbose: bool,
+) -> Result<std::convert::Infallible, String> {
+    let config = crate::options::parse(options).map_err(|e| e.to_string())?;
+    let mem = SharedMemory::new();
+    let dev = build(&config, &mem).map_err(|e| e.to_string())?;
+    eprintln!(
+        "vhost-user: serving {} ({}) on {}",
+        dev.kind,
+        dev.backend,
+        socket.display()
+    );
+    let mut backend = Backend::new(dev.device, mem, dev.ready_fds);
+    backend.set_verbose(verbose);
+    let _ = std::fs::remove_file(socket);
+    let listener =
+        UnixListener::bind(socket).map_err(|e| format!("binding {}: {e}", socket.display()))?;
+    let e = backend.serve(&listener);
+    Err(format!("accepting on {}: {e}", socket.display()))
 }
 
 #[cfg(test)]

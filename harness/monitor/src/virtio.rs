@@ -52,7 +52,7 @@ use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
 use crate::bus::MmioDevice;
-use crate::misbehave::{self, Misbehaving, RegisterLies};
+use crate::misbehave::{self, RegisterLies};
 use crate::slots::VirtioSlot;
 
 /// The most queues a device behind a slot may have (the register file's
@@ -148,7 +148,7 @@ pub struct VirtioReport {
     pub refused_access: Option<MmioError>,
     /// A device panic or worker failure; the device is not called again.
     pub fault: Option<String>,
-    /// For a hostile device (`misbehave=`, [`crate::misbehave`]): its mode
+    /// For a hostile device (`misbehave=`, [`virtio_devices::misbehave`]): its mode
     /// and the lies told so far.
     pub misbehave: Option<String>,
     /// Counters.
@@ -415,18 +415,15 @@ impl<D: VirtioDevice + Send + 'static> SlotOps for Shared<D> {
         let state = self.lock();
         let regs = &state.regs;
         let device: &dyn Any = regs.device().device();
-        let ring_lie = device.downcast_ref::<Misbehaving>().map(|m| m.lie());
+        let ring_lie = told_ring_lie(device);
         // An external vhost-user backend that died is this slot's fault.
         let backend_gone = device
-            .downcast_ref::<crate::vhost_user::VhostUserDevice>()
+            .downcast_ref::<vhost_user::VhostUserDevice>()
             .and_then(|v| v.dead())
             .map(|why| format!("vhost-user backend gone: {why}"));
         let misbehave = state.lies.as_ref().map(|l| {
-            let lie = match ring_lie.flatten() {
-                Some(lie) => format!(
-                    "used element {} (id {}, len {}) told as (id {}, len {})",
-                    lie.at, lie.real.0, lie.real.1, lie.told.0, lie.told.1
-                ),
+            let lie = match ring_lie {
+                Some(lie) => lie,
                 None if l.mode().is_ring_lie() => "no used-ring lie told".into(),
                 None => format!("{} register lies told", l.told),
             };
@@ -593,9 +590,7 @@ pub(crate) fn attach<D: VirtioDevice + Send + 'static>(
     backend_fds.sort_unstable();
     backend_fds.dedup();
     // A hostile device (`misbehave=`) also lies in its registers.
-    let lies = (&device as &dyn Any)
-        .downcast_ref::<Misbehaving>()
-        .map(|m| RegisterLies::new(m.mode()));
+    let lies = hostile_mode(&device).map(RegisterLies::new);
     let regs = Registers::new(MmioTransport::new(device)).map_err(AttachError::Registers)?;
     let queues = u16::try_from(regs.queues().len()).unwrap_or(u16::MAX);
     let irq = EventFd::new(EFD_NONBLOCK).map_err(AttachError::EventFd)?;
@@ -649,6 +644,37 @@ pub(crate) fn attach<D: VirtioDevice + Send + 'static>(
         },
         handle: VirtioHandle { shared },
     })
+}
+
+/// The mode of a hostile device (`misbehave=`), which then also lies in
+/// its registers.
+#[cfg(feature = "misbehave")]
+fn hostile_mode(device: &dyn Any) -> Option<misbehave::Misbehave> {
+    device
+        .downcast_ref::<misbehave::Misbehaving>()
+        .map(|m| m.mode())
+}
+
+/// Without the `misbehave` feature no device is hostile.
+#[cfg(not(feature = "misbehave"))]
+fn hostile_mode(_device: &dyn Any) -> Option<misbehave::Misbehave> {
+    None
+}
+
+/// The used-ring lie a hostile device told, described, if it told one.
+#[cfg(feature = "misbehave")]
+fn told_ring_lie(device: &dyn Any) -> Option<String> {
+    let lie = device.downcast_ref::<misbehave::Misbehaving>()?.lie()?;
+    Some(format!(
+        "used element {} (id {}, len {}) told as (id {}, len {})",
+        lie.at, lie.real.0, lie.real.1, lie.told.0, lie.told.1
+    ))
+}
+
+/// Without the `misbehave` feature no device lies.
+#[cfg(not(feature = "misbehave"))]
+fn told_ring_lie(_device: &dyn Any) -> Option<String> {
+    None
 }
 
 const TOKEN_STOP: u64 = 0;

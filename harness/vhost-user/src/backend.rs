@@ -87,11 +87,11 @@ use virtio_core::split::layout::{QueueLayout, QueueSize};
 use virtio_devices::{DeviceError, QueueConfig, Served, VirtioDevice};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 
-use super::codec::{
+use crate::codec::{
     self, CodecError, Config, Frame, Header, MAX_CONFIG, MAX_MEM_SLOTS, Message, RecvError,
     Request, VHOST_USER_F_PROTOCOL_FEATURES, VringAddr, VringFd, VringState, protocol,
 };
-use super::memory::{MemError, Regions, SharedMemory};
+use crate::memory::{MemError, Regions, SharedMemory};
 
 /// The protocol features this backend offers.
 pub const PROTOCOL_FEATURES: u64 = protocol::MQ

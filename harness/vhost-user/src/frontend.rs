@@ -33,11 +33,10 @@ use virtio_devices::{DeviceError, QueueConfig, Served, VirtioDevice};
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 use zerocopy::FromBytes;
 
-use super::codec::{
+use crate::codec::{
     self, Config, FLAG_REPLY, HEADER_LEN, Header, MAX_PAYLOAD, MemRegion, Message, Request,
     VHOST_USER_F_PROTOCOL_FEATURES, VringAddr, VringFd, VringState, protocol,
 };
-use crate::pvh::RamRange;
 
 /// How long one request may wait for the backend's reply (or for room in
 /// the socket) before the backend is declared dead.
@@ -268,10 +267,11 @@ pub struct SharedRam {
 }
 
 impl SharedRam {
-    /// Describes `memory` placed at `ram` (as [`crate::vm::Vm`] places it:
-    /// the ranges one after the other from offset 0). Refused unless the
-    /// memory is fd-backed and mapped shared.
-    pub fn new(memory: &HostMemory, ram: &[RamRange]) -> Result<SharedRam, FrontendError> {
+    /// Describes `memory` placed at the guest-physical ranges `ram`
+    /// (`(base, size)`, laid out one after the other from offset 0 of the
+    /// memory, as a monitor places its RAM). Refused unless the memory is
+    /// fd-backed and mapped shared.
+    pub fn new(memory: &HostMemory, ram: &[(u64, u64)]) -> Result<SharedRam, FrontendError> {
         let not_shared = || FrontendError::NotShared {
             memory: if memory.is_shared() {
                 memory.describe()
@@ -285,25 +285,20 @@ impl SharedRam {
         };
         let mut offset = 0u64;
         let mut regions = Vec::new();
-        for r in ram {
-            let end = offset.checked_add(r.size);
+        for &(base, size) in ram {
+            let end = offset.checked_add(size);
             if end.is_none_or(|e| e > memory.len() as u64) {
                 return Err(not_shared());
             }
             regions.push(MemRegion {
-                guest_addr: r.base,
-                size: r.size,
+                guest_addr: base,
+                size,
                 user_addr: (memory.as_ptr() as u64).wrapping_add(offset),
                 mmap_offset: offset,
             });
             offset = end.unwrap_or(offset);
         }
         Ok(SharedRam { fd, regions })
-    }
-
-    /// Guest RAM of `vm`.
-    pub fn from_vm(vm: &crate::vm::Vm) -> Result<SharedRam, FrontendError> {
-        SharedRam::new(vm.host_memory(), vm.ram())
     }
 
     /// The memory table.
@@ -841,7 +836,7 @@ mod tests {
     #[test]
     fn anonymous_private_ram_is_refused_with_the_fix_named() {
         let mem = HostMemory::ram(1 << 20, false, false).unwrap();
-        let ram = crate::vm::ram_layout(mem.len() as u64);
+        let ram = [(0, mem.len() as u64)];
         let e = SharedRam::new(&mem, &ram).unwrap_err();
         let s = e.to_string();
         assert!(s.contains("memory-backend-memfd"), "{s}");
@@ -851,7 +846,7 @@ mod tests {
     #[test]
     fn shared_memfd_ram_translates_inside_its_regions_only() {
         let mem = HostMemory::memfd("t", 1 << 20, true, false, false).unwrap();
-        let ram = crate::vm::ram_layout(mem.len() as u64);
+        let ram = [(0, mem.len() as u64)];
         let shared = SharedRam::new(&mem, &ram).unwrap();
         assert_eq!(shared.regions().len(), 1);
         let base = mem.as_ptr() as u64;

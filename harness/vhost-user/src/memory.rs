@@ -21,7 +21,7 @@ use virtio_core::memory::{
     Access, GuestAddress, Mapping, MemoryError, Region, RegionError, RegionMemory,
 };
 
-use super::codec::{MAX_MEM_SLOTS, MemRegion};
+use crate::codec::{MAX_MEM_SLOTS, MemRegion};
 
 /// The region table devices see.
 pub type Table = RegionMemory<MAX_MEM_SLOTS>;

@@ -1,5 +1,5 @@
 //! Prints KVM's statistics for one boot of a guest ELF (a profiling aid):
-//! `cargo run --release -p harness --example kvm_stats -- <elf> [cmdline]`.
+//! `cargo run --release -p bothends-monitor --example kvm_stats -- <elf> [cmdline]`.
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let Some(path) = args.get(1) else {
@@ -9,7 +9,7 @@ fn main() {
     let elf = std::fs::read(path).unwrap_or_else(|e| panic!("{path}: {e}"));
     let cmdline = args.get(2).cloned().unwrap_or_default();
     let memory = backends::hostmem::HostMemory::ram(64 << 20, false, false).expect("guest RAM");
-    let out = harness::vm::boot(
+    let out = monitor::vm::boot(
         memory,
         &elf,
         &cmdline,
