@@ -144,7 +144,7 @@ fn free_port() -> u16 {
 /// generic frontend (`vhost-user-device,virtio-id=3,num_vqs=4,
 /// config_size=12`: MULTIPORT with one port): its network backend listens
 /// on a TCP port; the test connects, reads the guest's 512 bytes of
-/// output, sends 512 bytes and reads the guest's echo
+/// output, sends 4 bytes and reads the guest's echo of each
 /// (`console.test=talk` on port 0 once MULTIPORT added and opened it).
 #[test]
 fn vhost_device_console_behind_our_generic_frontend() {
@@ -170,15 +170,20 @@ fn vhost_device_console_behind_our_generic_frontend() {
     .unwrap_or_else(|e| panic!("{e}"));
     // The peer: connects to the console's TCP port (retrying while the
     // backend sets it up), reads the guest's N bytes of the pattern, then
-    // sends N bytes and reads the guest's echo. vhost-device-console 0.1
-    // drops input until the driver first wrote (hence this order), and
-    // publishes one used element per byte it receives, for the same chain
-    // (§2.7.14: our driver reports the used index jumping), so input goes
-    // one byte at a time, each echo awaited.
+    // sends a few bytes, one at a time, and reads the guest's echo of each.
+    // vhost-device-console 0.1 drops input until the driver first wrote
+    // (hence this order); publishes one used element per byte it receives,
+    // all for the same chain (§2.7.14: our driver reports the used index
+    // jumping), so input goes a byte at a time; and pops every available
+    // receive buffer while completing only as many as it has bytes for,
+    // losing the rest: 15 of the driver's 16 go with the first byte, and
+    // the last one when its receive event finds nothing queued (which
+    // happens under load), so only a few bytes can be checked reliably.
     const N: usize = 512;
+    const INPUT: usize = 4;
     // ASCII only: vhost-device-console 0.1 panics on guest output that is
     // not UTF-8 (its vring worker dies).
-    let sent: Vec<u8> = (0..N).map(|i| b'a' + (i * 7 % 26) as u8).collect();
+    let sent: Vec<u8> = (0..INPUT).map(|i| b'a' + (i * 7 % 26) as u8).collect();
     let to_send = sent.clone();
     let peer = std::thread::spawn(move || -> Result<(Vec<u8>, Vec<u8>), String> {
         let deadline = Instant::now() + TIMEOUT;
@@ -203,7 +208,7 @@ fn vhost_device_console_behind_our_generic_frontend() {
             got
         };
         let output = read_n(&mut s, N);
-        let mut echo = Vec::with_capacity(N);
+        let mut echo = Vec::with_capacity(INPUT);
         for b in &to_send {
             s.write_all(std::slice::from_ref(b))
                 .map_err(|e| format!("write: {e}"))?;
@@ -217,7 +222,9 @@ fn vhost_device_console_behind_our_generic_frontend() {
     });
     let args = options(
         CONSOLE,
-        &format!("console.test=talk console.mode=irq console.multiport=on console.bytes={N}"),
+        &format!(
+            "console.test=talk console.mode=irq console.multiport=on console.bytes={N} console.input={INPUT}"
+        ),
         daemon.socket(),
         &[
             "-device",

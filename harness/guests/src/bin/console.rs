@@ -6,7 +6,9 @@
 //! (default 65536 for write, 4096 otherwise), `console.name1=X`
 //! (multiport: port 1's name), `console.multiport=on|off` (write and
 //! echo: negotiate MULTIPORT and use port 0 once the device added and
-//! opened it, as a device that needs MULTIPORT wants; default off). The data written is the pattern stream P:
+//! opened it, as a device that needs MULTIPORT wants; default off),
+//! `console.input=N` (talk: bytes echoed after writing; default
+//! `console.bytes`). The data written is the pattern stream P:
 //! byte i is `\n` when i % 64 == 63, else ALPHA[(i / 64 + i % 64) % 62].
 //! Last line before the verdict:
 //! `console: <test>: <bytes> bytes, <interrupts> interrupts`.
@@ -74,7 +76,7 @@ fn main(boot: &'static BootInfo) {
     let opts = Options::new(
         boot,
         "console",
-        &["mode", "test", "bytes", "name1", "multiport"],
+        &["mode", "test", "bytes", "name1", "multiport", "input"],
     )
     .or_fail(format_args!("console"));
     let mode = opts.mode().or_fail(format_args!("console"));
@@ -97,6 +99,11 @@ fn main(boot: &'static BootInfo) {
         .or_fail(format_args!("console"))
         .unwrap_or(default_bytes);
     let name1 = opts.text("name1").or_fail(format_args!("console"));
+    // talk: bytes echoed after writing (default: as many as written).
+    let input = opts
+        .u64("input")
+        .or_fail(format_args!("console"))
+        .unwrap_or(bytes);
     let port0_multiport = opts
         .choice("multiport", &[("on", true), ("off", false)], "on or off")
         .or_fail(format_args!("console"))
@@ -154,7 +161,8 @@ fn main(boot: &'static BootInfo) {
                 write_pattern(&mut con, 0, bytes, mode, buf);
             }
             if test != Test::Write {
-                echo(&mut con, bytes, mode, buf);
+                let n = if test == Test::Talk { input } else { bytes };
+                echo(&mut con, n, mode, buf);
             }
         }
         Test::Multiport => {
