@@ -370,13 +370,38 @@ fn dpdk_virtio_user_against_our_net_backend() {
             .stderr(log);
         let mut child = cmd.spawn().expect("dpdk-testpmd");
         let mut stdin = child.stdin.take().expect("stdin");
-        let mut say = |cmds: &str, pause: u64| {
-            stdin.write_all(cmds.as_bytes()).expect("testpmd stdin");
+        // testpmd block-buffers its output to a file, but its command line
+        // writes each prompt at once: one more prompt is one more command
+        // done. Each phase is timed from its `start` having run, so a slow
+        // start under load does not squeeze the phases together.
+        let prompts = || {
+            std::fs::read_to_string(&log_path)
+                .unwrap_or_default()
+                .matches("testpmd> ")
+                .count()
+        };
+        let wait_prompts = |n: usize| {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while prompts() < n && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        };
+        wait_prompts(1);
+        let mut done = 1;
+        let mut say = |cmds: &[&str], pause: u64| {
+            for cmd in cmds {
+                stdin
+                    .write_all(format!("{cmd}\n").as_bytes())
+                    .expect("testpmd stdin");
+                done += 1;
+                wait_prompts(done);
+            }
             std::thread::sleep(Duration::from_millis(pause));
         };
-        say("set fwd txonly\nstart\n", 1000);
-        say("stop\nset fwd rxonly\nstart\n", 1500);
-        say("stop\nshow port stats 0\nquit\n", 0);
+        say(&["set fwd txonly", "start"], 1000);
+        say(&["stop", "set fwd rxonly", "start"], 1500);
+        say(&["stop", "show port stats 0"], 0);
+        stdin.write_all(b"quit\n").expect("testpmd stdin");
         drop(stdin);
         let deadline = Instant::now() + Duration::from_secs(30);
         let status = loop {
