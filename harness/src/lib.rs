@@ -9,7 +9,7 @@
 //!   (a stock Linux kernel under QEMU TCG driving our devices),
 //!   [`daemon`] (a vhost-user backend process: ours or another project's),
 //!   [`netns`] (network namespaces with a tap, ping and a TCP client).
-//! - Measurements: [`bench`] (ours against QEMU, in process against over
+//! - Measurements: [`bench`](mod@bench) (ours against QEMU, in process against over
 //!   vhost-user).
 
 pub mod bench;
@@ -120,7 +120,7 @@ const SUITE: &[SuiteGuest] = &[
 /// Runs every scenario against every device configuration: first the
 /// tiny guests that need no device (each on a 64 MiB memfd, with the
 /// verdict each is meant to give), then every [`scenarios`] entry
-/// ([`scenarios::all`], then [`scenarios::net`]). Without
+/// ([`scenarios::all`], then [`scenarios::net()`]). Without
 /// KVM every row is a skip.
 pub fn suite() -> Vec<SuiteRow> {
     let unavailable = vm::kvm_unavailable();

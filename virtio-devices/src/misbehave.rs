@@ -4,7 +4,7 @@
 //! lying element).
 //!
 //! [`Misbehave`] names the rules. The used-ring lies (§2.7.8, §2.7.14) are
-//! told here (feature `misbehave`) by [`Misbehaving`], a [`VirtioDevice`]
+//! told here (feature `misbehave`) by `Misbehaving`, a [`VirtioDevice`](crate::VirtioDevice)
 //! around the real one: after the real device has published used
 //! elements, it rewrites the first new one in guest memory (an id out of
 //! range or not in flight, a length beyond the chain's device-writable
@@ -42,8 +42,8 @@ pub enum Misbehave {
     /// §4.2.2).
     ResetNeverClears,
     /// The interrupt is raised with `InterruptStatus` bit 0 set every
-    /// [`STORM_PERIOD`] after DRIVER_OK whether or not a buffer was used
-    /// (§4.2.2, §2.7.14), at most [`STORM_MAX`] times.
+    /// `STORM_PERIOD` (the monitor's `misbehave` module) after DRIVER_OK whether or not a buffer was used
+    /// (§4.2.2, §2.7.14), at most `STORM_MAX` times.
     InterruptStorm,
 }
 
@@ -98,7 +98,7 @@ impl Misbehave {
         }
     }
 
-    /// Whether [`Misbehaving`] tells it in the used ring (the others are
+    /// Whether `Misbehaving` (feature `misbehave`) tells it in the used ring (the others are
     /// told by the slot's registers).
     pub fn is_ring_lie(self) -> bool {
         matches!(

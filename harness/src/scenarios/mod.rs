@@ -299,7 +299,7 @@ pub fn net() -> Vec<Scenario> {
     }
 }
 
-/// The scenario called `name` (in [`all`] or [`net`]).
+/// The scenario called `name` (in [`all`] or [`net()`]).
 pub fn by_name(name: &str) -> Option<Scenario> {
     all().into_iter().chain(net()).find(|s| s.name == name)
 }

@@ -1,5 +1,5 @@
 //! Machines from options: QEMU's realize step. A parsed
-//! [`MachineConfig`](crate::options::MachineConfig) becomes real host
+//! [`MachineConfig`] becomes real host
 //! resources (chardevs, entropy sources) and virtio devices in front of
 //! them, ready to be placed at the VM's virtio-mmio slots.
 //!
@@ -9,7 +9,7 @@
 //! has at most one user (the option parser checks it); a chardev no device
 //! uses is still opened, as QEMU does, and closed with the machine.
 //!
-//! [`host`](self::host) opens the host resources, [`devices`](self::devices) realizes
+//! `host` opens the host resources, `devices` realizes
 //! the devices in front of them, [`Machine`] places them at the VM's slots
 //! and runs the guest.
 

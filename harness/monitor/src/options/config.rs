@@ -184,7 +184,7 @@ pub enum DeviceConfig {
         /// The entropy source id.
         rng: String,
         /// The request queue's size (a power of two; default
-        /// [`DEFAULT_QUEUE_SIZE`]).
+        /// [`DEFAULT_QUEUE_SIZE`](virtio_devices::DEFAULT_QUEUE_SIZE)).
         queue_size: u16,
         /// `ioeventfd=on` (default): QueueNotify is caught by an ioeventfd
         /// and served by the device's worker thread; `off`: it exits to the
@@ -203,7 +203,7 @@ pub enum DeviceConfig {
         /// Port limit.
         max_ports: u32,
         /// Each queue's size (a power of two; default
-        /// [`DEFAULT_QUEUE_SIZE`]).
+        /// [`DEFAULT_QUEUE_SIZE`](virtio_devices::DEFAULT_QUEUE_SIZE)).
         queue_size: u16,
         /// As for [`DeviceConfig::Rng`].
         ioeventfd: bool,
@@ -218,11 +218,11 @@ pub enum DeviceConfig {
         /// GET_ID's answer (at most 20 bytes, §5.2.6).
         serial: Option<String>,
         /// Request queues (MQ when more than one); `None` when not given:
-        /// one in our monitor, [`VHOST_USER_BLK_QUEUES`] when served over
+        /// one in our monitor, [`VHOST_USER_BLK_QUEUES`](super::VHOST_USER_BLK_QUEUES) when served over
         /// vhost-user (the frontend decides how many it uses).
         num_queues: Option<u16>,
         /// Each queue's size (a power of two; default
-        /// [`DEFAULT_QUEUE_SIZE`]).
+        /// [`DEFAULT_QUEUE_SIZE`](virtio_devices::DEFAULT_QUEUE_SIZE)).
         queue_size: u16,
         /// Offer DISCARD.
         discard: bool,
@@ -248,7 +248,7 @@ pub enum DeviceConfig {
         mac: Option<[u8; 6]>,
         /// Several queue pairs (`mq=on`, with `queues=N` on the netdev side
         /// in QEMU; here `queue-pairs=N`); `None` when neither is given:
-        /// one in our monitor, [`VHOST_USER_NET_QUEUE_PAIRS`] when served
+        /// one in our monitor, [`VHOST_USER_NET_QUEUE_PAIRS`](super::VHOST_USER_NET_QUEUE_PAIRS) when served
         /// over vhost-user.
         queue_pairs: Option<u16>,
         /// Each queue's size.

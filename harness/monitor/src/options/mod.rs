@@ -9,7 +9,7 @@
 //! target holds it to that). It creates nothing: building the machine is
 //! the VM's job.
 //!
-//! One module per option family ([`machine`](self::machine), `object`,
+//! One module per option family (`machine`, `object`,
 //! `chardev`, `drive`, `netdev`, `device`, `monitor`), the typed result in
 //! `config`, the shared syntax in `keyvals`, the cross-checks in `check`.
 
