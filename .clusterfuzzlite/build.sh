@@ -28,9 +28,6 @@ case "$sanitizer" in
     *) echo "build.sh: sanitizer $sanitizer not supported" >&2; exit 1 ;;
 esac
 
-# The targets use the harness's library (options, PVH loader, monitor),
-# never its tiny guests: skip their nested build.
-export HARNESS_SKIP_GUESTS=1
 # Use the engine's cargo (OSS-Fuzz's base-builder-rust wraps it and defaults
 # to nightly); elsewhere ask for nightly explicitly.
 cargo_cmd=(cargo)

@@ -5,7 +5,7 @@
 //! Exports, for the harness's code and tests: `GUEST_<NAME>` (upper case,
 //! `-` as `_`) = the ELF of `guests/src/bin/<name>.rs`, and `GUEST_DIR` = the
 //! directory holding them all. Guests are always built `--release`.
-//! `HARNESS_SKIP_GUESTS=1` skips them (fuzz builds need none).
+//! `HARNESS_SKIP_GUESTS=1` skips them.
 
 use std::env;
 use std::fs;

@@ -23,7 +23,7 @@
 //! - Control (§5.1.6.5): [`Net::set_promiscuous`],
 //!   [`Net::set_all_multicast`], [`Net::set_mac_table`],
 //!   [`Net::set_mac_address`], each with a [`Wait`].
-//! - With feature `smoltcp`: [`smol::SmolNet`], a `smoltcp::phy::Device`.
+//! - With feature `smoltcp`: `smol::SmolNet`, a `smoltcp::phy::Device`.
 //!
 //! Receive buffers are posted all at once at initialisation and reposted
 //! in batches (one kick when a quarter of the ring waits, and before any

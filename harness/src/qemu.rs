@@ -21,7 +21,7 @@ use std::process::{Child, Command, Stdio};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use crate::ports::{EXIT_FAIL, EXIT_PASS, EXIT_PORT};
+use monitor::ports::{EXIT_FAIL, EXIT_PASS, EXIT_PORT};
 
 /// The QEMU binary.
 pub const QEMU: &str = "qemu-system-x86_64";

@@ -12,7 +12,7 @@
 use std::fmt;
 use std::sync::Mutex;
 
-use crate::vm::{Outcome, Verdict as RunVerdict};
+use monitor::vm::{Outcome, Verdict as RunVerdict};
 
 /// The device names of the contract.
 pub const DEVICES: &[&str] = &["rng", "console", "blk", "net"];

@@ -7,12 +7,12 @@
 use std::time::Duration;
 
 use backends::hostmem::HostMemory;
-use harness::bus::{BusError, MmioBus};
-use harness::ports::{EXIT_FAIL, EXIT_PASS};
-use harness::pvh::testing::{Note, Segment, elf, guest};
-use harness::pvh::{self, ElfError, LoadError};
-use harness::slots::{self, EmptySlot};
-use harness::vm::{self, Outcome, Verdict, Vm, VmError};
+use monitor::bus::{BusError, MmioBus};
+use monitor::ports::{EXIT_FAIL, EXIT_PASS};
+use monitor::pvh::testing::{Note, Segment, elf, guest};
+use monitor::pvh::{self, ElfError, LoadError};
+use monitor::slots::{self, EmptySlot};
+use monitor::vm::{self, Outcome, Verdict, Vm, VmError};
 
 const MIB: u64 = 1 << 20;
 const TIMEOUT: Duration = Duration::from_secs(20);

@@ -97,7 +97,7 @@ fn run_refuses_bad_options_naming_them() {
 
 #[test]
 fn run_boots_a_machine_and_reports_the_guest_verdict() {
-    if !harness::vm::kvm_or_skip("run_boots_a_machine_and_reports_the_guest_verdict") {
+    if !monitor::vm::kvm_or_skip("run_boots_a_machine_and_reports_the_guest_verdict") {
         return;
     }
     let rng = env!("GUEST_RNG");
@@ -135,7 +135,7 @@ fn run_boots_a_machine_and_reports_the_guest_verdict() {
 
 #[test]
 fn run_serves_a_monitor_socket_while_the_guest_runs() {
-    if !harness::vm::kvm_or_skip("run_serves_a_monitor_socket_while_the_guest_runs") {
+    if !monitor::vm::kvm_or_skip("run_serves_a_monitor_socket_while_the_guest_runs") {
         return;
     }
     let dir = harness::scenarios::Workdir::new("cli-monitor").unwrap();

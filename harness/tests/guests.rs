@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use backends::hostmem::HostMemory;
-use harness::vm::{self, Outcome, Verdict};
+use monitor::vm::{self, Outcome, Verdict};
 
 const TIMEOUT: Duration = Duration::from_secs(30);
 

@@ -16,11 +16,10 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use harness::daemon::Daemon;
 use harness::linux::{self, Kit, LinuxRun, LinuxVm, Machine};
 use harness::scenarios::Workdir;
-use harness::vhost_user::{
-    DEVICE_COUNTERS, Daemon, RING_COUNTERS, logged_device_counter, logged_ring_used,
-};
+use vhost_user::{DEVICE_COUNTERS, RING_COUNTERS, logged_device_counter, logged_ring_used};
 
 /// The modules every boot loads (both transports' drivers).
 const TRANSPORTS: [&str; 2] = ["virtio_mmio", "virtio_pci"];

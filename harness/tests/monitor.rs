@@ -13,11 +13,11 @@ use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::Duration;
 
-use harness::machine::Machine;
-use harness::monitor::{MonitorServer, NetLink, PROMPT};
-use harness::options::{self, MonitorProtocol};
 use harness::scenarios::Workdir;
-use harness::vm;
+use monitor::machine::Machine;
+use monitor::options::{self, MonitorProtocol};
+use monitor::protocol::{MonitorServer, NetLink, PROMPT};
+use monitor::vm;
 use virtio_core::mmio::regs;
 
 /// VIRTIO_NET_F_STATUS (§5.1.3).
@@ -44,7 +44,7 @@ fn machine(dir: &Workdir) -> Machine {
 /// VERSION_1 + STATUS, two 16-entry queues in guest RAM, DRIVER_OK.
 fn init_driver(link: &NetLink) {
     link.handle().with_registers(|r| {
-        let w = |r: &mut harness::virtio::Registers<_>, off, v| {
+        let w = |r: &mut monitor::virtio::Registers<_>, off, v| {
             r.write32(off, v).expect("register write");
         };
         w(r, regs::STATUS, 1 | 2);

@@ -14,11 +14,11 @@ use std::time::Duration;
 
 use backends::hostmem::HostMemory;
 use backends::rng::{Deterministic, RngBackend};
-use harness::ports::{EXIT_FAIL, EXIT_PASS};
-use harness::pvh::testing::guest;
-use harness::slots::{self, VirtioSlot};
-use harness::virtio::{InterruptMode, NotifyMode, VirtioHandle};
-use harness::vm::{self, Outcome, Verdict, Vm, VmError};
+use monitor::ports::{EXIT_FAIL, EXIT_PASS};
+use monitor::pvh::testing::guest;
+use monitor::slots::{self, VirtioSlot};
+use monitor::virtio::{InterruptMode, NotifyMode, VirtioHandle};
+use monitor::vm::{self, Outcome, Verdict, Vm, VmError};
 use virtio_core::GuestMemory;
 use virtio_core::features::DeviceType;
 use virtio_core::memory::{GuestAddress, RegionMemory};

@@ -19,10 +19,10 @@
 use std::os::unix::net::UnixListener;
 use std::time::Duration;
 
-use harness::machine::Machine;
 use harness::qemu::{Qemu, qemu_or_skip as qemu_ready};
 use harness::scenarios::Workdir;
 use harness::scenarios::net::{FILTER_EXPECTED, filter_peer, stream_client_args};
+use monitor::machine::Machine;
 
 /// Longest a guest may run before it is killed.
 const TIMEOUT: Duration = Duration::from_secs(180);
@@ -40,7 +40,7 @@ fn scratch(test: &str) -> Workdir {
 }
 
 fn ready(test: &str) -> bool {
-    harness::vm::kvm_or_skip(test) && qemu_ready(test)
+    monitor::vm::kvm_or_skip(test) && qemu_ready(test)
 }
 
 const UDP: u32 = 8;
@@ -74,7 +74,7 @@ fn qemu_serve_and_our_client_share_one_stream_segment() {
         ),
     ]
     .into();
-    let config = harness::options::parse(&args).expect("our options");
+    let config = monitor::options::parse(&args).expect("our options");
     let mut ours = Machine::new(&config).expect("our machine");
     let qemu = Qemu::microvm(net_guest())
         .modern()

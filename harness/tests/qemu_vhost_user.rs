@@ -21,9 +21,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use harness::daemon::Daemon;
 use harness::qemu::{Qemu, QemuRun as Run, qemu_or_skip as qemu_ready};
 use harness::scenarios::{Workdir, number_before};
-use harness::vhost_user::Daemon;
 
 /// Longest a guest may run before it is killed.
 const TIMEOUT: Duration = Duration::from_secs(120);

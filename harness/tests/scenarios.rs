@@ -11,7 +11,7 @@
 use std::path::PathBuf;
 
 use harness::scenarios::{self, RunEnv};
-use harness::vm;
+use monitor::vm;
 
 fn run(name: &str) {
     if !vm::kvm_or_skip(name) {

@@ -27,8 +27,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use harness::vhost_user::{DEVICE_COUNTERS, Daemon, logged_device_counter};
-use harness::vm::{Outcome, kvm_or_skip};
+use harness::daemon::Daemon;
+use monitor::vm::{Outcome, kvm_or_skip};
+use vhost_user::{DEVICE_COUNTERS, logged_device_counter};
 
 mod common;
 use common::{TIMEOUT, net_guest, options, run, scratch};

@@ -11,14 +11,14 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use harness::vhost_user::codec::{
-    self, FLAG_NEED_REPLY, FLAG_REPLY, FLAG_VERSION, HEADER_LEN, MemRegion, Message, Request,
-    VHOST_USER_F_PROTOCOL_FEATURES, VringAddr, VringFd, VringState, protocol,
-};
-use harness::vhost_user::{Backend, SharedMemory};
 use vhost::vhost_user::message::VhostUserConfigFlags;
 use vhost::vhost_user::{Frontend, VhostUserFrontend, VhostUserProtocolFeatures};
 use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
+use vhost_user::codec::{
+    self, FLAG_NEED_REPLY, FLAG_REPLY, FLAG_VERSION, HEADER_LEN, MemRegion, Message, Request,
+    VHOST_USER_F_PROTOCOL_FEATURES, VringAddr, VringFd, VringState, protocol,
+};
+use vhost_user::{Backend, SharedMemory};
 use virtio_core::GuestMemory;
 use virtio_core::features::DeviceType;
 use virtio_core::memory::{GuestAddress, Region, RegionMemory};
@@ -977,7 +977,7 @@ fn a_refusal_without_reply_ack_closes_unless_harmless() {
     let r = Raw::connect(&path);
     r.send(&Message::SetOwner, false, &[]);
     r.send(
-        &Message::SetConfig(harness::vhost_user::codec::Config {
+        &Message::SetConfig(vhost_user::codec::Config {
             offset: 0,
             flags: 0,
             data: vec![1, 2, 3, 4],
@@ -1002,7 +1002,7 @@ fn a_refusal_without_reply_ack_closes_unless_harmless() {
 fn each_kind_of_refusal_is_logged_once_per_session_with_a_count() {
     let dir = std::env::temp_dir().join(format!("vhost-user-log-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let mut d = harness::vhost_user::Daemon::ours(
+    let mut d = harness::daemon::Daemon::ours(
         Path::new(env!("CARGO_BIN_EXE_virtio-harness")),
         dir.join("rng.sock"),
         &[
@@ -1177,8 +1177,8 @@ fn console_daemon(tag: &str) -> (PathBuf, PathBuf) {
 
 fn daemon_from_options(options: Vec<String>) -> PathBuf {
     daemon_with(move |mem| {
-        let config = harness::options::parse(&options).unwrap();
-        harness::vhost_user::build(&config, &mem).unwrap().device
+        let config = monitor::options::parse(&options).unwrap();
+        monitor::serve::build(&config, &mem).unwrap().device
     })
 }
 

@@ -15,10 +15,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use harness::machine::Machine;
+use harness::daemon::Daemon;
 use harness::scenarios::Workdir;
-use harness::vhost_user::Daemon;
-use harness::vm::{Outcome, kvm_or_skip};
+use monitor::machine::Machine;
+use monitor::vm::{Outcome, kvm_or_skip};
 
 mod common;
 use common::{describe, machine, net_guest, options, run, scratch};
@@ -269,12 +269,12 @@ fn frontend_without_shared_ram_names_the_memory_backend() {
         "vhost-user-rng,chardev=vu".into(),
     ]
     .to_vec();
-    if harness::vm::kvm_unavailable().is_some() {
+    if monitor::vm::kvm_unavailable().is_some() {
         // The check needs only options, but Machine::new opens KVM first.
-        assert!(harness::options::parse(&args).is_ok());
+        assert!(monitor::options::parse(&args).is_ok());
         return;
     }
-    let config = harness::options::parse(&args).expect("options");
+    let config = monitor::options::parse(&args).expect("options");
     let e = Machine::new(&config).expect_err("private RAM must be refused");
     let s = e.to_string();
     assert!(

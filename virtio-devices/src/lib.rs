@@ -17,6 +17,7 @@ extern crate alloc;
 pub mod blk;
 pub mod console;
 pub mod device;
+pub mod misbehave;
 pub mod net;
 pub mod rng;
 pub mod transport;

@@ -88,7 +88,7 @@ pub fn run(data: &[u8]) {
             Token::Raw(s) => s,
         })
         .collect();
-    match harness::options::parse(&args) {
+    match monitor::options::parse(&args) {
         Ok(cfg) => {
             assert!(cfg.memory >= 1 << 20);
         }

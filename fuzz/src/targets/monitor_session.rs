@@ -5,8 +5,8 @@
 //! (QMP replies are JSON) and nothing panics.
 
 use arbitrary::{Arbitrary, Unstructured};
-use harness::monitor::Session;
-use harness::options::MonitorProtocol;
+use monitor::options::MonitorProtocol;
+use monitor::protocol::Session;
 
 #[derive(Arbitrary, Debug)]
 enum Line {

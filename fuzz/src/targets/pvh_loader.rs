@@ -6,8 +6,8 @@
 //! one leaves guest memory untouched.
 
 use arbitrary::{Arbitrary, Unstructured};
-use harness::pvh::testing::{Note, Segment, elf};
-use harness::pvh::{RamRange, load, parse};
+use monitor::pvh::testing::{Note, Segment, elf};
+use monitor::pvh::{RamRange, load, parse};
 use virtio_core::GuestMemory;
 use virtio_core::memory::GuestAddress;
 use virtio_core::testing::OwnedMemory;

@@ -6,5 +6,5 @@
 
 /// Runs one input (the first byte gives the fd count).
 pub fn run(data: &[u8]) {
-    harness::vhost_user::codec::fuzz_codec(data);
+    vhost_user::codec::fuzz_codec(data);
 }

@@ -4,7 +4,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use harness::machine::Machine;
+use monitor::machine::Machine;
 
 /// Boot tiny guests against virtio devices and report the results.
 #[derive(Parser)]
@@ -88,7 +88,7 @@ fn main() -> ExitCode {
             socket,
             verbose,
             options,
-        } => match harness::vhost_user::serve_options(&socket, &options, verbose) {
+        } => match monitor::serve::serve_options(&socket, &options, verbose) {
             Ok(never) => match never {},
             Err(e) => {
                 eprintln!("virtio-harness vhost-user: {e}");
@@ -133,7 +133,7 @@ fn suite() -> ExitCode {
 }
 
 fn run(options: &[String], timeout: Duration) -> ExitCode {
-    let config = match harness::options::parse(options) {
+    let config = match monitor::options::parse(options) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("virtio-harness run: {e}");

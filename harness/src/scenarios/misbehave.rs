@@ -11,9 +11,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::{CustomCtx, CustomRun, Scenario, Setup, Workdir, guest_line};
-use crate::machine::Machine;
-use crate::misbehave::Misbehave;
-use crate::vm::Outcome;
+use monitor::machine::Machine;
+use monitor::misbehave::Misbehave;
+use monitor::vm::Outcome;
 
 /// Longest one mode's VM may run (a hang is the failure this catches).
 const VM_TIMEOUT: Duration = Duration::from_secs(10);
@@ -134,7 +134,7 @@ fn run_mode(
             }
         ),
     ]);
-    let outcome = crate::options::parse(&args)
+    let outcome = monitor::options::parse(&args)
         .map_err(|e| format!("options: {e}"))
         .and_then(|cfg| Machine::new(&cfg).map_err(|e| e.to_string()))
         .and_then(|mut m| m.run(VM_TIMEOUT).map_err(|e| e.to_string()));

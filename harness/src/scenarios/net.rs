@@ -16,9 +16,9 @@ use super::{
     CustomCtx, CustomRun, Peer, Scenario, Setup, Workdir, accept_within, connect_within,
     guest_line, number_before,
 };
-use crate::machine::{Hubs, Machine};
 use crate::netns::{self, Netns};
-use crate::vm::Outcome;
+use monitor::machine::{Hubs, Machine};
+use monitor::vm::Outcome;
 
 /// Longest a net scenario's guest may run (the guests bound every wait
 /// by `net.ms`, below it).
@@ -95,7 +95,7 @@ fn build(options: &str, guest: &str, append: &str, hubs: &mut Hubs) -> Result<Ma
         "-append".into(),
         append.into(),
     ]);
-    let cfg = crate::options::parse(&args).map_err(|e| format!("options: {e}"))?;
+    let cfg = monitor::options::parse(&args).map_err(|e| format!("options: {e}"))?;
     Machine::with_hubs(&cfg, hubs).map_err(|e| e.to_string())
 }
 
@@ -128,7 +128,7 @@ fn hmp(path: &Path, cmd: &str) -> Result<String, String> {
         .map_err(|e| e.to_string())?;
     let mut w = s.try_clone().map_err(|e| e.to_string())?;
     let mut r = BufReader::new(s);
-    let prompt = crate::monitor::PROMPT.as_bytes();
+    let prompt = monitor::protocol::PROMPT.as_bytes();
     let until_prompt = |r: &mut BufReader<UnixStream>| -> Result<String, String> {
         let mut out = Vec::new();
         while !out.ends_with(prompt) {
@@ -297,7 +297,7 @@ fn net_hub_pair(_dir: &Workdir) -> Result<Setup, String> {
             let server = s.run(NET_TIMEOUT);
             let client = client
                 .join()
-                .unwrap_or(Err(crate::machine::MachineError::Unsupported(
+                .unwrap_or(Err(monitor::machine::MachineError::Unsupported(
                     "the client machine's thread panicked",
                 )));
             (server, client)

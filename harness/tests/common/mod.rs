@@ -6,9 +6,9 @@
 use std::path::Path;
 use std::time::Duration;
 
-use harness::machine::Machine;
 use harness::scenarios::Workdir;
-use harness::vm::Outcome;
+use monitor::machine::Machine;
+use monitor::vm::Outcome;
 
 /// Longest a guest may run before it is stopped.
 pub const TIMEOUT: Duration = Duration::from_secs(120);
@@ -49,7 +49,7 @@ pub fn options(kernel: &str, append: &str, socket: &Path, device: &[&str]) -> Ve
 
 /// The machine `args` describe.
 pub fn machine(args: &[String]) -> Machine {
-    let config = harness::options::parse(args).expect("options");
+    let config = monitor::options::parse(args).expect("options");
     Machine::new(&config).unwrap_or_else(|e| panic!("machine: {e}"))
 }
 

@@ -1,0 +1,39 @@
+//! A small KVM monitor: boots a guest ELF by PVH with virtio devices on
+//! virtio-mmio slots, assembled from QEMU-style options, and serves our
+//! devices to other monitors over vhost-user.
+//!
+//! - The machine core: [`vm`] (KVM VM, vCPU in the PVH entry state, run
+//!   loop, outcomes), [`pvh`] (ELF loading and `hvm_start_info`), [`bus`]
+//!   (the MMIO bus), [`ports`] (COM1, debug and test-exit ports), [`slots`]
+//!   (the virtio-mmio slots and their command-line entries), [`stats`]
+//!   (KVM's own binary statistics).
+//! - Devices: [`virtio`] (a `VirtioDevice` behind a slot's register file,
+//!   irqfd interrupts, ioeventfd or inline notifications, a worker thread
+//!   per device).
+//! - Machines: [`options`] (QEMU-style options), [`machine`] (backends and
+//!   devices realized from them, and the machine that runs them),
+//!   [`protocol`] (`-monitor`/`-qmp` sockets: `set_link`, status), [`serve`]
+//!   (one of our devices served over vhost-user from the same options).
+//! - [`misbehave`]: hostile devices (`misbehave=<mode>`, with the
+//!   `misbehave` feature): the register lies the slot tells beside the
+//!   used-ring lies of `virtio-devices`; without the feature such options
+//!   are refused.
+//!
+//! It knows nothing of test scenarios or verdicts; see
+//! `examples/boot.rs` for embedding it.
+
+pub mod bus;
+pub mod machine;
+pub mod misbehave;
+pub mod options;
+pub mod ports;
+pub mod protocol;
+pub mod pvh;
+pub mod serve;
+pub mod slots;
+pub mod stats;
+pub mod virtio;
+pub mod vm;
+
+pub use machine::{Machine, MachineError};
+pub use options::{MachineConfig, OptionError, parse};

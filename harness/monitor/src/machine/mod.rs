@@ -1,0 +1,205 @@
+//! Machines from options: QEMU's realize step. A parsed
+//! [`MachineConfig`] becomes real host
+//! resources (chardevs, entropy sources) and virtio devices in front of
+//! them, ready to be placed at the VM's virtio-mmio slots.
+//!
+//! Realizing opens everything the options name before the guest runs, so a
+//! file that cannot be created or a socket that cannot be bound is an error
+//! naming the option, never a failure halfway through a run. Every chardev
+//! has at most one user (the option parser checks it); a chardev no device
+//! uses is still opened, as QEMU does, and closed with the machine.
+//!
+//! `host` opens the host resources, `devices` realizes
+//! the devices in front of them, [`Machine`] places them at the VM's slots
+//! and runs the guest.
+
+mod devices;
+mod error;
+mod host;
+#[cfg(test)]
+mod tests;
+
+pub use devices::*;
+pub use error::MachineError;
+pub use host::*;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::os::fd::{FromRawFd, RawFd};
+use std::sync::Arc;
+use std::time::Duration;
+
+use backends::block::BlockBackend;
+use backends::chardev::os::{
+    FileChardev, PipeChardev, PtyChardev, SocketAddr, SocketChardev, StdioChardev,
+};
+use backends::chardev::{Chardev, ChardevError, Null, RingBuf};
+use backends::rng::{Builtin, Deterministic, Egd, RandomFile, RngBackend, RngError};
+use virtio_core::memory::RegionMemory;
+use virtio_core::split::layout::QueueSize;
+use virtio_devices::blk::{Blk, BlkConfig};
+use virtio_devices::console::{Console, Port};
+use virtio_devices::device::VirtioDevice;
+use virtio_devices::net::{Net, NetConfig};
+use virtio_devices::rng::Rng;
+
+use crate::misbehave::Misbehave;
+#[cfg(feature = "misbehave")]
+use crate::misbehave::Misbehaving;
+use crate::options::{
+    CacheMode, ChardevKind, DeviceConfig, DiskFormat, DriveConfig, MachineConfig, NetdevKind,
+    RngConfig, VhostUserType,
+};
+use crate::protocol::{MonitorServer, NetLink};
+use crate::virtio::NotifyMode;
+use crate::vm::{Outcome, Vm, VmError};
+use vhost_user::{FrontendError, SharedRam, VhostUserDevice, VhostUserKind};
+
+/// A machine ready to run: the VM with its devices placed and the guest
+/// loaded.
+pub struct Machine {
+    /// The VM.
+    pub vm: Vm,
+    /// What sits at each virtio-mmio slot, in slot order: type and backend.
+    pub devices: Vec<(&'static str, String)>,
+    /// The command line the guest got (with the slots appended).
+    pub cmdline: String,
+    /// Its virtio-net devices, for `set_link` (the monitor's and tests').
+    pub links: Vec<NetLink>,
+    /// Monitor sockets (`-monitor`, `-qmp`), bound; served while
+    /// [`Machine::run`] runs.
+    monitors: Vec<MonitorServer>,
+}
+
+impl fmt::Debug for Machine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Machine")
+            .field("devices", &self.devices)
+            .field("cmdline", &self.cmdline)
+            .field("links", &self.links)
+            .field("monitors", &self.monitors)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Machine {
+    /// Builds the machine `config` describes: guest RAM from its memory
+    /// backend, its devices at the virtio-mmio slots in command-line
+    /// order, its kernel loaded by PVH with `-append` plus the slots, its
+    /// monitor sockets bound.
+    pub fn new(config: &MachineConfig) -> Result<Machine, MachineError> {
+        Machine::with_hubs(config, &mut Hubs::default())
+    }
+
+    /// [`Machine::new`] with its hub ports on `hubs`: machines built over
+    /// the same `Hubs` (and run in threads of one process) share each
+    /// `hubid`'s segment.
+    pub fn with_hubs(config: &MachineConfig, hubs: &mut Hubs) -> Result<Machine, MachineError> {
+        let path = config.kernel.as_ref().ok_or(MachineError::NoKernel)?;
+        let elf = std::fs::read(path).map_err(|err| MachineError::Kernel {
+            path: path.clone(),
+            err,
+        })?;
+        let memory = backends::hostmem::HostMemory::new(&config.ram_host_memory())
+            .map_err(MachineError::Memory)?;
+        let mut vm = Vm::new(memory)?;
+        let ram = if config.uses_vhost_user() {
+            let shared = shared_ram(&vm).map_err(|err| MachineError::VhostUser {
+                by: "a vhost-user device".into(),
+                err,
+            })?;
+            Some(Arc::new(shared))
+        } else {
+            None
+        };
+        let realized = realize_devices_shared(config, vm.guest_memory(), hubs, ram)?;
+        let devices = realized
+            .iter()
+            .map(|d| (d.kind, d.backend.clone()))
+            .collect();
+        let (slots, links) = attach(&mut vm, realized)?;
+        let cmdline = crate::slots::append_cmdline(&config.append, &slots);
+        let monitors = config
+            .monitors
+            .iter()
+            .map(|m| {
+                MonitorServer::bind(m.protocol, &m.path).map_err(|err| MachineError::Monitor {
+                    path: m.path.clone(),
+                    err,
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        vm.load_pvh(&elf, &cmdline)?;
+        Ok(Machine {
+            vm,
+            devices,
+            cmdline,
+            links,
+            monitors,
+        })
+    }
+
+    /// The monitor sockets: protocol and path.
+    pub fn monitors(&self) -> Vec<(crate::options::MonitorProtocol, std::path::PathBuf)> {
+        self.monitors
+            .iter()
+            .map(|m| (m.protocol(), m.path().to_path_buf()))
+            .collect()
+    }
+
+    /// The virtio-net device the monitor knows as `name` (its `-netdev`
+    /// id or its `-device …,id=`).
+    pub fn link(&self, name: &str) -> Option<&NetLink> {
+        self.links.iter().find(|l| l.is_named(name))
+    }
+
+    /// Runs the guest to its verdict, or `timeout`. The monitor sockets
+    /// are served meanwhile and stop with the run.
+    pub fn run(&mut self, timeout: Duration) -> Result<Outcome, MachineError> {
+        let running: Vec<_> = self
+            .monitors
+            .iter()
+            .map(|m| {
+                m.serve(self.links.clone())
+                    .map_err(|err| MachineError::Monitor {
+                        path: m.path().to_path_buf(),
+                        err,
+                    })
+            })
+            .collect::<Result<_, _>>()?;
+        let out = self.vm.run(timeout);
+        for r in running {
+            r.stop();
+        }
+        Ok(out?)
+    }
+}
+
+/// Places realized devices at the VM's virtio-mmio slots, in order, and
+/// returns every slot on the bus (for the command line) and the network
+/// devices' link handles.
+fn attach(
+    vm: &mut Vm,
+    devices: Vec<RealizedDevice>,
+) -> Result<(Vec<crate::slots::VirtioSlot>, Vec<NetLink>), MachineError> {
+    let mut links = Vec::new();
+    for d in devices {
+        match d.device {
+            DeviceBox::Any(device) => {
+                vm.add_virtio_device(d.kind, device, d.ready_fds, d.notify)?;
+            }
+            DeviceBox::Net { net, netdev, id } => {
+                let handle = vm.add_virtio_device(d.kind, *net, d.ready_fds, d.notify)?;
+                links.push(NetLink::new(netdev, id, d.backend, handle));
+            }
+            #[cfg(feature = "misbehave")]
+            DeviceBox::Misbehaving(m) => {
+                vm.add_virtio_device(d.kind, *m, d.ready_fds, d.notify)?;
+            }
+            DeviceBox::VhostUser(v) => {
+                vm.add_virtio_device(d.kind, *v, d.ready_fds, d.notify)?;
+            }
+        }
+    }
+    Ok((vm.virtio_slots(), links))
+}

@@ -1,0 +1,523 @@
+//! The parser's tests: every option family, every mistake named.
+
+use super::*;
+
+fn p(s: &str) -> Result<MachineConfig, OptionError> {
+    let args: Vec<&str> = s.split_whitespace().collect();
+    parse(&args)
+}
+
+#[test]
+fn the_issue_example_parses() {
+    let c = p("-m 64M -machine microvm,memory-backend=mem0,acpi=off \
+               -object memory-backend-memfd,id=mem0,size=64M \
+               -object rng-random,id=rng0,filename=/dev/urandom -object rng-builtin,id=rng1 \
+               -object rng-egd,id=rng2,chardev=c0 -chardev socket,id=c0,path=/tmp/egd.sock \
+               -device virtio-rng-device,rng=rng0 -chardev file,id=c1,path=out.log \
+               -device virtio-serial-device -device virtconsole,chardev=c1 \
+               -kernel guest.elf -append console=hvc0")
+    .unwrap();
+    assert_eq!(c.memory, 64 << 20);
+    assert_eq!(c.ram_backend().unwrap().kind, MemoryBackendKind::Memfd);
+    assert!(c.ram_backend().unwrap().share);
+    assert_eq!(c.rngs.len(), 3);
+    assert_eq!(c.chardevs.len(), 2);
+    assert_eq!(c.devices.len(), 3);
+    assert_eq!(c.kernel, Some(PathBuf::from("guest.elf")));
+    assert_eq!(c.append, "console=hvc0");
+    let ram = c.ram_host_memory();
+    assert_eq!(
+        ram.kind,
+        backends::hostmem::HostMemoryKind::Memfd { seal: true }
+    );
+    assert_eq!((ram.size, ram.share, ram.prealloc), (64 << 20, true, false));
+    let plain = p("-m 32M").unwrap().ram_host_memory();
+    assert_eq!(plain.kind, backends::hostmem::HostMemoryKind::Ram);
+    assert_eq!(plain.size, 32 << 20);
+}
+
+#[test]
+fn vhost_user_devices_take_a_unix_socket_client_chardev() {
+    let c = p(
+        "-chardev socket,id=vu,path=/tmp/b.sock -device vhost-user-blk,chardev=vu,num-queues=2 \
+               -chardev socket,id=vr,path=/tmp/r.sock -device vhost-user-rng,chardev=vr \
+               -chardev socket,id=vn,path=/tmp/n.sock -netdev vhost-user,id=n0,chardev=vn \
+               -device virtio-net-device,netdev=n0",
+    )
+    .unwrap();
+    assert!(c.uses_vhost_user());
+    assert_eq!(c.vhost_user_chardevs(), vec!["vu", "vr", "vn"]);
+    assert_eq!(
+        c.devices[0],
+        DeviceConfig::VhostUser {
+            ty: VhostUserType::Blk {
+                num_queues: 2,
+                queue_size: 128
+            },
+            chardev: "vu".into(),
+            ioeventfd: true,
+        }
+    );
+    assert_eq!(c.devices[0].type_name(), "vhost-user-blk");
+    assert_eq!(c.devices[1].type_name(), "vhost-user-rng");
+    assert_eq!(
+        c.socket_path("vr"),
+        Some(std::path::Path::new("/tmp/r.sock"))
+    );
+    assert!(
+        !p("-object rng-builtin,id=r -device virtio-rng-device,rng=r")
+            .unwrap()
+            .uses_vhost_user()
+    );
+    for (line, want) in [
+        ("-device vhost-user-blk,chardev=nope", "nope"),
+        (
+            "-chardev socket,id=s,path=/tmp/x,server=on -device vhost-user-rng,chardev=s",
+            "unix socket client",
+        ),
+        (
+            "-chardev socket,id=s,host=127.0.0.1,port=1 -netdev vhost-user,id=n,chardev=s",
+            "unix socket client",
+        ),
+        (
+            "-chardev socket,id=s,path=/tmp/x -device vhost-user-rng,chardev=s \
+             -device vhost-user-blk,chardev=s",
+            "already used",
+        ),
+        (
+            "-chardev socket,id=s,path=/tmp/x -device vhost-user-blk,chardev=s,num-queues=0",
+            "num-queues",
+        ),
+        (
+            "-chardev socket,id=s,path=/tmp/x -device vhost-user-blk",
+            "chardev",
+        ),
+        ("-netdev vhost-user,id=n", "chardev"),
+    ] {
+        let e = p(line).unwrap_err().to_string();
+        assert!(e.contains(want), "{line}: {e}");
+    }
+}
+
+#[test]
+fn misbehave_takes_every_mode_on_every_virtio_device_and_refuses_others() {
+    for m in Misbehave::ALL {
+        let c = p(&format!(
+            "-object rng-builtin,id=r -device virtio-rng-device,rng=r,misbehave={m} \
+             -device virtio-serial-device,misbehave={m} \
+             -netdev hubport,id=n,hubid=0 -device virtio-net-device,netdev=n,misbehave={m}"
+        ))
+        .unwrap();
+        for d in &c.devices {
+            let got = match d {
+                DeviceConfig::Rng { misbehave, .. }
+                | DeviceConfig::Serial { misbehave, .. }
+                | DeviceConfig::Net { misbehave, .. }
+                | DeviceConfig::Blk { misbehave, .. } => *misbehave,
+                DeviceConfig::Port { .. } | DeviceConfig::VhostUser { .. } => None,
+            };
+            assert_eq!(got, Some(m), "{d:?}");
+        }
+    }
+    let c = p("-object rng-builtin,id=r -device virtio-rng-device,rng=r").unwrap();
+    assert!(matches!(
+        c.devices[0],
+        DeviceConfig::Rng {
+            misbehave: None,
+            ..
+        }
+    ));
+    let e = p("-object rng-builtin,id=r -device virtio-rng-device,rng=r,misbehave=sulk")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("misbehave='sulk'") && e.contains("interrupt-storm"),
+        "{e}"
+    );
+    let e = p("-chardev null,id=c -device virtconsole,chardev=c,misbehave=used-twice")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("unknown key 'misbehave'"), "{e}");
+}
+
+#[test]
+fn every_mistake_names_what_is_wrong() {
+    let cases = [
+        ("-x 1", "unknown option '-x'"),
+        ("-m", "option '-m' needs an argument"),
+        ("-m 12Q", "-m: size='12Q' is not a RAM size of at least 1M"),
+        ("-object rng-foo,id=a", "-object: unknown type 'rng-foo'"),
+        (
+            "-object rng-builtin,id=a,colour=red",
+            "-object rng-builtin: unknown key 'colour'",
+        ),
+        ("-object rng-builtin", "-object rng-builtin: missing 'id='"),
+        (
+            "-object rng-builtin,id=a -object rng-builtin,id=a",
+            "id 'a' is defined more than once",
+        ),
+        (
+            "-device virtio-rng-device,rng=nope",
+            "-device virtio-rng-device: rng='nope' does not name an rng object",
+        ),
+        (
+            "-chardev null,id=c -device virtio-rng-device,rng=c",
+            "-device virtio-rng-device: rng='c' does not name an rng object",
+        ),
+        (
+            "-object rng-egd,id=r,chardev=c9",
+            "-object rng-egd,id=r: chardev='c9' does not name a chardev",
+        ),
+        (
+            "-chardev socket,id=s",
+            "give exactly one of path= or host=/port=",
+        ),
+        (
+            "-chardev socket,id=s,port=99999",
+            "-chardev: port='99999' is not a port number",
+        ),
+        (
+            "-object memory-backend-ram,id=m,size=1M,share=maybe",
+            "-object: share='maybe' is not on or off",
+        ),
+        (
+            "-m 64M -machine microvm,memory-backend=m -object memory-backend-ram,id=m,size=32M",
+            "-m is 67108864 bytes but memory backend 'm' has 33554432 bytes",
+        ),
+        (
+            "-chardev null,id=c -device virtconsole,chardev=c",
+            "needs a -device virtio-serial-device before it",
+        ),
+        (
+            "-object rng-builtin,id=a,id=b",
+            "-object: key 'id' given more than once",
+        ),
+        (
+            "-kernel a -kernel b",
+            "option '-kernel' given more than once",
+        ),
+        (
+            "-chardev null,id=c -object rng-egd,id=r,chardev=c \
+             -device virtio-serial-device -device virtconsole,chardev=c",
+            "-device virtconsole,chardev=c: chardev 'c' is already used by -object rng-egd,id=r",
+        ),
+        (
+            "-object rng-builtin,id=r -device virtio-rng-device,rng=r \
+             -device virtio-rng-device,rng=r",
+            "rng 'r' is already used by another device",
+        ),
+        (
+            "-chardev null,id=a -chardev null,id=b -device virtio-serial-device,max_ports=1 \
+             -device virtconsole,chardev=a -device virtserialport,chardev=b",
+            "virtserialport,chardev=b: the virtio-serial-device has no port left (max_ports)",
+        ),
+        (
+            "-object rng-builtin,id=r -device virtio-rng-device,rng=r,ioeventfd=maybe",
+            "-device: ioeventfd='maybe' is not on or off",
+        ),
+    ];
+    for (line, want) in cases {
+        let err = p(line).expect_err(line).to_string();
+        assert!(err.contains(want), "{line}: got '{err}', want '{want}'");
+    }
+}
+
+#[test]
+fn drives_and_blk_devices_parse_in_both_styles() {
+    let c = p(
+        "-drive if=none,id=d0,file=disk.img,format=qcow2,readonly=on,cache=none,discard=unmap \
+               -blockdev driver=file,node-name=f1,filename=raw.img,cache.direct=on \
+               -blockdev driver=raw,node-name=d1,file=f1 \
+               -blockdev driver=raw,node-name=d2,file.driver=file,file.filename=b.img,read-only=on \
+               -device virtio-blk-device,drive=d0,serial=abc,num-queues=4,queue-size=128 \
+               -device virtio-blk-device,drive=d1,discard=off,ioeventfd=off \
+               -device virtio-blk-device,drive=d2",
+    )
+    .unwrap();
+    assert_eq!(
+        c.drives[0],
+        DriveConfig {
+            id: "d0".into(),
+            path: "disk.img".into(),
+            format: DiskFormat::Qcow2,
+            read_only: true,
+            cache: CacheMode::None,
+            discard: true,
+        }
+    );
+    assert_eq!(c.drives[1].path, PathBuf::from("raw.img"));
+    assert_eq!(c.drives[1].cache, CacheMode::None);
+    assert_eq!(c.drives[1].format, DiskFormat::Raw);
+    assert!(c.drives[2].read_only);
+    assert_eq!(
+        c.devices[0],
+        DeviceConfig::Blk {
+            drive: "d0".into(),
+            serial: Some("abc".into()),
+            num_queues: Some(4),
+            queue_size: 128,
+            discard: true,
+            write_zeroes: true,
+            ioeventfd: true,
+            misbehave: None,
+        }
+    );
+    assert!(matches!(
+        c.devices[1],
+        DeviceConfig::Blk {
+            discard: false,
+            ioeventfd: false,
+            ..
+        }
+    ));
+}
+
+#[test]
+fn drive_mistakes_name_what_is_wrong() {
+    let cases = [
+        (
+            "-drive if=virtio,id=d,file=x",
+            "-drive: if='virtio' is not none",
+        ),
+        ("-drive if=none,file=x", "-drive drive: missing 'id='"),
+        (
+            "-drive id=d,file=x,format=vmdk",
+            "format='vmdk' is not raw or qcow2",
+        ),
+        (
+            "-drive id=d,file=x,cache=unsafe",
+            "cache='unsafe' is not writeback",
+        ),
+        (
+            "-drive id=d,file=x,colour=red",
+            "-drive drive: unknown key 'colour'",
+        ),
+        (
+            "-drive id=d,file=x -drive id=d,file=y",
+            "id 'd' is defined more than once",
+        ),
+        (
+            "-device virtio-blk-device,drive=nope",
+            "-device virtio-blk-device: drive='nope' does not name a drive",
+        ),
+        (
+            "-drive id=d,file=x -device virtio-blk-device,drive=d -device virtio-blk-device,drive=d",
+            "drive 'd' is already used by another device",
+        ),
+        (
+            "-drive id=d,file=x -device virtio-blk-device,drive=d,serial=123456789012345678901",
+            "at most 20 bytes",
+        ),
+        (
+            "-drive id=d,file=x -device virtio-blk-device,drive=d,queue-size=100",
+            "a power of two",
+        ),
+        (
+            "-drive id=d,file=x -device virtio-blk-device,drive=d,num-queues=0",
+            "1 to 1024",
+        ),
+        (
+            "-blockdev driver=raw,node-name=d,file=nofile",
+            "file='nofile' does not name an earlier -blockdev driver=file node",
+        ),
+        (
+            "-blockdev driver=vdi,node-name=d,file.filename=x",
+            "driver='vdi' is not file, raw or qcow2",
+        ),
+    ];
+    for (line, want) in cases {
+        let err = p(line).expect_err(line).to_string();
+        assert!(err.contains(want), "{line}: got '{err}', want '{want}'");
+    }
+}
+
+/// §2.7: every virtio device takes `queue-size` (a power of two up to
+/// 32768) and defaults to 1024, what QEMU's virtio-mmio reports as
+/// `QueueNumMax` for every device.
+#[test]
+fn section_2_7_every_device_takes_a_queue_size_and_defaults_to_1024() {
+    let c = p("-object rng-builtin,id=r -device virtio-rng-device,rng=r \
+               -device virtio-serial-device -drive id=d,file=x,if=none \
+               -device virtio-blk-device,drive=d -netdev loopback,id=n \
+               -device virtio-net-device,netdev=n")
+    .unwrap();
+    let sizes: Vec<u16> = c
+        .devices
+        .iter()
+        .filter_map(|d| match d {
+            DeviceConfig::Rng { queue_size, .. }
+            | DeviceConfig::Serial { queue_size, .. }
+            | DeviceConfig::Blk { queue_size, .. }
+            | DeviceConfig::Net { queue_size, .. } => Some(*queue_size),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(sizes, [1024; 4]);
+    let c = p(
+        "-object rng-builtin,id=r -device virtio-rng-device,rng=r,queue-size=32768 \
+               -device virtio-serial-device,queue-size=2",
+    )
+    .unwrap();
+    assert!(matches!(
+        c.devices[0],
+        DeviceConfig::Rng {
+            queue_size: 32768,
+            ..
+        }
+    ));
+    assert!(matches!(
+        c.devices[1],
+        DeviceConfig::Serial { queue_size: 2, .. }
+    ));
+    for bad in ["0", "3", "65536", "4294967296", "x"] {
+        let e = p(&format!(
+            "-object rng-builtin,id=r -device virtio-rng-device,rng=r,queue-size={bad}"
+        ))
+        .expect_err(bad)
+        .to_string();
+        assert!(e.contains("queue-size"), "{bad}: {e}");
+    }
+}
+
+#[test]
+fn netdevs_and_net_devices_parse() {
+    let c = p("-netdev loopback,id=l -netdev hubport,id=h,hubid=3 \
+               -netdev stream,id=s,server=on,addr.type=unix,addr.path=/tmp/n.sock \
+               -netdev stream,id=t,addr.type=inet,addr.host=127.0.0.1,addr.port=5555 \
+               -netdev dgram,id=d,local.type=inet,local.host=127.0.0.1,local.port=1,remote.type=inet,remote.host=127.0.0.1,remote.port=2 \
+               -netdev tap,id=tp,ifname=tap0,script=no,downscript=no \
+               -device virtio-net-device,netdev=l,mac=52:54:00:aa:bb:cc,mq=on,queue-pairs=4 \
+               -device virtio-net-device,netdev=h")
+    .unwrap();
+    assert_eq!(c.netdevs[1].1, NetdevKind::Hubport { hubid: 3 });
+    assert_eq!(
+        c.netdevs[3].1,
+        NetdevKind::Stream {
+            server: false,
+            path: None,
+            inet: Some("127.0.0.1:5555".into())
+        }
+    );
+    assert_eq!(
+        c.netdevs[5].1,
+        NetdevKind::Tap {
+            ifname: Some("tap0".into()),
+            fd: None
+        }
+    );
+    assert_eq!(
+        c.devices[0],
+        DeviceConfig::Net {
+            id: None,
+            netdev: "l".into(),
+            mtu: None,
+            mac: Some([0x52, 0x54, 0, 0xaa, 0xbb, 0xcc]),
+            queue_pairs: Some(4),
+            queue_size: DEFAULT_QUEUE_SIZE,
+            ioeventfd: true,
+            misbehave: None,
+        }
+    );
+    let cases = [
+        ("-netdev tap,id=t", "give exactly one of ifname= or fd="),
+        (
+            "-netdev tap,id=t,ifname=x,script=/etc/qemu-ifup",
+            "scripts are not run",
+        ),
+        ("-netdev hubport,id=h", "missing 'hubid='"),
+        (
+            "-netdev stream,id=s,addr.type=vsock",
+            "addr.type='vsock' is not unix or inet",
+        ),
+        ("-netdev slirp,id=u", "-netdev: unknown type 'slirp'"),
+        (
+            "-netdev loopback,id=l -device virtio-net-device,netdev=l,mac=52:54",
+            "is not a MAC address",
+        ),
+        (
+            "-netdev loopback,id=l -device virtio-net-device,netdev=l,queue-pairs=2",
+            "1 without mq=on",
+        ),
+        (
+            "-device virtio-net-device,netdev=x",
+            "netdev='x' does not name a netdev",
+        ),
+        (
+            "-netdev loopback,id=l -device virtio-net-device,netdev=l -device virtio-net-device,netdev=l",
+            "netdev 'l' is already used by another device",
+        ),
+    ];
+    for (line, want) in cases {
+        let err = p(line).expect_err(line).to_string();
+        assert!(err.contains(want), "{line}: got '{err}', want '{want}'");
+    }
+}
+
+#[test]
+fn commas_escape_and_sizes_parse() {
+    let c = p("-chardev file,id=c,path=/tmp/a,,b").unwrap();
+    assert_eq!(
+        c.chardevs[0].1,
+        ChardevKind::File {
+            path: "/tmp/a,b".into(),
+            input_path: None
+        }
+    );
+    assert_eq!(parse_size("4K"), Some(4096));
+    assert_eq!(parse_size("0x1000"), Some(4096));
+    assert_eq!(parse_size("1G"), Some(1 << 30));
+    assert_eq!(parse_size("99999999999T"), None);
+    assert_eq!(parse_size(""), None);
+    assert_eq!(p("-m 128").unwrap().memory, 128 << 20);
+}
+
+#[test]
+fn monitors_parse_in_both_spellings() {
+    let c = p("-monitor unix:/tmp/m.sock,server=on,wait=off -qmp unix:/tmp/q.sock,server,nowait")
+        .unwrap();
+    assert_eq!(
+        c.monitors,
+        [
+            MonitorConfig {
+                protocol: MonitorProtocol::Hmp,
+                path: "/tmp/m.sock".into()
+            },
+            MonitorConfig {
+                protocol: MonitorProtocol::Qmp,
+                path: "/tmp/q.sock".into()
+            }
+        ]
+    );
+    for (line, want) in [
+        ("-monitor stdio", "unix:PATH"),
+        ("-monitor unix:/tmp/m", "only server=on"),
+        ("-qmp unix:/tmp/m,server=on", "only wait=off"),
+        (
+            "-qmp unix:/tmp/m,server,nowait,colour=red",
+            "unknown key 'colour'",
+        ),
+        ("-monitor unix:,server,nowait", "a socket path"),
+        (
+            "-monitor unix:/tmp/m,server,nowait -qmp unix:/tmp/m,server,nowait",
+            "used twice",
+        ),
+    ] {
+        let err = p(line).expect_err(line).to_string();
+        assert!(err.contains(want), "{line}: got '{err}', want '{want}'");
+    }
+}
+
+#[test]
+fn net_devices_take_an_id_and_an_mtu() {
+    let c = p("-netdev loopback,id=l -device virtio-net-device,netdev=l,id=nic0,host_mtu=9000")
+        .unwrap();
+    let DeviceConfig::Net { id, mtu, .. } = &c.devices[0] else {
+        panic!("not a net device");
+    };
+    assert_eq!(id.as_deref(), Some("nic0"));
+    assert_eq!(*mtu, Some(9000));
+    let err = p("-netdev loopback,id=l -device virtio-net-device,netdev=l,host_mtu=70000")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("68 to 65535"), "{err}");
+}

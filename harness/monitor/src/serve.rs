@@ -1,0 +1,363 @@
+//! Serving one of our devices over vhost-user from QEMU-style options
+//! (what `virtio-harness vhost-user` runs): the same backends as
+//! [`crate::machine`] opens (`open_chardev`, `open_drive`, `open_netdev`,
+//! `open_rng`), the same device types, but over a [`SharedMemory`] the
+//! vhost-user session fills in, and without a VM; [`serve_options`]
+//! builds it and serves one frontend after the other.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::os::fd::RawFd;
+use std::os::unix::net::UnixListener;
+use std::path::Path;
+
+use virtio_devices::VirtioDevice;
+use virtio_devices::blk::{Blk, BlkConfig};
+use virtio_devices::console::{Console, Port};
+use virtio_devices::net::{Net, NetConfig};
+use virtio_devices::rng::Rng;
+
+use crate::machine::{self, Hubs, MachineError};
+use crate::options::{CacheMode, DeviceConfig, MachineConfig};
+
+use vhost_user::{Backend, SharedMemory};
+
+/// A device built for vhost-user.
+pub struct ServedDevice {
+    /// The `-device` type.
+    pub kind: &'static str,
+    /// Its backends, described.
+    pub backend: String,
+    /// The device, over the shared memory it was built with.
+    pub device: Box<dyn VirtioDevice + Send>,
+    /// Backend readiness descriptors to poll.
+    pub ready_fds: Vec<RawFd>,
+}
+
+impl fmt::Debug for ServedDevice {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServedDevice")
+            .field("kind", &self.kind)
+            .field("backend", &self.backend)
+            .field("ready_fds", &self.ready_fds)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why the options do not make one device.
+#[derive(Debug)]
+pub enum BuildError {
+    /// Not exactly one device (a virtio-serial-device with its ports is
+    /// one).
+    DeviceCount(usize),
+    /// Realizing a backend or the device failed.
+    Machine(MachineError),
+}
+
+impl fmt::Display for BuildError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BuildError::DeviceCount(n) => write!(
+                f,
+                "vhost-user serves exactly one -device (a virtio-serial-device with its ports counts as one), got {n}"
+            ),
+            BuildError::Machine(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl std::error::Error for BuildError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            BuildError::Machine(e) => Some(e),
+            BuildError::DeviceCount(_) => None,
+        }
+    }
+}
+
+impl From<MachineError> for BuildError {
+    fn from(e: MachineError) -> Self {
+        BuildError::Machine(e)
+    }
+}
+
+fn missing(by: &str, id: &str) -> BuildError {
+    BuildError::Machine(MachineError::Missing {
+        by: by.into(),
+        id: id.into(),
+    })
+}
+
+/// Builds the one device `config` names (blk, rng, net, or a serial device
+/// with its ports) over `mem`.
+pub fn build(config: &MachineConfig, mem: &SharedMemory) -> Result<ServedDevice, BuildError> {
+    let count = config
+        .devices
+        .iter()
+        .filter(|d| !matches!(d, DeviceConfig::Port { .. }))
+        .count();
+    if count != 1 {
+        return Err(BuildError::DeviceCount(count));
+    }
+    let mut chardevs = HashMap::new();
+    for (id, kind) in &config.chardevs {
+        chardevs.insert(id.clone(), machine::open_chardev(id, kind)?);
+    }
+    let mut ports = Vec::new();
+    let mut out = None;
+    for dev in &config.devices {
+        match dev {
+            DeviceConfig::Rng {
+                rng, queue_size, ..
+            } => {
+                let size = machine::checked_queue_size("virtio-rng-device", *queue_size)?;
+                let (_, rc) = config
+                    .rngs
+                    .iter()
+                    .find(|(id, _)| id == rng)
+                    .ok_or_else(|| missing("-device virtio-rng-device", rng))?;
+                let (backend, what) = machine::open_rng(rng, rc, &mut chardevs)?;
+                let ready_fds = backend.readiness_fd().into_iter().collect();
+                out = Some(ServedDevice {
+                    kind: "virtio-rng-device",
+                    backend: what,
+                    device: Box::new(Rng::new(backend, mem.clone()).with_queue_size(size)),
+                    ready_fds,
+                });
+            }
+            DeviceConfig::Blk {
+                drive,
+                serial,
+                num_queues,
+                queue_size,
+                discard,
+                write_zeroes,
+                ..
+            } => {
+                let d = config
+                    .drives
+                    .iter()
+                    .find(|d| &d.id == drive)
+                    .ok_or_else(|| missing("-device virtio-blk-device", drive))?;
+                let (disk, what) = machine::open_drive(d)?;
+                // The configuration rules of `machine::realize_devices`, but
+                // with as many queues as a frontend may ask for (QEMU's
+                // `vhost-user-blk-pci` asks one per vCPU and refuses fewer),
+                // and `seg_max` for the ring the frontend picks, not ours:
+                // QEMU's `vhost-user-blk` uses 128 entries by default, and
+                // without indirect descriptors a request of more than the
+                // ring's size minus header and status could never be
+                // posted (§5.2.4 seg_max).
+                let cfg = BlkConfig {
+                    serial: serial.clone().unwrap_or_default().into_bytes(),
+                    num_queues: num_queues.unwrap_or(crate::options::VHOST_USER_BLK_QUEUES),
+                    queue_size: *queue_size,
+                    seg_max: u32::from((*queue_size).min(128))
+                        .saturating_sub(2)
+                        .clamp(1, 254),
+                    // QEMU's rule: DISCARD is offered unless the device says
+                    // `discard=off`; the drive's `discard=ignore` (the
+                    // default) completes them without touching the image,
+                    // `discard=unmap` passes them on.
+                    discard: *discard && (!d.discard || disk.supports_discard()),
+                    discard_unmap: d.discard,
+                    write_zeroes: *write_zeroes && disk.supports_write_zeroes(),
+                    writeback: d.cache != CacheMode::Writethrough,
+                    ..BlkConfig::default()
+                };
+                let blk = Blk::new(disk, mem.clone(), cfg).map_err(|err| MachineError::Blk {
+                    drive: drive.clone(),
+                    err,
+                })?;
+                out = Some(ServedDevice {
+                    kind: "virtio-blk-device",
+                    backend: what,
+                    device: Box::new(blk),
+                    ready_fds: Vec::new(),
+                });
+            }
+            DeviceConfig::Net {
+                netdev,
+                mtu,
+                mac,
+                queue_pairs,
+                queue_size,
+                ..
+            } => {
+                let (_, kind) = config
+                    .netdevs
+                    .iter()
+                    .find(|(id, _)| id == netdev)
+                    .ok_or_else(|| missing("-device virtio-net-device", netdev))?;
+                let (backend, what) = machine::open_netdev(netdev, kind, &mut Hubs::default())?;
+                let ready_fds = backend.readiness_fd().into_iter().collect();
+                let cfg = NetConfig {
+                    mac: mac.unwrap_or([0x52, 0x54, 0x00, 0x12, 0x34, 0x56]),
+                    // As many pairs as a frontend may ask for unless the
+                    // options say; it enables the ones it uses.
+                    queue_pairs: queue_pairs
+                        .unwrap_or(crate::options::VHOST_USER_NET_QUEUE_PAIRS as u16),
+                    queue_size: *queue_size,
+                    mtu: mtu.unwrap_or(NetConfig::default().mtu),
+                    ..NetConfig::default()
+                };
+                let net = Net::new(backend, mem.clone(), cfg).map_err(|err| MachineError::Net {
+                    netdev: netdev.clone(),
+                    err,
+                })?;
+                out = Some(ServedDevice {
+                    kind: "virtio-net-device",
+                    backend: what,
+                    device: Box::new(net),
+                    ready_fds,
+                });
+            }
+            DeviceConfig::VhostUser { .. } => {
+                return Err(BuildError::Machine(MachineError::Unsupported(
+                    "a vhost-user-* device is a frontend; serve a virtio-*-device instead",
+                )));
+            }
+            DeviceConfig::Serial { .. } => {}
+            DeviceConfig::Port {
+                chardev,
+                name,
+                console,
+            } => {
+                let kind = dev.type_name();
+                let (c, what) = chardevs
+                    .remove(chardev)
+                    .ok_or_else(|| missing(&format!("-device {kind}"), chardev))?;
+                let fd = c.readiness_fd();
+                ports.push((
+                    Port::new(c, *console, name.clone()),
+                    format!("{kind}<-{what}"),
+                    fd,
+                ));
+            }
+        }
+    }
+    if let Some(DeviceConfig::Serial {
+        max_ports,
+        queue_size,
+        ..
+    }) = config
+        .devices
+        .iter()
+        .find(|d| matches!(d, DeviceConfig::Serial { .. }))
+    {
+        let backend = ports
+            .iter()
+            .map(|(_, w, _)| w.as_str())
+            .collect::<Vec<_>>()
+            .join(" + ");
+        let ready_fds = ports.iter().filter_map(|(_, _, fd)| *fd).collect();
+        let ports: Vec<Port> = ports.into_iter().map(|(p, _, _)| p).collect();
+        let max = usize::try_from(*max_ports).unwrap_or(usize::MAX);
+        let mut console = Console::with_max_ports(mem.clone(), ports, max > 1, max);
+        console.set_queue_size(machine::checked_queue_size(
+            "virtio-serial-device",
+            *queue_size,
+        )?);
+        out = Some(ServedDevice {
+            kind: "virtio-serial-device",
+            backend: if backend.is_empty() {
+                "no ports".into()
+            } else {
+                backend
+            },
+            device: Box::new(console),
+            ready_fds,
+        });
+    }
+    out.ok_or(BuildError::DeviceCount(0))
+}
+
+/// Builds the device `options` name and serves it on a unix socket at
+/// `socket` (an existing socket file is replaced), one frontend after the
+/// other, until accepting fails. `verbose` logs every request on stderr.
+pub fn serve_options<S: AsRef<str>>(
+    socket: &Path,
+    options: &[S],
+    verbose: bool,
+) -> Result<std::convert::Infallible, String> {
+    let config = crate::options::parse(options).map_err(|e| e.to_string())?;
+    let mem = SharedMemory::new();
+    let dev = build(&config, &mem).map_err(|e| e.to_string())?;
+    eprintln!(
+        "vhost-user: serving {} ({}) on {}",
+        dev.kind,
+        dev.backend,
+        socket.display()
+    );
+    let mut backend = Backend::new(dev.device, mem, dev.ready_fds);
+    backend.set_verbose(verbose);
+    let _ = std::fs::remove_file(socket);
+    let listener =
+        UnixListener::bind(socket).map_err(|e| format!("binding {}: {e}", socket.display()))?;
+    let e = backend.serve(&listener);
+    Err(format!("accepting on {}: {e}", socket.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(args: &[&str]) -> MachineConfig {
+        crate::options::parse(args).unwrap()
+    }
+
+    #[test]
+    fn one_device_is_built() {
+        let mem = SharedMemory::new();
+        let d = build(
+            &config(&[
+                "-object",
+                "rng-builtin,id=r0",
+                "-device",
+                "virtio-rng-device,rng=r0",
+            ]),
+            &mem,
+        )
+        .unwrap();
+        assert_eq!(d.kind, "virtio-rng-device");
+        assert_eq!(d.device.queue_max_sizes().len(), 1);
+        let d = build(
+            &config(&[
+                "-chardev",
+                "null,id=c0",
+                "-device",
+                "virtio-serial-device",
+                "-device",
+                "virtconsole,chardev=c0",
+            ]),
+            &mem,
+        )
+        .unwrap();
+        assert_eq!(d.kind, "virtio-serial-device");
+    }
+
+    #[test]
+    fn zero_or_two_devices_are_refused() {
+        let mem = SharedMemory::new();
+        assert!(matches!(
+            build(&config(&[]), &mem),
+            Err(BuildError::DeviceCount(0))
+        ));
+        assert!(matches!(
+            build(
+                &config(&[
+                    "-object",
+                    "rng-builtin,id=r0",
+                    "-object",
+                    "rng-builtin,id=r1",
+                    "-device",
+                    "virtio-rng-device,rng=r0",
+                    "-device",
+                    "virtio-rng-device,rng=r1",
+                ]),
+                &mem
+            ),
+            Err(BuildError::DeviceCount(2))
+        ));
+    }
+}

@@ -1,0 +1,815 @@
+//! Devices behind virtio-mmio slots (spec §4.2): each slot's bus entry is
+//! `virtio-core`'s version 2 register file around a
+//! [`virtio_devices::VirtioDevice`], shared under one `Mutex` between the
+//! vCPU thread (register reads and writes) and the device's worker thread
+//! (queue notifications, backend readiness, interrupt resampling).
+//!
+//! Interrupts: one KVM irqfd per slot on GSI = the slot's irq. It is
+//! registered with a resample fd where KVM allows it, which gives the line
+//! level semantics as virtio-mmio describes it (asserted while
+//! `InterruptStatus` is non-zero, §4.2.2): KVM lowers the line at the
+//! guest's EOI and signals the resample fd, and the worker raises it again
+//! if the driver has not acknowledged every bit yet. That works whether the
+//! guest programs the IOAPIC pin edge- or level-triggered; without resample
+//! support the line falls back to plain edge pulses ([`InterruptMode`]).
+//!
+//! Notifications ([`NotifyMode`]): `Worker` registers one KVM ioeventfd per
+//! queue on the slot's `QueueNotify` with a 4-byte datamatch on the queue
+//! index, so a notify never leaves the kernel; the worker replays it into
+//! the register file (the same checks as a trapped write, §4.2.3.3) and
+//! serves the queue. `Inline` registers none: the write exits to the vCPU
+//! thread and is served there, through the bus. In both modes any
+//! `QueueNotify` write that no ioeventfd matches (another width or value,
+//! e.g. with `VIRTIO_F_NOTIFICATION_DATA`) is served inline.
+//!
+//! Every device has a worker thread while the VM runs, in both modes: it
+//! waits (epoll) on the resample fd, on the backends' readiness fds
+//! (edge-triggered: a backend the device cannot drain yet does not spin
+//! it) and, in `Worker` mode, on the ioeventfds. A backend's readiness fd
+//! is stable for its life (a socket chardev's is an epoll set of its own
+//! that follows accept, hang-up and redial); as a safety net for sources
+//! whose readiness no fd reports, a worker with backend fds also calls
+//! `backend_ready` every [`BACKEND_TICK`]. A device error sets `DEVICE_NEEDS_RESET` (§2.1.2,
+//! done by `virtio_devices::transport`); a device that panics is marked
+//! faulty, gets `DEVICE_NEEDS_RESET` and is not called again; the VM runs on
+//! either way, and [`VirtioReport`] tells the caller afterwards.
+
+use std::any::Any;
+use std::fmt;
+use std::io;
+use std::os::fd::{AsRawFd, RawFd};
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use kvm_ioctls::{IoEventAddress, VmFd};
+use virtio_core::mmio::device::{MmioError, MmioRegisters, WriteOutcome};
+use virtio_core::mmio::regs;
+use virtio_core::status::DeviceStatus;
+use virtio_devices::transport::{self, MmioTransport};
+use virtio_devices::{DeviceError, VirtioDevice};
+use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
+
+use crate::bus::MmioDevice;
+use crate::misbehave::{self, RegisterLies};
+use crate::slots::VirtioSlot;
+
+/// The most queues a device behind a slot may have (the register file's
+/// capacity): virtio-serial with 31 ports has 64.
+pub const MAX_QUEUES: usize = 64;
+
+/// How often a worker with backend fds calls `backend_ready` anyway.
+pub const BACKEND_TICK: Duration = Duration::from_millis(20);
+
+/// The register file of a slot holding device `D`.
+pub type Registers<D> = MmioRegisters<MmioTransport<D>, MAX_QUEUES>;
+
+/// Where a device's queue notifications are served.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum NotifyMode {
+    /// `QueueNotify` writes exit to the vCPU thread, which serves the queue
+    /// through the MMIO bus.
+    Inline,
+    /// A KVM ioeventfd per queue (datamatch on the queue index) wakes the
+    /// device's worker thread; the vCPU does not leave the kernel.
+    #[default]
+    Worker,
+}
+
+impl fmt::Display for NotifyMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            NotifyMode::Inline => "inline",
+            NotifyMode::Worker => "worker",
+        })
+    }
+}
+
+/// How the slot's interrupt line reaches KVM.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum InterruptMode {
+    /// irqfd with a resample fd: asserted until EOI, re-asserted while
+    /// `InterruptStatus` is non-zero.
+    Level,
+    /// Plain irqfd: one pulse per raise.
+    Edge,
+}
+
+/// Counters of one slot, since it was added.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SlotCounters {
+    /// `QueueNotify` writes served on the vCPU thread.
+    pub notify_inline: u64,
+    /// Notifications served by the worker from an ioeventfd.
+    pub notify_worker: u64,
+    /// `backend_ready` calls (readiness fd events and ticks).
+    pub backend_ready: u64,
+    /// Times the interrupt line was raised (irqfd writes, resamples
+    /// included).
+    pub interrupts: u64,
+    /// Of `interrupts`: re-assertions after an EOI found `InterruptStatus`
+    /// still set.
+    pub reasserted: u64,
+    /// Register accesses the register file refused (reads and writes).
+    pub refused: u64,
+}
+
+impl SlotCounters {
+    /// Notifications served, both ways.
+    pub fn notifications(&self) -> u64 {
+        self.notify_inline + self.notify_worker
+    }
+}
+
+/// A slot's state, for reports and tests.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VirtioReport {
+    /// The name given to [`crate::vm::Vm::add_virtio_device`].
+    pub name: String,
+    /// Where it sits.
+    pub slot: VirtioSlot,
+    /// Its notification path.
+    pub mode: NotifyMode,
+    /// Its interrupt line.
+    pub interrupt: InterruptMode,
+    /// `DeviceID`.
+    pub device_id: u32,
+    /// `Status` as the driver reads it.
+    pub status: DeviceStatus,
+    /// The negotiated features, once FEATURES_OK was accepted.
+    pub features: Option<u64>,
+    /// `InterruptStatus` bits now.
+    pub interrupt_status: u32,
+    /// The device's last error (activation or queue service): the reason
+    /// for `DEVICE_NEEDS_RESET`.
+    pub device_error: Option<DeviceError>,
+    /// The last register access the register file refused.
+    pub refused_access: Option<MmioError>,
+    /// A device panic or worker failure; the device is not called again.
+    pub fault: Option<String>,
+    /// For a hostile device (`misbehave=`, [`virtio_devices::misbehave`]): its mode
+    /// and the lies told so far.
+    pub misbehave: Option<String>,
+    /// Counters.
+    pub counters: SlotCounters,
+}
+
+impl fmt::Display for VirtioReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} (slot {}, irq {}, {} notify, {:?} irq): device {} status {:#x}",
+            self.name,
+            self.slot.index,
+            self.slot.irq,
+            self.mode,
+            self.interrupt,
+            self.device_id,
+            self.status.bits()
+        )?;
+        if let Some(features) = self.features {
+            write!(f, " features {features:#x}")?;
+        }
+        let c = &self.counters;
+        write!(
+            f,
+            ", {} notifications ({} inline, {} worker), {} interrupts ({} re-asserted)",
+            c.notifications(),
+            c.notify_inline,
+            c.notify_worker,
+            c.interrupts,
+            c.reasserted
+        )?;
+        if let Some(e) = &self.device_error {
+            write!(f, ", device error: {e}")?;
+        }
+        if let Some(e) = &self.refused_access {
+            write!(f, ", refused access: {e}")?;
+        }
+        if let Some(e) = &self.fault {
+            write!(f, ", fault: {e}")?;
+        }
+        if let Some(m) = &self.misbehave {
+            write!(f, ", misbehave={m}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Why a device could not be put on a slot.
+#[derive(Debug)]
+pub enum AttachError {
+    /// Every virtio-mmio slot is taken.
+    NoFreeSlot,
+    /// The register file refused the device (too many queues).
+    Registers(MmioError),
+    /// Creating an eventfd failed.
+    EventFd(io::Error),
+    /// A KVM ioctl failed.
+    Kvm {
+        /// Which.
+        what: &'static str,
+        /// Why.
+        err: kvm_ioctls::Error,
+    },
+}
+
+impl fmt::Display for AttachError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AttachError::NoFreeSlot => f.write_str("every virtio-mmio slot is taken"),
+            AttachError::Registers(e) => write!(f, "virtio-mmio register file: {e}"),
+            AttachError::EventFd(e) => write!(f, "creating an eventfd: {e}"),
+            AttachError::Kvm { what, err } => write!(f, "{what}: {err}"),
+        }
+    }
+}
+
+impl std::error::Error for AttachError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            AttachError::Registers(e) => Some(e),
+            AttachError::EventFd(e) => Some(e),
+            AttachError::Kvm { err, .. } => Some(err),
+            AttachError::NoFreeSlot => None,
+        }
+    }
+}
+
+struct State<D> {
+    regs: Registers<D>,
+    counters: SlotCounters,
+    fault: Option<String>,
+    /// A resample may re-assert the line: set by every raise and every
+    /// register access, cleared by a re-assertion. KVM also signals the
+    /// resample fd when no EOI happened (e.g. lazily, as it asserts the
+    /// line), and a guest that polls with the pin masked never EOIs; this
+    /// bounds such a resample to one re-assertion per guest or device
+    /// action instead of a storm.
+    rearm: bool,
+    /// The register lies of a hostile device (`misbehave=`).
+    lies: Option<RegisterLies>,
+}
+
+/// One slot's shared state: the register file and the interrupt line.
+struct Shared<D> {
+    name: String,
+    slot: VirtioSlot,
+    mode: NotifyMode,
+    interrupt: InterruptMode,
+    irq: EventFd,
+    state: Mutex<State<D>>,
+}
+
+impl<D> Shared<D> {
+    fn lock(&self) -> MutexGuard<'_, State<D>> {
+        // Device calls run under `catch_unwind` inside the lock, so a
+        // poisoned lock can only come from a bug here; the state is still
+        // consistent enough to report.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl<D: VirtioDevice> Shared<D> {
+    /// Raises the line (irqfd). A failed eventfd write is kept as a fault.
+    fn raise(&self, state: &mut State<D>) {
+        state.rearm = true;
+        self.pulse(state);
+    }
+
+    /// Writes the irqfd.
+    fn pulse(&self, state: &mut State<D>) {
+        state.counters.interrupts += 1;
+        if let Err(e) = self.irq.write(1) {
+            state.fault = Some(format!("raising irq {}: {e}", self.slot.irq));
+        }
+    }
+
+    /// Runs a device call that may panic; a panic marks the device faulty
+    /// and asks the driver for a reset (§2.1.2). Returns whether the line
+    /// must be raised.
+    fn guarded(
+        &self,
+        state: &mut State<D>,
+        what: &str,
+        call: impl FnOnce(&mut Registers<D>) -> bool,
+    ) -> bool {
+        if state.fault.is_some() {
+            return false;
+        }
+        match catch_unwind(AssertUnwindSafe(|| call(&mut state.regs))) {
+            Ok(raise) => raise,
+            Err(panic) => {
+                let msg = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "unknown panic".into());
+                state.fault = Some(format!("device panicked in {what}: {msg}"));
+                let _ = state.regs.set_needs_reset();
+                state.regs.interrupt_asserted()
+            }
+        }
+    }
+
+    /// Acts on a register write's outcome (notify → serve the queue).
+    fn outcome(&self, state: &mut State<D>, outcome: WriteOutcome, inline: bool) {
+        if let WriteOutcome::Notify { .. } = outcome {
+            if inline {
+                state.counters.notify_inline += 1;
+            } else {
+                state.counters.notify_worker += 1;
+            }
+        }
+        let raise = self.guarded(state, "queue service", |regs| {
+            transport::dispatch(regs, outcome)
+        });
+        if raise {
+            self.raise(state);
+        }
+    }
+}
+
+/// What the bus and the worker need from a slot, whatever its device type.
+trait SlotOps: Send + Sync {
+    fn read(&self, offset: u64, data: &mut [u8]);
+    fn write(&self, offset: u64, data: &[u8]);
+    fn notified(&self, queue: u16);
+    fn backend_ready(&self);
+    fn resampled(&self);
+    fn failed(&self, why: String);
+    fn report(&self) -> VirtioReport;
+    /// Whether the worker must call [`SlotOps::storm`] every
+    /// [`misbehave::STORM_PERIOD`].
+    fn storms(&self) -> bool;
+    /// A hostile device's groundless interrupt (§4.2.2), if it storms.
+    fn storm(&self);
+}
+
+impl<D: VirtioDevice + Send + 'static> SlotOps for Shared<D> {
+    fn read(&self, offset: u64, data: &mut [u8]) {
+        let mut state = self.lock();
+        state.rearm = true;
+        if state.regs.read(offset, data).is_err() {
+            state.counters.refused += 1;
+        }
+        if let Some(lies) = state.lies.as_mut() {
+            lies.after_read(offset, data);
+        }
+    }
+
+    fn write(&self, offset: u64, data: &[u8]) {
+        let mut state = self.lock();
+        state.rearm = true;
+        let status = state.regs.status().bits();
+        if let Some(lies) = state.lies.as_mut()
+            && !lies.take_write(offset, data, u32::from(status))
+        {
+            return;
+        }
+        match state.regs.write(offset, data) {
+            Ok(outcome) => self.outcome(&mut state, outcome, true),
+            Err(_) => state.counters.refused += 1,
+        }
+    }
+
+    fn notified(&self, queue: u16) {
+        let mut state = self.lock();
+        // Replayed through the register file so that an ioeventfd notify
+        // gets the checks of a trapped one (§4.2.3.3: not before DRIVER_OK,
+        // only a ready queue).
+        match state.regs.write32(regs::QUEUE_NOTIFY, u32::from(queue)) {
+            Ok(outcome) => self.outcome(&mut state, outcome, false),
+            Err(_) => state.counters.refused += 1,
+        }
+    }
+
+    fn backend_ready(&self) {
+        let mut state = self.lock();
+        if !state.regs.status().contains(DeviceStatus::DRIVER_OK) {
+            return;
+        }
+        state.counters.backend_ready += 1;
+        if self.guarded(&mut state, "backend_ready", |regs| {
+            transport::backend_ready(regs)
+        }) {
+            self.raise(&mut state);
+        }
+    }
+
+    fn resampled(&self) {
+        let mut state = self.lock();
+        if state.rearm && state.regs.interrupt_asserted() {
+            state.rearm = false;
+            state.counters.reasserted += 1;
+            self.pulse(&mut state);
+        }
+    }
+
+    fn failed(&self, why: String) {
+        self.lock().fault.get_or_insert(why);
+    }
+
+    fn report(&self) -> VirtioReport {
+        let state = self.lock();
+        let regs = &state.regs;
+        let device: &dyn Any = regs.device().device();
+        let ring_lie = told_ring_lie(device);
+        // An external vhost-user backend that died is this slot's fault.
+        let backend_gone = device
+            .downcast_ref::<vhost_user::VhostUserDevice>()
+            .and_then(|v| v.dead())
+            .map(|why| format!("vhost-user backend gone: {why}"));
+        let misbehave = state.lies.as_ref().map(|l| {
+            let lie = match ring_lie {
+                Some(lie) => lie,
+                None if l.mode().is_ring_lie() => "no used-ring lie told".into(),
+                None => format!("{} register lies told", l.told),
+            };
+            format!("{} ({}): {lie}", l.mode(), l.mode().rule())
+        });
+        VirtioReport {
+            name: self.name.clone(),
+            slot: self.slot,
+            mode: self.mode,
+            interrupt: self.interrupt,
+            device_id: regs.device().device().device_type().id(),
+            status: regs.status(),
+            features: regs.features(),
+            interrupt_status: regs.interrupt_status().bits(),
+            device_error: regs.device().last_error(),
+            refused_access: regs.last_error(),
+            fault: state.fault.clone().or(backend_gone),
+            misbehave,
+            counters: state.counters,
+        }
+    }
+
+    fn storms(&self) -> bool {
+        self.lock().lies.as_ref().is_some_and(RegisterLies::storms)
+    }
+
+    fn storm(&self) {
+        let mut state = self.lock();
+        let driver_ok = state.regs.status().contains(DeviceStatus::DRIVER_OK);
+        let storm = state.lies.as_mut().is_some_and(|l| l.storm(driver_ok));
+        if storm && state.regs.raise_used_buffer() {
+            self.raise(&mut state);
+        }
+    }
+}
+
+/// The slot as the MMIO bus sees it.
+struct SlotBus(Arc<dyn SlotOps>);
+
+impl MmioDevice for SlotBus {
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
+        self.0.read(offset, data);
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8]) {
+        self.0.write(offset, data);
+    }
+}
+
+/// A device the caller added, to look at after (or between) runs.
+pub struct VirtioHandle<D> {
+    shared: Arc<Shared<D>>,
+}
+
+impl<D> fmt::Debug for VirtioHandle<D> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("VirtioHandle")
+            .field("name", &self.shared.name)
+            .field("slot", &self.shared.slot)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<D> Clone for VirtioHandle<D> {
+    fn clone(&self) -> Self {
+        VirtioHandle {
+            shared: Arc::clone(&self.shared),
+        }
+    }
+}
+
+impl<D: VirtioDevice + Send + 'static> VirtioHandle<D> {
+    /// Where the device sits (for `slots::append_cmdline`).
+    pub fn slot(&self) -> VirtioSlot {
+        self.shared.slot
+    }
+
+    /// Its state and counters now.
+    pub fn report(&self) -> VirtioReport {
+        self.shared.report()
+    }
+
+    /// Calls `f` with the device (e.g. to read its counters). The device
+    /// is locked meanwhile: while the VM runs, this stalls the guest's
+    /// accesses to the slot. The device's guest memory is valid only while
+    /// the [`crate::vm::Vm`] lives.
+    pub fn with_device<R>(&self, f: impl FnOnce(&mut D) -> R) -> R {
+        f(self.shared.lock().regs.device_mut().device_mut())
+    }
+
+    /// Calls `f` with the slot's register file.
+    pub fn with_registers<R>(&self, f: impl FnOnce(&mut Registers<D>) -> R) -> R {
+        f(&mut self.shared.lock().regs)
+    }
+
+    /// Changes the device's configuration from outside (a monitor
+    /// command): calls `f` with the device under the slot's lock, and if it
+    /// returns true signals a configuration change exactly as a device
+    /// returning `Served { config_changed: true }` does — `ConfigGeneration`
+    /// bumps and, once DRIVER_OK is set, `InterruptStatus` bit 1 and the
+    /// irqfd (§4.2.2, §2.4.2 / `VIRTIO_MMIO_INT_CONFIG`). Returns what `f`
+    /// returned, or `None` for a faulty device (not called again).
+    pub fn update_config(&self, f: impl FnOnce(&mut D) -> bool) -> Option<bool> {
+        let mut state = self.shared.lock();
+        if state.fault.is_some() {
+            return None;
+        }
+        let mut changed = false;
+        let raise = self
+            .shared
+            .guarded(&mut state, "configuration update", |regs| {
+                changed = f(regs.device_mut().device_mut());
+                if changed {
+                    regs.config_changed();
+                    regs.interrupt_asserted()
+                } else {
+                    false
+                }
+            });
+        if raise {
+            self.shared.raise(&mut state);
+        }
+        Some(changed)
+    }
+}
+
+/// A placed device: its shared state and the fds its worker waits on.
+pub(crate) struct Wired {
+    ops: Arc<dyn SlotOps>,
+    /// `(queue, eventfd)` for each ioeventfd (Worker mode).
+    ioevents: Vec<(u16, EventFd)>,
+    resample: Option<EventFd>,
+    backend_fds: Vec<RawFd>,
+}
+
+impl Wired {
+    /// The slot's report.
+    pub(crate) fn report(&self) -> VirtioReport {
+        self.ops.report()
+    }
+}
+
+/// What [`attach`] made: the bus entry, the worker's wiring, the caller's
+/// handle.
+pub(crate) struct Attached<D> {
+    pub(crate) entry: Box<dyn MmioDevice>,
+    pub(crate) wired: Wired,
+    pub(crate) handle: VirtioHandle<D>,
+}
+
+/// Builds the register file for `device` at `slot`, wires its irqfd (and
+/// ioeventfds in `Worker` mode) into `vm`, and returns the bus entry, the
+/// worker's wiring and the caller's handle.
+pub(crate) fn attach<D: VirtioDevice + Send + 'static>(
+    vm: &VmFd,
+    slot: VirtioSlot,
+    name: String,
+    device: D,
+    backend_fds: Vec<RawFd>,
+    mode: NotifyMode,
+) -> Result<Attached<D>, AttachError> {
+    let mut backend_fds = backend_fds;
+    // epoll refuses the same fd twice; two backends may share one.
+    backend_fds.sort_unstable();
+    backend_fds.dedup();
+    // A hostile device (`misbehave=`) also lies in its registers.
+    let lies = hostile_mode(&device).map(RegisterLies::new);
+    let regs = Registers::new(MmioTransport::new(device)).map_err(AttachError::Registers)?;
+    let queues = u16::try_from(regs.queues().len()).unwrap_or(u16::MAX);
+    let irq = EventFd::new(EFD_NONBLOCK).map_err(AttachError::EventFd)?;
+    let resample = EventFd::new(EFD_NONBLOCK).map_err(AttachError::EventFd)?;
+    let (interrupt, resample) = match vm.register_irqfd_with_resample(&irq, &resample, slot.irq) {
+        Ok(()) => (InterruptMode::Level, Some(resample)),
+        Err(_) => {
+            vm.register_irqfd(&irq, slot.irq)
+                .map_err(|err| AttachError::Kvm {
+                    what: "KVM_IRQFD",
+                    err,
+                })?;
+            (InterruptMode::Edge, None)
+        }
+    };
+    let mut ioevents = Vec::new();
+    if mode == NotifyMode::Worker {
+        let addr = IoEventAddress::Mmio(slot.base + regs::QUEUE_NOTIFY);
+        for q in 0..queues {
+            let fd = EventFd::new(EFD_NONBLOCK).map_err(AttachError::EventFd)?;
+            vm.register_ioevent(&fd, &addr, u32::from(q))
+                .map_err(|err| AttachError::Kvm {
+                    what: "KVM_IOEVENTFD",
+                    err,
+                })?;
+            ioevents.push((q, fd));
+        }
+    }
+    let shared = Arc::new(Shared {
+        name,
+        slot,
+        mode,
+        interrupt,
+        irq,
+        state: Mutex::new(State {
+            regs,
+            counters: SlotCounters::default(),
+            fault: None,
+            rearm: false,
+            lies,
+        }),
+    });
+    let ops: Arc<dyn SlotOps> = shared.clone();
+    Ok(Attached {
+        entry: Box::new(SlotBus(ops.clone())),
+        wired: Wired {
+            ops,
+            ioevents,
+            resample,
+            backend_fds,
+        },
+        handle: VirtioHandle { shared },
+    })
+}
+
+/// The mode of a hostile device (`misbehave=`), which then also lies in
+/// its registers.
+#[cfg(feature = "misbehave")]
+fn hostile_mode(device: &dyn Any) -> Option<misbehave::Misbehave> {
+    device
+        .downcast_ref::<misbehave::Misbehaving>()
+        .map(|m| m.mode())
+}
+
+/// Without the `misbehave` feature no device is hostile.
+#[cfg(not(feature = "misbehave"))]
+fn hostile_mode(_device: &dyn Any) -> Option<misbehave::Misbehave> {
+    None
+}
+
+/// The used-ring lie a hostile device told, described, if it told one.
+#[cfg(feature = "misbehave")]
+fn told_ring_lie(device: &dyn Any) -> Option<String> {
+    let lie = device.downcast_ref::<misbehave::Misbehaving>()?.lie()?;
+    Some(format!(
+        "used element {} (id {}, len {}) told as (id {}, len {})",
+        lie.at, lie.real.0, lie.real.1, lie.told.0, lie.told.1
+    ))
+}
+
+/// Without the `misbehave` feature no device lies.
+#[cfg(not(feature = "misbehave"))]
+fn told_ring_lie(_device: &dyn Any) -> Option<String> {
+    None
+}
+
+const TOKEN_STOP: u64 = 0;
+const TOKEN_RESAMPLE: u64 = 1;
+const TOKEN_QUEUE: u64 = 1 << 32;
+const TOKEN_BACKEND: u64 = 2 << 32;
+
+/// A worker ready to run: its epoll set is built (so set-up errors surface
+/// before the vCPU starts).
+pub(crate) struct Worker {
+    wired: Arc<Wired>,
+    epoll: Epoll,
+}
+
+impl Worker {
+    /// Builds the epoll set for `wired`, stopping when `stop` is readable
+    /// (it is never read, so one write stops every worker).
+    pub(crate) fn new(wired: Arc<Wired>, stop: &EventFd) -> io::Result<Worker> {
+        let epoll = Epoll::new()?;
+        epoll.ctl(
+            ControlOperation::Add,
+            stop.as_raw_fd(),
+            EpollEvent::new(EventSet::IN, TOKEN_STOP),
+        )?;
+        if let Some(r) = &wired.resample {
+            epoll.ctl(
+                ControlOperation::Add,
+                r.as_raw_fd(),
+                EpollEvent::new(EventSet::IN, TOKEN_RESAMPLE),
+            )?;
+        }
+        for (i, (_, fd)) in wired.ioevents.iter().enumerate() {
+            epoll.ctl(
+                ControlOperation::Add,
+                fd.as_raw_fd(),
+                EpollEvent::new(EventSet::IN, TOKEN_QUEUE + i as u64),
+            )?;
+        }
+        for (i, fd) in wired.backend_fds.iter().enumerate() {
+            let events = EventSet::IN | EventSet::OUT | EventSet::EDGE_TRIGGERED;
+            match epoll.ctl(
+                ControlOperation::Add,
+                *fd,
+                EpollEvent::new(events, TOKEN_BACKEND + i as u64),
+            ) {
+                // A regular file (a `file` chardev's `input-path`) cannot
+                // be polled and is always ready: the backend tick serves it.
+                Err(e) if e.raw_os_error() == Some(libc::EPERM) => {}
+                r => r?,
+            }
+        }
+        Ok(Worker { wired, epoll })
+    }
+
+    /// Serves events until the stop fd is readable. A failure stops this
+    /// worker only, recorded as the slot's fault.
+    pub(crate) fn run(self) {
+        if let Err(e) = self.serve() {
+            self.wired.ops.failed(format!("device worker: {e}"));
+        }
+    }
+
+    fn serve(&self) -> io::Result<()> {
+        let w = &*self.wired;
+        let storms = w.ops.storms();
+        let timeout = if storms {
+            misbehave::STORM_PERIOD.as_millis().max(1) as i32
+        } else if w.backend_fds.is_empty() {
+            -1
+        } else {
+            BACKEND_TICK.as_millis() as i32
+        };
+        let mut events = vec![EpollEvent::default(); 2 + w.ioevents.len() + w.backend_fds.len()];
+        loop {
+            let n = match self.epoll.wait(timeout, &mut events) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            if storms {
+                w.ops.storm();
+            }
+            if n == 0 {
+                if !w.backend_fds.is_empty() {
+                    w.ops.backend_ready();
+                }
+                continue;
+            }
+            let mut backend = false;
+            for ev in &events[..n] {
+                match ev.data() {
+                    TOKEN_STOP => return Ok(()),
+                    TOKEN_RESAMPLE => {
+                        if let Some(r) = &w.resample {
+                            let _ = r.read();
+                        }
+                        w.ops.resampled();
+                    }
+                    t if t >= TOKEN_BACKEND => backend = true,
+                    t => {
+                        let i = usize::try_from(t - TOKEN_QUEUE).unwrap_or(usize::MAX);
+                        if let Some((queue, fd)) = w.ioevents.get(i) {
+                            // Clears the count: one service covers every
+                            // notify since the last.
+                            let _ = fd.read();
+                            w.ops.notified(*queue);
+                        }
+                    }
+                }
+            }
+            if backend {
+                w.ops.backend_ready();
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_and_modes_print() {
+        let c = SlotCounters {
+            notify_inline: 2,
+            notify_worker: 3,
+            ..Default::default()
+        };
+        assert_eq!(c.notifications(), 5);
+        assert_eq!(NotifyMode::Inline.to_string(), "inline");
+        assert_eq!(NotifyMode::default(), NotifyMode::Worker);
+        assert!(
+            AttachError::NoFreeSlot
+                .to_string()
+                .contains("every virtio-mmio slot")
+        );
+    }
+}

@@ -1,0 +1,700 @@
+//! The KVM virtual machine: guest RAM from a [`HostMemory`], the in-kernel
+//! irqchip (LAPIC + IOAPIC + PIC, no PIT), one vCPU in the PVH entry state,
+//! and the run loop that serves port and MMIO exits until the guest gives a
+//! verdict, dies, or runs out of time.
+//!
+//! Guest-physical map: RAM from 0 up to 3 GiB ([`RAM_BELOW_4G_LIMIT`]), the
+//! rest of RAM from 4 GiB; the last GiB below 4 GiB is the MMIO hole
+//! (virtio-mmio slots at `0xfeb0_0000`, IOAPIC `0xfec0_0000`, LAPIC
+//! `0xfee0_0000`). Devices behind the virtio-mmio slots, their irqfds,
+//! ioeventfds and worker threads live in [`crate::virtio`]; the workers run
+//! only while [`Vm::run`] does. KVM's own statistics ([`crate::stats`]) are
+//! read around each run where the kernel offers them.
+
+use std::fmt;
+use std::io;
+use std::os::fd::RawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use backends::hostmem::HostMemory;
+use kvm_bindings::{
+    KVM_INTERNAL_ERROR_DELIVERY_EV, KVM_INTERNAL_ERROR_EMULATION, KVM_INTERNAL_ERROR_SIMUL_EX,
+    KVM_INTERNAL_ERROR_UNEXPECTED_EXIT_REASON, KVM_MAX_CPUID_ENTRIES, KVM_MP_STATE_HALTED,
+    KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN, kvm_regs,
+    kvm_segment, kvm_userspace_memory_region,
+};
+use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
+use virtio_core::memory::{GuestAddress, Region, RegionError, RegionMemory};
+use virtio_devices::VirtioDevice;
+use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
+
+use crate::bus::{BusError, MmioBus, MmioDevice, MmioRange};
+use crate::ports::{self, COM1_BASE, COM1_LEN, DEBUG_PORT, EXIT_FAIL, EXIT_PASS, EXIT_PORT, Log};
+use crate::pvh::{self, CODE_SELECTOR, DATA_SELECTOR, LoadError, PvhBoot, RamRange};
+use crate::slots::{self, EmptySlot, VirtioSlot};
+use crate::stats::{KvmRunStats, Stats, StatsError};
+use crate::virtio::{self, AttachError, NotifyMode, VirtioHandle, VirtioReport, Wired, Worker};
+
+mod outcome;
+mod run;
+#[cfg(test)]
+mod tests;
+
+pub use outcome::*;
+use run::*;
+
+/// RAM below 4 GiB ends here at most; the rest goes above 4 GiB.
+pub const RAM_BELOW_4G_LIMIT: u64 = 0xc000_0000;
+/// Where RAM beyond [`RAM_BELOW_4G_LIMIT`] continues.
+pub const RAM_ABOVE_4G_BASE: u64 = 1 << 32;
+/// The three pages Intel VMX needs for its real-mode TSS, in the MMIO hole
+/// away from every device (AMD ignores it).
+const TSS_ADDRESS: usize = 0xfffb_d000;
+/// How often the watchdog repeats its kick until the vCPU has stopped.
+const KICK_INTERVAL: Duration = Duration::from_millis(10);
+/// `RFLAGS.IF`.
+const RFLAGS_IF: u64 = 1 << 9;
+/// `CR0.PE | CR0.ET`: protected mode, paging off.
+const CR0_PE_ET: u64 = 0x11;
+
+/// A host-side failure: the machine could not be built or run. Anything a
+/// guest does is a [`Verdict`] instead.
+#[derive(Debug)]
+pub enum VmError {
+    /// A KVM ioctl (or opening `/dev/kvm`) failed.
+    Kvm {
+        /// Which.
+        what: &'static str,
+        /// Why.
+        err: kvm_ioctls::Error,
+    },
+    /// The guest memory layout was refused.
+    Memory(RegionError),
+    /// The image could not be loaded.
+    Load(LoadError),
+    /// An MMIO range was refused by the bus.
+    Bus(BusError),
+    /// An MMIO range overlaps RAM (KVM would never let accesses reach it).
+    MmioOverlapsRam(MmioRange),
+    /// [`Vm::run`] before [`Vm::load_pvh`].
+    NotLoaded,
+    /// Installing the vCPU kick signal handler failed.
+    Signal(io::Error),
+    /// Starting the watchdog thread failed.
+    Watchdog(io::Error),
+    /// A virtio device could not be put on a slot.
+    Attach(AttachError),
+    /// Setting up or starting a device worker thread failed.
+    Worker(io::Error),
+}
+
+impl fmt::Display for VmError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            VmError::Kvm { what, err } => write!(f, "{what}: {err}"),
+            VmError::Memory(e) => write!(f, "guest memory: {e}"),
+            VmError::Load(e) => write!(f, "loading the kernel: {e}"),
+            VmError::Bus(e) => e.fmt(f),
+            VmError::MmioOverlapsRam(r) => write!(f, "MMIO range {r} overlaps RAM"),
+            VmError::NotLoaded => f.write_str("no kernel loaded: call load_pvh before run"),
+            VmError::Signal(e) => write!(f, "installing the vCPU kick signal handler: {e}"),
+            VmError::Watchdog(e) => write!(f, "starting the watchdog thread: {e}"),
+            VmError::Attach(e) => write!(f, "attaching a virtio device: {e}"),
+            VmError::Worker(e) => write!(f, "starting a device worker: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for VmError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            VmError::Kvm { err, .. } => Some(err),
+            VmError::Memory(e) => Some(e),
+            VmError::Load(e) => Some(e),
+            VmError::Bus(e) => Some(e),
+            VmError::Signal(e) | VmError::Watchdog(e) | VmError::Worker(e) => Some(e),
+            VmError::Attach(e) => Some(e),
+            VmError::MmioOverlapsRam(_) | VmError::NotLoaded => None,
+        }
+    }
+}
+
+impl From<LoadError> for VmError {
+    fn from(e: LoadError) -> Self {
+        VmError::Load(e)
+    }
+}
+
+impl From<AttachError> for VmError {
+    fn from(e: AttachError) -> Self {
+        VmError::Attach(e)
+    }
+}
+
+impl From<BusError> for VmError {
+    fn from(e: BusError) -> Self {
+        VmError::Bus(e)
+    }
+}
+
+fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
+    move |err| VmError::Kvm { what, err }
+}
+
+/// Why a run loop stopped, before the registers are read.
+enum Stop {
+    ExitPort(u32),
+    Timeout,
+    Halted,
+    Shutdown(String),
+    Internal(Option<String>),
+    Unexpected(String),
+}
+
+/// A virtual machine with one vCPU.
+///
+/// Fields drop in declaration order: the vCPU and VM file descriptors close
+/// before the guest memory they point into is unmapped.
+pub struct Vm {
+    vcpu: VcpuFd,
+    vm: VmFd,
+    kvm: Kvm,
+    bus: MmioBus,
+    serial: ports::Serial,
+    debug: Log,
+    ram: Vec<RamRange>,
+    guest: RegionMemory,
+    boot: Option<PvhBoot>,
+    created: Option<Instant>,
+    stats: Result<Stats, String>,
+    /// Devices hold clones of `guest`: they go before `memory`.
+    devices: Vec<Arc<Wired>>,
+    memory: HostMemory,
+}
+
+impl fmt::Debug for Vm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Vm")
+            .field("memory", &self.memory)
+            .field("ram", &self.ram)
+            .field("bus", &self.bus)
+            .field("boot", &self.boot)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why KVM cannot be used here, or `None` if `/dev/kvm` opens.
+pub fn kvm_unavailable() -> Option<String> {
+    let path = std::path::Path::new("/dev/kvm");
+    if !path.exists() {
+        return Some("/dev/kvm is missing".into());
+    }
+    match std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+    {
+        Ok(_) => None,
+        Err(e) => Some(format!("cannot open /dev/kvm: {e}")),
+    }
+}
+
+/// For tests that need KVM: true if it can be used; otherwise prints
+/// `SKIP: <test>: <reason>` and returns false.
+///
+/// # Panics
+///
+/// Instead of skipping, if `HARNESS_REQUIRE_KVM=1` (or CI's
+/// `HARNESS_REQUIRE_QEMU=1`, set where `/dev/kvm` exists) demands that KVM
+/// tests run.
+pub fn kvm_or_skip(test: &str) -> bool {
+    let Some(reason) = kvm_unavailable() else {
+        return true;
+    };
+    let required = ["HARNESS_REQUIRE_KVM", "HARNESS_REQUIRE_QEMU"]
+        .iter()
+        .any(|v| std::env::var_os(v).is_some_and(|v| v == "1"));
+    if required {
+        panic!("{test}: {reason}, and the KVM tests are required here");
+    }
+    println!("SKIP: {test}: {reason}");
+    false
+}
+
+/// The guest RAM ranges for `len` bytes of host memory.
+pub fn ram_layout(len: u64) -> Vec<RamRange> {
+    let low = len.min(RAM_BELOW_4G_LIMIT);
+    let mut ram = vec![RamRange { base: 0, size: low }];
+    if len > low {
+        ram.push(RamRange {
+            base: RAM_ABOVE_4G_BASE,
+            size: len - low,
+        });
+    }
+    ram
+}
+
+impl Vm {
+    /// Creates a VM whose RAM is `memory` (see the module docs for the
+    /// layout), with the in-kernel irqchip and one vCPU with the host's
+    /// supported CPUID.
+    pub fn new(memory: HostMemory) -> Result<Vm, VmError> {
+        let created = Instant::now();
+        let kvm = Kvm::new().map_err(kvm_err("opening /dev/kvm"))?;
+        let vm = kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?;
+        vm.set_tss_address(TSS_ADDRESS)
+            .map_err(kvm_err("KVM_SET_TSS_ADDR"))?;
+        vm.create_irq_chip()
+            .map_err(kvm_err("KVM_CREATE_IRQCHIP"))?;
+
+        let ram = ram_layout(memory.len() as u64);
+        let mut guest = RegionMemory::new();
+        let mut host_offset = 0usize;
+        for (slot, r) in ram.iter().enumerate() {
+            // `ram_layout` splits `memory.len()`, so every range fits `usize`
+            // and lies inside the mapping.
+            let host = memory.as_ptr().wrapping_add(host_offset);
+            let region = kvm_userspace_memory_region {
+                slot: slot as u32,
+                flags: 0,
+                guest_phys_addr: r.base,
+                memory_size: r.size,
+                userspace_addr: host as u64,
+            };
+            // SAFETY: the host range is inside `memory`, which this `Vm`
+            // owns and unmaps only after the VM fd is closed (field order);
+            // the guest may write it at any time, and this process only
+            // reaches it through raw copies (`RegionMemory`), never through
+            // references.
+            unsafe { vm.set_user_memory_region(region) }
+                .map_err(kvm_err("KVM_SET_USER_MEMORY_REGION"))?;
+            // SAFETY: as above: valid for `r.size` bytes for as long as
+            // `guest` (a field of the same `Vm`) is used.
+            let region = unsafe { Region::new(GuestAddress(r.base), host, r.size) };
+            guest.add(region).map_err(VmError::Memory)?;
+            host_offset += r.size as usize;
+        }
+
+        let vcpu = vm.create_vcpu(0).map_err(kvm_err("KVM_CREATE_VCPU"))?;
+        let cpuid = kvm
+            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+            .map_err(kvm_err("KVM_GET_SUPPORTED_CPUID"))?;
+        vcpu.set_cpuid2(&cpuid).map_err(kvm_err("KVM_SET_CPUID2"))?;
+        let stats = Stats::open(&vm, &vcpu).map_err(|e: StatsError| e.to_string());
+
+        Ok(Vm {
+            vcpu,
+            vm,
+            kvm,
+            bus: MmioBus::new(),
+            serial: ports::Serial::new(),
+            debug: Log::default(),
+            ram,
+            guest,
+            boot: None,
+            created: Some(created),
+            stats,
+            devices: Vec::new(),
+            memory,
+        })
+    }
+
+    /// Guest memory, for loaders and devices.
+    pub fn guest_memory(&self) -> &RegionMemory {
+        &self.guest
+    }
+
+    /// The guest RAM ranges.
+    pub fn ram(&self) -> &[RamRange] {
+        &self.ram
+    }
+
+    /// The host memory behind guest RAM.
+    pub fn host_memory(&self) -> &HostMemory {
+        &self.memory
+    }
+
+    /// The VM file descriptor (for ioeventfd/irqfd set-up).
+    pub fn vm_fd(&self) -> &VmFd {
+        &self.vm
+    }
+
+    /// The KVM system handle.
+    pub fn kvm(&self) -> &Kvm {
+        &self.kvm
+    }
+
+    /// The MMIO bus.
+    pub fn bus(&self) -> &MmioBus {
+        &self.bus
+    }
+
+    /// What [`Vm::load_pvh`] placed, once it has run.
+    pub fn boot_info(&self) -> Option<&PvhBoot> {
+        self.boot.as_ref()
+    }
+
+    /// Maps `device` at `base..base + size`; refused if it overlaps RAM or
+    /// another device.
+    pub fn add_mmio_device(
+        &mut self,
+        name: impl Into<String>,
+        base: u64,
+        size: u64,
+        device: Box<dyn MmioDevice>,
+    ) -> Result<(), VmError> {
+        let name = name.into();
+        let end = base.checked_add(size);
+        if let Some(end) = end
+            && self
+                .ram
+                .iter()
+                .any(|r| base < r.base + r.size && end > r.base)
+        {
+            return Err(VmError::MmioOverlapsRam(MmioRange { name, base, size }));
+        }
+        self.bus.insert(name, base, size, device)?;
+        Ok(())
+    }
+
+    /// Fills the first `count` virtio-mmio slots with [`EmptySlot`]s and
+    /// returns them (for [`slots::append_cmdline`]).
+    pub fn add_empty_virtio_slots(&mut self, count: usize) -> Result<Vec<VirtioSlot>, VmError> {
+        let slots: Vec<VirtioSlot> = slots::all().take(count).collect();
+        for s in &slots {
+            self.add_mmio_device(s.bus_name(), s.base, s.size, Box::new(EmptySlot))?;
+        }
+        Ok(slots)
+    }
+
+    /// Puts `device` on the first free virtio-mmio slot: its bus entry is
+    /// the version 2 register file around it, its interrupt an irqfd on the
+    /// slot's GSI, and in [`NotifyMode::Worker`] each queue's
+    /// `QueueNotify` an ioeventfd (see [`crate::virtio`]). `backend_fds`
+    /// are the readiness fds of its backends (e.g. a chardev's
+    /// `readiness_fd()`); they must stay open while the VM runs. Build the
+    /// device over `self.guest_memory().clone()`. The slot's command-line
+    /// entry comes from `handle.slot()` (see [`slots::append_cmdline`] and
+    /// [`Vm::virtio_slots`]).
+    pub fn add_virtio_device<D: VirtioDevice + Send + 'static>(
+        &mut self,
+        name: impl Into<String>,
+        device: D,
+        backend_fds: Vec<RawFd>,
+        mode: NotifyMode,
+    ) -> Result<VirtioHandle<D>, VmError> {
+        let taken: Vec<u64> = self.bus.ranges().map(|r| r.base).collect();
+        let slot = slots::all()
+            .find(|s| !taken.contains(&s.base))
+            .ok_or(AttachError::NoFreeSlot)?;
+        let attached = virtio::attach(&self.vm, slot, name.into(), device, backend_fds, mode)?;
+        self.add_mmio_device(slot.bus_name(), slot.base, slot.size, attached.entry)?;
+        self.devices.push(Arc::new(attached.wired));
+        Ok(attached.handle)
+    }
+
+    /// Every virtio-mmio slot on the bus (empty or with a device), in
+    /// order: what [`slots::append_cmdline`] announces.
+    pub fn virtio_slots(&self) -> Vec<VirtioSlot> {
+        slots::all()
+            .filter(|s| self.bus.ranges().any(|r| r.base == s.base))
+            .collect()
+    }
+
+    /// Each device's state and counters now.
+    pub fn virtio_reports(&self) -> Vec<VirtioReport> {
+        let mut reports: Vec<VirtioReport> = self.devices.iter().map(|d| d.report()).collect();
+        reports.sort_by_key(|r| r.slot.index);
+        reports
+    }
+
+    /// Why KVM's binary statistics are not in [`Outcome::kvm`], or `None`
+    /// if they are.
+    pub fn kvm_stats_unavailable(&self) -> Option<&str> {
+        self.stats.as_ref().err().map(String::as_str)
+    }
+
+    /// Loads `elf` by PVH with `cmdline` and puts the vCPU in the PVH entry
+    /// state: 32-bit protected mode, paging off, flat CS (selector 0x10) and
+    /// DS/ES/SS/FS/GS (0x18), `cr0` = PE|ET, `rflags` = 0x2 (interrupts
+    /// off), `ebx` = the `hvm_start_info` address, `eip` = the entry.
+    pub fn load_pvh(&mut self, elf: &[u8], cmdline: &str) -> Result<PvhBoot, VmError> {
+        let boot = pvh::load(&self.guest, &self.ram, elf, cmdline)?;
+        self.set_entry_state(&boot)?;
+        self.boot = Some(boot.clone());
+        Ok(boot)
+    }
+
+    fn set_entry_state(&self, boot: &PvhBoot) -> Result<(), VmError> {
+        let mut sregs = self.vcpu.get_sregs().map_err(kvm_err("KVM_GET_SREGS"))?;
+        let flat = |selector: u16, type_: u8| kvm_segment {
+            base: 0,
+            limit: 0xffff_ffff,
+            selector,
+            type_,
+            present: 1,
+            dpl: 0,
+            db: 1,
+            s: 1,
+            l: 0,
+            g: 1,
+            avl: 0,
+            unusable: 0,
+            padding: 0,
+        };
+        // Execute/read, accessed; read/write, accessed (as in the boot GDT).
+        sregs.cs = flat(CODE_SELECTOR, 0xb);
+        let data = flat(DATA_SELECTOR, 0x3);
+        sregs.ds = data;
+        sregs.es = data;
+        sregs.ss = data;
+        sregs.fs = data;
+        sregs.gs = data;
+        // PVH: a 32-bit busy TSS with base 0 and limit 0x67.
+        sregs.tr = kvm_segment {
+            base: 0,
+            limit: 0x67,
+            selector: 0,
+            type_: 0xb,
+            present: 1,
+            dpl: 0,
+            db: 0,
+            s: 0,
+            l: 0,
+            g: 0,
+            avl: 0,
+            unusable: 0,
+            padding: 0,
+        };
+        sregs.gdt.base = pvh::BOOT_GDT;
+        sregs.gdt.limit = (pvh::BOOT_GDT_ENTRIES.len() * 8 - 1) as u16;
+        sregs.idt.base = 0;
+        sregs.idt.limit = 0;
+        sregs.cr0 = CR0_PE_ET;
+        sregs.cr3 = 0;
+        sregs.cr4 = 0;
+        sregs.efer = 0;
+        self.vcpu
+            .set_sregs(&sregs)
+            .map_err(kvm_err("KVM_SET_SREGS"))?;
+        let regs = kvm_regs {
+            rip: u64::from(boot.entry),
+            rbx: boot.start_info,
+            rflags: 0x2,
+            ..Default::default()
+        };
+        self.vcpu.set_regs(&regs).map_err(kvm_err("KVM_SET_REGS"))
+    }
+
+    /// Runs the vCPU until the guest writes the exit port, dies, or
+    /// `timeout` passes. The watchdog is a thread that, at the deadline,
+    /// raises a flag and kicks this thread out of `KVM_RUN` with a signal
+    /// (repeated every 10 ms until the loop has seen the flag, which closes
+    /// the race with a kick that lands just before `KVM_RUN`).
+    pub fn run(&mut self, timeout: Duration) -> Result<Outcome, VmError> {
+        if self.boot.is_none() {
+            return Err(VmError::NotLoaded);
+        }
+        install_kick_handler()?;
+        let stop = AtomicBool::new(false);
+        let mut exits = ExitCounts::default();
+        // SAFETY: pthread_self has no preconditions.
+        let me = unsafe { libc::pthread_self() };
+        let (done_tx, done_rx) = mpsc::channel::<()>();
+        let created = self.created.take();
+        let stop_workers = EventFd::new(EFD_NONBLOCK).map_err(VmError::Worker)?;
+        let workers = self
+            .devices
+            .iter()
+            .map(|d| Worker::new(Arc::clone(d), &stop_workers))
+            .collect::<io::Result<Vec<Worker>>>()
+            .map_err(VmError::Worker)?;
+        let stats_before = self.stats.as_ref().ok().and_then(|s| s.read().ok());
+        let mut start = Instant::now();
+        let mut end = start;
+        let Vm {
+            vcpu,
+            bus,
+            serial,
+            debug,
+            ..
+        } = self;
+        let result = std::thread::scope(|scope| {
+            let stop = &stop;
+            // Whatever happens below, the workers stop when this closure
+            // returns and the scope joins them.
+            let _stop_guard = StopOnDrop(&stop_workers);
+            for (i, w) in workers.into_iter().enumerate() {
+                std::thread::Builder::new()
+                    .name(format!("virtio-worker-{i}"))
+                    .spawn_scoped(scope, move || w.run())
+                    .map_err(VmError::Worker)?;
+            }
+            let watchdog = std::thread::Builder::new()
+                .name("vcpu-watchdog".into())
+                .spawn_scoped(scope, move || {
+                    if done_rx.recv_timeout(timeout) != Err(RecvTimeoutError::Timeout) {
+                        return;
+                    }
+                    stop.store(true, Ordering::Release);
+                    loop {
+                        // SAFETY: `me` is the vCPU thread, alive until this
+                        // scope ends, which waits for this thread; the
+                        // signal's handler does nothing but interrupt
+                        // `KVM_RUN`.
+                        unsafe { libc::pthread_kill(me, kick_signal()) };
+                        if done_rx.recv_timeout(KICK_INTERVAL) != Err(RecvTimeoutError::Timeout) {
+                            return;
+                        }
+                    }
+                })
+                .map_err(VmError::Watchdog)?;
+            start = Instant::now();
+            let r = run_loop(vcpu, bus, serial, debug, stop, &mut exits);
+            end = Instant::now();
+            drop(done_tx);
+            // The watchdog only sleeps and signals; it cannot panic.
+            let _ = watchdog.join();
+            r
+        });
+        let boot_to_exit = end.duration_since(start);
+        let setup = created.map_or(Duration::ZERO, |c| start.duration_since(c));
+        let stop = result?;
+        let serial = self.serial.take_output().text();
+        let debug = std::mem::take(&mut self.debug).text();
+        let verdict = self.verdict(stop, timeout, &serial)?;
+        let kvm = match (&self.stats, stats_before) {
+            (Ok(s), Some(before)) => s.read().ok().map(|after| after.since(&before)),
+            _ => None,
+        };
+        Ok(Outcome {
+            verdict,
+            serial,
+            debug,
+            exits,
+            boot_to_exit,
+            setup,
+            kvm,
+            devices: self.virtio_reports(),
+        })
+    }
+
+    /// Turns a stop into a verdict, reading the registers where needed.
+    fn verdict(&mut self, stop: Stop, timeout: Duration, serial: &str) -> Result<Verdict, VmError> {
+        Ok(match stop {
+            Stop::ExitPort(EXIT_PASS) => Verdict::Pass,
+            Stop::ExitPort(EXIT_FAIL) => Verdict::Fail(fail_message(serial, EXIT_FAIL)),
+            Stop::ExitPort(v) => Verdict::Fail(format!(
+                "exit port value {v:#x} is neither pass ({EXIT_PASS:#x}) nor fail ({EXIT_FAIL:#x})"
+            )),
+            Stop::Timeout => {
+                let halted = self
+                    .vcpu
+                    .get_mp_state()
+                    .map(|s| s.mp_state == KVM_MP_STATE_HALTED)
+                    .unwrap_or(false);
+                let mut report = self.report(String::new())?;
+                if halted && report.rflags & RFLAGS_IF == 0 {
+                    report.detail = "halted with interrupts off".into();
+                    Verdict::Halted(report)
+                } else {
+                    report.detail = if halted {
+                        format!("halted waiting for an interrupt after {timeout:?}")
+                    } else {
+                        format!("still running after {timeout:?}")
+                    };
+                    Verdict::Timeout(report)
+                }
+            }
+            Stop::Halted => {
+                let report = self.report(String::new())?;
+                let detail = if report.rflags & RFLAGS_IF == 0 {
+                    "halted with interrupts off"
+                } else {
+                    "halted with no interrupt controller to wake it"
+                };
+                Verdict::Halted(Report {
+                    detail: detail.into(),
+                    ..report
+                })
+            }
+            Stop::Shutdown(detail) => Verdict::Shutdown(self.report(detail)?),
+            Stop::Internal(Some(detail)) => Verdict::InternalError(self.report(detail)?),
+            Stop::Internal(None) => {
+                let detail = self.internal_error_detail();
+                Verdict::InternalError(self.report(detail)?)
+            }
+            Stop::Unexpected(detail) => Verdict::Unexpected(self.report(detail)?),
+        })
+    }
+
+    /// The `kvm_run.internal` fields after `KVM_EXIT_INTERNAL_ERROR`.
+    fn internal_error_detail(&mut self) -> String {
+        let run = self.vcpu.get_kvm_run();
+        // SAFETY: called only right after KVM_RUN returned
+        // KVM_EXIT_INTERNAL_ERROR, which tells that `internal` is the live
+        // member of the union; it is plain integers.
+        let internal = unsafe { run.__bindgen_anon_1.internal };
+        let what = match internal.suberror {
+            KVM_INTERNAL_ERROR_EMULATION => "emulation failure",
+            KVM_INTERNAL_ERROR_SIMUL_EX => "exception while delivering an exception",
+            KVM_INTERNAL_ERROR_DELIVERY_EV => "exit during event delivery",
+            KVM_INTERNAL_ERROR_UNEXPECTED_EXIT_REASON => "unexpected exit reason",
+            _ => "unknown suberror",
+        };
+        let n = (internal.ndata as usize).min(internal.data.len());
+        let data: Vec<String> = internal.data[..n]
+            .iter()
+            .map(|d| format!("{d:#x}"))
+            .collect();
+        format!(
+            "KVM internal error, suberror {} ({what}), data [{}]",
+            internal.suberror,
+            data.join(", ")
+        )
+    }
+
+    /// The vCPU's registers now, with `detail`.
+    pub fn report(&self, detail: String) -> Result<Report, VmError> {
+        let regs = self.vcpu.get_regs().map_err(kvm_err("KVM_GET_REGS"))?;
+        let sregs = self.vcpu.get_sregs().map_err(kvm_err("KVM_GET_SREGS"))?;
+        Ok(Report {
+            detail,
+            rip: regs.rip,
+            rsp: regs.rsp,
+            rflags: regs.rflags,
+            rax: regs.rax,
+            rbx: regs.rbx,
+            rcx: regs.rcx,
+            rdx: regs.rdx,
+            cr0: sregs.cr0,
+            cr2: sregs.cr2,
+            cr3: sregs.cr3,
+            cr4: sregs.cr4,
+            efer: sregs.efer,
+            cs: sregs.cs.selector,
+            cs_base: sregs.cs.base,
+            cs_long: sregs.cs.l != 0,
+            cs_32: sregs.cs.db != 0,
+        })
+    }
+}
+
+/// Creates the VM, places empty virtio-mmio slots (`slots` of them,
+/// announced on the command line), loads `elf` by PVH and runs it.
+pub fn boot(
+    memory: HostMemory,
+    elf: &[u8],
+    cmdline: &str,
+    slots: usize,
+    timeout: Duration,
+) -> Result<Outcome, VmError> {
+    let mut vm = Vm::new(memory)?;
+    let placed = vm.add_empty_virtio_slots(slots)?;
+    let cmdline = slots::append_cmdline(cmdline, &placed);
+    vm.load_pvh(elf, &cmdline)?;
+    vm.run(timeout)
+}

@@ -1,0 +1,1308 @@
+//! The vhost-user backend session (vhost-user.rst "Communication",
+//! "Ring states", "Front-end message types"): a [`VirtioDevice`] served to
+//! one frontend at a time over a unix socket.
+//!
+//! - Features: the device's own features plus
+//!   `VHOST_USER_F_PROTOCOL_FEATURES`; protocol features MQ, REPLY_ACK,
+//!   CONFIG, RESET_DEVICE, CONFIGURE_MEM_SLOTS.
+//! - Memory: the frontend's regions mapped into a [`SharedMemory`] the
+//!   device was built over (see `memory`).
+//! - Order: requests are taken in every order real frontends send them
+//!   (QEMU, rust-vmm's `vhost`, DPDK's virtio-user, crosvm, Cloud
+//!   Hypervisor). `VHOST_USER_F_PROTOCOL_FEATURES` is in force once the
+//!   frontend sent `SET_PROTOCOL_FEATURES` (the backend always offers it)
+//!   or acknowledged the bit; "enabled", "addressed" and "started" are
+//!   three independent states of a ring, each set by its own request in
+//!   any order. Order never loosens a check: sizes, ring addresses (inside
+//!   mapped memory, §2.7 alignment) and descriptors are validated when
+//!   they arrive, and a ring only runs once all three states hold.
+//! - Rings: a ring runs when it is started (kick descriptor received, not
+//!   stopped by `GET_VRING_BASE`), enabled (at once without protocol
+//!   features, else by `SET_VRING_ENABLE`) and addressed. Whenever the set
+//!   of running rings grows (or a running ring moves), the device is reset
+//!   and activated again with exactly those rings
+//!   ([`VirtioDevice::activate`], as the in-process transport does at
+//!   DRIVER_OK), then every running ring is served once. The same happens
+//!   when rings only stop (every ring keeps its position, see below), so a
+//!   stopped ring is out of the device's reach; only a device that cannot
+//!   report positions stays live with the stopped rings masked instead.
+//!   When the last ring stops, the device is reset. A device that needs the
+//!   stopped ring (e.g. console without its receiveq) is not active until
+//!   it runs again.
+//! - Notifications: kick eventfds, the socket and the backend's readiness
+//!   fds are polled by one epoll loop on the serving thread, which is the
+//!   only thread that calls the device. A used-buffer notification writes
+//!   the call eventfd of every running ring (the device's decision does not
+//!   name the queue; a spare interrupt is harmless, §2.7.7); a device error
+//!   writes the ring's error eventfd.
+//! - Ring positions: `SET_VRING_BASE` takes any split-ring index; it is
+//!   kept per ring and applied after every activation with
+//!   [`VirtioDevice::set_queue_position`] (next available index and used
+//!   index both at the base). `GET_VRING_BASE` stops the ring and reports
+//!   [`VirtioDevice::queue_position`], which is rewound past chains the
+//!   device holds (they are popped again when the ring resumes); only a
+//!   device that does not know its position falls back to the used index
+//!   in guest memory. Before the device is reset to run a different set of
+//!   rings, every running ring's position is saved and restored after the
+//!   re-activation, so a ring that starts while others run moves none of
+//!   them. A device that cannot start a queue at a non-zero base is not
+//!   activated (its error eventfd is written).
+//!
+//! Errors: a request the session refuses gets a `REPLY_ACK` failure when
+//! the frontend asked for one; otherwise the connection closes (the
+//! frontend would go on believing in a ring or a mapping the backend does
+//! not have, and its guest would wait for ever), except for a configuration
+//! write outside the configuration space, which is dropped. Each kind of
+//! refusal is logged once per session, with the request and the reason;
+//! repeats are counted and the counts logged when the session ends. The
+//! refusals that remain, and why: a ring size that is not a power of two
+//! up to the device's maximum (§2.7; `queue-size` raises it), a ring whose
+//! areas are not inside the mapped memory or misaligned (§2.7), a ring
+//! index past the device's queues, features or protocol features not
+//! offered, a kick, call or error descriptor that is not an eventfd, a
+//! kick without descriptor (polling is not offered), a ring resized or
+//! rebased while it runs, a memory table that overlaps itself or reaches
+//! past its file, and requests this backend does not implement. A
+//! frontend that disconnects
+//! at any point ends the session: rings stop, the device is reset, the
+//! memory is unmapped, and the daemon accepts the next frontend.
+//!
+//! Not done: a stopped ring of a device that cannot report positions is
+//! only masked, so such a device serving queues on backend readiness may
+//! still move it after `GET_VRING_BASE` reported its place. No dirty
+//! logging, inflight tracking, backend-initiated channel (so no
+//! config-change message), or polling mode (a kick without descriptor).
+
+use std::fmt;
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::time::Duration;
+
+use virtio_core::GuestMemory;
+use virtio_core::features::DeviceType;
+use virtio_core::memory::GuestAddress;
+use virtio_core::split::layout::{QueueLayout, QueueSize};
+use virtio_devices::{DeviceError, QueueConfig, Served, VirtioDevice};
+use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+
+use crate::codec::{
+    self, CodecError, Config, Frame, Header, MAX_CONFIG, MAX_MEM_SLOTS, Message, RecvError,
+    Request, VHOST_USER_F_PROTOCOL_FEATURES, VringAddr, VringFd, VringState, protocol,
+};
+use crate::memory::{MemError, Regions, SharedMemory};
+
+/// The protocol features this backend offers.
+pub const PROTOCOL_FEATURES: u64 = protocol::MQ
+    | protocol::REPLY_ACK
+    | protocol::CONFIG
+    | protocol::RESET_DEVICE
+    | protocol::CONFIGURE_MEM_SLOTS;
+
+/// Longest a frontend may pause inside one message, or leave a reply
+/// unread, before the connection is closed (between messages it may idle
+/// for ever).
+pub const MESSAGE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How often the loop calls `backend_ready` when the device has backend
+/// fds (a safety net, as in the in-process worker).
+pub const BACKEND_TICK: Duration = Duration::from_millis(20);
+
+/// Why the session refused a request.
+#[derive(Debug)]
+pub enum BackendError {
+    /// The request is not valid vhost-user.
+    Codec(CodecError),
+    /// A request this backend does not implement.
+    Unsupported(Request),
+    /// A ring index beyond the device's queues.
+    NoSuchRing(u32),
+    /// Features the backend did not offer.
+    FeaturesNotOffered {
+        /// The acknowledged bits.
+        acked: u64,
+        /// The offered bits.
+        offered: u64,
+    },
+    /// A ring size that is not a power of two up to the device's maximum.
+    BadRingSize {
+        /// The ring.
+        index: u32,
+        /// The size asked.
+        num: u32,
+        /// The device's maximum.
+        max: u16,
+    },
+    /// `SET_VRING_ADDR` before `SET_VRING_NUM`.
+    SizeNotSet(u32),
+    /// A ring area outside the mapped memory.
+    RingOutsideMemory {
+        /// The ring.
+        index: u32,
+        /// Which area.
+        area: &'static str,
+        /// Its frontend address.
+        addr: u64,
+    },
+    /// The ring's layout is invalid (alignment, wrap).
+    BadLayout {
+        /// The ring.
+        index: u32,
+        /// Why.
+        why: String,
+    },
+    /// A ring changed while it runs (size, base).
+    RingRunning(u32),
+    /// `SET_VRING_BASE` with an index that is no split-ring index (more
+    /// than 16 bits; packed rings are not offered).
+    BadBase {
+        /// The ring.
+        index: u32,
+        /// The index asked.
+        base: u32,
+    },
+    /// A kick without a descriptor (polling mode is not offered).
+    KickWithoutFd(u8),
+    /// A descriptor that is not an eventfd where one is needed.
+    NotAnEventFd,
+    /// Registering a kick with epoll failed.
+    Epoll(io::Error),
+    /// A memory region the session cannot use.
+    Memory(MemError),
+    /// A configuration access outside the configuration space.
+    ConfigRange {
+        /// Its offset.
+        offset: u32,
+        /// Its size.
+        size: usize,
+    },
+    /// `SET_VRING_ENABLE` with a value other than 0 or 1.
+    BadEnable(u32),
+}
+
+impl fmt::Display for BackendError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BackendError::Codec(e) => write!(f, "{e}"),
+            BackendError::Unsupported(r) => write!(f, "{r:?} is not supported"),
+            BackendError::NoSuchRing(i) => write!(f, "no ring {i}"),
+            BackendError::FeaturesNotOffered { acked, offered } => write!(
+                f,
+                "features {acked:#x} include bits not offered ({offered:#x})"
+            ),
+            BackendError::BadRingSize { index, num, max } => write!(
+                f,
+                "ring {index}: size {num} is not a power of two up to {max}"
+            ),
+            BackendError::SizeNotSet(i) => write!(f, "ring {i}: addresses before the size"),
+            BackendError::RingOutsideMemory { index, area, addr } => write!(
+                f,
+                "ring {index}: {area} at frontend address {addr:#x} is outside the mapped memory"
+            ),
+            BackendError::BadLayout { index, why } => write!(f, "ring {index}: {why}"),
+            BackendError::RingRunning(i) => write!(f, "ring {i} is running"),
+            BackendError::BadBase { index, base } => write!(
+                f,
+                "ring {index}: base {base:#x} is not a split-ring index (16 bits)"
+            ),
+            BackendError::KickWithoutFd(i) => {
+                write!(
+                    f,
+                    "ring {i}: a kick without descriptor (polling) is not supported"
+                )
+            }
+            BackendError::NotAnEventFd => f.write_str("the descriptor is not an eventfd"),
+            BackendError::Epoll(e) => write!(f, "epoll: {e}"),
+            BackendError::Memory(e) => write!(f, "{e}"),
+            BackendError::ConfigRange { offset, size } => write!(
+                f,
+                "configuration access of {size} bytes at {offset} is out of range"
+            ),
+            BackendError::BadEnable(n) => write!(f, "SET_VRING_ENABLE with {n}"),
+        }
+    }
+}
+
+impl std::error::Error for BackendError {}
+
+impl BackendError {
+    /// The kind of refusal, for logging each kind once per session.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            BackendError::Codec(_) => "malformed message",
+            BackendError::Unsupported(_) => "unsupported request",
+            BackendError::NoSuchRing(_) => "no such ring",
+            BackendError::FeaturesNotOffered { .. } => "features not offered",
+            BackendError::BadRingSize { .. } => "bad ring size",
+            BackendError::SizeNotSet(_) => "ring addresses before its size",
+            BackendError::RingOutsideMemory { .. } => "ring outside memory",
+            BackendError::BadLayout { .. } => "bad ring layout",
+            BackendError::RingRunning(_) => "ring changed while running",
+            BackendError::BadBase { .. } => "bad ring base",
+            BackendError::KickWithoutFd(_) => "kick without descriptor",
+            BackendError::NotAnEventFd => "not an eventfd",
+            BackendError::Epoll(_) => "epoll",
+            BackendError::Memory(_) => "bad memory region",
+            BackendError::ConfigRange { .. } => "configuration access out of range",
+            BackendError::BadEnable(_) => "bad SET_VRING_ENABLE value",
+        }
+    }
+
+    /// Whether the session can go on without the request: only a
+    /// configuration write outside the configuration space (it is dropped,
+    /// as a device drops a driver's write to a read-only field). Every
+    /// other refusal leaves the frontend believing in a state the backend
+    /// does not have (a ring that will never run, memory that is not
+    /// mapped), so without `REPLY_ACK` to tell it, the connection closes
+    /// rather than leave the guest waiting.
+    pub fn recoverable(&self) -> bool {
+        matches!(self, BackendError::ConfigRange { .. })
+    }
+}
+
+/// Each kind of refusal in one session, logged the first time and counted
+/// after; the counts are logged when the session ends.
+#[derive(Debug, Default)]
+struct Refusals {
+    kinds: Vec<(&'static str, u64)>,
+}
+
+impl Refusals {
+    /// Counts `e`; true the first time its kind is seen this session.
+    fn first(&mut self, e: &BackendError) -> bool {
+        let kind = e.kind();
+        match self.kinds.iter_mut().find(|(k, _)| *k == kind) {
+            Some((_, n)) => {
+                *n += 1;
+                false
+            }
+            None => {
+                self.kinds.push((kind, 1));
+                true
+            }
+        }
+    }
+
+    /// The kinds refused more than once, with their counts, and forgets
+    /// them all.
+    fn take_repeated(&mut self) -> Vec<(&'static str, u64)> {
+        let mut kinds = std::mem::take(&mut self.kinds);
+        kinds.retain(|(_, n)| *n > 1);
+        kinds
+    }
+}
+
+/// Why a session ended.
+#[derive(Debug)]
+pub enum SessionEnd {
+    /// The frontend closed the connection between messages.
+    Closed,
+    /// The frontend broke the protocol, or the socket failed.
+    Error(String),
+}
+
+impl fmt::Display for SessionEnd {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SessionEnd::Closed => f.write_str("frontend disconnected"),
+            SessionEnd::Error(e) => write!(f, "connection closed: {e}"),
+        }
+    }
+}
+
+/// Counters over the backend's life (all sessions).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct BackendStats {
+    /// Connections served.
+    pub sessions: u64,
+    /// Requests handled.
+    pub requests: u64,
+    /// Requests refused.
+    pub refused: u64,
+    /// Kicks served.
+    pub kicks: u64,
+    /// Call eventfd writes.
+    pub calls: u64,
+    /// Device activations.
+    pub activations: u64,
+    /// Errors the device reported (error eventfd written).
+    pub device_errors: u64,
+    /// The last refusal or session error.
+    pub last_error: Option<String>,
+    /// Per ring, over the backend's life.
+    pub rings: Vec<RingStats>,
+}
+
+/// One ring's counters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RingStats {
+    /// Kicks served.
+    pub kicks: u64,
+    /// Used elements the device published (read from the used index, so
+    /// every path counts: notifications, backend readiness, activation).
+    pub used: u64,
+}
+
+/// One ring's state.
+#[derive(Debug, Default)]
+struct Vring {
+    size: Option<QueueSize>,
+    layout: Option<QueueLayout>,
+    kick: Option<OwnedFd>,
+    call: Option<OwnedFd>,
+    err: Option<OwnedFd>,
+    started: bool,
+    enabled: bool,
+    /// Where the ring starts when the device is activated with it: the
+    /// next available index, and the used index (vhost-user.rst
+    /// `SET_VRING_BASE`, "the next descriptor index to process"). Set by
+    /// `SET_VRING_BASE`, and saved from the device whenever the ring stops
+    /// or the device is activated again.
+    base: u16,
+    /// The used index last seen while the ring ran.
+    used_seen: u16,
+    /// This session's counters.
+    session: RingStats,
+}
+
+impl Vring {
+    fn runnable(&self) -> bool {
+        self.started && self.enabled && self.layout.is_some()
+    }
+}
+
+const TOKEN_SOCKET: u64 = 0;
+const TOKEN_KICK: u64 = 1 << 32;
+const TOKEN_BACKEND: u64 = 2 << 32;
+
+/// A device served over vhost-user.
+pub struct Backend<D> {
+    device: D,
+    mem: SharedMemory,
+    ready_fds: Vec<RawFd>,
+    regions: Regions,
+    vrings: Vec<Vring>,
+    acked: u64,
+    protocol: u64,
+    /// The frontend sent `SET_PROTOCOL_FEATURES` this session.
+    protocol_set: bool,
+    /// The rings the device was activated with, if it is active.
+    active: Option<Vec<bool>>,
+    stats: BackendStats,
+    refusals: Refusals,
+    verbose: bool,
+}
+
+impl<D> fmt::Debug for Backend<D> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Backend")
+            .field("acked", &self.acked)
+            .field("protocol", &self.protocol)
+            .field("active", &self.active)
+            .field("stats", &self.stats)
+            .finish_non_exhaustive()
+    }
+}
+
+fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
+    p.downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".into())
+}
+
+/// Whether `fd` is an eventfd (kick, call and err descriptors must be:
+/// a pipe or file there could block or spin the serving thread).
+fn is_eventfd(fd: &OwnedFd) -> bool {
+    std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+        .is_ok_and(|p| p.as_os_str() == "anon_inode:[eventfd]")
+}
+
+/// Adds 1 to an eventfd (never blocks in practice: the counter would have
+/// to be near `u64::MAX`).
+fn signal(fd: &OwnedFd) -> bool {
+    let one = 1u64.to_ne_bytes();
+    // SAFETY: writes 8 bytes from a live buffer to an fd we own.
+    unsafe { libc::write(fd.as_raw_fd(), one.as_ptr().cast(), 8) == 8 }
+}
+
+/// Drains an eventfd if it is readable now (never blocks).
+fn drain(fd: &OwnedFd) {
+    let mut p = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one pollfd, zero timeout.
+    if unsafe { libc::poll(&mut p, 1, 0) } == 1 && p.revents & libc::POLLIN != 0 {
+        let mut buf = [0u8; 8];
+        // SAFETY: reads at most 8 bytes into a live buffer.
+        let _ = unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), 8) };
+    }
+}
+
+impl<D: VirtioDevice> Backend<D> {
+    /// Serves `device`, which was built over `mem`; `ready_fds` are its
+    /// backends' readiness descriptors.
+    pub fn new(device: D, mem: SharedMemory, ready_fds: Vec<RawFd>) -> Self {
+        let n = device.queue_max_sizes().len();
+        let mut ready_fds = ready_fds;
+        ready_fds.sort_unstable();
+        ready_fds.dedup();
+        Backend {
+            device,
+            mem,
+            ready_fds,
+            regions: Regions::default(),
+            vrings: (0..n).map(|_| Vring::default()).collect(),
+            acked: 0,
+            protocol: 0,
+            protocol_set: false,
+            active: None,
+            stats: BackendStats {
+                rings: vec![RingStats::default(); n],
+                ..BackendStats::default()
+            },
+            refusals: Refusals::default(),
+            verbose: false,
+        }
+    }
+
+    /// Logs every request on stderr.
+    pub fn set_verbose(&mut self, on: bool) {
+        self.verbose = on;
+    }
+
+    /// The device.
+    pub fn device(&self) -> &D {
+        &self.device
+    }
+
+    /// The counters.
+    pub fn stats(&self) -> &BackendStats {
+        &self.stats
+    }
+
+    /// The virtio features offered: the device's plus
+    /// `VHOST_USER_F_PROTOCOL_FEATURES`.
+    pub fn features(&self) -> u64 {
+        self.device.device_features() | VHOST_USER_F_PROTOCOL_FEATURES
+    }
+
+    /// `GET_QUEUE_NUM`'s answer: the device's queues, except for a network
+    /// device, whose queue pairs are counted (QEMU's vhost-user netdev
+    /// compares its `queues=` pairs with it and sets up rings 2i and 2i+1
+    /// for pair i; the control queue stays with the frontend), as DPDK's
+    /// vhost library answers. Frontends that read it as rings (Cloud
+    /// Hypervisor) then ask for fewer, never more, than there are.
+    pub fn queue_num(&self) -> u64 {
+        let n = self.vrings.len() as u64;
+        if self.device.device_type() == DeviceType::Net {
+            (n.saturating_sub(1) / 2).max(1)
+        } else {
+            n
+        }
+    }
+
+    /// Accepts frontends on `listener` one after the other, for ever;
+    /// returns only if `accept` fails.
+    pub fn serve(&mut self, listener: &UnixListener) -> io::Error {
+        loop {
+            match listener.accept() {
+                Ok((stream, _)) => {
+                    let end = self.serve_connection(stream);
+                    if self.verbose || matches!(end, SessionEnd::Error(_)) {
+                        eprintln!("vhost-user: {end}");
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return e,
+            }
+        }
+    }
+
+    /// Serves one frontend until it disconnects or breaks the protocol,
+    /// then resets everything for the next.
+    ///
+    /// A device that panics ends the session like a protocol error (the
+    /// device is reset for the next frontend); the daemon goes on.
+    pub fn serve_connection(&mut self, stream: UnixStream) -> SessionEnd {
+        self.stats.sessions += 1;
+        let result = catch_unwind(AssertUnwindSafe(|| self.session(&stream)))
+            .unwrap_or_else(|p| Err(format!("device panicked: {}", panic_message(&*p))));
+        let end = match result {
+            Ok(()) => SessionEnd::Closed,
+            Err(e) => {
+                self.stats.last_error = Some(e.clone());
+                SessionEnd::Error(e)
+            }
+        };
+        if let Err(p) = catch_unwind(AssertUnwindSafe(|| self.end_session())) {
+            let e = format!("device panicked in reset: {}", panic_message(&*p));
+            self.stats.last_error = Some(e.clone());
+            return SessionEnd::Error(e);
+        }
+        end
+    }
+
+    fn session(&mut self, stream: &UnixStream) -> Result<(), String> {
+        stream
+            .set_read_timeout(Some(MESSAGE_TIMEOUT))
+            .and_then(|()| stream.set_write_timeout(Some(MESSAGE_TIMEOUT)))
+            .map_err(|e| format!("socket: {e}"))?;
+        let epoll = Epoll::new().map_err(|e| format!("epoll: {e}"))?;
+        epoll
+            .ctl(
+                ControlOperation::Add,
+                stream.as_raw_fd(),
+                EpollEvent::new(EventSet::IN, TOKEN_SOCKET),
+            )
+            .map_err(|e| format!("epoll: {e}"))?;
+        for (i, fd) in self.ready_fds.iter().enumerate() {
+            let events = EventSet::IN | EventSet::OUT | EventSet::EDGE_TRIGGERED;
+            match epoll.ctl(
+                ControlOperation::Add,
+                *fd,
+                EpollEvent::new(events, TOKEN_BACKEND + i as u64),
+            ) {
+                // A regular file (a `file` chardev's `input-path`) cannot
+                // be polled and is always ready: the backend tick serves it.
+                Err(e) if e.raw_os_error() == Some(libc::EPERM) => {}
+                r => r.map_err(|e| format!("epoll on a backend fd: {e}"))?,
+            }
+        }
+        let mut events = vec![EpollEvent::default(); 4 + self.vrings.len() + self.ready_fds.len()];
+        loop {
+            let timeout = if self.ready_fds.is_empty() || self.active.is_none() {
+                -1
+            } else {
+                BACKEND_TICK.as_millis() as i32
+            };
+            let n = match epoll.wait(timeout, &mut events) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(format!("epoll: {e}")),
+            };
+            if n == 0 {
+                self.backend_ready();
+                continue;
+            }
+            let mut backend = false;
+            for ev in &events[..n] {
+                match ev.data() {
+                    TOKEN_SOCKET => {
+                        let frame = match codec::recv_frame(stream) {
+                            Ok(Some(f)) => f,
+                            Ok(None) => return Ok(()),
+                            Err(RecvError::Eof { got }) => {
+                                return Err(format!(
+                                    "frontend disconnected inside a message ({got} bytes)"
+                                ));
+                            }
+                            Err(e) => return Err(e.to_string()),
+                        };
+                        self.on_frame(stream, &epoll, frame)?;
+                    }
+                    t if t >= TOKEN_BACKEND => backend = true,
+                    t => {
+                        let i = usize::try_from(t - TOKEN_KICK).unwrap_or(usize::MAX);
+                        self.kicked(i);
+                    }
+                }
+            }
+            if backend {
+                self.backend_ready();
+            }
+        }
+    }
+
+    fn reply_ack(&self) -> bool {
+        self.protocol & protocol::REPLY_ACK != 0
+    }
+
+    /// Handles one frame: decodes, acts, replies. `Err` closes the
+    /// connection.
+    fn on_frame(&mut self, stream: &UnixStream, epoll: &Epoll, frame: Frame) -> Result<(), String> {
+        self.stats.requests += 1;
+        let header = frame.header;
+        let ack = header.need_reply() && self.reply_ack();
+        let send = |bytes: Vec<u8>| {
+            codec::send_with_fds(stream, &bytes, &[]).map_err(|e| format!("sending a reply: {e}"))
+        };
+        let request = Request::from_code(header.request);
+        let msg = match frame.decode() {
+            Ok(m) => m,
+            Err(e) => {
+                self.refused(&BackendError::Codec(e.clone()));
+                return match (ack, request) {
+                    (true, Some(r)) => send(codec::reply_u64(r, 1)),
+                    _ => Err(e.to_string()),
+                };
+            }
+        };
+        if self.verbose {
+            eprintln!("vhost-user: {msg:?} ({} fds)", frame.fds.len());
+        }
+        let has_reply = msg.has_reply();
+        let req = msg.request();
+        match self.handle(epoll, &header, msg, frame.fds) {
+            Ok(Some(reply)) => send(reply),
+            Ok(None) if ack => send(codec::reply_u64(req, 0)),
+            Ok(None) => Ok(()),
+            Err(e) => {
+                self.refused(&e);
+                if ack && !has_reply {
+                    send(codec::reply_u64(req, 1))
+                } else if has_reply || !e.recoverable() {
+                    Err(format!("{req:?} refused: {e}"))
+                } else {
+                    Ok(())
+                }
+            }
+        }
+    }
+
+    /// Counts a refusal; logs it the first time its kind is seen this
+    /// session (the repeats are counted and logged when it ends).
+    fn refused(&mut self, e: &BackendError) {
+        self.stats.refused += 1;
+        self.stats.last_error = Some(e.to_string());
+        if self.refusals.first(e) || self.verbose {
+            eprintln!("vhost-user: refused: {e}");
+        }
+    }
+
+    /// Whether `VHOST_USER_F_PROTOCOL_FEATURES` is in force: this backend
+    /// always offers it, so it is once the frontend sent
+    /// `SET_PROTOCOL_FEATURES` (frontends send it before `SET_FEATURES`,
+    /// and some enable rings in between) or acknowledged the bit.
+    fn protocol_in_force(&self) -> bool {
+        self.protocol_set || self.acked & VHOST_USER_F_PROTOCOL_FEATURES != 0
+    }
+
+    fn ring(&mut self, index: u32) -> Result<&mut Vring, BackendError> {
+        usize::try_from(index)
+            .ok()
+            .and_then(|i| self.vrings.get_mut(i))
+            .ok_or(BackendError::NoSuchRing(index))
+    }
+
+    /// Acts on one decoded request; `Ok(Some(bytes))` is the reply a
+    /// `GET_*` request owes.
+    fn handle(
+        &mut self,
+        epoll: &Epoll,
+        _header: &Header,
+        msg: Message,
+        fds: Vec<OwnedFd>,
+    ) -> Result<Option<Vec<u8>>, BackendError> {
+        match msg {
+            Message::GetFeatures => Ok(Some(codec::reply_u64(
+                Request::GetFeatures,
+                self.features(),
+            ))),
+            Message::SetFeatures(f) => {
+                let offered = self.features();
+                if f & !offered != 0 {
+                    return Err(BackendError::FeaturesNotOffered { acked: f, offered });
+                }
+                self.acked = f;
+                self.reconcile();
+                Ok(None)
+            }
+            Message::SetOwner => Ok(None),
+            Message::ResetOwner | Message::ResetDevice => {
+                self.reset_rings(epoll);
+                self.acked = 0;
+                Ok(None)
+            }
+            Message::GetProtocolFeatures => Ok(Some(codec::reply_u64(
+                Request::GetProtocolFeatures,
+                PROTOCOL_FEATURES,
+            ))),
+            Message::SetProtocolFeatures(f) => {
+                if f & !PROTOCOL_FEATURES != 0 {
+                    return Err(BackendError::FeaturesNotOffered {
+                        acked: f,
+                        offered: PROTOCOL_FEATURES,
+                    });
+                }
+                self.protocol = f;
+                self.protocol_set = true;
+                Ok(None)
+            }
+            Message::GetQueueNum => Ok(Some(codec::reply_u64(
+                Request::GetQueueNum,
+                self.queue_num(),
+            ))),
+            Message::GetMaxMemSlots => Ok(Some(codec::reply_u64(
+                Request::GetMaxMemSlots,
+                MAX_MEM_SLOTS as u64,
+            ))),
+            Message::SetMemTable(regions) => {
+                self.regions
+                    .replace(&regions, &fds, &self.mem)
+                    .map_err(BackendError::Memory)?;
+                Ok(None)
+            }
+            Message::AddMemReg(r) => {
+                let fd = fds.first().ok_or(BackendError::Codec(CodecError::FdCount {
+                    request: Request::AddMemReg,
+                    want: 1,
+                    got: 0,
+                }))?;
+                self.regions
+                    .add(&r, fd, &self.mem)
+                    .map_err(BackendError::Memory)?;
+                Ok(None)
+            }
+            Message::RemMemReg(r) => {
+                self.regions
+                    .remove(&r, &self.mem)
+                    .map_err(BackendError::Memory)?;
+                Ok(None)
+            }
+            Message::SetVringNum(VringState { index, num }) => {
+                let max = self
+                    .device
+                    .queue_max_sizes()
+                    .get(index as usize)
+                    .copied()
+                    .ok_or(BackendError::NoSuchRing(index))?;
+                let ring = self.ring(index)?;
+                if ring.runnable() {
+                    return Err(BackendError::RingRunning(index));
+                }
+                let size = QueueSize::new(num)
+                    .ok()
+                    .filter(|s| s.get() <= max)
+                    .ok_or(BackendError::BadRingSize { index, num, max })?;
+                ring.size = Some(size);
+                ring.layout = None;
+                Ok(None)
+            }
+            Message::SetVringAddr(addr) => {
+                let layout = self.translate(&addr)?;
+                let ring = self.ring(addr.index)?;
+                let moved = ring.layout.is_some_and(|l| l != layout);
+                ring.layout = Some(layout);
+                if moved && self.is_running(addr.index as usize) {
+                    // A running ring moved: activate the device again, every
+                    // ring where it stood.
+                    self.save_positions();
+                    self.active = None;
+                    self.device.reset();
+                }
+                self.reconcile();
+                Ok(None)
+            }
+            Message::SetVringBase(VringState { index, num }) => {
+                let ring = self.ring(index)?;
+                if ring.runnable() {
+                    return Err(BackendError::RingRunning(index));
+                }
+                ring.base =
+                    u16::try_from(num).map_err(|_| BackendError::BadBase { index, base: num })?;
+                Ok(None)
+            }
+            Message::GetVringBase(VringState { index, .. }) => {
+                self.ring(index)?;
+                let i = index as usize;
+                let base = if self.is_running(i) {
+                    self.position(i)
+                } else {
+                    self.vrings[i].base
+                };
+                let ring = self.ring(index)?;
+                // Stop the ring ("Ring states": GET_VRING_BASE stops it).
+                ring.base = base;
+                ring.started = false;
+                if let Some(k) = ring.kick.take() {
+                    let _ = epoll.ctl(
+                        ControlOperation::Delete,
+                        k.as_raw_fd(),
+                        EpollEvent::default(),
+                    );
+                }
+                self.reconcile();
+                Ok(Some(codec::reply_vring_state(VringState {
+                    index,
+                    num: u32::from(base),
+                })))
+            }
+            Message::SetVringKick(VringFd { index, has_fd }) => {
+                if !has_fd {
+                    return Err(BackendError::KickWithoutFd(index));
+                }
+                let fd = fds.into_iter().next().ok_or(BackendError::NotAnEventFd)?;
+                if !is_eventfd(&fd) {
+                    return Err(BackendError::NotAnEventFd);
+                }
+                // vhost-user.rst "Ring states": without protocol features a
+                // ring starts enabled.
+                let auto_enable = !self.protocol_in_force();
+                let ring = self.ring(u32::from(index))?;
+                epoll
+                    .ctl(
+                        ControlOperation::Add,
+                        fd.as_raw_fd(),
+                        EpollEvent::new(EventSet::IN, TOKEN_KICK + u64::from(index)),
+                    )
+                    .map_err(BackendError::Epoll)?;
+                if let Some(old) = ring.kick.replace(fd) {
+                    let _ = epoll.ctl(
+                        ControlOperation::Delete,
+                        old.as_raw_fd(),
+                        EpollEvent::default(),
+                    );
+                }
+                ring.started = true;
+                if auto_enable {
+                    ring.enabled = true;
+                }
+                self.reconcile();
+                Ok(None)
+            }
+            Message::SetVringCall(VringFd { index, has_fd })
+            | Message::SetVringErr(VringFd { index, has_fd }) => {
+                let is_call = matches!(msg, Message::SetVringCall(_));
+                let fd = if has_fd {
+                    let fd = fds.into_iter().next().ok_or(BackendError::NotAnEventFd)?;
+                    if !is_eventfd(&fd) {
+                        return Err(BackendError::NotAnEventFd);
+                    }
+                    Some(fd)
+                } else {
+                    None
+                };
+                let ring = self.ring(u32::from(index))?;
+                if is_call {
+                    ring.call = fd;
+                } else {
+                    ring.err = fd;
+                }
+                Ok(None)
+            }
+            Message::SetVringEnable(VringState { index, num }) => {
+                // "Enabled" is a state of its own, in any order: QEMU's
+                // vhost-user netdev disables its rings right after
+                // SET_OWNER, before SET_FEATURES, and a frontend may enable
+                // a ring before addressing or kicking it. The ring runs once
+                // it is enabled, addressed and started (`Vring::runnable`);
+                // nothing here touches memory.
+                let ring = self.ring(index)?;
+                match num {
+                    0 => ring.enabled = false,
+                    1 => ring.enabled = true,
+                    n => return Err(BackendError::BadEnable(n)),
+                }
+                self.reconcile();
+                Ok(None)
+            }
+            Message::GetConfig(Config {
+                offset,
+                flags,
+                data,
+            }) => {
+                let size = data.len();
+                let ok = (offset as usize)
+                    .checked_add(size)
+                    .is_some_and(|end| end <= MAX_CONFIG);
+                if !ok {
+                    // "the back-end ... replies with a payload of size 0".
+                    self.refused(&BackendError::ConfigRange { offset, size });
+                    return Ok(Some(codec::reply_config(offset, flags, &[])));
+                }
+                let mut buf = vec![0u8; size];
+                self.device.read_config(u64::from(offset), &mut buf);
+                Ok(Some(codec::reply_config(offset, flags, &buf)))
+            }
+            Message::SetConfig(Config { offset, data, .. }) => {
+                let ok = (offset as usize)
+                    .checked_add(data.len())
+                    .is_some_and(|end| end <= self.device.config_len());
+                if !ok {
+                    return Err(BackendError::ConfigRange {
+                        offset,
+                        size: data.len(),
+                    });
+                }
+                self.device.write_config(u64::from(offset), &data);
+                Ok(None)
+            }
+            Message::Unsupported(r) => Err(BackendError::Unsupported(r)),
+        }
+    }
+
+    /// The guest-physical layout of a ring from frontend addresses
+    /// (vhost-user.rst: "ring addresses are in the front-end's address
+    /// space"), checked against the mapped memory (§2.7 sizes and
+    /// alignment).
+    fn translate(&mut self, addr: &VringAddr) -> Result<QueueLayout, BackendError> {
+        let index = addr.index;
+        let size = self
+            .ring(index)?
+            .size
+            .ok_or(BackendError::SizeNotSet(index))?;
+        let n = u64::from(size.get());
+        let areas = [
+            ("descriptor table", addr.desc, 16 * n),
+            ("available ring", addr.avail, 6 + 2 * n),
+            ("used ring", addr.used, 6 + 8 * n),
+        ];
+        let mut gpa = [0u64; 3];
+        for (g, (area, a, len)) in gpa.iter_mut().zip(areas) {
+            *g = self
+                .regions
+                .translate(a, len)
+                .ok_or(BackendError::RingOutsideMemory {
+                    index,
+                    area,
+                    addr: a,
+                })?;
+        }
+        let layout = QueueLayout::new(
+            size,
+            GuestAddress(gpa[0]),
+            GuestAddress(gpa[1]),
+            GuestAddress(gpa[2]),
+        )
+        .map_err(|e| BackendError::BadLayout {
+            index,
+            why: e.to_string(),
+        })?;
+        layout
+            .check_memory(&self.mem)
+            .map_err(|e| BackendError::BadLayout {
+                index,
+                why: e.to_string(),
+            })?;
+        Ok(layout)
+    }
+
+    /// Brings the device in line with the set of runnable rings: reset and
+    /// activate again when it changed, then serve every running ring once
+    /// (buffers made available before the ring ran get no kick).
+    fn reconcile(&mut self) {
+        let want: Vec<bool> = self.vrings.iter().map(Vring::runnable).collect();
+        if let Some(active) = self.active.clone() {
+            if active == want {
+                return;
+            }
+            // Every ring the device runs now keeps its place: one that
+            // stops resumes there, one that runs on is started there again
+            // after the re-activation below.
+            self.save_positions();
+            let only_stopped = want.iter().zip(&active).all(|(&w, &was)| !w || was);
+            let known = (0u16..)
+                .zip(&want)
+                .filter(|(_, w)| **w)
+                .all(|(q, _)| self.device.queue_position(q).is_some());
+            if only_stopped && want.contains(&true) && !known {
+                // Rings stopped, others run on, and the device cannot say
+                // where those stand: a reset would restart them at the wrong
+                // index, so the device stays live and the stopped rings are
+                // masked (no kick served, no call written; a device serving
+                // on backend readiness may still move them).
+                self.active = Some(want);
+                return;
+            }
+            // Otherwise the device is activated again without the stopped
+            // rings (a stopped ring must not move: its position was
+            // reported), the others where they stood.
+        }
+        if self.active.take().is_some() {
+            self.device.reset();
+        }
+        if !want.iter().any(|&w| w) {
+            return;
+        }
+        let configs = self
+            .vrings
+            .iter()
+            .zip(&want)
+            .map(|(v, &w)| QueueConfig {
+                layout: if w { v.layout } else { None },
+            })
+            .collect();
+        let features = self.acked & !VHOST_USER_F_PROTOCOL_FEATURES;
+        match self.device.activate(features, configs) {
+            Ok(()) => {
+                self.stats.activations += 1;
+                // Activation starts every queue at 0; move the others.
+                let bases: Vec<(u16, u16)> = (0u16..)
+                    .zip(&self.vrings)
+                    .zip(&want)
+                    .filter(|((_, v), w)| **w && v.base != 0)
+                    .map(|((q, v), _)| (q, v.base))
+                    .collect();
+                for (q, base) in bases {
+                    if let Err(e) = self.device.set_queue_position(q, base) {
+                        // The device cannot resume there: serving from 0
+                        // would replay chains, so it stays down.
+                        self.device.reset();
+                        self.after(Err(e), Some(usize::from(q)));
+                        return;
+                    }
+                }
+                self.active = Some(want.clone());
+                for (i, &w) in want.iter().enumerate() {
+                    if w && let Some(idx) = self.used_idx(i) {
+                        self.vrings[i].used_seen = idx;
+                    }
+                }
+                for (i, &w) in want.iter().enumerate() {
+                    if w {
+                        self.serve_queue(i);
+                    }
+                }
+            }
+            Err(e) => {
+                // Not all the rings the device needs run yet; the next
+                // ring change tries again.
+                if self.verbose {
+                    eprintln!("vhost-user: device not activated yet: {e}");
+                }
+            }
+        }
+    }
+
+    /// Where running ring `i` stands: the device's
+    /// [`VirtioDevice::queue_position`], or, from a device that does not
+    /// know, the used index in guest memory (exact when the device holds
+    /// no chain).
+    fn position(&mut self, i: usize) -> u16 {
+        if let Some(p) = u16::try_from(i)
+            .ok()
+            .and_then(|q| self.device.queue_position(q))
+        {
+            return p;
+        }
+        self.vrings
+            .get(i)
+            .and_then(|v| v.layout)
+            .and_then(|l| self.mem.load_u16_acquire(l.used_idx()).ok())
+            .unwrap_or(0)
+    }
+
+    /// Saves the place of every ring the device runs into its `base`.
+    fn save_positions(&mut self) {
+        for i in 0..self.vrings.len() {
+            if self.is_running(i) {
+                self.vrings[i].base = self.position(i);
+            }
+        }
+    }
+
+    fn is_running(&self, i: usize) -> bool {
+        self.active
+            .as_ref()
+            .is_some_and(|a| a.get(i).copied().unwrap_or(false))
+    }
+
+    fn kicked(&mut self, i: usize) {
+        let Some(ring) = self.vrings.get(i) else {
+            return;
+        };
+        if let Some(k) = &ring.kick {
+            drain(k);
+        }
+        if self.is_running(i) {
+            self.stats.kicks += 1;
+            self.vrings[i].session.kicks += 1;
+            if let Some(r) = self.stats.rings.get_mut(i) {
+                r.kicks += 1;
+            }
+            self.serve_queue(i);
+        }
+    }
+
+    fn serve_queue(&mut self, i: usize) {
+        let Ok(q) = u16::try_from(i) else {
+            return;
+        };
+        let served = self.device.queue_notify(q);
+        self.after(served, Some(i));
+    }
+
+    fn backend_ready(&mut self) {
+        if self.active.is_some() {
+            let served = self.device.backend_ready();
+            self.after(served, None);
+        }
+    }
+
+    /// Acts on a device's answer: calls on a used-buffer notification,
+    /// the error eventfd on a device error.
+    fn after(&mut self, served: Result<Served, DeviceError>, queue: Option<usize>) {
+        self.count_used();
+        match served {
+            Ok(s) => {
+                if s.interrupt {
+                    for i in 0..self.vrings.len() {
+                        if self.is_running(i)
+                            && let Some(c) = &self.vrings[i].call
+                            && signal(c)
+                        {
+                            self.stats.calls += 1;
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                self.stats.device_errors += 1;
+                self.stats.last_error = Some(e.to_string());
+                eprintln!("vhost-user: device error: {e}");
+                let q = match e {
+                    DeviceError::Queue { queue, .. }
+                    | DeviceError::QueueNotInMemory { queue, .. }
+                    | DeviceError::QueueNotReady { queue }
+                    | DeviceError::NoSuchQueue { queue } => Some(usize::from(queue)),
+                    DeviceError::PositionUnsupported { queue } => Some(usize::from(queue)),
+                    DeviceError::NotActivated | DeviceError::BackendGone => queue,
+                }
+                .or(queue);
+                if let Some(err) = q
+                    .and_then(|q| self.vrings.get(q))
+                    .and_then(|v| v.err.as_ref())
+                {
+                    signal(err);
+                }
+            }
+        }
+    }
+
+    /// The used index of running ring `i` in guest memory.
+    fn used_idx(&self, i: usize) -> Option<u16> {
+        let layout = self.vrings.get(i)?.layout?;
+        self.mem.load_u16_acquire(layout.used_idx()).ok()
+    }
+
+    /// Adds what every running ring published since last seen to its
+    /// counters.
+    fn count_used(&mut self) {
+        for i in 0..self.vrings.len() {
+            if !self.is_running(i) {
+                continue;
+            }
+            let Some(idx) = self.used_idx(i) else {
+                continue;
+            };
+            let v = &mut self.vrings[i];
+            let n = u64::from(idx.wrapping_sub(v.used_seen));
+            v.used_seen = idx;
+            v.session.used += n;
+            if let Some(r) = self.stats.rings.get_mut(i) {
+                r.used += n;
+            }
+        }
+    }
+
+    /// Logs this session's ring counters and the device's counters (lines
+    /// [`logged_ring_used`] and [`logged_device_counter`] read back).
+    fn log_session_counters(&mut self) {
+        let rings: Vec<String> = self
+            .vrings
+            .iter()
+            .enumerate()
+            .filter(|(_, v)| v.session != RingStats::default())
+            .map(|(i, v)| {
+                format!(
+                    "ring {i}: {} used, {} kicks",
+                    v.session.used, v.session.kicks
+                )
+            })
+            .collect();
+        if !rings.is_empty() {
+            eprintln!("vhost-user: {RING_COUNTERS} {}", rings.join("; "));
+        }
+        let counters: Vec<String> = self
+            .device
+            .counters()
+            .iter()
+            .filter(|(_, n)| *n != 0)
+            .map(|(k, n)| format!("{k}={n}"))
+            .collect();
+        if !counters.is_empty() {
+            eprintln!("vhost-user: {DEVICE_COUNTERS} {}", counters.join(" "));
+        }
+    }
+
+    /// Stops every ring and resets the device (`RESET_DEVICE`, end of
+    /// session).
+    fn reset_rings(&mut self, epoll: &Epoll) {
+        self.count_used();
+        if self.active.take().is_some() {
+            self.device.reset();
+        }
+        for v in &mut self.vrings {
+            if let Some(k) = v.kick.take() {
+                let _ = epoll.ctl(
+                    ControlOperation::Delete,
+                    k.as_raw_fd(),
+                    EpollEvent::default(),
+                );
+            }
+            let session = v.session;
+            *v = Vring::default();
+            v.session = session;
+        }
+    }
+
+    fn end_session(&mut self) {
+        self.count_used();
+        self.log_session_counters();
+        let was_active = self.active.take().is_some();
+        // The session's epoll is gone; dropping the kicks closes them.
+        for v in &mut self.vrings {
+            *v = Vring::default();
+        }
+        self.regions.clear(&self.mem);
+        self.acked = 0;
+        self.protocol = 0;
+        self.protocol_set = false;
+        for (kind, n) in self.refusals.take_repeated() {
+            eprintln!("vhost-user: refused {n} requests this session: {kind} (logged once)");
+        }
+        // Last, so that a device panicking here leaves the session clean.
+        if was_active {
+            self.device.reset();
+        }
+    }
+}
+
+/// The marker of the session's ring counters line in the backend's log.
+pub const RING_COUNTERS: &str = "session ring counters:";
+/// The marker of the device's counters line in the backend's log.
+pub const DEVICE_COUNTERS: &str = "device counters:";
+
+/// Counter `name` from the last device-counters line of a backend's log
+/// (`name=N`; a counter at 0 is not printed, so absent reads as 0).
+pub fn logged_device_counter(log: &str, name: &str) -> u64 {
+    log.lines()
+        .rfind(|l| l.contains(DEVICE_COUNTERS))
+        .and_then(|l| {
+            l.split_whitespace()
+                .find_map(|w| w.strip_prefix(name)?.strip_prefix('='))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// Used elements per ring from the last ring-counters line of a backend's
+/// log (`ring I: N used, K kicks; …`).
+pub fn logged_ring_used(log: &str) -> std::collections::BTreeMap<usize, u64> {
+    let mut out = std::collections::BTreeMap::new();
+    if let Some(l) = log.lines().rfind(|l| l.contains(RING_COUNTERS)) {
+        for part in l.split("ring ").skip(1) {
+            let mut w = part.split_whitespace();
+            let ring = w.next().and_then(|r| r.trim_end_matches(':').parse().ok());
+            let used = w.next().and_then(|u| u.parse().ok());
+            if let (Some(r), Some(u)) = (ring, used) {
+                out.insert(r, u);
+            }
+        }
+    }
+    out
+}

@@ -1,0 +1,514 @@
+//! Guest memory of a vhost-user session: the frontend's regions
+//! (`SET_MEM_TABLE`, `ADD_MEM_REG`, `REM_MEM_REG`; vhost-user.rst "Memory
+//! region description") mapped from the descriptors it passes, and
+//! [`SharedMemory`], the `virtio-core` [`GuestMemory`] the device reads
+//! them through.
+//!
+//! A device is built once, before any frontend connects, so it holds a
+//! [`SharedMemory`] handle whose region table the session replaces as the
+//! frontend changes it. Every change happens on the serving thread between
+//! device calls, so a mapping a device call obtained is never unmapped
+//! under it. Not done: dirty logging, and protection against a frontend
+//! that shrinks a region's file after it was mapped (QEMU's memfd backends
+//! seal their size; a file that shrinks anyway raises SIGBUS here).
+
+use std::fmt;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::{Arc, RwLock, RwLockReadGuard};
+
+use virtio_core::GuestMemory;
+use virtio_core::memory::{
+    Access, GuestAddress, Mapping, MemoryError, Region, RegionError, RegionMemory,
+};
+
+use crate::codec::{MAX_MEM_SLOTS, MemRegion};
+
+/// The region table devices see.
+pub type Table = RegionMemory<MAX_MEM_SLOTS>;
+
+/// Guest memory shared between a device and its vhost-user session: a
+/// region table the session swaps as the frontend changes it.
+#[derive(Clone, Debug, Default)]
+pub struct SharedMemory(Arc<RwLock<Table>>);
+
+impl SharedMemory {
+    /// An empty memory (every access fails until a table is set).
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn get(&self) -> RwLockReadGuard<'_, Table> {
+        // The table is plain data replaced whole; a poisoned lock still
+        // holds a consistent one.
+        self.0.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Replaces the table.
+    pub(crate) fn set(&self, table: Table) {
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = table;
+    }
+
+    /// The regions now.
+    pub fn regions(&self) -> Vec<Region> {
+        self.get().regions().to_vec()
+    }
+}
+
+impl GuestMemory for SharedMemory {
+    fn map(&self, addr: GuestAddress, len: u64, access: Access) -> Result<Mapping, MemoryError> {
+        self.get().map(addr, len, access)
+    }
+
+    fn read(&self, addr: GuestAddress, buf: &mut [u8]) -> Result<(), MemoryError> {
+        self.get().read(addr, buf)
+    }
+
+    fn write(&self, addr: GuestAddress, buf: &[u8]) -> Result<(), MemoryError> {
+        self.get().write(addr, buf)
+    }
+
+    fn load_u16_acquire(&self, addr: GuestAddress) -> Result<u16, MemoryError> {
+        self.get().load_u16_acquire(addr)
+    }
+
+    fn store_u16_release(&self, addr: GuestAddress, val: u16) -> Result<(), MemoryError> {
+        self.get().store_u16_release(addr, val)
+    }
+}
+
+/// Why a region from the frontend cannot be used.
+#[derive(Debug)]
+pub enum MemError {
+    /// The region has no bytes.
+    Empty,
+    /// An address plus the size wraps.
+    Overflow,
+    /// `fstat` on the descriptor failed.
+    Stat(std::io::Error),
+    /// The descriptor is not a regular file (memfd, tmpfs, hugetlbfs).
+    NotAFile,
+    /// `mmap_offset + size` lies beyond the end of the file.
+    BeyondFile {
+        /// Bytes the region needs from the file.
+        end: u64,
+        /// The file's size.
+        file: u64,
+    },
+    /// `mmap` failed.
+    Mmap(std::io::Error),
+    /// The region overlaps another (guest or frontend addresses), or the
+    /// table is full.
+    Table(RegionError),
+    /// Frontend addresses of two regions overlap.
+    UserOverlap {
+        /// The frontend address of the new region.
+        user_addr: u64,
+    },
+    /// `REM_MEM_REG` named a region that is not in the table.
+    NoSuchRegion {
+        /// Its guest address.
+        guest_addr: u64,
+    },
+}
+
+impl fmt::Display for MemError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            MemError::Empty => f.write_str("memory region has no bytes"),
+            MemError::Overflow => f.write_str("memory region wraps the address space"),
+            MemError::Stat(e) => write!(f, "fstat on the region's descriptor: {e}"),
+            MemError::NotAFile => {
+                f.write_str("the region's descriptor is not a regular file or memfd")
+            }
+            MemError::BeyondFile { end, file } => write!(
+                f,
+                "region ends at byte {end:#x} of a file of {file:#x} bytes"
+            ),
+            MemError::Mmap(e) => write!(f, "mmap of the region: {e}"),
+            MemError::Table(e) => write!(f, "{e}"),
+            MemError::UserOverlap { user_addr } => write!(
+                f,
+                "region at frontend address {user_addr:#x} overlaps another"
+            ),
+            MemError::NoSuchRegion { guest_addr } => {
+                write!(f, "no region at guest address {guest_addr:#x}")
+            }
+        }
+    }
+}
+
+impl std::error::Error for MemError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            MemError::Stat(e) | MemError::Mmap(e) => Some(e),
+            MemError::Table(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+/// One region mapped into this process; unmapped on drop.
+#[derive(Debug)]
+pub struct MappedRegion {
+    /// The frontend's description.
+    pub region: MemRegion,
+    base: *mut libc::c_void,
+    map_len: usize,
+    host: *mut u8,
+    /// The file's device and inode, to recognise the same region added
+    /// again.
+    file: (u64, u64),
+    /// `ADD_MEM_REG`s of exactly this region not yet removed (QEMU's
+    /// vhost-user netdev adds every region once per queue pair).
+    refs: u32,
+}
+
+// SAFETY: the mapping is owned memory of this process; the pointers are
+// only an address range, and every access to it goes through raw copies
+// (`RegionMemory`), never references.
+unsafe impl Send for MappedRegion {}
+
+impl MappedRegion {
+    /// Maps `region` from `fd`, checking it against the file: non-empty,
+    /// no address wraps, a regular file at least `mmap_offset + size` long.
+    pub fn map(region: &MemRegion, fd: &OwnedFd) -> Result<MappedRegion, MemError> {
+        if region.size == 0 {
+            return Err(MemError::Empty);
+        }
+        let end = region
+            .mmap_offset
+            .checked_add(region.size)
+            .ok_or(MemError::Overflow)?;
+        region
+            .guest_addr
+            .checked_add(region.size)
+            .ok_or(MemError::Overflow)?;
+        region
+            .user_addr
+            .checked_add(region.size)
+            .ok_or(MemError::Overflow)?;
+        // SAFETY: a zeroed stat is a valid out-buffer for fstat.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: `fd` is an open descriptor we own; `st` is writable.
+        if unsafe { libc::fstat(fd.as_raw_fd(), &mut st) } != 0 {
+            return Err(MemError::Stat(std::io::Error::last_os_error()));
+        }
+        if st.st_mode & libc::S_IFMT != libc::S_IFREG {
+            return Err(MemError::NotAFile);
+        }
+        let file = u64::try_from(st.st_size).unwrap_or(0);
+        if end > file {
+            return Err(MemError::BeyondFile { end, file });
+        }
+        // SAFETY: sysconf has no memory effects.
+        let page = u64::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
+        let map_off = region.mmap_offset - region.mmap_offset % page;
+        let delta = region.mmap_offset - map_off;
+        let map_len = usize::try_from(region.size + delta).map_err(|_| MemError::Overflow)?;
+        let off = libc::off_t::try_from(map_off).map_err(|_| MemError::Overflow)?;
+        // SAFETY: a fresh shared mapping chosen by the kernel; it aliases
+        // no memory of this process. The file is long enough (checked), so
+        // no access inside the mapping raises SIGBUS unless the frontend
+        // shrinks the file later (module docs).
+        let base = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                map_len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED | libc::MAP_NORESERVE,
+                fd.as_raw_fd(),
+                off,
+            )
+        };
+        if base == libc::MAP_FAILED {
+            return Err(MemError::Mmap(std::io::Error::last_os_error()));
+        }
+        Ok(MappedRegion {
+            region: *region,
+            base,
+            map_len,
+            host: base.cast::<u8>().wrapping_add(delta as usize),
+            file: (st.st_dev, st.st_ino),
+            refs: 1,
+        })
+    }
+
+    /// The `virtio-core` region over this mapping.
+    fn as_region(&self) -> Region {
+        // SAFETY: `host` is valid for `region.size` bytes while `self`
+        // lives; the session keeps `self` alive for as long as any table
+        // holding this region is in use (it swaps the table before
+        // dropping the mapping), and nothing forms references into it.
+        unsafe {
+            Region::new(
+                GuestAddress(self.region.guest_addr),
+                self.host,
+                self.region.size,
+            )
+        }
+    }
+
+    /// Whether the frontend address range `[addr, addr + len)` lies in this
+    /// region; its guest address if so.
+    fn translate(&self, addr: u64, len: u64) -> Option<u64> {
+        let off = addr.checked_sub(self.region.user_addr)?;
+        let end = off.checked_add(len)?;
+        (end <= self.region.size).then(|| self.region.guest_addr + off)
+    }
+}
+
+impl Drop for MappedRegion {
+    fn drop(&mut self) {
+        // SAFETY: `base`/`map_len` are exactly what mmap returned; no table
+        // refers to the region any more (see `as_region`).
+        unsafe { libc::munmap(self.base, self.map_len) };
+    }
+}
+
+/// The session's regions and the table built from them.
+#[derive(Debug, Default)]
+pub struct Regions {
+    mapped: Vec<MappedRegion>,
+}
+
+impl Regions {
+    /// The regions.
+    pub fn mapped(&self) -> &[MappedRegion] {
+        &self.mapped
+    }
+
+    /// Builds the device-visible table for `mapped`, checking overlaps.
+    fn table(mapped: &[MappedRegion]) -> Result<Table, MemError> {
+        let mut t = Table::new();
+        for (i, m) in mapped.iter().enumerate() {
+            t.add(m.as_region()).map_err(MemError::Table)?;
+            for other in &mapped[..i] {
+                let a = &m.region;
+                let b = &other.region;
+                if a.user_addr < b.user_addr + b.size && b.user_addr < a.user_addr + a.size {
+                    return Err(MemError::UserOverlap {
+                        user_addr: a.user_addr,
+                    });
+                }
+            }
+        }
+        Ok(t)
+    }
+
+    /// Replaces every region (`SET_MEM_TABLE`): all are mapped and checked
+    /// before anything changes.
+    pub fn replace(
+        &mut self,
+        regions: &[MemRegion],
+        fds: &[OwnedFd],
+        mem: &SharedMemory,
+    ) -> Result<(), MemError> {
+        let mapped = regions
+            .iter()
+            .zip(fds)
+            .map(|(r, fd)| MappedRegion::map(r, fd))
+            .collect::<Result<Vec<_>, _>>()?;
+        let table = Self::table(&mapped)?;
+        mem.set(table);
+        // The old mappings go only now that no table refers to them.
+        self.mapped = mapped;
+        Ok(())
+    }
+
+    /// Adds one region (`ADD_MEM_REG`). The same region (addresses,
+    /// offset and file) added again is counted, not mapped twice: QEMU's
+    /// vhost-user netdev keeps one table per queue pair and adds every
+    /// region once for each; it is unmapped when removed as often.
+    pub fn add(
+        &mut self,
+        region: &MemRegion,
+        fd: &OwnedFd,
+        mem: &SharedMemory,
+    ) -> Result<(), MemError> {
+        if let Some(same) = self.mapped.iter_mut().find(|m| m.region == *region) {
+            // SAFETY: a zeroed stat is a valid out-buffer for fstat.
+            let mut st: libc::stat = unsafe { std::mem::zeroed() };
+            // SAFETY: `fd` is an open descriptor we own; `st` is writable.
+            if unsafe { libc::fstat(fd.as_raw_fd(), &mut st) } != 0 {
+                return Err(MemError::Stat(std::io::Error::last_os_error()));
+            }
+            if same.file == (st.st_dev, st.st_ino) {
+                same.refs = same.refs.saturating_add(1);
+                return Ok(());
+            }
+            // Another file at the same addresses: the overlap check below
+            // refuses it.
+        }
+        let m = MappedRegion::map(region, fd)?;
+        self.mapped.push(m);
+        match Self::table(&self.mapped) {
+            Ok(t) => {
+                mem.set(t);
+                Ok(())
+            }
+            Err(e) => {
+                // Never entered a table: safe to unmap.
+                self.mapped.pop();
+                Err(e)
+            }
+        }
+    }
+
+    /// Removes the region with `region`'s guest address and size
+    /// (`REM_MEM_REG`).
+    pub fn remove(&mut self, region: &MemRegion, mem: &SharedMemory) -> Result<(), MemError> {
+        let pos = self
+            .mapped
+            .iter()
+            .position(|m| m.region.guest_addr == region.guest_addr && m.region.size == region.size)
+            .ok_or(MemError::NoSuchRegion {
+                guest_addr: region.guest_addr,
+            })?;
+        if self.mapped[pos].refs > 1 {
+            self.mapped[pos].refs -= 1;
+            return Ok(());
+        }
+        let rest: Vec<&MappedRegion> = self
+            .mapped
+            .iter()
+            .enumerate()
+            .filter_map(|(i, m)| (i != pos).then_some(m))
+            .collect();
+        let mut t = Table::new();
+        for m in rest {
+            t.add(m.as_region()).map_err(MemError::Table)?;
+        }
+        mem.set(t);
+        self.mapped.remove(pos);
+        Ok(())
+    }
+
+    /// Drops every region (end of session).
+    pub fn clear(&mut self, mem: &SharedMemory) {
+        mem.set(Table::new());
+        self.mapped.clear();
+    }
+
+    /// The guest address of the frontend range `[addr, addr + len)`, if one
+    /// region holds all of it.
+    pub fn translate(&self, addr: u64, len: u64) -> Option<u64> {
+        self.mapped.iter().find_map(|m| m.translate(addr, len))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn memfd(len: u64) -> OwnedFd {
+        // SAFETY: memfd_create with a constant name.
+        let fd = unsafe { libc::memfd_create(c"vhost-test".as_ptr(), libc::MFD_CLOEXEC) };
+        assert!(fd >= 0);
+        // SAFETY: fd was just created and is owned here.
+        let fd = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+        // SAFETY: valid fd.
+        assert_eq!(unsafe { libc::ftruncate(fd.as_raw_fd(), len as i64) }, 0);
+        fd
+    }
+
+    fn region(guest: u64, size: u64, user: u64, off: u64) -> MemRegion {
+        MemRegion {
+            guest_addr: guest,
+            size,
+            user_addr: user,
+            mmap_offset: off,
+        }
+    }
+
+    #[test]
+    fn regions_map_translate_and_unmap() {
+        let mem = SharedMemory::new();
+        let mut r = Regions::default();
+        let fds = [memfd(0x4000), memfd(0x2000)];
+        r.replace(
+            &[
+                region(0, 0x2000, 0x7000_0000, 0x1000),
+                region(0x10_0000, 0x2000, 0x8000_0000, 0),
+            ],
+            &fds,
+            &mem,
+        )
+        .unwrap();
+        assert_eq!(r.translate(0x7000_0010, 16), Some(0x10));
+        assert_eq!(r.translate(0x7000_1ff0, 0x20), None);
+        mem.write_u32(GuestAddress(0x10_0004), 0xdead_beef).unwrap();
+        assert_eq!(mem.read_u32(GuestAddress(0x10_0004)).unwrap(), 0xdead_beef);
+        r.remove(&region(0x10_0000, 0x2000, 0, 0), &mem).unwrap();
+        assert!(mem.read_u32(GuestAddress(0x10_0004)).is_err());
+        r.clear(&mem);
+        assert!(mem.regions().is_empty());
+    }
+
+    /// QEMU's vhost-user netdev adds every region once per queue pair:
+    /// the same region (file included) is counted, and stays mapped until
+    /// removed as often as it was added.
+    #[test]
+    fn the_same_region_added_twice_is_counted() {
+        let mem = SharedMemory::new();
+        let mut r = Regions::default();
+        let fd = memfd(0x2000);
+        let reg = region(0x1000, 0x2000, 0x7000_0000, 0);
+        r.add(&reg, &fd, &mem).unwrap();
+        let dup = fd.try_clone().unwrap();
+        r.add(&reg, &dup, &mem).unwrap();
+        assert_eq!(r.mapped().len(), 1);
+        r.remove(&reg, &mem).unwrap();
+        mem.write_u32(GuestAddress(0x1004), 7).unwrap();
+        r.remove(&reg, &mem).unwrap();
+        assert!(mem.read_u32(GuestAddress(0x1004)).is_err());
+        assert!(r.remove(&reg, &mem).is_err());
+    }
+
+    #[test]
+    fn bad_regions_are_refused() {
+        let mem = SharedMemory::new();
+        let mut r = Regions::default();
+        let fd = memfd(0x2000);
+        assert!(matches!(
+            MappedRegion::map(&region(0, 0, 0, 0), &fd),
+            Err(MemError::Empty)
+        ));
+        assert!(matches!(
+            MappedRegion::map(&region(0, 0x2000, 0, 0x1000), &fd),
+            Err(MemError::BeyondFile { .. })
+        ));
+        assert!(matches!(
+            MappedRegion::map(&region(u64::MAX, 0x1000, 0, 0), &fd),
+            Err(MemError::Overflow)
+        ));
+        let fds = [memfd(0x2000), memfd(0x2000)];
+        assert!(matches!(
+            r.replace(
+                &[region(0, 0x2000, 0, 0), region(0x1000, 0x1000, 0x10000, 0)],
+                &fds,
+                &mem
+            ),
+            Err(MemError::Table(RegionError::Overlap { .. }))
+        ));
+        assert!(matches!(
+            r.replace(
+                &[region(0, 0x1000, 0, 0), region(0x1000, 0x1000, 0x800, 0)],
+                &fds,
+                &mem
+            ),
+            Err(MemError::UserOverlap { .. })
+        ));
+        // The same addresses from another file overlap.
+        let one = [memfd(0x1000)];
+        r.replace(&[region(0, 0x1000, 0, 0)], &one, &mem).unwrap();
+        assert!(matches!(
+            r.add(&region(0, 0x1000, 0, 0), &memfd(0x1000), &mem),
+            Err(MemError::Table(RegionError::Overlap { .. }))
+        ));
+        let null = std::fs::File::open("/dev/null").unwrap();
+        assert!(matches!(
+            MappedRegion::map(&region(0, 0x1000, 0, 0), &OwnedFd::from(null)),
+            Err(MemError::NotAFile)
+        ));
+    }
+}
