@@ -345,6 +345,20 @@ impl<M: GuestMemory> Console<M> {
         self.finish(CTRL_TX, q, served)
     }
 
+    /// Queues a control message for the driver. A message for the same
+    /// port and event still waiting is replaced, not repeated: the driver
+    /// learns the latest state once, and a driver that repeats
+    /// DEVICE_READY or PORT_READY without posting control receive buffers
+    /// holds at most one message per port and event (§5.3.6.2).
+    fn queue_control(&mut self, msg: Control, extra: Vec<u8>) {
+        let same =
+            |(m, _): &&mut (Control, Vec<u8>)| m.id() == msg.id() && m.event() == msg.event();
+        match self.ctrl_out.iter_mut().find(same) {
+            Some(waiting) => *waiting = (msg, extra),
+            None => self.ctrl_out.push_back((msg, extra)),
+        }
+    }
+
     fn on_control(&mut self, msg: Control) {
         let port = usize::try_from(msg.id())
             .ok()
@@ -352,8 +366,7 @@ impl<M: GuestMemory> Console<M> {
         match (msg.event(), port) {
             (event::DEVICE_READY, _) if msg.value() == 1 => {
                 for id in 0..self.ports.len() {
-                    self.ctrl_out
-                        .push_back((Control::new(id as u32, event::DEVICE_ADD, 0), Vec::new()));
+                    self.queue_control(Control::new(id as u32, event::DEVICE_ADD, 0), Vec::new());
                 }
             }
             (event::DEVICE_READY, _) => {}
@@ -364,18 +377,15 @@ impl<M: GuestMemory> Console<M> {
                 }
                 let id = p as u32;
                 if self.ports[p].console {
-                    self.ctrl_out
-                        .push_back((Control::new(id, event::CONSOLE_PORT, 1), Vec::new()));
+                    self.queue_control(Control::new(id, event::CONSOLE_PORT, 1), Vec::new());
                 }
                 if let Some(name) = &self.ports[p].name {
                     let mut bytes = name.as_bytes().to_vec();
                     bytes.push(0);
-                    self.ctrl_out
-                        .push_back((Control::new(id, event::PORT_NAME, 1), bytes));
+                    self.queue_control(Control::new(id, event::PORT_NAME, 1), bytes);
                 }
                 // The host side of every port is connected.
-                self.ctrl_out
-                    .push_back((Control::new(id, event::PORT_OPEN, 1), Vec::new()));
+                self.queue_control(Control::new(id, event::PORT_OPEN, 1), Vec::new());
             }
             (event::PORT_OPEN, Some(p)) => self.ports[p].guest_open = msg.value() == 1,
             _ => self.stats.bad_control += 1,
