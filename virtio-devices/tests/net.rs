@@ -176,6 +176,23 @@ fn construction_refuses_bad_configs() {
     assert!(!format!("{}", NetConfigError::BadMtu { mtu: 60 }).is_empty());
 }
 
+/// §5.1.4 allows `max_virtqueue_pairs` up to 0x8000, but 0x8000 pairs and
+/// the control queue are 65,537 queues, past a 16-bit queue index (§2.6):
+/// the largest device has 0x7fff pairs, its control queue at 0xfffe.
+#[test]
+fn section_5_1_4_queue_pairs_beyond_16_bit_queue_indices_are_refused() {
+    let cfg = |queue_pairs| NetConfig {
+        queue_pairs,
+        ..NetConfig::default()
+    };
+    assert_eq!(
+        Net::new(Wire::new(), TestHal::memory(), cfg(0x8000)).err(),
+        Some(NetConfigError::BadQueuePairs { pairs: 0x8000 })
+    );
+    let dev = Net::new(Wire::new(), TestHal::memory(), cfg(0x7fff)).unwrap();
+    assert_eq!(dev.queue_max_sizes().len(), 0xffff);
+}
+
 #[test]
 fn section_5_1_3_1_offered_features_respect_the_dependencies() {
     // Without CTRL_VQ nothing that needs it is offered.

@@ -62,6 +62,10 @@ pub const CTRL_MAX: usize = 4096;
 /// stops sending cannot hold the device.
 pub const RX_BUDGET: usize = 1024;
 
+/// Most queue pairs a device has: §5.1.4 allows 0x8000, but those and the
+/// control queue would be 65,537 queues, past a 16-bit queue index (§2.6).
+pub const MAX_QUEUE_PAIRS: u16 = ctrl::MQ_VQ_PAIRS_MAX - 1;
+
 /// The feature bits this device can offer (§5.1.3).
 pub const SUPPORTED: NetFeatures = NetFeatures::CSUM
     .union(NetFeatures::GUEST_CSUM)
@@ -137,7 +141,11 @@ impl fmt::Display for NetConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match *self {
             NetConfigError::BadQueuePairs { pairs } => {
-                write!(f, "{pairs} queue pairs is outside 1..=32768 (§5.1.4)")
+                write!(
+                    f,
+                    "{pairs} queue pairs is outside 1..={MAX_QUEUE_PAIRS} (§5.1.4, \
+                     with the control queue's 16-bit index)"
+                )
             }
             NetConfigError::BadQueueSize { size } => {
                 write!(
@@ -316,7 +324,7 @@ impl<B: NetBackend, M: GuestMemory> Net<B, M> {
     /// A network device on `backend`, serving guest memory `mem`, as `cfg`
     /// says.
     pub fn new(backend: B, mem: M, cfg: NetConfig) -> Result<Self, NetConfigError> {
-        if cfg.queue_pairs == 0 || cfg.queue_pairs > ctrl::MQ_VQ_PAIRS_MAX {
+        if cfg.queue_pairs == 0 || cfg.queue_pairs > MAX_QUEUE_PAIRS {
             return Err(NetConfigError::BadQueuePairs {
                 pairs: cfg.queue_pairs,
             });
