@@ -99,6 +99,10 @@ pub struct ConsoleStats {
     pub chardev_errors: u64,
 }
 
+/// Most ports a console has room for: two queues each and two for control
+/// (§5.3.2) must keep queue indices within 16 bits.
+pub const MAX_PORTS: usize = (u16::MAX as usize - 2) / 2;
+
 /// The console device over guest memory `M`.
 #[derive(Debug)]
 pub struct Console<M> {
@@ -147,10 +151,11 @@ impl<M: GuestMemory> Console<M> {
     /// `virtio-serial-device,max_ports=N`): with MULTIPORT the device has
     /// queues for `max_ports` ports and reports it as `max_nr_ports`
     /// (§5.3.4, §5.3.2), the ports beyond `ports` are never added. Fewer
-    /// than `ports.len()` is raised to it.
+    /// than `ports.len()` is raised to it; more than [`MAX_PORTS`] is
+    /// lowered to that.
     pub fn with_max_ports(mem: M, ports: Vec<Port>, multiport: bool, max_ports: usize) -> Self {
         let multiport = multiport || ports.len() > 1;
-        let max_ports = max_ports.max(ports.len()).max(1);
+        let max_ports = max_ports.max(ports.len()).clamp(1, MAX_PORTS);
         let nq = if multiport { 2 + 2 * max_ports } else { 2 };
         Console {
             mem,

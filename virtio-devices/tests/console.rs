@@ -324,3 +324,18 @@ fn section_5_3_4_max_nr_ports_is_the_room_not_the_ports_present() {
     // A kick on a queue of a port that is not there is harmless.
     rig.dev.queue_notify(9).unwrap();
 }
+
+/// Issue 16, finding 12: room for more ports than 16-bit queue indices
+/// reach (§5.3.2) is lowered to `MAX_PORTS`, not allocated.
+#[test]
+fn section_5_3_2_max_ports_is_bounded_by_16_bit_queue_indices() {
+    use virtio_devices::console::MAX_PORTS;
+    let dev = Console::with_max_ports(
+        TestHal::memory(),
+        vec![Port::new(Box::new(Shared::new()), true, None)],
+        true,
+        usize::MAX,
+    );
+    assert_eq!(dev.queue_max_sizes().len(), 2 + 2 * MAX_PORTS);
+    assert!(dev.queue_max_sizes().len() <= usize::from(u16::MAX));
+}

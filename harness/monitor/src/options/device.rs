@@ -15,6 +15,18 @@ fn take_num_queues(kv: &mut KeyVals) -> Result<Option<u16>, OptionError> {
         .ok_or_else(|| kv.bad("num-queues", &n.to_string(), "1 to 1024"))
 }
 
+/// `max_ports=N` of a virtio-serial-device: 1 to 511 (QEMU's bound,
+/// `(VIRTIO_QUEUE_MAX - 2) / 2`: two queues per port and two for control,
+/// §5.3.2); 31 when absent. Checked here, before anything is sized by it.
+fn take_max_ports(kv: &mut KeyVals) -> Result<u32, OptionError> {
+    let n = kv.take_u32("max_ports")?.unwrap_or(31);
+    if (1..=511).contains(&n) {
+        Ok(n)
+    } else {
+        Err(kv.bad("max_ports", &n.to_string(), "1 to 511"))
+    }
+}
+
 /// `queue-size=N`: each queue's maximum size, a power of two up to 32768
 /// (§2.7); `default` when absent.
 fn take_queue_size(kv: &mut KeyVals, default: u16) -> Result<u16, OptionError> {
@@ -175,7 +187,7 @@ impl Parser {
             }
             "virtio-serial-device" => DeviceConfig::Serial {
                 id: id.clone(),
-                max_ports: kv.take_u32("max_ports")?.unwrap_or(31),
+                max_ports: take_max_ports(&mut kv)?,
                 queue_size: take_queue_size(&mut kv, DEFAULT_QUEUE_SIZE)?,
                 ioeventfd: kv.take_bool("ioeventfd", true)?,
                 misbehave: take_misbehave(&mut kv)?,

@@ -316,6 +316,14 @@ fn drive_mistakes_name_what_is_wrong() {
             "-drive id=d,file=x -device virtio-blk-device,drive=d,num-queues=0",
             "1 to 1024",
         ),
+        // Issue 16, finding 12: every count is bounded before anything is
+        // sized by it (QEMU: at most (VIRTIO_QUEUE_MAX - 2) / 2 ports).
+        (
+            "-device virtio-serial-device,max_ports=4000000000",
+            "max_ports='4000000000' is not 1 to 511",
+        ),
+        ("-device virtio-serial-device,max_ports=512", "1 to 511"),
+        ("-device virtio-serial-device,max_ports=0", "1 to 511"),
         (
             "-blockdev driver=raw,node-name=d,file=nofile",
             "file='nofile' does not name an earlier -blockdev driver=file node",
