@@ -140,11 +140,21 @@ pub fn open_netdev(
                 (Box::new(tap), what)
             }
             (None, Some(fd)) => {
-                // SAFETY: the user handed this descriptor to the monitor
-                // (`fd=N`), as QEMU's tap option does; it is ours to own
-                // from here (closed with the backend). A bad fd fails in
-                // `from_fd`'s ioctl with a clear error.
-                let owned = unsafe { std::os::fd::OwnedFd::from_raw_fd(*fd) };
+                // The backend owns a duplicate, never `fd` itself: N may be
+                // something else this process holds (the KVM fd, guest
+                // RAM), which an error path must not close.
+                // SAFETY: F_DUPFD_CLOEXEC reads no memory; on a number that
+                // is not open it fails with EBADF.
+                let dup = unsafe { libc::fcntl(*fd, libc::F_DUPFD_CLOEXEC, 0) };
+                if dup < 0 {
+                    return Err(err(backends::net::NetError::Io {
+                        what: format!("duplicating tap fd={fd}"),
+                        err: std::io::Error::last_os_error(),
+                    }));
+                }
+                // SAFETY: `dup` was just created by fcntl and nothing else
+                // owns it.
+                let owned = unsafe { std::os::fd::OwnedFd::from_raw_fd(dup) };
                 (
                     Box::new(Tap::from_fd(owned).map_err(err)?),
                     format!("tap fd {fd}"),

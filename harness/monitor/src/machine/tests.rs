@@ -272,3 +272,28 @@ fn a_backend_that_cannot_open_is_an_error_naming_its_id() {
         "{err}"
     );
 }
+
+/// Issue 16, finding 11: `-netdev tap,fd=N` with a descriptor that is not
+/// a tap (here a file the test holds, standing in for the KVM fd or guest
+/// RAM) is an error, and the descriptor stays open: the backend owns a
+/// duplicate, never the caller's N.
+#[test]
+fn tap_fd_that_is_not_a_tap_is_refused_and_stays_open() {
+    use std::os::fd::AsRawFd;
+    let file = std::fs::File::open("/dev/null").unwrap();
+    let fd = file.as_raw_fd();
+    let err = realize(&format!(
+        "-netdev tap,id=t,fd={fd} -device virtio-net-device,netdev=t"
+    ))
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("id=t"), "{err}");
+    // SAFETY: F_GETFD only reads the descriptor's flags.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
+    assert!(flags >= 0, "fd {fd} was closed by the failed netdev");
+    let again = realize("-netdev tap,id=t,fd=1000000 -device virtio-net-device,netdev=t")
+        .unwrap_err()
+        .to_string();
+    assert!(again.contains("id=t"), "{again}");
+    drop(file);
+}

@@ -171,7 +171,8 @@ pub enum NetdevKind {
     Tap {
         /// The interface name (created if missing).
         ifname: Option<String>,
-        /// An open tap file descriptor to use instead.
+        /// An open tap file descriptor to use instead; the backend uses a
+        /// duplicate, so N stays open and the caller's to close.
         fd: Option<i32>,
     },
 }
