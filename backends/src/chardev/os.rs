@@ -9,7 +9,8 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, ErrorKind, Read, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::string::{String, ToString};
@@ -268,42 +269,42 @@ pub struct PtyChardev {
 }
 
 impl PtyChardev {
-    /// Opens a new pty pair.
+    /// Opens a new pty pair. Both ends are close-on-exec from the start
+    /// (std opens with `O_CLOEXEC`), so no child process inherits them.
     pub fn open() -> Result<Self, ChardevError> {
-        let mut master: libc::c_int = -1;
-        let mut slave: libc::c_int = -1;
-        // SAFETY: openpty writes two fds into the out-pointers, which point
-        // to live locals; name, termios and winsize may be null.
-        let r = unsafe {
-            libc::openpty(
-                &mut master,
-                &mut slave,
-                std::ptr::null_mut(),
-                std::ptr::null(),
-                std::ptr::null(),
-            )
+        let io = |err| ChardevError::Io {
+            what: "pty".into(),
+            err,
         };
-        if r != 0 {
-            return Err(ChardevError::Io {
-                what: "pty".into(),
-                err: io::Error::last_os_error(),
-            });
-        }
-        // SAFETY: openpty succeeded, so both are fresh fds we now own.
-        let (master, slave) = unsafe { (File::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) };
-        let link = PathBuf::from(format!("/proc/self/fd/{}", slave.as_raw_fd()));
-        let slave_path = std::fs::read_link(&link).map_err(io_err("pty"))?;
-        // SAFETY: fcntl on an fd we own, with flags from F_GETFL.
+        let master = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_NOCTTY | libc::O_NONBLOCK)
+            .open("/dev/ptmx")
+            .map_err(io)?;
+        let fd = master.as_raw_fd();
+        let mut name = [0 as libc::c_char; 128];
+        // SAFETY: grantpt/unlockpt take an fd we own; ptsname_r writes at
+        // most `name.len()` bytes, NUL-terminated, into a live local.
         let ok = unsafe {
-            let fl = libc::fcntl(master.as_raw_fd(), libc::F_GETFL);
-            fl >= 0 && libc::fcntl(master.as_raw_fd(), libc::F_SETFL, fl | libc::O_NONBLOCK) == 0
+            libc::grantpt(fd) == 0
+                && libc::unlockpt(fd) == 0
+                && libc::ptsname_r(fd, name.as_mut_ptr(), name.len()) == 0
         };
         if !ok {
-            return Err(ChardevError::Io {
-                what: "pty".into(),
-                err: io::Error::last_os_error(),
-            });
+            return Err(io(io::Error::last_os_error()));
         }
+        // SAFETY: ptsname_r succeeded, so `name` holds a NUL-terminated
+        // string within its bounds.
+        let cname = unsafe { std::ffi::CStr::from_ptr(name.as_ptr()) };
+        let slave_path = PathBuf::from(std::ffi::OsStr::from_bytes(cname.to_bytes()));
+        let slave: OwnedFd = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_NOCTTY)
+            .open(&slave_path)
+            .map_err(io)?
+            .into();
         // Raw mode on the slave so bytes pass unchanged.
         // SAFETY: tcgetattr/cfmakeraw/tcsetattr on an fd we own, with a
         // zeroed termios local.
@@ -538,6 +539,20 @@ mod tests {
     fn client_without_reconnect_names_the_address_it_could_not_reach() {
         let err = SocketChardev::client(SocketAddr::Unix(tmp("nobody")), None).unwrap_err();
         assert!(err.to_string().contains("chardev-nobody"));
+    }
+
+    /// Issue 16, finding 16: neither end of the pty leaks into children.
+    #[test]
+    fn pty_descriptors_are_close_on_exec() {
+        let p = PtyChardev::open().unwrap();
+        for fd in [p.master.as_raw_fd(), p._slave.as_raw_fd()] {
+            // SAFETY: F_GETFD only reads the descriptor's flags.
+            let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
+            assert!(
+                flags >= 0 && flags & libc::FD_CLOEXEC != 0,
+                "fd {fd}: {flags}"
+            );
+        }
     }
 
     #[test]
