@@ -412,7 +412,9 @@ impl<const S: usize> Segments<S> {
     }
 
     /// Calls `f` with each guest piece of the next `n` bytes and advances;
-    /// fails before calling `f` if fewer than `n` bytes are left.
+    /// fails before calling `f` if fewer than `n` bytes are left. When `f`
+    /// fails on a piece the cursor goes back to where it was: a failed
+    /// transfer consumes nothing (pieces before it may have been copied).
     fn advance(
         &mut self,
         n: u64,
@@ -424,6 +426,7 @@ impl<const S: usize> Segments<S> {
                 available: self.left,
             });
         }
+        let (pos, off) = (self.pos, self.off);
         let mut done = 0u64;
         while done < n {
             let Some(&(addr, len)) = self.segs.get(self.pos) else {
@@ -431,11 +434,14 @@ impl<const S: usize> Segments<S> {
             };
             let here = u64::from(len - self.off).min(n - done);
             // Checked when the chain was walked: `addr + len` does not wrap.
-            f(
+            if let Err(e) = f(
                 GuestAddress(addr.0 + u64::from(self.off)),
                 here as u32,
                 done,
-            )?;
+            ) {
+                (self.pos, self.off) = (pos, off);
+                return Err(e);
+            }
             done += here;
             self.off += here as u32;
             if self.off == len {
@@ -467,7 +473,8 @@ impl<M: GuestMemory + ?Sized, const S: usize> Reader<'_, M, S> {
         self.segs.total
     }
 
-    /// Fills `buf` exactly, or fails without consuming anything.
+    /// Fills `buf` exactly, or fails without consuming anything (the
+    /// bytes of `buf` are then unspecified).
     pub fn read_exact(&mut self, buf: &mut [u8]) -> Result<(), ChainError> {
         let mem = self.mem;
         self.segs.advance(buf.len() as u64, |addr, n, done| {
@@ -535,7 +542,9 @@ impl<M: GuestMemory + ?Sized, const S: usize> Writer<'_, M, S> {
         self.written as u32
     }
 
-    /// Writes all of `buf`, or fails without writing anything.
+    /// Writes all of `buf`, or fails without consuming anything: the used
+    /// length does not count it (a piece before the failing one may already
+    /// be in guest memory, which the driver must not read past `written`).
     pub fn write_all(&mut self, buf: &[u8]) -> Result<(), ChainError> {
         let mem = self.mem;
         self.segs.advance(buf.len() as u64, |addr, n, done| {
