@@ -30,6 +30,11 @@ pub const SERIAL_LEN: usize = virtio_core::blk::ID_LEN;
 /// Bytes of the configuration space served (`struct virtio_blk_config`
 /// through `unused1`, §5.2.4; secure erase and zoned fields are not).
 pub const CONFIG_LEN: usize = 60;
+
+/// Most segments one DISCARD or WRITE_ZEROES request may carry
+/// (`max_dwz_seg`): the device copies a request's list (16 bytes a segment)
+/// before executing it. Linux uses at most 256.
+pub const MAX_DWZ_SEG: u32 = 4096;
 /// Offset of `writeback` in the configuration space (§5.2.4).
 pub const CONFIG_WRITEBACK: u64 = virtio_core::blk::config::WRITEBACK;
 
@@ -75,7 +80,8 @@ pub struct BlkConfig {
     pub write_zeroes: bool,
     /// `max_discard_sectors` and `max_write_zeroes_sectors`.
     pub max_dwz_sectors: u32,
-    /// `max_discard_seg` and `max_write_zeroes_seg`.
+    /// `max_discard_seg` and `max_write_zeroes_seg`, at most
+    /// [`MAX_DWZ_SEG`].
     pub max_dwz_seg: u32,
     /// The cache mode before the driver changes it: writeback (`true`) or
     /// writethrough. Only used with FLUSH negotiated.
@@ -131,6 +137,11 @@ pub enum BlkConfigError {
     /// Discard or write zeroes asked for with a zero sector or segment
     /// limit.
     ZeroDiscardLimit,
+    /// `max_dwz_seg` is above [`MAX_DWZ_SEG`].
+    TooManyDwzSegments {
+        /// The value.
+        max_dwz_seg: u32,
+    },
     /// The backend's block size is not a power of two of at least 512.
     BadBlockSize {
         /// The size.
@@ -165,6 +176,10 @@ impl fmt::Display for BlkConfigError {
             BlkConfigError::ZeroDiscardLimit => {
                 f.write_str("discard / write-zeroes limits must be at least 1")
             }
+            BlkConfigError::TooManyDwzSegments { max_dwz_seg } => write!(
+                f,
+                "max_dwz_seg {max_dwz_seg} is above {MAX_DWZ_SEG} segments per request"
+            ),
             BlkConfigError::BadBlockSize { size } => write!(
                 f,
                 "backend block size {size} is not a power of two of at least 512"
@@ -276,6 +291,9 @@ struct Engine<B, M> {
     /// The `writeback` configuration byte.
     writeback: u8,
     stats: BlkStats,
+    /// Scratch for a DISCARD / WRITE_ZEROES segment list (at most
+    /// `max_dwz_seg` × 16 bytes), reused between requests.
+    dwz_list: Vec<u8>,
 }
 
 /// The block device over backend `B` and guest memory `M`.
@@ -736,51 +754,65 @@ impl<B: BlockBackend, M: GuestMemory> Engine<B, M> {
         {
             return Err(Fail::BadDwz);
         }
-        let size = self.backend.size();
-        for pass in 0..2 {
-            for i in 0..count {
-                let mut seg = [0u8; DWZ_SEGMENT_LEN as usize];
-                read_range(
-                    &self.mem,
-                    readable,
-                    HEADER_LEN + i * DWZ_SEGMENT_LEN,
-                    &mut seg,
-                )?;
-                let sector = u64::from_le_bytes([
-                    seg[0], seg[1], seg[2], seg[3], seg[4], seg[5], seg[6], seg[7],
-                ]);
-                let num = u32::from_le_bytes([seg[8], seg[9], seg[10], seg[11]]);
-                let flags = u32::from_le_bytes([seg[12], seg[13], seg[14], seg[15]]);
-                // §5.2.6.2: unknown flags, or UNMAP on a discard, are
-                // unsupported; over the limits is an error.
-                if flags & !FLAG_UNMAP != 0 || (!wz && flags & FLAG_UNMAP != 0) {
-                    return Err(Fail::DwzUnsupp);
-                }
-                if num > self.cfg.max_dwz_sectors {
-                    return Err(Fail::BadDwz);
-                }
-                let offset = sector.checked_mul(SECTOR_SIZE).ok_or(Fail::OutOfRange)?;
-                let bytes = u64::from(num) * SECTOR_SIZE;
-                check_range(offset, bytes, size).map_err(|_| Fail::OutOfRange)?;
-                // The first pass only checks; the second re-reads (the
-                // guest may have changed it), re-checks, and executes.
-                if pass == 1 {
-                    let unmap = self.cfg.discard_unmap;
-                    let r = if wz {
-                        self.backend
-                            .write_zeroes(offset, bytes, unmap && flags & FLAG_UNMAP != 0)
-                    } else if unmap {
-                        self.backend.discard(offset, bytes)
-                    } else {
-                        // Ignored, as the drive asks (a hint, §5.2.6.1).
-                        Ok(())
-                    };
-                    r.map_err(|e| backend_fail(&e))?;
-                }
-            }
-        }
+        // Issue 16, finding 6: the list is copied out of guest memory once,
+        // then checked whole and executed from the copy, so a guest
+        // rewriting it meanwhile changes nothing (no double fetch).
+        let mut list = core::mem::take(&mut self.dwz_list);
+        list.clear();
+        list.resize(len as usize, 0);
+        let result = read_range(&self.mem, readable, HEADER_LEN, &mut list)
+            .and_then(|()| self.execute_dwz(&list, wz));
+        self.dwz_list = list;
+        result?;
         if wz {
             self.writethrough()?;
+        }
+        Ok(())
+    }
+
+    /// Checks every segment of a copied DISCARD / WRITE_ZEROES list, then
+    /// executes them in order (§5.2.6.2).
+    fn execute_dwz(&mut self, list: &[u8], wz: bool) -> Result<(), Fail> {
+        let size = self.backend.size();
+        let seg_len = DWZ_SEGMENT_LEN as usize;
+        let parse = |seg: &[u8]| -> Result<(u64, u64, bool), Fail> {
+            let field = |at: usize, n: usize| {
+                seg.get(at..at + n)
+                    .map(|b| b.iter().rev().fold(0u64, |v, &x| v << 8 | u64::from(x)))
+                    .ok_or(Fail::BadDwz)
+            };
+            let sector = field(0, 8)?;
+            let num = field(8, 4)?;
+            let flags = field(12, 4)?;
+            // §5.2.6.2: unknown flags, or UNMAP on a discard, are
+            // unsupported; over the limits is an error.
+            if flags & !u64::from(FLAG_UNMAP) != 0 || (!wz && flags & u64::from(FLAG_UNMAP) != 0) {
+                return Err(Fail::DwzUnsupp);
+            }
+            if num > u64::from(self.cfg.max_dwz_sectors) {
+                return Err(Fail::BadDwz);
+            }
+            let offset = sector.checked_mul(SECTOR_SIZE).ok_or(Fail::OutOfRange)?;
+            let bytes = num * SECTOR_SIZE;
+            check_range(offset, bytes, size).map_err(|_| Fail::OutOfRange)?;
+            Ok((offset, bytes, flags & u64::from(FLAG_UNMAP) != 0))
+        };
+        // Every segment is checked before any is executed.
+        for seg in list.chunks(seg_len) {
+            parse(seg)?;
+        }
+        let unmap = self.cfg.discard_unmap;
+        for seg in list.chunks(seg_len) {
+            let (offset, bytes, seg_unmap) = parse(seg)?;
+            let r = if wz {
+                self.backend.write_zeroes(offset, bytes, unmap && seg_unmap)
+            } else if unmap {
+                self.backend.discard(offset, bytes)
+            } else {
+                // Ignored, as the drive asks (a hint, §5.2.6.1).
+                Ok(())
+            };
+            r.map_err(|e| backend_fail(&e))?;
         }
         Ok(())
     }
@@ -859,6 +891,11 @@ impl<B: BlockBackend, M: GuestMemory> Blk<B, M> {
         if (cfg.discard || cfg.write_zeroes) && (cfg.max_dwz_sectors == 0 || cfg.max_dwz_seg == 0) {
             return Err(BlkConfigError::ZeroDiscardLimit);
         }
+        if cfg.max_dwz_seg > MAX_DWZ_SEG {
+            return Err(BlkConfigError::TooManyDwzSegments {
+                max_dwz_seg: cfg.max_dwz_seg,
+            });
+        }
         let bs = backend.block_size();
         if !bs.is_power_of_two() || u64::from(bs) < SECTOR_SIZE {
             return Err(BlkConfigError::BadBlockSize { size: bs });
@@ -906,6 +943,7 @@ impl<B: BlockBackend, M: GuestMemory> Blk<B, M> {
                 offered,
                 features: 0,
                 stats: BlkStats::default(),
+                dwz_list: Vec::new(),
             },
             queues: Vec::new(),
             max_sizes,

@@ -177,6 +177,17 @@ fn construction_refuses_bad_configs() {
         }),
         Some(BlkConfigError::BackendUnsupported { what: "discard" })
     );
+    // The device copies a DISCARD list before running it: the count that
+    // sizes the copy is bounded.
+    assert_eq!(
+        mk(BlkConfig {
+            max_dwz_seg: u32::MAX,
+            ..BlkConfig::default()
+        }),
+        Some(BlkConfigError::TooManyDwzSegments {
+            max_dwz_seg: u32::MAX
+        })
+    );
     let e = mk(BlkConfig {
         seg_max: 0,
         ..BlkConfig::default()
@@ -556,6 +567,34 @@ fn section_5_2_6_discard_and_write_zeroes_follow_the_segment_rules() {
     r.notify(0);
     r.completions();
     assert_eq!(r.status(s), status::IOERR);
+    next_request_works(&mut r);
+}
+
+/// Issue 16, finding 6: the segment list is read from guest memory once.
+/// A guest that rewrites segment 2 while segment 1 is being discarded
+/// (here: from the backend's discard) changes nothing: both segments as
+/// first read are executed and the request succeeds; before, the device
+/// read the list twice, executed segment 1 and then failed on the new
+/// segment 2.
+#[test]
+fn section_5_2_6_discard_segments_are_read_once() {
+    let disk = MemDisk::new(64).with(|s| s.discard = true);
+    let cfg = BlkConfig {
+        discard: true,
+        discard_unmap: true,
+        max_dwz_seg: 2,
+        ..BlkConfig::default()
+    };
+    let mut r = rig_with(disk, cfg, None);
+    let two = [dwz(0, 2, 0), dwz(10, 4, 0)].concat();
+    let d = r.data(&two);
+    r.disk.state().on_discard = Some((r.mem, GuestAddress(d + 16), dwz(u64::MAX, 1, 0)));
+    let (_, s) = r.request(req::DISCARD, 0, &[(d, two.len() as u32)], true);
+    r.notify(0);
+    r.completions();
+    assert_eq!(r.status(s), status::OK);
+    assert_eq!(r.disk.state().discarded, vec![(0, 1024), (5120, 2048)]);
+    r.disk.state().on_discard = None;
     next_request_works(&mut r);
 }
 

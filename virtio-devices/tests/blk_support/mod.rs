@@ -44,6 +44,9 @@ pub struct DiskState {
     pub zeroed: Vec<(u64, u64, bool)>,
     /// The next flush fails.
     pub fail_flush: bool,
+    /// Guest bytes written at each discard: the guest changing a request's
+    /// buffers while the device works on it.
+    pub on_discard: Option<(&'static OwnedMemory, GuestAddress, Vec<u8>)>,
 }
 
 /// A handle on a shared [`DiskState`]; the device owns one, the test
@@ -163,6 +166,9 @@ impl BlockBackend for MemDisk {
         let mut s = self.state();
         check_range(offset, len, s.data.len() as u64)?;
         s.discarded.push((offset, len));
+        if let Some((mem, at, bytes)) = &s.on_discard {
+            mem.write(*at, bytes).unwrap();
+        }
         // What a discarded range reads is unspecified; this disk zeroes it.
         s.data[offset as usize..(offset + len) as usize].fill(0);
         Ok(())
