@@ -291,6 +291,11 @@ struct Engine<B, M> {
     /// The `writeback` configuration byte.
     writeback: u8,
     stats: BlkStats,
+    /// A flush failed: what the cache held may be gone while a later
+    /// flush of the same file reports success (Linux clears the pages'
+    /// error state once reported). Sticky for the device's life: every
+    /// later FLUSH, and in writethrough every later write, fails.
+    flush_failed: bool,
     /// Scratch for a DISCARD / WRITE_ZEROES segment list (at most
     /// `max_dwz_seg` × 16 bytes), reused between requests.
     dwz_list: Vec<u8>,
@@ -431,13 +436,6 @@ struct Request {
 impl<B: BlockBackend, M: GuestMemory> Engine<B, M> {
     fn negotiated(&self, f: BlkFeatures) -> bool {
         self.features & f.bits() != 0
-    }
-
-    /// Whether writes are stable only once the device flushed: writeback
-    /// is off (FLUSH not negotiated, or `writeback` = 0, §5.2.6.2) and the
-    /// backend did not take writethrough on itself.
-    fn device_must_flush(&self) -> bool {
-        !self.writeback_effective() && self.backend.write_cache()
     }
 
     /// The cache mode in force (§5.2.5.1, §5.2.6.2).
@@ -614,7 +612,7 @@ impl<B: BlockBackend, M: GuestMemory> Engine<B, M> {
                     return Err((Fail::Unsupported, 0));
                 }
                 self.stats.flushes += 1;
-                self.backend.flush().map_err(|e| (backend_fail(&e), 0))?;
+                self.flush_backend().map_err(|f| (f, 0))?;
                 Ok(0)
             }
             req::GET_ID => {
@@ -727,12 +725,34 @@ impl<B: BlockBackend, M: GuestMemory> Engine<B, M> {
     }
 
     /// Writethrough (§5.2.6.2): a write is stable before it completes.
+    /// After a failed flush no write is (issue 16, finding 4), whoever
+    /// does the flushing.
     fn writethrough(&mut self) -> Result<(), Fail> {
-        if self.device_must_flush() {
+        if self.writeback_effective() {
+            return Ok(());
+        }
+        if self.flush_failed {
+            return Err(Fail::Backend);
+        }
+        if self.backend.write_cache() {
             self.stats.writethrough_flushes += 1;
-            self.backend.flush().map_err(|e| backend_fail(&e))?;
+            self.flush_backend()?;
         }
         Ok(())
+    }
+
+    /// Flushes the backend; a failure is sticky (issue 16, finding 4): on
+    /// Linux the next `fdatasync` after a failed one returns 0 though the
+    /// failed pages were dropped, so success after a failure proves
+    /// nothing (QEMU's file-posix does the same).
+    fn flush_backend(&mut self) -> Result<(), Fail> {
+        if self.flush_failed {
+            return Err(Fail::Backend);
+        }
+        self.backend.flush().map_err(|e| {
+            self.flush_failed = true;
+            backend_fail(&e)
+        })
     }
 
     /// DISCARD and WRITE_ZEROES (§5.2.6): every segment is checked before
@@ -944,6 +964,7 @@ impl<B: BlockBackend, M: GuestMemory> Blk<B, M> {
                 features: 0,
                 stats: BlkStats::default(),
                 dwz_list: Vec::new(),
+                flush_failed: false,
             },
             queues: Vec::new(),
             max_sizes,
@@ -980,8 +1001,9 @@ impl<B: BlockBackend, M: GuestMemory> Blk<B, M> {
     fn apply_cache_mode(&mut self) {
         let wb = self.engine.writeback_effective();
         if !wb && self.engine.backend.write_cache() {
-            // A failure here shows up again at the next write's flush.
-            let _ = self.engine.backend.flush();
+            // A config write has no status to fail: the failure is kept
+            // (sticky) and every later write and FLUSH reports it.
+            let _ = self.engine.flush_backend();
         }
         self.engine.backend.set_write_cache(wb);
     }

@@ -656,11 +656,47 @@ fn section_5_2_6_2_a_failed_flush_is_ioerr() {
     r.notify(0);
     r.completions();
     assert_eq!(r.status(s), status::UNSUPP, "Unsupported from the backend");
-    r.disk.state().fail_flush = false;
+    // Issue 16, finding 4: sticky. The backend would succeed now, but what
+    // its cache held may be gone.
+    assert!(!r.disk.state().fail_flush);
     let (_, s) = r.request(req::FLUSH, 0, &[], true);
     r.notify(0);
     r.completions();
+    assert_eq!(r.status(s), status::IOERR);
+    // Writeback writes still complete: they promise nothing before a FLUSH.
+    let d = r.data(&[7; 512]);
+    let (_, s) = r.request(req::OUT, 0, &[(d, 512)], true);
+    r.notify(0);
+    r.completions();
     assert_eq!(r.status(s), status::OK);
+}
+
+/// Issue 16, finding 4: the flush made when the driver turns writeback off
+/// fails; a config write has no status to carry it, so every later write
+/// (writethrough: stable before completion, §5.2.6.2) fails instead of
+/// completing on a disk that lost its cache.
+#[test]
+fn section_5_2_6_2_a_failed_flush_at_the_switch_to_writethrough_fails_every_later_write() {
+    let mut r = rig(MemDisk::new(16));
+    let d = r.data(&[1; 512]);
+    let (_, s) = r.request(req::OUT, 0, &[(d, 512)], true);
+    r.notify(0);
+    r.completions();
+    assert_eq!(r.status(s), status::OK);
+    r.disk.state().fail_flush = true;
+    r.dev.write_config(32, &[0]);
+    assert!(!r.dev.writeback());
+    for sector in 1..4 {
+        let d = r.data(&[2; 512]);
+        let (_, s) = r.request(req::OUT, sector, &[(d, 512)], true);
+        r.notify(0);
+        r.completions();
+        assert_eq!(r.status(s), status::IOERR, "write to sector {sector}");
+    }
+    let (_, s) = r.request(req::FLUSH, 0, &[], true);
+    r.notify(0);
+    r.completions();
+    assert_eq!(r.status(s), status::IOERR);
 }
 
 /// Writes `n` sectors one request each; returns the backend's flushes.

@@ -116,3 +116,28 @@ fn section_5_2_6_2_writethrough_makes_every_completed_write_stable() {
     drv.read_blocks(8, &mut back).unwrap();
     assert_eq!(back, a, "a completed write in writethrough mode is stable");
 }
+
+/// Issue 16, finding 4: a failed flush is sticky. The disk fails a flush
+/// as Linux does (the cached writes are dropped, the next flush reports
+/// success); the device must not let that success through, or the driver
+/// believes data is stable that is gone.
+#[test]
+fn section_5_2_6_2_after_a_failed_flush_no_flush_succeeds() {
+    let disk = shared();
+    let mut drv = driver(disk.clone(), true);
+    drv.write_blocks(0, &[0x5au8; 512]).unwrap();
+    disk.disk().fail_nth_flush_dropping(1);
+    assert!(drv.flush().is_err(), "the failure itself is reported");
+    assert_eq!(disk.disk().stats().lost, 1, "and the write is gone");
+    assert!(
+        drv.flush().is_err(),
+        "a later FLUSH must not report success"
+    );
+    drv.write_blocks(1, &[0x5bu8; 512]).unwrap();
+    assert!(drv.flush().is_err(), "nor one after new writes");
+    // Writeback writes still complete (they promise nothing until a
+    // FLUSH) and read back.
+    let mut back = [0u8; 512];
+    drv.read_blocks(1, &mut back).unwrap();
+    assert_eq!(back, [0x5bu8; 512]);
+}

@@ -59,6 +59,8 @@ pub struct Faulty<B> {
     writeback: bool,
     fail_write: Option<u64>,
     fail_flush: Option<u64>,
+    /// Whether an injected flush failure drops the pending changes.
+    flush_failure_drops: bool,
     stats: FaultyStats,
 }
 
@@ -87,6 +89,7 @@ impl<B: BlockBackend> Faulty<B> {
             writeback: true,
             fail_write: None,
             fail_flush: None,
+            flush_failure_drops: false,
             stats: FaultyStats::default(),
         }
     }
@@ -108,6 +111,16 @@ impl<B: BlockBackend> Faulty<B> {
     /// nothing pending is written back, and nothing is lost either.
     pub fn fail_nth_flush(&mut self, n: u64) {
         self.fail_flush = Some(n);
+        self.flush_failure_drops = false;
+    }
+
+    /// Fails the `n`th flush from now as Linux's page cache does: the
+    /// changes it should have written back are dropped (counted in
+    /// [`FaultyStats::lost`]) and the flush after it succeeds, so only the
+    /// caller that saw the failure knows the data is gone.
+    pub fn fail_nth_flush_dropping(&mut self, n: u64) {
+        self.fail_flush = Some(n);
+        self.flush_failure_drops = true;
     }
 
     /// Changes completed but not yet flushed.
@@ -279,6 +292,10 @@ impl<B: BlockBackend> BlockBackend for Faulty<B> {
 
     fn flush(&mut self) -> Result<(), BlockError> {
         if Self::countdown(&mut self.fail_flush) {
+            if self.flush_failure_drops {
+                self.stats.lost += self.pending.len() as u64;
+                self.pending.clear();
+            }
             return Err(injected("injected flush failure"));
         }
         self.write_back()?;
@@ -388,6 +405,19 @@ mod tests {
         let r = read(&mut d, 0, 1024);
         assert!(r[..512].iter().all(|&x| x == 1));
         assert!(r[512..].iter().all(|&x| x == 3));
+    }
+
+    #[test]
+    fn a_dropping_flush_failure_loses_the_cache_and_then_reports_success() {
+        let mut d = Faulty::new(MemoryDisk::new(8));
+        write(&mut d, 0, 1, 512).unwrap();
+        d.fail_nth_flush_dropping(1);
+        assert!(d.flush().is_err());
+        assert_eq!(d.pending(), 0);
+        assert_eq!(d.stats().lost, 1);
+        // Linux: the next fdatasync returns 0; the data is gone anyway.
+        d.flush().unwrap();
+        assert!(read(&mut d, 0, 512).iter().all(|&x| x == 0));
     }
 
     #[test]
