@@ -618,6 +618,11 @@ fn section_2_7_5_malformed_chain_is_returned_empty_and_the_queue_goes_on() {
     r.notify(0);
     assert_eq!(r.completions(), vec![(t, 0)]);
     assert_eq!(r.dev.stats().err_no_status, 1);
+    // A loop is found by walking into it: its head is loaded again, and
+    // nothing read is used (the chain is refused).
+    let again = r.fetch.take_double_fetches();
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].addr, table + u64::from(head) * 16);
     next_request_works(&mut r);
 }
 

@@ -29,6 +29,9 @@ fn serving_a_batch_allocates_nothing() {
         );
     }
     st.push(r.request(req::FLUSH, 0, &[], true).1);
+    // The rig's double-fetch tracker allocates as it records; the other
+    // tests check fetches, this one allocations.
+    r.fetch.set_tracking(false);
     let before = alloc_counter::allocations();
     let served = r.notify(0);
     let after = alloc_counter::allocations();

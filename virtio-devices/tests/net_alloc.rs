@@ -37,6 +37,9 @@ fn serving_batches_allocates_nothing() {
         r.tx(&h.to_bytes(), &frame(BCAST, 600, i));
     }
     r.wire.state().sent.reserve(16);
+    // The rig's double-fetch tracker allocates as it records; the other
+    // tests check fetches, this one allocations.
+    r.fetch.set_tracking(false);
     let before = alloc_counter::allocations();
     let rx = r.notify(0);
     let mid = alloc_counter::allocations();

@@ -210,6 +210,8 @@ fn net_position_rewinds_past_a_frame_the_backend_refused() {
     r.wire.state().busy = false;
     let n = r.dev.queue_max_sizes().len();
     restart(&mut r.dev, features, &vec![0; n]);
+    // A restarted device reads again what it had popped: a new session.
+    r.fetch.new_window();
     assert!(!r.dev.tx_paused());
     let f2 = net_support::frame(net_support::MAC, 60, 2);
     let t2 = r.tx(&[0u8; 12], &f2);
@@ -233,6 +235,8 @@ fn net_position_rewinds_past_receive_buffers_held_for_a_merged_frame() {
 
     let n = r.dev.queue_max_sizes().len();
     restart(&mut r.dev, features, &vec![0; n]);
+    // A restarted device reads again what it had popped: a new session.
+    r.fetch.new_window();
     let (b2, _) = r.rx_buf(600);
     let f = net_support::frame(net_support::MAC, 1000, 4);
     r.wire.push(f);

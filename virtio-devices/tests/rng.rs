@@ -10,6 +10,7 @@ use virtio_core::mmio::device::MmioRegisters;
 use virtio_core::split::layout::{QueueLayout, QueueSize};
 use virtio_core::split::{DriverQueue, Token};
 use virtio_core::testing::OwnedMemory;
+use virtio_core::testing::fetch::FetchTracker;
 use virtio_core::testing::virtio_drivers::{DeviceTransport, TestHal};
 use virtio_devices::device::{DeviceError, QueueConfig, VirtioDevice};
 use virtio_devices::rng::Rng;
@@ -44,7 +45,18 @@ fn virtio_drivers_rng_reads_the_deterministic_stream() {
 struct Rig<B> {
     mem: &'static OwnedMemory,
     drv: DriverQueue<16>,
-    dev: Rng<B, &'static OwnedMemory>,
+    dev: Rng<B, &'static FetchTracker<&'static OwnedMemory>>,
+    /// What the device loads, checked for double fetches (issue 16) when
+    /// the rig is dropped.
+    fetch: &'static FetchTracker<&'static OwnedMemory>,
+}
+
+impl<B> Drop for Rig<B> {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            self.fetch.assert_none();
+        }
+    }
 }
 
 fn rig<B: RngBackend>(backend: B) -> Rig<B> {
@@ -59,7 +71,10 @@ fn rig<B: RngBackend>(backend: B) -> Rig<B> {
     .unwrap();
     let mut drv = DriverQueue::new(layout, true, None).unwrap();
     drv.init(mem).unwrap();
-    let mut dev = Rng::new(backend, mem);
+    let fetch: &'static FetchTracker<&'static OwnedMemory> =
+        Box::leak(Box::new(FetchTracker::new(mem)));
+    fetch.watch_queue(&layout);
+    let mut dev = Rng::new(backend, fetch);
     let features = dev.device_features();
     dev.activate(
         features,
@@ -68,7 +83,12 @@ fn rig<B: RngBackend>(backend: B) -> Rig<B> {
         }],
     )
     .unwrap();
-    Rig { mem, drv, dev }
+    Rig {
+        mem,
+        drv,
+        dev,
+        fetch,
+    }
 }
 
 impl<B: RngBackend> Rig<B> {

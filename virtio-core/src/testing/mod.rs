@@ -12,6 +12,7 @@ use crate::memory::{
 };
 use crate::split::layout::{DescFlags, Descriptor, QueueLayout, QueueSize, UsedElem};
 
+pub mod fetch;
 pub mod virtio_drivers;
 
 /// Guest memory owned by the test: zeroed host buffers, 8-byte aligned, one

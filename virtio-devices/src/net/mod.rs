@@ -39,6 +39,7 @@ use core::fmt;
 use backends::net::{MAX_FRAME, NetBackend, Offloads};
 use virtio_core::GuestMemory;
 use virtio_core::features::{DeviceType, NetFeatures, TransportFeatures, driver_select};
+use virtio_core::memory::GuestAddress;
 use virtio_core::split::{DeviceQueue, QueueError};
 
 use crate::device::{DeviceError, QueueConfig, Served, VirtioDevice};
@@ -262,8 +263,13 @@ enum RxOutcome {
 struct RxState {
     /// Received frames waiting for buffers.
     ring: FrameRing,
-    /// Receive chains popped for the front frame: (head, capacity).
-    held: Vec<(u16, u32)>,
+    /// Receive chains popped for the front frame: head, capacity (at most
+    /// the largest frame), and where its buffers end in `segs`.
+    held: Vec<(u16, u32, usize)>,
+    /// The writable buffers of the held chains, in order, as read from the
+    /// descriptor table once (issue 16, finding 5: the frame is written
+    /// into what was checked, with no second walk).
+    segs: Vec<(GuestAddress, u32)>,
     /// A chain popped after the first held one was completed (a malformed
     /// receive chain while merging): the held chains are no longer the
     /// tail of the ring, so [`VirtioDevice::queue_position`] cannot rewind
@@ -627,6 +633,7 @@ impl<B: NetBackend, M: GuestMemory> VirtioDevice for Net<B, M> {
                     .then(|| RxState {
                         ring: FrameRing::new(usize::from(self.cfg.rx_pending), slot),
                         held: Vec::with_capacity(rx_size),
+                        segs: Vec::with_capacity(rx_size),
                         held_split: false,
                         completed: 0,
                     })
@@ -754,6 +761,7 @@ impl<B: NetBackend, M: GuestMemory> VirtioDevice for Net<B, M> {
                 .and_then(|b| b.rx.get_mut(usize::from(queue / 2)))
             {
                 rx.held.clear();
+                rx.segs.clear();
                 rx.held_split = false;
             }
         } else if self.tx_pending.is_some_and(|p| p.queue == queue) {

@@ -1,12 +1,13 @@
 //! The receive queues (§5.1.6.3, §5.1.6.4): frames from the backend,
 //! steered to a queue and delivered as the driver posts buffers.
 
+use alloc::vec::Vec;
 use core::mem;
 
 use backends::net::{NetBackend, NetError};
 use virtio_core::GuestMemory;
 use virtio_core::features::NetFeatures;
-use virtio_core::memory::Access;
+use virtio_core::memory::{Access, GuestAddress};
 use virtio_core::split::{DeviceQueue, QueueError};
 
 use super::{
@@ -131,40 +132,54 @@ impl<B: NetBackend, M: GuestMemory> Net<B, M> {
         Some(Some(pair))
     }
 
-    /// Walks receive chain `head`: its writable capacity, or `None` if it
-    /// cannot take a frame (§5.1.6.3.1: device-writable buffers only).
-    pub(super) fn rx_capacity(&self, q: &DeviceQueue, head: u16) -> Option<u32> {
-        let chain = q.chain(&self.mem, head).ok()?;
-        let mut cap = 0u32;
-        for d in chain {
-            let d = d.ok()?;
-            if !d.is_write_only() {
-                return None;
+    /// Walks receive chain `head` once: every buffer must be writable
+    /// and in guest memory (§5.1.6.3.1: device-writable buffers only).
+    /// Appends its buffers to `segs` up to `keep` bytes and returns that
+    /// many bytes' capacity (less if the chain is smaller); `None`, with
+    /// `segs` unchanged, if the chain cannot take a frame.
+    pub(super) fn rx_capacity(
+        &self,
+        q: &DeviceQueue,
+        head: u16,
+        keep: usize,
+        segs: &mut Vec<(GuestAddress, u32)>,
+    ) -> Option<u32> {
+        let start = segs.len();
+        let walk = |segs: &mut Vec<(GuestAddress, u32)>| -> Option<u32> {
+            let chain = q.chain(&self.mem, head).ok()?;
+            let mut cap = 0usize;
+            for d in chain {
+                let d = d.ok()?;
+                if !d.is_write_only() {
+                    return None;
+                }
+                self.mem
+                    .map(d.addr(), u64::from(d.len()), Access::Write)
+                    .ok()?;
+                let n = (d.len() as usize).min(keep - cap);
+                if n > 0 {
+                    segs.push((d.addr(), n as u32));
+                    cap += n;
+                }
             }
-            self.mem
-                .map(d.addr(), u64::from(d.len()), Access::Write)
-                .ok()?;
-            cap = cap.checked_add(d.len())?;
+            u32::try_from(cap).ok()
+        };
+        let cap = walk(segs);
+        if cap.is_none() {
+            segs.truncate(start);
         }
-        Some(cap)
+        cap
     }
 
-    /// Writes `data` into chain `head`; returns the bytes written.
-    pub(super) fn rx_write(mem: &M, q: &DeviceQueue, head: u16, data: &[u8]) -> u32 {
-        let Ok(chain) = q.chain(mem, head) else {
-            return 0;
-        };
+    /// Writes `data` into the buffers `segs`; returns the bytes written.
+    pub(super) fn rx_write(mem: &M, segs: &[(GuestAddress, u32)], data: &[u8]) -> u32 {
         let mut done = 0usize;
-        for d in chain {
+        for &(addr, len) in segs {
             if done == data.len() {
                 break;
             }
-            let Ok(d) = d else { break };
-            if !d.is_write_only() {
-                break;
-            }
-            let n = (d.len() as usize).min(data.len() - done);
-            if mem.write(d.addr(), &data[done..done + n]).is_err() {
+            let n = (len as usize).min(data.len() - done);
+            if mem.write(addr, &data[done..done + n]).is_err() {
                 break;
             }
             done += n;
@@ -185,8 +200,11 @@ impl<B: NetBackend, M: GuestMemory> Net<B, M> {
         let Some(need) = rx.ring.front().map(|f| f.len()) else {
             return Ok(RxOutcome::NoBuffers);
         };
+        // What a held chain is kept for: the largest frame (a chain held for
+        // a frame that is then dropped serves the next one).
+        let keep = HDR_LEN + self.max_frame();
         loop {
-            let have: u64 = rx.held.iter().map(|&(_, c)| u64::from(c)).sum();
+            let have: u64 = rx.held.iter().map(|&(_, c, _)| u64::from(c)).sum();
             if have >= need as u64 || (!mrg && !rx.held.is_empty()) {
                 break;
             }
@@ -199,9 +217,11 @@ impl<B: NetBackend, M: GuestMemory> Net<B, M> {
             let Some(head) = next_head(q, &self.mem, malformed)? else {
                 return Ok(RxOutcome::NoBuffers);
             };
-            match self.rx_capacity(q, head) {
-                Some(cap) if cap as usize >= h => rx.held.push((head, cap)),
+            let start = rx.segs.len();
+            match self.rx_capacity(q, head, keep, &mut rx.segs) {
+                Some(cap) if cap as usize >= h => rx.held.push((head, cap, rx.segs.len())),
                 _ => {
+                    rx.segs.truncate(start);
                     self.stats.rx_bad_chains += 1;
                     rx.held_split |= !rx.held.is_empty();
                     q.add_used(&self.mem, head, 0)?;
@@ -215,8 +235,9 @@ impl<B: NetBackend, M: GuestMemory> Net<B, M> {
             // cannot stall the queue.
             self.stats.rx_drop_too_big += 1;
             rx.ring.pop();
-            let (head, _) = rx.held[0];
+            let (head, _, _) = rx.held[0];
             rx.held.clear();
+            rx.segs.clear();
             rx.held_split = false;
             q.add_used(&self.mem, head, 0)?;
             rx.completed += 1;
@@ -230,14 +251,18 @@ impl<B: NetBackend, M: GuestMemory> Net<B, M> {
             stream[10..12].copy_from_slice(&nb.to_le_bytes());
         }
         let mut pos = 0usize;
-        for &(head, cap) in &rx.held {
+        let mut seg = 0usize;
+        for &(head, cap, end) in &rx.held {
             let take = (cap as usize).min(need - pos);
-            let n = Self::rx_write(&self.mem, q, head, &stream[pos..pos + take]);
+            let bufs = rx.segs.get(seg..end).unwrap_or(&[]);
+            let n = Self::rx_write(&self.mem, bufs, &stream[pos..pos + take]);
             q.add_used(&self.mem, head, n)?;
             rx.completed += 1;
             pos += take;
+            seg = end;
         }
         rx.held.clear();
+        rx.segs.clear();
         rx.held_split = false;
         self.stats.rx_frames += 1;
         self.stats.rx_bytes += (need - h) as u64;

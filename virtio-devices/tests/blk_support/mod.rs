@@ -188,8 +188,11 @@ pub const MEM_SIZE: usize = 0x10_0000;
 pub struct Rig {
     pub mem: &'static OwnedMemory,
     pub drv: Vec<DriverQueue<64>>,
-    pub dev: Blk<MemDisk, &'static OwnedMemory>,
+    pub dev: Blk<MemDisk, &'static queue_rig::Tracked>,
     pub disk: MemDisk,
+    /// What the device loads, checked for double fetches when the rig is
+    /// dropped.
+    pub fetch: &'static queue_rig::Tracked,
     /// Next free byte of the scratch area for headers, data and status.
     pub next: u64,
 }
@@ -198,7 +201,8 @@ pub struct Rig {
 pub fn rig_with(disk: MemDisk, cfg: BlkConfig, features: Option<u64>) -> Rig {
     let mem: &'static OwnedMemory =
         Box::leak(Box::new(OwnedMemory::new(GuestAddress(0), MEM_SIZE)));
-    let mut dev = Blk::new(disk.clone(), mem, cfg).unwrap();
+    let fetch = queue_rig::tracked(mem, usize::from(cfg.num_queues));
+    let mut dev = Blk::new(disk.clone(), fetch, cfg).unwrap();
     let features = features.unwrap_or(dev.device_features());
     let drv = queue_rig::activate(&mut dev, mem, features);
     Rig {
@@ -206,7 +210,16 @@ pub fn rig_with(disk: MemDisk, cfg: BlkConfig, features: Option<u64>) -> Rig {
         drv,
         dev,
         disk,
+        fetch,
         next: 0x2_0000,
+    }
+}
+
+impl Drop for Rig {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            self.fetch.assert_none();
+        }
     }
 }
 

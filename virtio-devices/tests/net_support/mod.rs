@@ -107,7 +107,10 @@ pub const MEM_SIZE: usize = 0x20_0000;
 pub struct Rig {
     pub mem: &'static OwnedMemory,
     pub drv: Vec<DriverQueue<64>>,
-    pub dev: Net<Wire, &'static OwnedMemory>,
+    pub dev: Net<Wire, &'static queue_rig::Tracked>,
+    /// What the device loads, checked for double fetches when the rig is
+    /// dropped.
+    pub fetch: &'static queue_rig::Tracked,
     pub wire: Wire,
     pub next: u64,
     pub features: u64,
@@ -121,16 +124,27 @@ pub fn rig_with(wire: Wire, cfg: NetConfig, features: Option<u64>) -> Rig {
         queue_size: QSIZE,
         ..cfg
     };
-    let mut dev = Net::new(wire.clone(), mem, cfg).unwrap();
+    // Every queue the largest configuration can have.
+    let fetch = queue_rig::tracked(mem, 32);
+    let mut dev = Net::new(wire.clone(), fetch, cfg).unwrap();
     let features = features.unwrap_or(dev.device_features());
     let drv = queue_rig::activate(&mut dev, mem, features);
     Rig {
         mem,
         drv,
         dev,
+        fetch,
         wire,
         next: 0x10_0000,
         features,
+    }
+}
+
+impl Drop for Rig {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            self.fetch.assert_none();
+        }
     }
 }
 

@@ -7,6 +7,7 @@ use virtio_core::memory::GuestAddress;
 use virtio_core::split::layout::{QueueLayout, QueueSize};
 use virtio_core::split::{DriverQueue, Token};
 use virtio_core::testing::OwnedMemory;
+use virtio_core::testing::fetch::FetchTracker;
 use virtio_devices::device::{QueueConfig, VirtioDevice};
 
 /// Each rig queue's size.
@@ -22,6 +23,20 @@ pub fn layout(i: u64) -> QueueLayout {
         GuestAddress(base + 0x2000),
     )
     .unwrap()
+}
+
+/// The memory a rig's device sees: the rig's memory behind a double-fetch
+/// tracker (issue 16) watching the rig's `n` queues; the driver side uses
+/// the memory itself, untracked.
+pub type Tracked = FetchTracker<&'static OwnedMemory>;
+
+/// Wraps `mem` for the device, watching queues `0..n`.
+pub fn tracked(mem: &'static OwnedMemory, n: usize) -> &'static Tracked {
+    let t: &'static Tracked = Box::leak(Box::new(FetchTracker::new(mem)));
+    for i in 0..n as u64 {
+        t.watch_queue(&layout(i));
+    }
+    t
 }
 
 /// A buffer of a chain: device-readable or device-writable.
