@@ -86,3 +86,24 @@ fn section_2_7_8_a_write_that_fails_midway_is_not_counted() {
     f.mem.read(GuestAddress(B), &mut got[8..]).unwrap();
     assert_eq!(&got, b"0123456789abcdef");
 }
+
+/// A parked reader (a request kept across notifications) resumes where it
+/// stopped, and reading on loads no descriptor again: only data bytes not
+/// read before.
+#[test]
+fn section_2_7_13_a_parked_reader_resumes_without_walking_the_chain_again() {
+    use virtio_core::testing::fetch::FetchTracker;
+    let f = two_piece_chain(false);
+    let mem = FetchTracker::new(&f.mem);
+    let chain = DescriptorChain::new(&mem, f.layout.desc_table(), 8, 0, false).unwrap();
+    let (mut r, _) = chain.reader_writer::<4>().unwrap();
+    let mut a = [0u8; 6];
+    r.read_exact(&mut a).unwrap();
+    let parked = r.park();
+    assert_eq!(parked.available(), 10);
+    let mut r = parked.resume(&mem);
+    let mut b = [0u8; 10];
+    r.read_exact(&mut b).unwrap();
+    assert_eq!([&a[..], &b[..]].concat(), b"first 8.second 8");
+    mem.assert_none();
+}

@@ -17,8 +17,8 @@ use backends::chardev::Chardev;
 use virtio_core::GuestMemory;
 use virtio_core::console::queues;
 use virtio_core::features::{ConsoleFeatures, DeviceType, TransportFeatures};
-use virtio_core::split::DeviceQueue;
 use virtio_core::split::layout::QueueSize;
+use virtio_core::split::{DeviceQueue, ParkedReader, QueueError};
 
 use crate::device::{DeviceError, QueueConfig, Served, VirtioDevice, next_head};
 
@@ -40,8 +40,13 @@ pub struct Port {
     ready: bool,
     /// The guest has the port open (PORT_OPEN from the driver).
     guest_open: bool,
-    /// A transmit chain partly written to the chardev: head and bytes done.
-    tx_partial: Option<(u16, u64)>,
+    /// A transmit chain partly written to the chardev: its head and its
+    /// readable buffers from where the chardev stopped, as read from the
+    /// descriptor table once (boxed: most ports never block).
+    tx_partial: Option<(u16, Box<ParkedReader<64>>)>,
+    /// Bytes of that chain read from guest memory that the chardev has not
+    /// taken yet (at most one chunk).
+    tx_held: Vec<u8>,
     /// Host input read from the chardev, waiting for a receive buffer.
     rx_stash: Vec<u8>,
 }
@@ -57,6 +62,7 @@ impl Port {
             ready: false,
             guest_open: false,
             tx_partial: None,
+            tx_held: Vec::new(),
             rx_stash: Vec::new(),
         }
     }
@@ -202,152 +208,129 @@ impl<M: GuestMemory> Console<M> {
 
     /// Moves guest output of `port` to its chardev.
     fn tx(&mut self, port: usize, served: &mut Served) -> Result<(), DeviceError> {
-        let qi = tx_queue(port);
-        let Some(Some(mut q)) = self.queues.get(qi).cloned() else {
-            return Ok(());
-        };
-        let qerr = |err| DeviceError::Queue {
-            queue: qi as u16,
-            err,
-        };
-        let mut buf = [0u8; CHUNK];
-        loop {
-            let (head, mut done) = match self.ports[port].tx_partial.take() {
-                Some(p) => p,
-                None => {
-                    match next_head(&mut q, &self.mem, &mut self.stats.malformed).map_err(qerr)? {
-                        Some(h) => (h, 0),
-                        None => break,
+        self.with_queue(tx_queue(port), served, |dev, q, served| {
+            let mut buf = [0u8; CHUNK];
+            loop {
+                let (head, mut r) = match dev.ports[port].tx_partial.take() {
+                    Some((head, parked)) => (head, parked.resume(&dev.mem)),
+                    None => {
+                        let Some(head) = next_head(q, &dev.mem, &mut dev.stats.malformed)? else {
+                            break;
+                        };
+                        let walked = q
+                            .chain(&dev.mem, head)
+                            .and_then(|c| c.reader_writer::<64>());
+                        let Ok((r, _)) = walked else {
+                            dev.stats.malformed += 1;
+                            q.add_used(&dev.mem, head, 0)?;
+                            served.completed += 1;
+                            continue;
+                        };
+                        (head, r)
                     }
-                }
-            };
-            let Ok(chain) = q.chain(&self.mem, head) else {
-                self.stats.malformed += 1;
-                q.add_used(&self.mem, head, 0).map_err(qerr)?;
-                served.completed += 1;
-                continue;
-            };
-            let Ok((mut r, _)) = chain.reader_writer::<64>() else {
-                self.stats.malformed += 1;
-                q.add_used(&self.mem, head, 0).map_err(qerr)?;
-                served.completed += 1;
-                continue;
-            };
-            let mut blocked = false;
-            if r.skip(done).is_ok() {
-                while r.available() > 0 {
-                    let n = (r.available() as usize).min(CHUNK);
-                    if r.read_exact(&mut buf[..n]).is_err() {
-                        break;
+                };
+                let mut blocked = false;
+                loop {
+                    let p = &mut dev.ports[port];
+                    if p.tx_held.is_empty() {
+                        let n = (r.available() as usize).min(CHUNK);
+                        if n == 0 || r.read_exact(&mut buf[..n]).is_err() {
+                            break;
+                        }
+                        p.tx_held.extend_from_slice(&buf[..n]);
                     }
-                    let took = match self.ports[port].chardev.write(&buf[..n]) {
-                        Ok(t) => t.min(n),
+                    let took = match p.chardev.write(&p.tx_held) {
+                        Ok(t) => t.min(p.tx_held.len()),
                         Err(_) => {
-                            self.stats.chardev_errors += 1;
+                            dev.stats.chardev_errors += 1;
                             0
                         }
                     };
-                    done += took as u64;
-                    self.stats.tx_bytes += took as u64;
-                    if took < n {
+                    p.tx_held.drain(..took);
+                    dev.stats.tx_bytes += took as u64;
+                    if !p.tx_held.is_empty() {
+                        // The rest waits in `tx_held`, the chain's unread
+                        // buffers in `tx_partial`: nothing is read twice.
+                        p.tx_partial = Some((head, Box::new(r.park())));
                         blocked = true;
                         break;
                     }
                 }
+                if blocked {
+                    // Resume this chain when the chardev is writable again.
+                    break;
+                }
+                q.add_used(&dev.mem, head, 0)?;
+                served.completed += 1;
             }
-            if blocked {
-                // Resume this chain when the chardev is writable again.
-                self.ports[port].tx_partial = Some((head, done));
-                break;
-            }
-            q.add_used(&self.mem, head, 0).map_err(qerr)?;
-            served.completed += 1;
-        }
-        self.finish(qi, q, served)
+            Ok(())
+        })
     }
 
     /// Moves host input of `port` into the guest's receive buffers.
     fn rx(&mut self, port: usize, served: &mut Served) -> Result<(), DeviceError> {
-        let qi = rx_queue(port);
-        let Some(Some(mut q)) = self.queues.get(qi).cloned() else {
-            return Ok(());
-        };
-        let qerr = |err| DeviceError::Queue {
-            queue: qi as u16,
-            err,
-        };
-        let mut buf = [0u8; CHUNK];
-        loop {
-            if self.ports[port].rx_stash.is_empty() {
-                let n = match self.ports[port].chardev.read(&mut buf) {
-                    Ok(n) => n.min(CHUNK),
-                    Err(_) => {
-                        self.stats.chardev_errors += 1;
+        self.with_queue(rx_queue(port), served, |dev, q, served| {
+            let mut buf = [0u8; CHUNK];
+            loop {
+                if dev.ports[port].rx_stash.is_empty() {
+                    let n = match dev.ports[port].chardev.read(&mut buf) {
+                        Ok(n) => n.min(CHUNK),
+                        Err(_) => {
+                            dev.stats.chardev_errors += 1;
+                            0
+                        }
+                    };
+                    if n == 0 {
+                        break;
+                    }
+                    dev.ports[port].rx_stash.extend_from_slice(&buf[..n]);
+                }
+                // No buffer: the input waits in the stash; nothing more is
+                // read from the chardev until the guest adds buffers.
+                let Some(head) = next_head(q, &dev.mem, &mut dev.stats.malformed)? else {
+                    break;
+                };
+                let walked = q
+                    .chain(&dev.mem, head)
+                    .and_then(|c| c.reader_writer::<64>());
+                let written = match walked {
+                    Ok((_, mut w)) if w.total() > 0 => {
+                        let stash = &mut dev.ports[port].rx_stash;
+                        let n = w.write(stash).unwrap_or(0);
+                        stash.drain(..n);
+                        dev.stats.rx_bytes += n as u64;
+                        w.written()
+                    }
+                    _ => {
+                        dev.stats.malformed += 1;
                         0
                     }
                 };
-                if n == 0 {
-                    break;
-                }
-                self.ports[port].rx_stash.extend_from_slice(&buf[..n]);
-            }
-            // No buffer: the input waits in the stash; nothing more is read
-            // from the chardev until the guest adds buffers.
-            let Some(head) =
-                next_head(&mut q, &self.mem, &mut self.stats.malformed).map_err(qerr)?
-            else {
-                break;
-            };
-            let Ok(chain) = q.chain(&self.mem, head) else {
-                self.stats.malformed += 1;
-                q.add_used(&self.mem, head, 0).map_err(qerr)?;
+                q.add_used(&dev.mem, head, written)?;
                 served.completed += 1;
-                continue;
-            };
-            let written = match chain.reader_writer::<64>() {
-                Ok((_, mut w)) if w.total() > 0 => {
-                    let stash = &mut self.ports[port].rx_stash;
-                    let n = w.write(stash).unwrap_or(0);
-                    stash.drain(..n);
-                    self.stats.rx_bytes += n as u64;
-                    w.written()
-                }
-                _ => {
-                    self.stats.malformed += 1;
-                    0
-                }
-            };
-            q.add_used(&self.mem, head, written).map_err(qerr)?;
-            served.completed += 1;
-        }
-        self.finish(qi, q, served)
+            }
+            Ok(())
+        })
     }
 
     /// Handles the driver's control messages (§5.3.6.2).
     fn control_tx(&mut self, served: &mut Served) -> Result<(), DeviceError> {
-        let Some(Some(mut q)) = self.queues.get(CTRL_TX).cloned() else {
-            return Ok(());
-        };
-        let qerr = |err| DeviceError::Queue {
-            queue: CTRL_TX as u16,
-            err,
-        };
-        while let Some(head) =
-            next_head(&mut q, &self.mem, &mut self.stats.malformed).map_err(qerr)?
-        {
-            let msg = q
-                .chain(&self.mem, head)
-                .ok()
-                .and_then(|c| c.reader_writer::<16>().ok())
-                .and_then(|(mut r, _)| r.read_obj::<Control>().ok());
-            match msg {
-                Some(msg) => self.on_control(msg),
-                None => self.stats.malformed += 1,
+        self.with_queue(CTRL_TX, served, |dev, q, served| {
+            while let Some(head) = next_head(q, &dev.mem, &mut dev.stats.malformed)? {
+                let msg = q
+                    .chain(&dev.mem, head)
+                    .ok()
+                    .and_then(|c| c.reader_writer::<16>().ok())
+                    .and_then(|(mut r, _)| r.read_obj::<Control>().ok());
+                match msg {
+                    Some(msg) => dev.on_control(msg),
+                    None => dev.stats.malformed += 1,
+                }
+                q.add_used(&dev.mem, head, 0)?;
+                served.completed += 1;
             }
-            q.add_used(&self.mem, head, 0).map_err(qerr)?;
-            served.completed += 1;
-        }
-        self.finish(CTRL_TX, q, served)
+            Ok(())
+        })
     }
 
     /// Queues a control message for the driver. A message for the same
@@ -399,61 +382,63 @@ impl<M: GuestMemory> Console<M> {
 
     /// Delivers queued control messages to the driver (§5.3.6.2).
     fn control_rx(&mut self, served: &mut Served) -> Result<(), DeviceError> {
-        let Some(Some(mut q)) = self.queues.get(CTRL_RX).cloned() else {
-            return Ok(());
-        };
-        let qerr = |err| DeviceError::Queue {
-            queue: CTRL_RX as u16,
-            err,
-        };
-        while !self.ctrl_out.is_empty() {
-            let Some(head) =
-                next_head(&mut q, &self.mem, &mut self.stats.malformed).map_err(qerr)?
-            else {
-                break;
-            };
-            let Ok(chain) = q.chain(&self.mem, head) else {
-                self.stats.malformed += 1;
-                q.add_used(&self.mem, head, 0).map_err(qerr)?;
-                served.completed += 1;
-                continue;
-            };
-            let mut len = 0;
-            if let Ok((_, mut w)) = chain.reader_writer::<16>() {
-                let (msg, extra) = self.ctrl_out.front().cloned().unwrap_or_default();
-                if w.write_obj(&msg).is_ok() {
-                    let _ = w.write(&extra);
-                    len = w.written();
-                    self.ctrl_out.pop_front();
-                } else {
-                    self.stats.malformed += 1;
+        self.with_queue(CTRL_RX, served, |dev, q, served| {
+            while !dev.ctrl_out.is_empty() {
+                let Some(head) = next_head(q, &dev.mem, &mut dev.stats.malformed)? else {
+                    break;
+                };
+                let mut len = 0;
+                match q
+                    .chain(&dev.mem, head)
+                    .and_then(|c| c.reader_writer::<16>())
+                {
+                    Ok((_, mut w)) => {
+                        let (msg, extra) = dev.ctrl_out.front().cloned().unwrap_or_default();
+                        if w.write_obj(&msg).is_ok() {
+                            let _ = w.write(&extra);
+                            len = w.written();
+                            dev.ctrl_out.pop_front();
+                        } else {
+                            dev.stats.malformed += 1;
+                        }
+                    }
+                    Err(_) => dev.stats.malformed += 1,
                 }
-            } else {
-                self.stats.malformed += 1;
+                q.add_used(&dev.mem, head, len)?;
+                served.completed += 1;
             }
-            q.add_used(&self.mem, head, len).map_err(qerr)?;
-            served.completed += 1;
-        }
-        self.finish(CTRL_RX, q, served)
+            Ok(())
+        })
     }
 
-    /// Publishes a queue's used entries and folds in its interrupt decision.
-    fn finish(
+    /// Runs `f` on queue `qi` taken out of the device, then publishes its
+    /// used entries and folds in its interrupt decision. The queue goes
+    /// back whatever `f` returns (issue 16, finding 8): chains it completed
+    /// before an error stay completed and are not served again.
+    fn with_queue(
         &mut self,
         qi: usize,
-        mut q: DeviceQueue,
         served: &mut Served,
+        f: impl FnOnce(&mut Self, &mut DeviceQueue, &mut Served) -> Result<(), QueueError>,
     ) -> Result<(), DeviceError> {
-        let qerr = |err| DeviceError::Queue {
-            queue: qi as u16,
-            err,
+        let Some(mut q) = self.queues.get_mut(qi).and_then(Option::take) else {
+            return Ok(());
         };
-        q.publish_used(&self.mem).map_err(qerr)?;
-        served.interrupt |= q.needs_notification(&self.mem).map_err(qerr)?;
+        let ran = f(self, &mut q, served);
+        // Publish what was completed even after an error, so the driver
+        // gets back every buffer the device is done with.
+        let published = q.publish_used(&self.mem);
+        let r = ran.and(published).and_then(|()| {
+            served.interrupt |= q.needs_notification(&self.mem)?;
+            Ok(())
+        });
         if let Some(slot) = self.queues.get_mut(qi) {
             *slot = Some(q);
         }
-        Ok(())
+        r.map_err(|err| DeviceError::Queue {
+            queue: qi as u16,
+            err,
+        })
     }
 
     fn serve_all(&mut self) -> Result<Served, DeviceError> {
@@ -600,6 +585,7 @@ impl<M: GuestMemory> VirtioDevice for Console<M> {
             p.ready = false;
             p.guest_open = false;
             p.tx_partial = None;
+            p.tx_held.clear();
             // Host input already read stays for the next driver: nothing is
             // lost across a reset.
         }
@@ -634,6 +620,7 @@ impl<M: GuestMemory> VirtioDevice for Console<M> {
         for (p, port) in self.ports.iter_mut().enumerate() {
             if tx_queue(p) == usize::from(queue) {
                 port.tx_partial = None;
+                port.tx_held.clear();
             }
         }
         Ok(())

@@ -9,11 +9,12 @@ use std::sync::{Arc, Mutex};
 use backends::chardev::{Chardev, ChardevError, RingBuf};
 use virtio_core::GuestMemory;
 use virtio_core::features::TransportFeatures;
-use virtio_core::memory::GuestAddress;
+use virtio_core::memory::{Access, GuestAddress, Mapping, MemoryError};
 use virtio_core::mmio::device::MmioRegisters;
 use virtio_core::split::layout::{QueueLayout, QueueSize};
 use virtio_core::split::{DriverQueue, Token};
 use virtio_core::testing::OwnedMemory;
+use virtio_core::testing::fetch::FetchTracker;
 use virtio_core::testing::virtio_drivers::{DeviceTransport, TestHal};
 use virtio_devices::console::{Console, Control, Port, event};
 use virtio_devices::device::{QueueConfig, VirtioDevice};
@@ -94,17 +95,68 @@ fn virtio_drivers_console_writes_and_echoes_through_port_0() {
     assert_eq!(chr.output(), b"!");
 }
 
+/// The rig's memory as the device sees it, with writes to one range made
+/// to fail on demand (a used ring that stops being writable).
+struct Failing {
+    mem: &'static OwnedMemory,
+    fail: Mutex<Option<std::ops::Range<u64>>>,
+}
+
+impl Failing {
+    fn hits(&self, addr: GuestAddress, len: usize) -> bool {
+        let end = addr.0 + len as u64;
+        self.fail
+            .lock()
+            .unwrap()
+            .as_ref()
+            .is_some_and(|r| addr.0 < r.end && r.start < end)
+    }
+}
+
+impl GuestMemory for Failing {
+    fn map(&self, addr: GuestAddress, len: u64, access: Access) -> Result<Mapping, MemoryError> {
+        if access == Access::Write && self.hits(addr, len as usize) {
+            return Err(MemoryError::OutOfBounds { addr, len });
+        }
+        self.mem.map(addr, len, access)
+    }
+    fn write(&self, addr: GuestAddress, buf: &[u8]) -> Result<(), MemoryError> {
+        if self.hits(addr, buf.len()) {
+            return Err(MemoryError::OutOfBounds {
+                addr,
+                len: buf.len() as u64,
+            });
+        }
+        self.mem.write(addr, buf)
+    }
+}
+
+type DevMem = FetchTracker<&'static Failing>;
+
 /// Our driver side for a multiport console laid out by hand.
 struct Rig {
     mem: &'static OwnedMemory,
     qs: Vec<DriverQueue<16>>,
-    dev: Console<&'static OwnedMemory>,
+    dev: Console<&'static DevMem>,
+    /// What the device loads, checked for double fetches (issue 16) when
+    /// the rig is dropped.
+    fetch: &'static DevMem,
+    /// Where device writes fail on demand.
+    failing: &'static Failing,
     next_buf: u64,
     /// Control receive buffers posted and not yet used.
     ctrl_bufs: HashMap<Token, GuestAddress>,
 }
 
 const BUF: u64 = 0x10_0000;
+
+impl Drop for Rig {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            self.fetch.assert_none();
+        }
+    }
+}
 
 impl Rig {
     fn new(ports: Vec<Port>, multiport: bool) -> Rig {
@@ -115,7 +167,12 @@ impl Rig {
     fn with_max(ports: Vec<Port>, multiport: bool, max_ports: usize) -> Rig {
         let mem: &'static OwnedMemory =
             Box::leak(Box::new(OwnedMemory::new(GuestAddress(0), 0x40_0000)));
-        let mut dev = Console::with_max_ports(mem, ports, multiport, max_ports);
+        let failing: &'static Failing = Box::leak(Box::new(Failing {
+            mem,
+            fail: Mutex::new(None),
+        }));
+        let fetch: &'static DevMem = Box::leak(Box::new(FetchTracker::new(failing)));
+        let mut dev = Console::with_max_ports(fetch, ports, multiport, max_ports);
         let n = dev.queue_max_sizes().len();
         let mut qs = Vec::new();
         let mut configs = Vec::new();
@@ -128,6 +185,7 @@ impl Rig {
                 GuestAddress(base + 0x2000),
             )
             .unwrap();
+            fetch.watch_queue(&layout);
             let mut q = DriverQueue::new(layout, false, None).unwrap();
             q.init(mem).unwrap();
             qs.push(q);
@@ -141,6 +199,8 @@ impl Rig {
             mem,
             qs,
             dev,
+            fetch,
+            failing,
             next_buf: BUF,
             ctrl_bufs: HashMap::new(),
         }
@@ -266,6 +326,50 @@ fn slow_chardev_keeps_the_chain_until_every_byte_is_out() {
     r.dev.backend_ready().unwrap();
     assert_eq!(r.used(1), vec![(t, 0)]);
     assert_eq!(c0.output(), b"3456789");
+}
+
+/// Issue 16, finding 8: an error in the middle of a pass (here the used
+/// ring stops being writable after the first chain) keeps what the pass
+/// did. Before, the device worked on a copy of its queue and dropped it on
+/// the error, so the next notification popped the same chains again and
+/// their bytes reached the chardev twice.
+#[test]
+fn a_queue_error_midway_does_not_replay_chains_already_written() {
+    let c0 = Shared::new();
+    let mut r = Rig::new(vec![Port::new(Box::new(c0.clone()), true, None)], false);
+    let layout = QueueLayout::new(
+        QueueSize::new(16).unwrap(),
+        GuestAddress(0x2_0000),
+        GuestAddress(0x2_1000),
+        GuestAddress(0x2_2000),
+    )
+    .unwrap();
+    // The second used element of transmitq0 (queue 1) cannot be written.
+    let slot = layout.used_slot(1).0;
+    *r.failing.fail.lock().unwrap() = Some(slot..slot + 8);
+    let mut toks = vec![];
+    for data in [b"aaa", b"bbb"] {
+        let a = r.buf(data);
+        toks.push(r.qs[1].add(r.mem, &[(a, 3)], &[]).unwrap());
+    }
+    r.qs[1].publish(r.mem).unwrap();
+    assert!(
+        r.dev.queue_notify(1).is_err(),
+        "the failed used write is reported"
+    );
+    assert_eq!(c0.output(), b"aaabbb");
+    *r.failing.fail.lock().unwrap() = None;
+    r.dev.queue_notify(1).unwrap();
+    assert_eq!(c0.output(), b"", "nothing written twice");
+    assert_eq!(
+        r.used(1),
+        vec![(toks[0], 0)],
+        "the first chain was published"
+    );
+    // The port goes on.
+    let t = r.send(1, b"ccc");
+    assert_eq!(c0.output(), b"ccc");
+    assert_eq!(r.used(1), vec![(t, 0)]);
 }
 
 #[test]

@@ -607,6 +607,39 @@ fn consume_mapped<M: GuestMemory + ?Sized, const S: usize>(
     })
 }
 
+/// A [`Reader`]'s buffers and position without its borrow of guest
+/// memory: a device that keeps a request across notifications (output to
+/// a blocked host) resumes it from here instead of walking the chain again
+/// (§2.7.13: the chain was read once when it was popped; a second walk
+/// could see descriptors the driver changed meanwhile).
+#[derive(Clone, Debug)]
+pub struct ParkedReader<const S: usize> {
+    segs: Segments<S>,
+}
+
+impl<M: GuestMemory + ?Sized, const S: usize> Reader<'_, M, S> {
+    /// Keeps the buffers and the position, and lets go of the memory.
+    pub fn park(self) -> ParkedReader<S> {
+        ParkedReader { segs: self.segs }
+    }
+}
+
+impl<const S: usize> ParkedReader<S> {
+    /// Bytes left to read.
+    pub fn available(&self) -> u64 {
+        self.segs.left
+    }
+
+    /// A reader over `mem` where this one stopped; every copy still goes
+    /// through `mem`'s checks.
+    pub fn resume<M: GuestMemory + ?Sized>(self, mem: &M) -> Reader<'_, M, S> {
+        Reader {
+            mem,
+            segs: self.segs,
+        }
+    }
+}
+
 impl<M: ?Sized, const S: usize> fmt::Debug for Reader<'_, M, S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Reader")

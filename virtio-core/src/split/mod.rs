@@ -14,7 +14,7 @@ pub mod device;
 pub mod driver;
 pub mod layout;
 
-pub use chain::{ChainError, DescriptorChain, Reader, Writer};
+pub use chain::{ChainError, DescriptorChain, ParkedReader, Reader, Writer};
 pub use device::{DeviceQueue, QueueError};
 pub use driver::{DriverError, DriverQueue, IndirectArea, Token, Used};
 pub use layout::{
