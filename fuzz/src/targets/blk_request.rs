@@ -8,6 +8,7 @@ use arbitrary::{Arbitrary, Unstructured};
 use backends::block::memory::MemoryDisk;
 use virtio_core::blk::{HEADER_LEN, req};
 use virtio_core::testing::OwnedMemory;
+use virtio_core::testing::fetch::FetchTracker;
 use virtio_devices::blk::{Blk, BlkConfig};
 
 use super::chain_rig::{BufSpec, Op, Rig, memory};
@@ -80,16 +81,17 @@ pub fn run(data: &[u8]) {
     };
     let scratch = memory();
     let mem: &OwnedMemory = &scratch;
+    let fetch = FetchTracker::new(mem);
     let disk = MemoryDisk::new(usize::from(input.sectors) + 1).with_read_only(input.read_only);
     let cfg = BlkConfig {
         serial: input.serial.iter().copied().take(20).collect(),
         num_queues: u16::from(input.queues % 4) + 1,
         ..BlkConfig::default()
     };
-    let Ok(mut dev) = Blk::new(disk, mem, cfg) else {
+    let Ok(mut dev) = Blk::new(disk, &fetch, cfg) else {
         return;
     };
-    let mut rig = Rig::new(mem, &mut dev, input.features);
+    let mut rig = Rig::new(&fetch, &mut dev, input.features);
     if !rig.active() {
         return;
     }

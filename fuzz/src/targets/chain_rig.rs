@@ -8,6 +8,13 @@
 //!
 //! Hostile memory pokes are allowed too; after one, the driver can no
 //! longer vouch for the rings, so used-element checks stop being fatal.
+//!
+//! The device sees the memory through a double-fetch tracker (issue 16):
+//! on rings the driver kept well-formed, a guest byte the device loads
+//! twice between two publications of `used.idx` is a bug and the target
+//! panics, like a bad used element. After a poke, or once the buffer
+//! allocator wrapped (two chains in flight may then share bytes), double
+//! fetches are the driver's doing and only counted.
 
 use arbitrary::Arbitrary;
 use virtio_core::GuestMemory;
@@ -15,6 +22,7 @@ use virtio_core::memory::GuestAddress;
 use virtio_core::split::DriverQueue;
 use virtio_core::split::layout::{QueueLayout, QueueSize};
 use virtio_core::testing::OwnedMemory;
+use virtio_core::testing::fetch::FetchTracker;
 use virtio_devices::device::{QueueConfig, VirtioDevice};
 
 /// Size of the memory image.
@@ -74,9 +82,16 @@ pub enum Op {
     },
 }
 
+/// The memory as the device sees it: the rig's memory behind a
+/// double-fetch tracker.
+pub type Tracked<'m> = FetchTracker<&'m OwnedMemory>;
+
 /// The queues of one device and the memory they live in.
 pub struct Rig<'m> {
     mem: &'m OwnedMemory,
+    fetch: &'m Tracked<'m>,
+    /// The buffer allocator wrapped: chains in flight may share bytes.
+    reused: bool,
     queues: Vec<DriverQueue<{ QSIZE as usize }>>,
     features: u64,
     poked: bool,
@@ -119,11 +134,14 @@ pub fn memory() -> super::scratch::Scratch {
 }
 
 impl<'m> Rig<'m> {
-    /// One driver queue per queue of `dev` in `mem` (from [`memory`]),
-    /// then activation with `features` (masked by what the device offers).
-    pub fn new<D: VirtioDevice>(mem: &'m OwnedMemory, dev: &mut D, features: u64) -> Rig<'m> {
+    /// One driver queue per queue of `dev` in the memory `fetch` wraps
+    /// (from [`memory`]; `dev` must use `fetch`), then activation with
+    /// `features` (masked by what the device offers).
+    pub fn new<D: VirtioDevice>(fetch: &'m Tracked<'m>, dev: &mut D, features: u64) -> Rig<'m> {
         let mut rig = Rig {
-            mem,
+            mem: fetch.inner(),
+            fetch,
+            reused: false,
             queues: Vec::new(),
             features: dev.device_features() & features,
             poked: false,
@@ -161,6 +179,12 @@ impl<'m> Rig<'m> {
         }
         self.active = dev.activate(self.features, qc).is_ok();
         self.poked = false;
+        self.reused = false;
+        // Fresh rings: the device reads them anew.
+        self.fetch.new_window();
+        for i in 0..n as u64 {
+            self.fetch.watch_queue(&layout(i));
+        }
     }
 
     /// Address for a new buffer of `len` bytes (a bump allocator that wraps
@@ -169,6 +193,7 @@ impl<'m> Rig<'m> {
     fn alloc(&mut self, len: u64) -> GuestAddress {
         if self.next_buf + len > MEM as u64 {
             self.next_buf = BUF_BASE;
+            self.reused = true;
         }
         let at = self.next_buf;
         self.next_buf += len.next_multiple_of(8);
@@ -225,6 +250,11 @@ impl<'m> Rig<'m> {
                 }
             }
         }
+        let twice = self.fetch.take_double_fetches();
+        assert!(
+            self.poked || self.reused || twice.is_empty(),
+            "device loaded guest bytes twice on a well-formed ring: {twice:?}"
+        );
         n
     }
 

@@ -6,6 +6,7 @@
 use arbitrary::{Arbitrary, Unstructured};
 use backends::chardev::RingBuf;
 use virtio_core::testing::OwnedMemory;
+use virtio_core::testing::fetch::FetchTracker;
 use virtio_devices::console::{Console, Port};
 
 use super::device_requests::{MEM, Step, exercise};
@@ -25,6 +26,9 @@ pub fn run(data: &[u8]) {
     };
     let scratch = super::scratch::memory(MEM);
     let mem: &OwnedMemory = &scratch;
+    // A racing guest (issue 16): bytes loaded twice have changed between.
+    let fetch = FetchTracker::new(mem);
+    fetch.set_racing(true);
     // The fuzzer's host input goes to port 0 before the run; ring buffers
     // keep what the guest writes.
     let mut host_in = RingBuf::<4096>::new();
@@ -38,7 +42,7 @@ pub fn run(data: &[u8]) {
         Port::new(Box::new(host_in), true, None),
         Port::new(Box::new(RingBuf::<4096>::new()), false, Some("p1".into())),
     ];
-    let mut dev = Console::with_ports(mem, ports, true);
+    let mut dev = Console::with_ports(&fetch, ports, true);
     exercise(
         &mut dev,
         mem,

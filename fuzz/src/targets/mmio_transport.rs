@@ -21,6 +21,7 @@ use virtio_core::mmio::device::{MmioDevice, MmioRegisters};
 use virtio_core::mmio::regs;
 use virtio_core::status::DeviceStatus;
 use virtio_core::testing::OwnedMemory;
+use virtio_core::testing::fetch::FetchTracker;
 use virtio_devices::blk::{Blk, BlkConfig};
 use virtio_devices::console::{Console, Port};
 use virtio_devices::device::VirtioDevice;
@@ -87,8 +88,14 @@ pub fn run(data: &[u8]) {
     let n = input.image.len().min(MEM);
     mem.write(GuestAddress(0), &input.image[..n])
         .expect("image fits");
+    // The devices see a racing guest (issue 16): a guest byte loaded a
+    // second time has changed, so a check-then-use on guest memory gets
+    // found here as a panic.
+    let fetch = FetchTracker::new(mem);
+    fetch.set_racing(true);
+    let dm = &fetch;
     match input.device {
-        Device::Rng => drive(Rng::new(Deterministic::new(7), mem), mem, &input.ops),
+        Device::Rng => drive(Rng::new(Deterministic::new(7), dm), mem, &input.ops),
         Device::Console { multiport } => {
             let mut ports = vec![Port::new(Box::new(RingBuf::<1024>::new()), true, None)];
             if multiport {
@@ -98,7 +105,7 @@ pub fn run(data: &[u8]) {
                     Some("p1".into()),
                 ));
             }
-            drive(Console::with_ports(mem, ports, multiport), mem, &input.ops);
+            drive(Console::with_ports(dm, ports, multiport), mem, &input.ops);
         }
         Device::Blk { queues, read_only } => {
             let disk = MemoryDisk::new(16).with_read_only(read_only);
@@ -106,7 +113,7 @@ pub fn run(data: &[u8]) {
                 num_queues: u16::from(queues % 4) + 1,
                 ..BlkConfig::default()
             };
-            if let Ok(dev) = Blk::new(disk, mem, cfg) {
+            if let Ok(dev) = Blk::new(disk, dm, cfg) {
                 drive(dev, mem, &input.ops);
             }
         }
@@ -124,7 +131,7 @@ pub fn run(data: &[u8]) {
                     .collect(),
                 ..Wire::default()
             };
-            if let Some(dev) = net_rig::device(wire, mem, pairs) {
+            if let Some(dev) = net_rig::device(wire, dm, pairs) {
                 drive(dev, mem, &input.ops);
             }
         }

@@ -110,11 +110,11 @@ pub struct Ctrl {
 
 /// The net device the targets build: one or two queue pairs and a control
 /// queue, the MTU above, every feature on offer.
-pub fn device(
+pub fn device<'m>(
     wire: Wire,
-    mem: &virtio_core::testing::OwnedMemory,
+    mem: &'m super::chain_rig::Tracked<'m>,
     pairs: bool,
-) -> Option<Net<Wire, &virtio_core::testing::OwnedMemory>> {
+) -> Option<Net<Wire, &'m super::chain_rig::Tracked<'m>>> {
     let cfg = NetConfig {
         mtu: MTU,
         queue_pairs: if pairs { 2 } else { 1 },

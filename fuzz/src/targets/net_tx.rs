@@ -7,6 +7,7 @@
 
 use arbitrary::{Arbitrary, Unstructured};
 use virtio_core::testing::OwnedMemory;
+use virtio_core::testing::fetch::FetchTracker;
 
 use super::chain_rig::{BufSpec, Op, Rig, memory};
 use super::net_rig::{Ctrl, Hdr, Wire, device, send_ctrl};
@@ -48,14 +49,15 @@ pub fn run(data: &[u8]) {
     };
     let scratch = memory();
     let mem: &OwnedMemory = &scratch;
+    let fetch = FetchTracker::new(mem);
     let wire = Wire {
         vnet: if input.vnet { 12 } else { 0 },
         ..Wire::default()
     };
-    let Some(mut dev) = device(wire, mem, input.pairs) else {
+    let Some(mut dev) = device(wire, &fetch, input.pairs) else {
         return;
     };
-    let mut rig = Rig::new(mem, &mut dev, input.features);
+    let mut rig = Rig::new(&fetch, &mut dev, input.features);
     if !rig.active() {
         return;
     }

@@ -25,7 +25,7 @@
 //! DMA reads of the same address within one I/O and rewrites the bytes);
 //! this is our own, per byte and per window.
 
-use alloc::collections::BTreeSet;
+use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
 use core::ops::Range;
 
@@ -47,8 +47,9 @@ pub struct DoubleFetch {
 
 #[derive(Default)]
 struct State {
-    /// Guest bytes loaded in this window.
-    loaded: BTreeSet<u64>,
+    /// Guest ranges loaded in this window: start → end, disjoint and not
+    /// touching (merged as they grow).
+    loaded: BTreeMap<u64, u64>,
     /// Ranges that never count (polled ring fields).
     ignored: Vec<Range<u64>>,
     /// `used.idx` of each watched queue: a store there ends a window.
@@ -63,19 +64,47 @@ struct State {
 }
 
 impl State {
-    fn ignored(&self, addr: u64) -> bool {
-        self.ignored.iter().any(|r| r.contains(&addr))
+    /// Whether some byte of `start..end` is in the loaded set.
+    fn overlaps(&self, start: u64, end: u64) -> bool {
+        self.loaded
+            .range(..end)
+            .next_back()
+            .is_some_and(|(_, &e)| e > start)
+    }
+
+    /// Adds `start..end` to the loaded set, merging neighbours.
+    fn insert(&mut self, mut start: u64, mut end: u64) {
+        while let Some((&s, &e)) = self.loaded.range(..=end).next_back() {
+            if e < start {
+                break;
+            }
+            self.loaded.remove(&s);
+            start = start.min(s);
+            end = end.max(e);
+        }
+        self.loaded.insert(start, end);
     }
 
     /// Records a load of `addr..addr + len`; true if some byte of it was
-    /// already loaded in this window.
+    /// already loaded in this window (ignored ranges left out).
     fn record(&mut self, addr: u64, len: u64) -> bool {
+        let end = addr.saturating_add(len);
+        // The load minus the ignored ranges: a few pieces at most.
+        let mut pieces = alloc::vec![(addr, end)];
+        for r in &self.ignored {
+            pieces = pieces
+                .into_iter()
+                .flat_map(|(a, b)| {
+                    let left = (a, b.min(r.start));
+                    let right = (a.max(r.end), b);
+                    [left, right].into_iter().filter(|(x, y)| x < y)
+                })
+                .collect();
+        }
         let mut again = false;
-        for a in addr..addr.saturating_add(len) {
-            if self.ignored(a) {
-                continue;
-            }
-            again |= !self.loaded.insert(a);
+        for (a, b) in pieces {
+            again |= self.overlaps(a, b);
+            self.insert(a, b);
         }
         if again {
             self.found.push(DoubleFetch {
@@ -299,6 +328,31 @@ mod tests {
         t.read(GuestAddress(0x10), &mut b).unwrap();
         assert_eq!(a, [1, 2, 3, 4]);
         assert_ne!(a, b, "the guest 'wrote' between the two loads");
+    }
+
+    proptest::proptest! {
+        /// The merged-range bookkeeping answers as a set of single bytes
+        /// would.
+        #[test]
+        fn ranges_agree_with_a_byte_set(
+            loads in proptest::collection::vec((0u64..200, 1u64..24), 1..40),
+            ignored in proptest::collection::vec((0u64..200, 1u64..8), 0..4),
+        ) {
+            let mut s = State::default();
+            for &(a, n) in &ignored {
+                s.ignored.push(a..a + n);
+            }
+            let mut bytes = alloc::collections::BTreeSet::new();
+            for &(a, n) in &loads {
+                let mut want = false;
+                for b in a..a + n {
+                    if !s.ignored.iter().any(|r| r.contains(&b)) {
+                        want |= !bytes.insert(b);
+                    }
+                }
+                proptest::prop_assert_eq!(s.record(a, n), want);
+            }
+        }
     }
 
     #[test]
