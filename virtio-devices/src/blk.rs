@@ -21,7 +21,7 @@ use virtio_core::features::{BlkFeatures, DeviceType, TransportFeatures};
 use virtio_core::memory::{Access, GuestAddress, MAX_SEGMENTS};
 use virtio_core::split::DeviceQueue;
 
-use crate::device::{DeviceError, QueueConfig, Served, VirtioDevice, next_head};
+use crate::device::{Budget, DeviceError, QueueConfig, Served, VirtioDevice};
 
 pub use virtio_core::blk::{DWZ_SEGMENT_LEN, FLAG_UNMAP, HEADER_LEN, req, status};
 
@@ -845,8 +845,9 @@ impl<B: BlockBackend, M: GuestMemory> Engine<B, M> {
         // re-enables them and re-checks the ring once it is empty.
         qs.queue.disable_notification(&self.mem).map_err(qerr)?;
         let mut malformed = 0;
+        let mut budget = Budget::default();
         let result = loop {
-            match next_head(&mut qs.queue, &self.mem, &mut malformed) {
+            match budget.next_head(&mut qs.queue, &self.mem, &mut malformed) {
                 Ok(Some(head)) => {
                     let len = self.serve_one(qs, head);
                     if let Err(e) = qs.queue.add_used(&self.mem, head, len) {
@@ -859,6 +860,7 @@ impl<B: BlockBackend, M: GuestMemory> Engine<B, M> {
             }
         };
         self.stats.err_no_status += malformed;
+        served.again = budget.exhausted;
         // What was completed is published even when the ring broke.
         qs.queue.publish_used(&self.mem).map_err(qerr)?;
         if served.completed > 0 {

@@ -20,7 +20,7 @@ use virtio_core::features::{ConsoleFeatures, DeviceType, TransportFeatures};
 use virtio_core::split::layout::QueueSize;
 use virtio_core::split::{DeviceQueue, ParkedReader, QueueError};
 
-use crate::device::{DeviceError, QueueConfig, Served, VirtioDevice, next_head};
+use crate::device::{Budget, DeviceError, QueueConfig, Served, VirtioDevice};
 
 /// Each queue's maximum size unless [`Console::set_queue_size`] sets
 /// another.
@@ -208,13 +208,14 @@ impl<M: GuestMemory> Console<M> {
 
     /// Moves guest output of `port` to its chardev.
     fn tx(&mut self, port: usize, served: &mut Served) -> Result<(), DeviceError> {
-        self.with_queue(tx_queue(port), served, |dev, q, served| {
+        self.with_queue(tx_queue(port), served, |dev, q, served, budget| {
             let mut buf = [0u8; CHUNK];
             loop {
                 let (head, mut r) = match dev.ports[port].tx_partial.take() {
                     Some((head, parked)) => (head, parked.resume(&dev.mem)),
                     None => {
-                        let Some(head) = next_head(q, &dev.mem, &mut dev.stats.malformed)? else {
+                        let Some(head) = budget.next_head(q, &dev.mem, &mut dev.stats.malformed)?
+                        else {
                             break;
                         };
                         let walked = q
@@ -269,7 +270,7 @@ impl<M: GuestMemory> Console<M> {
 
     /// Moves host input of `port` into the guest's receive buffers.
     fn rx(&mut self, port: usize, served: &mut Served) -> Result<(), DeviceError> {
-        self.with_queue(rx_queue(port), served, |dev, q, served| {
+        self.with_queue(rx_queue(port), served, |dev, q, served, budget| {
             let mut buf = [0u8; CHUNK];
             loop {
                 if dev.ports[port].rx_stash.is_empty() {
@@ -287,7 +288,7 @@ impl<M: GuestMemory> Console<M> {
                 }
                 // No buffer: the input waits in the stash; nothing more is
                 // read from the chardev until the guest adds buffers.
-                let Some(head) = next_head(q, &dev.mem, &mut dev.stats.malformed)? else {
+                let Some(head) = budget.next_head(q, &dev.mem, &mut dev.stats.malformed)? else {
                     break;
                 };
                 let walked = q
@@ -315,8 +316,8 @@ impl<M: GuestMemory> Console<M> {
 
     /// Handles the driver's control messages (§5.3.6.2).
     fn control_tx(&mut self, served: &mut Served) -> Result<(), DeviceError> {
-        self.with_queue(CTRL_TX, served, |dev, q, served| {
-            while let Some(head) = next_head(q, &dev.mem, &mut dev.stats.malformed)? {
+        self.with_queue(CTRL_TX, served, |dev, q, served, budget| {
+            while let Some(head) = budget.next_head(q, &dev.mem, &mut dev.stats.malformed)? {
                 let msg = q
                     .chain(&dev.mem, head)
                     .ok()
@@ -382,9 +383,9 @@ impl<M: GuestMemory> Console<M> {
 
     /// Delivers queued control messages to the driver (§5.3.6.2).
     fn control_rx(&mut self, served: &mut Served) -> Result<(), DeviceError> {
-        self.with_queue(CTRL_RX, served, |dev, q, served| {
+        self.with_queue(CTRL_RX, served, |dev, q, served, budget| {
             while !dev.ctrl_out.is_empty() {
-                let Some(head) = next_head(q, &dev.mem, &mut dev.stats.malformed)? else {
+                let Some(head) = budget.next_head(q, &dev.mem, &mut dev.stats.malformed)? else {
                     break;
                 };
                 let mut len = 0;
@@ -411,7 +412,8 @@ impl<M: GuestMemory> Console<M> {
         })
     }
 
-    /// Runs `f` on queue `qi` taken out of the device, then publishes its
+    /// Runs `f` on queue `qi` taken out of the device, within a work
+    /// budget (issue 16, finding 2), then publishes its
     /// used entries and folds in its interrupt decision. The queue goes
     /// back whatever `f` returns (issue 16, finding 8): chains it completed
     /// before an error stay completed and are not served again.
@@ -419,12 +421,14 @@ impl<M: GuestMemory> Console<M> {
         &mut self,
         qi: usize,
         served: &mut Served,
-        f: impl FnOnce(&mut Self, &mut DeviceQueue, &mut Served) -> Result<(), QueueError>,
+        f: impl FnOnce(&mut Self, &mut DeviceQueue, &mut Served, &mut Budget) -> Result<(), QueueError>,
     ) -> Result<(), DeviceError> {
         let Some(mut q) = self.queues.get_mut(qi).and_then(Option::take) else {
             return Ok(());
         };
-        let ran = f(self, &mut q, served);
+        let mut budget = Budget::default();
+        let ran = f(self, &mut q, served, &mut budget);
+        served.again |= budget.exhausted;
         // Publish what was completed even after an error, so the driver
         // gets back every buffer the device is done with.
         let published = q.publish_used(&self.mem);

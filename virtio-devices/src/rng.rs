@@ -16,7 +16,7 @@ use virtio_core::features::{DeviceType, TransportFeatures};
 use virtio_core::split::DeviceQueue;
 use virtio_core::split::layout::QueueSize;
 
-use crate::device::{DeviceError, QueueConfig, Served, VirtioDevice, next_head};
+use crate::device::{Budget, DeviceError, QueueConfig, Served, VirtioDevice};
 
 /// The request queue's maximum size unless [`Rng::with_queue_size`] sets
 /// another.
@@ -144,11 +144,15 @@ impl<B: RngBackend, M: GuestMemory> Rng<B, M> {
     fn serve_queue(&mut self, queue: &mut DeviceQueue) -> Result<Served, DeviceError> {
         let qerr = |err| DeviceError::Queue { queue: 0, err };
         let mut served = Served::default();
+        let mut budget = Budget::default();
         loop {
             let head = match self.pending.front() {
                 Some(&h) => h,
                 None => {
-                    match next_head(queue, &self.mem, &mut self.stats.malformed).map_err(qerr)? {
+                    match budget
+                        .next_head(queue, &self.mem, &mut self.stats.malformed)
+                        .map_err(qerr)?
+                    {
                         Some(h) => {
                             self.pending.push_back(h);
                             h
@@ -169,6 +173,7 @@ impl<B: RngBackend, M: GuestMemory> Rng<B, M> {
                 None => break,
             }
         }
+        served.again = budget.exhausted;
         queue.publish_used(&self.mem).map_err(qerr)?;
         served.interrupt = queue.needs_notification(&self.mem).map_err(qerr)?;
         Ok(served)

@@ -8,7 +8,7 @@ use virtio_core::split::DeviceQueue;
 
 use super::filter::set_tables;
 use super::{ETH_ALEN, Net, ctrl};
-use crate::device::{DeviceError, Served, next_head};
+use crate::device::{Budget, DeviceError, Served};
 
 impl<B: NetBackend, M: GuestMemory> Net<B, M> {
     /// Executes one command held in the control buffer: the ack.
@@ -144,9 +144,10 @@ impl<B: NetBackend, M: GuestMemory> Net<B, M> {
         };
         let mut completed = 0;
         let mut malformed = 0;
+        let mut budget = Budget::default();
         let r = (|| {
             q.disable_notification(&self.mem)?;
-            while let Some(head) = next_head(&mut q, &self.mem, &mut malformed)? {
+            while let Some(head) = budget.next_head(&mut q, &self.mem, &mut malformed)? {
                 let n = self.ctrl_one(&q, head);
                 q.add_used(&self.mem, head, n)?;
                 completed += 1;
@@ -154,6 +155,7 @@ impl<B: NetBackend, M: GuestMemory> Net<B, M> {
             Ok(())
         })();
         self.stats.ctrl_bad_chains += malformed;
+        served.again |= budget.exhausted;
         let f = self.finish_queue(&mut q, completed, served);
         self.queues[usize::from(index)] = Some(q);
         r.and(f).map_err(qerr)

@@ -5,7 +5,7 @@ use virtio_core::GuestMemory;
 use virtio_core::split::DeviceQueue;
 
 use super::{HDR_LEN, Net, NetHdr, TxOutcome, TxPending, flags, gso, internet_checksum};
-use crate::device::{DeviceError, Served, next_head};
+use crate::device::{Budget, DeviceError, Served};
 
 impl<B: NetBackend, M: GuestMemory> Net<B, M> {
     /// Copies chain `head` of `q` (transmit queue of pair `pair`) into the
@@ -150,10 +150,11 @@ impl<B: NetBackend, M: GuestMemory> Net<B, M> {
         };
         let mut completed = 0;
         let mut malformed = 0;
+        let mut budget = Budget::default();
         let r = (|| {
             q.disable_notification(&self.mem)?;
             loop {
-                match next_head(&mut q, &self.mem, &mut malformed)? {
+                match budget.next_head(&mut q, &self.mem, &mut malformed)? {
                     None => return Ok(()),
                     Some(head) => match self.tx_one(&q, head, index / 2) {
                         TxOutcome::Done => {
@@ -175,6 +176,7 @@ impl<B: NetBackend, M: GuestMemory> Net<B, M> {
             }
         })();
         self.stats.tx_drop_malformed += malformed;
+        served.again |= budget.exhausted;
         let f = self.finish_queue(&mut q, completed, served);
         self.queues[usize::from(index)] = Some(q);
         r.and(f).map_err(qerr)
