@@ -65,7 +65,10 @@
 //! past its file, and requests this backend does not implement. A
 //! frontend that disconnects
 //! at any point ends the session: rings stop, the device is reset, the
-//! memory is unmapped, and the daemon accepts the next frontend.
+//! memory is unmapped, and the daemon accepts the next frontend. A device
+//! that panics, in any call, ends the session the same way (every device
+//! call runs under `catch_unwind`, also those made as the session ends),
+//! and is reset before the next frontend even if it was not active.
 //!
 //! Not done: a stopped ring of a device that cannot report positions is
 //! only masked, so such a device serving queues on backend readiness may
@@ -392,6 +395,9 @@ pub struct Backend<D> {
     stats: BackendStats,
     refusals: Refusals,
     verbose: bool,
+    /// The device panicked and was not reset since: it is reset when the
+    /// session ends, whether it was active or not.
+    panicked: bool,
 }
 
 impl<D> fmt::Debug for Backend<D> {
@@ -466,6 +472,7 @@ impl<D: VirtioDevice> Backend<D> {
             },
             refusals: Refusals::default(),
             verbose: false,
+            panicked: false,
         }
     }
 
@@ -525,23 +532,34 @@ impl<D: VirtioDevice> Backend<D> {
     /// Serves one frontend until it disconnects or breaks the protocol,
     /// then resets everything for the next.
     ///
-    /// A device that panics ends the session like a protocol error (the
-    /// device is reset for the next frontend); the daemon goes on.
+    /// Every call into the device runs under `catch_unwind`: a device that
+    /// panics while the session runs (in any call: configuration access,
+    /// activation, reset, queue service) ends the session like a protocol
+    /// error, and one that panics as it ends (its counters, its reset)
+    /// makes the session end in an error. Either way the session's state
+    /// is cleared, the device is reset before the next frontend, and the
+    /// daemon goes on.
     pub fn serve_connection(&mut self, stream: UnixStream) -> SessionEnd {
         self.stats.sessions += 1;
-        let result = catch_unwind(AssertUnwindSafe(|| self.session(&stream)))
-            .unwrap_or_else(|p| Err(format!("device panicked: {}", panic_message(&*p))));
-        let end = match result {
-            Ok(()) => SessionEnd::Closed,
-            Err(e) => {
-                self.stats.last_error = Some(e.clone());
-                SessionEnd::Error(e)
+        let result = match catch_unwind(AssertUnwindSafe(|| self.session(&stream))) {
+            Ok(r) => r,
+            Err(p) => {
+                self.panicked = true;
+                Err(format!("device panicked: {}", panic_message(&*p)))
             }
         };
-        if let Err(p) = catch_unwind(AssertUnwindSafe(|| self.end_session())) {
-            let e = format!("device panicked in reset: {}", panic_message(&*p));
+        let mut end = match result {
+            Ok(()) => SessionEnd::Closed,
+            Err(e) => SessionEnd::Error(e),
+        };
+        if let Some(e) = self.end_session() {
+            end = SessionEnd::Error(match end {
+                SessionEnd::Error(first) => format!("{first}; then {e}"),
+                SessionEnd::Closed => e,
+            });
+        }
+        if let SessionEnd::Error(e) = &end {
             self.stats.last_error = Some(e.clone());
-            return SessionEnd::Error(e);
         }
         end
     }
@@ -1200,8 +1218,10 @@ impl<D: VirtioDevice> Backend<D> {
     }
 
     /// Logs this session's ring counters and the device's counters (lines
-    /// [`logged_ring_used`] and [`logged_device_counter`] read back).
-    fn log_session_counters(&mut self) {
+    /// [`logged_ring_used`] and [`logged_device_counter`] read back). The
+    /// device's counters are asked for under `catch_unwind`: returns the
+    /// device's panic, described.
+    fn log_session_counters(&mut self) -> Option<String> {
         let rings: Vec<String> = self
             .vrings
             .iter()
@@ -1217,9 +1237,17 @@ impl<D: VirtioDevice> Backend<D> {
         if !rings.is_empty() {
             eprintln!("vhost-user: {RING_COUNTERS} {}", rings.join("; "));
         }
-        let counters: Vec<String> = self
-            .device
-            .counters()
+        let counters = match catch_unwind(AssertUnwindSafe(|| self.device.counters())) {
+            Ok(c) => c,
+            Err(p) => {
+                self.panicked = true;
+                return Some(format!(
+                    "device panicked in counters: {}",
+                    panic_message(&*p)
+                ));
+            }
+        };
+        let counters: Vec<String> = counters
             .iter()
             .filter(|(_, n)| *n != 0)
             .map(|(k, n)| format!("{k}={n}"))
@@ -1227,6 +1255,7 @@ impl<D: VirtioDevice> Backend<D> {
         if !counters.is_empty() {
             eprintln!("vhost-user: {DEVICE_COUNTERS} {}", counters.join(" "));
         }
+        None
     }
 
     /// Stops every ring and resets the device (`RESET_DEVICE`, end of
@@ -1250,9 +1279,14 @@ impl<D: VirtioDevice> Backend<D> {
         }
     }
 
-    fn end_session(&mut self) {
+    /// Ends the session: the counters logged, every ring dropped, the
+    /// memory unmapped, the negotiation forgotten, and the device reset if
+    /// it ran or panicked. The device is called only under `catch_unwind`
+    /// and never between clearing steps, so its panic cannot leave the
+    /// next frontend with this one's state; it is returned, described.
+    fn end_session(&mut self) -> Option<String> {
         self.count_used();
-        self.log_session_counters();
+        let mut panicked = self.log_session_counters();
         let was_active = self.active.take().is_some();
         // The session's epoll is gone; dropping the kicks closes them.
         for v in &mut self.vrings {
@@ -1266,9 +1300,21 @@ impl<D: VirtioDevice> Backend<D> {
             eprintln!("vhost-user: refused {n} requests this session: {kind} (logged once)");
         }
         // Last, so that a device panicking here leaves the session clean.
-        if was_active {
-            self.device.reset();
+        if was_active || self.panicked {
+            match catch_unwind(AssertUnwindSafe(|| self.device.reset())) {
+                Ok(()) => self.panicked = false,
+                // Still suspect: reset again when the next session ends.
+                Err(p) => {
+                    self.panicked = true;
+                    let e = format!("device panicked in reset: {}", panic_message(&*p));
+                    panicked = Some(match panicked {
+                        Some(first) => format!("{first}; then {e}"),
+                        None => e,
+                    });
+                }
+            }
         }
+        panicked
     }
 }
 
