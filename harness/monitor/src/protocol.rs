@@ -119,10 +119,11 @@ impl NetLink {
         self.handle.update_config(|net| net.set_link(up))
     }
 
-    /// The MAC address in the device's configuration space.
+    /// The MAC address in the device's configuration space (all zeros
+    /// for a faulty device, which is not called).
     pub fn mac(&self) -> [u8; 6] {
         let mut mac = [0u8; 6];
-        self.handle.with_device(|n| n.read_config(0, &mut mac));
+        let _ = self.handle.try_with_device(|n| n.read_config(0, &mut mac));
         mac
     }
 }

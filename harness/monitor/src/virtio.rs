@@ -30,8 +30,21 @@
 //! that follows accept, hang-up and redial); as a safety net for sources
 //! whose readiness no fd reports, a worker with backend fds also calls
 //! `backend_ready` every [`BACKEND_TICK`]. A device error sets `DEVICE_NEEDS_RESET` (§2.1.2,
-//! done by `virtio_devices::transport`); a device that panics is marked
-//! faulty, gets `DEVICE_NEEDS_RESET` and is not called again; the VM runs on
+//! done by `virtio_devices::transport`).
+//!
+//! Device panics: every call the slot makes into its device runs under
+//! `catch_unwind` (register reads and writes, which reach `read_config`,
+//! `write_config`, `activate`, `reset` and the device's features and queue
+//! sizes; queue service; `backend_ready`; configuration updates), as does
+//! building the register file at attach. A device that panics is marked
+//! faulty, gets `DEVICE_NEEDS_RESET` (§2.1.2) and is not called again: the
+//! slot then answers the guest itself. Reads of the registers the register
+//! file keeps (magic, version, `InterruptStatus`, `QueueReady`,
+//! `ConfigGeneration`, …) read as before, `DeviceID` and `VendorID` as at
+//! attach, `Status` with `DEVICE_NEEDS_RESET` set, and everything the
+//! device would have answered (configuration space, `DeviceFeatures`,
+//! `QueueNumMax`) as 0; writes other than `InterruptAck` and the selectors
+//! are dropped, so not even a reset revives the device. The VM runs on
 //! either way, and [`VirtioReport`] tells the caller afterwards.
 
 use std::any::Any;
@@ -44,7 +57,7 @@ use std::time::Duration;
 
 use kvm_ioctls::{IoEventAddress, VmFd};
 use virtio_core::mmio::device::{MmioError, MmioRegisters, WriteOutcome};
-use virtio_core::mmio::regs;
+use virtio_core::mmio::{MmioVersion, Register, regs};
 use virtio_core::status::DeviceStatus;
 use virtio_devices::transport::{self, MmioTransport};
 use virtio_devices::{DeviceError, VirtioDevice};
@@ -213,6 +226,9 @@ pub enum AttachError {
         /// Why.
         err: kvm_ioctls::Error,
     },
+    /// The device panicked while its register file was built (asked for
+    /// its ID, queues or queue sizes); it is not placed.
+    DevicePanicked(String),
 }
 
 impl fmt::Display for AttachError {
@@ -222,6 +238,9 @@ impl fmt::Display for AttachError {
             AttachError::Registers(e) => write!(f, "virtio-mmio register file: {e}"),
             AttachError::EventFd(e) => write!(f, "creating an eventfd: {e}"),
             AttachError::Kvm { what, err } => write!(f, "{what}: {err}"),
+            AttachError::DevicePanicked(msg) => {
+                write!(f, "the device panicked while its slot was built: {msg}")
+            }
         }
     }
 }
@@ -232,7 +251,7 @@ impl std::error::Error for AttachError {
             AttachError::Registers(e) => Some(e),
             AttachError::EventFd(e) => Some(e),
             AttachError::Kvm { err, .. } => Some(err),
-            AttachError::NoFreeSlot => None,
+            AttachError::NoFreeSlot | AttachError::DevicePanicked(_) => None,
         }
     }
 }
@@ -259,7 +278,74 @@ struct Shared<D> {
     mode: NotifyMode,
     interrupt: InterruptMode,
     irq: EventFd,
+    /// `DeviceID` and `VendorID` as read at attach: what a faulty slot
+    /// answers (and reports) without calling the device.
+    device_id: u32,
+    vendor_id: u32,
     state: Mutex<State<D>>,
+}
+
+/// Which device call a guarded section makes, named in the fault when the
+/// device panics (built only then, so the hot path does not format).
+#[derive(Clone, Copy, Debug)]
+enum Call {
+    /// A register read at this offset.
+    Read(u64),
+    /// A register write at this offset, of this value (0 for another
+    /// width).
+    Write(u64, u32),
+    /// Serving a notified queue.
+    QueueService,
+    /// `backend_ready`.
+    BackendReady,
+    /// [`VirtioHandle::update_config`].
+    ConfigUpdate,
+    /// [`VirtioHandle::try_with_device`].
+    Query,
+}
+
+impl fmt::Display for Call {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let register = |offset| Register::from_offset(offset, MmioVersion::Modern);
+        match *self {
+            Call::Read(o) if o >= regs::CONFIG => {
+                write!(f, "read_config at {:#x}", o - regs::CONFIG)
+            }
+            Call::Write(o, _) if o >= regs::CONFIG => {
+                write!(f, "write_config at {:#x}", o - regs::CONFIG)
+            }
+            Call::Write(regs::STATUS, 0) => f.write_str("reset (Status write 0)"),
+            Call::Write(regs::STATUS, v) if v & u32::from(DeviceStatus::DRIVER_OK.bits()) != 0 => {
+                write!(f, "activate (Status write {v:#x})")
+            }
+            Call::Read(o) => match register(o) {
+                Some(r) => write!(f, "{} read", r.name()),
+                None => write!(f, "read at {o:#x}"),
+            },
+            Call::Write(o, v) => match register(o) {
+                Some(r) => write!(f, "{} write {v:#x}", r.name()),
+                None => write!(f, "write at {o:#x}"),
+            },
+            Call::QueueService => f.write_str("queue service"),
+            Call::BackendReady => f.write_str("backend_ready"),
+            Call::ConfigUpdate => f.write_str("configuration update"),
+            Call::Query => f.write_str("a call through the handle"),
+        }
+    }
+}
+
+/// The text of a panic's payload.
+fn panic_message(panic: &(dyn Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".into())
+}
+
+/// The value of a 4-byte access, 0 for another width.
+fn value(data: &[u8]) -> u32 {
+    <[u8; 4]>::try_from(data).map_or(0, u32::from_le_bytes)
 }
 
 impl<D> Shared<D> {
@@ -286,29 +372,32 @@ impl<D: VirtioDevice> Shared<D> {
         }
     }
 
-    /// Runs a device call that may panic; a panic marks the device faulty
-    /// and asks the driver for a reset (§2.1.2). Returns whether the line
-    /// must be raised.
-    fn guarded(
+    /// Runs `call`, which may call into the device, under `catch_unwind`:
+    /// the one path every device call from the slot takes. A panic marks
+    /// the device faulty, asks the driver for a reset (§2.1.2, raising the
+    /// configuration change interrupt once DRIVER_OK was set) and returns
+    /// `None`; so does a device already faulty, which is not called.
+    fn guarded<R>(
         &self,
         state: &mut State<D>,
-        what: &str,
-        call: impl FnOnce(&mut Registers<D>) -> bool,
-    ) -> bool {
+        what: Call,
+        call: impl FnOnce(&mut Registers<D>) -> R,
+    ) -> Option<R> {
         if state.fault.is_some() {
-            return false;
+            return None;
         }
         match catch_unwind(AssertUnwindSafe(|| call(&mut state.regs))) {
-            Ok(raise) => raise,
+            Ok(r) => Some(r),
             Err(panic) => {
-                let msg = panic
-                    .downcast_ref::<&str>()
-                    .map(|s| s.to_string())
-                    .or_else(|| panic.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "unknown panic".into());
+                let msg = panic_message(&*panic);
                 state.fault = Some(format!("device panicked in {what}: {msg}"));
+                // Fails only with Status 0 (a reset that panicked); a
+                // faulty slot's Status reads DEVICE_NEEDS_RESET anyway.
                 let _ = state.regs.set_needs_reset();
-                state.regs.interrupt_asserted()
+                if state.regs.interrupt_asserted() {
+                    self.raise(state);
+                }
+                None
             }
         }
     }
@@ -322,13 +411,86 @@ impl<D: VirtioDevice> Shared<D> {
                 state.counters.notify_worker += 1;
             }
         }
-        let raise = self.guarded(state, "queue service", |regs| {
+        let raise = self.guarded(state, Call::QueueService, |regs| {
             transport::dispatch(regs, outcome)
         });
-        if raise {
+        if raise == Some(true) {
             self.raise(state);
         }
     }
+
+    /// `Status` as the driver reads it: with DEVICE_NEEDS_RESET once the
+    /// device is faulty.
+    fn status(&self, state: &State<D>) -> DeviceStatus {
+        match state.fault {
+            Some(_) => state.regs.status() | DeviceStatus::DEVICE_NEEDS_RESET,
+            None => state.regs.status(),
+        }
+    }
+
+    /// A faulty device's register read, answered without calling it.
+    fn faulty_read(&self, state: &mut State<D>, offset: u64, data: &mut [u8]) {
+        data.fill(0);
+        let register = match control_register(offset, data.len()) {
+            Some(r) => r,
+            // Configuration space (and accesses the register file would
+            // refuse) read as 0.
+            None => return,
+        };
+        let v = match register {
+            Register::DeviceId => self.device_id,
+            Register::VendorId => self.vendor_id,
+            Register::Status => u32::from(self.status(state).bits()),
+            // Kept by the register file itself, without the device.
+            Register::MagicValue
+            | Register::Version
+            | Register::QueueReady
+            | Register::InterruptStatus
+            | Register::ConfigGeneration
+            | Register::QueueReset
+            | Register::ShmLenLow
+            | Register::ShmLenHigh
+            | Register::ShmBaseLow
+            | Register::ShmBaseHigh => {
+                if state.regs.read(offset, data).is_err() {
+                    state.counters.refused += 1;
+                }
+                return;
+            }
+            // The device's answers (features, queue sizes) and write-only
+            // registers.
+            _ => 0,
+        };
+        data.copy_from_slice(&v.to_le_bytes());
+    }
+
+    /// A faulty device's register write: only the interrupt acknowledgement
+    /// and the registers that merely select or record (which never reach
+    /// the device) take effect; the rest is dropped.
+    fn faulty_write(&self, state: &mut State<D>, offset: u64, data: &[u8]) {
+        let passes = control_register(offset, data.len()).is_some_and(|r| {
+            matches!(
+                r,
+                Register::InterruptAck
+                    | Register::DeviceFeaturesSel
+                    | Register::DriverFeaturesSel
+                    | Register::DriverFeatures
+                    | Register::QueueSel
+                    | Register::ShmSel
+            )
+        });
+        if passes && state.regs.write(offset, data).is_err() {
+            state.counters.refused += 1;
+        }
+    }
+}
+
+/// The modern control register a 4-byte aligned access at `offset` hits.
+fn control_register(offset: u64, size: usize) -> Option<Register> {
+    if size != 4 || !offset.is_multiple_of(4) || offset >= regs::CONFIG {
+        return None;
+    }
+    Register::from_offset(offset, MmioVersion::Modern)
 }
 
 /// What the bus and the worker need from a slot, whatever its device type.
@@ -351,8 +513,12 @@ impl<D: VirtioDevice + Send + 'static> SlotOps for Shared<D> {
     fn read(&self, offset: u64, data: &mut [u8]) {
         let mut state = self.lock();
         state.rearm = true;
-        if state.regs.read(offset, data).is_err() {
-            state.counters.refused += 1;
+        match self.guarded(&mut state, Call::Read(offset), |regs| {
+            regs.read(offset, &mut *data)
+        }) {
+            Some(Ok(())) => {}
+            Some(Err(_)) => state.counters.refused += 1,
+            None => self.faulty_read(&mut state, offset, data),
         }
         if let Some(lies) = state.lies.as_mut() {
             lies.after_read(offset, data);
@@ -368,9 +534,17 @@ impl<D: VirtioDevice + Send + 'static> SlotOps for Shared<D> {
         {
             return;
         }
-        match state.regs.write(offset, data) {
-            Ok(outcome) => self.outcome(&mut state, outcome, true),
-            Err(_) => state.counters.refused += 1,
+        if state.fault.is_some() {
+            self.faulty_write(&mut state, offset, data);
+            return;
+        }
+        match self.guarded(&mut state, Call::Write(offset, value(data)), |regs| {
+            regs.write(offset, data)
+        }) {
+            Some(Ok(outcome)) => self.outcome(&mut state, outcome, true),
+            Some(Err(_)) => state.counters.refused += 1,
+            // The device panicked: the slot is faulty, the write dropped.
+            None => {}
         }
     }
 
@@ -379,9 +553,14 @@ impl<D: VirtioDevice + Send + 'static> SlotOps for Shared<D> {
         // Replayed through the register file so that an ioeventfd notify
         // gets the checks of a trapped one (§4.2.3.3: not before DRIVER_OK,
         // only a ready queue).
-        match state.regs.write32(regs::QUEUE_NOTIFY, u32::from(queue)) {
-            Ok(outcome) => self.outcome(&mut state, outcome, false),
-            Err(_) => state.counters.refused += 1,
+        let v = u32::from(queue);
+        match self.guarded(&mut state, Call::Write(regs::QUEUE_NOTIFY, v), |regs| {
+            regs.write32(regs::QUEUE_NOTIFY, v)
+        }) {
+            Some(Ok(outcome)) => self.outcome(&mut state, outcome, false),
+            Some(Err(_)) => state.counters.refused += 1,
+            // A faulty device is not served.
+            None => {}
         }
     }
 
@@ -391,9 +570,7 @@ impl<D: VirtioDevice + Send + 'static> SlotOps for Shared<D> {
             return;
         }
         state.counters.backend_ready += 1;
-        if self.guarded(&mut state, "backend_ready", |regs| {
-            transport::backend_ready(regs)
-        }) {
+        if self.guarded(&mut state, Call::BackendReady, transport::backend_ready) == Some(true) {
             self.raise(&mut state);
         }
     }
@@ -434,8 +611,8 @@ impl<D: VirtioDevice + Send + 'static> SlotOps for Shared<D> {
             slot: self.slot,
             mode: self.mode,
             interrupt: self.interrupt,
-            device_id: regs.device().device().device_type().id(),
-            status: regs.status(),
+            device_id: self.device_id,
+            status: self.status(&state),
             features: regs.features(),
             interrupt_status: regs.interrupt_status().bits(),
             device_error: regs.device().last_error(),
@@ -509,12 +686,17 @@ impl<D: VirtioDevice + Send + 'static> VirtioHandle<D> {
     /// Calls `f` with the device (e.g. to read its counters). The device
     /// is locked meanwhile: while the VM runs, this stalls the guest's
     /// accesses to the slot. The device's guest memory is valid only while
-    /// the [`crate::vm::Vm`] lives.
+    /// the [`crate::vm::Vm`] lives. Not guarded: a panic in `f` (or in
+    /// the device it calls) reaches the caller, and a faulty device is
+    /// called all the same; [`try_with_device`](Self::try_with_device) is
+    /// the guarded form.
     pub fn with_device<R>(&self, f: impl FnOnce(&mut D) -> R) -> R {
         f(self.shared.lock().regs.device_mut().device_mut())
     }
 
-    /// Calls `f` with the slot's register file.
+    /// Calls `f` with the slot's register file. Not guarded, as
+    /// [`with_device`](Self::with_device): for tests and set-up, not for a
+    /// guest's accesses.
     pub fn with_registers<R>(&self, f: impl FnOnce(&mut Registers<D>) -> R) -> R {
         f(&mut self.shared.lock().regs)
     }
@@ -534,7 +716,7 @@ impl<D: VirtioDevice + Send + 'static> VirtioHandle<D> {
         let mut changed = false;
         let raise = self
             .shared
-            .guarded(&mut state, "configuration update", |regs| {
+            .guarded(&mut state, Call::ConfigUpdate, |regs| {
                 changed = f(regs.device_mut().device_mut());
                 if changed {
                     regs.config_changed();
@@ -542,11 +724,22 @@ impl<D: VirtioDevice + Send + 'static> VirtioHandle<D> {
                 } else {
                     false
                 }
-            });
+            })?;
         if raise {
             self.shared.raise(&mut state);
         }
         Some(changed)
+    }
+
+    /// Calls `f` with the device as [`with_device`](Self::with_device)
+    /// does, but on the path the guest's accesses take: under
+    /// `catch_unwind`, not at all for a faulty device. Returns `None` for
+    /// a faulty device, or when `f` panicked (the slot is then faulty).
+    pub fn try_with_device<R>(&self, f: impl FnOnce(&mut D) -> R) -> Option<R> {
+        let mut state = self.shared.lock();
+        self.shared.guarded(&mut state, Call::Query, |regs| {
+            f(regs.device_mut().device_mut())
+        })
     }
 }
 
@@ -591,7 +784,16 @@ pub(crate) fn attach<D: VirtioDevice + Send + 'static>(
     backend_fds.dedup();
     // A hostile device (`misbehave=`) also lies in its registers.
     let lies = hostile_mode(&device).map(RegisterLies::new);
-    let regs = Registers::new(MmioTransport::new(device)).map_err(AttachError::Registers)?;
+    // Building the register file asks the device for its ID, queues and
+    // queue sizes: a panic there refuses the device.
+    let built = catch_unwind(AssertUnwindSafe(|| {
+        let regs = Registers::new(MmioTransport::new(device))?;
+        let ids = (regs.read32(regs::DEVICE_ID)?, regs.read32(regs::VENDOR_ID)?);
+        Ok((regs, ids))
+    }));
+    let (regs, (device_id, vendor_id)) = built
+        .map_err(|p| AttachError::DevicePanicked(panic_message(&*p)))?
+        .map_err(AttachError::Registers)?;
     let queues = u16::try_from(regs.queues().len()).unwrap_or(u16::MAX);
     let irq = EventFd::new(EFD_NONBLOCK).map_err(AttachError::EventFd)?;
     let resample = EventFd::new(EFD_NONBLOCK).map_err(AttachError::EventFd)?;
@@ -625,6 +827,8 @@ pub(crate) fn attach<D: VirtioDevice + Send + 'static>(
         mode,
         interrupt,
         irq,
+        device_id,
+        vendor_id,
         state: Mutex::new(State {
             regs,
             counters: SlotCounters::default(),
@@ -795,6 +999,280 @@ impl Worker {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use virtio_core::features::DeviceType;
+    use virtio_devices::{QueueConfig, Served};
+
+    /// Which of its calls a [`TestDevice`] panics in.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    enum PanicIn {
+        Nothing,
+        Activate,
+        Reset,
+        ReadConfig,
+        WriteConfig,
+        QueueSizes,
+    }
+
+    /// An entropy device with one queue and 8 bytes of configuration that
+    /// panics in one of its calls; `calls` counts every call after its
+    /// panic.
+    struct TestDevice {
+        panic_in: PanicIn,
+        panicked: bool,
+        calls_after_panic: Arc<AtomicU32>,
+        notified: u32,
+        config: [u8; 8],
+    }
+
+    impl TestDevice {
+        fn new(panic_in: PanicIn) -> (TestDevice, Arc<AtomicU32>) {
+            let calls = Arc::new(AtomicU32::new(0));
+            let d = TestDevice {
+                panic_in,
+                panicked: false,
+                calls_after_panic: calls.clone(),
+                notified: 0,
+                config: *b"config!!",
+            };
+            (d, calls)
+        }
+
+        fn called(&self) {
+            if self.panicked {
+                self.calls_after_panic.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+
+        fn maybe_panic(&mut self, here: PanicIn) {
+            self.called();
+            if self.panic_in == here && !self.panicked {
+                self.panicked = true;
+                panic!("deliberate test panic in {here:?}");
+            }
+        }
+    }
+
+    impl VirtioDevice for TestDevice {
+        fn device_type(&self) -> DeviceType {
+            DeviceType::Rng
+        }
+        fn device_features(&self) -> u64 {
+            self.called();
+            0
+        }
+        fn queue_max_sizes(&self) -> &[u16] {
+            self.called();
+            if self.panic_in == PanicIn::QueueSizes {
+                panic!("deliberate test panic in {:?}", PanicIn::QueueSizes);
+            }
+            &[16]
+        }
+        fn read_config(&self, offset: u64, data: &mut [u8]) {
+            self.called();
+            if self.panic_in == PanicIn::ReadConfig {
+                panic!("deliberate test panic in {:?}", PanicIn::ReadConfig);
+            }
+            for (i, b) in data.iter_mut().enumerate() {
+                *b = self.config.get(offset as usize + i).copied().unwrap_or(0);
+            }
+        }
+        fn write_config(&mut self, offset: u64, data: &[u8]) {
+            self.maybe_panic(PanicIn::WriteConfig);
+            for (i, b) in data.iter().enumerate() {
+                if let Some(c) = self.config.get_mut(offset as usize + i) {
+                    *c = *b;
+                }
+            }
+        }
+        fn config_len(&self) -> usize {
+            8
+        }
+        fn activate(
+            &mut self,
+            _features: u64,
+            _queues: Vec<QueueConfig>,
+        ) -> Result<(), DeviceError> {
+            self.maybe_panic(PanicIn::Activate);
+            Ok(())
+        }
+        fn queue_notify(&mut self, _queue: u16) -> Result<Served, DeviceError> {
+            self.called();
+            self.notified += 1;
+            Ok(Served {
+                completed: 1,
+                interrupt: true,
+                config_changed: false,
+            })
+        }
+        fn reset(&mut self) {
+            self.maybe_panic(PanicIn::Reset);
+        }
+    }
+
+    /// A slot holding `device`, without KVM (the line is a plain eventfd).
+    fn test_slot(index: usize, device: TestDevice) -> Arc<Shared<TestDevice>> {
+        let regs = Registers::new(MmioTransport::new(device)).unwrap();
+        Arc::new(Shared {
+            name: format!("test{index}"),
+            slot: VirtioSlot::new(index).unwrap(),
+            mode: NotifyMode::Inline,
+            interrupt: InterruptMode::Edge,
+            irq: EventFd::new(EFD_NONBLOCK).unwrap(),
+            device_id: DeviceType::Rng.id(),
+            vendor_id: 0,
+            state: Mutex::new(State {
+                regs,
+                counters: SlotCounters::default(),
+                fault: None,
+                rearm: false,
+                lies: None,
+            }),
+        })
+    }
+
+    /// A guest's register access through the bus entry; false if a panic
+    /// came out of it.
+    fn access(bus: &mut SlotBus, offset: u64, write: Option<u32>) -> (bool, u32) {
+        let mut b = [0u8; 4];
+        let returned = catch_unwind(AssertUnwindSafe(|| match write {
+            Some(v) => bus.write(offset, &v.to_le_bytes()),
+            None => bus.read(offset, &mut b),
+        }))
+        .is_ok();
+        (returned, u32::from_le_bytes(b))
+    }
+
+    /// The driver's bring-up (§3.1.1) with a configuration read and write
+    /// between FEATURES_OK and DRIVER_OK, then a notify. Returns whether
+    /// every access returned, the configuration read and `Status` at the
+    /// end.
+    fn bring_up(bus: &mut SlotBus) -> (bool, u32, u32) {
+        let mut all = true;
+        let mut w = |bus: &mut SlotBus, off, v| all &= access(bus, off, Some(v)).0;
+        w(bus, regs::STATUS, 0);
+        w(bus, regs::STATUS, 1);
+        w(bus, regs::STATUS, 3);
+        w(bus, regs::DRIVER_FEATURES_SEL, 1);
+        w(bus, regs::DRIVER_FEATURES, 1);
+        w(bus, regs::DRIVER_FEATURES_SEL, 0);
+        w(bus, regs::DRIVER_FEATURES, 0);
+        w(bus, regs::STATUS, 0xb);
+        let (ok, config) = access(bus, regs::CONFIG, None);
+        let mut w = |bus: &mut SlotBus, off, v| all &= ok && access(bus, off, Some(v)).0;
+        w(bus, regs::CONFIG + 4, 0x2121_2121);
+        w(bus, regs::QUEUE_SEL, 0);
+        w(bus, regs::QUEUE_NUM, 16);
+        w(bus, regs::QUEUE_DESC_LOW, 0x1000);
+        w(bus, regs::QUEUE_DRIVER_LOW, 0x2000);
+        w(bus, regs::QUEUE_DEVICE_LOW, 0x3000);
+        w(bus, regs::QUEUE_READY, 1);
+        w(bus, regs::STATUS, 0xf);
+        w(bus, regs::QUEUE_NOTIFY, 0);
+        let (ok, status) = access(bus, regs::STATUS, None);
+        (all && ok, config, status)
+    }
+
+    /// Finding 9 (issue 16): a device panicking in `activate`, `reset`,
+    /// `read_config` or `write_config` (reached from the guest's register
+    /// accesses) is a fault of its slot, as a panic in queue service is:
+    /// the access completes, the slot is marked faulty with
+    /// DEVICE_NEEDS_RESET, the device is not called again, and a device in
+    /// another slot works on.
+    #[test]
+    fn a_device_panic_in_any_register_access_is_a_fault_of_its_slot() {
+        for case in [
+            PanicIn::Activate,
+            PanicIn::Reset,
+            PanicIn::ReadConfig,
+            PanicIn::WriteConfig,
+        ] {
+            let (device, calls_after_panic) = TestDevice::new(case);
+            let faulty = test_slot(0, device);
+            let (healthy_device, _) = TestDevice::new(PanicIn::Nothing);
+            let healthy = test_slot(1, healthy_device);
+            let mut bus = SlotBus(faulty.clone());
+            let (returned, config, status) = bring_up(&mut bus);
+            assert!(returned, "{case:?}: a device panic came out of the slot");
+            let r = faulty.report();
+            let fault = r.fault.clone().unwrap_or_default();
+            assert!(
+                fault.contains(&format!("deliberate test panic in {case:?}")),
+                "{case:?}: {r}"
+            );
+            let call = match case {
+                PanicIn::Activate => "in activate (Status write 0xf)",
+                PanicIn::Reset => "in reset (Status write 0)",
+                PanicIn::ReadConfig => "in read_config at 0x0",
+                _ => "in write_config at 0x4",
+            };
+            assert!(fault.contains(call), "{case:?}: {r}");
+            if case == PanicIn::Activate {
+                // DRIVER_OK was set: the driver hears of it (§2.1.2).
+                assert_eq!(faulty.irq.read().ok(), Some(1), "{case:?}: {r}");
+                assert_eq!(r.interrupt_status, 2, "{case:?}: {r}");
+            }
+            assert!(
+                r.status.contains(DeviceStatus::DEVICE_NEEDS_RESET),
+                "{case:?}: {r}"
+            );
+            assert_ne!(
+                status & u32::from(DeviceStatus::DEVICE_NEEDS_RESET.bits()),
+                0,
+                "{case:?}: Status read {status:#x}"
+            );
+            if case == PanicIn::ReadConfig {
+                assert_eq!(
+                    config, 0,
+                    "{case:?}: a faulty device's configuration reads 0"
+                );
+            }
+            // Once faulty, the device is not called again.
+            let (_, config) = access(&mut bus, regs::CONFIG, None);
+            assert_eq!(config, 0, "{case:?}");
+            access(&mut bus, regs::STATUS, Some(0));
+            assert_eq!(calls_after_panic.load(Ordering::Relaxed), 0, "{case:?}");
+            // The device in the other slot works on.
+            let mut other = SlotBus(healthy.clone());
+            let (returned, config, status) = bring_up(&mut other);
+            assert!(returned, "{case:?}");
+            assert_eq!(config.to_le_bytes(), *b"conf", "{case:?}");
+            assert_eq!(status, 0xf, "{case:?}");
+            let r = healthy.report();
+            assert_eq!(r.fault, None, "{case:?}: {r}");
+            assert_eq!(r.counters.notify_inline, 1, "{case:?}: {r}");
+            assert_eq!(
+                healthy.irq.read().ok(),
+                Some(1),
+                "{case:?}: one used-buffer interrupt"
+            );
+            assert_eq!(healthy.lock().regs.device().device().notified, 1);
+        }
+    }
+
+    /// A device that panics while its register file is built (asked for
+    /// its queue sizes) is refused with an error, not a panic.
+    #[test]
+    fn a_device_panic_at_attach_is_an_error() {
+        if !crate::vm::kvm_or_skip("a_device_panic_at_attach_is_an_error") {
+            return;
+        }
+        let vm = kvm_ioctls::Kvm::new().unwrap().create_vm().unwrap();
+        let (device, _) = TestDevice::new(PanicIn::QueueSizes);
+        let slot = VirtioSlot::new(0).unwrap();
+        let attached = catch_unwind(AssertUnwindSafe(|| {
+            attach(&vm, slot, "p".into(), device, vec![], NotifyMode::Inline)
+        }));
+        let Ok(Err(e)) = attached else {
+            panic!("attach did not refuse the device with an error");
+        };
+        assert!(matches!(e, AttachError::DevicePanicked(_)), "{e:?}");
+        assert!(
+            e.to_string()
+                .contains("deliberate test panic in QueueSizes"),
+            "{e}"
+        );
+    }
 
     #[test]
     fn counters_and_modes_print() {

@@ -54,7 +54,16 @@
 //! not have, and its guest would wait for ever), except for a configuration
 //! write outside the configuration space, which is dropped. Each kind of
 //! refusal is logged once per session, with the request and the reason;
-//! repeats are counted and the counts logged when the session ends. The
+//! repeats are counted and the counts logged when the session ends.
+//!
+//! Log: every line a frontend can cause (refusals, device errors, the end
+//! of a session, the counters logged when it ends) is rate-limited per
+//! kind across sessions: at most [`LOG_BURST`] lines of a kind every
+//! [`LOG_WINDOW`], then one line with the number suppressed (when the
+//! window is over, at the end of a later session, or when the backend is
+//! dropped), so a frontend that refuses, fails or reconnects in a loop
+//! cannot fill the disk. Only `set_verbose` logs every request and every
+//! line. The
 //! refusals that remain, and why: a ring size that is not a power of two
 //! up to the device's maximum (§2.7; `queue-size` raises it), a ring whose
 //! areas are not inside the mapped memory or misaligned (§2.7), a ring
@@ -65,7 +74,10 @@
 //! past its file, and requests this backend does not implement. A
 //! frontend that disconnects
 //! at any point ends the session: rings stop, the device is reset, the
-//! memory is unmapped, and the daemon accepts the next frontend.
+//! memory is unmapped, and the daemon accepts the next frontend. A device
+//! that panics, in any call, ends the session the same way (every device
+//! call runs under `catch_unwind`, also those made as the session ends),
+//! and is reset before the next frontend even if it was not active.
 //!
 //! Not done: a stopped ring of a device that cannot report positions is
 //! only masked, so such a device serving queues on backend readiness may
@@ -78,7 +90,7 @@ use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use virtio_core::GuestMemory;
 use virtio_core::features::DeviceType;
@@ -91,6 +103,7 @@ use crate::codec::{
     self, CodecError, Config, Frame, Header, MAX_CONFIG, MAX_MEM_SLOTS, Message, RecvError,
     Request, VHOST_USER_F_PROTOCOL_FEATURES, VringAddr, VringFd, VringState, protocol,
 };
+use crate::log_limit::LogLimit;
 use crate::memory::{MemError, Regions, SharedMemory};
 
 /// The protocol features this backend offers.
@@ -108,6 +121,25 @@ pub const MESSAGE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often the loop calls `backend_ready` when the device has backend
 /// fds (a safety net, as in the in-process worker).
 pub const BACKEND_TICK: Duration = Duration::from_millis(20);
+
+/// The most log lines of one kind (a kind of refusal, device errors,
+/// session ends, session counters) written in a [`LOG_WINDOW`]; the rest
+/// are counted, and the count logged.
+pub const LOG_BURST: u32 = 5;
+
+/// The window of [`LOG_BURST`].
+pub const LOG_WINDOW: Duration = Duration::from_secs(60);
+
+/// The log kind of the per-session refusal counts.
+const LOG_REFUSAL_COUNTS: &str = "refusal counts";
+/// The log kind of a session's end.
+const LOG_SESSION_END: &str = "session end";
+/// The log kind of a device error.
+const LOG_DEVICE_ERROR: &str = "device error";
+/// The log kind of a session's ring counters.
+const LOG_RING_COUNTERS: &str = "session ring counters";
+/// The log kind of the device's counters at the end of a session.
+const LOG_DEVICE_COUNTERS: &str = "device counters";
 
 /// Why the session refused a request.
 #[derive(Debug)]
@@ -392,6 +424,50 @@ pub struct Backend<D> {
     stats: BackendStats,
     refusals: Refusals,
     verbose: bool,
+    /// The device panicked and was not reset since: it is reset when the
+    /// session ends, whether it was active or not.
+    panicked: bool,
+    /// The rate limits of the log, across sessions.
+    log_limit: LogLimit,
+}
+
+impl<D> Drop for Backend<D> {
+    /// Logs what the rate limits suppressed and did not report yet.
+    fn drop(&mut self) {
+        self.flush_log();
+    }
+}
+
+impl<D> Backend<D> {
+    /// Writes one log line of `kind`, within the rate limits (every line
+    /// when verbose).
+    fn log(&mut self, kind: &'static str, line: fmt::Arguments<'_>) {
+        if self.verbose {
+            eprintln!("vhost-user: {line}");
+            return;
+        }
+        let admit = self.log_limit.admit(kind, Instant::now());
+        if let Some(summary) = admit.summary {
+            eprintln!("vhost-user: {summary}");
+        }
+        if admit.write {
+            eprintln!("vhost-user: {line}");
+        }
+    }
+
+    /// Logs the counts of suppressed lines whose window is over (`all`:
+    /// every count).
+    fn log_summaries(&mut self, all: bool) {
+        for summary in self.log_limit.summaries(Instant::now(), all) {
+            eprintln!("vhost-user: {summary}");
+        }
+    }
+
+    /// Logs every count of suppressed lines not reported yet (also done
+    /// when the backend is dropped, and when [`Backend::serve`] returns).
+    pub fn flush_log(&mut self) {
+        self.log_summaries(true);
+    }
 }
 
 impl<D> fmt::Debug for Backend<D> {
@@ -466,10 +542,12 @@ impl<D: VirtioDevice> Backend<D> {
             },
             refusals: Refusals::default(),
             verbose: false,
+            panicked: false,
+            log_limit: LogLimit::new(LOG_BURST, LOG_WINDOW),
         }
     }
 
-    /// Logs every request on stderr.
+    /// Logs every request on stderr, and every line without rate limits.
     pub fn set_verbose(&mut self, on: bool) {
         self.verbose = on;
     }
@@ -511,38 +589,56 @@ impl<D: VirtioDevice> Backend<D> {
         loop {
             match listener.accept() {
                 Ok((stream, _)) => {
-                    let end = self.serve_connection(stream);
-                    if self.verbose || matches!(end, SessionEnd::Error(_)) {
-                        eprintln!("vhost-user: {end}");
-                    }
+                    self.serve_connection(stream);
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return e,
+                Err(e) => {
+                    self.flush_log();
+                    return e;
+                }
             }
         }
     }
 
     /// Serves one frontend until it disconnects or breaks the protocol,
-    /// then resets everything for the next.
+    /// then resets everything for the next. A session that ends in an
+    /// error is logged (within the rate limits; every session when
+    /// verbose).
     ///
-    /// A device that panics ends the session like a protocol error (the
-    /// device is reset for the next frontend); the daemon goes on.
+    /// Every call into the device runs under `catch_unwind`: a device that
+    /// panics while the session runs (in any call: configuration access,
+    /// activation, reset, queue service) ends the session like a protocol
+    /// error, and one that panics as it ends (its counters, its reset)
+    /// makes the session end in an error. Either way the session's state
+    /// is cleared, the device is reset before the next frontend, and the
+    /// daemon goes on.
     pub fn serve_connection(&mut self, stream: UnixStream) -> SessionEnd {
         self.stats.sessions += 1;
-        let result = catch_unwind(AssertUnwindSafe(|| self.session(&stream)))
-            .unwrap_or_else(|p| Err(format!("device panicked: {}", panic_message(&*p))));
-        let end = match result {
-            Ok(()) => SessionEnd::Closed,
-            Err(e) => {
-                self.stats.last_error = Some(e.clone());
-                SessionEnd::Error(e)
+        let result = match catch_unwind(AssertUnwindSafe(|| self.session(&stream))) {
+            Ok(r) => r,
+            Err(p) => {
+                self.panicked = true;
+                Err(format!("device panicked: {}", panic_message(&*p)))
             }
         };
-        if let Err(p) = catch_unwind(AssertUnwindSafe(|| self.end_session())) {
-            let e = format!("device panicked in reset: {}", panic_message(&*p));
-            self.stats.last_error = Some(e.clone());
-            return SessionEnd::Error(e);
+        let mut end = match result {
+            Ok(()) => SessionEnd::Closed,
+            Err(e) => SessionEnd::Error(e),
+        };
+        if let Some(e) = self.end_session() {
+            end = SessionEnd::Error(match end {
+                SessionEnd::Error(first) => format!("{first}; then {e}"),
+                SessionEnd::Closed => e,
+            });
         }
+        if let SessionEnd::Error(e) = &end {
+            self.stats.last_error = Some(e.clone());
+            self.log(LOG_SESSION_END, format_args!("{end}"));
+        } else if self.verbose {
+            eprintln!("vhost-user: {end}");
+        }
+        // Counts whose window closed during this session.
+        self.log_summaries(false);
         end
     }
 
@@ -664,12 +760,13 @@ impl<D: VirtioDevice> Backend<D> {
     }
 
     /// Counts a refusal; logs it the first time its kind is seen this
-    /// session (the repeats are counted and logged when it ends).
+    /// session (the repeats are counted and logged when it ends), within
+    /// the rate limit of its kind.
     fn refused(&mut self, e: &BackendError) {
         self.stats.refused += 1;
         self.stats.last_error = Some(e.to_string());
         if self.refusals.first(e) || self.verbose {
-            eprintln!("vhost-user: refused: {e}");
+            self.log(e.kind(), format_args!("refused: {e}"));
         }
     }
 
@@ -1153,7 +1250,7 @@ impl<D: VirtioDevice> Backend<D> {
             Err(e) => {
                 self.stats.device_errors += 1;
                 self.stats.last_error = Some(e.to_string());
-                eprintln!("vhost-user: device error: {e}");
+                self.log(LOG_DEVICE_ERROR, format_args!("device error: {e}"));
                 let q = match e {
                     DeviceError::Queue { queue, .. }
                     | DeviceError::QueueNotInMemory { queue, .. }
@@ -1200,8 +1297,10 @@ impl<D: VirtioDevice> Backend<D> {
     }
 
     /// Logs this session's ring counters and the device's counters (lines
-    /// [`logged_ring_used`] and [`logged_device_counter`] read back).
-    fn log_session_counters(&mut self) {
+    /// [`logged_ring_used`] and [`logged_device_counter`] read back). The
+    /// device's counters are asked for under `catch_unwind`: returns the
+    /// device's panic, described.
+    fn log_session_counters(&mut self) -> Option<String> {
         let rings: Vec<String> = self
             .vrings
             .iter()
@@ -1215,18 +1314,32 @@ impl<D: VirtioDevice> Backend<D> {
             })
             .collect();
         if !rings.is_empty() {
-            eprintln!("vhost-user: {RING_COUNTERS} {}", rings.join("; "));
+            let line = rings.join("; ");
+            self.log(LOG_RING_COUNTERS, format_args!("{RING_COUNTERS} {line}"));
         }
-        let counters: Vec<String> = self
-            .device
-            .counters()
+        let counters = match catch_unwind(AssertUnwindSafe(|| self.device.counters())) {
+            Ok(c) => c,
+            Err(p) => {
+                self.panicked = true;
+                return Some(format!(
+                    "device panicked in counters: {}",
+                    panic_message(&*p)
+                ));
+            }
+        };
+        let counters: Vec<String> = counters
             .iter()
             .filter(|(_, n)| *n != 0)
             .map(|(k, n)| format!("{k}={n}"))
             .collect();
         if !counters.is_empty() {
-            eprintln!("vhost-user: {DEVICE_COUNTERS} {}", counters.join(" "));
+            let line = counters.join(" ");
+            self.log(
+                LOG_DEVICE_COUNTERS,
+                format_args!("{DEVICE_COUNTERS} {line}"),
+            );
         }
+        None
     }
 
     /// Stops every ring and resets the device (`RESET_DEVICE`, end of
@@ -1250,9 +1363,14 @@ impl<D: VirtioDevice> Backend<D> {
         }
     }
 
-    fn end_session(&mut self) {
+    /// Ends the session: the counters logged, every ring dropped, the
+    /// memory unmapped, the negotiation forgotten, and the device reset if
+    /// it ran or panicked. The device is called only under `catch_unwind`
+    /// and never between clearing steps, so its panic cannot leave the
+    /// next frontend with this one's state; it is returned, described.
+    fn end_session(&mut self) -> Option<String> {
         self.count_used();
-        self.log_session_counters();
+        let mut panicked = self.log_session_counters();
         let was_active = self.active.take().is_some();
         // The session's epoll is gone; dropping the kicks closes them.
         for v in &mut self.vrings {
@@ -1263,12 +1381,27 @@ impl<D: VirtioDevice> Backend<D> {
         self.protocol = 0;
         self.protocol_set = false;
         for (kind, n) in self.refusals.take_repeated() {
-            eprintln!("vhost-user: refused {n} requests this session: {kind} (logged once)");
+            self.log(
+                LOG_REFUSAL_COUNTS,
+                format_args!("refused {n} requests this session: {kind} (logged once)"),
+            );
         }
         // Last, so that a device panicking here leaves the session clean.
-        if was_active {
-            self.device.reset();
+        if was_active || self.panicked {
+            match catch_unwind(AssertUnwindSafe(|| self.device.reset())) {
+                Ok(()) => self.panicked = false,
+                // Still suspect: reset again when the next session ends.
+                Err(p) => {
+                    self.panicked = true;
+                    let e = format!("device panicked in reset: {}", panic_message(&*p));
+                    panicked = Some(match panicked {
+                        Some(first) => format!("{first}; then {e}"),
+                        None => e,
+                    });
+                }
+            }
         }
+        panicked
     }
 }
 

@@ -20,11 +20,12 @@
 pub mod backend;
 pub mod codec;
 pub mod frontend;
+mod log_limit;
 pub mod memory;
 
 pub use backend::{
-    Backend, BackendError, BackendStats, DEVICE_COUNTERS, RING_COUNTERS, RingStats, SessionEnd,
-    logged_device_counter, logged_ring_used,
+    Backend, BackendError, BackendStats, DEVICE_COUNTERS, LOG_BURST, LOG_WINDOW, RING_COUNTERS,
+    RingStats, SessionEnd, logged_device_counter, logged_ring_used,
 };
 pub use frontend::{FrontendError, SharedRam, VhostUserDevice, VhostUserKind};
 pub use memory::SharedMemory;
