@@ -1102,7 +1102,7 @@ mod tests {
             Ok(Served {
                 completed: 1,
                 interrupt: true,
-                config_changed: false,
+                ..Served::default()
             })
         }
         fn reset(&mut self) {
