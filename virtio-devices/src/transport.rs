@@ -99,37 +99,86 @@ impl<D: VirtioDevice> MmioDevice for MmioTransport<D> {
     }
 }
 
-/// Acts on a register write's outcome: serves a notified queue and raises
-/// the used-buffer interrupt when the device's decision says so; a device
-/// error sets `DEVICE_NEEDS_RESET` (§2.1.2), which raises a configuration
-/// change interrupt. Returns whether the interrupt line must be asserted.
-pub fn dispatch<D: VirtioDevice, const N: usize>(
+/// What serving one notification or backend event asks of the caller.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Dispatched {
+    /// The interrupt line must be asserted.
+    pub interrupt: bool,
+    /// The device stopped at its work budget ([`Served::again`]): serve the
+    /// same thing again soon, after other work, without waiting for the
+    /// driver (issue 16, finding 2).
+    pub again: bool,
+}
+
+/// Acts on a register write's outcome once: serves a notified queue (one
+/// work budget's worth) and decides the used-buffer interrupt as the
+/// device says; a device error sets `DEVICE_NEEDS_RESET` (§2.1.2), which
+/// raises a configuration change interrupt. For transports with an event
+/// loop, which put the queue back on their ready list when
+/// [`Dispatched::again`] is set.
+pub fn dispatch_once<D: VirtioDevice, const N: usize>(
     regs: &mut MmioRegisters<MmioTransport<D>, N>,
     outcome: WriteOutcome,
-) -> bool {
+) -> Dispatched {
     match outcome {
         WriteOutcome::Notify { queue, .. } => {
             let served = regs.device_mut().device.queue_notify(queue);
             finish(regs, served)
         }
-        WriteOutcome::ActivationFailed(_) => regs.interrupt_asserted(),
-        _ => false,
+        WriteOutcome::ActivationFailed(_) => Dispatched {
+            interrupt: regs.interrupt_asserted(),
+            again: false,
+        },
+        _ => Dispatched::default(),
     }
 }
 
-/// The backend of the device behind `regs` became ready: resume its work.
+/// [`dispatch_once`] until the device has no work left: for callers
+/// without an event loop (a test, a driver and device in one thread).
 /// Returns whether the interrupt line must be asserted.
+pub fn dispatch<D: VirtioDevice, const N: usize>(
+    regs: &mut MmioRegisters<MmioTransport<D>, N>,
+    outcome: WriteOutcome,
+) -> bool {
+    let mut irq = false;
+    loop {
+        let d = dispatch_once(regs, outcome);
+        irq |= d.interrupt;
+        if !d.again {
+            return irq;
+        }
+    }
+}
+
+/// The backend of the device behind `regs` became ready: resume its work
+/// once (see [`dispatch_once`] for `again`).
+pub fn backend_ready_once<D: VirtioDevice, const N: usize>(
+    regs: &mut MmioRegisters<MmioTransport<D>, N>,
+) -> Dispatched {
+    let served = regs.device_mut().device.backend_ready();
+    finish(regs, served)
+}
+
+/// The backend of the device behind `regs` became ready: resume its work
+/// until none is left (for callers without an event loop). Returns
+/// whether the interrupt line must be asserted.
 pub fn backend_ready<D: VirtioDevice, const N: usize>(
     regs: &mut MmioRegisters<MmioTransport<D>, N>,
 ) -> bool {
-    let served = regs.device_mut().device.backend_ready();
-    finish(regs, served)
+    let mut irq = false;
+    loop {
+        let d = backend_ready_once(regs);
+        irq |= d.interrupt;
+        if !d.again {
+            return irq;
+        }
+    }
 }
 
 fn finish<D: VirtioDevice, const N: usize>(
     regs: &mut MmioRegisters<MmioTransport<D>, N>,
     served: Result<Served, DeviceError>,
-) -> bool {
+) -> Dispatched {
     match served {
         Ok(s) => {
             let mut irq = false;
@@ -140,12 +189,18 @@ fn finish<D: VirtioDevice, const N: usize>(
             if s.interrupt {
                 irq |= regs.raise_used_buffer();
             }
-            irq
+            Dispatched {
+                interrupt: irq,
+                again: s.again,
+            }
         }
         Err(e) => {
             regs.device_mut().last_error = Some(e);
             let _ = regs.set_needs_reset();
-            regs.interrupt_asserted()
+            Dispatched {
+                interrupt: regs.interrupt_asserted(),
+                again: false,
+            }
         }
     }
 }

@@ -119,8 +119,18 @@ fn a_driver_that_takes_1024_entries_is_served_through_wraps() {
                 .unwrap();
         }
         drv.publish(mem).unwrap();
-        let served = dev.queue_notify(0).unwrap();
-        assert_eq!(served.completed, 1024, "round {round}");
+        // One notification; the device stops at its work budget and is
+        // called again while it says so, as a transport does.
+        let mut completed = 0;
+        loop {
+            let served = dev.queue_notify(0).unwrap();
+            assert!(served.completed <= virtio_devices::device::QUEUE_BUDGET);
+            completed += served.completed;
+            if !served.again {
+                break;
+            }
+        }
+        assert_eq!(completed, 1024, "round {round}");
         while let Some(used) = drv.pop_used(mem).unwrap() {
             assert_eq!(used.len, 16);
             got += 1;

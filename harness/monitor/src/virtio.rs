@@ -126,6 +126,9 @@ pub struct SlotCounters {
     pub reasserted: u64,
     /// Register accesses the register file refused (reads and writes).
     pub refused: u64,
+    /// Services resumed by the worker because the device had stopped at
+    /// its work budget (issue 16, finding 2), queues and backend events.
+    pub resumed: u64,
 }
 
 impl SlotCounters {
@@ -194,6 +197,9 @@ impl fmt::Display for VirtioReport {
             c.interrupts,
             c.reasserted
         )?;
+        if c.resumed > 0 {
+            write!(f, ", {} resumed after the work budget", c.resumed)?;
+        }
         if let Some(e) = &self.device_error {
             write!(f, ", device error: {e}")?;
         }
@@ -269,6 +275,11 @@ struct State<D> {
     rearm: bool,
     /// The register lies of a hostile device (`misbehave=`).
     lies: Option<RegisterLies>,
+    /// Queues whose service stopped at the device's work budget, for the
+    /// worker to resume (each once).
+    again_queues: Vec<u16>,
+    /// `backend_ready` stopped at the work budget.
+    again_backend: bool,
 }
 
 /// One slot's shared state: the register file and the interrupt line.
@@ -278,11 +289,25 @@ struct Shared<D> {
     mode: NotifyMode,
     interrupt: InterruptMode,
     irq: EventFd,
+    /// Written when a service stopped at the device's work budget: wakes
+    /// the worker to resume it after its other events (the ready list).
+    again: EventFd,
     /// `DeviceID` and `VendorID` as read at attach: what a faulty slot
     /// answers (and reports) without calling the device.
     device_id: u32,
     vendor_id: u32,
     state: Mutex<State<D>>,
+}
+
+/// Where a queue notification came from, for the counters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Via {
+    /// A `QueueNotify` write served on the vCPU thread.
+    Inline,
+    /// An ioeventfd, served by the worker.
+    Worker,
+    /// The worker resuming a service that stopped at the work budget.
+    Resume,
 }
 
 /// Which device call a guarded section makes, named in the fault when the
@@ -403,19 +428,37 @@ impl<D: VirtioDevice> Shared<D> {
     }
 
     /// Acts on a register write's outcome (notify → serve the queue).
-    fn outcome(&self, state: &mut State<D>, outcome: WriteOutcome, inline: bool) {
+    fn outcome(&self, state: &mut State<D>, outcome: WriteOutcome, via: Via) {
         if let WriteOutcome::Notify { .. } = outcome {
-            if inline {
-                state.counters.notify_inline += 1;
-            } else {
-                state.counters.notify_worker += 1;
+            match via {
+                Via::Inline => state.counters.notify_inline += 1,
+                Via::Worker => state.counters.notify_worker += 1,
+                Via::Resume => state.counters.resumed += 1,
             }
         }
-        let raise = self.guarded(state, Call::QueueService, |regs| {
-            transport::dispatch(regs, outcome)
+        let done = self.guarded(state, Call::QueueService, |regs| {
+            transport::dispatch_once(regs, outcome)
         });
-        if raise == Some(true) {
+        let Some(done) = done else { return };
+        if done.interrupt {
             self.raise(state);
+        }
+        if done.again
+            && let WriteOutcome::Notify { queue, .. } = outcome
+        {
+            if !state.again_queues.contains(&queue) {
+                state.again_queues.push(queue);
+            }
+            self.wake_for_again(state);
+        }
+    }
+
+    /// Wakes the worker to resume work the device left at its budget, so
+    /// that the vCPU (an inline notify) or this worker's other events are
+    /// not held up by it. A failed eventfd write is kept as a fault.
+    fn wake_for_again(&self, state: &mut State<D>) {
+        if let Err(e) = self.again.write(1) {
+            state.fault = Some(format!("waking the worker: {e}"));
         }
     }
 
@@ -499,6 +542,8 @@ trait SlotOps: Send + Sync {
     fn write(&self, offset: u64, data: &[u8]);
     fn notified(&self, queue: u16);
     fn backend_ready(&self);
+    /// Resumes the services that stopped at the device's work budget.
+    fn resume(&self);
     fn resampled(&self);
     fn failed(&self, why: String);
     fn report(&self) -> VirtioReport;
@@ -541,7 +586,7 @@ impl<D: VirtioDevice + Send + 'static> SlotOps for Shared<D> {
         match self.guarded(&mut state, Call::Write(offset, value(data)), |regs| {
             regs.write(offset, data)
         }) {
-            Some(Ok(outcome)) => self.outcome(&mut state, outcome, true),
+            Some(Ok(outcome)) => self.outcome(&mut state, outcome, Via::Inline),
             Some(Err(_)) => state.counters.refused += 1,
             // The device panicked: the slot is faulty, the write dropped.
             None => {}
@@ -557,7 +602,7 @@ impl<D: VirtioDevice + Send + 'static> SlotOps for Shared<D> {
         match self.guarded(&mut state, Call::Write(regs::QUEUE_NOTIFY, v), |regs| {
             regs.write32(regs::QUEUE_NOTIFY, v)
         }) {
-            Some(Ok(outcome)) => self.outcome(&mut state, outcome, false),
+            Some(Ok(outcome)) => self.outcome(&mut state, outcome, Via::Worker),
             Some(Err(_)) => state.counters.refused += 1,
             // A faulty device is not served.
             None => {}
@@ -570,8 +615,47 @@ impl<D: VirtioDevice + Send + 'static> SlotOps for Shared<D> {
             return;
         }
         state.counters.backend_ready += 1;
-        if self.guarded(&mut state, Call::BackendReady, transport::backend_ready) == Some(true) {
+        let Some(done) = self.guarded(
+            &mut state,
+            Call::BackendReady,
+            transport::backend_ready_once,
+        ) else {
+            return;
+        };
+        if done.interrupt {
             self.raise(&mut state);
+        }
+        if done.again {
+            state.again_backend = true;
+            self.wake_for_again(&mut state);
+        }
+    }
+
+    fn resume(&self) {
+        let (queues, backend) = {
+            let mut state = self.lock();
+            (
+                std::mem::take(&mut state.again_queues),
+                std::mem::take(&mut state.again_backend),
+            )
+        };
+        // One budget per queue per round, the lock released between: the
+        // monitor's own calls (`set_link`, a report) get in, and a queue
+        // that stops again goes to the back of the list.
+        for queue in queues {
+            let mut state = self.lock();
+            let v = u32::from(queue);
+            match self.guarded(&mut state, Call::Write(regs::QUEUE_NOTIFY, v), |regs| {
+                regs.write32(regs::QUEUE_NOTIFY, v)
+            }) {
+                Some(Ok(outcome)) => self.outcome(&mut state, outcome, Via::Resume),
+                Some(Err(_)) => state.counters.refused += 1,
+                None => {}
+            }
+        }
+        if backend {
+            self.lock().counters.resumed += 1;
+            self.backend_ready();
         }
     }
 
@@ -749,6 +833,8 @@ pub(crate) struct Wired {
     /// `(queue, eventfd)` for each ioeventfd (Worker mode).
     ioevents: Vec<(u16, EventFd)>,
     resample: Option<EventFd>,
+    /// Readable when work stopped at the device's budget waits.
+    again: EventFd,
     backend_fds: Vec<RawFd>,
 }
 
@@ -796,6 +882,8 @@ pub(crate) fn attach<D: VirtioDevice + Send + 'static>(
         .map_err(AttachError::Registers)?;
     let queues = u16::try_from(regs.queues().len()).unwrap_or(u16::MAX);
     let irq = EventFd::new(EFD_NONBLOCK).map_err(AttachError::EventFd)?;
+    let again = EventFd::new(EFD_NONBLOCK).map_err(AttachError::EventFd)?;
+    let again_wait = again.try_clone().map_err(AttachError::EventFd)?;
     let resample = EventFd::new(EFD_NONBLOCK).map_err(AttachError::EventFd)?;
     let (interrupt, resample) = match vm.register_irqfd_with_resample(&irq, &resample, slot.irq) {
         Ok(()) => (InterruptMode::Level, Some(resample)),
@@ -827,6 +915,7 @@ pub(crate) fn attach<D: VirtioDevice + Send + 'static>(
         mode,
         interrupt,
         irq,
+        again,
         device_id,
         vendor_id,
         state: Mutex::new(State {
@@ -835,6 +924,8 @@ pub(crate) fn attach<D: VirtioDevice + Send + 'static>(
             fault: None,
             rearm: false,
             lies,
+            again_queues: Vec::new(),
+            again_backend: false,
         }),
     });
     let ops: Arc<dyn SlotOps> = shared.clone();
@@ -844,6 +935,7 @@ pub(crate) fn attach<D: VirtioDevice + Send + 'static>(
             ops,
             ioevents,
             resample,
+            again: again_wait,
             backend_fds,
         },
         handle: VirtioHandle { shared },
@@ -883,6 +975,7 @@ fn told_ring_lie(_device: &dyn Any) -> Option<String> {
 
 const TOKEN_STOP: u64 = 0;
 const TOKEN_RESAMPLE: u64 = 1;
+const TOKEN_AGAIN: u64 = 2;
 const TOKEN_QUEUE: u64 = 1 << 32;
 const TOKEN_BACKEND: u64 = 2 << 32;
 
@@ -910,6 +1003,11 @@ impl Worker {
                 EpollEvent::new(EventSet::IN, TOKEN_RESAMPLE),
             )?;
         }
+        epoll.ctl(
+            ControlOperation::Add,
+            wired.again.as_raw_fd(),
+            EpollEvent::new(EventSet::IN, TOKEN_AGAIN),
+        )?;
         for (i, (_, fd)) in wired.ioevents.iter().enumerate() {
             epoll.ctl(
                 ControlOperation::Add,
@@ -951,7 +1049,7 @@ impl Worker {
         } else {
             BACKEND_TICK.as_millis() as i32
         };
-        let mut events = vec![EpollEvent::default(); 2 + w.ioevents.len() + w.backend_fds.len()];
+        let mut events = vec![EpollEvent::default(); 3 + w.ioevents.len() + w.backend_fds.len()];
         loop {
             let n = match self.epoll.wait(timeout, &mut events) {
                 Ok(n) => n,
@@ -968,9 +1066,14 @@ impl Worker {
                 continue;
             }
             let mut backend = false;
+            let mut again = false;
             for ev in &events[..n] {
                 match ev.data() {
                     TOKEN_STOP => return Ok(()),
+                    TOKEN_AGAIN => {
+                        let _ = w.again.read();
+                        again = true;
+                    }
                     TOKEN_RESAMPLE => {
                         if let Some(r) = &w.resample {
                             let _ = r.read();
@@ -991,6 +1094,10 @@ impl Worker {
             }
             if backend {
                 w.ops.backend_ready();
+            }
+            // Last: the ready list waits behind this round's new events.
+            if again {
+                w.ops.resume();
             }
         }
     }
@@ -1023,6 +1130,8 @@ mod tests {
         calls_after_panic: Arc<AtomicU32>,
         notified: u32,
         config: [u8; 8],
+        /// Notifications still to answer "stopped at the budget".
+        again_left: u32,
     }
 
     impl TestDevice {
@@ -1034,6 +1143,7 @@ mod tests {
                 calls_after_panic: calls.clone(),
                 notified: 0,
                 config: *b"config!!",
+                again_left: 0,
             };
             (d, calls)
         }
@@ -1099,9 +1209,12 @@ mod tests {
         fn queue_notify(&mut self, _queue: u16) -> Result<Served, DeviceError> {
             self.called();
             self.notified += 1;
+            let again = self.again_left > 0;
+            self.again_left = self.again_left.saturating_sub(1);
             Ok(Served {
                 completed: 1,
                 interrupt: true,
+                again,
                 ..Served::default()
             })
         }
@@ -1119,6 +1232,7 @@ mod tests {
             mode: NotifyMode::Inline,
             interrupt: InterruptMode::Edge,
             irq: EventFd::new(EFD_NONBLOCK).unwrap(),
+            again: EventFd::new(EFD_NONBLOCK).unwrap(),
             device_id: DeviceType::Rng.id(),
             vendor_id: 0,
             state: Mutex::new(State {
@@ -1127,6 +1241,8 @@ mod tests {
                 fault: None,
                 rearm: false,
                 lies: None,
+                again_queues: Vec::new(),
+                again_backend: false,
             }),
         })
     }
@@ -1248,6 +1364,38 @@ mod tests {
             );
             assert_eq!(healthy.lock().regs.device().device().notified, 1);
         }
+    }
+
+    /// Finding 2 (issue 16): a service that stops at the device's work
+    /// budget returns at once (here the vCPU's inline notify) and wakes the
+    /// worker, which resumes it one budget per round with the slot's lock
+    /// released between rounds, until the device has nothing left; no
+    /// further notification is needed.
+    #[test]
+    fn a_service_stopped_at_the_budget_is_resumed_by_the_worker() {
+        let (mut device, _) = TestDevice::new(PanicIn::Nothing);
+        device.again_left = 5;
+        let slot = test_slot(0, device);
+        let mut bus = SlotBus(slot.clone());
+        let (returned, _, status) = bring_up(&mut bus);
+        assert!(returned);
+        assert_eq!(status, 0xf);
+        assert_eq!(slot.lock().regs.device().device().notified, 1);
+        let mut rounds = 0;
+        // What the worker does on each wake-up of its `again` eventfd.
+        while slot.again.read().is_ok() {
+            rounds += 1;
+            assert!(rounds < 100, "the worker never ran out of work");
+            // Between rounds the slot is free for the monitor's calls.
+            assert!(slot.state.try_lock().is_ok());
+            slot.resume();
+        }
+        assert_eq!(rounds, 5);
+        let r = slot.report();
+        assert_eq!(r.counters.resumed, 5, "{r}");
+        assert_eq!(r.counters.notifications(), 1, "one guest notification");
+        assert_eq!(slot.lock().regs.device().device().notified, 6);
+        assert_eq!(r.fault, None);
     }
 
     /// A device that panics while its register file is built (asked for

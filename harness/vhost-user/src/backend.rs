@@ -429,6 +429,12 @@ pub struct Backend<D> {
     panicked: bool,
     /// The rate limits of the log, across sessions.
     log_limit: LogLimit,
+    /// The ready list: rings whose service stopped at the device's work
+    /// budget (issue 16, finding 2), resumed after the next round of
+    /// events, the frontend's messages first.
+    ready: Vec<usize>,
+    /// `backend_ready` stopped at the work budget.
+    ready_backend: bool,
 }
 
 impl<D> Drop for Backend<D> {
@@ -544,6 +550,8 @@ impl<D: VirtioDevice> Backend<D> {
             verbose: false,
             panicked: false,
             log_limit: LogLimit::new(LOG_BURST, LOG_WINDOW),
+            ready: Vec::new(),
+            ready_backend: false,
         }
     }
 
@@ -669,8 +677,14 @@ impl<D: VirtioDevice> Backend<D> {
             }
         }
         let mut events = vec![EpollEvent::default(); 4 + self.vrings.len() + self.ready_fds.len()];
+        self.ready.clear();
+        self.ready_backend = false;
         loop {
-            let timeout = if self.ready_fds.is_empty() || self.active.is_none() {
+            let timeout = if !self.ready.is_empty() || self.ready_backend {
+                // Work waits on the ready list: look for events, do not
+                // wait for them.
+                0
+            } else if self.ready_fds.is_empty() || self.active.is_none() {
                 -1
             } else {
                 BACKEND_TICK.as_millis() as i32
@@ -681,7 +695,10 @@ impl<D: VirtioDevice> Backend<D> {
                 Err(e) => return Err(format!("epoll: {e}")),
             };
             if n == 0 {
-                self.backend_ready();
+                if self.ready.is_empty() && !self.ready_backend {
+                    self.backend_ready();
+                }
+                self.resume();
                 continue;
             }
             let mut backend = false;
@@ -710,6 +727,21 @@ impl<D: VirtioDevice> Backend<D> {
             if backend {
                 self.backend_ready();
             }
+            self.resume();
+        }
+    }
+
+    /// Serves each ring on the ready list once more (one budget each, in
+    /// the order they stopped); those that stop again go back on it.
+    fn resume(&mut self) {
+        let ready = std::mem::take(&mut self.ready);
+        for i in ready {
+            if self.is_running(i) {
+                self.serve_queue(i);
+            }
+        }
+        if std::mem::take(&mut self.ready_backend) {
+            self.backend_ready();
         }
     }
 
@@ -1236,6 +1268,13 @@ impl<D: VirtioDevice> Backend<D> {
         self.count_used();
         match served {
             Ok(s) => {
+                if s.again {
+                    match queue {
+                        Some(q) if !self.ready.contains(&q) => self.ready.push(q),
+                        Some(_) => {}
+                        None => self.ready_backend = true,
+                    }
+                }
                 if s.interrupt {
                     for i in 0..self.vrings.len() {
                         if self.is_running(i)
