@@ -24,7 +24,7 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use backends::hostmem::HostMemory;
 use virtio_core::features::{DeviceType, TransportFeatures};
@@ -38,9 +38,12 @@ use crate::codec::{
     VHOST_USER_F_PROTOCOL_FEATURES, VringAddr, VringFd, VringState, protocol,
 };
 
-/// How long one request may wait for the backend's reply (or for room in
-/// the socket) before the backend is declared dead.
-pub const REPLY_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long one operation (the handshake at connect, an activation, a
+/// reset, a configuration write) may take in all, however many requests it
+/// makes and however slowly the backend answers, before the backend is
+/// declared dead (issue 16, finding 15). The vCPU whose register write
+/// started the operation waits for it, so this bounds the guest's stall.
+pub const OPERATION_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The protocol features the frontend uses when the backend offers them.
 pub const WANTED_PROTOCOL: u64 =
@@ -179,6 +182,14 @@ pub enum FrontendError {
         /// What was wrong.
         why: String,
     },
+    /// The operation ran out of time ([`OPERATION_TIMEOUT`]) during this
+    /// request: the backend answers too slowly, or not at all.
+    Deadline {
+        /// The request under way.
+        request: Request,
+        /// The operation's time limit.
+        limit: Duration,
+    },
     /// The backend refused a request (`REPLY_ACK` with a non-zero status).
     Refused {
         /// The request.
@@ -229,6 +240,11 @@ impl fmt::Display for FrontendError {
             FrontendError::BadReply { request, why } => {
                 write!(f, "vhost-user {request:?}: bad reply: {why}")
             }
+            FrontendError::Deadline { request, limit } => write!(
+                f,
+                "vhost-user {request:?}: the backend did not answer within the operation's {} ms",
+                limit.as_millis()
+            ),
             FrontendError::Refused { request, status } => {
                 write!(
                     f,
@@ -343,6 +359,10 @@ pub struct VhostUserDevice {
     running: Vec<u16>,
     dead: Option<String>,
     stats: FrontendStats,
+    /// The time limit of one operation.
+    limit: Duration,
+    /// When the operation under way must be done.
+    deadline: Instant,
 }
 
 impl fmt::Debug for VhostUserDevice {
@@ -366,16 +386,21 @@ impl VhostUserDevice {
         kind: VhostUserKind,
         ram: Arc<SharedRam>,
     ) -> Result<VhostUserDevice, FrontendError> {
+        Self::connect_within(path, kind, ram, OPERATION_TIMEOUT)
+    }
+
+    /// [`connect`](Self::connect) with `limit` in place of
+    /// [`OPERATION_TIMEOUT`] for this and every later operation.
+    pub fn connect_within(
+        path: &Path,
+        kind: VhostUserKind,
+        ram: Arc<SharedRam>,
+        limit: Duration,
+    ) -> Result<VhostUserDevice, FrontendError> {
         let sock = UnixStream::connect(path).map_err(|err| FrontendError::Connect {
             path: path.to_path_buf(),
             err,
         })?;
-        for r in [
-            sock.set_read_timeout(Some(REPLY_TIMEOUT)),
-            sock.set_write_timeout(Some(REPLY_TIMEOUT)),
-        ] {
-            r.map_err(FrontendError::Os)?;
-        }
         let sizes = kind.queue_sizes();
         let mut kicks = Vec::new();
         let mut calls = Vec::new();
@@ -398,7 +423,10 @@ impl VhostUserDevice {
             running: Vec::new(),
             dead: None,
             stats: FrontendStats::default(),
+            limit,
+            deadline: Instant::now() + limit,
         };
+        dev.begin();
         dev.handshake()?;
         Ok(dev)
     }
@@ -509,6 +537,54 @@ impl VhostUserDevice {
         fds
     }
 
+    /// Starts an operation: its requests share one deadline.
+    fn begin(&mut self) {
+        self.deadline = Instant::now() + self.limit;
+    }
+
+    /// Sets the socket's timeouts to what is left of the operation's time,
+    /// or fails if none is left. Called before every blocking socket call,
+    /// so a backend that trickles its reply a byte at a time cannot stretch
+    /// the operation either.
+    fn arm(&self, request: Request) -> Result<(), FrontendError> {
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(FrontendError::Deadline {
+                request,
+                limit: self.limit,
+            });
+        }
+        // A zero timeout would mean "block forever".
+        let left = Some(left.max(Duration::from_millis(1)));
+        self.sock
+            .set_read_timeout(left)
+            .and_then(|()| self.sock.set_write_timeout(left))
+            .map_err(|err| FrontendError::Io { request, err })
+    }
+
+    /// Fills `buf` from the socket within the operation's deadline.
+    fn read_full(&mut self, buf: &mut [u8], request: Request) -> Result<(), FrontendError> {
+        let mut done = 0;
+        while done < buf.len() {
+            self.arm(request)?;
+            match self.sock.read(&mut buf[done..]) {
+                Ok(0) => return Err(FrontendError::Closed { request }),
+                Ok(n) => done += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) => {}
+                Err(e) if e.kind() == io::ErrorKind::ConnectionReset => {
+                    return Err(FrontendError::Closed { request });
+                }
+                Err(err) => return Err(FrontendError::Io { request, err }),
+            }
+        }
+        Ok(())
+    }
+
     fn need_reply(&self) -> bool {
         self.protocol & protocol::REPLY_ACK != 0
     }
@@ -532,7 +608,17 @@ impl VhostUserDevice {
     fn write(&mut self, msg: &Message, ack: bool, fds: &[RawFd]) -> Result<(), FrontendError> {
         self.stats.requests += 1;
         let request = msg.request();
+        self.arm(request)?;
         codec::send_with_fds(&self.sock, &msg.encode(ack), fds).map_err(|err| {
+            if matches!(
+                err.kind(),
+                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+            ) {
+                return FrontendError::Deadline {
+                    request,
+                    limit: self.limit,
+                };
+            }
             if matches!(
                 err.kind(),
                 io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset
@@ -546,19 +632,9 @@ impl VhostUserDevice {
 
     /// Reads the reply to `request`: its payload.
     fn read_reply(&mut self, request: Request) -> Result<Vec<u8>, FrontendError> {
-        let io_err = |err: io::Error| {
-            if matches!(
-                err.kind(),
-                io::ErrorKind::UnexpectedEof | io::ErrorKind::ConnectionReset
-            ) {
-                FrontendError::Closed { request }
-            } else {
-                FrontendError::Io { request, err }
-            }
-        };
         let bad = |why: String| FrontendError::BadReply { request, why };
         let mut h = [0u8; HEADER_LEN];
-        self.sock.read_exact(&mut h).map_err(io_err)?;
+        self.read_full(&mut h, request)?;
         let header = Header::read_from_bytes(&h).map_err(|_| bad("short header".into()))?;
         if header.request != request.code() {
             return Err(bad(format!("reply to request {}", header.request)));
@@ -571,7 +647,7 @@ impl VhostUserDevice {
             return Err(bad(format!("{size} bytes of payload")));
         }
         let mut payload = vec![0u8; size];
-        self.sock.read_exact(&mut payload).map_err(io_err)?;
+        self.read_full(&mut payload, request)?;
         Ok(payload)
     }
 
@@ -763,6 +839,7 @@ impl VirtioDevice for VhostUserDevice {
             return;
         };
         self.config[off..end].copy_from_slice(data);
+        self.begin();
         let msg = Message::SetConfig(Config {
             offset: off as u32,
             flags: 0,
@@ -781,6 +858,7 @@ impl VirtioDevice for VhostUserDevice {
         if self.dead.is_some() {
             return Err(DeviceError::BackendGone);
         }
+        self.begin();
         self.start(features, &queues).map_err(|e| self.fail(e))
     }
 
@@ -823,6 +901,7 @@ impl VirtioDevice for VhostUserDevice {
             self.running.clear();
             return;
         }
+        self.begin();
         if let Err(e) = self.stop() {
             self.fail(e);
         }
