@@ -35,6 +35,10 @@
 //! - **No caller buffer is ever given to the device.** Data is copied into
 //!   and out of driver-owned DMA slots, so a request that times out cannot
 //!   later scribble over the caller's memory.
+//! - **No Rust reference into memory the device may write.** What the
+//!   device wrote is read through [`DmaBytes`] (atomic byte reads) or
+//!   copied out, so a device writing a buffer it already gave back
+//!   changes bytes, never the soundness of the driver.
 //! - **Memory is freed only after a reset.** Dropping a driver resets the
 //!   device first (§2.4); a device that does not reset keeps its pages.
 //!
@@ -67,7 +71,7 @@ pub use error::Error;
 pub use hal::{Hal, PoolHal};
 pub use mmio::VolatileMmio;
 pub use net::{Net, NetError, NetOptions};
-pub use queue::DmaQueue;
+pub use queue::{DmaBytes, DmaQueue};
 pub use rng::{Rng, RngOptions};
 pub use transport::{Completion, Transport};
 pub use virtio_core;

@@ -8,10 +8,11 @@
 //!   [`Net::mac`], [`Net::mtu`], [`Net::features`], [`Net::link_up`],
 //!   [`Net::on_interrupt`] (`-> NetEvents`), [`Net::stats`].
 //! - Receive: [`Net::receive`] `-> Result<Option<RxFrame>, NetError>`,
-//!   the frame borrowed from its DMA buffer (header stripped;
-//!   [`RxFrame::checksum`]); dropping it recycles the buffer. The
-//!   handle-based form for adapters: [`Net::receive_handle`],
-//!   [`Net::rx_bytes`], [`Net::recycle`]. [`Net::receive_into`] copies.
+//!   the frame left in its DMA buffer and read through a [`DmaBytes`]
+//!   view (header stripped; [`RxFrame::checksum`]); dropping it recycles
+//!   the buffer. The handle-based form for adapters:
+//!   [`Net::receive_handle`], [`Net::rx_bytes`], [`Net::recycle`].
+//!   [`Net::receive_into`] copies.
 //!   [`Net::wait_rx`] waits for a frame within a [`Wait`];
 //!   [`Net::arm_rx`] before halting for an interrupt yourself.
 //! - Transmit: [`Net::transmit_with`]`(len, TxOffload, |buf| fill)`
@@ -53,7 +54,7 @@ use virtio_core::net::{config, status};
 
 use crate::error::Error;
 use crate::hal::{Dma, Hal, PAGE_SIZE};
-use crate::queue::DmaQueue;
+use crate::queue::{DmaBytes, DmaQueue};
 use crate::transport::{Completion, Transport};
 use crate::wait::Wait;
 
@@ -276,8 +277,9 @@ impl Default for NetOptions {
 impl NetOptions {
     /// DMA pages the driver takes at most for an MTU of `mtu`: rings
     /// (two pages each on a legacy device), receive and transmit slots,
-    /// the control queue, the merge buffer (MRG_RXBUF) and the spare
-    /// buffer.
+    /// the control queue, the merge buffer (MRG_RXBUF, or always with
+    /// feature `smoltcp`, whose adapter copies frames into it) and the
+    /// spare buffer.
     pub fn pages(&self, mtu: u16) -> usize {
         let frame = HDR_LEN + ETH_HLEN + usize::from(mtu);
         let rx_len = if self.rx_buffer_len != 0 {
@@ -290,7 +292,11 @@ impl NetOptions {
         let rx = (usize::from(self.rx_buffers) * rx_len).div_ceil(PAGE_SIZE);
         let tx = (usize::from(self.tx_buffers) * frame).div_ceil(PAGE_SIZE);
         let scratch = (ETH_HLEN + usize::from(mtu)).div_ceil(PAGE_SIZE);
-        let merge = if self.mrg_rxbuf { scratch } else { 0 };
+        let merge = if self.mrg_rxbuf || cfg!(feature = "smoltcp") {
+            scratch
+        } else {
+            0
+        };
         // Rings: at most two pages per queue (legacy); control slots: two
         // pages; the spare buffer.
         3 * 2 + rx + 1 + tx + 1 + 2 + merge + scratch
@@ -404,17 +410,31 @@ impl RxHandle {
 
 const MERGED: u32 = u32::MAX;
 
-/// A received frame borrowed from the driver's DMA buffer; dropping it
-/// gives the buffer back to the device (in the next batch).
+/// A received frame still in the driver's DMA buffer; dropping it gives
+/// the buffer back to the device (in the next batch).
 pub struct RxFrame<'a, H: Hal, R: RegisterAccess> {
     net: &'a mut Net<H, R>,
     handle: Option<RxHandle>,
 }
 
 impl<H: Hal, R: RegisterAccess> RxFrame<'_, H, R> {
-    /// The frame (Ethernet header first, virtio header stripped).
-    pub fn bytes(&self) -> &[u8] {
-        self.handle.as_ref().map_or(&[], |h| self.net.rx_bytes(h))
+    /// The frame (Ethernet header first, virtio header stripped), as a
+    /// view of the buffer: copy out what must not change
+    /// ([`DmaBytes::copy_to`]).
+    pub fn bytes(&self) -> DmaBytes<'_> {
+        self.handle
+            .as_ref()
+            .map_or_else(DmaBytes::empty, |h| self.net.rx_bytes(h))
+    }
+
+    /// Bytes of the frame.
+    pub fn len(&self) -> usize {
+        self.handle.as_ref().map_or(0, RxHandle::len)
+    }
+
+    /// Whether the frame is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 
     /// What the device said about its checksum.
@@ -422,13 +442,6 @@ impl<H: Hal, R: RegisterAccess> RxFrame<'_, H, R> {
         self.handle
             .as_ref()
             .map_or(RxChecksum::Unknown, RxHandle::checksum)
-    }
-}
-
-impl<H: Hal, R: RegisterAccess> core::ops::Deref for RxFrame<'_, H, R> {
-    type Target = [u8];
-    fn deref(&self) -> &[u8] {
-        self.bytes()
     }
 }
 
@@ -452,7 +465,9 @@ pub struct Net<H: Hal, R: RegisterAccess> {
     rx: DmaQueue<QUEUE_SIZE>,
     tx: DmaQueue<QUEUE_SIZE>,
     ctrl: Option<DmaQueue<CTRL_QUEUE_SIZE>>,
-    /// Merge buffer for `MRG_RXBUF` frames spanning buffers.
+    /// Merge buffer for `MRG_RXBUF` frames spanning buffers, and (feature
+    /// `smoltcp`) for frames the adapter copies out; never given to the
+    /// device.
     merge: Option<Dma>,
     merge_busy: bool,
     /// Where a frame that cannot be sent is written and dropped (the
@@ -563,7 +578,7 @@ impl<H: Hal, R: RegisterAccess> Net<H, R> {
         } else {
             None
         };
-        let merge = if mrg {
+        let merge = if mrg || cfg!(feature = "smoltcp") {
             let pages = (ETH_HLEN + usize::from(mtu)).div_ceil(PAGE_SIZE);
             Some(hal.dma_alloc(pages).ok_or(Error::DmaExhausted { pages })?)
         } else {
@@ -713,11 +728,14 @@ impl<H: Hal, R: RegisterAccess> Net<H, R> {
         Ok(())
     }
 
+    /// The header of a used receive buffer, copied out once (§5.1.6.4).
     fn header(&self, slot: u16) -> NetHdr {
-        self.rx
+        let mut b = [0u8; HDR_LEN];
+        let n = self
+            .rx
             .held_bytes(slot, self.hdr_len)
-            .and_then(NetHdr::parse)
-            .unwrap_or_default()
+            .map_or(0, |v| v.copy_to(&mut b));
+        b.get(..n).and_then(NetHdr::parse).unwrap_or_default()
     }
 
     fn drop_rx(&mut self, slot: u16, why: RxDrop) -> Result<Option<RxHandle>, NetError> {
@@ -801,12 +819,14 @@ impl<H: Hal, R: RegisterAccess> Net<H, R> {
             };
             let part = c.len.saturating_sub(off);
             if let Some(src) = self.rx.held_bytes(c.slot, c.len) {
-                let src = src.get(off as usize..).unwrap_or_default();
+                let src = src.slice(off as usize..).unwrap_or_default();
                 if len + src.len() <= cap {
                     // SAFETY: the merge buffer is ours (not given to the
-                    // device), `len + src.len() <= cap <= its length`.
+                    // device), `len + src.len() <= cap <= its length`, and
+                    // no other reference to it is live (`merge_busy` is
+                    // false: no frame in it is out).
                     let dst = unsafe { core::slice::from_raw_parts_mut(ptr.add(len), src.len()) };
-                    dst.copy_from_slice(src);
+                    src.copy_to(dst);
                     len += src.len();
                 } else {
                     too_long = true;
@@ -849,23 +869,78 @@ impl<H: Hal, R: RegisterAccess> Net<H, R> {
         Err(NetError::Malformed(RxDrop::TooLong { len }))
     }
 
-    /// The bytes of a received frame (borrowed from DMA memory).
-    pub fn rx_bytes(&self, h: &RxHandle) -> &[u8] {
+    /// The bytes of a received frame: a view of its DMA buffer (or of the
+    /// merge buffer), no copy made; copy out what must not change.
+    pub fn rx_bytes(&self, h: &RxHandle) -> DmaBytes<'_> {
         if h.off == MERGED {
             return match self.merge.as_ref() {
                 // SAFETY: the merge buffer is ours, never given to the
-                // device; `h.len` bytes were written into it and it stays
-                // allocated while `self` is borrowed.
+                // device; `h.len` bytes were written into it, it stays
+                // allocated while `self` is borrowed, and it is written
+                // only by `merge_rx` and `copy_out` (`&mut self`, while
+                // `merge_busy` is false).
                 Some(d) if self.merge_busy && (h.len as usize) <= d.len() => unsafe {
-                    core::slice::from_raw_parts(d.vaddr().as_ptr(), h.len as usize)
+                    DmaBytes::from_raw(d.vaddr(), h.len as usize)
                 },
-                _ => &[],
+                _ => DmaBytes::empty(),
             };
         }
         self.rx
             .held_bytes(h.slot, h.off + h.len)
-            .and_then(|b| b.get(h.off as usize..))
+            .and_then(|b| b.slice(h.off as usize..))
             .unwrap_or_default()
+    }
+
+    /// Moves a received frame out of its DMA buffer into the merge
+    /// buffer, memory the device is never given, and recycles the DMA
+    /// buffer; a merged frame is there already. `None` (the frame
+    /// recycled and dropped as too long) if the merge buffer holds
+    /// another frame or is missing.
+    #[cfg(feature = "smoltcp")]
+    pub(crate) fn copy_out(&mut self, h: RxHandle) -> Option<RxHandle> {
+        if h.off == MERGED {
+            return Some(h);
+        }
+        let copied = match self.merge.as_ref() {
+            Some(d) if !self.merge_busy && h.len() <= d.len() => {
+                // SAFETY: the merge buffer is ours (never given to the
+                // device), `h.len()` is within it, and no reference to it
+                // is live (`merge_busy` is false: no frame in it is out).
+                let dst = unsafe { core::slice::from_raw_parts_mut(d.vaddr().as_ptr(), h.len()) };
+                self.rx_bytes(&h).copy_to(dst) == h.len()
+            }
+            _ => false,
+        };
+        let len = h.len;
+        let csum = h.csum;
+        self.recycle(h);
+        if !copied {
+            self.stats.rx_drop_too_long += 1;
+            return None;
+        }
+        self.merge_busy = true;
+        Some(RxHandle {
+            slot: 0,
+            off: MERGED,
+            len,
+            csum,
+        })
+    }
+
+    /// The bytes of a frame [`copy_out`](Self::copy_out) moved to the
+    /// merge buffer, as a slice: the device never sees that memory.
+    #[cfg(feature = "smoltcp")]
+    pub(crate) fn copied_bytes(&self, h: &RxHandle) -> &[u8] {
+        match self.merge.as_ref() {
+            // SAFETY: the merge buffer is ours, never given to the device;
+            // `h.len` bytes were written into it, nothing writes it while
+            // `merge_busy` (set until the handle is recycled), and it
+            // stays allocated while `self` is borrowed.
+            Some(d) if h.off == MERGED && self.merge_busy && h.len() <= d.len() => unsafe {
+                core::slice::from_raw_parts(d.vaddr().as_ptr(), h.len())
+            },
+            _ => &[],
+        }
     }
 
     /// Gives a received frame's buffer back; reposted to the device with
@@ -887,8 +962,8 @@ impl<H: Hal, R: RegisterAccess> Net<H, R> {
         self.recycle(h);
     }
 
-    /// Takes the next received frame, if any, borrowed from its buffer;
-    /// dropping the [`RxFrame`] recycles it.
+    /// Takes the next received frame, if any, left in its buffer (read it
+    /// through [`RxFrame::bytes`]); dropping the [`RxFrame`] recycles it.
     pub fn receive(&mut self) -> Result<Option<RxFrame<'_, H, R>>, NetError> {
         let handle = self.receive_handle()?;
         Ok(handle.map(|h| RxFrame {
@@ -911,7 +986,7 @@ impl<H: Hal, R: RegisterAccess> Net<H, R> {
         let n = src.len();
         let r = match buf.get_mut(..n) {
             Some(dst) => {
-                dst.copy_from_slice(src);
+                src.copy_to(dst);
                 Ok(Some((n, h.csum)))
             }
             None => Err(NetError::TooLong {

@@ -8,6 +8,17 @@
 //! copied into and out of the slots, so no caller buffer is ever given to
 //! the device, and a request that times out stays valid: its slot remains
 //! the queue's until the device uses it. No indirect descriptors.
+//!
+//! What the device wrote is read through [`DmaBytes`], a raw view whose
+//! every read is an atomic byte load, never through a `&[u8]`: a device
+//! that breaks the rules may write a slot it already used (§2.7.8,
+//! §2.7.14), and a Rust reference over memory another agent writes is
+//! undefined behaviour however the bytes are then used.
+
+use core::marker::PhantomData;
+use core::ops::{Bound, RangeBounds};
+use core::ptr::NonNull;
+use core::sync::atomic::{AtomicU8, Ordering};
 
 use virtio_core::memory::{Access, GuestAddress, GuestMemory, Mapping, MemoryError, Region};
 use virtio_core::memory::{RegionError, RegionMemory};
@@ -70,6 +81,142 @@ impl<const N: usize> GuestMemory for DmaMemory<N> {
     }
     fn store_u16_release(&self, addr: GuestAddress, val: u16) -> Result<(), MemoryError> {
         self.regions.store_u16_release(addr, val)
+    }
+}
+
+/// A view of bytes in DMA memory that the device may write: a slot it
+/// used (§2.7.14) and that a device breaking the rules could write again,
+/// or driver memory handed out the same way. A pointer and a length,
+/// never a Rust reference: every read is a relaxed atomic byte load
+/// (a copy), so a concurrent device write gives changing bytes, not
+/// undefined behaviour. Copy out with [`copy_to`](Self::copy_to) what
+/// must stay stable, and read it from the copy (no double fetch).
+#[derive(Clone, Copy)]
+pub struct DmaBytes<'a> {
+    ptr: NonNull<u8>,
+    len: usize,
+    /// Borrows the memory like a `&'a [AtomicU8]` would (which is what
+    /// every access treats it as), without forming one.
+    _mem: PhantomData<&'a [AtomicU8]>,
+}
+
+impl<'a> DmaBytes<'a> {
+    /// No bytes.
+    pub const fn empty() -> Self {
+        DmaBytes {
+            ptr: NonNull::dangling(),
+            len: 0,
+            _mem: PhantomData,
+        }
+    }
+
+    /// A view of `len` bytes at `ptr`.
+    ///
+    /// # Safety
+    ///
+    /// `ptr` must be valid for reads of `len` bytes for `'a` (allocated,
+    /// not freed meanwhile), and no Rust reference may cover those bytes
+    /// for `'a`; this process may write them meanwhile only with atomic
+    /// byte stores or with accesses ordered before or after the reads
+    /// (another agent, the device, may write them at any time).
+    pub(crate) const unsafe fn from_raw(ptr: NonNull<u8>, len: usize) -> Self {
+        DmaBytes {
+            ptr,
+            len,
+            _mem: PhantomData,
+        }
+    }
+
+    /// Bytes in the view.
+    pub const fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the view is empty.
+    pub const fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Byte `i`, read once; `None` past the end.
+    pub fn get(&self, i: usize) -> Option<u8> {
+        (i < self.len).then(|| {
+            // SAFETY: `i < len`: within the bytes `from_raw`'s caller
+            // vouched for, read atomically (its contract).
+            unsafe { AtomicU8::from_ptr(self.ptr.as_ptr().add(i)) }.load(Ordering::Relaxed)
+        })
+    }
+
+    /// The bytes in `range` as a view; `None` if the range is not within
+    /// the view.
+    pub fn slice(&self, range: impl RangeBounds<usize>) -> Option<DmaBytes<'a>> {
+        let start = match range.start_bound() {
+            Bound::Included(&s) => s,
+            Bound::Excluded(&s) => s.checked_add(1)?,
+            Bound::Unbounded => 0,
+        };
+        let end = match range.end_bound() {
+            Bound::Included(&e) => e.checked_add(1)?,
+            Bound::Excluded(&e) => e,
+            Bound::Unbounded => self.len,
+        };
+        if start > end || end > self.len {
+            return None;
+        }
+        // SAFETY: `start <= end <= len`: a part of this view, under the
+        // same contract.
+        Some(unsafe { DmaBytes::from_raw(self.ptr.add(start), end - start) })
+    }
+
+    /// Copies the first `min(self.len(), dst.len())` bytes into `dst`,
+    /// each read once; returns how many.
+    pub fn copy_to(&self, dst: &mut [u8]) -> usize {
+        let n = self.len.min(dst.len());
+        for (i, d) in dst.iter_mut().take(n).enumerate() {
+            // SAFETY: `i < n <= len`; an atomic read (see `get`).
+            *d = unsafe { AtomicU8::from_ptr(self.ptr.as_ptr().add(i)) }.load(Ordering::Relaxed);
+        }
+        n
+    }
+
+    /// `K` bytes at `offset`, copied; `None` if they are not all in the
+    /// view.
+    pub fn read_array<const K: usize>(&self, offset: usize) -> Option<[u8; K]> {
+        let part = self.slice(offset..offset.checked_add(K)?)?;
+        let mut out = [0u8; K];
+        part.copy_to(&mut out);
+        Some(out)
+    }
+
+    /// The bytes, each read once as the iterator reaches it.
+    pub fn iter(&self) -> impl Iterator<Item = u8> + use<'a> {
+        let view = *self;
+        (0..view.len).filter_map(move |i| view.get(i))
+    }
+}
+
+impl Default for DmaBytes<'_> {
+    fn default() -> Self {
+        DmaBytes::empty()
+    }
+}
+
+impl core::fmt::Debug for DmaBytes<'_> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_list().entries(self.iter()).finish()
+    }
+}
+
+/// Whether the view holds these bytes now (each read once).
+impl PartialEq<[u8]> for DmaBytes<'_> {
+    fn eq(&self, other: &[u8]) -> bool {
+        self.len == other.len() && self.iter().eq(other.iter().copied())
+    }
+}
+
+/// As `PartialEq<[u8]>`.
+impl PartialEq<&[u8]> for DmaBytes<'_> {
+    fn eq(&self, other: &&[u8]) -> bool {
+        *self == **other
     }
 }
 
@@ -400,24 +547,26 @@ impl<const N: usize> DmaQueue<N> {
     }
 
     /// Copies `buf.len()` bytes at `offset` of a held slot out of DMA
-    /// memory.
+    /// memory (atomic byte reads, as [`DmaBytes`]).
     pub fn read_slot(&self, slot: u16, offset: u32, buf: &mut [u8]) -> Result<(), Error> {
-        let queue = self.index;
         let end = u64::from(offset) + buf.len() as u64;
-        let held = self.slots.get(usize::from(slot)) == Some(&Slot::Held);
-        if !held || end > u64::from(self.slot_size) {
-            return Err(Error::Memory {
-                queue,
+        let part = u32::try_from(end)
+            .ok()
+            .and_then(|end| self.held_bytes(slot, end))
+            .and_then(|v| v.slice(offset as usize..));
+        match part {
+            Some(v) => {
+                v.copy_to(buf);
+                Ok(())
+            }
+            None => Err(Error::Memory {
+                queue: self.index,
                 err: MemoryError::OutOfBounds {
                     addr: self.slot_addr(slot.min(self.size())),
                     len: end,
                 },
-            });
+            }),
         }
-        let addr = GuestAddress(self.slot_addr(slot).0 + u64::from(offset));
-        self.mem
-            .read(addr, buf)
-            .map_err(|err| Error::Memory { queue, err })
     }
 
     /// Makes a held slot free again; slots in any other state are left
@@ -544,22 +693,25 @@ impl<const N: usize> DmaQueue<N> {
         Ok(Some(slot))
     }
 
-    /// The first `len` bytes of a held slot, borrowed from DMA memory
-    /// without a copy; `None` if the slot is not held or `len` exceeds it.
+    /// A view of the first `len` bytes of a held slot in DMA memory, no
+    /// copy made; `None` if the slot is not held or `len` exceeds it.
     ///
     /// The device gave the slot back (§2.7.14) and it is not posted again
-    /// while borrowed (that takes `&mut self`), so a device keeping the
-    /// rules does not write it meanwhile.
-    pub fn held_bytes(&self, slot: u16, len: u32) -> Option<&[u8]> {
+    /// while viewed (that takes `&mut self`), so a device keeping the
+    /// rules does not write it meanwhile; one that does changes what the
+    /// view reads, nothing more ([`DmaBytes`]).
+    pub fn held_bytes(&self, slot: u16, len: u32) -> Option<DmaBytes<'_>> {
         let held = self.slots.get(usize::from(slot)) == Some(&Slot::Held);
         if !held || len > self.slot_size {
             return None;
         }
-        let ptr = self.slot_ptr(slot)?;
+        let ptr = NonNull::new(self.slot_ptr(slot)?)?;
         // SAFETY: the slot is held (used and not yet released), `len` is
-        // within it, the memory stays allocated while `self` is borrowed,
-        // and nothing in this process writes a held slot.
-        Some(unsafe { core::slice::from_raw_parts(ptr, len as usize) })
+        // within it, and the memory stays allocated while `self` is
+        // borrowed (only `free`, taking `&mut self`, gives it back). No
+        // Rust reference covers a slot while it is held: the queue
+        // reaches it only through raw copies (`mem`) and views like this.
+        Some(unsafe { DmaBytes::from_raw(ptr, len as usize) })
     }
 
     /// Gives the memory back to `hal`; afterwards every operation fails.
@@ -670,6 +822,36 @@ mod tests {
         assert_eq!(queue_size(0, 8), 1);
         assert_eq!(queue_size(1 << 20, u16::MAX), 32768);
         assert_eq!(queue_size(100, 100), 64);
+    }
+
+    #[test]
+    fn dma_bytes_views_copy_and_stay_in_bounds() {
+        let mut mem = [0u8; 8];
+        for (i, b) in mem.iter_mut().enumerate() {
+            *b = i as u8 * 10;
+        }
+        let ptr = NonNull::new(mem.as_mut_ptr()).unwrap();
+        // SAFETY: `mem` outlives the view and nothing else touches it.
+        let v = unsafe { DmaBytes::from_raw(ptr, mem.len()) };
+        assert_eq!(v.len(), 8);
+        assert_eq!((v.get(7), v.get(8)), (Some(70), None));
+        let part = v.slice(2..5).unwrap();
+        assert_eq!(part, &[20u8, 30, 40][..]);
+        assert_eq!(v.slice(..=1).unwrap(), &[0u8, 10][..]);
+        let (six, five) = (6, 5);
+        assert!(v.slice(5..9).is_none() && v.slice(six..five).is_none());
+        assert!(v.slice(usize::MAX..).is_none());
+        assert_eq!(v.read_array::<2>(6), Some([60, 70]));
+        assert_eq!(v.read_array::<2>(7), None);
+        assert_eq!(v.read_array::<1>(usize::MAX), None);
+        let mut short = [0u8; 3];
+        assert_eq!(v.copy_to(&mut short), 3);
+        assert_eq!(short, [0, 10, 20]);
+        let mut long = [0xffu8; 10];
+        assert_eq!(part.copy_to(&mut long), 3);
+        assert_eq!(long[..4], [20, 30, 40, 0xff]);
+        assert_eq!(v.iter().map(u32::from).sum::<u32>(), 280);
+        assert!(DmaBytes::empty().is_empty() && DmaBytes::default().slice(..).is_some());
     }
 
     #[test]

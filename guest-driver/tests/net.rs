@@ -32,7 +32,7 @@ fn drain<H: guest_driver::Hal, R: virtio_core::mmio::driver::RegisterAccess>(
 ) -> Vec<(Vec<u8>, RxChecksum)> {
     let mut out = Vec::new();
     while let Some(f) = net.receive().unwrap() {
-        out.push((f.bytes().to_vec(), f.checksum()));
+        out.push((f.bytes().iter().collect(), f.checksum()));
     }
     out
 }

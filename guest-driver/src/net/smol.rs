@@ -1,7 +1,9 @@
-//! A `smoltcp::phy::Device` over [`Net`] with zero-copy tokens: a receive
-//! token hands smoltcp the frame in its DMA buffer and recycles it; a
-//! transmit token lets smoltcp write the frame straight into a DMA
-//! transmit slot.
+//! A `smoltcp::phy::Device` over [`Net`]: a receive token hands smoltcp a
+//! copy of the frame in the driver's merge buffer, memory the device is
+//! never given (smoltcp takes a `&[u8]`, and a Rust reference must not
+//! cover a DMA buffer the device could write again); the receive buffer
+//! goes back to the device at once. A transmit token lets smoltcp write
+//! the frame straight into a DMA transmit slot (zero-copy).
 //!
 //! Checksums: with `VIRTIO_NET_F_GUEST_CSUM` smoltcp does not verify
 //! TCP/UDP checksums on receive; frames the device did not vouch for
@@ -97,12 +99,12 @@ impl<H: Hal, R: RegisterAccess> SmolNet<H, R> {
     }
 }
 
-/// A received frame for smoltcp: the frame stays in its DMA buffer until
-/// the token is consumed or dropped, then the buffer is recycled.
+/// A received frame for smoltcp: a copy in the merge buffer, kept until
+/// the token is consumed or dropped, then the merge buffer is free again.
 pub struct RxToken<'a, H: Hal, R: RegisterAccess> {
     net: &'a RefCell<Net<H, R>>,
     handle: Option<RxHandle>,
-    /// The frame's bytes, taken when the token was made (smoltcp uses the
+    /// The copy's bytes, taken when the token was made (smoltcp uses the
     /// transmit token while it looks at the frame, so the driver cannot
     /// stay borrowed for it).
     ptr: *const u8,
@@ -125,10 +127,12 @@ pub struct TxToken<'a, H: Hal, R: RegisterAccess> {
 
 impl<H: Hal, R: RegisterAccess> phy::RxToken for RxToken<'_, H, R> {
     fn consume<T, F: FnOnce(&[u8]) -> T>(self, f: F) -> T {
-        // SAFETY: `ptr`/`len` are the frame's bytes as `Net::rx_bytes`
-        // gave them; the buffer stays held (not reposted, not reused for
-        // another merged frame) until this token recycles it on drop,
-        // after `f`, and the driver's memory outlives the token's borrow.
+        // SAFETY: `ptr`/`len` are the frame's bytes as
+        // `Net::copied_bytes` gave them: the merge buffer, which the
+        // device is never given; nothing writes it until this token
+        // recycles the handle on drop, after `f` (the transmit path never
+        // touches it), and the driver's memory outlives the token's
+        // borrow.
         let frame = unsafe { core::slice::from_raw_parts(self.ptr, self.len) };
         f(frame)
     }
@@ -202,9 +206,13 @@ impl<H: Hal, R: RegisterAccess> phy::Device for SmolNet<H, R> {
         let handle = loop {
             match net.receive_handle() {
                 Ok(Some(h)) => {
+                    // Out of the DMA buffer before anything reads it.
+                    let Some(h) = net.copy_out(h) else {
+                        continue;
+                    };
                     if verify
                         && h.checksum() == RxChecksum::Unknown
-                        && verify_l4_checksum(net.rx_bytes(&h)) == Some(false)
+                        && verify_l4_checksum(net.copied_bytes(&h)) == Some(false)
                     {
                         net.drop_bad_checksum(h);
                         continue;
@@ -221,7 +229,7 @@ impl<H: Hal, R: RegisterAccess> phy::Device for SmolNet<H, R> {
             }
         };
         let offload = net.has(NetFeatures::CSUM);
-        let bytes = net.rx_bytes(&handle);
+        let bytes = net.copied_bytes(&handle);
         let (ptr, len) = (bytes.as_ptr(), bytes.len());
         Some((
             RxToken {

@@ -66,6 +66,19 @@ impl Env {
         m.add(r).unwrap();
         m
     }
+
+    /// The host address of `len` bytes at guest address `addr`, as a
+    /// device (another thread) would reach them; panics if they are not
+    /// all in the test memory.
+    pub fn host(&self, addr: GuestAddress, len: u64) -> *mut u8 {
+        let off = addr.0.checked_sub(PHYS).expect("below the test memory");
+        assert!(
+            off + len <= self.layout.size() as u64,
+            "beyond the test memory"
+        );
+        // SAFETY: `off` is within the allocation (checked above).
+        unsafe { self.ptr.as_ptr().add(off as usize) }
+    }
 }
 
 impl Drop for Env {

@@ -10,6 +10,7 @@
 use core::fmt;
 
 use super::chain::{ChainError, DescriptorChain};
+use super::fields::{self, RingField};
 use super::layout::{AvailFlags, QueueLayout, UsedElem, UsedFlags, vring_need_event};
 use crate::memory::{self, GuestMemory, MemoryError};
 
@@ -181,7 +182,7 @@ impl DeviceQueue {
     /// Reads the driver's available index with acquire ordering and checks
     /// it is at most `size` ahead of what was consumed.
     fn load_avail_idx<M: GuestMemory + ?Sized>(&mut self, mem: &M) -> Result<u16, QueueError> {
-        let idx = mem.load_u16_acquire(self.layout.avail_idx())?;
+        let idx = fields::load(mem, &self.layout, RingField::AvailIdx)?;
         if idx.wrapping_sub(self.next_avail) > self.size() {
             return Err(QueueError::AvailIndexJump {
                 avail_idx: idx,
@@ -247,7 +248,7 @@ impl DeviceQueue {
     /// release store of the used index (§2.7.8: entries before the index).
     pub fn publish_used<M: GuestMemory + ?Sized>(&mut self, mem: &M) -> Result<(), QueueError> {
         if self.published_used != self.next_used {
-            mem.store_u16_release(self.layout.used_idx(), self.next_used)?;
+            fields::store(mem, &self.layout, RingField::UsedIdx, self.next_used)?;
             self.published_used = self.next_used;
         }
         Ok(())
@@ -271,10 +272,10 @@ impl DeviceQueue {
         // is at least as recent as the index).
         memory::fence();
         let notify = if self.event_idx {
-            let used_event = mem.read_u16(self.layout.used_event())?;
+            let used_event = fields::load(mem, &self.layout, RingField::UsedEvent)?;
             vring_need_event(used_event, new, old)
         } else {
-            let flags = mem.read_u16(self.layout.avail_flags())?;
+            let flags = fields::load(mem, &self.layout, RingField::AvailFlags)?;
             flags & AvailFlags::NO_INTERRUPT.bits() == 0
         };
         self.signalled_used = new;
@@ -292,7 +293,8 @@ impl DeviceQueue {
             return Ok(());
         }
         if !self.event_idx {
-            mem.write_u16(self.layout.used_flags(), UsedFlags::NO_NOTIFY.bits())?;
+            let flags = UsedFlags::NO_NOTIFY.bits();
+            fields::store(mem, &self.layout, RingField::UsedFlags, flags)?;
         }
         self.notify_disabled = true;
         Ok(())
@@ -308,9 +310,9 @@ impl DeviceQueue {
         mem: &M,
     ) -> Result<bool, QueueError> {
         if self.event_idx {
-            mem.write_u16(self.layout.avail_event(), self.next_avail)?;
+            fields::store(mem, &self.layout, RingField::AvailEvent, self.next_avail)?;
         } else {
-            mem.write_u16(self.layout.used_flags(), 0)?;
+            fields::store(mem, &self.layout, RingField::UsedFlags, 0)?;
         }
         self.notify_disabled = false;
         // The flag or event store must be visible before we re-read the

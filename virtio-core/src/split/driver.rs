@@ -11,6 +11,7 @@
 
 use core::fmt;
 
+use super::fields::{self, RingField};
 use super::layout::{
     AvailFlags, DescFlags, Descriptor, MAX_QUEUE_SIZE, QueueLayout, QueueSize, UsedElem, UsedFlags,
     vring_need_event,
@@ -598,7 +599,7 @@ impl<const N: usize> DriverQueue<N> {
         if self.avail_idx == self.published {
             return Ok(());
         }
-        mem.store_u16_release(self.layout.avail_idx(), self.avail_idx)?;
+        fields::store(mem, &self.layout, RingField::AvailIdx, self.avail_idx)?;
         let mut pos = self.published;
         while pos != self.avail_idx {
             let head = self.ring[usize::from(self.layout.size().wrap(pos))];
@@ -629,11 +630,11 @@ impl<const N: usize> DriverQueue<N> {
         }
         memory::fence();
         let kick = if self.event_idx {
-            let event = mem.load_u16_acquire(self.layout.avail_event())?;
+            let event = fields::load(mem, &self.layout, RingField::AvailEvent)?;
             self.unkicked > u32::from(u16::MAX)
                 || vring_need_event(event, self.published, self.kicked)
         } else {
-            let flags = mem.load_u16_acquire(self.layout.used_flags())?;
+            let flags = fields::load(mem, &self.layout, RingField::UsedFlags)?;
             !UsedFlags::from_bits_truncate(flags).contains(UsedFlags::NO_NOTIFY)
         };
         self.kicked = self.published;
@@ -654,7 +655,7 @@ impl<const N: usize> DriverQueue<N> {
         mem: &M,
     ) -> Result<Option<Used>, DriverError> {
         self.check_broken()?;
-        let used_idx = mem.load_u16_acquire(self.layout.used_idx())?;
+        let used_idx = fields::load(mem, &self.layout, RingField::UsedIdx)?;
         let pending = used_idx.wrapping_sub(self.last_used);
         if pending == 0 {
             return Ok(None);
@@ -747,14 +748,14 @@ impl<const N: usize> DriverQueue<N> {
     ) -> Result<bool, DriverError> {
         self.check_broken()?;
         if self.event_idx {
-            mem.store_u16_release(self.layout.used_event(), self.last_used)?;
+            fields::store(mem, &self.layout, RingField::UsedEvent, self.last_used)?;
         } else {
             let flags = self.avail_flags.difference(AvailFlags::NO_INTERRUPT);
-            mem.store_u16_release(self.layout.avail_flags(), flags.bits())?;
+            fields::store(mem, &self.layout, RingField::AvailFlags, flags.bits())?;
             self.avail_flags = flags;
         }
         memory::fence();
-        let used_idx = mem.load_u16_acquire(self.layout.used_idx())?;
+        let used_idx = fields::load(mem, &self.layout, RingField::UsedIdx)?;
         Ok(used_idx != self.last_used)
     }
 
@@ -769,10 +770,11 @@ impl<const N: usize> DriverQueue<N> {
     ) -> Result<(), DriverError> {
         self.check_broken()?;
         if self.event_idx {
-            mem.store_u16_release(self.layout.used_event(), self.last_used.wrapping_sub(1))?;
+            let event = self.last_used.wrapping_sub(1);
+            fields::store(mem, &self.layout, RingField::UsedEvent, event)?;
         } else {
             let flags = self.avail_flags.union(AvailFlags::NO_INTERRUPT);
-            mem.store_u16_release(self.layout.avail_flags(), flags.bits())?;
+            fields::store(mem, &self.layout, RingField::AvailFlags, flags.bits())?;
             self.avail_flags = flags;
         }
         Ok(())

@@ -10,6 +10,7 @@ use alloc::vec;
 use crate::memory::{
     Access, GuestAddress, GuestMemory, Mapping, MemoryError, Region, RegionMemory,
 };
+use crate::split::fields::{self, RingField};
 use crate::split::layout::{DescFlags, Descriptor, QueueLayout, QueueSize, UsedElem};
 
 pub mod fetch;
@@ -170,30 +171,23 @@ impl RingFixture {
     /// Writes the available index as a hostile driver might.
     pub fn set_avail_idx(&mut self, idx: u16) {
         self.avail_idx = idx;
-        self.mem
-            .store_u16_release(self.layout.avail_idx(), idx)
-            .expect("ring in memory");
+        fields::store(&self.mem, &self.layout, RingField::AvailIdx, idx).expect("ring in memory");
     }
 
     /// Writes the available ring's flags.
     pub fn set_avail_flags(&self, flags: u16) {
-        self.mem
-            .write_u16(self.layout.avail_flags(), flags)
+        fields::store(&self.mem, &self.layout, RingField::AvailFlags, flags)
             .expect("ring in memory");
     }
 
     /// Writes `used_event`.
     pub fn set_used_event(&self, v: u16) {
-        self.mem
-            .write_u16(self.layout.used_event(), v)
-            .expect("ring in memory");
+        fields::store(&self.mem, &self.layout, RingField::UsedEvent, v).expect("ring in memory");
     }
 
     /// The used index as published by the device.
     pub fn used_idx(&self) -> u16 {
-        self.mem
-            .load_u16_acquire(self.layout.used_idx())
-            .expect("ring in memory")
+        fields::load(&self.mem, &self.layout, RingField::UsedIdx).expect("ring in memory")
     }
 
     /// The used element at free-running index `i`.
@@ -205,16 +199,12 @@ impl RingFixture {
 
     /// The used ring's flags.
     pub fn used_flags(&self) -> u16 {
-        self.mem
-            .read_u16(self.layout.used_flags())
-            .expect("ring in memory")
+        fields::load(&self.mem, &self.layout, RingField::UsedFlags).expect("ring in memory")
     }
 
     /// `avail_event` as written by the device.
     pub fn avail_event(&self) -> u16 {
-        self.mem
-            .read_u16(self.layout.avail_event())
-            .expect("ring in memory")
+        fields::load(&self.mem, &self.layout, RingField::AvailEvent).expect("ring in memory")
     }
 }
 

@@ -85,7 +85,15 @@ pub fn filter(net: &mut Nic<'_>, o: &Opts) {
                     Err(NetError::Malformed(_)) => continue,
                     Err(e) => exit::fail(format_args!("net: filter {phase}: receive: {e}")),
                 };
-                if frame.len() < 14 || frame[12..14] != ETHERTYPE {
+                // A copy: the frame's buffer is DMA memory the device
+                // could write again. The peer's text frames are short; a
+                // longer frame is not one of them.
+                let mut copy = [0u8; 256];
+                let n = frame.bytes().copy_to(&mut copy);
+                let whole = n == frame.len();
+                drop(frame);
+                let frame = &copy[..n];
+                if !whole || frame.len() < 14 || frame[12..14] != ETHERTYPE {
                     continue;
                 }
                 let body = &frame[14..];
