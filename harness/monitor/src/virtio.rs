@@ -453,6 +453,21 @@ impl<D: VirtioDevice> Shared<D> {
         }
     }
 
+    /// Serves `queue` as a `QueueNotify` write would, replayed through the
+    /// register file so that a notify that did not trap gets the checks of
+    /// one that did (§4.2.3.3: not before DRIVER_OK, only a ready queue). A
+    /// faulty device is not served.
+    fn replay_notify(&self, state: &mut State<D>, queue: u16, via: Via) {
+        let v = u32::from(queue);
+        match self.guarded(state, Call::Write(regs::QUEUE_NOTIFY, v), |regs| {
+            regs.write32(regs::QUEUE_NOTIFY, v)
+        }) {
+            Some(Ok(outcome)) => self.outcome(state, outcome, via),
+            Some(Err(_)) => state.counters.refused += 1,
+            None => {}
+        }
+    }
+
     /// Wakes the worker to resume work the device left at its budget, so
     /// that the vCPU (an inline notify) or this worker's other events are
     /// not held up by it. A failed eventfd write is kept as a fault.
@@ -594,19 +609,7 @@ impl<D: VirtioDevice + Send + 'static> SlotOps for Shared<D> {
     }
 
     fn notified(&self, queue: u16) {
-        let mut state = self.lock();
-        // Replayed through the register file so that an ioeventfd notify
-        // gets the checks of a trapped one (§4.2.3.3: not before DRIVER_OK,
-        // only a ready queue).
-        let v = u32::from(queue);
-        match self.guarded(&mut state, Call::Write(regs::QUEUE_NOTIFY, v), |regs| {
-            regs.write32(regs::QUEUE_NOTIFY, v)
-        }) {
-            Some(Ok(outcome)) => self.outcome(&mut state, outcome, Via::Worker),
-            Some(Err(_)) => state.counters.refused += 1,
-            // A faulty device is not served.
-            None => {}
-        }
+        self.replay_notify(&mut self.lock(), queue, Via::Worker);
     }
 
     fn backend_ready(&self) {
@@ -643,15 +646,7 @@ impl<D: VirtioDevice + Send + 'static> SlotOps for Shared<D> {
         // monitor's own calls (`set_link`, a report) get in, and a queue
         // that stops again goes to the back of the list.
         for queue in queues {
-            let mut state = self.lock();
-            let v = u32::from(queue);
-            match self.guarded(&mut state, Call::Write(regs::QUEUE_NOTIFY, v), |regs| {
-                regs.write32(regs::QUEUE_NOTIFY, v)
-            }) {
-                Some(Ok(outcome)) => self.outcome(&mut state, outcome, Via::Resume),
-                Some(Err(_)) => state.counters.refused += 1,
-                None => {}
-            }
+            self.replay_notify(&mut self.lock(), queue, Via::Resume);
         }
         if backend {
             self.lock().counters.resumed += 1;

@@ -12,20 +12,17 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use backends::rng::Deterministic;
-use common::{Front, Mem, USER_BASE};
+use common::{Front, Mem, Stub, USER_BASE, VERSION_1};
 use vhost_user::codec::{Message, VringAddr, VringFd, VringState};
 use vhost_user::memory::Regions;
 use vhost_user::{Backend, SessionEnd, SharedMemory};
 use virtio_core::GuestMemory;
-use virtio_core::features::DeviceType;
 use virtio_core::memory::GuestAddress;
 use virtio_core::split::DriverQueue;
 use virtio_core::split::layout::{QueueLayout, QueueSize};
+use virtio_devices::Served;
 use virtio_devices::rng::Rng;
-use virtio_devices::{DeviceError, QueueConfig, Served, VirtioDevice};
 use vmm_sys_util::eventfd::EventFd;
-
-const VERSION_1: u64 = 1 << 32;
 
 /// Sets the memory table and ring 0 (`num` entries at `addr`), with a
 /// kick, and enables it (no protocol features: the ring runs once kicked).
@@ -124,49 +121,20 @@ fn section_2_7_a_ring_larger_than_the_budget_filled_once_and_kicked_once_drains(
     assert_eq!(backend.stats().rings[0].used, u64::from(N));
 }
 
-/// A device whose guest never stops posting: every call serves one chain
-/// and asks for another.
-struct Endless {
-    calls: Arc<AtomicU64>,
-}
-
-impl VirtioDevice for Endless {
-    fn device_type(&self) -> DeviceType {
-        DeviceType::Rng
-    }
-    fn device_features(&self) -> u64 {
-        VERSION_1
-    }
-    fn queue_max_sizes(&self) -> &[u16] {
-        &[16]
-    }
-    fn read_config(&self, _offset: u64, data: &mut [u8]) {
-        data.fill(0);
-    }
-    fn write_config(&mut self, _offset: u64, _data: &[u8]) {}
-    fn config_len(&self) -> usize {
-        0
-    }
-    fn activate(&mut self, _features: u64, _queues: Vec<QueueConfig>) -> Result<(), DeviceError> {
-        Ok(())
-    }
-    fn queue_notify(&mut self, _queue: u16) -> Result<Served, DeviceError> {
-        self.calls.fetch_add(1, Ordering::Relaxed);
+#[test]
+fn get_vring_base_is_answered_while_a_device_keeps_asking_for_more() {
+    let calls = Arc::new(AtomicU64::new(0));
+    // A device whose guest never stops posting: every call serves one
+    // chain and asks for another.
+    let counted = calls.clone();
+    let device = Stub::new(move |_| {
+        counted.fetch_add(1, Ordering::Relaxed);
         Ok(Served {
             completed: 1,
             again: true,
             ..Served::default()
         })
-    }
-    fn reset(&mut self) {}
-}
-
-#[test]
-fn get_vring_base_is_answered_while_a_device_keeps_asking_for_more() {
-    let calls = Arc::new(AtomicU64::new(0));
-    let device = Endless {
-        calls: calls.clone(),
-    };
+    });
     let mut backend = Backend::new(device, SharedMemory::new(), Vec::new());
     let mem = Mem::new();
     let (f, stream) = Front::pair();

@@ -11,16 +11,14 @@ mod common;
 use std::os::fd::AsRawFd;
 use std::process::Command;
 
-use common::{Front, Mem};
+use common::{Front, Mem, Stub, VERSION_1};
 use vhost_user::codec::{
     Config, Message, Request, VHOST_USER_F_PROTOCOL_FEATURES, VringFd, VringState, protocol,
 };
 use vhost_user::{Backend, SessionEnd, SharedMemory};
-use virtio_core::features::DeviceType;
-use virtio_devices::{DeviceError, QueueConfig, Served, VirtioDevice};
+use virtio_devices::DeviceError;
 use vmm_sys_util::eventfd::EventFd;
 
-const VERSION_1: u64 = 1 << 32;
 const CHILD: &str = "VHOST_USER_LOG_BOUNDS_CHILD";
 const TEST: &str = "a_frontend_cannot_make_the_backend_log_without_bound";
 
@@ -28,42 +26,6 @@ const CONFIG_REFUSALS: u64 = 70_000;
 const UNSUPPORTED: u64 = 30_000;
 const TOGGLES: u64 = 50_000;
 const SHORT_SESSIONS: u64 = 10_000;
-
-/// An entropy device whose queue always fails, with a counter of its
-/// errors.
-#[derive(Default)]
-struct Failing {
-    errors: u64,
-}
-
-impl VirtioDevice for Failing {
-    fn device_type(&self) -> DeviceType {
-        DeviceType::Rng
-    }
-    fn device_features(&self) -> u64 {
-        VERSION_1
-    }
-    fn queue_max_sizes(&self) -> &[u16] {
-        &[16]
-    }
-    fn read_config(&self, _offset: u64, data: &mut [u8]) {
-        data.fill(0);
-    }
-    fn config_len(&self) -> usize {
-        8
-    }
-    fn activate(&mut self, _features: u64, _queues: Vec<QueueConfig>) -> Result<(), DeviceError> {
-        Ok(())
-    }
-    fn queue_notify(&mut self, queue: u16) -> Result<Served, DeviceError> {
-        self.errors += 1;
-        Err(DeviceError::NoSuchQueue { queue })
-    }
-    fn reset(&mut self) {}
-    fn counters(&self) -> Vec<(&'static str, u64)> {
-        vec![("errors", self.errors)]
-    }
-}
 
 /// Features and protocol features (REPLY_ACK, CONFIG), the memory table,
 /// ring 0 addressed and kicked (not yet enabled).
@@ -107,7 +69,12 @@ fn enable(on: bool) -> Message {
 /// The child: drives an in-process backend (its log goes to this
 /// process's stderr) and prints the backend's totals on stdout.
 fn child() {
-    let mut backend = Backend::new(Failing::default(), SharedMemory::new(), Vec::new());
+    let mut backend = Backend::new(
+        // An entropy device whose queue always fails.
+        Stub::new(|queue| Err(DeviceError::NoSuchQueue { queue })),
+        SharedMemory::new(),
+        Vec::new(),
+    );
     let mem = Mem::new();
 
     // One session: 100,000 refusals of three kinds and 50,000 device

@@ -12,6 +12,8 @@ use std::time::Duration;
 use vhost_user::codec::{
     self, FLAG_REPLY, FLAG_VERSION, HEADER_LEN, MemRegion, Message, VringAddr,
 };
+use virtio_core::features::DeviceType;
+use virtio_devices::{DeviceError, QueueConfig, Served, VirtioDevice};
 
 /// The memory table's size.
 pub const MEM_SIZE: u64 = 1 << 20;
@@ -111,5 +113,57 @@ impl Mem {
             avail: USER_BASE + AVAIL,
             log: 0,
         }
+    }
+}
+
+/// `VIRTIO_F_VERSION_1`.
+pub const VERSION_1: u64 = 1 << 32;
+
+/// An entropy device with one queue of 16 entries and 8 bytes of zeroed
+/// configuration whose queue service is `notify` (what the test is
+/// about), counting its calls.
+pub struct Stub<F> {
+    /// Answers each `queue_notify`.
+    pub notify: F,
+    /// `queue_notify` calls so far.
+    pub notified: u64,
+}
+
+impl<F: FnMut(u16) -> Result<Served, DeviceError>> Stub<F> {
+    /// A stub serving its queue with `notify`.
+    pub fn new(notify: F) -> Self {
+        Stub {
+            notify,
+            notified: 0,
+        }
+    }
+}
+
+impl<F: FnMut(u16) -> Result<Served, DeviceError>> VirtioDevice for Stub<F> {
+    fn device_type(&self) -> DeviceType {
+        DeviceType::Rng
+    }
+    fn device_features(&self) -> u64 {
+        VERSION_1
+    }
+    fn queue_max_sizes(&self) -> &[u16] {
+        &[16]
+    }
+    fn read_config(&self, _offset: u64, data: &mut [u8]) {
+        data.fill(0);
+    }
+    fn config_len(&self) -> usize {
+        8
+    }
+    fn activate(&mut self, _features: u64, _queues: Vec<QueueConfig>) -> Result<(), DeviceError> {
+        Ok(())
+    }
+    fn queue_notify(&mut self, queue: u16) -> Result<Served, DeviceError> {
+        self.notified += 1;
+        (self.notify)(queue)
+    }
+    fn reset(&mut self) {}
+    fn counters(&self) -> Vec<(&'static str, u64)> {
+        vec![("notified", self.notified)]
     }
 }
