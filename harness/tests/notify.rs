@@ -18,10 +18,10 @@ use monitor::ports::{EXIT_FAIL, EXIT_PASS};
 use monitor::pvh::testing::guest;
 use monitor::slots::{self, VirtioSlot};
 use monitor::virtio::{InterruptMode, NotifyMode, VirtioHandle};
-use monitor::vm::{self, Outcome, Verdict, Vm, VmError};
+use monitor::vm::{self, GuestRam, Outcome, Verdict, Vm, VmError};
 use virtio_core::GuestMemory;
 use virtio_core::features::DeviceType;
-use virtio_core::memory::{GuestAddress, RegionMemory};
+use virtio_core::memory::GuestAddress;
 use virtio_core::split::driver::DriverQueue;
 use virtio_core::split::layout::{QueueLayout, QueueSize};
 use virtio_core::status::DeviceStatus;
@@ -248,7 +248,7 @@ fn program(p: &Program) -> (Vec<u8>, u32) {
 }
 
 /// Writes the IDT (one interrupt gate at VECTOR → the handler) and IDTR.
-fn write_idt(mem: &RegionMemory, handler: u32) {
+fn write_idt(mem: &GuestRam, handler: u32) {
     let gate_lo = (handler & 0xffff) | (0x10 << 16);
     let gate_hi = (handler & 0xffff_0000) | 0x8e00;
     let at = u64::from(IDT) + u64::from(VECTOR) * 8;
@@ -262,7 +262,7 @@ fn write_idt(mem: &RegionMemory, handler: u32) {
 
 /// The host's view of the guest's queue: one 4 KiB device-writable buffer
 /// made available.
-fn queue_with_one_buffer(mem: &RegionMemory) -> DriverQueue<16> {
+fn queue_with_one_buffer(mem: &GuestRam) -> DriverQueue<16> {
     let layout = QueueLayout::new(
         QueueSize::new(u32::from(QUEUE_SIZE)).unwrap(),
         GuestAddress(u64::from(DESC)),
@@ -282,7 +282,7 @@ fn memfd() -> HostMemory {
     HostMemory::memfd("notify-test", 32 * MIB, true, true, false).unwrap()
 }
 
-type TestRng = Rng<Deterministic, RegionMemory>;
+type TestRng = Rng<Deterministic, GuestRam>;
 
 /// A VM with a deterministic virtio-rng at slot 0, its queue set up.
 fn rng_vm(mode: NotifyMode) -> (Vm, VirtioHandle<TestRng>, DriverQueue<16>) {

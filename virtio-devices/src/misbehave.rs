@@ -317,16 +317,18 @@ mod lies {
     }
 
     /// A device that tells one used-ring lie (see the module docs) and carries
-    /// its mode for the slot, which tells the register lies.
-    pub struct Misbehaving {
+    /// its mode for the slot, which tells the register lies. `M` is the guest
+    /// memory its rings are in (the monitor's is guarded against a shrinking
+    /// RAM file).
+    pub struct Misbehaving<M = RegionMemory> {
         inner: BoxedDevice,
         mode: Misbehave,
-        mem: RegionMemory,
+        mem: M,
         queues: Vec<Option<(QueueLayout, RingWatch)>>,
         lie: Option<Lie>,
     }
 
-    impl fmt::Debug for Misbehaving {
+    impl<M> fmt::Debug for Misbehaving<M> {
         fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
             f.debug_struct("Misbehaving")
                 .field("mode", &self.mode)
@@ -335,9 +337,9 @@ mod lies {
         }
     }
 
-    impl Misbehaving {
+    impl<M: GuestMemory> Misbehaving<M> {
         /// `inner`, misbehaving as `mode`, with its rings in `mem`.
-        pub fn new(inner: BoxedDevice, mode: Misbehave, mem: RegionMemory) -> Misbehaving {
+        pub fn new(inner: BoxedDevice, mode: Misbehave, mem: M) -> Misbehaving<M> {
             Misbehaving {
                 inner,
                 mode,
@@ -382,7 +384,7 @@ mod lies {
         }
     }
 
-    impl VirtioDevice for Misbehaving {
+    impl<M: GuestMemory> VirtioDevice for Misbehaving<M> {
         fn device_type(&self) -> DeviceType {
             self.inner.device_type()
         }

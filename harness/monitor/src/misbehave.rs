@@ -8,8 +8,9 @@
 use std::time::Duration;
 
 pub use virtio_devices::misbehave::Misbehave;
+/// The used-ring half over the monitor's guest memory.
 #[cfg(feature = "misbehave")]
-pub use virtio_devices::misbehave::Misbehaving;
+pub type Misbehaving = virtio_devices::misbehave::Misbehaving<crate::vm::GuestRam>;
 
 /// How often a storming device raises its interrupt.
 pub const STORM_PERIOD: Duration = Duration::from_millis(1);

@@ -6,7 +6,13 @@
 //!   `VHOST_USER_F_PROTOCOL_FEATURES`; protocol features MQ, REPLY_ACK,
 //!   CONFIG, RESET_DEVICE, CONFIGURE_MEM_SLOTS.
 //! - Memory: the frontend's regions mapped into a [`SharedMemory`] the
-//!   device was built over (see `memory`).
+//!   device was built over (see `memory`). A frontend that shrinks a
+//!   region's file under the mapping (issue 16, finding 3) ends its own
+//!   session: the SIGBUS an access past the new end raises is caught (see
+//!   `guard`), every later access to the table fails, and after each
+//!   request and each round of device calls the session looks at its
+//!   regions and ends, naming the one that faulted, before any reply or
+//!   further call; the next frontend is served as usual.
 //! - Order: requests are taken in every order real frontends send them
 //!   (QEMU, rust-vmm's `vhost`, DPDK's virtio-user, crosvm, Cloud
 //!   Hypervisor). `VHOST_USER_F_PROTOCOL_FEATURES` is in force once the
@@ -560,6 +566,15 @@ impl<D: VirtioDevice> Backend<D> {
         self.verbose = on;
     }
 
+    /// Strict mode: refuse memory regions whose file is not sealed against
+    /// shrinking (`F_SEAL_SHRINK`). Off by default: QEMU seals its memfds,
+    /// but DPDK's virtio-user, rust-vmm's frontend and file-backed memory
+    /// do not, and a frontend that shrinks its file ends only its own
+    /// session anyway.
+    pub fn set_require_sealed_memory(&mut self, on: bool) {
+        self.regions.set_require_sealed(on);
+    }
+
     /// The device.
     pub fn device(&self) -> &D {
         &self.device
@@ -699,6 +714,7 @@ impl<D: VirtioDevice> Backend<D> {
                     self.backend_ready();
                 }
                 self.resume();
+                self.memory_intact()?;
                 continue;
             }
             let mut backend = false;
@@ -721,6 +737,7 @@ impl<D: VirtioDevice> Backend<D> {
                     t => {
                         let i = usize::try_from(t - TOKEN_KICK).unwrap_or(usize::MAX);
                         self.kicked(i);
+                        self.memory_intact()?;
                     }
                 }
             }
@@ -728,6 +745,16 @@ impl<D: VirtioDevice> Backend<D> {
                 self.backend_ready();
             }
             self.resume();
+            self.memory_intact()?;
+        }
+    }
+
+    /// Ends the session if an access to one of its regions faulted (the
+    /// frontend shrank the file under it, see `memory`), naming the region.
+    fn memory_intact(&self) -> Result<(), String> {
+        match self.regions.lost() {
+            Some(e) => Err(e.to_string()),
+            None => Ok(()),
         }
     }
 
@@ -774,7 +801,11 @@ impl<D: VirtioDevice> Backend<D> {
         }
         let has_reply = msg.has_reply();
         let req = msg.request();
-        match self.handle(epoll, &header, msg, frame.fds) {
+        let handled = self.handle(epoll, &header, msg, frame.fds);
+        // A request that ran the device (activation serves the rings) may
+        // have met a shrunk region: no acknowledgement then.
+        self.memory_intact()?;
+        match handled {
             Ok(Some(reply)) => send(reply),
             Ok(None) if ack => send(codec::reply_u64(req, 0)),
             Ok(None) => Ok(()),

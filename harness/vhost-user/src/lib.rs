@@ -9,6 +9,10 @@
 //!   is the fuzz body).
 //! - [`memory`]: the frontend's memory regions mapped from its descriptors
 //!   into a `virtio-core` region table ([`SharedMemory`]).
+//! - [`guard`]: the SIGBUS guard over mappings of files another process
+//!   may shrink (the frontend's regions here, a monitor's shared guest
+//!   RAM), so that a shrunk file fails guest-memory accesses instead of
+//!   killing the process.
 //! - [`backend`]: the session state machine ([`Backend`]): features,
 //!   memory, rings, kicks and calls, driving a
 //!   [`virtio_devices::VirtioDevice`] exactly as the in-process transport
@@ -20,6 +24,7 @@
 pub mod backend;
 pub mod codec;
 pub mod frontend;
+pub mod guard;
 mod log_limit;
 pub mod memory;
 

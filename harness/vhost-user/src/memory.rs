@@ -8,9 +8,17 @@
 //! [`SharedMemory`] handle whose region table the session replaces as the
 //! frontend changes it. Every change happens on the serving thread between
 //! device calls, so a mapping a device call obtained is never unmapped
-//! under it. Not done: dirty logging, and protection against a frontend
-//! that shrinks a region's file after it was mapped (QEMU's memfd backends
-//! seal their size; a file that shrinks anyway raises SIGBUS here).
+//! under it.
+//!
+//! A frontend that shrinks a region's file after it was mapped (QEMU
+//! seals its memfds against that, DPDK's virtio-user and rust-vmm's
+//! frontend do not) costs only its own session: every mapping is watched
+//! by a [`Guard`], so the SIGBUS an access past the new end raises is
+//! caught, the table fails every access from then on
+//! ([`MemoryError::BackingLost`]), and the session ends naming the region
+//! ([`MemError::BackingLost`]; see [`crate::guard`] for where that holds). [`Regions::set_require_sealed`]
+//! refuses files not sealed with `F_SEAL_SHRINK` instead (off by default:
+//! most frontends do not seal). Not done: dirty logging.
 
 use std::fmt;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -22,14 +30,16 @@ use virtio_core::memory::{
 };
 
 use crate::codec::{MAX_MEM_SLOTS, MemRegion};
+use crate::guard::{Guard, GuardError, Guarded, Watch};
 
 /// The region table devices see.
 pub type Table = RegionMemory<MAX_MEM_SLOTS>;
 
 /// Guest memory shared between a device and its vhost-user session: a
-/// region table the session swaps as the frontend changes it.
+/// region table the session swaps as the frontend changes it, checked
+/// against the guards of the mappings behind it.
 #[derive(Clone, Debug, Default)]
-pub struct SharedMemory(Arc<RwLock<Table>>);
+pub struct SharedMemory(Arc<RwLock<Guarded<Table>>>);
 
 impl SharedMemory {
     /// An empty memory (every access fails until a table is set).
@@ -37,20 +47,26 @@ impl SharedMemory {
         Self::default()
     }
 
-    fn get(&self) -> RwLockReadGuard<'_, Table> {
+    fn get(&self) -> RwLockReadGuard<'_, Guarded<Table>> {
         // The table is plain data replaced whole; a poisoned lock still
         // holds a consistent one.
         self.0.read().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Replaces the table.
-    pub(crate) fn set(&self, table: Table) {
+    pub(crate) fn set(&self, table: Guarded<Table>) {
         *self.0.write().unwrap_or_else(|p| p.into_inner()) = table;
     }
 
     /// The regions now.
     pub fn regions(&self) -> Vec<Region> {
-        self.get().regions().to_vec()
+        self.get().inner().regions().to_vec()
+    }
+
+    /// Whether a mapping behind the table now lost its backing (every
+    /// access fails then).
+    pub fn is_lost(&self) -> bool {
+        self.get().is_lost()
     }
 }
 
@@ -109,6 +125,27 @@ pub enum MemError {
         /// Its guest address.
         guest_addr: u64,
     },
+    /// The mapping could not be guarded against SIGBUS.
+    Guard(GuardError),
+    /// The region's file is not sealed against shrinking
+    /// (`F_SEAL_SHRINK`), and the backend requires it
+    /// ([`Regions::set_require_sealed`]).
+    NotSealed {
+        /// The region's guest address.
+        guest_addr: u64,
+    },
+    /// A mapped region lost its backing: its file shrank under the mapping
+    /// (or a page of it failed), and an access past the end faulted.
+    BackingLost {
+        /// The region's guest address.
+        guest_addr: u64,
+        /// Its size.
+        size: u64,
+        /// Its frontend address.
+        user_addr: u64,
+        /// The guest address of the first byte that faulted.
+        at: u64,
+    },
 }
 
 impl fmt::Display for MemError {
@@ -133,6 +170,24 @@ impl fmt::Display for MemError {
             MemError::NoSuchRegion { guest_addr } => {
                 write!(f, "no region at guest address {guest_addr:#x}")
             }
+            MemError::Guard(e) => write!(f, "{e}"),
+            MemError::NotSealed { guest_addr } => write!(
+                f,
+                "the file of the region at guest address {guest_addr:#x} is not sealed \
+                 against shrinking (F_SEAL_SHRINK), which this backend requires"
+            ),
+            MemError::BackingLost {
+                guest_addr,
+                size,
+                user_addr,
+                at,
+            } => write!(
+                f,
+                "memory region at guest address {guest_addr:#x} ({size:#x} bytes, frontend \
+                 address {user_addr:#x}) lost its backing: an access at guest address \
+                 {at:#x} faulted (SIGBUS caught); the frontend shrank the region's file, \
+                 or a page of it failed"
+            ),
         }
     }
 }
@@ -142,6 +197,7 @@ impl std::error::Error for MemError {
         match self {
             MemError::Stat(e) | MemError::Mmap(e) => Some(e),
             MemError::Table(e) => Some(e),
+            MemError::Guard(e) => Some(e),
             _ => None,
         }
     }
@@ -155,6 +211,9 @@ pub struct MappedRegion {
     base: *mut libc::c_void,
     map_len: usize,
     host: *mut u8,
+    /// Watches the mapping for SIGBUS; `None` only while dropping (it goes
+    /// before the mapping does).
+    guard: Option<Guard>,
     /// The file's device and inode, to recognise the same region added
     /// again.
     file: (u64, u64),
@@ -207,9 +266,9 @@ impl MappedRegion {
         let map_len = usize::try_from(region.size + delta).map_err(|_| MemError::Overflow)?;
         let off = libc::off_t::try_from(map_off).map_err(|_| MemError::Overflow)?;
         // SAFETY: a fresh shared mapping chosen by the kernel; it aliases
-        // no memory of this process. The file is long enough (checked), so
-        // no access inside the mapping raises SIGBUS unless the frontend
-        // shrinks the file later (module docs).
+        // no memory of this process. The file is long enough (checked); if
+        // the frontend shrinks it later, the guard set up next catches the
+        // SIGBUS (module docs).
         let base = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
@@ -223,13 +282,41 @@ impl MappedRegion {
         if base == libc::MAP_FAILED {
             return Err(MemError::Mmap(std::io::Error::last_os_error()));
         }
+        let guard = match Guard::new(base.cast::<u8>(), map_len) {
+            Ok(g) => g,
+            Err(e) => {
+                // SAFETY: just mapped above, nothing refers to it.
+                unsafe { libc::munmap(base, map_len) };
+                return Err(MemError::Guard(e));
+            }
+        };
         Ok(MappedRegion {
             region: *region,
             base,
             map_len,
             host: base.cast::<u8>().wrapping_add(delta as usize),
+            guard: Some(guard),
             file: (st.st_dev, st.st_ino),
             refs: 1,
+        })
+    }
+
+    /// The guard's handle, for the table's checks.
+    fn watch(&self) -> Option<Watch> {
+        self.guard.as_ref().map(Guard::watch)
+    }
+
+    /// The error naming this region if an access to it faulted.
+    pub fn lost(&self) -> Option<MemError> {
+        let off = self.guard.as_ref()?.fault()?;
+        // The mapping starts up to a page before the region.
+        let delta = (self.host as usize).wrapping_sub(self.base as usize);
+        let into = u64::try_from(off.saturating_sub(delta)).unwrap_or(u64::MAX);
+        Some(MemError::BackingLost {
+            guest_addr: self.region.guest_addr,
+            size: self.region.size,
+            user_addr: self.region.user_addr,
+            at: self.region.guest_addr.saturating_add(into),
         })
     }
 
@@ -259,16 +346,28 @@ impl MappedRegion {
 
 impl Drop for MappedRegion {
     fn drop(&mut self) {
+        // The watch ends before the mapping does.
+        drop(self.guard.take());
         // SAFETY: `base`/`map_len` are exactly what mmap returned; no table
         // refers to the region any more (see `as_region`).
         unsafe { libc::munmap(self.base, self.map_len) };
     }
 }
 
+/// Whether `fd`'s file is sealed against shrinking (`F_SEAL_SHRINK`; only
+/// memfds and shmem files take seals).
+fn sealed_against_shrinking(fd: &OwnedFd) -> bool {
+    // SAFETY: F_GET_SEALS reads the seals of an fd we own; no memory passed.
+    let seals = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GET_SEALS) };
+    seals >= 0 && seals & libc::F_SEAL_SHRINK != 0
+}
+
 /// The session's regions and the table built from them.
 #[derive(Debug, Default)]
 pub struct Regions {
     mapped: Vec<MappedRegion>,
+    /// Refuse files not sealed against shrinking.
+    require_sealed: bool,
 }
 
 impl Regions {
@@ -277,8 +376,44 @@ impl Regions {
         &self.mapped
     }
 
+    /// Strict mode: refuse a region whose file is not sealed against
+    /// shrinking (`F_SEAL_SHRINK`, as QEMU's memfds are). Off by default,
+    /// since DPDK's virtio-user, rust-vmm's frontend and file-backed memory
+    /// do not seal; a shrunk file then ends only its session.
+    pub fn set_require_sealed(&mut self, on: bool) {
+        self.require_sealed = on;
+    }
+
+    /// In strict mode, refuses `fd` unless sealed against shrinking.
+    fn check_sealed(&self, region: &MemRegion, fd: &OwnedFd) -> Result<(), MemError> {
+        if self.require_sealed && !sealed_against_shrinking(fd) {
+            return Err(MemError::NotSealed {
+                guest_addr: region.guest_addr,
+            });
+        }
+        Ok(())
+    }
+
+    /// The first region an access to faulted (its file shrank), as the
+    /// error that ends the session.
+    pub fn lost(&self) -> Option<MemError> {
+        self.mapped.iter().find_map(MappedRegion::lost)
+    }
+
+    /// The table over `mapped`, checked against their guards.
+    fn guarded<'a>(
+        mapped: impl Iterator<Item = &'a MappedRegion> + Clone,
+    ) -> Result<Guarded<Table>, MemError> {
+        let mut t = Table::new();
+        for m in mapped.clone() {
+            t.add(m.as_region()).map_err(MemError::Table)?;
+        }
+        let watches: Vec<Watch> = mapped.filter_map(MappedRegion::watch).collect();
+        Ok(Guarded::new(t, watches))
+    }
+
     /// Builds the device-visible table for `mapped`, checking overlaps.
-    fn table(mapped: &[MappedRegion]) -> Result<Table, MemError> {
+    fn table(mapped: &[MappedRegion]) -> Result<Guarded<Table>, MemError> {
         let mut t = Table::new();
         for (i, m) in mapped.iter().enumerate() {
             t.add(m.as_region()).map_err(MemError::Table)?;
@@ -292,7 +427,8 @@ impl Regions {
                 }
             }
         }
-        Ok(t)
+        let watches: Vec<Watch> = mapped.iter().filter_map(MappedRegion::watch).collect();
+        Ok(Guarded::new(t, watches))
     }
 
     /// Replaces every region (`SET_MEM_TABLE`): all are mapped and checked
@@ -306,7 +442,10 @@ impl Regions {
         let mapped = regions
             .iter()
             .zip(fds)
-            .map(|(r, fd)| MappedRegion::map(r, fd))
+            .map(|(r, fd)| {
+                self.check_sealed(r, fd)?;
+                MappedRegion::map(r, fd)
+            })
             .collect::<Result<Vec<_>, _>>()?;
         let table = Self::table(&mapped)?;
         mem.set(table);
@@ -339,6 +478,7 @@ impl Regions {
             // Another file at the same addresses: the overlap check below
             // refuses it.
         }
+        self.check_sealed(region, fd)?;
         let m = MappedRegion::map(region, fd)?;
         self.mapped.push(m);
         match Self::table(&self.mapped) {
@@ -368,24 +508,19 @@ impl Regions {
             self.mapped[pos].refs -= 1;
             return Ok(());
         }
-        let rest: Vec<&MappedRegion> = self
+        let rest = self
             .mapped
             .iter()
             .enumerate()
-            .filter_map(|(i, m)| (i != pos).then_some(m))
-            .collect();
-        let mut t = Table::new();
-        for m in rest {
-            t.add(m.as_region()).map_err(MemError::Table)?;
-        }
-        mem.set(t);
+            .filter_map(|(i, m)| (i != pos).then_some(m));
+        mem.set(Self::guarded(rest)?);
         self.mapped.remove(pos);
         Ok(())
     }
 
     /// Drops every region (end of session).
     pub fn clear(&mut self, mem: &SharedMemory) {
-        mem.set(Table::new());
+        mem.set(Guarded::default());
         self.mapped.clear();
     }
 
@@ -462,6 +597,95 @@ mod tests {
         r.remove(&reg, &mem).unwrap();
         assert!(mem.read_u32(GuestAddress(0x1004)).is_err());
         assert!(r.remove(&reg, &mem).is_err());
+    }
+
+    /// A memfd sealed against shrinking, as QEMU's are.
+    fn sealed_memfd(len: u64) -> OwnedFd {
+        let flags = libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING;
+        // SAFETY: memfd_create with a constant name.
+        let fd = unsafe { libc::memfd_create(c"vhost-test".as_ptr(), flags) };
+        assert!(fd >= 0);
+        // SAFETY: fd was just created and is owned here.
+        let fd = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+        // SAFETY: valid fd.
+        assert_eq!(unsafe { libc::ftruncate(fd.as_raw_fd(), len as i64) }, 0);
+        // SAFETY: valid fd, a plain flag argument.
+        let rc = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_ADD_SEALS, libc::F_SEAL_SHRINK) };
+        assert_eq!(rc, 0);
+        fd
+    }
+
+    /// Issue 16, finding 3: the frontend shrinks the file under a mapped
+    /// region; the access past the new end fails instead of raising
+    /// SIGBUS, the region is named with the guest address that faulted,
+    /// and the table fails every access from then on.
+    #[test]
+    fn a_region_whose_file_shrinks_is_named_and_its_table_fails() {
+        let mem = SharedMemory::new();
+        let mut r = Regions::default();
+        let fd = memfd(0x4000);
+        // File bytes 0x1800..0x3800 at guest 0x10_0000: the mapping starts
+        // 0x800 bytes before the region.
+        let reg = region(0x10_0000, 0x2000, 0x7000_0000, 0x1800);
+        r.replace(&[reg], &[fd.try_clone().unwrap()], &mem).unwrap();
+        mem.write_u32(GuestAddress(0x10_0900), 1).unwrap();
+        assert!(r.lost().is_none());
+        // SAFETY: valid fd.
+        assert_eq!(unsafe { libc::ftruncate(fd.as_raw_fd(), 0x2000) }, 0);
+        assert_eq!(
+            mem.read_u32(GuestAddress(0x10_0900)),
+            Err(MemoryError::BackingLost {
+                addr: GuestAddress(0x10_0900),
+                len: 4
+            })
+        );
+        assert!(matches!(
+            r.lost(),
+            Some(MemError::BackingLost {
+                guest_addr: 0x10_0000,
+                size: 0x2000,
+                user_addr: 0x7000_0000,
+                at: 0x10_0900,
+            })
+        ));
+        assert!(mem.is_lost());
+        // Bytes before the new end fail too.
+        assert!(mem.read_u32(GuestAddress(0x10_0000)).is_err());
+        r.clear(&mem);
+        assert!(!mem.is_lost());
+    }
+
+    #[test]
+    fn strict_mode_refuses_files_not_sealed_against_shrinking() {
+        let mem = SharedMemory::new();
+        let mut r = Regions::default();
+        let open = memfd(0x2000);
+        let reg = region(0, 0x2000, 0, 0);
+        r.replace(&[reg], &[open.try_clone().unwrap()], &mem)
+            .unwrap();
+        r.set_require_sealed(true);
+        assert!(matches!(
+            r.replace(&[reg], &[open], &mem),
+            Err(MemError::NotSealed { guest_addr: 0 })
+        ));
+        assert!(matches!(
+            r.add(
+                &region(0x10_0000, 0x2000, 0x10_0000, 0),
+                &memfd(0x2000),
+                &mem
+            ),
+            Err(MemError::NotSealed {
+                guest_addr: 0x10_0000
+            })
+        ));
+        r.replace(&[reg], &[sealed_memfd(0x2000)], &mem).unwrap();
+        r.add(
+            &region(0x10_0000, 0x2000, 0x10_0000, 0),
+            &sealed_memfd(0x2000),
+            &mem,
+        )
+        .unwrap();
+        assert_eq!(r.mapped().len(), 2);
     }
 
     #[test]

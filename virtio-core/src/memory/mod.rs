@@ -62,7 +62,8 @@ impl fmt::Display for Access {
     }
 }
 
-/// Why an access to guest memory was refused. Nothing was read or written.
+/// Why an access to guest memory was refused. Nothing was read or written,
+/// except with [`MemoryError::BackingLost`] (see there).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MemoryError {
     /// `addr + len` wraps past the top of the 64-bit address space.
@@ -120,6 +121,19 @@ pub enum MemoryError {
         /// The length asked for.
         len: u64,
     },
+    /// Host memory behind guest memory lost its backing: the file under a
+    /// shared mapping shrank (another process truncated it) or a page of it
+    /// failed, and touching it raised a fault the host caught. Guest memory
+    /// that reports this fails every access from then on. The access that
+    /// met the fault itself may have moved bytes before it: what it read is
+    /// meaningless, and of what it wrote, the part before the fault may have
+    /// reached the other process.
+    BackingLost {
+        /// Start of the range.
+        addr: GuestAddress,
+        /// Length of the range.
+        len: u64,
+    },
 }
 
 impl fmt::Display for MemoryError {
@@ -150,6 +164,11 @@ impl fmt::Display for MemoryError {
             MemoryError::TooLarge { len } => {
                 write!(f, "length {len:#x} does not fit the host address space")
             }
+            MemoryError::BackingLost { addr, len } => write!(
+                f,
+                "guest range {addr}+{len:#x}: guest memory lost its backing (the file \
+                 behind it shrank, or a page of it failed)"
+            ),
         }
     }
 }

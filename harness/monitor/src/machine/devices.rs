@@ -6,7 +6,7 @@ use super::*;
 
 /// A virtio-net device as the machine builds it: typed, so that the
 /// monitor can reach [`Net::set_link`] while the VM runs.
-pub type MachineNet = Net<BoxedNet, RegionMemory>;
+pub type MachineNet = Net<BoxedNet, GuestRam>;
 
 /// A realized device: any device behind the trait, or a network device
 /// kept typed along with the names the monitor knows it by.
@@ -51,7 +51,7 @@ impl DeviceBox {
 fn misbehave(
     out: &mut Vec<RealizedDevice>,
     misbehave: Option<Misbehave>,
-    mem: &RegionMemory,
+    mem: &GuestRam,
 ) -> Result<(), MachineError> {
     let Some(mode) = misbehave else {
         return Ok(());
@@ -78,7 +78,7 @@ fn misbehave(
 fn misbehave(
     _out: &mut Vec<RealizedDevice>,
     misbehave: Option<Misbehave>,
-    _mem: &RegionMemory,
+    _mem: &GuestRam,
 ) -> Result<(), MachineError> {
     match misbehave {
         None => Ok(()),
@@ -156,7 +156,7 @@ pub fn checked_queue_size(by: &'static str, size: u16) -> Result<QueueSize, Mach
 /// command-line order (which is slot order).
 pub fn realize_devices(
     config: &MachineConfig,
-    mem: &RegionMemory,
+    mem: &GuestRam,
 ) -> Result<Vec<RealizedDevice>, MachineError> {
     realize_devices_with_hubs(config, mem, &mut Hubs::default())
 }
@@ -165,7 +165,7 @@ pub fn realize_devices(
 /// machines).
 pub fn realize_devices_with_hubs(
     config: &MachineConfig,
-    mem: &RegionMemory,
+    mem: &GuestRam,
     hubs: &mut Hubs,
 ) -> Result<Vec<RealizedDevice>, MachineError> {
     realize_devices_shared(config, mem, hubs, None)
@@ -176,7 +176,7 @@ pub fn realize_devices_with_hubs(
 /// vhost-user`; without it they fail naming the memory backend to use).
 pub fn realize_devices_shared(
     config: &MachineConfig,
-    mem: &RegionMemory,
+    mem: &GuestRam,
     hubs: &mut Hubs,
     ram: Option<Arc<SharedRam>>,
 ) -> Result<Vec<RealizedDevice>, MachineError> {

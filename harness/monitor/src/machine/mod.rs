@@ -35,7 +35,6 @@ use backends::chardev::os::{
 };
 use backends::chardev::{Chardev, ChardevError, Null, RingBuf};
 use backends::rng::{Builtin, Deterministic, Egd, RandomFile, RngBackend, RngError};
-use virtio_core::memory::RegionMemory;
 use virtio_core::split::layout::QueueSize;
 use virtio_devices::blk::{Blk, BlkConfig};
 use virtio_devices::console::{Console, Port};
@@ -52,7 +51,7 @@ use crate::options::{
 };
 use crate::protocol::{MonitorServer, NetLink};
 use crate::virtio::NotifyMode;
-use crate::vm::{Outcome, Vm, VmError};
+use crate::vm::{GuestRam, Outcome, Vm, VmError};
 use vhost_user::{FrontendError, SharedRam, VhostUserDevice, VhostUserKind};
 
 /// A machine ready to run: the VM with its devices placed and the guest

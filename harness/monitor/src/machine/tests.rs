@@ -4,8 +4,8 @@
 use super::*;
 use crate::options;
 
-fn mem() -> RegionMemory {
-    RegionMemory::new()
+fn mem() -> GuestRam {
+    GuestRam::default()
 }
 
 fn realize(line: &str) -> Result<Vec<RealizedDevice>, MachineError> {

@@ -6,7 +6,11 @@
 //! Guest-physical map: RAM from 0 up to 3 GiB ([`RAM_BELOW_4G_LIMIT`]), the
 //! rest of RAM from 4 GiB; the last GiB below 4 GiB is the MMIO hole
 //! (virtio-mmio slots at `0xfeb0_0000`, IOAPIC `0xfec0_0000`, LAPIC
-//! `0xfee0_0000`). Devices behind the virtio-mmio slots, their irqfds,
+//! `0xfee0_0000`). Guest RAM in a file ([`GuestRam`]) is watched for SIGBUS:
+//! another process holding the file (a vhost-user backend) may shrink it,
+//! and the monitor's devices then see their accesses past the new end fail
+//! instead of the monitor dying (see `vhost_user::guard`). Devices behind
+//! the virtio-mmio slots, their irqfds,
 //! ioeventfds and worker threads live in [`crate::virtio`]; the workers run
 //! only while [`Vm::run`] does. KVM's own statistics ([`crate::stats`]) are
 //! read around each run where the kernel offers them.
@@ -27,6 +31,7 @@ use kvm_bindings::{
     kvm_segment, kvm_userspace_memory_region,
 };
 use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
+use vhost_user::guard::{Guard, GuardError, Guarded};
 use virtio_core::memory::{GuestAddress, Region, RegionError, RegionMemory};
 use virtio_devices::VirtioDevice;
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
@@ -45,6 +50,13 @@ mod tests;
 
 pub use outcome::*;
 use run::*;
+
+/// Guest memory as the monitor's devices and loaders see it: the RAM
+/// regions, checked against the guard on the file behind them (when RAM is
+/// a file or memfd), so an access fails with
+/// [`MemoryError::BackingLost`](virtio_core::MemoryError::BackingLost) once
+/// that file shrank under the mapping.
+pub type GuestRam = Guarded<RegionMemory>;
 
 /// RAM below 4 GiB ends here at most; the rest goes above 4 GiB.
 pub const RAM_BELOW_4G_LIMIT: u64 = 0xc000_0000;
@@ -87,6 +99,8 @@ pub enum VmError {
     Watchdog(io::Error),
     /// A virtio device could not be put on a slot.
     Attach(AttachError),
+    /// File-backed guest RAM could not be guarded against SIGBUS.
+    Guard(GuardError),
     /// Setting up or starting a device worker thread failed.
     Worker(io::Error),
 }
@@ -103,6 +117,7 @@ impl fmt::Display for VmError {
             VmError::Signal(e) => write!(f, "installing the vCPU kick signal handler: {e}"),
             VmError::Watchdog(e) => write!(f, "starting the watchdog thread: {e}"),
             VmError::Attach(e) => write!(f, "attaching a virtio device: {e}"),
+            VmError::Guard(e) => write!(f, "guest RAM: {e}"),
             VmError::Worker(e) => write!(f, "starting a device worker: {e}"),
         }
     }
@@ -117,6 +132,7 @@ impl std::error::Error for VmError {
             VmError::Bus(e) => Some(e),
             VmError::Signal(e) | VmError::Watchdog(e) | VmError::Worker(e) => Some(e),
             VmError::Attach(e) => Some(e),
+            VmError::Guard(e) => Some(e),
             VmError::MmioOverlapsRam(_) | VmError::NotLoaded => None,
         }
     }
@@ -166,12 +182,14 @@ pub struct Vm {
     serial: ports::Serial,
     debug: Log,
     ram: Vec<RamRange>,
-    guest: RegionMemory,
+    guest: GuestRam,
     boot: Option<PvhBoot>,
     created: Option<Instant>,
     stats: Result<Stats, String>,
     /// Devices hold clones of `guest`: they go before `memory`.
     devices: Vec<Arc<Wired>>,
+    /// Watches file-backed RAM; ends after the devices, before the unmap.
+    ram_guard: Option<Guard>,
     memory: HostMemory,
 }
 
@@ -278,6 +296,15 @@ impl Vm {
             host_offset += r.size as usize;
         }
 
+        // A file another process can shrink (a vhost-user backend is given
+        // it) is watched; anonymous RAM cannot lose its backing that way.
+        let ram_guard = match memory.fd() {
+            Some(_) => Some(Guard::new(memory.as_ptr(), memory.len()).map_err(VmError::Guard)?),
+            None => None,
+        };
+        let watches: Vec<_> = ram_guard.iter().map(Guard::watch).collect();
+        let guest = Guarded::new(guest, watches);
+
         let vcpu = vm.create_vcpu(0).map_err(kvm_err("KVM_CREATE_VCPU"))?;
         let cpuid = kvm
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
@@ -298,13 +325,23 @@ impl Vm {
             created: Some(created),
             stats,
             devices: Vec::new(),
+            ram_guard,
             memory,
         })
     }
 
     /// Guest memory, for loaders and devices.
-    pub fn guest_memory(&self) -> &RegionMemory {
+    pub fn guest_memory(&self) -> &GuestRam {
         &self.guest
+    }
+
+    /// The offset into the host memory of the first access by the
+    /// monitor's own code (devices, loaders) that faulted because the file
+    /// behind guest RAM shrank (another process truncated it), if one did.
+    /// Devices' accesses fail from then on; a vCPU touching a lost page gets
+    /// `EFAULT` from `KVM_RUN` instead (a [`VmError::Kvm`]).
+    pub fn ram_fault(&self) -> Option<usize> {
+        self.ram_guard.as_ref().and_then(Guard::fault)
     }
 
     /// The guest RAM ranges.
