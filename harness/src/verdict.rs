@@ -247,7 +247,9 @@ pub fn check_device(
 }
 
 /// The verdict table: one line per case (device, case, verdict, detail),
-/// then one summary line per device.
+/// then one summary line per device, in the order devices first appear
+/// (the guest's [`DEVICES`] and the hostile vhost-user peers' own, e.g.
+/// `vhost-user-daemon-rng`).
 pub fn render(verdicts: &[Verdict]) -> String {
     use std::fmt::Write;
     let mut t = String::new();
@@ -260,19 +262,33 @@ pub fn render(verdicts: &[Verdict]) -> String {
         .max()
         .unwrap_or(0)
         .max(4);
-    let _ = writeln!(t, "{:<8} {:<w$} {:<7} detail", "device", "case", "verdict");
+    let dw = verdicts
+        .iter()
+        .map(|v| v.device.len())
+        .max()
+        .unwrap_or(0)
+        .max(8);
+    let _ = writeln!(
+        t,
+        "{:<dw$} {:<w$} {:<7} detail",
+        "device", "case", "verdict"
+    );
     for v in verdicts {
         let _ = writeln!(
             t,
-            "{:<8} {:<w$} {:<7} {}",
+            "{:<dw$} {:<w$} {:<7} {}",
             v.device, v.case, v.kind, v.detail
         );
     }
-    for d in DEVICES {
-        let mine: Vec<&Verdict> = verdicts.iter().filter(|v| v.device == *d).collect();
-        if !mine.is_empty() {
-            let _ = writeln!(t, "{d}: {}", summary(&mine));
+    let mut devices: Vec<&str> = Vec::new();
+    for v in verdicts {
+        if !devices.contains(&v.device.as_str()) {
+            devices.push(&v.device);
         }
+    }
+    for d in devices {
+        let mine: Vec<&Verdict> = verdicts.iter().filter(|v| v.device == d).collect();
+        let _ = writeln!(t, "{d}: {}", summary(&mine));
     }
     t
 }
@@ -418,5 +434,30 @@ verdict: fail: not a device line
         assert!(t.contains("rng: 1 PASS, 1 REJECT, 1 WEDGED\n"), "{t}");
         assert!(t.contains("net: 0 PASS, 0 REJECT, 1 CRASH\n"), "{t}");
         assert_eq!(render(&[]), "");
+    }
+
+    #[test]
+    fn devices_beyond_the_guests_get_their_summary_and_column() {
+        let mut v = parse(SAMPLE, &RunEnd::Finished);
+        v.push(Verdict {
+            device: "vhost-user-daemon-rng".into(),
+            case: "flood-bad-requests".into(),
+            kind: VerdictKind::Pass,
+            detail: "alive".into(),
+        });
+        let t = render(&v);
+        let lines: Vec<&str> = t.lines().collect();
+        assert!(
+            lines[1].starts_with("rng                   desc-loop"),
+            "{t}"
+        );
+        assert!(
+            lines[4].starts_with("vhost-user-daemon-rng flood-bad-requests PASS"),
+            "{t}"
+        );
+        assert!(
+            t.ends_with("vhost-user-daemon-rng: 1 PASS, 0 REJECT\n"),
+            "{t}"
+        );
     }
 }

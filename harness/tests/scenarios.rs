@@ -115,4 +115,11 @@ scenario_tests!(
     misbehave_console,
     misbehave_blk,
     misbehave_net,
+    // Issue 16, hostile vhost-user peers: a raw frontend against our
+    // daemon (truncated memory, a flood of bad requests, a disconnect at
+    // every step, bad ring addresses), each case followed by a guest the
+    // daemon must serve; lying backends against our monitor's frontend.
+    hostile_vhost_frontend_rng,
+    hostile_vhost_frontend_blk,
+    hostile_vhost_backend,
 );

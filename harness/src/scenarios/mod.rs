@@ -21,6 +21,7 @@ use monitor::machine::Machine;
 use monitor::vm::Outcome;
 
 pub mod hostile_net;
+pub mod hostile_vhost;
 pub mod misbehave;
 pub mod net;
 
@@ -281,6 +282,7 @@ pub fn all() -> Vec<Scenario> {
     let mut v = scenario_list();
     v.extend(hostile_net::scenarios());
     v.extend(misbehave::scenarios());
+    v.extend(hostile_vhost::scenarios());
     // Until the blk guest exists (issue 4 in progress), its rows would only
     // say "guest not built".
     if option_env!("GUEST_BLK").is_some() {

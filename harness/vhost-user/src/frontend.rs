@@ -684,8 +684,14 @@ impl VhostUserDevice {
             .map(u32::from_ne_bytes)
             .ok_or_else(|| bad("short".into()))?;
         let data = p.get(12..).unwrap_or_default();
-        if size as usize != len || data.len() != len {
+        if size as usize != len {
             return Err(bad(format!("{size} bytes of {len} (the backend refused)")));
+        }
+        if data.len() != len {
+            return Err(bad(format!(
+                "its header says {size} bytes, {} came",
+                data.len()
+            )));
         }
         Ok(data.to_vec())
     }

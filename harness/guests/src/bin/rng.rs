@@ -6,7 +6,8 @@
 //! `rng.bytes=N` (default 1 MiB), `rng.seed=S` (the bytes must be the
 //! SplitMix64 stream of S), `rng.available=M` (the source has only M bytes:
 //! read them, then one more request must stay pending for `rng.wait_ms=T`,
-//! default 200). Last line before the verdict:
+//! default 200), `rng.request_ms=R` (how long each request may take,
+//! default 10 000). Last line before the verdict:
 //! `rng: <bytes> bytes in <requests> requests, <interrupts> interrupts`.
 #![no_std]
 #![no_main]
@@ -24,7 +25,7 @@ const SIZES: [usize; 10] = [1, 3, 16, 64, 255, 512, 1000, 4096, 8192, 65536];
 const DEFAULT_BYTES: u64 = 1 << 20;
 /// Default of `rng.wait_ms`.
 const DEFAULT_WAIT_MS: u64 = 200;
-/// Bound on each request, in milliseconds.
+/// Default of `rng.request_ms`: bound on each request, in milliseconds.
 const REQUEST_MS: u64 = 10_000;
 /// Progress line every this many bytes.
 const PROGRESS: u64 = 256 * 1024;
@@ -94,7 +95,14 @@ fn main(boot: &'static BootInfo) {
     let opts = Options::new(
         boot,
         "rng",
-        &["mode", "bytes", "seed", "available", "wait_ms"],
+        &[
+            "mode",
+            "bytes",
+            "seed",
+            "available",
+            "wait_ms",
+            "request_ms",
+        ],
     )
     .or_fail(format_args!("rng"));
     let mode = opts.mode().or_fail(format_args!("rng"));
@@ -105,6 +113,10 @@ fn main(boot: &'static BootInfo) {
         .u64("wait_ms")
         .or_fail(format_args!("rng"))
         .unwrap_or(DEFAULT_WAIT_MS);
+    let request_ms = opts
+        .u64("request_ms")
+        .or_fail(format_args!("rng"))
+        .unwrap_or(REQUEST_MS);
     let total = available.unwrap_or(bytes.unwrap_or(DEFAULT_BYTES));
 
     let dma = virtio::dma_pool(boot).or_fail(format_args!("rng"));
@@ -137,7 +149,7 @@ fn main(boot: &'static BootInfo) {
         let n = usize::try_from(total - done).map_or(size, |left| left.min(size));
         let n = n.min(buf.len());
         let chunk = &mut buf[..n];
-        rng.read_exact(chunk, &mut Budget::new(mode, REQUEST_MS))
+        rng.read_exact(chunk, &mut Budget::new(mode, request_ms))
             .or_fail(format_args!("rng: request of {n} bytes at offset {done}"));
         requests += 1;
         if let (Some(stream), Some(seed)) = (expect.as_mut(), seed)
