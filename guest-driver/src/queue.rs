@@ -31,8 +31,9 @@ use crate::transport::{Completion, Transport};
 
 /// Guest memory made of DMA allocations, at the physical addresses the
 /// [`Hal`] gave them: the view virtio-core's queues need of the rings.
-/// Holds at most `N` allocations.
-#[derive(Clone, Debug, Default)]
+/// Holds at most `N` allocations. Not `Clone`: a copy could outlive the
+/// allocations it points into.
+#[derive(Debug, Default)]
 pub struct DmaMemory<const N: usize = 1> {
     regions: RegionMemory<N>,
 }

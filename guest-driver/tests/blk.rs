@@ -76,7 +76,8 @@ impl FakeBlk {
     }
 
     fn serve(&mut self, qi: usize) -> bool {
-        let mem = self.q.mem.clone();
+        let mem = std::sync::Arc::clone(&self.q.mem);
+        let mem = &*mem;
         let ro = self.ro();
         if self.mode == Mode::Stall {
             return false;

@@ -44,7 +44,8 @@ impl FakeNet {
     }
 
     fn serve(&mut self) -> bool {
-        let mem = self.q.mem.clone();
+        let mem = std::sync::Arc::clone(&self.q.mem);
+        let mem = &*mem;
         let Some(Some(rx)) = self.q.queues.get_mut(0) else {
             return false;
         };

@@ -114,14 +114,15 @@ pub trait FakeDevice {
 
 /// The queues of a fake device over the test memory.
 pub struct Queues {
-    pub mem: RegionMemory<1>,
+    /// Shared with each serving pass (memory is not `Clone`).
+    pub mem: std::sync::Arc<RegionMemory<1>>,
     pub queues: Vec<Option<DeviceQueue>>,
 }
 
 impl Queues {
     pub fn new(mem: RegionMemory<1>) -> Queues {
         Queues {
-            mem,
+            mem: std::sync::Arc::new(mem),
             queues: Vec::new(),
         }
     }
@@ -136,7 +137,7 @@ impl Queues {
         for l in layouts {
             let q = match l {
                 Some(l) => {
-                    l.check_memory(&self.mem)
+                    l.check_memory(&*self.mem)
                         .map_err(|_| "rings outside guest memory")?;
                     Some(DeviceQueue::new(*l, event_idx, false))
                 }
@@ -155,9 +156,10 @@ impl Queues {
         };
         // Ask for the next notification (§2.7.10: `avail_event`, or clear
         // NO_NOTIFY): this device serves everything it was given.
-        queue.enable_notification(&self.mem).unwrap();
-        queue.publish_used(&self.mem).unwrap();
-        queue.needs_notification(&self.mem).unwrap()
+        let mem = &*self.mem;
+        queue.enable_notification(mem).unwrap();
+        queue.publish_used(mem).unwrap();
+        queue.needs_notification(mem).unwrap()
     }
 }
 
@@ -362,7 +364,8 @@ impl FakeRng {
     }
 
     fn serve(&mut self) -> bool {
-        let mem = self.q.mem.clone();
+        let mem = std::sync::Arc::clone(&self.q.mem);
+        let mem = &*mem;
         let Some(Some(queue)) = self.q.queues.get_mut(0) else {
             return false;
         };
@@ -539,7 +542,8 @@ impl FakeConsole {
     }
 
     fn serve(&mut self) -> bool {
-        let mem = self.q.mem.clone();
+        let mem = std::sync::Arc::clone(&self.q.mem);
+        let mem = &*mem;
         let mut irq = false;
         if self.multiport {
             // Control transmitq: messages from the driver.

@@ -22,6 +22,7 @@
 
 use std::fmt;
 use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard};
 
 use virtio_core::GuestMemory;
@@ -38,8 +39,22 @@ pub type Table = RegionMemory<MAX_MEM_SLOTS>;
 /// Guest memory shared between a device and its vhost-user session: a
 /// region table the session swaps as the frontend changes it, checked
 /// against the guards of the mappings behind it.
+///
+/// The table holds the mappings it points into (issue 16, finding 10): a
+/// mapping is unmapped only once neither the session's [`Regions`] nor any
+/// table still refers to it, so a device (or any clone of this handle) can
+/// never reach an unmapped region, whatever order things are dropped in.
 #[derive(Clone, Debug, Default)]
-pub struct SharedMemory(Arc<RwLock<Guarded<Table>>>);
+pub struct SharedMemory(Arc<RwLock<Current>>);
+
+/// The table in force and the mappings it points into.
+#[derive(Debug, Default)]
+struct Current {
+    table: Guarded<Table>,
+    /// Keeps the mappings alive while `table` refers to them; dropped after
+    /// it (field order).
+    _keep: Vec<Arc<MappedRegion>>,
+}
 
 impl SharedMemory {
     /// An empty memory (every access fails until a table is set).
@@ -47,48 +62,61 @@ impl SharedMemory {
         Self::default()
     }
 
-    fn get(&self) -> RwLockReadGuard<'_, Guarded<Table>> {
+    fn get(&self) -> RwLockReadGuard<'_, Current> {
         // The table is plain data replaced whole; a poisoned lock still
         // holds a consistent one.
         self.0.read().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Replaces the table.
-    pub(crate) fn set(&self, table: Guarded<Table>) {
-        *self.0.write().unwrap_or_else(|p| p.into_inner()) = table;
+    pub(crate) fn set(&self, table: Guarded<Table>, keep: Vec<Arc<MappedRegion>>) {
+        let old = std::mem::replace(
+            &mut *self.0.write().unwrap_or_else(|p| p.into_inner()),
+            Current { table, _keep: keep },
+        );
+        // Unmapped (if nothing else holds them) outside the lock.
+        drop(old);
     }
 
-    /// The regions now.
-    pub fn regions(&self) -> Vec<Region> {
-        self.get().inner().regions().to_vec()
+    /// The regions now, as guest base and length: a description, not the
+    /// regions themselves, which could outlive their mappings (issue 16,
+    /// finding 10).
+    pub fn regions(&self) -> Vec<(GuestAddress, u64)> {
+        self.get()
+            .table
+            .inner()
+            .regions()
+            .iter()
+            .map(|r| (r.guest_base(), r.len()))
+            .collect()
     }
 
     /// Whether a mapping behind the table now lost its backing (every
     /// access fails then).
     pub fn is_lost(&self) -> bool {
-        self.get().is_lost()
+        self.get().table.is_lost()
     }
 }
 
 impl GuestMemory for SharedMemory {
     fn map(&self, addr: GuestAddress, len: u64, access: Access) -> Result<Mapping, MemoryError> {
-        self.get().map(addr, len, access)
+        self.get().table.map(addr, len, access)
     }
 
     fn read(&self, addr: GuestAddress, buf: &mut [u8]) -> Result<(), MemoryError> {
-        self.get().read(addr, buf)
+        self.get().table.read(addr, buf)
     }
 
     fn write(&self, addr: GuestAddress, buf: &[u8]) -> Result<(), MemoryError> {
-        self.get().write(addr, buf)
+        self.get().table.write(addr, buf)
     }
 
     fn load_u16_acquire(&self, addr: GuestAddress) -> Result<u16, MemoryError> {
-        self.get().load_u16_acquire(addr)
+        self.get().table.load_u16_acquire(addr)
     }
 
     fn store_u16_release(&self, addr: GuestAddress, val: u16) -> Result<(), MemoryError> {
-        self.get().store_u16_release(addr, val)
+        self.get().table.store_u16_release(addr, val)
     }
 }
 
@@ -219,13 +247,17 @@ pub struct MappedRegion {
     file: (u64, u64),
     /// `ADD_MEM_REG`s of exactly this region not yet removed (QEMU's
     /// vhost-user netdev adds every region once per queue pair).
-    refs: u32,
+    refs: AtomicU32,
 }
 
 // SAFETY: the mapping is owned memory of this process; the pointers are
 // only an address range, and every access to it goes through raw copies
 // (`RegionMemory`), never references.
 unsafe impl Send for MappedRegion {}
+// SAFETY: as above: shared between the session and the tables devices
+// read, the mapping is only ever reached through raw copies; `refs` is
+// atomic.
+unsafe impl Sync for MappedRegion {}
 
 impl MappedRegion {
     /// Maps `region` from `fd`, checking it against the file: non-empty,
@@ -297,7 +329,7 @@ impl MappedRegion {
             host: base.cast::<u8>().wrapping_add(delta as usize),
             guard: Some(guard),
             file: (st.st_dev, st.st_ino),
-            refs: 1,
+            refs: AtomicU32::new(1),
         })
     }
 
@@ -323,9 +355,9 @@ impl MappedRegion {
     /// The `virtio-core` region over this mapping.
     fn as_region(&self) -> Region {
         // SAFETY: `host` is valid for `region.size` bytes while `self`
-        // lives; the session keeps `self` alive for as long as any table
-        // holding this region is in use (it swaps the table before
-        // dropping the mapping), and nothing forms references into it.
+        // lives; every table holding this region is stored with an `Arc` of
+        // `self` beside it (`SharedMemory::set`), so `self` outlives the
+        // table; nothing forms references into the mapping.
         unsafe {
             Region::new(
                 GuestAddress(self.region.guest_addr),
@@ -365,14 +397,14 @@ fn sealed_against_shrinking(fd: &OwnedFd) -> bool {
 /// The session's regions and the table built from them.
 #[derive(Debug, Default)]
 pub struct Regions {
-    mapped: Vec<MappedRegion>,
+    mapped: Vec<Arc<MappedRegion>>,
     /// Refuse files not sealed against shrinking.
     require_sealed: bool,
 }
 
 impl Regions {
     /// The regions.
-    pub fn mapped(&self) -> &[MappedRegion] {
+    pub fn mapped(&self) -> &[Arc<MappedRegion>] {
         &self.mapped
     }
 
@@ -397,23 +429,23 @@ impl Regions {
     /// The first region an access to faulted (its file shrank), as the
     /// error that ends the session.
     pub fn lost(&self) -> Option<MemError> {
-        self.mapped.iter().find_map(MappedRegion::lost)
+        self.mapped.iter().find_map(|m| m.lost())
     }
 
     /// The table over `mapped`, checked against their guards.
     fn guarded<'a>(
-        mapped: impl Iterator<Item = &'a MappedRegion> + Clone,
+        mapped: impl Iterator<Item = &'a Arc<MappedRegion>> + Clone,
     ) -> Result<Guarded<Table>, MemError> {
         let mut t = Table::new();
         for m in mapped.clone() {
             t.add(m.as_region()).map_err(MemError::Table)?;
         }
-        let watches: Vec<Watch> = mapped.filter_map(MappedRegion::watch).collect();
+        let watches: Vec<Watch> = mapped.filter_map(|m| m.watch()).collect();
         Ok(Guarded::new(t, watches))
     }
 
     /// Builds the device-visible table for `mapped`, checking overlaps.
-    fn table(mapped: &[MappedRegion]) -> Result<Guarded<Table>, MemError> {
+    fn table(mapped: &[Arc<MappedRegion>]) -> Result<Guarded<Table>, MemError> {
         let mut t = Table::new();
         for (i, m) in mapped.iter().enumerate() {
             t.add(m.as_region()).map_err(MemError::Table)?;
@@ -427,7 +459,7 @@ impl Regions {
                 }
             }
         }
-        let watches: Vec<Watch> = mapped.iter().filter_map(MappedRegion::watch).collect();
+        let watches: Vec<Watch> = mapped.iter().filter_map(|m| m.watch()).collect();
         Ok(Guarded::new(t, watches))
     }
 
@@ -444,12 +476,12 @@ impl Regions {
             .zip(fds)
             .map(|(r, fd)| {
                 self.check_sealed(r, fd)?;
-                MappedRegion::map(r, fd)
+                MappedRegion::map(r, fd).map(Arc::new)
             })
             .collect::<Result<Vec<_>, _>>()?;
         let table = Self::table(&mapped)?;
-        mem.set(table);
-        // The old mappings go only now that no table refers to them.
+        mem.set(table, mapped.clone());
+        // The old mappings go now, unless something still holds them.
         self.mapped = mapped;
         Ok(())
     }
@@ -464,7 +496,7 @@ impl Regions {
         fd: &OwnedFd,
         mem: &SharedMemory,
     ) -> Result<(), MemError> {
-        if let Some(same) = self.mapped.iter_mut().find(|m| m.region == *region) {
+        if let Some(same) = self.mapped.iter().find(|m| m.region == *region) {
             // SAFETY: a zeroed stat is a valid out-buffer for fstat.
             let mut st: libc::stat = unsafe { std::mem::zeroed() };
             // SAFETY: `fd` is an open descriptor we own; `st` is writable.
@@ -472,7 +504,11 @@ impl Regions {
                 return Err(MemError::Stat(std::io::Error::last_os_error()));
             }
             if same.file == (st.st_dev, st.st_ino) {
-                same.refs = same.refs.saturating_add(1);
+                let _ = same
+                    .refs
+                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                        Some(n.saturating_add(1))
+                    });
                 return Ok(());
             }
             // Another file at the same addresses: the overlap check below
@@ -480,10 +516,10 @@ impl Regions {
         }
         self.check_sealed(region, fd)?;
         let m = MappedRegion::map(region, fd)?;
-        self.mapped.push(m);
+        self.mapped.push(Arc::new(m));
         match Self::table(&self.mapped) {
             Ok(t) => {
-                mem.set(t);
+                mem.set(t, self.mapped.clone());
                 Ok(())
             }
             Err(e) => {
@@ -504,8 +540,8 @@ impl Regions {
             .ok_or(MemError::NoSuchRegion {
                 guest_addr: region.guest_addr,
             })?;
-        if self.mapped[pos].refs > 1 {
-            self.mapped[pos].refs -= 1;
+        if self.mapped[pos].refs.load(Ordering::Relaxed) > 1 {
+            self.mapped[pos].refs.fetch_sub(1, Ordering::Relaxed);
             return Ok(());
         }
         let rest = self
@@ -513,14 +549,15 @@ impl Regions {
             .iter()
             .enumerate()
             .filter_map(|(i, m)| (i != pos).then_some(m));
-        mem.set(Self::guarded(rest)?);
+        let keep = rest.clone().cloned().collect();
+        mem.set(Self::guarded(rest)?, keep);
         self.mapped.remove(pos);
         Ok(())
     }
 
     /// Drops every region (end of session).
     pub fn clear(&mut self, mem: &SharedMemory) {
-        mem.set(Guarded::default());
+        mem.set(Guarded::default(), Vec::new());
         self.mapped.clear();
     }
 
@@ -577,6 +614,30 @@ mod tests {
         assert!(mem.read_u32(GuestAddress(0x10_0004)).is_err());
         r.clear(&mem);
         assert!(mem.regions().is_empty());
+    }
+
+    /// Issue 16, finding 10: the table a device reads through keeps its
+    /// mappings alive. Before, dropping the session's `Regions` without
+    /// clearing the table unmapped memory that a `SharedMemory` clone
+    /// still pointed into, and the next read (safe code) faulted.
+    #[test]
+    fn a_table_keeps_its_mappings_alive_after_the_regions_are_dropped() {
+        let mem = SharedMemory::new();
+        let device_view = mem.clone();
+        let mut r = Regions::default();
+        let fds = [memfd(0x2000)];
+        r.replace(&[region(0, 0x2000, 0x7000_0000, 0)], &fds, &mem)
+            .unwrap();
+        device_view
+            .write_u32(GuestAddress(0x100), 0x1234_5678)
+            .unwrap();
+        drop(r);
+        drop(mem);
+        assert_eq!(
+            device_view.read_u32(GuestAddress(0x100)).unwrap(),
+            0x1234_5678
+        );
+        assert_eq!(device_view.regions(), vec![(GuestAddress(0), 0x2000)]);
     }
 
     /// QEMU's vhost-user netdev adds every region once per queue pair:

@@ -9,7 +9,20 @@ use super::{
 };
 
 /// One contiguous piece of guest physical memory backed by host memory.
-#[derive(Clone, Copy, Debug)]
+///
+/// Neither `Copy` nor `Clone` (issue 16, finding 10): [`Region::new`]'s
+/// promise covers the region it made, and a copy made later by safe code
+/// could outlive the mapping. A [`RegionMemory`] owns its regions; share
+/// the memory by reference, or behind an `Arc` owned together with the
+/// mapping, so that the mapping lives as long as the last user.
+///
+/// ```compile_fail
+/// # use virtio_core::memory::{GuestAddress, Region};
+/// fn keep(r: &Region) -> Region {
+///     r.clone()
+/// }
+/// ```
+#[derive(Debug)]
 pub struct Region {
     guest_base: GuestAddress,
     host: *mut u8,
@@ -116,7 +129,17 @@ impl core::error::Error for RegionError {}
 /// Guest memory made of a fixed number of non-overlapping regions, sorted by
 /// guest address. Regions may be adjacent; a range across adjacent regions
 /// maps to one segment per region.
-#[derive(Clone, Debug, Default)]
+///
+/// Not `Clone`, for the reason [`Region`] is not: a clone in safe code
+/// could outlive the mappings it points into.
+///
+/// ```compile_fail
+/// # use virtio_core::memory::RegionMemory;
+/// fn keep(m: &RegionMemory) -> RegionMemory {
+///     m.clone()
+/// }
+/// ```
+#[derive(Debug, Default)]
 pub struct RegionMemory<const N: usize = 8> {
     regions: heapless::Vec<Region, N>,
 }

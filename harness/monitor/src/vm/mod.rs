@@ -32,7 +32,10 @@ use kvm_bindings::{
 };
 use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
 use vhost_user::guard::{Guard, GuardError, Guarded};
-use virtio_core::memory::{GuestAddress, Region, RegionError, RegionMemory};
+use virtio_core::GuestMemory;
+use virtio_core::memory::{
+    Access, GuestAddress, Mapping, MemoryError, Region, RegionError, RegionMemory,
+};
 use virtio_devices::VirtioDevice;
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
@@ -56,7 +59,65 @@ use run::*;
 /// a file or memfd), so an access fails with
 /// [`MemoryError::BackingLost`](virtio_core::MemoryError::BackingLost) once
 /// that file shrank under the mapping.
-pub type GuestRam = Guarded<RegionMemory>;
+///
+/// It owns the mapping (issue 16, finding 10): a clone shares it, and the
+/// host memory is unmapped only when the last clone and the [`Vm`] are
+/// gone, so a device or a caller that keeps a clone past the VM reads
+/// memory that is still there. The region table inside is never handed
+/// out by value ([`RegionMemory`] is not `Clone`).
+#[derive(Clone, Debug, Default)]
+pub struct GuestRam(Arc<RamInner>);
+
+/// What a [`GuestRam`] shares. Fields drop in declaration order: the table
+/// and the guard go before the memory is unmapped.
+#[derive(Debug, Default)]
+struct RamInner {
+    table: Guarded<RegionMemory>,
+    guard: Option<Guard>,
+    /// `None` only for the empty memory of [`GuestRam::default`].
+    memory: Option<HostMemory>,
+}
+
+impl GuestRam {
+    /// The host memory behind guest RAM (`None` for the empty memory of
+    /// [`GuestRam::default`], which has no regions).
+    pub fn host_memory(&self) -> Option<&HostMemory> {
+        self.0.memory.as_ref()
+    }
+
+    /// The RAM regions, for their layout (reads and writes go through
+    /// `GuestRam` itself, which checks them).
+    pub fn regions(&self) -> &RegionMemory {
+        self.0.table.inner()
+    }
+
+    /// Whether the file behind guest RAM lost its backing.
+    pub fn is_lost(&self) -> bool {
+        self.0.table.is_lost()
+    }
+
+    fn fault(&self) -> Option<usize> {
+        self.0.guard.as_ref().and_then(Guard::fault)
+    }
+}
+
+impl GuestMemory for GuestRam {
+    fn map(&self, addr: GuestAddress, len: u64, access: Access) -> Result<Mapping, MemoryError> {
+        self.0.table.map(addr, len, access)
+    }
+    fn read(&self, addr: GuestAddress, buf: &mut [u8]) -> Result<(), MemoryError> {
+        self.0.table.read(addr, buf)
+    }
+    fn write(&self, addr: GuestAddress, buf: &[u8]) -> Result<(), MemoryError> {
+        self.0.table.write(addr, buf)
+    }
+    fn load_u16_acquire(&self, addr: GuestAddress) -> Result<u16, MemoryError> {
+        self.0.table.load_u16_acquire(addr)
+    }
+    fn store_u16_release(&self, addr: GuestAddress, val: u16) -> Result<(), MemoryError> {
+        self.0.table.store_u16_release(addr, val)
+    }
+}
 
 /// RAM below 4 GiB ends here at most; the rest goes above 4 GiB.
 pub const RAM_BELOW_4G_LIMIT: u64 = 0xc000_0000;
@@ -182,21 +243,20 @@ pub struct Vm {
     serial: ports::Serial,
     debug: Log,
     ram: Vec<RamRange>,
+    /// Owns the host memory: unmapped when the last of this and the
+    /// devices' clones goes, after the VM fd is closed (field order).
     guest: GuestRam,
     boot: Option<PvhBoot>,
     created: Option<Instant>,
     stats: Result<Stats, String>,
-    /// Devices hold clones of `guest`: they go before `memory`.
+    /// Devices hold clones of `guest`.
     devices: Vec<Arc<Wired>>,
-    /// Watches file-backed RAM; ends after the devices, before the unmap.
-    ram_guard: Option<Guard>,
-    memory: HostMemory,
 }
 
 impl fmt::Debug for Vm {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Vm")
-            .field("memory", &self.memory)
+            .field("memory", &self.guest.host_memory())
             .field("ram", &self.ram)
             .field("bus", &self.bus)
             .field("boot", &self.boot)
@@ -282,15 +342,18 @@ impl Vm {
                 memory_size: r.size,
                 userspace_addr: host as u64,
             };
-            // SAFETY: the host range is inside `memory`, which this `Vm`
-            // owns and unmaps only after the VM fd is closed (field order);
-            // the guest may write it at any time, and this process only
-            // reaches it through raw copies (`RegionMemory`), never through
+            // SAFETY: the host range is inside `memory`, which the
+            // `GuestRam` built below owns; this `Vm` holds it, so it is
+            // unmapped only after the VM fd is closed (field order); the
+            // guest may write it at any time, and this process only reaches
+            // it through raw copies (`RegionMemory`), never through
             // references.
             unsafe { vm.set_user_memory_region(region) }
                 .map_err(kvm_err("KVM_SET_USER_MEMORY_REGION"))?;
-            // SAFETY: as above: valid for `r.size` bytes for as long as
-            // `guest` (a field of the same `Vm`) is used.
+            // SAFETY: valid for `r.size` bytes for as long as the table is
+            // used: the table and the memory are owned together by one
+            // `GuestRam`, the table dropped first, and `RegionMemory` is not
+            // `Clone`, so no copy of the region outlives the mapping.
             let region = unsafe { Region::new(GuestAddress(r.base), host, r.size) };
             guest.add(region).map_err(VmError::Memory)?;
             host_offset += r.size as usize;
@@ -303,7 +366,11 @@ impl Vm {
             None => None,
         };
         let watches: Vec<_> = ram_guard.iter().map(Guard::watch).collect();
-        let guest = Guarded::new(guest, watches);
+        let guest = GuestRam(Arc::new(RamInner {
+            table: Guarded::new(guest, watches),
+            guard: ram_guard,
+            memory: Some(memory),
+        }));
 
         let vcpu = vm.create_vcpu(0).map_err(kvm_err("KVM_CREATE_VCPU"))?;
         let cpuid = kvm
@@ -325,8 +392,6 @@ impl Vm {
             created: Some(created),
             stats,
             devices: Vec::new(),
-            ram_guard,
-            memory,
         })
     }
 
@@ -341,7 +406,7 @@ impl Vm {
     /// Devices' accesses fail from then on; a vCPU touching a lost page gets
     /// `EFAULT` from `KVM_RUN` instead (a [`VmError::Kvm`]).
     pub fn ram_fault(&self) -> Option<usize> {
-        self.ram_guard.as_ref().and_then(Guard::fault)
+        self.guest.fault()
     }
 
     /// The guest RAM ranges.
@@ -351,7 +416,11 @@ impl Vm {
 
     /// The host memory behind guest RAM.
     pub fn host_memory(&self) -> &HostMemory {
-        &self.memory
+        // Invariant: `Vm::new` always builds its `GuestRam` over the host
+        // memory it was given (only `GuestRam::default` has none).
+        self.guest
+            .host_memory()
+            .expect("a VM's guest RAM has its host memory")
     }
 
     /// The VM file descriptor (for ioeventfd/irqfd set-up).

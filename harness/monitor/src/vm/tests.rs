@@ -112,7 +112,7 @@ fn truncated_ram_child() {
     );
     // Nothing was published: the used index (below the new end, read
     // without the checks) is still 0.
-    assert_eq!(mem.inner().load_u16_acquire(layout.used_idx()), Ok(0));
+    assert_eq!(mem.regions().load_u16_acquire(layout.used_idx()), Ok(0));
 
     let mut buf = [0u8; 16];
     let read = mem.read(GuestAddress(0x8_0000), &mut buf);
@@ -167,4 +167,26 @@ fn guest_ram_whose_file_shrinks_fails_accesses_instead_of_killing_the_monitor() 
         },
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// Issue 16, finding 10: guest memory handed out by the VM keeps the
+/// mapping alive. Before, `guest_memory()` gave a region table whose clone
+/// pointed into host memory the `Vm` unmapped when dropped: a device or a
+/// caller that kept the clone read freed memory from safe code.
+#[test]
+fn guest_memory_kept_past_the_vm_still_reads_its_ram() {
+    if !kvm_or_skip("guest_memory_kept_past_the_vm_still_reads_its_ram") {
+        return;
+    }
+    let memory = HostMemory::ram(2 << 20, false, false).unwrap();
+    let vm = Vm::new(memory).unwrap();
+    let kept = vm.guest_memory().clone();
+    kept.write_u64(GuestAddress(0x1000), 0x0123_4567_89ab_cdef)
+        .unwrap();
+    drop(vm);
+    assert_eq!(
+        kept.read_u64(GuestAddress(0x1000)).unwrap(),
+        0x0123_4567_89ab_cdef
+    );
+    assert_eq!(kept.host_memory().map(HostMemory::len), Some(2 << 20));
 }
