@@ -943,6 +943,18 @@ impl<D: VirtioDevice> Backend<D> {
                 Ok(None)
             }
             Message::SetVringAddr(addr) => {
+                // `VHOST_VRING_F_LOG` asks for used-ring writes to be
+                // logged, which needs `VHOST_F_LOG_ALL`; this backend offers
+                // no dirty log, so accepting the bit would let a frontend
+                // believe its migration sees every page the device wrote.
+                if addr.flags & 1 != 0 {
+                    return Err(BackendError::BadLayout {
+                        index: addr.index,
+                        why: "dirty logging (VHOST_VRING_F_LOG) asked for, but \
+                              VHOST_F_LOG_ALL is not offered"
+                            .into(),
+                    });
+                }
                 let layout = self.translate(&addr)?;
                 let ring = self.ring(addr.index)?;
                 let moved = ring.layout.is_some_and(|l| l != layout);
