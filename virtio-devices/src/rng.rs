@@ -13,8 +13,8 @@ use alloc::vec::Vec;
 use backends::rng::RngBackend;
 use virtio_core::GuestMemory;
 use virtio_core::features::{DeviceType, TransportFeatures};
-use virtio_core::split::DeviceQueue;
 use virtio_core::split::layout::QueueSize;
+use virtio_core::split::{DeviceQueue, QueueError};
 
 use crate::device::{Budget, DeviceError, QueueConfig, Served, VirtioDevice};
 
@@ -89,20 +89,23 @@ impl<B: RngBackend, M: GuestMemory> Rng<B, M> {
         &self.backend
     }
 
-    /// Fills one chain; `Ok(None)` when the backend had nothing for it.
-    fn fill(&mut self, queue: &DeviceQueue, head: u16) -> Option<u32> {
+    /// Fills one chain: `Ok(Some(n))` with `n` bytes written, `Ok(None)`
+    /// when the backend had nothing for it, `Err` when guest memory failed
+    /// before a byte was written (the chain cannot be served: waiting for
+    /// entropy would hold it forever).
+    fn fill(&mut self, queue: &DeviceQueue, head: u16) -> Result<Option<u32>, QueueError> {
         let chain = match queue.chain(&self.mem, head) {
             Ok(c) => c,
             Err(_) => {
                 self.stats.malformed += 1;
-                return Some(0);
+                return Ok(Some(0));
             }
         };
         let mut w = match chain.reader_writer::<64>() {
             Ok((_, w)) if w.total() > 0 => w,
             _ => {
                 self.stats.malformed += 1;
-                return Some(0);
+                return Ok(Some(0));
             }
         };
         let mut buf = [0u8; CHUNK];
@@ -118,19 +121,23 @@ impl<B: RngBackend, M: GuestMemory> Rng<B, M> {
             if n == 0 {
                 break;
             }
-            // `n <= available`: cannot fail on a validated chain; if the
-            // guest unmapped memory meanwhile, stop with what was written.
-            if w.write_all(&buf[..n]).is_err() {
+            // `n <= available`: cannot fail on a validated chain unless the
+            // memory went away meanwhile (a region removed, a file that
+            // shrank); stop with what was written, or report it.
+            if let Err(e) = w.write_all(&buf[..n]) {
+                if w.written() == 0 {
+                    return Err(QueueError::Chain(e));
+                }
                 break;
             }
         }
-        match w.written() {
+        Ok(match w.written() {
             0 => None,
             n => {
                 self.stats.bytes += u64::from(n);
                 Some(n)
             }
-        }
+        })
     }
 
     /// Serves pending chains, then new ones, until the backend runs dry.
@@ -145,6 +152,7 @@ impl<B: RngBackend, M: GuestMemory> Rng<B, M> {
         let qerr = |err| DeviceError::Queue { queue: 0, err };
         let mut served = Served::default();
         let mut budget = Budget::default();
+        let mut broken = None;
         loop {
             let head = match self.pending.front() {
                 Some(&h) => h,
@@ -161,7 +169,18 @@ impl<B: RngBackend, M: GuestMemory> Rng<B, M> {
                     }
                 }
             };
-            match self.fill(queue, head) {
+            let filled = match self.fill(queue, head) {
+                Ok(f) => f,
+                Err(e) => {
+                    // Publish what was completed, then report: the driver
+                    // gets DEVICE_NEEDS_RESET (§2.1.2) instead of a chain
+                    // held forever.
+                    self.pending.pop_front();
+                    broken = Some(e);
+                    break;
+                }
+            };
+            match filled {
                 Some(len) => {
                     self.pending.pop_front();
                     queue.add_used(&self.mem, head, len).map_err(qerr)?;
@@ -175,6 +194,9 @@ impl<B: RngBackend, M: GuestMemory> Rng<B, M> {
         }
         served.again = budget.exhausted;
         queue.publish_used(&self.mem).map_err(qerr)?;
+        if let Some(e) = broken {
+            return Err(qerr(e));
+        }
         served.interrupt = queue.needs_notification(&self.mem).map_err(qerr)?;
         Ok(served)
     }
