@@ -19,6 +19,7 @@ pub mod rng_request;
 pub mod scratch;
 pub mod split_queue_device;
 pub mod vhost_user_codec;
+pub mod vhost_user_session;
 
 /// A fuzz target: its name (the corpus folder and cargo-fuzz binary) and its
 /// body.
@@ -91,5 +92,9 @@ pub const TARGETS: &[Target] = &[
     Target {
         name: "vhost_user_codec",
         run: vhost_user_codec::run,
+    },
+    Target {
+        name: "vhost_user_session",
+        run: vhost_user_session::run,
     },
 ];

@@ -69,7 +69,8 @@
 //! window is over, at the end of a later session, or when the backend is
 //! dropped), so a frontend that refuses, fails or reconnects in a loop
 //! cannot fill the disk. Only `set_verbose` logs every request and every
-//! line. The
+//! line. Lines go to stderr, or to the caller's sink
+//! ([`Backend::set_log_sink`]). The
 //! refusals that remain, and why: a ring size that is not a power of two
 //! up to the device's maximum (§2.7; `queue-size` raises it), a ring whose
 //! areas are not inside the mapped memory or misaligned (§2.7), a ring
@@ -84,6 +85,13 @@
 //! that panics, in any call, ends the session the same way (every device
 //! call runs under `catch_unwind`, also those made as the session ends),
 //! and is reset before the next frontend even if it was not active.
+//!
+//! Serving: [`Backend::serve`] accepts frontends one after the other;
+//! [`Backend::serve_connection`] serves one, in a loop that waits for
+//! events; [`Backend::serve_stepped`] hands the same loop to its caller,
+//! one round at a time and never waiting, so that a test or a fuzz target
+//! can be the frontend on the same thread and run a session
+//! deterministically.
 //!
 //! Not done: a stopped ring of a device that cannot report positions is
 //! only masked, so such a device serving queues on backend readiness may
@@ -441,7 +449,12 @@ pub struct Backend<D> {
     ready: Vec<usize>,
     /// `backend_ready` stopped at the work budget.
     ready_backend: bool,
+    /// Where log lines go instead of stderr ([`Backend::set_log_sink`]).
+    log_sink: Option<LogSink>,
 }
+
+/// A destination for the backend's log lines ([`Backend::set_log_sink`]).
+pub type LogSink = Box<dyn FnMut(&str) + Send>;
 
 impl<D> Drop for Backend<D> {
     /// Logs what the rate limits suppressed and did not report yet.
@@ -451,19 +464,28 @@ impl<D> Drop for Backend<D> {
 }
 
 impl<D> Backend<D> {
+    /// Writes one line to the log: stderr, or the sink if one is set. Every
+    /// line the backend writes goes through here.
+    fn emit(&mut self, line: fmt::Arguments<'_>) {
+        match &mut self.log_sink {
+            Some(sink) => sink(&format!("vhost-user: {line}")),
+            None => eprintln!("vhost-user: {line}"),
+        }
+    }
+
     /// Writes one log line of `kind`, within the rate limits (every line
     /// when verbose).
     fn log(&mut self, kind: &'static str, line: fmt::Arguments<'_>) {
         if self.verbose {
-            eprintln!("vhost-user: {line}");
+            self.emit(line);
             return;
         }
         let admit = self.log_limit.admit(kind, Instant::now());
         if let Some(summary) = admit.summary {
-            eprintln!("vhost-user: {summary}");
+            self.emit(format_args!("{summary}"));
         }
         if admit.write {
-            eprintln!("vhost-user: {line}");
+            self.emit(line);
         }
     }
 
@@ -471,8 +493,16 @@ impl<D> Backend<D> {
     /// every count).
     fn log_summaries(&mut self, all: bool) {
         for summary in self.log_limit.summaries(Instant::now(), all) {
-            eprintln!("vhost-user: {summary}");
+            self.emit(format_args!("{summary}"));
         }
+    }
+
+    /// Sends every log line (the same lines, within the same rate limits,
+    /// each without its newline) to `sink` instead of stderr: for an
+    /// embedder with its own log, or a test or fuzz target that runs
+    /// thousands of sessions a second and counts the lines.
+    pub fn set_log_sink(&mut self, sink: LogSink) {
+        self.log_sink = Some(sink);
     }
 
     /// Logs every count of suppressed lines not reported yet (also done
@@ -558,6 +588,7 @@ impl<D: VirtioDevice> Backend<D> {
             log_limit: LogLimit::new(LOG_BURST, LOG_WINDOW),
             ready: Vec::new(),
             ready_backend: false,
+            log_sink: None,
         }
     }
 
@@ -637,13 +668,66 @@ impl<D: VirtioDevice> Backend<D> {
     /// daemon goes on.
     pub fn serve_connection(&mut self, stream: UnixStream) -> SessionEnd {
         self.stats.sessions += 1;
-        let result = match catch_unwind(AssertUnwindSafe(|| self.session(&stream))) {
+        // Closed only once the session is cleared, as the frontend may
+        // reconnect as soon as it sees the end.
+        let mut conn = None;
+        let result = self.catching(|b| {
+            let c = conn.insert(b.open(stream)?);
+            while b.round(c, true)? != Round::Closed {}
+            Ok(())
+        });
+        let end = self.close(result);
+        drop(conn);
+        end
+    }
+
+    /// Serves one frontend like [`Backend::serve_connection`], but run by
+    /// the caller one round at a time ([`SteppedSession::poll`]) on its
+    /// own thread, never waiting for an event: a frontend on the same
+    /// thread acts between rounds, so a test or a fuzz target drives a
+    /// whole session deterministically, with nothing racing. The rounds
+    /// are those `serve_connection` runs (it waits for events instead),
+    /// and the session ends, and is cleared for the next frontend, as
+    /// there; dropping the [`SteppedSession`] ends it as a hang-up would.
+    ///
+    /// The frontend must send whole messages between rounds: a round that
+    /// finds part of one waits for the rest, up to [`MESSAGE_TIMEOUT`]. A
+    /// round never makes the [`BACKEND_TICK`] call to `backend_ready`
+    /// (readiness fds are still served when they fire).
+    pub fn serve_stepped(&mut self, stream: UnixStream) -> SteppedSession<'_, D> {
+        self.stats.sessions += 1;
+        let mut conn = None;
+        let opened = self.catching(|b| {
+            conn = Some(b.open(stream)?);
+            Ok(())
+        });
+        let mut stepped = SteppedSession {
+            backend: self,
+            conn,
+            end: None,
+        };
+        if let Err(e) = opened {
+            stepped.end_with(Err(e));
+        }
+        stepped
+    }
+
+    /// Runs `f` under `catch_unwind`; a panic (only a device call should
+    /// raise one) marks the device for a reset and becomes the session's
+    /// error.
+    fn catching(&mut self, f: impl FnOnce(&mut Self) -> Result<(), String>) -> Result<(), String> {
+        match catch_unwind(AssertUnwindSafe(|| f(self))) {
             Ok(r) => r,
             Err(p) => {
                 self.panicked = true;
                 Err(format!("device panicked: {}", panic_message(&*p)))
             }
-        };
+        }
+    }
+
+    /// Ends a session that ended with `result`: clears it for the next
+    /// frontend and logs how it ended.
+    fn close(&mut self, result: Result<(), String>) -> SessionEnd {
         let mut end = match result {
             Ok(()) => SessionEnd::Closed,
             Err(e) => SessionEnd::Error(e),
@@ -658,14 +742,16 @@ impl<D: VirtioDevice> Backend<D> {
             self.stats.last_error = Some(e.clone());
             self.log(LOG_SESSION_END, format_args!("{end}"));
         } else if self.verbose {
-            eprintln!("vhost-user: {end}");
+            self.emit(format_args!("{end}"));
         }
         // Counts whose window closed during this session.
         self.log_summaries(false);
         end
     }
 
-    fn session(&mut self, stream: &UnixStream) -> Result<(), String> {
+    /// Starts serving `stream`: socket timeouts, the session's epoll with
+    /// the socket and the readiness fds, an empty ready list.
+    fn open(&mut self, stream: UnixStream) -> Result<Connection, String> {
         stream
             .set_read_timeout(Some(MESSAGE_TIMEOUT))
             .and_then(|()| stream.set_write_timeout(Some(MESSAGE_TIMEOUT)))
@@ -691,62 +777,79 @@ impl<D: VirtioDevice> Backend<D> {
                 r => r.map_err(|e| format!("epoll on a backend fd: {e}"))?,
             }
         }
-        let mut events = vec![EpollEvent::default(); 4 + self.vrings.len() + self.ready_fds.len()];
+        let events = vec![EpollEvent::default(); 4 + self.vrings.len() + self.ready_fds.len()];
         self.ready.clear();
         self.ready_backend = false;
-        loop {
-            let timeout = if !self.ready.is_empty() || self.ready_backend {
-                // Work waits on the ready list: look for events, do not
-                // wait for them.
-                0
-            } else if self.ready_fds.is_empty() || self.active.is_none() {
-                -1
-            } else {
-                BACKEND_TICK.as_millis() as i32
-            };
-            let n = match epoll.wait(timeout, &mut events) {
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(format!("epoll: {e}")),
-            };
-            if n == 0 {
-                if self.ready.is_empty() && !self.ready_backend {
-                    self.backend_ready();
+        Ok(Connection {
+            stream,
+            epoll,
+            events,
+        })
+    }
+
+    /// One round of the serving loop: one wait for events (for ever or a
+    /// [`BACKEND_TICK`] with `wait`, not at all without, nor while rings
+    /// wait on the ready list), the events handled in the order epoll
+    /// gives them (a message, a kick, backend readiness), then the ready
+    /// list resumed. `Err` closes the connection.
+    fn round(&mut self, conn: &mut Connection, wait: bool) -> Result<Round, String> {
+        // Work waits on the ready list: look for events, do not wait for
+        // them.
+        let pending = !self.ready.is_empty() || self.ready_backend;
+        let timeout = if pending || !wait {
+            0
+        } else if self.ready_fds.is_empty() || self.active.is_none() {
+            -1
+        } else {
+            BACKEND_TICK.as_millis() as i32
+        };
+        let n = match conn.epoll.wait(timeout, &mut conn.events) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(Round::Busy),
+            Err(e) => return Err(format!("epoll: {e}")),
+        };
+        if n == 0 {
+            if !pending {
+                if !wait {
+                    return Ok(Round::Idle);
                 }
-                self.resume();
-                self.memory_intact()?;
-                continue;
-            }
-            let mut backend = false;
-            for ev in &events[..n] {
-                match ev.data() {
-                    TOKEN_SOCKET => {
-                        let frame = match codec::recv_frame(stream) {
-                            Ok(Some(f)) => f,
-                            Ok(None) => return Ok(()),
-                            Err(RecvError::Eof { got }) => {
-                                return Err(format!(
-                                    "frontend disconnected inside a message ({got} bytes)"
-                                ));
-                            }
-                            Err(e) => return Err(e.to_string()),
-                        };
-                        self.on_frame(stream, &epoll, frame)?;
-                    }
-                    t if t >= TOKEN_BACKEND => backend = true,
-                    t => {
-                        let i = usize::try_from(t - TOKEN_KICK).unwrap_or(usize::MAX);
-                        self.kicked(i);
-                        self.memory_intact()?;
-                    }
-                }
-            }
-            if backend {
+                // The backend tick.
                 self.backend_ready();
             }
             self.resume();
             self.memory_intact()?;
+            return Ok(Round::Busy);
         }
+        let mut backend = false;
+        for ev in &conn.events[..n] {
+            match ev.data() {
+                TOKEN_SOCKET => {
+                    let frame = match codec::recv_frame(&conn.stream) {
+                        Ok(Some(f)) => f,
+                        Ok(None) => return Ok(Round::Closed),
+                        Err(RecvError::Eof { got }) => {
+                            return Err(format!(
+                                "frontend disconnected inside a message ({got} bytes)"
+                            ));
+                        }
+                        Err(e) => return Err(e.to_string()),
+                    };
+                    self.on_frame(&conn.stream, &conn.epoll, frame)?;
+                }
+                t if t >= TOKEN_BACKEND => backend = true,
+                t => {
+                    let i = usize::try_from(t - TOKEN_KICK).unwrap_or(usize::MAX);
+                    self.kicked(i);
+                    self.memory_intact()?;
+                }
+            }
+        }
+        if backend {
+            self.backend_ready();
+        }
+        self.resume();
+        self.memory_intact()?;
+        Ok(Round::Busy)
     }
 
     /// Ends the session if an access to one of its regions faulted (the
@@ -797,7 +900,7 @@ impl<D: VirtioDevice> Backend<D> {
             }
         };
         if self.verbose {
-            eprintln!("vhost-user: {msg:?} ({} fds)", frame.fds.len());
+            self.emit(format_args!("{msg:?} ({} fds)", frame.fds.len()));
         }
         let has_reply = msg.has_reply();
         let req = msg.request();
@@ -1234,7 +1337,7 @@ impl<D: VirtioDevice> Backend<D> {
                 // Not all the rings the device needs run yet; the next
                 // ring change tries again.
                 if self.verbose {
-                    eprintln!("vhost-user: device not activated yet: {e}");
+                    self.emit(format_args!("device not activated yet: {e}"));
                 }
             }
         }
@@ -1484,6 +1587,130 @@ impl<D: VirtioDevice> Backend<D> {
             }
         }
         panicked
+    }
+}
+
+/// A frontend's connection as the serving loop holds it.
+struct Connection {
+    stream: UnixStream,
+    epoll: Epoll,
+    events: Vec<EpollEvent>,
+}
+
+/// What one round of the serving loop did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Round {
+    /// Nothing was ready (only a round that does not wait).
+    Idle,
+    /// Events were handled, or rings on the ready list served.
+    Busy,
+    /// The frontend closed the connection between messages.
+    Closed,
+}
+
+/// What [`SteppedSession::poll`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Progress {
+    /// Nothing was ready: every message and kick sent so far is handled,
+    /// and no ring waits on the ready list.
+    Idle,
+    /// A round handled events or served rings on the ready list; poll
+    /// again.
+    Busy,
+    /// The session ended ([`SteppedSession::end`] says how), now or
+    /// before.
+    Ended,
+}
+
+/// A session its caller runs one round at a time ([`Backend::serve_stepped`]).
+/// Dropping it ends the session if it has not ended, as if the frontend
+/// hung up.
+pub struct SteppedSession<'b, D: VirtioDevice> {
+    backend: &'b mut Backend<D>,
+    conn: Option<Connection>,
+    end: Option<SessionEnd>,
+}
+
+impl<D: VirtioDevice> SteppedSession<'_, D> {
+    /// Runs one round of the serving loop without waiting: the events
+    /// ready now (one message at most, kicks, backend readiness), then the
+    /// rings on the ready list. A panic in the device ends the session, as
+    /// under [`Backend::serve_connection`].
+    pub fn poll(&mut self) -> Progress {
+        let Some(conn) = self.conn.as_mut().filter(|_| self.end.is_none()) else {
+            return Progress::Ended;
+        };
+        let mut round = Round::Idle;
+        let result = self.backend.catching(|b| {
+            round = b.round(conn, false)?;
+            Ok(())
+        });
+        match (result, round) {
+            (Ok(()), Round::Idle) => Progress::Idle,
+            (Ok(()), Round::Busy) => Progress::Busy,
+            (result, _) => {
+                self.end_with(result);
+                Progress::Ended
+            }
+        }
+    }
+
+    /// Polls until a round finds nothing to do or the session ends, at
+    /// most `max_rounds` rounds (a device that always asks to be served
+    /// again would keep it busy for ever): [`Progress::Busy`] if the
+    /// rounds ran out.
+    pub fn run_until_idle(&mut self, max_rounds: usize) -> Progress {
+        for _ in 0..max_rounds {
+            match self.poll() {
+                Progress::Busy => {}
+                p => return p,
+            }
+        }
+        Progress::Busy
+    }
+
+    /// How the session ended, once it has.
+    pub fn end(&self) -> Option<&SessionEnd> {
+        self.end.as_ref()
+    }
+
+    /// The backend serving the session (its counters, its device).
+    pub fn backend(&self) -> &Backend<D> {
+        self.backend
+    }
+
+    /// Ends the session, as if the frontend hung up, unless it has ended;
+    /// returns how it ended.
+    pub fn finish(mut self) -> SessionEnd {
+        if self.end.is_none() {
+            self.end_with(Ok(()));
+        }
+        self.end.take().unwrap_or(SessionEnd::Closed)
+    }
+
+    /// Clears the session for the next frontend, then closes the
+    /// connection (as `serve_connection` does).
+    fn end_with(&mut self, result: Result<(), String>) {
+        let conn = self.conn.take();
+        self.end = Some(self.backend.close(result));
+        drop(conn);
+    }
+}
+
+impl<D: VirtioDevice> Drop for SteppedSession<'_, D> {
+    fn drop(&mut self) {
+        if self.end.is_none() {
+            self.end_with(Ok(()));
+        }
+    }
+}
+
+impl<D: VirtioDevice> fmt::Debug for SteppedSession<'_, D> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SteppedSession")
+            .field("backend", &self.backend)
+            .field("end", &self.end)
+            .finish_non_exhaustive()
     }
 }
 

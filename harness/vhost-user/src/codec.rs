@@ -503,6 +503,81 @@ pub fn reply_config(offset: u32, flags: u32, data: &[u8]) -> Vec<u8> {
     )
 }
 
+/// A back-end's reply to one request, decoded ([`decode_reply`]): what a
+/// frontend reads back.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Reply {
+    /// A `u64`: features, protocol features, the queue or memory slot
+    /// count, or a `REPLY_ACK` status (0 for success).
+    U64(u64),
+    /// `GET_VRING_BASE`'s ring state.
+    VringState(VringState),
+    /// `GET_CONFIG`'s answer: the request's offset and flags with the
+    /// bytes (none when the back-end refused).
+    Config(Config),
+}
+
+/// Decodes one whole reply (header and payload) to `request`: a version 1
+/// header with the reply flag and no other, the request's code, and the
+/// payload of that request's reply ([`reply_u64`], [`reply_vring_state`],
+/// [`reply_config`] encode them), or a `u64` status when `ack` (the
+/// frontend asked for a `REPLY_ACK`: a request without a reply of its own
+/// sent with `need_reply`, or one the back-end could not decode).
+pub fn decode_reply(request: Request, ack: bool, bytes: &[u8]) -> Result<Reply, CodecError> {
+    let h = bytes
+        .get(..HEADER_LEN)
+        .and_then(|b| Header::read_from_bytes(b).ok())
+        .ok_or(CodecError::ShortHeader(bytes.len()))?;
+    if h.flags != FLAG_VERSION | FLAG_REPLY {
+        return Err(CodecError::NotAReply(h.flags));
+    }
+    if h.request != request.code() {
+        return Err(CodecError::WrongReply {
+            want: request,
+            got: h.request,
+        });
+    }
+    if h.size as usize > MAX_PAYLOAD {
+        return Err(CodecError::Oversized(h.size));
+    }
+    let payload = &bytes[HEADER_LEN..];
+    if payload.len() != h.size as usize {
+        return Err(CodecError::Truncated {
+            want: h.size as usize,
+            got: payload.len(),
+        });
+    }
+    if ack {
+        return exact::<u64>(request, payload).map(Reply::U64);
+    }
+    match request {
+        Request::GetFeatures
+        | Request::GetProtocolFeatures
+        | Request::GetQueueNum
+        | Request::GetMaxMemSlots => exact::<u64>(request, payload).map(Reply::U64),
+        Request::GetVringBase => exact::<VringState>(request, payload).map(Reply::VringState),
+        Request::GetConfig => {
+            let bad = || CodecError::BadSize {
+                request,
+                size: payload.len(),
+            };
+            let (c, data) = ConfigHeader::read_from_prefix(payload).map_err(|_| bad())?;
+            if c.size as usize > MAX_CONFIG {
+                return Err(CodecError::BadConfigSize(c.size));
+            }
+            if data.len() != c.size as usize {
+                return Err(bad());
+            }
+            Ok(Reply::Config(Config {
+                offset: c.offset,
+                flags: c.flags,
+                data: data.to_vec(),
+            }))
+        }
+        other => Err(CodecError::NoReply(other)),
+    }
+}
+
 /// Why bytes from the frontend are not a valid request.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum CodecError {
@@ -547,6 +622,20 @@ pub enum CodecError {
     BadConfigSize(u32),
     /// Reserved bits set in a kick/call/err payload.
     BadVringFd(u64),
+    /// A reply's header flags are not version 1 with the reply flag (and
+    /// nothing else).
+    NotAReply(u32),
+    /// A reply carries the code of another request than the one it
+    /// answers.
+    WrongReply {
+        /// The request answered.
+        want: Request,
+        /// The code in the reply.
+        got: u32,
+    },
+    /// A reply to a request that has none (a request without a reply of
+    /// its own, not waiting for a `REPLY_ACK` status).
+    NoReply(Request),
 }
 
 impl fmt::Display for CodecError {
@@ -587,6 +676,13 @@ impl fmt::Display for CodecError {
             CodecError::BadVringFd(v) => {
                 write!(f, "vring fd payload {v:#x} has reserved bits set")
             }
+            CodecError::NotAReply(flags) => {
+                write!(f, "header flags {flags:#x} are not those of a reply")
+            }
+            CodecError::WrongReply { want, got } => {
+                write!(f, "the reply to {want:?} carries request code {got}")
+            }
+            CodecError::NoReply(r) => write!(f, "{r:?} has no reply"),
         }
     }
 }
@@ -1211,6 +1307,84 @@ mod tests {
         assert_eq!(h.size, 8);
         let c = reply_config(4, 0, &[1, 2, 3]);
         assert_eq!(c.len(), HEADER_LEN + 12 + 3);
+    }
+
+    #[test]
+    fn replies_decode_to_what_was_encoded() {
+        for r in [
+            Request::GetFeatures,
+            Request::GetProtocolFeatures,
+            Request::GetQueueNum,
+            Request::GetMaxMemSlots,
+        ] {
+            assert_eq!(
+                decode_reply(r, false, &reply_u64(r, 42)),
+                Ok(Reply::U64(42))
+            );
+        }
+        let s = VringState { index: 1, num: 7 };
+        assert_eq!(
+            decode_reply(Request::GetVringBase, false, &reply_vring_state(s)),
+            Ok(Reply::VringState(s))
+        );
+        let c = Config {
+            offset: 4,
+            flags: 1,
+            data: vec![1, 2, 3],
+        };
+        assert_eq!(
+            decode_reply(Request::GetConfig, false, &reply_config(4, 1, &[1, 2, 3])),
+            Ok(Reply::Config(c))
+        );
+        // A REPLY_ACK status, also to a request with a reply of its own
+        // that could not be decoded.
+        for r in [Request::SetMemTable, Request::GetConfig] {
+            assert_eq!(decode_reply(r, true, &reply_u64(r, 1)), Ok(Reply::U64(1)));
+        }
+    }
+
+    #[test]
+    fn replies_that_do_not_answer_the_request_are_refused() {
+        let r = reply_u64(Request::GetFeatures, 1);
+        assert_eq!(
+            decode_reply(Request::GetQueueNum, false, &r),
+            Err(CodecError::WrongReply {
+                want: Request::GetQueueNum,
+                got: 1
+            })
+        );
+        assert_eq!(
+            decode_reply(Request::SetOwner, false, &reply_u64(Request::SetOwner, 0)),
+            Err(CodecError::NoReply(Request::SetOwner))
+        );
+        // A request is not a reply.
+        let req = Message::GetFeatures.encode(false);
+        assert_eq!(
+            decode_reply(Request::GetFeatures, false, &req),
+            Err(CodecError::NotAReply(FLAG_VERSION))
+        );
+        assert_eq!(
+            decode_reply(Request::GetFeatures, false, &r[..15]),
+            Err(CodecError::Truncated { want: 8, got: 3 })
+        );
+        assert_eq!(
+            decode_reply(Request::GetFeatures, false, &r[..5]),
+            Err(CodecError::ShortHeader(5))
+        );
+        // A status where the configuration belongs.
+        let status = reply_u64(Request::GetConfig, 0);
+        assert!(matches!(
+            decode_reply(Request::GetConfig, false, &status),
+            Err(CodecError::BadSize { .. })
+        ));
+        let mut cut = reply_config(0, 0, &[9; 4]);
+        cut.truncate(cut.len() - 1);
+        let h = (cut.len() - HEADER_LEN) as u32;
+        cut[8..12].copy_from_slice(&h.to_ne_bytes());
+        assert!(matches!(
+            decode_reply(Request::GetConfig, false, &cut),
+            Err(CodecError::BadSize { .. })
+        ));
     }
 
     #[test]

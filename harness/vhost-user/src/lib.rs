@@ -29,8 +29,8 @@ mod log_limit;
 pub mod memory;
 
 pub use backend::{
-    Backend, BackendError, BackendStats, DEVICE_COUNTERS, LOG_BURST, LOG_WINDOW, RING_COUNTERS,
-    RingStats, SessionEnd, logged_device_counter, logged_ring_used,
+    Backend, BackendError, BackendStats, DEVICE_COUNTERS, LOG_BURST, LOG_WINDOW, LogSink, Progress,
+    RING_COUNTERS, RingStats, SessionEnd, SteppedSession, logged_device_counter, logged_ring_used,
 };
 pub use frontend::{FrontendError, SharedRam, VhostUserDevice, VhostUserKind};
 pub use memory::SharedMemory;
