@@ -8,7 +8,7 @@
 //! Checksums: with `VIRTIO_NET_F_GUEST_CSUM` smoltcp does not verify
 //! TCP/UDP checksums on receive; frames the device did not vouch for
 //! ([`RxChecksum::Unknown`]) are verified here
-//! ([`verify_l4_checksum`](virtio_core::net::verify_l4_checksum)) and
+//! ([`verify_l4_checksum`]) and
 //! dropped and counted if wrong. With `VIRTIO_NET_F_CSUM` smoltcp does not
 //! compute them on transmit: for IPv4 TCP and UDP frames the adapter puts
 //! the pseudo-header sum in the checksum field and sends `NEEDS_CSUM`

@@ -57,7 +57,7 @@ use run::*;
 /// Guest memory as the monitor's devices and loaders see it: the RAM
 /// regions, checked against the guard on the file behind them (when RAM is
 /// a file or memfd), so an access fails with
-/// [`MemoryError::BackingLost`](virtio_core::MemoryError::BackingLost) once
+/// [`MemoryError::BackingLost`] once
 /// that file shrank under the mapping.
 ///
 /// It owns the mapping (issue 16, finding 10): a clone shares it, and the
