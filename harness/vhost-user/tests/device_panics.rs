@@ -11,9 +11,7 @@ use std::os::fd::AsRawFd;
 use std::sync::{Arc, Mutex};
 
 use common::{Front, Mem};
-use vhost_user::codec::{
-    Config, Message, VHOST_USER_F_PROTOCOL_FEATURES, VringFd, VringState, protocol,
-};
+use vhost_user::codec::{Config, Message, VringFd, VringState, protocol};
 use vhost_user::{Backend, SessionEnd, SharedMemory};
 use virtio_core::features::DeviceType;
 use virtio_devices::{DeviceError, QueueConfig, Served, VirtioDevice};
@@ -92,17 +90,7 @@ impl VirtioDevice for PanickyDevice {
 
 /// SET_OWNER, features, REPLY_ACK and CONFIG.
 fn negotiate(f: &Front) {
-    f.send(&Message::SetOwner, false, &[]);
-    f.send(
-        &Message::SetFeatures(VERSION_1 | VHOST_USER_F_PROTOCOL_FEATURES),
-        false,
-        &[],
-    );
-    f.send(
-        &Message::SetProtocolFeatures(protocol::REPLY_ACK | protocol::CONFIG),
-        false,
-        &[],
-    );
+    f.negotiate(protocol::REPLY_ACK | protocol::CONFIG);
 }
 
 /// Ring 0 set up and enabled: the device is activated and serves it.

@@ -9,8 +9,8 @@ mod common;
 
 use std::os::fd::AsRawFd;
 
-use common::{Front, Mem, Stub, VERSION_1};
-use vhost_user::codec::{Message, VHOST_USER_F_PROTOCOL_FEATURES, VringState, protocol};
+use common::{Front, Mem, Stub};
+use vhost_user::codec::{Message, VringState, protocol};
 use vhost_user::{Backend, SessionEnd, SharedMemory};
 use virtio_devices::Served;
 
@@ -22,17 +22,7 @@ fn dirty_logging_that_was_never_offered_is_refused() {
     let (f, stream) = Front::pair();
     let (with_log, without) = std::thread::scope(|s| {
         let frontend = s.spawn(|| {
-            f.send(&Message::SetOwner, false, &[]);
-            f.send(
-                &Message::SetFeatures(VERSION_1 | VHOST_USER_F_PROTOCOL_FEATURES),
-                false,
-                &[],
-            );
-            f.send(
-                &Message::SetProtocolFeatures(protocol::REPLY_ACK),
-                false,
-                &[],
-            );
+            f.negotiate(protocol::REPLY_ACK);
             let table = Message::SetMemTable(vec![mem.region()]);
             assert_eq!(f.ack(&table, &[mem.fd.as_raw_fd()]), Some(0));
             let num = Message::SetVringNum(VringState { index: 0, num: 16 });

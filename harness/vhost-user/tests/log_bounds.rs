@@ -11,10 +11,8 @@ mod common;
 use std::os::fd::AsRawFd;
 use std::process::Command;
 
-use common::{Front, Mem, Stub, VERSION_1};
-use vhost_user::codec::{
-    Config, Message, Request, VHOST_USER_F_PROTOCOL_FEATURES, VringFd, VringState, protocol,
-};
+use common::{Front, Mem, Stub};
+use vhost_user::codec::{Config, Message, Request, VringFd, VringState, protocol};
 use vhost_user::{Backend, SessionEnd, SharedMemory};
 use virtio_devices::DeviceError;
 use vmm_sys_util::eventfd::EventFd;
@@ -30,17 +28,7 @@ const SHORT_SESSIONS: u64 = 10_000;
 /// Features and protocol features (REPLY_ACK, CONFIG), the memory table,
 /// ring 0 addressed and kicked (not yet enabled).
 fn set_up(f: &Front, mem: &Mem, kick: &EventFd) {
-    f.send(&Message::SetOwner, false, &[]);
-    f.send(
-        &Message::SetFeatures(VERSION_1 | VHOST_USER_F_PROTOCOL_FEATURES),
-        false,
-        &[],
-    );
-    f.send(
-        &Message::SetProtocolFeatures(protocol::REPLY_ACK | protocol::CONFIG),
-        false,
-        &[],
-    );
+    f.negotiate(protocol::REPLY_ACK | protocol::CONFIG);
     f.send(
         &Message::SetMemTable(vec![mem.region()]),
         false,

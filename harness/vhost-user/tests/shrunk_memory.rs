@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use backends::block::memory::MemoryDisk;
 use backends::rng::Deterministic;
 use common::{Front, MEM_SIZE, Mem};
-use vhost_user::codec::{Message, VHOST_USER_F_PROTOCOL_FEATURES, VringFd, VringState, protocol};
+use vhost_user::codec::{Message, VringFd, VringState, protocol};
 use vhost_user::memory::Regions;
 use vhost_user::{Backend, SessionEnd, SharedMemory};
 use virtio_core::GuestMemory;
@@ -38,7 +38,6 @@ use virtio_devices::blk::{Blk, BlkConfig, req, status};
 use virtio_devices::rng::Rng;
 use vmm_sys_util::eventfd::EventFd;
 
-const VERSION_1: u64 = 1 << 32;
 const CHILD: &str = "VHOST_USER_SHRUNK_MEMORY_CHILD";
 
 /// The block request header (16 bytes) and status byte, below the size
@@ -91,17 +90,7 @@ fn layout() -> QueueLayout {
 /// table and ring 0, enabled: when the last acknowledgement arrives the
 /// device runs the ring.
 fn run_ring(f: &Front, mem: &Mem, kick: &EventFd) {
-    f.send(&Message::SetOwner, false, &[]);
-    f.send(
-        &Message::SetFeatures(VERSION_1 | VHOST_USER_F_PROTOCOL_FEATURES),
-        false,
-        &[],
-    );
-    f.send(
-        &Message::SetProtocolFeatures(protocol::REPLY_ACK),
-        false,
-        &[],
-    );
+    f.negotiate(protocol::REPLY_ACK);
     let table = Message::SetMemTable(vec![mem.region()]);
     assert_eq!(f.ack(&table, &[mem.fd.as_raw_fd()]), Some(0));
     let num = Message::SetVringNum(VringState { index: 0, num: 16 });

@@ -22,8 +22,6 @@ use virtio_core::split::layout::{QueueLayout, QueueSize};
 use virtio_devices::rng::Rng;
 use vmm_sys_util::eventfd::EventFd;
 
-const VERSION_1: u64 = 1 << 32;
-
 fn rng_backend() -> Backend<Rng<Deterministic, SharedMemory>> {
     let mem = SharedMemory::new();
     Backend::new(
@@ -57,17 +55,7 @@ fn a_stepped_session_serves_a_ring_with_the_frontend_on_the_same_thread() {
     let mut s = backend.serve_stepped(stream);
     assert_eq!(s.poll(), Progress::Idle, "nothing sent yet");
 
-    f.send(&Message::SetOwner, false, &[]);
-    f.send(
-        &Message::SetFeatures(VERSION_1 | VHOST_USER_F_PROTOCOL_FEATURES),
-        false,
-        &[],
-    );
-    f.send(
-        &Message::SetProtocolFeatures(protocol::REPLY_ACK),
-        false,
-        &[],
-    );
+    f.negotiate(protocol::REPLY_ACK);
     // One message a round.
     for _ in 0..3 {
         assert_eq!(s.poll(), Progress::Busy);

@@ -30,6 +30,18 @@ pub const USED: u64 = 0x3000;
 pub struct Front(pub UnixStream);
 
 impl Front {
+    /// `SET_OWNER`, `VERSION_1` with protocol features, and `protocol`
+    /// (e.g. `REPLY_ACK`): the opening every test session shares.
+    pub fn negotiate(&self, protocol: u64) {
+        self.send(&Message::SetOwner, false, &[]);
+        self.send(
+            &Message::SetFeatures(VERSION_1 | codec::VHOST_USER_F_PROTOCOL_FEATURES),
+            false,
+            &[],
+        );
+        self.send(&Message::SetProtocolFeatures(protocol), false, &[]);
+    }
+
     /// A connected pair: the frontend, and the stream the backend serves.
     pub fn pair() -> (Front, UnixStream) {
         let (a, b) = UnixStream::pair().unwrap();
