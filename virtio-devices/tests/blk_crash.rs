@@ -58,14 +58,19 @@ impl BlockBackend for Shared {
     }
 }
 
-type Device = MmioTransport<Blk<Shared, &'static virtio_core::memory::RegionMemory<1>>>;
+type Device = MmioTransport<Blk<Shared, &'static Tracked>>;
+
+/// The device's memory, under the double-fetch tracker (issue 16).
+type Tracked =
+    virtio_core::testing::fetch::FetchTracker<&'static virtio_core::memory::RegionMemory<1>>;
 
 fn driver(disk: Shared, writeback: bool) -> VirtIOBlk<TestHal, DeviceTransport<Device, 8>> {
     let cfg = BlkConfig {
         writeback,
         ..BlkConfig::default()
     };
-    let dev = Blk::new(disk, TestHal::memory(), cfg).unwrap();
+    let mem: &'static Tracked = Box::leak(Box::new(Tracked::unwatched(TestHal::memory())));
+    let dev = Blk::new(disk, mem, cfg).unwrap();
     let regs = MmioRegisters::<_, 8>::new(MmioTransport::new(dev)).unwrap();
     let mut t = DeviceTransport::new(regs)
         .unwrap()

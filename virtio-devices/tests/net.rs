@@ -13,6 +13,7 @@ use std::rc::Rc;
 use net_support::{BCAST, Buf, MAC, Rig, Wire, frame, rig, rig_with};
 use virtio_core::features::{NetFeatures, TransportFeatures};
 use virtio_core::mmio::device::MmioRegisters;
+use virtio_core::testing::fetch::FetchTracker;
 use virtio_core::testing::virtio_drivers::{DeviceTransport, TestHal};
 use virtio_devices::device::{DeviceError, VirtioDevice};
 use virtio_devices::net::{
@@ -49,7 +50,9 @@ fn rx_one(r: &mut Rig, buf_len: u32) -> Option<(NetHdr, Vec<u8>)> {
 #[test]
 fn virtio_drivers_net_sends_and_receives_through_the_device() {
     let wire = Wire::new().with(|s| s.loopback = true);
-    let mem = TestHal::memory();
+    // Under the double-fetch tracker (issue 16), rings unknown to it.
+    let mem: &'static FetchTracker<_> =
+        Box::leak(Box::new(FetchTracker::unwatched(TestHal::memory())));
     let dev = Net::new(wire.clone(), mem, NetConfig::default()).unwrap();
     let regs = MmioRegisters::<_, 8>::new(MmioTransport::new(dev)).unwrap();
     let mut t = DeviceTransport::new(regs)
@@ -72,6 +75,7 @@ fn virtio_drivers_net_sends_and_receives_through_the_device() {
         drv.recycle_rx_buffer(rx).unwrap();
     }
     assert_eq!(wire.state().sent.len(), 40);
+    mem.assert_none();
 }
 
 #[test]

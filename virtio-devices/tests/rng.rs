@@ -19,7 +19,9 @@ use virtio_drivers::device::rng::VirtIORng;
 
 #[test]
 fn virtio_drivers_rng_reads_the_deterministic_stream() {
-    let mem = TestHal::memory();
+    // Under the double-fetch tracker (issue 16), rings unknown to it.
+    let mem: &'static FetchTracker<_> =
+        Box::leak(Box::new(FetchTracker::unwatched(TestHal::memory())));
     let dev = Rng::new(Deterministic::new(7), mem);
     let regs = MmioRegisters::<_, 8>::new(MmioTransport::new(dev)).unwrap();
     let mut t = DeviceTransport::new(regs).unwrap();
@@ -39,6 +41,7 @@ fn virtio_drivers_rng_reads_the_deterministic_stream() {
         total += n;
     }
     assert!(total > 10_000);
+    mem.assert_none();
 }
 
 /// Our driver queue and the device over one memory, set up by hand.

@@ -59,6 +59,9 @@ struct State {
     racing: bool,
     /// Whether loads are recorded at all.
     off: bool,
+    /// Queues are not known ([`FetchTracker::unwatched`]): atomic loads
+    /// (ring fields) do not count, every release store opens a window.
+    unwatched: bool,
     /// Counter that makes each racing rewrite differ from the last.
     flips: u8,
 }
@@ -130,6 +133,19 @@ impl<M: GuestMemory> FetchTracker<M> {
             inner,
             state: spin::Mutex::new(State::default()),
         }
+    }
+
+    /// Wraps `inner` for a device whose rings the caller does not know (a
+    /// driver in another crate lays them out): the device's atomic loads
+    /// (they are ring fields, §2.7.13: indices, flags, event indices) do
+    /// not count, and every release store it makes (the used index, or a
+    /// notification flag or event index) starts a new window. Coarser than
+    /// [`FetchTracker::watch_queue`], never wrong about a well-behaved
+    /// driver.
+    pub fn unwatched(inner: M) -> Self {
+        let t = Self::new(inner);
+        t.state.lock().unwatched = true;
+        t
     }
 
     /// The wrapped memory (accesses through it are not tracked: use it to
@@ -249,14 +265,16 @@ impl<M: GuestMemory> GuestMemory for FetchTracker<M> {
     }
 
     fn load_u16_acquire(&self, addr: GuestAddress) -> Result<u16, MemoryError> {
-        self.load(addr, 2);
+        if !self.state.lock().unwatched {
+            self.load(addr, 2);
+        }
         self.inner.load_u16_acquire(addr)
     }
 
     fn store_u16_release(&self, addr: GuestAddress, val: u16) -> Result<(), MemoryError> {
         let r = self.inner.store_u16_release(addr, val);
         let mut s = self.state.lock();
-        if s.publish.contains(&addr.0) {
+        if s.unwatched || s.publish.contains(&addr.0) {
             s.loaded.clear();
             s.window += 1;
         }
