@@ -349,6 +349,12 @@ mod tests {
     }
 
     proptest::proptest! {
+        #![proptest_config(proptest::test_runner::Config {
+            cases: if cfg!(miri) { 4 } else { 256 },
+            failure_persistence: None,
+            ..proptest::test_runner::Config::default()
+        })]
+
         /// The merged-range bookkeeping answers as a set of single bytes
         /// would.
         #[test]
