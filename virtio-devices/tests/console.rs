@@ -3,13 +3,16 @@
 //! driver-side queues for multiport (§5.3.6.2), backpressure and hostile
 //! chains.
 
+mod failing;
+
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use backends::chardev::{Chardev, ChardevError, RingBuf};
+use failing::Failing;
 use virtio_core::GuestMemory;
 use virtio_core::features::TransportFeatures;
-use virtio_core::memory::{Access, GuestAddress, Mapping, MemoryError};
+use virtio_core::memory::GuestAddress;
 use virtio_core::mmio::device::MmioRegisters;
 use virtio_core::split::layout::{QueueLayout, QueueSize};
 use virtio_core::split::{DriverQueue, Token};
@@ -99,42 +102,6 @@ fn virtio_drivers_console_writes_and_echoes_through_port_0() {
     mem.assert_none();
 }
 
-/// The rig's memory as the device sees it, with writes to one range made
-/// to fail on demand (a used ring that stops being writable).
-struct Failing {
-    mem: &'static OwnedMemory,
-    fail: Mutex<Option<std::ops::Range<u64>>>,
-}
-
-impl Failing {
-    fn hits(&self, addr: GuestAddress, len: usize) -> bool {
-        let end = addr.0 + len as u64;
-        self.fail
-            .lock()
-            .unwrap()
-            .as_ref()
-            .is_some_and(|r| addr.0 < r.end && r.start < end)
-    }
-}
-
-impl GuestMemory for Failing {
-    fn map(&self, addr: GuestAddress, len: u64, access: Access) -> Result<Mapping, MemoryError> {
-        if access == Access::Write && self.hits(addr, len as usize) {
-            return Err(MemoryError::OutOfBounds { addr, len });
-        }
-        self.mem.map(addr, len, access)
-    }
-    fn write(&self, addr: GuestAddress, buf: &[u8]) -> Result<(), MemoryError> {
-        if self.hits(addr, buf.len()) {
-            return Err(MemoryError::OutOfBounds {
-                addr,
-                len: buf.len() as u64,
-            });
-        }
-        self.mem.write(addr, buf)
-    }
-}
-
 type DevMem = FetchTracker<&'static Failing>;
 
 /// Our driver side for a multiport console laid out by hand.
@@ -171,10 +138,7 @@ impl Rig {
     fn with_max(ports: Vec<Port>, multiport: bool, max_ports: usize) -> Rig {
         let mem: &'static OwnedMemory =
             Box::leak(Box::new(OwnedMemory::new(GuestAddress(0), 0x40_0000)));
-        let failing: &'static Failing = Box::leak(Box::new(Failing {
-            mem,
-            fail: Mutex::new(None),
-        }));
+        let failing = Failing::leak(mem, None);
         let fetch: &'static DevMem = Box::leak(Box::new(FetchTracker::new(failing)));
         let mut dev = Console::with_max_ports(fetch, ports, multiport, max_ports);
         let n = dev.queue_max_sizes().len();
@@ -350,7 +314,7 @@ fn a_queue_error_midway_does_not_replay_chains_already_written() {
     .unwrap();
     // The second used element of transmitq0 (queue 1) cannot be written.
     let slot = layout.used_slot(1).0;
-    *r.failing.fail.lock().unwrap() = Some(slot..slot + 8);
+    r.failing.set(Some(slot..slot + 8));
     let mut toks = vec![];
     for data in [b"aaa", b"bbb"] {
         let a = r.buf(data);
@@ -362,7 +326,7 @@ fn a_queue_error_midway_does_not_replay_chains_already_written() {
         "the failed used write is reported"
     );
     assert_eq!(c0.output(), b"aaabbb");
-    *r.failing.fail.lock().unwrap() = None;
+    r.failing.set(None);
     r.dev.queue_notify(1).unwrap();
     assert_eq!(c0.output(), b"", "nothing written twice");
     assert_eq!(

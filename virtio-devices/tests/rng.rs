@@ -3,7 +3,10 @@
 //! driver-side queue for the edge cases (a source that runs dry, hostile
 //! chains, rings outside memory).
 
+mod failing;
+
 use backends::rng::{Deterministic, RandomFile, RngBackend};
+use failing::Failing;
 use virtio_core::GuestMemory;
 use virtio_core::memory::GuestAddress;
 use virtio_core::mmio::device::MmioRegisters;
@@ -207,41 +210,6 @@ fn queue_outside_guest_memory_is_refused_at_activation() {
     ));
 }
 
-/// Guest memory whose writes fail in one range (a region removed, a file
-/// that shrank under the mapping).
-struct WritesFail {
-    mem: &'static OwnedMemory,
-    bad: std::ops::Range<u64>,
-}
-
-impl WritesFail {
-    fn hits(&self, addr: GuestAddress, len: u64) -> bool {
-        addr.0 < self.bad.end && self.bad.start < addr.0 + len
-    }
-}
-
-impl GuestMemory for WritesFail {
-    fn map(
-        &self,
-        addr: GuestAddress,
-        len: u64,
-        access: virtio_core::memory::Access,
-    ) -> Result<virtio_core::memory::Mapping, virtio_core::MemoryError> {
-        // Walking the chain (a write mapping is checked) succeeds: the
-        // memory goes away after.
-        self.mem.map(addr, len, access)
-    }
-    fn write(&self, addr: GuestAddress, buf: &[u8]) -> Result<(), virtio_core::MemoryError> {
-        if self.hits(addr, buf.len() as u64) {
-            return Err(virtio_core::MemoryError::OutOfBounds {
-                addr,
-                len: buf.len() as u64,
-            });
-        }
-        self.mem.write(addr, buf)
-    }
-}
-
 /// A buffer the device cannot write is a device error (DEVICE_NEEDS_RESET
 /// follows, §2.1.2), not a chain held forever as if the source were dry.
 /// Found while hardening against guest memory that shrinks (issue 16):
@@ -250,10 +218,7 @@ impl GuestMemory for WritesFail {
 fn section_2_1_2_a_buffer_that_cannot_be_written_is_a_device_error() {
     let mem: &'static OwnedMemory =
         Box::leak(Box::new(OwnedMemory::new(GuestAddress(0), 0x4_0000)));
-    let failing: &'static WritesFail = Box::leak(Box::new(WritesFail {
-        mem,
-        bad: 0x2_0000..0x2_1000,
-    }));
+    let failing = Failing::leak(mem, Some(0x2_0000..0x2_1000));
     let layout = QueueLayout::new(
         QueueSize::new(16).unwrap(),
         GuestAddress(0x1000),
