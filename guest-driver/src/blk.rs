@@ -22,7 +22,10 @@ use virtio_core::features::{BlkFeatures, DeviceType, TransportFeatures};
 use virtio_core::memory::{GuestAddress, GuestMemory};
 use virtio_core::mmio::InterruptStatus;
 use virtio_core::mmio::driver::RegisterAccess;
-use virtio_core::split::{DriverError as QueueError, DriverQueue, QueueLayout, QueueSize};
+use virtio_core::split::layout::Descriptor;
+use virtio_core::split::{
+    DriverError as QueueError, DriverQueue, IndirectArea, QueueLayout, QueueSize,
+};
 
 use crate::error::Error;
 use crate::hal::{Dma, Hal, PAGE_SIZE};
@@ -38,8 +41,10 @@ pub const SECTOR_SIZE: u32 = 512;
 /// it).
 pub const QUEUE_SIZE: usize = 128;
 
-/// Requests in flight per queue, at most.
-pub const MAX_DEPTH: usize = 32;
+/// Requests in flight per queue, at most. Without indirect descriptors a
+/// request takes at least three ring descriptors, so the depth is also
+/// capped at a third of the queue size; with them (§2.7.5.3), one.
+pub const MAX_DEPTH: usize = QUEUE_SIZE;
 
 /// Request queues driven, at most (§5.2.2, `VIRTIO_BLK_F_MQ`).
 pub const MAX_QUEUES: usize = 4;
@@ -54,6 +59,12 @@ pub use virtio_core::blk::{ID_LEN, config, req, status};
 const HEADER_LEN: u32 = virtio_core::blk::HEADER_LEN as u32;
 /// Per-slot bytes of header and status in the meta area.
 const META_LEN: u64 = 32;
+/// Descriptors in one request's indirect table: header, data segments,
+/// status.
+const PER_CHAIN: u16 = MAX_SEGMENTS as u16 + 2;
+/// Bytes of the indirect tables of a queue of [`QUEUE_SIZE`]: one table
+/// per descriptor index (§2.7.5.3).
+const INDIRECT_BYTES: usize = QUEUE_SIZE * PER_CHAIN as usize * Descriptor::SIZE as usize;
 /// The status byte before the device writes it: no valid status.
 const STATUS_UNSET: u8 = 0xff;
 use virtio_core::blk::FLAG_UNMAP;
@@ -223,6 +234,10 @@ pub struct BlkOptions {
     pub depth: u16,
     /// Data bytes per request slot, a multiple of 512.
     pub slot_size: u32,
+    /// Negotiate `VIRTIO_F_INDIRECT_DESC` when offered and put each
+    /// request in an indirect table (§2.7.5.3), so that a request takes one
+    /// ring descriptor and the depth is not capped at a third of the queue.
+    pub indirect: bool,
     /// Features to leave out of the negotiation even when offered.
     pub refuse: BlkFeatures,
 }
@@ -235,6 +250,7 @@ impl Default for BlkOptions {
             queues: 1,
             depth: 8,
             slot_size: 4096,
+            indirect: true,
             refuse: BlkFeatures::empty(),
         }
     }
@@ -242,11 +258,18 @@ impl Default for BlkOptions {
 
 impl BlkOptions {
     /// DMA pages one queue with these options takes at most: rings (two
-    /// pages on a legacy device), header/status page(s), data slots.
+    /// pages on a legacy device), header/status page(s), data slots, and
+    /// the indirect tables when `indirect` is set.
     pub fn pages_per_queue(&self) -> usize {
         let depth = usize::from(self.depth);
+        let indirect = if self.indirect {
+            INDIRECT_BYTES.div_ceil(PAGE_SIZE)
+        } else {
+            0
+        };
         2 + (depth * META_LEN as usize).div_ceil(PAGE_SIZE)
             + (depth * self.slot_size as usize).div_ceil(PAGE_SIZE)
+            + indirect
     }
 }
 
@@ -298,6 +321,44 @@ pub struct Done {
     pub result: Result<(), BlkError>,
 }
 
+/// What the device made of a request, kept small: a queue holds up to
+/// [`MAX_DEPTH`] slots and the driver lives on a tiny guest's stack.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Outcome {
+    Ok,
+    IoError,
+    Unsupported,
+    BadStatus(u8),
+    /// The used length, short of data + status.
+    NotWritten(u32),
+}
+
+impl Outcome {
+    /// The result of a request of `kind` with `len` data bytes.
+    fn result(self, kind: u32, len: u32) -> Result<(), BlkError> {
+        match self {
+            Outcome::Ok => Ok(()),
+            Outcome::IoError => Err(BlkError::IoError),
+            Outcome::Unsupported => Err(BlkError::Unsupported),
+            Outcome::BadStatus(status) => Err(BlkError::BadStatus { status }),
+            Outcome::NotWritten(used) => Err(BlkError::StatusNotWritten {
+                len: used,
+                expected: writable_len(kind, len),
+            }),
+        }
+    }
+}
+
+/// Device-writable bytes of a request of `kind` with `len` data bytes:
+/// the data of a READ or GET_ID, and the status byte (§5.2.6).
+fn writable_len(kind: u32, len: u32) -> u32 {
+    if matches!(kind, req::IN | req::GET_ID) {
+        len.saturating_add(1)
+    } else {
+        1
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum SlotState {
     Free,
@@ -305,7 +366,7 @@ enum SlotState {
         head: u16,
     },
     Done {
-        result: Result<(), BlkError>,
+        outcome: Outcome,
     },
     /// READ or GET_ID done: the data waits for `take_data`.
     Data,
@@ -356,11 +417,22 @@ impl BlkQueue {
         let size = 1u16 << (15 - cap.leading_zeros());
         let layout_err = |err| BlkError::Driver(Error::Layout { queue: index, err });
         let qsize = QueueSize::new(u32::from(size)).map_err(layout_err)?;
-        let depth = usize::from(options.depth).min(usize::from(size / 3));
+        let indirect =
+            options.indirect && transport.negotiated(TransportFeatures::RING_INDIRECT_DESC.bits());
+        // A request is one ring descriptor with an indirect table, else at
+        // least three (header, data, status).
+        let per_request = if indirect { 1 } else { 3 };
+        let depth = usize::from(options.depth).min(usize::from(size / per_request));
         let ring_pages = ring_bytes(transport.is_modern(), qsize).div_ceil(PAGE_SIZE as u64);
         let meta_pages = (depth as u64 * META_LEN).div_ceil(PAGE_SIZE as u64);
         let data_pages = (depth as u64 * u64::from(options.slot_size)).div_ceil(PAGE_SIZE as u64);
-        let pages = usize::try_from(ring_pages + meta_pages + data_pages).unwrap_or(usize::MAX);
+        let indirect_pages = if indirect {
+            (u64::from(size) * u64::from(PER_CHAIN) * Descriptor::SIZE).div_ceil(PAGE_SIZE as u64)
+        } else {
+            0
+        };
+        let pages = usize::try_from(ring_pages + meta_pages + data_pages + indirect_pages)
+            .unwrap_or(usize::MAX);
         let dma = hal.dma_alloc(pages).ok_or(Error::DmaExhausted { pages })?;
         let base = GuestAddress(dma.paddr());
         let mut mem = DmaMemory::new();
@@ -380,8 +452,23 @@ impl BlkQueue {
         } else {
             transport.driver().legacy_layout(qsize, base)
         };
+        let meta_base = base.0 + ring_pages * PAGE_SIZE as u64;
+        let data_base = meta_base + meta_pages * PAGE_SIZE as u64;
+        let area = if indirect {
+            let at = GuestAddress(data_base + data_pages * PAGE_SIZE as u64);
+            match IndirectArea::new(at, PER_CHAIN) {
+                Ok(a) => Some(a),
+                Err(err) => {
+                    // SAFETY: the device was never told this memory's address.
+                    unsafe { hal.dma_dealloc(dma) };
+                    return Err(BlkError::Driver(Error::Queue { queue: index, err }));
+                }
+            }
+        } else {
+            None
+        };
         let queue = match layout.map_err(layout_err).and_then(|l| {
-            DriverQueue::new(l, transport.event_idx(), None)
+            DriverQueue::new(l, transport.event_idx(), area)
                 .map_err(|err| BlkError::Driver(Error::Queue { queue: index, err }))
         }) {
             Ok(q) => q,
@@ -400,14 +487,13 @@ impl BlkQueue {
                 generation: 0,
             });
         }
-        let meta_base = base.0 + ring_pages * PAGE_SIZE as u64;
         Ok(BlkQueue {
             index,
             dma: Some(dma),
             mem,
             queue,
             meta_base,
-            data_base: meta_base + meta_pages * PAGE_SIZE as u64,
+            data_base,
             slots,
             head_slot: [0; QUEUE_SIZE],
             interrupts: options.completion == Completion::Interrupt,
@@ -474,28 +560,21 @@ impl BlkQueue {
             if s.state != (SlotState::Posted { head }) {
                 return Err(self.qerr(QueueError::UsedIdNotInFlight { id: head }));
             }
-            let data_in = matches!(s.kind, req::IN | req::GET_ID);
-            let expected = if data_in { s.len + 1 } else { 1 };
+            let expected = writable_len(s.kind, s.len);
             let mut st = [STATUS_UNSET];
             self.mem
                 .read(self.status_addr(slot), &mut st)
                 .map_err(|e| self.merr(e))?;
-            let result = match st[0] {
-                _ if used.len == 0 => Err(BlkError::StatusNotWritten {
-                    len: used.len,
-                    expected,
-                }),
-                status::OK if used.len < expected => Err(BlkError::StatusNotWritten {
-                    len: used.len,
-                    expected,
-                }),
-                status::OK => Ok(()),
-                status::IOERR => Err(BlkError::IoError),
-                status::UNSUPP => Err(BlkError::Unsupported),
-                other => Err(BlkError::BadStatus { status: other }),
+            let outcome = match st[0] {
+                _ if used.len == 0 => Outcome::NotWritten(used.len),
+                status::OK if used.len < expected => Outcome::NotWritten(used.len),
+                status::OK => Outcome::Ok,
+                status::IOERR => Outcome::IoError,
+                status::UNSUPP => Outcome::Unsupported,
+                other => Outcome::BadStatus(other),
             };
             if let Some(s) = self.slots.get_mut(usize::from(slot)) {
-                s.state = SlotState::Done { result };
+                s.state = SlotState::Done { outcome };
             }
         }
         Ok(())
@@ -552,10 +631,7 @@ impl<H: Hal, R: RegisterAccess> Blk<H, R> {
     }
 
     fn init(&mut self) -> Result<(), BlkError> {
-        let mut wanted = SUPPORTED.difference(self.options.refuse).bits();
-        if self.options.event_idx {
-            wanted |= TransportFeatures::RING_EVENT_IDX.bits();
-        }
+        let wanted = self.wanted();
         self.features = self.transport.begin_init(wanted)?;
         self.config = self.read_config()?;
         let n = match self.config.num_queues {
@@ -574,6 +650,18 @@ impl<H: Hal, R: RegisterAccess> Blk<H, R> {
             }
         }
         Ok(self.transport.finish_init()?)
+    }
+
+    /// The features to ask for (§3.1.1 step 4).
+    fn wanted(&self) -> u64 {
+        let mut wanted = SUPPORTED.difference(self.options.refuse).bits();
+        if self.options.event_idx {
+            wanted |= TransportFeatures::RING_EVENT_IDX.bits();
+        }
+        if self.options.indirect {
+            wanted |= TransportFeatures::RING_INDIRECT_DESC.bits();
+        }
+        wanted
     }
 
     fn has(&self, f: BlkFeatures) -> bool {
@@ -702,10 +790,7 @@ impl<H: Hal, R: RegisterAccess> Blk<H, R> {
     /// memory, forgetting requests in flight.
     pub fn reinit(&mut self) -> Result<(), BlkError> {
         self.transport.reset()?;
-        let mut wanted = SUPPORTED.difference(self.options.refuse).bits();
-        if self.options.event_idx {
-            wanted |= TransportFeatures::RING_EVENT_IDX.bits();
-        }
+        let wanted = self.wanted();
         let features = self.transport.begin_init(wanted)?;
         if features != self.features {
             self.transport.fail();
@@ -907,9 +992,10 @@ impl<H: Hal, R: RegisterAccess> Blk<H, R> {
         if s.generation != token.generation {
             return None;
         }
-        let SlotState::Done { result } = s.state else {
+        let SlotState::Done { outcome } = s.state else {
             return None;
         };
+        let result = outcome.result(s.kind, s.len);
         let keep = result.is_ok() && matches!(s.kind, req::IN | req::GET_ID);
         s.state = if keep {
             SlotState::Data

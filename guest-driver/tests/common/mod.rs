@@ -133,13 +133,14 @@ impl Queues {
         layouts: &[Option<QueueLayout>],
     ) -> Result<(), &'static str> {
         let event_idx = features & TransportFeatures::RING_EVENT_IDX.bits() != 0;
+        let indirect = features & TransportFeatures::RING_INDIRECT_DESC.bits() != 0;
         self.queues.clear();
         for l in layouts {
             let q = match l {
                 Some(l) => {
                     l.check_memory(&*self.mem)
                         .map_err(|_| "rings outside guest memory")?;
-                    Some(DeviceQueue::new(*l, event_idx, false))
+                    Some(DeviceQueue::new(*l, event_idx, indirect))
                 }
                 None => None,
             };

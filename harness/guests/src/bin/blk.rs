@@ -641,7 +641,14 @@ fn main(boot: &'static BootInfo) {
         };
         // Slots as large as the pool allows (at most the scratch buffer).
         let per_queue = POOL_BUDGET / usize::from(queues);
-        let slot_pages = (per_queue.saturating_sub(4) / o.depth as usize)
+        // Rings, headers and indirect tables: the pages without data.
+        let fixed = BlkOptions {
+            depth: o.depth as u16,
+            slot_size: 0,
+            ..BlkOptions::default()
+        }
+        .pages_per_queue();
+        let slot_pages = (per_queue.saturating_sub(fixed) / o.depth as usize)
             .clamp(1, virtio::SCRATCH_LEN / PAGE_SIZE);
         let options = BlkOptions {
             completion: o.mode.completion(),

@@ -1,0 +1,34 @@
+//! virtio-user: our guest drivers (`guest-driver`'s rng, blk, net and
+//! console drivers, unchanged) in an ordinary process, talking vhost-user
+//! to any backend, with no VM anywhere.
+//!
+//! The stack is the one our monitor's `vhost-user-*` slots use, without
+//! KVM: a driver's register accesses go to `virtio-core`'s device-side
+//! virtio-mmio register file (§4.2.2) in this process, whose device is
+//! `vhost-user`'s frontend ([`vhost_user::frontend::VhostUserDevice`]); at
+//! DRIVER_OK the frontend hands the backend the memory table and the rings.
+//! The rings and buffers live in a memfd shared with the backend
+//! ([`UserRam`]), which the drivers allocate from through [`UserHal`] using
+//! the region's guest addresses. Kicks are eventfd writes; completions are
+//! seen by polling the used rings or by waiting on the call eventfds
+//! ([`UserWait`]). DPDK calls the same arrangement virtio-user.
+//!
+//! On top, [`blk`] and [`rng`] run workloads that check a backend
+//! (data written is read back, every used element is validated by the
+//! driver, a broken rule is reported with its section) and measure it
+//! (requests per second, latency percentiles, kicks and calls), and
+//! [`cpu`] reads a backend process's CPU time, so a backend's cost can be
+//! measured without an emulated guest in the way.
+
+pub mod blk;
+pub mod cpu;
+mod device;
+mod error;
+pub mod latency;
+mod ram;
+pub mod rng;
+
+pub use device::{MAX_QUEUES, UserDevice, UserRegisters, UserWait};
+pub use error::Error;
+pub use ram::{GUEST_BASE, MAX_PAGES, UserHal, UserRam};
+pub use vhost_user::frontend::VhostUserKind;

@@ -1,0 +1,165 @@
+//! virtio-user against our own vhost-user backend, served in this process
+//! (`monitor::serve`, the code behind `virtio-harness vhost-user`): the
+//! guest drivers run unchanged over the register file and the frontend.
+//! Third-party backends (qemu-storage-daemon, vhost-device-rng) are the
+//! harness's tests.
+
+use std::os::unix::net::UnixListener;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use guest_driver::transport::Completion;
+use virtio_user::blk::{self, BlkJob, BlkPattern};
+use virtio_user::{Error, UserDevice, UserRam, VhostUserKind};
+
+fn tmp(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("virtio-user-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Serves `options` on a socket in `dir` from a thread; returns the path
+/// once it listens.
+fn serve(dir: &Path, options: &[String]) -> PathBuf {
+    let socket = dir.join("backend.sock");
+    let (s, o) = (socket.clone(), options.to_vec());
+    std::thread::spawn(move || monitor::serve::serve_options(&s, &o, false));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::os::unix::net::UnixStream::connect(&socket).is_err() {
+        assert!(Instant::now() < deadline, "backend did not listen");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // That probe connection was the first frontend; it is gone, and the
+    // backend serves the next one.
+    socket
+}
+
+fn opts(s: &str) -> Vec<String> {
+    s.split_whitespace().map(str::to_owned).collect()
+}
+
+fn blk_backend(name: &str, mib: u64, queues: u16) -> (PathBuf, PathBuf) {
+    let dir = tmp(name);
+    let disk = dir.join("disk.img");
+    std::fs::File::create(&disk)
+        .unwrap()
+        .set_len(mib << 20)
+        .unwrap();
+    let socket = serve(
+        &dir,
+        &opts(&format!(
+            "-drive file={},id=d0,format=raw -device virtio-blk-device,drive=d0,num-queues={queues}",
+            disk.display()
+        )),
+    );
+    (dir, socket)
+}
+
+fn blk_kind(queues: u16) -> VhostUserKind {
+    VhostUserKind::Blk {
+        num_queues: queues,
+        queue_size: 128,
+    }
+}
+
+#[test]
+fn blk_data_written_is_read_back_5_2_6() {
+    let (dir, socket) = blk_backend("check", 16, 1);
+    let ram = UserRam::new(16 << 20).unwrap();
+    let dev = UserDevice::connect(&socket, blk_kind(1), &ram).unwrap();
+    let r = blk::check(&dev, ram.hal().unwrap(), 256, 7).unwrap();
+    assert_eq!(r.capacity, 16 << 11);
+    assert_eq!(r.blocks, 256);
+    assert!(r.flush);
+    // What the backend wrote reached the file.
+    let disk = std::fs::read(dir.join("disk.img")).unwrap();
+    assert!(disk.iter().any(|b| *b != 0));
+    assert_eq!(dev.dead(), None);
+}
+
+#[test]
+fn blk_workloads_at_depth_on_two_queues_2_7() {
+    let (_dir, socket) = blk_backend("jobs", 16, 2);
+    let ram = UserRam::new(32 << 20).unwrap();
+    for (pattern, depth, queues, completion) in [
+        (BlkPattern::RandRead, 1, 1, Completion::Interrupt),
+        (BlkPattern::RandRead, 128, 1, Completion::Interrupt),
+        (BlkPattern::RandRead, 32, 2, Completion::Polling),
+        (
+            BlkPattern::RandWrite { flush_every: 32 },
+            32,
+            1,
+            Completion::Interrupt,
+        ),
+        (BlkPattern::SeqRead, 8, 1, Completion::Polling),
+    ] {
+        let dev = UserDevice::connect(&socket, blk_kind(2), &ram).unwrap();
+        let job = BlkJob {
+            pattern,
+            block: if pattern == BlkPattern::SeqRead {
+                128 << 10
+            } else {
+                4096
+            },
+            depth,
+            queues,
+            requests: 3000,
+            completion,
+            ..BlkJob::default()
+        };
+        let r = blk::run(&dev, ram.hal().unwrap(), &job).unwrap();
+        assert_eq!(r.requests, 3000, "{job:?}");
+        assert_eq!((r.depth, r.queues), (depth, queues), "{job:?}");
+        if let BlkPattern::RandWrite { flush_every } = pattern {
+            assert_eq!(r.flushes, 3000 / u64::from(flush_every), "{job:?}");
+        }
+        assert!(r.latency.p50 <= r.latency.p99);
+        assert!(r.kicks > 0);
+        // Interrupts were asked for only when waiting on them.
+        if completion == Completion::Polling {
+            assert!(r.calls < r.requests / 4, "{r:?}");
+        }
+    }
+}
+
+#[test]
+fn rng_bytes_arrive_5_4() {
+    let dir = tmp("rng");
+    let socket = serve(
+        &dir,
+        &opts("-object rng-builtin,id=r0 -device virtio-rng-device,rng=r0"),
+    );
+    let ram = UserRam::new(4 << 20).unwrap();
+    for completion in [Completion::Interrupt, Completion::Polling] {
+        let dev = UserDevice::connect(&socket, VhostUserKind::Rng, &ram).unwrap();
+        let r = virtio_user::rng::run(
+            &dev,
+            ram.hal().unwrap(),
+            1 << 20,
+            64 << 10,
+            completion,
+            Duration::from_secs(10),
+        )
+        .unwrap();
+        assert_eq!(r.bytes, 1 << 20);
+        // Random bytes: about 4096 zeroes in a MiB, far from all of them.
+        assert!(r.zeroes < 1 << 14, "{r:?}");
+    }
+}
+
+#[test]
+fn a_backend_that_hangs_up_is_a_clear_error_not_a_hang() {
+    let dir = tmp("hangup");
+    let socket = dir.join("gone.sock");
+    let _ = std::fs::remove_file(&socket);
+    let listener = UnixListener::bind(&socket).unwrap();
+    std::thread::spawn(move || {
+        for s in listener.incoming() {
+            drop(s);
+        }
+    });
+    let ram = UserRam::new(1 << 20).unwrap();
+    let e = UserDevice::connect(&socket, VhostUserKind::Rng, &ram).unwrap_err();
+    assert!(matches!(e, Error::Frontend(_)), "{e}");
+    assert!(e.to_string().contains("closed"), "{e}");
+}
