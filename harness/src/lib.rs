@@ -18,6 +18,7 @@ pub mod linux;
 pub mod netns;
 pub mod qemu;
 pub mod scenarios;
+pub mod user;
 pub mod verdict;
 
 use std::time::Duration;

@@ -36,6 +36,7 @@ mod net;
 mod rng;
 #[cfg(test)]
 mod tests;
+mod user;
 mod vhost;
 
 use blk::*;
@@ -43,6 +44,7 @@ use net::*;
 use rng::*;
 use vhost::*;
 
+pub use user::run_user;
 pub use vhost::VHOST_MAX_ROUNDS;
 
 /// The median of `v` (which must not be empty).

@@ -54,6 +54,56 @@ enum Command {
         /// sets the requests per run).
         #[arg(long, conflicts_with = "net_only")]
         vhost_only: bool,
+        /// Only the virtio-user rows: our drivers in this process drive
+        /// each vhost-user backend directly (blk: ours against
+        /// qemu-storage-daemon with aio=threads and aio=io_uring, page
+        /// cache and O_DIRECT, one and two queues; rng: ours against
+        /// vhost-device-rng), median of `--rounds`.
+        #[arg(long, conflicts_with_all = ["net_only", "vhost_only"])]
+        user: bool,
+    },
+    /// Drive a vhost-user backend from this process with our drivers
+    /// (virtio-user: no VM), run one workload and print a table row, e.g.
+    /// `user --socket /tmp/blk.sock --device blk --workload randread
+    /// --depth 32`. Works with any backend: ours (`vhost-user`),
+    /// qemu-storage-daemon, vhost-device-rng. `--workload check` writes,
+    /// flushes and reads back (it overwrites the disk).
+    User {
+        /// The backend's socket.
+        #[arg(long)]
+        socket: std::path::PathBuf,
+        /// The device the backend provides.
+        #[arg(long, value_parser = ["blk", "rng"])]
+        device: String,
+        /// blk: randread, randwrite (a FLUSH every --flush-every writes),
+        /// seqread, or check.
+        #[arg(long, default_value = "randread")]
+        workload: String,
+        /// blk: bytes per request (a multiple of 512).
+        #[arg(long, default_value_t = 4096)]
+        block: u32,
+        /// blk: requests in flight per queue (1 to 128).
+        #[arg(long, default_value_t = 1)]
+        depth: u16,
+        /// blk: request queues (the backend must offer them).
+        #[arg(long, default_value_t = 1)]
+        queues: u16,
+        /// blk: data requests; rng: KiB to read.
+        #[arg(long, default_value_t = 10_000)]
+        requests: u64,
+        /// blk randwrite: writes between FLUSHes (0: none).
+        #[arg(long, default_value_t = 32)]
+        flush_every: u32,
+        /// Poll the used rings (one core busy) instead of sleeping until
+        /// the backend's call.
+        #[arg(long)]
+        poll: bool,
+        /// The backend's pid: charge it its CPU time (/proc/PID/stat).
+        #[arg(long)]
+        backend_pid: Option<u32>,
+        /// MiB of memory shared with the backend.
+        #[arg(long, default_value_t = 64)]
+        ram_mib: u64,
     },
     /// Serve one device over vhost-user on a unix socket, e.g.
     /// `vhost-user --socket /tmp/blk.sock -drive file=disk.img,id=d0,format=raw
@@ -95,11 +145,60 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
+        Command::User {
+            socket,
+            device,
+            workload,
+            block,
+            depth,
+            queues,
+            requests,
+            flush_every,
+            poll,
+            backend_pid,
+            ram_mib,
+        } => {
+            let run = harness::user::UserRun {
+                socket,
+                kind: if device == "rng" {
+                    harness::user::UserKind::Rng
+                } else {
+                    harness::user::UserKind::Blk
+                },
+                workload,
+                block,
+                depth,
+                queues,
+                requests,
+                flush_every,
+                poll,
+                ram_mib,
+                backend_pid,
+                ..harness::user::UserRun::default()
+            };
+            match harness::user::run_once(&run) {
+                Ok(row) => {
+                    print!(
+                        "{}{}",
+                        harness::user::TABLE_HEAD,
+                        harness::user::format_row(&row)
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("virtio-harness user: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Bench {
             rounds,
             net_only,
             vhost_only,
-        } => match if net_only {
+            user,
+        } => match if user {
+            harness::bench::run_user(rounds.clamp(1, 5))
+        } else if net_only {
             harness::bench::run_net()
         } else if vhost_only {
             harness::bench::run_vhost(rounds.max(1))

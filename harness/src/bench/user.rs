@@ -1,0 +1,361 @@
+//! The virtio-user rows (`bench --user`): our drivers in this process drive
+//! each vhost-user backend directly, with no emulated guest in the way, so
+//! the backend's own cost shows: IOPS, latency percentiles and the
+//! backend's CPU time per request.
+//!
+//! blk: one 256 MiB raw file of random bytes, served by ours (`cache=
+//! writeback` or `cache=none`), `qemu-storage-daemon` with `aio=threads`
+//! and with `aio=io_uring` (`cache.direct=off` or `on`), each with two
+//! request queues offered; every job on one and on two queues, the
+//! backends alternating job by job, the median of `rounds` runs. As the
+//! peer's ceiling, `qemu-img bench` runs QEMU's block layer alone (no
+//! vhost-user, no virtio) on the same file. rng: ours (`rng-random` on
+//! `/dev/urandom`) against rust-vmm's `vhost-device-rng` (its default
+//! source, `/dev/urandom`).
+
+use std::path::Path;
+
+use crate::user::{UserKind, UserRow, UserRun, run_once};
+
+use super::*;
+
+/// Bytes of the bench file.
+const USER_DISK: u64 = 256 << 20;
+
+/// One backend process and how to reach it.
+struct Backend {
+    name: &'static str,
+    daemon: Daemon,
+}
+
+/// The blk jobs: workload, block size, depth, data requests.
+const USER_BLK_JOBS: &[(&str, u32, u16, u64)] = &[
+    ("randread", 4096, 1, 20_000),
+    ("randread", 4096, 32, 100_000),
+    ("randread", 4096, 128, 100_000),
+    ("randwrite", 4096, 32, 50_000),
+    ("seqread", 128 << 10, 4, 10_000),
+];
+
+fn random_image(path: &Path) -> Result<(), String> {
+    let mut x = 0x1234_5678_9abc_def1u64;
+    let mut buf = vec![0u8; USER_DISK as usize];
+    for chunk in buf.chunks_exact_mut(8) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        chunk.copy_from_slice(&x.to_le_bytes());
+    }
+    std::fs::write(path, &buf).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+fn blk_backends(
+    dir: &crate::scenarios::Workdir,
+    img: &str,
+    direct: bool,
+) -> Result<Vec<Backend>, String> {
+    let exe = std::env::current_exe().map_err(|e| format!("own executable: {e}"))?;
+    let mut out = Vec::new();
+    let tag = if direct { "direct" } else { "cached" };
+    let sock = dir.path(&format!("ours-{tag}.sock"));
+    let mut cmd = Command::new(&exe);
+    cmd.arg("vhost-user").arg("--socket").arg(&sock).args([
+        "-drive".to_string(),
+        format!(
+            "if=none,id=d0,file={img},format=raw,cache={}",
+            if direct { "none" } else { "writeback" }
+        ),
+        "-device".into(),
+        "virtio-blk-device,drive=d0,num-queues=2".into(),
+    ]);
+    out.push(Backend {
+        name: "ours",
+        daemon: Daemon::start(
+            "virtio-harness vhost-user",
+            cmd,
+            sock,
+            dir.path(&format!("ours-{tag}.log")),
+        )?,
+    });
+    if qsd_unavailable().is_none() {
+        for aio in ["threads", "io_uring"] {
+            let sock = dir.path(&format!("qsd-{aio}-{tag}.sock"));
+            let mut cmd = Command::new(QSD);
+            cmd.args([
+                "--blockdev".to_string(),
+                format!(
+                    "driver=file,node-name=f0,filename={img},cache.direct={},aio={aio}",
+                    if direct { "on" } else { "off" }
+                ),
+                "--export".into(),
+                format!(
+                    "type=vhost-user-blk,id=e0,node-name=f0,writable=on,num-queues=2,\
+                     addr.type=unix,addr.path={}",
+                    sock.display()
+                ),
+            ]);
+            let name = if aio == "threads" {
+                "qsd threads"
+            } else {
+                "qsd io_uring"
+            };
+            match Daemon::start(name, cmd, sock, dir.path(&format!("qsd-{aio}-{tag}.log"))) {
+                Ok(daemon) => out.push(Backend { name, daemon }),
+                Err(e) => eprintln!("bench --user: {name} not measured: {e}"),
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The median row of several runs (by rate).
+fn median_row(mut rows: Vec<UserRow>) -> UserRow {
+    rows.sort_by(|a, b| a.rate().total_cmp(&b.rate()));
+    rows.swap_remove(rows.len() / 2)
+}
+
+fn cell(r: &UserRow) -> String {
+    format!(
+        "{:.0} ({:.0}/{:.0})",
+        r.rate(),
+        r.p50.as_secs_f64() * 1e6,
+        r.p99.as_secs_f64() * 1e6
+    )
+}
+
+/// `qemu-img bench` on `img`: QEMU's block layer alone, sequential 4 KiB
+/// reads at `depth`, `aio`, cached or not; requests per second.
+fn qemu_img_bench(img: &str, depth: u16, aio: &str, direct: bool) -> Option<f64> {
+    let count = 200_000u32;
+    let t0 = Instant::now();
+    let out = Command::new("qemu-img")
+        .args([
+            "bench",
+            "-f",
+            "raw",
+            "-c",
+            &count.to_string(),
+            "-d",
+            &depth.to_string(),
+        ])
+        .args([
+            "-s",
+            "4096",
+            "-i",
+            aio,
+            "-t",
+            if direct { "none" } else { "writeback" },
+            img,
+        ])
+        .output()
+        .ok()?;
+    let wall = t0.elapsed().as_secs_f64();
+    let text = String::from_utf8_lossy(&out.stdout);
+    // "Run completed in 1.234 seconds."
+    let secs = text
+        .split("completed in ")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .and_then(|s| s.parse::<f64>().ok())
+        .unwrap_or(wall);
+    out.status
+        .success()
+        .then(|| f64::from(count) / secs.max(1e-9))
+}
+
+/// The blk and rng virtio-user rows, `rounds` runs each.
+pub fn run_user(rounds: usize) -> Result<String, String> {
+    let mut t = String::new();
+    let dir = crate::scenarios::Workdir::new("bench-user").map_err(|e| e.to_string())?;
+    let img_path = dir.path("user.img");
+    random_image(&img_path)?;
+    let img = img_path.display().to_string();
+    for direct in [false, true] {
+        let _ = std::fs::read(&img_path);
+        let mut backends = blk_backends(&dir, &img, direct)?;
+        let names: Vec<&str> = backends.iter().map(|b| b.name).collect();
+        let _ = writeln!(
+            t,
+            "\nvhost-user-blk through virtio-user, raw file {} (median of {rounds}; IOPS (p50/p99 µs); backend CPU s per M requests; per-CPU-s = requests per backend CPU second)\n",
+            if direct {
+                "on O_DIRECT"
+            } else {
+                "in the page cache"
+            }
+        );
+        let mut head = "| job | queues |".to_string();
+        for n in &names {
+            let _ = write!(head, " {n} |");
+        }
+        for n in names.iter().skip(1) {
+            let _ = write!(head, " ours / {n} |");
+        }
+        head.push_str(" CPU s/M |");
+        for n in names.iter().skip(1) {
+            let _ = write!(head, " per-CPU-s ours / {n} |");
+        }
+        let _ = writeln!(t, "{head}");
+        let cols = head.matches('|').count() - 1;
+        let _ = writeln!(t, "|{}", " --- |".repeat(cols));
+        for &(workload, block, depth, requests) in USER_BLK_JOBS {
+            for queues in [1u16, 2] {
+                let mut results: Vec<Vec<UserRow>> = vec![Vec::new(); backends.len()];
+                for _ in 0..rounds {
+                    for (i, b) in backends.iter_mut().enumerate() {
+                        let run = UserRun {
+                            socket: b.daemon.socket().to_path_buf(),
+                            kind: UserKind::Blk,
+                            workload: workload.into(),
+                            block,
+                            depth,
+                            queues,
+                            requests,
+                            backend_pid: Some(b.daemon.pid()),
+                            ..UserRun::default()
+                        };
+                        let row = run_once(&run)
+                            .map_err(|e| format!("{}: {e}\n{}", b.name, b.daemon.output()))?;
+                        b.daemon.check_alive()?;
+                        results[i].push(row);
+                    }
+                }
+                let meds: Vec<UserRow> = results.into_iter().map(median_row).collect();
+                let job = format!("{workload} {}, depth {depth}", crate::user::size(block));
+                let mut line = format!("| {job} | {queues} |");
+                for m in &meds {
+                    let _ = write!(line, " {} |", cell(m));
+                }
+                for m in meds.iter().skip(1) {
+                    let _ = write!(line, " {:.2}x |", meds[0].rate() / m.rate().max(1e-9));
+                }
+                let cpus: Vec<String> = meds
+                    .iter()
+                    .map(|m| {
+                        m.cpu_per_million()
+                            .map_or("-".into(), |c| format!("{c:.2}"))
+                    })
+                    .collect();
+                let _ = write!(line, " {} |", cpus.join("; "));
+                for m in meds.iter().skip(1) {
+                    let r = meds[0]
+                        .per_cpu_second()
+                        .zip(m.per_cpu_second())
+                        .map(|(a, b)| a / b.max(1e-9));
+                    let _ = write!(line, " {} |", r.map_or("-".into(), |r| format!("{r:.2}x")));
+                }
+                let _ = writeln!(t, "{line}");
+            }
+        }
+        let mut ceiling = String::new();
+        for aio in ["threads", "io_uring"] {
+            for depth in [1u16, 32] {
+                if let Some(r) = qemu_img_bench(&img, depth, aio, direct) {
+                    let _ = write!(ceiling, " aio={aio} depth {depth}: {r:.0}/s;");
+                }
+            }
+        }
+        if !ceiling.is_empty() {
+            let _ = writeln!(
+                t,
+                "\nQEMU's block layer alone (`qemu-img bench`, sequential 4 KiB reads, no vhost-user):{ceiling}"
+            );
+        }
+        for b in &mut backends {
+            b.daemon.kill();
+        }
+    }
+    t.push_str(&rng_rows(&dir, rounds)?);
+    Ok(t)
+}
+
+fn rng_rows(dir: &crate::scenarios::Workdir, rounds: usize) -> Result<String, String> {
+    let mut t = String::new();
+    let exe = std::env::current_exe().map_err(|e| format!("own executable: {e}"))?;
+    let sock = dir.path("ours-rng.sock");
+    let mut cmd = Command::new(&exe);
+    cmd.arg("vhost-user").arg("--socket").arg(&sock).args([
+        "-object",
+        "rng-random,id=r0,filename=/dev/urandom",
+        "-device",
+        "virtio-rng-device,rng=r0",
+    ]);
+    let mut backends = vec![Backend {
+        name: "ours",
+        daemon: Daemon::start(
+            "virtio-harness vhost-user",
+            cmd,
+            sock,
+            dir.path("ours-rng.log"),
+        )?,
+    }];
+    let vdr = std::env::var_os("HOME")
+        .map(|h| Path::new(&h).join(".cargo/bin/vhost-device-rng"))
+        .filter(|p| p.exists())
+        .unwrap_or_else(|| "vhost-device-rng".into());
+    let sock = dir.path("vdr.sock");
+    let mut cmd = Command::new(&vdr);
+    cmd.arg("--socket-path").arg(&sock);
+    match Daemon::start(
+        "vhost-device-rng",
+        cmd,
+        std::path::PathBuf::from(format!("{}0", sock.display())),
+        dir.path("vdr.log"),
+    ) {
+        Ok(daemon) => backends.push(Backend {
+            name: "vhost-device-rng",
+            daemon,
+        }),
+        Err(e) => {
+            let _ = writeln!(t, "vhost-device-rng not measured: {e}");
+        }
+    }
+    let _ = writeln!(
+        t,
+        "\nvhost-user-rng through virtio-user, 64 MiB in reads of 64 KiB from /dev/urandom (median of {rounds})\n"
+    );
+    let _ = writeln!(
+        t,
+        "| backend | MB/s | backend CPU s per GB | kicks per MB | calls per MB |"
+    );
+    let _ = writeln!(t, "| --- | ---: | ---: | ---: | ---: |");
+    let mut rates = Vec::new();
+    for b in &mut backends {
+        let mut rows = Vec::new();
+        for _ in 0..rounds {
+            let run = UserRun {
+                socket: b.daemon.socket().to_path_buf(),
+                kind: UserKind::Rng,
+                requests: 64 << 10,
+                backend_pid: Some(b.daemon.pid()),
+                ..UserRun::default()
+            };
+            rows.push(
+                run_once(&run).map_err(|e| format!("{}: {e}\n{}", b.name, b.daemon.output()))?,
+            );
+        }
+        let m = median_row(rows);
+        let mb = m.bytes as f64 / 1e6;
+        let _ = writeln!(
+            t,
+            "| {} | {:.1} | {} | {:.1} | {:.1} |",
+            b.name,
+            m.rate() / 1e6,
+            m.backend_cpu.map_or("-".into(), |c| format!(
+                "{:.2}",
+                c.as_secs_f64() / (mb / 1e3)
+            )),
+            m.kicks as f64 / mb,
+            m.calls as f64 / mb
+        );
+        rates.push(m.rate());
+        b.daemon.kill();
+    }
+    if let [ours, theirs] = rates[..] {
+        let _ = writeln!(
+            t,
+            "\nours / vhost-device-rng: {:.2}x",
+            ours / theirs.max(1e-9)
+        );
+    }
+    Ok(t)
+}

@@ -1,0 +1,286 @@
+//! `virtio-harness user`: our drivers in this process against any
+//! vhost-user backend (virtio-user, [`virtio_user`]), one workload, one
+//! table row; and the pieces `bench --user` shares with it.
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use guest_driver::transport::Completion;
+use virtio_user::blk::{self, BlkJob, BlkPattern, BlkReport};
+use virtio_user::{UserDevice, UserRam, VhostUserKind};
+
+/// How long a run waits for the backend's socket to listen.
+const RELISTEN: Duration = Duration::from_secs(5);
+
+/// The device a `user` run drives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UserKind {
+    /// vhost-user-blk (§5.2).
+    Blk,
+    /// vhost-user-rng (§5.4).
+    Rng,
+}
+
+/// One `user` run.
+#[derive(Clone, Debug)]
+pub struct UserRun {
+    /// The backend's socket.
+    pub socket: PathBuf,
+    /// The device.
+    pub kind: UserKind,
+    /// blk: `randread`, `randwrite`, `seqread` or `check`.
+    pub workload: String,
+    /// blk: bytes per request.
+    pub block: u32,
+    /// blk: requests in flight per queue.
+    pub depth: u16,
+    /// blk: request queues.
+    pub queues: u16,
+    /// blk: data requests; rng: KiB to read.
+    pub requests: u64,
+    /// blk randwrite: writes between FLUSHes (0: none).
+    pub flush_every: u32,
+    /// Poll the used rings instead of waiting for calls.
+    pub poll: bool,
+    /// MiB of shared memory.
+    pub ram_mib: u64,
+    /// The backend's pid, to charge it its CPU time.
+    pub backend_pid: Option<u32>,
+    /// The queue size the frontend offers the driver.
+    pub queue_size: u16,
+}
+
+impl Default for UserRun {
+    fn default() -> Self {
+        UserRun {
+            socket: PathBuf::new(),
+            kind: UserKind::Blk,
+            workload: "randread".into(),
+            block: 4096,
+            depth: 1,
+            queues: 1,
+            requests: 10_000,
+            flush_every: 32,
+            poll: false,
+            ram_mib: 64,
+            backend_pid: None,
+            queue_size: 128,
+        }
+    }
+}
+
+/// One measured row.
+#[derive(Clone, Debug, Default)]
+pub struct UserRow {
+    /// What ran, e.g. `randread 4096 B, depth 32 x 1 queue`.
+    pub what: String,
+    /// Requests (blk) or reads (rng) completed.
+    pub requests: u64,
+    /// Bytes moved.
+    pub bytes: u64,
+    /// Wall time.
+    pub elapsed: Duration,
+    /// Median latency (blk).
+    pub p50: Duration,
+    /// 99th percentile latency (blk).
+    pub p99: Duration,
+    /// Kicks sent.
+    pub kicks: u64,
+    /// Calls received.
+    pub calls: u64,
+    /// The backend's CPU time during the run, if its pid was given.
+    pub backend_cpu: Option<Duration>,
+    /// Extra words (a check's findings).
+    pub note: String,
+}
+
+impl UserRow {
+    /// Requests per second.
+    pub fn rate(&self) -> f64 {
+        self.requests as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+
+    /// Backend CPU seconds per million requests.
+    pub fn cpu_per_million(&self) -> Option<f64> {
+        self.backend_cpu
+            .map(|c| c.as_secs_f64() * 1e6 / (self.requests.max(1) as f64))
+    }
+
+    /// Requests per backend CPU second.
+    pub fn per_cpu_second(&self) -> Option<f64> {
+        self.backend_cpu
+            .map(|c| self.requests as f64 / c.as_secs_f64().max(1e-9))
+    }
+}
+
+fn completion(poll: bool) -> Completion {
+    if poll {
+        Completion::Polling
+    } else {
+        Completion::Interrupt
+    }
+}
+
+/// Runs `run` once. Errors say which backend and what broke (the driver's
+/// errors name the rule).
+pub fn run_once(run: &UserRun) -> Result<UserRow, String> {
+    let ctx = |e: virtio_user::Error| format!("{}: {e}", run.socket.display());
+    let ram = UserRam::new(run.ram_mib << 20).map_err(ctx)?;
+    let kind = match run.kind {
+        UserKind::Blk => VhostUserKind::Blk {
+            num_queues: run.queues,
+            queue_size: run.queue_size,
+        },
+        UserKind::Rng => VhostUserKind::Rng,
+    };
+    // Some backends (vhost-device-rng) listen again only a moment after
+    // their last frontend left; wait for that without connecting.
+    let deadline = std::time::Instant::now() + RELISTEN;
+    while !crate::daemon::unix_listening(&run.socket) && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let dev = UserDevice::connect(&run.socket, kind, &ram).map_err(ctx)?;
+    let cpu0 = run.backend_pid.and_then(virtio_user::cpu::cpu_time);
+    let mut row = match run.kind {
+        UserKind::Rng => {
+            let bytes = run.requests << 10;
+            let r = virtio_user::rng::run(
+                &dev,
+                ram.hal().map_err(ctx)?,
+                bytes,
+                64 << 10,
+                completion(run.poll),
+                Duration::from_secs(10),
+            )
+            .map_err(ctx)?;
+            UserRow {
+                what: "rng, reads of 64 KiB".into(),
+                requests: r.bytes,
+                bytes: r.bytes,
+                elapsed: r.elapsed,
+                kicks: r.kicks,
+                calls: r.calls,
+                ..UserRow::default()
+            }
+        }
+        UserKind::Blk if run.workload == "check" => {
+            let r = blk::check(&dev, ram.hal().map_err(ctx)?, 1024, 1).map_err(ctx)?;
+            UserRow {
+                what: "blk check: write, flush, read back".into(),
+                requests: r.blocks,
+                bytes: r.blocks * 4096,
+                note: format!(
+                    "{} blocks intact, capacity {} sectors, FLUSH {}, id {}",
+                    r.blocks,
+                    r.capacity,
+                    if r.flush { "offered" } else { "not offered" },
+                    r.id.as_deref().unwrap_or("(unsupported)")
+                ),
+                ..UserRow::default()
+            }
+        }
+        UserKind::Blk => {
+            let pattern = match run.workload.as_str() {
+                "randread" => BlkPattern::RandRead,
+                "randwrite" => BlkPattern::RandWrite {
+                    flush_every: run.flush_every,
+                },
+                "seqread" => BlkPattern::SeqRead,
+                other => {
+                    return Err(format!(
+                        "unknown blk workload '{other}' (randread, randwrite, seqread, check)"
+                    ));
+                }
+            };
+            let job = BlkJob {
+                pattern,
+                block: run.block,
+                depth: run.depth,
+                queues: run.queues,
+                requests: run.requests,
+                completion: completion(run.poll),
+                ..BlkJob::default()
+            };
+            let r = blk::run(&dev, ram.hal().map_err(ctx)?, &job).map_err(ctx)?;
+            blk_row(&job, &r)
+        }
+    };
+    let cpu1 = run.backend_pid.and_then(virtio_user::cpu::cpu_time);
+    row.backend_cpu = cpu0.zip(cpu1).map(|(a, b)| b.saturating_sub(a));
+    Ok(row)
+}
+
+fn blk_row(job: &BlkJob, r: &BlkReport) -> UserRow {
+    let mut what = format!(
+        "{} {}, depth {} x {} queue{}",
+        job.pattern.name(),
+        size(job.block),
+        r.depth,
+        r.queues,
+        if r.queues == 1 { "" } else { "s" }
+    );
+    if r.flushes > 0 {
+        let _ = write!(what, ", {} FLUSH", r.flushes);
+    }
+    UserRow {
+        what,
+        requests: r.requests,
+        bytes: r.bytes,
+        elapsed: r.elapsed,
+        p50: r.latency.p50,
+        p99: r.latency.p99,
+        kicks: r.kicks,
+        calls: r.calls,
+        ..UserRow::default()
+    }
+}
+
+/// `4 KiB`, `128 KiB`, `512 B`.
+pub fn size(bytes: u32) -> String {
+    if bytes.is_multiple_of(1024) {
+        format!("{} KiB", bytes / 1024)
+    } else {
+        format!("{bytes} B")
+    }
+}
+
+/// The table header of [`format_row`].
+pub const TABLE_HEAD: &str = "| run | requests | per second | MB/s | p50 µs | p99 µs | kicks/req | calls/req | backend CPU s per M req |\n| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n";
+
+/// One markdown row.
+pub fn format_row(r: &UserRow) -> String {
+    let per = |n: u64| {
+        if r.requests == 0 {
+            "-".to_string()
+        } else {
+            format!("{:.3}", n as f64 / r.requests as f64)
+        }
+    };
+    let us = |d: Duration| {
+        if d.is_zero() {
+            "-".to_string()
+        } else {
+            format!("{:.1}", d.as_secs_f64() * 1e6)
+        }
+    };
+    if !r.note.is_empty() {
+        return format!(
+            "| {} | {} | - | - | - | - | - | - | {} |\n",
+            r.what, r.requests, r.note
+        );
+    }
+    format!(
+        "| {} | {} | {:.0} | {:.1} | {} | {} | {} | {} | {} |\n",
+        r.what,
+        r.requests,
+        r.rate(),
+        r.bytes as f64 / r.elapsed.as_secs_f64().max(1e-9) / 1e6,
+        us(r.p50),
+        us(r.p99),
+        per(r.kicks),
+        per(r.calls),
+        r.cpu_per_million()
+            .map_or("-".to_string(), |c| format!("{c:.2}"))
+    )
+}
