@@ -20,6 +20,8 @@ pub enum UserKind {
     Blk,
     /// vhost-user-rng (§5.4).
     Rng,
+    /// vhost-user net (§5.1) on a backend that sends frames back.
+    Net,
 }
 
 /// One `user` run.
@@ -31,13 +33,13 @@ pub struct UserRun {
     pub kind: UserKind,
     /// blk: `randread`, `randwrite`, `seqread` or `check`.
     pub workload: String,
-    /// blk: bytes per request.
+    /// blk: bytes per request; net: bytes per frame.
     pub block: u32,
     /// blk: requests in flight per queue.
     pub depth: u16,
     /// blk: request queues.
     pub queues: u16,
-    /// blk: data requests; rng: KiB to read.
+    /// blk: data requests; rng: KiB to read; net: frames.
     pub requests: u64,
     /// blk randwrite: writes between FLUSHes (0: none).
     pub flush_every: u32,
@@ -93,6 +95,8 @@ pub struct UserRow {
     pub backend_cpu: Option<Duration>,
     /// Extra words (a check's findings).
     pub note: String,
+    /// Frames lost or mangled (net), if any.
+    pub lost: String,
 }
 
 impl UserRow {
@@ -133,6 +137,10 @@ pub fn run_once(run: &UserRun) -> Result<UserRow, String> {
             queue_size: run.queue_size,
         },
         UserKind::Rng => VhostUserKind::Rng,
+        UserKind::Net => VhostUserKind::Net {
+            mac: [0x52, 0x54, 0x00, 0x12, 0x34, 0x56],
+            queue_size: 256,
+        },
     };
     // Some backends (vhost-device-rng) listen again only a moment after
     // their last frontend left; wait for that without connecting.
@@ -161,6 +169,29 @@ pub fn run_once(run: &UserRun) -> Result<UserRow, String> {
                 elapsed: r.elapsed,
                 kicks: r.kicks,
                 calls: r.calls,
+                ..UserRow::default()
+            }
+        }
+        UserKind::Net => {
+            let job = virtio_user::net::NetJob {
+                size: run.block as usize,
+                frames: run.requests,
+                completion: completion(run.poll),
+                ..virtio_user::net::NetJob::default()
+            };
+            let r = virtio_user::net::run(&dev, ram.hal().map_err(ctx)?, &job).map_err(ctx)?;
+            let mut note = String::new();
+            if r.lost() > 0 || r.wrong_length > 0 {
+                note = format!("{} lost, {} of another length", r.lost(), r.wrong_length);
+            }
+            UserRow {
+                what: format!("net echo, {} B frames, window {}", job.size, job.window),
+                requests: r.received,
+                bytes: r.received * job.size as u64,
+                elapsed: r.elapsed,
+                kicks: r.kicks,
+                calls: r.calls,
+                lost: note,
                 ..UserRow::default()
             }
         }
@@ -264,6 +295,11 @@ pub fn format_row(r: &UserRow) -> String {
             format!("{:.1}", d.as_secs_f64() * 1e6)
         }
     };
+    let what = if r.lost.is_empty() {
+        r.what.clone()
+    } else {
+        format!("{} ({})", r.what, r.lost)
+    };
     if !r.note.is_empty() {
         return format!(
             "| {} | {} | - | - | - | - | - | - | {} |\n",
@@ -272,7 +308,7 @@ pub fn format_row(r: &UserRow) -> String {
     }
     format!(
         "| {} | {} | {:.0} | {:.1} | {} | {} | {} | {} | {} |\n",
-        r.what,
+        what,
         r.requests,
         r.rate(),
         r.bytes as f64 / r.elapsed.as_secs_f64().max(1e-9) / 1e6,

@@ -265,6 +265,137 @@ pub fn run_user(rounds: usize) -> Result<String, String> {
         }
     }
     t.push_str(&rng_rows(&dir, rounds)?);
+    t.push_str(&net_rows(&dir, rounds)?);
+    Ok(t)
+}
+
+/// `dpdk-testpmd`'s path, if installed.
+fn testpmd() -> Option<std::path::PathBuf> {
+    std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .unwrap_or_default()
+        .into_iter()
+        .map(|d| d.join("dpdk-testpmd"))
+        .find(|p| p.is_file())
+}
+
+/// net echo: ours (`-netdev loopback`: each frame comes back) against
+/// DPDK's vhost PMD (`dpdk-testpmd --vdev net_vhost0` in `macswap`
+/// forwarding, one forwarding core that polls), 64- and 1514-byte frames.
+fn net_rows(dir: &crate::scenarios::Workdir, rounds: usize) -> Result<String, String> {
+    let mut t = String::new();
+    let exe = std::env::current_exe().map_err(|e| format!("own executable: {e}"))?;
+    let sock = dir.path("ours-net.sock");
+    let mut cmd = Command::new(&exe);
+    cmd.arg("vhost-user").arg("--socket").arg(&sock).args([
+        "-netdev",
+        "loopback,id=n0",
+        "-device",
+        "virtio-net-device,netdev=n0",
+    ]);
+    let mut backends = vec![Backend {
+        name: "ours (loopback)",
+        daemon: Daemon::start(
+            "virtio-harness vhost-user",
+            cmd,
+            sock,
+            dir.path("ours-net.log"),
+        )?,
+    }];
+    match testpmd() {
+        Some(program) => {
+            let sock = dir.path("testpmd.sock");
+            let mut cmd = Command::new(program);
+            cmd.args(["-l", "0-1", "--no-pci", "--no-huge", "-m", "512"])
+                .arg(format!("--file-prefix=vt-bench-{}", std::process::id()))
+                .arg("--vdev")
+                .arg(format!("net_vhost0,iface={},queues=1", sock.display()))
+                .arg("--")
+                .args([
+                    "--nb-cores=1",
+                    "--total-num-mbufs=16384",
+                    "--forward-mode=macswap",
+                    // With a stats period testpmd forwards until killed
+                    // instead of waiting for a key on stdin (closed here).
+                    "--stats-period=1",
+                ])
+                .stdin(std::process::Stdio::null());
+            match Daemon::start(
+                "dpdk-testpmd (vhost PMD)",
+                cmd,
+                sock,
+                dir.path("testpmd.log"),
+            ) {
+                Ok(daemon) => backends.push(Backend {
+                    name: "DPDK vhost PMD (testpmd macswap)",
+                    daemon,
+                }),
+                Err(e) => {
+                    let _ = writeln!(t, "DPDK vhost PMD not measured: {e}");
+                }
+            }
+        }
+        None => {
+            let _ = writeln!(
+                t,
+                "DPDK vhost PMD not measured: dpdk-testpmd is not installed"
+            );
+        }
+    }
+    let _ = writeln!(
+        t,
+        "\nvirtio-net echo through virtio-user, 128 frames in flight (median of {rounds}; the backend's CPU includes a polling core where it has one)\n"
+    );
+    let _ = writeln!(
+        t,
+        "| backend | frame | pps | kicks per frame | calls per frame | backend CPU µs per frame |"
+    );
+    let _ = writeln!(t, "| --- | ---: | ---: | ---: | ---: | ---: |");
+    for size in [64u32, 1514] {
+        for b in &mut backends {
+            let mut rows = Vec::new();
+            for _ in 0..rounds {
+                let run = UserRun {
+                    socket: b.daemon.socket().to_path_buf(),
+                    kind: UserKind::Net,
+                    block: size,
+                    requests: 200_000,
+                    backend_pid: Some(b.daemon.pid()),
+                    ..UserRun::default()
+                };
+                match run_once(&run) {
+                    Ok(r) => rows.push(r),
+                    Err(e) => {
+                        let _ = writeln!(t, "| {} | {size} B | not measured: {e} | | | |", b.name);
+                        break;
+                    }
+                }
+            }
+            if rows.len() < rounds {
+                continue;
+            }
+            let m = median_row(rows);
+            let per = |n: u64| n as f64 / m.requests.max(1) as f64;
+            let _ = writeln!(
+                t,
+                "| {}{} | {size} B | {:.0} | {:.3} | {:.3} | {} |",
+                b.name,
+                if m.lost.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({})", m.lost)
+                },
+                m.rate(),
+                per(m.kicks),
+                per(m.calls),
+                m.cpu_per_million()
+                    .map_or("-".into(), |c| format!("{c:.2}"))
+            );
+        }
+    }
+    for b in &mut backends {
+        b.daemon.kill();
+    }
     Ok(t)
 }
 

@@ -73,13 +73,14 @@ enum Command {
         #[arg(long)]
         socket: std::path::PathBuf,
         /// The device the backend provides.
-        #[arg(long, value_parser = ["blk", "rng"])]
+        #[arg(long, value_parser = ["blk", "rng", "net"])]
         device: String,
         /// blk: randread, randwrite (a FLUSH every --flush-every writes),
         /// seqread, or check.
         #[arg(long, default_value = "randread")]
         workload: String,
-        /// blk: bytes per request (a multiple of 512).
+        /// blk: bytes per request (a multiple of 512); net: bytes per
+        /// frame (60 to 1514; the backend must send frames back).
         #[arg(long, default_value_t = 4096)]
         block: u32,
         /// blk: requests in flight per queue (1 to 128).
@@ -88,7 +89,7 @@ enum Command {
         /// blk: request queues (the backend must offer them).
         #[arg(long, default_value_t = 1)]
         queues: u16,
-        /// blk: data requests; rng: KiB to read.
+        /// blk: data requests; rng: KiB to read; net: frames.
         #[arg(long, default_value_t = 10_000)]
         requests: u64,
         /// blk randwrite: writes between FLUSHes (0: none).
@@ -160,10 +161,10 @@ fn main() -> ExitCode {
         } => {
             let run = harness::user::UserRun {
                 socket,
-                kind: if device == "rng" {
-                    harness::user::UserKind::Rng
-                } else {
-                    harness::user::UserKind::Blk
+                kind: match device.as_str() {
+                    "rng" => harness::user::UserKind::Rng,
+                    "net" => harness::user::UserKind::Net,
+                    _ => harness::user::UserKind::Blk,
                 },
                 workload,
                 block,

@@ -5,6 +5,7 @@ use std::fmt;
 use backends::hostmem::HostMemoryError;
 use guest_driver::blk::BlkError;
 use guest_driver::hal::PoolError;
+use guest_driver::net::NetError;
 use vhost_user::frontend::FrontendError;
 use virtio_core::mmio::MmioError;
 
@@ -25,6 +26,8 @@ pub enum Error {
     /// The block driver failed, or the backend answered a request with an
     /// error or broke a rule (named).
     Blk(BlkError),
+    /// The network driver failed (a broken rule is named).
+    Net(NetError),
     /// Data read back is not what was written (§5.2.6: a READ returns the
     /// data last written).
     Mismatch {
@@ -48,6 +51,7 @@ impl fmt::Display for Error {
             Error::Registers(e) => write!(f, "register file: {e}"),
             Error::Driver(e) => write!(f, "driver: {e}"),
             Error::Blk(e) => write!(f, "blk driver: {e}"),
+            Error::Net(e) => write!(f, "net driver: {e}"),
             Error::Mismatch { sector, what } => write!(
                 f,
                 "{what}: sector {sector} read back differs from what was written (§5.2.6)"
@@ -67,6 +71,7 @@ impl std::error::Error for Error {
             Error::Registers(e) => Some(e),
             Error::Driver(e) => Some(e),
             Error::Blk(e) => Some(e),
+            Error::Net(e) => Some(e),
             _ => None,
         }
     }
@@ -81,6 +86,12 @@ impl From<FrontendError> for Error {
 impl From<BlkError> for Error {
     fn from(e: BlkError) -> Self {
         Error::Blk(e)
+    }
+}
+
+impl From<NetError> for Error {
+    fn from(e: NetError) -> Self {
+        Error::Net(e)
     }
 }
 
