@@ -206,3 +206,45 @@ fn the_user_command_prints_a_row_and_names_a_missing_backend() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("nobody.sock"), "{err}");
 }
+
+/// virtio-net (§5.1) from DPDK's vhost PMD: `dpdk-testpmd --vdev
+/// net_vhost0` forwarding in `macswap` mode sends each frame back; every
+/// frame returns with its length.
+#[test]
+fn dpdk_vhost_pmd_echoes_through_virtio_user() {
+    let test = "dpdk_vhost_pmd_echoes_through_virtio_user";
+    let Some(testpmd) = peer(test, "dpdk-testpmd") else {
+        return;
+    };
+    let dir = scratch(test);
+    let sock = dir.path("vhost.sock");
+    let mut cmd = Command::new(testpmd);
+    cmd.args(["-l", "0-1", "--no-pci", "--no-huge", "-m", "512"])
+        .arg(format!("--file-prefix=vt-user-{}", std::process::id()))
+        .arg("--vdev")
+        .arg(format!("net_vhost0,iface={},queues=1", sock.display()))
+        .arg("--")
+        .args(["--nb-cores=1", "--total-num-mbufs=16384"])
+        .args(["--forward-mode=macswap", "--stats-period=1"])
+        .stdin(std::process::Stdio::null());
+    let mut d = Daemon::start(
+        "dpdk-testpmd (vhost PMD)",
+        cmd,
+        sock.clone(),
+        dir.path("testpmd.log"),
+    )
+    .unwrap();
+    for size in [60, 1514] {
+        let row = run_once(&UserRun {
+            socket: sock.clone(),
+            kind: UserKind::Net,
+            block: size,
+            requests: 10_000,
+            ..UserRun::default()
+        })
+        .unwrap_or_else(|e| panic!("{e}\n{}", d.output()));
+        assert_eq!(row.requests, 10_000, "{row:?}");
+        assert!(row.lost.is_empty(), "{}", row.lost);
+    }
+    d.check_alive().unwrap();
+}
