@@ -59,12 +59,17 @@ pub use virtio_core::blk::{ID_LEN, config, req, status};
 const HEADER_LEN: u32 = virtio_core::blk::HEADER_LEN as u32;
 /// Per-slot bytes of header and status in the meta area.
 const META_LEN: u64 = 32;
-/// Descriptors in one request's indirect table: header, data segments,
-/// status.
-const PER_CHAIN: u16 = MAX_SEGMENTS as u16 + 2;
-/// Bytes of the indirect tables of a queue of [`QUEUE_SIZE`]: one table
-/// per descriptor index (§2.7.5.3).
-const INDIRECT_BYTES: usize = QUEUE_SIZE * PER_CHAIN as usize * Descriptor::SIZE as usize;
+/// Descriptors in one request's indirect table for slots of `slot_size`
+/// bytes split at `size_max`: header, data segments, status. A request
+/// with more segments (a `size_max` below 512) goes without a table.
+fn per_chain(slot_size: u32, size_max: Option<u32>) -> u16 {
+    let seg = size_max
+        .filter(|s| *s > 0)
+        .unwrap_or(u32::MAX)
+        .max(SECTOR_SIZE);
+    let segments = slot_size.div_ceil(seg).clamp(1, MAX_SEGMENTS as u32);
+    segments as u16 + 2
+}
 /// The status byte before the device writes it: no valid status.
 const STATUS_UNSET: u8 = 0xff;
 use virtio_core::blk::FLAG_UNMAP;
@@ -263,7 +268,8 @@ impl BlkOptions {
     pub fn pages_per_queue(&self) -> usize {
         let depth = usize::from(self.depth);
         let indirect = if self.indirect {
-            INDIRECT_BYTES.div_ceil(PAGE_SIZE)
+            let per = usize::from(per_chain(self.slot_size, Some(SECTOR_SIZE)));
+            (QUEUE_SIZE * per * Descriptor::SIZE as usize).div_ceil(PAGE_SIZE)
         } else {
             0
         };
@@ -408,6 +414,7 @@ impl BlkQueue {
         transport: &Transport<R>,
         index: u16,
         options: &BlkOptions,
+        size_max: Option<u32>,
     ) -> Result<Self, BlkError> {
         let max = transport.driver().queue_max_size(index)?;
         let cap = max.min(QUEUE_SIZE as u16);
@@ -426,8 +433,9 @@ impl BlkQueue {
         let ring_pages = ring_bytes(transport.is_modern(), qsize).div_ceil(PAGE_SIZE as u64);
         let meta_pages = (depth as u64 * META_LEN).div_ceil(PAGE_SIZE as u64);
         let data_pages = (depth as u64 * u64::from(options.slot_size)).div_ceil(PAGE_SIZE as u64);
+        let per = per_chain(options.slot_size, size_max);
         let indirect_pages = if indirect {
-            (u64::from(size) * u64::from(PER_CHAIN) * Descriptor::SIZE).div_ceil(PAGE_SIZE as u64)
+            (u64::from(size) * u64::from(per) * Descriptor::SIZE).div_ceil(PAGE_SIZE as u64)
         } else {
             0
         };
@@ -456,7 +464,7 @@ impl BlkQueue {
         let data_base = meta_base + meta_pages * PAGE_SIZE as u64;
         let area = if indirect {
             let at = GuestAddress(data_base + data_pages * PAGE_SIZE as u64);
-            match IndirectArea::new(at, PER_CHAIN) {
+            match IndirectArea::new(at, per) {
                 Ok(a) => Some(a),
                 Err(err) => {
                     // SAFETY: the device was never told this memory's address.
@@ -641,7 +649,13 @@ impl<H: Hal, R: RegisterAccess> Blk<H, R> {
             None => 1,
         };
         for i in 0..n {
-            let q = BlkQueue::new(&self.hal, &self.transport, i, &self.options)?;
+            let q = BlkQueue::new(
+                &self.hal,
+                &self.transport,
+                i,
+                &self.options,
+                self.config.size_max,
+            )?;
             // n <= MAX_QUEUES. Kept before attaching, so that `drop` frees
             // it after the reset if attaching fails.
             let _ = self.queues.push(q);

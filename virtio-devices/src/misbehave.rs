@@ -126,7 +126,7 @@ mod lies {
     use core::fmt;
 
     use virtio_core::features::DeviceType;
-    use virtio_core::memory::{GuestMemory, MemoryError, RegionMemory};
+    use virtio_core::memory::{GuestAddress, GuestMemory, MemoryError, RegionMemory};
     use virtio_core::split::{DescFlags, Descriptor, QueueLayout, UsedElem};
 
     use super::Misbehave;
@@ -170,9 +170,41 @@ mod lies {
         pub told: (u32, u32),
     }
 
+    /// Device-writable bytes of the indirect table of `len` bytes at
+    /// `table` (§2.7.5.3), following `NEXT` from entry 0 within the table;
+    /// `None` if it leaves the table or nests another.
+    fn table_writable<M: GuestMemory + ?Sized>(
+        mem: &M,
+        table: GuestAddress,
+        len: u32,
+    ) -> Result<Option<u64>, MemoryError> {
+        let n = u64::from(len) / Descriptor::SIZE;
+        let (mut index, mut total) = (0u64, 0u64);
+        for _ in 0..n {
+            if index >= n {
+                return Ok(None);
+            }
+            let Some(at) = table.checked_add(index * Descriptor::SIZE) else {
+                return Ok(None);
+            };
+            let d: Descriptor = mem.read_obj(at)?;
+            if d.flags().contains(DescFlags::INDIRECT) {
+                return Ok(None);
+            }
+            if d.flags().contains(DescFlags::WRITE) {
+                total += u64::from(d.len());
+            }
+            if !d.flags().contains(DescFlags::NEXT) {
+                return Ok(Some(total));
+            }
+            index = u64::from(d.next());
+        }
+        Ok(None)
+    }
+
     /// Device-writable bytes of the chain with head `head`, following `NEXT`
-    /// at most `size` times; `None` if it has an indirect table (whose own
-    /// length says nothing of its buffers) or leaves the table.
+    /// at most `size` times and into an indirect table; `None` if it leaves
+    /// the table.
     fn chain_writable<M: GuestMemory + ?Sized>(
         mem: &M,
         layout: &QueueLayout,
@@ -186,7 +218,8 @@ mod lies {
             }
             let d: Descriptor = mem.read_obj(layout.desc(index))?;
             if d.flags().contains(DescFlags::INDIRECT) {
-                return Ok(None);
+                // An indirect descriptor is the whole chain (§2.7.5.3.1).
+                return table_writable(mem, d.addr(), d.len());
             }
             if d.flags().contains(DescFlags::WRITE) {
                 total += u64::from(d.len());
