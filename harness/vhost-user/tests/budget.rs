@@ -102,14 +102,17 @@ fn section_2_7_a_ring_larger_than_the_budget_filled_once_and_kicked_once_drains(
         used: USER_BASE + 0x3_0000,
         log: 0,
     };
+    // A handle per thread (`SharedMemory` is `Send`, not `Sync`).
+    let view = shm.clone();
     let end = std::thread::scope(|s| {
-        s.spawn(|| {
-            let _hangup = Hangup(&f);
-            run_ring(&f, &mem, u32::from(N), addr, &kick);
+        let (f, mem, kick) = (&f, &mem, &kick);
+        s.spawn(move || {
+            let _hangup = Hangup(f);
+            run_ring(f, mem, u32::from(N), addr, kick);
             // One kick for the whole ring.
             kick.write(1).unwrap();
             let deadline = Instant::now() + Duration::from_secs(10);
-            while shm.load_u16_acquire(layout.used_idx()).unwrap() != N {
+            while view.load_u16_acquire(layout.used_idx()).unwrap() != N {
                 assert!(Instant::now() < deadline, "the ring did not drain");
                 std::thread::sleep(Duration::from_millis(1));
             }

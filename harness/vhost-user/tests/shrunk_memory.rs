@@ -149,15 +149,18 @@ fn session<D: VirtioDevice>(
     let kick = EventFd::new(0).unwrap();
     let (f, stream) = Front::pair();
     std::thread::scope(|s| {
-        s.spawn(|| {
-            run_ring(&f, &mem, &kick);
+        // The driver's handle moves to its thread (`SharedMemory` is
+        // `Send`, not `Sync`).
+        let (f, mem, kick, drv) = (&f, &mem, &kick, &mut drv);
+        s.spawn(move || {
+            run_ring(f, mem, kick);
             match shrink {
-                Some(Shrink::ToNothing) => truncate(&mem, 0),
+                Some(Shrink::ToNothing) => truncate(mem, 0),
                 Some(Shrink::BelowTheData) => {
-                    truncate(&mem, ABOVE_THE_RING);
-                    post(kind, &mut drv, &shm);
+                    truncate(mem, ABOVE_THE_RING);
+                    post(kind, drv, &shm);
                 }
-                None => post(kind, &mut drv, &shm),
+                None => post(kind, drv, &shm),
             }
             kick.write(1).unwrap();
             if shrink.is_some() {
