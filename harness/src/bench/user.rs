@@ -269,6 +269,11 @@ pub fn run_user(rounds: usize) -> Result<String, String> {
     Ok(t)
 }
 
+/// How the driver learned of completions.
+fn driver(poll: bool) -> &'static str {
+    if poll { "polls" } else { "sleeps until called" }
+}
+
 /// `dpdk-testpmd`'s path, if installed.
 fn testpmd() -> Option<std::path::PathBuf> {
     std::env::var_os("PATH")
@@ -348,10 +353,10 @@ fn net_rows(dir: &crate::scenarios::Workdir, rounds: usize) -> Result<String, St
     );
     let _ = writeln!(
         t,
-        "| backend | frame | pps | kicks per frame | calls per frame | backend CPU µs per frame |"
+        "| backend | frame | our driver | pps | kicks per frame | calls per frame | backend CPU µs per frame |"
     );
-    let _ = writeln!(t, "| --- | ---: | ---: | ---: | ---: | ---: |");
-    for size in [64u32, 1514] {
+    let _ = writeln!(t, "| --- | ---: | --- | ---: | ---: | ---: | ---: |");
+    for (size, poll) in [(64u32, false), (64, true), (1514, false), (1514, true)] {
         for b in &mut backends {
             let mut rows = Vec::new();
             for _ in 0..rounds {
@@ -360,13 +365,19 @@ fn net_rows(dir: &crate::scenarios::Workdir, rounds: usize) -> Result<String, St
                     kind: UserKind::Net,
                     block: size,
                     requests: 200_000,
+                    poll,
                     backend_pid: Some(b.daemon.pid()),
                     ..UserRun::default()
                 };
                 match run_once(&run) {
                     Ok(r) => rows.push(r),
                     Err(e) => {
-                        let _ = writeln!(t, "| {} | {size} B | not measured: {e} | | | |", b.name);
+                        let _ = writeln!(
+                            t,
+                            "| {} | {size} B | {} | not measured: {e} | | | |",
+                            b.name,
+                            driver(poll)
+                        );
                         break;
                     }
                 }
@@ -378,13 +389,14 @@ fn net_rows(dir: &crate::scenarios::Workdir, rounds: usize) -> Result<String, St
             let per = |n: u64| n as f64 / m.requests.max(1) as f64;
             let _ = writeln!(
                 t,
-                "| {}{} | {size} B | {:.0} | {:.3} | {:.3} | {} |",
+                "| {}{} | {size} B | {} | {:.0} | {:.3} | {:.3} | {} |",
                 b.name,
                 if m.lost.is_empty() {
                     String::new()
                 } else {
                     format!(" ({})", m.lost)
                 },
+                driver(poll),
                 m.rate(),
                 per(m.kicks),
                 per(m.calls),
