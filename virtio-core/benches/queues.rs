@@ -6,6 +6,12 @@
 //!   `virtio_queue::Queue` (over the `vm_memory::GuestMemoryMmap` itself), on
 //!   the same rings. The avail ring is pre-built once; each batch only moves
 //!   the available index, so the measured work is the device's.
+//! - `device/1-desc loop`: the loops of `common` (issue 17), as a user of
+//!   each crate writes them: a plain method per implementation in which
+//!   the driver rewrites all 256 available entries each round, then the
+//!   device pops, walks and uses them, each in its own `GuestMemoryMmap`.
+//!   The `queues_peer` bench runs the same loops in a binary of their own,
+//!   which is the fair figure for the peer (see the README).
 //! - driver side: add, publish, notification decision and `pop_used` of 64
 //!   chains, our [`DriverQueue`] against `virtio_drivers::queue::VirtQueue`
 //!   (set up through our mmio register file and `TestHal`), with the same
@@ -16,9 +22,13 @@
 //! --benches` every case runs once as a check. `QUEUES_PROFILE=<case>/<ours|peer>`
 //! runs one closure alone for 5 s, for `perf record`.
 
+mod common;
+
 use std::hint::black_box;
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::{Duration, Instant};
+
+use common::{OursLoop, PeerLoop};
 
 use criterion::{Criterion, Throughput};
 use virtio_core::features::TransportFeatures;
@@ -240,6 +250,18 @@ fn device_case(name: &'static str, shape: Shape) -> Case {
     }
 }
 
+/// The standalone loops of `common`, each called once per batch.
+fn loop_case(name: &'static str) -> Case {
+    let mut ours = OursLoop::new();
+    let mut peer = PeerLoop::new();
+    Case {
+        name,
+        chains: u64::from(common::LOOP_SIZE),
+        ours: Box::new(move || ours.round()),
+        peer: Box::new(move || peer.round()),
+    }
+}
+
 // ---------------------------------------------------------------------------
 // Driver side.
 
@@ -439,59 +461,11 @@ fn cases() -> Vec<Case> {
         device_case("device/2-desc", Shape::Direct(2)),
         device_case("device/4-desc", Shape::Direct(4)),
         device_case("device/indirect-4", Shape::Indirect(4)),
+        loop_case("device/1-desc loop"),
         driver_case::<0, 1>("driver/1-buf"),
         driver_case::<1, 1>("driver/2-buf"),
         driver_case::<1, 3>("driver/4-buf"),
     ]
-}
-
-/// Batches of `f` that take about `ms` milliseconds (after a warm-up of
-/// that length).
-fn calibrate(f: &mut dyn FnMut() -> u64, ms: u64) -> u64 {
-    let start = Instant::now();
-    let mut batches = 0u64;
-    while start.elapsed() < Duration::from_millis(ms) {
-        f();
-        batches += 1;
-    }
-    batches
-}
-
-/// Chains per second of `f` over `batches` batches.
-fn rate(f: &mut dyn FnMut() -> u64, batches: u64) -> f64 {
-    let start = Instant::now();
-    let chains: u64 = (0..batches).map(|_| f()).sum();
-    chains as f64 / start.elapsed().as_secs_f64()
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
-/// Chains/s of ours, of the peer, and the ratio: medians over 7 rounds of
-/// about 60 ms each, ours and the peer alternating so that load from other
-/// processes hits both alike.
-fn compare(case: &mut Case) -> (f64, f64, f64) {
-    let nb_ours = calibrate(&mut case.ours, 60);
-    let nb_peer = calibrate(&mut case.peer, 60);
-    let (mut ours, mut peer, mut ratio) = (Vec::new(), Vec::new(), Vec::new());
-    for _ in 0..7 {
-        let o = rate(&mut case.ours, nb_ours);
-        let p = rate(&mut case.peer, nb_peer);
-        ours.push(o);
-        peer.push(p);
-        ratio.push(o / p);
-    }
-    (median(ours), median(peer), median(ratio))
-}
-
-fn human(r: f64) -> String {
-    if r >= 1e6 {
-        format!("{:.2} M", r / 1e6)
-    } else {
-        format!("{:.1} k", r / 1e3)
-    }
 }
 
 /// `QUEUES_PROFILE=<case>/<ours|peer>` runs that one closure for 5 s and
@@ -541,21 +515,26 @@ fn main() {
 
     println!();
     println!(
-        "chains/s, medians of 7 alternating rounds; peers: device side virtio-queue 0.18, \
-         driver side virtio-drivers 0.13"
+        "chains/s, medians of {} alternating rounds; peers: device side virtio-queue 0.18, \
+         driver side virtio-drivers 0.13",
+        common::ROUNDS
     );
     println!(
         "{:<20} {:>14} {:>14} {:>10}",
         "case", "ours", "peer", "ours/peer"
     );
     for case in &mut cases {
-        let (ours, peer, ratio) = compare(case);
+        let (ours, peer, ratio) = common::compare(&mut case.ours, &mut case.peer);
         println!(
             "{:<20} {:>14} {:>14} {:>9.2}x",
             case.name,
-            human(ours),
-            human(peer),
+            common::human(ours),
+            common::human(peer),
             ratio
         );
     }
+    println!(
+        "device/1-desc loop: the loops of the queues_peer bench, compiled into this binary; \
+         `--bench queues_peer` runs them in their own"
+    );
 }

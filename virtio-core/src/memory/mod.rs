@@ -295,6 +295,7 @@ pub trait GuestMemory {
     }
 
     /// Reads a plain value (a ring layout, a request header) by copy.
+    #[inline(always)]
     fn read_obj<T: FromBytes + IntoBytes>(&self, addr: GuestAddress) -> Result<T, MemoryError> {
         let mut v = T::new_zeroed();
         self.read(addr, v.as_mut_bytes())?;
@@ -302,6 +303,7 @@ pub trait GuestMemory {
     }
 
     /// Writes a plain value by copy.
+    #[inline(always)]
     fn write_obj<T: IntoBytes + Immutable>(
         &self,
         addr: GuestAddress,
@@ -311,6 +313,7 @@ pub trait GuestMemory {
     }
 
     /// Reads a little-endian `u16`.
+    #[inline(always)]
     fn read_u16(&self, addr: GuestAddress) -> Result<u16, MemoryError> {
         let mut b = [0u8; 2];
         self.read(addr, &mut b)?;
@@ -332,6 +335,7 @@ pub trait GuestMemory {
     }
 
     /// Writes a little-endian `u16`.
+    #[inline(always)]
     fn write_u16(&self, addr: GuestAddress, val: u16) -> Result<(), MemoryError> {
         self.write(addr, &val.to_le_bytes())
     }

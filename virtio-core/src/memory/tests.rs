@@ -54,6 +54,36 @@ fn range_across_adjacent_regions_maps_to_two_segments() {
     assert_eq!(&out[..], &data[..]);
 }
 
+/// `RegionMemory::write_obj` stages small values on its slow path: a value
+/// across adjacent regions lands whole, staged (16 bytes) or not (40), and
+/// one across a hole writes nothing.
+#[test]
+fn write_obj_across_regions_is_whole_or_nothing() {
+    let mut b = Backing::new(&[4096, 4096, 4096]);
+    let mut m = RegionMemory::<4>::new();
+    m.add(b.region(0, 0x1000, 4096)).unwrap();
+    m.add(b.region(1, 0x2000, 4096)).unwrap();
+    m.add(b.region(2, 0x4000, 4096)).unwrap();
+    let small: [u8; 16] = core::array::from_fn(|i| i as u8 + 1);
+    m.write_obj(GuestAddress(0x1ff8), &small).unwrap();
+    assert_eq!(m.read_obj::<[u8; 16]>(GuestAddress(0x1ff8)).unwrap(), small);
+    let large: [u8; 40] = core::array::from_fn(|i| i as u8 + 100);
+    m.write_obj(GuestAddress(0x1fec), &large).unwrap();
+    assert_eq!(m.read_obj::<[u8; 40]>(GuestAddress(0x1fec)).unwrap(), large);
+    for at in [0x2ff8, 0x2ffc] {
+        let before = m.read_obj::<[u8; 8]>(GuestAddress(0x2ff8)).unwrap();
+        assert!(matches!(
+            m.write_obj(GuestAddress(at), &small),
+            Err(MemoryError::Hole { .. })
+        ));
+        assert!(matches!(
+            m.write_obj(GuestAddress(at), &large),
+            Err(MemoryError::Hole { .. })
+        ));
+        assert_eq!(m.read_obj::<[u8; 8]>(GuestAddress(0x2ff8)).unwrap(), before);
+    }
+}
+
 #[test]
 fn hole_between_regions_is_refused_whole() {
     let mut b = Backing::new(&[4096, 4096]);

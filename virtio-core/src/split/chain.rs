@@ -192,6 +192,7 @@ impl<'m, M: GuestMemory + ?Sized> DescriptorChain<'m, M> {
     /// A chain starting at `head` in the descriptor table at `desc_table` of
     /// a queue of `queue_size`. `indirect_allowed` says whether
     /// `VIRTIO_F_RING_INDIRECT_DESC` was negotiated.
+    #[inline]
     pub fn new(
         mem: &'m M,
         desc_table: GuestAddress,
@@ -280,6 +281,7 @@ impl<'m, M: GuestMemory + ?Sized> DescriptorChain<'m, M> {
 impl<M: GuestMemory + ?Sized> Iterator for DescriptorChain<'_, M> {
     type Item = Result<Descriptor, ChainError>;
 
+    #[inline]
     fn next(&mut self) -> Option<Self::Item> {
         loop {
             let index = self.next?;

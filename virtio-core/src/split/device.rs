@@ -181,6 +181,7 @@ impl DeviceQueue {
 
     /// Reads the driver's available index with acquire ordering and checks
     /// it is at most `size` ahead of what was consumed.
+    #[inline]
     fn load_avail_idx<M: GuestMemory + ?Sized>(&mut self, mem: &M) -> Result<u16, QueueError> {
         let idx = fields::load(mem, &self.layout, RingField::AvailIdx)?;
         if idx.wrapping_sub(self.next_avail) > self.size() {
@@ -204,6 +205,7 @@ impl DeviceQueue {
     /// Takes the next available chain, or `None` if the ring is empty
     /// (§2.7.6). A head out of range consumes its slot and is an error; the
     /// chain itself is validated as it is walked.
+    #[inline]
     pub fn pop<'m, M: GuestMemory + ?Sized>(
         &mut self,
         mem: &'m M,
@@ -226,6 +228,7 @@ impl DeviceQueue {
     /// Puts a used element for `head` with `len` bytes written into the used
     /// ring (§2.7.8). It becomes visible to the driver only at the next
     /// [`publish_used`](Self::publish_used).
+    #[inline]
     pub fn add_used<M: GuestMemory + ?Sized>(
         &mut self,
         mem: &M,
@@ -246,6 +249,7 @@ impl DeviceQueue {
 
     /// Publishes every used element added since the last publish with one
     /// release store of the used index (§2.7.8: entries before the index).
+    #[inline]
     pub fn publish_used<M: GuestMemory + ?Sized>(&mut self, mem: &M) -> Result<(), QueueError> {
         if self.published_used != self.next_used {
             fields::store(mem, &self.layout, RingField::UsedIdx, self.next_used)?;

@@ -474,6 +474,7 @@ impl<const N: usize> DriverQueue<N> {
     /// slot takes one descriptor of the ring, pointing at the head's slot
     /// (§2.7.5.3); otherwise each buffer takes one descriptor. On error
     /// nothing is added (memory may hold unpublished bytes).
+    #[inline]
     pub fn add<M: GuestMemory + ?Sized>(
         &mut self,
         mem: &M,
@@ -594,6 +595,7 @@ impl<const N: usize> DriverQueue<N> {
     /// release store of the available `idx` (§2.7.13.3), ordered after the
     /// descriptor and ring writes (§2.7.13.3.1). Does nothing if nothing was
     /// added.
+    #[inline]
     pub fn publish<M: GuestMemory + ?Sized>(&mut self, mem: &M) -> Result<(), DriverError> {
         self.check_broken()?;
         if self.avail_idx == self.published {
@@ -623,6 +625,7 @@ impl<const N: usize> DriverQueue<N> {
     /// without, it is whether `VIRTQ_USED_F_NO_NOTIFY` is clear. Every
     /// published chain is covered by exactly one decision; with nothing new
     /// the answer is `false`.
+    #[inline]
     pub fn should_kick<M: GuestMemory + ?Sized>(&mut self, mem: &M) -> Result<bool, DriverError> {
         self.check_broken()?;
         if self.unkicked == 0 {
@@ -650,6 +653,7 @@ impl<const N: usize> DriverQueue<N> {
     /// chain's device-writable bytes, and `idx` must not pass more entries
     /// than there are such chains; otherwise the queue is marked broken. The
     /// chain's descriptors go back to the free list.
+    #[inline]
     pub fn pop_used<M: GuestMemory + ?Sized>(
         &mut self,
         mem: &M,
@@ -724,6 +728,7 @@ impl<const N: usize> DriverQueue<N> {
 
     /// Returns a chain's descriptors to the free list, walking the shadow
     /// links (never the table in memory).
+    #[inline]
     fn free_chain(&mut self, head: u16, rec: InFlight) {
         let mut last = head;
         for _ in 1..rec.descs {
@@ -818,6 +823,7 @@ impl<const N: usize> DriverQueue<N> {
         self.indirect
     }
 
+    #[inline]
     fn check_broken(&self) -> Result<(), DriverError> {
         if self.broken {
             Err(DriverError::Broken)
