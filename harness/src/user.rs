@@ -45,6 +45,8 @@ pub struct UserRun {
     pub flush_every: u32,
     /// Poll the used rings instead of waiting for calls.
     pub poll: bool,
+    /// Negotiate `VIRTIO_F_EVENT_IDX` when the backend offers it.
+    pub event_idx: bool,
     /// MiB of shared memory.
     pub ram_mib: u64,
     /// The backend's pid, to charge it its CPU time.
@@ -65,6 +67,7 @@ impl Default for UserRun {
             requests: 10_000,
             flush_every: 32,
             poll: false,
+            event_idx: true,
             ram_mib: 64,
             backend_pid: None,
             queue_size: 128,
@@ -153,15 +156,13 @@ pub fn run_once(run: &UserRun) -> Result<UserRow, String> {
     let mut row = match run.kind {
         UserKind::Rng => {
             let bytes = run.requests << 10;
-            let r = virtio_user::rng::run(
-                &dev,
-                ram.hal().map_err(ctx)?,
+            let job = virtio_user::rng::RngJob {
                 bytes,
-                64 << 10,
-                completion(run.poll),
-                Duration::from_secs(10),
-            )
-            .map_err(ctx)?;
+                completion: completion(run.poll),
+                event_idx: run.event_idx,
+                ..virtio_user::rng::RngJob::default()
+            };
+            let r = virtio_user::rng::run(&dev, ram.hal().map_err(ctx)?, &job).map_err(ctx)?;
             UserRow {
                 what: "rng, reads of 64 KiB".into(),
                 requests: r.bytes,
@@ -177,6 +178,7 @@ pub fn run_once(run: &UserRun) -> Result<UserRow, String> {
                 size: run.block as usize,
                 frames: run.requests,
                 completion: completion(run.poll),
+                event_idx: run.event_idx,
                 ..virtio_user::net::NetJob::default()
             };
             let r = virtio_user::net::run(&dev, ram.hal().map_err(ctx)?, &job).map_err(ctx)?;
@@ -231,6 +233,7 @@ pub fn run_once(run: &UserRun) -> Result<UserRow, String> {
                 queues: run.queues,
                 requests: run.requests,
                 completion: completion(run.poll),
+                event_idx: run.event_idx,
                 ..BlkJob::default()
             };
             let r = blk::run(&dev, ram.hal().map_err(ctx)?, &job).map_err(ctx)?;

@@ -99,6 +99,10 @@ enum Command {
         /// the backend's call.
         #[arg(long)]
         poll: bool,
+        /// Leave VIRTIO_F_EVENT_IDX out of the negotiation (notification
+        /// flags instead of event indices, §2.7.7, §2.7.10).
+        #[arg(long)]
+        no_event_idx: bool,
         /// The backend's pid: charge it its CPU time (/proc/PID/stat).
         #[arg(long)]
         backend_pid: Option<u32>,
@@ -156,6 +160,7 @@ fn main() -> ExitCode {
             requests,
             flush_every,
             poll,
+            no_event_idx,
             backend_pid,
             ram_mib,
         } => {
@@ -173,6 +178,7 @@ fn main() -> ExitCode {
                 requests,
                 flush_every,
                 poll,
+                event_idx: !no_event_idx,
                 ram_mib,
                 backend_pid,
                 ..harness::user::UserRun::default()

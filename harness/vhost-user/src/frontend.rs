@@ -753,6 +753,15 @@ impl VhostUserDevice {
             }
             self.running.push(queue);
         }
+        if !self.need_reply() {
+            // Without REPLY_ACK nothing above was answered, so the driver's
+            // first kick could reach the backend before it took the rings
+            // in; rust-vmm's vhost-user-backend then drops that kick
+            // (rust-vmm/vhost issue 247) and the queue never starts. The
+            // backend handles requests in order: once it answers this
+            // one, it has handled them all.
+            self.get_u64(&Message::GetFeatures)?;
+        }
         Ok(())
     }
 

@@ -55,6 +55,8 @@ pub struct BlkJob {
     pub requests: u64,
     /// How completions are seen.
     pub completion: Completion,
+    /// Negotiate `VIRTIO_F_EVENT_IDX` when offered (§2.7.10).
+    pub event_idx: bool,
     /// Seed of the offsets.
     pub seed: u64,
     /// The longest wait for one completion before the backend is declared
@@ -71,6 +73,7 @@ impl Default for BlkJob {
             queues: 1,
             requests: 10_000,
             completion: Completion::Interrupt,
+            event_idx: true,
             seed: 1,
             timeout: Duration::from_secs(10),
         }
@@ -147,7 +150,7 @@ fn driver(
     }
     let options = BlkOptions {
         completion: job.completion,
-        event_idx: true,
+        event_idx: job.event_idx,
         queues: job.queues,
         depth: job.depth,
         slot_size: job.block.next_multiple_of(PAGE_SIZE as u32),

@@ -36,6 +36,13 @@ pub enum Error {
         /// What the workload did.
         what: String,
     },
+    /// A workload failed part way: the error and how far it got.
+    During {
+        /// What was done before, e.g. `after 4096 of 65536 bytes`.
+        progress: String,
+        /// What went wrong.
+        err: Box<Error>,
+    },
     /// A workload's options are out of range.
     BadJob(String),
     /// The backend went away or stopped answering: what the frontend saw.
@@ -56,6 +63,7 @@ impl fmt::Display for Error {
                 f,
                 "{what}: sector {sector} read back differs from what was written (§5.2.6)"
             ),
+            Error::During { progress, err } => write!(f, "{err} ({progress})"),
             Error::BadJob(why) => write!(f, "bad workload: {why}"),
             Error::BackendGone(why) => write!(f, "backend gone: {why}"),
         }
@@ -72,6 +80,7 @@ impl std::error::Error for Error {
             Error::Driver(e) => Some(e),
             Error::Blk(e) => Some(e),
             Error::Net(e) => Some(e),
+            Error::During { err, .. } => Some(err),
             _ => None,
         }
     }

@@ -22,6 +22,8 @@ pub struct NetJob {
     pub window: u64,
     /// How completions are seen.
     pub completion: Completion,
+    /// Negotiate `VIRTIO_F_EVENT_IDX` when offered (§2.7.10).
+    pub event_idx: bool,
     /// How long to wait for a frame before counting the rest as lost.
     pub timeout: Duration,
 }
@@ -33,6 +35,7 @@ impl Default for NetJob {
             frames: 100_000,
             window: 128,
             completion: Completion::Interrupt,
+            event_idx: true,
             timeout: Duration::from_secs(2),
         }
     }
@@ -79,6 +82,7 @@ pub fn run(dev: &UserDevice, hal: UserHal, job: &NetJob) -> Result<NetReport, Er
     }
     let options = NetOptions {
         completion: job.completion,
+        event_idx: job.event_idx,
         rx_buffers: 256,
         tx_buffers: 256,
         ..NetOptions::default()

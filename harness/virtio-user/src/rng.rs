@@ -8,6 +8,33 @@ use guest_driver::transport::Completion;
 
 use crate::{Error, UserDevice, UserHal};
 
+/// An entropy workload.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RngJob {
+    /// Bytes to read.
+    pub bytes: u64,
+    /// Bytes per read.
+    pub chunk: usize,
+    /// How completions are seen.
+    pub completion: Completion,
+    /// Negotiate `VIRTIO_F_EVENT_IDX` when offered (§2.7.10).
+    pub event_idx: bool,
+    /// The longest wait for one read.
+    pub timeout: Duration,
+}
+
+impl Default for RngJob {
+    fn default() -> Self {
+        RngJob {
+            bytes: 1 << 20,
+            chunk: 64 << 10,
+            completion: Completion::Interrupt,
+            event_idx: true,
+            timeout: Duration::from_secs(10),
+        }
+    }
+}
+
 /// What [`run`] measured.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct RngReport {
@@ -31,22 +58,22 @@ impl RngReport {
     }
 }
 
-/// Reads `bytes` random bytes from the entropy backend behind `dev`, in
-/// reads of `chunk` bytes, each waiting at most `timeout`.
-pub fn run(
-    dev: &UserDevice,
-    hal: UserHal,
-    bytes: u64,
-    chunk: usize,
-    completion: Completion,
-    timeout: Duration,
-) -> Result<RngReport, Error> {
+/// Reads `job.bytes` random bytes from the entropy backend behind `dev`,
+/// in reads of `job.chunk` bytes, each waiting at most `job.timeout`.
+pub fn run(dev: &UserDevice, hal: UserHal, job: &RngJob) -> Result<RngReport, Error> {
+    let RngJob {
+        bytes,
+        chunk,
+        completion,
+        event_idx,
+        timeout,
+    } = *job;
     if chunk == 0 {
         return Err(Error::BadJob("chunk of 0 bytes".into()));
     }
     let options = RngOptions {
         completion,
-        event_idx: true,
+        event_idx,
     };
     let fail = |e| dev.gone().unwrap_or(Error::Driver(e));
     let mut rng = Rng::new(hal, dev.registers(), options).map_err(fail)?;
@@ -60,7 +87,17 @@ pub fn run(
             .unwrap_or(chunk)
             .min(chunk);
         wait.renew(timeout);
-        let n = rng.read(&mut buf[..want], &mut wait).map_err(fail)?;
+        let n = rng
+            .read(&mut buf[..want], &mut wait)
+            .map_err(|e| Error::During {
+                progress: format!(
+                    "after {} of {bytes} bytes, {} kicks, {} calls",
+                    report.bytes,
+                    dev.stats().kicks - before.kicks,
+                    dev.stats().calls - before.calls
+                ),
+                err: Box::new(fail(e)),
+            })?;
         report.zeroes += buf[..n].iter().filter(|b| **b == 0).count() as u64;
         report.bytes += n as u64;
     }

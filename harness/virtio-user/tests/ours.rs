@@ -132,15 +132,11 @@ fn rng_bytes_arrive_5_4() {
     let ram = UserRam::new(4 << 20).unwrap();
     for completion in [Completion::Interrupt, Completion::Polling] {
         let dev = UserDevice::connect(&socket, VhostUserKind::Rng, &ram).unwrap();
-        let r = virtio_user::rng::run(
-            &dev,
-            ram.hal().unwrap(),
-            1 << 20,
-            64 << 10,
+        let job = virtio_user::rng::RngJob {
             completion,
-            Duration::from_secs(10),
-        )
-        .unwrap();
+            ..Default::default()
+        };
+        let r = virtio_user::rng::run(&dev, ram.hal().unwrap(), &job).unwrap();
         assert_eq!(r.bytes, 1 << 20);
         // Random bytes: about 4096 zeroes in a MiB, far from all of them.
         assert!(r.zeroes < 1 << 14, "{r:?}");
