@@ -24,11 +24,15 @@ pub const REQUESTQ: u16 = 0;
 /// Descriptors (and buffer slots) of the requestq, at most.
 pub const QUEUE_SIZE: usize = 16;
 
-/// Bytes per request buffer.
+/// Bytes per request buffer by default.
 pub const SLOT_SIZE: u32 = 512;
 
-/// DMA pages one [`Rng`] allocates at most: the rings (one page, two on a
-/// legacy device) and `QUEUE_SIZE * SLOT_SIZE` bytes of buffers.
+/// Bytes per request buffer at most ([`RngOptions::slot_size`]).
+pub const MAX_SLOT_SIZE: u32 = 64 << 10;
+
+/// DMA pages one [`Rng`] with the default options allocates at most: the
+/// rings (one page, two on a legacy device) and `QUEUE_SIZE * SLOT_SIZE`
+/// bytes of buffers ([`RngOptions::pages`] for others).
 pub const DMA_PAGES: usize = 2 + (QUEUE_SIZE * SLOT_SIZE as usize).div_ceil(crate::hal::PAGE_SIZE);
 
 /// How to drive the entropy device.
@@ -38,6 +42,10 @@ pub struct RngOptions {
     pub completion: Completion,
     /// Negotiate `VIRTIO_F_EVENT_IDX` when offered (§2.7.10).
     pub event_idx: bool,
+    /// Bytes per request buffer, 1 to [`MAX_SLOT_SIZE`] (clamped): the
+    /// bytes in flight are [`QUEUE_SIZE`] times this, so larger buffers
+    /// mean fewer notifications per byte.
+    pub slot_size: u32,
 }
 
 impl Default for RngOptions {
@@ -45,7 +53,20 @@ impl Default for RngOptions {
         RngOptions {
             completion: Completion::Polling,
             event_idx: true,
+            slot_size: SLOT_SIZE,
         }
+    }
+}
+
+impl RngOptions {
+    /// The buffer size used: `slot_size` clamped to 1..=[`MAX_SLOT_SIZE`].
+    pub fn slot(&self) -> u32 {
+        self.slot_size.clamp(1, MAX_SLOT_SIZE)
+    }
+
+    /// DMA pages an [`Rng`] with these options allocates at most.
+    pub fn pages(&self) -> usize {
+        2 + (QUEUE_SIZE * self.slot() as usize).div_ceil(crate::hal::PAGE_SIZE)
     }
 }
 
@@ -116,7 +137,7 @@ impl<H: Hal, R: RegisterAccess> Rng<H, R> {
             &self.hal,
             &mut self.transport,
             REQUESTQ,
-            SLOT_SIZE,
+            self.options.slot(),
             self.options.completion,
         )?;
         self.queue = Some(queue);
@@ -204,10 +225,11 @@ impl<H: Hal, R: RegisterAccess> Rng<H, R> {
         let Some(q) = self.queue.as_mut() else {
             return Err(no_queue());
         };
-        let mut in_flight = usize::from(q.in_flight()) * SLOT_SIZE as usize;
+        let slot = self.options.slot() as usize;
+        let mut in_flight = usize::from(q.in_flight()) * slot;
         let mut added = false;
         while (in_flight < want || q.in_flight() == 0) && q.push_writable()? {
-            in_flight += SLOT_SIZE as usize;
+            in_flight += slot;
             added = true;
         }
         if added {

@@ -254,6 +254,7 @@ fn legacy_rng_interrupt_driven_4_2_4() {
     let opts = RngOptions {
         completion: Completion::Interrupt,
         event_idx: false,
+        ..RngOptions::default()
     };
     let mut rng = Rng::new(&env.hal, &bus, opts).unwrap();
     let mut acks = 0;

@@ -298,6 +298,7 @@ fn interrupt_storm_neither_completes_nothing_nor_stops_real_completions_4_2_2() 
     let opts = RngOptions {
         completion: Completion::Interrupt,
         event_idx: true,
+        ..RngOptions::default()
     };
     let mut rng = Rng::new(&env.hal, &bus, opts).unwrap();
     // Nothing used: every interrupt of the storm is groundless, and the

@@ -19,6 +19,7 @@ fn opts(completion: Completion, event_idx: bool) -> RngOptions {
     RngOptions {
         completion,
         event_idx,
+        ..RngOptions::default()
     }
 }
 
@@ -46,6 +47,38 @@ fn rng_reads_the_device_stream_in_order_5_4_6() {
         assert_eq!(bus.errors(), []);
         assert!(bus.status().contains(DeviceStatus::DRIVER_OK));
     }
+}
+
+#[test]
+fn rng_larger_buffers_carry_the_stream_in_fewer_requests_5_4_6() {
+    let env = Env::new();
+    let bus = Bus::new(FakeRng::new(env.memory()));
+    let options = RngOptions {
+        slot_size: 4096,
+        ..RngOptions::default()
+    };
+    assert_eq!(options.pages(), 2 + 16);
+    let mut rng = Rng::new(&env.hal, &bus, options).unwrap();
+    let mut buf = vec![0u8; 64 << 10];
+    let n = rng.read(&mut buf, &mut Polls::new(10)).unwrap();
+    // One wait: the 16 buffers in flight at 4 KiB each cover the read.
+    assert_eq!(n, 64 << 10);
+    let want: Vec<u8> = (0..n as u64).map(stream).collect();
+    assert_eq!(buf, want);
+    // Out of range: clamped.
+    let huge = RngOptions {
+        slot_size: u32::MAX,
+        ..RngOptions::default()
+    };
+    assert_eq!(huge.slot(), guest_driver::rng::MAX_SLOT_SIZE);
+    assert_eq!(
+        RngOptions {
+            slot_size: 0,
+            ..huge
+        }
+        .slot(),
+        1
+    );
 }
 
 #[test]

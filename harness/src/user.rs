@@ -164,7 +164,7 @@ pub fn run_once(run: &UserRun) -> Result<UserRow, String> {
             };
             let r = virtio_user::rng::run(&dev, ram.hal().map_err(ctx)?, &job).map_err(ctx)?;
             UserRow {
-                what: "rng, reads of 64 KiB".into(),
+                what: "rng, reads of 256 KiB, 16 buffers of 16 KiB in flight".into(),
                 requests: r.bytes,
                 bytes: r.bytes,
                 elapsed: r.elapsed,

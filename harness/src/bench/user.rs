@@ -454,7 +454,7 @@ fn rng_rows(dir: &crate::scenarios::Workdir, rounds: usize) -> Result<String, St
     }
     let _ = writeln!(
         t,
-        "\nvhost-user-rng through virtio-user, 64 MiB in reads of 64 KiB from /dev/urandom (median of {rounds})\n"
+        "\nvhost-user-rng through virtio-user, 64 MiB in reads of 256 KiB, 16 buffers of 16 KiB in flight, from /dev/urandom (median of {rounds})\n"
     );
     let _ = writeln!(
         t,

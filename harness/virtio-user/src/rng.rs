@@ -15,6 +15,8 @@ pub struct RngJob {
     pub bytes: u64,
     /// Bytes per read.
     pub chunk: usize,
+    /// Bytes per request buffer (16 are in flight, §5.4.6).
+    pub buffer: u32,
     /// How completions are seen.
     pub completion: Completion,
     /// Negotiate `VIRTIO_F_EVENT_IDX` when offered (§2.7.10).
@@ -27,7 +29,8 @@ impl Default for RngJob {
     fn default() -> Self {
         RngJob {
             bytes: 1 << 20,
-            chunk: 64 << 10,
+            chunk: 256 << 10,
+            buffer: 16 << 10,
             completion: Completion::Interrupt,
             event_idx: true,
             timeout: Duration::from_secs(10),
@@ -64,6 +67,7 @@ pub fn run(dev: &UserDevice, hal: UserHal, job: &RngJob) -> Result<RngReport, Er
     let RngJob {
         bytes,
         chunk,
+        buffer,
         completion,
         event_idx,
         timeout,
@@ -74,6 +78,7 @@ pub fn run(dev: &UserDevice, hal: UserHal, job: &RngJob) -> Result<RngReport, Er
     let options = RngOptions {
         completion,
         event_idx,
+        slot_size: buffer,
     };
     let fail = |e| dev.gone().unwrap_or(Error::Driver(e));
     let mut rng = Rng::new(hal, dev.registers(), options).map_err(fail)?;

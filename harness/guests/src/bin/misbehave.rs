@@ -140,6 +140,7 @@ fn rng(run: &Run, boot: &BootInfo, dma: &Pool, pass: u32) -> Result<(), Stop> {
     let options = RngOptions {
         completion: Mode::Irq.completion(),
         event_idx: true,
+        ..RngOptions::default()
     };
     let mut buf = [0u8; 64];
     {

@@ -131,6 +131,7 @@ fn main(boot: &'static BootInfo) {
     let options = RngOptions {
         completion: mode.completion(),
         event_idx: true,
+        ..RngOptions::default()
     };
     let mut rng = Rng::new(&dma, dev.regs, options).or_fail(format_args!("rng: initialising"));
     println!(
