@@ -62,9 +62,13 @@ impl FrameQueue {
                 max: buf.len(),
             });
         }
-        for (d, s) in buf.iter_mut().zip(self.bytes.drain(..len)) {
-            *d = s;
-        }
+        // The frame is the first `len` bytes, in one or two runs of the
+        // ring buffer: copied as slices, not byte by byte.
+        let (front, back) = self.bytes.as_slices();
+        let first = len.min(front.len());
+        buf[..first].copy_from_slice(&front[..first]);
+        buf[first..len].copy_from_slice(&back[..len - first]);
+        self.bytes.drain(..len);
         Ok(Some(len))
     }
 
@@ -159,6 +163,22 @@ mod tests {
         assert_eq!(&buf[..3], b"xyz");
         assert_eq!(lo.recv(&mut buf).unwrap(), Some(0));
         assert_eq!(lo.recv(&mut buf).unwrap(), None);
+    }
+
+    #[test]
+    fn frames_across_the_ring_buffers_wrap_come_back_whole() {
+        let mut lo = Loopback::default();
+        let mut buf = [0u8; 2048];
+        // Keep two frames queued while sizes vary, so the bytes wrap
+        // around the ring buffer many times.
+        let frame =
+            |i: usize| -> Vec<u8> { (0..(i * 37) % 1500 + 1).map(|j| (i + j) as u8).collect() };
+        lo.send(&[&frame(0)]).unwrap();
+        for i in 1..500 {
+            lo.send(&[&frame(i)]).unwrap();
+            let n = lo.recv(&mut buf).unwrap().unwrap();
+            assert_eq!(&buf[..n], &frame(i - 1)[..], "frame {}", i - 1);
+        }
     }
 
     #[test]

@@ -19,6 +19,56 @@ use crate::user::{UserKind, UserRow, UserRun, run_once};
 
 use super::*;
 
+/// The CPU our driver runs on during the rows, and the CPU every backend
+/// is confined to (`taskset`), on a machine with two or more: the same
+/// placement for every backend, with the driver and the backend on cores
+/// of their own, as a vCPU and a backend thread would be. Unpinned, the
+/// scheduler sometimes put both on one core (where a wake-up costs no
+/// inter-processor interrupt) and sometimes not, and one backend's
+/// polling core moved the others: the same run of ours measured 0.8 and
+/// 2.3 M frames/s.
+const DRIVER_CPU: usize = 0;
+/// See [`DRIVER_CPU`].
+const BACKEND_CPU: usize = 1;
+
+/// Whether the rows pin (two or more CPUs and `taskset` present).
+fn pinning() -> bool {
+    std::thread::available_parallelism().is_ok_and(|n| n.get() >= 2)
+        && Command::new("taskset")
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+}
+
+/// `program` under `taskset -c BACKEND_CPU` when pinning.
+fn backend_command(program: impl AsRef<std::ffi::OsStr>) -> Command {
+    if pinning() {
+        let mut c = Command::new("taskset");
+        c.arg("-c").arg(BACKEND_CPU.to_string()).arg(program);
+        c
+    } else {
+        Command::new(program)
+    }
+}
+
+/// Pins the calling thread to `cpu` (or lets it run anywhere with
+/// `None`); whether that worked.
+fn pin_self(cpu: Option<usize>) -> bool {
+    // SAFETY: a zeroed cpu_set_t is a valid empty set; CPU_SET writes
+    // inside it for a CPU below CPU_SETSIZE; sched_setaffinity reads
+    // exactly `size_of::<cpu_set_t>()` bytes of it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        let n = std::thread::available_parallelism().map_or(1, |n| n.get());
+        for c in 0..n.min(libc::CPU_SETSIZE as usize) {
+            if cpu.is_none_or(|want| want == c) {
+                libc::CPU_SET(c, &mut set);
+            }
+        }
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) == 0
+    }
+}
+
 /// Bytes of the bench file.
 const USER_DISK: u64 = 256 << 20;
 
@@ -58,7 +108,7 @@ fn blk_backends(
     let mut out = Vec::new();
     let tag = if direct { "direct" } else { "cached" };
     let sock = dir.path(&format!("ours-{tag}.sock"));
-    let mut cmd = Command::new(&exe);
+    let mut cmd = backend_command(&exe);
     cmd.arg("vhost-user").arg("--socket").arg(&sock).args([
         "-drive".to_string(),
         format!(
@@ -80,7 +130,7 @@ fn blk_backends(
     if qsd_unavailable().is_none() {
         for aio in ["threads", "io_uring"] {
             let sock = dir.path(&format!("qsd-{aio}-{tag}.sock"));
-            let mut cmd = Command::new(QSD);
+            let mut cmd = backend_command(QSD);
             cmd.args([
                 "--blockdev".to_string(),
                 format!(
@@ -165,7 +215,27 @@ fn qemu_img_bench(img: &str, depth: u16, aio: &str, direct: bool) -> Option<f64>
 
 /// The blk and rng virtio-user rows, `rounds` runs each.
 pub fn run_user(rounds: usize) -> Result<String, String> {
+    let pinned = pinning() && pin_self(Some(DRIVER_CPU));
+    let r = run_user_rows(rounds, pinned);
+    if pinned {
+        pin_self(None);
+    }
+    r
+}
+
+fn run_user_rows(rounds: usize, pinned: bool) -> Result<String, String> {
     let mut t = String::new();
+    let _ = writeln!(
+        t,
+        "{}",
+        if pinned {
+            format!(
+                "placement: our driver on CPU {DRIVER_CPU}, each backend confined to CPU {BACKEND_CPU} (taskset)"
+            )
+        } else {
+            "placement: not pinned (one CPU, or no taskset)".to_string()
+        }
+    );
     let dir = crate::scenarios::Workdir::new("bench-user").map_err(|e| e.to_string())?;
     let img_path = dir.path("user.img");
     random_image(&img_path)?;
@@ -286,67 +356,11 @@ fn testpmd() -> Option<std::path::PathBuf> {
 
 /// net echo: ours (`-netdev loopback`: each frame comes back) against
 /// DPDK's vhost PMD (`dpdk-testpmd --vdev net_vhost0` in `macswap`
-/// forwarding, one forwarding core that polls), 64- and 1514-byte frames.
+/// forwarding, its forwarding lcore polling on CPU 1), 64- and 1514-byte
+/// frames. Each backend runs alone: a polling core would take the CPU the
+/// other backend is confined to.
 fn net_rows(dir: &crate::scenarios::Workdir, rounds: usize) -> Result<String, String> {
     let mut t = String::new();
-    let exe = std::env::current_exe().map_err(|e| format!("own executable: {e}"))?;
-    let sock = dir.path("ours-net.sock");
-    let mut cmd = Command::new(&exe);
-    cmd.arg("vhost-user").arg("--socket").arg(&sock).args([
-        "-netdev",
-        "loopback,id=n0",
-        "-device",
-        "virtio-net-device,netdev=n0",
-    ]);
-    let mut backends = vec![Backend {
-        name: "ours (loopback)",
-        daemon: Daemon::start(
-            "virtio-harness vhost-user",
-            cmd,
-            sock,
-            dir.path("ours-net.log"),
-        )?,
-    }];
-    match testpmd() {
-        Some(program) => {
-            let sock = dir.path("testpmd.sock");
-            let mut cmd = Command::new(program);
-            cmd.args(["-l", "0-1", "--no-pci", "--no-huge", "-m", "512"])
-                .arg(format!("--file-prefix=vt-bench-{}", std::process::id()))
-                .arg("--vdev")
-                .arg(format!("net_vhost0,iface={},queues=1", sock.display()))
-                .arg("--")
-                .args([
-                    "--nb-cores=1",
-                    "--total-num-mbufs=16384",
-                    "--forward-mode=macswap",
-                    // With a stats period testpmd forwards until killed
-                    // instead of waiting for a key on stdin (closed here).
-                    "--stats-period=1",
-                ])
-                .stdin(std::process::Stdio::null());
-            match Daemon::start(
-                "dpdk-testpmd (vhost PMD)",
-                cmd,
-                sock,
-                dir.path("testpmd.log"),
-            ) {
-                Ok(daemon) => backends.push(Backend {
-                    name: "DPDK vhost PMD (testpmd macswap)",
-                    daemon,
-                }),
-                Err(e) => {
-                    let _ = writeln!(t, "DPDK vhost PMD not measured: {e}");
-                }
-            }
-        }
-        None => {
-            let _ = writeln!(
-                t,
-                "DPDK vhost PMD not measured: dpdk-testpmd is not installed"
-            );
-        }
-    }
     let _ = writeln!(
         t,
         "\nvirtio-net echo through virtio-user, 128 frames in flight (median of {rounds}; the backend's CPU includes a polling core where it has one)\n"
@@ -356,66 +370,127 @@ fn net_rows(dir: &crate::scenarios::Workdir, rounds: usize) -> Result<String, St
         "| backend | frame | our driver | pps | kicks per frame | calls per frame | backend CPU µs per frame |"
     );
     let _ = writeln!(t, "| --- | ---: | --- | ---: | ---: | ---: | ---: |");
-    for (size, poll) in [(64u32, false), (64, true), (1514, false), (1514, true)] {
-        for b in &mut backends {
-            let mut rows = Vec::new();
-            for _ in 0..rounds {
-                let run = UserRun {
-                    socket: b.daemon.socket().to_path_buf(),
-                    kind: UserKind::Net,
-                    block: size,
-                    requests: 200_000,
-                    poll,
-                    backend_pid: Some(b.daemon.pid()),
-                    ..UserRun::default()
-                };
-                match run_once(&run) {
-                    Ok(r) => rows.push(r),
-                    Err(e) => {
-                        let _ = writeln!(
-                            t,
-                            "| {} | {size} B | {} | not measured: {e} | | | |",
-                            b.name,
-                            driver(poll)
-                        );
-                        break;
-                    }
-                }
-            }
-            if rows.len() < rounds {
-                continue;
-            }
-            let m = median_row(rows);
-            let per = |n: u64| n as f64 / m.requests.max(1) as f64;
-            let _ = writeln!(
-                t,
-                "| {}{} | {size} B | {} | {:.0} | {:.3} | {:.3} | {} |",
-                b.name,
-                if m.lost.is_empty() {
-                    String::new()
-                } else {
-                    format!(" ({})", m.lost)
-                },
-                driver(poll),
-                m.rate(),
-                per(m.kicks),
-                per(m.calls),
-                m.cpu_per_million()
-                    .map_or("-".into(), |c| format!("{c:.2}"))
-            );
+    let exe = std::env::current_exe().map_err(|e| format!("own executable: {e}"))?;
+    let sock = dir.path("ours-net.sock");
+    let mut cmd = backend_command(&exe);
+    cmd.arg("vhost-user").arg("--socket").arg(&sock).args([
+        "-netdev",
+        "loopback,id=n0",
+        "-device",
+        "virtio-net-device,netdev=n0",
+    ]);
+    let mut ours = Backend {
+        name: "ours (loopback)",
+        daemon: Daemon::start(
+            "virtio-harness vhost-user",
+            cmd,
+            sock,
+            dir.path("ours-net.log"),
+        )?,
+    };
+    net_backend_rows(&mut t, &mut ours, rounds);
+    ours.daemon.kill();
+    let Some(program) = testpmd() else {
+        let _ = writeln!(
+            t,
+            "\nDPDK vhost PMD not measured: dpdk-testpmd is not installed"
+        );
+        return Ok(t);
+    };
+    let sock = dir.path("testpmd.sock");
+    // DPDK pins its lcores itself: lcore 1, the forwarding one, on CPU 1.
+    let mut cmd = Command::new(&program);
+    cmd.args(["-l", "0-1", "--no-pci", "--no-huge", "-m", "512"])
+        .arg(format!("--file-prefix=vt-bench-{}", std::process::id()))
+        .arg("--vdev")
+        .arg(format!("net_vhost0,iface={},queues=1", sock.display()))
+        .arg("--")
+        .args([
+            "--nb-cores=1",
+            "--total-num-mbufs=16384",
+            "--forward-mode=macswap",
+            // With a stats period testpmd forwards until killed instead of
+            // waiting for a key on stdin (closed here).
+            "--stats-period=1",
+        ])
+        .stdin(std::process::Stdio::null());
+    match Daemon::start(
+        "dpdk-testpmd (vhost PMD)",
+        cmd,
+        sock,
+        dir.path("testpmd.log"),
+    ) {
+        Ok(daemon) => {
+            let mut b = Backend {
+                name: "DPDK vhost PMD (testpmd macswap)",
+                daemon,
+            };
+            net_backend_rows(&mut t, &mut b, rounds);
+            b.daemon.kill();
+        }
+        Err(e) => {
+            let _ = writeln!(t, "\nDPDK vhost PMD not measured: {e}");
         }
     }
-    for b in &mut backends {
-        b.daemon.kill();
-    }
     Ok(t)
+}
+
+/// The net rows of one backend.
+fn net_backend_rows(t: &mut String, b: &mut Backend, rounds: usize) {
+    for (size, poll) in [(64u32, false), (64, true), (1514, false), (1514, true)] {
+        let mut rows = Vec::new();
+        for _ in 0..rounds {
+            let run = UserRun {
+                socket: b.daemon.socket().to_path_buf(),
+                kind: UserKind::Net,
+                block: size,
+                requests: 200_000,
+                poll,
+                backend_pid: Some(b.daemon.pid()),
+                ..UserRun::default()
+            };
+            match run_once(&run) {
+                Ok(r) => rows.push(r),
+                Err(e) => {
+                    let _ = writeln!(
+                        t,
+                        "| {} | {size} B | {} | not measured: {e} | | | |",
+                        b.name,
+                        driver(poll)
+                    );
+                    break;
+                }
+            }
+        }
+        if rows.len() < rounds {
+            continue;
+        }
+        let m = median_row(rows);
+        let per = |n: u64| n as f64 / m.requests.max(1) as f64;
+        let _ = writeln!(
+            t,
+            "| {}{} | {size} B | {} | {:.0} | {:.3} | {:.3} | {} |",
+            b.name,
+            if m.lost.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", m.lost)
+            },
+            driver(poll),
+            m.rate(),
+            per(m.kicks),
+            per(m.calls),
+            m.cpu_per_million()
+                .map_or("-".into(), |c| format!("{c:.2}"))
+        );
+    }
 }
 
 fn rng_rows(dir: &crate::scenarios::Workdir, rounds: usize) -> Result<String, String> {
     let mut t = String::new();
     let exe = std::env::current_exe().map_err(|e| format!("own executable: {e}"))?;
     let sock = dir.path("ours-rng.sock");
-    let mut cmd = Command::new(&exe);
+    let mut cmd = backend_command(&exe);
     cmd.arg("vhost-user").arg("--socket").arg(&sock).args([
         "-object",
         "rng-random,id=r0,filename=/dev/urandom",
@@ -436,7 +511,7 @@ fn rng_rows(dir: &crate::scenarios::Workdir, rounds: usize) -> Result<String, St
         .filter(|p| p.exists())
         .unwrap_or_else(|| "vhost-device-rng".into());
     let sock = dir.path("vdr.sock");
-    let mut cmd = Command::new(&vdr);
+    let mut cmd = backend_command(&vdr);
     cmd.arg("--socket-path").arg(&sock);
     match Daemon::start(
         "vhost-device-rng",
