@@ -183,7 +183,7 @@ const BLOCK_SLICE: Duration = Duration::from_millis(50);
 
 /// The driver's [`Wait`] for a [`UserDevice`]: with
 /// [`Completion::Polling`] it spins (the driver polls the used ring;
-/// every [`POLL_SERVICE_EVERY`] spins it takes calls and checks that the
+/// every 1024 spins it takes calls and checks that the
 /// backend is alive); with [`Completion::Interrupt`] it sleeps in
 /// `poll(2)` on the call eventfds and the socket, then acts as the
 /// interrupt handler ([`UserDevice::service`]). Gives up at its deadline
