@@ -248,3 +248,48 @@ fn dpdk_vhost_pmd_echoes_through_virtio_user() {
     }
     d.check_alive().unwrap();
 }
+
+/// A backend that breaks a used-ring rule is reported with the rule: our
+/// backend serving entropy with each used-ring lie of
+/// `virtio_devices::misbehave` (`misbehave=<mode>`); the driver names the
+/// section the lie breaks, and a register lie is refused at start.
+#[test]
+fn a_backend_that_lies_in_the_used_ring_is_reported_with_the_rule() {
+    use virtio_devices::misbehave::Misbehave;
+    let test = "lying_backend";
+    let exe = std::path::Path::new(env!("CARGO_BIN_EXE_virtio-harness"));
+    let dir = scratch(test);
+    for (i, mode) in Misbehave::ALL.into_iter().enumerate() {
+        let sock = dir.path(&format!("{i}.sock"));
+        let options = [
+            "-object".to_string(),
+            "rng-builtin,id=r0".into(),
+            "-device".into(),
+            format!("virtio-rng-device,rng=r0,misbehave={}", mode.name()),
+        ];
+        let started = Daemon::ours(exe, sock.clone(), &options, false);
+        if !mode.is_ring_lie() {
+            let e = started.expect_err("a register lie cannot be served");
+            assert!(e.contains("virtio-mmio registers"), "{}: {e}", mode.name());
+            continue;
+        }
+        let mut d = started.unwrap();
+        let e = run_once(&UserRun {
+            socket: sock,
+            kind: UserKind::Rng,
+            requests: 64,
+            ..UserRun::default()
+        })
+        .expect_err("the lie is caught");
+        // Returning a chain twice shows as the used index passing more
+        // chains than were available when the driver has no other chain
+        // in flight for the second copy to claim.
+        let rules: &[&str] = match mode {
+            Misbehave::UsedTwice => &["§2.7.8", "§2.7.14"],
+            m => &[m.rule()],
+        };
+        assert!(rules.iter().any(|r| e.contains(r)), "{}: {e}", mode.name());
+        // The backend lied; it did not die.
+        d.check_alive().unwrap();
+    }
+}

@@ -52,6 +52,9 @@ pub enum BuildError {
     DeviceCount(usize),
     /// Realizing a backend or the device failed.
     Machine(MachineError),
+    /// `misbehave=` names a lie told in virtio-mmio registers, which a
+    /// device served over vhost-user has none of.
+    RegisterLie(&'static str),
 }
 
 impl fmt::Display for BuildError {
@@ -62,6 +65,10 @@ impl fmt::Display for BuildError {
                 "vhost-user serves exactly one -device (a virtio-serial-device with its ports counts as one), got {n}"
             ),
             BuildError::Machine(e) => write!(f, "{e}"),
+            BuildError::RegisterLie(mode) => write!(
+                f,
+                "misbehave={mode} lies in virtio-mmio registers; over vhost-user only the used-ring lies can be told"
+            ),
         }
     }
 }
@@ -70,7 +77,7 @@ impl std::error::Error for BuildError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             BuildError::Machine(e) => Some(e),
-            BuildError::DeviceCount(_) => None,
+            BuildError::DeviceCount(_) | BuildError::RegisterLie(_) => None,
         }
     }
 }
@@ -269,7 +276,47 @@ pub fn build(config: &MachineConfig, mem: &SharedMemory) -> Result<ServedDevice,
             ready_fds,
         });
     }
-    out.ok_or(BuildError::DeviceCount(0))
+    let served = out.ok_or(BuildError::DeviceCount(0))?;
+    hostile(config, served, mem)
+}
+
+/// The device wrapped to tell its used-ring lie when the options ask for
+/// one (`misbehave=<mode>`, feature `misbehave`): a hostile backend for
+/// testing frontends and drivers.
+#[cfg(feature = "misbehave")]
+fn hostile(
+    config: &MachineConfig,
+    mut served: ServedDevice,
+    mem: &SharedMemory,
+) -> Result<ServedDevice, BuildError> {
+    let mode = config.devices.iter().find_map(|d| match d {
+        DeviceConfig::Rng { misbehave, .. }
+        | DeviceConfig::Blk { misbehave, .. }
+        | DeviceConfig::Serial { misbehave, .. } => *misbehave,
+        _ => None,
+    });
+    if let Some(mode) = mode {
+        if !mode.is_ring_lie() {
+            return Err(BuildError::RegisterLie(mode.name()));
+        }
+        served.device = Box::new(virtio_devices::misbehave::Misbehaving::new(
+            served.device,
+            mode,
+            mem.clone(),
+        ));
+        served.backend = format!("{}, misbehave={}", served.backend, mode.name());
+    }
+    Ok(served)
+}
+
+/// Without the `misbehave` feature no device lies.
+#[cfg(not(feature = "misbehave"))]
+fn hostile(
+    _config: &MachineConfig,
+    served: ServedDevice,
+    _mem: &SharedMemory,
+) -> Result<ServedDevice, BuildError> {
+    Ok(served)
 }
 
 /// Builds the device `options` name and serves it on a unix socket at
