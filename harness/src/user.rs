@@ -22,6 +22,9 @@ pub enum UserKind {
     Rng,
     /// vhost-user net (§5.1) on a backend that sends frames back.
     Net,
+    /// A console (§5.3) through the generic frontend (four queues:
+    /// port 0 and, with MULTIPORT, the control queues).
+    Console,
 }
 
 /// One `user` run.
@@ -39,7 +42,8 @@ pub struct UserRun {
     pub depth: u16,
     /// blk: request queues.
     pub queues: u16,
-    /// blk: data requests; rng: KiB to read; net: frames.
+    /// blk: data requests; rng and console: KiB to read or write; net:
+    /// frames.
     pub requests: u64,
     /// blk randwrite: writes between FLUSHes (0: none).
     pub flush_every: u32,
@@ -144,6 +148,12 @@ pub fn run_once(run: &UserRun) -> Result<UserRow, String> {
             mac: [0x52, 0x54, 0x00, 0x12, 0x34, 0x56],
             queue_size: 256,
         },
+        UserKind::Console => VhostUserKind::Generic {
+            device_type: virtio_core::features::DeviceType::Console,
+            num_vqs: 4,
+            vq_size: 128,
+            config_size: 12,
+        },
     };
     // Some backends (vhost-device-rng) listen again only a moment after
     // their last frontend left; wait for that without connecting.
@@ -194,6 +204,28 @@ pub fn run_once(run: &UserRun) -> Result<UserRow, String> {
                 kicks: r.kicks,
                 calls: r.calls,
                 lost: note,
+                ..UserRow::default()
+            }
+        }
+        UserKind::Console => {
+            let job = virtio_user::console::ConsoleJob {
+                bytes: run.requests << 10,
+                completion: completion(run.poll),
+                event_idx: run.event_idx,
+                ..virtio_user::console::ConsoleJob::default()
+            };
+            let r = virtio_user::console::run(&dev, ram.hal().map_err(ctx)?, &job).map_err(ctx)?;
+            UserRow {
+                what: format!(
+                    "console write, {} B a write{}",
+                    job.chunk,
+                    if r.multiport { ", MULTIPORT" } else { "" }
+                ),
+                requests: r.bytes,
+                bytes: r.bytes,
+                elapsed: r.elapsed,
+                kicks: r.kicks,
+                calls: r.calls,
                 ..UserRow::default()
             }
         }

@@ -293,3 +293,75 @@ fn a_backend_that_lies_in_the_used_ring_is_reported_with_the_rule() {
         d.check_alive().unwrap();
     }
 }
+
+/// virtio-console (§5.3) from rust-vmm's `vhost-device-console` (network
+/// backend): the bytes our driver writes to port 0 arrive on its TCP
+/// port, in order.
+#[test]
+fn vhost_device_console_receives_what_virtio_user_writes() {
+    use std::io::Read;
+    let test = "vhost_device_console_receives_what_virtio_user_writes";
+    let Some(program) = peer(test, "vhost-device-console") else {
+        return;
+    };
+    let dir = scratch(test);
+    let sock = dir.path("console.sock");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap();
+    let mut cmd = Command::new(program);
+    cmd.arg("--socket-path")
+        .arg(&sock)
+        .arg("--backend=network")
+        .arg(format!("--tcp-port={port}"));
+    let listening = PathBuf::from(format!("{}0", sock.display()));
+    let mut d = Daemon::start(
+        "vhost-device-console",
+        cmd,
+        listening.clone(),
+        dir.path("console.log"),
+    )
+    .unwrap();
+    const KIB: u64 = 64;
+    let reader = std::thread::spawn(move || -> Vec<u8> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        let mut s = loop {
+            match std::net::TcpStream::connect(("127.0.0.1", port)) {
+                Ok(s) => break s,
+                Err(_) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(20))
+                }
+                Err(e) => panic!("connect: {e}"),
+            }
+        };
+        s.set_read_timeout(Some(std::time::Duration::from_secs(20)))
+            .unwrap();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 8192];
+        while (got.len() as u64) < KIB << 10 {
+            match s.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+        got
+    });
+    let row = run_once(&UserRun {
+        socket: listening,
+        kind: UserKind::Console,
+        requests: KIB,
+        ..UserRun::default()
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", d.output()));
+    assert_eq!(row.bytes, KIB << 10);
+    let got = reader.join().unwrap();
+    let want: Vec<u8> = (0..KIB << 10).map(virtio_user::console::pattern).collect();
+    assert!(
+        got == want,
+        "{} bytes arrived, the pattern's first difference at {:?}",
+        got.len(),
+        got.iter().zip(&want).position(|(a, b)| a != b)
+    );
+    d.check_alive().unwrap();
+}

@@ -73,7 +73,7 @@ enum Command {
         #[arg(long)]
         socket: std::path::PathBuf,
         /// The device the backend provides.
-        #[arg(long, value_parser = ["blk", "rng", "net"])]
+        #[arg(long, value_parser = ["blk", "rng", "net", "console"])]
         device: String,
         /// blk: randread, randwrite (a FLUSH every --flush-every writes),
         /// seqread, or check.
@@ -89,7 +89,8 @@ enum Command {
         /// blk: request queues (the backend must offer them).
         #[arg(long, default_value_t = 1)]
         queues: u16,
-        /// blk: data requests; rng: KiB to read; net: frames.
+        /// blk: data requests; rng: KiB to read; console: KiB to write
+        /// (the letters a to z over and over); net: frames.
         #[arg(long, default_value_t = 10_000)]
         requests: u64,
         /// blk randwrite: writes between FLUSHes (0: none).
@@ -169,6 +170,7 @@ fn main() -> ExitCode {
                 kind: match device.as_str() {
                     "rng" => harness::user::UserKind::Rng,
                     "net" => harness::user::UserKind::Net,
+                    "console" => harness::user::UserKind::Console,
                     _ => harness::user::UserKind::Blk,
                 },
                 workload,

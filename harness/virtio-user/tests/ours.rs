@@ -186,3 +186,36 @@ fn net_frames_come_back_from_a_loopback_netdev_5_1_6() {
         assert!(r.kicks < r.sent / 4, "{r:?}");
     }
 }
+
+#[test]
+fn console_output_reaches_the_backends_chardev_5_3_6() {
+    let dir = tmp("console");
+    let out = dir.join("out.txt");
+    let socket = serve(
+        &dir,
+        &opts(&format!(
+            "-chardev file,id=c0,path={} -device virtio-serial-device -device virtconsole,chardev=c0",
+            out.display()
+        )),
+    );
+    let ram = UserRam::new(4 << 20).unwrap();
+    let kind = VhostUserKind::Generic {
+        device_type: virtio_core::features::DeviceType::Console,
+        num_vqs: 4,
+        vq_size: 128,
+        config_size: 12,
+    };
+    let dev = UserDevice::connect(&socket, kind, &ram).unwrap();
+    let job = virtio_user::console::ConsoleJob {
+        bytes: 256 << 10,
+        ..Default::default()
+    };
+    let r = virtio_user::console::run(&dev, ram.hal().unwrap(), &job).unwrap();
+    assert_eq!(r.bytes, 256 << 10);
+    assert!(r.multiport, "our virtio-serial-device offers MULTIPORT");
+    drop(dev);
+    let written = std::fs::read(&out).unwrap();
+    let want: Vec<u8> = (0..r.bytes).map(virtio_user::console::pattern).collect();
+    assert_eq!(written.len(), want.len());
+    assert!(written == want, "the chardev holds the pattern");
+}
