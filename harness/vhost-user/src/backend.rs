@@ -537,27 +537,34 @@ fn is_eventfd(fd: &OwnedFd) -> bool {
         .is_ok_and(|p| p.as_os_str() == "anon_inode:[eventfd]")
 }
 
-/// Adds 1 to an eventfd (never blocks in practice: the counter would have
-/// to be near `u64::MAX`).
+/// Makes the open file behind `fd` non-blocking, so that no read or write
+/// of a frontend's eventfd can stop the serving thread: a kick the
+/// frontend read away itself, a call counter it filled to the maximum.
+/// The flag belongs to the file, which the frontend shares; frontends
+/// use their eventfds non-blocking or only ever write 1 to them.
+fn set_nonblocking(fd: &OwnedFd) -> bool {
+    // SAFETY: F_GETFL and F_SETFL on an fd we own; no pointers.
+    unsafe {
+        let flags = libc::fcntl(fd.as_raw_fd(), libc::F_GETFL);
+        flags >= 0 && libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK) == 0
+    }
+}
+
+/// Adds 1 to an eventfd (non-blocking: a counter a hostile frontend
+/// filled to the maximum drops the call instead of stopping the thread).
 fn signal(fd: &OwnedFd) -> bool {
     let one = 1u64.to_ne_bytes();
     // SAFETY: writes 8 bytes from a live buffer to an fd we own.
     unsafe { libc::write(fd.as_raw_fd(), one.as_ptr().cast(), 8) == 8 }
 }
 
-/// Drains an eventfd if it is readable now (never blocks).
+/// Drains an eventfd (made non-blocking when it was received, so an
+/// empty one returns at once: one system call, where a `poll` first made
+/// two for every kick).
 fn drain(fd: &OwnedFd) {
-    let mut p = libc::pollfd {
-        fd: fd.as_raw_fd(),
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    // SAFETY: one pollfd, zero timeout.
-    if unsafe { libc::poll(&mut p, 1, 0) } == 1 && p.revents & libc::POLLIN != 0 {
-        let mut buf = [0u8; 8];
-        // SAFETY: reads at most 8 bytes into a live buffer.
-        let _ = unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), 8) };
-    }
+    let mut buf = [0u8; 8];
+    // SAFETY: reads at most 8 bytes into a live buffer.
+    let _ = unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), 8) };
 }
 
 impl<D: VirtioDevice> Backend<D> {
@@ -1111,7 +1118,7 @@ impl<D: VirtioDevice> Backend<D> {
                     return Err(BackendError::KickWithoutFd(index));
                 }
                 let fd = fds.into_iter().next().ok_or(BackendError::NotAnEventFd)?;
-                if !is_eventfd(&fd) {
+                if !is_eventfd(&fd) || !set_nonblocking(&fd) {
                     return Err(BackendError::NotAnEventFd);
                 }
                 // vhost-user.rst "Ring states": without protocol features a
@@ -1144,7 +1151,7 @@ impl<D: VirtioDevice> Backend<D> {
                 let is_call = matches!(msg, Message::SetVringCall(_));
                 let fd = if has_fd {
                     let fd = fds.into_iter().next().ok_or(BackendError::NotAnEventFd)?;
-                    if !is_eventfd(&fd) {
+                    if !is_eventfd(&fd) || !set_nonblocking(&fd) {
                         return Err(BackendError::NotAnEventFd);
                     }
                     Some(fd)
