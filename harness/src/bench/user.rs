@@ -33,11 +33,14 @@ const BACKEND_CPU: usize = 1;
 
 /// Whether the rows pin (two or more CPUs and `taskset` present).
 fn pinning() -> bool {
-    std::thread::available_parallelism().is_ok_and(|n| n.get() >= 2)
-        && Command::new("taskset")
-            .arg("--version")
-            .output()
-            .is_ok_and(|o| o.status.success())
+    static PINNING: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *PINNING.get_or_init(|| {
+        std::thread::available_parallelism().is_ok_and(|n| n.get() >= 2)
+            && Command::new("taskset")
+                .arg("--version")
+                .output()
+                .is_ok_and(|o| o.status.success())
+    })
 }
 
 /// `program` under `taskset -c BACKEND_CPU` when pinning.

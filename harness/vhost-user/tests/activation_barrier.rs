@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use backends::hostmem::HostMemory;
-use vhost_user::codec::{FLAG_REPLY, FLAG_VERSION, HEADER_LEN, VHOST_USER_F_PROTOCOL_FEATURES};
+use vhost_user::codec::{self, HEADER_LEN, Request, VHOST_USER_F_PROTOCOL_FEATURES};
 use vhost_user::{SharedRam, VhostUserDevice, VhostUserKind};
 use virtio_core::memory::GuestAddress;
 use virtio_core::split::layout::{QueueLayout, QueueSize};
@@ -35,15 +35,6 @@ fn recv(s: &mut UnixStream) -> Option<u32> {
     Some(request)
 }
 
-fn reply(request: u32, value: u64) -> Vec<u8> {
-    let mut m = Vec::new();
-    m.extend_from_slice(&request.to_ne_bytes());
-    m.extend_from_slice(&(FLAG_VERSION | FLAG_REPLY).to_ne_bytes());
-    m.extend_from_slice(&8u32.to_ne_bytes());
-    m.extend_from_slice(&value.to_ne_bytes());
-    m
-}
-
 /// A slow backend with protocol features but no REPLY_ACK: it takes
 /// 50 ms over each request and notes when it has enabled the ring.
 fn slow_backend(listener: UnixListener, enabled: Arc<AtomicBool>) {
@@ -53,9 +44,12 @@ fn slow_backend(listener: UnixListener, enabled: Arc<AtomicBool>) {
         match request {
             GET_FEATURES => {
                 let f = VERSION_1 | VHOST_USER_F_PROTOCOL_FEATURES;
-                s.write_all(&reply(request, f)).unwrap();
+                s.write_all(&codec::reply_u64(Request::GetFeatures, f))
+                    .unwrap();
             }
-            GET_PROTOCOL_FEATURES => s.write_all(&reply(request, 0)).unwrap(),
+            GET_PROTOCOL_FEATURES => s
+                .write_all(&codec::reply_u64(Request::GetProtocolFeatures, 0))
+                .unwrap(),
             SET_VRING_ENABLE => enabled.store(true, Ordering::SeqCst),
             _ => {}
         }

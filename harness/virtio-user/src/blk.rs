@@ -156,7 +156,7 @@ fn driver(
         slot_size: job.block.next_multiple_of(PAGE_SIZE as u32),
         ..BlkOptions::default()
     };
-    Blk::new(hal, dev.registers(), options).map_err(|e| dev.gone().unwrap_or(Error::Blk(e)))
+    Blk::new(hal, dev.registers(), options).map_err(|e| dev.blame(e))
 }
 
 /// Runs `job` against the block backend behind `dev`, with DMA memory from
@@ -270,7 +270,7 @@ pub fn run(dev: &UserDevice, hal: UserHal, job: &BlkJob) -> Result<BlkReport, Er
 
 /// The backend's death explains a driver error best, when it happened.
 fn fail(dev: &UserDevice, e: BlkError) -> Error {
-    dev.gone().unwrap_or(Error::Blk(e))
+    dev.blame(e)
 }
 
 /// What [`check`] verified.

@@ -77,7 +77,7 @@ pub fn run(dev: &UserDevice, hal: UserHal, job: &ConsoleJob) -> Result<ConsoleRe
         event_idx: job.event_idx,
         multiport: true,
     };
-    let fail = |e| dev.gone().unwrap_or(Error::Driver(e));
+    let fail = |e: guest_driver::error::Error| dev.blame(e);
     let mut console: Console<_, _, 1> =
         Console::new(hal, dev.registers(), options).map_err(fail)?;
     let mut wait = dev.wait(job.completion, job.timeout);

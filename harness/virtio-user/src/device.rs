@@ -3,16 +3,15 @@
 //! in for an interrupt handler.
 
 use std::cell::RefCell;
-use std::os::fd::RawFd;
 use std::path::Path;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use guest_driver::transport::Completion;
+use guest_driver::transport::{Completion, acknowledge_interrupt};
 use guest_driver::wait::Wait;
 use vhost_user::frontend::{FrontendStats, VhostUserDevice, VhostUserKind};
+use virtio_core::mmio::MmioRegisters;
 use virtio_core::mmio::driver::RegisterAccess;
-use virtio_core::mmio::{MmioRegisters, regs};
 use virtio_devices::DeviceError;
 use virtio_devices::transport::{MmioTransport, backend_ready, dispatch};
 
@@ -30,7 +29,9 @@ type Registers = MmioRegisters<MmioTransport<VhostUserDevice>, MAX_QUEUES>;
 #[derive(Debug)]
 pub struct UserDevice {
     regs: Rc<RefCell<Registers>>,
-    fds: Vec<RawFd>,
+    /// The call eventfds and the socket, as `poll(2)` takes them (built
+    /// once: a wait allocates nothing).
+    pollfds: RefCell<Vec<libc::pollfd>>,
 }
 
 impl UserDevice {
@@ -39,11 +40,19 @@ impl UserDevice {
     /// protocol features, queues, configuration; the rest at DRIVER_OK).
     pub fn connect(socket: &Path, kind: VhostUserKind, ram: &UserRam) -> Result<Self, Error> {
         let dev = VhostUserDevice::connect(socket, kind, ram.shared())?;
-        let fds = dev.ready_fds();
+        let pollfds = dev
+            .ready_fds()
+            .into_iter()
+            .map(|fd| libc::pollfd {
+                fd,
+                events: libc::POLLIN,
+                revents: 0,
+            })
+            .collect();
         let regs = MmioRegisters::new(MmioTransport::new(dev)).map_err(Error::Registers)?;
         Ok(UserDevice {
             regs: Rc::new(RefCell::new(regs)),
-            fds,
+            pollfds: RefCell::new(pollfds),
         })
     }
 
@@ -68,12 +77,8 @@ impl UserDevice {
     /// `InterruptStatus` is set and acknowledged (§4.2.3.4). Returns
     /// whether a call came.
     pub fn service(&self) -> bool {
-        let mut r = self.regs.borrow_mut();
-        let irq = backend_ready(&mut r);
-        let status = r.interrupt_status().bits();
-        if status != 0 {
-            let _ = r.write32(regs::INTERRUPT_ACK, status);
-        }
+        let irq = backend_ready(&mut self.regs.borrow_mut());
+        acknowledge_interrupt(&self.registers());
         irq
     }
 
@@ -103,23 +108,26 @@ impl UserDevice {
         self.regs.borrow().device().device().backend_features()
     }
 
+    /// Whether the backend is considered gone.
+    pub fn is_dead(&self) -> bool {
+        self.regs.borrow().device().device().dead().is_some()
+    }
+
     /// The error for a workload that found the backend gone, if it is.
     pub fn gone(&self) -> Option<Error> {
         self.dead().map(Error::BackendGone)
     }
 
+    /// `e` from a driver, or the backend's death when that explains it
+    /// better.
+    pub fn blame(&self, e: impl Into<Error>) -> Error {
+        self.gone().unwrap_or_else(|| e.into())
+    }
+
     /// Blocks until a call eventfd or the socket is readable, at most
     /// `timeout`.
     fn block(&self, timeout: Duration) {
-        let mut pfds: Vec<libc::pollfd> = self
-            .fds
-            .iter()
-            .map(|&fd| libc::pollfd {
-                fd,
-                events: libc::POLLIN,
-                revents: 0,
-            })
-            .collect();
+        let mut pfds = self.pollfds.borrow_mut();
         let ms = i32::try_from(timeout.as_millis().max(1)).unwrap_or(i32::MAX);
         // SAFETY: `pfds` is a valid array of `pfds.len()` pollfds of fds
         // this device owns.
@@ -224,6 +232,6 @@ impl Wait for UserWait<'_> {
                 self.dev.service();
             }
         }
-        self.dev.dead().is_none() && Instant::now() < self.deadline
+        !self.dev.is_dead() && Instant::now() < self.deadline
     }
 }

@@ -87,7 +87,7 @@ pub fn run(dev: &UserDevice, hal: UserHal, job: &NetJob) -> Result<NetReport, Er
         tx_buffers: 256,
         ..NetOptions::default()
     };
-    let fail = |e: NetError| dev.gone().unwrap_or(Error::Net(e));
+    let fail = |e: NetError| dev.blame(e);
     let mut net = Net::new(hal, dev.registers(), options).map_err(fail)?;
     let mac = net.mac();
     let before = dev.stats();

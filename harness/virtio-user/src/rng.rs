@@ -80,7 +80,7 @@ pub fn run(dev: &UserDevice, hal: UserHal, job: &RngJob) -> Result<RngReport, Er
         event_idx,
         slot_size: buffer,
     };
-    let fail = |e| dev.gone().unwrap_or(Error::Driver(e));
+    let fail = |e: guest_driver::error::Error| dev.blame(e);
     let mut rng = Rng::new(hal, dev.registers(), options).map_err(fail)?;
     let before = dev.stats();
     let mut buf = vec![0u8; chunk];
