@@ -219,3 +219,36 @@ fn console_output_reaches_the_backends_chardev_5_3_6() {
     assert_eq!(written.len(), want.len());
     assert!(written == want, "the chardev holds the pattern");
 }
+
+#[test]
+fn bad_workload_options_are_refused_before_any_request() {
+    let (_dir, socket) = blk_backend("badjob", 1, 1);
+    let ram = UserRam::new(4 << 20).unwrap();
+    for job in [
+        BlkJob {
+            block: 1000,
+            ..BlkJob::default()
+        },
+        BlkJob {
+            depth: 0,
+            ..BlkJob::default()
+        },
+        // Larger than the 1 MiB disk.
+        BlkJob {
+            block: 2 << 20,
+            ..BlkJob::default()
+        },
+    ] {
+        let dev = UserDevice::connect(&socket, blk_kind(1), &ram).unwrap();
+        let e = blk::run(&dev, ram.hal().unwrap(), &job).unwrap_err();
+        assert!(matches!(e, Error::BadJob(_)), "{job:?}: {e}");
+        assert_eq!(dev.stats().kicks, 0, "{job:?}");
+    }
+    let dev = UserDevice::connect(&socket, blk_kind(1), &ram).unwrap();
+    let net = virtio_user::net::NetJob {
+        size: 20,
+        ..Default::default()
+    };
+    let e = virtio_user::net::run(&dev, ram.hal().unwrap(), &net).unwrap_err();
+    assert!(matches!(e, Error::BadJob(_)), "{e}");
+}
