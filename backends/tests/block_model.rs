@@ -245,7 +245,15 @@ fn raw_file(cache: Cache, read_only: bool) -> RawFile {
         N.fetch_add(1, Ordering::Relaxed)
     ));
     std::fs::File::create(&p).unwrap().set_len(SIZE).unwrap();
-    let f = RawFile::open(&p, RawOptions { read_only, cache }).unwrap();
+    let f = RawFile::open(
+        &p,
+        RawOptions {
+            read_only,
+            cache,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     // The open descriptor keeps the file; the name can go.
     std::fs::remove_file(&p).unwrap();
     f

@@ -64,6 +64,7 @@ fn round_trip(cache: Cache, name: &str) {
         RawOptions {
             read_only: false,
             cache,
+            ..Default::default()
         },
     )
     .unwrap();
@@ -105,6 +106,7 @@ fn cache_none_round_trip_with_bouncing() {
         RawOptions {
             read_only: false,
             cache: Cache::None,
+            ..Default::default()
         },
     )
     .unwrap();
@@ -164,6 +166,7 @@ fn cache_none_on_tmpfs_is_a_clear_error() {
         RawOptions {
             read_only: false,
             cache: Cache::None,
+            ..Default::default()
         },
     );
     std::fs::remove_file(&p).unwrap();
@@ -203,6 +206,7 @@ fn out_of_range_and_read_only_are_errors() {
         RawOptions {
             read_only: true,
             cache: Cache::Writeback,
+            ..Default::default()
         },
     )
     .unwrap();

@@ -7,15 +7,27 @@
 //! arrays allocated once at activation (no allocation per request). A
 //! notification serves every available chain as one batch: used entries are
 //! published once and one notification decision is made per batch (§2.7.10).
-//! The device is synchronous: a FLUSH's used entry is written only after the
-//! backend's `flush` returned. It does not do secure erase, zoned devices or
-//! lifetime reporting.
+//!
+//! Requests complete in the notification that pops them, unless
+//! [`BlkConfig::queued_io`] is set and the backend has a queue
+//! ([`BlockBackend::queue_depth`], e.g. a raw file with io_uring): then
+//! reads, writes (in writeback mode) and flushes are handed to the queue
+//! with the chain's head as their tag, the whole batch is submitted with one
+//! call, and each chain is completed when the backend reports it, in any
+//! order (§2.7.5: used entries need not follow the available order), from
+//! the same notification or from [`VirtioDevice::backend_ready`]. The host
+//! must then call `backend_ready` when the backend's completion fd is
+//! readable. A FLUSH's used entry is written only after the backend's flush
+//! finished, and covers every write completed before it was taken
+//! (§5.2.6.2). [`VirtioDevice::quiesce`] and reset wait for every queued
+//! request. It does not do secure erase, zoned devices or lifetime
+//! reporting.
 
 use alloc::vec::Vec;
 use core::fmt;
 
 use backends::IoSegment;
-use backends::block::{BlockBackend, BlockError, SECTOR_SIZE, check_range};
+use backends::block::{BlockBackend, BlockError, QueuedOp, SECTOR_SIZE, check_range};
 use virtio_core::GuestMemory;
 use virtio_core::features::{BlkFeatures, DeviceType, TransportFeatures};
 use virtio_core::memory::{Access, GuestAddress, MAX_SEGMENTS};
@@ -86,6 +98,10 @@ pub struct BlkConfig {
     /// The cache mode before the driver changes it: writeback (`true`) or
     /// writethrough. Only used with FLUSH negotiated.
     pub writeback: bool,
+    /// Hand reads, writes and flushes to the backend's queue when it has
+    /// one (see the module documentation); the host then calls
+    /// `backend_ready` when [`BlockBackend::completion_fd`] is readable.
+    pub queued_io: bool,
 }
 
 impl Default for BlkConfig {
@@ -103,6 +119,7 @@ impl Default for BlkConfig {
             max_dwz_sectors: 0x3f_ffff,
             max_dwz_seg: 32,
             writeback: true,
+            queued_io: false,
         }
     }
 }
@@ -243,6 +260,10 @@ pub struct BlkStats {
     pub notifications: u64,
     /// Batches whose notification the driver suppressed (§2.7.7, §2.7.10).
     pub notifications_suppressed: u64,
+    /// Requests handed to the backend's queue.
+    pub queued: u64,
+    /// Requests the backend's queue declined, served synchronously.
+    pub queue_declined: u64,
 }
 
 /// One descriptor's buffer, as copied out of the chain once.
@@ -252,6 +273,24 @@ struct Piece {
     len: u32,
 }
 
+/// What a queued request does, for its completion.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum QueuedKind {
+    Read,
+    Write,
+    Flush,
+}
+
+/// A request in the backend's queue, kept by its chain's head.
+#[derive(Clone, Copy, Debug)]
+struct Queued {
+    kind: QueuedKind,
+    /// The status byte.
+    status: GuestAddress,
+    /// Data bytes (read into the driver's buffers, or written).
+    bytes: u64,
+}
+
 /// A queue and its scratch arrays, allocated at activation.
 struct QueueState {
     queue: DeviceQueue,
@@ -259,6 +298,19 @@ struct QueueState {
     pieces: Vec<Piece>,
     /// Host segments of the data being moved.
     iov: IoVec,
+    /// Requests in the backend's queue, by head (empty without
+    /// `queued_io`).
+    queued: Vec<Option<Queued>>,
+    /// Used entries added since the last publication.
+    dirty: bool,
+}
+
+/// What became of a served chain.
+enum Outcome {
+    /// Completed now, with this used length.
+    Done(u32),
+    /// In the backend's queue; completed when it reports.
+    Queued,
 }
 
 /// Host segments of one request's data. Emptied after every use.
@@ -299,6 +351,13 @@ struct Engine<B, M> {
     /// Scratch for a DISCARD / WRITE_ZEROES segment list (at most
     /// `max_dwz_seg` × 16 bytes), reused between requests.
     dwz_list: Vec<u8>,
+    /// Requests go to the backend's queue (`queued_io` and a backend with
+    /// one).
+    queued: bool,
+    /// Used entries were published outside a call that can report a
+    /// notification (a configuration write waited for the queue): the next
+    /// call that returns `Served` asks for one.
+    owed_interrupt: bool,
 }
 
 /// The block device over backend `B` and guest memory `M`.
@@ -538,14 +597,15 @@ impl<B: BlockBackend, M: GuestMemory> Engine<B, M> {
         Some(rq)
     }
 
-    /// Serves one chain; returns the used length.
-    fn serve_one(&mut self, qs: &mut QueueState, head: u16) -> u32 {
+    /// Serves chain `head` of queue `index`.
+    fn serve_one(&mut self, qs: &mut QueueState, index: u16, head: u16) -> Outcome {
         let Some(rq) = self.parse(&qs.queue, head, &mut qs.pieces) else {
             self.stats.err_no_status += 1;
-            return 0;
+            return Outcome::Done(0);
         };
-        let (st, data_len) = match self.execute(qs, &rq) {
-            Ok(n) => (status::OK, n),
+        let (st, data_len) = match self.execute(qs, &rq, index, head) {
+            Ok(Some(n)) => (status::OK, n),
+            Ok(None) => return Outcome::Queued,
             Err((f, n)) => {
                 f.count(&mut self.stats);
                 (f.status(), n)
@@ -555,12 +615,113 @@ impl<B: BlockBackend, M: GuestMemory> Engine<B, M> {
         // Mapped for writing when parsed; a failure now (memory unplugged
         // meanwhile) leaves nothing better to do than return the chain.
         let _ = self.mem.write(rq.status, &[st]);
-        data_len + 1
+        Outcome::Done(data_len + 1)
     }
 
-    /// Executes a parsed request: `Ok(bytes written to the driver before
-    /// the status)`, or why it failed and how many bytes were written.
-    fn execute(&mut self, qs: &mut QueueState, rq: &Request) -> Result<u32, (Fail, u32)> {
+    /// Hands a request of chain `head` to the backend's queue; `Ok(true)`
+    /// when it is queued, `Ok(false)` when it must be served synchronously
+    /// (no queue, declined, or more segments than the array holds). `data`
+    /// is a read's or write's bytes `start..end` of `pieces`, at `sector`.
+    fn try_queue(
+        &mut self,
+        iov: &mut IoVec,
+        queued: &mut [Option<Queued>],
+        tag: u64,
+        job: Queued,
+        data: Option<(&[Piece], u64, u64, u64)>,
+    ) -> Result<bool, Fail> {
+        if !self.queued {
+            return Ok(false);
+        }
+        let Some(slot) = queued.get_mut((tag & 0xffff) as usize) else {
+            return Ok(false);
+        };
+        let iov = &mut iov.0;
+        iov.clear();
+        if let Some((pieces, start, end, _)) = data {
+            let access = if job.kind == QueuedKind::Write {
+                Access::Read
+            } else {
+                Access::Write
+            };
+            let mem = &self.mem;
+            // `Err(None)`: more segments than the array holds.
+            let gathered = for_range(pieces, start, end, |addr, n| {
+                let m = mem
+                    .map(addr, u64::from(n), access)
+                    .map_err(|_| Some(Fail::BadHeader))?;
+                if iov.len() + m.segments().len() > iov.capacity() {
+                    return Err(None);
+                }
+                iov.extend(m.segments().iter().map(|s| IoSegment {
+                    ptr: s.as_ptr(),
+                    len: s.len(),
+                }));
+                Ok(())
+            });
+            match gathered {
+                Ok(()) => {}
+                Err(None) => {
+                    iov.clear();
+                    return Ok(false);
+                }
+                Err(Some(f)) => {
+                    iov.clear();
+                    return Err(f);
+                }
+            }
+        }
+        let op = match (job.kind, data) {
+            (QueuedKind::Flush, _) => QueuedOp::Flush,
+            (kind, Some((_, _, _, sector))) => {
+                let offset = sector * SECTOR_SIZE;
+                if kind == QueuedKind::Write {
+                    QueuedOp::Write {
+                        offset,
+                        segments: iov,
+                    }
+                } else {
+                    QueuedOp::Read {
+                        offset,
+                        segments: iov,
+                    }
+                }
+            }
+            (_, None) => return Ok(false),
+        };
+        // SAFETY: every segment comes from a mapping of guest memory,
+        // checked for this direction, which stays mapped until the backend
+        // reports the request: the device waits for its queue before it
+        // resets and in `quiesce`, which transports call before they change
+        // or release guest memory; no Rust reference covers it.
+        let r = unsafe { self.backend.start(tag, op) };
+        iov.clear();
+        match r {
+            Ok(true) => {
+                *slot = Some(job);
+                self.stats.queued += 1;
+                Ok(true)
+            }
+            Ok(false) => {
+                self.stats.queue_declined += 1;
+                Ok(false)
+            }
+            Err(e) => Err(backend_fail(&e)),
+        }
+    }
+
+    /// Executes a parsed request of chain `head` on queue `index`:
+    /// `Ok(Some(bytes written to the driver before the status))`,
+    /// `Ok(None)` when it went to the backend's queue, or why it failed and
+    /// how many bytes were written.
+    fn execute(
+        &mut self,
+        qs: &mut QueueState,
+        rq: &Request,
+        index: u16,
+        head: u16,
+    ) -> Result<Option<u32>, (Fail, u32)> {
+        let tag = u64::from(index) << 16 | u64::from(head);
         if rq.overflow || rq.bad_memory {
             return Err((
                 if rq.overflow {
@@ -589,10 +750,22 @@ impl<B: BlockBackend, M: GuestMemory> Engine<B, M> {
                 self.check_data(writable, 0, w_data, sector)
                     .map_err(|f| (f, 0))?;
                 let n = w_data as u32;
+                let job = Queued {
+                    kind: QueuedKind::Read,
+                    status: rq.status,
+                    bytes: w_data,
+                };
+                let data = Some((writable, 0, w_data, sector));
+                if self
+                    .try_queue(&mut qs.iov, &mut qs.queued, tag, job, data)
+                    .map_err(|f| (f, n))?
+                {
+                    return Ok(None);
+                }
                 self.io(&mut qs.iov, writable, 0, w_data, sector, false)
                     .map_err(|f| (f, n))?;
                 self.stats.bytes_read += w_data;
-                Ok(n)
+                Ok(Some(n))
             }
             req::OUT => {
                 self.stats.writes += 1;
@@ -601,26 +774,58 @@ impl<B: BlockBackend, M: GuestMemory> Engine<B, M> {
                 }
                 self.check_data(readable, HEADER_LEN, rq.r_total, sector)
                     .map_err(|f| (f, 0))?;
+                // Writethrough completes a write only once it is stable:
+                // that stays synchronous.
+                if self.writeback_effective() {
+                    let job = Queued {
+                        kind: QueuedKind::Write,
+                        status: rq.status,
+                        bytes: rq.r_total - HEADER_LEN,
+                    };
+                    let data = Some((readable, HEADER_LEN, rq.r_total, sector));
+                    if self
+                        .try_queue(&mut qs.iov, &mut qs.queued, tag, job, data)
+                        .map_err(|f| (f, 0))?
+                    {
+                        return Ok(None);
+                    }
+                }
                 self.io(&mut qs.iov, readable, HEADER_LEN, rq.r_total, sector, true)
                     .map_err(|f| (f, 0))?;
                 self.stats.bytes_written += rq.r_total - HEADER_LEN;
                 self.writethrough().map_err(|f| (f, 0))?;
-                Ok(0)
+                Ok(Some(0))
             }
             req::FLUSH => {
                 if !self.negotiated(BlkFeatures::FLUSH) {
                     return Err((Fail::Unsupported, 0));
                 }
                 self.stats.flushes += 1;
+                // §5.2.6.2: the flush covers the writes completed before it
+                // was taken, which the backend's queue guarantees too (it
+                // holds them in its cache or has written them).
+                if !self.flush_failed {
+                    let job = Queued {
+                        kind: QueuedKind::Flush,
+                        status: rq.status,
+                        bytes: 0,
+                    };
+                    if self
+                        .try_queue(&mut qs.iov, &mut qs.queued, tag, job, None)
+                        .map_err(|f| (f, 0))?
+                    {
+                        return Ok(None);
+                    }
+                }
                 self.flush_backend().map_err(|f| (f, 0))?;
-                Ok(0)
+                Ok(Some(0))
             }
             req::GET_ID => {
                 self.stats.get_ids += 1;
                 let mut id = [0u8; SERIAL_LEN];
                 id[..self.cfg.serial.len()].copy_from_slice(&self.cfg.serial);
                 let n = (w_data as usize).min(SERIAL_LEN);
-                Ok(write_range(&self.mem, writable, 0, &id[..n]))
+                Ok(Some(write_range(&self.mem, writable, 0, &id[..n])))
             }
             req::DISCARD | req::WRITE_ZEROES => {
                 let wz = ty == req::WRITE_ZEROES;
@@ -639,7 +844,7 @@ impl<B: BlockBackend, M: GuestMemory> Engine<B, M> {
                 }
                 self.discard_write_zeroes(readable, rq.r_total, wz)
                     .map_err(|f| (f, 0))?;
-                Ok(0)
+                Ok(Some(0))
             }
             _ => Err((Fail::Unsupported, 0)),
         }
@@ -837,7 +1042,8 @@ impl<B: BlockBackend, M: GuestMemory> Engine<B, M> {
         Ok(())
     }
 
-    /// Serves every available chain of `qs` as one batch (queue `index`).
+    /// Serves every available chain of `qs` as one batch (queue `index`);
+    /// what completes is published by [`Blk::publish`].
     fn serve(&mut self, qs: &mut QueueState, index: u16) -> Result<Served, DeviceError> {
         let qerr = |err| DeviceError::Queue { queue: index, err };
         let mut served = Served::default();
@@ -849,10 +1055,13 @@ impl<B: BlockBackend, M: GuestMemory> Engine<B, M> {
         let result = loop {
             match budget.next_head(&mut qs.queue, &self.mem, &mut malformed) {
                 Ok(Some(head)) => {
-                    let len = self.serve_one(qs, head);
+                    let Outcome::Done(len) = self.serve_one(qs, index, head) else {
+                        continue;
+                    };
                     if let Err(e) = qs.queue.add_used(&self.mem, head, len) {
                         break Err(qerr(e));
                     }
+                    qs.dirty = true;
                     served.completed += 1;
                 }
                 Ok(None) => break Ok(()),
@@ -861,19 +1070,76 @@ impl<B: BlockBackend, M: GuestMemory> Engine<B, M> {
         };
         self.stats.err_no_status += malformed;
         served.again = budget.exhausted;
-        // What was completed is published even when the ring broke.
-        qs.queue.publish_used(&self.mem).map_err(qerr)?;
-        if served.completed > 0 {
-            self.stats.batches += 1;
-            served.interrupt = qs.queue.needs_notification(&self.mem).map_err(qerr)?;
-            if served.interrupt {
-                self.stats.notifications += 1;
-            } else {
-                self.stats.notifications_suppressed += 1;
-            }
-        }
         result.map(|()| served)
     }
+
+    /// Publishes the used entries of queue `index` (§2.7.8) and decides
+    /// whether the driver is notified (§2.7.10).
+    fn publish(&mut self, qs: &mut QueueState, index: u16) -> Result<bool, DeviceError> {
+        let qerr = |err| DeviceError::Queue { queue: index, err };
+        qs.dirty = false;
+        qs.queue.publish_used(&self.mem).map_err(qerr)?;
+        self.stats.batches += 1;
+        let interrupt = qs.queue.needs_notification(&self.mem).map_err(qerr)?;
+        if interrupt {
+            self.stats.notifications += 1;
+        } else {
+            self.stats.notifications_suppressed += 1;
+        }
+        Ok(interrupt)
+    }
+}
+
+/// Completes the queued request `tag` (queue index above bit 16, head
+/// below) with the backend's `result`: counters, status byte, used entry.
+/// `Ok(false)` when the tag names no queued request (its queue was reset).
+fn finish_queued<M: GuestMemory>(
+    mem: &M,
+    stats: &mut BlkStats,
+    flush_failed: &mut bool,
+    queues: &mut [Option<QueueState>],
+    tag: u64,
+    result: Result<(), BlockError>,
+) -> Result<bool, DeviceError> {
+    let index = (tag >> 16) as u16;
+    let head = tag as u16;
+    let Some(qs) = queues.get_mut(usize::from(index)).and_then(Option::as_mut) else {
+        return Ok(false);
+    };
+    let Some(job) = qs.queued.get_mut(usize::from(head)).and_then(Option::take) else {
+        return Ok(false);
+    };
+    let st = match result {
+        Ok(()) => {
+            match job.kind {
+                QueuedKind::Read => stats.bytes_read += job.bytes,
+                QueuedKind::Write => stats.bytes_written += job.bytes,
+                QueuedKind::Flush => {}
+            }
+            status::OK
+        }
+        Err(e) => {
+            let f = backend_fail(&e);
+            f.count(stats);
+            if job.kind == QueuedKind::Flush {
+                // Sticky, as for a synchronous flush (issue 16, finding 4).
+                *flush_failed = true;
+            }
+            f.status()
+        }
+    };
+    // A read's buffers count as written whatever the status, as on the
+    // synchronous path.
+    let len = match job.kind {
+        QueuedKind::Read => job.bytes as u32 + 1,
+        _ => 1,
+    };
+    let _ = mem.write(job.status, &[st]);
+    qs.queue
+        .add_used(mem, head, len)
+        .map_err(|err| DeviceError::Queue { queue: index, err })?;
+    qs.dirty = true;
+    Ok(true)
 }
 
 impl<B: BlockBackend, M: GuestMemory> Blk<B, M> {
@@ -956,8 +1222,11 @@ impl<B: BlockBackend, M: GuestMemory> Blk<B, M> {
                 | TransportFeatures::RING_EVENT_IDX)
                 .bits();
         let max_sizes = alloc::vec![cfg.queue_size; usize::from(cfg.num_queues)];
+        let queued = cfg.queued_io && backend.queue_depth() > 0;
         Ok(Blk {
             engine: Engine {
+                queued,
+                owed_interrupt: false,
                 backend,
                 mem,
                 writeback: u8::from(cfg.writeback),
@@ -998,11 +1267,84 @@ impl<B: BlockBackend, M: GuestMemory> Blk<B, M> {
         self.engine.writeback_effective()
     }
 
+    /// Takes what the backend's queue finished (with `wait`, all it
+    /// holds), completes those chains, and publishes every queue that has
+    /// new used entries, counting into `served`.
+    fn reap(&mut self, wait: bool, served: &mut Served) -> Result<(), DeviceError> {
+        let mut first = None;
+        let e = &mut self.engine;
+        if e.queued {
+            // A failed submission stays queued in the ring and is retried
+            // by the next call (hosts call `backend_ready` at least every
+            // tick while the device is active).
+            let _ = e.backend.submit();
+            let queues = &mut self.queues;
+            let (mem, stats, flush_failed) = (&e.mem, &mut e.stats, &mut e.flush_failed);
+            e.backend.complete(wait, &mut |tag, r| match finish_queued(
+                mem,
+                stats,
+                flush_failed,
+                queues,
+                tag,
+                r,
+            ) {
+                Ok(true) => served.completed += 1,
+                Ok(false) => {}
+                Err(err) => {
+                    first.get_or_insert(err);
+                }
+            });
+        }
+        for (i, qs) in self.queues.iter_mut().enumerate() {
+            if let Some(qs) = qs.as_mut().filter(|q| q.dirty) {
+                match self.engine.publish(qs, i as u16) {
+                    Ok(n) => served.interrupt |= n,
+                    Err(err) => {
+                        first.get_or_insert(err);
+                    }
+                }
+            }
+        }
+        if core::mem::take(&mut self.engine.owed_interrupt) {
+            served.interrupt = true;
+        }
+        first.map_or(Ok(()), Err)
+    }
+
+    /// Waits for everything in the backend's queue and drops the results:
+    /// the chains go with their queues (reset). Only a failed flush is
+    /// remembered, as it must be (sticky).
+    fn discard_queued(&mut self) {
+        let e = &mut self.engine;
+        if e.backend.in_flight() == 0 {
+            return;
+        }
+        let queues = &self.queues;
+        let flush_failed = &mut e.flush_failed;
+        e.backend.complete(true, &mut |tag, r| {
+            let kind = queues
+                .get((tag >> 16) as usize)
+                .and_then(Option::as_ref)
+                .and_then(|q| q.queued.get(usize::from(tag as u16)).copied().flatten())
+                .map(|j| j.kind);
+            if kind == Some(QueuedKind::Flush) && r.is_err() {
+                *flush_failed = true;
+            }
+        });
+    }
+
     /// Applies the cache mode to the backend; switching to writethrough
-    /// flushes first, so nothing cached stays volatile.
+    /// first completes every queued request, then flushes, so nothing
+    /// cached stays volatile.
     fn apply_cache_mode(&mut self) {
         let wb = self.engine.writeback_effective();
         if !wb && self.engine.backend.write_cache() {
+            let mut served = Served::default();
+            // A configuration write cannot notify: the next call does.
+            let _ = self.reap(true, &mut served);
+            if served.interrupt {
+                self.engine.owed_interrupt = true;
+            }
             // A config write has no status to fail: the failure is kept
             // (sticky) and every later write and FLUSH reports it.
             let _ = self.engine.flush_backend();
@@ -1090,10 +1432,17 @@ impl<B: BlockBackend, M: GuestMemory> VirtioDevice for Blk<B, M> {
             let seg_max = self.engine.cfg.seg_max as usize;
             let pieces = Vec::with_capacity(usize::from(q.size()).max(seg_max + 2));
             let iov = IoVec(Vec::with_capacity(seg_max.max(MAX_SEGMENTS)));
+            let queued = if self.engine.queued {
+                alloc::vec![None; usize::from(q.size())]
+            } else {
+                Vec::new()
+            };
             states.push(Some(QueueState {
                 queue: q,
                 pieces,
                 iov,
+                queued,
+                dirty: false,
             }));
         }
         self.engine.features = features & self.engine.offered;
@@ -1123,19 +1472,50 @@ impl<B: BlockBackend, M: GuestMemory> VirtioDevice for Blk<B, M> {
             .get_mut(usize::from(queue))
             .and_then(Option::as_mut)
             .ok_or(DeviceError::QueueNotReady { queue })?;
-        self.engine.serve(qs, queue)
+        let result = self.engine.serve(qs, queue);
+        let mut served = result.as_ref().copied().unwrap_or_default();
+        // What completed is published even when the ring broke.
+        let reaped = self.reap(false, &mut served);
+        result?;
+        reaped?;
+        Ok(served)
+    }
+
+    fn backend_ready(&mut self) -> Result<Served, DeviceError> {
+        let mut served = Served::default();
+        if !self.queues.is_empty() {
+            self.reap(false, &mut served)?;
+        }
+        Ok(served)
+    }
+
+    /// Waits for every request in the backend's queue and completes it.
+    fn quiesce(&mut self) -> Result<Served, DeviceError> {
+        let mut served = Served::default();
+        if !self.queues.is_empty() {
+            self.reap(true, &mut served)?;
+        }
+        Ok(served)
     }
 
     fn reset(&mut self) {
+        // The backend may still be moving bytes to or from guest memory
+        // the transport is about to release or reuse.
+        self.discard_queued();
         self.queues.clear();
         self.engine.features = 0;
         self.engine.writeback = u8::from(self.engine.cfg.writeback);
     }
 
-    /// The next available index: every request is completed in the
-    /// notification that popped it, so the device never holds a chain.
+    /// The next available index: a request is completed in the
+    /// notification that popped it, or, with `queued_io`, by the backend's
+    /// queue; while one is there (until [`VirtioDevice::quiesce`]) the
+    /// position is not known.
     fn queue_position(&self, queue: u16) -> Option<u16> {
         let qs = self.queues.get(usize::from(queue))?.as_ref()?;
+        if qs.queued.iter().any(Option::is_some) {
+            return None;
+        }
         Some(qs.queue.next_avail())
     }
 

@@ -217,6 +217,17 @@ pub trait VirtioDevice {
         Ok(Served::default())
     }
 
+    /// Finishes every request the device handed to an asynchronous
+    /// backend, waiting for it, and completes those chains: afterwards the
+    /// device holds none a transport would have to rewind past
+    /// ([`queue_position`](VirtioDevice::queue_position) is exact) and no
+    /// backend touches guest memory. Transports call it before they
+    /// report queue positions or change guest memory. The default has
+    /// nothing to finish.
+    fn quiesce(&mut self) -> Result<Served, DeviceError> {
+        Ok(Served::default())
+    }
+
     /// The driver reset the device (§2.4): drop queues and pending work.
     fn reset(&mut self);
 
@@ -327,6 +338,10 @@ impl<D: VirtioDevice + ?Sized> VirtioDevice for alloc::boxed::Box<D> {
 
     fn backend_ready(&mut self) -> Result<Served, DeviceError> {
         (**self).backend_ready()
+    }
+
+    fn quiesce(&mut self) -> Result<Served, DeviceError> {
+        (**self).quiesce()
     }
 
     fn reset(&mut self) {

@@ -451,6 +451,10 @@ mod lies {
             let served = self.inner.backend_ready()?;
             Ok(self.after(served))
         }
+        fn quiesce(&mut self) -> Result<Served, DeviceError> {
+            let served = self.inner.quiesce()?;
+            Ok(self.after(served))
+        }
         fn reset(&mut self) {
             self.queues.clear();
             self.inner.reset();

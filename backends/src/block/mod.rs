@@ -27,6 +27,8 @@ pub mod memory;
 pub mod qcow2;
 #[cfg(feature = "std")]
 pub mod raw;
+#[cfg(feature = "std")]
+mod uring;
 
 /// Bytes in a sector: the unit of virtio-blk offsets (§5.2.6).
 pub const SECTOR_SIZE: u64 = 512;
@@ -180,8 +182,37 @@ pub unsafe fn copy_to_segments(segments: &[IoSegment], mut skip: usize, src: &[u
     done
 }
 
+/// A request an asynchronous backend can queue ([`BlockBackend::start`]).
+#[derive(Clone, Copy, Debug)]
+pub enum QueuedOp<'a> {
+    /// Fill `segments` with the disk's bytes from `offset`.
+    Read {
+        /// First byte.
+        offset: u64,
+        /// Where the bytes go.
+        segments: &'a [IoSegment],
+    },
+    /// Write `segments` to the disk from `offset`.
+    Write {
+        /// First byte.
+        offset: u64,
+        /// Where the bytes come from.
+        segments: &'a [IoSegment],
+    },
+    /// Make every write completed before this one started stable.
+    Flush,
+}
+
 /// A disk: vectored reads and writes at byte offsets, flush, discard,
 /// write-zeroes.
+///
+/// Every backend serves requests synchronously. One with a queue of its
+/// own (io_uring) also takes reads, writes and flushes with
+/// [`start`](Self::start), starts a batch with [`submit`](Self::submit)
+/// and reports them, in any order, through [`complete`](Self::complete);
+/// a host that uses the queue waits on
+/// [`completion_fd`](Self::completion_fd). A queued request follows the
+/// same all-or-error and durability rules as a synchronous one.
 pub trait BlockBackend {
     /// Size in bytes (a multiple of [`SECTOR_SIZE`]).
     fn size(&self) -> u64;
@@ -253,6 +284,54 @@ pub trait BlockBackend {
     /// Makes `len` bytes at `offset` read as zeroes; with `unmap` the
     /// backend may deallocate them while doing so.
     fn write_zeroes(&mut self, offset: u64, len: u64, unmap: bool) -> Result<(), BlockError>;
+
+    /// How many requests may be queued at once; 0 (the default) for a
+    /// backend without a queue, whose [`start`](Self::start) always
+    /// declines.
+    fn queue_depth(&self) -> usize {
+        0
+    }
+
+    /// Queues `op` under the caller's `tag`, to be reported by
+    /// [`complete`](Self::complete). `Ok(false)` when the backend declines
+    /// (no queue, the queue is full, or this request needs the synchronous
+    /// path, e.g. an `O_DIRECT` bounce): the caller then does it with the
+    /// synchronous call. An error is the request's own (out of range,
+    /// read-only) and nothing was queued.
+    ///
+    /// # Safety
+    ///
+    /// The segments must be valid for the operation's access (writes for a
+    /// read, reads for a write) until `complete` has reported `tag`, with
+    /// no Rust reference covering that memory meanwhile.
+    unsafe fn start(&mut self, tag: u64, op: QueuedOp<'_>) -> Result<bool, BlockError> {
+        let _ = (tag, op);
+        Ok(false)
+    }
+
+    /// Hands every request queued since the last call to the operating
+    /// system (one system call for the batch).
+    fn submit(&mut self) -> Result<(), BlockError> {
+        Ok(())
+    }
+
+    /// Calls `done` with the tag and result of every queued request that
+    /// has finished; with `wait`, first waits until none is in flight.
+    fn complete(&mut self, wait: bool, done: &mut dyn FnMut(u64, Result<(), BlockError>)) {
+        let _ = (wait, done);
+    }
+
+    /// Requests queued and not yet reported by [`complete`](Self::complete).
+    fn in_flight(&self) -> usize {
+        0
+    }
+
+    /// The file descriptor that becomes readable when a queued request
+    /// finishes, for the host's event loop; `None` without a queue.
+    #[cfg(feature = "std")]
+    fn completion_fd(&self) -> Option<std::os::fd::RawFd> {
+        None
+    }
 }
 
 #[cfg(feature = "std")]
@@ -302,6 +381,25 @@ impl<B: BlockBackend + ?Sized> BlockBackend for std::boxed::Box<B> {
     }
     fn write_zeroes(&mut self, offset: u64, len: u64, unmap: bool) -> Result<(), BlockError> {
         (**self).write_zeroes(offset, len, unmap)
+    }
+    fn queue_depth(&self) -> usize {
+        (**self).queue_depth()
+    }
+    unsafe fn start(&mut self, tag: u64, op: QueuedOp<'_>) -> Result<bool, BlockError> {
+        // SAFETY: the caller upholds the contract, which is the same.
+        unsafe { (**self).start(tag, op) }
+    }
+    fn submit(&mut self) -> Result<(), BlockError> {
+        (**self).submit()
+    }
+    fn complete(&mut self, wait: bool, done: &mut dyn FnMut(u64, Result<(), BlockError>)) {
+        (**self).complete(wait, done)
+    }
+    fn in_flight(&self) -> usize {
+        (**self).in_flight()
+    }
+    fn completion_fd(&self) -> Option<std::os::fd::RawFd> {
+        (**self).completion_fd()
     }
 }
 

@@ -170,8 +170,10 @@ pub fn build(config: &MachineConfig, mem: &SharedMemory) -> Result<ServedDevice,
                     discard_unmap: d.discard,
                     write_zeroes: *write_zeroes && disk.supports_write_zeroes(),
                     writeback: d.cache != CacheMode::Writethrough,
+                    queued_io: true,
                     ..BlkConfig::default()
                 };
+                let ready_fds = disk.completion_fd().into_iter().collect();
                 let blk = Blk::new(disk, mem.clone(), cfg).map_err(|err| MachineError::Blk {
                     drive: drive.clone(),
                     err,
@@ -180,7 +182,7 @@ pub fn build(config: &MachineConfig, mem: &SharedMemory) -> Result<ServedDevice,
                     kind: "virtio-blk-device",
                     backend: what,
                     device: Box::new(blk),
-                    ready_fds: Vec::new(),
+                    ready_fds,
                 });
             }
             DeviceConfig::Net {

@@ -1011,6 +1011,7 @@ impl<D: VirtioDevice> Backend<D> {
                 MAX_MEM_SLOTS as u64,
             ))),
             Message::SetMemTable(regions) => {
+                self.quiesce();
                 self.regions
                     .replace(&regions, &fds, &self.mem)
                     .map_err(BackendError::Memory)?;
@@ -1022,12 +1023,14 @@ impl<D: VirtioDevice> Backend<D> {
                     want: 1,
                     got: 0,
                 }))?;
+                self.quiesce();
                 self.regions
                     .add(&r, fd, &self.mem)
                     .map_err(BackendError::Memory)?;
                 Ok(None)
             }
             Message::RemMemReg(r) => {
+                self.quiesce();
                 self.regions
                     .remove(&r, &self.mem)
                     .map_err(BackendError::Memory)?;
@@ -1092,6 +1095,7 @@ impl<D: VirtioDevice> Backend<D> {
                 self.ring(index)?;
                 let i = index as usize;
                 let base = if self.is_running(i) {
+                    self.quiesce();
                     self.position(i)
                 } else {
                     self.vrings[i].base
@@ -1368,8 +1372,19 @@ impl<D: VirtioDevice> Backend<D> {
             .unwrap_or(0)
     }
 
+    /// Lets the device finish the requests its backend holds
+    /// ([`VirtioDevice::quiesce`]) before ring positions are read or guest
+    /// memory changes; their used entries get their calls.
+    fn quiesce(&mut self) {
+        if self.active.is_some() {
+            let served = self.device.quiesce();
+            self.after(served, None);
+        }
+    }
+
     /// Saves the place of every ring the device runs into its `base`.
     fn save_positions(&mut self) {
+        self.quiesce();
         for i in 0..self.vrings.len() {
             if self.is_running(i) {
                 self.vrings[i].base = self.position(i);
@@ -1564,6 +1579,11 @@ impl<D: VirtioDevice> Backend<D> {
         self.count_used();
         let mut panicked = self.log_session_counters();
         let was_active = self.active.take().is_some();
+        // Nothing the backend holds may still reach the memory unmapped
+        // below.
+        if was_active && catch_unwind(AssertUnwindSafe(|| self.device.quiesce())).is_err() {
+            self.panicked = true;
+        }
         // The session's epoll is gone; dropping the kicks closes them.
         for v in &mut self.vrings {
             *v = Vring::default();

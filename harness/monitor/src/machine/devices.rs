@@ -337,8 +337,10 @@ pub fn realize_devices_shared(
                     discard_unmap: wants_discard,
                     write_zeroes: *write_zeroes && disk.supports_write_zeroes(),
                     writeback: !writethrough,
+                    queued_io: true,
                     ..BlkConfig::default()
                 };
+                let ready_fds = disk.completion_fd().into_iter().collect();
                 let blk = Blk::new(disk, mem.clone(), cfg).map_err(|err| MachineError::Blk {
                     drive: drive.clone(),
                     err,
@@ -347,7 +349,7 @@ pub fn realize_devices_shared(
                     kind: "virtio-blk-device",
                     backend: what,
                     device: DeviceBox::Any(Box::new(blk)),
-                    ready_fds: Vec::new(),
+                    ready_fds,
                     notify: notify_of(*ioeventfd),
                 });
                 misbehave(&mut out, *hostile, mem)?;

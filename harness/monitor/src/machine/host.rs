@@ -175,7 +175,7 @@ pub type BoxedDisk = Box<dyn backends::block::BlockBackend + Send>;
 /// Opens one disk image (`-drive` / `-blockdev`).
 pub fn open_drive(drive: &DriveConfig) -> Result<(BoxedDisk, String), MachineError> {
     use backends::block::qcow2::Qcow2;
-    use backends::block::raw::{Cache, RawFile, RawOptions};
+    use backends::block::raw::{Aio, Cache, RawFile, RawOptions};
     let err = |err| MachineError::Drive {
         id: drive.id.clone(),
         err,
@@ -194,12 +194,30 @@ pub fn open_drive(drive: &DriveConfig) -> Result<(BoxedDisk, String), MachineErr
                 RawOptions {
                     read_only: drive.read_only,
                     cache,
+                    aio: match drive.aio {
+                        AioMode::Default => Aio::Auto,
+                        AioMode::Threads => Aio::Blocking,
+                        AioMode::IoUring => Aio::IoUring,
+                    },
                 },
             )
             .map_err(err)?;
-            (Box::new(raw), format!("raw {file}, cache={cache_name}{ro}"))
+            let aio = match (raw.aio(), raw.aio_fallback()) {
+                (Aio::IoUring, _) => ", aio=io_uring".to_string(),
+                (_, Some(why)) => format!(", aio=threads ({why})"),
+                _ => ", aio=threads".to_string(),
+            };
+            (
+                Box::new(raw),
+                format!("raw {file}, cache={cache_name}{aio}{ro}"),
+            )
         }
         DiskFormat::Qcow2 => {
+            if drive.aio == AioMode::IoUring {
+                return Err(err(backends::block::BlockError::Unsupported(
+                    "aio=io_uring with format=qcow2 (its image layer is synchronous)",
+                )));
+            }
             if drive.cache == CacheMode::None {
                 return Err(err(backends::block::BlockError::Unsupported(
                     "cache=none with format=qcow2 (use writeback or writethrough)",

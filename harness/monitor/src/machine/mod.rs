@@ -46,8 +46,8 @@ use crate::misbehave::Misbehave;
 #[cfg(feature = "misbehave")]
 use crate::misbehave::Misbehaving;
 use crate::options::{
-    CacheMode, ChardevKind, DeviceConfig, DiskFormat, DriveConfig, MachineConfig, NetdevKind,
-    RngConfig, VhostUserType,
+    AioMode, CacheMode, ChardevKind, DeviceConfig, DiskFormat, DriveConfig, MachineConfig,
+    NetdevKind, RngConfig, VhostUserType,
 };
 use crate::protocol::{MonitorServer, NetLink};
 use crate::virtio::NotifyMode;

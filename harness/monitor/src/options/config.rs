@@ -116,6 +116,19 @@ pub enum CacheMode {
     Writethrough,
 }
 
+/// How a raw image's requests reach the kernel (`aio=`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum AioMode {
+    /// Not given: io_uring where the kernel allows it, else blocking calls.
+    #[default]
+    Default,
+    /// `aio=threads`: blocking calls on the device's own thread (QEMU
+    /// runs them on a thread pool).
+    Threads,
+    /// `aio=io_uring`: queued on an io_uring; an error where there is none.
+    IoUring,
+}
+
 /// A disk backend (`-drive if=none,…` or `-blockdev`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DriveConfig {
@@ -131,6 +144,8 @@ pub struct DriveConfig {
     pub cache: CacheMode,
     /// `discard=unmap|on`: guest discards reach the image.
     pub discard: bool,
+    /// `aio=` (`-blockdev`: on the file node, or `file.aio`).
+    pub aio: AioMode,
 }
 
 /// A network backend (`-netdev`).

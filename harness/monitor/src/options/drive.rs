@@ -8,6 +8,13 @@ const CACHES: &[(&str, CacheMode)] = &[
     ("none", CacheMode::None),
     ("writethrough", CacheMode::Writethrough),
 ];
+const AIOS: &[(&str, AioMode)] = &[
+    ("threads", AioMode::Threads),
+    ("io_uring", AioMode::IoUring),
+];
+const AIO_EXPECTED: &str = "threads or io_uring (aio=native, Linux AIO, is not implemented: \
+                            io_uring does the same job)";
+
 const DISCARDS: &[(&str, bool)] = &[
     ("ignore", false),
     ("off", false),
@@ -56,6 +63,9 @@ impl Parser {
             discard: kv
                 .take_choice("discard", DISCARDS, "ignore, off, unmap or on")?
                 .unwrap_or(false),
+            aio: kv
+                .take_choice("aio", AIOS, AIO_EXPECTED)?
+                .unwrap_or_default(),
         };
         kv.finish()?;
         add_drive(cfg, ids, drive)?;
@@ -77,8 +87,11 @@ impl Parser {
             // A protocol node: named so a format node can sit on it.
             let path = kv.require("filename")?;
             let direct = kv.take_bool("cache.direct", false)?;
+            let aio = kv
+                .take_choice("aio", AIOS, AIO_EXPECTED)?
+                .unwrap_or_default();
             kv.finish()?;
-            file_nodes.push((id, path.into(), direct));
+            file_nodes.push((id, path.into(), direct, aio));
             return Ok(());
         }
         let format = FORMATS
@@ -91,9 +104,11 @@ impl Parser {
                 value: driver.clone(),
                 expected: "file, raw or qcow2",
             })?;
-        let (path, direct) = match (kv.take("file"), kv.take("file.filename")) {
+        let (path, direct, aio) = match (kv.take("file"), kv.take("file.filename")) {
             (Some(node), None) => {
-                let Some((_, path, direct)) = file_nodes.iter().find(|(n, _, _)| *n == node) else {
+                let Some((_, path, direct, aio)) =
+                    file_nodes.iter().find(|(n, _, _, _)| *n == node)
+                else {
                     return Err(OptionError::UnknownId {
                         by: format!("-blockdev node-name={id}"),
                         key: "file",
@@ -101,11 +116,16 @@ impl Parser {
                         expected: "an earlier -blockdev driver=file node",
                     });
                 };
-                (path.clone(), *direct)
+                (path.clone(), *direct, *aio)
             }
             (None, Some(path)) => {
                 kv.take_choice("file.driver", &[("file", ())], "file")?;
-                (path.into(), kv.take_bool("file.cache.direct", false)?)
+                (
+                    path.into(),
+                    kv.take_bool("file.cache.direct", false)?,
+                    kv.take_choice("file.aio", AIOS, AIO_EXPECTED)?
+                        .unwrap_or_default(),
+                )
             }
             _ => {
                 return Err(OptionError::Conflict(format!(
@@ -127,6 +147,7 @@ impl Parser {
             discard: kv
                 .take_choice("discard", DISCARDS, "ignore, off, unmap or on")?
                 .unwrap_or(false),
+            aio,
         };
         kv.finish()?;
         add_drive(cfg, ids, drive)?;

@@ -69,7 +69,7 @@ struct Parser {
     seen_m: bool,
     seen_machine: bool,
     /// `-blockdev driver=file` nodes: name, path, cache.direct.
-    file_nodes: Vec<(String, PathBuf, bool)>,
+    file_nodes: Vec<(String, PathBuf, bool, AioMode)>,
 }
 
 /// Parses a command line (without the program name).

@@ -225,8 +225,8 @@ fn every_mistake_names_what_is_wrong() {
 #[test]
 fn drives_and_blk_devices_parse_in_both_styles() {
     let c = p(
-        "-drive if=none,id=d0,file=disk.img,format=qcow2,readonly=on,cache=none,discard=unmap \
-               -blockdev driver=file,node-name=f1,filename=raw.img,cache.direct=on \
+        "-drive if=none,id=d0,file=disk.img,format=qcow2,readonly=on,cache=none,discard=unmap,aio=threads \
+               -blockdev driver=file,node-name=f1,filename=raw.img,cache.direct=on,aio=io_uring \
                -blockdev driver=raw,node-name=d1,file=f1 \
                -blockdev driver=raw,node-name=d2,file.driver=file,file.filename=b.img,read-only=on \
                -device virtio-blk-device,drive=d0,serial=abc,num-queues=4,queue-size=128 \
@@ -243,10 +243,13 @@ fn drives_and_blk_devices_parse_in_both_styles() {
             read_only: true,
             cache: CacheMode::None,
             discard: true,
+            aio: AioMode::Threads,
         }
     );
     assert_eq!(c.drives[1].path, PathBuf::from("raw.img"));
     assert_eq!(c.drives[1].cache, CacheMode::None);
+    assert_eq!(c.drives[1].aio, AioMode::IoUring);
+    assert_eq!(c.drives[2].aio, AioMode::Default);
     assert_eq!(c.drives[1].format, DiskFormat::Raw);
     assert!(c.drives[2].read_only);
     assert_eq!(
@@ -283,6 +286,10 @@ fn drive_mistakes_name_what_is_wrong() {
         (
             "-drive id=d,file=x,format=vmdk",
             "format='vmdk' is not raw or qcow2",
+        ),
+        (
+            "-drive id=d,file=x,aio=native",
+            "aio='native' is not threads or io_uring (aio=native, Linux AIO, is not implemented",
         ),
         (
             "-drive id=d,file=x,cache=unsafe",

@@ -1,0 +1,283 @@
+//! The io_uring queue behind [`super::raw::RawFile`]'s `aio=io_uring`:
+//! slots for the requests in flight (each keeps its `iovec` array until
+//! the kernel is done with it), one `io_uring_enter` per batch, and an
+//! eventfd the kernel signals when a request finishes after the batch was
+//! submitted (`IORING_REGISTER_EVENTFD_ASYNC`: what finishes during the
+//! submitting call is reaped by the submitter, with no wake-up).
+//!
+//! The ring never holds more requests than it has slots, and its
+//! completion queue is twice as long, so completions cannot overflow.
+
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+
+use io_uring::{IoUring, opcode, types};
+
+use crate::IoSegment;
+
+/// The most segments one queued request may have (Linux's `UIO_MAXIOV`);
+/// a longer one takes the synchronous path.
+pub(crate) const MAX_IOV: usize = 1024;
+
+/// What a slot's request does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Kind {
+    Read,
+    Write,
+    Flush,
+}
+
+/// One request in flight.
+struct Slot {
+    tag: u64,
+    kind: Kind,
+    offset: u64,
+    /// Bytes the request moves (0 for a flush).
+    len: u64,
+    iov: Vec<libc::iovec>,
+}
+
+/// A finished request, as [`Uring::reap`] reports it.
+pub(crate) struct Finished<'a> {
+    /// The caller's tag.
+    pub tag: u64,
+    /// What it did.
+    pub kind: Kind,
+    /// Where on the disk.
+    pub offset: u64,
+    /// Bytes it should have moved.
+    pub len: u64,
+    /// The kernel's result: bytes moved, or a negated errno.
+    pub res: i32,
+    /// Its segments.
+    pub iov: &'a [libc::iovec],
+}
+
+impl Finished<'_> {
+    /// The segments still to move after `done` bytes (a short transfer).
+    pub fn rest(&self, done: u64) -> Vec<IoSegment> {
+        let mut skip = usize::try_from(done).unwrap_or(usize::MAX);
+        let mut out = Vec::with_capacity(self.iov.len());
+        for v in self.iov {
+            if skip >= v.iov_len {
+                skip -= v.iov_len;
+                continue;
+            }
+            out.push(IoSegment {
+                ptr: v.iov_base.cast::<u8>().wrapping_add(skip),
+                len: v.iov_len - skip,
+            });
+            skip = 0;
+        }
+        out
+    }
+}
+
+/// An io_uring with its request slots and completion eventfd.
+pub(crate) struct Uring {
+    ring: IoUring,
+    event: OwnedFd,
+    slots: Vec<Slot>,
+    free: Vec<u32>,
+    in_flight: usize,
+    /// Requests pushed since the last `submit`.
+    pending: usize,
+}
+
+// SAFETY: the iovecs' raw pointers name memory the caller of `start`
+// vouched for until the request is reaped; nothing here is tied to the
+// thread that created it (the ring itself is Send).
+unsafe impl Send for Uring {}
+
+impl std::fmt::Debug for Uring {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Uring")
+            .field("slots", &self.slots.len())
+            .field("in_flight", &self.in_flight)
+            .finish()
+    }
+}
+
+impl Uring {
+    /// A ring of `depth` slots (a power of two) with its eventfd.
+    pub fn new(depth: u32) -> io::Result<Self> {
+        let ring = IoUring::new(depth)?;
+        // SAFETY: eventfd takes no pointers; a negative result is an error.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `fd` was just created and nothing else owns it.
+        let event = unsafe { OwnedFd::from_raw_fd(fd) };
+        ring.submitter().register_eventfd_async(event.as_raw_fd())?;
+        let n = depth as usize;
+        let slots = (0..n)
+            .map(|_| Slot {
+                tag: 0,
+                kind: Kind::Flush,
+                offset: 0,
+                len: 0,
+                iov: Vec::with_capacity(8),
+            })
+            .collect();
+        Ok(Uring {
+            ring,
+            event,
+            slots,
+            free: (0..depth).rev().collect(),
+            in_flight: 0,
+            pending: 0,
+        })
+    }
+
+    /// Slots in all.
+    pub fn depth(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// Requests queued and not yet reaped.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight
+    }
+
+    /// The eventfd signalled when a request finishes.
+    pub fn event_fd(&self) -> RawFd {
+        self.event.as_raw_fd()
+    }
+
+    /// Queues a request on `fd`; `false` when no slot is free or the
+    /// segments are too many.
+    ///
+    /// # Safety
+    ///
+    /// The segments must stay valid for the request's access until it is
+    /// reaped.
+    pub unsafe fn start(
+        &mut self,
+        fd: RawFd,
+        tag: u64,
+        kind: Kind,
+        offset: u64,
+        segments: &[IoSegment],
+    ) -> bool {
+        if segments.len() > MAX_IOV {
+            return false;
+        }
+        let Some(index) = self.free.pop() else {
+            return false;
+        };
+        let slot = &mut self.slots[index as usize];
+        slot.tag = tag;
+        slot.kind = kind;
+        slot.offset = offset;
+        slot.iov.clear();
+        slot.iov.extend(segments.iter().map(|s| libc::iovec {
+            iov_base: s.ptr.cast(),
+            iov_len: s.len,
+        }));
+        slot.len = segments.iter().map(|s| s.len as u64).sum();
+        let n = slot.iov.len() as u32;
+        let entry = match kind {
+            Kind::Read => opcode::Readv::new(types::Fd(fd), slot.iov.as_ptr(), n)
+                .offset(offset)
+                .build(),
+            Kind::Write => opcode::Writev::new(types::Fd(fd), slot.iov.as_ptr(), n)
+                .offset(offset)
+                .build(),
+            Kind::Flush => opcode::Fsync::new(types::Fd(fd))
+                .flags(types::FsyncFlags::DATASYNC)
+                .build(),
+        }
+        .user_data(u64::from(index));
+        // SAFETY: the entry's iovec array lives in the slot, which is not
+        // reused before the request is reaped; the segments are the
+        // caller's to vouch for.
+        let mut pushed = unsafe { self.ring.submission().push(&entry) }.is_ok();
+        if !pushed && self.submit().is_ok() {
+            // SAFETY: as above.
+            pushed = unsafe { self.ring.submission().push(&entry) }.is_ok();
+        }
+        if !pushed {
+            self.free.push(index);
+            return false;
+        }
+        self.in_flight += 1;
+        self.pending += 1;
+        true
+    }
+
+    /// Hands the queued requests to the kernel.
+    pub fn submit(&mut self) -> io::Result<()> {
+        if self.pending == 0 {
+            return Ok(());
+        }
+        loop {
+            match self.ring.submit() {
+                Ok(_) => {
+                    self.pending = 0;
+                    return Ok(());
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Waits until at least one request in flight has finished.
+    pub fn wait_one(&mut self) -> io::Result<()> {
+        if self.in_flight == 0 {
+            return Ok(());
+        }
+        loop {
+            match self.ring.submit_and_wait(1) {
+                Ok(_) => {
+                    self.pending = 0;
+                    return Ok(());
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Reports every finished request to `f` and frees its slot.
+    pub fn reap(&mut self, mut f: impl FnMut(Finished<'_>)) {
+        let mut counter = 0u64;
+        // SAFETY: reads 8 bytes into `counter`; the eventfd is
+        // non-blocking, so an unsignalled one fails with EAGAIN.
+        let _ = unsafe { libc::read(self.event.as_raw_fd(), (&raw mut counter).cast(), 8) };
+        loop {
+            let Some(cqe) = self.ring.completion().next() else {
+                return;
+            };
+            let index = cqe.user_data() as usize;
+            let Some(slot) = self.slots.get(index) else {
+                continue;
+            };
+            self.in_flight -= 1;
+            f(Finished {
+                tag: slot.tag,
+                kind: slot.kind,
+                offset: slot.offset,
+                len: slot.len,
+                res: cqe.result(),
+                iov: &slot.iov,
+            });
+            self.free.push(index as u32);
+        }
+    }
+}
+
+impl Drop for Uring {
+    /// Waits for every request in flight: the kernel may still be moving
+    /// bytes to or from memory the caller lent, which must not be reused
+    /// before it is done.
+    fn drop(&mut self) {
+        while self.in_flight > 0 {
+            if self.wait_one().is_err() {
+                return;
+            }
+            self.reap(|_| {});
+        }
+    }
+}
