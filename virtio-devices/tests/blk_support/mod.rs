@@ -6,7 +6,7 @@
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use backends::IoSegment;
-use backends::block::{BlockBackend, BlockError, check_range};
+use backends::block::{BlockBackend, BlockError, QueuedOp, check_range};
 use virtio_core::GuestMemory;
 use virtio_core::memory::GuestAddress;
 use virtio_core::split::{DriverQueue, Token};
@@ -47,6 +47,28 @@ pub struct DiskState {
     /// Guest bytes written at each discard: the guest changing a request's
     /// buffers while the device works on it.
     pub on_discard: Option<(&'static OwnedMemory, GuestAddress, Vec<u8>)>,
+    /// Depth of the modelled request queue (0: the disk has none).
+    pub depth: usize,
+    /// Queued requests not yet executed, in the order they came.
+    pub started: Vec<Started>,
+    /// Executed requests not yet reported: tag and result.
+    pub finished: Vec<(u64, Result<(), String>)>,
+    /// `submit` calls.
+    pub submits: u64,
+    /// `submit` executes what is queued (as io_uring does with reads the
+    /// page cache holds).
+    pub finish_on_submit: bool,
+}
+
+/// A request in the modelled queue.
+pub struct Started {
+    pub tag: u64,
+    /// `None` for a flush; otherwise whether it writes.
+    pub write: Option<bool>,
+    pub offset: u64,
+    /// Segments as (address, length): they point into the rig's leaked
+    /// memory, which outlives the disk.
+    pub segs: Vec<(usize, usize)>,
 }
 
 /// A handle on a shared [`DiskState`]; the device owns one, the test
@@ -76,7 +98,79 @@ impl MemDisk {
     }
 }
 
+impl MemDisk {
+    /// Executes the queued requests at `order` (indices into `started`,
+    /// each once) and holds their results for `complete`.
+    pub fn run(&self, order: &[usize]) {
+        let mut s = self.state();
+        let mut picked: Vec<Option<Started>> = s.started.drain(..).map(Some).collect();
+        for &i in order {
+            let st = picked[i].take().expect("each started request runs once");
+            let r = s.execute(&st);
+            s.finished.push((st.tag, r));
+        }
+        s.started = picked.into_iter().flatten().collect();
+    }
+
+    /// Executes every queued request, last first.
+    pub fn run_reversed(&self) {
+        let n = self.state().started.len();
+        let order: Vec<usize> = (0..n).rev().collect();
+        self.run(&order);
+    }
+}
+
 impl DiskState {
+    fn execute(&mut self, st: &Started) -> Result<(), String> {
+        let segs: Vec<IoSegment> = st
+            .segs
+            .iter()
+            .map(|&(p, len)| IoSegment {
+                ptr: p as *mut u8,
+                len,
+            })
+            .collect();
+        let r = match st.write {
+            None => self.do_flush(),
+            // SAFETY: the segments point into the rig's leaked memory.
+            Some(false) => unsafe { self.read_into(st.offset, &segs) },
+            // SAFETY: as above.
+            Some(true) => unsafe { self.write_from(st.offset, &segs) },
+        };
+        r.map_err(|e| e.to_string())
+    }
+
+    unsafe fn read_into(&self, offset: u64, segs: &[IoSegment]) -> Result<(), BlockError> {
+        let len: usize = segs.iter().map(|s| s.len).sum();
+        check_range(offset, len as u64, self.data.len() as u64)?;
+        let mut at = offset as usize;
+        for seg in segs {
+            // SAFETY: the caller promises each segment is writable for its
+            // length; the source is our own vector.
+            unsafe { std::ptr::copy_nonoverlapping(self.data[at..].as_ptr(), seg.ptr, seg.len) };
+            at += seg.len;
+        }
+        Ok(())
+    }
+
+    unsafe fn write_from(&mut self, offset: u64, segs: &[IoSegment]) -> Result<(), BlockError> {
+        if self.read_only {
+            return Err(BlockError::ReadOnly);
+        }
+        let len: usize = segs.iter().map(|s| s.len).sum();
+        check_range(offset, len as u64, self.data.len() as u64)?;
+        let mut at = offset as usize;
+        for seg in segs {
+            // SAFETY: the caller promises each segment is readable for its
+            // length; the destination is our own vector.
+            unsafe {
+                std::ptr::copy_nonoverlapping(seg.ptr, self.data[at..].as_mut_ptr(), seg.len)
+            };
+            at += seg.len;
+        }
+        self.after_write()
+    }
+
     fn do_flush(&mut self) -> Result<(), BlockError> {
         if self.fail_flush {
             self.fail_flush = false;
@@ -131,33 +225,68 @@ impl BlockBackend for MemDisk {
         s.set_cache_calls.push(writeback);
     }
     unsafe fn read_vectored(&mut self, offset: u64, segs: &[IoSegment]) -> Result<(), BlockError> {
-        let s = self.state();
-        let len: usize = segs.iter().map(|s| s.len).sum();
+        // SAFETY: read_vectored's contract, passed on.
+        unsafe { self.state().read_into(offset, segs) }
+    }
+    unsafe fn write_vectored(&mut self, offset: u64, segs: &[IoSegment]) -> Result<(), BlockError> {
+        // SAFETY: write_vectored's contract, passed on.
+        unsafe { self.state().write_from(offset, segs) }
+    }
+    fn queue_depth(&self) -> usize {
+        self.state().depth
+    }
+    unsafe fn start(&mut self, tag: u64, op: QueuedOp<'_>) -> Result<bool, BlockError> {
+        let mut s = self.state();
+        if s.started.len() + s.finished.len() >= s.depth {
+            return Ok(false);
+        }
+        let (write, offset, segments): (_, _, &[IoSegment]) = match op {
+            QueuedOp::Read { offset, segments } => (Some(false), offset, segments),
+            QueuedOp::Write { offset, segments } => {
+                if s.read_only {
+                    return Err(BlockError::ReadOnly);
+                }
+                (Some(true), offset, segments)
+            }
+            QueuedOp::Flush => (None, 0, &[]),
+        };
+        let len: usize = segments.iter().map(|s| s.len).sum();
         check_range(offset, len as u64, s.data.len() as u64)?;
-        let mut at = offset as usize;
-        for seg in segs {
-            // SAFETY: the caller promises each segment is writable for its
-            // length; the source is our own vector.
-            unsafe { std::ptr::copy_nonoverlapping(s.data[at..].as_ptr(), seg.ptr, seg.len) };
-            at += seg.len;
+        s.started.push(Started {
+            tag,
+            write,
+            offset,
+            segs: segments.iter().map(|g| (g.ptr as usize, g.len)).collect(),
+        });
+        Ok(true)
+    }
+    fn submit(&mut self) -> Result<(), BlockError> {
+        let finish = {
+            let mut s = self.state();
+            s.submits += 1;
+            s.finish_on_submit
+        };
+        if finish {
+            let n = self.state().started.len();
+            let order: Vec<usize> = (0..n).collect();
+            self.run(&order);
         }
         Ok(())
     }
-    unsafe fn write_vectored(&mut self, offset: u64, segs: &[IoSegment]) -> Result<(), BlockError> {
-        let mut s = self.state();
-        if s.read_only {
-            return Err(BlockError::ReadOnly);
+    fn complete(&mut self, wait: bool, done: &mut dyn FnMut(u64, Result<(), BlockError>)) {
+        if wait {
+            let n = self.state().started.len();
+            let order: Vec<usize> = (0..n).collect();
+            self.run(&order);
         }
-        let len: usize = segs.iter().map(|s| s.len).sum();
-        check_range(offset, len as u64, s.data.len() as u64)?;
-        let mut at = offset as usize;
-        for seg in segs {
-            // SAFETY: the caller promises each segment is readable for its
-            // length; the destination is our own vector.
-            unsafe { std::ptr::copy_nonoverlapping(seg.ptr, s.data[at..].as_mut_ptr(), seg.len) };
-            at += seg.len;
+        let finished = std::mem::take(&mut self.state().finished);
+        for (tag, r) in finished {
+            done(tag, r.map_err(BlockError::Image));
         }
-        s.after_write()
+    }
+    fn in_flight(&self) -> usize {
+        let s = self.state();
+        s.started.len() + s.finished.len()
     }
     fn flush(&mut self) -> Result<(), BlockError> {
         self.state().do_flush()

@@ -1,0 +1,302 @@
+//! `RawFile` with `aio=io_uring`: queued reads, writes and flushes on a
+//! real file, in the page cache and on `O_DIRECT`; what the queue declines;
+//! errors; the completion eventfd; dropping with requests in flight.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use backends::IoSegment;
+use backends::block::raw::{Aio, Cache, RawFile, RawOptions};
+use backends::block::{BlockBackend, BlockError, QueuedOp};
+
+fn scratch(name: &str, len: u64) -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("block_uring");
+    std::fs::create_dir_all(&dir).unwrap();
+    let p = dir.join(name);
+    let f = std::fs::File::create(&p).unwrap();
+    f.set_len(len).unwrap();
+    p
+}
+
+fn open(name: &str, cache: Cache, aio: Aio) -> RawFile {
+    RawFile::open(
+        scratch(name, 1 << 20),
+        RawOptions {
+            read_only: false,
+            cache,
+            aio,
+        },
+    )
+    .unwrap()
+}
+
+/// A 4096-aligned heap buffer (for O_DIRECT), freed on drop.
+struct Aligned {
+    ptr: *mut u8,
+    layout: std::alloc::Layout,
+}
+
+impl Aligned {
+    fn new(len: usize) -> Aligned {
+        let layout = std::alloc::Layout::from_size_align(len, 4096).unwrap();
+        // SAFETY: a non-zero size.
+        let ptr = unsafe { std::alloc::alloc_zeroed(layout) };
+        assert!(!ptr.is_null());
+        Aligned { ptr, layout }
+    }
+    fn seg(&self, at: usize, len: usize) -> IoSegment {
+        assert!(at + len <= self.layout.size());
+        IoSegment {
+            // SAFETY: inside the allocation (checked above).
+            ptr: unsafe { self.ptr.add(at) },
+            len,
+        }
+    }
+    fn bytes(&self) -> &[u8] {
+        // SAFETY: the allocation is initialised and no request is in flight
+        // when a test looks.
+        unsafe { std::slice::from_raw_parts(self.ptr, self.layout.size()) }
+    }
+    fn fill(&mut self, f: impl Fn(usize) -> u8) {
+        for i in 0..self.layout.size() {
+            // SAFETY: inside the allocation.
+            unsafe { self.ptr.add(i).write(f(i)) };
+        }
+    }
+}
+
+impl Drop for Aligned {
+    fn drop(&mut self) {
+        // SAFETY: allocated in `new` with this layout.
+        unsafe { std::alloc::dealloc(self.ptr, self.layout) };
+    }
+}
+
+/// Queues a read of `segments` at `offset`.
+///
+/// # Safety
+///
+/// The segments must stay writable until the read is reported.
+unsafe fn read_at(d: &mut RawFile, tag: u64, offset: u64, segments: &[IoSegment]) -> bool {
+    // SAFETY: the caller's contract.
+    unsafe { d.start(tag, QueuedOp::Read { offset, segments }) }.unwrap()
+}
+
+/// Waits for everything queued; results by tag.
+fn drain(d: &mut RawFile) -> HashMap<u64, Result<(), BlockError>> {
+    d.submit().unwrap();
+    let mut out = HashMap::new();
+    d.complete(true, &mut |tag, r| {
+        assert!(out.insert(tag, r).is_none(), "tag {tag} reported twice");
+    });
+    assert_eq!(d.in_flight(), 0);
+    out
+}
+
+fn round_trip(cache: Cache, name: &str) {
+    let mut d = open(name, cache, Aio::IoUring);
+    assert_eq!(d.aio(), Aio::IoUring);
+    assert!(d.queue_depth() >= 128);
+    assert!(d.completion_fd().is_some());
+    // Sixteen 4 KiB writes, each in two segments, then a queued flush.
+    let mut src = Aligned::new(16 * 4096);
+    src.fill(|i| (i / 4096) as u8 ^ (i as u8).wrapping_mul(13));
+    for i in 0..16usize {
+        let segs = [src.seg(i * 4096, 1024), src.seg(i * 4096 + 1024, 3072)];
+        let offset = (i as u64 * 2 + 1) * 4096;
+        // SAFETY: `src` outlives the requests (drained below).
+        let queued = unsafe {
+            d.start(
+                i as u64,
+                QueuedOp::Write {
+                    offset,
+                    segments: &segs,
+                },
+            )
+        };
+        assert!(queued.unwrap(), "write {i} queued");
+    }
+    let done = drain(&mut d);
+    assert_eq!(done.len(), 16);
+    assert!(done.values().all(Result::is_ok), "{done:?}");
+    // SAFETY: a flush touches no memory.
+    assert!(unsafe { d.start(99, QueuedOp::Flush) }.unwrap());
+    let done = drain(&mut d);
+    assert!(matches!(done.get(&99), Some(Ok(()))), "{done:?}");
+    // Read them back, queued, into one buffer.
+    let dst = Aligned::new(16 * 4096);
+    for i in 0..16usize {
+        let segs = [dst.seg(i * 4096, 4096)];
+        let offset = (i as u64 * 2 + 1) * 4096;
+        // SAFETY: `dst` outlives the requests.
+        let queued = unsafe { read_at(&mut d, 100 + i as u64, offset, &segs) };
+        assert!(queued);
+    }
+    let done = drain(&mut d);
+    assert_eq!(done.len(), 16);
+    assert!(done.values().all(Result::is_ok));
+    assert_eq!(dst.bytes(), src.bytes());
+}
+
+#[test]
+fn queued_writes_flush_and_reads_round_trip_in_the_page_cache() {
+    round_trip(Cache::Writeback, "cached.img");
+}
+
+#[test]
+fn queued_writes_flush_and_reads_round_trip_on_o_direct() {
+    round_trip(Cache::None, "direct.img");
+}
+
+#[test]
+fn the_queue_declines_what_needs_the_synchronous_path() {
+    // O_DIRECT with a misaligned buffer needs the bounce buffer.
+    let mut d = open("declines.img", Cache::None, Aio::IoUring);
+    let buf = Aligned::new(8192);
+    let misaligned = [buf.seg(8, 4096)];
+    // SAFETY: nothing is queued (declined), `buf` outlives the call.
+    let r = unsafe {
+        d.start(
+            1,
+            QueuedOp::Read {
+                offset: 0,
+                segments: &misaligned,
+            },
+        )
+    };
+    assert!(!r.unwrap());
+    // A writethrough write completes only once stable.
+    let mut d = open("declines-wt.img", Cache::Writethrough, Aio::IoUring);
+    let aligned = [buf.seg(0, 4096)];
+    // SAFETY: as above.
+    let r = unsafe {
+        d.start(
+            2,
+            QueuedOp::Write {
+                offset: 0,
+                segments: &aligned,
+            },
+        )
+    };
+    assert!(!r.unwrap());
+    // A full queue.
+    let mut d = open("full.img", Cache::Writeback, Aio::IoUring);
+    let depth = d.queue_depth();
+    let mut queued = 0;
+    for tag in 0..depth as u64 + 10 {
+        // SAFETY: `buf` outlives the requests (drained below).
+        let ok = unsafe {
+            d.start(
+                tag,
+                QueuedOp::Read {
+                    offset: 0,
+                    segments: &aligned,
+                },
+            )
+        }
+        .unwrap();
+        queued += usize::from(ok);
+    }
+    assert_eq!(queued, depth);
+    assert_eq!(drain(&mut d).len(), depth);
+    // Blocking I/O has no queue at all.
+    let mut d = open("blocking.img", Cache::Writeback, Aio::Blocking);
+    assert_eq!((d.queue_depth(), d.completion_fd()), (0, None));
+    // SAFETY: as above.
+    assert!(!unsafe { d.start(3, QueuedOp::Flush) }.unwrap());
+}
+
+#[test]
+fn queued_requests_are_checked_before_they_are_queued() {
+    let mut d = open("checks.img", Cache::Writeback, Aio::IoUring);
+    let buf = Aligned::new(4096);
+    let seg = [buf.seg(0, 4096)];
+    // SAFETY: refused before anything is queued.
+    let e = unsafe {
+        d.start(
+            1,
+            QueuedOp::Read {
+                offset: 1 << 20,
+                segments: &seg,
+            },
+        )
+    }
+    .unwrap_err();
+    assert!(matches!(e, BlockError::OutOfRange { .. }), "{e}");
+    let p = scratch("checks-ro.img", 1 << 20);
+    let mut ro = RawFile::open(
+        &p,
+        RawOptions {
+            read_only: true,
+            cache: Cache::Writeback,
+            aio: Aio::IoUring,
+        },
+    )
+    .unwrap();
+    // SAFETY: as above.
+    let e = unsafe {
+        ro.start(
+            2,
+            QueuedOp::Write {
+                offset: 0,
+                segments: &seg,
+            },
+        )
+    }
+    .unwrap_err();
+    assert!(matches!(e, BlockError::ReadOnly), "{e}");
+    assert_eq!(d.in_flight() + ro.in_flight(), 0);
+}
+
+/// O_DIRECT reads finish after `submit` returns: the eventfd says so.
+#[test]
+fn the_completion_fd_becomes_readable_when_a_request_finishes_later() {
+    let mut d = open("eventfd.img", Cache::None, Aio::IoUring);
+    let fd = d.completion_fd().unwrap();
+    let buf = Aligned::new(64 * 4096);
+    for i in 0..64usize {
+        let seg = [buf.seg(i * 4096, 4096)];
+        // SAFETY: `buf` outlives the requests (drained below).
+        let queued = unsafe { read_at(&mut d, i as u64, i as u64 * 4096, &seg) };
+        assert!(queued);
+    }
+    d.submit().unwrap();
+    let mut reported = 0;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while reported < 64 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "requests never finished"
+        );
+        let mut p = libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one pollfd, valid for the call.
+        let n = unsafe { libc::poll(&mut p, 1, 1000) };
+        assert!(n >= 0);
+        d.complete(false, &mut |_, r| {
+            r.unwrap();
+            reported += 1;
+        });
+    }
+    assert_eq!(d.in_flight(), 0);
+}
+
+/// Dropping the file waits for what is in flight: the memory the requests
+/// use may be released right after.
+#[test]
+fn dropping_with_requests_in_flight_waits_for_them() {
+    let buf = Aligned::new(32 * 4096);
+    let mut d = open("drop.img", Cache::None, Aio::IoUring);
+    for i in 0..32usize {
+        let seg = [buf.seg(i * 4096, 4096)];
+        // SAFETY: `buf` is dropped after `d`, whose drop waits.
+        let queued = unsafe { read_at(&mut d, i as u64, i as u64 * 4096, &seg) };
+        assert!(queued);
+    }
+    d.submit().unwrap();
+    drop(d);
+    drop(buf);
+}

@@ -1,0 +1,241 @@
+//! virtio-blk over a backend with a request queue (`BlkConfig::queued_io`):
+//! requests handed to the queue complete when the backend reports them, in
+//! any order; quiesce, reset, a full queue, writethrough and flush failures.
+
+mod blk_support;
+mod queue_rig;
+
+use backends::block::BlockBackend;
+use blk_support::{MemDisk, Rig, rig_with};
+use virtio_core::GuestMemory;
+use virtio_devices::blk::{BlkConfig, req, status};
+use virtio_devices::device::VirtioDevice;
+
+fn queued_rig(depth: usize) -> Rig {
+    let disk = MemDisk::new(64).with(|s| s.depth = depth);
+    rig_with(
+        disk,
+        BlkConfig {
+            queued_io: true,
+            ..BlkConfig::default()
+        },
+        None,
+    )
+}
+
+fn used_idx(r: &Rig) -> u16 {
+    r.mem
+        .load_u16_acquire(blk_support::layout(0).used_idx())
+        .unwrap()
+}
+
+/// §2.7.5 / §2.7.8: used entries need not follow the available order; each
+/// queued request completes when the backend reports it, with its own
+/// length and status.
+#[test]
+fn section_2_7_8_queued_requests_complete_in_the_order_the_backend_finishes_them() {
+    let mut r = queued_rig(8);
+    let bufs: Vec<u64> = (0..3).map(|_| r.alloc(512)).collect();
+    let reads: Vec<_> = (0..3)
+        .map(|i| r.request(req::IN, i as u64, &[(bufs[i], 512)], false))
+        .collect();
+    let w = r.data(&[0x5a; 512]);
+    let write = r.request(req::OUT, 10, &[(w, 512)], true);
+    let served = r.notify(0);
+    assert_eq!(served.completed, 0, "nothing finished yet");
+    assert!(!served.interrupt);
+    assert!(r.completions().is_empty());
+    assert_eq!(r.dev.stats().queued, 4);
+    assert_eq!(r.disk.state().submits, 1, "one submission for the batch");
+    assert_eq!(r.dev.queue_position(0), None, "not known while queued");
+
+    r.disk.run_reversed();
+    let served = r.dev.backend_ready().unwrap();
+    assert_eq!(served.completed, 4);
+    assert!(served.interrupt);
+    let done = r.completions();
+    let expect = vec![
+        (write.0, 1),
+        (reads[2].0, 513),
+        (reads[1].0, 513),
+        (reads[0].0, 513),
+    ];
+    assert_eq!(done, expect, "last started, first finished");
+    for (i, (_, s)) in reads.iter().enumerate() {
+        assert_eq!(r.status(*s), status::OK);
+        let want = r.disk.state().data[i * 512..(i + 1) * 512].to_vec();
+        assert_eq!(r.bytes(bufs[i], 512), want);
+    }
+    assert_eq!(r.status(write.1), status::OK);
+    assert_eq!(&r.disk.state().data[10 * 512..11 * 512], &[0x5a; 512][..]);
+    assert_eq!(r.dev.queue_position(0), Some(4));
+    let st = r.dev.stats();
+    assert_eq!((st.bytes_read, st.bytes_written), (3 * 512, 512));
+}
+
+/// A request the backend finishes while it is submitted (an io_uring read
+/// served from the page cache) completes in the same notification, with
+/// one notification decision for the batch.
+#[test]
+fn requests_finished_during_submission_complete_in_the_notification() {
+    let mut r = queued_rig(8);
+    r.disk.state().finish_on_submit = true;
+    let b = r.alloc(1024);
+    let (t1, s1) = r.request(req::IN, 3, &[(b, 512)], false);
+    let (t2, s2) = r.request(req::IN, 4, &[(b + 512, 512)], false);
+    let served = r.notify(0);
+    assert_eq!(served.completed, 2);
+    assert!(served.interrupt);
+    assert_eq!(r.completions(), vec![(t1, 513), (t2, 513)]);
+    assert_eq!((r.status(s1), r.status(s2)), (status::OK, status::OK));
+    assert_eq!(r.dev.stats().batches, 1);
+}
+
+/// `quiesce` waits for the queue and completes everything; afterwards the
+/// position is exact (vhost-user GET_VRING_BASE).
+#[test]
+fn quiesce_completes_every_queued_request_and_the_position_is_known_again() {
+    let mut r = queued_rig(8);
+    let mut tokens = Vec::new();
+    for i in 0..5u64 {
+        let b = r.alloc(512);
+        tokens.push(r.request(req::IN, i, &[(b, 512)], false).0);
+    }
+    r.notify(0);
+    assert_eq!(r.dev.queue_position(0), None);
+    let served = r.dev.quiesce().unwrap();
+    assert_eq!(served.completed, 5);
+    assert!(served.interrupt);
+    assert_eq!(r.disk.state().started.len(), 0);
+    assert_eq!(r.dev.queue_position(0), Some(5));
+    assert_eq!(r.completions().len(), 5);
+    // Nothing left: a second quiesce has nothing to do.
+    assert_eq!(r.dev.quiesce().unwrap().completed, 0);
+}
+
+/// §2.4: after a reset the device writes nothing to the rings; it still
+/// waits for the queue (the backend may be using guest memory).
+#[test]
+fn section_2_4_reset_waits_for_the_queue_and_publishes_nothing() {
+    let mut r = queued_rig(8);
+    let b = r.alloc(512);
+    r.request(req::IN, 0, &[(b, 512)], false);
+    let (_, flush_status) = r.request(req::FLUSH, 0, &[], true);
+    r.notify(0);
+    assert_eq!(r.disk.state().started.len(), 2);
+    r.dev.reset();
+    assert_eq!(r.dev.backend().in_flight(), 0, "the queue was drained");
+    assert_eq!(used_idx(&r), 0, "nothing published after the reset");
+    assert_eq!(r.status(flush_status), 0xff, "no status written");
+}
+
+/// A queue that declines (full) leaves the request to the synchronous
+/// path: it completes in the notification.
+#[test]
+fn a_full_queue_falls_back_to_synchronous_service() {
+    let mut r = queued_rig(2);
+    for i in 0..4u64 {
+        let b = r.alloc(512);
+        r.request(req::IN, i, &[(b, 512)], false);
+    }
+    let served = r.notify(0);
+    assert_eq!(served.completed, 2, "the two the queue declined");
+    assert_eq!(r.dev.stats().queued, 2);
+    assert_eq!(r.dev.stats().queue_declined, 2);
+    r.disk.run_reversed();
+    assert_eq!(r.dev.backend_ready().unwrap().completed, 2);
+    assert_eq!(r.completions().len(), 4);
+}
+
+/// §5.2.6.2: a FLUSH goes to the queue and completes only once the backend
+/// flushed; a failed queued flush is sticky like a synchronous one.
+#[test]
+fn section_5_2_6_2_a_queued_flush_completes_after_the_backend_flushed_and_its_failure_sticks() {
+    let mut r = queued_rig(8);
+    let d = r.data(&[3; 512]);
+    r.request(req::OUT, 0, &[(d, 512)], true);
+    r.notify(0);
+    r.disk.run(&[0]);
+    r.dev.backend_ready().unwrap();
+    r.completions();
+    let (t, s) = r.request(req::FLUSH, 0, &[], true);
+    r.notify(0);
+    assert_eq!(r.status(s), 0xff, "not before the backend flushed");
+    assert_eq!(r.disk.state().flushes, 0);
+    r.disk.run(&[0]);
+    r.dev.backend_ready().unwrap();
+    assert_eq!(r.completions(), vec![(t, 1)]);
+    assert_eq!(r.status(s), status::OK);
+    assert_eq!(r.disk.state().flushes, 1);
+    assert_eq!(r.disk.state().unflushed, 0);
+
+    r.disk.state().fail_flush = true;
+    let (_, s) = r.request(req::FLUSH, 0, &[], true);
+    r.notify(0);
+    r.disk.run(&[0]);
+    r.dev.backend_ready().unwrap();
+    assert_eq!(r.status(s), status::IOERR);
+    // Sticky: the next FLUSH fails without reaching the backend.
+    let (_, s) = r.request(req::FLUSH, 0, &[], true);
+    let served = r.notify(0);
+    assert_eq!(served.completed, 1);
+    assert_eq!(r.status(s), status::IOERR);
+}
+
+/// §5.2.6.2: in writethrough a write completes only once stable, so it is
+/// not queued; turning writeback off first completes what is queued, then
+/// flushes, and the interrupt the configuration write could not send comes
+/// with the next call.
+#[test]
+fn section_5_2_6_2_writethrough_is_synchronous_and_the_switch_waits_for_the_queue() {
+    let mut r = queued_rig(8);
+    let d = r.data(&[9; 512]);
+    let (t, s) = r.request(req::OUT, 1, &[(d, 512)], true);
+    r.notify(0);
+    assert_eq!(r.disk.state().started.len(), 1);
+    r.dev.write_config(32, &[0]);
+    assert!(!r.dev.writeback());
+    assert_eq!(
+        r.disk.state().started.len(),
+        0,
+        "completed before the flush"
+    );
+    assert_eq!(r.disk.state().unflushed, 0);
+    assert_eq!(r.status(s), status::OK);
+    assert_eq!(used_idx(&r), 1, "published");
+    let served = r.dev.backend_ready().unwrap();
+    assert!(served.interrupt, "the owed notification");
+    assert_eq!(r.completions(), vec![(t, 1)]);
+
+    let d = r.data(&[8; 512]);
+    let (t, s) = r.request(req::OUT, 2, &[(d, 512)], true);
+    let served = r.notify(0);
+    assert_eq!(served.completed, 1, "writethrough: completed at once");
+    assert_eq!(r.completions(), vec![(t, 1)]);
+    assert_eq!(r.status(s), status::OK);
+    assert_eq!(r.dev.stats().queued, 1);
+}
+
+/// Checks the queue makes before any I/O still hold (§5.2.6.1): a read past
+/// the capacity is IOERR without reaching the backend's queue.
+#[test]
+fn section_5_2_6_1_checks_come_before_the_queue() {
+    let mut r = queued_rig(8);
+    let b = r.alloc(512);
+    let (_, s) = r.request(req::IN, 64, &[(b, 512)], false);
+    let served = r.notify(0);
+    assert_eq!(served.completed, 1);
+    assert_eq!(r.status(s), status::IOERR);
+    assert_eq!(r.dev.stats().queued, 0);
+}
+
+/// Without `queued_io` a backend's queue is never used.
+#[test]
+fn without_queued_io_the_queue_is_not_used() {
+    let disk = MemDisk::new(16).with(|s| s.depth = 8);
+    let mut r = rig_with(disk, BlkConfig::default(), None);
+    let b = r.alloc(512);
+    r.request(req::IN, 0, &[(b, 512)], false);
+    assert_eq!(r.notify(0).completed, 1);
+    assert_eq!(r.dev.stats().queued, 0);
+}
