@@ -1,9 +1,12 @@
 //! The io_uring queue behind [`super::raw::RawFile`]'s `aio=io_uring`:
 //! slots for the requests in flight (each keeps its `iovec` array until
 //! the kernel is done with it), one `io_uring_enter` per batch, and an
-//! eventfd the kernel signals when a request finishes after the batch was
-//! submitted (`IORING_REGISTER_EVENTFD_ASYNC`: what finishes during the
-//! submitting call is reaped by the submitter, with no wake-up).
+//! eventfd the kernel signals for every completion. Reaping reads the
+//! eventfd before it looks at the completion queue, so what finished
+//! during the submitting call (a read the page cache held) is reaped by the
+//! submitter without a wake-up. (`IORING_REGISTER_EVENTFD_ASYNC` would be
+//! wrong here: it only signals completions posted by io-wq workers, and an
+//! `O_DIRECT` read completes from the device's interrupt instead.)
 //!
 //! The ring never holds more requests than it has slots, and its
 //! completion queue is twice as long, so completions cannot overflow.
@@ -109,7 +112,7 @@ impl Uring {
         }
         // SAFETY: `fd` was just created and nothing else owns it.
         let event = unsafe { OwnedFd::from_raw_fd(fd) };
-        ring.submitter().register_eventfd_async(event.as_raw_fd())?;
+        ring.submitter().register_eventfd(event.as_raw_fd())?;
         let n = depth as usize;
         let slots = (0..n)
             .map(|_| Slot {
