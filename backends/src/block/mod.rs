@@ -310,7 +310,10 @@ pub trait BlockBackend {
     }
 
     /// Hands every request queued since the last call to the operating
-    /// system (one system call for the batch).
+    /// system (one system call for the batch). The
+    /// [`completion_fd`](Self::completion_fd) may stay quiet from here
+    /// until the next [`complete`](Self::complete), which a caller makes
+    /// before it waits on the fd.
     fn submit(&mut self) -> Result<(), BlockError> {
         Ok(())
     }
@@ -327,7 +330,10 @@ pub trait BlockBackend {
     }
 
     /// The file descriptor that becomes readable when a queued request
-    /// finishes, for the host's event loop; `None` without a queue.
+    /// finishes after the call that submitted it returned, for the host's
+    /// event loop; `None` without a queue. The backend never reads it: a
+    /// host polls it edge-triggered (`EPOLLET`), or reads it before it
+    /// calls [`complete`](Self::complete).
     #[cfg(feature = "std")]
     fn completion_fd(&self) -> Option<std::os::fd::RawFd> {
         None

@@ -1,12 +1,19 @@
 //! The io_uring queue behind [`super::raw::RawFile`]'s `aio=io_uring`:
 //! slots for the requests in flight (each keeps its `iovec` array until
 //! the kernel is done with it), one `io_uring_enter` per batch, and an
-//! eventfd the kernel signals for every completion. Reaping reads the
-//! eventfd before it looks at the completion queue, so what finished
-//! during the submitting call (a read the page cache held) is reaped by the
-//! submitter without a wake-up. (`IORING_REGISTER_EVENTFD_ASYNC` would be
-//! wrong here: it only signals completions posted by io-wq workers, and an
-//! `O_DIRECT` read completes from the device's interrupt instead.)
+//! eventfd for wake-ups.
+//!
+//! The eventfd is quiet while the owner is awake: `submit` turns it off
+//! (`IORING_CQ_EVENTFD_DISABLED`), so what finishes during the submitting
+//! call (a read the page cache held) costs no signal, and `reap` turns it
+//! back on once the completion queue is empty, then looks once more, so a
+//! completion posted in between is not missed. The kernel then writes it
+//! for every completion, whoever posts it. (`IORING_REGISTER_EVENTFD_ASYNC`
+//! would be wrong here: it only signals completions posted by io-wq
+//! workers, and an `O_DIRECT` read completes from the device's interrupt.)
+//! It is never read here: a host polls it edge-triggered, or reads it
+//! itself before it reaps. A request is one `io_uring_enter` and no other
+//! system call when it finishes at once.
 //!
 //! The ring never holds more requests than it has slots, and its
 //! completion queue is twice as long, so completions cannot overflow.
@@ -85,6 +92,8 @@ pub(crate) struct Uring {
     in_flight: usize,
     /// Requests pushed since the last `submit`.
     pending: usize,
+    /// The eventfd is turned off until the next `reap`.
+    quiet: bool,
 }
 
 // SAFETY: the iovecs' raw pointers name memory the caller of `start`
@@ -130,6 +139,7 @@ impl Uring {
             free: (0..depth).rev().collect(),
             in_flight: 0,
             pending: 0,
+            quiet: false,
         })
     }
 
@@ -214,6 +224,10 @@ impl Uring {
         if self.pending == 0 {
             return Ok(());
         }
+        if !self.quiet {
+            self.ring.completion().disable_eventfd();
+            self.quiet = true;
+        }
         loop {
             match self.ring.submit() {
                 Ok(_) => {
@@ -243,15 +257,19 @@ impl Uring {
         }
     }
 
-    /// Reports every finished request to `f` and frees its slot.
+    /// Reports every finished request to `f` and frees its slot; turns the
+    /// eventfd back on.
     pub fn reap(&mut self, mut f: impl FnMut(Finished<'_>)) {
-        let mut counter = 0u64;
-        // SAFETY: reads 8 bytes into `counter`; the eventfd is
-        // non-blocking, so an unsignalled one fails with EAGAIN.
-        let _ = unsafe { libc::read(self.event.as_raw_fd(), (&raw mut counter).cast(), 8) };
         loop {
             let Some(cqe) = self.ring.completion().next() else {
-                return;
+                if !self.quiet {
+                    return;
+                }
+                // Signal from now on, and look once more for what was
+                // posted before that.
+                self.ring.completion().enable_eventfd();
+                self.quiet = false;
+                continue;
             };
             let index = cqe.user_data() as usize;
             let Some(slot) = self.slots.get(index) else {

@@ -180,7 +180,7 @@ pub fn open_drive(drive: &DriveConfig) -> Result<(BoxedDisk, String), MachineErr
         id: drive.id.clone(),
         err,
     };
-    let ro = if drive.read_only { ",readonly" } else { "" };
+    let ro = if drive.read_only { ", readonly" } else { "" };
     let (cache, cache_name) = match drive.cache {
         CacheMode::Writeback => (Cache::Writeback, "writeback"),
         CacheMode::None => (Cache::None, "none"),

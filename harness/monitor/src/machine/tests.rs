@@ -174,11 +174,28 @@ fn drives_become_blk_devices() {
     let devs = realize(&line).unwrap();
     assert_eq!(devs[0].kind, "virtio-blk-device");
     assert!(
-        devs[0].backend.contains("cache=writeback,readonly"),
+        devs[0]
+            .backend
+            .contains("cache=writeback, aio=io_uring, readonly"),
         "{}",
         devs[0].backend
     );
     assert_eq!(devs[0].device.queue_max_sizes(), &[64, 64]);
+    // The io_uring's completions wake the device.
+    assert_eq!(devs[0].ready_fds.len(), 1);
+    drop(devs);
+    let devs = realize(&format!(
+        "-drive if=none,id=d1,file={},format=raw,aio=threads \
+         -device virtio-blk-device,drive=d1",
+        img.display()
+    ))
+    .unwrap();
+    assert!(
+        devs[0].backend.ends_with("cache=writeback, aio=threads"),
+        "{}",
+        devs[0].backend
+    );
+    assert!(devs[0].ready_fds.is_empty());
     // A missing image names the drive.
     let err =
         realize("-drive if=none,id=dx,file=/nonexistent/d.img -device virtio-blk-device,drive=dx")
@@ -196,6 +213,13 @@ fn drives_become_blk_devices() {
     .unwrap_err()
     .to_string();
     assert!(err.contains("cache=none with format=qcow2"), "{err}");
+    let err = realize(&format!(
+        "-drive if=none,id=dq,file={},format=qcow2,aio=io_uring",
+        img.display()
+    ))
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("aio=io_uring with format=qcow2"), "{err}");
     let _ = std::fs::remove_dir_all(dir);
 }
 
