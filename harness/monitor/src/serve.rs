@@ -323,11 +323,15 @@ fn hostile(
 
 /// Builds the device `options` name and serves it on a unix socket at
 /// `socket` (an existing socket file is replaced), one frontend after the
-/// other, until accepting fails. `verbose` logs every request on stderr.
+/// other, until accepting fails. `verbose` logs every request on stderr;
+/// `poll_max` is the longest busy-polling window
+/// ([`Backend::set_poll`](vhost_user::backend::Backend::set_poll); zero
+/// sleeps at once).
 pub fn serve_options<S: AsRef<str>>(
     socket: &Path,
     options: &[S],
     verbose: bool,
+    poll_max: std::time::Duration,
 ) -> Result<std::convert::Infallible, String> {
     let config = crate::options::parse(options).map_err(|e| e.to_string())?;
     let mem = SharedMemory::new();
@@ -340,6 +344,7 @@ pub fn serve_options<S: AsRef<str>>(
     );
     let mut backend = Backend::new(dev.device, mem, dev.ready_fds);
     backend.set_verbose(verbose);
+    backend.set_poll(poll_max);
     let _ = std::fs::remove_file(socket);
     let listener =
         UnixListener::bind(socket).map_err(|e| format!("binding {}: {e}", socket.display()))?;

@@ -124,6 +124,11 @@ enum Command {
         /// Log every request on stderr.
         #[arg(long)]
         verbose: bool,
+        /// Longest busy-polling window in µs after an event, adapted to
+        /// how fast the frontend answers (QEMU's `poll-max-ns`); 0 sleeps
+        /// at once.
+        #[arg(long, default_value_t = vhost_user::backend::DEFAULT_POLL_MAX.as_micros() as u64)]
+        poll_max_us: u64,
         /// The device options (`-object`, `-chardev`, `-drive`,
         /// `-blockdev`, `-netdev`, exactly one `-device`).
         #[arg(
@@ -143,8 +148,14 @@ fn main() -> ExitCode {
         Command::VhostUser {
             socket,
             verbose,
+            poll_max_us,
             options,
-        } => match monitor::serve::serve_options(&socket, &options, verbose) {
+        } => match monitor::serve::serve_options(
+            &socket,
+            &options,
+            verbose,
+            Duration::from_micros(poll_max_us),
+        ) {
             Ok(never) => match never {},
             Err(e) => {
                 eprintln!("virtio-harness vhost-user: {e}");

@@ -23,7 +23,9 @@ fn tmp(name: &str) -> PathBuf {
 fn serve(dir: &Path, options: &[String]) -> PathBuf {
     let socket = dir.join("backend.sock");
     let (s, o) = (socket.clone(), options.to_vec());
-    std::thread::spawn(move || monitor::serve::serve_options(&s, &o, false));
+    std::thread::spawn(move || {
+        monitor::serve::serve_options(&s, &o, false, vhost_user::backend::DEFAULT_POLL_MAX)
+    });
     let deadline = Instant::now() + Duration::from_secs(10);
     while std::os::unix::net::UnixStream::connect(&socket).is_err() {
         assert!(Instant::now() < deadline, "backend did not listen");
