@@ -636,6 +636,12 @@ impl<B: BlockBackend, M: GuestMemory> Engine<B, M> {
         let Some(slot) = queued.get_mut((tag & 0xffff) as usize) else {
             return Ok(false);
         };
+        if slot.is_some() {
+            // The driver made a head available again while its request is
+            // still queued (its descriptors are the device's until used):
+            // served synchronously, so the queued one keeps its record.
+            return Ok(false);
+        }
         let iov = &mut iov.0;
         iov.clear();
         if let Some((pieces, start, end, _)) = data {

@@ -239,3 +239,28 @@ fn without_queued_io_the_queue_is_not_used() {
     assert_eq!(r.notify(0).completed, 1);
     assert_eq!(r.dev.stats().queued, 0);
 }
+
+/// A driver that makes a head available again while its request is queued
+/// (its descriptors are the device's until used) gets that second request
+/// served synchronously; the queued one completes as usual.
+#[test]
+fn a_head_made_available_twice_while_queued_is_served_synchronously() {
+    let mut r = queued_rig(8);
+    let b = r.alloc(512);
+    let (t, _) = r.request(req::IN, 0, &[(b, 512)], false);
+    r.notify(0);
+    assert_eq!(r.dev.stats().queued, 1);
+    // Publish the same head once more, behind the driver queue's back.
+    let avail = blk_support::layout(0).avail_slot(1);
+    r.mem.write(avail, &t.head().to_le_bytes()).unwrap();
+    r.mem
+        .write(blk_support::layout(0).avail_idx(), &2u16.to_le_bytes())
+        .unwrap();
+    // The same descriptors are read again, by design of this driver.
+    r.fetch.new_window();
+    let served = r.notify(0);
+    assert_eq!(served.completed, 1, "the repeat, synchronously");
+    assert_eq!(r.dev.stats().queued, 1);
+    r.disk.run(&[0]);
+    assert_eq!(r.dev.backend_ready().unwrap().completed, 1);
+}
