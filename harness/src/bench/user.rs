@@ -110,26 +110,37 @@ fn blk_backends(
     let exe = std::env::current_exe().map_err(|e| format!("own executable: {e}"))?;
     let mut out = Vec::new();
     let tag = if direct { "direct" } else { "cached" };
-    let sock = dir.path(&format!("ours-{tag}.sock"));
-    let mut cmd = backend_command(&exe);
-    cmd.arg("vhost-user").arg("--socket").arg(&sock).args([
-        "-drive".to_string(),
-        format!(
-            "if=none,id=d0,file={img},format=raw,cache={}",
-            if direct { "none" } else { "writeback" }
-        ),
-        "-device".into(),
-        "virtio-blk-device,drive=d0,num-queues=2".into(),
-    ]);
-    out.push(Backend {
-        name: "ours",
-        daemon: Daemon::start(
-            "virtio-harness vhost-user",
-            cmd,
-            sock,
-            dir.path(&format!("ours-{tag}.log")),
-        )?,
-    });
+    // Ours with its defaults (busy polling after events), and without
+    // polling, which shows what the polling buys and costs.
+    for (name, poll, file) in [
+        ("ours", None, "ours"),
+        ("ours, no polling", Some("0"), "ours-nopoll"),
+    ] {
+        let sock = dir.path(&format!("{file}-{tag}.sock"));
+        let mut cmd = backend_command(&exe);
+        cmd.arg("vhost-user").arg("--socket").arg(&sock);
+        if let Some(us) = poll {
+            cmd.args(["--poll-max-us", us]);
+        }
+        cmd.args([
+            "-drive".to_string(),
+            format!(
+                "if=none,id=d0,file={img},format=raw,cache={}",
+                if direct { "none" } else { "writeback" }
+            ),
+            "-device".into(),
+            "virtio-blk-device,drive=d0,num-queues=2".into(),
+        ]);
+        out.push(Backend {
+            name,
+            daemon: Daemon::start(
+                "virtio-harness vhost-user",
+                cmd,
+                sock,
+                dir.path(&format!("{file}-{tag}.log")),
+            )?,
+        });
+    }
     if qsd_unavailable().is_none() {
         for aio in ["threads", "io_uring"] {
             let sock = dir.path(&format!("qsd-{aio}-{tag}.sock"));
