@@ -358,6 +358,8 @@ struct Engine<B, M> {
     /// notification (a configuration write waited for the queue): the next
     /// call that returns `Served` asks for one.
     owed_interrupt: bool,
+    /// The transport polls the rings: serving leaves notifications off.
+    polling: bool,
 }
 
 /// The block device over backend `B` and guest memory `M`.
@@ -1057,7 +1059,7 @@ impl<B: BlockBackend, M: GuestMemory> Engine<B, M> {
         // re-enables them and re-checks the ring once it is empty.
         qs.queue.disable_notification(&self.mem).map_err(qerr)?;
         let mut malformed = 0;
-        let mut budget = Budget::default();
+        let mut budget = Budget::polled(self.polling);
         let result = loop {
             match budget.next_head(&mut qs.queue, &self.mem, &mut malformed) {
                 Ok(Some(head)) => {
@@ -1233,6 +1235,7 @@ impl<B: BlockBackend, M: GuestMemory> Blk<B, M> {
             engine: Engine {
                 queued,
                 owed_interrupt: false,
+                polling: false,
                 backend,
                 mem,
                 writeback: u8::from(cfg.writeback),
@@ -1495,6 +1498,36 @@ impl<B: BlockBackend, M: GuestMemory> VirtioDevice for Blk<B, M> {
         Ok(served)
     }
 
+    /// While the transport polls, serving leaves notifications off; when it
+    /// stops, every live queue asks for notifications again and is served
+    /// if chains arrived meanwhile (§2.7.10).
+    fn set_polling(&mut self, on: bool) -> Option<Result<Served, DeviceError>> {
+        self.engine.polling = on;
+        let mut served = Served::default();
+        if on || self.queues.is_empty() {
+            return Some(Ok(served));
+        }
+        for i in 0..self.queues.len() {
+            let index = i as u16;
+            let Some(qs) = self.queues[i].as_mut() else {
+                continue;
+            };
+            match qs.queue.enable_notification(&self.engine.mem) {
+                Ok(false) => {}
+                Ok(true) => match self.queue_notify(index) {
+                    Ok(s) => {
+                        served.completed += s.completed;
+                        served.interrupt |= s.interrupt;
+                        served.again |= s.again;
+                    }
+                    Err(e) => return Some(Err(e)),
+                },
+                Err(err) => return Some(Err(DeviceError::Queue { queue: index, err })),
+            }
+        }
+        Some(Ok(served))
+    }
+
     /// Waits for every request in the backend's queue and completes it.
     fn quiesce(&mut self) -> Result<Served, DeviceError> {
         let mut served = Served::default();
@@ -1509,6 +1542,7 @@ impl<B: BlockBackend, M: GuestMemory> VirtioDevice for Blk<B, M> {
         // the transport is about to release or reuse.
         self.discard_queued();
         self.queues.clear();
+        self.engine.polling = false;
         self.engine.features = 0;
         self.engine.writeback = u8::from(self.engine.cfg.writeback);
     }

@@ -140,6 +140,9 @@ pub const QUEUE_BUDGET: u32 = 256;
 #[derive(Clone, Copy, Debug)]
 pub struct Budget {
     left: u32,
+    /// Leave notifications off when the ring is empty (the transport polls
+    /// the ring, see [`VirtioDevice::set_polling`]).
+    quiet: bool,
     /// The budget ran out with chains still available.
     pub exhausted: bool,
 }
@@ -155,6 +158,19 @@ impl Budget {
     pub const fn new(chains: u32) -> Self {
         Budget {
             left: chains,
+            quiet: false,
+            exhausted: false,
+        }
+    }
+
+    /// The default budget, for a transport that polls the ring when
+    /// `polled`: then an empty ring or a spent budget leaves the driver's
+    /// notifications off (with `VIRTIO_F_EVENT_IDX`, `avail_event` stays
+    /// behind, so the driver does not notify, §2.7.10).
+    pub const fn polled(polled: bool) -> Self {
+        Budget {
+            left: QUEUE_BUDGET,
+            quiet: polled,
             exhausted: false,
         }
     }
@@ -168,6 +184,25 @@ impl Budget {
         mem: &M,
         malformed: &mut u64,
     ) -> Result<Option<u16>, QueueError> {
+        if self.quiet {
+            if self.left == 0 {
+                self.exhausted |= queue.pending(mem)? > 0;
+                return Ok(None);
+            }
+            let head = match queue.pop(mem) {
+                Ok(c) => c.map(|c| c.head()),
+                Err(e) => {
+                    if matches!(e, QueueError::Chain(_)) {
+                        *malformed += 1;
+                    }
+                    return Err(e);
+                }
+            };
+            if head.is_some() {
+                self.left -= 1;
+            }
+            return Ok(head);
+        }
         if self.left == 0 {
             self.exhausted |= queue.enable_notification(mem)?;
             return Ok(None);
@@ -215,6 +250,20 @@ pub trait VirtioDevice {
     /// pending work. The default has none.
     fn backend_ready(&mut self) -> Result<Served, DeviceError> {
         Ok(Served::default())
+    }
+
+    /// The transport starts (`true`) or stops (`false`) polling the
+    /// available rings itself, calling
+    /// [`queue_notify`](VirtioDevice::queue_notify) whenever it looks. While
+    /// it polls, serving a queue leaves the driver's notifications off
+    /// (§2.7.10), so a driver that keeps the ring fed does not notify;
+    /// when it stops, the device turns notifications on again on every
+    /// queue and serves what arrived meanwhile. `None` (the default): the
+    /// device does not take part, and the transport does not poll its
+    /// rings.
+    fn set_polling(&mut self, on: bool) -> Option<Result<Served, DeviceError>> {
+        let _ = on;
+        None
     }
 
     /// Finishes every request the device handed to an asynchronous
@@ -342,6 +391,10 @@ impl<D: VirtioDevice + ?Sized> VirtioDevice for alloc::boxed::Box<D> {
 
     fn quiesce(&mut self) -> Result<Served, DeviceError> {
         (**self).quiesce()
+    }
+
+    fn set_polling(&mut self, on: bool) -> Option<Result<Served, DeviceError>> {
+        (**self).set_polling(on)
     }
 
     fn reset(&mut self) {

@@ -455,6 +455,10 @@ mod lies {
             let served = self.inner.quiesce()?;
             Ok(self.after(served))
         }
+        fn set_polling(&mut self, on: bool) -> Option<Result<Served, DeviceError>> {
+            let served = self.inner.set_polling(on)?;
+            Some(served.map(|s| self.after(s)))
+        }
         fn reset(&mut self) {
             self.queues.clear();
             self.inner.reset();

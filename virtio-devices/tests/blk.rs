@@ -933,3 +933,34 @@ fn section_5_2_5_writeback_written_before_driver_ok_takes_effect_at_activation()
     .unwrap();
     assert!(dev.writeback());
 }
+
+fn avail_event(r: &blk_support::Rig) -> u16 {
+    r.mem
+        .load_u16_acquire(blk_support::layout(0).avail_event())
+        .unwrap()
+}
+
+/// §2.7.10: while the transport polls the ring (`set_polling(true)`), a
+/// served queue leaves `avail_event` behind, so a driver that keeps adding
+/// requests is not asked to notify; when polling stops, the device asks
+/// again (`avail_event` = its next index) and serves what arrived meanwhile.
+#[test]
+fn section_2_7_10_while_the_transport_polls_the_ring_notifications_stay_off() {
+    let mut r = rig(MemDisk::new(16));
+    let b = r.alloc(512);
+    r.request(req::IN, 0, &[(b, 512)], false);
+    r.notify(0);
+    assert_eq!(avail_event(&r), 1, "notifications on after serving");
+    assert!(r.dev.set_polling(true).unwrap().is_ok());
+    for i in 1..4u64 {
+        r.request(req::IN, i, &[(b, 512)], false);
+        assert_eq!(r.notify(0).completed, 1);
+        assert_eq!(avail_event(&r), 1, "left behind while polled");
+    }
+    // Added while polled, not yet seen when polling stops.
+    r.request(req::IN, 5, &[(b, 512)], false);
+    let served = r.dev.set_polling(false).unwrap().unwrap();
+    assert_eq!(served.completed, 1, "what arrived meanwhile");
+    assert_eq!(avail_event(&r), 5, "notifications on again");
+    assert_eq!(r.completions().len(), 5);
+}

@@ -591,6 +591,10 @@ pub struct Backend<D> {
     ready_backend: bool,
     /// Adaptive busy polling (see [`Backend::set_poll`]).
     poll: Poll,
+    /// The device takes part in polling ([`VirtioDevice::set_polling`]):
+    /// while the window is open the loop looks at its rings itself and
+    /// the driver's notifications stay off.
+    rings_polled: bool,
     /// Where log lines go instead of stderr ([`Backend::set_log_sink`]).
     log_sink: Option<LogSink>,
 }
@@ -738,6 +742,7 @@ impl<D: VirtioDevice> Backend<D> {
             ready: Vec::new(),
             ready_backend: false,
             poll: Poll::new(DEFAULT_POLL_MAX),
+            rings_polled: false,
             log_sink: None,
         }
     }
@@ -962,6 +967,16 @@ impl<D: VirtioDevice> Backend<D> {
         // them.
         let pending = !self.ready.is_empty() || self.ready_backend;
         let polling = wait && self.poll.polling(Instant::now());
+        if polling && !self.rings_polled {
+            self.start_ring_polling();
+        } else if !polling && self.rings_polled && self.stop_ring_polling() {
+            // Chains arrived while the notifications were off: served, and
+            // the window opens again instead of a sleep.
+            self.poll.waited(Instant::now(), true, true);
+            self.resume();
+            self.memory_intact()?;
+            return Ok(Round::Busy);
+        }
         let timeout = if pending || !wait || polling {
             0
         } else if self.ready_fds.is_empty() || self.active.is_none() {
@@ -979,6 +994,11 @@ impl<D: VirtioDevice> Backend<D> {
         }
         if n == 0 {
             if polling && !pending {
+                if self.rings_polled && self.poll_rings() {
+                    self.poll.waited(Instant::now(), true, true);
+                }
+                self.resume();
+                self.memory_intact()?;
                 return Ok(Round::Busy);
             }
             if !pending {
@@ -1498,6 +1518,12 @@ impl<D: VirtioDevice> Backend<D> {
                     }
                 }
                 self.active = Some(want.clone());
+                if self.rings_polled {
+                    // The reset ended the device's part; the window is
+                    // still open.
+                    self.rings_polled = false;
+                    self.start_ring_polling();
+                }
                 for (i, &w) in want.iter().enumerate() {
                     if w && let Some(idx) = self.used_idx(i) {
                         self.vrings[i].used_seen = idx;
@@ -1535,6 +1561,48 @@ impl<D: VirtioDevice> Backend<D> {
             .and_then(|v| v.layout)
             .and_then(|l| self.mem.load_u16_acquire(l.used_idx()).ok())
             .unwrap_or(0)
+    }
+
+    /// Starts looking at the rings from the loop, with the driver's
+    /// notifications off, if the device takes part.
+    fn start_ring_polling(&mut self) {
+        if self.active.is_none() {
+            return;
+        }
+        if let Some(served) = self.device.set_polling(true) {
+            self.rings_polled = true;
+            self.after(served, None);
+        }
+    }
+
+    /// Stops looking at the rings: the device turns notifications on and
+    /// serves what arrived meanwhile; `true` if there was some.
+    fn stop_ring_polling(&mut self) -> bool {
+        self.rings_polled = false;
+        let Some(served) = self.device.set_polling(false) else {
+            return false;
+        };
+        let found = served.as_ref().is_ok_and(|s| s.completed > 0 || s.again);
+        self.after(served, None);
+        found
+    }
+
+    /// Serves every running ring once, as a kick would; `true` if any
+    /// request completed.
+    fn poll_rings(&mut self) -> bool {
+        let mut found = false;
+        for i in 0..self.vrings.len() {
+            if !self.is_running(i) {
+                continue;
+            }
+            let Ok(q) = u16::try_from(i) else {
+                continue;
+            };
+            let served = self.device.queue_notify(q);
+            found |= served.as_ref().is_ok_and(|s| s.completed > 0);
+            self.after(served, Some(i));
+        }
+        found
     }
 
     /// Lets the device finish the requests its backend holds
@@ -1721,6 +1789,7 @@ impl<D: VirtioDevice> Backend<D> {
         if self.active.take().is_some() {
             self.device.reset();
         }
+        self.rings_polled = false;
         for v in &mut self.vrings {
             if let Some(k) = v.kick.take() {
                 let _ = epoll.ctl(
@@ -1744,6 +1813,8 @@ impl<D: VirtioDevice> Backend<D> {
         self.count_used();
         let mut panicked = self.log_session_counters();
         let was_active = self.active.take().is_some();
+        // The device's reset below ends its part in polling.
+        self.rings_polled = false;
         // Nothing the backend holds may still reach the memory unmapped
         // below.
         if was_active && catch_unwind(AssertUnwindSafe(|| self.device.quiesce())).is_err() {
