@@ -155,16 +155,8 @@ fn the_queue_declines_what_needs_the_synchronous_path() {
     let buf = Aligned::new(8192);
     let misaligned = [buf.seg(8, 4096)];
     // SAFETY: nothing is queued (declined), `buf` outlives the call.
-    let r = unsafe {
-        d.start(
-            1,
-            QueuedOp::Read {
-                offset: 0,
-                segments: &misaligned,
-            },
-        )
-    };
-    assert!(!r.unwrap());
+    let queued = unsafe { read_at(&mut d, 1, 0, &misaligned) };
+    assert!(!queued);
     // A writethrough write completes only once stable.
     let mut d = open("declines-wt.img", Cache::Writethrough, Aio::IoUring);
     let aligned = [buf.seg(0, 4096)];
@@ -185,16 +177,7 @@ fn the_queue_declines_what_needs_the_synchronous_path() {
     let mut queued = 0;
     for tag in 0..depth as u64 + 10 {
         // SAFETY: `buf` outlives the requests (drained below).
-        let ok = unsafe {
-            d.start(
-                tag,
-                QueuedOp::Read {
-                    offset: 0,
-                    segments: &aligned,
-                },
-            )
-        }
-        .unwrap();
+        let ok = unsafe { read_at(&mut d, tag, 0, &aligned) };
         queued += usize::from(ok);
     }
     assert_eq!(queued, depth);
