@@ -82,6 +82,33 @@ unsafe fn read_at(d: &mut RawFile, tag: u64, offset: u64, segments: &[IoSegment]
     unsafe { d.start(tag, QueuedOp::Read { offset, segments }) }.unwrap()
 }
 
+/// Queues reads of the first `n` 4 KiB blocks into the same blocks of
+/// `buf`, tagged by block.
+///
+/// # Safety
+///
+/// `buf` must outlive the requests.
+unsafe fn read_blocks(d: &mut RawFile, buf: &Aligned, n: usize) {
+    for i in 0..n {
+        let seg = [buf.seg(i * 4096, 4096)];
+        // SAFETY: the caller's contract.
+        let queued = unsafe { read_at(d, i as u64, i as u64 * 4096, &seg) };
+        assert!(queued);
+    }
+}
+
+/// Submits, then reaps what finished without waiting (as a device does
+/// after each batch); returns how many, each checked to have succeeded.
+fn submit_and_reap(d: &mut RawFile) -> usize {
+    d.submit().unwrap();
+    let mut reported = 0;
+    d.complete(false, &mut |_, r| {
+        r.unwrap();
+        reported += 1;
+    });
+    reported
+}
+
 /// Waits for everything queued; results by tag.
 fn drain(d: &mut RawFile) -> HashMap<u64, Result<(), BlockError>> {
     d.submit().unwrap();
@@ -239,20 +266,11 @@ fn the_completion_fd_becomes_readable_when_a_request_finishes_later() {
     let mut d = open("eventfd.img", Cache::None, Aio::IoUring);
     let fd = d.completion_fd().unwrap();
     let buf = Aligned::new(64 * 4096);
-    for i in 0..64usize {
-        let seg = [buf.seg(i * 4096, 4096)];
-        // SAFETY: `buf` outlives the requests (drained below).
-        let queued = unsafe { read_at(&mut d, i as u64, i as u64 * 4096, &seg) };
-        assert!(queued);
-    }
-    d.submit().unwrap();
-    let mut reported = 0;
+    // SAFETY: `buf` outlives the requests (reaped or waited for below).
+    unsafe { read_blocks(&mut d, &buf, 64) };
     // As a device does: reap right after submitting, which also turns the
     // eventfd back on, then sleep on it.
-    d.complete(false, &mut |_, r| {
-        r.unwrap();
-        reported += 1;
-    });
+    let mut reported = submit_and_reap(&mut d);
     while d.in_flight() > 0 {
         let mut p = libc::pollfd {
             fd,
@@ -286,12 +304,8 @@ fn the_completion_fd_becomes_readable_when_a_request_finishes_later() {
 fn dropping_with_requests_in_flight_waits_for_them() {
     let buf = Aligned::new(32 * 4096);
     let mut d = open("drop.img", Cache::None, Aio::IoUring);
-    for i in 0..32usize {
-        let seg = [buf.seg(i * 4096, 4096)];
-        // SAFETY: `buf` is dropped after `d`, whose drop waits.
-        let queued = unsafe { read_at(&mut d, i as u64, i as u64 * 4096, &seg) };
-        assert!(queued);
-    }
+    // SAFETY: `buf` outlives the requests (reaped or waited for below).
+    unsafe { read_blocks(&mut d, &buf, 32) };
     d.submit().unwrap();
     drop(d);
     drop(buf);
@@ -310,18 +324,9 @@ fn reads_finished_during_submission_do_not_signal() {
     // SAFETY: `src` is live and unborrowed for the call.
     unsafe { d.write_vectored(0, &segs) }.unwrap();
     let dst = Aligned::new(8 * 4096);
-    for i in 0..8usize {
-        let seg = [dst.seg(i * 4096, 4096)];
-        // SAFETY: `dst` outlives the requests (reaped below).
-        let queued = unsafe { read_at(&mut d, i as u64, i as u64 * 4096, &seg) };
-        assert!(queued);
-    }
-    d.submit().unwrap();
-    let mut reported = 0;
-    d.complete(false, &mut |_, r| {
-        r.unwrap();
-        reported += 1;
-    });
+    // SAFETY: `dst` outlives the requests (reaped or waited for below).
+    unsafe { read_blocks(&mut d, &dst, 8) };
+    let reported = submit_and_reap(&mut d);
     assert_eq!(reported, 8, "finished during the submission");
     assert_eq!(dst.bytes(), src.bytes());
     let mut p = libc::pollfd {
