@@ -360,6 +360,16 @@ struct Engine<B, M> {
     owed_interrupt: bool,
     /// The transport polls the rings: serving leaves notifications off.
     polling: bool,
+    /// A flush is in the backend's queue (at most one: two at once could
+    /// split one write-back error between them, and one would report
+    /// success for pages that were lost).
+    flushing: bool,
+    /// The FLUSH requests (tags) the flush in the queue answers.
+    flush_batch: Vec<u64>,
+    /// FLUSH requests taken while one was in the queue: the next flush,
+    /// started when it finishes, answers them all (it comes after each of
+    /// them was taken, so it covers what they must, §5.2.6.2).
+    flush_waiters: Vec<u64>,
 }
 
 /// The block device over backend `B` and guest memory `M`.
@@ -620,6 +630,36 @@ impl<B: BlockBackend, M: GuestMemory> Engine<B, M> {
         Outcome::Done(data_len + 1)
     }
 
+    /// Queues FLUSH request `tag`: answered by the flush in the backend's
+    /// queue started now, or, if one is there already, by the next one.
+    /// `false` when it must be served synchronously.
+    fn queue_flush(&mut self, queued: &mut [Option<Queued>], tag: u64, job: Queued) -> bool {
+        let Some(slot) = queued.get_mut((tag & 0xffff) as usize) else {
+            return false;
+        };
+        if slot.is_some() {
+            return false;
+        }
+        if self.flushing {
+            if self.flush_waiters.len() == self.flush_waiters.capacity() {
+                return false;
+            }
+            self.flush_waiters.push(tag);
+        } else {
+            // SAFETY: a flush lends no memory.
+            match unsafe { self.backend.start(FLUSH_TAG, QueuedOp::Flush) } {
+                Ok(true) => {}
+                _ => return false,
+            }
+            self.flushing = true;
+            self.flush_batch.clear();
+            self.flush_batch.push(tag);
+        }
+        *slot = Some(job);
+        self.stats.queued += 1;
+        true
+    }
+
     /// Hands a request of chain `head` to the backend's queue; `Ok(true)`
     /// when it is queued, `Ok(false)` when it must be served synchronously
     /// (no queue, declined, or more segments than the array holds). `data`
@@ -810,18 +850,16 @@ impl<B: BlockBackend, M: GuestMemory> Engine<B, M> {
                 }
                 self.stats.flushes += 1;
                 // §5.2.6.2: the flush covers the writes completed before it
-                // was taken, which the backend's queue guarantees too (it
-                // holds them in its cache or has written them).
-                if !self.flush_failed {
+                // was taken, which a queued one does too (the backend holds
+                // them in its cache or has written them). In writethrough
+                // every write flushes synchronously, and so does FLUSH.
+                if self.queued && !self.flush_failed && self.writeback_effective() {
                     let job = Queued {
                         kind: QueuedKind::Flush,
                         status: rq.status,
                         bytes: 0,
                     };
-                    if self
-                        .try_queue(&mut qs.iov, &mut qs.queued, tag, job, None)
-                        .map_err(|f| (f, 0))?
-                    {
+                    if self.queue_flush(&mut qs.queued, tag, job) {
                         return Ok(None);
                     }
                 }
@@ -1098,8 +1136,12 @@ impl<B: BlockBackend, M: GuestMemory> Engine<B, M> {
     }
 }
 
+/// The tag of the one flush in the backend's queue; the FLUSH requests it
+/// answers are in [`Engine::flush_batch`].
+const FLUSH_TAG: u64 = u64::MAX;
+
 /// Completes the queued request `tag` (queue index above bit 16, head
-/// below) with the backend's `result`: counters, status byte, used entry.
+/// below) with `result`: counters, status byte, used entry.
 /// `Ok(false)` when the tag names no queued request (its queue was reset).
 fn finish_queued<M: GuestMemory>(
     mem: &M,
@@ -1107,7 +1149,7 @@ fn finish_queued<M: GuestMemory>(
     flush_failed: &mut bool,
     queues: &mut [Option<QueueState>],
     tag: u64,
-    result: Result<(), BlockError>,
+    result: Result<(), Fail>,
 ) -> Result<bool, DeviceError> {
     let index = (tag >> 16) as u16;
     let head = tag as u16;
@@ -1126,8 +1168,7 @@ fn finish_queued<M: GuestMemory>(
             }
             status::OK
         }
-        Err(e) => {
-            let f = backend_fail(&e);
+        Err(f) => {
             f.count(stats);
             if job.kind == QueuedKind::Flush {
                 // Sticky, as for a synchronous flush (issue 16, finding 4).
@@ -1236,6 +1277,9 @@ impl<B: BlockBackend, M: GuestMemory> Blk<B, M> {
                 queued,
                 owed_interrupt: false,
                 polling: false,
+                flushing: false,
+                flush_batch: Vec::new(),
+                flush_waiters: Vec::new(),
                 backend,
                 mem,
                 writeback: u8::from(cfg.writeback),
@@ -1282,27 +1326,66 @@ impl<B: BlockBackend, M: GuestMemory> Blk<B, M> {
     fn reap(&mut self, wait: bool, served: &mut Served) -> Result<(), DeviceError> {
         let mut first = None;
         let e = &mut self.engine;
-        if e.queued {
+        while e.queued {
             // A failed submission stays queued in the ring and is retried
             // by the next call (hosts call `backend_ready` at least every
             // tick while the device is active).
             let _ = e.backend.submit();
             let queues = &mut self.queues;
             let (mem, stats, flush_failed) = (&e.mem, &mut e.stats, &mut e.flush_failed);
-            e.backend.complete(wait, &mut |tag, r| match finish_queued(
-                mem,
-                stats,
-                flush_failed,
-                queues,
-                tag,
-                r,
-            ) {
-                Ok(true) => served.completed += 1,
-                Ok(false) => {}
-                Err(err) => {
-                    first.get_or_insert(err);
+            let (flushing, batch) = (&mut e.flushing, &mut e.flush_batch);
+            e.backend.complete(wait, &mut |tag, r| {
+                let mut r = r.map_err(|err| backend_fail(&err));
+                let tags: &[u64] = if tag == FLUSH_TAG {
+                    *flushing = false;
+                    if r.is_ok() && *flush_failed {
+                        // Success after a failure proves nothing (sticky).
+                        r = Err(Fail::Backend);
+                    }
+                    batch
+                } else {
+                    core::slice::from_ref(&tag)
+                };
+                for &t in tags {
+                    match finish_queued(mem, stats, flush_failed, queues, t, r) {
+                        Ok(true) => served.completed += 1,
+                        Ok(false) => {}
+                        Err(err) => {
+                            first.get_or_insert(err);
+                        }
+                    }
                 }
             });
+            if e.flushing || e.flush_waiters.is_empty() {
+                break;
+            }
+            // The flush in the queue finished: one more answers those that
+            // waited for it, or, if it cannot be queued, a synchronous one.
+            // SAFETY: a flush lends no memory.
+            let started = !e.flush_failed
+                && matches!(
+                    unsafe { e.backend.start(FLUSH_TAG, QueuedOp::Flush) },
+                    Ok(true)
+                );
+            core::mem::swap(&mut e.flush_batch, &mut e.flush_waiters);
+            e.flush_waiters.clear();
+            if started {
+                e.flushing = true;
+                continue;
+            }
+            let r = e.flush_backend();
+            let (mem, stats, flush_failed) = (&e.mem, &mut e.stats, &mut e.flush_failed);
+            for &t in &e.flush_batch {
+                match finish_queued(mem, stats, flush_failed, &mut self.queues, t, r) {
+                    Ok(true) => served.completed += 1,
+                    Ok(false) => {}
+                    Err(err) => {
+                        first.get_or_insert(err);
+                    }
+                }
+            }
+            e.flush_batch.clear();
+            break;
         }
         for (i, qs) in self.queues.iter_mut().enumerate() {
             if let Some(qs) = qs.as_mut().filter(|q| q.dirty) {
@@ -1325,18 +1408,15 @@ impl<B: BlockBackend, M: GuestMemory> Blk<B, M> {
     /// remembered, as it must be (sticky).
     fn discard_queued(&mut self) {
         let e = &mut self.engine;
+        e.flushing = false;
+        e.flush_batch.clear();
+        e.flush_waiters.clear();
         if e.backend.in_flight() == 0 {
             return;
         }
-        let queues = &self.queues;
         let flush_failed = &mut e.flush_failed;
         e.backend.complete(true, &mut |tag, r| {
-            let kind = queues
-                .get((tag >> 16) as usize)
-                .and_then(Option::as_ref)
-                .and_then(|q| q.queued.get(usize::from(tag as u16)).copied().flatten())
-                .map(|j| j.kind);
-            if kind == Some(QueuedKind::Flush) && r.is_err() {
+            if tag == FLUSH_TAG && r.is_err() {
                 *flush_failed = true;
             }
         });
@@ -1464,6 +1544,12 @@ impl<B: BlockBackend, M: GuestMemory> VirtioDevice for Blk<B, M> {
         } else if !self.engine.negotiated(BlkFeatures::CONFIG_WCE) {
             self.engine.writeback = u8::from(self.engine.cfg.writeback);
         }
+        // Every FLUSH of every queue may wait for the flush in the queue.
+        let heads: usize = states.iter().flatten().map(|q| q.queued.len()).sum();
+        for v in [&mut self.engine.flush_batch, &mut self.engine.flush_waiters] {
+            v.clear();
+            v.reserve(heads);
+        }
         self.queues = states;
         self.apply_cache_mode();
         Ok(())
@@ -1507,6 +1593,9 @@ impl<B: BlockBackend, M: GuestMemory> VirtioDevice for Blk<B, M> {
         if on || self.queues.is_empty() {
             return Some(Ok(served));
         }
+        // Every queue asks again, even after another's error: a queue left
+        // quiet would wait for a poll that no longer comes.
+        let mut first = None;
         for i in 0..self.queues.len() {
             let index = i as u16;
             let Some(qs) = self.queues[i].as_mut() else {
@@ -1520,12 +1609,16 @@ impl<B: BlockBackend, M: GuestMemory> VirtioDevice for Blk<B, M> {
                         served.interrupt |= s.interrupt;
                         served.again |= s.again;
                     }
-                    Err(e) => return Some(Err(e)),
+                    Err(e) => {
+                        first.get_or_insert(e);
+                    }
                 },
-                Err(err) => return Some(Err(DeviceError::Queue { queue: index, err })),
+                Err(err) => {
+                    first.get_or_insert(DeviceError::Queue { queue: index, err });
+                }
             }
         }
-        Some(Ok(served))
+        Some(first.map_or(Ok(served), Err))
     }
 
     /// Waits for every request in the backend's queue and completes it.

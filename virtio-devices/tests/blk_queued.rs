@@ -264,3 +264,55 @@ fn a_head_made_available_twice_while_queued_is_served_synchronously() {
     r.disk.run(&[0]);
     assert_eq!(r.dev.backend_ready().unwrap().completed, 1);
 }
+
+/// §5.2.6.2 with queued flushes: only one flush is in the backend's queue
+/// at a time (two at once could split one write-back error, so one would
+/// report success for lost pages). FLUSH requests taken meanwhile wait and
+/// are answered together by one flush started when it finishes.
+#[test]
+fn section_5_2_6_2_one_flush_in_the_queue_and_the_others_answered_by_the_next() {
+    let mut r = queued_rig(8);
+    let (t1, s1) = r.request(req::FLUSH, 0, &[], true);
+    let (t2, s2) = r.request(req::FLUSH, 0, &[], true);
+    let (t3, s3) = r.request(req::FLUSH, 0, &[], true);
+    assert_eq!(r.notify(0).completed, 0);
+    assert_eq!(r.disk.state().started.len(), 1, "one flush in the queue");
+    r.disk.run(&[0]);
+    let served = r.dev.backend_ready().unwrap();
+    assert_eq!(served.completed, 1);
+    assert_eq!(r.completions(), vec![(t1, 1)]);
+    assert_eq!(r.status(s1), status::OK);
+    assert_eq!(r.disk.state().started.len(), 1, "the next one, for both");
+    r.disk.run(&[0]);
+    assert_eq!(r.dev.backend_ready().unwrap().completed, 2);
+    assert_eq!(r.completions(), vec![(t2, 1), (t3, 1)]);
+    assert_eq!((r.status(s2), r.status(s3)), (status::OK, status::OK));
+    assert_eq!(r.disk.state().flushes, 2);
+
+    // A failure answers the waiting ones with IOERR too, without another
+    // flush: after a failed one, none can be trusted (sticky).
+    let (_, s1) = r.request(req::FLUSH, 0, &[], true);
+    let (_, s2) = r.request(req::FLUSH, 0, &[], true);
+    r.notify(0);
+    r.disk.state().fail_flush = true;
+    r.disk.run(&[0]);
+    assert_eq!(r.dev.backend_ready().unwrap().completed, 2);
+    assert_eq!((r.status(s1), r.status(s2)), (status::IOERR, status::IOERR));
+    assert!(r.disk.state().started.is_empty());
+    assert_eq!(r.dev.queue_position(0), Some(5));
+}
+
+/// Reset with FLUSH requests waiting and one in the queue: the queue is
+/// drained and nothing is written to the rings.
+#[test]
+fn reset_with_flushes_waiting_drains_and_writes_nothing() {
+    let mut r = queued_rig(8);
+    r.request(req::FLUSH, 0, &[], true);
+    let (_, s2) = r.request(req::FLUSH, 0, &[], true);
+    r.notify(0);
+    r.disk.state().fail_flush = true;
+    r.dev.reset();
+    assert_eq!(r.dev.backend().in_flight(), 0);
+    assert_eq!(r.status(s2), 0xff);
+    assert_eq!(used_idx(&r), 0);
+}

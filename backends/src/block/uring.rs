@@ -29,6 +29,9 @@ use crate::IoSegment;
 /// a longer one takes the synchronous path.
 pub(crate) const MAX_IOV: usize = 1024;
 
+/// How long [`Uring::wait_one`] lets the ring fail before it aborts.
+pub(crate) const WAIT_LIMIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// What a slot's request does.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Kind {
@@ -90,8 +93,6 @@ pub(crate) struct Uring {
     slots: Vec<Slot>,
     free: Vec<u32>,
     in_flight: usize,
-    /// Requests pushed since the last `submit`.
-    pending: usize,
     /// The eventfd is turned off until the next `reap`.
     quiet: bool,
 }
@@ -138,7 +139,6 @@ impl Uring {
             slots,
             free: (0..depth).rev().collect(),
             in_flight: 0,
-            pending: 0,
             quiet: false,
         })
     }
@@ -215,13 +215,14 @@ impl Uring {
             return false;
         }
         self.in_flight += 1;
-        self.pending += 1;
         true
     }
 
     /// Hands the queued requests to the kernel.
+    /// What the kernel has not taken yet stays in the submission queue
+    /// (it may take part of a batch) and goes with the next call.
     pub fn submit(&mut self) -> io::Result<()> {
-        if self.pending == 0 {
+        if self.ring.submission().is_empty() {
             return Ok(());
         }
         if !self.quiet {
@@ -230,29 +231,46 @@ impl Uring {
         }
         loop {
             match self.ring.submit() {
-                Ok(_) => {
-                    self.pending = 0;
-                    return Ok(());
-                }
+                Ok(_) => return Ok(()),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(e),
             }
         }
     }
 
-    /// Waits until at least one request in flight has finished.
-    pub fn wait_one(&mut self) -> io::Result<()> {
+    /// Waits until at least one request in flight has finished, submitting
+    /// what is queued. It does not give up: the requests use memory their
+    /// callers lent until they finish, so returning without them would
+    /// let that memory be released under the kernel. Transient failures
+    /// (`EINTR`, `EAGAIN`, `EBUSY`) are retried; if the ring keeps failing
+    /// for [`WAIT_LIMIT`], the process aborts rather than go on.
+    pub fn wait_one(&mut self) {
         if self.in_flight == 0 {
-            return Ok(());
+            return;
         }
+        let mut failing_since: Option<std::time::Instant> = None;
         loop {
             match self.ring.submit_and_wait(1) {
-                Ok(_) => {
-                    self.pending = 0;
-                    return Ok(());
-                }
+                Ok(_) => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e),
+                Err(e) => {
+                    let since = *failing_since.get_or_insert_with(std::time::Instant::now);
+                    if !matches!(e.raw_os_error(), Some(libc::EAGAIN | libc::EBUSY))
+                        && since.elapsed() > WAIT_LIMIT
+                    {
+                        eprintln!(
+                            "io_uring: cannot wait for {} requests in flight ({e}); \
+                             their memory cannot be released safely: aborting",
+                            self.in_flight
+                        );
+                        std::process::abort();
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                    // What finished meanwhile is reaped by the caller.
+                    if !self.ring.completion().is_empty() {
+                        return;
+                    }
+                }
             }
         }
     }
@@ -295,9 +313,7 @@ impl Drop for Uring {
     /// before it is done.
     fn drop(&mut self) {
         while self.in_flight > 0 {
-            if self.wait_one().is_err() {
-                return;
-            }
+            self.wait_one();
             self.reap(|_| {});
         }
     }

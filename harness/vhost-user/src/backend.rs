@@ -157,7 +157,8 @@ struct Poll {
 impl Poll {
     fn new(max: Duration) -> Self {
         Poll {
-            max,
+            // A second is already far beyond any use.
+            max: max.min(Duration::from_secs(1)),
             window: Duration::ZERO,
             until: None,
             slept_since: None,
@@ -1819,6 +1820,8 @@ impl<D: VirtioDevice> Backend<D> {
         // below.
         if was_active && catch_unwind(AssertUnwindSafe(|| self.device.quiesce())).is_err() {
             self.panicked = true;
+            // Its reset waits for the backend too; the memory goes after.
+            let _ = catch_unwind(AssertUnwindSafe(|| self.device.reset()));
         }
         // The session's epoll is gone; dropping the kicks closes them.
         for v in &mut self.vrings {
