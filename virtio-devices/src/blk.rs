@@ -19,8 +19,11 @@
 //! must then call `backend_ready` when the backend's completion fd is
 //! readable. A FLUSH's used entry is written only after the backend's flush
 //! finished, and covers every write completed before it was taken
-//! (§5.2.6.2). [`VirtioDevice::quiesce`] and reset wait for every queued
-//! request. It does not do secure erase, zoned devices or lifetime
+//! (§5.2.6.2). One flush at most is in the backend's queue (two at once
+//! could split one write-back error between them); FLUSH requests taken
+//! meanwhile are answered together by the next one. In writethrough, writes
+//! and FLUSH stay synchronous. [`VirtioDevice::quiesce`] and reset wait for
+//! every queued request. It does not do secure erase, zoned devices or lifetime
 //! reporting.
 
 use alloc::vec::Vec;
