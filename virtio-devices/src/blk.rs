@@ -103,7 +103,7 @@ pub struct BlkConfig {
     pub writeback: bool,
     /// Hand reads, writes and flushes to the backend's queue when it has
     /// one (see the module documentation); the host then calls
-    /// `backend_ready` when [`BlockBackend::completion_fd`] is readable.
+    /// `backend_ready` when `BlockBackend::completion_fd` is readable.
     pub queued_io: bool,
 }
 
