@@ -637,12 +637,9 @@ impl<B: BlockBackend, M: GuestMemory> Engine<B, M> {
     /// queue started now, or, if one is there already, by the next one.
     /// `false` when it must be served synchronously.
     fn queue_flush(&mut self, queued: &mut [Option<Queued>], tag: u64, job: Queued) -> bool {
-        let Some(slot) = queued.get_mut((tag & 0xffff) as usize) else {
+        let Some(slot) = free_slot(queued, tag) else {
             return false;
         };
-        if slot.is_some() {
-            return false;
-        }
         if self.flushing {
             if self.flush_waiters.len() == self.flush_waiters.capacity() {
                 return false;
@@ -678,15 +675,9 @@ impl<B: BlockBackend, M: GuestMemory> Engine<B, M> {
         if !self.queued {
             return Ok(false);
         }
-        let Some(slot) = queued.get_mut((tag & 0xffff) as usize) else {
+        let Some(slot) = free_slot(queued, tag) else {
             return Ok(false);
         };
-        if slot.is_some() {
-            // The driver made a head available again while its request is
-            // still queued (its descriptors are the device's until used):
-            // served synchronously, so the queued one keeps its record.
-            return Ok(false);
-        }
         let iov = &mut iov.0;
         iov.clear();
         if let Some((pieces, start, end, _)) = data {
@@ -1139,6 +1130,40 @@ impl<B: BlockBackend, M: GuestMemory> Engine<B, M> {
     }
 }
 
+/// The record for queued request `tag`, if it is free. A head the driver
+/// made available again while its request is still queued (its descriptors
+/// are the device's until used) finds it taken: that request is served
+/// synchronously, and the queued one keeps its record.
+fn free_slot(queued: &mut [Option<Queued>], tag: u64) -> Option<&mut Option<Queued>> {
+    queued
+        .get_mut((tag & 0xffff) as usize)
+        .filter(|slot| slot.is_none())
+}
+
+/// Completes every request in `tags` with `result`, counting completions
+/// into `served` and keeping the first queue error in `first`.
+#[allow(clippy::too_many_arguments)]
+fn finish_all<M: GuestMemory>(
+    mem: &M,
+    stats: &mut BlkStats,
+    flush_failed: &mut bool,
+    queues: &mut [Option<QueueState>],
+    tags: &[u64],
+    result: Result<(), Fail>,
+    served: &mut Served,
+    first: &mut Option<DeviceError>,
+) {
+    for &t in tags {
+        match finish_queued(mem, stats, flush_failed, queues, t, result) {
+            Ok(true) => served.completed += 1,
+            Ok(false) => {}
+            Err(err) => {
+                first.get_or_insert(err);
+            }
+        }
+    }
+}
+
 /// The tag of the one flush in the backend's queue; the FLUSH requests it
 /// answers are in [`Engine::flush_batch`].
 const FLUSH_TAG: u64 = u64::MAX;
@@ -1349,15 +1374,16 @@ impl<B: BlockBackend, M: GuestMemory> Blk<B, M> {
                 } else {
                     core::slice::from_ref(&tag)
                 };
-                for &t in tags {
-                    match finish_queued(mem, stats, flush_failed, queues, t, r) {
-                        Ok(true) => served.completed += 1,
-                        Ok(false) => {}
-                        Err(err) => {
-                            first.get_or_insert(err);
-                        }
-                    }
-                }
+                finish_all(
+                    mem,
+                    stats,
+                    flush_failed,
+                    queues,
+                    tags,
+                    r,
+                    served,
+                    &mut first,
+                );
             });
             if e.flushing || e.flush_waiters.is_empty() {
                 break;
@@ -1378,15 +1404,17 @@ impl<B: BlockBackend, M: GuestMemory> Blk<B, M> {
             }
             let r = e.flush_backend();
             let (mem, stats, flush_failed) = (&e.mem, &mut e.stats, &mut e.flush_failed);
-            for &t in &e.flush_batch {
-                match finish_queued(mem, stats, flush_failed, &mut self.queues, t, r) {
-                    Ok(true) => served.completed += 1,
-                    Ok(false) => {}
-                    Err(err) => {
-                        first.get_or_insert(err);
-                    }
-                }
-            }
+            let queues = &mut self.queues;
+            finish_all(
+                mem,
+                stats,
+                flush_failed,
+                queues,
+                &e.flush_batch,
+                r,
+                served,
+                &mut first,
+            );
             e.flush_batch.clear();
             break;
         }

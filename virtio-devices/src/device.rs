@@ -184,30 +184,19 @@ impl Budget {
         mem: &M,
         malformed: &mut u64,
     ) -> Result<Option<u16>, QueueError> {
-        if self.quiet {
-            if self.left == 0 {
-                self.exhausted |= queue.pending(mem)? > 0;
-                return Ok(None);
-            }
-            let head = match queue.pop(mem) {
-                Ok(c) => c.map(|c| c.head()),
-                Err(e) => {
-                    if matches!(e, QueueError::Chain(_)) {
-                        *malformed += 1;
-                    }
-                    return Err(e);
-                }
-            };
-            if head.is_some() {
-                self.left -= 1;
-            }
-            return Ok(head);
-        }
         if self.left == 0 {
-            self.exhausted |= queue.enable_notification(mem)?;
+            self.exhausted |= if self.quiet {
+                queue.pending(mem)? > 0
+            } else {
+                queue.enable_notification(mem)?
+            };
             return Ok(None);
         }
-        let head = next_head(queue, mem, malformed)?;
+        let head = if self.quiet {
+            pop_head(queue, mem, malformed)?
+        } else {
+            next_head(queue, mem, malformed)?
+        };
         if head.is_some() {
             self.left -= 1;
         }
@@ -332,21 +321,30 @@ pub fn next_head<M: GuestMemory + ?Sized>(
     malformed: &mut u64,
 ) -> Result<Option<u16>, QueueError> {
     loop {
-        match queue.pop(mem) {
-            Ok(Some(chain)) => return Ok(Some(chain.head())),
-            Ok(None) => {
-                if !queue.enable_notification(mem)? {
-                    return Ok(None);
-                }
-            }
-            Err(e) => {
-                if matches!(e, QueueError::Chain(_)) {
-                    *malformed += 1;
-                }
-                return Err(e);
-            }
+        if let Some(head) = pop_head(queue, mem, malformed)? {
+            return Ok(Some(head));
+        }
+        if !queue.enable_notification(mem)? {
+            return Ok(None);
         }
     }
+}
+
+/// Takes the head of the next available chain without touching
+/// notifications; a malformed head is counted as in [`next_head`].
+fn pop_head<M: GuestMemory + ?Sized>(
+    queue: &mut DeviceQueue,
+    mem: &M,
+    malformed: &mut u64,
+) -> Result<Option<u16>, QueueError> {
+    queue
+        .pop(mem)
+        .map(|c| c.map(|c| c.head()))
+        .inspect_err(|e| {
+            if matches!(e, QueueError::Chain(_)) {
+                *malformed += 1;
+            }
+        })
 }
 
 /// A boxed device is a device, so a caller that picks the device type at

@@ -143,15 +143,23 @@ pub const DEFAULT_POLL_MAX: Duration = Duration::from_micros(128);
 /// The first polling window once events come close together.
 pub const POLL_START: Duration = Duration::from_micros(4);
 
-/// Adaptive busy polling: the current window and when it ends.
+/// Adaptive busy polling: the current window and where the loop is.
 #[derive(Debug)]
 struct Poll {
     max: Duration,
     window: Duration,
-    /// While polling: when the window ends. While sleeping: when the sleep
-    /// began.
-    until: Option<Instant>,
-    slept_since: Option<Instant>,
+    phase: Phase,
+}
+
+/// Where the serving loop is, for [`Poll`].
+#[derive(Clone, Copy, Debug)]
+enum Phase {
+    /// No event seen yet.
+    Idle,
+    /// Polling until then.
+    Polling(Instant),
+    /// Sleeping (or about to) since then.
+    Sleeping(Instant),
 }
 
 impl Poll {
@@ -160,22 +168,20 @@ impl Poll {
             // A second is already far beyond any use.
             max: max.min(Duration::from_secs(1)),
             window: Duration::ZERO,
-            until: None,
-            slept_since: None,
+            phase: Phase::Idle,
         }
     }
 
     /// Whether the wait starting at `now` should look without sleeping.
     fn polling(&mut self, now: Instant) -> bool {
-        match self.until {
-            Some(t) if now < t => true,
-            Some(_) => {
+        match self.phase {
+            Phase::Polling(until) if now < until => true,
+            Phase::Polling(_) => {
                 // The window ran out: the loop sleeps from now.
-                self.until = None;
-                self.slept_since = Some(now);
+                self.phase = Phase::Sleeping(now);
                 false
             }
-            None => false,
+            Phase::Idle | Phase::Sleeping(_) => false,
         }
     }
 
@@ -186,7 +192,7 @@ impl Poll {
         if self.max.is_zero() || !event {
             return;
         }
-        if !polled && let Some(since) = self.slept_since.take() {
+        if !polled && let Phase::Sleeping(since) = self.phase {
             if now.saturating_duration_since(since) <= self.max {
                 self.window = (self.window * 2).clamp(POLL_START, self.max);
             } else {
@@ -196,13 +202,12 @@ impl Poll {
                 }
             }
         }
-        if !self.window.is_zero() {
-            self.until = Some(now + self.window);
-        } else {
+        self.phase = if self.window.is_zero() {
             // No window: the next wait sleeps, and its length is measured.
-            self.until = None;
-            self.slept_since = Some(now);
-        }
+            Phase::Sleeping(now)
+        } else {
+            Phase::Polling(now + self.window)
+        };
     }
 }
 
