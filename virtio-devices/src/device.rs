@@ -126,6 +126,59 @@ pub struct Served {
     /// notification (none may come: the device re-armed notifications,
     /// but the driver may have published before that).
     pub again: bool,
+    /// The queues the notification is for, bit `n` for queue `n`, where
+    /// the device says; 0 means every queue. A transport with one
+    /// notification per queue (vhost-user's call eventfds) signals only
+    /// those; one with a single interrupt (MMIO, §4.2.3.4) ignores it.
+    pub interrupt_queues: u64,
+}
+
+impl Served {
+    /// Notes that queue `queue`'s driver must be notified (§2.7.10).
+    pub fn interrupt_queue(&mut self, queue: u16) {
+        let bit = 1u64.checked_shl(u32::from(queue)).unwrap_or(0);
+        self.merge(Served {
+            interrupt: true,
+            interrupt_queues: bit,
+            ..Served::default()
+        });
+    }
+
+    /// Notes a notification not tied to one queue: every queue's driver
+    /// gets it.
+    pub fn interrupt_all(&mut self) {
+        self.merge(Served {
+            interrupt: true,
+            ..Served::default()
+        });
+    }
+
+    /// Whether queue `queue`'s driver is to be notified.
+    pub fn interrupts(&self, queue: usize) -> bool {
+        self.interrupt
+            && (self.interrupt_queues == 0
+                || queue >= 64
+                || self.interrupt_queues & (1 << queue) != 0)
+    }
+
+    /// Adds what another call served.
+    pub fn merge(&mut self, other: Served) {
+        self.completed = self.completed.saturating_add(other.completed);
+        self.again |= other.again;
+        self.config_changed |= other.config_changed;
+        if other.interrupt {
+            self.interrupt_queues = match (
+                self.interrupt,
+                self.interrupt_queues,
+                other.interrupt_queues,
+            ) {
+                (false, _, theirs) => theirs,
+                (true, 0, _) | (true, _, 0) => 0,
+                (true, ours, theirs) => ours | theirs,
+            };
+            self.interrupt = true;
+        }
+    }
 }
 
 /// Most chains a device pops from one queue in one call (issue 16, finding
@@ -173,6 +226,14 @@ impl Budget {
             quiet: polled,
             exhausted: false,
         }
+    }
+
+    /// The same budget, at most `chains` pops.
+    pub const fn at_most(mut self, chains: u32) -> Self {
+        if chains < self.left {
+            self.left = chains;
+        }
+        self
     }
 
     /// [`next_head`] within the budget. Once it is spent, notifications
@@ -409,5 +470,34 @@ impl<D: VirtioDevice + ?Sized> VirtioDevice for alloc::boxed::Box<D> {
 
     fn set_queue_position(&mut self, queue: u16, next_avail: u16) -> Result<(), DeviceError> {
         (**self).set_queue_position(queue, next_avail)
+    }
+}
+
+#[cfg(test)]
+mod served_tests {
+    use super::Served;
+
+    #[test]
+    fn queue_notifications_merge_and_an_untied_one_covers_every_queue() {
+        let mut s = Served::default();
+        assert!(!s.interrupts(0));
+        s.interrupt_queue(1);
+        assert!(s.interrupts(1) && !s.interrupts(0));
+        s.interrupt_queue(3);
+        assert_eq!(s.interrupt_queues, 0b1010);
+        let mut all = s;
+        all.interrupt_all();
+        assert!(all.interrupts(0) && all.interrupts(70));
+        let mut merged = Served::default();
+        merged.merge(s);
+        assert_eq!(merged.interrupt_queues, 0b1010);
+        merged.merge(Served {
+            interrupt: true,
+            ..Served::default()
+        });
+        assert!(merged.interrupts(2), "a device that names no queue: all");
+        let mut high = Served::default();
+        high.interrupt_queue(64);
+        assert!(high.interrupts(0), "beyond the mask: all");
     }
 }

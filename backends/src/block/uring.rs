@@ -190,14 +190,26 @@ impl Uring {
         }));
         slot.len = segments.iter().map(|s| s.len as u64).sum();
         let n = slot.iov.len() as u32;
-        let entry = match kind {
-            Kind::Read => opcode::Readv::new(types::Fd(fd), slot.iov.as_ptr(), n)
+        let entry = match (kind, segments) {
+            // One segment: the plain opcodes spare the kernel copying and
+            // checking an iovec array per request.
+            (Kind::Read, [one]) if u32::try_from(one.len).is_ok() => {
+                opcode::Read::new(types::Fd(fd), one.ptr, one.len as u32)
+                    .offset(offset)
+                    .build()
+            }
+            (Kind::Write, [one]) if u32::try_from(one.len).is_ok() => {
+                opcode::Write::new(types::Fd(fd), one.ptr.cast_const(), one.len as u32)
+                    .offset(offset)
+                    .build()
+            }
+            (Kind::Read, _) => opcode::Readv::new(types::Fd(fd), slot.iov.as_ptr(), n)
                 .offset(offset)
                 .build(),
-            Kind::Write => opcode::Writev::new(types::Fd(fd), slot.iov.as_ptr(), n)
+            (Kind::Write, _) => opcode::Writev::new(types::Fd(fd), slot.iov.as_ptr(), n)
                 .offset(offset)
                 .build(),
-            Kind::Flush => opcode::Fsync::new(types::Fd(fd))
+            (Kind::Flush, _) => opcode::Fsync::new(types::Fd(fd))
                 .flags(types::FsyncFlags::DATASYNC)
                 .build(),
         }

@@ -1684,7 +1684,8 @@ impl<D: VirtioDevice> Backend<D> {
                 }
                 if s.interrupt {
                     for i in 0..self.vrings.len() {
-                        if self.is_running(i)
+                        if s.interrupts(i)
+                            && self.is_running(i)
                             && let Some(c) = &self.vrings[i].call
                             && signal(c)
                         {
