@@ -1687,6 +1687,20 @@ impl<B: BlockBackend, M: GuestMemory> VirtioDevice for Blk<B, M> {
         self.engine.writeback = u8::from(self.engine.cfg.writeback);
     }
 
+    /// The queue goes first, then the backend's queue is waited for: what
+    /// it finishes for this queue finds no queue and is dropped; other
+    /// queues' requests complete as usual.
+    fn disable_queue(&mut self, queue: u16) -> Result<Served, DeviceError> {
+        let mut served = Served::default();
+        let Some(slot) = self.queues.get_mut(usize::from(queue)) else {
+            return Ok(served);
+        };
+        if slot.take().is_some() && self.engine.backend.in_flight() > 0 {
+            self.reap(true, &mut served)?;
+        }
+        Ok(served)
+    }
+
     /// The next available index: a request is completed in the
     /// notification that popped it, or, with `queued_io`, by the backend's
     /// queue; while one is there (until [`VirtioDevice::quiesce`]) the

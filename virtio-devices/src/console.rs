@@ -517,11 +517,13 @@ impl<M: GuestMemory> VirtioDevice for Console<M> {
     }
 
     fn write_config(&mut self, offset: u64, data: &[u8]) {
-        // §5.3.4: a write to emerg_wr puts one character on port 0, before
-        // or without the queues (§5.3.6.1).
+        // §5.3.4: a write to emerg_wr puts one character on port 0.
+        // §5.3.6.1 device requirement: the write is allowed "even on an
+        // unconfigured device", so it does not wait for the feature's
+        // negotiation (the driver may use it without acknowledging the
+        // feature, §5.3.4); the device always offers it.
         if offset == 8
             && !data.is_empty()
-            && self.negotiated(ConsoleFeatures::EMERG_WRITE)
             && let Some(p) = self.ports.first_mut()
             && p.chardev.write(&data[..1]).is_err()
         {
@@ -579,6 +581,22 @@ impl<M: GuestMemory> VirtioDevice for Console<M> {
             return Ok(Served::default());
         }
         self.serve_all()
+    }
+
+    fn disable_queue(&mut self, queue: u16) -> Result<Served, DeviceError> {
+        let q = usize::from(queue);
+        if let Some(slot) = self.queues.get_mut(q) {
+            *slot = None;
+        }
+        // A transmit chain held for a blocked chardev went with its queue;
+        // the bytes already taken from it stay in `tx_held` and still go
+        // out (nothing lost).
+        for (p, port) in self.ports.iter_mut().enumerate() {
+            if tx_queue(p) == q {
+                port.tx_partial = None;
+            }
+        }
+        Ok(Served::default())
     }
 
     fn reset(&mut self) {

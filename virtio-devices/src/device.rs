@@ -64,6 +64,14 @@ pub enum DeviceError {
         /// The queue index.
         queue: u16,
     },
+    /// The device cannot stop one queue while the others run
+    /// ([`VirtioDevice::disable_queue`] not implemented): the transport
+    /// raises `DEVICE_NEEDS_RESET` (§2.1.2) rather than let it go on
+    /// using a queue the driver disabled.
+    DisableUnsupported {
+        /// The queue index.
+        queue: u16,
+    },
 }
 
 impl fmt::Display for DeviceError {
@@ -81,6 +89,9 @@ impl fmt::Display for DeviceError {
             DeviceError::BackendGone => write!(f, "the device's backend is gone"),
             DeviceError::PositionUnsupported { queue } => {
                 write!(f, "queue {queue} cannot be started at a given position")
+            }
+            DeviceError::DisableUnsupported { queue } => {
+                write!(f, "queue {queue} cannot be stopped on its own")
             }
         }
     }
@@ -330,6 +341,20 @@ pub trait VirtioDevice {
     /// The driver reset the device (§2.4): drop queues and pending work.
     fn reset(&mut self);
 
+    /// The driver disabled live `queue` (virtio-mmio `QueueReady` = 0;
+    /// §4.2.2.1: "The device MUST NOT access virtqueue contents when
+    /// QueueReady is zero"): the device stops using it until it is reset,
+    /// after waiting for any backend still moving bytes to or from its
+    /// buffers, whose chains are dropped with the queue. What completes
+    /// on other queues meanwhile is in the returned [`Served`]. Called
+    /// only for an enabled queue; before activation there is nothing to
+    /// stop.
+    ///
+    /// The default refuses with [`DeviceError::DisableUnsupported`].
+    fn disable_queue(&mut self, queue: u16) -> Result<Served, DeviceError> {
+        Err(DeviceError::DisableUnsupported { queue })
+    }
+
     /// The device's counters by name (requests served, bytes, errors),
     /// for logs and reports; the default has none.
     fn counters(&self) -> Vec<(&'static str, u64)> {
@@ -458,6 +483,10 @@ impl<D: VirtioDevice + ?Sized> VirtioDevice for alloc::boxed::Box<D> {
 
     fn reset(&mut self) {
         (**self).reset();
+    }
+
+    fn disable_queue(&mut self, queue: u16) -> Result<Served, DeviceError> {
+        (**self).disable_queue(queue)
     }
 
     fn counters(&self) -> Vec<(&'static str, u64)> {

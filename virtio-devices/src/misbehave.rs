@@ -459,6 +459,13 @@ mod lies {
             let served = self.inner.set_polling(on)?;
             Some(served.map(|s| self.after(s)))
         }
+        fn disable_queue(&mut self, queue: u16) -> Result<Served, DeviceError> {
+            if let Some(q) = self.queues.get_mut(usize::from(queue)) {
+                *q = None;
+            }
+            let served = self.inner.disable_queue(queue)?;
+            Ok(self.after(served))
+        }
         fn reset(&mut self) {
             self.queues.clear();
             self.inner.reset();

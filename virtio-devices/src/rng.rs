@@ -264,6 +264,14 @@ impl<B: RngBackend, M: GuestMemory> VirtioDevice for Rng<B, M> {
         self.serve()
     }
 
+    fn disable_queue(&mut self, queue: u16) -> Result<Served, DeviceError> {
+        if queue == 0 {
+            self.queue = None;
+            self.pending.clear();
+        }
+        Ok(Served::default())
+    }
+
     fn reset(&mut self) {
         self.queue = None;
         self.pending.clear();

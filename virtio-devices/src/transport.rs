@@ -12,6 +12,7 @@ use alloc::vec::Vec;
 use virtio_core::mmio::device::{
     ActivateError, MmioDevice, MmioRegisters, QueueState, WriteOutcome,
 };
+use virtio_core::status::DeviceStatus;
 
 use crate::device::{DeviceError, QueueConfig, Served, VirtioDevice};
 
@@ -123,6 +124,14 @@ pub fn dispatch_once<D: VirtioDevice, const N: usize>(
     match outcome {
         WriteOutcome::Notify { queue, .. } => {
             let served = regs.device_mut().device.queue_notify(queue);
+            finish(regs, served)
+        }
+        // §4.2.2.1: no access to a queue while its QueueReady is zero. A
+        // queue disabled before DRIVER_OK was never handed to the device.
+        WriteOutcome::QueueDisabled { queue } | WriteOutcome::QueueReset { queue }
+            if regs.status().contains(DeviceStatus::DRIVER_OK) =>
+        {
+            let served = regs.device_mut().device.disable_queue(queue);
             finish(regs, served)
         }
         WriteOutcome::ActivationFailed(_) => Dispatched {

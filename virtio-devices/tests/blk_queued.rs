@@ -384,3 +384,51 @@ fn the_notification_names_the_queue_that_completed() {
     assert!(!served.interrupts(0), "queue 0 completed nothing");
     assert_eq!(r.completions_on(1), vec![(t, 513)]);
 }
+
+/// §4.2.2.1: once the driver disables a queue (`QueueReady` = 0) the
+/// device does not touch it: its queued requests are waited for (the
+/// backend may be using their buffers) and dropped, nothing is published,
+/// and another queue's request in flight still completes.
+#[test]
+fn section_4_2_2_1_a_disabled_queue_is_drained_and_not_written() {
+    let disk = MemDisk::new(64).with(|s| s.depth = 8);
+    let mut r = rig_with(
+        disk,
+        BlkConfig {
+            queued_io: true,
+            num_queues: 2,
+            ..BlkConfig::default()
+        },
+        None,
+    );
+    let b = r.alloc(1024);
+    let (_, s0) = r.request(req::IN, 0, &[(b, 512)], false);
+    r.notify(0);
+    let h = r.header(req::IN, 1);
+    let s1 = r.status_buf();
+    let t1 = r.add_on(
+        1,
+        &[
+            queue_rig::Buf::R(h, 16),
+            queue_rig::Buf::W(b + 512, 512),
+            queue_rig::Buf::W(s1, 1),
+        ],
+    );
+    r.notify(1);
+    assert_eq!(r.disk.state().started.len(), 2);
+    let served = r.dev.disable_queue(0).unwrap();
+    assert_eq!(
+        r.dev.backend().in_flight(),
+        0,
+        "the backend's queue drained"
+    );
+    assert_eq!(served.completed, 1, "queue 1's request completed");
+    assert!(served.interrupts(1) && !served.interrupts(0));
+    assert_eq!(used_idx(&r), 0, "nothing published on queue 0");
+    assert_eq!(r.status(s0), 0xff, "no status written on queue 0");
+    assert_eq!(r.completions_on(1), vec![(t1, 513)]);
+    assert_eq!(r.status(s1), status::OK);
+    assert!(r.dev.queue_notify(0).is_err(), "queue 0 is gone");
+    // Disabling it again, or a queue never enabled, is harmless.
+    assert_eq!(r.dev.disable_queue(0).unwrap().completed, 0);
+}

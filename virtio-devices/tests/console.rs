@@ -411,3 +411,116 @@ fn section_5_3_2_max_ports_is_bounded_by_16_bit_queue_indices() {
     assert_eq!(dev.queue_max_sizes().len(), 2 + 2 * MAX_PORTS);
     assert!(dev.queue_max_sizes().len() <= usize::from(u16::MAX));
 }
+
+/// §5.3.6.1 device requirement: "The device MUST allow a write to
+/// emerg_wr, even on an unconfigured device." A write through the
+/// registers before any status is set (and again after a reset) reaches
+/// port 0.
+#[test]
+fn section_5_3_6_1_emergency_write_works_on_an_unconfigured_device() {
+    let mem: &'static OwnedMemory = Box::leak(Box::new(OwnedMemory::new(GuestAddress(0), 0x10000)));
+    let chr = Shared::new();
+    let dev = Console::new(mem, Box::new(chr.clone()));
+    let mut regs = MmioRegisters::<_, 8>::new(MmioTransport::new(dev)).unwrap();
+    // 0x100: configuration space; emerg_wr at 8 (§5.3.4).
+    regs.write(0x108, &u32::from(b'A').to_le_bytes()).unwrap();
+    assert_eq!(chr.output(), b"A", "before ACKNOWLEDGE");
+    regs.write(0x070, &1u32.to_le_bytes()).unwrap(); // ACKNOWLEDGE
+    regs.write(0x108, &u32::from(b'B').to_le_bytes()).unwrap();
+    regs.write(0x070, &0u32.to_le_bytes()).unwrap(); // reset
+    regs.write(0x108, &u32::from(b'C').to_le_bytes()).unwrap();
+    assert_eq!(
+        chr.output(),
+        b"BC",
+        "during initialisation and after a reset"
+    );
+}
+
+/// Register access to a device in this process, serving each write's
+/// outcome as a transport would.
+struct Direct<D: VirtioDevice>(std::cell::RefCell<MmioRegisters<MmioTransport<D>, 8>>);
+
+impl<D: VirtioDevice> virtio_core::mmio::driver::RegisterAccess for Direct<D> {
+    fn read32(&self, offset: u64) -> u32 {
+        self.0.borrow().read32(offset).unwrap_or(0)
+    }
+    fn write32(&self, offset: u64, value: u32) {
+        let mut r = self.0.borrow_mut();
+        if let Ok(o) = r.write32(offset, value) {
+            dispatch(&mut r, o);
+        }
+    }
+    fn read16(&self, offset: u64) -> u16 {
+        let mut b = [0; 2];
+        let _ = self.0.borrow().read(offset, &mut b);
+        u16::from_le_bytes(b)
+    }
+    fn write16(&self, offset: u64, value: u16) {
+        let _ = self.0.borrow_mut().write(offset, &value.to_le_bytes());
+    }
+    fn read8(&self, offset: u64) -> u8 {
+        let mut b = [0; 1];
+        let _ = self.0.borrow().read(offset, &mut b);
+        b[0]
+    }
+    fn write8(&self, offset: u64, value: u8) {
+        let _ = self.0.borrow_mut().write(offset, &[value]);
+    }
+}
+
+/// §4.2.2.1 device requirement: "The device MUST NOT access virtqueue
+/// contents when QueueReady is zero." The driver disables the receive
+/// queue after DRIVER_OK; host input that arrives later does not touch
+/// the buffer it had made available there, and the transmit queue goes
+/// on.
+#[test]
+fn section_4_2_2_1_a_queue_disabled_after_driver_ok_is_not_touched() {
+    use virtio_core::mmio::driver::MmioDriver;
+    let mem: &'static OwnedMemory =
+        Box::leak(Box::new(OwnedMemory::new(GuestAddress(0), 0x4_0000)));
+    let chr = Shared::new();
+    let dev = Console::new(mem, Box::new(chr.clone()));
+    let regs = Direct(std::cell::RefCell::new(
+        MmioRegisters::<_, 8>::new(MmioTransport::new(dev)).unwrap(),
+    ));
+    let mut drv = MmioDriver::probe(&regs).unwrap();
+    drv.begin_init(TransportFeatures::VERSION_1.bits()).unwrap();
+    let mut qs: Vec<DriverQueue<16>> = Vec::new();
+    for (i, base) in [(0u16, 0x1000u64), (1, 0x4000)] {
+        let layout = QueueLayout::new(
+            QueueSize::new(16).unwrap(),
+            GuestAddress(base),
+            GuestAddress(base + 0x1000),
+            GuestAddress(base + 0x2000),
+        )
+        .unwrap();
+        let mut q = DriverQueue::new(layout, false, None).unwrap();
+        q.init(mem).unwrap();
+        drv.setup_queue(i, &layout).unwrap();
+        qs.push(q);
+    }
+    drv.finish_init().unwrap();
+    // A receive buffer is made available; then the queue is disabled.
+    let rx = 0x2_0000;
+    mem.write(GuestAddress(rx), &[0xee; 64]).unwrap();
+    qs[0].add(mem, &[], &[(GuestAddress(rx), 64)]).unwrap();
+    qs[0].publish(mem).unwrap();
+    drv.disable_queue(0).unwrap();
+    chr.input(b"late input");
+    {
+        let mut r = regs.0.borrow_mut();
+        virtio_devices::transport::backend_ready(&mut r);
+    }
+    assert!(qs[0].pop_used(mem).unwrap().is_none(), "no used entry");
+    let mut b = [0u8; 64];
+    mem.read(GuestAddress(rx), &mut b).unwrap();
+    assert_eq!(b, [0xee; 64], "the buffer is untouched");
+    // The transmit queue still works.
+    let tx = 0x2_1000;
+    mem.write(GuestAddress(tx), b"out").unwrap();
+    let t = qs[1].add(mem, &[(GuestAddress(tx), 3)], &[]).unwrap();
+    qs[1].publish(mem).unwrap();
+    drv.notify(1);
+    assert_eq!(qs[1].pop_used(mem).unwrap().map(|u| u.token), Some(t));
+    assert_eq!(chr.output(), b"out");
+}

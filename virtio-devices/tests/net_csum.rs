@@ -82,3 +82,42 @@ fn r_offer() -> u64 {
     let wire = Wire::new();
     rig(wire).features
 }
+
+/// A frame from a backend with its own virtio-net header (a tap) carrying
+/// `flags`: the header as the device received it, then the frame.
+fn with_backend_header(flags: u8, f: &[u8]) -> Vec<u8> {
+    let hdr = NetHdr {
+        flags,
+        ..NetHdr::default()
+    };
+    let mut out = hdr.to_bytes().to_vec();
+    out.extend_from_slice(f);
+    out
+}
+
+/// §5.1.6.4.1 device requirement: "If VIRTIO_NET_F_GUEST_CSUM is not
+/// negotiated, the device MUST set flags to zero": a tap's DATA_VALID (and
+/// any other bit) does not reach a driver that cannot take it.
+#[test]
+fn section_5_1_6_4_1_flags_are_zero_without_guest_csum_whatever_the_backend_says() {
+    let wire = Wire::new();
+    wire.state().vnet_hdr_len = HDR_LEN;
+    let f = (NetFeatures::all() & !NetFeatures::GUEST_CSUM).bits()
+        | TransportFeatures::VERSION_1.bits();
+    let mut r = rig_with(wire.clone(), NetConfig::default(), Some(f & r_offer()));
+    let frame = with_backend_header(flags::DATA_VALID | flags::RSC_INFO, &udp(b"x"));
+    assert_eq!(receive_flags(&mut r, &wire, frame), 0);
+}
+
+/// §5.1.6.4.1: with GUEST_CSUM the backend's DATA_VALID stands (the host
+/// kernel validated the checksum), but RSC_INFO, which needs
+/// VIRTIO_NET_F_RSC_EXT (not offered), is cleared.
+#[test]
+fn section_5_1_6_4_1_a_backend_header_keeps_only_the_bits_negotiated() {
+    let wire = Wire::new();
+    wire.state().vnet_hdr_len = HDR_LEN;
+    let mut r = rig(wire.clone());
+    assert!(r.features & NetFeatures::GUEST_CSUM.bits() != 0);
+    let frame = with_backend_header(flags::DATA_VALID | flags::RSC_INFO | 0x80, &udp(b"x"));
+    assert_eq!(receive_flags(&mut r, &wire, frame), flags::DATA_VALID);
+}

@@ -1703,7 +1703,8 @@ impl<D: VirtioDevice> Backend<D> {
                     | DeviceError::QueueNotInMemory { queue, .. }
                     | DeviceError::QueueNotReady { queue }
                     | DeviceError::NoSuchQueue { queue } => Some(usize::from(queue)),
-                    DeviceError::PositionUnsupported { queue } => Some(usize::from(queue)),
+                    DeviceError::PositionUnsupported { queue }
+                    | DeviceError::DisableUnsupported { queue } => Some(usize::from(queue)),
                     DeviceError::NotActivated | DeviceError::BackendGone => queue,
                 }
                 .or(queue);

@@ -765,14 +765,24 @@ impl VhostUserDevice {
         Ok(())
     }
 
+    /// Stops the backend's ring `queue` (`GET_VRING_BASE`), if it runs.
+    fn stop_ring(&mut self, queue: u16) -> Result<(), FrontendError> {
+        let Some(at) = self.running.iter().position(|q| *q == queue) else {
+            return Ok(());
+        };
+        self.running.remove(at);
+        let state = VringState {
+            index: u32::from(queue),
+            num: 0,
+        };
+        self.write(&Message::GetVringBase(state), false, &[])?;
+        self.read_reply(Request::GetVringBase)?;
+        Ok(())
+    }
+
     fn stop(&mut self) -> Result<(), FrontendError> {
-        for queue in std::mem::take(&mut self.running) {
-            let state = VringState {
-                index: u32::from(queue),
-                num: 0,
-            };
-            self.write(&Message::GetVringBase(state), false, &[])?;
-            self.read_reply(Request::GetVringBase)?;
+        while let Some(&queue) = self.running.first() {
+            self.stop_ring(queue)?;
         }
         if self.protocol & protocol::RESET_DEVICE != 0 {
             self.send(&Message::ResetDevice, &[])?;
@@ -903,6 +913,18 @@ impl VirtioDevice for VhostUserDevice {
             return Err(self.fail(FrontendError::HungUp));
         }
         Ok(served)
+    }
+
+    /// The backend stops the ring (`GET_VRING_BASE`, which vhost-user
+    /// backends answer only once they no longer touch it); its last calls
+    /// are taken as an interrupt.
+    fn disable_queue(&mut self, queue: u16) -> Result<Served, DeviceError> {
+        if self.dead.is_some() {
+            return Err(DeviceError::BackendGone);
+        }
+        self.begin();
+        self.stop_ring(queue).map_err(|e| self.fail(e))?;
+        self.backend_ready()
     }
 
     fn reset(&mut self) {

@@ -704,6 +704,25 @@ impl<B: NetBackend, M: GuestMemory> VirtioDevice for Net<B, M> {
         Ok(served)
     }
 
+    fn disable_queue(&mut self, queue: u16) -> Result<Served, DeviceError> {
+        let Some(slot) = self.queues.get_mut(usize::from(queue)) else {
+            return Ok(Served::default());
+        };
+        *slot = None;
+        if self.tx_pending.is_some_and(|t| t.queue == queue) {
+            self.tx_pending = None;
+        }
+        if self.is_rx_queue(queue)
+            && let Some(bufs) = self.bufs.as_mut()
+            && let Some(rx) = bufs.rx.get_mut(usize::from(queue / 2))
+        {
+            // Its frames go with it, as for a receive queue never
+            // configured; steering skips it from now on.
+            *rx = None;
+        }
+        Ok(Served::default())
+    }
+
     fn reset(&mut self) {
         self.queues.clear();
         self.bufs = None;
