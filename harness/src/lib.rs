@@ -13,6 +13,7 @@
 //!   vhost-user).
 
 pub mod bench;
+pub mod conform;
 pub mod daemon;
 pub mod linux;
 pub mod netns;

@@ -138,12 +138,38 @@ enum Command {
         )]
         options: Vec<String>,
     },
+    /// Spec conformance: the catalogue of the specification's normative
+    /// statements and the checks that cover them.
+    Conform {
+        #[command(subcommand)]
+        command: ConformCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConformCommand {
+    /// Generate the catalogue from a clone of oasis-tcs/virtio-spec (run by
+    /// hand; the result is checked in as `harness/conform/catalogue.tsv`).
+    Catalogue {
+        /// The specification clone (a bare one will do).
+        #[arg(long)]
+        spec: std::path::PathBuf,
+        /// The revision to read (the catalogue records its commit).
+        #[arg(long, default_value = "HEAD")]
+        rev: String,
+        /// Where to write it (standard output if not given).
+        #[arg(long)]
+        out: Option<std::path::PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command.unwrap_or(Command::Suite) {
         Command::Suite => suite(),
+        Command::Conform {
+            command: ConformCommand::Catalogue { spec, rev, out },
+        } => catalogue(&spec, &rev, out.as_deref()),
         Command::Run { timeout, options } => run(&options, Duration::from_secs(timeout)),
         Command::VhostUser {
             socket,
@@ -292,4 +318,41 @@ fn run(options: &[String], timeout: Duration) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `conform catalogue`: reads the specification and writes the catalogue.
+fn catalogue(spec: &std::path::Path, rev: &str, out: Option<&std::path::Path>) -> ExitCode {
+    use harness::conform::{catalogue::Catalogue, spec};
+    let result = spec::SpecTree::open(spec, rev).and_then(|tree| {
+        spec::read_statements(&tree).map(|statements| Catalogue {
+            commit: tree.commit.clone(),
+            describe: tree.describe.clone(),
+            statements,
+        })
+    });
+    let cat = match result {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("virtio-harness conform catalogue: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let text = cat.to_tsv();
+    match out {
+        Some(path) => {
+            if let Err(e) = std::fs::write(path, &text) {
+                eprintln!("virtio-harness conform catalogue: {}: {e}", path.display());
+                return ExitCode::from(2);
+            }
+            eprintln!(
+                "{} statements from {} ({}) written to {}",
+                cat.statements.len(),
+                cat.describe,
+                cat.commit,
+                path.display()
+            );
+        }
+        None => print!("{text}"),
+    }
+    ExitCode::SUCCESS
 }
