@@ -518,8 +518,8 @@ impl<M: GuestMemory> VirtioDevice for Console<M> {
 
     fn write_config(&mut self, offset: u64, data: &[u8]) {
         // §5.3.4: a write to emerg_wr puts one character on port 0.
-        // §5.3.6.1 device requirement: the write is allowed "even on an
-        // unconfigured device", so it does not wait for the feature's
+        // §5.3.5.1 (1.4; device:console/device-initialization#1): the write
+        // is allowed "even on an unconfigured device", so it does not wait for the feature's
         // negotiation (the driver may use it without acknowledging the
         // feature, §5.3.4); the device always offers it.
         if offset == 8

@@ -342,8 +342,8 @@ pub trait VirtioDevice {
     fn reset(&mut self);
 
     /// The driver disabled live `queue` (virtio-mmio `QueueReady` = 0;
-    /// §4.2.2.1: "The device MUST NOT access virtqueue contents when
-    /// QueueReady is zero"): the device stops using it until it is reset,
+    /// §4.2.2.1, device:mmio/mmio-device-register-layout#7: "The device
+    /// MUST NOT access virtqueue contents when QueueReady is zero"): the device stops using it until it is reset,
     /// after waiting for any backend still moving bytes to or from its
     /// buffers, whose chains are dropped with the queue. What completes
     /// on other queues meanwhile is in the returned [`Served`]. Called

@@ -412,12 +412,12 @@ fn section_5_3_2_max_ports_is_bounded_by_16_bit_queue_indices() {
     assert!(dev.queue_max_sizes().len() <= usize::from(u16::MAX));
 }
 
-/// §5.3.6.1 device requirement: "The device MUST allow a write to
-/// emerg_wr, even on an unconfigured device." A write through the
+/// §5.3.5.1 (1.4), device:console/device-initialization#1: "The device
+/// MUST allow a write to emerg_wr, even on an unconfigured device." A write through the
 /// registers before any status is set (and again after a reset) reaches
 /// port 0.
 #[test]
-fn section_5_3_6_1_emergency_write_works_on_an_unconfigured_device() {
+fn section_5_3_5_1_emergency_write_works_on_an_unconfigured_device() {
     let mem: &'static OwnedMemory = Box::leak(Box::new(OwnedMemory::new(GuestAddress(0), 0x10000)));
     let chr = Shared::new();
     let dev = Console::new(mem, Box::new(chr.clone()));
@@ -468,8 +468,8 @@ impl<D: VirtioDevice> virtio_core::mmio::driver::RegisterAccess for Direct<D> {
     }
 }
 
-/// §4.2.2.1 device requirement: "The device MUST NOT access virtqueue
-/// contents when QueueReady is zero." The driver disables the receive
+/// §4.2.2.1, device:mmio/mmio-device-register-layout#7: "The device MUST
+/// NOT access virtqueue contents when QueueReady is zero." The driver disables the receive
 /// queue after DRIVER_OK; host input that arrives later does not touch
 /// the buffer it had made available there, and the transmit queue goes
 /// on.

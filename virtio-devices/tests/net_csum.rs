@@ -95,11 +95,13 @@ fn with_backend_header(flags: u8, f: &[u8]) -> Vec<u8> {
     out
 }
 
-/// §5.1.6.4.1 device requirement: "If VIRTIO_NET_F_GUEST_CSUM is not
-/// negotiated, the device MUST set flags to zero": a tap's DATA_VALID (and
+/// §5.1.9.4.1 (1.4),
+/// device:net/device-operation/processing-of-incoming-packets#5: "If
+/// VIRTIO_NET_F_GUEST_CSUM is not negotiated, the device MUST set flags to
+/// zero": a tap's DATA_VALID (and
 /// any other bit) does not reach a driver that cannot take it.
 #[test]
-fn section_5_1_6_4_1_flags_are_zero_without_guest_csum_whatever_the_backend_says() {
+fn section_5_1_9_4_1_flags_are_zero_without_guest_csum_whatever_the_backend_says() {
     let wire = Wire::new();
     wire.state().vnet_hdr_len = HDR_LEN;
     let f = (NetFeatures::all() & !NetFeatures::GUEST_CSUM).bits()
@@ -109,11 +111,11 @@ fn section_5_1_6_4_1_flags_are_zero_without_guest_csum_whatever_the_backend_says
     assert_eq!(receive_flags(&mut r, &wire, frame), 0);
 }
 
-/// §5.1.6.4.1: with GUEST_CSUM the backend's DATA_VALID stands (the host
-/// kernel validated the checksum), but RSC_INFO, which needs
-/// VIRTIO_NET_F_RSC_EXT (not offered), is cleared.
+/// §5.1.9.4.1 (1.4): with GUEST_CSUM the backend's DATA_VALID stands (the
+/// host kernel validated the checksum, #24), but RSC_INFO, which needs
+/// VIRTIO_NET_F_RSC_EXT (not offered), is cleared (#22).
 #[test]
-fn section_5_1_6_4_1_a_backend_header_keeps_only_the_bits_negotiated() {
+fn section_5_1_9_4_1_a_backend_header_keeps_only_the_bits_negotiated() {
     let wire = Wire::new();
     wire.state().vnet_hdr_len = HDR_LEN;
     let mut r = rig(wire.clone());

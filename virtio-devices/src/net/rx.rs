@@ -93,9 +93,10 @@ impl<B: NetBackend, M: GuestMemory> Net<B, M> {
             frame[at..at + 2].copy_from_slice(&sum.to_be_bytes());
             hdr = NetHdr::default();
         }
-        // §5.1.6.4.1 device requirements: without GUEST_CSUM, flags are
-        // zero; with it, a backend's header (a tap's) keeps only the bits
-        // this device may set: RSC_INFO needs VIRTIO_NET_F_RSC_EXT and the
+        // §5.1.9.4.1 (1.4): without GUEST_CSUM, flags are zero
+        // (device:net/device-operation/processing-of-incoming-packets#5);
+        // with it, a backend's header (a tap's) keeps only the bits this
+        // device may set: RSC_INFO needs VIRTIO_NET_F_RSC_EXT (#22) and the
         // tunnel checksum bit the UDP tunnel features, none offered.
         hdr.flags &= if self.features & bit(NetFeatures::GUEST_CSUM) != 0 {
             flags::NEEDS_CSUM | flags::DATA_VALID
