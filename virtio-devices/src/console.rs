@@ -433,7 +433,9 @@ impl<M: GuestMemory> Console<M> {
         // gets back every buffer the device is done with.
         let published = q.publish_used(&self.mem);
         let r = ran.and(published).and_then(|()| {
-            served.interrupt |= q.needs_notification(&self.mem)?;
+            if q.needs_notification(&self.mem)? {
+                served.interrupt_queue(qi as u16);
+            }
             Ok(())
         });
         if let Some(slot) = self.queues.get_mut(qi) {

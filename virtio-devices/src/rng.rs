@@ -197,7 +197,9 @@ impl<B: RngBackend, M: GuestMemory> Rng<B, M> {
         if let Some(e) = broken {
             return Err(qerr(e));
         }
-        served.interrupt = queue.needs_notification(&self.mem).map_err(qerr)?;
+        if queue.needs_notification(&self.mem).map_err(qerr)? {
+            served.interrupt_queue(0);
+        }
         Ok(served)
     }
 }

@@ -161,6 +161,24 @@ enum ConformCommand {
         #[arg(long)]
         out: Option<std::path::PathBuf>,
     },
+    /// Run the checks against our devices in this process (and, with
+    /// `--peers`, the installed vhost-user backends: ours,
+    /// qemu-storage-daemon, vhost-device-rng, vhost-device-console; or any
+    /// backend with `--vhost-user KIND=SOCKET`) and write `report.md`,
+    /// `report.json` and `junit.xml`. Exits 1 on a MUST violation by our
+    /// implementations or a catalogue statement without an entry; a
+    /// peer's failure is a finding, not an error.
+    Run {
+        /// The report directory.
+        #[arg(long, default_value = "conform-report")]
+        out: std::path::PathBuf,
+        /// Start the installed peers and check them too.
+        #[arg(long)]
+        peers: bool,
+        /// Another vhost-user backend: `rng|blk|console|net=SOCKET`.
+        #[arg(long, value_name = "KIND=SOCKET")]
+        vhost_user: Vec<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -170,6 +188,14 @@ fn main() -> ExitCode {
         Command::Conform {
             command: ConformCommand::Catalogue { spec, rev, out },
         } => catalogue(&spec, &rev, out.as_deref()),
+        Command::Conform {
+            command:
+                ConformCommand::Run {
+                    out,
+                    peers,
+                    vhost_user,
+                },
+        } => conform_run(&out, peers, &vhost_user),
         Command::Run { timeout, options } => run(&options, Duration::from_secs(timeout)),
         Command::VhostUser {
             socket,
@@ -355,4 +381,99 @@ fn catalogue(spec: &std::path::Path, rev: &str, out: Option<&std::path::Path>) -
         None => print!("{text}"),
     }
     ExitCode::SUCCESS
+}
+
+/// `conform run`: the checks against the targets, the report written.
+fn conform_run(out: &std::path::Path, peers: bool, others: &[String]) -> ExitCode {
+    use harness::conform::{catalogue, report, run, targets::Kind};
+    let (cat, scope) = match (
+        catalogue::Catalogue::parse(harness::conform::CATALOGUE),
+        catalogue::Scope::parse(harness::conform::SCOPE),
+    ) {
+        (Ok(c), Ok(s)) => (c, s),
+        (Err(e), _) => {
+            eprintln!("virtio-harness conform: catalogue.tsv {e}");
+            return ExitCode::from(2);
+        }
+        (_, Err(e)) => {
+            eprintln!("virtio-harness conform: scope.tsv {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let mut runs = run::in_process();
+    for o in others {
+        let Some((kind, sock)) = o
+            .split_once('=')
+            .and_then(|(k, s)| Kind::parse(k).map(|k| (k, s)))
+        else {
+            eprintln!(
+                "virtio-harness conform: --vhost-user {o}: expected rng|blk|console|net=SOCKET"
+            );
+            return ExitCode::from(2);
+        };
+        runs.push(run::over_vhost_user(sock, kind, std::path::Path::new(sock)));
+    }
+    if peers {
+        match std::env::current_exe() {
+            Ok(exe) => runs.extend(run::peers(&exe)),
+            Err(e) => eprintln!("virtio-harness conform: own executable: {e}; no peers"),
+        }
+    }
+    let checks = harness::conform::checks();
+    let entries = report::entries(&cat, &scope, &checks);
+    if let Err(e) = report::write(out, &cat, &entries, &runs) {
+        eprintln!("virtio-harness conform: {}: {e}", out.display());
+        return ExitCode::from(2);
+    }
+    let mut bad = false;
+    let missing: Vec<&String> = entries
+        .iter()
+        .filter(|(_, e)| matches!(e, report::Entry::Missing))
+        .map(|(id, _)| id)
+        .collect();
+    if !missing.is_empty() {
+        bad = true;
+        eprintln!(
+            "{} statements without an entry in scope.tsv or a check: {missing:?}",
+            missing.len()
+        );
+    }
+    let unknown = report::unknown_ids(&cat, &checks);
+    if !unknown.is_empty() {
+        bad = true;
+        eprintln!("checks name statements the catalogue does not have: {unknown:?}");
+    }
+    let cells = report::cells(&runs);
+    let ours = [run::OURS_IN_PROCESS, run::OURS_VHOST_USER];
+    for (target, s, detail) in report::must_failures(&cat, &cells, &ours) {
+        bad = true;
+        eprintln!(
+            "MUST violated by {target}: {} (§{}): {detail}",
+            s.id, s.section
+        );
+    }
+    for r in runs.iter().filter(|r| r.error.is_some()) {
+        let e = r.error.as_deref().unwrap_or("");
+        eprintln!("not checked: {} ({}): {e}", r.target, r.device);
+        if ours.contains(&r.target.as_str()) {
+            bad = true;
+        }
+    }
+    for (target, m) in &cells {
+        let count = |f: fn(&report::Cell) -> bool| m.values().filter(|c| f(c)).count();
+        eprintln!(
+            "{target}: {} pass, {} fail, {} warn, {} not applicable, {} not observable",
+            count(|c| matches!(c, report::Cell::Pass)),
+            count(|c| matches!(c, report::Cell::Fail(_))),
+            count(|c| matches!(c, report::Cell::Warn(_))),
+            count(|c| matches!(c, report::Cell::NotApplicable(_))),
+            count(|c| matches!(c, report::Cell::NotObservable(_))),
+        );
+    }
+    eprintln!("report: {}", out.join("report.md").display());
+    if bad {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    }
 }

@@ -326,12 +326,55 @@ impl fmt::Display for Verdict {
     }
 }
 
-/// `scope.tsv`: a verdict per statement id, or per id prefix (a whole
-/// block or area: a pattern ending in `*`); the longest match wins.
+/// `scope.tsv`: what we say about statements no check covers. A rule is
+/// `pattern<TAB>verdict`; the pattern is a statement id, a glob over ids
+/// (`*` matches any run of characters), or `feature:NAME`, which matches
+/// statements naming that feature bit unless they speak of it not being
+/// negotiated (those apply to a device that does not offer it). An exact
+/// id wins, then a feature rule, then the glob with the most literal
+/// characters.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Scope {
-    /// Pattern (an id, or a prefix ending in `*`) and its verdict.
+    /// Pattern and its verdict.
     pub rules: Vec<(String, Verdict)>,
+}
+
+/// Whether `text` matches `glob` (`*` matches any run).
+fn glob(pattern: &str, text: &str) -> bool {
+    let parts: Vec<&str> = pattern.split('*').collect();
+    if parts.len() == 1 {
+        return pattern == text;
+    }
+    let (first, last) = (parts[0], parts[parts.len() - 1]);
+    if !text.starts_with(first) || text.len() < first.len() + last.len() || !text.ends_with(last) {
+        return false;
+    }
+    let mut rest = &text[first.len()..text.len() - last.len()];
+    for mid in &parts[1..parts.len() - 1] {
+        match rest.find(mid) {
+            Some(at) => rest = &rest[at + mid.len()..],
+            None => return false,
+        }
+    }
+    true
+}
+
+/// Whether a statement applies only when `feature` is negotiated (it names
+/// it and does not speak of it being absent).
+fn needs_feature(s: &Statement, feature: &str) -> bool {
+    if !s.features.iter().any(|f| f == feature) {
+        return false;
+    }
+    let text = format!("{} {}", s.context, s.text);
+    ![
+        "not negotiated",
+        "not been negotiated",
+        "not offered",
+        "unless",
+        "is not accepted",
+    ]
+    .iter()
+    .any(|w| text.contains(w))
 }
 
 impl Scope {
@@ -362,19 +405,21 @@ impl Scope {
         Ok(Scope { rules })
     }
 
-    /// The verdict for `id`: an exact rule, else the longest prefix rule.
-    pub fn verdict(&self, id: &str) -> Option<&Verdict> {
-        if let Some((_, v)) = self.rules.iter().find(|(p, _)| p == id) {
+    /// The verdict for statement `s`.
+    pub fn verdict(&self, s: &Statement) -> Option<&Verdict> {
+        if let Some((_, v)) = self.rules.iter().find(|(p, _)| *p == s.id) {
+            return Some(v);
+        }
+        if let Some((_, v)) = self.rules.iter().find(|(p, _)| {
+            p.strip_prefix("feature:")
+                .is_some_and(|f| needs_feature(s, f))
+        }) {
             return Some(v);
         }
         self.rules
             .iter()
-            .filter_map(|(p, v)| {
-                p.strip_suffix('*')
-                    .filter(|pre| id.starts_with(pre))
-                    .map(|pre| (pre.len(), v))
-            })
-            .max_by_key(|(n, _)| *n)
+            .filter(|(p, _)| !p.starts_with("feature:") && p.contains('*') && glob(p, &s.id))
+            .max_by_key(|(p, _)| p.len() - p.matches('*').count())
             .map(|(_, v)| v)
     }
 
@@ -388,9 +433,9 @@ impl Scope {
                 !catalogue
                     .statements
                     .iter()
-                    .any(|s| match p.strip_suffix('*') {
-                        Some(pre) => s.id.starts_with(pre),
-                        None => s.id == *p,
+                    .any(|s| match p.strip_prefix("feature:") {
+                        Some(f) => s.features.iter().any(|x| x == f),
+                        None => glob(p, &s.id),
                     })
             })
             .collect()
@@ -439,22 +484,42 @@ mod tests {
     }
 
     #[test]
-    fn scope_rules_match_exactly_or_by_the_longest_prefix() {
+    fn scope_rules_match_exactly_then_by_feature_then_by_the_longest_glob() {
         let s = Scope::parse(
-            "# comment\npacked*\tnot-applicable: VIRTIO_F_RING_PACKED\n\
-             device:basic/*\tnot-implemented: no check yet\n\
-             device:basic/a#1\tnot-applicable: legacy only\n",
+            "# comment\ndevice:basic/*\tnot-implemented: no check yet\n\
+             device:basic/a#1\tnot-applicable: legacy only\n\
+             *legacy*\tnot-implemented: legacy\n\
+             feature:VIRTIO_F_X\tnot-applicable: X not offered\n",
         )
         .unwrap();
+        let mut st = statement("device:basic/a#1");
         assert_eq!(
-            s.verdict("device:basic/a#1"),
+            s.verdict(&st),
             Some(&Verdict::NotApplicable("legacy only".into()))
         );
+        st.id = "device:basic/b#3".into();
         assert_eq!(
-            s.verdict("device:basic/b#3"),
+            s.verdict(&st),
             Some(&Verdict::NotImplemented("no check yet".into()))
         );
-        assert_eq!(s.verdict("driver:split/x#1"), None);
+        st.features = vec!["VIRTIO_F_X".into()];
+        assert_eq!(
+            s.verdict(&st),
+            Some(&Verdict::NotApplicable("X not offered".into()))
+        );
+        st.text = "If VIRTIO_F_X is not negotiated, the device MUST NOT do X.".into();
+        assert_eq!(
+            s.verdict(&st),
+            Some(&Verdict::NotImplemented("no check yet".into()))
+        );
+        st.id = "desc:blk/legacy-interface#1".into();
+        st.features.clear();
+        assert_eq!(
+            s.verdict(&st),
+            Some(&Verdict::NotImplemented("legacy".into()))
+        );
+        st.id = "driver:split/x#1".into();
+        assert_eq!(s.verdict(&st), None);
         assert!(Scope::parse("x\tmaybe").is_err());
     }
 }

@@ -3,4 +3,17 @@
 //! we say about each.
 
 pub mod catalogue;
+pub mod report;
+pub mod run;
 pub mod spec;
+pub mod targets;
+
+/// The catalogue as checked in (`harness/conform/catalogue.tsv`).
+pub const CATALOGUE: &str = include_str!("../../conform/catalogue.tsv");
+/// The scope as checked in (`harness/conform/scope.tsv`).
+pub const SCOPE: &str = include_str!("../../conform/scope.tsv");
+
+/// Every check, device side then driver side.
+pub fn checks() -> Vec<&'static [conform::Check]> {
+    vec![conform::device::CHECKS]
+}

@@ -124,9 +124,16 @@ impl UserDevice {
         self.gone().unwrap_or_else(|| e.into())
     }
 
+    /// Takes the backend's calls into `InterruptStatus` without
+    /// acknowledging them (for code that reads the register itself, the
+    /// conformance checks); whether the interrupt line is up.
+    pub fn take_calls(&self) -> bool {
+        backend_ready(&mut self.regs.borrow_mut())
+    }
+
     /// Blocks until a call eventfd or the socket is readable, at most
     /// `timeout`.
-    fn block(&self, timeout: Duration) {
+    pub fn block(&self, timeout: Duration) {
         let mut pfds = self.pollfds.borrow_mut();
         let ms = i32::try_from(timeout.as_millis().max(1)).unwrap_or(i32::MAX);
         // SAFETY: `pfds` is a valid array of `pfds.len()` pollfds of fds

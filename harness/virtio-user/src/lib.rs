@@ -32,5 +32,5 @@ pub mod rng;
 
 pub use device::{MAX_QUEUES, UserDevice, UserRegisters, UserWait};
 pub use error::Error;
-pub use ram::{GUEST_BASE, MAX_PAGES, UserHal, UserRam};
+pub use ram::{GUEST_BASE, MAX_PAGES, UserHal, UserMemory, UserRam};
 pub use vhost_user::frontend::VhostUserKind;

@@ -9,6 +9,8 @@ use std::sync::Arc;
 use backends::hostmem::HostMemory;
 use guest_driver::hal::{BufferDirection, Dma, Hal, PAGE_SIZE, PhysAddr, PoolHal};
 use vhost_user::frontend::SharedRam;
+use virtio_core::GuestMemory;
+use virtio_core::memory::{Access, GuestAddress, Mapping, MemoryError, Region, RegionMemory};
 
 use crate::Error;
 
@@ -56,6 +58,30 @@ impl UserRam {
         self.memory.is_empty()
     }
 
+    /// The shared memory as guest memory, guest address [`GUEST_BASE`]
+    /// plus the offset, for code that lays out rings and buffers itself
+    /// (the conformance checks) rather than through a driver's DMA pool.
+    pub fn guest_memory(&self) -> UserMemory {
+        let mut regions = RegionMemory::new();
+        // SAFETY: the mapping is `len()` bytes at `as_ptr()`, valid for
+        // reads and writes while `memory` lives, which the returned value
+        // keeps alive (an `Rc`); the backend writes the same bytes, which
+        // `RegionMemory` only ever copies or accesses atomically.
+        let region = unsafe {
+            Region::new(
+                GuestAddress(GUEST_BASE),
+                self.memory.as_ptr(),
+                self.memory.len() as u64,
+            )
+        };
+        // One region in an empty table cannot overlap or overflow.
+        let _ = regions.add(region);
+        UserMemory {
+            regions,
+            _memory: Rc::clone(&self.memory),
+        }
+    }
+
     /// A DMA pool over the whole memory, for one driver at a time (two
     /// pools over the same memory would hand out the same pages).
     pub fn hal(&self) -> Result<UserHal, Error> {
@@ -72,6 +98,31 @@ impl UserRam {
             pool: Box::new(pool),
             _memory: Rc::clone(&self.memory),
         })
+    }
+}
+
+/// A [`UserRam`] as guest memory (see [`UserRam::guest_memory`]).
+#[derive(Debug)]
+pub struct UserMemory {
+    regions: RegionMemory<1>,
+    _memory: Rc<HostMemory>,
+}
+
+impl GuestMemory for UserMemory {
+    fn map(&self, addr: GuestAddress, len: u64, access: Access) -> Result<Mapping, MemoryError> {
+        self.regions.map(addr, len, access)
+    }
+    fn read(&self, addr: GuestAddress, buf: &mut [u8]) -> Result<(), MemoryError> {
+        self.regions.read(addr, buf)
+    }
+    fn write(&self, addr: GuestAddress, buf: &[u8]) -> Result<(), MemoryError> {
+        self.regions.write(addr, buf)
+    }
+    fn load_u16_acquire(&self, addr: GuestAddress) -> Result<u16, MemoryError> {
+        self.regions.load_u16_acquire(addr)
+    }
+    fn store_u16_release(&self, addr: GuestAddress, val: u16) -> Result<(), MemoryError> {
+        self.regions.store_u16_release(addr, val)
     }
 }
 

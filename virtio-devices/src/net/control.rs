@@ -156,7 +156,7 @@ impl<B: NetBackend, M: GuestMemory> Net<B, M> {
         })();
         self.stats.ctrl_bad_chains += malformed;
         served.again |= budget.exhausted;
-        let f = self.finish_queue(&mut q, completed, served);
+        let f = self.finish_queue(index, &mut q, completed, served);
         self.queues[usize::from(index)] = Some(q);
         r.and(f).map_err(qerr)
     }

@@ -495,10 +495,11 @@ impl<B: NetBackend, M: GuestMemory> Net<B, M> {
         c
     }
 
-    /// Moves one queue's published entries to the driver and decides the
-    /// notification.
+    /// Moves queue `index`'s published entries to the driver and decides
+    /// its notification.
     fn finish_queue(
         &mut self,
+        index: u16,
         q: &mut DeviceQueue,
         completed: u32,
         served: &mut Served,
@@ -509,7 +510,7 @@ impl<B: NetBackend, M: GuestMemory> Net<B, M> {
             self.stats.batches += 1;
             if q.needs_notification(&self.mem)? {
                 self.stats.notifications += 1;
-                served.interrupt = true;
+                served.interrupt_queue(index);
             } else {
                 self.stats.notifications_suppressed += 1;
             }

@@ -368,7 +368,7 @@ impl<B: NetBackend, M: GuestMemory> Net<B, M> {
                 }
                 dev.stats.rx_bad_chains += malformed;
                 completed = mem::take(&mut rx.completed);
-                was = dev.finish_queue(q, completed, served);
+                was = dev.finish_queue(p * 2, q, completed, served);
                 Ok(())
             })?;
             was.map_err(|err| DeviceError::Queue { queue: p * 2, err })?;

@@ -177,7 +177,7 @@ impl<B: NetBackend, M: GuestMemory> Net<B, M> {
         })();
         self.stats.tx_drop_malformed += malformed;
         served.again |= budget.exhausted;
-        let f = self.finish_queue(&mut q, completed, served);
+        let f = self.finish_queue(index, &mut q, completed, served);
         self.queues[usize::from(index)] = Some(q);
         r.and(f).map_err(qerr)
     }
@@ -200,7 +200,7 @@ impl<B: NetBackend, M: GuestMemory> Net<B, M> {
             {
                 let r = q
                     .add_used(&self.mem, p.head, 0)
-                    .and_then(|()| self.finish_queue(&mut q, 1, served));
+                    .and_then(|()| self.finish_queue(p.queue, &mut q, 1, served));
                 self.queues[usize::from(p.queue)] = Some(q);
                 r.map_err(qerr)?;
             }

@@ -1,0 +1,329 @@
+//! The devices the conformance checks run against, each behind a
+//! [`conform::Bus`]: ours in this process (the register file and device
+//! model in one process, nothing hidden) and any vhost-user backend
+//! through our frontend (virtio-user: only the rings are the backend's).
+
+use std::cell::RefCell;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use backends::chardev::RingBuf;
+use backends::hostmem::HostMemory;
+use backends::net::loopback::Loopback;
+use backends::rng::Deterministic;
+use conform::{Bus, Patience, Record};
+use virtio_core::GuestMemory;
+use virtio_core::features::DeviceType;
+use virtio_core::memory::{Access, GuestAddress, Mapping, MemoryError, Region, RegionMemory};
+use virtio_core::mmio::device::MmioRegisters;
+use virtio_core::mmio::driver::RegisterAccess;
+use virtio_devices::blk::{Blk, BlkConfig};
+use virtio_devices::console::Console;
+use virtio_devices::device::VirtioDevice;
+use virtio_devices::net::{Net, NetConfig};
+use virtio_devices::rng::Rng;
+use virtio_devices::transport::{MmioTransport, backend_ready, dispatch};
+use virtio_user::{GUEST_BASE, UserDevice, UserMemory, UserRam, UserRegisters, VhostUserKind};
+
+/// How long a check waits for something it expects.
+const EXPECT: Duration = Duration::from_secs(2);
+/// How long a check watches for something that should not happen.
+const QUIET: Duration = Duration::from_millis(30);
+/// Guest memory for the checks' rings and buffers.
+const DMA_LEN: u64 = 4 << 20;
+
+/// The device types the checks know a request for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// virtio-rng.
+    Rng,
+    /// virtio-blk.
+    Blk,
+    /// virtio-console.
+    Console,
+    /// virtio-net.
+    Net,
+}
+
+impl Kind {
+    /// Every kind.
+    pub const ALL: [Kind; 4] = [Kind::Rng, Kind::Blk, Kind::Console, Kind::Net];
+
+    /// Its name (`rng`, `blk`, …).
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Rng => "rng",
+            Kind::Blk => "blk",
+            Kind::Console => "console",
+            Kind::Net => "net",
+        }
+    }
+
+    /// From its name.
+    pub fn parse(s: &str) -> Option<Kind> {
+        Kind::ALL.into_iter().find(|k| k.name() == s)
+    }
+
+    /// The catalogue area of its device-type statements.
+    pub fn area(self) -> &'static str {
+        self.name()
+    }
+
+    fn vhost_user(self) -> VhostUserKind {
+        match self {
+            Kind::Blk => VhostUserKind::Blk {
+                num_queues: 1,
+                queue_size: 256,
+            },
+            Kind::Rng => VhostUserKind::Rng,
+            Kind::Net => VhostUserKind::Net {
+                mac: [0x52, 0x54, 0x00, 0x12, 0x34, 0x56],
+                queue_size: 256,
+            },
+            Kind::Console => VhostUserKind::Generic {
+                device_type: DeviceType::Console,
+                num_vqs: 4,
+                vq_size: 128,
+                config_size: 12,
+            },
+        }
+    }
+}
+
+/// Anonymous host memory as guest memory at [`GUEST_BASE`], shared by the
+/// device model and the checks in one process.
+#[derive(Clone, Debug)]
+pub struct LocalMemory(Arc<(RegionMemory<1>, HostMemory)>);
+
+impl LocalMemory {
+    fn new(len: u64) -> Result<LocalMemory, String> {
+        let host = HostMemory::ram(len, false, false).map_err(|e| e.to_string())?;
+        let mut regions = RegionMemory::new();
+        // SAFETY: `host` is `len` bytes mapped read-write; the region is
+        // dropped with it (both in one `Arc`), and all accesses through
+        // `RegionMemory` are copies or atomics.
+        let region = unsafe { Region::new(GuestAddress(GUEST_BASE), host.as_ptr(), len) };
+        regions.add(region).map_err(|e| format!("{e:?}"))?;
+        Ok(LocalMemory(Arc::new((regions, host))))
+    }
+}
+
+impl GuestMemory for LocalMemory {
+    fn map(&self, addr: GuestAddress, len: u64, access: Access) -> Result<Mapping, MemoryError> {
+        GuestMemory::map(&self.0.0, addr, len, access)
+    }
+    fn read(&self, addr: GuestAddress, buf: &mut [u8]) -> Result<(), MemoryError> {
+        GuestMemory::read(&self.0.0, addr, buf)
+    }
+    fn write(&self, addr: GuestAddress, buf: &[u8]) -> Result<(), MemoryError> {
+        GuestMemory::write(&self.0.0, addr, buf)
+    }
+    fn load_u16_acquire(&self, addr: GuestAddress) -> Result<u16, MemoryError> {
+        GuestMemory::load_u16_acquire(&self.0.0, addr)
+    }
+    fn store_u16_release(&self, addr: GuestAddress, val: u16) -> Result<(), MemoryError> {
+        GuestMemory::store_u16_release(&self.0.0, addr, val)
+    }
+}
+
+/// Register access to a device model in this process: each write's
+/// outcome is served at once, as a trapped MMIO write would be.
+struct Local<D: VirtioDevice>(RefCell<MmioRegisters<MmioTransport<D>, 8>>);
+
+impl<D: VirtioDevice> RegisterAccess for Local<D> {
+    fn read32(&self, offset: u64) -> u32 {
+        self.0.borrow().read32(offset).unwrap_or(0)
+    }
+    fn write32(&self, offset: u64, value: u32) {
+        self.write(offset, &value.to_le_bytes());
+    }
+    fn read16(&self, offset: u64) -> u16 {
+        let mut b = [0; 2];
+        let _ = self.0.borrow().read(offset, &mut b);
+        u16::from_le_bytes(b)
+    }
+    fn write16(&self, offset: u64, value: u16) {
+        self.write(offset, &value.to_le_bytes());
+    }
+    fn read8(&self, offset: u64) -> u8 {
+        let mut b = [0; 1];
+        let _ = self.0.borrow().read(offset, &mut b);
+        b[0]
+    }
+    fn write8(&self, offset: u64, value: u8) {
+        self.write(offset, &[value]);
+    }
+}
+
+impl<D: VirtioDevice> Local<D> {
+    fn write(&self, offset: u64, data: &[u8]) {
+        let mut r = self.0.borrow_mut();
+        if let Ok(o) = r.write(offset, data) {
+            dispatch(&mut r, o);
+        }
+    }
+}
+
+/// One of our device models in this process.
+struct LocalBus<D: VirtioDevice> {
+    regs: Local<D>,
+    mem: LocalMemory,
+}
+
+impl<D: VirtioDevice> Bus for LocalBus<D> {
+    fn regs(&self) -> &dyn RegisterAccess {
+        &self.regs
+    }
+    fn mem(&self) -> &dyn conform::Memory {
+        &self.mem
+    }
+    fn dma(&self) -> (GuestAddress, u64) {
+        (GuestAddress(GUEST_BASE), DMA_LEN)
+    }
+    fn wait(&self, done: &mut dyn FnMut() -> bool, patience: Patience) -> bool {
+        let deadline = Instant::now()
+            + if patience == Patience::Expect {
+                EXPECT
+            } else {
+                QUIET
+            };
+        loop {
+            if done() {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            // Work a backend finished (a file, a socket) is taken in, as
+            // the monitor's event loop would.
+            backend_ready(&mut self.regs.0.borrow_mut());
+            std::thread::sleep(Duration::from_micros(200));
+        }
+    }
+    fn path(&self) -> conform::Path {
+        conform::Path::InProcess
+    }
+}
+
+fn local<D: VirtioDevice + 'static>(dev: D, mem: LocalMemory) -> Result<Box<dyn Bus>, String> {
+    let regs = MmioRegisters::new(MmioTransport::new(dev)).map_err(|e| e.to_string())?;
+    Ok(Box::new(LocalBus {
+        regs: Local(RefCell::new(regs)),
+        mem,
+    }))
+}
+
+/// Our device of `kind` in this process, with an in-memory backend (a
+/// seeded entropy stream, a 1 MiB memory disk, a ring-buffer chardev, a
+/// loopback network).
+pub fn ours_in_process(kind: Kind) -> Result<Box<dyn Bus>, String> {
+    let mem = LocalMemory::new(DMA_LEN)?;
+    match kind {
+        Kind::Rng => local(Rng::new(Deterministic::new(1), mem.clone()), mem),
+        Kind::Blk => {
+            let disk = backends::block::memory::MemoryDisk::new(2048);
+            let dev =
+                Blk::new(disk, mem.clone(), BlkConfig::default()).map_err(|e| e.to_string())?;
+            local(dev, mem)
+        }
+        Kind::Console => local(
+            Console::new(mem.clone(), Box::new(RingBuf::<4096>::new())),
+            mem,
+        ),
+        Kind::Net => {
+            let dev = Net::new(
+                Loopback::new(64, 1 << 20),
+                mem.clone(),
+                NetConfig::default(),
+            )
+            .map_err(|e| e.to_string())?;
+            local(dev, mem)
+        }
+    }
+}
+
+/// A vhost-user backend through our frontend in this process.
+struct UserBus {
+    dev: UserDevice,
+    regs: UserRegisters,
+    mem: UserMemory,
+}
+
+impl Bus for UserBus {
+    fn regs(&self) -> &dyn RegisterAccess {
+        &self.regs
+    }
+    fn mem(&self) -> &dyn conform::Memory {
+        &self.mem
+    }
+    fn dma(&self) -> (GuestAddress, u64) {
+        (GuestAddress(GUEST_BASE), DMA_LEN)
+    }
+    fn wait(&self, done: &mut dyn FnMut() -> bool, patience: Patience) -> bool {
+        let deadline = Instant::now()
+            + if patience == Patience::Expect {
+                EXPECT
+            } else {
+                QUIET
+            };
+        loop {
+            self.dev.take_calls();
+            if done() {
+                return true;
+            }
+            let now = Instant::now();
+            if now >= deadline || self.dev.is_dead() {
+                return false;
+            }
+            self.dev
+                .block((deadline - now).min(Duration::from_millis(5)));
+        }
+    }
+    fn path(&self) -> conform::Path {
+        conform::Path::VhostUser
+    }
+}
+
+/// The vhost-user backend on `socket`, a device of `kind`. Waits a
+/// moment for the socket to listen (some backends listen again only a
+/// while after their last frontend left).
+pub fn vhost_user(socket: &Path, kind: Kind) -> Result<Box<dyn Bus>, String> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !crate::daemon::unix_listening(socket) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let ram = UserRam::new(DMA_LEN).map_err(|e| e.to_string())?;
+    let dev = UserDevice::connect(socket, kind.vhost_user(), &ram)
+        .map_err(|e| format!("{}: {e}", socket.display()))?;
+    let regs = dev.registers();
+    Ok(Box::new(UserBus {
+        regs,
+        mem: ram.guest_memory(),
+        dev,
+    }))
+}
+
+/// Runs every device check against `bus`.
+pub fn run_device_checks(bus: &dyn Bus) -> Vec<Record> {
+    conform::run(bus, conform::device::CHECKS)
+}
+
+/// Runs every device check on a bus of its own from `connect` (a fresh
+/// vhost-user connection per check, so that one check's trouble, such as
+/// a backend that does not start again after a reset, does not spill into
+/// the next); a check whose connection fails fails all its statements.
+pub fn run_device_checks_each(connect: &dyn Fn() -> Result<Box<dyn Bus>, String>) -> Vec<Record> {
+    let mut out = Vec::new();
+    for c in conform::device::CHECKS {
+        match connect() {
+            Ok(bus) => out.extend(conform::run(bus.as_ref(), std::slice::from_ref(c))),
+            Err(e) => out.extend(c.statements.iter().map(|s| Record {
+                statement: s,
+                check: c.name,
+                outcome: conform::Outcome::Fail(format!("could not connect: {e}")),
+            })),
+        }
+    }
+    out
+}
