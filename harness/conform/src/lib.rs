@@ -18,6 +18,7 @@
 extern crate alloc;
 
 pub mod device;
+pub mod driver;
 pub mod ring;
 
 use alloc::string::String;

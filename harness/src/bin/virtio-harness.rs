@@ -401,6 +401,7 @@ fn conform_run(out: &std::path::Path, peers: bool, others: &[String]) -> ExitCod
         }
     };
     let mut runs = run::in_process();
+    runs.extend(harness::conform::drivers::in_process());
     for o in others {
         let Some((kind, sock)) = o
             .split_once('=')
@@ -444,7 +445,11 @@ fn conform_run(out: &std::path::Path, peers: bool, others: &[String]) -> ExitCod
         eprintln!("checks name statements the catalogue does not have: {unknown:?}");
     }
     let cells = report::cells(&runs);
-    let ours = [run::OURS_IN_PROCESS, run::OURS_VHOST_USER];
+    let ours = [
+        run::OURS_IN_PROCESS,
+        run::OURS_VHOST_USER,
+        harness::conform::drivers::GUEST_DRIVER,
+    ];
     for (target, s, detail) in report::must_failures(&cat, &cells, &ours) {
         bad = true;
         eprintln!(

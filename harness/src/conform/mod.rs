@@ -3,6 +3,7 @@
 //! we say about each.
 
 pub mod catalogue;
+pub mod drivers;
 pub mod report;
 pub mod run;
 pub mod spec;
@@ -15,5 +16,5 @@ pub const SCOPE: &str = include_str!("../../conform/scope.tsv");
 
 /// Every check, device side then driver side.
 pub fn checks() -> Vec<&'static [conform::Check]> {
-    vec![conform::device::CHECKS]
+    vec![conform::device::CHECKS, conform::driver::CHECKS]
 }

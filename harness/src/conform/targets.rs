@@ -8,6 +8,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use backends::block::memory::MemoryDisk;
 use backends::chardev::RingBuf;
 use backends::hostmem::HostMemory;
 use backends::net::loopback::Loopback;
@@ -97,7 +98,8 @@ impl Kind {
 pub struct LocalMemory(Arc<(RegionMemory<1>, HostMemory)>);
 
 impl LocalMemory {
-    fn new(len: u64) -> Result<LocalMemory, String> {
+    /// `len` bytes of zeroed anonymous memory.
+    pub fn new(len: u64) -> Result<LocalMemory, String> {
         let host = HostMemory::ram(len, false, false).map_err(|e| e.to_string())?;
         let mut regions = RegionMemory::new();
         // SAFETY: `host` is `len` bytes mapped read-write; the region is
@@ -106,6 +108,11 @@ impl LocalMemory {
         let region = unsafe { Region::new(GuestAddress(GUEST_BASE), host.as_ptr(), len) };
         regions.add(region).map_err(|e| format!("{e:?}"))?;
         Ok(LocalMemory(Arc::new((regions, host))))
+    }
+
+    /// The host address of its first byte (guest address [`GUEST_BASE`]).
+    pub fn host_ptr(&self) -> *mut u8 {
+        self.0.1.as_ptr()
     }
 }
 
@@ -214,32 +221,52 @@ fn local<D: VirtioDevice + 'static>(dev: D, mem: LocalMemory) -> Result<Box<dyn 
     }))
 }
 
-/// Our device of `kind` in this process, with an in-memory backend (a
-/// seeded entropy stream, a 1 MiB memory disk, a ring-buffer chardev, a
-/// loopback network).
-pub fn ours_in_process(kind: Kind) -> Result<Box<dyn Bus>, String> {
-    let mem = LocalMemory::new(DMA_LEN)?;
-    match kind {
-        Kind::Rng => local(Rng::new(Deterministic::new(1), mem.clone()), mem),
-        Kind::Blk => {
-            let disk = backends::block::memory::MemoryDisk::new(2048);
-            let dev =
-                Blk::new(disk, mem.clone(), BlkConfig::default()).map_err(|e| e.to_string())?;
-            local(dev, mem)
-        }
-        Kind::Console => local(
-            Console::new(mem.clone(), Box::new(RingBuf::<4096>::new())),
-            mem,
+/// One of our device models over [`LocalMemory`] (built once per run: the
+/// sizes of the variants do not matter).
+#[allow(clippy::large_enum_variant)]
+pub enum Device {
+    /// virtio-rng on a seeded stream.
+    Rng(Rng<Deterministic, LocalMemory>),
+    /// virtio-blk on a 1 MiB memory disk.
+    Blk(Blk<MemoryDisk, LocalMemory>),
+    /// virtio-console on a ring-buffer chardev.
+    Console(Console<LocalMemory>),
+    /// virtio-net on a loopback network.
+    Net(Net<Loopback, LocalMemory>),
+}
+
+/// Our device of `kind` over `mem`, with an in-memory backend (a seeded
+/// entropy stream, a 1 MiB memory disk, a ring-buffer chardev, a loopback
+/// network).
+pub fn our_device(kind: Kind, mem: &LocalMemory) -> Result<Device, String> {
+    Ok(match kind {
+        Kind::Rng => Device::Rng(Rng::new(Deterministic::new(1), mem.clone())),
+        Kind::Blk => Device::Blk(
+            Blk::new(MemoryDisk::new(2048), mem.clone(), BlkConfig::default())
+                .map_err(|e| e.to_string())?,
         ),
-        Kind::Net => {
-            let dev = Net::new(
+        Kind::Console => {
+            Device::Console(Console::new(mem.clone(), Box::new(RingBuf::<4096>::new())))
+        }
+        Kind::Net => Device::Net(
+            Net::new(
                 Loopback::new(64, 1 << 20),
                 mem.clone(),
                 NetConfig::default(),
             )
-            .map_err(|e| e.to_string())?;
-            local(dev, mem)
-        }
+            .map_err(|e| e.to_string())?,
+        ),
+    })
+}
+
+/// Our device of `kind` in this process (see [`our_device`]).
+pub fn ours_in_process(kind: Kind) -> Result<Box<dyn Bus>, String> {
+    let mem = LocalMemory::new(DMA_LEN)?;
+    match our_device(kind, &mem)? {
+        Device::Rng(d) => local(d, mem),
+        Device::Blk(d) => local(d, mem),
+        Device::Console(d) => local(d, mem),
+        Device::Net(d) => local(d, mem),
     }
 }
 

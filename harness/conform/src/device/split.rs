@@ -54,20 +54,21 @@ fn judge(d: &Dev<'_>, p: &Probe, len: u32) -> Result<(), String> {
         Some(DeviceType::Rng) => {
             let (a, _) = p.writable[0];
             let b = bytes(mem, a, len as usize);
-            if len == 0 || b.iter().all(|x| *x == FILL) {
+            // A few random bytes may equal the fill; more than 8 cannot
+            // all do by chance.
+            if len == 0 || (len > 8 && b.iter().all(|x| *x == FILL)) {
                 return Err(format!(
                     "entropy request completed with len {len} and nothing written"
                 ));
             }
         }
         Some(DeviceType::Blk) => {
+            // The status byte comes last; len may underestimate what was
+            // written (§2.7.8.2), so only the status is judged.
             let (a, _) = p.writable[1];
             let st = bytes(mem, a, 1)[0];
             if st != 0 {
                 return Err(format!("reading sector 0: status {st:#x}"));
-            }
-            if len != 513 {
-                return Err(format!("reading 512 bytes: used len {len} (expected 513)"));
             }
         }
         _ => {}

@@ -1,0 +1,829 @@
+//! Driver-side checks: a watch on the register accesses a driver makes to
+//! a virtio-mmio device (§4.2.2), which records every driver-side
+//! statement it sees kept or broken without changing what the device does.
+//!
+//! Feed it every access as the device's register file sees it
+//! ([`DriverWatch::read`], [`DriverWatch::write`]) and the interrupts the
+//! device raises ([`DriverWatch::interrupt`]); [`DriverWatch::records`]
+//! gives, per statement, a failure (the first time it was broken, with
+//! what was seen), a pass (the driver did the thing the statement is about
+//! and never broke it), or not observable (the driver never did it). The
+//! path decides what it sees: in process and under our monitor every
+//! access; behind another monitor (vhost-user) none of them.
+
+use alloc::collections::BTreeMap;
+use alloc::format;
+use alloc::string::String;
+use alloc::vec::Vec;
+
+use virtio_core::features::{DeviceType, Level, TransportFeatures};
+use virtio_core::mmio::regs::{self, Direction, InterruptStatus, MmioVersion, Register};
+use virtio_core::status::DeviceStatus;
+
+use crate::{Check, Outcome, Record};
+
+const REGISTERS_ONLY: &str = "driver:mmio/mmio-device-register-layout#1";
+const CONTROL_32: &str = "driver:mmio/mmio-device-register-layout#2";
+const CONFIG_ALIGNED: &str = "driver:mmio/mmio-device-register-layout#3";
+const FEATURES_SEL_FIRST: &str = "driver:mmio/mmio-device-register-layout#7";
+const DRIVER_FEATURES_SEL_FIRST: &str = "driver:mmio/mmio-device-register-layout#8";
+const QUEUE_SIZE_MAX: &str = "driver:mmio/mmio-device-register-layout#9";
+const QUEUE_BUSY: &str = "driver:mmio/mmio-device-register-layout#10";
+const READY_READ_BACK: &str = "driver:mmio/mmio-device-register-layout#11";
+const ACK_DEFINED: &str = "driver:mmio/mmio-device-register-layout#13";
+const MAGIC_FIRST: &str =
+    "driver:mmio/mmio-specific-initialization-and-device-operation/device-initialization#1";
+const DEVICE_ID_NEXT: &str =
+    "driver:mmio/mmio-specific-initialization-and-device-operation/device-initialization#2";
+const NO_SHM: &str =
+    "driver:mmio/mmio-specific-initialization-and-device-operation/device-initialization#3";
+const ISR_AFTER_IRQ: &str =
+    "driver:mmio/mmio-specific-initialization-and-device-operation/notifications-from-the-device#1";
+const ACK_AFTER_IRQ: &str =
+    "driver:mmio/mmio-specific-initialization-and-device-operation/notifications-from-the-device#3";
+const STATUS_STEPS: &str = "driver:basic/device-status-field#1";
+const NO_CLEARED_BIT: &str = "driver:basic/device-status-field#2";
+const RESET_AFTER_FAILED: &str = "driver:basic/device-status-field#3";
+const OFFERED_ONLY: &str = "driver:basic/feature-bits#1";
+const UNDESCRIBED: &str = "driver:basic/feature-bits#3";
+const RESERVED: &str = "driver:basic/feature-bits#4";
+const NOT_FOR_TRANSPORT: &str = "driver:basic/feature-bits#5";
+const NOT_FOR_TYPE: &str = "driver:basic/feature-bits#6";
+const INIT_RESET: &str = "driver:general/device-initialization#1";
+const INIT_ACK: &str = "driver:general/device-initialization#2";
+const INIT_DRIVER: &str = "driver:general/device-initialization#3";
+const INIT_FEATURES: &str = "driver:general/device-initialization#4";
+const INIT_NO_CONFIG_WRITE: &str = "driver:general/device-initialization#5";
+const INIT_FEATURES_OK: &str = "driver:general/device-initialization#6";
+const INIT_NO_NEW_FEATURES: &str = "driver:general/device-initialization#7";
+const INIT_REREAD: &str = "driver:general/device-initialization#8";
+const INIT_SETUP: &str = "driver:general/device-initialization#9";
+const INIT_DRIVER_OK: &str = "driver:general/device-initialization#10";
+const NO_NOTIFY_BEFORE_DRIVER_OK: &str = "driver:general/device-initialization#14";
+
+/// Every statement the watch judges.
+pub const STATEMENTS: &[&str] = &[
+    REGISTERS_ONLY,
+    CONTROL_32,
+    CONFIG_ALIGNED,
+    FEATURES_SEL_FIRST,
+    DRIVER_FEATURES_SEL_FIRST,
+    QUEUE_SIZE_MAX,
+    QUEUE_BUSY,
+    READY_READ_BACK,
+    ACK_DEFINED,
+    MAGIC_FIRST,
+    DEVICE_ID_NEXT,
+    NO_SHM,
+    ISR_AFTER_IRQ,
+    ACK_AFTER_IRQ,
+    STATUS_STEPS,
+    NO_CLEARED_BIT,
+    RESET_AFTER_FAILED,
+    OFFERED_ONLY,
+    UNDESCRIBED,
+    RESERVED,
+    NOT_FOR_TRANSPORT,
+    NOT_FOR_TYPE,
+    INIT_RESET,
+    INIT_ACK,
+    INIT_DRIVER,
+    INIT_FEATURES,
+    INIT_NO_CONFIG_WRITE,
+    INIT_FEATURES_OK,
+    INIT_NO_NEW_FEATURES,
+    INIT_REREAD,
+    INIT_SETUP,
+    INIT_DRIVER_OK,
+    NO_NOTIFY_BEFORE_DRIVER_OK,
+];
+
+/// The watch as a [`Check`] for the catalogue: it is not run against a
+/// [`Bus`](crate::Bus) but fed by a transport, so `run` records nothing.
+pub const WATCH: Check = Check {
+    name: "driver-register-watch",
+    statements: STATEMENTS,
+    run: |_| {},
+};
+
+/// Every driver-side check.
+pub const CHECKS: &[Check] = &[WATCH];
+
+/// What the watch has seen of one statement.
+#[derive(Clone, Debug, Default)]
+struct Seen {
+    kept: bool,
+    broken: Option<String>,
+}
+
+/// Notes that the driver did what statement `s` is about.
+fn keep(seen: &mut BTreeMap<&'static str, Seen>, s: &'static str) {
+    seen.entry(s).or_default().kept = true;
+}
+
+/// Notes that the driver kept (`ok`) or broke statement `s`; the first
+/// breach is kept with `what` was seen.
+fn judge(
+    seen: &mut BTreeMap<&'static str, Seen>,
+    s: &'static str,
+    ok: bool,
+    what: impl FnOnce() -> String,
+) {
+    let e = seen.entry(s).or_default();
+    if ok {
+        e.kept = true;
+    } else if e.broken.is_none() {
+        e.broken = Some(what());
+    }
+}
+
+/// The register-level watch on one driver (see the module documentation).
+#[derive(Clone, Debug)]
+pub struct DriverWatch {
+    device_type: Option<DeviceType>,
+    offered: u64,
+    /// Accesses since the watch began, until DeviceID was read.
+    probe: Vec<u64>,
+    probe_done: bool,
+    features_sel_written: bool,
+    /// DeviceFeatures read since the reset.
+    features_read: bool,
+    driver_features_sel_written: bool,
+    driver_features_sel: u32,
+    device_features_sel: u32,
+    accepted: u64,
+    status: u8,
+    /// FEATURES_OK written and Status not read since.
+    reread_pending: bool,
+    failed: bool,
+    queue_sel: u32,
+    /// Per queue: the `QueueNumMax` the device presents, whether it is
+    /// ready.
+    queues: BTreeMap<u32, (u32, bool)>,
+    /// Queues whose QueueReady was set to 0 and not read back yet.
+    readback_pending: Vec<u32>,
+    irq_pending: bool,
+    isr_read_since_irq: bool,
+    isr_seen: u32,
+    config_len: u64,
+    seen: BTreeMap<&'static str, Seen>,
+}
+
+impl DriverWatch {
+    /// A watch on a driver of a device of `device_type` offering
+    /// `offered`, with `queue_max` entries per queue and `config_len`
+    /// bytes of configuration space.
+    pub fn new(
+        device_type: Option<DeviceType>,
+        offered: u64,
+        queue_max: &[u16],
+        config_len: u64,
+    ) -> Self {
+        DriverWatch {
+            device_type,
+            offered,
+            probe: Vec::new(),
+            probe_done: false,
+            features_sel_written: false,
+            features_read: false,
+            driver_features_sel_written: false,
+            driver_features_sel: 0,
+            device_features_sel: 0,
+            accepted: 0,
+            status: 0,
+            reread_pending: false,
+            failed: false,
+            queue_sel: 0,
+            queues: queue_max
+                .iter()
+                .enumerate()
+                .map(|(i, m)| (i as u32, (u32::from(*m), false)))
+                .collect(),
+            readback_pending: Vec::new(),
+            irq_pending: false,
+            isr_read_since_irq: false,
+            isr_seen: 0,
+            config_len,
+            seen: BTreeMap::new(),
+        }
+    }
+
+    /// The driver read `size` bytes at `offset` and got `value`.
+    pub fn read(&mut self, offset: u64, size: usize, value: u64) {
+        self.access(offset, size, false, value);
+    }
+
+    /// The driver wrote `value` (`size` bytes) at `offset`.
+    pub fn write(&mut self, offset: u64, size: usize, value: u64) {
+        self.access(offset, size, true, value);
+    }
+
+    /// The device raised its interrupt line (again, if it was still up:
+    /// the handler's InterruptStatus read still counts).
+    pub fn interrupt(&mut self) {
+        if !self.irq_pending {
+            self.irq_pending = true;
+            self.isr_read_since_irq = false;
+        }
+    }
+
+    fn access(&mut self, offset: u64, size: usize, write: bool, value: u64) {
+        self.probe_order(offset);
+        if offset >= regs::CONFIG {
+            let end = offset - regs::CONFIG + size as u64;
+            judge(
+                &mut self.seen,
+                REGISTERS_ONLY,
+                end <= self.config_len,
+                || {
+                    format!(
+                        "configuration access at {offset:#x} beyond its {} bytes",
+                        self.config_len
+                    )
+                },
+            );
+            let aligned = matches!(size, 1 | 2 | 4) && offset.is_multiple_of(size as u64);
+            judge(&mut self.seen, CONFIG_ALIGNED, aligned, || {
+                format!("{size}-byte configuration access at {offset:#x}")
+            });
+            // Step 4 (DRIVER set, FEATURES_OK not yet): reads only. A
+            // console's emerg_wr may be written at any time (§5.3.4).
+            let emerg = self.device_type == Some(DeviceType::Console) && offset == regs::CONFIG + 8;
+            let step4 = self.status & DeviceStatus::DRIVER.bits() != 0
+                && self.status & DeviceStatus::FEATURES_OK.bits() == 0;
+            if write && step4 && !emerg {
+                judge(&mut self.seen, INIT_NO_CONFIG_WRITE, false, || {
+                    format!(
+                        "configuration written at {offset:#x} during feature negotiation (status {:#x})",
+                        self.status
+                    )
+                });
+            } else if step4 && !write {
+                keep(&mut self.seen, INIT_NO_CONFIG_WRITE);
+            }
+            return;
+        }
+        let Some(register) = Register::from_offset(offset, MmioVersion::Modern) else {
+            judge(&mut self.seen, REGISTERS_ONLY, false, || {
+                format!("access to {offset:#x}, not a register")
+            });
+            return;
+        };
+        judge(
+            &mut self.seen,
+            CONTROL_32,
+            size == 4 && offset.is_multiple_of(4),
+            || format!("{size}-byte access to {register:?}"),
+        );
+        let allowed = match register.direction() {
+            Direction::Read => !write,
+            Direction::Write => write,
+            Direction::ReadWrite => true,
+        };
+        judge(&mut self.seen, REGISTERS_ONLY, allowed, || {
+            format!(
+                "{} {register:?}",
+                if write { "write to" } else { "read of" }
+            )
+        });
+        let no_shm = matches!(
+            self.device_type,
+            Some(DeviceType::Rng | DeviceType::Blk | DeviceType::Console | DeviceType::Net)
+        );
+        if no_shm
+            && matches!(
+                register,
+                Register::ShmSel
+                    | Register::ShmLenLow
+                    | Register::ShmLenHigh
+                    | Register::ShmBaseLow
+                    | Register::ShmBaseHigh
+            )
+        {
+            judge(&mut self.seen, NO_SHM, false, || {
+                format!("{register:?} accessed")
+            });
+        }
+        let v = value as u32;
+        match (register, write) {
+            (Register::DeviceFeaturesSel, true) => {
+                self.features_sel_written = true;
+                self.device_features_sel = v;
+            }
+            (Register::DeviceFeatures, false) => {
+                self.features_read = true;
+                judge(
+                    &mut self.seen,
+                    FEATURES_SEL_FIRST,
+                    self.features_sel_written,
+                    || "DeviceFeatures read before DeviceFeaturesSel was written".into(),
+                );
+            }
+            (Register::DriverFeaturesSel, true) => {
+                self.driver_features_sel_written = true;
+                self.driver_features_sel = v;
+            }
+            (Register::DriverFeatures, true) => {
+                judge(
+                    &mut self.seen,
+                    DRIVER_FEATURES_SEL_FIRST,
+                    self.driver_features_sel_written,
+                    || "DriverFeatures written before DriverFeaturesSel".into(),
+                );
+                let fok = self.status & DeviceStatus::FEATURES_OK.bits() != 0;
+                let word = match self.driver_features_sel {
+                    0 => self.accepted as u32,
+                    1 => (self.accepted >> 32) as u32,
+                    _ => 0,
+                };
+                let new_bits = v & !word;
+                if fok {
+                    judge(&mut self.seen, INIT_NO_NEW_FEATURES, new_bits == 0, || {
+                        format!(
+                            "DriverFeatures {v:#x} accepts new bits {new_bits:#x} after FEATURES_OK (status {:#x})",
+                            self.status
+                        )
+                    });
+                }
+                let read_offered = self.features_read;
+                judge(&mut self.seen, INIT_FEATURES, read_offered, || {
+                    "DriverFeatures written without reading DeviceFeatures".into()
+                });
+                match self.driver_features_sel {
+                    0 => self.accepted = (self.accepted & !0xffff_ffff) | u64::from(v),
+                    1 => self.accepted = (self.accepted & 0xffff_ffff) | (u64::from(v) << 32),
+                    _ => {}
+                }
+            }
+            (Register::QueueSel, true) => self.queue_sel = v,
+            (Register::QueueNumMax, false) => {
+                self.queues.entry(self.queue_sel).or_insert((v, false)).0 = v;
+            }
+            (
+                Register::QueueNum
+                | Register::QueueDescLow
+                | Register::QueueDescHigh
+                | Register::QueueDriverLow
+                | Register::QueueDriverHigh
+                | Register::QueueDeviceLow
+                | Register::QueueDeviceHigh,
+                true,
+            ) => {
+                let (max, ready) = self
+                    .queues
+                    .get(&self.queue_sel)
+                    .copied()
+                    .unwrap_or((0, false));
+                self.setting_up_again(self.queue_sel);
+                judge(&mut self.seen, QUEUE_BUSY, !ready, || {
+                    format!(
+                        "{register:?} written while queue {} is ready",
+                        self.queue_sel
+                    )
+                });
+                let fok = self.status & DeviceStatus::FEATURES_OK.bits() != 0;
+                judge(&mut self.seen, INIT_SETUP, fok, || {
+                    format!(
+                        "{register:?} written before FEATURES_OK (status {:#x})",
+                        self.status
+                    )
+                });
+                if register == Register::QueueNum {
+                    judge(&mut self.seen, QUEUE_SIZE_MAX, v <= max, || {
+                        format!(
+                            "QueueSize {v} for queue {} whose QueueSizeMax is {max}",
+                            self.queue_sel
+                        )
+                    });
+                }
+            }
+            (Register::QueueReady, true) => {
+                let q = self.queue_sel;
+                if v == 1 {
+                    self.setting_up_again(q);
+                }
+                let e = self.queues.entry(q).or_insert((0, false));
+                if v == 0 && e.1 && !self.readback_pending.contains(&q) {
+                    self.readback_pending.push(q);
+                }
+                e.1 = v == 1;
+            }
+            (Register::QueueReady, false) => {
+                let q = self.queue_sel;
+                if let Some(at) = self.readback_pending.iter().position(|x| *x == q) {
+                    self.readback_pending.swap_remove(at);
+                    keep(&mut self.seen, READY_READ_BACK);
+                }
+                if v == 0
+                    && let Some(e) = self.queues.get_mut(&q)
+                {
+                    e.1 = false;
+                }
+            }
+            (Register::QueueReset, true) if v == 1 => {
+                if let Some(e) = self.queues.get_mut(&self.queue_sel) {
+                    e.1 = false;
+                }
+            }
+            (Register::QueueNotify, true) => {
+                let live = self.status & DeviceStatus::DRIVER_OK.bits() != 0;
+                judge(&mut self.seen, NO_NOTIFY_BEFORE_DRIVER_OK, live, || {
+                    format!("QueueNotify before DRIVER_OK (status {:#x})", self.status)
+                });
+            }
+            (Register::InterruptStatus, false) => {
+                self.isr_seen |= v;
+                if self.irq_pending {
+                    self.isr_read_since_irq = true;
+                }
+            }
+            (Register::InterruptAck, true) => {
+                let undefined = v & !InterruptStatus::all().bits();
+                judge(&mut self.seen, ACK_DEFINED, undefined == 0, || {
+                    format!("InterruptACK {v:#x}")
+                });
+                if self.irq_pending {
+                    judge(
+                        &mut self.seen,
+                        ISR_AFTER_IRQ,
+                        self.isr_read_since_irq,
+                        || {
+                            "InterruptACK written without reading InterruptStatus after the interrupt"
+                            .into()
+                        },
+                    );
+                    self.irq_pending = false;
+                    keep(&mut self.seen, ACK_AFTER_IRQ);
+                }
+                self.isr_seen &= !v;
+            }
+            (Register::Status, false) => {
+                if self.reread_pending {
+                    self.reread_pending = false;
+                    keep(&mut self.seen, INIT_REREAD);
+                }
+                // The device may clear FEATURES_OK (refused) or DRIVER_OK
+                // (suspended); what the driver writes next builds on what
+                // it read.
+                self.status = (value as u8) & !DeviceStatus::DEVICE_NEEDS_RESET.bits();
+            }
+            (Register::Status, true) => self.status_write(value as u8),
+            _ => {}
+        }
+    }
+
+    /// Queue `q` is being set up again: a QueueReady of 0 written for it
+    /// must have been read back first (§4.2.2.2).
+    fn setting_up_again(&mut self, q: u32) {
+        if let Some(at) = self.readback_pending.iter().position(|x| *x == q) {
+            self.readback_pending.swap_remove(at);
+            judge(&mut self.seen, READY_READ_BACK, false, || {
+                format!("queue {q} set up again before its QueueReady was read back after 0")
+            });
+        }
+    }
+
+    /// The probe order of §4.2.3.1: MagicValue and Version first, then
+    /// DeviceID, before anything else.
+    fn probe_order(&mut self, offset: u64) {
+        if self.probe_done {
+            return;
+        }
+        if offset == regs::DEVICE_ID {
+            let magic =
+                self.probe.contains(&regs::MAGIC_VALUE) && self.probe.contains(&regs::VERSION);
+            judge(&mut self.seen, MAGIC_FIRST, magic, || {
+                format!(
+                    "DeviceID read after {:#x?} (MagicValue and Version first)",
+                    self.probe
+                )
+            });
+            keep(&mut self.seen, DEVICE_ID_NEXT);
+            self.probe_done = true;
+        } else if offset == regs::MAGIC_VALUE || offset == regs::VERSION {
+            self.probe.push(offset);
+        } else {
+            judge(&mut self.seen, DEVICE_ID_NEXT, false, || {
+                format!("register {offset:#x} accessed before DeviceID was read")
+            });
+            judge(&mut self.seen, MAGIC_FIRST, false, || {
+                format!("register {offset:#x} accessed before MagicValue and Version")
+            });
+            self.probe_done = true;
+        }
+    }
+
+    fn status_write(&mut self, new: u8) {
+        use DeviceStatus as S;
+        let old = self.status;
+        if new == 0 {
+            // A reset: the next init sequence starts here.
+            self.status = 0;
+            self.failed = false;
+            self.features_sel_written = false;
+            self.features_read = false;
+            self.driver_features_sel_written = false;
+            self.accepted = 0;
+            self.reread_pending = false;
+            // A reset stops every queue; Status read as 0 is the sync.
+            self.readback_pending.clear();
+            self.irq_pending = false;
+            self.isr_seen = 0;
+            for q in self.queues.values_mut() {
+                q.1 = false;
+            }
+            keep(&mut self.seen, INIT_RESET);
+            return;
+        }
+        judge(&mut self.seen, NO_CLEARED_BIT, new & old == old, || {
+            format!("Status {new:#x} written over {old:#x}")
+        });
+        let init = (S::ACKNOWLEDGE | S::DRIVER | S::FEATURES_OK | S::DRIVER_OK).bits();
+        if self.failed && new & !old & init != 0 {
+            judge(&mut self.seen, RESET_AFTER_FAILED, false, || {
+                format!("Status {new:#x} written after FAILED without a reset")
+            });
+        }
+        if new & S::FAILED.bits() != 0 {
+            self.failed = true;
+        }
+        let added = new & !old;
+        let has = |b: S| new & b.bits() != 0;
+        if added & S::ACKNOWLEDGE.bits() != 0 {
+            judge(&mut self.seen, INIT_RESET, old == 0, || {
+                format!("ACKNOWLEDGE over status {old:#x}")
+            });
+            keep(&mut self.seen, INIT_ACK);
+        }
+        if added & S::DRIVER.bits() != 0 {
+            judge(&mut self.seen, INIT_ACK, has(S::ACKNOWLEDGE), || {
+                format!("DRIVER set with status {new:#x}")
+            });
+            keep(&mut self.seen, INIT_DRIVER);
+        }
+        if added & S::FEATURES_OK.bits() != 0 {
+            judge(&mut self.seen, INIT_DRIVER, has(S::DRIVER), || {
+                format!("FEATURES_OK set with status {new:#x}")
+            });
+            judge(&mut self.seen, INIT_FEATURES, self.features_read, || {
+                "FEATURES_OK set without reading DeviceFeatures".into()
+            });
+            keep(&mut self.seen, INIT_FEATURES_OK);
+            self.reread_pending = true;
+            self.check_features();
+        }
+        if added & S::DRIVER_OK.bits() != 0 {
+            judge(
+                &mut self.seen,
+                INIT_FEATURES_OK,
+                has(S::FEATURES_OK),
+                || format!("DRIVER_OK set with status {new:#x}"),
+            );
+            let reread = !self.reread_pending;
+            judge(&mut self.seen, INIT_REREAD, reread, || {
+                "DRIVER_OK set without reading Status back after FEATURES_OK".into()
+            });
+            keep(&mut self.seen, INIT_DRIVER_OK);
+            // Negotiation is over; new bits after FEATURES_OK were judged
+            // as they were written.
+            keep(&mut self.seen, INIT_NO_NEW_FEATURES);
+        }
+        if added != 0 {
+            keep(&mut self.seen, STATUS_STEPS);
+        }
+        self.status = new;
+    }
+
+    fn check_features(&mut self) {
+        let a = self.accepted;
+        let not_offered = a & !self.offered;
+        let broken: Vec<u8> = self
+            .device_type
+            .map(|t| {
+                t.rules()
+                    .iter()
+                    .filter(|r| r.level == Level::Must && r.is_broken_by(a))
+                    .map(|r| r.feature)
+                    .collect()
+            })
+            .unwrap_or_default();
+        judge(
+            &mut self.seen,
+            OFFERED_ONLY,
+            not_offered == 0 && broken.is_empty(),
+            || {
+                format!(
+                    "accepted {a:#x}: not offered {not_offered:#x}, without what they require {broken:?}"
+                )
+            },
+        );
+        let transport = TransportFeatures::all().bits();
+        let device_bits = self.device_type.map_or(0, |t| {
+            t.feature_names().iter().fold(0u64, |m, (b, _)| {
+                m | 1u64.checked_shl(u32::from(*b)).unwrap_or(0)
+            })
+        });
+        // The ranges of §2.2: device type 0-23, 41, 42, 50-63 (of the
+        // first 64); transport 24-40, 43; reserved for the future 44-49.
+        let range = |lo: u32, hi: u32| (lo..=hi).fold(0u64, |m, b| m | 1 << b);
+        let type_range = range(0, 23) | range(41, 42) | range(50, 63);
+        let transport_range = range(24, 40) | (1 << 43);
+        let reserved = range(44, 49);
+        let not_for_type = a & type_range & !device_bits;
+        let unknown_transport = a & transport_range & !transport;
+        let reserved_taken = a & reserved;
+        let undescribed = not_for_type | unknown_transport | reserved_taken;
+        judge(&mut self.seen, UNDESCRIBED, undescribed == 0, || {
+            format!("accepted undescribed bits {undescribed:#x}")
+        });
+        judge(&mut self.seen, RESERVED, reserved_taken == 0, || {
+            format!("accepted reserved bits {reserved_taken:#x}")
+        });
+        let mmio_no = TransportFeatures::ADMIN_VQ.bits() | TransportFeatures::SR_IOV.bits();
+        judge(&mut self.seen, NOT_FOR_TRANSPORT, a & mmio_no == 0, || {
+            format!("accepted {:#x}, not for virtio-mmio", a & mmio_no)
+        });
+        judge(&mut self.seen, NOT_FOR_TYPE, not_for_type == 0, || {
+            format!("accepted {not_for_type:#x}, not defined for this device type")
+        });
+    }
+
+    /// Ends the watch: an interrupt never acknowledged, or a QueueReady
+    /// of 0 never read back, is a breach; registers never misused are
+    /// kept.
+    pub fn finish(&mut self) {
+        let no_shm = matches!(
+            self.device_type,
+            Some(DeviceType::Rng | DeviceType::Blk | DeviceType::Console | DeviceType::Net)
+        );
+        if no_shm && self.probe_done {
+            // Never breached means kept: the driver left them alone.
+            keep(&mut self.seen, NO_SHM);
+        }
+        for q in core::mem::take(&mut self.readback_pending) {
+            judge(&mut self.seen, READY_READ_BACK, false, || {
+                format!("QueueReady of queue {q} set to 0 and never read back")
+            });
+        }
+        if self.irq_pending && self.isr_seen != 0 {
+            judge(&mut self.seen, ACK_AFTER_IRQ, false, || {
+                format!("InterruptStatus {:#x} never acknowledged", self.isr_seen)
+            });
+        }
+    }
+
+    /// Per statement of [`STATEMENTS`]: fail, pass, or not observable.
+    pub fn records(&self) -> Vec<Record> {
+        STATEMENTS
+            .iter()
+            .map(|s| {
+                let outcome = match self.seen.get(s) {
+                    Some(Seen {
+                        broken: Some(w), ..
+                    }) => Outcome::Fail(w.clone()),
+                    Some(Seen { kept: true, .. }) => Outcome::Pass,
+                    _ => Outcome::NotObservable("the driver never did what this is about".into()),
+                };
+                Record {
+                    statement: s,
+                    check: WATCH.name,
+                    outcome,
+                }
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn outcome(w: &DriverWatch, s: &str) -> Outcome {
+        w.records()
+            .into_iter()
+            .find(|r| r.statement == s)
+            .map(|r| r.outcome)
+            .unwrap_or(Outcome::Pass)
+    }
+
+    /// A well-behaved modern init of an entropy device, one queue, a
+    /// notification, an interrupt handled.
+    fn good(w: &mut DriverWatch) {
+        w.read(regs::MAGIC_VALUE, 4, u64::from(regs::MAGIC));
+        w.read(regs::VERSION, 4, 2);
+        w.read(regs::DEVICE_ID, 4, 4);
+        w.write(regs::STATUS, 4, 0);
+        w.write(regs::STATUS, 4, 1);
+        w.write(regs::STATUS, 4, 3);
+        w.write(regs::DEVICE_FEATURES_SEL, 4, 1);
+        w.read(regs::DEVICE_FEATURES, 4, 1);
+        w.write(regs::DRIVER_FEATURES_SEL, 4, 1);
+        w.write(regs::DRIVER_FEATURES, 4, 1);
+        w.write(regs::STATUS, 4, 11);
+        w.read(regs::STATUS, 4, 11);
+        w.write(regs::QUEUE_SEL, 4, 0);
+        w.read(regs::QUEUE_NUM_MAX, 4, 256);
+        w.write(regs::QUEUE_NUM, 4, 256);
+        w.write(regs::QUEUE_DESC_LOW, 4, 0x1000);
+        w.write(regs::QUEUE_READY, 4, 1);
+        w.write(regs::STATUS, 4, 15);
+        w.write(regs::QUEUE_NOTIFY, 4, 0);
+        w.interrupt();
+        w.read(regs::INTERRUPT_STATUS, 4, 1);
+        w.write(regs::INTERRUPT_ACK, 4, 1);
+        w.write(regs::QUEUE_READY, 4, 0);
+        w.read(regs::QUEUE_READY, 4, 0);
+        w.finish();
+    }
+
+    fn watch() -> DriverWatch {
+        DriverWatch::new(Some(DeviceType::Rng), 1 << 32, &[256], 0)
+    }
+
+    #[test]
+    fn a_well_behaved_driver_keeps_every_statement_it_exercises() {
+        let mut w = watch();
+        good(&mut w);
+        let bad: Vec<_> = w
+            .records()
+            .into_iter()
+            .filter(|r| matches!(r.outcome, Outcome::Fail(_)))
+            .collect();
+        assert!(bad.is_empty(), "{bad:#?}");
+        for s in [
+            FEATURES_SEL_FIRST,
+            INIT_REREAD,
+            QUEUE_SIZE_MAX,
+            ISR_AFTER_IRQ,
+            READY_READ_BACK,
+            MAGIC_FIRST,
+        ] {
+            assert_eq!(outcome(&w, s), Outcome::Pass, "{s}");
+        }
+    }
+
+    #[test]
+    fn section_3_1_1_a_notification_before_driver_ok_and_a_late_feature_write_are_caught() {
+        let mut w = watch();
+        w.read(regs::MAGIC_VALUE, 4, u64::from(regs::MAGIC));
+        w.read(regs::VERSION, 4, 2);
+        w.read(regs::DEVICE_ID, 4, 4);
+        w.write(regs::STATUS, 4, 0);
+        w.write(regs::STATUS, 4, 1);
+        w.write(regs::STATUS, 4, 3);
+        w.read(regs::DEVICE_FEATURES, 4, 1);
+        w.write(regs::DRIVER_FEATURES, 4, 1);
+        w.write(regs::STATUS, 4, 11);
+        w.write(regs::DRIVER_FEATURES, 4, 0x10);
+        w.write(regs::QUEUE_NOTIFY, 4, 0);
+        w.write(regs::STATUS, 4, 9);
+        for s in [
+            FEATURES_SEL_FIRST,
+            DRIVER_FEATURES_SEL_FIRST,
+            INIT_NO_NEW_FEATURES,
+            NO_NOTIFY_BEFORE_DRIVER_OK,
+            NO_CLEARED_BIT,
+        ] {
+            assert!(
+                matches!(outcome(&w, s), Outcome::Fail(_)),
+                "{s}: {:?}",
+                outcome(&w, s)
+            );
+        }
+    }
+
+    #[test]
+    fn section_4_2_2_2_register_misuse_is_caught() {
+        let mut w = watch();
+        w.read(regs::QUEUE_NOTIFY, 4, 0);
+        w.write(regs::QUEUE_NUM_MAX, 2, 0);
+        w.write(0x0e0, 4, 0);
+        w.write(regs::INTERRUPT_ACK, 4, 0x10);
+        w.write(regs::QUEUE_SEL, 4, 0);
+        w.write(regs::QUEUE_NUM, 4, 512);
+        for s in [
+            REGISTERS_ONLY,
+            CONTROL_32,
+            ACK_DEFINED,
+            QUEUE_SIZE_MAX,
+            MAGIC_FIRST,
+            DEVICE_ID_NEXT,
+        ] {
+            assert!(matches!(outcome(&w, s), Outcome::Fail(_)), "{s}");
+        }
+    }
+
+    #[test]
+    fn a_feature_not_offered_is_caught() {
+        let mut w = watch();
+        w.write(regs::STATUS, 4, 0);
+        w.write(regs::STATUS, 4, 1);
+        w.write(regs::STATUS, 4, 3);
+        w.write(regs::DEVICE_FEATURES_SEL, 4, 0);
+        w.read(regs::DEVICE_FEATURES, 4, 0);
+        w.write(regs::DRIVER_FEATURES_SEL, 4, 0);
+        w.write(regs::DRIVER_FEATURES, 4, 1 << 29);
+        w.write(regs::STATUS, 4, 11);
+        assert!(matches!(outcome(&w, OFFERED_ONLY), Outcome::Fail(_)));
+    }
+}

@@ -1,0 +1,294 @@
+//! Driver-side checks: a driver runs a small workload against one of our
+//! devices in this process while [`conform::driver::DriverWatch`] watches
+//! every register access it makes (and the device's interrupts), without
+//! changing what the device does.
+
+use std::cell::RefCell;
+use std::ptr::NonNull;
+use std::rc::Rc;
+
+use conform::driver::DriverWatch;
+use guest_driver::hal::PoolHal;
+use guest_driver::transport::{Completion, acknowledge_interrupt};
+use virtio_core::mmio::device::MmioRegisters;
+use virtio_core::mmio::driver::RegisterAccess;
+use virtio_core::mmio::regs;
+use virtio_devices::device::VirtioDevice;
+use virtio_devices::transport::{MmioTransport, backend_ready, dispatch};
+use virtio_user::GUEST_BASE;
+
+use super::report::Run;
+use super::targets::{Device, Kind, LocalMemory, our_device};
+
+/// The target's name in reports.
+pub const GUEST_DRIVER: &str = "guest-driver (ours), in process";
+
+/// Guest memory for the driver's rings and buffers: 4 MiB.
+const PAGES: usize = 1024;
+
+type Regs<D> = Rc<RefCell<MmioRegisters<MmioTransport<D>, 8>>>;
+
+/// Register access to a device in this process that tells the watch of
+/// every access and interrupt.
+struct Watched<D: VirtioDevice> {
+    regs: Regs<D>,
+    watch: Rc<RefCell<DriverWatch>>,
+}
+
+impl<D: VirtioDevice> Clone for Watched<D> {
+    fn clone(&self) -> Self {
+        Watched {
+            regs: Rc::clone(&self.regs),
+            watch: Rc::clone(&self.watch),
+        }
+    }
+}
+
+impl<D: VirtioDevice> Watched<D> {
+    fn read(&self, offset: u64, data: &mut [u8]) {
+        let _ = self.regs.borrow().read(offset, data);
+        let mut v = [0u8; 8];
+        v[..data.len().min(8)].copy_from_slice(&data[..data.len().min(8)]);
+        self.watch
+            .borrow_mut()
+            .read(offset, data.len(), u64::from_le_bytes(v));
+    }
+
+    fn write(&self, offset: u64, data: &[u8]) {
+        let mut v = [0u8; 8];
+        v[..data.len().min(8)].copy_from_slice(&data[..data.len().min(8)]);
+        self.watch
+            .borrow_mut()
+            .write(offset, data.len(), u64::from_le_bytes(v));
+        let irq = {
+            let mut r = self.regs.borrow_mut();
+            match r.write(offset, data) {
+                Ok(o) => dispatch(&mut r, o),
+                Err(_) => false,
+            }
+        };
+        if irq {
+            self.watch.borrow_mut().interrupt();
+        }
+    }
+
+    /// What a guest's interrupt handler does: takes the device's finished
+    /// work in and acknowledges what `InterruptStatus` shows.
+    fn service(&self) {
+        let irq = backend_ready(&mut self.regs.borrow_mut());
+        if irq {
+            self.watch.borrow_mut().interrupt();
+        }
+        if self.regs.borrow().interrupt_asserted() {
+            acknowledge_interrupt(self);
+        }
+    }
+}
+
+impl<D: VirtioDevice> RegisterAccess for Watched<D> {
+    fn read32(&self, offset: u64) -> u32 {
+        let mut b = [0; 4];
+        self.read(offset, &mut b);
+        u32::from_le_bytes(b)
+    }
+    fn write32(&self, offset: u64, value: u32) {
+        self.write(offset, &value.to_le_bytes());
+    }
+    fn read16(&self, offset: u64) -> u16 {
+        let mut b = [0; 2];
+        self.read(offset, &mut b);
+        u16::from_le_bytes(b)
+    }
+    fn write16(&self, offset: u64, value: u16) {
+        self.write(offset, &value.to_le_bytes());
+    }
+    fn read8(&self, offset: u64) -> u8 {
+        let mut b = [0; 1];
+        self.read(offset, &mut b);
+        b[0]
+    }
+    fn write8(&self, offset: u64, value: u8) {
+        self.write(offset, &[value]);
+    }
+}
+
+/// The features the register file offers (read around the watch).
+fn offered<D: VirtioDevice>(regs: &Regs<D>) -> u64 {
+    let mut r = regs.borrow_mut();
+    let mut word = |sel: u32| {
+        let _ = r.write32(regs::DEVICE_FEATURES_SEL, sel);
+        r.read32(regs::DEVICE_FEATURES).unwrap_or(0)
+    };
+    let lo = word(0);
+    let hi = word(1);
+    u64::from(lo) | u64::from(hi) << 32
+}
+
+/// Runs `workload` with our driver against `dev` under the watch.
+fn watched<D: VirtioDevice + 'static>(
+    kind: Kind,
+    dev: D,
+    mem: &LocalMemory,
+    workload: fn(PoolHal<PAGES>, Watched<D>) -> Result<(), String>,
+) -> Run {
+    let run = |records, error| Run {
+        target: GUEST_DRIVER.into(),
+        device: kind.name().into(),
+        records,
+        error,
+    };
+    let device_type = Some(dev.device_type());
+    let max: Vec<u16> = dev.queue_max_sizes().to_vec();
+    let config_len = dev.config_len() as u64;
+    let regs = match MmioRegisters::new(MmioTransport::new(dev)) {
+        Ok(r) => Rc::new(RefCell::new(r)),
+        Err(e) => return run(vec![], Some(e.to_string())),
+    };
+    let offered = offered(&regs);
+    let _ = regs.borrow_mut().write32(regs::DEVICE_FEATURES_SEL, 0);
+    let watch = Rc::new(RefCell::new(DriverWatch::new(
+        device_type,
+        offered,
+        &max,
+        config_len,
+    )));
+    let Some(host) = NonNull::new(mem.host_ptr()) else {
+        return run(vec![], Some("no memory".into()));
+    };
+    // SAFETY: the mapping is `PAGES` pages at `host`, valid while `mem`
+    // lives, which outlives the workload; the device reaches the same
+    // bytes at `GUEST_BASE`.
+    let hal = match unsafe { PoolHal::<PAGES>::new(host, GUEST_BASE, PAGES * 4096) } {
+        Ok(h) => h,
+        Err(e) => return run(vec![], Some(format!("DMA pool: {e:?}"))),
+    };
+    let w = Watched {
+        regs,
+        watch: Rc::clone(&watch),
+    };
+    let result = workload(hal, w);
+    let mut watch = watch.borrow_mut();
+    watch.finish();
+    let error = result.err().map(|e| format!("the workload failed: {e}"));
+    run(watch.records(), error)
+}
+
+/// A wait that runs the interrupt handler between looks, for at most a
+/// few thousand rounds.
+fn waiter<D: VirtioDevice>(w: &Watched<D>) -> impl FnMut() -> bool + '_ {
+    let mut left = 100_000u32;
+    move || {
+        w.service();
+        left = left.saturating_sub(1);
+        left > 0
+    }
+}
+
+fn rng_workload<D: VirtioDevice>(hal: PoolHal<PAGES>, w: Watched<D>) -> Result<(), String> {
+    use guest_driver::rng::{Rng, RngOptions};
+    let opts = RngOptions {
+        completion: Completion::Interrupt,
+        ..RngOptions::default()
+    };
+    let mut rng = Rng::new(hal, w.clone(), opts).map_err(|e| e.to_string())?;
+    let mut buf = [0u8; 4096];
+    let mut wait = waiter(&w);
+    rng.read(&mut buf, &mut wait).map_err(|e| e.to_string())?;
+    Ok(())
+}
+
+fn blk_workload<D: VirtioDevice>(hal: PoolHal<PAGES>, w: Watched<D>) -> Result<(), String> {
+    use guest_driver::blk::{Blk, BlkOptions};
+    let opts = BlkOptions {
+        completion: Completion::Interrupt,
+        ..BlkOptions::default()
+    };
+    let mut blk = Blk::new(hal, w.clone(), opts).map_err(|e| e.to_string())?;
+    let mut wait = waiter(&w);
+    let data = [0x5au8; 4096];
+    blk.write(8, &data, &mut wait).map_err(|e| e.to_string())?;
+    blk.flush(&mut wait).map_err(|e| e.to_string())?;
+    let mut back = [0u8; 4096];
+    blk.read(8, &mut back, &mut wait)
+        .map_err(|e| e.to_string())?;
+    if back != data {
+        return Err("the data read back differs".into());
+    }
+    Ok(())
+}
+
+fn console_workload<D: VirtioDevice>(hal: PoolHal<PAGES>, w: Watched<D>) -> Result<(), String> {
+    use guest_driver::console::{Console, ConsoleOptions};
+    let opts = ConsoleOptions {
+        completion: Completion::Interrupt,
+        ..ConsoleOptions::default()
+    };
+    let mut con: Console<_, _> = Console::new(hal, w.clone(), opts).map_err(|e| e.to_string())?;
+    let mut wait = waiter(&w);
+    con.write(b"conformance\n", &mut wait)
+        .map_err(|e| e.to_string())?;
+    Ok(())
+}
+
+fn net_workload<D: VirtioDevice>(hal: PoolHal<PAGES>, w: Watched<D>) -> Result<(), String> {
+    use guest_driver::net::{Net, NetOptions};
+    let opts = NetOptions {
+        completion: Completion::Interrupt,
+        ..NetOptions::default()
+    };
+    let mut net = Net::new(hal, w.clone(), opts).map_err(|e| e.to_string())?;
+    // A broadcast frame: the loopback backend sends it back.
+    let mut frame = [0u8; 60];
+    frame[..6].copy_from_slice(&[0xff; 6]);
+    frame[6..12].copy_from_slice(&[0x02, 0, 0, 0, 0, 0x42]);
+    frame[12..14].copy_from_slice(&0x88b5u16.to_be_bytes());
+    net.transmit(&frame).map_err(|e| e.to_string())?;
+    net.flush().map_err(|e| e.to_string())?;
+    let mut buf = [0u8; 2048];
+    for _ in 0..100_000 {
+        w.service();
+        net.flush().map_err(|e| e.to_string())?;
+        if let Some((n, _)) = net.receive_into(&mut buf).map_err(|e| e.to_string())? {
+            if buf[..n] != frame {
+                return Err(format!("received {n} bytes, not the frame sent"));
+            }
+            return Ok(());
+        }
+    }
+    let counters = w.regs.borrow().device().device().counters();
+    Err(format!(
+        "the frame did not come back; device counters {counters:?}"
+    ))
+}
+
+/// Our driver against our device of `kind` in this process, watched.
+pub fn guest_driver_in_process(kind: Kind) -> Run {
+    let mem = match LocalMemory::new(PAGES as u64 * 4096) {
+        Ok(m) => m,
+        Err(e) => {
+            return Run {
+                target: GUEST_DRIVER.into(),
+                device: kind.name().into(),
+                records: vec![],
+                error: Some(e),
+            };
+        }
+    };
+    match our_device(kind, &mem) {
+        Ok(Device::Rng(d)) => watched(kind, d, &mem, rng_workload),
+        Ok(Device::Blk(d)) => watched(kind, d, &mem, blk_workload),
+        Ok(Device::Console(d)) => watched(kind, d, &mem, console_workload),
+        Ok(Device::Net(d)) => watched(kind, d, &mem, net_workload),
+        Err(e) => Run {
+            target: GUEST_DRIVER.into(),
+            device: kind.name().into(),
+            records: vec![],
+            error: Some(e),
+        },
+    }
+}
+
+/// Our driver against each of our devices.
+pub fn in_process() -> Vec<Run> {
+    Kind::ALL.into_iter().map(guest_driver_in_process).collect()
+}
