@@ -22,6 +22,8 @@ use virtio_core::status::DeviceStatus;
 
 use crate::{Check, Outcome, Record};
 
+pub mod rings;
+
 const REGISTERS_ONLY: &str = "driver:mmio/mmio-device-register-layout#1";
 const CONTROL_32: &str = "driver:mmio/mmio-device-register-layout#2";
 const CONFIG_ALIGNED: &str = "driver:mmio/mmio-device-register-layout#3";
@@ -107,7 +109,7 @@ pub const WATCH: Check = Check {
 };
 
 /// Every driver-side check.
-pub const CHECKS: &[Check] = &[WATCH];
+pub const CHECKS: &[Check] = &[WATCH, rings::WATCH];
 
 /// What the watch has seen of one statement.
 #[derive(Clone, Debug, Default)]

@@ -8,12 +8,13 @@ use std::ptr::NonNull;
 use std::rc::Rc;
 
 use conform::driver::DriverWatch;
+use conform::driver::rings::RingWatch;
 use guest_driver::hal::PoolHal;
 use guest_driver::transport::{Completion, acknowledge_interrupt};
 use virtio_core::mmio::device::MmioRegisters;
 use virtio_core::mmio::driver::RegisterAccess;
 use virtio_core::mmio::regs;
-use virtio_devices::device::VirtioDevice;
+use virtio_devices::device::{DeviceError, QueueConfig, Served, VirtioDevice};
 use virtio_devices::transport::{MmioTransport, backend_ready, dispatch};
 use virtio_user::GUEST_BASE;
 
@@ -112,6 +113,82 @@ impl<D: VirtioDevice> RegisterAccess for Watched<D> {
     }
 }
 
+/// One of our devices with the ring watch looking at every queue before
+/// the device does (activation, notifications, backend events); what the
+/// device does is unchanged.
+pub struct WatchedDevice<D> {
+    inner: D,
+    mem: LocalMemory,
+    rings: Rc<RefCell<RingWatch>>,
+}
+
+impl<D: VirtioDevice> WatchedDevice<D> {
+    /// `inner`, watched through `mem` into `rings`.
+    pub fn new(inner: D, mem: LocalMemory, rings: Rc<RefCell<RingWatch>>) -> Self {
+        WatchedDevice { inner, mem, rings }
+    }
+
+    fn look_all(&self) {
+        let mut w = self.rings.borrow_mut();
+        for q in 0..self.inner.queue_max_sizes().len() {
+            w.look(&self.mem, q as u16);
+        }
+    }
+}
+
+impl<D: VirtioDevice> VirtioDevice for WatchedDevice<D> {
+    fn device_type(&self) -> virtio_core::features::DeviceType {
+        self.inner.device_type()
+    }
+    fn device_features(&self) -> u64 {
+        self.inner.device_features()
+    }
+    fn queue_max_sizes(&self) -> &[u16] {
+        self.inner.queue_max_sizes()
+    }
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        self.inner.read_config(offset, data);
+    }
+    fn write_config(&mut self, offset: u64, data: &[u8]) {
+        self.inner.write_config(offset, data);
+    }
+    fn config_len(&self) -> usize {
+        self.inner.config_len()
+    }
+    fn activate(&mut self, features: u64, queues: Vec<QueueConfig>) -> Result<(), DeviceError> {
+        {
+            let mut w = self.rings.borrow_mut();
+            *w = RingWatch::new(features);
+            for (i, q) in queues.iter().enumerate() {
+                if let Some(l) = q.layout {
+                    w.queue(&self.mem, i as u16, l);
+                }
+            }
+        }
+        self.inner.activate(features, queues)
+    }
+    fn queue_notify(&mut self, queue: u16) -> Result<Served, DeviceError> {
+        self.rings.borrow_mut().look(&self.mem, queue);
+        self.inner.queue_notify(queue)
+    }
+    fn backend_ready(&mut self) -> Result<Served, DeviceError> {
+        self.look_all();
+        self.inner.backend_ready()
+    }
+    fn quiesce(&mut self) -> Result<Served, DeviceError> {
+        self.inner.quiesce()
+    }
+    fn reset(&mut self) {
+        self.inner.reset();
+    }
+    fn disable_queue(&mut self, queue: u16) -> Result<Served, DeviceError> {
+        self.inner.disable_queue(queue)
+    }
+    fn counters(&self) -> Vec<(&'static str, u64)> {
+        self.inner.counters()
+    }
+}
+
 /// The features the register file offers (read around the watch).
 fn offered<D: VirtioDevice>(regs: &Regs<D>) -> u64 {
     let mut r = regs.borrow_mut();
@@ -129,7 +206,7 @@ fn watched<D: VirtioDevice + 'static>(
     kind: Kind,
     dev: D,
     mem: &LocalMemory,
-    workload: fn(PoolHal<PAGES>, Watched<D>) -> Result<(), String>,
+    workload: fn(PoolHal<PAGES>, Watched<WatchedDevice<D>>) -> Result<(), String>,
 ) -> Run {
     let run = |records, error| Run {
         target: GUEST_DRIVER.into(),
@@ -137,6 +214,8 @@ fn watched<D: VirtioDevice + 'static>(
         records,
         error,
     };
+    let rings = Rc::new(RefCell::new(RingWatch::default()));
+    let dev = WatchedDevice::new(dev, mem.clone(), Rc::clone(&rings));
     let device_type = Some(dev.device_type());
     let max: Vec<u16> = dev.queue_max_sizes().to_vec();
     let config_len = dev.config_len() as u64;
@@ -170,7 +249,9 @@ fn watched<D: VirtioDevice + 'static>(
     let mut watch = watch.borrow_mut();
     watch.finish();
     let error = result.err().map(|e| format!("the workload failed: {e}"));
-    run(watch.records(), error)
+    let mut records = watch.records();
+    records.extend(rings.borrow().records());
+    run(records, error)
 }
 
 /// A wait that runs the interrupt handler between looks, for at most a

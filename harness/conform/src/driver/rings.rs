@@ -1,0 +1,506 @@
+//! The ring-level half of the driver watch: what a driver puts in the
+//! split virtqueues (§2.7), read by the device side whenever it looks
+//! (a notification, a poll), without changing what the device does.
+//!
+//! It reads the available ring from where it last looked to the index the
+//! driver published, walks each new chain as the driver wrote it, and
+//! keeps a copy of each chain's descriptors until the device returns it,
+//! so a driver that rewrites a chain the device owns is seen (§3.3.1).
+//! This path sees the rings wherever they are: in process, behind our
+//! monitor, and behind another monitor over vhost-user.
+
+use alloc::collections::BTreeMap;
+use alloc::format;
+use alloc::vec::Vec;
+
+use virtio_core::features::TransportFeatures;
+use virtio_core::split::layout::QueueLayout;
+
+use super::{Seen, judge, keep};
+use crate::{Check, Memory, Outcome, Record};
+
+const ALIGNED: &str = "driver:basic/virtqueues#1";
+const WRITABLE_LAST: &str = "driver:basic/message-framing#1";
+const NO_LOOP: &str = "driver:basic/virtqueues/the-virtqueue-descriptor-table#1";
+const INDIRECT_NEGOTIATED: &str =
+    "driver:basic/virtqueues/the-virtqueue-descriptor-table/indirect-descriptors#1";
+const NO_NESTED_INDIRECT: &str =
+    "driver:basic/virtqueues/the-virtqueue-descriptor-table/indirect-descriptors#2";
+const CHAIN_WITHIN_SIZE: &str =
+    "driver:basic/virtqueues/the-virtqueue-descriptor-table/indirect-descriptors#3";
+const NOT_INDIRECT_AND_NEXT: &str =
+    "driver:basic/virtqueues/the-virtqueue-descriptor-table/indirect-descriptors#4";
+const AVAIL_NOT_BACK: &str = "driver:basic/virtqueues/the-virtqueue-available-ring#1";
+const AVAIL_FLAGS_0_OR_1: &str = "driver:basic/virtqueues/used-buffer-notification-suppression#1";
+const AVAIL_FLAGS_0: &str = "driver:basic/virtqueues/used-buffer-notification-suppression#2";
+const USED_FLAGS_INIT: &str = "driver:basic/virtqueues/available-buffer-notification-suppression#1";
+const NOT_ALTERED: &str = "driver:general/device-cleanup#1";
+
+/// Every statement the ring watch judges.
+pub const STATEMENTS: &[&str] = &[
+    ALIGNED,
+    WRITABLE_LAST,
+    NO_LOOP,
+    INDIRECT_NEGOTIATED,
+    NO_NESTED_INDIRECT,
+    CHAIN_WITHIN_SIZE,
+    NOT_INDIRECT_AND_NEXT,
+    AVAIL_NOT_BACK,
+    AVAIL_FLAGS_0_OR_1,
+    AVAIL_FLAGS_0,
+    USED_FLAGS_INIT,
+    NOT_ALTERED,
+];
+
+/// The ring watch as a [`Check`] for the catalogue (fed by a device-side
+/// wrapper, not run against a bus).
+pub const WATCH: Check = Check {
+    name: "driver-ring-watch",
+    statements: STATEMENTS,
+    run: |_| {},
+};
+
+const NEXT: u16 = 1;
+const WRITE: u16 = 2;
+const INDIRECT: u16 = 4;
+
+/// One queue as the watch follows it.
+#[derive(Clone, Debug)]
+struct Queue {
+    layout: QueueLayout,
+    /// The available index the watch has read up to.
+    seen_avail: u16,
+    /// The used index the watch has read up to.
+    seen_used: u16,
+    /// Chains the driver exposed and the device has not returned: head
+    /// and the descriptor bytes of its chain as first seen.
+    exposed: BTreeMap<u16, Vec<u8>>,
+}
+
+/// The ring-level watch on one driver.
+#[derive(Clone, Debug, Default)]
+pub struct RingWatch {
+    event_idx: bool,
+    indirect: bool,
+    queues: BTreeMap<u16, Queue>,
+    seen: BTreeMap<&'static str, Seen>,
+}
+
+fn u16_at(mem: &dyn Memory, at: u64) -> Option<u16> {
+    let mut b = [0u8; 2];
+    mem.read(virtio_core::memory::GuestAddress(at), &mut b)
+        .ok()?;
+    Some(u16::from_le_bytes(b))
+}
+
+/// A descriptor: address, length, flags, next.
+fn desc(mem: &dyn Memory, at: u64) -> Option<(u64, u32, u16, u16)> {
+    let mut b = [0u8; 16];
+    mem.read(virtio_core::memory::GuestAddress(at), &mut b)
+        .ok()?;
+    Some((
+        u64::from_le_bytes(b[0..8].try_into().ok()?),
+        u32::from_le_bytes(b[8..12].try_into().ok()?),
+        u16::from_le_bytes(b[12..14].try_into().ok()?),
+        u16::from_le_bytes(b[14..16].try_into().ok()?),
+    ))
+}
+
+impl RingWatch {
+    /// A watch for a driver that negotiated `features`.
+    pub fn new(features: u64) -> Self {
+        RingWatch {
+            event_idx: features & TransportFeatures::RING_EVENT_IDX.bits() != 0,
+            indirect: features & TransportFeatures::RING_INDIRECT_DESC.bits() != 0,
+            queues: BTreeMap::new(),
+            seen: BTreeMap::new(),
+        }
+    }
+
+    /// The driver made queue `index` live with `layout` (DRIVER_OK, or
+    /// vhost-user `SET_VRING_ADDR`): its areas' alignment and the used
+    /// ring's initial flags are checked (§2.7, §2.7.10).
+    pub fn queue(&mut self, mem: &dyn Memory, index: u16, layout: QueueLayout) {
+        let aligned = layout.desc_table().0.is_multiple_of(16)
+            && layout.avail_ring().0.is_multiple_of(2)
+            && layout.used_ring().0.is_multiple_of(4);
+        judge(&mut self.seen, ALIGNED, aligned, || {
+            format!(
+                "queue {index}: areas at {:#x}, {:#x}, {:#x}",
+                layout.desc_table().0,
+                layout.avail_ring().0,
+                layout.used_ring().0
+            )
+        });
+        let flags = u16_at(mem, layout.used_flags().0).unwrap_or(0);
+        judge(&mut self.seen, USED_FLAGS_INIT, flags == 0, || {
+            format!("queue {index}: used ring flags {flags:#x} when the queue went live")
+        });
+        let seen_avail = u16_at(mem, layout.avail_idx().0).unwrap_or(0);
+        let seen_used = u16_at(mem, layout.used_idx().0).unwrap_or(0);
+        self.queues.insert(
+            index,
+            Queue {
+                layout,
+                seen_avail,
+                seen_used,
+                exposed: BTreeMap::new(),
+            },
+        );
+    }
+
+    /// The device is about to look at queue `index` (a notification, a
+    /// poll): reads what the driver published since the last look.
+    pub fn look(&mut self, mem: &dyn Memory, index: u16) {
+        let Some(mut q) = self.queues.remove(&index) else {
+            return;
+        };
+        self.look_at(mem, index, &mut q);
+        self.queues.insert(index, q);
+    }
+
+    fn look_at(&mut self, mem: &dyn Memory, index: u16, q: &mut Queue) {
+        let l = q.layout;
+        let size = l.size().get();
+        // Chains the device returned since the last look are no longer
+        // exposed.
+        let used = u16_at(mem, l.used_idx().0).unwrap_or(q.seen_used);
+        let mut u = q.seen_used;
+        while u != used {
+            let mut e = [0u8; 8];
+            if mem
+                .read(
+                    virtio_core::memory::GuestAddress(l.used_slot(u % size).0),
+                    &mut e,
+                )
+                .is_ok()
+            {
+                let id = u32::from_le_bytes([e[0], e[1], e[2], e[3]]);
+                if let Ok(h) = u16::try_from(id) {
+                    q.exposed.remove(&h);
+                }
+            }
+            u = u.wrapping_add(1);
+        }
+        q.seen_used = used;
+        // Chains still exposed must be as the driver first wrote them.
+        for (head, copy) in &q.exposed {
+            let Some(now) = self.chain_bytes(mem, l, *head) else {
+                continue;
+            };
+            let h = *head;
+            judge(&mut self.seen, NOT_ALTERED, now == *copy, || {
+                format!("queue {index}: chain {h} changed while the device owned it")
+            });
+        }
+        let flags = u16_at(mem, l.avail_flags().0).unwrap_or(0);
+        if self.event_idx {
+            judge(&mut self.seen, AVAIL_FLAGS_0, flags == 0, || {
+                format!("queue {index}: available ring flags {flags:#x} with VIRTIO_F_EVENT_IDX")
+            });
+        } else {
+            judge(&mut self.seen, AVAIL_FLAGS_0_OR_1, flags <= 1, || {
+                format!("queue {index}: available ring flags {flags:#x}")
+            });
+        }
+        let Some(avail) = u16_at(mem, l.avail_idx().0) else {
+            return;
+        };
+        let ahead = avail.wrapping_sub(q.seen_avail);
+        if ahead > size {
+            judge(&mut self.seen, AVAIL_NOT_BACK, false, || {
+                format!(
+                    "queue {index}: available index went from {} to {avail} (queue size {size})",
+                    q.seen_avail
+                )
+            });
+            q.seen_avail = avail;
+            return;
+        }
+        if ahead > 0 {
+            keep(&mut self.seen, AVAIL_NOT_BACK);
+        }
+        for k in 0..ahead {
+            let slot = l.avail_slot(q.seen_avail.wrapping_add(k) % size).0;
+            let Some(head) = u16_at(mem, slot) else {
+                continue;
+            };
+            self.walk(mem, index, l, head);
+            if let Some(copy) = self.chain_bytes(mem, l, head) {
+                q.exposed.insert(head, copy);
+            }
+        }
+        q.seen_avail = avail;
+    }
+
+    /// The descriptor bytes of the chain at `head` (the table entries it
+    /// follows, and an indirect table's), at most a queue's worth.
+    fn chain_bytes(&self, mem: &dyn Memory, l: QueueLayout, head: u16) -> Option<Vec<u8>> {
+        let size = l.size().get();
+        let mut out = Vec::new();
+        let mut i = head;
+        for _ in 0..size {
+            if i >= size {
+                break;
+            }
+            let at = l.desc(i).0;
+            let mut b = [0u8; 16];
+            mem.read(virtio_core::memory::GuestAddress(at), &mut b)
+                .ok()?;
+            out.extend_from_slice(&b);
+            let (addr, len, flags, next) = desc(mem, at)?;
+            if flags & INDIRECT != 0 && len <= 16 * u32::from(size) {
+                let mut t = alloc::vec![0u8; len as usize];
+                mem.read(virtio_core::memory::GuestAddress(addr), &mut t)
+                    .ok()?;
+                out.extend_from_slice(&t);
+            }
+            if flags & NEXT == 0 {
+                break;
+            }
+            i = next;
+        }
+        Some(out)
+    }
+
+    /// Walks the chain at `head` as the driver wrote it and judges it.
+    fn walk(&mut self, mem: &dyn Memory, index: u16, l: QueueLayout, head: u16) {
+        let size = l.size().get();
+        let mut i = head;
+        let mut steps = 0u32;
+        let mut total: u64 = 0;
+        let mut writable_seen = false;
+        let mut framing_ok = true;
+        loop {
+            if i >= size {
+                return;
+            }
+            let Some((addr, len, flags, next)) = desc(mem, l.desc(i).0) else {
+                return;
+            };
+            steps += 1;
+            total += u64::from(len);
+            if flags & INDIRECT != 0 {
+                judge(&mut self.seen, INDIRECT_NEGOTIATED, self.indirect, || {
+                    format!("queue {index}: VIRTQ_DESC_F_INDIRECT without VIRTIO_F_INDIRECT_DESC")
+                });
+                judge(
+                    &mut self.seen,
+                    NOT_INDIRECT_AND_NEXT,
+                    flags & NEXT == 0,
+                    || format!("queue {index}: descriptor {i} has both INDIRECT and NEXT"),
+                );
+                let n = len / 16;
+                let mut ok = true;
+                let mut nested = false;
+                for k in 0..n.min(u32::from(size)) {
+                    let Some((_, l2, f2, _)) = desc(mem, addr + 16 * u64::from(k)) else {
+                        break;
+                    };
+                    total += u64::from(l2);
+                    nested |= f2 & INDIRECT != 0;
+                    if f2 & WRITE != 0 {
+                        writable_seen = true;
+                    } else if writable_seen {
+                        ok = false;
+                    }
+                }
+                framing_ok &= ok;
+                judge(&mut self.seen, NO_NESTED_INDIRECT, !nested, || {
+                    format!("queue {index}: an indirect table holds an INDIRECT descriptor")
+                });
+                break;
+            }
+            if flags & WRITE != 0 {
+                writable_seen = true;
+            } else if writable_seen {
+                framing_ok = false;
+            }
+            if flags & NEXT == 0 {
+                break;
+            }
+            if steps >= u32::from(size) {
+                judge(&mut self.seen, CHAIN_WITHIN_SIZE, false, || {
+                    format!(
+                        "queue {index}: the chain at {head} is longer than the queue size {size} (or loops)"
+                    )
+                });
+                judge(&mut self.seen, NO_LOOP, false, || {
+                    format!("queue {index}: the chain at {head} does not end within the table")
+                });
+                return;
+            }
+            i = next;
+        }
+        keep(&mut self.seen, CHAIN_WITHIN_SIZE);
+        judge(&mut self.seen, NO_LOOP, total < 1u64 << 32, || {
+            format!("queue {index}: the chain at {head} holds {total} bytes")
+        });
+        judge(&mut self.seen, WRITABLE_LAST, framing_ok, || {
+            format!(
+                "queue {index}: the chain at {head} has a device-readable buffer after a device-writable one"
+            )
+        });
+        if self.indirect {
+            keep(&mut self.seen, INDIRECT_NEGOTIATED);
+        }
+    }
+
+    /// The watch's records (see [`super::DriverWatch::records`]).
+    pub fn records(&self) -> Vec<Record> {
+        STATEMENTS
+            .iter()
+            .map(|s| {
+                let outcome = match self.seen.get(s) {
+                    Some(Seen {
+                        broken: Some(w), ..
+                    }) => Outcome::Fail(w.clone()),
+                    Some(Seen { kept: true, .. }) => Outcome::Pass,
+                    _ => Outcome::NotObservable("the driver never did what this is about".into()),
+                };
+                Record {
+                    statement: s,
+                    check: WATCH.name,
+                    outcome,
+                }
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use core::cell::RefCell;
+
+    use virtio_core::memory::{GuestAddress, MemoryError};
+    use virtio_core::split::layout::QueueSize;
+
+    use super::*;
+
+    /// 64 KiB of guest memory at address 0.
+    struct Ram(RefCell<Vec<u8>>);
+
+    impl Memory for Ram {
+        fn read(&self, addr: GuestAddress, buf: &mut [u8]) -> Result<(), MemoryError> {
+            let a = addr.0 as usize;
+            buf.copy_from_slice(&self.0.borrow()[a..a + buf.len()]);
+            Ok(())
+        }
+        fn write(&self, addr: GuestAddress, buf: &[u8]) -> Result<(), MemoryError> {
+            let a = addr.0 as usize;
+            self.0.borrow_mut()[a..a + buf.len()].copy_from_slice(buf);
+            Ok(())
+        }
+        fn load_u16_acquire(&self, addr: GuestAddress) -> Result<u16, MemoryError> {
+            let mut b = [0; 2];
+            self.read(addr, &mut b)?;
+            Ok(u16::from_le_bytes(b))
+        }
+        fn store_u16_release(&self, addr: GuestAddress, val: u16) -> Result<(), MemoryError> {
+            self.write(addr, &val.to_le_bytes())
+        }
+    }
+
+    fn setup() -> (Ram, QueueLayout, RingWatch) {
+        let ram = Ram(RefCell::new(alloc::vec![0; 0x10000]));
+        let l = QueueLayout::new(
+            QueueSize::new(8).unwrap(),
+            GuestAddress(0x1000),
+            GuestAddress(0x2000),
+            GuestAddress(0x3000),
+        )
+        .unwrap();
+        let mut w = RingWatch::new(TransportFeatures::RING_INDIRECT_DESC.bits());
+        w.queue(&ram, 0, l);
+        (ram, l, w)
+    }
+
+    fn put(ram: &Ram, l: &QueueLayout, i: u16, addr: u64, len: u32, flags: u16, next: u16) {
+        let mut d = [0u8; 16];
+        d[0..8].copy_from_slice(&addr.to_le_bytes());
+        d[8..12].copy_from_slice(&len.to_le_bytes());
+        d[12..14].copy_from_slice(&flags.to_le_bytes());
+        d[14..16].copy_from_slice(&next.to_le_bytes());
+        ram.write(l.desc(i), &d).unwrap();
+    }
+
+    fn publish(ram: &Ram, l: &QueueLayout, n: u16, head: u16) {
+        ram.write(l.avail_slot(n), &head.to_le_bytes()).unwrap();
+        ram.store_u16_release(l.avail_idx(), n + 1).unwrap();
+    }
+
+    fn outcome(w: &RingWatch, s: &str) -> Outcome {
+        w.records()
+            .into_iter()
+            .find(|r| r.statement == s)
+            .unwrap()
+            .outcome
+    }
+
+    #[test]
+    fn a_well_formed_chain_keeps_the_statements() {
+        let (ram, l, mut w) = setup();
+        put(&ram, &l, 0, 0x8000, 16, NEXT, 1);
+        put(&ram, &l, 1, 0x8100, 512, WRITE, 0);
+        publish(&ram, &l, 0, 0);
+        w.look(&ram, 0);
+        for s in [
+            ALIGNED,
+            WRITABLE_LAST,
+            NO_LOOP,
+            CHAIN_WITHIN_SIZE,
+            AVAIL_NOT_BACK,
+            USED_FLAGS_INIT,
+        ] {
+            assert_eq!(outcome(&w, s), Outcome::Pass, "{s}");
+        }
+    }
+
+    #[test]
+    fn section_2_7_4_and_2_7_5_3_bad_chains_are_caught() {
+        let (ram, l, mut w) = setup();
+        // Writable then readable.
+        put(&ram, &l, 0, 0x8000, 16, WRITE | NEXT, 1);
+        put(&ram, &l, 1, 0x8100, 16, 0, 0);
+        publish(&ram, &l, 0, 0);
+        // A loop.
+        put(&ram, &l, 2, 0x8200, 16, NEXT, 3);
+        put(&ram, &l, 3, 0x8300, 16, NEXT, 2);
+        publish(&ram, &l, 1, 2);
+        // INDIRECT and NEXT, with an INDIRECT inside the table.
+        put(&ram, &l, 4, 0x9000, 16, INDIRECT | NEXT, 5);
+        put(&ram, &l, 5, 0x8400, 16, 0, 0);
+        ram.write(GuestAddress(0x9000 + 12), &INDIRECT.to_le_bytes())
+            .unwrap();
+        publish(&ram, &l, 2, 4);
+        w.look(&ram, 0);
+        for s in [
+            WRITABLE_LAST,
+            NO_LOOP,
+            CHAIN_WITHIN_SIZE,
+            NOT_INDIRECT_AND_NEXT,
+            NO_NESTED_INDIRECT,
+        ] {
+            assert!(
+                matches!(outcome(&w, s), Outcome::Fail(_)),
+                "{s}: {:?}",
+                outcome(&w, s)
+            );
+        }
+    }
+
+    #[test]
+    fn section_2_7_6_and_3_3_1_a_decrement_and_a_rewritten_chain_are_caught() {
+        let (ram, l, mut w) = setup();
+        put(&ram, &l, 0, 0x8000, 64, WRITE, 0);
+        publish(&ram, &l, 0, 0);
+        w.look(&ram, 0);
+        // The driver rewrites the exposed chain, then takes the index back.
+        put(&ram, &l, 0, 0x8800, 64, WRITE, 0);
+        w.look(&ram, 0);
+        ram.store_u16_release(l.avail_idx(), 0).unwrap();
+        w.look(&ram, 0);
+        assert!(matches!(outcome(&w, NOT_ALTERED), Outcome::Fail(_)));
+        assert!(matches!(outcome(&w, AVAIL_NOT_BACK), Outcome::Fail(_)));
+    }
+}
