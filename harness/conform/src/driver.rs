@@ -676,24 +676,34 @@ impl DriverWatch {
 
     /// Per statement of [`STATEMENTS`]: fail, pass, or not observable.
     pub fn records(&self) -> Vec<Record> {
-        STATEMENTS
-            .iter()
-            .map(|s| {
-                let outcome = match self.seen.get(s) {
-                    Some(Seen {
-                        broken: Some(w), ..
-                    }) => Outcome::Fail(w.clone()),
-                    Some(Seen { kept: true, .. }) => Outcome::Pass,
-                    _ => Outcome::NotObservable("the driver never did what this is about".into()),
-                };
-                Record {
-                    statement: s,
-                    check: WATCH.name,
-                    outcome,
-                }
-            })
-            .collect()
+        records_of(STATEMENTS, WATCH.name, &self.seen)
     }
+}
+
+/// The records of a watch: per statement, the first breach (fail), or
+/// kept (pass), or never exercised (not observable).
+fn records_of(
+    statements: &'static [&'static str],
+    check: &'static str,
+    seen: &BTreeMap<&'static str, Seen>,
+) -> Vec<Record> {
+    statements
+        .iter()
+        .map(|s| {
+            let outcome = match seen.get(s) {
+                Some(Seen {
+                    broken: Some(w), ..
+                }) => Outcome::Fail(w.clone()),
+                Some(Seen { kept: true, .. }) => Outcome::Pass,
+                _ => Outcome::NotObservable("the driver never did what this is about".into()),
+            };
+            Record {
+                statement: s,
+                check,
+                outcome,
+            }
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -34,6 +34,15 @@ const QUIET: Duration = Duration::from_millis(30);
 /// Guest memory for the checks' rings and buffers.
 const DMA_LEN: u64 = 4 << 20;
 
+/// When a wait with `patience` gives up.
+fn deadline(patience: Patience) -> Instant {
+    Instant::now()
+        + match patience {
+            Patience::Expect => EXPECT,
+            Patience::Quiet => QUIET,
+        }
+}
+
 /// The device types the checks know a request for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
@@ -189,12 +198,7 @@ impl<D: VirtioDevice> Bus for LocalBus<D> {
         (GuestAddress(GUEST_BASE), DMA_LEN)
     }
     fn wait(&self, done: &mut dyn FnMut() -> bool, patience: Patience) -> bool {
-        let deadline = Instant::now()
-            + if patience == Patience::Expect {
-                EXPECT
-            } else {
-                QUIET
-            };
+        let deadline = deadline(patience);
         loop {
             if done() {
                 return true;
@@ -288,12 +292,7 @@ impl Bus for UserBus {
         (GuestAddress(GUEST_BASE), DMA_LEN)
     }
     fn wait(&self, done: &mut dyn FnMut() -> bool, patience: Patience) -> bool {
-        let deadline = Instant::now()
-            + if patience == Patience::Expect {
-                EXPECT
-            } else {
-                QUIET
-            };
+        let deadline = deadline(patience);
         loop {
             self.dev.take_calls();
             if done() {

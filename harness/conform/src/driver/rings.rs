@@ -17,7 +17,7 @@ use virtio_core::features::TransportFeatures;
 use virtio_core::split::layout::QueueLayout;
 
 use super::{Seen, judge, keep};
-use crate::{Check, Memory, Outcome, Record};
+use crate::{Check, Memory, Record};
 
 const ALIGNED: &str = "driver:basic/virtqueues#1";
 const WRITABLE_LAST: &str = "driver:basic/message-framing#1";
@@ -348,23 +348,7 @@ impl RingWatch {
 
     /// The watch's records (see [`super::DriverWatch::records`]).
     pub fn records(&self) -> Vec<Record> {
-        STATEMENTS
-            .iter()
-            .map(|s| {
-                let outcome = match self.seen.get(s) {
-                    Some(Seen {
-                        broken: Some(w), ..
-                    }) => Outcome::Fail(w.clone()),
-                    Some(Seen { kept: true, .. }) => Outcome::Pass,
-                    _ => Outcome::NotObservable("the driver never did what this is about".into()),
-                };
-                Record {
-                    statement: s,
-                    check: WATCH.name,
-                    outcome,
-                }
-            })
-            .collect()
+        super::records_of(STATEMENTS, WATCH.name, &self.seen)
     }
 }
 
@@ -376,6 +360,7 @@ mod tests {
     use virtio_core::split::layout::QueueSize;
 
     use super::*;
+    use crate::Outcome;
 
     /// 64 KiB of guest memory at address 0.
     struct Ram(RefCell<Vec<u8>>);
