@@ -41,6 +41,29 @@ fn daemon(socket: PathBuf, options: &[&str]) -> Daemon {
     .unwrap_or_else(|e| panic!("{e}"))
 }
 
+/// The ring watch's judgements (`--watch-driver`): statement, outcome,
+/// detail per line, waiting a moment for the session's end to write them.
+fn driver_watch(path: &Path) -> Vec<(String, String, String)> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let text = loop {
+        match std::fs::read_to_string(path) {
+            Ok(t) if !t.is_empty() => break t,
+            _ if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(50))
+            }
+            Ok(t) => break t,
+            Err(e) => panic!("{}: {e}", path.display()),
+        }
+    };
+    text.lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            let f = |k: &str| v[k].as_str().unwrap_or("").to_string();
+            (f("statement"), f("outcome"), f("detail"))
+        })
+        .collect()
+}
+
 /// QEMU's arguments for one vhost-user device on `socket` (chardev id
 /// `id`): `device` is the device (or netdev) option that names it.
 fn vhost_user(id: &str, socket: &Path, device: &[String]) -> Vec<String> {
@@ -101,9 +124,15 @@ fn linux_reads_a_mebibyte_from_our_rng() {
     };
     for machine in Machine::ALL {
         let dir = scratch(test);
+        // Linux's driver is watched at the rings (issue 18): every
+        // statement the watch judges must hold.
+        let watch = dir.path("driver-watch.jsonl");
+        let watch_arg = watch.display().to_string();
         let mut d = daemon(
             dir.path("rng.sock"),
             &[
+                "--watch-driver",
+                &watch_arg,
                 "-object",
                 "rng-random,id=r0,filename=/dev/urandom",
                 "-device",
@@ -135,6 +164,27 @@ fn linux_reads_a_mebibyte_from_our_rng() {
             run.run.describe()
         );
         d.check_alive().unwrap_or_else(|e| panic!("{e}"));
+        let judged = driver_watch(&watch);
+        assert!(
+            judged.iter().any(|(_, o, _)| o == "pass"),
+            "{test}: {}: the ring watch judged nothing: {judged:?}",
+            machine.name()
+        );
+        let kept: Vec<&str> = judged
+            .iter()
+            .filter(|(_, o, _)| o == "pass")
+            .map(|(s, _, _)| s.as_str())
+            .collect();
+        eprintln!(
+            "{test}: {}: the ring watch saw kept {kept:?}",
+            machine.name()
+        );
+        let broken: Vec<_> = judged.iter().filter(|(_, o, _)| o == "fail").collect();
+        assert!(
+            broken.is_empty(),
+            "{test}: {}: Linux's virtio-rng broke {broken:#?}",
+            machine.name()
+        );
         eprintln!(
             "{test}: {}: {} in {:?}",
             machine.name(),
@@ -271,9 +321,19 @@ fn blk_boot(
         "file={},if=none,id=d0,format=raw{drive_opts}",
         image.display()
     );
+    // Linux's driver is watched at the rings (issue 18).
+    let watch = dir.path("driver-watch.jsonl");
+    let watch_arg = watch.display().to_string();
     let mut d = daemon(
         dir.path("blk.sock"),
-        &["-drive", &drive, "-device", "virtio-blk-device,drive=d0"],
+        &[
+            "--watch-driver",
+            &watch_arg,
+            "-drive",
+            &drive,
+            "-device",
+            "virtio-blk-device,drive=d0",
+        ],
     );
     let mut vm = LinuxVm::new(machine);
     vm.smp = smp;
@@ -291,6 +351,17 @@ fn blk_boot(
     d.check_alive().unwrap_or_else(|e| panic!("{e}"));
     // The backend logs its counters when QEMU hangs up.
     let log = d.output_when(DEVICE_COUNTERS, Duration::from_secs(5));
+    let judged = driver_watch(&watch);
+    let broken: Vec<_> = judged.iter().filter(|(_, o, _)| o == "fail").collect();
+    assert!(
+        broken.is_empty(),
+        "{test} on {}: Linux's virtio-blk broke {broken:#?}",
+        machine.name()
+    );
+    assert!(
+        judged.iter().any(|(_, o, _)| o == "pass"),
+        "{test}: nothing judged"
+    );
     for counter in ["flushes", "discards", "write_zeroes", "writes", "reads"] {
         assert!(
             logged_device_counter(&log, counter) > 0,

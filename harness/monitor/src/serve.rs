@@ -333,9 +333,28 @@ pub fn serve_options<S: AsRef<str>>(
     verbose: bool,
     poll_max: std::time::Duration,
 ) -> Result<std::convert::Infallible, String> {
+    serve_options_with(socket, options, verbose, poll_max, None)
+}
+
+/// Wraps the device before it is served, given the guest memory it
+/// reaches: e.g. a watch that records what the driver does.
+pub type Wrap =
+    Box<dyn FnOnce(Box<dyn VirtioDevice + Send>, &SharedMemory) -> Box<dyn VirtioDevice + Send>>;
+
+/// [`serve_options`] with the device wrapped by `wrap`, if given.
+pub fn serve_options_with<S: AsRef<str>>(
+    socket: &Path,
+    options: &[S],
+    verbose: bool,
+    poll_max: std::time::Duration,
+    wrap: Option<Wrap>,
+) -> Result<std::convert::Infallible, String> {
     let config = crate::options::parse(options).map_err(|e| e.to_string())?;
     let mem = SharedMemory::new();
-    let dev = build(&config, &mem).map_err(|e| e.to_string())?;
+    let mut dev = build(&config, &mem).map_err(|e| e.to_string())?;
+    if let Some(wrap) = wrap {
+        dev.device = wrap(dev.device, &mem);
+    }
     eprintln!(
         "vhost-user: serving {} ({}) on {}",
         dev.kind,

@@ -129,6 +129,13 @@ enum Command {
         /// at once.
         #[arg(long, default_value_t = vhost_user::backend::DEFAULT_POLL_MAX.as_micros() as u64)]
         poll_max_us: u64,
+        /// Watch what each driver puts in the rings (descriptor chains,
+        /// indirect tables, the available index, ring flags, chains
+        /// rewritten while the device owns them) and append each session's
+        /// outcome per spec statement to this file as JSON lines; the
+        /// device behaves the same.
+        #[arg(long, value_name = "FILE")]
+        watch_driver: Option<std::path::PathBuf>,
         /// The device options (`-object`, `-chardev`, `-drive`,
         /// `-blockdev`, `-netdev`, exactly one `-device`).
         #[arg(
@@ -201,12 +208,22 @@ fn main() -> ExitCode {
             socket,
             verbose,
             poll_max_us,
+            watch_driver,
             options,
-        } => match monitor::serve::serve_options(
+        } => match monitor::serve::serve_options_with(
             &socket,
             &options,
             verbose,
             Duration::from_micros(poll_max_us),
+            watch_driver.map(|path| -> monitor::serve::Wrap {
+                Box::new(move |dev, mem| {
+                    Box::new(harness::conform::drivers::WatchedDevice::new(
+                        dev,
+                        mem.clone(),
+                        harness::conform::drivers::append_records(path),
+                    ))
+                })
+            }),
         ) {
             Ok(never) => match never {},
             Err(e) => {

@@ -11,6 +11,7 @@ use conform::driver::DriverWatch;
 use conform::driver::rings::RingWatch;
 use guest_driver::hal::PoolHal;
 use guest_driver::transport::{Completion, acknowledge_interrupt};
+use virtio_core::GuestMemory;
 use virtio_core::mmio::device::MmioRegisters;
 use virtio_core::mmio::driver::RegisterAccess;
 use virtio_core::mmio::regs;
@@ -113,30 +114,48 @@ impl<D: VirtioDevice> RegisterAccess for Watched<D> {
     }
 }
 
-/// One of our devices with the ring watch looking at every queue before
-/// the device does (activation, notifications, backend events); what the
-/// device does is unchanged.
-pub struct WatchedDevice<D> {
+/// A device with the ring watch looking at every queue before the device
+/// does (activation, notifications, backend events); what the device does
+/// is unchanged. When a driver's session ends (a reset, a new
+/// activation, [`finish`](Self::finish)) the watch goes to `done`.
+pub struct WatchedDevice<D, M, F> {
     inner: D,
-    mem: LocalMemory,
-    rings: Rc<RefCell<RingWatch>>,
+    mem: M,
+    rings: RingWatch,
+    live: bool,
+    done: F,
 }
 
-impl<D: VirtioDevice> WatchedDevice<D> {
-    /// `inner`, watched through `mem` into `rings`.
-    pub fn new(inner: D, mem: LocalMemory, rings: Rc<RefCell<RingWatch>>) -> Self {
-        WatchedDevice { inner, mem, rings }
+impl<D: VirtioDevice, M: GuestMemory, F: FnMut(&RingWatch)> WatchedDevice<D, M, F> {
+    /// `inner`, watched through `mem`; each session's watch goes to
+    /// `done`.
+    pub fn new(inner: D, mem: M, done: F) -> Self {
+        WatchedDevice {
+            inner,
+            mem,
+            rings: RingWatch::default(),
+            live: false,
+            done,
+        }
     }
 
-    fn look_all(&self) {
-        let mut w = self.rings.borrow_mut();
+    /// Ends the session: its watch goes to `done`.
+    pub fn finish(&mut self) {
+        if core::mem::take(&mut self.live) {
+            (self.done)(&self.rings);
+        }
+    }
+
+    fn look_all(&mut self) {
         for q in 0..self.inner.queue_max_sizes().len() {
-            w.look(&self.mem, q as u16);
+            self.rings.look(&self.mem, q as u16);
         }
     }
 }
 
-impl<D: VirtioDevice> VirtioDevice for WatchedDevice<D> {
+impl<D: VirtioDevice, M: GuestMemory, F: FnMut(&RingWatch)> VirtioDevice
+    for WatchedDevice<D, M, F>
+{
     fn device_type(&self) -> virtio_core::features::DeviceType {
         self.inner.device_type()
     }
@@ -156,36 +175,78 @@ impl<D: VirtioDevice> VirtioDevice for WatchedDevice<D> {
         self.inner.config_len()
     }
     fn activate(&mut self, features: u64, queues: Vec<QueueConfig>) -> Result<(), DeviceError> {
-        {
-            let mut w = self.rings.borrow_mut();
-            *w = RingWatch::new(features);
-            for (i, q) in queues.iter().enumerate() {
-                if let Some(l) = q.layout {
-                    w.queue(&self.mem, i as u16, l);
-                }
+        self.finish();
+        self.rings = RingWatch::new(features);
+        for (i, q) in queues.iter().enumerate() {
+            if let Some(l) = q.layout {
+                self.rings.queue(&self.mem, i as u16, l);
             }
         }
+        self.live = true;
         self.inner.activate(features, queues)
     }
     fn queue_notify(&mut self, queue: u16) -> Result<Served, DeviceError> {
-        self.rings.borrow_mut().look(&self.mem, queue);
+        self.rings.look(&self.mem, queue);
         self.inner.queue_notify(queue)
     }
     fn backend_ready(&mut self) -> Result<Served, DeviceError> {
         self.look_all();
         self.inner.backend_ready()
     }
+    fn set_polling(&mut self, on: bool) -> Option<Result<Served, DeviceError>> {
+        self.inner.set_polling(on)
+    }
     fn quiesce(&mut self) -> Result<Served, DeviceError> {
         self.inner.quiesce()
     }
     fn reset(&mut self) {
         self.inner.reset();
+        self.finish();
     }
     fn disable_queue(&mut self, queue: u16) -> Result<Served, DeviceError> {
         self.inner.disable_queue(queue)
     }
     fn counters(&self) -> Vec<(&'static str, u64)> {
         self.inner.counters()
+    }
+    fn queue_position(&self, queue: u16) -> Option<u16> {
+        self.inner.queue_position(queue)
+    }
+    fn set_queue_position(&mut self, queue: u16, next_avail: u16) -> Result<(), DeviceError> {
+        self.inner.set_queue_position(queue, next_avail)
+    }
+}
+
+/// A ring-watch sink for the vhost-user backend: each driver session's
+/// records are appended to `path` as JSON lines (`statement`, `outcome`,
+/// `detail`).
+pub fn append_records(path: std::path::PathBuf) -> impl FnMut(&RingWatch) + Send {
+    move |rings: &RingWatch| {
+        use std::io::Write;
+        let mut out = String::new();
+        for r in rings.records() {
+            let (outcome, detail) = match &r.outcome {
+                conform::Outcome::Pass => ("pass", String::new()),
+                conform::Outcome::Fail(w) => ("fail", w.clone()),
+                conform::Outcome::Warn(w) => ("warn", w.clone()),
+                conform::Outcome::NotApplicable(w) => ("not-applicable", w.clone()),
+                conform::Outcome::NotObservable(w) => ("not-observable", w.clone()),
+            };
+            let line =
+                serde_json::json!({"statement": r.statement, "outcome": outcome, "detail": detail});
+            out.push_str(&line.to_string());
+            out.push('\n');
+        }
+        match std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+        {
+            Ok(mut f) => {
+                let _ = f.write_all(out.as_bytes());
+            }
+            Err(e) => eprintln!("vhost-user: --watch-driver {}: {e}", path.display()),
+        }
     }
 }
 
@@ -201,12 +262,15 @@ fn offered<D: VirtioDevice>(regs: &Regs<D>) -> u64 {
     u64::from(lo) | u64::from(hi) << 32
 }
 
+/// Our device under the ring watch, its records kept in this process.
+type Observed<D> = WatchedDevice<D, LocalMemory, Box<dyn FnMut(&RingWatch)>>;
+
 /// Runs `workload` with our driver against `dev` under the watch.
 fn watched<D: VirtioDevice + 'static>(
     kind: Kind,
     dev: D,
     mem: &LocalMemory,
-    workload: fn(PoolHal<PAGES>, Watched<WatchedDevice<D>>) -> Result<(), String>,
+    workload: fn(PoolHal<PAGES>, Watched<Observed<D>>) -> Result<(), String>,
 ) -> Run {
     let run = |records, error| Run {
         target: GUEST_DRIVER.into(),
@@ -214,8 +278,12 @@ fn watched<D: VirtioDevice + 'static>(
         records,
         error,
     };
-    let rings = Rc::new(RefCell::new(RingWatch::default()));
-    let dev = WatchedDevice::new(dev, mem.clone(), Rc::clone(&rings));
+    let rings: Rc<RefCell<Vec<conform::Record>>> = Rc::default();
+    let sink = Rc::clone(&rings);
+    let done: Box<dyn FnMut(&RingWatch)> = Box::new(move |w: &RingWatch| {
+        sink.borrow_mut().extend(w.records());
+    });
+    let dev: Observed<D> = WatchedDevice::new(dev, mem.clone(), done);
     let device_type = Some(dev.device_type());
     let max: Vec<u16> = dev.queue_max_sizes().to_vec();
     let config_len = dev.config_len() as u64;
@@ -245,12 +313,13 @@ fn watched<D: VirtioDevice + 'static>(
         regs,
         watch: Rc::clone(&watch),
     };
-    let result = workload(hal, w);
+    let result = workload(hal, w.clone());
+    w.regs.borrow_mut().device_mut().device_mut().finish();
     let mut watch = watch.borrow_mut();
     watch.finish();
     let error = result.err().map(|e| format!("the workload failed: {e}"));
     let mut records = watch.records();
-    records.extend(rings.borrow().records());
+    records.extend(rings.borrow().iter().cloned());
     run(records, error)
 }
 
