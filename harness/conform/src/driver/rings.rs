@@ -80,6 +80,8 @@ struct Queue {
 /// The ring-level watch on one driver.
 #[derive(Clone, Debug, Default)]
 pub struct RingWatch {
+    /// Why chains are not compared while exposed, if they are not.
+    no_rewrites: Option<&'static str>,
     event_idx: bool,
     indirect: bool,
     queues: BTreeMap<u16, Queue>,
@@ -110,11 +112,19 @@ impl RingWatch {
     /// A watch for a driver that negotiated `features`.
     pub fn new(features: u64) -> Self {
         RingWatch {
+            no_rewrites: None,
             event_idx: features & TransportFeatures::RING_EVENT_IDX.bits() != 0,
             indirect: features & TransportFeatures::RING_INDIRECT_DESC.bits() != 0,
             queues: BTreeMap::new(),
             seen: BTreeMap::new(),
         }
+    }
+
+    /// The same watch without the comparison of exposed chains
+    /// (device-cleanup#1), which is reported not observable with `why`.
+    pub fn without_rewrite_check(mut self, why: &'static str) -> Self {
+        self.no_rewrites = Some(why);
+        self
     }
 
     /// The driver made queue `index` live with `layout` (DRIVER_OK, or
@@ -184,14 +194,38 @@ impl RingWatch {
         }
         q.seen_used = used;
         // Chains still exposed must be as the driver first wrote them.
-        for (head, copy) in &q.exposed {
+        let exposed = if self.no_rewrites.is_some() {
+            BTreeMap::new()
+        } else {
+            core::mem::take(&mut q.exposed)
+        };
+        for (head, copy) in &exposed {
             let Some(now) = self.chain_bytes(mem, l, *head) else {
                 continue;
             };
             let h = *head;
             judge(&mut self.seen, NOT_ALTERED, now == *copy, || {
-                format!("queue {index}: chain {h} changed while the device owned it")
+                let at = now
+                    .iter()
+                    .zip(copy.iter())
+                    .position(|(a, b)| a != b)
+                    .unwrap_or(0);
+                let d = at / 16 * 16;
+                let show = |v: &Vec<u8>| {
+                    v.get(d..(d + 16).min(v.len()))
+                        .map(|x| format!("{x:02x?}"))
+                        .unwrap_or_default()
+                };
+                format!(
+                    "queue {index}: chain {h} changed while the device owned it (byte {at} of {}: was {}, now {})",
+                    copy.len(),
+                    show(copy),
+                    show(&now)
+                )
             });
+        }
+        if self.no_rewrites.is_none() {
+            q.exposed = exposed;
         }
         let flags = u16_at(mem, l.avail_flags().0).unwrap_or(0);
         if self.event_idx {
@@ -226,7 +260,9 @@ impl RingWatch {
                 continue;
             };
             self.walk(mem, index, l, head);
-            if let Some(copy) = self.chain_bytes(mem, l, head) {
+            if self.no_rewrites.is_none()
+                && let Some(copy) = self.chain_bytes(mem, l, head)
+            {
                 q.exposed.insert(head, copy);
             }
         }
@@ -348,7 +384,13 @@ impl RingWatch {
 
     /// The watch's records (see [`super::DriverWatch::records`]).
     pub fn records(&self) -> Vec<Record> {
-        super::records_of(STATEMENTS, WATCH.name, &self.seen)
+        let mut out = super::records_of(STATEMENTS, WATCH.name, &self.seen);
+        if let Some(why) = self.no_rewrites {
+            for r in out.iter_mut().filter(|r| r.statement == NOT_ALTERED) {
+                r.outcome = crate::Outcome::NotObservable(why.into());
+            }
+        }
+        out
     }
 }
 
