@@ -132,3 +132,25 @@ fn our_driver_breaks_no_driver_statement_the_register_watch_judges() {
         );
     }
 }
+
+/// Bad command lines get a clear error and exit 2: a `--vhost-user` that
+/// is not `KIND=SOCKET`, and a specification clone that is not there.
+#[test]
+fn bad_conform_command_lines_are_refused_with_the_reason() {
+    let exe = env!("CARGO_BIN_EXE_virtio-harness");
+    let dir = harness::scenarios::Workdir::new("conform-bad-args").unwrap();
+    let out = std::process::Command::new(exe)
+        .args(["conform", "run", "--vhost-user", "floppy=/nowhere", "--out"])
+        .arg(dir.path("r"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("expected rng|blk|console|net=SOCKET"));
+    let out = std::process::Command::new(exe)
+        .args(["conform", "catalogue", "--spec"])
+        .arg(dir.path("no-such-clone"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("git -C"));
+}

@@ -46,22 +46,26 @@ impl<D: VirtioDevice> Clone for Watched<D> {
     }
 }
 
+/// Up to 8 little-endian bytes as a number.
+fn le_u64(data: &[u8]) -> u64 {
+    let mut v = [0u8; 8];
+    let n = data.len().min(8);
+    v[..n].copy_from_slice(&data[..n]);
+    u64::from_le_bytes(v)
+}
+
 impl<D: VirtioDevice> Watched<D> {
     fn read(&self, offset: u64, data: &mut [u8]) {
         let _ = self.regs.borrow().read(offset, data);
-        let mut v = [0u8; 8];
-        v[..data.len().min(8)].copy_from_slice(&data[..data.len().min(8)]);
         self.watch
             .borrow_mut()
-            .read(offset, data.len(), u64::from_le_bytes(v));
+            .read(offset, data.len(), le_u64(data));
     }
 
     fn write(&self, offset: u64, data: &[u8]) {
-        let mut v = [0u8; 8];
-        v[..data.len().min(8)].copy_from_slice(&data[..data.len().min(8)]);
         self.watch
             .borrow_mut()
-            .write(offset, data.len(), u64::from_le_bytes(v));
+            .write(offset, data.len(), le_u64(data));
         let irq = {
             let mut r = self.regs.borrow_mut();
             match r.write(offset, data) {

@@ -26,6 +26,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::LazyLock;
 
 use regex::Regex;
 
@@ -706,8 +707,9 @@ pub fn sentences(text: &str, titles: &BTreeMap<String, String>) -> Vec<Sentence>
 /// The RFC 2119 keywords of a sentence, as written (`MUST not` counts as
 /// `MUST NOT`), in order.
 pub fn keywords(s: &str) -> Vec<String> {
-    let re = Regex::new(r"\b(MUST|SHOULD|SHALL)(\s+(?:NOT|not)\b)?").expect("regex");
-    re.captures_iter(s)
+    static RE: LazyLock<Regex> =
+        LazyLock::new(|| Regex::new(r"\b(MUST|SHOULD|SHALL)(\s+(?:NOT|not)\b)?").expect("regex"));
+    RE.captures_iter(s)
         .map(|c| {
             if c.get(2).is_some() {
                 format!("{} NOT", &c[1])
@@ -720,9 +722,10 @@ pub fn keywords(s: &str) -> Vec<String> {
 
 /// The feature bits a sentence names.
 pub fn features(s: &str) -> Vec<String> {
-    let re = Regex::new(r"\bVIRTIO_[A-Z0-9_]*F_[A-Z0-9_]+\b").expect("regex");
+    static RE: LazyLock<Regex> =
+        LazyLock::new(|| Regex::new(r"\bVIRTIO_[A-Z0-9_]*F_[A-Z0-9_]+\b").expect("regex"));
     let mut out: Vec<String> = Vec::new();
-    for m in re.find_iter(s) {
+    for m in RE.find_iter(s) {
         // Header flags (VIRTIO_NET_HDR_F_…) are not feature bits.
         if m.as_str().contains("_HDR_F_") {
             continue;
@@ -738,8 +741,10 @@ pub fn features(s: &str) -> Vec<String> {
 /// Whose requirement a descriptive sentence states: the subject before
 /// its first keyword.
 fn subject(s: &str) -> Side {
-    let re = Regex::new(r"(?i)\b(device|driver)s?\b[^.]*?\b(MUST|SHOULD|SHALL)\b").expect("regex");
-    match re.captures(s).map(|c| c[1].to_ascii_lowercase()) {
+    static RE: LazyLock<Regex> = LazyLock::new(|| {
+        Regex::new(r"(?i)\b(device|driver)s?\b[^.]*?\b(MUST|SHOULD|SHALL)\b").expect("regex")
+    });
+    match RE.captures(s).map(|c| c[1].to_ascii_lowercase()) {
         Some(w) if w == "device" => Side::Device,
         Some(_) => Side::Driver,
         None => Side::Either,
