@@ -362,6 +362,18 @@ fn blk_boot(
         judged.iter().any(|(_, o, _)| o == "pass"),
         "{test}: nothing judged"
     );
+    // The block requests themselves are judged (§5.2.6.1): FLUSH with
+    // sector 0, reads and writes of whole sectors inside the capacity.
+    for s in [
+        "driver:blk/device-operation#2",
+        "driver:blk/device-operation#4",
+        "driver:blk/device-operation#6",
+    ] {
+        assert!(
+            judged.iter().any(|(id, o, _)| id == s && o == "pass"),
+            "{test}: {s} not judged: {judged:#?}"
+        );
+    }
     for counter in ["flushes", "discards", "write_zeroes", "writes", "reads"] {
         assert!(
             logged_device_counter(&log, counter) > 0,

@@ -890,6 +890,19 @@ impl<B: BlockBackend, M: GuestMemory> Engine<B, M> {
         }
     }
 
+    /// `writeback` as the negotiated features fix it (§5.2.5.1): 0 without
+    /// FLUSH (also with CONFIG_WCE). With FLUSH but no CONFIG_WCE the
+    /// driver cannot choose: the host's mode holds (writethrough when the
+    /// disk was set up that way, e.g. `cache=writethrough`; writeback
+    /// otherwise). With both, what the driver wrote stays.
+    fn settle_writeback(&mut self) {
+        if !self.negotiated(BlkFeatures::FLUSH) {
+            self.writeback = 0;
+        } else if !self.negotiated(BlkFeatures::CONFIG_WCE) {
+            self.writeback = u8::from(self.cfg.writeback);
+        }
+    }
+
     /// The checks every IN and OUT passes before any I/O (§5.2.6.1):
     /// length a multiple of 512, at most `seg_max` data buffers of at most
     /// `size_max` bytes each (when negotiated), inside the capacity.
@@ -1008,9 +1021,6 @@ impl<B: BlockBackend, M: GuestMemory> Engine<B, M> {
         r_total: u64,
         wz: bool,
     ) -> Result<(), Fail> {
-        if self.backend.read_only() {
-            return Err(Fail::ReadOnly);
-        }
         let len = r_total - HEADER_LEN;
         let count = len / DWZ_SEGMENT_LEN;
         if len == 0
@@ -1065,6 +1075,11 @@ impl<B: BlockBackend, M: GuestMemory> Engine<B, M> {
         // Every segment is checked before any is executed.
         for seg in list.chunks(seg_len) {
             parse(seg)?;
+        }
+        // §5.2.6.2: unknown flags are UNSUPP whatever the device; only a
+        // request the device would carry out fails on a read-only one.
+        if self.backend.read_only() {
+            return Err(Fail::ReadOnly);
         }
         let unmap = self.cfg.discard_unmap;
         for seg in list.chunks(seg_len) {
@@ -1552,6 +1567,13 @@ impl<B: BlockBackend, M: GuestMemory> VirtioDevice for Blk<B, M> {
         CONFIG_LEN
     }
 
+    fn features_ok(&mut self, features: u64) {
+        // §5.2.5.1: the driver reads `writeback` after FEATURES_OK, so its
+        // negotiated value holds from then, not only from DRIVER_OK.
+        self.engine.features = features & self.engine.offered;
+        self.engine.settle_writeback();
+    }
+
     fn activate(&mut self, features: u64, queues: Vec<QueueConfig>) -> Result<(), DeviceError> {
         let mut states = Vec::with_capacity(self.max_sizes.len());
         for (i, _) in self.max_sizes.iter().enumerate() {
@@ -1586,15 +1608,7 @@ impl<B: BlockBackend, M: GuestMemory> VirtioDevice for Blk<B, M> {
             }));
         }
         self.engine.features = features & self.engine.offered;
-        // §5.2.5.1: with CONFIG_WCE but no FLUSH, `writeback` reads 0.
-        // With FLUSH but no CONFIG_WCE the driver cannot choose: the host's
-        // mode holds (writethrough when the disk was set up that way, e.g.
-        // `cache=writethrough`; writeback otherwise).
-        if !self.engine.negotiated(BlkFeatures::FLUSH) {
-            self.engine.writeback = 0;
-        } else if !self.engine.negotiated(BlkFeatures::CONFIG_WCE) {
-            self.engine.writeback = u8::from(self.engine.cfg.writeback);
-        }
+        self.engine.settle_writeback();
         // Every FLUSH of every queue may wait for the flush in the queue.
         let heads: usize = states.iter().flatten().map(|q| q.queued.len()).sum();
         for v in [&mut self.engine.flush_batch, &mut self.engine.flush_waiters] {

@@ -300,6 +300,14 @@ pub trait VirtioDevice {
     /// The size of the configuration space in bytes.
     fn config_len(&self) -> usize;
 
+    /// The driver's features are final (FEATURES_OK accepted, §3.1.1
+    /// step 5; vhost-user `SET_FEATURES`): configuration fields whose value
+    /// depends on them take it now, before the driver reads them
+    /// (§5.2.5.1 `writeback`). The default does nothing.
+    fn features_ok(&mut self, features: u64) {
+        let _ = features;
+    }
+
     /// Goes live after DRIVER_OK (§3.1.1 step 8) with the negotiated
     /// features and the queues the driver configured.
     fn activate(&mut self, features: u64, queues: Vec<QueueConfig>) -> Result<(), DeviceError>;
@@ -459,6 +467,10 @@ impl<D: VirtioDevice + ?Sized> VirtioDevice for alloc::boxed::Box<D> {
 
     fn config_len(&self) -> usize {
         (**self).config_len()
+    }
+
+    fn features_ok(&mut self, features: u64) {
+        (**self).features_ok(features);
     }
 
     fn activate(&mut self, features: u64, queues: Vec<QueueConfig>) -> Result<(), DeviceError> {

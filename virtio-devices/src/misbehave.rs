@@ -436,6 +436,9 @@ mod lies {
         fn config_len(&self) -> usize {
             self.inner.config_len()
         }
+        fn features_ok(&mut self, features: u64) {
+            self.inner.features_ok(features);
+        }
         fn activate(&mut self, features: u64, queues: Vec<QueueConfig>) -> Result<(), DeviceError> {
             self.queues = queues
                 .iter()

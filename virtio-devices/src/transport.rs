@@ -134,6 +134,10 @@ pub fn dispatch_once<D: VirtioDevice, const N: usize>(
             let served = regs.device_mut().device.disable_queue(queue);
             finish(regs, served)
         }
+        WriteOutcome::FeaturesOk { features } => {
+            regs.device_mut().device.features_ok(features);
+            Dispatched::default()
+        }
         WriteOutcome::ActivationFailed(_) => Dispatched {
             interrupt: regs.interrupt_asserted(),
             again: false,

@@ -964,3 +964,54 @@ fn section_2_7_10_while_the_transport_polls_the_ring_notifications_stay_off() {
     assert_eq!(avail_event(&r), 5, "notifications on again");
     assert_eq!(r.completions().len(), 5);
 }
+
+#[test]
+fn section_5_2_5_1_writeback_reads_zero_from_features_ok_without_flush() {
+    let mem = Box::leak(Box::new(virtio_core::testing::OwnedMemory::new(
+        GuestAddress(0),
+        0x10_0000,
+    )));
+    let mut dev = Blk::new(MemDisk::new(16), &*mem, BlkConfig::default()).unwrap();
+    let features = dev.device_features() & !BlkFeatures::FLUSH.bits();
+    assert_ne!(features & BlkFeatures::CONFIG_WCE.bits(), 0);
+    // The driver reads writeback after FEATURES_OK, before DRIVER_OK.
+    dev.features_ok(features);
+    let mut wb = [9u8];
+    dev.read_config(32, &mut wb);
+    assert_eq!(wb, [0], "CONFIG_WCE without FLUSH: writeback starts at 0");
+    // A reset and a negotiation with FLUSH brings the host's mode back.
+    dev.reset();
+    dev.features_ok(dev.device_features());
+    dev.read_config(32, &mut wb);
+    assert_eq!(wb, [1]);
+}
+
+#[test]
+fn section_5_2_6_2_read_only_disk_still_answers_unknown_flags_unsupp() {
+    let disk = MemDisk::new(16).with(|s| {
+        s.read_only = true;
+        s.discard = true;
+        s.write_zeroes = true;
+    });
+    let cfg = BlkConfig {
+        discard: true,
+        write_zeroes: true,
+        ..BlkConfig::default()
+    };
+    let mut r = rig_with(disk, cfg, None);
+    let bad = r.data(&dwz(0, 1, 1 << 5));
+    let (_, s1) = r.request(req::WRITE_ZEROES, 0, &[(bad, 16)], true);
+    let unmap = r.data(&dwz(0, 1, 1));
+    let (_, s2) = r.request(req::DISCARD, 0, &[(unmap, 16)], true);
+    let fine = r.data(&dwz(0, 1, 0));
+    let (_, s3) = r.request(req::DISCARD, 0, &[(fine, 16)], true);
+    r.notify(0);
+    r.completions();
+    assert_eq!(r.status(s1), status::UNSUPP, "unknown flag");
+    assert_eq!(r.status(s2), status::UNSUPP, "discard with unmap");
+    assert_eq!(
+        r.status(s3),
+        status::IOERR,
+        "a valid discard on a read-only disk"
+    );
+}

@@ -22,6 +22,7 @@ use virtio_core::status::DeviceStatus;
 
 use crate::{Check, Outcome, Record};
 
+pub mod requests;
 pub mod rings;
 
 const REGISTERS_ONLY: &str = "driver:mmio/mmio-device-register-layout#1";
@@ -100,6 +101,20 @@ pub const STATEMENTS: &[&str] = &[
     NO_NOTIFY_BEFORE_DRIVER_OK,
 ];
 
+const BLK_WRITEBACK_AFTER_FEATURES_OK: &str = "driver:blk/device-initialization#3";
+
+/// The block-device statements the register watch judges (for block
+/// devices only).
+pub const BLK_STATEMENTS: &[&str] = &[BLK_WRITEBACK_AFTER_FEATURES_OK];
+
+/// The register watch's block-device part as a [`Check`] for the
+/// catalogue.
+pub const BLK_WATCH: Check = Check {
+    name: "driver-register-watch-blk",
+    statements: BLK_STATEMENTS,
+    run: |_| {},
+};
+
 /// The watch as a [`Check`] for the catalogue: it is not run against a
 /// [`Bus`](crate::Bus) but fed by a transport, so `run` records nothing.
 pub const WATCH: Check = Check {
@@ -109,7 +124,7 @@ pub const WATCH: Check = Check {
 };
 
 /// Every driver-side check.
-pub const CHECKS: &[Check] = &[WATCH, rings::WATCH];
+pub const CHECKS: &[Check] = &[WATCH, BLK_WATCH, rings::WATCH, requests::BLK_WATCH];
 
 /// What the watch has seen of one statement.
 #[derive(Clone, Debug, Default)]
@@ -262,6 +277,18 @@ impl DriverWatch {
                 });
             } else if step4 && !write {
                 keep(&mut self.seen, INIT_NO_CONFIG_WRITE);
+            }
+            // §5.2.5.2: a block driver reads `writeback` (offset 32) only
+            // once FEATURES_OK is set: its value depends on the features.
+            let rel = offset - regs::CONFIG;
+            if self.device_type == Some(DeviceType::Blk) && !write && rel <= 32 && 32 < end {
+                let after = self.status & DeviceStatus::FEATURES_OK.bits() != 0;
+                judge(
+                    &mut self.seen,
+                    BLK_WRITEBACK_AFTER_FEATURES_OK,
+                    after,
+                    || format!("writeback read with status {:#x}", self.status),
+                );
             }
             return;
         }
@@ -676,7 +703,11 @@ impl DriverWatch {
 
     /// Per statement of [`STATEMENTS`]: fail, pass, or not observable.
     pub fn records(&self) -> Vec<Record> {
-        records_of(STATEMENTS, WATCH.name, &self.seen)
+        let mut out = records_of(STATEMENTS, WATCH.name, &self.seen);
+        if self.device_type == Some(DeviceType::Blk) {
+            out.extend(records_of(BLK_STATEMENTS, BLK_WATCH.name, &self.seen));
+        }
+        out
     }
 }
 
@@ -837,5 +868,31 @@ mod tests {
         w.write(regs::DRIVER_FEATURES, 4, 1 << 29);
         w.write(regs::STATUS, 4, 11);
         assert!(matches!(outcome(&w, OFFERED_ONLY), Outcome::Fail(_)));
+    }
+
+    #[test]
+    fn section_5_2_5_2_writeback_read_before_features_ok_is_caught() {
+        let mut w = DriverWatch::new(Some(DeviceType::Blk), 1 << 32 | 1 << 11, &[256], 60);
+        w.write(regs::STATUS, 4, 0);
+        w.write(regs::STATUS, 4, 1);
+        w.write(regs::STATUS, 4, 3);
+        // capacity is fine to read now; writeback is not.
+        w.read(regs::CONFIG, 4, 2048);
+        assert_eq!(
+            outcome(&w, BLK_WRITEBACK_AFTER_FEATURES_OK),
+            Outcome::NotObservable("the driver never did what this is about".into())
+        );
+        w.read(regs::CONFIG + 32, 1, 1);
+        assert!(matches!(
+            outcome(&w, BLK_WRITEBACK_AFTER_FEATURES_OK),
+            Outcome::Fail(_)
+        ));
+        // An entropy device has no such statement.
+        assert!(
+            watch()
+                .records()
+                .iter()
+                .all(|r| r.statement != BLK_WRITEBACK_AFTER_FEATURES_OK)
+        );
     }
 }

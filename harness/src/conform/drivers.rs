@@ -8,6 +8,7 @@ use std::ptr::NonNull;
 use std::rc::Rc;
 
 use conform::driver::DriverWatch;
+use conform::driver::requests::BlkLimits;
 use conform::driver::rings::RingWatch;
 use guest_driver::hal::PoolHal;
 use guest_driver::transport::{Completion, acknowledge_interrupt};
@@ -187,9 +188,18 @@ impl<D: VirtioDevice, M: GuestMemory, F: FnMut(&RingWatch)> VirtioDevice
     fn config_len(&self) -> usize {
         self.inner.config_len()
     }
+    fn features_ok(&mut self, features: u64) {
+        self.inner.features_ok(features);
+    }
     fn activate(&mut self, features: u64, queues: Vec<QueueConfig>) -> Result<(), DeviceError> {
         self.finish();
         self.rings = RingWatch::new(features);
+        if self.inner.device_type() == virtio_core::features::DeviceType::Blk {
+            let limits = BlkLimits::from_config(features, |off, buf| {
+                self.inner.read_config(off, buf);
+            });
+            self.rings = core::mem::take(&mut self.rings).with_blk(limits);
+        }
         if let Some(why) = self.no_rewrites {
             self.rings = core::mem::take(&mut self.rings).without_rewrite_check(why);
         }
@@ -385,6 +395,10 @@ fn blk_workload<D: VirtioDevice>(hal: PoolHal<PAGES>, w: Watched<D>) -> Result<(
     if back != data {
         return Err("the data read back differs".into());
     }
+    blk.get_id(&mut wait).map_err(|e| e.to_string())?;
+    blk.discard(8, 8, &mut wait).map_err(|e| e.to_string())?;
+    blk.write_zeroes(8, 8, true, &mut wait)
+        .map_err(|e| e.to_string())?;
     Ok(())
 }
 

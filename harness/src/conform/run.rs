@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use super::report::Run;
 use super::targets::{
-    Kind, ours_in_process, run_device_checks, run_device_checks_each, vhost_user,
+    Kind, ours_in_process, ours_read_only_blk, run_device_checks, run_device_checks_each,
+    vhost_user,
 };
 use crate::daemon::Daemon;
 use crate::scenarios::Workdir;
@@ -20,26 +21,36 @@ pub const OURS_IN_PROCESS: &str = "ours, in process";
 /// Our vhost-user backend's name in reports.
 pub const OURS_VHOST_USER: &str = "ours over vhost-user";
 
-/// Our devices in this process, one run per device type.
+/// Our devices in this process, one run per device type, and a
+/// read-only block device.
 pub fn in_process() -> Vec<Run> {
-    Kind::ALL
+    type Target = (&'static str, Result<Box<dyn conform::Bus>, String>);
+    let mut buses: Vec<Target> = Kind::ALL
         .into_iter()
-        .map(|kind| match ours_in_process(kind) {
+        .map(|kind| (kind.name(), ours_in_process(kind)))
+        .collect();
+    buses.push((READ_ONLY_BLK, ours_read_only_blk()));
+    buses
+        .into_iter()
+        .map(|(device, bus)| match bus {
             Ok(bus) => Run {
                 target: OURS_IN_PROCESS.into(),
-                device: kind.name().into(),
+                device: device.into(),
                 records: run_device_checks(bus.as_ref()),
                 error: None,
             },
             Err(e) => Run {
                 target: OURS_IN_PROCESS.into(),
-                device: kind.name().into(),
+                device: device.into(),
                 records: vec![],
                 error: Some(e),
             },
         })
         .collect()
 }
+
+/// The device name of the read-only block device's run.
+pub const READ_ONLY_BLK: &str = "blk, read-only";
 
 /// The vhost-user backend on `socket` (a device of `kind`), named
 /// `target`.
@@ -107,7 +118,7 @@ pub fn peers_ours(exe: &Path) -> Vec<Run> {
             error: Some(e),
         });
     }
-    let ours: [(Kind, Vec<String>); 4] = [
+    let mut ours: Vec<(Kind, Vec<String>)> = vec![
         (
             Kind::Rng,
             vec![
@@ -147,12 +158,27 @@ pub fn peers_ours(exe: &Path) -> Vec<Run> {
             ],
         ),
     ];
-    for (kind, options) in ours {
-        let sock = dir.path(&format!("ours-{}.sock", kind.name()));
-        match Daemon::ours(exe, sock.clone(), &options, false) {
-            Ok(_d) => runs.push(over_vhost_user(OURS_VHOST_USER, kind, &sock)),
-            Err(e) => runs.push(failed(OURS_VHOST_USER, kind, e)),
+    // The same disk read-only.
+    ours.push((
+        Kind::Blk,
+        vec![
+            "-drive".into(),
+            format!("if=none,id=d0,file={img_s},format=raw,readonly=on"),
+            "-device".into(),
+            "virtio-blk-device,drive=d0".into(),
+        ],
+    ));
+    for (i, (kind, options)) in ours.into_iter().enumerate() {
+        let read_only = options.iter().any(|o| o.contains("readonly=on"));
+        let sock = dir.path(&format!("ours-{i}-{}.sock", kind.name()));
+        let mut run = match Daemon::ours(exe, sock.clone(), &options, false) {
+            Ok(_d) => over_vhost_user(OURS_VHOST_USER, kind, &sock),
+            Err(e) => failed(OURS_VHOST_USER, kind, e),
+        };
+        if read_only {
+            run.device = READ_ONLY_BLK.into();
         }
+        runs.push(run);
     }
     runs
 }
@@ -164,30 +190,35 @@ pub fn peers(exe: &Path) -> Vec<Run> {
     let Some(dir) = workdir(&mut runs) else {
         return runs;
     };
-    // qemu-storage-daemon on its own copy of the image.
-    let img2 = dir.path("qsd.img");
-    let sock = dir.path("qsd.sock");
-    let mut cmd = Command::new("qemu-storage-daemon");
-    cmd.args([
-        "--blockdev".to_string(),
-        format!("driver=file,node-name=f0,filename={}", img2.display()),
-        "--export".into(),
-        format!(
-            "type=vhost-user-blk,id=e0,node-name=f0,writable=on,addr.type=unix,addr.path={}",
-            sock.display()
-        ),
-    ]);
-    let started = image(&img2).and_then(|()| {
-        Daemon::start(
-            "qemu-storage-daemon",
-            cmd,
-            sock.clone(),
-            dir.path("qsd.log"),
-        )
-    });
-    match started {
-        Ok(_d) => runs.push(over_vhost_user("qemu-storage-daemon", Kind::Blk, &sock)),
-        Err(e) => runs.push(failed("qemu-storage-daemon", Kind::Blk, e)),
+    // qemu-storage-daemon on its own copy of the image, writable and
+    // read-only.
+    for (writable, device) in [("on", "blk"), ("off", READ_ONLY_BLK)] {
+        let img2 = dir.path(&format!("qsd-{writable}.img"));
+        let sock = dir.path(&format!("qsd-{writable}.sock"));
+        let mut cmd = Command::new("qemu-storage-daemon");
+        cmd.args([
+            "--blockdev".to_string(),
+            format!("driver=file,node-name=f0,filename={}", img2.display()),
+            "--export".into(),
+            format!(
+                "type=vhost-user-blk,id=e0,node-name=f0,writable={writable},addr.type=unix,addr.path={}",
+                sock.display()
+            ),
+        ]);
+        let started = image(&img2).and_then(|()| {
+            Daemon::start(
+                "qemu-storage-daemon",
+                cmd,
+                sock.clone(),
+                dir.path(&format!("qsd-{writable}.log")),
+            )
+        });
+        let mut run = match started {
+            Ok(_d) => over_vhost_user("qemu-storage-daemon", Kind::Blk, &sock),
+            Err(e) => failed("qemu-storage-daemon", Kind::Blk, e),
+        };
+        run.device = device.into();
+        runs.push(run);
     }
     // vhost-device-rng listens on `<socket-path>0`.
     let sock = dir.path("vdr.sock");

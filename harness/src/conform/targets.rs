@@ -240,13 +240,13 @@ pub enum Device {
 }
 
 /// Our device of `kind` over `mem`, with an in-memory backend (a seeded
-/// entropy stream, a 1 MiB memory disk, a ring-buffer chardev, a loopback
+/// entropy stream, a 1 MiB memory disk (discard and write zeroes offered), a ring-buffer chardev, a loopback
 /// network).
 pub fn our_device(kind: Kind, mem: &LocalMemory) -> Result<Device, String> {
     Ok(match kind {
         Kind::Rng => Device::Rng(Rng::new(Deterministic::new(1), mem.clone())),
         Kind::Blk => Device::Blk(
-            Blk::new(MemoryDisk::new(2048), mem.clone(), BlkConfig::default())
+            Blk::new(MemoryDisk::new(2048), mem.clone(), blk_config())
                 .map_err(|e| e.to_string())?,
         ),
         Kind::Console => {
@@ -261,6 +261,25 @@ pub fn our_device(kind: Kind, mem: &LocalMemory) -> Result<Device, String> {
             .map_err(|e| e.to_string())?,
         ),
     })
+}
+
+/// Our block device's configuration in the checks: as the monitor's
+/// default, with discard and write zeroes offered.
+fn blk_config() -> BlkConfig {
+    BlkConfig {
+        discard: true,
+        write_zeroes: true,
+        ..BlkConfig::default()
+    }
+}
+
+/// Our block device on a read-only 1 MiB memory disk (`VIRTIO_BLK_F_RO`),
+/// in this process.
+pub fn ours_read_only_blk() -> Result<Box<dyn Bus>, String> {
+    let mem = LocalMemory::new(DMA_LEN)?;
+    let disk = MemoryDisk::new(2048).with_read_only(true);
+    let blk = Blk::new(disk, mem.clone(), blk_config()).map_err(|e| e.to_string())?;
+    local(blk, mem)
 }
 
 /// Our device of `kind` in this process (see [`our_device`]).

@@ -1169,6 +1169,9 @@ impl<D: VirtioDevice> Backend<D> {
                     return Err(BackendError::FeaturesNotOffered { acked: f, offered });
                 }
                 self.acked = f;
+                // §5.2.5.1: configuration that depends on the features
+                // (blk `writeback`) takes its value before GET_CONFIG.
+                self.device.features_ok(f);
                 self.reconcile();
                 Ok(None)
             }

@@ -5,9 +5,11 @@
 //! registers (version 2) and the split rings itself ([`Dev`]). Work is
 //! asked of the device with a small request of its type ([`Dev::post_probe`]):
 //! entropy fills a buffer, a block device reads sector 0, a console port
-//! transmits four bytes, a network device transmits one frame.
+//! transmits four bytes, a network device transmits one frame. Device-type
+//! checks send requests of their type ([`Dev::blk_request`]).
 
 mod basic;
+mod blk;
 mod mmio;
 mod split;
 mod types;
@@ -21,6 +23,8 @@ use virtio_core::memory::GuestAddress;
 use virtio_core::mmio::regs;
 use virtio_core::mmio::regs::InterruptStatus;
 use virtio_core::status::DeviceStatus;
+
+pub use blk::BlkReply;
 
 use crate::ring::{Alloc, Buf, RawRing, bytes, fill};
 use crate::{Bus, Check, Ctx, Path, Patience};
@@ -45,6 +49,13 @@ pub const CHECKS: &[Check] = &[
     split::AVAIL_SUPPRESSION,
     types::RNG_FILLS,
     types::CONSOLE_EMERGENCY_WRITE,
+    blk::CONFIG,
+    blk::WRITEBACK_WITHOUT_FLUSH,
+    blk::READ_ONLY,
+    blk::SEGMENT_FLAGS,
+    blk::WRITE_ZEROES,
+    blk::LIFETIME,
+    blk::ZONED_WITHOUT_FEATURE,
 ];
 
 /// The queue size the checks use (every device offers at least this,

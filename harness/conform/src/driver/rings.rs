@@ -16,6 +16,7 @@ use alloc::vec::Vec;
 use virtio_core::features::TransportFeatures;
 use virtio_core::split::layout::QueueLayout;
 
+use super::requests::{BLK_STATEMENTS, BLK_WATCH, BlkLimits, Segment, judge_blk};
 use super::{Seen, judge, keep};
 use crate::{Check, Memory, Record};
 
@@ -84,6 +85,8 @@ pub struct RingWatch {
     no_rewrites: Option<&'static str>,
     event_idx: bool,
     indirect: bool,
+    /// A block device's limits: its requests are judged too.
+    blk: Option<BlkLimits>,
     queues: BTreeMap<u16, Queue>,
     seen: BTreeMap<&'static str, Seen>,
 }
@@ -108,6 +111,33 @@ fn desc(mem: &dyn Memory, at: u64) -> Option<(u64, u32, u16, u16)> {
     ))
 }
 
+/// The buffers of the chain at `head`, an indirect table's in its place
+/// (a chain [`RingWatch::walk`] found well formed).
+fn segments(mem: &dyn Memory, l: QueueLayout, head: u16) -> Option<Vec<Segment>> {
+    let size = l.size().get();
+    let mut out = Vec::new();
+    let mut i = head;
+    for _ in 0..size {
+        let (addr, len, flags, next) = desc(mem, l.desc(i).0)?;
+        if flags & INDIRECT != 0 {
+            for k in 0..(len / 16).min(u32::from(size)) {
+                let (a, n, f, _) = desc(mem, addr + 16 * u64::from(k))?;
+                out.push((a, n, f & WRITE != 0));
+            }
+            return Some(out);
+        }
+        out.push((addr, len, flags & WRITE != 0));
+        if flags & NEXT == 0 {
+            return Some(out);
+        }
+        i = next;
+        if i >= size {
+            return None;
+        }
+    }
+    None
+}
+
 impl RingWatch {
     /// A watch for a driver that negotiated `features`.
     pub fn new(features: u64) -> Self {
@@ -115,9 +145,17 @@ impl RingWatch {
             no_rewrites: None,
             event_idx: features & TransportFeatures::RING_EVENT_IDX.bits() != 0,
             indirect: features & TransportFeatures::RING_INDIRECT_DESC.bits() != 0,
+            blk: None,
             queues: BTreeMap::new(),
             seen: BTreeMap::new(),
         }
+    }
+
+    /// The same watch for a block device with `limits`: each request is
+    /// judged against the block driver requirements too (§5.2.6.1).
+    pub fn with_blk(mut self, limits: BlkLimits) -> Self {
+        self.blk = Some(limits);
+        self
     }
 
     /// The same watch without the comparison of exposed chains
@@ -259,7 +297,12 @@ impl RingWatch {
             let Some(head) = u16_at(mem, slot) else {
                 continue;
             };
-            self.walk(mem, index, l, head);
+            if self.walk(mem, index, l, head)
+                && let Some(limits) = self.blk
+                && let Some(segs) = segments(mem, l, head)
+            {
+                judge_blk(&mut self.seen, mem, &limits, index, &segs);
+            }
             if self.no_rewrites.is_none()
                 && let Some(copy) = self.chain_bytes(mem, l, head)
             {
@@ -299,8 +342,9 @@ impl RingWatch {
         Some(out)
     }
 
-    /// Walks the chain at `head` as the driver wrote it and judges it.
-    fn walk(&mut self, mem: &dyn Memory, index: u16, l: QueueLayout, head: u16) {
+    /// Walks the chain at `head` as the driver wrote it and judges it;
+    /// whether it is well formed (its requests can be read).
+    fn walk(&mut self, mem: &dyn Memory, index: u16, l: QueueLayout, head: u16) -> bool {
         let size = l.size().get();
         let mut i = head;
         let mut steps = 0u32;
@@ -309,10 +353,10 @@ impl RingWatch {
         let mut framing_ok = true;
         loop {
             if i >= size {
-                return;
+                return false;
             }
             let Some((addr, len, flags, next)) = desc(mem, l.desc(i).0) else {
-                return;
+                return false;
             };
             steps += 1;
             total += u64::from(len);
@@ -364,7 +408,7 @@ impl RingWatch {
                 judge(&mut self.seen, NO_LOOP, false, || {
                     format!("queue {index}: the chain at {head} does not end within the table")
                 });
-                return;
+                return false;
             }
             i = next;
         }
@@ -380,11 +424,19 @@ impl RingWatch {
         if self.indirect {
             keep(&mut self.seen, INDIRECT_NEGOTIATED);
         }
+        framing_ok && total < 1u64 << 32
     }
 
     /// The watch's records (see [`super::DriverWatch::records`]).
     pub fn records(&self) -> Vec<Record> {
         let mut out = super::records_of(STATEMENTS, WATCH.name, &self.seen);
+        if self.blk.is_some() {
+            out.extend(super::records_of(
+                BLK_STATEMENTS,
+                BLK_WATCH.name,
+                &self.seen,
+            ));
+        }
         if let Some(why) = self.no_rewrites {
             for r in out.iter_mut().filter(|r| r.statement == NOT_ALTERED) {
                 r.outcome = crate::Outcome::NotObservable(why.into());
@@ -403,6 +455,7 @@ mod tests {
 
     use super::*;
     use crate::Outcome;
+    use crate::driver::requests::BlkLimits;
 
     /// 64 KiB of guest memory at address 0.
     struct Ram(RefCell<Vec<u8>>);
@@ -529,5 +582,68 @@ mod tests {
         w.look(&ram, 0);
         assert!(matches!(outcome(&w, NOT_ALTERED), Outcome::Fail(_)));
         assert!(matches!(outcome(&w, AVAIL_NOT_BACK), Outcome::Fail(_)));
+    }
+
+    /// A 16-byte block request header at `at`.
+    fn header(ram: &Ram, at: u64, kind: u32, sector: u64) {
+        let mut h = [0u8; 16];
+        h[0..4].copy_from_slice(&kind.to_le_bytes());
+        h[8..16].copy_from_slice(&sector.to_le_bytes());
+        ram.write(GuestAddress(at), &h).unwrap();
+    }
+
+    #[test]
+    fn section_5_2_6_1_bad_block_requests_are_caught() {
+        use super::super::requests::BLK_STATEMENTS;
+        let (ram, l, w) = setup();
+        let limits = BlkLimits {
+            capacity: 16,
+            max_discard_seg: Some(1),
+            max_write_zeroes_seg: Some(1),
+        };
+        let mut w = w.with_blk(limits);
+        // A read of 1000 bytes at sector 15 (not whole sectors, and past
+        // the end).
+        header(&ram, 0x8000, 0, 15);
+        put(&ram, &l, 0, 0x8000, 16, NEXT, 1);
+        put(&ram, &l, 1, 0x8100, 1000, WRITE | NEXT, 2);
+        put(&ram, &l, 2, 0x8600, 1, WRITE, 0);
+        publish(&ram, &l, 0, 0);
+        // A FLUSH with a sector and data.
+        header(&ram, 0x9000, 4, 3);
+        put(&ram, &l, 3, 0x9000, 16, NEXT, 4);
+        put(&ram, &l, 4, 0x9100, 512, NEXT, 5);
+        put(&ram, &l, 5, 0x9400, 1, WRITE, 0);
+        publish(&ram, &l, 1, 3);
+        // A DISCARD of two ranges (limit 1), one with UNMAP, plus 8 bytes.
+        header(&ram, 0xa000, 11, 0);
+        let mut list = [0u8; 40];
+        list[8..12].copy_from_slice(&1u32.to_le_bytes());
+        list[12..16].copy_from_slice(&1u32.to_le_bytes());
+        ram.write(GuestAddress(0xa010), &list).unwrap();
+        put(&ram, &l, 6, 0xa000, 56, NEXT, 7);
+        put(&ram, &l, 7, 0xa100, 1, WRITE, 0);
+        publish(&ram, &l, 2, 6);
+        w.look(&ram, 0);
+        // A GET_ID with 16 bytes, in descriptors the device returned.
+        ram.write(l.used_slot(0), &[0, 0, 0, 0, 0, 0, 0, 0])
+            .unwrap();
+        ram.store_u16_release(l.used_idx(), 1).unwrap();
+        header(&ram, 0xb000, 8, 0);
+        put(&ram, &l, 0, 0xb000, 16, NEXT, 1);
+        put(&ram, &l, 1, 0xb100, 17, WRITE, 0);
+        publish(&ram, &l, 3, 0);
+        w.look(&ram, 0);
+        for s in BLK_STATEMENTS {
+            if *s == "driver:blk/device-operation#11" {
+                assert!(matches!(outcome(&w, s), Outcome::NotObservable(_)), "{s}");
+                continue;
+            }
+            assert!(
+                matches!(outcome(&w, s), Outcome::Fail(_)),
+                "{s}: {:?}",
+                outcome(&w, s)
+            );
+        }
     }
 }
