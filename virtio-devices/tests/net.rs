@@ -880,3 +880,29 @@ fn a_device_over_a_boxed_backend_is_send_for_the_harness() {
         Net<Box<dyn backends::net::NetBackend + Send>, &'static virtio_core::testing::OwnedMemory>,
     >();
 }
+
+#[test]
+fn section_5_1_4_1_frames_over_the_mtu_after_their_own_header_go_neither_way() {
+    // Untagged: 14 bytes of header, so 1514 is the most with mtu 1500.
+    let mut r = rig(Wire::new());
+    r.wire.push(frame(MAC, 1515, 1));
+    let fits = frame(MAC, 1514, 2);
+    r.wire.push(fits.clone());
+    let (_, got) = rx_one(&mut r, 2048).unwrap();
+    assert_eq!(got, fits, "the 1515-byte untagged frame was dropped");
+    assert_eq!(r.dev.stats().rx_drop_too_long, 1);
+    // One 802.1Q tag: 18 bytes of header, 1518 fits.
+    let mut tagged = frame(MAC, 1518, 3);
+    tagged[12..14].copy_from_slice(&[0x81, 0x00]);
+    tagged[16..18].copy_from_slice(&[0x88, 0xb5]);
+    r.wire.push(tagged.clone());
+    let (_, got) = rx_one(&mut r, 2048).unwrap();
+    assert_eq!(got, tagged);
+    // And on transmit: 1515 untagged is dropped, 1514 goes.
+    r.tx(&hdr(), &frame(BCAST, 1515, 4));
+    let ok = frame(BCAST, 1514, 5);
+    r.tx(&hdr(), &ok);
+    r.notify(1);
+    assert_eq!(r.wire.sent(), vec![ok]);
+    assert_eq!(r.dev.stats().tx_drop_too_long, 1);
+}

@@ -208,6 +208,11 @@ impl<'a> Ctx<'a> {
         }
     }
 
+    /// What was recorded so far.
+    pub fn recorded(&self) -> &[Record] {
+        &self.records
+    }
+
     /// What was recorded.
     pub fn into_records(self) -> Vec<Record> {
         self.records

@@ -241,7 +241,7 @@ pub enum Device {
 
 /// Our device of `kind` over `mem`, with an in-memory backend (a seeded
 /// entropy stream, a 1 MiB memory disk (discard and write zeroes offered), a ring-buffer chardev, a loopback
-/// network).
+/// network with two queue pairs).
 pub fn our_device(kind: Kind, mem: &LocalMemory) -> Result<Device, String> {
     Ok(match kind {
         Kind::Rng => Device::Rng(Rng::new(Deterministic::new(1), mem.clone())),
@@ -256,7 +256,10 @@ pub fn our_device(kind: Kind, mem: &LocalMemory) -> Result<Device, String> {
             Net::new(
                 Loopback::new(64, 1 << 20),
                 mem.clone(),
-                NetConfig::default(),
+                NetConfig {
+                    queue_pairs: 2,
+                    ..NetConfig::default()
+                },
             )
             .map_err(|e| e.to_string())?,
         ),

@@ -52,7 +52,9 @@ pub use virtio_core::net::{
 /// Bytes of the configuration space served (`struct virtio_net_config`
 /// through `supported_hash_types`, §5.1.4).
 pub const CONFIG_LEN: usize = 24;
-/// Bytes an Ethernet header and one VLAN tag add to the MTU.
+/// Bytes an Ethernet header and one VLAN tag add to the MTU: the
+/// largest frame the device's buffers hold. Frames are held to the MTU
+/// after their own header ([`over_mtu`]): 14 bytes untagged, 18 tagged.
 pub const ETH_OVERHEAD: usize = 18;
 /// Entries of each MAC filter table (unicast, multicast) the device keeps;
 /// a longer table turns the filter for that class off (§5.1.6.5.2).
@@ -320,6 +322,20 @@ pub struct Net<B, M> {
     filter: Filter,
     steering: Steering,
     stats: NetStats,
+}
+
+/// Whether `frame` carries more than `mtu` bytes after its link-level
+/// header: 14 bytes, and 4 more for each 802.1Q / 802.1ad tag
+/// (§5.1.4.1: "mtu (plus low level ethernet header length)").
+pub(crate) fn over_mtu(frame: &[u8], mtu: usize) -> bool {
+    let mut header = 14;
+    while let Some(t) = frame.get(header - 2..header)
+        && matches!(u16::from_be_bytes([t[0], t[1]]), 0x8100 | 0x88a8)
+        && header < 22
+    {
+        header += 4;
+    }
+    frame.len().saturating_sub(header) > mtu
 }
 
 fn bit(f: NetFeatures) -> u64 {

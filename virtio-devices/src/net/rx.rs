@@ -12,7 +12,7 @@ use virtio_core::split::{DeviceQueue, QueueError};
 
 use super::{
     ETH_ALEN, HDR_LEN, HDR_LEN_LEGACY, Net, NetHdr, RX_BUDGET, RxOutcome, RxState, bit, flags, gso,
-    internet_checksum, verify_l4_checksum,
+    internet_checksum, over_mtu, verify_l4_checksum,
 };
 use crate::device::{DeviceError, Served, next_head};
 
@@ -71,6 +71,12 @@ impl<B: NetBackend, M: GuestMemory> Net<B, M> {
             return Some(None);
         }
         let frame = &mut slot[HDR_LEN..HDR_LEN + frame_len];
+        // §5.1.4.1: nothing longer than the MTU after its own header
+        // reaches the driver.
+        if over_mtu(frame, usize::from(self.cfg.mtu)) {
+            self.stats.rx_drop_too_long += 1;
+            return Some(None);
+        }
         if !self
             .filter
             .accepts(&self.mac, frame.get(..ETH_ALEN).unwrap_or(&[]))

@@ -67,6 +67,12 @@ impl<B: NetBackend, M: GuestMemory> Net<B, M> {
             return TxOutcome::Done;
         }
         let frame_len = len - h;
+        // The driver must not send more than the MTU after the frame's own
+        // header (§5.1.6.2.1 with §5.1.4.1); such a frame is dropped.
+        if super::over_mtu(&tx[h..len], usize::from(self.cfg.mtu)) {
+            self.stats.tx_drop_too_long += 1;
+            return TxOutcome::Done;
+        }
         if hdr.flags & flags::NEEDS_CSUM != 0 {
             let start = usize::from(hdr.csum_start);
             let at = start + usize::from(hdr.csum_offset);

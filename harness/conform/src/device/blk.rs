@@ -10,9 +10,8 @@ use alloc::string::String;
 use alloc::vec::Vec;
 
 use virtio_core::features::{BlkFeatures, DeviceType};
-use virtio_core::mmio::regs;
 
-use super::Dev;
+use super::{ALL, Dev};
 use crate::ring::{Buf, bytes};
 use crate::{Check, Ctx, Outcome, Path};
 
@@ -134,11 +133,6 @@ impl Dev<'_> {
             len,
         })
     }
-
-    /// A configuration byte.
-    fn config8(&self, off: u64) -> u8 {
-        self.bus().regs().read8(regs::CONFIG + off)
-    }
 }
 
 /// Opens a block device, or records `why` not applicable; `None` for
@@ -192,7 +186,7 @@ pub const CONFIG: Check = Check {
             Outcome::Pass
         };
         ctx.record(FLUSH_OFFERED, outcome);
-        if let Err(e) = d.begin(d.offered) {
+        if let Err(e) = d.begin(ALL) {
             ctx.blocked(&[PADDING_ZERO], &e);
             return;
         }
@@ -240,7 +234,7 @@ pub const WRITEBACK_WITHOUT_FLUSH: Check = Check {
             );
             return;
         }
-        let want = d.offered & !BlkFeatures::FLUSH.bits();
+        let want = ALL & !BlkFeatures::FLUSH.bits();
         if let Err(e) = d.begin(want) {
             ctx.blocked(&[WRITEBACK_ZERO], &e);
             return;
@@ -265,7 +259,7 @@ pub const READ_ONLY: Check = Check {
             ctx.not_applicable(&[READ_ONLY_WRITE], "VIRTIO_BLK_F_RO not offered");
             return;
         }
-        if !go_live(ctx, &mut d, &[READ_ONLY_WRITE], u64::MAX) {
+        if !go_live(ctx, &mut d, &[READ_ONLY_WRITE], ALL) {
             return;
         }
         let run = |d: &mut Dev<'_>| -> Result<(bool, String), String> {
@@ -318,7 +312,7 @@ pub const SEGMENT_FLAGS: Check = Check {
             );
             return;
         }
-        if !go_live(ctx, &mut d, &all, u64::MAX) {
+        if !go_live(ctx, &mut d, &all, ALL) {
             return;
         }
         let mut unknown = Vec::new();
@@ -372,7 +366,7 @@ pub const WRITE_ZEROES: Check = Check {
             ctx.not_applicable(&[ZEROES_READ_ZERO], "a read-only device (VIRTIO_BLK_F_RO)");
             return;
         }
-        if !go_live(ctx, &mut d, &[ZEROES_READ_ZERO], u64::MAX) {
+        if !go_live(ctx, &mut d, &[ZEROES_READ_ZERO], ALL) {
             return;
         }
         let run = |d: &mut Dev<'_>| -> Result<(bool, String), String> {
@@ -427,7 +421,7 @@ pub const LIFETIME: Check = Check {
             &[LIFETIME_NOT_OFFERED],
             "whether the storage behind the device has lifetime metrics is not visible from the bus",
         );
-        if !go_live(ctx, &mut d, &[LIFETIME_VALUES], u64::MAX) {
+        if !go_live(ctx, &mut d, &[LIFETIME_VALUES], ALL) {
             return;
         }
         match d.blk_request(T_GET_LIFETIME, 0, &[], 8) {
@@ -459,7 +453,7 @@ pub const ZONED_WITHOUT_FEATURE: Check = Check {
         let Some(mut d) = open_blk(ctx, &[ZONED_REJECTED]) else {
             return;
         };
-        let want = d.offered & !BlkFeatures::ZONED.bits();
+        let want = ALL & !BlkFeatures::ZONED.bits();
         if !go_live(ctx, &mut d, &[ZONED_REJECTED], want) {
             return;
         }

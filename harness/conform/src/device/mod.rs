@@ -11,6 +11,7 @@
 mod basic;
 mod blk;
 mod mmio;
+mod net;
 mod split;
 mod types;
 
@@ -56,7 +57,23 @@ pub const CHECKS: &[Check] = &[
     blk::WRITE_ZEROES,
     blk::LIFETIME,
     blk::ZONED_WITHOUT_FEATURE,
+    net::CONFIG,
+    net::RECEIVE_PLAIN,
+    net::RECEIVE_MERGED,
+    net::MTU_FRAMES,
+    net::CONTROL_MAC,
+    net::RECEIVE_FILTERS,
+    net::STEERING,
 ];
+
+/// Every feature the checks can drive: all device-type bits (0 to 23,
+/// 50 and up) and, of the transport's, indirect descriptors and event
+/// indices (never packed rings, access platform and the like: the checks
+/// drive split rings in plain memory). [`Dev::begin`] adds VERSION_1.
+pub const ALL: u64 = ((1 << 24) - 1)
+    | !((1u64 << 50) - 1)
+    | TransportFeatures::RING_INDIRECT_DESC.bits()
+    | TransportFeatures::RING_EVENT_IDX.bits();
 
 /// The queue size the checks use (every device offers at least this,
 /// QEMU's virtio-mmio 1024, ours 256 and more).
@@ -126,6 +143,11 @@ impl<'a> Dev<'a> {
     /// A 32-bit register read.
     pub fn r32(&self, off: u64) -> u32 {
         self.bus.regs().read32(off)
+    }
+
+    /// A configuration byte (§4.2.2, offset 0x100 on).
+    pub fn config8(&self, off: u64) -> u8 {
+        self.bus.regs().read8(regs::CONFIG + off)
     }
 
     /// A 32-bit register write.
