@@ -496,6 +496,8 @@ struct NetSetup {
     server: linux::PatternServer,
     _ns: harness::netns::Netns,
     dir: Workdir,
+    /// Where the backend's ring watch writes its judgements.
+    watch: PathBuf,
 }
 
 fn net_setup(test: &str, machine: Machine, smp: u32, queues: u32) -> NetSetup {
@@ -507,9 +509,14 @@ fn net_setup(test: &str, machine: Machine, smp: u32, queues: u32) -> NetSetup {
         std::process::id() % 100_000,
         NEXT.fetch_add(1, Ordering::Relaxed)
     );
+    // Linux's driver is watched at the rings (issue 18).
+    let watch = dir.path("driver-watch.jsonl");
+    let watch_arg = watch.display().to_string();
     let daemon = daemon(
         dir.path("net.sock"),
         &[
+            "--watch-driver",
+            &watch_arg,
             "-netdev",
             &format!("tap,id=n0,ifname={ifname}"),
             "-device",
@@ -556,6 +563,30 @@ fn net_setup(test: &str, machine: Machine, smp: u32, queues: u32) -> NetSetup {
         server,
         _ns: ns,
         dir,
+        watch,
+    }
+}
+
+/// The ring watch's judgements of Linux's virtio-net (`--watch-driver`):
+/// nothing broken, and the transmit header rules judged (§5.1.6.2.1).
+fn net_watch_clean(s: &NetSetup, test: &str, machine: Machine) {
+    let judged = driver_watch(&s.watch);
+    let broken: Vec<_> = judged.iter().filter(|(_, o, _)| o == "fail").collect();
+    assert!(
+        broken.is_empty(),
+        "{test} on {}: Linux's virtio-net broke {broken:#?}",
+        machine.name()
+    );
+    for id in [
+        "driver:net/device-operation/packet-transmission#1",
+        "driver:net/device-operation/packet-transmission#2",
+        "driver:net/device-operation/packet-transmission#30",
+    ] {
+        assert!(
+            judged.iter().any(|(s, o, _)| s == id && o == "pass"),
+            "{test} on {}: {id} not judged: {judged:#?}",
+            machine.name()
+        );
     }
 }
 
@@ -648,6 +679,7 @@ fn linux_talks_tcp_through_our_net_device_over_a_tap() {
         assert_eq!(results.len(), 6, "{results:?}");
         assert!(results.iter().all(Result::is_ok), "{results:?}");
         s.daemon.check_alive().unwrap_or_else(|e| panic!("{e}"));
+        net_watch_clean(&s, test, machine);
         eprintln!(
             "{test}: {}: passed in {:?}; 4m: {}",
             machine.name(),
@@ -700,6 +732,7 @@ fn linux_spreads_two_flows_over_two_queue_pairs() {
         assert_eq!(results.len(), 4, "{results:?}");
         assert!(results.iter().all(Result::is_ok), "{results:?}");
         let log = s.daemon.output_when(RING_COUNTERS, Duration::from_secs(5));
+        net_watch_clean(&s, test, machine);
         let used = logged_ring_used(&log);
         for ring in 0..4 {
             assert!(

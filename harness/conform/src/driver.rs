@@ -107,6 +107,20 @@ const BLK_WRITEBACK_AFTER_FEATURES_OK: &str = "driver:blk/device-initialization#
 /// devices only).
 pub const BLK_STATEMENTS: &[&str] = &[BLK_WRITEBACK_AFTER_FEATURES_OK];
 
+const NET_NO_CONFIG_WRITE: &str = "driver:net/device-configuration-layout#1";
+
+/// The network-device statements the register watch judges (for network
+/// devices only).
+pub const NET_STATEMENTS: &[&str] = &[NET_NO_CONFIG_WRITE];
+
+/// The register watch's network-device part as a [`Check`] for the
+/// catalogue.
+pub const NET_WATCH: Check = Check {
+    name: "driver-register-watch-net",
+    statements: NET_STATEMENTS,
+    run: |_| {},
+};
+
 /// The register watch's block-device part as a [`Check`] for the
 /// catalogue.
 pub const BLK_WATCH: Check = Check {
@@ -124,7 +138,14 @@ pub const WATCH: Check = Check {
 };
 
 /// Every driver-side check.
-pub const CHECKS: &[Check] = &[WATCH, BLK_WATCH, rings::WATCH, requests::BLK_WATCH];
+pub const CHECKS: &[Check] = &[
+    WATCH,
+    BLK_WATCH,
+    NET_WATCH,
+    rings::WATCH,
+    requests::BLK_WATCH,
+    requests::NET_WATCH,
+];
 
 /// What the watch has seen of one statement.
 #[derive(Clone, Debug, Default)]
@@ -277,6 +298,12 @@ impl DriverWatch {
                 });
             } else if step4 && !write {
                 keep(&mut self.seen, INIT_NO_CONFIG_WRITE);
+            }
+            // §5.1.4.2: a network driver writes no configuration field.
+            if self.device_type == Some(DeviceType::Net) {
+                judge(&mut self.seen, NET_NO_CONFIG_WRITE, !write, || {
+                    format!("configuration written at {offset:#x}")
+                });
             }
             // §5.2.5.2: a block driver reads `writeback` (offset 32) only
             // once FEATURES_OK is set: its value depends on the features.
@@ -706,6 +733,9 @@ impl DriverWatch {
         let mut out = records_of(STATEMENTS, WATCH.name, &self.seen);
         if self.device_type == Some(DeviceType::Blk) {
             out.extend(records_of(BLK_STATEMENTS, BLK_WATCH.name, &self.seen));
+        }
+        if self.device_type == Some(DeviceType::Net) {
+            out.extend(records_of(NET_STATEMENTS, NET_WATCH.name, &self.seen));
         }
         out
     }

@@ -8,7 +8,7 @@ use std::ptr::NonNull;
 use std::rc::Rc;
 
 use conform::driver::DriverWatch;
-use conform::driver::requests::BlkLimits;
+use conform::driver::requests::{BlkLimits, NetLimits};
 use conform::driver::rings::RingWatch;
 use guest_driver::hal::PoolHal;
 use guest_driver::transport::{Completion, acknowledge_interrupt};
@@ -199,6 +199,12 @@ impl<D: VirtioDevice, M: GuestMemory, F: FnMut(&RingWatch)> VirtioDevice
                 self.inner.read_config(off, buf);
             });
             self.rings = core::mem::take(&mut self.rings).with_blk(limits);
+        }
+        if self.inner.device_type() == virtio_core::features::DeviceType::Net {
+            let limits = NetLimits::from_config(features, |off, buf| {
+                self.inner.read_config(off, buf);
+            });
+            self.rings = core::mem::take(&mut self.rings).with_net(limits);
         }
         if let Some(why) = self.no_rewrites {
             self.rings = core::mem::take(&mut self.rings).without_rewrite_check(why);
@@ -437,6 +443,21 @@ fn net_workload<D: VirtioDevice>(hal: PoolHal<PAGES>, w: Watched<D>) -> Result<(
             if buf[..n] != frame {
                 return Err(format!("received {n} bytes, not the frame sent"));
             }
+            // The control queue (§5.1.6.5): filters and the address.
+            let mut wait = waiter(&w);
+            let mac = net.mac();
+            net.set_promiscuous(false, &mut wait)
+                .map_err(|e| e.to_string())?;
+            net.set_all_multicast(true, &mut wait)
+                .map_err(|e| e.to_string())?;
+            net.set_mac_table(
+                &[[0x02, 0, 0, 0, 0, 0x43]],
+                &[[0x01, 0, 0x5e, 0, 0, 1]],
+                &mut wait,
+            )
+            .map_err(|e| e.to_string())?;
+            net.set_mac_address(mac, &mut wait)
+                .map_err(|e| e.to_string())?;
             return Ok(());
         }
     }

@@ -1,9 +1,11 @@
 //! The request-level half of the ring watch: what a driver puts in each
 //! chain of a device type's queues, judged against that type's driver
-//! requirements. So far the block device (§5.2.6.1).
+//! requirements: the block device (§5.2.6.1) and the network device
+//! (§5.1.6.2.1, §5.1.6.5).
 
 use alloc::collections::BTreeMap;
 use alloc::format;
+use alloc::string::String;
 use alloc::vec::Vec;
 
 use virtio_core::memory::GuestAddress;
@@ -218,4 +220,425 @@ fn name(kind: u32) -> &'static str {
         14 => "SECURE_ERASE",
         _ => "request",
     }
+}
+
+const NET_TX_HEADER: &str = "driver:net/device-operation/packet-transmission#1";
+const NET_TX_NUM_BUFFERS: &str = "driver:net/device-operation/packet-transmission#2";
+const NET_TX_FLAGS_NO_CSUM: &str = "driver:net/device-operation/packet-transmission#3";
+const NET_TX_ECN: &str = "driver:net/device-operation/packet-transmission#8";
+const NET_TX_TUNNEL_BOTH_FEATURES: &str = "driver:net/device-operation/packet-transmission#11";
+const NET_TX_TUNNEL_CSUM_FEATURE: &str = "driver:net/device-operation/packet-transmission#12";
+const NET_TX_TUNNEL_NOT_UDP: &str = "driver:net/device-operation/packet-transmission#13";
+const NET_TX_TUNNEL_ONE_BIT: &str = "driver:net/device-operation/packet-transmission#14";
+const NET_TX_TUNNEL_CSUM_NEEDS_BIT: &str = "driver:net/device-operation/packet-transmission#15";
+const NET_TX_GSO_NEEDS_CSUM: &str = "driver:net/device-operation/packet-transmission#20";
+const NET_TX_TUNNEL_FEATURE: &str = "driver:net/device-operation/packet-transmission#27";
+const NET_TX_TUNNEL_CSUM_FLAG_FEATURE: &str = "driver:net/device-operation/packet-transmission#28";
+const NET_TX_NO_RX_FLAGS: &str = "driver:net/device-operation/packet-transmission#30";
+const NET_TX_NO_VALID_TUNNEL: &str = "driver:net/device-operation/packet-transmission#31";
+const NET_TX_MTU: &str = "driver:net/device-configuration-layout#8";
+/// Judged when the watch's records are taken ([`NetState::rx_enough`]).
+pub const NET_RX_ENOUGH: &str = "driver:net/device-configuration-layout#7";
+const NET_CTRL_RX_FEATURE: &str =
+    "driver:net/device-operation/control-virtqueue/packet-receive-filtering#1";
+const NET_CTRL_RX_EXTRA_FEATURE: &str =
+    "driver:net/device-operation/control-virtqueue/packet-receive-filtering#2";
+const NET_CTRL_MAC_FEATURE: &str =
+    "driver:net/device-operation/control-virtqueue/setting-mac-address-filtering#1";
+const NET_CTRL_MAC_TABLE: &str =
+    "driver:net/device-operation/control-virtqueue/setting-mac-address-filtering#3";
+const NET_PAIRS_CONFIGURED: &str =
+    "driver:net/device-operation/control-virtqueue/automatic-receive-steering-in-multiqueue-mode#1";
+const NET_PAIRS_RANGE: &str =
+    "driver:net/device-operation/control-virtqueue/automatic-receive-steering-in-multiqueue-mode#2";
+const NET_TX_FIRST_PAIR: &str =
+    "driver:net/device-operation/control-virtqueue/automatic-receive-steering-in-multiqueue-mode#3";
+const NET_TX_WITHIN_PAIRS: &str =
+    "driver:net/device-operation/control-virtqueue/automatic-receive-steering-in-multiqueue-mode#4";
+
+/// Every statement the network request watch judges.
+pub const NET_STATEMENTS: &[&str] = &[
+    NET_TX_HEADER,
+    NET_TX_NUM_BUFFERS,
+    NET_TX_FLAGS_NO_CSUM,
+    NET_TX_ECN,
+    NET_TX_TUNNEL_BOTH_FEATURES,
+    NET_TX_TUNNEL_CSUM_FEATURE,
+    NET_TX_TUNNEL_NOT_UDP,
+    NET_TX_TUNNEL_ONE_BIT,
+    NET_TX_TUNNEL_CSUM_NEEDS_BIT,
+    NET_TX_GSO_NEEDS_CSUM,
+    NET_TX_TUNNEL_FEATURE,
+    NET_TX_TUNNEL_CSUM_FLAG_FEATURE,
+    NET_TX_NO_RX_FLAGS,
+    NET_TX_NO_VALID_TUNNEL,
+    NET_TX_MTU,
+    NET_RX_ENOUGH,
+    NET_CTRL_RX_FEATURE,
+    NET_CTRL_RX_EXTRA_FEATURE,
+    NET_CTRL_MAC_FEATURE,
+    NET_CTRL_MAC_TABLE,
+    NET_PAIRS_CONFIGURED,
+    NET_PAIRS_RANGE,
+    NET_TX_FIRST_PAIR,
+    NET_TX_WITHIN_PAIRS,
+];
+
+/// The statements about the control queue (and the steering it sets),
+/// which a path without the control queue cannot see.
+pub const NET_CTRL_STATEMENTS: &[&str] = &[
+    NET_CTRL_RX_FEATURE,
+    NET_CTRL_RX_EXTRA_FEATURE,
+    NET_CTRL_MAC_FEATURE,
+    NET_CTRL_MAC_TABLE,
+    NET_PAIRS_CONFIGURED,
+    NET_PAIRS_RANGE,
+    NET_TX_FIRST_PAIR,
+    NET_TX_WITHIN_PAIRS,
+];
+
+/// The network request watch as a [`Check`] for the catalogue (fed by
+/// the ring watch).
+pub const NET_WATCH: Check = Check {
+    name: "driver-net-requests",
+    statements: NET_STATEMENTS,
+    run: |_| {},
+};
+
+/// Network feature bits the watch needs (§5.1.3).
+mod nf {
+    pub const CSUM: u64 = 1 << 0;
+    pub const MTU: u64 = 1 << 3;
+    pub const HOST_ECN: u64 = 1 << 13;
+    pub const CTRL_VQ: u64 = 1 << 17;
+    pub const CTRL_RX: u64 = 1 << 18;
+    pub const CTRL_RX_EXTRA: u64 = 1 << 20;
+    pub const MQ: u64 = 1 << 22;
+    pub const HOST_UDP_TUNNEL_GSO: u64 = 1 << 56;
+    pub const HOST_UDP_TUNNEL_GSO_CSUM: u64 = 1 << 57;
+}
+
+/// What the network device told the driver that bounds its requests
+/// (§5.1.4), read when the driver made it live.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NetLimits {
+    /// The negotiated features.
+    pub features: u64,
+    /// `mtu`, when VIRTIO_NET_F_MTU was negotiated.
+    pub mtu: Option<u16>,
+    /// `max_virtqueue_pairs` with VIRTIO_NET_F_MQ, else 1.
+    pub max_pairs: u16,
+}
+
+impl NetLimits {
+    /// The limits from a network device's configuration space (`read` at
+    /// an offset, §5.1.4) for the negotiated `features`.
+    pub fn from_config(features: u64, read: impl Fn(u64, &mut [u8])) -> NetLimits {
+        let u16_at = |off| {
+            let mut b = [0u8; 2];
+            read(off, &mut b);
+            u16::from_le_bytes(b)
+        };
+        NetLimits {
+            features,
+            mtu: (features & nf::MTU != 0).then(|| u16_at(10)),
+            max_pairs: if features & nf::MQ != 0 {
+                u16_at(8).max(1)
+            } else {
+                1
+            },
+        }
+    }
+
+    fn has(&self, f: u64) -> bool {
+        self.features & f == f
+    }
+
+    /// The control queue's index, when there is one.
+    pub fn ctrl(&self) -> Option<u16> {
+        self.has(nf::CTRL_VQ).then(|| 2 * self.max_pairs)
+    }
+
+    /// Whether VIRTIO_NET_F_MRG_RXBUF was negotiated.
+    pub fn merged(&self) -> bool {
+        self.has(1 << 15)
+    }
+
+    /// Whether queue `index` is a receive queue.
+    pub fn is_rx(&self, index: u16) -> bool {
+        index.is_multiple_of(2) && index < 2 * self.max_pairs
+    }
+
+    /// Whether queue `index` is a transmit queue.
+    pub fn is_tx(&self, index: u16) -> bool {
+        index % 2 == 1 && index < 2 * self.max_pairs
+    }
+}
+
+/// What the network watch remembers between chains.
+#[derive(Clone, Debug, Default)]
+pub struct NetState {
+    /// The last VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET the driver made available.
+    pub pairs_set: Option<u16>,
+    /// The largest receive chain seen (device-writable bytes).
+    pub rx_largest: u64,
+    /// The receive chains seen, in bytes, added up.
+    pub rx_total: u64,
+}
+
+impl NetState {
+    /// Whether the driver supplied receive buffers for one packet of
+    /// `mtu` plus an Ethernet header (§5.1.4.2): one chain that holds it,
+    /// or with merged buffers (`merged`) all of them together. `None` if
+    /// it supplied none.
+    pub fn rx_enough(&self, mtu: u16, merged: bool) -> Option<bool> {
+        let need = (NET_HDR + 14 + usize::from(mtu)) as u64;
+        let enough = if merged {
+            self.rx_total >= need
+        } else {
+            self.rx_largest >= need
+        };
+        (self.rx_total > 0).then_some(enough)
+    }
+}
+
+/// Notes one receive chain (§5.1.6.3).
+pub(super) fn note_net_rx(state: &mut NetState, segs: &[Segment]) {
+    let w: u64 = segs.iter().filter(|s| s.2).map(|s| u64::from(s.1)).sum();
+    state.rx_largest = state.rx_largest.max(w);
+    state.rx_total = state.rx_total.saturating_add(w);
+}
+
+/// The link-level header length of `frame`: 14, and 4 per VLAN tag.
+fn l2_header(frame: &[u8]) -> usize {
+    let mut h = 14;
+    while h < 22
+        && frame
+            .get(h - 2..h)
+            .is_some_and(|t| matches!(u16::from_be_bytes([t[0], t[1]]), 0x8100 | 0x88a8))
+    {
+        h += 4;
+    }
+    h
+}
+
+/// `struct virtio_net_hdr` with VIRTIO_F_VERSION_1 (§5.1.6).
+const NET_HDR: usize = 12;
+
+/// Judges one transmitted packet on queue `index`; `ctrl_live` says
+/// whether the watch sees the control queue.
+pub(super) fn judge_net_tx(
+    seen: &mut BTreeMap<&'static str, Seen>,
+    mem: &dyn Memory,
+    limits: &NetLimits,
+    state: &NetState,
+    ctrl_live: bool,
+    index: u16,
+    segs: &[Segment],
+) {
+    let readable: u64 = segs.iter().filter(|s| !s.2).map(|s| u64::from(s.1)).sum();
+    // The header and the Ethernet header (and a tag or two).
+    let Some(head) = readable_prefix(mem, segs, (NET_HDR + 22).min(readable as usize)) else {
+        return;
+    };
+    judge(seen, NET_TX_HEADER, head.len() >= NET_HDR + 14, || {
+        format!(
+            "queue {index}: a transmitted chain of {readable} bytes, less than a 12-byte header and a frame"
+        )
+    });
+    if head.len() < NET_HDR {
+        return;
+    }
+    let flags = head[0];
+    let gso = head[1];
+    let gso_size = u16::from_le_bytes([head[4], head[5]]);
+    let num_buffers = u16::from_le_bytes([head[10], head[11]]);
+    let what = || {
+        format!(
+            "queue {index}: header flags {flags:#x}, gso_type {gso:#x}, gso_size {gso_size}, num_buffers {num_buffers}"
+        )
+    };
+    judge(seen, NET_TX_NUM_BUFFERS, num_buffers == 0, what);
+    if !limits.has(nf::CSUM) {
+        judge(seen, NET_TX_FLAGS_NO_CSUM, flags == 0, what);
+    }
+    if !limits.has(nf::HOST_ECN) {
+        judge(seen, NET_TX_ECN, gso & 0x80 == 0, what);
+    }
+    let tunnel = gso & 0x60;
+    let tunnel_csum = flags & 8 != 0;
+    let both = limits.has(nf::HOST_UDP_TUNNEL_GSO | nf::HOST_UDP_TUNNEL_GSO_CSUM);
+    judge(
+        seen,
+        NET_TX_TUNNEL_BOTH_FEATURES,
+        tunnel == 0 || !tunnel_csum || both,
+        what,
+    );
+    if !limits.has(nf::HOST_UDP_TUNNEL_GSO_CSUM) {
+        judge(seen, NET_TX_TUNNEL_CSUM_FEATURE, !tunnel_csum, what);
+        judge(seen, NET_TX_TUNNEL_CSUM_FLAG_FEATURE, !tunnel_csum, what);
+    }
+    judge(
+        seen,
+        NET_TX_TUNNEL_NOT_UDP,
+        tunnel == 0 || gso & 0x1f != 3,
+        what,
+    );
+    judge(seen, NET_TX_TUNNEL_ONE_BIT, tunnel != 0x60, what);
+    judge(
+        seen,
+        NET_TX_TUNNEL_CSUM_NEEDS_BIT,
+        !tunnel_csum || tunnel != 0,
+        what,
+    );
+    if !limits.has(nf::HOST_UDP_TUNNEL_GSO) {
+        judge(seen, NET_TX_TUNNEL_FEATURE, tunnel == 0, what);
+    }
+    let segmenting = gso & 0x1f != 0;
+    judge(
+        seen,
+        NET_TX_GSO_NEEDS_CSUM,
+        !segmenting || (flags & 1 != 0 && gso_size != 0),
+        what,
+    );
+    judge(seen, NET_TX_NO_RX_FLAGS, flags & 6 == 0, what);
+    judge(
+        seen,
+        NET_TX_NO_VALID_TUNNEL,
+        flags & 2 == 0 || tunnel == 0,
+        what,
+    );
+    if let Some(mtu) = limits.mtu
+        && !segmenting
+    {
+        let frame = &head[NET_HDR..];
+        let len = readable as usize - NET_HDR;
+        let over = len.saturating_sub(l2_header(frame)) > usize::from(mtu);
+        judge(seen, NET_TX_MTU, !over, || {
+            format!("queue {index}: a {len}-byte frame with mtu {mtu} negotiated")
+        });
+    }
+    // Steering: only where the watch sees the control queue (behind
+    // vhost-user the frontend keeps it, and VQ_PAIRS_SET with it).
+    if !limits.has(nf::MQ | nf::CTRL_VQ) || !ctrl_live {
+        return;
+    }
+    if index > 1 {
+        match state.pairs_set {
+            None => judge(seen, NET_TX_FIRST_PAIR, false, || {
+                format!("queue {index}: a packet before any VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET")
+            }),
+            Some(n) => judge(seen, NET_TX_WITHIN_PAIRS, index < 2 * n, || {
+                format!("queue {index}: a packet with {n} queue pairs set")
+            }),
+        }
+    } else {
+        let s = if state.pairs_set.is_some() {
+            NET_TX_WITHIN_PAIRS
+        } else {
+            NET_TX_FIRST_PAIR
+        };
+        judge(seen, s, true, String::new);
+    }
+}
+
+/// Judges one control command on the control queue; `live` says
+/// whether a queue was set up.
+pub(super) fn judge_net_ctrl(
+    seen: &mut BTreeMap<&'static str, Seen>,
+    mem: &dyn Memory,
+    limits: &NetLimits,
+    state: &mut NetState,
+    live: &dyn Fn(u16) -> bool,
+    segs: &[Segment],
+) {
+    let readable: u64 = segs.iter().filter(|s| !s.2).map(|s| u64::from(s.1)).sum();
+    let Some(cmd) = readable_prefix(mem, segs, readable.min(4096) as usize) else {
+        return;
+    };
+    if cmd.len() < 2 {
+        return;
+    }
+    let (class, command, data) = (cmd[0], cmd[1], &cmd[2..]);
+    match class {
+        // VIRTIO_NET_CTRL_RX.
+        0 => {
+            if command <= 1 {
+                judge(seen, NET_CTRL_RX_FEATURE, limits.has(nf::CTRL_RX), || {
+                    format!("RX command {command} without VIRTIO_NET_F_CTRL_RX")
+                });
+            } else {
+                judge(
+                    seen,
+                    NET_CTRL_RX_EXTRA_FEATURE,
+                    limits.has(nf::CTRL_RX_EXTRA),
+                    || format!("RX command {command} without VIRTIO_NET_F_CTRL_RX_EXTRA"),
+                );
+            }
+        }
+        // VIRTIO_NET_CTRL_MAC.
+        1 => {
+            judge(seen, NET_CTRL_MAC_FEATURE, limits.has(nf::CTRL_RX), || {
+                format!("MAC command {command} without VIRTIO_NET_F_CTRL_RX")
+            });
+            if command == 0 {
+                let ok = mac_table_ok(data);
+                judge(seen, NET_CTRL_MAC_TABLE, ok, || {
+                    format!(
+                        "MAC_TABLE_SET with {} bytes of tables: {:02x?}",
+                        data.len(),
+                        &data[..data.len().min(32)]
+                    )
+                });
+            }
+        }
+        // VIRTIO_NET_CTRL_MQ, VQ_PAIRS_SET.
+        4 if command == 0 && data.len() >= 2 => {
+            let n = u16::from_le_bytes([data[0], data[1]]);
+            judge(
+                seen,
+                NET_PAIRS_RANGE,
+                (1..=limits.max_pairs).contains(&n),
+                || {
+                    format!(
+                        "VQ_PAIRS_SET {n} with max_virtqueue_pairs {}",
+                        limits.max_pairs
+                    )
+                },
+            );
+            let ready = (0..2 * n.min(limits.max_pairs)).all(live);
+            judge(seen, NET_PAIRS_CONFIGURED, ready, || {
+                format!(
+                    "VQ_PAIRS_SET {n} before all of its {} queues were set up",
+                    2 * n
+                )
+            });
+            state.pairs_set = Some(n);
+        }
+        _ => {}
+    }
+}
+
+/// Two tables (§5.1.6.5.2): a le32 count of non-multicast addresses, the
+/// addresses, a le32 count of multicast addresses, the addresses; nothing
+/// after.
+fn mac_table_ok(data: &[u8]) -> bool {
+    let count = |at: usize| {
+        data.get(at..at + 4)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
+    };
+    let Some(n) = count(0) else { return false };
+    let Some(uni) = data.get(4..4 + 6 * n) else {
+        return false;
+    };
+    let Some(m) = count(4 + 6 * n) else {
+        return false;
+    };
+    let start = 8 + 6 * n;
+    let Some(multi) = data.get(start..start + 6 * m) else {
+        return false;
+    };
+    data.len() == start + 6 * m
+        && uni.chunks(6).all(|a| a[0] & 1 == 0)
+        && multi.chunks(6).all(|a| a[0] & 1 == 1)
 }

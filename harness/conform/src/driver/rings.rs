@@ -16,7 +16,10 @@ use alloc::vec::Vec;
 use virtio_core::features::TransportFeatures;
 use virtio_core::split::layout::QueueLayout;
 
-use super::requests::{BLK_STATEMENTS, BLK_WATCH, BlkLimits, Segment, judge_blk};
+use super::requests::{
+    BLK_STATEMENTS, BLK_WATCH, BlkLimits, NET_CTRL_STATEMENTS, NET_RX_ENOUGH, NET_STATEMENTS,
+    NET_WATCH, NetLimits, NetState, Segment, judge_blk, judge_net_ctrl, judge_net_tx, note_net_rx,
+};
 use super::{Seen, judge, keep};
 use crate::{Check, Memory, Record};
 
@@ -87,6 +90,8 @@ pub struct RingWatch {
     indirect: bool,
     /// A block device's limits: its requests are judged too.
     blk: Option<BlkLimits>,
+    /// A network device's limits and what its watch remembers.
+    net: Option<(NetLimits, NetState)>,
     queues: BTreeMap<u16, Queue>,
     seen: BTreeMap<&'static str, Seen>,
 }
@@ -146,6 +151,7 @@ impl RingWatch {
             event_idx: features & TransportFeatures::RING_EVENT_IDX.bits() != 0,
             indirect: features & TransportFeatures::RING_INDIRECT_DESC.bits() != 0,
             blk: None,
+            net: None,
             queues: BTreeMap::new(),
             seen: BTreeMap::new(),
         }
@@ -155,6 +161,14 @@ impl RingWatch {
     /// judged against the block driver requirements too (§5.2.6.1).
     pub fn with_blk(mut self, limits: BlkLimits) -> Self {
         self.blk = Some(limits);
+        self
+    }
+
+    /// The same watch for a network device with `limits`: transmitted
+    /// headers and control commands are judged too (§5.1.6.2.1,
+    /// §5.1.6.5).
+    pub fn with_net(mut self, limits: NetLimits) -> Self {
+        self.net = Some((limits, NetState::default()));
         self
     }
 
@@ -292,16 +306,25 @@ impl RingWatch {
         if ahead > 0 {
             keep(&mut self.seen, AVAIL_NOT_BACK);
         }
+        // A packet on a later transmit queue may follow a VQ_PAIRS_SET the
+        // watch has not read yet: read the control queue first.
+        if let Some((limits, state)) = &self.net
+            && limits.is_tx(index)
+            && index > 1
+            && state.pairs_set.is_none()
+            && let Some(ctrl) = limits.ctrl()
+        {
+            self.look(mem, ctrl);
+        }
         for k in 0..ahead {
             let slot = l.avail_slot(q.seen_avail.wrapping_add(k) % size).0;
             let Some(head) = u16_at(mem, slot) else {
                 continue;
             };
             if self.walk(mem, index, l, head)
-                && let Some(limits) = self.blk
                 && let Some(segs) = segments(mem, l, head)
             {
-                judge_blk(&mut self.seen, mem, &limits, index, &segs);
+                self.judge_request(mem, index, &segs);
             }
             if self.no_rewrites.is_none()
                 && let Some(copy) = self.chain_bytes(mem, l, head)
@@ -310,6 +333,32 @@ impl RingWatch {
             }
         }
         q.seen_avail = avail;
+    }
+
+    /// Judges a well-formed chain on queue `index` as a request of the
+    /// device's type.
+    fn judge_request(&mut self, mem: &dyn Memory, index: u16, segs: &[Segment]) {
+        if let Some(limits) = self.blk {
+            judge_blk(&mut self.seen, mem, &limits, index, segs);
+        }
+        if let Some((limits, state)) = &mut self.net {
+            if limits.is_rx(index) {
+                note_net_rx(state, segs);
+            } else if limits.is_tx(index) {
+                let ctrl_live = limits.ctrl().is_some_and(|c| self.queues.contains_key(&c));
+                judge_net_tx(&mut self.seen, mem, limits, state, ctrl_live, index, segs);
+            } else if limits.ctrl() == Some(index) {
+                let live: Vec<u16> = self.queues.keys().copied().chain([index]).collect();
+                judge_net_ctrl(
+                    &mut self.seen,
+                    mem,
+                    limits,
+                    state,
+                    &|q| live.contains(&q),
+                    segs,
+                );
+            }
+        }
     }
 
     /// The descriptor bytes of the chain at `head` (the table entries it
@@ -437,6 +486,43 @@ impl RingWatch {
                 &self.seen,
             ));
         }
+        if let Some((limits, state)) = &self.net {
+            let mut net = super::records_of(NET_STATEMENTS, NET_WATCH.name, &self.seen);
+            let enough = limits.mtu.map(|m| (m, state.rx_enough(m, limits.merged())));
+            for r in net.iter_mut().filter(|r| r.statement == NET_RX_ENOUGH) {
+                r.outcome = match enough {
+                    None => {
+                        crate::Outcome::NotObservable("VIRTIO_NET_F_MTU was not negotiated".into())
+                    }
+                    Some((_, None)) => crate::Outcome::NotObservable(
+                        "the driver supplied no receive buffers".into(),
+                    ),
+                    Some((_, Some(true))) => crate::Outcome::Pass,
+                    Some((m, Some(false))) => crate::Outcome::Fail(format!(
+                        "mtu {m}: the receive chains seen hold at most {} bytes each, {} in all",
+                        state.rx_largest, state.rx_total
+                    )),
+                };
+            }
+            let hidden = match limits.ctrl() {
+                None => Some("no control queue was negotiated"),
+                Some(c) if !self.queues.contains_key(&c) => Some(
+                    "the control queue is not the device's on this path (a vhost-user frontend keeps it)",
+                ),
+                Some(_) => None,
+            };
+            if let Some(why) = hidden {
+                for r in net
+                    .iter_mut()
+                    .filter(|r| NET_CTRL_STATEMENTS.contains(&r.statement))
+                {
+                    if !matches!(r.outcome, crate::Outcome::Fail(_)) {
+                        r.outcome = crate::Outcome::NotObservable(why.into());
+                    }
+                }
+            }
+            out.extend(net);
+        }
         if let Some(why) = self.no_rewrites {
             for r in out.iter_mut().filter(|r| r.statement == NOT_ALTERED) {
                 r.outcome = crate::Outcome::NotObservable(why.into());
@@ -455,7 +541,7 @@ mod tests {
 
     use super::*;
     use crate::Outcome;
-    use crate::driver::requests::BlkLimits;
+    use crate::driver::requests::{BlkLimits, NetLimits};
 
     /// 64 KiB of guest memory at address 0.
     struct Ram(RefCell<Vec<u8>>);
@@ -644,6 +730,91 @@ mod tests {
                 "{s}: {:?}",
                 outcome(&w, s)
             );
+        }
+    }
+
+    #[test]
+    fn section_5_1_6_2_and_5_1_6_5_bad_net_packets_and_commands_are_caught() {
+        use super::super::requests::NET_STATEMENTS;
+        let ram = Ram(RefCell::new(alloc::vec![0; 0x10000]));
+        let layout = |base: u64| {
+            QueueLayout::new(
+                QueueSize::new(8).unwrap(),
+                GuestAddress(base),
+                GuestAddress(base + 0x200),
+                GuestAddress(base + 0x400),
+            )
+            .unwrap()
+        };
+        // Two pairs, a control queue (4), MTU 1500; no offloads.
+        let limits = NetLimits {
+            features: 1 << 3 | 1 << 17 | 1 << 18 | 1 << 22,
+            mtu: Some(1500),
+            max_pairs: 2,
+        };
+        let mut w = RingWatch::new(0).with_net(limits);
+        let (rx0, tx0, tx1, ctrl) = (
+            layout(0x1000),
+            layout(0x2000),
+            layout(0x3000),
+            layout(0x4000),
+        );
+        w.queue(&ram, 0, rx0);
+        w.queue(&ram, 1, tx0);
+        w.queue(&ram, 3, tx1);
+        w.queue(&ram, 4, ctrl);
+        // A small receive buffer only.
+        put(&ram, &rx0, 0, 0x8000, 64, WRITE, 0);
+        publish(&ram, &rx0, 0, 0);
+        // A header with flags (no CSUM), num_buffers 1, DATA_VALID, a
+        // frame over the MTU, on transmit queue 0.
+        let mut h = [0u8; 12];
+        h[0] = 2;
+        h[10] = 1;
+        ram.write(GuestAddress(0x9000), &h).unwrap();
+        put(&ram, &tx0, 0, 0x9000, 12 + 1600, 0, 0);
+        publish(&ram, &tx0, 0, 0);
+        // A packet on transmit queue 1 before any VQ_PAIRS_SET.
+        ram.write(GuestAddress(0xa000), &[0u8; 12]).unwrap();
+        put(&ram, &tx1, 0, 0xa000, 80, 0, 0);
+        publish(&ram, &tx1, 0, 0);
+        w.look(&ram, 3);
+        // VQ_PAIRS_SET 3 (more than max) with queue 2 never set up; a
+        // MAC table whose unicast entry is multicast; an RX_EXTRA command.
+        let cmd = |at: u64, bytes: &[u8], i: u16, n: u16| {
+            ram.write(GuestAddress(at), bytes).unwrap();
+            put(&ram, &ctrl, 2 * i, at, bytes.len() as u32, NEXT, 2 * i + 1);
+            put(&ram, &ctrl, 2 * i + 1, at + 0x100, 1, WRITE, 0);
+            publish(&ram, &ctrl, n, 2 * i);
+        };
+        cmd(0xb000, &[4, 0, 3, 0], 0, 0);
+        let mut table = alloc::vec![1, 0];
+        table.extend_from_slice(&1u32.to_le_bytes());
+        table.extend_from_slice(&[1, 2, 3, 4, 5, 6]);
+        table.extend_from_slice(&0u32.to_le_bytes());
+        cmd(0xc000, &table, 1, 1);
+        cmd(0xd000, &[0, 3, 1], 2, 2);
+        for q in [0, 1, 4] {
+            w.look(&ram, q);
+        }
+        let fails: Vec<&str> = NET_STATEMENTS
+            .iter()
+            .copied()
+            .filter(|s| matches!(outcome(&w, s), Outcome::Fail(_)))
+            .collect();
+        for s in [
+            "driver:net/device-operation/packet-transmission#2",
+            "driver:net/device-operation/packet-transmission#3",
+            "driver:net/device-operation/packet-transmission#30",
+            "driver:net/device-configuration-layout#7",
+            "driver:net/device-configuration-layout#8",
+            "driver:net/device-operation/control-virtqueue/packet-receive-filtering#2",
+            "driver:net/device-operation/control-virtqueue/setting-mac-address-filtering#3",
+            "driver:net/device-operation/control-virtqueue/automatic-receive-steering-in-multiqueue-mode#1",
+            "driver:net/device-operation/control-virtqueue/automatic-receive-steering-in-multiqueue-mode#2",
+            "driver:net/device-operation/control-virtqueue/automatic-receive-steering-in-multiqueue-mode#3",
+        ] {
+            assert!(fails.contains(&s), "{s} not caught: {fails:?}");
         }
     }
 }
