@@ -424,6 +424,7 @@ fn conform_run(out: &std::path::Path, peers: bool, others: &[String]) -> ExitCod
     };
     let mut runs = run::in_process();
     runs.extend(harness::conform::drivers::in_process());
+    runs.extend(harness::conform::peer_drivers::in_process());
     for o in others {
         let Some((kind, sock)) = o
             .split_once('=')

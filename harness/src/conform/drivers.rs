@@ -123,7 +123,7 @@ impl<D: VirtioDevice> RegisterAccess for Watched<D> {
 /// does (activation, notifications, backend events); what the device does
 /// is unchanged. When a driver's session ends (a reset, a new
 /// activation, [`finish`](Self::finish)) the watch goes to `done`.
-pub struct WatchedDevice<D, M, F> {
+pub struct WatchedDevice<D, M, F: FnMut(&RingWatch)> {
     inner: D,
     mem: M,
     rings: RingWatch,
@@ -163,6 +163,16 @@ impl<D: VirtioDevice, M: GuestMemory, F: FnMut(&RingWatch)> WatchedDevice<D, M, 
     fn look_all(&mut self) {
         for q in 0..self.inner.queue_max_sizes().len() {
             self.rings.look(&self.mem, q as u16);
+        }
+    }
+}
+
+/// A watched device dropped with a driver session still open (a driver
+/// that never resets it) hands that session's watch over too.
+impl<D, M, F: FnMut(&RingWatch)> Drop for WatchedDevice<D, M, F> {
+    fn drop(&mut self) {
+        if core::mem::take(&mut self.live) {
+            (self.done)(&self.rings);
         }
     }
 }

@@ -4,6 +4,7 @@
 
 pub mod catalogue;
 pub mod drivers;
+pub mod peer_drivers;
 pub mod report;
 pub mod run;
 pub mod spec;

@@ -228,21 +228,21 @@ fn local<D: VirtioDevice + 'static>(dev: D, mem: LocalMemory) -> Result<Box<dyn 
 /// One of our device models over [`LocalMemory`] (built once per run: the
 /// sizes of the variants do not matter).
 #[allow(clippy::large_enum_variant)]
-pub enum Device {
+pub enum Device<M = LocalMemory> {
     /// virtio-rng on a seeded stream.
-    Rng(Rng<Deterministic, LocalMemory>),
+    Rng(Rng<Deterministic, M>),
     /// virtio-blk on a 1 MiB memory disk.
-    Blk(Blk<MemoryDisk, LocalMemory>),
+    Blk(Blk<MemoryDisk, M>),
     /// virtio-console on a ring-buffer chardev.
-    Console(Console<LocalMemory>),
+    Console(Console<M>),
     /// virtio-net on a loopback network.
-    Net(Net<Loopback, LocalMemory>),
+    Net(Net<Loopback, M>),
 }
 
 /// Our device of `kind` over `mem`, with an in-memory backend (a seeded
 /// entropy stream, a 1 MiB memory disk (discard and write zeroes offered), a ring-buffer chardev, a loopback
 /// network with two queue pairs).
-pub fn our_device(kind: Kind, mem: &LocalMemory) -> Result<Device, String> {
+pub fn our_device<M: GuestMemory + Clone>(kind: Kind, mem: &M) -> Result<Device<M>, String> {
     Ok(match kind {
         Kind::Rng => Device::Rng(Rng::new(Deterministic::new(1), mem.clone())),
         Kind::Blk => Device::Blk(
@@ -268,7 +268,7 @@ pub fn our_device(kind: Kind, mem: &LocalMemory) -> Result<Device, String> {
 
 /// Our block device's configuration in the checks: as the monitor's
 /// default, with discard and write zeroes offered.
-fn blk_config() -> BlkConfig {
+pub(crate) fn blk_config() -> BlkConfig {
     BlkConfig {
         discard: true,
         write_zeroes: true,

@@ -300,7 +300,32 @@ pub struct DeviceTransport<D, const N: usize = 8> {
     device_type: DeviceType,
     config_len: usize,
     hook: Option<Hook<D, N>>,
+    watch: RefCell<Option<AccessHook>>,
     errors: RefCell<Vec<MmioError>>,
+}
+
+/// One register access the driver made through a [`DeviceTransport`], as
+/// [`DeviceTransport::set_access_hook`] reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Access {
+    /// The register offset (configuration space from `0x100`).
+    pub offset: u64,
+    /// Bytes accessed (1, 2, 4).
+    pub size: usize,
+    /// A write (else a read).
+    pub write: bool,
+    /// The value written, or read.
+    pub value: u64,
+}
+
+type AccessHook = Box<dyn FnMut(Access)>;
+
+/// The bytes of an access as a little-endian value.
+fn le_value(bytes: &[u8]) -> u64 {
+    bytes
+        .iter()
+        .rev()
+        .fold(0u64, |v, b| (v << 8) | u64::from(*b))
 }
 
 impl<D, const N: usize> fmt::Debug for DeviceTransport<D, N> {
@@ -309,6 +334,7 @@ impl<D, const N: usize> fmt::Debug for DeviceTransport<D, N> {
             .field("device_type", &self.device_type)
             .field("config_len", &self.config_len)
             .field("hook", &self.hook.is_some())
+            .field("watch", &self.watch.borrow().is_some())
             .field("errors", &self.errors.borrow())
             .finish_non_exhaustive()
     }
@@ -338,6 +364,7 @@ impl<D: MmioDevice, const N: usize> DeviceTransport<D, N> {
             device_type,
             config_len: Self::DEFAULT_CONFIG_LEN,
             hook: None,
+            watch: RefCell::new(None),
             errors: RefCell::new(Vec::new()),
         })
     }
@@ -353,6 +380,26 @@ impl<D: MmioDevice, const N: usize> DeviceTransport<D, N> {
     /// Sets the hook that acts on the outcomes of the driver's writes.
     pub fn set_hook(&mut self, hook: impl FnMut(&mut MmioRegisters<D, N>, WriteOutcome) + 'static) {
         self.hook = Some(Box::new(hook));
+    }
+
+    /// Sets a hook that sees every register access the driver makes from
+    /// now on, writes before the device acts on them (a conformance
+    /// watch). Only the order of the driver's calls is the driver's: the
+    /// access pattern of each call (widths, selector writes) is this
+    /// adapter's.
+    pub fn set_access_hook(&mut self, hook: impl FnMut(Access) + 'static) {
+        *self.watch.get_mut() = Some(Box::new(hook));
+    }
+
+    fn seen(&self, offset: u64, bytes: &[u8], write: bool) {
+        if let Some(h) = self.watch.borrow_mut().as_mut() {
+            h(Access {
+                offset,
+                size: bytes.len(),
+                write,
+                value: le_value(bytes),
+            });
+        }
     }
 
     /// The register file.
@@ -395,13 +442,16 @@ impl<D: MmioDevice, const N: usize> DeviceTransport<D, N> {
     }
 
     fn read32(&self, offset: u64) -> u32 {
-        self.regs.read32(offset).unwrap_or_else(|e| {
+        let v = self.regs.read32(offset).unwrap_or_else(|e| {
             self.record(e);
             0
-        })
+        });
+        self.seen(offset, &v.to_le_bytes(), false);
+        v
     }
 
     fn write32(&mut self, offset: u64, value: u32) {
+        self.seen(offset, &value.to_le_bytes(), true);
         let outcome = self.regs.write32(offset, value);
         self.dispatch(outcome);
     }
@@ -555,6 +605,7 @@ impl<D: MmioDevice, const N: usize> Transport for DeviceTransport<D, N> {
                 self.record(e);
                 return Err(DriversError::IoError);
             }
+            self.seen(at, chunk, false);
         }
         Ok(value)
     }
@@ -569,6 +620,7 @@ impl<D: MmioDevice, const N: usize> Transport for DeviceTransport<D, N> {
         let width = config_width(offset, size);
         for (i, chunk) in value.as_bytes().chunks(width).enumerate() {
             let at = base + (i * width) as u64;
+            self.seen(at, chunk, true);
             let outcome = self.regs.write(at, chunk);
             let failed = outcome.is_err();
             self.dispatch(outcome);
