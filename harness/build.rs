@@ -49,8 +49,8 @@ fn main() {
         println!("cargo:rerun-if-changed={}", guests.join(input).display());
     }
     // The guests' path dependencies in this workspace.
-    for dep in ["guest-driver", "virtio-core"] {
-        let dir = manifest_dir.join("..").join(dep);
+    for dep in ["../guest-driver", "../virtio-core", "conform"] {
+        let dir = manifest_dir.join(dep);
         for input in ["Cargo.toml", "src"] {
             println!("cargo:rerun-if-changed={}", dir.join(input).display());
         }

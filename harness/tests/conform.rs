@@ -200,3 +200,42 @@ fn bad_conform_command_lines_are_refused_with_the_reason() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("git -C"));
 }
+
+/// The device checks from inside the `conform` tiny guest: our monitor
+/// under KVM (rng, blk writable and read-only, console, net over a
+/// loopback netdev) breaks nothing; QEMU microvm's own devices on the
+/// modern transport are checked too, and every record names a statement
+/// of the checks (their failures are findings, in the README).
+#[test]
+fn the_checks_run_inside_a_guest_against_our_monitor_and_qemu() {
+    let test = "the_checks_run_inside_a_guest_against_our_monitor_and_qemu";
+    if !monitor::vm::kvm_or_skip(test) {
+        return;
+    }
+    let runs = harness::conform::guests::ours_under_kvm();
+    let devices: Vec<&str> = runs.iter().map(|r| r.device.as_str()).collect();
+    assert_eq!(
+        devices,
+        ["rng", "blk", run::READ_ONLY_BLK, "console", "net"],
+        "{runs:#?}"
+    );
+    for r in &runs {
+        assert!(r.error.is_none(), "{}: {:?}", r.device, r.error);
+        assert_clean(&format!("ours under KVM {}", r.device), &r.records);
+        assert!(r.records.iter().any(|x| x.outcome == Outcome::Pass));
+    }
+    if !harness::qemu::qemu_or_skip(test) {
+        return;
+    }
+    let runs = harness::conform::guests::qemu(harness::qemu::Transport::Modern);
+    assert_eq!(runs.len(), 5, "{runs:#?}");
+    for r in &runs {
+        assert!(r.error.is_none(), "QEMU {}: {:?}", r.device, r.error);
+        let passed = r
+            .records
+            .iter()
+            .filter(|x| x.outcome == Outcome::Pass)
+            .count();
+        assert!(passed >= 10, "QEMU {}: only {passed} passes", r.device);
+    }
+}

@@ -12,6 +12,7 @@
 //! runtime's fail verdict with a message.
 
 use core::fmt;
+use core::ptr::NonNull;
 use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
 use guest_driver::cmdline::{MmioSlot, SlotList};
@@ -145,6 +146,19 @@ pub fn dma_pool(boot: &BootInfo) -> Result<Dma, SetupError> {
 /// uses that RAM. One pool per program: a second call fails.
 pub fn dma_pool_of<const PAGES: usize>(boot: &BootInfo) -> Result<PoolHal<PAGES>, SetupError> {
     let bytes = (PAGES * PAGE_SIZE) as u64;
+    let ptr = take_ram(boot, bytes)?;
+    // SAFETY: `take_ram`'s range is RAM by the memory map, identity-mapped
+    // write-back (below UNCACHED_START), outside the image, and handed out
+    // once; the boot info was copied out of it at boot.
+    unsafe { PoolHal::identity(ptr, PAGES * PAGE_SIZE) }.map_err(SetupError::Pool)
+}
+
+/// `bytes` of RAM for the program's own use (a DMA pool, a heap): the
+/// first page-aligned run in the PVH memory map above the image (at or
+/// above [`IMAGE_LIMIT`]) and below the uncached MMIO GiB, identity-mapped
+/// write-back. One such range per program (it is what [`dma_pool`] takes):
+/// a second call fails.
+pub fn take_ram(boot: &BootInfo, bytes: u64) -> Result<NonNull<u8>, SetupError> {
     let base = boot
         .memory_map()
         .iter()
@@ -161,12 +175,7 @@ pub fn dma_pool_of<const PAGES: usize>(boot: &BootInfo) -> Result<PoolHal<PAGES>
     if POOL_TAKEN.swap(true, Ordering::AcqRel) {
         return Err(SetupError::PoolTaken);
     }
-    let ptr =
-        guest_driver::hal::identity::phys_to_virt(base).ok_or(SetupError::NoRamForDma { bytes })?;
-    // SAFETY: the range is RAM by the memory map, identity-mapped
-    // write-back (below UNCACHED_START), outside the image, and handed out
-    // once (POOL_TAKEN); the boot info was copied out of it at boot.
-    unsafe { PoolHal::identity(ptr, PAGES * PAGE_SIZE) }.map_err(SetupError::Pool)
+    guest_driver::hal::identity::phys_to_virt(base).ok_or(SetupError::NoRamForDma { bytes })
 }
 
 /// A buffer of [`SCRATCH_LEN`] bytes in `.bss` for the program's data

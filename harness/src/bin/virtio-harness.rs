@@ -168,10 +168,13 @@ enum ConformCommand {
         #[arg(long)]
         out: Option<std::path::PathBuf>,
     },
-    /// Run the checks against our devices in this process (and, with
-    /// `--peers`, the installed vhost-user backends: ours,
-    /// qemu-storage-daemon, vhost-device-rng, vhost-device-console; or any
-    /// backend with `--vhost-user KIND=SOCKET`) and write `report.md`,
+    /// Run the checks against our devices and drivers in this process
+    /// (our guest-driver and virtio-drivers), with `--peers` the installed
+    /// vhost-user backends (ours, qemu-storage-daemon, vhost-device-rng,
+    /// vhost-device-console), with `--guests` from inside the `conform`
+    /// tiny guest (our monitor under KVM, QEMU microvm's own devices on
+    /// both transports), or any backend with `--vhost-user KIND=SOCKET`;
+    /// write `report.md`,
     /// `report.json` and `junit.xml`. Exits 1 on a MUST violation by our
     /// implementations or a catalogue statement without an entry; a
     /// peer's failure is a finding, not an error.
@@ -182,6 +185,10 @@ enum ConformCommand {
         /// Start the installed peers and check them too.
         #[arg(long)]
         peers: bool,
+        /// Run the checks inside a tiny guest too: our monitor under KVM,
+        /// QEMU microvm on both virtio-mmio transports.
+        #[arg(long)]
+        guests: bool,
         /// Another vhost-user backend: `rng|blk|console|net=SOCKET`.
         #[arg(long, value_name = "KIND=SOCKET")]
         vhost_user: Vec<String>,
@@ -200,9 +207,10 @@ fn main() -> ExitCode {
                 ConformCommand::Run {
                     out,
                     peers,
+                    guests,
                     vhost_user,
                 },
-        } => conform_run(&out, peers, &vhost_user),
+        } => conform_run(&out, peers, guests, &vhost_user),
         Command::Run { timeout, options } => run(&options, Duration::from_secs(timeout)),
         Command::VhostUser {
             socket,
@@ -406,7 +414,7 @@ fn catalogue(spec: &std::path::Path, rev: &str, out: Option<&std::path::Path>) -
 }
 
 /// `conform run`: the checks against the targets, the report written.
-fn conform_run(out: &std::path::Path, peers: bool, others: &[String]) -> ExitCode {
+fn conform_run(out: &std::path::Path, peers: bool, guests: bool, others: &[String]) -> ExitCode {
     use harness::conform::{catalogue, report, run, targets::Kind};
     let (cat, scope) = match (
         catalogue::Catalogue::parse(harness::conform::CATALOGUE),
@@ -443,6 +451,9 @@ fn conform_run(out: &std::path::Path, peers: bool, others: &[String]) -> ExitCod
             Err(e) => eprintln!("virtio-harness conform: own executable: {e}; no peers"),
         }
     }
+    if guests {
+        runs.extend(harness::conform::guests::all());
+    }
     let checks = harness::conform::checks();
     let entries = report::entries(&cat, &scope, &checks);
     if let Err(e) = report::write(out, &cat, &entries, &runs) {
@@ -472,6 +483,7 @@ fn conform_run(out: &std::path::Path, peers: bool, others: &[String]) -> ExitCod
         run::OURS_IN_PROCESS,
         run::OURS_VHOST_USER,
         harness::conform::drivers::GUEST_DRIVER,
+        harness::conform::guests::OURS_KVM,
     ];
     for (target, s, detail) in report::must_failures(&cat, &cells, &ours) {
         bad = true;

@@ -341,6 +341,13 @@ pub const CONFIG_BEFORE_FEATURES_OK: Check = Check {
             return;
         }
         let mut d = Dev::open(ctx.bus());
+        if d.version == 1 {
+            ctx.not_applicable(
+                &[CONFIG_BEFORE_FEATURES_OK_ID],
+                "legacy interface: virtio-mmio version 1",
+            );
+            return;
+        }
         let n = d.device_type().map_or(0, stable_config_len);
         if n == 0 {
             ctx.not_applicable(

@@ -102,9 +102,9 @@ fn bit(f: NetFeatures) -> u64 {
     f.bits()
 }
 
-/// A frame to `dst` of `len` bytes (at least 60), marked with `tag` after
-/// the ethertype, behind a header with `flags`, `csum_start` and
-/// `csum_offset`.
+/// A frame to `dst` of `len` bytes (at least 60), marked with `cfm` and
+/// `tag` after the ethertype ([`MARK`]), behind a header with `flags`,
+/// `csum_start` and `csum_offset`.
 fn frame(dst: [u8; 6], len: usize, tag: u8, flags: u8, csum: (u16, u16)) -> Vec<u8> {
     let mut f = alloc::vec![0u8; HDR + len.max(60)];
     f[0] = flags;
@@ -117,7 +117,19 @@ fn frame(dst: [u8; 6], len: usize, tag: u8, flags: u8, csum: (u16, u16)) -> Vec<
     for (i, b) in f[HDR + ETH..].iter_mut().enumerate() {
         *b = tag ^ (i as u8);
     }
+    f[HDR + ETH..HDR + ETH + 3].copy_from_slice(MARK);
+    f[HDR + ETH + 3] = tag;
     f
+}
+
+/// What starts the payload of every frame the checks send, before its tag:
+/// a frame that comes back is told from one sent earlier (a backend may
+/// hold frames across a reset, e.g. QEMU's socket netdev) by it.
+const MARK: &[u8; 3] = b"cfm";
+
+/// Whether `frame` (without header) is the checks' frame with `tag`.
+fn tagged(frame: &[u8], tag: u8) -> bool {
+    frame.get(ETH..ETH + 3) == Some(&MARK[..]) && frame.get(ETH + 3) == Some(&tag)
 }
 
 /// One received packet: its header and frame bytes, and how many used
@@ -321,6 +333,24 @@ impl<'a> NetDev<'a> {
         Ok(Some((q, r)))
     }
 
+    /// [`receive`](Self::receive) until the frame with `tag` comes (others,
+    /// sent by earlier checks, are dropped), at most a queue's worth.
+    fn receive_tag(
+        &mut self,
+        queues: &[u16],
+        tag: u8,
+        patience: Patience,
+    ) -> Result<Option<(u16, Received)>, String> {
+        for _ in 0..64 {
+            match self.receive(queues, patience)? {
+                None => return Ok(None),
+                Some((q, r)) if tagged(&r.frame, tag) => return Ok(Some((q, r))),
+                Some(_) => {}
+            }
+        }
+        Ok(None)
+    }
+
     /// The next used element of receive queue `q`: its buffer and length.
     fn take_used(&mut self, q: u16) -> Result<(GuestAddress, u32), String> {
         let mem = self.d.bus().mem();
@@ -392,7 +422,7 @@ impl<'a> NetDev<'a> {
     /// Sends a frame to `dst` and says whether it came back (on queue 0).
     fn comes_back(&mut self, dst: [u8; 6], tag: u8) -> Result<bool, String> {
         self.send(&frame(dst, 60, tag, 0, (0, 0)))?;
-        Ok(self.receive(&[0], Patience::Expect)?.is_some())
+        Ok(self.receive_tag(&[0], tag, Patience::Expect)?.is_some())
     }
 }
 
@@ -540,7 +570,7 @@ pub const RECEIVE_PLAIN: Check = Check {
         let sent = frame([0xff; 6], 200, 7, 0x80, (ETH as u16 + 4, 6));
         let got = n
             .send(&sent)
-            .and_then(|()| n.receive(&[0], Patience::Expect));
+            .and_then(|()| n.receive_tag(&[0], 7, Patience::Expect));
         let r = match got {
             Ok(Some((_, r))) => r,
             Ok(None) => {
@@ -637,7 +667,7 @@ pub const RECEIVE_MERGED: Check = Check {
         let sent = frame([0xff; 6], 400, 9, 0, (0, 0));
         let got = n
             .send(&sent)
-            .and_then(|()| n.receive(&[0], Patience::Expect));
+            .and_then(|()| n.receive_tag(&[0], 9, Patience::Expect));
         let r = match got {
             Ok(Some((_, r))) => r,
             Ok(None) => {
@@ -775,7 +805,7 @@ fn receive_filters(ctx: &mut Ctx<'_>) {
     let mac: [u8; 6] = core::array::from_fn(|i| n.d.config8(i as u64));
     let run = |n: &mut NetDev<'_>, ctx: &mut Ctx<'_>| -> Result<(), String> {
         // Sanity: a frame to the device's own address comes back.
-        if !n.comes_back(mac, 1)? {
+        if !n.comes_back(mac, 21)? {
             ctx.not_observable(
                 &all,
                 "nothing came back: the backend does not return transmitted frames",
@@ -785,7 +815,7 @@ fn receive_filters(ctx: &mut Ctx<'_>) {
         let off = n.command(CTRL_RX, RX_PROMISC, &[0])?;
         let multi_off = n.command(CTRL_RX, RX_ALLMULTI, &[0])?;
         // The table is empty after the reset: a stranger is dropped.
-        let stranger = n.comes_back(STRANGER, 2)?;
+        let stranger = n.comes_back(STRANGER, 22)?;
         ctx.expect(TABLE_EMPTY, off == NET_OK && !stranger, || {
             format!("promiscuous off: ack {off}; a frame to an address in no table came back: {stranger}")
         });
@@ -803,14 +833,14 @@ fn receive_filters(ctx: &mut Ctx<'_>) {
         table.extend_from_slice(&LISTED);
         table.extend_from_slice(&0u32.to_le_bytes());
         let set = n.command(CTRL_MAC, MAC_TABLE_SET, &table)?;
-        let listed = n.comes_back(LISTED, 3)?;
+        let listed = n.comes_back(LISTED, 23)?;
         ctx.expect(TABLE_BEFORE_USED, set == NET_OK && listed, || {
             format!("MAC_TABLE_SET ack {set}; a frame to the listed address came back: {listed}")
         });
         // All-multicast.
-        let multi_before = n.comes_back(MULTICAST, 4)?;
+        let multi_before = n.comes_back(MULTICAST, 24)?;
         let on = n.command(CTRL_RX, RX_ALLMULTI, &[1])?;
-        let multi_after = n.comes_back(MULTICAST, 5)?;
+        let multi_after = n.comes_back(MULTICAST, 25)?;
         ctx.expect(ALLMULTI, multi_off == NET_OK && on == NET_OK && !multi_before && multi_after, || {
             format!(
                 "ALLMULTI off ack {multi_off}, on ack {on}; a multicast frame came back before {multi_before}, after {multi_after}"
@@ -829,7 +859,7 @@ fn receive_filters(ctx: &mut Ctx<'_>) {
         );
         // Promiscuous.
         let p = n.command(CTRL_RX, RX_PROMISC, &[1])?;
-        let again = n.comes_back(STRANGER, 6)?;
+        let again = n.comes_back(STRANGER, 26)?;
         ctx.expect(PROMISC, p == NET_OK && again, || {
             format!("PROMISC on ack {p}; a frame to a stranger came back: {again}")
         });
@@ -890,22 +920,21 @@ pub const STEERING: Check = Check {
                 return;
             }
         };
-        // Eight flows (the tag changes the payload; the addresses differ
-        // in the last byte of the source, set through the destination's
-        // multicast-free broadcast).
-        let spread = |n: &mut NetDev<'_>| -> Result<Vec<u16>, String> {
+        // Eight flows: the source address's last byte and the length
+        // differ per frame; each frame's tag starts at `base`.
+        let spread = |n: &mut NetDev<'_>, base: u8| -> Result<Vec<u16>, String> {
             let mut on = Vec::new();
             for k in 0..8u8 {
-                let mut f = frame([0xff; 6], 60 + usize::from(k), k, 0, (0, 0));
+                let mut f = frame([0xff; 6], 60 + usize::from(k), base + k, 0, (0, 0));
                 f[HDR + 11] = k;
                 n.send(&f)?;
-                if let Some((q, _)) = n.receive(&[0, 2], Patience::Expect)? {
+                if let Some((q, _)) = n.receive_tag(&[0, 2], base + k, Patience::Expect)? {
                     on.push(q);
                 }
             }
             Ok(on)
         };
-        match spread(&mut n) {
+        match spread(&mut n, 40) {
             Ok(on) if on.is_empty() => {
                 ctx.not_observable(
                     &all,
@@ -924,7 +953,7 @@ pub const STEERING: Check = Check {
         let result = (|| {
             let two = n.command(CTRL_MQ, MQ_VQ_PAIRS_SET, &2u16.to_le_bytes())?;
             let one = n.command(CTRL_MQ, MQ_VQ_PAIRS_SET, &1u16.to_le_bytes())?;
-            Ok::<_, String>((two, one, spread(&mut n)?))
+            Ok::<_, String>((two, one, spread(&mut n, 50)?))
         })();
         match result {
             Ok((two, one, on)) => ctx.expect(
@@ -963,7 +992,10 @@ pub const MTU_FRAMES: Check = Check {
             }
         };
         let fits = frame([0xff; 6], mtu + ETH, 11, 0, (0, 0));
-        match n.send(&fits).and_then(|()| n.receive(&[0], Patience::Expect)) {
+        match n
+            .send(&fits)
+            .and_then(|()| n.receive_tag(&[0], 11, Patience::Expect))
+        {
             Ok(Some((_, r))) => ctx.expect(MTU_FORWARDED, r.frame == fits[HDR..], || {
                 format!("a {}-byte frame came back as {} bytes", mtu + ETH, r.frame.len())
             }),
@@ -978,7 +1010,7 @@ pub const MTU_FRAMES: Check = Check {
         let over = frame([0xff; 6], mtu + ETH + 1, 12, 0, (0, 0));
         match n
             .send(&over)
-            .and_then(|()| n.receive(&[0], Patience::Quiet))
+            .and_then(|()| n.receive_tag(&[0], 12, Patience::Quiet))
         {
             Ok(Some((_, r))) => ctx.record(
                 MTU_NO_BIGGER,

@@ -67,6 +67,10 @@ fn emergency_write(ctx: &mut Ctx<'_>) {
         ctx.not_applicable(&all, "not a console device");
         return;
     }
+    if d.version == 1 {
+        ctx.not_applicable(&all, "legacy interface: virtio-mmio version 1");
+        return;
+    }
     if d.offered & EMERG_WRITE == 0 {
         ctx.not_applicable(&all, "VIRTIO_CONSOLE_F_EMERG_WRITE not offered");
         return;
