@@ -1553,12 +1553,17 @@ impl<B: BlockBackend, M: GuestMemory> VirtioDevice for Blk<B, M> {
     }
 
     fn write_config(&mut self, offset: u64, data: &[u8]) {
-        // §5.2.5: only `writeback` is writable, with CONFIG_WCE.
-        if offset != CONFIG_WRITEBACK || data.len() != 1 {
+        // §5.2.5: only `writeback` is writable, and only with CONFIG_WCE
+        // negotiated (known from FEATURES_OK on, `features_ok`); a write
+        // otherwise changes nothing.
+        if offset != CONFIG_WRITEBACK
+            || data.len() != 1
+            || !self.engine.negotiated(BlkFeatures::CONFIG_WCE)
+        {
             return;
         }
         self.engine.writeback = u8::from(data[0] != 0);
-        if !self.queues.is_empty() && self.engine.negotiated(BlkFeatures::CONFIG_WCE) {
+        if !self.queues.is_empty() {
             self.apply_cache_mode();
         }
     }

@@ -910,8 +910,15 @@ fn section_5_2_5_writeback_written_before_driver_ok_takes_effect_at_activation()
         0x10_0000,
     )));
     let mut dev = Blk::new(disk.clone(), &*mem, BlkConfig::default()).unwrap();
-    dev.write_config(32, &[0]);
     let features = dev.device_features();
+    // Before FEATURES_OK a write is void (§5.2.5: CONFIG_WCE not yet
+    // negotiated); after it, it holds until activation.
+    dev.write_config(32, &[0]);
+    let mut wb = [9u8];
+    dev.read_config(32, &mut wb);
+    assert_eq!(wb, [1]);
+    dev.features_ok(features);
+    dev.write_config(32, &[0]);
     dev.activate(
         features,
         vec![virtio_devices::device::QueueConfig {
@@ -921,8 +928,9 @@ fn section_5_2_5_writeback_written_before_driver_ok_takes_effect_at_activation()
     .unwrap();
     assert!(!dev.writeback());
     assert_eq!(disk.state().set_cache_calls.last(), Some(&false));
-    // Without CONFIG_WCE negotiated, the byte written earlier is void.
+    // Without CONFIG_WCE negotiated, a write is void.
     dev.reset();
+    dev.features_ok(features & !BlkFeatures::CONFIG_WCE.bits());
     dev.write_config(32, &[0]);
     dev.activate(
         features & !BlkFeatures::CONFIG_WCE.bits(),

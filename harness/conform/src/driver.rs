@@ -63,6 +63,8 @@ const INIT_REREAD: &str = "driver:general/device-initialization#8";
 const INIT_SETUP: &str = "driver:general/device-initialization#9";
 const INIT_DRIVER_OK: &str = "driver:general/device-initialization#10";
 const NO_NOTIFY_BEFORE_DRIVER_OK: &str = "driver:general/device-initialization#14";
+const ACCEPTS_VERSION_1: &str = "driver:reserved-features#1";
+const OPTIONAL_FIELDS: &str = "driver:basic/device-configuration-space#2";
 
 /// Every statement the watch judges.
 pub const STATEMENTS: &[&str] = &[
@@ -99,6 +101,8 @@ pub const STATEMENTS: &[&str] = &[
     INIT_SETUP,
     INIT_DRIVER_OK,
     NO_NOTIFY_BEFORE_DRIVER_OK,
+    ACCEPTS_VERSION_1,
+    OPTIONAL_FIELDS,
 ];
 
 const BLK_WRITEBACK_AFTER_FEATURES_OK: &str = "driver:blk/device-initialization#3";
@@ -145,6 +149,8 @@ pub const CHECKS: &[Check] = &[
     rings::WATCH,
     requests::BLK_WATCH,
     requests::NET_WATCH,
+    requests::RNG_WATCH,
+    requests::CONSOLE_WATCH,
 ];
 
 /// What the watch has seen of one statement.
@@ -299,6 +305,20 @@ impl DriverWatch {
             } else if step4 && !write {
                 keep(&mut self.seen, INIT_NO_CONFIG_WRITE);
             }
+            // §2.5.1: an optional field only when its feature is offered.
+            let rel = offset - regs::CONFIG;
+            if let Some((name, need)) = self
+                .device_type
+                .and_then(|t| optional_field(t, self.offered, rel, size as u64))
+            {
+                let offered = self.offered & need != 0;
+                judge(&mut self.seen, OPTIONAL_FIELDS, offered, || {
+                    format!(
+                        "configuration field {name} (offset {rel}) {} without its feature ({need:#x}) offered",
+                        if write { "written" } else { "read" }
+                    )
+                });
+            }
             // §5.1.4.2: a network driver writes no configuration field.
             if self.device_type == Some(DeviceType::Net) {
                 judge(&mut self.seen, NET_NO_CONFIG_WRITE, !write, || {
@@ -307,7 +327,6 @@ impl DriverWatch {
             }
             // §5.2.5.2: a block driver reads `writeback` (offset 32) only
             // once FEATURES_OK is set: its value depends on the features.
-            let rel = offset - regs::CONFIG;
             if self.device_type == Some(DeviceType::Blk) && !write && rel <= 32 && 32 < end {
                 let after = self.status & DeviceStatus::FEATURES_OK.bits() != 0;
                 judge(
@@ -652,6 +671,13 @@ impl DriverWatch {
 
     fn check_features(&mut self) {
         let a = self.accepted;
+        // §6.1: VERSION_1 accepted whenever it is offered.
+        let v1 = TransportFeatures::VERSION_1.bits();
+        if self.offered & v1 != 0 {
+            judge(&mut self.seen, ACCEPTS_VERSION_1, a & v1 != 0, || {
+                format!("accepted {a:#x} without VIRTIO_F_VERSION_1, which is offered")
+            });
+        }
         let not_offered = a & !self.offered;
         let broken: Vec<u8> = self
             .device_type
@@ -739,6 +765,56 @@ impl DriverWatch {
         }
         out
     }
+}
+
+/// An optional configuration field of device type `t` that an access of
+/// `size` bytes at configuration offset `off` touches (one whose feature
+/// is not in `offered`, if any), and the feature bits of which one must be
+/// offered for the field to exist (§5.1.4, §5.2.4, §5.3.4); `None` when
+/// the access touches only fields every device has.
+fn optional_field(t: DeviceType, offered: u64, off: u64, size: u64) -> Option<(&'static str, u64)> {
+    // (start, end, name, features): the layouts of the spec's structs.
+    const BLK: &[(u64, u64, &str, u64)] = &[
+        (8, 12, "size_max", 1 << 1),
+        (12, 16, "seg_max", 1 << 2),
+        (16, 20, "geometry", 1 << 4),
+        (20, 24, "blk_size", 1 << 6),
+        (24, 32, "topology", 1 << 10),
+        (32, 33, "writeback", 1 << 11),
+        (34, 36, "num_queues", 1 << 12),
+        (36, 48, "discard fields", 1 << 13),
+        (48, 57, "write zeroes fields", 1 << 14),
+        (60, 72, "secure erase fields", 1 << 16),
+        (72, 96, "zoned", 1 << 17),
+    ];
+    const NET: &[(u64, u64, &str, u64)] = &[
+        (0, 6, "mac", 1 << 5),
+        (6, 8, "status", 1 << 16),
+        (8, 10, "max_virtqueue_pairs", 1 << 22 | 1 << 60),
+        (10, 12, "mtu", 1 << 3),
+        (12, 17, "speed and duplex", 1 << 63),
+        (17, 24, "RSS fields", 1 << 60 | 1 << 57),
+    ];
+    const CONSOLE: &[(u64, u64, &str, u64)] = &[
+        (0, 4, "cols and rows", 1 << 0),
+        (4, 8, "max_nr_ports", 1 << 1),
+        (8, 12, "emerg_wr", 1 << 2),
+    ];
+    let fields = match t {
+        DeviceType::Blk => BLK,
+        DeviceType::Net => NET,
+        DeviceType::Console => CONSOLE,
+        _ => return None,
+    };
+    let end = off.saturating_add(size);
+    let mut touched = fields.iter().filter(|(a, b, _, _)| off < *b && *a < end);
+    let first = touched.clone().next()?;
+    // The first field touched whose feature is not offered, else the
+    // first field touched.
+    let pick = touched
+        .find(|(_, _, _, need)| offered & need == 0)
+        .unwrap_or(first);
+    Some((pick.2, pick.3))
 }
 
 /// The records of a watch: per statement, the first breach (fail), or

@@ -210,6 +210,17 @@ impl<D: VirtioDevice, M: GuestMemory, F: FnMut(&RingWatch)> VirtioDevice
             });
             self.rings = core::mem::take(&mut self.rings).with_blk(limits);
         }
+        match self.inner.device_type() {
+            virtio_core::features::DeviceType::Rng => {
+                self.rings = core::mem::take(&mut self.rings).with_rng();
+            }
+            virtio_core::features::DeviceType::Console => {
+                // VIRTIO_CONSOLE_F_MULTIPORT (§5.3.3).
+                let multiport = features & (1 << 1) != 0;
+                self.rings = core::mem::take(&mut self.rings).with_console(multiport);
+            }
+            _ => {}
+        }
         if self.inner.device_type() == virtio_core::features::DeviceType::Net {
             let limits = NetLimits::from_config(features, |off, buf| {
                 self.inner.read_config(off, buf);

@@ -54,7 +54,8 @@ pub use virtio_core::net::{
 pub const CONFIG_LEN: usize = 24;
 /// Bytes an Ethernet header and one VLAN tag add to the MTU: the
 /// largest frame the device's buffers hold. Frames are held to the MTU
-/// after their own header ([`over_mtu`]): 14 bytes untagged, 18 tagged.
+/// after their own header when MTU is negotiated: 14 bytes untagged, 18
+/// tagged.
 pub const ETH_OVERHEAD: usize = 18;
 /// Entries of each MAC filter table (unicast, multicast) the device keeps;
 /// a longer table turns the filter for that class off (§5.1.6.5.2).

@@ -25,6 +25,9 @@ impl<B: NetBackend, M: GuestMemory> Net<B, M> {
         let h = self.hdr_len;
         let vnet = self.backend.vnet_hdr_len();
         let max_frame = self.max_frame();
+        let mtu = self
+            .negotiated(NetFeatures::MTU)
+            .then_some(usize::from(self.cfg.mtu));
         let limit = self.rx_limit();
         let bufs = self.bufs.as_mut()?;
         let slot: &mut [u8] = &mut bufs.scratch;
@@ -71,9 +74,10 @@ impl<B: NetBackend, M: GuestMemory> Net<B, M> {
             return Some(None);
         }
         let frame = &mut slot[HDR_LEN..HDR_LEN + frame_len];
-        // §5.1.4.1: nothing longer than the MTU after its own header
-        // reaches the driver.
-        if over_mtu(frame, usize::from(self.cfg.mtu)) {
+        // §5.1.4.1: with MTU negotiated, nothing longer than the MTU after
+        // its own header reaches the driver (without it, the buffers'
+        // limit above holds).
+        if mtu.is_some_and(|m| over_mtu(frame, m)) {
             self.stats.rx_drop_too_long += 1;
             return Some(None);
         }

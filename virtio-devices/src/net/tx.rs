@@ -2,6 +2,7 @@
 
 use backends::net::{NetBackend, Sent};
 use virtio_core::GuestMemory;
+use virtio_core::features::NetFeatures;
 use virtio_core::split::DeviceQueue;
 
 use super::{HDR_LEN, Net, NetHdr, TxOutcome, TxPending, flags, gso, internet_checksum};
@@ -12,6 +13,9 @@ impl<B: NetBackend, M: GuestMemory> Net<B, M> {
     /// transmit buffer and checks it; sends it unless it is dropped.
     pub(super) fn tx_one(&mut self, q: &DeviceQueue, head: u16, pair: u16) -> TxOutcome {
         let max_frame = self.max_frame();
+        let mtu = self
+            .negotiated(NetFeatures::MTU)
+            .then_some(usize::from(self.cfg.mtu));
         let vnet = self.backend.vnet_hdr_len();
         let link = self.link_now();
         let Some(bufs) = self.bufs.as_mut() else {
@@ -67,9 +71,10 @@ impl<B: NetBackend, M: GuestMemory> Net<B, M> {
             return TxOutcome::Done;
         }
         let frame_len = len - h;
-        // The driver must not send more than the MTU after the frame's own
-        // header (§5.1.6.2.1 with §5.1.4.1); such a frame is dropped.
-        if super::over_mtu(&tx[h..len], usize::from(self.cfg.mtu)) {
+        // With MTU negotiated the driver must not send more than the MTU
+        // after the frame's own header (§5.1.4.2); such a frame is
+        // dropped.
+        if mtu.is_some_and(|m| super::over_mtu(&tx[h..len], m)) {
             self.stats.tx_drop_too_long += 1;
             return TxOutcome::Done;
         }

@@ -272,10 +272,20 @@ pub const READ_ONLY: Check = Check {
             return;
         }
         let run = |d: &mut Dev<'_>| -> Result<(bool, String), String> {
-            let before = d.blk_request(T_IN, SCRATCH, &[], 512)?;
+            let read = |d: &mut Dev<'_>| -> Result<BlkReply, String> {
+                let r = d.blk_request(T_IN, SCRATCH, &[], 512)?;
+                if r.status != S_OK {
+                    return Err(format!(
+                        "a read of sector {SCRATCH} failed with status {}",
+                        r.status
+                    ));
+                }
+                Ok(r)
+            };
+            let before = read(d)?;
             let pattern: Vec<u8> = before.data.iter().map(|b| !b).collect();
             let w = d.blk_request(T_OUT, SCRATCH, &pattern, 0)?;
-            let after = d.blk_request(T_IN, SCRATCH, &[], 512)?;
+            let after = read(d)?;
             let unchanged = after.data == before.data;
             Ok((
                 w.status == S_IOERR && unchanged,
@@ -433,20 +443,18 @@ pub const LIFETIME: Check = Check {
         if !go_live(ctx, &mut d, &[LIFETIME_VALUES], ALL) {
             return;
         }
-        match d.blk_request(T_GET_LIFETIME, 0, &[], 8) {
+        // struct virtio_blk_lifetime: three le16 (§5.2.6).
+        match d.blk_request(T_GET_LIFETIME, 0, &[], 6) {
+            Ok(r) if r.status != S_OK => ctx.blocked(
+                &[LIFETIME_VALUES],
+                &format!("GET_LIFETIME failed with status {}", r.status),
+            ),
             Ok(r) => {
                 let w = |i: usize| u16::from_le_bytes([r.data[i], r.data[i + 1]]);
                 let (eol, a, b) = (w(0), w(2), w(4));
-                ctx.expect(
-                    LIFETIME_VALUES,
-                    r.status == S_OK && eol <= 3 && a <= 0x0b && b <= 0x0b,
-                    || {
-                        format!(
-                            "status {}, pre_eol_info {eol}, estimates {a:#x} {b:#x}",
-                            r.status
-                        )
-                    },
-                );
+                ctx.expect(LIFETIME_VALUES, eol <= 3 && a <= 0x0b && b <= 0x0b, || {
+                    format!("pre_eol_info {eol}, estimates {a:#x} {b:#x}")
+                });
             }
             Err(e) => ctx.blocked(&[LIFETIME_VALUES], &e),
         }

@@ -86,7 +86,7 @@ const RANGE: u64 = 16;
 
 /// The first `n` device-readable bytes of a chain.
 fn readable_prefix(mem: &dyn Memory, segs: &[Segment], n: usize) -> Option<Vec<u8>> {
-    let mut out = Vec::with_capacity(n);
+    let mut out = Vec::with_capacity(n.min(4096));
     for &(addr, len, write) in segs {
         if write || out.len() == n {
             break;
@@ -173,6 +173,31 @@ pub(super) fn judge_blk(
                 format!("queue {index}: a {} with {data} data bytes", name(kind))
             });
             let count = data / RANGE;
+            // A list longer than any device takes is judged by its count
+            // alone (the copy below stays small).
+            if count > 4096 {
+                if let (11, Some(max)) | (13, Some(max)) = (
+                    kind,
+                    if kind == 11 {
+                        limits.max_discard_seg
+                    } else {
+                        limits.max_write_zeroes_seg
+                    },
+                ) {
+                    let statement = if kind == 11 {
+                        DISCARD_SEGMENTS
+                    } else {
+                        WRITE_ZEROES_SEGMENTS
+                    };
+                    judge(seen, statement, count <= u64::from(max), || {
+                        format!(
+                            "queue {index}: a {} of {count} segments, the device's limit {max}",
+                            name(kind)
+                        )
+                    });
+                }
+                return;
+            }
             let (statement, max) = match kind {
                 11 => (DISCARD_SEGMENTS, limits.max_discard_seg),
                 13 => (WRITE_ZEROES_SEGMENTS, limits.max_write_zeroes_seg),
@@ -222,10 +247,8 @@ fn name(kind: u32) -> &'static str {
     }
 }
 
-const NET_TX_HEADER: &str = "driver:net/device-operation/packet-transmission#1";
 const NET_TX_NUM_BUFFERS: &str = "driver:net/device-operation/packet-transmission#2";
 const NET_TX_FLAGS_NO_CSUM: &str = "driver:net/device-operation/packet-transmission#3";
-const NET_TX_ECN: &str = "driver:net/device-operation/packet-transmission#8";
 const NET_TX_TUNNEL_BOTH_FEATURES: &str = "driver:net/device-operation/packet-transmission#11";
 const NET_TX_TUNNEL_CSUM_FEATURE: &str = "driver:net/device-operation/packet-transmission#12";
 const NET_TX_TUNNEL_NOT_UDP: &str = "driver:net/device-operation/packet-transmission#13";
@@ -258,10 +281,8 @@ const NET_TX_WITHIN_PAIRS: &str =
 
 /// Every statement the network request watch judges.
 pub const NET_STATEMENTS: &[&str] = &[
-    NET_TX_HEADER,
     NET_TX_NUM_BUFFERS,
     NET_TX_FLAGS_NO_CSUM,
-    NET_TX_ECN,
     NET_TX_TUNNEL_BOTH_FEATURES,
     NET_TX_TUNNEL_CSUM_FEATURE,
     NET_TX_TUNNEL_NOT_UDP,
@@ -306,16 +327,17 @@ pub const NET_WATCH: Check = Check {
 };
 
 /// Network feature bits the watch needs (§5.1.3).
+/// The UDP tunnel features (65 to 68) lie beyond the first 64 feature
+/// bits, which are all a virtio-mmio transport here carries: never
+/// negotiated.
 mod nf {
     pub const CSUM: u64 = 1 << 0;
     pub const MTU: u64 = 1 << 3;
-    pub const HOST_ECN: u64 = 1 << 13;
     pub const CTRL_VQ: u64 = 1 << 17;
     pub const CTRL_RX: u64 = 1 << 18;
     pub const CTRL_RX_EXTRA: u64 = 1 << 20;
     pub const MQ: u64 = 1 << 22;
-    pub const HOST_UDP_TUNNEL_GSO: u64 = 1 << 56;
-    pub const HOST_UDP_TUNNEL_GSO_CSUM: u64 = 1 << 57;
+    pub const HASH_REPORT: u64 = 1 << 57;
 }
 
 /// What the network device told the driver that bounds its requests
@@ -356,7 +378,9 @@ impl NetLimits {
 
     /// The control queue's index, when there is one.
     pub fn ctrl(&self) -> Option<u16> {
-        self.has(nf::CTRL_VQ).then(|| 2 * self.max_pairs)
+        self.has(nf::CTRL_VQ)
+            .then(|| u16::try_from(2 * u32::from(self.max_pairs)).ok())
+            .flatten()
     }
 
     /// Whether VIRTIO_NET_F_MRG_RXBUF was negotiated.
@@ -366,19 +390,21 @@ impl NetLimits {
 
     /// Whether queue `index` is a receive queue.
     pub fn is_rx(&self, index: u16) -> bool {
-        index.is_multiple_of(2) && index < 2 * self.max_pairs
+        index.is_multiple_of(2) && u32::from(index) < 2 * u32::from(self.max_pairs)
     }
 
     /// Whether queue `index` is a transmit queue.
     pub fn is_tx(&self, index: u16) -> bool {
-        index % 2 == 1 && index < 2 * self.max_pairs
+        index % 2 == 1 && u32::from(index) < 2 * u32::from(self.max_pairs)
     }
 }
 
 /// What the network watch remembers between chains.
 #[derive(Clone, Debug, Default)]
 pub struct NetState {
-    /// The last VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET the driver made available.
+    /// The largest VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET the driver made
+    /// available (the watch cannot order a transmit chain against a later
+    /// command that shrank the pairs, so it judges against the largest).
     pub pairs_set: Option<u16>,
     /// The largest receive chain seen (device-writable bytes).
     pub rx_largest: u64,
@@ -436,16 +462,18 @@ pub(super) fn judge_net_tx(
     index: u16,
     segs: &[Segment],
 ) {
+    // With HASH_REPORT the header is 20 bytes (§5.1.6): not judged.
+    if limits.has(nf::HASH_REPORT) {
+        return;
+    }
     let readable: u64 = segs.iter().filter(|s| !s.2).map(|s| u64::from(s.1)).sum();
     // The header and the Ethernet header (and a tag or two).
-    let Some(head) = readable_prefix(mem, segs, (NET_HDR + 22).min(readable as usize)) else {
+    let want = usize::try_from(readable)
+        .unwrap_or(usize::MAX)
+        .min(NET_HDR + 22);
+    let Some(head) = readable_prefix(mem, segs, want) else {
         return;
     };
-    judge(seen, NET_TX_HEADER, head.len() >= NET_HDR + 14, || {
-        format!(
-            "queue {index}: a transmitted chain of {readable} bytes, less than a 12-byte header and a frame"
-        )
-    });
     if head.len() < NET_HDR {
         return;
     }
@@ -462,22 +490,17 @@ pub(super) fn judge_net_tx(
     if !limits.has(nf::CSUM) {
         judge(seen, NET_TX_FLAGS_NO_CSUM, flags == 0, what);
     }
-    if !limits.has(nf::HOST_ECN) {
-        judge(seen, NET_TX_ECN, gso & 0x80 == 0, what);
-    }
+    // The tunnel features are never negotiated here (see `nf`).
     let tunnel = gso & 0x60;
     let tunnel_csum = flags & 8 != 0;
-    let both = limits.has(nf::HOST_UDP_TUNNEL_GSO | nf::HOST_UDP_TUNNEL_GSO_CSUM);
     judge(
         seen,
         NET_TX_TUNNEL_BOTH_FEATURES,
-        tunnel == 0 || !tunnel_csum || both,
+        tunnel == 0 || !tunnel_csum,
         what,
     );
-    if !limits.has(nf::HOST_UDP_TUNNEL_GSO_CSUM) {
-        judge(seen, NET_TX_TUNNEL_CSUM_FEATURE, !tunnel_csum, what);
-        judge(seen, NET_TX_TUNNEL_CSUM_FLAG_FEATURE, !tunnel_csum, what);
-    }
+    judge(seen, NET_TX_TUNNEL_CSUM_FEATURE, !tunnel_csum, what);
+    judge(seen, NET_TX_TUNNEL_CSUM_FLAG_FEATURE, !tunnel_csum, what);
     judge(
         seen,
         NET_TX_TUNNEL_NOT_UDP,
@@ -491,9 +514,7 @@ pub(super) fn judge_net_tx(
         !tunnel_csum || tunnel != 0,
         what,
     );
-    if !limits.has(nf::HOST_UDP_TUNNEL_GSO) {
-        judge(seen, NET_TX_TUNNEL_FEATURE, tunnel == 0, what);
-    }
+    judge(seen, NET_TX_TUNNEL_FEATURE, tunnel == 0, what);
     let segmenting = gso & 0x1f != 0;
     judge(
         seen,
@@ -528,9 +549,12 @@ pub(super) fn judge_net_tx(
             None => judge(seen, NET_TX_FIRST_PAIR, false, || {
                 format!("queue {index}: a packet before any VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET")
             }),
-            Some(n) => judge(seen, NET_TX_WITHIN_PAIRS, index < 2 * n, || {
-                format!("queue {index}: a packet with {n} queue pairs set")
-            }),
+            Some(n) => judge(
+                seen,
+                NET_TX_WITHIN_PAIRS,
+                u32::from(index) < 2 * u32::from(n),
+                || format!("queue {index}: a packet with {n} queue pairs set"),
+            ),
         }
     } else {
         let s = if state.pairs_set.is_some() {
@@ -553,7 +577,12 @@ pub(super) fn judge_net_ctrl(
     segs: &[Segment],
 ) {
     let readable: u64 = segs.iter().filter(|s| !s.2).map(|s| u64::from(s.1)).sum();
-    let Some(cmd) = readable_prefix(mem, segs, readable.min(4096) as usize) else {
+    // A command longer than this (a MAC table of hundreds of addresses) is
+    // not judged: it is not copied whole.
+    if readable > 4096 {
+        return;
+    }
+    let Some(cmd) = readable_prefix(mem, segs, readable as usize) else {
         return;
     };
     if cmd.len() < 2 {
@@ -606,14 +635,12 @@ pub(super) fn judge_net_ctrl(
                     )
                 },
             );
-            let ready = (0..2 * n.min(limits.max_pairs)).all(live);
+            let queues = 2 * u32::from(n.min(limits.max_pairs));
+            let ready = (0..queues).all(|q| u16::try_from(q).is_ok_and(live));
             judge(seen, NET_PAIRS_CONFIGURED, ready, || {
-                format!(
-                    "VQ_PAIRS_SET {n} before all of its {} queues were set up",
-                    2 * n
-                )
+                format!("VQ_PAIRS_SET {n} before all of its {queues} queues were set up")
             });
-            state.pairs_set = Some(n);
+            state.pairs_set = Some(state.pairs_set.map_or(n, |m| m.max(n)));
         }
         _ => {}
     }
@@ -627,11 +654,15 @@ fn mac_table_ok(data: &[u8]) -> bool {
         data.get(at..at + 4)
             .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
     };
-    let Some(n) = count(0) else { return false };
+    // Counts are checked against the data (at most 4096 bytes) first, so
+    // the arithmetic below cannot overflow.
+    let Some(n) = count(0).filter(|n| *n <= data.len() / 6) else {
+        return false;
+    };
     let Some(uni) = data.get(4..4 + 6 * n) else {
         return false;
     };
-    let Some(m) = count(4 + 6 * n) else {
+    let Some(m) = count(4 + 6 * n).filter(|m| *m <= data.len() / 6) else {
         return false;
     };
     let start = 8 + 6 * n;
@@ -641,4 +672,87 @@ fn mac_table_ok(data: &[u8]) -> bool {
     data.len() == start + 6 * m
         && uni.chunks(6).all(|a| a[0] & 1 == 0)
         && multi.chunks(6).all(|a| a[0] & 1 == 1)
+}
+
+const RNG_WRITABLE_ONLY: &str = "driver:rng/device-operation#1";
+
+/// Every statement the entropy request watch judges.
+pub const RNG_STATEMENTS: &[&str] = &[RNG_WRITABLE_ONLY];
+
+/// The entropy request watch as a [`Check`] for the catalogue.
+pub const RNG_WATCH: Check = Check {
+    name: "driver-rng-requests",
+    statements: RNG_STATEMENTS,
+    run: |_| {},
+};
+
+/// Judges one entropy request (§5.4.6.1): device-writable buffers only.
+pub(super) fn judge_rng(seen: &mut BTreeMap<&'static str, Seen>, index: u16, segs: &[Segment]) {
+    let readable = segs.iter().filter(|s| !s.2).count();
+    judge(seen, RNG_WRITABLE_ONLY, readable == 0, || {
+        format!("queue {index}: an entropy request with {readable} device-readable buffer(s)")
+    });
+}
+
+const CONSOLE_RX_WRITABLE: &str = "driver:console/device-operation#1";
+const CONSOLE_TX_READABLE: &str = "driver:console/device-operation#2";
+/// Judged when the watch's records are taken ([`ConsoleState`]).
+pub const CONSOLE_DEVICE_READY: &str =
+    "driver:console/device-operation/multiport-device-operation#1";
+
+/// Every statement the console request watch judges.
+pub const CONSOLE_STATEMENTS: &[&str] = &[
+    CONSOLE_RX_WRITABLE,
+    CONSOLE_TX_READABLE,
+    CONSOLE_DEVICE_READY,
+];
+
+/// The console request watch as a [`Check`] for the catalogue.
+pub const CONSOLE_WATCH: Check = Check {
+    name: "driver-console-requests",
+    statements: CONSOLE_STATEMENTS,
+    run: |_| {},
+};
+
+/// What the console watch remembers: whether MULTIPORT was negotiated and
+/// whether the driver sent VIRTIO_CONSOLE_DEVICE_READY.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ConsoleState {
+    /// VIRTIO_CONSOLE_F_MULTIPORT negotiated.
+    pub multiport: bool,
+    /// A DEVICE_READY seen on the control transmitq.
+    pub device_ready: bool,
+}
+
+/// Judges one console chain on queue `index` (§5.3.6.1, §5.3.6.2): a
+/// port's receiveq (0, 4, 6, …) takes device-writable buffers only, its
+/// transmitq (1, 5, 7, …) device-readable ones; a control message on the
+/// control transmitq (3) may be DEVICE_READY.
+pub(super) fn judge_console(
+    seen: &mut BTreeMap<&'static str, Seen>,
+    mem: &dyn Memory,
+    state: &mut ConsoleState,
+    index: u16,
+    segs: &[Segment],
+) {
+    let readable = segs.iter().filter(|s| !s.2).count();
+    let writable = segs.len() - readable;
+    match index {
+        2 => {}
+        3 => {
+            // struct virtio_console_control: le32 id, le16 event, le16
+            // value; DEVICE_READY is event 0.
+            if let Some(m) = readable_prefix(mem, segs, 8)
+                && u16::from_le_bytes([m[4], m[5]]) == 0
+            {
+                state.device_ready = true;
+            }
+        }
+        i if i % 2 == 0 => judge(seen, CONSOLE_RX_WRITABLE, readable == 0, || {
+            format!("queue {i} (a receiveq): {readable} device-readable buffer(s)")
+        }),
+        i => judge(seen, CONSOLE_TX_READABLE, writable == 0, || {
+            format!("queue {i} (a transmitq): {writable} device-writable buffer(s)")
+        }),
+    }
 }

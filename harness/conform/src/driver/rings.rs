@@ -17,8 +17,10 @@ use virtio_core::features::TransportFeatures;
 use virtio_core::split::layout::QueueLayout;
 
 use super::requests::{
-    BLK_STATEMENTS, BLK_WATCH, BlkLimits, NET_CTRL_STATEMENTS, NET_RX_ENOUGH, NET_STATEMENTS,
-    NET_WATCH, NetLimits, NetState, Segment, judge_blk, judge_net_ctrl, judge_net_tx, note_net_rx,
+    BLK_STATEMENTS, BLK_WATCH, BlkLimits, CONSOLE_DEVICE_READY, CONSOLE_STATEMENTS, CONSOLE_WATCH,
+    ConsoleState, NET_CTRL_STATEMENTS, NET_RX_ENOUGH, NET_STATEMENTS, NET_WATCH, NetLimits,
+    NetState, RNG_STATEMENTS, RNG_WATCH, Segment, judge_blk, judge_console, judge_net_ctrl,
+    judge_net_tx, judge_rng, note_net_rx,
 };
 use super::{Seen, judge, keep};
 use crate::{Check, Memory, Record};
@@ -92,6 +94,10 @@ pub struct RingWatch {
     blk: Option<BlkLimits>,
     /// A network device's limits and what its watch remembers.
     net: Option<(NetLimits, NetState)>,
+    /// An entropy device: its requests are judged too.
+    rng: bool,
+    /// A console: its chains are judged too.
+    console: Option<ConsoleState>,
     queues: BTreeMap<u16, Queue>,
     seen: BTreeMap<&'static str, Seen>,
 }
@@ -125,11 +131,21 @@ fn segments(mem: &dyn Memory, l: QueueLayout, head: u16) -> Option<Vec<Segment>>
     for _ in 0..size {
         let (addr, len, flags, next) = desc(mem, l.desc(i).0)?;
         if flags & INDIRECT != 0 {
-            for k in 0..(len / 16).min(u32::from(size)) {
-                let (a, n, f, _) = desc(mem, addr + 16 * u64::from(k))?;
+            // The table's own chain, from entry 0 along `next` (§2.7.5.3).
+            let entries = (len / 16).min(u32::from(size));
+            let mut k = 0u32;
+            for _ in 0..entries {
+                let (a, n, f, nx) = desc(mem, addr + 16 * u64::from(k))?;
                 out.push((a, n, f & WRITE != 0));
+                if f & NEXT == 0 {
+                    return Some(out);
+                }
+                k = u32::from(nx);
+                if k >= entries {
+                    return None;
+                }
             }
-            return Some(out);
+            return None;
         }
         out.push((addr, len, flags & WRITE != 0));
         if flags & NEXT == 0 {
@@ -152,6 +168,8 @@ impl RingWatch {
             indirect: features & TransportFeatures::RING_INDIRECT_DESC.bits() != 0,
             blk: None,
             net: None,
+            rng: false,
+            console: None,
             queues: BTreeMap::new(),
             seen: BTreeMap::new(),
         }
@@ -169,6 +187,22 @@ impl RingWatch {
     /// §5.1.6.5).
     pub fn with_net(mut self, limits: NetLimits) -> Self {
         self.net = Some((limits, NetState::default()));
+        self
+    }
+
+    /// The same watch for an entropy device (§5.4.6.1).
+    pub fn with_rng(mut self) -> Self {
+        self.rng = true;
+        self
+    }
+
+    /// The same watch for a console, `multiport` if
+    /// VIRTIO_CONSOLE_F_MULTIPORT was negotiated (§5.3.6).
+    pub fn with_console(mut self, multiport: bool) -> Self {
+        self.console = Some(ConsoleState {
+            multiport,
+            device_ready: false,
+        });
         self
     }
 
@@ -293,10 +327,18 @@ impl RingWatch {
             return;
         };
         let ahead = avail.wrapping_sub(q.seen_avail);
-        if ahead > size {
+        // More than a queue's worth since the last look is legal when the
+        // device took chains meanwhile without the watch looking (e.g. a
+        // receive queue filled from another queue's notification): the
+        // driver's bound is the used index when it published (§2.7.6),
+        // and the used index read now is at least that. Beyond it, the
+        // index went back (or the driver exposed more than it has).
+        let used_now = u16_at(mem, l.used_idx().0).unwrap_or(used);
+        let reach = used_now.wrapping_add(size).wrapping_sub(q.seen_avail);
+        if ahead > size && ahead > reach {
             judge(&mut self.seen, AVAIL_NOT_BACK, false, || {
                 format!(
-                    "queue {index}: available index went from {} to {avail} (queue size {size})",
+                    "queue {index}: available index went from {} to {avail} with used index {used_now} (queue size {size})",
                     q.seen_avail
                 )
             });
@@ -306,6 +348,10 @@ impl RingWatch {
         if ahead > 0 {
             keep(&mut self.seen, AVAIL_NOT_BACK);
         }
+        // Only the last queue's worth of entries is still in the ring.
+        let skipped = ahead.saturating_sub(size);
+        let first = q.seen_avail.wrapping_add(skipped);
+        let ahead = ahead - skipped;
         // A packet on a later transmit queue may follow a VQ_PAIRS_SET the
         // watch has not read yet: read the control queue first.
         if let Some((limits, state)) = &self.net
@@ -317,7 +363,7 @@ impl RingWatch {
             self.look(mem, ctrl);
         }
         for k in 0..ahead {
-            let slot = l.avail_slot(q.seen_avail.wrapping_add(k) % size).0;
+            let slot = l.avail_slot(first.wrapping_add(k) % size).0;
             let Some(head) = u16_at(mem, slot) else {
                 continue;
             };
@@ -340,6 +386,12 @@ impl RingWatch {
     fn judge_request(&mut self, mem: &dyn Memory, index: u16, segs: &[Segment]) {
         if let Some(limits) = self.blk {
             judge_blk(&mut self.seen, mem, &limits, index, segs);
+        }
+        if self.rng {
+            judge_rng(&mut self.seen, index, segs);
+        }
+        if let Some(state) = &mut self.console {
+            judge_console(&mut self.seen, mem, state, index, segs);
         }
         if let Some((limits, state)) = &mut self.net {
             if limits.is_rx(index) {
@@ -485,6 +537,35 @@ impl RingWatch {
                 BLK_WATCH.name,
                 &self.seen,
             ));
+        }
+        if self.rng {
+            out.extend(super::records_of(
+                RNG_STATEMENTS,
+                RNG_WATCH.name,
+                &self.seen,
+            ));
+        }
+        if let Some(state) = &self.console {
+            let mut c = super::records_of(CONSOLE_STATEMENTS, CONSOLE_WATCH.name, &self.seen);
+            // §5.3.6.2: with MULTIPORT the driver sends DEVICE_READY; judged
+            // over the session, once the control transmitq (3) was live.
+            let outcome = if !state.multiport {
+                crate::Outcome::NotObservable(
+                    "VIRTIO_CONSOLE_F_MULTIPORT was not negotiated".into(),
+                )
+            } else if state.device_ready {
+                crate::Outcome::Pass
+            } else if self.queues.contains_key(&3) {
+                crate::Outcome::Fail(
+                    "MULTIPORT negotiated and the control transmitq set up, but no VIRTIO_CONSOLE_DEVICE_READY in the session".into(),
+                )
+            } else {
+                crate::Outcome::NotObservable("the control transmitq was never set up".into())
+            };
+            for r in c.iter_mut().filter(|r| r.statement == CONSOLE_DEVICE_READY) {
+                r.outcome = outcome.clone();
+            }
+            out.extend(c);
         }
         if let Some((limits, state)) = &self.net {
             let mut net = super::records_of(NET_STATEMENTS, NET_WATCH.name, &self.seen);
@@ -816,5 +897,25 @@ mod tests {
         ] {
             assert!(fails.contains(&s), "{s} not caught: {fails:?}");
         }
+    }
+
+    #[test]
+    fn section_2_7_6_more_than_a_queue_since_the_last_look_is_legal_when_the_device_took_them() {
+        let (ram, l, mut w) = setup();
+        // The device took 10 chains without the watch looking; the driver
+        // then made 12 available in all (4 more than the queue between
+        // looks, but only 2 outstanding).
+        for i in 0..8u16 {
+            put(&ram, &l, i, 0x8000 + 0x100 * u64::from(i), 64, WRITE, 0);
+            ram.write(l.avail_slot(i), &i.to_le_bytes()).unwrap();
+        }
+        ram.store_u16_release(l.used_idx(), 10).unwrap();
+        ram.store_u16_release(l.avail_idx(), 12).unwrap();
+        w.look(&ram, 0);
+        assert_eq!(outcome(&w, AVAIL_NOT_BACK), Outcome::Pass);
+        // Back to 11: a decrement.
+        ram.store_u16_release(l.avail_idx(), 11).unwrap();
+        w.look(&ram, 0);
+        assert!(matches!(outcome(&w, AVAIL_NOT_BACK), Outcome::Fail(_)));
     }
 }

@@ -86,14 +86,24 @@ impl Memory for Ram {
         Ok(())
     }
     fn load_u16_acquire(&self, addr: GuestAddress) -> Result<u16, MemoryError> {
-        let mut b = [0u8; 2];
-        self.read(addr, &mut b)?;
+        // One aligned 16-bit access: a ring index is never seen torn.
+        let p = self.at(addr, 2)?.cast::<u16>();
+        if !p.is_aligned() {
+            return Err(MemoryError::OutOfBounds { addr, len: 2 });
+        }
+        // SAFETY: inside the range (`at`) and aligned (checked).
+        let v = unsafe { p.read_volatile() };
         fence(Ordering::Acquire);
-        Ok(u16::from_le_bytes(b))
+        Ok(u16::from_le(v))
     }
     fn store_u16_release(&self, addr: GuestAddress, val: u16) -> Result<(), MemoryError> {
+        let p = self.at(addr, 2)?.cast::<u16>();
+        if !p.is_aligned() {
+            return Err(MemoryError::OutOfBounds { addr, len: 2 });
+        }
         fence(Ordering::Release);
-        self.write(addr, &val.to_le_bytes())?;
+        // SAFETY: inside the range (`at`) and aligned (checked).
+        unsafe { p.write_volatile(val.to_le()) };
         // The device must see the index before the notification that
         // follows (a register write, uncached).
         fence(Ordering::SeqCst);
@@ -164,7 +174,7 @@ fn main(boot: &'static BootInfo) {
     for slot in guest_driver::cmdline::slots(boot.cmdline()) {
         if slot.base < UNCACHED_START || slot.end() > IDENTITY_MAP_END {
             println!(
-                "conform: device {:#x} not mapped uncached, skipped",
+                "conform: slot {:#x} not mapped uncached, skipped",
                 slot.base
             );
             continue;
