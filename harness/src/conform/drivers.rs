@@ -239,7 +239,10 @@ impl<D: VirtioDevice, M: GuestMemory, F: FnMut(&RingWatch)> VirtioDevice
         self.inner.activate(features, queues)
     }
     fn queue_notify(&mut self, queue: u16) -> Result<Served, DeviceError> {
-        self.rings.look(&self.mem, queue);
+        // Every queue, not only the one notified: a device may serve others
+        // in the same call (a network device fills its receive queue from
+        // frames that came in, or resumes transmission).
+        self.look_all();
         self.inner.queue_notify(queue)
     }
     fn backend_ready(&mut self) -> Result<Served, DeviceError> {

@@ -50,6 +50,7 @@ pub const CHECKS: &[Check] = &[
     split::AVAIL_SUPPRESSION,
     types::RNG_FILLS,
     types::CONSOLE_EMERGENCY_WRITE,
+    types::CONSOLE_MULTIPORT,
     blk::CONFIG,
     blk::WRITEBACK_WITHOUT_FLUSH,
     blk::READ_ONLY,

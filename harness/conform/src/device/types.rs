@@ -1,6 +1,8 @@
 //! Device-type requirements: entropy (§5.4), console (§5.3).
 
 use alloc::format;
+use alloc::string::String;
+use alloc::vec::Vec;
 
 use virtio_core::features::DeviceType;
 use virtio_core::mmio::regs;
@@ -108,4 +110,158 @@ fn emergency_write(ctx: &mut Ctx<'_>) {
         &[EMERG_OUTPUT],
         "the console's output is the backend's, not on the bus",
     );
+}
+
+const ADD_VALID: &str = "device:console/device-operation/multiport-device-operation#1";
+const REMOVE_ADDED: &str = "device:console/device-operation/multiport-device-operation#2";
+
+/// `VIRTIO_CONSOLE_F_MULTIPORT` (§5.3.3).
+const MULTIPORT: u64 = 1 << 1;
+/// Control events (§5.3.6.2).
+const DEVICE_READY: u16 = 0;
+const DEVICE_ADD: u16 = 1;
+const DEVICE_REMOVE: u16 = 2;
+/// Bytes of each control receive buffer (a message and a port name).
+const CONTROL_BUF: u32 = 128;
+/// Control receive buffers kept posted.
+const CONTROL_BUFS: u16 = 8;
+
+/// With MULTIPORT, after DEVICE_READY the device adds only ports below
+/// max_nr_ports, each once, and removes only ports it added (§5.3.6.2).
+pub const CONSOLE_MULTIPORT: Check = Check {
+    name: "console-multiport",
+    statements: &[ADD_VALID, REMOVE_ADDED],
+    run: console_multiport,
+};
+
+fn console_multiport(ctx: &mut Ctx<'_>) {
+    let all = [ADD_VALID, REMOVE_ADDED];
+    let mut d = Dev::open(ctx.bus());
+    if d.device_type() != Some(DeviceType::Console) {
+        ctx.not_applicable(&all, "not a console device");
+        return;
+    }
+    if d.version == 1 {
+        ctx.not_applicable(&all, "legacy interface: virtio-mmio version 1");
+        return;
+    }
+    if d.offered & MULTIPORT == 0 {
+        ctx.not_applicable(&all, "VIRTIO_CONSOLE_F_MULTIPORT not offered");
+        return;
+    }
+    let run = |d: &mut Dev<'_>| -> Result<(u32, Vec<(u32, u16)>), String> {
+        d.begin(MULTIPORT)?;
+        let max = u32::from_le_bytes([d.config8(4), d.config8(5), d.config8(6), d.config8(7)]);
+        for q in 0..4 {
+            d.setup_queue(q)?;
+        }
+        d.driver_ok()?;
+        let mem = d.bus().mem();
+        // Control receive buffers (queue 2).
+        let mut posted = alloc::collections::BTreeMap::new();
+        for _ in 0..CONTROL_BUFS {
+            let a = d.buffer(CONTROL_BUF, None).ok_or("out of DMA memory")?;
+            let ring = d.ring(2).ok_or("control receiveq not set up")?;
+            let h = ring
+                .chain(
+                    mem,
+                    &[crate::ring::Buf {
+                        addr: a,
+                        len: CONTROL_BUF,
+                        write: true,
+                    }],
+                )
+                .ok_or("no room in the control receiveq")?;
+            ring.publish(mem, h)
+                .ok_or("no room in the control receiveq")?;
+            posted.insert(h, a);
+        }
+        d.notify(2);
+        // DEVICE_READY (value 1) on the control transmitq (queue 3).
+        let mut m = [0u8; 8];
+        m[4..6].copy_from_slice(&DEVICE_READY.to_le_bytes());
+        m[6..8].copy_from_slice(&1u16.to_le_bytes());
+        let a = d.buffer(8, Some(&m)).ok_or("out of DMA memory")?;
+        let ring = d.ring(3).ok_or("control transmitq not set up")?;
+        let h = ring
+            .chain(
+                mem,
+                &[crate::ring::Buf {
+                    addr: a,
+                    len: 8,
+                    write: false,
+                }],
+            )
+            .ok_or("no room in the control transmitq")?;
+        ring.publish(mem, h)
+            .ok_or("no room in the control transmitq")?;
+        d.notify(3);
+        // The device's messages: the first expected, the rest as they come.
+        let mut seen = 0u16;
+        let mut out = Vec::new();
+        let mut patience = crate::Patience::Expect;
+        loop {
+            let ring = d.ring(2).ok_or("control receiveq not set up")?.clone();
+            let mut more = || ring.used_idx(mem) != seen;
+            if !d.bus().wait(&mut more, patience) {
+                break;
+            }
+            patience = crate::Patience::Quiet;
+            while ring.used_idx(mem) != seen && seen < CONTROL_BUFS {
+                let (id, len) = ring.used_elem(mem, seen);
+                seen += 1;
+                let Some(a) = u16::try_from(id).ok().and_then(|h| posted.get(&h)) else {
+                    return Err(format!(
+                        "control receiveq: used id {id} is not a posted buffer"
+                    ));
+                };
+                if len < 8 {
+                    continue;
+                }
+                let b = bytes(mem, *a, 8);
+                out.push((
+                    u32::from_le_bytes([b[0], b[1], b[2], b[3]]),
+                    u16::from_le_bytes([b[4], b[5]]),
+                ));
+            }
+            if seen >= CONTROL_BUFS {
+                break;
+            }
+        }
+        Ok((max, out))
+    };
+    let (max, messages) = match run(&mut d) {
+        Ok(m) => m,
+        Err(e) => {
+            ctx.blocked(&all, &e);
+            return;
+        }
+    };
+    let mut added: Vec<u32> = Vec::new();
+    let mut bad_add = Vec::new();
+    let mut bad_remove = Vec::new();
+    for (id, event) in &messages {
+        match *event {
+            DEVICE_ADD => {
+                if *id >= max || added.contains(id) {
+                    bad_add.push(format!(
+                        "DEVICE_ADD {id} (max_nr_ports {max}, added {added:?})"
+                    ));
+                }
+                added.push(*id);
+            }
+            DEVICE_REMOVE if !added.contains(id) => {
+                bad_remove.push(format!("DEVICE_REMOVE {id} (added {added:?})"));
+            }
+            _ => {}
+        }
+    }
+    if added.is_empty() {
+        ctx.not_observable(&all, "the device added no port after DEVICE_READY");
+        return;
+    }
+    ctx.expect(ADD_VALID, bad_add.is_empty(), || bad_add.join("; "));
+    ctx.expect(REMOVE_ADDED, bad_remove.is_empty(), || {
+        bad_remove.join("; ")
+    });
 }
