@@ -138,16 +138,7 @@ impl Dev<'_> {
 /// Opens a block device, or records `why` not applicable; `None` for
 /// other device types and legacy devices.
 fn open_blk<'a>(ctx: &mut Ctx<'a>, statements: &[&'static str]) -> Option<Dev<'a>> {
-    let d = Dev::open(ctx.bus());
-    if d.device_type() != Some(DeviceType::Blk) {
-        ctx.not_applicable(statements, "not a block device");
-        return None;
-    }
-    if d.version == 1 {
-        ctx.not_applicable(statements, "legacy interface: virtio-mmio version 1");
-        return None;
-    }
-    Some(d)
+    super::open_type(ctx, statements, DeviceType::Blk, "block")
 }
 
 /// Brings `d` live with `want` and queue 0, or records the failure for

@@ -455,6 +455,27 @@ impl<'a> Dev<'a> {
     }
 }
 
+/// Opens the device if it is a modern (version 2) device of type `t`, or
+/// records why `statements` do not apply (another type, named `what`; the
+/// legacy interface).
+pub fn open_type<'a>(
+    ctx: &mut Ctx<'a>,
+    statements: &[&'static str],
+    t: DeviceType,
+    what: &str,
+) -> Option<Dev<'a>> {
+    let d = Dev::open(ctx.bus());
+    if d.device_type() != Some(t) {
+        ctx.not_applicable(statements, &format!("not a {what} device"));
+        return None;
+    }
+    if d.version == 1 {
+        ctx.not_applicable(statements, "legacy interface: virtio-mmio version 1");
+        return None;
+    }
+    Some(d)
+}
+
 /// Opens the device and brings it live for `want`, or records `blocked`
 /// for `statements` and returns `None`. A legacy (version 1) device makes
 /// the statements not applicable.

@@ -439,16 +439,7 @@ impl Dev<'_> {
 /// Opens a network device (modern), or records why the statements do not
 /// apply.
 fn open_net<'a>(ctx: &mut Ctx<'a>, statements: &[&'static str]) -> Option<Dev<'a>> {
-    let d = Dev::open(ctx.bus());
-    if d.device_type() != Some(DeviceType::Net) {
-        ctx.not_applicable(statements, "not a network device");
-        return None;
-    }
-    if d.version == 1 {
-        ctx.not_applicable(statements, "legacy interface: virtio-mmio version 1");
-        return None;
-    }
-    Some(d)
+    super::open_type(ctx, statements, DeviceType::Net, "network")
 }
 
 /// The features the receive checks negotiate: the transport's, MAC, MTU,

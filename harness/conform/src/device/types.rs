@@ -64,15 +64,9 @@ pub const CONSOLE_EMERGENCY_WRITE: Check = Check {
 
 fn emergency_write(ctx: &mut Ctx<'_>) {
     let all = [EMERG_ALLOWED, EMERG_OUTPUT];
-    let mut d = Dev::open(ctx.bus());
-    if d.device_type() != Some(DeviceType::Console) {
-        ctx.not_applicable(&all, "not a console device");
+    let Some(mut d) = super::open_type(ctx, &all, DeviceType::Console, "console") else {
         return;
-    }
-    if d.version == 1 {
-        ctx.not_applicable(&all, "legacy interface: virtio-mmio version 1");
-        return;
-    }
+    };
     if d.offered & EMERG_WRITE == 0 {
         ctx.not_applicable(&all, "VIRTIO_CONSOLE_F_EMERG_WRITE not offered");
         return;
@@ -136,15 +130,9 @@ pub const CONSOLE_MULTIPORT: Check = Check {
 
 fn console_multiport(ctx: &mut Ctx<'_>) {
     let all = [ADD_VALID, REMOVE_ADDED];
-    let mut d = Dev::open(ctx.bus());
-    if d.device_type() != Some(DeviceType::Console) {
-        ctx.not_applicable(&all, "not a console device");
+    let Some(mut d) = super::open_type(ctx, &all, DeviceType::Console, "console") else {
         return;
-    }
-    if d.version == 1 {
-        ctx.not_applicable(&all, "legacy interface: virtio-mmio version 1");
-        return;
-    }
+    };
     if d.offered & MULTIPORT == 0 {
         ctx.not_applicable(&all, "VIRTIO_CONSOLE_F_MULTIPORT not offered");
         return;
