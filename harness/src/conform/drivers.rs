@@ -215,8 +215,8 @@ impl<D: VirtioDevice, M: GuestMemory, F: FnMut(&RingWatch)> VirtioDevice
                 self.rings = core::mem::take(&mut self.rings).with_rng();
             }
             virtio_core::features::DeviceType::Console => {
-                // VIRTIO_CONSOLE_F_MULTIPORT (§5.3.3).
-                let multiport = features & (1 << 1) != 0;
+                let multiport =
+                    features & virtio_core::features::ConsoleFeatures::MULTIPORT.bits() != 0;
                 self.rings = core::mem::take(&mut self.rings).with_console(multiport);
             }
             _ => {}

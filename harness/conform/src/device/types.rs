@@ -4,7 +4,7 @@ use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
 
-use virtio_core::features::DeviceType;
+use virtio_core::features::{ConsoleFeatures, DeviceType};
 use virtio_core::mmio::regs;
 use virtio_core::status::DeviceStatus;
 
@@ -17,7 +17,7 @@ const EMERG_ALLOWED: &str = "device:console/device-initialization#1";
 const EMERG_OUTPUT: &str = "device:console/device-initialization#2";
 
 /// `VIRTIO_CONSOLE_F_EMERG_WRITE` (§5.3.3).
-const EMERG_WRITE: u64 = 1 << 2;
+const EMERG_WRITE: u64 = ConsoleFeatures::EMERG_WRITE.bits();
 
 /// An entropy request completes with one or more bytes written, no more
 /// than the buffer holds.
@@ -110,7 +110,7 @@ const ADD_VALID: &str = "device:console/device-operation/multiport-device-operat
 const REMOVE_ADDED: &str = "device:console/device-operation/multiport-device-operation#2";
 
 /// `VIRTIO_CONSOLE_F_MULTIPORT` (§5.3.3).
-const MULTIPORT: u64 = 1 << 1;
+const MULTIPORT: u64 = ConsoleFeatures::MULTIPORT.bits();
 /// Control events (§5.3.6.2).
 const DEVICE_READY: u16 = 0;
 const DEVICE_ADD: u16 = 1;

@@ -8,6 +8,7 @@ use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
 
+use virtio_core::features::{BlkFeatures, NetFeatures};
 use virtio_core::memory::GuestAddress;
 
 use super::{Seen, judge};
@@ -68,11 +69,11 @@ impl BlkLimits {
         };
         let mut c = [0u8; 8];
         read(0, &mut c);
-        // VIRTIO_BLK_F_DISCARD (13), VIRTIO_BLK_F_WRITE_ZEROES (14).
         BlkLimits {
             capacity: u64::from_le_bytes(c),
-            max_discard_seg: (features & 1 << 13 != 0).then(|| u32_at(40)),
-            max_write_zeroes_seg: (features & 1 << 14 != 0).then(|| u32_at(52)),
+            max_discard_seg: (features & BlkFeatures::DISCARD.bits() != 0).then(|| u32_at(40)),
+            max_write_zeroes_seg: (features & BlkFeatures::WRITE_ZEROES.bits() != 0)
+                .then(|| u32_at(52)),
         }
     }
 }
@@ -326,19 +327,9 @@ pub const NET_WATCH: Check = Check {
     run: |_| {},
 };
 
-/// Network feature bits the watch needs (§5.1.3).
-/// The UDP tunnel features (65 to 68) lie beyond the first 64 feature
-/// bits, which are all a virtio-mmio transport here carries: never
-/// negotiated.
-mod nf {
-    pub const CSUM: u64 = 1 << 0;
-    pub const MTU: u64 = 1 << 3;
-    pub const CTRL_VQ: u64 = 1 << 17;
-    pub const CTRL_RX: u64 = 1 << 18;
-    pub const CTRL_RX_EXTRA: u64 = 1 << 20;
-    pub const MQ: u64 = 1 << 22;
-    pub const HASH_REPORT: u64 = 1 << 57;
-}
+// The UDP tunnel features (65 to 68) lie beyond the first 64 feature
+// bits, which are all a virtio-mmio transport here carries: never
+// negotiated, so the watch has no flag for them.
 
 /// What the network device told the driver that bounds its requests
 /// (§5.1.4), read when the driver made it live.
@@ -363,8 +354,8 @@ impl NetLimits {
         };
         NetLimits {
             features,
-            mtu: (features & nf::MTU != 0).then(|| u16_at(10)),
-            max_pairs: if features & nf::MQ != 0 {
+            mtu: (features & NetFeatures::MTU.bits() != 0).then(|| u16_at(10)),
+            max_pairs: if features & NetFeatures::MQ.bits() != 0 {
                 u16_at(8).max(1)
             } else {
                 1
@@ -372,20 +363,20 @@ impl NetLimits {
         }
     }
 
-    fn has(&self, f: u64) -> bool {
-        self.features & f == f
+    fn has(&self, f: NetFeatures) -> bool {
+        self.features & f.bits() == f.bits()
     }
 
     /// The control queue's index, when there is one.
     pub fn ctrl(&self) -> Option<u16> {
-        self.has(nf::CTRL_VQ)
+        self.has(NetFeatures::CTRL_VQ)
             .then(|| u16::try_from(2 * u32::from(self.max_pairs)).ok())
             .flatten()
     }
 
     /// Whether VIRTIO_NET_F_MRG_RXBUF was negotiated.
     pub fn merged(&self) -> bool {
-        self.has(1 << 15)
+        self.has(NetFeatures::MRG_RXBUF)
     }
 
     /// Whether queue `index` is a receive queue.
@@ -463,7 +454,7 @@ pub(super) fn judge_net_tx(
     segs: &[Segment],
 ) {
     // With HASH_REPORT the header is 20 bytes (§5.1.6): not judged.
-    if limits.has(nf::HASH_REPORT) {
+    if limits.has(NetFeatures::HASH_REPORT) {
         return;
     }
     let readable: u64 = segs.iter().filter(|s| !s.2).map(|s| u64::from(s.1)).sum();
@@ -487,7 +478,7 @@ pub(super) fn judge_net_tx(
         )
     };
     judge(seen, NET_TX_NUM_BUFFERS, num_buffers == 0, what);
-    if !limits.has(nf::CSUM) {
+    if !limits.has(NetFeatures::CSUM) {
         judge(seen, NET_TX_FLAGS_NO_CSUM, flags == 0, what);
     }
     // The tunnel features are never negotiated here (see `nf`).
@@ -541,7 +532,7 @@ pub(super) fn judge_net_tx(
     }
     // Steering: only where the watch sees the control queue (behind
     // vhost-user the frontend keeps it, and VQ_PAIRS_SET with it).
-    if !limits.has(nf::MQ | nf::CTRL_VQ) || !ctrl_live {
+    if !limits.has(NetFeatures::MQ | NetFeatures::CTRL_VQ) || !ctrl_live {
         return;
     }
     if index > 1 {
@@ -593,23 +584,29 @@ pub(super) fn judge_net_ctrl(
         // VIRTIO_NET_CTRL_RX.
         0 => {
             if command <= 1 {
-                judge(seen, NET_CTRL_RX_FEATURE, limits.has(nf::CTRL_RX), || {
-                    format!("RX command {command} without VIRTIO_NET_F_CTRL_RX")
-                });
+                judge(
+                    seen,
+                    NET_CTRL_RX_FEATURE,
+                    limits.has(NetFeatures::CTRL_RX),
+                    || format!("RX command {command} without VIRTIO_NET_F_CTRL_RX"),
+                );
             } else {
                 judge(
                     seen,
                     NET_CTRL_RX_EXTRA_FEATURE,
-                    limits.has(nf::CTRL_RX_EXTRA),
+                    limits.has(NetFeatures::CTRL_RX_EXTRA),
                     || format!("RX command {command} without VIRTIO_NET_F_CTRL_RX_EXTRA"),
                 );
             }
         }
         // VIRTIO_NET_CTRL_MAC.
         1 => {
-            judge(seen, NET_CTRL_MAC_FEATURE, limits.has(nf::CTRL_RX), || {
-                format!("MAC command {command} without VIRTIO_NET_F_CTRL_RX")
-            });
+            judge(
+                seen,
+                NET_CTRL_MAC_FEATURE,
+                limits.has(NetFeatures::CTRL_RX),
+                || format!("MAC command {command} without VIRTIO_NET_F_CTRL_RX"),
+            );
             if command == 0 {
                 let ok = mac_table_ok(data);
                 judge(seen, NET_CTRL_MAC_TABLE, ok, || {
