@@ -596,7 +596,7 @@ impl<B: BlockBackend, M: GuestMemory> Engine<B, M> {
                 rq.readable += 1;
                 Access::Read
             };
-            if self.mem.map(p.addr, u64::from(p.len), access).is_err() {
+            if self.mem.check(p.addr, u64::from(p.len), access).is_err() {
                 rq.bad_memory = true;
             }
             // Never grow the array: a chain longer than it is refused.
@@ -608,7 +608,7 @@ impl<B: BlockBackend, M: GuestMemory> Engine<B, M> {
         }
         let last = last_w?;
         rq.status = GuestAddress(last.addr.0 + u64::from(last.len) - 1);
-        self.mem.map(rq.status, 1, Access::Write).ok()?;
+        self.mem.check(rq.status, 1, Access::Write).ok()?;
         Some(rq)
     }
 

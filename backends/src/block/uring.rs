@@ -95,6 +95,13 @@ pub(crate) struct Uring {
     in_flight: usize,
     /// The eventfd is turned off until the next `reap`.
     quiet: bool,
+    /// The file registered as fixed file 0 (`IORING_REGISTER_FILES`), so a
+    /// request on it spares the kernel looking the descriptor up and
+    /// counting a reference to it; `None` until the first request, or when
+    /// the kernel refused.
+    fixed: Option<RawFd>,
+    /// Registration was tried (once per ring).
+    fixed_tried: bool,
 }
 
 // SAFETY: the iovecs' raw pointers name memory the caller of `start`
@@ -140,6 +147,8 @@ impl Uring {
             free: (0..depth).rev().collect(),
             in_flight: 0,
             quiet: false,
+            fixed: None,
+            fixed_tried: false,
         })
     }
 
@@ -190,28 +199,44 @@ impl Uring {
         }));
         slot.len = segments.iter().map(|s| s.len as u64).sum();
         let n = slot.iov.len() as u32;
-        let entry = match (kind, segments) {
-            // One segment: the plain opcodes spare the kernel copying and
-            // checking an iovec array per request.
-            (Kind::Read, [one]) if u32::try_from(one.len).is_ok() => {
-                opcode::Read::new(types::Fd(fd), one.ptr, one.len as u32)
-                    .offset(offset)
-                    .build()
+        if !self.fixed_tried {
+            self.fixed_tried = true;
+            if self.ring.submitter().register_files(&[fd]).is_ok() {
+                self.fixed = Some(fd);
             }
-            (Kind::Write, [one]) if u32::try_from(one.len).is_ok() => {
-                opcode::Write::new(types::Fd(fd), one.ptr.cast_const(), one.len as u32)
-                    .offset(offset)
-                    .build()
-            }
-            (Kind::Read, _) => opcode::Readv::new(types::Fd(fd), slot.iov.as_ptr(), n)
-                .offset(offset)
-                .build(),
-            (Kind::Write, _) => opcode::Writev::new(types::Fd(fd), slot.iov.as_ptr(), n)
-                .offset(offset)
-                .build(),
-            (Kind::Flush, _) => opcode::Fsync::new(types::Fd(fd))
-                .flags(types::FsyncFlags::DATASYNC)
-                .build(),
+        }
+        // The same entry on the registered file or on the plain descriptor.
+        macro_rules! entry {
+            ($target:expr) => {
+                match (kind, segments) {
+                    // One segment: the plain opcodes spare the kernel copying
+                    // and checking an iovec array per request.
+                    (Kind::Read, [one]) if u32::try_from(one.len).is_ok() => {
+                        opcode::Read::new($target, one.ptr, one.len as u32)
+                            .offset(offset)
+                            .build()
+                    }
+                    (Kind::Write, [one]) if u32::try_from(one.len).is_ok() => {
+                        opcode::Write::new($target, one.ptr.cast_const(), one.len as u32)
+                            .offset(offset)
+                            .build()
+                    }
+                    (Kind::Read, _) => opcode::Readv::new($target, slot.iov.as_ptr(), n)
+                        .offset(offset)
+                        .build(),
+                    (Kind::Write, _) => opcode::Writev::new($target, slot.iov.as_ptr(), n)
+                        .offset(offset)
+                        .build(),
+                    (Kind::Flush, _) => opcode::Fsync::new($target)
+                        .flags(types::FsyncFlags::DATASYNC)
+                        .build(),
+                }
+            };
+        }
+        let entry = if self.fixed == Some(fd) {
+            entry!(types::Fixed(0))
+        } else {
+            entry!(types::Fd(fd))
         }
         .user_data(u64::from(index));
         // SAFETY: the entry's iovec array lives in the slot, which is not

@@ -163,6 +163,10 @@ impl GuestMemory for SharedMemory {
         self.with(|c| c.table.map(addr, len, access))
     }
 
+    fn check(&self, addr: GuestAddress, len: u64, access: Access) -> Result<(), MemoryError> {
+        self.with(|c| c.table.check(addr, len, access))
+    }
+
     fn read(&self, addr: GuestAddress, buf: &mut [u8]) -> Result<(), MemoryError> {
         self.with(|c| c.table.read(addr, buf))
     }

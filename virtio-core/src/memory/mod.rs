@@ -257,6 +257,14 @@ pub trait GuestMemory {
     /// without mapping anything.
     fn map(&self, addr: GuestAddress, len: u64, access: Access) -> Result<Mapping, MemoryError>;
 
+    /// Whether `len` bytes at `addr` could be mapped for `access`: the
+    /// same answer as [`map`](GuestMemory::map) without building the
+    /// mapping, for a device that validates a chain before it moves data.
+    #[inline]
+    fn check(&self, addr: GuestAddress, len: u64, access: Access) -> Result<(), MemoryError> {
+        self.map(addr, len, access).map(|_| ())
+    }
+
     /// Copies `buf.len()` bytes at `addr` out of guest memory.
     fn read(&self, addr: GuestAddress, buf: &mut [u8]) -> Result<(), MemoryError> {
         let mapping = self.map(addr, buf.len() as u64, Access::Read)?;
@@ -355,6 +363,10 @@ impl<M: GuestMemory + ?Sized> GuestMemory for &M {
     #[inline]
     fn map(&self, addr: GuestAddress, len: u64, access: Access) -> Result<Mapping, MemoryError> {
         (**self).map(addr, len, access)
+    }
+    #[inline]
+    fn check(&self, addr: GuestAddress, len: u64, access: Access) -> Result<(), MemoryError> {
+        (**self).check(addr, len, access)
     }
     #[inline]
     fn read(&self, addr: GuestAddress, buf: &mut [u8]) -> Result<(), MemoryError> {

@@ -272,6 +272,16 @@ impl<const N: usize> GuestMemory for RegionMemory<N> {
         Ok(mapping)
     }
 
+    #[inline]
+    fn check(&self, addr: GuestAddress, len: u64, access: Access) -> Result<(), MemoryError> {
+        match usize::try_from(len) {
+            Ok(n) if self.fast(addr, n).is_some() => Ok(()),
+            // Across regions, or failing: the full walk gives the answer
+            // and the error.
+            _ => self.map(addr, len, access).map(|_| ()),
+        }
+    }
+
     #[inline(always)]
     fn read(&self, addr: GuestAddress, buf: &mut [u8]) -> Result<(), MemoryError> {
         if let Some(p) = self.fast(addr, buf.len()) {
