@@ -1724,6 +1724,16 @@ impl<B: BlockBackend, M: GuestMemory> VirtioDevice for Blk<B, M> {
     /// notification that popped it, or, with `queued_io`, by the backend's
     /// queue; while one is there (until [`VirtioDevice::quiesce`]) the
     /// position is not known.
+    fn avail_taken(&self, queue: u16) -> Option<u16> {
+        Some(
+            self.queues
+                .get(usize::from(queue))?
+                .as_ref()?
+                .queue
+                .next_avail(),
+        )
+    }
+
     fn queue_position(&self, queue: u16) -> Option<u16> {
         let qs = self.queues.get(usize::from(queue))?.as_ref()?;
         if qs.queued.iter().any(Option::is_some) {

@@ -385,6 +385,17 @@ pub trait VirtioDevice {
         None
     }
 
+    /// How far the device has read `queue`'s available ring: the index of
+    /// the next entry it will take (§2.7.6), counting chains it took and
+    /// still holds, for a watch that must know which chains the device
+    /// took (unlike [`queue_position`](VirtioDevice::queue_position), which
+    /// rewinds past held chains). `None` when the device does not say (the
+    /// default) or the queue is not live.
+    fn avail_taken(&self, queue: u16) -> Option<u16> {
+        let _ = queue;
+        None
+    }
+
     /// Starts live `queue` at `next_avail` (vhost-user `SET_VRING_BASE`:
     /// "the next descriptor index to process"): the device takes the chain
     /// in available slot `next_avail` next and writes its first used
@@ -507,6 +518,10 @@ impl<D: VirtioDevice + ?Sized> VirtioDevice for alloc::boxed::Box<D> {
 
     fn queue_position(&self, queue: u16) -> Option<u16> {
         (**self).queue_position(queue)
+    }
+
+    fn avail_taken(&self, queue: u16) -> Option<u16> {
+        (**self).avail_taken(queue)
     }
 
     fn set_queue_position(&mut self, queue: u16, next_avail: u16) -> Result<(), DeviceError> {

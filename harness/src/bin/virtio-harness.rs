@@ -225,16 +225,11 @@ fn main() -> ExitCode {
             Duration::from_micros(poll_max_us),
             watch_driver.map(|path| -> monitor::serve::Wrap {
                 Box::new(move |dev, mem| {
-                    Box::new(
-                        harness::conform::drivers::WatchedDevice::new(
-                            dev,
-                            mem.clone(),
-                            harness::conform::drivers::append_records(path),
-                        )
-                        .without_rewrite_check(
-                            "not yet judged behind vhost-user: with a driver on other CPUs the watch can copy a chain after the device returned it (a false breach seen with Linux's virtio-blk on four queues)",
-                        ),
-                    )
+                    Box::new(harness::conform::drivers::WatchedDevice::new(
+                        dev,
+                        mem.clone(),
+                        harness::conform::drivers::append_records(path),
+                    ))
                 })
             }),
         ) {

@@ -165,6 +165,17 @@ impl<D: VirtioDevice, M: GuestMemory, F: FnMut(&RingWatch)> WatchedDevice<D, M, 
             self.rings.look(&self.mem, q as u16);
         }
     }
+
+    /// After the device had control: tells the watch how far it read each
+    /// queue (see [`RingWatch::taken`]).
+    fn after<T>(&mut self, r: T) -> T {
+        for q in 0..self.inner.queue_max_sizes().len() {
+            if let Some(next) = self.inner.avail_taken(q as u16) {
+                self.rings.taken(q as u16, next);
+            }
+        }
+        r
+    }
 }
 
 /// A watched device dropped with a driver session still open (a driver
@@ -243,35 +254,44 @@ impl<D: VirtioDevice, M: GuestMemory, F: FnMut(&RingWatch)> VirtioDevice
         // in the same call (a network device fills its receive queue from
         // frames that came in, or resumes transmission).
         self.look_all();
-        self.inner.queue_notify(queue)
+        let r = self.inner.queue_notify(queue);
+        self.after(r)
     }
     fn backend_ready(&mut self) -> Result<Served, DeviceError> {
         self.look_all();
-        self.inner.backend_ready()
+        let r = self.inner.backend_ready();
+        self.after(r)
     }
     // Every path on which the device may take chains looks first: the
     // watch must copy a chain before the device can return it (and the
     // driver reuse it).
     fn set_polling(&mut self, on: bool) -> Option<Result<Served, DeviceError>> {
         self.look_all();
-        self.inner.set_polling(on)
+        let r = self.inner.set_polling(on);
+        self.after(r)
     }
     fn quiesce(&mut self) -> Result<Served, DeviceError> {
         self.look_all();
-        self.inner.quiesce()
+        let r = self.inner.quiesce();
+        self.after(r)
     }
     fn reset(&mut self) {
         self.inner.reset();
         self.finish();
     }
     fn disable_queue(&mut self, queue: u16) -> Result<Served, DeviceError> {
-        self.inner.disable_queue(queue)
+        self.look_all();
+        let r = self.inner.disable_queue(queue);
+        self.after(r)
     }
     fn counters(&self) -> Vec<(&'static str, u64)> {
         self.inner.counters()
     }
     fn queue_position(&self, queue: u16) -> Option<u16> {
         self.inner.queue_position(queue)
+    }
+    fn avail_taken(&self, queue: u16) -> Option<u16> {
+        self.inner.avail_taken(queue)
     }
     fn set_queue_position(&mut self, queue: u16, next_avail: u16) -> Result<(), DeviceError> {
         self.inner.set_queue_position(queue, next_avail)

@@ -81,6 +81,9 @@ struct Queue {
     /// Chains the driver exposed and the device has not returned: head
     /// and the descriptor bytes of its chain as first seen.
     exposed: BTreeMap<u16, Vec<u8>>,
+    /// How far the device had read the available ring when it last
+    /// returned control ([`RingWatch::taken`]), if it says.
+    taken: Option<u16>,
 }
 
 /// The ring-level watch on one driver.
@@ -241,8 +244,23 @@ impl RingWatch {
                 seen_avail,
                 seen_used,
                 exposed: BTreeMap::new(),
+                taken: None,
             },
         );
+    }
+
+    /// The device has read queue `index`'s available ring up to `next`
+    /// (its next available index) and returned control. A driver on
+    /// another CPU can publish a chain after the watch looked and before
+    /// the device read the index; the device may then take it, return it,
+    /// and the driver reuse its descriptors, all before the watch looks
+    /// again. The next look leaves such chains alone (their descriptors
+    /// may already hold another request) instead of judging or keeping
+    /// them.
+    pub fn taken(&mut self, index: u16, next: u16) {
+        if let Some(q) = self.queues.get_mut(&index) {
+            q.taken = Some(next);
+        }
     }
 
     /// The device is about to look at queue `index` (a notification, a
@@ -373,7 +391,11 @@ impl RingWatch {
             // descriptors, indirect table and buffers may be the driver's
             // again, holding anything. It is not judged.
             let done = (used_now.wrapping_sub(pos) as i16) > 0;
-            if done {
+            // A chain the device took before this look (see `taken`): the
+            // same, whatever the used index says (a device may complete out
+            // of order).
+            let taken_unseen = q.taken.is_some_and(|t| (t.wrapping_sub(pos) as i16) > 0);
+            if done || taken_unseen {
                 continue;
             }
             if self.walk(mem, index, l, head)
@@ -758,6 +780,46 @@ mod tests {
         w.look(&ram, 0);
         assert!(matches!(outcome(&w, NOT_ALTERED), Outcome::Fail(_)));
         assert!(matches!(outcome(&w, AVAIL_NOT_BACK), Outcome::Fail(_)));
+    }
+
+    /// The race a driver on another CPU makes (§3.3.1): it publishes a
+    /// chain after the watch looked; the device reads the index, takes it
+    /// and completes it out of order; then the watch looks (the chain is
+    /// done, behind the used index only by count) and the driver reuses
+    /// the head for another request. Told how far the device read
+    /// (`taken`), the watch leaves that chain alone; without it, it keeps
+    /// a copy of a chain the device already returned and reports the
+    /// driver's legal reuse as a rewrite.
+    #[test]
+    fn section_3_3_1_a_chain_the_device_took_unseen_is_not_a_rewrite() {
+        for told in [true, false] {
+            let (ram, l, mut w) = setup();
+            // Head 1 is exposed and seen; the device holds it.
+            put(&ram, &l, 1, 0x8000, 64, WRITE, 0);
+            publish(&ram, &l, 0, 1);
+            w.look(&ram, 0);
+            // Head 0, published after the look; the device reads the index
+            // up to 2 and completes head 0 first.
+            put(&ram, &l, 0, 0x9000, 64, WRITE, 0);
+            publish(&ram, &l, 1, 0);
+            ram.write(l.used_slot(0), &[0, 0, 0, 0, 64, 0, 0, 0])
+                .unwrap();
+            ram.store_u16_release(l.used_idx(), 1).unwrap();
+            if told {
+                w.taken(0, 2);
+            }
+            w.look(&ram, 0);
+            // The driver reuses head 0 for a new request.
+            put(&ram, &l, 0, 0xa000, 128, WRITE, 0);
+            publish(&ram, &l, 2, 0);
+            w.look(&ram, 0);
+            let o = outcome(&w, NOT_ALTERED);
+            if told {
+                assert_eq!(o, Outcome::Pass, "{o:?}");
+            } else {
+                assert!(matches!(o, Outcome::Fail(_)), "{o:?}");
+            }
+        }
     }
 
     /// A 16-byte block request header at `at`.
