@@ -22,8 +22,11 @@ use virtio_core::status::DeviceStatus;
 
 use crate::{Check, Outcome, Record};
 
+pub mod notify;
 pub mod requests;
 pub mod rings;
+#[cfg(test)]
+mod test_ram;
 
 const REGISTERS_ONLY: &str = "driver:mmio/mmio-device-register-layout#1";
 const CONTROL_32: &str = "driver:mmio/mmio-device-register-layout#2";
@@ -147,6 +150,7 @@ pub const CHECKS: &[Check] = &[
     BLK_WATCH,
     NET_WATCH,
     rings::WATCH,
+    notify::WATCH,
     requests::BLK_WATCH,
     requests::NET_WATCH,
     requests::RNG_WATCH,

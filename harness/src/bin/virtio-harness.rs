@@ -494,13 +494,28 @@ fn conform_run(out: &std::path::Path, peers: bool, guests: bool, others: &[Strin
             bad = true;
         }
     }
+    // As the tables show them: a SHOULD statement's failure is a warning.
+    let should: std::collections::BTreeSet<&str> = cat
+        .statements
+        .iter()
+        .filter(|s| s.level == harness::conform::catalogue::Level::Should)
+        .map(|s| s.id.as_str())
+        .collect();
     for (target, m) in &cells {
         let count = |f: fn(&report::Cell) -> bool| m.values().filter(|c| f(c)).count();
+        let fails = |should_level: bool| {
+            m.iter()
+                .filter(|(id, c)| {
+                    matches!(c, report::Cell::Fail(_))
+                        && should.contains(id.as_str()) == should_level
+                })
+                .count()
+        };
         eprintln!(
             "{target}: {} pass, {} fail, {} warn, {} not applicable, {} not observable",
             count(|c| matches!(c, report::Cell::Pass)),
-            count(|c| matches!(c, report::Cell::Fail(_))),
-            count(|c| matches!(c, report::Cell::Warn(_))),
+            fails(false),
+            count(|c| matches!(c, report::Cell::Warn(_))) + fails(true),
             count(|c| matches!(c, report::Cell::NotApplicable(_))),
             count(|c| matches!(c, report::Cell::NotObservable(_))),
         );

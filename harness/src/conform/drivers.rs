@@ -123,11 +123,13 @@ impl<D: VirtioDevice> RegisterAccess for Watched<D> {
 /// does (activation, notifications, backend events); what the device does
 /// is unchanged. When a driver's session ends (a reset, a new
 /// activation, [`finish`](Self::finish)) the watch goes to `done`.
-pub struct WatchedDevice<D, M, F: FnMut(&RingWatch)> {
+pub struct WatchedDevice<D, M: GuestMemory, F: FnMut(&RingWatch)> {
     inner: D,
     mem: M,
     rings: RingWatch,
     no_rewrites: Option<&'static str>,
+    /// Judge notifications (`Some`), provoking them (`Some(true)`).
+    notifications: Option<bool>,
     live: bool,
     done: F,
 }
@@ -141,6 +143,7 @@ impl<D: VirtioDevice, M: GuestMemory, F: FnMut(&RingWatch)> WatchedDevice<D, M, 
             mem,
             rings: RingWatch::default(),
             no_rewrites: None,
+            notifications: None,
             live: false,
             done,
         }
@@ -153,9 +156,18 @@ impl<D: VirtioDevice, M: GuestMemory, F: FnMut(&RingWatch)> WatchedDevice<D, M, 
         self
     }
 
+    /// Judges the driver's notifications too, provoking them with decoys
+    /// and spurious used-buffer notifications if `provoke` (see
+    /// [`conform::driver::notify`]): for a driver in this process only.
+    pub fn with_notifications(mut self, provoke: bool) -> Self {
+        self.notifications = Some(provoke);
+        self
+    }
+
     /// Ends the session: its watch goes to `done`.
     pub fn finish(&mut self) {
         if core::mem::take(&mut self.live) {
+            self.rings.due(&self.mem);
             (self.done)(&self.rings);
         }
     }
@@ -166,6 +178,19 @@ impl<D: VirtioDevice, M: GuestMemory, F: FnMut(&RingWatch)> WatchedDevice<D, M, 
         }
     }
 
+    /// A step that notifies nothing of its own now and then carries a
+    /// used-buffer notification with nothing used (§2.7.10), when the
+    /// watch provokes.
+    fn spurious(&mut self, mut r: Result<Served, DeviceError>) -> Result<Served, DeviceError> {
+        if let Ok(served) = &mut r
+            && !served.interrupt
+            && self.rings.spurious_now()
+        {
+            served.interrupt = true;
+        }
+        r
+    }
+
     /// After the device had control: tells the watch how far it read each
     /// queue (see [`RingWatch::taken`]).
     fn after<T>(&mut self, r: T) -> T {
@@ -173,6 +198,7 @@ impl<D: VirtioDevice, M: GuestMemory, F: FnMut(&RingWatch)> WatchedDevice<D, M, 
             if let Some(next) = self.inner.avail_taken(q as u16) {
                 self.rings.taken(q as u16, next);
             }
+            self.rings.stepped(&self.mem, q as u16);
         }
         r
     }
@@ -180,9 +206,10 @@ impl<D: VirtioDevice, M: GuestMemory, F: FnMut(&RingWatch)> WatchedDevice<D, M, 
 
 /// A watched device dropped with a driver session still open (a driver
 /// that never resets it) hands that session's watch over too.
-impl<D, M, F: FnMut(&RingWatch)> Drop for WatchedDevice<D, M, F> {
+impl<D, M: GuestMemory, F: FnMut(&RingWatch)> Drop for WatchedDevice<D, M, F> {
     fn drop(&mut self) {
         if core::mem::take(&mut self.live) {
+            self.rings.due(&self.mem);
             (self.done)(&self.rings);
         }
     }
@@ -241,25 +268,32 @@ impl<D: VirtioDevice, M: GuestMemory, F: FnMut(&RingWatch)> VirtioDevice
         if let Some(why) = self.no_rewrites {
             self.rings = core::mem::take(&mut self.rings).without_rewrite_check(why);
         }
+        if let Some(provoke) = self.notifications {
+            self.rings = core::mem::take(&mut self.rings).with_notifications(provoke);
+        }
         for (i, q) in queues.iter().enumerate() {
             if let Some(l) = q.layout {
                 self.rings.queue(&self.mem, i as u16, l);
             }
         }
         self.live = true;
-        self.inner.activate(features, queues)
+        let r = self.inner.activate(features, queues);
+        self.after(r)
     }
     fn queue_notify(&mut self, queue: u16) -> Result<Served, DeviceError> {
         // Every queue, not only the one notified: a device may serve others
         // in the same call (a network device fills its receive queue from
         // frames that came in, or resumes transmission).
         self.look_all();
+        self.rings.notified(&self.mem, queue);
         let r = self.inner.queue_notify(queue);
+        let r = self.spurious(r);
         self.after(r)
     }
     fn backend_ready(&mut self) -> Result<Served, DeviceError> {
         self.look_all();
         let r = self.inner.backend_ready();
+        let r = self.spurious(r);
         self.after(r)
     }
     // Every path on which the device may take chains looks first: the
@@ -295,6 +329,22 @@ impl<D: VirtioDevice, M: GuestMemory, F: FnMut(&RingWatch)> VirtioDevice
     }
     fn set_queue_position(&mut self, queue: u16, next_avail: u16) -> Result<(), DeviceError> {
         self.inner.set_queue_position(queue, next_avail)
+    }
+}
+
+/// A driver copes with spurious used-buffer notifications (§2.7.10) if
+/// its workload, which got some (the watch passed the statement), still
+/// succeeded.
+pub fn coped_with_spurious(records: &mut [conform::Record], error: Option<&str>) {
+    let Some(e) = error else {
+        return;
+    };
+    for r in records.iter_mut().filter(|r| {
+        r.statement == conform::driver::notify::SPURIOUS && r.outcome == conform::Outcome::Pass
+    }) {
+        r.outcome = conform::Outcome::Fail(format!(
+            "the workload failed after spurious used-buffer notifications: {e}"
+        ));
     }
 }
 
@@ -364,7 +414,7 @@ fn watched<D: VirtioDevice + 'static>(
     let done: Box<dyn FnMut(&RingWatch)> = Box::new(move |w: &RingWatch| {
         sink.borrow_mut().extend(w.records());
     });
-    let dev: Observed<D> = WatchedDevice::new(dev, mem.clone(), done);
+    let dev: Observed<D> = WatchedDevice::new(dev, mem.clone(), done).with_notifications(true);
     let device_type = Some(dev.device_type());
     let max: Vec<u16> = dev.queue_max_sizes().to_vec();
     let config_len = dev.config_len() as u64;
@@ -401,6 +451,7 @@ fn watched<D: VirtioDevice + 'static>(
     let error = result.err().map(|e| format!("the workload failed: {e}"));
     let mut records = watch.records();
     records.extend(rings.borrow().iter().cloned());
+    coped_with_spurious(&mut records, error.as_deref());
     run(records, error)
 }
 
@@ -417,14 +468,20 @@ fn waiter<D: VirtioDevice>(w: &Watched<D>) -> impl FnMut() -> bool + '_ {
 
 fn rng_workload<D: VirtioDevice>(hal: PoolHal<PAGES>, w: Watched<D>) -> Result<(), String> {
     use guest_driver::rng::{Rng, RngOptions};
-    let opts = RngOptions {
-        completion: Completion::Interrupt,
-        ..RngOptions::default()
-    };
-    let mut rng = Rng::new(hal, w.clone(), opts).map_err(|e| e.to_string())?;
-    let mut buf = [0u8; 4096];
-    let mut wait = waiter(&w);
-    rng.read(&mut buf, &mut wait).map_err(|e| e.to_string())?;
+    // Two sessions: with VIRTIO_F_EVENT_IDX and without, so both halves of
+    // the notification rules (§2.7.10) are judged.
+    for event_idx in [true, false] {
+        let opts = RngOptions {
+            completion: Completion::Interrupt,
+            event_idx,
+            ..RngOptions::default()
+        };
+        // Dropping the driver resets the device and frees its memory.
+        let mut rng = Rng::new(&hal, w.clone(), opts).map_err(|e| e.to_string())?;
+        let mut buf = [0u8; 4096];
+        let mut wait = waiter(&w);
+        rng.read(&mut buf, &mut wait).map_err(|e| e.to_string())?;
+    }
     Ok(())
 }
 

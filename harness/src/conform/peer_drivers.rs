@@ -73,7 +73,8 @@ fn watched<D: VirtioDevice + 'static>(
     let done: Box<dyn FnMut(&RingWatch)> = Box::new(move |w: &RingWatch| {
         sink.borrow_mut().extend(w.records());
     });
-    let dev: Observed<D> = WatchedDevice::new(dev, TestHal::memory(), done);
+    let dev: Observed<D> =
+        WatchedDevice::new(dev, TestHal::memory(), done).with_notifications(true);
     let device_type = Some(dev.device_type());
     let max: Vec<u16> = dev.queue_max_sizes().to_vec();
     let config_len = dev.config_len();
@@ -132,11 +133,13 @@ fn watched<D: VirtioDevice + 'static>(
             "the register accesses of each call are the adapter's (virtio_core::testing::virtio_drivers::DeviceTransport), not virtio-drivers'".into(),
         );
     }
+    let error = result.err().map(|e| format!("the workload failed: {e}"));
+    super::drivers::coped_with_spurious(&mut records, error.as_deref());
     Run {
         target: VIRTIO_DRIVERS.into(),
         device: kind.name().into(),
         records,
-        error: result.err().map(|e| format!("the workload failed: {e}")),
+        error,
     }
 }
 

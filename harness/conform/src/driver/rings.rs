@@ -16,6 +16,7 @@ use alloc::vec::Vec;
 use virtio_core::features::TransportFeatures;
 use virtio_core::split::layout::QueueLayout;
 
+use super::notify::{self, NotifyWatch};
 use super::requests::{
     BLK_STATEMENTS, BLK_WATCH, BlkLimits, CONSOLE_DEVICE_READY, CONSOLE_STATEMENTS, CONSOLE_WATCH,
     ConsoleState, NET_CTRL_STATEMENTS, NET_RX_ENOUGH, NET_STATEMENTS, NET_WATCH, NetLimits,
@@ -102,6 +103,8 @@ pub struct RingWatch {
     /// A console: its chains are judged too.
     console: Option<ConsoleState>,
     queues: BTreeMap<u16, Queue>,
+    /// The notification watch, where this path can judge notifications.
+    notify: Option<NotifyWatch>,
     seen: BTreeMap<&'static str, Seen>,
 }
 
@@ -174,7 +177,44 @@ impl RingWatch {
             rng: false,
             console: None,
             queues: BTreeMap::new(),
+            notify: None,
             seen: BTreeMap::new(),
+        }
+    }
+
+    /// The same watch judging the driver's notifications too (see
+    /// [`notify`]), provoking them with decoys if `provoke`: only where
+    /// the device acts solely inside the driver's steps (in process).
+    pub fn with_notifications(mut self, provoke: bool) -> Self {
+        self.notify = Some(NotifyWatch::new(self.event_idx, provoke));
+        self
+    }
+
+    /// The driver notified queue `index` (before the device looks).
+    pub fn notified(&mut self, mem: &dyn Memory, index: u16) {
+        if let Some(n) = &mut self.notify {
+            n.notified(mem, index);
+        }
+    }
+
+    /// The device's step is over for queue `index`: the state it left
+    /// (and, when provoking, the decoys).
+    pub fn stepped(&mut self, mem: &dyn Memory, index: u16) {
+        if let Some(n) = &mut self.notify {
+            n.after(mem, index);
+        }
+    }
+
+    /// Whether this step, which notifies nothing of its own, should carry a
+    /// spurious used-buffer notification (provoking only).
+    pub fn spurious_now(&mut self) -> bool {
+        self.notify.as_mut().is_some_and(NotifyWatch::spurious_now)
+    }
+
+    /// The session ends: notifications still owed are breaches.
+    pub fn due(&mut self, mem: &dyn Memory) {
+        if let Some(n) = &mut self.notify {
+            n.due(mem);
         }
     }
 
@@ -237,6 +277,9 @@ impl RingWatch {
         });
         let seen_avail = u16_at(mem, layout.avail_idx().0).unwrap_or(0);
         let seen_used = u16_at(mem, layout.used_idx().0).unwrap_or(0);
+        if let Some(n) = &mut self.notify {
+            n.queue(mem, index, layout);
+        }
         self.queues.insert(
             index,
             Queue {
@@ -266,6 +309,9 @@ impl RingWatch {
     /// The device is about to look at queue `index` (a notification, a
     /// poll): reads what the driver published since the last look.
     pub fn look(&mut self, mem: &dyn Memory, index: u16) {
+        if let Some(n) = &mut self.notify {
+            n.settle(mem, index);
+        }
         let Some(mut q) = self.queues.remove(&index) else {
             return;
         };
@@ -635,6 +681,12 @@ impl RingWatch {
             }
             out.extend(net);
         }
+        match &self.notify {
+            Some(n) => out.extend(n.records()),
+            None => out.extend(notify::not_observable(
+                "notifications are judged in process only: elsewhere the device acts on its own thread and notifications reach it merged (an eventfd)",
+            )),
+        }
         if let Some(why) = self.no_rewrites {
             for r in out.iter_mut().filter(|r| r.statement == NOT_ALTERED) {
                 r.outcome = crate::Outcome::NotObservable(why.into());
@@ -646,41 +698,16 @@ impl RingWatch {
 
 #[cfg(test)]
 mod tests {
-    use core::cell::RefCell;
-
-    use virtio_core::memory::{GuestAddress, MemoryError};
+    use virtio_core::memory::GuestAddress;
     use virtio_core::split::layout::QueueSize;
 
     use super::*;
     use crate::Outcome;
     use crate::driver::requests::{BlkLimits, NetLimits};
-
-    /// 64 KiB of guest memory at address 0.
-    struct Ram(RefCell<Vec<u8>>);
-
-    impl Memory for Ram {
-        fn read(&self, addr: GuestAddress, buf: &mut [u8]) -> Result<(), MemoryError> {
-            let a = addr.0 as usize;
-            buf.copy_from_slice(&self.0.borrow()[a..a + buf.len()]);
-            Ok(())
-        }
-        fn write(&self, addr: GuestAddress, buf: &[u8]) -> Result<(), MemoryError> {
-            let a = addr.0 as usize;
-            self.0.borrow_mut()[a..a + buf.len()].copy_from_slice(buf);
-            Ok(())
-        }
-        fn load_u16_acquire(&self, addr: GuestAddress) -> Result<u16, MemoryError> {
-            let mut b = [0; 2];
-            self.read(addr, &mut b)?;
-            Ok(u16::from_le_bytes(b))
-        }
-        fn store_u16_release(&self, addr: GuestAddress, val: u16) -> Result<(), MemoryError> {
-            self.write(addr, &val.to_le_bytes())
-        }
-    }
+    use crate::driver::test_ram::Ram;
 
     fn setup() -> (Ram, QueueLayout, RingWatch) {
-        let ram = Ram(RefCell::new(alloc::vec![0; 0x10000]));
+        let ram = Ram::new(0x10000);
         let l = QueueLayout::new(
             QueueSize::new(8).unwrap(),
             GuestAddress(0x1000),
@@ -888,7 +915,7 @@ mod tests {
     #[test]
     fn section_5_1_6_2_and_5_1_6_5_bad_net_packets_and_commands_are_caught() {
         use super::super::requests::NET_STATEMENTS;
-        let ram = Ram(RefCell::new(alloc::vec![0; 0x10000]));
+        let ram = Ram::new(0x10000);
         let layout = |base: u64| {
             QueueLayout::new(
                 QueueSize::new(8).unwrap(),

@@ -1,0 +1,39 @@
+//! Guest memory for the watches' unit tests: plain bytes at address 0.
+
+use alloc::vec::Vec;
+use core::cell::RefCell;
+
+use virtio_core::memory::{GuestAddress, MemoryError};
+
+use crate::Memory;
+
+/// `len` bytes of guest memory at address 0.
+pub struct Ram(pub RefCell<Vec<u8>>);
+
+impl Ram {
+    /// Zeroed memory of `len` bytes.
+    pub fn new(len: usize) -> Self {
+        Ram(RefCell::new(alloc::vec![0; len]))
+    }
+}
+
+impl Memory for Ram {
+    fn read(&self, addr: GuestAddress, buf: &mut [u8]) -> Result<(), MemoryError> {
+        let a = addr.0 as usize;
+        buf.copy_from_slice(&self.0.borrow()[a..a + buf.len()]);
+        Ok(())
+    }
+    fn write(&self, addr: GuestAddress, buf: &[u8]) -> Result<(), MemoryError> {
+        let a = addr.0 as usize;
+        self.0.borrow_mut()[a..a + buf.len()].copy_from_slice(buf);
+        Ok(())
+    }
+    fn load_u16_acquire(&self, addr: GuestAddress) -> Result<u16, MemoryError> {
+        let mut b = [0; 2];
+        self.read(addr, &mut b)?;
+        Ok(u16::from_le_bytes(b))
+    }
+    fn store_u16_release(&self, addr: GuestAddress, val: u16) -> Result<(), MemoryError> {
+        self.write(addr, &val.to_le_bytes())
+    }
+}
