@@ -154,6 +154,7 @@ pub const CHECKS: &[Check] = &[
     requests::BLK_WATCH,
     requests::NET_WATCH,
     requests::RNG_WATCH,
+    requests::RNG_OUTPUT,
     requests::CONSOLE_WATCH,
 ];
 

@@ -4,6 +4,7 @@
 
 pub mod catalogue;
 pub mod drivers;
+pub mod entropy;
 pub mod guests;
 pub mod peer_drivers;
 pub mod report;

@@ -12,7 +12,7 @@ use virtio_core::features::{BlkFeatures, NetFeatures};
 use virtio_core::memory::GuestAddress;
 
 use super::{Seen, judge};
-use crate::{Check, Memory};
+use crate::{Check, Memory, Record};
 
 const NOT_BEYOND_CAPACITY: &str = "driver:blk/device-operation#2";
 const FLUSH_SECTOR_ZERO: &str = "driver:blk/device-operation#4";
@@ -691,6 +691,61 @@ pub(super) fn judge_rng(seen: &mut BTreeMap<&'static str, Seen>, index: u16, seg
     });
 }
 
+const RNG_EXAMINES_LEN: &str = "driver:rng/device-operation#2";
+const NOTHING_BEYOND_LEN: &str = "driver:basic/virtqueues/the-virtqueue-used-ring#1";
+
+/// What the entropy driver hands its caller, judged against what the
+/// device wrote (§5.4.6.1: the driver examines the used length; §2.7.8:
+/// it assumes nothing about bytes past it).
+pub const RNG_OUTPUT_STATEMENTS: &[&str] = &[RNG_EXAMINES_LEN, NOTHING_BEYOND_LEN];
+
+/// The entropy output judgement as a [`Check`] for the catalogue.
+pub const RNG_OUTPUT: Check = Check {
+    name: "driver-rng-output",
+    statements: RNG_OUTPUT_STATEMENTS,
+    run: |_| {},
+};
+
+/// Judges the bytes an entropy driver returned to its caller (`outputs`,
+/// one per read) against the pieces the device wrote (`written`, one per
+/// completed request, each shorter than its buffer): every byte handed out
+/// must be one the device wrote, so each output is a run of whole pieces,
+/// the last possibly cut short. A driver that hands out its whole buffer
+/// instead of the used length gives bytes the device never wrote.
+pub fn judge_rng_output(written: &[Vec<u8>], outputs: &[Vec<u8>]) -> Vec<Record> {
+    let pieces: alloc::collections::BTreeSet<&[u8]> = written
+        .iter()
+        .map(Vec::as_slice)
+        .filter(|p| !p.is_empty())
+        .collect();
+    let mut seen = BTreeMap::new();
+    for (k, out) in outputs.iter().enumerate() {
+        let mut at = 0;
+        let ok = loop {
+            let rest = &out[at..];
+            if rest.is_empty() {
+                break true;
+            }
+            if let Some(p) = pieces.iter().find(|p| rest.starts_with(p)) {
+                at += p.len();
+            } else {
+                // Only the end may be part of a piece.
+                break pieces.iter().any(|p| p.starts_with(rest));
+            }
+        };
+        for s in RNG_OUTPUT_STATEMENTS {
+            judge(&mut seen, s, ok, || {
+                format!(
+                    "read {k}: bytes from {at} of {} were not written by the device (the used lengths were {:?}…)",
+                    out.len(),
+                    written.iter().take(4).map(Vec::len).collect::<Vec<_>>()
+                )
+            });
+        }
+    }
+    super::records_of(RNG_OUTPUT_STATEMENTS, RNG_OUTPUT.name, &seen)
+}
+
 const CONSOLE_RX_WRITABLE: &str = "driver:console/device-operation#1";
 const CONSOLE_TX_READABLE: &str = "driver:console/device-operation#2";
 /// Judged when the watch's records are taken ([`ConsoleState`]).
@@ -751,5 +806,41 @@ pub(super) fn judge_console(
         i => judge(seen, CONSOLE_TX_READABLE, writable == 0, || {
             format!("queue {i} (a transmitq): {writable} device-writable buffer(s)")
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Outcome;
+    use alloc::vec;
+
+    fn outcome(records: &[Record], s: &str) -> Outcome {
+        records
+            .iter()
+            .find(|r| r.statement == s)
+            .map(|r| r.outcome.clone())
+            .unwrap()
+    }
+
+    /// §5.4.6.1, §2.7.8: a driver that hands out the used length keeps
+    /// both; one that hands out its whole buffer (bytes the device never
+    /// wrote) breaks both; a read cut inside a piece is fine.
+    #[test]
+    fn section_5_4_6_1_entropy_output_is_only_what_the_device_wrote() {
+        let written = vec![vec![1, 2, 3, 4, 5], vec![6, 7, 8, 9, 10]];
+        let good = judge_rng_output(&written, &[vec![1, 2, 3, 4, 5, 6, 7]]);
+        for s in RNG_OUTPUT_STATEMENTS {
+            assert_eq!(outcome(&good, s), Outcome::Pass, "{s}");
+        }
+        let whole_buffer = judge_rng_output(&written, &[vec![1, 2, 3, 4, 5, 0, 0, 0]]);
+        for s in RNG_OUTPUT_STATEMENTS {
+            assert!(matches!(outcome(&whole_buffer, s), Outcome::Fail(_)), "{s}");
+        }
+        let nothing = judge_rng_output(&written, &[]);
+        assert!(matches!(
+            outcome(&nothing, RNG_EXAMINES_LEN),
+            Outcome::NotObservable(_)
+        ));
     }
 }
