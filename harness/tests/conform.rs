@@ -147,10 +147,24 @@ fn our_driver_breaks_no_driver_statement_the_register_watch_judges() {
 /// copes with spurious used-buffer notifications; and its entropy reads
 /// hand out only the used length (§5.4.6.1, §2.7.8), each request served
 /// a few bytes. The checks provoke each of them in process.
+///
+/// And its initialisation (§2.2.1, §3.1.1): with a feature it cannot know
+/// offered it still goes live; when the device refuses FEATURES_OK it sets
+/// FAILED and stops.
 #[test]
 fn section_2_7_10_and_5_4_6_1_our_driver_keeps_what_the_device_provokes() {
-    let runs = harness::conform::drivers::in_process();
+    let mut runs = harness::conform::drivers::in_process();
+    let provoked = harness::conform::drivers::provoked();
+    for r in &provoked {
+        assert!(r.error.is_none(), "{}: {:?}", r.device, r.error);
+        assert_clean(&format!("guest-driver {}", r.device), &r.records);
+    }
+    runs.extend(provoked);
     for s in [
+        "driver:basic/feature-bits#8",
+        "driver:general/device-initialization#11",
+        "driver:general/device-initialization#12",
+        "driver:general/device-initialization#13",
         "driver:basic/virtqueues/available-buffer-notification-suppression#2",
         "driver:basic/virtqueues/available-buffer-notification-suppression#4",
         "driver:basic/virtqueues/available-buffer-notification-suppression#5",
@@ -184,7 +198,12 @@ fn section_2_7_10_and_5_4_6_1_our_driver_keeps_what_the_device_provokes() {
 fn virtio_drivers_keeps_the_statements_it_exercises_but_the_status_re_read() {
     const FINDING: &str = "driver:general/device-initialization#8";
     const NET_FINDING: &str = "driver:basic/virtqueues/available-buffer-notification-suppression#7";
-    for r in harness::conform::peer_drivers::in_process() {
+    let provoked = harness::conform::peer_drivers::provoked();
+    assert_eq!(provoked.len(), 2);
+    for r in harness::conform::peer_drivers::in_process()
+        .into_iter()
+        .chain(provoked)
+    {
         assert!(r.error.is_none(), "{}: {:?}", r.device, r.error);
         let bad: Vec<String> = r
             .records

@@ -300,6 +300,15 @@ pub trait VirtioDevice {
     /// The size of the configuration space in bytes.
     fn config_len(&self) -> usize;
 
+    /// Whether the device accepts the driver's (already validated)
+    /// features at FEATURES_OK; `false` leaves FEATURES_OK clear (§2.2.2:
+    /// the device MAY refuse a subset it cannot support). The default
+    /// accepts any.
+    fn features_acceptable(&self, features: u64) -> bool {
+        let _ = features;
+        true
+    }
+
     /// The driver's features are final (FEATURES_OK accepted, §3.1.1
     /// step 5; vhost-user `SET_FEATURES`): configuration fields whose value
     /// depends on them take it now, before the driver reads them
@@ -478,6 +487,10 @@ impl<D: VirtioDevice + ?Sized> VirtioDevice for alloc::boxed::Box<D> {
 
     fn config_len(&self) -> usize {
         (**self).config_len()
+    }
+
+    fn features_acceptable(&self, features: u64) -> bool {
+        (**self).features_acceptable(features)
     }
 
     fn features_ok(&mut self, features: u64) {

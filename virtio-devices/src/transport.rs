@@ -57,6 +57,10 @@ impl<D: VirtioDevice> MmioDevice for MmioTransport<D> {
         self.device.device_features()
     }
 
+    fn features_acceptable(&self, features: u64) -> bool {
+        self.device.features_acceptable(features)
+    }
+
     fn num_queues(&self) -> u16 {
         u16::try_from(self.device.queue_max_sizes().len()).unwrap_or(u16::MAX)
     }

@@ -65,7 +65,11 @@ const INIT_NO_NEW_FEATURES: &str = "driver:general/device-initialization#7";
 const INIT_REREAD: &str = "driver:general/device-initialization#8";
 const INIT_SETUP: &str = "driver:general/device-initialization#9";
 const INIT_DRIVER_OK: &str = "driver:general/device-initialization#10";
+const INIT_LIVE: &str = "driver:general/device-initialization#11";
+const INIT_GIVE_UP: &str = "driver:general/device-initialization#12";
+const INIT_STOP: &str = "driver:general/device-initialization#13";
 const NO_NOTIFY_BEFORE_DRIVER_OK: &str = "driver:general/device-initialization#14";
+const UNKNOWN_FEATURE_NO_FAIL: &str = "driver:basic/feature-bits#8";
 const ACCEPTS_VERSION_1: &str = "driver:reserved-features#1";
 const OPTIONAL_FIELDS: &str = "driver:basic/device-configuration-space#2";
 
@@ -103,6 +107,10 @@ pub const STATEMENTS: &[&str] = &[
     INIT_REREAD,
     INIT_SETUP,
     INIT_DRIVER_OK,
+    INIT_LIVE,
+    INIT_GIVE_UP,
+    INIT_STOP,
+    UNKNOWN_FEATURE_NO_FAIL,
     NO_NOTIFY_BEFORE_DRIVER_OK,
     ACCEPTS_VERSION_1,
     OPTIONAL_FIELDS,
@@ -215,10 +223,27 @@ pub struct DriverWatch {
     isr_read_since_irq: bool,
     isr_seen: u32,
     config_len: u64,
+    /// The device cleared FEATURES_OK (refused the features) and the
+    /// driver read it: it must give up (§3.1.1). Whether it set FAILED
+    /// since.
+    refused: Option<bool>,
+    /// Feature bits offered that no driver can know (a provocation,
+    /// [`DriverWatch::with_unknown_offered`]).
+    unknown: u64,
+    /// DRIVER_OK was set at least once.
+    went_live: bool,
     seen: BTreeMap<&'static str, Seen>,
 }
 
 impl DriverWatch {
+    /// The same watch told that `mask` of the offered bits is a feature
+    /// no driver knows (one the device offers to provoke): the driver must
+    /// still go live (§2.2.1: it MUST NOT fail solely because of it).
+    pub fn with_unknown_offered(mut self, mask: u64) -> Self {
+        self.unknown = mask;
+        self
+    }
+
     /// A watch on a driver of a device of `device_type` offering
     /// `offered`, with `queue_max` entries per queue and `config_len`
     /// bytes of configuration space.
@@ -253,6 +278,9 @@ impl DriverWatch {
             isr_read_since_irq: false,
             isr_seen: 0,
             config_len,
+            refused: None,
+            unknown: 0,
+            went_live: false,
             seen: BTreeMap::new(),
         }
     }
@@ -264,7 +292,38 @@ impl DriverWatch {
 
     /// The driver wrote `value` (`size` bytes) at `offset`.
     pub fn write(&mut self, offset: u64, size: usize, value: u64) {
+        if let Some(failed) = self.refused {
+            self.after_refusal(offset, value, failed);
+        }
         self.access(offset, size, true, value);
+    }
+
+    /// A write after the device refused the features (§3.1.1): setting
+    /// FAILED or resetting is all a driver may do; anything else continues
+    /// the initialisation. A reset ends the episode; giving up without
+    /// FAILED is the SHOULD's breach.
+    fn after_refusal(&mut self, offset: u64, value: u64, failed: bool) {
+        let status = offset == regs::STATUS;
+        if status && value == 0 {
+            self.refused = None;
+            keep(&mut self.seen, INIT_STOP);
+            judge(&mut self.seen, INIT_GIVE_UP, failed, || {
+                "reset after the device refused FEATURES_OK without setting FAILED first".into()
+            });
+        } else if status && value & u64::from(DeviceStatus::FAILED.bits()) != 0 {
+            self.refused = Some(true);
+            keep(&mut self.seen, INIT_GIVE_UP);
+        } else if !status || value & u64::from(DeviceStatus::DRIVER_OK.bits()) != 0 {
+            let what = Register::from_offset(offset, MmioVersion::Modern).map_or_else(
+                || format!("configuration at {offset:#x}"),
+                |r| format!("{r:?}"),
+            );
+            judge(&mut self.seen, INIT_STOP, false, || {
+                format!(
+                    "{what} written ({value:#x}) after the device refused FEATURES_OK and the driver read so"
+                )
+            });
+        }
     }
 
     /// The device raised its interrupt line (again, if it was still up:
@@ -541,6 +600,10 @@ impl DriverWatch {
                 if self.reread_pending {
                     self.reread_pending = false;
                     keep(&mut self.seen, INIT_REREAD);
+                    let fok = u64::from(DeviceStatus::FEATURES_OK.bits());
+                    if self.status & DeviceStatus::FEATURES_OK.bits() != 0 && value & fok == 0 {
+                        self.refused = Some(false);
+                    }
                 }
                 // The device may clear FEATURES_OK (refused) or DRIVER_OK
                 // (suspended); what the driver writes next builds on what
@@ -664,6 +727,8 @@ impl DriverWatch {
                 "DRIVER_OK set without reading Status back after FEATURES_OK".into()
             });
             keep(&mut self.seen, INIT_DRIVER_OK);
+            keep(&mut self.seen, INIT_LIVE);
+            self.went_live = true;
             // Negotiation is over; new bits after FEATURES_OK were judged
             // as they were written.
             keep(&mut self.seen, INIT_NO_NEW_FEATURES);
@@ -756,6 +821,22 @@ impl DriverWatch {
             judge(&mut self.seen, ACK_AFTER_IRQ, false, || {
                 format!("InterruptStatus {:#x} never acknowledged", self.isr_seen)
             });
+        }
+        if let Some(failed) = self.refused.take() {
+            // The driver stopped (nothing more was written).
+            keep(&mut self.seen, INIT_STOP);
+            judge(&mut self.seen, INIT_GIVE_UP, failed, || {
+                "gave up after the device refused FEATURES_OK without setting FAILED".into()
+            });
+        }
+        if self.unknown != 0 {
+            let unknown = self.unknown;
+            judge(
+                &mut self.seen,
+                UNKNOWN_FEATURE_NO_FAIL,
+                self.went_live,
+                || format!("never set DRIVER_OK with an unknown feature ({unknown:#x}) offered"),
+            );
         }
     }
 
@@ -892,6 +973,68 @@ mod tests {
 
     fn watch() -> DriverWatch {
         DriverWatch::new(Some(DeviceType::Rng), 1 << 32, &[256], 0)
+    }
+
+    /// An init up to FEATURES_OK that the device refuses (Status read back
+    /// without it).
+    fn refused(w: &mut DriverWatch) {
+        w.read(regs::MAGIC_VALUE, 4, u64::from(regs::MAGIC));
+        w.read(regs::VERSION, 4, 2);
+        w.read(regs::DEVICE_ID, 4, 4);
+        w.write(regs::STATUS, 4, 0);
+        w.write(regs::STATUS, 4, 1);
+        w.write(regs::STATUS, 4, 3);
+        w.write(regs::DEVICE_FEATURES_SEL, 4, 1);
+        w.read(regs::DEVICE_FEATURES, 4, 1);
+        w.write(regs::DRIVER_FEATURES_SEL, 4, 1);
+        w.write(regs::DRIVER_FEATURES, 4, 1);
+        w.write(regs::STATUS, 4, 11);
+        w.read(regs::STATUS, 4, 3);
+    }
+
+    /// §3.1.1: after the device refused FEATURES_OK the driver sets FAILED
+    /// and stops (#12, #13 kept); one that resets without FAILED breaks
+    /// the SHOULD; one that sets up a queue or DRIVER_OK breaks the MUST.
+    #[test]
+    fn section_3_1_1_a_refused_feature_set_stops_the_initialisation() {
+        let mut w = watch();
+        refused(&mut w);
+        w.write(regs::STATUS, 4, 0x83);
+        w.write(regs::STATUS, 4, 0);
+        w.finish();
+        assert_eq!(outcome(&w, INIT_STOP), Outcome::Pass);
+        assert_eq!(outcome(&w, INIT_GIVE_UP), Outcome::Pass);
+
+        let mut w = watch();
+        refused(&mut w);
+        w.write(regs::STATUS, 4, 0);
+        w.finish();
+        assert_eq!(outcome(&w, INIT_STOP), Outcome::Pass);
+        assert!(matches!(outcome(&w, INIT_GIVE_UP), Outcome::Fail(_)));
+
+        let mut w = watch();
+        refused(&mut w);
+        w.write(regs::QUEUE_SEL, 4, 0);
+        w.write(regs::STATUS, 4, 7);
+        w.finish();
+        assert!(matches!(outcome(&w, INIT_STOP), Outcome::Fail(_)));
+    }
+
+    /// §2.2.1: with a feature it cannot know offered, the driver still goes
+    /// live (#8); one that never sets DRIVER_OK breaks it.
+    #[test]
+    fn section_2_2_1_an_unknown_feature_offered_is_no_reason_to_fail() {
+        let mut w = watch().with_unknown_offered(1 << 23);
+        good(&mut w);
+        assert_eq!(outcome(&w, UNKNOWN_FEATURE_NO_FAIL), Outcome::Pass);
+        let mut w = watch().with_unknown_offered(1 << 23);
+        refused(&mut w);
+        w.write(regs::STATUS, 4, 0x83);
+        w.finish();
+        assert!(matches!(
+            outcome(&w, UNKNOWN_FEATURE_NO_FAIL),
+            Outcome::Fail(_)
+        ));
     }
 
     #[test]

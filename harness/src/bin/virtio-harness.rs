@@ -428,6 +428,8 @@ fn conform_run(out: &std::path::Path, peers: bool, guests: bool, others: &[Strin
     let mut runs = run::in_process();
     runs.extend(harness::conform::drivers::in_process());
     runs.extend(harness::conform::peer_drivers::in_process());
+    runs.extend(harness::conform::drivers::provoked());
+    runs.extend(harness::conform::peer_drivers::provoked());
     for o in others {
         let Some((kind, sock)) = o
             .split_once('=')

@@ -130,6 +130,11 @@ pub struct WatchedDevice<D, M: GuestMemory, F: FnMut(&RingWatch)> {
     no_rewrites: Option<&'static str>,
     /// Judge notifications (`Some`), provoking them (`Some(true)`).
     notifications: Option<bool>,
+    /// Feature bits offered on top of the device's, which it does not have
+    /// (a provocation: a feature the driver cannot know).
+    extra_offer: u64,
+    /// Refuse FEATURES_OK (a provocation, §2.2.2).
+    refuse: bool,
     live: bool,
     done: F,
 }
@@ -144,6 +149,8 @@ impl<D: VirtioDevice, M: GuestMemory, F: FnMut(&RingWatch)> WatchedDevice<D, M, 
             rings: RingWatch::default(),
             no_rewrites: None,
             notifications: None,
+            extra_offer: 0,
+            refuse: false,
             live: false,
             done,
         }
@@ -161,6 +168,21 @@ impl<D: VirtioDevice, M: GuestMemory, F: FnMut(&RingWatch)> WatchedDevice<D, M, 
     /// [`conform::driver::notify`]): for a driver in this process only.
     pub fn with_notifications(mut self, provoke: bool) -> Self {
         self.notifications = Some(provoke);
+        self
+    }
+
+    /// Offers `mask` on top of the device's features, as a device of a
+    /// later revision would: bits the driver cannot know (§2.2.1). The
+    /// device never sees them accepted.
+    pub fn offering_unknown(mut self, mask: u64) -> Self {
+        self.extra_offer = mask;
+        self
+    }
+
+    /// Refuses every feature set at FEATURES_OK (§2.2.2), so the driver's
+    /// handling of it shows (§3.1.1: it gives up).
+    pub fn refusing_features(mut self) -> Self {
+        self.refuse = true;
         self
     }
 
@@ -222,7 +244,7 @@ impl<D: VirtioDevice, M: GuestMemory, F: FnMut(&RingWatch)> VirtioDevice
         self.inner.device_type()
     }
     fn device_features(&self) -> u64 {
-        self.inner.device_features()
+        self.inner.device_features() | self.extra_offer
     }
     fn queue_max_sizes(&self) -> &[u16] {
         self.inner.queue_max_sizes()
@@ -236,10 +258,14 @@ impl<D: VirtioDevice, M: GuestMemory, F: FnMut(&RingWatch)> VirtioDevice
     fn config_len(&self) -> usize {
         self.inner.config_len()
     }
+    fn features_acceptable(&self, features: u64) -> bool {
+        !self.refuse && self.inner.features_acceptable(features & !self.extra_offer)
+    }
     fn features_ok(&mut self, features: u64) {
-        self.inner.features_ok(features);
+        self.inner.features_ok(features & !self.extra_offer);
     }
     fn activate(&mut self, features: u64, queues: Vec<QueueConfig>) -> Result<(), DeviceError> {
+        let features = features & !self.extra_offer;
         self.finish();
         self.rings = RingWatch::new(features);
         if self.inner.device_type() == virtio_core::features::DeviceType::Blk {
@@ -332,6 +358,57 @@ impl<D: VirtioDevice, M: GuestMemory, F: FnMut(&RingWatch)> VirtioDevice
     }
 }
 
+/// A provocation of the driver's initialisation, each in a run of its own
+/// against the entropy device.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Provoke {
+    /// The device as it is.
+    Nothing,
+    /// A device-type feature bit the driver cannot know is offered
+    /// ([`UNKNOWN_FEATURE`]): the driver must still go live (§2.2.1).
+    UnknownFeature,
+    /// FEATURES_OK is refused: the driver must give up (§2.2.2, §3.1.1).
+    RefusedFeatures,
+}
+
+/// The bit offered as a feature no driver knows: bit 23, a device-type bit
+/// (§2.2) the entropy device does not define.
+pub const UNKNOWN_FEATURE: u64 = 1 << 23;
+
+impl Provoke {
+    /// The provocations, without [`Provoke::Nothing`].
+    pub const ALL: [Provoke; 2] = [Provoke::UnknownFeature, Provoke::RefusedFeatures];
+
+    /// The run's device name in reports.
+    pub fn device_name(self, kind: Kind) -> String {
+        match self {
+            Provoke::Nothing => kind.name().into(),
+            Provoke::UnknownFeature => format!("{} (an unknown feature offered)", kind.name()),
+            Provoke::RefusedFeatures => format!("{} (FEATURES_OK refused)", kind.name()),
+        }
+    }
+
+    /// `dev` set up for this provocation.
+    pub fn apply<D: VirtioDevice, M: GuestMemory, F: FnMut(&RingWatch)>(
+        self,
+        dev: WatchedDevice<D, M, F>,
+    ) -> WatchedDevice<D, M, F> {
+        match self {
+            Provoke::Nothing => dev,
+            Provoke::UnknownFeature => dev.offering_unknown(UNKNOWN_FEATURE),
+            Provoke::RefusedFeatures => dev.refusing_features(),
+        }
+    }
+
+    /// The register watch told what was provoked.
+    pub fn watch(self, w: DriverWatch) -> DriverWatch {
+        match self {
+            Provoke::UnknownFeature => w.with_unknown_offered(UNKNOWN_FEATURE),
+            _ => w,
+        }
+    }
+}
+
 /// A driver copes with spurious used-buffer notifications (§2.7.10) if
 /// its workload, which got some (the watch passed the statement), still
 /// succeeded.
@@ -402,10 +479,11 @@ fn watched<D: VirtioDevice + 'static>(
     dev: D,
     mem: &LocalMemory,
     workload: fn(PoolHal<PAGES>, Watched<Observed<D>>) -> Result<(), String>,
+    provoke: Provoke,
 ) -> Run {
     let run = |records, error| Run {
         target: GUEST_DRIVER.into(),
-        device: kind.name().into(),
+        device: provoke.device_name(kind),
         records,
         error,
     };
@@ -414,7 +492,8 @@ fn watched<D: VirtioDevice + 'static>(
     let done: Box<dyn FnMut(&RingWatch)> = Box::new(move |w: &RingWatch| {
         sink.borrow_mut().extend(w.records());
     });
-    let dev: Observed<D> = WatchedDevice::new(dev, mem.clone(), done).with_notifications(true);
+    let dev: Observed<D> =
+        provoke.apply(WatchedDevice::new(dev, mem.clone(), done).with_notifications(true));
     let device_type = Some(dev.device_type());
     let max: Vec<u16> = dev.queue_max_sizes().to_vec();
     let config_len = dev.config_len() as u64;
@@ -424,12 +503,12 @@ fn watched<D: VirtioDevice + 'static>(
     };
     let offered = offered(&regs);
     let _ = regs.borrow_mut().write32(regs::DEVICE_FEATURES_SEL, 0);
-    let watch = Rc::new(RefCell::new(DriverWatch::new(
+    let watch = Rc::new(RefCell::new(provoke.watch(DriverWatch::new(
         device_type,
         offered,
         &max,
         config_len,
-    )));
+    ))));
     let Some(host) = NonNull::new(mem.host_ptr()) else {
         return run(vec![], Some("no memory".into()));
     };
@@ -589,11 +668,11 @@ pub fn guest_driver_in_process(kind: Kind) -> Run {
         // Short used lengths: the driver's use of them is judged.
         Ok(Device::Rng(_)) => {
             let d = virtio_devices::rng::Rng::new(super::entropy::Trickle::new(), mem.clone());
-            watched(kind, d, &mem, rng_workload)
+            watched(kind, d, &mem, rng_workload, Provoke::Nothing)
         }
-        Ok(Device::Blk(d)) => watched(kind, d, &mem, blk_workload),
-        Ok(Device::Console(d)) => watched(kind, d, &mem, console_workload),
-        Ok(Device::Net(d)) => watched(kind, d, &mem, net_workload),
+        Ok(Device::Blk(d)) => watched(kind, d, &mem, blk_workload, Provoke::Nothing),
+        Ok(Device::Console(d)) => watched(kind, d, &mem, console_workload, Provoke::Nothing),
+        Ok(Device::Net(d)) => watched(kind, d, &mem, net_workload, Provoke::Nothing),
         Err(e) => Run {
             target: GUEST_DRIVER.into(),
             device: kind.name().into(),
@@ -606,4 +685,42 @@ pub fn guest_driver_in_process(kind: Kind) -> Run {
 /// Our driver against each of our devices.
 pub fn in_process() -> Vec<Run> {
     Kind::ALL.into_iter().map(guest_driver_in_process).collect()
+}
+
+/// Our driver's initialisation against the entropy device, once per
+/// [`Provoke`]ation.
+pub fn provoked() -> Vec<Run> {
+    Provoke::ALL
+        .into_iter()
+        .map(|p| {
+            let kind = Kind::Rng;
+            let mem = match LocalMemory::new(PAGES as u64 * 4096) {
+                Ok(m) => m,
+                Err(e) => {
+                    return Run {
+                        target: GUEST_DRIVER.into(),
+                        device: p.device_name(kind),
+                        records: vec![],
+                        error: Some(e),
+                    };
+                }
+            };
+            let d = virtio_devices::rng::Rng::new(super::entropy::Trickle::new(), mem.clone());
+            let workload = match p {
+                Provoke::RefusedFeatures => rng_refused_workload,
+                _ => rng_workload,
+            };
+            watched(kind, d, &mem, workload, p)
+        })
+        .collect()
+}
+
+/// Our entropy driver's initialisation against a device that refuses
+/// FEATURES_OK: it must fail (the watch judges what it wrote).
+fn rng_refused_workload<D: VirtioDevice>(hal: PoolHal<PAGES>, w: Watched<D>) -> Result<(), String> {
+    use guest_driver::rng::{Rng, RngOptions};
+    match Rng::new(&hal, w, RngOptions::default()) {
+        Err(_) => Ok(()),
+        Ok(_) => Err("the driver went on with a device that refused FEATURES_OK".into()),
+    }
 }

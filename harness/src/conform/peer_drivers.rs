@@ -24,7 +24,7 @@ use virtio_core::testing::virtio_drivers::{DeviceTransport, TestHal};
 use virtio_devices::device::VirtioDevice;
 use virtio_devices::transport::{MmioTransport, backend_ready, dispatch};
 
-use super::drivers::WatchedDevice;
+use super::drivers::{Provoke, WatchedDevice};
 use super::report::Run;
 use super::targets::{Device, Kind, our_device};
 
@@ -53,9 +53,13 @@ type Observed<D> = WatchedDevice<D, Mem, Box<dyn FnMut(&RingWatch)>>;
 type Transport<D> = DeviceTransport<MmioTransport<Observed<D>>>;
 
 fn failed(kind: Kind, e: String) -> Run {
+    failed_as(kind.name().into(), e)
+}
+
+fn failed_as(device: String, e: String) -> Run {
     Run {
         target: VIRTIO_DRIVERS.into(),
-        device: kind.name().into(),
+        device,
         records: vec![],
         error: Some(e),
     }
@@ -67,6 +71,7 @@ fn watched<D: VirtioDevice + 'static>(
     kind: Kind,
     dev: D,
     workload: fn(Transport<D>) -> Result<(), String>,
+    provoke: Provoke,
 ) -> Run {
     let rings: Rc<RefCell<Vec<Record>>> = Rc::default();
     let sink = Rc::clone(&rings);
@@ -74,13 +79,13 @@ fn watched<D: VirtioDevice + 'static>(
         sink.borrow_mut().extend(w.records());
     });
     let dev: Observed<D> =
-        WatchedDevice::new(dev, TestHal::memory(), done).with_notifications(true);
+        provoke.apply(WatchedDevice::new(dev, TestHal::memory(), done).with_notifications(true));
     let device_type = Some(dev.device_type());
     let max: Vec<u16> = dev.queue_max_sizes().to_vec();
     let config_len = dev.config_len();
     let mut regs = match MmioRegisters::<_, 8>::new(MmioTransport::new(dev)) {
         Ok(r) => r,
-        Err(e) => return failed(kind, e.to_string()),
+        Err(e) => return failed_as(provoke.device_name(kind), e.to_string()),
     };
     let mut offered = 0u64;
     for sel in [0u32, 1] {
@@ -88,12 +93,12 @@ fn watched<D: VirtioDevice + 'static>(
         offered |= u64::from(regs.read32(regs::DEVICE_FEATURES).unwrap_or(0)) << (32 * sel);
     }
     let _ = regs.write32(regs::DEVICE_FEATURES_SEL, 0);
-    let watch = Rc::new(RefCell::new(DriverWatch::new(
+    let watch = Rc::new(RefCell::new(provoke.watch(DriverWatch::new(
         device_type,
         offered,
         &max,
         config_len as u64,
-    )));
+    ))));
     let mut t = match DeviceTransport::new(regs) {
         Ok(t) => t.with_config_len(config_len),
         Err(e) => return failed(kind, e.to_string()),
@@ -140,7 +145,7 @@ fn watched<D: VirtioDevice + 'static>(
     }
     Run {
         target: VIRTIO_DRIVERS.into(),
-        device: kind.name().into(),
+        device: provoke.device_name(kind),
         records,
         error,
     }
@@ -226,11 +231,11 @@ pub fn virtio_drivers_in_process(kind: Kind) -> Run {
         Ok(Device::Rng(_)) => {
             let d =
                 virtio_devices::rng::Rng::new(super::entropy::Trickle::new(), TestHal::memory());
-            watched(kind, d, rng_workload)
+            watched(kind, d, rng_workload, Provoke::Nothing)
         }
-        Ok(Device::Blk(d)) => watched(kind, d, blk_workload),
-        Ok(Device::Console(d)) => watched(kind, d, console_workload),
-        Ok(Device::Net(d)) => watched(kind, d, net_workload),
+        Ok(Device::Blk(d)) => watched(kind, d, blk_workload, Provoke::Nothing),
+        Ok(Device::Console(d)) => watched(kind, d, console_workload, Provoke::Nothing),
+        Ok(Device::Net(d)) => watched(kind, d, net_workload, Provoke::Nothing),
         Err(err) => failed(kind, err),
     }
 }
@@ -241,4 +246,36 @@ pub fn in_process() -> Vec<Run> {
         .into_iter()
         .map(virtio_drivers_in_process)
         .collect()
+}
+
+/// virtio-drivers' initialisation against the entropy device, once per
+/// [`Provoke`]ation.
+pub fn provoked() -> Vec<Run> {
+    Provoke::ALL
+        .into_iter()
+        .map(|p| {
+            let d =
+                virtio_devices::rng::Rng::new(super::entropy::Trickle::new(), TestHal::memory());
+            let workload = match p {
+                Provoke::RefusedFeatures => rng_refused_workload,
+                _ => rng_workload,
+            };
+            watched(Kind::Rng, d, workload, p)
+        })
+        .collect()
+}
+
+/// virtio-drivers' entropy driver set up against a device that refuses
+/// FEATURES_OK, and nothing asked of it (a driver that went on would wait
+/// for a device that is not live); a panic in it is reported as the
+/// workload's failure.
+fn rng_refused_workload<D: VirtioDevice + 'static>(t: Transport<D>) -> Result<(), String> {
+    use virtio_drivers::device::rng::VirtIORng;
+    let made = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        VirtIORng::<TestHal, _>::new(t).map(drop)
+    }));
+    match made {
+        Ok(_) => Ok(()),
+        Err(_) => Err("virtio-drivers panicked".into()),
+    }
 }
