@@ -70,6 +70,10 @@ const INIT_GIVE_UP: &str = "driver:general/device-initialization#12";
 const INIT_STOP: &str = "driver:general/device-initialization#13";
 const NO_NOTIFY_BEFORE_DRIVER_OK: &str = "driver:general/device-initialization#14";
 const UNKNOWN_FEATURE_NO_FAIL: &str = "driver:basic/feature-bits#8";
+const IGNORE_BAD_MAGIC: &str = "driver:mmio/mmio-device-register-layout#4";
+const IGNORE_BAD_VERSION: &str = "driver:mmio/mmio-device-register-layout#5";
+const IGNORE_NO_DEVICE: &str = "driver:mmio/mmio-device-register-layout#6";
+const IGNORE_UNDEFINED_ISR: &str = "driver:mmio/mmio-device-register-layout#12";
 const ACCEPTS_VERSION_1: &str = "driver:reserved-features#1";
 const OPTIONAL_FIELDS: &str = "driver:basic/device-configuration-space#2";
 
@@ -111,6 +115,10 @@ pub const STATEMENTS: &[&str] = &[
     INIT_GIVE_UP,
     INIT_STOP,
     UNKNOWN_FEATURE_NO_FAIL,
+    IGNORE_BAD_MAGIC,
+    IGNORE_BAD_VERSION,
+    IGNORE_NO_DEVICE,
+    IGNORE_UNDEFINED_ISR,
     NO_NOTIFY_BEFORE_DRIVER_OK,
     ACCEPTS_VERSION_1,
     OPTIONAL_FIELDS,
@@ -232,6 +240,12 @@ pub struct DriverWatch {
     unknown: u64,
     /// DRIVER_OK was set at least once.
     went_live: bool,
+    /// The probe read a MagicValue, Version or DeviceID that says "no
+    /// device here" (§4.2.2.2): the statement that says to ignore it; the
+    /// driver writes nothing from then on.
+    ignore: Option<&'static str>,
+    /// Undefined bits the driver last read in InterruptStatus.
+    undefined_isr: u32,
     seen: BTreeMap<&'static str, Seen>,
 }
 
@@ -281,6 +295,8 @@ impl DriverWatch {
             refused: None,
             unknown: 0,
             went_live: false,
+            ignore: None,
+            undefined_isr: 0,
             seen: BTreeMap::new(),
         }
     }
@@ -292,6 +308,11 @@ impl DriverWatch {
 
     /// The driver wrote `value` (`size` bytes) at `offset`.
     pub fn write(&mut self, offset: u64, size: usize, value: u64) {
+        if let Some(s) = self.ignore {
+            judge(&mut self.seen, s, false, || {
+                format!("{offset:#x} written ({value:#x}) to a device the probe said to ignore")
+            });
+        }
         if let Some(failed) = self.refused {
             self.after_refusal(offset, value, failed);
         }
@@ -337,6 +358,16 @@ impl DriverWatch {
 
     fn access(&mut self, offset: u64, size: usize, write: bool, value: u64) {
         self.probe_order(offset);
+        if !write && self.ignore.is_none() {
+            // §4.2.2.2: what makes a driver ignore the device. Version 1 is
+            // the legacy interface (§4.2.4), which a driver may drive.
+            self.ignore = match offset {
+                regs::MAGIC_VALUE if value != u64::from(regs::MAGIC) => Some(IGNORE_BAD_MAGIC),
+                regs::VERSION if !matches!(value, 1 | 2) => Some(IGNORE_BAD_VERSION),
+                regs::DEVICE_ID if value == 0 => Some(IGNORE_NO_DEVICE),
+                _ => None,
+            };
+        }
         if offset >= regs::CONFIG {
             let end = offset - regs::CONFIG + size as u64;
             judge(
@@ -571,12 +602,21 @@ impl DriverWatch {
                 });
             }
             (Register::InterruptStatus, false) => {
+                self.undefined_isr = v & !InterruptStatus::all().bits();
                 self.isr_seen |= v;
                 if self.irq_pending {
                     self.isr_read_since_irq = true;
                 }
             }
             (Register::InterruptAck, true) => {
+                if self.undefined_isr != 0 {
+                    let read = self.undefined_isr;
+                    judge(&mut self.seen, IGNORE_UNDEFINED_ISR, v & read == 0, || {
+                        format!(
+                            "InterruptACK {v:#x} after InterruptStatus showed undefined bits {read:#x}"
+                        )
+                    });
+                }
                 let undefined = v & !InterruptStatus::all().bits();
                 judge(&mut self.seen, ACK_DEFINED, undefined == 0, || {
                     format!("InterruptACK {v:#x}")
@@ -829,6 +869,10 @@ impl DriverWatch {
                 "gave up after the device refused FEATURES_OK without setting FAILED".into()
             });
         }
+        if let Some(s) = self.ignore {
+            // Nothing written since (a write would have broken it).
+            keep(&mut self.seen, s);
+        }
         if self.unknown != 0 {
             let unknown = self.unknown;
             judge(
@@ -1018,6 +1062,50 @@ mod tests {
         w.write(regs::STATUS, 4, 7);
         w.finish();
         assert!(matches!(outcome(&w, INIT_STOP), Outcome::Fail(_)));
+    }
+
+    /// §4.2.2.2: a probe that reads a wrong MagicValue, a Version other
+    /// than 1 or 2, or DeviceID 0 leaves the device alone; a write after
+    /// it is the breach. Undefined InterruptStatus bits are not acked.
+    #[test]
+    fn section_4_2_2_2_the_driver_ignores_what_is_no_device() {
+        for (reg, value, s) in [
+            (regs::MAGIC_VALUE, 0x1234, IGNORE_BAD_MAGIC),
+            (regs::VERSION, 3, IGNORE_BAD_VERSION),
+            (regs::DEVICE_ID, 0, IGNORE_NO_DEVICE),
+        ] {
+            let mut w = watch();
+            w.read(reg, 4, value);
+            w.finish();
+            assert_eq!(outcome(&w, s), Outcome::Pass, "{s}");
+            let mut w = watch();
+            w.read(reg, 4, value);
+            w.write(regs::STATUS, 4, 0);
+            w.finish();
+            assert!(matches!(outcome(&w, s), Outcome::Fail(_)), "{s}");
+        }
+        // Version 1 is the legacy interface: nothing to ignore.
+        let mut w = watch();
+        w.read(regs::VERSION, 4, 1);
+        w.write(regs::STATUS, 4, 0);
+        w.finish();
+        assert!(matches!(
+            outcome(&w, IGNORE_BAD_VERSION),
+            Outcome::NotObservable(_)
+        ));
+
+        let mut w = watch();
+        w.interrupt();
+        w.read(regs::INTERRUPT_STATUS, 4, 0x81);
+        w.write(regs::INTERRUPT_ACK, 4, 1);
+        assert_eq!(outcome(&w, IGNORE_UNDEFINED_ISR), Outcome::Pass);
+        w.interrupt();
+        w.read(regs::INTERRUPT_STATUS, 4, 0x81);
+        w.write(regs::INTERRUPT_ACK, 4, 0x81);
+        assert!(matches!(
+            outcome(&w, IGNORE_UNDEFINED_ISR),
+            Outcome::Fail(_)
+        ));
     }
 
     /// §2.2.1: with a feature it cannot know offered, the driver still goes

@@ -36,6 +36,8 @@ type Regs<D> = Rc<RefCell<MmioRegisters<MmioTransport<D>, 8>>>;
 struct Watched<D: VirtioDevice> {
     regs: Regs<D>,
     watch: Rc<RefCell<DriverWatch>>,
+    /// What the registers say instead of the truth ([`Provoke`]).
+    lie: Provoke,
 }
 
 impl<D: VirtioDevice> Clone for Watched<D> {
@@ -43,6 +45,7 @@ impl<D: VirtioDevice> Clone for Watched<D> {
         Watched {
             regs: Rc::clone(&self.regs),
             watch: Rc::clone(&self.watch),
+            lie: self.lie,
         }
     }
 }
@@ -58,6 +61,7 @@ fn le_u64(data: &[u8]) -> u64 {
 impl<D: VirtioDevice> Watched<D> {
     fn read(&self, offset: u64, data: &mut [u8]) {
         let _ = self.regs.borrow().read(offset, data);
+        self.lie.lie(offset, data);
         self.watch
             .borrow_mut()
             .read(offset, data.len(), le_u64(data));
@@ -369,6 +373,17 @@ pub enum Provoke {
     UnknownFeature,
     /// FEATURES_OK is refused: the driver must give up (§2.2.2, §3.1.1).
     RefusedFeatures,
+    /// MagicValue reads wrong: the driver must ignore the device
+    /// (§4.2.2.2).
+    BadMagic,
+    /// Version reads 3: the driver must ignore the device (§4.2.2.2).
+    BadVersion,
+    /// DeviceID reads 0 (a placeholder): the driver must ignore the device
+    /// (§4.2.2.2).
+    NoDevice,
+    /// InterruptStatus shows an undefined bit too: the driver must ignore
+    /// it (§4.2.2.2).
+    UndefinedInterruptBits,
 }
 
 /// The bit offered as a feature no driver knows: bit 23, a device-type bit
@@ -377,7 +392,45 @@ pub const UNKNOWN_FEATURE: u64 = 1 << 23;
 
 impl Provoke {
     /// The provocations, without [`Provoke::Nothing`].
-    pub const ALL: [Provoke; 2] = [Provoke::UnknownFeature, Provoke::RefusedFeatures];
+    pub const ALL: [Provoke; 6] = [
+        Provoke::UnknownFeature,
+        Provoke::RefusedFeatures,
+        Provoke::BadMagic,
+        Provoke::BadVersion,
+        Provoke::NoDevice,
+        Provoke::UndefinedInterruptBits,
+    ];
+
+    /// The provocations made by the device rather than by the register
+    /// file's values: those a driver reached through another transport
+    /// layer (virtio-drivers through our adapter) meets too.
+    pub const DEVICE: [Provoke; 2] = [Provoke::UnknownFeature, Provoke::RefusedFeatures];
+
+    /// The driver's initialisation is meant to fail.
+    pub fn init_fails(self) -> bool {
+        !matches!(
+            self,
+            Provoke::Nothing | Provoke::UnknownFeature | Provoke::UndefinedInterruptBits
+        )
+    }
+
+    /// What a register read at `offset` returns instead of `data`.
+    fn lie(self, offset: u64, data: &mut [u8]) {
+        let word = match (self, offset) {
+            (Provoke::BadMagic, regs::MAGIC_VALUE) => Some(0x7472_6975),
+            (Provoke::BadVersion, regs::VERSION) => Some(3),
+            (Provoke::NoDevice, regs::DEVICE_ID) => Some(0),
+            (Provoke::UndefinedInterruptBits, regs::INTERRUPT_STATUS) => {
+                Some(le_u64(data) as u32 | 0x80)
+            }
+            _ => None,
+        };
+        if let Some(w) = word {
+            let b = w.to_le_bytes();
+            let n = data.len().min(4);
+            data[..n].copy_from_slice(&b[..n]);
+        }
+    }
 
     /// The run's device name in reports.
     pub fn device_name(self, kind: Kind) -> String {
@@ -385,6 +438,12 @@ impl Provoke {
             Provoke::Nothing => kind.name().into(),
             Provoke::UnknownFeature => format!("{} (an unknown feature offered)", kind.name()),
             Provoke::RefusedFeatures => format!("{} (FEATURES_OK refused)", kind.name()),
+            Provoke::BadMagic => format!("{} (MagicValue wrong)", kind.name()),
+            Provoke::BadVersion => format!("{} (Version 3)", kind.name()),
+            Provoke::NoDevice => format!("{} (DeviceID 0)", kind.name()),
+            Provoke::UndefinedInterruptBits => {
+                format!("{} (undefined InterruptStatus bits)", kind.name())
+            }
         }
     }
 
@@ -394,9 +453,9 @@ impl Provoke {
         dev: WatchedDevice<D, M, F>,
     ) -> WatchedDevice<D, M, F> {
         match self {
-            Provoke::Nothing => dev,
             Provoke::UnknownFeature => dev.offering_unknown(UNKNOWN_FEATURE),
             Provoke::RefusedFeatures => dev.refusing_features(),
+            _ => dev,
         }
     }
 
@@ -522,6 +581,7 @@ fn watched<D: VirtioDevice + 'static>(
     let w = Watched {
         regs,
         watch: Rc::clone(&watch),
+        lie: provoke,
     };
     let result = workload(hal, w.clone());
     w.regs.borrow_mut().device_mut().device_mut().finish();
@@ -707,7 +767,8 @@ pub fn provoked() -> Vec<Run> {
             };
             let d = virtio_devices::rng::Rng::new(super::entropy::Trickle::new(), mem.clone());
             let workload = match p {
-                Provoke::RefusedFeatures => rng_refused_workload,
+                _ if p.init_fails() => rng_refused_workload,
+                Provoke::UndefinedInterruptBits => rng_interrupt_workload,
                 _ => rng_workload,
             };
             watched(kind, d, &mem, workload, p)
@@ -715,12 +776,37 @@ pub fn provoked() -> Vec<Run> {
         .collect()
 }
 
-/// Our entropy driver's initialisation against a device that refuses
-/// FEATURES_OK: it must fail (the watch judges what it wrote).
+/// An entropy read, then the interrupt handler once while the device is
+/// live (its interrupt is still up: it answered inside the notification,
+/// so the driver never waited for it).
+fn rng_interrupt_workload<D: VirtioDevice>(
+    hal: PoolHal<PAGES>,
+    w: Watched<D>,
+) -> Result<(), String> {
+    use guest_driver::rng::{Rng, RngOptions};
+    let opts = RngOptions {
+        completion: Completion::Interrupt,
+        ..RngOptions::default()
+    };
+    let mut rng = Rng::new(&hal, w.clone(), opts).map_err(|e| e.to_string())?;
+    let mut buf = [0u8; 64];
+    let mut wait = waiter(&w);
+    let n = rng.read(&mut buf, &mut wait).map_err(|e| e.to_string())?;
+    super::entropy::note_output(&buf[..n]);
+    if !w.regs.borrow().interrupt_asserted() {
+        return Err("the device raised no interrupt to handle".into());
+    }
+    w.service();
+    Ok(())
+}
+
+/// Our entropy driver's initialisation against a device it must not
+/// drive (FEATURES_OK refused, a probe that says "no device"): it must
+/// fail (the watch judges what it wrote).
 fn rng_refused_workload<D: VirtioDevice>(hal: PoolHal<PAGES>, w: Watched<D>) -> Result<(), String> {
     use guest_driver::rng::{Rng, RngOptions};
     match Rng::new(&hal, w, RngOptions::default()) {
         Err(_) => Ok(()),
-        Ok(_) => Err("the driver went on with a device that refused FEATURES_OK".into()),
+        Ok(_) => Err("the driver went on with a device it should have given up".into()),
     }
 }
