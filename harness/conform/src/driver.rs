@@ -76,6 +76,7 @@ const IGNORE_NO_DEVICE: &str = "driver:mmio/mmio-device-register-layout#6";
 const IGNORE_UNDEFINED_ISR: &str = "driver:mmio/mmio-device-register-layout#12";
 const ACCEPTS_VERSION_1: &str = "driver:reserved-features#1";
 const OPTIONAL_FIELDS: &str = "driver:basic/device-configuration-space#2";
+const CONFIG_NOT_ATOMIC: &str = "driver:basic/device-configuration-space#1";
 
 /// Every statement the watch judges.
 pub const STATEMENTS: &[&str] = &[
@@ -119,6 +120,7 @@ pub const STATEMENTS: &[&str] = &[
     IGNORE_BAD_VERSION,
     IGNORE_NO_DEVICE,
     IGNORE_UNDEFINED_ISR,
+    CONFIG_NOT_ATOMIC,
     NO_NOTIFY_BEFORE_DRIVER_OK,
     ACCEPTS_VERSION_1,
     OPTIONAL_FIELDS,
@@ -246,6 +248,12 @@ pub struct DriverWatch {
     ignore: Option<&'static str>,
     /// Undefined bits the driver last read in InterruptStatus.
     undefined_isr: u32,
+    /// The last ConfigGeneration read, and whether configuration was read
+    /// since (§2.5.1).
+    generation: Option<(u32, bool)>,
+    /// The generation changed across configuration reads: they may be
+    /// torn, and the driver must read again before it goes on.
+    torn: bool,
     seen: BTreeMap<&'static str, Seen>,
 }
 
@@ -297,6 +305,8 @@ impl DriverWatch {
             went_live: false,
             ignore: None,
             undefined_isr: 0,
+            generation: None,
+            torn: false,
             seen: BTreeMap::new(),
         }
     }
@@ -316,7 +326,35 @@ impl DriverWatch {
         if let Some(failed) = self.refused {
             self.after_refusal(offset, value, failed);
         }
+        if self.torn && offset < regs::CONFIG {
+            self.torn = false;
+            judge(&mut self.seen, CONFIG_NOT_ATOMIC, false, || {
+                format!(
+                    "{offset:#x} written after ConfigGeneration changed across configuration reads, without reading them again"
+                )
+            });
+        }
         self.access(offset, size, true, value);
+    }
+
+    /// §2.5.1: configuration reads between two ConfigGeneration reads that
+    /// differ may be torn; the driver keeps the statement when a later
+    /// window of reads is consistent before it goes on.
+    fn generation_window(&mut self, offset: u64, value: u32) {
+        if offset >= regs::CONFIG {
+            if let Some((_, read)) = &mut self.generation {
+                *read = true;
+            }
+        } else if offset == regs::CONFIG_GENERATION {
+            if let Some((g, true)) = self.generation {
+                if g != value {
+                    self.torn = true;
+                } else if core::mem::take(&mut self.torn) {
+                    keep(&mut self.seen, CONFIG_NOT_ATOMIC);
+                }
+            }
+            self.generation = Some((value, false));
+        }
     }
 
     /// A write after the device refused the features (§3.1.1): setting
@@ -358,6 +396,9 @@ impl DriverWatch {
 
     fn access(&mut self, offset: u64, size: usize, write: bool, value: u64) {
         self.probe_order(offset);
+        if !write {
+            self.generation_window(offset, value as u32);
+        }
         if !write && self.ignore.is_none() {
             // §4.2.2.2: what makes a driver ignore the device. Version 1 is
             // the legacy interface (§4.2.4), which a driver may drive.
@@ -873,6 +914,12 @@ impl DriverWatch {
             // Nothing written since (a write would have broken it).
             keep(&mut self.seen, s);
         }
+        if core::mem::take(&mut self.torn) {
+            judge(&mut self.seen, CONFIG_NOT_ATOMIC, false, || {
+                "ConfigGeneration changed across configuration reads, which were never read again"
+                    .into()
+            });
+        }
         if self.unknown != 0 {
             let unknown = self.unknown;
             judge(
@@ -1106,6 +1153,33 @@ mod tests {
             outcome(&w, IGNORE_UNDEFINED_ISR),
             Outcome::Fail(_)
         ));
+    }
+
+    /// §2.5.1: configuration reads across a ConfigGeneration change are
+    /// read again (kept); a driver that goes on without is the breach.
+    #[test]
+    fn section_2_5_1_torn_configuration_reads_are_read_again() {
+        let blk = || DriverWatch::new(Some(DeviceType::Blk), 1 << 32, &[256], 60);
+        let mut w = blk();
+        w.read(regs::CONFIG_GENERATION, 4, 5);
+        w.read(regs::CONFIG, 4, 0x1000);
+        w.read(regs::CONFIG + 4, 4, 0);
+        w.read(regs::CONFIG_GENERATION, 4, 6);
+        w.read(regs::CONFIG_GENERATION, 4, 6);
+        w.read(regs::CONFIG, 4, 0x2000);
+        w.read(regs::CONFIG + 4, 4, 0);
+        w.read(regs::CONFIG_GENERATION, 4, 6);
+        w.write(regs::STATUS, 4, 0);
+        w.finish();
+        assert_eq!(outcome(&w, CONFIG_NOT_ATOMIC), Outcome::Pass);
+
+        let mut w = blk();
+        w.read(regs::CONFIG_GENERATION, 4, 5);
+        w.read(regs::CONFIG, 4, 0x1000);
+        w.read(regs::CONFIG_GENERATION, 4, 6);
+        w.write(regs::STATUS, 4, 0);
+        w.finish();
+        assert!(matches!(outcome(&w, CONFIG_NOT_ATOMIC), Outcome::Fail(_)));
     }
 
     /// §2.2.1: with a feature it cannot know offered, the driver still goes

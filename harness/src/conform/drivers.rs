@@ -38,6 +38,8 @@ struct Watched<D: VirtioDevice> {
     watch: Rc<RefCell<DriverWatch>>,
     /// What the registers say instead of the truth ([`Provoke`]).
     lie: Provoke,
+    /// ConfigGeneration reads so far.
+    generation_reads: Rc<std::cell::Cell<u32>>,
 }
 
 impl<D: VirtioDevice> Clone for Watched<D> {
@@ -46,6 +48,7 @@ impl<D: VirtioDevice> Clone for Watched<D> {
             regs: Rc::clone(&self.regs),
             watch: Rc::clone(&self.watch),
             lie: self.lie,
+            generation_reads: Rc::clone(&self.generation_reads),
         }
     }
 }
@@ -61,7 +64,10 @@ fn le_u64(data: &[u8]) -> u64 {
 impl<D: VirtioDevice> Watched<D> {
     fn read(&self, offset: u64, data: &mut [u8]) {
         let _ = self.regs.borrow().read(offset, data);
-        self.lie.lie(offset, data);
+        if offset == regs::CONFIG_GENERATION {
+            self.generation_reads.set(self.generation_reads.get() + 1);
+        }
+        self.lie.lie(offset, data, self.generation_reads.get());
         self.watch
             .borrow_mut()
             .read(offset, data.len(), le_u64(data));
@@ -384,6 +390,10 @@ pub enum Provoke {
     /// InterruptStatus shows an undefined bit too: the driver must ignore
     /// it (§4.2.2.2).
     UndefinedInterruptBits,
+    /// ConfigGeneration moves on after its first read, as if the
+    /// configuration changed while the driver read it: the driver must
+    /// read again (§2.5.1).
+    TornConfig,
 }
 
 /// The bit offered as a feature no driver knows: bit 23, a device-type bit
@@ -392,13 +402,14 @@ pub const UNKNOWN_FEATURE: u64 = 1 << 23;
 
 impl Provoke {
     /// The provocations, without [`Provoke::Nothing`].
-    pub const ALL: [Provoke; 6] = [
+    pub const ALL: [Provoke; 7] = [
         Provoke::UnknownFeature,
         Provoke::RefusedFeatures,
         Provoke::BadMagic,
         Provoke::BadVersion,
         Provoke::NoDevice,
         Provoke::UndefinedInterruptBits,
+        Provoke::TornConfig,
     ];
 
     /// The provocations made by the device rather than by the register
@@ -414,9 +425,22 @@ impl Provoke {
         )
     }
 
-    /// What a register read at `offset` returns instead of `data`.
-    fn lie(self, offset: u64, data: &mut [u8]) {
+    /// The device the provocation is made with.
+    pub fn kind(self) -> Kind {
+        match self {
+            // A block device has a 64-bit field (capacity).
+            Provoke::TornConfig => Kind::Blk,
+            _ => Kind::Rng,
+        }
+    }
+
+    /// What a register read at `offset` returns instead of `data`, the
+    /// `generation_reads`th read of ConfigGeneration if it is one.
+    fn lie(self, offset: u64, data: &mut [u8], generation_reads: u32) {
         let word = match (self, offset) {
+            (Provoke::TornConfig, regs::CONFIG_GENERATION) if generation_reads > 1 => {
+                Some((le_u64(data) as u32).wrapping_add(1))
+            }
             (Provoke::BadMagic, regs::MAGIC_VALUE) => Some(0x7472_6975),
             (Provoke::BadVersion, regs::VERSION) => Some(3),
             (Provoke::NoDevice, regs::DEVICE_ID) => Some(0),
@@ -444,6 +468,7 @@ impl Provoke {
             Provoke::UndefinedInterruptBits => {
                 format!("{} (undefined InterruptStatus bits)", kind.name())
             }
+            Provoke::TornConfig => format!("{} (configuration changing while read)", kind.name()),
         }
     }
 
@@ -582,6 +607,7 @@ fn watched<D: VirtioDevice + 'static>(
         regs,
         watch: Rc::clone(&watch),
         lie: provoke,
+        generation_reads: Rc::default(),
     };
     let result = workload(hal, w.clone());
     w.regs.borrow_mut().device_mut().device_mut().finish();
@@ -753,18 +779,24 @@ pub fn provoked() -> Vec<Run> {
     Provoke::ALL
         .into_iter()
         .map(|p| {
-            let kind = Kind::Rng;
+            let kind = p.kind();
+            let failed = |e: String| Run {
+                target: GUEST_DRIVER.into(),
+                device: p.device_name(kind),
+                records: vec![],
+                error: Some(e),
+            };
             let mem = match LocalMemory::new(PAGES as u64 * 4096) {
                 Ok(m) => m,
-                Err(e) => {
-                    return Run {
-                        target: GUEST_DRIVER.into(),
-                        device: p.device_name(kind),
-                        records: vec![],
-                        error: Some(e),
-                    };
-                }
+                Err(e) => return failed(e),
             };
+            if kind == Kind::Blk {
+                return match our_device(kind, &mem) {
+                    Ok(Device::Blk(d)) => watched(kind, d, &mem, blk_workload, p),
+                    Ok(_) => failed("not a block device".into()),
+                    Err(e) => failed(e),
+                };
+            }
             let d = virtio_devices::rng::Rng::new(super::entropy::Trickle::new(), mem.clone());
             let workload = match p {
                 _ if p.init_fails() => rng_refused_workload,
