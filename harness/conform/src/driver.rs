@@ -25,6 +25,7 @@ use crate::{Check, Outcome, Record};
 pub mod notify;
 pub mod requests;
 pub mod rings;
+pub mod rx_headers;
 #[cfg(test)]
 mod test_ram;
 
@@ -169,6 +170,7 @@ pub const CHECKS: &[Check] = &[
     NET_WATCH,
     rings::WATCH,
     notify::WATCH,
+    rx_headers::WATCH,
     requests::BLK_WATCH,
     requests::NET_WATCH,
     requests::RNG_WATCH,

@@ -145,6 +145,12 @@ pub struct WatchedDevice<D, M: GuestMemory, F: FnMut(&RingWatch)> {
     extra_offer: u64,
     /// Refuse FEATURES_OK (a provocation, §2.2.2).
     refuse: bool,
+    /// Rewrite received network headers (a provocation, see
+    /// [`conform::driver::rx_headers`]), counting them here.
+    rx_headers: Option<std::sync::Arc<std::sync::atomic::AtomicU32>>,
+    /// The queues' layouts and, per queue, the used index up to which
+    /// received headers were rewritten.
+    layouts: Vec<Option<(virtio_core::split::layout::QueueLayout, u16)>>,
     live: bool,
     done: F,
 }
@@ -161,6 +167,8 @@ impl<D: VirtioDevice, M: GuestMemory, F: FnMut(&RingWatch)> WatchedDevice<D, M, 
             notifications: None,
             extra_offer: 0,
             refuse: false,
+            rx_headers: None,
+            layouts: Vec::new(),
             live: false,
             done,
         }
@@ -194,6 +202,44 @@ impl<D: VirtioDevice, M: GuestMemory, F: FnMut(&RingWatch)> WatchedDevice<D, M, 
     pub fn refusing_features(mut self) -> Self {
         self.refuse = true;
         self
+    }
+
+    /// Rewrites the header of each received network frame before the
+    /// driver sees it (see [`conform::driver::rx_headers`]), counting them
+    /// in `count`.
+    pub fn rewriting_rx_headers(
+        mut self,
+        count: std::sync::Arc<std::sync::atomic::AtomicU32>,
+    ) -> Self {
+        self.rx_headers = Some(count);
+        self
+    }
+
+    /// Rewrites the headers of frames received since the last step (a
+    /// network device's receive queues: the even data queues).
+    fn rewrite_rx_headers(&mut self) {
+        let Some(count) = &self.rx_headers else {
+            return;
+        };
+        if self.inner.device_type() != virtio_core::features::DeviceType::Net {
+            return;
+        }
+        let n = self.layouts.len();
+        let data = n - n % 2;
+        for (q, entry) in self.layouts.iter_mut().enumerate() {
+            let Some((l, upto)) = entry else {
+                continue;
+            };
+            if q % 2 != 0 || q >= data {
+                continue;
+            }
+            let Some(now) = conform::driver::rx_headers::used_idx(&self.mem, *l) else {
+                continue;
+            };
+            let done = conform::driver::rx_headers::mangle(&self.mem, *l, *upto, now);
+            count.fetch_add(done, std::sync::atomic::Ordering::Relaxed);
+            *upto = now;
+        }
     }
 
     /// Ends the session: its watch goes to `done`.
@@ -232,6 +278,7 @@ impl<D: VirtioDevice, M: GuestMemory, F: FnMut(&RingWatch)> WatchedDevice<D, M, 
             }
             self.rings.stepped(&self.mem, q as u16);
         }
+        self.rewrite_rx_headers();
         r
     }
 }
@@ -312,6 +359,13 @@ impl<D: VirtioDevice, M: GuestMemory, F: FnMut(&RingWatch)> VirtioDevice
                 self.rings.queue(&self.mem, i as u16, l);
             }
         }
+        self.layouts = queues
+            .iter()
+            .map(|q| {
+                let l = q.layout?;
+                Some((l, conform::driver::rx_headers::used_idx(&self.mem, l)?))
+            })
+            .collect();
         self.live = true;
         let r = self.inner.activate(features, queues);
         self.after(r)
@@ -394,6 +448,9 @@ pub enum Provoke {
     /// configuration changed while the driver read it: the driver must
     /// read again (§2.5.1).
     TornConfig,
+    /// Received network headers rewritten with what the driver must
+    /// ignore (§5.1.6.4.1, [`conform::driver::rx_headers`]).
+    RxHeaders,
 }
 
 /// The bit offered as a feature no driver knows: bit 23, a device-type bit
@@ -402,7 +459,7 @@ pub const UNKNOWN_FEATURE: u64 = 1 << 23;
 
 impl Provoke {
     /// The provocations, without [`Provoke::Nothing`].
-    pub const ALL: [Provoke; 7] = [
+    pub const ALL: [Provoke; 8] = [
         Provoke::UnknownFeature,
         Provoke::RefusedFeatures,
         Provoke::BadMagic,
@@ -410,18 +467,23 @@ impl Provoke {
         Provoke::NoDevice,
         Provoke::UndefinedInterruptBits,
         Provoke::TornConfig,
+        Provoke::RxHeaders,
     ];
 
     /// The provocations made by the device rather than by the register
     /// file's values: those a driver reached through another transport
     /// layer (virtio-drivers through our adapter) meets too.
-    pub const DEVICE: [Provoke; 2] = [Provoke::UnknownFeature, Provoke::RefusedFeatures];
+    pub const DEVICE: [Provoke; 3] = [
+        Provoke::UnknownFeature,
+        Provoke::RefusedFeatures,
+        Provoke::RxHeaders,
+    ];
 
     /// The driver's initialisation is meant to fail.
     pub fn init_fails(self) -> bool {
-        !matches!(
+        matches!(
             self,
-            Provoke::Nothing | Provoke::UnknownFeature | Provoke::UndefinedInterruptBits
+            Provoke::RefusedFeatures | Provoke::BadMagic | Provoke::BadVersion | Provoke::NoDevice
         )
     }
 
@@ -430,6 +492,7 @@ impl Provoke {
         match self {
             // A block device has a 64-bit field (capacity).
             Provoke::TornConfig => Kind::Blk,
+            Provoke::RxHeaders => Kind::Net,
             _ => Kind::Rng,
         }
     }
@@ -469,6 +532,7 @@ impl Provoke {
                 format!("{} (undefined InterruptStatus bits)", kind.name())
             }
             Provoke::TornConfig => format!("{} (configuration changing while read)", kind.name()),
+            Provoke::RxHeaders => format!("{} (received headers rewritten)", kind.name()),
         }
     }
 
@@ -476,11 +540,33 @@ impl Provoke {
     pub fn apply<D: VirtioDevice, M: GuestMemory, F: FnMut(&RingWatch)>(
         self,
         dev: WatchedDevice<D, M, F>,
+        rewritten: &std::sync::Arc<std::sync::atomic::AtomicU32>,
     ) -> WatchedDevice<D, M, F> {
         match self {
             Provoke::UnknownFeature => dev.offering_unknown(UNKNOWN_FEATURE),
             Provoke::RefusedFeatures => dev.refusing_features(),
+            Provoke::RxHeaders => dev.rewriting_rx_headers(std::sync::Arc::clone(rewritten)),
             _ => dev,
+        }
+    }
+
+    /// The records of what the harness judged itself, after the workload
+    /// ended with `error`: the received headers' statements, with
+    /// `rewritten` headers given and the driver's checksum state seen or
+    /// not.
+    pub fn records(
+        self,
+        rewritten: &std::sync::Arc<std::sync::atomic::AtomicU32>,
+        error: Option<&str>,
+        checksum_seen: bool,
+    ) -> Vec<conform::Record> {
+        match self {
+            Provoke::RxHeaders => conform::driver::rx_headers::records(
+                rewritten.load(std::sync::atomic::Ordering::Relaxed),
+                error,
+                checksum_seen,
+            ),
+            _ => Vec::new(),
         }
     }
 
@@ -576,8 +662,11 @@ fn watched<D: VirtioDevice + 'static>(
     let done: Box<dyn FnMut(&RingWatch)> = Box::new(move |w: &RingWatch| {
         sink.borrow_mut().extend(w.records());
     });
-    let dev: Observed<D> =
-        provoke.apply(WatchedDevice::new(dev, mem.clone(), done).with_notifications(true));
+    let rewritten = std::sync::Arc::default();
+    let dev: Observed<D> = provoke.apply(
+        WatchedDevice::new(dev, mem.clone(), done).with_notifications(true),
+        &rewritten,
+    );
     let device_type = Some(dev.device_type());
     let max: Vec<u16> = dev.queue_max_sizes().to_vec();
     let config_len = dev.config_len() as u64;
@@ -620,6 +709,7 @@ fn watched<D: VirtioDevice + 'static>(
     if kind == Kind::Rng {
         records.extend(super::entropy::records());
     }
+    records.extend(provoke.records(&rewritten, error.as_deref(), true));
     run(records, error)
 }
 
@@ -709,9 +799,16 @@ fn net_workload<D: VirtioDevice>(hal: PoolHal<PAGES>, w: Watched<D>) -> Result<(
     for _ in 0..100_000 {
         w.service();
         net.flush().map_err(|e| e.to_string())?;
-        if let Some((n, _)) = net.receive_into(&mut buf).map_err(|e| e.to_string())? {
+        if let Some((n, checksum)) = net.receive_into(&mut buf).map_err(|e| e.to_string())? {
             if buf[..n] != frame {
                 return Err(format!("received {n} bytes, not the frame sent"));
+            }
+            // §5.1.6.4.1: the rewritten header has neither NEEDS_CSUM nor
+            // DATA_VALID.
+            if w.lie == Provoke::RxHeaders && checksum != guest_driver::net::RxChecksum::Unknown {
+                return Err(format!(
+                    "the checksum reported {checksum:?} with neither NEEDS_CSUM nor DATA_VALID"
+                ));
             }
             // The control queue (§5.1.6.5): filters and the address.
             let mut wait = waiter(&w);
@@ -790,10 +887,11 @@ pub fn provoked() -> Vec<Run> {
                 Ok(m) => m,
                 Err(e) => return failed(e),
             };
-            if kind == Kind::Blk {
+            if kind != Kind::Rng {
                 return match our_device(kind, &mem) {
                     Ok(Device::Blk(d)) => watched(kind, d, &mem, blk_workload, p),
-                    Ok(_) => failed("not a block device".into()),
+                    Ok(Device::Net(d)) => watched(kind, d, &mem, net_workload, p),
+                    Ok(_) => failed("no workload for this provocation".into()),
                     Err(e) => failed(e),
                 };
             }

@@ -78,8 +78,11 @@ fn watched<D: VirtioDevice + 'static>(
     let done: Box<dyn FnMut(&RingWatch)> = Box::new(move |w: &RingWatch| {
         sink.borrow_mut().extend(w.records());
     });
-    let dev: Observed<D> =
-        provoke.apply(WatchedDevice::new(dev, TestHal::memory(), done).with_notifications(true));
+    let rewritten = std::sync::Arc::default();
+    let dev: Observed<D> = provoke.apply(
+        WatchedDevice::new(dev, TestHal::memory(), done).with_notifications(true),
+        &rewritten,
+    );
     let device_type = Some(dev.device_type());
     let max: Vec<u16> = dev.queue_max_sizes().to_vec();
     let config_len = dev.config_len();
@@ -143,6 +146,7 @@ fn watched<D: VirtioDevice + 'static>(
     if kind == Kind::Rng {
         records.extend(super::entropy::records());
     }
+    records.extend(provoke.records(&rewritten, error.as_deref(), false));
     Run {
         target: VIRTIO_DRIVERS.into(),
         device: provoke.device_name(kind),
@@ -255,13 +259,20 @@ pub fn provoked() -> Vec<Run> {
     Provoke::DEVICE
         .into_iter()
         .map(|p| {
+            if p.kind() == Kind::Net {
+                return match our_device(Kind::Net, &TestHal::memory()) {
+                    Ok(Device::Net(d)) => watched(Kind::Net, d, net_workload, p),
+                    Ok(_) => failed_as(p.device_name(Kind::Net), "not a network device".into()),
+                    Err(e) => failed_as(p.device_name(Kind::Net), e),
+                };
+            }
             let d =
                 virtio_devices::rng::Rng::new(super::entropy::Trickle::new(), TestHal::memory());
             let workload = match p {
                 Provoke::RefusedFeatures => rng_refused_workload,
                 _ => rng_workload,
             };
-            watched(Kind::Rng, d, workload, p)
+            watched(p.kind(), d, workload, p)
         })
         .collect()
 }
