@@ -180,6 +180,7 @@ fn section_2_7_10_and_5_4_6_1_our_driver_keeps_what_the_device_provokes() {
         "driver:net/device-operation/processing-of-incoming-packets#3",
         "driver:net/device-operation/processing-of-incoming-packets#4",
         "driver:net/device-operation/processing-of-incoming-packets#5",
+        "driver:console/device-operation/multiport-device-operation#2",
         "driver:basic/virtqueues/available-buffer-notification-suppression#2",
         "driver:basic/virtqueues/available-buffer-notification-suppression#4",
         "driver:basic/virtqueues/available-buffer-notification-suppression#5",
@@ -214,7 +215,7 @@ fn virtio_drivers_keeps_the_statements_it_exercises_but_the_status_re_read() {
     const FINDING: &str = "driver:general/device-initialization#8";
     const NET_FINDING: &str = "driver:basic/virtqueues/available-buffer-notification-suppression#7";
     let provoked = harness::conform::peer_drivers::provoked();
-    assert_eq!(provoked.len(), 3);
+    assert_eq!(provoked.len(), 4);
     for r in harness::conform::peer_drivers::in_process()
         .into_iter()
         .chain(provoked)

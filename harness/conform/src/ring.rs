@@ -226,3 +226,57 @@ pub fn bytes(mem: &dyn Memory, at: GuestAddress, len: usize) -> Vec<u8> {
     let _ = mem.read(at, &mut b);
     b
 }
+
+/// A chain the device returned, as a watch on the device side reads it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Returned {
+    /// The chain's head.
+    pub head: u16,
+    /// The used length.
+    pub len: u32,
+    /// Where its first buffer starts (an indirect table's first entry's
+    /// buffer, for an indirect chain).
+    pub first: GuestAddress,
+}
+
+/// The chains the device returned on `l` between used indices `from` and
+/// `to` (skipping elements that name no descriptor or cannot be read).
+pub fn returned(mem: &dyn Memory, l: QueueLayout, from: u16, to: u16) -> Vec<Returned> {
+    let size = l.size().get();
+    let mut out = Vec::new();
+    let mut u = from;
+    while u != to {
+        let slot = l.used_slot(u % size);
+        u = u.wrapping_add(1);
+        let mut e = [0u8; 8];
+        if mem.read(slot, &mut e).is_err() {
+            continue;
+        }
+        let id = u32::from_le_bytes([e[0], e[1], e[2], e[3]]);
+        let len = u32::from_le_bytes([e[4], e[5], e[6], e[7]]);
+        let Ok(head) = u16::try_from(id) else {
+            continue;
+        };
+        if head >= size {
+            continue;
+        }
+        let mut d = [0u8; 16];
+        if mem.read(l.desc(head), &mut d).is_err() {
+            continue;
+        }
+        let mut addr = u64::from_le_bytes([d[0], d[1], d[2], d[3], d[4], d[5], d[6], d[7]]);
+        if u16::from_le_bytes([d[12], d[13]]) & INDIRECT != 0 {
+            let mut t = [0u8; 8];
+            if mem.read(GuestAddress(addr), &mut t).is_err() {
+                continue;
+            }
+            addr = u64::from_le_bytes(t);
+        }
+        out.push(Returned {
+            head,
+            len,
+            first: GuestAddress(addr),
+        });
+    }
+    out
+}

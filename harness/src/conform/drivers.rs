@@ -215,29 +215,33 @@ impl<D: VirtioDevice, M: GuestMemory, F: FnMut(&RingWatch)> WatchedDevice<D, M, 
         self
     }
 
-    /// Rewrites the headers of frames received since the last step (a
-    /// network device's receive queues: the even data queues).
-    fn rewrite_rx_headers(&mut self) {
-        let Some(count) = &self.rx_headers else {
-            return;
-        };
-        if self.inner.device_type() != virtio_core::features::DeviceType::Net {
-            return;
-        }
+    /// What the device returned in its last step, before the driver can
+    /// look: the watch reads what it says (a console's control messages),
+    /// and, when provoking, a network device's received headers are
+    /// rewritten (its receive queues: the even data queues).
+    fn scan_returned(&mut self) {
+        let net = self.inner.device_type() == virtio_core::features::DeviceType::Net;
         let n = self.layouts.len();
         let data = n - n % 2;
         for (q, entry) in self.layouts.iter_mut().enumerate() {
             let Some((l, upto)) = entry else {
                 continue;
             };
-            if q % 2 != 0 || q >= data {
-                continue;
-            }
             let Some(now) = conform::driver::rx_headers::used_idx(&self.mem, *l) else {
                 continue;
             };
-            let done = conform::driver::rx_headers::mangle(&self.mem, *l, *upto, now);
-            count.fetch_add(done, std::sync::atomic::Ordering::Relaxed);
+            if now == *upto {
+                continue;
+            }
+            self.rings.returned(&self.mem, q as u16, *l, *upto, now);
+            if let Some(count) = &self.rx_headers
+                && net
+                && q % 2 == 0
+                && q < data
+            {
+                let done = conform::driver::rx_headers::mangle(&self.mem, *l, *upto, now);
+                count.fetch_add(done, std::sync::atomic::Ordering::Relaxed);
+            }
             *upto = now;
         }
     }
@@ -278,7 +282,7 @@ impl<D: VirtioDevice, M: GuestMemory, F: FnMut(&RingWatch)> WatchedDevice<D, M, 
             }
             self.rings.stepped(&self.mem, q as u16);
         }
-        self.rewrite_rx_headers();
+        self.scan_returned();
         r
     }
 }
@@ -451,6 +455,10 @@ pub enum Provoke {
     /// Received network headers rewritten with what the driver must
     /// ignore (§5.1.6.4.1, [`conform::driver::rx_headers`]).
     RxHeaders,
+    /// A console with two ports and MULTIPORT, port 0 named a console
+    /// ([`super::targets::multiport_console`]): the driver answers
+    /// CONSOLE_PORT with PORT_OPEN 1 (§5.3.6.2.2).
+    ConsolePorts,
 }
 
 /// The bit offered as a feature no driver knows: bit 23, a device-type bit
@@ -459,7 +467,7 @@ pub const UNKNOWN_FEATURE: u64 = 1 << 23;
 
 impl Provoke {
     /// The provocations, without [`Provoke::Nothing`].
-    pub const ALL: [Provoke; 8] = [
+    pub const ALL: [Provoke; 9] = [
         Provoke::UnknownFeature,
         Provoke::RefusedFeatures,
         Provoke::BadMagic,
@@ -468,15 +476,17 @@ impl Provoke {
         Provoke::UndefinedInterruptBits,
         Provoke::TornConfig,
         Provoke::RxHeaders,
+        Provoke::ConsolePorts,
     ];
 
     /// The provocations made by the device rather than by the register
     /// file's values: those a driver reached through another transport
     /// layer (virtio-drivers through our adapter) meets too.
-    pub const DEVICE: [Provoke; 3] = [
+    pub const DEVICE: [Provoke; 4] = [
         Provoke::UnknownFeature,
         Provoke::RefusedFeatures,
         Provoke::RxHeaders,
+        Provoke::ConsolePorts,
     ];
 
     /// The driver's initialisation is meant to fail.
@@ -493,6 +503,7 @@ impl Provoke {
             // A block device has a 64-bit field (capacity).
             Provoke::TornConfig => Kind::Blk,
             Provoke::RxHeaders => Kind::Net,
+            Provoke::ConsolePorts => Kind::Console,
             _ => Kind::Rng,
         }
     }
@@ -533,6 +544,7 @@ impl Provoke {
             }
             Provoke::TornConfig => format!("{} (configuration changing while read)", kind.name()),
             Provoke::RxHeaders => format!("{} (received headers rewritten)", kind.name()),
+            Provoke::ConsolePorts => format!("{} (two ports, MULTIPORT)", kind.name()),
         }
     }
 
@@ -781,6 +793,29 @@ fn console_workload<D: VirtioDevice>(hal: PoolHal<PAGES>, w: Watched<D>) -> Resu
     Ok(())
 }
 
+/// The console with two ports: both come up (DEVICE_ADD, CONSOLE_PORT for
+/// port 0), then a write to the console port.
+fn console_ports_workload<D: VirtioDevice>(
+    hal: PoolHal<PAGES>,
+    w: Watched<D>,
+) -> Result<(), String> {
+    use guest_driver::console::{Console, ConsoleOptions};
+    let opts = ConsoleOptions {
+        completion: Completion::Interrupt,
+        ..ConsoleOptions::default()
+    };
+    let mut con: Console<_, _> = Console::new(hal, w.clone(), opts).map_err(|e| e.to_string())?;
+    if !con.is_multiport() {
+        return Err("MULTIPORT was not negotiated".into());
+    }
+    let mut wait = waiter(&w);
+    con.wait_for_port(1, &mut wait).map_err(|e| e.to_string())?;
+    con.write(b"conformance\n", &mut wait)
+        .map_err(|e| e.to_string())?;
+    con.poll().map_err(|e| e.to_string())?;
+    Ok(())
+}
+
 fn net_workload<D: VirtioDevice>(hal: PoolHal<PAGES>, w: Watched<D>) -> Result<(), String> {
     use guest_driver::net::{Net, NetOptions};
     let opts = NetOptions {
@@ -887,6 +922,10 @@ pub fn provoked() -> Vec<Run> {
                 Ok(m) => m,
                 Err(e) => return failed(e),
             };
+            if p == Provoke::ConsolePorts {
+                let d = super::targets::multiport_console(mem.clone());
+                return watched(kind, d, &mem, console_ports_workload, p);
+            }
             if kind != Kind::Rng {
                 return match our_device(kind, &mem) {
                     Ok(Device::Blk(d)) => watched(kind, d, &mem, blk_workload, p),

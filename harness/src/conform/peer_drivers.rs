@@ -259,6 +259,10 @@ pub fn provoked() -> Vec<Run> {
     Provoke::DEVICE
         .into_iter()
         .map(|p| {
+            if p == Provoke::ConsolePorts {
+                let d = super::targets::multiport_console(TestHal::memory());
+                return watched(Kind::Console, d, console_workload, p);
+            }
             if p.kind() == Kind::Net {
                 return match our_device(Kind::Net, &TestHal::memory()) {
                     Ok(Device::Net(d)) => watched(Kind::Net, d, net_workload, p),

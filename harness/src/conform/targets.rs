@@ -266,6 +266,24 @@ pub fn our_device<M: GuestMemory + Clone>(kind: Kind, mem: &M) -> Result<Device<
     })
 }
 
+/// Our console with two ports and MULTIPORT, port 0 a console (so the
+/// device sends CONSOLE_PORT for it, §5.3.6.2) and port 1 named.
+pub fn multiport_console<M: GuestMemory>(mem: M) -> Console<M> {
+    use virtio_devices::console::Port;
+    Console::with_ports(
+        mem,
+        vec![
+            Port::new(Box::new(RingBuf::<4096>::new()), true, None),
+            Port::new(
+                Box::new(RingBuf::<4096>::new()),
+                false,
+                Some("org.bothends.conform".into()),
+            ),
+        ],
+        true,
+    )
+}
+
 /// Our block device's configuration in the checks: as the monitor's
 /// default, with discard and write zeroes offered.
 pub(crate) fn blk_config() -> BlkConfig {

@@ -757,7 +757,18 @@ pub const CONSOLE_STATEMENTS: &[&str] = &[
     CONSOLE_RX_WRITABLE,
     CONSOLE_TX_READABLE,
     CONSOLE_DEVICE_READY,
+    CONSOLE_PORT_OPENED,
 ];
+
+/// The driver answers CONSOLE_PORT with PORT_OPEN 1 (§5.3.6.2.2); judged
+/// when the watch's records are taken ([`ConsoleState`]).
+pub const CONSOLE_PORT_OPENED: &str =
+    "driver:console/device-operation/multiport-device-operation#2";
+
+/// `VIRTIO_CONSOLE_CONSOLE_PORT` (§5.3.6.2).
+const EVENT_CONSOLE_PORT: u16 = 4;
+/// `VIRTIO_CONSOLE_PORT_OPEN`.
+const EVENT_PORT_OPEN: u16 = 6;
 
 /// The console request watch as a [`Check`] for the catalogue.
 pub const CONSOLE_WATCH: Check = Check {
@@ -768,12 +779,28 @@ pub const CONSOLE_WATCH: Check = Check {
 
 /// What the console watch remembers: whether MULTIPORT was negotiated and
 /// whether the driver sent VIRTIO_CONSOLE_DEVICE_READY.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ConsoleState {
     /// VIRTIO_CONSOLE_F_MULTIPORT negotiated.
     pub multiport: bool,
     /// A DEVICE_READY seen on the control transmitq.
     pub device_ready: bool,
+    /// Ports the device named consoles (CONSOLE_PORT) that the driver has
+    /// not answered yet.
+    pub nominated: alloc::collections::BTreeSet<u32>,
+    /// Ports answered with PORT_OPEN 1.
+    pub answered: u32,
+}
+
+impl ConsoleState {
+    /// The device sent control message `msg` (id, event, value) on the
+    /// control receiveq.
+    pub fn device_sent(&mut self, msg: [u8; 8]) {
+        let id = u32::from_le_bytes([msg[0], msg[1], msg[2], msg[3]]);
+        if u16::from_le_bytes([msg[4], msg[5]]) == EVENT_CONSOLE_PORT {
+            self.nominated.insert(id);
+        }
+    }
 }
 
 /// Judges one console chain on queue `index` (§5.3.6.1, §5.3.6.2): a
@@ -794,10 +821,21 @@ pub(super) fn judge_console(
         3 => {
             // struct virtio_console_control: le32 id, le16 event, le16
             // value; DEVICE_READY is event 0.
-            if let Some(m) = readable_prefix(mem, segs, 8)
-                && u16::from_le_bytes([m[4], m[5]]) == 0
-            {
-                state.device_ready = true;
+            if let Some(m) = readable_prefix(mem, segs, 8) {
+                let id = u32::from_le_bytes([m[0], m[1], m[2], m[3]]);
+                let value = u16::from_le_bytes([m[6], m[7]]);
+                match u16::from_le_bytes([m[4], m[5]]) {
+                    0 => state.device_ready = true,
+                    EVENT_PORT_OPEN if state.nominated.remove(&id) => {
+                        judge(seen, CONSOLE_PORT_OPENED, value == 1, || {
+                            format!(
+                                "PORT_OPEN {value} for console port {id} (CONSOLE_PORT answered)"
+                            )
+                        });
+                        state.answered += 1;
+                    }
+                    _ => {}
+                }
             }
         }
         i if i % 2 == 0 => judge(seen, CONSOLE_RX_WRITABLE, readable == 0, || {

@@ -18,10 +18,10 @@ use virtio_core::split::layout::QueueLayout;
 
 use super::notify::{self, NotifyWatch};
 use super::requests::{
-    BLK_STATEMENTS, BLK_WATCH, BlkLimits, CONSOLE_DEVICE_READY, CONSOLE_STATEMENTS, CONSOLE_WATCH,
-    ConsoleState, NET_CTRL_STATEMENTS, NET_RX_ENOUGH, NET_STATEMENTS, NET_WATCH, NetLimits,
-    NetState, RNG_STATEMENTS, RNG_WATCH, Segment, judge_blk, judge_console, judge_net_ctrl,
-    judge_net_tx, judge_rng, note_net_rx,
+    BLK_STATEMENTS, BLK_WATCH, BlkLimits, CONSOLE_DEVICE_READY, CONSOLE_PORT_OPENED,
+    CONSOLE_STATEMENTS, CONSOLE_WATCH, ConsoleState, NET_CTRL_STATEMENTS, NET_RX_ENOUGH,
+    NET_STATEMENTS, NET_WATCH, NetLimits, NetState, RNG_STATEMENTS, RNG_WATCH, Segment, judge_blk,
+    judge_console, judge_net_ctrl, judge_net_tx, judge_rng, note_net_rx,
 };
 use super::{Seen, judge, keep};
 use crate::{Check, Memory, Record};
@@ -190,6 +190,24 @@ impl RingWatch {
         self
     }
 
+    /// The device returned chains `from..to` (used indices) on queue
+    /// `index` with layout `l` in its last step, before the driver can
+    /// look: what it told the driver there (a console's control
+    /// messages) is noted.
+    pub fn returned(&mut self, mem: &dyn Memory, index: u16, l: QueueLayout, from: u16, to: u16) {
+        if let Some(state) = &mut self.console
+            && state.multiport
+            && index == 2
+        {
+            for r in crate::ring::returned(mem, l, from, to) {
+                let mut m = [0u8; 8];
+                if r.len >= 8 && mem.read(r.first, &mut m).is_ok() {
+                    state.device_sent(m);
+                }
+            }
+        }
+    }
+
     /// The driver notified queue `index` (before the device looks).
     pub fn notified(&mut self, mem: &dyn Memory, index: u16) {
         if let Some(n) = &mut self.notify {
@@ -244,7 +262,7 @@ impl RingWatch {
     pub fn with_console(mut self, multiport: bool) -> Self {
         self.console = Some(ConsoleState {
             multiport,
-            device_ready: false,
+            ..ConsoleState::default()
         });
         self
     }
@@ -642,6 +660,19 @@ impl RingWatch {
             for r in c.iter_mut().filter(|r| r.statement == CONSOLE_DEVICE_READY) {
                 r.outcome = outcome.clone();
             }
+            // §5.3.6.2.2: every CONSOLE_PORT answered by the end.
+            for r in c.iter_mut().filter(|r| r.statement == CONSOLE_PORT_OPENED) {
+                if !state.nominated.is_empty() {
+                    r.outcome = crate::Outcome::Fail(format!(
+                        "CONSOLE_PORT for port(s) {:?} never answered with PORT_OPEN",
+                        state.nominated
+                    ));
+                } else if state.answered == 0 && !matches!(r.outcome, crate::Outcome::Fail(_)) {
+                    r.outcome = crate::Outcome::NotObservable(
+                        "the device named no console port (CONSOLE_PORT) on this path".into(),
+                    );
+                }
+            }
             out.extend(c);
         }
         if let Some((limits, state)) = &self.net {
@@ -845,6 +876,57 @@ mod tests {
                 assert_eq!(o, Outcome::Pass, "{o:?}");
             } else {
                 assert!(matches!(o, Outcome::Fail(_)), "{o:?}");
+            }
+        }
+    }
+
+    /// §5.3.6.2.2: the device names port 5 a console (CONSOLE_PORT on the
+    /// control receiveq, queue 2); the driver answers PORT_OPEN 1 on the
+    /// control transmitq (queue 3): kept; no answer by the end, or value
+    /// 0, is the breach.
+    #[test]
+    fn section_5_3_6_2_2_console_port_is_answered_with_port_open_1() {
+        for answer in [Some(1u16), Some(0), None] {
+            let ram = Ram::new(0x10000);
+            let layout = |base: u64| {
+                QueueLayout::new(
+                    QueueSize::new(8).unwrap(),
+                    GuestAddress(base),
+                    GuestAddress(base + 0x100),
+                    GuestAddress(base + 0x200),
+                )
+                .unwrap()
+            };
+            let (crx, ctx) = (layout(0x1000), layout(0x2000));
+            let mut w = RingWatch::new(0).with_console(true);
+            w.queue(&ram, 2, crx);
+            w.queue(&ram, 3, ctx);
+            // The device returns the driver's control buffer at 0x8000
+            // holding CONSOLE_PORT for port 5.
+            put(&ram, &crx, 0, 0x8000, 8, WRITE, 0);
+            publish(&ram, &crx, 0, 0);
+            w.look(&ram, 2);
+            let mut m = [0u8; 8];
+            m[0..4].copy_from_slice(&5u32.to_le_bytes());
+            m[4..6].copy_from_slice(&4u16.to_le_bytes());
+            m[6..8].copy_from_slice(&1u16.to_le_bytes());
+            ram.write(GuestAddress(0x8000), &m).unwrap();
+            ram.write(crx.used_slot(0), &[0, 0, 0, 0, 8, 0, 0, 0])
+                .unwrap();
+            ram.store_u16_release(crx.used_idx(), 1).unwrap();
+            w.returned(&ram, 2, crx, 0, 1);
+            if let Some(v) = answer {
+                m[4..6].copy_from_slice(&6u16.to_le_bytes());
+                m[6..8].copy_from_slice(&v.to_le_bytes());
+                ram.write(GuestAddress(0x9000), &m).unwrap();
+                put(&ram, &ctx, 0, 0x9000, 8, 0, 0);
+                publish(&ram, &ctx, 0, 0);
+                w.look(&ram, 3);
+            }
+            let o = outcome(&w, CONSOLE_PORT_OPENED);
+            match answer {
+                Some(1) => assert_eq!(o, Outcome::Pass),
+                _ => assert!(matches!(o, Outcome::Fail(_)), "{answer:?}: {o:?}"),
             }
         }
     }

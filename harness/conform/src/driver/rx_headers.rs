@@ -40,7 +40,6 @@ const DATA_VALID: u8 = 2;
 /// A flag bit no revision of the specification defines (§5.1.6: 1, 2 and
 /// 4 are).
 pub const UNDEFINED_FLAG: u8 = 0x40;
-const INDIRECT: u16 = 4;
 
 fn u16_at(mem: &dyn Memory, at: u64) -> Option<u16> {
     let mut b = [0u8; 2];
@@ -51,41 +50,10 @@ fn u16_at(mem: &dyn Memory, at: u64) -> Option<u16> {
 /// Rewrites the headers of the frames the device returned on receive queue
 /// layout `l` between used indices `from` and `to`; how many it rewrote.
 pub fn mangle(mem: &dyn Memory, l: QueueLayout, from: u16, to: u16) -> u32 {
-    let size = l.size().get();
     let mut done = 0;
-    let mut u = from;
-    while u != to {
-        let mut e = [0u8; 8];
-        let slot = l.used_slot(u % size).0;
-        u = u.wrapping_add(1);
-        if mem.read(GuestAddress(slot), &mut e).is_err() {
-            continue;
-        }
-        let id = u32::from_le_bytes([e[0], e[1], e[2], e[3]]);
-        let len = u32::from_le_bytes([e[4], e[5], e[6], e[7]]);
-        let Ok(head) = u16::try_from(id) else {
-            continue;
-        };
-        if head >= size || len < 12 {
-            continue;
-        }
-        // The header is at the start of the chain's first buffer (or of
-        // its indirect table's first entry).
-        let mut d = [0u8; 16];
-        if mem.read(GuestAddress(l.desc(head).0), &mut d).is_err() {
-            continue;
-        }
-        let mut addr = u64::from_le_bytes([d[0], d[1], d[2], d[3], d[4], d[5], d[6], d[7]]);
-        let flags = u16::from_le_bytes([d[12], d[13]]);
-        if flags & INDIRECT != 0 {
-            let mut t = [0u8; 8];
-            if mem.read(GuestAddress(addr), &mut t).is_err() {
-                continue;
-            }
-            addr = u64::from_le_bytes(t);
-        }
+    for r in crate::ring::returned(mem, l, from, to) {
         let mut h = [0u8; 10];
-        if mem.read(GuestAddress(addr), &mut h).is_err() {
+        if r.len < 12 || mem.read(r.first, &mut h).is_err() {
             continue;
         }
         h[0] = (h[0] & !(NEEDS_CSUM | DATA_VALID)) | UNDEFINED_FLAG;
@@ -93,7 +61,7 @@ pub fn mangle(mem: &dyn Memory, l: QueueLayout, from: u16, to: u16) -> u32 {
         h[2..4].copy_from_slice(&0xfff0u16.to_le_bytes());
         h[6..8].copy_from_slice(&0x7ff0u16.to_le_bytes());
         h[8..10].copy_from_slice(&0x0102u16.to_le_bytes());
-        if mem.write(GuestAddress(addr), &h).is_ok() {
+        if mem.write(r.first, &h).is_ok() {
             done += 1;
         }
     }
@@ -165,7 +133,7 @@ mod tests {
         // Chain 0: the buffer at 0x8000. Chain 1: an indirect table at
         // 0x9000 whose first entry is the buffer at 0xa000.
         put(0, 0x8000, 1526, 2);
-        put(1, 0x9000, 16, INDIRECT);
+        put(1, 0x9000, 16, crate::ring::INDIRECT);
         let mut t = [0u8; 16];
         t[0..8].copy_from_slice(&0xa000u64.to_le_bytes());
         ram.write(GuestAddress(0x9000), &t).unwrap();
