@@ -78,6 +78,21 @@ const IGNORE_UNDEFINED_ISR: &str = "driver:mmio/mmio-device-register-layout#12";
 const ACCEPTS_VERSION_1: &str = "driver:reserved-features#1";
 const OPTIONAL_FIELDS: &str = "driver:basic/device-configuration-space#2";
 const CONFIG_NOT_ATOMIC: &str = "driver:basic/device-configuration-space#1";
+const MMIO_INIT_SEQUENCE: &str =
+    "driver:mmio/mmio-specific-initialization-and-device-operation/device-initialization#4";
+/// The steps of §3.1.1 whose outcome [`MMIO_INIT_SEQUENCE`] sums up.
+const INIT_STEPS: &[&str] = &[
+    INIT_RESET,
+    INIT_ACK,
+    INIT_DRIVER,
+    INIT_FEATURES,
+    INIT_NO_CONFIG_WRITE,
+    INIT_FEATURES_OK,
+    INIT_NO_NEW_FEATURES,
+    INIT_REREAD,
+    INIT_SETUP,
+    INIT_DRIVER_OK,
+];
 
 /// Every statement the watch judges.
 pub const STATEMENTS: &[&str] = &[
@@ -122,6 +137,7 @@ pub const STATEMENTS: &[&str] = &[
     IGNORE_NO_DEVICE,
     IGNORE_UNDEFINED_ISR,
     CONFIG_NOT_ATOMIC,
+    MMIO_INIT_SEQUENCE,
     NO_NOTIFY_BEFORE_DRIVER_OK,
     ACCEPTS_VERSION_1,
     OPTIONAL_FIELDS,
@@ -936,6 +952,23 @@ impl DriverWatch {
     /// Per statement of [`STATEMENTS`]: fail, pass, or not observable.
     pub fn records(&self) -> Vec<Record> {
         let mut out = records_of(STATEMENTS, WATCH.name, &self.seen);
+        // §4.2.3.1: on virtio-mmio the rest of the initialisation follows
+        // §3.1.1: kept when every step was, broken with the steps broken.
+        let broken: Vec<&str> = INIT_STEPS
+            .iter()
+            .copied()
+            .filter(|s| self.seen.get(s).is_some_and(|x| x.broken.is_some()))
+            .collect();
+        let live = self.seen.get(INIT_DRIVER_OK).is_some_and(|x| x.kept);
+        for r in out.iter_mut().filter(|r| r.statement == MMIO_INIT_SEQUENCE) {
+            r.outcome = if !broken.is_empty() {
+                Outcome::Fail(format!("the §3.1.1 sequence was broken: {broken:?}"))
+            } else if live {
+                Outcome::Pass
+            } else {
+                Outcome::NotObservable("the driver never set DRIVER_OK".into())
+            };
+        }
         if self.device_type == Some(DeviceType::Blk) {
             out.extend(records_of(BLK_STATEMENTS, BLK_WATCH.name, &self.seen));
         }
@@ -1182,6 +1215,27 @@ mod tests {
         w.write(regs::STATUS, 4, 0);
         w.finish();
         assert!(matches!(outcome(&w, CONFIG_NOT_ATOMIC), Outcome::Fail(_)));
+    }
+
+    /// §4.2.3.1: the rest of an mmio initialisation follows §3.1.1: kept
+    /// with every step kept, broken when one is (here: DRIVER_OK without
+    /// reading Status back after FEATURES_OK).
+    #[test]
+    fn section_4_2_3_1_mmio_init_follows_the_general_sequence() {
+        let mut w = watch();
+        good(&mut w);
+        assert_eq!(outcome(&w, MMIO_INIT_SEQUENCE), Outcome::Pass);
+        let mut w = watch();
+        refused(&mut w);
+        w.write(regs::STATUS, 4, 0);
+        w.write(regs::STATUS, 4, 1);
+        w.write(regs::STATUS, 4, 3);
+        w.read(regs::DEVICE_FEATURES, 4, 1);
+        w.write(regs::DRIVER_FEATURES, 4, 1);
+        w.write(regs::STATUS, 4, 11);
+        w.write(regs::STATUS, 4, 15);
+        w.finish();
+        assert!(matches!(outcome(&w, MMIO_INIT_SEQUENCE), Outcome::Fail(_)));
     }
 
     /// §2.2.1: with a feature it cannot know offered, the driver still goes

@@ -42,6 +42,7 @@ const AVAIL_FLAGS_0_OR_1: &str = "driver:basic/virtqueues/used-buffer-notificati
 const AVAIL_FLAGS_0: &str = "driver:basic/virtqueues/used-buffer-notification-suppression#2";
 const USED_FLAGS_INIT: &str = "driver:basic/virtqueues/available-buffer-notification-suppression#1";
 const NOT_ALTERED: &str = "driver:general/device-cleanup#1";
+const PHYSICAL_ONLY: &str = "driver:reserved-features#3";
 
 /// Every statement the ring watch judges.
 pub const STATEMENTS: &[&str] = &[
@@ -57,6 +58,7 @@ pub const STATEMENTS: &[&str] = &[
     AVAIL_FLAGS_0,
     USED_FLAGS_INIT,
     NOT_ALTERED,
+    PHYSICAL_ONLY,
 ];
 
 /// The ring watch as a [`Check`] for the catalogue (fed by a device-side
@@ -94,6 +96,8 @@ pub struct RingWatch {
     no_rewrites: Option<&'static str>,
     event_idx: bool,
     indirect: bool,
+    /// VIRTIO_F_ACCESS_PLATFORM negotiated: addresses may be an IOMMU's.
+    access_platform: bool,
     /// A block device's limits: its requests are judged too.
     blk: Option<BlkLimits>,
     /// A network device's limits and what its watch remembers.
@@ -172,6 +176,7 @@ impl RingWatch {
             no_rewrites: None,
             event_idx: features & TransportFeatures::RING_EVENT_IDX.bits() != 0,
             indirect: features & TransportFeatures::RING_INDIRECT_DESC.bits() != 0,
+            access_platform: features & TransportFeatures::ACCESS_PLATFORM.bits() != 0,
             blk: None,
             net: None,
             rng: false,
@@ -538,6 +543,27 @@ impl RingWatch {
         Some(out)
     }
 
+    /// §6.1: without VIRTIO_F_ACCESS_PLATFORM a buffer's address is a
+    /// physical one: the buffer lies in the guest's memory (its first and
+    /// last byte can be read there).
+    fn judge_address(&mut self, mem: &dyn Memory, index: u16, addr: u64, len: u32) {
+        if self.access_platform {
+            return;
+        }
+        let mut b = [0u8; 1];
+        let last = addr.checked_add(u64::from(len.max(1)) - 1);
+        let inside = mem
+            .read(virtio_core::memory::GuestAddress(addr), &mut b)
+            .is_ok()
+            && last.is_some_and(|a| {
+                mem.read(virtio_core::memory::GuestAddress(a), &mut b)
+                    .is_ok()
+            });
+        judge(&mut self.seen, PHYSICAL_ONLY, inside, || {
+            format!("queue {index}: a buffer at {addr:#x}+{len:#x} outside the guest's memory")
+        });
+    }
+
     /// Walks the chain at `head` as the driver wrote it and judges it;
     /// whether it is well formed (its requests can be read).
     fn walk(&mut self, mem: &dyn Memory, index: u16, l: QueueLayout, head: u16) -> bool {
@@ -556,6 +582,7 @@ impl RingWatch {
             };
             steps += 1;
             total += u64::from(len);
+            self.judge_address(mem, index, addr, len);
             if flags & INDIRECT != 0 {
                 judge(&mut self.seen, INDIRECT_NEGOTIATED, self.indirect, || {
                     format!("queue {index}: VIRTQ_DESC_F_INDIRECT without VIRTIO_F_INDIRECT_DESC")
@@ -570,9 +597,10 @@ impl RingWatch {
                 let mut ok = true;
                 let mut nested = false;
                 for k in 0..n.min(u32::from(size)) {
-                    let Some((_, l2, f2, _)) = desc(mem, addr + 16 * u64::from(k)) else {
+                    let Some((a2, l2, f2, _)) = desc(mem, addr + 16 * u64::from(k)) else {
                         break;
                     };
+                    self.judge_address(mem, index, a2, l2);
                     total += u64::from(l2);
                     nested |= f2 & INDIRECT != 0;
                     if f2 & WRITE != 0 {
@@ -929,6 +957,21 @@ mod tests {
                 _ => assert!(matches!(o, Outcome::Fail(_)), "{answer:?}: {o:?}"),
             }
         }
+    }
+
+    /// §6.1: without VIRTIO_F_ACCESS_PLATFORM every buffer is in the
+    /// guest's memory; one past its end is the breach.
+    #[test]
+    fn section_6_1_buffers_are_physical_addresses() {
+        let (ram, l, mut w) = setup();
+        put(&ram, &l, 0, 0x8000, 64, WRITE, 0);
+        publish(&ram, &l, 0, 0);
+        w.look(&ram, 0);
+        assert_eq!(outcome(&w, PHYSICAL_ONLY), Outcome::Pass);
+        put(&ram, &l, 1, 0xfff0, 0x20, WRITE, 0);
+        publish(&ram, &l, 1, 1);
+        w.look(&ram, 0);
+        assert!(matches!(outcome(&w, PHYSICAL_ONLY), Outcome::Fail(_)));
     }
 
     /// A 16-byte block request header at `at`.

@@ -19,8 +19,15 @@ impl Ram {
 
 impl Memory for Ram {
     fn read(&self, addr: GuestAddress, buf: &mut [u8]) -> Result<(), MemoryError> {
-        let a = addr.0 as usize;
-        buf.copy_from_slice(&self.0.borrow()[a..a + buf.len()]);
+        let ram = self.0.borrow();
+        let src = usize::try_from(addr.0)
+            .ok()
+            .and_then(|a| ram.get(a..a.checked_add(buf.len())?))
+            .ok_or(MemoryError::OutOfBounds {
+                addr,
+                len: buf.len() as u64,
+            })?;
+        buf.copy_from_slice(src);
         Ok(())
     }
     fn write(&self, addr: GuestAddress, buf: &[u8]) -> Result<(), MemoryError> {
