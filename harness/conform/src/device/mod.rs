@@ -61,6 +61,7 @@ pub const CHECKS: &[Check] = &[
     net::CONFIG,
     net::RECEIVE_PLAIN,
     net::RECEIVE_MERGED,
+    net::CHECKSUM,
     net::MTU_FRAMES,
     net::CONTROL_MAC,
     net::RECEIVE_FILTERS,

@@ -344,10 +344,21 @@ impl<'a> NetDev<'a> {
         tag: u8,
         patience: Patience,
     ) -> Result<Option<(u16, Received)>, String> {
+        self.receive_matching(queues, patience, |f| tagged(f, tag))
+    }
+
+    /// The next packet on `queues` whose frame `is` says is the one,
+    /// skipping others (at most 64).
+    fn receive_matching(
+        &mut self,
+        queues: &[u16],
+        patience: Patience,
+        is: impl Fn(&[u8]) -> bool,
+    ) -> Result<Option<(u16, Received)>, String> {
         for _ in 0..64 {
             match self.receive(queues, patience)? {
                 None => return Ok(None),
-                Some((q, r)) if tagged(&r.frame, tag) => return Ok(Some((q, r))),
+                Some((q, r)) if is(&r.frame) => return Ok(Some((q, r))),
                 Some(_) => {}
             }
         }
@@ -646,6 +657,241 @@ pub const RECEIVE_PLAIN: Check = Check {
                 ETH + 4
             )
         });
+    },
+};
+
+const CSUM_VALIDATED_BEFORE: &str = "device:net/device-operation/processing-of-incoming-packets#14";
+const CSUM_PSEUDO_HEADER: &str = "device:net/device-operation/processing-of-incoming-packets#15";
+const CSUM_COMPLETES: &str = "device:net/device-operation/processing-of-incoming-packets#16";
+const DATA_VALID_VALIDATED: &str = "device:net/device-operation/processing-of-incoming-packets#24";
+const TX_CSUM_NOT_RELIED: &str = "device:net/device-operation/packet-transmission#8";
+
+/// `VIRTIO_NET_HDR_F_NEEDS_CSUM`, `VIRTIO_NET_HDR_F_DATA_VALID`.
+const NEEDS_CSUM: u8 = 1;
+const DATA_VALID: u8 = 2;
+/// Where a UDP datagram starts in the checks' IPv4 frames, and its
+/// checksum field within it.
+const UDP_AT: usize = ETH + 20;
+const UDP_CSUM: usize = 6;
+
+/// The 16-bit ones' complement sum of `data` (big-endian words, an odd
+/// byte padded) added to `sum`, not yet folded (RFC 1071).
+fn sum16(data: &[u8], mut sum: u32) -> u32 {
+    let mut words = data.chunks_exact(2);
+    for w in &mut words {
+        sum += u32::from(u16::from_be_bytes([w[0], w[1]]));
+    }
+    if let [b] = words.remainder() {
+        sum += u32::from(*b) << 8;
+    }
+    sum
+}
+
+fn fold(mut sum: u32) -> u16 {
+    while sum >> 16 != 0 {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    sum as u16
+}
+
+/// The UDP pseudo header's sum for the IPv4 frame `f` (RFC 768).
+fn pseudo_sum(f: &[u8]) -> u32 {
+    let udp_len = f.len().saturating_sub(UDP_AT) as u32;
+    sum16(&f[ETH + 12..ETH + 20], 17 + udp_len)
+}
+
+/// Whether the UDP checksum of the IPv4 frame `f` is right.
+fn udp_valid(f: &[u8]) -> bool {
+    f.len() > UDP_AT + 8 && fold(sum16(&f[UDP_AT..], pseudo_sum(f))) == 0xffff
+}
+
+/// Whether the IPv4 header of `f` sums right.
+fn ip_valid(f: &[u8]) -> bool {
+    f.len() >= UDP_AT && fold(sum16(&f[ETH..UDP_AT], 0)) == 0xffff
+}
+
+/// A broadcast IPv4/UDP frame (10.0.2.15 to 10.0.2.255) of `payload`
+/// bytes after the UDP header, the [`MARK`] and `tag` first, behind a
+/// virtio-net header. `partial`: its UDP checksum field holds the pseudo
+/// header's sum and the header asks for NEEDS_CSUM from there (§5.1.6.2);
+/// otherwise the checksum is complete, plus `damage`.
+fn udp_frame(payload: usize, tag: u8, partial: bool, damage: u16) -> Vec<u8> {
+    let len = UDP_AT + 8 + payload;
+    let mut f = alloc::vec![0u8; len];
+    f[..6].copy_from_slice(&[0xff; 6]);
+    f[6..12].copy_from_slice(&SRC);
+    f[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
+    let ip = &mut f[ETH..UDP_AT];
+    ip[0] = 0x45;
+    ip[2..4].copy_from_slice(&((len - ETH) as u16).to_be_bytes());
+    ip[8] = 64;
+    ip[9] = 17;
+    ip[12..16].copy_from_slice(&[10, 0, 2, 15]);
+    ip[16..20].copy_from_slice(&[10, 0, 2, 255]);
+    let c = !fold(sum16(ip, 0));
+    ip[10..12].copy_from_slice(&c.to_be_bytes());
+    f[UDP_AT..UDP_AT + 2].copy_from_slice(&40000u16.to_be_bytes());
+    f[UDP_AT + 2..UDP_AT + 4].copy_from_slice(&9u16.to_be_bytes());
+    f[UDP_AT + 4..UDP_AT + 6].copy_from_slice(&((len - UDP_AT) as u16).to_be_bytes());
+    for (i, b) in f[UDP_AT + 8..].iter_mut().enumerate() {
+        *b = tag ^ (i as u8);
+    }
+    f[UDP_AT + 8..UDP_AT + 11].copy_from_slice(MARK);
+    f[UDP_AT + 11] = tag;
+    let field = if partial {
+        fold(pseudo_sum(&f))
+    } else {
+        let c = !fold(sum16(&f[UDP_AT..], pseudo_sum(&f)));
+        (if c == 0 { 0xffff } else { c }).wrapping_add(damage)
+    };
+    f[UDP_AT + UDP_CSUM..UDP_AT + UDP_CSUM + 2].copy_from_slice(&field.to_be_bytes());
+    let mut out = alloc::vec![0u8; HDR];
+    if partial {
+        out[0] = NEEDS_CSUM;
+        out[6..8].copy_from_slice(&(UDP_AT as u16).to_le_bytes());
+        out[8..10].copy_from_slice(&(UDP_CSUM as u16).to_le_bytes());
+    }
+    out.extend_from_slice(&f);
+    out
+}
+
+/// Whether `frame` is the checks' UDP frame with `tag`.
+fn udp_tagged(frame: &[u8], tag: u8) -> bool {
+    frame.get(UDP_AT + 8..UDP_AT + 11) == Some(&MARK[..]) && frame.get(UDP_AT + 11) == Some(&tag)
+}
+
+/// Checksum offload (§5.1.6.2, §5.1.6.4.1): a UDP frame sent with
+/// NEEDS_CSUM comes back either still partial (then its checksum field
+/// holds the pseudo header's sum, everything before `csum_start` is valid,
+/// and completing it gives a valid checksum), or with DATA_VALID (then the
+/// checksum is valid), or with neither (no claim); a frame sent with a
+/// wrong checksum and no NEEDS_CSUM comes back unchanged and not marked
+/// DATA_VALID.
+pub const CHECKSUM: Check = Check {
+    name: "net-checksum",
+    statements: &[
+        CSUM_VALIDATED_BEFORE,
+        CSUM_PSEUDO_HEADER,
+        CSUM_COMPLETES,
+        DATA_VALID_VALIDATED,
+        TX_CSUM_NOT_RELIED,
+    ],
+    run: |ctx| {
+        let all = [
+            CSUM_VALIDATED_BEFORE,
+            CSUM_PSEUDO_HEADER,
+            CSUM_COMPLETES,
+            DATA_VALID_VALIDATED,
+            TX_CSUM_NOT_RELIED,
+        ];
+        let Some(d) = open_net(ctx, &all) else {
+            return;
+        };
+        let need = bit(NetFeatures::CSUM) | bit(NetFeatures::GUEST_CSUM);
+        if d.offered & need != need {
+            ctx.not_applicable(&all, "VIRTIO_NET_F_CSUM and GUEST_CSUM not both offered");
+            return;
+        }
+        let want = plain(&d, need);
+        let mut n = match NetDev::live(d, want, &[0], 2048) {
+            Ok(n) => n,
+            Err(e) => {
+                ctx.blocked(&all, &e);
+                return;
+            }
+        };
+        let round = |n: &mut NetDev<'_>, sent: &[u8], tag: u8| {
+            n.send(sent)?;
+            n.receive_matching(&[0], Patience::Expect, |f| udp_tagged(f, tag))
+        };
+        // A partial checksum, for the device to pass on or complete.
+        let partial = udp_frame(200, 11, true, 0);
+        let r = match round(&mut n, &partial, 11) {
+            Ok(Some((_, r))) => r,
+            Ok(None) => {
+                ctx.not_observable(
+                    &all,
+                    "nothing came back: the backend does not return transmitted frames",
+                );
+                return;
+            }
+            Err(e) => {
+                ctx.blocked(&all, &e);
+                return;
+            }
+        };
+        let f = &r.frame;
+        let flags = r.flags();
+        if flags & NEEDS_CSUM != 0 {
+            let start = usize::from(u16::from_le_bytes([r.hdr[6], r.hdr[7]]));
+            let off = usize::from(u16::from_le_bytes([r.hdr[8], r.hdr[9]]));
+            let at = start
+                .checked_add(off)
+                .filter(|a| a + 2 <= f.len() && start <= f.len());
+            ctx.expect(
+                CSUM_VALIDATED_BEFORE,
+                start >= UDP_AT && ip_valid(f),
+                || format!("NEEDS_CSUM from {start} with an IPv4 header that does not sum"),
+            );
+            let stored = at.map(|a| u16::from_be_bytes([f[a], f[a + 1]]));
+            ctx.expect(
+                CSUM_PSEUDO_HEADER,
+                stored == Some(fold(pseudo_sum(f))),
+                || {
+                    format!(
+                        "checksum field {stored:x?}, pseudo header sum {:#x}",
+                        fold(pseudo_sum(f))
+                    )
+                },
+            );
+            let completed = at.is_some_and(|a| {
+                let mut c = f.clone();
+                let v = !fold(sum16(&c[start..], 0));
+                c[a..a + 2].copy_from_slice(&v.to_be_bytes());
+                udp_valid(&c)
+            });
+            ctx.expect(CSUM_COMPLETES, completed, || {
+                format!("csum_start {start}, csum_offset {off}: completing it gives no valid UDP checksum")
+            });
+        } else {
+            ctx.not_observable(
+                &[CSUM_VALIDATED_BEFORE, CSUM_PSEUDO_HEADER, CSUM_COMPLETES],
+                "the device completed the partial checksum (no NEEDS_CSUM came back)",
+            );
+        }
+        let mut data_valid_seen = false;
+        if flags & DATA_VALID != 0 {
+            data_valid_seen = true;
+            ctx.expect(DATA_VALID_VALIDATED, udp_valid(f), || {
+                "DATA_VALID on a frame whose UDP checksum is wrong".into()
+            });
+        }
+        // A wrong checksum and no NEEDS_CSUM: passed on as sent, and not
+        // said to be valid.
+        let wrong = udp_frame(200, 12, false, 0x1111);
+        match round(&mut n, &wrong, 12) {
+            Ok(Some((_, r))) => {
+                ctx.expect(TX_CSUM_NOT_RELIED, r.frame == wrong[HDR..], || {
+                    "a frame with a wrong UDP checksum and no NEEDS_CSUM came back changed".into()
+                });
+                if r.flags() & DATA_VALID != 0 {
+                    data_valid_seen = true;
+                    ctx.expect(DATA_VALID_VALIDATED, false, || {
+                        "DATA_VALID on a frame sent with a wrong UDP checksum".into()
+                    });
+                }
+            }
+            Ok(None) => ctx.expect(TX_CSUM_NOT_RELIED, false, || {
+                "a frame with a wrong UDP checksum and no NEEDS_CSUM was dropped".into()
+            }),
+            Err(e) => ctx.blocked(&[TX_CSUM_NOT_RELIED], &e),
+        }
+        if !data_valid_seen {
+            ctx.not_observable(
+                &[DATA_VALID_VALIDATED],
+                "the device set DATA_VALID on no frame",
+            );
+        }
     },
 };
 
@@ -1072,3 +1318,27 @@ pub const MTU_FRAMES: Check = Check {
         }
     },
 };
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The checks' UDP frames are what they claim (RFC 768, RFC 1071): a
+    /// complete checksum validates, a damaged one does not, and a partial
+    /// one completed as §5.1.6.2 says validates.
+    #[test]
+    fn section_5_1_6_2_the_checks_udp_frames_sum_right() {
+        let full = udp_frame(201, 3, false, 0);
+        assert!(ip_valid(&full[HDR..]) && udp_valid(&full[HDR..]));
+        assert!(udp_tagged(&full[HDR..], 3));
+        let bad = udp_frame(201, 3, false, 0x1111);
+        assert!(!udp_valid(&bad[HDR..]));
+        let partial = udp_frame(201, 3, true, 0);
+        assert_eq!(partial[0], NEEDS_CSUM);
+        let mut f = partial[HDR..].to_vec();
+        assert!(!udp_valid(&f));
+        let v = !fold(sum16(&f[UDP_AT..], 0));
+        f[UDP_AT + UDP_CSUM..UDP_AT + UDP_CSUM + 2].copy_from_slice(&v.to_be_bytes());
+        assert!(udp_valid(&f));
+    }
+}

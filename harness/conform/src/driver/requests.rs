@@ -260,6 +260,9 @@ const NET_TX_TUNNEL_FEATURE: &str = "driver:net/device-operation/packet-transmis
 const NET_TX_TUNNEL_CSUM_FLAG_FEATURE: &str = "driver:net/device-operation/packet-transmission#28";
 const NET_TX_NO_RX_FLAGS: &str = "driver:net/device-operation/packet-transmission#30";
 const NET_TX_NO_VALID_TUNNEL: &str = "driver:net/device-operation/packet-transmission#31";
+const NET_TX_CSUM_BEFORE: &str = "driver:net/device-operation/packet-transmission#16";
+const NET_TX_CSUM_PSEUDO: &str = "driver:net/device-operation/packet-transmission#17";
+const NET_TX_CSUM_COMPLETES: &str = "driver:net/device-operation/packet-transmission#18";
 const NET_TX_MTU: &str = "driver:net/device-configuration-layout#8";
 /// Judged when the watch's records are taken ([`NetState::rx_enough`]).
 pub const NET_RX_ENOUGH: &str = "driver:net/device-configuration-layout#7";
@@ -294,6 +297,9 @@ pub const NET_STATEMENTS: &[&str] = &[
     NET_TX_TUNNEL_CSUM_FLAG_FEATURE,
     NET_TX_NO_RX_FLAGS,
     NET_TX_NO_VALID_TUNNEL,
+    NET_TX_CSUM_BEFORE,
+    NET_TX_CSUM_PSEUDO,
+    NET_TX_CSUM_COMPLETES,
     NET_TX_MTU,
     NET_RX_ENOUGH,
     NET_CTRL_RX_FEATURE,
@@ -520,6 +526,21 @@ pub(super) fn judge_net_tx(
         flags & 2 == 0 || tunnel == 0,
         what,
     );
+    // §5.1.6.2: a partial checksum on a frame sent whole (a segmented one
+    // carries the checksum for the segments the device makes).
+    if flags & 1 != 0
+        && !segmenting
+        && let Some(all) = readable_prefix(
+            mem,
+            segs,
+            usize::try_from(readable.min(65_600)).unwrap_or(0),
+        )
+        && all.len() > NET_HDR
+    {
+        let start = usize::from(u16::from_le_bytes([head[6], head[7]]));
+        let offset = usize::from(u16::from_le_bytes([head[8], head[9]]));
+        judge_partial_checksum(seen, index, &all[NET_HDR..], start, offset);
+    }
     if let Some(mtu) = limits.mtu
         && !segmenting
     {
@@ -555,6 +576,116 @@ pub(super) fn judge_net_tx(
         };
         judge(seen, s, true, String::new);
     }
+}
+
+/// The 16-bit ones' complement sum of `data` added to `sum`, unfolded
+/// (RFC 1071).
+fn sum16(data: &[u8], mut sum: u32) -> u32 {
+    let mut words = data.chunks_exact(2);
+    for w in &mut words {
+        sum += u32::from(u16::from_be_bytes([w[0], w[1]]));
+    }
+    if let [b] = words.remainder() {
+        sum += u32::from(*b) << 8;
+    }
+    sum
+}
+
+fn fold(mut sum: u32) -> u16 {
+    while sum >> 16 != 0 {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    sum as u16
+}
+
+/// Where a frame's TCP or UDP header starts and where its IP packet ends
+/// (Ethernet padding may follow), with the sum of its pseudo header (IPv4
+/// or IPv6, a VLAN tag allowed) and whether the IPv4 header sums right
+/// (IPv6 has no header checksum); `None` for anything else.
+fn l4_of(frame: &[u8]) -> Option<(usize, usize, u32, bool)> {
+    let mut at = 12;
+    let mut ethertype = u16::from_be_bytes([*frame.get(at)?, *frame.get(at + 1)?]);
+    if ethertype == 0x8100 {
+        at += 4;
+        ethertype = u16::from_be_bytes([*frame.get(at)?, *frame.get(at + 1)?]);
+    }
+    let ip = at + 2;
+    match ethertype {
+        0x0800 => {
+            let ihl = usize::from(frame.get(ip)? & 0xf) * 4;
+            let proto = *frame.get(ip + 9)?;
+            if ihl < 20 || !matches!(proto, 6 | 17) {
+                return None;
+            }
+            let total = usize::from(u16::from_be_bytes([frame[ip + 2], frame[ip + 3]]));
+            let l4 = ip + ihl;
+            let l4_len = total.checked_sub(ihl)?;
+            let header_ok = fold(sum16(frame.get(ip..l4)?, 0)) == 0xffff;
+            let pseudo = sum16(
+                frame.get(ip + 12..ip + 20)?,
+                u32::from(proto) + l4_len as u32,
+            );
+            Some((l4, (ip + total).min(frame.len()), pseudo, header_ok))
+        }
+        0x86dd => {
+            let next = *frame.get(ip + 6)?;
+            if !matches!(next, 6 | 17) {
+                return None;
+            }
+            let payload = u32::from(u16::from_be_bytes([frame[ip + 4], frame[ip + 5]]));
+            let pseudo = sum16(frame.get(ip + 8..ip + 40)?, u32::from(next) + payload);
+            let end = (ip + 40 + payload as usize).min(frame.len());
+            Some((ip + 40, end, pseudo, true))
+        }
+        _ => None,
+    }
+}
+
+/// §5.1.6.2: a frame the driver sent with NEEDS_CSUM from `start` at
+/// `offset`: what precedes `start` is checksummed (the IPv4 header), the
+/// field holds the pseudo header's sum, and completing it as the device
+/// would gives a valid TCP or UDP checksum. Frames that are not IPv4 or
+/// IPv6 TCP or UDP are not judged.
+fn judge_partial_checksum(
+    seen: &mut BTreeMap<&'static str, Seen>,
+    index: u16,
+    frame: &[u8],
+    start: usize,
+    offset: usize,
+) {
+    let Some((l4, end, pseudo, header_ok)) = l4_of(frame) else {
+        return;
+    };
+    let frame = &frame[..end];
+    let at = start.checked_add(offset).filter(|a| a + 2 <= frame.len());
+    judge(seen, NET_TX_CSUM_BEFORE, header_ok && start >= l4, || {
+        format!(
+            "queue {index}: NEEDS_CSUM from {start} with the transport header at {l4} and the IPv4 header summing {}",
+            if header_ok { "right" } else { "wrong" }
+        )
+    });
+    let stored = at.map(|a| u16::from_be_bytes([frame[a], frame[a + 1]]));
+    // 0 and 0xffff are the same number in ones' complement.
+    let same = |a: u16, b: u16| a == b || (a | b == 0xffff && (a == 0 || b == 0));
+    let want = fold(pseudo);
+    judge(
+        seen,
+        NET_TX_CSUM_PSEUDO,
+        stored.is_some_and(|s| same(s, want)),
+        || format!("queue {index}: checksum field {stored:x?}, pseudo header sum {want:#x}"),
+    );
+    let completes = at.is_some_and(|a| {
+        let mut f = frame.to_vec();
+        let v = !fold(sum16(&f[start..], 0));
+        f[a..a + 2].copy_from_slice(&v.to_be_bytes());
+        f.get(l4..)
+            .is_some_and(|seg| fold(sum16(seg, pseudo)) == 0xffff)
+    });
+    judge(seen, NET_TX_CSUM_COMPLETES, completes, || {
+        format!(
+            "queue {index}: completing from csum_start {start} at csum_offset {offset} gives no valid checksum"
+        )
+    });
 }
 
 /// Judges one control command on the control queue; `live` says
@@ -859,6 +990,63 @@ mod tests {
             .find(|r| r.statement == s)
             .map(|r| r.outcome.clone())
             .unwrap()
+    }
+
+    /// An IPv4/UDP frame of 20 payload bytes plus 6 bytes of Ethernet
+    /// padding, its UDP checksum field holding `field`.
+    fn udp4(field: Option<u16>) -> Vec<u8> {
+        let mut f = vec![0u8; 14 + 20 + 8 + 20 + 6];
+        f[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
+        f[14] = 0x45;
+        f[16..18].copy_from_slice(&48u16.to_be_bytes());
+        f[14 + 9] = 17;
+        f[14 + 12..14 + 20].copy_from_slice(&[10, 0, 2, 15, 10, 0, 2, 2]);
+        let c = !fold(sum16(&f[14..34], 0));
+        f[24..26].copy_from_slice(&c.to_be_bytes());
+        f[34..36].copy_from_slice(&1234u16.to_be_bytes());
+        f[38..40].copy_from_slice(&28u16.to_be_bytes());
+        for (i, b) in f[42..62].iter_mut().enumerate() {
+            *b = i as u8 * 7;
+        }
+        let pseudo = fold(sum16(&f[26..34], 17 + 28));
+        f[40..42].copy_from_slice(&field.unwrap_or(pseudo).to_be_bytes());
+        f
+    }
+
+    /// §5.1.6.2: a partial UDP checksum as Linux makes it (the pseudo
+    /// header's sum, csum_start at the UDP header, offset 6) keeps
+    /// #16-#18, padding after the IP packet notwithstanding; a wrong field
+    /// breaks #17 and #18; csum_start inside the IP header breaks #16.
+    #[test]
+    fn section_5_1_6_2_partial_checksums_are_judged() {
+        let judged = |f: &[u8], start: usize| {
+            let mut seen = BTreeMap::new();
+            judge_partial_checksum(&mut seen, 1, f, start, 6);
+            super::super::records_of(NET_STATEMENTS, NET_WATCH.name, &seen)
+        };
+        let good = judged(&udp4(None), 34);
+        for s in [
+            NET_TX_CSUM_BEFORE,
+            NET_TX_CSUM_PSEUDO,
+            NET_TX_CSUM_COMPLETES,
+        ] {
+            assert_eq!(outcome(&good, s), Outcome::Pass, "{s}");
+        }
+        let wrong = judged(&udp4(Some(0x1234)), 34);
+        assert_eq!(outcome(&wrong, NET_TX_CSUM_BEFORE), Outcome::Pass);
+        assert!(matches!(
+            outcome(&wrong, NET_TX_CSUM_PSEUDO),
+            Outcome::Fail(_)
+        ));
+        assert!(matches!(
+            outcome(&wrong, NET_TX_CSUM_COMPLETES),
+            Outcome::Fail(_)
+        ));
+        let early = judged(&udp4(None), 30);
+        assert!(matches!(
+            outcome(&early, NET_TX_CSUM_BEFORE),
+            Outcome::Fail(_)
+        ));
     }
 
     /// §5.4.6.1, §2.7.8: a driver that hands out the used length keeps
