@@ -70,6 +70,10 @@ const STEER_FIRST: &str =
     "device:net/device-operation/control-virtqueue/automatic-receive-steering-in-multiqueue-mode#1";
 const STEER_WITHIN: &str =
     "device:net/device-operation/control-virtqueue/automatic-receive-steering-in-multiqueue-mode#2";
+/// Outside the normative block: with multiqueue on, steering follows the
+/// flow (§5.1.6.5.5).
+const STEER_BY_FLOW: &str =
+    "desc:net/device-operation/control-virtqueue/automatic-receive-steering-in-multiqueue-mode#1";
 
 /// `struct virtio_net_hdr` with VIRTIO_F_VERSION_1 (§5.1.6): 12 bytes.
 const HDR: usize = 12;
@@ -230,10 +234,15 @@ impl<'a> NetDev<'a> {
 
     /// Sends `f` (header and frame) on transmit queue 0 and waits for it.
     fn send(&mut self, f: &[u8]) -> Result<(), String> {
+        self.send_on(1, f)
+    }
+
+    /// Sends `f` (header and frame) on transmit queue `q`.
+    fn send_on(&mut self, q: u16, f: &[u8]) -> Result<(), String> {
         let len = u32::try_from(f.len()).map_err(|_| "frame too long")?;
         let a = self.d.buffer(len, Some(f)).ok_or("out of DMA memory")?;
         let mem = self.d.bus().mem();
-        let ring = self.d.ring(1).ok_or("transmit queue not set up")?;
+        let ring = self.d.ring(q).ok_or("transmit queue not set up")?;
         let head = ring
             .chain(
                 mem,
@@ -247,8 +256,8 @@ impl<'a> NetDev<'a> {
         ring.publish(mem, head)
             .ok_or("no room in the transmit ring")?;
         let want = ring.avail_idx;
-        self.d.notify(1);
-        if self.d.wait_used(1, want) {
+        self.d.notify(q);
+        if self.d.wait_used(q, want) {
             Ok(())
         } else {
             Err(format!(
@@ -1165,13 +1174,15 @@ fn ctx_recorded<'a>(ctx: &'a Ctx<'_>) -> Vec<&'a str> {
     ctx.recorded().iter().map(|r| r.statement).collect()
 }
 
-/// Several queue pairs: packets only on receiveq1 until VQ_PAIRS_SET, and
-/// only within the pairs set once it is used (§5.1.6.5.6.1).
+/// Several queue pairs: packets only on receiveq1 until VQ_PAIRS_SET;
+/// with two pairs set, the packets of a flow all on one receive queue of
+/// the two (steering by flow, §5.1.6.5.5), whichever transmit queue sent
+/// them; only within the pairs set once it is used (§5.1.6.5.6.1).
 pub const STEERING: Check = Check {
     name: "net-steering",
-    statements: &[STEER_FIRST, STEER_WITHIN],
+    statements: &[STEER_FIRST, STEER_WITHIN, STEER_BY_FLOW],
     run: |ctx| {
-        let all = [STEER_FIRST, STEER_WITHIN];
+        let all = [STEER_FIRST, STEER_WITHIN, STEER_BY_FLOW];
         let Some(d) = open_net(ctx, &all) else {
             return;
         };
@@ -1226,11 +1237,47 @@ pub const STEERING: Check = Check {
                 return;
             }
         }
+        // Two flows, three packets each, one sent on each pair's transmit
+        // queue: where each flow's packets land.
+        let flows = |n: &mut NetDev<'_>| -> Result<Vec<(u16, Vec<u16>)>, String> {
+            let mut out = Vec::new();
+            for (txq, base, src) in [(1u16, 60u8, 0x61u8), (3, 70, 0x62)] {
+                let mut on = Vec::new();
+                for k in 0..3u8 {
+                    let mut f = frame([0xff; 6], 90, base + k, 0, (0, 0));
+                    f[HDR + 11] = src;
+                    n.send_on(txq, &f)?;
+                    if let Some((q, _)) = n.receive_tag(&[0, 2], base + k, Patience::Expect)? {
+                        on.push(q);
+                    }
+                }
+                out.push((txq, on));
+            }
+            Ok(out)
+        };
         let result = (|| {
             let two = n.command(CTRL_MQ, MQ_VQ_PAIRS_SET, &2u16.to_le_bytes())?;
+            let by_flow = flows(&mut n)?;
             let one = n.command(CTRL_MQ, MQ_VQ_PAIRS_SET, &1u16.to_le_bytes())?;
-            Ok::<_, String>((two, one, spread(&mut n, 50)?))
+            Ok::<_, String>((two, by_flow, one, spread(&mut n, 50)?))
         })();
+        if let Ok((two, by_flow, _, _)) = &result {
+            let arrived = by_flow.iter().all(|(_, on)| on.len() == 3);
+            let consistent = by_flow
+                .iter()
+                .all(|(_, on)| on.windows(2).all(|w| w[0] == w[1]) && on.iter().all(|q| *q < 4));
+            if *two != NET_OK || !arrived {
+                ctx.not_observable(
+                    &[STEER_BY_FLOW],
+                    "with two pairs set, not every packet came back",
+                );
+            } else {
+                ctx.expect(STEER_BY_FLOW, consistent, || {
+                    format!("with two pairs set, per transmit queue the flow's packets arrived on receive queues {by_flow:?}")
+                });
+            }
+        }
+        let result = result.map(|(two, _, one, on)| (two, one, on));
         match result {
             Ok((two, one, on)) => ctx.expect(
                 STEER_WITHIN,
