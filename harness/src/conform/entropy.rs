@@ -24,8 +24,8 @@ thread_local! {
     static LOG: RefCell<Log> = RefCell::new(Log::default());
 }
 
-/// A [`Deterministic`] stream that gives [`PIECE`] bytes, then nothing,
-/// then [`PIECE`] bytes again: our entropy device completes each request
+/// A [`Deterministic`] stream that gives `PIECE` (5) bytes, then nothing,
+/// then 5 bytes again: our entropy device completes each request
 /// when its backend runs dry, so each request gets one piece.
 pub struct Trickle {
     stream: Deterministic,
