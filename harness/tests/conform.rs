@@ -150,7 +150,8 @@ fn our_driver_breaks_no_driver_statement_the_register_watch_judges() {
 ///
 /// And its initialisation (§2.2.1, §3.1.1, §4.2.2.2): with a feature it
 /// cannot know offered it still goes live; when the device refuses
-/// FEATURES_OK it sets FAILED and stops; a probe that finds no device
+/// FEATURES_OK, or a modern device offers no VIRTIO_F_VERSION_1, it sets
+/// FAILED and stops; a probe that finds no device
 /// (wrong MagicValue, Version 3, DeviceID 0) leaves it alone; undefined
 /// InterruptStatus bits are not acknowledged; configuration read while
 /// ConfigGeneration moved is read again (§2.5.1); received network
@@ -181,6 +182,8 @@ fn section_2_7_10_and_5_4_6_1_our_driver_keeps_what_the_device_provokes() {
         "driver:net/device-operation/processing-of-incoming-packets#4",
         "driver:net/device-operation/processing-of-incoming-packets#5",
         "driver:console/device-operation/multiport-device-operation#2",
+        "driver:basic/feature-bits#2",
+        "driver:basic/feature-bits#7",
         "driver:basic/virtqueues/available-buffer-notification-suppression#2",
         "driver:basic/virtqueues/available-buffer-notification-suppression#4",
         "driver:basic/virtqueues/available-buffer-notification-suppression#5",

@@ -71,6 +71,8 @@ const INIT_GIVE_UP: &str = "driver:general/device-initialization#12";
 const INIT_STOP: &str = "driver:general/device-initialization#13";
 const NO_NOTIFY_BEFORE_DRIVER_OK: &str = "driver:general/device-initialization#14";
 const UNKNOWN_FEATURE_NO_FAIL: &str = "driver:basic/feature-bits#8";
+const FEATURES_VALIDATED: &str = "driver:basic/feature-bits#2";
+const FEATURE_MISSING: &str = "driver:basic/feature-bits#7";
 const IGNORE_BAD_MAGIC: &str = "driver:mmio/mmio-device-register-layout#4";
 const IGNORE_BAD_VERSION: &str = "driver:mmio/mmio-device-register-layout#5";
 const IGNORE_NO_DEVICE: &str = "driver:mmio/mmio-device-register-layout#6";
@@ -132,6 +134,8 @@ pub const STATEMENTS: &[&str] = &[
     INIT_GIVE_UP,
     INIT_STOP,
     UNKNOWN_FEATURE_NO_FAIL,
+    FEATURES_VALIDATED,
+    FEATURE_MISSING,
     IGNORE_BAD_MAGIC,
     IGNORE_BAD_VERSION,
     IGNORE_NO_DEVICE,
@@ -222,6 +226,19 @@ fn judge(
     }
 }
 
+/// What a driver learnt that makes it give up, and what it must do then.
+#[derive(Clone, Copy, Debug)]
+struct GiveUp {
+    /// What happened, for the report.
+    cause: &'static str,
+    /// The statements a further initialisation step breaks.
+    stop: &'static [&'static str],
+    /// The statement that asks for FAILED.
+    set_failed: &'static str,
+    /// FAILED was set since.
+    failed: bool,
+}
+
 /// The register-level watch on one driver (see the module documentation).
 #[derive(Clone, Debug)]
 pub struct DriverWatch {
@@ -251,10 +268,10 @@ pub struct DriverWatch {
     isr_read_since_irq: bool,
     isr_seen: u32,
     config_len: u64,
-    /// The device cleared FEATURES_OK (refused the features) and the
-    /// driver read it: it must give up (§3.1.1). Whether it set FAILED
-    /// since.
-    refused: Option<bool>,
+    /// The driver learnt that it must give up: the device cleared
+    /// FEATURES_OK (refused the features, §3.1.1), or a modern device
+    /// lacks VIRTIO_F_VERSION_1 (§2.2.1).
+    gave_up: Option<GiveUp>,
     /// Feature bits offered that no driver can know (a provocation,
     /// [`DriverWatch::with_unknown_offered`]).
     unknown: u64,
@@ -266,6 +283,8 @@ pub struct DriverWatch {
     ignore: Option<&'static str>,
     /// Undefined bits the driver last read in InterruptStatus.
     undefined_isr: u32,
+    /// The Version the driver read (2: modern, §4.2.2).
+    version: u64,
     /// The last ConfigGeneration read, and whether configuration was read
     /// since (§2.5.1).
     generation: Option<(u32, bool)>,
@@ -318,11 +337,12 @@ impl DriverWatch {
             isr_read_since_irq: false,
             isr_seen: 0,
             config_len,
-            refused: None,
+            gave_up: None,
             unknown: 0,
             went_live: false,
             ignore: None,
             undefined_isr: 0,
+            version: 0,
             generation: None,
             torn: false,
             seen: BTreeMap::new(),
@@ -341,8 +361,8 @@ impl DriverWatch {
                 format!("{offset:#x} written ({value:#x}) to a device the probe said to ignore")
             });
         }
-        if let Some(failed) = self.refused {
-            self.after_refusal(offset, value, failed);
+        if let Some(g) = self.gave_up {
+            self.after_giving_up(offset, value, g);
         }
         if self.torn && offset < regs::CONFIG {
             self.torn = false;
@@ -375,32 +395,40 @@ impl DriverWatch {
         }
     }
 
-    /// A write after the device refused the features (§3.1.1): setting
-    /// FAILED or resetting is all a driver may do; anything else continues
-    /// the initialisation. A reset ends the episode; giving up without
-    /// FAILED is the SHOULD's breach.
-    fn after_refusal(&mut self, offset: u64, value: u64, failed: bool) {
+    /// A write after the driver learnt it must give up: setting FAILED or
+    /// resetting is all it may do; anything else continues the
+    /// initialisation. A reset ends the episode; giving up without FAILED
+    /// breaks the statement that asks for it.
+    fn after_giving_up(&mut self, offset: u64, value: u64, g: GiveUp) {
         let status = offset == regs::STATUS;
         if status && value == 0 {
-            self.refused = None;
-            keep(&mut self.seen, INIT_STOP);
-            judge(&mut self.seen, INIT_GIVE_UP, failed, || {
-                "reset after the device refused FEATURES_OK without setting FAILED first".into()
-            });
+            self.gave_up = None;
+            self.stopped(g, "reset");
         } else if status && value & u64::from(DeviceStatus::FAILED.bits()) != 0 {
-            self.refused = Some(true);
-            keep(&mut self.seen, INIT_GIVE_UP);
+            self.gave_up = Some(GiveUp { failed: true, ..g });
+            keep(&mut self.seen, g.set_failed);
         } else if !status || value & u64::from(DeviceStatus::DRIVER_OK.bits()) != 0 {
             let what = Register::from_offset(offset, MmioVersion::Modern).map_or_else(
                 || format!("configuration at {offset:#x}"),
                 |r| format!("{r:?}"),
             );
-            judge(&mut self.seen, INIT_STOP, false, || {
-                format!(
-                    "{what} written ({value:#x}) after the device refused FEATURES_OK and the driver read so"
-                )
-            });
+            for s in g.stop {
+                judge(&mut self.seen, s, false, || {
+                    format!("{what} written ({value:#x}) after {}", g.cause)
+                });
+            }
         }
+    }
+
+    /// The driver stopped after giving up (`how`: a reset, or nothing more
+    /// written).
+    fn stopped(&mut self, g: GiveUp, how: &str) {
+        for s in g.stop {
+            keep(&mut self.seen, s);
+        }
+        judge(&mut self.seen, g.set_failed, g.failed, || {
+            format!("{how} after {} without setting FAILED", g.cause)
+        });
     }
 
     /// The device raised its interrupt line (again, if it was still up:
@@ -416,6 +444,9 @@ impl DriverWatch {
         self.probe_order(offset);
         if !write {
             self.generation_window(offset, value as u32);
+        }
+        if !write && offset == regs::VERSION {
+            self.version = value;
         }
         if !write && self.ignore.is_none() {
             // §4.2.2.2: what makes a driver ignore the device. Version 1 is
@@ -541,6 +572,21 @@ impl DriverWatch {
             }
             (Register::DeviceFeatures, false) => {
                 self.features_read = true;
+                // §2.2.1: a modern device without VIRTIO_F_VERSION_1 (bit
+                // 32) offers nothing a modern driver can use; there is no
+                // legacy mode to fall back to on a version 2 device.
+                if self.version == 2
+                    && self.device_features_sel == 1
+                    && v & 1 == 0
+                    && self.gave_up.is_none()
+                {
+                    self.gave_up = Some(GiveUp {
+                        cause: "a version 2 device offered no VIRTIO_F_VERSION_1",
+                        stop: &[FEATURES_VALIDATED, FEATURE_MISSING],
+                        set_failed: FEATURE_MISSING,
+                        failed: false,
+                    });
+                }
                 judge(
                     &mut self.seen,
                     FEATURES_SEL_FIRST,
@@ -701,7 +747,12 @@ impl DriverWatch {
                     keep(&mut self.seen, INIT_REREAD);
                     let fok = u64::from(DeviceStatus::FEATURES_OK.bits());
                     if self.status & DeviceStatus::FEATURES_OK.bits() != 0 && value & fok == 0 {
-                        self.refused = Some(false);
+                        self.gave_up = Some(GiveUp {
+                            cause: "the device refused FEATURES_OK and the driver read so",
+                            stop: &[INIT_STOP],
+                            set_failed: INIT_GIVE_UP,
+                            failed: false,
+                        });
                     }
                 }
                 // The device may clear FEATURES_OK (refused) or DRIVER_OK
@@ -921,12 +972,8 @@ impl DriverWatch {
                 format!("InterruptStatus {:#x} never acknowledged", self.isr_seen)
             });
         }
-        if let Some(failed) = self.refused.take() {
-            // The driver stopped (nothing more was written).
-            keep(&mut self.seen, INIT_STOP);
-            judge(&mut self.seen, INIT_GIVE_UP, failed, || {
-                "gave up after the device refused FEATURES_OK without setting FAILED".into()
-            });
+        if let Some(g) = self.gave_up.take() {
+            self.stopped(g, "stopped");
         }
         if let Some(s) = self.ignore {
             // Nothing written since (a write would have broken it).
@@ -1236,6 +1283,43 @@ mod tests {
         w.write(regs::STATUS, 4, 15);
         w.finish();
         assert!(matches!(outcome(&w, MMIO_INIT_SEQUENCE), Outcome::Fail(_)));
+    }
+
+    /// §2.2.1: a version 2 device without VIRTIO_F_VERSION_1: the driver
+    /// sets FAILED and stops (#2, #7 kept); one that goes on negotiating
+    /// breaks both; one that stops without FAILED breaks #7.
+    #[test]
+    fn section_2_2_1_a_modern_device_without_version_1_is_given_up() {
+        let start = |w: &mut DriverWatch| {
+            w.read(regs::MAGIC_VALUE, 4, u64::from(regs::MAGIC));
+            w.read(regs::VERSION, 4, 2);
+            w.read(regs::DEVICE_ID, 4, 4);
+            w.write(regs::STATUS, 4, 0);
+            w.write(regs::STATUS, 4, 1);
+            w.write(regs::STATUS, 4, 3);
+            w.write(regs::DEVICE_FEATURES_SEL, 4, 1);
+            w.read(regs::DEVICE_FEATURES, 4, 0);
+        };
+        let mut w = watch();
+        start(&mut w);
+        w.write(regs::STATUS, 4, 0x83);
+        w.finish();
+        assert_eq!(outcome(&w, FEATURES_VALIDATED), Outcome::Pass);
+        assert_eq!(outcome(&w, FEATURE_MISSING), Outcome::Pass);
+
+        let mut w = watch();
+        start(&mut w);
+        w.write(regs::DRIVER_FEATURES_SEL, 4, 0);
+        w.finish();
+        assert!(matches!(outcome(&w, FEATURES_VALIDATED), Outcome::Fail(_)));
+        assert!(matches!(outcome(&w, FEATURE_MISSING), Outcome::Fail(_)));
+
+        let mut w = watch();
+        start(&mut w);
+        w.write(regs::STATUS, 4, 0);
+        w.finish();
+        assert_eq!(outcome(&w, FEATURES_VALIDATED), Outcome::Pass);
+        assert!(matches!(outcome(&w, FEATURE_MISSING), Outcome::Fail(_)));
     }
 
     /// §2.2.1: with a feature it cannot know offered, the driver still goes

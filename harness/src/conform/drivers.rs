@@ -40,6 +40,8 @@ struct Watched<D: VirtioDevice> {
     lie: Provoke,
     /// ConfigGeneration reads so far.
     generation_reads: Rc<std::cell::Cell<u32>>,
+    /// The DeviceFeaturesSel last written.
+    features_sel: Rc<std::cell::Cell<u32>>,
 }
 
 impl<D: VirtioDevice> Clone for Watched<D> {
@@ -49,6 +51,7 @@ impl<D: VirtioDevice> Clone for Watched<D> {
             watch: Rc::clone(&self.watch),
             lie: self.lie,
             generation_reads: Rc::clone(&self.generation_reads),
+            features_sel: Rc::clone(&self.features_sel),
         }
     }
 }
@@ -67,6 +70,14 @@ impl<D: VirtioDevice> Watched<D> {
         if offset == regs::CONFIG_GENERATION {
             self.generation_reads.set(self.generation_reads.get() + 1);
         }
+        if offset == regs::DEVICE_FEATURES && self.lie == Provoke::NoVersion1 {
+            // §2.2.1: VIRTIO_F_VERSION_1 is bit 0 of the second word.
+            if self.features_sel.get() == 1
+                && let Some(b) = data.first_mut()
+            {
+                *b &= !1;
+            }
+        }
         self.lie.lie(offset, data, self.generation_reads.get());
         self.watch
             .borrow_mut()
@@ -74,6 +85,9 @@ impl<D: VirtioDevice> Watched<D> {
     }
 
     fn write(&self, offset: u64, data: &[u8]) {
+        if offset == regs::DEVICE_FEATURES_SEL {
+            self.features_sel.set(le_u64(data) as u32);
+        }
         self.watch
             .borrow_mut()
             .write(offset, data.len(), le_u64(data));
@@ -459,6 +473,9 @@ pub enum Provoke {
     /// ([`super::targets::multiport_console`]): the driver answers
     /// CONSOLE_PORT with PORT_OPEN 1 (§5.3.6.2.2).
     ConsolePorts,
+    /// DeviceFeatures hides VIRTIO_F_VERSION_1 on a version 2 device: the
+    /// driver must set FAILED and stop (§2.2.1).
+    NoVersion1,
 }
 
 /// The bit offered as a feature no driver knows: bit 23, a device-type bit
@@ -467,7 +484,7 @@ pub const UNKNOWN_FEATURE: u64 = 1 << 23;
 
 impl Provoke {
     /// The provocations, without [`Provoke::Nothing`].
-    pub const ALL: [Provoke; 9] = [
+    pub const ALL: [Provoke; 10] = [
         Provoke::UnknownFeature,
         Provoke::RefusedFeatures,
         Provoke::BadMagic,
@@ -477,6 +494,7 @@ impl Provoke {
         Provoke::TornConfig,
         Provoke::RxHeaders,
         Provoke::ConsolePorts,
+        Provoke::NoVersion1,
     ];
 
     /// The provocations made by the device rather than by the register
@@ -493,7 +511,11 @@ impl Provoke {
     pub fn init_fails(self) -> bool {
         matches!(
             self,
-            Provoke::RefusedFeatures | Provoke::BadMagic | Provoke::BadVersion | Provoke::NoDevice
+            Provoke::RefusedFeatures
+                | Provoke::BadMagic
+                | Provoke::BadVersion
+                | Provoke::NoDevice
+                | Provoke::NoVersion1
         )
     }
 
@@ -545,6 +567,7 @@ impl Provoke {
             Provoke::TornConfig => format!("{} (configuration changing while read)", kind.name()),
             Provoke::RxHeaders => format!("{} (received headers rewritten)", kind.name()),
             Provoke::ConsolePorts => format!("{} (two ports, MULTIPORT)", kind.name()),
+            Provoke::NoVersion1 => format!("{} (no VIRTIO_F_VERSION_1)", kind.name()),
         }
     }
 
@@ -709,6 +732,7 @@ fn watched<D: VirtioDevice + 'static>(
         watch: Rc::clone(&watch),
         lie: provoke,
         generation_reads: Rc::default(),
+        features_sel: Rc::default(),
     };
     let result = workload(hal, w.clone());
     w.regs.borrow_mut().device_mut().device_mut().finish();
