@@ -140,6 +140,14 @@ pub trait Bus {
     fn wait(&self, done: &mut dyn FnMut() -> bool, patience: Patience) -> bool;
     /// What the checks can observe.
     fn path(&self) -> Path;
+    /// Has the host change the device's configuration, as a host may at
+    /// any time (a network device's link flipped): `Some(true)` if the
+    /// device says its configuration changed, `Some(false)` if it had
+    /// nothing to change, `None` where this path has no such hook (the
+    /// default).
+    fn change_config(&self) -> Option<bool> {
+        None
+    }
 }
 
 /// Where a check records.

@@ -182,9 +182,16 @@ impl<D: VirtioDevice> Local<D> {
 }
 
 /// One of our device models in this process.
+/// What the host does to a device to change its configuration; whether
+/// the device says it changed.
+type HostChange<D> = Box<dyn Fn(&mut D) -> bool>;
+
 struct LocalBus<D: VirtioDevice> {
     regs: Local<D>,
     mem: LocalMemory,
+    /// What the host does to change the device's configuration, and
+    /// whether the device says it changed ([`Bus::change_config`]).
+    host: Option<HostChange<D>>,
 }
 
 impl<D: VirtioDevice> Bus for LocalBus<D> {
@@ -215,13 +222,32 @@ impl<D: VirtioDevice> Bus for LocalBus<D> {
     fn path(&self) -> conform::Path {
         conform::Path::InProcess
     }
+    fn change_config(&self) -> Option<bool> {
+        let host = self.host.as_ref()?;
+        let mut regs = self.regs.0.borrow_mut();
+        let changed = host(regs.device_mut().device_mut());
+        if changed {
+            // What the transport does with a device's `config_changed`.
+            regs.config_changed();
+        }
+        Some(changed)
+    }
 }
 
 fn local<D: VirtioDevice + 'static>(dev: D, mem: LocalMemory) -> Result<Box<dyn Bus>, String> {
+    local_with_host(dev, mem, None)
+}
+
+fn local_with_host<D: VirtioDevice + 'static>(
+    dev: D,
+    mem: LocalMemory,
+    host: Option<HostChange<D>>,
+) -> Result<Box<dyn Bus>, String> {
     let regs = MmioRegisters::new(MmioTransport::new(dev)).map_err(|e| e.to_string())?;
     Ok(Box::new(LocalBus {
         regs: Local(RefCell::new(regs)),
         mem,
+        host,
     }))
 }
 
@@ -310,7 +336,18 @@ pub fn ours_in_process(kind: Kind) -> Result<Box<dyn Bus>, String> {
         Device::Rng(d) => local(d, mem),
         Device::Blk(d) => local(d, mem),
         Device::Console(d) => local(d, mem),
-        Device::Net(d) => local(d, mem),
+        // The host flips the link (QMP `set_link`), down then up.
+        Device::Net(d) => {
+            let up = std::cell::Cell::new(true);
+            local_with_host(
+                d,
+                mem,
+                Some(Box::new(move |n: &mut Net<Loopback, LocalMemory>| {
+                    up.set(!up.get());
+                    n.set_link(up.get())
+                })),
+            )
+        }
     }
 }
 

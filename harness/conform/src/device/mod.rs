@@ -62,6 +62,7 @@ pub const CHECKS: &[Check] = &[
     net::RECEIVE_PLAIN,
     net::RECEIVE_MERGED,
     net::CHECKSUM,
+    net::CONFIG_GENERATION,
     net::MTU_FRAMES,
     net::CONTROL_MAC,
     net::RECEIVE_FILTERS,

@@ -904,6 +904,63 @@ pub const CHECKSUM: Check = Check {
     },
 };
 
+const GENERATION_CHANGES: &str = "device:mmio/mmio-device-register-layout#6";
+
+/// ConfigGeneration moves when the configuration does (§4.2.2.1): the
+/// host flips a live network device's link ([`crate::Bus::change_config`],
+/// QMP's `set_link`); if `status` changed, the generation read after must
+/// differ from the one before. Only where the path has that hook.
+pub const CONFIG_GENERATION: Check = Check {
+    name: "net-config-generation",
+    statements: &[GENERATION_CHANGES],
+    run: |ctx| {
+        let all = [GENERATION_CHANGES];
+        let d = Dev::open(ctx.bus());
+        if d.device_type() != Some(DeviceType::Net) || d.version == 1 {
+            ctx.not_observable(
+                &all,
+                "the checks change a configuration only through a network device's link (modern interface)",
+            );
+            return;
+        }
+        if d.offered & bit(NetFeatures::STATUS) == 0 {
+            ctx.not_observable(
+                &all,
+                "VIRTIO_NET_F_STATUS not offered: no field follows the link",
+            );
+            return;
+        }
+        let want = plain(&d, 0);
+        let n = match NetDev::live(d, want, &[0], 2048) {
+            Ok(n) => n,
+            Err(e) => {
+                ctx.blocked(&all, &e);
+                return;
+            }
+        };
+        let bus = n.d.bus();
+        let status = || u16::from_le_bytes([n.d.config8(6), n.d.config8(7)]);
+        let (g0, s0) = (bus.regs().read32(regs::CONFIG_GENERATION), status());
+        if bus.change_config().is_none() {
+            ctx.not_observable(
+                &all,
+                "the host cannot change the configuration on this path",
+            );
+            return;
+        }
+        let (g1, s1) = (bus.regs().read32(regs::CONFIG_GENERATION), status());
+        // The link back as it was.
+        let _ = bus.change_config();
+        if s0 == s1 {
+            ctx.not_observable(&all, "the link flip changed no configuration field");
+            return;
+        }
+        ctx.expect(GENERATION_CHANGES, g0 != g1, || {
+            format!("status went from {s0:#x} to {s1:#x} with ConfigGeneration {g0} both times")
+        });
+    },
+};
+
 /// Merged receive buffers: num_buffers counts them, all but the last are
 /// full, all are used together (§5.1.6.4.2).
 pub const RECEIVE_MERGED: Check = Check {
