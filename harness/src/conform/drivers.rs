@@ -847,10 +847,11 @@ fn net_workload<D: VirtioDevice>(hal: PoolHal<PAGES>, w: Watched<D>) -> Result<(
         ..NetOptions::default()
     };
     let mut net = Net::new(hal, w.clone(), opts).map_err(|e| e.to_string())?;
-    // A broadcast frame: the loopback backend sends it back.
+    // A broadcast frame from the NIC's address, as an OS sends it
+    // (§5.1.4.2): the loopback backend sends it back.
     let mut frame = [0u8; 60];
     frame[..6].copy_from_slice(&[0xff; 6]);
-    frame[6..12].copy_from_slice(&[0x02, 0, 0, 0, 0, 0x42]);
+    frame[6..12].copy_from_slice(&net.mac());
     frame[12..14].copy_from_slice(&0x88b5u16.to_be_bytes());
     net.transmit(&frame).map_err(|e| e.to_string())?;
     net.flush().map_err(|e| e.to_string())?;

@@ -203,11 +203,13 @@ fn console_workload<D: VirtioDevice + 'static>(t: Transport<D>) -> Result<(), St
 fn net_workload<D: VirtioDevice + 'static>(t: Transport<D>) -> Result<(), String> {
     use virtio_drivers::device::net::VirtIONet;
     let mut net = VirtIONet::<TestHal, _, 16>::new(t, 2048).map_err(e)?;
-    // A broadcast frame: the loopback backend sends it back.
+    // A broadcast frame from the NIC's address, as an OS sends it
+    // (§5.1.4.2): the loopback backend sends it back.
+    let mac = net.mac_address();
     let mut tx = net.new_tx_buffer(60);
     let frame = tx.packet_mut();
     frame[..6].copy_from_slice(&[0xff; 6]);
-    frame[6..12].copy_from_slice(&[0x02, 0, 0, 0, 0, 0x42]);
+    frame[6..12].copy_from_slice(&mac);
     frame[12..14].copy_from_slice(&0x88b5u16.to_be_bytes());
     let sent = frame.to_vec();
     net.send(tx).map_err(e)?;

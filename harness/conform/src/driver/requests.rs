@@ -266,6 +266,9 @@ const NET_TX_CSUM_COMPLETES: &str = "driver:net/device-operation/packet-transmis
 const NET_TX_MTU: &str = "driver:net/device-configuration-layout#8";
 /// Judged when the watch's records are taken ([`NetState::rx_enough`]).
 pub const NET_RX_ENOUGH: &str = "driver:net/device-configuration-layout#7";
+/// The driver uses `mac` as its address (§5.1.4.2); judged when the
+/// watch's records are taken ([`NetState::mac_used`]).
+pub const NET_MAC_USED: &str = "driver:net/device-configuration-layout#3";
 const NET_CTRL_RX_FEATURE: &str =
     "driver:net/device-operation/control-virtqueue/packet-receive-filtering#1";
 const NET_CTRL_RX_EXTRA_FEATURE: &str =
@@ -285,6 +288,7 @@ const NET_TX_WITHIN_PAIRS: &str =
 
 /// Every statement the network request watch judges.
 pub const NET_STATEMENTS: &[&str] = &[
+    NET_MAC_USED,
     NET_TX_NUM_BUFFERS,
     NET_TX_FLAGS_NO_CSUM,
     NET_TX_TUNNEL_BOTH_FEATURES,
@@ -347,6 +351,8 @@ pub struct NetLimits {
     pub mtu: Option<u16>,
     /// `max_virtqueue_pairs` with VIRTIO_NET_F_MQ, else 1.
     pub max_pairs: u16,
+    /// `mac`, when VIRTIO_NET_F_MAC was negotiated.
+    pub mac: Option<[u8; 6]>,
 }
 
 impl NetLimits {
@@ -366,6 +372,11 @@ impl NetLimits {
             } else {
                 1
             },
+            mac: (features & NetFeatures::MAC.bits() != 0).then(|| {
+                let mut m = [0u8; 6];
+                read(0, &mut m);
+                m
+            }),
         }
     }
 
@@ -407,9 +418,35 @@ pub struct NetState {
     pub rx_largest: u64,
     /// The receive chains seen, in bytes, added up.
     pub rx_total: u64,
+    /// Addresses the driver set with VIRTIO_NET_CTRL_MAC_ADDR_SET.
+    pub macs_set: Vec<[u8; 6]>,
+    /// Transmitted frames from the driver's address (`mac` or one it
+    /// set), and from others (the first few kept).
+    pub tx_from_mac: u32,
+    /// Transmitted frames from another address.
+    pub tx_from_other: u32,
+    /// The other source addresses seen (at most 8).
+    pub other_sources: Vec<[u8; 6]>,
 }
 
 impl NetState {
+    /// §5.1.4.2 with VIRTIO_NET_F_MAC (`mac`): kept when a transmitted
+    /// frame came from it (or from an address the driver set); broken when
+    /// at least 8 did and all from one other address; otherwise `None`
+    /// (not observable: a guest that bridges sends other sources too).
+    pub fn mac_used(&self, mac: [u8; 6]) -> Option<Result<(), String>> {
+        if self.tx_from_mac > 0 {
+            Some(Ok(()))
+        } else if self.tx_from_other >= 8 && self.other_sources.len() == 1 {
+            Some(Err(format!(
+                "all {} transmitted frames came from {:02x?}, not mac {mac:02x?}",
+                self.tx_from_other, self.other_sources[0]
+            )))
+        } else {
+            None
+        }
+    }
+
     /// Whether the driver supplied receive buffers for one packet of
     /// `mtu` plus an Ethernet header (§5.1.4.2): one chain that holds it,
     /// or with merged buffers (`merged`) all of them together. `None` if
@@ -454,7 +491,7 @@ pub(super) fn judge_net_tx(
     seen: &mut BTreeMap<&'static str, Seen>,
     mem: &dyn Memory,
     limits: &NetLimits,
-    state: &NetState,
+    state: &mut NetState,
     ctrl_live: bool,
     index: u16,
     segs: &[Segment],
@@ -484,6 +521,19 @@ pub(super) fn judge_net_tx(
         )
     };
     judge(seen, NET_TX_NUM_BUFFERS, num_buffers == 0, what);
+    if let Some(mac) = limits.mac
+        && let Some(src) = head.get(NET_HDR + 6..NET_HDR + 12)
+        && let Ok(src) = <[u8; 6]>::try_from(src)
+    {
+        if src == mac || state.macs_set.contains(&src) {
+            state.tx_from_mac += 1;
+        } else {
+            state.tx_from_other += 1;
+            if state.other_sources.len() < 8 && !state.other_sources.contains(&src) {
+                state.other_sources.push(src);
+            }
+        }
+    }
     if !limits.has(NetFeatures::CSUM) {
         judge(seen, NET_TX_FLAGS_NO_CSUM, flags == 0, what);
     }
@@ -738,6 +788,13 @@ pub(super) fn judge_net_ctrl(
                 limits.has(NetFeatures::CTRL_RX),
                 || format!("MAC command {command} without VIRTIO_NET_F_CTRL_RX"),
             );
+            // MAC_ADDR_SET: the driver's address from now on.
+            if command == 1
+                && let Ok(a) = <[u8; 6]>::try_from(data.get(..6).unwrap_or(&[]))
+                && !state.macs_set.contains(&a)
+            {
+                state.macs_set.push(a);
+            }
             if command == 0 {
                 let ok = mac_table_ok(data);
                 judge(seen, NET_CTRL_MAC_TABLE, ok, || {

@@ -19,9 +19,9 @@ use virtio_core::split::layout::QueueLayout;
 use super::notify::{self, NotifyWatch};
 use super::requests::{
     BLK_STATEMENTS, BLK_WATCH, BlkLimits, CONSOLE_DEVICE_READY, CONSOLE_PORT_OPENED,
-    CONSOLE_STATEMENTS, CONSOLE_WATCH, ConsoleState, NET_CTRL_STATEMENTS, NET_RX_ENOUGH,
-    NET_STATEMENTS, NET_WATCH, NetLimits, NetState, RNG_STATEMENTS, RNG_WATCH, Segment, judge_blk,
-    judge_console, judge_net_ctrl, judge_net_tx, judge_rng, note_net_rx,
+    CONSOLE_STATEMENTS, CONSOLE_WATCH, ConsoleState, NET_CTRL_STATEMENTS, NET_MAC_USED,
+    NET_RX_ENOUGH, NET_STATEMENTS, NET_WATCH, NetLimits, NetState, RNG_STATEMENTS, RNG_WATCH,
+    Segment, judge_blk, judge_console, judge_net_ctrl, judge_net_tx, judge_rng, note_net_rx,
 };
 use super::{Seen, judge, keep};
 use crate::{Check, Memory, Record};
@@ -706,6 +706,18 @@ impl RingWatch {
         if let Some((limits, state)) = &self.net {
             let mut net = super::records_of(NET_STATEMENTS, NET_WATCH.name, &self.seen);
             let enough = limits.mtu.map(|m| (m, state.rx_enough(m, limits.merged())));
+            for r in net.iter_mut().filter(|r| r.statement == NET_MAC_USED) {
+                r.outcome = match limits.mac.map(|m| (m, state.mac_used(m))) {
+                    None => crate::Outcome::NotObservable(
+                        "VIRTIO_NET_F_MAC is not among the features the device was given (a vhost-user frontend such as QEMU keeps it)".into(),
+                    ),
+                    Some((_, Some(Ok(())))) => crate::Outcome::Pass,
+                    Some((_, Some(Err(e)))) => crate::Outcome::Fail(e),
+                    Some((_, None)) => crate::Outcome::NotObservable(
+                        "no transmitted frame came from the driver's address, nor enough from one other".into(),
+                    ),
+                };
+            }
             for r in net.iter_mut().filter(|r| r.statement == NET_RX_ENOUGH) {
                 r.outcome = match enough {
                     None => {
@@ -1055,6 +1067,7 @@ mod tests {
             features: 1 << 3 | 1 << 17 | 1 << 18 | 1 << 22,
             mtu: Some(1500),
             max_pairs: 2,
+            mac: None,
         };
         let mut w = RingWatch::new(0).with_net(limits);
         let (rx0, tx0, tx1, ctrl) = (
@@ -1119,6 +1132,47 @@ mod tests {
             "driver:net/device-operation/control-virtqueue/automatic-receive-steering-in-multiqueue-mode#3",
         ] {
             assert!(fails.contains(&s), "{s} not caught: {fails:?}");
+        }
+    }
+
+    /// §5.1.4.2: with VIRTIO_NET_F_MAC the driver's frames come from
+    /// `mac` (or an address it set); eight frames all from one other
+    /// address break it.
+    #[test]
+    fn section_5_1_4_2_the_driver_uses_mac() {
+        for (src, want) in [([2u8, 0, 0, 0, 0, 1], true), ([2, 9, 9, 9, 9, 9], false)] {
+            let ram = Ram::new(0x10000);
+            let tx = QueueLayout::new(
+                QueueSize::new(16).unwrap(),
+                GuestAddress(0x1000),
+                GuestAddress(0x1200),
+                GuestAddress(0x1400),
+            )
+            .unwrap();
+            let limits = NetLimits {
+                features: 1 << 5,
+                mtu: None,
+                max_pairs: 1,
+                mac: Some([2, 0, 0, 0, 0, 1]),
+            };
+            let mut w = RingWatch::new(0).with_net(limits);
+            w.queue(&ram, 1, tx);
+            for i in 0..8u16 {
+                let at = 0x8000 + 0x100 * u64::from(i);
+                let mut f = [0u8; 12 + 60];
+                f[12..18].copy_from_slice(&[0xff; 6]);
+                f[18..24].copy_from_slice(&src);
+                ram.write(GuestAddress(at), &f).unwrap();
+                put(&ram, &tx, i, at, 72, 0, 0);
+                publish(&ram, &tx, i, i);
+            }
+            w.look(&ram, 1);
+            let o = outcome(&w, NET_MAC_USED);
+            if want {
+                assert_eq!(o, Outcome::Pass);
+            } else {
+                assert!(matches!(o, Outcome::Fail(_)), "{o:?}");
+            }
         }
     }
 
