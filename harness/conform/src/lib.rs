@@ -17,6 +17,7 @@
 
 extern crate alloc;
 
+pub mod checksum;
 pub mod device;
 pub mod driver;
 pub mod ring;

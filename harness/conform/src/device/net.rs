@@ -18,6 +18,7 @@ use virtio_core::memory::GuestAddress;
 use virtio_core::mmio::regs;
 
 use super::Dev;
+use crate::checksum::{fold, sum16};
 use crate::ring::{Buf, bytes};
 use crate::{Check, Ctx, Outcome, Patience};
 
@@ -682,26 +683,6 @@ const DATA_VALID: u8 = 2;
 /// checksum field within it.
 const UDP_AT: usize = ETH + 20;
 const UDP_CSUM: usize = 6;
-
-/// The 16-bit ones' complement sum of `data` (big-endian words, an odd
-/// byte padded) added to `sum`, not yet folded (RFC 1071).
-fn sum16(data: &[u8], mut sum: u32) -> u32 {
-    let mut words = data.chunks_exact(2);
-    for w in &mut words {
-        sum += u32::from(u16::from_be_bytes([w[0], w[1]]));
-    }
-    if let [b] = words.remainder() {
-        sum += u32::from(*b) << 8;
-    }
-    sum
-}
-
-fn fold(mut sum: u32) -> u16 {
-    while sum >> 16 != 0 {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    sum as u16
-}
 
 /// The UDP pseudo header's sum for the IPv4 frame `f` (RFC 768).
 fn pseudo_sum(f: &[u8]) -> u32 {

@@ -12,6 +12,7 @@ use virtio_core::features::{BlkFeatures, NetFeatures};
 use virtio_core::memory::GuestAddress;
 
 use super::{Seen, judge};
+use crate::checksum::{fold, sum16};
 use crate::{Check, Memory, Record};
 
 const NOT_BEYOND_CAPACITY: &str = "driver:blk/device-operation#2";
@@ -626,26 +627,6 @@ pub(super) fn judge_net_tx(
         };
         judge(seen, s, true, String::new);
     }
-}
-
-/// The 16-bit ones' complement sum of `data` added to `sum`, unfolded
-/// (RFC 1071).
-fn sum16(data: &[u8], mut sum: u32) -> u32 {
-    let mut words = data.chunks_exact(2);
-    for w in &mut words {
-        sum += u32::from(u16::from_be_bytes([w[0], w[1]]));
-    }
-    if let [b] = words.remainder() {
-        sum += u32::from(*b) << 8;
-    }
-    sum
-}
-
-fn fold(mut sum: u32) -> u16 {
-    while sum >> 16 != 0 {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    sum as u16
 }
 
 /// Where a frame's TCP or UDP header starts and where its IP packet ends
