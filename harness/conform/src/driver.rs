@@ -1117,12 +1117,7 @@ mod tests {
     /// A well-behaved modern init of an entropy device, one queue, a
     /// notification, an interrupt handled.
     fn good(w: &mut DriverWatch) {
-        w.read(regs::MAGIC_VALUE, 4, u64::from(regs::MAGIC));
-        w.read(regs::VERSION, 4, 2);
-        w.read(regs::DEVICE_ID, 4, 4);
-        w.write(regs::STATUS, 4, 0);
-        w.write(regs::STATUS, 4, 1);
-        w.write(regs::STATUS, 4, 3);
+        up_to_driver(w);
         w.write(regs::DEVICE_FEATURES_SEL, 4, 1);
         w.read(regs::DEVICE_FEATURES, 4, 1);
         w.write(regs::DRIVER_FEATURES_SEL, 4, 1);
@@ -1148,15 +1143,21 @@ mod tests {
         DriverWatch::new(Some(DeviceType::Rng), 1 << 32, &[256], 0)
     }
 
-    /// An init up to FEATURES_OK that the device refuses (Status read back
-    /// without it).
-    fn refused(w: &mut DriverWatch) {
+    /// The probe of a modern entropy device, a reset, ACKNOWLEDGE and
+    /// DRIVER.
+    fn up_to_driver(w: &mut DriverWatch) {
         w.read(regs::MAGIC_VALUE, 4, u64::from(regs::MAGIC));
         w.read(regs::VERSION, 4, 2);
         w.read(regs::DEVICE_ID, 4, 4);
         w.write(regs::STATUS, 4, 0);
         w.write(regs::STATUS, 4, 1);
         w.write(regs::STATUS, 4, 3);
+    }
+
+    /// An init up to FEATURES_OK that the device refuses (Status read back
+    /// without it).
+    fn refused(w: &mut DriverWatch) {
+        up_to_driver(w);
         w.write(regs::DEVICE_FEATURES_SEL, 4, 1);
         w.read(regs::DEVICE_FEATURES, 4, 1);
         w.write(regs::DRIVER_FEATURES_SEL, 4, 1);
@@ -1291,12 +1292,7 @@ mod tests {
     #[test]
     fn section_2_2_1_a_modern_device_without_version_1_is_given_up() {
         let start = |w: &mut DriverWatch| {
-            w.read(regs::MAGIC_VALUE, 4, u64::from(regs::MAGIC));
-            w.read(regs::VERSION, 4, 2);
-            w.read(regs::DEVICE_ID, 4, 4);
-            w.write(regs::STATUS, 4, 0);
-            w.write(regs::STATUS, 4, 1);
-            w.write(regs::STATUS, 4, 3);
+            up_to_driver(w);
             w.write(regs::DEVICE_FEATURES_SEL, 4, 1);
             w.read(regs::DEVICE_FEATURES, 4, 0);
         };

@@ -159,6 +159,30 @@ impl Received {
     }
 }
 
+/// The packet that came back for a frame sent (`got`), or `None` after
+/// recording for `all` why not: nothing came back (not observable: the
+/// backend does not return frames), or the driver side failed (blocked).
+fn came_back(
+    ctx: &mut Ctx<'_>,
+    all: &[&'static str],
+    got: Result<Option<(u16, Received)>, String>,
+) -> Option<Received> {
+    match got {
+        Ok(Some((_, r))) => Some(r),
+        Ok(None) => {
+            ctx.not_observable(
+                all,
+                "nothing came back: the backend does not return transmitted frames",
+            );
+            None
+        }
+        Err(e) => {
+            ctx.blocked(all, &e);
+            None
+        }
+    }
+}
+
 /// A network device driven by the checks: receive queues kept stocked,
 /// frames sent one at a time on transmit queue 0, the control queue.
 struct NetDev<'a> {
@@ -586,19 +610,8 @@ pub const RECEIVE_PLAIN: Check = Check {
         let got = n
             .send(&sent)
             .and_then(|()| n.receive_tag(&[0], 7, Patience::Expect));
-        let r = match got {
-            Ok(Some((_, r))) => r,
-            Ok(None) => {
-                ctx.not_observable(
-                    &all,
-                    "nothing came back: the backend does not return transmitted frames",
-                );
-                return;
-            }
-            Err(e) => {
-                ctx.blocked(&all, &e);
-                return;
-            }
+        let Some(r) = came_back(ctx, &all, got) else {
+            return;
         };
         let nb = r.num_buffers();
         ctx.expect(RX_NUM_BUFFERS, usize::from(nb) == r.lens.len(), || {
@@ -796,19 +809,8 @@ pub const CHECKSUM: Check = Check {
         };
         // A partial checksum, for the device to pass on or complete.
         let partial = udp_frame(200, 11, true, 0);
-        let r = match round(&mut n, &partial, 11) {
-            Ok(Some((_, r))) => r,
-            Ok(None) => {
-                ctx.not_observable(
-                    &all,
-                    "nothing came back: the backend does not return transmitted frames",
-                );
-                return;
-            }
-            Err(e) => {
-                ctx.blocked(&all, &e);
-                return;
-            }
+        let Some(r) = came_back(ctx, &all, round(&mut n, &partial, 11)) else {
+            return;
         };
         let f = &r.frame;
         let flags = r.flags();
@@ -969,19 +971,8 @@ pub const RECEIVE_MERGED: Check = Check {
         let got = n
             .send(&sent)
             .and_then(|()| n.receive_tag(&[0], 9, Patience::Expect));
-        let r = match got {
-            Ok(Some((_, r))) => r,
-            Ok(None) => {
-                ctx.not_observable(
-                    &all,
-                    "nothing came back: the backend does not return transmitted frames",
-                );
-                return;
-            }
-            Err(e) => {
-                ctx.blocked(&all, &e);
-                return;
-            }
+        let Some(r) = came_back(ctx, &all, got) else {
+            return;
         };
         let nb = usize::from(r.num_buffers());
         let total: u32 = r.lens.iter().sum();

@@ -770,22 +770,15 @@ impl RingWatch {
 #[cfg(test)]
 mod tests {
     use virtio_core::memory::GuestAddress;
-    use virtio_core::split::layout::QueueSize;
 
     use super::*;
     use crate::Outcome;
     use crate::driver::requests::{BlkLimits, NetLimits};
-    use crate::driver::test_ram::Ram;
+    use crate::driver::test_ram::{Ram, layout};
 
     fn setup() -> (Ram, QueueLayout, RingWatch) {
         let ram = Ram::new(0x10000);
-        let l = QueueLayout::new(
-            QueueSize::new(8).unwrap(),
-            GuestAddress(0x1000),
-            GuestAddress(0x2000),
-            GuestAddress(0x3000),
-        )
-        .unwrap();
+        let l = layout(8, 0x1000);
         let mut w = RingWatch::new(TransportFeatures::RING_INDIRECT_DESC.bits());
         w.queue(&ram, 0, l);
         (ram, l, w)
@@ -928,15 +921,7 @@ mod tests {
     fn section_5_3_6_2_2_console_port_is_answered_with_port_open_1() {
         for answer in [Some(1u16), Some(0), None] {
             let ram = Ram::new(0x10000);
-            let layout = |base: u64| {
-                QueueLayout::new(
-                    QueueSize::new(8).unwrap(),
-                    GuestAddress(base),
-                    GuestAddress(base + 0x100),
-                    GuestAddress(base + 0x200),
-                )
-                .unwrap()
-            };
+            let layout = |base: u64| layout(8, base);
             let (crx, ctx) = (layout(0x1000), layout(0x2000));
             let mut w = RingWatch::new(0).with_console(true);
             w.queue(&ram, 2, crx);
@@ -1053,15 +1038,7 @@ mod tests {
     fn section_5_1_6_2_and_5_1_6_5_bad_net_packets_and_commands_are_caught() {
         use super::super::requests::NET_STATEMENTS;
         let ram = Ram::new(0x10000);
-        let layout = |base: u64| {
-            QueueLayout::new(
-                QueueSize::new(8).unwrap(),
-                GuestAddress(base),
-                GuestAddress(base + 0x200),
-                GuestAddress(base + 0x400),
-            )
-            .unwrap()
-        };
+        let layout = |base: u64| layout(8, base);
         // Two pairs, a control queue (4), MTU 1500; no offloads.
         let limits = NetLimits {
             features: 1 << 3 | 1 << 17 | 1 << 18 | 1 << 22,
@@ -1142,13 +1119,7 @@ mod tests {
     fn section_5_1_4_2_the_driver_uses_mac() {
         for (src, want) in [([2u8, 0, 0, 0, 0, 1], true), ([2, 9, 9, 9, 9, 9], false)] {
             let ram = Ram::new(0x10000);
-            let tx = QueueLayout::new(
-                QueueSize::new(16).unwrap(),
-                GuestAddress(0x1000),
-                GuestAddress(0x1200),
-                GuestAddress(0x1400),
-            )
-            .unwrap();
+            let tx = layout(16, 0x1000);
             let limits = NetLimits {
                 features: 1 << 5,
                 mtu: None,

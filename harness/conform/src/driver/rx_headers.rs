@@ -104,10 +104,9 @@ pub fn records(mangled: u32, error: Option<&str>, checksum_seen: bool) -> Vec<Re
 
 #[cfg(test)]
 mod tests {
-    use virtio_core::split::layout::QueueSize;
 
     use super::*;
-    use crate::driver::test_ram::Ram;
+    use crate::driver::test_ram::{Ram, layout};
 
     /// §5.1.6.4: the header of a returned receive chain (direct, and
     /// through an indirect table) is rewritten: NEEDS_CSUM and DATA_VALID
@@ -116,13 +115,7 @@ mod tests {
     #[test]
     fn section_5_1_6_4_returned_headers_are_rewritten_and_frames_kept() {
         let ram = Ram::new(0x10000);
-        let l = QueueLayout::new(
-            QueueSize::new(8).unwrap(),
-            GuestAddress(0x1000),
-            GuestAddress(0x2000),
-            GuestAddress(0x3000),
-        )
-        .unwrap();
+        let l = layout(8, 0x1000);
         let put = |i: u16, addr: u64, len: u32, flags: u16| {
             let mut d = [0u8; 16];
             d[0..8].copy_from_slice(&addr.to_le_bytes());

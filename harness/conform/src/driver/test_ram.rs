@@ -4,6 +4,7 @@ use alloc::vec::Vec;
 use core::cell::RefCell;
 
 use virtio_core::memory::{GuestAddress, MemoryError};
+use virtio_core::split::layout::{QueueLayout, QueueSize};
 
 use crate::Memory;
 
@@ -43,4 +44,16 @@ impl Memory for Ram {
     fn store_u16_release(&self, addr: GuestAddress, val: u16) -> Result<(), MemoryError> {
         self.write(addr, &val.to_le_bytes())
     }
+}
+
+/// A queue of `size` entries whose areas start at `base`, `base + 0x200`
+/// and `base + 0x400` (room for up to 16 entries each).
+pub fn layout(size: u16, base: u64) -> QueueLayout {
+    QueueLayout::new(
+        QueueSize::new(u32::from(size)).expect("a power of two"),
+        GuestAddress(base),
+        GuestAddress(base + 0x200),
+        GuestAddress(base + 0x400),
+    )
+    .expect("an aligned layout")
 }

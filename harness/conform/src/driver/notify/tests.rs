@@ -1,18 +1,9 @@
-use virtio_core::memory::GuestAddress;
-use virtio_core::split::layout::QueueSize;
-
 use super::*;
-use crate::driver::test_ram::Ram;
+use crate::driver::test_ram::{Ram, layout};
 
 fn setup(event_idx: bool, provoke: bool) -> (Ram, QueueLayout, NotifyWatch) {
     let ram = Ram::new(0x10000);
-    let l = QueueLayout::new(
-        QueueSize::new(8).unwrap(),
-        GuestAddress(0x1000),
-        GuestAddress(0x2000),
-        GuestAddress(0x3000),
-    )
-    .unwrap();
+    let l = layout(8, 0x1000);
     let mut w = NotifyWatch::new(event_idx, provoke);
     w.queue(&ram, 0, l);
     (ram, l, w)
