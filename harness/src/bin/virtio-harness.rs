@@ -192,6 +192,11 @@ enum ConformCommand {
         /// Another vhost-user backend: `rng|blk|console|net=SOCKET`.
         #[arg(long, value_name = "KIND=SOCKET")]
         vhost_user: Vec<String>,
+        /// Judge Linux's entropy and block drivers too: Debian's kernel
+        /// under QEMU TCG, in front of our vhost-user backend with its
+        /// ring watch (the kit `.ci/setup` fetches).
+        #[arg(long)]
+        linux: bool,
     },
 }
 
@@ -209,8 +214,9 @@ fn main() -> ExitCode {
                     peers,
                     guests,
                     vhost_user,
+                    linux,
                 },
-        } => conform_run(&out, peers, guests, &vhost_user),
+        } => conform_run(&out, peers, guests, linux, &vhost_user),
         Command::Run { timeout, options } => run(&options, Duration::from_secs(timeout)),
         Command::VhostUser {
             socket,
@@ -409,7 +415,13 @@ fn catalogue(spec: &std::path::Path, rev: &str, out: Option<&std::path::Path>) -
 }
 
 /// `conform run`: the checks against the targets, the report written.
-fn conform_run(out: &std::path::Path, peers: bool, guests: bool, others: &[String]) -> ExitCode {
+fn conform_run(
+    out: &std::path::Path,
+    peers: bool,
+    guests: bool,
+    linux: bool,
+    others: &[String],
+) -> ExitCode {
     use harness::conform::{catalogue, report, run, targets::Kind};
     let (cat, scope) = match (
         catalogue::Catalogue::parse(harness::conform::CATALOGUE),
@@ -451,6 +463,9 @@ fn conform_run(out: &std::path::Path, peers: bool, guests: bool, others: &[Strin
     if guests {
         runs.extend(harness::conform::guests::all());
     }
+    if linux {
+        runs.extend(harness::conform::linux::runs());
+    }
     let checks = harness::conform::checks();
     let entries = report::entries(&cat, &scope, &checks);
     if let Err(e) = report::write(out, &cat, &entries, &runs) {
@@ -489,10 +504,16 @@ fn conform_run(out: &std::path::Path, peers: bool, guests: bool, others: &[Strin
             s.id, s.section
         );
     }
+    // Where the environment must run Linux (CI with /dev/kvm), a Linux
+    // target that did not run is an error too.
+    let require = |k: &str| std::env::var(k).as_deref() == Ok("1");
+    let linux_required = require("HARNESS_REQUIRE_QEMU") || require("HARNESS_REQUIRE_LINUX");
     for r in runs.iter().filter(|r| r.error.is_some()) {
         let e = r.error.as_deref().unwrap_or("");
         eprintln!("not checked: {} ({}): {e}", r.target, r.device);
-        if ours.contains(&r.target.as_str()) {
+        if ours.contains(&r.target.as_str())
+            || (linux_required && r.target == harness::conform::linux::LINUX)
+        {
             bad = true;
         }
     }
