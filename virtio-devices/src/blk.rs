@@ -607,7 +607,15 @@ impl<B: BlockBackend, M: GuestMemory> Engine<B, M> {
             }
         }
         let last = last_w?;
-        rq.status = GuestAddress(last.addr.0 + u64::from(last.len) - 1);
+        // The status byte is the last writable byte (§5.2.6); a buffer
+        // that wraps the address space or is empty has none.
+        rq.status = GuestAddress(
+            last.addr
+                .0
+                .checked_add(u64::from(last.len))?
+                .checked_sub(1)
+                .filter(|_| last.len > 0)?,
+        );
         self.mem.check(rq.status, 1, Access::Write).ok()?;
         Some(rq)
     }
@@ -1720,10 +1728,6 @@ impl<B: BlockBackend, M: GuestMemory> VirtioDevice for Blk<B, M> {
         Ok(served)
     }
 
-    /// The next available index: a request is completed in the
-    /// notification that popped it, or, with `queued_io`, by the backend's
-    /// queue; while one is there (until [`VirtioDevice::quiesce`]) the
-    /// position is not known.
     fn avail_taken(&self, queue: u16) -> Option<u16> {
         Some(
             self.queues
@@ -1734,6 +1738,10 @@ impl<B: BlockBackend, M: GuestMemory> VirtioDevice for Blk<B, M> {
         )
     }
 
+    /// The next available index: a request is completed in the
+    /// notification that popped it, or, with `queued_io`, by the backend's
+    /// queue; while one is there (until [`VirtioDevice::quiesce`]) the
+    /// position is not known.
     fn queue_position(&self, queue: u16) -> Option<u16> {
         let qs = self.queues.get(usize::from(queue))?.as_ref()?;
         if qs.queued.iter().any(Option::is_some) {

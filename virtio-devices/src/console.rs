@@ -615,15 +615,15 @@ impl<M: GuestMemory> VirtioDevice for Console<M> {
         }
     }
 
+    fn avail_taken(&self, queue: u16) -> Option<u16> {
+        Some(self.queues.get(usize::from(queue))?.as_ref()?.next_avail())
+    }
+
     /// The next available index, rewound past a transmit chain partly
     /// written to a blocked chardev: the transmit loop pops nothing else
     /// while that chain waits, so it is the last one popped. Receive and
     /// control chains are completed in the pass that popped them (host
     /// input waits in the port's stash, not in a chain).
-    fn avail_taken(&self, queue: u16) -> Option<u16> {
-        Some(self.queues.get(usize::from(queue))?.as_ref()?.next_avail())
-    }
-
     fn queue_position(&self, queue: u16) -> Option<u16> {
         let q = self.queues.get(usize::from(queue))?.as_ref()?;
         let held = self

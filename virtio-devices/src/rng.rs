@@ -279,14 +279,14 @@ impl<B: RngBackend, M: GuestMemory> VirtioDevice for Rng<B, M> {
         self.pending.clear();
     }
 
-    /// The next available index, rewound past the chains waiting for
-    /// entropy: the serve loop pops a chain only when none is pending and
-    /// completes them oldest first, so pending chains are always the last
-    /// ones popped and every chain before them is completed.
     fn avail_taken(&self, queue: u16) -> Option<u16> {
         Some(self.queue.as_ref().filter(|_| queue == 0)?.next_avail())
     }
 
+    /// The next available index, rewound past the chains waiting for
+    /// entropy: the serve loop pops a chain only when none is pending and
+    /// completes them oldest first, so pending chains are always the last
+    /// ones popped and every chain before them is completed.
     fn queue_position(&self, queue: u16) -> Option<u16> {
         let q = self.queue.as_ref().filter(|_| queue == 0)?;
         let held = u16::try_from(self.pending.len()).ok()?;

@@ -376,6 +376,19 @@ fn section_5_2_6_status_byte_outside_guest_memory_returns_the_chain_empty() {
     next_request_works(&mut r);
 }
 
+/// A last writable buffer that wraps the address space has no status
+/// byte: the chain comes back empty and the device keeps serving (it
+/// panicked on the address arithmetic before).
+#[test]
+fn section_5_2_6_a_status_buffer_that_wraps_returns_the_chain_empty() {
+    let mut r = rig(MemDisk::new(16));
+    let h = r.header(req::FLUSH, 0);
+    let t = r.add(&[Buf::R(h, 16), Buf::W(u64::MAX - 1, 16)]);
+    r.notify(0);
+    assert_eq!(r.completions(), vec![(t, 0)]);
+    next_request_works(&mut r);
+}
+
 #[test]
 fn section_5_2_6_1_data_length_not_a_multiple_of_512_is_ioerr() {
     let mut r = rig(MemDisk::new(16));

@@ -237,6 +237,8 @@ pub struct Returned {
     /// Where its first buffer starts (an indirect table's first entry's
     /// buffer, for an indirect chain).
     pub first: GuestAddress,
+    /// That buffer's length.
+    pub first_len: u32,
 }
 
 /// The chains the device returned on `l` between used indices `from` and
@@ -265,17 +267,20 @@ pub fn returned(mem: &dyn Memory, l: QueueLayout, from: u16, to: u16) -> Vec<Ret
             continue;
         }
         let mut addr = u64::from_le_bytes([d[0], d[1], d[2], d[3], d[4], d[5], d[6], d[7]]);
+        let mut first_len = u32::from_le_bytes([d[8], d[9], d[10], d[11]]);
         if u16::from_le_bytes([d[12], d[13]]) & INDIRECT != 0 {
-            let mut t = [0u8; 8];
+            let mut t = [0u8; 12];
             if mem.read(GuestAddress(addr), &mut t).is_err() {
                 continue;
             }
-            addr = u64::from_le_bytes(t);
+            addr = u64::from_le_bytes([t[0], t[1], t[2], t[3], t[4], t[5], t[6], t[7]]);
+            first_len = u32::from_le_bytes([t[8], t[9], t[10], t[11]]);
         }
         out.push(Returned {
             head,
             len,
             first: GuestAddress(addr),
+            first_len,
         });
     }
     out

@@ -234,6 +234,9 @@ impl<D: VirtioDevice, M: GuestMemory, F: FnMut(&RingWatch)> WatchedDevice<D, M, 
     /// and, when provoking, a network device's received headers are
     /// rewritten (its receive queues: the even data queues).
     fn scan_returned(&mut self) {
+        if !self.live {
+            return;
+        }
         let net = self.inner.device_type() == virtio_core::features::DeviceType::Net;
         let n = self.layouts.len();
         let data = n - n % 2;
@@ -262,6 +265,7 @@ impl<D: VirtioDevice, M: GuestMemory, F: FnMut(&RingWatch)> WatchedDevice<D, M, 
 
     /// Ends the session: its watch goes to `done`.
     pub fn finish(&mut self) {
+        self.layouts.clear();
         if core::mem::take(&mut self.live) {
             self.rings.due(&self.mem);
             (self.done)(&self.rings);
@@ -279,6 +283,7 @@ impl<D: VirtioDevice, M: GuestMemory, F: FnMut(&RingWatch)> WatchedDevice<D, M, 
     /// watch provokes.
     fn spurious(&mut self, mut r: Result<Served, DeviceError>) -> Result<Served, DeviceError> {
         if let Ok(served) = &mut r
+            && self.live
             && !served.interrupt
             && self.rings.spurious_now()
         {
@@ -699,7 +704,7 @@ fn watched<D: VirtioDevice + 'static>(
     });
     let rewritten = std::sync::Arc::default();
     let dev: Observed<D> = provoke.apply(
-        WatchedDevice::new(dev, mem.clone(), done).with_notifications(true),
+        WatchedDevice::new(dev, mem.clone(), done).with_notifications(provoke == Provoke::Nothing),
         &rewritten,
     );
     let device_type = Some(dev.device_type());

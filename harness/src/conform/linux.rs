@@ -23,9 +23,12 @@ pub const LINUX: &str = "Linux's drivers (Debian kernel), behind our vhost-user 
 /// The driver-side statement and check named `id`, as the checks spell
 /// them (records name `'static` strings).
 fn statement(id: &str) -> Option<(&'static str, &'static str)> {
-    conform::driver::CHECKS
-        .iter()
-        .find_map(|c| c.statements.iter().find(|s| **s == id).map(|s| (*s, c.name)))
+    conform::driver::CHECKS.iter().find_map(|c| {
+        c.statements
+            .iter()
+            .find(|s| **s == id)
+            .map(|s| (*s, c.name))
+    })
 }
 
 /// The records a `--watch-driver` file holds (JSON lines: statement,

@@ -80,7 +80,8 @@ fn watched<D: VirtioDevice + 'static>(
     });
     let rewritten = std::sync::Arc::default();
     let dev: Observed<D> = provoke.apply(
-        WatchedDevice::new(dev, TestHal::memory(), done).with_notifications(true),
+        WatchedDevice::new(dev, TestHal::memory(), done)
+            .with_notifications(provoke == Provoke::Nothing),
         &rewritten,
     );
     let device_type = Some(dev.device_type());

@@ -181,11 +181,11 @@ impl<D: VirtioDevice> Local<D> {
     }
 }
 
-/// One of our device models in this process.
 /// What the host does to a device to change its configuration; whether
 /// the device says it changed.
 type HostChange<D> = Box<dyn Fn(&mut D) -> bool>;
 
+/// One of our device models in this process.
 struct LocalBus<D: VirtioDevice> {
     regs: Local<D>,
     mem: LocalMemory,

@@ -753,6 +753,10 @@ impl<B: NetBackend, M: GuestMemory> VirtioDevice for Net<B, M> {
         self.reported_up = self.link_now();
     }
 
+    fn avail_taken(&self, queue: u16) -> Option<u16> {
+        Some(self.queues.get(usize::from(queue))?.as_ref()?.next_avail())
+    }
+
     /// The next available index, rewound past the chains the device holds:
     /// on a transmit queue the frame the backend refused with `Busy` (the
     /// loop stops popping at it), on a receive queue the buffers popped for the
@@ -763,10 +767,6 @@ impl<B: NetBackend, M: GuestMemory> VirtioDevice for Net<B, M> {
     /// (the position is the plain next available index), since rewinding
     /// would serve the malformed chain twice; those few buffers stay with
     /// the device until the driver resets it.
-    fn avail_taken(&self, queue: u16) -> Option<u16> {
-        Some(self.queues.get(usize::from(queue))?.as_ref()?.next_avail())
-    }
-
     fn queue_position(&self, queue: u16) -> Option<u16> {
         let q = self.queues.get(usize::from(queue))?.as_ref()?;
         let held = if self.is_rx_queue(queue) {

@@ -1286,10 +1286,19 @@ pub const STEERING: Check = Check {
         };
         let result = (|| {
             let two = n.command(CTRL_MQ, MQ_VQ_PAIRS_SET, &2u16.to_le_bytes())?;
-            let by_flow = flows(&mut n)?;
+            // Transmit queue 3 is the driver's to use only once two pairs
+            // are set (§5.1.6.5.5).
+            let by_flow = if two == NET_OK {
+                flows(&mut n)?
+            } else {
+                Vec::new()
+            };
             let one = n.command(CTRL_MQ, MQ_VQ_PAIRS_SET, &1u16.to_le_bytes())?;
             Ok::<_, String>((two, by_flow, one, spread(&mut n, 50)?))
         })();
+        if let Err(e) = &result {
+            ctx.blocked(&[STEER_BY_FLOW], e);
+        }
         if let Ok((two, by_flow, _, _)) = &result {
             let arrived = by_flow.iter().all(|(_, on)| on.len() == 3);
             let consistent = by_flow

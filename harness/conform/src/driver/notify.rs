@@ -256,6 +256,25 @@ impl NotifyWatch {
         }
         q.flags = u16_at(mem, l.used_flags()).unwrap_or(0);
         q.event = u16_at(mem, l.avail_event()).unwrap_or(0);
+        // The driver may read the suppression state any time after it
+        // publishes: what is owed under the state before this step but not
+        // under the state after it may rightly go unnotified, and a
+        // notification for quiet entries the new state asks for is no
+        // breach. Only what both states agree on is judged.
+        let (flags, event) = (q.flags, q.event);
+        let still = |first: u16, end: u16| {
+            if event_idx {
+                crossed(event, end, first)
+            } else {
+                flags & NO_NOTIFY == 0
+            }
+        };
+        if q.owed.is_some_and(|o| !still(o.first, o.end)) {
+            q.owed = None;
+        }
+        if q.quiet.is_some_and(|(f, e)| still(f, e)) {
+            q.quiet = None;
+        }
     }
 
     /// Whether the device's step that had no used-buffer notification of

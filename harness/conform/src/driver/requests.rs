@@ -432,13 +432,17 @@ pub struct NetState {
 
 impl NetState {
     /// §5.1.4.2 with VIRTIO_NET_F_MAC (`mac`): kept when a transmitted
-    /// frame came from it (or from an address the driver set); broken when
-    /// at least 8 did and all from one other address; otherwise `None`
-    /// (not observable: a guest that bridges sends other sources too).
+    /// frame came from it (or from an address the driver set or put in its
+    /// unicast table); `Err` (a warning) when at least 8 did and all from
+    /// one other address; otherwise `None` (not observable: a guest that
+    /// bridges sends other sources too).
     pub fn mac_used(&self, mac: [u8; 6]) -> Option<Result<(), String>> {
         if self.tx_from_mac > 0 {
             Some(Ok(()))
         } else if self.tx_from_other >= 8 && self.other_sources.len() == 1 {
+            // A warning, not a breach: a driver may use another address
+            // without telling the device (no MAC_ADDR_SET), a bridging
+            // guest sends from others.
             Some(Err(format!(
                 "all {} transmitted frames came from {:02x?}, not mac {mac:02x?}",
                 self.tx_from_other, self.other_sources[0]
@@ -777,6 +781,22 @@ pub(super) fn judge_net_ctrl(
                 state.macs_set.push(a);
             }
             if command == 0 {
+                // The unicast table's entries are addresses the driver
+                // receives on: frames from them are its own too.
+                if let Some(n) = data.get(..4).and_then(|b| <[u8; 4]>::try_from(b).ok()) {
+                    let n = u32::from_le_bytes(n) as usize;
+                    for a in data
+                        .get(4..4 + 6 * n.min(64))
+                        .unwrap_or(&[])
+                        .chunks_exact(6)
+                    {
+                        if let Ok(a) = <[u8; 6]>::try_from(a)
+                            && !state.macs_set.contains(&a)
+                        {
+                            state.macs_set.push(a);
+                        }
+                    }
+                }
                 let ok = mac_table_ok(data);
                 judge(seen, NET_CTRL_MAC_TABLE, ok, || {
                     format!(

@@ -712,7 +712,7 @@ impl RingWatch {
                         "VIRTIO_NET_F_MAC is not among the features the device was given (a vhost-user frontend such as QEMU keeps it)".into(),
                     ),
                     Some((_, Some(Ok(())))) => crate::Outcome::Pass,
-                    Some((_, Some(Err(e)))) => crate::Outcome::Fail(e),
+                    Some((_, Some(Err(e)))) => crate::Outcome::Warn(e),
                     Some((_, None)) => crate::Outcome::NotObservable(
                         "no transmitted frame came from the driver's address, nor enough from one other".into(),
                     ),
@@ -1114,7 +1114,8 @@ mod tests {
 
     /// §5.1.4.2: with VIRTIO_NET_F_MAC the driver's frames come from
     /// `mac` (or an address it set); eight frames all from one other
-    /// address break it.
+    /// address are a warning (a driver may change its address without
+    /// telling the device).
     #[test]
     fn section_5_1_4_2_the_driver_uses_mac() {
         for (src, want) in [([2u8, 0, 0, 0, 0, 1], true), ([2, 9, 9, 9, 9, 9], false)] {
@@ -1142,7 +1143,7 @@ mod tests {
             if want {
                 assert_eq!(o, Outcome::Pass);
             } else {
-                assert!(matches!(o, Outcome::Fail(_)), "{o:?}");
+                assert!(matches!(o, Outcome::Warn(_)), "{o:?}");
             }
         }
     }

@@ -51,17 +51,26 @@ fn u16_at(mem: &dyn Memory, at: u64) -> Option<u16> {
 /// layout `l` between used indices `from` and `to`; how many it rewrote.
 pub fn mangle(mem: &dyn Memory, l: QueueLayout, from: u16, to: u16) -> u32 {
     let mut done = 0;
+    // A packet over merged buffers: the header is in its first chain only
+    // (`num_buffers` of them, §5.1.6.4); the others hold frame bytes.
+    let mut continuations = 0u16;
     for r in crate::ring::returned(mem, l, from, to) {
-        let mut h = [0u8; 10];
-        if r.len < 12 || mem.read(r.first, &mut h).is_err() {
+        if continuations > 0 {
+            continuations -= 1;
             continue;
         }
+        let mut h = [0u8; 12];
+        // The whole header in the first buffer, or it is not touched.
+        if r.len < 12 || r.first_len < 12 || mem.read(r.first, &mut h).is_err() {
+            continue;
+        }
+        continuations = u16::from_le_bytes([h[10], h[11]]).saturating_sub(1);
         h[0] = (h[0] & !(NEEDS_CSUM | DATA_VALID)) | UNDEFINED_FLAG;
         // hdr_len, then csum_start and csum_offset past the frame's end.
         h[2..4].copy_from_slice(&0xfff0u16.to_le_bytes());
         h[6..8].copy_from_slice(&0x7ff0u16.to_le_bytes());
         h[8..10].copy_from_slice(&0x0102u16.to_le_bytes());
-        if mem.write(r.first, &h).is_ok() {
+        if mem.write(r.first, &h[..10]).is_ok() {
             done += 1;
         }
     }
@@ -129,6 +138,7 @@ mod tests {
         put(1, 0x9000, 16, crate::ring::INDIRECT);
         let mut t = [0u8; 16];
         t[0..8].copy_from_slice(&0xa000u64.to_le_bytes());
+        t[8..12].copy_from_slice(&1526u32.to_le_bytes());
         ram.write(GuestAddress(0x9000), &t).unwrap();
         for (k, (head, buf)) in [(0u16, 0x8000u64), (1, 0xa000)].into_iter().enumerate() {
             let mut hdr = [0u8; 14];
