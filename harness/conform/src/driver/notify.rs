@@ -30,7 +30,7 @@ use alloc::string::String;
 use alloc::vec::Vec;
 
 use virtio_core::memory::GuestAddress;
-use virtio_core::split::layout::QueueLayout;
+use virtio_core::split::layout::{QueueLayout, vring_need_event};
 
 use super::{Seen, judge, keep};
 use crate::{Check, Memory, Outcome, Record};
@@ -118,12 +118,6 @@ fn u16_at(mem: &dyn Memory, at: GuestAddress) -> Option<u16> {
     Some(u16::from_le_bytes(b))
 }
 
-/// `vring_need_event` (§2.7.10): whether publishing `old..new` crossed
-/// `event`, i.e. one of those entries sat at index `event`.
-fn crossed(event: u16, new: u16, old: u16) -> bool {
-    new.wrapping_sub(event).wrapping_sub(1) < new.wrapping_sub(old)
-}
-
 impl NotifyWatch {
     /// A watch for a driver that negotiated VIRTIO_F_EVENT_IDX or not;
     /// `provoke` adds the decoys and spurious notifications.
@@ -156,7 +150,7 @@ impl NotifyWatch {
     /// entries `old..new`.
     fn wanted(&self, flags: u16, event: u16, new: u16, old: u16) -> bool {
         if self.event_idx {
-            crossed(event, new, old)
+            vring_need_event(event, new, old)
         } else {
             flags & NO_NOTIFY == 0
         }
@@ -264,7 +258,7 @@ impl NotifyWatch {
         let (flags, event) = (q.flags, q.event);
         let still = |first: u16, end: u16| {
             if event_idx {
-                crossed(event, end, first)
+                vring_need_event(event, end, first)
             } else {
                 flags & NO_NOTIFY == 0
             }

@@ -33,13 +33,13 @@ fn outcome(w: &NotifyWatch, s: &str) -> Outcome {
 
 #[test]
 fn crossed_is_vring_need_event() {
-    assert!(crossed(0, 1, 0));
-    assert!(!crossed(1, 1, 0));
-    assert!(crossed(5, 8, 3));
-    assert!(!crossed(8, 8, 3));
+    assert!(vring_need_event(0, 1, 0));
+    assert!(!vring_need_event(1, 1, 0));
+    assert!(vring_need_event(5, 8, 3));
+    assert!(!vring_need_event(8, 8, 3));
     // Across the wrap of the 16-bit index.
-    assert!(crossed(0xffff, 2, 0xfffe));
-    assert!(!crossed(0xfffd, 2, 0xfffe));
+    assert!(vring_need_event(0xffff, 2, 0xfffe));
+    assert!(!vring_need_event(0xfffd, 2, 0xfffe));
 }
 
 /// §2.7.10: without VIRTIO_F_EVENT_IDX, flags 0 and the decoy
