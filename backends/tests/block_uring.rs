@@ -198,8 +198,8 @@ fn the_queue_declines_what_needs_the_synchronous_path() {
         )
     };
     assert!(!r.unwrap());
-    // A full queue.
-    let mut d = open("full.img", Cache::Writeback, Aio::IoUring);
+    // A full queue (O_DIRECT: reads the page cache holds take no slot).
+    let mut d = open("full.img", Cache::None, Aio::IoUring);
     let depth = d.queue_depth();
     let mut queued = 0;
     for tag in 0..depth as u64 + 10 {
@@ -337,4 +337,93 @@ fn reads_finished_during_submission_do_not_signal() {
     // SAFETY: one pollfd, valid for the call.
     let n = unsafe { libc::poll(&mut p, 1, 0) };
     assert_eq!(n, 0, "the eventfd was written");
+}
+
+/// A queued read of bytes the page cache holds is answered inside
+/// `start` (`preadv2` with `RWF_NOWAIT`): it counts as in flight until the
+/// next `complete` reports it, with nothing submitted.
+#[test]
+fn cached_reads_are_answered_at_start_and_reported_by_the_next_complete() {
+    let mut d = open("cached.img", Cache::Writeback, Aio::IoUring);
+    let mut src = Aligned::new(4 * 4096);
+    src.fill(|i| (i as u8).wrapping_mul(7));
+    // SAFETY: `src` is live and unborrowed for the call.
+    unsafe { d.write_vectored(0, &[src.seg(0, 4 * 4096)]) }.unwrap();
+    let dst = Aligned::new(4 * 4096);
+    // SAFETY: `dst` outlives the requests (reaped below).
+    unsafe { read_blocks(&mut d, &dst, 4) };
+    assert_eq!(d.in_flight(), 4);
+    let mut tags = Vec::new();
+    d.complete(false, &mut |tag, r| {
+        r.unwrap();
+        tags.push(tag);
+    });
+    tags.sort_unstable();
+    assert_eq!(tags, [0, 1, 2, 3]);
+    assert_eq!(d.in_flight(), 0);
+    assert_eq!(dst.bytes(), src.bytes());
+    // They take no slot of the io_uring queue: more than its depth fit.
+    let one = [dst.seg(0, 4096)];
+    let n = d.queue_depth() as u64 + 10;
+    for tag in 0..n {
+        // SAFETY: `dst` outlives the requests (drained below).
+        assert!(unsafe { read_at(&mut d, tag, 0, &one) });
+    }
+    assert_eq!(drain(&mut d).len() as u64, n);
+}
+
+/// Bytes the page cache dropped make `RWF_NOWAIT` give up: the read goes
+/// to the io_uring queue instead, and returns the same data.
+#[test]
+fn reads_the_page_cache_lacks_go_to_the_queue() {
+    let path = scratch("uncached.img", 1 << 20);
+    let mut d = RawFile::open(
+        &path,
+        RawOptions {
+            read_only: false,
+            cache: Cache::Writeback,
+            aio: Aio::IoUring,
+        },
+    )
+    .unwrap();
+    let mut src = Aligned::new(16 * 4096);
+    src.fill(|i| (i as u8) ^ 0x5a);
+    // SAFETY: `src` is live and unborrowed for the call.
+    unsafe { d.write_vectored(0, &[src.seg(0, 16 * 4096)]) }.unwrap();
+    d.flush().unwrap();
+    // Clean pages: the kernel drops them on request.
+    let f = std::fs::File::open(&path).unwrap();
+    // SAFETY: a valid fd; advice only.
+    let r = unsafe {
+        libc::posix_fadvise(
+            std::os::fd::AsRawFd::as_raw_fd(&f),
+            0,
+            0,
+            libc::POSIX_FADV_DONTNEED,
+        )
+    };
+    assert_eq!(r, 0);
+    let dst = Aligned::new(16 * 4096);
+    // SAFETY: `dst` outlives the requests (drained below).
+    unsafe { read_blocks(&mut d, &dst, 16) };
+    // Nothing was answered at start (on tmpfs the pages cannot be dropped:
+    // there every read is answered, and this test proves less).
+    let mut early = 0;
+    d.complete(false, &mut |_, _| early += 1);
+    if !on_tmpfs(&path) {
+        assert_eq!(early, 0, "reads of dropped pages answered at start");
+    }
+    let done = drain(&mut d);
+    assert_eq!(done.len() + early, 16);
+    assert!(done.values().all(Result::is_ok));
+    assert_eq!(dst.bytes(), src.bytes());
+}
+
+fn on_tmpfs(path: &std::path::Path) -> bool {
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: a zeroed statfs is a valid out-parameter.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: a NUL-terminated path and a valid out-parameter.
+    let r = unsafe { libc::statfs(c.as_ptr(), &mut st) };
+    r == 0 && st.f_type == libc::TMPFS_MAGIC
 }
