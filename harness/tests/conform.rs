@@ -282,8 +282,9 @@ fn bad_conform_command_lines_are_refused_with_the_reason() {
 /// The device checks from inside the `conform` tiny guest: our monitor
 /// under KVM (rng, blk writable and read-only, console, net over a
 /// loopback netdev) breaks nothing; QEMU microvm's own devices on the
-/// modern transport are checked too, and every record names a statement
-/// of the checks (their failures are findings, in the README).
+/// modern transport are checked too, and on the legacy one the legacy
+/// checks reach every device (their failures are findings, in the
+/// README).
 #[test]
 fn the_checks_run_inside_a_guest_against_our_monitor_and_qemu() {
     let test = "the_checks_run_inside_a_guest_against_our_monitor_and_qemu";
@@ -315,5 +316,39 @@ fn the_checks_run_inside_a_guest_against_our_monitor_and_qemu() {
             .filter(|x| x.outcome == Outcome::Pass)
             .count();
         assert!(passed >= 10, "QEMU {}: only {passed} passes", r.device);
+    }
+    // QEMU's default transport is legacy: the legacy checks drive it
+    // (GuestPageSize, QueuePFN, no FEATURES_OK) and each device completes
+    // requests through the legacy ring layout (§2.7.2).
+    let runs = harness::conform::guests::qemu(harness::qemu::Transport::Legacy);
+    assert_eq!(runs.len(), 5, "{runs:#?}");
+    let layout = "desc:basic/virtqueues/legacy-interfaces-a-note-on-virtqueue-layout#2";
+    let by_type = [
+        (
+            "blk",
+            "desc:blk/device-operation/legacy-interface-device-operation#1",
+        ),
+        (
+            "console",
+            "desc:console/device-operation/legacy-interface-device-operation#1",
+        ),
+        (
+            "net",
+            "desc:net/device-configuration-layout/legacy-interface-device-configuration-layout#1",
+        ),
+    ];
+    for r in &runs {
+        assert!(r.error.is_none(), "QEMU legacy {}: {:?}", r.device, r.error);
+        let passes = |id: &str| {
+            r.records
+                .iter()
+                .any(|x| x.statement == id && x.outcome == Outcome::Pass)
+        };
+        assert!(passes(layout), "QEMU legacy {}: {:#?}", r.device, r.records);
+        for (device, id) in by_type {
+            if r.device == device {
+                assert!(passes(id), "QEMU legacy {}: {:#?}", r.device, r.records);
+            }
+        }
     }
 }

@@ -86,6 +86,24 @@ impl RawRing {
         })
     }
 
+    /// A queue of `size` entries in the legacy layout (§2.7.2 legacy
+    /// interface: one contiguous, `align`-aligned area, the used ring at
+    /// the next multiple of `align` after the available ring), zeroed.
+    pub fn legacy(mem: &dyn Memory, alloc: &mut Alloc, size: u16, align: u64) -> Option<RawRing> {
+        let qs = QueueSize::new(u32::from(size)).ok()?;
+        let n = u64::from(size);
+        let front = (16 * n + 6 + 2 * n).checked_next_multiple_of(align)?;
+        let total = front + (6 + 8 * n).checked_next_multiple_of(align)?;
+        let base = alloc.take(total, align)?;
+        let layout = QueueLayout::legacy(qs, base, align).ok()?;
+        zero(mem, base, total)?;
+        Some(RawRing {
+            layout,
+            avail_idx: 0,
+            next_desc: 0,
+        })
+    }
+
     /// The queue size.
     pub fn size(&self) -> u16 {
         self.layout.size().get()

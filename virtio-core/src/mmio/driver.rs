@@ -322,7 +322,8 @@ impl<R: RegisterAccess> MmioDriver<R> {
 
     /// Steps 1 to 6 of §3.1.1: reset, ACKNOWLEDGE, DRIVER, choose features
     /// from `wanted` by [`features::driver_select`] (always with
-    /// `VIRTIO_F_VERSION_1` on version 2, never on legacy), write them and,
+    /// `VIRTIO_F_VERSION_1` on version 2, never on legacy, where
+    /// `VIRTIO_F_ANY_LAYOUT` is accepted whenever offered), write them and,
     /// on version 2, set FEATURES_OK and check that it stuck. Returns the
     /// negotiated features. On failure after the reset, sets FAILED.
     pub fn begin_init(&mut self, wanted: u64) -> Result<u64, DriverError> {
@@ -345,7 +346,11 @@ impl<R: RegisterAccess> MmioDriver<R> {
             }
             features::driver_select_id(self.device_type(), offered, wanted)
         } else {
-            features::driver_select_id(self.device_type(), offered & !v1, wanted)
+            // §6.3 legacy interface: a transitional driver MUST accept
+            // VIRTIO_F_ANY_LAYOUT when the device offers it (then the legacy
+            // framing rules of §2.6.4.3 and the device types bind nobody).
+            let any = TransportFeatures::ANY_LAYOUT.bits();
+            features::driver_select_id(self.device_type(), offered & !v1, wanted) | offered & any
         };
         self.write_driver_features(chosen);
         if self.is_modern() {

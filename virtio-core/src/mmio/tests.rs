@@ -963,6 +963,14 @@ fn legacy_v1_init_and_queue_setup_math_4_2_4() {
     let f = Fake::new(1, 2);
     let mut drv = MmioDriver::probe(&f).unwrap();
     assert!(!drv.is_modern());
+    // VIRTIO_F_ANY_LAYOUT offered: accepted on legacy without being asked
+    // for (§6.3).
+    f.values
+        .borrow_mut()
+        .insert(regs::DEVICE_FEATURES, 2 | 1 << 27);
+    assert_eq!(drv.begin_init(0), Ok(1 << 27));
+    f.values.borrow_mut().insert(regs::DEVICE_FEATURES, 2);
+    f.writes.borrow_mut().clear();
     // No FEATURES_OK step, no VERSION_1 (§3.1.2).
     let size_max = crate::features::BlkFeatures::SIZE_MAX.bits();
     assert_eq!(drv.begin_init(size_max | V1), Ok(size_max));

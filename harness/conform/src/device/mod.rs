@@ -10,6 +10,7 @@
 
 mod basic;
 mod blk;
+mod legacy;
 mod mmio;
 mod net;
 mod split;
@@ -67,6 +68,10 @@ pub const CHECKS: &[Check] = &[
     net::CONTROL_MAC,
     net::RECEIVE_FILTERS,
     net::STEERING,
+    legacy::LEGACY_INIT,
+    legacy::LEGACY_BLK,
+    legacy::LEGACY_NET,
+    legacy::LEGACY_CONSOLE,
 ];
 
 /// Every feature the checks can drive: all device-type bits (0 to 23,
@@ -77,6 +82,9 @@ pub const ALL: u64 = ((1 << 24) - 1)
     | !((1u64 << 50) - 1)
     | TransportFeatures::RING_INDIRECT_DESC.bits()
     | TransportFeatures::RING_EVENT_IDX.bits();
+
+/// `GuestPageSize` and `QueueAlign` on a legacy device (§4.2.4).
+pub const LEGACY_PAGE: u64 = 4096;
 
 /// The queue size the checks use (every device offers at least this,
 /// QEMU's virtio-mmio 1024, ours 256 and more).
@@ -204,7 +212,14 @@ impl<'a> Dev<'a> {
     /// Reset, ACKNOWLEDGE, DRIVER, the features of `want` the device
     /// offers (with `VIRTIO_F_VERSION_1`), FEATURES_OK read back
     /// (§3.1.1 steps 1-6). The negotiated features.
+    ///
+    /// On a legacy (version 1) device: reset, ACKNOWLEDGE, DRIVER, the
+    /// features of `want` offered (never VERSION_1), `GuestPageSize`, and
+    /// no FEATURES_OK (§3.1.2, §4.2.4).
     pub fn begin(&mut self, want: u64) -> Result<u64, String> {
+        if self.version == 1 {
+            return self.begin_legacy(want, |_| {});
+        }
         if self.version != 2 {
             return Err(format!(
                 "virtio-mmio Version {} (these checks drive version 2)",
@@ -235,6 +250,27 @@ impl<'a> Dev<'a> {
         Ok(chosen)
     }
 
+    /// [`begin`](Dev::begin) on a legacy device, with `early` run after
+    /// DRIVER is set and before the features are read (the place where
+    /// §3.1.2 lets a legacy driver write the configuration).
+    pub fn begin_legacy(&mut self, want: u64, early: impl FnOnce(&Dev<'_>)) -> Result<u64, String> {
+        if !self.reset() {
+            return Err(format!(
+                "Status reads {:#x} after a reset",
+                self.r32(regs::STATUS)
+            ));
+        }
+        self.set_status(DeviceStatus::ACKNOWLEDGE);
+        self.set_status(DeviceStatus::ACKNOWLEDGE | DeviceStatus::DRIVER);
+        early(self);
+        self.offered = self.read_offered();
+        let chosen = self.offered & want & !TransportFeatures::VERSION_1.bits();
+        self.write_features(chosen);
+        self.w32(regs::GUEST_PAGE_SIZE, LEGACY_PAGE as u32);
+        self.features = chosen;
+        Ok(chosen)
+    }
+
     /// Writes `DriverFeatures`.
     pub fn write_features(&self, f: u64) {
         self.w32(regs::DRIVER_FEATURES_SEL, 0);
@@ -250,8 +286,14 @@ impl<'a> Dev<'a> {
 
     /// Sets up queue `q` with [`QUEUE_SIZE`] entries and enables it
     /// (§4.2.3.2).
+    ///
+    /// On a legacy device: `QueueNum`, `QueueAlign` and `QueuePFN` of a
+    /// ring in the legacy layout (§4.2.4).
     pub fn setup_queue(&mut self, q: u16) -> Result<(), String> {
         self.w32(regs::QUEUE_SEL, u32::from(q));
+        if self.version == 1 {
+            return self.setup_legacy_queue(q);
+        }
         if self.r32(regs::QUEUE_READY) != 0 {
             return Err(format!("queue {q} is ready before set-up"));
         }
@@ -274,6 +316,33 @@ impl<'a> Dev<'a> {
         self.w32(regs::QUEUE_READY, 1);
         if self.r32(regs::QUEUE_READY) != 1 {
             return Err(format!("queue {q}: QueueReady does not read 1"));
+        }
+        let i = usize::from(q);
+        if self.rings.len() <= i {
+            self.rings.resize(i + 1, None);
+        }
+        self.rings[i] = Some(ring);
+        Ok(())
+    }
+
+    fn setup_legacy_queue(&mut self, q: u16) -> Result<(), String> {
+        if self.r32(regs::QUEUE_PFN) != 0 {
+            return Err(format!("queue {q}: QueuePFN is not 0 before set-up"));
+        }
+        let max = self.r32(regs::QUEUE_NUM_MAX);
+        if max < u32::from(QUEUE_SIZE) {
+            return Err(format!("queue {q}: QueueNumMax {max}"));
+        }
+        let mem = self.bus.mem();
+        let ring = RawRing::legacy(mem, &mut self.alloc, QUEUE_SIZE, LEGACY_PAGE)
+            .ok_or("out of DMA memory")?;
+        let pfn = u32::try_from(ring.layout.desc_table().0 / LEGACY_PAGE)
+            .map_err(|_| format!("queue {q}: ring above what QueuePFN can name"))?;
+        self.w32(regs::QUEUE_NUM, u32::from(QUEUE_SIZE));
+        self.w32(regs::QUEUE_ALIGN, LEGACY_PAGE as u32);
+        self.w32(regs::QUEUE_PFN, pfn);
+        if self.r32(regs::QUEUE_PFN) != pfn {
+            return Err(format!("queue {q}: QueuePFN does not read back {pfn:#x}"));
         }
         let i = usize::from(q);
         if self.rings.len() <= i {
@@ -309,11 +378,12 @@ impl<'a> Dev<'a> {
     }
 
     /// Sets DRIVER_OK (§3.1.1 step 8).
+    /// A legacy device has no FEATURES_OK (§3.1.2).
     pub fn driver_ok(&self) -> Result<(), String> {
-        let s = DeviceStatus::ACKNOWLEDGE
-            | DeviceStatus::DRIVER
-            | DeviceStatus::FEATURES_OK
-            | DeviceStatus::DRIVER_OK;
+        let mut s = DeviceStatus::ACKNOWLEDGE | DeviceStatus::DRIVER | DeviceStatus::DRIVER_OK;
+        if self.version != 1 {
+            s |= DeviceStatus::FEATURES_OK;
+        }
         self.set_status(s);
         let got = self.status();
         if !got.contains(DeviceStatus::DRIVER_OK) || got.contains(DeviceStatus::DEVICE_NEEDS_RESET)
@@ -358,13 +428,15 @@ impl<'a> Dev<'a> {
             }
             DeviceType::Console => alloc::vec![(4, Some(b"cfm\n".to_vec()))],
             DeviceType::Net => {
-                // A virtio_net_hdr (12 bytes, VIRTIO_F_VERSION_1) of zeros
-                // and a broadcast frame of the local experimental type.
-                let mut f = alloc::vec![0u8; 12 + 60];
-                f[12..18].copy_from_slice(&[0xff; 6]);
-                f[18..24].copy_from_slice(&[0x02, 0, 0, 0, 0, 0x42]);
-                f[24..26].copy_from_slice(&0x88b5u16.to_be_bytes());
-                alloc::vec![(72, Some(f))]
+                // A virtio_net_hdr of zeros (12 bytes with VERSION_1 or
+                // MRG_RXBUF, 10 on a legacy device without, §5.1.6) and a
+                // broadcast frame of the local experimental type.
+                let h = self.net_header_len();
+                let mut f = alloc::vec![0u8; h + 60];
+                f[h..h + 6].copy_from_slice(&[0xff; 6]);
+                f[h + 6..h + 12].copy_from_slice(&[0x02, 0, 0, 0, 0, 0x42]);
+                f[h + 12..h + 14].copy_from_slice(&0x88b5u16.to_be_bytes());
+                alloc::vec![(h as u32 + 60, Some(f))]
             }
             _ => return None,
         };
@@ -396,6 +468,18 @@ impl<'a> Dev<'a> {
                 writable,
             },
         ))
+    }
+
+    /// The length of `struct virtio_net_hdr` for the features negotiated
+    /// (§5.1.6: 12 bytes with VERSION_1 or MRG_RXBUF, else the legacy 10).
+    pub fn net_header_len(&self) -> usize {
+        let long = TransportFeatures::VERSION_1.bits()
+            | virtio_core::features::NetFeatures::MRG_RXBUF.bits();
+        if self.version == 1 && self.features & long == 0 {
+            10
+        } else {
+            12
+        }
     }
 
     /// Puts a probe request in its queue (as one plain chain) and

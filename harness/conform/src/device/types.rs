@@ -137,7 +137,21 @@ fn console_multiport(ctx: &mut Ctx<'_>) {
         ctx.not_applicable(&all, "VIRTIO_CONSOLE_F_MULTIPORT not offered");
         return;
     }
-    let run = |d: &mut Dev<'_>| -> Result<(u32, Vec<(u32, u16)>), String> {
+    let (max, messages) = match multiport_messages(&mut d) {
+        Ok(m) => m,
+        Err(e) => {
+            ctx.blocked(&all, &e);
+            return;
+        }
+    };
+    judge_multiport(ctx, max, &messages);
+}
+
+/// Brings a MULTIPORT console live (legacy or modern), sends DEVICE_READY
+/// and collects the control messages the device sends back: its
+/// `max_nr_ports` (read little-endian) and each message's id and event.
+pub(super) fn multiport_messages(d: &mut Dev<'_>) -> Result<(u32, Vec<(u32, u16)>), String> {
+    {
         d.begin(MULTIPORT)?;
         let max = u32::from_le_bytes([d.config8(4), d.config8(5), d.config8(6), d.config8(7)]);
         for q in 0..4 {
@@ -217,18 +231,15 @@ fn console_multiport(ctx: &mut Ctx<'_>) {
             }
         }
         Ok((max, out))
-    };
-    let (max, messages) = match run(&mut d) {
-        Ok(m) => m,
-        Err(e) => {
-            ctx.blocked(&all, &e);
-            return;
-        }
-    };
+    }
+}
+
+fn judge_multiport(ctx: &mut Ctx<'_>, max: u32, messages: &[(u32, u16)]) {
+    let all = [ADD_VALID, REMOVE_ADDED];
     let mut added: Vec<u32> = Vec::new();
     let mut bad_add = Vec::new();
     let mut bad_remove = Vec::new();
-    for (id, event) in &messages {
+    for (id, event) in messages {
         match *event {
             DEVICE_ADD => {
                 if *id >= max || added.contains(id) {

@@ -1,0 +1,536 @@
+//! The legacy interface, device side (§2.2.3, §2.7.2, §2.7.3, §3.1.2,
+//! §4.2.4 and the device types' "Legacy Interface" sections): a virtio-mmio
+//! version 1 device driven as a legacy driver drives it (no VERSION_1, no
+//! FEATURES_OK, `GuestPageSize` and `QueuePFN`, rings in the legacy
+//! layout).
+//!
+//! Native endian: these checks run on x86 (a tiny guest or a host
+//! process), whose native byte order is little-endian, so "the native
+//! endian of the guest" is judged as little-endian. A big-endian guest
+//! would need its own run.
+//!
+//! A modern (version 2) device has no legacy interface: every statement
+//! here is then not applicable (our devices are modern only).
+
+use alloc::format;
+use alloc::string::String;
+use alloc::vec::Vec;
+
+use virtio_core::features::{BlkFeatures, ConsoleFeatures, DeviceType, NetFeatures};
+use virtio_core::mmio::regs;
+use virtio_core::status::DeviceStatus;
+
+use super::Dev;
+use crate::ring::{Buf, bytes};
+use crate::{Check, Ctx, Outcome};
+
+const DETECT: &str = "desc:basic/feature-bits/legacy-interface-a-note-on-feature-bits#2";
+const OPERATE: &str = "desc:basic/feature-bits/legacy-interface-a-note-on-feature-bits#3";
+const LAYOUT: &str = "desc:basic/virtqueues/legacy-interfaces-a-note-on-virtqueue-layout#2";
+const ENDIAN: &str = "desc:basic/virtqueues/legacy-interfaces-a-note-on-virtqueue-endianness#1";
+const CONFIG_EARLY: &str =
+    "desc:general/device-initialization/legacy-interface-device-initialization#2";
+const BEFORE_OK: &str =
+    "desc:general/device-initialization/legacy-interface-device-initialization#3";
+
+const BLK_ZONED: &str = "device:blk/device-initialization#5";
+const BLK_CONFIG: &str =
+    "desc:blk/device-configuration-layout/legacy-interface-device-configuration-layout#1";
+const BLK_REQUEST: &str = "desc:blk/device-operation/legacy-interface-device-operation#1";
+const BLK_NEGOTIATION: &str =
+    "desc:blk/device-initialization/legacy-interface-device-initialization#1";
+const BLK_STATUS_CACHE: &str =
+    "desc:blk/device-initialization/legacy-interface-device-initialization#2";
+const BLK_FEATURES_CACHE: &str =
+    "desc:blk/device-initialization/legacy-interface-device-initialization#3";
+
+const NET_CONFIG: &str =
+    "desc:net/device-configuration-layout/legacy-interface-device-configuration-layout#1";
+const NET_HEADER: &str = "desc:net/device-operation/legacy-interface-device-operation#1";
+
+const CONSOLE_CONFIG: &str =
+    "desc:console/device-configuration-layout/legacy-interface-device-configuration-layout#1";
+const CONSOLE_CONTROL: &str = "desc:console/device-operation/legacy-interface-device-operation#1";
+
+/// Opens the device if it is a legacy (version 1) device, else records
+/// the statements not applicable.
+fn open_legacy<'a>(ctx: &mut Ctx<'a>, statements: &[&'static str]) -> Option<Dev<'a>> {
+    let d = Dev::open(ctx.bus());
+    if d.version != 1 {
+        ctx.not_applicable(
+            statements,
+            &format!("no legacy interface (virtio-mmio Version {})", d.version),
+        );
+        return None;
+    }
+    Some(d)
+}
+
+/// A legacy driver's initialisation (§3.1.2) with a configuration write
+/// before the features are read and a request before DRIVER_OK; the
+/// request completes through the legacy ring layout.
+pub const LEGACY_INIT: Check = Check {
+    name: "legacy-init",
+    statements: &[DETECT, OPERATE, LAYOUT, ENDIAN, CONFIG_EARLY, BEFORE_OK],
+    run: legacy_init,
+};
+
+fn legacy_init(ctx: &mut Ctx<'_>) {
+    let all = [DETECT, OPERATE, LAYOUT, ENDIAN, CONFIG_EARLY, BEFORE_OK];
+    let Some(mut d) = open_legacy(ctx, &all) else {
+        return;
+    };
+    let Some((queues, q)) = d.probe_queues() else {
+        ctx.not_applicable(
+            &all,
+            &format!("no probe request for device type {}", d.device_id),
+        );
+        return;
+    };
+    // Entropy has no configuration space (§5.4.4).
+    let has_config = d.device_type() != Some(DeviceType::Rng);
+    // §3.1.2: a legacy driver may write the configuration before it reads
+    // the features. Byte 0 is written back as read, which changes nothing
+    // whatever the field (a MAC byte, a capacity byte, `cols`).
+    let begun = d.begin_legacy(0, |d| {
+        if has_config {
+            let b = d.config8(0);
+            d.bus().regs().write8(regs::CONFIG, b);
+        }
+    });
+    let set_up = begun.and_then(|_| {
+        for q in queues {
+            d.setup_queue(*q)?;
+        }
+        Ok(())
+    });
+    if let Err(e) = set_up {
+        ctx.blocked(&all, &e);
+        return;
+    }
+    let broke = d
+        .status()
+        .intersects(DeviceStatus::DEVICE_NEEDS_RESET | DeviceStatus::FAILED);
+    let Some(p) = d.post_probe() else {
+        ctx.blocked(&all, "no room for the request");
+        return;
+    };
+    d.notify(q);
+    let early = d.wait_used(q, 1);
+    let ok = d.driver_ok();
+    let served = early || (ok.is_ok() && d.wait_used(q, 1));
+    let mem = ctx.bus().mem();
+    let (id, len) = d.ring(q).map_or((u32::MAX, 0), |r| r.used_elem(mem, 0));
+    let room: u32 = p.writable.iter().map(|(_, n)| n).sum();
+    let mut outcomes: Vec<(&'static str, Outcome)> = Vec::new();
+    let fail = |what: String| Outcome::Fail(what);
+    outcomes.push((
+        BEFORE_OK,
+        if early {
+            Outcome::Pass
+        } else if served {
+            fail("a request made available and notified before DRIVER_OK was served only after DRIVER_OK".into())
+        } else {
+            fail(format!(
+                "a request made available before DRIVER_OK was never served ({})",
+                d.rings_seen()
+            ))
+        },
+    ));
+    outcomes.push((
+        LAYOUT,
+        if served && id == u32::from(p.head) {
+            Outcome::Pass
+        } else {
+            fail(format!(
+                "no used element for head {} in the used ring at {:#x} (legacy layout, QueueAlign {}): {}",
+                p.head,
+                d.ring(q).map_or(0, |r| r.layout.used_ring().0),
+                super::LEGACY_PAGE,
+                d.rings_seen()
+            ))
+        },
+    ));
+    outcomes.push((
+        ENDIAN,
+        if served && id == u32::from(p.head) && len <= room {
+            Outcome::Pass
+        } else {
+            fail(format!(
+                "used element read little-endian (x86's native order): id {id} len {len}, expected id {} and len at most {room}",
+                p.head
+            ))
+        },
+    ));
+    outcomes.push((
+        CONFIG_EARLY,
+        if !has_config {
+            Outcome::NotApplicable("no configuration space (entropy device)".into())
+        } else if !broke && served {
+            Outcome::Pass
+        } else {
+            fail(format!(
+                "after a configuration write before the features were read: status {:#x}, request served: {served}",
+                d.status().bits()
+            ))
+        },
+    ));
+    // §2.2.3: VERSION_1 was never acknowledged, so the device must work as
+    // a legacy device; it did if it served the request.
+    outcomes.push((
+        DETECT,
+        if served && ok.is_ok() {
+            Outcome::Pass
+        } else {
+            fail(format!(
+                "without VIRTIO_F_VERSION_1 acknowledged the device did not work as a legacy device: {}",
+                ok.err().unwrap_or_else(|| d.rings_seen())
+            ))
+        },
+    ));
+    // The umbrella statement: every legacy requirement this check saw.
+    let broken: Vec<&str> = outcomes
+        .iter()
+        .filter(|(_, o)| matches!(o, Outcome::Fail(_)))
+        .map(|(s, _)| *s)
+        .collect();
+    outcomes.push((
+        OPERATE,
+        if broken.is_empty() {
+            Outcome::Pass
+        } else {
+            fail(format!("broken: {}", broken.join(", ")))
+        },
+    ));
+    for (s, o) in outcomes {
+        ctx.record(s, o);
+    }
+}
+
+/// `VIRTIO_BLK_T_IN` and its statuses (§5.2.6).
+const BLK_T_IN: u32 = 0;
+const BLK_S_OK: u8 = 0;
+const BLK_S_IOERR: u8 = 1;
+/// `writeback` in `struct virtio_blk_config` (§5.2.4).
+const WRITEBACK_AT: u64 = 32;
+
+/// A legacy block device: no ZONED, the cache mode left alone by status
+/// and feature writes, configuration and request header in native
+/// (little) endian.
+pub const LEGACY_BLK: Check = Check {
+    name: "legacy-blk",
+    statements: &[
+        BLK_ZONED,
+        BLK_CONFIG,
+        BLK_REQUEST,
+        BLK_NEGOTIATION,
+        BLK_STATUS_CACHE,
+        BLK_FEATURES_CACHE,
+    ],
+    run: legacy_blk,
+};
+
+fn legacy_blk(ctx: &mut Ctx<'_>) {
+    let all = [
+        BLK_ZONED,
+        BLK_CONFIG,
+        BLK_REQUEST,
+        BLK_NEGOTIATION,
+        BLK_STATUS_CACHE,
+        BLK_FEATURES_CACHE,
+    ];
+    let Some(mut d) = open_legacy(ctx, &all) else {
+        return;
+    };
+    if d.device_type() != Some(DeviceType::Blk) {
+        ctx.not_applicable(&all, "not a block device");
+        return;
+    }
+    let zoned = BlkFeatures::ZONED.bits();
+    ctx.expect(BLK_ZONED, d.offered & zoned == 0, || {
+        format!(
+            "features offered {:#x} include VIRTIO_BLK_F_ZONED",
+            d.offered
+        )
+    });
+    // The cache mode, seen through `writeback` (with CONFIG_WCE, §5.2.4),
+    // before and after each status and feature write a legacy driver
+    // makes. CONFIG_WCE is acknowledged without FLUSH (the example of
+    // §5.2.5.3), so even DRIVER_OK must leave it alone.
+    let wce = BlkFeatures::CONFIG_WCE.bits();
+    let cache = if d.offered & wce == 0 {
+        None
+    } else {
+        let mut first = None;
+        let r = d.begin_legacy(wce, |d| first = Some(d.config8(WRITEBACK_AT)));
+        let first = first.unwrap_or(0);
+        let after_features = d.config8(WRITEBACK_AT);
+        let set_up = r.and_then(|_| d.setup_queue(0));
+        d.set_status(DeviceStatus::ACKNOWLEDGE | DeviceStatus::DRIVER);
+        let after_status = d.config8(WRITEBACK_AT);
+        let ok = set_up.and_then(|_| d.driver_ok());
+        let after_ok = d.config8(WRITEBACK_AT);
+        Some((ok, [first, after_features, after_status, after_ok]))
+    };
+    match &cache {
+        None => ctx.not_applicable(
+            &[BLK_NEGOTIATION, BLK_STATUS_CACHE, BLK_FEATURES_CACHE],
+            "VIRTIO_BLK_F_CONFIG_WCE not offered: the cache mode is not in the configuration space",
+        ),
+        Some((Err(e), _)) => {
+            ctx.blocked(&[BLK_NEGOTIATION, BLK_STATUS_CACHE, BLK_FEATURES_CACHE], e)
+        }
+        Some((Ok(()), [first, feat, status, ok])) => {
+            let seen = || {
+                format!(
+                    "writeback {first} after DRIVER, {feat} after CONFIG_WCE (without FLUSH) was written, {status} after a status write, {ok} after DRIVER_OK"
+                )
+            };
+            ctx.expect(BLK_FEATURES_CACHE, feat == first, seen);
+            ctx.expect(BLK_STATUS_CACHE, status == first && ok == first, seen);
+            ctx.expect(
+                BLK_NEGOTIATION,
+                feat == first && status == first && ok == first,
+                seen,
+            );
+        }
+    }
+    // Capacity and sector, both little-endian here: the last sector reads,
+    // the one after it is out of range (§5.2.6.1).
+    let ends = [BLK_CONFIG, BLK_REQUEST];
+    let live = match cache {
+        Some((Ok(()), _)) => Ok(()),
+        _ => d
+            .begin_legacy(0, |_| {})
+            .and_then(|_| d.setup_queue(0))
+            .and_then(|_| d.driver_ok()),
+    };
+    if let Err(e) = live {
+        ctx.blocked(&ends, &e);
+        return;
+    }
+    let capacity = u64::from_le_bytes(core::array::from_fn(|i| d.config8(i as u64)));
+    if capacity == 0 {
+        ctx.blocked(&ends, "capacity 0: no sector to read");
+        return;
+    }
+    let last = d.blk_request(BLK_T_IN, capacity - 1, &[], 512);
+    let past = d.blk_request(BLK_T_IN, capacity, &[], 512);
+    match (last, past) {
+        (Ok(l), Ok(p)) => {
+            let ok = l.status == BLK_S_OK && p.status == BLK_S_IOERR;
+            let seen = || {
+                format!(
+                    "capacity {capacity} read little-endian: sector {} status {}, sector {capacity} status {}",
+                    capacity - 1,
+                    l.status,
+                    p.status
+                )
+            };
+            ctx.expect(BLK_CONFIG, ok, seen);
+            ctx.expect(BLK_REQUEST, ok, seen);
+        }
+        (Err(e), _) | (_, Err(e)) => ctx.blocked(&ends, &e),
+    }
+}
+
+/// `VIRTIO_NET_S_LINK_UP | VIRTIO_NET_S_ANNOUNCE` (§5.1.4).
+const NET_STATUS_BITS: u16 = 3;
+/// The legacy header without MRG_RXBUF (§5.1.6).
+const LEGACY_HDR: usize = 10;
+/// A receive buffer: the header and a full Ethernet frame.
+const RX_BUF: u32 = LEGACY_HDR as u32 + 1514;
+
+/// A legacy network device: `status` and `max_virtqueue_pairs` in native
+/// (little) endian, and frames behind the 10-byte legacy header.
+pub const LEGACY_NET: Check = Check {
+    name: "legacy-net",
+    statements: &[NET_CONFIG, NET_HEADER],
+    run: legacy_net,
+};
+
+fn legacy_net(ctx: &mut Ctx<'_>) {
+    let all = [NET_CONFIG, NET_HEADER];
+    let Some(mut d) = open_legacy(ctx, &all) else {
+        return;
+    };
+    if d.device_type() != Some(DeviceType::Net) {
+        ctx.not_applicable(&all, "not a network device");
+        return;
+    }
+    let status_bit = NetFeatures::STATUS.bits();
+    let mq = NetFeatures::MQ.bits();
+    let want = d.offered & (status_bit | mq);
+    let r = d
+        .begin_legacy(want, |_| {})
+        .and_then(|_| d.setup_queue(0))
+        .and_then(|_| d.setup_queue(1))
+        .and_then(|_| d.driver_ok());
+    if let Err(e) = r {
+        ctx.blocked(&all, &e);
+        return;
+    }
+    let le16 = |d: &Dev<'_>, at: u64| u16::from_le_bytes([d.config8(at), d.config8(at + 1)]);
+    if want == 0 {
+        ctx.not_applicable(
+            &[NET_CONFIG],
+            "neither VIRTIO_NET_F_STATUS nor VIRTIO_NET_F_MQ offered",
+        );
+    } else {
+        let status = le16(&d, 6);
+        let pairs = le16(&d, 8);
+        let status_ok = want & status_bit == 0 || status & !NET_STATUS_BITS == 0;
+        let pairs_ok = want & mq == 0 || (1..=0x8000).contains(&pairs);
+        ctx.expect(NET_CONFIG, status_ok && pairs_ok, || {
+            format!(
+                "read little-endian: status {status:#x} (only bits {NET_STATUS_BITS:#x} defined), max_virtqueue_pairs {pairs}"
+            )
+        });
+    }
+    // A frame sent behind a zeroed 10-byte header; where the device sends
+    // it back (QEMU's socket netdev to itself), it arrives behind a
+    // 10-byte header with the frame intact.
+    let got = legacy_echo(&mut d);
+    match got {
+        Ok(Some((hdr, frame, sent))) => {
+            let flags = hdr[0];
+            let gso = hdr[1];
+            let ok = frame == sent && flags & !2 == 0 && gso == 0;
+            ctx.expect(NET_HEADER, ok, || {
+                format!(
+                    "received header {hdr:02x?} (flags {flags:#x}, gso_type {gso}), frame intact: {}",
+                    frame == sent
+                )
+            });
+        }
+        Ok(None) => ctx.not_observable(
+            &[NET_HEADER],
+            "the frame sent did not come back (the backend does not loop frames back)",
+        ),
+        Err(e) => ctx.blocked(&[NET_HEADER], &e),
+    }
+}
+
+/// The received header, the frame after it, and the frame sent.
+type Echo = Option<([u8; LEGACY_HDR], Vec<u8>, Vec<u8>)>;
+
+fn legacy_echo(d: &mut Dev<'_>) -> Result<Echo, String> {
+    let mem = d.bus().mem();
+    let mut posted = Vec::new();
+    for _ in 0..4 {
+        let a = d.buffer(RX_BUF, None).ok_or("out of DMA memory")?;
+        let ring = d.ring(0).ok_or("receiveq not set up")?;
+        let h = ring
+            .chain(
+                mem,
+                &[Buf {
+                    addr: a,
+                    len: RX_BUF,
+                    write: true,
+                }],
+            )
+            .ok_or("no room in the receiveq")?;
+        ring.publish(mem, h).ok_or("no room in the receiveq")?;
+        posted.push((h, a));
+    }
+    d.notify(0);
+    let (bufs, p) = d.probe_bufs(1).ok_or("out of DMA memory")?;
+    let sent = p.readable[0].1[LEGACY_HDR..].to_vec();
+    let ring = d.ring(1).ok_or("transmitq not set up")?;
+    let h = ring.chain(mem, &bufs).ok_or("no room in the transmitq")?;
+    ring.publish(mem, h).ok_or("no room in the transmitq")?;
+    d.notify(1);
+    if !d.wait_used(1, 1) {
+        return Err(format!(
+            "the frame was not transmitted ({})",
+            d.rings_seen()
+        ));
+    }
+    let mut seen = 0u16;
+    loop {
+        let ring = d.ring(0).ok_or("receiveq not set up")?.clone();
+        let mut more = || ring.used_idx(mem) != seen;
+        if !d.bus().wait(&mut more, crate::Patience::Expect) {
+            return Ok(None);
+        }
+        while ring.used_idx(mem) != seen && usize::from(seen) < posted.len() {
+            let (id, len) = ring.used_elem(mem, seen);
+            seen += 1;
+            let Some((_, a)) = posted.iter().find(|(h, _)| u32::from(*h) == id) else {
+                return Err(format!("receiveq: used id {id} is not a posted buffer"));
+            };
+            let len = (len as usize).min(RX_BUF as usize);
+            if len < LEGACY_HDR + sent.len() {
+                continue;
+            }
+            let b = bytes(mem, *a, len);
+            let frame = b[LEGACY_HDR..LEGACY_HDR + sent.len()].to_vec();
+            // The probe frame's source address is ours: the one we sent.
+            if frame[6..12] == sent[6..12] && frame[12..14] == sent[12..14] {
+                let mut hdr = [0u8; LEGACY_HDR];
+                hdr.copy_from_slice(&b[..LEGACY_HDR]);
+                return Ok(Some((hdr, frame, sent)));
+            }
+        }
+        if usize::from(seen) >= posted.len() {
+            return Ok(None);
+        }
+    }
+}
+
+/// A legacy console: `max_nr_ports` and the control messages in native
+/// (little) endian.
+pub const LEGACY_CONSOLE: Check = Check {
+    name: "legacy-console",
+    statements: &[CONSOLE_CONFIG, CONSOLE_CONTROL],
+    run: legacy_console,
+};
+
+fn legacy_console(ctx: &mut Ctx<'_>) {
+    let all = [CONSOLE_CONFIG, CONSOLE_CONTROL];
+    let Some(mut d) = open_legacy(ctx, &all) else {
+        return;
+    };
+    if d.device_type() != Some(DeviceType::Console) {
+        ctx.not_applicable(&all, "not a console");
+        return;
+    }
+    if d.offered & ConsoleFeatures::MULTIPORT.bits() == 0 {
+        ctx.not_applicable(
+            &all,
+            "VIRTIO_CONSOLE_F_MULTIPORT not offered: no max_nr_ports, no control messages",
+        );
+        return;
+    }
+    let (max, messages) = match super::types::multiport_messages(&mut d) {
+        Ok(m) => m,
+        Err(e) => {
+            ctx.blocked(&all, &e);
+            return;
+        }
+    };
+    // Ports are numbered from 0 to max_nr_ports - 1 in 32-bit ids: a
+    // byte-swapped count of a few ports would be in the millions.
+    ctx.expect(CONSOLE_CONFIG, (1..=0xffff).contains(&max), || {
+        format!("max_nr_ports read little-endian: {max}")
+    });
+    // Control events are 0 to 7 (§5.3.6.2), ids below max_nr_ports.
+    let bad: Vec<String> = messages
+        .iter()
+        .filter(|(id, event)| *event > 7 || *id >= max)
+        .map(|(id, event)| format!("id {id} event {event}"))
+        .collect();
+    if messages.is_empty() {
+        ctx.not_observable(
+            &[CONSOLE_CONTROL],
+            "the device sent no control message after DEVICE_READY",
+        );
+    } else {
+        ctx.expect(CONSOLE_CONTROL, bad.is_empty(), || {
+            format!(
+                "control messages read little-endian (max_nr_ports {max}): {}",
+                bad.join("; ")
+            )
+        });
+    }
+}
