@@ -22,6 +22,7 @@ use virtio_core::status::DeviceStatus;
 
 use crate::{Check, Outcome, Record};
 
+pub mod legacy;
 pub mod notify;
 pub mod requests;
 pub mod rings;
@@ -196,6 +197,7 @@ pub const CHECKS: &[Check] = &[
     requests::RNG_WATCH,
     requests::RNG_OUTPUT,
     requests::CONSOLE_WATCH,
+    legacy::WATCH,
 ];
 
 /// What the watch has seen of one statement.

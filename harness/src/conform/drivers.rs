@@ -16,6 +16,7 @@ use virtio_core::GuestMemory;
 use virtio_core::mmio::device::MmioRegisters;
 use virtio_core::mmio::driver::RegisterAccess;
 use virtio_core::mmio::regs;
+use virtio_core::status::DeviceStatus;
 use virtio_devices::device::{DeviceError, QueueConfig, Served, VirtioDevice};
 use virtio_devices::transport::{MmioTransport, backend_ready, dispatch};
 use virtio_user::GUEST_BASE;
@@ -42,7 +43,56 @@ struct Watched<D: VirtioDevice> {
     generation_reads: Rc<std::cell::Cell<u32>>,
     /// The DeviceFeaturesSel last written.
     features_sel: Rc<std::cell::Cell<u32>>,
+    /// The legacy face's state ([`Provoke::Legacy`]).
+    legacy: Rc<RefCell<LegacyFace>>,
 }
+
+/// What a driver set up through the legacy face ([`Provoke::Legacy`]): a
+/// virtio-mmio version 1 register layout (§4.2.4) over our modern register
+/// file, as a transitional device's own logic would map it: `QueuePFN`
+/// becomes the three ring addresses and QueueReady, FEATURES_OK is set for
+/// the driver (with VERSION_1) before its first queue register or
+/// DRIVER_OK, and VIRTIO_F_ANY_LAYOUT is offered (§6.3: a transitional
+/// device must).
+#[derive(Debug)]
+struct LegacyFace {
+    page: u32,
+    align: u32,
+    sel: u32,
+    num: std::collections::BTreeMap<u32, u32>,
+    pfn: std::collections::BTreeMap<u32, u32>,
+    driver_sel: u32,
+    accepted: [u32; 2],
+    /// The Status the driver last wrote.
+    status: u32,
+    features_ok: bool,
+    /// VIRTIO_F_ANY_LAYOUT is offered (§6.3 says a transitional device
+    /// must; QEMU 7.2's legacy virtio-blk does not, and neither does
+    /// [`Provoke::LegacyBlk`]'s face, so the framing rules bind the driver).
+    any_layout: bool,
+    watch: conform::driver::legacy::LegacyWatch,
+}
+
+impl LegacyFace {
+    fn new(device_type: Option<virtio_core::features::DeviceType>, any_layout: bool) -> Self {
+        LegacyFace {
+            page: 0,
+            align: 0,
+            sel: 0,
+            num: Default::default(),
+            pfn: Default::default(),
+            driver_sel: 0,
+            accepted: [0; 2],
+            status: 0,
+            features_ok: false,
+            any_layout,
+            watch: conform::driver::legacy::LegacyWatch::new(device_type),
+        }
+    }
+}
+
+/// VIRTIO_F_ANY_LAYOUT (§6.3), in the low feature word.
+const ANY_LAYOUT: u32 = 1 << 27;
 
 impl<D: VirtioDevice> Clone for Watched<D> {
     fn clone(&self) -> Self {
@@ -52,6 +102,7 @@ impl<D: VirtioDevice> Clone for Watched<D> {
             lie: self.lie,
             generation_reads: Rc::clone(&self.generation_reads),
             features_sel: Rc::clone(&self.features_sel),
+            legacy: Rc::clone(&self.legacy),
         }
     }
 }
@@ -66,6 +117,10 @@ fn le_u64(data: &[u8]) -> u64 {
 
 impl<D: VirtioDevice> Watched<D> {
     fn read(&self, offset: u64, data: &mut [u8]) {
+        if self.lie.is_legacy() {
+            self.legacy_read(offset, data);
+            return;
+        }
         let _ = self.regs.borrow().read(offset, data);
         if offset == regs::CONFIG_GENERATION {
             self.generation_reads.set(self.generation_reads.get() + 1);
@@ -88,9 +143,19 @@ impl<D: VirtioDevice> Watched<D> {
         if offset == regs::DEVICE_FEATURES_SEL {
             self.features_sel.set(le_u64(data) as u32);
         }
+        if self.lie.is_legacy() {
+            self.legacy_write(offset, data);
+            return;
+        }
         self.watch
             .borrow_mut()
             .write(offset, data.len(), le_u64(data));
+        self.raw_write(offset, data);
+    }
+
+    /// A write to the register file as it is, its interrupt told to the
+    /// watch.
+    fn raw_write(&self, offset: u64, data: &[u8]) {
         let irq = {
             let mut r = self.regs.borrow_mut();
             match r.write(offset, data) {
@@ -101,6 +166,156 @@ impl<D: VirtioDevice> Watched<D> {
         if irq {
             self.watch.borrow_mut().interrupt();
         }
+    }
+
+    fn raw_write32(&self, offset: u64, v: u32) {
+        self.raw_write(offset, &v.to_le_bytes());
+    }
+
+    /// A read on the legacy face (see [`LegacyFace`]).
+    fn legacy_read(&self, offset: u64, data: &mut [u8]) {
+        let _ = self.regs.borrow().read(offset, data);
+        let raw = le_u64(data) as u32;
+        let face_value = {
+            let face = self.legacy.borrow();
+            match offset {
+                regs::VERSION => Some(1),
+                regs::DEVICE_FEATURES => Some(match self.features_sel.get() {
+                    0 if face.any_layout => raw | ANY_LAYOUT,
+                    0 => raw,
+                    _ => 0,
+                }),
+                regs::QUEUE_PFN => Some(face.pfn.get(&face.sel).copied().unwrap_or(0)),
+                regs::STATUS => Some(raw & !u32::from(DeviceStatus::FEATURES_OK.bits())),
+                _ => None,
+            }
+        };
+        if let Some(w) = face_value {
+            let b = w.to_le_bytes();
+            let n = data.len().min(4);
+            data[..n].copy_from_slice(&b[..n]);
+        }
+        if offset < regs::CONFIG {
+            self.legacy
+                .borrow_mut()
+                .watch
+                .read(offset, le_u64(data) as u32);
+        }
+    }
+
+    /// A write on the legacy face (see [`LegacyFace`]).
+    fn legacy_write(&self, offset: u64, data: &[u8]) {
+        let v = le_u64(data) as u32;
+        if offset < regs::CONFIG {
+            self.legacy.borrow_mut().watch.write(offset, v);
+        }
+        match offset {
+            regs::GUEST_PAGE_SIZE => self.legacy.borrow_mut().page = v,
+            regs::QUEUE_ALIGN => self.legacy.borrow_mut().align = v,
+            regs::DRIVER_FEATURES_SEL => self.legacy.borrow_mut().driver_sel = v,
+            regs::DRIVER_FEATURES => {
+                let mut face = self.legacy.borrow_mut();
+                let sel = face.driver_sel as usize;
+                if let Some(w) = face.accepted.get_mut(sel) {
+                    *w = v;
+                }
+            }
+            regs::QUEUE_SEL => {
+                self.legacy.borrow_mut().sel = v;
+                self.raw_write32(offset, v);
+            }
+            regs::QUEUE_NUM => {
+                self.legacy_features_ok();
+                let mut face = self.legacy.borrow_mut();
+                let sel = face.sel;
+                face.num.insert(sel, v);
+                drop(face);
+                self.raw_write32(offset, v);
+            }
+            regs::QUEUE_PFN => {
+                self.legacy_features_ok();
+                let (num, page, align) = {
+                    let mut face = self.legacy.borrow_mut();
+                    let sel = face.sel;
+                    face.pfn.insert(sel, v);
+                    (
+                        face.num.get(&sel).copied().unwrap_or(0),
+                        face.page,
+                        face.align,
+                    )
+                };
+                let layout = virtio_core::split::layout::QueueSize::new(num)
+                    .ok()
+                    .and_then(|size| {
+                        let base = u64::from(v).checked_mul(u64::from(page))?;
+                        virtio_core::split::layout::QueueLayout::legacy(
+                            size,
+                            virtio_core::memory::GuestAddress(base),
+                            u64::from(align),
+                        )
+                        .ok()
+                    });
+                match layout {
+                    Some(l) if v != 0 => {
+                        for (low, a) in [
+                            (regs::QUEUE_DESC_LOW, l.desc_table()),
+                            (regs::QUEUE_DRIVER_LOW, l.avail_ring()),
+                            (regs::QUEUE_DEVICE_LOW, l.used_ring()),
+                        ] {
+                            self.raw_write32(low, a.0 as u32);
+                            self.raw_write32(low + 4, (a.0 >> 32) as u32);
+                        }
+                        self.raw_write32(regs::QUEUE_READY, 1);
+                    }
+                    // QueuePFN 0, or a layout the device cannot use: the
+                    // queue is not in use.
+                    _ => self.raw_write32(regs::QUEUE_READY, 0),
+                }
+            }
+            regs::STATUS => {
+                {
+                    let mut face = self.legacy.borrow_mut();
+                    face.status = v;
+                    if v == 0 {
+                        face.features_ok = false;
+                        face.pfn.clear();
+                        face.num.clear();
+                        face.accepted = [0; 2];
+                    }
+                }
+                if v & u32::from(DeviceStatus::DRIVER_OK.bits()) != 0 {
+                    self.legacy_features_ok();
+                }
+                let fok = if self.legacy.borrow().features_ok {
+                    u32::from(DeviceStatus::FEATURES_OK.bits())
+                } else {
+                    0
+                };
+                self.raw_write32(offset, if v == 0 { 0 } else { v | fok });
+            }
+            _ => self.raw_write(offset, data),
+        }
+    }
+
+    /// Once the driver has set DRIVER: its features (with VERSION_1,
+    /// without ANY_LAYOUT) and FEATURES_OK, as a transitional device's own
+    /// logic would settle them when the driver goes on to its queues.
+    fn legacy_features_ok(&self) {
+        let (done, status, accepted) = {
+            let face = self.legacy.borrow();
+            (face.features_ok, face.status, face.accepted)
+        };
+        if done || status & u32::from(DeviceStatus::DRIVER.bits()) == 0 {
+            return;
+        }
+        self.raw_write32(regs::DRIVER_FEATURES_SEL, 0);
+        self.raw_write32(regs::DRIVER_FEATURES, accepted[0] & !ANY_LAYOUT);
+        self.raw_write32(regs::DRIVER_FEATURES_SEL, 1);
+        self.raw_write32(regs::DRIVER_FEATURES, accepted[1] | 1);
+        let fok = u32::from(DeviceStatus::FEATURES_OK.bits());
+        let base = status & !u32::from(DeviceStatus::DRIVER_OK.bits());
+        self.raw_write32(regs::STATUS, base | fok);
+        self.legacy.borrow_mut().features_ok = true;
     }
 
     /// What a guest's interrupt handler does: takes the device's finished
@@ -165,6 +380,8 @@ pub struct WatchedDevice<D, M: GuestMemory, F: FnMut(&RingWatch)> {
     /// The queues' layouts and, per queue, the used index up to which
     /// received headers were rewritten.
     layouts: Vec<Option<(virtio_core::split::layout::QueueLayout, u16)>>,
+    /// Judge the legacy block framing ([`RingWatch::with_legacy_framing`]).
+    legacy_framing: bool,
     live: bool,
     done: F,
 }
@@ -183,6 +400,7 @@ impl<D: VirtioDevice, M: GuestMemory, F: FnMut(&RingWatch)> WatchedDevice<D, M, 
             refuse: false,
             rx_headers: None,
             layouts: Vec::new(),
+            legacy_framing: false,
             live: false,
             done,
         }
@@ -215,6 +433,13 @@ impl<D: VirtioDevice, M: GuestMemory, F: FnMut(&RingWatch)> WatchedDevice<D, M, 
     /// handling of it shows (§3.1.1: it gives up).
     pub fn refusing_features(mut self) -> Self {
         self.refuse = true;
+        self
+    }
+
+    /// Judges the legacy framing of block requests (§5.2.6.4) too: the
+    /// driver meets a legacy face without VIRTIO_F_ANY_LAYOUT.
+    pub fn with_legacy_framing(mut self) -> Self {
+        self.legacy_framing = true;
         self
     }
 
@@ -371,6 +596,9 @@ impl<D: VirtioDevice, M: GuestMemory, F: FnMut(&RingWatch)> VirtioDevice
             });
             self.rings = core::mem::take(&mut self.rings).with_net(limits);
         }
+        if self.legacy_framing {
+            self.rings = core::mem::take(&mut self.rings).with_legacy_framing();
+        }
         if let Some(why) = self.no_rewrites {
             self.rings = core::mem::take(&mut self.rings).without_rewrite_check(why);
         }
@@ -481,6 +709,14 @@ pub enum Provoke {
     /// DeviceFeatures hides VIRTIO_F_VERSION_1 on a version 2 device: the
     /// driver must set FAILED and stop (§2.2.1).
     NoVersion1,
+    /// The entropy device behind a legacy (virtio-mmio version 1) face
+    /// offering VIRTIO_F_ANY_LAYOUT ([`LegacyFace`]): the driver is judged
+    /// by [`conform::driver::legacy`] instead of the modern register watch.
+    Legacy,
+    /// The block device behind a legacy face without VIRTIO_F_ANY_LAYOUT,
+    /// as QEMU 7.2's legacy virtio-blk offers it: the legacy framing of
+    /// block requests (§5.2.6.4) is judged on the rings too.
+    LegacyBlk,
 }
 
 /// The bit offered as a feature no driver knows: bit 23, a device-type bit
@@ -489,7 +725,7 @@ pub const UNKNOWN_FEATURE: u64 = 1 << 23;
 
 impl Provoke {
     /// The provocations, without [`Provoke::Nothing`].
-    pub const ALL: [Provoke; 10] = [
+    pub const ALL: [Provoke; 12] = [
         Provoke::UnknownFeature,
         Provoke::RefusedFeatures,
         Provoke::BadMagic,
@@ -500,6 +736,8 @@ impl Provoke {
         Provoke::RxHeaders,
         Provoke::ConsolePorts,
         Provoke::NoVersion1,
+        Provoke::Legacy,
+        Provoke::LegacyBlk,
     ];
 
     /// The provocations made by the device rather than by the register
@@ -511,6 +749,11 @@ impl Provoke {
         Provoke::RxHeaders,
         Provoke::ConsolePorts,
     ];
+
+    /// The driver meets a legacy face.
+    pub fn is_legacy(self) -> bool {
+        matches!(self, Provoke::Legacy | Provoke::LegacyBlk)
+    }
 
     /// The driver's initialisation is meant to fail.
     pub fn init_fails(self) -> bool {
@@ -528,7 +771,7 @@ impl Provoke {
     pub fn kind(self) -> Kind {
         match self {
             // A block device has a 64-bit field (capacity).
-            Provoke::TornConfig => Kind::Blk,
+            Provoke::TornConfig | Provoke::LegacyBlk => Kind::Blk,
             Provoke::RxHeaders => Kind::Net,
             Provoke::ConsolePorts => Kind::Console,
             _ => Kind::Rng,
@@ -573,6 +816,11 @@ impl Provoke {
             Provoke::RxHeaders => format!("{} (received headers rewritten)", kind.name()),
             Provoke::ConsolePorts => format!("{} (two ports, MULTIPORT)", kind.name()),
             Provoke::NoVersion1 => format!("{} (no VIRTIO_F_VERSION_1)", kind.name()),
+            Provoke::Legacy => format!("{} (legacy virtio-mmio)", kind.name()),
+            Provoke::LegacyBlk => format!(
+                "{} (legacy virtio-mmio without VIRTIO_F_ANY_LAYOUT)",
+                kind.name()
+            ),
         }
     }
 
@@ -586,6 +834,7 @@ impl Provoke {
             Provoke::UnknownFeature => dev.offering_unknown(UNKNOWN_FEATURE),
             Provoke::RefusedFeatures => dev.refusing_features(),
             Provoke::RxHeaders => dev.rewriting_rx_headers(std::sync::Arc::clone(rewritten)),
+            Provoke::LegacyBlk => dev.with_legacy_framing(),
             _ => dev,
         }
     }
@@ -738,14 +987,26 @@ fn watched<D: VirtioDevice + 'static>(
         lie: provoke,
         generation_reads: Rc::default(),
         features_sel: Rc::default(),
+        legacy: Rc::new(RefCell::new(LegacyFace::new(
+            device_type,
+            provoke != Provoke::LegacyBlk,
+        ))),
     };
     let result = workload(hal, w.clone());
     w.regs.borrow_mut().device_mut().device_mut().finish();
     let mut watch = watch.borrow_mut();
     watch.finish();
     let error = result.err().map(|e| format!("the workload failed: {e}"));
-    let mut records = watch.records();
-    records.extend(rings.borrow().iter().cloned());
+    let rings = rings.borrow();
+    let mut records = if provoke.is_legacy() {
+        // A statement the rings judged (the block framing) is theirs.
+        let mut r = w.legacy.borrow().watch.records();
+        r.retain(|x| !rings.iter().any(|y| y.statement == x.statement));
+        r
+    } else {
+        watch.records()
+    };
+    records.extend(rings.iter().cloned());
     coped_with_spurious(&mut records, error.as_deref());
     if kind == Kind::Rng {
         records.extend(super::entropy::records());

@@ -16,7 +16,9 @@ use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
 
-use virtio_core::features::{BlkFeatures, ConsoleFeatures, DeviceType, NetFeatures};
+use virtio_core::features::{
+    BlkFeatures, ConsoleFeatures, DeviceType, NetFeatures, TransportFeatures,
+};
 use virtio_core::mmio::regs;
 use virtio_core::status::DeviceStatus;
 
@@ -32,6 +34,7 @@ const CONFIG_EARLY: &str =
     "desc:general/device-initialization/legacy-interface-device-initialization#2";
 const BEFORE_OK: &str =
     "desc:general/device-initialization/legacy-interface-device-initialization#3";
+const ANY_LAYOUT: &str = "desc:reserved-features/legacy-interface-reserved-feature-bits#2";
 
 const BLK_ZONED: &str = "device:blk/device-initialization#5";
 const BLK_CONFIG: &str =
@@ -71,12 +74,28 @@ fn open_legacy<'a>(ctx: &mut Ctx<'a>, statements: &[&'static str]) -> Option<Dev
 /// request completes through the legacy ring layout.
 pub const LEGACY_INIT: Check = Check {
     name: "legacy-init",
-    statements: &[DETECT, OPERATE, LAYOUT, ENDIAN, CONFIG_EARLY, BEFORE_OK],
+    statements: &[
+        DETECT,
+        OPERATE,
+        LAYOUT,
+        ENDIAN,
+        CONFIG_EARLY,
+        BEFORE_OK,
+        ANY_LAYOUT,
+    ],
     run: legacy_init,
 };
 
 fn legacy_init(ctx: &mut Ctx<'_>) {
-    let all = [DETECT, OPERATE, LAYOUT, ENDIAN, CONFIG_EARLY, BEFORE_OK];
+    let all = [
+        DETECT,
+        OPERATE,
+        LAYOUT,
+        ENDIAN,
+        CONFIG_EARLY,
+        BEFORE_OK,
+        ANY_LAYOUT,
+    ];
     let Some(mut d) = open_legacy(ctx, &all) else {
         return;
     };
@@ -185,6 +204,19 @@ fn legacy_init(ctx: &mut Ctx<'_>) {
             fail(format!(
                 "without VIRTIO_F_VERSION_1 acknowledged the device did not work as a legacy device: {}",
                 ok.err().unwrap_or_else(|| d.rings_seen())
+            ))
+        },
+    ));
+    // §6.3: a transitional device offers VIRTIO_F_ANY_LAYOUT.
+    let any = TransportFeatures::ANY_LAYOUT.bits();
+    outcomes.push((
+        ANY_LAYOUT,
+        if d.offered & any != 0 {
+            Outcome::Pass
+        } else {
+            fail(format!(
+                "features offered {:#x} lack VIRTIO_F_ANY_LAYOUT (bit 27)",
+                d.offered
             ))
         },
     ));

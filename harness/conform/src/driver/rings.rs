@@ -104,6 +104,9 @@ pub struct RingWatch {
     net: Option<(NetLimits, NetState)>,
     /// An entropy device: its requests are judged too.
     rng: bool,
+    /// Judge the legacy block framing (§5.2.6.4): a legacy device that did
+    /// not offer VIRTIO_F_ANY_LAYOUT.
+    legacy_framing: bool,
     /// A console: its chains are judged too.
     console: Option<ConsoleState>,
     queues: BTreeMap<u16, Queue>,
@@ -180,6 +183,7 @@ impl RingWatch {
             blk: None,
             net: None,
             rng: false,
+            legacy_framing: false,
             console: None,
             queues: BTreeMap::new(),
             notify: None,
@@ -253,6 +257,14 @@ impl RingWatch {
     /// §5.1.6.5).
     pub fn with_net(mut self, limits: NetLimits) -> Self {
         self.net = Some((limits, NetState::default()));
+        self
+    }
+
+    /// The same watch judging the legacy framing of block requests
+    /// (§5.2.6.4): for a driver of a legacy device that did not offer
+    /// VIRTIO_F_ANY_LAYOUT.
+    pub fn with_legacy_framing(mut self) -> Self {
+        self.legacy_framing = true;
         self
     }
 
@@ -486,6 +498,21 @@ impl RingWatch {
     fn judge_request(&mut self, mem: &dyn Memory, index: u16, segs: &[Segment]) {
         if let Some(limits) = self.blk {
             judge_blk(&mut self.seen, mem, &limits, index, segs);
+            if self.legacy_framing {
+                // §5.2.6.4: the header alone in the first descriptor, the
+                // status byte alone in the last.
+                let first = segs.first().copied();
+                let last = segs.last().copied();
+                let ok = segs.len() >= 2
+                    && first.is_some_and(|(_, len, w)| len == 16 && !w)
+                    && last.is_some_and(|(_, len, w)| len == 1 && w);
+                judge(&mut self.seen, super::legacy::BLK_FRAMING, ok, || {
+                    format!(
+                        "queue {index}: a request of {} descriptors, first {first:?}, last {last:?} (address, length, device-writable)",
+                        segs.len()
+                    )
+                });
+            }
         }
         if self.rng {
             judge_rng(&mut self.seen, index, segs);
@@ -654,6 +681,13 @@ impl RingWatch {
     /// The watch's records (see [`super::DriverWatch::records`]).
     pub fn records(&self) -> Vec<Record> {
         let mut out = super::records_of(STATEMENTS, WATCH.name, &self.seen);
+        if self.legacy_framing && self.blk.is_some() {
+            out.extend(super::records_of(
+                &[super::legacy::BLK_FRAMING],
+                super::legacy::WATCH.name,
+                &self.seen,
+            ));
+        }
         if self.blk.is_some() {
             out.extend(super::records_of(
                 BLK_STATEMENTS,
@@ -977,6 +1011,35 @@ mod tests {
         h[0..4].copy_from_slice(&kind.to_le_bytes());
         h[8..16].copy_from_slice(&sector.to_le_bytes());
         ram.write(GuestAddress(at), &h).unwrap();
+    }
+
+    /// §5.2.6.4 legacy framing: the header alone first and the status
+    /// byte alone last are kept; the header sharing a buffer with the data
+    /// is the breach.
+    #[test]
+    fn section_5_2_6_4_legacy_block_framing() {
+        use crate::driver::legacy::BLK_FRAMING;
+        let (ram, l, w) = setup();
+        let limits = BlkLimits {
+            capacity: 16,
+            max_discard_seg: None,
+            max_write_zeroes_seg: None,
+        };
+        let mut w = w.with_blk(limits).with_legacy_framing();
+        header(&ram, 0x8000, 1, 0);
+        put(&ram, &l, 0, 0x8000, 16, NEXT, 1);
+        put(&ram, &l, 1, 0x8100, 512, NEXT, 2);
+        put(&ram, &l, 2, 0x8400, 1, WRITE, 0);
+        publish(&ram, &l, 0, 0);
+        w.look(&ram, 0);
+        assert_eq!(outcome(&w, BLK_FRAMING), Outcome::Pass);
+        // A write whose header and data share one 528-byte buffer.
+        header(&ram, 0x9000, 1, 1);
+        put(&ram, &l, 3, 0x9000, 528, NEXT, 4);
+        put(&ram, &l, 4, 0x9400, 1, WRITE, 0);
+        publish(&ram, &l, 1, 3);
+        w.look(&ram, 0);
+        assert!(matches!(outcome(&w, BLK_FRAMING), Outcome::Fail(_)));
     }
 
     #[test]
