@@ -566,3 +566,167 @@ fn legacy_console(ctx: &mut Ctx<'_>) {
         });
     }
 }
+
+const NOTIFY_ON_EMPTY: &str = "desc:reserved-features/legacy-interface-reserved-feature-bits#1";
+
+/// With VIRTIO_F_NOTIFY_ON_EMPTY negotiated, a device that runs out of
+/// available buffers notifies even under `VIRTQ_AVAIL_F_NO_INTERRUPT`
+/// (§6.3 legacy interface).
+pub const LEGACY_NOTIFY_ON_EMPTY: Check = Check {
+    name: "legacy-notify-on-empty",
+    statements: &[NOTIFY_ON_EMPTY],
+    run: legacy_notify_on_empty,
+};
+
+fn legacy_notify_on_empty(ctx: &mut Ctx<'_>) {
+    let all = [NOTIFY_ON_EMPTY];
+    let Some(mut d) = open_legacy(ctx, &all) else {
+        return;
+    };
+    let Some((queues, q)) = d.probe_queues() else {
+        ctx.not_applicable(&all, "no probe request for this device type");
+        return;
+    };
+    let empty = TransportFeatures::NOTIFY_ON_EMPTY.bits();
+    if d.offered & empty == 0 {
+        ctx.not_applicable(&all, "VIRTIO_F_NOTIFY_ON_EMPTY not offered");
+        return;
+    }
+    let r = d.begin_legacy(empty, |_| {}).and_then(|_| {
+        for q in queues {
+            d.setup_queue(*q)?;
+        }
+        d.driver_ok()
+    });
+    if let Err(e) = r {
+        ctx.blocked(&all, &e);
+        return;
+    }
+    let mem = ctx.bus().mem();
+    // VIRTQ_AVAIL_F_NO_INTERRUPT on every queue the probe uses.
+    for q in queues {
+        if let Some(ring) = d.ring(*q) {
+            let _ = ring.set_avail_flags(mem, 1);
+        }
+    }
+    d.ack();
+    let Some(_) = d.post_probe() else {
+        ctx.blocked(&all, "no room for the request");
+        return;
+    };
+    d.notify(q);
+    if !d.wait_used(q, 1) {
+        ctx.blocked(&all, "the request was not completed");
+        return;
+    }
+    // The queue is empty now: the notification must have come (or come
+    // shortly after the used entry).
+    let mut isr = 0;
+    let mut notified = || {
+        isr |= d.bus().regs().read32(regs::INTERRUPT_STATUS);
+        isr & 1 != 0
+    };
+    let seen = d.bus().wait(&mut notified, crate::Patience::Expect);
+    ctx.expect(NOTIFY_ON_EMPTY, seen, || {
+        format!(
+            "queue {q} ran out of buffers under VIRTQ_AVAIL_F_NO_INTERRUPT with VIRTIO_F_NOTIFY_ON_EMPTY negotiated: InterruptStatus {isr:#x}"
+        )
+    });
+}
+
+const MAC_TABLE: &str = "desc:net/device-operation/control-virtqueue/setting-mac-address-filtering/legacy-interface-setting-mac-address-filtering#1";
+
+/// VIRTIO_NET_CTRL_MAC (1), VIRTIO_NET_CTRL_MAC_TABLE_SET (0) and
+/// VIRTIO_NET_OK (§5.1.6.5.2).
+const CTRL_MAC: u8 = 1;
+const MAC_TABLE_SET: u8 = 0;
+const NET_OK: u8 = 0;
+
+/// A legacy network device reads the MAC table's `entries` in native
+/// (little) endian: a table of one unicast address is taken (read
+/// big-endian it would claim 16 million).
+pub const LEGACY_NET_MAC_TABLE: Check = Check {
+    name: "legacy-net-mac-table",
+    statements: &[MAC_TABLE],
+    run: legacy_net_mac_table,
+};
+
+fn legacy_net_mac_table(ctx: &mut Ctx<'_>) {
+    let all = [MAC_TABLE];
+    let Some(mut d) = open_legacy(ctx, &all) else {
+        return;
+    };
+    if d.device_type() != Some(DeviceType::Net) {
+        ctx.not_applicable(&all, "not a network device");
+        return;
+    }
+    let need = NetFeatures::CTRL_VQ.bits() | NetFeatures::CTRL_RX.bits();
+    if d.offered & need != need {
+        ctx.not_applicable(
+            &all,
+            "VIRTIO_NET_F_CTRL_VQ and VIRTIO_NET_F_CTRL_RX not both offered",
+        );
+        return;
+    }
+    // Without MQ the control queue is queue 2 (§5.1.2).
+    let r = d
+        .begin_legacy(need, |_| {})
+        .and_then(|_| d.setup_queue(0))
+        .and_then(|_| d.setup_queue(1))
+        .and_then(|_| d.setup_queue(2))
+        .and_then(|_| d.driver_ok());
+    if let Err(e) = r {
+        ctx.blocked(&all, &e);
+        return;
+    }
+    // The legacy framing (§5.1.9.8), right whether or not ANY_LAYOUT is
+    // negotiated: class and command, the unicast table, the multicast
+    // table, the ack, each in a descriptor of its own.
+    let mut unicast = alloc::vec![0u8; 4 + 6];
+    unicast[0..4].copy_from_slice(&1u32.to_le_bytes());
+    unicast[4..10].copy_from_slice(&[0x02, 0, 0, 0, 0, 0x42]);
+    let multicast = 0u32.to_le_bytes().to_vec();
+    let ack = match mac_table_set(&mut d, &unicast, &multicast) {
+        Ok(a) => a,
+        Err(e) => {
+            ctx.blocked(&all, &e);
+            return;
+        }
+    };
+    ctx.expect(MAC_TABLE, ack == NET_OK, || {
+        format!("MAC_TABLE_SET with one unicast entry (entries 1, little-endian): ack {ack}")
+    });
+}
+
+fn mac_table_set(d: &mut Dev<'_>, unicast: &[u8], multicast: &[u8]) -> Result<u8, String> {
+    let mem = d.bus().mem();
+    let mut bufs = Vec::new();
+    for part in [&[CTRL_MAC, MAC_TABLE_SET][..], unicast, multicast] {
+        let len = part.len() as u32;
+        let a = d.buffer(len, Some(part)).ok_or("out of DMA memory")?;
+        bufs.push(Buf {
+            addr: a,
+            len,
+            write: false,
+        });
+    }
+    let ack = d.buffer(1, None).ok_or("out of DMA memory")?;
+    bufs.push(Buf {
+        addr: ack,
+        len: 1,
+        write: true,
+    });
+    let ring = d.ring(2).ok_or("control queue not set up")?;
+    let h = ring
+        .chain(mem, &bufs)
+        .ok_or("no room in the control ring")?;
+    ring.publish(mem, h).ok_or("no room in the control ring")?;
+    d.notify(2);
+    if !d.wait_used(2, 1) {
+        return Err(format!(
+            "MAC_TABLE_SET was not completed; {}",
+            d.rings_seen()
+        ));
+    }
+    Ok(bytes(mem, ack, 1)[0])
+}

@@ -72,6 +72,8 @@ pub const CHECKS: &[Check] = &[
     legacy::LEGACY_BLK,
     legacy::LEGACY_NET,
     legacy::LEGACY_CONSOLE,
+    legacy::LEGACY_NOTIFY_ON_EMPTY,
+    legacy::LEGACY_NET_MAC_TABLE,
 ];
 
 /// Every feature the checks can drive: all device-type bits (0 to 23,
