@@ -361,3 +361,70 @@ fn the_checks_run_inside_a_guest_against_our_monitor_and_qemu() {
         }
     }
 }
+
+/// The legacy device checks (§2.7.2, §3.1.2, §6.3) against our devices
+/// behind the legacy test face (`harness::conform::legacy_face`): what the
+/// face does right passes, and what it is known to get wrong is caught. It
+/// serves nothing before DRIVER_OK; its rng offers VIRTIO_F_NOTIFY_ON_EMPTY
+/// without honouring it; its blk offers no VIRTIO_F_ANY_LAYOUT and lets
+/// the features change the cache mode.
+#[test]
+fn the_legacy_device_checks_catch_what_a_legacy_face_gets_wrong() {
+    use harness::conform::targets::{Kind, ours_behind_legacy_face};
+    let legacy: Vec<conform::Check> = conform::device::CHECKS
+        .iter()
+        .filter(|c| c.name.starts_with("legacy"))
+        .copied()
+        .collect();
+    let of = |records: &[conform::Record], s: &str| -> Outcome {
+        let mut found: Vec<&Outcome> = records
+            .iter()
+            .filter(|r| r.statement == s)
+            .map(|r| &r.outcome)
+            .collect();
+        found.retain(|o| !matches!(o, Outcome::NotApplicable(_)));
+        assert_eq!(found.len(), 1, "{s}: {records:#?}");
+        found[0].clone()
+    };
+    let fails = |o: Outcome| matches!(o, Outcome::Fail(_));
+    let layout = "desc:basic/virtqueues/legacy-interfaces-a-note-on-virtqueue-layout#2";
+    let endian = "desc:basic/virtqueues/legacy-interfaces-a-note-on-virtqueue-endianness#1";
+    let before_ok = "desc:general/device-initialization/legacy-interface-device-initialization#3";
+    let any_layout = "desc:reserved-features/legacy-interface-reserved-feature-bits#2";
+    let on_empty = "desc:reserved-features/legacy-interface-reserved-feature-bits#1";
+    let umbrella = "desc:basic/feature-bits/legacy-interface-a-note-on-feature-bits#3";
+
+    let rng = ours_behind_legacy_face(Kind::Rng, true, 1 << 24).unwrap();
+    let r = conform::run(&*rng, &legacy);
+    assert_eq!(of(&r, layout), Outcome::Pass, "{r:#?}");
+    assert_eq!(of(&r, endian), Outcome::Pass, "{r:#?}");
+    assert_eq!(of(&r, any_layout), Outcome::Pass, "{r:#?}");
+    assert!(fails(of(&r, before_ok)), "{r:#?}");
+    assert!(fails(of(&r, on_empty)), "{r:#?}");
+    assert!(fails(of(&r, umbrella)), "{r:#?}");
+
+    let blk = ours_behind_legacy_face(Kind::Blk, false, 0).unwrap();
+    let r = conform::run(&*blk, &legacy);
+    assert_eq!(of(&r, layout), Outcome::Pass, "{r:#?}");
+    assert!(fails(of(&r, any_layout)), "{r:#?}");
+    for s in [
+        "device:blk/device-initialization#5",
+        "desc:blk/device-configuration-layout/legacy-interface-device-configuration-layout#1",
+        "desc:blk/device-operation/legacy-interface-device-operation#1",
+        "desc:general/device-initialization/legacy-interface-device-initialization#2",
+        "desc:blk/device-initialization/legacy-interface-device-initialization#2",
+    ] {
+        assert_eq!(of(&r, s), Outcome::Pass, "{s}: {r:#?}");
+    }
+    // The face settles the modern features at the first queue register,
+    // where our device applies the modern writeback rule (§5.2.5.1:
+    // CONFIG_WCE without FLUSH, writeback 0): under the legacy interface
+    // that is the cache mode changed by the features (§5.2.5.3).
+    assert!(
+        fails(of(
+            &r,
+            "desc:blk/device-initialization/legacy-interface-device-initialization#3"
+        )),
+        "{r:#?}"
+    );
+}

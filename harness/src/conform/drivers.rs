@@ -16,7 +16,6 @@ use virtio_core::GuestMemory;
 use virtio_core::mmio::device::MmioRegisters;
 use virtio_core::mmio::driver::RegisterAccess;
 use virtio_core::mmio::regs;
-use virtio_core::status::DeviceStatus;
 use virtio_devices::device::{DeviceError, QueueConfig, Served, VirtioDevice};
 use virtio_devices::transport::{MmioTransport, backend_ready, dispatch};
 use virtio_user::GUEST_BASE;
@@ -47,52 +46,43 @@ struct Watched<D: VirtioDevice> {
     legacy: Rc<RefCell<LegacyFace>>,
 }
 
-/// What a driver set up through the legacy face ([`Provoke::Legacy`]): a
-/// virtio-mmio version 1 register layout (§4.2.4) over our modern register
-/// file, as a transitional device's own logic would map it: `QueuePFN`
-/// becomes the three ring addresses and QueueReady, FEATURES_OK is set for
-/// the driver (with VERSION_1) before its first queue register or
-/// DRIVER_OK, and VIRTIO_F_ANY_LAYOUT is offered (§6.3: a transitional
-/// device must).
+/// The legacy face a driver meets ([`Provoke::Legacy`],
+/// [`Provoke::LegacyBlk`]; see [`super::legacy_face`]) and the watch on
+/// what it does there.
 #[derive(Debug)]
 struct LegacyFace {
-    page: u32,
-    align: u32,
-    sel: u32,
-    num: std::collections::BTreeMap<u32, u32>,
-    pfn: std::collections::BTreeMap<u32, u32>,
-    driver_sel: u32,
-    accepted: [u32; 2],
-    /// The Status the driver last wrote.
-    status: u32,
-    features_ok: bool,
-    /// VIRTIO_F_ANY_LAYOUT is offered (§6.3 says a transitional device
-    /// must; QEMU 7.2's legacy virtio-blk does not, and neither does
-    /// [`Provoke::LegacyBlk`]'s face, so the framing rules bind the driver).
-    any_layout: bool,
+    face: super::legacy_face::Face,
     watch: conform::driver::legacy::LegacyWatch,
 }
 
-impl LegacyFace {
-    fn new(device_type: Option<virtio_core::features::DeviceType>, any_layout: bool) -> Self {
-        LegacyFace {
-            page: 0,
-            align: 0,
-            sel: 0,
-            num: Default::default(),
-            pfn: Default::default(),
-            driver_sel: 0,
-            accepted: [0; 2],
-            status: 0,
-            features_ok: false,
-            any_layout,
-            watch: conform::driver::legacy::LegacyWatch::new(device_type),
-        }
+/// The register file behind a [`Watched`], unwatched: what the legacy
+/// face translates to.
+struct Raw<'a, D: VirtioDevice>(&'a Watched<D>);
+
+impl<D: VirtioDevice> RegisterAccess for Raw<'_, D> {
+    fn read32(&self, offset: u64) -> u32 {
+        self.0.regs.borrow().read32(offset).unwrap_or(0)
+    }
+    fn write32(&self, offset: u64, value: u32) {
+        self.0.raw_write(offset, &value.to_le_bytes());
+    }
+    fn read16(&self, offset: u64) -> u16 {
+        let mut b = [0; 2];
+        let _ = self.0.regs.borrow().read(offset, &mut b);
+        u16::from_le_bytes(b)
+    }
+    fn write16(&self, offset: u64, value: u16) {
+        self.0.raw_write(offset, &value.to_le_bytes());
+    }
+    fn read8(&self, offset: u64) -> u8 {
+        let mut b = [0; 1];
+        let _ = self.0.regs.borrow().read(offset, &mut b);
+        b[0]
+    }
+    fn write8(&self, offset: u64, value: u8) {
+        self.0.raw_write(offset, &[value]);
     }
 }
-
-/// VIRTIO_F_ANY_LAYOUT (§6.3), in the low feature word.
-const ANY_LAYOUT: u32 = 1 << 27;
 
 impl<D: VirtioDevice> Clone for Watched<D> {
     fn clone(&self) -> Self {
@@ -168,154 +158,31 @@ impl<D: VirtioDevice> Watched<D> {
         }
     }
 
-    fn raw_write32(&self, offset: u64, v: u32) {
-        self.raw_write(offset, &v.to_le_bytes());
-    }
-
-    /// A read on the legacy face (see [`LegacyFace`]).
+    /// A read on the legacy face: registers through
+    /// [`super::legacy_face::Face`], the configuration as it is.
     fn legacy_read(&self, offset: u64, data: &mut [u8]) {
-        let _ = self.regs.borrow().read(offset, data);
-        let raw = le_u64(data) as u32;
-        let face_value = {
-            let face = self.legacy.borrow();
-            match offset {
-                regs::VERSION => Some(1),
-                regs::DEVICE_FEATURES => Some(match self.features_sel.get() {
-                    0 if face.any_layout => raw | ANY_LAYOUT,
-                    0 => raw,
-                    _ => 0,
-                }),
-                regs::QUEUE_PFN => Some(face.pfn.get(&face.sel).copied().unwrap_or(0)),
-                regs::STATUS => Some(raw & !u32::from(DeviceStatus::FEATURES_OK.bits())),
-                _ => None,
-            }
-        };
-        if let Some(w) = face_value {
-            let b = w.to_le_bytes();
-            let n = data.len().min(4);
-            data[..n].copy_from_slice(&b[..n]);
-        }
-        if offset < regs::CONFIG {
-            self.legacy
-                .borrow_mut()
-                .watch
-                .read(offset, le_u64(data) as u32);
+        if offset < regs::CONFIG && data.len() == 4 {
+            let v = self.legacy.borrow_mut().face.read(&Raw(self), offset);
+            data.copy_from_slice(&v.to_le_bytes());
+            self.legacy.borrow_mut().watch.read(offset, v);
+        } else {
+            let _ = self.regs.borrow().read(offset, data);
         }
     }
 
-    /// A write on the legacy face (see [`LegacyFace`]).
+    /// A write on the legacy face (see [`legacy_read`](Self::legacy_read)).
     fn legacy_write(&self, offset: u64, data: &[u8]) {
-        let v = le_u64(data) as u32;
-        if offset < regs::CONFIG {
+        if offset < regs::CONFIG && data.len() == 4 {
+            let v = le_u64(data) as u32;
             self.legacy.borrow_mut().watch.write(offset, v);
+            // The face's writes go to the device, which may interrupt:
+            // no borrow of the face is held across them but its own.
+            let mut face = core::mem::take(&mut self.legacy.borrow_mut().face);
+            face.write(&Raw(self), offset, v);
+            self.legacy.borrow_mut().face = face;
+        } else {
+            self.raw_write(offset, data);
         }
-        match offset {
-            regs::GUEST_PAGE_SIZE => self.legacy.borrow_mut().page = v,
-            regs::QUEUE_ALIGN => self.legacy.borrow_mut().align = v,
-            regs::DRIVER_FEATURES_SEL => self.legacy.borrow_mut().driver_sel = v,
-            regs::DRIVER_FEATURES => {
-                let mut face = self.legacy.borrow_mut();
-                let sel = face.driver_sel as usize;
-                if let Some(w) = face.accepted.get_mut(sel) {
-                    *w = v;
-                }
-            }
-            regs::QUEUE_SEL => {
-                self.legacy.borrow_mut().sel = v;
-                self.raw_write32(offset, v);
-            }
-            regs::QUEUE_NUM => {
-                self.legacy_features_ok();
-                let mut face = self.legacy.borrow_mut();
-                let sel = face.sel;
-                face.num.insert(sel, v);
-                drop(face);
-                self.raw_write32(offset, v);
-            }
-            regs::QUEUE_PFN => {
-                self.legacy_features_ok();
-                let (num, page, align) = {
-                    let mut face = self.legacy.borrow_mut();
-                    let sel = face.sel;
-                    face.pfn.insert(sel, v);
-                    (
-                        face.num.get(&sel).copied().unwrap_or(0),
-                        face.page,
-                        face.align,
-                    )
-                };
-                let layout = virtio_core::split::layout::QueueSize::new(num)
-                    .ok()
-                    .and_then(|size| {
-                        let base = u64::from(v).checked_mul(u64::from(page))?;
-                        virtio_core::split::layout::QueueLayout::legacy(
-                            size,
-                            virtio_core::memory::GuestAddress(base),
-                            u64::from(align),
-                        )
-                        .ok()
-                    });
-                match layout {
-                    Some(l) if v != 0 => {
-                        for (low, a) in [
-                            (regs::QUEUE_DESC_LOW, l.desc_table()),
-                            (regs::QUEUE_DRIVER_LOW, l.avail_ring()),
-                            (regs::QUEUE_DEVICE_LOW, l.used_ring()),
-                        ] {
-                            self.raw_write32(low, a.0 as u32);
-                            self.raw_write32(low + 4, (a.0 >> 32) as u32);
-                        }
-                        self.raw_write32(regs::QUEUE_READY, 1);
-                    }
-                    // QueuePFN 0, or a layout the device cannot use: the
-                    // queue is not in use.
-                    _ => self.raw_write32(regs::QUEUE_READY, 0),
-                }
-            }
-            regs::STATUS => {
-                {
-                    let mut face = self.legacy.borrow_mut();
-                    face.status = v;
-                    if v == 0 {
-                        face.features_ok = false;
-                        face.pfn.clear();
-                        face.num.clear();
-                        face.accepted = [0; 2];
-                    }
-                }
-                if v & u32::from(DeviceStatus::DRIVER_OK.bits()) != 0 {
-                    self.legacy_features_ok();
-                }
-                let fok = if self.legacy.borrow().features_ok {
-                    u32::from(DeviceStatus::FEATURES_OK.bits())
-                } else {
-                    0
-                };
-                self.raw_write32(offset, if v == 0 { 0 } else { v | fok });
-            }
-            _ => self.raw_write(offset, data),
-        }
-    }
-
-    /// Once the driver has set DRIVER: its features (with VERSION_1,
-    /// without ANY_LAYOUT) and FEATURES_OK, as a transitional device's own
-    /// logic would settle them when the driver goes on to its queues.
-    fn legacy_features_ok(&self) {
-        let (done, status, accepted) = {
-            let face = self.legacy.borrow();
-            (face.features_ok, face.status, face.accepted)
-        };
-        if done || status & u32::from(DeviceStatus::DRIVER.bits()) == 0 {
-            return;
-        }
-        self.raw_write32(regs::DRIVER_FEATURES_SEL, 0);
-        self.raw_write32(regs::DRIVER_FEATURES, accepted[0] & !ANY_LAYOUT);
-        self.raw_write32(regs::DRIVER_FEATURES_SEL, 1);
-        self.raw_write32(regs::DRIVER_FEATURES, accepted[1] | 1);
-        let fok = u32::from(DeviceStatus::FEATURES_OK.bits());
-        let base = status & !u32::from(DeviceStatus::DRIVER_OK.bits());
-        self.raw_write32(regs::STATUS, base | fok);
-        self.legacy.borrow_mut().features_ok = true;
     }
 
     /// What a guest's interrupt handler does: takes the device's finished
@@ -987,10 +854,10 @@ fn watched<D: VirtioDevice + 'static>(
         lie: provoke,
         generation_reads: Rc::default(),
         features_sel: Rc::default(),
-        legacy: Rc::new(RefCell::new(LegacyFace::new(
-            device_type,
-            provoke != Provoke::LegacyBlk,
-        ))),
+        legacy: Rc::new(RefCell::new(LegacyFace {
+            face: super::legacy_face::Face::new(provoke != Provoke::LegacyBlk),
+            watch: conform::driver::legacy::LegacyWatch::new(device_type),
+        })),
     };
     let result = workload(hal, w.clone());
     w.regs.borrow_mut().device_mut().device_mut().finish();

@@ -351,6 +351,111 @@ pub fn ours_in_process(kind: Kind) -> Result<Box<dyn Bus>, String> {
     }
 }
 
+/// One of our device models behind a legacy face (test equipment: see
+/// [`super::legacy_face`]): registers through the face, the configuration
+/// as it is.
+struct LegacyRegs<D: VirtioDevice> {
+    inner: Local<D>,
+    face: RefCell<super::legacy_face::Face>,
+}
+
+impl<D: VirtioDevice> RegisterAccess for LegacyRegs<D> {
+    fn read32(&self, offset: u64) -> u32 {
+        if offset < virtio_core::mmio::regs::CONFIG {
+            self.face.borrow_mut().read(&self.inner, offset)
+        } else {
+            self.inner.read32(offset)
+        }
+    }
+    fn write32(&self, offset: u64, value: u32) {
+        if offset < virtio_core::mmio::regs::CONFIG {
+            self.face.borrow_mut().write(&self.inner, offset, value);
+        } else {
+            self.inner.write32(offset, value);
+        }
+    }
+    fn read16(&self, offset: u64) -> u16 {
+        self.inner.read16(offset)
+    }
+    fn write16(&self, offset: u64, value: u16) {
+        self.inner.write16(offset, value);
+    }
+    fn read8(&self, offset: u64) -> u8 {
+        self.inner.read8(offset)
+    }
+    fn write8(&self, offset: u64, value: u8) {
+        self.inner.write8(offset, value);
+    }
+}
+
+struct LegacyBus<D: VirtioDevice> {
+    regs: LegacyRegs<D>,
+    mem: LocalMemory,
+}
+
+impl<D: VirtioDevice> Bus for LegacyBus<D> {
+    fn regs(&self) -> &dyn RegisterAccess {
+        &self.regs
+    }
+    fn mem(&self) -> &dyn conform::Memory {
+        &self.mem
+    }
+    fn dma(&self) -> (GuestAddress, u64) {
+        (GuestAddress(GUEST_BASE), DMA_LEN)
+    }
+    fn wait(&self, done: &mut dyn FnMut() -> bool, patience: Patience) -> bool {
+        let deadline = deadline(patience);
+        loop {
+            if done() {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            backend_ready(&mut self.regs.inner.0.borrow_mut());
+            std::thread::sleep(Duration::from_micros(200));
+        }
+    }
+    fn path(&self) -> conform::Path {
+        conform::Path::InProcess
+    }
+}
+
+/// Our device of `kind` in this process behind a legacy (virtio-mmio
+/// version 1) face offering VIRTIO_F_ANY_LAYOUT if `any_layout` and the
+/// low-word feature bits `extra`, which the device does not honour: test
+/// equipment for the legacy checks (see [`super::legacy_face`]), not a
+/// target of the report.
+pub fn ours_behind_legacy_face(
+    kind: Kind,
+    any_layout: bool,
+    extra: u32,
+) -> Result<Box<dyn Bus>, String> {
+    fn bus<D: VirtioDevice + 'static>(
+        dev: D,
+        mem: LocalMemory,
+        face: super::legacy_face::Face,
+    ) -> Result<Box<dyn Bus>, String> {
+        let regs = MmioRegisters::new(MmioTransport::new(dev)).map_err(|e| e.to_string())?;
+        Ok(Box::new(LegacyBus {
+            regs: LegacyRegs {
+                inner: Local(RefCell::new(regs)),
+                face: RefCell::new(face),
+            },
+            mem,
+        }))
+    }
+    let mem = LocalMemory::new(DMA_LEN)?;
+    let mut face = super::legacy_face::Face::new(any_layout);
+    face.extra = extra;
+    match our_device(kind, &mem)? {
+        Device::Rng(d) => bus(d, mem, face),
+        Device::Blk(d) => bus(d, mem, face),
+        Device::Console(d) => bus(d, mem, face),
+        Device::Net(d) => bus(d, mem, face),
+    }
+}
+
 /// A vhost-user backend through our frontend in this process.
 struct UserBus {
     dev: UserDevice,
