@@ -86,8 +86,16 @@ const SECTOR: u64 = 512;
 const HEADER: u64 = 16;
 const RANGE: u64 = 16;
 
-/// The first `n` device-readable bytes of a chain.
+/// The longest prefix [`readable_prefix`] copies: a driver's descriptor
+/// may claim up to 4 GiB, which the watch must not allocate.
+const MAX_PREFIX: usize = 1 << 20;
+
+/// The first `n` device-readable bytes of a chain (`None` when the chain
+/// has fewer, they are not in memory, or `n` is over [`MAX_PREFIX`]).
 fn readable_prefix(mem: &dyn Memory, segs: &[Segment], n: usize) -> Option<Vec<u8>> {
+    if n > MAX_PREFIX {
+        return None;
+    }
     let mut out = Vec::with_capacity(n.min(4096));
     for &(addr, len, write) in segs {
         if write || out.len() == n {

@@ -1175,6 +1175,71 @@ mod tests {
         }
     }
 
+    /// Hostile driver input to the watch: VQ_PAIRS_SET 0x8000 and 0xffff,
+    /// a 5000-byte control command, a discard whose one segment descriptor
+    /// claims 4 GiB past the end of memory, a chain of 8 GiB. Each is
+    /// judged as the breach it is, without a panic (and no prefix over
+    /// 1 MiB is copied, `requests::MAX_PREFIX`: the 4 GiB claim once made
+    /// the watch allocate 4 GiB).
+    #[test]
+    fn hostile_requests_are_judged_without_panicking() {
+        use super::super::requests::{BLK_STATEMENTS, NET_STATEMENTS};
+        let ram = Ram::new(0x20000);
+        let limits = NetLimits {
+            features: 1 << 17 | 1 << 18 | 1 << 22,
+            mtu: None,
+            max_pairs: 2,
+            mac: None,
+        };
+        let mut w = RingWatch::new(0).with_net(limits);
+        let ctrl = layout(8, 0x4000);
+        w.queue(&ram, 4, ctrl);
+        let cmd = |at: u64, bytes: &[u8], i: u16| {
+            ram.write(GuestAddress(at), bytes).unwrap();
+            put(&ram, &ctrl, 2 * i, at, bytes.len() as u32, NEXT, 2 * i + 1);
+            put(&ram, &ctrl, 2 * i + 1, 0x1_f000 + u64::from(i), 1, WRITE, 0);
+            publish(&ram, &ctrl, i, 2 * i);
+        };
+        cmd(0x8000, &[4, 0, 0x00, 0x80], 0);
+        cmd(0x8100, &[4, 0, 0xff, 0xff], 1);
+        let mut big = alloc::vec![0u8; 5000];
+        big[0] = 1; // VIRTIO_NET_CTRL_MAC, MAC_TABLE_SET
+        cmd(0x9000, &big, 2);
+        w.look(&ram, 4);
+        let steering = "driver:net/device-operation/control-virtqueue/automatic-receive-steering-in-multiqueue-mode#1";
+        assert!(NET_STATEMENTS.contains(&steering));
+        assert!(matches!(outcome(&w, steering), Outcome::Fail(_)));
+
+        let (ram, l, w) = setup();
+        let limits = BlkLimits {
+            capacity: 1 << 20,
+            max_discard_seg: Some(1),
+            max_write_zeroes_seg: Some(1),
+        };
+        let mut w = w.with_blk(limits);
+        // DISCARD: the header, then a "segment list" of 4 GiB - 16 at
+        // 0x9000 (memory ends at 0x10000), then the status.
+        header(&ram, 0x8000, 11, 0);
+        put(&ram, &l, 0, 0x8000, 16, NEXT, 1);
+        put(&ram, &l, 1, 0x9000, 0xffff_fff0, NEXT, 2);
+        put(&ram, &l, 2, 0x8800, 1, WRITE, 0);
+        publish(&ram, &l, 0, 0);
+        // A read whose two data buffers add up to 8 GiB.
+        header(&ram, 0xa000, 0, 0);
+        put(&ram, &l, 3, 0xa000, 16, NEXT, 4);
+        put(&ram, &l, 4, 0xb000, u32::MAX, WRITE | NEXT, 5);
+        put(&ram, &l, 5, 0xb000, u32::MAX, WRITE | NEXT, 6);
+        put(&ram, &l, 6, 0xa800, 1, WRITE, 0);
+        publish(&ram, &l, 1, 3);
+        w.look(&ram, 0);
+        assert!(matches!(outcome(&w, PHYSICAL_ONLY), Outcome::Fail(_)));
+        assert!(matches!(outcome(&w, NO_LOOP), Outcome::Fail(_)));
+        // Every block statement has a record (the watch went on).
+        for s in BLK_STATEMENTS {
+            let _ = outcome(&w, s);
+        }
+    }
+
     /// §5.1.4.2: with VIRTIO_NET_F_MAC the driver's frames come from
     /// `mac` (or an address it set); eight frames all from one other
     /// address are a warning (a driver may change its address without

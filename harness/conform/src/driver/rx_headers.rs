@@ -175,4 +175,35 @@ mod tests {
                 .all(|r| matches!(r.outcome, Outcome::NotObservable(_)))
         );
     }
+
+    /// A receive chain whose first buffer is shorter than the 12-byte
+    /// header (a driver may split it, §2.6.4): nothing is rewritten, in
+    /// neither buffer, and nothing past the short one is written.
+    #[test]
+    fn a_header_split_over_buffers_is_left_alone() {
+        let ram = Ram::new(0x10000);
+        let l = layout(8, 0x1000);
+        let put = |i: u16, addr: u64, len: u32, flags: u16, next: u16| {
+            let mut d = [0u8; 16];
+            d[0..8].copy_from_slice(&addr.to_le_bytes());
+            d[8..12].copy_from_slice(&len.to_le_bytes());
+            d[12..14].copy_from_slice(&flags.to_le_bytes());
+            d[14..16].copy_from_slice(&next.to_le_bytes());
+            ram.write(l.desc(i), &d).unwrap();
+        };
+        put(0, 0x8000, 8, 2 | crate::ring::NEXT, 1);
+        put(1, 0x8100, 1518, 2, 0);
+        let before: Vec<u8> = (0..32u8).map(|b| b ^ 0x5a).collect();
+        ram.write(GuestAddress(0x8000), &before).unwrap();
+        ram.write(GuestAddress(0x8100), &before).unwrap();
+        let mut e = [0u8; 8];
+        e[4..8].copy_from_slice(&74u32.to_le_bytes());
+        ram.write(l.used_slot(0), &e).unwrap();
+        assert_eq!(mangle(&ram, l, 0, 1), 0);
+        for at in [0x8000u64, 0x8100] {
+            let mut b = [0u8; 32];
+            ram.read(GuestAddress(at), &mut b).unwrap();
+            assert_eq!(&b[..], &before[..], "{at:#x}");
+        }
+    }
 }
