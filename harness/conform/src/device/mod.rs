@@ -2,7 +2,8 @@
 //! lets a driver do, and checks each device-side statement.
 //!
 //! Every check starts from a reset device and drives the virtio-mmio
-//! registers (version 2) and the split rings itself ([`Dev`]). Work is
+//! registers (version 2; version 1 for the legacy interface's checks) and
+//! the split rings itself ([`Dev`]). Work is
 //! asked of the device with a small request of its type ([`Dev::post_probe`]):
 //! entropy fills a buffer, a block device reads sector 0, a console port
 //! transmits four bytes, a network device transmits one frame. Device-type
