@@ -577,7 +577,7 @@ pub enum Provoke {
     /// driver must set FAILED and stop (§2.2.1).
     NoVersion1,
     /// The entropy device behind a legacy (virtio-mmio version 1) face
-    /// offering VIRTIO_F_ANY_LAYOUT ([`LegacyFace`]): the driver is judged
+    /// offering VIRTIO_F_ANY_LAYOUT ([`super::legacy_face`]): the driver is judged
     /// by [`conform::driver::legacy`] instead of the modern register watch.
     Legacy,
     /// The block device behind a legacy face without VIRTIO_F_ANY_LAYOUT,
