@@ -10,7 +10,10 @@
 //! allows) adds a queue: reads, writes and flushes started with
 //! [`BlockBackend::start`] go to an io_uring and finish in any order,
 //! reported by [`BlockBackend::complete`]; a short transfer is finished
-//! synchronously there, so a queued request is all-or-error too. What the
+//! synchronously there, so a queued request is all-or-error too. A queued
+//! read whose bytes are all in the page cache is answered at once instead
+//! (`preadv2` with `RWF_NOWAIT`, no io_uring round trip; it takes no slot
+//! of the queue) and reported by the next `complete`. What the
 //! queue declines (a full queue, an `O_DIRECT` request that needs the
 //! bounce buffer, a write in writethrough mode) and everything else
 //! (discard, write-zeroes) runs synchronously, blocking the caller.
@@ -80,6 +83,10 @@ const BOUNCE_LEN: usize = 256 * 1024;
 /// Segments handed to one `preadv`/`pwritev` (kept on the stack).
 const IOV_BATCH: usize = 64;
 
+/// Answered reads kept without allocating (a 256-entry queue's worth;
+/// more grow the list).
+const ANSWERED_CAPACITY: usize = 256;
+
 /// A heap buffer aligned for `O_DIRECT`, allocated once.
 #[derive(Debug)]
 struct Bounce {
@@ -137,6 +144,9 @@ pub struct RawFile {
     /// Tags of queued reads the page cache answered at once (see
     /// [`RawFile::read_cached`]), reported by the next `complete`.
     answered: Vec<u64>,
+    /// Queued reads try the page cache first (off where the file system
+    /// refused `RWF_NOWAIT`, or by [`RawFile::answer_cached_reads`]).
+    nowait: bool,
 }
 
 fn os_err(what: &str, path: &Path, err: io::Error) -> BlockError {
@@ -276,7 +286,8 @@ impl RawFile {
             discard: !options.read_only,
             uring,
             fallback,
-            answered: Vec::new(),
+            answered: Vec::with_capacity(ANSWERED_CAPACITY),
+            nowait: true,
         })
     }
 
@@ -328,8 +339,8 @@ impl RawFile {
     /// # Safety
     ///
     /// As for [`transfer`](Self::transfer), for writes by the OS.
-    unsafe fn read_cached(&self, offset: u64, segments: &[IoSegment]) -> bool {
-        if self.direct || segments.len() > IOV_BATCH {
+    unsafe fn read_cached(&mut self, offset: u64, segments: &[IoSegment]) -> bool {
+        if !self.nowait || self.direct || segments.len() > IOV_BATCH {
             return false;
         }
         let Ok(off) = libc::off_t::try_from(offset) else {
@@ -357,7 +368,22 @@ impl RawFile {
                 libc::RWF_NOWAIT,
             )
         };
+        if r < 0 {
+            // A file system without RWF_NOWAIT (NFS, 9p, some FUSE) says so
+            // on every call: stop asking.
+            let e = io::Error::last_os_error().raw_os_error();
+            if matches!(e, Some(libc::EOPNOTSUPP | libc::EINVAL)) {
+                self.nowait = false;
+            }
+        }
         usize::try_from(r).is_ok_and(|n| n == total)
+    }
+
+    /// Whether queued reads the page cache holds are answered at once
+    /// (`true`, the default) or always go to the io_uring queue (`false`;
+    /// for tests of the queue itself).
+    pub fn answer_cached_reads(&mut self, on: bool) {
+        self.nowait = on;
     }
 
     /// The `O_DIRECT` alignment (1 when the page cache is in use).

@@ -5,6 +5,10 @@
 //! which the face never offers) is set for the driver before its first
 //! queue register or DRIVER_OK; FEATURES_OK never shows in Status.
 //!
+//! It maps registers only: what a device puts in its buffers stays the
+//! modern device's (a network device keeps the 12-byte header, so the face
+//! is not used for network devices).
+//!
 //! Test equipment, not a device of ours: our devices are modern only. It
 //! puts our driver in front of a legacy device in this process (so the
 //! legacy driver watch can judge it), and gives the legacy device checks
@@ -100,6 +104,10 @@ impl Face {
                 self.pfn.insert(self.sel, v);
                 let num = self.num.get(&self.sel).copied().unwrap_or(0);
                 let layout = QueueSize::new(num).ok().and_then(|size| {
+                    // No GuestPageSize written: no address either.
+                    if self.page == 0 {
+                        return None;
+                    }
                     let base = u64::from(v).checked_mul(u64::from(self.page))?;
                     QueueLayout::legacy(size, GuestAddress(base), u64::from(self.align)).ok()
                 });

@@ -425,7 +425,7 @@ impl<D: VirtioDevice> Bus for LegacyBus<D> {
 /// version 1) face offering VIRTIO_F_ANY_LAYOUT if `any_layout` and the
 /// low-word feature bits `extra`, which the device does not honour: test
 /// equipment for the legacy checks (see [`super::legacy_face`]), not a
-/// target of the report.
+/// target of the report. Not for network devices (an error).
 pub fn ours_behind_legacy_face(
     kind: Kind,
     any_layout: bool,
@@ -452,7 +452,11 @@ pub fn ours_behind_legacy_face(
         Device::Rng(d) => bus(d, mem, face),
         Device::Blk(d) => bus(d, mem, face),
         Device::Console(d) => bus(d, mem, face),
-        Device::Net(d) => bus(d, mem, face),
+        // The face maps registers, not buffers: the modern 12-byte header
+        // would stay.
+        Device::Net(_) => Err(
+            "a network device keeps its modern header behind the legacy face: not offered".into(),
+        ),
     }
 }
 

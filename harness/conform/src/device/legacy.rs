@@ -19,6 +19,7 @@ use alloc::vec::Vec;
 use virtio_core::features::{
     BlkFeatures, ConsoleFeatures, DeviceType, NetFeatures, TransportFeatures,
 };
+use virtio_core::memory::GuestAddress;
 use virtio_core::mmio::regs;
 use virtio_core::status::DeviceStatus;
 
@@ -137,14 +138,16 @@ fn legacy_init(ctx: &mut Ctx<'_>) {
     d.notify(q);
     let early = d.wait_used(q, 1);
     let ok = d.driver_ok();
-    // Notified again once live, so the layout is judged even on a device
+    // Served when DRIVER_OK is set, without a new notification? Else
+    // notified again once live, so the layout is judged even on a device
     // that dropped the notification made before DRIVER_OK.
-    let served = early || {
-        if ok.is_ok() {
+    let at_ok = !early && ok.is_ok() && d.wait_used(q, 1);
+    let served = early
+        || at_ok
+        || (ok.is_ok() && {
             d.notify(q);
-        }
-        ok.is_ok() && d.wait_used(q, 1)
-    };
+            d.wait_used(q, 1)
+        });
     let mem = ctx.bus().mem();
     let (id, len) = d.ring(q).map_or((u32::MAX, 0), |r| r.used_elem(mem, 0));
     let room: u32 = p.writable.iter().map(|(_, n)| n).sum();
@@ -154,8 +157,10 @@ fn legacy_init(ctx: &mut Ctx<'_>) {
         BEFORE_OK,
         if early {
             Outcome::Pass
+        } else if at_ok {
+            fail("a request made available and notified before DRIVER_OK was served only once DRIVER_OK was set (a legacy driver that waits for it before DRIVER_OK waits forever)".into())
         } else if served {
-            fail("a request made available and notified before DRIVER_OK was served only after DRIVER_OK (and a notification after it)".into())
+            fail("a request made available and notified before DRIVER_OK was served only after DRIVER_OK and a new notification".into())
         } else {
             fail(format!(
                 "a request made available before DRIVER_OK was never served ({})",
@@ -402,7 +407,10 @@ fn legacy_net(ctx: &mut Ctx<'_>) {
     }
     let status_bit = NetFeatures::STATUS.bits();
     let mq = NetFeatures::MQ.bits();
-    let want = d.offered & (status_bit | mq);
+    // MQ is not accepted (it needs CTRL_VQ, §5.1.3.1); its field is read
+    // when offered (§2.5.1 lets a driver read it then).
+    let want = d.offered & status_bit;
+    let has_mq = d.offered & mq != 0;
     let r = d
         .begin_legacy(want, |_| {})
         .and_then(|_| d.setup_queue(0))
@@ -413,7 +421,7 @@ fn legacy_net(ctx: &mut Ctx<'_>) {
         return;
     }
     let le16 = |d: &Dev<'_>, at: u64| u16::from_le_bytes([d.config8(at), d.config8(at + 1)]);
-    if want == 0 {
+    if want == 0 && !has_mq {
         ctx.not_applicable(
             &[NET_CONFIG],
             "neither VIRTIO_NET_F_STATUS nor VIRTIO_NET_F_MQ offered",
@@ -421,26 +429,34 @@ fn legacy_net(ctx: &mut Ctx<'_>) {
     } else {
         let status = le16(&d, 6);
         let pairs = le16(&d, 8);
-        let status_ok = want & status_bit == 0 || status & !NET_STATUS_BITS == 0;
-        let pairs_ok = want & mq == 0 || (1..=0x8000).contains(&pairs);
+        let status_ok = want == 0 || status & !NET_STATUS_BITS == 0;
+        // Byte-swapped, a small count reads as a multiple of 256: the last
+        // transmit queue it implies (2 × pairs - 1) must exist.
+        let last_tx = u32::from(pairs).saturating_mul(2).saturating_sub(1);
+        let pairs_ok = !has_mq || {
+            d.w32(regs::QUEUE_SEL, last_tx);
+            (1..=0x8000).contains(&pairs) && d.r32(regs::QUEUE_NUM_MAX) > 0
+        };
         ctx.expect(NET_CONFIG, status_ok && pairs_ok, || {
             format!(
-                "read little-endian: status {status:#x} (only bits {NET_STATUS_BITS:#x} defined), max_virtqueue_pairs {pairs}"
+                "read little-endian: status {status:#x} (only bits {NET_STATUS_BITS:#x} defined), max_virtqueue_pairs {pairs} (queue {last_tx} must exist)"
             )
         });
     }
     // A frame sent behind a zeroed 10-byte header; where the device sends
     // it back (QEMU's socket netdev to itself), it arrives behind a
-    // 10-byte header with the frame intact.
+    // 10-byte header with the frame intact (behind 12 bytes, it is the
+    // modern header: the breach).
     let got = legacy_echo(&mut d);
     match got {
-        Ok(Some((hdr, frame, sent))) => {
+        Ok(Some((hdr, shift, frame, sent))) => {
             let flags = hdr[0];
             let gso = hdr[1];
-            let ok = frame == sent && flags & !2 == 0 && gso == 0;
+            let ok = shift == 0 && frame == sent && flags & !2 == 0 && gso == 0;
             ctx.expect(NET_HEADER, ok, || {
                 format!(
-                    "received header {hdr:02x?} (flags {flags:#x}, gso_type {gso}), frame intact: {}",
+                    "received header {hdr:02x?} (flags {flags:#x}, gso_type {gso}), the frame {} bytes after the 10-byte header, intact: {}",
+                    shift,
                     frame == sent
                 )
             });
@@ -453,23 +469,34 @@ fn legacy_net(ctx: &mut Ctx<'_>) {
     }
 }
 
-/// The received header, the frame after it, and the frame sent.
-type Echo = Option<([u8; LEGACY_HDR], Vec<u8>, Vec<u8>)>;
+/// The received header, how far past it the frame began (0, or 2 behind a
+/// modern 12-byte header), the frame, and the frame sent.
+type Echo = Option<([u8; LEGACY_HDR], usize, Vec<u8>, Vec<u8>)>;
 
 fn legacy_echo(d: &mut Dev<'_>) -> Result<Echo, String> {
     let mem = d.bus().mem();
     let mut posted = Vec::new();
+    // The header in a descriptor of its own (§5.1.9.8, right whether or
+    // not ANY_LAYOUT is negotiated), the frame in the next.
     for _ in 0..4 {
         let a = d.buffer(RX_BUF, None).ok_or("out of DMA memory")?;
+        let frame_at = GuestAddress(a.0 + LEGACY_HDR as u64);
         let ring = d.ring(0).ok_or("receiveq not set up")?;
         let h = ring
             .chain(
                 mem,
-                &[Buf {
-                    addr: a,
-                    len: RX_BUF,
-                    write: true,
-                }],
+                &[
+                    Buf {
+                        addr: a,
+                        len: LEGACY_HDR as u32,
+                        write: true,
+                    },
+                    Buf {
+                        addr: frame_at,
+                        len: RX_BUF - LEGACY_HDR as u32,
+                        write: true,
+                    },
+                ],
             )
             .ok_or("no room in the receiveq")?;
         ring.publish(mem, h).ok_or("no room in the receiveq")?;
@@ -477,7 +504,8 @@ fn legacy_echo(d: &mut Dev<'_>) -> Result<Echo, String> {
     }
     d.notify(0);
     let (bufs, p) = d.probe_bufs(1).ok_or("out of DMA memory")?;
-    let sent = p.readable[0].1[LEGACY_HDR..].to_vec();
+    let all: Vec<u8> = p.readable.iter().flat_map(|(_, c)| c.clone()).collect();
+    let sent = all[LEGACY_HDR..].to_vec();
     let ring = d.ring(1).ok_or("transmitq not set up")?;
     let h = ring.chain(mem, &bufs).ok_or("no room in the transmitq")?;
     ring.publish(mem, h).ok_or("no room in the transmitq")?;
@@ -502,16 +530,19 @@ fn legacy_echo(d: &mut Dev<'_>) -> Result<Echo, String> {
                 return Err(format!("receiveq: used id {id} is not a posted buffer"));
             };
             let len = (len as usize).min(RX_BUF as usize);
-            if len < LEGACY_HDR + sent.len() {
-                continue;
-            }
+            // The two buffers are adjacent: one view of both.
             let b = bytes(mem, *a, len);
-            let frame = b[LEGACY_HDR..LEGACY_HDR + sent.len()].to_vec();
-            // The probe frame's source address is ours: the one we sent.
-            if frame[6..12] == sent[6..12] && frame[12..14] == sent[12..14] {
-                let mut hdr = [0u8; LEGACY_HDR];
-                hdr.copy_from_slice(&b[..LEGACY_HDR]);
-                return Ok(Some((hdr, frame, sent)));
+            for shift in [0, 2] {
+                let at = LEGACY_HDR + shift;
+                let Some(frame) = b.get(at..at + sent.len()) else {
+                    continue;
+                };
+                // The probe frame's source address and type are ours.
+                if frame[6..12] == sent[6..12] && frame[12..14] == sent[12..14] {
+                    let mut hdr = [0u8; LEGACY_HDR];
+                    hdr.copy_from_slice(&b[..LEGACY_HDR]);
+                    return Ok(Some((hdr, shift, frame.to_vec(), sent)));
+                }
             }
         }
         if usize::from(seen) >= posted.len() {

@@ -217,8 +217,9 @@ impl<'a> Dev<'a> {
     /// (§3.1.1 steps 1-6). The negotiated features.
     ///
     /// On a legacy (version 1) device: reset, ACKNOWLEDGE, DRIVER, the
-    /// features of `want` offered (never VERSION_1), `GuestPageSize`, and
-    /// no FEATURES_OK (§3.1.2, §4.2.4).
+    /// features of `want` offered (never VERSION_1; ANY_LAYOUT whenever
+    /// offered, §6.3), `GuestPageSize`, and no FEATURES_OK (§3.1.2,
+    /// §4.2.4).
     pub fn begin(&mut self, want: u64) -> Result<u64, String> {
         if self.version == 1 {
             return self.begin_legacy(want, |_| {});
@@ -267,7 +268,10 @@ impl<'a> Dev<'a> {
         self.set_status(DeviceStatus::ACKNOWLEDGE | DeviceStatus::DRIVER);
         early(self);
         self.offered = self.read_offered();
-        let chosen = self.offered & want & !TransportFeatures::VERSION_1.bits();
+        // §6.3: a transitional driver accepts ANY_LAYOUT when offered.
+        let any = TransportFeatures::ANY_LAYOUT.bits();
+        let chosen =
+            (self.offered & want & !TransportFeatures::VERSION_1.bits()) | self.offered & any;
         self.write_features(chosen);
         self.w32(regs::GUEST_PAGE_SIZE, LEGACY_PAGE as u32);
         self.features = chosen;
@@ -439,7 +443,14 @@ impl<'a> Dev<'a> {
                 f[h..h + 6].copy_from_slice(&[0xff; 6]);
                 f[h + 6..h + 12].copy_from_slice(&[0x02, 0, 0, 0, 0, 0x42]);
                 f[h + 12..h + 14].copy_from_slice(&0x88b5u16.to_be_bytes());
-                alloc::vec![(h as u32 + 60, Some(f))]
+                if self.version == 1 {
+                    // The legacy framing: the header in a buffer of its
+                    // own (§5.1.9.8; right with ANY_LAYOUT too).
+                    let frame = f.split_off(h);
+                    alloc::vec![(h as u32, Some(f)), (60, Some(frame))]
+                } else {
+                    alloc::vec![(h as u32 + 60, Some(f))]
+                }
             }
             _ => return None,
         };

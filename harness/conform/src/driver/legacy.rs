@@ -80,6 +80,10 @@ pub struct LegacyWatch {
     align: Option<u32>,
     queue_sel: u32,
     queues: BTreeMap<u32, Queue>,
+    /// ANY_LAYOUT was offered in some session that went live.
+    any_offered: bool,
+    /// ANY_LAYOUT was negotiated in the last session that went live.
+    any_taken: bool,
     broken: BTreeMap<&'static str, String>,
     kept: Vec<&'static str>,
 }
@@ -99,6 +103,8 @@ impl LegacyWatch {
             align: None,
             queue_sel: 0,
             queues: BTreeMap::new(),
+            any_offered: false,
+            any_taken: false,
             broken: BTreeMap::new(),
             kept: Vec::new(),
         }
@@ -188,7 +194,14 @@ impl LegacyWatch {
 
     fn status_written(&mut self, s: u8) {
         if s == 0 {
+            // A reset: the next session starts from nothing (what was
+            // judged stays judged).
             self.status = 0;
+            self.offered = 0;
+            self.accepted = 0;
+            self.page_size = None;
+            self.align = None;
+            self.queues.clear();
             return;
         }
         let fok = DeviceStatus::FEATURES_OK.bits();
@@ -208,6 +221,18 @@ impl LegacyWatch {
                     "DRIVER_OK set with Status {s:#x} after {status:#x}, features written: {wrote}"
                 )
             });
+            // §6.3, judged per session: ANY_LAYOUT accepted if offered.
+            let any = TransportFeatures::ANY_LAYOUT.bits();
+            if self.offered & any != 0 {
+                self.any_offered = true;
+                let (offered, accepted) = (self.offered, self.accepted);
+                self.judge(ANY_LAYOUT, accepted & any != 0, || {
+                    format!(
+                        "VIRTIO_F_ANY_LAYOUT offered ({offered:#x}), not accepted ({accepted:#x})"
+                    )
+                });
+            }
+            self.any_taken = self.accepted & any != 0;
             self.went_live = true;
         }
         self.status = s;
@@ -217,9 +242,7 @@ impl LegacyWatch {
     /// rules with VIRTIO_F_ANY_LAYOUT negotiated, another device type) or
     /// not observable.
     pub fn records(&self) -> Vec<Record> {
-        let any = TransportFeatures::ANY_LAYOUT.bits();
-        let any_offered = self.offered & any != 0;
-        let any_taken = self.accepted & any != 0;
+        let (any_offered, any_taken) = (self.any_offered, self.any_taken);
         STATEMENTS
             .iter()
             .map(|s| {
@@ -245,18 +268,11 @@ impl LegacyWatch {
                             "framing without VIRTIO_F_ANY_LAYOUT is judged on the rings only for block requests".into(),
                         )
                     }
-                } else if *s == ANY_LAYOUT {
-                    if !any_offered {
+                } else if *s == ANY_LAYOUT && !any_offered {
+                    if self.went_live {
                         Outcome::NotApplicable("VIRTIO_F_ANY_LAYOUT not offered".into())
-                    } else if !self.went_live && self.accepted == 0 {
-                        Outcome::NotObservable("the driver wrote no features".into())
-                    } else if any_taken {
-                        Outcome::Pass
                     } else {
-                        Outcome::Fail(format!(
-                            "VIRTIO_F_ANY_LAYOUT offered ({:#x}), not accepted ({:#x})",
-                            self.offered, self.accepted
-                        ))
+                        Outcome::NotObservable("the driver never set DRIVER_OK".into())
                     }
                 } else if let Some(w) = self.broken.get(s) {
                     Outcome::Fail(w.clone())
@@ -339,6 +355,23 @@ mod tests {
             outcome(&w, BLK_FRAMING),
             Outcome::NotObservable(_)
         ));
+    }
+
+    /// §6.3 per session: a session that refused ANY_LAYOUT stays a breach
+    /// after a reset and a session that accepted it; a reset forgets
+    /// QueueNumMax and GuestPageSize.
+    #[test]
+    fn section_6_3_each_session_is_judged_on_its_own() {
+        let mut w = LegacyWatch::new(Some(DeviceType::Blk));
+        good(&mut w, 1 << 9);
+        good(&mut w, 1 << 27 | 1 << 9);
+        assert!(matches!(outcome(&w, ANY_LAYOUT), Outcome::Fail(_)));
+        let mut w = LegacyWatch::new(Some(DeviceType::Blk));
+        good(&mut w, 1 << 27);
+        w.write(regs::STATUS, 0);
+        w.write(regs::QUEUE_SEL, 0);
+        w.write(regs::QUEUE_NUM, 128);
+        assert!(matches!(outcome(&w, LAYOUT), Outcome::Fail(_)));
     }
 
     /// §3.1.2: FEATURES_OK on a legacy device; §2.2.3: VERSION_1 accepted;
