@@ -192,9 +192,10 @@ enum ConformCommand {
         /// Another vhost-user backend: `rng|blk|console|net=SOCKET`.
         #[arg(long, value_name = "KIND=SOCKET")]
         vhost_user: Vec<String>,
-        /// Judge Linux's entropy and block drivers too: Debian's kernel
-        /// under QEMU TCG, in front of our vhost-user backend with its
-        /// ring watch (the kit `.ci/setup` fetches).
+        /// Judge Linux's entropy, block and network drivers too: Debian's
+        /// kernel under QEMU TCG, in front of our vhost-user backend with
+        /// its ring watch (the kit `.ci/setup` fetches; the network driver
+        /// needs network namespaces).
         #[arg(long)]
         linux: bool,
     },

@@ -3,9 +3,9 @@
 //! QEMU TCG on `microvm`, QEMU's `vhost-user-rng` and `vhost-user-blk` in
 //! front of our backend started with `--watch-driver`, and does what a
 //! user would (reads `/dev/hwrng`; writes, reads back and discards on
-//! `/dev/vda`). What the ring watch judged becomes the target's records.
-//! The network driver needs a tap in a network namespace: `linux_peer.rs`
-//! judges it the same way, not this report.
+//! `/dev/vda`; pings and moves TCP both ways through `eth0`, whose other
+//! end is our backend's tap in a network namespace). What the ring watch
+//! judged becomes the target's records.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -69,6 +69,22 @@ fn watched(path: &Path) -> Result<Vec<Record>, String> {
     Ok(out)
 }
 
+/// What one boot needs besides our backend: QEMU's arguments for the
+/// vhost-user frontend (its chardev is `vu`), and what must happen once
+/// the backend is up (it returns what must live until the boot ends).
+struct Frontend<'a> {
+    args: Vec<String>,
+    prepare: &'a dyn Fn() -> Result<Box<dyn std::any::Any>, String>,
+}
+
+/// A frontend that is one `-device` on chardev `vu`, nothing to prepare.
+fn device(frontend: &str) -> Frontend<'static> {
+    Frontend {
+        args: vec!["-device".into(), format!("{frontend},chardev=vu")],
+        prepare: &|| Ok(Box::new(())),
+    }
+}
+
 /// One boot: our backend for `device` (its options) behind QEMU's
 /// `frontend`, Linux loading `module` and running `plan`, whose checks
 /// named `expected` must pass.
@@ -76,7 +92,7 @@ fn one(
     kit: &Kit,
     device: &str,
     options: &[String],
-    frontend: &str,
+    frontend: Frontend<'_>,
     module: &str,
     plan: &str,
     expected: &[&str],
@@ -96,13 +112,13 @@ fn one(
         args.extend(options.iter().cloned());
         let sock = dir.path(&format!("{device}.sock"));
         let mut d = Daemon::ours(&exe, sock.clone(), &args, false)?;
+        let _prepared = (frontend.prepare)()?;
         let mut vm = LinuxVm::new(Machine::Microvm);
         vm.args = vec![
             "-chardev".into(),
             format!("socket,id=vu,path={}", sock.display()),
-            "-device".into(),
-            format!("{frontend},chardev=vu"),
         ];
+        vm.args.extend(frontend.args);
         let booted = linux::boot(kit, &vm, &dir.path(""), &["virtio_mmio", module], plan)?;
         booted
             .check(expected)
@@ -143,7 +159,7 @@ pub fn runs() -> Vec<Run> {
             "-device".into(),
             "virtio-rng-device,rng=r0".into(),
         ],
-        "vhost-user-rng",
+        device("vhost-user-rng"),
         "virtio_rng",
         "wait_for /dev/hwrng 20\n\
          check rng-read sh -c 'dd if=/dev/hwrng of=/tmp/r bs=4096 count=64 iflag=fullblock 2>/dev/null; [ $(wc -c < /tmp/r) = 262144 ]'\n",
@@ -166,7 +182,7 @@ pub fn runs() -> Vec<Run> {
                 "-device".into(),
                 "virtio-blk-device,drive=d0".into(),
             ],
-            "vhost-user-blk",
+            device("vhost-user-blk"),
             "virtio_blk",
             "wait_for /dev/vda 30\n\
              check blk-write vtio write /dev/vda 0 1048576 5\n\
@@ -176,5 +192,68 @@ pub fn runs() -> Vec<Run> {
         ),
     };
     let _ = std::fs::remove_file(&disk);
-    vec![rng, blk]
+    vec![rng, blk, net(&kit)]
+}
+
+/// The host's end of the tap, and the port of the pattern server there.
+const HOST_IP: &str = "10.0.2.2";
+const PORT: u16 = 5001;
+
+/// Linux's network driver: our backend's tap moved into a network
+/// namespace with an address and a TCP pattern server; Linux pings it and
+/// moves 1 MiB each way (every byte checked by the receiver).
+fn net(kit: &Kit) -> Run {
+    if let Some(why) = crate::netns::unavailable() {
+        return Run {
+            target: LINUX.into(),
+            device: "net".into(),
+            records: Vec::new(),
+            error: Some(why),
+        };
+    }
+    let ifname = format!("cfl{}", std::process::id() % 100_000);
+    let prepare = || -> Result<Box<dyn std::any::Any>, String> {
+        let ns = crate::netns::Netns::new("cf")?;
+        ns.adopt(&ifname, &format!("{HOST_IP}/24"), 1500)?;
+        let listener = ns
+            .spawn(|| {
+                std::net::TcpListener::bind((HOST_IP, PORT)).map_err(|e| format!("bind: {e}"))
+            })
+            .join()
+            .map_err(|_| "the namespace thread panicked".to_string())??;
+        let server =
+            linux::PatternServer::start(listener).map_err(|e| format!("pattern server: {e}"))?;
+        Ok(Box::new((server, ns)))
+    };
+    let mib = 1 << 20;
+    one(
+        kit,
+        "net",
+        &[
+            "-netdev".into(),
+            format!("tap,id=n0,ifname={ifname}"),
+            "-device".into(),
+            "virtio-net-device,netdev=n0".into(),
+        ],
+        Frontend {
+            args: vec![
+                "-netdev".into(),
+                "vhost-user,id=n0,chardev=vu".into(),
+                "-device".into(),
+                "virtio-net-device,netdev=n0".into(),
+            ],
+            prepare: &prepare,
+        },
+        "virtio_net",
+        &format!(
+            "wait_for /sys/class/net/eth0 30
+             ip link set eth0 up
+             ip addr add 10.0.2.15/24 dev eth0
+             check net-ping ping -c 3 -W 5 {HOST_IP}
+             check net-send vtio tcp {HOST_IP} {PORT} send {mib} 11
+             check net-recv vtio tcp {HOST_IP} {PORT} recv {mib} 12
+"
+        ),
+        &["net-ping", "net-send", "net-recv"],
+    )
 }
