@@ -181,6 +181,27 @@ impl<D: VirtioDevice> Local<D> {
     }
 }
 
+/// [`Bus::wait`] for a device model in this process: looks at `done`
+/// until it holds or `patience` runs out, taking in between the work a
+/// backend finished (a file, a socket), as the monitor's event loop would.
+fn wait_local<D: VirtioDevice>(
+    regs: &Local<D>,
+    done: &mut dyn FnMut() -> bool,
+    patience: Patience,
+) -> bool {
+    let deadline = deadline(patience);
+    loop {
+        if done() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        backend_ready(&mut regs.0.borrow_mut());
+        std::thread::sleep(Duration::from_micros(200));
+    }
+}
+
 /// What the host does to a device to change its configuration; whether
 /// the device says it changed.
 type HostChange<D> = Box<dyn Fn(&mut D) -> bool>;
@@ -205,19 +226,7 @@ impl<D: VirtioDevice> Bus for LocalBus<D> {
         (GuestAddress(GUEST_BASE), DMA_LEN)
     }
     fn wait(&self, done: &mut dyn FnMut() -> bool, patience: Patience) -> bool {
-        let deadline = deadline(patience);
-        loop {
-            if done() {
-                return true;
-            }
-            if Instant::now() >= deadline {
-                return false;
-            }
-            // Work a backend finished (a file, a socket) is taken in, as
-            // the monitor's event loop would.
-            backend_ready(&mut self.regs.0.borrow_mut());
-            std::thread::sleep(Duration::from_micros(200));
-        }
+        wait_local(&self.regs, done, patience)
     }
     fn path(&self) -> conform::Path {
         conform::Path::InProcess
@@ -404,17 +413,7 @@ impl<D: VirtioDevice> Bus for LegacyBus<D> {
         (GuestAddress(GUEST_BASE), DMA_LEN)
     }
     fn wait(&self, done: &mut dyn FnMut() -> bool, patience: Patience) -> bool {
-        let deadline = deadline(patience);
-        loop {
-            if done() {
-                return true;
-            }
-            if Instant::now() >= deadline {
-                return false;
-            }
-            backend_ready(&mut self.regs.inner.0.borrow_mut());
-            std::thread::sleep(Duration::from_micros(200));
-        }
+        wait_local(&self.regs.inner, done, patience)
     }
     fn path(&self) -> conform::Path {
         conform::Path::InProcess

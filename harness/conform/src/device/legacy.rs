@@ -75,34 +75,28 @@ fn open_legacy<'a>(ctx: &mut Ctx<'a>, statements: &[&'static str]) -> Option<Dev
 /// request completes through the legacy ring layout.
 pub const LEGACY_INIT: Check = Check {
     name: "legacy-init",
-    statements: &[
-        DETECT,
-        OPERATE,
-        LAYOUT,
-        ENDIAN,
-        CONFIG_EARLY,
-        BEFORE_OK,
-        ANY_LAYOUT,
-    ],
+    statements: INIT_STATEMENTS,
     run: legacy_init,
 };
 
+const INIT_STATEMENTS: &[&str] = &[
+    DETECT,
+    OPERATE,
+    LAYOUT,
+    ENDIAN,
+    CONFIG_EARLY,
+    BEFORE_OK,
+    ANY_LAYOUT,
+];
+
 fn legacy_init(ctx: &mut Ctx<'_>) {
-    let all = [
-        DETECT,
-        OPERATE,
-        LAYOUT,
-        ENDIAN,
-        CONFIG_EARLY,
-        BEFORE_OK,
-        ANY_LAYOUT,
-    ];
-    let Some(mut d) = open_legacy(ctx, &all) else {
+    let all = INIT_STATEMENTS;
+    let Some(mut d) = open_legacy(ctx, all) else {
         return;
     };
     let Some((queues, q)) = d.probe_queues() else {
         ctx.not_applicable(
-            &all,
+            all,
             &format!("no probe request for device type {}", d.device_id),
         );
         return;
@@ -125,14 +119,14 @@ fn legacy_init(ctx: &mut Ctx<'_>) {
         Ok(())
     });
     if let Err(e) = set_up {
-        ctx.blocked(&all, &e);
+        ctx.blocked(all, &e);
         return;
     }
     let broke = d
         .status()
         .intersects(DeviceStatus::DEVICE_NEEDS_RESET | DeviceStatus::FAILED);
     let Some(p) = d.post_probe() else {
-        ctx.blocked(&all, "no room for the request");
+        ctx.blocked(all, "no room for the request");
         return;
     };
     d.notify(q);
@@ -263,31 +257,26 @@ const WRITEBACK_AT: u64 = 32;
 /// (little) endian.
 pub const LEGACY_BLK: Check = Check {
     name: "legacy-blk",
-    statements: &[
-        BLK_ZONED,
-        BLK_CONFIG,
-        BLK_REQUEST,
-        BLK_NEGOTIATION,
-        BLK_STATUS_CACHE,
-        BLK_FEATURES_CACHE,
-    ],
+    statements: BLK_STATEMENTS,
     run: legacy_blk,
 };
 
+const BLK_STATEMENTS: &[&str] = &[
+    BLK_ZONED,
+    BLK_CONFIG,
+    BLK_REQUEST,
+    BLK_NEGOTIATION,
+    BLK_STATUS_CACHE,
+    BLK_FEATURES_CACHE,
+];
+
 fn legacy_blk(ctx: &mut Ctx<'_>) {
-    let all = [
-        BLK_ZONED,
-        BLK_CONFIG,
-        BLK_REQUEST,
-        BLK_NEGOTIATION,
-        BLK_STATUS_CACHE,
-        BLK_FEATURES_CACHE,
-    ];
-    let Some(mut d) = open_legacy(ctx, &all) else {
+    let all = BLK_STATEMENTS;
+    let Some(mut d) = open_legacy(ctx, all) else {
         return;
     };
     if d.device_type() != Some(DeviceType::Blk) {
-        ctx.not_applicable(&all, "not a block device");
+        ctx.not_applicable(all, "not a block device");
         return;
     }
     let zoned = BlkFeatures::ZONED.bits();

@@ -324,12 +324,17 @@ impl<'a> Dev<'a> {
         if self.r32(regs::QUEUE_READY) != 1 {
             return Err(format!("queue {q}: QueueReady does not read 1"));
         }
+        self.keep_ring(q, ring);
+        Ok(())
+    }
+
+    /// Keeps `ring` as queue `q`'s.
+    fn keep_ring(&mut self, q: u16, ring: RawRing) {
         let i = usize::from(q);
         if self.rings.len() <= i {
             self.rings.resize(i + 1, None);
         }
         self.rings[i] = Some(ring);
-        Ok(())
     }
 
     fn setup_legacy_queue(&mut self, q: u16) -> Result<(), String> {
@@ -351,11 +356,7 @@ impl<'a> Dev<'a> {
         if self.r32(regs::QUEUE_PFN) != pfn {
             return Err(format!("queue {q}: QueuePFN does not read back {pfn:#x}"));
         }
-        let i = usize::from(q);
-        if self.rings.len() <= i {
-            self.rings.resize(i + 1, None);
-        }
-        self.rings[i] = Some(ring);
+        self.keep_ring(q, ring);
         Ok(())
     }
 
