@@ -265,9 +265,11 @@ fn queued_requests_are_checked_before_they_are_queued() {
 /// time (an eventfd registered for io-wq completions only would not).
 #[test]
 fn the_completion_fd_becomes_readable_when_a_request_finishes_later() {
+    // The buffer before the file: on a failed assertion the file (which
+    // waits for what is in flight) goes first.
+    let buf = Aligned::new(64 * 4096);
     let mut d = open("eventfd.img", Cache::None, Aio::IoUring);
     let fd = d.completion_fd().unwrap();
-    let buf = Aligned::new(64 * 4096);
     // SAFETY: `buf` outlives the requests (reaped or waited for below).
     unsafe { read_blocks(&mut d, &buf, 64) };
     // As a device does: reap right after submitting, which also turns the
