@@ -230,14 +230,7 @@ impl<'a> Dev<'a> {
                 self.version
             ));
         }
-        if !self.reset() {
-            return Err(format!(
-                "Status reads {:#x} after a reset",
-                self.r32(regs::STATUS)
-            ));
-        }
-        self.set_status(DeviceStatus::ACKNOWLEDGE);
-        self.set_status(DeviceStatus::ACKNOWLEDGE | DeviceStatus::DRIVER);
+        self.acknowledge()?;
         self.offered = self.read_offered();
         let v1 = TransportFeatures::VERSION_1.bits();
         if self.offered & v1 == 0 {
@@ -254,10 +247,9 @@ impl<'a> Dev<'a> {
         Ok(chosen)
     }
 
-    /// [`begin`](Dev::begin) on a legacy device, with `early` run after
-    /// DRIVER is set and before the features are read (the place where
-    /// §3.1.2 lets a legacy driver write the configuration).
-    pub fn begin_legacy(&mut self, want: u64, early: impl FnOnce(&Dev<'_>)) -> Result<u64, String> {
+    /// Reset, then ACKNOWLEDGE and DRIVER (§3.1.1 steps 1-3, the same on
+    /// both interfaces).
+    fn acknowledge(&mut self) -> Result<(), String> {
         if !self.reset() {
             return Err(format!(
                 "Status reads {:#x} after a reset",
@@ -266,6 +258,14 @@ impl<'a> Dev<'a> {
         }
         self.set_status(DeviceStatus::ACKNOWLEDGE);
         self.set_status(DeviceStatus::ACKNOWLEDGE | DeviceStatus::DRIVER);
+        Ok(())
+    }
+
+    /// [`begin`](Dev::begin) on a legacy device, with `early` run after
+    /// DRIVER is set and before the features are read (the place where
+    /// §3.1.2 lets a legacy driver write the configuration).
+    pub fn begin_legacy(&mut self, want: u64, early: impl FnOnce(&Dev<'_>)) -> Result<u64, String> {
+        self.acknowledge()?;
         early(self);
         self.offered = self.read_offered();
         // §6.3: a transitional driver accepts ANY_LAYOUT when offered.

@@ -808,7 +808,7 @@ mod tests {
     use super::*;
     use crate::Outcome;
     use crate::driver::requests::{BlkLimits, NetLimits};
-    use crate::driver::test_ram::{Ram, layout};
+    use crate::driver::test_ram::{Ram, layout, put};
 
     fn setup() -> (Ram, QueueLayout, RingWatch) {
         let ram = Ram::new(0x10000);
@@ -816,15 +816,6 @@ mod tests {
         let mut w = RingWatch::new(TransportFeatures::RING_INDIRECT_DESC.bits());
         w.queue(&ram, 0, l);
         (ram, l, w)
-    }
-
-    fn put(ram: &Ram, l: &QueueLayout, i: u16, addr: u64, len: u32, flags: u16, next: u16) {
-        let mut d = [0u8; 16];
-        d[0..8].copy_from_slice(&addr.to_le_bytes());
-        d[8..12].copy_from_slice(&len.to_le_bytes());
-        d[12..14].copy_from_slice(&flags.to_le_bytes());
-        d[14..16].copy_from_slice(&next.to_le_bytes());
-        ram.write(l.desc(i), &d).unwrap();
     }
 
     fn publish(ram: &Ram, l: &QueueLayout, n: u16, head: u16) {

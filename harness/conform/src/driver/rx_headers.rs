@@ -115,7 +115,7 @@ pub fn records(mangled: u32, error: Option<&str>, checksum_seen: bool) -> Vec<Re
 mod tests {
 
     use super::*;
-    use crate::driver::test_ram::{Ram, layout};
+    use crate::driver::test_ram::{Ram, layout, put};
 
     /// §5.1.6.4: the header of a returned receive chain (direct, and
     /// through an indirect table) is rewritten: NEEDS_CSUM and DATA_VALID
@@ -183,16 +183,8 @@ mod tests {
     fn a_header_split_over_buffers_is_left_alone() {
         let ram = Ram::new(0x10000);
         let l = layout(8, 0x1000);
-        let put = |i: u16, addr: u64, len: u32, flags: u16, next: u16| {
-            let mut d = [0u8; 16];
-            d[0..8].copy_from_slice(&addr.to_le_bytes());
-            d[8..12].copy_from_slice(&len.to_le_bytes());
-            d[12..14].copy_from_slice(&flags.to_le_bytes());
-            d[14..16].copy_from_slice(&next.to_le_bytes());
-            ram.write(l.desc(i), &d).unwrap();
-        };
-        put(0, 0x8000, 8, 2 | crate::ring::NEXT, 1);
-        put(1, 0x8100, 1518, 2, 0);
+        put(&ram, &l, 0, 0x8000, 8, 2 | crate::ring::NEXT, 1);
+        put(&ram, &l, 1, 0x8100, 1518, 2, 0);
         let before: Vec<u8> = (0..32u8).map(|b| b ^ 0x5a).collect();
         ram.write(GuestAddress(0x8000), &before).unwrap();
         ram.write(GuestAddress(0x8100), &before).unwrap();

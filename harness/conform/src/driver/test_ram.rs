@@ -57,3 +57,13 @@ pub fn layout(size: u16, base: u64) -> QueueLayout {
     )
     .expect("an aligned layout")
 }
+
+/// Writes descriptor `i` of layout `l`.
+pub fn put(ram: &Ram, l: &QueueLayout, i: u16, addr: u64, len: u32, flags: u16, next: u16) {
+    let mut d = [0u8; 16];
+    d[0..8].copy_from_slice(&addr.to_le_bytes());
+    d[8..12].copy_from_slice(&len.to_le_bytes());
+    d[12..14].copy_from_slice(&flags.to_le_bytes());
+    d[14..16].copy_from_slice(&next.to_le_bytes());
+    ram.write(l.desc(i), &d).unwrap();
+}
