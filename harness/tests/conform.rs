@@ -428,3 +428,34 @@ fn the_legacy_device_checks_catch_what_a_legacy_face_gets_wrong() {
         "{r:#?}"
     );
 }
+
+/// Our driver in the main job's tiny guests, under our monitor with both
+/// driver watches on each slot (registers tapped, rings watched): it
+/// breaks no driver-side statement, and the register watch sees the
+/// whole initialisation (§3.1.1) through the monitor, ioeventfd
+/// notifications included.
+#[test]
+fn our_driver_under_kvm_breaks_no_driver_statement() {
+    if !monitor::vm::kvm_or_skip("our_driver_under_kvm_breaks_no_driver_statement") {
+        return;
+    }
+    let runs = harness::conform::kvm_drivers::all();
+    assert_eq!(runs.len(), 4, "{runs:#?}");
+    for r in &runs {
+        assert!(r.error.is_none(), "{}: {:?}", r.device, r.error);
+        assert_clean(&format!("guest-driver under KVM {}", r.device), &r.records);
+        for id in [
+            "driver:general/device-initialization#10",
+            "driver:basic/device-status-field#1",
+            "driver:general/device-initialization#14",
+            "driver:basic/virtqueues/the-virtqueue-available-ring#1",
+        ] {
+            let rec = r.records.iter().find(|x| x.statement == id);
+            assert!(
+                rec.is_some_and(|x| x.outcome == Outcome::Pass),
+                "{} {id}: {rec:?}",
+                r.device
+            );
+        }
+    }
+}

@@ -262,8 +262,25 @@ impl std::error::Error for AttachError {
     }
 }
 
+/// An observer of one slot's register traffic, as the driver made it, and
+/// of the interrupts the slot raises: how a conformance watch judges a
+/// driver running under KVM (§4.2.2). Called under the slot's lock, in
+/// the order the device saw each event.
+pub trait RegisterTap: Send + Sync {
+    /// A register read, with the bytes the driver got.
+    fn read(&self, offset: u64, data: &[u8]);
+    /// A register write as the driver made it (a `QueueNotify` that went
+    /// through an ioeventfd included, before the device acts on it).
+    fn write(&self, offset: u64, data: &[u8]);
+    /// The slot raised its interrupt line.
+    fn interrupt(&self);
+}
+
 struct State<D> {
     regs: Registers<D>,
+    /// The conformance watch's tap, if one is set
+    /// ([`VirtioHandle::set_register_tap`]).
+    tap: Option<Arc<dyn RegisterTap>>,
     counters: SlotCounters,
     fault: Option<String>,
     /// A resample may re-assert the line: set by every raise and every
@@ -386,6 +403,9 @@ impl<D: VirtioDevice> Shared<D> {
     /// Raises the line (irqfd). A failed eventfd write is kept as a fault.
     fn raise(&self, state: &mut State<D>) {
         state.rearm = true;
+        if let Some(tap) = &state.tap {
+            tap.interrupt();
+        }
         self.pulse(state);
     }
 
@@ -583,11 +603,17 @@ impl<D: VirtioDevice + Send + 'static> SlotOps for Shared<D> {
         if let Some(lies) = state.lies.as_mut() {
             lies.after_read(offset, data);
         }
+        if let Some(tap) = &state.tap {
+            tap.read(offset, data);
+        }
     }
 
     fn write(&self, offset: u64, data: &[u8]) {
         let mut state = self.lock();
         state.rearm = true;
+        if let Some(tap) = &state.tap {
+            tap.write(offset, data);
+        }
         let status = state.regs.status().bits();
         if let Some(lies) = state.lies.as_mut()
             && !lies.take_write(offset, data, u32::from(status))
@@ -609,7 +635,11 @@ impl<D: VirtioDevice + Send + 'static> SlotOps for Shared<D> {
     }
 
     fn notified(&self, queue: u16) {
-        self.replay_notify(&mut self.lock(), queue, Via::Worker);
+        let mut state = self.lock();
+        if let Some(tap) = &state.tap {
+            tap.write(regs::QUEUE_NOTIFY, &u32::from(queue).to_le_bytes());
+        }
+        self.replay_notify(&mut state, queue, Via::Worker);
     }
 
     fn backend_ready(&self) {
@@ -773,6 +803,13 @@ impl<D: VirtioDevice + Send + 'static> VirtioHandle<D> {
         f(self.shared.lock().regs.device_mut().device_mut())
     }
 
+    /// Sets the tap that sees every register access the driver makes to
+    /// this slot and every interrupt it raises (a conformance watch);
+    /// `None` removes it.
+    pub fn set_register_tap(&self, tap: Option<Arc<dyn RegisterTap>>) {
+        self.shared.lock().tap = tap;
+    }
+
     /// Calls `f` with the slot's register file. Not guarded, as
     /// [`with_device`](Self::with_device): for tests and set-up, not for a
     /// guest's accesses.
@@ -915,6 +952,7 @@ pub(crate) fn attach<D: VirtioDevice + Send + 'static>(
         vendor_id,
         state: Mutex::new(State {
             regs,
+            tap: None,
             counters: SlotCounters::default(),
             fault: None,
             rearm: false,
@@ -1232,6 +1270,7 @@ mod tests {
             vendor_id: 0,
             state: Mutex::new(State {
                 regs,
+                tap: None,
                 counters: SlotCounters::default(),
                 fault: None,
                 rearm: false,

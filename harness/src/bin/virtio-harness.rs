@@ -463,6 +463,7 @@ fn conform_run(
     }
     if guests {
         runs.extend(harness::conform::guests::all());
+        runs.extend(harness::conform::kvm_drivers::all());
     }
     if linux {
         runs.extend(harness::conform::linux::runs());
@@ -497,6 +498,7 @@ fn conform_run(
         run::OURS_VHOST_USER,
         harness::conform::drivers::GUEST_DRIVER,
         harness::conform::guests::OURS_KVM,
+        harness::conform::kvm_drivers::GUEST_DRIVER_KVM,
     ];
     for (target, s, detail) in report::must_failures(&cat, &cells, &ours) {
         bad = true;

@@ -522,7 +522,7 @@ fn net_filter(dir: &Workdir) -> Result<Setup, String> {
 /// The `net` guest's ELF: `GUEST_NET`, or `net` in the guests' output
 /// directory (a directory bin, `src/bin/net/main.rs`, is not exported by
 /// name by the build script).
-pub(super) fn net_guest() -> Option<&'static str> {
+pub fn net_guest() -> Option<&'static str> {
     option_env!("GUEST_NET")
         .or(Some(concat!(env!("GUEST_DIR"), "/net")))
         .filter(|p| Path::new(p).is_file())

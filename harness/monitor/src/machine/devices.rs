@@ -33,8 +33,7 @@ pub enum DeviceBox {
 
 impl DeviceBox {
     /// The device as any device, whatever its variant.
-    #[cfg(feature = "misbehave")]
-    fn into_boxed(self) -> BoxedDevice {
+    pub fn into_boxed(self) -> BoxedDevice {
         match self {
             DeviceBox::Any(d) => d,
             DeviceBox::Net { net, .. } => net,

@@ -50,7 +50,7 @@ use crate::options::{
     NetdevKind, RngConfig, VhostUserType,
 };
 use crate::protocol::{MonitorServer, NetLink};
-use crate::virtio::NotifyMode;
+use crate::virtio::{NotifyMode, RegisterTap};
 use crate::vm::{GuestRam, Outcome, Vm, VmError};
 use vhost_user::{FrontendError, SharedRam, VhostUserDevice, VhostUserKind};
 
@@ -94,6 +94,25 @@ impl Machine {
     /// the same `Hubs` (and run in threads of one process) share each
     /// `hubid`'s segment.
     pub fn with_hubs(config: &MachineConfig, hubs: &mut Hubs) -> Result<Machine, MachineError> {
+        Machine::build(config, hubs, None)
+    }
+
+    /// [`Machine::new`] with every device under `watch` (a conformance
+    /// run's watch on the guest's drivers): each realized device is placed
+    /// as `watch` wraps it, its slot tapped. Network devices so placed have
+    /// no link for the monitor (`set_link`).
+    pub fn watched(
+        config: &MachineConfig,
+        watch: &mut dyn SlotWatch,
+    ) -> Result<Machine, MachineError> {
+        Machine::build(config, &mut Hubs::default(), Some(watch))
+    }
+
+    fn build(
+        config: &MachineConfig,
+        hubs: &mut Hubs,
+        watch: Option<&mut dyn SlotWatch>,
+    ) -> Result<Machine, MachineError> {
         let path = config.kernel.as_ref().ok_or(MachineError::NoKernel)?;
         let elf = std::fs::read(path).map_err(|err| MachineError::Kernel {
             path: path.clone(),
@@ -116,7 +135,10 @@ impl Machine {
             .iter()
             .map(|d| (d.kind, d.backend.clone()))
             .collect();
-        let (slots, links) = attach(&mut vm, realized)?;
+        let (slots, links) = match watch {
+            None => attach(&mut vm, realized)?,
+            Some(watch) => attach_watched(&mut vm, realized, watch)?,
+        };
         let cmdline = crate::slots::append_cmdline(&config.append, &slots);
         let monitors = config
             .monitors
@@ -172,6 +194,35 @@ impl Machine {
         }
         Ok(out?)
     }
+}
+
+/// What a conformance run puts around each device of a machine
+/// ([`Machine::watched`]).
+pub trait SlotWatch {
+    /// The device to place instead of `device` (the same device, watched:
+    /// what it does must not change) and the tap on its slot's registers.
+    /// `kind` is its `-device` type, `mem` the guest memory it reaches.
+    fn watch(
+        &mut self,
+        kind: &'static str,
+        device: BoxedDevice,
+        mem: &GuestRam,
+    ) -> (BoxedDevice, Option<Arc<dyn RegisterTap>>);
+}
+
+/// [`attach`] with each device wrapped and tapped by `watch`; no links.
+fn attach_watched(
+    vm: &mut Vm,
+    devices: Vec<RealizedDevice>,
+    watch: &mut dyn SlotWatch,
+) -> Result<(Vec<crate::slots::VirtioSlot>, Vec<NetLink>), MachineError> {
+    for d in devices {
+        let mem = vm.guest_memory().clone();
+        let (device, tap) = watch.watch(d.kind, d.device.into_boxed(), &mem);
+        let handle = vm.add_virtio_device(d.kind, device, d.ready_fds, d.notify)?;
+        handle.set_register_tap(tap);
+    }
+    Ok((vm.virtio_slots(), Vec::new()))
 }
 
 /// Places realized devices at the VM's virtio-mmio slots, in order, and
