@@ -273,6 +273,7 @@ const NET_TX_CSUM_BEFORE: &str = "driver:net/device-operation/packet-transmissio
 const NET_TX_CSUM_PSEUDO: &str = "driver:net/device-operation/packet-transmission#17";
 const NET_TX_CSUM_COMPLETES: &str = "driver:net/device-operation/packet-transmission#18";
 const NET_TX_MTU: &str = "driver:net/device-configuration-layout#8";
+const NET_TX_HDR_SIZE: &str = "driver:net/device-operation/packet-transmission#1";
 /// Judged when the watch's records are taken ([`NetState::rx_enough`]).
 pub const NET_RX_ENOUGH: &str = "driver:net/device-configuration-layout#7";
 /// The driver uses `mac` as its address (§5.1.4.2); judged when the
@@ -314,6 +315,7 @@ pub const NET_STATEMENTS: &[&str] = &[
     NET_TX_CSUM_PSEUDO,
     NET_TX_CSUM_COMPLETES,
     NET_TX_MTU,
+    NET_TX_HDR_SIZE,
     NET_RX_ENOUGH,
     NET_CTRL_RX_FEATURE,
     NET_CTRL_RX_EXTRA_FEATURE,
@@ -514,10 +516,11 @@ pub(super) fn judge_net_tx(
         return;
     }
     let readable: u64 = segs.iter().filter(|s| !s.2).map(|s| u64::from(s.1)).sum();
-    // The header and the Ethernet header (and a tag or two).
+    // The header and the Ethernet header (and a tag or two), up to the
+    // first bytes of an IP or ARP header behind a longer header.
     let want = usize::try_from(readable)
         .unwrap_or(usize::MAX)
-        .min(NET_HDR + 22);
+        .min(NET_HDR + HDR_PROBE);
     let Some(head) = readable_prefix(mem, segs, want) else {
         return;
     };
@@ -534,6 +537,7 @@ pub(super) fn judge_net_tx(
         )
     };
     judge(seen, NET_TX_NUM_BUFFERS, num_buffers == 0, what);
+    judge_header_size(seen, limits, state, index, &head);
     if let Some(mac) = limits.mac
         && let Some(src) = head.get(NET_HDR + 6..NET_HDR + 12)
         && let Ok(src) = <[u8; 6]>::try_from(src)
@@ -638,6 +642,64 @@ pub(super) fn judge_net_tx(
             NET_TX_FIRST_PAIR
         };
         judge(seen, s, true, String::new);
+    }
+}
+
+/// How many bytes of a transmit chain [`judge_header_size`] looks at
+/// beyond the header: an Ethernet header and the first bytes of what it
+/// carries, behind a header up to 8 bytes longer than it should be.
+const HDR_PROBE: usize = 8 + 14 + 4;
+
+/// Whether `frame` looks like an Ethernet frame this driver sent: from its
+/// own address (`mac` or one it set), or carrying IPv4, IPv6, ARP for
+/// IPv4 or a VLAN tag, each recognised by its first bytes (an IPv4 frame
+/// misread two bytes early shows ethertype 0x4500, its version and TOS).
+fn looks_like_frame(frame: &[u8], mac: Option<[u8; 6]>, macs_set: &[[u8; 6]]) -> bool {
+    let Some(src) = frame.get(6..12).and_then(|s| <[u8; 6]>::try_from(s).ok()) else {
+        return false;
+    };
+    if mac == Some(src) || macs_set.contains(&src) {
+        return true;
+    }
+    let Some(t) = frame.get(12..14) else {
+        return false;
+    };
+    let payload = frame.get(14..).unwrap_or(&[]);
+    match u16::from_be_bytes([t[0], t[1]]) {
+        0x0800 => payload.first().is_some_and(|b| b >> 4 == 4 && b & 0xf >= 5),
+        0x86dd => payload.first().is_some_and(|b| b >> 4 == 6),
+        0x0806 => payload.get(..4) == Some(&[0, 1, 8, 0]),
+        0x8100 | 0x88a8 => true,
+        _ => false,
+    }
+}
+
+/// §5.1.6.2.1: the transmit header is `struct virtio_net_hdr` of the size
+/// the receive side uses (12 bytes with VIRTIO_F_VERSION_1, no
+/// HASH_REPORT). The header and the frame are one run of bytes, so the
+/// size shows only through the frame that follows: kept when a frame
+/// looks right behind 12 bytes, broken when it does not but does behind
+/// another header size a driver might use (10: the legacy header without
+/// merged buffers; 20: with a hash report; 0: none), unjudged otherwise.
+fn judge_header_size(
+    seen: &mut BTreeMap<&'static str, Seen>,
+    limits: &NetLimits,
+    state: &NetState,
+    index: u16,
+    head: &[u8],
+) {
+    let at = |o: usize| {
+        head.get(o..)
+            .is_some_and(|f| looks_like_frame(f, limits.mac, &state.macs_set))
+    };
+    if at(NET_HDR) {
+        judge(seen, NET_TX_HDR_SIZE, true, String::new);
+    } else if let Some(o) = [10, 20, 0].into_iter().find(|&o| at(o)) {
+        judge(seen, NET_TX_HDR_SIZE, false, || {
+            format!(
+                "queue {index}: the frame starts {o} bytes into the chain, not behind the {NET_HDR}-byte header"
+            )
+        });
     }
 }
 
@@ -1112,6 +1174,54 @@ mod tests {
         assert!(matches!(
             outcome(&early, NET_TX_CSUM_BEFORE),
             Outcome::Fail(_)
+        ));
+    }
+
+    /// §5.1.6.2.1: the transmit header's size, seen through the frame
+    /// behind it. A frame behind 12 bytes keeps it; the same frame behind
+    /// the legacy 10 bytes, or 20, or no header breaks it (whether the
+    /// frame is known by its source address or by its IPv4 header); bytes
+    /// that look like no frame at any size leave it unjudged.
+    #[test]
+    fn section_5_1_6_2_1_the_transmit_header_has_the_receive_size() {
+        let mac = [0x52, 0x54, 0, 0x12, 0x34, 0x56];
+        let limits = NetLimits {
+            features: NetFeatures::MAC.bits(),
+            mtu: None,
+            max_pairs: 1,
+            mac: Some(mac),
+        };
+        let judged = |hdr: usize, frame: &[u8]| {
+            let mut head = vec![0u8; hdr];
+            head.extend_from_slice(frame);
+            head.truncate(NET_HDR + HDR_PROBE);
+            let mut seen = BTreeMap::new();
+            judge_header_size(&mut seen, &limits, &NetState::default(), 1, &head);
+            super::super::records_of(NET_STATEMENTS, NET_WATCH.name, &seen)
+        };
+        let mut ours = udp4(None);
+        ours[6..12].copy_from_slice(&mac);
+        let stranger = udp4(None);
+        for frame in [&ours, &stranger] {
+            assert_eq!(
+                outcome(&judged(NET_HDR, frame), NET_TX_HDR_SIZE),
+                Outcome::Pass
+            );
+            for wrong in [10, 20, 0] {
+                assert!(
+                    matches!(
+                        outcome(&judged(wrong, frame), NET_TX_HDR_SIZE),
+                        Outcome::Fail(_)
+                    ),
+                    "a {wrong}-byte header"
+                );
+            }
+        }
+        let mut noise = vec![0xeeu8; 64];
+        noise[12..14].copy_from_slice(&0x88b5u16.to_be_bytes());
+        assert!(matches!(
+            outcome(&judged(NET_HDR, &noise), NET_TX_HDR_SIZE),
+            Outcome::NotObservable(_)
         ));
     }
 
