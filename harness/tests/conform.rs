@@ -73,6 +73,9 @@ fn every_statement_has_an_entry_and_every_check_names_real_statements() {
     assert!(checked >= 30, "{checked} statements checked");
 }
 
+/// §5.2.6.2: stable writes committed before their completion.
+const STABLE_WRITES: &str = "device:blk/device-operation#8";
+
 fn assert_clean(target: &str, records: &[conform::Record]) {
     let bad: Vec<String> = records
         .iter()
@@ -117,6 +120,45 @@ fn our_vhost_user_backend_passes_every_device_check() {
             r.error
         );
         assert_clean(&format!("{} {}", r.target, r.device), &r.records);
+        if r.device == "blk" {
+            let stable = r
+                .records
+                .iter()
+                .find(|x| x.statement == STABLE_WRITES)
+                .map(|x| &x.outcome);
+            assert_eq!(stable, Some(&Outcome::Pass), "§5.2.6.2 stable writes");
+        }
+    }
+}
+
+/// §5.2.6.2's stable writes, seen through the host's page cache
+/// (`cachestat(2)`): where the check can see the image behind a
+/// vhost-user backend it catches one that does not commit them.
+/// qemu-storage-daemon (7.2) keeps completed writes in the page cache
+/// when the driver did not negotiate FLUSH (case 1), and commits them on
+/// a FLUSH (case 3).
+#[test]
+fn section_5_2_6_2_stable_writes_are_seen_through_the_host_page_cache() {
+    if !harness::qemu::qemu_or_skip(
+        "section_5_2_6_2_stable_writes_are_seen_through_the_host_page_cache",
+    ) {
+        return;
+    }
+    let dir = harness::scenarios::Workdir::new("conform-stable").unwrap();
+    let r = run::qsd(&dir, true);
+    assert!(r.error.is_none(), "{:?}", r.error);
+    let stable = r
+        .records
+        .iter()
+        .find(|x| x.statement == STABLE_WRITES)
+        .unwrap();
+    match &stable.outcome {
+        Outcome::Fail(seen) => {
+            assert!(seen.starts_with("case 1 "), "{seen}");
+            // A FLUSH commits them (case 3).
+            assert!(seen.contains(", 0 after, case 1"), "{seen}");
+        }
+        o => panic!("qemu-storage-daemon: {o:?}"),
     }
 }
 

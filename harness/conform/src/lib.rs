@@ -149,6 +149,16 @@ pub trait Bus {
     fn change_config(&self) -> Option<bool> {
         None
     }
+    /// How many bytes of the device's backing storage in `[offset,
+    /// offset + len)` the host still holds unwritten (dirty or under
+    /// writeback in its page cache), so a check can tell whether what the
+    /// device reported stable is committed (§5.2.6.2). `None` where this
+    /// path does not show the backing storage (the default), `Some(Err)`
+    /// when looking failed.
+    fn unwritten(&self, offset: u64, len: u64) -> Option<Result<u64, String>> {
+        let _ = (offset, len);
+        None
+    }
 }
 
 /// Where a check records.

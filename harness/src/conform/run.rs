@@ -11,7 +11,7 @@ use std::time::Duration;
 use super::report::Run;
 use super::targets::{
     Kind, ours_in_process, ours_read_only_blk, run_device_checks, run_device_checks_each,
-    vhost_user,
+    vhost_user_backed,
 };
 use crate::daemon::Daemon;
 use crate::scenarios::Workdir;
@@ -56,9 +56,21 @@ pub const READ_ONLY_BLK: &str = "blk, read-only";
 /// `target`.
 /// Each check gets a connection of its own.
 pub fn over_vhost_user(target: &str, kind: Kind, socket: &Path) -> Run {
+    over_vhost_user_backed(target, kind, socket, None)
+}
+
+/// [`over_vhost_user`] for a block backend on the image `backing` (the
+/// stable-write check looks at what the host holds unwritten of it).
+pub fn over_vhost_user_backed(
+    target: &str,
+    kind: Kind,
+    socket: &Path,
+    backing: Option<&Path>,
+) -> Run {
+    let connect = || vhost_user_backed(socket, kind, backing);
     // A backend that cannot be reached at all is an error of the run, not
     // a failure of every statement.
-    if let Err(e) = vhost_user(socket, kind) {
+    if let Err(e) = connect() {
         return Run {
             target: target.into(),
             device: kind.name().into(),
@@ -69,7 +81,7 @@ pub fn over_vhost_user(target: &str, kind: Kind, socket: &Path) -> Run {
     Run {
         target: target.into(),
         device: kind.name().into(),
-        records: run_device_checks_each(&|| vhost_user(socket, kind)),
+        records: run_device_checks_each(&connect),
         error: None,
     }
 }
@@ -171,8 +183,9 @@ pub fn peers_ours(exe: &Path) -> Vec<Run> {
     for (i, (kind, options)) in ours.into_iter().enumerate() {
         let read_only = options.iter().any(|o| o.contains("readonly=on"));
         let sock = dir.path(&format!("ours-{i}-{}.sock", kind.name()));
+        let backing = (kind == Kind::Blk && !read_only).then_some(img.as_path());
         let mut run = match Daemon::ours(exe, sock.clone(), &options, false) {
-            Ok(_d) => over_vhost_user(OURS_VHOST_USER, kind, &sock),
+            Ok(_d) => over_vhost_user_backed(OURS_VHOST_USER, kind, &sock, backing),
             Err(e) => failed(OURS_VHOST_USER, kind, e),
         };
         if read_only {
@@ -192,34 +205,8 @@ pub fn peers(exe: &Path) -> Vec<Run> {
     };
     // qemu-storage-daemon on its own copy of the image, writable and
     // read-only.
-    for (writable, device) in [("on", "blk"), ("off", READ_ONLY_BLK)] {
-        let img2 = dir.path(&format!("qsd-{writable}.img"));
-        let sock = dir.path(&format!("qsd-{writable}.sock"));
-        let mut cmd = Command::new("qemu-storage-daemon");
-        cmd.args([
-            "--blockdev".to_string(),
-            format!("driver=file,node-name=f0,filename={}", img2.display()),
-            "--export".into(),
-            format!(
-                "type=vhost-user-blk,id=e0,node-name=f0,writable={writable},addr.type=unix,addr.path={}",
-                sock.display()
-            ),
-        ]);
-        let started = image(&img2).and_then(|()| {
-            Daemon::start(
-                "qemu-storage-daemon",
-                cmd,
-                sock.clone(),
-                dir.path(&format!("qsd-{writable}.log")),
-            )
-        });
-        let mut run = match started {
-            Ok(_d) => over_vhost_user("qemu-storage-daemon", Kind::Blk, &sock),
-            Err(e) => failed("qemu-storage-daemon", Kind::Blk, e),
-        };
-        run.device = device.into();
-        runs.push(run);
-    }
+    runs.push(qsd(&dir, true));
+    runs.push(qsd(&dir, false));
     // vhost-device-rng listens on `<socket-path>0`.
     let sock = dir.path("vdr.sock");
     let mut cmd = Command::new(home_bin("vhost-device-rng"));
@@ -272,6 +259,48 @@ pub fn peers(exe: &Path) -> Vec<Run> {
         Err(e) => runs.push(failed("vhost-device-console", Kind::Console, e)),
     }
     runs
+}
+
+/// `qemu-storage-daemon` exporting its own 1 MiB image in `dir`
+/// (`writable` or read-only) over vhost-user-blk, checked through our
+/// frontend; the stable-write check sees the writable image.
+pub fn qsd(dir: &Workdir, writable: bool) -> Run {
+    let (writable, device) = if writable {
+        ("on", "blk")
+    } else {
+        ("off", READ_ONLY_BLK)
+    };
+    let img2 = dir.path(&format!("qsd-{writable}.img"));
+    let sock = dir.path(&format!("qsd-{writable}.sock"));
+    let mut cmd = Command::new("qemu-storage-daemon");
+    cmd.args([
+        "--blockdev".to_string(),
+        format!("driver=file,node-name=f0,filename={}", img2.display()),
+        "--export".into(),
+        format!(
+            "type=vhost-user-blk,id=e0,node-name=f0,writable={writable},addr.type=unix,addr.path={}",
+            sock.display()
+        ),
+    ]);
+    let started = image(&img2).and_then(|()| {
+        Daemon::start(
+            "qemu-storage-daemon",
+            cmd,
+            sock.clone(),
+            dir.path(&format!("qsd-{writable}.log")),
+        )
+    });
+    let mut run = match started {
+        Ok(_d) => over_vhost_user_backed(
+            "qemu-storage-daemon",
+            Kind::Blk,
+            &sock,
+            (writable == "on").then_some(img2.as_path()),
+        ),
+        Err(e) => failed("qemu-storage-daemon", Kind::Blk, e),
+    };
+    run.device = device.into();
+    run
 }
 
 fn failed(target: &str, kind: Kind, e: String) -> Run {

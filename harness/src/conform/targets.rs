@@ -4,7 +4,7 @@
 //! through our frontend (virtio-user: only the rings are the backend's).
 
 use std::cell::RefCell;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -464,6 +464,55 @@ struct UserBus {
     dev: UserDevice,
     regs: UserRegisters,
     mem: UserMemory,
+    /// The block backend's image, where the run knows it.
+    backing: Option<PathBuf>,
+}
+
+/// `cachestat(2)` (Linux 6.5): the same number on every architecture.
+const SYS_CACHESTAT: libc::c_long = 451;
+
+/// Bytes of `path` in `[offset, offset + len)` (`len` 0: to the end) the
+/// host's page cache holds dirty or under writeback, from `cachestat(2)`.
+pub fn unwritten_bytes(path: &Path, offset: u64, len: u64) -> Result<u64, String> {
+    #[repr(C)]
+    struct Range {
+        off: u64,
+        len: u64,
+    }
+    #[repr(C)]
+    #[derive(Default)]
+    struct Stat {
+        cache: u64,
+        dirty: u64,
+        writeback: u64,
+        evicted: u64,
+        recently_evicted: u64,
+    }
+    let f = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let range = Range { off: offset, len };
+    let mut st = Stat::default();
+    // SAFETY: cachestat reads `range` and writes `st`, both alive for the
+    // call and laid out as the kernel's `struct cachestat_range` and
+    // `struct cachestat`; `f` stays open until after it returns.
+    let r = unsafe {
+        libc::syscall(
+            SYS_CACHESTAT,
+            std::os::fd::AsRawFd::as_raw_fd(&f),
+            &range as *const Range,
+            &mut st as *mut Stat,
+            0u32,
+        )
+    };
+    if r != 0 {
+        return Err(format!(
+            "cachestat {}: {}",
+            path.display(),
+            std::io::Error::last_os_error()
+        ));
+    }
+    // SAFETY: sysconf has no preconditions.
+    let page = u64::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
+    Ok((st.dirty + st.writeback) * page)
 }
 
 impl Bus for UserBus {
@@ -494,12 +543,27 @@ impl Bus for UserBus {
     fn path(&self) -> conform::Path {
         conform::Path::VhostUser
     }
+    fn unwritten(&self, offset: u64, len: u64) -> Option<Result<u64, String>> {
+        let path = self.backing.as_ref()?;
+        Some(unwritten_bytes(path, offset, len))
+    }
 }
 
 /// The vhost-user backend on `socket`, a device of `kind`. Waits a
 /// moment for the socket to listen (some backends listen again only a
 /// while after their last frontend left).
 pub fn vhost_user(socket: &Path, kind: Kind) -> Result<Box<dyn Bus>, String> {
+    vhost_user_backed(socket, kind, None)
+}
+
+/// [`vhost_user`] for a block backend whose image is `backing`: the
+/// checks then see what the host holds unwritten of it
+/// ([`conform::Bus::unwritten`]).
+pub fn vhost_user_backed(
+    socket: &Path,
+    kind: Kind,
+    backing: Option<&Path>,
+) -> Result<Box<dyn Bus>, String> {
     let deadline = Instant::now() + Duration::from_secs(5);
     while !crate::daemon::unix_listening(socket) && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(5));
@@ -512,6 +576,7 @@ pub fn vhost_user(socket: &Path, kind: Kind) -> Result<Box<dyn Bus>, String> {
         regs,
         mem: ram.guest_memory(),
         dev,
+        backing: backing.map(Path::to_path_buf),
     }))
 }
 

@@ -10,6 +10,7 @@ use alloc::string::String;
 use alloc::vec::Vec;
 
 use virtio_core::features::{BlkFeatures, DeviceType};
+use virtio_core::mmio::regs;
 
 use super::{ALL, Dev};
 use crate::ring::{Buf, bytes};
@@ -25,10 +26,12 @@ const ZEROES_READ_ZERO: &str = "device:blk/device-operation#5";
 const LIFETIME_NOT_OFFERED: &str = "device:blk/device-operation#10";
 const LIFETIME_VALUES: &str = "device:blk/device-operation#11";
 const ZONED_REJECTED: &str = "device:blk/device-operation#12";
+const STABLE_COMMITTED: &str = "device:blk/device-operation#8";
 
 /// Request types (§5.2.6).
 const T_IN: u32 = 0;
 const T_OUT: u32 = 1;
+const T_FLUSH: u32 = 4;
 const T_GET_LIFETIME: u32 = 10;
 const T_DISCARD: u32 = 11;
 const T_WRITE_ZEROES: u32 = 13;
@@ -483,5 +486,136 @@ pub const ZONED_WITHOUT_FEATURE: Check = Check {
             }
         }
         ctx.expect(ZONED_REJECTED, wrong.is_empty(), || wrong.join(", "));
+    },
+};
+
+/// The bytes each case of [`STABLE_WRITES`] writes, and where: three
+/// 64 KiB runs from sector 256 on, apart from [`SCRATCH`] and inside the
+/// smallest disk the checks meet (1 MiB).
+const STABLE_LEN: usize = 64 << 10;
+const STABLE_SECTORS: [u64; 3] = [256, 512, 768];
+
+/// One case of §5.2.6.2's stable writes: `flush` sends a FLUSH after the
+/// write (case 3); without it the write itself must come back stable
+/// (cases 1 and 2). Returns what the host still held unwritten of the
+/// run after the completion that makes it stable, and before (for the
+/// report).
+fn stable_case(d: &mut Dev<'_>, sector: u64, flush: bool) -> Result<(u64, u64), String> {
+    let data: Vec<u8> = (0..STABLE_LEN).map(|i| (i * 7 + 3) as u8).collect();
+    let w = d.blk_request(T_OUT, sector, &data, 0)?;
+    if w.status != S_OK {
+        return Err(format!("the write failed with status {}", w.status));
+    }
+    let look = |d: &Dev<'_>| {
+        d.bus()
+            .unwritten(sector * 512, STABLE_LEN as u64)
+            .unwrap_or_else(|| Err("the path stopped showing the backing storage".into()))
+    };
+    let after_write = look(d)?;
+    if flush {
+        let f = d.blk_request(T_FLUSH, 0, &[], 0)?;
+        if f.status != S_OK {
+            return Err(format!("the FLUSH failed with status {}", f.status));
+        }
+    }
+    Ok((look(d)?, after_write))
+}
+
+/// Stable writes are committed to the backing storage before their
+/// completion (no FLUSH negotiated, or writeback 0 with CONFIG_WCE) or
+/// the completion of a later FLUSH (§5.2.6.2), seen from the host: what
+/// its page cache still holds dirty or under writeback of the written run
+/// (a disk's own volatile cache is out of sight).
+pub const STABLE_WRITES: Check = Check {
+    name: "blk-stable-writes",
+    statements: &[STABLE_COMMITTED],
+    run: |ctx| {
+        let Some(mut d) = open_blk(ctx, &[STABLE_COMMITTED]) else {
+            return;
+        };
+        if offers(&d, BlkFeatures::RO) {
+            ctx.not_applicable(&[STABLE_COMMITTED], "a read-only device (VIRTIO_BLK_F_RO)");
+            return;
+        }
+        if !offers(&d, BlkFeatures::FLUSH) {
+            ctx.not_applicable(
+                &[STABLE_COMMITTED],
+                "VIRTIO_BLK_F_FLUSH not offered: no write is stable (§5.2.6.2, cases 1 to 3)",
+            );
+            return;
+        }
+        match d.bus().unwritten(0, 0) {
+            None => {
+                ctx.not_observable(
+                    &[STABLE_COMMITTED],
+                    "this path does not show the device's backing storage",
+                );
+                return;
+            }
+            Some(Err(e)) => {
+                ctx.not_observable(
+                    &[STABLE_COMMITTED],
+                    &format!("the host's page cache cannot be read: {e}"),
+                );
+                return;
+            }
+            Some(Ok(_)) => {}
+        }
+        let wce = offers(&d, BlkFeatures::CONFIG_WCE);
+        let mut seen = Vec::new();
+        let mut broken = Vec::new();
+        let mut judge = |case: &str, r: (u64, u64)| {
+            let (left, before) = r;
+            seen.push(format!(
+                "{case}: {before} bytes unwritten after the write, {left} after"
+            ));
+            if left != 0 {
+                broken.push(format!(
+                    "{case}: {left} of {STABLE_LEN} bytes still unwritten in the host's page cache after the completion"
+                ));
+            }
+        };
+        // Case 3: FLUSH (and CONFIG_WCE) negotiated, a FLUSH after the
+        // write.
+        let r = go_live(ctx, &mut d, &[STABLE_COMMITTED], ALL)
+            .then(|| stable_case(&mut d, STABLE_SECTORS[2], true));
+        match r {
+            None => return,
+            Some(Ok(r)) => judge("case 3 (a FLUSH after the write)", r),
+            Some(Err(e)) => return ctx.blocked(&[STABLE_COMMITTED], &e),
+        }
+        // Case 1: FLUSH offered, neither it nor CONFIG_WCE negotiated.
+        let want = ALL & !(BlkFeatures::FLUSH | BlkFeatures::CONFIG_WCE).bits();
+        let r = go_live(ctx, &mut d, &[STABLE_COMMITTED], want)
+            .then(|| stable_case(&mut d, STABLE_SECTORS[0], false));
+        match r {
+            None => return,
+            Some(Ok(r)) => judge("case 1 (FLUSH offered, not negotiated)", r),
+            Some(Err(e)) => return ctx.blocked(&[STABLE_COMMITTED], &e),
+        }
+        // Case 2: CONFIG_WCE negotiated, writeback 0 throughout. Behind
+        // vhost-user the configuration is the frontend's copy.
+        if wce && d.bus().path() != Path::VhostUser {
+            if let Err(e) = d.begin(ALL) {
+                return ctx.blocked(&[STABLE_COMMITTED], &e);
+            }
+            d.bus().regs().write8(regs::CONFIG + CFG_WRITEBACK, 0);
+            let wb = d.config8(CFG_WRITEBACK);
+            let r = (|| {
+                if wb != 0 {
+                    return Err(format!("writeback reads {wb} after the driver wrote 0"));
+                }
+                d.setup_queue(0)?;
+                d.driver_ok()?;
+                stable_case(&mut d, STABLE_SECTORS[1], false)
+            })();
+            match r {
+                Ok(r) => judge("case 2 (writeback 0)", r),
+                Err(e) => return ctx.blocked(&[STABLE_COMMITTED], &e),
+            }
+        }
+        ctx.expect(STABLE_COMMITTED, broken.is_empty(), || {
+            format!("{}; ({})", broken.join("; "), seen.join(", "))
+        });
     },
 };

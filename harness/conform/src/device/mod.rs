@@ -60,6 +60,7 @@ pub const CHECKS: &[Check] = &[
     blk::WRITE_ZEROES,
     blk::LIFETIME,
     blk::ZONED_WITHOUT_FEATURE,
+    blk::STABLE_WRITES,
     net::CONFIG,
     net::RECEIVE_PLAIN,
     net::RECEIVE_MERGED,
