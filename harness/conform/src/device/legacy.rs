@@ -41,6 +41,7 @@ const BLK_ZONED: &str = "device:blk/device-initialization#5";
 const BLK_CONFIG: &str =
     "desc:blk/device-configuration-layout/legacy-interface-device-configuration-layout#1";
 const BLK_REQUEST: &str = "desc:blk/device-operation/legacy-interface-device-operation#1";
+const BLK_FLUSH_OUT: &str = "desc:blk/device-operation/legacy-interface-device-operation#2";
 const BLK_NEGOTIATION: &str =
     "desc:blk/device-initialization/legacy-interface-device-initialization#1";
 const BLK_STATUS_CACHE: &str =
@@ -247,6 +248,9 @@ fn legacy_init(ctx: &mut Ctx<'_>) {
 
 /// `VIRTIO_BLK_T_IN` and its statuses (§5.2.6).
 const BLK_T_IN: u32 = 0;
+const BLK_T_FLUSH: u32 = 4;
+/// `VIRTIO_BLK_T_FLUSH_OUT`, the legacy synonym of FLUSH (§5.2.6.3).
+const BLK_T_FLUSH_OUT: u32 = 5;
 const BLK_S_OK: u8 = 0;
 const BLK_S_IOERR: u8 = 1;
 /// `writeback` in `struct virtio_blk_config` (§5.2.4).
@@ -268,6 +272,7 @@ const BLK_STATEMENTS: &[&str] = &[
     BLK_NEGOTIATION,
     BLK_STATUS_CACHE,
     BLK_FEATURES_CACHE,
+    BLK_FLUSH_OUT,
 ];
 
 fn legacy_blk(ctx: &mut Ctx<'_>) {
@@ -367,6 +372,35 @@ fn legacy_blk(ctx: &mut Ctx<'_>) {
             ctx.expect(BLK_REQUEST, ok, seen);
         }
         (Err(e), _) | (_, Err(e)) => ctx.blocked(&ends, &e),
+    }
+    legacy_flush_out(ctx, &mut d);
+}
+
+/// FLUSH_OUT is answered as FLUSH is (§5.2.6.3): each sent once, without
+/// data, in a session that negotiated VIRTIO_BLK_F_FLUSH where it is
+/// offered; the two statuses must agree.
+fn legacy_flush_out(ctx: &mut Ctx<'_>, d: &mut Dev<'_>) {
+    let flush = d.offered & BlkFeatures::FLUSH.bits();
+    let live = d
+        .begin_legacy(flush, |_| {})
+        .and_then(|_| d.setup_queue(0))
+        .and_then(|_| d.driver_ok());
+    if let Err(e) = live {
+        ctx.blocked(&[BLK_FLUSH_OUT], &e);
+        return;
+    }
+    let f = d.blk_request(BLK_T_FLUSH, 0, &[], 0);
+    let o = d.blk_request(BLK_T_FLUSH_OUT, 0, &[], 0);
+    match (f, o) {
+        (Ok(f), Ok(o)) => ctx.expect(BLK_FLUSH_OUT, f.status == o.status, || {
+            format!(
+                "FLUSH status {}, FLUSH_OUT status {} (VIRTIO_BLK_F_FLUSH {})",
+                f.status,
+                o.status,
+                if flush != 0 { "negotiated" } else { "not offered" }
+            )
+        }),
+        (Err(e), _) | (_, Err(e)) => ctx.blocked(&[BLK_FLUSH_OUT], &e),
     }
 }
 
