@@ -397,7 +397,11 @@ fn legacy_flush_out(ctx: &mut Ctx<'_>, d: &mut Dev<'_>) {
                 "FLUSH status {}, FLUSH_OUT status {} (VIRTIO_BLK_F_FLUSH {})",
                 f.status,
                 o.status,
-                if flush != 0 { "negotiated" } else { "not offered" }
+                if flush != 0 {
+                    "negotiated"
+                } else {
+                    "not offered"
+                }
             )
         }),
         (Err(e), _) | (_, Err(e)) => ctx.blocked(&[BLK_FLUSH_OUT], &e),

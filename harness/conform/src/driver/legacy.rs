@@ -26,6 +26,13 @@ pub const INIT: &str =
 pub const ANY_LAYOUT: &str = "desc:reserved-features/legacy-interface-reserved-feature-bits#2";
 /// Framing without ANY_LAYOUT: the block request header.
 pub const BLK_FRAMING: &str = "desc:blk/legacy-interface-framing-requirements#1";
+/// A legacy SCSI command's `cmd` alone in a device-readable buffer
+/// (§5.2.6.3).
+pub const BLK_SCSI_CMD: &str = "desc:blk/device-operation/legacy-interface-device-operation#3";
+/// Framing without ANY_LAYOUT: a SCSI command's 96-byte sense buffer and
+/// its 16 bytes of `errors`, `data_len`, `sense_len` and `residual`, each
+/// a device-writable descriptor of its own (§5.2.6.4).
+pub const BLK_SCSI_FRAMING: &str = "desc:blk/legacy-interface-framing-requirements#2";
 /// Framing without ANY_LAYOUT: network headers and control commands.
 pub const NET_FRAMING: &[&str] = &[
     "desc:net/legacy-interface-framing-requirements#1",
@@ -44,6 +51,8 @@ pub const STATEMENTS: &[&str] = &[
     INIT,
     ANY_LAYOUT,
     BLK_FRAMING,
+    BLK_SCSI_CMD,
+    BLK_SCSI_FRAMING,
     NET_FRAMING[0],
     NET_FRAMING[1],
     NET_FRAMING[2],

@@ -512,6 +512,7 @@ impl RingWatch {
                         segs.len()
                     )
                 });
+                judge_legacy_scsi(&mut self.seen, mem, index, segs);
             }
         }
         if self.rng {
@@ -683,7 +684,11 @@ impl RingWatch {
         let mut out = super::records_of(STATEMENTS, WATCH.name, &self.seen);
         if self.legacy_framing && self.blk.is_some() {
             out.extend(super::records_of(
-                &[super::legacy::BLK_FRAMING],
+                &[
+                    super::legacy::BLK_FRAMING,
+                    super::legacy::BLK_SCSI_CMD,
+                    super::legacy::BLK_SCSI_FRAMING,
+                ],
                 super::legacy::WATCH.name,
                 &self.seen,
             ));
@@ -799,6 +804,52 @@ impl RingWatch {
         }
         out
     }
+}
+
+/// A legacy SCSI command (`VIRTIO_BLK_T_SCSI_CMD`, with or without the
+/// OUT bit: types 2 and 3) on a legacy block device without
+/// VIRTIO_F_ANY_LAYOUT (§5.2.6.3, §5.2.6.4): after the 16-byte header,
+/// `cmd` alone in a device-readable descriptor; at the end, the 96-byte
+/// sense buffer, the 16 bytes of `errors`, `data_len`, `sense_len` and
+/// `residual`, and the status byte, each a device-writable descriptor of
+/// its own. Other request types are not judged here.
+fn judge_legacy_scsi(
+    seen: &mut BTreeMap<&'static str, Seen>,
+    mem: &dyn Memory,
+    index: u16,
+    segs: &[Segment],
+) {
+    let Some(&(addr, len, false)) = segs.first() else {
+        return;
+    };
+    if len < 4 {
+        return;
+    }
+    let mut t = [0u8; 4];
+    if mem
+        .read(virtio_core::memory::GuestAddress(addr), &mut t)
+        .is_err()
+    {
+        return;
+    }
+    if u32::from_le_bytes(t) & !1 != 2 {
+        return;
+    }
+    let cmd = segs.get(1).copied();
+    let cmd_ok = len == 16 && cmd.is_some_and(|(_, l, w)| !w && l > 0);
+    judge(seen, super::legacy::BLK_SCSI_CMD, cmd_ok, || {
+        format!(
+            "queue {index}: a SCSI command whose header descriptor is {len} bytes and whose next descriptor is {cmd:?} (address, length, device-writable)"
+        )
+    });
+    let n = segs.len();
+    let tail = segs.get(n.saturating_sub(3)..).unwrap_or(&[]);
+    let tail_ok = n >= 5 && matches!(tail, [(_, 96, true), (_, 16, true), (_, 1, true)]);
+    judge(seen, super::legacy::BLK_SCSI_FRAMING, tail_ok, || {
+        format!(
+            "queue {index}: a SCSI command of {n} descriptors ending {tail:?} (address, length, device-writable); want sense 96, then 16, then the status byte"
+        )
+    });
 }
 
 #[cfg(test)]
@@ -1031,6 +1082,57 @@ mod tests {
         publish(&ram, &l, 1, 3);
         w.look(&ram, 0);
         assert!(matches!(outcome(&w, BLK_FRAMING), Outcome::Fail(_)));
+    }
+
+    /// §5.2.6.3, §5.2.6.4: a legacy SCSI command framed as the spec
+    /// lays it out keeps both statements; `cmd` in the header's buffer
+    /// and the sense buffer sharing a descriptor with the counters break
+    /// them. Other request types leave them unjudged.
+    #[test]
+    fn section_5_2_6_4_legacy_scsi_framing() {
+        use crate::driver::legacy::{BLK_SCSI_CMD, BLK_SCSI_FRAMING};
+        let (ram, l, w) = setup();
+        let limits = BlkLimits {
+            capacity: 16,
+            max_discard_seg: None,
+            max_write_zeroes_seg: None,
+        };
+        let mut w = w.with_blk(limits).with_legacy_framing();
+        // A read: SCSI is not judged.
+        header(&ram, 0x8000, 0, 0);
+        put(&ram, &l, 0, 0x8000, 16, NEXT, 1);
+        put(&ram, &l, 1, 0x8100, 512, WRITE | NEXT, 2);
+        put(&ram, &l, 2, 0x8400, 1, WRITE, 0);
+        publish(&ram, &l, 0, 0);
+        w.look(&ram, 0);
+        assert!(matches!(
+            outcome(&w, BLK_SCSI_CMD),
+            Outcome::NotObservable(_)
+        ));
+        // TEST UNIT READY: header, a 6-byte cmd, sense, counters, status.
+        header(&ram, 0x9000, 2, 0);
+        put(&ram, &l, 3, 0x9000, 16, NEXT, 4);
+        put(&ram, &l, 4, 0x9100, 6, NEXT, 5);
+        put(&ram, &l, 5, 0x9200, 96, WRITE | NEXT, 6);
+        put(&ram, &l, 6, 0x9300, 16, WRITE | NEXT, 7);
+        put(&ram, &l, 7, 0x9400, 1, WRITE, 0);
+        publish(&ram, &l, 1, 3);
+        w.look(&ram, 0);
+        assert_eq!(outcome(&w, BLK_SCSI_CMD), Outcome::Pass);
+        assert_eq!(outcome(&w, BLK_SCSI_FRAMING), Outcome::Pass);
+        // The cmd after the header in one buffer; sense and counters in
+        // one 112-byte buffer.
+        let (ram, l, w) = setup();
+        let mut w = w.with_blk(limits).with_legacy_framing();
+        header(&ram, 0xa000, 3, 0);
+        put(&ram, &l, 0, 0xa000, 22, NEXT, 1);
+        put(&ram, &l, 1, 0xa100, 512, NEXT, 2);
+        put(&ram, &l, 2, 0xa400, 112, WRITE | NEXT, 3);
+        put(&ram, &l, 3, 0xa500, 1, WRITE, 0);
+        publish(&ram, &l, 0, 0);
+        w.look(&ram, 0);
+        assert!(matches!(outcome(&w, BLK_SCSI_CMD), Outcome::Fail(_)));
+        assert!(matches!(outcome(&w, BLK_SCSI_FRAMING), Outcome::Fail(_)));
     }
 
     #[test]
