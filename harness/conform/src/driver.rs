@@ -22,6 +22,7 @@ use virtio_core::status::DeviceStatus;
 
 use crate::{Check, Outcome, Record};
 
+pub mod cleanup;
 pub mod legacy;
 pub mod notify;
 pub mod requests;
@@ -198,6 +199,7 @@ pub const CHECKS: &[Check] = &[
     requests::RNG_OUTPUT,
     requests::CONSOLE_WATCH,
     legacy::WATCH,
+    cleanup::WATCH,
 ];
 
 /// What the watch has seen of one statement.

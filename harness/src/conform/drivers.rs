@@ -8,10 +8,12 @@ use std::ptr::NonNull;
 use std::rc::Rc;
 
 use conform::driver::DriverWatch;
+use conform::driver::cleanup::{CleanupWatch, LiveRange};
 use conform::driver::requests::{BlkLimits, NetLimits};
 use conform::driver::rings::RingWatch;
-use guest_driver::hal::PoolHal;
+use guest_driver::hal::{BufferDirection, Dma, Hal, PhysAddr, PoolHal};
 use guest_driver::transport::{Completion, acknowledge_interrupt};
+use std::sync::{Arc, Mutex};
 use virtio_core::GuestMemory;
 use virtio_core::mmio::device::MmioRegisters;
 use virtio_core::mmio::driver::RegisterAccess;
@@ -94,6 +96,45 @@ impl<D: VirtioDevice> Clone for Watched<D> {
             features_sel: Rc::clone(&self.features_sel),
             legacy: Rc::clone(&self.legacy),
         }
+    }
+}
+
+/// The driver's DMA layer in the checks: the pool, telling the cleanup
+/// watch (§3.3.1) of each removal (memory given back, a buffer's sharing
+/// ended) before it happens.
+struct WatchedHal {
+    pool: PoolHal<PAGES>,
+    cleanup: CleanupHandle,
+}
+
+// SAFETY: every call goes to the pool, which upholds the contract; the
+// removal hook only reads the device's state.
+unsafe impl Hal for WatchedHal {
+    fn dma_alloc(&self, pages: usize) -> Option<Dma> {
+        self.pool.dma_alloc(pages)
+    }
+    unsafe fn dma_dealloc(&self, dma: Dma) {
+        self.cleanup.removing(dma.paddr(), dma.len() as u64);
+        // SAFETY: the caller's promise is passed on unchanged.
+        unsafe { self.pool.dma_dealloc(dma) }
+    }
+    fn mmio_phys_to_virt(&self, paddr: PhysAddr, size: usize) -> Option<NonNull<u8>> {
+        self.pool.mmio_phys_to_virt(paddr, size)
+    }
+    fn virt_to_phys(&self, vaddr: NonNull<u8>) -> Option<PhysAddr> {
+        self.pool.virt_to_phys(vaddr)
+    }
+    fn phys_to_virt(&self, paddr: PhysAddr) -> Option<NonNull<u8>> {
+        self.pool.phys_to_virt(paddr)
+    }
+    unsafe fn share(&self, buf: NonNull<u8>, len: usize, dir: BufferDirection) -> Option<PhysAddr> {
+        // SAFETY: the caller's promise is passed on unchanged.
+        unsafe { self.pool.share(buf, len, dir) }
+    }
+    unsafe fn unshare(&self, paddr: PhysAddr, buf: NonNull<u8>, len: usize, dir: BufferDirection) {
+        self.cleanup.removing(paddr, len as u64);
+        // SAFETY: the caller's promise is passed on unchanged.
+        unsafe { self.pool.unshare(paddr, buf, len, dir) }
     }
 }
 
@@ -249,6 +290,11 @@ pub struct WatchedDevice<D, M: GuestMemory, F: FnMut(&RingWatch)> {
     layouts: Vec<Option<(virtio_core::split::layout::QueueLayout, u16)>>,
     /// Judge the legacy block framing ([`RingWatch::with_legacy_framing`]).
     legacy_framing: bool,
+    /// The cleanup watch (§3.3.1), kept told what the device may still
+    /// access after each step.
+    cleanup: Option<CleanupHandle>,
+    /// Queues the driver stopped (`QueueReady` 0) in this session.
+    stopped: Vec<u16>,
     live: bool,
     done: F,
 }
@@ -268,8 +314,29 @@ impl<D: VirtioDevice, M: GuestMemory, F: FnMut(&RingWatch)> WatchedDevice<D, M, 
             rx_headers: None,
             layouts: Vec::new(),
             legacy_framing: false,
+            cleanup: None,
+            stopped: Vec::new(),
             live: false,
             done,
+        }
+    }
+
+    /// Keeps `cleanup` told what the device may still access after each
+    /// step, so the driver's DMA layer can report removals to it (§3.3.1).
+    pub fn watching_cleanup(mut self, cleanup: CleanupHandle) -> Self {
+        self.cleanup = Some(cleanup);
+        self
+    }
+
+    /// Tells the cleanup watch, if any, what is live now.
+    fn refresh_live(&self) {
+        if let Some(c) = &self.cleanup {
+            let live = if self.live {
+                self.rings.live_ranges(&self.mem, &self.stopped)
+            } else {
+                Vec::new()
+            };
+            c.set_live(live);
         }
     }
 
@@ -358,10 +425,12 @@ impl<D: VirtioDevice, M: GuestMemory, F: FnMut(&RingWatch)> WatchedDevice<D, M, 
     /// Ends the session: its watch goes to `done`.
     pub fn finish(&mut self) {
         self.layouts.clear();
+        self.stopped.clear();
         if core::mem::take(&mut self.live) {
             self.rings.due(&self.mem);
             (self.done)(&self.rings);
         }
+        self.refresh_live();
     }
 
     fn look_all(&mut self) {
@@ -394,7 +463,36 @@ impl<D: VirtioDevice, M: GuestMemory, F: FnMut(&RingWatch)> WatchedDevice<D, M, 
             self.rings.stepped(&self.mem, q as u16);
         }
         self.scan_returned();
+        self.refresh_live();
         r
+    }
+}
+
+/// The cleanup watch (§3.3.1) shared between a [`WatchedDevice`], which
+/// keeps it told what the device may still access, and the driver's DMA
+/// layer, which reports each removal.
+#[derive(Clone, Debug, Default)]
+pub struct CleanupHandle(Arc<Mutex<(CleanupWatch, Vec<LiveRange>)>>);
+
+impl CleanupHandle {
+    fn lock(&self) -> std::sync::MutexGuard<'_, (CleanupWatch, Vec<LiveRange>)> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn set_live(&self, live: Vec<LiveRange>) {
+        self.lock().1 = live;
+    }
+
+    /// The driver is removing `len` bytes of DMA memory at `addr`.
+    pub fn removing(&self, addr: u64, len: u64) {
+        let mut g = self.lock();
+        let (watch, live) = &mut *g;
+        watch.removing(addr, len, live);
+    }
+
+    /// The watch's records so far.
+    pub fn records(&self) -> Vec<conform::Record> {
+        self.lock().0.records()
     }
 }
 
@@ -524,6 +622,9 @@ impl<D: VirtioDevice, M: GuestMemory, F: FnMut(&RingWatch)> VirtioDevice
     fn disable_queue(&mut self, queue: u16) -> Result<Served, DeviceError> {
         self.look_all();
         let r = self.inner.disable_queue(queue);
+        if r.is_ok() && !self.stopped.contains(&queue) {
+            self.stopped.push(queue);
+        }
         self.after(r)
     }
     fn counters(&self) -> Vec<(&'static str, u64)> {
@@ -804,7 +905,7 @@ fn watched<D: VirtioDevice + 'static>(
     kind: Kind,
     dev: D,
     mem: &LocalMemory,
-    workload: fn(PoolHal<PAGES>, Watched<Observed<D>>) -> Result<(), String>,
+    workload: fn(WatchedHal, Watched<Observed<D>>) -> Result<(), String>,
     provoke: Provoke,
 ) -> Run {
     let run = |records, error| Run {
@@ -819,8 +920,11 @@ fn watched<D: VirtioDevice + 'static>(
         sink.borrow_mut().extend(w.records());
     });
     let rewritten = std::sync::Arc::default();
+    let cleanup = CleanupHandle::default();
     let dev: Observed<D> = provoke.apply(
-        WatchedDevice::new(dev, mem.clone(), done).with_notifications(provoke == Provoke::Nothing),
+        WatchedDevice::new(dev, mem.clone(), done)
+            .with_notifications(provoke == Provoke::Nothing)
+            .watching_cleanup(cleanup.clone()),
         &rewritten,
     );
     let device_type = Some(dev.device_type());
@@ -844,7 +948,7 @@ fn watched<D: VirtioDevice + 'static>(
     // SAFETY: the mapping is `PAGES` pages at `host`, valid while `mem`
     // lives, which outlives the workload; the device reaches the same
     // bytes at `GUEST_BASE`.
-    let hal = match unsafe { PoolHal::<PAGES>::new(host, GUEST_BASE, PAGES * 4096) } {
+    let pool = match unsafe { PoolHal::<PAGES>::new(host, GUEST_BASE, PAGES * 4096) } {
         Ok(h) => h,
         Err(e) => return run(vec![], Some(format!("DMA pool: {e:?}"))),
     };
@@ -859,8 +963,13 @@ fn watched<D: VirtioDevice + 'static>(
             watch: conform::driver::legacy::LegacyWatch::new(device_type),
         })),
     };
+    let hal = WatchedHal {
+        pool,
+        cleanup: cleanup.clone(),
+    };
     let result = workload(hal, w.clone());
     w.regs.borrow_mut().device_mut().device_mut().finish();
+    let cleanup = cleanup.records();
     let mut watch = watch.borrow_mut();
     watch.finish();
     let error = result.err().map(|e| format!("the workload failed: {e}"));
@@ -874,6 +983,7 @@ fn watched<D: VirtioDevice + 'static>(
         watch.records()
     };
     records.extend(rings.iter().cloned());
+    records.extend(cleanup);
     coped_with_spurious(&mut records, error.as_deref());
     if kind == Kind::Rng {
         records.extend(super::entropy::records());
@@ -893,7 +1003,7 @@ fn waiter<D: VirtioDevice>(w: &Watched<D>) -> impl FnMut() -> bool + '_ {
     }
 }
 
-fn rng_workload<D: VirtioDevice>(hal: PoolHal<PAGES>, w: Watched<D>) -> Result<(), String> {
+fn rng_workload<D: VirtioDevice>(hal: WatchedHal, w: Watched<D>) -> Result<(), String> {
     use guest_driver::rng::{Rng, RngOptions};
     // Two sessions: with VIRTIO_F_EVENT_IDX and without, so both halves of
     // the notification rules (§2.7.10) are judged.
@@ -913,7 +1023,7 @@ fn rng_workload<D: VirtioDevice>(hal: PoolHal<PAGES>, w: Watched<D>) -> Result<(
     Ok(())
 }
 
-fn blk_workload<D: VirtioDevice>(hal: PoolHal<PAGES>, w: Watched<D>) -> Result<(), String> {
+fn blk_workload<D: VirtioDevice>(hal: WatchedHal, w: Watched<D>) -> Result<(), String> {
     use guest_driver::blk::{Blk, BlkOptions};
     let opts = BlkOptions {
         completion: Completion::Interrupt,
@@ -937,7 +1047,7 @@ fn blk_workload<D: VirtioDevice>(hal: PoolHal<PAGES>, w: Watched<D>) -> Result<(
     Ok(())
 }
 
-fn console_workload<D: VirtioDevice>(hal: PoolHal<PAGES>, w: Watched<D>) -> Result<(), String> {
+fn console_workload<D: VirtioDevice>(hal: WatchedHal, w: Watched<D>) -> Result<(), String> {
     use guest_driver::console::{Console, ConsoleOptions};
     let opts = ConsoleOptions {
         completion: Completion::Interrupt,
@@ -952,10 +1062,7 @@ fn console_workload<D: VirtioDevice>(hal: PoolHal<PAGES>, w: Watched<D>) -> Resu
 
 /// The console with two ports: both come up (DEVICE_ADD, CONSOLE_PORT for
 /// port 0), then a write to the console port.
-fn console_ports_workload<D: VirtioDevice>(
-    hal: PoolHal<PAGES>,
-    w: Watched<D>,
-) -> Result<(), String> {
+fn console_ports_workload<D: VirtioDevice>(hal: WatchedHal, w: Watched<D>) -> Result<(), String> {
     use guest_driver::console::{Console, ConsoleOptions};
     let opts = ConsoleOptions {
         completion: Completion::Interrupt,
@@ -973,7 +1080,7 @@ fn console_ports_workload<D: VirtioDevice>(
     Ok(())
 }
 
-fn net_workload<D: VirtioDevice>(hal: PoolHal<PAGES>, w: Watched<D>) -> Result<(), String> {
+fn net_workload<D: VirtioDevice>(hal: WatchedHal, w: Watched<D>) -> Result<(), String> {
     use guest_driver::net::{Net, NetOptions};
     let opts = NetOptions {
         completion: Completion::Interrupt,
@@ -1106,10 +1213,7 @@ pub fn provoked() -> Vec<Run> {
 /// An entropy read, then the interrupt handler once while the device is
 /// live (its interrupt is still up: it answered inside the notification,
 /// so the driver never waited for it).
-fn rng_interrupt_workload<D: VirtioDevice>(
-    hal: PoolHal<PAGES>,
-    w: Watched<D>,
-) -> Result<(), String> {
+fn rng_interrupt_workload<D: VirtioDevice>(hal: WatchedHal, w: Watched<D>) -> Result<(), String> {
     use guest_driver::rng::{Rng, RngOptions};
     let opts = RngOptions {
         completion: Completion::Interrupt,
@@ -1130,10 +1234,59 @@ fn rng_interrupt_workload<D: VirtioDevice>(
 /// Our entropy driver's initialisation against a device it must not
 /// drive (FEATURES_OK refused, a probe that says "no device"): it must
 /// fail (the watch judges what it wrote).
-fn rng_refused_workload<D: VirtioDevice>(hal: PoolHal<PAGES>, w: Watched<D>) -> Result<(), String> {
+fn rng_refused_workload<D: VirtioDevice>(hal: WatchedHal, w: Watched<D>) -> Result<(), String> {
     use guest_driver::rng::{Rng, RngOptions};
     match Rng::new(&hal, w, RngOptions::default()) {
         Err(_) => Ok(()),
         Ok(_) => Err("the driver went on with a device it should have given up".into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// §3.3.1 through the whole path: while our entropy driver holds its
+    /// queue live, a removal of its DMA memory covers the rings the
+    /// device may still touch and breaks the statement; the same removal
+    /// after the driver reset the device (dropped) is judged kept but
+    /// does not undo the breach.
+    #[test]
+    fn section_3_3_1_a_removal_while_live_is_caught() {
+        use guest_driver::rng::{Rng, RngOptions};
+        let mem = LocalMemory::new(PAGES as u64 * 4096).unwrap();
+        let dev = virtio_devices::rng::Rng::new(super::super::entropy::Trickle::new(), mem.clone());
+        let cleanup = CleanupHandle::default();
+        let dev = WatchedDevice::new(dev, mem.clone(), |_: &RingWatch| {})
+            .watching_cleanup(cleanup.clone());
+        let regs = Rc::new(RefCell::new(
+            MmioRegisters::new(MmioTransport::new(dev)).unwrap(),
+        ));
+        let w = Watched {
+            regs,
+            watch: Rc::new(RefCell::new(DriverWatch::new(None, 0, &[], 0))),
+            lie: Provoke::Nothing,
+            generation_reads: Rc::default(),
+            features_sel: Rc::default(),
+            legacy: Rc::new(RefCell::new(LegacyFace {
+                face: super::super::legacy_face::Face::new(true),
+                watch: conform::driver::legacy::LegacyWatch::new(None),
+            })),
+        };
+        let host = NonNull::new(mem.host_ptr()).unwrap();
+        // SAFETY: the mapping is `PAGES` pages at `host`, alive while `mem`
+        // is, which outlives the driver.
+        let pool = unsafe { PoolHal::<PAGES>::new(host, GUEST_BASE, PAGES * 4096) }.unwrap();
+        let rng = Rng::new(&pool, w.clone(), RngOptions::default()).unwrap();
+        cleanup.removing(GUEST_BASE, PAGES as u64 * 4096);
+        drop(rng);
+        cleanup.removing(GUEST_BASE, PAGES as u64 * 4096);
+        let records = cleanup.records();
+        match &records[0].outcome {
+            conform::Outcome::Fail(why) => {
+                assert!(why.contains("queue 0's descriptor table"), "{why}")
+            }
+            o => panic!("{o:?}"),
+        }
     }
 }

@@ -24,7 +24,7 @@ use virtio_core::testing::virtio_drivers::{DeviceTransport, TestHal};
 use virtio_devices::device::VirtioDevice;
 use virtio_devices::transport::{MmioTransport, backend_ready, dispatch};
 
-use super::drivers::{Provoke, WatchedDevice};
+use super::drivers::{CleanupHandle, Provoke, WatchedDevice};
 use super::report::Run;
 use super::targets::{Device, Kind, our_device};
 
@@ -79,9 +79,11 @@ fn watched<D: VirtioDevice + 'static>(
         sink.borrow_mut().extend(w.records());
     });
     let rewritten = std::sync::Arc::default();
+    let cleanup = CleanupHandle::default();
     let dev: Observed<D> = provoke.apply(
         WatchedDevice::new(dev, TestHal::memory(), done)
-            .with_notifications(provoke == Provoke::Nothing),
+            .with_notifications(provoke == Provoke::Nothing)
+            .watching_cleanup(cleanup.clone()),
         &rewritten,
     );
     let device_type = Some(dev.device_type());
@@ -129,11 +131,15 @@ fn watched<D: VirtioDevice + 'static>(
     });
     // The driver, its transport and the device go when the workload ends;
     // the ring watch's session with them.
+    let hook = cleanup.clone();
+    TestHal::watch_removals(Some(Box::new(move |addr, len| hook.removing(addr, len))));
     let result = workload(t);
+    TestHal::watch_removals(None);
     let mut watch = watch.borrow_mut();
     watch.finish();
     let mut records = watch.records();
     records.extend(rings.borrow().iter().cloned());
+    records.extend(cleanup.records());
     for r in records
         .iter_mut()
         .filter(|r| ADAPTER_STATEMENTS.contains(&r.statement))

@@ -106,7 +106,35 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 #[derive(Clone, Copy, Debug, Default)]
 pub struct TestHal;
 
+/// A removal hook ([`TestHal::watch_removals`]).
+type RemovalHook = Box<dyn Fn(u64, u64)>;
+
+std::thread_local! {
+    /// The removal hook of the driver running on this thread.
+    static REMOVALS: RefCell<Option<RemovalHook>> = const { RefCell::new(None) };
+}
+
 impl TestHal {
+    /// Has `hook` told, on this thread, of every removal a driver makes
+    /// (DMA pages given back, a shared buffer's sharing ended: guest
+    /// physical address and length) before it happens, until called
+    /// again with `None`. A conformance watch judges them (§3.3.1: no
+    /// buffer removed while its queue is live).
+    pub fn watch_removals(hook: Option<RemovalHook>) {
+        REMOVALS.with(|r| *r.borrow_mut() = hook);
+    }
+
+    /// Tells this thread's removal hook, if any.
+    fn removing(addr: u64, len: usize) {
+        REMOVALS.with(|r| {
+            if let Ok(r) = r.try_borrow()
+                && let Some(hook) = r.as_ref()
+            {
+                hook(addr, len as u64);
+            }
+        });
+    }
+
     /// The pool as guest memory: guest physical address `0..POOL_SIZE`.
     pub fn memory() -> &'static RegionMemory<1> {
         &pool().mem
@@ -196,6 +224,7 @@ unsafe impl Hal for TestHal {
     }
 
     unsafe fn dma_dealloc(paddr: PhysAddr, _vaddr: NonNull<u8>, pages: usize) -> i32 {
+        Self::removing(paddr, pages * PAGE_SIZE);
         if Self::free_pages(GuestAddress(paddr), pages) {
             0
         } else {
@@ -236,6 +265,7 @@ unsafe impl Hal for TestHal {
 
     unsafe fn unshare(paddr: PhysAddr, buffer: NonNull<[u8]>, direction: BufferDirection) {
         let len = buffer.len();
+        Self::removing(paddr, len);
         let dst = buffer.as_ptr().cast::<u8>();
         if Self::guest_addr(dst, len).is_some() {
             return;

@@ -16,6 +16,7 @@ use alloc::vec::Vec;
 use virtio_core::features::TransportFeatures;
 use virtio_core::split::layout::QueueLayout;
 
+use super::cleanup::LiveRange;
 use super::notify::{self, NotifyWatch};
 use super::requests::{
     BLK_STATEMENTS, BLK_WATCH, BlkLimits, CONSOLE_DEVICE_READY, CONSOLE_PORT_OPENED,
@@ -677,6 +678,43 @@ impl RingWatch {
             keep(&mut self.seen, INDIRECT_NEGOTIATED);
         }
         framing_ok && total < 1u64 << 32
+    }
+
+    /// What the device may still access of the queues the watch follows
+    /// (all live: the caller knows the session is open), leaving out
+    /// `stopped` ones (`QueueReady` 0, §4.2.2.2): each ring area, and each
+    /// buffer of a chain the driver exposed and the device has not
+    /// returned (where the watch keeps them, see
+    /// [`without_rewrite_check`](Self::without_rewrite_check)). For
+    /// [`super::cleanup::CleanupWatch`].
+    pub fn live_ranges(&self, mem: &dyn Memory, stopped: &[u16]) -> Vec<LiveRange> {
+        let mut out = Vec::new();
+        for (&queue, q) in self.queues.iter().filter(|(i, _)| !stopped.contains(i)) {
+            let size = u64::from(q.layout.size().get());
+            for (what, addr, len) in [
+                ("descriptor table", q.layout.desc_table().0, 16 * size),
+                ("available ring", q.layout.avail_ring().0, 6 + 2 * size),
+                ("used ring", q.layout.used_ring().0, 6 + 8 * size),
+            ] {
+                out.push(LiveRange {
+                    addr,
+                    len,
+                    queue,
+                    what,
+                });
+            }
+            for &head in q.exposed.keys() {
+                for (addr, len, _) in segments(mem, q.layout, head).unwrap_or_default() {
+                    out.push(LiveRange {
+                        addr,
+                        len: u64::from(len),
+                        queue,
+                        what: "exposed buffer",
+                    });
+                }
+            }
+        }
+        out
     }
 
     /// The watch's records (see [`super::DriverWatch::records`]).
