@@ -70,6 +70,8 @@ fn per_chain(slot_size: u32, size_max: Option<u32>) -> u16 {
     let segments = slot_size.div_ceil(seg).clamp(1, MAX_SEGMENTS as u32);
     segments as u16 + 2
 }
+/// The most ranges one DISCARD carries here (1 KiB of segments).
+const MAX_DISCARD_RANGES: usize = 64;
 /// The status byte before the device writes it: no valid status.
 const STATUS_UNSET: u8 = 0xff;
 use virtio_core::blk::FLAG_UNMAP;
@@ -975,6 +977,40 @@ impl<H: Hal, R: RegisterAccess> Blk<H, R> {
         )
     }
 
+    /// Submits one DISCARD of several ranges, `(sector, sectors)` each,
+    /// at most `max_discard_seg` of them (§5.2.4, §5.2.6). The device
+    /// answers for the request as a whole: after IOERR nothing is known
+    /// of any range, done, failed or untouched (§5.2.6.1).
+    pub fn submit_discard_ranges(
+        &mut self,
+        queue: u16,
+        ranges: &[(u64, u32)],
+    ) -> Result<Token, BlkError> {
+        self.need(BlkFeatures::DISCARD)?;
+        let max = self
+            .config
+            .discard
+            .map_or(1, |(_, segs, _)| segs.max(1) as usize)
+            .min(MAX_DISCARD_RANGES);
+        if ranges.is_empty() || ranges.len() > max {
+            return Err(BlkError::TooLarge {
+                len: ranges.len(),
+                max,
+            });
+        }
+        let mut segments = [0u8; 16 * MAX_DISCARD_RANGES];
+        for (i, &(sector, sectors)) in ranges.iter().enumerate() {
+            segments[16 * i..16 * (i + 1)].copy_from_slice(&segment(sector, sectors, 0));
+        }
+        self.submit(
+            queue,
+            req::DISCARD,
+            0,
+            Some(&segments[..16 * ranges.len()]),
+            0,
+        )
+    }
+
     /// Submits a WRITE_ZEROES of `sectors` sectors at `sector`, with the
     /// UNMAP flag if `unmap` (§5.2.6, `VIRTIO_BLK_F_WRITE_ZEROES`).
     pub fn submit_write_zeroes(
@@ -1183,6 +1219,32 @@ impl<H: Hal, R: RegisterAccess> Blk<H, R> {
     ) -> Result<(), BlkError> {
         let t = self.submit_write_zeroes(0, sector, sectors, unmap)?;
         self.run(t, wait).map(|_| ())
+    }
+
+    /// One DISCARD of several ranges on queue 0, waiting within `wait`
+    /// (see [`submit_discard_ranges`](Self::submit_discard_ranges)): an
+    /// error is the whole request's.
+    pub fn discard_ranges(
+        &mut self,
+        ranges: &[(u64, u32)],
+        wait: &mut impl Wait,
+    ) -> Result<(), BlkError> {
+        let t = self.submit_discard_ranges(0, ranges)?;
+        self.run(t, wait).map(|_| ())
+    }
+
+    /// Sets the device's cache mode through `writeback` (§5.2.4, with
+    /// VIRTIO_BLK_F_CONFIG_WCE): `true` writeback, `false` writethrough.
+    /// Switching to writethrough commits nothing already written: those
+    /// writes stay volatile until a FLUSH (§5.2.6.1), which
+    /// [`flush`](Self::flush) always sends.
+    pub fn set_writeback(&mut self, on: bool) -> Result<(), BlkError> {
+        self.need(BlkFeatures::CONFIG_WCE)?;
+        let d = self.transport.driver();
+        d.write_config_u8(config::WRITEBACK, u8::from(on))?;
+        let now = d.read_config_u8(config::WRITEBACK)? != 0;
+        self.config.writeback = Some(now);
+        Ok(())
     }
 
     /// GET_ID on queue 0 (§5.2.6): the 20-byte id, NUL-padded.

@@ -349,6 +349,33 @@ fn blk_flush_get_id_discard_write_zeroes_5_2_6() {
     ));
 }
 
+/// §5.2.4, §5.2.6: a DISCARD of several ranges carries at most
+/// `max_discard_seg` (1 here) of them; writeback is set only with
+/// VIRTIO_BLK_F_CONFIG_WCE negotiated.
+#[test]
+fn blk_discard_ranges_and_writeback_keep_to_the_features_5_2_4() {
+    let env = Env::new();
+    let bus = Bus::new(FakeBlk::new(env.memory()));
+    let mut blk = Blk::new(&env.hal, &bus, opts()).unwrap();
+    let w = &mut Polls::new(10);
+    assert_eq!(
+        blk.discard_ranges(&[(8, 8), (32, 8)], w),
+        Err(BlkError::TooLarge { len: 2, max: 1 })
+    );
+    assert_eq!(
+        blk.discard_ranges(&[], w),
+        Err(BlkError::TooLarge { len: 0, max: 1 })
+    );
+    blk.discard_ranges(&[(40, 8)], w).unwrap();
+    assert_eq!(bus.with(|d| d.discards.clone()), [(40, 8)]);
+    assert_eq!(
+        blk.set_writeback(false),
+        Err(BlkError::NotNegotiated {
+            feature: BlkFeatures::CONFIG_WCE
+        })
+    );
+}
+
 #[test]
 fn blk_ioerr_beyond_capacity_and_read_only_5_2_6_1() {
     let env = Env::new();

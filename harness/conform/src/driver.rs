@@ -194,6 +194,7 @@ pub const CHECKS: &[Check] = &[
     notify::WATCH,
     rx_headers::WATCH,
     requests::BLK_WATCH,
+    requests::BLK_ASSUMPTIONS,
     requests::NET_WATCH,
     requests::RNG_WATCH,
     requests::RNG_OUTPUT,

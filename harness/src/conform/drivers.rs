@@ -7,6 +7,9 @@ use std::cell::RefCell;
 use std::ptr::NonNull;
 use std::rc::Rc;
 
+use backends::IoSegment;
+use backends::block::memory::MemoryDisk;
+use backends::block::{BlockBackend, BlockError};
 use conform::driver::DriverWatch;
 use conform::driver::cleanup::{CleanupWatch, LiveRange};
 use conform::driver::requests::{BlkLimits, NetLimits};
@@ -1207,6 +1210,7 @@ pub fn provoked() -> Vec<Run> {
             };
             watched(kind, d, &mem, workload, p)
         })
+        .chain([blk_assumptions()])
         .collect()
 }
 
@@ -1240,6 +1244,225 @@ fn rng_refused_workload<D: VirtioDevice>(hal: WatchedHal, w: Watched<D>) -> Resu
         Err(_) => Ok(()),
         Ok(_) => Err("the driver went on with a device it should have given up".into()),
     }
+}
+
+/// A memory disk whose discards fail from byte `fail_from` on (a bad
+/// region): a DISCARD of several ranges then does the first and fails on
+/// the next, so the device answers IOERR for a request it partly did
+/// (§5.2.6.1).
+struct BadRegionDisk {
+    disk: MemoryDisk,
+    fail_from: u64,
+}
+
+impl BlockBackend for BadRegionDisk {
+    fn size(&self) -> u64 {
+        self.disk.size()
+    }
+    fn read_only(&self) -> bool {
+        self.disk.read_only()
+    }
+    fn supports_discard(&self) -> bool {
+        true
+    }
+    fn supports_write_zeroes(&self) -> bool {
+        self.disk.supports_write_zeroes()
+    }
+    fn write_cache(&self) -> bool {
+        self.disk.write_cache()
+    }
+    fn set_write_cache(&mut self, writeback: bool) {
+        self.disk.set_write_cache(writeback);
+    }
+    unsafe fn read_vectored(
+        &mut self,
+        offset: u64,
+        segments: &[IoSegment],
+    ) -> Result<(), BlockError> {
+        // SAFETY: the caller's promise is passed on unchanged.
+        unsafe { self.disk.read_vectored(offset, segments) }
+    }
+    unsafe fn write_vectored(
+        &mut self,
+        offset: u64,
+        segments: &[IoSegment],
+    ) -> Result<(), BlockError> {
+        // SAFETY: the caller's promise is passed on unchanged.
+        unsafe { self.disk.write_vectored(offset, segments) }
+    }
+    fn flush(&mut self) -> Result<(), BlockError> {
+        self.disk.flush()
+    }
+    fn discard(&mut self, offset: u64, len: u64) -> Result<(), BlockError> {
+        if offset.saturating_add(len) > self.fail_from {
+            return Err(BlockError::Io {
+                what: format!("discard of {len} bytes at {offset}"),
+                err: std::io::Error::other("a bad region (test equipment)"),
+            });
+        }
+        self.disk.discard(offset, len)
+    }
+    fn write_zeroes(&mut self, offset: u64, len: u64, unmap: bool) -> Result<(), BlockError> {
+        self.disk.write_zeroes(offset, len, unmap)
+    }
+}
+
+/// The target's device name for [`blk_assumptions`].
+pub const BLK_ASSUMPTIONS: &str = "blk (what the driver must not assume)";
+
+/// Our block driver against what it must not assume (§5.2.6.1), through
+/// its own API and a device that provokes each: after a write in
+/// writeback mode and `set_writeback(false)`, `flush()` must still send a
+/// FLUSH (#12); after a DISCARD the host fills the sectors with bytes of
+/// its own, which a read must return (#14); a DISCARD of two ranges
+/// whose second lies in a bad region (the first done, the request failed
+/// with IOERR) must fail as a whole (#15).
+pub fn blk_assumptions() -> Run {
+    let run = |records, error| Run {
+        target: GUEST_DRIVER.into(),
+        device: BLK_ASSUMPTIONS.into(),
+        records,
+        error,
+    };
+    match assumptions() {
+        Ok(records) => run(records, None),
+        Err(e) => run(vec![], Some(e)),
+    }
+}
+
+fn assumptions() -> Result<Vec<conform::Record>, String> {
+    use conform::Outcome;
+    use guest_driver::blk::{Blk, BlkError, BlkOptions};
+    const SECTORS: usize = 2048;
+    // The bad region: the last 64 sectors.
+    let fail_from = (SECTORS as u64 - 64) * 512;
+    let mem = LocalMemory::new(PAGES as u64 * 4096)?;
+    let disk = BadRegionDisk {
+        disk: MemoryDisk::new(SECTORS),
+        fail_from,
+    };
+    let dev = virtio_devices::blk::Blk::new(disk, mem.clone(), super::targets::blk_config())
+        .map_err(|e| e.to_string())?;
+    let regs = Rc::new(RefCell::new(
+        MmioRegisters::new(MmioTransport::new(dev)).map_err(|e| e.to_string())?,
+    ));
+    let w = Watched {
+        regs,
+        watch: Rc::new(RefCell::new(DriverWatch::new(None, 0, &[], 0))),
+        lie: Provoke::Nothing,
+        generation_reads: Rc::default(),
+        features_sel: Rc::default(),
+        legacy: Rc::new(RefCell::new(LegacyFace {
+            face: super::legacy_face::Face::new(true),
+            watch: conform::driver::legacy::LegacyWatch::new(None),
+        })),
+    };
+    let host = NonNull::new(mem.host_ptr()).ok_or("no memory")?;
+    // SAFETY: the mapping is `PAGES` pages at `host`, valid while `mem`
+    // lives, which outlives the driver; the device reaches the same bytes
+    // at `GUEST_BASE`.
+    let pool = unsafe { PoolHal::<PAGES>::new(host, GUEST_BASE, PAGES * 4096) }
+        .map_err(|e| format!("DMA pool: {e:?}"))?;
+    let opts = BlkOptions {
+        completion: Completion::Interrupt,
+        ..BlkOptions::default()
+    };
+    let mut blk = Blk::new(&pool, w.clone(), opts).map_err(|e| e.to_string())?;
+    let mut wait = waiter(&w);
+    let flushes = |w: &Watched<virtio_devices::blk::Blk<BadRegionDisk, LocalMemory>>| {
+        w.regs
+            .borrow()
+            .device()
+            .device()
+            .counters()
+            .iter()
+            .find(|(n, _)| *n == "flushes")
+            .map_or(0, |(_, v)| *v)
+    };
+    let e = |e: BlkError| e.to_string();
+    let mut records = Vec::new();
+    let mut record = |statement, outcome| {
+        records.push(conform::Record {
+            statement,
+            check: conform::driver::requests::BLK_ASSUMPTIONS.name,
+            outcome,
+        })
+    };
+    let [wb, discarded, segments] = [
+        conform::driver::requests::BLK_ASSUMPTION_STATEMENTS[0],
+        conform::driver::requests::BLK_ASSUMPTION_STATEMENTS[1],
+        conform::driver::requests::BLK_ASSUMPTION_STATEMENTS[2],
+    ];
+    // #12: a volatile write, writethrough set, then flush().
+    let written: Vec<u8> = (0..4096u32).map(|i| (i * 13 + 5) as u8).collect();
+    blk.write(8, &written, &mut wait).map_err(e)?;
+    match blk.set_writeback(false) {
+        Err(BlkError::NotNegotiated { .. }) => record(
+            wb,
+            Outcome::NotObservable("VIRTIO_BLK_F_CONFIG_WCE not negotiated".into()),
+        ),
+        Err(err) => return Err(err.to_string()),
+        Ok(()) => {
+            let before = flushes(&w);
+            blk.flush(&mut wait).map_err(e)?;
+            let after = flushes(&w);
+            record(
+                wb,
+                if after > before {
+                    Outcome::Pass
+                } else {
+                    Outcome::Fail(
+                        "after a write in writeback mode and writeback set to 0, flush() sent no FLUSH: the write was assumed committed".into(),
+                    )
+                },
+            );
+        }
+    }
+    // #14: discarded sectors read back as whatever the device returns.
+    blk.discard(8, 8, &mut wait).map_err(e)?;
+    let theirs: Vec<u8> = (0..4096u32).map(|i| (i * 37 + 11) as u8 ^ 0xa5).collect();
+    w.regs
+        .borrow_mut()
+        .device_mut()
+        .device_mut()
+        .backend_mut()
+        .disk
+        .data_mut()[8 * 512..16 * 512]
+        .copy_from_slice(&theirs);
+    let mut back = vec![0u8; 4096];
+    blk.read(8, &mut back, &mut wait).map_err(e)?;
+    record(
+        discarded,
+        if back == theirs {
+            Outcome::Pass
+        } else if back == written {
+            Outcome::Fail("a read after DISCARD returned the data written before it, not what the device returned".into())
+        } else if back.iter().all(|b| *b == 0) {
+            Outcome::Fail(
+                "a read after DISCARD returned zeros, not what the device returned".into(),
+            )
+        } else {
+            Outcome::Fail("a read after DISCARD returned bytes the device did not".into())
+        },
+    );
+    // #15: the first range done, the second in the bad region: IOERR.
+    let bad = fail_from / 512;
+    let r = blk.discard_ranges(&[(16, 8), (bad, 8)], &mut wait);
+    record(
+        segments,
+        match r {
+            Err(BlkError::IoError) => Outcome::Pass,
+            Ok(()) => Outcome::Fail(
+                "a DISCARD of two ranges the device failed with IOERR was reported done".into(),
+            ),
+            Err(err) => Outcome::Fail(format!(
+                "a DISCARD of two ranges the device failed with IOERR was reported as {err}, not as the request's I/O error"
+            )),
+        },
+    );
+    drop(wait);
+    drop(blk);
+    Ok(records)
 }
 
 #[cfg(test)]

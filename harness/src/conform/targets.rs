@@ -556,7 +556,7 @@ pub fn vhost_user(socket: &Path, kind: Kind) -> Result<Box<dyn Bus>, String> {
     vhost_user_backed(socket, kind, None)
 }
 
-/// [`vhost_user`] for a block backend whose image is `backing`: the
+/// [`vhost_user()`] for a block backend whose image is `backing`: the
 /// checks then see what the host holds unwritten of it
 /// ([`conform::Bus::unwritten`]).
 pub fn vhost_user_backed(

@@ -25,6 +25,28 @@ const DISCARD_SEGMENTS: &str = "driver:blk/device-operation#9";
 const WRITE_ZEROES_SEGMENTS: &str = "driver:blk/device-operation#11";
 const DISCARD_NO_UNMAP: &str = "driver:blk/device-operation#13";
 
+const ASSUME_WRITEBACK_OFF: &str = "driver:blk/device-operation#12";
+const ASSUME_DISCARDED: &str = "driver:blk/device-operation#14";
+const ASSUME_SEGMENTS: &str = "driver:blk/device-operation#15";
+
+/// What a block driver must not assume (§5.2.6.1): writes committed
+/// because `writeback` went to 0, the data of discarded sectors, the
+/// fate of each range of a request that failed with IOERR.
+pub const BLK_ASSUMPTION_STATEMENTS: &[&str] =
+    &[ASSUME_WRITEBACK_OFF, ASSUME_DISCARDED, ASSUME_SEGMENTS];
+
+/// A driver's assumptions (§5.2.6.1) as a [`Check`] for the catalogue:
+/// judged by the harness through the driver's own API, against a device
+/// that provokes each (a flush after writeback went to 0 must still
+/// reach the device; a read of discarded sectors returns what the device
+/// gives; a DISCARD of two ranges that the device fails is failed as a
+/// whole).
+pub const BLK_ASSUMPTIONS: Check = Check {
+    name: "driver-blk-assumptions",
+    statements: BLK_ASSUMPTION_STATEMENTS,
+    run: |_| {},
+};
+
 /// Every statement the block request watch judges.
 pub const BLK_STATEMENTS: &[&str] = &[
     NOT_BEYOND_CAPACITY,
