@@ -265,12 +265,16 @@ impl std::error::Error for AttachError {
 /// An observer of one slot's register traffic, as the driver made it, and
 /// of the interrupts the slot raises: how a conformance watch judges a
 /// driver running under KVM (§4.2.2). Called under the slot's lock, in
-/// the order the device saw each event.
+/// the order the device saw each event; it must not call back into the
+/// slot (its handle), which would deadlock. A `QueueNotify` that an
+/// ioeventfd takes never traps, so it never reaches the tap: a watch
+/// places its devices with [`NotifyMode::Inline`] (as
+/// [`crate::machine::Machine::watched`] does).
 pub trait RegisterTap: Send + Sync {
     /// A register read, with the bytes the driver got.
     fn read(&self, offset: u64, data: &[u8]);
-    /// A register write as the driver made it (a `QueueNotify` that went
-    /// through an ioeventfd included, before the device acts on it).
+    /// A register write as the driver made it, before the device acts on
+    /// it.
     fn write(&self, offset: u64, data: &[u8]);
     /// The slot raised its interrupt line.
     fn interrupt(&self);
@@ -635,11 +639,7 @@ impl<D: VirtioDevice + Send + 'static> SlotOps for Shared<D> {
     }
 
     fn notified(&self, queue: u16) {
-        let mut state = self.lock();
-        if let Some(tap) = &state.tap {
-            tap.write(regs::QUEUE_NOTIFY, &u32::from(queue).to_le_bytes());
-        }
-        self.replay_notify(&mut state, queue, Via::Worker);
+        self.replay_notify(&mut self.lock(), queue, Via::Worker);
     }
 
     fn backend_ready(&self) {

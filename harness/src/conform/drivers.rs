@@ -483,7 +483,11 @@ impl CleanupHandle {
     }
 
     fn set_live(&self, live: Vec<LiveRange>) {
-        self.lock().1 = live;
+        let mut g = self.lock();
+        if !live.is_empty() {
+            g.0.went_live();
+        }
+        g.1 = live;
     }
 
     /// The driver is removing `len` bytes of DMA memory at `addr`.
@@ -506,6 +510,10 @@ impl<D, M: GuestMemory, F: FnMut(&RingWatch)> Drop for WatchedDevice<D, M, F> {
         if core::mem::take(&mut self.live) {
             self.rings.due(&self.mem);
             (self.done)(&self.rings);
+        }
+        // A device gone touches nothing.
+        if let Some(c) = &self.cleanup {
+            c.set_live(Vec::new());
         }
     }
 }

@@ -282,12 +282,57 @@ pub fn qemu(transport: Transport) -> Vec<Run> {
     }
 }
 
-/// Every machine: ours under KVM, QEMU on both transports.
+/// The device name of [`qemu_legacy_multiqueue`]'s run.
+pub const NET_MULTIQUEUE: &str = "net (2 queue pairs, tap)";
+
+/// QEMU `microvm` on the legacy transport with a multiqueue network
+/// device (`mq=on`, two queue pairs, a tap QEMU creates and removes; no
+/// frame is sent): only the checks that need multiqueue run
+/// (`conform.checks=`), since the tap echoes nothing. Needs
+/// CAP_NET_ADMIN for the tap.
+pub fn qemu_legacy_multiqueue() -> Vec<Run> {
+    let target = QEMU_LEGACY;
+    if let Some(why) = crate::qemu::unavailable() {
+        return failed(target, why);
+    }
+    if let Some(why) = crate::netns::unavailable() {
+        return failed(target, format!("a tap device: {why}"));
+    }
+    let guest = match guest() {
+        Ok(g) => g,
+        Err(e) => return failed(target, e),
+    };
+    let tap = format!("cfmq{}", std::process::id() % 100_000);
+    let run = Qemu::microvm(guest)
+        .memory("128M")
+        .timeout(TIMEOUT)
+        .transport(Transport::Legacy)
+        .append("conform.checks=legacy-net-mq")
+        .args([
+            "-netdev".to_string(),
+            format!("tap,id=n0,ifname={tap},script=no,downscript=no,queues=2"),
+            "-device".into(),
+            "virtio-net-device,netdev=n0,mq=on".into(),
+        ])
+        .run();
+    let mut runs = match run {
+        Ok(r) => runs_of(target, &r.serial, r.passed(), &r.describe()),
+        Err(e) => failed(target, format!("QEMU: {e}")),
+    };
+    for r in runs.iter_mut().filter(|r| r.device == "net") {
+        r.device = NET_MULTIQUEUE.into();
+    }
+    runs
+}
+
+/// Every machine: ours under KVM, QEMU on both transports (and on the
+/// legacy one a multiqueue network device).
 pub fn all() -> Vec<Run> {
     let mut runs = ours_under_kvm();
     for t in Transport::ALL {
         runs.extend(qemu(t));
     }
+    runs.extend(qemu_legacy_multiqueue());
     runs
 }
 

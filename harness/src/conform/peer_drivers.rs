@@ -131,10 +131,18 @@ fn watched<D: VirtioDevice + 'static>(
     });
     // The driver, its transport and the device go when the workload ends;
     // the ring watch's session with them.
+    /// Takes the removal hook off this thread however the workload ends.
+    struct Unhook;
+    impl Drop for Unhook {
+        fn drop(&mut self) {
+            TestHal::watch_removals(None);
+        }
+    }
     let hook = cleanup.clone();
     TestHal::watch_removals(Some(Box::new(move |addr, len| hook.removing(addr, len))));
+    let unhook = Unhook;
     let result = workload(t);
-    TestHal::watch_removals(None);
+    drop(unhook);
     let mut watch = watch.borrow_mut();
     watch.finish();
     let mut records = watch.records();

@@ -473,6 +473,8 @@ const SYS_CACHESTAT: libc::c_long = 451;
 
 /// Bytes of `path` in `[offset, offset + len)` (`len` 0: to the end) the
 /// host's page cache holds dirty or under writeback, from `cachestat(2)`.
+/// An error for a file on tmpfs or ramfs, whose pages are never marked
+/// dirty (so nothing would ever look unwritten).
 pub fn unwritten_bytes(path: &Path, offset: u64, len: u64) -> Result<u64, String> {
     #[repr(C)]
     struct Range {
@@ -489,6 +491,26 @@ pub fn unwritten_bytes(path: &Path, offset: u64, len: u64) -> Result<u64, String
         recently_evicted: u64,
     }
     let f = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    // SAFETY: an all-zero `statfs` is a valid value of the plain C struct.
+    let mut fs: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `fs` is a live, writable `statfs`; `f` is open.
+    if unsafe { libc::fstatfs(std::os::fd::AsRawFd::as_raw_fd(&f), &mut fs) } != 0 {
+        return Err(format!(
+            "statfs {}: {}",
+            path.display(),
+            std::io::Error::last_os_error()
+        ));
+    }
+    const TMPFS_MAGIC: i64 = 0x0102_1994;
+    const RAMFS_MAGIC: i64 = 0x8584_58f6;
+    #[allow(clippy::unnecessary_cast)]
+    let kind = fs.f_type as i64;
+    if kind == TMPFS_MAGIC || kind == RAMFS_MAGIC {
+        return Err(format!(
+            "{} is on tmpfs or ramfs, whose pages are never marked dirty",
+            path.display()
+        ));
+    }
     let range = Range { off: offset, len };
     let mut st = Stat::default();
     // SAFETY: cachestat reads `range` and writes `st`, both alive for the

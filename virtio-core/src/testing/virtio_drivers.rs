@@ -106,8 +106,9 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 #[derive(Clone, Copy, Debug, Default)]
 pub struct TestHal;
 
-/// A removal hook ([`TestHal::watch_removals`]).
-type RemovalHook = Box<dyn Fn(u64, u64)>;
+/// A removal hook ([`TestHal::watch_removals`]): guest physical address
+/// and length of what is removed.
+pub type RemovalHook = Box<dyn Fn(u64, u64)>;
 
 std::thread_local! {
     /// The removal hook of the driver running on this thread.

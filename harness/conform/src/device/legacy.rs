@@ -766,10 +766,90 @@ fn legacy_net_mac_table(ctx: &mut Ctx<'_>) {
     });
 }
 
+const PAIRS_NATIVE: &str = "desc:net/device-operation/control-virtqueue/automatic-receive-steering-in-multiqueue-mode/legacy-interface-automatic-receive-steering-in-multiqueue-mode#1";
+
+/// VIRTIO_NET_CTRL_MQ (4) and VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET (0)
+/// (§5.1.6.5.6).
+const CTRL_MQ: u8 = 4;
+const VQ_PAIRS_SET: u8 = 0;
+/// `max_virtqueue_pairs` in `struct virtio_net_config` (§5.1.4).
+const MAX_PAIRS_AT: u64 = 8;
+
+/// A legacy network device with VIRTIO_NET_F_MQ reads VQ_PAIRS_SET's
+/// `virtqueue_pairs` in native (little) endian (§5.1.6.5.6.3): every
+/// queue pair, then one, are taken (read big-endian, 1 would be 256).
+pub const LEGACY_NET_MQ: Check = Check {
+    name: "legacy-net-mq",
+    statements: &[PAIRS_NATIVE],
+    run: legacy_net_mq,
+};
+
+fn legacy_net_mq(ctx: &mut Ctx<'_>) {
+    let all = [PAIRS_NATIVE];
+    let Some(mut d) = open_legacy(ctx, &all) else {
+        return;
+    };
+    if d.device_type() != Some(DeviceType::Net) {
+        ctx.not_applicable(&all, "not a network device");
+        return;
+    }
+    let need = NetFeatures::CTRL_VQ.bits() | NetFeatures::MQ.bits();
+    if d.offered & need != need {
+        ctx.not_applicable(
+            &all,
+            "VIRTIO_NET_F_CTRL_VQ and VIRTIO_NET_F_MQ not both offered",
+        );
+        return;
+    }
+    let mut pairs = 0u16;
+    let r = d.begin_legacy(need, |d| {
+        pairs = u16::from_le_bytes([d.config8(MAX_PAIRS_AT), d.config8(MAX_PAIRS_AT + 1)]);
+    });
+    // The receive and transmit queues of every pair, then the control
+    // queue after them (§5.1.2).
+    let ctrl = 2 * pairs;
+    let r = r.and_then(|_| {
+        if !(1..=0x8000).contains(&pairs) {
+            return Err(format!("max_virtqueue_pairs reads {pairs} (little-endian)"));
+        }
+        for q in 0..=ctrl {
+            d.setup_queue(q)?;
+        }
+        d.driver_ok()
+    });
+    if let Err(e) = r {
+        ctx.blocked(&all, &e);
+        return;
+    }
+    let mut acks = Vec::new();
+    for n in [pairs, 1] {
+        match ctrl_command(
+            &mut d,
+            ctrl,
+            &[&[CTRL_MQ, VQ_PAIRS_SET][..], &n.to_le_bytes()],
+        ) {
+            Ok(a) => acks.push((n, a)),
+            Err(e) => {
+                ctx.blocked(&all, &e);
+                return;
+            }
+        }
+    }
+    ctx.expect(PAIRS_NATIVE, acks.iter().all(|(_, a)| *a == NET_OK), || {
+        format!("VQ_PAIRS_SET (little-endian) of max_virtqueue_pairs {pairs} then 1: acks {acks:?}")
+    });
+}
+
 fn mac_table_set(d: &mut Dev<'_>, unicast: &[u8], multicast: &[u8]) -> Result<u8, String> {
+    ctrl_command(d, 2, &[&[CTRL_MAC, MAC_TABLE_SET][..], unicast, multicast])
+}
+
+/// One control command on queue `ctrl` in the legacy framing (§5.1.9.8:
+/// each part and the ack in a descriptor of its own); its ack.
+fn ctrl_command(d: &mut Dev<'_>, ctrl: u16, parts: &[&[u8]]) -> Result<u8, String> {
     let mem = d.bus().mem();
     let mut bufs = Vec::new();
-    for part in [&[CTRL_MAC, MAC_TABLE_SET][..], unicast, multicast] {
+    for part in parts.iter().copied() {
         let len = part.len() as u32;
         let a = d.buffer(len, Some(part)).ok_or("out of DMA memory")?;
         bufs.push(Buf {
@@ -784,15 +864,17 @@ fn mac_table_set(d: &mut Dev<'_>, unicast: &[u8], multicast: &[u8]) -> Result<u8
         len: 1,
         write: true,
     });
-    let ring = d.ring(2).ok_or("control queue not set up")?;
+    let ring = d.ring(ctrl).ok_or("control queue not set up")?;
     let h = ring
         .chain(mem, &bufs)
         .ok_or("no room in the control ring")?;
     ring.publish(mem, h).ok_or("no room in the control ring")?;
-    d.notify(2);
-    if !d.wait_used(2, 1) {
+    let want = ring.avail_idx;
+    d.notify(ctrl);
+    if !d.wait_used(ctrl, want) {
         return Err(format!(
-            "MAC_TABLE_SET was not completed; {}",
+            "control command {:?} was not completed; {}",
+            parts.first().map(|p| &p[..p.len().min(2)]),
             d.rings_seen()
         ));
     }

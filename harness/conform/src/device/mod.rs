@@ -76,6 +76,7 @@ pub const CHECKS: &[Check] = &[
     legacy::LEGACY_CONSOLE,
     legacy::LEGACY_NOTIFY_ON_EMPTY,
     legacy::LEGACY_NET_MAC_TABLE,
+    legacy::LEGACY_NET_MQ,
 ];
 
 /// Every feature the checks can drive: all device-type bits (0 to 23,

@@ -43,17 +43,28 @@ pub struct LiveRange {
 #[derive(Clone, Debug, Default)]
 pub struct CleanupWatch {
     seen: BTreeMap<&'static str, Seen>,
+    /// A queue was live at some point.
+    been_live: bool,
 }
 
 impl CleanupWatch {
+    /// Notes that queues went live: only a removal after that is about
+    /// memory the device had.
+    pub fn went_live(&mut self) {
+        self.been_live = true;
+    }
+
     /// The driver is removing `len` bytes at `addr` (giving DMA memory
     /// back, ending a buffer's sharing) while `live` is what the device
-    /// may still access. With nothing live the removal keeps the
-    /// statement; one that overlaps a live range breaks it; any other is
-    /// memory the device never had, not judged.
+    /// may still access. With nothing live, once something was, the
+    /// removal keeps the statement; one that overlaps a live range breaks
+    /// it; any other (memory the device never had, or a removal before
+    /// any queue went live) is not judged.
     pub fn removing(&mut self, addr: u64, len: u64, live: &[LiveRange]) {
         if live.is_empty() {
-            keep(&mut self.seen, REMOVE_AFTER_RESET);
+            if self.been_live {
+                keep(&mut self.seen, REMOVE_AFTER_RESET);
+            }
             return;
         }
         let end = addr.saturating_add(len);
@@ -86,8 +97,9 @@ mod tests {
     }
 
     /// §3.3.1: freeing a live queue's ring breaks the statement; freeing
-    /// unrelated memory while live is not judged; freeing after the reset
-    /// (nothing live) keeps it.
+    /// unrelated memory while live, or anything before a queue ever went
+    /// live, is not judged; freeing after the reset (nothing live) keeps
+    /// it.
     #[test]
     fn section_3_3_1_no_exposed_buffer_removed_while_live() {
         let ring = LiveRange {
@@ -97,6 +109,9 @@ mod tests {
             what: "descriptor table",
         };
         let mut w = CleanupWatch::default();
+        w.removing(0, 0x1000, &[]);
+        assert!(matches!(outcome(&w), Outcome::NotObservable(_)));
+        w.went_live();
         w.removing(0x9000, 0x1000, core::slice::from_ref(&ring));
         assert!(matches!(outcome(&w), Outcome::NotObservable(_)));
         w.removing(0, 0x1000, &[]);

@@ -673,9 +673,10 @@ pub(super) fn judge_net_tx(
 const HDR_PROBE: usize = 8 + 14 + 4;
 
 /// Whether `frame` looks like an Ethernet frame this driver sent: from its
-/// own address (`mac` or one it set), or carrying IPv4, IPv6, ARP for
-/// IPv4 or a VLAN tag, each recognised by its first bytes (an IPv4 frame
-/// misread two bytes early shows ethertype 0x4500, its version and TOS).
+/// own address (`mac` or one it set), or carrying IPv4, IPv6 or ARP for
+/// IPv4 (behind a VLAN tag or not), each recognised by its first bytes
+/// (an IPv4 frame misread two bytes early shows ethertype 0x4500, its
+/// version and TOS).
 fn looks_like_frame(frame: &[u8], mac: Option<[u8; 6]>, macs_set: &[[u8; 6]]) -> bool {
     let Some(src) = frame.get(6..12).and_then(|s| <[u8; 6]>::try_from(s).ok()) else {
         return false;
@@ -691,7 +692,10 @@ fn looks_like_frame(frame: &[u8], mac: Option<[u8; 6]>, macs_set: &[[u8; 6]]) ->
         0x0800 => payload.first().is_some_and(|b| b >> 4 == 4 && b & 0xf >= 5),
         0x86dd => payload.first().is_some_and(|b| b >> 4 == 6),
         0x0806 => payload.get(..4) == Some(&[0, 1, 8, 0]),
-        0x8100 | 0x88a8 => true,
+        // A tag, then the tagged frame's own type.
+        0x8100 | 0x88a8 => payload
+            .get(2..4)
+            .is_some_and(|t| matches!(u16::from_be_bytes([t[0], t[1]]), 0x0800 | 0x86dd | 0x0806)),
         _ => false,
     }
 }

@@ -683,14 +683,36 @@ impl RingWatch {
     /// What the device may still access of the queues the watch follows
     /// (all live: the caller knows the session is open), leaving out
     /// `stopped` ones (`QueueReady` 0, §4.2.2.2): each ring area, and each
-    /// buffer of a chain the driver exposed and the device has not
-    /// returned (where the watch keeps them, see
-    /// [`without_rewrite_check`](Self::without_rewrite_check)). For
-    /// [`super::cleanup::CleanupWatch`].
+    /// buffer (and indirect table) of a chain the driver exposed and the
+    /// device has not returned, as of the watch's last look (where the
+    /// watch keeps them, see
+    /// [`without_rewrite_check`](Self::without_rewrite_check); chains
+    /// published since are left out, chains in the used ring since are
+    /// returned). For [`super::cleanup::CleanupWatch`].
     pub fn live_ranges(&self, mem: &dyn Memory, stopped: &[u16]) -> Vec<LiveRange> {
         let mut out = Vec::new();
         for (&queue, q) in self.queues.iter().filter(|(i, _)| !stopped.contains(i)) {
-            let size = u64::from(q.layout.size().get());
+            let l = q.layout;
+            let size16 = l.size().get();
+            // Heads the device returned since the last look.
+            let used = u16_at(mem, l.used_idx().0).unwrap_or(q.seen_used);
+            let mut returned = Vec::new();
+            let mut u = q.seen_used;
+            while u != used && returned.len() < usize::from(size16) {
+                let mut e = [0u8; 4];
+                if mem
+                    .read(
+                        virtio_core::memory::GuestAddress(l.used_slot(u % size16).0),
+                        &mut e,
+                    )
+                    .is_ok()
+                    && let Ok(h) = u16::try_from(u32::from_le_bytes(e))
+                {
+                    returned.push(h);
+                }
+                u = u.wrapping_add(1);
+            }
+            let size = u64::from(size16);
             for (what, addr, len) in [
                 ("descriptor table", q.layout.desc_table().0, 16 * size),
                 ("available ring", q.layout.avail_ring().0, 6 + 2 * size),
@@ -703,7 +725,17 @@ impl RingWatch {
                     what,
                 });
             }
-            for &head in q.exposed.keys() {
+            for &head in q.exposed.keys().filter(|h| !returned.contains(h)) {
+                if let Some((addr, len, flags, _)) = desc(mem, l.desc(head).0)
+                    && flags & INDIRECT != 0
+                {
+                    out.push(LiveRange {
+                        addr,
+                        len: u64::from(len),
+                        queue,
+                        what: "indirect table",
+                    });
+                }
                 for (addr, len, _) in segments(mem, q.layout, head).unwrap_or_default() {
                     out.push(LiveRange {
                         addr,

@@ -9,6 +9,7 @@
 //! `not-observable`; tabs and line breaks in the detail become spaces),
 //! and `conform: done <base>`. The host reads the lines; the guest passes
 //! whatever the records say (it fails only when it cannot run the checks).
+//! `conform.checks=<name>,<name>` runs only the checks so named.
 //!
 //! Memory: one range of RAM above the image ([`virtio::take_ram`]), the
 //! first [`HEAP`] bytes a heap for the checks' `alloc`, the rest their DMA
@@ -170,6 +171,16 @@ fn main(boot: &'static BootInfo) {
         base: base + HEAP,
         len: DMA,
     };
+    // `conform.checks=a,b`: only these checks (by name); all by default.
+    let only: alloc::vec::Vec<&str> = boot
+        .cmdline_values("conform.checks")
+        .flat_map(|v| v.split(','))
+        .collect();
+    let checks: alloc::vec::Vec<conform::Check> = conform::device::CHECKS
+        .iter()
+        .filter(|c| only.is_empty() || only.contains(&c.name))
+        .copied()
+        .collect();
     let mut devices = 0;
     for slot in guest_driver::cmdline::slots(boot.cmdline()) {
         if slot.base < UNCACHED_START || slot.end() > IDENTITY_MAP_END {
@@ -191,7 +202,7 @@ fn main(boot: &'static BootInfo) {
         let version = regs.read32(regs::VERSION);
         println!("conform: device {:#x} id {id} version {version}", slot.base);
         let bus = GuestBus { regs, ram: &dma };
-        for r in conform::run(&bus, conform::device::CHECKS) {
+        for r in conform::run(&bus, &checks) {
             let (name, detail) = outcome(&r.outcome);
             let mut line = alloc::string::String::with_capacity(detail.len());
             line.extend(detail.chars().map(|c| {

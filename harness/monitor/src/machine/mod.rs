@@ -99,8 +99,12 @@ impl Machine {
 
     /// [`Machine::new`] with every device under `watch` (a conformance
     /// run's watch on the guest's drivers): each realized device is placed
-    /// as `watch` wraps it, its slot tapped. Network devices so placed have
-    /// no link for the monitor (`set_link`).
+    /// as `watch` wraps it, its slot tapped, with inline notification (no
+    /// ioeventfd: every `QueueNotify` traps and reaches the tap in order).
+    /// Network devices so placed have no link for the monitor
+    /// (`set_link`); a wrapped hostile (`misbehave=`) or vhost-user device
+    /// is no longer known as one (no register lies, no dead-backend
+    /// report), so a watched machine is for honest local devices.
     pub fn watched(
         config: &MachineConfig,
         watch: &mut dyn SlotWatch,
@@ -219,7 +223,7 @@ fn attach_watched(
     for d in devices {
         let mem = vm.guest_memory().clone();
         let (device, tap) = watch.watch(d.kind, d.device.into_boxed(), &mem);
-        let handle = vm.add_virtio_device(d.kind, device, d.ready_fds, d.notify)?;
+        let handle = vm.add_virtio_device(d.kind, device, d.ready_fds, NotifyMode::Inline)?;
         handle.set_register_tap(tap);
     }
     Ok((vm.virtio_slots(), Vec::new()))
