@@ -25,6 +25,7 @@ use crate::{Check, Outcome, Record};
 pub mod cleanup;
 pub mod legacy;
 pub mod notify;
+pub mod publish;
 pub mod requests;
 pub mod rings;
 pub mod rx_headers;
@@ -201,6 +202,7 @@ pub const CHECKS: &[Check] = &[
     requests::CONSOLE_WATCH,
     legacy::WATCH,
     cleanup::WATCH,
+    publish::WATCH,
 ];
 
 /// What the watch has seen of one statement.

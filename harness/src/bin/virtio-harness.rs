@@ -232,11 +232,18 @@ fn main() -> ExitCode {
             Duration::from_micros(poll_max_us),
             watch_driver.map(|path| -> monitor::serve::Wrap {
                 Box::new(move |dev, mem| {
-                    Box::new(harness::conform::drivers::WatchedDevice::new(
-                        dev,
-                        mem.clone(),
-                        harness::conform::drivers::append_records(path),
-                    ))
+                    let publish = harness::conform::drivers::PublishHandle::default();
+                    Box::new(
+                        harness::conform::drivers::WatchedDevice::new(
+                            dev,
+                            mem.clone(),
+                            harness::conform::drivers::append_records_with(
+                                path,
+                                Some(publish.clone()),
+                            ),
+                        )
+                        .with_publish_order(publish),
+                    )
                 })
             }),
         ) {

@@ -12,6 +12,7 @@ use backends::block::memory::MemoryDisk;
 use backends::block::{BlockBackend, BlockError};
 use conform::driver::DriverWatch;
 use conform::driver::cleanup::{CleanupWatch, LiveRange};
+use conform::driver::publish::{Probe, PublishWatch};
 use conform::driver::requests::{BlkLimits, NetLimits};
 use conform::driver::rings::RingWatch;
 use guest_driver::hal::{BufferDirection, Dma, Hal, PhysAddr, PoolHal};
@@ -298,6 +299,11 @@ pub struct WatchedDevice<D, M: GuestMemory, F: FnMut(&RingWatch)> {
     cleanup: Option<CleanupHandle>,
     /// Queues the driver stopped (`QueueReady` 0) in this session.
     stopped: Vec<u16>,
+    /// Starts a publication prober on a session's queues, when asked
+    /// ([`with_publish_order`](Self::with_publish_order)).
+    publish: Option<ProberStart>,
+    /// The running prober, while a session is live.
+    prober: Option<Prober>,
     live: bool,
     done: F,
 }
@@ -319,6 +325,8 @@ impl<D: VirtioDevice, M: GuestMemory, F: FnMut(&RingWatch)> WatchedDevice<D, M, 
             legacy_framing: false,
             cleanup: None,
             stopped: Vec::new(),
+            publish: None,
+            prober: None,
             live: false,
             done,
         }
@@ -328,6 +336,20 @@ impl<D: VirtioDevice, M: GuestMemory, F: FnMut(&RingWatch)> WatchedDevice<D, M, 
     /// step, so the driver's DMA layer can report removals to it (§3.3.1).
     pub fn watching_cleanup(mut self, cleanup: CleanupHandle) -> Self {
         self.cleanup = Some(cleanup);
+        self
+    }
+
+    /// Has a thread read each publication of the driver from another CPU
+    /// while a session is live, judging its order into `watch`
+    /// (§2.7.13.3.1, [`conform::driver::publish`]).
+    pub fn with_publish_order(mut self, watch: PublishHandle) -> Self
+    where
+        M: Clone + Send + 'static,
+    {
+        let mem = self.mem.clone();
+        self.publish = Some(Box::new(move |queues| {
+            Prober::start(mem.clone(), queues, watch.clone(), PROBE_GAP)
+        }));
         self
     }
 
@@ -427,6 +449,7 @@ impl<D: VirtioDevice, M: GuestMemory, F: FnMut(&RingWatch)> WatchedDevice<D, M, 
 
     /// Ends the session: its watch goes to `done`.
     pub fn finish(&mut self) {
+        self.prober = None;
         self.layouts.clear();
         self.stopped.clear();
         if core::mem::take(&mut self.live) {
@@ -471,6 +494,10 @@ impl<D: VirtioDevice, M: GuestMemory, F: FnMut(&RingWatch)> WatchedDevice<D, M, 
     }
 }
 
+/// What starts a [`Prober`] on a session's queues.
+type ProberStart =
+    Box<dyn Fn(Vec<(u16, virtio_core::split::layout::QueueLayout)>) -> Prober + Send>;
+
 /// The cleanup watch (§3.3.1) shared between a [`WatchedDevice`], which
 /// keeps it told what the device may still access, and the driver's DMA
 /// layer, which reports each removal.
@@ -503,10 +530,135 @@ impl CleanupHandle {
     }
 }
 
+/// The publication-order watch (§2.7.13.3.1) shared between the prober
+/// threads of a [`WatchedDevice`] and the run that reads its records.
+#[derive(Clone, Debug, Default)]
+pub struct PublishHandle(Arc<Mutex<PublishWatch>>);
+
+impl PublishHandle {
+    fn lock(&self) -> std::sync::MutexGuard<'_, PublishWatch> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The watch's records so far.
+    pub fn records(&self) -> Vec<conform::Record> {
+        self.lock().records()
+    }
+
+    /// Probes that counted so far.
+    pub fn counted(&self) -> u64 {
+        self.lock().counted
+    }
+}
+
+/// The time between the two reads of an entry.
+const PROBE_GAP: std::time::Duration = std::time::Duration::from_nanos(500);
+
+/// A thread reading a driver's publications from another CPU while a
+/// session is live ([`conform::driver::publish`]).
+struct Prober {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Prober {
+    /// Starts probing `queues` in `mem`, judging into `watch`; the two
+    /// reads of an entry are `gap` apart (spinning).
+    fn start<M: GuestMemory + Send + 'static>(
+        mem: M,
+        queues: Vec<(u16, virtio_core::split::layout::QueueLayout)>,
+        watch: PublishHandle,
+        gap: std::time::Duration,
+    ) -> Prober {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = Arc::clone(&stop);
+        let thread = std::thread::Builder::new()
+            .name("publish-prober".into())
+            .spawn(move || probe_loop(&mem, &queues, &flag, &watch, gap))
+            .ok();
+        Prober { stop, thread }
+    }
+}
+
+impl Drop for Prober {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Release);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Follows each queue's available index and reads every entry it exposes
+/// twice, a moment apart, until `stop`.
+fn probe_loop<M: GuestMemory>(
+    mem: &M,
+    queues: &[(u16, virtio_core::split::layout::QueueLayout)],
+    stop: &std::sync::atomic::AtomicBool,
+    watch: &PublishHandle,
+    gap: std::time::Duration,
+) {
+    let idx =
+        |l: &virtio_core::split::layout::QueueLayout| mem.load_u16_acquire(l.avail_idx()).ok();
+    let entry = |l: &virtio_core::split::layout::QueueLayout, slot: u16| {
+        let mut e = [0u8; 2];
+        mem.read(l.avail_slot(slot % l.size().get()), &mut e)
+            .map(|()| u16::from_le_bytes(e))
+            .ok()
+    };
+    let mut seen: Vec<u16> = queues.iter().map(|(_, l)| idx(l).unwrap_or(0)).collect();
+    // Rounds with nothing new: after a few the thread sleeps between
+    // looks rather than hold a CPU the driver (or a TCG guest) needs.
+    let mut idle = 0u32;
+    while !stop.load(std::sync::atomic::Ordering::Acquire) {
+        let mut any = false;
+        for ((queue, l), next) in queues.iter().zip(seen.iter_mut()) {
+            let Some(now) = idx(l) else { continue };
+            let half = l.size().get() / 2;
+            // Fallen behind: only the newest entries can still be probed.
+            if now.wrapping_sub(*next) > half {
+                *next = now.wrapping_sub(half);
+            }
+            while *next != now {
+                any = true;
+                let slot = *next;
+                *next = slot.wrapping_add(1);
+                let Some(first) = entry(l, slot) else {
+                    continue;
+                };
+                let t = std::time::Instant::now();
+                while t.elapsed() < gap {
+                    core::hint::spin_loop();
+                }
+                let Some(second) = entry(l, slot) else {
+                    continue;
+                };
+                let ahead = idx(l).map_or(u16::MAX, |i| i.wrapping_sub(slot));
+                watch.lock().probe(&Probe {
+                    queue: *queue,
+                    slot,
+                    first,
+                    second,
+                    fresh: ahead <= half,
+                });
+            }
+        }
+        if any {
+            idle = 0;
+        } else if idle < 64 {
+            idle += 1;
+            std::thread::yield_now();
+        } else {
+            std::thread::sleep(std::time::Duration::from_micros(100));
+        }
+    }
+}
+
 /// A watched device dropped with a driver session still open (a driver
 /// that never resets it) hands that session's watch over too.
 impl<D, M: GuestMemory, F: FnMut(&RingWatch)> Drop for WatchedDevice<D, M, F> {
     fn drop(&mut self) {
+        self.prober = None;
         if core::mem::take(&mut self.live) {
             self.rings.due(&self.mem);
             (self.done)(&self.rings);
@@ -594,6 +746,15 @@ impl<D: VirtioDevice, M: GuestMemory, F: FnMut(&RingWatch)> VirtioDevice
             })
             .collect();
         self.live = true;
+        if let Some(start) = &self.publish {
+            let live: Vec<_> = self
+                .layouts
+                .iter()
+                .enumerate()
+                .filter_map(|(i, l)| Some((i as u16, l.as_ref()?.0)))
+                .collect();
+            self.prober = Some(start(live));
+        }
         let r = self.inner.activate(features, queues);
         self.after(r)
     }
@@ -867,10 +1028,24 @@ pub fn coped_with_spurious(records: &mut [conform::Record], error: Option<&str>)
 /// records are appended to `path` as JSON lines (`statement`, `outcome`,
 /// `detail`).
 pub fn append_records(path: std::path::PathBuf) -> impl FnMut(&RingWatch) + Send {
+    append_records_with(path, None)
+}
+
+/// [`append_records`] with the publication-order watch's records too
+/// (cumulative, after each session), where the device has one
+/// ([`WatchedDevice::with_publish_order`]).
+pub fn append_records_with(
+    path: std::path::PathBuf,
+    publish: Option<PublishHandle>,
+) -> impl FnMut(&RingWatch) + Send {
     move |rings: &RingWatch| {
         use std::io::Write;
         let mut out = String::new();
-        for r in rings.records() {
+        let extra = publish
+            .as_ref()
+            .map(PublishHandle::records)
+            .unwrap_or_default();
+        for r in rings.records().iter().chain(extra.iter()) {
             let (outcome, detail) = match &r.outcome {
                 conform::Outcome::Pass => ("pass", String::new()),
                 conform::Outcome::Fail(w) => ("fail", w.clone()),
@@ -932,10 +1107,12 @@ fn watched<D: VirtioDevice + 'static>(
     });
     let rewritten = std::sync::Arc::default();
     let cleanup = CleanupHandle::default();
+    let publish = PublishHandle::default();
     let dev: Observed<D> = provoke.apply(
         WatchedDevice::new(dev, mem.clone(), done)
             .with_notifications(provoke == Provoke::Nothing)
-            .watching_cleanup(cleanup.clone()),
+            .watching_cleanup(cleanup.clone())
+            .with_publish_order(publish.clone()),
         &rewritten,
     );
     let device_type = Some(dev.device_type());
@@ -995,6 +1172,7 @@ fn watched<D: VirtioDevice + 'static>(
     };
     records.extend(rings.iter().cloned());
     records.extend(cleanup);
+    records.extend(publish.records());
     coped_with_spurious(&mut records, error.as_deref());
     if kind == Kind::Rng {
         records.extend(super::entropy::records());
@@ -1519,5 +1697,48 @@ mod tests {
             }
             o => panic!("{o:?}"),
         }
+    }
+
+    /// §2.7.13.3.1 through the prober thread: a "driver" that stores the
+    /// available index, then the entry it exposes, is caught (the reads
+    /// are 2 ms apart here, the entry follows 1 ms after the index, over
+    /// 20 publications); one that stores the entry first is not.
+    #[test]
+    fn section_2_7_13_3_1_the_prober_catches_an_index_published_early() {
+        use virtio_core::memory::GuestAddress;
+        use virtio_core::split::layout::{QueueLayout, QueueSize};
+        let publish = |early: bool| {
+            let mem = LocalMemory::new(64 * 1024).unwrap();
+            let l = QueueLayout::new(
+                QueueSize::new(16).unwrap(),
+                GuestAddress(GUEST_BASE),
+                GuestAddress(GUEST_BASE + 0x1000),
+                GuestAddress(GUEST_BASE + 0x2000),
+            )
+            .unwrap();
+            let watch = PublishHandle::default();
+            let gap = std::time::Duration::from_millis(2);
+            let prober = Prober::start(mem.clone(), vec![(0, l)], watch.clone(), gap);
+            for n in 0..20u16 {
+                let entry = (n * 3 + 1) % 16;
+                if early {
+                    mem.store_u16_release(l.avail_idx(), n + 1).unwrap();
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                    mem.write(l.avail_slot(n % 16), &entry.to_le_bytes())
+                        .unwrap();
+                } else {
+                    mem.write(l.avail_slot(n % 16), &entry.to_le_bytes())
+                        .unwrap();
+                    mem.store_u16_release(l.avail_idx(), n + 1).unwrap();
+                }
+                std::thread::sleep(std::time::Duration::from_millis(8));
+            }
+            drop(prober);
+            (watch.records()[0].outcome.clone(), watch.counted())
+        };
+        let (good, counted) = publish(false);
+        assert_eq!(good, conform::Outcome::Pass, "{counted} probes");
+        let (bad, _) = publish(true);
+        assert!(matches!(bad, conform::Outcome::Fail(_)), "{bad:?}");
     }
 }

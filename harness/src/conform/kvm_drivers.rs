@@ -19,7 +19,7 @@ use monitor::machine::{BoxedDevice, Machine, SlotWatch};
 use monitor::virtio::RegisterTap;
 use monitor::vm::GuestRam;
 
-use super::drivers::WatchedDevice;
+use super::drivers::{PublishHandle, WatchedDevice};
 use super::report::Run;
 use super::targets::Kind;
 use crate::scenarios::Workdir;
@@ -70,6 +70,9 @@ impl RegisterTap for Tap {
 struct Watch {
     rings: Sink,
     taps: Vec<Arc<Tap>>,
+    /// The order of each publication, read from a host thread while the
+    /// guest's vCPU writes it (§2.7.13.3.1).
+    publish: PublishHandle,
 }
 
 impl SlotWatch for Watch {
@@ -92,7 +95,8 @@ impl SlotWatch for Watch {
                 .unwrap_or_else(|p| p.into_inner())
                 .extend(w.records());
         });
-        let watched = WatchedDevice::new(device, mem.clone(), done);
+        let watched =
+            WatchedDevice::new(device, mem.clone(), done).with_publish_order(self.publish.clone());
         (Box::new(watched), Some(tap))
     }
 }
@@ -191,6 +195,7 @@ pub fn guest_driver_under_kvm(kind: Kind) -> Run {
         w.finish();
         records.extend(w.records());
     }
+    records.extend(watch.publish.records());
     records.extend(
         watch
             .rings

@@ -24,7 +24,7 @@ use virtio_core::testing::virtio_drivers::{DeviceTransport, TestHal};
 use virtio_devices::device::VirtioDevice;
 use virtio_devices::transport::{MmioTransport, backend_ready, dispatch};
 
-use super::drivers::{CleanupHandle, Provoke, WatchedDevice};
+use super::drivers::{CleanupHandle, Provoke, PublishHandle, WatchedDevice};
 use super::report::Run;
 use super::targets::{Device, Kind, our_device};
 
@@ -80,10 +80,12 @@ fn watched<D: VirtioDevice + 'static>(
     });
     let rewritten = std::sync::Arc::default();
     let cleanup = CleanupHandle::default();
+    let publish = PublishHandle::default();
     let dev: Observed<D> = provoke.apply(
         WatchedDevice::new(dev, TestHal::memory(), done)
             .with_notifications(provoke == Provoke::Nothing)
-            .watching_cleanup(cleanup.clone()),
+            .watching_cleanup(cleanup.clone())
+            .with_publish_order(publish.clone()),
         &rewritten,
     );
     let device_type = Some(dev.device_type());
@@ -148,6 +150,7 @@ fn watched<D: VirtioDevice + 'static>(
     let mut records = watch.records();
     records.extend(rings.borrow().iter().cloned());
     records.extend(cleanup.records());
+    records.extend(publish.records());
     for r in records
         .iter_mut()
         .filter(|r| ADAPTER_STATEMENTS.contains(&r.statement))
