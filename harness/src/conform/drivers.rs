@@ -353,6 +353,21 @@ impl<D: VirtioDevice, M: GuestMemory, F: FnMut(&RingWatch)> WatchedDevice<D, M, 
         self
     }
 
+    /// Starts the publication prober, if asked for, on the session's
+    /// queues that are not stopped.
+    fn start_prober(&mut self) {
+        if let Some(start) = &self.publish {
+            let live: Vec<_> = self
+                .layouts
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| !self.stopped.contains(&(*i as u16)))
+                .filter_map(|(i, l)| Some((i as u16, l.as_ref()?.0)))
+                .collect();
+            self.prober = Some(start(live));
+        }
+    }
+
     /// Tells the cleanup watch, if any, what is live now.
     fn refresh_live(&self) {
         if let Some(c) = &self.cleanup {
@@ -606,6 +621,8 @@ fn probe_loop<M: GuestMemory>(
             .map(|()| u16::from_le_bytes(e))
             .ok()
     };
+    let used =
+        |l: &virtio_core::split::layout::QueueLayout| mem.load_u16_acquire(l.used_idx()).ok();
     let mut seen: Vec<u16> = queues.iter().map(|(_, l)| idx(l).unwrap_or(0)).collect();
     // Rounds with nothing new: after a few the thread sleeps between
     // looks rather than hold a CPU the driver (or a TCG guest) needs.
@@ -633,18 +650,26 @@ fn probe_loop<M: GuestMemory>(
                 let Some(second) = entry(l, slot) else {
                     continue;
                 };
+                let took = t.elapsed();
                 let ahead = idx(l).map_or(u16::MAX, |i| i.wrapping_sub(slot));
+                // The driver may write slot `slot` again (a lap later)
+                // only once the device returned the chain it exposed
+                // there: with at most a ring of chains outstanding, not
+                // before the used index passed it.
+                let returned = used(l).is_none_or(|u| (u.wrapping_sub(slot) as i16) > 0);
                 watch.lock().probe(&Probe {
                     queue: *queue,
                     slot,
                     first,
                     second,
-                    fresh: ahead <= half,
+                    fresh: ahead <= half && !returned && took < gap * 20,
                 });
             }
         }
         if any {
             idle = 0;
+            // Leave the CPU to the driver between bursts too.
+            std::thread::sleep(std::time::Duration::from_micros(20));
         } else if idle < 64 {
             idle += 1;
             std::thread::yield_now();
@@ -746,15 +771,7 @@ impl<D: VirtioDevice, M: GuestMemory, F: FnMut(&RingWatch)> VirtioDevice
             })
             .collect();
         self.live = true;
-        if let Some(start) = &self.publish {
-            let live: Vec<_> = self
-                .layouts
-                .iter()
-                .enumerate()
-                .filter_map(|(i, l)| Some((i as u16, l.as_ref()?.0)))
-                .collect();
-            self.prober = Some(start(live));
-        }
+        self.start_prober();
         let r = self.inner.activate(features, queues);
         self.after(r)
     }
@@ -796,6 +813,12 @@ impl<D: VirtioDevice, M: GuestMemory, F: FnMut(&RingWatch)> VirtioDevice
         let r = self.inner.disable_queue(queue);
         if r.is_ok() && !self.stopped.contains(&queue) {
             self.stopped.push(queue);
+            // The driver may free a stopped queue's rings: probe the
+            // others only (the old prober is joined before the driver
+            // goes on, this write having trapped).
+            if self.prober.take().is_some() {
+                self.start_prober();
+            }
         }
         self.after(r)
     }

@@ -292,17 +292,25 @@ pub const NET_MULTIQUEUE: &str = "net (2 queue pairs, tap)";
 /// CAP_NET_ADMIN for the tap.
 pub fn qemu_legacy_multiqueue() -> Vec<Run> {
     let target = QEMU_LEGACY;
+    let failed = |why: String| {
+        let mut r = failed(target, why);
+        for x in &mut r {
+            x.device = NET_MULTIQUEUE.into();
+        }
+        r
+    };
     if let Some(why) = crate::qemu::unavailable() {
-        return failed(target, why);
+        return failed(why);
     }
     if let Some(why) = crate::netns::unavailable() {
-        return failed(target, format!("a tap device: {why}"));
+        return failed(format!("a tap device: {why}"));
     }
     let guest = match guest() {
         Ok(g) => g,
-        Err(e) => return failed(target, e),
+        Err(e) => return failed(e),
     };
-    let tap = format!("cfmq{}", std::process::id() % 100_000);
+    // At most 11 characters (IFNAMSIZ allows 15), one per process.
+    let tap = format!("cfmq{}", std::process::id());
     let run = Qemu::microvm(guest)
         .memory("128M")
         .timeout(TIMEOUT)
@@ -317,9 +325,13 @@ pub fn qemu_legacy_multiqueue() -> Vec<Run> {
         .run();
     let mut runs = match run {
         Ok(r) => runs_of(target, &r.serial, r.passed(), &r.describe()),
-        Err(e) => failed(target, format!("QEMU: {e}")),
+        Err(e) => failed(format!("QEMU: {e}")),
     };
-    for r in runs.iter_mut().filter(|r| r.device == "net") {
+    // Named for this device, a failure too (not the whole target's).
+    for r in runs
+        .iter_mut()
+        .filter(|r| r.device == "net" || r.device == "all")
+    {
         r.device = NET_MULTIQUEUE.into();
     }
     runs

@@ -3,8 +3,10 @@
 //! on. Each device is placed under the ring watch
 //! ([`super::drivers::WatchedDevice`]) and its slot's registers are tapped
 //! for the register watch ([`conform::driver::DriverWatch`]): every
-//! access the guest's driver makes to a slot (a `QueueNotify` that went
-//! through an ioeventfd included) and every interrupt the slot raises.
+//! access the guest's driver makes to a slot (with inline notification,
+//! so each `QueueNotify` traps in order) and every interrupt the slot
+//! raises. A host thread reads each publication while the vCPU writes it
+//! ([`conform::driver::publish`]).
 //! What the device does is unchanged. This is the "our monitor" path of
 //! the driver-side checks: registers and rings, not what the driver does
 //! inside the guest.

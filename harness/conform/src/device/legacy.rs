@@ -769,14 +769,14 @@ fn legacy_net_mac_table(ctx: &mut Ctx<'_>) {
 const PAIRS_NATIVE: &str = "desc:net/device-operation/control-virtqueue/automatic-receive-steering-in-multiqueue-mode/legacy-interface-automatic-receive-steering-in-multiqueue-mode#1";
 
 /// VIRTIO_NET_CTRL_MQ (4) and VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET (0)
-/// (§5.1.6.5.6).
+/// (§5.1.9.5.6).
 const CTRL_MQ: u8 = 4;
 const VQ_PAIRS_SET: u8 = 0;
 /// `max_virtqueue_pairs` in `struct virtio_net_config` (§5.1.4).
 const MAX_PAIRS_AT: u64 = 8;
 
 /// A legacy network device with VIRTIO_NET_F_MQ reads VQ_PAIRS_SET's
-/// `virtqueue_pairs` in native (little) endian (§5.1.6.5.6.3): every
+/// `virtqueue_pairs` in native (little) endian (§5.1.9.5.6.3): every
 /// queue pair, then one, are taken (read big-endian, 1 would be 256).
 pub const LEGACY_NET_MQ: Check = Check {
     name: "legacy-net-mq",
@@ -806,21 +806,26 @@ fn legacy_net_mq(ctx: &mut Ctx<'_>) {
         pairs = u16::from_le_bytes([d.config8(MAX_PAIRS_AT), d.config8(MAX_PAIRS_AT + 1)]);
     });
     // The receive and transmit queues of every pair, then the control
-    // queue after them (§5.1.2).
-    let ctrl = 2 * pairs;
+    // queue after them (§5.1.2): queue 2N must fit 16 bits.
+    let ctrl = u16::try_from(2 * u32::from(pairs)).ok();
     let r = r.and_then(|_| {
-        if !(1..=0x8000).contains(&pairs) {
-            return Err(format!("max_virtqueue_pairs reads {pairs} (little-endian)"));
-        }
+        let ctrl = match ctrl {
+            Some(c) if pairs >= 1 => c,
+            _ => {
+                return Err(format!(
+                    "max_virtqueue_pairs reads {pairs} (little-endian): no control queue index"
+                ));
+            }
+        };
         for q in 0..=ctrl {
             d.setup_queue(q)?;
         }
         d.driver_ok()
     });
-    if let Err(e) = r {
-        ctx.blocked(&all, &e);
+    let (Ok(()), Some(ctrl)) = (&r, ctrl) else {
+        ctx.blocked(&all, r.err().as_deref().unwrap_or("no control queue"));
         return;
-    }
+    };
     let mut acks = Vec::new();
     for n in [pairs, 1] {
         match ctrl_command(

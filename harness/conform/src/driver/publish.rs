@@ -3,9 +3,9 @@
 //! that exposes them, so the driver needs a barrier before the index
 //! update. Seen from a second CPU: a thread that follows the available
 //! index and, for each entry it exposes, reads the entry twice a moment
-//! apart. A change in between (with the entry still well inside the
-//! ring's current lap, so the driver cannot lawfully have written it
-//! again) means the index was visible before the entry it exposes. The
+//! apart. A change in between (with the chain it exposed not yet
+//! returned, so the driver cannot lawfully have written the slot again)
+//! means the index was visible before the entry it exposes. The
 //! race is narrow: a pass means no publication out of order was seen,
 //! not that none can happen. The harness runs the thread; this module
 //! judges what it read.
@@ -43,9 +43,11 @@ pub struct Probe {
     pub first: u16,
     /// The same entry, read again.
     pub second: u16,
-    /// Whether the driver stayed within half a ring of the entry while it
-    /// was read (so rewriting it would be a lap early): only then the
-    /// probe counts.
+    /// Whether the slot could not lawfully change while it was read: the
+    /// used index had not passed it (with at most a ring of chains
+    /// outstanding, the driver writes the slot again only after), the
+    /// driver was within half a ring of it and the reads were close
+    /// together. Only then the probe counts.
     pub fresh: bool,
 }
 
@@ -100,8 +102,8 @@ mod tests {
     use crate::Outcome;
 
     /// §2.7.13.3.1: a probe whose second read differs breaks the
-    /// statement; one the driver outran by half a ring does not count;
-    /// steady reads keep it.
+    /// statement; one that could lawfully change (not fresh) does not
+    /// count; steady reads keep it.
     #[test]
     fn section_2_7_13_3_1_an_entry_written_after_its_index_is_caught() {
         let mut w = PublishWatch::default();

@@ -693,9 +693,12 @@ fn looks_like_frame(frame: &[u8], mac: Option<[u8; 6]>, macs_set: &[[u8; 6]]) ->
         0x86dd => payload.first().is_some_and(|b| b >> 4 == 6),
         0x0806 => payload.get(..4) == Some(&[0, 1, 8, 0]),
         // A tag, then the tagged frame's own type.
-        0x8100 | 0x88a8 => payload
-            .get(2..4)
-            .is_some_and(|t| matches!(u16::from_be_bytes([t[0], t[1]]), 0x0800 | 0x86dd | 0x0806)),
+        // A tag (or two), then the tagged frame's own type.
+        0x8100 | 0x88a8 => [2usize, 6].into_iter().any(|at| {
+            payload.get(at..at + 2).is_some_and(|t| {
+                matches!(u16::from_be_bytes([t[0], t[1]]), 0x0800 | 0x86dd | 0x0806)
+            })
+        }),
         _ => false,
     }
 }

@@ -175,7 +175,16 @@ fn main(boot: &'static BootInfo) {
     let only: alloc::vec::Vec<&str> = boot
         .cmdline_values("conform.checks")
         .flat_map(|v| v.split(','))
+        .filter(|n| !n.is_empty())
         .collect();
+    if let Some(name) = only
+        .iter()
+        .find(|n| !conform::device::CHECKS.iter().any(|c| c.name == **n))
+    {
+        guest_rt::exit::fail(format_args!(
+            "conform: conform.checks names no check {name:?}"
+        ));
+    }
     let checks: alloc::vec::Vec<conform::Check> = conform::device::CHECKS
         .iter()
         .filter(|c| only.is_empty() || only.contains(&c.name))
