@@ -1125,19 +1125,25 @@ mod tests {
         ram.write(GuestAddress(at), &h).unwrap();
     }
 
-    /// §5.2.6.4 legacy framing: the header alone first and the status
-    /// byte alone last are kept; the header sharing a buffer with the data
-    /// is the breach.
-    #[test]
-    fn section_5_2_6_4_legacy_block_framing() {
-        use crate::driver::legacy::BLK_FRAMING;
+    /// [`setup`] with the watch judging a legacy block device without
+    /// ANY_LAYOUT (16 sectors).
+    fn legacy_blk_setup() -> (Ram, QueueLayout, RingWatch) {
         let (ram, l, w) = setup();
         let limits = BlkLimits {
             capacity: 16,
             max_discard_seg: None,
             max_write_zeroes_seg: None,
         };
-        let mut w = w.with_blk(limits).with_legacy_framing();
+        (ram, l, w.with_blk(limits).with_legacy_framing())
+    }
+
+    /// §5.2.6.4 legacy framing: the header alone first and the status
+    /// byte alone last are kept; the header sharing a buffer with the data
+    /// is the breach.
+    #[test]
+    fn section_5_2_6_4_legacy_block_framing() {
+        use crate::driver::legacy::BLK_FRAMING;
+        let (ram, l, mut w) = legacy_blk_setup();
         header(&ram, 0x8000, 1, 0);
         put(&ram, &l, 0, 0x8000, 16, NEXT, 1);
         put(&ram, &l, 1, 0x8100, 512, NEXT, 2);
@@ -1161,13 +1167,7 @@ mod tests {
     #[test]
     fn section_5_2_6_4_legacy_scsi_framing() {
         use crate::driver::legacy::{BLK_SCSI_CMD, BLK_SCSI_FRAMING};
-        let (ram, l, w) = setup();
-        let limits = BlkLimits {
-            capacity: 16,
-            max_discard_seg: None,
-            max_write_zeroes_seg: None,
-        };
-        let mut w = w.with_blk(limits).with_legacy_framing();
+        let (ram, l, mut w) = legacy_blk_setup();
         // A read: SCSI is not judged.
         header(&ram, 0x8000, 0, 0);
         put(&ram, &l, 0, 0x8000, 16, NEXT, 1);
@@ -1192,8 +1192,7 @@ mod tests {
         assert_eq!(outcome(&w, BLK_SCSI_FRAMING), Outcome::Pass);
         // The cmd after the header in one buffer; sense and counters in
         // one 112-byte buffer.
-        let (ram, l, w) = setup();
-        let mut w = w.with_blk(limits).with_legacy_framing();
+        let (ram, l, mut w) = legacy_blk_setup();
         header(&ram, 0xa000, 3, 0);
         put(&ram, &l, 0, 0xa000, 22, NEXT, 1);
         put(&ram, &l, 1, 0xa100, 512, NEXT, 2);
