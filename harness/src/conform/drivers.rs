@@ -143,7 +143,7 @@ unsafe impl Hal for WatchedHal {
 }
 
 /// Up to 8 little-endian bytes as a number.
-fn le_u64(data: &[u8]) -> u64 {
+pub(super) fn le_u64(data: &[u8]) -> u64 {
     let mut v = [0u8; 8];
     let n = data.len().min(8);
     v[..n].copy_from_slice(&data[..n]);
@@ -151,6 +151,23 @@ fn le_u64(data: &[u8]) -> u64 {
 }
 
 impl<D: VirtioDevice> Watched<D> {
+    /// Register access to `regs` whose register watch judges nothing
+    /// (no device type, nothing offered): for runs that judge through the
+    /// driver's API or the device instead.
+    fn unjudged(regs: Regs<D>) -> Self {
+        Watched {
+            regs,
+            watch: Rc::new(RefCell::new(DriverWatch::new(None, 0, &[], 0))),
+            lie: Provoke::Nothing,
+            generation_reads: Rc::default(),
+            features_sel: Rc::default(),
+            legacy: Rc::new(RefCell::new(LegacyFace {
+                face: super::legacy_face::Face::new(true),
+                watch: conform::driver::legacy::LegacyWatch::new(None),
+            })),
+        }
+    }
+
     fn read(&self, offset: u64, data: &mut [u8]) {
         if self.lie.is_legacy() {
             self.legacy_read(offset, data);
@@ -1555,17 +1572,7 @@ fn assumptions() -> Result<Vec<conform::Record>, String> {
     let regs = Rc::new(RefCell::new(
         MmioRegisters::new(MmioTransport::new(dev)).map_err(|e| e.to_string())?,
     ));
-    let w = Watched {
-        regs,
-        watch: Rc::new(RefCell::new(DriverWatch::new(None, 0, &[], 0))),
-        lie: Provoke::Nothing,
-        generation_reads: Rc::default(),
-        features_sel: Rc::default(),
-        legacy: Rc::new(RefCell::new(LegacyFace {
-            face: super::legacy_face::Face::new(true),
-            watch: conform::driver::legacy::LegacyWatch::new(None),
-        })),
-    };
+    let w = Watched::unjudged(regs);
     let host = NonNull::new(mem.host_ptr()).ok_or("no memory")?;
     // SAFETY: the mapping is `PAGES` pages at `host`, valid while `mem`
     // lives, which outlives the driver; the device reaches the same bytes
@@ -1694,17 +1701,7 @@ mod tests {
         let regs = Rc::new(RefCell::new(
             MmioRegisters::new(MmioTransport::new(dev)).unwrap(),
         ));
-        let w = Watched {
-            regs,
-            watch: Rc::new(RefCell::new(DriverWatch::new(None, 0, &[], 0))),
-            lie: Provoke::Nothing,
-            generation_reads: Rc::default(),
-            features_sel: Rc::default(),
-            legacy: Rc::new(RefCell::new(LegacyFace {
-                face: super::super::legacy_face::Face::new(true),
-                watch: conform::driver::legacy::LegacyWatch::new(None),
-            })),
-        };
+        let w = Watched::unjudged(regs);
         let host = NonNull::new(mem.host_ptr()).unwrap();
         // SAFETY: the mapping is `PAGES` pages at `host`, alive while `mem`
         // is, which outlives the driver.

@@ -21,7 +21,7 @@ use monitor::machine::{BoxedDevice, Machine, SlotWatch};
 use monitor::virtio::RegisterTap;
 use monitor::vm::GuestRam;
 
-use super::drivers::{PublishHandle, WatchedDevice};
+use super::drivers::{PublishHandle, WatchedDevice, le_u64};
 use super::report::Run;
 use super::targets::Kind;
 use crate::scenarios::Workdir;
@@ -44,14 +44,6 @@ impl Tap {
         // worth reporting.
         self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
-}
-
-/// Up to 8 little-endian bytes as a number.
-fn le_u64(data: &[u8]) -> u64 {
-    let mut v = [0u8; 8];
-    let n = data.len().min(8);
-    v[..n].copy_from_slice(&data[..n]);
-    u64::from_le_bytes(v)
 }
 
 impl RegisterTap for Tap {

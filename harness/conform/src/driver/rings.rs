@@ -136,6 +136,22 @@ fn desc(mem: &dyn Memory, at: u64) -> Option<(u64, u32, u16, u16)> {
     ))
 }
 
+/// The heads of the used entries `from..to` (at most a ring's worth:
+/// further entries are the same slots again).
+fn returned_heads(mem: &dyn Memory, l: QueueLayout, from: u16, to: u16) -> Vec<u16> {
+    let size = l.size().get();
+    let n = to.wrapping_sub(from).min(size);
+    (0..n)
+        .filter_map(|k| {
+            let slot = l.used_slot(from.wrapping_add(k) % size);
+            let mut e = [0u8; 4];
+            mem.read(virtio_core::memory::GuestAddress(slot.0), &mut e)
+                .ok()?;
+            u16::try_from(u32::from_le_bytes(e)).ok()
+        })
+        .collect()
+}
+
 /// The buffers of the chain at `head`, an indirect table's in its place
 /// (a chain [`RingWatch::walk`] found well formed).
 fn segments(mem: &dyn Memory, l: QueueLayout, head: u16) -> Option<Vec<Segment>> {
@@ -361,22 +377,8 @@ impl RingWatch {
         // Chains the device returned since the last look are no longer
         // exposed.
         let used = u16_at(mem, l.used_idx().0).unwrap_or(q.seen_used);
-        let mut u = q.seen_used;
-        while u != used {
-            let mut e = [0u8; 8];
-            if mem
-                .read(
-                    virtio_core::memory::GuestAddress(l.used_slot(u % size).0),
-                    &mut e,
-                )
-                .is_ok()
-            {
-                let id = u32::from_le_bytes([e[0], e[1], e[2], e[3]]);
-                if let Ok(h) = u16::try_from(id) {
-                    q.exposed.remove(&h);
-                }
-            }
-            u = u.wrapping_add(1);
+        for h in returned_heads(mem, l, q.seen_used, used) {
+            q.exposed.remove(&h);
         }
         q.seen_used = used;
         // Chains still exposed must be as the driver first wrote them.
@@ -693,26 +695,10 @@ impl RingWatch {
         let mut out = Vec::new();
         for (&queue, q) in self.queues.iter().filter(|(i, _)| !stopped.contains(i)) {
             let l = q.layout;
-            let size16 = l.size().get();
             // Heads the device returned since the last look.
             let used = u16_at(mem, l.used_idx().0).unwrap_or(q.seen_used);
-            let mut returned = Vec::new();
-            let mut u = q.seen_used;
-            while u != used && returned.len() < usize::from(size16) {
-                let mut e = [0u8; 4];
-                if mem
-                    .read(
-                        virtio_core::memory::GuestAddress(l.used_slot(u % size16).0),
-                        &mut e,
-                    )
-                    .is_ok()
-                    && let Ok(h) = u16::try_from(u32::from_le_bytes(e))
-                {
-                    returned.push(h);
-                }
-                u = u.wrapping_add(1);
-            }
-            let size = u64::from(size16);
+            let returned = returned_heads(mem, l, q.seen_used, used);
+            let size = u64::from(l.size().get());
             for (what, addr, len) in [
                 ("descriptor table", q.layout.desc_table().0, 16 * size),
                 ("available ring", q.layout.avail_ring().0, 6 + 2 * size),
