@@ -543,3 +543,54 @@ fn the_legacy_multiqueue_check_reaches_qemu() {
         r.records
     );
 }
+
+/// A disk image on tmpfs cannot show unwritten pages (tmpfs never marks
+/// them dirty): the host hook says so rather than report every write
+/// committed.
+#[test]
+fn an_image_on_tmpfs_is_refused_by_the_unwritten_hook() {
+    let dir = std::path::Path::new("/dev/shm");
+    if !dir.is_dir() {
+        println!("SKIP: no /dev/shm");
+        return;
+    }
+    let img = dir.join(format!("conform-tmpfs-{}.img", std::process::id()));
+    std::fs::write(&img, vec![1u8; 8192]).unwrap();
+    let r = harness::conform::targets::unwritten_bytes(&img, 0, 0);
+    let _ = std::fs::remove_file(&img);
+    match r {
+        Err(e) => assert!(e.contains("tmpfs"), "{e}"),
+        Ok(n) => panic!("{n} bytes: an image on tmpfs was read as if it could show them"),
+    }
+}
+
+/// The conform guest refuses a `conform.checks=` that names no check,
+/// with the name, rather than run nothing and pass.
+#[test]
+fn the_conform_guest_refuses_an_unknown_check_name() {
+    let test = "the_conform_guest_refuses_an_unknown_check_name";
+    if !monitor::vm::kvm_or_skip(test) {
+        return;
+    }
+    let Some(guest) = option_env!("GUEST_CONFORM") else {
+        panic!("the conform tiny guest was not built");
+    };
+    let args: Vec<String> = [
+        "-object",
+        "rng-builtin,id=r0",
+        "-device",
+        "virtio-rng-device,rng=r0",
+        "-append",
+        "conform.checks=legacy-net-mq,no-such-check",
+        "-kernel",
+        guest,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let config = monitor::options::parse(&args).unwrap();
+    let mut m = monitor::machine::Machine::new(&config).unwrap();
+    let o = m.run(std::time::Duration::from_secs(30)).unwrap();
+    assert!(!o.verdict.is_pass(), "{}", o.serial);
+    assert!(o.serial.contains("\"no-such-check\""), "{}", o.serial);
+}
