@@ -594,3 +594,52 @@ fn the_conform_guest_refuses_an_unknown_check_name() {
     assert!(!o.verdict.is_pass(), "{}", o.serial);
     assert!(o.serial.contains("\"no-such-check\""), "{}", o.serial);
 }
+
+/// §2.7.13.4.1: a device thread on another CPU turns notifications on,
+/// fences and reads the index while the driver publishes; our driver
+/// loses no notification in this process (both suppression modes), and
+/// the check counted waits to say so. virtio-drivers 0.13 has no full
+/// barrier there (a release store of the index, then an acquire load of
+/// `flags` or `avail_event`, which x86 may reorder): whether a run
+/// catches it is chance, so only what can be seen is checked here — it
+/// ran, and a breach names the index it lost.
+#[test]
+fn section_2_7_13_4_1_no_notification_lost_by_our_driver_in_process() {
+    const S: &str =
+        "driver:basic/virtqueues/supplying-buffers-to-the-device/notifying-the-device#1";
+    let runs = harness::conform::kick_probe::in_process();
+    assert_eq!(runs.len(), 2);
+    for r in &runs {
+        assert!(r.error.is_none(), "{}: {:?}", r.target, r.error);
+        let rec = r.records.iter().find(|x| x.statement == S).unwrap();
+        if r.target == harness::conform::drivers::GUEST_DRIVER {
+            assert_eq!(rec.outcome, Outcome::Pass, "{}", rec.outcome);
+        } else {
+            match &rec.outcome {
+                Outcome::Pass => {}
+                Outcome::Fail(why) => assert!(why.contains("no notification"), "{why}"),
+                o => panic!("{}: {o}", r.target),
+            }
+        }
+    }
+}
+
+/// The same under KVM: our rng tiny guest (polling) publishes from its
+/// vCPU while the probe, in place of the entropy device, arms from a host
+/// thread; no notification is lost.
+#[test]
+fn section_2_7_13_4_1_no_notification_lost_by_our_tiny_guest_under_kvm() {
+    if !monitor::vm::kvm_or_skip(
+        "section_2_7_13_4_1_no_notification_lost_by_our_tiny_guest_under_kvm",
+    ) {
+        return;
+    }
+    let r = harness::conform::kick_probe::guest_driver_under_kvm();
+    assert!(r.error.is_none(), "{:?}", r.error);
+    assert_clean("guest-driver under KVM (kick probe)", &r.records);
+    assert!(
+        r.records.iter().all(|x| x.outcome == Outcome::Pass),
+        "{:?}",
+        r.records
+    );
+}

@@ -23,6 +23,7 @@ use virtio_core::status::DeviceStatus;
 use crate::{Check, Outcome, Record};
 
 pub mod cleanup;
+pub mod kick;
 pub mod legacy;
 pub mod notify;
 pub mod publish;
@@ -203,6 +204,7 @@ pub const CHECKS: &[Check] = &[
     legacy::WATCH,
     cleanup::WATCH,
     publish::WATCH,
+    kick::WATCH,
 ];
 
 /// What the watch has seen of one statement.

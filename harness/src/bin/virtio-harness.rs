@@ -450,6 +450,7 @@ fn conform_run(
     runs.extend(harness::conform::peer_drivers::in_process());
     runs.extend(harness::conform::drivers::provoked());
     runs.extend(harness::conform::peer_drivers::provoked());
+    runs.extend(harness::conform::kick_probe::in_process());
     for o in others {
         let Some((kind, sock)) = o
             .split_once('=')
@@ -471,6 +472,7 @@ fn conform_run(
     if guests {
         runs.extend(harness::conform::guests::all());
         runs.extend(harness::conform::kvm_drivers::all());
+        runs.push(harness::conform::kick_probe::guest_driver_under_kvm());
     }
     if linux {
         runs.extend(harness::conform::linux::runs());

@@ -39,7 +39,7 @@ type Regs<D> = Rc<RefCell<MmioRegisters<MmioTransport<D>, 8>>>;
 
 /// Register access to a device in this process that tells the watch of
 /// every access and interrupt.
-struct Watched<D: VirtioDevice> {
+pub(super) struct Watched<D: VirtioDevice> {
     regs: Regs<D>,
     watch: Rc<RefCell<DriverWatch>>,
     /// What the registers say instead of the truth ([`Provoke`]).
@@ -154,7 +154,7 @@ impl<D: VirtioDevice> Watched<D> {
     /// Register access to `regs` whose register watch judges nothing
     /// (no device type, nothing offered): for runs that judge through the
     /// driver's API or the device instead.
-    fn unjudged(regs: Regs<D>) -> Self {
+    pub(super) fn unjudged(regs: Regs<D>) -> Self {
         Watched {
             regs,
             watch: Rc::new(RefCell::new(DriverWatch::new(None, 0, &[], 0))),

@@ -6,6 +6,7 @@ pub mod catalogue;
 pub mod drivers;
 pub mod entropy;
 pub mod guests;
+pub mod kick_probe;
 pub mod kvm_drivers;
 pub mod legacy_face;
 pub mod linux;
