@@ -355,7 +355,7 @@ fn failed(target: &str, e: String) -> Run {
 const READS: usize = 100_000;
 
 /// Our driver (polling) against the probe in this process: a session
-/// with `VIRTIO_F_EVENT_IDX` and one without, [`READS`] small reads each.
+/// with `VIRTIO_F_EVENT_IDX` and one without, 100 000 small reads each.
 pub fn guest_driver_in_process() -> Run {
     use guest_driver::hal::PoolHal;
     use guest_driver::rng::{Rng, RngOptions};
