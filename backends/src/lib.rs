@@ -11,6 +11,7 @@ extern crate alloc;
 
 pub mod block;
 pub mod chardev;
+pub mod crypto;
 #[cfg(feature = "std")]
 pub mod hostmem;
 pub mod net;
