@@ -1,13 +1,15 @@
 //! The device half of the notification-barrier check (§2.7.13.4.1,
 //! [`conform::driver::kick`]): an entropy device whose queue is served by
-//! its own thread, on another CPU than the driver. The thread polls the
-//! ring, and after each batch turns available-buffer notifications on
-//! (`used->flags` 0, or `avail_event` at its next index with
-//! `VIRTIO_F_EVENT_IDX`), fences, reads the available index and, when
-//! nothing new is there, waits for a notification while it keeps reading
-//! the index. A publication seen in that wait with no notification within
-//! [`GRACE`] is a lost one: the driver read the suppression field before
-//! its index store was visible. After a loss the thread only polls, so
+//! its own thread (on another CPU than the driver where there is one).
+//! The thread polls the ring, and after each batch turns available-buffer
+//! notifications on (`used->flags` 0, or, with `VIRTIO_F_EVENT_IDX`,
+//! `avail_event` at the next index it will take, so the driver's next
+//! publication crosses it, §2.7.10), fences, reads the available index
+//! and, when nothing new is there, waits for a notification while it
+//! keeps reading the index. A publication seen in that wait with no
+//! notification within [`GRACE`], from a driver that notified earlier
+//! waits, is a lost one: the driver read the suppression field before its
+//! index store was visible. After a judged loss the thread only polls, so
 //! the driver still gets its buffers back.
 //!
 //! The device fills each buffer with a counter pattern (no entropy: the
@@ -170,34 +172,49 @@ impl<M: GuestMemory + Clone + Send + 'static> VirtioDevice for KickProbe<M> {
         self.notified.fetch_add(1, Ordering::SeqCst);
         Ok(Served::default())
     }
+    fn disable_queue(&mut self, queue: u16) -> Result<Served, DeviceError> {
+        if queue != 0 {
+            return Err(DeviceError::NoSuchQueue { queue });
+        }
+        // §4.2.2.1: nothing touches a queue the driver stopped.
+        self.server = None;
+        Ok(Served::default())
+    }
     fn reset(&mut self) {
         self.server = None;
     }
 }
 
-/// Fills every available chain with a counter pattern and returns it;
-/// the number returned, or what broke the ring.
+/// The most bytes written into one chain: an entropy device may return
+/// fewer than asked (§5.4.6), and a huge chain (overlapping descriptors
+/// may map gigabytes) must not hold up a reset.
+const FILL_MAX: usize = 4096;
+
+/// Fills every available chain (up to [`FILL_MAX`] bytes) with a counter
+/// pattern and returns it, until `stop`; the number returned, or what
+/// broke the ring.
 fn serve<M: GuestMemory>(
     mem: &M,
     q: &mut DeviceQueue,
     fill: &mut u8,
+    stop: &AtomicBool,
 ) -> Result<u32, virtio_core::split::device::QueueError> {
     let mut n = 0;
-    while let Some(chain) = q.pop(mem)? {
+    while !stop.load(Ordering::Acquire) {
+        let Some(chain) = q.pop(mem)? else {
+            break;
+        };
         let head = chain.head();
         let len = match chain.reader_writer::<16>() {
             Ok((_, mut w)) => {
-                let mut buf = [0u8; 256];
-                while w.available() > 0 {
-                    let k = (w.available() as usize).min(buf.len());
-                    for b in &mut buf[..k] {
-                        *fill = fill.wrapping_add(1);
-                        *b = *fill;
-                    }
-                    if w.write_all(&buf[..k]).is_err() {
-                        break;
-                    }
+                let mut buf = [0u8; FILL_MAX];
+                let k = (w.available() as usize).min(FILL_MAX);
+                for b in &mut buf[..k] {
+                    *fill = fill.wrapping_add(1);
+                    *b = *fill;
                 }
+                // A chain whose memory went away gets what was written.
+                let _ = w.write_all(&buf[..k]);
                 w.written()
             }
             Err(_) => 0,
@@ -226,7 +243,7 @@ fn serve_loop<M: GuestMemory>(
     let mut x = 0x2545_f491_4f6c_dd1du64;
     let mut idle = 0u32;
     while !stop.load(Ordering::Acquire) {
-        let served = match serve(mem, &mut q, &mut fill) {
+        let served = match serve(mem, &mut q, &mut fill, stop) {
             Ok(n) => n,
             Err(e) => {
                 watch.stop_with(format!("the device stopped serving: {e}"));
@@ -260,11 +277,21 @@ fn serve_loop<M: GuestMemory>(
                 return;
             }
         }
-        let w = armed_wait(mem, q.layout(), q.next_avail(), before, notified, stop, &q);
-        if matches!(w, Wait::Lost { .. }) {
-            arming = false;
-        }
-        watch.lock().0.wait(&w);
+        let w = match armed_wait(mem, q.layout(), q.next_avail(), before, notified, stop, &q) {
+            Armed::Wait(w) => w,
+            Armed::Jumped(idx) => {
+                watch.stop_with(format!(
+                "the device stopped serving: the available index jumped from {} to {idx}, more than the queue's {} entries (§2.7.6)",
+                q.next_avail(),
+                    q.size()
+                ));
+                return;
+            }
+        };
+        let mut g = watch.lock();
+        g.0.wait(&w);
+        arming = g.0.keep_arming();
+        drop(g);
         if let Err(e) = q.disable_notification(mem) {
             watch.stop_with(format!("the device stopped serving: {e}"));
             return;
@@ -282,6 +309,14 @@ fn rest(idle: &mut u32) {
     }
 }
 
+/// How an armed wait ended, as the device thread sees it.
+enum Armed {
+    /// Judged.
+    Wait(Wait),
+    /// The driver moved the index further than the ring holds.
+    Jumped(u16),
+}
+
 /// Waits, armed at available index `armed_at`, for a notification past
 /// `before`, reading the index meanwhile.
 fn armed_wait<M: GuestMemory>(
@@ -292,25 +327,28 @@ fn armed_wait<M: GuestMemory>(
     notified: &AtomicU64,
     stop: &AtomicBool,
     q: &DeviceQueue,
-) -> Wait {
+) -> Armed {
     let idx = || mem.load_u16_acquire(layout.avail_idx()).ok();
     let mut owed: Option<(Instant, u16)> = None;
     let mut idle = 0u32;
     loop {
         if notified.load(Ordering::SeqCst) != before {
             let moved = idx().is_some_and(|i| i != armed_at);
-            return if moved || owed.is_some() {
+            return Armed::Wait(if moved || owed.is_some() {
                 Wait::Notified
             } else {
                 Wait::Early
-            };
+            });
         }
         if stop.load(Ordering::Acquire) {
-            return Wait::Ended;
+            return Armed::Wait(Wait::Ended);
         }
         let Some(now) = idx() else {
-            return Wait::Ended;
+            return Armed::Wait(Wait::Ended);
         };
+        if now.wrapping_sub(armed_at) > q.size() {
+            return Armed::Jumped(now);
+        }
         match owed {
             None if now != armed_at => {
                 owed = Some((Instant::now(), now));
@@ -319,15 +357,15 @@ fn armed_wait<M: GuestMemory>(
             Some((since, seen)) if since.elapsed() > GRACE => {
                 // One last look: a notification may have come just now.
                 if notified.load(Ordering::SeqCst) != before {
-                    return Wait::Notified;
+                    return Armed::Wait(Wait::Notified);
                 }
-                return Wait::Lost {
+                return Armed::Wait(Wait::Lost {
                     queue: 0,
                     armed_at,
                     seen,
                     grace_ms: GRACE.as_millis() as u64,
                     event_idx: q.event_idx(),
-                };
+                });
             }
             _ => {}
         }
@@ -478,6 +516,9 @@ pub fn in_process() -> Vec<Run> {
 /// Puts the probe in place of the machine's entropy device.
 struct Substitute {
     watch: KickHandle,
+    /// Offer `VIRTIO_F_EVENT_IDX` (the guest then suppresses through
+    /// `avail_event`, else through `flags`).
+    event_idx: bool,
 }
 
 impl monitor::machine::SlotWatch for Substitute {
@@ -493,7 +534,7 @@ impl monitor::machine::SlotWatch for Substitute {
         if device.device_type() != DeviceType::Rng {
             return (device, None);
         }
-        let probe = KickProbe::new(mem.clone(), true, self.watch.clone());
+        let probe = KickProbe::new(mem.clone(), self.event_idx, self.watch.clone());
         (Box::new(probe), None)
     }
 }
@@ -528,25 +569,38 @@ pub fn guest_driver_under_kvm() -> Run {
         Err(e) => return failed(target, format!("options: {e}")),
     };
     let watch = KickHandle::default();
-    let mut sub = Substitute {
-        watch: watch.clone(),
-    };
-    let outcome = monitor::machine::Machine::watched(&config, &mut sub)
-        .map_err(|e| e.to_string())
-        .and_then(|mut m| {
-            let o = m.run(Duration::from_secs(60)).map_err(|e| e.to_string());
-            // The probe's thread stops with the machine.
-            drop(m);
-            o
-        });
-    let error = match &outcome {
-        Ok(o) if o.verdict.is_pass() => None,
-        Ok(o) => Some(format!(
-            "the guest did not pass: verdict {}\n{}",
-            o.verdict, o.serial
-        )),
-        Err(e) => Some(e.clone()),
-    };
+    // With VIRTIO_F_EVENT_IDX offered (avail_event) and without (flags).
+    for event_idx in [true, false] {
+        let mut sub = Substitute {
+            watch: watch.clone(),
+            event_idx,
+        };
+        let outcome = monitor::machine::Machine::watched(&config, &mut sub)
+            .map_err(|e| e.to_string())
+            .and_then(|mut m| {
+                let o = m.run(Duration::from_secs(60)).map_err(|e| e.to_string());
+                // The probe's thread stops with the machine.
+                drop(m);
+                o
+            });
+        let error = match &outcome {
+            Ok(o) if o.verdict.is_pass() => None,
+            Ok(o) => Some(format!(
+                "the guest did not pass (VIRTIO_F_EVENT_IDX offered {event_idx}): verdict {}\n{}",
+                o.verdict, o.serial
+            )),
+            Err(e) => Some(e.clone()),
+        };
+        if let Some(e) = error.or_else(|| watch.stopped()) {
+            return Run {
+                target: target.into(),
+                device: DEVICE.into(),
+                records: watch.records(),
+                error: Some(e),
+            };
+        }
+    }
+    let error = None;
     Run {
         target: target.into(),
         device: DEVICE.into(),

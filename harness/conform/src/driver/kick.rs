@@ -63,7 +63,9 @@ pub enum Wait {
         /// without (`flags`).
         event_idx: bool,
     },
-    /// The session ended while the device waited, with nothing owed.
+    /// The session ended, or the ring could not be read, before the wait
+    /// was decided (a publication still inside its grace period is not
+    /// judged).
     Ended,
 }
 
@@ -71,10 +73,16 @@ pub enum Wait {
 #[derive(Clone, Debug, Default)]
 pub struct KickWatch {
     seen: alloc::collections::BTreeMap<&'static str, Seen>,
-    /// Waits that counted: a publication after the device armed, notified.
+    /// Waits that counted: a publication after the device armed, notified
+    /// or lost.
     pub counted: u64,
     /// Armed waits in all.
     pub waits: u64,
+    /// A loss before any armed wait was notified: the driver may never
+    /// notify at all (a §2.7.10 matter), so the barrier is not judged.
+    never_notified: bool,
+    /// Losses not judged (before any notification).
+    unjudged_losses: u32,
 }
 
 impl KickWatch {
@@ -99,6 +107,11 @@ impl KickWatch {
                 grace_ms,
                 event_idx,
             } => {
+                if self.counted == 0 {
+                    self.never_notified = true;
+                    self.unjudged_losses += 1;
+                    return;
+                }
                 self.counted += 1;
                 let field = if event_idx {
                     "avail_event"
@@ -111,7 +124,7 @@ impl KickWatch {
                     false,
                     || {
                         format!(
-                            "queue {queue}: the device turned notifications on ({field}), fenced and read available index {armed_at}; the driver then published up to {seen} and sent no notification within {grace_ms} ms (it read the field before its index store was visible)"
+                            "queue {queue}: the device turned notifications on ({field}), fenced and read available index {armed_at}; the driver then published (index {seen} seen) and no notification came within {grace_ms} ms, though it had notified earlier armed waits: it read the field before its index store was visible, as a missing barrier allows"
                         )
                     },
                 );
@@ -120,10 +133,28 @@ impl KickWatch {
         }
     }
 
+    /// Whether the device should go on arming: not after a judged loss
+    /// (the first breach is what is reported; the driver should get its
+    /// buffers without more 2-second waits), nor after a few losses from a
+    /// driver that never notified.
+    pub fn keep_arming(&self) -> bool {
+        let judged = self
+            .seen
+            .get(BARRIER_BEFORE_SUPPRESSION_READ)
+            .is_some_and(|s| s.broken.is_some());
+        !judged && self.unjudged_losses < 3
+    }
+
     /// The watch's records: not observable when no wait counted.
     pub fn records(&self) -> Vec<Record> {
         let mut out = super::records_of(STATEMENTS, WATCH.name, &self.seen);
-        if self.counted == 0 {
+        if self.counted == 0 && self.never_notified {
+            for r in &mut out {
+                r.outcome = crate::Outcome::NotObservable(
+                    "the driver sent no notification in any armed wait: it never notifies (a §2.7.10 matter), so its barrier cannot be told".into(),
+                );
+            }
+        } else if self.counted == 0 {
             for r in &mut out {
                 r.outcome = crate::Outcome::NotObservable(
                     "the device never caught a publication while it waited for a notification (the driver's run was too short)".into(),
@@ -163,5 +194,6 @@ mod tests {
             o => panic!("{o:?}"),
         }
         assert_eq!((w.counted, w.waits), (2, 4));
+        assert!(!w.keep_arming());
     }
 }
