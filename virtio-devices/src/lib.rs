@@ -16,6 +16,7 @@ extern crate alloc;
 
 pub mod blk;
 pub mod console;
+pub mod crypto;
 pub mod device;
 pub mod misbehave;
 pub mod net;

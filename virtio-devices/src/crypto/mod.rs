@@ -1,0 +1,636 @@
+//! virtio-crypto, the crypto device (spec §5.9): data queues and one
+//! control queue over a [`CryptoBackend`].
+//!
+//! Sessions are made and destroyed on the control queue (§5.9.7.2); data
+//! requests (§5.9.7.3) run CIPHER, HASH, MAC, AEAD and AKCIPHER operations
+//! under a session or, where the stateless mode of the service is
+//! negotiated, under parameters the request carries. Algorithm chaining
+//! and IPsec are not offered (NOTSUPP).
+//!
+//! Every request is answered with the spec's status and the device keeps
+//! serving: an unknown opcode or algorithm is NOTSUPP, a session that was
+//! not made (or of another service) INVSESS, lengths that do not add up or
+//! a key of the wrong size ERR, an AEAD tag that does not match BADMSG, a
+//! signature that does not verify KEY_REJECTED. A chain that cannot carry
+//! a status (no writable byte for a data request; no room for the
+//! session-create outcome, or no writable byte for a destroy) is
+//! completed with used length 0 and counted in
+//! [`CryptoStats::no_status`], as the block device does; a malformed
+//! chain likewise, in [`CryptoStats::malformed`].
+//!
+//! A data request's outputs go at the front of its writable part and the
+//! status in its last byte (§5.9.7.3 `inhdr`); bytes in between are
+//! zeroed, so nothing stale or unauthenticated reaches the driver. The
+//! used length is the whole writable part, except for AKCIPHER, where it
+//! is the result's length plus the status byte: the result may be shorter
+//! than the room given (§5.9.7.7), and the driver learns its length from
+//! the used length (Linux's driver does; QEMU answers the same way).
+
+pub mod wire;
+
+use alloc::collections::BTreeMap;
+use alloc::vec::Vec;
+
+use backends::crypto::{CryptoBackend, CryptoError, SessionId};
+use virtio_core::GuestMemory;
+use virtio_core::features::{CryptoFeatures, DeviceType, TransportFeatures};
+use virtio_core::split::DeviceQueue;
+
+use crate::device::{Budget, DeviceError, QueueConfig, Served, VirtioDevice};
+use wire::{Ctrl, Data, Mode, Service, Status};
+
+/// Each queue's maximum size.
+pub const QUEUE_SIZE: u16 = crate::device::DEFAULT_QUEUE_SIZE;
+
+/// Buffers one request may span (a scatter list of pages each way).
+const MAX_SEGS: usize = 128;
+
+/// The most bytes a control request may carry (an RSA key in DER is a
+/// few KiB).
+const CTRL_LIMIT: u64 = 64 << 10;
+
+/// Room for a data request's small parts (header, fixed part, IV, key,
+/// AAD) on top of `max_size` of payload.
+const DATA_SLACK: u64 = 64 << 10;
+
+/// Counters for the harness report.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CryptoStats {
+    /// Data requests completed with VIRTIO_CRYPTO_OK.
+    pub ok: u64,
+    /// Data requests completed with another status.
+    pub failed: u64,
+    /// Control requests completed.
+    pub control: u64,
+    /// Sessions made.
+    pub sessions_created: u64,
+    /// Sessions destroyed (by the driver or a reset).
+    pub sessions_closed: u64,
+    /// Chains completed with length 0 because they had no room for a
+    /// status.
+    pub no_status: u64,
+    /// Chains completed with length 0 because they were malformed
+    /// (§2.7.5) or their memory could not be read.
+    pub malformed: u64,
+}
+
+/// The crypto device over backend `B` and guest memory `M`.
+pub struct Crypto<B, M> {
+    mem: M,
+    data_queues: u16,
+    max_sizes: Vec<u16>,
+    config: [u8; wire::CONFIG_LEN],
+    queues: Vec<Option<DeviceQueue>>,
+    engine: Engine<B>,
+}
+
+/// What serves requests once their bytes are read: the backend, the
+/// sessions and the counters (apart from guest memory, which the chain
+/// being answered borrows).
+struct Engine<B> {
+    backend: B,
+    max_size: u64,
+    features: u64,
+    /// The sessions this device's driver made, by id, with their service.
+    sessions: BTreeMap<u64, Service>,
+    stats: CryptoStats,
+    /// A request's readable part, kept between requests.
+    input: Vec<u8>,
+    /// A request's result, kept between requests.
+    output: Vec<u8>,
+}
+
+impl<B, M> core::fmt::Debug for Crypto<B, M> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Crypto")
+            .field("data_queues", &self.data_queues)
+            .field("sessions", &self.engine.sessions.len())
+            .field("stats", &self.engine.stats)
+            .finish()
+    }
+}
+
+/// The status a backend error is reported with; NOSPC exists only with
+/// REVISION_1 (§5.9.7.1).
+fn status_of(e: CryptoError, rev1: bool) -> Status {
+    match e {
+        CryptoError::NotSupported(_) => Status::NotSupp,
+        CryptoError::InvalidSession(_) => Status::InvSess,
+        CryptoError::BadMessage => Status::BadMsg,
+        CryptoError::KeyRejected => Status::KeyRejected,
+        CryptoError::NoSpace if rev1 => Status::NoSpc,
+        CryptoError::NoSpace | CryptoError::Invalid(_) => Status::Err,
+    }
+}
+
+impl<B: CryptoBackend, M: GuestMemory> Crypto<B, M> {
+    /// A device with `data_queues` data queues (at least 1) in front of
+    /// `backend`, serving guest memory `mem`.
+    pub fn new(backend: B, mem: M, data_queues: u16) -> Self {
+        let data_queues = data_queues.max(1);
+        let caps = backend.capabilities();
+        let config = wire::config(&caps, data_queues);
+        let mut max_sizes = alloc::vec![QUEUE_SIZE; usize::from(data_queues)];
+        max_sizes.push(QUEUE_SIZE);
+        Crypto {
+            mem,
+            data_queues,
+            queues: (0..max_sizes.len()).map(|_| None).collect(),
+            max_sizes,
+            config,
+            engine: Engine {
+                backend,
+                max_size: caps.max_request_size,
+                features: 0,
+                sessions: BTreeMap::new(),
+                stats: CryptoStats::default(),
+                input: Vec::new(),
+                output: Vec::new(),
+            },
+        }
+    }
+
+    /// The counters.
+    pub fn stats(&self) -> CryptoStats {
+        self.engine.stats
+    }
+
+    /// The backend.
+    pub fn backend(&self) -> &B {
+        &self.engine.backend
+    }
+
+    /// Sessions open now.
+    pub fn open_sessions(&self) -> usize {
+        self.engine.sessions.len()
+    }
+
+    fn serve(&mut self, q: u16) -> Result<Served, DeviceError> {
+        let qi = usize::from(q);
+        let Some(slot) = self.queues.get_mut(qi) else {
+            return Err(DeviceError::NoSuchQueue { queue: q });
+        };
+        let Some(mut queue) = slot.take() else {
+            // Not enabled, or stopped (§4.2.2.1): nothing to serve.
+            return Ok(Served::default());
+        };
+        let r = self.serve_queue(q, &mut queue);
+        self.queues[qi] = Some(queue);
+        r
+    }
+
+    fn serve_queue(&mut self, q: u16, queue: &mut DeviceQueue) -> Result<Served, DeviceError> {
+        let qerr = |err| DeviceError::Queue { queue: q, err };
+        let control = q == self.data_queues;
+        let mut served = Served::default();
+        let mut budget = Budget::default();
+        while let Some(head) = budget
+            .next_head(queue, &self.mem, &mut self.engine.stats.malformed)
+            .map_err(qerr)?
+        {
+            let len = self.request(queue, head, control);
+            queue.add_used(&self.mem, head, len).map_err(qerr)?;
+            served.completed += 1;
+        }
+        served.again = budget.exhausted;
+        queue.publish_used(&self.mem).map_err(qerr)?;
+        if queue.needs_notification(&self.mem).map_err(qerr)? {
+            served.interrupt_queue(q);
+        }
+        Ok(served)
+    }
+
+    /// Serves one chain; returns the used length.
+    fn request(&mut self, queue: &DeviceQueue, head: u16, control: bool) -> u32 {
+        let e = &mut self.engine;
+        let Ok(chain) = queue.chain(&self.mem, head) else {
+            e.stats.malformed += 1;
+            return 0;
+        };
+        let Ok((mut r, mut w)) = chain.reader_writer::<MAX_SEGS>() else {
+            e.stats.malformed += 1;
+            return 0;
+        };
+        let limit = if control {
+            CTRL_LIMIT
+        } else {
+            e.max_size.saturating_add(DATA_SLACK)
+        };
+        let mut input = core::mem::take(&mut e.input);
+        let len = if r.available() > limit {
+            // Too much to read: answered without reading it.
+            input.clear();
+            if control {
+                e.control(&[], &mut w, Some(Status::Err))
+            } else {
+                e.data(&[], &mut w, Some(Status::Err))
+            }
+        } else {
+            input.resize(r.available() as usize, 0);
+            match r.read_exact(&mut input) {
+                Err(_) => {
+                    e.stats.malformed += 1;
+                    0
+                }
+                Ok(()) if control => e.control(&input, &mut w, None),
+                Ok(()) => e.data(&input, &mut w, None),
+            }
+        };
+        // Key material and plaintext do not linger.
+        input.fill(0);
+        e.input = input;
+        len
+    }
+}
+
+impl<B: CryptoBackend> Engine<B> {
+    fn crypto_features(&self) -> CryptoFeatures {
+        CryptoFeatures::from_bits_truncate(self.features)
+    }
+
+    /// Closes every session this device made (a reset).
+    fn close_sessions(&mut self) {
+        for (id, _) in core::mem::take(&mut self.sessions) {
+            if self.backend.close_session(SessionId(id)).is_ok() {
+                self.stats.sessions_closed += 1;
+            }
+        }
+    }
+
+    /// A control request (§5.9.7.2): `req` is its readable part; `forced`
+    /// a status decided before parsing.
+    fn control<W: Outcome>(&mut self, req: &[u8], w: &mut W, forced: Option<Status>) -> u32 {
+        self.stats.control += 1;
+        let rev1 = self.crypto_features().contains(CryptoFeatures::REVISION_1);
+        let destroy = matches!(
+            wire::ctrl_opcode(req),
+            Some(
+                wire::ctrl::CIPHER_DESTROY
+                    | wire::ctrl::HASH_DESTROY
+                    | wire::ctrl::MAC_DESTROY
+                    | wire::ctrl::AEAD_DESTROY
+                    | wire::ctrl::AKCIPHER_DESTROY
+            )
+        );
+        let parsed = match forced {
+            Some(s) => Err(s),
+            None => wire::parse_ctrl(self.crypto_features(), req),
+        };
+        let (status, id) = match parsed {
+            Ok(Ctrl::Create { service, spec }) => match self.backend.create_session(&spec) {
+                Ok(id) => {
+                    self.sessions.insert(id.0, service);
+                    self.stats.sessions_created += 1;
+                    (Status::Ok, id.0)
+                }
+                Err(e) => (status_of(e, rev1), 0),
+            },
+            Ok(Ctrl::Destroy { service, id }) => {
+                // §5.9.7.2.1: ERR for any failure, a session of another
+                // service included.
+                if self.sessions.get(&id) == Some(&service)
+                    && self.backend.close_session(SessionId(id)).is_ok()
+                {
+                    self.sessions.remove(&id);
+                    self.stats.sessions_closed += 1;
+                    (Status::Ok, 0)
+                } else {
+                    (Status::Err, 0)
+                }
+            }
+            Err(s) => (s, 0),
+        };
+        if destroy {
+            // struct virtio_crypto_destroy_session_input { u8 status; }
+            if w.room() < 1 || w.put(&[status as u8]).is_err() {
+                self.stats.no_status += 1;
+                return 0;
+            }
+            1
+        } else {
+            // struct virtio_crypto_create_session_input.
+            let mut out = [0u8; wire::SESSION_INPUT];
+            out[..8].copy_from_slice(&id.to_le_bytes());
+            out[8..12].copy_from_slice(&u32::from(status as u8).to_le_bytes());
+            if w.room() < wire::SESSION_INPUT as u64 || w.put(&out).is_err() {
+                if status == Status::Ok {
+                    // The driver cannot learn the id: do not keep it.
+                    self.sessions.remove(&id);
+                    let _ = self.backend.close_session(SessionId(id));
+                    self.stats.sessions_closed += 1;
+                }
+                self.stats.no_status += 1;
+                return 0;
+            }
+            wire::SESSION_INPUT as u32
+        }
+    }
+
+    /// A data request (§5.9.7.3): `req` is its readable part; `forced` a
+    /// status decided before parsing.
+    fn data<W: Outcome>(&mut self, req: &[u8], w: &mut W, forced: Option<Status>) -> u32 {
+        let total = w.room();
+        if total == 0 {
+            self.stats.no_status += 1;
+            return 0;
+        }
+        let room = total - 1;
+        let mut output = core::mem::take(&mut self.output);
+        output.clear();
+        let result = match forced {
+            Some(s) => Err(s),
+            None => self.run(req, room, &mut output),
+        };
+        let (status, n, akcipher) = match result {
+            Ok((n, ak)) => (Status::Ok, n, ak),
+            Err(s) => (s, 0, false),
+        };
+        if status == Status::Ok {
+            self.stats.ok += 1;
+        } else {
+            self.stats.failed += 1;
+        }
+        let written = w
+            .put(&output[..n])
+            .and_then(|()| w.zeros(room - n as u64))
+            .and_then(|()| w.put(&[status as u8]));
+        output.fill(0);
+        self.output = output;
+        if written.is_err() {
+            // The memory went away under the chain: nothing reliable was
+            // written.
+            self.stats.malformed += 1;
+            return 0;
+        }
+        if akcipher {
+            // The result's length plus the status (see the module docs).
+            n as u32 + 1
+        } else {
+            total as u32
+        }
+    }
+
+    /// Parses and runs a data request with `room` bytes for its result;
+    /// returns the result's length in `output` and whether it is an
+    /// AKCIPHER result.
+    fn run(
+        &mut self,
+        req: &[u8],
+        room: u64,
+        output: &mut Vec<u8>,
+    ) -> Result<(usize, bool), Status> {
+        let features = self.crypto_features();
+        let rev1 = features.contains(CryptoFeatures::REVISION_1);
+        let d = wire::parse_data(features, req, self.max_size)?;
+        let (id, temporary) = match *d.mode() {
+            Mode::Session(id) => {
+                if self.sessions.get(&id) != Some(&d.service()) {
+                    return Err(Status::InvSess);
+                }
+                (SessionId(id), false)
+            }
+            Mode::Stateless(spec) => (
+                self.backend
+                    .create_session(&spec)
+                    .map_err(|e| status_of(e, rev1))?,
+                true,
+            ),
+        };
+        let r = self.operate(&d, id, room, output);
+        if temporary {
+            let _ = self.backend.close_session(id);
+        }
+        r.map_err(|e| status_of(e, rev1))
+    }
+
+    fn operate(
+        &mut self,
+        d: &Data<'_>,
+        id: SessionId,
+        room: u64,
+        output: &mut Vec<u8>,
+    ) -> Result<(usize, bool), CryptoError> {
+        let fits = |n: u32| {
+            if u64::from(n) > room {
+                Err(CryptoError::Invalid(
+                    "the writable part is shorter than the result",
+                ))
+            } else {
+                Ok(n as usize)
+            }
+        };
+        match *d {
+            Data::Cipher {
+                direction,
+                iv,
+                src,
+                dst_len,
+                ..
+            } => {
+                let n = fits(dst_len)?;
+                if n != src.len() {
+                    return Err(CryptoError::Invalid(
+                        "the destination is not as long as the source",
+                    ));
+                }
+                output.resize(n, 0);
+                self.backend.cipher(id, direction, iv, src, output)?;
+                Ok((n, false))
+            }
+            Data::Digest {
+                src, result_len, ..
+            } => {
+                let n = fits(result_len)?;
+                output.resize(n.max(64), 0);
+                let k = self.backend.digest(id, src, output)?;
+                if k > n {
+                    return Err(CryptoError::Invalid(
+                        "the result is shorter than the session's digest",
+                    ));
+                }
+                Ok((k, false))
+            }
+            Data::Aead {
+                direction,
+                iv,
+                aad,
+                src,
+                dst_len,
+                ..
+            } => {
+                let n = fits(dst_len)?;
+                output.resize(n, 0);
+                let k = self.backend.aead(id, direction, iv, aad, src, output)?;
+                Ok((k, false))
+            }
+            Data::Akcipher {
+                op, src, dst_len, ..
+            } => {
+                let n = fits(dst_len)?;
+                output.resize(n, 0);
+                let k = self.backend.akcipher(id, op, src, output)?;
+                Ok((k, true))
+            }
+            Data::Verify {
+                signature, digest, ..
+            } => {
+                self.backend.verify(id, signature, digest)?;
+                Ok((0, true))
+            }
+        }
+    }
+}
+
+/// Where a request's outcome is written: the chain's writable part.
+trait Outcome {
+    /// Bytes left to write.
+    fn room(&self) -> u64;
+    /// Writes `b` next.
+    fn put(&mut self, b: &[u8]) -> Result<(), ()>;
+    /// Writes `n` zero bytes next.
+    fn zeros(&mut self, n: u64) -> Result<(), ()> {
+        let z = [0u8; 512];
+        let mut left = n;
+        while left > 0 {
+            let k = left.min(z.len() as u64) as usize;
+            self.put(&z[..k])?;
+            left -= k as u64;
+        }
+        Ok(())
+    }
+}
+
+impl<M: GuestMemory + ?Sized, const S: usize> Outcome
+    for virtio_core::split::chain::Writer<'_, M, S>
+{
+    fn room(&self) -> u64 {
+        self.available()
+    }
+    fn put(&mut self, b: &[u8]) -> Result<(), ()> {
+        self.write_all(b).map_err(drop)
+    }
+}
+
+impl<B: CryptoBackend, M: GuestMemory> VirtioDevice for Crypto<B, M> {
+    fn device_type(&self) -> DeviceType {
+        DeviceType::Crypto
+    }
+
+    fn device_features(&self) -> u64 {
+        (TransportFeatures::VERSION_1
+            | TransportFeatures::RING_INDIRECT_DESC
+            | TransportFeatures::RING_EVENT_IDX)
+            .bits()
+            | CryptoFeatures::all().bits()
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        &self.max_sizes
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        for (i, b) in data.iter_mut().enumerate() {
+            *b = usize::try_from(offset)
+                .ok()
+                .and_then(|o| o.checked_add(i))
+                .and_then(|at| self.config.get(at))
+                .copied()
+                .unwrap_or(0);
+        }
+    }
+
+    fn config_len(&self) -> usize {
+        wire::CONFIG_LEN
+    }
+
+    fn features_ok(&mut self, features: u64) {
+        self.engine.features = features;
+    }
+
+    fn activate(&mut self, features: u64, queues: Vec<QueueConfig>) -> Result<(), DeviceError> {
+        self.engine.features = features;
+        // §5.9.5.1: the driver configures every virtqueue, but a data
+        // queue it leaves off is simply not served.
+        let mut live: Vec<Option<DeviceQueue>> = Vec::with_capacity(self.max_sizes.len());
+        for (i, c) in queues.iter().enumerate().take(self.max_sizes.len()) {
+            let q = c.device_queue(features);
+            if let Some(q) = &q {
+                q.layout().check_memory(&self.mem).map_err(|err| {
+                    DeviceError::QueueNotInMemory {
+                        queue: i as u16,
+                        err,
+                    }
+                })?;
+            }
+            live.push(q);
+        }
+        live.resize_with(self.max_sizes.len(), || None);
+        if live[usize::from(self.data_queues)].is_none() {
+            return Err(DeviceError::QueueNotReady {
+                queue: self.data_queues,
+            });
+        }
+        self.queues = live;
+        Ok(())
+    }
+
+    fn queue_notify(&mut self, queue: u16) -> Result<Served, DeviceError> {
+        self.serve(queue)
+    }
+
+    fn disable_queue(&mut self, queue: u16) -> Result<Served, DeviceError> {
+        // Requests complete inside the notification: nothing is held.
+        if let Some(q) = self.queues.get_mut(usize::from(queue)) {
+            *q = None;
+        }
+        Ok(Served::default())
+    }
+
+    fn reset(&mut self) {
+        for q in &mut self.queues {
+            *q = None;
+        }
+        self.engine.close_sessions();
+        self.engine.features = 0;
+    }
+
+    fn counters(&self) -> Vec<(&'static str, u64)> {
+        let s = self.engine.stats;
+        alloc::vec![
+            ("ok", s.ok),
+            ("failed", s.failed),
+            ("control", s.control),
+            ("sessions_created", s.sessions_created),
+            ("sessions_closed", s.sessions_closed),
+            ("no_status", s.no_status),
+            ("malformed", s.malformed),
+        ]
+    }
+
+    fn avail_taken(&self, queue: u16) -> Option<u16> {
+        Some(self.queues.get(usize::from(queue))?.as_ref()?.next_avail())
+    }
+
+    /// Every request completes inside its notification, so the position
+    /// is where the device will read next.
+    fn queue_position(&self, queue: u16) -> Option<u16> {
+        self.avail_taken(queue)
+    }
+
+    fn set_queue_position(&mut self, queue: u16, next_avail: u16) -> Result<(), DeviceError> {
+        let q = self
+            .queues
+            .get_mut(usize::from(queue))
+            .and_then(Option::as_mut)
+            .ok_or(DeviceError::PositionUnsupported { queue })?;
+        q.set_position(next_avail, next_avail);
+        Ok(())
+    }
+}
+
+impl<B> Drop for Engine<B> {
+    fn drop(&mut self) {
+        self.input.fill(0);
+        self.output.fill(0);
+    }
+}
