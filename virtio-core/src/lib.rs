@@ -41,6 +41,7 @@ extern crate alloc;
 
 pub mod blk;
 pub mod console;
+pub mod crypto;
 pub mod features;
 pub mod memory;
 pub mod mmio;

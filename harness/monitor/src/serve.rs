@@ -114,6 +114,33 @@ pub fn build(config: &MachineConfig, mem: &SharedMemory) -> Result<ServedDevice,
     let mut out = None;
     for dev in &config.devices {
         match dev {
+            DeviceConfig::Crypto {
+                cryptodev,
+                queue_size,
+                ..
+            } => {
+                let size = machine::checked_queue_size("virtio-crypto-device", *queue_size)?;
+                let (_, c) = config
+                    .cryptodevs
+                    .iter()
+                    .find(|(id, _)| id == cryptodev)
+                    .ok_or_else(|| missing("-device virtio-crypto-device", cryptodev))?;
+                // The whole device, control queue included: a frontend
+                // that passes every queue through (QEMU's
+                // `vhost-user-device,virtio-id=20`) drives it as is.
+                let device = virtio_devices::crypto::Crypto::new(
+                    backends::crypto::builtin::Builtin::default(),
+                    mem.clone(),
+                    c.queues,
+                )
+                .with_queue_size(size);
+                out = Some(ServedDevice {
+                    kind: "virtio-crypto-device",
+                    backend: format!("cryptodev-backend-builtin, {} data queues", c.queues),
+                    device: Box::new(device),
+                    ready_fds: Vec::new(),
+                });
+            }
             DeviceConfig::Rng {
                 rng, queue_size, ..
             } => {

@@ -35,6 +35,7 @@ use backends::crypto::{CryptoBackend, CryptoError, SessionId};
 use virtio_core::GuestMemory;
 use virtio_core::features::{CryptoFeatures, DeviceType, TransportFeatures};
 use virtio_core::split::DeviceQueue;
+use virtio_core::split::layout::QueueSize;
 
 use crate::device::{Budget, DeviceError, QueueConfig, Served, VirtioDevice};
 use wire::{Ctrl, Data, Mode, Service, Status};
@@ -148,6 +149,15 @@ impl<B: CryptoBackend, M: GuestMemory> Crypto<B, M> {
                 output: Vec::new(),
             },
         }
+    }
+
+    /// The same device with every queue's maximum size `size` (a power of
+    /// two).
+    pub fn with_queue_size(mut self, size: QueueSize) -> Self {
+        for m in &mut self.max_sizes {
+            *m = size.get();
+        }
+        self
     }
 
     /// The counters.

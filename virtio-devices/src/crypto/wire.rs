@@ -14,150 +14,19 @@ use backends::crypto::{
 };
 use virtio_core::features::CryptoFeatures;
 
-/// The services (§5.9.2), as `crypto_services` bits and opcode high bytes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-#[repr(u32)]
-pub enum Service {
-    /// Symmetric ciphers.
-    Cipher = 0,
-    /// Hashes.
-    Hash = 1,
-    /// MACs.
-    Mac = 2,
-    /// Authenticated ciphers.
-    Aead = 3,
-    /// Asymmetric ciphers.
-    Akcipher = 4,
-}
-
-impl Service {
-    /// The service of opcode `op` (its high byte).
-    pub fn of_opcode(op: u32) -> Option<Service> {
-        Some(match op >> 8 {
-            0 => Service::Cipher,
-            1 => Service::Hash,
-            2 => Service::Mac,
-            3 => Service::Aead,
-            4 => Service::Akcipher,
-            _ => return None,
-        })
-    }
-
-    /// The feature bit of this service's stateless mode (§5.9.3).
-    pub fn stateless_feature(self) -> CryptoFeatures {
-        match self {
-            Service::Cipher => CryptoFeatures::CIPHER_STATELESS_MODE,
-            Service::Hash => CryptoFeatures::HASH_STATELESS_MODE,
-            Service::Mac => CryptoFeatures::MAC_STATELESS_MODE,
-            Service::Aead => CryptoFeatures::AEAD_STATELESS_MODE,
-            Service::Akcipher => CryptoFeatures::AKCIPHER_STATELESS_MODE,
-        }
-    }
-}
-
-/// An operation's outcome as the driver reads it (§5.9.7.1).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[repr(u8)]
-pub enum Status {
-    /// Success.
-    Ok = 0,
-    /// Any other failure.
-    Err = 1,
-    /// Authentication failed (AEAD decryption).
-    BadMsg = 2,
-    /// The operation or algorithm is not supported.
-    NotSupp = 3,
-    /// No such session.
-    InvSess = 4,
-    /// No free session (only with REVISION_1).
-    NoSpc = 5,
-    /// A signature that does not verify.
-    KeyRejected = 6,
-}
-
-/// `VIRTIO_CRYPTO_OPCODE(service, op)`.
-const fn opcode(service: u32, op: u32) -> u32 {
-    (service << 8) | op
-}
-
-/// Control opcodes (§5.9.7.2).
-pub mod ctrl {
-    use super::opcode;
-    /// CIPHER_CREATE_SESSION.
-    pub const CIPHER_CREATE: u32 = opcode(0, 2);
-    /// CIPHER_DESTROY_SESSION.
-    pub const CIPHER_DESTROY: u32 = opcode(0, 3);
-    /// HASH_CREATE_SESSION.
-    pub const HASH_CREATE: u32 = opcode(1, 2);
-    /// HASH_DESTROY_SESSION.
-    pub const HASH_DESTROY: u32 = opcode(1, 3);
-    /// MAC_CREATE_SESSION.
-    pub const MAC_CREATE: u32 = opcode(2, 2);
-    /// MAC_DESTROY_SESSION.
-    pub const MAC_DESTROY: u32 = opcode(2, 3);
-    /// AEAD_CREATE_SESSION.
-    pub const AEAD_CREATE: u32 = opcode(3, 2);
-    /// AEAD_DESTROY_SESSION.
-    pub const AEAD_DESTROY: u32 = opcode(3, 3);
-    /// AKCIPHER_CREATE_SESSION.
-    pub const AKCIPHER_CREATE: u32 = opcode(4, 4);
-    /// AKCIPHER_DESTROY_SESSION.
-    pub const AKCIPHER_DESTROY: u32 = opcode(4, 5);
-}
-
-/// Data opcodes (§5.9.7.3).
-pub mod data {
-    use super::opcode;
-    /// CIPHER_ENCRYPT.
-    pub const CIPHER_ENCRYPT: u32 = opcode(0, 0);
-    /// CIPHER_DECRYPT.
-    pub const CIPHER_DECRYPT: u32 = opcode(0, 1);
-    /// HASH.
-    pub const HASH: u32 = opcode(1, 0);
-    /// MAC.
-    pub const MAC: u32 = opcode(2, 0);
-    /// AEAD_ENCRYPT.
-    pub const AEAD_ENCRYPT: u32 = opcode(3, 0);
-    /// AEAD_DECRYPT.
-    pub const AEAD_DECRYPT: u32 = opcode(3, 1);
-    /// AKCIPHER_ENCRYPT.
-    pub const AKCIPHER_ENCRYPT: u32 = opcode(4, 0);
-    /// AKCIPHER_DECRYPT.
-    pub const AKCIPHER_DECRYPT: u32 = opcode(4, 1);
-    /// AKCIPHER_SIGN.
-    pub const AKCIPHER_SIGN: u32 = opcode(4, 2);
-    /// AKCIPHER_VERIFY.
-    pub const AKCIPHER_VERIFY: u32 = opcode(4, 3);
-}
-
-/// `VIRTIO_CRYPTO_FLAG_SESSION_MODE` in a data header's `flag`.
-pub const FLAG_SESSION_MODE: u32 = 1;
-/// The control header's size.
-pub const CTRL_HEADER: usize = 16;
-/// The data header's size.
-pub const DATA_HEADER: usize = 24;
-/// Control fixed parts without REVISION_1 (`VIRTIO_CRYPTO_CTRLQ_OP_SPEC_HDR_LEGACY`).
-pub const CTRL_FLF_LEGACY: usize = 56;
-/// Data fixed parts without REVISION_1 (`VIRTIO_CRYPTO_DATAQ_OP_SPEC_HDR_LEGACY`).
-pub const DATA_FLF_LEGACY: usize = 48;
-/// The create-session outcome: `le64 session_id, le32 status, le32 padding`.
-pub const SESSION_INPUT: usize = 16;
-
-/// `VIRTIO_CRYPTO_SYM_OP_CIPHER`.
-const SYM_OP_CIPHER: u32 = 1;
-/// `VIRTIO_CRYPTO_SYM_OP_ALGORITHM_CHAINING`.
-const SYM_OP_CHAINING: u32 = 2;
-/// `VIRTIO_CRYPTO_OP_ENCRYPT`, `_DECRYPT`.
-const OP_ENCRYPT: u32 = 1;
-const OP_DECRYPT: u32 = 2;
+pub use virtio_core::crypto::{
+    CTRL_FLF_LEGACY, CTRL_HEADER, DATA_FLF_LEGACY, DATA_HEADER, FLAG_SESSION_MODE, SESSION_INPUT,
+    Service, Status, ctrl, data,
+};
+use virtio_core::crypto::{OP_DECRYPT, OP_ENCRYPT, SYM_OP_CHAINING, SYM_OP_CIPHER, algo, rsa};
 
 /// The cipher of virtio algorithm number `n` (§5.9.2.1).
 pub fn cipher_algo(n: u32) -> Option<CipherAlgo> {
     Some(match n {
-        2 => CipherAlgo::AesEcb,
-        3 => CipherAlgo::AesCbc,
-        4 => CipherAlgo::AesCtr,
-        13 => CipherAlgo::AesXts,
+        algo::CIPHER_AES_ECB => CipherAlgo::AesEcb,
+        algo::CIPHER_AES_CBC => CipherAlgo::AesCbc,
+        algo::CIPHER_AES_CTR => CipherAlgo::AesCtr,
+        algo::CIPHER_AES_XTS => CipherAlgo::AesXts,
         _ => return None,
     })
 }
@@ -165,10 +34,10 @@ pub fn cipher_algo(n: u32) -> Option<CipherAlgo> {
 /// The virtio number of `a` (§5.9.2.1).
 pub fn cipher_number(a: CipherAlgo) -> u32 {
     match a {
-        CipherAlgo::AesEcb => 2,
-        CipherAlgo::AesCbc => 3,
-        CipherAlgo::AesCtr => 4,
-        CipherAlgo::AesXts => 13,
+        CipherAlgo::AesEcb => algo::CIPHER_AES_ECB,
+        CipherAlgo::AesCbc => algo::CIPHER_AES_CBC,
+        CipherAlgo::AesCtr => algo::CIPHER_AES_CTR,
+        CipherAlgo::AesXts => algo::CIPHER_AES_XTS,
     }
 }
 
@@ -176,11 +45,11 @@ pub fn cipher_number(a: CipherAlgo) -> u32 {
 /// HMACs are the same (§5.9.2.3).
 pub fn hash_algo(n: u32) -> Option<HashAlgo> {
     Some(match n {
-        2 => HashAlgo::Sha1,
-        3 => HashAlgo::Sha224,
-        4 => HashAlgo::Sha256,
-        5 => HashAlgo::Sha384,
-        6 => HashAlgo::Sha512,
+        algo::SHA1 => HashAlgo::Sha1,
+        algo::SHA224 => HashAlgo::Sha224,
+        algo::SHA256 => HashAlgo::Sha256,
+        algo::SHA384 => HashAlgo::Sha384,
+        algo::SHA512 => HashAlgo::Sha512,
         _ => return None,
     })
 }
@@ -188,11 +57,11 @@ pub fn hash_algo(n: u32) -> Option<HashAlgo> {
 /// The virtio number of `h` (as a hash, and of its HMAC as a MAC).
 pub fn hash_number(h: HashAlgo) -> u32 {
     match h {
-        HashAlgo::Sha1 => 2,
-        HashAlgo::Sha224 => 3,
-        HashAlgo::Sha256 => 4,
-        HashAlgo::Sha384 => 5,
-        HashAlgo::Sha512 => 6,
+        HashAlgo::Sha1 => algo::SHA1,
+        HashAlgo::Sha224 => algo::SHA224,
+        HashAlgo::Sha256 => algo::SHA256,
+        HashAlgo::Sha384 => algo::SHA384,
+        HashAlgo::Sha512 => algo::SHA512,
     }
 }
 
@@ -200,12 +69,12 @@ pub fn hash_number(h: HashAlgo) -> u32 {
 /// for NO_HASH, `Err` for one not offered (MD2 to MD5).
 fn rsa_hash(n: u32) -> Result<Option<HashAlgo>, Status> {
     Ok(Some(match n {
-        0 => return Ok(None),
-        5 => HashAlgo::Sha1,
-        6 => HashAlgo::Sha256,
-        7 => HashAlgo::Sha384,
-        8 => HashAlgo::Sha512,
-        9 => HashAlgo::Sha224,
+        rsa::NO_HASH => return Ok(None),
+        rsa::SHA1 => HashAlgo::Sha1,
+        rsa::SHA256 => HashAlgo::Sha256,
+        rsa::SHA384 => HashAlgo::Sha384,
+        rsa::SHA512 => HashAlgo::Sha512,
+        rsa::SHA224 => HashAlgo::Sha224,
         _ => return Err(Status::NotSupp),
     }))
 }
@@ -331,7 +200,7 @@ pub fn parse_ctrl(features: CryptoFeatures, req: &[u8]) -> Result<Ctrl<'_>, Stat
         }
         ctrl::AEAD_CREATE => {
             let (f, mut v) = split(24)?;
-            if f.u32(0)? != 1 {
+            if f.u32(0)? != algo::AEAD_GCM {
                 return Err(Status::NotSupp);
             }
             let key = v.take(f.u32(4)?)?;
@@ -344,20 +213,20 @@ pub fn parse_ctrl(features: CryptoFeatures, req: &[u8]) -> Result<Ctrl<'_>, Stat
         }
         ctrl::AKCIPHER_CREATE => {
             let (f, mut v) = split(56)?;
-            if f.u32(0)? != 1 {
+            if f.u32(0)? != algo::AKCIPHER_RSA {
                 // Only RSA (ECDSA not offered).
                 return Err(Status::NotSupp);
             }
             let key_type = match f.u32(4)? {
-                1 => KeyType::Public,
-                2 => KeyType::Private,
+                rsa::KEY_TYPE_PUBLIC => KeyType::Public,
+                rsa::KEY_TYPE_PRIVATE => KeyType::Private,
                 _ => return Err(Status::Err),
             };
             let key = v.take(f.u32(8)?)?;
             // algo_flf: struct virtio_crypto_rsa_session_para.
             let padding = match f.u32(12)? {
-                0 => RsaPadding::Raw,
-                1 => RsaPadding::Pkcs1 {
+                rsa::RAW_PADDING => RsaPadding::Raw,
+                rsa::PKCS1_PADDING => RsaPadding::Pkcs1 {
                     hash: rsa_hash(f.u32(16)?)?,
                 },
                 _ => return Err(Status::NotSupp),
@@ -630,7 +499,7 @@ pub fn parse_data(features: CryptoFeatures, req: &[u8], max_size: u64) -> Result
             };
             if stateless {
                 let (f, mut v) = split(32)?;
-                if f.u32(0)? != 1 {
+                if f.u32(0)? != algo::AEAD_GCM {
                     return Err(Status::NotSupp);
                 }
                 let key = v.take(bounded(f.u32(4)?)?)?;
@@ -675,17 +544,17 @@ pub fn parse_data(features: CryptoFeatures, req: &[u8], max_size: u64) -> Result
                 // sess_para {algo, key_type, key_len, rsa {padding, hash}},
                 // src_data_len, dst_data_len.
                 let (f, mut v) = split(28)?;
-                if f.u32(0)? != 1 {
+                if f.u32(0)? != algo::AKCIPHER_RSA {
                     return Err(Status::NotSupp);
                 }
                 let key_type = match f.u32(4)? {
-                    1 => KeyType::Public,
-                    2 => KeyType::Private,
+                    rsa::KEY_TYPE_PUBLIC => KeyType::Public,
+                    rsa::KEY_TYPE_PRIVATE => KeyType::Private,
                     _ => return Err(Status::Err),
                 };
                 let padding = match f.u32(12)? {
-                    0 => RsaPadding::Raw,
-                    1 => RsaPadding::Pkcs1 {
+                    rsa::RAW_PADDING => RsaPadding::Raw,
+                    rsa::PKCS1_PADDING => RsaPadding::Pkcs1 {
                         hash: rsa_hash(f.u32(16)?)?,
                     },
                     _ => return Err(Status::NotSupp),
@@ -733,10 +602,10 @@ pub fn parse_data(features: CryptoFeatures, req: &[u8], max_size: u64) -> Result
 }
 
 /// The configuration space (§5.9.4): 56 bytes.
-pub const CONFIG_LEN: usize = 56;
+pub const CONFIG_LEN: usize = virtio_core::crypto::config::LEN;
 
 /// `VIRTIO_CRYPTO_S_HW_READY`.
-pub const S_HW_READY: u32 = 1;
+pub const S_HW_READY: u32 = virtio_core::crypto::config::S_HW_READY;
 
 /// The configuration space for `caps` with `data_queues` data queues
 /// (§5.9.4): every service the backend offers, its algorithms as bits,

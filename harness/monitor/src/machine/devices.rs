@@ -275,6 +275,39 @@ pub fn realize_devices_shared(
     };
     for dev in &config.devices {
         match dev {
+            DeviceConfig::Crypto {
+                cryptodev,
+                queue_size,
+                ioeventfd,
+                misbehave: hostile,
+            } => {
+                let size = checked_queue_size("virtio-crypto-device", *queue_size)?;
+                if let Some(s) = serial.take() {
+                    finish_serial(s, &mut out)?;
+                }
+                let (_, c) = config
+                    .cryptodevs
+                    .iter()
+                    .find(|(id, _)| id == cryptodev)
+                    .ok_or_else(|| MachineError::Missing {
+                        by: "-device virtio-crypto-device".into(),
+                        id: cryptodev.clone(),
+                    })?;
+                let device = virtio_devices::crypto::Crypto::new(
+                    backends::crypto::builtin::Builtin::default(),
+                    mem.clone(),
+                    c.queues,
+                )
+                .with_queue_size(size);
+                out.push(RealizedDevice {
+                    kind: "virtio-crypto-device",
+                    backend: format!("cryptodev-backend-builtin, {} data queues", c.queues),
+                    device: DeviceBox::Any(Box::new(device)),
+                    ready_fds: Vec::new(),
+                    notify: notify_of(*ioeventfd),
+                });
+                misbehave(&mut out, *hostile, mem)?;
+            }
             DeviceConfig::Rng {
                 rng,
                 queue_size,

@@ -97,6 +97,7 @@ pub(super) fn check_references(
         }
     }
     let mut rng_user: std::collections::HashSet<&str> = Default::default();
+    let mut cryptodev_user: std::collections::HashSet<&str> = Default::default();
     let mut drive_user: std::collections::HashSet<&str> = Default::default();
     let mut netdev_user: std::collections::HashSet<&str> = Default::default();
     // `None` until a virtio-serial-device: the ports it still has room for.
@@ -109,6 +110,20 @@ pub(super) fn check_references(
                 if !rng_user.insert(rng.as_str()) {
                     return Err(OptionError::Conflict(format!(
                         "{by}: rng '{rng}' is already used by another device"
+                    )));
+                }
+            }
+            DeviceConfig::Crypto { cryptodev, .. } => {
+                refers(
+                    &by,
+                    "cryptodev",
+                    cryptodev,
+                    IdKind::Cryptodev,
+                    "a cryptodev object",
+                )?;
+                if !cryptodev_user.insert(cryptodev.as_str()) {
+                    return Err(OptionError::Conflict(format!(
+                        "{by}: cryptodev '{cryptodev}' is already used by another device"
                     )));
                 }
             }

@@ -192,9 +192,28 @@ pub enum NetdevKind {
     },
 }
 
+/// A cryptodev (`-object cryptodev-backend-builtin,id=…[,queues=N]`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CryptodevConfig {
+    /// Data queues the device in front of it has (`queues=`, default 1).
+    pub queues: u16,
+}
+
 /// A device (`-device`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum DeviceConfig {
+    /// `virtio-crypto-device,cryptodev=…[,queue-size=N][,ioeventfd=on|off]`.
+    Crypto {
+        /// The cryptodev object id.
+        cryptodev: String,
+        /// Each queue's size.
+        queue_size: u16,
+        /// As for [`DeviceConfig::Rng`].
+        ioeventfd: bool,
+        /// `misbehave=<mode>`: a hostile device that breaks this rule on
+        /// purpose ([`virtio_devices::misbehave`]); `None` for an honest one.
+        misbehave: Option<Misbehave>,
+    },
     /// `virtio-rng-device,rng=…[,queue-size=N][,ioeventfd=on|off]`.
     Rng {
         /// The entropy source id.
@@ -337,6 +356,8 @@ pub struct MachineConfig {
     pub memory_backends: Vec<MemoryBackendConfig>,
     /// Entropy sources, by id.
     pub rngs: Vec<(String, RngConfig)>,
+    /// Cryptodevs, by id.
+    pub cryptodevs: Vec<(String, CryptodevConfig)>,
     /// Chardevs, by id.
     pub chardevs: Vec<(String, ChardevKind)>,
     /// Disk backends, by id.
@@ -377,6 +398,7 @@ impl DeviceConfig {
     pub fn type_name(&self) -> &'static str {
         match self {
             DeviceConfig::Rng { .. } => "virtio-rng-device",
+            DeviceConfig::Crypto { .. } => "virtio-crypto-device",
             DeviceConfig::Serial { .. } => "virtio-serial-device",
             DeviceConfig::Blk { .. } => "virtio-blk-device",
             DeviceConfig::Net { .. } => "virtio-net-device",
@@ -478,6 +500,7 @@ impl MachineConfig {
 pub(super) enum IdKind {
     Memory,
     Rng,
+    Cryptodev,
     Chardev,
     Drive,
     Netdev,

@@ -63,6 +63,12 @@ impl Parser {
         let mut kv = KeyVals::parse("-device", arg)?;
         let id = kv.take("id");
         let dev = match kv.ty.as_str() {
+            "virtio-crypto-device" => DeviceConfig::Crypto {
+                cryptodev: kv.require("cryptodev")?,
+                queue_size: take_queue_size(&mut kv, DEFAULT_QUEUE_SIZE)?,
+                ioeventfd: kv.take_bool("ioeventfd", true)?,
+                misbehave: take_misbehave(&mut kv)?,
+            },
             "virtio-rng-device" => DeviceConfig::Rng {
                 rng: kv.require("rng")?,
                 queue_size: take_queue_size(&mut kv, DEFAULT_QUEUE_SIZE)?,

@@ -1,9 +1,9 @@
-//! `-object`: memory backends and entropy sources.
+//! `-object`: memory backends, entropy sources and cryptodevs.
 
 use super::*;
 
 impl Parser {
-    /// `-object memory-backend-*|rng-*,id=…`.
+    /// `-object memory-backend-*|rng-*|cryptodev-backend-builtin,id=…`.
     pub(super) fn object(&mut self, arg: &str) -> Result<(), OptionError> {
         let Parser { cfg, ids, .. } = self;
         let mut kv = KeyVals::parse("-object", arg)?;
@@ -59,6 +59,18 @@ impl Parser {
                 };
                 cfg.rngs.push((id.clone(), rng));
                 IdKind::Rng
+            }
+            "cryptodev-backend-builtin" => {
+                let queues = match kv.take_u32("queues")? {
+                    None => 1,
+                    Some(n) => u16::try_from(n)
+                        .ok()
+                        .filter(|n| *n >= 1)
+                        .ok_or_else(|| kv.bad("queues", &n.to_string(), "1 to 65535"))?,
+                };
+                cfg.cryptodevs
+                    .push((id.clone(), CryptodevConfig { queues }));
+                IdKind::Cryptodev
             }
             _ => {
                 return Err(OptionError::UnknownType {

@@ -105,7 +105,8 @@ fn misbehave_takes_every_mode_on_every_virtio_device_and_refuses_others() {
         let c = p(&format!(
             "-object rng-builtin,id=r -device virtio-rng-device,rng=r,misbehave={m} \
              -device virtio-serial-device,misbehave={m} \
-             -netdev hubport,id=n,hubid=0 -device virtio-net-device,netdev=n,misbehave={m}"
+             -netdev hubport,id=n,hubid=0 -device virtio-net-device,netdev=n,misbehave={m} \
+             -object cryptodev-backend-builtin,id=c -device virtio-crypto-device,cryptodev=c,misbehave={m}"
         ))
         .unwrap();
         for d in &c.devices {
@@ -113,6 +114,7 @@ fn misbehave_takes_every_mode_on_every_virtio_device_and_refuses_others() {
                 DeviceConfig::Rng { misbehave, .. }
                 | DeviceConfig::Serial { misbehave, .. }
                 | DeviceConfig::Net { misbehave, .. }
+                | DeviceConfig::Crypto { misbehave, .. }
                 | DeviceConfig::Blk { misbehave, .. } => *misbehave,
                 DeviceConfig::Port { .. } | DeviceConfig::VhostUser { .. } => None,
             };
@@ -214,6 +216,27 @@ fn every_mistake_names_what_is_wrong() {
         (
             "-object rng-builtin,id=r -device virtio-rng-device,rng=r,ioeventfd=maybe",
             "-device: ioeventfd='maybe' is not on or off",
+        ),
+        (
+            "-object cryptodev-backend-builtin,id=c,queues=0",
+            "-object: queues='0' is not 1 to 65535",
+        ),
+        (
+            "-object cryptodev-backend-builtin,id=c,cipher=des",
+            "-object cryptodev-backend-builtin: unknown key 'cipher'",
+        ),
+        (
+            "-object rng-builtin,id=r -device virtio-crypto-device,cryptodev=r",
+            "-device virtio-crypto-device: cryptodev='r' does not name a cryptodev object",
+        ),
+        (
+            "-object cryptodev-backend-builtin,id=c -device virtio-crypto-device,cryptodev=c \
+             -device virtio-crypto-device,cryptodev=c",
+            "cryptodev 'c' is already used by another device",
+        ),
+        (
+            "-device virtio-crypto-device",
+            "-device virtio-crypto-device: missing 'cryptodev='",
         ),
     ];
     for (line, want) in cases {
@@ -535,4 +558,28 @@ fn net_devices_take_an_id_and_an_mtu() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("68 to 65535"), "{err}");
+}
+
+/// QEMU's spelling of the builtin cryptodev and the crypto device.
+#[test]
+fn cryptodev_objects_and_crypto_devices_parse() {
+    let c = p("-object cryptodev-backend-builtin,id=c0,queues=4 \
+               -device virtio-crypto-device,cryptodev=c0,queue-size=128")
+    .unwrap();
+    assert_eq!(
+        c.cryptodevs,
+        vec![("c0".to_string(), CryptodevConfig { queues: 4 })]
+    );
+    assert_eq!(
+        c.devices,
+        vec![DeviceConfig::Crypto {
+            cryptodev: "c0".into(),
+            queue_size: 128,
+            ioeventfd: true,
+            misbehave: None,
+        }]
+    );
+    let c = p("-object cryptodev-backend-builtin,id=c1 -device virtio-crypto-device,cryptodev=c1")
+        .unwrap();
+    assert_eq!(c.cryptodevs[0].1.queues, 1);
 }
