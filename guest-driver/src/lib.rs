@@ -56,6 +56,7 @@ extern crate alloc;
 pub mod blk;
 pub mod cmdline;
 pub mod console;
+pub mod crypto;
 pub mod error;
 pub mod hal;
 pub mod mmio;

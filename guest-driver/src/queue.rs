@@ -694,6 +694,50 @@ impl<const N: usize> DmaQueue<N> {
         Ok(Some(slot))
     }
 
+    /// Adds one chain of a free slot: `readable` device-readable bytes at
+    /// its start, which `fill` writes in place (no copy), then `writable`
+    /// device-writable bytes right after (a request and the room for its
+    /// answer): two descriptors, or one when `writable` is 0. Returns the
+    /// slot, or `None` if no slot is free (then `fill` is not called).
+    /// Fails if `readable` is 0 or both do not fit in a slot.
+    pub fn push_request_with(
+        &mut self,
+        readable: u32,
+        writable: u32,
+        fill: impl FnOnce(&mut [u8]),
+    ) -> Result<Option<u16>, Error> {
+        let total = u64::from(readable) + u64::from(writable);
+        if readable == 0 || total > u64::from(self.slot_size) {
+            return Err(Error::Memory {
+                queue: self.index,
+                err: MemoryError::OutOfBounds {
+                    addr: self.slot_addr(0),
+                    len: total,
+                },
+            });
+        }
+        let Some(&slot) = self.free.last() else {
+            return Ok(None);
+        };
+        let Some(ptr) = self.slot_ptr(slot) else {
+            return Ok(None);
+        };
+        // SAFETY: as in `push_readable_with`: the slot is free, the device
+        // was not given it, `readable` is within it, and the slice lives
+        // only during `fill`.
+        let buf = unsafe { core::slice::from_raw_parts_mut(ptr, readable as usize) };
+        fill(buf);
+        let addr = self.slot_addr(slot);
+        let answer = [(GuestAddress(addr.0 + u64::from(readable)), writable)];
+        let outs: &[(GuestAddress, u32)] = if writable == 0 { &[] } else { &answer };
+        let token = self
+            .queue
+            .add(&self.mem, &[(addr, readable)], outs)
+            .map_err(|e| self.qerr(e))?;
+        self.take_slot(slot, token.head());
+        Ok(Some(slot))
+    }
+
     /// A view of the first `len` bytes of a held slot in DMA memory, no
     /// copy made; `None` if the slot is not held or `len` exceeds it.
     ///
