@@ -3,6 +3,8 @@
 pub mod blk_request;
 pub mod chain_rig;
 pub mod console_control;
+pub mod crypto_parse;
+pub mod crypto_request;
 pub mod descriptor_chain;
 pub mod device_requests;
 pub mod dma_map;
@@ -96,5 +98,13 @@ pub const TARGETS: &[Target] = &[
     Target {
         name: "vhost_user_session",
         run: vhost_user_session::run,
+    },
+    Target {
+        name: "crypto_request",
+        run: crypto_request::run,
+    },
+    Target {
+        name: "crypto_parse",
+        run: crypto_parse::run,
     },
 ];
