@@ -1,6 +1,6 @@
 //! The suite's scenarios under KVM, one test each: tiny guests driving our
 //! devices (virtio-rng §5.4, virtio-console §5.3, virtio-blk §5.2,
-//! virtio-net §5.1) through our monitor, in
+//! virtio-net §5.1, virtio-crypto §5.9) through our monitor, in
 //! front of real backends, with both notification paths (ioeventfd worker,
 //! inline) and both completion modes (interrupt, polling). The scenarios
 //! themselves live in `harness::scenarios`, shared with `virtio-harness
@@ -65,6 +65,9 @@ macro_rules! scenario_tests {
 }
 
 scenario_tests!(
+    // §5.9: the crypto guest's known answers against our device.
+    crypto_builtin_irq_ioeventfd,
+    crypto_builtin_poll_inline_2q,
     rng_deterministic_irq_ioeventfd,
     rng_deterministic_poll_inline,
     rng_deterministic_irq_inline,

@@ -51,11 +51,49 @@ pub(super) fn rng_deterministic(notify: &str, mode: &str, bytes: usize) -> Resul
     })
 }
 
+/// The crypto guest's vectors (`harness/guests/src/bin/crypto.rs`).
+pub const CRYPTO_VECTORS: u64 = 10;
+
+/// The crypto guest's known answers against our device over the builtin
+/// cryptodev: every algorithm it has a vector for must be advertised and
+/// pass (§5.9), with `queues` data queues.
+pub(super) fn crypto_builtin(notify: &str, mode: &str, queues: u16) -> Result<Setup, String> {
+    Ok(Setup {
+        check: Some(Box::new(|o| match guest_line(o, "crypto: ") {
+            Some(l) if number_before(l, "vectors") == Some(CRYPTO_VECTORS) => Ok(()),
+            Some(l) => Err(format!("not {CRYPTO_VECTORS} vectors passed: {l}")),
+            None => Err("the guest printed no 'crypto: ' line".into()),
+        })),
+        ..Setup::new(
+            &format!(
+                "-object cryptodev-backend-builtin,id=c0,queues={queues} \
+                 -device virtio-crypto-device,cryptodev=c0,ioeventfd={notify}"
+            ),
+            format!("crypto.mode={mode} crypto.require=all"),
+        )
+    })
+}
+
 pub(super) fn scenario_list() -> Vec<Scenario> {
+    let crypto = option_env!("GUEST_CRYPTO");
     let rng = option_env!("GUEST_RNG");
     let console = option_env!("GUEST_CONSOLE");
     let lifecycle = option_env!("GUEST_LIFECYCLE");
     vec![
+        Scenario {
+            name: "crypto_builtin_irq_ioeventfd",
+            device: "virtio-crypto, ioeventfd+irq",
+            backend: "cryptodev-backend-builtin, 10 known-answer vectors",
+            guest: crypto,
+            setup: |_| crypto_builtin("on", "irq", 1),
+        },
+        Scenario {
+            name: "crypto_builtin_poll_inline_2q",
+            device: "virtio-crypto, inline+poll, 2 data queues",
+            backend: "cryptodev-backend-builtin, 10 known-answer vectors",
+            guest: crypto,
+            setup: |_| crypto_builtin("off", "poll", 2),
+        },
         Scenario {
             name: "rng_deterministic_irq_ioeventfd",
             device: "virtio-rng, ioeventfd+irq",
