@@ -499,3 +499,191 @@ fn batches_of_requests_on_two_queues() {
         assert_eq!(&one, out);
     }
 }
+
+/// How the hostile crypto device lies (§5.9.7, §2.7.8).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Lie {
+    /// Status byte 9, which §5.9.7.1 does not define.
+    UnknownStatus,
+    /// Used length 0: no status.
+    NoStatus,
+    /// An AKCIPHER result "longer" than the room: used length past it.
+    LongerThanRoom,
+    /// A session-create answer of 8 bytes instead of 16.
+    ShortSessionAnswer,
+    /// A session-create status of 0x100 (not a byte).
+    WideSessionStatus,
+    /// `status` without HW_READY (§5.9.4).
+    NotReady,
+    /// Nothing is ever answered.
+    Silent,
+}
+
+/// A crypto device that answers every request with `lie`.
+struct Liar {
+    q: common::Queues,
+    lie: Lie,
+}
+
+impl common::FakeDevice for Liar {
+    fn device_id(&self) -> u32 {
+        20
+    }
+    fn features(&self) -> u64 {
+        0
+    }
+    fn num_queues(&self) -> u16 {
+        2
+    }
+    fn queue_max(&self, _q: u16) -> u16 {
+        16
+    }
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        let mut cfg = [0u8; 56];
+        let ready = u32::from(self.lie != Lie::NotReady);
+        cfg[0..4].copy_from_slice(&ready.to_le_bytes());
+        cfg[4..8].copy_from_slice(&1u32.to_le_bytes());
+        cfg[8..12].copy_from_slice(&(1u32 << 4 | 1).to_le_bytes());
+        cfg[12..16].copy_from_slice(&(1u32 << algo::CIPHER_AES_CBC).to_le_bytes());
+        cfg[44..48].copy_from_slice(&(1u32 << algo::AKCIPHER_RSA).to_le_bytes());
+        cfg[48..56].copy_from_slice(&(1u64 << 20).to_le_bytes());
+        for (i, b) in data.iter_mut().enumerate() {
+            *b = cfg.get(offset as usize + i).copied().unwrap_or(0);
+        }
+    }
+    fn start(
+        &mut self,
+        features: u64,
+        layouts: &[Option<virtio_core::split::QueueLayout>],
+    ) -> Result<(), &'static str> {
+        self.q.start(features, layouts)
+    }
+    fn stop(&mut self) {
+        self.q.queues.clear();
+    }
+    fn notified(&mut self, queue: u16) -> bool {
+        if self.lie == Lie::Silent {
+            return false;
+        }
+        let mem = std::sync::Arc::clone(&self.q.mem);
+        let mem = &*mem;
+        let Some(Some(dq)) = self.q.queues.get_mut(usize::from(queue)) else {
+            return false;
+        };
+        while let Some(chain) = dq.pop(&mem).unwrap() {
+            let head = chain.head();
+            let (_, mut w) = chain.reader_writer::<8>().unwrap();
+            let room = w.available() as u32;
+            let len = if queue == 1 {
+                // The control queue: a session-create answer.
+                let mut out = [0u8; 16];
+                out[..8].copy_from_slice(&7u64.to_le_bytes());
+                let status: u32 = if self.lie == Lie::WideSessionStatus {
+                    0x100
+                } else {
+                    0
+                };
+                out[8..12].copy_from_slice(&status.to_le_bytes());
+                w.write_all(&out[..room.min(16) as usize]).unwrap();
+                if self.lie == Lie::ShortSessionAnswer {
+                    8
+                } else {
+                    room.min(16)
+                }
+            } else {
+                let mut out = vec![0u8; room as usize];
+                if let Some(last) = out.last_mut() {
+                    *last = if self.lie == Lie::UnknownStatus { 9 } else { 0 };
+                }
+                w.write_all(&out).unwrap();
+                match self.lie {
+                    Lie::NoStatus => 0,
+                    Lie::LongerThanRoom => room + 1,
+                    _ => room,
+                }
+            };
+            dq.add_used(&mem, head, len).unwrap();
+        }
+        self.q.finish(usize::from(queue))
+    }
+    fn work(&mut self) -> bool {
+        false
+    }
+}
+
+/// Every lie of a hostile device ends in a typed error, never a panic or
+/// an unbounded wait: an undefined status, no status, a used length past
+/// the room (§2.7.8: the queue is broken), a short or non-byte session
+/// answer, a device that is not ready (§5.9.4: no request is sent), one
+/// that never answers (a timeout).
+#[test]
+fn hostile_crypto_devices_get_typed_errors() {
+    let key = [1u8; 16];
+    let cbc = SessionParams::Cipher {
+        algo: algo::CIPHER_AES_CBC,
+        key: &key,
+        direction: Direction::Encrypt,
+    };
+    let op = Op::Cipher {
+        direction: Direction::Encrypt,
+        iv: &[0; 16],
+        src: &[0; 32],
+    };
+    for lie in [
+        Lie::UnknownStatus,
+        Lie::NoStatus,
+        Lie::LongerThanRoom,
+        Lie::ShortSessionAnswer,
+        Lie::WideSessionStatus,
+        Lie::NotReady,
+        Lie::Silent,
+    ] {
+        let env = Env::new();
+        let bus = common::Bus::new(Liar {
+            q: common::Queues::new(env.memory()),
+            lie,
+        });
+        let made = Crypto::new(&env.hal, &bus, small());
+        if lie == Lie::NotReady {
+            assert!(matches!(made, Err(CryptoError::NotReady)), "{lie:?}");
+            continue;
+        }
+        let mut c = made.unwrap();
+        let session = c.create_session(&cbc, &mut Polls::new(50));
+        match lie {
+            Lie::ShortSessionAnswer => {
+                assert!(
+                    matches!(session, Err(CryptoError::BadLength { len: 8, .. })),
+                    "{session:?}"
+                );
+                continue;
+            }
+            Lie::WideSessionStatus => {
+                assert!(
+                    matches!(session, Err(CryptoError::UnknownStatus(_))),
+                    "{session:?}"
+                );
+                continue;
+            }
+            Lie::Silent => {
+                assert!(
+                    matches!(session, Err(CryptoError::Driver(_))),
+                    "{session:?}"
+                );
+                continue;
+            }
+            _ => {}
+        }
+        let id = session.unwrap();
+        let r = c.run(Mode::Session(id), &op, &mut [0; 32], &mut Polls::new(50));
+        match lie {
+            Lie::UnknownStatus => assert_eq!(r, Err(CryptoError::UnknownStatus(9))),
+            Lie::NoStatus => assert!(
+                matches!(r, Err(CryptoError::BadLength { len: 0, .. })),
+                "{r:?}"
+            ),
+            Lie::LongerThanRoom => assert!(matches!(r, Err(CryptoError::Driver(_))), "{r:?}"),
+            _ => unreachable!(),
+        }
+    }
+}
