@@ -1411,6 +1411,13 @@ impl<D: VirtioDevice> Backend<D> {
                 self.device.write_config(u64::from(offset), &data);
                 Ok(None)
             }
+            // The CRYPTO_SESSION protocol feature is not offered yet.
+            Message::CreateCryptoSession(_) => {
+                Err(BackendError::Unsupported(Request::CreateCryptoSession))
+            }
+            Message::CloseCryptoSession(_) => {
+                Err(BackendError::Unsupported(Request::CloseCryptoSession))
+            }
             Message::Unsupported(r) => Err(BackendError::Unsupported(r)),
         }
     }
