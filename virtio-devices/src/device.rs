@@ -418,6 +418,27 @@ pub trait VirtioDevice {
         let _ = next_avail;
         Err(DeviceError::PositionUnsupported { queue })
     }
+
+    /// Makes a crypto session outside the device's control queue (§5.9.7.2
+    /// done by the transport: vhost-user's `CREATE_CRYPTO_SESSION` from a
+    /// frontend that keeps the control queue, QEMU's
+    /// `cryptodev-vhost-user`) and returns its id. `None` (the default):
+    /// the device has no sessions.
+    fn create_session(
+        &mut self,
+        spec: &backends::crypto::SessionSpec<'_>,
+    ) -> Option<Result<u64, backends::crypto::CryptoError>> {
+        let _ = spec;
+        None
+    }
+
+    /// Closes a session made by [`create_session`](Self::create_session)
+    /// or on the control queue (vhost-user's `CLOSE_CRYPTO_SESSION`).
+    /// `None` (the default): the device has no sessions.
+    fn close_session(&mut self, id: u64) -> Option<Result<(), backends::crypto::CryptoError>> {
+        let _ = id;
+        None
+    }
 }
 
 /// Takes the head of the next available chain for a device's serve loop.
@@ -539,6 +560,17 @@ impl<D: VirtioDevice + ?Sized> VirtioDevice for alloc::boxed::Box<D> {
 
     fn set_queue_position(&mut self, queue: u16, next_avail: u16) -> Result<(), DeviceError> {
         (**self).set_queue_position(queue, next_avail)
+    }
+
+    fn create_session(
+        &mut self,
+        spec: &backends::crypto::SessionSpec<'_>,
+    ) -> Option<Result<u64, backends::crypto::CryptoError>> {
+        (**self).create_session(spec)
+    }
+
+    fn close_session(&mut self, id: u64) -> Option<Result<(), backends::crypto::CryptoError>> {
+        (**self).close_session(id)
     }
 }
 

@@ -851,6 +851,15 @@ impl<D: VirtioDevice, M: GuestMemory, F: FnMut(&RingWatch)> VirtioDevice
     fn set_queue_position(&mut self, queue: u16, next_avail: u16) -> Result<(), DeviceError> {
         self.inner.set_queue_position(queue, next_avail)
     }
+    fn create_session(
+        &mut self,
+        spec: &backends::crypto::SessionSpec<'_>,
+    ) -> Option<Result<u64, backends::crypto::CryptoError>> {
+        self.inner.create_session(spec)
+    }
+    fn close_session(&mut self, id: u64) -> Option<Result<(), backends::crypto::CryptoError>> {
+        self.inner.close_session(id)
+    }
 }
 
 /// A provocation of the driver's initialisation, each in a run of its own

@@ -109,7 +109,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::time::{Duration, Instant};
 
 use virtio_core::GuestMemory;
-use virtio_core::features::DeviceType;
+use virtio_core::features::{DeviceType, TransportFeatures};
 use virtio_core::memory::GuestAddress;
 use virtio_core::split::layout::{QueueLayout, QueueSize};
 use virtio_devices::{DeviceError, QueueConfig, Served, VirtioDevice};
@@ -128,6 +128,27 @@ pub const PROTOCOL_FEATURES: u64 = protocol::MQ
     | protocol::CONFIG
     | protocol::RESET_DEVICE
     | protocol::CONFIGURE_MEM_SLOTS;
+
+/// The session a `CREATE_CRYPTO_SESSION` asks for: a cipher session
+/// (QEMU 7.2 sends nothing else); `None` for what the device cannot make
+/// (algorithm chaining, an unknown cipher or direction, a key longer than
+/// the message holds).
+fn crypto_session_spec(c: &codec::CryptoSession) -> Option<backends::crypto::SessionSpec<'_>> {
+    use virtio_core::crypto::{OP_DECRYPT, OP_ENCRYPT, SYM_OP_CIPHER};
+    if u32::from(c.op_type) != SYM_OP_CIPHER {
+        return None;
+    }
+    let direction = match u32::from(c.direction) {
+        OP_ENCRYPT => backends::crypto::Direction::Encrypt,
+        OP_DECRYPT => backends::crypto::Direction::Decrypt,
+        _ => return None,
+    };
+    Some(backends::crypto::SessionSpec::Cipher {
+        algo: virtio_devices::crypto::wire::cipher_algo(c.cipher_alg)?,
+        key: c.key.get(..usize::try_from(c.key_len).ok()?)?,
+        direction,
+    })
+}
 
 /// Longest a frontend may pause inside one message, or leave a reply
 /// unread, before the connection is closed (between messages it may idle
@@ -1142,6 +1163,28 @@ impl<D: VirtioDevice> Backend<D> {
         self.protocol_set || self.acked & VHOST_USER_F_PROTOCOL_FEATURES != 0
     }
 
+    /// The protocol features offered: [`PROTOCOL_FEATURES`], and
+    /// `CRYPTO_SESSION` for a crypto device.
+    fn protocol_offered(&self) -> u64 {
+        if self.device.device_type() == DeviceType::Crypto {
+            PROTOCOL_FEATURES | protocol::CRYPTO_SESSION
+        } else {
+            PROTOCOL_FEATURES
+        }
+    }
+
+    /// Whether the frontend keeps the crypto device's control queue and
+    /// makes sessions with `CREATE_CRYPTO_SESSION` (QEMU's
+    /// `cryptodev-vhost-user`). QEMU 7.2 then never sends
+    /// `SET_VRING_ENABLE` (rings run once kicked) and acknowledges only
+    /// `VHOST_USER_F_PROTOCOL_FEATURES` with `SET_FEATURES`, while its
+    /// guest negotiated `VIRTIO_F_VERSION_1`, indirect descriptors and event
+    /// indices (its defaults, which Linux accepts): the device runs with
+    /// those.
+    fn crypto_sessions(&self) -> bool {
+        self.protocol & protocol::CRYPTO_SESSION != 0
+    }
+
     fn ring(&mut self, index: u32) -> Result<&mut Vring, BackendError> {
         usize::try_from(index)
             .ok()
@@ -1183,14 +1226,12 @@ impl<D: VirtioDevice> Backend<D> {
             }
             Message::GetProtocolFeatures => Ok(Some(codec::reply_u64(
                 Request::GetProtocolFeatures,
-                PROTOCOL_FEATURES,
+                self.protocol_offered(),
             ))),
             Message::SetProtocolFeatures(f) => {
-                if f & !PROTOCOL_FEATURES != 0 {
-                    return Err(BackendError::FeaturesNotOffered {
-                        acked: f,
-                        offered: PROTOCOL_FEATURES,
-                    });
+                let offered = self.protocol_offered();
+                if f & !offered != 0 {
+                    return Err(BackendError::FeaturesNotOffered { acked: f, offered });
                 }
                 self.protocol = f;
                 self.protocol_set = true;
@@ -1320,8 +1361,9 @@ impl<D: VirtioDevice> Backend<D> {
                     return Err(BackendError::NotAnEventFd);
                 }
                 // vhost-user.rst "Ring states": without protocol features a
-                // ring starts enabled.
-                let auto_enable = !self.protocol_in_force();
+                // ring starts enabled; so does a crypto frontend's (see
+                // `crypto_sessions`).
+                let auto_enable = !self.protocol_in_force() || self.crypto_sessions();
                 let ring = self.ring(u32::from(index))?;
                 epoll
                     .ctl(
@@ -1411,12 +1453,28 @@ impl<D: VirtioDevice> Backend<D> {
                 self.device.write_config(u64::from(offset), &data);
                 Ok(None)
             }
-            // The CRYPTO_SESSION protocol feature is not offered yet.
-            Message::CreateCryptoSession(_) => {
-                Err(BackendError::Unsupported(Request::CreateCryptoSession))
+            Message::CreateCryptoSession(mut c) => {
+                if !self.crypto_sessions() {
+                    return Err(BackendError::Unsupported(Request::CreateCryptoSession));
+                }
+                // The reply is the request with the id, negative when
+                // refused (QEMU turns that into VIRTIO_CRYPTO_ERR).
+                c.session_id = match crypto_session_spec(&c) {
+                    Some(spec) => match self.device.create_session(&spec) {
+                        Some(Ok(id)) => i64::try_from(id).unwrap_or(-1),
+                        _ => -1,
+                    },
+                    None => -1,
+                };
+                Ok(Some(codec::reply_crypto_session(&c)))
             }
-            Message::CloseCryptoSession(_) => {
-                Err(BackendError::Unsupported(Request::CloseCryptoSession))
+            Message::CloseCryptoSession(id) => {
+                if !self.crypto_sessions() {
+                    return Err(BackendError::Unsupported(Request::CloseCryptoSession));
+                }
+                // No reply: QEMU reads none.
+                let _ = self.device.close_session(id);
+                Ok(None)
             }
             Message::Unsupported(r) => Err(BackendError::Unsupported(r)),
         }
@@ -1513,7 +1571,14 @@ impl<D: VirtioDevice> Backend<D> {
                 layout: if w { v.layout } else { None },
             })
             .collect();
-        let features = self.acked & !VHOST_USER_F_PROTOCOL_FEATURES;
+        let mut features = self.acked & !VHOST_USER_F_PROTOCOL_FEATURES;
+        if self.crypto_sessions() {
+            features |= (TransportFeatures::VERSION_1
+                | TransportFeatures::RING_INDIRECT_DESC
+                | TransportFeatures::RING_EVENT_IDX)
+                .bits()
+                & self.device.device_features();
+        }
         match self.device.activate(features, configs) {
             Ok(()) => {
                 self.stats.activations += 1;

@@ -31,7 +31,7 @@ pub mod wire;
 use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
 
-use backends::crypto::{CryptoBackend, CryptoError, SessionId};
+use backends::crypto::{CryptoBackend, CryptoError, SessionId, SessionSpec};
 use virtio_core::GuestMemory;
 use virtio_core::features::{CryptoFeatures, DeviceType, TransportFeatures};
 use virtio_core::split::DeviceQueue;
@@ -575,10 +575,11 @@ impl<B: CryptoBackend, M: GuestMemory> VirtioDevice for Crypto<B, M> {
             live.push(q);
         }
         live.resize_with(self.max_sizes.len(), || None);
-        if live[usize::from(self.data_queues)].is_none() {
-            return Err(DeviceError::QueueNotReady {
-                queue: self.data_queues,
-            });
+        // Without the control queue sessions come from the transport
+        // (`create_session`: a vhost-user frontend that keeps it); some
+        // queue must be there.
+        if live.iter().all(Option::is_none) {
+            return Err(DeviceError::QueueNotReady { queue: 0 });
         }
         self.queues = live;
         Ok(())
@@ -635,6 +636,35 @@ impl<B: CryptoBackend, M: GuestMemory> VirtioDevice for Crypto<B, M> {
             .ok_or(DeviceError::PositionUnsupported { queue })?;
         q.set_position(next_avail, next_avail);
         Ok(())
+    }
+
+    fn create_session(&mut self, spec: &SessionSpec<'_>) -> Option<Result<u64, CryptoError>> {
+        let e = &mut self.engine;
+        Some(e.backend.create_session(spec).map(|id| {
+            e.sessions.insert(id.0, service_of(spec));
+            e.stats.sessions_created += 1;
+            id.0
+        }))
+    }
+
+    fn close_session(&mut self, id: u64) -> Option<Result<(), CryptoError>> {
+        let e = &mut self.engine;
+        if e.sessions.remove(&id).is_none() {
+            return Some(Err(CryptoError::InvalidSession(SessionId(id))));
+        }
+        e.stats.sessions_closed += 1;
+        Some(e.backend.close_session(SessionId(id)))
+    }
+}
+
+/// The service a session's parameters are for.
+fn service_of(spec: &SessionSpec<'_>) -> Service {
+    match spec {
+        SessionSpec::Cipher { .. } => Service::Cipher,
+        SessionSpec::Hash { .. } => Service::Hash,
+        SessionSpec::Mac { .. } => Service::Mac,
+        SessionSpec::Aead { .. } => Service::Aead,
+        SessionSpec::Rsa { .. } => Service::Akcipher,
     }
 }
 
