@@ -89,7 +89,13 @@ fn normalize(name: &str) -> String {
 impl Kit {
     /// The kit in `dir`, or what is missing.
     pub fn open(dir: &Path) -> Result<Kit, String> {
-        let kdir = dir.join("kernel");
+        Self::open_kernel(dir, "kernel")
+    }
+
+    /// The kit in `dir` with the kernel unpacked at `dir/kernel_link`
+    /// (`kernel`: the cloud kernel; `kernel-generic`: the generic one).
+    pub fn open_kernel(dir: &Path, kernel_link: &str) -> Result<Kit, String> {
+        let kdir = dir.join(kernel_link);
         let boot = kdir.join("boot");
         let kernel = std::fs::read_dir(&boot)
             .map_err(|e| {
@@ -151,6 +157,13 @@ impl Kit {
     /// The kit in [`default_dir`].
     pub fn find() -> Result<Kit, String> {
         Self::open(&default_dir())
+    }
+
+    /// The kit in [`default_dir`] with Debian's generic kernel
+    /// (`linux-image-amd64`), which has `virtio_crypto` and the crypto
+    /// self-tests (the cloud kernel has no crypto drivers).
+    pub fn find_generic() -> Result<Kit, String> {
+        Self::open_kernel(&default_dir(), "kernel-generic")
     }
 
     /// The module file for `name`.
@@ -282,8 +295,19 @@ pub fn unavailable() -> Option<String> {
 /// (`HARNESS_REQUIRE_QEMU=1`, what `.ci/test` sets where `/dev/kvm`
 /// exists, or `HARNESS_REQUIRE_LINUX=1`).
 pub fn linux_or_skip(test: &str) -> Option<Kit> {
-    match unavailable() {
-        None => Kit::find().ok(),
+    kit_or_skip(test, Kit::find)
+}
+
+/// As [`linux_or_skip`], with Debian's generic kernel
+/// ([`Kit::find_generic`]).
+pub fn generic_linux_or_skip(test: &str) -> Option<Kit> {
+    kit_or_skip(test, Kit::find_generic)
+}
+
+fn kit_or_skip(test: &str, find: fn() -> Result<Kit, String>) -> Option<Kit> {
+    let why = unavailable().or_else(|| find().err().map(|e| format!("no Linux kit: {e}")));
+    match why {
+        None => find().ok(),
         Some(why) => {
             let set = |k: &str| std::env::var(k).as_deref() == Ok("1");
             if set("HARNESS_REQUIRE_QEMU") || set("HARNESS_REQUIRE_LINUX") {

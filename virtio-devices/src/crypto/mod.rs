@@ -18,13 +18,13 @@
 //! [`CryptoStats::no_status`], as the block device does; a malformed
 //! chain likewise, in [`CryptoStats::malformed`].
 //!
-//! A data request's outputs go at the front of its writable part and the
-//! status in its last byte (§5.9.7.3 `inhdr`); bytes in between are
-//! zeroed, so nothing stale or unauthenticated reaches the driver. The
-//! used length is the whole writable part, except for AKCIPHER, where it
-//! is the result's length plus the status byte: the result may be shorter
-//! than the room given (§5.9.7.7), and the driver learns its length from
-//! the used length (Linux's driver does; QEMU answers the same way).
+//! A data request's result goes at the front of its writable part and the
+//! status in its last byte (§5.9.7.3 `inhdr`); the bytes in between are
+//! not touched (a driver may list a buffer twice there). The used length
+//! is the bytes written: the result's length plus the status byte (for
+//! AKCIPHER the driver learns the result's length from it, §5.9.7.7, as
+//! Linux's driver does and QEMU answers). Nothing unauthenticated reaches
+//! the driver: a failed AEAD decryption writes no result.
 
 pub mod wire;
 
@@ -360,9 +360,14 @@ impl<B: CryptoBackend> Engine<B> {
         } else {
             self.stats.failed += 1;
         }
+        // The bytes between the result and the status are left alone: a
+        // driver may give the same buffer twice (Linux's virtio_crypto lists
+        // each scatterlist entry with the entries after it, so the tail of
+        // a split destination comes again), and writing there would
+        // overwrite the result.
         let written = w
             .put(&output[..n])
-            .and_then(|()| w.zeros(room - n as u64))
+            .and_then(|()| w.skip_to_last())
             .and_then(|()| w.put(&[status as u8]));
         output.fill(0);
         self.output = output;
@@ -372,12 +377,10 @@ impl<B: CryptoBackend> Engine<B> {
             self.stats.malformed += 1;
             return 0;
         }
-        if akcipher {
-            // The result's length plus the status (see the module docs).
-            n as u32 + 1
-        } else {
-            total as u32
-        }
+        // The bytes written: the result and the status (for AKCIPHER the
+        // driver learns the result's length from it, see the module docs).
+        let _ = (akcipher, room);
+        n as u32 + 1
     }
 
     /// Parses and runs a data request with `room` bytes for its result;
@@ -497,17 +500,8 @@ trait Outcome {
     fn room(&self) -> u64;
     /// Writes `b` next.
     fn put(&mut self, b: &[u8]) -> Result<(), ()>;
-    /// Writes `n` zero bytes next.
-    fn zeros(&mut self, n: u64) -> Result<(), ()> {
-        let z = [0u8; 512];
-        let mut left = n;
-        while left > 0 {
-            let k = left.min(z.len() as u64) as usize;
-            self.put(&z[..k])?;
-            left -= k as u64;
-        }
-        Ok(())
-    }
+    /// Moves to the last byte without writing what it passes.
+    fn skip_to_last(&mut self) -> Result<(), ()>;
 }
 
 impl<M: GuestMemory + ?Sized, const S: usize> Outcome
@@ -518,6 +512,10 @@ impl<M: GuestMemory + ?Sized, const S: usize> Outcome
     }
     fn put(&mut self, b: &[u8]) -> Result<(), ()> {
         self.write_all(b).map_err(drop)
+    }
+    fn skip_to_last(&mut self) -> Result<(), ()> {
+        let n = self.available().saturating_sub(1);
+        self.skip(n).map_err(drop)
     }
 }
 
