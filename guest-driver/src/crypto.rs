@@ -420,7 +420,6 @@ pub struct Done {
 struct Pending {
     readable: u32,
     room: u32,
-    akcipher: bool,
     done: Option<(Status, u32)>,
 }
 
@@ -700,7 +699,7 @@ impl<H: Hal, R: RegisterAccess> Crypto<H, R> {
             e.pad(start, flf).bytes(vlf);
         })?;
         let (len, out) = answer;
-        if (len as usize) < SESSION_INPUT {
+        if len as usize != SESSION_INPUT {
             return Err(CryptoError::BadLength {
                 len,
                 room: SESSION_INPUT as u32,
@@ -731,7 +730,7 @@ impl<H: Hal, R: RegisterAccess> Crypto<H, R> {
             let start = e.at;
             e.u64(id).pad(start, flf);
         })?;
-        if len == 0 {
+        if len != 1 {
             return Err(CryptoError::BadLength { len, room: 1 });
         }
         match Status::from_u8(out[0]) {
@@ -902,7 +901,6 @@ impl<H: Hal, R: RegisterAccess> Crypto<H, R> {
             *p = Pending {
                 readable: readable as u32,
                 room: room + 1,
-                akcipher: matches!(op, Op::Akcipher { .. } | Op::Verify { .. }),
                 done: None,
             };
         }
@@ -950,8 +948,10 @@ impl<H: Hal, R: RegisterAccess> Crypto<H, R> {
                 q.release(c.slot);
                 return Err(CryptoError::UnknownStatus(s[0]));
             };
-            // AKCIPHER results say their length through the used length.
-            let result_len = if p.akcipher { c.len - 1 } else { p.room - 1 };
+            // The used length says what the device wrote: the result and
+            // the status (AKCIPHER results say their length that way); a
+            // device that reports the whole room (QEMU) gives the room.
+            let result_len = (c.len - 1).min(p.room - 1);
             p.done = Some((status, result_len));
             return Ok(Some(Done {
                 token,

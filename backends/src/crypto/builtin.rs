@@ -4,6 +4,11 @@
 //! padding. QEMU's builtin advertises AES-CBC and RSA; this one offers
 //! the other AES modes, the hashes, the MACs and GCM too.
 //!
+//! PKCS#1 v1.5 decryption of a ciphertext whose padding is wrong answers
+//! with a synthetic plaintext, not an error (rsa 0.10's implicit
+//! rejection, which keeps the padding check from leaking through timing);
+//! QEMU answers ERR there. RSA moduli from 1024 to 4096 bits.
+//!
 //! Keys live in the session until it is closed: AES key schedules wipe
 //! themselves when dropped (the `zeroize` features), MAC keys sit in a
 //! wiping buffer, RSA keys wipe their private parts on drop.
@@ -41,6 +46,13 @@ pub const DEFAULT_MAX_SESSIONS: u32 = 256;
 /// are copied out of guest memory, so this bounds the memory one request
 /// can make the host hold).
 pub const MAX_REQUEST_SIZE: u64 = 4 << 20;
+
+/// The smallest RSA modulus accepted, in bits.
+pub const RSA_MIN_BITS: usize = 1024;
+
+/// The largest RSA modulus accepted, in bits: one operation's cost is
+/// bounded by it (a modulus of any size parses).
+pub const RSA_MAX_BITS: usize = 4096;
 
 /// The longest cipher key: AES-256-XTS's two keys.
 pub const MAX_CIPHER_KEY_LEN: u32 = 64;
@@ -460,6 +472,15 @@ impl CryptoBackend for Builtin {
                         (p.to_public_key(), Some(p))
                     }
                 };
+                // A modulus of any size parses (and a private key's primes
+                // are not checked to be prime): bound the work one request
+                // can cost.
+                let bits = public.size() * 8;
+                if !(RSA_MIN_BITS..=RSA_MAX_BITS).contains(&bits) {
+                    return Err(CryptoError::NotSupported(
+                        "RSA moduli other than 1024 to 4096 bits",
+                    ));
+                }
                 Session::Rsa {
                     public: Box::new(public),
                     private: private.map(Box::new),

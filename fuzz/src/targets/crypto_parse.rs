@@ -1,7 +1,8 @@
 //! `crypto_parse`: the crypto device's request parsers alone
 //! (`virtio_devices::crypto::wire::parse_ctrl` and `parse_data`, §5.9.7)
-//! over any bytes and any feature set: they never panic, and every slice
-//! a parsed data request borrows is within `max_size`.
+//! over any bytes and any feature set: they never panic, and the IV,
+//! source, AAD, signature and digest a parsed data request borrows are
+//! within `max_size`.
 
 use virtio_core::features::CryptoFeatures;
 use virtio_devices::crypto::wire::{Data, parse_ctrl, parse_data};

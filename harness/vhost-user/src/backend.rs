@@ -597,6 +597,9 @@ pub struct Backend<D> {
     regions: Regions,
     vrings: Vec<Vring>,
     acked: u64,
+    /// Crypto sessions this frontend made by message
+    /// (`CREATE_CRYPTO_SESSION`), closed when it resets or goes.
+    crypto_ids: Vec<u64>,
     protocol: u64,
     /// The frontend sent `SET_PROTOCOL_FEATURES` this session.
     protocol_set: bool,
@@ -755,6 +758,7 @@ impl<D: VirtioDevice> Backend<D> {
             regions: Regions::default(),
             vrings: (0..n).map(|_| Vring::default()).collect(),
             acked: 0,
+            crypto_ids: Vec::new(),
             protocol: 0,
             protocol_set: false,
             active: None,
@@ -1185,6 +1189,23 @@ impl<D: VirtioDevice> Backend<D> {
         self.protocol & protocol::CRYPTO_SESSION != 0
     }
 
+    /// Whether the frontend is QEMU's `cryptodev-vhost-user`, which does
+    /// not pass the guest's features on: `CRYPTO_SESSION` in force and
+    /// `VIRTIO_F_VERSION_1` not acknowledged (a frontend that passes every
+    /// queue through, `vhost-user-device`, acknowledges the guest's
+    /// features and enables rings itself).
+    fn crypto_quirks(&self) -> bool {
+        self.crypto_sessions() && self.acked & TransportFeatures::VERSION_1.bits() == 0
+    }
+
+    /// Closes the sessions this frontend made by message (a reset of the
+    /// owner or the device, or the end of the connection).
+    fn close_crypto_sessions(&mut self) {
+        for id in core::mem::take(&mut self.crypto_ids) {
+            let _ = self.device.close_session(id);
+        }
+    }
+
     fn ring(&mut self, index: u32) -> Result<&mut Vring, BackendError> {
         usize::try_from(index)
             .ok()
@@ -1221,6 +1242,7 @@ impl<D: VirtioDevice> Backend<D> {
             Message::SetOwner => Ok(None),
             Message::ResetOwner | Message::ResetDevice => {
                 self.reset_rings(epoll);
+                self.close_crypto_sessions();
                 self.acked = 0;
                 Ok(None)
             }
@@ -1363,7 +1385,7 @@ impl<D: VirtioDevice> Backend<D> {
                 // vhost-user.rst "Ring states": without protocol features a
                 // ring starts enabled; so does a crypto frontend's (see
                 // `crypto_sessions`).
-                let auto_enable = !self.protocol_in_force() || self.crypto_sessions();
+                let auto_enable = !self.protocol_in_force() || self.crypto_quirks();
                 let ring = self.ring(u32::from(index))?;
                 epoll
                     .ctl(
@@ -1454,18 +1476,26 @@ impl<D: VirtioDevice> Backend<D> {
                 Ok(None)
             }
             Message::CreateCryptoSession(mut c) => {
-                if !self.crypto_sessions() {
-                    return Err(BackendError::Unsupported(Request::CreateCryptoSession));
-                }
                 // The reply is the request with the id, negative when
-                // refused (QEMU turns that into VIRTIO_CRYPTO_ERR).
-                c.session_id = match crypto_session_spec(&c) {
-                    Some(spec) => match self.device.create_session(&spec) {
-                        Some(Ok(id)) => i64::try_from(id).unwrap_or(-1),
-                        _ => -1,
-                    },
+                // refused (QEMU turns that into VIRTIO_CRYPTO_ERR), also
+                // without the protocol feature: the frontend waits for it.
+                let made = if self.crypto_sessions() {
+                    crypto_session_spec(&c)
+                        .and_then(|spec| self.device.create_session(&spec))
+                        .and_then(Result::ok)
+                } else {
+                    None
+                };
+                c.session_id = match made {
+                    Some(id) => {
+                        self.crypto_ids.push(id);
+                        i64::try_from(id).unwrap_or(-1)
+                    }
                     None => -1,
                 };
+                // The keys do not travel back.
+                c.key.fill(0);
+                c.auth_key.fill(0);
                 Ok(Some(codec::reply_crypto_session(&c)))
             }
             Message::CloseCryptoSession(id) => {
@@ -1473,6 +1503,7 @@ impl<D: VirtioDevice> Backend<D> {
                     return Err(BackendError::Unsupported(Request::CloseCryptoSession));
                 }
                 // No reply: QEMU reads none.
+                self.crypto_ids.retain(|&x| x != id);
                 let _ = self.device.close_session(id);
                 Ok(None)
             }
@@ -1572,7 +1603,7 @@ impl<D: VirtioDevice> Backend<D> {
             })
             .collect();
         let mut features = self.acked & !VHOST_USER_F_PROTOCOL_FEATURES;
-        if self.crypto_sessions() {
+        if self.crypto_quirks() {
             features |= (TransportFeatures::VERSION_1
                 | TransportFeatures::RING_INDIRECT_DESC
                 | TransportFeatures::RING_EVENT_IDX)
@@ -1910,6 +1941,10 @@ impl<D: VirtioDevice> Backend<D> {
             *v = Vring::default();
         }
         self.regions.clear(&self.mem);
+        // The frontend's crypto sessions end with its connection.
+        if catch_unwind(AssertUnwindSafe(|| self.close_crypto_sessions())).is_err() {
+            self.panicked = true;
+        }
         self.acked = 0;
         self.protocol = 0;
         self.protocol_set = false;

@@ -266,7 +266,7 @@ struct ConfigHeader {
 /// structure with `session_id` set: the id, or a negative number for a
 /// failure. QEMU 7.2's layout, not the older one with `op_code` at 8 that
 /// DPDK's vhost library reads.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[derive(Clone, Copy, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
 #[repr(C)]
 pub struct CryptoSession {
     /// The session id in a reply (negative: refused); ignored in a request.
@@ -301,6 +301,21 @@ pub struct CryptoSession {
     pub key: [u8; 64],
     /// The authentication key (`VHOST_CRYPTO_SYM_HMAC_MAX_KEY_LEN`).
     pub auth_key: [u8; 512],
+}
+
+/// Everything but the keys (logs stay free of key material).
+impl core::fmt::Debug for CryptoSession {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("CryptoSession")
+            .field("session_id", &self.session_id)
+            .field("cipher_alg", &self.cipher_alg)
+            .field("key_len", &self.key_len)
+            .field("hash_alg", &self.hash_alg)
+            .field("auth_key_len", &self.auth_key_len)
+            .field("op_type", &self.op_type)
+            .field("direction", &self.direction)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A device configuration access ("Device configuration space").

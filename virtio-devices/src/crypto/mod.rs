@@ -92,8 +92,10 @@ struct Engine<B> {
     backend: B,
     max_size: u64,
     features: u64,
-    /// The sessions this device's driver made, by id, with their service.
-    sessions: BTreeMap<u64, Service>,
+    /// The sessions this device's driver made, by id, with their service
+    /// and whether the transport made them ([`VirtioDevice::create_session`]:
+    /// they outlive a reset of the queues, the transport closes them).
+    sessions: BTreeMap<u64, (Service, bool)>,
     stats: CryptoStats,
     /// A request's readable part, kept between requests.
     input: Vec<u8>,
@@ -258,9 +260,17 @@ impl<B: CryptoBackend> Engine<B> {
         CryptoFeatures::from_bits_truncate(self.features)
     }
 
-    /// Closes every session this device made (a reset).
+    /// Closes every session the driver made on the control queue (a
+    /// reset); the transport's stay until it closes them.
     fn close_sessions(&mut self) {
-        for (id, _) in core::mem::take(&mut self.sessions) {
+        let driver: alloc::vec::Vec<u64> = self
+            .sessions
+            .iter()
+            .filter(|(_, (_, transport))| !transport)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in driver {
+            self.sessions.remove(&id);
             if self.backend.close_session(SessionId(id)).is_ok() {
                 self.stats.sessions_closed += 1;
             }
@@ -289,7 +299,7 @@ impl<B: CryptoBackend> Engine<B> {
         let (status, id) = match parsed {
             Ok(Ctrl::Create { service, spec }) => match self.backend.create_session(&spec) {
                 Ok(id) => {
-                    self.sessions.insert(id.0, service);
+                    self.sessions.insert(id.0, (service, false));
                     self.stats.sessions_created += 1;
                     (Status::Ok, id.0)
                 }
@@ -298,7 +308,7 @@ impl<B: CryptoBackend> Engine<B> {
             Ok(Ctrl::Destroy { service, id }) => {
                 // §5.9.7.2.1: ERR for any failure, a session of another
                 // service included.
-                if self.sessions.get(&id) == Some(&service)
+                if self.sessions.get(&id).map(|s| s.0) == Some(service)
                     && self.backend.close_session(SessionId(id)).is_ok()
                 {
                     self.sessions.remove(&id);
@@ -397,7 +407,7 @@ impl<B: CryptoBackend> Engine<B> {
         let d = wire::parse_data(features, req, self.max_size)?;
         let (id, temporary) = match *d.mode() {
             Mode::Session(id) => {
-                if self.sessions.get(&id) != Some(&d.service()) {
+                if self.sessions.get(&id).map(|s| s.0) != Some(d.service()) {
                     return Err(Status::InvSess);
                 }
                 (SessionId(id), false)
@@ -639,7 +649,7 @@ impl<B: CryptoBackend, M: GuestMemory> VirtioDevice for Crypto<B, M> {
     fn create_session(&mut self, spec: &SessionSpec<'_>) -> Option<Result<u64, CryptoError>> {
         let e = &mut self.engine;
         Some(e.backend.create_session(spec).map(|id| {
-            e.sessions.insert(id.0, service_of(spec));
+            e.sessions.insert(id.0, (service_of(spec), true));
             e.stats.sessions_created += 1;
             id.0
         }))

@@ -63,10 +63,11 @@ impl Parser {
             "cryptodev-backend-builtin" => {
                 let queues = match kv.take_u32("queues")? {
                     None => 1,
+                    // QEMU's limit (MAX_CRYPTO_QUEUE_NUM).
                     Some(n) => u16::try_from(n)
                         .ok()
-                        .filter(|n| *n >= 1)
-                        .ok_or_else(|| kv.bad("queues", &n.to_string(), "1 to 65535"))?,
+                        .filter(|n| (1..=64).contains(n))
+                        .ok_or_else(|| kv.bad("queues", &n.to_string(), "1 to 64"))?,
                 };
                 cfg.cryptodevs
                     .push((id.clone(), CryptodevConfig { queues }));

@@ -219,7 +219,7 @@ fn every_mistake_names_what_is_wrong() {
         ),
         (
             "-object cryptodev-backend-builtin,id=c,queues=0",
-            "-object: queues='0' is not 1 to 65535",
+            "-object: queues='0' is not 1 to 64",
         ),
         (
             "-object cryptodev-backend-builtin,id=c,cipher=des",
