@@ -417,73 +417,39 @@ impl Effort {
     };
 }
 
-/// Our driver (polling) against the probe in this process: a session
-/// with `VIRTIO_F_EVENT_IDX` and one without, `effort` small reads each.
-pub fn guest_driver_in_process(effort: Effort) -> Run {
-    use guest_driver::hal::PoolHal;
-    use guest_driver::rng::{Rng, RngOptions};
-    use std::cell::RefCell;
-    use std::rc::Rc;
-    use virtio_core::mmio::device::MmioRegisters;
-    use virtio_devices::transport::MmioTransport;
-    const PAGES: usize = 256;
-    let target = super::drivers::GUEST_DRIVER;
+impl Effort {
+    /// Runs `read` up to `reads` times, stopping early at `session_time`.
+    fn repeat(&self, mut read: impl FnMut() -> Result<(), String>) -> Result<(), String> {
+        let session = Instant::now();
+        for _ in 0..self.reads {
+            if session.elapsed() > self.session_time {
+                break;
+            }
+            read()?;
+        }
+        Ok(())
+    }
+}
+
+/// What one session gives: `Err` when it could not be set up, else the
+/// workload's outcome.
+type Session = Result<Result<(), String>, String>;
+
+/// Two sessions of `session` (`VIRTIO_F_EVENT_IDX` offered, then not)
+/// against probes judging into one watch, as `target`'s run.
+fn two_sessions(target: &str, mut session: impl FnMut(bool, &KickHandle) -> Session) -> Run {
     let watch = KickHandle::default();
     let mut error = None;
     for event_idx in [true, false] {
-        let mem = match super::targets::LocalMemory::new(PAGES as u64 * 4096) {
-            Ok(m) => m,
+        match session(event_idx, &watch) {
             Err(e) => return failed(target, e),
-        };
-        let dev = KickProbe::new(mem.clone(), event_idx, watch.clone());
-        let regs = match MmioRegisters::<_, 8>::new(MmioTransport::new(dev)) {
-            Ok(r) => Rc::new(RefCell::new(r)),
-            Err(e) => return failed(target, e.to_string()),
-        };
-        let Some(host) = std::ptr::NonNull::new(mem.host_ptr()) else {
-            return failed(target, "no memory".into());
-        };
-        // SAFETY: the mapping is `PAGES` pages at `host`, valid while
-        // `mem` lives, which outlives the driver; the device reaches the
-        // same bytes at `GUEST_BASE`.
-        let pool =
-            match unsafe { PoolHal::<PAGES>::new(host, virtio_user::GUEST_BASE, PAGES * 4096) } {
-                Ok(h) => h,
-                Err(e) => return failed(target, format!("DMA pool: {e:?}")),
-            };
-        let w = super::drivers::Watched::unjudged(regs);
-        let opts = RngOptions {
-            event_idx,
-            slot_size: 64,
-            ..RngOptions::default()
-        };
-        let result = Rng::new(&pool, w, opts)
-            .map_err(|e| e.to_string())
-            .and_then(|mut rng| {
-                let mut buf = [0u8; 64];
-                let session = Instant::now();
-                for _ in 0..effort.reads {
-                    if session.elapsed() > effort.session_time {
-                        break;
-                    }
-                    // Longer than the grace period, so a lost
-                    // notification is judged before the driver gives up.
-                    let start = Instant::now();
-                    // Yield between looks: on a loaded machine two
-                    // spinning threads would take turns by time slices.
-                    let mut wait = || {
-                        std::thread::yield_now();
-                        start.elapsed() < GRACE * 3
-                    };
-                    rng.read(&mut buf, &mut wait).map_err(|e| e.to_string())?;
-                }
-                Ok(())
-            });
-        if let Err(e) = result {
-            error = Some(format!(
-                "the workload failed (VIRTIO_F_EVENT_IDX {event_idx}): {e}"
-            ));
-            break;
+            Ok(Err(e)) => {
+                error = Some(format!(
+                    "the workload failed (VIRTIO_F_EVENT_IDX offered {event_idx}): {e}"
+                ));
+                break;
+            }
+            Ok(Ok(())) => {}
         }
     }
     Run {
@@ -494,6 +460,56 @@ pub fn guest_driver_in_process(effort: Effort) -> Run {
     }
 }
 
+/// Our driver (polling) against the probe in this process: a session
+/// with `VIRTIO_F_EVENT_IDX` and one without, `effort` small reads each.
+pub fn guest_driver_in_process(effort: Effort) -> Run {
+    use guest_driver::hal::PoolHal;
+    use guest_driver::rng::{Rng, RngOptions};
+    use std::cell::RefCell;
+    use std::rc::Rc;
+    use virtio_core::mmio::device::MmioRegisters;
+    use virtio_devices::transport::MmioTransport;
+    const PAGES: usize = 256;
+    two_sessions(super::drivers::GUEST_DRIVER, |event_idx, watch| {
+        let mem = super::targets::LocalMemory::new(PAGES as u64 * 4096)?;
+        let dev = KickProbe::new(mem.clone(), event_idx, watch.clone());
+        let regs = MmioRegisters::<_, 8>::new(MmioTransport::new(dev))
+            .map(|r| Rc::new(RefCell::new(r)))
+            .map_err(|e| e.to_string())?;
+        let host = std::ptr::NonNull::new(mem.host_ptr()).ok_or("no memory")?;
+        // SAFETY: the mapping is `PAGES` pages at `host`, valid while
+        // `mem` lives, which outlives the driver; the device reaches the
+        // same bytes at `GUEST_BASE`.
+        let pool = unsafe { PoolHal::<PAGES>::new(host, virtio_user::GUEST_BASE, PAGES * 4096) }
+            .map_err(|e| format!("DMA pool: {e:?}"))?;
+        let w = super::drivers::Watched::unjudged(regs);
+        let opts = RngOptions {
+            event_idx,
+            slot_size: 64,
+            ..RngOptions::default()
+        };
+        Ok(Rng::new(&pool, w, opts)
+            .map_err(|e| e.to_string())
+            .and_then(|mut rng| {
+                let mut buf = [0u8; 64];
+                effort.repeat(|| {
+                    // Longer than the grace period, so a lost
+                    // notification is judged before the driver gives up.
+                    let start = Instant::now();
+                    // Yield between looks: on a loaded machine two
+                    // spinning threads would take turns by time slices.
+                    let mut wait = || {
+                        std::thread::yield_now();
+                        start.elapsed() < GRACE * 3
+                    };
+                    rng.read(&mut buf, &mut wait)
+                        .map(drop)
+                        .map_err(|e| e.to_string())
+                })
+            }))
+    })
+}
+
 /// virtio-drivers' entropy driver against the probe in this process:
 /// a session with `VIRTIO_F_EVENT_IDX` offered and one without.
 pub fn virtio_drivers_in_process(effort: Effort) -> Run {
@@ -501,49 +517,27 @@ pub fn virtio_drivers_in_process(effort: Effort) -> Run {
     use virtio_core::testing::virtio_drivers::{DeviceTransport, TestHal};
     use virtio_devices::transport::{MmioTransport, dispatch};
     use virtio_drivers::device::rng::VirtIORng;
-    let target = super::peer_drivers::VIRTIO_DRIVERS;
-    let watch = KickHandle::default();
-    let mut error = None;
-    for event_idx in [true, false] {
+    two_sessions(super::peer_drivers::VIRTIO_DRIVERS, |event_idx, watch| {
         let dev = KickProbe::new(TestHal::memory(), event_idx, watch.clone());
-        let regs = match MmioRegisters::<_, 8>::new(MmioTransport::new(dev)) {
-            Ok(r) => r,
-            Err(e) => return failed(target, e.to_string()),
-        };
-        let mut t = match DeviceTransport::new(regs) {
-            Ok(t) => t.with_config_len(0),
-            Err(e) => return failed(target, e.to_string()),
-        };
+        let regs =
+            MmioRegisters::<_, 8>::new(MmioTransport::new(dev)).map_err(|e| e.to_string())?;
+        let mut t = DeviceTransport::new(regs)
+            .map(|t| t.with_config_len(0))
+            .map_err(|e| e.to_string())?;
         t.set_hook(|regs, outcome| {
             dispatch(regs, outcome);
         });
-        let result = VirtIORng::<TestHal, _>::new(t)
+        Ok(VirtIORng::<TestHal, _>::new(t)
             .map_err(|e| format!("{e:?}"))
             .and_then(|mut rng| {
                 let mut buf = [0u8; 64];
-                let session = Instant::now();
-                for _ in 0..effort.reads {
-                    if session.elapsed() > effort.session_time {
-                        break;
-                    }
+                effort.repeat(|| {
                     rng.request_entropy(&mut buf)
-                        .map_err(|e| format!("{e:?}"))?;
-                }
-                Ok(())
-            });
-        if let Err(e) = result {
-            error = Some(format!(
-                "the workload failed (VIRTIO_F_EVENT_IDX offered {event_idx}): {e}"
-            ));
-            break;
-        }
-    }
-    Run {
-        target: target.into(),
-        device: DEVICE.into(),
-        records: watch.records(),
-        error: error.or_else(|| watch.stopped()),
-    }
+                        .map(drop)
+                        .map_err(|e| format!("{e:?}"))
+                })
+            }))
+    })
 }
 
 /// Both drivers in this process against the probe.

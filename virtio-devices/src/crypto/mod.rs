@@ -361,9 +361,9 @@ impl<B: CryptoBackend> Engine<B> {
             Some(s) => Err(s),
             None => self.run(req, room, &mut output),
         };
-        let (status, n, akcipher) = match result {
-            Ok((n, ak)) => (Status::Ok, n, ak),
-            Err(s) => (s, 0, false),
+        let (status, n) = match result {
+            Ok(n) => (Status::Ok, n),
+            Err(s) => (s, 0),
         };
         if status == Status::Ok {
             self.stats.ok += 1;
@@ -375,6 +375,8 @@ impl<B: CryptoBackend> Engine<B> {
         // each scatterlist entry with the entries after it, so the tail of
         // a split destination comes again), and writing there would
         // overwrite the result.
+        // A backend never claims more than it was given room for.
+        let n = n.min(output.len());
         let written = w
             .put(&output[..n])
             .and_then(|()| w.skip_to_last())
@@ -389,19 +391,12 @@ impl<B: CryptoBackend> Engine<B> {
         }
         // The bytes written: the result and the status (for AKCIPHER the
         // driver learns the result's length from it, see the module docs).
-        let _ = (akcipher, room);
         n as u32 + 1
     }
 
     /// Parses and runs a data request with `room` bytes for its result;
-    /// returns the result's length in `output` and whether it is an
-    /// AKCIPHER result.
-    fn run(
-        &mut self,
-        req: &[u8],
-        room: u64,
-        output: &mut Vec<u8>,
-    ) -> Result<(usize, bool), Status> {
+    /// returns the result's length in `output`.
+    fn run(&mut self, req: &[u8], room: u64, output: &mut Vec<u8>) -> Result<usize, Status> {
         let features = self.crypto_features();
         let rev1 = features.contains(CryptoFeatures::REVISION_1);
         let d = wire::parse_data(features, req, self.max_size)?;
@@ -432,7 +427,7 @@ impl<B: CryptoBackend> Engine<B> {
         id: SessionId,
         room: u64,
         output: &mut Vec<u8>,
-    ) -> Result<(usize, bool), CryptoError> {
+    ) -> Result<usize, CryptoError> {
         let fits = |n: u32| {
             if u64::from(n) > room {
                 Err(CryptoError::Invalid(
@@ -458,7 +453,7 @@ impl<B: CryptoBackend> Engine<B> {
                 }
                 output.resize(n, 0);
                 self.backend.cipher(id, direction, iv, src, output)?;
-                Ok((n, false))
+                Ok(n)
             }
             Data::Digest {
                 src, result_len, ..
@@ -471,7 +466,7 @@ impl<B: CryptoBackend> Engine<B> {
                         "the result is shorter than the session's digest",
                     ));
                 }
-                Ok((k, false))
+                Ok(k)
             }
             Data::Aead {
                 direction,
@@ -484,7 +479,7 @@ impl<B: CryptoBackend> Engine<B> {
                 let n = fits(dst_len)?;
                 output.resize(n, 0);
                 let k = self.backend.aead(id, direction, iv, aad, src, output)?;
-                Ok((k, false))
+                Ok(k)
             }
             Data::Akcipher {
                 op, src, dst_len, ..
@@ -492,13 +487,13 @@ impl<B: CryptoBackend> Engine<B> {
                 let n = fits(dst_len)?;
                 output.resize(n, 0);
                 let k = self.backend.akcipher(id, op, src, output)?;
-                Ok((k, true))
+                Ok(k)
             }
             Data::Verify {
                 signature, digest, ..
             } => {
                 self.backend.verify(id, signature, digest)?;
-                Ok((0, true))
+                Ok(0)
             }
         }
     }

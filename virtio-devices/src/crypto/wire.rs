@@ -440,55 +440,45 @@ pub fn parse_data(features: CryptoFeatures, req: &[u8], max_size: u64) -> Result
                 }
             }
         }
+        // Session mode: the hash and MAC parts are the same
+        // (`virtio_crypto_mac_data_flf` wraps `_hash_data_flf`).
+        data::HASH | data::MAC if !stateless => {
+            let (f, mut v) = split(8)?;
+            let src = v.take(bounded(f.u32(0)?)?)?;
+            Data::Digest {
+                service,
+                mode: session,
+                src,
+                result_len: bounded(f.u32(4)?)?,
+            }
+        }
         data::HASH => {
-            if stateless {
-                let (f, mut v) = split(16)?;
-                let algo = hash_algo(f.u32(0)?).ok_or(Status::NotSupp)?;
-                let result_len = bounded(f.u32(8)?)?;
-                let src = v.take(bounded(f.u32(4)?)?)?;
-                Data::Digest {
-                    service,
-                    mode: Mode::Stateless(SessionSpec::Hash { algo, result_len }),
-                    src,
-                    result_len,
-                }
-            } else {
-                let (f, mut v) = split(8)?;
-                let src = v.take(bounded(f.u32(0)?)?)?;
-                Data::Digest {
-                    service,
-                    mode: session,
-                    src,
-                    result_len: bounded(f.u32(4)?)?,
-                }
+            let (f, mut v) = split(16)?;
+            let algo = hash_algo(f.u32(0)?).ok_or(Status::NotSupp)?;
+            let result_len = bounded(f.u32(8)?)?;
+            let src = v.take(bounded(f.u32(4)?)?)?;
+            Data::Digest {
+                service,
+                mode: Mode::Stateless(SessionSpec::Hash { algo, result_len }),
+                src,
+                result_len,
             }
         }
         data::MAC => {
-            if stateless {
-                let (f, mut v) = split(16)?;
-                let algo = MacAlgo(hash_algo(f.u32(0)?).ok_or(Status::NotSupp)?);
-                let key = v.take(bounded(f.u32(4)?)?)?;
-                let src = v.take(bounded(f.u32(8)?)?)?;
-                let result_len = bounded(f.u32(12)?)?;
-                Data::Digest {
-                    service,
-                    mode: Mode::Stateless(SessionSpec::Mac {
-                        algo,
-                        key,
-                        result_len,
-                    }),
-                    src,
+            let (f, mut v) = split(16)?;
+            let algo = MacAlgo(hash_algo(f.u32(0)?).ok_or(Status::NotSupp)?);
+            let key = v.take(bounded(f.u32(4)?)?)?;
+            let src = v.take(bounded(f.u32(8)?)?)?;
+            let result_len = bounded(f.u32(12)?)?;
+            Data::Digest {
+                service,
+                mode: Mode::Stateless(SessionSpec::Mac {
+                    algo,
+                    key,
                     result_len,
-                }
-            } else {
-                let (f, mut v) = split(8)?;
-                let src = v.take(bounded(f.u32(0)?)?)?;
-                Data::Digest {
-                    service,
-                    mode: session,
-                    src,
-                    result_len: bounded(f.u32(4)?)?,
-                }
+                }),
+                src,
+                result_len,
             }
         }
         data::AEAD_ENCRYPT | data::AEAD_DECRYPT => {
