@@ -992,6 +992,42 @@ mod tests {
         assert_eq!(b.open_sessions(), 0);
     }
 
+    /// An RSA modulus outside 1024 to 4096 bits is refused: a 512-bit
+    /// private key (which rsa 0.10 parses) and its public half (which it
+    /// refuses itself), made with OpenSSL 3.0 for this test.
+    #[test]
+    fn rsa_moduli_outside_the_bounds_are_refused() {
+        let private = hex(
+            "3082013c020100024100df69f9c839760813a55d2cd06678e6291cdd3fd4b549
+             b3a02b0798dca5c47edc8f8cc6db6c689759def2576be1a0a7554170d7f1d136
+             b5ed53f2840c1ab83bb90203010001024078a304d9750da2f6d8c82336b4de7b
+             899fa8689b36f901216f9abe94067ebff0deda60804d2ec77384653b03e944a5
+             6503012a694e5f477c86b1ae532eff4131022100f10c1921d91ce03e91c1bcf4
+             8fbed24e9ffefe545b74cc3fccf5ff6496f26a6f022100ed45db0c7eabb8b5e1
+             7451989838f0b4bce3bbbc207a4f906e336e993d52f05702210094d4e47baac3
+             928def8f50ed2c0825705887a85f4bacdd2413985c5dae79f54f022100aa638a
+             dd5b2dc8145cd6222e79ca121948b825be0078b5205bf2f54e783a523b022100
+             c8e063af85cf2907dc122e489321323df6927ebf34fb42db084f16c622245ece",
+        );
+        let public = hex(
+            "3048024100df69f9c839760813a55d2cd06678e6291cdd3fd4b549b3a02b0798dc
+             a5c47edc8f8cc6db6c689759def2576be1a0a7554170d7f1d136b5ed53f2840c
+             1ab83bb90203010001",
+        );
+        let mut b = Builtin::default();
+        let spec = |key_type, key| SessionSpec::Rsa {
+            key_type,
+            key,
+            padding: RsaPadding::Raw,
+        };
+        assert!(matches!(
+            b.create_session(&spec(KeyType::Private, &private)),
+            Err(CryptoError::NotSupported(_))
+        ));
+        assert!(b.create_session(&spec(KeyType::Public, &public)).is_err());
+        assert_eq!(b.open_sessions(), 0);
+    }
+
     /// Bad input gets its error, never a panic: keys of the wrong size, an
     /// IV of the wrong size, partial blocks, short XTS data, a closed or
     /// foreign session, results longer than the digest, no room left.

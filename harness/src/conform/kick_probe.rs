@@ -708,6 +708,46 @@ mod tests {
         watch
     }
 
+    /// A driver that moves the available index further than the ring
+    /// holds (§2.7.6) stops the probe's thread with a reason the run
+    /// reports, and a queue the driver disables (§4.2.2.1) is let go.
+    #[test]
+    fn an_index_jump_stops_the_probe_with_its_reason() {
+        let mem = super::super::targets::LocalMemory::new(64 * 1024).unwrap();
+        let base = virtio_user::GUEST_BASE;
+        let layout = QueueLayout::new(
+            QueueSize::new(8).unwrap(),
+            GuestAddress(base),
+            GuestAddress(base + 0x1000),
+            GuestAddress(base + 0x2000),
+        )
+        .unwrap();
+        let watch = KickHandle::default();
+        let mut dev = KickProbe::new(mem.clone(), false, watch.clone());
+        let queues = || {
+            vec![QueueConfig {
+                layout: Some(layout),
+            }]
+        };
+        dev.activate(TransportFeatures::VERSION_1.bits(), queues())
+            .unwrap();
+        mem.store_u16_release(layout.avail_idx(), 100).unwrap();
+        let start = Instant::now();
+        while watch.stopped().is_none() {
+            assert!(start.elapsed() < GRACE, "the probe did not stop");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert!(watch.stopped().unwrap().contains("stopped serving"));
+        dev.activate(TransportFeatures::VERSION_1.bits(), queues())
+            .unwrap();
+        assert_eq!(dev.disable_queue(0), Ok(Served::default()));
+        assert!(dev.server.is_none());
+        assert!(matches!(
+            dev.disable_queue(1),
+            Err(DeviceError::NoSuchQueue { queue: 1 })
+        ));
+    }
+
     /// §2.7.13.4.1: a driver with the barrier loses no notification.
     #[test]
     fn section_2_7_13_4_1_a_driver_with_the_barrier_keeps_it() {

@@ -2131,3 +2131,39 @@ pub fn logged_ring_used(log: &str) -> std::collections::BTreeMap<usize, u64> {
     }
     out
 }
+
+#[cfg(test)]
+mod crypto_session_tests {
+    use super::*;
+    use zerocopy::FromZeros;
+
+    fn session(cipher_alg: u32, key_len: u32, op_type: u8, direction: u8) -> codec::CryptoSession {
+        let mut c = codec::CryptoSession::new_zeroed();
+        c.cipher_alg = cipher_alg;
+        c.key_len = key_len;
+        c.op_type = op_type;
+        c.direction = direction;
+        c
+    }
+
+    /// A `CREATE_CRYPTO_SESSION` asks for a cipher session this device can
+    /// make, or for none: chaining, an unknown cipher, a direction other
+    /// than encrypt or decrypt, and a key longer than the message holds
+    /// are refused (the reply's id is then negative).
+    #[test]
+    fn only_cipher_sessions_the_message_can_hold_are_made() {
+        let ok = session(3, 16, 1, 1);
+        assert!(matches!(
+            crypto_session_spec(&ok),
+            Some(backends::crypto::SessionSpec::Cipher { key, .. }) if key.len() == 16
+        ));
+        for bad in [
+            session(3, 16, 2, 1),
+            session(99, 16, 1, 1),
+            session(3, 16, 1, 3),
+            session(3, 65, 1, 2),
+        ] {
+            assert_eq!(crypto_session_spec(&bad), None, "{bad:?}");
+        }
+    }
+}
