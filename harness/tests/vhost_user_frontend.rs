@@ -283,6 +283,137 @@ fn frontend_without_shared_ram_names_the_memory_backend() {
     );
 }
 
+const CRYPTO: &str = env!("GUEST_CRYPTO");
+
+/// `-object cryptodev-vhost-user` (§5.9, QEMU's option) in front of our
+/// own backend serving `cryptodev-backend-builtin` with two data queues:
+/// the data queues run in the daemon, the control queue here, every
+/// session the guest creates and destroys crosses the socket as
+/// `CREATE_CRYPTO_SESSION`/`CLOSE_CRYPTO_SESSION`. The guest sees the
+/// cipher service with the backend's four ciphers (from its configuration
+/// space) and their NIST/IEEE vectors pass; a session never made is
+/// INVSESS. No other crypto vhost-user backend installs here (DPDK's
+/// vhost crypto needs a DPDK application and hardware queues), so ours is
+/// the peer.
+#[test]
+fn frontend_crypto_ciphers_against_our_backend() {
+    let test = "frontend_crypto_ciphers_against_our_backend";
+    if !kvm_or_skip(test) {
+        return;
+    }
+    let dir = scratch(test);
+    let daemon = ours(
+        dir.path("crypto.sock"),
+        &[
+            "-object",
+            "cryptodev-backend-builtin,id=c0,queues=2",
+            "-device",
+            "virtio-crypto-device,cryptodev=c0",
+        ],
+    );
+    for mode in ["irq", "poll"] {
+        let args = options(
+            CRYPTO,
+            &format!("crypto.mode={mode} crypto.require=none"),
+            daemon.socket(),
+            &[
+                "-object",
+                "cryptodev-vhost-user,id=c0,chardev=vu,queues=2",
+                "-device",
+                "virtio-crypto-device,cryptodev=c0",
+            ],
+        );
+        let o = run(&args);
+        assert_pass(&o, "crypto: 4 vectors passed");
+        for name in ["ECB", "CBC", "CTR", "XTS"] {
+            assert!(
+                o.serial.contains(&format!("AES-128-{name}")),
+                "{name}\n{}",
+                describe(&o)
+            );
+        }
+        assert!(o.serial.contains(", 2 data queues"), "{}", describe(&o));
+        assert!(o.devices[0].fault.is_none(), "{}", describe(&o));
+    }
+}
+
+/// A backend that cannot take sessions by message (our rng daemon offers
+/// no `CRYPTO_SESSION`) is refused when the machine is built, naming the
+/// protocol feature.
+#[test]
+fn frontend_crypto_needs_the_crypto_session_protocol_feature() {
+    let test = "frontend_crypto_needs_the_crypto_session_protocol_feature";
+    let dir = scratch(test);
+    let daemon = ours(
+        dir.path("rng.sock"),
+        &[
+            "-object",
+            "rng-builtin,id=r0",
+            "-device",
+            "virtio-rng-device,rng=r0",
+        ],
+    );
+    let args = options(
+        CRYPTO,
+        "",
+        daemon.socket(),
+        &[
+            "-object",
+            "cryptodev-vhost-user,id=c0,chardev=vu",
+            "-device",
+            "virtio-crypto-device,cryptodev=c0",
+        ],
+    );
+    let config = monitor::options::parse(&args).expect("options");
+    let err = match Machine::new(&config) {
+        Ok(_) => panic!("a machine was built over an rng backend"),
+        Err(e) => e.to_string(),
+    };
+    assert!(err.contains("CRYPTO_SESSION"), "{err}");
+    assert!(err.contains("cryptodev-vhost-user"), "{err}");
+}
+
+/// The crypto backend killed after the handshake: the guest's first
+/// session finds it gone, the slot reports it, the run ends.
+#[test]
+fn frontend_crypto_backend_killed_is_reported() {
+    let test = "frontend_crypto_backend_killed_is_reported";
+    if !kvm_or_skip(test) {
+        return;
+    }
+    let dir = scratch(test);
+    let mut daemon = ours(
+        dir.path("crypto.sock"),
+        &[
+            "-object",
+            "cryptodev-backend-builtin,id=c0",
+            "-device",
+            "virtio-crypto-device,cryptodev=c0",
+        ],
+    );
+    let args = options(
+        CRYPTO,
+        "crypto.require=cbc",
+        daemon.socket(),
+        &[
+            "-object",
+            "cryptodev-vhost-user,id=c0,chardev=vu",
+            "-device",
+            "virtio-crypto-device,cryptodev=c0",
+        ],
+    );
+    let mut m = machine(&args);
+    daemon.kill();
+    let o = m.run(Duration::from_secs(30)).expect("run");
+    assert!(!o.verdict.is_pass(), "{}", describe(&o));
+    let fault = o.devices[0].fault.as_deref().unwrap_or("");
+    assert!(
+        fault.contains("vhost-user backend gone"),
+        "{}",
+        describe(&o)
+    );
+}
+
 /// A backend that dies after the handshake: the guest's DRIVER_OK finds
 /// it gone; the slot reports it and the run ends with a verdict.
 #[test]

@@ -67,6 +67,9 @@ const WORDS: &[&str] = &[
     "unix:/tmp/m.sock,server=on,wait=off",
     "unix:/tmp/q.sock,server,nowait",
     "unix:/tmp/x.sock,server=off",
+    "cryptodev-backend-builtin,id=cb,queues=2",
+    "cryptodev-vhost-user,id=cv,chardev=vu,queues=3",
+    "virtio-crypto-device,cryptodev=cv,queue-size=64",
 ];
 
 #[derive(Arbitrary, Debug)]

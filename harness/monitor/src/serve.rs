@@ -18,7 +18,7 @@ use virtio_devices::net::{Net, NetConfig};
 use virtio_devices::rng::Rng;
 
 use crate::machine::{self, Hubs, MachineError};
-use crate::options::{CacheMode, DeviceConfig, MachineConfig};
+use crate::options::{CacheMode, CryptodevBackend, DeviceConfig, MachineConfig};
 
 use vhost_user::{Backend, SharedMemory};
 
@@ -107,7 +107,12 @@ pub fn build(config: &MachineConfig, mem: &SharedMemory) -> Result<ServedDevice,
         return Err(BuildError::DeviceCount(count));
     }
     let mut chardevs = HashMap::new();
+    let frontends = config.vhost_user_chardevs();
     for (id, kind) in &config.chardevs {
+        // Refused below, with the reason, rather than connected to.
+        if frontends.contains(&id.as_str()) {
+            continue;
+        }
         chardevs.insert(id.clone(), machine::open_chardev(id, kind)?);
     }
     let mut ports = Vec::new();
@@ -125,6 +130,11 @@ pub fn build(config: &MachineConfig, mem: &SharedMemory) -> Result<ServedDevice,
                     .iter()
                     .find(|(id, _)| id == cryptodev)
                     .ok_or_else(|| missing("-device virtio-crypto-device", cryptodev))?;
+                if c.backend != CryptodevBackend::Builtin {
+                    return Err(BuildError::Machine(MachineError::Unsupported(
+                        "cryptodev-vhost-user is a frontend; serve cryptodev-backend-builtin instead",
+                    )));
+                }
                 // The whole device, control queue included: a frontend
                 // that passes every queue through (QEMU's
                 // `vhost-user-device,virtio-id=20`) drives it as is.
@@ -459,5 +469,27 @@ mod tests {
             ),
             Err(BuildError::DeviceCount(2))
         ));
+    }
+
+    /// A daemon serves devices; a crypto device whose operations run in
+    /// yet another backend is a frontend's business.
+    #[test]
+    fn a_vhost_user_cryptodev_is_not_served() {
+        let mem = SharedMemory::new();
+        let e = build(
+            &config(&[
+                "-chardev",
+                "socket,id=vu,path=/tmp/none.sock",
+                "-object",
+                "cryptodev-vhost-user,id=c0,chardev=vu",
+                "-device",
+                "virtio-crypto-device,cryptodev=c0",
+            ]),
+            &mem,
+        )
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+        assert!(e.contains("cryptodev-backend-builtin"), "{e}");
     }
 }

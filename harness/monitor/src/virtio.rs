@@ -705,7 +705,12 @@ impl<D: VirtioDevice + Send + 'static> SlotOps for Shared<D> {
         // An external vhost-user backend that died is this slot's fault.
         let backend_gone = device
             .downcast_ref::<vhost_user::VhostUserDevice>()
-            .and_then(|v| v.dead())
+            .and_then(|v| v.dead().map(str::to_owned))
+            .or_else(|| {
+                device
+                    .downcast_ref::<vhost_user::VhostUserCrypto<crate::vm::GuestRam>>()
+                    .and_then(|v| v.dead())
+            })
             .map(|why| format!("vhost-user backend gone: {why}"));
         let misbehave = state.lies.as_ref().map(|l| {
             let lie = match ring_lie {

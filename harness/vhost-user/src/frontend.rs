@@ -34,8 +34,8 @@ use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 use zerocopy::FromBytes;
 
 use crate::codec::{
-    self, Config, FLAG_REPLY, HEADER_LEN, Header, MAX_PAYLOAD, MemRegion, Message, Request,
-    VHOST_USER_F_PROTOCOL_FEATURES, VringAddr, VringFd, VringState, protocol,
+    self, Config, CryptoSession, FLAG_REPLY, HEADER_LEN, Header, MAX_PAYLOAD, MemRegion, Message,
+    Request, VHOST_USER_F_PROTOCOL_FEATURES, VringAddr, VringFd, VringState, protocol,
 };
 
 /// How long one operation (the handshake at connect, an activation, a
@@ -107,6 +107,15 @@ pub enum VhostUserKind {
         /// Bytes of configuration space.
         config_size: u16,
     },
+    /// `-object cryptodev-vhost-user` (§5.9): the backend serves the data
+    /// queues; the frontend keeps the control queue and makes sessions by
+    /// message (`CREATE_CRYPTO_SESSION`, [`crate::crypto`]).
+    Crypto {
+        /// Data queues.
+        data_queues: u16,
+        /// Maximum size of each queue.
+        queue_size: u16,
+    },
 }
 
 impl VhostUserKind {
@@ -117,6 +126,7 @@ impl VhostUserKind {
             VhostUserKind::Rng => "vhost-user-rng",
             VhostUserKind::Net { .. } => "vhost-user-net",
             VhostUserKind::Generic { .. } => "vhost-user-device",
+            VhostUserKind::Crypto { .. } => "cryptodev-vhost-user",
         }
     }
 
@@ -126,6 +136,7 @@ impl VhostUserKind {
             VhostUserKind::Rng => DeviceType::Rng,
             VhostUserKind::Net { .. } => DeviceType::Net,
             VhostUserKind::Generic { device_type, .. } => *device_type,
+            VhostUserKind::Crypto { .. } => DeviceType::Crypto,
         }
     }
 
@@ -140,6 +151,10 @@ impl VhostUserKind {
             VhostUserKind::Generic {
                 num_vqs, vq_size, ..
             } => vec![*vq_size; usize::from(*num_vqs)],
+            VhostUserKind::Crypto {
+                data_queues,
+                queue_size,
+            } => vec![*queue_size; usize::from(*data_queues)],
         }
     }
 }
@@ -440,7 +455,10 @@ impl VhostUserDevice {
         if self.backend_features & VHOST_USER_F_PROTOCOL_FEATURES != 0 {
             let offered = self.get_u64(&Message::GetProtocolFeatures)?;
             // REPLY_ACK applies from the next request on.
-            let wanted = offered & WANTED_PROTOCOL;
+            let mut wanted = offered & WANTED_PROTOCOL;
+            if matches!(self.kind, VhostUserKind::Crypto { .. }) {
+                wanted |= offered & protocol::CRYPTO_SESSION;
+            }
             self.send(&Message::SetProtocolFeatures(wanted), &[])?;
             self.protocol = wanted;
         }
@@ -476,6 +494,19 @@ impl VhostUserDevice {
                 self.config = config;
             }
             VhostUserKind::Rng => {}
+            VhostUserKind::Crypto { data_queues, .. } => {
+                if self.protocol & protocol::CRYPTO_SESSION == 0 {
+                    return Err(FrontendError::Missing(
+                        "VHOST_USER_PROTOCOL_F_CRYPTO_SESSION (sessions are made by message)",
+                    ));
+                }
+                let theirs = if self.protocol & protocol::CONFIG != 0 {
+                    Some(self.get_config(crate::crypto::CONFIG_LEN)?)
+                } else {
+                    None
+                };
+                self.config = crate::crypto::frontend_config(theirs.as_deref(), data_queues)?;
+            }
             VhostUserKind::Generic { config_size, .. } => {
                 if config_size > 0 {
                     if self.protocol & protocol::CONFIG == 0 {
@@ -609,7 +640,11 @@ impl VhostUserDevice {
         self.stats.requests += 1;
         let request = msg.request();
         self.arm(request)?;
-        codec::send_with_fds(&self.sock, &msg.encode(ack), fds).map_err(|err| {
+        let mut bytes = msg.encode(ack);
+        let sent = codec::send_with_fds(&self.sock, &bytes, fds);
+        // A crypto session's keys do not linger in freed memory.
+        bytes.fill(0);
+        sent.map_err(|err| {
             if matches!(
                 err.kind(),
                 io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
@@ -694,6 +729,56 @@ impl VhostUserDevice {
             )));
         }
         Ok(data.to_vec())
+    }
+
+    /// Asks the backend for the crypto session `session` describes
+    /// (`CREATE_CRYPTO_SESSION`, QEMU 7.2's layout): its id, or `None` when
+    /// the backend refused it (a negative id). A backend that does not
+    /// answer is declared dead ([`DeviceError::BackendGone`]).
+    pub fn create_crypto_session(
+        &mut self,
+        session: &CryptoSession,
+    ) -> Result<Option<u64>, DeviceError> {
+        if self.dead.is_some() {
+            return Err(DeviceError::BackendGone);
+        }
+        self.begin();
+        let request = Request::CreateCryptoSession;
+        let msg = Message::CreateCryptoSession(Box::new(*session));
+        let reply = self
+            .write(&msg, false, &[])
+            .and_then(|()| self.read_reply(request));
+        let mut reply = reply.map_err(|e| self.fail(e))?;
+        let parsed = CryptoSession::read_from_bytes(&reply)
+            .map(|c| c.session_id)
+            .map_err(drop);
+        reply.fill(0);
+        match parsed {
+            Ok(id) => Ok(u64::try_from(id).ok()),
+            Err(_) => {
+                let why = format!(
+                    "{} bytes, not a session ({})",
+                    reply.len(),
+                    size_of::<CryptoSession>()
+                );
+                Err(self.fail(FrontendError::BadReply { request, why }))
+            }
+        }
+    }
+
+    /// Tells the backend that crypto session `id` is closed
+    /// (`CLOSE_CRYPTO_SESSION`): `false` when the backend refused it (a
+    /// non-zero `REPLY_ACK`; without `REPLY_ACK` nothing is answered).
+    pub fn close_crypto_session(&mut self, id: u64) -> Result<bool, DeviceError> {
+        if self.dead.is_some() {
+            return Err(DeviceError::BackendGone);
+        }
+        self.begin();
+        match self.send(&Message::CloseCryptoSession(id), &[]) {
+            Ok(()) => Ok(true),
+            Err(FrontendError::Refused { .. }) => Ok(false),
+            Err(e) => Err(self.fail(e)),
+        }
     }
 
     /// Records that the backend is gone (once, logged) and returns the

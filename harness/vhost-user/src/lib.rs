@@ -20,9 +20,13 @@
 //! - [`frontend`]: the other side: an external backend process behind
 //!   one of our virtio-mmio slots ([`VhostUserDevice`]), as QEMU's
 //!   `vhost-user-blk`, `vhost-user-rng` and `-netdev vhost-user` do.
+//! - [`crypto`]: virtio-crypto with its data queues on such a backend and
+//!   its control queue here, sessions made by message
+//!   ([`VhostUserCrypto`]), as QEMU's `cryptodev-vhost-user` does.
 
 pub mod backend;
 pub mod codec;
+pub mod crypto;
 pub mod frontend;
 pub mod guard;
 mod log_limit;
@@ -32,5 +36,6 @@ pub use backend::{
     Backend, BackendError, BackendStats, DEVICE_COUNTERS, LOG_BURST, LOG_WINDOW, LogSink, Progress,
     RING_COUNTERS, RingStats, SessionEnd, SteppedSession, logged_device_counter, logged_ring_used,
 };
+pub use crypto::VhostUserCrypto;
 pub use frontend::{FrontendError, SharedRam, VhostUserDevice, VhostUserKind};
 pub use memory::SharedMemory;

@@ -29,6 +29,9 @@ pub enum DeviceBox {
     /// A device served by an external vhost-user backend, kept typed so
     /// that its slot reports a dead backend.
     VhostUser(Box<VhostUserDevice>),
+    /// A crypto device whose data queues an external vhost-user backend
+    /// serves (`cryptodev-vhost-user`), kept typed for the same reason.
+    VhostUserCrypto(Box<VhostUserCrypto<GuestRam>>),
 }
 
 impl DeviceBox {
@@ -40,6 +43,7 @@ impl DeviceBox {
             #[cfg(feature = "misbehave")]
             DeviceBox::Misbehaving(m) => m,
             DeviceBox::VhostUser(v) => v,
+            DeviceBox::VhostUserCrypto(v) => v,
         }
     }
 }
@@ -97,6 +101,7 @@ impl std::ops::Deref for DeviceBox {
             #[cfg(feature = "misbehave")]
             DeviceBox::Misbehaving(m) => &**m,
             DeviceBox::VhostUser(v) => &**v,
+            DeviceBox::VhostUserCrypto(v) => &**v,
         }
     }
 }
@@ -293,17 +298,37 @@ pub fn realize_devices_shared(
                         by: "-device virtio-crypto-device".into(),
                         id: cryptodev.clone(),
                     })?;
-                let device = virtio_devices::crypto::Crypto::new(
-                    backends::crypto::builtin::Builtin::default(),
-                    mem.clone(),
-                    c.queues,
-                )
-                .with_queue_size(size);
+                let (device, backend, ready_fds) = match &c.backend {
+                    CryptodevBackend::Builtin => {
+                        let device = virtio_devices::crypto::Crypto::new(
+                            backends::crypto::builtin::Builtin::default(),
+                            mem.clone(),
+                            c.queues,
+                        )
+                        .with_queue_size(size);
+                        let what = format!("cryptodev-backend-builtin, {} data queues", c.queues);
+                        (DeviceBox::Any(Box::new(device)), what, Vec::new())
+                    }
+                    CryptodevBackend::VhostUser { chardev } => {
+                        let by = format!("-object cryptodev-vhost-user,id={cryptodev}");
+                        let kind = VhostUserKind::Crypto {
+                            data_queues: c.queues,
+                            queue_size: size.get(),
+                        };
+                        let (vhost, what) = vhost_user(by.clone(), chardev, kind)?;
+                        let device = VhostUserCrypto::new(vhost, mem.clone())
+                            .map_err(|err| MachineError::VhostUser { by, err })?;
+                        let what =
+                            format!("cryptodev-vhost-user, {} data queues, {what}", c.queues);
+                        let fds = device.ready_fds();
+                        (DeviceBox::VhostUserCrypto(Box::new(device)), what, fds)
+                    }
+                };
                 out.push(RealizedDevice {
                     kind: "virtio-crypto-device",
-                    backend: format!("cryptodev-backend-builtin, {} data queues", c.queues),
-                    device: DeviceBox::Any(Box::new(device)),
-                    ready_fds: Vec::new(),
+                    backend,
+                    device,
+                    ready_fds,
                     notify: notify_of(*ioeventfd),
                 });
                 misbehave(&mut out, *hostile, mem)?;

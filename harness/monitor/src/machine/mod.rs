@@ -46,13 +46,13 @@ use crate::misbehave::Misbehave;
 #[cfg(feature = "misbehave")]
 use crate::misbehave::Misbehaving;
 use crate::options::{
-    AioMode, CacheMode, ChardevKind, DeviceConfig, DiskFormat, DriveConfig, MachineConfig,
-    NetdevKind, RngConfig, VhostUserType,
+    AioMode, CacheMode, ChardevKind, CryptodevBackend, DeviceConfig, DiskFormat, DriveConfig,
+    MachineConfig, NetdevKind, RngConfig, VhostUserType,
 };
 use crate::protocol::{MonitorServer, NetLink};
 use crate::virtio::{NotifyMode, RegisterTap};
 use crate::vm::{GuestRam, Outcome, Vm, VmError};
-use vhost_user::{FrontendError, SharedRam, VhostUserDevice, VhostUserKind};
+use vhost_user::{FrontendError, SharedRam, VhostUserCrypto, VhostUserDevice, VhostUserKind};
 
 /// A machine ready to run: the VM with its devices placed and the guest
 /// loaded.
@@ -251,6 +251,9 @@ fn attach(
                 vm.add_virtio_device(d.kind, *m, d.ready_fds, d.notify)?;
             }
             DeviceBox::VhostUser(v) => {
+                vm.add_virtio_device(d.kind, *v, d.ready_fds, d.notify)?;
+            }
+            DeviceBox::VhostUserCrypto(v) => {
                 vm.add_virtio_device(d.kind, *v, d.ready_fds, d.notify)?;
             }
         }

@@ -96,6 +96,14 @@ pub(super) fn check_references(
             claim(chardev, by)?;
         }
     }
+    for (id, c) in &cfg.cryptodevs {
+        if let CryptodevBackend::VhostUser { chardev } = &c.backend {
+            let by = format!("-object cryptodev-vhost-user,id={id}");
+            refers(&by, "chardev", chardev, IdKind::Chardev, "a chardev")?;
+            vhost_user_socket(cfg, &by, chardev)?;
+            claim(chardev, by)?;
+        }
+    }
     let mut rng_user: std::collections::HashSet<&str> = Default::default();
     let mut cryptodev_user: std::collections::HashSet<&str> = Default::default();
     let mut drive_user: std::collections::HashSet<&str> = Default::default();

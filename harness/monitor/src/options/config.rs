@@ -192,11 +192,29 @@ pub enum NetdevKind {
     },
 }
 
-/// A cryptodev (`-object cryptodev-backend-builtin,id=…[,queues=N]`).
+/// A cryptodev (`-object cryptodev-backend-builtin,id=…[,queues=N]` or
+/// `-object cryptodev-vhost-user,id=…,chardev=…[,queues=N]`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CryptodevConfig {
     /// Data queues the device in front of it has (`queues=`, default 1).
     pub queues: u16,
+    /// Where its operations run.
+    pub backend: CryptodevBackend,
+}
+
+/// Where a cryptodev's operations run.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CryptodevBackend {
+    /// `cryptodev-backend-builtin`: RustCrypto in this process
+    /// ([`backends::crypto::builtin`]).
+    Builtin,
+    /// `cryptodev-vhost-user,chardev=…`: an external vhost-user backend
+    /// serves the data queues; sessions are made by message
+    /// ([`vhost_user::crypto`]).
+    VhostUser {
+        /// The chardev (a unix socket client) of the backend.
+        chardev: String,
+    },
 }
 
 /// A device (`-device`).
@@ -471,6 +489,10 @@ impl MachineConfig {
                 .netdevs
                 .iter()
                 .any(|(_, k)| matches!(k, NetdevKind::VhostUser { .. }))
+            || self
+                .cryptodevs
+                .iter()
+                .any(|(_, c)| matches!(c.backend, CryptodevBackend::VhostUser { .. }))
     }
 
     /// The socket path of chardev `id`, if it is a unix socket.
@@ -491,7 +513,14 @@ impl MachineConfig {
             NetdevKind::VhostUser { chardev } => Some(chardev.as_str()),
             _ => None,
         });
-        devs.chain(nets).collect()
+        let cryptodevs = self
+            .cryptodevs
+            .iter()
+            .filter_map(|(_, c)| match &c.backend {
+                CryptodevBackend::VhostUser { chardev } => Some(chardev.as_str()),
+                CryptodevBackend::Builtin => None,
+            });
+        devs.chain(nets).chain(cryptodevs).collect()
     }
 }
 

@@ -3,7 +3,7 @@
 use super::*;
 
 impl Parser {
-    /// `-object memory-backend-*|rng-*|cryptodev-backend-builtin,id=…`.
+    /// `-object memory-backend-*|rng-*|cryptodev-backend-builtin|cryptodev-vhost-user,id=…`.
     pub(super) fn object(&mut self, arg: &str) -> Result<(), OptionError> {
         let Parser { cfg, ids, .. } = self;
         let mut kv = KeyVals::parse("-object", arg)?;
@@ -60,7 +60,14 @@ impl Parser {
                 cfg.rngs.push((id.clone(), rng));
                 IdKind::Rng
             }
-            "cryptodev-backend-builtin" => {
+            "cryptodev-backend-builtin" | "cryptodev-vhost-user" => {
+                let backend = if kv.ty == "cryptodev-vhost-user" {
+                    CryptodevBackend::VhostUser {
+                        chardev: kv.require("chardev")?,
+                    }
+                } else {
+                    CryptodevBackend::Builtin
+                };
                 let queues = match kv.take_u32("queues")? {
                     None => 1,
                     // QEMU's limit (MAX_CRYPTO_QUEUE_NUM).
@@ -70,7 +77,7 @@ impl Parser {
                         .ok_or_else(|| kv.bad("queues", &n.to_string(), "1 to 64"))?,
                 };
                 cfg.cryptodevs
-                    .push((id.clone(), CryptodevConfig { queues }));
+                    .push((id.clone(), CryptodevConfig { queues, backend }));
                 IdKind::Cryptodev
             }
             _ => {

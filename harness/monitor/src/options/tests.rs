@@ -568,7 +568,13 @@ fn cryptodev_objects_and_crypto_devices_parse() {
     .unwrap();
     assert_eq!(
         c.cryptodevs,
-        vec![("c0".to_string(), CryptodevConfig { queues: 4 })]
+        vec![(
+            "c0".to_string(),
+            CryptodevConfig {
+                queues: 4,
+                backend: CryptodevBackend::Builtin
+            }
+        )]
     );
     assert_eq!(
         c.devices,
@@ -582,4 +588,42 @@ fn cryptodev_objects_and_crypto_devices_parse() {
     let c = p("-object cryptodev-backend-builtin,id=c1 -device virtio-crypto-device,cryptodev=c1")
         .unwrap();
     assert_eq!(c.cryptodevs[0].1.queues, 1);
+}
+
+/// QEMU's `cryptodev-vhost-user`: the chardev must be a unix socket
+/// client, used once; guest RAM must then be shareable.
+#[test]
+fn cryptodev_vhost_user_takes_a_socket_chardev() {
+    let c = p("-chardev socket,id=vu,path=/tmp/c.sock \
+               -object cryptodev-vhost-user,id=c0,chardev=vu,queues=2 \
+               -device virtio-crypto-device,cryptodev=c0")
+    .unwrap();
+    assert_eq!(
+        c.cryptodevs[0].1,
+        CryptodevConfig {
+            queues: 2,
+            backend: CryptodevBackend::VhostUser {
+                chardev: "vu".into()
+            }
+        }
+    );
+    assert!(c.uses_vhost_user());
+    assert_eq!(c.vhost_user_chardevs(), vec!["vu"]);
+    let err = p("-object cryptodev-vhost-user,id=c0 -device virtio-crypto-device,cryptodev=c0")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("chardev"), "{err}");
+    let err = p("-chardev socket,id=vu,path=/tmp/c.sock,server=on,wait=off \
+                 -object cryptodev-vhost-user,id=c0,chardev=vu \
+                 -device virtio-crypto-device,cryptodev=c0")
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("unix socket client"), "{err}");
+    let err = p("-chardev socket,id=vu,path=/tmp/c.sock \
+                 -object cryptodev-vhost-user,id=c0,chardev=vu \
+                 -object cryptodev-vhost-user,id=c1,chardev=vu \
+                 -device virtio-crypto-device,cryptodev=c0")
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("vu"), "{err}");
 }
