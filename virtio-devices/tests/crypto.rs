@@ -23,9 +23,9 @@ const CTRL: u16 = 1;
 const IN: u64 = 0x2_0000;
 const OUT: u64 = 0x6_0000;
 
-struct Rig {
+struct Rig<const N: usize = 16> {
     mem: &'static OwnedMemory,
-    queues: [DriverQueue<16>; 2],
+    queues: [DriverQueue<N>; 2],
     dev: Crypto<Builtin, &'static OwnedMemory>,
 }
 
@@ -81,7 +81,7 @@ fn hex(s: &str) -> Vec<u8> {
         .collect()
 }
 
-impl Rig {
+impl<const N: usize> Rig<N> {
     /// Sends `readable` (one buffer, or none if empty) and `writable`
     /// bytes of room on queue `q`; returns the used length and the
     /// writable bytes.
@@ -603,4 +603,91 @@ fn a_destination_buffer_given_twice_keeps_the_result() {
     let mut s = [0xffu8];
     r.mem.read(GuestAddress(status), &mut s).unwrap();
     assert_eq!(s[0], Status::Ok as u8);
+}
+
+/// A data request of more buffers than the device takes (1100 writable
+/// ones through an indirect table, §2.7.5.3): nothing is read or run, the
+/// last writable byte, the status (§5.9.7.3), gets ERR rather than being
+/// left as the driver's buffer had it (Linux reads a 0 there as OK), the
+/// used length is that byte, and the next request is served.
+#[test]
+fn a_chain_of_more_buffers_than_the_device_takes_gets_err() {
+    use virtio_core::split::IndirectArea;
+    let mem: &'static OwnedMemory =
+        Box::leak(Box::new(OwnedMemory::new(GuestAddress(0), 0x20_0000)));
+    // Queues of 2048, so that the chain is not longer than the queue
+    // (§2.7.5.3.1), below the request buffers at IN and OUT.
+    let layout = |base: u64| {
+        QueueLayout::new(
+            QueueSize::new(2048).unwrap(),
+            GuestAddress(base),
+            GuestAddress(base + 0x8000),
+            GuestAddress(base + 0xa000),
+        )
+        .unwrap()
+    };
+    let (l0, l1) = (layout(0x8_0000), layout(0xa_0000));
+    let area = IndirectArea::new(GuestAddress(0x10_0000), 1200).unwrap();
+    let mut data = DriverQueue::<2048>::new(l0, false, Some(area)).unwrap();
+    let mut ctrl = DriverQueue::<2048>::new(l1, false, None).unwrap();
+    data.init(mem).unwrap();
+    ctrl.init(mem).unwrap();
+    let features = V1 | TransportFeatures::RING_INDIRECT_DESC.bits();
+    let mut dev = Crypto::new(Builtin::default(), mem, 1);
+    dev.features_ok(features);
+    dev.activate(
+        features,
+        vec![
+            QueueConfig { layout: Some(l0) },
+            QueueConfig { layout: Some(l1) },
+        ],
+    )
+    .unwrap();
+    let mut r = Rig {
+        mem,
+        queues: [data, ctrl],
+        dev,
+    };
+    let (st, enc) = r.create(
+        wire::ctrl::CIPHER_CREATE,
+        &legacy_cipher_flf(3, 16, 1),
+        &hex(K128),
+    );
+    assert_eq!(st, Status::Ok as u8);
+    let mut req = le(&[wire::data::CIPHER_ENCRYPT, 3]);
+    req.extend(enc.to_le_bytes());
+    req.extend(le(&[0, 0]));
+    req.extend(legacy_cipher_data(16, 32));
+    req.extend(hex(IV));
+    req.extend(hex(PT));
+    r.mem.write(GuestAddress(IN), &req).unwrap();
+    r.mem.write(GuestAddress(OUT), &[0u8; 1100]).unwrap();
+    let outs: Vec<(GuestAddress, u32)> = (0..1100).map(|i| (GuestAddress(OUT + i), 1)).collect();
+    let drv = &mut r.queues[usize::from(DATA)];
+    let t = drv
+        .add(r.mem, &[(GuestAddress(IN), req.len() as u32)], &outs)
+        .unwrap();
+    drv.publish(r.mem).unwrap();
+    r.dev.queue_notify(DATA).unwrap();
+    let u = r.queues[usize::from(DATA)]
+        .pop_used(r.mem)
+        .unwrap()
+        .unwrap();
+    assert_eq!((u.token, u.len), (t, 1));
+    let mut out = vec![0xffu8; 1100];
+    r.mem.read(GuestAddress(OUT), &mut out).unwrap();
+    assert_eq!(out[1099], Status::Err as u8);
+    assert!(out[..1099].iter().all(|&b| b == 0), "nothing else written");
+    assert_eq!(r.dev.stats().too_long, 1);
+    // The device goes on.
+    let vlf = [hex(IV), hex(PT)].concat();
+    let (st, got, _) = r.data(
+        [wire::data::CIPHER_ENCRYPT, 3],
+        enc,
+        0,
+        &legacy_cipher_data(16, 32),
+        &vlf,
+        32,
+    );
+    assert_eq!((st, got), (Status::Ok as u8, hex(CT)));
 }

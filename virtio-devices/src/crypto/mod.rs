@@ -43,8 +43,14 @@ use wire::{Ctrl, Data, Mode, Service, Status};
 /// Each queue's maximum size.
 pub const QUEUE_SIZE: u16 = crate::device::DEFAULT_QUEUE_SIZE;
 
-/// Buffers one request may span (a scatter list of pages each way).
-const MAX_SEGS: usize = 128;
+/// Buffers one request may span each way: as many as a chain in a
+/// 1024-entry queue may have (§2.7.5.3.1 bounds a chain by the queue
+/// size; QEMU's crypto queues have 1024). Linux's `virtio_crypto` gives
+/// each scatterlist entry with every entry after it (`virtqueue_add_sgs`
+/// walks each as a list), so a 64 KiB request of 16 pages each way is
+/// some 275 descriptors. A longer chain gets ERR in its last writable
+/// byte ([`CryptoStats::too_long`]).
+const MAX_SEGS: usize = 1024;
 
 /// The most bytes a control request may carry (an RSA key in DER is a
 /// few KiB).
@@ -73,6 +79,9 @@ pub struct CryptoStats {
     /// Chains completed with length 0 because they were malformed
     /// (§2.7.5) or their memory could not be read.
     pub malformed: u64,
+    /// Data requests of more buffers than the device takes (`MAX_SEGS`),
+    /// answered ERR in the last writable byte unread.
+    pub too_long: u64,
 }
 
 /// The crypto device over backend `B` and guest memory `M`.
@@ -219,9 +228,15 @@ impl<B: CryptoBackend, M: GuestMemory> Crypto<B, M> {
             e.stats.malformed += 1;
             return 0;
         };
-        let Ok((mut r, mut w)) = chain.reader_writer::<MAX_SEGS>() else {
-            e.stats.malformed += 1;
-            return 0;
+        let (mut r, mut w) = match chain.reader_writer::<MAX_SEGS>() {
+            Ok(rw) => rw,
+            Err(virtio_core::split::chain::ChainError::TooManySegments { .. }) if !control => {
+                return too_long(&self.mem, queue, head, &mut e.stats);
+            }
+            Err(_) => {
+                e.stats.malformed += 1;
+                return 0;
+            }
         };
         let limit = if control {
             CTRL_LIMIT
@@ -252,6 +267,45 @@ impl<B: CryptoBackend, M: GuestMemory> Crypto<B, M> {
         input.fill(0);
         e.input = input;
         len
+    }
+}
+
+/// A well-formed data request of more buffers than the device takes: its
+/// status byte (the last writable byte, §5.9.7.3) gets ERR, so that the
+/// driver does not take whatever its status buffer held for an answer;
+/// nothing else is written. Returns the used length.
+fn too_long<M: GuestMemory>(
+    mem: &M,
+    queue: &DeviceQueue,
+    head: u16,
+    stats: &mut CryptoStats,
+) -> u32 {
+    let Ok(chain) = queue.chain(mem, head) else {
+        stats.malformed += 1;
+        return 0;
+    };
+    let mut last = None;
+    for d in chain {
+        match d {
+            Ok(d) if d.is_write_only() && !d.is_empty() => last = Some(d),
+            Ok(_) => {}
+            Err(_) => {
+                stats.malformed += 1;
+                return 0;
+            }
+        }
+    }
+    let at = last.and_then(|d| d.addr().checked_add(u64::from(d.len()) - 1));
+    match at.map(|a| mem.write(a, &[Status::Err as u8])) {
+        Some(Ok(())) => {
+            stats.too_long += 1;
+            stats.failed += 1;
+            1
+        }
+        _ => {
+            stats.no_status += 1;
+            0
+        }
     }
 }
 
@@ -618,6 +672,7 @@ impl<B: CryptoBackend, M: GuestMemory> VirtioDevice for Crypto<B, M> {
             ("sessions_closed", s.sessions_closed),
             ("no_status", s.no_status),
             ("malformed", s.malformed),
+            ("too_long", s.too_long),
         ]
     }
 
