@@ -32,6 +32,7 @@ use crate::daemon::Daemon;
 use crate::qemu::{self, Qemu};
 
 mod blk;
+mod crypto;
 mod net;
 mod rng;
 #[cfg(test)]
@@ -44,6 +45,7 @@ use net::*;
 use rng::*;
 use vhost::*;
 
+pub use crypto::run_crypto;
 pub use user::run_user;
 pub use vhost::VHOST_MAX_ROUNDS;
 

@@ -27,12 +27,12 @@ use super::*;
 /// inter-processor interrupt) and sometimes not, and one backend's
 /// polling core moved the others: the same run of ours measured 0.8 and
 /// 2.3 M frames/s.
-const DRIVER_CPU: usize = 0;
+pub(super) const DRIVER_CPU: usize = 0;
 /// See [`DRIVER_CPU`].
-const BACKEND_CPU: usize = 1;
+pub(super) const BACKEND_CPU: usize = 1;
 
 /// Whether the rows pin (two or more CPUs and `taskset` present).
-fn pinning() -> bool {
+pub(super) fn pinning() -> bool {
     static PINNING: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *PINNING.get_or_init(|| {
         std::thread::available_parallelism().is_ok_and(|n| n.get() >= 2)
@@ -44,7 +44,7 @@ fn pinning() -> bool {
 }
 
 /// `program` under `taskset -c BACKEND_CPU` when pinning.
-fn backend_command(program: impl AsRef<std::ffi::OsStr>) -> Command {
+pub(super) fn backend_command(program: impl AsRef<std::ffi::OsStr>) -> Command {
     if pinning() {
         let mut c = Command::new("taskset");
         c.arg("-c").arg(BACKEND_CPU.to_string()).arg(program);
@@ -56,13 +56,16 @@ fn backend_command(program: impl AsRef<std::ffi::OsStr>) -> Command {
 
 /// Pins the calling thread to `cpu` (or lets it run anywhere with
 /// `None`); whether that worked.
-fn pin_self(cpu: Option<usize>) -> bool {
+pub(super) fn pin_self(cpu: Option<usize>) -> bool {
     // SAFETY: a zeroed cpu_set_t is a valid empty set; CPU_SET writes
     // inside it for a CPU below CPU_SETSIZE; sched_setaffinity reads
     // exactly `size_of::<cpu_set_t>()` bytes of it.
     unsafe {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
-        let n = std::thread::available_parallelism().map_or(1, |n| n.get());
+        // The machine's CPUs, not `available_parallelism` (the calling
+        // thread's affinity: once pinned, it said 1, and neither moving
+        // to another CPU nor unpinning worked).
+        let n = usize::try_from(libc::sysconf(libc::_SC_NPROCESSORS_CONF)).unwrap_or(1);
         for c in 0..n.min(libc::CPU_SETSIZE as usize) {
             if cpu.is_none_or(|want| want == c) {
                 libc::CPU_SET(c, &mut set);

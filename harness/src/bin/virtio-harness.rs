@@ -61,6 +61,12 @@ enum Command {
         /// vhost-device-rng), median of `--rounds`.
         #[arg(long, conflicts_with_all = ["net_only", "vhost_only"])]
         user: bool,
+        /// Only the virtio-crypto rows: AES-128-CBC and AES-256-GCM at 64 B,
+        /// 1 KiB and 16 KiB through our backend, driven by our driver in
+        /// this process, against RustCrypto called directly (median of
+        /// `--rounds`, at most 5).
+        #[arg(long, conflicts_with_all = ["net_only", "vhost_only", "user"])]
+        crypto: bool,
     },
     /// Drive a vhost-user backend from this process with our drivers
     /// (virtio-user: no VM), run one workload and print a table row, e.g.
@@ -307,7 +313,10 @@ fn main() -> ExitCode {
             net_only,
             vhost_only,
             user,
-        } => match if user {
+            crypto,
+        } => match if crypto {
+            harness::bench::run_crypto(rounds.clamp(1, 5))
+        } else if user {
             harness::bench::run_user(rounds.clamp(1, 5))
         } else if net_only {
             harness::bench::run_net()

@@ -28,6 +28,9 @@ pub enum Error {
     Blk(BlkError),
     /// The network driver failed (a broken rule is named).
     Net(NetError),
+    /// The crypto driver failed, or the device answered a request with
+    /// another status than OK.
+    Crypto(guest_driver::crypto::CryptoError),
     /// Data read back is not what was written (§5.2.6: a READ returns the
     /// data last written).
     Mismatch {
@@ -59,6 +62,7 @@ impl fmt::Display for Error {
             Error::Driver(e) => write!(f, "driver: {e}"),
             Error::Blk(e) => write!(f, "blk driver: {e}"),
             Error::Net(e) => write!(f, "net driver: {e}"),
+            Error::Crypto(e) => write!(f, "crypto driver: {e}"),
             Error::Mismatch { sector, what } => write!(
                 f,
                 "{what}: sector {sector} read back differs from what was written (§5.2.6)"
@@ -80,6 +84,7 @@ impl std::error::Error for Error {
             Error::Driver(e) => Some(e),
             Error::Blk(e) => Some(e),
             Error::Net(e) => Some(e),
+            Error::Crypto(e) => Some(e),
             Error::During { err, .. } => Some(err),
             _ => None,
         }
@@ -101,6 +106,12 @@ impl From<BlkError> for Error {
 impl From<NetError> for Error {
     fn from(e: NetError) -> Self {
         Error::Net(e)
+    }
+}
+
+impl From<guest_driver::crypto::CryptoError> for Error {
+    fn from(e: guest_driver::crypto::CryptoError) -> Self {
+        Error::Crypto(e)
     }
 }
 

@@ -13,7 +13,7 @@
 //! seen by polling the used rings or by waiting on the call eventfds
 //! ([`UserWait`]). DPDK calls the same arrangement virtio-user.
 //!
-//! On top, [`blk`], [`rng`], [`net`] and [`console`] run workloads that check a backend
+//! On top, [`blk`], [`rng`], [`net`], [`console`] and [`crypto`] run workloads that check a backend
 //! (data written is read back, every used element is validated by the
 //! driver, a broken rule is reported with its section) and measure it
 //! (requests per second, latency percentiles, kicks and calls), and
@@ -23,6 +23,7 @@
 pub mod blk;
 pub mod console;
 pub mod cpu;
+pub mod crypto;
 mod device;
 mod error;
 pub mod latency;
