@@ -11,7 +11,7 @@
 //!   `\drivernormative` heading up to the next heading. The blocks that
 //!   apply to a target are those the conformance chapter lists for it
 //!   ([`CLAUSES`]: the general driver and device clauses, MMIO, and the
-//!   network, block, console and entropy devices).
+//!   network, block, console, entropy and crypto devices).
 //! - A statement is one sentence with MUST, MUST NOT, SHOULD, SHOULD NOT
 //!   or SHALL (RFC 2119's synonym of MUST); an item of a list whose
 //!   lead-in carries the keyword is a statement with that lead-in as its
@@ -47,6 +47,8 @@ pub const CLAUSES: &[(&str, &str)] = &[
     ("Console Device Conformance", "console"),
     ("Entropy Driver Conformance", "rng"),
     ("Entropy Device Conformance", "rng"),
+    ("Crypto Driver Conformance", "crypto"),
+    ("Crypto Device Conformance", "crypto"),
 ];
 
 /// The areas whose MUST sentences outside normative blocks are taken
@@ -67,6 +69,7 @@ pub const DESCRIPTIVE_AREAS: &[&str] = &[
     "blk",
     "console",
     "rng",
+    "crypto",
     "reserved-features",
 ];
 
@@ -461,6 +464,7 @@ pub fn area(path: &[String]) -> String {
             ("Block Device", "blk"),
             ("Console Device", "console"),
             ("Entropy Device", "rng"),
+            ("Crypto Device", "crypto"),
         ])
         .unwrap_or_else(|| format!("device/{}", slug(section))),
         "Reserved Feature Bits" => "reserved-features".to_string(),
@@ -493,6 +497,7 @@ pub fn label_slug(label: &str) -> String {
         ("Device Types / Block Device", "blk"),
         ("Device Types / Console Device", "console"),
         ("Device Types / Entropy Device", "rng"),
+        ("Device Types / Crypto Device", "crypto"),
         ("Reserved Feature Bits", "reserved-features"),
     ];
     let l = squash(label);
@@ -505,8 +510,24 @@ pub fn label_slug(label: &str) -> String {
     parts.join("/")
 }
 
-/// Which normative labels each clause of [`CLAUSES`] lists: label →
-/// targets.
+/// Normative blocks the conformance chapter does not list although they
+/// are of a clause's device: v1.4's crypto clauses name every service's
+/// blocks but AKCIPHER's (§5.9.7.7.1, §5.9.7.7.2). Side, label, target.
+pub const UNLISTED: &[(&str, &str, &str)] = &[
+    (
+        "device",
+        "Device Types / Crypto Device / Device Operation / AKCIPHER Service Operation",
+        "crypto",
+    ),
+    (
+        "driver",
+        "Device Types / Crypto Device / Device Operation / AKCIPHER Service Operation",
+        "crypto",
+    ),
+];
+
+/// Which normative labels each clause of [`CLAUSES`] lists (and
+/// [`UNLISTED`] adds): label → targets.
 pub fn conformance_refs(doc: &str, heads: &[Heading]) -> BTreeMap<String, BTreeSet<String>> {
     let r =
         Regex::new(r"\\ref\{(devicenormative|drivernormative):([^}]*)\}").expect("static regex");
@@ -537,6 +558,11 @@ pub fn conformance_refs(doc: &str, heads: &[Heading]) -> BTreeMap<String, BTreeS
                 .or_default()
                 .insert((*target).to_string());
         }
+    }
+    for (side, label, target) in UNLISTED {
+        out.entry(format!("{side}:{}", squash(label)))
+            .or_default()
+            .insert((*target).to_string());
     }
     out
 }

@@ -338,6 +338,19 @@ pub fn ours_read_only_blk() -> Result<Box<dyn Bus>, String> {
     local(blk, mem)
 }
 
+/// Our crypto device on the builtin cryptodev with one data queue, in
+/// this process (the device-side checks only: no driver-side target
+/// drives crypto yet).
+pub fn ours_crypto_in_process() -> Result<Box<dyn Bus>, String> {
+    let mem = LocalMemory::new(DMA_LEN)?;
+    let dev = virtio_devices::crypto::Crypto::new(
+        backends::crypto::builtin::Builtin::default(),
+        mem.clone(),
+        1,
+    );
+    local(dev, mem)
+}
+
 /// Our device of `kind` in this process (see [`our_device`]).
 pub fn ours_in_process(kind: Kind) -> Result<Box<dyn Bus>, String> {
     let mem = LocalMemory::new(DMA_LEN)?;

@@ -6,11 +6,13 @@
 //! the split rings itself ([`Dev`]). Work is
 //! asked of the device with a small request of its type ([`Dev::post_probe`]):
 //! entropy fills a buffer, a block device reads sector 0, a console port
-//! transmits four bytes, a network device transmits one frame. Device-type
+//! transmits four bytes, a network device transmits one frame, a crypto
+//! device answers a cipher request on a session never made. Device-type
 //! checks send requests of their type ([`Dev::blk_request`]).
 
 mod basic;
 mod blk;
+mod crypto;
 mod legacy;
 mod mmio;
 mod net;
@@ -70,6 +72,11 @@ pub const CHECKS: &[Check] = &[
     net::CONTROL_MAC,
     net::RECEIVE_FILTERS,
     net::STEERING,
+    crypto::CONFIG,
+    crypto::CIPHER,
+    crypto::HASH_MAC,
+    crypto::AEAD,
+    crypto::STATELESS,
     legacy::LEGACY_INIT,
     legacy::LEGACY_BLK,
     legacy::LEGACY_NET,
@@ -366,6 +373,8 @@ impl<'a> Dev<'a> {
     pub fn probe_queues(&self) -> Option<(&'static [u16], u16)> {
         match self.device_type()? {
             DeviceType::Rng | DeviceType::Blk => Some((&[0], 0)),
+            // A data queue and the control queue (one data queue).
+            DeviceType::Crypto => Some((&[0, 1], 0)),
             DeviceType::Console | DeviceType::Net => Some((&[0, 1], 1)),
             _ => None,
         }
@@ -437,6 +446,19 @@ impl<'a> Dev<'a> {
                 alloc::vec![(16, Some(h)), (512, None), (1, None)]
             }
             DeviceType::Console => alloc::vec![(4, Some(b"cfm\n".to_vec()))],
+            DeviceType::Crypto => {
+                // CIPHER_ENCRYPT in session mode on a session never made
+                // (§5.9.7.3): the device answers INVSESS in the status
+                // byte. The header, then the fixed part (48 bytes in both
+                // layouts) with op_type CIPHER.
+                let mut r = alloc::vec![0u8; 72];
+                r[0..4].copy_from_slice(&virtio_core::crypto::data::CIPHER_ENCRYPT.to_le_bytes());
+                r[4..8].copy_from_slice(&virtio_core::crypto::algo::CIPHER_AES_CBC.to_le_bytes());
+                r[8..16].copy_from_slice(&u64::MAX.to_le_bytes());
+                r[16..20].copy_from_slice(&virtio_core::crypto::FLAG_SESSION_MODE.to_le_bytes());
+                r[64..68].copy_from_slice(&virtio_core::crypto::SYM_OP_CIPHER.to_le_bytes());
+                alloc::vec![(72, Some(r)), (1, None)]
+            }
             DeviceType::Net => {
                 // A virtio_net_hdr of zeros (12 bytes with VERSION_1 or
                 // MRG_RXBUF, 10 on a legacy device without, §5.1.6) and a
