@@ -23,6 +23,7 @@ use virtio_core::status::DeviceStatus;
 use crate::{Check, Outcome, Record};
 
 pub mod cleanup;
+pub mod crypto;
 pub mod kick;
 pub mod legacy;
 pub mod notify;
@@ -171,6 +172,51 @@ pub const NET_WATCH: Check = Check {
     run: |_| {},
 };
 
+const CRYPTO_STATUS_READ: &str = "driver:crypto/device-configuration-layout#1";
+const CRYPTO_DATAQUEUES_READ: &str = "driver:crypto/device-configuration-layout#3";
+const CRYPTO_SERVICES_READ: &str = "driver:crypto/device-configuration-layout#4";
+const CRYPTO_ALGOS_READ: &str = "driver:crypto/device-configuration-layout#6";
+const CRYPTO_ALL_QUEUES: &str = "driver:crypto/device-initialization#1";
+const CRYPTO_INIT_SERVICES: &str = "driver:crypto/device-initialization#2";
+const CRYPTO_INIT_ALGOS: &str = "driver:crypto/device-initialization#3";
+
+/// The crypto-device statements the register watch judges (§5.9.5.2,
+/// §5.9.6.1), each when the driver sets DRIVER_OK: the configuration it
+/// read since the last reset, and the queues it set up.
+pub const CRYPTO_STATEMENTS: &[&str] = &[
+    CRYPTO_STATUS_READ,
+    CRYPTO_DATAQUEUES_READ,
+    CRYPTO_SERVICES_READ,
+    CRYPTO_ALGOS_READ,
+    CRYPTO_ALL_QUEUES,
+    CRYPTO_INIT_SERVICES,
+    CRYPTO_INIT_ALGOS,
+];
+
+/// The register watch's crypto-device part as a [`Check`] for the
+/// catalogue.
+pub const CRYPTO_WATCH: Check = Check {
+    name: "driver-register-watch-crypto",
+    statements: CRYPTO_STATEMENTS,
+    run: |_| {},
+};
+
+/// The crypto configuration's 4-byte words (§5.9.4) a driver read since
+/// the last reset, and the services it learnt.
+#[derive(Clone, Copy, Debug, Default)]
+struct CryptoReads {
+    /// Bit `k`: bytes `4k..4k + 4` were read (in whole or in part).
+    words: u16,
+    /// `crypto_services` as read.
+    services: Option<u32>,
+}
+
+/// The configuration word (§5.9.4) holding each service's algorithm mask
+/// (CIPHER's and MAC's low words, and MAC's high one, which holds defined
+/// bits): service number, words.
+const CRYPTO_MASK_WORDS: [(u32, &[u16]); 5] =
+    [(0, &[3]), (1, &[5]), (2, &[6, 7]), (3, &[8]), (4, &[11])];
+
 /// The register watch's block-device part as a [`Check`] for the
 /// catalogue.
 pub const BLK_WATCH: Check = Check {
@@ -192,6 +238,7 @@ pub const CHECKS: &[Check] = &[
     WATCH,
     BLK_WATCH,
     NET_WATCH,
+    CRYPTO_WATCH,
     rings::WATCH,
     notify::WATCH,
     rx_headers::WATCH,
@@ -201,6 +248,7 @@ pub const CHECKS: &[Check] = &[
     requests::RNG_WATCH,
     requests::RNG_OUTPUT,
     requests::CONSOLE_WATCH,
+    crypto::WATCH,
     legacy::WATCH,
     cleanup::WATCH,
     publish::WATCH,
@@ -300,6 +348,8 @@ pub struct DriverWatch {
     /// The generation changed across configuration reads: they may be
     /// torn, and the driver must read again before it goes on.
     torn: bool,
+    /// A crypto driver's configuration reads.
+    crypto: CryptoReads,
     seen: BTreeMap<&'static str, Seen>,
 }
 
@@ -354,6 +404,7 @@ impl DriverWatch {
             version: 0,
             generation: None,
             torn: false,
+            crypto: CryptoReads::default(),
             seen: BTreeMap::new(),
         }
     }
@@ -523,6 +574,15 @@ impl DriverWatch {
                 judge(&mut self.seen, NET_NO_CONFIG_WRITE, !write, || {
                     format!("configuration written at {offset:#x}")
                 });
+            }
+            if self.device_type == Some(DeviceType::Crypto) && !write {
+                let last = (end.saturating_sub(1) / 4).min(15);
+                for k in rel / 4..=last {
+                    self.crypto.words |= 1 << k;
+                }
+                if rel == 8 && size == 4 {
+                    self.crypto.services = Some(value as u32);
+                }
             }
             // §5.2.5.2: a block driver reads `writeback` (offset 32) only
             // once FEATURES_OK is set: its value depends on the features.
@@ -839,6 +899,7 @@ impl DriverWatch {
             for q in self.queues.values_mut() {
                 q.1 = false;
             }
+            self.crypto = CryptoReads::default();
             keep(&mut self.seen, INIT_RESET);
             return;
         }
@@ -890,6 +951,9 @@ impl DriverWatch {
             judge(&mut self.seen, INIT_REREAD, reread, || {
                 "DRIVER_OK set without reading Status back after FEATURES_OK".into()
             });
+            if self.device_type == Some(DeviceType::Crypto) {
+                self.crypto_live();
+            }
             keep(&mut self.seen, INIT_DRIVER_OK);
             keep(&mut self.seen, INIT_LIVE);
             self.went_live = true;
@@ -901,6 +965,49 @@ impl DriverWatch {
             keep(&mut self.seen, STATUS_STEPS);
         }
         self.status = new;
+    }
+
+    /// A crypto driver sets DRIVER_OK (§5.9.5.2, §5.9.6.1): what it read
+    /// of the configuration since the reset, and the queues it set up.
+    fn crypto_live(&mut self) {
+        let c = self.crypto;
+        let read = |w: u16| c.words & (1 << w) != 0;
+        judge(&mut self.seen, CRYPTO_STATUS_READ, read(0), || {
+            "DRIVER_OK set without reading status (VIRTIO_CRYPTO_S_HW_READY) since the reset".into()
+        });
+        judge(&mut self.seen, CRYPTO_DATAQUEUES_READ, read(1), || {
+            "DRIVER_OK set without reading max_dataqueues".into()
+        });
+        for s in [CRYPTO_SERVICES_READ, CRYPTO_INIT_SERVICES] {
+            judge(&mut self.seen, s, read(2), || {
+                "DRIVER_OK set without reading crypto_services".into()
+            });
+        }
+        let services = c.services.unwrap_or(0);
+        let unread: Vec<u32> = CRYPTO_MASK_WORDS
+            .iter()
+            .filter(|(svc, words)| services & (1 << svc) != 0 && !words.iter().all(|w| read(*w)))
+            .map(|(svc, _)| *svc)
+            .collect();
+        for s in [CRYPTO_ALGOS_READ, CRYPTO_INIT_ALGOS] {
+            judge(&mut self.seen, s, unread.is_empty(), || {
+                format!(
+                    "DRIVER_OK set without reading the algorithm masks of services {unread:?} (crypto_services {services:#x})"
+                )
+            });
+        }
+        let not_ready: Vec<u32> = self
+            .queues
+            .iter()
+            .filter(|(_, (max, ready))| *max > 0 && !ready)
+            .map(|(q, _)| *q)
+            .collect();
+        judge(
+            &mut self.seen,
+            CRYPTO_ALL_QUEUES,
+            not_ready.is_empty(),
+            || format!("DRIVER_OK set with queues {not_ready:?} not set up"),
+        );
     }
 
     fn check_features(&mut self) {
@@ -1035,6 +1142,9 @@ impl DriverWatch {
         }
         if self.device_type == Some(DeviceType::Net) {
             out.extend(records_of(NET_STATEMENTS, NET_WATCH.name, &self.seen));
+        }
+        if self.device_type == Some(DeviceType::Crypto) {
+            out.extend(records_of(CRYPTO_STATEMENTS, CRYPTO_WATCH.name, &self.seen));
         }
         out
     }

@@ -760,6 +760,13 @@ impl<D: VirtioDevice, M: GuestMemory, F: FnMut(&RingWatch)> VirtioDevice
             }
             _ => {}
         }
+        if self.inner.device_type() == virtio_core::features::DeviceType::Crypto {
+            let limits =
+                conform::driver::crypto::CryptoLimits::from_config(features, |off, buf| {
+                    self.inner.read_config(off, buf);
+                });
+            self.rings = core::mem::take(&mut self.rings).with_crypto(limits);
+        }
         if self.inner.device_type() == virtio_core::features::DeviceType::Net {
             let limits = NetLimits::from_config(features, |off, buf| {
                 self.inner.read_config(off, buf);
@@ -1285,6 +1292,124 @@ fn blk_workload<D: VirtioDevice>(hal: WatchedHal, w: Watched<D>) -> Result<(), S
     Ok(())
 }
 
+/// Our crypto driver (§5.9): a session of each service the device
+/// offers that the driver has a request for, in the legacy layout and
+/// with REVISION_1 (stateless requests where negotiated), requests on
+/// them, the sessions destroyed.
+fn crypto_workload<D: VirtioDevice>(hal: WatchedHal, w: Watched<D>) -> Result<(), String> {
+    use guest_driver::crypto::{
+        Crypto, CryptoOptions, Direction, Mode, Op, Service, SessionParams, algo,
+    };
+    for revision_1 in [false, true] {
+        let opts = CryptoOptions {
+            completion: Completion::Interrupt,
+            revision_1,
+            ..CryptoOptions::default()
+        };
+        let mut c = Crypto::new(&hal, w.clone(), opts).map_err(|e| e.to_string())?;
+        let mut wait = waiter(&w);
+        let key = [0x2bu8; 16];
+        let iv = [0u8; 16];
+        let src = [0x6bu8; 32];
+        let mut out = [0u8; 64];
+        let cipher = SessionParams::Cipher {
+            algo: algo::CIPHER_AES_CBC,
+            key: &key,
+            direction: Direction::Encrypt,
+        };
+        let id = c
+            .create_session(&cipher, &mut wait)
+            .map_err(|e| e.to_string())?;
+        let op = Op::Cipher {
+            direction: Direction::Encrypt,
+            iv: &iv,
+            src: &src,
+        };
+        c.run(Mode::Session(id), &op, &mut out, &mut wait)
+            .map_err(|e| e.to_string())?;
+        if c.stateless(Service::Cipher) {
+            c.run(Mode::Stateless(cipher), &op, &mut out, &mut wait)
+                .map_err(|e| e.to_string())?;
+        }
+        c.destroy_session(Service::Cipher, id, &mut wait)
+            .map_err(|e| e.to_string())?;
+        let hash = SessionParams::Hash {
+            algo: algo::SHA256,
+            result_len: 32,
+        };
+        let id = c
+            .create_session(&hash, &mut wait)
+            .map_err(|e| e.to_string())?;
+        let op = Op::Hash {
+            src: b"abc",
+            result_len: 32,
+        };
+        c.run(Mode::Session(id), &op, &mut out, &mut wait)
+            .map_err(|e| e.to_string())?;
+        c.destroy_session(Service::Hash, id, &mut wait)
+            .map_err(|e| e.to_string())?;
+        let mac = SessionParams::Mac {
+            algo: algo::SHA256,
+            key: b"Jefe",
+            result_len: 32,
+        };
+        let id = c
+            .create_session(&mac, &mut wait)
+            .map_err(|e| e.to_string())?;
+        let op = Op::Mac {
+            src: b"what do ya want for nothing?",
+            result_len: 32,
+        };
+        c.run(Mode::Session(id), &op, &mut out, &mut wait)
+            .map_err(|e| e.to_string())?;
+        c.destroy_session(Service::Mac, id, &mut wait)
+            .map_err(|e| e.to_string())?;
+        let aead = SessionParams::Aead {
+            algo: algo::AEAD_GCM,
+            key: &key,
+            tag_len: 16,
+            aad_len: 0,
+            direction: Direction::Encrypt,
+        };
+        let id = c
+            .create_session(&aead, &mut wait)
+            .map_err(|e| e.to_string())?;
+        let op = Op::Aead {
+            direction: Direction::Encrypt,
+            iv: &iv[..12],
+            aad: &[],
+            src: &src,
+            dst_len: 48,
+        };
+        c.run(Mode::Session(id), &op, &mut out, &mut wait)
+            .map_err(|e| e.to_string())?;
+        c.destroy_session(Service::Aead, id, &mut wait)
+            .map_err(|e| e.to_string())?;
+        // An RSA signature (PKCS#1 v1.5, SHA-256) with the crypto guest's
+        // OpenSSL key.
+        let rsa = SessionParams::Rsa {
+            key_type: guest_driver::crypto::rsa::KEY_TYPE_PRIVATE,
+            key: include_bytes!("../../guests/src/bin/crypto/rsa-private.der"),
+            padding: guest_driver::crypto::rsa::PKCS1_PADDING,
+            hash: guest_driver::crypto::rsa::SHA256,
+        };
+        let id = c
+            .create_session(&rsa, &mut wait)
+            .map_err(|e| e.to_string())?;
+        let op = Op::Akcipher {
+            op: guest_driver::crypto::AkOp::Sign,
+            src: &[0xbau8; 32],
+            dst_len: 128,
+        };
+        let mut sig = [0u8; 128];
+        c.run(Mode::Session(id), &op, &mut sig, &mut wait)
+            .map_err(|e| e.to_string())?;
+        c.destroy_session(Service::Akcipher, id, &mut wait)
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
 fn console_workload<D: VirtioDevice>(hal: WatchedHal, w: Watched<D>) -> Result<(), String> {
     use guest_driver::console::{Console, ConsoleOptions};
     let opts = ConsoleOptions {
@@ -1394,6 +1519,7 @@ pub fn guest_driver_in_process(kind: Kind) -> Run {
         Ok(Device::Blk(d)) => watched(kind, d, &mem, blk_workload, Provoke::Nothing),
         Ok(Device::Console(d)) => watched(kind, d, &mem, console_workload, Provoke::Nothing),
         Ok(Device::Net(d)) => watched(kind, d, &mem, net_workload, Provoke::Nothing),
+        Ok(Device::Crypto(d)) => watched(kind, d, &mem, crypto_workload, Provoke::Nothing),
         Err(e) => Run {
             target: GUEST_DRIVER.into(),
             device: kind.name().into(),
@@ -1403,9 +1529,13 @@ pub fn guest_driver_in_process(kind: Kind) -> Run {
     }
 }
 
-/// Our driver against each of our devices.
+/// Our driver against each of our devices, the crypto device included.
 pub fn in_process() -> Vec<Run> {
-    Kind::ALL.into_iter().map(guest_driver_in_process).collect()
+    Kind::ALL
+        .into_iter()
+        .chain([Kind::Crypto])
+        .map(guest_driver_in_process)
+        .collect()
 }
 
 /// Our driver's initialisation against the entropy device, once per

@@ -55,6 +55,7 @@ fn device_name(id: u32) -> String {
         2 => "blk".into(),
         3 => "console".into(),
         4 => "rng".into(),
+        20 => "crypto".into(),
         n => format!("device type {n}"),
     }
 }
@@ -190,6 +191,10 @@ pub fn ours_under_kvm() -> Vec<Run> {
         "loopback,id=n0",
         "-device",
         "virtio-net-device,netdev=n0",
+        "-object",
+        "cryptodev-backend-builtin,id=cr0",
+        "-device",
+        "virtio-crypto-device,cryptodev=cr0",
         "-kernel",
         guest,
     ]
@@ -275,6 +280,17 @@ pub fn qemu(transport: Transport) -> Vec<Run> {
             "-device".into(),
             "virtio-net-device,netdev=n0".into(),
         ])
+        // virtio-crypto has no legacy interface (§5.9 is modern only).
+        .args(if transport == Transport::Modern {
+            vec![
+                "-object".to_string(),
+                "cryptodev-backend-builtin,id=cr0".into(),
+                "-device".into(),
+                "virtio-crypto-device,cryptodev=cr0".into(),
+            ]
+        } else {
+            vec![]
+        })
         .run();
     match run {
         Ok(r) => runs_of(target, &r.serial, r.passed(), &r.describe()),

@@ -136,6 +136,12 @@ fn machine_args(kind: Kind, dir: &Workdir) -> Result<Vec<String>, String> {
             "-netdev loopback,id=n0 -device virtio-net-device,netdev=n0".to_string(),
             "net.test=bench net.dir=echo net.size=1500 net.count=256 net.ms=30000".to_string(),
         ),
+        Kind::Crypto => (
+            option_env!("GUEST_CRYPTO").ok_or_else(|| missing("crypto"))?,
+            "-object cryptodev-backend-builtin,id=c0 -device virtio-crypto-device,cryptodev=c0"
+                .to_string(),
+            "crypto.mode=irq crypto.require=all crypto.invsess=off".to_string(),
+        ),
     };
     let mut args: Vec<String> = options.split_whitespace().map(String::from).collect();
     args.extend(["-append".into(), append, "-kernel".into(), guest.into()]);
@@ -201,10 +207,12 @@ pub fn guest_driver_under_kvm(kind: Kind) -> Run {
     run(records, error)
 }
 
-/// Our driver under KVM against each of our devices.
+/// Our driver under KVM against each of our devices, the crypto device
+/// included.
 pub fn all() -> Vec<Run> {
     Kind::ALL
         .iter()
+        .chain(&[Kind::Crypto])
         .map(|k| guest_driver_under_kvm(*k))
         .collect()
 }

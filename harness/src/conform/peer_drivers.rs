@@ -260,6 +260,7 @@ pub fn virtio_drivers_in_process(kind: Kind) -> Run {
         Ok(Device::Blk(d)) => watched(kind, d, blk_workload, Provoke::Nothing),
         Ok(Device::Console(d)) => watched(kind, d, console_workload, Provoke::Nothing),
         Ok(Device::Net(d)) => watched(kind, d, net_workload, Provoke::Nothing),
+        Ok(Device::Crypto(_)) => failed(kind, "virtio-drivers has no crypto driver".into()),
         Err(err) => failed(kind, err),
     }
 }

@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use super::report::Run;
 use super::targets::{
-    Kind, ours_crypto_in_process, ours_in_process, ours_read_only_blk, run_device_checks,
-    run_device_checks_each, vhost_user_backed,
+    Kind, ours_in_process, ours_read_only_blk, run_device_checks, run_device_checks_each,
+    vhost_user_backed,
 };
 use crate::daemon::Daemon;
 use crate::scenarios::Workdir;
@@ -30,7 +30,7 @@ pub fn in_process() -> Vec<Run> {
         .map(|kind| (kind.name(), ours_in_process(kind)))
         .collect();
     buses.push((READ_ONLY_BLK, ours_read_only_blk()));
-    buses.push(("crypto", ours_crypto_in_process()));
+    buses.push((Kind::Crypto.name(), ours_in_process(Kind::Crypto)));
     buses
         .into_iter()
         .map(|(device, bus)| match bus {

@@ -3,7 +3,7 @@
 //! frontend keeps the control queue and turns each session the driver
 //! creates or destroys there into `CREATE_CRYPTO_SESSION` or
 //! `CLOSE_CRYPTO_SESSION` (protocol feature `CRYPTO_SESSION`, QEMU 7.2's
-//! session layout, [`codec::CryptoSession`]).
+//! session layout, [`crate::codec::CryptoSession`]).
 //!
 //! The control queue is served by the same device code as an in-process
 //! crypto device ([`virtio_devices::crypto::Crypto`]); its backend,

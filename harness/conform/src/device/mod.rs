@@ -76,6 +76,7 @@ pub const CHECKS: &[Check] = &[
     crypto::CIPHER,
     crypto::HASH_MAC,
     crypto::AEAD,
+    crypto::AKCIPHER,
     crypto::STATELESS,
     legacy::LEGACY_INIT,
     legacy::LEGACY_BLK,

@@ -110,6 +110,8 @@ pub struct RingWatch {
     legacy_framing: bool,
     /// A console: its chains are judged too.
     console: Option<ConsoleState>,
+    /// A crypto device: its requests are judged too.
+    crypto: Option<super::crypto::CryptoState>,
     queues: BTreeMap<u16, Queue>,
     /// The notification watch, where this path can judge notifications.
     notify: Option<NotifyWatch>,
@@ -202,6 +204,7 @@ impl RingWatch {
             rng: false,
             legacy_framing: false,
             console: None,
+            crypto: None,
             queues: BTreeMap::new(),
             notify: None,
             seen: BTreeMap::new(),
@@ -221,6 +224,9 @@ impl RingWatch {
     /// look: what it told the driver there (a console's control
     /// messages) is noted.
     pub fn returned(&mut self, mem: &dyn Memory, index: u16, l: QueueLayout, from: u16, to: u16) {
+        if let Some(c) = &mut self.crypto {
+            c.returned(mem, index, l, from, to);
+        }
         if let Some(state) = &mut self.console
             && state.multiport
             && index == 2
@@ -282,6 +288,13 @@ impl RingWatch {
     /// VIRTIO_F_ANY_LAYOUT.
     pub fn with_legacy_framing(mut self) -> Self {
         self.legacy_framing = true;
+        self
+    }
+
+    /// The same watch for a crypto device with `limits`: its control and
+    /// data requests are judged too (§5.9.7).
+    pub fn with_crypto(mut self, limits: super::crypto::CryptoLimits) -> Self {
+        self.crypto = Some(super::crypto::CryptoState::new(limits));
         self
     }
 
@@ -485,7 +498,7 @@ impl RingWatch {
             if self.walk(mem, index, l, head)
                 && let Some(segs) = segments(mem, l, head)
             {
-                self.judge_request(mem, index, &segs);
+                self.judge_request(mem, index, head, &segs);
             }
             if self.no_rewrites.is_none()
                 && let Some(copy) = self.chain_bytes(mem, l, head)
@@ -498,7 +511,10 @@ impl RingWatch {
 
     /// Judges a well-formed chain on queue `index` as a request of the
     /// device's type.
-    fn judge_request(&mut self, mem: &dyn Memory, index: u16, segs: &[Segment]) {
+    fn judge_request(&mut self, mem: &dyn Memory, index: u16, head: u16, segs: &[Segment]) {
+        if let Some(c) = &mut self.crypto {
+            super::crypto::judge_crypto(&mut self.seen, mem, c, index, head, segs);
+        }
         if let Some(limits) = self.blk {
             judge_blk(&mut self.seen, mem, &limits, index, segs);
             if self.legacy_framing {
@@ -753,6 +769,13 @@ impl RingWatch {
             out.extend(super::records_of(
                 BLK_STATEMENTS,
                 BLK_WATCH.name,
+                &self.seen,
+            ));
+        }
+        if self.crypto.is_some() {
+            out.extend(super::records_of(
+                super::crypto::STATEMENTS,
+                super::crypto::WATCH.name,
                 &self.seen,
             ));
         }

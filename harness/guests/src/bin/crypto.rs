@@ -18,7 +18,9 @@
 //! qemu: AES-CBC and RSA, what QEMU's builtin cryptodev advertises; cbc:
 //! AES-CBC only, what QEMU 7.2's `cryptodev-vhost-user` passes on),
 //! `crypto.revision1=on|off` (default on: negotiate REVISION_1 and the
-//! stateless modes when offered). Last line before the verdict:
+//! stateless modes when offered), `crypto.invsess=on|off` (default on:
+//! send a request on a session never made, which must come back
+//! INVSESS; a driver rule broken on purpose, off in watched runs). Last line before the verdict:
 //! `crypto: <n> vectors passed (<list>)`.
 #![no_std]
 #![no_main]
@@ -489,7 +491,7 @@ impl Run<'_> {
 }
 
 fn main(boot: &'static BootInfo) {
-    let opts = Options::new(boot, "crypto", &["mode", "require", "revision1"])
+    let opts = Options::new(boot, "crypto", &["mode", "require", "revision1", "invsess"])
         .or_fail(format_args!("crypto"));
     let mode = opts.mode().or_fail(format_args!("crypto"));
     let require = opts
@@ -507,6 +509,13 @@ fn main(boot: &'static BootInfo) {
         .unwrap_or(Require::All);
     let revision_1 = opts
         .choice("revision1", &[("on", true), ("off", false)], "on or off")
+        .or_fail(format_args!("crypto"))
+        .unwrap_or(true);
+    // The INVSESS probe breaks a driver rule on purpose (§5.9.7.4: a
+    // request names a session the device made); a watched run turns it
+    // off.
+    let invsess = opts
+        .choice("invsess", &[("on", true), ("off", false)], "on or off")
         .or_fail(format_args!("crypto"))
         .unwrap_or(true);
 
@@ -653,7 +662,7 @@ fn main(boot: &'static BootInfo) {
         r.probe_advertised(&info);
     }
     // A session never made is INVSESS (§5.9.7.4 to .7).
-    if info.offers(Service::Cipher) {
+    if invsess && info.offers(Service::Cipher) {
         let mut b = r.budget();
         let op = Op::Cipher {
             direction: Direction::Encrypt,

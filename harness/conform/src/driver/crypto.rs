@@ -1,0 +1,499 @@
+//! The crypto part of the ring watch (§5.9.7): each control request
+//! (session create and destroy) and data request a driver puts in a crypto
+//! device's queues, judged against the crypto driver requirements, with
+//! the sessions the device answered kept so that a request's session id
+//! can be judged.
+//!
+//! Layouts (§5.9.7.2, §5.9.7.3): without `VIRTIO_CRYPTO_F_REVISION_1`
+//! every fixed part is padded (56 bytes on the control queue, 48 on the
+//! data queues); with it each has its own size.
+
+use alloc::collections::BTreeMap;
+use alloc::format;
+use alloc::vec::Vec;
+
+use virtio_core::crypto::{
+    CTRL_FLF_LEGACY, CTRL_HEADER, DATA_FLF_LEGACY, DATA_HEADER, FLAG_SESSION_MODE, SESSION_INPUT,
+    Service, ctrl, data,
+};
+use virtio_core::features::CryptoFeatures;
+use virtio_core::memory::GuestAddress;
+use virtio_core::split::QueueLayout;
+
+use super::requests::Segment;
+use super::{Seen, judge};
+use crate::{Check, Memory};
+
+const HW_READY_FIRST: &str = "driver:crypto/device-configuration-layout#2";
+const WITHIN_MAX_SIZE: &str = "driver:crypto/device-configuration-layout#7";
+const CIPHER_KEY_WITHIN: &str = "driver:crypto/device-configuration-layout#8";
+const AUTH_KEY_WITHIN: &str = "driver:crypto/device-configuration-layout#9";
+const CREATE_OPCODE: &str = "driver:crypto/device-operation/control-virtqueue/session-operation/session-operation-create-session#1";
+const CREATE_PARTS: &str = "driver:crypto/device-operation/control-virtqueue/session-operation/session-operation-create-session#2";
+const CREATE_RESERVED: &str = "driver:crypto/device-operation/control-virtqueue/session-operation/session-operation-create-session#3";
+const DESTROY_OPCODE: &str = "driver:crypto/device-operation/control-virtqueue/session-operation/session-operation-destroy-session#1";
+const DESTROY_VALID: &str = "driver:crypto/device-operation/control-virtqueue/session-operation/session-operation-destroy-session#2";
+const HASH_SESSION: &str = "driver:crypto/device-operation/hash-service-operation#1";
+const HASH_FLAG: &str = "driver:crypto/device-operation/hash-service-operation#2";
+const HASH_OPCODE: &str = "driver:crypto/device-operation/hash-service-operation#3";
+const MAC_SESSION: &str = "driver:crypto/device-operation/mac-service-operation#1";
+const MAC_FLAG: &str = "driver:crypto/device-operation/mac-service-operation#2";
+const MAC_OPCODE: &str = "driver:crypto/device-operation/mac-service-operation#3";
+const SYM_SESSION: &str = "driver:crypto/device-operation/symmetric-algorithms-operation#1";
+const SYM_FLAG: &str = "driver:crypto/device-operation/symmetric-algorithms-operation#2";
+const SYM_OPCODE: &str = "driver:crypto/device-operation/symmetric-algorithms-operation#3";
+const SYM_FIELDS: &str = "driver:crypto/device-operation/symmetric-algorithms-operation#4";
+const AEAD_SESSION: &str = "driver:crypto/device-operation/aead-service-operation#1";
+const AEAD_FLAG: &str = "driver:crypto/device-operation/aead-service-operation#2";
+const AEAD_OPCODE: &str = "driver:crypto/device-operation/aead-service-operation#3";
+const AK_SESSION: &str = "driver:crypto/device-operation/akcipher-service-operation#1";
+const AK_FLAG: &str = "driver:crypto/device-operation/akcipher-service-operation#2";
+const AK_OPCODE: &str = "driver:crypto/device-operation/akcipher-service-operation#3";
+
+/// Every statement the crypto request watch judges.
+pub const STATEMENTS: &[&str] = &[
+    HW_READY_FIRST,
+    WITHIN_MAX_SIZE,
+    CIPHER_KEY_WITHIN,
+    AUTH_KEY_WITHIN,
+    CREATE_OPCODE,
+    CREATE_PARTS,
+    CREATE_RESERVED,
+    DESTROY_OPCODE,
+    DESTROY_VALID,
+    HASH_SESSION,
+    HASH_FLAG,
+    HASH_OPCODE,
+    MAC_SESSION,
+    MAC_FLAG,
+    MAC_OPCODE,
+    SYM_SESSION,
+    SYM_FLAG,
+    SYM_OPCODE,
+    SYM_FIELDS,
+    AEAD_SESSION,
+    AEAD_FLAG,
+    AEAD_OPCODE,
+    AK_SESSION,
+    AK_FLAG,
+    AK_OPCODE,
+];
+
+/// The crypto request watch as a [`Check`] for the catalogue (fed by the
+/// ring watch).
+pub const WATCH: Check = Check {
+    name: "driver-crypto-requests",
+    statements: STATEMENTS,
+    run: |_| {},
+};
+
+/// What the crypto device told the driver (§5.9.4), read when the driver
+/// made it live, and the features negotiated.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CryptoLimits {
+    /// `max_dataqueues`: the control queue's index.
+    pub data_queues: u16,
+    /// `status` has VIRTIO_CRYPTO_S_HW_READY.
+    pub hw_ready: bool,
+    /// `max_cipher_key_len`.
+    pub max_cipher_key_len: u32,
+    /// `max_auth_key_len`.
+    pub max_auth_key_len: u32,
+    /// `max_size`.
+    pub max_size: u64,
+    /// The negotiated feature bits.
+    pub features: u64,
+}
+
+impl CryptoLimits {
+    /// The limits from a crypto device's configuration space (`read` at
+    /// an offset, §5.9.4) for the negotiated `features`.
+    pub fn from_config(features: u64, read: impl Fn(u64, &mut [u8])) -> CryptoLimits {
+        use virtio_core::crypto::config;
+        let u32_at = |off| {
+            let mut b = [0u8; 4];
+            read(off, &mut b);
+            u32::from_le_bytes(b)
+        };
+        let mut m = [0u8; 8];
+        read(config::MAX_SIZE, &mut m);
+        CryptoLimits {
+            data_queues: u16::try_from(u32_at(config::MAX_DATAQUEUES)).unwrap_or(u16::MAX),
+            hw_ready: u32_at(config::STATUS) & config::S_HW_READY != 0,
+            max_cipher_key_len: u32_at(config::MAX_CIPHER_KEY_LEN),
+            max_auth_key_len: u32_at(config::MAX_AUTH_KEY_LEN),
+            max_size: u64::from_le_bytes(m),
+            features,
+        }
+    }
+
+    fn rev1(&self) -> bool {
+        self.features & CryptoFeatures::REVISION_1.bits() != 0
+    }
+
+    fn stateless(&self, s: Service) -> bool {
+        self.rev1() && self.features & s.stateless_feature().bits() != 0
+    }
+}
+
+/// A control request in flight, to learn the device's answer.
+#[derive(Clone, Copy, Debug)]
+enum Pending {
+    Create { service: Service, answer: u64 },
+    Destroy { id: u64, answer: u64 },
+}
+
+/// The crypto watch's memory: the limits, the sessions the device made
+/// (id → service), and the control requests in flight by head.
+#[derive(Clone, Debug)]
+pub struct CryptoState {
+    limits: CryptoLimits,
+    sessions: BTreeMap<u64, Service>,
+    pending: BTreeMap<u16, Pending>,
+}
+
+impl CryptoState {
+    /// A watch for a device with `limits`.
+    pub fn new(limits: CryptoLimits) -> Self {
+        CryptoState {
+            limits,
+            sessions: BTreeMap::new(),
+            pending: BTreeMap::new(),
+        }
+    }
+
+    /// The device returned chains `from..to` on queue `index`: the
+    /// answers to control requests are read (§5.9.7.2.1: the session id
+    /// when the status is OK).
+    pub fn returned(&mut self, mem: &dyn Memory, index: u16, l: QueueLayout, from: u16, to: u16) {
+        if index != self.limits.data_queues {
+            return;
+        }
+        for r in crate::ring::returned(mem, l, from, to) {
+            match self.pending.remove(&r.head) {
+                Some(Pending::Create { service, answer }) => {
+                    let mut b = [0u8; SESSION_INPUT];
+                    if mem.read(GuestAddress(answer), &mut b).is_ok() && b[8..12] == [0, 0, 0, 0] {
+                        let id = u64::from_le_bytes(b[..8].try_into().unwrap_or([0; 8]));
+                        self.sessions.insert(id, service);
+                    }
+                }
+                Some(Pending::Destroy { id, answer, .. }) => {
+                    let mut b = [0u8; 1];
+                    if mem.read(GuestAddress(answer), &mut b).is_ok() && b[0] == 0 {
+                        self.sessions.remove(&id);
+                    }
+                }
+                None => {}
+            }
+        }
+    }
+}
+
+/// The first `n` bytes of the chain's readable (or writable) buffers.
+fn prefix(mem: &dyn Memory, segs: &[Segment], writable: bool, n: usize) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(n);
+    for &(addr, len, _) in segs.iter().filter(|s| s.2 == writable) {
+        if out.len() >= n {
+            break;
+        }
+        let take = (n - out.len()).min(len as usize);
+        let mut b = alloc::vec![0u8; take];
+        mem.read(GuestAddress(addr), &mut b).ok()?;
+        out.extend_from_slice(&b);
+    }
+    (out.len() == n).then_some(out)
+}
+
+fn u32_at(b: &[u8], at: usize) -> u32 {
+    b.get(at..at + 4)
+        .and_then(|x| x.try_into().ok())
+        .map_or(0, u32::from_le_bytes)
+}
+
+fn u64_at(b: &[u8], at: usize) -> u64 {
+    b.get(at..at + 8)
+        .and_then(|x| x.try_into().ok())
+        .map_or(0, u64::from_le_bytes)
+}
+
+/// Judges a well-formed chain at `head` on queue `index` of a crypto
+/// device.
+pub(super) fn judge_crypto(
+    seen: &mut BTreeMap<&'static str, Seen>,
+    mem: &dyn Memory,
+    state: &mut CryptoState,
+    index: u16,
+    head: u16,
+    segs: &[Segment],
+) {
+    let l = state.limits;
+    judge(seen, HW_READY_FIRST, l.hw_ready, || {
+        format!("queue {index}: a request while status lacks VIRTIO_CRYPTO_S_HW_READY")
+    });
+    let readable: u64 = segs.iter().filter(|s| !s.2).map(|s| u64::from(s.1)).sum();
+    let writable: u64 = segs.iter().filter(|s| s.2).map(|s| u64::from(s.1)).sum();
+    let first_writable = segs.iter().find(|s| s.2).map(|s| s.0);
+    if index == l.data_queues {
+        judge_ctrl(
+            seen,
+            mem,
+            state,
+            head,
+            segs,
+            readable,
+            writable,
+            first_writable,
+        );
+    } else if index < l.data_queues {
+        judge_data(seen, mem, state, segs, readable, writable);
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn judge_ctrl(
+    seen: &mut BTreeMap<&'static str, Seen>,
+    mem: &dyn Memory,
+    state: &mut CryptoState,
+    head: u16,
+    segs: &[Segment],
+    readable: u64,
+    writable: u64,
+    first_writable: Option<u64>,
+) {
+    let l = state.limits;
+    let rev1 = l.rev1();
+    let flf_len = |own: usize| if rev1 { own } else { CTRL_FLF_LEGACY };
+    let Some(h) = prefix(mem, segs, false, CTRL_HEADER) else {
+        judge(seen, CREATE_PARTS, false, || {
+            format!("a control request of {readable} readable bytes, no header")
+        });
+        return;
+    };
+    let op = u32_at(&h, 0);
+    judge(seen, CREATE_RESERVED, u32_at(&h, 12) == 0, || {
+        format!("control header reserved field {:#x}", u32_at(&h, 12))
+    });
+    let creates = [
+        (ctrl::CIPHER_CREATE, Service::Cipher, 56),
+        (ctrl::HASH_CREATE, Service::Hash, 8),
+        (ctrl::MAC_CREATE, Service::Mac, 16),
+        (ctrl::AEAD_CREATE, Service::Aead, 24),
+        (ctrl::AKCIPHER_CREATE, Service::Akcipher, 56),
+    ];
+    let destroys = [
+        (ctrl::CIPHER_DESTROY, Service::Cipher),
+        (ctrl::HASH_DESTROY, Service::Hash),
+        (ctrl::MAC_DESTROY, Service::Mac),
+        (ctrl::AEAD_DESTROY, Service::Aead),
+        (ctrl::AKCIPHER_DESTROY, Service::Akcipher),
+    ];
+    if let Some(&(_, service, own)) = creates.iter().find(|c| c.0 == op) {
+        keep_op(seen, CREATE_OPCODE);
+        let n = flf_len(own);
+        let Some(f) = prefix(mem, segs, false, CTRL_HEADER + n).map(|b| b[CTRL_HEADER..].to_vec())
+        else {
+            judge(seen, CREATE_PARTS, false, || {
+                format!("a create request of {readable} readable bytes (opcode {op:#x})")
+            });
+            return;
+        };
+        // The key lengths the fixed part names (§5.9.7.2.1).
+        let key = match service {
+            Service::Cipher | Service::Aead => u64::from(u32_at(&f, 4)),
+            Service::Mac | Service::Akcipher => u64::from(u32_at(&f, 8)),
+            _ => 0,
+        };
+        let need = (CTRL_HEADER + n) as u64 + key;
+        judge(
+            seen,
+            CREATE_PARTS,
+            readable >= need && writable >= SESSION_INPUT as u64,
+            || {
+                format!(
+                    "opcode {op:#x}: {readable} readable bytes for {need} (header, fixed part, key), {writable} writable for the {SESSION_INPUT}-byte outcome"
+                )
+            },
+        );
+        match service {
+            Service::Cipher | Service::Aead => {
+                judge(
+                    seen,
+                    CIPHER_KEY_WITHIN,
+                    key <= u64::from(l.max_cipher_key_len),
+                    || {
+                        format!(
+                            "a key of {key} bytes, max_cipher_key_len {}",
+                            l.max_cipher_key_len
+                        )
+                    },
+                );
+            }
+            Service::Mac => {
+                judge(
+                    seen,
+                    AUTH_KEY_WITHIN,
+                    key <= u64::from(l.max_auth_key_len),
+                    || {
+                        format!(
+                            "an authentication key of {key} bytes, max_auth_key_len {}",
+                            l.max_auth_key_len
+                        )
+                    },
+                );
+            }
+            _ => {}
+        }
+        if let Some(answer) = first_writable {
+            state
+                .pending
+                .insert(head, Pending::Create { service, answer });
+        }
+    } else if let Some(&(_, service)) = destroys.iter().find(|d| d.0 == op) {
+        keep_op(seen, DESTROY_OPCODE);
+        let Some(f) = prefix(mem, segs, false, CTRL_HEADER + 8) else {
+            return;
+        };
+        let id = u64_at(&f, CTRL_HEADER);
+        let valid = state.sessions.get(&id) == Some(&service);
+        judge(seen, DESTROY_VALID, valid, || {
+            format!(
+                "destroying session {id:#x} of {service:?}, which the device did not make for it (made: {:?})",
+                state.sessions
+            )
+        });
+        if let Some(answer) = segs
+            .iter()
+            .rev()
+            .find(|s| s.2)
+            .map(|s| s.0 + u64::from(s.1) - 1)
+        {
+            state.pending.insert(head, Pending::Destroy { id, answer });
+        }
+    } else {
+        for s in [CREATE_OPCODE, DESTROY_OPCODE] {
+            judge(seen, s, false, || {
+                format!("a control request with opcode {op:#x}, neither a create nor a destroy")
+            });
+        }
+    }
+}
+
+/// A judged opcode (nothing to say but that it was right).
+fn keep_op(seen: &mut BTreeMap<&'static str, Seen>, s: &'static str) {
+    judge(seen, s, true, alloc::string::String::new);
+}
+
+fn judge_data(
+    seen: &mut BTreeMap<&'static str, Seen>,
+    mem: &dyn Memory,
+    state: &CryptoState,
+    segs: &[Segment],
+    readable: u64,
+    writable: u64,
+) {
+    let l = state.limits;
+    let Some(h) = prefix(mem, segs, false, DATA_HEADER) else {
+        return;
+    };
+    let op = u32_at(&h, 0);
+    let id = u64_at(&h, 8);
+    let flag = u32_at(&h, 16);
+    let (service, statements) = match op {
+        data::CIPHER_ENCRYPT | data::CIPHER_DECRYPT => {
+            (Service::Cipher, (SYM_SESSION, SYM_FLAG, SYM_OPCODE))
+        }
+        data::HASH => (Service::Hash, (HASH_SESSION, HASH_FLAG, HASH_OPCODE)),
+        data::MAC => (Service::Mac, (MAC_SESSION, MAC_FLAG, MAC_OPCODE)),
+        data::AEAD_ENCRYPT | data::AEAD_DECRYPT => {
+            (Service::Aead, (AEAD_SESSION, AEAD_FLAG, AEAD_OPCODE))
+        }
+        data::AKCIPHER_ENCRYPT
+        | data::AKCIPHER_DECRYPT
+        | data::AKCIPHER_SIGN
+        | data::AKCIPHER_VERIFY => (Service::Akcipher, (AK_SESSION, AK_FLAG, AK_OPCODE)),
+        _ => {
+            // Not an opcode of any service: whichever service's session
+            // it names broke its opcode rule.
+            if let Some(s) = state.sessions.get(&id) {
+                let st = match s {
+                    Service::Cipher => SYM_OPCODE,
+                    Service::Hash => HASH_OPCODE,
+                    Service::Mac => MAC_OPCODE,
+                    Service::Aead => AEAD_OPCODE,
+                    _ => AK_OPCODE,
+                };
+                judge(seen, st, false, || {
+                    format!("a data request on session {id:#x} with opcode {op:#x}")
+                });
+            }
+            return;
+        }
+    };
+    let (session_st, flag_st, opcode_st) = statements;
+    let stateless_mode = l.stateless(service);
+    if stateless_mode {
+        // §5.9.7.4 to .7: ZERO for stateless, SESSION_MODE for a session.
+        judge(
+            seen,
+            flag_st,
+            flag == 0 || flag == FLAG_SESSION_MODE,
+            || format!("{service:?} request with flag {flag:#x}"),
+        );
+    }
+    let session_mode = !stateless_mode || flag == FLAG_SESSION_MODE;
+    if !session_mode {
+        return;
+    }
+    let made = state.sessions.get(&id).copied();
+    judge(seen, session_st, made.is_some(), || {
+        format!(
+            "{service:?} request (opcode {op:#x}) on session {id:#x}, which the device never made or which was destroyed"
+        )
+    });
+    if let Some(of) = made {
+        judge(seen, opcode_st, of == service, || {
+            format!("opcode {op:#x} ({service:?}) on a session of {of:?}")
+        });
+    }
+    // The fixed part: the layout's size, then the lengths it names.
+    let own = match service {
+        Service::Cipher => 48,
+        Service::Aead => 24,
+        _ => 8,
+    };
+    let n = if l.rev1() { own } else { DATA_FLF_LEGACY };
+    let Some(f) = prefix(mem, segs, false, DATA_HEADER + n).map(|b| b[DATA_HEADER..].to_vec())
+    else {
+        return;
+    };
+    let w = |at| u64::from(u32_at(&f, at));
+    // (bytes read after the fixed part, bytes of result).
+    let (vlf, result) = match service {
+        Service::Cipher => {
+            // cipher_data_flf {iv_len, src_data_len, dst_data_len} with
+            // op_type CIPHER; a chaining request is another layout.
+            if u32_at(&f, n - 8) != virtio_core::crypto::SYM_OP_CIPHER {
+                return;
+            }
+            (w(0) + w(4), w(8))
+        }
+        Service::Hash | Service::Mac => (w(0), w(4)),
+        Service::Aead => (w(0) + w(4) + w(8), w(12)),
+        _ => (w(0), w(4)),
+    };
+    let fits = readable >= (DATA_HEADER + n) as u64 + vlf && writable > result;
+    if service == Service::Cipher {
+        judge(seen, SYM_FIELDS, fits, || {
+            format!(
+                "cipher request: fields say {vlf} bytes of IV and source and {result} of destination; the chain has {readable} readable and {writable} writable"
+            )
+        });
+    }
+    judge(seen, WITHIN_MAX_SIZE, vlf <= l.max_size, || {
+        format!(
+            "{vlf} bytes of variable-length parameters, max_size {}",
+            l.max_size
+        )
+    });
+}
