@@ -1550,14 +1550,7 @@ impl<B: BlockBackend, M: GuestMemory> VirtioDevice for Blk<B, M> {
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
         let c = self.engine.config_bytes();
-        for (i, b) in data.iter_mut().enumerate() {
-            *b = usize::try_from(offset)
-                .ok()
-                .and_then(|o| o.checked_add(i))
-                .and_then(|o| c.get(o))
-                .copied()
-                .unwrap_or(0);
-        }
+        crate::device::read_config_bytes(&c, offset, data);
     }
 
     fn write_config(&mut self, offset: u64, data: &[u8]) {

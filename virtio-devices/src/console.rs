@@ -508,14 +508,7 @@ impl<M: GuestMemory> VirtioDevice for Console<M> {
         cfg[2..4].copy_from_slice(&self.rows.to_le_bytes());
         let max = u32::try_from(self.max_ports).unwrap_or(u32::MAX);
         cfg[4..8].copy_from_slice(&max.to_le_bytes());
-        for (i, b) in data.iter_mut().enumerate() {
-            *b = usize::try_from(offset)
-                .ok()
-                .and_then(|o| o.checked_add(i))
-                .and_then(|o| cfg.get(o))
-                .copied()
-                .unwrap_or(0);
-        }
+        crate::device::read_config_bytes(&cfg, offset, data);
     }
 
     fn write_config(&mut self, offset: u64, data: &[u8]) {

@@ -99,6 +99,19 @@ impl fmt::Display for DeviceError {
 
 impl core::error::Error for DeviceError {}
 
+/// Copies the configuration space `config` from `offset` into `data`
+/// (§2.5): bytes past its end read 0, whatever the offset.
+pub fn read_config_bytes(config: &[u8], offset: u64, data: &mut [u8]) {
+    for (i, b) in data.iter_mut().enumerate() {
+        *b = usize::try_from(offset)
+            .ok()
+            .and_then(|o| o.checked_add(i))
+            .and_then(|o| config.get(o))
+            .copied()
+            .unwrap_or(0);
+    }
+}
+
 /// One queue as the driver configured it, handed to
 /// [`VirtioDevice::activate`]: its layout, or `None` if the driver left it
 /// disabled.

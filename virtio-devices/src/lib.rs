@@ -24,5 +24,7 @@ pub mod rng;
 pub mod transport;
 
 pub use backends;
-pub use device::{DEFAULT_QUEUE_SIZE, DeviceError, QueueConfig, Served, VirtioDevice};
+pub use device::{
+    DEFAULT_QUEUE_SIZE, DeviceError, QueueConfig, Served, VirtioDevice, read_config_bytes,
+};
 pub use virtio_core;

@@ -30,19 +30,31 @@ struct Rig<const N: usize = 16> {
 }
 
 fn rig(features: u64) -> Rig {
-    let mem: &'static OwnedMemory =
-        Box::leak(Box::new(OwnedMemory::new(GuestAddress(0), 0x10_0000)));
+    rig_with(features, 0x10_0000, (0x1000, 0x8000), None)
+}
+
+/// A device in `mem_len` bytes of memory with its two queues of `N`
+/// entries at `bases` (descriptor table, then the available ring 32 KiB
+/// on, the used ring 40 KiB on: room for 2048 entries), the data queue
+/// with indirect descriptors in `indirect` if given.
+fn rig_with<const N: usize>(
+    features: u64,
+    mem_len: usize,
+    bases: (u64, u64),
+    indirect: Option<virtio_core::split::IndirectArea>,
+) -> Rig<N> {
+    let mem: &'static OwnedMemory = Box::leak(Box::new(OwnedMemory::new(GuestAddress(0), mem_len)));
     let layout = |base: u64| {
         QueueLayout::new(
-            QueueSize::new(16).unwrap(),
+            QueueSize::new(N as u32).unwrap(),
             GuestAddress(base),
-            GuestAddress(base + 0x1000),
-            GuestAddress(base + 0x2000),
+            GuestAddress(base + 0x8000),
+            GuestAddress(base + 0xa000),
         )
         .unwrap()
     };
-    let (l0, l1) = (layout(0x1000), layout(0x8000));
-    let mut q0 = DriverQueue::new(l0, false, None).unwrap();
+    let (l0, l1) = (layout(bases.0), layout(bases.1));
+    let mut q0 = DriverQueue::new(l0, false, indirect).unwrap();
     let mut q1 = DriverQueue::new(l1, false, None).unwrap();
     q0.init(mem).unwrap();
     q1.init(mem).unwrap();
@@ -114,6 +126,24 @@ impl<const N: usize> Rig<N> {
         (u.len, out)
     }
 
+    /// Sends `readable` in one buffer and the device-writable buffers
+    /// `outs` as one chain on the data queue; returns the used length.
+    fn send_chain(&mut self, readable: &[u8], outs: &[(GuestAddress, u32)]) -> u32 {
+        self.mem.write(GuestAddress(IN), readable).unwrap();
+        let drv = &mut self.queues[usize::from(DATA)];
+        let t = drv
+            .add(self.mem, &[(GuestAddress(IN), readable.len() as u32)], outs)
+            .unwrap();
+        drv.publish(self.mem).unwrap();
+        self.dev.queue_notify(DATA).unwrap();
+        let u = self.queues[usize::from(DATA)]
+            .pop_used(self.mem)
+            .unwrap()
+            .unwrap();
+        assert_eq!(u.token, t);
+        u.len
+    }
+
     /// Creates a session from `opcode` and its fixed and variable parts;
     /// returns the status and the id.
     fn create(&mut self, opcode: u32, flf: &[u8], vlf: &[u8]) -> (u8, u64) {
@@ -165,6 +195,18 @@ fn legacy_cipher_flf(algo: u32, key_len: u32, op: u32) -> Vec<u8> {
     f.resize(48, 0);
     f.extend(le(&[1, 0]));
     f
+}
+
+/// SP 800-38A F.2.1's encryption on AES-128-CBC session `id`, in the
+/// legacy layout.
+fn cbc_encrypt_request(id: u64) -> Vec<u8> {
+    let mut req = le(&[wire::data::CIPHER_ENCRYPT, 3]);
+    req.extend(id.to_le_bytes());
+    req.extend(le(&[0, 0]));
+    req.extend(legacy_cipher_data(16, 32));
+    req.extend(hex(IV));
+    req.extend(hex(PT));
+    req
 }
 
 /// The legacy cipher data fixed part (padded to 48).
@@ -571,13 +613,7 @@ fn a_destination_buffer_given_twice_keeps_the_result() {
         &key,
     );
     assert_eq!(st, Status::Ok as u8);
-    let mut req = le(&[wire::data::CIPHER_ENCRYPT, 3]);
-    req.extend(enc.to_le_bytes());
-    req.extend(le(&[0, 0]));
-    req.extend(legacy_cipher_data(16, 32));
-    req.extend(hex(IV));
-    req.extend(hex(PT));
-    r.mem.write(GuestAddress(IN), &req).unwrap();
+    let req = cbc_encrypt_request(enc);
     let (a, b, status) = (OUT, OUT + 0x100, OUT + 0x200);
     let outs = [
         (GuestAddress(a), 16),
@@ -585,17 +621,7 @@ fn a_destination_buffer_given_twice_keeps_the_result() {
         (GuestAddress(b), 16),
         (GuestAddress(status), 1),
     ];
-    let drv = &mut r.queues[usize::from(DATA)];
-    let t = drv
-        .add(r.mem, &[(GuestAddress(IN), req.len() as u32)], &outs)
-        .unwrap();
-    drv.publish(r.mem).unwrap();
-    r.dev.queue_notify(DATA).unwrap();
-    let u = r.queues[usize::from(DATA)]
-        .pop_used(r.mem)
-        .unwrap()
-        .unwrap();
-    assert_eq!((u.token, u.len), (t, 33));
+    assert_eq!(r.send_chain(&req, &outs), 33);
     let mut got = vec![0u8; 32];
     r.mem.read(GuestAddress(a), &mut got[..16]).unwrap();
     r.mem.read(GuestAddress(b), &mut got[16..]).unwrap();
@@ -613,67 +639,20 @@ fn a_destination_buffer_given_twice_keeps_the_result() {
 #[test]
 fn a_chain_of_more_buffers_than_the_device_takes_gets_err() {
     use virtio_core::split::IndirectArea;
-    let mem: &'static OwnedMemory =
-        Box::leak(Box::new(OwnedMemory::new(GuestAddress(0), 0x20_0000)));
     // Queues of 2048, so that the chain is not longer than the queue
-    // (§2.7.5.3.1), below the request buffers at IN and OUT.
-    let layout = |base: u64| {
-        QueueLayout::new(
-            QueueSize::new(2048).unwrap(),
-            GuestAddress(base),
-            GuestAddress(base + 0x8000),
-            GuestAddress(base + 0xa000),
-        )
-        .unwrap()
-    };
-    let (l0, l1) = (layout(0x8_0000), layout(0xa_0000));
+    // (§2.7.5.3.1), below the indirect tables at 1 MiB.
     let area = IndirectArea::new(GuestAddress(0x10_0000), 1200).unwrap();
-    let mut data = DriverQueue::<2048>::new(l0, false, Some(area)).unwrap();
-    let mut ctrl = DriverQueue::<2048>::new(l1, false, None).unwrap();
-    data.init(mem).unwrap();
-    ctrl.init(mem).unwrap();
     let features = V1 | TransportFeatures::RING_INDIRECT_DESC.bits();
-    let mut dev = Crypto::new(Builtin::default(), mem, 1);
-    dev.features_ok(features);
-    dev.activate(
-        features,
-        vec![
-            QueueConfig { layout: Some(l0) },
-            QueueConfig { layout: Some(l1) },
-        ],
-    )
-    .unwrap();
-    let mut r = Rig {
-        mem,
-        queues: [data, ctrl],
-        dev,
-    };
+    let mut r: Rig<2048> = rig_with(features, 0x20_0000, (0x8_0000, 0xa_0000), Some(area));
     let (st, enc) = r.create(
         wire::ctrl::CIPHER_CREATE,
         &legacy_cipher_flf(3, 16, 1),
         &hex(K128),
     );
     assert_eq!(st, Status::Ok as u8);
-    let mut req = le(&[wire::data::CIPHER_ENCRYPT, 3]);
-    req.extend(enc.to_le_bytes());
-    req.extend(le(&[0, 0]));
-    req.extend(legacy_cipher_data(16, 32));
-    req.extend(hex(IV));
-    req.extend(hex(PT));
-    r.mem.write(GuestAddress(IN), &req).unwrap();
     r.mem.write(GuestAddress(OUT), &[0u8; 1100]).unwrap();
     let outs: Vec<(GuestAddress, u32)> = (0..1100).map(|i| (GuestAddress(OUT + i), 1)).collect();
-    let drv = &mut r.queues[usize::from(DATA)];
-    let t = drv
-        .add(r.mem, &[(GuestAddress(IN), req.len() as u32)], &outs)
-        .unwrap();
-    drv.publish(r.mem).unwrap();
-    r.dev.queue_notify(DATA).unwrap();
-    let u = r.queues[usize::from(DATA)]
-        .pop_used(r.mem)
-        .unwrap()
-        .unwrap();
-    assert_eq!((u.token, u.len), (t, 1));
+    assert_eq!(r.send_chain(&cbc_encrypt_request(enc), &outs), 1);
     let mut out = vec![0xffu8; 1100];
     r.mem.read(GuestAddress(OUT), &mut out).unwrap();
     assert_eq!(out[1099], Status::Err as u8);

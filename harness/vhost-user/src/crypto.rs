@@ -349,14 +349,7 @@ impl<M: GuestMemory> VirtioDevice for VhostUserCrypto<M> {
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        for (i, b) in data.iter_mut().enumerate() {
-            *b = usize::try_from(offset)
-                .ok()
-                .and_then(|o| o.checked_add(i))
-                .and_then(|o| self.config.get(o))
-                .copied()
-                .unwrap_or(0);
-        }
+        virtio_devices::read_config_bytes(&self.config, offset, data);
     }
 
     fn config_len(&self) -> usize {

@@ -634,14 +634,7 @@ impl<B: CryptoBackend, M: GuestMemory> VirtioDevice for Crypto<B, M> {
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        for (i, b) in data.iter_mut().enumerate() {
-            *b = usize::try_from(offset)
-                .ok()
-                .and_then(|o| o.checked_add(i))
-                .and_then(|at| self.config.get(at))
-                .copied()
-                .unwrap_or(0);
-        }
+        crate::device::read_config_bytes(&self.config, offset, data);
     }
 
     fn config_len(&self) -> usize {

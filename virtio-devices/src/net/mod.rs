@@ -579,14 +579,7 @@ impl<B: NetBackend, M: GuestMemory> VirtioDevice for Net<B, M> {
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
         let c = self.config_bytes();
-        for (i, b) in data.iter_mut().enumerate() {
-            *b = usize::try_from(offset)
-                .ok()
-                .and_then(|o| o.checked_add(i))
-                .and_then(|o| c.get(o))
-                .copied()
-                .unwrap_or(0);
-        }
+        crate::device::read_config_bytes(&c, offset, data);
     }
 
     fn config_len(&self) -> usize {

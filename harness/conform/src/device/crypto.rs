@@ -1007,38 +1007,37 @@ fn stateless(ctx: &mut Ctx<'_>) {
     let Some(mut l) = open_live_with(ctx, all, want.bits()) else {
         return;
     };
-    let has = |f: CryptoFeatures| {
-        l.d.features & (CryptoFeatures::REVISION_1 | f).bits()
-            == (CryptoFeatures::REVISION_1 | f).bits()
-    };
+    // Each statement, its feature, and the feature's name.
     let cases = [
         (
             SYM_STATELESS,
-            has(CryptoFeatures::CIPHER_STATELESS_MODE),
+            CryptoFeatures::CIPHER_STATELESS_MODE,
             "VIRTIO_CRYPTO_F_CIPHER_STATELESS_MODE",
         ),
         (
             HASH_STATELESS,
-            has(CryptoFeatures::HASH_STATELESS_MODE),
+            CryptoFeatures::HASH_STATELESS_MODE,
             "VIRTIO_CRYPTO_F_HASH_STATELESS_MODE",
         ),
         (
             MAC_STATELESS,
-            has(CryptoFeatures::MAC_STATELESS_MODE),
+            CryptoFeatures::MAC_STATELESS_MODE,
             "VIRTIO_CRYPTO_F_MAC_STATELESS_MODE",
         ),
         (
             AEAD_STATELESS,
-            has(CryptoFeatures::AEAD_STATELESS_MODE),
+            CryptoFeatures::AEAD_STATELESS_MODE,
             "VIRTIO_CRYPTO_F_AEAD_STATELESS_MODE",
         ),
         (
             AK_STATELESS,
-            has(CryptoFeatures::AKCIPHER_STATELESS_MODE),
+            CryptoFeatures::AKCIPHER_STATELESS_MODE,
             "VIRTIO_CRYPTO_F_AKCIPHER_STATELESS_MODE",
         ),
     ];
-    for (statement, negotiated, feature) in cases {
+    for (statement, flag, feature) in cases {
+        let both = (CryptoFeatures::REVISION_1 | flag).bits();
+        let negotiated = l.d.features & both == both;
         if !negotiated {
             let why = format!("{feature} (with REVISION_1) not offered");
             ctx.not_applicable(&[statement], &why);
