@@ -117,8 +117,9 @@ impl<'a> DmaBytes<'a> {
     ///
     /// `ptr` must be valid for reads of `len` bytes for `'a` (allocated,
     /// not freed meanwhile), and no Rust reference may cover those bytes
-    /// for `'a`; this process may write them meanwhile only with atomic
-    /// stores or with accesses ordered before or after the reads
+    /// for `'a`; this process may write them meanwhile only with accesses
+    /// ordered before or after the reads (which are atomic loads of one
+    /// and of eight bytes, and must not race stores of another size)
     /// (another agent, the device, may write them at any time).
     pub(crate) const unsafe fn from_raw(ptr: NonNull<u8>, len: usize) -> Self {
         DmaBytes {

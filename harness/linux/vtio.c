@@ -255,10 +255,15 @@ static int alg_open(const char *driver, const uint8_t *key, size_t keylen)
 	int tfm = socket(AF_ALG, SOCK_SEQPACKET, 0);
 	if (tfm < 0)
 		return -1;
-	if (bind(tfm, (struct sockaddr *)&sa, sizeof(sa)) != 0 ||
-	    setsockopt(tfm, SOL_ALG, ALG_SET_KEY, key, (socklen_t)keylen) != 0)
-		return -1;
-	return accept(tfm, NULL, 0);
+	int op = -1;
+	if (bind(tfm, (struct sockaddr *)&sa, sizeof(sa)) == 0 &&
+	    setsockopt(tfm, SOL_ALG, ALG_SET_KEY, key, (socklen_t)keylen) == 0)
+		op = accept(tfm, NULL, 0);
+	/* The request socket keeps the transform. */
+	int saved = errno;
+	close(tfm);
+	errno = saved;
+	return op;
 }
 
 /* One operation on OP: LEN bytes of IN, encrypted or decrypted under the
@@ -287,8 +292,13 @@ static int alg_run(int op, int encrypt, const uint8_t *iv, const uint8_t *in, ui
 	struct af_alg_iv *a = (struct af_alg_iv *)CMSG_DATA(c);
 	a->ivlen = 16;
 	memcpy(a->iv, iv, 16);
-	if (sendmsg(op, &m, 0) != (ssize_t)len)
+	ssize_t sent = sendmsg(op, &m, 0);
+	if (sent < 0)
 		return -1;
+	if (sent != (ssize_t)len) {
+		errno = EMSGSIZE;
+		return -1;
+	}
 	for (size_t got = 0; got < len;) {
 		ssize_t r = read(op, out + got, len - got);
 		if (r < 0 && errno == EINTR)
@@ -362,6 +372,8 @@ static int afalg(const char *driver, const char *ref)
 		}
 		ops += 2;
 	}
+	close(dev);
+	close(sw);
 	printf("ok %u operations through %s match the vector and %s\n", ops, driver, ref);
 	return 0;
 }

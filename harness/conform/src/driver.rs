@@ -207,8 +207,20 @@ pub const CRYPTO_WATCH: Check = Check {
 struct CryptoReads {
     /// Bit `k`: bytes `4k..4k + 4` were read (in whole or in part).
     words: u16,
-    /// `crypto_services` as read.
-    services: Option<u32>,
+    /// The first 12 bytes as read, however the reads were sized:
+    /// `status`, `max_dataqueues`, `crypto_services`.
+    head: [Option<u8>; 12],
+    /// The reads were judged (at the first notification after
+    /// DRIVER_OK).
+    judged: bool,
+}
+
+impl CryptoReads {
+    /// The `le32` at `at` (0, 4 or 8), if all its bytes were read.
+    fn word(&self, at: usize) -> Option<u32> {
+        let b = self.head.get(at..at + 4)?;
+        Some(u32::from_le_bytes([b[0]?, b[1]?, b[2]?, b[3]?]))
+    }
 }
 
 /// The configuration word (§5.9.4) holding each service's algorithm mask
@@ -580,8 +592,12 @@ impl DriverWatch {
                 for k in rel / 4..=last {
                     self.crypto.words |= 1 << k;
                 }
-                if rel == 8 && size == 4 {
-                    self.crypto.services = Some(value as u32);
+                let bytes = value.to_le_bytes();
+                for (k, b) in bytes.iter().take(size).enumerate() {
+                    let at = rel as usize + k;
+                    if let Some(slot) = self.crypto.head.get_mut(at) {
+                        *slot = Some(*b);
+                    }
                 }
             }
             // §5.2.5.2: a block driver reads `writeback` (offset 32) only
@@ -779,6 +795,9 @@ impl DriverWatch {
                 judge(&mut self.seen, NO_NOTIFY_BEFORE_DRIVER_OK, live, || {
                     format!("QueueNotify before DRIVER_OK (status {:#x})", self.status)
                 });
+                if live && self.device_type == Some(DeviceType::Crypto) && !self.crypto.judged {
+                    self.crypto_reads();
+                }
             }
             (Register::InterruptStatus, false) => {
                 self.undefined_isr = v & !InterruptStatus::all().bits();
@@ -967,23 +986,27 @@ impl DriverWatch {
         self.status = new;
     }
 
-    /// A crypto driver sets DRIVER_OK (§5.9.5.2, §5.9.6.1): what it read
-    /// of the configuration since the reset, and the queues it set up.
-    fn crypto_live(&mut self) {
+    /// A crypto driver notifies for the first time since it set
+    /// DRIVER_OK (§5.9.5.2, §5.9.6.1): what it read of the configuration
+    /// since the reset. (Linux reads `status` only after DRIVER_OK, before
+    /// its first request.)
+    fn crypto_reads(&mut self) {
+        self.crypto.judged = true;
         let c = self.crypto;
         let read = |w: u16| c.words & (1 << w) != 0;
         judge(&mut self.seen, CRYPTO_STATUS_READ, read(0), || {
-            "DRIVER_OK set without reading status (VIRTIO_CRYPTO_S_HW_READY) since the reset".into()
+            "a request sent without reading status (VIRTIO_CRYPTO_S_HW_READY) since the reset"
+                .into()
         });
         judge(&mut self.seen, CRYPTO_DATAQUEUES_READ, read(1), || {
-            "DRIVER_OK set without reading max_dataqueues".into()
+            "a request sent without reading max_dataqueues".into()
         });
         for s in [CRYPTO_SERVICES_READ, CRYPTO_INIT_SERVICES] {
             judge(&mut self.seen, s, read(2), || {
-                "DRIVER_OK set without reading crypto_services".into()
+                "a request sent without reading crypto_services".into()
             });
         }
-        let services = c.services.unwrap_or(0);
+        let services = c.word(8).unwrap_or(0);
         let unread: Vec<u32> = CRYPTO_MASK_WORDS
             .iter()
             .filter(|(svc, words)| services & (1 << svc) != 0 && !words.iter().all(|w| read(*w)))
@@ -992,15 +1015,28 @@ impl DriverWatch {
         for s in [CRYPTO_ALGOS_READ, CRYPTO_INIT_ALGOS] {
             judge(&mut self.seen, s, unread.is_empty(), || {
                 format!(
-                    "DRIVER_OK set without reading the algorithm masks of services {unread:?} (crypto_services {services:#x})"
+                    "a request sent without reading the algorithm masks of services {unread:?} (crypto_services {services:#x})"
                 )
             });
         }
-        let not_ready: Vec<u32> = self
-            .queues
-            .iter()
-            .filter(|(_, (max, ready))| *max > 0 && !ready)
-            .map(|(q, _)| *q)
+    }
+
+    /// A crypto driver sets DRIVER_OK (§5.9.6.1): every queue is set up,
+    /// the data queues `max_dataqueues` says (as the driver read it, else
+    /// those the device has) and the control queue after them.
+    fn crypto_live(&mut self) {
+        let want: Vec<u32> = match self.crypto.word(4) {
+            Some(n) => (0..=n.min(64)).collect(),
+            None => self
+                .queues
+                .iter()
+                .filter(|(_, (max, _))| *max > 0)
+                .map(|(q, _)| *q)
+                .collect(),
+        };
+        let not_ready: Vec<u32> = want
+            .into_iter()
+            .filter(|q| !self.queues.get(q).is_some_and(|(_, ready)| *ready))
             .collect();
         judge(
             &mut self.seen,
@@ -1573,5 +1609,61 @@ mod tests {
                 .iter()
                 .all(|r| r.statement != BLK_WRITEBACK_AFTER_FEATURES_OK)
         );
+    }
+
+    /// A crypto driver up to DRIVER_OK: reset, features, queues 0..`ready`
+    /// set up; `reads` are configuration reads (offset, size, value)
+    /// before FEATURES_OK.
+    fn crypto_up(reads: &[(u64, usize, u64)], ready: u32) -> DriverWatch {
+        let mut w = DriverWatch::new(Some(DeviceType::Crypto), 1 << 32, &[64, 64], 56);
+        w.write(regs::STATUS, 4, 0);
+        w.write(regs::STATUS, 4, 1);
+        w.write(regs::STATUS, 4, 3);
+        for &(off, size, v) in reads {
+            w.read(regs::CONFIG + off, size, v);
+        }
+        w.write(regs::STATUS, 4, 11);
+        for q in 0..ready {
+            w.write(regs::QUEUE_SEL, 4, u64::from(q));
+            w.write(regs::QUEUE_READY, 4, 1);
+        }
+        w.write(regs::STATUS, 4, 15);
+        w
+    }
+
+    /// §5.9.5.2, §5.9.6.1: the configuration read before the first
+    /// request, `status` after DRIVER_OK included (Linux's order), and the
+    /// algorithm mask of each service read however the reads are sized;
+    /// a driver that skips the masks, or a queue, is caught.
+    #[test]
+    fn section_5_9_5_2_a_crypto_driver_reads_its_configuration_before_requests() {
+        // max_dataqueues 1, crypto_services CIPHER read byte by byte, the
+        // cipher mask; status read after DRIVER_OK.
+        let mut w = crypto_up(
+            &[(4, 4, 1), (8, 1, 1), (9, 1, 0), (10, 2, 0), (12, 4, 8)],
+            2,
+        );
+        w.read(regs::CONFIG, 4, 1);
+        w.write(regs::QUEUE_NOTIFY, 4, 1);
+        for s in CRYPTO_STATEMENTS {
+            assert_eq!(outcome(&w, s), Outcome::Pass, "{s}");
+        }
+        // The cipher service read, its mask not; the control queue left.
+        let mut w = crypto_up(&[(0, 4, 1), (4, 4, 1), (8, 4, 1)], 1);
+        w.write(regs::QUEUE_NOTIFY, 4, 0);
+        for s in [CRYPTO_ALGOS_READ, CRYPTO_INIT_ALGOS, CRYPTO_ALL_QUEUES] {
+            assert!(matches!(outcome(&w, s), Outcome::Fail(_)), "{s}");
+        }
+        assert_eq!(outcome(&w, CRYPTO_STATUS_READ), Outcome::Pass);
+        // Nothing read at all.
+        let mut w = crypto_up(&[], 2);
+        w.write(regs::QUEUE_NOTIFY, 4, 0);
+        for s in [
+            CRYPTO_STATUS_READ,
+            CRYPTO_DATAQUEUES_READ,
+            CRYPTO_SERVICES_READ,
+        ] {
+            assert!(matches!(outcome(&w, s), Outcome::Fail(_)), "{s}");
+        }
     }
 }

@@ -22,7 +22,7 @@ use guest_driver::transport::Completion;
 use virtio_user::crypto::{self as user_crypto, CryptoAlgo, CryptoJob};
 use virtio_user::{UserDevice, UserRam};
 
-use super::user::{BACKEND_CPU, DRIVER_CPU, backend_command, pin_self, pinning};
+use super::user::{BACKEND_CPU, DRIVER_CPU, affinity, backend_command, pin_self, pinning, restore};
 use super::*;
 
 /// Request sizes.
@@ -106,10 +106,11 @@ fn through_device(
 
 /// The rows, `rounds` runs of each (median).
 pub fn run_crypto(rounds: usize) -> Result<String, String> {
-    let pinned = pinning() && pin_self(Some(DRIVER_CPU));
+    let before = affinity();
+    let pinned = pinning() && pin_self(DRIVER_CPU);
     let r = rows(rounds, pinned);
-    if pinned {
-        pin_self(None);
+    if let Some(set) = &before {
+        restore(set);
     }
     r
 }
@@ -166,12 +167,14 @@ fn rows(rounds: usize, pinned: bool) -> Result<String, String> {
             let mut direct_rates = Vec::new();
             let mut device = Vec::new();
             for _ in 0..rounds {
-                if pinned {
-                    pin_self(Some(BACKEND_CPU));
+                if pinned && !pin_self(BACKEND_CPU) {
+                    return Err(format!(
+                        "could not move to CPU {BACKEND_CPU} for the direct call"
+                    ));
                 }
                 let d = direct(which, size, n);
-                if pinned {
-                    pin_self(Some(DRIVER_CPU));
+                if pinned && !pin_self(DRIVER_CPU) {
+                    return Err(format!("could not move back to CPU {DRIVER_CPU}"));
                 }
                 let (want, took) = d?;
                 direct_rates.push((n * size as u64) as f64 / took.as_secs_f64().max(1e-9));

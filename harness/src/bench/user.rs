@@ -54,23 +54,38 @@ pub(super) fn backend_command(program: impl AsRef<std::ffi::OsStr>) -> Command {
     }
 }
 
-/// Pins the calling thread to `cpu` (or lets it run anywhere with
-/// `None`); whether that worked.
-pub(super) fn pin_self(cpu: Option<usize>) -> bool {
-    // SAFETY: a zeroed cpu_set_t is a valid empty set; CPU_SET writes
-    // inside it for a CPU below CPU_SETSIZE; sched_setaffinity reads
-    // exactly `size_of::<cpu_set_t>()` bytes of it.
+/// The calling thread's CPU affinity, to put back with [`restore`].
+pub(super) fn affinity() -> Option<libc::cpu_set_t> {
+    // SAFETY: a zeroed cpu_set_t is a valid empty set, and
+    // sched_getaffinity writes at most `size_of::<cpu_set_t>()` bytes of it.
     unsafe {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
-        // The machine's CPUs, not `available_parallelism` (the calling
-        // thread's affinity: once pinned, it said 1, and neither moving
-        // to another CPU nor unpinning worked).
-        let n = usize::try_from(libc::sysconf(libc::_SC_NPROCESSORS_CONF)).unwrap_or(1);
-        for c in 0..n.min(libc::CPU_SETSIZE as usize) {
-            if cpu.is_none_or(|want| want == c) {
-                libc::CPU_SET(c, &mut set);
-            }
-        }
+        (libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) == 0)
+            .then_some(set)
+    }
+}
+
+/// Puts back an affinity [`affinity`] read.
+pub(super) fn restore(set: &libc::cpu_set_t) {
+    // SAFETY: sched_setaffinity reads exactly `size_of::<cpu_set_t>()`
+    // bytes of a valid set.
+    unsafe {
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), set);
+    }
+}
+
+/// Pins the calling thread to `cpu`; whether that worked.
+pub(super) fn pin_self(cpu: usize) -> bool {
+    if cpu >= libc::CPU_SETSIZE as usize {
+        return false;
+    }
+    // SAFETY: a zeroed cpu_set_t is a valid empty set; CPU_SET writes
+    // inside it for a CPU below CPU_SETSIZE (checked above);
+    // sched_setaffinity reads exactly `size_of::<cpu_set_t>()` bytes of
+    // it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
         libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) == 0
     }
 }
@@ -232,10 +247,11 @@ fn qemu_img_bench(img: &str, depth: u16, aio: &str, direct: bool) -> Option<f64>
 
 /// The blk and rng virtio-user rows, `rounds` runs each.
 pub fn run_user(rounds: usize) -> Result<String, String> {
-    let pinned = pinning() && pin_self(Some(DRIVER_CPU));
+    let before = affinity();
+    let pinned = pinning() && pin_self(DRIVER_CPU);
     let r = run_user_rows(rounds, pinned);
-    if pinned {
-        pin_self(None);
+    if let Some(set) = &before {
+        restore(set);
     }
     r
 }

@@ -524,7 +524,11 @@ impl Message {
             }
         }
         let flags = FLAG_VERSION | if need_reply { FLAG_NEED_REPLY } else { 0 };
-        frame(self.request().code(), flags, &payload)
+        let out = frame(self.request().code(), flags, &payload);
+        // A crypto session's keys are not left in freed memory (the
+        // caller wipes the frame once sent).
+        payload.fill(0);
+        out
     }
 }
 

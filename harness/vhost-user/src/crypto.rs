@@ -87,10 +87,22 @@ pub fn frontend_config(theirs: Option<&[u8]>, data_queues: u16) -> Result<Vec<u8
             u64::MAX,
         ),
     };
+    // Only the ciphers a session can be asked for (`CipherAlgo`): a
+    // backend's DES or ARC4 bit would show the guest a cipher every
+    // session of which is refused (§5.9.5.1).
+    let known = [
+        algo::CIPHER_AES_ECB,
+        algo::CIPHER_AES_CBC,
+        algo::CIPHER_AES_CTR,
+        algo::CIPHER_AES_XTS,
+    ]
+    .iter()
+    .fold(0u64, |m, a| m | 1 << a);
+    let ciphers = (u64::from(cipher_h) << 32 | u64::from(cipher_l)) & known;
     let (cipher_l, cipher_h) = if services == 0 {
         (0, 0)
     } else {
-        (cipher_l, cipher_h)
+        (ciphers as u32, (ciphers >> 32) as u32)
     };
     let mut out = vec![0u8; CONFIG_LEN];
     let mut put = |at: u64, v: u32| {
@@ -449,6 +461,11 @@ mod tests {
         assert_eq!(w[1], 2);
         assert_eq!(w[2], 1 << Service::Cipher as u32);
         assert_eq!((w[3], w[4]), (t[3], t[4]));
+        // A cipher no session can be asked for is not shown (DES-CBC, 6).
+        let mut des = theirs;
+        des[12..16].copy_from_slice(&(t[3] | 1 << 6).to_le_bytes());
+        let c = frontend_config(Some(&des), 2).unwrap();
+        assert_eq!(config_words(&c)[3], t[3]);
         assert_eq!(&w[5..9], &[0, 0, 0, 0]);
         assert_eq!(w[10], 0);
         assert_eq!(w[11], 0);

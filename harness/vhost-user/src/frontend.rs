@@ -744,10 +744,14 @@ impl VhostUserDevice {
         }
         self.begin();
         let request = Request::CreateCryptoSession;
-        let msg = Message::CreateCryptoSession(Box::new(*session));
-        let reply = self
-            .write(&msg, false, &[])
-            .and_then(|()| self.read_reply(request));
+        let mut msg = Message::CreateCryptoSession(Box::new(*session));
+        let sent = self.write(&msg, false, &[]);
+        // The message's copy of the keys is wiped before it is freed.
+        if let Message::CreateCryptoSession(c) = &mut msg {
+            c.key.fill(0);
+            c.auth_key.fill(0);
+        }
+        let reply = sent.and_then(|()| self.read_reply(request));
         let mut reply = reply.map_err(|e| self.fail(e))?;
         let parsed = CryptoSession::read_from_bytes(&reply)
             .map(|c| c.session_id)

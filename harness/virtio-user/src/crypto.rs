@@ -74,7 +74,11 @@ pub fn input(size: usize) -> Vec<u8> {
 }
 
 /// The frontend kind for a crypto backend that serves the whole device
-/// (one data queue and the control queue).
+/// with one data queue (`max_dataqueues` 1): queue 0, and the control
+/// queue at 1. A backend with more data queues has its control queue
+/// elsewhere, which this frontend does not have: the driver fails to
+/// set it up (it sets up every queue, §5.9.5.1), so the assumption cannot
+/// go unnoticed.
 pub fn kind() -> VhostUserKind {
     VhostUserKind::Generic {
         device_type: DeviceType::Crypto,

@@ -116,13 +116,21 @@ struct Engine<B> {
     /// A request's result, kept between requests (only the bytes a
     /// backend wrote for the request are ever sent).
     output: Vec<u8>,
-    /// Whether the request being served carried key material (a control
-    /// request, a stateless data request): its bytes are wiped after it.
-    /// Other requests' bytes are overwritten by the next request, and
-    /// everything is wiped on reset and drop: they are in guest memory
-    /// anyway, and wiping 16 KiB twice a request cost a fifth of AES-CBC's
-    /// throughput (`bench --crypto`).
-    keyed: bool,
+    /// Whether the request being served is a data request in session mode
+    /// that parsed: it carries no key, so its bytes are left to be
+    /// overwritten by the next request (they are in guest memory anyway;
+    /// wiping 16 KiB twice a request cost a fifth of AES-CBC's throughput,
+    /// `bench --crypto`). Every other request (control, stateless, or one
+    /// that did not parse) is wiped after it, and both buffers' whole
+    /// allocations on reset and drop.
+    keyless: bool,
+}
+
+/// Zeroes `buf`'s whole allocation, bytes past its length included (a
+/// longer request's tail stays there after a shorter one).
+fn wipe(buf: &mut Vec<u8>) {
+    buf.resize(buf.capacity(), 0);
+    buf.fill(0);
 }
 
 /// `buf` at `len` bytes; only bytes it grows by are zeroed (every
@@ -178,7 +186,7 @@ impl<B: CryptoBackend, M: GuestMemory> Crypto<B, M> {
                 stats: CryptoStats::default(),
                 input: Vec::new(),
                 output: Vec::new(),
-                keyed: false,
+                keyless: false,
             },
         }
     }
@@ -296,10 +304,9 @@ impl<B: CryptoBackend, M: GuestMemory> Crypto<B, M> {
                 Ok(()) => e.data(&input, &mut w, None),
             }
         };
-        // Key material does not linger (see `Engine::keyed`).
-        if control || e.keyed {
+        // Key material does not linger (see `Engine::keyless`).
+        if !core::mem::take(&mut e.keyless) {
             input.fill(0);
-            e.keyed = false;
         }
         e.input = input;
         Ok(len)
@@ -490,19 +497,16 @@ impl<B: CryptoBackend> Engine<B> {
         let d = wire::parse_data(features, req, self.max_size)?;
         let (id, temporary) = match *d.mode() {
             Mode::Session(id) => {
+                self.keyless = true;
                 if self.sessions.get(&id).map(|s| s.0) != Some(d.service()) {
                     return Err(Status::InvSess);
                 }
                 (SessionId(id), false)
             }
             Mode::Stateless(spec) => (
-                {
-                    // The request carried a key.
-                    self.keyed = true;
-                    &mut self.backend
-                }
-                .create_session(&spec)
-                .map_err(|e| status_of(e, rev1))?,
+                self.backend
+                    .create_session(&spec)
+                    .map_err(|e| status_of(e, rev1))?,
                 true,
             ),
         };
@@ -691,8 +695,8 @@ impl<B: CryptoBackend, M: GuestMemory> VirtioDevice for Crypto<B, M> {
         }
         self.engine.close_sessions();
         self.engine.features = 0;
-        self.engine.input.fill(0);
-        self.engine.output.fill(0);
+        wipe(&mut self.engine.input);
+        wipe(&mut self.engine.output);
     }
 
     fn counters(&self) -> Vec<(&'static str, u64)> {
@@ -761,7 +765,7 @@ fn service_of(spec: &SessionSpec<'_>) -> Service {
 
 impl<B> Drop for Engine<B> {
     fn drop(&mut self) {
-        self.input.fill(0);
-        self.output.fill(0);
+        wipe(&mut self.input);
+        wipe(&mut self.output);
     }
 }

@@ -374,7 +374,9 @@ impl<'a> Dev<'a> {
     pub fn probe_queues(&self) -> Option<(&'static [u16], u16)> {
         match self.device_type()? {
             DeviceType::Rng | DeviceType::Blk => Some((&[0], 0)),
-            // A data queue and the control queue (one data queue).
+            // Data queue 0, where the probe goes, and queue 1: the
+            // control queue of a device with one data queue, another data
+            // queue otherwise (the probe needs only queue 0).
             DeviceType::Crypto => Some((&[0, 1], 0)),
             DeviceType::Console | DeviceType::Net => Some((&[0, 1], 1)),
             _ => None,

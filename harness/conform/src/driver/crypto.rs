@@ -136,11 +136,18 @@ impl CryptoLimits {
     }
 }
 
-/// A control request in flight, to learn the device's answer.
-#[derive(Clone, Copy, Debug)]
+/// A control request in flight, to learn the device's answer (which lies
+/// at the front of its device-writable buffers, `answer`).
+#[derive(Clone, Debug)]
 enum Pending {
-    Create { service: Service, answer: u64 },
-    Destroy { id: u64, answer: u64 },
+    Create {
+        service: Service,
+        answer: Vec<Segment>,
+    },
+    Destroy {
+        id: u64,
+        answer: Vec<Segment>,
+    },
 }
 
 /// The crypto watch's memory: the limits, the sessions the device made
@@ -171,20 +178,21 @@ impl CryptoState {
         }
         for r in crate::ring::returned(mem, l, from, to) {
             match self.pending.remove(&r.head) {
+                // struct virtio_crypto_session_input: id, status.
                 Some(Pending::Create { service, answer }) => {
-                    let mut b = [0u8; SESSION_INPUT];
-                    if mem.read(GuestAddress(answer), &mut b).is_ok() && b[8..12] == [0, 0, 0, 0] {
-                        let id = u64::from_le_bytes(b[..8].try_into().unwrap_or([0; 8]));
-                        self.sessions.insert(id, service);
+                    if let Some(b) = prefix(mem, &answer, true, SESSION_INPUT)
+                        && u32_at(&b, 8) == 0
+                    {
+                        self.sessions.insert(u64_at(&b, 0), service);
                     }
                 }
-                Some(Pending::Destroy { id, answer, .. }) => {
-                    let mut b = [0u8; 1];
-                    if mem.read(GuestAddress(answer), &mut b).is_ok() && b[0] == 0 {
-                        self.sessions.remove(&id);
-                    }
+                // struct virtio_crypto_destroy_session_input: status.
+                Some(Pending::Destroy { id, answer })
+                    if prefix(mem, &answer, true, 1).is_some_and(|b| b[0] == 0) =>
+                {
+                    self.sessions.remove(&id);
                 }
-                None => {}
+                _ => {}
             }
         }
     }
@@ -233,24 +241,13 @@ pub(super) fn judge_crypto(
     });
     let readable: u64 = segs.iter().filter(|s| !s.2).map(|s| u64::from(s.1)).sum();
     let writable: u64 = segs.iter().filter(|s| s.2).map(|s| u64::from(s.1)).sum();
-    let first_writable = segs.iter().find(|s| s.2).map(|s| s.0);
     if index == l.data_queues {
-        judge_ctrl(
-            seen,
-            mem,
-            state,
-            head,
-            segs,
-            readable,
-            writable,
-            first_writable,
-        );
+        judge_ctrl(seen, mem, state, head, segs, readable, writable);
     } else if index < l.data_queues {
         judge_data(seen, mem, state, segs, readable, writable);
     }
 }
 
-#[allow(clippy::too_many_arguments)]
 fn judge_ctrl(
     seen: &mut BTreeMap<&'static str, Seen>,
     mem: &dyn Memory,
@@ -259,7 +256,6 @@ fn judge_ctrl(
     segs: &[Segment],
     readable: u64,
     writable: u64,
-    first_writable: Option<u64>,
 ) {
     let l = state.limits;
     let rev1 = l.rev1();
@@ -344,11 +340,10 @@ fn judge_ctrl(
             }
             _ => {}
         }
-        if let Some(answer) = first_writable {
-            state
-                .pending
-                .insert(head, Pending::Create { service, answer });
-        }
+        let answer = segs.iter().filter(|s| s.2).copied().collect();
+        state
+            .pending
+            .insert(head, Pending::Create { service, answer });
     } else if let Some(&(_, service)) = destroys.iter().find(|d| d.0 == op) {
         keep_op(seen, DESTROY_OPCODE);
         let Some(f) = prefix(mem, segs, false, CTRL_HEADER + 8) else {
@@ -362,14 +357,8 @@ fn judge_ctrl(
                 state.sessions
             )
         });
-        if let Some(answer) = segs
-            .iter()
-            .rev()
-            .find(|s| s.2)
-            .map(|s| s.0 + u64::from(s.1) - 1)
-        {
-            state.pending.insert(head, Pending::Destroy { id, answer });
-        }
+        let answer = segs.iter().filter(|s| s.2).copied().collect();
+        state.pending.insert(head, Pending::Destroy { id, answer });
     } else {
         for s in [CREATE_OPCODE, DESTROY_OPCODE] {
             judge(seen, s, false, || {
