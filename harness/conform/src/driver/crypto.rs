@@ -486,3 +486,154 @@ fn judge_data(
         )
     });
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::test_ram::{Ram, layout, put};
+    use super::*;
+    use crate::Outcome;
+
+    fn le(words: &[u32]) -> Vec<u8> {
+        words.iter().flat_map(|w| w.to_le_bytes()).collect()
+    }
+
+    fn state() -> CryptoState {
+        CryptoState::new(CryptoLimits {
+            data_queues: 1,
+            hw_ready: true,
+            max_cipher_key_len: 32,
+            max_auth_key_len: 64,
+            max_size: 1 << 20,
+            features: 0,
+        })
+    }
+
+    fn outcome(seen: &BTreeMap<&'static str, Seen>, s: &str) -> Outcome {
+        super::super::records_of(STATEMENTS, WATCH.name, seen)
+            .into_iter()
+            .find(|r| r.statement == s)
+            .map(|r| r.outcome)
+            .unwrap_or(Outcome::Pass)
+    }
+
+    fn fails(seen: &BTreeMap<&'static str, Seen>, s: &str) -> bool {
+        matches!(outcome(seen, s), Outcome::Fail(_))
+    }
+
+    /// A legacy AES-128-CBC session request (§5.9.7.2.1) with `key_len`
+    /// and `reserved` in the header; readable at 0x1000, 16 bytes of
+    /// answer at 0x2000.
+    fn create(ram: &Ram, key_len: u32, reserved: u32) -> Vec<Segment> {
+        let mut r = le(&[ctrl::CIPHER_CREATE, 0, 0, reserved]);
+        let mut f = le(&[3, key_len, 1, 0]);
+        f.resize(48, 0);
+        f.extend(le(&[1, 0]));
+        r.extend(f);
+        r.extend(alloc::vec![0x2b; key_len as usize]);
+        ram.write(GuestAddress(0x1000), &r).unwrap();
+        alloc::vec![(0x1000, r.len() as u32, false), (0x2000, 16, true)]
+    }
+
+    /// A legacy data request with `opcode` on `session`: 32 bytes of
+    /// AES-CBC input at 0x3000, 33 writable at 0x4000.
+    fn data_req(ram: &Ram, opcode: u32, session: u64) -> Vec<Segment> {
+        let mut r = le(&[opcode, 3]);
+        r.extend(session.to_le_bytes());
+        r.extend(le(&[0, 0]));
+        let mut f = le(&[16, 32, 32, 0]);
+        f.resize(40, 0);
+        f.extend(le(&[1, 0]));
+        r.extend(f);
+        r.extend([0u8; 48]);
+        ram.write(GuestAddress(0x3000), &r).unwrap();
+        alloc::vec![(0x3000, r.len() as u32, false), (0x4000, 33, true)]
+    }
+
+    /// The device answers the control chain at head 0 with `answer` (the
+    /// used ring's first entry).
+    fn answer(ram: &Ram, st: &mut CryptoState, answer: &[u8]) {
+        let l = layout(16, 0x8000);
+        put(ram, &l, 0, 0x1000, 88, 1, 1);
+        ram.write(GuestAddress(0x2000), answer).unwrap();
+        let mut e = [0u8; 8];
+        e[4..].copy_from_slice(&(answer.len() as u32).to_le_bytes());
+        ram.write(l.used_slot(0), &e).unwrap();
+        st.returned(ram, 1, l, 0, 1);
+    }
+
+    /// §5.9.7.2.1 and §5.9.7.4: a session made, then used with its
+    /// service's opcode and fields that add up, is kept; the session id the
+    /// device answered is learnt from the answer.
+    #[test]
+    fn a_session_made_and_used_keeps_the_statements() {
+        let ram = Ram::new(0x10000);
+        let mut st = state();
+        let mut seen = BTreeMap::new();
+        let segs = create(&ram, 16, 0);
+        judge_crypto(&mut seen, &ram, &mut st, 1, 0, &segs);
+        let mut a = 7u64.to_le_bytes().to_vec();
+        a.extend(le(&[0, 0]));
+        answer(&ram, &mut st, &a);
+        let segs = data_req(&ram, data::CIPHER_ENCRYPT, 7);
+        judge_crypto(&mut seen, &ram, &mut st, 0, 1, &segs);
+        for s in [
+            CREATE_OPCODE,
+            CREATE_PARTS,
+            CREATE_RESERVED,
+            CIPHER_KEY_WITHIN,
+            SYM_SESSION,
+            SYM_OPCODE,
+            SYM_FIELDS,
+            WITHIN_MAX_SIZE,
+            HW_READY_FIRST,
+        ] {
+            assert_eq!(outcome(&seen, s), Outcome::Pass, "{s}");
+        }
+    }
+
+    /// What a driver gets wrong is caught: a key longer than
+    /// max_cipher_key_len, a reserved field not zero, a request on a
+    /// session the device never made (or refused), the opcode of another
+    /// service on a session, a destroy of a session never made.
+    #[test]
+    fn what_a_crypto_driver_gets_wrong_is_caught() {
+        let ram = Ram::new(0x10000);
+        let mut st = state();
+        let mut seen = BTreeMap::new();
+        let segs = create(&ram, 64, 5);
+        judge_crypto(&mut seen, &ram, &mut st, 1, 0, &segs);
+        assert!(fails(&seen, CIPHER_KEY_WITHIN));
+        assert!(fails(&seen, CREATE_RESERVED));
+        // The device refused it (status ERR): no session.
+        let mut a = 7u64.to_le_bytes().to_vec();
+        a.extend(le(&[1, 0]));
+        answer(&ram, &mut st, &a);
+        let segs = data_req(&ram, data::CIPHER_ENCRYPT, 7);
+        judge_crypto(&mut seen, &ram, &mut st, 0, 1, &segs);
+        assert!(fails(&seen, SYM_SESSION));
+        // A session made; HASH's opcode on it.
+        let segs = create(&ram, 16, 0);
+        judge_crypto(&mut seen, &ram, &mut st, 1, 0, &segs);
+        let mut a = 9u64.to_le_bytes().to_vec();
+        a.extend(le(&[0, 0]));
+        answer(&ram, &mut st, &a);
+        let segs = data_req(&ram, data::HASH, 9);
+        judge_crypto(&mut seen, &ram, &mut st, 0, 1, &segs);
+        assert!(fails(&seen, HASH_OPCODE));
+        // Destroying a session never made.
+        let mut r = le(&[ctrl::CIPHER_DESTROY, 0, 0, 0]);
+        let mut f = 8u64.to_le_bytes().to_vec();
+        f.resize(56, 0);
+        r.extend(f);
+        ram.write(GuestAddress(0x1000), &r).unwrap();
+        let segs = [(0x1000, r.len() as u32, false), (0x2000, 1, true)];
+        judge_crypto(&mut seen, &ram, &mut st, 1, 0, &segs);
+        assert!(fails(&seen, DESTROY_VALID));
+        // An opcode of no service on the control queue.
+        let r = le(&[0x0909, 0, 0, 0]);
+        ram.write(GuestAddress(0x1000), &r).unwrap();
+        let segs = [(0x1000, 16, false), (0x2000, 16, true)];
+        judge_crypto(&mut seen, &ram, &mut st, 1, 0, &segs);
+        assert!(fails(&seen, CREATE_OPCODE));
+    }
+}
