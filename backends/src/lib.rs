@@ -18,6 +18,7 @@ pub mod net;
 pub mod rng;
 #[cfg(feature = "std")]
 pub mod socket;
+pub mod tpm;
 
 /// One piece of host memory for vectored I/O: a raw pointer and a length, so
 /// a backend can hand guest buffers to the OS without a Rust slice ever

@@ -1,0 +1,131 @@
+//! TPM backends (QEMU's `-tpmdev`): where a TPM frontend's commands run,
+//! independent of the frontend (CRB, TIS). A command is a TPM 2.0 command
+//! buffer for a locality; the answer is the TPM's response buffer.
+//!
+//! - [`emulator`] (`std`): a swtpm process, reached through its control
+//!   channel, with the data channel handed over by `CMD_SET_DATAFD` (QEMU's
+//!   `tpm-emulator`).
+
+use core::fmt;
+
+#[cfg(feature = "std")]
+pub mod emulator;
+
+/// The smallest response a TPM sends: tag, size and response code
+/// (TPM 2.0 Part 1, "Command/Response Header Fields").
+pub const HEADER_LEN: usize = 10;
+
+/// Why a TPM backend could not do what was asked.
+#[derive(Debug)]
+pub enum TpmError {
+    /// The backend's channel failed or closed (the TPM process died).
+    #[cfg(feature = "std")]
+    Io(std::io::Error),
+    /// A control command was answered with a TPM result code other than
+    /// success.
+    Control {
+        /// The control command (swtpm's `CMD_*`).
+        command: u32,
+        /// The result code.
+        result: u32,
+    },
+    /// The backend does not offer this (swtpm's capabilities).
+    Unsupported(&'static str),
+    /// The TPM's answer does not parse (a size outside the response
+    /// header's bounds, or larger than the buffer).
+    BadResponse(&'static str),
+    /// The command is larger than the backend's buffer, or shorter than a
+    /// header.
+    BadCommand(&'static str),
+}
+
+impl fmt::Display for TpmError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            #[cfg(feature = "std")]
+            TpmError::Io(e) => write!(f, "TPM channel: {e}"),
+            TpmError::Control { command, result } => {
+                write!(
+                    f,
+                    "TPM control command {command:#x} failed with result {result:#x}"
+                )
+            }
+            TpmError::Unsupported(what) => write!(f, "the TPM backend does not offer {what}"),
+            TpmError::BadResponse(why) => write!(f, "bad TPM response: {why}"),
+            TpmError::BadCommand(why) => write!(f, "bad TPM command: {why}"),
+        }
+    }
+}
+
+impl core::error::Error for TpmError {}
+
+#[cfg(feature = "std")]
+impl From<std::io::Error> for TpmError {
+    fn from(e: std::io::Error) -> Self {
+        TpmError::Io(e)
+    }
+}
+
+/// Which saved state a backend's blob holds (swtpm's `PTM_BLOB_TYPE_*`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BlobType {
+    /// NV memory and the keys that persist.
+    Permanent = 1,
+    /// What `TPM2_Shutdown(STATE)` keeps.
+    Volatile = 2,
+    /// The state saved for a suspend.
+    SaveState = 3,
+}
+
+/// A TPM the frontend sends commands to.
+pub trait TpmBackend {
+    /// Starts (or restarts, after a machine reset) the TPM with a command
+    /// buffer of about `buffer_size` bytes; returns the size in use (the
+    /// backend's bounds apply).
+    fn startup(&mut self, buffer_size: u32) -> Result<u32, TpmError>;
+
+    /// Runs `command` for `locality` (0 to 4) and writes the response to
+    /// the front of `response`; returns its length (from its header).
+    fn command(
+        &mut self,
+        locality: u8,
+        command: &[u8],
+        response: &mut [u8],
+    ) -> Result<usize, TpmError>;
+
+    /// Asks the TPM to cancel the command it is running.
+    fn cancel(&mut self) -> Result<(), TpmError>;
+
+    /// The command buffer size in use.
+    fn buffer_size(&self) -> u32;
+
+    /// The TPM's `tpmEstablished` flag (TCG PC Client: set by a dynamic
+    /// root of trust measurement).
+    fn established(&mut self) -> Result<bool, TpmError>;
+
+    /// Clears `tpmEstablished` from `locality` (3 or 4).
+    fn reset_established(&mut self, locality: u8) -> Result<(), TpmError>;
+
+    /// Stops the TPM (its state is kept where the backend keeps it).
+    fn stop(&mut self) -> Result<(), TpmError>;
+}
+
+/// The length a TPM response or command header says it has (bytes 2..6,
+/// big endian), if `buf` holds a header.
+pub fn header_size(buf: &[u8]) -> Option<u32> {
+    let b: [u8; 4] = buf.get(2..6)?.try_into().ok()?;
+    Some(u32::from_be_bytes(b))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_header_says_the_size() {
+        // TPM2_Startup(CLEAR): tag 0x8001, size 12, command 0x144, CLEAR.
+        let cmd = [0x80, 0x01, 0, 0, 0, 0x0c, 0, 0, 0x01, 0x44, 0, 0];
+        assert_eq!(header_size(&cmd), Some(12));
+        assert_eq!(header_size(&cmd[..5]), None);
+    }
+}

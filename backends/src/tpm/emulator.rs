@@ -1,0 +1,371 @@
+//! swtpm as a TPM backend (QEMU's `-tpmdev emulator,chardev=…`).
+//!
+//! swtpm listens for its control channel on a unix socket (`swtpm socket
+//! --tpm2 --ctrl type=unixio,path=…`, without `--server`). Each control
+//! command is its number, big endian, then its request; the answer has a
+//! fixed size per command and starts with a result code (0 for success).
+//! The data channel is one end of a socket pair this backend makes and
+//! hands to swtpm with `CMD_SET_DATAFD` (the descriptor travels with the
+//! command as `SCM_RIGHTS`); TPM commands go down it and responses come
+//! back, each sized by its header. The command numbers and layouts are
+//! swtpm's (`tpm_ioctl.h`, the swtpm-dev package); this is our own code.
+
+use std::io::{self, Read, Write};
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::time::Duration;
+
+use super::{BlobType, HEADER_LEN, TpmBackend, TpmError, header_size};
+
+/// swtpm's control commands (`CMD_*`).
+pub mod cmd {
+    /// `CMD_GET_CAPABILITY`: the `PTM_CAP_*` bits (a `u64`, no result).
+    pub const GET_CAPABILITY: u32 = 0x01;
+    /// `CMD_INIT`: starts the TPM (request: init flags).
+    pub const INIT: u32 = 0x02;
+    /// `CMD_SHUTDOWN`: ends the swtpm process.
+    pub const SHUTDOWN: u32 = 0x03;
+    /// `CMD_GET_TPMESTABLISHED`: result, then the flag's byte.
+    pub const GET_TPMESTABLISHED: u32 = 0x04;
+    /// `CMD_SET_LOCALITY`: the locality of the commands that follow.
+    pub const SET_LOCALITY: u32 = 0x05;
+    /// `CMD_CANCEL_TPM_CMD`: cancels the command under way.
+    pub const CANCEL_TPM_CMD: u32 = 0x09;
+    /// `CMD_RESET_TPMESTABLISHED`: clears the flag from a locality.
+    pub const RESET_TPMESTABLISHED: u32 = 0x0b;
+    /// `CMD_GET_STATEBLOB`: one of the TPM's state blobs.
+    pub const GET_STATEBLOB: u32 = 0x0c;
+    /// `CMD_SET_STATEBLOB`: sets one (the TPM stopped).
+    pub const SET_STATEBLOB: u32 = 0x0d;
+    /// `CMD_STOP`: stops the TPM, the process stays.
+    pub const STOP: u32 = 0x0e;
+    /// `CMD_SET_DATAFD`: the data channel, as an `SCM_RIGHTS` descriptor.
+    pub const SET_DATAFD: u32 = 0x10;
+    /// `CMD_SET_BUFFERSIZE`: asks for a buffer size; answers the one in
+    /// use and the bounds.
+    pub const SET_BUFFERSIZE: u32 = 0x11;
+}
+
+/// swtpm's capability bits (`PTM_CAP_*`).
+pub mod cap {
+    /// `CMD_INIT`.
+    pub const INIT: u64 = 1;
+    /// `CMD_SHUTDOWN`.
+    pub const SHUTDOWN: u64 = 1 << 1;
+    /// `CMD_GET_TPMESTABLISHED`.
+    pub const GET_TPMESTABLISHED: u64 = 1 << 2;
+    /// `CMD_SET_LOCALITY`.
+    pub const SET_LOCALITY: u64 = 1 << 3;
+    /// `CMD_CANCEL_TPM_CMD`.
+    pub const CANCEL_TPM_CMD: u64 = 1 << 5;
+    /// `CMD_RESET_TPMESTABLISHED`.
+    pub const RESET_TPMESTABLISHED: u64 = 1 << 7;
+    /// `CMD_GET_STATEBLOB`.
+    pub const GET_STATEBLOB: u64 = 1 << 8;
+    /// `CMD_SET_STATEBLOB`.
+    pub const SET_STATEBLOB: u64 = 1 << 9;
+    /// `CMD_STOP`.
+    pub const STOP: u64 = 1 << 10;
+    /// `CMD_SET_DATAFD`.
+    pub const SET_DATAFD: u64 = 1 << 12;
+    /// `CMD_SET_BUFFERSIZE`.
+    pub const SET_BUFFERSIZE: u64 = 1 << 13;
+}
+
+/// How long one control or TPM command may take before the backend is
+/// taken for dead (a TPM 2.0 RSA key generation takes seconds in swtpm).
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The buffer size when swtpm cannot be asked (TPM 2.0's usual 4 KiB).
+pub const DEFAULT_BUFFER: u32 = 4096;
+
+/// The largest state blob read back (swtpm's are tens of KiB).
+const MAX_BLOB: u32 = 16 << 20;
+
+/// A swtpm process behind its control socket.
+#[derive(Debug)]
+pub struct Emulator {
+    ctrl: UnixStream,
+    data: UnixStream,
+    caps: u64,
+    buffer_size: u32,
+    /// The locality swtpm was last told, if any.
+    locality: Option<u8>,
+    /// A response was not read whole (it claimed more than there was room
+    /// for): the data channel is out of step and carries nothing more.
+    out_of_step: bool,
+}
+
+/// Sends `bytes` on `sock` with `fd` as `SCM_RIGHTS`.
+fn send_with_fd(sock: &UnixStream, bytes: &[u8], fd: RawFd) -> io::Result<()> {
+    let mut iov = libc::iovec {
+        iov_base: bytes.as_ptr() as *mut libc::c_void,
+        iov_len: bytes.len(),
+    };
+    // A control buffer aligned for `cmsghdr`, with room for one fd.
+    let mut space = [0u64; 4];
+    // SAFETY: CMSG_SPACE only computes a size.
+    let cmsg_space = unsafe { libc::CMSG_SPACE(size_of::<RawFd>() as u32) } as usize;
+    if cmsg_space > size_of_val(&space) {
+        return Err(io::Error::other("control buffer too small"));
+    }
+    // SAFETY: a zeroed msghdr is valid; the pointers set below point to
+    // `iov` and `space`, which outlive the sendmsg call.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = space.as_mut_ptr().cast();
+    msg.msg_controllen = cmsg_space as _;
+    // SAFETY: `msg` has a control buffer of `cmsg_space` bytes, enough for
+    // one header and one fd (checked above), so CMSG_FIRSTHDR is not null
+    // and CMSG_DATA points inside it.
+    unsafe {
+        let c = libc::CMSG_FIRSTHDR(&msg);
+        (*c).cmsg_level = libc::SOL_SOCKET;
+        (*c).cmsg_type = libc::SCM_RIGHTS;
+        (*c).cmsg_len = libc::CMSG_LEN(size_of::<RawFd>() as u32) as _;
+        std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<RawFd>(), fd);
+    }
+    // SAFETY: a valid socket and a fully initialised msghdr.
+    let n = unsafe { libc::sendmsg(sock.as_raw_fd(), &msg, libc::MSG_NOSIGNAL) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if n as usize != bytes.len() {
+        return Err(io::Error::new(
+            io::ErrorKind::WriteZero,
+            "short control write",
+        ));
+    }
+    Ok(())
+}
+
+fn be32(b: &[u8], at: usize) -> u32 {
+    b.get(at..at + 4)
+        .and_then(|x| x.try_into().ok())
+        .map_or(0, u32::from_be_bytes)
+}
+
+impl Emulator {
+    /// Connects to swtpm's control socket at `path`, reads its
+    /// capabilities and hands it the data channel (`CMD_SET_DATAFD`).
+    /// The TPM is not started: [`TpmBackend::startup`].
+    pub fn connect(path: &Path) -> Result<Emulator, TpmError> {
+        Self::connect_with(path, DEFAULT_TIMEOUT)
+    }
+
+    /// [`connect`](Self::connect) with `timeout` for each command.
+    pub fn connect_with(path: &Path, timeout: Duration) -> Result<Emulator, TpmError> {
+        let ctrl = UnixStream::connect(path)?;
+        ctrl.set_read_timeout(Some(timeout))?;
+        ctrl.set_write_timeout(Some(timeout))?;
+        let (ours, theirs) = UnixStream::pair()?;
+        ours.set_read_timeout(Some(timeout))?;
+        ours.set_write_timeout(Some(timeout))?;
+        let mut e = Emulator {
+            ctrl,
+            data: ours,
+            caps: 0,
+            buffer_size: DEFAULT_BUFFER,
+            locality: None,
+            out_of_step: false,
+        };
+        let c = e.control(cmd::GET_CAPABILITY, &[], 8)?;
+        e.caps = u64::from_be_bytes(c[..8].try_into().unwrap_or_default());
+        if e.caps & cap::SET_DATAFD == 0 {
+            return Err(TpmError::Unsupported(
+                "CMD_SET_DATAFD (swtpm must not run with --server)",
+            ));
+        }
+        send_with_fd(&e.ctrl, &cmd::SET_DATAFD.to_be_bytes(), theirs.as_raw_fd())?;
+        let r = e.read_ctrl(4)?;
+        check(cmd::SET_DATAFD, &r)?;
+        // swtpm holds its own copy now.
+        drop(theirs);
+        Ok(e)
+    }
+
+    /// swtpm's `PTM_CAP_*` bits.
+    pub fn capabilities(&self) -> u64 {
+        self.caps
+    }
+
+    fn read_ctrl(&mut self, len: usize) -> Result<Vec<u8>, TpmError> {
+        let mut b = vec![0u8; len];
+        self.ctrl.read_exact(&mut b)?;
+        Ok(b)
+    }
+
+    /// Sends control command `command` with `request`; reads `answer`
+    /// bytes back.
+    fn control(
+        &mut self,
+        command: u32,
+        request: &[u8],
+        answer: usize,
+    ) -> Result<Vec<u8>, TpmError> {
+        let mut m = command.to_be_bytes().to_vec();
+        m.extend_from_slice(request);
+        self.ctrl.write_all(&m)?;
+        self.read_ctrl(answer)
+    }
+
+    /// A control command whose answer is only a result code.
+    fn simple(
+        &mut self,
+        command: u32,
+        request: &[u8],
+        needs: u64,
+        what: &'static str,
+    ) -> Result<(), TpmError> {
+        if self.caps & needs == 0 {
+            return Err(TpmError::Unsupported(what));
+        }
+        let r = self.control(command, request, 4)?;
+        check(command, &r)
+    }
+
+    /// One of the TPM's state blobs (`CMD_GET_STATEBLOB`), as swtpm keeps
+    /// it (encrypted if swtpm encrypts its state).
+    pub fn state_blob(&mut self, blob: BlobType) -> Result<Vec<u8>, TpmError> {
+        if self.caps & cap::GET_STATEBLOB == 0 {
+            return Err(TpmError::Unsupported("CMD_GET_STATEBLOB"));
+        }
+        let mut req = Vec::with_capacity(12);
+        req.extend_from_slice(&0u32.to_be_bytes());
+        req.extend_from_slice(&(blob as u32).to_be_bytes());
+        req.extend_from_slice(&0u32.to_be_bytes());
+        // result, state_flags, totlength, length; then totlength bytes.
+        let h = self.control(cmd::GET_STATEBLOB, &req, 16)?;
+        check(cmd::GET_STATEBLOB, &h)?;
+        let total = be32(&h, 8);
+        if total > MAX_BLOB {
+            return Err(TpmError::BadResponse("a state blob larger than 16 MiB"));
+        }
+        self.read_ctrl(total as usize)
+    }
+
+    /// Sets one of the TPM's state blobs (`CMD_SET_STATEBLOB`; the TPM
+    /// must be stopped, [`TpmBackend::stop`]).
+    pub fn set_state_blob(&mut self, blob: BlobType, data: &[u8]) -> Result<(), TpmError> {
+        if self.caps & cap::SET_STATEBLOB == 0 {
+            return Err(TpmError::Unsupported("CMD_SET_STATEBLOB"));
+        }
+        let len = u32::try_from(data.len())
+            .map_err(|_| TpmError::BadCommand("a state blob over 4 GiB"))?;
+        let mut m = cmd::SET_STATEBLOB.to_be_bytes().to_vec();
+        m.extend_from_slice(&0u32.to_be_bytes());
+        m.extend_from_slice(&(blob as u32).to_be_bytes());
+        m.extend_from_slice(&len.to_be_bytes());
+        m.extend_from_slice(data);
+        self.ctrl.write_all(&m)?;
+        let r = self.read_ctrl(4)?;
+        check(cmd::SET_STATEBLOB, &r)
+    }
+
+    /// Ends the swtpm process (`CMD_SHUTDOWN`).
+    pub fn shutdown(&mut self) -> Result<(), TpmError> {
+        self.simple(cmd::SHUTDOWN, &[], cap::SHUTDOWN, "CMD_SHUTDOWN")
+    }
+}
+
+/// A result code of 0, or the error naming the command.
+fn check(command: u32, answer: &[u8]) -> Result<(), TpmError> {
+    match be32(answer, 0) {
+        0 => Ok(()),
+        result => Err(TpmError::Control { command, result }),
+    }
+}
+
+impl TpmBackend for Emulator {
+    fn startup(&mut self, buffer_size: u32) -> Result<u32, TpmError> {
+        if self.caps & cap::SET_BUFFERSIZE != 0 {
+            // result, buffersize, minsize, maxsize.
+            let r = self.control(cmd::SET_BUFFERSIZE, &buffer_size.to_be_bytes(), 16)?;
+            check(cmd::SET_BUFFERSIZE, &r)?;
+            self.buffer_size = be32(&r, 4);
+        }
+        self.simple(cmd::INIT, &0u32.to_be_bytes(), cap::INIT, "CMD_INIT")?;
+        self.locality = None;
+        Ok(self.buffer_size)
+    }
+
+    fn command(
+        &mut self,
+        locality: u8,
+        command: &[u8],
+        response: &mut [u8],
+    ) -> Result<usize, TpmError> {
+        if self.out_of_step {
+            return Err(TpmError::BadResponse(
+                "an earlier response did not fit: the data channel is out of step",
+            ));
+        }
+        if command.len() < HEADER_LEN {
+            return Err(TpmError::BadCommand("shorter than a header"));
+        }
+        if command.len() > self.buffer_size as usize {
+            return Err(TpmError::BadCommand("larger than the buffer"));
+        }
+        if self.locality != Some(locality) && self.caps & cap::SET_LOCALITY != 0 {
+            let mut req = [0u8; 4];
+            req[0] = locality;
+            let r = self.control(cmd::SET_LOCALITY, &req, 4)?;
+            check(cmd::SET_LOCALITY, &r)?;
+            self.locality = Some(locality);
+        }
+        self.data.write_all(command)?;
+        let mut h = [0u8; HEADER_LEN];
+        self.data.read_exact(&mut h)?;
+        let size = header_size(&h).unwrap_or(0) as usize;
+        if !(HEADER_LEN..=response.len()).contains(&size) {
+            // Nothing past the header is read: whatever follows is lost.
+            self.out_of_step = true;
+            return Err(TpmError::BadResponse(
+                "a size smaller than the header or larger than the response buffer",
+            ));
+        }
+        response[..HEADER_LEN].copy_from_slice(&h);
+        self.data.read_exact(&mut response[HEADER_LEN..size])?;
+        Ok(size)
+    }
+
+    fn cancel(&mut self) -> Result<(), TpmError> {
+        self.simple(
+            cmd::CANCEL_TPM_CMD,
+            &[],
+            cap::CANCEL_TPM_CMD,
+            "CMD_CANCEL_TPM_CMD",
+        )
+    }
+
+    fn buffer_size(&self) -> u32 {
+        self.buffer_size
+    }
+
+    fn established(&mut self) -> Result<bool, TpmError> {
+        if self.caps & cap::GET_TPMESTABLISHED == 0 {
+            return Err(TpmError::Unsupported("CMD_GET_TPMESTABLISHED"));
+        }
+        // result, then the flag's byte (and padding).
+        let r = self.control(cmd::GET_TPMESTABLISHED, &[], 8)?;
+        check(cmd::GET_TPMESTABLISHED, &r)?;
+        Ok(r[4] != 0)
+    }
+
+    fn reset_established(&mut self, locality: u8) -> Result<(), TpmError> {
+        let mut req = [0u8; 4];
+        req[0] = locality;
+        self.simple(
+            cmd::RESET_TPMESTABLISHED,
+            &req,
+            cap::RESET_TPMESTABLISHED,
+            "CMD_RESET_TPMESTABLISHED",
+        )
+    }
+
+    fn stop(&mut self) -> Result<(), TpmError> {
+        self.simple(cmd::STOP, &[], cap::STOP, "CMD_STOP")
+    }
+}
