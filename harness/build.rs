@@ -55,6 +55,11 @@ fn main() {
             println!("cargo:rerun-if-changed={}", dir.join(input).display());
         }
     }
+    // The RSA vectors the crypto guest includes.
+    println!(
+        "cargo:rerun-if-changed={}",
+        manifest_dir.join("conform/vectors").display()
+    );
 
     // Fuzz builds (`fuzz/`, OSS-Fuzz/ClusterFuzzLite images) use only the
     // harness's library code, never a guest: they may skip the nested build

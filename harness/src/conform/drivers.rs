@@ -1389,7 +1389,7 @@ fn crypto_workload<D: VirtioDevice>(hal: WatchedHal, w: Watched<D>) -> Result<()
         // OpenSSL key.
         let rsa = SessionParams::Rsa {
             key_type: guest_driver::crypto::rsa::KEY_TYPE_PRIVATE,
-            key: include_bytes!("../../guests/src/bin/crypto/rsa-private.der"),
+            key: include_bytes!("../../conform/vectors/rsa-private.der"),
             padding: guest_driver::crypto::rsa::PKCS1_PADDING,
             hash: guest_driver::crypto::rsa::SHA256,
         };

@@ -66,8 +66,7 @@ const SYM_SESSION_ALGO: &str = "desc:crypto/device-operation/control-virtqueue/s
 const SYM_SESSION_OP: &str = "desc:crypto/device-operation/control-virtqueue/session-operation/session-operation-symmetric-algorithms-session#2";
 const SYM_SESSION_VLF: &str = "desc:crypto/device-operation/control-virtqueue/session-operation/session-operation-symmetric-algorithms-session#3";
 const AK_RAW_PADDING: &str = "desc:crypto/device-operation/control-virtqueue/session-operation/session-operation-akcipher-session#1";
-const RSA_RAW_CIPHERTEXT: &[u8] =
-    include_bytes!("../../../guests/src/bin/crypto/rsa-raw-encrypt.bin");
+const RSA_RAW_CIPHERTEXT: &[u8] = include_bytes!("../../vectors/rsa-raw-encrypt.bin");
 const AK_SESSION_FLF: &str = "desc:crypto/device-operation/control-virtqueue/session-operation/session-operation-akcipher-session#2";
 const SYM_DATA_FLF: &str = "desc:crypto/device-operation/symmetric-algorithms-operation#1";
 const SYM_DATA_VLF: &str = "desc:crypto/device-operation/symmetric-algorithms-operation#2";
@@ -81,11 +80,10 @@ const AK_STATUS: &str = "device:crypto/device-operation/akcipher-service-operati
 
 /// A 1024-bit RSA key made for the tests with OpenSSL 3.0, and OpenSSL's
 /// PKCS#1 v1.5 SHA-256 signature of SHA-256("abc") with it
-/// (`harness/guests/src/bin/crypto/README.md` says how).
-const RSA_PRIVATE: &[u8] = include_bytes!("../../../guests/src/bin/crypto/rsa-private.der");
-const RSA_PUBLIC: &[u8] = include_bytes!("../../../guests/src/bin/crypto/rsa-public.der");
-const RSA_SIGNATURE: &[u8] =
-    include_bytes!("../../../guests/src/bin/crypto/rsa-sign-sha256-abc.bin");
+/// (`harness/conform/vectors/README.md` says how).
+const RSA_PRIVATE: &[u8] = include_bytes!("../../vectors/rsa-private.der");
+const RSA_PUBLIC: &[u8] = include_bytes!("../../vectors/rsa-public.der");
+const RSA_SIGNATURE: &[u8] = include_bytes!("../../vectors/rsa-sign-sha256-abc.bin");
 const SHA256_ABC: &str = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad";
 
 const AEAD_DST: &str = "device:crypto/device-operation/aead-service-operation#2";

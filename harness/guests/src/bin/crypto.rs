@@ -10,7 +10,7 @@
 //! 1 and 2 (HMAC-SHA-256); the GCM specification's test case 4 (McGrew and
 //! Viega). RSA: a 1024-bit key made for this test with OpenSSL 3.0, and
 //! OpenSSL's PKCS#1 v1.5 SHA-256 signature of SHA-256("abc") and raw
-//! encryption of a fixed message (`crypto/README.md`): an implementation
+//! encryption of a fixed message (`harness/conform/vectors/README.md`): an implementation
 //! other than ours computed them.
 //!
 //! Options (see README.md): `crypto.mode=poll|irq` (default irq),
@@ -41,10 +41,10 @@ const REQUEST_MS: u64 = 10_000;
 const K128: [u8; 16] = hex16(*b"2b7e151628aed2a6abf7158809cf4f3c");
 const PT: [u8; 32] = hex32(*b"6bc1bee22e409f96e93d7e117393172aae2d8a571e03ac9c9eb76fac45af8e51");
 
-const RSA_PRIVATE: &[u8] = include_bytes!("crypto/rsa-private.der");
-const RSA_PUBLIC: &[u8] = include_bytes!("crypto/rsa-public.der");
-const RSA_SIGNATURE: &[u8] = include_bytes!("crypto/rsa-sign-sha256-abc.bin");
-const RSA_RAW_CIPHERTEXT: &[u8] = include_bytes!("crypto/rsa-raw-encrypt.bin");
+const RSA_PRIVATE: &[u8] = include_bytes!("../../../conform/vectors/rsa-private.der");
+const RSA_PUBLIC: &[u8] = include_bytes!("../../../conform/vectors/rsa-public.der");
+const RSA_SIGNATURE: &[u8] = include_bytes!("../../../conform/vectors/rsa-sign-sha256-abc.bin");
+const RSA_RAW_CIPHERTEXT: &[u8] = include_bytes!("../../../conform/vectors/rsa-raw-encrypt.bin");
 /// SHA-256("abc") (FIPS 180).
 const SHA256_ABC: [u8; 32] =
     hex32(*b"ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
