@@ -18,7 +18,7 @@
 use core::marker::PhantomData;
 use core::ops::{Bound, RangeBounds};
 use core::ptr::NonNull;
-use core::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use core::sync::atomic::{AtomicU8, Ordering};
 
 use virtio_core::memory::{Access, GuestAddress, GuestMemory, Mapping, MemoryError, Region};
 use virtio_core::memory::{RegionError, RegionMemory};
@@ -117,9 +117,8 @@ impl<'a> DmaBytes<'a> {
     ///
     /// `ptr` must be valid for reads of `len` bytes for `'a` (allocated,
     /// not freed meanwhile), and no Rust reference may cover those bytes
-    /// for `'a`; this process may write them meanwhile only with accesses
-    /// ordered before or after the reads (which are atomic loads of one
-    /// and of eight bytes, and must not race stores of another size)
+    /// for `'a`; this process may write them meanwhile only with atomic
+    /// byte stores or with accesses ordered before or after the reads
     /// (another agent, the device, may write them at any time).
     pub(crate) const unsafe fn from_raw(ptr: NonNull<u8>, len: usize) -> Self {
         DmaBytes {
@@ -170,33 +169,12 @@ impl<'a> DmaBytes<'a> {
     }
 
     /// Copies the first `min(self.len(), dst.len())` bytes into `dst`,
-    /// each read once; returns how many. Aligned words are read eight
-    /// bytes at a time (one atomic load each): a byte at a time, reading a
-    /// 16 KiB crypto result took longer than the device took to compute
-    /// it (`bench --crypto`).
+    /// each read once; returns how many.
     pub fn copy_to(&self, dst: &mut [u8]) -> usize {
         let n = self.len.min(dst.len());
-        let base = self.ptr.as_ptr();
-        let byte = |i: usize| {
+        for (i, d) in dst.iter_mut().take(n).enumerate() {
             // SAFETY: `i < n <= len`; an atomic read (see `get`).
-            unsafe { AtomicU8::from_ptr(base.add(i)) }.load(Ordering::Relaxed)
-        };
-        let mut i = 0;
-        while i < n && !(base as usize + i).is_multiple_of(8) {
-            dst[i] = byte(i);
-            i += 1;
-        }
-        while i + 8 <= n {
-            // SAFETY: `i + 8 <= n <= len` and `base + i` is 8-aligned (the
-            // loop above): eight of the vouched-for bytes, read atomically.
-            let w =
-                unsafe { AtomicU64::from_ptr(base.add(i).cast::<u64>()) }.load(Ordering::Relaxed);
-            dst[i..i + 8].copy_from_slice(&w.to_ne_bytes());
-            i += 8;
-        }
-        while i < n {
-            dst[i] = byte(i);
-            i += 1;
+            *d = unsafe { AtomicU8::from_ptr(self.ptr.as_ptr().add(i)) }.load(Ordering::Relaxed);
         }
         n
     }
