@@ -144,6 +144,18 @@ impl<const N: usize> Rig<N> {
         u.len
     }
 
+    /// An AES-128-CBC session (key [`K128`]) for `op` (1 encrypt, 2
+    /// decrypt) in the legacy layout; asserts it was made.
+    fn cbc_session(&mut self, op: u32) -> u64 {
+        let (st, id) = self.create(
+            wire::ctrl::CIPHER_CREATE,
+            &legacy_cipher_flf(3, 16, op),
+            &hex(K128),
+        );
+        assert_eq!(st, Status::Ok as u8);
+        id
+    }
+
     /// Creates a session from `opcode` and its fixed and variable parts;
     /// returns the status and the id.
     fn create(&mut self, opcode: u32, flf: &[u8], vlf: &[u8]) -> (u8, u64) {
@@ -229,19 +241,8 @@ const CT: &str = "7649abac8119b246cee98e9b12e9197d 5086cb9b507219ee95db113a91767
 #[test]
 fn section_5_9_7_legacy_aes_cbc_sessions_match_sp800_38a() {
     let mut r = rig(V1);
-    let key = hex(K128);
-    let (st, enc) = r.create(
-        wire::ctrl::CIPHER_CREATE,
-        &legacy_cipher_flf(3, 16, 1),
-        &key,
-    );
-    assert_eq!(st, Status::Ok as u8);
-    let (st, dec) = r.create(
-        wire::ctrl::CIPHER_CREATE,
-        &legacy_cipher_flf(3, 16, 2),
-        &key,
-    );
-    assert_eq!(st, Status::Ok as u8);
+    let enc = r.cbc_session(1);
+    let dec = r.cbc_session(2);
     assert_ne!(enc, dec);
     let vlf = [hex(IV), hex(PT)].concat();
     let (st, out, len) = r.data(
@@ -606,13 +607,7 @@ fn section_5_9_4_configuration_offers_more_than_aes_cbc_and_rsa() {
 #[test]
 fn a_destination_buffer_given_twice_keeps_the_result() {
     let mut r = rig(V1);
-    let key = hex(K128);
-    let (st, enc) = r.create(
-        wire::ctrl::CIPHER_CREATE,
-        &legacy_cipher_flf(3, 16, 1),
-        &key,
-    );
-    assert_eq!(st, Status::Ok as u8);
+    let enc = r.cbc_session(1);
     let req = cbc_encrypt_request(enc);
     let (a, b, status) = (OUT, OUT + 0x100, OUT + 0x200);
     let outs = [
@@ -644,12 +639,7 @@ fn a_chain_of_more_buffers_than_the_device_takes_gets_err() {
     let area = IndirectArea::new(GuestAddress(0x10_0000), 1200).unwrap();
     let features = V1 | TransportFeatures::RING_INDIRECT_DESC.bits();
     let mut r: Rig<2048> = rig_with(features, 0x20_0000, (0x8_0000, 0xa_0000), Some(area));
-    let (st, enc) = r.create(
-        wire::ctrl::CIPHER_CREATE,
-        &legacy_cipher_flf(3, 16, 1),
-        &hex(K128),
-    );
-    assert_eq!(st, Status::Ok as u8);
+    let enc = r.cbc_session(1);
     r.mem.write(GuestAddress(OUT), &[0u8; 1100]).unwrap();
     let outs: Vec<(GuestAddress, u32)> = (0..1100).map(|i| (GuestAddress(OUT + i), 1)).collect();
     assert_eq!(r.send_chain(&cbc_encrypt_request(enc), &outs), 1);

@@ -654,22 +654,34 @@ mod tests {
     use virtio_core::memory::GuestAddress;
     use virtio_core::split::layout::{DescFlags, Descriptor, QueueSize, UsedFlags};
 
-    /// A minimal driver on one queue of size 8: one 64-byte buffer per
-    /// publication, waiting for each. `barrier` puts the fence between
-    /// the index store and the suppression read (§2.7.13.4.1).
-    fn drive(barrier: bool, rounds: u32) -> KickHandle {
+    /// A probe over 64 KiB of memory with one queue of 8 entries laid out
+    /// at its start, not activated yet.
+    fn probe() -> (
+        super::super::targets::LocalMemory,
+        QueueLayout,
+        KickProbe<super::super::targets::LocalMemory>,
+        KickHandle,
+    ) {
         let mem = super::super::targets::LocalMemory::new(64 * 1024).unwrap();
         let base = virtio_user::GUEST_BASE;
-        let size = QueueSize::new(8).unwrap();
         let layout = QueueLayout::new(
-            size,
+            QueueSize::new(8).unwrap(),
             GuestAddress(base),
             GuestAddress(base + 0x1000),
             GuestAddress(base + 0x2000),
         )
         .unwrap();
         let watch = KickHandle::default();
-        let mut dev = KickProbe::new(mem.clone(), false, watch.clone());
+        let dev = KickProbe::new(mem.clone(), false, watch.clone());
+        (mem, layout, dev, watch)
+    }
+
+    /// A minimal driver on one queue of size 8: one 64-byte buffer per
+    /// publication, waiting for each. `barrier` puts the fence between
+    /// the index store and the suppression read (§2.7.13.4.1).
+    fn drive(barrier: bool, rounds: u32) -> KickHandle {
+        let (mem, layout, mut dev, watch) = probe();
+        let base = virtio_user::GUEST_BASE;
         dev.activate(
             TransportFeatures::VERSION_1.bits(),
             vec![QueueConfig {
@@ -713,17 +725,7 @@ mod tests {
     /// reports, and a queue the driver disables (§4.2.2.1) is let go.
     #[test]
     fn an_index_jump_stops_the_probe_with_its_reason() {
-        let mem = super::super::targets::LocalMemory::new(64 * 1024).unwrap();
-        let base = virtio_user::GUEST_BASE;
-        let layout = QueueLayout::new(
-            QueueSize::new(8).unwrap(),
-            GuestAddress(base),
-            GuestAddress(base + 0x1000),
-            GuestAddress(base + 0x2000),
-        )
-        .unwrap();
-        let watch = KickHandle::default();
-        let mut dev = KickProbe::new(mem.clone(), false, watch.clone());
+        let (mem, layout, mut dev, watch) = probe();
         let queues = || {
             vec![QueueConfig {
                 layout: Some(layout),

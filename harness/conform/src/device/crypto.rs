@@ -351,21 +351,12 @@ pub const CONFIG: Check = Check {
         AUTH_KEY_LEN,
     ],
     run: |ctx| {
-        let all = [
-            MAX_DATAQUEUES,
-            STATUS_FLAGS,
-            SERVICES,
-            MASKS,
-            UNDEFINED_ALGOS,
-            MAX_SIZE,
-            CIPHER_KEY_LEN,
-            AUTH_KEY_LEN,
-        ];
-        let Some(mut d) = super::open_type(ctx, &all, DeviceType::Crypto, "crypto") else {
+        let all = CONFIG.statements;
+        let Some(mut d) = super::open_type(ctx, all, DeviceType::Crypto, "crypto") else {
             return;
         };
         if let Err(e) = d.begin(0) {
-            ctx.blocked(&all, &e);
+            ctx.blocked(all, &e);
             return;
         }
         let c = d.crypto_config();

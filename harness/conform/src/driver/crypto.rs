@@ -17,10 +17,9 @@ use virtio_core::crypto::{
     Service, ctrl, data,
 };
 use virtio_core::features::CryptoFeatures;
-use virtio_core::memory::GuestAddress;
 use virtio_core::split::QueueLayout;
 
-use super::requests::Segment;
+use super::requests::{Segment, readable_prefix, writable_prefix};
 use super::{Seen, judge};
 use crate::{Check, Memory};
 
@@ -180,7 +179,7 @@ impl CryptoState {
             match self.pending.remove(&r.head) {
                 // struct virtio_crypto_session_input: id, status.
                 Some(Pending::Create { service, answer }) => {
-                    if let Some(b) = prefix(mem, &answer, true, SESSION_INPUT)
+                    if let Some(b) = writable_prefix(mem, &answer, SESSION_INPUT)
                         && u32_at(&b, 8) == 0
                     {
                         self.sessions.insert(u64_at(&b, 0), service);
@@ -188,7 +187,7 @@ impl CryptoState {
                 }
                 // struct virtio_crypto_destroy_session_input: status.
                 Some(Pending::Destroy { id, answer })
-                    if prefix(mem, &answer, true, 1).is_some_and(|b| b[0] == 0) =>
+                    if writable_prefix(mem, &answer, 1).is_some_and(|b| b[0] == 0) =>
                 {
                     self.sessions.remove(&id);
                 }
@@ -196,21 +195,6 @@ impl CryptoState {
             }
         }
     }
-}
-
-/// The first `n` bytes of the chain's readable (or writable) buffers.
-fn prefix(mem: &dyn Memory, segs: &[Segment], writable: bool, n: usize) -> Option<Vec<u8>> {
-    let mut out = Vec::with_capacity(n);
-    for &(addr, len, _) in segs.iter().filter(|s| s.2 == writable) {
-        if out.len() >= n {
-            break;
-        }
-        let take = (n - out.len()).min(len as usize);
-        let mut b = alloc::vec![0u8; take];
-        mem.read(GuestAddress(addr), &mut b).ok()?;
-        out.extend_from_slice(&b);
-    }
-    (out.len() == n).then_some(out)
 }
 
 fn u32_at(b: &[u8], at: usize) -> u32 {
@@ -260,7 +244,7 @@ fn judge_ctrl(
     let l = state.limits;
     let rev1 = l.rev1();
     let flf_len = |own: usize| if rev1 { own } else { CTRL_FLF_LEGACY };
-    let Some(h) = prefix(mem, segs, false, CTRL_HEADER) else {
+    let Some(h) = readable_prefix(mem, segs, CTRL_HEADER) else {
         judge(seen, CREATE_PARTS, false, || {
             format!("a control request of {readable} readable bytes, no header")
         });
@@ -287,7 +271,8 @@ fn judge_ctrl(
     if let Some(&(_, service, own)) = creates.iter().find(|c| c.0 == op) {
         keep_op(seen, CREATE_OPCODE);
         let n = flf_len(own);
-        let Some(f) = prefix(mem, segs, false, CTRL_HEADER + n).map(|b| b[CTRL_HEADER..].to_vec())
+        let Some(f) =
+            readable_prefix(mem, segs, CTRL_HEADER + n).map(|b| b[CTRL_HEADER..].to_vec())
         else {
             judge(seen, CREATE_PARTS, false, || {
                 format!("a create request of {readable} readable bytes (opcode {op:#x})")
@@ -346,7 +331,7 @@ fn judge_ctrl(
             .insert(head, Pending::Create { service, answer });
     } else if let Some(&(_, service)) = destroys.iter().find(|d| d.0 == op) {
         keep_op(seen, DESTROY_OPCODE);
-        let Some(f) = prefix(mem, segs, false, CTRL_HEADER + 8) else {
+        let Some(f) = readable_prefix(mem, segs, CTRL_HEADER + 8) else {
             return;
         };
         let id = u64_at(&f, CTRL_HEADER);
@@ -382,7 +367,7 @@ fn judge_data(
     writable: u64,
 ) {
     let l = state.limits;
-    let Some(h) = prefix(mem, segs, false, DATA_HEADER) else {
+    let Some(h) = readable_prefix(mem, segs, DATA_HEADER) else {
         return;
     };
     let op = u32_at(&h, 0);
@@ -452,7 +437,7 @@ fn judge_data(
         _ => 8,
     };
     let n = if l.rev1() { own } else { DATA_FLF_LEGACY };
-    let Some(f) = prefix(mem, segs, false, DATA_HEADER + n).map(|b| b[DATA_HEADER..].to_vec())
+    let Some(f) = readable_prefix(mem, segs, DATA_HEADER + n).map(|b| b[DATA_HEADER..].to_vec())
     else {
         return;
     };
@@ -492,6 +477,7 @@ mod tests {
     use super::super::test_ram::{Ram, layout, put};
     use super::*;
     use crate::Outcome;
+    use virtio_core::memory::GuestAddress;
 
     fn le(words: &[u32]) -> Vec<u8> {
         words.iter().flat_map(|w| w.to_le_bytes()).collect()

@@ -114,13 +114,28 @@ const MAX_PREFIX: usize = 1 << 20;
 
 /// The first `n` device-readable bytes of a chain (`None` when the chain
 /// has fewer, they are not in memory, or `n` is over [`MAX_PREFIX`]).
-fn readable_prefix(mem: &dyn Memory, segs: &[Segment], n: usize) -> Option<Vec<u8>> {
+pub(super) fn readable_prefix(mem: &dyn Memory, segs: &[Segment], n: usize) -> Option<Vec<u8>> {
+    gather(mem, segs.iter().take_while(|s| !s.2), n)
+}
+
+/// The first `n` device-writable bytes of a chain (its part after the
+/// readable one), under the same bounds as [`readable_prefix`].
+pub(super) fn writable_prefix(mem: &dyn Memory, segs: &[Segment], n: usize) -> Option<Vec<u8>> {
+    gather(mem, segs.iter().skip_while(|s| !s.2), n)
+}
+
+/// The first `n` bytes of the buffers `segs`, in order.
+fn gather<'a>(
+    mem: &dyn Memory,
+    segs: impl Iterator<Item = &'a Segment>,
+    n: usize,
+) -> Option<Vec<u8>> {
     if n > MAX_PREFIX {
         return None;
     }
     let mut out = Vec::with_capacity(n.min(4096));
-    for &(addr, len, write) in segs {
-        if write || out.len() == n {
+    for &(addr, len, _) in segs {
+        if out.len() == n {
             break;
         }
         let take = (n - out.len()).min(len as usize);
