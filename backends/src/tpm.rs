@@ -5,11 +5,15 @@
 //! - [`emulator`] (`std`): a swtpm process, reached through its control
 //!   channel, with the data channel handed over by `CMD_SET_DATAFD` (QEMU's
 //!   `tpm-emulator`).
+//! - [`passthrough`] (`std`): a host TPM character device (`/dev/tpm0`)
+//!   with its sysfs cancel file (QEMU's `tpm-passthrough`).
 
 use core::fmt;
 
 #[cfg(feature = "std")]
 pub mod emulator;
+#[cfg(feature = "std")]
+pub mod passthrough;
 
 /// The smallest response a TPM sends: tag, size and response code
 /// (TPM 2.0 Part 1, "Command/Response Header Fields").
@@ -78,36 +82,36 @@ pub enum BlobType {
 }
 
 /// A TPM the frontend sends commands to.
+///
+/// Every method takes `&self`: a frontend runs a command on one thread
+/// while another (the guest's register write) cancels it or reads the
+/// established flag, so an implementation locks what it must inside.
 pub trait TpmBackend {
     /// Starts (or restarts, after a machine reset) the TPM with a command
     /// buffer of about `buffer_size` bytes; returns the size in use (the
     /// backend's bounds apply).
-    fn startup(&mut self, buffer_size: u32) -> Result<u32, TpmError>;
+    fn startup(&self, buffer_size: u32) -> Result<u32, TpmError>;
 
     /// Runs `command` for `locality` (0 to 4) and writes the response to
     /// the front of `response`; returns its length (from its header).
-    fn command(
-        &mut self,
-        locality: u8,
-        command: &[u8],
-        response: &mut [u8],
-    ) -> Result<usize, TpmError>;
+    fn command(&self, locality: u8, command: &[u8], response: &mut [u8])
+    -> Result<usize, TpmError>;
 
     /// Asks the TPM to cancel the command it is running.
-    fn cancel(&mut self) -> Result<(), TpmError>;
+    fn cancel(&self) -> Result<(), TpmError>;
 
     /// The command buffer size in use.
     fn buffer_size(&self) -> u32;
 
     /// The TPM's `tpmEstablished` flag (TCG PC Client: set by a dynamic
     /// root of trust measurement).
-    fn established(&mut self) -> Result<bool, TpmError>;
+    fn established(&self) -> Result<bool, TpmError>;
 
     /// Clears `tpmEstablished` from `locality` (3 or 4).
-    fn reset_established(&mut self, locality: u8) -> Result<(), TpmError>;
+    fn reset_established(&self, locality: u8) -> Result<(), TpmError>;
 
     /// Stops the TPM (its state is kept where the backend keeps it).
-    fn stop(&mut self) -> Result<(), TpmError>;
+    fn stop(&self) -> Result<(), TpmError>;
 }
 
 /// The length a TPM response or command header says it has (bytes 2..6,

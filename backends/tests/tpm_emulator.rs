@@ -75,7 +75,7 @@ fn rc(resp: &[u8]) -> u32 {
 }
 
 fn started(path: &Path) -> Emulator {
-    let mut e = Emulator::connect(path).unwrap();
+    let e = Emulator::connect(path).unwrap();
     let size = e.startup(4096).unwrap();
     assert!(size >= 1024, "buffer size {size}");
     let mut resp = [0u8; 4096];
@@ -92,7 +92,7 @@ fn swtpm_answers_get_random_through_the_handed_over_data_channel() {
     let Some(s) = swtpm(test) else {
         return;
     };
-    let mut e = started(&s.ctrl);
+    let e = started(&s.ctrl);
     let caps = e.capabilities();
     for c in [cap::INIT, cap::SET_DATAFD, cap::SET_LOCALITY, cap::STOP] {
         assert_ne!(caps & c, 0, "capability {c:#x} in {caps:#x}");
@@ -124,7 +124,7 @@ fn bad_commands_are_refused_or_answered_and_the_tpm_goes_on() {
     let Some(s) = swtpm(test) else {
         return;
     };
-    let mut e = started(&s.ctrl);
+    let e = started(&s.ctrl);
     let mut resp = [0u8; 4096];
     assert!(matches!(
         e.command(0, &[0x80, 0x01, 0], &mut resp),
@@ -159,7 +159,7 @@ fn state_blobs_read_back_and_set() {
     let Some(s) = swtpm(test) else {
         return;
     };
-    let mut e = started(&s.ctrl);
+    let e = started(&s.ctrl);
     let blob = e.state_blob(BlobType::Permanent).unwrap();
     assert!(blob.len() > 100, "{} bytes", blob.len());
     e.stop().unwrap();
@@ -179,7 +179,7 @@ fn a_dead_swtpm_fails_commands_promptly() {
     let Some(mut s) = swtpm(test) else {
         return;
     };
-    let mut e = started(&s.ctrl);
+    let e = started(&s.ctrl);
     s.child.kill().unwrap();
     s.child.wait().unwrap();
     let mut resp = [0u8; 4096];

@@ -14,6 +14,8 @@ use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use super::{BlobType, HEADER_LEN, TpmBackend, TpmError, header_size};
@@ -84,17 +86,33 @@ pub const DEFAULT_BUFFER: u32 = 4096;
 const MAX_BLOB: u32 = 16 << 20;
 
 /// A swtpm process behind its control socket.
+///
+/// The control and data channels each sit behind a lock (data first,
+/// then control, when both are needed), so a command can run on one
+/// thread while another cancels it or asks for the established flag.
 #[derive(Debug)]
 pub struct Emulator {
-    ctrl: UnixStream,
-    data: UnixStream,
+    ctrl: Mutex<UnixStream>,
+    data: Mutex<DataChannel>,
     caps: u64,
-    buffer_size: u32,
+    buffer_size: AtomicU32,
+}
+
+/// The data channel and what is known of its state.
+#[derive(Debug)]
+struct DataChannel {
+    sock: UnixStream,
     /// The locality swtpm was last told, if any.
     locality: Option<u8>,
     /// A response was not read whole (it claimed more than there was room
     /// for): the data channel is out of step and carries nothing more.
     out_of_step: bool,
+}
+
+/// Takes a lock even if a thread panicked holding it: the channel's
+/// state is kept consistent by the code that holds it, not by unwinding.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Sends `bytes` on `sock` with `fd` as `SCM_RIGHTS`.
@@ -164,12 +182,14 @@ impl Emulator {
         ours.set_read_timeout(Some(timeout))?;
         ours.set_write_timeout(Some(timeout))?;
         let mut e = Emulator {
-            ctrl,
-            data: ours,
+            ctrl: Mutex::new(ctrl),
+            data: Mutex::new(DataChannel {
+                sock: ours,
+                locality: None,
+                out_of_step: false,
+            }),
             caps: 0,
-            buffer_size: DEFAULT_BUFFER,
-            locality: None,
-            out_of_step: false,
+            buffer_size: AtomicU32::new(DEFAULT_BUFFER),
         };
         let c = e.control(cmd::GET_CAPABILITY, &[], 8)?;
         e.caps = u64::from_be_bytes(c[..8].try_into().unwrap_or_default());
@@ -178,9 +198,12 @@ impl Emulator {
                 "CMD_SET_DATAFD (swtpm must not run with --server)",
             ));
         }
-        send_with_fd(&e.ctrl, &cmd::SET_DATAFD.to_be_bytes(), theirs.as_raw_fd())?;
-        let r = e.read_ctrl(4)?;
-        check(cmd::SET_DATAFD, &r)?;
+        {
+            let mut ctrl = lock(&e.ctrl);
+            send_with_fd(&ctrl, &cmd::SET_DATAFD.to_be_bytes(), theirs.as_raw_fd())?;
+            let r = read_exact(&mut ctrl, 4)?;
+            check(cmd::SET_DATAFD, &r)?;
+        }
         // swtpm holds its own copy now.
         drop(theirs);
         Ok(e)
@@ -191,29 +214,19 @@ impl Emulator {
         self.caps
     }
 
-    fn read_ctrl(&mut self, len: usize) -> Result<Vec<u8>, TpmError> {
-        let mut b = vec![0u8; len];
-        self.ctrl.read_exact(&mut b)?;
-        Ok(b)
-    }
-
     /// Sends control command `command` with `request`; reads `answer`
     /// bytes back.
-    fn control(
-        &mut self,
-        command: u32,
-        request: &[u8],
-        answer: usize,
-    ) -> Result<Vec<u8>, TpmError> {
+    fn control(&self, command: u32, request: &[u8], answer: usize) -> Result<Vec<u8>, TpmError> {
         let mut m = command.to_be_bytes().to_vec();
         m.extend_from_slice(request);
-        self.ctrl.write_all(&m)?;
-        self.read_ctrl(answer)
+        let mut ctrl = lock(&self.ctrl);
+        ctrl.write_all(&m)?;
+        read_exact(&mut ctrl, answer)
     }
 
     /// A control command whose answer is only a result code.
     fn simple(
-        &mut self,
+        &self,
         command: u32,
         request: &[u8],
         needs: u64,
@@ -228,27 +241,29 @@ impl Emulator {
 
     /// One of the TPM's state blobs (`CMD_GET_STATEBLOB`), as swtpm keeps
     /// it (encrypted if swtpm encrypts its state).
-    pub fn state_blob(&mut self, blob: BlobType) -> Result<Vec<u8>, TpmError> {
+    pub fn state_blob(&self, blob: BlobType) -> Result<Vec<u8>, TpmError> {
         if self.caps & cap::GET_STATEBLOB == 0 {
             return Err(TpmError::Unsupported("CMD_GET_STATEBLOB"));
         }
-        let mut req = Vec::with_capacity(12);
-        req.extend_from_slice(&0u32.to_be_bytes());
-        req.extend_from_slice(&(blob as u32).to_be_bytes());
-        req.extend_from_slice(&0u32.to_be_bytes());
+        let mut m = cmd::GET_STATEBLOB.to_be_bytes().to_vec();
+        m.extend_from_slice(&0u32.to_be_bytes());
+        m.extend_from_slice(&(blob as u32).to_be_bytes());
+        m.extend_from_slice(&0u32.to_be_bytes());
+        let mut ctrl = lock(&self.ctrl);
+        ctrl.write_all(&m)?;
         // result, state_flags, totlength, length; then totlength bytes.
-        let h = self.control(cmd::GET_STATEBLOB, &req, 16)?;
+        let h = read_exact(&mut ctrl, 16)?;
         check(cmd::GET_STATEBLOB, &h)?;
         let total = be32(&h, 8);
         if total > MAX_BLOB {
             return Err(TpmError::BadResponse("a state blob larger than 16 MiB"));
         }
-        self.read_ctrl(total as usize)
+        read_exact(&mut ctrl, total as usize)
     }
 
     /// Sets one of the TPM's state blobs (`CMD_SET_STATEBLOB`; the TPM
     /// must be stopped, [`TpmBackend::stop`]).
-    pub fn set_state_blob(&mut self, blob: BlobType, data: &[u8]) -> Result<(), TpmError> {
+    pub fn set_state_blob(&self, blob: BlobType, data: &[u8]) -> Result<(), TpmError> {
         if self.caps & cap::SET_STATEBLOB == 0 {
             return Err(TpmError::Unsupported("CMD_SET_STATEBLOB"));
         }
@@ -259,15 +274,23 @@ impl Emulator {
         m.extend_from_slice(&(blob as u32).to_be_bytes());
         m.extend_from_slice(&len.to_be_bytes());
         m.extend_from_slice(data);
-        self.ctrl.write_all(&m)?;
-        let r = self.read_ctrl(4)?;
+        let mut ctrl = lock(&self.ctrl);
+        ctrl.write_all(&m)?;
+        let r = read_exact(&mut ctrl, 4)?;
         check(cmd::SET_STATEBLOB, &r)
     }
 
     /// Ends the swtpm process (`CMD_SHUTDOWN`).
-    pub fn shutdown(&mut self) -> Result<(), TpmError> {
+    pub fn shutdown(&self) -> Result<(), TpmError> {
         self.simple(cmd::SHUTDOWN, &[], cap::SHUTDOWN, "CMD_SHUTDOWN")
     }
+}
+
+/// Reads exactly `len` bytes.
+fn read_exact(sock: &mut UnixStream, len: usize) -> Result<Vec<u8>, TpmError> {
+    let mut b = vec![0u8; len];
+    sock.read_exact(&mut b)?;
+    Ok(b)
 }
 
 /// A result code of 0, or the error naming the command.
@@ -279,25 +302,27 @@ fn check(command: u32, answer: &[u8]) -> Result<(), TpmError> {
 }
 
 impl TpmBackend for Emulator {
-    fn startup(&mut self, buffer_size: u32) -> Result<u32, TpmError> {
+    fn startup(&self, buffer_size: u32) -> Result<u32, TpmError> {
+        let mut data = lock(&self.data);
         if self.caps & cap::SET_BUFFERSIZE != 0 {
             // result, buffersize, minsize, maxsize.
             let r = self.control(cmd::SET_BUFFERSIZE, &buffer_size.to_be_bytes(), 16)?;
             check(cmd::SET_BUFFERSIZE, &r)?;
-            self.buffer_size = be32(&r, 4);
+            self.buffer_size.store(be32(&r, 4), Ordering::Relaxed);
         }
         self.simple(cmd::INIT, &0u32.to_be_bytes(), cap::INIT, "CMD_INIT")?;
-        self.locality = None;
-        Ok(self.buffer_size)
+        data.locality = None;
+        Ok(self.buffer_size())
     }
 
     fn command(
-        &mut self,
+        &self,
         locality: u8,
         command: &[u8],
         response: &mut [u8],
     ) -> Result<usize, TpmError> {
-        if self.out_of_step {
+        let mut data = lock(&self.data);
+        if data.out_of_step {
             return Err(TpmError::BadResponse(
                 "an earlier response did not fit: the data channel is out of step",
             ));
@@ -305,33 +330,33 @@ impl TpmBackend for Emulator {
         if command.len() < HEADER_LEN {
             return Err(TpmError::BadCommand("shorter than a header"));
         }
-        if command.len() > self.buffer_size as usize {
+        if command.len() > self.buffer_size() as usize {
             return Err(TpmError::BadCommand("larger than the buffer"));
         }
-        if self.locality != Some(locality) && self.caps & cap::SET_LOCALITY != 0 {
+        if data.locality != Some(locality) && self.caps & cap::SET_LOCALITY != 0 {
             let mut req = [0u8; 4];
             req[0] = locality;
             let r = self.control(cmd::SET_LOCALITY, &req, 4)?;
             check(cmd::SET_LOCALITY, &r)?;
-            self.locality = Some(locality);
+            data.locality = Some(locality);
         }
-        self.data.write_all(command)?;
+        data.sock.write_all(command)?;
         let mut h = [0u8; HEADER_LEN];
-        self.data.read_exact(&mut h)?;
+        data.sock.read_exact(&mut h)?;
         let size = header_size(&h).unwrap_or(0) as usize;
         if !(HEADER_LEN..=response.len()).contains(&size) {
             // Nothing past the header is read: whatever follows is lost.
-            self.out_of_step = true;
+            data.out_of_step = true;
             return Err(TpmError::BadResponse(
                 "a size smaller than the header or larger than the response buffer",
             ));
         }
         response[..HEADER_LEN].copy_from_slice(&h);
-        self.data.read_exact(&mut response[HEADER_LEN..size])?;
+        data.sock.read_exact(&mut response[HEADER_LEN..size])?;
         Ok(size)
     }
 
-    fn cancel(&mut self) -> Result<(), TpmError> {
+    fn cancel(&self) -> Result<(), TpmError> {
         self.simple(
             cmd::CANCEL_TPM_CMD,
             &[],
@@ -341,10 +366,10 @@ impl TpmBackend for Emulator {
     }
 
     fn buffer_size(&self) -> u32 {
-        self.buffer_size
+        self.buffer_size.load(Ordering::Relaxed)
     }
 
-    fn established(&mut self) -> Result<bool, TpmError> {
+    fn established(&self) -> Result<bool, TpmError> {
         if self.caps & cap::GET_TPMESTABLISHED == 0 {
             return Err(TpmError::Unsupported("CMD_GET_TPMESTABLISHED"));
         }
@@ -354,7 +379,7 @@ impl TpmBackend for Emulator {
         Ok(r[4] != 0)
     }
 
-    fn reset_established(&mut self, locality: u8) -> Result<(), TpmError> {
+    fn reset_established(&self, locality: u8) -> Result<(), TpmError> {
         let mut req = [0u8; 4];
         req[0] = locality;
         self.simple(
@@ -365,7 +390,7 @@ impl TpmBackend for Emulator {
         )
     }
 
-    fn stop(&mut self) -> Result<(), TpmError> {
+    fn stop(&self) -> Result<(), TpmError> {
         self.simple(cmd::STOP, &[], cap::STOP, "CMD_STOP")
     }
 }
