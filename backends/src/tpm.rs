@@ -112,6 +112,14 @@ pub trait TpmBackend {
 
     /// Stops the TPM (its state is kept where the backend keeps it).
     fn stop(&self) -> Result<(), TpmError>;
+
+    /// Ends the TPM for good, as its frontend goes away (swtpm's process
+    /// exits; QEMU does the same when it quits). By default, [`stop`].
+    ///
+    /// [`stop`]: TpmBackend::stop
+    fn shutdown(&self) -> Result<(), TpmError> {
+        self.stop()
+    }
 }
 
 /// The length a TPM response or command header says it has (bytes 2..6,

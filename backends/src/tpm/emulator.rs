@@ -279,11 +279,6 @@ impl Emulator {
         let r = read_exact(&mut ctrl, 4)?;
         check(cmd::SET_STATEBLOB, &r)
     }
-
-    /// Ends the swtpm process (`CMD_SHUTDOWN`).
-    pub fn shutdown(&self) -> Result<(), TpmError> {
-        self.simple(cmd::SHUTDOWN, &[], cap::SHUTDOWN, "CMD_SHUTDOWN")
-    }
 }
 
 /// Reads exactly `len` bytes.
@@ -392,5 +387,10 @@ impl TpmBackend for Emulator {
 
     fn stop(&self) -> Result<(), TpmError> {
         self.simple(cmd::STOP, &[], cap::STOP, "CMD_STOP")
+    }
+
+    /// Ends the swtpm process (`CMD_SHUTDOWN`).
+    fn shutdown(&self) -> Result<(), TpmError> {
+        self.simple(cmd::SHUTDOWN, &[], cap::SHUTDOWN, "CMD_SHUTDOWN")
     }
 }

@@ -32,6 +32,7 @@ pub mod pvh;
 pub mod serve;
 pub mod slots;
 pub mod stats;
+pub mod tpm_crb;
 pub mod virtio;
 pub mod vm;
 

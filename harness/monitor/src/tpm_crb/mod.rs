@@ -1,0 +1,576 @@
+//! The TPM 2.0 Command Response Buffer interface (QEMU's `-device
+//! tpm-crb`): TCG PC Client Platform TPM Profile (PTP) specification,
+//! Family 2.0, section 6.5.3 ("CRB Interface") and its register tables.
+//!
+//! Five locality pages of 4 KiB from [`CRB_BASE`] (`0xFED4_0000`): in
+//! each, the locality registers (`TPM_LOC_STATE_x`, `TPM_LOC_CTRL_x`,
+//! `TPM_LOC_STS_x`), the interface identifier, the control area
+//! (`TPM_CRB_CTRL_REQ_x`, `_STS_x`, `_CANCEL_x`, `_START_x`, the buffer
+//! addresses and sizes) and the data buffer from offset `0x80`. The data
+//! buffer is one, seen from every page; a page's control area and buffer
+//! take writes only from the active locality.
+//!
+//! A command runs on a thread of its own, so the guest keeps running and
+//! polls `START`, and can cancel it. How the device answers what a guest
+//! should not do:
+//!
+//! - a write to a read-only register, or a control area or buffer write
+//!   from a locality that is not active, is dropped (and counted);
+//! - data buffer reads from a locality that is not active return all
+//!   ones; reads during a command return the buffer as it is (the command
+//!   until the response lands);
+//! - `START` while the TPM is idle (no `cmdReady` since `goIdle`) is
+//!   dropped; a command whose header gives a size under 10 bytes or over
+//!   the buffer gets a response of `TPM_RC_COMMAND_SIZE` from the device
+//!   itself, without reaching the backend;
+//! - the backend's channel failing (swtpm dies mid-command) sets the
+//!   fatal-error bit `tpmSts` in `TPM_CRB_CTRL_STS` and clears `START`;
+//!   every later `START` leaves the buffer as it is and `START` clear,
+//!   until [`TpmCrb::reset`] restarts the backend.
+//!
+//! QEMU's `tpm-crb` implements locality 0 alone (its `CapLocality` is 0);
+//! this one implements all five (`CapLocality` 1).
+
+use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, Sender, channel};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use backends::tpm::{HEADER_LEN, TpmBackend, TpmError, header_size};
+
+use crate::bus::MmioDevice;
+
+#[cfg(test)]
+mod tests;
+
+/// Where the interface sits (PTP: the fixed address of locality 0).
+pub const CRB_BASE: u64 = 0xFED4_0000;
+/// The localities, 0 to 4, one page each.
+pub const LOCALITIES: u8 = 5;
+/// One locality's page.
+pub const LOCALITY_STRIDE: u64 = 0x1000;
+/// The whole range on the bus.
+pub const CRB_SIZE: u64 = LOCALITY_STRIDE * LOCALITIES as u64;
+/// The data buffer's size: the rest of a page after the registers.
+pub const BUFFER_SIZE: usize = (LOCALITY_STRIDE - reg::DATA_BUFFER) as usize;
+
+/// Register offsets in a locality's page (PTP, the CRB register table).
+pub mod reg {
+    /// `TPM_LOC_STATE_x`: the locality state, the same in every page.
+    pub const LOC_STATE: u64 = 0x00;
+    /// `TPM_LOC_CTRL_x`: request, relinquish, seize, reset establishment.
+    pub const LOC_CTRL: u64 = 0x08;
+    /// `TPM_LOC_STS_x`: granted, been seized (this page's locality).
+    pub const LOC_STS: u64 = 0x0c;
+    /// `TPM_CRB_INTF_ID_x`: interface type, version and capabilities.
+    pub const INTF_ID: u64 = 0x30;
+    /// `TPM_CRB_INTF_ID_x`, upper half: vendor and device id.
+    pub const INTF_ID_HI: u64 = 0x34;
+    /// `TPM_CRB_CTRL_EXT_x`: reserved for extensions.
+    pub const CTRL_EXT: u64 = 0x38;
+    /// `TPM_CRB_CTRL_REQ_x`: cmdReady, goIdle.
+    pub const CTRL_REQ: u64 = 0x40;
+    /// `TPM_CRB_CTRL_STS_x`: tpmSts (fatal error), tpmIdle.
+    pub const CTRL_STS: u64 = 0x44;
+    /// `TPM_CRB_CTRL_CANCEL_x`.
+    pub const CTRL_CANCEL: u64 = 0x48;
+    /// `TPM_CRB_CTRL_START_x`.
+    pub const CTRL_START: u64 = 0x4c;
+    /// `TPM_CRB_INT_ENABLE_x` (no interrupts here: reads 0).
+    pub const INT_ENABLE: u64 = 0x50;
+    /// `TPM_CRB_INT_STS_x`.
+    pub const INT_STS: u64 = 0x54;
+    /// `TPM_CRB_CTRL_CMD_SIZE_x`.
+    pub const CMD_SIZE: u64 = 0x58;
+    /// `TPM_CRB_CTRL_CMD_LADDR_x`.
+    pub const CMD_LADDR: u64 = 0x5c;
+    /// `TPM_CRB_CTRL_CMD_HADDR_x`.
+    pub const CMD_HADDR: u64 = 0x60;
+    /// `TPM_CRB_CTRL_RSP_SIZE_x`.
+    pub const RSP_SIZE: u64 = 0x64;
+    /// `TPM_CRB_CTRL_RSP_ADDR_x` (64 bits).
+    pub const RSP_ADDR: u64 = 0x68;
+    /// `TPM_CRB_DATA_BUFFER_x`: to the end of the page.
+    pub const DATA_BUFFER: u64 = 0x80;
+}
+
+/// Bits of `TPM_LOC_STATE_x`.
+pub mod loc_state {
+    /// `tpmEstablishment`: 1 while no dynamic root of trust has been
+    /// established (the TPM's flag, inverted).
+    pub const NOT_ESTABLISHED: u32 = 1 << 0;
+    /// `locAssigned`: some locality is active.
+    pub const LOC_ASSIGNED: u32 = 1 << 1;
+    /// `activeLocality`, bits 2 to 4.
+    pub const ACTIVE_SHIFT: u32 = 2;
+    /// `tpmRegValidSts`: the other bits are valid.
+    pub const REG_VALID: u32 = 1 << 7;
+}
+
+/// Bits written to `TPM_LOC_CTRL_x`.
+pub mod loc_ctrl {
+    /// `requestAccess`.
+    pub const REQUEST_ACCESS: u32 = 1 << 0;
+    /// `relinquish`.
+    pub const RELINQUISH: u32 = 1 << 1;
+    /// `seize`: a higher locality takes over from a lower one.
+    pub const SEIZE: u32 = 1 << 2;
+    /// `resetEstablishmentBit` (localities 3 and 4).
+    pub const RESET_ESTABLISHMENT: u32 = 1 << 3;
+}
+
+/// Bits of `TPM_LOC_STS_x`.
+pub mod loc_sts {
+    /// `Granted`: this page's locality is active.
+    pub const GRANTED: u32 = 1 << 0;
+    /// `beenSeized`: a higher locality seized it.
+    pub const BEEN_SEIZED: u32 = 1 << 1;
+}
+
+/// Bits of `TPM_CRB_CTRL_REQ_x` and `TPM_CRB_CTRL_STS_x`.
+pub mod ctrl {
+    /// `REQ.cmdReady`: leave idle, ready for a command.
+    pub const CMD_READY: u32 = 1 << 0;
+    /// `REQ.goIdle`.
+    pub const GO_IDLE: u32 = 1 << 1;
+    /// `STS.tpmSts`: a fatal error; the TPM needs a reset.
+    pub const STS_FATAL: u32 = 1 << 0;
+    /// `STS.tpmIdle`.
+    pub const STS_IDLE: u32 = 1 << 1;
+    /// `START` and `CANCEL`: the one bit.
+    pub const INVOKE: u32 = 1 << 0;
+}
+
+/// `TPM_CRB_INTF_ID_x`, low half: InterfaceType 1 (CRB active),
+/// InterfaceVersion 1, CapLocality 1 (five localities), no idle bypass,
+/// CapDataXferSizeSupport 3 (64 bytes), no FIFO, CapCRB 1,
+/// InterfaceSelector 1 (CRB), RID 0.
+pub const INTF_ID_VALUE: u32 = 1 | (1 << 4) | (1 << 8) | (3 << 11) | (1 << 14) | (1 << 17);
+
+/// `TPM_CRB_INTF_ID_x`, upper half: vendor 0x1014, the id QEMU's CRB
+/// shows, so software that knows QEMU's TPM knows this one; device 0.
+pub const INTF_ID_HI_VALUE: u32 = 0x1014;
+
+/// `TPM_RC_COMMAND_SIZE` (TPM 2.0 Part 2, 6.6.3): the size in the
+/// header does not fit.
+pub const TPM_RC_COMMAND_SIZE: u32 = 0x142;
+/// `TPM_RC_LOCALITY` (Part 2, 6.6.3): the backend cannot run the command
+/// at this locality (a host TPM).
+pub const TPM_RC_LOCALITY: u32 = 0x907;
+
+/// What the device counted: the guest's mistakes and the commands run.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CrbStats {
+    /// Commands handed to the backend.
+    pub commands: u64,
+    /// Commands answered `TPM_RC_COMMAND_SIZE` by the device.
+    pub bad_size: u64,
+    /// Writes to read-only registers (or reserved space).
+    pub read_only_writes: u64,
+    /// Control area or buffer writes from a locality not active.
+    pub inactive_writes: u64,
+    /// Buffer writes while a command ran, `START` while idle or fatal.
+    pub out_of_state: u64,
+    /// Register writes not on a 4-byte boundary.
+    pub misaligned: u64,
+    /// Commands that ended with the fatal-error bit (backend failed).
+    pub fatal: u64,
+}
+
+/// The interface's state, shared by the vCPU (registers) and the command
+/// thread (completion).
+struct State {
+    active: Option<u8>,
+    /// Localities waiting for access (bit per locality).
+    pending: u8,
+    /// Localities whose access was seized (bit per locality).
+    seized: u8,
+    idle: bool,
+    fatal: bool,
+    start: bool,
+    cancel: bool,
+    /// The TPM's `tpmEstablished` flag, read at reset.
+    established: bool,
+    /// The buffer size the backend agreed to (at most [`BUFFER_SIZE`]).
+    limit: usize,
+    buffer: Box<[u8; BUFFER_SIZE]>,
+    stats: CrbStats,
+}
+
+impl State {
+    fn new() -> State {
+        State {
+            active: None,
+            pending: 0,
+            seized: 0,
+            idle: true,
+            fatal: false,
+            start: false,
+            cancel: false,
+            established: false,
+            limit: BUFFER_SIZE,
+            buffer: Box::new([0; BUFFER_SIZE]),
+            stats: CrbStats::default(),
+        }
+    }
+
+    /// Grants access to the highest locality waiting, if none is active.
+    fn grant_pending(&mut self) {
+        if self.active.is_none() && self.pending != 0 {
+            let l = 7 - self.pending.leading_zeros() as u8;
+            self.pending &= !(1 << l);
+            self.active = Some(l);
+        }
+    }
+
+    /// Writes a header-only response with `rc` to the buffer.
+    fn error_response(&mut self, rc: u32) {
+        self.buffer[..2].copy_from_slice(&0x8001u16.to_be_bytes());
+        self.buffer[2..6].copy_from_slice(&(HEADER_LEN as u32).to_be_bytes());
+        self.buffer[6..10].copy_from_slice(&rc.to_be_bytes());
+    }
+}
+
+/// A command for the command thread.
+struct Job {
+    locality: u8,
+    command: Vec<u8>,
+}
+
+/// A TPM CRB interface in front of a TPM backend: the device on the MMIO
+/// bus (QEMU's `tpm-crb`).
+pub struct TpmCrb {
+    shared: Arc<Shared>,
+    jobs: Option<Sender<Job>>,
+}
+
+/// What the registers and the command thread share.
+struct Shared {
+    state: Mutex<State>,
+    backend: Arc<dyn TpmBackend + Send + Sync>,
+    /// The backend has been shut down (the device is gone).
+    closed: AtomicBool,
+}
+
+fn lock(m: &Mutex<State>) -> MutexGuard<'_, State> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl fmt::Debug for TpmCrb {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TpmCrb")
+            .field("stats", &self.handle().stats())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A view of a [`TpmCrb`] that stays with the caller once the device is
+/// on the bus: its counters and its fatal-error bit.
+#[derive(Clone)]
+pub struct CrbHandle(Arc<Shared>);
+
+impl fmt::Debug for CrbHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("CrbHandle").field(&self.stats()).finish()
+    }
+}
+
+impl CrbHandle {
+    /// What the device counted so far.
+    pub fn stats(&self) -> CrbStats {
+        lock(&self.0.state).stats
+    }
+
+    /// Whether the fatal-error bit is set.
+    pub fn is_fatal(&self) -> bool {
+        lock(&self.0.state).fatal
+    }
+
+    /// Whether a command is running.
+    pub fn is_busy(&self) -> bool {
+        lock(&self.0.state).start
+    }
+}
+
+impl TpmCrb {
+    /// The interface in front of `backend`, which is started
+    /// ([`TpmBackend::startup`]) with the buffer's size. Fails if the
+    /// backend cannot start.
+    pub fn new(backend: Arc<dyn TpmBackend + Send + Sync>) -> Result<TpmCrb, TpmError> {
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State::new()),
+            backend,
+            closed: AtomicBool::new(false),
+        });
+        let (tx, rx) = channel();
+        let worker = Arc::clone(&shared);
+        std::thread::Builder::new()
+            .name("tpm-crb".into())
+            .spawn(move || run_commands(&worker, &rx))?;
+        let crb = TpmCrb {
+            shared,
+            jobs: Some(tx),
+        };
+        crb.reset()?;
+        Ok(crb)
+    }
+
+    /// The counters and fatal bit, for whoever placed the device.
+    pub fn handle(&self) -> CrbHandle {
+        CrbHandle(Arc::clone(&self.shared))
+    }
+
+    /// The machine's reset: every register to its reset value, and the
+    /// backend restarted (which clears a fatal error if the backend is
+    /// back). A command still running completes into the reset state.
+    pub fn reset(&self) -> Result<(), TpmError> {
+        let size = self.shared.backend.startup(BUFFER_SIZE as u32)?;
+        let established = self.shared.backend.established().unwrap_or(false);
+        let mut s = lock(&self.shared.state);
+        let stats = s.stats;
+        *s = State::new();
+        s.stats = stats;
+        s.limit = (size as usize).min(BUFFER_SIZE);
+        s.established = established;
+        Ok(())
+    }
+
+    fn read_register(&self, locality: u8, off: u64) -> u32 {
+        let s = lock(&self.shared.state);
+        let bit = 1u8 << locality;
+        match off {
+            reg::LOC_STATE => {
+                let mut v = loc_state::REG_VALID;
+                if !s.established {
+                    v |= loc_state::NOT_ESTABLISHED;
+                }
+                if let Some(a) = s.active {
+                    v |= loc_state::LOC_ASSIGNED | (u32::from(a) << loc_state::ACTIVE_SHIFT);
+                }
+                v
+            }
+            reg::LOC_STS => {
+                let mut v = 0;
+                if s.active == Some(locality) {
+                    v |= loc_sts::GRANTED;
+                }
+                if s.seized & bit != 0 {
+                    v |= loc_sts::BEEN_SEIZED;
+                }
+                v
+            }
+            reg::INTF_ID => INTF_ID_VALUE,
+            reg::INTF_ID_HI => INTF_ID_HI_VALUE,
+            reg::CTRL_STS => {
+                let mut v = 0;
+                if s.fatal {
+                    v |= ctrl::STS_FATAL;
+                }
+                if s.idle {
+                    v |= ctrl::STS_IDLE;
+                }
+                v
+            }
+            reg::CTRL_CANCEL => u32::from(s.cancel),
+            reg::CTRL_START => u32::from(s.start),
+            reg::CMD_SIZE | reg::RSP_SIZE => BUFFER_SIZE as u32,
+            reg::CMD_LADDR | reg::RSP_ADDR => {
+                (CRB_BASE + u64::from(locality) * LOCALITY_STRIDE + reg::DATA_BUFFER) as u32
+            }
+            // CTRL_EXT, CTRL_REQ (its bits clear at once), interrupts,
+            // the high address halves, reserved space.
+            _ => 0,
+        }
+    }
+
+    fn write_register(&self, locality: u8, off: u64, v: u32) {
+        let mut s = lock(&self.shared.state);
+        match off {
+            reg::LOC_CTRL => self.locality_control(&mut s, locality, v),
+            reg::CTRL_REQ | reg::CTRL_CANCEL | reg::CTRL_START | reg::INT_ENABLE | reg::INT_STS
+                if s.active != Some(locality) =>
+            {
+                s.stats.inactive_writes += 1;
+            }
+            reg::CTRL_REQ => {
+                if s.start {
+                    // Neither ready nor idle while a command runs.
+                    s.stats.out_of_state += 1;
+                } else if v & ctrl::GO_IDLE != 0 {
+                    s.idle = true;
+                } else if v & ctrl::CMD_READY != 0 {
+                    s.idle = false;
+                }
+            }
+            reg::CTRL_CANCEL => {
+                s.cancel = v & ctrl::INVOKE != 0;
+                if s.cancel && s.start {
+                    drop(s);
+                    // The answer comes back as the command's response
+                    // (TPM_RC_CANCELED) if the TPM could stop it.
+                    let _ = self.shared.backend.cancel();
+                }
+            }
+            reg::CTRL_START => {
+                if v & ctrl::INVOKE == 0 || s.start {
+                    return;
+                }
+                if s.idle || s.fatal {
+                    s.stats.out_of_state += 1;
+                    return;
+                }
+                let size = header_size(&s.buffer[..]).unwrap_or(0) as usize;
+                if !(HEADER_LEN..=s.limit).contains(&size) {
+                    s.stats.bad_size += 1;
+                    s.error_response(TPM_RC_COMMAND_SIZE);
+                    return;
+                }
+                let job = Job {
+                    locality,
+                    command: s.buffer[..size].to_vec(),
+                };
+                s.start = true;
+                s.cancel = false;
+                s.stats.commands += 1;
+                if self.jobs.as_ref().is_none_or(|j| j.send(job).is_err()) {
+                    // The command thread is gone: as a dead backend.
+                    s.start = false;
+                    s.fatal = true;
+                    s.stats.fatal += 1;
+                }
+            }
+            reg::INT_ENABLE | reg::INT_STS => {
+                // No interrupts: the guest polls START.
+            }
+            _ => s.stats.read_only_writes += 1,
+        }
+    }
+
+    /// `TPM_LOC_CTRL_x` from `locality`: each bit written, in the order
+    /// relinquish, request, seize, reset establishment.
+    fn locality_control(&self, s: &mut State, locality: u8, v: u32) {
+        let bit = 1u8 << locality;
+        if v & loc_ctrl::RELINQUISH != 0 {
+            s.pending &= !bit;
+            s.seized &= !bit;
+            if s.active == Some(locality) {
+                s.active = None;
+                s.grant_pending();
+            }
+        }
+        if v & loc_ctrl::REQUEST_ACCESS != 0 {
+            s.seized &= !bit;
+            match s.active {
+                None => s.active = Some(locality),
+                Some(a) if a == locality => {}
+                Some(_) => s.pending |= bit,
+            }
+        }
+        if v & loc_ctrl::SEIZE != 0 {
+            match s.active {
+                None => s.active = Some(locality),
+                // Only a higher locality may seize.
+                Some(a) if a < locality => {
+                    s.seized |= 1 << a;
+                    s.pending &= !bit;
+                    s.active = Some(locality);
+                }
+                Some(_) => s.stats.out_of_state += 1,
+            }
+        }
+        if v & loc_ctrl::RESET_ESTABLISHMENT != 0 {
+            if locality >= 3 && s.active == Some(locality) {
+                if self.shared.backend.reset_established(locality).is_ok() {
+                    s.established = false;
+                }
+            } else {
+                s.stats.out_of_state += 1;
+            }
+        }
+    }
+}
+
+/// Runs the commands sent to the thread until the device goes away.
+fn run_commands(shared: &Shared, jobs: &Receiver<Job>) {
+    let mut response = vec![0u8; BUFFER_SIZE];
+    while let Ok(job) = jobs.recv() {
+        let limit = lock(&shared.state).limit;
+        let r = shared
+            .backend
+            .command(job.locality, &job.command, &mut response[..limit]);
+        let mut s = lock(&shared.state);
+        match r {
+            Ok(n) => s.buffer[..n].copy_from_slice(&response[..n]),
+            Err(TpmError::BadCommand(_)) => s.error_response(TPM_RC_COMMAND_SIZE),
+            Err(TpmError::Unsupported(_)) => s.error_response(TPM_RC_LOCALITY),
+            Err(_) => {
+                s.fatal = true;
+                s.stats.fatal += 1;
+            }
+        }
+        s.start = false;
+    }
+}
+
+impl Drop for TpmCrb {
+    fn drop(&mut self) {
+        // The command thread ends when its queue closes.
+        self.jobs = None;
+        if !self.shared.closed.swap(true, Ordering::AcqRel) {
+            let _ = self.shared.backend.shutdown();
+        }
+    }
+}
+
+impl MmioDevice for TpmCrb {
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
+        let locality = (offset / LOCALITY_STRIDE) as u8;
+        let off = offset % LOCALITY_STRIDE;
+        if off >= reg::DATA_BUFFER {
+            let s = lock(&self.shared.state);
+            let at = (off - reg::DATA_BUFFER) as usize;
+            match s.buffer.get(at..at + data.len()) {
+                Some(b) if s.active == Some(locality) => data.copy_from_slice(b),
+                _ => data.fill(0xff),
+            }
+            return;
+        }
+        for (i, b) in data.iter_mut().enumerate() {
+            let at = off + i as u64;
+            let v = self.read_register(locality, at & !3);
+            *b = (v >> (8 * (at & 3))) as u8;
+        }
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8]) {
+        let locality = (offset / LOCALITY_STRIDE) as u8;
+        let off = offset % LOCALITY_STRIDE;
+        if off >= reg::DATA_BUFFER {
+            let mut s = lock(&self.shared.state);
+            if s.active != Some(locality) {
+                s.stats.inactive_writes += 1;
+                return;
+            }
+            if s.start {
+                s.stats.out_of_state += 1;
+                return;
+            }
+            let at = (off - reg::DATA_BUFFER) as usize;
+            if let Some(b) = s.buffer.get_mut(at..at + data.len()) {
+                b.copy_from_slice(data);
+            }
+            return;
+        }
+        if off & 3 != 0 {
+            lock(&self.shared.state).stats.misaligned += 1;
+            return;
+        }
+        // Little-endian dwords: a 1-, 2- or 4-byte write is one register,
+        // an 8-byte write two.
+        for (i, chunk) in data.chunks(4).enumerate() {
+            let mut v = [0u8; 4];
+            v[..chunk.len()].copy_from_slice(chunk);
+            self.write_register(locality, off + 4 * i as u64, u32::from_le_bytes(v));
+        }
+    }
+}
