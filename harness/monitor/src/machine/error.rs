@@ -30,6 +30,13 @@ pub enum MachineError {
     },
     /// A port that has no virtio-serial-device before it.
     OrphanPort(String),
+    /// A TPM backend could not be reached or started.
+    Tpm {
+        /// The `-tpmdev` (type and id) and what it points at.
+        by: String,
+        /// What went wrong.
+        err: backends::tpm::TpmError,
+    },
     /// A queue size that is not a power of two up to 32768 (§2.7; the
     /// parser checks it, so this means a config built by hand).
     QueueSize {
@@ -109,6 +116,7 @@ impl fmt::Display for MachineError {
         match self {
             MachineError::Chardev { id, err } => write!(f, "-chardev id={id}: {err}"),
             MachineError::Rng { id, err } => write!(f, "-object rng id={id}: {err}"),
+            MachineError::Tpm { by, err } => write!(f, "{by}: {err}"),
             MachineError::Missing { by, id } => {
                 write!(f, "{by}: '{id}' is not defined or already in use")
             }

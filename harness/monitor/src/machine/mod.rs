@@ -65,6 +65,9 @@ pub struct Machine {
     pub cmdline: String,
     /// Its virtio-net devices, for `set_link` (the monitor's and tests').
     pub links: Vec<NetLink>,
+    /// Its TPM interface (`-device tpm-crb`), if it has one: counters and
+    /// the fatal-error bit.
+    pub tpm: Option<crate::tpm_crb::CrbHandle>,
     /// Monitor sockets (`-monitor`, `-qmp`), bound; served while
     /// [`Machine::run`] runs.
     monitors: Vec<MonitorServer>,
@@ -143,6 +146,7 @@ impl Machine {
             None => attach(&mut vm, realized)?,
             Some(watch) => attach_watched(&mut vm, realized, watch)?,
         };
+        let tpm = attach_tpm(&mut vm, config)?;
         let cmdline = crate::slots::append_cmdline(&config.append, &slots);
         let monitors = config
             .monitors
@@ -160,6 +164,7 @@ impl Machine {
             devices,
             cmdline,
             links,
+            tpm,
             monitors,
         })
     }
@@ -198,6 +203,61 @@ impl Machine {
         }
         Ok(out?)
     }
+}
+
+/// Opens the `-tpmdev` the `-device tpm-crb` names and places the CRB
+/// interface in front of it at [`crate::tpm_crb::CRB_BASE`].
+fn attach_tpm(
+    vm: &mut Vm,
+    config: &MachineConfig,
+) -> Result<Option<crate::tpm_crb::CrbHandle>, MachineError> {
+    use crate::options::TpmdevKind;
+    use crate::tpm_crb::{CRB_BASE, CRB_SIZE, TpmCrb};
+    use backends::tpm::TpmBackend;
+    use backends::tpm::emulator::Emulator;
+    use backends::tpm::passthrough::Passthrough;
+    let Some(tpm) = &config.tpm else {
+        return Ok(None);
+    };
+    let kind = config
+        .tpmdevs
+        .iter()
+        .find(|(id, _)| *id == tpm.tpmdev)
+        .map(|(_, k)| k)
+        .ok_or_else(|| MachineError::Missing {
+            by: "-device tpm-crb".into(),
+            id: tpm.tpmdev.clone(),
+        })?;
+    let (by, backend): (String, Result<Arc<dyn TpmBackend + Send + Sync>, _>) = match kind {
+        TpmdevKind::Emulator { chardev } => {
+            let path = config
+                .socket_path(chardev)
+                .ok_or_else(|| MachineError::Missing {
+                    by: format!("-tpmdev emulator,id={}", tpm.tpmdev),
+                    id: chardev.clone(),
+                })?;
+            (
+                format!(
+                    "-tpmdev emulator,id={} (swtpm control socket {})",
+                    tpm.tpmdev,
+                    path.display()
+                ),
+                Emulator::connect(path).map(|e| Arc::new(e) as _),
+            )
+        }
+        TpmdevKind::Passthrough { path, cancel_path } => (
+            format!("-tpmdev passthrough,id={} ({})", tpm.tpmdev, path.display()),
+            Passthrough::open(path, cancel_path.as_deref()).map(|p| Arc::new(p) as _),
+        ),
+    };
+    let fail = |err| MachineError::Tpm {
+        by: by.clone(),
+        err,
+    };
+    let crb = TpmCrb::new(backend.map_err(fail)?).map_err(fail)?;
+    let handle = crb.handle();
+    vm.add_mmio_device("tpm-crb", CRB_BASE, CRB_SIZE, Box::new(crb))?;
+    Ok(Some(handle))
 }
 
 /// What a conformance run puts around each device of a machine

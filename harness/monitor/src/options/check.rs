@@ -104,6 +104,23 @@ pub(super) fn check_references(
             claim(chardev, by)?;
         }
     }
+    for (id, kind) in &cfg.tpmdevs {
+        if let TpmdevKind::Emulator { chardev } = kind {
+            let by = format!("-tpmdev emulator,id={id}");
+            refers(&by, "chardev", chardev, IdKind::Chardev, "a chardev")?;
+            vhost_user_socket(cfg, &by, chardev)?;
+            claim(chardev, by)?;
+        }
+    }
+    if let Some(tpm) = &cfg.tpm {
+        refers(
+            "-device tpm-crb",
+            "tpmdev",
+            &tpm.tpmdev,
+            IdKind::Tpmdev,
+            "a tpmdev",
+        )?;
+    }
     let mut rng_user: std::collections::HashSet<&str> = Default::default();
     let mut cryptodev_user: std::collections::HashSet<&str> = Default::default();
     let mut drive_user: std::collections::HashSet<&str> = Default::default();

@@ -96,6 +96,31 @@ pub enum ChardevKind {
     },
 }
 
+/// A TPM backend (`-tpmdev`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TpmdevKind {
+    /// `emulator,chardev=…`: a swtpm process on the control socket the
+    /// chardev (a unix socket client) names.
+    Emulator {
+        /// The chardev's id.
+        chardev: String,
+    },
+    /// `passthrough,path=…[,cancel-path=…]`: a host TPM device.
+    Passthrough {
+        /// The TPM device (default `/dev/tpm0`).
+        path: PathBuf,
+        /// Its sysfs cancel file, if not the one the kernel gives it.
+        cancel_path: Option<PathBuf>,
+    },
+}
+
+/// The TPM interface (`-device tpm-crb,tpmdev=…`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TpmConfig {
+    /// The `-tpmdev` it sits in front of.
+    pub tpmdev: String,
+}
+
 /// A disk image format (`format=` / `driver=`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DiskFormat {
@@ -384,6 +409,10 @@ pub struct MachineConfig {
     pub netdevs: Vec<(String, NetdevKind)>,
     /// Devices, in command-line order.
     pub devices: Vec<DeviceConfig>,
+    /// TPM backends, by id.
+    pub tpmdevs: Vec<(String, TpmdevKind)>,
+    /// The TPM interface, if any (at most one per machine).
+    pub tpm: Option<TpmConfig>,
     /// The guest ELF.
     pub kernel: Option<PathBuf>,
     /// The kernel command line.
@@ -520,7 +549,19 @@ impl MachineConfig {
                 CryptodevBackend::VhostUser { chardev } => Some(chardev.as_str()),
                 CryptodevBackend::Builtin => None,
             });
-        devs.chain(nets).chain(cryptodevs).collect()
+        devs.chain(nets)
+            .chain(cryptodevs)
+            .chain(self.tpm_chardevs())
+            .collect()
+    }
+
+    /// The chardevs `-tpmdev emulator` backends use (swtpm's control
+    /// sockets; not opened as chardevs).
+    pub fn tpm_chardevs(&self) -> impl Iterator<Item = &str> {
+        self.tpmdevs.iter().filter_map(|(_, k)| match k {
+            TpmdevKind::Emulator { chardev } => Some(chardev.as_str()),
+            TpmdevKind::Passthrough { .. } => None,
+        })
     }
 }
 
@@ -534,4 +575,5 @@ pub(super) enum IdKind {
     Drive,
     Netdev,
     Device,
+    Tpmdev,
 }

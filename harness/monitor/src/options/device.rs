@@ -59,8 +59,11 @@ fn take_misbehave(kv: &mut KeyVals) -> Result<Option<Misbehave>, OptionError> {
 impl Parser {
     /// `-device TYPE,…`.
     pub(super) fn device(&mut self, arg: &str) -> Result<(), OptionError> {
-        let Parser { cfg, ids, .. } = self;
         let mut kv = KeyVals::parse("-device", arg)?;
+        if kv.ty == "tpm-crb" {
+            return self.tpm_crb(kv);
+        }
+        let Parser { cfg, ids, .. } = self;
         let id = kv.take("id");
         let dev = match kv.ty.as_str() {
             "virtio-crypto-device" => DeviceConfig::Crypto {

@@ -1,5 +1,5 @@
 //! QEMU-style machine options (`-m`, `-machine`, `-object`, `-chardev`,
-//! `-device`, `-kernel`, `-append`), parsed and cross-checked into a typed
+//! `-device`, `-tpmdev`, `-kernel`, `-append`), parsed and cross-checked into a typed
 //! [`MachineConfig`] before anything is created.
 //!
 //! Every mistake is a [`OptionError`] that names the option, the key and the
@@ -10,7 +10,7 @@
 //! the VM's job.
 //!
 //! One module per option family (`machine`, `object`,
-//! `chardev`, `drive`, `netdev`, `device`, `monitor`), the typed result in
+//! `chardev`, `drive`, `netdev`, `device`, `tpmdev`, `monitor`), the typed result in
 //! `config`, the shared syntax in `keyvals`, the cross-checks in `check`.
 
 mod chardev;
@@ -26,6 +26,7 @@ mod netdev;
 mod object;
 #[cfg(test)]
 mod tests;
+mod tpmdev;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -92,7 +93,7 @@ pub fn parse<S: AsRef<str>>(args: &[S]) -> Result<MachineConfig, OptionError> {
         }
         let known = [
             "m", "machine", "M", "object", "chardev", "drive", "blockdev", "netdev", "device",
-            "kernel", "append", "monitor", "qmp",
+            "kernel", "append", "monitor", "qmp", "tpmdev",
         ];
         if !known.contains(&name) {
             return Err(OptionError::UnknownOption(opt.to_string()));
@@ -109,6 +110,7 @@ pub fn parse<S: AsRef<str>>(args: &[S]) -> Result<MachineConfig, OptionError> {
             "blockdev" => p.blockdev(arg)?,
             "netdev" => p.netdev(arg)?,
             "device" => p.device(arg)?,
+            "tpmdev" => p.tpmdev(arg)?,
             "kernel" => p.kernel(arg)?,
             "append" => p.append(arg)?,
             "monitor" | "qmp" => p.monitor(name, arg)?,

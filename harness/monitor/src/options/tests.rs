@@ -627,3 +627,90 @@ fn cryptodev_vhost_user_takes_a_socket_chardev() {
     .to_string();
     assert!(err.contains("vu"), "{err}");
 }
+
+#[test]
+fn a_tpm_crb_in_front_of_swtpm_or_a_host_tpm_parses_as_qemu_spells_it() {
+    let c = p("-chardev socket,id=chrtpm,path=/tmp/swtpm.ctrl \
+               -tpmdev emulator,id=tpm0,chardev=chrtpm -device tpm-crb,tpmdev=tpm0")
+    .unwrap();
+    assert_eq!(
+        c.tpmdevs,
+        vec![(
+            "tpm0".to_string(),
+            TpmdevKind::Emulator {
+                chardev: "chrtpm".into()
+            }
+        )]
+    );
+    assert_eq!(
+        c.tpm,
+        Some(TpmConfig {
+            tpmdev: "tpm0".into()
+        })
+    );
+    assert!(c.devices.is_empty());
+    // swtpm's socket is the backend's, not a chardev to open.
+    assert_eq!(c.vhost_user_chardevs(), vec!["chrtpm"]);
+    let c = p(
+        "-tpmdev passthrough,id=tpm0,path=/dev/tpm1,cancel-path=/tmp/cancel \
+               -device tpm-crb,tpmdev=tpm0,ppi=off,id=crb",
+    )
+    .unwrap();
+    assert_eq!(
+        c.tpmdevs[0].1,
+        TpmdevKind::Passthrough {
+            path: "/dev/tpm1".into(),
+            cancel_path: Some("/tmp/cancel".into())
+        }
+    );
+    let c = p("-tpmdev passthrough,id=t -device tpm-crb,tpmdev=t").unwrap();
+    assert_eq!(
+        c.tpmdevs[0].1,
+        TpmdevKind::Passthrough {
+            path: "/dev/tpm0".into(),
+            cancel_path: None
+        }
+    );
+}
+
+#[test]
+fn tpm_mistakes_are_named() {
+    for (line, want) in [
+        ("-tpmdev emulator,id=t", "chardev"),
+        ("-tpmdev cuse,id=t", "cuse"),
+        (
+            "-tpmdev passthrough,id=t,path=/dev/tpm0,colour=red",
+            "colour",
+        ),
+        ("-tpmdev passthrough,path=/dev/tpm0", "id"),
+        ("-device tpm-crb", "tpmdev"),
+        ("-device tpm-crb,tpmdev=nope", "nope"),
+        (
+            "-tpmdev passthrough,id=t -device tpm-crb,tpmdev=t,ppi=on",
+            "ppi",
+        ),
+        (
+            "-tpmdev passthrough,id=t -tpmdev passthrough,id=u \
+             -device tpm-crb,tpmdev=t -device tpm-crb,tpmdev=u",
+            "at most one TPM",
+        ),
+        ("-tpmdev passthrough,id=t -tpmdev passthrough,id=t", "t"),
+        ("-tpmdev emulator,id=t,chardev=c", "'c'"),
+        (
+            "-chardev socket,id=c,path=/tmp/s,server=on -tpmdev emulator,id=t,chardev=c",
+            "unix socket client",
+        ),
+        (
+            "-chardev socket,id=c,path=/tmp/s -tpmdev emulator,id=t,chardev=c \
+             -tpmdev emulator,id=u,chardev=c",
+            "already used",
+        ),
+        (
+            "-object rng-builtin,id=r -device tpm-crb,tpmdev=r",
+            "a tpmdev",
+        ),
+    ] {
+        let e = p(line).unwrap_err().to_string();
+        assert!(e.contains(want), "{line}: {e}");
+    }
+}
