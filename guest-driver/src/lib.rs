@@ -21,6 +21,9 @@
 //!   with MQ, several requests in flight) and [`net`] (§5.1, checksum
 //!   offload, mergeable buffers, control queue; a smoltcp device behind
 //!   feature `smoltcp`): the drivers.
+//! - [`tpm`]: a TPM 2.0 driver over the CRB interface (not virtio: the
+//!   TPM firmware measures its boot into), with the commands firmware
+//!   needs.
 //!
 //! # Design choices
 //!
@@ -63,6 +66,7 @@ pub mod mmio;
 pub mod net;
 pub mod queue;
 pub mod rng;
+pub mod tpm;
 pub mod transport;
 pub mod wait;
 

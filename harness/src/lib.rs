@@ -19,6 +19,7 @@ pub mod linux;
 pub mod netns;
 pub mod qemu;
 pub mod scenarios;
+pub mod swtpm;
 pub mod user;
 pub mod verdict;
 

@@ -1,0 +1,222 @@
+//! The CRB transport (PTP 6.5.3): register access through virtio-core's
+//! [`RegisterAccess`] (32-bit and byte accesses at offsets from the
+//! interface's base, `0xFED4_0000` on a PC), one locality's page at a time.
+
+use virtio_core::mmio::driver::RegisterAccess;
+
+use super::{HEADER_LEN, TpmError};
+use crate::wait::Wait;
+
+/// The interface's usual base address (PTP: locality 0's page).
+pub const CRB_BASE: u64 = 0xFED4_0000;
+/// The span of the five locality pages.
+pub const CRB_SPAN: u64 = 0x5000;
+
+/// Register offsets in a locality's page (PTP's CRB register table).
+pub mod reg {
+    /// `TPM_LOC_STATE_x`.
+    pub const LOC_STATE: u64 = 0x00;
+    /// `TPM_LOC_CTRL_x`.
+    pub const LOC_CTRL: u64 = 0x08;
+    /// `TPM_LOC_STS_x`.
+    pub const LOC_STS: u64 = 0x0c;
+    /// `TPM_CRB_INTF_ID_x`.
+    pub const INTF_ID: u64 = 0x30;
+    /// `TPM_CRB_CTRL_REQ_x`.
+    pub const CTRL_REQ: u64 = 0x40;
+    /// `TPM_CRB_CTRL_STS_x`.
+    pub const CTRL_STS: u64 = 0x44;
+    /// `TPM_CRB_CTRL_CANCEL_x`.
+    pub const CTRL_CANCEL: u64 = 0x48;
+    /// `TPM_CRB_CTRL_START_x`.
+    pub const CTRL_START: u64 = 0x4c;
+    /// `TPM_CRB_CTRL_CMD_SIZE_x`.
+    pub const CMD_SIZE: u64 = 0x58;
+    /// `TPM_CRB_CTRL_RSP_SIZE_x`.
+    pub const RSP_SIZE: u64 = 0x64;
+    /// `TPM_CRB_DATA_BUFFER_x`.
+    pub const DATA_BUFFER: u64 = 0x80;
+}
+
+/// `TPM_LOC_STATE_x.locAssigned`.
+const LOC_ASSIGNED: u32 = 1 << 1;
+/// `TPM_LOC_STATE_x.tpmRegValidSts`.
+const REG_VALID: u32 = 1 << 7;
+/// `TPM_LOC_STS_x.Granted`.
+const GRANTED: u32 = 1;
+/// `CTRL_STS.tpmSts` (fatal error).
+const STS_FATAL: u32 = 1;
+/// `CTRL_STS.tpmIdle`.
+const STS_IDLE: u32 = 1 << 1;
+
+/// One locality's view of a CRB interface.
+#[derive(Debug)]
+pub struct Crb<R> {
+    regs: R,
+    locality: u8,
+}
+
+impl<R: RegisterAccess> Crb<R> {
+    /// The interface at `regs` (all five pages) as `locality` (0 to 4).
+    pub fn new(regs: R, locality: u8) -> Result<Self, TpmError> {
+        if locality > 4 {
+            return Err(TpmError::Argument("a locality above 4"));
+        }
+        Ok(Crb { regs, locality })
+    }
+
+    /// This view's locality.
+    pub fn locality(&self) -> u8 {
+        self.locality
+    }
+
+    fn off(&self, r: u64) -> u64 {
+        u64::from(self.locality) * 0x1000 + r
+    }
+
+    /// Reads one of this locality's registers.
+    pub fn read(&self, r: u64) -> u32 {
+        self.regs.read32(self.off(r))
+    }
+
+    fn write(&self, r: u64, v: u32) {
+        self.regs.write32(self.off(r), v)
+    }
+
+    /// `TPM_LOC_STATE_x`'s active locality, if one is assigned and the
+    /// register is valid.
+    pub fn active_locality(&self) -> Option<u8> {
+        let s = self.read(reg::LOC_STATE);
+        (s & (LOC_ASSIGNED | REG_VALID) == LOC_ASSIGNED | REG_VALID).then_some(((s >> 2) & 7) as u8)
+    }
+
+    /// Requests this locality and waits until it is granted.
+    pub fn request_locality(&self, wait: &mut impl Wait) -> Result<(), TpmError> {
+        self.write(reg::LOC_CTRL, 1);
+        loop {
+            if self.read(reg::LOC_STS) & GRANTED != 0
+                && self.active_locality() == Some(self.locality)
+            {
+                return Ok(());
+            }
+            if !wait.wait() {
+                return Err(TpmError::LocalityNotGranted(self.locality));
+            }
+        }
+    }
+
+    /// Lets the locality go.
+    pub fn relinquish(&self) {
+        self.write(reg::LOC_CTRL, 1 << 1);
+    }
+
+    /// Asks the TPM to leave idle (`cmdReady`) and waits until it has.
+    pub fn ready(&self, wait: &mut impl Wait) -> Result<(), TpmError> {
+        self.write(reg::CTRL_REQ, 1);
+        loop {
+            let sts = self.read(reg::CTRL_STS);
+            if sts & STS_FATAL != 0 {
+                return Err(TpmError::Fatal);
+            }
+            if sts & STS_IDLE == 0 && self.read(reg::CTRL_REQ) == 0 {
+                return Ok(());
+            }
+            if !wait.wait() {
+                return Err(TpmError::NotReady);
+            }
+        }
+    }
+
+    /// Sends the TPM to idle (`goIdle`).
+    pub fn go_idle(&self) {
+        self.write(reg::CTRL_REQ, 1 << 1);
+    }
+
+    /// Asks the TPM to cancel the running command (its response says
+    /// whether it could).
+    pub fn cancel(&self) {
+        self.write(reg::CTRL_CANCEL, 1);
+    }
+
+    /// The command buffer's size as the interface gives it.
+    pub fn command_limit(&self) -> usize {
+        (self.read(reg::CMD_SIZE) as usize).min(0x1000 - reg::DATA_BUFFER as usize)
+    }
+
+    /// Writes `command` to the data buffer, starts it, waits for `START`
+    /// to clear, and reads the response into `response`; returns its
+    /// length. The locality must be granted and the TPM ready.
+    pub fn transact(
+        &self,
+        command: &[u8],
+        response: &mut [u8],
+        wait: &mut impl Wait,
+    ) -> Result<usize, TpmError> {
+        let limit = self.command_limit();
+        if command.len() > limit {
+            return Err(TpmError::CommandTooLarge {
+                len: command.len(),
+                limit,
+            });
+        }
+        self.write(reg::CTRL_CANCEL, 0);
+        self.put(command);
+        self.write(reg::CTRL_START, 1);
+        while self.read(reg::CTRL_START) & 1 != 0 {
+            if !wait.wait() {
+                return Err(TpmError::Timeout);
+            }
+        }
+        if self.read(reg::CTRL_STS) & STS_FATAL != 0 {
+            return Err(TpmError::Fatal);
+        }
+        let rsp_limit = (self.read(reg::RSP_SIZE) as usize).min(limit.max(HEADER_LEN));
+        let mut header = [0u8; HEADER_LEN];
+        self.get(&mut header);
+        let size = u32::from_be_bytes([header[2], header[3], header[4], header[5]]) as usize;
+        if size < HEADER_LEN || size > rsp_limit {
+            return Err(TpmError::Malformed("a response size outside the buffer"));
+        }
+        if size > response.len() {
+            return Err(TpmError::Argument(
+                "a response buffer smaller than the response",
+            ));
+        }
+        // Read again from the start: dword reads stay aligned.
+        self.get(&mut response[..size]);
+        if response[..HEADER_LEN] != header {
+            return Err(TpmError::Malformed("the response changed while read"));
+        }
+        Ok(size)
+    }
+
+    /// Writes `bytes` to the data buffer: dwords, then the tail by bytes.
+    fn put(&self, bytes: &[u8]) {
+        let base = self.off(reg::DATA_BUFFER);
+        let mut words = bytes.chunks_exact(4);
+        let mut at = base;
+        for w in &mut words {
+            self.regs
+                .write32(at, u32::from_le_bytes([w[0], w[1], w[2], w[3]]));
+            at += 4;
+        }
+        for b in words.remainder() {
+            self.regs.write8(at, *b);
+            at += 1;
+        }
+    }
+
+    /// Reads the start of the data buffer into `out`, the same way.
+    fn get(&self, out: &mut [u8]) {
+        let mut at = self.off(reg::DATA_BUFFER);
+        let mut words = out.chunks_exact_mut(4);
+        for w in &mut words {
+            w.copy_from_slice(&self.regs.read32(at).to_le_bytes());
+            at += 4;
+        }
+        for b in words.into_remainder() {
+            *b = self.regs.read8(at);
+            at += 1;
+        }
+    }
+}
