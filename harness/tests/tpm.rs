@@ -222,3 +222,202 @@ fn localities_reach_swtpm_and_it_enforces_pcr_localities() {
         Err(TpmError::Response(0x907))
     );
 }
+
+// ---- The tiny `tpm` guest under KVM: our monitor, and QEMU 7.2. ----
+
+/// The `tpm` guest's ELF.
+fn tpm_guest() -> &'static str {
+    option_env!("GUEST_TPM").unwrap_or(concat!(env!("GUEST_DIR"), "/tpm"))
+}
+
+/// The guest's `tpm: <what> <hex>` line.
+fn line<'a>(serial: &'a str, what: &str) -> Option<&'a str> {
+    let prefix = format!("tpm: {what} ");
+    serial.lines().find_map(|l| l.strip_prefix(prefix.as_str()))
+}
+
+fn hex(d: &[u8]) -> String {
+    d.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Our monitor's options for the guest with `append`, its TPM on swtpm's
+/// control socket `ctrl`.
+fn our_options(ctrl: &std::path::Path, append: &str) -> Vec<String> {
+    [
+        "-m",
+        "64M",
+        "-kernel",
+        tpm_guest(),
+        "-append",
+        append,
+        "-chardev",
+        &format!("socket,id=chrtpm,path={}", ctrl.display()),
+        "-tpmdev",
+        "emulator,id=tpm0,chardev=chrtpm",
+        "-device",
+        "tpm-crb,tpmdev=tpm0",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+/// Boots the guest under our monitor on a fresh swtpm over `state`; the
+/// serial output, the verdict, and whether swtpm exited after (the
+/// device's CMD_SHUTDOWN).
+fn boot_ours(state: &std::path::Path, append: &str) -> (String, monitor::vm::Verdict) {
+    let ctrl = state.with_extension("ctrl");
+    let mut s = Swtpm::start(state, &ctrl).unwrap();
+    let config = monitor::options::parse(&our_options(&ctrl, append)).unwrap();
+    let out = {
+        let mut m = monitor::Machine::new(&config).unwrap();
+        assert!(m.tpm.is_some());
+        m.run(Duration::from_secs(60)).unwrap()
+    };
+    assert!(
+        s.wait_exit(Duration::from_secs(10)).unwrap().is_some(),
+        "swtpm still running after our monitor went away"
+    );
+    (out.serial, out.verdict)
+}
+
+/// Boots the guest under QEMU (`-M microvm`, KVM) with `-device tpm-crb`
+/// on a fresh swtpm over `state`.
+fn boot_qemu(state: &std::path::Path, append: &str) -> harness::qemu::QemuRun {
+    let ctrl = state.with_extension("ctrl");
+    let _s = Swtpm::start(state, &ctrl).unwrap();
+    harness::qemu::Qemu::microvm(tpm_guest())
+        .append(append)
+        .args([
+            "-chardev".to_string(),
+            format!("socket,id=chrtpm,path={}", ctrl.display()),
+            "-tpmdev".into(),
+            "emulator,id=tpm0,chardev=chrtpm".into(),
+            "-device".into(),
+            "tpm-crb,tpmdev=tpm0".into(),
+        ])
+        .timeout(Duration::from_secs(60))
+        .run()
+        .unwrap()
+}
+
+/// Under KVM, over three monitors on one state directory: the first boot
+/// (locality arbitration checked, then Startup(CLEAR), measurements, an
+/// NV index, Shutdown(STATE)) prints the PCR values computed on the host;
+/// a Startup(STATE) boot prints the same; a Startup(CLEAR) boot prints
+/// zeros; the NV index reads back in both.
+#[test]
+fn the_tpm_guest_measures_and_resumes_under_our_monitor() {
+    let test = "the_tpm_guest_measures_and_resumes_under_our_monitor";
+    if !monitor::vm::kvm_or_skip(test) || !swtpm::swtpm_or_skip(test) {
+        return;
+    }
+    let dir = Workdir::new(test).unwrap();
+    let state = dir.path("state");
+    let (pcr8, pcr9) = swtpm::expected_pcrs();
+    let nv = hex(swtpm::NV_DATA);
+
+    let (serial, verdict) = boot_ours(&state, "tpm.arbitration=on tpm.nv=define");
+    assert!(verdict.is_pass(), "{verdict}\n{serial}");
+    assert!(serial.contains("tpm: arbitration ok"), "{serial}");
+    assert!(serial.contains("five localities"), "{serial}");
+    assert_eq!(line(&serial, "pcr8"), Some(hex(&pcr8).as_str()), "{serial}");
+    assert_eq!(line(&serial, "pcr9"), Some(hex(&pcr9).as_str()), "{serial}");
+    assert_eq!(line(&serial, "nv"), Some(nv.as_str()));
+
+    let (serial, verdict) = boot_ours(&state, "tpm.startup=state tpm.measure=off tpm.nv=read");
+    assert!(verdict.is_pass(), "{verdict}\n{serial}");
+    assert_eq!(line(&serial, "pcr8"), Some(hex(&pcr8).as_str()), "{serial}");
+    assert_eq!(line(&serial, "pcr9"), Some(hex(&pcr9).as_str()), "{serial}");
+    assert_eq!(line(&serial, "nv"), Some(nv.as_str()));
+
+    let (serial, verdict) = boot_ours(&state, "tpm.measure=off tpm.nv=read");
+    assert!(verdict.is_pass(), "{verdict}\n{serial}");
+    let zeros = hex(&[0; 32]);
+    assert_eq!(line(&serial, "pcr8"), Some(zeros.as_str()), "{serial}");
+    assert_eq!(line(&serial, "pcr9"), Some(zeros.as_str()), "{serial}");
+    assert_eq!(line(&serial, "nv"), Some(nv.as_str()));
+}
+
+/// The same guest under QEMU 7.2's `tpm-crb` and under ours, each on its
+/// own copy of one state directory: the same PCR values (the host's) and
+/// NV contents on a first boot, and again on a Startup(STATE) boot from
+/// copies of the state that first boot left. Locality 0 only: QEMU's CRB
+/// has no other (its interface id says so, and the guest prints it).
+#[test]
+fn qemu_tpm_crb_and_ours_agree_on_copies_of_one_state() {
+    let test = "qemu_tpm_crb_and_ours_agree_on_copies_of_one_state";
+    if !monitor::vm::kvm_or_skip(test)
+        || !swtpm::swtpm_or_skip(test)
+        || !harness::qemu::qemu_or_skip(test)
+    {
+        return;
+    }
+    let dir = Workdir::new(test).unwrap();
+    let (pcr8, pcr9) = swtpm::expected_pcrs();
+    let nv = hex(swtpm::NV_DATA);
+    let first = "tpm.nv=define";
+    let resume = "tpm.startup=state tpm.measure=off tpm.nv=read";
+
+    let ours = dir.path("ours");
+    let qemu = dir.path("qemu");
+    let (serial, verdict) = boot_ours(&ours, first);
+    assert!(verdict.is_pass(), "{verdict}\n{serial}");
+    let q = boot_qemu(&qemu, first);
+    q.check_pass().unwrap();
+    assert!(q.serial.contains("only locality 0 of"), "{}", q.serial);
+    for what in ["pcr8", "pcr9", "nv"] {
+        assert_eq!(line(&serial, what), line(&q.serial, what), "{what}");
+    }
+    assert_eq!(line(&q.serial, "pcr8"), Some(hex(&pcr8).as_str()));
+    assert_eq!(line(&q.serial, "pcr9"), Some(hex(&pcr9).as_str()));
+    assert_eq!(line(&q.serial, "nv"), Some(nv.as_str()));
+
+    // Resume from copies of the state ours left, one per monitor.
+    let (a, b) = (dir.path("resume-ours"), dir.path("resume-qemu"));
+    swtpm::copy_state(&ours, &a).unwrap();
+    swtpm::copy_state(&ours, &b).unwrap();
+    let (serial, verdict) = boot_ours(&a, resume);
+    assert!(verdict.is_pass(), "{verdict}\n{serial}");
+    let q = boot_qemu(&b, resume);
+    q.check_pass().unwrap();
+    for what in ["pcr8", "pcr9", "nv"] {
+        assert_eq!(line(&serial, what), line(&q.serial, what), "{what}");
+    }
+    assert_eq!(line(&q.serial, "pcr8"), Some(hex(&pcr8).as_str()));
+}
+
+/// swtpm killed while the guest runs commands: the CRB sets its
+/// fatal-error bit and clears START, the guest's driver reports it and
+/// fails, and the monitor runs on to the guest's verdict.
+#[test]
+fn a_swtpm_killed_under_a_running_guest_is_a_fatal_error_it_sees() {
+    let test = "a_swtpm_killed_under_a_running_guest_is_a_fatal_error_it_sees";
+    if !monitor::vm::kvm_or_skip(test) || !swtpm::swtpm_or_skip(test) {
+        return;
+    }
+    let dir = Workdir::new(test).unwrap();
+    let state = dir.path("state");
+    let ctrl = dir.path("ctrl.sock");
+    let s = std::sync::Mutex::new(Swtpm::start(&state, &ctrl).unwrap());
+    let config = monitor::options::parse(&our_options(&ctrl, "tpm.bench=1000000")).unwrap();
+    let mut m = monitor::Machine::new(&config).unwrap();
+    let handle = m.tpm.clone().unwrap();
+    let out = std::thread::scope(|scope| {
+        scope.spawn(|| {
+            // Once commands flow, kill swtpm.
+            let end = Instant::now() + Duration::from_secs(30);
+            while handle.stats().commands < 50 && Instant::now() < end {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            s.lock().unwrap().kill().unwrap();
+        });
+        m.run(Duration::from_secs(60)).unwrap()
+    });
+    let monitor::vm::Verdict::Fail(msg) = &out.verdict else {
+        panic!("{}\n{}", out.verdict, out.serial);
+    };
+    assert!(msg.contains("fatal error"), "{msg}");
+    assert!(handle.is_fatal());
+    assert_eq!(handle.stats().fatal, 1);
+}
