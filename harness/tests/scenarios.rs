@@ -66,6 +66,7 @@ macro_rules! scenario_tests {
 
 scenario_tests!(
     // §5.9: the crypto guest's known answers against our device.
+    tpm_crb_swtpm,
     crypto_builtin_irq_ioeventfd,
     crypto_builtin_poll_inline_2q,
     rng_deterministic_irq_ioeventfd,

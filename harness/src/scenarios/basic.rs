@@ -74,12 +74,53 @@ pub(super) fn crypto_builtin(notify: &str, mode: &str, queues: u16) -> Result<Se
     })
 }
 
+/// The TPM: a swtpm on the scenario's directory behind `-tpmdev emulator`
+/// and `-device tpm-crb`; the guest checks locality arbitration, starts
+/// the TPM, measures and keeps an NV value; the PCR values it prints must
+/// be the host's SHA-256 chain (`crate::swtpm::expected_pcrs`).
+pub(super) fn tpm_crb(dir: &Workdir) -> Result<Setup, String> {
+    let ctrl = dir.path("swtpm.ctrl");
+    let swtpm = crate::swtpm::Swtpm::start(&dir.path("tpmstate"), &ctrl)
+        .map_err(|e| format!("swtpm: {e}"))?;
+    let hex = |d: &[u8]| d.iter().map(|b| format!("{b:02x}")).collect::<String>();
+    let (pcr8, pcr9) = crate::swtpm::expected_pcrs();
+    let (pcr8, pcr9) = (hex(&pcr8), hex(&pcr9));
+    Ok(Setup {
+        check: Some(Box::new(move |o| {
+            // swtpm lives until the run is checked.
+            let _swtpm = swtpm;
+            for (what, want) in [("tpm: pcr8 ", &pcr8), ("tpm: pcr9 ", &pcr9)] {
+                match guest_line(o, what) {
+                    Some(l) if l.strip_prefix(what) == Some(want.as_str()) => {}
+                    Some(l) => return Err(format!("{l}, want {want}")),
+                    None => return Err(format!("the guest printed no '{what}' line")),
+                }
+            }
+            Ok(())
+        })),
+        ..Setup::new(
+            &format!(
+                "-chardev socket,id=chrtpm,path={} -tpmdev emulator,id=tpm0,chardev=chrtpm                  -device tpm-crb,tpmdev=tpm0",
+                ctrl.display()
+            ),
+            "tpm.arbitration=on tpm.nv=define",
+        )
+    })
+}
+
 pub(super) fn scenario_list() -> Vec<Scenario> {
     let crypto = option_env!("GUEST_CRYPTO");
     let rng = option_env!("GUEST_RNG");
     let console = option_env!("GUEST_CONSOLE");
     let lifecycle = option_env!("GUEST_LIFECYCLE");
     vec![
+        Scenario {
+            name: "tpm_crb_swtpm",
+            device: "tpm-crb, five localities",
+            backend: "tpm-emulator (swtpm), PCRs = host SHA-256",
+            guest: option_env!("GUEST_TPM"),
+            setup: tpm_crb,
+        },
         Scenario {
             name: "crypto_builtin_irq_ioeventfd",
             device: "virtio-crypto, ioeventfd+irq",
