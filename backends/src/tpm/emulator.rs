@@ -209,6 +209,34 @@ impl Emulator {
         Ok(e)
     }
 
+    /// swtpm over channels already connected: `ctrl` its control
+    /// channel, `data` its data channel (a swtpm started with `--server`
+    /// has a socket of its own for it; tests and fuzzing give a socket
+    /// pair). Reads the capabilities; sends no `CMD_SET_DATAFD`.
+    pub fn over(
+        ctrl: UnixStream,
+        data: UnixStream,
+        timeout: Duration,
+    ) -> Result<Emulator, TpmError> {
+        for s in [&ctrl, &data] {
+            s.set_read_timeout(Some(timeout))?;
+            s.set_write_timeout(Some(timeout))?;
+        }
+        let mut e = Emulator {
+            ctrl: Mutex::new(ctrl),
+            data: Mutex::new(DataChannel {
+                sock: data,
+                locality: None,
+                out_of_step: false,
+            }),
+            caps: 0,
+            buffer_size: AtomicU32::new(DEFAULT_BUFFER),
+        };
+        let c = e.control(cmd::GET_CAPABILITY, &[], 8)?;
+        e.caps = u64::from_be_bytes(c[..8].try_into().unwrap_or_default());
+        Ok(e)
+    }
+
     /// swtpm's `PTM_CAP_*` bits.
     pub fn capabilities(&self) -> u64 {
         self.caps
@@ -303,7 +331,11 @@ impl TpmBackend for Emulator {
             // result, buffersize, minsize, maxsize.
             let r = self.control(cmd::SET_BUFFERSIZE, &buffer_size.to_be_bytes(), 16)?;
             check(cmd::SET_BUFFERSIZE, &r)?;
-            self.buffer_size.store(be32(&r, 4), Ordering::Relaxed);
+            let size = be32(&r, 4);
+            if (size as usize) < HEADER_LEN {
+                return Err(TpmError::BadResponse("a buffer size smaller than a header"));
+            }
+            self.buffer_size.store(size, Ordering::Relaxed);
         }
         self.simple(cmd::INIT, &0u32.to_be_bytes(), cap::INIT, "CMD_INIT")?;
         data.locality = None;

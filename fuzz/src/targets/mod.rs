@@ -20,6 +20,8 @@ pub mod pvh_loader;
 pub mod rng_request;
 pub mod scratch;
 pub mod split_queue_device;
+pub mod tpm_backend;
+pub mod tpm_crb;
 pub mod vhost_user_codec;
 pub mod vhost_user_session;
 
@@ -35,6 +37,14 @@ pub struct Target {
 
 /// Every target.
 pub const TARGETS: &[Target] = &[
+    Target {
+        name: "tpm_crb",
+        run: tpm_crb::run,
+    },
+    Target {
+        name: "tpm_backend",
+        run: tpm_backend::run,
+    },
     Target {
         name: "split_queue_device",
         run: split_queue_device::run,
