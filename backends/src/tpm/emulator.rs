@@ -10,7 +10,7 @@
 //! back, each sized by its header. The command numbers and layouts are
 //! swtpm's (`tpm_ioctl.h`, the swtpm-dev package); this is our own code.
 
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
@@ -248,7 +248,7 @@ impl Emulator {
         let mut m = command.to_be_bytes().to_vec();
         m.extend_from_slice(request);
         let mut ctrl = lock(&self.ctrl);
-        ctrl.write_all(&m)?;
+        send_all(&ctrl, &m)?;
         read_exact(&mut ctrl, answer)
     }
 
@@ -278,7 +278,7 @@ impl Emulator {
         m.extend_from_slice(&(blob as u32).to_be_bytes());
         m.extend_from_slice(&0u32.to_be_bytes());
         let mut ctrl = lock(&self.ctrl);
-        ctrl.write_all(&m)?;
+        send_all(&ctrl, &m)?;
         // result, state_flags, totlength, length; then totlength bytes.
         let h = read_exact(&mut ctrl, 16)?;
         check(cmd::GET_STATEBLOB, &h)?;
@@ -303,10 +303,42 @@ impl Emulator {
         m.extend_from_slice(&len.to_be_bytes());
         m.extend_from_slice(data);
         let mut ctrl = lock(&self.ctrl);
-        ctrl.write_all(&m)?;
+        send_all(&ctrl, &m)?;
         let r = read_exact(&mut ctrl, 4)?;
         check(cmd::SET_STATEBLOB, &r)
     }
+}
+
+/// Writes all of `bytes` with `send(MSG_NOSIGNAL)`: a swtpm that died is
+/// an `EPIPE` error, never a `SIGPIPE` that ends a process which has not
+/// ignored it (a C program embedding this, a fuzzing binary).
+fn send_all(sock: &UnixStream, mut bytes: &[u8]) -> io::Result<()> {
+    while !bytes.is_empty() {
+        // SAFETY: `bytes` is valid for reads of its length during the call.
+        let n = unsafe {
+            libc::send(
+                sock.as_raw_fd(),
+                bytes.as_ptr().cast(),
+                bytes.len(),
+                libc::MSG_NOSIGNAL,
+            )
+        };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::WriteZero,
+                "swtpm took nothing",
+            ));
+        }
+        bytes = &bytes[n as usize..];
+    }
+    Ok(())
 }
 
 /// Reads exactly `len` bytes.
@@ -367,7 +399,7 @@ impl TpmBackend for Emulator {
             check(cmd::SET_LOCALITY, &r)?;
             data.locality = Some(locality);
         }
-        data.sock.write_all(command)?;
+        send_all(&data.sock, command)?;
         let mut h = [0u8; HEADER_LEN];
         data.sock.read_exact(&mut h)?;
         let size = header_size(&h).unwrap_or(0) as usize;

@@ -109,7 +109,7 @@ impl Passthrough {
             ));
         }
         let mut dev = lock(&self.device);
-        let n = dev.write(command)?;
+        let n = write_once(&mut dev, command)?;
         if n != command.len() {
             *out_of_step = true;
             return Err(TpmError::Io(io::Error::new(
@@ -153,6 +153,29 @@ impl Passthrough {
             got += n;
         }
     }
+}
+
+/// One write of `bytes`: `send` without `SIGPIPE` where `f` is a socket
+/// (a TPM that went away is an error, not a signal that ends the
+/// process), a plain `write` on a device.
+fn write_once(f: &mut File, bytes: &[u8]) -> io::Result<usize> {
+    // SAFETY: `bytes` is valid for reads of its length during the call.
+    let n = unsafe {
+        libc::send(
+            f.as_raw_fd(),
+            bytes.as_ptr().cast(),
+            bytes.len(),
+            libc::MSG_NOSIGNAL,
+        )
+    };
+    if n >= 0 {
+        return Ok(n as usize);
+    }
+    let e = io::Error::last_os_error();
+    if e.raw_os_error() == Some(libc::ENOTSOCK) {
+        return f.write(bytes);
+    }
+    Err(e)
 }
 
 /// Waits until `f` has bytes to read, or `timeout` (an error).

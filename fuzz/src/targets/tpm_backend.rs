@@ -72,25 +72,21 @@ pub fn run(data: &[u8]) {
     input.data.truncate(64 << 10);
     input.ops.truncate(32);
     let timeout = Duration::from_millis(200);
-    let backend: Box<dyn TpmBackend> = if input.passthrough {
+    if input.passthrough {
+        // The far end stays open (unread) while the backend runs.
         let Some((ours, _theirs)) = peer(&input.data) else {
             return;
         };
-        Box::new(Passthrough::from_fd(ours.into(), None).with_timeout(timeout))
+        let p = Passthrough::from_fd(ours.into(), None).with_timeout(timeout);
+        run_ops(&p, &input.ops, None);
     } else {
         let (Some((ctrl, _c)), Some((data, _d))) = (peer(&input.ctrl), peer(&input.data)) else {
             return;
         };
-        match Emulator::over(ctrl, data, timeout) {
-            Ok(e) => {
-                let e = Box::new(e);
-                run_ops(&*e, &input.ops, Some(&e));
-                return;
-            }
-            Err(_) => return,
+        if let Ok(e) = Emulator::over(ctrl, data, timeout) {
+            run_ops(&e, &input.ops, Some(&e));
         }
-    };
-    run_ops(&*backend, &input.ops, None);
+    }
 }
 
 fn run_ops(b: &dyn TpmBackend, ops: &[Op], emulator: Option<&Emulator>) {

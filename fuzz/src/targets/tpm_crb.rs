@@ -5,7 +5,8 @@
 //! owes the guest: `TPM_LOC_STATE` always valid, at most one locality
 //! granted and it is the active one, a data buffer that reads all ones
 //! from a locality not active, `START` that clears once the backend
-//! answers, and the fatal-error bit only after a backend failure.
+//! answers, and the fatal-error bit only after a backend failure (a dead
+//! channel or a response that does not parse).
 
 use std::sync::Arc;
 use std::sync::Mutex;
@@ -60,6 +61,9 @@ impl TpmBackend for Scripted {
                 Ok(n)
             }
             Answer::Lie(claim, n) => {
+                // A response that does not parse leaves the channel out of
+                // step: a failure, as a dead channel is.
+                *self.failed.lock().unwrap() = true;
                 let n = usize::from(n).min(response.len());
                 if n >= 6 {
                     response[2..6].copy_from_slice(&claim.to_be_bytes());

@@ -65,6 +65,11 @@ impl<R: RegisterAccess> Crb<R> {
         Ok(Crb { regs, locality })
     }
 
+    /// The register access underneath.
+    pub fn regs(&self) -> &R {
+        &self.regs
+    }
+
     /// This view's locality.
     pub fn locality(&self) -> u8 {
         self.locality

@@ -23,6 +23,9 @@
 //!   our `virtio-harness vhost-user` and by `qemu-storage-daemon` on the
 //!   same file (both through the host page cache), alternating, median of
 //!   several runs ([`run_vhost`], `bench --vhost-only`).
+//! - TPM 2.0 through `tpm-crb` ([`run_tpm`], `bench --tpm`): the `tpm`
+//!   guest's GetRandom and PCR_Extend rates under ours and QEMU, each on
+//!   its own swtpm, and swtpm alone.
 
 use std::fmt::Write as _;
 use std::process::Command;
@@ -37,6 +40,7 @@ mod net;
 mod rng;
 #[cfg(test)]
 mod tests;
+mod tpm;
 mod user;
 mod vhost;
 
@@ -46,6 +50,7 @@ use rng::*;
 use vhost::*;
 
 pub use crypto::run_crypto;
+pub use tpm::run_tpm;
 pub use user::run_user;
 pub use vhost::VHOST_MAX_ROUNDS;
 

@@ -67,6 +67,12 @@ enum Command {
         /// `--rounds`, at most 5).
         #[arg(long, conflicts_with_all = ["net_only", "vhost_only", "user"])]
         crypto: bool,
+        /// Only the TPM rows: the tpm guest's TPM2_GetRandom and
+        /// TPM2_PCR_Extend per second through tpm-crb, ours against QEMU,
+        /// each on its own swtpm, and swtpm alone (median of `--rounds`,
+        /// at most 5).
+        #[arg(long, conflicts_with_all = ["net_only", "vhost_only", "user", "crypto"])]
+        tpm: bool,
     },
     /// Drive a vhost-user backend from this process with our drivers
     /// (virtio-user: no VM), run one workload and print a table row, e.g.
@@ -314,7 +320,10 @@ fn main() -> ExitCode {
             vhost_only,
             user,
             crypto,
-        } => match if crypto {
+            tpm,
+        } => match if tpm {
+            harness::bench::run_tpm(rounds.clamp(1, 5))
+        } else if crypto {
             harness::bench::run_crypto(rounds.clamp(1, 5))
         } else if user {
             harness::bench::run_user(rounds.clamp(1, 5))
