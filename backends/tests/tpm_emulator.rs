@@ -171,8 +171,8 @@ fn state_blobs_read_back_and_set() {
 }
 
 /// swtpm killed between commands: the next command fails with the
-/// channel's error (a closed socket, not a timeout), and so does every
-/// later one.
+/// channel's error (a closed socket, not a timeout), and every later one
+/// fails too.
 #[test]
 fn a_dead_swtpm_fails_commands_promptly() {
     let test = "a_dead_swtpm_fails_commands_promptly";
@@ -183,12 +183,49 @@ fn a_dead_swtpm_fails_commands_promptly() {
     s.child.kill().unwrap();
     s.child.wait().unwrap();
     let mut resp = [0u8; 4096];
-    for _ in 0..2 {
-        assert!(matches!(
-            e.command(0, &get_random(8), &mut resp),
-            Err(TpmError::Io(_))
-        ));
-    }
+    assert!(matches!(
+        e.command(0, &get_random(8), &mut resp),
+        Err(TpmError::Io(_))
+    ));
+    // Every later command fails too (the channel is out of step).
+    assert!(e.command(0, &get_random(8), &mut resp).is_err());
     assert!(e.cancel().is_err());
     let _ = e.shutdown();
+}
+
+/// swtpm stopped (SIGSTOP) rather than dead: a command fails once the
+/// backend's timeout passes (the bound on a hung TPM), not never.
+#[test]
+fn a_hung_swtpm_fails_the_command_at_the_timeout() {
+    let test = "a_hung_swtpm_fails_the_command_at_the_timeout";
+    let Some(s) = swtpm(test) else {
+        return;
+    };
+    let e = Emulator::connect_with(&s.ctrl, Duration::from_millis(300)).unwrap();
+    e.startup(4096).unwrap();
+    let mut resp = [0u8; 4096];
+    let n = e.command(0, &STARTUP_CLEAR, &mut resp).unwrap();
+    assert_eq!(rc(&resp[..n]), 0);
+    let pid = s.child.id() as i32;
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    let r = e.command(0, &get_random(8), &mut resp);
+    // SAFETY: as above.
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    match r {
+        Err(TpmError::Io(err)) => assert!(
+            matches!(
+                err.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ),
+            "{err}"
+        ),
+        other => panic!("{other:?}"),
+    }
+    // Its late answer must not be taken for the next command's: the
+    // channel is out of step from then on.
+    assert!(matches!(
+        e.command(0, &get_random(8), &mut resp),
+        Err(TpmError::BadResponse(_))
+    ));
 }

@@ -5,10 +5,13 @@
 
 use std::cell::{Cell, RefCell};
 
-use guest_driver::tpm::crb::reg;
+use guest_driver::tpm::crb::{CRB_BASE, reg};
 use guest_driver::tpm::{Crb, Startup, Tpm, TpmError};
 use guest_driver::wait::Polls;
 use virtio_core::mmio::driver::RegisterAccess;
+
+/// What the fake TPM answers a command with.
+type Respond = Box<dyn FnMut(&[u8]) -> Vec<u8>>;
 
 /// A one-locality CRB: START runs `respond` on the command at once,
 /// unless the TPM is set to hang or to fail.
@@ -19,9 +22,10 @@ struct FakeCrb {
     granted: Cell<bool>,
     fatal: Cell<bool>,
     hang: Cell<bool>,
+    deaf: Cell<bool>,
     rsp_size: Cell<u32>,
     last_command: RefCell<Vec<u8>>,
-    respond: RefCell<Box<dyn FnMut(&[u8]) -> Vec<u8>>>,
+    respond: RefCell<Respond>,
 }
 
 impl FakeCrb {
@@ -33,6 +37,7 @@ impl FakeCrb {
             granted: Cell::new(false),
             fatal: Cell::new(false),
             hang: Cell::new(false),
+            deaf: Cell::new(false),
             rsp_size: Cell::new(0xf80),
             last_command: RefCell::new(Vec::new()),
             respond: RefCell::new(Box::new(respond)),
@@ -55,6 +60,7 @@ impl RegisterAccess for FakeCrb {
             reg::CTRL_START => self.start.get(),
             reg::CMD_SIZE => 0xf80,
             reg::RSP_SIZE => self.rsp_size.get(),
+            reg::CMD_LADDR | reg::RSP_ADDR => (CRB_BASE + reg::DATA_BUFFER) as u32,
             o if o >= reg::DATA_BUFFER => {
                 let at = (o - reg::DATA_BUFFER) as usize;
                 let b = self.buffer.borrow();
@@ -65,7 +71,7 @@ impl RegisterAccess for FakeCrb {
     }
     fn write32(&self, offset: u64, value: u32) {
         match offset {
-            reg::LOC_CTRL if value == 1 => self.granted.set(true),
+            reg::LOC_CTRL if value == 1 => self.granted.set(!self.deaf.get()),
             reg::LOC_CTRL if value == 2 => self.granted.set(false),
             reg::CTRL_REQ if value == 1 => self.idle.set(false),
             reg::CTRL_REQ if value == 2 => self.idle.set(true),
@@ -277,6 +283,15 @@ fn a_hung_or_failed_tpm_ends_the_wait() {
     crb.request_locality(&mut polls()).unwrap();
     assert_eq!(crb.ready(&mut polls()), Err(TpmError::Fatal));
     // A locality never granted.
+    let fake = FakeCrb::new(|_| ok(0x8001, &[]));
+    fake.deaf.set(true);
+    let crb = Crb::new(fake, 0).unwrap();
+    assert_eq!(
+        crb.request_locality(&mut polls()),
+        Err(TpmError::LocalityNotGranted(0))
+    );
+    // An interface whose control area points its buffers nowhere (all
+    // registers zero), and a locality that does not exist.
     struct Deaf;
     impl RegisterAccess for Deaf {
         fn read32(&self, _: u64) -> u32 {
@@ -292,12 +307,8 @@ fn a_hung_or_failed_tpm_ends_the_wait() {
         }
         fn write8(&self, _: u64, _: u8) {}
     }
-    let crb = Crb::new(Deaf, 2).unwrap();
-    assert_eq!(
-        crb.request_locality(&mut polls()),
-        Err(TpmError::LocalityNotGranted(2))
-    );
-    assert!(Crb::new(Deaf, 5).is_err());
+    assert!(matches!(Crb::new(Deaf, 2), Err(TpmError::Malformed(_))));
+    assert!(matches!(Crb::new(Deaf, 5), Err(TpmError::Argument(_))));
     // A command over the buffer.
     let mut t = tpm(FakeCrb::new(|_| ok(0x8001, &[])));
     let big = [0u8; 1000];

@@ -320,6 +320,8 @@ fn the_tpm_guest_measures_and_resumes_under_our_monitor() {
     let (serial, verdict) = boot_ours(&state, "tpm.arbitration=on tpm.nv=define");
     assert!(verdict.is_pass(), "{verdict}\n{serial}");
     assert!(serial.contains("tpm: arbitration ok"), "{serial}");
+    // The data buffer is the RAM page the control area names.
+    assert!(serial.contains("bytes at 0xfed45000"), "{serial}");
     assert!(serial.contains("five localities"), "{serial}");
     assert_eq!(line(&serial, "pcr8"), Some(hex(&pcr8).as_str()), "{serial}");
     assert_eq!(line(&serial, "pcr9"), Some(hex(&pcr9).as_str()), "{serial}");
@@ -366,6 +368,8 @@ fn qemu_tpm_crb_and_ours_agree_on_copies_of_one_state() {
     let q = boot_qemu(&qemu, first);
     q.check_pass().unwrap();
     assert!(q.serial.contains("only locality 0 of"), "{}", q.serial);
+    // QEMU's buffer is at offset 0x80 of the page; the driver follows it.
+    assert!(q.serial.contains("bytes at 0xfed40080"), "{}", q.serial);
     for what in ["pcr8", "pcr9", "nv"] {
         assert_eq!(line(&serial, what), line(&q.serial, what), "{what}");
     }

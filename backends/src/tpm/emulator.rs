@@ -104,8 +104,9 @@ struct DataChannel {
     sock: UnixStream,
     /// The locality swtpm was last told, if any.
     locality: Option<u8>,
-    /// A response was not read whole (it claimed more than there was room
-    /// for): the data channel is out of step and carries nothing more.
+    /// An exchange failed part-way (a response that did not fit, a
+    /// timeout after which a late answer may come, a closed channel): the
+    /// data channel is out of step and carries nothing more.
     out_of_step: bool,
 }
 
@@ -341,6 +342,22 @@ fn send_all(sock: &UnixStream, mut bytes: &[u8]) -> io::Result<()> {
     Ok(())
 }
 
+/// Sends `command` on the data channel and reads its response.
+fn transact(sock: &mut UnixStream, command: &[u8], response: &mut [u8]) -> Result<usize, TpmError> {
+    send_all(sock, command)?;
+    let mut h = [0u8; HEADER_LEN];
+    sock.read_exact(&mut h)?;
+    let size = header_size(&h).unwrap_or(0) as usize;
+    if !(HEADER_LEN..=response.len()).contains(&size) {
+        return Err(TpmError::BadResponse(
+            "a size smaller than the header or larger than the response buffer",
+        ));
+    }
+    response[..HEADER_LEN].copy_from_slice(&h);
+    sock.read_exact(&mut response[HEADER_LEN..size])?;
+    Ok(size)
+}
+
 /// Reads exactly `len` bytes.
 fn read_exact(sock: &mut UnixStream, len: usize) -> Result<Vec<u8>, TpmError> {
     let mut b = vec![0u8; len];
@@ -383,7 +400,7 @@ impl TpmBackend for Emulator {
         let mut data = lock(&self.data);
         if data.out_of_step {
             return Err(TpmError::BadResponse(
-                "an earlier response did not fit: the data channel is out of step",
+                "an earlier exchange failed part-way: the data channel is out of step",
             ));
         }
         if command.len() < HEADER_LEN {
@@ -399,20 +416,14 @@ impl TpmBackend for Emulator {
             check(cmd::SET_LOCALITY, &r)?;
             data.locality = Some(locality);
         }
-        send_all(&data.sock, command)?;
-        let mut h = [0u8; HEADER_LEN];
-        data.sock.read_exact(&mut h)?;
-        let size = header_size(&h).unwrap_or(0) as usize;
-        if !(HEADER_LEN..=response.len()).contains(&size) {
-            // Nothing past the header is read: whatever follows is lost.
+        // From here on, a failure leaves part of a command or response
+        // (or a late response, after a timeout) on the channel: it is out
+        // of step and carries nothing more.
+        let r = transact(&mut data.sock, command, response);
+        if r.is_err() {
             data.out_of_step = true;
-            return Err(TpmError::BadResponse(
-                "a size smaller than the header or larger than the response buffer",
-            ));
         }
-        response[..HEADER_LEN].copy_from_slice(&h);
-        data.sock.read_exact(&mut response[HEADER_LEN..size])?;
-        Ok(size)
+        r
     }
 
     fn cancel(&self) -> Result<(), TpmError> {

@@ -44,7 +44,8 @@ pub struct Passthrough {
     cancel: Mutex<Option<File>>,
     timeout: Duration,
     buffer_size: AtomicU32,
-    /// A response was not read whole: the device is out of step.
+    /// An exchange failed part-way (a response that did not fit, a
+    /// timeout): the device is out of step and is not read again.
     out_of_step: Mutex<bool>,
 }
 
@@ -105,53 +106,67 @@ impl Passthrough {
         let mut out_of_step = lock(&self.out_of_step);
         if *out_of_step {
             return Err(TpmError::BadResponse(
-                "an earlier response did not fit: the device is out of step",
+                "an earlier exchange failed part-way: the device is out of step",
             ));
-        }
-        let mut dev = lock(&self.device);
-        let n = write_once(&mut dev, command)?;
-        if n != command.len() {
-            *out_of_step = true;
-            return Err(TpmError::Io(io::Error::new(
-                io::ErrorKind::WriteZero,
-                "the TPM device took part of a command",
-            )));
         }
         if response.len() < HEADER_LEN {
             return Err(TpmError::BadCommand(
                 "a response buffer smaller than a header",
             ));
         }
-        let mut got = 0;
-        loop {
-            // The first read asks for the whole buffer: a TPM device
-            // hands over the whole response to one read (older kernels
-            // drop what a short read leaves).
-            let end = if got < HEADER_LEN {
-                response.len()
-            } else {
-                let size = header_size(&response[..HEADER_LEN]).unwrap_or(0) as usize;
-                if !(HEADER_LEN..=response.len()).contains(&size) {
-                    *out_of_step = true;
-                    return Err(TpmError::BadResponse(
-                        "a size smaller than the header or larger than the response buffer",
-                    ));
-                }
-                if got >= size {
-                    return Ok(size);
-                }
-                size
-            };
-            wait_readable(&dev, self.timeout)?;
-            let n = dev.read(&mut response[got..end])?;
-            if n == 0 {
-                return Err(TpmError::Io(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "the TPM device closed in the middle of a response",
-                )));
-            }
-            got += n;
+        let mut dev = lock(&self.device);
+        let r = exchange(&mut dev, command, response, self.timeout);
+        if r.is_err() {
+            // A partial or late response may follow: nothing more is read.
+            *out_of_step = true;
         }
+        r
+    }
+}
+
+/// Writes `command` to the device in one call and reads until the
+/// response's header says it is complete.
+fn exchange(
+    dev: &mut File,
+    command: &[u8],
+    response: &mut [u8],
+    timeout: Duration,
+) -> Result<usize, TpmError> {
+    let n = write_once(dev, command)?;
+    if n != command.len() {
+        return Err(TpmError::Io(io::Error::new(
+            io::ErrorKind::WriteZero,
+            "the TPM device took part of a command",
+        )));
+    }
+    let mut got = 0;
+    loop {
+        // The first read asks for the whole buffer: a TPM device hands
+        // over the whole response to one read (older kernels drop what a
+        // short read leaves).
+        let end = if got < HEADER_LEN {
+            response.len()
+        } else {
+            let size = header_size(&response[..HEADER_LEN]).unwrap_or(0) as usize;
+            if !(HEADER_LEN..=response.len()).contains(&size) {
+                return Err(TpmError::BadResponse(
+                    "a size smaller than the header or larger than the response buffer",
+                ));
+            }
+            if got >= size {
+                return Ok(size);
+            }
+            size
+        };
+        wait_readable(dev, timeout)?;
+        let n = dev.read(&mut response[got..end])?;
+        if n == 0 {
+            return Err(TpmError::Io(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the TPM device closed in the middle of a response",
+            )));
+        }
+        got += n;
     }
 }
 

@@ -2,6 +2,8 @@
 //! [`RegisterAccess`] (32-bit and byte accesses at offsets from the
 //! interface's base, `0xFED4_0000` on a PC), one locality's page at a time.
 
+use core::cell::Cell;
+
 use virtio_core::mmio::driver::RegisterAccess;
 
 use super::{HEADER_LEN, TpmError};
@@ -9,8 +11,10 @@ use crate::wait::Wait;
 
 /// The interface's usual base address (PTP: locality 0's page).
 pub const CRB_BASE: u64 = 0xFED4_0000;
-/// The span of the five locality pages.
-pub const CRB_SPAN: u64 = 0x5000;
+/// The PC's TPM address range from [`CRB_BASE`]: the five locality pages
+/// and whatever the interface puts after them (its buffers may be
+/// anywhere in it).
+pub const CRB_SPAN: u64 = 0x1_0000;
 
 /// Register offsets in a locality's page (PTP's CRB register table).
 pub mod reg {
@@ -32,8 +36,14 @@ pub mod reg {
     pub const CTRL_START: u64 = 0x4c;
     /// `TPM_CRB_CTRL_CMD_SIZE_x`.
     pub const CMD_SIZE: u64 = 0x58;
+    /// `TPM_CRB_CTRL_CMD_LADDR_x`.
+    pub const CMD_LADDR: u64 = 0x5c;
+    /// `TPM_CRB_CTRL_CMD_HADDR_x`.
+    pub const CMD_HADDR: u64 = 0x60;
     /// `TPM_CRB_CTRL_RSP_SIZE_x`.
     pub const RSP_SIZE: u64 = 0x64;
+    /// `TPM_CRB_CTRL_RSP_ADDR_x` (64 bits).
+    pub const RSP_ADDR: u64 = 0x68;
     /// `TPM_CRB_DATA_BUFFER_x`.
     pub const DATA_BUFFER: u64 = 0x80;
 }
@@ -54,15 +64,58 @@ const STS_IDLE: u32 = 1 << 1;
 pub struct Crb<R> {
     regs: R,
     locality: u8,
+    /// The command buffer: offset from the base, size.
+    cmd: (u64, usize),
+    /// The response buffer.
+    rsp: (u64, usize),
+    /// `CANCEL` was written 1 and not yet cleared.
+    cancelled: Cell<bool>,
 }
 
 impl<R: RegisterAccess> Crb<R> {
-    /// The interface at `regs` (all five pages) as `locality` (0 to 4).
+    /// The interface at `regs` (the TPM range from [`CRB_BASE`]) as
+    /// `locality` (0 to 4). Reads where the locality's control area puts
+    /// the command and response buffers (`CMD_LADDR`, `RSP_ADDR`: they
+    /// may be anywhere in the range, PTP 6.5.3); one outside it is
+    /// refused.
     pub fn new(regs: R, locality: u8) -> Result<Self, TpmError> {
+        Self::at(regs, CRB_BASE, locality)
+    }
+
+    /// [`new`](Self::new) for an interface at `base`.
+    pub fn at(regs: R, base: u64, locality: u8) -> Result<Self, TpmError> {
         if locality > 4 {
             return Err(TpmError::Argument("a locality above 4"));
         }
-        Ok(Crb { regs, locality })
+        let page = u64::from(locality) * 0x1000;
+        let r32 = |r: u64| u64::from(regs.read32(page + r));
+        let buffer = |addr: u64, size: u64, what| {
+            let off = addr
+                .checked_sub(base)
+                .filter(|o| o.checked_add(size).is_some_and(|end| end <= CRB_SPAN))
+                .ok_or(TpmError::Malformed(what))?;
+            if size < HEADER_LEN as u64 || !off.is_multiple_of(4) {
+                return Err(TpmError::Malformed(what));
+            }
+            Ok((off, size as usize))
+        };
+        let cmd = buffer(
+            r32(reg::CMD_HADDR) << 32 | r32(reg::CMD_LADDR),
+            r32(reg::CMD_SIZE),
+            "a command buffer outside the TPM range, unaligned or too small",
+        )?;
+        let rsp = buffer(
+            r32(reg::RSP_ADDR + 4) << 32 | r32(reg::RSP_ADDR),
+            r32(reg::RSP_SIZE),
+            "a response buffer outside the TPM range, unaligned or too small",
+        )?;
+        Ok(Crb {
+            regs,
+            locality,
+            cmd,
+            rsp,
+            cancelled: Cell::new(false),
+        })
     }
 
     /// The register access underneath.
@@ -140,12 +193,19 @@ impl<R: RegisterAccess> Crb<R> {
     /// Asks the TPM to cancel the running command (its response says
     /// whether it could).
     pub fn cancel(&self) {
+        self.cancelled.set(true);
         self.write(reg::CTRL_CANCEL, 1);
     }
 
     /// The command buffer's size as the interface gives it.
     pub fn command_limit(&self) -> usize {
-        (self.read(reg::CMD_SIZE) as usize).min(0x1000 - reg::DATA_BUFFER as usize)
+        self.cmd.1
+    }
+
+    /// Where the command and response buffers are (offsets from the
+    /// interface's base).
+    pub fn buffers(&self) -> (u64, u64) {
+        (self.cmd.0, self.rsp.0)
     }
 
     /// Writes `command` to the data buffer, starts it, waits for `START`
@@ -164,7 +224,9 @@ impl<R: RegisterAccess> Crb<R> {
                 limit,
             });
         }
-        self.write(reg::CTRL_CANCEL, 0);
+        if self.cancelled.replace(false) {
+            self.write(reg::CTRL_CANCEL, 0);
+        }
         self.put(command);
         self.write(reg::CTRL_START, 1);
         while self.read(reg::CTRL_START) & 1 != 0 {
@@ -175,10 +237,12 @@ impl<R: RegisterAccess> Crb<R> {
         if self.read(reg::CTRL_STS) & STS_FATAL != 0 {
             return Err(TpmError::Fatal);
         }
-        let rsp_limit = (self.read(reg::RSP_SIZE) as usize).min(limit.max(HEADER_LEN));
-        let mut header = [0u8; HEADER_LEN];
-        self.get(&mut header);
-        let size = u32::from_be_bytes([header[2], header[3], header[4], header[5]]) as usize;
+        let rsp_limit = self.rsp.1;
+        // The header and the next two bytes (three dword reads), then the
+        // rest from offset 12, so that every dword read stays aligned.
+        let mut head = [0u8; HEADER_LEN + 2];
+        self.get(0, &mut head);
+        let size = u32::from_be_bytes([head[2], head[3], head[4], head[5]]) as usize;
         if size < HEADER_LEN || size > rsp_limit {
             return Err(TpmError::Malformed("a response size outside the buffer"));
         }
@@ -187,19 +251,18 @@ impl<R: RegisterAccess> Crb<R> {
                 "a response buffer smaller than the response",
             ));
         }
-        // Read again from the start: dword reads stay aligned.
-        self.get(&mut response[..size]);
-        if response[..HEADER_LEN] != header {
-            return Err(TpmError::Malformed("the response changed while read"));
+        let first = size.min(head.len());
+        response[..first].copy_from_slice(&head[..first]);
+        if size > head.len() {
+            self.get(head.len(), &mut response[head.len()..size]);
         }
         Ok(size)
     }
 
     /// Writes `bytes` to the data buffer: dwords, then the tail by bytes.
     fn put(&self, bytes: &[u8]) {
-        let base = self.off(reg::DATA_BUFFER);
         let mut words = bytes.chunks_exact(4);
-        let mut at = base;
+        let mut at = self.cmd.0;
         for w in &mut words {
             self.regs
                 .write32(at, u32::from_le_bytes([w[0], w[1], w[2], w[3]]));
@@ -211,9 +274,10 @@ impl<R: RegisterAccess> Crb<R> {
         }
     }
 
-    /// Reads the start of the data buffer into `out`, the same way.
-    fn get(&self, out: &mut [u8]) {
-        let mut at = self.off(reg::DATA_BUFFER);
+    /// Reads the data buffer from `from` (a multiple of 4) into `out`,
+    /// the same way.
+    fn get(&self, from: usize, out: &mut [u8]) {
+        let mut at = self.rsp.0 + from as u64;
         let mut words = out.chunks_exact_mut(4);
         for w in &mut words {
             w.copy_from_slice(&self.regs.read32(at).to_le_bytes());

@@ -9,7 +9,8 @@
 //!   (KVM's own binary statistics).
 //! - Devices: [`virtio`] (a `VirtioDevice` behind a slot's register file,
 //!   irqfd interrupts, ioeventfd or inline notifications, a worker thread
-//!   per device).
+//!   per device); [`tpm_crb`] (the TPM 2.0 CRB interface in front of a
+//!   `backends::tpm` backend).
 //! - Machines: [`options`] (QEMU-style options), [`machine`] (backends and
 //!   devices realized from them, and the machine that runs them),
 //!   [`protocol`] (`-monitor`/`-qmp` sockets: `set_link`, status), [`serve`]

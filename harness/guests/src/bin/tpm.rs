@@ -170,8 +170,9 @@ fn main(boot: &'static BootInfo) {
     crb.ready(&mut wait())
         .or_fail(format_args!("tpm: cmdReady"));
     println!(
-        "tpm: locality {locality} granted, buffer {} bytes",
-        crb.command_limit()
+        "tpm: locality {locality} granted, buffer {} bytes at {:#x}",
+        crb.command_limit(),
+        CRB_BASE + crb.buffers().0
     );
     let mut tpm = Tpm::new(crb);
     if let Some(su) = startup {

@@ -212,7 +212,7 @@ fn attach_tpm(
     config: &MachineConfig,
 ) -> Result<Option<crate::tpm_crb::CrbHandle>, MachineError> {
     use crate::options::TpmdevKind;
-    use crate::tpm_crb::{CRB_BASE, CRB_SIZE, TpmCrb};
+    use crate::tpm_crb::{BUFFER_PAGE, CRB_BASE, CRB_SIZE, TpmCrb};
     use backends::tpm::TpmBackend;
     use backends::tpm::emulator::Emulator;
     use backends::tpm::passthrough::Passthrough;
@@ -254,7 +254,9 @@ fn attach_tpm(
         by: by.clone(),
         err,
     };
-    let crb = TpmCrb::new(backend.map_err(fail)?).map_err(fail)?;
+    // The data buffer in a RAM page of its own: no exits to fill it.
+    let ram = vm.add_device_ram("tpm-crb buffer", BUFFER_PAGE, 4096)?;
+    let crb = TpmCrb::with_ram(backend.map_err(fail)?, ram).map_err(fail)?;
     let handle = crb.handle();
     vm.add_mmio_device("tpm-crb", CRB_BASE, CRB_SIZE, Box::new(crb))?;
     Ok(Some(handle))

@@ -6,27 +6,34 @@
 //! each, the locality registers (`TPM_LOC_STATE_x`, `TPM_LOC_CTRL_x`,
 //! `TPM_LOC_STS_x`), the interface identifier, the control area
 //! (`TPM_CRB_CTRL_REQ_x`, `_STS_x`, `_CANCEL_x`, `_START_x`, the buffer
-//! addresses and sizes) and the data buffer from offset `0x80`. The data
-//! buffer is one, seen from every page; a page's control area and buffer
-//! take writes only from the active locality.
+//! addresses and sizes) and, from offset `0x80`, an alias of the data
+//! buffer. The data buffer is one, seen from every page; the monitor puts
+//! it in a RAM page of its own ([`TpmCrb::with_ram`], [`BUFFER_PAGE`]),
+//! which the buffer address registers name. A page's control area and
+//! alias take writes only from the active locality.
 //!
-//! A command runs on a thread of its own, so the guest keeps running and
-//! polls `START`, and can cancel it. How the device answers what a guest
+//! A command runs on a thread of its own; the `START` write waits for it
+//! up to [`SYNC_WAIT`] (most commands finish by then, and the guest's
+//! first poll finds `START` clear), then the guest keeps running, polls
+//! `START`, and can cancel it. How the device answers what a guest
 //! should not do:
 //!
-//! - a write to a read-only register, or a control area or buffer write
+//! - a write to a read-only register, or a control area or alias write
 //!   from a locality that is not active, is dropped (and counted);
-//! - data buffer reads from a locality that is not active return all
-//!   ones; reads during a command return the buffer as it is (the command
-//!   until the response lands);
+//! - alias reads from a locality that is not active return all ones;
+//!   reads during a command return the buffer as it is (the command
+//!   until the response lands); alias writes during a command are
+//!   dropped (the RAM page cannot refuse them: the command was copied at
+//!   `START`, and its response overwrites them);
 //! - `START` while the TPM is idle (no `cmdReady` since `goIdle`) is
 //!   dropped; a command whose header gives a size under 10 bytes or over
 //!   the buffer gets a response of `TPM_RC_COMMAND_SIZE` from the device
 //!   itself, without reaching the backend;
-//! - the backend's channel failing (swtpm dies mid-command) sets the
-//!   fatal-error bit `tpmSts` in `TPM_CRB_CTRL_STS` and clears `START`;
-//!   every later `START` leaves the buffer as it is and `START` clear,
-//!   until [`TpmCrb::reset`] restarts the backend.
+//! - the backend's channel failing (swtpm dies mid-command) or a response
+//!   that does not parse sets the fatal-error bit `tpmSts` in
+//!   `TPM_CRB_CTRL_STS` and clears `START`; every later `START` leaves the
+//!   buffer as it is and `START` clear, until [`TpmCrb::reset`] restarts
+//!   the backend.
 //!
 //! QEMU's `tpm-crb` implements locality 0 alone (its `CapLocality` is 0);
 //! this one implements all five (`CapLocality` 1).
@@ -35,10 +42,12 @@ use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, Sender, channel};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use backends::tpm::{HEADER_LEN, TpmBackend, TpmError, header_size};
 
 use crate::bus::MmioDevice;
+use crate::vm::DeviceRam;
 
 #[cfg(test)]
 mod tests;
@@ -51,7 +60,17 @@ pub const LOCALITIES: u8 = 5;
 pub const LOCALITY_STRIDE: u64 = 0x1000;
 /// The whole range on the bus.
 pub const CRB_SIZE: u64 = LOCALITY_STRIDE * LOCALITIES as u64;
-/// The data buffer's size: the rest of a page after the registers.
+/// The upper half of `TPM_CRB_CTRL_RSP_ADDR_x`.
+const RSP_ADDR_HI: u64 = reg::RSP_ADDR + 4;
+
+/// Where [`crate::machine::Machine`] maps the RAM page of the data buffer
+/// ([`TpmCrb::with_ram`]): the page after the five locality pages, inside
+/// the PC's TPM range (`0xFED4_0000` to `0xFED4_FFFF`). (QEMU puts its
+/// physical presence interface there, which this device does not have.)
+pub const BUFFER_PAGE: u64 = CRB_BASE + CRB_SIZE;
+
+/// The data buffer's size behind the alias: the rest of a page after the
+/// registers.
 pub const BUFFER_SIZE: usize = (LOCALITY_STRIDE - reg::DATA_BUFFER) as usize;
 
 /// Register offsets in a locality's page (PTP, the CRB register table).
@@ -151,6 +170,13 @@ pub const INTF_ID_VALUE: u32 = 1 | (1 << 4) | (1 << 8) | (3 << 11) | (1 << 14) |
 /// shows, so software that knows QEMU's TPM knows this one; device 0.
 pub const INTF_ID_HI_VALUE: u32 = 0x1014;
 
+/// How long the `START` write waits for the backend before returning to
+/// the guest: most commands (swtpm answers GetRandom in a few
+/// microseconds) complete within it, so the guest's first poll of
+/// `START` finds it clear, and saves the polls' VM exits; longer ones
+/// (key generation) complete while the guest polls.
+pub const SYNC_WAIT: Duration = Duration::from_micros(500);
+
 /// `TPM_RC_COMMAND_SIZE` (TPM 2.0 Part 2, 6.6.3): the size in the
 /// header does not fit.
 pub const TPM_RC_COMMAND_SIZE: u32 = 0x142;
@@ -191,14 +217,67 @@ struct State {
     cancel: bool,
     /// The TPM's `tpmEstablished` flag, read at reset.
     established: bool,
-    /// The buffer size the backend agreed to (at most [`BUFFER_SIZE`]).
+    /// The buffer size the backend agreed to (at most the buffer's).
     limit: usize,
-    buffer: Box<[u8; BUFFER_SIZE]>,
+    buffer: Buffer,
     stats: CrbStats,
 }
 
+/// Where commands and responses are: this process's memory, or a RAM
+/// page the guest reaches without exits.
+enum Buffer {
+    /// Behind the MMIO alias at offset `0x80` of each page only.
+    Heap(Box<[u8; BUFFER_SIZE]>),
+    /// A guest RAM page (its address in `CMD_LADDR`/`RSP_ADDR`), also
+    /// behind the alias.
+    Ram(Arc<DeviceRam>),
+}
+
+impl Buffer {
+    fn len(&self) -> usize {
+        match self {
+            Buffer::Heap(b) => b.len(),
+            Buffer::Ram(r) => r.len(),
+        }
+    }
+
+    fn read(&self, at: usize, out: &mut [u8]) -> bool {
+        match self {
+            Buffer::Heap(b) => match b.get(at..at.saturating_add(out.len())) {
+                Some(src) => {
+                    out.copy_from_slice(src);
+                    true
+                }
+                None => false,
+            },
+            Buffer::Ram(r) => r.read(at, out),
+        }
+    }
+
+    fn write(&mut self, at: usize, data: &[u8]) -> bool {
+        match self {
+            Buffer::Heap(b) => match b.get_mut(at..at.saturating_add(data.len())) {
+                Some(dst) => {
+                    dst.copy_from_slice(data);
+                    true
+                }
+                None => false,
+            },
+            Buffer::Ram(r) => r.write(at, data),
+        }
+    }
+
+    /// The address `CMD_LADDR`/`RSP_ADDR` give in `locality`'s page.
+    fn address(&self, locality: u8) -> u64 {
+        match self {
+            Buffer::Heap(_) => CRB_BASE + u64::from(locality) * LOCALITY_STRIDE + reg::DATA_BUFFER,
+            Buffer::Ram(r) => r.base(),
+        }
+    }
+}
+
 impl State {
-    fn new() -> State {
+    fn new(buffer: Buffer) -> State {
         State {
             active: None,
             pending: 0,
@@ -208,8 +287,8 @@ impl State {
             start: false,
             cancel: false,
             established: false,
-            limit: BUFFER_SIZE,
-            buffer: Box::new([0; BUFFER_SIZE]),
+            limit: buffer.len(),
+            buffer,
             stats: CrbStats::default(),
         }
     }
@@ -225,9 +304,11 @@ impl State {
 
     /// Writes a header-only response with `rc` to the buffer.
     fn error_response(&mut self, rc: u32) {
-        self.buffer[..2].copy_from_slice(&0x8001u16.to_be_bytes());
-        self.buffer[2..6].copy_from_slice(&(HEADER_LEN as u32).to_be_bytes());
-        self.buffer[6..10].copy_from_slice(&rc.to_be_bytes());
+        let mut r = [0u8; HEADER_LEN];
+        r[..2].copy_from_slice(&0x8001u16.to_be_bytes());
+        r[2..6].copy_from_slice(&(HEADER_LEN as u32).to_be_bytes());
+        r[6..10].copy_from_slice(&rc.to_be_bytes());
+        self.buffer.write(0, &r);
     }
 }
 
@@ -297,8 +378,30 @@ impl TpmCrb {
     /// ([`TpmBackend::startup`]) with the buffer's size. Fails if the
     /// backend cannot start.
     pub fn new(backend: Arc<dyn TpmBackend + Send + Sync>) -> Result<TpmCrb, TpmError> {
+        Self::with_buffer(backend, Buffer::Heap(Box::new([0; BUFFER_SIZE])))
+    }
+
+    /// [`new`](Self::new) with the command and response buffer in `ram`,
+    /// a page of guest RAM ([`crate::vm::Vm::add_device_ram`]) whose
+    /// address `CMD_LADDR` and `RSP_ADDR` give: a driver that follows
+    /// them (as PTP drivers must) fills and reads the buffer without VM
+    /// exits. The alias at offset `0x80` of each page still reaches it.
+    /// Writes to the page while a command runs cannot be refused (it is
+    /// RAM); the command was copied when `START` was written, and its
+    /// response overwrites the page when it completes.
+    pub fn with_ram(
+        backend: Arc<dyn TpmBackend + Send + Sync>,
+        ram: Arc<DeviceRam>,
+    ) -> Result<TpmCrb, TpmError> {
+        Self::with_buffer(backend, Buffer::Ram(ram))
+    }
+
+    fn with_buffer(
+        backend: Arc<dyn TpmBackend + Send + Sync>,
+        buffer: Buffer,
+    ) -> Result<TpmCrb, TpmError> {
         let shared = Arc::new(Shared {
-            state: Mutex::new(State::new()),
+            state: Mutex::new(State::new(buffer)),
             backend,
             closed: AtomicBool::new(false),
         });
@@ -328,9 +431,10 @@ impl TpmCrb {
         let established = self.shared.backend.established().unwrap_or(false);
         let mut s = lock(&self.shared.state);
         let stats = s.stats;
-        *s = State::new();
+        let buffer = std::mem::replace(&mut s.buffer, Buffer::Heap(Box::new([0; BUFFER_SIZE])));
+        *s = State::new(buffer);
         s.stats = stats;
-        s.limit = (size as usize).min(BUFFER_SIZE);
+        s.limit = (size as usize).min(s.buffer.len());
         s.established = established;
         Ok(())
     }
@@ -373,10 +477,9 @@ impl TpmCrb {
             }
             reg::CTRL_CANCEL => u32::from(s.cancel),
             reg::CTRL_START => u32::from(s.start),
-            reg::CMD_SIZE | reg::RSP_SIZE => BUFFER_SIZE as u32,
-            reg::CMD_LADDR | reg::RSP_ADDR => {
-                (CRB_BASE + u64::from(locality) * LOCALITY_STRIDE + reg::DATA_BUFFER) as u32
-            }
+            reg::CMD_SIZE | reg::RSP_SIZE => s.buffer.len() as u32,
+            reg::CMD_LADDR | reg::RSP_ADDR => s.buffer.address(locality) as u32,
+            reg::CMD_HADDR | RSP_ADDR_HI => (s.buffer.address(locality) >> 32) as u32,
             // CTRL_EXT, CTRL_REQ (its bits clear at once), interrupts,
             // the high address halves, reserved space.
             _ => 0,
@@ -419,16 +522,17 @@ impl TpmCrb {
                     s.stats.out_of_state += 1;
                     return;
                 }
-                let size = header_size(&s.buffer[..]).unwrap_or(0) as usize;
+                let mut head = [0u8; HEADER_LEN];
+                s.buffer.read(0, &mut head);
+                let size = header_size(&head).unwrap_or(0) as usize;
                 if !(HEADER_LEN..=s.limit).contains(&size) {
                     s.stats.bad_size += 1;
                     s.error_response(TPM_RC_COMMAND_SIZE);
                     return;
                 }
-                let job = Job {
-                    locality,
-                    command: s.buffer[..size].to_vec(),
-                };
+                let mut command = vec![0u8; size];
+                s.buffer.read(0, &mut command);
+                let job = Job { locality, command };
                 s.start = true;
                 s.cancel = false;
                 s.stats.commands += 1;
@@ -437,6 +541,15 @@ impl TpmCrb {
                     s.start = false;
                     s.fatal = true;
                     s.stats.fatal += 1;
+                    return;
+                }
+                // Wait for the command thread without sleeping (a futex
+                // sleep and wake-up costs more than most commands take),
+                // yielding so that on a single CPU the thread can run.
+                drop(s);
+                let t0 = std::time::Instant::now();
+                while lock(&self.shared.state).start && t0.elapsed() < SYNC_WAIT {
+                    std::thread::yield_now();
                 }
             }
             reg::INT_ENABLE | reg::INT_STS => {
@@ -492,15 +605,18 @@ impl TpmCrb {
 
 /// Runs the commands sent to the thread until the device goes away.
 fn run_commands(shared: &Shared, jobs: &Receiver<Job>) {
-    let mut response = vec![0u8; BUFFER_SIZE];
+    let mut response = Vec::new();
     while let Ok(job) = jobs.recv() {
         let limit = lock(&shared.state).limit;
+        response.resize(limit, 0);
         let r = shared
             .backend
             .command(job.locality, &job.command, &mut response[..limit]);
         let mut s = lock(&shared.state);
         match r {
-            Ok(n) => s.buffer[..n].copy_from_slice(&response[..n]),
+            Ok(n) => {
+                s.buffer.write(0, &response[..n]);
+            }
             Err(TpmError::BadCommand(_)) => s.error_response(TPM_RC_COMMAND_SIZE),
             Err(TpmError::Unsupported(_)) => s.error_response(TPM_RC_LOCALITY),
             Err(_) => {
@@ -529,9 +645,11 @@ impl MmioDevice for TpmCrb {
         if off >= reg::DATA_BUFFER {
             let s = lock(&self.shared.state);
             let at = (off - reg::DATA_BUFFER) as usize;
-            match s.buffer.get(at..at + data.len()) {
-                Some(b) if s.active == Some(locality) => data.copy_from_slice(b),
-                _ => data.fill(0xff),
+            // Only the alias's 3968 bytes; the rest of a RAM buffer is
+            // reached at its own address.
+            let inside = at + data.len() <= BUFFER_SIZE;
+            if !(inside && s.active == Some(locality) && s.buffer.read(at, data)) {
+                data.fill(0xff);
             }
             return;
         }
@@ -556,8 +674,8 @@ impl MmioDevice for TpmCrb {
                 return;
             }
             let at = (off - reg::DATA_BUFFER) as usize;
-            if let Some(b) = s.buffer.get_mut(at..at + data.len()) {
-                b.copy_from_slice(data);
+            if at + data.len() <= BUFFER_SIZE {
+                s.buffer.write(at, data);
             }
             return;
         }

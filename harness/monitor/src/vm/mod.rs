@@ -152,6 +152,8 @@ pub enum VmError {
     Bus(BusError),
     /// An MMIO range overlaps RAM (KVM would never let accesses reach it).
     MmioOverlapsRam(MmioRange),
+    /// A device's RAM could not be mapped there, and why.
+    DeviceRam(MmioRange, String),
     /// [`Vm::run`] before [`Vm::load_pvh`].
     NotLoaded,
     /// Installing the vCPU kick signal handler failed.
@@ -174,6 +176,7 @@ impl fmt::Display for VmError {
             VmError::Load(e) => write!(f, "loading the kernel: {e}"),
             VmError::Bus(e) => e.fmt(f),
             VmError::MmioOverlapsRam(r) => write!(f, "MMIO range {r} overlaps RAM"),
+            VmError::DeviceRam(r, why) => write!(f, "device RAM {r}: {why}"),
             VmError::NotLoaded => f.write_str("no kernel loaded: call load_pvh before run"),
             VmError::Signal(e) => write!(f, "installing the vCPU kick signal handler: {e}"),
             VmError::Watchdog(e) => write!(f, "starting the watchdog thread: {e}"),
@@ -194,7 +197,7 @@ impl std::error::Error for VmError {
             VmError::Signal(e) | VmError::Watchdog(e) | VmError::Worker(e) => Some(e),
             VmError::Attach(e) => Some(e),
             VmError::Guard(e) => Some(e),
-            VmError::MmioOverlapsRam(_) | VmError::NotLoaded => None,
+            VmError::MmioOverlapsRam(_) | VmError::DeviceRam(..) | VmError::NotLoaded => None,
         }
     }
 }
@@ -251,6 +254,91 @@ pub struct Vm {
     stats: Result<Stats, String>,
     /// Devices hold clones of `guest`.
     devices: Vec<Arc<Wired>>,
+    /// RAM pages devices own ([`Vm::add_device_ram`]); after `vm`, so
+    /// unmapped only once the VM fd is closed.
+    device_ram: Vec<Arc<DeviceRam>>,
+}
+
+/// Guest-physical RAM a device owns: a buffer the guest reads and writes
+/// without VM exits (the TPM CRB's data buffer), mapped by its own KVM
+/// memory slot. The device reaches it through copies, never references:
+/// the guest may change it at any time.
+#[derive(Debug)]
+pub struct DeviceRam {
+    name: String,
+    base: u64,
+    memory: HostMemory,
+}
+
+impl DeviceRam {
+    /// Its guest-physical address.
+    pub fn base(&self) -> u64 {
+        self.base
+    }
+
+    /// Its size in bytes.
+    pub fn len(&self) -> usize {
+        self.memory.len()
+    }
+
+    /// Whether it has no bytes (never: [`Vm::add_device_ram`] refuses that).
+    pub fn is_empty(&self) -> bool {
+        self.memory.len() == 0
+    }
+
+    /// Copies `out.len()` bytes from `offset`; false (and `out` untouched)
+    /// if they are not all inside.
+    pub fn read(&self, offset: usize, out: &mut [u8]) -> bool {
+        if offset
+            .checked_add(out.len())
+            .is_none_or(|end| end > self.len())
+        {
+            return false;
+        }
+        // SAFETY: the range is inside the mapping (checked), which lives
+        // as long as `self`; the guest may write it meanwhile, so it is
+        // copied, never referenced.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                self.memory.as_ptr().add(offset),
+                out.as_mut_ptr(),
+                out.len(),
+            )
+        };
+        true
+    }
+
+    /// Copies `data` to `offset`; false (and nothing written) if it does
+    /// not fit.
+    pub fn write(&self, offset: usize, data: &[u8]) -> bool {
+        if offset
+            .checked_add(data.len())
+            .is_none_or(|end| end > self.len())
+        {
+            return false;
+        }
+        // SAFETY: as in `read`.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                data.as_ptr(),
+                self.memory.as_ptr().add(offset),
+                data.len(),
+            )
+        };
+        true
+    }
+}
+
+impl fmt::Display for DeviceRam {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "'{}' RAM at {:#x}..{:#x}",
+            self.name,
+            self.base,
+            self.base + self.len() as u64
+        )
+    }
 }
 
 impl fmt::Debug for Vm {
@@ -392,6 +480,7 @@ impl Vm {
             created: Some(created),
             stats,
             devices: Vec::new(),
+            device_ram: Vec::new(),
         })
     }
 
@@ -462,8 +551,77 @@ impl Vm {
         {
             return Err(VmError::MmioOverlapsRam(MmioRange { name, base, size }));
         }
+        if let Some(end) = end
+            && self
+                .device_ram
+                .iter()
+                .any(|r| base < r.base + r.len() as u64 && end > r.base)
+        {
+            return Err(VmError::MmioOverlapsRam(MmioRange { name, base, size }));
+        }
         self.bus.insert(name, base, size, device)?;
         Ok(())
+    }
+
+    /// Maps `size` bytes (a whole number of 4 KiB pages) of RAM at `base`
+    /// (page-aligned) for a device, with a KVM memory slot of its own:
+    /// the guest's accesses to it cause no exits. Refused if it overlaps
+    /// RAM, another device's RAM or an MMIO range.
+    pub fn add_device_ram(
+        &mut self,
+        name: impl Into<String>,
+        base: u64,
+        size: u64,
+    ) -> Result<Arc<DeviceRam>, VmError> {
+        let name = name.into();
+        let range = MmioRange {
+            name: name.clone(),
+            base,
+            size,
+        };
+        let page = 4096;
+        let end = base.checked_add(size);
+        if size == 0 || !base.is_multiple_of(page) || !size.is_multiple_of(page) {
+            return Err(VmError::DeviceRam(range, "not whole 4 KiB pages".into()));
+        }
+        let Some(end) = end else {
+            return Err(VmError::DeviceRam(range, "wraps the address space".into()));
+        };
+        let overlaps = |b: u64, s: u64| base < b.saturating_add(s) && end > b;
+        if self.ram.iter().any(|r| overlaps(r.base, r.size))
+            || self
+                .device_ram
+                .iter()
+                .any(|r| overlaps(r.base, r.len() as u64))
+        {
+            return Err(VmError::MmioOverlapsRam(range));
+        }
+        if let Some(r) = self.bus.ranges().find(|r| overlaps(r.base, r.size)) {
+            return Err(VmError::DeviceRam(range, format!("overlaps {r}")));
+        }
+        let memory = HostMemory::new(&backends::hostmem::HostMemoryConfig {
+            kind: backends::hostmem::HostMemoryKind::Ram,
+            size,
+            share: false,
+            prealloc: true,
+        })
+        .map_err(|e| VmError::DeviceRam(range.clone(), e.to_string()))?;
+        let slot = (self.ram.len() + self.device_ram.len()) as u32;
+        let region = kvm_userspace_memory_region {
+            slot,
+            flags: 0,
+            guest_phys_addr: base,
+            memory_size: size,
+            userspace_addr: memory.as_ptr() as u64,
+        };
+        // SAFETY: the mapping is owned by the `DeviceRam` this `Vm` keeps
+        // in a field dropped after the VM fd closes; the host reaches it
+        // only through copies.
+        unsafe { self.vm.set_user_memory_region(region) }
+            .map_err(kvm_err("KVM_SET_USER_MEMORY_REGION"))?;
+        let ram = Arc::new(DeviceRam { name, base, memory });
+        self.device_ram.push(Arc::clone(&ram));
+        Ok(ram)
     }
 
     /// Fills the first `count` virtio-mmio slots with [`EmptySlot`]s and

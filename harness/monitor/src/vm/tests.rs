@@ -190,3 +190,43 @@ fn guest_memory_kept_past_the_vm_still_reads_its_ram() {
     );
     assert_eq!(kept.host_memory().map(HostMemory::len), Some(2 << 20));
 }
+
+/// A device's RAM page: whole pages only, never over RAM, another
+/// device's RAM or an MMIO range (nor an MMIO range over it); what the
+/// host writes to it reads back, and outside it nothing is touched.
+#[test]
+fn device_ram_takes_whole_free_pages_and_copies_in_and_out() {
+    if !kvm_or_skip("device_ram_takes_whole_free_pages_and_copies_in_and_out") {
+        return;
+    }
+    let memory = HostMemory::ram(2 << 20, false, false).unwrap();
+    let mut vm = Vm::new(memory).unwrap();
+    vm.add_mmio_device("dev", 0xfed4_0000, 0x5000, Box::new(EmptySlot))
+        .unwrap();
+    for (base, size, want) in [
+        (0x1000, 0x1000, "overlaps RAM"),
+        (0xfed4_5001, 0x1000, "4 KiB pages"),
+        (0xfed4_5000, 0x800, "4 KiB pages"),
+        (0xfed4_4000, 0x1000, "overlaps 'dev'"),
+        (u64::MAX - 0xfff, 0x2000, "wraps"),
+    ] {
+        let e = vm
+            .add_device_ram("buf", base, size)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(want), "{base:#x}: {e}");
+    }
+    let ram = vm.add_device_ram("buf", 0xfed4_5000, 0x1000).unwrap();
+    assert_eq!((ram.base(), ram.len()), (0xfed4_5000, 0x1000));
+    assert!(ram.write(0xff0, &[1, 2, 3, 4]));
+    let mut b = [0u8; 4];
+    assert!(ram.read(0xff0, &mut b));
+    assert_eq!(b, [1, 2, 3, 4]);
+    assert!(!ram.write(0xffe, &[0; 4]));
+    assert!(!ram.read(usize::MAX, &mut b));
+    assert!(vm.add_device_ram("again", 0xfed4_5000, 0x1000).is_err());
+    let e = vm
+        .add_mmio_device("late", 0xfed4_5800, 0x100, Box::new(EmptySlot))
+        .unwrap_err();
+    assert!(matches!(e, VmError::MmioOverlapsRam(_)), "{e}");
+}
