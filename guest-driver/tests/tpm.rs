@@ -277,6 +277,13 @@ fn a_hung_or_failed_tpm_ends_the_wait() {
         t.startup(Startup::Clear, &mut polls()),
         Err(TpmError::Timeout)
     );
+    // The next command waits for the hung one rather than overwrite it.
+    assert_eq!(t.self_test(true, &mut polls()), Err(TpmError::Timeout));
+    assert_eq!(t.crb().regs().last_command.borrow().len(), 0);
+    t.crb().regs().hang.set(false);
+    t.crb().regs().start.set(0);
+    t.self_test(true, &mut polls()).unwrap();
+    assert_eq!(t.crb().regs().last_command.borrow()[9], 0x43);
     let fake = FakeCrb::new(|_| ok(0x8001, &[]));
     fake.fatal.set(true);
     let crb = Crb::new(fake, 0).unwrap();

@@ -371,6 +371,7 @@ fn qemu_tpm_crb_and_ours_agree_on_copies_of_one_state() {
     // QEMU's buffer is at offset 0x80 of the page; the driver follows it.
     assert!(q.serial.contains("bytes at 0xfed40080"), "{}", q.serial);
     for what in ["pcr8", "pcr9", "nv"] {
+        assert!(line(&serial, what).is_some(), "ours printed no {what}");
         assert_eq!(line(&serial, what), line(&q.serial, what), "{what}");
     }
     assert_eq!(line(&q.serial, "pcr8"), Some(hex(&pcr8).as_str()));
@@ -386,9 +387,12 @@ fn qemu_tpm_crb_and_ours_agree_on_copies_of_one_state() {
     let q = boot_qemu(&b, resume);
     q.check_pass().unwrap();
     for what in ["pcr8", "pcr9", "nv"] {
+        assert!(line(&serial, what).is_some(), "ours printed no {what}");
         assert_eq!(line(&serial, what), line(&q.serial, what), "{what}");
     }
     assert_eq!(line(&q.serial, "pcr8"), Some(hex(&pcr8).as_str()));
+    assert_eq!(line(&q.serial, "pcr9"), Some(hex(&pcr9).as_str()));
+    assert_eq!(line(&q.serial, "nv"), Some(nv.as_str()));
 }
 
 /// swtpm killed while the guest runs commands: the CRB sets its

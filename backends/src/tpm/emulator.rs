@@ -92,10 +92,62 @@ const MAX_BLOB: u32 = 16 << 20;
 /// thread while another cancels it or asks for the established flag.
 #[derive(Debug)]
 pub struct Emulator {
-    ctrl: Mutex<UnixStream>,
+    ctrl: Mutex<CtrlChannel>,
     data: Mutex<DataChannel>,
     caps: u64,
     buffer_size: AtomicU32,
+}
+
+/// The control channel and what is known of its state.
+#[derive(Debug)]
+struct CtrlChannel {
+    sock: UnixStream,
+    /// An exchange failed part-way (a timeout after which a late answer
+    /// may come, a short answer): the channel carries nothing more.
+    out_of_step: bool,
+}
+
+impl CtrlChannel {
+    fn new(sock: UnixStream) -> Mutex<CtrlChannel> {
+        Mutex::new(CtrlChannel {
+            sock,
+            out_of_step: false,
+        })
+    }
+
+    /// Sends `message` (with `fd` as `SCM_RIGHTS` if given) and reads the
+    /// answer with `read`; any I/O failure leaves the channel out of step.
+    fn exchange<T>(
+        &mut self,
+        message: &[u8],
+        fd: Option<RawFd>,
+        read: impl FnOnce(&mut UnixStream) -> Result<T, TpmError>,
+    ) -> Result<T, TpmError> {
+        if self.out_of_step {
+            return Err(TpmError::BadResponse(
+                "an earlier control exchange failed part-way: the control channel is out of step",
+            ));
+        }
+        let sent = match fd {
+            Some(fd) => send_with_fd(&self.sock, message, fd),
+            None => send_all(&self.sock, message),
+        };
+        let r = sent
+            .map_err(TpmError::from)
+            .and_then(|()| read(&mut self.sock));
+        if matches!(r, Err(TpmError::Io(_))) {
+            self.out_of_step = true;
+        }
+        r
+    }
+}
+
+/// Reads a control answer: the 4-byte result first; on success, `rest`
+/// more bytes (swtpm sends only the result when a command fails).
+fn result_then(sock: &mut UnixStream, command: u32, rest: usize) -> Result<Vec<u8>, TpmError> {
+    let r = read_exact(sock, 4)?;
+    check(command, &r)?;
+    read_exact(sock, rest)
 }
 
 /// The data channel and what is known of its state.
@@ -183,7 +235,7 @@ impl Emulator {
         ours.set_read_timeout(Some(timeout))?;
         ours.set_write_timeout(Some(timeout))?;
         let mut e = Emulator {
-            ctrl: Mutex::new(ctrl),
+            ctrl: CtrlChannel::new(ctrl),
             data: Mutex::new(DataChannel {
                 sock: ours,
                 locality: None,
@@ -192,19 +244,17 @@ impl Emulator {
             caps: 0,
             buffer_size: AtomicU32::new(DEFAULT_BUFFER),
         };
-        let c = e.control(cmd::GET_CAPABILITY, &[], 8)?;
-        e.caps = u64::from_be_bytes(c[..8].try_into().unwrap_or_default());
+        e.caps = e.capabilities_of()?;
         if e.caps & cap::SET_DATAFD == 0 {
             return Err(TpmError::Unsupported(
                 "CMD_SET_DATAFD (swtpm must not run with --server)",
             ));
         }
-        {
-            let mut ctrl = lock(&e.ctrl);
-            send_with_fd(&ctrl, &cmd::SET_DATAFD.to_be_bytes(), theirs.as_raw_fd())?;
-            let r = read_exact(&mut ctrl, 4)?;
-            check(cmd::SET_DATAFD, &r)?;
-        }
+        lock(&e.ctrl).exchange(
+            &cmd::SET_DATAFD.to_be_bytes(),
+            Some(theirs.as_raw_fd()),
+            |s| result_then(s, cmd::SET_DATAFD, 0),
+        )?;
         // swtpm holds its own copy now.
         drop(theirs);
         Ok(e)
@@ -224,7 +274,7 @@ impl Emulator {
             s.set_write_timeout(Some(timeout))?;
         }
         let mut e = Emulator {
-            ctrl: Mutex::new(ctrl),
+            ctrl: CtrlChannel::new(ctrl),
             data: Mutex::new(DataChannel {
                 sock: data,
                 locality: None,
@@ -233,9 +283,16 @@ impl Emulator {
             caps: 0,
             buffer_size: AtomicU32::new(DEFAULT_BUFFER),
         };
-        let c = e.control(cmd::GET_CAPABILITY, &[], 8)?;
-        e.caps = u64::from_be_bytes(c[..8].try_into().unwrap_or_default());
+        e.caps = e.capabilities_of()?;
         Ok(e)
+    }
+
+    /// `CMD_GET_CAPABILITY`: the only answer without a result code.
+    fn capabilities_of(&self) -> Result<u64, TpmError> {
+        let c = lock(&self.ctrl).exchange(&cmd::GET_CAPABILITY.to_be_bytes(), None, |s| {
+            read_exact(s, 8)
+        })?;
+        Ok(u64::from_be_bytes(c[..8].try_into().unwrap_or_default()))
     }
 
     /// swtpm's `PTM_CAP_*` bits.
@@ -243,14 +300,12 @@ impl Emulator {
         self.caps
     }
 
-    /// Sends control command `command` with `request`; reads `answer`
-    /// bytes back.
-    fn control(&self, command: u32, request: &[u8], answer: usize) -> Result<Vec<u8>, TpmError> {
+    /// Sends control command `command` with `request`; reads its result
+    /// and, on success, `rest` more bytes.
+    fn control(&self, command: u32, request: &[u8], rest: usize) -> Result<Vec<u8>, TpmError> {
         let mut m = command.to_be_bytes().to_vec();
         m.extend_from_slice(request);
-        let mut ctrl = lock(&self.ctrl);
-        send_all(&ctrl, &m)?;
-        read_exact(&mut ctrl, answer)
+        lock(&self.ctrl).exchange(&m, None, |s| result_then(s, command, rest))
     }
 
     /// A control command whose answer is only a result code.
@@ -264,8 +319,7 @@ impl Emulator {
         if self.caps & needs == 0 {
             return Err(TpmError::Unsupported(what));
         }
-        let r = self.control(command, request, 4)?;
-        check(command, &r)
+        self.control(command, request, 0).map(drop)
     }
 
     /// One of the TPM's state blobs (`CMD_GET_STATEBLOB`), as swtpm keeps
@@ -278,16 +332,20 @@ impl Emulator {
         m.extend_from_slice(&0u32.to_be_bytes());
         m.extend_from_slice(&(blob as u32).to_be_bytes());
         m.extend_from_slice(&0u32.to_be_bytes());
-        let mut ctrl = lock(&self.ctrl);
-        send_all(&ctrl, &m)?;
-        // result, state_flags, totlength, length; then totlength bytes.
-        let h = read_exact(&mut ctrl, 16)?;
-        check(cmd::GET_STATEBLOB, &h)?;
-        let total = be32(&h, 8);
-        if total > MAX_BLOB {
-            return Err(TpmError::BadResponse("a state blob larger than 16 MiB"));
-        }
-        read_exact(&mut ctrl, total as usize)
+        lock(&self.ctrl).exchange(&m, None, |s| {
+            // result; then state_flags, totlength, length; then totlength
+            // bytes.
+            let h = result_then(s, cmd::GET_STATEBLOB, 12)?;
+            let total = be32(&h, 4);
+            if total > MAX_BLOB {
+                // What follows is not read: the channel is out of step.
+                return Err(TpmError::Io(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "a state blob larger than 16 MiB",
+                )));
+            }
+            read_exact(s, total as usize)
+        })
     }
 
     /// Sets one of the TPM's state blobs (`CMD_SET_STATEBLOB`; the TPM
@@ -303,10 +361,9 @@ impl Emulator {
         m.extend_from_slice(&(blob as u32).to_be_bytes());
         m.extend_from_slice(&len.to_be_bytes());
         m.extend_from_slice(data);
-        let mut ctrl = lock(&self.ctrl);
-        send_all(&ctrl, &m)?;
-        let r = read_exact(&mut ctrl, 4)?;
-        check(cmd::SET_STATEBLOB, &r)
+        lock(&self.ctrl)
+            .exchange(&m, None, |s| result_then(s, cmd::SET_STATEBLOB, 0))
+            .map(drop)
     }
 }
 
@@ -358,6 +415,23 @@ fn transact(sock: &mut UnixStream, command: &[u8], response: &mut [u8]) -> Resul
     Ok(size)
 }
 
+/// Reads and drops whatever is waiting on `sock` (a late response).
+fn drain(sock: &UnixStream) -> Result<(), TpmError> {
+    sock.set_nonblocking(true)?;
+    let mut junk = [0u8; 4096];
+    let r = loop {
+        match (&*sock).read(&mut junk) {
+            Ok(0) => break Err(io::Error::from(io::ErrorKind::UnexpectedEof)),
+            Ok(_) => continue,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => break Err(e),
+        }
+    };
+    sock.set_nonblocking(false)?;
+    Ok(r?)
+}
+
 /// Reads exactly `len` bytes.
 fn read_exact(sock: &mut UnixStream, len: usize) -> Result<Vec<u8>, TpmError> {
     let mut b = vec![0u8; len];
@@ -374,20 +448,29 @@ fn check(command: u32, answer: &[u8]) -> Result<(), TpmError> {
 }
 
 impl TpmBackend for Emulator {
+    /// Stops the TPM if it runs (swtpm takes a buffer size only then, as
+    /// QEMU's emulator backend does), sets the buffer size, drops
+    /// whatever an earlier failed exchange left on the data channel, and
+    /// starts it (`CMD_INIT`): a restart after a fatal error, if swtpm is
+    /// still there.
     fn startup(&self, buffer_size: u32) -> Result<u32, TpmError> {
         let mut data = lock(&self.data);
+        if self.caps & cap::STOP != 0 {
+            self.control(cmd::STOP, &[], 0)?;
+        }
         if self.caps & cap::SET_BUFFERSIZE != 0 {
-            // result, buffersize, minsize, maxsize.
-            let r = self.control(cmd::SET_BUFFERSIZE, &buffer_size.to_be_bytes(), 16)?;
-            check(cmd::SET_BUFFERSIZE, &r)?;
-            let size = be32(&r, 4);
+            // result; then buffersize, minsize, maxsize.
+            let r = self.control(cmd::SET_BUFFERSIZE, &buffer_size.to_be_bytes(), 12)?;
+            let size = be32(&r, 0);
             if (size as usize) < HEADER_LEN {
                 return Err(TpmError::BadResponse("a buffer size smaller than a header"));
             }
             self.buffer_size.store(size, Ordering::Relaxed);
         }
+        drain(&data.sock)?;
         self.simple(cmd::INIT, &0u32.to_be_bytes(), cap::INIT, "CMD_INIT")?;
         data.locality = None;
+        data.out_of_step = false;
         Ok(self.buffer_size())
     }
 
@@ -412,8 +495,15 @@ impl TpmBackend for Emulator {
         if data.locality != Some(locality) && self.caps & cap::SET_LOCALITY != 0 {
             let mut req = [0u8; 4];
             req[0] = locality;
-            let r = self.control(cmd::SET_LOCALITY, &req, 4)?;
-            check(cmd::SET_LOCALITY, &r)?;
+            match self.control(cmd::SET_LOCALITY, &req, 0) {
+                Ok(_) => {}
+                // swtpm refuses it (`--locality reject-locality-4`): the
+                // command cannot run there, the TPM goes on.
+                Err(TpmError::Control { .. }) => {
+                    return Err(TpmError::Unsupported("a locality swtpm refuses"));
+                }
+                Err(e) => return Err(e),
+            }
             data.locality = Some(locality);
         }
         // From here on, a failure leaves part of a command or response
@@ -444,9 +534,8 @@ impl TpmBackend for Emulator {
             return Err(TpmError::Unsupported("CMD_GET_TPMESTABLISHED"));
         }
         // result, then the flag's byte (and padding).
-        let r = self.control(cmd::GET_TPMESTABLISHED, &[], 8)?;
-        check(cmd::GET_TPMESTABLISHED, &r)?;
-        Ok(r[4] != 0)
+        let r = self.control(cmd::GET_TPMESTABLISHED, &[], 4)?;
+        Ok(r[0] != 0)
     }
 
     fn reset_established(&self, locality: u8) -> Result<(), TpmError> {

@@ -153,7 +153,10 @@ fn exchange(
                     "a size smaller than the header or larger than the response buffer",
                 ));
             }
-            if got >= size {
+            if got > size {
+                return Err(TpmError::BadResponse("more bytes than the response's size"));
+            }
+            if got == size {
                 return Ok(size);
             }
             size
@@ -193,6 +196,27 @@ fn write_once(f: &mut File, bytes: &[u8]) -> io::Result<usize> {
     Err(e)
 }
 
+/// Reads and drops whatever `f` has ready (a late or oversized
+/// response).
+fn drain(f: &File) -> Result<(), TpmError> {
+    let mut junk = [0u8; 4096];
+    loop {
+        let mut p = libc::pollfd {
+            fd: f.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd for the duration of the call.
+        let r = unsafe { libc::poll(&mut p, 1, 0) };
+        if r <= 0 || p.revents & libc::POLLIN == 0 {
+            return Ok(());
+        }
+        if (&*f).read(&mut junk)? == 0 {
+            return Err(TpmError::Io(io::Error::from(io::ErrorKind::UnexpectedEof)));
+        }
+    }
+}
+
 /// Waits until `f` has bytes to read, or `timeout` (an error).
 fn wait_readable(f: &File, timeout: Duration) -> Result<(), TpmError> {
     let mut p = libc::pollfd {
@@ -227,6 +251,15 @@ impl TpmBackend for Passthrough {
     /// (TPM2_GetCapability) and uses the smallest of those and
     /// `buffer_size`, as QEMU's passthrough does.
     fn startup(&self, buffer_size: u32) -> Result<u32, TpmError> {
+        // A restart after a failed exchange: drop what the device still
+        // holds, then talk to it again.
+        {
+            let mut out_of_step = lock(&self.out_of_step);
+            if *out_of_step {
+                drain(&lock(&self.device))?;
+                *out_of_step = false;
+            }
+        }
         let mut resp = [0u8; 64];
         let n = self.transact(&GET_MAX_SIZES, &mut resp)?;
         let r = &resp[..n];
@@ -250,8 +283,13 @@ impl TpmBackend for Passthrough {
                     "a property list shorter than its count",
                 ));
             };
+            let property = u32::from_be_bytes([pair[0], pair[1], pair[2], pair[3]]);
             let value = u32::from_be_bytes([pair[4], pair[5], pair[6], pair[7]]);
-            size = size.min(value);
+            // TPM_PT_MAX_COMMAND_SIZE and TPM_PT_MAX_RESPONSE_SIZE only: a
+            // TPM without them lists the next properties instead.
+            if property == 0x11e || property == 0x11f {
+                size = size.min(value);
+            }
         }
         if (size as usize) < HEADER_LEN {
             return Err(TpmError::BadResponse("a TPM buffer smaller than a header"));

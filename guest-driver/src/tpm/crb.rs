@@ -70,6 +70,9 @@ pub struct Crb<R> {
     rsp: (u64, usize),
     /// `CANCEL` was written 1 and not yet cleared.
     cancelled: Cell<bool>,
+    /// A command timed out with `START` still set: the next one waits for
+    /// it to clear first, so that its answer is not taken for the next.
+    busy: Cell<bool>,
 }
 
 impl<R: RegisterAccess> Crb<R> {
@@ -115,6 +118,7 @@ impl<R: RegisterAccess> Crb<R> {
             cmd,
             rsp,
             cancelled: Cell::new(false),
+            busy: Cell::new(false),
         })
     }
 
@@ -224,6 +228,14 @@ impl<R: RegisterAccess> Crb<R> {
                 limit,
             });
         }
+        if self.busy.get() {
+            while self.read(reg::CTRL_START) & 1 != 0 {
+                if !wait.wait() {
+                    return Err(TpmError::Timeout);
+                }
+            }
+            self.busy.set(false);
+        }
         if self.cancelled.replace(false) {
             self.write(reg::CTRL_CANCEL, 0);
         }
@@ -231,6 +243,7 @@ impl<R: RegisterAccess> Crb<R> {
         self.write(reg::CTRL_START, 1);
         while self.read(reg::CTRL_START) & 1 != 0 {
             if !wait.wait() {
+                self.busy.set(true);
                 return Err(TpmError::Timeout);
             }
         }

@@ -60,9 +60,11 @@ fn regs() -> VolatileMmio {
     let Some(base) = NonNull::new(CRB_BASE as usize as *mut u8) else {
         guest_rt::exit::fail(format_args!("tpm: the CRB base is null"));
     };
-    // SAFETY: the CRB's five pages are identity-mapped and uncached (above
-    // UNCACHED_START, below 4 GiB); nothing else in this program touches
-    // them.
+    // SAFETY: the PC's TPM range (64 KiB from 0xFED4_0000: the five
+    // locality pages, and the buffer page a monitor may put after them) is
+    // identity-mapped and uncached (above UNCACHED_START, below 4 GiB);
+    // nothing else in this program touches it, and accesses to parts no
+    // device backs read as the monitor says, without side effects here.
     unsafe { VolatileMmio::new(base, CRB_SPAN as usize) }
 }
 

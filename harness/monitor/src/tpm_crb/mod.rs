@@ -220,6 +220,9 @@ struct State {
     /// The buffer size the backend agreed to (at most the buffer's).
     limit: usize,
     buffer: Buffer,
+    /// Counts resets: a command started before one completes into
+    /// nothing.
+    generation: u64,
     stats: CrbStats,
 }
 
@@ -289,6 +292,7 @@ impl State {
             established: false,
             limit: buffer.len(),
             buffer,
+            generation: 0,
             stats: CrbStats::default(),
         }
     }
@@ -316,6 +320,8 @@ impl State {
 struct Job {
     locality: u8,
     command: Vec<u8>,
+    /// The state's generation when it started.
+    generation: u64,
 }
 
 /// A TPM CRB interface in front of a TPM backend: the device on the MMIO
@@ -423,17 +429,21 @@ impl TpmCrb {
         CrbHandle(Arc::clone(&self.shared))
     }
 
-    /// The machine's reset: every register to its reset value, and the
-    /// backend restarted (which clears a fatal error if the backend is
-    /// back). A command still running completes into the reset state.
+    /// A machine reset (for a program that embeds the device; our
+    /// monitor has none): every register to its reset value, and the
+    /// backend restarted, which clears a fatal error if the backend is
+    /// still there (swtpm hung, then went on; not swtpm dead). A command
+    /// still running completes into nothing: its response is dropped.
     pub fn reset(&self) -> Result<(), TpmError> {
-        let size = self.shared.backend.startup(BUFFER_SIZE as u32)?;
+        let room = lock(&self.shared.state).buffer.len();
+        let size = self.shared.backend.startup(room as u32)?;
         let established = self.shared.backend.established().unwrap_or(false);
         let mut s = lock(&self.shared.state);
-        let stats = s.stats;
+        let (stats, generation) = (s.stats, s.generation);
         let buffer = std::mem::replace(&mut s.buffer, Buffer::Heap(Box::new([0; BUFFER_SIZE])));
         *s = State::new(buffer);
         s.stats = stats;
+        s.generation = generation.wrapping_add(1);
         s.limit = (size as usize).min(s.buffer.len());
         s.established = established;
         Ok(())
@@ -477,7 +487,8 @@ impl TpmCrb {
             }
             reg::CTRL_CANCEL => u32::from(s.cancel),
             reg::CTRL_START => u32::from(s.start),
-            reg::CMD_SIZE | reg::RSP_SIZE => s.buffer.len() as u32,
+            // What the backend takes, not the page's whole size.
+            reg::CMD_SIZE | reg::RSP_SIZE => s.limit as u32,
             reg::CMD_LADDR | reg::RSP_ADDR => s.buffer.address(locality) as u32,
             reg::CMD_HADDR | RSP_ADDR_HI => (s.buffer.address(locality) >> 32) as u32,
             // CTRL_EXT, CTRL_REQ (its bits clear at once), interrupts,
@@ -489,7 +500,17 @@ impl TpmCrb {
     fn write_register(&self, locality: u8, off: u64, v: u32) {
         let mut s = lock(&self.shared.state);
         match off {
-            reg::LOC_CTRL => self.locality_control(&mut s, locality, v),
+            reg::LOC_CTRL => {
+                if Self::locality_control(&mut s, locality, v) {
+                    // The backend may be busy with a command: not under
+                    // the state lock.
+                    drop(s);
+                    let reset = self.shared.backend.reset_established(locality).is_ok();
+                    if reset {
+                        lock(&self.shared.state).established = false;
+                    }
+                }
+            }
             reg::CTRL_REQ | reg::CTRL_CANCEL | reg::CTRL_START | reg::INT_ENABLE | reg::INT_STS
                 if s.active != Some(locality) =>
             {
@@ -509,13 +530,23 @@ impl TpmCrb {
                 s.cancel = v & ctrl::INVOKE != 0;
                 if s.cancel && s.start {
                     drop(s);
-                    // The answer comes back as the command's response
-                    // (TPM_RC_CANCELED) if the TPM could stop it.
-                    let _ = self.shared.backend.cancel();
+                    // From another thread: swtpm may read its control
+                    // channel only once the command is done, and the vCPU
+                    // must not wait for that. The answer comes back as
+                    // the command's response (TPM_RC_CANCELED) if the TPM
+                    // could stop it.
+                    let backend = Arc::clone(&self.shared.backend);
+                    let _ = std::thread::Builder::new()
+                        .name("tpm-crb-cancel".into())
+                        .spawn(move || backend.cancel());
                 }
             }
             reg::CTRL_START => {
-                if v & ctrl::INVOKE == 0 || s.start {
+                if v & ctrl::INVOKE == 0 {
+                    return;
+                }
+                if s.start {
+                    s.stats.out_of_state += 1;
                     return;
                 }
                 if s.idle || s.fatal {
@@ -532,7 +563,11 @@ impl TpmCrb {
                 }
                 let mut command = vec![0u8; size];
                 s.buffer.read(0, &mut command);
-                let job = Job { locality, command };
+                let job = Job {
+                    locality,
+                    command,
+                    generation: s.generation,
+                };
                 s.start = true;
                 s.cancel = false;
                 s.stats.commands += 1;
@@ -560,9 +595,16 @@ impl TpmCrb {
     }
 
     /// `TPM_LOC_CTRL_x` from `locality`: each bit written, in the order
-    /// relinquish, request, seize, reset establishment.
-    fn locality_control(&self, s: &mut State, locality: u8, v: u32) {
+    /// relinquish, request, seize; true if the establishment flag is to
+    /// be reset (done by the caller once the lock is let go). No locality
+    /// changes hands while a command runs: its response belongs to the
+    /// locality that started it.
+    fn locality_control(s: &mut State, locality: u8, v: u32) -> bool {
         let bit = 1u8 << locality;
+        if s.start && v & (loc_ctrl::RELINQUISH | loc_ctrl::SEIZE) != 0 {
+            s.stats.out_of_state += 1;
+            return false;
+        }
         if v & loc_ctrl::RELINQUISH != 0 {
             s.pending &= !bit;
             s.seized &= !bit;
@@ -593,13 +635,11 @@ impl TpmCrb {
         }
         if v & loc_ctrl::RESET_ESTABLISHMENT != 0 {
             if locality >= 3 && s.active == Some(locality) {
-                if self.shared.backend.reset_established(locality).is_ok() {
-                    s.established = false;
-                }
-            } else {
-                s.stats.out_of_state += 1;
+                return true;
             }
+            s.stats.out_of_state += 1;
         }
+        false
     }
 }
 
@@ -613,13 +653,19 @@ fn run_commands(shared: &Shared, jobs: &Receiver<Job>) {
             .backend
             .command(job.locality, &job.command, &mut response[..limit]);
         let mut s = lock(&shared.state);
-        match r {
-            Ok(n) => {
-                s.buffer.write(0, &response[..n]);
+        if s.generation != job.generation {
+            // Reset meanwhile: the answer belongs to no one.
+            continue;
+        }
+        match r.map(|n| response.get(..n)) {
+            Ok(Some(answer)) => {
+                s.buffer.write(0, answer);
             }
             Err(TpmError::BadCommand(_)) => s.error_response(TPM_RC_COMMAND_SIZE),
             Err(TpmError::Unsupported(_)) => s.error_response(TPM_RC_LOCALITY),
-            Err(_) => {
+            // A backend that claims more than the room it was given is as
+            // broken as one that failed.
+            Ok(None) | Err(_) => {
                 s.fatal = true;
                 s.stats.fatal += 1;
             }

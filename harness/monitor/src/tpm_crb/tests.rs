@@ -146,7 +146,9 @@ fn reset_values_name_a_five_locality_crb_ptp_6_5_3() {
         assert_eq!(rd(&mut crb, l, reg::INTF_ID) & 0xf, 1, "CRB active");
         assert_eq!((rd(&mut crb, l, reg::INTF_ID) >> 8) & 1, 1, "CapLocality");
         assert_eq!(rd(&mut crb, l, reg::CTRL_STS), ctrl::STS_IDLE);
-        assert_eq!(rd(&mut crb, l, reg::CMD_SIZE), BUFFER_SIZE as u32);
+        // What the backend takes (2048 for this one), at most the buffer.
+        assert_eq!(rd(&mut crb, l, reg::CMD_SIZE), 2048);
+        assert_eq!(rd(&mut crb, l, reg::RSP_SIZE), 2048);
         let buf = (CRB_BASE + u64::from(l) * LOCALITY_STRIDE + reg::DATA_BUFFER) as u32;
         assert_eq!(rd(&mut crb, l, reg::CMD_LADDR), buf);
         assert_eq!(rd(&mut crb, l, reg::RSP_ADDR), buf);
@@ -310,15 +312,26 @@ fn a_running_command_can_be_cancelled_and_its_buffer_is_left_alone() {
     put(&mut crb, 0, &[0xaa; 8]);
     wr(&mut crb, 0, reg::CTRL_REQ, ctrl::GO_IDLE);
     wr(&mut crb, 0, reg::CTRL_START, ctrl::INVOKE);
+    // The locality does not change hands while its command runs.
+    wr(&mut crb, 0, reg::LOC_CTRL, loc_ctrl::RELINQUISH);
+    wr(&mut crb, 4, reg::LOC_CTRL, loc_ctrl::SEIZE);
+    assert_eq!(rd(&mut crb, 0, reg::LOC_STS), loc_sts::GRANTED);
     wr(&mut crb, 0, reg::CTRL_CANCEL, ctrl::INVOKE);
     assert_eq!(rd(&mut crb, 0, reg::CTRL_CANCEL), ctrl::INVOKE);
-    assert_eq!(*fake.cancels.lock().unwrap(), 1);
+    // The cancel goes from a thread of its own (the vCPU does not wait
+    // for the backend to read it).
+    let end = Instant::now() + Duration::from_secs(10);
+    while *fake.cancels.lock().unwrap() == 0 {
+        assert!(Instant::now() < end, "the cancel never reached the backend");
+        std::thread::sleep(Duration::from_millis(1));
+    }
     assert!(crb.handle().is_busy());
     fake.set_hold(false);
     wait_done(&mut crb, 0);
     assert_eq!(rd(&mut crb, 0, reg::CTRL_STS), 0);
     assert_eq!(fake.seen.lock().unwrap().len(), 1);
-    assert_eq!(crb.handle().stats().out_of_state, 2);
+    // The buffer write, goIdle, the second START, relinquish and seize.
+    assert_eq!(crb.handle().stats().out_of_state, 5);
     // A cancel with nothing running is only stored.
     wr(&mut crb, 0, reg::CTRL_CANCEL, ctrl::INVOKE);
     assert_eq!(*fake.cancels.lock().unwrap(), 1);
@@ -376,4 +389,38 @@ fn the_establishment_bit_is_reset_from_locality_3_or_4_only() {
         rd(&mut crb, 0, reg::LOC_STATE) & loc_state::NOT_ESTABLISHED,
         loc_state::NOT_ESTABLISHED
     );
+}
+
+/// A reset while a command runs: the command's answer, when it comes,
+/// belongs to no one and lands nowhere; the next command runs normally.
+#[test]
+fn a_command_running_across_a_reset_completes_into_nothing() {
+    let (mut crb, fake) = rig();
+    ready(&mut crb, 0);
+    let cmd = command(20);
+    put(&mut crb, 0, &cmd);
+    fake.set_hold(true);
+    wr(&mut crb, 0, reg::CTRL_START, ctrl::INVOKE);
+    crb.reset().unwrap();
+    assert_eq!(rd(&mut crb, 0, reg::CTRL_START), 0);
+    fake.set_hold(false);
+    // Wait until the backend has answered the old command.
+    let end = Instant::now() + Duration::from_secs(10);
+    while fake.seen.lock().unwrap().is_empty() {
+        assert!(Instant::now() < end);
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    std::thread::sleep(Duration::from_millis(20));
+    ready(&mut crb, 0);
+    assert_eq!(
+        get(&mut crb, 0, 20),
+        cmd,
+        "the old answer landed after the reset"
+    );
+    assert!(!crb.handle().is_fatal());
+    let next = command(16);
+    put(&mut crb, 0, &next);
+    wr(&mut crb, 0, reg::CTRL_START, ctrl::INVOKE);
+    wait_done(&mut crb, 0);
+    assert_eq!(get(&mut crb, 0, 16)[6..10], [0, 0, 0, 0]);
 }

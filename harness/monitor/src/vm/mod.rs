@@ -295,16 +295,14 @@ impl DeviceRam {
         {
             return false;
         }
-        // SAFETY: the range is inside the mapping (checked), which lives
-        // as long as `self`; the guest may write it meanwhile, so it is
-        // copied, never referenced.
-        unsafe {
-            std::ptr::copy_nonoverlapping(
-                self.memory.as_ptr().add(offset),
-                out.as_mut_ptr(),
-                out.len(),
-            )
-        };
+        let base = self.memory.as_ptr();
+        for (i, b) in out.iter_mut().enumerate() {
+            // SAFETY: `offset + i` is inside the mapping (checked), which
+            // lives as long as `self`. The guest may write the byte at the
+            // same moment: a volatile byte load, as for device memory,
+            // never a reference.
+            *b = unsafe { std::ptr::read_volatile(base.add(offset + i)) };
+        }
         true
     }
 
@@ -317,14 +315,12 @@ impl DeviceRam {
         {
             return false;
         }
-        // SAFETY: as in `read`.
-        unsafe {
-            std::ptr::copy_nonoverlapping(
-                data.as_ptr(),
-                self.memory.as_ptr().add(offset),
-                data.len(),
-            )
-        };
+        let base = self.memory.as_ptr();
+        for (i, b) in data.iter().enumerate() {
+            // SAFETY: as in `read`: inside the mapping, a volatile byte
+            // store.
+            unsafe { std::ptr::write_volatile(base.add(offset + i), *b) };
+        }
         true
     }
 }
