@@ -83,6 +83,7 @@ scenario_tests!(
     console_write_64k_file_poll,
     console_echo_socket_irq,
     console_echo_socket_poll,
+    console_echo_udp,
     console_multiport_two_files,
     lifecycle_reset_and_refusals,
     // Issue 6: the hostile guest's cases per device, each PASS or REJECT,

@@ -373,6 +373,136 @@ impl Chardev for StdioChardev {
     }
 }
 
+/// The largest datagram the guest's output is cut into (IPv4's UDP
+/// payload limit).
+const UDP_MAX: usize = 65507;
+
+/// A UDP socket (QEMU's `-chardev udp,host=…,port=…[,localaddr=…]
+/// [,localport=…]`): bound to the local address, connected to the remote
+/// one, so only the remote's datagrams are taken. Each write of the
+/// guest's output goes out as one datagram (cut at 65 507 bytes); the
+/// remote's datagrams are the guest's input, in order, their boundaries
+/// not kept. Nobody at the remote (its port closed: the kernel reports
+/// the ICMP answer on the next call) is not an error: the guest never
+/// stalls on output, as with QEMU; a send the kernel refuses that way is
+/// counted in [`dropped`](UdpChardev::dropped).
+#[derive(Debug)]
+pub struct UdpChardev {
+    sock: std::net::UdpSocket,
+    remote: std::net::SocketAddr,
+    /// The datagram being handed to the guest, and how far.
+    pending: std::vec::Vec<u8>,
+    at: usize,
+    dropped: u64,
+}
+
+impl UdpChardev {
+    /// Binds `local` (`addr:port`, port 0 for any) and connects to
+    /// `remote` (`host:port`); both names are resolved, the first address
+    /// of the remote's family used.
+    pub fn open(remote: &str, local: &str) -> Result<Self, ChardevError> {
+        use std::net::ToSocketAddrs;
+        let what = format!("udp:{remote}");
+        let resolve = |a: &str| -> Result<std::vec::Vec<std::net::SocketAddr>, ChardevError> {
+            let v: std::vec::Vec<_> = a.to_socket_addrs().map_err(io_err(what.clone()))?.collect();
+            if v.is_empty() {
+                return Err(ChardevError::Io {
+                    what: what.clone(),
+                    err: io::Error::new(ErrorKind::NotFound, format!("{a} has no address")),
+                });
+            }
+            Ok(v)
+        };
+        let remote_addr = resolve(remote)?[0];
+        let local_addr = resolve(local)?
+            .into_iter()
+            .find(|l| l.is_ipv4() == remote_addr.is_ipv4())
+            .ok_or_else(|| ChardevError::Io {
+                what: what.clone(),
+                err: io::Error::new(
+                    ErrorKind::InvalidInput,
+                    format!("{local} has no address of {remote}'s family"),
+                ),
+            })?;
+        let sock = std::net::UdpSocket::bind(local_addr).map_err(io_err(what.clone()))?;
+        sock.connect(remote_addr).map_err(io_err(what.clone()))?;
+        sock.set_nonblocking(true).map_err(io_err(what))?;
+        Ok(UdpChardev {
+            sock,
+            remote: remote_addr,
+            pending: std::vec::Vec::new(),
+            at: 0,
+            dropped: 0,
+        })
+    }
+
+    /// The local address bound (its port, when `localport=0`).
+    pub fn local_addr(&self) -> io::Result<std::net::SocketAddr> {
+        self.sock.local_addr()
+    }
+
+    /// Output bytes dropped because the remote was not there.
+    pub fn dropped(&self) -> u64 {
+        self.dropped
+    }
+
+    fn err(&self, err: io::Error) -> ChardevError {
+        ChardevError::Io {
+            what: format!("udp:{}", self.remote),
+            err,
+        }
+    }
+}
+
+/// The kernel's report of an ICMP port unreachable for an earlier
+/// datagram: the remote is not listening (yet).
+fn refused(e: &io::Error) -> bool {
+    e.kind() == ErrorKind::ConnectionRefused
+}
+
+impl Chardev for UdpChardev {
+    fn write(&mut self, buf: &[u8]) -> Result<usize, ChardevError> {
+        let n = buf.len().min(UDP_MAX);
+        match self.sock.send(&buf[..n]) {
+            Ok(sent) => Ok(sent),
+            Err(e) if e.kind() == ErrorKind::WouldBlock => Ok(0),
+            Err(e) if refused(&e) => {
+                self.dropped += n as u64;
+                Ok(n)
+            }
+            Err(e) => Err(self.err(e)),
+        }
+    }
+
+    fn read(&mut self, buf: &mut [u8]) -> Result<usize, ChardevError> {
+        if self.at == self.pending.len() {
+            self.pending.resize(UDP_MAX + 1, 0);
+            let got = loop {
+                match self.sock.recv(&mut self.pending) {
+                    Ok(n) => break n,
+                    Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                    Err(e) if e.kind() == ErrorKind::WouldBlock || refused(&e) => break 0,
+                    Err(e) => {
+                        self.pending.clear();
+                        self.at = 0;
+                        return Err(self.err(e));
+                    }
+                }
+            };
+            self.pending.truncate(got);
+            self.at = 0;
+        }
+        let n = buf.len().min(self.pending.len() - self.at);
+        buf[..n].copy_from_slice(&self.pending[self.at..self.at + n]);
+        self.at += n;
+        Ok(n)
+    }
+
+    fn readiness_fd(&self) -> Option<RawFd> {
+        Some(self.sock.as_raw_fd())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -401,6 +531,66 @@ mod tests {
             }
         }
         got
+    }
+
+    #[test]
+    fn udp_carries_output_as_datagrams_and_input_from_the_remote_only() {
+        use std::net::UdpSocket;
+        let peer = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let remote = peer.local_addr().unwrap().to_string();
+        let mut c = UdpChardev::open(&remote, "127.0.0.1:0").unwrap();
+        let ours = c.local_addr().unwrap();
+        assert_eq!(c.write(b"hello").unwrap(), 5);
+        let mut b = [0u8; 64];
+        peer.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let (n, from) = peer.recv_from(&mut b).unwrap();
+        assert_eq!((&b[..n], from), (&b"hello"[..], ours));
+        // Input: two datagrams read back in pieces, in order.
+        peer.send_to(b"abc", ours).unwrap();
+        peer.send_to(b"defg", ours).unwrap();
+        // A stranger's datagram is not taken (the socket is connected).
+        let stranger = UdpSocket::bind("127.0.0.1:0").unwrap();
+        stranger.send_to(b"XX", ours).unwrap();
+        let mut got = std::vec::Vec::new();
+        let end = std::time::Instant::now() + Duration::from_secs(5);
+        while got.len() < 7 && std::time::Instant::now() < end {
+            let mut piece = [0u8; 2];
+            let n = c.read(&mut piece).unwrap();
+            got.extend_from_slice(&piece[..n]);
+        }
+        assert_eq!(got, b"abcdefg");
+        assert_eq!(c.read(&mut b).unwrap(), 0);
+        assert!(c.readiness_fd().is_some());
+    }
+
+    #[test]
+    fn udp_to_nobody_drops_and_counts_and_bad_addresses_are_named() {
+        use std::net::UdpSocket;
+        // A port nobody listens on: bind one, note it, close it.
+        let gone = UdpSocket::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let mut c = UdpChardev::open(&gone.to_string(), "127.0.0.1:0").unwrap();
+        // The guest never stalls; the kernel's refusal of one datagram
+        // shows on the next send, which is then counted as dropped.
+        for _ in 0..3 {
+            assert_eq!(c.write(b"lost").unwrap(), 4);
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(c.dropped() >= 4, "{}", c.dropped());
+        // Or on the next receive: nothing to read, no error.
+        assert_eq!(c.write(b"lost").unwrap(), 4);
+        std::thread::sleep(Duration::from_millis(10));
+        let mut b = [0u8; 8];
+        assert_eq!(c.read(&mut b).unwrap(), 0);
+        for (remote, local, want) in [
+            ("no-such-host.invalid:9", "0.0.0.0:0", "no-such-host"),
+            ("127.0.0.1:9", "[::1]:0", "family"),
+        ] {
+            let e = UdpChardev::open(remote, local).unwrap_err().to_string();
+            assert!(e.contains(want), "{e}");
+        }
     }
 
     #[test]

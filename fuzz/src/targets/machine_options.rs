@@ -70,6 +70,14 @@ const WORDS: &[&str] = &[
     "cryptodev-backend-builtin,id=cb,queues=2",
     "cryptodev-vhost-user,id=cv,chardev=vu,queues=3",
     "virtio-crypto-device,cryptodev=cv,queue-size=64",
+    "-tpmdev",
+    "emulator,id=tpm0,chardev=chrtpm",
+    "passthrough,id=tpm1,path=/dev/tpm0,cancel-path=/tmp/c",
+    "socket,id=chrtpm,path=/tmp/swtpm.ctrl",
+    "tpm-crb,tpmdev=tpm0,ppi=off",
+    "udp,id=u0,host=127.0.0.1,port=4555,localaddr=0.0.0.0,localport=4556",
+    "udp,id=u1,host=::1,port=70000",
+    "memory,id=m0,size=8K",
 ];
 
 #[derive(Arbitrary, Debug)]

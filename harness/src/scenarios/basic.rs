@@ -35,6 +35,63 @@ pub(super) fn console_echo(dir: &Workdir, mode: &str) -> Result<Setup, String> {
     Ok(s)
 }
 
+/// The console echoes what a UDP peer sends (16 KiB in 1 KiB datagrams)
+/// through `-chardev udp`: the chardev is bound to a port the peer knows
+/// and sends to the peer's; the peer starts once that port is taken.
+pub(super) fn console_echo_udp(_dir: &Workdir) -> Result<Setup, String> {
+    use std::net::UdpSocket;
+    const N: usize = 16384;
+    let peer = UdpSocket::bind("127.0.0.1:0").map_err(|e| format!("peer socket: {e}"))?;
+    let remote = peer.local_addr().map_err(|e| e.to_string())?;
+    // A port for the chardev: free now (a race with other programs the
+    // scenario accepts: the machine then fails to bind, naming it).
+    let local = UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .map_err(|e| format!("a free port: {e}"))?;
+    let mut s = Setup::new(
+        &format!(
+            "-chardev udp,id=c0,host=127.0.0.1,port={},localaddr=127.0.0.1,localport={}              -device virtio-serial-device,max_ports=1 -device virtconsole,chardev=c0",
+            remote.port(),
+            local.port()
+        ),
+        format!("console.test=echo console.bytes={N} console.mode=irq"),
+    );
+    s.peer = Some(std::thread::spawn(move || {
+        // Bound by the chardev when binding it fails here.
+        let end = std::time::Instant::now() + TIMEOUT;
+        while UdpSocket::bind(local).is_ok() {
+            if std::time::Instant::now() > end {
+                return Err("the chardev never bound its port".into());
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        peer.set_read_timeout(Some(TIMEOUT))
+            .map_err(|e| e.to_string())?;
+        let sent: Vec<u8> = (0..N).map(|i| (i * 7 + 3) as u8).collect();
+        for chunk in sent.chunks(1024) {
+            peer.send_to(chunk, local)
+                .map_err(|e| format!("send: {e}"))?;
+        }
+        let mut back = Vec::with_capacity(N);
+        let mut buf = vec![0u8; 65536];
+        while back.len() < N {
+            let (n, from) = peer
+                .recv_from(&mut buf)
+                .map_err(|e| format!("reading the echo ({} of {N} bytes back): {e}", back.len()))?;
+            if from != local {
+                return Err(format!("a datagram from {from}, not the chardev's {local}"));
+            }
+            back.extend_from_slice(&buf[..n]);
+        }
+        if back != sent {
+            let at = back.iter().zip(&sent).position(|(a, b)| a != b);
+            return Err(format!("echo differs at byte {at:?}"));
+        }
+        Ok(format!("UDP peer got its {N} bytes back"))
+    }));
+    Ok(s)
+}
+
 /// The deterministic source, every byte checked by the guest against the
 /// SplitMix64 stream. `bytes`: 1 MiB in one mode (the scenario);
 /// the other modes read 256 KiB, since guest instructions are what costs
@@ -298,6 +355,13 @@ pub(super) fn scenario_list() -> Vec<Scenario> {
             backend: "chardev socket (server)",
             guest: console,
             setup: |dir| console_echo(dir, "poll"),
+        },
+        Scenario {
+            name: "console_echo_udp",
+            device: "virtio-console port 0, irq",
+            backend: "chardev udp (datagrams both ways)",
+            guest: console,
+            setup: console_echo_udp,
         },
         Scenario {
             name: "console_multiport_two_files",

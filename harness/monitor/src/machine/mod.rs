@@ -31,7 +31,7 @@ use std::time::Duration;
 
 use backends::block::BlockBackend;
 use backends::chardev::os::{
-    FileChardev, PipeChardev, PtyChardev, SocketAddr, SocketChardev, StdioChardev,
+    FileChardev, PipeChardev, PtyChardev, SocketAddr, SocketChardev, StdioChardev, UdpChardev,
 };
 use backends::chardev::{Chardev, ChardevError, Null, RingBuf};
 use backends::rng::{Builtin, Deterministic, Egd, RandomFile, RngBackend, RngError};

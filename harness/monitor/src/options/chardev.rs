@@ -3,16 +3,56 @@
 use super::*;
 
 impl Parser {
-    /// `-chardev null|ringbuf|file|pipe|pty|stdio|socket,id=…`.
+    /// `-chardev null|ringbuf|memory|file|pipe|pty|stdio|socket|udp,id=…`.
     pub(super) fn chardev(&mut self, arg: &str) -> Result<(), OptionError> {
         let Parser { cfg, ids, .. } = self;
         let mut kv = KeyVals::parse("-chardev", arg)?;
         let id = kv.require("id")?;
         let kind = match kv.ty.as_str() {
             "null" => ChardevKind::Null,
-            "ringbuf" => ChardevKind::Ringbuf {
+            // `memory` is QEMU's old name for the ring buffer.
+            "ringbuf" | "memory" => ChardevKind::Ringbuf {
                 size: kv.take_size("size")?.unwrap_or(64 << 10),
             },
+            "udp" => {
+                let port = |kv: &mut KeyVals, key: &'static str, default: Option<u32>| match kv
+                    .take_u32(key)?
+                    .or(default)
+                {
+                    Some(p) if p <= 65535 => Ok(p),
+                    Some(p) => Err(kv.bad(key, &p.to_string(), "a port number (0 to 65535)")),
+                    None => Err(OptionError::MissingKey {
+                        option: "-chardev",
+                        ty: kv.ty.clone(),
+                        key,
+                    }),
+                };
+                let host = kv.take("host").unwrap_or_else(|| "localhost".into());
+                let remote_port = port(&mut kv, "port", None)?;
+                let local = kv.take("localaddr").filter(|a| !a.is_empty());
+                let local_port = port(&mut kv, "localport", Some(0))?;
+                // QEMU's address-family switches: the addresses decide here.
+                kv.take_bool("ipv4", false)?;
+                kv.take_bool("ipv6", false)?;
+                let bracket = |h: &str| {
+                    if h.contains(':') && !h.starts_with('[') {
+                        format!("[{h}]")
+                    } else {
+                        h.to_string()
+                    }
+                };
+                let local_host = local.unwrap_or_else(|| {
+                    if host.contains(':') {
+                        "::".into()
+                    } else {
+                        "0.0.0.0".into()
+                    }
+                });
+                ChardevKind::Udp {
+                    remote: format!("{}:{remote_port}", bracket(&host)),
+                    local: format!("{}:{local_port}", bracket(&local_host)),
+                }
+            }
             "file" => ChardevKind::File {
                 path: kv.require("path")?.into(),
                 input_path: kv.take("input-path").map(Into::into),

@@ -62,7 +62,7 @@ pub enum RngConfig {
 pub enum ChardevKind {
     /// `null`.
     Null,
-    /// `ringbuf[,size=…]`.
+    /// `ringbuf[,size=…]` (also QEMU's alias `memory`).
     Ringbuf {
         /// Capacity in bytes.
         size: u64,
@@ -78,6 +78,13 @@ pub enum ChardevKind {
     Pipe {
         /// The base path.
         path: PathBuf,
+    },
+    /// `udp,host=…,port=…[,localaddr=…][,localport=…]`.
+    Udp {
+        /// Where the output goes and input comes from, `host:port`.
+        remote: String,
+        /// The address bound, `addr:port` (port 0: any).
+        local: String,
     },
     /// `pty`.
     Pty,

@@ -714,3 +714,44 @@ fn tpm_mistakes_are_named() {
         assert!(e.contains(want), "{line}: {e}");
     }
 }
+
+#[test]
+fn udp_and_memory_chardevs_parse_as_qemu_spells_them() {
+    let c = p(
+        "-chardev udp,id=u,host=127.0.0.1,port=4555,localaddr=127.0.0.1,localport=4556 \
+               -chardev udp,id=v,port=9 -chardev udp,id=w,host=::1,port=9,ipv6=on \
+               -chardev memory,id=m,size=8K",
+    )
+    .unwrap();
+    assert_eq!(
+        c.chardevs[0].1,
+        ChardevKind::Udp {
+            remote: "127.0.0.1:4555".into(),
+            local: "127.0.0.1:4556".into()
+        }
+    );
+    assert_eq!(
+        c.chardevs[1].1,
+        ChardevKind::Udp {
+            remote: "localhost:9".into(),
+            local: "0.0.0.0:0".into()
+        }
+    );
+    assert_eq!(
+        c.chardevs[2].1,
+        ChardevKind::Udp {
+            remote: "[::1]:9".into(),
+            local: "[::]:0".into()
+        }
+    );
+    assert_eq!(c.chardevs[3].1, ChardevKind::Ringbuf { size: 8 << 10 });
+    for (line, want) in [
+        ("-chardev udp,id=u", "port"),
+        ("-chardev udp,id=u,port=70000", "70000"),
+        ("-chardev udp,id=u,port=9,localport=65536", "localport"),
+        ("-chardev udp,id=u,port=9,colour=red", "colour"),
+    ] {
+        let e = p(line).unwrap_err().to_string();
+        assert!(e.contains(want), "{line}: {e}");
+    }
+}
