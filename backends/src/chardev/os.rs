@@ -340,6 +340,75 @@ impl Chardev for PtyChardev {
     }
 }
 
+/// A host terminal device (QEMU's `-chardev serial,path=…`, alias
+/// `tty`): a serial port such as `/dev/ttyS0` or `/dev/ttyUSB0`, put in
+/// raw mode (bytes pass unchanged, no echo, no line discipline) and used
+/// without blocking. A path that is not a terminal is refused, naming it.
+/// Tests use the slave side of a pty pair in place of a serial port.
+#[derive(Debug)]
+pub struct TtyChardev {
+    tty: File,
+    path: PathBuf,
+}
+
+impl TtyChardev {
+    /// Opens the terminal at `path` and puts it in raw mode.
+    pub fn open(path: &Path) -> Result<Self, ChardevError> {
+        let what = format!("serial:{}", path.display());
+        let tty = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_NOCTTY | libc::O_NONBLOCK)
+            .open(path)
+            .map_err(io_err(what.clone()))?;
+        let fd = tty.as_raw_fd();
+        // SAFETY: tcgetattr/cfmakeraw/tcsetattr on an fd we own, with a
+        // zeroed termios local.
+        let raw = unsafe {
+            let mut t: libc::termios = std::mem::zeroed();
+            if libc::tcgetattr(fd, &mut t) != 0 {
+                Err(io::Error::last_os_error())
+            } else {
+                libc::cfmakeraw(&mut t);
+                if libc::tcsetattr(fd, libc::TCSANOW, &t) != 0 {
+                    Err(io::Error::last_os_error())
+                } else {
+                    Ok(())
+                }
+            }
+        };
+        raw.map_err(|e| ChardevError::Io {
+            what,
+            err: if e.raw_os_error() == Some(libc::ENOTTY) {
+                io::Error::new(ErrorKind::InvalidInput, "not a terminal")
+            } else {
+                e
+            },
+        })?;
+        Ok(TtyChardev {
+            tty,
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// The device's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Chardev for TtyChardev {
+    fn write(&mut self, buf: &[u8]) -> Result<usize, ChardevError> {
+        write_nb(&mut self.tty, buf, "serial")
+    }
+    fn read(&mut self, buf: &mut [u8]) -> Result<usize, ChardevError> {
+        read_nb(&mut self.tty, buf, "serial")
+    }
+    fn readiness_fd(&self) -> Option<RawFd> {
+        Some(self.tty.as_raw_fd())
+    }
+}
+
 /// The harness's own standard output and input (QEMU's `-chardev stdio`).
 /// Input is read only if stdin is not a terminal in cooked mode's way: it
 /// is switched to non-blocking on first use.
@@ -531,6 +600,48 @@ mod tests {
             }
         }
         got
+    }
+
+    /// The slave side of a pty stands in for a serial port: bytes pass
+    /// both ways unchanged (raw mode: no CR/LF mapping, no echo).
+    #[test]
+    fn a_terminal_device_passes_raw_bytes_both_ways() {
+        let mut pty = PtyChardev::open().unwrap();
+        let mut tty = TtyChardev::open(pty.slave_path()).unwrap();
+        let bytes = b"line\r\n\x03\x7fend\n";
+        assert_eq!(tty.write(bytes).unwrap(), bytes.len());
+        let mut got = std::vec::Vec::new();
+        let end = std::time::Instant::now() + Duration::from_secs(5);
+        while got.len() < bytes.len() && std::time::Instant::now() < end {
+            let mut b = [0u8; 64];
+            let n = pty.read(&mut b).unwrap();
+            got.extend_from_slice(&b[..n]);
+        }
+        assert_eq!(got, bytes);
+        assert_eq!(pty.write(b"in\n").unwrap(), 3);
+        let mut got = std::vec::Vec::new();
+        while got.len() < 3 && std::time::Instant::now() < end {
+            let mut b = [0u8; 64];
+            let n = tty.read(&mut b).unwrap();
+            got.extend_from_slice(&b[..n]);
+        }
+        assert_eq!(got, b"in\n");
+        assert!(tty.readiness_fd().is_some());
+    }
+
+    #[test]
+    fn a_path_that_is_not_a_terminal_is_refused_naming_it() {
+        let e = TtyChardev::open(Path::new("/dev/null"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("/dev/null") && e.contains("not a terminal"),
+            "{e}"
+        );
+        let e = TtyChardev::open(Path::new("/nonexistent/ttyS9"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("ttyS9"), "{e}");
     }
 
     #[test]

@@ -92,6 +92,53 @@ pub(super) fn console_echo_udp(_dir: &Workdir) -> Result<Setup, String> {
     Ok(s)
 }
 
+/// The console echoes 16 KiB through `-chardev serial`, a host terminal:
+/// the slave side of a pty pair stands in for a serial port (these
+/// machines have none), the peer writes and reads the master side.
+pub(super) fn console_echo_serial(_dir: &Workdir) -> Result<Setup, String> {
+    use backends::chardev::Chardev;
+    use backends::chardev::os::PtyChardev;
+    const N: usize = 16384;
+    let mut pty = PtyChardev::open().map_err(|e| format!("pty: {e}"))?;
+    let mut s = Setup::new(
+        &format!(
+            "-chardev serial,id=c0,path={} \
+             -device virtio-serial-device,max_ports=1 -device virtconsole,chardev=c0",
+            pty.slave_path().display()
+        ),
+        format!("console.test=echo console.bytes={N} console.mode=irq"),
+    );
+    s.peer = Some(std::thread::spawn(move || {
+        let sent: Vec<u8> = (0..N).map(|i| (i * 7 + 3) as u8).collect();
+        let end = std::time::Instant::now() + TIMEOUT;
+        let (mut put, mut back) = (0, Vec::with_capacity(N));
+        let mut buf = [0u8; 4096];
+        while back.len() < N {
+            if std::time::Instant::now() > end {
+                return Err(format!("{} of {N} bytes back in time", back.len()));
+            }
+            if put < N {
+                put += pty
+                    .write(&sent[put..(put + 512).min(N)])
+                    .map_err(|e| format!("pty write: {e}"))?;
+            }
+            let n = pty.read(&mut buf).map_err(|e| format!("pty read: {e}"))?;
+            back.extend_from_slice(&buf[..n]);
+            if n == 0 {
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+        }
+        if back != sent {
+            let at = back.iter().zip(&sent).position(|(a, b)| a != b);
+            return Err(format!("echo differs at byte {at:?}"));
+        }
+        Ok(format!(
+            "pty peer got its {N} bytes back through the terminal"
+        ))
+    }));
+    Ok(s)
+}
+
 /// The deterministic source, every byte checked by the guest against the
 /// SplitMix64 stream. `bytes`: 1 MiB in one mode (the issue's scenario);
 /// the other modes read 256 KiB, since guest instructions are what costs
@@ -362,6 +409,13 @@ pub(super) fn scenario_list() -> Vec<Scenario> {
             backend: "chardev udp (datagrams both ways)",
             guest: console,
             setup: console_echo_udp,
+        },
+        Scenario {
+            name: "console_echo_serial_tty",
+            device: "virtio-console port 0, irq",
+            backend: "chardev serial (a pty's slave as the terminal)",
+            guest: console,
+            setup: console_echo_serial,
         },
         Scenario {
             name: "console_multiport_two_files",

@@ -42,6 +42,10 @@ pub fn open_chardev(id: &str, kind: &ChardevKind) -> Result<(BoxedChardev, Strin
             (Box::new(pty), what)
         }
         ChardevKind::Stdio => (Box::new(StdioChardev::default()), "stdio".into()),
+        ChardevKind::Serial { path } => (
+            Box::new(TtyChardev::open(path).map_err(err)?),
+            format!("serial:{}", path.display()),
+        ),
         ChardevKind::Udp { remote, local } => (
             Box::new(UdpChardev::open(remote, local).map_err(err)?),
             format!("udp:{remote}"),

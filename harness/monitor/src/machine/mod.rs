@@ -31,7 +31,8 @@ use std::time::Duration;
 
 use backends::block::BlockBackend;
 use backends::chardev::os::{
-    FileChardev, PipeChardev, PtyChardev, SocketAddr, SocketChardev, StdioChardev, UdpChardev,
+    FileChardev, PipeChardev, PtyChardev, SocketAddr, SocketChardev, StdioChardev, TtyChardev,
+    UdpChardev,
 };
 use backends::chardev::{Chardev, ChardevError, Null, RingBuf};
 use backends::rng::{Builtin, Deterministic, Egd, RandomFile, RngBackend, RngError};

@@ -3,7 +3,7 @@
 use super::*;
 
 impl Parser {
-    /// `-chardev null|ringbuf|memory|file|pipe|pty|stdio|socket|udp,id=…`.
+    /// `-chardev null|ringbuf|memory|file|pipe|pty|serial|stdio|socket|udp,id=…`.
     pub(super) fn chardev(&mut self, arg: &str) -> Result<(), OptionError> {
         let Parser { cfg, ids, .. } = self;
         let mut kv = KeyVals::parse("-chardev", arg)?;
@@ -61,6 +61,18 @@ impl Parser {
                 path: kv.require("path")?.into(),
             },
             "pty" => ChardevKind::Pty,
+            "serial" | "tty" => ChardevKind::Serial {
+                path: kv.require("path")?.into(),
+            },
+            "parallel" | "parport" => {
+                return Err(OptionError::Conflict(format!(
+                    "-chardev {}: not available here: QEMU's parallel chardev carries a \
+                     parallel port device's register accesses to the host port (ppdev \
+                     ioctls), not a byte stream, and this monitor has no parallel port \
+                     device to make them",
+                    kv.ty
+                )));
+            }
             "stdio" => {
                 kv.take_bool("signal", true)?;
                 ChardevKind::Stdio

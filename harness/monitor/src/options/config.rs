@@ -86,6 +86,11 @@ pub enum ChardevKind {
         /// The address bound, `addr:port` (port 0: any).
         local: String,
     },
+    /// `serial,path=…` (alias `tty`): a host terminal device.
+    Serial {
+        /// The device, e.g. `/dev/ttyS0`.
+        path: PathBuf,
+    },
     /// `pty`.
     Pty,
     /// `stdio`.

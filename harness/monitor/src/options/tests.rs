@@ -716,7 +716,7 @@ fn tpm_mistakes_are_named() {
 }
 
 #[test]
-fn udp_and_memory_chardevs_parse_as_qemu_spells_them() {
+fn udp_memory_and_serial_chardevs_parse_as_qemu_spells_them() {
     let c = p(
         "-chardev udp,id=u,host=127.0.0.1,port=4555,localaddr=127.0.0.1,localport=4556 \
                -chardev udp,id=v,port=9 -chardev udp,id=w,host=::1,port=9,ipv6=on \
@@ -745,6 +745,23 @@ fn udp_and_memory_chardevs_parse_as_qemu_spells_them() {
         }
     );
     assert_eq!(c.chardevs[3].1, ChardevKind::Ringbuf { size: 8 << 10 });
+    let c = p("-chardev serial,id=s,path=/dev/ttyS0 -chardev tty,id=t,path=/dev/pts/3").unwrap();
+    assert_eq!(
+        c.chardevs[1].1,
+        ChardevKind::Serial {
+            path: "/dev/pts/3".into()
+        }
+    );
+    let e = p("-chardev parallel,id=p,path=/dev/parport0")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("no parallel port device"), "{e}");
+    assert!(
+        p("-chardev serial,id=s")
+            .unwrap_err()
+            .to_string()
+            .contains("path")
+    );
     for (line, want) in [
         ("-chardev udp,id=u", "port"),
         ("-chardev udp,id=u,port=70000", "70000"),
