@@ -85,6 +85,7 @@ scenario_tests!(
     console_echo_socket_poll,
     console_echo_udp,
     console_echo_serial_tty,
+    console_echo_mux,
     console_multiport_two_files,
     lifecycle_reset_and_refusals,
     // Issue 6: the hostile guest's cases per device, each PASS or REJECT,

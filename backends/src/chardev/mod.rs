@@ -5,10 +5,13 @@
 //! is there now (`Ok(0)` is "nothing yet"), and under `std` a chardev that
 //! waits on the OS exposes a readiness fd for the harness's event loop. The
 //! in-process kinds ([`Null`], [`RingBuf`]) need no OS; files, pipes,
-//! sockets, ptys and stdio are in [`os`] under `std`.
+//! sockets, ptys and stdio are in [`os`] under `std`; [`mux`] shares one
+//! chardev among several frontends (`mux=on`).
 
 use core::fmt;
 
+#[cfg(feature = "std")]
+pub mod mux;
 #[cfg(feature = "std")]
 pub mod os;
 

@@ -1063,6 +1063,10 @@ impl Worker {
                 // A regular file (a `file` chardev's `input-path`) cannot
                 // be polled and is always ready: the backend tick serves it.
                 Err(e) if e.raw_os_error() == Some(libc::EPERM) => {}
+                // Backends sharing one fd (the ports of a `mux=on`
+                // chardev): watched once, and any backend event serves
+                // them all.
+                Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
                 r => r?,
             }
         }

@@ -139,6 +139,65 @@ pub(super) fn console_echo_serial(_dir: &Workdir) -> Result<Setup, String> {
     Ok(s)
 }
 
+/// `mux=on` with two frontends: the virtconsole echoes what the peer types
+/// while it has the focus, through QEMU's escapes (`C-a h` answered with
+/// the list of escapes, `C-a C-a` a literal `C-a`), and the second port
+/// (a virtserialport the guest never opens) takes nothing meanwhile.
+pub(super) fn console_echo_mux(dir: &Workdir) -> Result<Setup, String> {
+    const N: usize = 8192;
+    let sock = dir.path("mux.sock");
+    let mut s = Setup::new(
+        &format!(
+            "-chardev socket,id=c0,path={},server=on,mux=on \
+             -device virtio-serial-device,max_ports=2 -device virtconsole,chardev=c0 \
+             -device virtserialport,chardev=c0,name=org.test.idle",
+            sock.display()
+        ),
+        format!("console.test=echo console.bytes={N} console.mode=irq"),
+    );
+    s.peer = Some(std::thread::spawn(move || {
+        let mut c = connect_within(&sock, TIMEOUT)?;
+        c.set_read_timeout(Some(TIMEOUT))
+            .map_err(|e| e.to_string())?;
+        // The data, C-a (0x01) written as the escape pair C-a C-a.
+        let data: Vec<u8> = (0..N).map(|i| (i * 7 + 3) as u8).collect();
+        let mut typed = b"\x01h".to_vec();
+        for &b in &data {
+            if b == 0x01 {
+                typed.push(0x01);
+            }
+            typed.push(b);
+        }
+        c.write_all(&typed).map_err(|e| format!("send: {e}"))?;
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        // The list's last line, then the echo.
+        let last = b"C-a C-a  send C-a\r\n";
+        loop {
+            if let Some(at) = got.windows(last.len()).position(|w| w == last) {
+                let body = &got[at + last.len()..];
+                if body.len() >= N {
+                    if body[..N] != data[..] {
+                        let d = body.iter().zip(&data).position(|(a, b)| a != b);
+                        return Err(format!("echo differs at byte {d:?}"));
+                    }
+                    return Ok(format!(
+                        "mux peer got the escape list and its {N} bytes back"
+                    ));
+                }
+            }
+            let n = c
+                .read(&mut buf)
+                .map_err(|e| format!("reading ({} bytes so far): {e}", got.len()))?;
+            if n == 0 {
+                return Err(format!("closed after {} bytes", got.len()));
+            }
+            got.extend_from_slice(&buf[..n]);
+        }
+    }));
+    Ok(s)
+}
+
 /// The deterministic source, every byte checked by the guest against the
 /// SplitMix64 stream. `bytes`: 1 MiB in one mode (the issue's scenario);
 /// the other modes read 256 KiB, since guest instructions are what costs
@@ -416,6 +475,13 @@ pub(super) fn scenario_list() -> Vec<Scenario> {
             backend: "chardev serial (a pty's slave as the terminal)",
             guest: console,
             setup: console_echo_serial,
+        },
+        Scenario {
+            name: "console_echo_mux",
+            device: "virtio-console MULTIPORT, 2 ports on one chardev",
+            backend: "chardev socket, mux=on (C-a escapes)",
+            guest: console,
+            setup: console_echo_mux,
         },
         Scenario {
             name: "console_multiport_two_files",

@@ -186,12 +186,30 @@ pub fn realize_devices_shared(
 ) -> Result<Vec<RealizedDevice>, MachineError> {
     let vhost_chardevs = config.vhost_user_chardevs();
     let mut chardevs = HashMap::new();
+    // `mux=on`: one port of the shared chardev per frontend, in order.
+    let mut muxed: HashMap<String, std::collections::VecDeque<(BoxedChardev, String)>> =
+        HashMap::new();
     for (id, kind) in &config.chardevs {
         // A vhost-user frontend connects to the socket itself.
         if vhost_chardevs.contains(&id.as_str()) {
             continue;
         }
-        chardevs.insert(id.clone(), open_chardev(id, kind)?);
+        let (c, what) = open_chardev(id, kind)?;
+        if config.mux_chardevs.contains(id) {
+            let users = config
+                .devices
+                .iter()
+                .filter(|d| matches!(d, DeviceConfig::Port { chardev, .. } if chardev == id))
+                .count();
+            let ports = backends::chardev::mux::mux(c, users)
+                .into_iter()
+                .enumerate()
+                .map(|(i, p)| (Box::new(p) as BoxedChardev, format!("{what},mux[{i}]")))
+                .collect();
+            muxed.insert(id.clone(), ports);
+            continue;
+        }
+        chardevs.insert(id.clone(), (c, what));
     }
     // Connects a frontend to the backend on `chardev`'s socket.
     let vhost_user = |by: String, chardev: &str, kind: VhostUserKind| {
@@ -552,12 +570,14 @@ pub fn realize_devices_shared(
                 let Some(SerialBuild { ports, .. }) = serial.as_mut() else {
                     return Err(MachineError::OrphanPort(by));
                 };
-                let (c, what) = chardevs
-                    .remove(chardev)
-                    .ok_or_else(|| MachineError::Missing {
-                        by: by.clone(),
-                        id: chardev.clone(),
-                    })?;
+                let (c, what) = match muxed.get_mut(chardev) {
+                    Some(ports) => ports.pop_front(),
+                    None => chardevs.remove(chardev),
+                }
+                .ok_or_else(|| MachineError::Missing {
+                    by: by.clone(),
+                    id: chardev.clone(),
+                })?;
                 let fd = c.readiness_fd();
                 ports.push((
                     Port::new(c, *console, name.clone()),

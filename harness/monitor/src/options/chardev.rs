@@ -8,6 +8,7 @@ impl Parser {
         let Parser { cfg, ids, .. } = self;
         let mut kv = KeyVals::parse("-chardev", arg)?;
         let id = kv.require("id")?;
+        let mux = kv.take_bool("mux", false)?;
         let kind = match kv.ty.as_str() {
             "null" => ChardevKind::Null,
             // `memory` is QEMU's old name for the ring buffer.
@@ -123,6 +124,9 @@ impl Parser {
         kv.finish()?;
         if ids.insert(id.clone(), IdKind::Chardev).is_some() {
             return Err(OptionError::DuplicateId(id));
+        }
+        if mux {
+            cfg.mux_chardevs.push(id.clone());
         }
         cfg.chardevs.push((id, kind));
         Ok(())

@@ -74,7 +74,17 @@ pub(super) fn check_references(
     }
     // A chardev has one user (QEMU: "device is in use"), an rng one device.
     let mut chardev_user: HashMap<String, String> = HashMap::new();
+    // A mux chardev (`mux=on`) is shared by any number of ports, and by
+    // nothing else: the others need the byte stream to themselves.
+    let is_mux = |chardev: &str| cfg.mux_chardevs.iter().any(|m| m == chardev);
     let mut claim = |chardev: &str, by: String| match chardev_user.get(chardev) {
+        _ if is_mux(chardev) && !by.starts_with("-device virt") => {
+            Err(OptionError::Conflict(format!(
+                "{by}: chardev '{chardev}' has mux=on, which only virtconsole and \
+                 virtserialport ports can share"
+            )))
+        }
+        _ if is_mux(chardev) => Ok(()),
         Some(first) => Err(OptionError::Conflict(format!(
             "{by}: chardev '{chardev}' is already used by {first}"
         ))),

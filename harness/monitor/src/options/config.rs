@@ -415,6 +415,8 @@ pub struct MachineConfig {
     pub cryptodevs: Vec<(String, CryptodevConfig)>,
     /// Chardevs, by id.
     pub chardevs: Vec<(String, ChardevKind)>,
+    /// The chardevs given `mux=on`: shared by the ports that name them.
+    pub mux_chardevs: Vec<String>,
     /// Disk backends, by id.
     pub drives: Vec<DriveConfig>,
     /// Network backends, by id.

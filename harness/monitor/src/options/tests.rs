@@ -772,3 +772,30 @@ fn udp_memory_and_serial_chardevs_parse_as_qemu_spells_them() {
         assert!(e.contains(want), "{line}: {e}");
     }
 }
+
+#[test]
+fn a_mux_chardev_is_shared_by_ports_and_by_nothing_else() {
+    let c = p("-chardev stdio,id=s,mux=on -device virtio-serial-device \
+               -device virtconsole,chardev=s -device virtserialport,chardev=s,name=b")
+    .unwrap();
+    assert_eq!(c.mux_chardevs, vec!["s".to_string()]);
+    for (line, want) in [
+        (
+            "-chardev socket,id=s,path=/tmp/x,mux=on -object rng-egd,id=r,chardev=s",
+            "mux=on",
+        ),
+        (
+            "-chardev socket,id=s,path=/tmp/x,mux=on -device vhost-user-rng,chardev=s",
+            "mux=on",
+        ),
+        (
+            "-chardev stdio,id=s -device virtio-serial-device \
+             -device virtconsole,chardev=s -device virtserialport,chardev=s",
+            "already used",
+        ),
+        ("-chardev null,id=n,mux=maybe", "mux"),
+    ] {
+        let e = p(line).unwrap_err().to_string();
+        assert!(e.contains(want), "{line}: {e}");
+    }
+}
