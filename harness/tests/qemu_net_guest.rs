@@ -159,3 +159,90 @@ fn the_filter_guest_under_qemu_reports_its_receive_filter() {
         }
     }
 }
+
+/// A free UDP port on the loopback address.
+fn free_udp_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .map(|a| a.port())
+        .expect("a free UDP port")
+}
+
+/// `-netdev l2tpv3` against QEMU 7.2's own, on the loopback address: our
+/// monitor runs the `serve` guest at one end of a static L2TPv3 tunnel
+/// over UDP (64-bit cookies, a counter), QEMU the `client` guest at the
+/// other; UDP and TCP echo across it, both PASS.
+#[test]
+fn our_l2tpv3_and_qemus_carry_one_segment() {
+    let test = "our_l2tpv3_and_qemus_carry_one_segment";
+    if !ready(test) {
+        return;
+    }
+    let (ours_port, qemu_port) = (free_udp_port(), free_udp_port());
+    let tunnel = |src: u16, dst: u16, tx: u32, rx: u32, txc: u64, rxc: u64| {
+        format!(
+            "l2tpv3,id=n0,src=127.0.0.1,dst=127.0.0.1,udp=on,srcport={src},dstport={dst},\
+             txsession={tx},rxsession={rx},cookie64=on,txcookie={txc},rxcookie={rxc},counter=on"
+        )
+    };
+    let (c1, c2) = (0x1122_3344_5566_7788_u64, 0x0102_0304_0506_0708_u64);
+    let args: Vec<String> = [
+        "-m".to_string(),
+        "64M".into(),
+        "-netdev".into(),
+        tunnel(ours_port, qemu_port, 0x100, 0x200, c1, c2),
+        "-device".into(),
+        "virtio-net-device,netdev=n0,mac=52:54:00:12:34:56".into(),
+        "-kernel".into(),
+        net_guest().into(),
+        "-append".into(),
+        format!("net.test=serve net.ip=10.0.2.15 net.udp={UDP} net.bytes={BYTES} net.ms={NET_MS}"),
+    ]
+    .into();
+    let config = monitor::options::parse(&args).expect("our options");
+    let mut ours = Machine::new(&config).expect("our machine");
+    let server = std::thread::scope(|s| {
+        let server = s.spawn(|| ours.run(TIMEOUT).expect("our machine runs"));
+        let client = Qemu::microvm(net_guest())
+            .modern()
+            .timeout(TIMEOUT)
+            .args([
+                "-netdev".to_string(),
+                tunnel(qemu_port, ours_port, 0x200, 0x100, c2, c1),
+                "-device".into(),
+                "virtio-net-device,netdev=n0,mac=52:54:00:12:34:57".into(),
+            ])
+            .append(format!(
+                "net.test=client net.ip=10.0.2.16 net.peer=10.0.2.15 net.udp={UDP} \
+                 net.bytes={BYTES} net.ms={NET_MS}"
+            ))
+            .run()
+            .expect("qemu runs");
+        let server = server.join().expect("our machine's thread");
+        (server, client)
+    });
+    let (server, client) = server;
+    eprintln!("--- our serve ---\n{}", server.serial);
+    eprintln!("--- QEMU client ---\n{}", client.serial);
+    assert!(
+        server.verdict.is_pass(),
+        "our serve guest: {}\n{}",
+        server.verdict,
+        server.serial
+    );
+    client
+        .check_pass()
+        .unwrap_or_else(|e| panic!("QEMU's client guest: {e}"));
+    for want in [
+        format!("net: udp echoed {UDP}"),
+        format!("net: tcp echoed {BYTES} bytes"),
+    ] {
+        assert!(server.serial.contains(&want), "our serve: no {want:?}");
+    }
+    for want in [
+        format!("net: udp {UDP}/{UDP} echoed"),
+        format!("net: tcp {BYTES} bytes echoed ok"),
+    ] {
+        assert!(client.serial.contains(&want), "QEMU client: no {want:?}");
+    }
+}

@@ -163,6 +163,8 @@ impl<B: NetBackend + ?Sized> NetBackend for std::boxed::Box<B> {
 pub mod dgram;
 #[cfg(feature = "std")]
 pub mod hub;
+#[cfg(feature = "std")]
+pub mod l2tpv3;
 #[cfg(feature = "alloc")]
 pub mod loopback;
 #[cfg(feature = "std")]

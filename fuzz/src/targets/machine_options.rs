@@ -78,6 +78,11 @@ const WORDS: &[&str] = &[
     "udp,id=u0,host=127.0.0.1,port=4555,localaddr=0.0.0.0,localport=4556",
     "udp,id=u1,host=::1,port=70000",
     "memory,id=m0,size=8K",
+    "l2tpv3,id=n5,src=127.0.0.1,dst=127.0.0.1,udp=on,srcport=1701,dstport=1702,txsession=1",
+    "l2tpv3,id=n6,src=::1,dst=::1,ipv6=on,txsession=2,rxsession=3,cookie64=on,txcookie=1,rxcookie=2,counter=on,offset=8",
+    "serial,id=t0,path=/dev/ttyS0",
+    "socket,id=mx,path=/tmp/mx.sock,server=on,mux=on",
+    "virtconsole,chardev=mx",
 ];
 
 #[derive(Arbitrary, Debug)]

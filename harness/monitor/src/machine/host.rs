@@ -136,6 +136,15 @@ pub fn open_netdev(
             Box::new(DgramNet::udp(Some(local), remote).map_err(err)?),
             format!("dgram {local} -> {remote}"),
         ),
+        NetdevKind::L2tpv3(c) => (
+            Box::new(backends::net::l2tpv3::L2tpv3Net::open(c).map_err(err)?),
+            format!(
+                "l2tpv3 {} -> {}{}",
+                c.src,
+                c.dst,
+                if c.udp.is_some() { " (udp)" } else { " (ip)" }
+            ),
+        ),
         NetdevKind::VhostUser { .. } => {
             return Err(MachineError::Unsupported(
                 "-netdev vhost-user: its packets live in the backend; only a virtio-net-device can use it",

@@ -212,6 +212,9 @@ pub enum NetdevKind {
         /// `host:port` to send to.
         remote: String,
     },
+    /// `l2tpv3,src=…,dst=…,txsession=N[,udp=on,srcport=…,dstport=…][,…]`:
+    /// a static L2TPv3 tunnel.
+    L2tpv3(backends::net::l2tpv3::L2tpv3Config),
     /// `vhost-user,chardev=…`: the device's queues are served by an
     /// external vhost-user backend on the chardev's unix socket
     /// ([`vhost_user::frontend`]).

@@ -59,6 +59,89 @@ impl Parser {
                 let remote = inet(&mut kv, "remote")?;
                 NetdevKind::Dgram { local, remote }
             }
+            "l2tpv3" => {
+                let udp = kv.take_bool("udp", false)?;
+                let port =
+                    |kv: &mut KeyVals, key: &'static str| -> Result<Option<u16>, OptionError> {
+                        match kv.take(key) {
+                            None => Ok(None),
+                            Some(v) => v
+                                .parse::<u16>()
+                                .map(Some)
+                                .map_err(|_| kv.bad(key, &v, "a port number")),
+                        }
+                    };
+                let (sp, dp) = (port(&mut kv, "srcport")?, port(&mut kv, "dstport")?);
+                let udp = match (udp, sp, dp) {
+                    (true, Some(s), Some(d)) => Some((s, d)),
+                    (true, _, _) => {
+                        return Err(OptionError::Conflict(format!(
+                            "-netdev l2tpv3,id={id}: udp=on needs both srcport= and dstport="
+                        )));
+                    }
+                    (false, None, None) => None,
+                    (false, _, _) => {
+                        return Err(OptionError::Conflict(format!(
+                            "-netdev l2tpv3,id={id}: srcport=/dstport= need udp=on"
+                        )));
+                    }
+                };
+                let u32_of =
+                    |kv: &mut KeyVals, key: &'static str| -> Result<Option<u32>, OptionError> {
+                        kv.take_u32(key)
+                    };
+                let u64_of =
+                    |kv: &mut KeyVals, key: &'static str| -> Result<Option<u64>, OptionError> {
+                        match kv.take(key) {
+                            None => Ok(None),
+                            Some(v) => v
+                                .parse::<u64>()
+                                .map(Some)
+                                .map_err(|_| kv.bad(key, &v, "a number")),
+                        }
+                    };
+                let cookies = match (u64_of(&mut kv, "txcookie")?, u64_of(&mut kv, "rxcookie")?) {
+                    (Some(t), Some(r)) => Some((t, r)),
+                    (None, None) => None,
+                    _ => {
+                        return Err(OptionError::Conflict(format!(
+                            "-netdev l2tpv3,id={id}: give both txcookie= and rxcookie=, or neither"
+                        )));
+                    }
+                };
+                let cookie64 = kv.take_bool("cookie64", false)?;
+                if let Some((t, r)) = cookies
+                    && !cookie64
+                    && (t > u64::from(u32::MAX) || r > u64::from(u32::MAX))
+                {
+                    return Err(kv.bad(
+                        "txcookie",
+                        &t.max(r).to_string(),
+                        "a 32-bit cookie (or cookie64=on)",
+                    ));
+                }
+                let offset = u32_of(&mut kv, "offset")?.unwrap_or(0);
+                if offset > backends::net::l2tpv3::MAX_OFFSET {
+                    return Err(kv.bad("offset", &offset.to_string(), "0 to 255"));
+                }
+                NetdevKind::L2tpv3(backends::net::l2tpv3::L2tpv3Config {
+                    src: kv.require("src")?,
+                    dst: kv.require("dst")?,
+                    udp,
+                    ipv6: kv.take_bool("ipv6", false)?,
+                    tx_session: u32_of(&mut kv, "txsession")?.ok_or(OptionError::MissingKey {
+                        option: "-netdev",
+                        ty: kv.ty.clone(),
+                        key: "txsession",
+                    })?,
+                    rx_session: u32_of(&mut kv, "rxsession")?,
+                    cookies,
+                    cookie64,
+                    counter: kv.take_bool("counter", false)?,
+                    pin_counter: kv.take_bool("pincounter", false)?,
+                    offset,
+                })
+            }
             "vhost-user" => NetdevKind::VhostUser {
                 chardev: kv.require("chardev")?,
             },

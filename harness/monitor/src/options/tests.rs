@@ -799,3 +799,63 @@ fn a_mux_chardev_is_shared_by_ports_and_by_nothing_else() {
         assert!(e.contains(want), "{line}: {e}");
     }
 }
+
+#[test]
+fn l2tpv3_parses_as_qemu_spells_it_and_names_mistakes() {
+    let c = p(
+        "-netdev l2tpv3,id=n,src=127.0.0.1,dst=10.0.0.2,udp=on,srcport=1701,dstport=1702,\
+               txsession=5,rxsession=6,cookie64=on,txcookie=18446744073709551615,rxcookie=1,\
+               counter=on,offset=4",
+    )
+    .unwrap();
+    assert_eq!(
+        c.netdevs[0].1,
+        NetdevKind::L2tpv3(backends::net::l2tpv3::L2tpv3Config {
+            src: "127.0.0.1".into(),
+            dst: "10.0.0.2".into(),
+            udp: Some((1701, 1702)),
+            ipv6: false,
+            tx_session: 5,
+            rx_session: Some(6),
+            cookies: Some((u64::MAX, 1)),
+            cookie64: true,
+            counter: true,
+            pin_counter: false,
+            offset: 4,
+        })
+    );
+    let ip = p("-netdev l2tpv3,id=n,src=::1,dst=::1,ipv6=on,txsession=1").unwrap();
+    assert!(matches!(&ip.netdevs[0].1, NetdevKind::L2tpv3(c) if c.udp.is_none() && c.ipv6));
+    for (line, want) in [
+        ("-netdev l2tpv3,id=n,src=a,dst=b", "txsession"),
+        ("-netdev l2tpv3,id=n,dst=b,txsession=1", "src"),
+        (
+            "-netdev l2tpv3,id=n,src=a,dst=b,txsession=1,udp=on,srcport=1",
+            "both srcport",
+        ),
+        (
+            "-netdev l2tpv3,id=n,src=a,dst=b,txsession=1,dstport=1",
+            "udp=on",
+        ),
+        (
+            "-netdev l2tpv3,id=n,src=a,dst=b,txsession=1,txcookie=1",
+            "rxcookie",
+        ),
+        (
+            "-netdev l2tpv3,id=n,src=a,dst=b,txsession=1,txcookie=4294967296,rxcookie=1",
+            "cookie64",
+        ),
+        (
+            "-netdev l2tpv3,id=n,src=a,dst=b,txsession=1,offset=256",
+            "offset",
+        ),
+        ("-netdev l2tpv3,id=n,src=a,dst=b,txsession=x", "txsession"),
+        (
+            "-netdev l2tpv3,id=n,src=a,dst=b,txsession=1,udp=on,srcport=1,dstport=70000",
+            "dstport",
+        ),
+    ] {
+        let e = p(line).unwrap_err().to_string();
+        assert!(e.contains(want), "{line}: {e}");
+    }
+}
