@@ -112,6 +112,7 @@ scenario_tests!(
     // by the HMP monitor), two guests on one hub, two monitor processes on
     // a stream socket, the receive filter (§5.1.6.5) against a host peer.
     net_tap,
+    net_bridge,
     net_hub_pair,
     net_stream_pair,
     net_filter,

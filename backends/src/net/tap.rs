@@ -174,6 +174,57 @@ impl Tap {
         Ok(())
     }
 
+    /// A tap on Linux bridge `bridge`, made by a bridge helper (QEMU's
+    /// `-netdev bridge,br=…,helper=…`; Debian's is
+    /// `/usr/lib/qemu/qemu-bridge-helper`): the helper is run with
+    /// `--use-vnet --br=BRIDGE --fd=N`, `N` one end of a socket pair; it
+    /// creates the tap, adds it to the bridge (if its ACL,
+    /// `/etc/qemu/bridge.conf`, allows that bridge) and sends the tap's
+    /// fd back. A helper that fails is an error quoting what it said.
+    pub fn from_bridge_helper(helper: &std::path::Path, bridge: &str) -> Result<Self, NetError> {
+        use std::os::unix::net::UnixStream;
+        use std::os::unix::process::CommandExt;
+        let what = std::format!("netdev bridge {bridge} via {}", helper.display());
+        let (ours, theirs) = UnixStream::pair().map_err(|e| io_err(&what, e))?;
+        /// The descriptor number the helper finds its end at.
+        const CHILD_FD: RawFd = 3;
+        let their_fd = theirs.as_raw_fd();
+        let mut cmd = std::process::Command::new(helper);
+        cmd.arg("--use-vnet")
+            .arg(std::format!("--br={bridge}"))
+            .arg(std::format!("--fd={CHILD_FD}"))
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped());
+        // SAFETY: dup2 is async-signal-safe; the child gets its end of the
+        // pair at CHILD_FD without close-on-exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                // dup2 onto itself keeps close-on-exec: clear it then.
+                let r = if their_fd == CHILD_FD {
+                    libc::fcntl(CHILD_FD, libc::F_SETFD, 0)
+                } else {
+                    libc::dup2(their_fd, CHILD_FD)
+                };
+                if r < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let out = cmd.output().map_err(|e| io_err(&what, e))?;
+        drop(theirs);
+        if !out.status.success() {
+            let said = String::from_utf8_lossy(&out.stderr).trim().to_string();
+            return Err(io_err(
+                &what,
+                io::Error::other(std::format!("the helper failed ({}): {said}", out.status)),
+            ));
+        }
+        let fd = recv_fd(&ours).map_err(|e| io_err(&what, e))?;
+        Self::from_fd(fd)
+    }
+
     /// The interface name (as the kernel chose it for an empty name).
     pub fn name(&self) -> &str {
         &self.name
@@ -331,5 +382,77 @@ impl NetBackend for Tap {
     /// The tap fd: readable when a frame is waiting.
     fn readiness_fd(&self) -> Option<RawFd> {
         Some(self.fd.as_raw_fd())
+    }
+}
+
+/// Receives one descriptor sent with `SCM_RIGHTS` on `sock` (the helper's
+/// one-byte message).
+fn recv_fd(sock: &std::os::unix::net::UnixStream) -> io::Result<OwnedFd> {
+    use std::os::fd::FromRawFd;
+    let mut byte = [0u8; 1];
+    let mut iov = libc::iovec {
+        iov_base: byte.as_mut_ptr().cast(),
+        iov_len: 1,
+    };
+    let mut space = [0u64; 4];
+    // SAFETY: CMSG_SPACE only computes a size.
+    let cmsg_space = unsafe { libc::CMSG_SPACE(core::mem::size_of::<RawFd>() as u32) } as usize;
+    // SAFETY: a zeroed msghdr is valid; its pointers are set to `iov` and
+    // `space`, which outlive the call.
+    let mut msg: libc::msghdr = unsafe { core::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = space.as_mut_ptr().cast();
+    msg.msg_controllen = cmsg_space.min(core::mem::size_of_val(&space)) as _;
+    // SAFETY: a valid socket and msghdr; MSG_CMSG_CLOEXEC marks the fd.
+    let n = unsafe { libc::recvmsg(sock.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `msg` was filled by recvmsg; CMSG_FIRSTHDR checks the length.
+    let c = unsafe { libc::CMSG_FIRSTHDR(&msg) };
+    let rights = !c.is_null()
+        // SAFETY: `c` is not null, so it points to a header inside `space`.
+        && unsafe { (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_RIGHTS };
+    if !rights {
+        return Err(io::Error::new(
+            ErrorKind::InvalidData,
+            "the helper sent no descriptor",
+        ));
+    }
+    // SAFETY: an SCM_RIGHTS message carries at least one fd after its
+    // header, inside `space`.
+    let fd = unsafe { core::ptr::read_unaligned(libc::CMSG_DATA(c).cast::<RawFd>()) };
+    // SAFETY: the kernel installed `fd` in this process for us.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A helper that is not there, or that refuses the bridge (its ACL
+    /// does not allow it), is an error quoting the helper.
+    #[test]
+    fn a_failing_bridge_helper_is_an_error_quoting_it() {
+        let e = Tap::from_bridge_helper(std::path::Path::new("/nonexistent/helper"), "br0")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("/nonexistent/helper"), "{e}");
+        let helper = std::path::Path::new("/usr/lib/qemu/qemu-bridge-helper");
+        if !helper.exists() {
+            std::println!(
+                "SKIP: the refusal half: {} is not installed",
+                helper.display()
+            );
+            return;
+        }
+        let e = Tap::from_bridge_helper(helper, "vhnotallowed9")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("the helper failed") && e.contains("vhnotallowed9"),
+            "{e}"
+        );
     }
 }

@@ -83,6 +83,7 @@ const WORDS: &[&str] = &[
     "serial,id=t0,path=/dev/ttyS0",
     "socket,id=mx,path=/tmp/mx.sock,server=on,mux=on",
     "virtconsole,chardev=mx",
+    "bridge,id=n7,br=vhbr0,helper=/usr/lib/qemu/qemu-bridge-helper",
 ];
 
 #[derive(Arbitrary, Debug)]

@@ -150,7 +150,7 @@ fn hmp(path: &Path, cmd: &str) -> Result<String, String> {
 
 /// `net_tap`: the host side, inside the namespace: ping, TCP echo, then
 /// the link down by the monitor.
-fn tap_host(ns: &Netns, monitor: PathBuf) -> Result<String, String> {
+fn tap_host(ns: &Netns, monitor: PathBuf, bytes: usize) -> Result<String, String> {
     let guest = "10.0.2.15";
     let t0 = Instant::now();
     ns.wait_for_ping(guest, Duration::from_secs(60))?;
@@ -160,7 +160,7 @@ fn tap_host(ns: &Netns, monitor: PathBuf) -> Result<String, String> {
     }
     let addr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::new(10, 0, 2, 15), 7));
     let echo = ns
-        .tcp_echo(addr, TAP_BYTES, Duration::from_secs(60))
+        .tcp_echo(addr, bytes, Duration::from_secs(60))
         .join()
         .unwrap_or_else(|_| Err("the TCP client panicked".into()))?;
     // The server listens again only once that connection is closed on its
@@ -210,7 +210,7 @@ fn net_tap(dir: &Workdir) -> Result<Setup, String> {
             return fail(format!("tap into the namespace: {e}"), None);
         }
         let host = std::thread::scope(|scope| {
-            let host = scope.spawn(|| tap_host(&ns, monitor.clone()));
+            let host = scope.spawn(|| tap_host(&ns, monitor.clone(), TAP_BYTES));
             let out = m.run(NET_TIMEOUT);
             let host = host
                 .join()
@@ -242,6 +242,120 @@ fn net_tap(dir: &Workdir) -> Result<Setup, String> {
                 _ => Err(format!("the guest echoed no {TAP_BYTES}-byte connection")),
             }
         });
+        CustomRun {
+            result,
+            outcome: Some(o),
+            skipped: None,
+        }
+    }))
+}
+
+/// The bridge the `net_bridge` scenario makes in its namespace (the
+/// helper's ACL, `/etc/qemu/bridge.conf`, must allow it: `.ci/setup` adds
+/// `allow vhbr0`).
+pub const BRIDGE: &str = "vhbr0";
+
+/// The `net_bridge` scenario's TCP echo (the link is 1500 bytes: what
+/// is tested is the helper's tap on the bridge, not throughput).
+const BRIDGE_BYTES: usize = 1 << 20;
+
+/// `net_bridge`: `-netdev bridge` with QEMU's own `qemu-bridge-helper`,
+/// run inside a network namespace (through a wrapper given as `helper=`)
+/// where the scenario made bridge `vhbr0` with 10.0.2.2/24: the helper
+/// makes the tap, adds it to the bridge and hands it over; then the same
+/// host side as `net_tap` (ping, TCP echo, link down).
+fn net_bridge(dir: &Workdir) -> Result<Setup, String> {
+    let monitor = dir.path("hmp.sock");
+    let wrapper = dir.path("bridge-helper");
+    Ok(Setup::custom(move |ctx: CustomCtx<'_>| {
+        if let Some(why) = netns::unavailable() {
+            if netns::required() {
+                return fail(format!("network namespaces: {why}"), None);
+            }
+            return skip(why);
+        }
+        let helper = std::path::Path::new("/usr/lib/qemu/qemu-bridge-helper");
+        if !helper.exists() {
+            let why = format!("{} is not installed (qemu-system-common)", helper.display());
+            if netns::required() {
+                return fail(why, None);
+            }
+            return skip(why);
+        }
+        let acl = std::fs::read_to_string("/etc/qemu/bridge.conf").unwrap_or_default();
+        if !acl
+            .lines()
+            .any(|l| l.trim() == format!("allow {BRIDGE}") || l.trim() == "allow all")
+        {
+            let why = format!("/etc/qemu/bridge.conf does not allow {BRIDGE} (.ci/setup adds it)");
+            if netns::required() {
+                return fail(why, None);
+            }
+            return skip(why);
+        }
+        let ns = match Netns::new("br") {
+            Ok(ns) => ns,
+            Err(e) => return fail(format!("netns: {e}"), None),
+        };
+        let made = ns
+            .ip(&["link", "add", BRIDGE, "type", "bridge"])
+            .and_then(|_| ns.ip(&["addr", "add", "10.0.2.2/24", "dev", BRIDGE]))
+            .and_then(|_| ns.ip(&["link", "set", BRIDGE, "up"]));
+        if let Err(e) = made {
+            return fail(format!("bridge in the namespace: {e}"), None);
+        }
+        let script = format!(
+            "#!/bin/sh\nexec ip netns exec {} {} \"$@\"\n",
+            ns.name(),
+            helper.display()
+        );
+        let written = std::fs::write(&wrapper, script).and_then(|()| {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755))
+        });
+        if let Err(e) = written {
+            return fail(format!("{}: {e}", wrapper.display()), None);
+        }
+        let options = format!(
+            "-netdev bridge,id=n0,br={BRIDGE},helper={} \
+             -device virtio-net-device,netdev=n0 \
+             -monitor unix:{},server=on,wait=off",
+            wrapper.display(),
+            monitor.display()
+        );
+        let append =
+            format!("net.test=serve net.bytes={BRIDGE_BYTES} net.link=down net.ms={NET_MS}");
+        let mut m = match build(&options, ctx.guest, &append, &mut Hubs::default()) {
+            Ok(m) => m,
+            Err(e) => return fail(e, None),
+        };
+        let ports = ns
+            .ip(&["link", "show", "master", BRIDGE])
+            .unwrap_or_default();
+        ctx.notes.push(format!(
+            "bridge {BRIDGE} ports: {}",
+            ports.lines().filter(|l| !l.starts_with(' ')).count()
+        ));
+        let host = std::thread::scope(|scope| {
+            let host = scope.spawn(|| tap_host(&ns, monitor.clone(), BRIDGE_BYTES));
+            let out = m.run(NET_TIMEOUT);
+            let host = host
+                .join()
+                .unwrap_or_else(|_| Err("the host side panicked".into()));
+            (out, host)
+        });
+        let (out, host) = host;
+        let o = match out {
+            Ok(o) => o,
+            Err(e) => return fail(e.to_string(), None),
+        };
+        let host = host.map(|note| ctx.notes.push(note));
+        let result = match (passed("guest", &o), host) {
+            (Err(e), Err(h)) => Err(format!("{e}\nhost side: {h}")),
+            (Err(e), Ok(())) => Err(e),
+            (Ok(()), host) => host,
+        }
+        .and_then(|()| said("guest", &o, "net: link down"));
         CustomRun {
             result,
             outcome: Some(o),
@@ -532,6 +646,13 @@ pub fn net_guest() -> Option<&'static str> {
 pub(super) fn scenarios() -> Vec<Scenario> {
     let net = net_guest();
     vec![
+        Scenario {
+            name: "net_bridge",
+            device: "virtio-net, irq",
+            backend: "bridge via qemu-bridge-helper, in a netns",
+            guest: net,
+            setup: net_bridge,
+        },
         Scenario {
             name: "net_tap",
             device: "virtio-net (mtu 65518), HMP set_link",

@@ -136,6 +136,11 @@ pub fn open_netdev(
             Box::new(DgramNet::udp(Some(local), remote).map_err(err)?),
             format!("dgram {local} -> {remote}"),
         ),
+        NetdevKind::Bridge { br, helper } => {
+            let tap = Tap::from_bridge_helper(helper, br).map_err(err)?;
+            let what = format!("bridge {br} (tap {})", tap.name());
+            (Box::new(tap), what)
+        }
         NetdevKind::L2tpv3(c) => (
             Box::new(backends::net::l2tpv3::L2tpv3Net::open(c).map_err(err)?),
             format!(

@@ -212,6 +212,14 @@ pub enum NetdevKind {
         /// `host:port` to send to.
         remote: String,
     },
+    /// `bridge[,br=…][,helper=…]`: a tap a bridge helper makes and adds
+    /// to a host bridge.
+    Bridge {
+        /// The bridge (default `br0`).
+        br: String,
+        /// The helper (default Debian's `/usr/lib/qemu/qemu-bridge-helper`).
+        helper: PathBuf,
+    },
     /// `l2tpv3,src=…,dst=…,txsession=N[,udp=on,srcport=…,dstport=…][,…]`:
     /// a static L2TPv3 tunnel.
     L2tpv3(backends::net::l2tpv3::L2tpv3Config),

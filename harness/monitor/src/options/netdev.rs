@@ -2,8 +2,11 @@
 
 use super::*;
 
+/// QEMU's bridge helper where Debian's `qemu-system-common` puts it.
+pub const DEFAULT_BRIDGE_HELPER: &str = "/usr/lib/qemu/qemu-bridge-helper";
+
 impl Parser {
-    /// `-netdev loopback|hubport|stream|dgram|tap|vhost-user,id=…`.
+    /// `-netdev loopback|hubport|stream|dgram|tap|bridge|l2tpv3|vhost-user,id=…`.
     pub(super) fn netdev(&mut self, arg: &str) -> Result<(), OptionError> {
         let Parser { cfg, ids, .. } = self;
         let mut kv = KeyVals::parse("-netdev", arg)?;
@@ -59,6 +62,13 @@ impl Parser {
                 let remote = inet(&mut kv, "remote")?;
                 NetdevKind::Dgram { local, remote }
             }
+            "bridge" => NetdevKind::Bridge {
+                br: kv.take("br").unwrap_or_else(|| "br0".into()),
+                helper: kv
+                    .take("helper")
+                    .unwrap_or_else(|| DEFAULT_BRIDGE_HELPER.into())
+                    .into(),
+            },
             "l2tpv3" => {
                 let udp = kv.take_bool("udp", false)?;
                 let port =

@@ -859,3 +859,24 @@ fn l2tpv3_parses_as_qemu_spells_it_and_names_mistakes() {
         assert!(e.contains(want), "{line}: {e}");
     }
 }
+
+#[test]
+fn bridge_takes_qemus_defaults() {
+    let c = p("-netdev bridge,id=n -netdev bridge,id=m,br=vhbr0,helper=/tmp/h").unwrap();
+    assert_eq!(
+        c.netdevs[0].1,
+        NetdevKind::Bridge {
+            br: "br0".into(),
+            helper: "/usr/lib/qemu/qemu-bridge-helper".into()
+        }
+    );
+    assert_eq!(
+        c.netdevs[1].1,
+        NetdevKind::Bridge {
+            br: "vhbr0".into(),
+            helper: "/tmp/h".into()
+        }
+    );
+    let e = p("-netdev bridge,id=n,bridge=x").unwrap_err().to_string();
+    assert!(e.contains("bridge"), "{e}");
+}
