@@ -65,6 +65,14 @@ impl Parser {
             "serial" | "tty" => ChardevKind::Serial {
                 path: kv.require("path")?.into(),
             },
+            "vc" | "qemu-vdagent" | "spicevmc" | "spiceport" => {
+                return Err(OptionError::Conflict(format!(
+                    "-chardev {}: not available here: it needs a display (vc: a graphical \
+                     console) or a SPICE or VNC server (qemu-vdagent: the clipboard and mouse \
+                     of a remote viewer), and this monitor has neither",
+                    kv.ty
+                )));
+            }
             "parallel" | "parport" => {
                 return Err(OptionError::Conflict(format!(
                     "-chardev {}: not available here: QEMU's parallel chardev carries a \

@@ -62,6 +62,19 @@ impl Parser {
                 let remote = inet(&mut kv, "remote")?;
                 NetdevKind::Dgram { local, remote }
             }
+            "vhost-vdpa" => {
+                return Err(OptionError::Conflict(format!(
+                    "-netdev vhost-vdpa,id={id}: not available here: it drives a kernel vDPA \
+                     device (/dev/vhost-vdpa-N, from a vDPA NIC or the vdpa_sim_net module), \
+                     which these machines do not have{}",
+                    match kv.take("vhostdev") {
+                        Some(d) if !std::path::Path::new(&d).exists() =>
+                            format!(" ({d} does not exist)"),
+                        Some(d) => format!(" (the vhost-vdpa ioctls for {d} are not written yet)"),
+                        None => String::new(),
+                    }
+                )));
+            }
             "bridge" => NetdevKind::Bridge {
                 br: kv.take("br").unwrap_or_else(|| "br0".into()),
                 helper: kv

@@ -880,3 +880,19 @@ fn bridge_takes_qemus_defaults() {
     let e = p("-netdev bridge,id=n,bridge=x").unwrap_err().to_string();
     assert!(e.contains("bridge"), "{e}");
 }
+
+#[test]
+fn what_cannot_work_here_says_why() {
+    for (line, want) in [
+        ("-chardev vc,id=v", "display"),
+        ("-chardev qemu-vdagent,id=v", "SPICE"),
+        (
+            "-netdev vhost-vdpa,id=n,vhostdev=/dev/vhost-vdpa-0",
+            "/dev/vhost-vdpa-0 does not exist",
+        ),
+        ("-netdev vhost-vdpa,id=n", "vDPA"),
+    ] {
+        let e = p(line).unwrap_err().to_string();
+        assert!(e.contains(want), "{line}: {e}");
+    }
+}
