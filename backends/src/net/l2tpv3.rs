@@ -65,6 +65,35 @@ pub struct L2tpv3Config {
     pub offset: u32,
 }
 
+impl L2tpv3Config {
+    /// The frame a received packet carries, if the packet is this
+    /// tunnel's: over raw IPv4 the IP header is skipped (by its own
+    /// length), then the session and cookie are checked and the header
+    /// (with its counter and padding) stripped. `None` for a packet too
+    /// short, of another session or cookie.
+    pub fn frame_of<'a>(&self, packet: &'a [u8]) -> Option<&'a [u8]> {
+        let l = Layout::of(self);
+        let mut p = packet;
+        if self.udp.is_none() && !self.ipv6 {
+            let ihl = usize::from(p.first()? & 0x0f) * 4;
+            p = p.get(ihl..)?;
+        }
+        if p.len() < l.header {
+            return None;
+        }
+        let rx = self.rx_session.unwrap_or(self.tx_session);
+        if p[l.session..l.session + 4] != rx.to_be_bytes() {
+            return None;
+        }
+        let cookie_ok = match self.cookies {
+            Some((_, rx)) if l.cookie_len == 8 => p[l.cookie..l.cookie + 8] == rx.to_be_bytes(),
+            Some((_, rx)) => p[l.cookie..l.cookie + 4] == (rx as u32).to_be_bytes(),
+            None => true,
+        };
+        cookie_ok.then(|| &p[l.header..])
+    }
+}
+
 /// Where the fields are in a packet (after any IP header).
 #[derive(Clone, Copy, Debug)]
 struct Layout {
@@ -103,8 +132,6 @@ pub struct L2tpv3Net {
     dst: SocketAddr,
     config: L2tpv3Config,
     layout: Layout,
-    /// IPv4 raw: received packets start with the IP header.
-    strip_ip: bool,
     counter: u32,
     what: String,
     out: Vec<u8>,
@@ -224,7 +251,6 @@ impl L2tpv3Net {
             sock,
             dst,
             layout: Layout::of(config),
-            strip_ip: config.udp.is_none() && !config.ipv6,
             config: config.clone(),
             counter: 0,
             what,
@@ -310,23 +336,6 @@ impl L2tpv3Net {
         }
         h
     }
-
-    /// Whether `p` (the packet after any IP header) is for this tunnel.
-    fn ours(&self, p: &[u8]) -> bool {
-        let l = self.layout;
-        if p.len() < l.header {
-            return false;
-        }
-        let rx = self.config.rx_session.unwrap_or(self.config.tx_session);
-        if p[l.session..l.session + 4] != rx.to_be_bytes() {
-            return false;
-        }
-        match self.config.cookies {
-            Some((_, rx)) if l.cookie_len == 8 => p[l.cookie..l.cookie + 8] == rx.to_be_bytes(),
-            Some((_, rx)) => p[l.cookie..l.cookie + 4] == (rx as u32).to_be_bytes(),
-            None => true,
-        }
-    }
 }
 
 impl NetBackend for L2tpv3Net {
@@ -400,20 +409,13 @@ impl NetBackend for L2tpv3Net {
                 }
             }
             let n = n as usize;
-            if n > self.inbuf.len() {
-                self.mismatched += 1;
-                continue;
-            }
-            let mut p = &self.inbuf[..n];
-            if self.strip_ip {
-                let ihl = p.first().map_or(0, |b| usize::from(b & 0x0f) * 4);
-                p = p.get(ihl..).unwrap_or(&[]);
-            }
-            if !self.ours(p) {
-                self.mismatched += 1;
-                continue;
-            }
-            let frame = &p[self.layout.header..];
+            let frame = match self.inbuf.get(..n).and_then(|p| self.config.frame_of(p)) {
+                Some(f) => f,
+                None => {
+                    self.mismatched += 1;
+                    continue;
+                }
+            };
             if frame.len() > buf.len() {
                 return Err(NetError::TooBig {
                     len: frame.len(),

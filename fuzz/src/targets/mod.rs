@@ -2,6 +2,7 @@
 
 pub mod blk_request;
 pub mod chain_rig;
+pub mod chardev_mux;
 pub mod console_control;
 pub mod crypto_parse;
 pub mod crypto_request;
@@ -9,6 +10,7 @@ pub mod descriptor_chain;
 pub mod device_requests;
 pub mod dma_map;
 pub mod driver_used_ring;
+pub mod l2tpv3_packet;
 pub mod machine_options;
 pub mod mmio_registers;
 pub mod mmio_transport;
@@ -37,6 +39,14 @@ pub struct Target {
 
 /// Every target.
 pub const TARGETS: &[Target] = &[
+    Target {
+        name: "l2tpv3_packet",
+        run: l2tpv3_packet::run,
+    },
+    Target {
+        name: "chardev_mux",
+        run: chardev_mux::run,
+    },
     Target {
         name: "tpm_crb",
         run: tpm_crb::run,
