@@ -86,6 +86,8 @@ scenario_tests!(
     console_echo_udp,
     console_echo_serial_tty,
     console_echo_mux,
+    uart_com2_echo_socket,
+    uart_com1_to_file,
     console_multiport_two_files,
     lifecycle_reset_and_refusals,
     // Issue 6: the hostile guest's cases per device, each PASS or REJECT,

@@ -1,14 +1,25 @@
-//! The legacy I/O ports the monitor serves itself: COM1 (a 16550A UART,
-//! output only), the debug port `0xe9` (Bochs/QEMU `debugcon`) and the
+//! The legacy I/O ports the monitor serves itself: COM1 and COM2 (16550A
+//! UARTs), the debug port `0xe9` (Bochs/QEMU `debugcon`) and the
 //! test-exit port `0xf4` (QEMU `isa-debug-exit,iobase=0xf4,iosize=4`).
 //!
-//! The UART keeps what is written to its transmit register and always
-//! reports the transmitter empty, so a polling driver never waits; it has no
-//! receive path, no interrupts and no modem lines. Every log is capped
-//! ([`LOG_LIMIT`]) so a guest cannot exhaust host memory by printing.
+//! A UART keeps what is written to its transmit register (COM1's is the
+//! run's serial log) and always reports the transmitter empty, so a
+//! polling driver never waits. With a chardev (`-serial chardev:ID`) the
+//! output also goes there, and the chardev's input is the receive path: up
+//! to 16 bytes at a time (the 16550A's FIFO) are taken when the guest
+//! looks at the line status or reads the receive buffer. No interrupts
+//! and no modem lines: drivers poll (the line status's data-ready bit).
+//! Every log is capped ([`LOG_LIMIT`]) so a guest cannot exhaust host
+//! memory by printing.
+
+use std::collections::VecDeque;
+
+use backends::chardev::Chardev;
 
 /// First port of COM1.
 pub const COM1_BASE: u16 = 0x3f8;
+/// First port of COM2.
+pub const COM2_BASE: u16 = 0x2f8;
 /// Number of COM1 ports (`0x3f8..=0x3ff`).
 pub const COM1_LEN: u16 = 8;
 /// The debug output port: each byte written goes to the debug log.
@@ -67,6 +78,7 @@ impl Log {
     }
 }
 
+const LSR_DR: u8 = 0x01;
 const LSR_THRE: u8 = 0x20;
 const LSR_TEMT: u8 = 0x40;
 const LCR_DLAB: u8 = 0x80;
@@ -75,10 +87,18 @@ const IIR_FIFO_ENABLED: u8 = 0xc0;
 /// DCD | DSR | CTS: a terminal is there and ready.
 const MSR_READY: u8 = 0xb0;
 
-/// COM1, a 16550A whose transmitter is always empty.
-#[derive(Clone, Debug, Default)]
+/// The receive FIFO's depth.
+const RX_FIFO: usize = 16;
+
+/// A 16550A whose transmitter is always empty.
+#[derive(Default)]
 pub struct Serial {
     out: Log,
+    /// Where output also goes and input comes from (`-serial chardev:`).
+    backend: Option<Box<dyn Chardev + Send>>,
+    rx: VecDeque<u8>,
+    /// Output bytes the chardev did not take (it never blocks the guest).
+    dropped: u64,
     ier: u8,
     lcr: u8,
     mcr: u8,
@@ -88,10 +108,53 @@ pub struct Serial {
     fifo: bool,
 }
 
+impl std::fmt::Debug for Serial {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Serial")
+            .field("out", &self.out.bytes().len())
+            .field("backend", &self.backend.is_some())
+            .field("rx", &self.rx.len())
+            .finish_non_exhaustive()
+    }
+}
+
 impl Serial {
     /// A UART after reset.
     pub fn new() -> Serial {
         Serial::default()
+    }
+
+    /// Connects the UART to `chardev` (`-serial chardev:ID`).
+    pub fn attach(&mut self, chardev: Box<dyn Chardev + Send>) {
+        self.backend = Some(chardev);
+    }
+
+    /// Output bytes the chardev did not take.
+    pub fn dropped(&self) -> u64 {
+        self.dropped
+    }
+
+    /// Fills the receive FIFO from the chardev when it is empty.
+    fn pump(&mut self) {
+        if !self.rx.is_empty() {
+            return;
+        }
+        if let Some(b) = &mut self.backend {
+            let mut buf = [0u8; RX_FIFO];
+            // A failing chardev reads as nothing: the guest sees no data.
+            if let Ok(n) = b.read(&mut buf) {
+                self.rx.extend(&buf[..n]);
+            }
+        }
+    }
+
+    fn transmit(&mut self, value: u8) {
+        self.out.push(value);
+        if let Some(b) = &mut self.backend
+            && !matches!(b.write(&[value]), Ok(1))
+        {
+            self.dropped += 1;
+        }
     }
 
     /// The guest writes `value` to register `offset` (0..8).
@@ -99,7 +162,7 @@ impl Serial {
         let dlab = self.lcr & LCR_DLAB != 0;
         match offset {
             0 if dlab => self.dll = value,
-            0 => self.out.push(value),
+            0 => self.transmit(value),
             1 if dlab => self.dlm = value,
             1 => self.ier = value & 0x0f,
             2 => self.fifo = value & 1 != 0,
@@ -116,14 +179,19 @@ impl Serial {
         let dlab = self.lcr & LCR_DLAB != 0;
         match offset {
             0 if dlab => self.dll,
-            // No receive path: the receive buffer is empty.
-            0 => 0,
+            0 => {
+                self.pump();
+                self.rx.pop_front().unwrap_or(0)
+            }
             1 if dlab => self.dlm,
             1 => self.ier,
             2 => IIR_NO_INTERRUPT | if self.fifo { IIR_FIFO_ENABLED } else { 0 },
             3 => self.lcr,
             4 => self.mcr,
-            5 => LSR_THRE | LSR_TEMT,
+            5 => {
+                self.pump();
+                LSR_THRE | LSR_TEMT | if self.rx.is_empty() { 0 } else { LSR_DR }
+            }
             6 => MSR_READY,
             7 => self.scr,
             _ => 0xff,
@@ -175,6 +243,60 @@ mod tests {
         s.write(7, 0x5a);
         assert_eq!(s.read(7), 0x5a);
         assert_eq!(s.read(0), 0);
+    }
+
+    #[test]
+    fn a_chardev_is_the_receive_path_and_takes_the_output() {
+        /// Input the test gives; output it keeps.
+        #[derive(Default)]
+        struct Wire(std::sync::Arc<std::sync::Mutex<(Vec<u8>, Vec<u8>)>>);
+        impl Chardev for Wire {
+            fn write(&mut self, buf: &[u8]) -> Result<usize, backends::chardev::ChardevError> {
+                self.0.lock().unwrap().1.extend_from_slice(buf);
+                Ok(buf.len())
+            }
+            fn read(&mut self, buf: &mut [u8]) -> Result<usize, backends::chardev::ChardevError> {
+                let mut w = self.0.lock().unwrap();
+                let n = buf.len().min(w.0.len());
+                buf[..n].copy_from_slice(&w.0[..n]);
+                w.0.drain(..n);
+                Ok(n)
+            }
+        }
+        let wire = Wire::default();
+        let shared = std::sync::Arc::clone(&wire.0);
+        let mut s = Serial::new();
+        s.attach(Box::new(wire));
+        assert_eq!(s.read(5) & LSR_DR, 0, "nothing to read yet");
+        shared.lock().unwrap().0.extend_from_slice(&[b'x'; 20]);
+        shared.lock().unwrap().0.extend_from_slice(b"yz");
+        let mut got = Vec::new();
+        while s.read(5) & LSR_DR != 0 {
+            got.push(s.read(0));
+        }
+        assert_eq!(got.len(), 22);
+        assert_eq!(&got[20..], b"yz");
+        for b in b"hi" {
+            s.write(0, *b);
+        }
+        assert_eq!(shared.lock().unwrap().1, b"hi");
+        assert_eq!(s.output().bytes(), b"hi");
+        // A chardev that takes nothing: the guest goes on, the bytes are
+        // counted.
+        struct Full;
+        impl Chardev for Full {
+            fn write(&mut self, _: &[u8]) -> Result<usize, backends::chardev::ChardevError> {
+                Ok(0)
+            }
+            fn read(&mut self, _: &mut [u8]) -> Result<usize, backends::chardev::ChardevError> {
+                Ok(0)
+            }
+        }
+        let mut full = Serial::new();
+        full.attach(Box::new(Full));
+        full.write(0, b'a');
+        assert_eq!(full.dropped(), 1);
+        assert_eq!(full.output().bytes(), b"a");
     }
 
     #[test]

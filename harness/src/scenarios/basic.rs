@@ -198,6 +198,49 @@ pub(super) fn console_echo_mux(dir: &Workdir) -> Result<Setup, String> {
     Ok(s)
 }
 
+/// `-serial null -serial chardev:c0`: COM2, a 16550A on a socket chardev;
+/// the `uart` guest echoes 4 KiB a socket peer sends, polling the line
+/// status.
+pub(super) fn uart_com2_echo(dir: &Workdir) -> Result<Setup, String> {
+    const N: usize = 4096;
+    let sock = dir.path("com2.sock");
+    let mut s = Setup::new(
+        &format!(
+            "-chardev socket,id=c0,path={},server=on -serial null -serial chardev:c0",
+            sock.display()
+        ),
+        format!("uart.bytes={N}"),
+    );
+    s.peer = Some(echo_peer(sock, N));
+    s.check = Some(guest_reported("uart: echoed "));
+    Ok(s)
+}
+
+/// `-serial chardev:f`: COM1's output also goes to a file chardev (and
+/// stays in the run's log, where the verdict is read).
+pub(super) fn uart_com1_to_file(dir: &Workdir) -> Result<Setup, String> {
+    let f = dir.path("com1.log");
+    let mut s = Setup::new(
+        &format!("-chardev file,id=f,path={} -serial chardev:f", f.display()),
+        "",
+    );
+    s.check = Some(Box::new(move |o| {
+        let text = std::fs::read_to_string(&f).map_err(|e| format!("{}: {e}", f.display()))?;
+        if text.replace("\r\n", "\n") != o.serial {
+            return Err(format!(
+                "the file has {} bytes, the log {}",
+                text.len(),
+                o.serial.len()
+            ));
+        }
+        if !text.contains("verdict: pass") {
+            return Err("the file lacks the verdict line".into());
+        }
+        Ok(())
+    }));
+    Ok(s)
+}
+
 /// The deterministic source, every byte checked by the guest against the
 /// SplitMix64 stream. `bytes`: 1 MiB in one mode (the scenario);
 /// the other modes read 256 KiB, since guest instructions are what costs
@@ -482,6 +525,20 @@ pub(super) fn scenario_list() -> Vec<Scenario> {
             backend: "chardev socket, mux=on (C-a escapes)",
             guest: console,
             setup: console_echo_mux,
+        },
+        Scenario {
+            name: "uart_com2_echo_socket",
+            device: "16550A on COM2, polled",
+            backend: "chardev socket (server), -serial chardev:",
+            guest: option_env!("GUEST_UART"),
+            setup: uart_com2_echo,
+        },
+        Scenario {
+            name: "uart_com1_to_file",
+            device: "16550A on COM1 (the run's log)",
+            backend: "chardev file, -serial chardev:",
+            guest: option_env!("GUEST_EMPTY"),
+            setup: uart_com1_to_file,
         },
         Scenario {
             name: "console_multiport_two_files",

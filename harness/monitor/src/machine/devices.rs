@@ -190,8 +190,9 @@ pub fn realize_devices_shared(
     let mut muxed: HashMap<String, std::collections::VecDeque<(BoxedChardev, String)>> =
         HashMap::new();
     for (id, kind) in &config.chardevs {
-        // A vhost-user frontend connects to the socket itself.
-        if vhost_chardevs.contains(&id.as_str()) {
+        // A vhost-user frontend connects to the socket itself; a UART's
+        // chardev is the machine's to open.
+        if vhost_chardevs.contains(&id.as_str()) || config.serial_chardevs().any(|s| s == id) {
             continue;
         }
         let (c, what) = open_chardev(id, kind)?;

@@ -148,6 +148,20 @@ impl Machine {
             Some(watch) => attach_watched(&mut vm, realized, watch)?,
         };
         let tpm = attach_tpm(&mut vm, config)?;
+        for (i, id) in config.serials.iter().enumerate() {
+            let Some(id) = id else { continue };
+            let kind = config
+                .chardevs
+                .iter()
+                .find(|(c, _)| c == id)
+                .map(|(_, k)| k)
+                .ok_or_else(|| MachineError::Missing {
+                    by: format!("-serial chardev:{id}"),
+                    id: id.clone(),
+                })?;
+            let (c, _) = open_chardev(id, kind)?;
+            vm.attach_serial(i, c);
+        }
         let cmdline = crate::slots::append_cmdline(&config.append, &slots);
         let monitors = config
             .monitors

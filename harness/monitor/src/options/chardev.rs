@@ -139,4 +139,30 @@ impl Parser {
         cfg.chardevs.push((id, kind));
         Ok(())
     }
+
+    /// `-serial chardev:ID|null|none`: the next UART (COM1, then COM2).
+    pub(super) fn serial(&mut self, arg: &str) -> Result<(), OptionError> {
+        if self.cfg.serials.len() >= 2 {
+            return Err(OptionError::Conflict(
+                "-serial: this machine has two UARTs (COM1, COM2)".into(),
+            ));
+        }
+        let spec = match arg {
+            "null" | "none" => None,
+            _ => match arg.strip_prefix("chardev:") {
+                Some(id) if !id.is_empty() => Some(id.to_string()),
+                _ => {
+                    return Err(OptionError::BadValue {
+                        option: "-serial",
+                        key: "backend".into(),
+                        value: arg.to_string(),
+                        expected: "chardev:ID, null or none (other backends: -chardev …,id=ID \
+                                   and -serial chardev:ID)",
+                    });
+                }
+            },
+        };
+        self.cfg.serials.push(spec);
+        Ok(())
+    }
 }

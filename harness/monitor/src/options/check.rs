@@ -131,6 +131,13 @@ pub(super) fn check_references(
             "a tpmdev",
         )?;
     }
+    for (i, id) in cfg.serials.iter().enumerate() {
+        if let Some(id) = id {
+            let by = format!("-serial chardev:{id} (COM{})", i + 1);
+            refers(&by, "chardev", id, IdKind::Chardev, "a chardev")?;
+            claim(id, by)?;
+        }
+    }
     let mut rng_user: std::collections::HashSet<&str> = Default::default();
     let mut cryptodev_user: std::collections::HashSet<&str> = Default::default();
     let mut drive_user: std::collections::HashSet<&str> = Default::default();

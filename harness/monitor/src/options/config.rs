@@ -428,6 +428,9 @@ pub struct MachineConfig {
     pub chardevs: Vec<(String, ChardevKind)>,
     /// The chardevs given `mux=on`: shared by the ports that name them.
     pub mux_chardevs: Vec<String>,
+    /// `-serial` in order: COM1, then COM2; each a chardev id, or `None`
+    /// (`null`/`none`: the UART alone, COM1's output still in the log).
+    pub serials: Vec<Option<String>>,
     /// Disk backends, by id.
     pub drives: Vec<DriveConfig>,
     /// Network backends, by id.
@@ -578,6 +581,12 @@ impl MachineConfig {
             .chain(cryptodevs)
             .chain(self.tpm_chardevs())
             .collect()
+    }
+
+    /// The chardevs `-serial chardev:ID` puts on a UART (opened for it,
+    /// not for a device).
+    pub fn serial_chardevs(&self) -> impl Iterator<Item = &str> {
+        self.serials.iter().flatten().map(String::as_str)
     }
 
     /// The chardevs `-tpmdev emulator` backends use (swtpm's control

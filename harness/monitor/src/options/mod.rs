@@ -93,7 +93,7 @@ pub fn parse<S: AsRef<str>>(args: &[S]) -> Result<MachineConfig, OptionError> {
         }
         let known = [
             "m", "machine", "M", "object", "chardev", "drive", "blockdev", "netdev", "device",
-            "kernel", "append", "monitor", "qmp", "tpmdev",
+            "kernel", "append", "monitor", "qmp", "tpmdev", "serial",
         ];
         if !known.contains(&name) {
             return Err(OptionError::UnknownOption(opt.to_string()));
@@ -111,6 +111,7 @@ pub fn parse<S: AsRef<str>>(args: &[S]) -> Result<MachineConfig, OptionError> {
             "netdev" => p.netdev(arg)?,
             "device" => p.device(arg)?,
             "tpmdev" => p.tpmdev(arg)?,
+            "serial" => p.serial(arg)?,
             "kernel" => p.kernel(arg)?,
             "append" => p.append(arg)?,
             "monitor" | "qmp" => p.monitor(name, arg)?,

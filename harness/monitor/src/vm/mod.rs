@@ -40,7 +40,9 @@ use virtio_devices::VirtioDevice;
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
 use crate::bus::{BusError, MmioBus, MmioDevice, MmioRange};
-use crate::ports::{self, COM1_BASE, COM1_LEN, DEBUG_PORT, EXIT_FAIL, EXIT_PASS, EXIT_PORT, Log};
+use crate::ports::{
+    self, COM1_BASE, COM1_LEN, COM2_BASE, DEBUG_PORT, EXIT_FAIL, EXIT_PASS, EXIT_PORT, Log,
+};
 use crate::pvh::{self, CODE_SELECTOR, DATA_SELECTOR, LoadError, PvhBoot, RamRange};
 use crate::slots::{self, EmptySlot, VirtioSlot};
 use crate::stats::{KvmRunStats, Stats, StatsError};
@@ -244,6 +246,8 @@ pub struct Vm {
     kvm: Kvm,
     bus: MmioBus,
     serial: ports::Serial,
+    /// COM2 (`0x2f8`), used only with `-serial` chardevs.
+    com2: ports::Serial,
     debug: Log,
     ram: Vec<RamRange>,
     /// Owns the host memory: unmapped when the last of this and the
@@ -469,6 +473,7 @@ impl Vm {
             kvm,
             bus: MmioBus::new(),
             serial: ports::Serial::new(),
+            com2: ports::Serial::new(),
             debug: Log::default(),
             ram,
             guest,
@@ -526,6 +531,23 @@ impl Vm {
     /// What [`Vm::load_pvh`] placed, once it has run.
     pub fn boot_info(&self) -> Option<&PvhBoot> {
         self.boot.as_ref()
+    }
+
+    /// Connects COM1 (`index` 0) or COM2 (1) to `chardev` (QEMU's
+    /// `-serial chardev:ID`): its output goes there too (COM1's stays in
+    /// the run's serial log), its input is the UART's receive path. False
+    /// for another index.
+    pub fn attach_serial(
+        &mut self,
+        index: usize,
+        chardev: Box<dyn backends::chardev::Chardev + Send>,
+    ) -> bool {
+        match index {
+            0 => self.serial.attach(chardev),
+            1 => self.com2.attach(chardev),
+            _ => return false,
+        }
+        true
     }
 
     /// Maps `device` at `base..base + size`; refused if it overlaps RAM or
@@ -779,6 +801,7 @@ impl Vm {
             vcpu,
             bus,
             serial,
+            com2,
             debug,
             ..
         } = self;
@@ -813,7 +836,7 @@ impl Vm {
                 })
                 .map_err(VmError::Watchdog)?;
             start = Instant::now();
-            let r = run_loop(vcpu, bus, serial, debug, stop, &mut exits);
+            let r = run_loop(vcpu, bus, [serial, com2], debug, stop, &mut exits);
             end = Instant::now();
             drop(done_tx);
             // The watchdog only sleeps and signals; it cannot panic.

@@ -8,7 +8,7 @@ use super::*;
 pub(super) fn run_loop(
     vcpu: &mut VcpuFd,
     bus: &mut MmioBus,
-    serial: &mut ports::Serial,
+    serials: [&mut ports::Serial; 2],
     debug: &mut Log,
     stop: &AtomicBool,
     exits: &mut ExitCounts,
@@ -40,7 +40,12 @@ pub(super) fn run_loop(
                         // Wider or repeated (`rep outsb`) writes feed the
                         // register byte by byte.
                         for b in data.iter() {
-                            serial.write(p - COM1_BASE, *b);
+                            serials[0].write(p - COM1_BASE, *b);
+                        }
+                    }
+                    p if (COM2_BASE..COM2_BASE + COM1_LEN).contains(&p) => {
+                        for b in data.iter() {
+                            serials[1].write(p - COM2_BASE, *b);
                         }
                     }
                     _ => exits.unhandled_io += 1,
@@ -52,7 +57,12 @@ pub(super) fn run_loop(
                     DEBUG_PORT => data.fill(0xe9),
                     p if (COM1_BASE..COM1_BASE + COM1_LEN).contains(&p) => {
                         for b in data.iter_mut() {
-                            *b = serial.read(p - COM1_BASE);
+                            *b = serials[0].read(p - COM1_BASE);
+                        }
+                    }
+                    p if (COM2_BASE..COM2_BASE + COM1_LEN).contains(&p) => {
+                        for b in data.iter_mut() {
+                            *b = serials[1].read(p - COM2_BASE);
                         }
                     }
                     _ => {
