@@ -160,12 +160,13 @@ fn the_filter_guest_under_qemu_reports_its_receive_filter() {
     }
 }
 
-/// A free UDP port on the loopback address.
-fn free_udp_port() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0")
-        .and_then(|s| s.local_addr())
-        .map(|a| a.port())
-        .expect("a free UDP port")
+/// Two free UDP ports on the loopback address (both sockets open while
+/// they are chosen, so the two differ).
+fn free_udp_ports() -> (u16, u16) {
+    let a = std::net::UdpSocket::bind("127.0.0.1:0").expect("a free UDP port");
+    let b = std::net::UdpSocket::bind("127.0.0.1:0").expect("a free UDP port");
+    let port = |s: &std::net::UdpSocket| s.local_addr().expect("its address").port();
+    (port(&a), port(&b))
 }
 
 /// `-netdev l2tpv3` against QEMU 7.2's own, on the loopback address: our
@@ -178,7 +179,7 @@ fn our_l2tpv3_and_qemus_carry_one_segment() {
     if !ready(test) {
         return;
     }
-    let (ours_port, qemu_port) = (free_udp_port(), free_udp_port());
+    let (ours_port, qemu_port) = free_udp_ports();
     let tunnel = |src: u16, dst: u16, tx: u32, rx: u32, txc: u64, rxc: u64| {
         format!(
             "l2tpv3,id=n0,src=127.0.0.1,dst=127.0.0.1,udp=on,srcport={src},dstport={dst},\

@@ -459,38 +459,59 @@ const UDP_MAX: usize = 65507;
 pub struct UdpChardev {
     sock: std::net::UdpSocket,
     remote: std::net::SocketAddr,
-    /// The datagram being handed to the guest, and how far.
+    /// The datagram being handed to the guest (its first `len` bytes),
+    /// and how far.
     pending: std::vec::Vec<u8>,
+    len: usize,
     at: usize,
     dropped: u64,
 }
 
 impl UdpChardev {
     /// Binds `local` (`addr:port`, port 0 for any) and connects to
-    /// `remote` (`host:port`); both names are resolved, the first address
-    /// of the remote's family used.
-    pub fn open(remote: &str, local: &str) -> Result<Self, ChardevError> {
+    /// `remote` (`host:port`). Names are resolved and the first remote
+    /// address with a local one of the same family is used (`localhost`
+    /// may give `::1` and `127.0.0.1`); with `local` `None`, the wildcard
+    /// address of the remote's family, port 0, as QEMU binds. `family`
+    /// keeps only IPv4 (`Some(true)`) or IPv6 (`Some(false)`) addresses
+    /// (QEMU's `ipv4=on`/`ipv6=on`).
+    pub fn open(
+        remote: &str,
+        local: Option<&str>,
+        family: Option<bool>,
+    ) -> Result<Self, ChardevError> {
         use std::net::ToSocketAddrs;
         let what = format!("udp:{remote}");
         let resolve = |a: &str| -> Result<std::vec::Vec<std::net::SocketAddr>, ChardevError> {
-            let v: std::vec::Vec<_> = a.to_socket_addrs().map_err(io_err(what.clone()))?.collect();
-            if v.is_empty() {
-                return Err(ChardevError::Io {
-                    what: what.clone(),
-                    err: io::Error::new(ErrorKind::NotFound, format!("{a} has no address")),
-                });
-            }
-            Ok(v)
+            Ok(a.to_socket_addrs()
+                .map_err(io_err(what.clone()))?
+                .filter(|x| family.is_none_or(|v4| x.is_ipv4() == v4))
+                .collect())
         };
-        let remote_addr = resolve(remote)?[0];
-        let local_addr = resolve(local)?
-            .into_iter()
-            .find(|l| l.is_ipv4() == remote_addr.is_ipv4())
+        let remotes = resolve(remote)?;
+        let locals = match local {
+            Some(l) => resolve(l)?,
+            None => std::vec![
+                std::net::SocketAddr::from(([0u8; 4], 0)),
+                std::net::SocketAddr::from(([0u16; 8], 0)),
+            ],
+        };
+        let (remote_addr, local_addr) = remotes
+            .iter()
+            .find_map(|r| {
+                locals
+                    .iter()
+                    .find(|l| l.is_ipv4() == r.is_ipv4())
+                    .map(|l| (*r, *l))
+            })
             .ok_or_else(|| ChardevError::Io {
                 what: what.clone(),
                 err: io::Error::new(
-                    ErrorKind::InvalidInput,
-                    format!("{local} has no address of {remote}'s family"),
+                    ErrorKind::NotFound,
+                    format!(
+                        "no address of {remote} with a local address of the same family{}",
+                        local.map(|l| format!(" in {l}")).unwrap_or_default()
+                    ),
                 ),
             })?;
         let sock = std::net::UdpSocket::bind(local_addr).map_err(io_err(what.clone()))?;
@@ -500,6 +521,7 @@ impl UdpChardev {
             sock,
             remote: remote_addr,
             pending: std::vec::Vec::new(),
+            len: 0,
             at: 0,
             dropped: 0,
         })
@@ -535,33 +557,40 @@ impl Chardev for UdpChardev {
         match self.sock.send(&buf[..n]) {
             Ok(sent) => Ok(sent),
             Err(e) if e.kind() == ErrorKind::WouldBlock => Ok(0),
-            Err(e) if refused(&e) => {
+            Err(e) if e.kind() == ErrorKind::Interrupted => Ok(0),
+            // Refused, unreachable, too big, not permitted: a datagram
+            // lost, never the guest's output held up.
+            Err(_) => {
                 self.dropped += n as u64;
                 Ok(n)
             }
-            Err(e) => Err(self.err(e)),
         }
     }
 
     fn read(&mut self, buf: &mut [u8]) -> Result<usize, ChardevError> {
-        if self.at == self.pending.len() {
-            self.pending.resize(UDP_MAX + 1, 0);
+        if self.at == self.len {
+            if self.pending.len() < UDP_MAX + 1 {
+                self.pending.resize(UDP_MAX + 1, 0);
+            }
             let got = loop {
                 match self.sock.recv(&mut self.pending) {
+                    // An empty datagram: look for the next.
+                    Ok(0) => continue,
                     Ok(n) => break n,
-                    Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-                    Err(e) if e.kind() == ErrorKind::WouldBlock || refused(&e) => break 0,
+                    // A refusal report for an earlier send: not this read's.
+                    Err(e) if e.kind() == ErrorKind::Interrupted || refused(&e) => continue,
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => break 0,
                     Err(e) => {
-                        self.pending.clear();
+                        self.len = 0;
                         self.at = 0;
                         return Err(self.err(e));
                     }
                 }
             };
-            self.pending.truncate(got);
+            self.len = got;
             self.at = 0;
         }
-        let n = buf.len().min(self.pending.len() - self.at);
+        let n = buf.len().min(self.len - self.at);
         buf[..n].copy_from_slice(&self.pending[self.at..self.at + n]);
         self.at += n;
         Ok(n)
@@ -607,6 +636,25 @@ mod tests {
     #[test]
     fn a_terminal_device_passes_raw_bytes_both_ways() {
         let mut pty = PtyChardev::open().unwrap();
+        // Back to a cooked terminal (echo, CR/LF mapping, line editing),
+        // so that what passes unchanged is TtyChardev's own raw mode.
+        {
+            let f = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .custom_flags(libc::O_NOCTTY)
+                .open(pty.slave_path())
+                .unwrap();
+            // SAFETY: termios calls on an fd we own, a zeroed local.
+            unsafe {
+                let mut t: libc::termios = std::mem::zeroed();
+                assert_eq!(libc::tcgetattr(f.as_raw_fd(), &mut t), 0);
+                t.c_lflag |= libc::ICANON | libc::ECHO | libc::ISIG;
+                t.c_iflag |= libc::ICRNL;
+                t.c_oflag |= libc::OPOST | libc::ONLCR;
+                assert_eq!(libc::tcsetattr(f.as_raw_fd(), libc::TCSANOW, &t), 0);
+            }
+        }
         let mut tty = TtyChardev::open(pty.slave_path()).unwrap();
         let bytes = b"line\r\n\x03\x7fend\n";
         assert_eq!(tty.write(bytes).unwrap(), bytes.len());
@@ -649,7 +697,7 @@ mod tests {
         use std::net::UdpSocket;
         let peer = UdpSocket::bind("127.0.0.1:0").unwrap();
         let remote = peer.local_addr().unwrap().to_string();
-        let mut c = UdpChardev::open(&remote, "127.0.0.1:0").unwrap();
+        let mut c = UdpChardev::open(&remote, Some("127.0.0.1:0"), None).unwrap();
         let ours = c.local_addr().unwrap();
         assert_eq!(c.write(b"hello").unwrap(), 5);
         let mut b = [0u8; 64];
@@ -682,7 +730,7 @@ mod tests {
             .unwrap()
             .local_addr()
             .unwrap();
-        let mut c = UdpChardev::open(&gone.to_string(), "127.0.0.1:0").unwrap();
+        let mut c = UdpChardev::open(&gone.to_string(), Some("127.0.0.1:0"), None).unwrap();
         // The guest never stalls; the kernel's refusal of one datagram
         // shows on the next send, which is then counted as dropped.
         for _ in 0..3 {
@@ -699,7 +747,9 @@ mod tests {
             ("no-such-host.invalid:9", "0.0.0.0:0", "no-such-host"),
             ("127.0.0.1:9", "[::1]:0", "family"),
         ] {
-            let e = UdpChardev::open(remote, local).unwrap_err().to_string();
+            let e = UdpChardev::open(remote, Some(local), None)
+                .unwrap_err()
+                .to_string();
             assert!(e.contains(want), "{e}");
         }
     }

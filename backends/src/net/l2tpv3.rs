@@ -36,7 +36,7 @@ pub const IPPROTO_L2TP: i32 = 115;
 /// The word before the session id over UDP: version 3, a data packet.
 const UDP_DATA_WORD: u32 = 0x0003_0000;
 /// Most padding QEMU takes (`offset`).
-pub const MAX_OFFSET: u32 = 255;
+pub const MAX_OFFSET: u32 = 256;
 
 /// How the tunnel is set up: QEMU's `-netdev l2tpv3` keys.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -200,7 +200,7 @@ impl L2tpv3Net {
         );
         let bad = |why: &str| io_err(&what, io::Error::new(ErrorKind::InvalidInput, why));
         if config.offset > MAX_OFFSET {
-            return Err(bad("offset over 255 bytes"));
+            return Err(bad("offset over 256 bytes"));
         }
         let resolve = |host: &str, port: u16| -> Result<SocketAddr, NetError> {
             let host = host.trim_start_matches('[').trim_end_matches(']');
@@ -373,8 +373,10 @@ impl NetBackend for L2tpv3Net {
             let e = io::Error::last_os_error();
             match e.kind() {
                 ErrorKind::Interrupted => continue,
-                ErrorKind::WouldBlock
-                | ErrorKind::ConnectionRefused
+                // The socket's buffer is full: the frame waits (the
+                // device retries when the socket is writable again).
+                ErrorKind::WouldBlock => return Ok(Sent::Busy),
+                ErrorKind::ConnectionRefused
                 | ErrorKind::HostUnreachable
                 | ErrorKind::NetworkUnreachable => {
                     self.dropped += 1;
@@ -446,13 +448,15 @@ mod tests {
         }
     }
 
-    /// A free UDP port on the loopback address.
-    fn port() -> u16 {
-        std::net::UdpSocket::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port()
+    /// Two free UDP ports on the loopback address (both sockets open
+    /// while they are chosen, so the two differ).
+    fn ports() -> (u16, u16) {
+        let a = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let b = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        (
+            a.local_addr().unwrap().port(),
+            b.local_addr().unwrap().port(),
+        )
     }
 
     fn wait_recv(n: &mut L2tpv3Net, buf: &mut [u8]) -> Option<usize> {
@@ -470,7 +474,7 @@ mod tests {
     /// counter, padding.
     #[test]
     fn the_packet_is_laid_out_as_qemu_lays_it_out() {
-        let (pa, pb) = (port(), port());
+        let (pa, pb) = ports();
         let mut c = cfg(Some((pa, pb)));
         c.cookies = Some((0x1122_3344_5566_7788, 0));
         c.cookie64 = true;
@@ -500,7 +504,7 @@ mod tests {
     /// another session or cookie, or a runt, is dropped and counted.
     #[test]
     fn two_ends_exchange_frames_and_drop_strangers() {
-        let (pa, pb) = (port(), port());
+        let (pa, pb) = ports();
         let mut ca = cfg(Some((pa, pb)));
         ca.cookies = Some((7, 9));
         let mut cb = cfg(Some((pb, pa)));
@@ -534,7 +538,7 @@ mod tests {
     #[test]
     fn bad_settings_are_named() {
         let mut c = cfg(Some((1, 2)));
-        c.offset = 256;
+        c.offset = 257;
         assert!(
             L2tpv3Net::open(&c)
                 .unwrap_err()

@@ -405,15 +405,34 @@ fn recv_fd(sock: &std::os::unix::net::UnixStream) -> io::Result<OwnedFd> {
     msg.msg_control = space.as_mut_ptr().cast();
     msg.msg_controllen = cmsg_space.min(core::mem::size_of_val(&space)) as _;
     // SAFETY: a valid socket and msghdr; MSG_CMSG_CLOEXEC marks the fd.
-    let n = unsafe { libc::recvmsg(sock.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC) };
+    // The helper has exited: what it sent is there now, or never.
+    let n = unsafe {
+        libc::recvmsg(
+            sock.as_raw_fd(),
+            &mut msg,
+            libc::MSG_CMSG_CLOEXEC | libc::MSG_DONTWAIT,
+        )
+    };
     if n < 0 {
         return Err(io::Error::last_os_error());
     }
+    if msg.msg_flags & libc::MSG_CTRUNC != 0 {
+        return Err(io::Error::new(
+            ErrorKind::InvalidData,
+            "the helper sent more descriptors than one",
+        ));
+    }
     // SAFETY: `msg` was filled by recvmsg; CMSG_FIRSTHDR checks the length.
     let c = unsafe { libc::CMSG_FIRSTHDR(&msg) };
+    // SAFETY: CMSG_LEN only computes a size.
+    let one_fd = unsafe { libc::CMSG_LEN(core::mem::size_of::<RawFd>() as u32) } as usize;
     let rights = !c.is_null()
         // SAFETY: `c` is not null, so it points to a header inside `space`.
-        && unsafe { (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_RIGHTS };
+        && unsafe {
+            (*c).cmsg_level == libc::SOL_SOCKET
+                && (*c).cmsg_type == libc::SCM_RIGHTS
+                && (*c).cmsg_len as usize >= one_fd
+        };
     if !rights {
         return Err(io::Error::new(
             ErrorKind::InvalidData,

@@ -195,7 +195,7 @@ impl MonitorServer {
     /// with `links` as the network devices.
     pub fn serve(&self, links: Vec<NetLink>) -> io::Result<Serving> {
         let listener = self.listener.try_clone()?;
-        let stop = Arc::new(EventFd::new(EFD_NONBLOCK)?);
+        let stop = Arc::new(EventFd::new(EFD_NONBLOCK | libc::EFD_CLOEXEC)?);
         let protocol = self.protocol;
         let thread = std::thread::Builder::new()
             .name(format!("monitor-{}", self.path.display()))

@@ -106,6 +106,16 @@ pub fn build(config: &MachineConfig, mem: &SharedMemory) -> Result<ServedDevice,
     if count != 1 {
         return Err(BuildError::DeviceCount(count));
     }
+    if !config.mux_chardevs.is_empty() {
+        return Err(BuildError::Machine(MachineError::Unsupported(
+            "mux=on: a device served over vhost-user has its ports' chardevs to itself",
+        )));
+    }
+    if !config.serials.is_empty() || config.tpm.is_some() {
+        return Err(BuildError::Machine(MachineError::Unsupported(
+            "-serial and -device tpm-crb belong to a machine, not to a device served over vhost-user",
+        )));
+    }
     let mut chardevs = HashMap::new();
     let frontends = config.vhost_user_chardevs();
     for (id, kind) in &config.chardevs {
@@ -491,5 +501,44 @@ mod tests {
         .map(|e| e.to_string())
         .unwrap_or_default();
         assert!(e.contains("cryptodev-backend-builtin"), "{e}");
+    }
+
+    #[test]
+    fn machine_only_options_are_refused_when_serving() {
+        let mem = SharedMemory::new();
+        for (args, want) in [
+            (
+                &[
+                    "-chardev",
+                    "null,id=n,mux=on",
+                    "-device",
+                    "virtio-serial-device",
+                    "-device",
+                    "virtconsole,chardev=n",
+                    "-device",
+                    "virtconsole,chardev=n",
+                ][..],
+                "mux=on",
+            ),
+            (
+                &[
+                    "-chardev",
+                    "null,id=n",
+                    "-serial",
+                    "chardev:n",
+                    "-object",
+                    "rng-builtin,id=r",
+                    "-device",
+                    "virtio-rng-device,rng=r",
+                ][..],
+                "-serial",
+            ),
+        ] {
+            let e = build(&config(args), &mem)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(e.contains(want), "{e}");
+        }
     }
 }

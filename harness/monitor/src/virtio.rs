@@ -918,10 +918,10 @@ pub(crate) fn attach<D: VirtioDevice + Send + 'static>(
         .map_err(|p| AttachError::DevicePanicked(panic_message(&*p)))?
         .map_err(AttachError::Registers)?;
     let queues = u16::try_from(regs.queues().len()).unwrap_or(u16::MAX);
-    let irq = EventFd::new(EFD_NONBLOCK).map_err(AttachError::EventFd)?;
-    let again = EventFd::new(EFD_NONBLOCK).map_err(AttachError::EventFd)?;
+    let irq = EventFd::new(EFD_NONBLOCK | libc::EFD_CLOEXEC).map_err(AttachError::EventFd)?;
+    let again = EventFd::new(EFD_NONBLOCK | libc::EFD_CLOEXEC).map_err(AttachError::EventFd)?;
     let again_wait = again.try_clone().map_err(AttachError::EventFd)?;
-    let resample = EventFd::new(EFD_NONBLOCK).map_err(AttachError::EventFd)?;
+    let resample = EventFd::new(EFD_NONBLOCK | libc::EFD_CLOEXEC).map_err(AttachError::EventFd)?;
     let (interrupt, resample) = match vm.register_irqfd_with_resample(&irq, &resample, slot.irq) {
         Ok(()) => (InterruptMode::Level, Some(resample)),
         Err(_) => {
@@ -937,7 +937,8 @@ pub(crate) fn attach<D: VirtioDevice + Send + 'static>(
     if mode == NotifyMode::Worker {
         let addr = IoEventAddress::Mmio(slot.base + regs::QUEUE_NOTIFY);
         for q in 0..queues {
-            let fd = EventFd::new(EFD_NONBLOCK).map_err(AttachError::EventFd)?;
+            let fd =
+                EventFd::new(EFD_NONBLOCK | libc::EFD_CLOEXEC).map_err(AttachError::EventFd)?;
             vm.register_ioevent(&fd, &addr, u32::from(q))
                 .map_err(|err| AttachError::Kvm {
                     what: "KVM_IOEVENTFD",
@@ -1273,8 +1274,8 @@ mod tests {
             slot: VirtioSlot::new(index).unwrap(),
             mode: NotifyMode::Inline,
             interrupt: InterruptMode::Edge,
-            irq: EventFd::new(EFD_NONBLOCK).unwrap(),
-            again: EventFd::new(EFD_NONBLOCK).unwrap(),
+            irq: EventFd::new(EFD_NONBLOCK | libc::EFD_CLOEXEC).unwrap(),
+            again: EventFd::new(EFD_NONBLOCK | libc::EFD_CLOEXEC).unwrap(),
             device_id: DeviceType::Rng.id(),
             vendor_id: 0,
             state: Mutex::new(State {

@@ -35,6 +35,21 @@ pub(super) fn console_echo(dir: &Workdir, mode: &str) -> Result<Setup, String> {
     Ok(s)
 }
 
+/// Whether some socket has UDP port `port` bound (`/proc/net/udp`, the
+/// local address column: `ADDR:PORT` in hex).
+fn udp_port_bound(port: u16) -> bool {
+    let needle = format!(":{port:04X} ");
+    ["/proc/net/udp", "/proc/net/udp6"].iter().any(|f| {
+        std::fs::read_to_string(f).is_ok_and(|t| {
+            t.lines().skip(1).any(|l| {
+                l.split_whitespace()
+                    .nth(1)
+                    .is_some_and(|a| format!("{a} ").ends_with(&needle))
+            })
+        })
+    })
+}
+
 /// The console echoes what a UDP peer sends (16 KiB in 1 KiB datagrams)
 /// through `-chardev udp`: the chardev is bound to a port the peer knows
 /// and sends to the peer's; the peer starts once that port is taken.
@@ -44,7 +59,8 @@ pub(super) fn console_echo_udp(_dir: &Workdir) -> Result<Setup, String> {
     let peer = UdpSocket::bind("127.0.0.1:0").map_err(|e| format!("peer socket: {e}"))?;
     let remote = peer.local_addr().map_err(|e| e.to_string())?;
     // A port for the chardev: free now (a race with other programs the
-    // scenario accepts: the machine then fails to bind, naming it).
+    // scenario accepts: the machine then fails to bind, naming it). The
+    // peer's socket stays open meanwhile, so the two differ.
     let local = UdpSocket::bind("127.0.0.1:0")
         .and_then(|s| s.local_addr())
         .map_err(|e| format!("a free port: {e}"))?;
@@ -57,9 +73,10 @@ pub(super) fn console_echo_udp(_dir: &Workdir) -> Result<Setup, String> {
         format!("console.test=echo console.bytes={N} console.mode=irq"),
     );
     s.peer = Some(std::thread::spawn(move || {
-        // Bound by the chardev when binding it fails here.
+        // Wait until the chardev has bound its port (the kernel's table
+        // says so; binding it here to find out could steal it).
         let end = std::time::Instant::now() + TIMEOUT;
-        while UdpSocket::bind(local).is_ok() {
+        while !udp_port_bound(local.port()) {
             if std::time::Instant::now() > end {
                 return Err("the chardev never bound its port".into());
             }

@@ -46,8 +46,12 @@ pub fn open_chardev(id: &str, kind: &ChardevKind) -> Result<(BoxedChardev, Strin
             Box::new(TtyChardev::open(path).map_err(err)?),
             format!("serial:{}", path.display()),
         ),
-        ChardevKind::Udp { remote, local } => (
-            Box::new(UdpChardev::open(remote, local).map_err(err)?),
+        ChardevKind::Udp {
+            remote,
+            local,
+            family,
+        } => (
+            Box::new(UdpChardev::open(remote, local.as_deref(), *family).map_err(err)?),
             format!("udp:{remote}"),
         ),
         ChardevKind::Socket {

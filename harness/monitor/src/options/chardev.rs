@@ -16,25 +16,37 @@ impl Parser {
                 size: kv.take_size("size")?.unwrap_or(64 << 10),
             },
             "udp" => {
-                let port = |kv: &mut KeyVals, key: &'static str, default: Option<u32>| match kv
-                    .take_u32(key)?
-                    .or(default)
-                {
-                    Some(p) if p <= 65535 => Ok(p),
-                    Some(p) => Err(kv.bad(key, &p.to_string(), "a port number (0 to 65535)")),
-                    None => Err(OptionError::MissingKey {
-                        option: "-chardev",
-                        ty: kv.ty.clone(),
-                        key,
-                    }),
+                let port = |kv: &mut KeyVals,
+                            key: &'static str,
+                            default: Option<u32>,
+                            zero: bool| {
+                    match kv.take_u32(key)?.or(default) {
+                        Some(p) if p <= 65535 && (zero || p != 0) => Ok(p),
+                        Some(p) => Err(kv.bad(key, &p.to_string(), "a port number (1 to 65535)")),
+                        None => Err(OptionError::MissingKey {
+                            option: "-chardev",
+                            ty: kv.ty.clone(),
+                            key,
+                        }),
+                    }
                 };
-                let host = kv.take("host").unwrap_or_else(|| "localhost".into());
-                let remote_port = port(&mut kv, "port", None)?;
+                let host = kv
+                    .take("host")
+                    .filter(|h| !h.is_empty())
+                    .unwrap_or_else(|| "localhost".into());
+                let remote_port = port(&mut kv, "port", None, false)?;
                 let local = kv.take("localaddr").filter(|a| !a.is_empty());
-                let local_port = port(&mut kv, "localport", Some(0))?;
-                // QEMU's address-family switches: the addresses decide here.
-                kv.take_bool("ipv4", false)?;
-                kv.take_bool("ipv6", false)?;
+                let local_port = port(&mut kv, "localport", Some(0), true)?;
+                let family = match (kv.take_bool("ipv4", false)?, kv.take_bool("ipv6", false)?) {
+                    (true, true) => {
+                        return Err(OptionError::Conflict(format!(
+                            "-chardev udp,id={id}: ipv4=on and ipv6=on together"
+                        )));
+                    }
+                    (true, false) => Some(true),
+                    (false, true) => Some(false),
+                    (false, false) => None,
+                };
                 let bracket = |h: &str| {
                     if h.contains(':') && !h.starts_with('[') {
                         format!("[{h}]")
@@ -42,16 +54,23 @@ impl Parser {
                         h.to_string()
                     }
                 };
-                let local_host = local.unwrap_or_else(|| {
-                    if host.contains(':') {
-                        "::".into()
-                    } else {
-                        "0.0.0.0".into()
-                    }
-                });
+                // Only a port: the wildcard of the remote's family.
+                let local = match (local, local_port) {
+                    (Some(a), p) => Some(format!("{}:{p}", bracket(&a))),
+                    (None, 0) => None,
+                    (None, p) => Some(format!(
+                        "{}:{p}",
+                        if host.contains(':') || family == Some(false) {
+                            "[::]"
+                        } else {
+                            "0.0.0.0"
+                        }
+                    )),
+                };
                 ChardevKind::Udp {
                     remote: format!("{}:{remote_port}", bracket(&host)),
-                    local: format!("{}:{local_port}", bracket(&local_host)),
+                    local,
+                    family,
                 }
             }
             "file" => ChardevKind::File {

@@ -77,13 +77,12 @@ pub(super) fn check_references(
     // A mux chardev (`mux=on`) is shared by any number of ports, and by
     // nothing else: the others need the byte stream to themselves.
     let is_mux = |chardev: &str| cfg.mux_chardevs.iter().any(|m| m == chardev);
-    let mut claim = |chardev: &str, by: String| match chardev_user.get(chardev) {
-        _ if is_mux(chardev) && !by.starts_with("-device virt") => {
-            Err(OptionError::Conflict(format!(
-                "{by}: chardev '{chardev}' has mux=on, which only virtconsole and \
+    // `port`: the user is a virtconsole or virtserialport.
+    let mut claim = |chardev: &str, by: String, port: bool| match chardev_user.get(chardev) {
+        _ if is_mux(chardev) && !port => Err(OptionError::Conflict(format!(
+            "{by}: chardev '{chardev}' has mux=on, which only virtconsole and \
                  virtserialport ports can share"
-            )))
-        }
+        ))),
         _ if is_mux(chardev) => Ok(()),
         Some(first) => Err(OptionError::Conflict(format!(
             "{by}: chardev '{chardev}' is already used by {first}"
@@ -95,7 +94,7 @@ pub(super) fn check_references(
     };
     for (id, rng) in &cfg.rngs {
         if let RngConfig::Egd { chardev } = rng {
-            claim(chardev, format!("-object rng-egd,id={id}"))?;
+            claim(chardev, format!("-object rng-egd,id={id}"), false)?;
         }
     }
     for (id, kind) in &cfg.netdevs {
@@ -103,7 +102,7 @@ pub(super) fn check_references(
             let by = format!("-netdev vhost-user,id={id}");
             refers(&by, "chardev", chardev, IdKind::Chardev, "a chardev")?;
             vhost_user_socket(cfg, &by, chardev)?;
-            claim(chardev, by)?;
+            claim(chardev, by, false)?;
         }
     }
     for (id, c) in &cfg.cryptodevs {
@@ -111,7 +110,7 @@ pub(super) fn check_references(
             let by = format!("-object cryptodev-vhost-user,id={id}");
             refers(&by, "chardev", chardev, IdKind::Chardev, "a chardev")?;
             vhost_user_socket(cfg, &by, chardev)?;
-            claim(chardev, by)?;
+            claim(chardev, by, false)?;
         }
     }
     for (id, kind) in &cfg.tpmdevs {
@@ -119,7 +118,7 @@ pub(super) fn check_references(
             let by = format!("-tpmdev emulator,id={id}");
             refers(&by, "chardev", chardev, IdKind::Chardev, "a chardev")?;
             vhost_user_socket(cfg, &by, chardev)?;
-            claim(chardev, by)?;
+            claim(chardev, by, false)?;
         }
     }
     if let Some(tpm) = &cfg.tpm {
@@ -135,7 +134,7 @@ pub(super) fn check_references(
         if let Some(id) = id {
             let by = format!("-serial chardev:{id} (COM{})", i + 1);
             refers(&by, "chardev", id, IdKind::Chardev, "a chardev")?;
-            claim(id, by)?;
+            claim(id, by, false)?;
         }
     }
     let mut rng_user: std::collections::HashSet<&str> = Default::default();
@@ -188,7 +187,7 @@ pub(super) fn check_references(
             DeviceConfig::VhostUser { chardev, .. } => {
                 refers(&by, "chardev", chardev, IdKind::Chardev, "a chardev")?;
                 vhost_user_socket(cfg, &by, chardev)?;
-                claim(chardev, format!("{by},chardev={chardev}"))?;
+                claim(chardev, format!("{by},chardev={chardev}"), false)?;
             }
             DeviceConfig::Serial { max_ports, .. } => ports_left = Some(*max_ports),
             DeviceConfig::Port { chardev, .. } => {
@@ -204,7 +203,7 @@ pub(super) fn check_references(
                     )));
                 }
                 *left -= 1;
-                claim(chardev, format!("{by},chardev={chardev}"))?;
+                claim(chardev, format!("{by},chardev={chardev}"), true)?;
             }
         }
     }

@@ -83,8 +83,11 @@ pub enum ChardevKind {
     Udp {
         /// Where the output goes and input comes from, `host:port`.
         remote: String,
-        /// The address bound, `addr:port` (port 0: any).
-        local: String,
+        /// The address bound, `addr:port` (port 0: any); `None`: the
+        /// wildcard address of the remote's family, any port.
+        local: Option<String>,
+        /// `ipv4=on` (`Some(true)`) or `ipv6=on` (`Some(false)`).
+        family: Option<bool>,
     },
     /// `serial,path=…` (alias `tty`): a host terminal device.
     Serial {

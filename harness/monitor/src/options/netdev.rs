@@ -132,7 +132,16 @@ impl Parser {
                         )));
                     }
                 };
-                let cookie64 = kv.take_bool("cookie64", false)?;
+                // QEMU 7.2 takes 64-bit cookies whenever `cookie64` is
+                // given, even as `off` (`has_cookie64 || cookie64`): the
+                // same here, or the two ends of a tunnel would disagree.
+                let cookie64 = match kv.take("cookie64") {
+                    None => false,
+                    Some(v) => {
+                        parse_bool(&v).ok_or_else(|| kv.bad("cookie64", &v, "on or off"))?;
+                        true
+                    }
+                };
                 if let Some((t, r)) = cookies
                     && !cookie64
                     && (t > u64::from(u32::MAX) || r > u64::from(u32::MAX))
@@ -145,7 +154,17 @@ impl Parser {
                 }
                 let offset = u32_of(&mut kv, "offset")?.unwrap_or(0);
                 if offset > backends::net::l2tpv3::MAX_OFFSET {
-                    return Err(kv.bad("offset", &offset.to_string(), "0 to 255"));
+                    return Err(kv.bad("offset", &offset.to_string(), "0 to 256"));
+                }
+                let counter = kv.take_bool("counter", false)?;
+                let pin_counter = kv.take_bool("pincounter", false)?;
+                // QEMU 7.2 sends no counter word for `pincounter=on` alone
+                // (and writes past its header): refused rather than
+                // guessed.
+                if pin_counter && !counter {
+                    return Err(OptionError::Conflict(format!(
+                        "-netdev l2tpv3,id={id}: pincounter=on needs counter=on"
+                    )));
                 }
                 NetdevKind::L2tpv3(backends::net::l2tpv3::L2tpv3Config {
                     src: kv.require("src")?,
@@ -160,8 +179,8 @@ impl Parser {
                     rx_session: u32_of(&mut kv, "rxsession")?,
                     cookies,
                     cookie64,
-                    counter: kv.take_bool("counter", false)?,
-                    pin_counter: kv.take_bool("pincounter", false)?,
+                    counter,
+                    pin_counter,
                     offset,
                 })
             }

@@ -727,21 +727,24 @@ fn udp_memory_and_serial_chardevs_parse_as_qemu_spells_them() {
         c.chardevs[0].1,
         ChardevKind::Udp {
             remote: "127.0.0.1:4555".into(),
-            local: "127.0.0.1:4556".into()
+            local: Some("127.0.0.1:4556".into()),
+            family: None,
         }
     );
     assert_eq!(
         c.chardevs[1].1,
         ChardevKind::Udp {
             remote: "localhost:9".into(),
-            local: "0.0.0.0:0".into()
+            local: None,
+            family: None,
         }
     );
     assert_eq!(
         c.chardevs[2].1,
         ChardevKind::Udp {
             remote: "[::1]:9".into(),
-            local: "[::]:0".into()
+            local: None,
+            family: Some(false),
         }
     );
     assert_eq!(c.chardevs[3].1, ChardevKind::Ringbuf { size: 8 << 10 });
@@ -767,6 +770,8 @@ fn udp_memory_and_serial_chardevs_parse_as_qemu_spells_them() {
         ("-chardev udp,id=u,port=70000", "70000"),
         ("-chardev udp,id=u,port=9,localport=65536", "localport"),
         ("-chardev udp,id=u,port=9,colour=red", "colour"),
+        ("-chardev udp,id=u,port=0", "1 to 65535"),
+        ("-chardev udp,id=u,port=9,ipv4=on,ipv6=on", "together"),
     ] {
         let e = p(line).unwrap_err().to_string();
         assert!(e.contains(want), "{line}: {e}");
@@ -824,6 +829,10 @@ fn l2tpv3_parses_as_qemu_spells_it_and_names_mistakes() {
             offset: 4,
         })
     );
+    // cookie64=off still means 64-bit cookies, as in QEMU 7.2.
+    let off = p("-netdev l2tpv3,id=n,src=a,dst=b,txsession=1,cookie64=off,txcookie=1,rxcookie=2")
+        .unwrap();
+    assert!(matches!(&off.netdevs[0].1, NetdevKind::L2tpv3(c) if c.cookie64));
     let ip = p("-netdev l2tpv3,id=n,src=::1,dst=::1,ipv6=on,txsession=1").unwrap();
     assert!(matches!(&ip.netdevs[0].1, NetdevKind::L2tpv3(c) if c.udp.is_none() && c.ipv6));
     for (line, want) in [
@@ -846,7 +855,7 @@ fn l2tpv3_parses_as_qemu_spells_it_and_names_mistakes() {
             "cookie64",
         ),
         (
-            "-netdev l2tpv3,id=n,src=a,dst=b,txsession=1,offset=256",
+            "-netdev l2tpv3,id=n,src=a,dst=b,txsession=1,offset=257",
             "offset",
         ),
         ("-netdev l2tpv3,id=n,src=a,dst=b,txsession=x", "txsession"),

@@ -787,7 +787,8 @@ impl Vm {
         let me = unsafe { libc::pthread_self() };
         let (done_tx, done_rx) = mpsc::channel::<()>();
         let created = self.created.take();
-        let stop_workers = EventFd::new(EFD_NONBLOCK).map_err(VmError::Worker)?;
+        let stop_workers =
+            EventFd::new(EFD_NONBLOCK | libc::EFD_CLOEXEC).map_err(VmError::Worker)?;
         let workers = self
             .devices
             .iter()
