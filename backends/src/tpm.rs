@@ -122,6 +122,18 @@ pub trait TpmBackend {
     }
 }
 
+/// Refuses a command no TPM can take: shorter than a header, or larger
+/// than the backend's buffer of `buffer_size` bytes.
+pub fn check_command(command: &[u8], buffer_size: u32) -> Result<(), TpmError> {
+    if command.len() < HEADER_LEN {
+        return Err(TpmError::BadCommand("shorter than a header"));
+    }
+    if command.len() > buffer_size as usize {
+        return Err(TpmError::BadCommand("larger than the buffer"));
+    }
+    Ok(())
+}
+
 /// The length a TPM response or command header says it has (bytes 2..6,
 /// big endian), if `buf` holds a header.
 pub fn header_size(buf: &[u8]) -> Option<u32> {

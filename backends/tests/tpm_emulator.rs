@@ -7,6 +7,9 @@
 //! under `HARNESS_REQUIRE_QEMU=1` (CI, where `.ci/setup` installs it) a
 //! missing swtpm fails.
 
+mod tpm_common;
+use tpm_common::{STARTUP_CLEAR, get_random, rc};
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -57,21 +60,6 @@ fn swtpm(test: &str) -> Option<Swtpm> {
     }
     assert!(ctrl.exists(), "{test}: swtpm made no control socket");
     Some(Swtpm { child, dir, ctrl })
-}
-
-/// TPM2_Startup(CLEAR) (TPM 2.0 Part 3): tag, size, command code, type.
-const STARTUP_CLEAR: [u8; 12] = [0x80, 0x01, 0, 0, 0, 0x0c, 0, 0, 0x01, 0x44, 0, 0];
-
-/// TPM2_GetRandom of `n` bytes.
-fn get_random(n: u16) -> Vec<u8> {
-    let mut c = vec![0x80, 0x01, 0, 0, 0, 0x0c, 0, 0, 0x01, 0x7b];
-    c.extend_from_slice(&n.to_be_bytes());
-    c
-}
-
-/// The response code (bytes 6..10).
-fn rc(resp: &[u8]) -> u32 {
-    u32::from_be_bytes(resp[6..10].try_into().unwrap())
 }
 
 fn started(path: &Path) -> Emulator {

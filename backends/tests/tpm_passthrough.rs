@@ -8,6 +8,9 @@
 //! saying so, elsewhere. Without swtpm the others skip too, except under
 //! `HARNESS_REQUIRE_QEMU=1` (CI), where that fails.
 
+mod tpm_common;
+use tpm_common::{STARTUP_CLEAR, get_random, rc};
+
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
@@ -74,20 +77,6 @@ fn swtpm_chardev(test: &str) -> Option<(Chardev, UnixStream)> {
     let child = cmd.spawn().unwrap();
     drop(theirs);
     Some((Chardev { child, dir }, ours))
-}
-
-/// TPM2_Startup(CLEAR) (TPM 2.0 Part 3, 9.3).
-const STARTUP_CLEAR: [u8; 12] = [0x80, 0x01, 0, 0, 0, 0x0c, 0, 0, 0x01, 0x44, 0, 0];
-
-/// TPM2_GetRandom of `n` bytes (TPM 2.0 Part 3, 16.1).
-fn get_random(n: u16) -> Vec<u8> {
-    let mut c = vec![0x80, 0x01, 0, 0, 0, 0x0c, 0, 0, 0x01, 0x7b];
-    c.extend_from_slice(&n.to_be_bytes());
-    c
-}
-
-fn rc(resp: &[u8]) -> u32 {
-    u32::from_be_bytes(resp[6..10].try_into().unwrap())
 }
 
 /// The buffer size comes from the TPM's own limits; commands go through;

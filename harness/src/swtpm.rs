@@ -110,6 +110,19 @@ impl Drop for Swtpm {
     }
 }
 
+/// The options (ours and QEMU's alike) that put a `tpm-crb` in front of
+/// the swtpm whose control socket is `ctrl`.
+pub fn tpm_options(ctrl: &Path) -> Vec<String> {
+    vec![
+        "-chardev".into(),
+        format!("socket,id=chrtpm,path={}", ctrl.display()),
+        "-tpmdev".into(),
+        "emulator,id=tpm0,chardev=chrtpm".into(),
+        "-device".into(),
+        "tpm-crb,tpmdev=tpm0".into(),
+    ]
+}
+
 /// Copies the files of swtpm state directory `from` into `to` (made if
 /// missing): two monitors compared on "the same state" each get a copy.
 pub fn copy_state(from: &Path, to: &Path) -> io::Result<()> {

@@ -243,23 +243,12 @@ fn hex(d: &[u8]) -> String {
 /// Our monitor's options for the guest with `append`, its TPM on swtpm's
 /// control socket `ctrl`.
 fn our_options(ctrl: &std::path::Path, append: &str) -> Vec<String> {
-    [
-        "-m",
-        "64M",
-        "-kernel",
-        tpm_guest(),
-        "-append",
-        append,
-        "-chardev",
-        &format!("socket,id=chrtpm,path={}", ctrl.display()),
-        "-tpmdev",
-        "emulator,id=tpm0,chardev=chrtpm",
-        "-device",
-        "tpm-crb,tpmdev=tpm0",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect()
+    let mut a: Vec<String> = ["-m", "64M", "-kernel", tpm_guest(), "-append", append]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    a.extend(swtpm::tpm_options(ctrl));
+    a
 }
 
 /// Boots the guest under our monitor on a fresh swtpm over `state`; the
@@ -288,14 +277,7 @@ fn boot_qemu(state: &std::path::Path, append: &str) -> harness::qemu::QemuRun {
     let _s = Swtpm::start(state, &ctrl).unwrap();
     harness::qemu::Qemu::microvm(tpm_guest())
         .append(append)
-        .args([
-            "-chardev".to_string(),
-            format!("socket,id=chrtpm,path={}", ctrl.display()),
-            "-tpmdev".into(),
-            "emulator,id=tpm0,chardev=chrtpm".into(),
-            "-device".into(),
-            "tpm-crb,tpmdev=tpm0".into(),
-        ])
+        .args(swtpm::tpm_options(&ctrl))
         .timeout(Duration::from_secs(60))
         .run()
         .unwrap()

@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
-use super::{BlobType, HEADER_LEN, TpmBackend, TpmError, header_size};
+use super::{BlobType, HEADER_LEN, TpmBackend, TpmError, check_command, header_size};
 
 /// swtpm's control commands (`CMD_*`).
 pub mod cmd {
@@ -486,12 +486,7 @@ impl TpmBackend for Emulator {
                 "an earlier exchange failed part-way: the data channel is out of step",
             ));
         }
-        if command.len() < HEADER_LEN {
-            return Err(TpmError::BadCommand("shorter than a header"));
-        }
-        if command.len() > self.buffer_size() as usize {
-            return Err(TpmError::BadCommand("larger than the buffer"));
-        }
+        check_command(command, self.buffer_size())?;
         if data.locality != Some(locality) && self.caps & cap::SET_LOCALITY != 0 {
             let mut req = [0u8; 4];
             req[0] = locality;

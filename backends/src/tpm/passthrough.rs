@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
-use super::{HEADER_LEN, TpmBackend, TpmError, header_size};
+use super::{HEADER_LEN, TpmBackend, TpmError, check_command, header_size};
 
 /// How long a command may run before the host TPM is taken for dead.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
@@ -309,12 +309,7 @@ impl TpmBackend for Passthrough {
                 "a locality other than 0 on a host TPM (its driver holds locality 0)",
             ));
         }
-        if command.len() < HEADER_LEN {
-            return Err(TpmError::BadCommand("shorter than a header"));
-        }
-        if command.len() > self.buffer_size() as usize {
-            return Err(TpmError::BadCommand("larger than the buffer"));
-        }
+        check_command(command, self.buffer_size())?;
         self.transact(command, response)
     }
 

@@ -86,21 +86,15 @@ fn ours(dir: &Workdir, round: usize, guest: &str) -> Result<[f64; 2], String> {
     let ctrl = dir.path("ours.ctrl");
     let _s = Swtpm::start(&dir.path(&format!("ours-{round}")), &ctrl)
         .map_err(|e| format!("swtpm: {e}"))?;
-    let args: Vec<String> = [
-        "-m".to_string(),
+    let mut args: Vec<String> = vec![
+        "-m".into(),
         "64M".into(),
         "-kernel".into(),
         guest.into(),
         "-append".into(),
         append(),
-        "-chardev".into(),
-        format!("socket,id=chrtpm,path={}", ctrl.display()),
-        "-tpmdev".into(),
-        "emulator,id=tpm0,chardev=chrtpm".into(),
-        "-device".into(),
-        "tpm-crb,tpmdev=tpm0".into(),
-    ]
-    .into();
+    ];
+    args.extend(crate::swtpm::tpm_options(&ctrl));
     let config = monitor::options::parse(&args).map_err(|e| e.to_string())?;
     let mut m = monitor::Machine::new(&config).map_err(|e| e.to_string())?;
     let out = m.run(Duration::from_secs(120)).map_err(|e| e.to_string())?;
@@ -116,14 +110,7 @@ fn theirs(dir: &Workdir, round: usize, guest: &str) -> Result<[f64; 2], String> 
         .map_err(|e| format!("swtpm: {e}"))?;
     let run = Qemu::microvm(guest)
         .append(append())
-        .args([
-            "-chardev".to_string(),
-            format!("socket,id=chrtpm,path={}", ctrl.display()),
-            "-tpmdev".into(),
-            "emulator,id=tpm0,chardev=chrtpm".into(),
-            "-device".into(),
-            "tpm-crb,tpmdev=tpm0".into(),
-        ])
+        .args(crate::swtpm::tpm_options(&ctrl))
         .timeout(Duration::from_secs(120))
         .run()
         .map_err(|e| format!("QEMU: {e}"))?;

@@ -322,10 +322,7 @@ pub(super) fn tpm_crb(dir: &Workdir) -> Result<Setup, String> {
             Ok(())
         })),
         ..Setup::new(
-            &format!(
-                "-chardev socket,id=chrtpm,path={} -tpmdev emulator,id=tpm0,chardev=chrtpm                  -device tpm-crb,tpmdev=tpm0",
-                ctrl.display()
-            ),
+            &crate::swtpm::tpm_options(&ctrl).join(" "),
             "tpm.arbitration=on tpm.nv=define",
         )
     })
