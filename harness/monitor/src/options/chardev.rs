@@ -159,15 +159,37 @@ impl Parser {
         Ok(())
     }
 
-    /// `-serial chardev:ID|null|none`: the next UART (COM1, then COM2).
+    /// `-serial chardev:ID|stdio|pty|file:PATH|null|none`: the next UART
+    /// (COM1, then COM2).
     pub(super) fn serial(&mut self, arg: &str) -> Result<(), OptionError> {
         if self.cfg.serials.len() >= 2 {
             return Err(OptionError::Conflict(
                 "-serial: this machine has two UARTs (COM1, COM2)".into(),
             ));
         }
-        let spec = match arg {
-            "null" | "none" => None,
+        // QEMU's shorthands make a chardev of their own, named after the
+        // port (`serial0`, `serial1`), as QEMU does.
+        let implicit = match arg {
+            "stdio" => Some(ChardevKind::Stdio),
+            "pty" => Some(ChardevKind::Pty),
+            _ => match arg.strip_prefix("file:") {
+                Some(path) if !path.is_empty() => Some(ChardevKind::File {
+                    path: path.into(),
+                    input_path: None,
+                }),
+                _ => None,
+            },
+        };
+        let spec = match (arg, implicit) {
+            ("null" | "none", _) => None,
+            (_, Some(kind)) => {
+                let id = format!("serial{}", self.cfg.serials.len());
+                if self.ids.insert(id.clone(), IdKind::Chardev).is_some() {
+                    return Err(OptionError::DuplicateId(id));
+                }
+                self.cfg.chardevs.push((id.clone(), kind));
+                Some(id)
+            }
             _ => match arg.strip_prefix("chardev:") {
                 Some(id) if !id.is_empty() => Some(id.to_string()),
                 _ => {
@@ -175,8 +197,8 @@ impl Parser {
                         option: "-serial",
                         key: "backend".into(),
                         value: arg.to_string(),
-                        expected: "chardev:ID, null or none (other backends: -chardev …,id=ID \
-                                   and -serial chardev:ID)",
+                        expected: "chardev:ID, stdio, pty, file:PATH, null or none (other \
+                                   backends: -chardev …,id=ID and -serial chardev:ID)",
                     });
                 }
             },

@@ -905,3 +905,39 @@ fn what_cannot_work_here_says_why() {
         assert!(e.contains(want), "{line}: {e}");
     }
 }
+
+#[test]
+fn serial_ports_take_a_chardev_or_qemus_shorthands() {
+    let c = p("-chardev null,id=n -serial chardev:n -serial file:/tmp/com2.log").unwrap();
+    assert_eq!(
+        c.serials,
+        vec![Some("n".to_string()), Some("serial1".to_string())]
+    );
+    assert_eq!(
+        c.chardevs[1],
+        (
+            "serial1".to_string(),
+            ChardevKind::File {
+                path: "/tmp/com2.log".into(),
+                input_path: None
+            }
+        )
+    );
+    let c = p("-serial none -serial pty").unwrap();
+    assert_eq!(c.serials, vec![None, Some("serial1".to_string())]);
+    assert_eq!(c.chardevs[0].1, ChardevKind::Pty);
+    for (line, want) in [
+        ("-serial tcp:localhost:4444", "chardev:ID"),
+        ("-serial chardev:", "chardev:ID"),
+        ("-serial null -serial null -serial null", "two UARTs"),
+        ("-serial chardev:nope", "nope"),
+        (
+            "-chardev null,id=n -serial chardev:n -device virtio-serial-device -device virtconsole,chardev=n",
+            "already used",
+        ),
+        ("-chardev null,id=serial0 -serial stdio", "serial0"),
+    ] {
+        let e = p(line).unwrap_err().to_string();
+        assert!(e.contains(want), "{line}: {e}");
+    }
+}
