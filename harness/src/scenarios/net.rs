@@ -181,6 +181,26 @@ fn tap_host(ns: &Netns, monitor: PathBuf, bytes: usize) -> Result<String, String
     ))
 }
 
+/// Runs `m` while [`tap_host`] works from inside `ns`; both results.
+fn run_with_tap_host(
+    m: &mut Machine,
+    ns: &Netns,
+    monitor: &Path,
+    bytes: usize,
+) -> (
+    Result<Outcome, monitor::MachineError>,
+    Result<String, String>,
+) {
+    std::thread::scope(|scope| {
+        let host = scope.spawn(|| tap_host(ns, monitor.to_path_buf(), bytes));
+        let out = m.run(NET_TIMEOUT);
+        let host = host
+            .join()
+            .unwrap_or_else(|_| Err("the host side panicked".into()));
+        (out, host)
+    })
+}
+
 fn net_tap(dir: &Workdir) -> Result<Setup, String> {
     let monitor = dir.path("hmp.sock");
     Ok(Setup::custom(move |ctx: CustomCtx<'_>| {
@@ -209,15 +229,7 @@ fn net_tap(dir: &Workdir) -> Result<Setup, String> {
         if let Err(e) = ns.adopt(&ifname, "10.0.2.2/24", TAP_MTU) {
             return fail(format!("tap into the namespace: {e}"), None);
         }
-        let host = std::thread::scope(|scope| {
-            let host = scope.spawn(|| tap_host(&ns, monitor.clone(), TAP_BYTES));
-            let out = m.run(NET_TIMEOUT);
-            let host = host
-                .join()
-                .unwrap_or_else(|_| Err("the host side panicked".into()));
-            (out, host)
-        });
-        let (out, host) = host;
+        let (out, host) = run_with_tap_host(&mut m, &ns, &monitor, TAP_BYTES);
         let o = match out {
             Ok(o) => o,
             Err(e) => return fail(e.to_string(), None),
@@ -336,15 +348,7 @@ fn net_bridge(dir: &Workdir) -> Result<Setup, String> {
             "bridge {BRIDGE} ports: {}",
             ports.lines().filter(|l| !l.starts_with(' ')).count()
         ));
-        let host = std::thread::scope(|scope| {
-            let host = scope.spawn(|| tap_host(&ns, monitor.clone(), BRIDGE_BYTES));
-            let out = m.run(NET_TIMEOUT);
-            let host = host
-                .join()
-                .unwrap_or_else(|_| Err("the host side panicked".into()));
-            (out, host)
-        });
-        let (out, host) = host;
+        let (out, host) = run_with_tap_host(&mut m, &ns, &monitor, BRIDGE_BYTES);
         let o = match out {
             Ok(o) => o,
             Err(e) => return fail(e.to_string(), None),
