@@ -254,7 +254,11 @@ pub fn connect_within(addr: SocketAddr, limit: Duration) -> Result<TcpStream, St
 
 /// The TCP echo check of [`Netns::tcp_echo`], in the caller's namespace.
 pub fn tcp_echo(addr: SocketAddr, bytes: usize, limit: Duration) -> Result<String, String> {
-    let mut s = connect_within(addr, limit)?;
+    tcp_echo_on(connect_within(addr, limit)?, bytes, limit)
+}
+
+/// The TCP echo check of [`tcp_echo`] on a connection already made.
+pub fn tcp_echo_on(mut s: TcpStream, bytes: usize, limit: Duration) -> Result<String, String> {
     s.set_read_timeout(Some(limit)).map_err(|e| e.to_string())?;
     s.set_write_timeout(Some(limit))
         .map_err(|e| e.to_string())?;

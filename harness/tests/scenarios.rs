@@ -115,6 +115,7 @@ scenario_tests!(
     // a stream socket, the receive filter (§5.1.6.5) against a host peer.
     net_tap,
     net_bridge,
+    net_user,
     net_hub_pair,
     net_stream_pair,
     net_filter,

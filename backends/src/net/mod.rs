@@ -171,3 +171,5 @@ pub mod loopback;
 pub mod stream;
 #[cfg(all(feature = "std", target_os = "linux"))]
 pub mod tap;
+#[cfg(all(feature = "std", target_os = "linux"))]
+pub mod user;

@@ -18,6 +18,7 @@ pub mod monitor_session;
 pub mod net_rig;
 pub mod net_rx;
 pub mod net_tx;
+pub mod net_user;
 pub mod pvh_loader;
 pub mod rng_request;
 pub mod scratch;
@@ -39,6 +40,10 @@ pub struct Target {
 
 /// Every target.
 pub const TARGETS: &[Target] = &[
+    Target {
+        name: "net_user",
+        run: net_user::run,
+    },
     Target {
         name: "l2tpv3_packet",
         run: l2tpv3_packet::run,

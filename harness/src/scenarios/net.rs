@@ -637,6 +637,171 @@ fn net_filter(dir: &Workdir) -> Result<Setup, String> {
     Ok(s)
 }
 
+/// The `net_user` scenario's UDP datagrams and TCP echo.
+const USER_UDP: u32 = 16;
+const USER_BYTES: usize = 1 << 20;
+
+/// Host echo services on 127.0.0.1, TCP and UDP on one port number (the
+/// `net` guest's client uses one `net.port` for both); the port.
+fn host_echo_services() -> Result<u16, String> {
+    for _ in 0..20 {
+        let tcp = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| format!("bind: {e}"))?;
+        let port = tcp.local_addr().map_err(|e| e.to_string())?.port();
+        let Ok(udp) = std::net::UdpSocket::bind(("127.0.0.1", port)) else {
+            continue;
+        };
+        std::thread::spawn(move || {
+            let mut b = [0u8; 65536];
+            while let Ok((n, from)) = udp.recv_from(&mut b) {
+                let _ = udp.send_to(&b[..n], from);
+            }
+        });
+        std::thread::spawn(move || {
+            while let Ok((mut c, _)) = tcp.accept() {
+                std::thread::spawn(move || {
+                    let mut r = match c.try_clone() {
+                        Ok(r) => r,
+                        Err(_) => return,
+                    };
+                    let _ = std::io::copy(&mut r, &mut c);
+                });
+            }
+        });
+        return Ok(port);
+    }
+    Err("no port free for both TCP and UDP on 127.0.0.1".into())
+}
+
+/// Connects to a `hostfwd` port until the guest behind it listens: our
+/// NAT accepts at once and closes again when the guest answers its SYN
+/// with a RST, so a connection still open after a short wait is the
+/// guest's.
+fn connect_forwarded(addr: SocketAddr, limit: Duration) -> Result<std::net::TcpStream, String> {
+    let deadline = Instant::now() + limit;
+    loop {
+        let s = netns::connect_within(addr, limit)?;
+        s.set_read_timeout(Some(Duration::from_millis(300)))
+            .map_err(|e| e.to_string())?;
+        let mut one = [0u8; 1];
+        match (&s).read(&mut one) {
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                return Ok(s);
+            }
+            Ok(n) if n > 0 => return Err("the guest spoke first".into()),
+            _ if Instant::now() >= deadline => {
+                return Err(format!("{addr}: the guest never listened"));
+            }
+            _ => std::thread::sleep(Duration::from_millis(200)),
+        }
+    }
+}
+
+/// `net_user`: `-netdev user` (QEMU's user-mode network) with no
+/// privileges: the guest gets its address by DHCP, sends UDP datagrams
+/// and a 1 MiB TCP echo to services on the host's 127.0.0.1 through the
+/// gateway 10.0.2.2; then, as a server, is reached from the host through
+/// `hostfwd=tcp:127.0.0.1:PORT-:7`.
+fn net_user(_dir: &Workdir) -> Result<Setup, String> {
+    Ok(Setup::custom(move |ctx: CustomCtx<'_>| {
+        let port = match host_echo_services() {
+            Ok(p) => p,
+            Err(e) => return fail(e, None),
+        };
+        let nic = "-device virtio-net-device,netdev=n0";
+        let client = format!(
+            "net.test=client net.ip=dhcp net.peer=10.0.2.2 net.port={port} \
+             net.udp={USER_UDP} net.bytes={USER_BYTES} net.ms={NET_MS}"
+        );
+        let mut m = match build(
+            &format!("-netdev user,id=n0 {nic}"),
+            ctx.guest,
+            &client,
+            &mut Hubs::default(),
+        ) {
+            Ok(m) => m,
+            Err(e) => return fail(e, None),
+        };
+        let co = match m.run(NET_TIMEOUT) {
+            Ok(o) => o,
+            Err(e) => return fail(format!("client: {e}"), None),
+        };
+        let checked = passed("client", &co)
+            .and_then(|()| {
+                said(
+                    "client",
+                    &co,
+                    "net: dhcp 10.0.2.15/24 router 10.0.2.2 dns 10.0.2.3",
+                )
+            })
+            .and_then(|()| {
+                said(
+                    "client",
+                    &co,
+                    &format!("net: udp {USER_UDP}/{USER_UDP} echoed"),
+                )
+            })
+            .and_then(|()| {
+                said(
+                    "client",
+                    &co,
+                    &format!("net: tcp {USER_BYTES} bytes echoed ok"),
+                )
+            });
+        if let Err(e) = checked {
+            return fail(e, Some(co));
+        }
+        ctx.notes
+            .push(format!("client: {} | {}", co.verdict, co.exits));
+        // The guest as a server behind hostfwd.
+        let fwd = match std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()) {
+            Ok(a) => a,
+            Err(e) => return fail(format!("a free port: {e}"), None),
+        };
+        let serve = format!("net.test=serve net.ip=dhcp net.bytes={USER_BYTES} net.ms={NET_MS}");
+        let options = format!("-netdev user,id=n0,hostfwd=tcp:{fwd}-:7 {nic}");
+        let mut m = match build(&options, ctx.guest, &serve, &mut Hubs::default()) {
+            Ok(m) => m,
+            Err(e) => return fail(e, None),
+        };
+        let (out, host) = std::thread::scope(|scope| {
+            let host = scope.spawn(|| {
+                let s = connect_forwarded(fwd, Duration::from_secs(60))?;
+                netns::tcp_echo_on(s, USER_BYTES, Duration::from_secs(60))
+            });
+            let out = m.run(NET_TIMEOUT);
+            (
+                out,
+                host.join()
+                    .unwrap_or_else(|_| Err("the host side panicked".into())),
+            )
+        });
+        let o = match out {
+            Ok(o) => o,
+            Err(e) => return fail(format!("server: {e}"), None),
+        };
+        let result = match (passed("server", &o), host) {
+            (Err(e), Err(h)) => Err(format!("{e}\nhost side: {h}")),
+            (Err(e), Ok(_)) => Err(e),
+            (Ok(()), Err(h)) => Err(format!("host side through hostfwd {fwd}: {h}")),
+            (Ok(()), Ok(note)) => {
+                ctx.notes
+                    .push(format!("hostfwd {fwd} -> guest port 7: {note}"));
+                said("server", &o, "net: dhcp 10.0.2.15/24")
+            }
+        };
+        CustomRun {
+            result,
+            outcome: Some(o),
+            skipped: None,
+        }
+    }))
+}
+
 /// The `net` guest's ELF: `GUEST_NET`, or `net` in the guests' output
 /// directory (a directory bin, `src/bin/net/main.rs`, is not exported by
 /// name by the build script).
@@ -663,6 +828,13 @@ pub(super) fn scenarios() -> Vec<Scenario> {
             backend: "tap in a netns (mtu 65520)",
             guest: net,
             setup: net_tap,
+        },
+        Scenario {
+            name: "net_user",
+            device: "virtio-net, DHCP",
+            backend: "user (NAT to 127.0.0.1, hostfwd)",
+            guest: net,
+            setup: net_user,
         },
         Scenario {
             name: "net_hub_pair",

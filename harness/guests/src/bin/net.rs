@@ -4,7 +4,7 @@
 //!
 //! Options (see README.md): `net.test=serve|client|filter|bench`
 //! (required), `net.mode=poll|irq`, `net.ms=N`, `net.ip=A.B.C.D`,
-//! `net.prefix=N`, `net.peer=A.B.C.D`, `net.port=N`, `net.csum=0|1`,
+//! (or `net.ip=dhcp`), `net.prefix=N`, `net.peer=A.B.C.D`, `net.port=N`, `net.csum=0|1`,
 //! `net.mrg=0|1`, `net.bytes=N`, `net.udp=K`, `net.link=down`,
 //! `net.dir=tx|rx|echo`, `net.size=N`, `net.count=N`. First line:
 //! `net: mac <mac> mtu <mtu> link up|down`.
@@ -96,7 +96,8 @@ pub struct Opts {
     pub mode: Mode,
     /// `net.ms`.
     pub ms: u64,
-    ip: [u8; 4],
+    /// `None`: `net.ip=dhcp`.
+    ip: Option<[u8; 4]>,
     prefix: u8,
     peer: Option<[u8; 4]>,
     port: u16,
@@ -186,7 +187,11 @@ fn options(boot: &BootInfo) -> Opts {
         test,
         mode: o.mode().or_fail(format_args!("net")),
         ms: bounded("ms", "net.ms", DEFAULT_MS, 1, u64::MAX / 4, "1 or more"),
-        ip: ipv4(&o, "ip", "net.ip").unwrap_or([10, 0, 2, 15]),
+        ip: if o.raw("ip") == Some("dhcp") {
+            None
+        } else {
+            Some(ipv4(&o, "ip", "net.ip").unwrap_or([10, 0, 2, 15]))
+        },
         prefix: bounded("prefix", "net.prefix", 24, 0, 32, "0..=32") as u8,
         peer: ipv4(&o, "peer", "net.peer"),
         port: bounded("port", "net.port", 7, 1, 65535, "1..=65535") as u16,
@@ -373,7 +378,8 @@ fn smol(net: Nic<'_>, dma: &Pool, o: &Opts) {
         udp_rx: carve(dma, UDP_BUFFER),
         udp_tx: carve(dma, UDP_BUFFER),
     };
-    let mut storage = [SocketStorage::EMPTY; 2];
+    // TCP, UDP and (for a moment) DHCP.
+    let mut storage = [SocketStorage::EMPTY; 3];
     let mut meta = [[udp::PacketMetadata::EMPTY; stack::UDP_PACKETS]; 2];
     let setup = Setup {
         ip: o.ip,
@@ -389,6 +395,10 @@ fn smol(net: Nic<'_>, dma: &Pool, o: &Opts) {
         bufs,
         &mut meta,
     );
+    let ip = match o.ip {
+        Some(ip) => ip,
+        None => st.dhcp(),
+    };
     let Some(scratch) = virtio::scratch() else {
         exit::fail(format_args!("net: scratch buffer taken"));
     };
@@ -400,7 +410,7 @@ fn smol(net: Nic<'_>, dma: &Pool, o: &Opts) {
                 udp: o.udp,
                 link_down: o.link_down,
             };
-            st.serve(o.port, &want, o.ip, &mut scratch[..]);
+            st.serve(o.port, &want, ip, &mut scratch[..]);
         }
         _ => st.client(
             o.peer.unwrap_or_default(),

@@ -154,6 +154,22 @@ pub fn open_netdev(
                 if c.udp.is_some() { " (udp)" } else { " (ip)" }
             ),
         ),
+        NetdevKind::User(c) => {
+            let net = backends::net::user::UserNet::new(c.clone()).map_err(err)?;
+            let fwd: Vec<String> = net.hostfwd_addrs().iter().map(|a| a.to_string()).collect();
+            let what = format!(
+                "user {}/{}{}{}",
+                c.net,
+                c.prefix,
+                if c.restrict { ", restrict" } else { "" },
+                if fwd.is_empty() {
+                    String::new()
+                } else {
+                    format!(", hostfwd {}", fwd.join(" "))
+                }
+            );
+            (Box::new(net), what)
+        }
         NetdevKind::VhostUser { .. } => {
             return Err(MachineError::Unsupported(
                 "-netdev vhost-user: its packets live in the backend; only a virtio-net-device can use it",

@@ -233,6 +233,10 @@ pub enum NetdevKind {
         /// The `-chardev socket,path=…` id.
         chardev: String,
     },
+    /// `user[,net=…][,host=…][,dns=…][,dhcpstart=…][,restrict=on]
+    /// [,hostfwd=…]…[,guestfwd=…]…`: user-mode networking, a NAT to host
+    /// sockets ([`backends::net::user`]).
+    User(backends::net::user::UserConfig),
     /// `tap,ifname=NAME` or `tap,fd=N`.
     Tap {
         /// The interface name (created if missing).

@@ -13,7 +13,13 @@ pub(super) struct KeyVals {
     pub(super) option: &'static str,
     pub(super) ty: String,
     pub(super) keys: BTreeMap<String, String>,
+    /// Keys QEMU lets an option give more than once (`hostfwd`,
+    /// `guestfwd`), each value in order.
+    pub(super) lists: BTreeMap<String, Vec<String>>,
 }
+
+/// Keys that may repeat (QEMU's `-netdev user,hostfwd=…,hostfwd=…`).
+const REPEATABLE: &[&str] = &["hostfwd", "guestfwd"];
 
 pub(super) fn split_commas(s: &str) -> Vec<String> {
     let mut parts = vec![String::new()];
@@ -51,6 +57,7 @@ impl KeyVals {
             });
         }
         let mut keys = BTreeMap::new();
+        let mut lists: BTreeMap<String, Vec<String>> = BTreeMap::new();
         for p in parts {
             if p.is_empty() {
                 continue;
@@ -60,11 +67,18 @@ impl KeyVals {
                 // A bare flag means `on`, as in QEMU.
                 None => (p.clone(), "on".to_string()),
             };
-            if keys.insert(k.clone(), v).is_some() {
+            if REPEATABLE.contains(&k.as_str()) {
+                lists.entry(k).or_default().push(v);
+            } else if keys.insert(k.clone(), v).is_some() {
                 return Err(OptionError::RepeatedKey { option, key: k });
             }
         }
-        Ok(KeyVals { option, ty, keys })
+        Ok(KeyVals {
+            option,
+            ty,
+            keys,
+            lists,
+        })
     }
 
     /// Parses `arg` made only of `key=value` elements (`-drive`,
@@ -143,9 +157,14 @@ impl KeyVals {
         }
     }
 
+    /// Every value of a repeatable key, in order.
+    pub(super) fn take_all(&mut self, key: &str) -> Vec<String> {
+        self.lists.remove(key).unwrap_or_default()
+    }
+
     /// Fails on the first key nobody took.
     pub(super) fn finish(self) -> Result<(), OptionError> {
-        match self.keys.into_keys().next() {
+        match self.keys.into_keys().chain(self.lists.into_keys()).next() {
             None => Ok(()),
             Some(key) => Err(OptionError::UnknownKey {
                 option: self.option,

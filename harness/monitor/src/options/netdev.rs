@@ -6,7 +6,7 @@ use super::*;
 pub const DEFAULT_BRIDGE_HELPER: &str = "/usr/lib/qemu/qemu-bridge-helper";
 
 impl Parser {
-    /// `-netdev loopback|hubport|stream|dgram|tap|bridge|l2tpv3|vhost-user,id=…`.
+    /// `-netdev loopback|hubport|stream|dgram|tap|bridge|l2tpv3|user|vhost-user,id=…`.
     pub(super) fn netdev(&mut self, arg: &str) -> Result<(), OptionError> {
         let Parser { cfg, ids, .. } = self;
         let mut kv = KeyVals::parse("-netdev", arg)?;
@@ -214,6 +214,7 @@ impl Parser {
                 }
                 NetdevKind::Tap { ifname, fd }
             }
+            "user" => NetdevKind::User(user(&id, &mut kv)?),
             _ => {
                 return Err(OptionError::UnknownType {
                     option: "-netdev",
@@ -228,4 +229,69 @@ impl Parser {
         cfg.netdevs.push((id, kind));
         Ok(())
     }
+}
+
+/// `-netdev user`'s keys, with QEMU's names and defaults.
+fn user(id: &str, kv: &mut KeyVals) -> Result<backends::net::user::UserConfig, OptionError> {
+    use backends::net::user::{GuestFwd, HostFwd, UserConfig};
+    let mut c = UserConfig::default();
+    let conflict = |e: backends::net::user::ConfigError| {
+        OptionError::Conflict(format!("-netdev user,id={id}: {e}"))
+    };
+    for k in [
+        "tftp",
+        "bootfile",
+        "smb",
+        "smbserver",
+        "tftp-server-name",
+        "dnssearch",
+        "domainname",
+    ] {
+        if kv.take(k).is_some() {
+            return Err(OptionError::Conflict(format!(
+                "-netdev user,id={id}: {k}= is not built here (no TFTP, SMB or DHCP search \
+                 domains in our user-mode network)"
+            )));
+        }
+    }
+    if !kv.take_bool("ipv4", true)? {
+        return Err(OptionError::Conflict(format!(
+            "-netdev user,id={id}: ipv4=off leaves nothing: our user-mode network is IPv4 only"
+        )));
+    }
+    // QEMU's default is ipv6=on; IPv6 frames are dropped here, said in
+    // the README, and `ipv6=off` is accepted as what it is.
+    kv.take_bool("ipv6", true)?;
+    if let Some(n) = kv.take("net") {
+        c.set_net(&n).map_err(conflict)?;
+    }
+    let addr =
+        |kv: &mut KeyVals, key: &'static str| -> Result<Option<std::net::Ipv4Addr>, OptionError> {
+            match kv.take(key) {
+                None => Ok(None),
+                Some(v) => v
+                    .parse()
+                    .map(Some)
+                    .map_err(|_| kv.bad(key, &v, "an IPv4 address")),
+            }
+        };
+    if let Some(a) = addr(kv, "host")? {
+        c.host = a;
+    }
+    if let Some(a) = addr(kv, "dns")? {
+        c.dns = a;
+    }
+    if let Some(a) = addr(kv, "dhcpstart")? {
+        c.dhcp_start = a;
+    }
+    c.hostname = kv.take("hostname");
+    c.restrict = kv.take_bool("restrict", false)?;
+    for v in kv.take_all("hostfwd") {
+        c.hostfwd.push(HostFwd::parse(&v).map_err(conflict)?);
+    }
+    for v in kv.take_all("guestfwd") {
+        c.guestfwd.push(GuestFwd::parse(&v).map_err(conflict)?);
+    }
+    c.check().map_err(conflict)?;
+    Ok(c)
 }

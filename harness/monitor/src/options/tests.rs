@@ -941,3 +941,47 @@ fn serial_ports_take_a_chardev_or_qemus_shorthands() {
         assert!(e.contains(want), "{line}: {e}");
     }
 }
+
+#[test]
+fn user_netdev_takes_qemus_keys_and_repeats_forwards() {
+    use backends::net::user::{GuestFwdTarget, Proto};
+    let c = p(
+        "-netdev user,id=n,net=192.168.5.0/24,restrict=on,hostname=vm1,\
+               hostfwd=tcp::2222-:22,hostfwd=udp:127.0.0.1:5353-:53,\
+               guestfwd=tcp:192.168.5.100:80-cmd:cat,ipv6=off",
+    )
+    .unwrap();
+    let NetdevKind::User(u) = &c.netdevs[0].1 else {
+        panic!("{:?}", c.netdevs[0].1);
+    };
+    assert_eq!(u.host.to_string(), "192.168.5.2");
+    assert_eq!(u.dns.to_string(), "192.168.5.3");
+    assert_eq!(u.dhcp_start.to_string(), "192.168.5.15");
+    assert!(u.restrict);
+    assert_eq!(u.hostname.as_deref(), Some("vm1"));
+    assert_eq!(u.hostfwd.len(), 2);
+    assert_eq!(u.hostfwd[1].proto, Proto::Udp);
+    assert_eq!(u.guestfwd[0].target, GuestFwdTarget::Cmd("cat".into()));
+    // QEMU's defaults.
+    let c = p("-netdev user,id=n").unwrap();
+    let NetdevKind::User(u) = &c.netdevs[0].1 else {
+        panic!();
+    };
+    assert_eq!(*u, backends::net::user::UserConfig::default());
+    for (line, want) in [
+        ("-netdev user,id=n,hostfwd=tcp::x-:22", "hostfwd"),
+        ("-netdev user,id=n,guestfwd=10.0.2.9:1-cmd:x", "guestfwd"),
+        ("-netdev user,id=n,net=10.0.2.0/31", "net"),
+        ("-netdev user,id=n,dns=10.9.9.9", "dns"),
+        ("-netdev user,id=n,host=x", "host"),
+        ("-netdev user,id=n,tftp=/srv", "tftp"),
+        ("-netdev user,id=n,ipv4=off", "IPv4 only"),
+        ("-netdev user,id=n,restrict=maybe", "restrict"),
+        ("-netdev user,id=n,smb=/x", "smb"),
+        ("-netdev user,id=n,nonsense=1", "nonsense"),
+        ("-netdev loopback,id=n,hostfwd=tcp::1-:2", "hostfwd"),
+    ] {
+        let e = p(line).unwrap_err().to_string();
+        assert!(e.contains(want), "{line}: {e}");
+    }
+}

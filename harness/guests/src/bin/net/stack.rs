@@ -7,12 +7,12 @@
 
 use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet, SocketStorage};
 use smoltcp::phy::Device;
-use smoltcp::socket::{tcp, udp};
+use smoltcp::socket::{dhcpv4, tcp, udp};
 use smoltcp::time::Instant;
 use smoltcp::wire::{EthernetAddress, HardwareAddress, IpAddress, IpCidr, IpEndpoint, Ipv4Address};
 
 use guest_rt::virtio::{self, Mode, clock};
-use guest_rt::{exit, println};
+use guest_rt::{exit, print, println};
 
 use crate::pattern::Pattern;
 
@@ -53,8 +53,8 @@ const CLIENT_TCP_PORT: u16 = 49152;
 
 /// The stack's settings.
 pub struct Setup {
-    /// `net.ip`.
-    pub ip: [u8; 4],
+    /// `net.ip` (`None`: DHCP, [`Stack::dhcp`]).
+    pub ip: Option<[u8; 4]>,
     /// `net.prefix`.
     pub prefix: u8,
     /// `net.mode`.
@@ -101,11 +101,12 @@ impl<'a, D: NetDev> Stack<'a, D> {
         let mut config = Config::new(HardwareAddress::Ethernet(EthernetAddress(mac)));
         config.random_seed = guest_rt::cpu::rdtsc();
         let mut iface = Interface::new(config, &mut dev, now());
-        let [a, b, c, d] = setup.ip;
-        iface.update_ip_addrs(|addrs| {
-            // One address into an empty list of capacity >= 1.
-            let _ = addrs.push(IpCidr::new(IpAddress::v4(a, b, c, d), setup.prefix));
-        });
+        if let Some([a, b, c, d]) = setup.ip {
+            iface.update_ip_addrs(|addrs| {
+                // One address into an empty list of capacity >= 1.
+                let _ = addrs.push(IpCidr::new(IpAddress::v4(a, b, c, d), setup.prefix));
+            });
+        }
         let mut sockets = SocketSet::new(storage);
         let mut t = tcp::Socket::new(
             tcp::SocketBuffer::new(bufs.tcp_rx),
@@ -131,6 +132,42 @@ impl<'a, D: NetDev> Stack<'a, D> {
             idle_ms: 0,
             idle_timeouts: 0,
             poll_ms: 0,
+        }
+    }
+
+    /// `net.ip=dhcp`: asks for a lease (RFC 2131 through smoltcp's client)
+    /// and takes its address and router; the address.
+    pub fn dhcp(&mut self) -> [u8; 4] {
+        let h = self.sockets.add(dhcpv4::Socket::new());
+        let deadline = self.deadline();
+        loop {
+            self.poll();
+            if let Some(dhcpv4::Event::Configured(c)) =
+                self.sockets.get_mut::<dhcpv4::Socket>(h).poll()
+            {
+                let addr = c.address;
+                self.iface.update_ip_addrs(|a| {
+                    a.clear();
+                    let _ = a.push(IpCidr::Ipv4(addr));
+                });
+                if let Some(r) = c.router {
+                    let _ = self.iface.routes_mut().add_default_ipv4_route(r);
+                }
+                print!("net: dhcp {addr}");
+                if let Some(r) = c.router {
+                    print!(" router {r}");
+                }
+                for d in &c.dns_servers {
+                    print!(" dns {d}");
+                }
+                println!();
+                // The lease outlives the test; the socket's slot is freed.
+                self.sockets.remove(h);
+                return addr.address().octets();
+            }
+            if !self.idle(deadline) {
+                exit::fail(format_args!("net: dhcp: no lease in {} ms", self.ms));
+            }
         }
     }
 
