@@ -55,14 +55,47 @@ fn qemu_serve_and_our_client_share_one_stream_segment() {
     let dir = scratch("qemu-net-pair");
     let sock = dir.path("seg.sock");
     // Ours first: `server=on` binds the socket QEMU dials.
-    let args: Vec<String> = [
-        "-m".to_string(),
-        "64M".into(),
-        "-netdev".into(),
+    pair(
         format!(
             "stream,id=n0,server=on,addr.type=unix,addr.path={}",
             sock.display()
         ),
+        stream_client_args(&sock, ",mac=52:54:00:12:34:56"),
+    );
+}
+
+/// QEMU's older `-netdev socket` both ends: ours `listen=`, QEMU's
+/// `connect=` (TCP with the 4-byte length framing), the same UDP and TCP
+/// echo as on `stream`.
+#[test]
+fn qemu_and_our_monitor_share_a_legacy_socket_netdev() {
+    let test = "qemu_and_our_monitor_share_a_legacy_socket_netdev";
+    if !ready(test) {
+        return;
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    pair(
+        format!("socket,id=n0,listen=127.0.0.1:{port}"),
+        vec![
+            "-netdev".into(),
+            format!("socket,id=n0,connect=127.0.0.1:{port}"),
+            "-device".into(),
+            "virtio-net-device,netdev=n0,mac=52:54:00:12:34:56".into(),
+        ],
+    );
+}
+
+/// Our `client` guest on `netdev` (which must wait for its peer) and
+/// QEMU's `serve` guest with `qemu_args`, one L2 segment: UDP and TCP echo.
+fn pair(netdev: String, qemu_args: Vec<String>) {
+    let args: Vec<String> = [
+        "-m".to_string(),
+        "64M".into(),
+        "-netdev".into(),
+        netdev,
         "-device".into(),
         "virtio-net-device,netdev=n0,mac=52:54:00:12:34:57".into(),
         "-kernel".into(),
@@ -79,7 +112,7 @@ fn qemu_serve_and_our_client_share_one_stream_segment() {
     let qemu = Qemu::microvm(net_guest())
         .modern()
         .timeout(TIMEOUT)
-        .args(stream_client_args(&sock, ",mac=52:54:00:12:34:56"))
+        .args(qemu_args)
         .append(format!(
             "net.test=serve net.ip=10.0.2.15 net.udp={UDP} net.bytes={BYTES} net.ms={NET_MS}"
         ))

@@ -6,7 +6,7 @@ use super::*;
 pub const DEFAULT_BRIDGE_HELPER: &str = "/usr/lib/qemu/qemu-bridge-helper";
 
 impl Parser {
-    /// `-netdev loopback|hubport|stream|dgram|tap|bridge|l2tpv3|user|vhost-user,id=…`.
+    /// `-netdev loopback|hubport|stream|dgram|socket|tap|bridge|l2tpv3|user|vhost-user,id=…`.
     pub(super) fn netdev(&mut self, arg: &str) -> Result<(), OptionError> {
         let Parser { cfg, ids, .. } = self;
         let mut kv = KeyVals::parse("-netdev", arg)?;
@@ -215,6 +215,7 @@ impl Parser {
                 NetdevKind::Tap { ifname, fd }
             }
             "user" => NetdevKind::User(user(&id, &mut kv)?),
+            "socket" => socket(&id, &mut kv)?,
             _ => {
                 return Err(OptionError::UnknownType {
                     option: "-netdev",
@@ -294,4 +295,50 @@ fn user(id: &str, kv: &mut KeyVals) -> Result<backends::net::user::UserConfig, O
     }
     c.check().map_err(conflict)?;
     Ok(c)
+}
+
+/// QEMU's older `-netdev socket`: `listen=[HOST]:PORT` and
+/// `connect=HOST:PORT` are a TCP stream with the same 4-byte length
+/// framing as `stream`, `udp=HOST:PORT,localaddr=HOST:PORT` is `dgram`.
+fn socket(id: &str, kv: &mut KeyVals) -> Result<NetdevKind, OptionError> {
+    let host_port = |kv: &KeyVals, key: &'static str, v: &str, any: bool| match v.rsplit_once(':') {
+        Some((h, p)) if p.parse::<u16>().is_ok() && (any || !h.is_empty()) => {
+            let h = if h.is_empty() { "0.0.0.0" } else { h };
+            Ok(format!("{h}:{p}"))
+        }
+        _ => Err(kv.bad(key, v, if any { "[HOST]:PORT" } else { "HOST:PORT" })),
+    };
+    if let Some(v) = kv.take("mcast") {
+        return Err(OptionError::Conflict(format!(
+            "-netdev socket,id={id},mcast={v}: multicast groups are not built here \
+             (use udp=… with localaddr=…, or -netdev dgram)"
+        )));
+    }
+    if kv.take("fd").is_some() {
+        return Err(OptionError::Conflict(format!(
+            "-netdev socket,id={id}: fd= is not taken (give listen=, connect= or udp=)"
+        )));
+    }
+    let (listen, connect, udp) = (kv.take("listen"), kv.take("connect"), kv.take("udp"));
+    match (listen, connect, udp) {
+        (Some(l), None, None) => Ok(NetdevKind::Stream {
+            server: true,
+            path: None,
+            inet: Some(host_port(kv, "listen", &l, true)?),
+        }),
+        (None, Some(c), None) => Ok(NetdevKind::Stream {
+            server: false,
+            path: None,
+            inet: Some(host_port(kv, "connect", &c, false)?),
+        }),
+        (None, None, Some(u)) => {
+            let remote = host_port(kv, "udp", &u, false)?;
+            let local = kv.require("localaddr")?;
+            let local = host_port(kv, "localaddr", &local, true)?;
+            Ok(NetdevKind::Dgram { local, remote })
+        }
+        _ => Err(OptionError::Conflict(format!(
+            "-netdev socket,id={id}: give exactly one of listen=, connect= or udp="
+        ))),
+    }
 }

@@ -985,3 +985,47 @@ fn user_netdev_takes_qemus_keys_and_repeats_forwards() {
         assert!(e.contains(want), "{line}: {e}");
     }
 }
+
+#[test]
+fn legacy_socket_netdev_maps_to_stream_and_dgram() {
+    let c = p(
+        "-netdev socket,id=a,listen=:1234 -netdev socket,id=b,connect=127.0.0.1:1234 \
+               -netdev socket,id=c,udp=127.0.0.1:5000,localaddr=127.0.0.1:5001",
+    )
+    .unwrap();
+    assert_eq!(
+        c.netdevs[0].1,
+        NetdevKind::Stream {
+            server: true,
+            path: None,
+            inet: Some("0.0.0.0:1234".into())
+        }
+    );
+    assert_eq!(
+        c.netdevs[1].1,
+        NetdevKind::Stream {
+            server: false,
+            path: None,
+            inet: Some("127.0.0.1:1234".into())
+        }
+    );
+    assert_eq!(
+        c.netdevs[2].1,
+        NetdevKind::Dgram {
+            local: "127.0.0.1:5001".into(),
+            remote: "127.0.0.1:5000".into()
+        }
+    );
+    for (line, want) in [
+        ("-netdev socket,id=n,mcast=230.0.0.1:1234", "multicast"),
+        ("-netdev socket,id=n,fd=3", "fd="),
+        ("-netdev socket,id=n", "exactly one"),
+        ("-netdev socket,id=n,listen=:1,connect=h:2", "exactly one"),
+        ("-netdev socket,id=n,connect=:1", "connect"),
+        ("-netdev socket,id=n,listen=x", "listen"),
+        ("-netdev socket,id=n,udp=h:1", "localaddr"),
+    ] {
+        let e = p(line).unwrap_err().to_string();
+        assert!(e.contains(want), "{line}: {e}");
+    }
+}
