@@ -161,3 +161,46 @@ fn run_serves_a_monitor_socket_while_the_guest_runs() {
     );
     assert!(!sock.exists(), "the socket is removed with the machine");
 }
+
+/// `-chardev testdev` (QEMU's test-suite control channel, what
+/// kvm-unit-tests' `chr_testdev_exit` writes `"%dq"` to): `5q` written to
+/// COM2 ends the run with verdict `quit 5` and the exit status QEMU gives,
+/// (5 << 1) | 1 = 11; through a virtconsole port (the way kvm-unit-tests
+/// reach it) the console guest's text stream quits at its first `q`
+/// (status 0, exit status 1), from the device's worker thread.
+#[test]
+fn run_ends_with_a_testdev_quit_and_qemus_exit_status() {
+    if !monitor::vm::kvm_or_skip("run_ends_with_a_testdev_quit_and_qemus_exit_status") {
+        return;
+    }
+    let o = harness(&[
+        "run",
+        "-chardev",
+        "testdev,id=t",
+        "-serial",
+        "null",
+        "-serial",
+        "chardev:t",
+        "-kernel",
+        env!("GUEST_UART"),
+        "-append",
+        "uart.bytes=0 uart.quit=5 uart.ms=20000",
+    ]);
+    assert_eq!(o.status.code(), Some(11), "{}", stderr(&o));
+    assert!(stderr(&o).contains("verdict: quit 5"), "{}", stderr(&o));
+    let o = harness(&[
+        "run",
+        "-chardev",
+        "testdev,id=t",
+        "-device",
+        "virtio-serial-device",
+        "-device",
+        "virtconsole,chardev=t",
+        "-kernel",
+        env!("GUEST_CONSOLE"),
+        "-append",
+        "console.test=write console.bytes=65536",
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("verdict: quit 0"), "{}", stderr(&o));
+}

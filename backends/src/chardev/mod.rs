@@ -6,7 +6,8 @@
 //! waits on the OS exposes a readiness fd for the harness's event loop. The
 //! in-process kinds ([`Null`], [`RingBuf`]) need no OS; files, pipes,
 //! sockets, ptys and stdio are in [`os`] under `std`; [`mux`] shares one
-//! chardev among several frontends (`mux=on`).
+//! chardev among several frontends (`mux=on`); [`testdev`] is QEMU's
+//! test-suite control channel.
 
 use core::fmt;
 
@@ -14,6 +15,8 @@ use core::fmt;
 pub mod mux;
 #[cfg(feature = "std")]
 pub mod os;
+#[cfg(feature = "alloc")]
+pub mod testdev;
 
 /// Why a chardev operation failed.
 #[derive(Debug)]

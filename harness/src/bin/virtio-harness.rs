@@ -390,10 +390,13 @@ fn run(options: &[String], timeout: Duration) -> ExitCode {
                 out.boot_to_exit.as_secs_f64() * 1e3,
                 out.exits
             );
-            if out.verdict.is_pass() {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
+            match out.verdict {
+                monitor::vm::Verdict::Pass => ExitCode::SUCCESS,
+                // A testdev quit exits as QEMU does: (status << 1) | 1.
+                monitor::vm::Verdict::Quit(s) => {
+                    ExitCode::from(monitor::ports::qemu_exit_status(s) as u8)
+                }
+                _ => ExitCode::FAILURE,
             }
         }
         Err(e) => {

@@ -3,7 +3,9 @@
 //! host sends to the UART at `uart.base` (default COM2, `0x2f8`), each
 //! byte read when the line status says data is ready and written back
 //! when the transmitter is empty, each wait bounded by `uart.ms`
-//! (default 30 000). Last line: `uart: echoed <n> bytes`.
+//! (default 30 000). Last line: `uart: echoed <n> bytes`. With
+//! `uart.quit=N` it then writes `Nq` to the UART, a `-chardev testdev`'s
+//! quit command, and waits for the monitor to end the run.
 #![no_std]
 #![no_main]
 
@@ -18,7 +20,8 @@ const LSR_DR: u8 = 0x01;
 const LSR_THRE: u8 = 0x20;
 
 fn main(boot: &'static BootInfo) {
-    let opts = Options::new(boot, "uart", &["base", "bytes", "ms"]).or_fail(format_args!("uart"));
+    let opts =
+        Options::new(boot, "uart", &["base", "bytes", "ms", "quit"]).or_fail(format_args!("uart"));
     let base = opts
         .u64("base")
         .or_fail(format_args!("uart"))
@@ -67,4 +70,28 @@ fn main(boot: &'static BootInfo) {
         }
     }
     println!("uart: echoed {bytes} bytes");
+    if let Some(status) = opts.u64("quit").or_fail(format_args!("uart")) {
+        let mut digits = [0u8; 20];
+        let mut n = status;
+        let mut at = digits.len();
+        loop {
+            at -= 1;
+            digits[at] = b'0' + (n % 10) as u8;
+            n /= 10;
+            if n == 0 {
+                break;
+            }
+        }
+        for &b in digits[at..].iter().chain(b"q") {
+            wait(LSR_THRE, "room to transmit");
+            out(0, b);
+        }
+        println!("uart: asked the testdev to quit with {status}");
+        // The monitor ends the run; a pass would mean it did not.
+        let end = clock::now_ms() + ms;
+        while clock::now_ms() < end {
+            core::hint::spin_loop();
+        }
+        exit::fail(format_args!("uart: still running {ms} ms after {status}q"));
+    }
 }

@@ -172,17 +172,20 @@ pub fn realize_devices_with_hubs(
     mem: &GuestRam,
     hubs: &mut Hubs,
 ) -> Result<Vec<RealizedDevice>, MachineError> {
-    realize_devices_shared(config, mem, hubs, None)
+    realize_devices_shared(config, mem, hubs, None, None)
 }
 
 /// [`realize_devices_with_hubs`] with guest RAM shareable with vhost-user
 /// backends (`ram`, needed by `vhost-user-*` devices and `-netdev
-/// vhost-user`; without it they fail naming the memory backend to use).
+/// vhost-user`; without it they fail naming the memory backend to use),
+/// and `quit` for `-chardev testdev` (the run it ends; without it a
+/// testdev is refused).
 pub fn realize_devices_shared(
     config: &MachineConfig,
     mem: &GuestRam,
     hubs: &mut Hubs,
     ram: Option<Arc<SharedRam>>,
+    quit: Option<Arc<crate::vm::QuitRequest>>,
 ) -> Result<Vec<RealizedDevice>, MachineError> {
     let vhost_chardevs = config.vhost_user_chardevs();
     let mut chardevs = HashMap::new();
@@ -195,7 +198,7 @@ pub fn realize_devices_shared(
         if vhost_chardevs.contains(&id.as_str()) || config.serial_chardevs().any(|s| s == id) {
             continue;
         }
-        let (c, what) = open_chardev(id, kind)?;
+        let (c, what) = open_chardev(id, kind, quit.as_ref())?;
         if config.mux_chardevs.contains(id) {
             let users = config
                 .devices

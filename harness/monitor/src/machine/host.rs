@@ -16,14 +16,31 @@ pub type BoxedDevice = Box<dyn VirtioDevice + Send>;
 /// clamped by the option parser's caller).
 const RINGBUF_SIZE: usize = 64 * 1024;
 
-/// Opens one chardev.
-pub fn open_chardev(id: &str, kind: &ChardevKind) -> Result<(BoxedChardev, String), MachineError> {
+/// Opens one chardev; a `testdev` ends the run through `quit` (without
+/// one, as in a vhost-user daemon with no VM to end, it is refused).
+pub fn open_chardev(
+    id: &str,
+    kind: &ChardevKind,
+    quit: Option<&Arc<crate::vm::QuitRequest>>,
+) -> Result<(BoxedChardev, String), MachineError> {
     let err = |err| MachineError::Chardev {
         id: id.to_string(),
         err,
     };
     Ok(match kind {
         ChardevKind::Null => (Box::new(Null), "null".into()),
+        ChardevKind::Testdev => {
+            let Some(q) = quit else {
+                return Err(MachineError::Unsupported(
+                    "-chardev testdev: its quit command ends a VM's run, and there is no VM here",
+                ));
+            };
+            let q = Arc::clone(q);
+            (
+                Box::new(backends::chardev::testdev::Testdev::new(move |s| q.quit(s))),
+                "testdev".into(),
+            )
+        }
         ChardevKind::Ringbuf { .. } => (
             Box::new(RingBuf::<RINGBUF_SIZE>::default()),
             "ringbuf".into(),

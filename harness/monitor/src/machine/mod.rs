@@ -138,7 +138,14 @@ impl Machine {
         } else {
             None
         };
-        let realized = realize_devices_shared(config, vm.guest_memory(), hubs, ram)?;
+        let quit = vm.quit_request();
+        let realized = realize_devices_shared(
+            config,
+            vm.guest_memory(),
+            hubs,
+            ram,
+            Some(Arc::clone(&quit)),
+        )?;
         let devices = realized
             .iter()
             .map(|d| (d.kind, d.backend.clone()))
@@ -159,7 +166,7 @@ impl Machine {
                     by: format!("-serial chardev:{id}"),
                     id: id.clone(),
                 })?;
-            let (c, _) = open_chardev(id, kind)?;
+            let (c, _) = open_chardev(id, kind, Some(&quit))?;
             vm.attach_serial(i, c);
         }
         let cmdline = crate::slots::append_cmdline(&config.append, &slots);

@@ -3,7 +3,7 @@
 use super::*;
 
 impl Parser {
-    /// `-chardev null|ringbuf|memory|file|pipe|pty|serial|stdio|socket|udp,id=…`.
+    /// `-chardev null|ringbuf|memory|file|pipe|pty|serial|stdio|socket|udp|testdev,id=…`.
     pub(super) fn chardev(&mut self, arg: &str) -> Result<(), OptionError> {
         let Parser { cfg, ids, .. } = self;
         let mut kv = KeyVals::parse("-chardev", arg)?;
@@ -11,6 +11,7 @@ impl Parser {
         let mux = kv.take_bool("mux", false)?;
         let kind = match kv.ty.as_str() {
             "null" => ChardevKind::Null,
+            "testdev" => ChardevKind::Testdev,
             // `memory` is QEMU's old name for the ring buffer.
             "ringbuf" | "memory" => ChardevKind::Ringbuf {
                 size: kv.take_size("size")?.unwrap_or(64 << 10),

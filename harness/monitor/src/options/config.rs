@@ -62,6 +62,9 @@ pub enum RngConfig {
 pub enum ChardevKind {
     /// `null`.
     Null,
+    /// `testdev`: QEMU's test-suite control channel; `<n>q` written to it
+    /// ends the run with status n ([`backends::chardev::testdev`]).
+    Testdev,
     /// `ringbuf[,size=…]` (also QEMU's alias `memory`).
     Ringbuf {
         /// Capacity in bytes.

@@ -18,9 +18,9 @@
 use std::fmt;
 use std::io;
 use std::os::fd::RawFd;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use backends::hostmem::HostMemory;
@@ -229,6 +229,7 @@ fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
 /// Why a run loop stopped, before the registers are read.
 enum Stop {
     ExitPort(u32),
+    Quit(u32),
     Timeout,
     Halted,
     Shutdown(String),
@@ -261,6 +262,44 @@ pub struct Vm {
     /// RAM pages devices own ([`Vm::add_device_ram`]); after `vm`, so
     /// unmapped only once the VM fd is closed.
     device_ram: Vec<Arc<DeviceRam>>,
+    /// Requests to end the run from the host side (`-chardev testdev`).
+    quit: Arc<QuitRequest>,
+}
+
+/// A request from the host side to end a run with a status: QEMU's
+/// `-chardev testdev` quit command, which makes QEMU exit with
+/// `(status << 1) | 1`. Whoever holds a clone may ask, from any thread;
+/// the first request of a run wins and the vCPU is kicked out of
+/// `KVM_RUN` to see it.
+#[derive(Debug, Default)]
+pub struct QuitRequest {
+    /// 0: none; else `1 << 32 | status`.
+    status: AtomicU64,
+    /// The running watchdog, which kicks the vCPU.
+    wake: Mutex<Option<mpsc::Sender<()>>>,
+}
+
+impl QuitRequest {
+    /// Asks the run to end with `status`.
+    pub fn quit(&self, status: u32) {
+        let _ = self.status.compare_exchange(
+            0,
+            1 << 32 | u64::from(status),
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        );
+        if let Ok(w) = self.wake.lock()
+            && let Some(tx) = w.as_ref()
+        {
+            let _ = tx.send(());
+        }
+    }
+
+    /// The status asked for, if a quit was asked.
+    pub fn requested(&self) -> Option<u32> {
+        let v = self.status.load(Ordering::Acquire);
+        (v != 0).then_some(v as u32)
+    }
 }
 
 /// Guest-physical RAM a device owns: a buffer the guest reads and writes
@@ -482,7 +521,14 @@ impl Vm {
             stats,
             devices: Vec::new(),
             device_ram: Vec::new(),
+            quit: Arc::default(),
         })
+    }
+
+    /// The handle through which the host side ends a run
+    /// ([`QuitRequest::quit`]; the verdict is [`Verdict::Quit`]).
+    pub fn quit_request(&self) -> Arc<QuitRequest> {
+        Arc::clone(&self.quit)
     }
 
     /// Guest memory, for loaders and devices.
@@ -798,12 +844,17 @@ impl Vm {
         let stats_before = self.stats.as_ref().ok().and_then(|s| s.read().ok());
         let mut start = Instant::now();
         let mut end = start;
+        self.quit.status.store(0, Ordering::Release);
+        if let Ok(mut w) = self.quit.wake.lock() {
+            *w = Some(done_tx.clone());
+        }
         let Vm {
             vcpu,
             bus,
             serial,
             com2,
             debug,
+            quit,
             ..
         } = self;
         let result = std::thread::scope(|scope| {
@@ -820,25 +871,35 @@ impl Vm {
             let watchdog = std::thread::Builder::new()
                 .name("vcpu-watchdog".into())
                 .spawn_scoped(scope, move || {
-                    if done_rx.recv_timeout(timeout) != Err(RecvTimeoutError::Timeout) {
-                        return;
+                    // A message is a quit request: kick at once; the
+                    // deadline raises the stop flag first.
+                    match done_rx.recv_timeout(timeout) {
+                        Ok(()) => {}
+                        Err(RecvTimeoutError::Timeout) => stop.store(true, Ordering::Release),
+                        Err(RecvTimeoutError::Disconnected) => return,
                     }
-                    stop.store(true, Ordering::Release);
                     loop {
                         // SAFETY: `me` is the vCPU thread, alive until this
                         // scope ends, which waits for this thread; the
                         // signal's handler does nothing but interrupt
                         // `KVM_RUN`.
                         unsafe { libc::pthread_kill(me, kick_signal()) };
-                        if done_rx.recv_timeout(KICK_INTERVAL) != Err(RecvTimeoutError::Timeout) {
+                        if done_rx.recv_timeout(KICK_INTERVAL)
+                            == Err(RecvTimeoutError::Disconnected)
+                        {
                             return;
                         }
                     }
                 })
                 .map_err(VmError::Watchdog)?;
             start = Instant::now();
-            let r = run_loop(vcpu, bus, [serial, com2], debug, stop, &mut exits);
+            let r = run_loop(vcpu, bus, [serial, com2], debug, stop, quit, &mut exits);
             end = Instant::now();
+            // The watchdog ends when the last sender goes: the quit
+            // handle's clone first.
+            if let Ok(mut w) = quit.wake.lock() {
+                *w = None;
+            }
             drop(done_tx);
             // The watchdog only sleeps and signals; it cannot panic.
             let _ = watchdog.join();
@@ -870,6 +931,7 @@ impl Vm {
     fn verdict(&mut self, stop: Stop, timeout: Duration, serial: &str) -> Result<Verdict, VmError> {
         Ok(match stop {
             Stop::ExitPort(EXIT_PASS) => Verdict::Pass,
+            Stop::Quit(status) => Verdict::Quit(status),
             Stop::ExitPort(EXIT_FAIL) => Verdict::Fail(fail_message(serial, EXIT_FAIL)),
             Stop::ExitPort(v) => Verdict::Fail(format!(
                 "exit port value {v:#x} is neither pass ({EXIT_PASS:#x}) nor fail ({EXIT_FAIL:#x})"

@@ -96,6 +96,9 @@ pub enum Verdict {
     Timeout(Report),
     /// The guest halted with interrupts off: it can never go on.
     Halted(Report),
+    /// The host side ended the run with a status: a `-chardev testdev`
+    /// quit command (QEMU exits with `(status << 1) | 1`).
+    Quit(u32),
     /// Triple fault (`KVM_EXIT_SHUTDOWN`) or a shutdown/reset/crash system
     /// event.
     Shutdown(Report),
@@ -113,11 +116,12 @@ impl Verdict {
     }
 
     /// A one-word name: `pass`, `fail`, `timeout`, `halted`, `shutdown`,
-    /// `internal-error`, `unexpected-exit`.
+    /// `internal-error`, `unexpected-exit`, `quit`.
     pub fn kind(&self) -> &'static str {
         match self {
             Verdict::Pass => "pass",
             Verdict::Fail(_) => "fail",
+            Verdict::Quit(_) => "quit",
             Verdict::Timeout(_) => "timeout",
             Verdict::Halted(_) => "halted",
             Verdict::Shutdown(_) => "shutdown",
@@ -129,7 +133,7 @@ impl Verdict {
     /// The register report, for the verdicts that carry one.
     pub fn report(&self) -> Option<&Report> {
         match self {
-            Verdict::Pass | Verdict::Fail(_) => None,
+            Verdict::Pass | Verdict::Fail(_) | Verdict::Quit(_) => None,
             Verdict::Timeout(r)
             | Verdict::Halted(r)
             | Verdict::Shutdown(r)
@@ -144,6 +148,11 @@ impl fmt::Display for Verdict {
         match self {
             Verdict::Pass => f.write_str("pass"),
             Verdict::Fail(msg) => write!(f, "fail: {msg}"),
+            Verdict::Quit(s) => write!(
+                f,
+                "quit {s} (testdev; QEMU's exit status {})",
+                crate::ports::qemu_exit_status(*s)
+            ),
             other => match other.report() {
                 Some(r) => write!(f, "{}: {r}", other.kind()),
                 None => f.write_str(other.kind()),

@@ -11,9 +11,13 @@ pub(super) fn run_loop(
     serials: [&mut ports::Serial; 2],
     debug: &mut Log,
     stop: &AtomicBool,
+    quit: &QuitRequest,
     exits: &mut ExitCounts,
 ) -> Result<Stop, VmError> {
     loop {
+        if let Some(status) = quit.requested() {
+            return Ok(Stop::Quit(status));
+        }
         if stop.load(Ordering::Acquire) {
             return Ok(Stop::Timeout);
         }
