@@ -243,3 +243,113 @@ fn set_link_over_hmp_and_qmp_raises_the_config_interrupt() {
     }
     drop(m);
 }
+
+/// Runs the `uart` guest with `chardev` on COM2 and a monitor socket of
+/// `protocol`, sending `commands` (after the QMP greeting's negotiation)
+/// over and over until the run ends; the guest's output.
+fn uart_with_pointer(chardev: &str, append: &str, protocol: &str, commands: &[&str]) -> String {
+    let dir = Workdir::new("monitor-pointer").expect("scratch");
+    let sock = dir.path("mon.sock");
+    let line = format!(
+        "-chardev {chardev},id=p -serial null -serial chardev:p \
+         -{protocol} unix:{},server=on,wait=off -kernel {}",
+        sock.display(),
+        env!("GUEST_UART")
+    );
+    let mut args: Vec<String> = line.split_whitespace().map(String::from).collect();
+    args.extend(["-append".into(), append.into()]);
+    let cfg = options::parse(&args).expect("options");
+    let mut m = Machine::new(&cfg).expect("machine");
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let out = std::thread::scope(|scope| {
+        let feeder = scope.spawn(|| {
+            let s = loop {
+                match UnixStream::connect(&sock) {
+                    Ok(s) => break s,
+                    Err(_) if !done.load(std::sync::atomic::Ordering::Relaxed) => {
+                        std::thread::sleep(Duration::from_millis(20))
+                    }
+                    Err(e) => panic!("monitor: {e}"),
+                }
+            };
+            s.set_read_timeout(Some(Duration::from_millis(200)))
+                .unwrap();
+            let mut w = s.try_clone().unwrap();
+            let mut r = BufReader::new(s);
+            let mut sink = Vec::new();
+            if protocol == "qmp" {
+                w.write_all(b"{\"execute\":\"qmp_capabilities\"}\n")
+                    .unwrap();
+            }
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                for c in commands {
+                    if w.write_all(format!("{c}\n").as_bytes()).is_err() {
+                        return;
+                    }
+                    let _ = r.read_until(b'\n', &mut sink);
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            }
+        });
+        let out = m.run(Duration::from_secs(60));
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        let _ = feeder.join();
+        out
+    });
+    let out = out.expect("the machine runs");
+    assert!(out.verdict.is_pass(), "{}\n{}", out.verdict, out.serial);
+    out.serial
+}
+
+/// `-chardev msmouse` behind COM2: the guest powers the mouse with DTR
+/// and RTS, gets `M3`, and HMP's `mouse_move 10 -5`, `mouse_button 1`
+/// and `mouse_button 0` arrive as Microsoft serial mouse packets.
+#[test]
+fn hmp_mouse_commands_reach_a_serial_mouse() {
+    if !vm::kvm_or_skip("hmp_mouse_commands_reach_a_serial_mouse") {
+        return;
+    }
+    let serial = uart_with_pointer(
+        "msmouse",
+        "uart.bytes=0 uart.mouse=9 uart.ms=30000",
+        "monitor",
+        &["mouse_move 10 -5", "mouse_button 1", "mouse_button 0"],
+    );
+    for want in [
+        "uart: mouse id M3",
+        "uart: mouse dx 10 dy -5 buttons --",
+        "uart: mouse dx 0 dy 0 buttons L-",
+        "uart: mouse dx 0 dy 0 buttons --",
+    ] {
+        assert!(serial.contains(want), "no {want:?} in\n{serial}");
+    }
+}
+
+/// `-chardev wctablet` behind COM2 at 9600 bit/s: `~#` gets the model
+/// string, `ST` starts the reports, and QMP's `input-send-event` with an
+/// absolute position and the left button arrives as Wacom IV reports
+/// (x = 16384 × 0.1537, y = 8192 × 0.1152, as QEMU scales them).
+#[test]
+fn qmp_input_events_reach_a_serial_tablet() {
+    if !vm::kvm_or_skip("qmp_input_events_reach_a_serial_tablet") {
+        return;
+    }
+    let pos = r#"{"type":"abs","data":{"axis":"x","value":16384}},{"type":"abs","data":{"axis":"y","value":8192}}"#;
+    let down = format!(
+        r#"{{"execute":"input-send-event","arguments":{{"events":[{pos},{{"type":"btn","data":{{"button":"left","down":true}}}}]}}}}"#
+    );
+    let up = down.replace("\"down\":true", "\"down\":false");
+    let serial = uart_with_pointer(
+        "wctablet",
+        "uart.bytes=0 uart.tablet=8 uart.ms=30000",
+        "qmp",
+        &[&down, &up],
+    );
+    for want in [
+        "uart: tablet model ~#CT-0045R,V1.3-5,",
+        "uart: tablet x 2518 y 943 pen down",
+        "uart: tablet x 2518 y 943 pen up",
+    ] {
+        assert!(serial.contains(want), "no {want:?} in\n{serial}");
+    }
+}

@@ -7,16 +7,23 @@
 //! in-process kinds ([`Null`], [`RingBuf`]) need no OS; files, pipes,
 //! sockets, ptys and stdio are in [`os`] under `std`; [`mux`] shares one
 //! chardev among several frontends (`mux=on`); [`testdev`] is QEMU's
-//! test-suite control channel.
+//! test-suite control channel; [`msmouse`] and [`wctablet`] are serial
+//! pointing devices fed with [`input`] events.
 
 use core::fmt;
 
+#[cfg(feature = "std")]
+pub mod input;
+#[cfg(feature = "std")]
+pub mod msmouse;
 #[cfg(feature = "std")]
 pub mod mux;
 #[cfg(feature = "std")]
 pub mod os;
 #[cfg(feature = "alloc")]
 pub mod testdev;
+#[cfg(feature = "std")]
+pub mod wctablet;
 
 /// Why a chardev operation failed.
 #[derive(Debug)]
@@ -70,6 +77,20 @@ pub trait Chardev {
     fn readiness_fd(&self) -> Option<std::os::fd::RawFd> {
         None
     }
+
+    /// A UART in front changed its modem control outputs (QEMU's
+    /// `CHR_IOCTL_SERIAL_SET_TIOCM`): a serial mouse is powered by them.
+    /// Ignored by default.
+    fn set_modem_lines(&mut self, dtr: bool, rts: bool) {
+        let _ = (dtr, rts);
+    }
+
+    /// A UART in front changed its line speed, in bits per second (QEMU's
+    /// `CHR_IOCTL_SERIAL_SET_PARAMS`): a serial tablet talks only at
+    /// 9600. Ignored by default.
+    fn set_line_speed(&mut self, bps: u32) {
+        let _ = bps;
+    }
 }
 
 impl<C: Chardev + ?Sized> Chardev for &mut C {
@@ -83,6 +104,12 @@ impl<C: Chardev + ?Sized> Chardev for &mut C {
     fn readiness_fd(&self) -> Option<std::os::fd::RawFd> {
         (**self).readiness_fd()
     }
+    fn set_modem_lines(&mut self, dtr: bool, rts: bool) {
+        (**self).set_modem_lines(dtr, rts)
+    }
+    fn set_line_speed(&mut self, bps: u32) {
+        (**self).set_line_speed(bps)
+    }
 }
 
 #[cfg(feature = "std")]
@@ -95,6 +122,12 @@ impl<C: Chardev + ?Sized> Chardev for std::boxed::Box<C> {
     }
     fn readiness_fd(&self) -> Option<std::os::fd::RawFd> {
         (**self).readiness_fd()
+    }
+    fn set_modem_lines(&mut self, dtr: bool, rts: bool) {
+        (**self).set_modem_lines(dtr, rts)
+    }
+    fn set_line_speed(&mut self, bps: u32) {
+        (**self).set_line_speed(bps)
     }
 }
 

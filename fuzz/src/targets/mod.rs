@@ -22,6 +22,7 @@ pub mod net_user;
 pub mod pvh_loader;
 pub mod rng_request;
 pub mod scratch;
+pub mod serial_pointer;
 pub mod split_queue_device;
 pub mod tpm_backend;
 pub mod tpm_crb;
@@ -40,6 +41,10 @@ pub struct Target {
 
 /// Every target.
 pub const TARGETS: &[Target] = &[
+    Target {
+        name: "serial_pointer",
+        run: serial_pointer::run,
+    },
     Target {
         name: "net_user",
         run: net_user::run,

@@ -106,6 +106,8 @@ pub struct Serial {
     dll: u8,
     dlm: u8,
     fifo: bool,
+    /// The line speed last told to the chardev.
+    speed: Option<u32>,
 }
 
 impl std::fmt::Debug for Serial {
@@ -157,17 +159,50 @@ impl Serial {
         }
     }
 
+    /// Tells the chardev the line speed the divisor latch now gives
+    /// (115200 / divisor, as a PC UART's 1.8432 MHz clock), when it
+    /// changed: a serial tablet talks only at 9600.
+    fn update_speed(&mut self) {
+        let div = u16::from_le_bytes([self.dll, self.dlm]);
+        if div == 0 {
+            return;
+        }
+        let bps = 115_200 / u32::from(div);
+        if self.speed != Some(bps) {
+            self.speed = Some(bps);
+            if let Some(b) = &mut self.backend {
+                b.set_line_speed(bps);
+            }
+        }
+    }
+
     /// The guest writes `value` to register `offset` (0..8).
     pub fn write(&mut self, offset: u16, value: u8) {
         let dlab = self.lcr & LCR_DLAB != 0;
         match offset {
-            0 if dlab => self.dll = value,
+            0 if dlab => {
+                self.dll = value;
+                self.update_speed();
+            }
             0 => self.transmit(value),
-            1 if dlab => self.dlm = value,
+            1 if dlab => {
+                self.dlm = value;
+                self.update_speed();
+            }
             1 => self.ier = value & 0x0f,
             2 => self.fifo = value & 1 != 0,
             3 => self.lcr = value,
-            4 => self.mcr = value & 0x1f,
+            4 => {
+                let old = self.mcr;
+                self.mcr = value & 0x1f;
+                // DTR (bit 0) and RTS (bit 1) reach the chardev: they
+                // power a serial mouse.
+                if (old ^ self.mcr) & 0x03 != 0
+                    && let Some(b) = &mut self.backend
+                {
+                    b.set_modem_lines(self.mcr & 1 != 0, self.mcr & 2 != 0);
+                }
+            }
             7 => self.scr = value,
             // LSR and MSR are read-only.
             _ => {}

@@ -30,6 +30,8 @@ use serde_json::{Value, json};
 use virtio_devices::device::VirtioDevice;
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
+use backends::chardev::input::{Axis, Button, InputEvent, InputRouter};
+
 use crate::machine::MachineNet;
 use crate::options::MonitorProtocol;
 use crate::virtio::VirtioHandle;
@@ -194,6 +196,16 @@ impl MonitorServer {
     /// Starts serving clients, one after another, on a thread of its own
     /// with `links` as the network devices.
     pub fn serve(&self, links: Vec<NetLink>) -> io::Result<Serving> {
+        self.serve_with(links, None)
+    }
+
+    /// [`serve`](Self::serve) with `input` as the pointing devices that
+    /// `mouse_move`, `mouse_button` and `input-send-event` feed.
+    pub fn serve_with(
+        &self,
+        links: Vec<NetLink>,
+        input: Option<InputRouter>,
+    ) -> io::Result<Serving> {
         let listener = self.listener.try_clone()?;
         let stop = Arc::new(EventFd::new(EFD_NONBLOCK | libc::EFD_CLOEXEC)?);
         let protocol = self.protocol;
@@ -201,7 +213,7 @@ impl MonitorServer {
             .name(format!("monitor-{}", self.path.display()))
             .spawn({
                 let stop = Arc::clone(&stop);
-                move || accept_loop(&listener, protocol, &links, &stop)
+                move || accept_loop(&listener, protocol, &links, input.as_ref(), &stop)
             })?;
         Ok(Serving {
             stop,
@@ -252,6 +264,7 @@ fn accept_loop(
     listener: &UnixListener,
     protocol: MonitorProtocol,
     links: &[NetLink],
+    input: Option<&InputRouter>,
     stop: &EventFd,
 ) {
     if listener.set_nonblocking(true).is_err() {
@@ -262,7 +275,7 @@ fn accept_loop(
             Ok((stream, _)) => {
                 // A client's failure (hang-up, a write that times out)
                 // ends its session only.
-                let _ = serve_client(stream, protocol, links, stop);
+                let _ = serve_client(stream, protocol, links, input, stop);
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -276,11 +289,13 @@ fn serve_client(
     mut stream: UnixStream,
     protocol: MonitorProtocol,
     links: &[NetLink],
+    input: Option<&InputRouter>,
     stop: &EventFd,
 ) -> io::Result<()> {
     stream.set_nonblocking(false)?;
     stream.set_write_timeout(Some(WRITE_TIMEOUT))?;
     let mut session = Session::new(protocol, links);
+    session.input = input.cloned();
     stream.write_all(session.greeting().as_bytes())?;
     let mut pending: Vec<u8> = Vec::new();
     let mut buf = [0u8; 4096];
@@ -333,6 +348,8 @@ impl Reply {
 pub struct Session<'a> {
     protocol: MonitorProtocol,
     links: &'a [NetLink],
+    /// The pointing devices input commands feed.
+    input: Option<InputRouter>,
     /// QMP: `qmp_capabilities` was accepted.
     negotiated: bool,
 }
@@ -362,6 +379,8 @@ const HMP_HELP: &str = "help|? -- show this help\r\n\
 info network -- show the network state\r\n\
 info status -- show the current VM status\r\n\
 set_link name on|off -- change the link status of a network adapter\r\n\
+mouse_move dx dy [dz] -- send mouse move events\r\n\
+mouse_button state -- change mouse button state (1=L, 2=R, 4=M)\r\n\
 quit|q -- close this monitor connection\r\n";
 
 impl<'a> Session<'a> {
@@ -370,7 +389,22 @@ impl<'a> Session<'a> {
         Session {
             protocol,
             links,
+            input: None,
             negotiated: false,
+        }
+    }
+
+    /// The session with `input` as its pointing devices.
+    pub fn with_input(mut self, input: InputRouter) -> Session<'a> {
+        self.input = Some(input);
+        self
+    }
+
+    /// Sends `events` to the pointing devices (none: dropped, as QEMU
+    /// does without a mouse).
+    fn send_input(&self, events: &[InputEvent]) {
+        if let Some(i) = &self.input {
+            i.send(events);
         }
     }
 
@@ -444,6 +478,34 @@ impl<'a> Session<'a> {
                 }
             }
             ["set_link", ..] => "usage: set_link name on|off\r\n".to_string(),
+            ["mouse_move", dx, dy, rest @ ..] if rest.len() <= 1 => {
+                match (dx.parse::<i32>(), dy.parse::<i32>()) {
+                    (Ok(dx), Ok(dy)) => {
+                        // dz (the wheel) is accepted; no device here has one.
+                        self.send_input(&[
+                            InputEvent::Rel(Axis::X, dx),
+                            InputEvent::Rel(Axis::Y, dy),
+                        ]);
+                        String::new()
+                    }
+                    _ => "mouse_move: dx and dy must be integers\r\n".to_string(),
+                }
+            }
+            ["mouse_move", ..] => "usage: mouse_move dx dy [dz]\r\n".to_string(),
+            ["mouse_button", state] => match state.parse::<u32>() {
+                Ok(b) => {
+                    // QEMU's bits (its MOUSE_EVENT_* values; its help
+                    // text has 2 and 4 the other way round).
+                    self.send_input(&[
+                        InputEvent::Button(Button::Left, b & 1 != 0),
+                        InputEvent::Button(Button::Right, b & 2 != 0),
+                        InputEvent::Button(Button::Middle, b & 4 != 0),
+                    ]);
+                    String::new()
+                }
+                Err(_) => "mouse_button: state must be a number\r\n".to_string(),
+            },
+            ["mouse_button", ..] => "usage: mouse_button state\r\n".to_string(),
             [cmd, ..] => format!("unknown command: '{cmd}'\r\n"),
         };
         Reply::keep(format!("{out}{PROMPT}"))
@@ -530,7 +592,15 @@ impl<'a> Session<'a> {
                 {"name": "query-status"},
                 {"name": "query-commands"},
                 {"name": "set_link"},
+                {"name": "input-send-event"},
             ])),
+            "input-send-event" => match input_events(args) {
+                Ok(events) => {
+                    self.send_input(&events);
+                    Ok(json!({}))
+                }
+                Err(e) => Err(("GenericError", e)),
+            },
             "set_link" => {
                 let name = args.get("name").and_then(Value::as_str);
                 let up = args.get("up").and_then(Value::as_bool);
@@ -558,6 +628,57 @@ impl<'a> Session<'a> {
             Err((class, desc)) => qmp_error(class, &desc, id),
         })
     }
+}
+
+/// The events of a QMP `input-send-event` (QEMU's `InputEvent` union:
+/// `rel` and `abs` with `axis` x or y and an integer `value`, `btn` with
+/// `button` left, middle or right and `down`); `device` and `head` are
+/// accepted and ignored (one pointer per machine).
+fn input_events(args: &serde_json::Map<String, Value>) -> Result<Vec<InputEvent>, String> {
+    let list = args
+        .get("events")
+        .and_then(Value::as_array)
+        .ok_or("Parameter 'events' is missing or not a list")?;
+    list.iter()
+        .enumerate()
+        .map(|(i, e)| {
+            let bad = |what: &str| format!("Parameter 'events[{i}]{what}' is invalid");
+            let data = e.get("data").ok_or_else(|| bad(".data"))?;
+            match e.get("type").and_then(Value::as_str) {
+                Some(kind @ ("rel" | "abs")) => {
+                    let axis = match data.get("axis").and_then(Value::as_str) {
+                        Some("x") => Axis::X,
+                        Some("y") => Axis::Y,
+                        _ => return Err(bad(".data.axis")),
+                    };
+                    let value = data
+                        .get("value")
+                        .and_then(Value::as_i64)
+                        .and_then(|v| i32::try_from(v).ok())
+                        .ok_or_else(|| bad(".data.value"))?;
+                    Ok(if kind == "rel" {
+                        InputEvent::Rel(axis, value)
+                    } else {
+                        InputEvent::Abs(axis, value)
+                    })
+                }
+                Some("btn") => {
+                    let button = match data.get("button").and_then(Value::as_str) {
+                        Some("left") => Button::Left,
+                        Some("middle") => Button::Middle,
+                        Some("right") => Button::Right,
+                        _ => return Err(bad(".data.button")),
+                    };
+                    let down = data
+                        .get("down")
+                        .and_then(Value::as_bool)
+                        .ok_or_else(|| bad(".data.down"))?;
+                    Ok(InputEvent::Button(button, down))
+                }
+                _ => Err(bad(".type")),
+            }
+        })
+        .collect()
 }
 
 fn qmp_return(value: Value, id: Option<Value>) -> String {
@@ -637,5 +758,77 @@ mod tests {
         assert!(s.line("set_link").text.starts_with("usage"));
         assert!(s.line("bogus 1 2").text.starts_with("unknown command"));
         assert!(s.line("quit").close);
+    }
+
+    /// A sink that records what it gets.
+    #[derive(Default)]
+    struct Record(std::sync::Mutex<Vec<Option<InputEvent>>>);
+
+    impl backends::chardev::input::InputSink for Record {
+        fn event(&self, ev: InputEvent) {
+            self.0.lock().unwrap().push(Some(ev));
+        }
+        fn sync(&self) {
+            self.0.lock().unwrap().push(None);
+        }
+        fn name(&self) -> &str {
+            "record"
+        }
+    }
+
+    /// HMP's `mouse_move`/`mouse_button` and QMP's `input-send-event`
+    /// reach the pointing devices as QEMU's input events, one batch each;
+    /// bad arguments are refused and nothing is sent.
+    #[test]
+    fn input_commands_feed_the_pointing_devices() {
+        let router = InputRouter::default();
+        let rec = Arc::new(Record::default());
+        router.register(rec.clone());
+        let mut h = Session::new(MonitorProtocol::Hmp, &[]).with_input(router.clone());
+        assert_eq!(h.line("mouse_move 10 -5").text, PROMPT);
+        assert_eq!(h.line("mouse_move 1 2 3").text, PROMPT);
+        assert_eq!(h.line("mouse_button 5").text, PROMPT);
+        assert!(h.line("mouse_move x 1").text.contains("integers"));
+        assert!(h.line("mouse_move 1").text.starts_with("usage"));
+        assert!(h.line("mouse_button left").text.contains("number"));
+        let mut q = Session::new(MonitorProtocol::Qmp, &[]).with_input(router);
+        qmp(&mut q, r#"{"execute":"qmp_capabilities"}"#);
+        let r = qmp(
+            &mut q,
+            r#"{"execute":"input-send-event","arguments":{"events":[
+                {"type":"abs","data":{"axis":"x","value":16384}},
+                {"type":"btn","data":{"button":"middle","down":true}}]}}"#
+                .replace('\n', " ")
+                .as_str(),
+        );
+        assert_eq!(r, json!({"return": {}}));
+        for bad in [
+            r#"{"execute":"input-send-event","arguments":{}}"#,
+            r#"{"execute":"input-send-event","arguments":{"events":[{"type":"rel","data":{"axis":"z","value":1}}]}}"#,
+            r#"{"execute":"input-send-event","arguments":{"events":[{"type":"btn","data":{"button":"left"}}]}}"#,
+            r#"{"execute":"input-send-event","arguments":{"events":[{"type":"key","data":{}}]}}"#,
+        ] {
+            assert_eq!(qmp(&mut q, bad)["error"]["class"], "GenericError", "{bad}");
+        }
+        use InputEvent::*;
+        let got = rec.0.lock().unwrap().clone();
+        assert_eq!(
+            got,
+            [
+                Some(Rel(Axis::X, 10)),
+                Some(Rel(Axis::Y, -5)),
+                None,
+                Some(Rel(Axis::X, 1)),
+                Some(Rel(Axis::Y, 2)),
+                None,
+                Some(Button(super::Button::Left, true)),
+                Some(Button(super::Button::Right, false)),
+                Some(Button(super::Button::Middle, true)),
+                None,
+                Some(Abs(Axis::X, 16384)),
+                Some(Button(super::Button::Middle, true)),
+                None,
+            ]
+        );
     }
 }

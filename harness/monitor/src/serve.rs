@@ -123,7 +123,10 @@ pub fn build(config: &MachineConfig, mem: &SharedMemory) -> Result<ServedDevice,
         if frontends.contains(&id.as_str()) {
             continue;
         }
-        chardevs.insert(id.clone(), machine::open_chardev(id, kind, None)?);
+        chardevs.insert(
+            id.clone(),
+            machine::open_chardev(id, kind, &machine::ChardevContext::default())?,
+        );
     }
     let mut ports = Vec::new();
     let mut out = None;

@@ -6,6 +6,12 @@
 //! (default 30 000). Last line: `uart: echoed <n> bytes`. With
 //! `uart.quit=N` it then writes `Nq` to the UART, a `-chardev testdev`'s
 //! quit command, and waits for the monitor to end the run.
+//! `uart.mouse=N` (a `-chardev msmouse` behind the UART): powers the
+//! mouse with DTR and RTS, checks its `M3` and prints N packets as
+//! `uart: mouse dx <dx> dy <dy> buttons <L|-><R|->`. `uart.tablet=N` (a
+//! `-chardev wctablet`): sets 9600 bit/s, asks the model with `~#`
+//! (`uart: tablet model <string>`), starts reports with `ST` and prints N
+//! as `uart: tablet x <x> y <y> pen up|down`.
 #![no_std]
 #![no_main]
 
@@ -20,8 +26,12 @@ const LSR_DR: u8 = 0x01;
 const LSR_THRE: u8 = 0x20;
 
 fn main(boot: &'static BootInfo) {
-    let opts =
-        Options::new(boot, "uart", &["base", "bytes", "ms", "quit"]).or_fail(format_args!("uart"));
+    let opts = Options::new(
+        boot,
+        "uart",
+        &["base", "bytes", "ms", "quit", "mouse", "tablet"],
+    )
+    .or_fail(format_args!("uart"));
     let base = opts
         .u64("base")
         .or_fail(format_args!("uart"))
@@ -70,6 +80,78 @@ fn main(boot: &'static BootInfo) {
         }
     }
     println!("uart: echoed {bytes} bytes");
+    let read = || {
+        wait(LSR_DR, "data from the pointing device");
+        inb(0)
+    };
+    let send = |text: &[u8]| {
+        for &b in text {
+            wait(LSR_THRE, "room to transmit");
+            out(0, b);
+        }
+    };
+    if let Some(n) = opts.u64("mouse").or_fail(format_args!("uart")) {
+        // 1200 bit/s 7N1 as serial mice talk (divisor 96), then power
+        // on: a serial mouse draws its power from DTR and RTS.
+        out(3, 0x80);
+        out(0, 96);
+        out(1, 0);
+        out(3, 0x02);
+        out(4, 0x03);
+        let id = [read(), read()];
+        if id != *b"M3" {
+            exit::fail(format_args!("uart: the mouse said {id:02x?}, not M3"));
+        }
+        println!("uart: mouse id M3");
+        for i in 0..n {
+            let b0 = read();
+            if b0 & 0x40 == 0 {
+                exit::fail(format_args!(
+                    "uart: mouse packet {i} starts with {b0:#04x} (no sync bit)"
+                ));
+            }
+            let (b1, b2) = (read(), read());
+            let dx = ((b0 & 0x03) << 6 | (b1 & 0x3f)) as i8;
+            let dy = ((b0 >> 2 & 0x03) << 6 | (b2 & 0x3f)) as i8;
+            println!(
+                "uart: mouse dx {dx} dy {dy} buttons {}{}",
+                if b0 & 0x20 != 0 { "L" } else { "-" },
+                if b0 & 0x10 != 0 { "R" } else { "-" }
+            );
+        }
+    }
+    if let Some(n) = opts.u64("tablet").or_fail(format_args!("uart")) {
+        // 9600 bit/s 8N1 (divisor 12): the tablet talks at no other speed.
+        out(3, 0x80);
+        out(0, 12);
+        out(1, 0);
+        out(3, 0x03);
+        send(b"~#");
+        let mut model = [0u8; 18];
+        for b in &mut model {
+            *b = read();
+        }
+        println!(
+            "uart: tablet model {}",
+            core::str::from_utf8(&model).unwrap_or("(not text)")
+        );
+        send(b"ST\r");
+        for i in 0..n {
+            let mut p = [0u8; 7];
+            for b in &mut p {
+                *b = read();
+            }
+            if p[0] & 0x80 == 0 || p[1..].iter().any(|b| b & 0x80 != 0) {
+                exit::fail(format_args!("uart: tablet report {i} is {p:02x?}"));
+            }
+            let x = u32::from(p[0] & 3) << 14 | u32::from(p[1]) << 7 | u32::from(p[2]);
+            let y = u32::from(p[3] & 3) << 14 | u32::from(p[4]) << 7 | u32::from(p[5]);
+            println!(
+                "uart: tablet x {x} y {y} pen {}",
+                if p[0] & 0x40 == 0 { "down" } else { "up" }
+            );
+        }
+    }
     if let Some(status) = opts.u64("quit").or_fail(format_args!("uart")) {
         let mut digits = [0u8; 20];
         let mut n = status;

@@ -172,20 +172,20 @@ pub fn realize_devices_with_hubs(
     mem: &GuestRam,
     hubs: &mut Hubs,
 ) -> Result<Vec<RealizedDevice>, MachineError> {
-    realize_devices_shared(config, mem, hubs, None, None)
+    realize_devices_shared(config, mem, hubs, None, &ChardevContext::default())
 }
 
 /// [`realize_devices_with_hubs`] with guest RAM shareable with vhost-user
 /// backends (`ram`, needed by `vhost-user-*` devices and `-netdev
 /// vhost-user`; without it they fail naming the memory backend to use),
-/// and `quit` for `-chardev testdev` (the run it ends; without it a
-/// testdev is refused).
+/// and `ctx` for the chardevs that reach the machine (`testdev`,
+/// `msmouse`, `wctablet`).
 pub fn realize_devices_shared(
     config: &MachineConfig,
     mem: &GuestRam,
     hubs: &mut Hubs,
     ram: Option<Arc<SharedRam>>,
-    quit: Option<Arc<crate::vm::QuitRequest>>,
+    ctx: &ChardevContext,
 ) -> Result<Vec<RealizedDevice>, MachineError> {
     let vhost_chardevs = config.vhost_user_chardevs();
     let mut chardevs = HashMap::new();
@@ -198,7 +198,7 @@ pub fn realize_devices_shared(
         if vhost_chardevs.contains(&id.as_str()) || config.serial_chardevs().any(|s| s == id) {
             continue;
         }
-        let (c, what) = open_chardev(id, kind, quit.as_ref())?;
+        let (c, what) = open_chardev(id, kind, ctx)?;
         if config.mux_chardevs.contains(id) {
             let users = config
                 .devices

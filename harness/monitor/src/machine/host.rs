@@ -16,13 +16,25 @@ pub type BoxedDevice = Box<dyn VirtioDevice + Send>;
 /// clamped by the option parser's caller).
 const RINGBUF_SIZE: usize = 64 * 1024;
 
-/// Opens one chardev; a `testdev` ends the run through `quit` (without
-/// one, as in a vhost-user daemon with no VM to end, it is refused).
+/// What a machine's chardevs reach beyond their bytes: the run a
+/// `testdev` ends, the monitor input a `msmouse` or `wctablet` takes.
+/// Without them (a vhost-user daemon has no VM and no mouse commands)
+/// those chardevs are refused.
+#[derive(Clone, Debug, Default)]
+pub struct ChardevContext {
+    /// The run's quit handle.
+    pub quit: Option<Arc<crate::vm::QuitRequest>>,
+    /// The machine's pointing devices, fed by the monitor.
+    pub input: Option<backends::chardev::input::InputRouter>,
+}
+
+/// Opens one chardev in `ctx`.
 pub fn open_chardev(
     id: &str,
     kind: &ChardevKind,
-    quit: Option<&Arc<crate::vm::QuitRequest>>,
+    ctx: &ChardevContext,
 ) -> Result<(BoxedChardev, String), MachineError> {
+    let quit = ctx.quit.as_ref();
     let err = |err| MachineError::Chardev {
         id: id.to_string(),
         err,
@@ -40,6 +52,23 @@ pub fn open_chardev(
                 Box::new(backends::chardev::testdev::Testdev::new(move |s| q.quit(s))),
                 "testdev".into(),
             )
+        }
+        ChardevKind::Msmouse | ChardevKind::Wctablet => {
+            let Some(router) = &ctx.input else {
+                return Err(MachineError::Unsupported(
+                    "-chardev msmouse/wctablet: their input comes from a machine's monitor \
+                     (mouse_move, input-send-event), and there is none here",
+                ));
+            };
+            if *kind == ChardevKind::Msmouse {
+                let (m, input) = backends::chardev::msmouse::Msmouse::new();
+                router.register(input);
+                (Box::new(m), "msmouse".into())
+            } else {
+                let (t, input) = backends::chardev::wctablet::Wctablet::new();
+                router.register(input);
+                (Box::new(t), "wctablet".into())
+            }
         }
         ChardevKind::Ringbuf { .. } => (
             Box::new(RingBuf::<RINGBUF_SIZE>::default()),

@@ -72,6 +72,9 @@ pub struct Machine {
     /// Monitor sockets (`-monitor`, `-qmp`), bound; served while
     /// [`Machine::run`] runs.
     monitors: Vec<MonitorServer>,
+    /// Its pointing devices (`-chardev msmouse|wctablet`), which the
+    /// monitors' input commands feed.
+    pub input: backends::chardev::input::InputRouter,
 }
 
 impl fmt::Debug for Machine {
@@ -138,14 +141,12 @@ impl Machine {
         } else {
             None
         };
-        let quit = vm.quit_request();
-        let realized = realize_devices_shared(
-            config,
-            vm.guest_memory(),
-            hubs,
-            ram,
-            Some(Arc::clone(&quit)),
-        )?;
+        let input = backends::chardev::input::InputRouter::default();
+        let ctx = ChardevContext {
+            quit: Some(vm.quit_request()),
+            input: Some(input.clone()),
+        };
+        let realized = realize_devices_shared(config, vm.guest_memory(), hubs, ram, &ctx)?;
         let devices = realized
             .iter()
             .map(|d| (d.kind, d.backend.clone()))
@@ -166,7 +167,7 @@ impl Machine {
                     by: format!("-serial chardev:{id}"),
                     id: id.clone(),
                 })?;
-            let (c, _) = open_chardev(id, kind, Some(&quit))?;
+            let (c, _) = open_chardev(id, kind, &ctx)?;
             vm.attach_serial(i, c);
         }
         let cmdline = crate::slots::append_cmdline(&config.append, &slots);
@@ -188,6 +189,7 @@ impl Machine {
             links,
             tpm,
             monitors,
+            input,
         })
     }
 
@@ -212,7 +214,7 @@ impl Machine {
             .monitors
             .iter()
             .map(|m| {
-                m.serve(self.links.clone())
+                m.serve_with(self.links.clone(), Some(self.input.clone()))
                     .map_err(|err| MachineError::Monitor {
                         path: m.path().to_path_buf(),
                         err,

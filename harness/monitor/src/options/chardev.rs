@@ -3,7 +3,7 @@
 use super::*;
 
 impl Parser {
-    /// `-chardev null|ringbuf|memory|file|pipe|pty|serial|stdio|socket|udp|testdev,id=…`.
+    /// `-chardev null|ringbuf|memory|file|pipe|pty|serial|stdio|socket|udp|testdev|msmouse|wctablet,id=…`.
     pub(super) fn chardev(&mut self, arg: &str) -> Result<(), OptionError> {
         let Parser { cfg, ids, .. } = self;
         let mut kv = KeyVals::parse("-chardev", arg)?;
@@ -12,6 +12,8 @@ impl Parser {
         let kind = match kv.ty.as_str() {
             "null" => ChardevKind::Null,
             "testdev" => ChardevKind::Testdev,
+            "msmouse" => ChardevKind::Msmouse,
+            "wctablet" => ChardevKind::Wctablet,
             // `memory` is QEMU's old name for the ring buffer.
             "ringbuf" | "memory" => ChardevKind::Ringbuf {
                 size: kv.take_size("size")?.unwrap_or(64 << 10),

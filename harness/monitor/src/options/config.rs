@@ -65,6 +65,12 @@ pub enum ChardevKind {
     /// `testdev`: QEMU's test-suite control channel; `<n>q` written to it
     /// ends the run with status n ([`backends::chardev::testdev`]).
     Testdev,
+    /// `msmouse`: a Microsoft serial mouse for a UART, fed by the
+    /// monitor's `mouse_move`/`mouse_button` ([`backends::chardev::msmouse`]).
+    Msmouse,
+    /// `wctablet`: a Wacom serial tablet for a UART, fed by QMP's
+    /// `input-send-event` ([`backends::chardev::wctablet`]).
+    Wctablet,
     /// `ringbuf[,size=…]` (also QEMU's alias `memory`).
     Ringbuf {
         /// Capacity in bytes.
