@@ -237,33 +237,39 @@ fn main() -> ExitCode {
             poll_max_us,
             watch_driver,
             options,
-        } => match monitor::serve::serve_options_with(
-            &socket,
-            &options,
-            verbose,
-            Duration::from_micros(poll_max_us),
-            watch_driver.map(|path| -> monitor::serve::Wrap {
-                Box::new(move |dev, mem| {
-                    let publish = harness::conform::drivers::PublishHandle::default();
-                    Box::new(
-                        harness::conform::drivers::WatchedDevice::new(
-                            dev,
-                            mem.clone(),
-                            harness::conform::drivers::append_records_with(
-                                path,
-                                Some(publish.clone()),
-                            ),
-                        )
-                        .with_publish_order(publish),
-                    )
-                })
-            }),
-        ) {
-            Ok(never) => match never {},
-            Err(e) => {
-                eprintln!("virtio-harness vhost-user: {e}");
-                ExitCode::from(2)
+        } => match monitor::options::parse(&options) {
+            Err(monitor::options::OptionError::Help(text)) => {
+                print!("{text}");
+                ExitCode::SUCCESS
             }
+            _ => match monitor::serve::serve_options_with(
+                &socket,
+                &options,
+                verbose,
+                Duration::from_micros(poll_max_us),
+                watch_driver.map(|path| -> monitor::serve::Wrap {
+                    Box::new(move |dev, mem| {
+                        let publish = harness::conform::drivers::PublishHandle::default();
+                        Box::new(
+                            harness::conform::drivers::WatchedDevice::new(
+                                dev,
+                                mem.clone(),
+                                harness::conform::drivers::append_records_with(
+                                    path,
+                                    Some(publish.clone()),
+                                ),
+                            )
+                            .with_publish_order(publish),
+                        )
+                    })
+                }),
+            ) {
+                Ok(never) => match never {},
+                Err(e) => {
+                    eprintln!("virtio-harness vhost-user: {e}");
+                    ExitCode::from(2)
+                }
+            },
         },
         Command::User {
             socket,
@@ -363,6 +369,11 @@ fn suite() -> ExitCode {
 fn run(options: &[String], timeout: Duration) -> ExitCode {
     let config = match monitor::options::parse(options) {
         Ok(c) => c,
+        // `-device help` and the like: QEMU prints and exits 0.
+        Err(monitor::options::OptionError::Help(text)) => {
+            print!("{text}");
+            return ExitCode::SUCCESS;
+        }
         Err(e) => {
             eprintln!("virtio-harness run: {e}");
             return ExitCode::from(2);

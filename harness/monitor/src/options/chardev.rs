@@ -87,23 +87,6 @@ impl Parser {
             "serial" | "tty" => ChardevKind::Serial {
                 path: kv.require("path")?.into(),
             },
-            "vc" | "qemu-vdagent" | "spicevmc" | "spiceport" => {
-                return Err(OptionError::Conflict(format!(
-                    "-chardev {}: not available here: it needs a display (vc: a graphical \
-                     console) or a SPICE or VNC server (qemu-vdagent: the clipboard and mouse \
-                     of a remote viewer), and this monitor has neither",
-                    kv.ty
-                )));
-            }
-            "parallel" | "parport" => {
-                return Err(OptionError::Conflict(format!(
-                    "-chardev {}: not available here: QEMU's parallel chardev carries a \
-                     parallel port device's register accesses to the host port (ppdev \
-                     ioctls), not a byte stream, and this monitor has no parallel port \
-                     device to make them",
-                    kv.ty
-                )));
-            }
             "stdio" => {
                 kv.take_bool("signal", true)?;
                 ChardevKind::Stdio
@@ -113,8 +96,10 @@ impl Parser {
                 let host = kv.take("host");
                 let port = kv.take_u32("port")?;
                 let server = kv.take_bool("server", false)?;
-                // QEMU's `wait=off`: we never wait for a client.
+                // QEMU's `wait=off` (and the older bare `nowait`): we
+                // never wait for a client.
                 kv.take_bool("wait", false)?;
+                kv.take_bool("nowait", false)?;
                 let reconnect = kv.take_u32("reconnect")?;
                 let tcp = match (host, port) {
                     (h, Some(p)) if p <= 65535 => {
@@ -144,12 +129,7 @@ impl Parser {
                     reconnect,
                 }
             }
-            _ => {
-                return Err(OptionError::UnknownType {
-                    option: "-chardev",
-                    ty: kv.ty,
-                });
-            }
+            _ => return Err(registry::unknown_or_refused("-chardev", kv.ty)),
         };
         kv.finish()?;
         if ids.insert(id.clone(), IdKind::Chardev).is_some() {
@@ -162,8 +142,9 @@ impl Parser {
         Ok(())
     }
 
-    /// `-serial chardev:ID|stdio|pty|file:PATH|null|none`: the next UART
-    /// (COM1, then COM2).
+    /// `-serial chardev:ID|null|none|…`: the next UART (COM1, then COM2);
+    /// QEMU's older chardev spellings ([`compat_chardev`]) make a chardev
+    /// `serialN` of their own.
     pub(super) fn serial(&mut self, arg: &str) -> Result<(), OptionError> {
         if self.cfg.serials.len() >= 2 {
             return Err(OptionError::Conflict(
@@ -172,41 +153,91 @@ impl Parser {
         }
         // QEMU's shorthands make a chardev of their own, named after the
         // port (`serial0`, `serial1`), as QEMU does.
-        let implicit = match arg {
-            "stdio" => Some(ChardevKind::Stdio),
-            "pty" => Some(ChardevKind::Pty),
-            _ => match arg.strip_prefix("file:") {
-                Some(path) if !path.is_empty() => Some(ChardevKind::File {
-                    path: path.into(),
-                    input_path: None,
-                }),
-                _ => None,
-            },
-        };
-        let spec = match (arg, implicit) {
-            ("null" | "none", _) => None,
-            (_, Some(kind)) => {
-                let id = format!("serial{}", self.cfg.serials.len());
-                if self.ids.insert(id.clone(), IdKind::Chardev).is_some() {
-                    return Err(OptionError::DuplicateId(id));
-                }
-                self.cfg.chardevs.push((id.clone(), kind));
-                Some(id)
-            }
+        let spec = match arg {
+            "null" | "none" => None,
             _ => match arg.strip_prefix("chardev:") {
                 Some(id) if !id.is_empty() => Some(id.to_string()),
-                _ => {
-                    return Err(OptionError::BadValue {
-                        option: "-serial",
-                        key: "backend".into(),
-                        value: arg.to_string(),
-                        expected: "chardev:ID, stdio, pty, file:PATH, null or none (other \
-                                   backends: -chardev …,id=ID and -serial chardev:ID)",
-                    });
+                Some(_) => return Err(bad_serial(arg)),
+                None => {
+                    let id = format!("serial{}", self.cfg.serials.len());
+                    let chardev = compat_chardev(arg, &id).ok_or_else(|| bad_serial(arg))?;
+                    self.chardev(&chardev)?;
+                    Some(id)
                 }
             },
         };
         self.cfg.serials.push(spec);
         Ok(())
     }
+}
+
+fn bad_serial(arg: &str) -> OptionError {
+    OptionError::BadValue {
+        option: "-serial",
+        key: "backend".into(),
+        value: arg.to_string(),
+        expected: "chardev:ID, null, none, stdio, pty, file:PATH, pipe:PATH, /dev/TTY, \
+                   tcp:[HOST]:PORT[,server=on][,wait=off][,reconnect=S], unix:PATH[,server=on], \
+                   udp:[HOST]:PORT[@[LOCALADDR]:LOCALPORT], msmouse, wctablet or testdev",
+    }
+}
+
+/// QEMU's older chardev spellings (what `-serial` takes, QEMU's
+/// `qemu_chr_parse_compat`) as the `-chardev` argument with id `id`;
+/// `None` for what is not one.
+pub(super) fn compat_chardev(spec: &str, id: &str) -> Option<String> {
+    // A path is one value: its commas are escaped.
+    let path = |p: &str| (!p.is_empty()).then(|| p.replace(',', ",,"));
+    match spec {
+        "stdio" | "pty" | "msmouse" | "wctablet" | "testdev" | "null" => {
+            return Some(format!("{spec},id={id}"));
+        }
+        _ => {}
+    }
+    if let Some(p) = spec.strip_prefix("file:") {
+        return Some(format!("file,id={id},path={}", path(p)?));
+    }
+    if let Some(p) = spec.strip_prefix("pipe:") {
+        return Some(format!("pipe,id={id},path={}", path(p)?));
+    }
+    if spec.starts_with("/dev/") {
+        return Some(format!("serial,id={id},path={}", path(spec)?));
+    }
+    if let Some(rest) = spec.strip_prefix("tcp:") {
+        let (addr, opts) = rest.split_once(',').unwrap_or((rest, ""));
+        let (host, port) = addr.rsplit_once(':')?;
+        let host = if host.is_empty() { "0.0.0.0" } else { host };
+        let opts = if opts.is_empty() {
+            String::new()
+        } else {
+            format!(",{opts}")
+        };
+        return Some(format!("socket,id={id},host={host},port={port}{opts}"));
+    }
+    if let Some(rest) = spec.strip_prefix("unix:") {
+        let (p, opts) = rest.split_once(',').unwrap_or((rest, ""));
+        let opts = if opts.is_empty() {
+            String::new()
+        } else {
+            format!(",{opts}")
+        };
+        return Some(format!("socket,id={id},path={}{opts}", path(p)?));
+    }
+    if let Some(rest) = spec.strip_prefix("udp:") {
+        let (remote, local) = match rest.split_once('@') {
+            Some((r, l)) => (r, Some(l)),
+            None => (rest, None),
+        };
+        let (host, port) = remote.rsplit_once(':')?;
+        let mut out = format!("udp,id={id},host={host},port={port}");
+        if let Some(l) = local {
+            let (addr, lport) = l.rsplit_once(':')?;
+            if !addr.is_empty() {
+                out.push_str(&format!(",localaddr={addr}"));
+            }
+            out.push_str(&format!(",localport={lport}"));
+        }
+        return Some(out);
+    }
+    None
 }

@@ -211,12 +211,7 @@ impl Parser {
                     name: kv.take("name"),
                 }
             }
-            _ => {
-                return Err(OptionError::UnknownType {
-                    option: "-device",
-                    ty: kv.ty,
-                });
-            }
+            _ => return Err(registry::unknown_or_refused("-device", kv.ty)),
         };
         kv.finish()?;
         if let Some(id) = id

@@ -70,6 +70,9 @@ pub enum OptionError {
     },
     /// Settings that contradict each other.
     Conflict(String),
+    /// Not an error: `-device help`, `-netdev user,help` and the like
+    /// asked for this text (QEMU prints it and exits with status 0).
+    Help(String),
 }
 
 impl fmt::Display for OptionError {
@@ -79,10 +82,18 @@ impl fmt::Display for OptionError {
             OptionError::MissingArgument(o) => write!(f, "option '{o}' needs an argument"),
             OptionError::Repeated(o) => write!(f, "option '{o}' given more than once"),
             OptionError::UnknownType { option, ty } => {
-                write!(f, "{option}: unknown type '{ty}'")
+                write!(f, "{option}: unknown type '{ty}'")?;
+                if super::registry::Kind::of_option(option).is_some() {
+                    write!(f, " (see {option} help)")?;
+                }
+                Ok(())
             }
             OptionError::UnknownKey { option, ty, key } => {
-                write!(f, "{option} {ty}: unknown key '{key}'")
+                write!(f, "{option} {ty}: unknown key '{key}'")?;
+                if let Some(keys) = super::registry::keys_of(option, ty) {
+                    write!(f, " (it takes: {})", keys.join(", "))?;
+                }
+                Ok(())
             }
             OptionError::RepeatedKey { option, key } => {
                 write!(f, "{option}: key '{key}' given more than once")
@@ -104,6 +115,7 @@ impl fmt::Display for OptionError {
                 expected,
             } => write!(f, "{by}: {key}='{id}' does not name {expected}"),
             OptionError::Conflict(why) => f.write_str(why),
+            OptionError::Help(text) => f.write_str(text),
         }
     }
 }

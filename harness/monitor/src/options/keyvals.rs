@@ -94,7 +94,21 @@ impl KeyVals {
     }
 
     pub(super) fn take(&mut self, key: &str) -> Option<String> {
+        self.registered(key);
         self.keys.remove(key)
+    }
+
+    /// The parser's tests hold it to the registry: every key it asks for
+    /// is one `-… help` shows.
+    fn registered(&self, key: &str) {
+        if cfg!(test) {
+            assert!(
+                super::registry::knows(self.option, &self.ty, key),
+                "{} {} asks for key '{key}', which the registry does not list",
+                self.option,
+                self.ty
+            );
+        }
     }
 
     /// One of `choices` (value, result), or an error listing them.
@@ -159,6 +173,7 @@ impl KeyVals {
 
     /// Every value of a repeatable key, in order.
     pub(super) fn take_all(&mut self, key: &str) -> Vec<String> {
+        self.registered(key);
         self.lists.remove(key).unwrap_or_default()
     }
 

@@ -24,6 +24,7 @@ mod machine;
 mod monitor;
 mod netdev;
 mod object;
+pub mod registry;
 #[cfg(test)]
 mod tests;
 mod tpmdev;
@@ -101,6 +102,9 @@ pub fn parse<S: AsRef<str>>(args: &[S]) -> Result<MachineConfig, OptionError> {
         let arg = it
             .next()
             .ok_or_else(|| OptionError::MissingArgument(opt.to_string()))?;
+        if let Some(help) = registry::help_request(&format!("-{name}"), arg) {
+            return Err(OptionError::Help(help?));
+        }
         match name {
             "m" => p.memory(arg)?,
             "machine" | "M" => p.machine(arg)?,

@@ -216,12 +216,7 @@ impl Parser {
             }
             "user" => NetdevKind::User(user(&id, &mut kv)?),
             "socket" => socket(&id, &mut kv)?,
-            _ => {
-                return Err(OptionError::UnknownType {
-                    option: "-netdev",
-                    ty: kv.ty,
-                });
-            }
+            _ => return Err(registry::unknown_or_refused("-netdev", kv.ty)),
         };
         kv.finish()?;
         if ids.insert(id.clone(), IdKind::Netdev).is_some() {

@@ -80,12 +80,7 @@ impl Parser {
                     .push((id.clone(), CryptodevConfig { queues, backend }));
                 IdKind::Cryptodev
             }
-            _ => {
-                return Err(OptionError::UnknownType {
-                    option: "-object",
-                    ty: kv.ty,
-                });
-            }
+            _ => return Err(registry::unknown_or_refused("-object", kv.ty)),
         };
         kv.finish()?;
         if ids.insert(id.clone(), kind).is_some() {

@@ -927,7 +927,7 @@ fn serial_ports_take_a_chardev_or_qemus_shorthands() {
     assert_eq!(c.serials, vec![None, Some("serial1".to_string())]);
     assert_eq!(c.chardevs[0].1, ChardevKind::Pty);
     for (line, want) in [
-        ("-serial tcp:localhost:4444", "chardev:ID"),
+        ("-serial tcp-ish:localhost:4444", "chardev:ID"),
         ("-serial chardev:", "chardev:ID"),
         ("-serial null -serial null -serial null", "two UARTs"),
         ("-serial chardev:nope", "nope"),
@@ -1028,4 +1028,159 @@ fn legacy_socket_netdev_maps_to_stream_and_dgram() {
         let e = p(line).unwrap_err().to_string();
         assert!(e.contains(want), "{line}: {e}");
     }
+}
+
+#[test]
+fn serial_takes_qemus_older_chardev_spellings() {
+    let c = p("-serial tcp::4444,server,nowait -serial unix:/tmp/a,,b.sock,server=on").unwrap();
+    assert_eq!(
+        c.chardevs[0].1,
+        ChardevKind::Socket {
+            path: None,
+            tcp: Some("0.0.0.0:4444".into()),
+            server: true,
+            reconnect: None
+        }
+    );
+    assert_eq!(
+        c.chardevs[1].1,
+        ChardevKind::Socket {
+            path: Some("/tmp/a,b.sock".into()),
+            tcp: None,
+            server: true,
+            reconnect: None
+        }
+    );
+    let c = p("-serial udp:127.0.0.1:5000@:5001 -serial msmouse").unwrap();
+    assert_eq!(
+        c.chardevs[0].1,
+        ChardevKind::Udp {
+            remote: "127.0.0.1:5000".into(),
+            local: Some("0.0.0.0:5001".into()),
+            family: None
+        }
+    );
+    assert_eq!(c.chardevs[1].1, ChardevKind::Msmouse);
+    assert_eq!(
+        c.serials,
+        vec![Some("serial0".into()), Some("serial1".into())]
+    );
+    let c = p("-serial /dev/ttyS9 -serial pipe:/tmp/p,x").unwrap();
+    assert_eq!(
+        c.chardevs[0].1,
+        ChardevKind::Serial {
+            path: "/dev/ttyS9".into()
+        }
+    );
+    assert_eq!(
+        c.chardevs[1].1,
+        ChardevKind::Pipe {
+            path: "/tmp/p,x".into()
+        }
+    );
+    for (line, want) in [
+        ("-serial telnet::4444,server", "tcp:[HOST]:PORT"),
+        ("-serial tcp:nohost", "tcp:[HOST]:PORT"),
+        ("-serial tcp::70000", "port"),
+        ("-serial unix:", "unix:PATH"),
+        ("-serial udp:h:1@nolocal", "udp:"),
+        ("-serial tcp::1,bogus=1", "bogus"),
+        ("-serial vc", "msmouse"),
+    ] {
+        let e = p(line).unwrap_err().to_string();
+        assert!(e.contains(want), "{line}: {e}");
+    }
+}
+
+/// A plausible value for `prop`, so the parser gets as far as it can.
+fn sample(prop: &registry::Prop) -> &'static str {
+    match prop.name {
+        "addr.type" => "unix",
+        "local.type" | "remote.type" => "inet",
+        "addr.path" | "path" | "mem-path" | "filename" | "input-path" | "cancel-path" => "/tmp/x",
+        "mac" => "52:54:00:12:34:56",
+        "virtio-id" => "4",
+        "net" => "10.0.2.0/24",
+        "dns" => "10.0.2.3",
+        "dhcpstart" => "10.0.2.15",
+        "hostfwd" => "tcp::1-:2",
+        "guestfwd" => "tcp:10.0.2.100:1-cmd:true",
+        "src" | "dst" | "local.host" | "remote.host" | "addr.host" => "127.0.0.1",
+        "listen" | "connect" | "udp" | "localaddr" => "127.0.0.1:1",
+        "script" | "downscript" => "no",
+        "misbehave" => "used-twice",
+        "seed" => "1",
+        _ => match prop.ty {
+            "bool" => "on",
+            "size" => "1M",
+            "str" | "string" => "x",
+            _ => "1",
+        },
+    }
+}
+
+/// Every key the registry lists reaches the parser (which, under test,
+/// asserts that every key it asks for is registered): for each type
+/// built here, each key with the required ones and plausible values is
+/// never an unknown key; a refused type says why.
+#[test]
+fn the_registry_and_the_parser_agree_on_every_key() {
+    for t in registry::TYPES {
+        let required: Vec<String> = t
+            .all_props()
+            .filter(|p| p.required)
+            .map(|p| format!("{}={}", p.name, sample(p)))
+            .collect();
+        let base = if required.iter().any(|r| r.starts_with("id=")) {
+            format!("{},{}", t.name, required.join(","))
+        } else if required.is_empty() {
+            t.name.to_string()
+        } else {
+            format!("{},{}", t.name, required.join(","))
+        };
+        let r = p(&format!("{} {base}", t.kind.option()));
+        if let Some(why) = t.refused {
+            let e = r.unwrap_err().to_string();
+            assert!(
+                e.contains("not available here") && e.contains(&why[..20]),
+                "{e}"
+            );
+            continue;
+        }
+        for prop in t.all_props().filter(|p| !p.required) {
+            let line = format!("{} {base},{}={}", t.kind.option(), prop.name, sample(prop));
+            if let Err(OptionError::UnknownKey { key, .. }) = p(&line) {
+                assert_ne!(key, prop.name, "{line}: the parser does not take it");
+            }
+        }
+        // Help for each name it answers to.
+        for name in std::iter::once(&t.name).chain(t.aliases) {
+            let line = format!("{} {name},help", t.kind.option());
+            match p(&line) {
+                Err(OptionError::Help(text)) => {
+                    assert!(text.starts_with(&format!("{} options:", t.name)), "{text}")
+                }
+                other => panic!("{line}: {other:?}"),
+            }
+        }
+    }
+    for (option, first) in [
+        ("-device", "Storage devices:"),
+        ("-netdev", "Available netdev backend types:"),
+        ("-chardev", "Available chardev backend types: "),
+        ("-object", "List of user creatable objects:"),
+    ] {
+        for q in ["help", "?"] {
+            match p(&format!("{option} {q}")) {
+                Err(OptionError::Help(text)) => assert!(text.starts_with(first), "{text}"),
+                other => panic!("{option} {q}: {other:?}"),
+            }
+        }
+    }
+    let e = p("-netdev nope,help").unwrap_err().to_string();
+    assert!(e.contains("unknown type 'nope' (see -netdev help)"), "{e}");
+    let e = p("-netdev user,id=n,frob=1").unwrap_err().to_string();
+    assert!(e.contains("(it takes: net, host, dns,"), "{e}");
+    let e = p("-netdev vde,id=n").unwrap_err().to_string();
+    assert!(e.contains("libvdeplug"), "{e}");
 }

@@ -17,12 +17,7 @@ impl Parser {
                 path: kv.take("path").unwrap_or_else(|| "/dev/tpm0".into()).into(),
                 cancel_path: kv.take("cancel-path").map(PathBuf::from),
             },
-            _ => {
-                return Err(OptionError::UnknownType {
-                    option: "-tpmdev",
-                    ty: kv.ty,
-                });
-            }
+            _ => return Err(registry::unknown_or_refused("-tpmdev", kv.ty)),
         };
         kv.finish()?;
         if ids.insert(id.clone(), IdKind::Tpmdev).is_some() {
