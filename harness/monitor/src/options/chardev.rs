@@ -9,126 +9,8 @@ impl Parser {
         let mut kv = KeyVals::parse("-chardev", arg)?;
         let id = kv.require("id")?;
         let mux = kv.take_bool("mux", false)?;
-        let kind = match kv.ty.as_str() {
-            "null" => ChardevKind::Null,
-            "testdev" => ChardevKind::Testdev,
-            "msmouse" => ChardevKind::Msmouse,
-            "wctablet" => ChardevKind::Wctablet,
-            // `memory` is QEMU's old name for the ring buffer.
-            "ringbuf" | "memory" => ChardevKind::Ringbuf {
-                size: kv.take_size("size")?.unwrap_or(64 << 10),
-            },
-            "udp" => {
-                let port = |kv: &mut KeyVals,
-                            key: &'static str,
-                            default: Option<u32>,
-                            zero: bool| {
-                    match kv.take_u32(key)?.or(default) {
-                        Some(p) if p <= 65535 && (zero || p != 0) => Ok(p),
-                        Some(p) => Err(kv.bad(key, &p.to_string(), "a port number (1 to 65535)")),
-                        None => Err(OptionError::MissingKey {
-                            option: "-chardev",
-                            ty: kv.ty.clone(),
-                            key,
-                        }),
-                    }
-                };
-                let host = kv
-                    .take("host")
-                    .filter(|h| !h.is_empty())
-                    .unwrap_or_else(|| "localhost".into());
-                let remote_port = port(&mut kv, "port", None, false)?;
-                let local = kv.take("localaddr").filter(|a| !a.is_empty());
-                let local_port = port(&mut kv, "localport", Some(0), true)?;
-                let family = match (kv.take_bool("ipv4", false)?, kv.take_bool("ipv6", false)?) {
-                    (true, true) => {
-                        return Err(OptionError::Conflict(format!(
-                            "-chardev udp,id={id}: ipv4=on and ipv6=on together"
-                        )));
-                    }
-                    (true, false) => Some(true),
-                    (false, true) => Some(false),
-                    (false, false) => None,
-                };
-                let bracket = |h: &str| {
-                    if h.contains(':') && !h.starts_with('[') {
-                        format!("[{h}]")
-                    } else {
-                        h.to_string()
-                    }
-                };
-                // Only a port: the wildcard of the remote's family.
-                let local = match (local, local_port) {
-                    (Some(a), p) => Some(format!("{}:{p}", bracket(&a))),
-                    (None, 0) => None,
-                    (None, p) => Some(format!(
-                        "{}:{p}",
-                        if host.contains(':') || family == Some(false) {
-                            "[::]"
-                        } else {
-                            "0.0.0.0"
-                        }
-                    )),
-                };
-                ChardevKind::Udp {
-                    remote: format!("{}:{remote_port}", bracket(&host)),
-                    local,
-                    family,
-                }
-            }
-            "file" => ChardevKind::File {
-                path: kv.require("path")?.into(),
-                input_path: kv.take("input-path").map(Into::into),
-            },
-            "pipe" => ChardevKind::Pipe {
-                path: kv.require("path")?.into(),
-            },
-            "pty" => ChardevKind::Pty,
-            "serial" | "tty" => ChardevKind::Serial {
-                path: kv.require("path")?.into(),
-            },
-            "stdio" => {
-                kv.take_bool("signal", true)?;
-                ChardevKind::Stdio
-            }
-            "socket" => {
-                let path = kv.take("path").map(PathBuf::from);
-                let host = kv.take("host");
-                let port = kv.take_u32("port")?;
-                let server = kv.take_bool("server", false)?;
-                // QEMU's `wait=off` (and the older bare `nowait`): we
-                // never wait for a client.
-                kv.take_bool("wait", false)?;
-                kv.take_bool("nowait", false)?;
-                let reconnect = kv.take_u32("reconnect")?;
-                let tcp = match (host, port) {
-                    (h, Some(p)) if p <= 65535 => {
-                        Some(format!("{}:{p}", h.unwrap_or_else(|| "127.0.0.1".into())))
-                    }
-                    (_, Some(p)) => {
-                        return Err(kv.bad("port", &p.to_string(), "a port number"));
-                    }
-                    (Some(_), None) => {
-                        return Err(OptionError::MissingKey {
-                            option: "-chardev",
-                            ty: kv.ty,
-                            key: "port",
-                        });
-                    }
-                    (None, None) => None,
-                };
-                if path.is_some() == tcp.is_some() {
-                    return Err(OptionError::Conflict(format!(
-                        "-chardev socket,id={id}: give exactly one of path= or host=/port="
-                    )));
-                }
-                ChardevKind::Socket {
-                    path,
-                    tcp,
-                    server,
-                    reconnect,
-                }
-            }
+        let kind = match registry::lookup(registry::Kind::Chardev, &kv.ty).map(|t| t.build) {
+            Some(registry::Build::Chardev(f)) => f(&id, &mut kv)?,
             _ => return Err(registry::unknown_or_refused("-chardev", kv.ty)),
         };
         kv.finish()?;
@@ -240,4 +122,163 @@ pub(super) fn compat_chardev(spec: &str, id: &str) -> Option<String> {
         return Some(out);
     }
     None
+}
+
+/// `-chardev null` (registered in [`registry::TYPES`]).
+pub(super) fn build_null(_id: &str, _kv: &mut KeyVals) -> Result<ChardevKind, OptionError> {
+    Ok(ChardevKind::Null)
+}
+
+/// `-chardev testdev` (registered in [`registry::TYPES`]).
+pub(super) fn build_testdev(_id: &str, _kv: &mut KeyVals) -> Result<ChardevKind, OptionError> {
+    Ok(ChardevKind::Testdev)
+}
+
+/// `-chardev msmouse` (registered in [`registry::TYPES`]).
+pub(super) fn build_msmouse(_id: &str, _kv: &mut KeyVals) -> Result<ChardevKind, OptionError> {
+    Ok(ChardevKind::Msmouse)
+}
+
+/// `-chardev wctablet` (registered in [`registry::TYPES`]).
+pub(super) fn build_wctablet(_id: &str, _kv: &mut KeyVals) -> Result<ChardevKind, OptionError> {
+    Ok(ChardevKind::Wctablet)
+}
+
+/// `-chardev ringbuf | memory` (registered in [`registry::TYPES`]).
+pub(super) fn build_ringbuf(_id: &str, kv: &mut KeyVals) -> Result<ChardevKind, OptionError> {
+    // `memory` is QEMU's old name for the ring buffer.
+    Ok(ChardevKind::Ringbuf {
+        size: kv.take_size("size")?.unwrap_or(64 << 10),
+    })
+}
+
+/// `-chardev udp` (registered in [`registry::TYPES`]).
+pub(super) fn build_udp(id: &str, kv: &mut KeyVals) -> Result<ChardevKind, OptionError> {
+    let port = |kv: &mut KeyVals, key: &'static str, default: Option<u32>, zero: bool| match kv
+        .take_u32(key)?
+        .or(default)
+    {
+        Some(p) if p <= 65535 && (zero || p != 0) => Ok(p),
+        Some(p) => Err(kv.bad(key, &p.to_string(), "a port number (1 to 65535)")),
+        None => Err(OptionError::MissingKey {
+            option: "-chardev",
+            ty: kv.ty.clone(),
+            key,
+        }),
+    };
+    let host = kv
+        .take("host")
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into());
+    let remote_port = port(kv, "port", None, false)?;
+    let local = kv.take("localaddr").filter(|a| !a.is_empty());
+    let local_port = port(kv, "localport", Some(0), true)?;
+    let family = match (kv.take_bool("ipv4", false)?, kv.take_bool("ipv6", false)?) {
+        (true, true) => {
+            return Err(OptionError::Conflict(format!(
+                "-chardev udp,id={id}: ipv4=on and ipv6=on together"
+            )));
+        }
+        (true, false) => Some(true),
+        (false, true) => Some(false),
+        (false, false) => None,
+    };
+    let bracket = |h: &str| {
+        if h.contains(':') && !h.starts_with('[') {
+            format!("[{h}]")
+        } else {
+            h.to_string()
+        }
+    };
+    // Only a port: the wildcard of the remote's family.
+    let local = match (local, local_port) {
+        (Some(a), p) => Some(format!("{}:{p}", bracket(&a))),
+        (None, 0) => None,
+        (None, p) => Some(format!(
+            "{}:{p}",
+            if host.contains(':') || family == Some(false) {
+                "[::]"
+            } else {
+                "0.0.0.0"
+            }
+        )),
+    };
+    Ok(ChardevKind::Udp {
+        remote: format!("{}:{remote_port}", bracket(&host)),
+        local,
+        family,
+    })
+}
+
+/// `-chardev file` (registered in [`registry::TYPES`]).
+pub(super) fn build_file(_id: &str, kv: &mut KeyVals) -> Result<ChardevKind, OptionError> {
+    Ok(ChardevKind::File {
+        path: kv.require("path")?.into(),
+        input_path: kv.take("input-path").map(Into::into),
+    })
+}
+
+/// `-chardev pipe` (registered in [`registry::TYPES`]).
+pub(super) fn build_pipe(_id: &str, kv: &mut KeyVals) -> Result<ChardevKind, OptionError> {
+    Ok(ChardevKind::Pipe {
+        path: kv.require("path")?.into(),
+    })
+}
+
+/// `-chardev pty` (registered in [`registry::TYPES`]).
+pub(super) fn build_pty(_id: &str, _kv: &mut KeyVals) -> Result<ChardevKind, OptionError> {
+    Ok(ChardevKind::Pty)
+}
+
+/// `-chardev serial | tty` (registered in [`registry::TYPES`]).
+pub(super) fn build_serial(_id: &str, kv: &mut KeyVals) -> Result<ChardevKind, OptionError> {
+    Ok(ChardevKind::Serial {
+        path: kv.require("path")?.into(),
+    })
+}
+
+/// `-chardev stdio` (registered in [`registry::TYPES`]).
+pub(super) fn build_stdio(_id: &str, kv: &mut KeyVals) -> Result<ChardevKind, OptionError> {
+    kv.take_bool("signal", true)?;
+    Ok(ChardevKind::Stdio)
+}
+
+/// `-chardev socket` (registered in [`registry::TYPES`]).
+pub(super) fn build_socket(id: &str, kv: &mut KeyVals) -> Result<ChardevKind, OptionError> {
+    let path = kv.take("path").map(PathBuf::from);
+    let host = kv.take("host");
+    let port = kv.take_u32("port")?;
+    let server = kv.take_bool("server", false)?;
+    // QEMU's `wait=off` (and the older bare `nowait`): we
+    // never wait for a client.
+    kv.take_bool("wait", false)?;
+    kv.take_bool("nowait", false)?;
+    let reconnect = kv.take_u32("reconnect")?;
+    let tcp = match (host, port) {
+        (h, Some(p)) if p <= 65535 => {
+            Some(format!("{}:{p}", h.unwrap_or_else(|| "127.0.0.1".into())))
+        }
+        (_, Some(p)) => {
+            return Err(kv.bad("port", &p.to_string(), "a port number"));
+        }
+        (Some(_), None) => {
+            return Err(OptionError::MissingKey {
+                option: "-chardev",
+                ty: kv.ty.clone(),
+                key: "port",
+            });
+        }
+        (None, None) => None,
+    };
+    if path.is_some() == tcp.is_some() {
+        return Err(OptionError::Conflict(format!(
+            "-chardev socket,id={id}: give exactly one of path= or host=/port="
+        )));
+    }
+    Ok(ChardevKind::Socket {
+        path,
+        tcp,
+        server,
+        reconnect,
+    })
 }

@@ -3,13 +3,21 @@
 //! the option parser takes, with its keys, their types, defaults and what
 //! they do, and the types QEMU has that this monitor refuses, with why.
 //!
+//! The parser dispatches through here: each entry names the function that
+//! reads its keys (`Build`), so a new type is one entry (its keys, its
+//! help, its builder) beside the configuration it produces.
 //! `-device help`, `-device NAME,help`, `-netdev help`, `-chardev help`,
 //! `-object help` (and `NAME,help` for each) print from here in QEMU's
 //! layout; an unknown key's error lists the type's keys from here; and the
-//! parser's tests check that every key it asks for is registered and that
-//! every registered key reaches the parser, so the two cannot drift.
+//! parser's tests check that every key a builder asks for is registered and
+//! that every registered key reaches its builder, so the two cannot drift.
 
 use std::fmt::Write as _;
+
+use super::{
+    ChardevKind, DeviceConfig, IdKind, KeyVals, MachineConfig, NetdevKind, OptionError, TpmdevKind,
+    chardev, device, netdev, object, tpmdev,
+};
 
 /// The option a type belongs to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -102,6 +110,42 @@ const fn r(name: &'static str, ty: &'static str, desc: &'static str) -> Prop {
     }
 }
 
+/// How the parser builds a type from its keys: the one function per type
+/// (beside its entry here) that reads them.
+#[derive(Clone, Copy)]
+pub(super) enum Build {
+    /// A `-device`, from its keys and its `id`.
+    Device(fn(&mut KeyVals, &Option<String>) -> Result<DeviceConfig, OptionError>),
+    /// `-device tpm-crb`, which the machine holds apart from the virtio
+    /// devices (`Parser::tpm_crb`).
+    TpmCrb,
+    /// A `-netdev`.
+    Netdev(fn(&str, &mut KeyVals) -> Result<NetdevKind, OptionError>),
+    /// A `-chardev`.
+    Chardev(fn(&str, &mut KeyVals) -> Result<ChardevKind, OptionError>),
+    /// A `-object`: it adds itself to the configuration and says what its
+    /// id names.
+    Object(fn(&str, &mut KeyVals, &mut MachineConfig) -> Result<IdKind, OptionError>),
+    /// A `-tpmdev`.
+    Tpmdev(fn(&str, &mut KeyVals) -> Result<TpmdevKind, OptionError>),
+    /// Refused ([`TypeInfo::refused`] says why).
+    Refused,
+}
+
+impl std::fmt::Debug for Build {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Build::Device(_) => "Device",
+            Build::TpmCrb => "TpmCrb",
+            Build::Netdev(_) => "Netdev",
+            Build::Chardev(_) => "Chardev",
+            Build::Object(_) => "Object",
+            Build::Tpmdev(_) => "Tpmdev",
+            Build::Refused => "Refused",
+        })
+    }
+}
+
 /// One type.
 #[derive(Clone, Copy, Debug)]
 pub struct TypeInfo {
@@ -123,6 +167,8 @@ pub struct TypeInfo {
     pub common: &'static [Prop],
     /// `Some(why)`: QEMU has it, this monitor refuses it.
     pub refused: Option<&'static str>,
+    /// How the parser builds it.
+    pub(super) build: Build,
 }
 
 impl TypeInfo {
@@ -207,6 +253,7 @@ pub static TYPES: &[TypeInfo] = &[
         ],
         common: VIRTIO,
         refused: None,
+        build: Build::Device(device::build_virtio_blk_device),
     },
     TypeInfo {
         kind: Kind::Device,
@@ -227,6 +274,7 @@ pub static TYPES: &[TypeInfo] = &[
         ],
         common: VHOST_USER,
         refused: None,
+        build: Build::Device(device::build_vhost_user_blk),
     },
     TypeInfo {
         kind: Kind::Device,
@@ -253,6 +301,7 @@ pub static TYPES: &[TypeInfo] = &[
         ],
         common: VIRTIO,
         refused: None,
+        build: Build::Device(device::build_virtio_net_device),
     },
     TypeInfo {
         kind: Kind::Device,
@@ -264,6 +313,7 @@ pub static TYPES: &[TypeInfo] = &[
         props: &[d("max_ports", "uint32", "31", "ports the device offers")],
         common: VIRTIO,
         refused: None,
+        build: Build::Device(device::build_virtio_serial_device),
     },
     TypeInfo {
         kind: Kind::Device,
@@ -284,6 +334,7 @@ pub static TYPES: &[TypeInfo] = &[
         ],
         common: &[],
         refused: None,
+        build: Build::Device(device::build_port),
     },
     TypeInfo {
         kind: Kind::Device,
@@ -304,6 +355,7 @@ pub static TYPES: &[TypeInfo] = &[
         ],
         common: &[],
         refused: None,
+        build: Build::Device(device::build_port),
     },
     TypeInfo {
         kind: Kind::Device,
@@ -315,6 +367,7 @@ pub static TYPES: &[TypeInfo] = &[
         props: &[r("rng", "str", "ID of an rng backend (-object rng-*)")],
         common: VIRTIO,
         refused: None,
+        build: Build::Device(device::build_virtio_rng_device),
     },
     TypeInfo {
         kind: Kind::Device,
@@ -330,6 +383,7 @@ pub static TYPES: &[TypeInfo] = &[
         )],
         common: VHOST_USER,
         refused: None,
+        build: Build::Device(device::build_vhost_user_rng),
     },
     TypeInfo {
         kind: Kind::Device,
@@ -345,6 +399,7 @@ pub static TYPES: &[TypeInfo] = &[
         )],
         common: VIRTIO,
         refused: None,
+        build: Build::Device(device::build_virtio_crypto_device),
     },
     TypeInfo {
         kind: Kind::Device,
@@ -362,6 +417,7 @@ pub static TYPES: &[TypeInfo] = &[
         ],
         common: VHOST_USER,
         refused: None,
+        build: Build::Device(device::build_vhost_user_device),
     },
     TypeInfo {
         kind: Kind::Device,
@@ -382,6 +438,7 @@ pub static TYPES: &[TypeInfo] = &[
         ],
         common: &[],
         refused: None,
+        build: Build::TpmCrb,
     },
     // -netdev
     TypeInfo {
@@ -405,6 +462,7 @@ pub static TYPES: &[TypeInfo] = &[
         ],
         common: ID,
         refused: None,
+        build: Build::Netdev(netdev::socket),
     },
     TypeInfo {
         kind: Kind::Netdev,
@@ -422,6 +480,7 @@ pub static TYPES: &[TypeInfo] = &[
         ],
         common: ID,
         refused: None,
+        build: Build::Netdev(netdev::build_stream),
     },
     TypeInfo {
         kind: Kind::Netdev,
@@ -440,6 +499,7 @@ pub static TYPES: &[TypeInfo] = &[
         ],
         common: ID,
         refused: None,
+        build: Build::Netdev(netdev::build_dgram),
     },
     TypeInfo {
         kind: Kind::Netdev,
@@ -451,6 +511,7 @@ pub static TYPES: &[TypeInfo] = &[
         props: &[r("hubid", "uint32", "the hub (made on first use)")],
         common: ID,
         refused: None,
+        build: Build::Netdev(netdev::build_hubport),
     },
     TypeInfo {
         kind: Kind::Netdev,
@@ -473,6 +534,7 @@ pub static TYPES: &[TypeInfo] = &[
         ],
         common: ID,
         refused: None,
+        build: Build::Netdev(netdev::build_tap),
     },
     TypeInfo {
         kind: Kind::Netdev,
@@ -530,6 +592,7 @@ pub static TYPES: &[TypeInfo] = &[
         ],
         common: ID,
         refused: None,
+        build: Build::Netdev(netdev::build_user),
     },
     TypeInfo {
         kind: Kind::Netdev,
@@ -565,6 +628,7 @@ pub static TYPES: &[TypeInfo] = &[
         ],
         common: ID,
         refused: None,
+        build: Build::Netdev(netdev::build_l2tpv3),
     },
     TypeInfo {
         kind: Kind::Netdev,
@@ -584,6 +648,7 @@ pub static TYPES: &[TypeInfo] = &[
         ],
         common: ID,
         refused: None,
+        build: Build::Netdev(netdev::build_bridge),
     },
     TypeInfo {
         kind: Kind::Netdev,
@@ -599,6 +664,7 @@ pub static TYPES: &[TypeInfo] = &[
         )],
         common: ID,
         refused: None,
+        build: Build::Netdev(netdev::build_vhost_user),
     },
     TypeInfo {
         kind: Kind::Netdev,
@@ -610,6 +676,7 @@ pub static TYPES: &[TypeInfo] = &[
         props: &[],
         common: ID,
         refused: None,
+        build: Build::Netdev(netdev::build_loopback),
     },
     TypeInfo {
         kind: Kind::Netdev,
@@ -624,6 +691,7 @@ pub static TYPES: &[TypeInfo] = &[
             "it drives a kernel vDPA device (/dev/vhost-vdpa-N, from a vDPA NIC or the \
              vdpa_sim_net module), which these machines do not have",
         ),
+        build: Build::Netdev(netdev::build_vhost_vdpa),
     },
     TypeInfo {
         kind: Kind::Netdev,
@@ -635,6 +703,7 @@ pub static TYPES: &[TypeInfo] = &[
         props: &[],
         common: ID,
         refused: Some("it needs libvdeplug and a VDE switch, neither of which is built here"),
+        build: Build::Refused,
     },
     // -chardev
     TypeInfo {
@@ -647,6 +716,7 @@ pub static TYPES: &[TypeInfo] = &[
         props: &[d("signal", "bool", "on", "accepted")],
         common: CHARDEV,
         refused: None,
+        build: Build::Chardev(chardev::build_stdio),
     },
     TypeInfo {
         kind: Kind::Chardev,
@@ -658,6 +728,7 @@ pub static TYPES: &[TypeInfo] = &[
         props: &[d("size", "size", "64K", "its capacity")],
         common: CHARDEV,
         refused: None,
+        build: Build::Chardev(chardev::build_ringbuf),
     },
     TypeInfo {
         kind: Kind::Chardev,
@@ -669,6 +740,7 @@ pub static TYPES: &[TypeInfo] = &[
         props: &[],
         common: CHARDEV,
         refused: Some("give mux=on to the chardev to share instead (QEMU's own spelling)"),
+        build: Build::Refused,
     },
     TypeInfo {
         kind: Kind::Chardev,
@@ -680,6 +752,7 @@ pub static TYPES: &[TypeInfo] = &[
         props: &[r("path", "str", "the base path")],
         common: CHARDEV,
         refused: None,
+        build: Build::Chardev(chardev::build_pipe),
     },
     TypeInfo {
         kind: Kind::Chardev,
@@ -694,6 +767,7 @@ pub static TYPES: &[TypeInfo] = &[
             "it needs a SPICE or VNC server (the clipboard and mouse of a remote viewer), \
              and this monitor has none",
         ),
+        build: Build::Refused,
     },
     TypeInfo {
         kind: Kind::Chardev,
@@ -705,6 +779,7 @@ pub static TYPES: &[TypeInfo] = &[
         props: &[],
         common: CHARDEV,
         refused: None,
+        build: Build::Chardev(chardev::build_null),
     },
     TypeInfo {
         kind: Kind::Chardev,
@@ -716,6 +791,7 @@ pub static TYPES: &[TypeInfo] = &[
         props: &[],
         common: CHARDEV,
         refused: None,
+        build: Build::Chardev(chardev::build_msmouse),
     },
     TypeInfo {
         kind: Kind::Chardev,
@@ -744,6 +820,7 @@ pub static TYPES: &[TypeInfo] = &[
         ],
         common: CHARDEV,
         refused: None,
+        build: Build::Chardev(chardev::build_socket),
     },
     TypeInfo {
         kind: Kind::Chardev,
@@ -755,6 +832,7 @@ pub static TYPES: &[TypeInfo] = &[
         props: &[],
         common: CHARDEV,
         refused: Some("it needs a display (a graphical console), and this monitor has none"),
+        build: Build::Refused,
     },
     TypeInfo {
         kind: Kind::Chardev,
@@ -770,6 +848,7 @@ pub static TYPES: &[TypeInfo] = &[
              the host port (ppdev ioctls), not a byte stream, and this monitor has no parallel \
              port device to make them",
         ),
+        build: Build::Refused,
     },
     TypeInfo {
         kind: Kind::Chardev,
@@ -788,6 +867,7 @@ pub static TYPES: &[TypeInfo] = &[
         ],
         common: CHARDEV,
         refused: None,
+        build: Build::Chardev(chardev::build_udp),
     },
     TypeInfo {
         kind: Kind::Chardev,
@@ -802,6 +882,7 @@ pub static TYPES: &[TypeInfo] = &[
         ],
         common: CHARDEV,
         refused: None,
+        build: Build::Chardev(chardev::build_file),
     },
     TypeInfo {
         kind: Kind::Chardev,
@@ -813,6 +894,7 @@ pub static TYPES: &[TypeInfo] = &[
         props: &[r("path", "str", "the tty device")],
         common: CHARDEV,
         refused: None,
+        build: Build::Chardev(chardev::build_serial),
     },
     TypeInfo {
         kind: Kind::Chardev,
@@ -824,6 +906,7 @@ pub static TYPES: &[TypeInfo] = &[
         props: &[],
         common: CHARDEV,
         refused: None,
+        build: Build::Chardev(chardev::build_wctablet),
     },
     TypeInfo {
         kind: Kind::Chardev,
@@ -835,6 +918,7 @@ pub static TYPES: &[TypeInfo] = &[
         props: &[],
         common: CHARDEV,
         refused: None,
+        build: Build::Chardev(chardev::build_pty),
     },
     TypeInfo {
         kind: Kind::Chardev,
@@ -846,6 +930,7 @@ pub static TYPES: &[TypeInfo] = &[
         props: &[],
         common: CHARDEV,
         refused: None,
+        build: Build::Chardev(chardev::build_testdev),
     },
     // -object
     TypeInfo {
@@ -858,6 +943,7 @@ pub static TYPES: &[TypeInfo] = &[
         props: &[d("queues", "uint32", "1", "the device's data queues")],
         common: ID,
         refused: None,
+        build: Build::Object(object::build_cryptodev),
     },
     TypeInfo {
         kind: Kind::Object,
@@ -872,6 +958,7 @@ pub static TYPES: &[TypeInfo] = &[
         ],
         common: ID,
         refused: None,
+        build: Build::Object(object::build_cryptodev),
     },
     TypeInfo {
         kind: Kind::Object,
@@ -893,6 +980,7 @@ pub static TYPES: &[TypeInfo] = &[
         ],
         common: ID,
         refused: None,
+        build: Build::Object(object::build_memory_backend),
     },
     TypeInfo {
         kind: Kind::Object,
@@ -914,6 +1002,7 @@ pub static TYPES: &[TypeInfo] = &[
         ],
         common: ID,
         refused: None,
+        build: Build::Object(object::build_memory_backend),
     },
     TypeInfo {
         kind: Kind::Object,
@@ -934,6 +1023,7 @@ pub static TYPES: &[TypeInfo] = &[
         ],
         common: ID,
         refused: None,
+        build: Build::Object(object::build_memory_backend),
     },
     TypeInfo {
         kind: Kind::Object,
@@ -945,6 +1035,7 @@ pub static TYPES: &[TypeInfo] = &[
         props: &[],
         common: ID,
         refused: None,
+        build: Build::Object(object::build_rng),
     },
     TypeInfo {
         kind: Kind::Object,
@@ -956,6 +1047,7 @@ pub static TYPES: &[TypeInfo] = &[
         props: &[d("seed", "uint64", "0", "the seed")],
         common: ID,
         refused: None,
+        build: Build::Object(object::build_rng),
     },
     TypeInfo {
         kind: Kind::Object,
@@ -967,6 +1059,7 @@ pub static TYPES: &[TypeInfo] = &[
         props: &[r("chardev", "str", "ID of the chardev to the server")],
         common: ID,
         refused: None,
+        build: Build::Object(object::build_rng),
     },
     TypeInfo {
         kind: Kind::Object,
@@ -978,6 +1071,7 @@ pub static TYPES: &[TypeInfo] = &[
         props: &[d("filename", "string", "/dev/urandom", "the device")],
         common: ID,
         refused: None,
+        build: Build::Object(object::build_rng),
     },
     // -tpmdev
     TypeInfo {
@@ -994,6 +1088,7 @@ pub static TYPES: &[TypeInfo] = &[
         )],
         common: ID,
         refused: None,
+        build: Build::Tpmdev(tpmdev::build_emulator),
     },
     TypeInfo {
         kind: Kind::Tpmdev,
@@ -1008,6 +1103,7 @@ pub static TYPES: &[TypeInfo] = &[
         ],
         common: ID,
         refused: None,
+        build: Build::Tpmdev(tpmdev::build_passthrough),
     },
 ];
 

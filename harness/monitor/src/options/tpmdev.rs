@@ -9,14 +9,8 @@ impl Parser {
         let Parser { cfg, ids, .. } = self;
         let mut kv = KeyVals::parse("-tpmdev", arg)?;
         let id = kv.require("id")?;
-        let kind = match kv.ty.as_str() {
-            "emulator" => TpmdevKind::Emulator {
-                chardev: kv.require("chardev")?,
-            },
-            "passthrough" => TpmdevKind::Passthrough {
-                path: kv.take("path").unwrap_or_else(|| "/dev/tpm0".into()).into(),
-                cancel_path: kv.take("cancel-path").map(PathBuf::from),
-            },
+        let kind = match registry::lookup(registry::Kind::Tpmdev, &kv.ty).map(|t| t.build) {
+            Some(registry::Build::Tpmdev(f)) => f(&id, &mut kv)?,
             _ => return Err(registry::unknown_or_refused("-tpmdev", kv.ty)),
         };
         kv.finish()?;
@@ -50,4 +44,19 @@ impl Parser {
         self.cfg.tpm = Some(TpmConfig { tpmdev });
         Ok(())
     }
+}
+
+/// `-tpmdev emulator` (registered in [`registry::TYPES`]).
+pub(super) fn build_emulator(_id: &str, kv: &mut KeyVals) -> Result<TpmdevKind, OptionError> {
+    Ok(TpmdevKind::Emulator {
+        chardev: kv.require("chardev")?,
+    })
+}
+
+/// `-tpmdev passthrough` (registered in [`registry::TYPES`]).
+pub(super) fn build_passthrough(_id: &str, kv: &mut KeyVals) -> Result<TpmdevKind, OptionError> {
+    Ok(TpmdevKind::Passthrough {
+        path: kv.take("path").unwrap_or_else(|| "/dev/tpm0".into()).into(),
+        cancel_path: kv.take("cancel-path").map(PathBuf::from),
+    })
 }
