@@ -204,3 +204,34 @@ fn run_ends_with_a_testdev_quit_and_qemus_exit_status() {
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
     assert!(stderr(&o).contains("verdict: quit 0"), "{}", stderr(&o));
 }
+
+/// `-parallel file:PATH` (QEMU's `isa-parallel` at LPT1, 0x378): the
+/// `uart` guest prints three lines with the BUSY/STROBE/ACK handshake of
+/// a polling printer driver, and they are the file's contents.
+#[test]
+fn run_prints_to_a_parallel_port_file() {
+    if !monitor::vm::kvm_or_skip("run_prints_to_a_parallel_port_file") {
+        return;
+    }
+    let dir = harness::scenarios::Workdir::new("lpt").expect("scratch");
+    let out = dir.path("lpt1.txt");
+    let spec = format!("file:{}", out.display());
+    let o = harness(&[
+        "run",
+        "-parallel",
+        &spec,
+        "-kernel",
+        env!("GUEST_UART"),
+        "-append",
+        "uart.bytes=0 uart.lpt=3",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        std::fs::read_to_string(&out).unwrap(),
+        "LPT1 line 0\nLPT1 line 1\nLPT1 line 2\n"
+    );
+    // One port; a second is refused, naming it.
+    let o = harness(&["run", "-parallel", "null", "-parallel", "null"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("one parallel port"), "{}", stderr(&o));
+}

@@ -160,3 +160,28 @@ fn timer_guest_takes_interrupts() {
         );
     }
 }
+
+/// The `uart` guest's printer driver against QEMU's own `isa-parallel`
+/// (the device our `-parallel` stands in for): the same three lines land
+/// in the chardev's file, so the handshake the guest waits for is the one
+/// QEMU gives (`cli.rs` runs the same guest on ours).
+#[test]
+fn uart_guest_prints_to_qemus_isa_parallel() {
+    if !qemu_ready("uart_guest_prints_to_qemus_isa_parallel") {
+        return;
+    }
+    let dir = harness::scenarios::Workdir::new("qemu-lpt").expect("scratch");
+    let out = dir.path("lpt1.txt");
+    let chardev = format!("file,id=lpt,path={}", out.display());
+    let run = boot(
+        env!("GUEST_UART"),
+        "uart.bytes=0 uart.lpt=3",
+        &["-chardev", &chardev, "-device", "isa-parallel,chardev=lpt"],
+        Transport::Legacy,
+    );
+    assert_pass(&run);
+    assert_eq!(
+        std::fs::read_to_string(&out).unwrap(),
+        "LPT1 line 0\nLPT1 line 1\nLPT1 line 2\n"
+    );
+}

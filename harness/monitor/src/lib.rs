@@ -27,6 +27,7 @@ pub mod bus;
 pub mod machine;
 pub mod misbehave;
 pub mod options;
+pub mod parallel;
 pub mod ports;
 pub mod protocol;
 pub mod pvh;

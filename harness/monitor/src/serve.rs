@@ -111,9 +111,9 @@ pub fn build(config: &MachineConfig, mem: &SharedMemory) -> Result<ServedDevice,
             "mux=on: a device served over vhost-user has its ports' chardevs to itself",
         )));
     }
-    if !config.serials.is_empty() || config.tpm.is_some() {
+    if !config.serials.is_empty() || config.parallel.is_some() || config.tpm.is_some() {
         return Err(BuildError::Machine(MachineError::Unsupported(
-            "-serial and -device tpm-crb belong to a machine, not to a device served over vhost-user",
+            "-serial, -parallel and -device tpm-crb belong to a machine, not to a device served over vhost-user",
         )));
     }
     let mut chardevs = HashMap::new();

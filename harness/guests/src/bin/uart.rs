@@ -11,7 +11,9 @@
 //! `uart: mouse dx <dx> dy <dy> buttons <L|-><R|->`. `uart.tablet=N` (a
 //! `-chardev wctablet`): sets 9600 bit/s, asks the model with `~#`
 //! (`uart: tablet model <string>`), starts reports with `ST` and prints N
-//! as `uart: tablet x <x> y <y> pen up|down`.
+//! as `uart: tablet x <x> y <y> pen up|down`. `uart.lpt=N` prints N lines
+//! `LPT1 line <k>` to the parallel port at 0x378 the way a polling printer
+//! driver does (wait until not busy, data, STROBE pulse, wait for ACK).
 #![no_std]
 #![no_main]
 
@@ -29,7 +31,7 @@ fn main(boot: &'static BootInfo) {
     let opts = Options::new(
         boot,
         "uart",
-        &["base", "bytes", "ms", "quit", "mouse", "tablet"],
+        &["base", "bytes", "ms", "quit", "mouse", "tablet", "lpt"],
     )
     .or_fail(format_args!("uart"));
     let base = opts
@@ -151,6 +153,57 @@ fn main(boot: &'static BootInfo) {
                 if p[0] & 0x40 == 0 { "down" } else { "up" }
             );
         }
+    }
+    if let Some(lines) = opts.u64("lpt").or_fail(format_args!("uart")) {
+        const LPT: u16 = 0x378;
+        // SAFETY: the parallel port's three registers; no memory effect.
+        let lpt_out = |off: u16, v: u8| unsafe { cpu::outb(LPT + off, v) };
+        // SAFETY: as above.
+        let lpt_in = |off: u16| unsafe { cpu::inb(LPT + off) };
+        let wait_status = |mask: u8, want: u8, what: &str| {
+            let end = clock::now_ms() + ms;
+            while lpt_in(1) & mask != want {
+                if clock::now_ms() > end {
+                    exit::fail(format_args!("uart: LPT1: no {what} within {ms} ms"));
+                }
+                core::hint::spin_loop();
+            }
+        };
+        // INIT high (out of reset) and SELECT IN: the printer is ours.
+        lpt_out(2, 0x0c);
+        let mut line = [0u8; 32];
+        for k in 0..lines {
+            let mut n = 0;
+            for &b in b"LPT1 line " {
+                line[n] = b;
+                n += 1;
+            }
+            let mut digits = [0u8; 20];
+            let mut at = digits.len();
+            let mut v = k;
+            loop {
+                at -= 1;
+                digits[at] = b'0' + (v % 10) as u8;
+                v /= 10;
+                if v == 0 {
+                    break;
+                }
+            }
+            for &d in &digits[at..] {
+                line[n] = d;
+                n += 1;
+            }
+            line[n] = b'\n';
+            n += 1;
+            for &b in &line[..n] {
+                wait_status(0x80, 0x80, "ready (BUSY high)");
+                lpt_out(0, b);
+                lpt_out(2, 0x0d);
+                lpt_out(2, 0x0c);
+                wait_status(0x40, 0, "ACK");
+            }
+        }
+        println!("uart: printed {lines} lines to LPT1");
     }
     if let Some(status) = opts.u64("quit").or_fail(format_args!("uart")) {
         let mut digits = [0u8; 20];

@@ -170,6 +170,24 @@ impl Machine {
             let (c, _) = open_chardev(id, kind, &ctx)?;
             vm.attach_serial(i, c);
         }
+        if let Some(lpt) = &config.parallel {
+            let chardev = match lpt {
+                None => None,
+                Some(id) => {
+                    let kind = config
+                        .chardevs
+                        .iter()
+                        .find(|(c, _)| c == id)
+                        .map(|(_, k)| k)
+                        .ok_or_else(|| MachineError::Missing {
+                            by: format!("-parallel chardev:{id}"),
+                            id: id.clone(),
+                        })?;
+                    Some(open_chardev(id, kind, &ctx)?.0)
+                }
+            };
+            vm.attach_parallel(crate::parallel::Parallel::new(chardev));
+        }
         let cmdline = crate::slots::append_cmdline(&config.append, &slots);
         let monitors = config
             .monitors

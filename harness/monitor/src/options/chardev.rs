@@ -53,6 +53,33 @@ impl Parser {
     }
 }
 
+impl Parser {
+    /// `-parallel chardev:ID|null|none|…` (QEMU's older chardev spellings
+    /// too): LPT1, printing to the chardev; one per machine.
+    pub(super) fn parallel(&mut self, arg: &str) -> Result<(), OptionError> {
+        if self.cfg.parallel.is_some() {
+            return Err(OptionError::Conflict(
+                "-parallel: this machine has one parallel port (LPT1)".into(),
+            ));
+        }
+        self.cfg.parallel = match arg {
+            "none" => None,
+            "null" => Some(None),
+            _ => Some(Some(match arg.strip_prefix("chardev:") {
+                Some(id) if !id.is_empty() => id.to_string(),
+                Some(_) => return Err(bad_serial(arg)),
+                None => {
+                    let id = "parallel0".to_string();
+                    let chardev = compat_chardev(arg, &id).ok_or_else(|| bad_serial(arg))?;
+                    self.chardev(&chardev)?;
+                    id
+                }
+            })),
+        };
+        Ok(())
+    }
+}
+
 fn bad_serial(arg: &str) -> OptionError {
     OptionError::BadValue {
         option: "-serial",

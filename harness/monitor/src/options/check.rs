@@ -137,6 +137,11 @@ pub(super) fn check_references(
             claim(id, by, false)?;
         }
     }
+    if let Some(Some(id)) = &cfg.parallel {
+        let by = format!("-parallel chardev:{id} (LPT1)");
+        refers(&by, "chardev", id, IdKind::Chardev, "a chardev")?;
+        claim(id, by, false)?;
+    }
     let mut rng_user: std::collections::HashSet<&str> = Default::default();
     let mut cryptodev_user: std::collections::HashSet<&str> = Default::default();
     let mut drive_user: std::collections::HashSet<&str> = Default::default();

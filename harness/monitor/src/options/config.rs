@@ -447,6 +447,10 @@ pub struct MachineConfig {
     /// `-serial` in order: COM1, then COM2; each a chardev id, or `None`
     /// (`null`/`none`: the UART alone, COM1's output still in the log).
     pub serials: Vec<Option<String>>,
+    /// `-parallel`: LPT1 (`Some`), with the chardev it prints to
+    /// (`Some(None)`: `-parallel null`, printed to nothing); `None`: no
+    /// parallel port (QEMU's `-parallel none`, and microvm's default).
+    pub parallel: Option<Option<String>>,
     /// Disk backends, by id.
     pub drives: Vec<DriveConfig>,
     /// Network backends, by id.
@@ -602,7 +606,11 @@ impl MachineConfig {
     /// The chardevs `-serial chardev:ID` puts on a UART (opened for it,
     /// not for a device).
     pub fn serial_chardevs(&self) -> impl Iterator<Item = &str> {
-        self.serials.iter().flatten().map(String::as_str)
+        self.serials
+            .iter()
+            .flatten()
+            .chain(self.parallel.iter().flatten())
+            .map(String::as_str)
     }
 
     /// The chardevs `-tpmdev emulator` backends use (swtpm's control

@@ -94,7 +94,7 @@ pub fn parse<S: AsRef<str>>(args: &[S]) -> Result<MachineConfig, OptionError> {
         }
         let known = [
             "m", "machine", "M", "object", "chardev", "drive", "blockdev", "netdev", "device",
-            "kernel", "append", "monitor", "qmp", "tpmdev", "serial",
+            "kernel", "append", "monitor", "qmp", "tpmdev", "serial", "parallel",
         ];
         if !known.contains(&name) {
             return Err(OptionError::UnknownOption(opt.to_string()));
@@ -116,6 +116,7 @@ pub fn parse<S: AsRef<str>>(args: &[S]) -> Result<MachineConfig, OptionError> {
             "device" => p.device(arg)?,
             "tpmdev" => p.tpmdev(arg)?,
             "serial" => p.serial(arg)?,
+            "parallel" => p.parallel(arg)?,
             "kernel" => p.kernel(arg)?,
             "append" => p.append(arg)?,
             "monitor" | "qmp" => p.monitor(name, arg)?,

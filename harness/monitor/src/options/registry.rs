@@ -844,9 +844,10 @@ pub static TYPES: &[TypeInfo] = &[
         props: &[],
         common: CHARDEV,
         refused: Some(
-            "QEMU's parallel chardev carries a parallel port device's register accesses to \
-             the host port (ppdev ioctls), not a byte stream, and this monitor has no parallel \
-             port device to make them",
+            "QEMU's parallel chardev hands the guest parallel port's register accesses to a \
+             host parport through ppdev ioctls (PPWDATA, PPRSTATUS, PPWCONTROL), and these \
+             machines have no /dev/parport* to test that against; the ISA parallel port itself \
+             is -parallel, which prints to any other chardev",
         ),
         build: Build::Refused,
     },

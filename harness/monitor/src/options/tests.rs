@@ -758,7 +758,7 @@ fn udp_memory_and_serial_chardevs_parse_as_qemu_spells_them() {
     let e = p("-chardev parallel,id=p,path=/dev/parport0")
         .unwrap_err()
         .to_string();
-    assert!(e.contains("no parallel port device"), "{e}");
+    assert!(e.contains("no /dev/parport"), "{e}");
     assert!(
         p("-chardev serial,id=s")
             .unwrap_err()
@@ -1183,4 +1183,33 @@ fn the_registry_and_the_parser_agree_on_every_key() {
     assert!(e.contains("(it takes: net, host, dns,"), "{e}");
     let e = p("-netdev vde,id=n").unwrap_err().to_string();
     assert!(e.contains("libvdeplug"), "{e}");
+}
+
+#[test]
+fn parallel_takes_one_port_and_qemus_spellings() {
+    assert_eq!(p("-parallel none").unwrap().parallel, None);
+    assert_eq!(p("-parallel null").unwrap().parallel, Some(None));
+    let c = p("-parallel file:/tmp/lpt.txt").unwrap();
+    assert_eq!(c.parallel, Some(Some("parallel0".into())));
+    assert_eq!(
+        c.chardevs[0].1,
+        ChardevKind::File {
+            path: "/tmp/lpt.txt".into(),
+            input_path: None
+        }
+    );
+    let c = p("-chardev null,id=l -parallel chardev:l").unwrap();
+    assert_eq!(c.parallel, Some(Some("l".into())));
+    for (line, want) in [
+        ("-parallel null -parallel none", "one parallel port"),
+        ("-parallel chardev:nope", "nope"),
+        ("-parallel bogus", "chardev:ID"),
+        (
+            "-chardev null,id=l -parallel chardev:l -serial chardev:l",
+            "already used",
+        ),
+    ] {
+        let e = p(line).unwrap_err().to_string();
+        assert!(e.contains(want), "{line}: {e}");
+    }
 }

@@ -249,6 +249,8 @@ pub struct Vm {
     serial: ports::Serial,
     /// COM2 (`0x2f8`), used only with `-serial` chardevs.
     com2: ports::Serial,
+    /// LPT1 (`0x378`), with `-parallel`.
+    lpt: Option<crate::parallel::Parallel>,
     debug: Log,
     ram: Vec<RamRange>,
     /// Owns the host memory: unmapped when the last of this and the
@@ -513,6 +515,7 @@ impl Vm {
             bus: MmioBus::new(),
             serial: ports::Serial::new(),
             com2: ports::Serial::new(),
+            lpt: None,
             debug: Log::default(),
             ram,
             guest,
@@ -577,6 +580,16 @@ impl Vm {
     /// What [`Vm::load_pvh`] placed, once it has run.
     pub fn boot_info(&self) -> Option<&PvhBoot> {
         self.boot.as_ref()
+    }
+
+    /// Puts a parallel port at LPT1 (`-parallel`).
+    pub fn attach_parallel(&mut self, lpt: crate::parallel::Parallel) {
+        self.lpt = Some(lpt);
+    }
+
+    /// LPT1, if the machine has one.
+    pub fn parallel(&self) -> Option<&crate::parallel::Parallel> {
+        self.lpt.as_ref()
     }
 
     /// Connects COM1 (`index` 0) or COM2 (1) to `chardev` (QEMU's
@@ -853,6 +866,7 @@ impl Vm {
             bus,
             serial,
             com2,
+            lpt,
             debug,
             quit,
             ..
@@ -893,7 +907,12 @@ impl Vm {
                 })
                 .map_err(VmError::Watchdog)?;
             start = Instant::now();
-            let r = run_loop(vcpu, bus, [serial, com2], debug, stop, quit, &mut exits);
+            let io = PortIo {
+                serials: [serial, com2],
+                lpt: lpt.as_mut(),
+                debug,
+            };
+            let r = run_loop(vcpu, bus, io, stop, quit, &mut exits);
             end = Instant::now();
             // The watchdog ends when the last sender goes: the quit
             // handle's clone first.

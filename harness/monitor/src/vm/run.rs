@@ -3,17 +3,30 @@
 //! and stopped around it.
 
 use super::*;
+use crate::parallel::{LPT_LEN, LPT1_BASE};
+
+/// The port-mapped devices the loop serves: COM1, COM2, LPT1 (if the
+/// machine has one) and the debug port's log.
+pub(super) struct PortIo<'a> {
+    pub(super) serials: [&'a mut ports::Serial; 2],
+    pub(super) lpt: Option<&'a mut crate::parallel::Parallel>,
+    pub(super) debug: &'a mut Log,
+}
 
 /// The loop proper: serves exits until one ends the run.
 pub(super) fn run_loop(
     vcpu: &mut VcpuFd,
     bus: &mut MmioBus,
-    serials: [&mut ports::Serial; 2],
-    debug: &mut Log,
+    io: PortIo<'_>,
     stop: &AtomicBool,
     quit: &QuitRequest,
     exits: &mut ExitCounts,
 ) -> Result<Stop, VmError> {
+    let PortIo {
+        serials,
+        mut lpt,
+        debug,
+    } = io;
     loop {
         if let Some(status) = quit.requested() {
             return Ok(Stop::Quit(status));
@@ -52,6 +65,13 @@ pub(super) fn run_loop(
                             serials[1].write(p - COM2_BASE, *b);
                         }
                     }
+                    p if (LPT1_BASE..LPT1_BASE + LPT_LEN).contains(&p) && lpt.is_some() => {
+                        if let Some(l) = lpt.as_deref_mut() {
+                            for b in data.iter() {
+                                l.write(p - LPT1_BASE, *b);
+                            }
+                        }
+                    }
                     _ => exits.unhandled_io += 1,
                 }
             }
@@ -67,6 +87,13 @@ pub(super) fn run_loop(
                     p if (COM2_BASE..COM2_BASE + COM1_LEN).contains(&p) => {
                         for b in data.iter_mut() {
                             *b = serials[1].read(p - COM2_BASE);
+                        }
+                    }
+                    p if (LPT1_BASE..LPT1_BASE + LPT_LEN).contains(&p) && lpt.is_some() => {
+                        if let Some(l) = lpt.as_deref_mut() {
+                            for b in data.iter_mut() {
+                                *b = l.read(p - LPT1_BASE);
+                            }
                         }
                     }
                     _ => {
