@@ -337,7 +337,9 @@ impl SocketLink {
         // SAFETY: an all-zero msghdr is valid (no name, no control data).
         let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
         msg.msg_iov = iov.as_mut_ptr();
-        msg.msg_iovlen = used;
+        // usize in glibc, c_int in musl; `used` is at most the few
+        // iovecs above.
+        msg.msg_iovlen = used as _;
         loop {
             // SAFETY: `fd` is open; `msg` points at `used` iovecs describing
             // live slices the kernel only reads.

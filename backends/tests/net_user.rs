@@ -433,3 +433,61 @@ fn ping_the_gateway_and_survive_garbage() {
     assert!(g.link.net.send(&[&vec![0u8; 9000]]).is_err());
     assert!(g.link.net.stats().dropped_from_guest >= before + 6);
 }
+
+/// The ends of a connection: a host server that resets (`SO_LINGER` 0)
+/// is a RST to the guest, not a FIN (the guest's socket closes without
+/// passing CLOSE-WAIT); and all a guest sends before its FIN reaches the
+/// host, however fast it closes.
+#[test]
+fn resets_and_closes_carry_through() {
+    let mut g = Guest::new(UserConfig::default());
+    g.dhcp();
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let t = std::thread::spawn(move || {
+        let (s, _) = l.accept().unwrap();
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&s);
+        let lg = libc::linger {
+            l_onoff: 1,
+            l_linger: 0,
+        };
+        // SAFETY: a valid linger on an open socket.
+        unsafe {
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_LINGER,
+                (&raw const lg).cast(),
+                std::mem::size_of::<libc::linger>() as libc::socklen_t,
+            )
+        };
+        drop(s);
+        // The second connection: read to the end.
+        let (mut s, _) = l.accept().unwrap();
+        let mut all = Vec::new();
+        s.read_to_end(&mut all).unwrap();
+        all
+    });
+    let h = g.connect((HOST, port), 40010);
+    let mut seen_close_wait = false;
+    g.run_until("the reset", |g| {
+        let st = g.sockets.get_mut::<tcp::Socket>(h).state();
+        seen_close_wait |= st == tcp::State::CloseWait;
+        st == tcp::State::Closed
+    });
+    assert!(!seen_close_wait, "the host's reset arrived as a FIN");
+    let data = pattern(300_000, 5);
+    let h = g.connect((HOST, port), 40011);
+    let mut sent = 0;
+    g.run_until("send and close", |g| {
+        let s = g.sockets.get_mut::<tcp::Socket>(h);
+        if s.can_send() && sent < data.len() {
+            sent += s.send_slice(&data[sent..]).unwrap();
+            if sent == data.len() {
+                s.close();
+            }
+        }
+        sent == data.len() && g.link.net.flows().0 == 0
+    });
+    assert_eq!(t.join().unwrap(), data);
+}

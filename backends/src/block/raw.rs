@@ -230,7 +230,8 @@ impl RawFile {
             let mut sfs: libc::statfs = unsafe { std::mem::zeroed() };
             // SAFETY: `fd` is open and `sfs` writable.
             cvt(unsafe { libc::fstatfs(fd, &mut sfs) }).map_err(|e| os_err("statfs", path, e))?;
-            if sfs.f_type == libc::TMPFS_MAGIC {
+            // The field's type differs between C libraries (u64 in musl).
+            if i128::from(sfs.f_type) == i128::from(libc::TMPFS_MAGIC) {
                 return Err(BlockError::Io {
                     what: format!(
                         "cache=none: {} is on tmpfs, whose O_DIRECT still goes through \

@@ -243,6 +243,14 @@ impl UserConfig {
         u32::from(a) & m == u32::from(self.net) & m
     }
 
+    /// Whether `a` is a host address of the network (inside it, neither
+    /// the network's own address nor its broadcast).
+    pub fn is_host_address(&self, a: Ipv4Addr) -> bool {
+        let host_bits = !u32::from(self.mask());
+        let h = u32::from(a) & host_bits;
+        self.contains(a) && h != 0 && h != host_bits
+    }
+
     /// Sets `net=` from `ADDR[/PREFIX|/MASK]` and moves the host, DNS and
     /// DHCP addresses into it as QEMU does (`.2`, `.3`, `.15`).
     pub fn set_net(&mut self, s: &str) -> Result<(), ConfigError> {
@@ -277,6 +285,13 @@ impl UserConfig {
 
     /// Checks that the addresses sit in the network and do not collide.
     pub fn check(&self) -> Result<(), ConfigError> {
+        if self.prefix > 30 {
+            return Err(bad(
+                "net",
+                &std::format!("{}/{}", self.net, self.prefix),
+                "a prefix of at most 30 bits",
+            ));
+        }
         for (key, a) in [
             ("host", self.host),
             ("dns", self.dns),

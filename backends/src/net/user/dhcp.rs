@@ -33,7 +33,7 @@ impl Leases {
         let a = (0..MAX_LEASES as u32)
             .map(|i| Ipv4Addr::from(start.wrapping_add(i)))
             .find(|a| {
-                cfg.contains(*a)
+                cfg.is_host_address(*a)
                     && *a != cfg.host
                     && *a != cfg.dns
                     && !cfg.guestfwd.iter().any(|g| g.addr == *a)

@@ -35,6 +35,28 @@ impl HostStream {
         };
     }
 
+    /// Makes closing it a reset (`SO_LINGER` 0) for a TCP peer, so a
+    /// connection the guest reset is not taken for a complete one.
+    pub(super) fn reset_on_close(&self) {
+        if let HostStream::Tcp(s) = self {
+            let l = libc::linger {
+                l_onoff: 1,
+                l_linger: 0,
+            };
+            // SAFETY: `l` is a valid linger of the size passed; the fd is
+            // open. A failure leaves an ordinary close.
+            unsafe {
+                libc::setsockopt(
+                    s.as_raw_fd(),
+                    libc::SOL_SOCKET,
+                    libc::SO_LINGER,
+                    (&raw const l).cast(),
+                    core::mem::size_of::<libc::linger>() as libc::socklen_t,
+                )
+            };
+        }
+    }
+
     /// The pending error of a non-blocking connect, once it finished.
     pub(super) fn take_error(&self) -> io::Result<Option<io::Error>> {
         match self {
@@ -193,7 +215,9 @@ impl Epoll {
     /// readable only while something really waits.
     pub(super) fn refresh(&self) {
         let mut evs = [libc::epoll_event { events: 0, u64: 0 }; 64];
-        loop {
+        // Bounded: a set with more ready fds than this is refreshed again
+        // on the next call.
+        for _ in 0..16 {
             // SAFETY: `evs` has room for the 64 events asked for; no wait.
             let n = unsafe { libc::epoll_wait(self.fd.as_raw_fd(), evs.as_mut_ptr(), 64, 0) };
             if n < 64 {

@@ -57,13 +57,23 @@ const TCP_BUF: usize = 64 * 1024;
 /// A UDP flow idle this long is closed (slirp's is 240 s for DNS-less
 /// flows; a NAT's usual is minutes).
 const UDP_IDLE: Duration = Duration::from_secs(120);
-/// A TCP connection whose guest stops acknowledging is aborted after this.
+/// A TCP connection whose guest stops answering is aborted after this
+/// (keep-alive probes every [`TCP_KEEPALIVE`] keep an idle but live one).
 const TCP_TIMEOUT: Duration = Duration::from_secs(300);
+/// Keep-alive probes to the guest on an idle connection.
+const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
+/// A DNS flow is closed this long after its last datagram (answers come
+/// at once; every lookup from a new port is a new flow).
+const DNS_IDLE: Duration = Duration::from_secs(10);
+/// A `hostfwd` listener that cannot accept (out of file descriptors)
+/// rests this long before it is tried again.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// Frames waiting for the guest at most; later ones are dropped (the
 /// guest stopped taking its receive queue).
 const OUT_MAX: usize = 4096;
-/// The most concurrent TCP connections and UDP flows, each.
-pub const MAX_FLOWS: usize = 1024;
+/// The most concurrent TCP connections and UDP flows, each (well under
+/// the usual 1024 file descriptors a process may hold).
+pub const MAX_FLOWS: usize = 256;
 
 fn io_err(what: impl Into<String>, err: io::Error) -> NetError {
     NetError::Io {
@@ -140,6 +150,9 @@ struct TcpFlow {
     host_eof: bool,
     shut_wr: bool,
     interest: u32,
+    /// Over: removed after the stack's next output pass (which sends its
+    /// last FIN, ACK or RST).
+    done: bool,
 }
 
 impl Drop for TcpFlow {
@@ -158,6 +171,8 @@ struct UdpFlow {
     remote: (Ipv4Addr, u16),
     sock: UdpSocket,
     last: std::time::Instant,
+    /// How long it may stay idle.
+    idle: Duration,
 }
 
 /// A `hostfwd` rule's host socket.
@@ -166,10 +181,15 @@ enum Forward {
     Tcp {
         listener: TcpListener,
         rule: HostFwd,
+        interest: u32,
+        /// Resting after a failed accept, until then.
+        rest_until: Option<std::time::Instant>,
     },
     Udp {
         sock: UdpSocket,
         rule: HostFwd,
+        /// The port it is bound to (the rule's, or the one port 0 got).
+        port: u16,
         /// The host peer that last sent, where the guest's replies go.
         peer: Option<SocketAddr>,
     },
@@ -256,24 +276,32 @@ impl UserNet {
                     Forward::Tcp {
                         listener: l,
                         rule: rule.clone(),
+                        interest: 0,
+                        rest_until: None,
                     }
                 }
                 Proto::Udp => {
                     let s = UdpSocket::bind(rule.host).map_err(|e| io_err(what(), e))?;
                     s.set_nonblocking(true).map_err(|e| io_err(what(), e))?;
+                    let port = s.local_addr().map_err(|e| io_err(what(), e))?.port();
                     Forward::Udp {
                         sock: s,
                         rule: rule.clone(),
+                        port,
                         peer: None,
                     }
                 }
             };
-            let fd = match &fwd {
-                Forward::Tcp { listener, .. } => listener.as_raw_fd(),
-                Forward::Udp { sock, .. } => sock.as_raw_fd(),
-            };
-            let mut have = 0;
-            epoll.set(fd, &mut have, libc::EPOLLIN as u32);
+            let mut fwd = fwd;
+            match &mut fwd {
+                Forward::Tcp {
+                    listener, interest, ..
+                } => epoll.set(listener.as_raw_fd(), interest, libc::EPOLLIN as u32),
+                Forward::Udp { sock, .. } => {
+                    let mut have = 0;
+                    epoll.set(sock.as_raw_fd(), &mut have, libc::EPOLLIN as u32);
+                }
+            }
             forwards.push(fwd);
         }
         let mut phy = Phy::default();
@@ -512,10 +540,11 @@ impl UserNet {
             if let Forward::Udp {
                 sock,
                 rule,
+                port,
                 peer: Some(peer),
             } = f
                 && dst == self.cfg.host
-                && udp.dst_port == rule.host.port()
+                && udp.dst_port == *port
                 && udp.src_port == rule.guest_port
             {
                 let _ = sock.send_to(&data, *peer);
@@ -568,6 +597,11 @@ impl UserNet {
             }
         };
         let _ = sock.send(&data);
+        let idle = if target == self.dns_upstream {
+            DNS_IDLE
+        } else {
+            UDP_IDLE
+        };
         let mut interest = 0;
         self.epoll
             .set(sock.as_raw_fd(), &mut interest, libc::EPOLLIN as u32);
@@ -576,6 +610,7 @@ impl UserNet {
             remote,
             sock,
             last: std::time::Instant::now(),
+            idle,
         });
     }
 
@@ -677,6 +712,7 @@ impl UserNet {
                     host_eof: false,
                     shut_wr: false,
                     interest: 0,
+                    done: false,
                 };
                 self.epoll
                     .set(flow.host.fd(), &mut flow.interest, libc::EPOLLOUT as u32);
@@ -695,6 +731,13 @@ impl UserNet {
             tcp::SocketBuffer::new(vec![0u8; TCP_BUF]),
         );
         s.set_nagle_enabled(false);
+        // Every segment acknowledged at once: a connection that ends right
+        // after data must not leave an ACK owed (it is reaped after the
+        // next output pass).
+        s.set_ack_delay(None);
+        s.set_keep_alive(Some(smoltcp::time::Duration::from_secs(
+            TCP_KEEPALIVE.as_secs(),
+        )));
         s.set_timeout(Some(smoltcp::time::Duration::from_secs(
             TCP_TIMEOUT.as_secs(),
         )));
@@ -716,24 +759,50 @@ impl UserNet {
         let mut accepted = Vec::new();
         let mut datagrams = Vec::new();
         let mut buf = vec![0u8; 65536];
+        let now = std::time::Instant::now();
         for f in &mut self.forwards {
             match f {
-                Forward::Tcp { listener, rule } => {
-                    while let Ok((s, _)) = listener.accept() {
-                        if s.set_nonblocking(true).is_ok() {
-                            accepted.push((s, rule.guest, rule.guest_port));
+                Forward::Tcp {
+                    listener,
+                    rule,
+                    interest,
+                    rest_until,
+                } => {
+                    if rest_until.is_some_and(|t| now < t) {
+                        continue;
+                    }
+                    *rest_until = None;
+                    self.epoll
+                        .set(listener.as_raw_fd(), interest, libc::EPOLLIN as u32);
+                    loop {
+                        match listener.accept() {
+                            Ok((s, _)) => {
+                                if s.set_nonblocking(true).is_ok() {
+                                    accepted.push((s, rule.guest, rule.guest_port));
+                                }
+                            }
+                            Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                            Err(_) => {
+                                // Out of descriptors: the connection stays
+                                // in the backlog and the listener readable;
+                                // rest rather than spin.
+                                self.epoll.set(listener.as_raw_fd(), interest, 0);
+                                *rest_until = Some(now + ACCEPT_BACKOFF);
+                                break;
+                            }
                         }
                     }
                 }
-                Forward::Udp { sock, rule, peer } => {
+                Forward::Udp {
+                    sock,
+                    rule,
+                    port,
+                    peer,
+                } => {
                     while let Ok((n, from)) = sock.recv_from(&mut buf) {
                         *peer = Some(from);
-                        datagrams.push((
-                            rule.host.port(),
-                            rule.guest,
-                            rule.guest_port,
-                            buf[..n].to_vec(),
-                        ));
+                        datagrams.push((*port, rule.guest, rule.guest_port, buf[..n].to_vec()));
                     }
                 }
             }
@@ -768,6 +837,7 @@ impl UserNet {
                 host_eof: false,
                 shut_wr: false,
                 interest: 0,
+                done: false,
             });
         }
     }
@@ -786,21 +856,33 @@ impl UserNet {
         for (from, to, data) in got {
             self.push_udp(from, to, &data);
         }
-        self.udp.retain(|f| now.duration_since(f.last) < UDP_IDLE);
+        self.udp.retain(|f| now.duration_since(f.last) < f.idle);
     }
 
     /// Moves bytes between each connection's two sides and retires the
     /// finished ones.
     fn serve_tcp(&mut self) {
+        for i in 0..self.tcp.len() {
+            if !self.tcp[i].done && !self.serve_flow(i) {
+                let f = &mut self.tcp[i];
+                f.done = true;
+                self.epoll.set(f.host.fd(), &mut f.interest, 0);
+            }
+        }
+    }
+
+    /// Removes the connections that are over, after the stack's output
+    /// pass that sent their last segment.
+    fn reap_tcp(&mut self) {
         let mut i = 0;
         while i < self.tcp.len() {
-            if self.serve_flow(i) {
-                i += 1;
-            } else {
+            if self.tcp[i].done {
                 let f = self.tcp.swap_remove(i);
                 if let Some(h) = f.handle {
                     self.sockets.remove(h);
                 }
+            } else {
+                i += 1;
             }
         }
     }
@@ -873,16 +955,19 @@ impl UserNet {
         while !f.host_eof && !broken && sock.can_send() {
             let host = &mut f.host;
             match sock.send(|b| match host.read(b) {
-                Ok(0) => (0, Some(true)),
-                Ok(n) => (n, Some(false)),
-                Err(e) if e.kind() == ErrorKind::WouldBlock => (0, None),
-                Err(_) => (0, Some(true)),
+                Ok(0) => (0, HostRead::Eof),
+                Ok(n) => (n, HostRead::Data),
+                Err(e) if e.kind() == ErrorKind::WouldBlock => (0, HostRead::Wait),
+                // A reset (or any failure) of the host side resets the
+                // guest's side too.
+                Err(_) => (0, HostRead::Failed),
             }) {
-                Ok(Some(false)) => {}
-                Ok(Some(true)) => {
+                Ok(HostRead::Data) => {}
+                Ok(HostRead::Eof) => {
                     f.host_eof = true;
                     sock.close();
                 }
+                Ok(HostRead::Failed) => broken = true,
                 _ => break,
             }
         }
@@ -890,10 +975,16 @@ impl UserNet {
             sock.abort();
         }
         let state = sock.state();
-        let over = matches!(
+        let ended = matches!(
             state,
             tcp::State::Closed | tcp::State::TimeWait | tcp::State::Listen
         );
+        // What the guest sent before its FIN still goes to the host.
+        let over = ended && (broken || sock.recv_queue() == 0);
+        if over && !broken && state == tcp::State::Closed && !(f.host_eof && f.shut_wr) {
+            // The guest reset the connection: so does the host side.
+            f.host.reset_on_close();
+        }
         let mut want = 0;
         if !over {
             if !f.host_eof
@@ -920,13 +1011,38 @@ impl UserNet {
         self.serve_tcp();
         let now = self.now();
         self.iface.poll(now, &mut self.phy, &mut self.sockets);
+        self.reap_tcp();
         let delay = self
             .iface
             .poll_delay(now, &self.sockets)
             .map(|d| Duration::from_micros(d.total_micros()));
+        // A resting hostfwd listener is tried again at the latest then.
+        let rest = self
+            .forwards
+            .iter()
+            .filter_map(|f| match f {
+                Forward::Tcp {
+                    rest_until: Some(t),
+                    ..
+                } => Some(t.saturating_duration_since(std::time::Instant::now())),
+                _ => None,
+            })
+            .min();
+        let delay = match (delay, rest) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
         self.timer.arm(delay);
         self.epoll.refresh();
     }
+}
+
+/// What a read of the host side of a connection gave.
+enum HostRead {
+    Data,
+    Eof,
+    Wait,
+    Failed,
 }
 
 /// Where a new guest connection goes on the host.

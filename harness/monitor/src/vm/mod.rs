@@ -304,6 +304,38 @@ impl QuitRequest {
     }
 }
 
+/// The vCPU thread's handle, for the watchdog's kicks (an integer in
+/// glibc, a pointer in musl).
+#[derive(Clone, Copy)]
+struct VcpuThread(libc::pthread_t);
+
+// SAFETY: a pthread_t is only an identifier; the watchdog passes it to
+// pthread_kill while the vCPU thread is alive (the scope joins the
+// watchdog before the run returns), whatever the C library's type for it.
+unsafe impl Send for VcpuThread {}
+
+impl VcpuThread {
+    /// Kicks the thread out of `KVM_RUN`.
+    fn kick(self) {
+        // SAFETY: the thread is alive (see the Send impl); the signal's
+        // handler does nothing but interrupt `KVM_RUN`.
+        unsafe { libc::pthread_kill(self.0, kick_signal()) };
+    }
+}
+
+/// Takes the watchdog's sender back from a [`QuitRequest`] when dropped.
+struct ClearWake<'a>(&'a QuitRequest);
+
+impl Drop for ClearWake<'_> {
+    fn drop(&mut self) {
+        *self
+            .0
+            .wake
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
+    }
+}
+
 /// Guest-physical RAM a device owns: a buffer the guest reads and writes
 /// without VM exits (the TPM CRB's data buffer), mapped by its own KVM
 /// memory slot. The device reaches it through copies, never references:
@@ -843,7 +875,7 @@ impl Vm {
         let stop = AtomicBool::new(false);
         let mut exits = ExitCounts::default();
         // SAFETY: pthread_self has no preconditions.
-        let me = unsafe { libc::pthread_self() };
+        let me = VcpuThread(unsafe { libc::pthread_self() });
         let (done_tx, done_rx) = mpsc::channel::<()>();
         let created = self.created.take();
         let stop_workers =
@@ -858,9 +890,11 @@ impl Vm {
         let mut start = Instant::now();
         let mut end = start;
         self.quit.status.store(0, Ordering::Release);
-        if let Ok(mut w) = self.quit.wake.lock() {
-            *w = Some(done_tx.clone());
-        }
+        *self
+            .quit
+            .wake
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(done_tx.clone());
         let Vm {
             vcpu,
             bus,
@@ -876,6 +910,9 @@ impl Vm {
             // Whatever happens below, the workers stop when this closure
             // returns and the scope joins them.
             let _stop_guard = StopOnDrop(&stop_workers);
+            // Whatever happens below (a panic too), the quit handle lets go
+            // of its sender, so the watchdog sees the channel close.
+            let _wake_guard = ClearWake(quit);
             for (i, w) in workers.into_iter().enumerate() {
                 std::thread::Builder::new()
                     .name(format!("virtio-worker-{i}"))
@@ -893,11 +930,7 @@ impl Vm {
                         Err(RecvTimeoutError::Disconnected) => return,
                     }
                     loop {
-                        // SAFETY: `me` is the vCPU thread, alive until this
-                        // scope ends, which waits for this thread; the
-                        // signal's handler does nothing but interrupt
-                        // `KVM_RUN`.
-                        unsafe { libc::pthread_kill(me, kick_signal()) };
+                        me.kick();
                         if done_rx.recv_timeout(KICK_INTERVAL)
                             == Err(RecvTimeoutError::Disconnected)
                         {
@@ -916,9 +949,7 @@ impl Vm {
             end = Instant::now();
             // The watchdog ends when the last sender goes: the quit
             // handle's clone first.
-            if let Ok(mut w) = quit.wake.lock() {
-                *w = None;
-            }
+            drop(_wake_guard);
             drop(done_tx);
             // The watchdog only sleeps and signals; it cannot panic.
             let _ = watchdog.join();
