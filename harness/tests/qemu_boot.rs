@@ -185,3 +185,96 @@ fn uart_guest_prints_to_qemus_isa_parallel() {
         "LPT1 line 0\nLPT1 line 1\nLPT1 line 2\n"
     );
 }
+
+/// QEMU's own `-chardev testdev` on COM2 with the `uart` guest's `5q`:
+/// QEMU exits with (5 << 1) | 1 = 11, the status our `run` gives for the
+/// same guest on ours (`cli.rs`).
+#[test]
+fn qemus_testdev_quits_with_the_status_ours_gives() {
+    if !qemu_ready("qemus_testdev_quits_with_the_status_ours_gives") {
+        return;
+    }
+    let run = boot(
+        env!("GUEST_UART"),
+        "uart.bytes=0 uart.quit=5 uart.ms=20000",
+        &[
+            "-chardev",
+            "testdev,id=t",
+            "-device",
+            "isa-serial,chardev=t,index=1",
+        ],
+        Transport::Legacy,
+    );
+    assert_eq!(run.status, Some(11), "{}", run.describe());
+}
+
+/// QEMU's own `-chardev wctablet` on COM2, fed through its QMP
+/// `input-send-event`: the `uart` guest reads the same model string and
+/// the same reports (x 2518, y 943, pen down and up) as from ours
+/// (`monitor.rs`).
+#[test]
+fn qemus_wctablet_reports_what_ours_reports() {
+    use std::io::{BufRead, BufReader, Write};
+    if !qemu_ready("qemus_wctablet_reports_what_ours_reports") {
+        return;
+    }
+    let dir = harness::scenarios::Workdir::new("qemu-wctablet").expect("scratch");
+    let sock = dir.path("qmp.sock");
+    let qmp = format!("unix:{},server=on,wait=off", sock.display());
+    let running = Qemu::microvm(env!("GUEST_UART"))
+        .append("uart.bytes=0 uart.tablet=4 uart.ms=20000")
+        .args([
+            "-chardev",
+            "wctablet,id=t",
+            "-device",
+            "isa-serial,chardev=t,index=1",
+            "-qmp",
+            &qmp,
+        ])
+        .transport(Transport::Legacy)
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start qemu: {e}"));
+    let feeder = std::thread::spawn(move || {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        let s = loop {
+            match std::os::unix::net::UnixStream::connect(&sock) {
+                Ok(s) => break s,
+                Err(_) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(50))
+                }
+                Err(e) => panic!("qmp: {e}"),
+            }
+        };
+        let mut w = s.try_clone().unwrap();
+        let mut r = BufReader::new(s);
+        let mut line = String::new();
+        let _ = r.read_line(&mut line);
+        let pos = r#"{"type":"abs","data":{"axis":"x","value":16384}},{"type":"abs","data":{"axis":"y","value":8192}}"#;
+        let mut msgs = vec![r#"{"execute":"qmp_capabilities"}"#.to_string()];
+        for _ in 0..50 {
+            for down in ["true", "false"] {
+                msgs.push(format!(
+                    r#"{{"execute":"input-send-event","arguments":{{"events":[{pos},{{"type":"btn","data":{{"button":"left","down":{down}}}}}]}}}}"#
+                ));
+            }
+        }
+        for m in msgs {
+            line.clear();
+            if w.write_all(format!("{m}\n").as_bytes()).is_err() || r.read_line(&mut line).is_err()
+            {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    });
+    let run = running.wait().expect("qemu runs");
+    let _ = feeder.join();
+    assert_pass(&run);
+    for want in [
+        "uart: tablet model ~#CT-0045R,V1.3-5,",
+        "uart: tablet x 2518 y 943 pen down",
+        "uart: tablet x 2518 y 943 pen up",
+    ] {
+        assert!(run.serial.contains(want), "no {want:?}\n{}", run.describe());
+    }
+}
