@@ -3,7 +3,8 @@
 //! `mouse_move`, `mouse_button`, QMP `input-send-event`) produces, and the
 //! sink each device hands out to receive them.
 
-use std::sync::{Arc, Mutex};
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::vec::Vec;
 
 /// Largest absolute coordinate (QEMU's `INPUT_EVENT_ABS_MAX`); 0 is the
@@ -101,4 +102,19 @@ impl InputRouter {
             s.sync();
         }
     }
+}
+
+/// A device's state, shared by its chardev and its input side; a panic
+/// elsewhere does not make it unusable.
+pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Moves what a device has queued for the UART into `buf`; how much.
+pub(super) fn drain_into(out: &mut VecDeque<u8>, buf: &mut [u8]) -> usize {
+    let n = buf.len().min(out.len());
+    for (d, b) in buf.iter_mut().zip(out.drain(..n)) {
+        *d = b;
+    }
+    n
 }

@@ -11,9 +11,9 @@
 //! Not sent: the serial Plug and Play identification after `M3`.
 
 use std::collections::VecDeque;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 
-use super::input::{Axis, Button, InputEvent, InputSink};
+use super::input::{Axis, Button, InputEvent, InputSink, drain_into, lock};
 use super::{Chardev, ChardevError};
 
 /// Bytes the mouse buffers for the UART; a batch that does not fit is
@@ -69,10 +69,6 @@ pub struct Msmouse {
 #[derive(Debug)]
 pub struct MsmouseInput {
     state: Arc<Mutex<State>>,
-}
-
-fn lock(m: &Mutex<State>) -> MutexGuard<'_, State> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Msmouse {
@@ -152,12 +148,7 @@ impl Chardev for Msmouse {
     }
 
     fn read(&mut self, buf: &mut [u8]) -> Result<usize, ChardevError> {
-        let mut s = lock(&self.state);
-        let n = buf.len().min(s.out.len());
-        for (d, b) in buf.iter_mut().zip(s.out.drain(..n)) {
-            *d = b;
-        }
-        Ok(n)
+        Ok(drain_into(&mut lock(&self.state).out, buf))
     }
 
     fn set_modem_lines(&mut self, dtr: bool, rts: bool) {

@@ -14,10 +14,10 @@
 //! commands in one write are all answered.
 
 use std::collections::VecDeque;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::vec::Vec;
 
-use super::input::{Axis, Button, InputEvent, InputSink};
+use super::input::{Axis, Button, InputEvent, InputSink, drain_into, lock};
 use super::{Chardev, ChardevError};
 
 /// The line speed the tablet talks at.
@@ -135,10 +135,6 @@ pub struct WctabletInput {
     state: Arc<Mutex<State>>,
 }
 
-fn lock(m: &Mutex<State>) -> MutexGuard<'_, State> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
 impl Wctablet {
     /// A tablet with its start-up string queued, and the handle that
     /// feeds it.
@@ -208,12 +204,7 @@ impl Chardev for Wctablet {
     }
 
     fn read(&mut self, buf: &mut [u8]) -> Result<usize, ChardevError> {
-        let mut s = lock(&self.state);
-        let n = buf.len().min(s.out.len());
-        for (d, b) in buf.iter_mut().zip(s.out.drain(..n)) {
-            *d = b;
-        }
-        Ok(n)
+        Ok(drain_into(&mut lock(&self.state).out, buf))
     }
 
     fn set_line_speed(&mut self, bps: u32) {

@@ -156,36 +156,29 @@ impl Machine {
             Some(watch) => attach_watched(&mut vm, realized, watch)?,
         };
         let tpm = attach_tpm(&mut vm, config)?;
-        for (i, id) in config.serials.iter().enumerate() {
-            let Some(id) = id else { continue };
+        // The port devices' chardevs, opened here (not with the devices).
+        let port_chardev = |id: &String, by: &str| {
             let kind = config
                 .chardevs
                 .iter()
                 .find(|(c, _)| c == id)
                 .map(|(_, k)| k)
                 .ok_or_else(|| MachineError::Missing {
-                    by: format!("-serial chardev:{id}"),
+                    by: format!("{by} chardev:{id}"),
                     id: id.clone(),
                 })?;
-            let (c, _) = open_chardev(id, kind, &ctx)?;
-            vm.attach_serial(i, c);
+            open_chardev(id, kind, &ctx).map(|(c, _)| c)
+        };
+        for (i, id) in config.serials.iter().enumerate() {
+            if let Some(id) = id {
+                vm.attach_serial(i, port_chardev(id, "-serial")?);
+            }
         }
         if let Some(lpt) = &config.parallel {
-            let chardev = match lpt {
-                None => None,
-                Some(id) => {
-                    let kind = config
-                        .chardevs
-                        .iter()
-                        .find(|(c, _)| c == id)
-                        .map(|(_, k)| k)
-                        .ok_or_else(|| MachineError::Missing {
-                            by: format!("-parallel chardev:{id}"),
-                            id: id.clone(),
-                        })?;
-                    Some(open_chardev(id, kind, &ctx)?.0)
-                }
-            };
+            let chardev = lpt
+                .as_ref()
+                .map(|id| port_chardev(id, "-parallel"))
+                .transpose()?;
             vm.attach_parallel(crate::parallel::Parallel::new(chardev));
         }
         let cmdline = crate::slots::append_cmdline(&config.append, &slots);
