@@ -71,6 +71,7 @@ fn main() {
         let missing = out_dir.join("guests-not-built");
         println!("cargo:rustc-env=GUEST_DIR={}", missing.display());
         println!("cargo:warning=tiny guests not built ({SKIP_GUESTS} is set)");
+        write_embedded(&out_dir, &[]);
         return;
     }
 
@@ -79,6 +80,7 @@ fn main() {
 
     let elf_dir = target_dir.join(GUEST_TARGET).join("release");
     println!("cargo:rustc-env=GUEST_DIR={}", elf_dir.display());
+    let mut embedded = Vec::new();
     for name in guest_names(&guests.join("src").join("bin")) {
         let elf = elf_dir.join(&name);
         if let Err(e) = check_elf(&elf) {
@@ -86,7 +88,28 @@ fn main() {
         }
         let var = name.to_ascii_uppercase().replace('-', "_");
         println!("cargo:rustc-env=GUEST_{var}={}", elf.display());
+        embedded.push((name, elf));
     }
+    write_embedded(&out_dir, &embedded);
+}
+
+/// Writes `embedded_guests.rs`: every guest's ELF as bytes in the
+/// harness (`virtio-harness guests`, `run -kernel NAME`), so the binary
+/// carries them wherever it is copied.
+fn write_embedded(out_dir: &Path, guests: &[(String, PathBuf)]) {
+    let mut text = String::from(
+        "/// Every tiny guest's ELF, by name (empty when the guests were not built).\n\
+         pub static EMBEDDED: &[(&str, &[u8])] = &[\n",
+    );
+    for (name, elf) in guests {
+        text.push_str(&format!(
+            "    ({name:?}, include_bytes!({:?})),\n",
+            elf.display().to_string()
+        ));
+    }
+    text.push_str("];\n");
+    let path = out_dir.join("embedded_guests.rs");
+    std::fs::write(&path, text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
 }
 
 fn env_or_die(name: &str) -> String {

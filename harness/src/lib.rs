@@ -15,6 +15,7 @@
 pub mod bench;
 pub mod conform;
 pub mod daemon;
+pub mod guests;
 pub mod linux;
 pub mod netns;
 pub mod qemu;

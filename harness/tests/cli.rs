@@ -235,3 +235,33 @@ fn run_prints_to_a_parallel_port_file() {
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("one parallel port"), "{}", stderr(&o));
 }
+
+/// `guests` lists every carried guest with its keys, `guests --out DIR`
+/// writes their ELFs, and `run -kernel NAME` boots a carried guest by
+/// name (a file of that name, if there is one, still wins).
+#[test]
+fn guests_are_listed_written_and_run_by_name() {
+    let o = harness(&["guests"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let list = String::from_utf8_lossy(&o.stdout);
+    for line in [
+        "rng        virtio-rng (§5.4)",
+        "-append: uart.base uart.bytes",
+    ] {
+        assert!(list.contains(line), "{list}");
+    }
+    let dir = harness::scenarios::Workdir::new("guests-out").expect("scratch");
+    let out = dir.path("elfs");
+    let o = harness(&["guests", "--out", &out.display().to_string()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let elf = std::fs::read(out.join("uart")).unwrap();
+    assert_eq!(&elf[..4], b"\x7fELF");
+    if !monitor::vm::kvm_or_skip("guests_are_listed_written_and_run_by_name") {
+        return;
+    }
+    let o = harness(&["run", "-kernel", "uart", "-append", "uart.bytes=0"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("uart: echoed 0 bytes"));
+    let o = harness(&["run", "-kernel", "no-such-guest"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+}

@@ -19,9 +19,17 @@ enum Command {
     /// Boot every scenario against every device configuration and print a
     /// table (the default).
     Suite,
+    /// List the tiny guests this binary carries (what each drives, the
+    /// `-append` keys it reads); with `--out DIR`, write their ELFs there.
+    Guests {
+        /// Where to write the ELFs.
+        #[arg(long)]
+        out: Option<std::path::PathBuf>,
+    },
     /// Boot one machine from QEMU-style options, e.g.
     /// `run -m 64M -object rng-builtin,id=r0 -device virtio-rng-device,rng=r0
-    /// -kernel guest.elf -append "rng.bytes=4096"`. Prints the guest's COM1
+    /// -kernel rng -append "rng.bytes=4096"` (`-kernel` takes an ELF or the
+    /// name of a carried guest, see `guests`). Prints the guest's COM1
     /// output and its verdict; exits 0 on a pass.
     Run {
         /// Seconds the guest may run before it is stopped as hung.
@@ -231,6 +239,30 @@ fn main() -> ExitCode {
                 },
         } => conform_run(&out, peers, guests, linux, &vhost_user),
         Command::Run { timeout, options } => run(&options, Duration::from_secs(timeout)),
+        Command::Guests { out } => match out {
+            None => {
+                print!("{}", harness::guests::listing());
+                ExitCode::SUCCESS
+            }
+            Some(dir) => match harness::guests::write_all(&dir) {
+                Ok(paths) if paths.is_empty() => {
+                    eprintln!(
+                        "virtio-harness guests: this binary carries no guests (built with the guests skipped)"
+                    );
+                    ExitCode::FAILURE
+                }
+                Ok(paths) => {
+                    for p in paths {
+                        println!("{}", p.display());
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("virtio-harness guests: writing to {}: {e}", dir.display());
+                    ExitCode::FAILURE
+                }
+            },
+        },
         Command::VhostUser {
             socket,
             verbose,
@@ -366,7 +398,41 @@ fn suite() -> ExitCode {
     ExitCode::SUCCESS
 }
 
+/// `-kernel NAME` for a carried guest that is not a file here: the ELF
+/// written to a scratch file (kept for the run), the options rewritten.
+fn carried_kernel(options: &[String]) -> Result<(Vec<String>, Option<tempfile::TempPath>), String> {
+    let mut out = options.to_vec();
+    let Some(at) = out.iter().position(|a| a == "-kernel").map(|i| i + 1) else {
+        return Ok((out, None));
+    };
+    let Some(name) = out.get(at).cloned() else {
+        return Ok((out, None));
+    };
+    if std::path::Path::new(&name).exists() {
+        return Ok((out, None));
+    }
+    let Some(elf) = harness::guests::elf(&name) else {
+        return Ok((out, None));
+    };
+    let mut file = tempfile::Builder::new()
+        .prefix(&format!("guest-{name}-"))
+        .tempfile()
+        .map_err(|e| format!("a scratch file for guest {name}: {e}"))?;
+    std::io::Write::write_all(&mut file, elf).map_err(|e| format!("writing guest {name}: {e}"))?;
+    let path = file.into_temp_path();
+    out[at] = path.display().to_string();
+    Ok((out, Some(path)))
+}
+
 fn run(options: &[String], timeout: Duration) -> ExitCode {
+    let (options, _guest_file) = match carried_kernel(options) {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("virtio-harness run: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let options = &options[..];
     let config = match monitor::options::parse(options) {
         Ok(c) => c,
         // `-device help` and the like: QEMU prints and exits 0.
