@@ -55,26 +55,32 @@ impl SuiteRow {
     }
 }
 
+/// The suite table's header line.
+pub fn table_header() -> String {
+    format!(
+        "{:<32} {:<34} {:<31} {:>9} {:>7} {:>9}  result\n",
+        "scenario", "device", "backend", "boot ms", "exits", "kvm exits"
+    )
+}
+
+/// One row of the suite table, as a line.
+pub fn format_row(r: &SuiteRow) -> String {
+    let ms = r
+        .boot_to_exit
+        .map_or("-".to_string(), |d| format!("{:.2}", d.as_secs_f64() * 1e3));
+    let exits = r.exits.map_or("-".to_string(), |n| n.to_string());
+    let kvm = r.kvm_exits.map_or("-".to_string(), |n| n.to_string());
+    format!(
+        "{:<32} {:<34} {:<31} {:>9} {:>7} {:>9}  {}\n",
+        r.scenario, r.device, r.backend, ms, exits, kvm, r.result
+    )
+}
+
 /// The suite table as text: one header line, one line per row.
 pub fn format_table(rows: &[SuiteRow]) -> String {
-    use std::fmt::Write;
-    let mut t = String::new();
-    let _ = writeln!(
-        t,
-        "{:<32} {:<34} {:<31} {:>9} {:>7} {:>9}  result",
-        "scenario", "device", "backend", "boot ms", "exits", "kvm exits"
-    );
+    let mut t = table_header();
     for r in rows {
-        let ms = r
-            .boot_to_exit
-            .map_or("-".to_string(), |d| format!("{:.2}", d.as_secs_f64() * 1e3));
-        let exits = r.exits.map_or("-".to_string(), |n| n.to_string());
-        let kvm = r.kvm_exits.map_or("-".to_string(), |n| n.to_string());
-        let _ = writeln!(
-            t,
-            "{:<32} {:<34} {:<31} {:>9} {:>7} {:>9}  {}",
-            r.scenario, r.device, r.backend, ms, exits, kvm, r.result
-        );
+        t.push_str(&format_row(r));
     }
     t
 }
@@ -127,10 +133,43 @@ const SUITE: &[SuiteGuest] = &[
 /// ([`scenarios::all`], then [`scenarios::net()`]). Without
 /// KVM every row is a skip.
 pub fn suite() -> Vec<SuiteRow> {
+    suite_with(&mut |_| {})
+}
+
+/// What [`suite_with`] reports as it goes.
+#[derive(Debug)]
+pub enum SuiteEvent<'a> {
+    /// Row `done + 1` of `total` starts: the scenario's name.
+    Starting {
+        /// The scenario.
+        name: &'a str,
+        /// Rows finished so far.
+        done: usize,
+        /// Rows in all.
+        total: usize,
+    },
+    /// A row finished.
+    Finished(&'a SuiteRow),
+}
+
+/// [`suite`], telling `report` of each row as it starts and finishes (for
+/// a progress line and rows printed as they come).
+pub fn suite_with(report: &mut dyn FnMut(SuiteEvent<'_>)) -> Vec<SuiteRow> {
     let unavailable = vm::kvm_unavailable();
+    let scenarios: Vec<_> = scenarios::all()
+        .into_iter()
+        .chain(scenarios::net())
+        .collect();
+    let total = SUITE.len() + scenarios.len();
+    let mut done = 0;
     let mut rows: Vec<SuiteRow> = SUITE
         .iter()
         .map(|g| {
+            report(SuiteEvent::Starting {
+                name: g.scenario,
+                done,
+                total,
+            });
             let mut row = SuiteRow {
                 scenario: g.scenario.into(),
                 device: g.device.into(),
@@ -157,10 +196,17 @@ pub fn suite() -> Vec<SuiteRow> {
                     Err(e) => format!("FAIL: {e}"),
                 },
             };
+            report(SuiteEvent::Finished(&row));
+            done += 1;
             row
         })
         .collect();
-    for sc in scenarios::all().into_iter().chain(scenarios::net()) {
+    for sc in scenarios {
+        report(SuiteEvent::Starting {
+            name: sc.name,
+            done,
+            total,
+        });
         let mut row = SuiteRow {
             scenario: sc.name.into(),
             device: sc.device.into(),
@@ -172,6 +218,8 @@ pub fn suite() -> Vec<SuiteRow> {
         };
         if let Some(reason) = &unavailable {
             row.result = format!("skip: {reason}");
+            report(SuiteEvent::Finished(&row));
+            done += 1;
             rows.push(row);
             continue;
         }
@@ -191,6 +239,8 @@ pub fn suite() -> Vec<SuiteRow> {
             },
             (Err(e), _) => format!("FAIL: {}", e.lines().next().unwrap_or("")),
         };
+        report(SuiteEvent::Finished(&row));
+        done += 1;
         rows.push(row);
     }
     rows

@@ -385,8 +385,28 @@ fn main() -> ExitCode {
 }
 
 fn suite() -> ExitCode {
-    let rows = harness::suite();
-    print!("{}", harness::format_table(&rows));
+    use std::io::{IsTerminal, Write};
+    // Rows go to stdout as they finish; on a terminal a progress line on
+    // stderr says what runs (nothing extra in a log).
+    let progress = std::io::stderr().is_terminal();
+    let start = std::time::Instant::now();
+    print!("{}", harness::table_header());
+    let _ = std::io::stdout().flush();
+    let rows = harness::suite_with(&mut |ev| match ev {
+        harness::SuiteEvent::Starting { name, done, total } => {
+            if progress {
+                let t = start.elapsed().as_secs();
+                eprint!("\r\x1b[K[{done}/{total} {}:{:02}] {name}", t / 60, t % 60);
+            }
+        }
+        harness::SuiteEvent::Finished(row) => {
+            if progress {
+                eprint!("\r\x1b[K");
+            }
+            print!("{}", harness::format_row(row));
+            let _ = std::io::stdout().flush();
+        }
+    });
     // The hostile rows' verdicts, one line per case (issue 6).
     let verdicts = harness::verdict::render_recorded();
     if !verdicts.is_empty() {
