@@ -226,6 +226,8 @@ pub struct UserNet {
     start: std::time::Instant,
     next_port: u16,
     stats: UserStats,
+    /// A datagram's room, kept across pumps (one per frame otherwise).
+    scratch: Vec<u8>,
 }
 
 impl core::fmt::Debug for UserNet {
@@ -332,6 +334,7 @@ impl UserNet {
             start,
             next_port: 49152,
             stats: UserStats::default(),
+            scratch: vec![0u8; 65536],
         })
     }
 
@@ -571,7 +574,7 @@ impl UserNet {
                 IpAddr::V4(Ipv4Addr::LOCALHOST),
                 udp.dst_port,
             ))
-        } else if self.cfg.contains(dst) || !dst.is_unicast_like() {
+        } else if self.cfg.contains(dst) || !is_unicast(dst) {
             None
         } else {
             Some(SocketAddr::new(IpAddr::V4(dst), udp.dst_port))
@@ -633,7 +636,7 @@ impl UserNet {
             to(IpAddr::V4(Ipv4Addr::LOCALHOST), port)
         } else if dst == self.cfg.dns && port == 53 {
             to(self.dns_upstream.ip(), 53)
-        } else if self.cfg.contains(dst) || !dst.is_unicast_like() {
+        } else if self.cfg.contains(dst) || !is_unicast(dst) {
             Err(())
         } else {
             to(IpAddr::V4(dst), port)
@@ -758,7 +761,7 @@ impl UserNet {
     fn serve_forwards(&mut self) {
         let mut accepted = Vec::new();
         let mut datagrams = Vec::new();
-        let mut buf = vec![0u8; 65536];
+        let buf = &mut self.scratch;
         let now = std::time::Instant::now();
         for f in &mut self.forwards {
             match f {
@@ -800,7 +803,7 @@ impl UserNet {
                     port,
                     peer,
                 } => {
-                    while let Ok((n, from)) = sock.recv_from(&mut buf) {
+                    while let Ok((n, from)) = sock.recv_from(buf) {
                         *peer = Some(from);
                         datagrams.push((*port, rule.guest, rule.guest_port, buf[..n].to_vec()));
                     }
@@ -844,11 +847,11 @@ impl UserNet {
 
     /// Datagrams back from the host for the guest; idle flows closed.
     fn serve_udp(&mut self) {
-        let mut buf = vec![0u8; 65536];
+        let buf = &mut self.scratch;
         let mut got = Vec::new();
         let now = std::time::Instant::now();
         for f in &mut self.udp {
-            while let Ok(n) = f.sock.recv(&mut buf) {
+            while let Ok(n) = f.sock.recv(buf) {
                 f.last = now;
                 got.push((f.remote, f.guest, buf[..n].to_vec()));
             }
@@ -1051,14 +1054,9 @@ enum Target {
     Guestfwd(GuestFwdTarget),
 }
 
-trait UnicastLike {
-    fn is_unicast_like(&self) -> bool;
-}
-
-impl UnicastLike for Ipv4Addr {
-    fn is_unicast_like(&self) -> bool {
-        !(self.is_broadcast() || self.is_multicast() || self.is_unspecified())
-    }
+/// Whether `a` names one host (not broadcast, multicast or unspecified).
+fn is_unicast(a: Ipv4Addr) -> bool {
+    !(a.is_broadcast() || a.is_multicast() || a.is_unspecified())
 }
 
 impl NetBackend for UserNet {

@@ -179,17 +179,7 @@ fn main(boot: &'static BootInfo) {
                 n += 1;
             }
             let mut digits = [0u8; 20];
-            let mut at = digits.len();
-            let mut v = k;
-            loop {
-                at -= 1;
-                digits[at] = b'0' + (v % 10) as u8;
-                v /= 10;
-                if v == 0 {
-                    break;
-                }
-            }
-            for &d in &digits[at..] {
+            for &d in decimal(k, &mut digits) {
                 line[n] = d;
                 n += 1;
             }
@@ -207,20 +197,8 @@ fn main(boot: &'static BootInfo) {
     }
     if let Some(status) = opts.u64("quit").or_fail(format_args!("uart")) {
         let mut digits = [0u8; 20];
-        let mut n = status;
-        let mut at = digits.len();
-        loop {
-            at -= 1;
-            digits[at] = b'0' + (n % 10) as u8;
-            n /= 10;
-            if n == 0 {
-                break;
-            }
-        }
-        for &b in digits[at..].iter().chain(b"q") {
-            wait(LSR_THRE, "room to transmit");
-            out(0, b);
-        }
+        send(decimal(status, &mut digits));
+        send(b"q");
         println!("uart: asked the testdev to quit with {status}");
         // The monitor ends the run; a pass would mean it did not.
         let end = clock::now_ms() + ms;
@@ -228,5 +206,18 @@ fn main(boot: &'static BootInfo) {
             core::hint::spin_loop();
         }
         exit::fail(format_args!("uart: still running {ms} ms after {status}q"));
+    }
+}
+
+/// `n` in decimal, written at the end of `buf`: the digits.
+fn decimal(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
+    let mut at = buf.len();
+    loop {
+        at -= 1;
+        buf[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            return &buf[at..];
+        }
     }
 }

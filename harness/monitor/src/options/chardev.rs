@@ -33,27 +33,17 @@ impl Parser {
                 "-serial: this machine has two UARTs (COM1, COM2)".into(),
             ));
         }
-        // QEMU's shorthands make a chardev of their own, named after the
-        // port (`serial0`, `serial1`), as QEMU does.
         let spec = match arg {
             "null" | "none" => None,
-            _ => match arg.strip_prefix("chardev:") {
-                Some(id) if !id.is_empty() => Some(id.to_string()),
-                Some(_) => return Err(bad_serial(arg)),
-                None => {
-                    let id = format!("serial{}", self.cfg.serials.len());
-                    let chardev = compat_chardev(arg, &id).ok_or_else(|| bad_serial(arg))?;
-                    self.chardev(&chardev)?;
-                    Some(id)
-                }
-            },
+            _ => {
+                let id = format!("serial{}", self.cfg.serials.len());
+                Some(self.port_chardev("-serial", arg, id)?)
+            }
         };
         self.cfg.serials.push(spec);
         Ok(())
     }
-}
 
-impl Parser {
     /// `-parallel chardev:ID|null|none|…` (QEMU's older chardev spellings
     /// too): LPT1, printing to the chardev; one per machine.
     pub(super) fn parallel(&mut self, arg: &str) -> Result<(), OptionError> {
@@ -65,24 +55,39 @@ impl Parser {
         self.cfg.parallel = match arg {
             "none" => None,
             "null" => Some(None),
-            _ => Some(Some(match arg.strip_prefix("chardev:") {
-                Some(id) if !id.is_empty() => id.to_string(),
-                Some(_) => return Err(bad_serial(arg)),
-                None => {
-                    let id = "parallel0".to_string();
-                    let chardev = compat_chardev(arg, &id).ok_or_else(|| bad_serial(arg))?;
-                    self.chardev(&chardev)?;
-                    id
-                }
-            })),
+            _ => Some(Some(self.port_chardev(
+                "-parallel",
+                arg,
+                "parallel0".into(),
+            )?)),
         };
         Ok(())
     }
+
+    /// The chardev a port option names: `chardev:ID`, or one of QEMU's
+    /// shorthands made into a chardev `id` of its own (QEMU names them
+    /// after the port too).
+    fn port_chardev(
+        &mut self,
+        option: &'static str,
+        arg: &str,
+        id: String,
+    ) -> Result<String, OptionError> {
+        match arg.strip_prefix("chardev:") {
+            Some(named) if !named.is_empty() => Ok(named.to_string()),
+            Some(_) => Err(bad_port(option, arg)),
+            None => {
+                let chardev = compat_chardev(arg, &id).ok_or_else(|| bad_port(option, arg))?;
+                self.chardev(&chardev)?;
+                Ok(id)
+            }
+        }
+    }
 }
 
-fn bad_serial(arg: &str) -> OptionError {
+fn bad_port(option: &'static str, arg: &str) -> OptionError {
     OptionError::BadValue {
-        option: "-serial",
+        option,
         key: "backend".into(),
         value: arg.to_string(),
         expected: "chardev:ID, null, none, stdio, pty, file:PATH, pipe:PATH, /dev/TTY, \
