@@ -25,6 +25,66 @@
 //!   TPM firmware measures its boot into), with the commands firmware
 //!   needs.
 //!
+//! # Example
+//!
+//! The entropy driver against our own virtio-rng device in the same
+//! process: the guest's RAM is a page-aligned buffer the device sees at
+//! `PHYS`, and `Bus` (hidden below, a dozen lines) is a
+//! [`RegisterAccess`](virtio_core::mmio::driver::RegisterAccess) that
+//! forwards register accesses to `virtio-core`'s device-side register file
+//! and serves the device on `QueueNotify`, as a VMM's ioeventfd handler
+//! would. On real hardware `bus` is a [`VolatileMmio`] instead.
+//!
+//! ```rust
+//! use std::cell::RefCell;
+//! use std::ptr::NonNull;
+//!
+//! use backends::rng::{Deterministic, RngBackend};
+//! use guest_driver::{PoolHal, Polls, Rng, RngOptions};
+//! use virtio_core::memory::{GuestAddress, Region, RegionMemory};
+//! use virtio_core::mmio::device::MmioRegisters;
+//! use virtio_devices::transport::MmioTransport;
+//! # use virtio_core::mmio::driver::RegisterAccess;
+//! # struct Bus<D: virtio_devices::VirtioDevice>(RefCell<MmioRegisters<MmioTransport<D>>>);
+//! # impl<D: virtio_devices::VirtioDevice> RegisterAccess for Bus<D> {
+//! #     fn read32(&self, at: u64) -> u32 { self.0.borrow().read32(at).unwrap_or(0) }
+//! #     fn write32(&self, at: u64, value: u32) {
+//! #         let mut regs = self.0.borrow_mut();
+//! #         if let Ok(outcome) = regs.write32(at, value) {
+//! #             virtio_devices::transport::dispatch(&mut regs, outcome);
+//! #         }
+//! #     }
+//! #     fn read16(&self, at: u64) -> u16 { let mut b = [0; 2]; let _ = self.0.borrow().read(at, &mut b); u16::from_le_bytes(b) }
+//! #     fn write16(&self, at: u64, value: u16) { let _ = self.0.borrow_mut().write(at, &value.to_le_bytes()); }
+//! #     fn read8(&self, at: u64) -> u8 { let mut b = [0; 1]; let _ = self.0.borrow().read(at, &mut b); b[0] }
+//! #     fn write8(&self, at: u64, value: u8) { let _ = self.0.borrow_mut().write(at, &[value]); }
+//! # }
+//!
+//! #[repr(C, align(4096))]
+//! struct Ram([u8; 8 * 4096]);
+//! const PHYS: u64 = 0x4000_0000;
+//! let ram = NonNull::from(Box::leak(Box::new(Ram([0; 8 * 4096])))).cast::<u8>();
+//!
+//! // Host side: virtio-rng over that memory, behind a register file.
+//! let mut mem = RegionMemory::<1>::new();
+//! // SAFETY: `ram` is never freed and only reached through raw pointers.
+//! mem.add(unsafe { Region::new(GuestAddress(PHYS), ram.as_ptr(), 8 * 4096) })?;
+//! let device = virtio_devices::rng::Rng::new(Deterministic::new(7), mem);
+//! let bus = Bus(RefCell::new(MmioRegisters::new(MmioTransport::new(device))?));
+//!
+//! // Guest side: probe, initialise (§3.1.1) and read 32 bytes.
+//! // SAFETY: as above; the device reaches `ram` at `PHYS`.
+//! let hal = unsafe { PoolHal::<8>::new(ram, PHYS, 8 * 4096)? };
+//! let mut rng = Rng::new(&hal, &bus, RngOptions::default())?;
+//! let mut got = [0u8; 32];
+//! rng.read_exact(&mut got, &mut Polls::new(10))?;
+//!
+//! let mut want = [0u8; 32];
+//! Deterministic::new(7).fill(&mut want)?;
+//! assert_eq!(got, want);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
 //! # Design choices
 //!
 //! - **It trusts nothing the device writes.** Every used element is

@@ -11,6 +11,35 @@
 //!   [`netns`] (network namespaces with a tap, ping and a TCP client).
 //! - Measurements: [`bench`](mod@bench) (ours against QEMU, in process against over
 //!   vhost-user).
+//!
+//! # Example
+//!
+//! The hostile guest prints a `case:` line before each case and a
+//! `verdict:` line after it; [`verdict::parse`] turns its serial output
+//! into one verdict per case, a case left without one counting by how the
+//! run ended, and [`verdict::check_device`] judges a device by them.
+//!
+//! ```rust
+//! use harness::verdict::{self, RunEnd, VerdictKind};
+//!
+//! let serial = "\
+//! plan: rng 3
+//! case: rng zero-length
+//! verdict: rng zero-length PASS completed with 0 bytes
+//! case: rng head-out-of-range
+//! verdict: rng head-out-of-range REJECT DEVICE_NEEDS_RESET
+//! case: rng descriptor-loop
+//! ";
+//! let verdicts = verdict::parse(serial, &RunEnd::TimedOut("30 s".into()));
+//! assert_eq!(verdicts.len(), 3);
+//! assert_eq!(verdicts[0].detail, "completed with 0 bytes");
+//! assert_eq!(verdicts[1].kind, VerdictKind::Reject);
+//! // No verdict before the run timed out: the device wedged on that case.
+//! assert_eq!(verdicts[2].kind, VerdictKind::Wedged);
+//!
+//! let judged = verdict::check_device(&verdicts, serial, "rng", 3, 0);
+//! assert!(judged.unwrap_err().contains("1 PASS, 1 REJECT, 1 WEDGED"));
+//! ```
 
 pub mod bench;
 pub mod conform;
@@ -18,7 +47,10 @@ pub mod daemon;
 pub mod guests;
 pub mod linux;
 pub mod netns;
+pub mod progress;
 pub mod qemu;
+pub mod record;
+pub mod report;
 pub mod scenarios;
 pub mod swtpm;
 pub mod user;
@@ -164,6 +196,7 @@ pub fn suite_with(report: &mut dyn FnMut(SuiteEvent<'_>)) -> Vec<SuiteRow> {
     let mut done = 0;
     let mut rows: Vec<SuiteRow> = SUITE
         .iter()
+        .take_while(|_| !progress::interrupted())
         .map(|g| {
             report(SuiteEvent::Starting {
                 name: g.scenario,
@@ -202,6 +235,10 @@ pub fn suite_with(report: &mut dyn FnMut(SuiteEvent<'_>)) -> Vec<SuiteRow> {
         })
         .collect();
     for sc in scenarios {
+        // Ctrl-C (`progress::start`): no new scenario starts.
+        if progress::interrupted() {
+            break;
+        }
         report(SuiteEvent::Starting {
             name: sc.name,
             done,
@@ -237,6 +274,8 @@ pub fn suite_with(report: &mut dyn FnMut(SuiteEvent<'_>)) -> Vec<SuiteRow> {
                 Some(note) => format!("pass: {}", first_chars(note, 72)),
                 None => "pass".into(),
             },
+            // Ctrl-C reached the scenario's children too: not its fault.
+            (Err(_), _) if progress::interrupted() => "skip: interrupted by Ctrl-C".into(),
             (Err(e), _) => format!("FAIL: {}", e.lines().next().unwrap_or("")),
         };
         report(SuiteEvent::Finished(&row));

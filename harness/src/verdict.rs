@@ -303,6 +303,11 @@ pub fn record(verdicts: &[Verdict]) {
     }
 }
 
+/// Every verdict recorded so far, in order.
+pub fn recorded() -> Vec<Verdict> {
+    RECORDED.lock().map(|r| r.clone()).unwrap_or_default()
+}
+
 /// The table of every recorded verdict (empty when none), for
 /// `virtio-harness suite`.
 pub fn render_recorded() -> String {

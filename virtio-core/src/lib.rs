@@ -17,6 +17,53 @@
 //! - [`mmio`]: the virtio-mmio register map (§4.2.2, legacy §4.2.4), a
 //!   device-side register file and a driver-side accessor.
 //!
+//! # Example
+//!
+//! Both ends of one split queue over a small piece of guest memory: the
+//! driver offers a readable and a writable buffer, the device reads the
+//! request and writes its answer, and the driver takes the completion back.
+//!
+//! ```rust
+//! use virtio_core::memory::{GuestAddress, GuestMemory, Region, RegionMemory};
+//! use virtio_core::split::{DeviceQueue, DriverQueue, QueueLayout, QueueSize};
+//!
+//! let mut backing = vec![0u64; 0x4000 / 8]; // 16 KiB, 8-byte aligned
+//! let mut mem = RegionMemory::<1>::new();
+//! // SAFETY: `backing` outlives `mem` and is only reached through it.
+//! mem.add(unsafe { Region::new(GuestAddress(0), backing.as_mut_ptr().cast(), 0x4000) })?;
+//!
+//! let (desc, avail, used) = (GuestAddress(0), GuestAddress(0x1000), GuestAddress(0x2000));
+//! let layout = QueueLayout::new(QueueSize::new(8)?, desc, avail, used)?;
+//! let mut driver = DriverQueue::<8>::new(layout, false, None)?;
+//! driver.init(&mem)?;
+//! let mut device = DeviceQueue::new(layout, false, false);
+//!
+//! // Driver: a 4-byte request and a 16-byte reply buffer, then the kick.
+//! mem.write(GuestAddress(0x3000), b"ping")?;
+//! let token = driver.add(&mem, &[(GuestAddress(0x3000), 4)], &[(GuestAddress(0x3100), 16)])?;
+//! driver.publish(&mem)?;
+//! assert!(driver.should_kick(&mem)?);
+//!
+//! // Device: pop the chain, read the request, write the reply, return it.
+//! let chain = device.pop(&mem)?.expect("a chain is available");
+//! let head = chain.head();
+//! let (mut request, mut reply) = chain.reader_writer::<4>()?;
+//! let mut buf = [0u8; 4];
+//! request.read_exact(&mut buf)?;
+//! assert_eq!(&buf, b"ping");
+//! reply.write_all(b"pong")?;
+//! device.add_used(&mem, head, reply.written())?;
+//! device.publish_used(&mem)?;
+//!
+//! // Driver: the completion, checked against what was offered.
+//! let used = driver.pop_used(&mem)?.expect("a completion");
+//! assert_eq!((used.token, used.len), (token, 4));
+//! let mut answer = [0u8; 4];
+//! mem.read(GuestAddress(0x3100), &mut answer)?;
+//! assert_eq!(&answer, b"pong");
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
 //! # Design choices
 //!
 //! - Guest memory is shared with a running guest (or device). No Rust

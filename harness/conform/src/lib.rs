@@ -12,6 +12,70 @@
 //! [`device::CHECKS`].
 //!
 //! `no_std` with `alloc`, so the same checks can run inside a tiny guest.
+//!
+//! # Example
+//!
+//! Every device-side check run against our virtio-rng in this process.
+//! `InProcess` (hidden below) is the [`Bus`]: it forwards register
+//! accesses to `virtio-core`'s register file, which serves the device on
+//! `QueueNotify`, and hands the checks the memory the device sees. Checks
+//! for other device types record their statements as not applicable.
+//!
+//! ```rust
+//! use backends::rng::Deterministic;
+//! use conform::{Outcome, device::CHECKS};
+//! use virtio_core::memory::{GuestAddress, Region, RegionMemory};
+//! use virtio_devices::rng::Rng;
+//! # use std::cell::RefCell;
+//! # use conform::{Bus, Memory, Path, Patience};
+//! # use virtio_core::mmio::{MmioError, device::MmioRegisters, driver::RegisterAccess};
+//! # use virtio_devices::VirtioDevice;
+//! # use virtio_devices::transport::{MmioTransport, backend_ready, dispatch};
+//! # struct Regs<D: VirtioDevice>(RefCell<MmioRegisters<MmioTransport<D>>>);
+//! # impl<D: VirtioDevice> RegisterAccess for Regs<D> {
+//! #     fn read32(&self, at: u64) -> u32 { self.0.borrow().read32(at).unwrap_or(0) }
+//! #     fn write32(&self, at: u64, value: u32) {
+//! #         let mut regs = self.0.borrow_mut();
+//! #         if let Ok(outcome) = regs.write32(at, value) {
+//! #             dispatch(&mut regs, outcome);
+//! #         }
+//! #     }
+//! #     fn read16(&self, at: u64) -> u16 { let mut b = [0; 2]; let _ = self.0.borrow().read(at, &mut b); u16::from_le_bytes(b) }
+//! #     fn write16(&self, at: u64, value: u16) { let _ = self.0.borrow_mut().write(at, &value.to_le_bytes()); }
+//! #     fn read8(&self, at: u64) -> u8 { let mut b = [0; 1]; let _ = self.0.borrow().read(at, &mut b); b[0] }
+//! #     fn write8(&self, at: u64, value: u8) { let _ = self.0.borrow_mut().write(at, &[value]); }
+//! # }
+//! # struct InProcess<'m, D: VirtioDevice> { regs: Regs<D>, mem: &'m RegionMemory<1> }
+//! # impl<'m, D: VirtioDevice> InProcess<'m, D> {
+//! #     fn new(device: D, mem: &'m RegionMemory<1>) -> Result<Self, MmioError> {
+//! #         let regs = Regs(RefCell::new(MmioRegisters::new(MmioTransport::new(device))?));
+//! #         Ok(InProcess { regs, mem })
+//! #     }
+//! # }
+//! # impl<D: VirtioDevice> Bus for InProcess<'_, D> {
+//! #     fn regs(&self) -> &dyn RegisterAccess { &self.regs }
+//! #     fn mem(&self) -> &dyn Memory { self.mem }
+//! #     fn dma(&self) -> (GuestAddress, u64) { (GuestAddress(0), 256 << 10) }
+//! #     fn wait(&self, done: &mut dyn FnMut() -> bool, _: Patience) -> bool {
+//! #         // The device works inside register writes; give it one more go.
+//! #         done() || { backend_ready(&mut self.regs.0.borrow_mut()); done() }
+//! #     }
+//! #     fn path(&self) -> Path { Path::InProcess }
+//! # }
+//!
+//! let mut ram = vec![0u64; (256 << 10) / 8]; // 256 KiB of guest memory at 0
+//! let mut mem = RegionMemory::<1>::new();
+//! // SAFETY: `ram` outlives `mem` and is only reached through it.
+//! mem.add(unsafe { Region::new(GuestAddress(0), ram.as_mut_ptr().cast(), 256 << 10) })?;
+//! let bus = InProcess::new(Rng::new(Deterministic::new(1), &mem), &mem)?;
+//!
+//! let records = conform::run(&bus, CHECKS);
+//! let failed: Vec<_> = records.iter().filter(|r| matches!(r.outcome, Outcome::Fail(_))).collect();
+//! assert!(failed.is_empty(), "{failed:#?}");
+//! let fills = records.iter().find(|r| r.check == "rng-fills").expect("run");
+//! assert_eq!(fills.outcome, Outcome::Pass);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 
 #![no_std]
 

@@ -22,6 +22,36 @@
 //!
 //! It knows nothing of test scenarios or verdicts; see
 //! `examples/boot.rs` for embedding it.
+//!
+//! # Example
+//!
+//! A QEMU-style command line becomes a typed, cross-checked
+//! [`MachineConfig`] before anything is created; a mistake is an
+//! [`OptionError`] that names the option, key and value. Given `/dev/kvm`
+//! and a guest ELF, [`Machine::new`] then builds the machine and
+//! [`Machine::run`] boots it.
+//!
+//! ```rust
+//! use monitor::options::{DeviceConfig, OptionError, RngConfig};
+//!
+//! let args = "-m 128M -object rng-deterministic,id=rng0,seed=7 \
+//!             -device virtio-rng-device,rng=rng0,queue-size=256 \
+//!             -kernel guest.elf -append quiet";
+//! let config = monitor::parse(&args.split_whitespace().collect::<Vec<_>>())?;
+//! assert_eq!(config.memory, 128 << 20);
+//! assert_eq!(config.rngs, [("rng0".to_string(), RngConfig::Deterministic { seed: 7 })]);
+//! assert!(matches!(
+//!     &config.devices[..],
+//!     [DeviceConfig::Rng { rng, queue_size: 256, ioeventfd: true, .. }] if rng == "rng0"
+//! ));
+//! assert_eq!(config.append, "quiet");
+//!
+//! // A device that names an entropy source nobody defined.
+//! let err = monitor::parse(&["-device", "virtio-rng-device,rng=nope"]).unwrap_err();
+//! assert!(matches!(err, OptionError::UnknownId { ref id, .. } if id == "nope"));
+//! assert!(err.to_string().contains("rng='nope'"));
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 
 pub mod bus;
 pub mod machine;

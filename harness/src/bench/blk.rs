@@ -51,6 +51,15 @@ pub(super) fn bench_us(serial: &str) -> Option<u64> {
     crate::scenarios::number_before(line, "us")
 }
 
+/// The blk guest plot: 4 KiB IOPS against the depth, ours and QEMU's.
+const BLK_GUEST_PLOT: Plot = Plot {
+    id: "guest-blk-iops-depth",
+    title: "blk guest, 4 KiB requests, raw file in page cache",
+    x_label: "requests in flight",
+    y_label: "IOPS",
+    log_x: true,
+};
+
 /// 4 KiB random and 1 MiB sequential I/O from the blk guest on a raw file
 /// in the page cache, ours against QEMU's virtio-blk-device (modern
 /// transport, `cache=writeback`) on the same file, same ELF.
@@ -132,6 +141,19 @@ pub(super) fn blk_rows(t: &mut String) -> Result<(), String> {
         } else {
             None
         };
+        if size == 4096 {
+            let iops = |r: &BlkResult| f64::from(count) / (r.us.max(1) as f64 / 1e6);
+            BLK_GUEST_PLOT.point_in(pattern, "ours", Role::Ours, f64::from(depth), iops(&ours));
+            if let Some(q) = &qemu {
+                BLK_GUEST_PLOT.point_in(
+                    pattern,
+                    "QEMU microvm",
+                    Role::Peer,
+                    f64::from(depth),
+                    iops(q),
+                );
+            }
+        }
         let rate = |r: &BlkResult| {
             let secs = r.us.max(1) as f64 / 1e6;
             let iops = f64::from(count) / secs;

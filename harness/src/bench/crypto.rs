@@ -104,6 +104,15 @@ fn through_device(
     virtio_user::crypto::run(&dev, ram.hal().map_err(ctx)?, job).map_err(ctx)
 }
 
+/// The crypto plot: MB/s against the request size, per algorithm.
+const CRYPTO_PLOT: Plot = Plot {
+    id: "crypto-mbps-size",
+    title: "virtio-crypto, polling, against the cipher called directly",
+    x_label: "request bytes",
+    y_label: "MB/s",
+    log_x: true,
+};
+
 /// The rows, `rounds` runs of each (median).
 pub fn run_crypto(rounds: usize) -> Result<String, String> {
     let before = affinity();
@@ -193,6 +202,20 @@ fn rows(rounds: usize, pinned: bool) -> Result<String, String> {
             device.sort_by(|a, b| a.bytes_per_second().total_cmp(&b.bytes_per_second()));
             let m = &device[device.len() / 2];
             let ratio = direct_rate / m.bytes_per_second().max(1e-9);
+            CRYPTO_PLOT.point_in(
+                which.name(),
+                "through our device (virtio-user, vhost-user backend)",
+                Role::Ours,
+                size as f64,
+                m.bytes_per_second() / 1e6,
+            );
+            CRYPTO_PLOT.point_in(
+                which.name(),
+                "RustCrypto called directly",
+                Role::Limit,
+                size as f64,
+                direct_rate / 1e6,
+            );
             let per_k = |x: u64| x as f64 * 1000.0 / m.requests.max(1) as f64;
             let _ = writeln!(
                 t,

@@ -33,6 +33,7 @@ use std::time::{Duration, Instant};
 
 use crate::daemon::Daemon;
 use crate::qemu::{self, Qemu};
+use crate::record::{Plot, Role};
 
 mod blk;
 mod crypto;

@@ -369,6 +369,16 @@ pub(super) fn net_rate(full: NetRun, base: NetRun, frames: u64) -> NetRate {
     }
 }
 
+/// The net guest plot: frames per second against the frame size, one
+/// figure per direction.
+const NET_GUEST_PLOT: Plot = Plot {
+    id: "guest-net-pps-size",
+    title: "net guest, raw frames",
+    x_label: "frame bytes",
+    y_label: "frames per second",
+    log_x: true,
+};
+
 /// The net rows: the `net` guest's raw-frame bench on our loopback, hub
 /// and stream backends, QEMU's virtio-net-device on the stream backend in
 /// the same run, and a TCP echo over a tap in a network namespace.
@@ -438,6 +448,22 @@ pub(super) fn net_rows(t: &mut String) -> Result<(), String> {
         } else {
             None
         };
+        NET_GUEST_PLOT.point_in(
+            dir,
+            &format!("ours, {label}"),
+            Role::Ours,
+            size as f64,
+            ours.pps,
+        );
+        if let Some(q) = &theirs {
+            NET_GUEST_PLOT.point_in(
+                dir,
+                &format!("QEMU, {label}"),
+                Role::Peer,
+                size as f64,
+                q.pps,
+            );
+        }
         let rate = |r: &NetRate| format!("{:.0} ({:.2})", r.pps, r.pps * size as f64 / 1e6);
         let per = |v: Option<f64>| v.map_or("n/a".into(), |v| format!("{v:.2}"));
         let _ = writeln!(

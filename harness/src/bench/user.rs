@@ -280,11 +280,7 @@ fn run_user_rows(rounds: usize, pinned: bool) -> Result<String, String> {
         let _ = writeln!(
             t,
             "\nvhost-user-blk through virtio-user, raw file {} (median of {rounds}; IOPS (p50/p99 µs); backend CPU s per M requests; per-CPU-s = requests per backend CPU second)\n",
-            if direct {
-                "on O_DIRECT"
-            } else {
-                "in the page cache"
-            }
+            cache_mode(direct)
         );
         let mut head = "| job | queues |".to_string();
         for n in &names {
@@ -323,6 +319,21 @@ fn run_user_rows(rounds: usize, pinned: bool) -> Result<String, String> {
                     }
                 }
                 let meds: Vec<UserRow> = results.into_iter().map(median_row).collect();
+                if workload == "randread" && block == 4096 {
+                    for (i, m) in meds.iter().enumerate() {
+                        USER_BLK_PLOT.point_in(
+                            cache_mode(direct),
+                            &format!(
+                                "{}, {queues} queue{}",
+                                names[i],
+                                if queues == 1 { "" } else { "s" }
+                            ),
+                            if i == 0 { Role::Ours } else { Role::Peer },
+                            f64::from(depth),
+                            m.rate(),
+                        );
+                    }
+                }
                 let job = format!("{workload} {}, depth {depth}", crate::user::size(block));
                 let mut line = format!("| {job} | {queues} |");
                 for m in &meds {
@@ -353,6 +364,13 @@ fn run_user_rows(rounds: usize, pinned: bool) -> Result<String, String> {
         for aio in ["threads", "io_uring"] {
             for depth in [1u16, 32] {
                 if let Some(r) = qemu_img_bench(&img, depth, aio, direct) {
+                    USER_BLK_PLOT.point_in(
+                        cache_mode(direct),
+                        &format!("qemu-img bench aio={aio} (QEMU's block layer alone, sequential)"),
+                        Role::Limit,
+                        f64::from(depth),
+                        r,
+                    );
                     let _ = write!(ceiling, " aio={aio} depth {depth}: {r:.0}/s;");
                 }
             }
@@ -370,6 +388,33 @@ fn run_user_rows(rounds: usize, pinned: bool) -> Result<String, String> {
     t.push_str(&rng_rows(&dir, rounds)?);
     t.push_str(&net_rows(&dir, rounds)?);
     Ok(t)
+}
+
+/// The user blk plot: IOPS of 4 KiB random reads against the depth.
+const USER_BLK_PLOT: Plot = Plot {
+    id: "user-blk-iops-depth",
+    title: "vhost-user-blk through virtio-user, 4 KiB random reads",
+    x_label: "requests in flight per queue",
+    y_label: "IOPS",
+    log_x: true,
+};
+
+/// The user net plot: echo frames per second against the frame size.
+const USER_NET_PLOT: Plot = Plot {
+    id: "user-net-pps-size",
+    title: "virtio-net echo through virtio-user, 128 frames in flight",
+    x_label: "frame bytes",
+    y_label: "frames per second",
+    log_x: true,
+};
+
+/// How the raw file is read: `on O_DIRECT` or `in the page cache`.
+fn cache_mode(direct: bool) -> &'static str {
+    if direct {
+        "on O_DIRECT"
+    } else {
+        "in the page cache"
+    }
 }
 
 /// How the driver learned of completions.
@@ -500,6 +545,16 @@ fn net_backend_rows(t: &mut String, b: &mut Backend, rounds: usize) {
         }
         let m = median_row(rows);
         let per = |n: u64| n as f64 / m.requests.max(1) as f64;
+        USER_NET_PLOT.point(
+            &format!("{}, driver {}", b.name, driver(poll)),
+            if b.name.starts_with("ours") {
+                Role::Ours
+            } else {
+                Role::Peer
+            },
+            f64::from(size),
+            m.rate(),
+        );
         let _ = writeln!(
             t,
             "| {}{} | {size} B | {} | {:.0} | {:.3} | {:.3} | {} |",

@@ -70,6 +70,16 @@ impl BenchDaemon for Daemon {
     }
 }
 
+/// The vhost-user plot: 4 KiB random-read IOPS against the depth under
+/// QEMU, our backend against qemu-storage-daemon.
+const VHOST_PLOT: Plot = Plot {
+    id: "vhost-blk-iops-depth",
+    title: "vhost-user-blk under QEMU microvm, 4 KiB random reads, raw file in page cache",
+    x_label: "requests in flight",
+    y_label: "IOPS",
+    log_x: true,
+};
+
 /// vhost-user blk with QEMU 7.2 `microvm` as the frontend (modern
 /// virtio-mmio, §4.2.2; `vhost-user-blk`, guest RAM on a shared memfd):
 /// the blk guest's 4 KiB random-read jobs of [`BLK_JOBS`] (depth 1 and
@@ -173,6 +183,15 @@ pub(super) fn vhost_rows(t: &mut String, rounds: usize) -> Result<(), String> {
         let rate = |iops: f64| format!("{iops:.0} ({:.1})", iops * size as f64 / 1e6);
         let (om, olo, ohi) = median_range(o);
         let q = (!q.is_empty()).then(|| median_range(q));
+        VHOST_PLOT.point(
+            "ours (virtio-harness vhost-user)",
+            Role::Ours,
+            f64::from(depth),
+            om,
+        );
+        if let Some((m, _, _)) = q {
+            VHOST_PLOT.point("qemu-storage-daemon", Role::Peer, f64::from(depth), m);
+        }
         let secs = |d: Duration| format!("{:.2}", d.as_secs_f64());
         let walls = format!(
             "{}; {}",

@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
 use monitor::machine::Machine;
 
 /// Boot tiny guests against virtio devices and report the results.
@@ -14,11 +14,27 @@ struct Cli {
     command: Option<Command>,
 }
 
+/// How a run prints its results.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+enum Format {
+    /// Tables for people.
+    #[default]
+    Text,
+    /// One JSON document on stdout, for scripts (the progress line and
+    /// notes stay on stderr).
+    Json,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Boot every scenario against every device configuration and print a
-    /// table (the default).
-    Suite,
+    /// table (the default). Ctrl-C stops after the running scenario and
+    /// prints the rows so far.
+    Suite {
+        /// `text` (the table) or `json` (rows and hostile verdicts).
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
     /// List the tiny guests this binary carries (what each drives, the
     /// `-append` keys it reads); with `--out DIR`, write their ELFs there.
     Guests {
@@ -81,6 +97,35 @@ enum Command {
         /// at most 5).
         #[arg(long, conflicts_with_all = ["net_only", "vhost_only", "user", "crypto"])]
         tpm: bool,
+        /// `text` (Markdown tables) or `json` (the tables as data, and the
+        /// series `report` plots).
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
+    /// Write one static HTML page (no server, no script): the suite table,
+    /// the hostile verdicts as a device × case map, the conformance
+    /// coverage per area and side with every target's results, and the
+    /// benchmark plots (inline SVG). Runs the suite and the in-process
+    /// conformance checks unless given their JSON.
+    Report {
+        /// The directory for `index.html`.
+        #[arg(long, default_value = "harness-report")]
+        out: std::path::PathBuf,
+        /// A suite run's JSON (`suite --format json`) instead of running
+        /// the suite.
+        #[arg(long, value_name = "FILE")]
+        suite: Option<std::path::PathBuf>,
+        /// A conformance run's `report.json` (`conform run`) instead of
+        /// running the in-process checks.
+        #[arg(long, value_name = "FILE")]
+        conform: Option<std::path::PathBuf>,
+        /// Bench runs' JSON (`bench --format json`, any mode), repeatable.
+        #[arg(long, value_name = "FILE")]
+        bench: Vec<std::path::PathBuf>,
+        /// Open the page in headless Chromium: save `screenshot.png`
+        /// beside it and fail on a console message or a missing section.
+        #[arg(long)]
+        check: bool,
     },
     /// Drive a vhost-user backend from this process with our drivers
     /// (virtio-user: no VM), run one workload and print a table row, e.g.
@@ -218,13 +263,26 @@ enum ConformCommand {
         /// needs network namespaces).
         #[arg(long)]
         linux: bool,
+        /// `text` (a summary on stderr) or `json` (`report.json` on stdout
+        /// as well).
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
     },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match cli.command.unwrap_or(Command::Suite) {
-        Command::Suite => suite(),
+    match cli.command.unwrap_or(Command::Suite {
+        format: Format::Text,
+    }) {
+        Command::Suite { format } => suite(format),
+        Command::Report {
+            out,
+            suite,
+            conform,
+            bench,
+            check,
+        } => report(&out, suite.as_deref(), conform.as_deref(), &bench, check),
         Command::Conform {
             command: ConformCommand::Catalogue { spec, rev, out },
         } => catalogue(&spec, &rev, out.as_deref()),
@@ -236,8 +294,9 @@ fn main() -> ExitCode {
                     guests,
                     vhost_user,
                     linux,
+                    format,
                 },
-        } => conform_run(&out, peers, guests, linux, &vhost_user),
+        } => conform_run(&out, peers, guests, linux, &vhost_user, format),
         Command::Run { timeout, options } => run(&options, Duration::from_secs(timeout)),
         Command::Guests { out } => match out {
             None => {
@@ -359,61 +418,162 @@ fn main() -> ExitCode {
             user,
             crypto,
             tpm,
-        } => match if tpm {
-            harness::bench::run_tpm(rounds.clamp(1, 5))
-        } else if crypto {
-            harness::bench::run_crypto(rounds.clamp(1, 5))
-        } else if user {
-            harness::bench::run_user(rounds.clamp(1, 5))
-        } else if net_only {
-            harness::bench::run_net()
-        } else if vhost_only {
-            harness::bench::run_vhost(rounds.max(1))
-        } else {
-            harness::bench::run(rounds.max(1))
-        } {
-            Ok(table) => {
-                print!("{table}");
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("virtio-harness bench: {e}");
-                ExitCode::FAILURE
-            }
-        },
+            format,
+        } => {
+            harness::progress::start();
+            let (mode, rounds) = if tpm {
+                ("tpm", rounds.clamp(1, 5))
+            } else if crypto {
+                ("crypto", rounds.clamp(1, 5))
+            } else if user {
+                ("user", rounds.clamp(1, 5))
+            } else if net_only {
+                ("net", 1)
+            } else if vhost_only {
+                ("vhost", rounds.max(1))
+            } else {
+                ("all", rounds.max(1))
+            };
+            bench(mode, rounds, format)
+        }
     }
 }
 
-fn suite() -> ExitCode {
-    use std::io::{IsTerminal, Write};
-    // Rows go to stdout as they finish; on a terminal a progress line on
-    // stderr says what runs (nothing extra in a log).
-    let progress = std::io::stderr().is_terminal();
-    let start = std::time::Instant::now();
-    print!("{}", harness::table_header());
-    let _ = std::io::stdout().flush();
+/// `bench`: the measurements of `mode`, printed as `format`.
+fn bench(mode: &str, rounds: usize, format: Format) -> ExitCode {
+    let result = match mode {
+        "tpm" => harness::bench::run_tpm(rounds),
+        "crypto" => harness::bench::run_crypto(rounds),
+        "user" => harness::bench::run_user(rounds),
+        "net" => harness::bench::run_net(),
+        "vhost" => harness::bench::run_vhost(rounds),
+        _ => harness::bench::run(rounds),
+    };
+    harness::progress::clear();
+    match result {
+        Ok(table) if format == Format::Json => {
+            let record = harness::record::BenchRecord::new(mode, rounds, table);
+            match serde_json::to_string_pretty(&record) {
+                Ok(j) => {
+                    println!("{j}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("virtio-harness bench: the record as JSON: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Ok(table) => {
+            print!("{table}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("virtio-harness bench: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `suite`: the rows as they finish (text) or one record at the end
+/// (json); Ctrl-C stops after the running scenario with the rows so far.
+fn suite(format: Format) -> ExitCode {
+    use std::io::Write;
+    harness::progress::start();
+    if format == Format::Text {
+        print!("{}", harness::table_header());
+        let _ = std::io::stdout().flush();
+    }
     let rows = harness::suite_with(&mut |ev| match ev {
         harness::SuiteEvent::Starting { name, done, total } => {
-            if progress {
-                let t = start.elapsed().as_secs();
-                eprint!("\r\x1b[K[{done}/{total} {}:{:02}] {name}", t / 60, t % 60);
-            }
+            let _ = harness::progress::step_of(done, total, name);
         }
         harness::SuiteEvent::Finished(row) => {
-            if progress {
-                eprint!("\r\x1b[K");
+            harness::progress::clear();
+            if format == Format::Text {
+                print!("{}", harness::format_row(row));
+                let _ = std::io::stdout().flush();
             }
-            print!("{}", harness::format_row(row));
-            let _ = std::io::stdout().flush();
         }
     });
-    // The hostile rows' verdicts, one line per case (issue 6).
-    let verdicts = harness::verdict::render_recorded();
-    if !verdicts.is_empty() {
-        print!("\nhostile verdicts\n{verdicts}");
+    harness::progress::clear();
+    let verdicts = harness::verdict::recorded();
+    match format {
+        Format::Text => {
+            // The hostile rows' verdicts, one line per case (issue 6).
+            if !verdicts.is_empty() {
+                print!(
+                    "\nhostile verdicts\n{}",
+                    harness::verdict::render(&verdicts)
+                );
+            }
+        }
+        Format::Json => {
+            let record = harness::record::SuiteRecord {
+                provenance: harness::record::Provenance::here(),
+                rows: rows.iter().map(Into::into).collect(),
+                verdicts: verdicts.iter().map(Into::into).collect(),
+            };
+            match serde_json::to_string_pretty(&record) {
+                Ok(j) => println!("{j}"),
+                Err(e) => {
+                    eprintln!("virtio-harness suite: the record as JSON: {e}");
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
+    }
+    if harness::progress::interrupted() {
+        eprintln!("interrupted by Ctrl-C after {} rows", rows.len());
+        return ExitCode::from(130);
     }
     if rows.iter().any(|r| r.failed()) {
         return ExitCode::FAILURE;
+    }
+    ExitCode::SUCCESS
+}
+
+/// `report`: the page from the given records, running what is missing.
+fn report(
+    out: &std::path::Path,
+    suite: Option<&std::path::Path>,
+    conform: Option<&std::path::Path>,
+    bench: &[std::path::PathBuf],
+    check: bool,
+) -> ExitCode {
+    harness::progress::start();
+    let inputs = harness::report::Inputs::gather(suite, conform, bench);
+    harness::progress::clear();
+    let inputs = match inputs {
+        Ok(i) => i,
+        Err(e) => {
+            eprintln!("virtio-harness report: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let page = match harness::report::write(out, &inputs) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("virtio-harness report: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    println!("{}", page.display());
+    if check {
+        match harness::report::browser::check(&page) {
+            Ok(c) => {
+                eprintln!(
+                    "headless Chromium: {} sections, {} plots, no console messages; screenshot {}",
+                    c.sections,
+                    c.plots,
+                    c.screenshot.display()
+                );
+            }
+            Err(e) => {
+                eprintln!("virtio-harness report --check: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
     }
     ExitCode::SUCCESS
 }
@@ -547,6 +707,7 @@ fn conform_run(
     guests: bool,
     linux: bool,
     others: &[String],
+    format: Format,
 ) -> ExitCode {
     use harness::conform::{catalogue, report, run, targets::Kind};
     let (cat, scope) = match (
@@ -577,36 +738,42 @@ fn conform_run(
         };
         backends.push((kind, sock));
     }
-    let mut runs = run::in_process();
-    runs.extend(harness::conform::drivers::in_process());
-    runs.extend(harness::conform::peer_drivers::in_process());
-    runs.extend(harness::conform::drivers::provoked());
-    runs.extend(harness::conform::peer_drivers::provoked());
-    runs.extend(harness::conform::kick_probe::in_process(
-        harness::conform::kick_probe::Effort::REPORT,
-    ));
-    for (kind, sock) in backends {
-        runs.push(run::over_vhost_user(sock, kind, std::path::Path::new(sock)));
-    }
+    let mut sel = harness::conform::Selection {
+        guests,
+        linux,
+        vhost_user: backends
+            .into_iter()
+            .map(|(k, s)| (k, std::path::PathBuf::from(s)))
+            .collect(),
+        ..Default::default()
+    };
     if peers {
         match std::env::current_exe() {
-            Ok(exe) => runs.extend(run::peers(&exe)),
+            Ok(exe) => sel.peers = Some(exe),
             Err(e) => eprintln!("virtio-harness conform: own executable: {e}; no peers"),
         }
     }
-    if guests {
-        runs.extend(harness::conform::guests::all());
-        runs.extend(harness::conform::kvm_drivers::all());
-        runs.push(harness::conform::kick_probe::guest_driver_under_kvm());
-    }
-    if linux {
-        runs.extend(harness::conform::linux::runs());
-    }
+    harness::progress::start();
+    let runs = harness::conform::collect(&sel);
+    harness::progress::clear();
+    let runs = match runs {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("virtio-harness conform: {e}; no report written");
+            return ExitCode::from(130);
+        }
+    };
     let checks = harness::conform::checks();
     let entries = report::entries(&cat, &scope, &checks);
     if let Err(e) = report::write(out, &cat, &entries, &runs) {
         eprintln!("virtio-harness conform: {}: {e}", out.display());
         return ExitCode::from(2);
+    }
+    if format == Format::Json {
+        match serde_json::to_string_pretty(&report::json(&cat, &entries, &runs)) {
+            Ok(j) => println!("{j}"),
+            Err(e) => eprintln!("virtio-harness conform: the report as JSON: {e}"),
+        }
     }
     let mut bad = false;
     let missing: Vec<&String> = entries

@@ -23,6 +23,42 @@
 //! - [`crypto`]: virtio-crypto with its data queues on such a backend and
 //!   its control queue here, sessions made by message
 //!   ([`VhostUserCrypto`]), as QEMU's `cryptodev-vhost-user` does.
+//!
+//! # Example
+//!
+//! Our virtio-rng served as a vhost-user backend on one end of a socket
+//! pair, one round at a time on this thread ([`Backend::serve_stepped`]);
+//! the other end plays the frontend with [`codec`] and asks for the
+//! device's features. A real backend would call [`Backend::serve`] on a
+//! listening socket instead.
+//!
+//! ```rust
+//! use std::io::Read;
+//! use std::os::unix::net::UnixStream;
+//!
+//! use backends::rng::Deterministic;
+//! use vhost_user::codec::{self, Message, Reply, Request};
+//! use vhost_user::{Backend, Progress, SharedMemory};
+//! use virtio_core::features::TransportFeatures;
+//! use virtio_devices::rng::Rng;
+//!
+//! // The device reaches the frontend's memory once SET_MEM_TABLE maps it.
+//! let mem = SharedMemory::new();
+//! let mut backend = Backend::new(Rng::new(Deterministic::new(1), mem.clone()), mem, Vec::new());
+//! let (frontend, stream) = UnixStream::pair()?;
+//! let mut session = backend.serve_stepped(stream);
+//!
+//! codec::send_with_fds(&frontend, &Message::GetFeatures.encode(false), &[])?;
+//! assert_eq!(session.run_until_idle(10), Progress::Idle);
+//! let mut reply = [0u8; codec::HEADER_LEN + 8];
+//! (&frontend).read_exact(&mut reply)?;
+//! let Reply::U64(features) = codec::decode_reply(Request::GetFeatures, false, &reply)? else {
+//!     panic!("GET_FEATURES answers a u64");
+//! };
+//! assert_ne!(features & TransportFeatures::VERSION_1.bits(), 0);
+//! assert_ne!(features & codec::VHOST_USER_F_PROTOCOL_FEATURES, 0);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 
 pub mod backend;
 pub mod codec;

@@ -19,6 +19,47 @@
 //! (requests per second, latency percentiles, kicks and calls), and
 //! [`cpu`] reads a backend process's CPU time, so a backend's cost can be
 //! measured without an emulated guest in the way.
+//!
+//! # Example
+//!
+//! `guest-driver`'s entropy driver reading from a vhost-user backend: here
+//! our own, serving a seeded virtio-rng from a thread, but any backend on
+//! a unix socket will do (the driver cannot tell). [`rng::run`] wraps the
+//! same steps into a measured workload.
+//!
+//! ```rust
+//! use std::os::unix::net::UnixListener;
+//! use std::time::Duration;
+//!
+//! use backends::rng::{Deterministic, RngBackend};
+//! use guest_driver::rng::{Rng, RngOptions};
+//! use guest_driver::transport::Completion;
+//! use virtio_user::{UserDevice, UserRam, VhostUserKind};
+//!
+//! let dir = std::env::temp_dir().join(format!("virtio-user-doc-{}", std::process::id()));
+//! std::fs::create_dir_all(&dir)?;
+//! let socket = dir.join("rng.sock");
+//! let listener = UnixListener::bind(&socket)?;
+//! std::thread::spawn(move || {
+//!     let mem = vhost_user::SharedMemory::new();
+//!     let device = virtio_devices::rng::Rng::new(Deterministic::new(3), mem.clone());
+//!     vhost_user::Backend::new(device, mem, Vec::new()).serve(&listener)
+//! });
+//!
+//! let ram = UserRam::new(1 << 20)?; // rings and buffers, shared with the backend
+//! let dev = UserDevice::connect(&socket, VhostUserKind::Rng, &ram)?;
+//! let options = RngOptions { completion: Completion::Interrupt, ..RngOptions::default() };
+//! let mut rng = Rng::new(ram.hal()?, dev.registers(), options)?;
+//! let mut got = [0u8; 64];
+//! rng.read_exact(&mut got, &mut dev.wait(Completion::Interrupt, Duration::from_secs(10)))?;
+//!
+//! let mut want = [0u8; 64];
+//! Deterministic::new(3).fill(&mut want)?;
+//! assert_eq!(got, want);
+//! # drop(rng);
+//! # std::fs::remove_dir_all(&dir)?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 
 pub mod blk;
 pub mod console;
