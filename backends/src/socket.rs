@@ -154,19 +154,62 @@ pub struct SocketLink {
     poller: Poller,
 }
 
+/// Binds a unix listener at `path`, replacing a stale socket file there
+/// as QEMU does, but never another kind of file (a swapped argument must
+/// not delete a disk image) nor a socket a live process still accepts on.
+/// The error names the path and what was found.
+pub fn bind_unix(path: &std::path::Path) -> io::Result<UnixListener> {
+    use std::os::unix::fs::FileTypeExt;
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        if !meta.file_type().is_socket() {
+            return Err(io::Error::new(
+                ErrorKind::AlreadyExists,
+                std::format!(
+                    "{} exists and is not a socket (not replaced)",
+                    path.display()
+                ),
+            ));
+        }
+        if UnixStream::connect(path).is_ok() {
+            return Err(io::Error::new(
+                ErrorKind::AddrInUse,
+                std::format!(
+                    "another process is listening on {} (not replaced)",
+                    path.display()
+                ),
+            ));
+        }
+        std::fs::remove_file(path)?;
+    }
+    UnixListener::bind(path).map_err(|e| {
+        let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
+        match (e.kind(), dir) {
+            (ErrorKind::NotFound, Some(d)) => io::Error::new(
+                e.kind(),
+                std::format!(
+                    "binding {}: the directory {} does not exist",
+                    path.display(),
+                    d.display()
+                ),
+            ),
+            _ => io::Error::new(e.kind(), std::format!("binding {}: {e}", path.display())),
+        }
+    })
+}
+
 impl SocketLink {
     /// Listens on `addr` (a unix path is created; an existing socket file
     /// is replaced).
     pub fn server(addr: SocketAddr) -> io::Result<Self> {
         let listener = match &addr {
             SocketAddr::Unix(p) => {
-                let _ = std::fs::remove_file(p);
-                let l = UnixListener::bind(p)?;
+                let l = bind_unix(p)?;
                 l.set_nonblocking(true)?;
                 Listener::Unix(l)
             }
             SocketAddr::Tcp(a) => {
-                let l = TcpListener::bind(a.as_str())?;
+                let l = TcpListener::bind(a.as_str())
+                    .map_err(|e| io::Error::new(e.kind(), std::format!("listening on {a}: {e}")))?;
                 l.set_nonblocking(true)?;
                 Listener::Tcp(l)
             }

@@ -47,7 +47,24 @@ impl fmt::Display for TpmError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             #[cfg(feature = "std")]
-            TpmError::Io(e) => write!(f, "TPM channel: {e}"),
+            // An error that carries its own words keeps them.
+            TpmError::Io(e) if e.get_ref().is_some() => write!(f, "TPM channel: {e}"),
+            TpmError::Io(e) => match e.kind() {
+                // A read timeout surfaces as EAGAIN: say what it means.
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => write!(
+                    f,
+                    "TPM channel: the backend did not answer within its timeout (stuck, or busy with another client)"
+                ),
+                std::io::ErrorKind::UnexpectedEof => write!(
+                    f,
+                    "TPM channel: the backend closed the connection in the middle of an answer (did swtpm exit?)"
+                ),
+                std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset => write!(
+                    f,
+                    "TPM channel: the backend closed the connection (did swtpm exit?)"
+                ),
+                _ => write!(f, "TPM channel: {e}"),
+            },
             TpmError::Control { command, result } => {
                 write!(
                     f,

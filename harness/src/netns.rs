@@ -288,7 +288,18 @@ pub fn tcp_echo_on(mut s: TcpStream, bytes: usize, limit: Duration) -> Result<St
             Err(e) => {
                 let _ = s.shutdown(Shutdown::Both);
                 let _ = writer.join();
-                return Err(format!("reading the echo after {got} bytes: {e}"));
+                return Err(
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) {
+                        format!(
+                            "reading the echo: nothing more came back within the socket's timeout ({got} of {bytes} bytes back)"
+                        )
+                    } else {
+                        format!("reading the echo after {got} of {bytes} bytes: {e}")
+                    },
+                );
             }
         };
         if bad.is_none()

@@ -333,7 +333,12 @@ impl RunningQemu {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         let start = Instant::now();
-        let mut child = cmd.spawn()?;
+        let mut child = cmd.spawn().map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("starting {}: {e}", cmd.get_program().to_string_lossy()),
+            )
+        })?;
         let stdout = read_all(child.stdout.take());
         let stderr = read_all(child.stderr.take());
         Ok(RunningQemu {

@@ -136,7 +136,16 @@ fn completion(poll: bool) -> Completion {
 /// Runs `run` once. Errors say which backend and what broke (the driver's
 /// errors name the rule).
 pub fn run_once(run: &UserRun) -> Result<UserRow, String> {
-    let ctx = |e: virtio_user::Error| format!("{}: {e}", run.socket.display());
+    // Errors that name the socket already are not prefixed with it twice.
+    let ctx = |e: virtio_user::Error| {
+        let text = e.to_string();
+        let path = run.socket.display().to_string();
+        if text.contains(&path) {
+            text
+        } else {
+            format!("{path}: {text}")
+        }
+    };
     let ram = UserRam::new(run.ram_mib << 20).map_err(ctx)?;
     let kind = match run.kind {
         UserKind::Blk => VhostUserKind::Blk {

@@ -83,7 +83,11 @@ fn run_refuses_bad_options_naming_them() {
                 "-kernel",
                 rng,
             ],
-            "monitor socket /nonexistent/dir/m.sock",
+            "the directory /nonexistent/dir does not exist",
+        ),
+        (
+            &["run", "-kernel", "no-such-guest"],
+            "nor a guest this binary carries",
         ),
     ];
     for (args, want) in cases {
@@ -264,4 +268,26 @@ fn guests_are_listed_written_and_run_by_name() {
     assert!(String::from_utf8_lossy(&o.stdout).contains("uart: echoed 0 bytes"));
     let o = harness(&["run", "-kernel", "no-such-guest"]);
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+}
+
+#[test]
+fn a_socket_path_that_names_another_kind_of_file_is_refused_not_deleted() {
+    // A swapped argument must not cost a disk image: only a stale socket
+    // is replaced.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let disk = dir.path().join("disk.img");
+    std::fs::write(&disk, b"precious").expect("write");
+    let o = harness(&[
+        "vhost-user",
+        "--socket",
+        disk.to_str().expect("utf-8"),
+        "-object",
+        "rng-builtin,id=r0",
+        "-device",
+        "virtio-rng-device,rng=r0",
+    ]);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("exists and is not a socket"), "{err}");
+    assert_eq!(std::fs::read(&disk).expect("still there"), b"precious");
 }

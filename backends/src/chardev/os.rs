@@ -194,8 +194,18 @@ impl SocketChardev {
     /// Connects to `addr`. With `reconnect`, a failed or lost connection is
     /// dialled again after that delay instead of being an error.
     pub fn client(addr: SocketAddr, reconnect: Option<Duration>) -> Result<Self, ChardevError> {
-        let what = addr.to_string();
-        let link = SocketLink::client(addr, reconnect).map_err(io_err(what))?;
+        let what = std::format!("connecting to {addr}");
+        let link = SocketLink::client(addr, reconnect)
+            .map_err(|err| {
+                let hint = match err.kind() {
+                    std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::NotFound => {
+                        "; expected a listener there (server=off): start the peer first, add reconnect=SECONDS, or use server=on"
+                    }
+                    _ => "",
+                };
+                std::io::Error::new(err.kind(), std::format!("{err}{hint}"))
+            })
+            .map_err(io_err(what))?;
         Ok(SocketChardev { link, dropped: 0 })
     }
 

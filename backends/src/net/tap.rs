@@ -91,7 +91,7 @@ impl Tap {
             .write(true)
             .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
             .open("/dev/net/tun")
-            .map_err(|e| io_err("/dev/net/tun", e))?;
+            .map_err(|e| io_err(&std::format!("{what}: opening /dev/net/tun read-write"), e))?;
         let fd: OwnedFd = file.into();
         let mut req = IfReq::zeroed();
         req.name[..name.len()].copy_from_slice(name.as_bytes());
@@ -99,9 +99,24 @@ impl Tap {
         // SAFETY: the fd is an open tun fd; `req` is a valid ifreq-sized
         // buffer the kernel reads and writes (the chosen name).
         if unsafe { libc::ioctl(fd.as_raw_fd(), libc::TUNSETIFF, &mut req) } < 0 {
+            let err = io::Error::last_os_error();
+            let hint = match err.raw_os_error() {
+                Some(libc::EPERM) => std::format!(
+                    "; creating a tap needs CAP_NET_ADMIN, or create it for this user first: ip tuntap add dev {name} mode tap user $USER vnet_hdr"
+                ),
+                Some(libc::EBUSY) => {
+                    std::format!("; {name} is already attached to another process")
+                }
+                Some(libc::EINVAL) => std::format!(
+                    "; {name} exists but is not a tap with a vnet header (IFF_TAP|IFF_NO_PI|IFF_VNET_HDR)"
+                ),
+                _ => String::new(),
+            };
             return Err(io_err(
-                &std::format!("{what}: TUNSETIFF"),
-                io::Error::last_os_error(),
+                &std::format!(
+                    "{what}: TUNSETIFF (create or attach, IFF_TAP|IFF_NO_PI|IFF_VNET_HDR)"
+                ),
+                io::Error::new(err.kind(), std::format!("{err}{hint}")),
             ));
         }
         let mut tap = Tap {

@@ -228,7 +228,16 @@ impl Emulator {
 
     /// [`connect`](Self::connect) with `timeout` for each command.
     pub fn connect_with(path: &Path, timeout: Duration) -> Result<Emulator, TpmError> {
-        let ctrl = UnixStream::connect(path)?;
+        let ctrl = UnixStream::connect(path).map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                std::format!(
+                    "connecting to swtpm's control socket {}: {e}; expected `swtpm socket --tpm2 --ctrl type=unixio,path={}` running",
+                    path.display(),
+                    path.display()
+                ),
+            )
+        })?;
         ctrl.set_read_timeout(Some(timeout))?;
         ctrl.set_write_timeout(Some(timeout))?;
         let (ours, theirs) = UnixStream::pair()?;

@@ -18,7 +18,6 @@
 use std::fmt;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, RawFd};
-use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -168,14 +167,10 @@ impl Drop for Serving {
 
 impl MonitorServer {
     /// Binds the socket at `path` (a stale socket file there is replaced,
-    /// as QEMU does; any other file is an error).
+    /// as QEMU does; any other file, or a socket a live process listens
+    /// on, is an error).
     pub fn bind(protocol: MonitorProtocol, path: &Path) -> io::Result<MonitorServer> {
-        if let Ok(meta) = std::fs::symlink_metadata(path)
-            && meta.file_type().is_socket()
-        {
-            std::fs::remove_file(path)?;
-        }
-        let listener = UnixListener::bind(path)?;
+        let listener = backends::socket::bind_unix(path)?;
         Ok(MonitorServer {
             protocol,
             path: path.to_path_buf(),

@@ -8,7 +8,6 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::os::fd::RawFd;
-use std::os::unix::net::UnixListener;
 use std::path::Path;
 
 use virtio_devices::VirtioDevice;
@@ -414,9 +413,7 @@ pub fn serve_options_with<S: AsRef<str>>(
     let mut backend = Backend::new(dev.device, mem, dev.ready_fds);
     backend.set_verbose(verbose);
     backend.set_poll(poll_max);
-    let _ = std::fs::remove_file(socket);
-    let listener =
-        UnixListener::bind(socket).map_err(|e| format!("binding {}: {e}", socket.display()))?;
+    let listener = backends::socket::bind_unix(socket).map_err(|e| e.to_string())?;
     let e = backend.serve(&listener);
     Err(format!("accepting on {}: {e}", socket.display()))
 }

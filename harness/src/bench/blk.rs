@@ -76,6 +76,9 @@ pub(super) fn blk_rows(t: &mut String) -> Result<(), String> {
     );
     let _ = writeln!(t, "| --- | ---: | ---: | ---: | ---: | ---: |");
     for &(pattern, size, depth, count) in BLK_JOBS {
+        crate::progress::step(format!(
+            "bench: blk guest {pattern} {size} B, depth {depth}"
+        ))?;
         let append = blk_job_append(pattern, size, depth, count);
         // Ours twice: the job, and the same with only `depth` requests, so
         // the boot's exits (COM1, set-up) drop out of the per-request count.

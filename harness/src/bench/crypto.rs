@@ -163,6 +163,7 @@ fn rows(rounds: usize, pinned: bool) -> Result<String, String> {
     let _ = writeln!(t, "| --- | ---: | ---: | ---: | ---: | ---: | ---: |");
     let mut goal = Vec::new();
     for which in ALGOS {
+        crate::progress::step(format!("bench: crypto {}", which.name()))?;
         for size in SIZES {
             let n = requests(size);
             let job = CryptoJob {

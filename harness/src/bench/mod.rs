@@ -148,11 +148,18 @@ pub fn run(rounds: usize) -> Result<String, String> {
         ms(median(guest.clone()))
     );
     let empty_guest = median(guest);
-    rng_rows(&mut t, rounds, empty_guest)?;
-    blk_rows(&mut t)?;
-    vhost_rows(&mut t, rounds.min(VHOST_MAX_ROUNDS))?;
-    net_rows(&mut t)?;
-    Ok(t)
+    let rows = |t: &mut String| -> Result<(), String> {
+        rng_rows(t, rounds, empty_guest)?;
+        blk_rows(t)?;
+        vhost_rows(t, rounds.min(VHOST_MAX_ROUNDS))?;
+        net_rows(t)
+    };
+    match rows(&mut t) {
+        Ok(()) => Ok(t),
+        // Ctrl-C: what was measured is still worth printing.
+        Err(e) if crate::progress::interrupted() => Err(format!("{e}; the rows so far:\n{t}")),
+        Err(e) => Err(e),
+    }
 }
 
 /// Only the vhost-user rows (`virtio-harness bench --vhost-only`), each

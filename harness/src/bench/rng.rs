@@ -26,6 +26,7 @@ pub(super) fn rng_rows(t: &mut String, rounds: usize, empty_guest: Duration) -> 
         ("ours, inline notify + interrupts", "off", "irq"),
         ("ours, inline notify + polling", "off", "poll"),
     ] {
+        crate::progress::step(format!("bench: rng guest, {label}"))?;
         let mut times = Vec::new();
         let mut last = None;
         for _ in 0..rounds {

@@ -131,6 +131,7 @@ pub fn run_tpm(rounds: usize) -> Result<String, String> {
     let dir = Workdir::new("bench-tpm").map_err(|e| e.to_string())?;
     let (mut a, mut o, mut q) = (Vec::new(), Vec::new(), Vec::new());
     for round in 0..rounds {
+        crate::progress::step(format!("bench: tpm round {} of {rounds}", round + 1))?;
         a.push(alone(&dir, round)?);
         o.push(ours(&dir, round, guest)?);
         if with_qemu {

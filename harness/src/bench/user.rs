@@ -297,6 +297,9 @@ fn run_user_rows(rounds: usize, pinned: bool) -> Result<String, String> {
         let cols = head.matches('|').count() - 1;
         let _ = writeln!(t, "|{}", " --- |".repeat(cols));
         for &(workload, block, depth, requests) in USER_BLK_JOBS {
+            crate::progress::step(format!(
+                "bench: virtio-user blk {workload} {block} B, depth {depth}"
+            ))?;
             for queues in [1u16, 2] {
                 let mut results: Vec<Vec<UserRow>> = vec![Vec::new(); backends.len()];
                 for _ in 0..rounds {
@@ -320,15 +323,15 @@ fn run_user_rows(rounds: usize, pinned: bool) -> Result<String, String> {
                 }
                 let meds: Vec<UserRow> = results.into_iter().map(median_row).collect();
                 if workload == "randread" && block == 4096 {
-                    for (i, m) in meds.iter().enumerate() {
+                    for (name, m) in names.iter().zip(&meds) {
                         USER_BLK_PLOT.point_in(
-                            cache_mode(direct),
-                            &format!(
-                                "{}, {queues} queue{}",
-                                names[i],
-                                if queues == 1 { "" } else { "s" }
-                            ),
-                            if i == 0 { Role::Ours } else { Role::Peer },
+                            &plot_variant(direct, queues),
+                            name,
+                            if name.starts_with("ours") {
+                                Role::Ours
+                            } else {
+                                Role::Peer
+                            },
                             f64::from(depth),
                             m.rate(),
                         );
@@ -364,13 +367,17 @@ fn run_user_rows(rounds: usize, pinned: bool) -> Result<String, String> {
         for aio in ["threads", "io_uring"] {
             for depth in [1u16, 32] {
                 if let Some(r) = qemu_img_bench(&img, depth, aio, direct) {
-                    USER_BLK_PLOT.point_in(
-                        cache_mode(direct),
-                        &format!("qemu-img bench aio={aio} (QEMU's block layer alone, sequential)"),
-                        Role::Limit,
-                        f64::from(depth),
-                        r,
-                    );
+                    for queues in [1, 2] {
+                        USER_BLK_PLOT.point_in(
+                            &plot_variant(direct, queues),
+                            &format!(
+                                "qemu-img bench aio={aio} (QEMU's block layer alone, sequential)"
+                            ),
+                            Role::Limit,
+                            f64::from(depth),
+                            r,
+                        );
+                    }
                     let _ = write!(ceiling, " aio={aio} depth {depth}: {r:.0}/s;");
                 }
             }
@@ -407,6 +414,15 @@ const USER_NET_PLOT: Plot = Plot {
     y_label: "frames per second",
     log_x: true,
 };
+
+/// The user blk plot's variant: the cache mode and the queues.
+fn plot_variant(direct: bool, queues: u16) -> String {
+    format!(
+        "{}, {queues} queue{}",
+        cache_mode(direct),
+        if queues == 1 { "" } else { "s" }
+    )
+}
 
 /// How the raw file is read: `on O_DIRECT` or `in the page cache`.
 fn cache_mode(direct: bool) -> &'static str {
@@ -516,6 +532,9 @@ fn net_rows(dir: &crate::scenarios::Workdir, rounds: usize) -> Result<String, St
 /// The net rows of one backend.
 fn net_backend_rows(t: &mut String, b: &mut Backend, rounds: usize) {
     for (size, poll) in [(64u32, false), (64, true), (1514, false), (1514, true)] {
+        if crate::progress::step(format!("bench: virtio-user net {size} B, {}", b.name)).is_err() {
+            return;
+        }
         let mut rows = Vec::new();
         for _ in 0..rounds {
             let run = UserRun {
@@ -626,6 +645,7 @@ fn rng_rows(dir: &crate::scenarios::Workdir, rounds: usize) -> Result<String, St
     let _ = writeln!(t, "| --- | ---: | ---: | ---: | ---: |");
     let mut rates = Vec::new();
     for b in &mut backends {
+        crate::progress::step(format!("bench: virtio-user rng, {}", b.name))?;
         let mut rows = Vec::new();
         for _ in 0..rounds {
             let run = UserRun {

@@ -162,6 +162,9 @@ pub(super) fn vhost_rows(t: &mut String, rounds: usize) -> Result<(), String> {
     );
     let _ = writeln!(t, "| --- | ---: | ---: | ---: | ---: | ---: |");
     for &(pattern, size, depth, count) in BLK_JOBS {
+        crate::progress::step(format!(
+            "bench: vhost-user-blk {pattern} {size} B, depth {depth}"
+        ))?;
         if pattern != "randread" || size != 4096 {
             continue;
         }
@@ -239,6 +242,9 @@ pub(super) fn vhost_rows(t: &mut String, rounds: usize) -> Result<(), String> {
         dir.path("ours.sock").display()
     );
     for &(pattern, size, depth, count) in BLK_JOBS {
+        crate::progress::step(format!(
+            "bench: vhost-user-blk {pattern} {size} B, depth {depth}"
+        ))?;
         if pattern != "randread" || size != 4096 {
             continue;
         }

@@ -119,8 +119,9 @@ enum Command {
         /// running the in-process checks.
         #[arg(long, value_name = "FILE")]
         conform: Option<std::path::PathBuf>,
-        /// Bench runs' JSON (`bench --format json`, any mode), repeatable.
-        #[arg(long, value_name = "FILE")]
+        /// Bench runs' JSON (`bench --format json`, any mode): one or more
+        /// files, and the option may be repeated.
+        #[arg(long, value_name = "FILE", num_args = 1..)]
         bench: Vec<std::path::PathBuf>,
         /// Open the page in headless Chromium: save `screenshot.png`
         /// beside it and fail on a console message or a missing section.
@@ -592,6 +593,15 @@ fn carried_kernel(options: &[String]) -> Result<(Vec<String>, Option<tempfile::T
         return Ok((out, None));
     }
     let Some(elf) = harness::guests::elf(&name) else {
+        // A bare word is a guest's name: say which ones there are. A path
+        // goes on to the monitor, which says what reading it gave.
+        if !name.contains('/') {
+            let names: Vec<&str> = harness::guests::GUESTS.iter().map(|g| g.name).collect();
+            return Err(format!(
+                "-kernel {name}: no such file here, nor a guest this binary carries ({}; see `virtio-harness guests`)",
+                names.join(", ")
+            ));
+        }
         return Ok((out, None));
     };
     let mut file = tempfile::Builder::new()
@@ -609,7 +619,7 @@ fn run(options: &[String], timeout: Duration) -> ExitCode {
         Ok(o) => o,
         Err(e) => {
             eprintln!("virtio-harness run: {e}");
-            return ExitCode::FAILURE;
+            return ExitCode::from(2);
         }
     };
     let options = &options[..];

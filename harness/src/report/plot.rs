@@ -45,17 +45,47 @@ fn colours(f: &Figure) -> Vec<RGBColor> {
         .collect()
 }
 
-/// A number as an axis label: 12k, 1.5M.
+/// A number as an axis label, to three figures: 1.02k, 12.3k, 1.5M.
 fn human(v: f64) -> String {
     let a = v.abs();
-    if a >= 1e6 {
-        format!("{:.1}M", v / 1e6)
+    let (scaled, unit) = if a >= 1e6 {
+        (v / 1e6, "M")
     } else if a >= 1e3 {
-        format!("{:.0}k", v / 1e3)
-    } else if a >= 10.0 || a == 0.0 {
-        format!("{v:.0}")
+        (v / 1e3, "k")
     } else {
-        format!("{v:.1}")
+        (v, "")
+    };
+    let s = scaled.abs();
+    let digits = if s >= 100.0 || s == 0.0 {
+        format!("{scaled:.0}")
+    } else if s >= 10.0 {
+        format!("{scaled:.1}")
+    } else {
+        format!("{scaled:.2}")
+    };
+    // 1.20k is 1.2k, 80.0k is 80k.
+    let digits = if digits.contains('.') {
+        digits.trim_end_matches('0').trim_end_matches('.')
+    } else {
+        &digits
+    };
+    format!("{digits}{unit}")
+}
+
+/// A log axis's label: only at 1, 2 and 5 times a power of ten, so the
+/// labels never crowd.
+fn log_label(v: f64) -> String {
+    if v <= 0.0 {
+        return String::new();
+    }
+    let mantissa = v / 10f64.powf(v.log10().floor());
+    if [1.0, 2.0, 5.0]
+        .iter()
+        .any(|m| (mantissa - m).abs() < 1e-6 || (mantissa - 10.0 * m).abs() < 1e-6)
+    {
+        human(v)
+    } else {
+        String::new()
     }
 }
 
@@ -81,9 +111,9 @@ pub fn svg(f: &Figure) -> Result<String, String> {
         let root = SVGBackend::with_string(&mut buf, SIZE).into_drawing_area();
         root.fill(&WHITE).map_err(|e| e.to_string())?;
         if log {
-            draw(&root, f, (x0..x1).log_scale(), y1)?;
+            draw(&root, f, (x0..x1).log_scale(), y1, true)?;
         } else {
-            draw(&root, f, x0..x1, y1)?;
+            draw(&root, f, x0..x1, y1, false)?;
         }
         root.present().map_err(|e| e.to_string())?;
     }
@@ -95,6 +125,7 @@ fn draw<X>(
     f: &Figure,
     x: X,
     y1: f64,
+    log: bool,
 ) -> Result<(), String>
 where
     X: AsRangedCoord<Value = f64>,
@@ -111,9 +142,9 @@ where
         .configure_mesh()
         .x_desc(f.x_label.as_str())
         .y_desc(f.y_label.as_str())
-        .x_label_formatter(&|v| human(*v))
+        .x_label_formatter(&|v| if log { log_label(*v) } else { human(*v) })
         .y_label_formatter(&|v| human(*v))
-        .light_line_style(RGBColor(0xee, 0xee, 0xee))
+        .light_line_style(WHITE)
         .draw()
         .map_err(|e| e.to_string())?;
     for (s, colour) in f.series.iter().zip(colours(f)) {
@@ -194,7 +225,7 @@ mod tests {
         let svg = svg(&f).expect("drawn");
         assert!(svg.starts_with("<svg"), "{}", &svg[..40]);
         assert!(svg.contains("IOPS &lt;against&gt; depth"), "title escaped");
-        assert!(svg.contains("120k") || svg.contains("100k"), "human labels");
+        assert!(svg.contains("100k") || svg.contains("120k"), "human labels");
         let legend = legend(&f);
         for n in ["ours", "qsd", "host"] {
             assert!(legend.contains(n));
@@ -230,7 +261,15 @@ mod tests {
         assert_eq!(human(0.0), "0");
         assert_eq!(human(2.5), "2.5");
         assert_eq!(human(512.0), "512");
-        assert_eq!(human(12_345.0), "12k");
+        assert_eq!(human(1_020.0), "1.02k");
+        assert_eq!(human(1_200.0), "1.2k");
+        assert_eq!(human(80_000.0), "80k");
+        assert_eq!(human(12_345.0), "12.3k");
+        assert_eq!(human(512_000.0), "512k");
         assert_eq!(human(1_500_000.0), "1.5M");
+        assert_eq!(log_label(50.0), "50");
+        assert_eq!(log_label(2000.0), "2k");
+        assert_eq!(log_label(7.0), "");
+        assert_eq!(log_label(30.0), "");
     }
 }

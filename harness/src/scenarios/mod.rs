@@ -67,7 +67,15 @@ impl Workdir {
             std::process::id(),
             NEXT.fetch_add(1, Ordering::Relaxed)
         ));
-        std::fs::create_dir_all(&dir)?;
+        std::fs::create_dir_all(&dir).map_err(|e| {
+            std::io::Error::new(
+                e.kind(),
+                format!(
+                    "creating the work directory {}: {e} (set TMPDIR elsewhere)",
+                    dir.display()
+                ),
+            )
+        })?;
         Ok(Workdir(dir))
     }
 

@@ -1108,10 +1108,26 @@ impl<D: VirtioDevice> Backend<D> {
         self.stats.requests += 1;
         let header = frame.header;
         let ack = header.need_reply() && self.reply_ack();
-        let send = |bytes: Vec<u8>| {
-            codec::send_with_fds(stream, &bytes, &[]).map_err(|e| format!("sending a reply: {e}"))
-        };
         let request = Request::from_code(header.request);
+        let name = request.map_or_else(
+            || format!("request {}", header.request),
+            |r| format!("{r:?}"),
+        );
+        let send = |bytes: Vec<u8>| {
+            codec::send_with_fds(stream, &bytes, &[]).map_err(|e| {
+                let why = match e.kind() {
+                    std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset => {
+                        "the frontend closed the connection".to_string()
+                    }
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => format!(
+                        "the frontend did not read it within {} s",
+                        MESSAGE_TIMEOUT.as_secs()
+                    ),
+                    _ => e.to_string(),
+                };
+                format!("sending the {name} reply: {why}")
+            })
+        };
         let msg = match frame.decode() {
             Ok(m) => m,
             Err(e) => {

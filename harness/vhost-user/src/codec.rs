@@ -1028,6 +1028,22 @@ pub enum RecvError {
 impl fmt::Display for RecvError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
+            // The socket's read timeout surfaces as EAGAIN: say what it is.
+            RecvError::Io(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                write!(
+                    f,
+                    "reading a message: the rest of it did not arrive within the read timeout"
+                )
+            }
+            RecvError::Io(e) if e.kind() == io::ErrorKind::ConnectionReset => write!(
+                f,
+                "reading a message: the peer reset the connection (it exited with our reply unread?)"
+            ),
             RecvError::Io(e) => write!(f, "reading a message: {e}"),
             RecvError::Eof { got } => {
                 write!(f, "connection closed after {got} bytes of a message")

@@ -243,7 +243,17 @@ impl fmt::Display for FrontendError {
                     f,
                     "connecting to vhost-user backend {}: {err}",
                     path.display()
-                )
+                )?;
+                // What the user most likely has to do.
+                match err.kind() {
+                    std::io::ErrorKind::NotFound => f.write_str(
+                        "; no socket there: start the backend first (e.g. `virtio-harness vhost-user --socket PATH …`)",
+                    ),
+                    std::io::ErrorKind::ConnectionRefused => f.write_str(
+                        "; a socket file is there but nothing listens on it (did the backend exit?)",
+                    ),
+                    _ => Ok(()),
+                }
             }
             FrontendError::Io { request, err } => {
                 write!(f, "vhost-user {request:?}: {err}")

@@ -137,7 +137,13 @@ impl fmt::Display for MachineError {
             ),
             MachineError::Unsupported(what) => f.write_str(what),
             MachineError::NoKernel => f.write_str("no -kernel given"),
-            MachineError::Kernel { path, err } => write!(f, "-kernel {}: {err}", path.display()),
+            MachineError::Kernel { path, err } => {
+                write!(
+                    f,
+                    "-kernel {}: reading the guest ELF: {err}",
+                    path.display()
+                )
+            }
             MachineError::Monitor { path, err } => {
                 write!(f, "monitor socket {}: {err}", path.display())
             }

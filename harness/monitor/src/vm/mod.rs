@@ -168,12 +168,15 @@ pub enum VmError {
     Guard(GuardError),
     /// Setting up or starting a device worker thread failed.
     Worker(io::Error),
+    /// `/dev/kvm` could not be opened: why, and what to do.
+    KvmOpen(String),
 }
 
 impl fmt::Display for VmError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             VmError::Kvm { what, err } => write!(f, "{what}: {err}"),
+            VmError::KvmOpen(why) => f.write_str(why),
             VmError::Memory(e) => write!(f, "guest memory: {e}"),
             VmError::Load(e) => write!(f, "loading the kernel: {e}"),
             VmError::Bus(e) => e.fmt(f),
@@ -199,7 +202,10 @@ impl std::error::Error for VmError {
             VmError::Signal(e) | VmError::Watchdog(e) | VmError::Worker(e) => Some(e),
             VmError::Attach(e) => Some(e),
             VmError::Guard(e) => Some(e),
-            VmError::MmioOverlapsRam(_) | VmError::DeviceRam(..) | VmError::NotLoaded => None,
+            VmError::MmioOverlapsRam(_)
+            | VmError::DeviceRam(..)
+            | VmError::NotLoaded
+            | VmError::KvmOpen(_) => None,
         }
     }
 }
@@ -437,7 +443,20 @@ pub fn kvm_unavailable() -> Option<String> {
         .open(path)
     {
         Ok(_) => None,
-        Err(e) => Some(format!("cannot open /dev/kvm: {e}")),
+        Err(e) => Some(kvm_open_hint(&e)),
+    }
+}
+
+/// Why `/dev/kvm` could not be opened read-write, and what to do.
+fn kvm_open_hint(e: &io::Error) -> String {
+    match e.kind() {
+        io::ErrorKind::NotFound => {
+            "/dev/kvm does not exist: KVM is not available here (load kvm_intel or kvm_amd, or enable nested virtualisation)".into()
+        }
+        io::ErrorKind::PermissionDenied => std::format!(
+            "opening /dev/kvm read-write: {e}; this user needs read-write access (usually the 'kvm' group)"
+        ),
+        _ => std::format!("opening /dev/kvm read-write: {e}"),
     }
 }
 
@@ -482,7 +501,9 @@ impl Vm {
     /// supported CPUID.
     pub fn new(memory: HostMemory) -> Result<Vm, VmError> {
         let created = Instant::now();
-        let kvm = Kvm::new().map_err(kvm_err("opening /dev/kvm"))?;
+        let kvm = Kvm::new().map_err(|e| {
+            VmError::KvmOpen(kvm_open_hint(&io::Error::from_raw_os_error(e.errno())))
+        })?;
         let vm = kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?;
         vm.set_tss_address(TSS_ADDRESS)
             .map_err(kvm_err("KVM_SET_TSS_ADDR"))?;
