@@ -156,10 +156,14 @@ pub struct SocketLink {
 
 /// Binds a unix listener at `path`, replacing a stale socket file there
 /// as QEMU does, but never another kind of file (a swapped argument must
-/// not delete a disk image) nor a socket a live process still accepts on.
-/// The error names the path and what was found.
+/// not delete a disk image) nor a socket something still listens on. A
+/// socket is stale only when a connection to it is refused. The error
+/// names the path and what was found.
 pub fn bind_unix(path: &std::path::Path) -> io::Result<UnixListener> {
     use std::os::unix::fs::FileTypeExt;
+    let named = |e: io::Error, what: &str| {
+        io::Error::new(e.kind(), std::format!("{what} {}: {e}", path.display()))
+    };
     if let Ok(meta) = std::fs::symlink_metadata(path) {
         if !meta.file_type().is_socket() {
             return Err(io::Error::new(
@@ -170,16 +174,21 @@ pub fn bind_unix(path: &std::path::Path) -> io::Result<UnixListener> {
                 ),
             ));
         }
-        if UnixStream::connect(path).is_ok() {
-            return Err(io::Error::new(
-                ErrorKind::AddrInUse,
-                std::format!(
-                    "another process is listening on {} (not replaced)",
-                    path.display()
-                ),
-            ));
+        match probe_unix(path) {
+            Err(e) if e.raw_os_error() == Some(libc::ECONNREFUSED) => {
+                std::fs::remove_file(path).map_err(|e| named(e, "removing the stale socket"))?;
+            }
+            Ok(()) => {
+                return Err(io::Error::new(
+                    ErrorKind::AddrInUse,
+                    std::format!(
+                        "something is listening on {} (not replaced)",
+                        path.display()
+                    ),
+                ));
+            }
+            Err(e) => return Err(named(e, "probing the existing socket")),
         }
-        std::fs::remove_file(path)?;
     }
     UnixListener::bind(path).map_err(|e| {
         let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
@@ -192,14 +201,64 @@ pub fn bind_unix(path: &std::path::Path) -> io::Result<UnixListener> {
                     d.display()
                 ),
             ),
-            _ => io::Error::new(e.kind(), std::format!("binding {}: {e}", path.display())),
+            _ => named(e, "binding"),
         }
     })
 }
 
+/// Whether something listens on the unix stream socket at `path`, without
+/// blocking and without waiting to be accepted: `Ok` if the connection
+/// was taken or is pending (a full backlog), the errno otherwise
+/// (ECONNREFUSED: nobody listens).
+fn probe_unix(path: &std::path::Path) -> io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    // SAFETY: an all-zero sockaddr_un is valid (family set below).
+    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    let bytes = path.as_os_str().as_bytes();
+    if bytes.len() >= addr.sun_path.len() {
+        return Err(io::Error::new(
+            ErrorKind::InvalidInput,
+            "the path is too long for a unix socket",
+        ));
+    }
+    for (d, s) in addr.sun_path.iter_mut().zip(bytes) {
+        *d = *s as libc::c_char;
+    }
+    // SAFETY: a plain socket(2) call; the descriptor is owned below.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_UNIX,
+            libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            0,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just returned by socket(2) and nothing else owns it.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: `addr` is a valid sockaddr_un of the length given.
+    let rc = unsafe {
+        libc::connect(
+            fd.as_raw_fd(),
+            (&raw const addr).cast(),
+            std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        return Ok(());
+    }
+    let e = io::Error::last_os_error();
+    match e.raw_os_error() {
+        Some(libc::EINPROGRESS | libc::EAGAIN) => Ok(()),
+        _ => Err(e),
+    }
+}
+
 impl SocketLink {
-    /// Listens on `addr` (a unix path is created; an existing socket file
-    /// is replaced).
+    /// Listens on `addr` (a unix path is created; a stale socket file is
+    /// replaced, see [`bind_unix`]).
     pub fn server(addr: SocketAddr) -> io::Result<Self> {
         let listener = match &addr {
             SocketAddr::Unix(p) => {

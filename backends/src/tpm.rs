@@ -43,28 +43,36 @@ pub enum TpmError {
     BadCommand(&'static str),
 }
 
+/// A channel error as words: an error that carries its own keeps them; a
+/// bare errno that stands for a timeout or a closed peer says so.
+#[cfg(feature = "std")]
+fn describe_io(e: &std::io::Error, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+    use std::io::ErrorKind;
+    if e.get_ref().is_some() {
+        return write!(f, "TPM channel: {e}");
+    }
+    match e.kind() {
+        // A socket timeout surfaces as EAGAIN.
+        ErrorKind::WouldBlock | ErrorKind::TimedOut => write!(
+            f,
+            "TPM channel: the backend did not take or answer the command within its timeout"
+        ),
+        ErrorKind::UnexpectedEof => write!(
+            f,
+            "TPM channel: the backend closed the connection before a whole answer"
+        ),
+        ErrorKind::BrokenPipe | ErrorKind::ConnectionReset => {
+            write!(f, "TPM channel: the backend closed the connection")
+        }
+        _ => write!(f, "TPM channel: {e}"),
+    }
+}
+
 impl fmt::Display for TpmError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             #[cfg(feature = "std")]
-            // An error that carries its own words keeps them.
-            TpmError::Io(e) if e.get_ref().is_some() => write!(f, "TPM channel: {e}"),
-            TpmError::Io(e) => match e.kind() {
-                // A read timeout surfaces as EAGAIN: say what it means.
-                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => write!(
-                    f,
-                    "TPM channel: the backend did not answer within its timeout (stuck, or busy with another client)"
-                ),
-                std::io::ErrorKind::UnexpectedEof => write!(
-                    f,
-                    "TPM channel: the backend closed the connection in the middle of an answer (did swtpm exit?)"
-                ),
-                std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset => write!(
-                    f,
-                    "TPM channel: the backend closed the connection (did swtpm exit?)"
-                ),
-                _ => write!(f, "TPM channel: {e}"),
-            },
+            TpmError::Io(e) => describe_io(e, f),
             TpmError::Control { command, result } => {
                 write!(
                     f,

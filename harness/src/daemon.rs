@@ -38,9 +38,13 @@ impl Daemon {
         cmd.stdin(Stdio::null())
             .stdout(Stdio::from(out))
             .stderr(Stdio::from(err));
-        let child = cmd
-            .spawn()
-            .map_err(|e| format!("{name}: cannot start: {e}"))?;
+        let child = cmd.spawn().map_err(|e| {
+            format!(
+                "{name}: cannot start {}: {e}",
+                cmd.get_program().to_string_lossy()
+            )
+        })?;
+        crate::progress::adopt(child.id());
         let mut d = Daemon {
             name,
             child,
@@ -149,6 +153,7 @@ impl Daemon {
     pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        crate::progress::release(self.child.id());
     }
 }
 

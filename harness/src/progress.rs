@@ -3,12 +3,13 @@
 //! terminal, so logs stay clean; and Ctrl-C, which asks the run to stop
 //! after what it is doing (whose children then end with it: QEMU, the
 //! daemons and swtpm are killed when their handles drop), while a second
-//! Ctrl-C quits at once.
+//! Ctrl-C kills the children it knows of ([`adopt`]) and quits at once
+//! (scratch directories and network namespaces may then stay behind).
 
 use std::fmt;
 use std::io::{IsTerminal, Write};
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, Ordering};
 use std::time::Instant;
 
 /// Set by the first SIGINT.
@@ -38,16 +39,62 @@ impl From<Interrupted> for String {
     }
 }
 
+/// The processes the run started (QEMU, daemons, swtpm) that are alive
+/// now, by pid (0: a free slot), for the second Ctrl-C, which skips the
+/// drops that would otherwise kill them.
+static CHILDREN: [AtomicI32; 64] = [const { AtomicI32::new(0) }; 64];
+
+/// Notes a process the run started, to be killed on a second Ctrl-C.
+pub fn adopt(pid: u32) {
+    let Ok(pid) = i32::try_from(pid) else { return };
+    for slot in &CHILDREN {
+        if slot
+            .compare_exchange(0, pid, Ordering::SeqCst, Ordering::SeqCst)
+            .is_ok()
+        {
+            return;
+        }
+    }
+}
+
+/// Forgets a process the run has killed or reaped.
+pub fn release(pid: u32) {
+    let Ok(pid) = i32::try_from(pid) else { return };
+    for slot in &CHILDREN {
+        let _ = slot.compare_exchange(pid, 0, Ordering::SeqCst, Ordering::SeqCst);
+    }
+}
+
 extern "C" fn on_sigint(_: libc::c_int) {
+    // SAFETY: __errno_location is this thread's errno; the handler puts
+    // back what it found, as it may interrupt code between a call and
+    // its errno check.
+    let errno = unsafe { *libc::__errno_location() };
     if PRESSES.fetch_add(1, Ordering::SeqCst) >= 1 {
+        for slot in &CHILDREN {
+            let pid = slot.load(Ordering::SeqCst);
+            if pid > 0 {
+                // SAFETY: kill(2) is async-signal-safe; `pid` is a child
+                // we started and have not reaped (so not reused).
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        }
         // SAFETY: _exit is async-signal-safe; the second press means now.
         unsafe { libc::_exit(130) };
     }
     INTERRUPTED.store(true, Ordering::SeqCst);
-    let msg =
-        b"\r\x1b[K\ninterrupted: stopping after the current step (Ctrl-C again to quit now)\n";
-    // SAFETY: write(2) is async-signal-safe; the buffer is a static.
-    unsafe { libc::write(2, msg.as_ptr().cast(), msg.len()) };
+    let clear: &[u8] = if DRAW.load(Ordering::Relaxed) {
+        b"\r\x1b[K\n"
+    } else {
+        b"\n"
+    };
+    let msg = b"interrupted: stopping after the current step (Ctrl-C again to quit now)\n";
+    for bytes in [clear, &msg[..]] {
+        // SAFETY: write(2) is async-signal-safe; the buffers are statics.
+        unsafe { libc::write(2, bytes.as_ptr().cast(), bytes.len()) };
+    }
+    // SAFETY: as above.
+    unsafe { *libc::__errno_location() = errno };
 }
 
 /// Starts a long run: the clock, the progress line if stderr is a

@@ -339,6 +339,7 @@ impl RunningQemu {
                 format!("starting {}: {e}", cmd.get_program().to_string_lossy()),
             )
         })?;
+        crate::progress::adopt(child.id());
         let stdout = read_all(child.stdout.take());
         let stderr = read_all(child.stderr.take());
         Ok(RunningQemu {
@@ -399,6 +400,7 @@ impl RunningQemu {
             thread::sleep(Duration::from_millis(1));
         };
         self.reaped = true;
+        crate::progress::release(self.child.id());
         let elapsed = self.start.elapsed();
         Ok(QemuRun {
             status,
@@ -414,6 +416,7 @@ impl RunningQemu {
     fn kill_and_reap(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        crate::progress::release(self.child.id());
     }
 }
 

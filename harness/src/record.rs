@@ -230,6 +230,38 @@ pub fn tables(markdown: &str) -> Vec<Table> {
     out
 }
 
+/// The paragraphs of `markdown` that are neither a table nor a table's
+/// caption: what a run said beside its tables (where it ran, a peer not
+/// measured and why, a ceiling, a goal).
+pub fn notes(markdown: &str) -> Vec<String> {
+    let captions: Vec<String> = tables(markdown)
+        .into_iter()
+        .filter(|t| !t.caption.is_empty())
+        .map(|t| t.caption.join(" "))
+        .collect();
+    let mut out = Vec::new();
+    let mut para: Vec<&str> = Vec::new();
+    let mut flush = |para: &mut Vec<&str>| {
+        if !para.is_empty() {
+            let text = para.join(" ");
+            if !captions.contains(&text) {
+                out.push(text);
+            }
+            para.clear();
+        }
+    };
+    for line in markdown.lines() {
+        let t = line.trim();
+        if t.is_empty() || t.starts_with('|') {
+            flush(&mut para);
+        } else {
+            para.push(t);
+        }
+    }
+    flush(&mut para);
+    out
+}
+
 /// Who a plotted series measures.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -238,7 +270,8 @@ pub enum Role {
     Ours,
     /// A peer nobody here wrote (QEMU, qemu-storage-daemon, DPDK, …).
     Peer,
-    /// The host's own limit with no virtio in the way (drawn dashed).
+    /// A ceiling measured with no virtio in the way: the same work done
+    /// directly (drawn dashed).
     Limit,
 }
 
@@ -410,6 +443,11 @@ goal: within 1.2x
         assert_eq!(t[0].rows[1], vec!["a | b", "1", "2"]);
         assert!(t[1].caption.is_empty());
         assert_eq!(t[1].rows, vec![vec!["1", "2"]]);
+        assert_eq!(
+            notes(md),
+            vec!["placement: not pinned", "goal: within 1.2x"],
+            "what is not a table or a caption"
+        );
     }
 
     #[test]

@@ -57,6 +57,7 @@ impl Swtpm {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()?;
+        crate::progress::adopt(child.id());
         let mut s = Swtpm {
             child,
             ctrl: ctrl.to_path_buf(),
@@ -84,7 +85,9 @@ impl Swtpm {
     /// Kills the process now (a TPM that dies under its monitor).
     pub fn kill(&mut self) -> io::Result<()> {
         self.child.kill()?;
-        self.child.wait().map(drop)
+        let r = self.child.wait().map(drop);
+        crate::progress::release(self.child.id());
+        r
     }
 
     /// Waits up to `timeout` for the process to exit on its own (after
@@ -93,6 +96,7 @@ impl Swtpm {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(s) = self.child.try_wait()? {
+                crate::progress::release(self.child.id());
                 return Ok(Some(s));
             }
             if Instant::now() > deadline {
@@ -107,6 +111,7 @@ impl Drop for Swtpm {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        crate::progress::release(self.child.id());
     }
 }
 

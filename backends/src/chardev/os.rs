@@ -78,7 +78,10 @@ impl FileChardev {
             .create(true)
             .truncate(true)
             .open(&path)
-            .map_err(io_err(path.display().to_string()))?;
+            .map_err(io_err(std::format!(
+                "creating {} for output",
+                path.display()
+            )))?;
         let input = match input_path {
             Some(p) => Some((
                 p.to_path_buf(),
@@ -86,7 +89,7 @@ impl FileChardev {
                     .read(true)
                     .custom_flags(libc::O_NONBLOCK)
                     .open(p)
-                    .map_err(io_err(p.display().to_string()))?,
+                    .map_err(io_err(std::format!("opening {} for input", p.display())))?,
             )),
             None => None,
         };
@@ -145,7 +148,10 @@ impl PipeChardev {
                 .write(true)
                 .custom_flags(libc::O_NONBLOCK)
                 .open(p)
-                .map_err(io_err(p.display().to_string()))
+                .map_err(io_err(std::format!(
+                    "opening the pipe {} read-write",
+                    p.display()
+                )))
         };
         Ok(PipeChardev {
             input: open(&pin, true)?,
@@ -183,7 +189,7 @@ pub struct SocketChardev {
 }
 
 impl SocketChardev {
-    /// Listens on `addr` (a unix path is created; an existing socket file is
+    /// Listens on `addr` (a unix path is created; a stale socket file is
     /// replaced). Peers are accepted one at a time, without blocking.
     pub fn server(addr: SocketAddr) -> Result<Self, ChardevError> {
         let what = addr.to_string();
@@ -370,6 +376,14 @@ impl TtyChardev {
             .write(true)
             .custom_flags(libc::O_NOCTTY | libc::O_NONBLOCK)
             .open(path)
+            .map_err(|e| {
+                let hint = if e.kind() == io::ErrorKind::PermissionDenied {
+                    " (serial devices usually need the 'dialout' group)"
+                } else {
+                    ""
+                };
+                io::Error::new(e.kind(), std::format!("opening it read-write: {e}{hint}"))
+            })
             .map_err(io_err(what.clone()))?;
         let fd = tty.as_raw_fd();
         // SAFETY: tcgetattr/cfmakeraw/tcsetattr on an fd we own, with a

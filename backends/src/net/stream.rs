@@ -66,8 +66,8 @@ impl StreamNet {
         }
     }
 
-    /// Listens on `addr` (QEMU `server=on`; a unix path is created, an
-    /// existing socket file replaced); peers are accepted one at a time.
+    /// Listens on `addr` (QEMU `server=on`; a unix path is created, a
+    /// stale socket file replaced); peers are accepted one at a time.
     pub fn server(addr: SocketAddr) -> Result<Self, NetError> {
         let what = std::format!("netdev stream {addr}");
         let link = SocketLink::server(addr).map_err(|e| io_err(&what, e))?;

@@ -107,9 +107,9 @@ impl Tap {
                 Some(libc::EBUSY) => {
                     std::format!("; {name} is already attached to another process")
                 }
-                Some(libc::EINVAL) => std::format!(
-                    "; {name} exists but is not a tap with a vnet header (IFF_TAP|IFF_NO_PI|IFF_VNET_HDR)"
-                ),
+                Some(libc::EINVAL) => {
+                    std::format!("; {name} exists with other flags (a tun, or a multi_queue tap)")
+                }
                 _ => String::new(),
             };
             return Err(io_err(

@@ -371,7 +371,7 @@ fn hostile(
 }
 
 /// Builds the device `options` name and serves it on a unix socket at
-/// `socket` (an existing socket file is replaced), one frontend after the
+/// `socket` (a stale socket file is replaced), one frontend after the
 /// other, until accepting fails. `verbose` logs every request on stderr;
 /// `poll_max` is the longest busy-polling window
 /// ([`Backend::set_poll`](vhost_user::backend::Backend::set_poll); zero

@@ -367,9 +367,10 @@ fn run_user_rows(rounds: usize, pinned: bool) -> Result<String, String> {
         for aio in ["threads", "io_uring"] {
             for depth in [1u16, 32] {
                 if let Some(r) = qemu_img_bench(&img, depth, aio, direct) {
-                    for queues in [1, 2] {
+                    // One job at `depth`: the 1-queue plot's x is its own.
+                    {
                         USER_BLK_PLOT.point_in(
-                            &plot_variant(direct, queues),
+                            &plot_variant(direct, 1),
                             &format!(
                                 "qemu-img bench aio={aio} (QEMU's block layer alone, sequential)"
                             ),
@@ -482,8 +483,9 @@ fn net_rows(dir: &crate::scenarios::Workdir, rounds: usize) -> Result<String, St
             dir.path("ours-net.log"),
         )?,
     };
-    net_backend_rows(&mut t, &mut ours, rounds);
+    net_backend_rows(&mut t, &mut ours, rounds)?;
     ours.daemon.kill();
+    crate::progress::step("bench: DPDK's vhost PMD")?;
     let Some(program) = testpmd() else {
         let _ = writeln!(
             t,
@@ -519,8 +521,9 @@ fn net_rows(dir: &crate::scenarios::Workdir, rounds: usize) -> Result<String, St
                 name: "DPDK vhost PMD (testpmd macswap)",
                 daemon,
             };
-            net_backend_rows(&mut t, &mut b, rounds);
+            let r = net_backend_rows(&mut t, &mut b, rounds);
             b.daemon.kill();
+            r?;
         }
         Err(e) => {
             let _ = writeln!(t, "\nDPDK vhost PMD not measured: {e}");
@@ -530,11 +533,13 @@ fn net_rows(dir: &crate::scenarios::Workdir, rounds: usize) -> Result<String, St
 }
 
 /// The net rows of one backend.
-fn net_backend_rows(t: &mut String, b: &mut Backend, rounds: usize) {
+fn net_backend_rows(
+    t: &mut String,
+    b: &mut Backend,
+    rounds: usize,
+) -> Result<(), crate::progress::Interrupted> {
     for (size, poll) in [(64u32, false), (64, true), (1514, false), (1514, true)] {
-        if crate::progress::step(format!("bench: virtio-user net {size} B, {}", b.name)).is_err() {
-            return;
-        }
+        crate::progress::step(format!("bench: virtio-user net {size} B, {}", b.name))?;
         let mut rows = Vec::new();
         for _ in 0..rounds {
             let run = UserRun {
@@ -591,6 +596,7 @@ fn net_backend_rows(t: &mut String, b: &mut Backend, rounds: usize) {
                 .map_or("-".into(), |c| format!("{c:.2}"))
         );
     }
+    Ok(())
 }
 
 fn rng_rows(dir: &crate::scenarios::Workdir, rounds: usize) -> Result<String, String> {

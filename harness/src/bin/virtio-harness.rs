@@ -451,6 +451,17 @@ fn bench(mode: &str, rounds: usize, format: Format) -> ExitCode {
         _ => harness::bench::run(rounds),
     };
     harness::progress::clear();
+    // Ctrl-C: what was measured is printed, as text, and no record is
+    // written that would look complete.
+    if harness::progress::interrupted() {
+        match result {
+            Ok(table) if format == Format::Text => print!("{table}"),
+            Ok(table) => eprint!("{table}"),
+            Err(e) => eprintln!("virtio-harness bench: {e}"),
+        }
+        eprintln!("virtio-harness bench: interrupted by Ctrl-C; no record written");
+        return ExitCode::from(130);
+    }
     match result {
         Ok(table) if format == Format::Json => {
             let record = harness::record::BenchRecord::new(mode, rounds, table);
@@ -549,7 +560,11 @@ fn report(
         Ok(i) => i,
         Err(e) => {
             eprintln!("virtio-harness report: {e}");
-            return ExitCode::from(2);
+            return ExitCode::from(if harness::progress::interrupted() {
+                130
+            } else {
+                2
+            });
         }
     };
     let page = match harness::report::write(out, &inputs) {

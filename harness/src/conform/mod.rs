@@ -88,5 +88,9 @@ pub fn collect(sel: &Selection) -> Result<Vec<report::Run>, crate::progress::Int
         crate::progress::step_of(i, total, format!("conformance: {name}"))?;
         runs.extend(group());
     }
+    // Ctrl-C during the last group: its children died with it.
+    if crate::progress::interrupted() {
+        return Err(crate::progress::Interrupted);
+    }
     Ok(runs)
 }

@@ -222,6 +222,8 @@ nav a{margin-right:14px}
 .legend span{display:inline-block;margin-right:14px;font-size:12px}
 .legend i{display:inline-block;width:18px;height:10px;margin-right:4px;vertical-align:middle}
 .prov{color:#555;font-size:12px}
+.note{font-size:13px;background:#f6f6f6;padding:4px 8px;border-left:3px solid #bbb}
+pre{font-size:11px;overflow-x:auto}
 figure{margin:12px 0;display:inline-block;vertical-align:top}
 figcaption{font-size:12px;max-width:560px}
 ";
@@ -404,7 +406,7 @@ fn hostile(h: &mut String, s: &SuiteRecord) {
                         verdict_class(v),
                         esc(v),
                         esc(detail),
-                        esc(&v[..1])
+                        esc(&v.chars().next().map(String::from).unwrap_or_default())
                     );
                 }
                 None => h.push_str("<td class=\"none\"></td>"),
@@ -597,11 +599,16 @@ fn bench(h: &mut String, runs: &[BenchRecord]) {
     for b in runs {
         let _ = write!(
             h,
-            "<h3>bench {} (median of {} rounds)</h3><p class=\"prov\">{}</p>",
+            "<h3>bench {} (--rounds {}; each table says what it is a median of)</h3><p class=\"prov\">{}</p>",
             esc(&b.mode),
             b.rounds,
             esc(&b.provenance.line())
         );
+        // What the run said beside its tables: placement, peers not
+        // measured, ceilings, goals.
+        for note in crate::record::notes(&b.markdown) {
+            let _ = write!(h, "<p class=\"note\">{}</p>", esc(&note));
+        }
         for f in &b.figures {
             match plot::svg(f) {
                 Ok(svg) => {
@@ -612,8 +619,14 @@ fn bench(h: &mut String, runs: &[BenchRecord]) {
                         plot::legend(f)
                     );
                 }
+                // Still a plot figure, without its SVG: `--check` fails on it.
                 Err(e) => {
-                    let _ = write!(h, "<p>{}: not drawn: {}</p>", esc(&f.title), esc(&e));
+                    let _ = write!(
+                        h,
+                        "<figure class=\"plot\"><figcaption>{}: not drawn: {}</figcaption></figure>",
+                        esc(&f.title),
+                        esc(&e)
+                    );
                 }
             }
         }
@@ -640,6 +653,11 @@ fn bench(h: &mut String, runs: &[BenchRecord]) {
             }
             h.push_str("</table>\n");
         }
+        let _ = write!(
+            h,
+            "<details><summary>the run's output as printed</summary><pre>{}</pre></details>",
+            esc(&b.markdown)
+        );
     }
     h.push_str("</section>\n");
 }

@@ -53,6 +53,21 @@ pub(super) fn connect_within(path: &Path, limit: Duration) -> Result<UnixStream,
     }
 }
 
+/// A peer's failed read as words: a read timeout (EAGAIN) says how long
+/// nothing came.
+fn waited(what: &str, e: &std::io::Error) -> String {
+    match e.kind() {
+        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => {
+            format!(
+                "{what}: nothing came from the guest within {} s",
+                TIMEOUT.as_secs()
+            )
+        }
+        std::io::ErrorKind::UnexpectedEof => format!("{what}: the machine closed the connection"),
+        _ => format!("{what}: {e}"),
+    }
+}
+
 /// A small EGD daemon on a unix socket: answers each "read entropy" request
 /// (0x01 non-blocking or 0x02 blocking, then a count) with that many bytes
 /// of the SplitMix64 stream of `seed`, until the client hangs up. Returns
@@ -78,7 +93,7 @@ pub(super) fn egd_daemon(listener: UnixListener, seed: u64) -> Peer {
                 {
                     break;
                 }
-                Err(e) => return Err(format!("EGD read: {e}")),
+                Err(e) => return Err(waited("EGD daemon: reading the next request", &e)),
             }
             if cmd[0] != 0x01 && cmd[0] != 0x02 {
                 return Err(format!("EGD: unexpected command {:#x}", cmd[0]));
@@ -111,7 +126,7 @@ pub(super) fn echo_peer(path: PathBuf, n: usize) -> Peer {
         s.write_all(&sent).map_err(|e| format!("send: {e}"))?;
         let mut back = vec![0u8; n];
         s.read_exact(&mut back)
-            .map_err(|e| format!("reading the echo: {e}"))?;
+            .map_err(|e| waited(&format!("reading the echo of {n} bytes"), &e))?;
         if back != sent {
             let at = back.iter().zip(&sent).position(|(a, b)| a != b);
             return Err(format!("echo differs at byte {at:?}"));

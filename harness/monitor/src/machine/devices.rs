@@ -217,6 +217,16 @@ pub fn realize_devices_shared(
     }
     // Connects a frontend to the backend on `chardev`'s socket.
     let vhost_user = |by: String, chardev: &str, kind: VhostUserKind| {
+        let path = config
+            .socket_path(chardev)
+            .ok_or_else(|| MachineError::Missing {
+                by: by.clone(),
+                id: chardev.into(),
+            })?;
+        // Every error from here on names the backend's socket too (the
+        // connection's own error names it already).
+        let plain = by.clone();
+        let by = format!("{by} (backend {})", path.display());
         let fail = |err| MachineError::VhostUser {
             by: by.clone(),
             err,
@@ -226,13 +236,10 @@ pub fn realize_devices_shared(
                 memory: "not given to the device".into(),
             })
         })?;
-        let path = config
-            .socket_path(chardev)
-            .ok_or_else(|| MachineError::Missing {
-                by: by.clone(),
-                id: chardev.into(),
-            })?;
-        let dev = VhostUserDevice::connect(path, kind, ram).map_err(fail)?;
+        let dev = VhostUserDevice::connect(path, kind, ram).map_err(|err| match err {
+            FrontendError::Connect { .. } => MachineError::VhostUser { by: plain, err },
+            err => fail(err),
+        })?;
         Ok::<_, MachineError>((dev, format!("vhost-user:{}", path.display())))
     };
     let mut vhost_netdevs = HashMap::new();

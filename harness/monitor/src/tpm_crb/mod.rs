@@ -665,7 +665,18 @@ fn run_commands(shared: &Shared, jobs: &Receiver<Job>) {
             Err(TpmError::Unsupported(_)) => s.error_response(TPM_RC_LOCALITY),
             // A backend that claims more than the room it was given is as
             // broken as one that failed.
-            Ok(None) | Err(_) => {
+            other => {
+                // Said once per fatal spell: the guest sees only tpmSts.
+                if !s.fatal {
+                    match other {
+                        Err(e) => eprintln!(
+                            "tpm-crb: the TPM backend failed: {e}; the TPM reports a fatal error until it is reset"
+                        ),
+                        Ok(_) => eprintln!(
+                            "tpm-crb: the TPM backend answered more than the {limit} bytes it was given; the TPM reports a fatal error until it is reset"
+                        ),
+                    }
+                }
                 s.fatal = true;
                 s.stats.fatal += 1;
             }
