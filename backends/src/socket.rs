@@ -206,6 +206,22 @@ pub fn bind_unix(path: &std::path::Path) -> io::Result<UnixListener> {
     })
 }
 
+/// A new non-blocking, close-on-exec socket of `domain`, `ty` and
+/// `proto` (socket(2)), owned.
+pub fn socket_nonblocking(
+    domain: libc::c_int,
+    ty: libc::c_int,
+    proto: libc::c_int,
+) -> io::Result<OwnedFd> {
+    // SAFETY: socket(2) reads no memory; the result is checked.
+    let fd = unsafe { libc::socket(domain, ty | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC, proto) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just created and nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
 /// Whether something listens on the unix stream socket at `path`, without
 /// blocking and without waiting to be accepted: `Ok` if the connection
 /// was taken or is pending (a full backlog), the errno otherwise
@@ -225,19 +241,7 @@ fn probe_unix(path: &std::path::Path) -> io::Result<()> {
     for (d, s) in addr.sun_path.iter_mut().zip(bytes) {
         *d = *s as libc::c_char;
     }
-    // SAFETY: a plain socket(2) call; the descriptor is owned below.
-    let fd = unsafe {
-        libc::socket(
-            libc::AF_UNIX,
-            libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-            0,
-        )
-    };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: `fd` was just returned by socket(2) and nothing else owns it.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let fd = socket_nonblocking(libc::AF_UNIX, libc::SOCK_STREAM, 0)?;
     // SAFETY: `addr` is a valid sockaddr_un of the length given.
     let rc = unsafe {
         libc::connect(

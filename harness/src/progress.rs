@@ -125,23 +125,21 @@ fn elapsed() -> String {
 /// A step of a run starts: draws `what` (with `done`/`total` if known),
 /// or says the run was interrupted.
 pub fn step_of(done: usize, total: usize, what: impl fmt::Display) -> Result<(), Interrupted> {
-    if interrupted() {
-        return Err(Interrupted);
-    }
-    if DRAW.load(Ordering::Relaxed) {
-        eprint!("\r\x1b[K[{done}/{total} {}] {what}", elapsed());
-        let _ = std::io::stderr().flush();
-    }
-    Ok(())
+    draw(Some((done, total)), &what)
 }
 
 /// A step whose place in the run is not counted.
 pub fn step(what: impl fmt::Display) -> Result<(), Interrupted> {
+    draw(None, &what)
+}
+
+fn draw(place: Option<(usize, usize)>, what: &dyn fmt::Display) -> Result<(), Interrupted> {
     if interrupted() {
         return Err(Interrupted);
     }
     if DRAW.load(Ordering::Relaxed) {
-        eprint!("\r\x1b[K[{}] {what}", elapsed());
+        let place = place.map_or(String::new(), |(done, total)| format!("{done}/{total} "));
+        eprint!("\r\x1b[K[{place}{}] {what}", elapsed());
         let _ = std::io::stderr().flush();
     }
     Ok(())

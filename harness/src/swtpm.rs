@@ -46,7 +46,12 @@ impl Swtpm {
     /// Starts swtpm with its state in `state` (made if missing) and its
     /// control socket at `ctrl`; returns once the socket exists.
     pub fn start(state: &Path, ctrl: &Path) -> io::Result<Swtpm> {
-        std::fs::create_dir_all(state)?;
+        std::fs::create_dir_all(state).map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("creating swtpm's state directory {}: {e}", state.display()),
+            )
+        })?;
         let _ = std::fs::remove_file(ctrl);
         let child = Command::new("swtpm")
             .args(["socket", "--tpm2", "--ctrl"])
@@ -56,7 +61,13 @@ impl Swtpm {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
-            .spawn()?;
+            .spawn()
+            .map_err(|e| {
+                io::Error::new(
+                    e.kind(),
+                    format!("starting swtpm: {e} (Debian's swtpm; .ci/setup installs it)"),
+                )
+            })?;
         crate::progress::adopt(child.id());
         let mut s = Swtpm {
             child,

@@ -25,7 +25,7 @@
 use std::io::{self, ErrorKind};
 use std::mem::size_of;
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::string::{String, ToString};
 use std::vec::Vec;
 
@@ -227,14 +227,17 @@ impl L2tpv3Net {
             Some(_) => (libc::SOCK_DGRAM, 0),
             None => (libc::SOCK_RAW, IPPROTO_L2TP),
         };
-        // SAFETY: plain socket creation; the fd is owned at once.
-        let fd =
-            unsafe { libc::socket(family, ty | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC, proto) };
-        if fd < 0 {
-            return Err(io_err(&what, io::Error::last_os_error()));
-        }
-        // SAFETY: `fd` was just created and is owned by nothing else.
-        let sock = unsafe { OwnedFd::from_raw_fd(fd) };
+        let sock = crate::socket::socket_nonblocking(family, ty, proto).map_err(|e| {
+            let hint = if config.udp.is_none() && e.raw_os_error() == Some(libc::EPERM) {
+                "; raw L2TPv3 (IP protocol 115) needs CAP_NET_RAW, or use udp=on"
+            } else {
+                ""
+            };
+            io_err(
+                &std::format!("{what}: creating the socket"),
+                io::Error::new(e.kind(), std::format!("{e}{hint}")),
+            )
+        })?;
         let (ss, len) = sockaddr(&src);
         // SAFETY: `ss` holds a valid socket address of `len` bytes.
         if unsafe {
@@ -245,7 +248,13 @@ impl L2tpv3Net {
             )
         } != 0
         {
-            return Err(io_err(&what, io::Error::last_os_error()));
+            let e = io::Error::last_os_error();
+            let hint = if e.raw_os_error() == Some(libc::EADDRNOTAVAIL) {
+                " (src is not an address of this host)"
+            } else {
+                ""
+            };
+            return Err(io_err(&std::format!("{what}: binding src {src}{hint}"), e));
         }
         Ok(L2tpv3Net {
             sock,

@@ -21,7 +21,13 @@ pub(super) const BLK_JOBS: &[(&str, u64, u32, u32)] = &[
 /// once so that it sits in the page cache; its path.
 pub(super) fn page_cached_image(dir: &crate::scenarios::Workdir) -> Result<String, String> {
     let img = dir.path("bench.img");
-    std::fs::write(&img, vec![0x5au8; BENCH_DISK as usize]).map_err(|e| e.to_string())?;
+    std::fs::write(&img, vec![0x5au8; BENCH_DISK as usize]).map_err(|e| {
+        format!(
+            "writing the {} MiB bench image {}: {e} (TMPDIR sets where)",
+            BENCH_DISK >> 20,
+            img.display()
+        )
+    })?;
     let _ = std::fs::read(&img);
     Ok(img.display().to_string())
 }

@@ -93,19 +93,11 @@ pub(super) fn connect_tcp(addr: SocketAddr) -> io::Result<HostStream> {
     let SocketAddr::V4(v4) = addr else {
         return Err(io::Error::new(io::ErrorKind::Unsupported, "IPv6 target"));
     };
-    // SAFETY: socket(2) reads no memory; the result is checked.
-    let fd = unsafe {
-        libc::socket(
-            libc::AF_INET,
-            libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-            0,
-        )
-    };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: `fd` was just created and nothing else owns it.
-    let stream = unsafe { TcpStream::from_raw_fd(fd) };
+    let stream = TcpStream::from(crate::socket::socket_nonblocking(
+        libc::AF_INET,
+        libc::SOCK_STREAM,
+        0,
+    )?);
     let sin = libc::sockaddr_in {
         sin_family: libc::AF_INET as libc::sa_family_t,
         sin_port: v4.port().to_be(),
@@ -117,7 +109,7 @@ pub(super) fn connect_tcp(addr: SocketAddr) -> io::Result<HostStream> {
     // SAFETY: `sin` is a valid sockaddr_in of the length passed.
     let rc = unsafe {
         libc::connect(
-            fd,
+            stream.as_raw_fd(),
             (&raw const sin).cast(),
             core::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
         )
