@@ -136,15 +136,12 @@ fn completion(poll: bool) -> Completion {
 /// Runs `run` once. Errors say which backend and what broke (the driver's
 /// errors name the rule).
 pub fn run_once(run: &UserRun) -> Result<UserRow, String> {
-    // Errors that name the socket already are not prefixed with it twice.
-    let ctx = |e: virtio_user::Error| {
-        let text = e.to_string();
-        let path = run.socket.display().to_string();
-        if text.contains(&path) {
-            text
-        } else {
-            format!("{path}: {text}")
+    // A failed connection names the socket itself.
+    let ctx = |e: virtio_user::Error| match e {
+        virtio_user::Error::Frontend(f @ vhost_user::frontend::FrontendError::Connect { .. }) => {
+            f.to_string()
         }
+        e => format!("{}: {e}", run.socket.display()),
     };
     let ram = UserRam::new(run.ram_mib << 20).map_err(ctx)?;
     let kind = match run.kind {

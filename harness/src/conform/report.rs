@@ -355,6 +355,29 @@ pub fn markdown(cat: &Catalogue, entries: &BTreeMap<String, Entry>, runs: &[Run]
     t
 }
 
+/// An outcome's word in `report.json`.
+pub fn outcome_word(o: &Outcome) -> &'static str {
+    match o {
+        Outcome::Pass => "pass",
+        Outcome::Fail(_) => "fail",
+        Outcome::Warn(_) => "warn",
+        Outcome::NotApplicable(_) => "not-applicable",
+        Outcome::NotObservable(_) => "not-observable",
+    }
+}
+
+/// The outcome `report.json` calls `word` (with its `detail`), read back.
+pub fn outcome_of_word(word: &str, detail: String) -> Option<Outcome> {
+    Some(match word {
+        "pass" => Outcome::Pass,
+        "fail" => Outcome::Fail(detail),
+        "warn" => Outcome::Warn(detail),
+        "not-applicable" => Outcome::NotApplicable(detail),
+        "not-observable" => Outcome::NotObservable(detail),
+        _ => return None,
+    })
+}
+
 /// The JSON report.
 pub fn json(cat: &Catalogue, entries: &BTreeMap<String, Entry>, runs: &[Run]) -> serde_json::Value {
     use serde_json::json;
@@ -382,13 +405,7 @@ pub fn json(cat: &Catalogue, entries: &BTreeMap<String, Entry>, runs: &[Run]) ->
                 "target": r.target, "device": r.device, "error": r.error,
                 "records": r.records.iter().map(|x| json!({
                     "statement": x.statement, "check": x.check,
-                    "outcome": match &x.outcome {
-                        Outcome::Pass => "pass",
-                        Outcome::Fail(_) => "fail",
-                        Outcome::Warn(_) => "warn",
-                        Outcome::NotApplicable(_) => "not-applicable",
-                        Outcome::NotObservable(_) => "not-observable",
-                    },
+                    "outcome": outcome_word(&x.outcome),
                     "detail": match &x.outcome {
                         Outcome::Pass => String::new(),
                         Outcome::Fail(w) | Outcome::Warn(w) | Outcome::NotApplicable(w) | Outcome::NotObservable(w) => w.clone(),

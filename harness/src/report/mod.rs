@@ -417,23 +417,22 @@ fn hostile(h: &mut String, s: &SuiteRecord) {
     h.push_str("</table></div></section>\n");
 }
 
-/// One statement's merged outcome on one target: a failure anywhere
-/// wins, then a warning, a pass, hidden, not applicable (the rule
-/// `conform run`'s report uses).
+/// One statement's merged outcome on one target, as a CSS class: the
+/// outcomes read back and merged by `conform run`'s own rule
+/// ([`crate::conform::report::merge`]).
 fn merged<'a>(outcomes: impl Iterator<Item = &'a str>) -> &'static str {
-    let mut best = 0;
-    for o in outcomes {
-        let rank = match o {
-            "fail" => 5,
-            "warn" => 4,
-            "pass" => 3,
-            "not-observable" => 2,
-            "not-applicable" => 1,
-            _ => 0,
-        };
-        best = best.max(rank);
+    use crate::conform::report::{Cell, merge, outcome_of_word};
+    let read: Vec<_> = outcomes
+        .filter_map(|w| outcome_of_word(w, String::new()))
+        .collect();
+    match merge(read.iter().map(|o| ("", o))) {
+        Cell::Pass => "pass",
+        Cell::Fail(_) => "fail",
+        Cell::Warn(_) => "warn",
+        Cell::NotObservable(_) => "hidden",
+        Cell::NotApplicable(_) => "na",
+        Cell::NotChecked => "none",
     }
-    ["none", "na", "hidden", "pass", "warn", "fail"][best]
 }
 
 fn conformance(h: &mut String, c: &ConformDoc) {
