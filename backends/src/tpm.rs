@@ -177,4 +177,19 @@ mod tests {
         assert_eq!(header_size(&cmd), Some(12));
         assert_eq!(header_size(&cmd[..5]), None);
     }
+
+    #[cfg(feature = "std")]
+    #[test]
+    fn a_bare_errno_is_said_in_words_and_an_error_with_words_keeps_them() {
+        use std::io::{Error, ErrorKind};
+        use std::string::ToString;
+        let said = |e: Error| TpmError::Io(e).to_string();
+        let timeout = said(Error::from_raw_os_error(libc::EAGAIN));
+        assert!(timeout.contains("within its timeout"), "{timeout}");
+        assert!(!timeout.contains("os error"), "{timeout}");
+        let eof = said(Error::from(ErrorKind::UnexpectedEof));
+        assert!(eof.contains("before a whole answer"), "{eof}");
+        let own = said(Error::new(ErrorKind::TimedOut, "no response within 50 ms"));
+        assert!(own.contains("no response within 50 ms"), "{own}");
+    }
 }

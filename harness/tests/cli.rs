@@ -291,3 +291,57 @@ fn a_socket_path_that_names_another_kind_of_file_is_refused_not_deleted() {
     assert!(err.contains("exists and is not a socket"), "{err}");
     assert_eq!(std::fs::read(&disk).expect("still there"), b"precious");
 }
+
+#[test]
+fn a_missing_peer_is_named_with_what_to_start() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sock = |n: &str| dir.path().join(n).display().to_string();
+    // -chardev socket (server=off) and -tpmdev emulator with nobody there:
+    // refused before boot, saying what was expected.
+    let (c0, t0) = (sock("c0.sock"), sock("tpm.sock"));
+    let cases: [(Vec<String>, &str); 2] = [
+        (
+            format!(
+                "run -chardev socket,id=c0,path={c0} -device virtio-serial-device \
+                 -device virtconsole,chardev=c0 -kernel empty"
+            )
+            .split_whitespace()
+            .map(String::from)
+            .collect(),
+            "expected a listener there (server=off)",
+        ),
+        (
+            format!(
+                "run -chardev socket,id=t0,path={t0} -tpmdev emulator,id=tpm0,chardev=t0 \
+                 -device tpm-crb,tpmdev=tpm0 -kernel empty"
+            )
+            .split_whitespace()
+            .map(String::from)
+            .collect(),
+            "expected `swtpm socket --tpm2 --ctrl type=unixio",
+        ),
+    ];
+    for (args, want) in cases {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let o = harness(&args);
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(want), "{args:?}: got '{err}', want '{want}'");
+    }
+    // virtio-user against no socket, and against a socket file nobody
+    // listens on.
+    let absent = sock("absent.sock");
+    let o = harness(&["user", "--socket", &absent, "--device", "rng"]);
+    let err = stderr(&o);
+    assert!(err.contains("start the backend first"), "{err}");
+    assert_eq!(
+        err.matches(&absent).count(),
+        1,
+        "the socket named once: {err}"
+    );
+    let stale = sock("stale.sock");
+    drop(std::os::unix::net::UnixListener::bind(&stale).expect("bind"));
+    let o = harness(&["user", "--socket", &stale, "--device", "rng"]);
+    let err = stderr(&o);
+    assert!(err.contains("nothing listens on it"), "{err}");
+}

@@ -1577,4 +1577,13 @@ mod tests {
         drop(a);
         assert!(matches!(recv_frame(&b), Err(RecvError::Eof { got: 15 })));
     }
+
+    #[test]
+    fn a_read_timeout_is_said_in_words() {
+        let e = RecvError::Io(io::Error::from_raw_os_error(libc::EAGAIN)).to_string();
+        assert!(e.contains("did not arrive within the read timeout"), "{e}");
+        assert!(!e.contains("os error"), "{e}");
+        let e = RecvError::Io(io::Error::from(io::ErrorKind::ConnectionReset)).to_string();
+        assert!(e.contains("reset the connection"), "{e}");
+    }
 }
